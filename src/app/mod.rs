@@ -1,0 +1,144 @@
+//! The bevy shell: everything that imports bevy lives under `app/`. One plugin per
+//! concern; each draws core state or forwards user input, and owns no business rules.
+
+pub mod camera;
+pub mod scene;
+pub mod snapshot;
+pub mod theme;
+pub mod ui;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use bevy::diagnostic::FrameTimeDiagnosticsPlugin;
+use bevy::prelude::*;
+use bevy::window::PresentMode;
+use bevy_egui::EguiPlugin;
+
+use crate::map::{self, CityMap, pick::BuildingIndex};
+use camera::CameraRig;
+
+/// What the `zhongshu` binary asked the app to do.
+pub struct AppOptions {
+    pub map: Option<PathBuf>,
+    /// Initial view: longitude, latitude, distance in metres.
+    pub look_at: Option<[f64; 3]>,
+    pub screenshot: Option<ScreenshotRequest>,
+}
+
+/// Render off-screen until the city is drawn, write a PNG, exit.
+#[derive(Clone, Debug)]
+pub struct ScreenshotRequest {
+    pub out: PathBuf,
+    pub size: (u32, u32),
+}
+
+/// The loaded city and its picking index.
+#[derive(Resource)]
+pub struct City {
+    pub map: CityMap,
+    pub index: BuildingIndex,
+}
+
+/// The picked building, if any (index into `CityMap::buildings`).
+#[derive(Resource, Default, Debug)]
+pub struct Selection {
+    pub building: Option<usize>,
+}
+
+/// When the process started, for time-to-first-frame.
+#[derive(Resource, Clone, Copy)]
+pub struct StartedAt(pub Instant);
+
+/// Frame phases: read input, apply commands to state, then mirror state into the scene.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AppSystems {
+    Input,
+    Apply,
+    SyncScene,
+}
+
+/// Loads the map (before any window opens, so a bad path is a plain error) and runs
+/// the command-centre window, or the screenshot pass.
+pub fn run(options: AppOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let map = match &options.map {
+        Some(path) => map::load_path(path)?,
+        None => map::load_default().context("the embedded default map failed to load")?,
+    };
+    eprintln!(
+        "zhongshu: {}: {} buildings, {} roads, {} skipped, loaded in {:.0} ms",
+        map.name,
+        map.buildings.len(),
+        map.roads.len(),
+        map.skipped.total(),
+        map.load_ms
+    );
+    let index = BuildingIndex::new(&map);
+    let mut rig = CameraRig::for_bounds(map.local_bounds());
+    if let Some([lon, lat, distance]) = options.look_at {
+        let [e, n] = map.frame.local_from_wgs84(lon, lat);
+        rig.goal.focus = Vec3::from_array(crate::geo_frame::world_from_local(e, n, 0.0));
+        rig.goal.distance = distance as f32;
+        rig.goal.pitch = 0.6;
+        rig.clamp_goal();
+        rig.pose = rig.goal;
+    }
+    let title = format!("中枢 Zhongshu — {}", map.name);
+    let resolution = options
+        .screenshot
+        .as_ref()
+        .map(|s| s.size)
+        .unwrap_or((1600, 900));
+
+    let mut app = App::new();
+    app.add_plugins(
+        DefaultPlugins
+            .set(WindowPlugin {
+                primary_window: Some(Window {
+                    title,
+                    resolution: bevy::window::WindowResolution::from(resolution)
+                        .with_scale_factor_override(1.0),
+                    present_mode: PresentMode::AutoVsync,
+                    ..default()
+                }),
+                ..default()
+            })
+            .set(bevy::log::LogPlugin {
+                filter: "wgpu=error,naga=warn,bevy_render=warn,bevy_winit=warn".into(),
+                ..default()
+            }),
+    )
+    .add_plugins((FrameTimeDiagnosticsPlugin::default(), EguiPlugin::default()))
+    .insert_resource(City { map, index })
+    .insert_resource(rig)
+    .insert_resource(StartedAt(started))
+    .init_resource::<Selection>()
+    .configure_sets(
+        Update,
+        (AppSystems::Input, AppSystems::Apply, AppSystems::SyncScene).chain(),
+    )
+    .add_plugins((scene::plugin, camera::plugin, ui::plugin));
+    if let Some(request) = options.screenshot {
+        snapshot::add(&mut app, request);
+    }
+    match app.run() {
+        AppExit::Success => Ok(()),
+        AppExit::Error(code) => anyhow::bail!("the app exited with error code {code}"),
+    }
+}
+
+/// Flies the camera to a building, framed by its size and height.
+pub fn fly_to_building(rig: &mut CameraRig, city: &City, index: usize) {
+    let Some(b) = city.map.buildings.get(index) else {
+        return;
+    };
+    let Some(rect) = geo::BoundingRect::bounding_rect(&b.footprint) else {
+        return;
+    };
+    let c = rect.center();
+    let size = (rect.width().max(rect.height()) as f32).max(b.extent.height_m);
+    let focus = Vec3::from_array(crate::geo_frame::world_from_local(c.x, c.y, 0.0));
+    rig.fly_to(focus, (size * 3.5).max(120.0));
+}

@@ -1,0 +1,158 @@
+//! `zhongshu screenshot`: render until every pipeline is compiled and the city shows,
+//! then save the window (3D scene and egui chrome) as a PNG and exit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bevy::prelude::*;
+use bevy::render::render_resource::PipelineCache;
+use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
+use bevy::render::{Render, RenderApp, RenderSystems};
+
+use super::{ScreenshotRequest, StartedAt, theme};
+
+/// Give up after this long without a drawn city (software rendering included).
+const TIMEOUT_SECS: f32 = 240.0;
+/// Frames with no pipeline compiling before we trust the frame is complete.
+const SETTLE_FRAMES: u32 = 8;
+
+/// Pipelines still compiling in the render world, shared with the main world.
+#[derive(Resource, Clone, Default)]
+struct PipelinesPending(Arc<AtomicUsize>);
+
+#[derive(Resource)]
+struct SnapshotState {
+    out: PathBuf,
+    settled_frames: u32,
+    in_flight: bool,
+    attempts: u32,
+    done: bool,
+}
+
+pub(super) fn add(app: &mut App, request: ScreenshotRequest) {
+    let pending = PipelinesPending::default();
+    app.insert_resource(pending.clone())
+        .insert_resource(SnapshotState {
+            out: request.out,
+            settled_frames: 0,
+            in_flight: false,
+            attempts: 0,
+            done: false,
+        })
+        .add_systems(Last, request_capture);
+    if let Some(render_app) = app.get_sub_app_mut(RenderApp) {
+        render_app.insert_resource(pending).add_systems(
+            Render,
+            count_pending_pipelines.in_set(RenderSystems::Cleanup),
+        );
+    }
+}
+
+fn count_pending_pipelines(cache: Res<PipelineCache>, pending: Res<PipelinesPending>) {
+    pending
+        .0
+        .store(cache.waiting_pipelines().count(), Ordering::Relaxed);
+}
+
+fn request_capture(
+    mut commands: Commands,
+    time: Res<Time<Real>>,
+    pending: Res<PipelinesPending>,
+    mut state: ResMut<SnapshotState>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    if time.elapsed_secs() > TIMEOUT_SECS {
+        error!("screenshot: the city was not drawn within {TIMEOUT_SECS} s");
+        exit.write(AppExit::error());
+        return;
+    }
+    if state.in_flight || state.done {
+        return;
+    }
+    if pending.0.load(Ordering::Relaxed) > 0 {
+        state.settled_frames = 0;
+        return;
+    }
+    state.settled_frames += 1;
+    if state.settled_frames < SETTLE_FRAMES {
+        return;
+    }
+    state.in_flight = true;
+    state.attempts += 1;
+    commands
+        .spawn(Screenshot::primary_window())
+        .observe(on_captured);
+}
+
+/// Share of pixels that are neither the clear colour nor the ground: the drawn city.
+pub fn city_pixel_share(image: &image::RgbImage) -> f64 {
+    let to_u8 = |c: Color| {
+        let s = c.to_srgba();
+        [
+            (s.red * 255.0) as i32,
+            (s.green * 255.0) as i32,
+            (s.blue * 255.0) as i32,
+        ]
+    };
+    let backgrounds = [to_u8(theme::CLEAR), to_u8(theme::GROUND)];
+    let drawn = image
+        .pixels()
+        .filter(|p| {
+            backgrounds.iter().all(|b| {
+                (p[0] as i32 - b[0]).abs() + (p[1] as i32 - b[1]).abs() + (p[2] as i32 - b[2]).abs()
+                    > 12
+            })
+        })
+        .count();
+    drawn as f64 / (image.width() as f64 * image.height() as f64).max(1.0)
+}
+
+fn on_captured(
+    captured: On<ScreenshotCaptured>,
+    started: Res<StartedAt>,
+    mut state: ResMut<SnapshotState>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    state.in_flight = false;
+    let rgb = match captured.image.clone().try_into_dynamic() {
+        Ok(image) => image.to_rgb8(),
+        Err(e) => {
+            error!("screenshot: cannot read the captured frame: {e}");
+            exit.write(AppExit::error());
+            return;
+        }
+    };
+    let share = city_pixel_share(&rgb);
+    // Pipelines can finish compiling between the check and the capture on a slow
+    // software renderer: retry a few times before accepting a sparse frame.
+    if share < 0.2 && state.attempts < 5 {
+        state.settled_frames = 0;
+        return;
+    }
+    if let Some(parent) = state.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Err(e) = std::fs::create_dir_all(parent) {
+            error!("screenshot: cannot create {}: {e}", parent.display());
+            exit.write(AppExit::error());
+            return;
+        }
+    }
+    if let Err(e) = rgb.save(&state.out) {
+        error!("screenshot: cannot write {}: {e}", state.out.display());
+        exit.write(AppExit::error());
+        return;
+    }
+    let ready_ms = started.0.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "out": state.out.display().to_string(),
+            "width": rgb.width(),
+            "height": rgb.height(),
+            "city_pixel_share": (share * 1000.0).round() / 1000.0,
+            "ready_ms": ready_ms.round(),
+        })
+    );
+    state.done = true;
+    exit.write(AppExit::Success);
+}

@@ -1,0 +1,212 @@
+//! Benchmarks behind `zhongshu bench`: a generated city of any size, timed from file to
+//! GPU-ready chunk meshes, with the process's peak memory.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::map::{self, mesh};
+
+/// Small deterministic generator (SplitMix64): same seed, same city.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Writes a GeoJSON FeatureCollection of `buildings` footprints laid out in city blocks
+/// around Shanghai's centre: boxes and L-shapes, some with courtyards, with a mix of
+/// `height`, `building:levels` and untagged heights. About 350 bytes per building.
+pub fn generate_city_geojson(path: &Path, buildings: usize, seed: u64) -> std::io::Result<u64> {
+    let file = std::fs::File::create(path)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut rng = SplitMix(seed);
+    let (lon0, lat0) = (121.47, 31.23);
+    let frame = crate::geo_frame::GeoFrame::new(lon0, lat0);
+    // Blocks of 4×4 lots, 25 m lots, 20 m streets.
+    let per_row = ((buildings as f64).sqrt().ceil() as usize).max(1);
+    let lot = 25.0;
+    let street = 20.0;
+    let block = 4.0 * lot + street;
+    let half = per_row as f64 / 4.0 * block / 2.0;
+    let kinds = [
+        "yes",
+        "apartments",
+        "office",
+        "house",
+        "commercial",
+        "retail",
+        "school",
+    ];
+    w.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[\n")?;
+    let mut written = 0u64;
+    for i in 0..buildings {
+        let (row, col) = (i / per_row, i % per_row);
+        let x0 = (col / 4) as f64 * block + (col % 4) as f64 * lot - half;
+        let y0 = (row / 4) as f64 * block + (row % 4) as f64 * lot - half;
+        let (wx, wy) = (
+            lot * (0.55 + 0.35 * rng.unit()),
+            lot * (0.55 + 0.35 * rng.unit()),
+        );
+        let (ox, oy) = (x0 + 1.5, y0 + 1.5);
+        let shape = rng.next() % 10;
+        let outer: Vec<[f64; 2]> = if shape < 3 {
+            // L-shape.
+            let (cx, cy) = (wx * 0.5, wy * 0.5);
+            vec![
+                [ox, oy],
+                [ox + wx, oy],
+                [ox + wx, oy + cy],
+                [ox + cx, oy + cy],
+                [ox + cx, oy + wy],
+                [ox, oy + wy],
+            ]
+        } else {
+            vec![[ox, oy], [ox + wx, oy], [ox + wx, oy + wy], [ox, oy + wy]]
+        };
+        let kind = kinds[(rng.next() % kinds.len() as u64) as usize];
+        if i > 0 {
+            w.write_all(b",\n")?;
+        }
+        write!(
+            w,
+            "{{\"type\":\"Feature\",\"id\":{i},\"properties\":{{\"building\":\"{kind}\""
+        )?;
+        match rng.next() % 3 {
+            0 => write!(
+                w,
+                ",\"height\":\"{:.1}\"",
+                6.0 + rng.unit() * rng.unit() * 150.0
+            )?,
+            1 => write!(w, ",\"building:levels\":\"{}\"", 1 + rng.next() % 30)?,
+            _ => {}
+        }
+        if rng.next() % 8 == 0 {
+            write!(w, ",\"name\":\"Block {} 第{}号楼\"", i / 16, i % 16)?;
+        }
+        w.write_all(b"},\"geometry\":{\"type\":\"Polygon\",\"coordinates\":[[")?;
+        let with_hole = shape == 9;
+        for (k, p) in outer.iter().chain(std::iter::once(&outer[0])).enumerate() {
+            let [lon, lat] = frame.wgs84_from_local(p[0], p[1]);
+            if k > 0 {
+                w.write_all(b",")?;
+            }
+            write!(w, "[{lon:.7},{lat:.7}]")?;
+        }
+        w.write_all(b"]")?;
+        if with_hole {
+            let (hx, hy) = (ox + wx * 0.3, oy + wy * 0.3);
+            let (hw, hh) = (wx * 0.4, wy * 0.4);
+            w.write_all(b",[")?;
+            let hole = [
+                [hx, hy],
+                [hx, hy + hh],
+                [hx + hw, hy + hh],
+                [hx + hw, hy],
+                [hx, hy],
+            ];
+            for (k, p) in hole.iter().enumerate() {
+                let [lon, lat] = frame.wgs84_from_local(p[0], p[1]);
+                if k > 0 {
+                    w.write_all(b",")?;
+                }
+                write!(w, "[{lon:.7},{lat:.7}]")?;
+            }
+            w.write_all(b"]")?;
+        }
+        w.write_all(b"]}}")?;
+        written += 1;
+    }
+    w.write_all(b"\n]}\n")?;
+    w.flush()?;
+    Ok(written)
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Result of `zhongshu bench map`.
+#[derive(Debug, Serialize)]
+pub struct MapBenchReport {
+    pub file: String,
+    pub file_bytes: u64,
+    pub buildings: usize,
+    pub skipped: u64,
+    pub generate_ms: Option<f64>,
+    /// Reading the file and building the city model.
+    pub load_ms: f64,
+    /// Triangulating and merging into chunk meshes.
+    pub mesh_ms: f64,
+    /// `load_ms + mesh_ms`: file to GPU-ready meshes.
+    pub total_ms: f64,
+    pub chunks: usize,
+    pub triangles: usize,
+    pub peak_rss_mb: Option<f64>,
+    pub threads: usize,
+}
+
+/// Times loading `path` into chunk meshes.
+pub fn bench_map_file(
+    path: &Path,
+    generate_ms: Option<f64>,
+) -> Result<MapBenchReport, map::MapError> {
+    let start = Instant::now();
+    let city = map::load_path(path)?;
+    let load_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let meshes = mesh::build_city_meshes(&city);
+    let mesh_ms = t.elapsed().as_secs_f64() * 1000.0;
+    Ok(MapBenchReport {
+        file: path.display().to_string(),
+        file_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        buildings: city.buildings.len(),
+        skipped: city.skipped.total(),
+        generate_ms,
+        load_ms,
+        mesh_ms,
+        total_ms: load_ms + mesh_ms,
+        chunks: meshes.chunks.len(),
+        triangles: meshes.triangle_count(),
+        peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0)),
+        threads: rayon::current_num_threads(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_city_loads_completely() {
+        let dir = std::env::temp_dir().join(format!("zhongshu-gen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gen.geojson");
+        assert_eq!(generate_city_geojson(&path, 500, 7).unwrap(), 500);
+        let report = bench_map_file(&path, None).unwrap();
+        assert_eq!(report.buildings, 500);
+        assert_eq!(report.skipped, 0);
+        assert!(report.triangles > 500 * 10);
+        let bytes_per_building = report.file_bytes as f64 / 500.0;
+        assert!(
+            (250.0..500.0).contains(&bytes_per_building),
+            "{bytes_per_building}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

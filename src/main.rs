@@ -1,0 +1,207 @@
+//! `zhongshu` command line: the command-centre window and its headless tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use zhongshu::app::{self, AppOptions};
+use zhongshu::{bench, map};
+
+#[derive(Parser)]
+#[command(
+    name = "zhongshu",
+    version,
+    about = "Zhongshu (中枢): command centre for a city brain"
+)]
+struct Cli {
+    /// Map to show: an OpenStreetMap .osm.pbf or a GeoJSON FeatureCollection.
+    /// Without it, the embedded default city (Helsinki centre).
+    #[arg(long, global = true)]
+    map: Option<PathBuf>,
+    /// Start looking at LON,LAT (WGS84) from DISTANCE metres away (default 600).
+    #[arg(long, global = true, value_name = "LON,LAT[,DISTANCE]")]
+    look_at: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open the command-centre window (the default).
+    Run,
+    /// Render the scene off-screen until the city is drawn, write a PNG and exit.
+    Screenshot {
+        /// PNG file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Image size as WIDTHxHEIGHT.
+        #[arg(long, default_value = "1600x900")]
+        size: String,
+    },
+    /// Load a map without a window and print one JSON object describing it.
+    MapInfo {
+        /// The .osm.pbf or GeoJSON file.
+        path: PathBuf,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time file → GPU-ready chunk meshes on a generated (or given) GeoJSON city.
+    Map {
+        /// Buildings in the generated city.
+        #[arg(long, default_value_t = 1_000_000)]
+        buildings: usize,
+        /// Use this GeoJSON file instead of generating one (or keep the generated one here).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .with_context(|| format!("--size must look like 1600x900, got {text:?}"))?;
+    let (w, h): (u32, u32) = (
+        w.trim()
+            .parse()
+            .with_context(|| format!("bad width in --size {text:?}"))?,
+        h.trim()
+            .parse()
+            .with_context(|| format!("bad height in --size {text:?}"))?,
+    );
+    if !(64..=8192).contains(&w) || !(64..=8192).contains(&h) {
+        bail!("--size {w}x{h} out of range: each side must be 64 to 8192 pixels");
+    }
+    Ok((w, h))
+}
+
+fn parse_look_at(text: &str) -> anyhow::Result<[f64; 3]> {
+    let parts: Vec<f64> = text
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--look-at must be LON,LAT[,DISTANCE], got {text:?}"))?;
+    match parts[..] {
+        [lon, lat] if zhongshu::geo_frame::is_valid_wgs84(lon, lat) => Ok([lon, lat, 600.0]),
+        [lon, lat, d]
+            if zhongshu::geo_frame::is_valid_wgs84(lon, lat) && d.is_finite() && d > 0.0 =>
+        {
+            Ok([lon, lat, d])
+        }
+        _ => bail!(
+            "--look-at must be LON,LAT[,DISTANCE] with a real longitude/latitude, got {text:?}"
+        ),
+    }
+}
+
+fn map_info(path: &std::path::Path) -> anyhow::Result<()> {
+    let city = map::load_path(path)?;
+    let t = Instant::now();
+    let meshes = map::mesh::build_city_meshes(&city);
+    let mesh_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let info = serde_json::json!({
+        "name": city.name,
+        "buildings": city.buildings.len(),
+        "roads": city.roads.len(),
+        "water": city.count_areas(map::AreaKind::Water) + city.waterways.len(),
+        "green": city.count_areas(map::AreaKind::Green),
+        "districts": city.districts.len(),
+        "skipped": city.skipped.to_json(),
+        "skipped_total": city.skipped.total(),
+        "bbox": city.bbox_wgs84,
+        "origin": [city.frame.origin_lon, city.frame.origin_lat],
+        "load_ms": (city.load_ms * 10.0).round() / 10.0,
+        "mesh_ms": (mesh_ms * 10.0).round() / 10.0,
+        "chunks": meshes.chunks.len(),
+        "triangles": meshes.triangle_count(),
+    });
+    println!("{info}");
+    Ok(())
+}
+
+fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Result<()> {
+    let (path, generated, generate_ms) = match file {
+        Some(p) if p.exists() => (p, false, None),
+        other => {
+            let path = other.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("zhongshu-bench-{buildings}-{seed}.geojson"))
+            });
+            eprintln!(
+                "generating {buildings} buildings into {} ...",
+                path.display()
+            );
+            let t = Instant::now();
+            bench::generate_city_geojson(&path, buildings, seed)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            (path, true, Some(t.elapsed().as_secs_f64() * 1000.0))
+        }
+    };
+    // Measure in a fresh process so the generator's memory does not count as peak.
+    if generated {
+        let exe = std::env::current_exe()?;
+        let status = std::process::Command::new(exe)
+            .args(["bench", "map", "--file"])
+            .arg(&path)
+            .env(
+                "ZHONGSHU_GENERATE_MS",
+                format!("{}", generate_ms.unwrap_or(0.0)),
+            )
+            .status()?;
+        if !status.success() {
+            bail!("benchmark run failed: {status}");
+        }
+        return Ok(());
+    }
+    let generate_ms = std::env::var("ZHONGSHU_GENERATE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let report = bench::bench_map_file(&path, generate_ms)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let look_at = cli.look_at.as_deref().map(parse_look_at).transpose()?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => app::run(AppOptions {
+            map: cli.map,
+            look_at,
+            screenshot: None,
+        }),
+        Command::Screenshot { out, size } => {
+            let size = parse_size(&size)?;
+            app::run(AppOptions {
+                map: cli.map,
+                look_at,
+                screenshot: Some(app::ScreenshotRequest { out, size }),
+            })
+        }
+        Command::MapInfo { path } => map_info(&path),
+        Command::Bench(BenchCommand::Map {
+            buildings,
+            file,
+            seed,
+        }) => bench_map(buildings, file, seed),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zhongshu: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1051 @@
+//! The city map model and its loaders.
+//!
+//! Every source format is read into [`RawFeature`]s (WGS84 geometry + string tags),
+//! then one shared pipeline classifies, validates and projects them into a
+//! [`CityMap`] in local metres. Nothing downstream ever sees OSM tags' raw structure
+//! or a file format: only buildings, roads, water, green and districts.
+
+pub mod footprint;
+pub mod geojson;
+pub mod mesh;
+pub mod osm;
+pub mod pick;
+pub mod rings;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use geo::{Coord, LineString, Polygon};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::geo_frame::{GeoFrame, is_valid_wgs84};
+pub use footprint::{Extent, HeightSource};
+use rings::Ring;
+
+/// The embedded default city: Helsinki city centre (© OpenStreetMap contributors, ODbL).
+pub const DEFAULT_MAP_PBF: &[u8] = include_bytes!("../../maps/helsinki.osm.pbf");
+/// Name shown for the embedded default city.
+pub const DEFAULT_MAP_NAME: &str = "Helsinki 赫尔辛基";
+/// Attribution that must be visible wherever OSM-derived maps are drawn.
+pub const OSM_ATTRIBUTION: &str = "© OpenStreetMap contributors (ODbL)";
+
+/// Features farther than this from the city origin are not part of the city.
+const MAX_DISTANCE_FROM_ORIGIN_M: f64 = 200_000.0;
+
+/// Why a feature was left out of the map; counted and shown to the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Fewer than three distinct points in a ring, or fewer than two in a line.
+    TooFewPoints,
+    /// A ring crosses or touches itself.
+    SelfIntersecting,
+    /// A ring encloses no area.
+    ZeroArea,
+    /// NaN, infinite or out-of-range longitude/latitude, or coordinates that are not numbers.
+    BadCoordinates,
+    /// Far outside the city (more than 200 km from its centre).
+    OutsideCity,
+    /// A feature with no geometry.
+    NullGeometry,
+    /// A geometry type that cannot be drawn as that kind of feature (e.g. a point building).
+    UnsupportedGeometry,
+    /// Tags that describe nothing the map draws.
+    UnknownTags,
+    /// A way or relation referring to nodes or ways missing from the file.
+    MissingReferences,
+    /// Multipolygon member ways that do not join into closed rings.
+    UnclosedRing,
+    /// A hole lying outside every outer ring of its polygon.
+    HoleOutsideOuter,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::TooFewPoints => "too_few_points",
+            SkipReason::SelfIntersecting => "self_intersecting",
+            SkipReason::ZeroArea => "zero_area",
+            SkipReason::BadCoordinates => "bad_coordinates",
+            SkipReason::OutsideCity => "outside_city",
+            SkipReason::NullGeometry => "null_geometry",
+            SkipReason::UnsupportedGeometry => "unsupported_geometry",
+            SkipReason::UnknownTags => "unknown_tags",
+            SkipReason::MissingReferences => "missing_references",
+            SkipReason::UnclosedRing => "unclosed_ring",
+            SkipReason::HoleOutsideOuter => "hole_outside_outer",
+        }
+    }
+}
+
+/// Counts of skipped features by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SkipCounts(pub BTreeMap<SkipReason, u64>);
+
+impl SkipCounts {
+    pub fn add(&mut self, reason: SkipReason) {
+        self.add_n(reason, 1);
+    }
+    pub fn add_n(&mut self, reason: SkipReason, n: u64) {
+        if n > 0 {
+            *self.0.entry(reason).or_default() += n;
+        }
+    }
+    pub fn get(&self, reason: SkipReason) -> u64 {
+        self.0.get(&reason).copied().unwrap_or(0)
+    }
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+    pub fn merge(&mut self, other: &SkipCounts) {
+        for (&reason, &n) in &other.0 {
+            self.add_n(reason, n);
+        }
+    }
+    /// `{"reason": count, ...}` for JSON output.
+    pub fn to_json(&self) -> serde_json::Value {
+        self.0
+            .iter()
+            .map(|(r, n)| (r.as_str().to_string(), serde_json::Value::from(*n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// Key/value tags of a feature as they came from the source.
+pub type Tags = Vec<(String, String)>;
+
+fn tag<'a>(tags: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Geometry in WGS84 `[lon, lat]` as read from a source, before validation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RawGeometry {
+    Null,
+    Point,
+    Line(Vec<[f64; 2]>),
+    MultiLine(Vec<Vec<[f64; 2]>>),
+    /// First ring outer, the rest holes.
+    Polygon(Vec<Vec<[f64; 2]>>),
+    MultiPolygon(Vec<Vec<Vec<[f64; 2]>>>),
+}
+
+/// One feature from any source format.
+#[derive(Clone, Debug)]
+pub struct RawFeature {
+    pub id: String,
+    pub tags: Tags,
+    pub geometry: RawGeometry,
+}
+
+/// Road classes, from motorway down to footpaths, plus rail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoadClass {
+    Motorway,
+    Trunk,
+    Primary,
+    Secondary,
+    Tertiary,
+    Residential,
+    Service,
+    Path,
+    Rail,
+}
+
+impl RoadClass {
+    pub const ALL: [RoadClass; 9] = [
+        RoadClass::Motorway,
+        RoadClass::Trunk,
+        RoadClass::Primary,
+        RoadClass::Secondary,
+        RoadClass::Tertiary,
+        RoadClass::Residential,
+        RoadClass::Service,
+        RoadClass::Path,
+        RoadClass::Rail,
+    ];
+
+    fn from_highway(value: &str) -> Option<RoadClass> {
+        Some(match value {
+            "motorway" | "motorway_link" => RoadClass::Motorway,
+            "trunk" | "trunk_link" => RoadClass::Trunk,
+            "primary" | "primary_link" => RoadClass::Primary,
+            "secondary" | "secondary_link" => RoadClass::Secondary,
+            "tertiary" | "tertiary_link" => RoadClass::Tertiary,
+            "residential" | "unclassified" | "living_street" | "road" => RoadClass::Residential,
+            "service" | "busway" | "bus_guideway" => RoadClass::Service,
+            "pedestrian" | "footway" | "path" | "cycleway" | "steps" | "track" | "bridleway" => {
+                RoadClass::Path
+            }
+            _ => return None,
+        })
+    }
+
+    /// Carriageway width drawn when no `width` or `lanes` tag says otherwise.
+    pub fn default_width_m(self) -> f32 {
+        match self {
+            RoadClass::Motorway => 22.0,
+            RoadClass::Trunk => 18.0,
+            RoadClass::Primary => 14.0,
+            RoadClass::Secondary => 12.0,
+            RoadClass::Tertiary => 10.0,
+            RoadClass::Residential => 7.0,
+            RoadClass::Service => 4.5,
+            RoadClass::Path => 2.5,
+            RoadClass::Rail => 3.0,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoadClass::Motorway => "motorway",
+            RoadClass::Trunk => "trunk",
+            RoadClass::Primary => "primary",
+            RoadClass::Secondary => "secondary",
+            RoadClass::Tertiary => "tertiary",
+            RoadClass::Residential => "residential",
+            RoadClass::Service => "service",
+            RoadClass::Path => "path",
+            RoadClass::Rail => "rail",
+        }
+    }
+}
+
+/// A building (or building part) footprint with its vertical extent.
+#[derive(Clone, Debug)]
+pub struct Building {
+    pub id: String,
+    /// Local metres; exterior counter-clockwise, holes clockwise, rings open.
+    pub footprint: Polygon<f64>,
+    pub extent: Extent,
+    /// The `building` value (`yes`, `apartments`, `church`, ...).
+    pub kind: String,
+    pub name: Option<String>,
+    pub tags: Tags,
+}
+
+/// A road, path or railway centreline.
+#[derive(Clone, Debug)]
+pub struct Road {
+    pub id: String,
+    pub class: RoadClass,
+    pub width_m: f32,
+    pub name: Option<String>,
+    /// Local metres.
+    pub line: LineString<f64>,
+}
+
+/// What an area is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AreaKind {
+    Water,
+    Green,
+}
+
+/// A water body or green area.
+#[derive(Clone, Debug)]
+pub struct Area {
+    pub id: String,
+    pub kind: AreaKind,
+    pub name: Option<String>,
+    pub polygon: Polygon<f64>,
+}
+
+/// A river, stream or canal centreline.
+#[derive(Clone, Debug)]
+pub struct Waterway {
+    pub id: String,
+    pub width_m: f32,
+    pub line: LineString<f64>,
+}
+
+/// An administrative district (city → district → street levels).
+#[derive(Clone, Debug)]
+pub struct District {
+    pub id: String,
+    pub name: Option<String>,
+    pub admin_level: Option<u8>,
+    /// Boundary rings in local metres (outer rings; closed or clipped at the extract edge).
+    pub boundary: Vec<LineString<f64>>,
+}
+
+/// A loaded city: everything the 3D scene and the panels need, in local metres.
+#[derive(Clone, Debug)]
+pub struct CityMap {
+    pub name: String,
+    pub frame: GeoFrame,
+    /// `[min_lon, min_lat, max_lon, max_lat]` of what was kept.
+    pub bbox_wgs84: [f64; 4],
+    pub buildings: Vec<Building>,
+    pub roads: Vec<Road>,
+    pub waterways: Vec<Waterway>,
+    pub areas: Vec<Area>,
+    pub districts: Vec<District>,
+    pub skipped: SkipCounts,
+    /// Wall time from bytes to this model, in milliseconds.
+    pub load_ms: f64,
+}
+
+impl CityMap {
+    pub fn count_areas(&self, kind: AreaKind) -> usize {
+        self.areas.iter().filter(|a| a.kind == kind).count()
+    }
+
+    /// Bounds `[min_e, min_n, max_e, max_n]` of everything in local metres.
+    pub fn local_bounds(&self) -> [f64; 4] {
+        let f = &self.frame;
+        let [a, b] = f.local_from_wgs84(self.bbox_wgs84[0], self.bbox_wgs84[1]);
+        let [c, d] = f.local_from_wgs84(self.bbox_wgs84[2], self.bbox_wgs84[3]);
+        [a, b, c, d]
+    }
+}
+
+/// Errors that stop a map from loading at all (bad features are skipped, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("cannot read map file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: not an OpenStreetMap .osm.pbf nor a GeoJSON file (expected .pbf, .geojson or .json)"
+    )]
+    UnknownFormat { path: PathBuf },
+    #[error("{source_name}: invalid OSM PBF: {message}")]
+    OsmPbf {
+        source_name: String,
+        message: String,
+    },
+    #[error("{source_name}: invalid GeoJSON: {message}")]
+    GeoJson {
+        source_name: String,
+        message: String,
+    },
+    #[error(
+        "{source_name}: no drawable features (buildings, roads, water, green or districts) found; {skipped} features skipped"
+    )]
+    Empty { source_name: String, skipped: u64 },
+}
+
+/// Map file formats Zhongshu reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapFormat {
+    OsmPbf,
+    GeoJson,
+}
+
+impl MapFormat {
+    /// Guesses the format from the extension, then from the first bytes.
+    pub fn detect(path: &Path, head: &[u8]) -> Option<MapFormat> {
+        let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
+        if name.ends_with(".pbf") {
+            return Some(MapFormat::OsmPbf);
+        }
+        if name.ends_with(".geojson") || name.ends_with(".json") {
+            return Some(MapFormat::GeoJson);
+        }
+        match head.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => Some(MapFormat::GeoJson),
+            // A PBF file starts with a big-endian BlobHeader length, then "OSMHeader".
+            _ if head.len() > 16 && head[4..].windows(9).any(|w| w == b"OSMHeader") => {
+                Some(MapFormat::OsmPbf)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Loads a map file (`.osm.pbf` or GeoJSON).
+pub fn load_path(path: &Path) -> Result<CityMap, MapError> {
+    let bytes = std::fs::read(path).map_err(|source| MapError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let format = MapFormat::detect(path, &bytes[..bytes.len().min(64)]).ok_or_else(|| {
+        MapError::UnknownFormat {
+            path: path.to_path_buf(),
+        }
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| path.display().to_string());
+    let name = name
+        .trim_end_matches(".pbf")
+        .trim_end_matches(".osm")
+        .trim_end_matches(".geojson")
+        .trim_end_matches(".json")
+        .to_string();
+    load_bytes(&bytes, format, &name, &path.display().to_string())
+}
+
+/// Loads a map from bytes already in memory.
+pub fn load_bytes(
+    bytes: &[u8],
+    format: MapFormat,
+    name: &str,
+    source_name: &str,
+) -> Result<CityMap, MapError> {
+    let start = Instant::now();
+    let (features, skipped) = match format {
+        MapFormat::OsmPbf => osm::read_features(bytes, source_name)?,
+        MapFormat::GeoJson => geojson::read_features(bytes, source_name)?,
+    };
+    let mut map = build_city(name, features, skipped);
+    map.load_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let drawable = map.buildings.len()
+        + map.roads.len()
+        + map.areas.len()
+        + map.waterways.len()
+        + map.districts.len();
+    if drawable == 0 {
+        return Err(MapError::Empty {
+            source_name: source_name.to_string(),
+            skipped: map.skipped.total(),
+        });
+    }
+    Ok(map)
+}
+
+/// The embedded default city.
+pub fn load_default() -> Result<CityMap, MapError> {
+    load_bytes(
+        DEFAULT_MAP_PBF,
+        MapFormat::OsmPbf,
+        DEFAULT_MAP_NAME,
+        "embedded default map",
+    )
+}
+
+/// What a feature's tags make it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Class {
+    Building,
+    Road(RoadClass),
+    Water,
+    Waterway,
+    Green,
+    District,
+}
+
+/// Classifies a feature by its tags. `is_area` says whether the geometry encloses an
+/// area, which decides between e.g. a pedestrian square and a footway.
+fn classify(tags: &[(String, String)]) -> Option<Class> {
+    if let Some(b) = tag(tags, "building").or_else(|| tag(tags, "building:part")) {
+        if b != "no" {
+            return Some(Class::Building);
+        }
+    }
+    if let Some(h) = tag(tags, "highway") {
+        if tag(tags, "area") != Some("yes") {
+            if let Some(c) = RoadClass::from_highway(h) {
+                return Some(Class::Road(c));
+            }
+        }
+    }
+    if let Some(r) = tag(tags, "railway") {
+        if matches!(
+            r,
+            "rail" | "tram" | "light_rail" | "subway" | "narrow_gauge"
+        ) && tag(tags, "tunnel").is_none_or(|t| t == "no")
+        {
+            return Some(Class::Road(RoadClass::Rail));
+        }
+    }
+    if tag(tags, "natural") == Some("water")
+        || tag(tags, "water").is_some()
+        || matches!(tag(tags, "waterway"), Some("riverbank" | "dock"))
+        || matches!(tag(tags, "landuse"), Some("reservoir" | "basin"))
+        || tag(tags, "leisure") == Some("swimming_pool")
+    {
+        return Some(Class::Water);
+    }
+    if matches!(
+        tag(tags, "waterway"),
+        Some("river" | "stream" | "canal" | "drain" | "ditch")
+    ) {
+        return Some(Class::Waterway);
+    }
+    if matches!(
+        tag(tags, "leisure"),
+        Some(
+            "park"
+                | "garden"
+                | "pitch"
+                | "playground"
+                | "nature_reserve"
+                | "golf_course"
+                | "dog_park"
+        )
+    ) || matches!(
+        tag(tags, "landuse"),
+        Some(
+            "grass"
+                | "forest"
+                | "meadow"
+                | "recreation_ground"
+                | "cemetery"
+                | "village_green"
+                | "allotments"
+                | "orchard"
+                | "flowerbed"
+        )
+    ) || matches!(
+        tag(tags, "natural"),
+        Some("wood" | "scrub" | "grassland" | "heath" | "wetland")
+    ) {
+        return Some(Class::Green);
+    }
+    if tag(tags, "boundary") == Some("administrative")
+        || (tag(tags, "admin_level").is_some() && tag(tags, "boundary").is_none())
+    {
+        return Some(Class::District);
+    }
+    None
+}
+
+/// Validated, projected output of one raw feature.
+enum Built {
+    Buildings(Vec<Building>),
+    Road(Road),
+    Waterway(Waterway),
+    Areas(Vec<Area>),
+    District(District),
+}
+
+/// Turns raw features into a city: classification, coordinate checks, projection
+/// around a robust centre, ring validation. Runs in parallel.
+pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts) -> CityMap {
+    let frame = pick_origin(&features);
+    let results: Vec<Result<Built, SkipReason>> = features
+        .into_par_iter()
+        .map(|f| build_feature(f, &frame))
+        .collect();
+
+    let mut map = CityMap {
+        name: name.to_string(),
+        frame,
+        bbox_wgs84: [0.0; 4],
+        buildings: Vec::new(),
+        roads: Vec::new(),
+        waterways: Vec::new(),
+        areas: Vec::new(),
+        districts: Vec::new(),
+        skipped: SkipCounts::default(),
+        load_ms: 0.0,
+    };
+    for r in results {
+        match r {
+            Ok(Built::Buildings(b)) => map.buildings.extend(b),
+            Ok(Built::Road(r)) => map.roads.push(r),
+            Ok(Built::Waterway(w)) => map.waterways.push(w),
+            Ok(Built::Areas(a)) => map.areas.extend(a),
+            Ok(Built::District(d)) => map.districts.push(d),
+            Err(reason) => skipped.add(reason),
+        }
+    }
+    map.skipped = skipped;
+    map.bbox_wgs84 = kept_bbox(&map);
+    map
+}
+
+/// The origin is the median of feature positions, so one stray feature on the far side
+/// of the world cannot drag the city off the screen.
+fn pick_origin(features: &[RawFeature]) -> GeoFrame {
+    let mut lons = Vec::with_capacity(features.len());
+    let mut lats = Vec::with_capacity(features.len());
+    for f in features {
+        if let Some([lon, lat]) = first_point(&f.geometry) {
+            if is_valid_wgs84(lon, lat) {
+                lons.push(lon);
+                lats.push(lat);
+            }
+        }
+    }
+    if lons.is_empty() {
+        return GeoFrame::new(0.0, 0.0);
+    }
+    let mid = lons.len() / 2;
+    let lon = *lons.select_nth_unstable_by(mid, f64::total_cmp).1;
+    let lat = *lats.select_nth_unstable_by(mid, f64::total_cmp).1;
+    GeoFrame::new(lon, lat)
+}
+
+fn first_point(g: &RawGeometry) -> Option<[f64; 2]> {
+    match g {
+        RawGeometry::Line(l) => l.first().copied(),
+        RawGeometry::MultiLine(ls) => ls.first()?.first().copied(),
+        RawGeometry::Polygon(rs) => rs.first()?.first().copied(),
+        RawGeometry::MultiPolygon(ps) => ps.first()?.first()?.first().copied(),
+        RawGeometry::Null | RawGeometry::Point => None,
+    }
+}
+
+fn kept_bbox(map: &CityMap) -> [f64; 4] {
+    let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+    let mut add = |c: &Coord<f64>| {
+        b[0] = b[0].min(c.x);
+        b[1] = b[1].min(c.y);
+        b[2] = b[2].max(c.x);
+        b[3] = b[3].max(c.y);
+    };
+    map.buildings
+        .iter()
+        .for_each(|x| x.footprint.exterior().0.iter().for_each(&mut add));
+    map.roads
+        .iter()
+        .for_each(|x| x.line.0.iter().for_each(&mut add));
+    map.waterways
+        .iter()
+        .for_each(|x| x.line.0.iter().for_each(&mut add));
+    map.areas
+        .iter()
+        .for_each(|x| x.polygon.exterior().0.iter().for_each(&mut add));
+    map.districts.iter().for_each(|x| {
+        x.boundary
+            .iter()
+            .for_each(|l| l.0.iter().for_each(&mut add))
+    });
+    if b[0] > b[2] {
+        return [
+            map.frame.origin_lon,
+            map.frame.origin_lat,
+            map.frame.origin_lon,
+            map.frame.origin_lat,
+        ];
+    }
+    let [min_lon, min_lat] = map.frame.wgs84_from_local(b[0], b[1]);
+    let [max_lon, max_lat] = map.frame.wgs84_from_local(b[2], b[3]);
+    [min_lon, min_lat, max_lon, max_lat]
+}
+
+/// Projects a WGS84 point list, rejecting impossible or far-away coordinates.
+fn project(points: &[[f64; 2]], frame: &GeoFrame) -> Result<Ring, SkipReason> {
+    let mut out = Vec::with_capacity(points.len());
+    for &[lon, lat] in points {
+        if !is_valid_wgs84(lon, lat) {
+            return Err(SkipReason::BadCoordinates);
+        }
+        let p = frame.local_from_wgs84(lon, lat);
+        if p[0].abs() > MAX_DISTANCE_FROM_ORIGIN_M || p[1].abs() > MAX_DISTANCE_FROM_ORIGIN_M {
+            return Err(SkipReason::OutsideCity);
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+fn to_linestring(ring: Ring) -> LineString<f64> {
+    LineString(ring.into_iter().map(|[x, y]| Coord { x, y }).collect())
+}
+
+/// Builds validated polygons (outer CCW, holes CW) from WGS84 rings.
+fn polygons(
+    rings_by_polygon: Vec<Vec<Vec<[f64; 2]>>>,
+    frame: &GeoFrame,
+) -> Result<Vec<Polygon<f64>>, SkipReason> {
+    let mut out = Vec::with_capacity(rings_by_polygon.len());
+    let mut first_error = None;
+    for rings in rings_by_polygon {
+        let mut iter = rings.into_iter();
+        let Some(outer) = iter.next() else {
+            first_error.get_or_insert(SkipReason::TooFewPoints);
+            continue;
+        };
+        let outer = match project(&outer, frame).and_then(|r| rings::clean_ring(r, true)) {
+            Ok(r) => r,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        let mut holes = Vec::new();
+        for hole in iter {
+            let hole = project(&hole, frame).and_then(|r| rings::clean_ring(r, false));
+            match hole {
+                Ok(h) if rings::ring_contains(&outer, h[0]) => holes.push(to_linestring(h)),
+                // A broken or misplaced hole does not cost the whole building.
+                Ok(_) | Err(_) => {}
+            }
+        }
+        out.push(Polygon::new(to_linestring(outer), holes));
+    }
+    if out.is_empty() {
+        return Err(first_error.unwrap_or(SkipReason::NullGeometry));
+    }
+    Ok(out)
+}
+
+fn area_rings(geometry: RawGeometry) -> Result<Vec<Vec<Vec<[f64; 2]>>>, SkipReason> {
+    match geometry {
+        RawGeometry::Polygon(rings) => Ok(vec![rings]),
+        RawGeometry::MultiPolygon(polys) => Ok(polys),
+        // A closed line is an area ring (an OSM closed way).
+        RawGeometry::Line(l) if l.len() >= 4 && l.first() == l.last() => Ok(vec![vec![l]]),
+        RawGeometry::Null => Err(SkipReason::NullGeometry),
+        _ => Err(SkipReason::UnsupportedGeometry),
+    }
+}
+
+fn line_points(geometry: RawGeometry) -> Result<Vec<Vec<[f64; 2]>>, SkipReason> {
+    match geometry {
+        RawGeometry::Line(l) => Ok(vec![l]),
+        RawGeometry::MultiLine(ls) => Ok(ls),
+        RawGeometry::Polygon(rings) => Ok(rings),
+        RawGeometry::MultiPolygon(ps) => Ok(ps.into_iter().flatten().collect()),
+        RawGeometry::Null => Err(SkipReason::NullGeometry),
+        RawGeometry::Point => Err(SkipReason::UnsupportedGeometry),
+    }
+}
+
+fn project_line(points: &[[f64; 2]], frame: &GeoFrame) -> Result<LineString<f64>, SkipReason> {
+    let mut ring = project(points, frame)?;
+    ring.dedup();
+    if ring.len() < 2 {
+        return Err(SkipReason::TooFewPoints);
+    }
+    Ok(to_linestring(ring))
+}
+
+fn width_from_tags(tags: &[(String, String)], default: f32) -> f32 {
+    if let Some(w) = tag(tags, "width").and_then(footprint::parse_length_m) {
+        if (1.0..=100.0).contains(&w) {
+            return w;
+        }
+    }
+    if let Some(l) = tag(tags, "lanes").and_then(footprint::parse_levels) {
+        if (1.0..=16.0).contains(&l) {
+            return (l * 3.5).max(default * 0.6);
+        }
+    }
+    default
+}
+
+fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
+    let RawFeature { id, tags, geometry } = f;
+    if geometry == RawGeometry::Null {
+        return Err(SkipReason::NullGeometry);
+    }
+    let class = classify(&tags).ok_or(SkipReason::UnknownTags)?;
+    let name = tag(&tags, "name").map(str::to_string);
+    match class {
+        Class::Building => {
+            let polys = polygons(area_rings(geometry)?, frame)?;
+            let kind = tag(&tags, "building")
+                .or_else(|| tag(&tags, "building:part"))
+                .unwrap_or("yes")
+                .to_string();
+            let extent = footprint::building_extent(&kind, |k| tag(&tags, k));
+            // The usual case is one polygon: move the tags rather than copy them.
+            let mut buildings = Vec::with_capacity(polys.len());
+            let last = polys.len() - 1;
+            let mut tags = Some(tags);
+            for (i, footprint) in polys.into_iter().enumerate() {
+                let tags = if i == last {
+                    tags.take().unwrap_or_default()
+                } else {
+                    tags.clone().unwrap_or_default()
+                };
+                buildings.push(Building {
+                    id: id.clone(),
+                    footprint,
+                    extent,
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    tags,
+                });
+            }
+            Ok(Built::Buildings(buildings))
+        }
+        Class::Road(class) => {
+            let mut lines = line_points(geometry)?;
+            let first = lines.swap_remove(0);
+            let line = project_line(&first, frame)?;
+            Ok(Built::Road(Road {
+                id,
+                class,
+                width_m: width_from_tags(&tags, class.default_width_m()),
+                name,
+                line,
+            }))
+        }
+        Class::Waterway => {
+            let mut lines = line_points(geometry)?;
+            let line = project_line(&lines.swap_remove(0), frame)?;
+            let default = if tag(&tags, "waterway") == Some("river") {
+                20.0
+            } else {
+                5.0
+            };
+            Ok(Built::Waterway(Waterway {
+                id,
+                width_m: width_from_tags(&tags, default),
+                line,
+            }))
+        }
+        Class::Water | Class::Green => {
+            let kind = if class == Class::Water {
+                AreaKind::Water
+            } else {
+                AreaKind::Green
+            };
+            let polys = polygons(area_rings(geometry)?, frame)?;
+            Ok(Built::Areas(
+                polys
+                    .into_iter()
+                    .map(|polygon| Area {
+                        id: id.clone(),
+                        kind,
+                        name: name.clone(),
+                        polygon,
+                    })
+                    .collect(),
+            ))
+        }
+        Class::District => {
+            let admin_level = tag(&tags, "admin_level").and_then(|l| l.parse().ok());
+            let lines = line_points(geometry)?;
+            let boundary: Vec<_> = lines
+                .iter()
+                .filter_map(|l| project_line(l, frame).ok())
+                .collect();
+            if boundary.is_empty() {
+                return Err(SkipReason::TooFewPoints);
+            }
+            Ok(Built::District(District {
+                id,
+                name,
+                admin_level,
+                boundary,
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn square(lon: f64, lat: f64, d: f64) -> Vec<[f64; 2]> {
+        vec![
+            [lon, lat],
+            [lon + d, lat],
+            [lon + d, lat + d],
+            [lon, lat + d],
+            [lon, lat],
+        ]
+    }
+
+    fn feature(id: &str, t: &[(&str, &str)], geometry: RawGeometry) -> RawFeature {
+        RawFeature {
+            id: id.into(),
+            tags: tags(t),
+            geometry,
+        }
+    }
+
+    #[test]
+    fn classifies_every_layer() {
+        assert_eq!(
+            classify(&tags(&[("building", "yes")])),
+            Some(Class::Building)
+        );
+        assert_eq!(classify(&tags(&[("building", "no")])), None);
+        assert_eq!(
+            classify(&tags(&[("highway", "primary")])),
+            Some(Class::Road(RoadClass::Primary))
+        );
+        assert_eq!(
+            classify(&tags(&[("railway", "tram")])),
+            Some(Class::Road(RoadClass::Rail))
+        );
+        assert_eq!(classify(&tags(&[("natural", "water")])), Some(Class::Water));
+        assert_eq!(
+            classify(&tags(&[("waterway", "river")])),
+            Some(Class::Waterway)
+        );
+        assert_eq!(classify(&tags(&[("leisure", "park")])), Some(Class::Green));
+        assert_eq!(
+            classify(&tags(&[
+                ("boundary", "administrative"),
+                ("admin_level", "9")
+            ])),
+            Some(Class::District)
+        );
+        assert_eq!(classify(&tags(&[("amenity", "bench")])), None);
+        assert_eq!(classify(&tags(&[])), None);
+    }
+
+    #[test]
+    fn builds_a_small_city_and_counts_what_it_skips() {
+        let features = vec![
+            feature(
+                "b1",
+                &[("building", "yes"), ("height", "30")],
+                RawGeometry::Polygon(vec![square(24.94, 60.17, 0.0002)]),
+            ),
+            feature(
+                "b2",
+                &[("building", "house")],
+                RawGeometry::Polygon(vec![
+                    square(24.95, 60.17, 0.0004),
+                    square(24.9501, 60.1701, 0.0001),
+                ]),
+            ),
+            feature(
+                "r1",
+                &[("highway", "residential")],
+                RawGeometry::Line(vec![[24.94, 60.17], [24.95, 60.171]]),
+            ),
+            feature(
+                "w1",
+                &[("natural", "water")],
+                RawGeometry::Polygon(vec![square(24.96, 60.16, 0.001)]),
+            ),
+            feature(
+                "g1",
+                &[("leisure", "park")],
+                RawGeometry::Polygon(vec![square(24.93, 60.16, 0.001)]),
+            ),
+            feature(
+                "x1",
+                &[("amenity", "bench")],
+                RawGeometry::Polygon(vec![square(24.93, 60.16, 0.001)]),
+            ),
+            feature("n1", &[("building", "yes")], RawGeometry::Null),
+            feature("p1", &[("building", "yes")], RawGeometry::Point),
+            feature(
+                "bad",
+                &[("building", "yes")],
+                RawGeometry::Polygon(vec![square(f64::NAN, 60.17, 0.001)]),
+            ),
+            feature(
+                "huge",
+                &[("building", "yes")],
+                RawGeometry::Polygon(vec![square(1e300, 60.17, 0.001)]),
+            ),
+            feature(
+                "far",
+                &[("building", "yes")],
+                RawGeometry::Polygon(vec![square(-70.0, -30.0, 0.001)]),
+            ),
+            feature(
+                "few",
+                &[("building", "yes")],
+                RawGeometry::Polygon(vec![vec![[24.94, 60.17], [24.941, 60.17]]]),
+            ),
+            feature(
+                "bow",
+                &[("building", "yes")],
+                RawGeometry::Polygon(vec![vec![
+                    [24.94, 60.17],
+                    [24.941, 60.171],
+                    [24.941, 60.17],
+                    [24.94, 60.171],
+                    [24.94, 60.17],
+                ]]),
+            ),
+        ];
+        let map = build_city("test", features, SkipCounts::default());
+        assert_eq!(map.buildings.len(), 2);
+        assert_eq!(map.roads.len(), 1);
+        assert_eq!(map.count_areas(AreaKind::Water), 1);
+        assert_eq!(map.count_areas(AreaKind::Green), 1);
+        let s = &map.skipped;
+        assert_eq!(s.get(SkipReason::UnknownTags), 1);
+        assert_eq!(s.get(SkipReason::NullGeometry), 1);
+        assert_eq!(s.get(SkipReason::UnsupportedGeometry), 1);
+        assert_eq!(s.get(SkipReason::BadCoordinates), 2);
+        assert_eq!(s.get(SkipReason::OutsideCity), 1);
+        assert_eq!(s.get(SkipReason::TooFewPoints), 1);
+        assert_eq!(s.get(SkipReason::SelfIntersecting), 1);
+        assert_eq!(s.total(), 8);
+
+        let b1 = map.buildings.iter().find(|b| b.id == "b1").unwrap();
+        assert_eq!(b1.extent.height_m, 30.0);
+        let b2 = map.buildings.iter().find(|b| b.id == "b2").unwrap();
+        assert_eq!(b2.footprint.interiors().len(), 1, "hole kept");
+        assert_eq!(b2.extent.height_m, 7.0, "house default");
+        // The stray far-away building must not move the city: bbox stays in Helsinki.
+        assert!(
+            map.bbox_wgs84[0] > 24.9 && map.bbox_wgs84[2] < 25.0,
+            "{:?}",
+            map.bbox_wgs84
+        );
+    }
+
+    #[test]
+    fn multipolygon_buildings_become_one_building_per_part() {
+        let f = feature(
+            "mp",
+            &[("building", "yes")],
+            RawGeometry::MultiPolygon(vec![
+                vec![square(24.94, 60.17, 0.0002)],
+                vec![square(24.95, 60.17, 0.0002)],
+            ]),
+        );
+        let map = build_city("t", vec![f], SkipCounts::default());
+        assert_eq!(map.buildings.len(), 2);
+        assert!(map.buildings.iter().all(|b| b.id == "mp"));
+    }
+
+    #[test]
+    fn a_hole_outside_its_outer_is_dropped_but_the_building_stays() {
+        let f = feature(
+            "h",
+            &[("building", "yes")],
+            RawGeometry::Polygon(vec![
+                square(24.94, 60.17, 0.0002),
+                square(24.96, 60.17, 0.0001),
+            ]),
+        );
+        let map = build_city("t", vec![f], SkipCounts::default());
+        assert_eq!(map.buildings.len(), 1);
+        assert!(map.buildings[0].footprint.interiors().is_empty());
+    }
+
+    #[test]
+    fn road_width_from_width_or_lanes() {
+        assert_eq!(width_from_tags(&tags(&[("width", "9 m")]), 7.0), 9.0);
+        assert_eq!(width_from_tags(&tags(&[("lanes", "4")]), 7.0), 14.0);
+        assert_eq!(width_from_tags(&tags(&[("width", "-2")]), 7.0), 7.0);
+    }
+
+    #[test]
+    fn detects_formats() {
+        assert_eq!(
+            MapFormat::detect(Path::new("a.osm.pbf"), b""),
+            Some(MapFormat::OsmPbf)
+        );
+        assert_eq!(
+            MapFormat::detect(Path::new("a.geojson"), b""),
+            Some(MapFormat::GeoJson)
+        );
+        assert_eq!(
+            MapFormat::detect(Path::new("a.dat"), b"  {\"type\""),
+            Some(MapFormat::GeoJson)
+        );
+        assert_eq!(MapFormat::detect(Path::new("a.dat"), b"hello"), None);
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_the_path() {
+        let err = load_path(Path::new("/no/such/city.osm.pbf")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("/no/such/city.osm.pbf"), "{text}");
+    }
+}

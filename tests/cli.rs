@@ -1,0 +1,95 @@
+//! `zhongshu map-info` and error handling, without a window.
+
+use crate::{scratch_dir, zhongshu};
+
+fn map_info(path: &std::path::Path) -> (bool, serde_json::Value, String) {
+    let out = zhongshu()
+        .arg("map-info")
+        .arg(path)
+        .output()
+        .expect("run zhongshu");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
+    (out.status.success(), json, stderr)
+}
+
+#[test]
+fn map_info_describes_the_default_city_file() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("maps/helsinki.osm.pbf");
+    let (ok, info, stderr) = map_info(&path);
+    assert!(ok, "{stderr}");
+    for field in [
+        "buildings",
+        "roads",
+        "skipped",
+        "bbox",
+        "load_ms",
+        "mesh_ms",
+    ] {
+        assert!(info.get(field).is_some(), "missing {field} in {info}");
+    }
+    assert!(info["buildings"].as_u64().unwrap() > 2000);
+    assert!(info["roads"].as_u64().unwrap() > 5000);
+    let bbox = info["bbox"].as_array().unwrap();
+    assert!((24.8..25.1).contains(&bbox[0].as_f64().unwrap()));
+}
+
+#[test]
+fn map_info_counts_broken_geojson_features_by_reason() {
+    let dir = scratch_dir("broken-geojson");
+    let path = dir.join("city.geojson");
+    std::fs::write(
+        &path,
+        r#"{"type":"FeatureCollection","features":[
+          {"type":"Feature","properties":{"building":"yes","height":"20"},"geometry":{"type":"Polygon","coordinates":[[[24.94,60.17],[24.9402,60.17],[24.9402,60.1702],[24.94,60.1702],[24.94,60.17]]]}},
+          {"type":"Feature","properties":{"building":"yes"},"geometry":null},
+          {"type":"Feature","properties":{"building":"yes"},"geometry":{"type":"Polygon","coordinates":[[[24.94,NaN],[24.95,60.17],[24.95,60.18],[24.94,NaN]]]}},
+          {"type":"Feature","properties":{"building":"yes"},"geometry":{"type":"Polygon","coordinates":[[[24.94,60.17],[24.941,60.171],[24.941,60.17],[24.94,60.171],[24.94,60.17]]]}}
+        ]}"#,
+    )
+    .unwrap();
+    let (ok, info, stderr) = map_info(&path);
+    assert!(ok, "{stderr}");
+    assert_eq!(info["buildings"], 1);
+    assert_eq!(info["skipped"]["null_geometry"], 1);
+    assert_eq!(info["skipped"]["bad_coordinates"], 1);
+    assert_eq!(info["skipped"]["self_intersecting"], 1);
+}
+
+#[test]
+fn a_wrong_path_is_a_clear_error_not_a_crash() {
+    let (ok, _, stderr) = map_info(std::path::Path::new("/nonexistent/city.osm.pbf"));
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/city.osm.pbf"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The window command refuses the same way, before opening any window.
+    let out = zhongshu()
+        .args(["--map", "/nonexistent/city.geojson"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/city.geojson"), "{stderr}");
+}
+
+#[test]
+fn garbage_files_are_rejected_with_the_reason() {
+    let dir = scratch_dir("garbage");
+    let pbf = dir.join("junk.osm.pbf");
+    std::fs::write(&pbf, b"\x00\x00\x00\x0dthis is not a pbf").unwrap();
+    let (ok, _, stderr) = map_info(&pbf);
+    assert!(!ok && stderr.contains("invalid OSM PBF"), "{stderr}");
+    let json = dir.join("junk.geojson");
+    std::fs::write(
+        &json,
+        b"{\"type\": \"FeatureCollection\", \"features\": [ {",
+    )
+    .unwrap();
+    let (ok, _, stderr) = map_info(&json);
+    assert!(!ok && stderr.contains("invalid GeoJSON"), "{stderr}");
+    let txt = dir.join("notes.txt");
+    std::fs::write(&txt, b"hello").unwrap();
+    let (ok, _, stderr) = map_info(&txt);
+    assert!(!ok && stderr.contains("not an OpenStreetMap"), "{stderr}");
+}

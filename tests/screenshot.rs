@@ -1,0 +1,107 @@
+//! `zhongshu screenshot` renders the real scene through the GPU pipeline (Mesa's
+//! lavapipe under Xvfb in CI) and the PNG shows a city, not a blank frame.
+
+use std::collections::HashSet;
+use std::process::Command;
+
+use crate::{scratch_dir, zhongshu};
+
+/// Runs `zhongshu ARGS` under `xvfb-run` unless a display is already there.
+fn run_with_display(args: &[&str]) -> std::process::Output {
+    let has_display = std::env::var_os("DISPLAY").is_some();
+    let mut cmd = if has_display {
+        zhongshu()
+    } else {
+        let mut c = Command::new("xvfb-run");
+        c.args(["-a", "-s", "-screen 0 1920x1080x24"])
+            .arg(env!("CARGO_BIN_EXE_zhongshu"));
+        c
+    };
+    cmd.args(args)
+        .env("WGPU_BACKEND", std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot start zhongshu under xvfb-run ({e}); install xvfb and mesa-vulkan-drivers (.ci/run does)")
+        })
+}
+
+#[test]
+fn screenshot_of_the_default_city_shows_buildings() {
+    let dir = scratch_dir("screenshot");
+    let out = dir.join("city.png");
+    let result = run_with_display(&[
+        "screenshot",
+        "--out",
+        out.to_str().unwrap(),
+        "--size",
+        "960x600",
+    ]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "screenshot failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&result.stdout)
+            .lines()
+            .last()
+            .unwrap_or(""),
+    )
+    .unwrap_or_else(|_| panic!("no JSON report; stderr: {stderr}"));
+    assert_eq!(report["width"], 960);
+
+    let image = image::open(&out).expect("a readable PNG").to_rgb8();
+    assert_eq!((image.width(), image.height()), (960, 600));
+
+    // The centre of the frame is the 3D view: most of it must be city, not background.
+    let (w, h) = (image.width(), image.height());
+    let clear = [3i32, 4, 9]; // theme::CLEAR in sRGB
+    let centre: Vec<_> = (h / 4..h * 3 / 4)
+        .flat_map(|y| (w / 3..w * 2 / 3).map(move |x| (x, y)))
+        .map(|(x, y)| image.get_pixel(x, y).0)
+        .collect();
+    let non_background = centre
+        .iter()
+        .filter(|p| {
+            (p[0] as i32 - clear[0]).abs()
+                + (p[1] as i32 - clear[1]).abs()
+                + (p[2] as i32 - clear[2]).abs()
+                > 12
+        })
+        .count();
+    let share = non_background as f64 / centre.len() as f64;
+    assert!(
+        share > 0.5,
+        "only {:.0}% of the view is drawn",
+        share * 100.0
+    );
+
+    // Buildings are drawn by our shader in cool blue-cyan shades that vary with height
+    // and face: several distinct shades must be present, in quantity.
+    let building_like: Vec<_> = centre
+        .iter()
+        .filter(|p| p[2] > p[0] + 20 && p[2] >= 40)
+        .collect();
+    assert!(
+        building_like.len() > centre.len() / 20,
+        "too few building pixels: {} of {}",
+        building_like.len(),
+        centre.len()
+    );
+    let shades: HashSet<_> = building_like
+        .iter()
+        .map(|p| (p[0] / 16, p[1] / 16, p[2] / 16))
+        .collect();
+    assert!(shades.len() >= 8, "only {} building shades", shades.len());
+
+    // The egui chrome is there too: the top bar is not background.
+    let top_row: Vec<_> = (0..w).map(|x| image.get_pixel(x, 10).0).collect();
+    assert!(top_row.iter().any(|p| p != &top_row[0]) || top_row[0] != [3, 4, 9]);
+}
+
+#[test]
+fn screenshot_rejects_a_bad_size() {
+    let out = zhongshu()
+        .args(["screenshot", "--out", "/tmp/x.png", "--size", "big"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--size"));
+}
