@@ -29,8 +29,9 @@ fn map_info_describes_the_default_city_file() {
     ] {
         assert!(info.get(field).is_some(), "missing {field} in {info}");
     }
-    assert!(info["buildings"].as_u64().unwrap() > 2000);
-    assert!(info["roads"].as_u64().unwrap() > 5000);
+    assert!(info["buildings"].as_u64().unwrap() > 500);
+    assert!(info["roads"].as_u64().unwrap() > 2000);
+    assert!(info["triangles"].as_u64().unwrap() > 30_000);
     let bbox = info["bbox"].as_array().unwrap();
     assert!((24.8..25.1).contains(&bbox[0].as_f64().unwrap()));
 }

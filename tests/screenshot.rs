@@ -77,10 +77,10 @@ fn screenshot_of_the_default_city_shows_buildings() {
     // and face: several distinct shades must be present, in quantity.
     let building_like: Vec<_> = centre
         .iter()
-        .filter(|p| p[2] > p[0] + 20 && p[2] >= 40)
+        .filter(|p| p[2] as i32 > p[0] as i32 + 20 && p[2] >= 40)
         .collect();
     assert!(
-        building_like.len() > centre.len() / 20,
+        building_like.len() > centre.len() / 8,
         "too few building pixels: {} of {}",
         building_like.len(),
         centre.len()
@@ -89,7 +89,7 @@ fn screenshot_of_the_default_city_shows_buildings() {
         .iter()
         .map(|p| (p[0] / 16, p[1] / 16, p[2] / 16))
         .collect();
-    assert!(shades.len() >= 8, "only {} building shades", shades.len());
+    assert!(shades.len() >= 20, "only {} building shades", shades.len());
 
     // The egui chrome is there too: the top bar is not background.
     let top_row: Vec<_> = (0..w).map(|x| image.get_pixel(x, 10).0).collect();
