@@ -24,6 +24,9 @@ struct Cli {
     /// Start looking at LON,LAT (WGS84) from DISTANCE metres away (default 600).
     #[arg(long, global = true, value_name = "LON,LAT[,DISTANCE]")]
     look_at: Option<String>,
+    /// Select the building with this id (e.g. way/123) and fly to it.
+    #[arg(long, global = true, value_name = "ID")]
+    select: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -176,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run => app::run(AppOptions {
             map: cli.map,
             look_at,
+            select: cli.select,
             screenshot: None,
         }),
         Command::Screenshot { out, size } => {
@@ -183,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             app::run(AppOptions {
                 map: cli.map,
                 look_at,
+                select: cli.select,
                 screenshot: Some(app::ScreenshotRequest { out, size }),
             })
         }

@@ -24,6 +24,8 @@ pub struct AppOptions {
     pub map: Option<PathBuf>,
     /// Initial view: longitude, latitude, distance in metres.
     pub look_at: Option<[f64; 3]>,
+    /// Building id to select at start.
+    pub select: Option<String>,
     pub screenshot: Option<ScreenshotRequest>,
 }
 
@@ -85,6 +87,15 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         rig.clamp_goal();
         rig.pose = rig.goal;
     }
+    let selected = match &options.select {
+        Some(id) => {
+            let Some(i) = map.buildings.iter().position(|b| &b.id == id) else {
+                anyhow::bail!("--select {id}: no building with that id in {}", map.name);
+            };
+            Some(i)
+        }
+        None => None,
+    };
     let title = format!("中枢 Zhongshu — {}", map.name);
     let resolution = options
         .screenshot
@@ -92,6 +103,11 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         .map(|s| s.size)
         .unwrap_or((1600, 900));
 
+    let city = City { map, index };
+    if let Some(i) = selected {
+        fly_to_building(&mut rig, &city, i);
+        rig.pose = rig.goal;
+    }
     let mut app = App::new();
     app.add_plugins(
         DefaultPlugins
@@ -111,10 +127,10 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
             }),
     )
     .add_plugins((FrameTimeDiagnosticsPlugin::default(), EguiPlugin::default()))
-    .insert_resource(City { map, index })
+    .insert_resource(city)
+    .insert_resource(Selection { building: selected })
     .insert_resource(rig)
     .insert_resource(StartedAt(started))
-    .init_resource::<Selection>()
     .configure_sets(
         Update,
         (AppSystems::Input, AppSystems::Apply, AppSystems::SyncScene).chain(),

@@ -246,3 +246,47 @@ fn update_selection_highlight(
         })),
     ));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toggling_a_layer_hides_only_its_chunks() {
+        let mut app = App::new();
+        app.add_plugins(MinimalPlugins)
+            .init_resource::<LayerVisibility>()
+            .add_systems(Update, apply_layer_visibility);
+        let roads = app
+            .world_mut()
+            .spawn((ChunkLayer(MapLayer::Roads), Visibility::Inherited))
+            .id();
+        let buildings = app
+            .world_mut()
+            .spawn((ChunkLayer(MapLayer::Buildings), Visibility::Inherited))
+            .id();
+        app.update();
+        app.world_mut()
+            .resource_mut::<LayerVisibility>()
+            .0
+            .insert(MapLayer::Roads, false);
+        app.update();
+        assert_eq!(
+            app.world().get::<Visibility>(roads),
+            Some(&Visibility::Hidden)
+        );
+        assert_eq!(
+            app.world().get::<Visibility>(buildings),
+            Some(&Visibility::Inherited)
+        );
+        app.world_mut()
+            .resource_mut::<LayerVisibility>()
+            .0
+            .insert(MapLayer::Roads, true);
+        app.update();
+        assert_eq!(
+            app.world().get::<Visibility>(roads),
+            Some(&Visibility::Inherited)
+        );
+    }
+}
