@@ -92,7 +92,7 @@ pub fn generate_city_geojson(path: &Path, buildings: usize, seed: u64) -> std::i
             1 => write!(w, ",\"building:levels\":\"{}\"", 1 + rng.next() % 30)?,
             _ => {}
         }
-        if rng.next() % 8 == 0 {
+        if rng.next().is_multiple_of(8) {
             write!(w, ",\"name\":\"Block {} 第{}号楼\"", i / 16, i % 16)?;
         }
         w.write_all(b"},\"geometry\":{\"type\":\"Polygon\",\"coordinates\":[[")?;

@@ -317,10 +317,10 @@ fn keyboard_controls(
     if keys.just_pressed(KeyCode::Home) || keys.just_pressed(KeyCode::Digit0) {
         rig.reset();
     }
-    if keys.just_pressed(KeyCode::KeyG) {
-        if let Some(i) = selection.building {
-            super::fly_to_building(&mut rig, &city, i);
-        }
+    if keys.just_pressed(KeyCode::KeyG)
+        && let Some(i) = selection.building
+    {
+        super::fly_to_building(&mut rig, &city, i);
     }
 }
 

@@ -130,12 +130,12 @@ fn on_captured(
         state.settled_frames = 0;
         return;
     }
-    if let Some(parent) = state.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Err(e) = std::fs::create_dir_all(parent) {
-            error!("screenshot: cannot create {}: {e}", parent.display());
-            exit.write(AppExit::error());
-            return;
-        }
+    if let Some(parent) = state.out.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Err(e) = std::fs::create_dir_all(parent)
+    {
+        error!("screenshot: cannot create {}: {e}", parent.display());
+        exit.write(AppExit::error());
+        return;
     }
     if let Err(e) = rgb.save(&state.out) {
         error!("screenshot: cannot write {}: {e}", state.out.display());

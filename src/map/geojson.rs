@@ -145,10 +145,10 @@ fn decode_feature(index: usize, f: &FeatureJson) -> Result<RawFeature, SkipReaso
     let geometry = decode_geometry(f.geometry)?;
     let mut id = decode_id(f.id, index);
     // Exports from OSM tools often carry the OSM id as a property.
-    if f.id.is_none() {
-        if let Some(pos) = tags.iter().position(|(k, _)| k == "@id" || k == "osm_id") {
-            id = tags[pos].1.clone();
-        }
+    if f.id.is_none()
+        && let Some(pos) = tags.iter().position(|(k, _)| k == "@id" || k == "osm_id")
+    {
+        id = tags[pos].1.clone();
     }
     tags.retain(|(k, _)| !k.starts_with('@'));
     Ok(RawFeature { id, tags, geometry })

@@ -438,26 +438,25 @@ enum Class {
 /// Classifies a feature by its tags. `is_area` says whether the geometry encloses an
 /// area, which decides between e.g. a pedestrian square and a footway.
 fn classify(tags: &[(String, String)]) -> Option<Class> {
-    if let Some(b) = tag(tags, "building").or_else(|| tag(tags, "building:part")) {
-        if b != "no" {
-            return Some(Class::Building);
-        }
+    if let Some(b) = tag(tags, "building").or_else(|| tag(tags, "building:part"))
+        && b != "no"
+    {
+        return Some(Class::Building);
     }
-    if let Some(h) = tag(tags, "highway") {
-        if tag(tags, "area") != Some("yes") {
-            if let Some(c) = RoadClass::from_highway(h) {
-                return Some(Class::Road(c));
-            }
-        }
+    if let Some(h) = tag(tags, "highway")
+        && tag(tags, "area") != Some("yes")
+        && let Some(c) = RoadClass::from_highway(h)
+    {
+        return Some(Class::Road(c));
     }
-    if let Some(r) = tag(tags, "railway") {
-        if matches!(
+    if let Some(r) = tag(tags, "railway")
+        && matches!(
             r,
             "rail" | "tram" | "light_rail" | "subway" | "narrow_gauge"
-        ) && tag(tags, "tunnel").is_none_or(|t| t == "no")
-        {
-            return Some(Class::Road(RoadClass::Rail));
-        }
+        )
+        && tag(tags, "tunnel").is_none_or(|t| t == "no")
+    {
+        return Some(Class::Road(RoadClass::Rail));
     }
     if tag(tags, "natural") == Some("water")
         || tag(tags, "water").is_some()
@@ -562,11 +561,11 @@ fn pick_origin(features: &[RawFeature]) -> GeoFrame {
     let mut lons = Vec::with_capacity(features.len());
     let mut lats = Vec::with_capacity(features.len());
     for f in features {
-        if let Some([lon, lat]) = first_point(&f.geometry) {
-            if is_valid_wgs84(lon, lat) {
-                lons.push(lon);
-                lats.push(lat);
-            }
+        if let Some([lon, lat]) = first_point(&f.geometry)
+            && is_valid_wgs84(lon, lat)
+        {
+            lons.push(lon);
+            lats.push(lat);
         }
     }
     if lons.is_empty() {
@@ -715,15 +714,15 @@ fn project_line(points: &[[f64; 2]], frame: &GeoFrame) -> Result<LineString<f64>
 }
 
 fn width_from_tags(tags: &[(String, String)], default: f32) -> f32 {
-    if let Some(w) = tag(tags, "width").and_then(footprint::parse_length_m) {
-        if (1.0..=100.0).contains(&w) {
-            return w;
-        }
+    if let Some(w) = tag(tags, "width").and_then(footprint::parse_length_m)
+        && (1.0..=100.0).contains(&w)
+    {
+        return w;
     }
-    if let Some(l) = tag(tags, "lanes").and_then(footprint::parse_levels) {
-        if (1.0..=16.0).contains(&l) {
-            return (l * 3.5).max(default * 0.6);
-        }
+    if let Some(l) = tag(tags, "lanes").and_then(footprint::parse_levels)
+        && (1.0..=16.0).contains(&l)
+    {
+        return (l * 3.5).max(default * 0.6);
     }
     default
 }
