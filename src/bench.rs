@@ -27,7 +27,8 @@ impl SplitMix {
 
 /// Writes a GeoJSON FeatureCollection of `buildings` footprints laid out in city blocks
 /// around Shanghai's centre: boxes and L-shapes, some with courtyards, with a mix of
-/// `height`, `building:levels` and untagged heights. About 350 bytes per building.
+/// `height`, `building:levels` and untagged heights, and the address and date tags real
+/// exports carry. About 350 bytes per building.
 pub fn generate_city_geojson(path: &Path, buildings: usize, seed: u64) -> std::io::Result<u64> {
     let file = std::fs::File::create(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -92,6 +93,13 @@ pub fn generate_city_geojson(path: &Path, buildings: usize, seed: u64) -> std::i
             1 => write!(w, ",\"building:levels\":\"{}\"", 1 + rng.next() % 30)?,
             _ => {}
         }
+        write!(
+            w,
+            ",\"start_date\":\"{}\",\"roof:shape\":\"{}\",\"addr:housenumber\":\"{}\"",
+            1950 + rng.next() % 75,
+            ["flat", "gabled", "hipped"][(rng.next() % 3) as usize],
+            1 + i % 200
+        )?;
         if rng.next().is_multiple_of(8) {
             write!(w, ",\"name\":\"Block {} 第{}号楼\"", i / 16, i % 16)?;
         }

@@ -151,6 +151,9 @@ pub struct MainCamera;
 struct DragState {
     pressed_at: Option<Vec2>,
     dragged_px: f32,
+    /// Cursor position last frame. Drags follow the cursor, not raw device motion,
+    /// which remote desktops and synthetic input (video-wall controllers) do not send.
+    last_cursor: Option<Vec2>,
 }
 
 pub(super) fn plugin(app: &mut App) {
@@ -223,12 +226,22 @@ fn mouse_controls(
     if buttons.any_just_pressed(any) {
         drag.pressed_at = if over_3d { cursor } else { None };
         drag.dragged_px = 0.0;
+        drag.last_cursor = cursor;
     }
     if drag.pressed_at.is_none() {
+        drag.last_cursor = cursor;
         return;
     }
-    let delta = motion.delta;
-    drag.dragged_px += delta.length();
+    let delta = match (cursor, drag.last_cursor) {
+        (Some(now), Some(before)) => now - before,
+        _ => motion.delta,
+    };
+    // Distance from the press point, not summed motion: a click whose pointer move
+    // lands in the same (slow) frame is still a click.
+    if let (Some(start), Some(now)) = (drag.pressed_at, cursor) {
+        drag.dragged_px = drag.dragged_px.max(start.distance(now));
+    }
+    drag.last_cursor = cursor;
     if buttons.pressed(MouseButton::Left) && !buttons.pressed(MouseButton::Right) {
         rig.pan_pixels(delta, window.height());
     } else if buttons.pressed(MouseButton::Right) || buttons.pressed(MouseButton::Middle) {

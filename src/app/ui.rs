@@ -147,7 +147,8 @@ fn shell_ui(
     if let Some(index) = selection.building {
         egui::Panel::right("inspector")
             .resizable(true)
-            .default_size(320.0)
+            .default_size(340.0)
+            .max_size(460.0)
             .show(&mut root, |ui| inspector_ui(ui, &city.map, index, out));
     }
     ui_input.view_rect = root.available_rect_before_wrap();
@@ -343,7 +344,7 @@ pub fn inspector_ui(ui: &mut egui::Ui, map: &CityMap, index: usize, out: &mut Ve
             .show(ui, |ui| {
                 for (k, v) in &b.tags {
                     ui.label(egui::RichText::new(k).color(theme::MUTED));
-                    ui.label(v);
+                    ui.add(egui::Label::new(v).wrap());
                     ui.end_row();
                 }
             });
