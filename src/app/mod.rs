@@ -2,6 +2,7 @@
 //! concern; each draws core state or forwards user input, and owns no business rules.
 
 pub mod camera;
+pub mod ready;
 pub mod scene;
 pub mod snapshot;
 pub mod theme;
@@ -135,7 +136,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         Update,
         (AppSystems::Input, AppSystems::Apply, AppSystems::SyncScene).chain(),
     )
-    .add_plugins((scene::plugin, camera::plugin, ui::plugin));
+    .add_plugins((scene::plugin, camera::plugin, ui::plugin, ready::plugin));
     if let Some(request) = options.screenshot {
         snapshot::add(&mut app, request);
     }

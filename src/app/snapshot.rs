@@ -2,24 +2,17 @@
 //! then save the window (3D scene and egui chrome) as a PNG and exit.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bevy::prelude::*;
-use bevy::render::render_resource::PipelineCache;
 use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
-use bevy::render::{Render, RenderApp, RenderSystems};
 
+use super::ready::SceneReady;
 use super::{ScreenshotRequest, StartedAt, theme};
 
 /// Give up after this long without a drawn city (software rendering included).
 const TIMEOUT_SECS: f32 = 240.0;
-/// Frames with no pipeline compiling before we trust the frame is complete.
-const SETTLE_FRAMES: u32 = 8;
-
-/// Pipelines still compiling in the render world, shared with the main world.
-#[derive(Resource, Clone, Default)]
-struct PipelinesPending(Arc<AtomicUsize>);
+/// Complete frames to wait before capturing, so the picture has settled.
+const SETTLE_FRAMES: u32 = 3;
 
 #[derive(Resource)]
 struct SnapshotState {
@@ -31,34 +24,20 @@ struct SnapshotState {
 }
 
 pub(super) fn add(app: &mut App, request: ScreenshotRequest) {
-    let pending = PipelinesPending::default();
-    app.insert_resource(pending.clone())
-        .insert_resource(SnapshotState {
-            out: request.out,
-            settled_frames: 0,
-            in_flight: false,
-            attempts: 0,
-            done: false,
-        })
-        .add_systems(Last, request_capture);
-    if let Some(render_app) = app.get_sub_app_mut(RenderApp) {
-        render_app.insert_resource(pending).add_systems(
-            Render,
-            count_pending_pipelines.in_set(RenderSystems::Cleanup),
-        );
-    }
-}
-
-fn count_pending_pipelines(cache: Res<PipelineCache>, pending: Res<PipelinesPending>) {
-    pending
-        .0
-        .store(cache.waiting_pipelines().count(), Ordering::Relaxed);
+    app.insert_resource(SnapshotState {
+        out: request.out,
+        settled_frames: 0,
+        in_flight: false,
+        attempts: 0,
+        done: false,
+    })
+    .add_systems(Last, request_capture.after(super::ready::track_readiness));
 }
 
 fn request_capture(
     mut commands: Commands,
     time: Res<Time<Real>>,
-    pending: Res<PipelinesPending>,
+    ready: Res<SceneReady>,
     mut state: ResMut<SnapshotState>,
     mut exit: MessageWriter<AppExit>,
 ) {
@@ -70,7 +49,7 @@ fn request_capture(
     if state.in_flight || state.done {
         return;
     }
-    if pending.0.load(Ordering::Relaxed) > 0 {
+    if !ready.is_ready() {
         state.settled_frames = 0;
         return;
     }
@@ -111,6 +90,7 @@ pub fn city_pixel_share(image: &image::RgbImage) -> f64 {
 fn on_captured(
     captured: On<ScreenshotCaptured>,
     started: Res<StartedAt>,
+    ready: Res<SceneReady>,
     mut state: ResMut<SnapshotState>,
     mut exit: MessageWriter<AppExit>,
 ) {
@@ -151,6 +131,7 @@ fn on_captured(
             "height": rgb.height(),
             "city_pixel_share": (share * 1000.0).round() / 1000.0,
             "ready_ms": ready_ms.round(),
+            "first_full_frame_ms": ready.first_full_frame_ms.map(f64::round),
         })
     );
     state.done = true;

@@ -109,6 +109,7 @@ fn shell_ui(
     layers: Res<LayerVisibility>,
     rig: Res<CameraRig>,
     selection: Res<Selection>,
+    ready: Res<super::ready::SceneReady>,
     mut ui_input: ResMut<UiInput>,
     mut pending: ResMut<PendingUiCommands>,
 ) -> Result {
@@ -142,7 +143,7 @@ fn shell_ui(
         .resizable(true)
         .default_size(270.0)
         .show(&mut root, |ui| {
-            layer_panel_ui(ui, &city.map, &layers, &rig, out)
+            layer_panel_ui(ui, &city.map, &layers, &rig, ready.first_full_frame_ms, out)
         });
     if let Some(index) = selection.building {
         egui::Panel::right("inspector")
@@ -233,6 +234,7 @@ pub fn layer_panel_ui(
     map: &CityMap,
     layers: &LayerVisibility,
     rig: &CameraRig,
+    first_full_frame_ms: Option<f64>,
     out: &mut Vec<UiCommand>,
 ) {
     ui.heading("Layers 图层");
@@ -285,6 +287,9 @@ pub fn layer_panel_ui(
     let [a, b, c, d] = map.bbox_wgs84;
     ui.label(format!("{b:.4}°N {a:.4}°E — {d:.4}°N {c:.4}°E"));
     ui.label(format!("loaded in {:.0} ms", map.load_ms));
+    if let Some(ms) = first_full_frame_ms {
+        ui.label(format!("first full frame {ms:.0} ms after start"));
+    }
     ui.collapsing(format!("Skipped features: {}", map.skipped.total()), |ui| {
         skipped_ui(ui, map)
     });
