@@ -404,3 +404,75 @@ mod tests {
         assert_eq!(utc_clock_text(951_782_400), "2000-02-29 00:00:00 UTC");
     }
 }
+
+#[cfg(test)]
+mod panel_tests {
+    use egui_kittest::Harness;
+    use egui_kittest::kittest::Queryable;
+
+    use super::*;
+
+    struct PanelState {
+        map: CityMap,
+        layers: LayerVisibility,
+        rig: CameraRig,
+        out: Vec<UiCommand>,
+    }
+
+    fn state() -> PanelState {
+        let map = crate::map::load_default().unwrap();
+        let rig = CameraRig::for_bounds(map.local_bounds());
+        PanelState {
+            map,
+            layers: LayerVisibility::default(),
+            rig,
+            out: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn layer_toggles_and_view_buttons_emit_commands() {
+        let mut harness = Harness::new_ui_state(
+            |ui, s: &mut PanelState| {
+                layer_panel_ui(ui, &s.map, &s.layers, &s.rig, Some(1234.0), &mut s.out)
+            },
+            state(),
+        );
+        harness.get_by_label("Roads 道路").click();
+        harness.run();
+        harness.get_by_label("Whole city 全城").click();
+        harness.run();
+        assert_eq!(
+            harness.state().out,
+            vec![
+                UiCommand::SetLayer(MapLayer::Roads, false),
+                UiCommand::ResetView
+            ]
+        );
+        // Counts and the first-frame figure are on the panel.
+        harness.get_by_label("574");
+        harness.get_by_label("first full frame 1234 ms after start");
+    }
+
+    #[test]
+    fn inspector_shows_the_building_and_flies_to_it() {
+        let s = state();
+        let index = s
+            .map
+            .buildings
+            .iter()
+            .position(|b| b.id == "way/122595241")
+            .unwrap();
+        let mut harness = Harness::new_ui_state(
+            move |ui, s: &mut PanelState| inspector_ui(ui, &s.map, index, &mut s.out),
+            s,
+        );
+        // The name heads the panel and appears again among the tags.
+        assert!(harness.get_all_by_label("Stockmann").count() >= 2);
+        harness.get_by_label("39.0 m (tagged height)");
+        harness.get_by_label("department_store");
+        harness.get_by_label("Fly to 飞至").click();
+        harness.run();
+        assert_eq!(harness.state().out, vec![UiCommand::FlyToBuilding(index)]);
+    }
+}
