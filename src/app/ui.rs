@@ -10,7 +10,7 @@ use super::camera::CameraRig;
 use super::scene::{LayerVisibility, SceneStats};
 use super::{AppSystems, City, Selection, theme};
 use crate::map::mesh::MapLayer;
-use crate::map::{AreaKind, CityMap, OSM_ATTRIBUTION};
+use crate::map::{AreaKind, CityMap};
 
 /// The CJK font registered with egui so Chinese names and labels render.
 const CJK_FONT: &[u8] = include_bytes!("../../assets/fonts/NotoSansSC-Regular-subset.otf");
@@ -209,7 +209,9 @@ pub fn status_bar_ui(ui: &mut egui::Ui, map: &CityMap, stats: &SceneStats, fps: 
         });
         label.on_hover_ui(|ui| skipped_ui(ui, map));
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-            ui.label(egui::RichText::new(OSM_ATTRIBUTION).color(theme::MUTED));
+            if let Some(attribution) = &map.attribution {
+                ui.label(egui::RichText::new(attribution).color(theme::MUTED));
+            }
         });
     });
 }
@@ -452,6 +454,24 @@ mod panel_tests {
         // Counts and the first-frame figure are on the panel.
         harness.get_by_label("574");
         harness.get_by_label("first full frame 1234 ms after start");
+    }
+
+    #[test]
+    fn status_bar_shows_counts_skips_and_the_osm_attribution() {
+        let s = state();
+        let stats = SceneStats {
+            chunk_entities: 43,
+            triangles: 41_698,
+            mesh_ms: 5.0,
+        };
+        let harness = Harness::new_ui_state(
+            move |ui, s: &mut PanelState| status_bar_ui(ui, &s.map, &stats, 59.6),
+            s,
+        );
+        harness.get_by_label("60 fps");
+        harness.get_by_label("43 chunks · 41 k triangles");
+        harness.get_by_label("skipped 1717");
+        harness.get_by_label("© OpenStreetMap contributors (ODbL)");
     }
 
     #[test]

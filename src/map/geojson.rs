@@ -303,6 +303,10 @@ mod tests {
         assert_eq!(map.roads.len(), 1);
         assert_eq!(map.count_areas(AreaKind::Water), 1);
         assert_eq!(map.skipped.total(), 0);
+        assert_eq!(
+            map.attribution, None,
+            "the user's own data carries no OSM notice"
+        );
     }
 
     #[test]

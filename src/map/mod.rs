@@ -289,6 +289,8 @@ pub struct CityMap {
     pub skipped: SkipCounts,
     /// Wall time from bytes to this model, in milliseconds.
     pub load_ms: f64,
+    /// Attribution the data's licence requires to be shown (OSM data: ODbL).
+    pub attribution: Option<String>,
 }
 
 impl CityMap {
@@ -399,6 +401,9 @@ pub fn load_bytes(
         MapFormat::GeoJson => geojson::read_features(bytes, source_name)?,
     };
     let mut map = build_city(name, features, skipped);
+    if format == MapFormat::OsmPbf {
+        map.attribution = Some(OSM_ATTRIBUTION.to_string());
+    }
     map.load_ms = start.elapsed().as_secs_f64() * 1000.0;
     let drawable = map.buildings.len()
         + map.roads.len()
@@ -539,6 +544,7 @@ pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts
         districts: Vec::new(),
         skipped: SkipCounts::default(),
         load_ms: 0.0,
+        attribution: None,
     };
     for r in results {
         match r {

@@ -216,6 +216,11 @@ mod tests {
         );
         // Parts of the extract reference nodes cut off at its edge: counted, not fatal.
         assert!(map.skipped.get(crate::map::SkipReason::MissingReferences) > 0);
+        assert!(
+            map.attribution
+                .as_deref()
+                .is_some_and(|a| a.contains("OpenStreetMap contributors"))
+        );
         // Helsinki city centre.
         let [min_lon, min_lat, max_lon, max_lat] = map.bbox_wgs84;
         assert!(
