@@ -12,5 +12,8 @@
 
 pub mod app;
 pub mod bench;
+pub mod clock;
+pub mod feeds;
 pub mod geo_frame;
 pub mod map;
+pub mod state;

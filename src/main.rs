@@ -49,6 +49,16 @@ enum Command {
         /// The .osm.pbf or GeoJSON file.
         path: PathBuf,
     },
+    /// Run the feeds of a feeds file headless for a while and print one JSON object per
+    /// feed: feed, entities, updates, rejected, reasons, last_ok, ...
+    FeedsCheck {
+        /// The feeds TOML file.
+        #[arg(long)]
+        feeds: PathBuf,
+        /// How long to run, in seconds.
+        #[arg(long = "for", value_name = "SECONDS", default_value_t = 10.0)]
+        for_secs: f64,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -173,6 +183,66 @@ fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Resu
     Ok(())
 }
 
+fn feeds_check(
+    feeds_path: &std::path::Path,
+    for_secs: f64,
+    map_path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use zhongshu::feeds::config::{FeedKind, load_feeds};
+    use zhongshu::feeds::health::Ingest;
+    use zhongshu::feeds::poll::{Pollers, unix_ms_now};
+
+    if !(0.0..=86_400.0).contains(&for_secs) {
+        bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
+    }
+    let feeds = load_feeds(feeds_path)?;
+    // Positions are indexed around the map the feeds describe.
+    let city = match map_path {
+        Some(p) => map::load_path(p)?,
+        None => map::load_default()?,
+    };
+    let mut state = zhongshu::state::LiveState::new(city.frame);
+    let (pollers, rx) = Pollers::start(&feeds);
+    let mut ingest = Ingest::new(&feeds, rx);
+    let until = Instant::now() + std::time::Duration::from_secs_f64(for_secs);
+    while Instant::now() < until {
+        ingest.pump(&mut state, usize::MAX);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    pollers.stop();
+    ingest.pump(&mut state, usize::MAX);
+    let now = unix_ms_now();
+    let mut all_ok = true;
+    for (i, (feed, health)) in feeds.iter().zip(&ingest.health).enumerate() {
+        let sim = feed.kind == FeedKind::Sim;
+        all_ok &= sim || health.last_ok_ms.is_some();
+        let line = serde_json::json!({
+            "feed": feed.name,
+            "domain": feed.domain.as_str(),
+            "entities": state.count_for_feed(i as u32),
+            "updates": health.updates,
+            "ignored": health.ignored,
+            "rejected": health.rejected,
+            "reasons": health.reasons,
+            "last_ok": health.last_ok_ms.map(zhongshu::clock::rfc3339_from_unix_ms),
+            "age_s": health.age_s(now),
+            "polls_ok": health.polls_ok,
+            "polls_failed": health.polls_failed,
+            "updates_per_s": health.updates_per_s(now),
+            "last_error": if sim {
+                Some("sim feeds run inside the command centre; feeds-check polls HTTP feeds".to_string())
+            } else {
+                health.last_error.clone()
+            },
+        });
+        println!("{line}");
+    }
+    if !all_ok {
+        bail!("some feeds never answered successfully (see last_error above)");
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let look_at = cli.look_at.as_deref().map(parse_look_at).transpose()?;
     match cli.command.unwrap_or(Command::Run) {
@@ -192,6 +262,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::MapInfo { path } => map_info(&path),
+        Command::FeedsCheck { feeds, for_secs } => {
+            feeds_check(&feeds, for_secs, cli.map.as_deref())
+        }
         Command::Bench(BenchCommand::Map {
             buildings,
             file,

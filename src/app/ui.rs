@@ -9,6 +9,7 @@ use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
 use super::camera::CameraRig;
 use super::scene::{LayerVisibility, SceneStats};
 use super::{AppSystems, City, Selection, theme};
+use crate::clock::utc_clock_text;
 use crate::map::mesh::MapLayer;
 use crate::map::{AreaKind, CityMap};
 
@@ -76,27 +77,6 @@ pub fn install_fonts(ctx: &egui::Context) {
             .push("noto-sans-sc".to_owned());
     }
     ctx.set_fonts(fonts);
-}
-
-/// `YYYY-MM-DD HH:MM:SS UTC` for a Unix time (civil-from-days, proleptic Gregorian).
-pub fn utc_clock_text(unix_secs: i64) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let secs = unix_secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -392,18 +372,6 @@ fn apply_ui_commands(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clock_text() {
-        assert_eq!(utc_clock_text(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc_clock_text(1_795_915_845), "2026-11-29 01:30:45 UTC");
-        assert_eq!(utc_clock_text(951_782_400), "2000-02-29 00:00:00 UTC");
     }
 }
 

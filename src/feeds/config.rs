@@ -1,0 +1,210 @@
+//! The feeds file (`--feeds feeds.toml`): which sources to poll, who owns them, how often.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::Domain;
+
+/// How a feed's payloads are fetched and decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeedKind {
+    /// NGSI-LD entities (FIWARE context broker), paged with `limit`/`offset`.
+    NgsiLd,
+    /// A GeoJSON FeatureCollection.
+    Geojson,
+    /// The built-in simulator of this domain on the loaded map.
+    Sim,
+}
+
+/// One `[[feed]]` entry.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Unique name, used in logs, panels and `feeds-check` output.
+    pub name: String,
+    pub kind: FeedKind,
+    /// Required for `ngsi-ld` and `geojson`.
+    #[serde(default)]
+    pub url: Option<String>,
+    pub domain: Domain,
+    /// Owner department, shown in the catalog and inspector.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Polling interval in seconds.
+    #[serde(default = "default_interval_s")]
+    pub interval_s: f64,
+    /// Data licence, for the catalog.
+    #[serde(default)]
+    pub licence: Option<String>,
+    /// Entities per page for NGSI-LD pagination.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Total time allowed for one request, seconds.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: f64,
+}
+
+fn default_interval_s() -> f64 {
+    5.0
+}
+fn default_page_size() -> u32 {
+    1000
+}
+fn default_timeout_s() -> f64 {
+    10.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedsFile {
+    #[serde(default)]
+    feed: Vec<FeedConfig>,
+}
+
+/// A feeds file that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read feeds file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Reads and validates a feeds file.
+pub fn load_feeds(path: &Path) -> Result<Vec<FeedConfig>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_feeds(&text).map_err(|message| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses and validates feeds TOML; the error names the feed and the problem.
+pub fn parse_feeds(text: &str) -> Result<Vec<FeedConfig>, String> {
+    let file: FeedsFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut names = HashSet::new();
+    for feed in &file.feed {
+        let name = feed.name.trim();
+        if name.is_empty() {
+            return Err("a feed has an empty name".into());
+        }
+        if !names.insert(name.to_string()) {
+            return Err(format!(
+                "feed name \"{name}\" is used twice; names must be unique"
+            ));
+        }
+        match feed.kind {
+            FeedKind::NgsiLd | FeedKind::Geojson => {
+                let Some(url) = &feed.url else {
+                    return Err(format!("feed \"{name}\": kind {:?} needs a url", feed.kind));
+                };
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!(
+                        "feed \"{name}\": url must start with http:// or https://, got {url:?}"
+                    ));
+                }
+            }
+            FeedKind::Sim => {}
+        }
+        if !(0.1..=86_400.0).contains(&feed.interval_s) {
+            return Err(format!(
+                "feed \"{name}\": interval_s must be between 0.1 and 86400, got {}",
+                feed.interval_s
+            ));
+        }
+        if !(0.1..=600.0).contains(&feed.timeout_s) {
+            return Err(format!(
+                "feed \"{name}\": timeout_s must be between 0.1 and 600"
+            ));
+        }
+        if feed.page_size == 0 {
+            return Err(format!("feed \"{name}\": page_size must be at least 1"));
+        }
+    }
+    Ok(file.feed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let feeds = parse_feeds(
+            r#"
+            [[feed]]
+            name = "air-stations"       # unique
+            kind = "ngsi-ld"
+            url = "http://127.0.0.1:1026/ngsi-ld/v1/entities?type=AirQualityObserved"
+            domain = "ecology"
+            owner = "Ecology and Environment Bureau"
+            interval_s = 5
+
+            [[feed]]
+            name = "traffic-sim"
+            kind = "sim"
+            domain = "traffic"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(feeds.len(), 2);
+        assert_eq!(feeds[0].kind, FeedKind::NgsiLd);
+        assert_eq!(feeds[0].domain, Domain::Ecology);
+        assert_eq!(feeds[0].interval_s, 5.0);
+        assert_eq!(feeds[1].kind, FeedKind::Sim);
+        assert_eq!(feeds[1].page_size, 1000);
+    }
+
+    #[test]
+    fn rejects_bad_files_with_the_reason() {
+        let cases = [
+            (
+                "[[feed]]\nname='a'\nkind='ngsi-ld'\ndomain='ecology'",
+                "needs a url",
+            ),
+            (
+                "[[feed]]\nname='a'\nkind='geojson'\nurl='ftp://x'\ndomain='ecology'",
+                "http://",
+            ),
+            (
+                "[[feed]]\nname='a'\nkind='sim'\ndomain='weather'",
+                "unknown variant",
+            ),
+            (
+                "[[feed]]\nname='a'\nkind='sim'\ndomain='traffic'\n[[feed]]\nname='a'\nkind='sim'\ndomain='health'",
+                "used twice",
+            ),
+            (
+                "[[feed]]\nname='a'\nkind='sim'\ndomain='traffic'\ninterval_s=0",
+                "interval_s",
+            ),
+            (
+                "[[feed]]\nname='a'\nkind='sim'\ndomain='traffic'\nspeed=3",
+                "unknown field",
+            ),
+            ("[[feed]\n", "expected"),
+        ];
+        for (text, needle) in cases {
+            let err = parse_feeds(text).unwrap_err();
+            assert!(err.contains(needle), "{text:?} → {err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = load_feeds(Path::new("/no/feeds.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/no/feeds.toml"), "{err}");
+    }
+}

@@ -1,0 +1,210 @@
+//! Live feeds from the sub-brains: what an update is, how payloads decode, how feeds
+//! are configured and polled. Plain Rust; the bevy layers only read the results.
+//!
+//! Glossary: a **feed** is one configured source (a URL or the simulator) owned by a
+//! department; an **entity** is one real-world thing a feed reports (a station, a
+//! vehicle, a road segment), identified by (feed, id); an **update** is one observation
+//! of an entity; a **reject** is one item of a payload that could not be decoded.
+
+pub mod config;
+pub mod decode;
+pub mod health;
+pub mod poll;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The sub-brains (city domains) a feed belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Domain {
+    Traffic,
+    Safety,
+    Ecology,
+    Urban,
+    Health,
+    Utilities,
+    Economy,
+}
+
+impl Domain {
+    pub const ALL: [Domain; 7] = [
+        Domain::Traffic,
+        Domain::Safety,
+        Domain::Ecology,
+        Domain::Urban,
+        Domain::Health,
+        Domain::Utilities,
+        Domain::Economy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Domain::Traffic => "traffic",
+            Domain::Safety => "safety",
+            Domain::Ecology => "ecology",
+            Domain::Urban => "urban",
+            Domain::Health => "health",
+            Domain::Utilities => "utilities",
+            Domain::Economy => "economy",
+        }
+    }
+}
+
+/// One attribute value of an entity, flattened from the source's JSON.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum FieldValue {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl FieldValue {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            FieldValue::Number(n) => Some(*n),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            FieldValue::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// What an entity is, with the values each layer draws, decoded from the FIWARE Smart
+/// Data Models types (or a generic fallback).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EntityKind {
+    /// `TrafficFlowObserved`: a road segment's flow.
+    TrafficFlow {
+        average_speed_kmh: Option<f64>,
+        intensity: Option<f64>,
+        occupancy: Option<f64>,
+        congested: Option<bool>,
+    },
+    /// `AirQualityObserved`: a station's air quality.
+    AirQuality {
+        aqi: Option<f64>,
+        pm25: Option<f64>,
+        pm10: Option<f64>,
+        no2: Option<f64>,
+        o3: Option<f64>,
+    },
+    /// `Vehicle`: a bus, taxi, police car, fire engine, ambulance...
+    Vehicle {
+        vehicle_type: Option<String>,
+        speed_kmh: Option<f64>,
+        heading_deg: Option<f64>,
+        service_status: Option<String>,
+    },
+    /// `Alert`: something that needs attention.
+    Alert {
+        category: Option<String>,
+        sub_category: Option<String>,
+        severity: Option<String>,
+        description: Option<String>,
+    },
+    /// `OffStreetParking`: a car park.
+    Parking {
+        available_spots: Option<f64>,
+        total_spots: Option<f64>,
+        status: Option<String>,
+    },
+    /// Any other type: kept with its fields.
+    Generic,
+}
+
+/// One observation of one entity, as decoded from a feed payload.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EntityUpdate {
+    /// The entity's id in its source (NGSI-LD URN, GeoJSON feature id, ...).
+    pub id: String,
+    /// The source's type name (`AirQualityObserved`, ...), `Feature` for untyped GeoJSON.
+    pub entity_type: String,
+    pub kind: EntityKind,
+    /// WGS84 `[lon, lat]`; lines and polygons give their first point.
+    pub position: Option<[f64; 2]>,
+    /// For line entities (road segments): the whole line, WGS84.
+    pub line: Option<Vec<[f64; 2]>>,
+    /// When the source says the observation was made (Unix ms).
+    pub observed_at_ms: Option<i64>,
+    /// Every scalar attribute, flattened (`pm25`, `name`, `address.streetAddress`, ...).
+    pub fields: BTreeMap<String, FieldValue>,
+}
+
+/// Why one item of a payload was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    MissingId,
+    MissingType,
+    NotAnObject,
+    BadCoordinates,
+    BadGeometry,
+    WrongValueType,
+    BadTimestamp,
+    TooDeep,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MissingId => "missing_id",
+            RejectReason::MissingType => "missing_type",
+            RejectReason::NotAnObject => "not_an_object",
+            RejectReason::BadCoordinates => "bad_coordinates",
+            RejectReason::BadGeometry => "bad_geometry",
+            RejectReason::WrongValueType => "wrong_value_type",
+            RejectReason::BadTimestamp => "bad_timestamp",
+            RejectReason::TooDeep => "too_deep",
+        }
+    }
+}
+
+/// One rejected item, with enough context for an operator to find it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Reject {
+    pub reason: RejectReason,
+    /// The item's id when it had one.
+    pub item_id: Option<String>,
+    /// Human-readable detail (`"location.coordinates[1] = 95 is not a latitude"`).
+    pub detail: String,
+}
+
+/// The decoded part of a payload and what was rejected from it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decoded {
+    pub updates: Vec<EntityUpdate>,
+    pub rejects: Vec<Reject>,
+}
+
+impl Decoded {
+    /// Rejects counted by reason.
+    pub fn reject_counts(&self) -> BTreeMap<RejectReason, u64> {
+        let mut counts = BTreeMap::new();
+        for r in &self.rejects {
+            *counts.entry(r.reason).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// A payload that could not be decoded at all (the feed reports it; other feeds go on).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PayloadError {
+    #[error("payload of {size} bytes exceeds the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    #[error("payload has the wrong shape: {0}")]
+    WrongShape(String),
+}
+
+/// Largest payload a feed may send in one response.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024 * 1024;

@@ -1,0 +1,334 @@
+//! Polling HTTP feeds on background threads. Each feed has its own thread, client,
+//! timeouts and backoff, so one hanging or broken feed never slows another; results
+//! reach the app through a channel and the frame never waits on the network.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::config::{FeedConfig, FeedKind};
+use super::decode::{decode_geojson, decode_ngsi_ld};
+use super::{Decoded, MAX_PAYLOAD_BYTES, PayloadError};
+use crate::state::FeedId;
+
+/// Longest wait between retries of a failing feed.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Pages fetched per poll at most (a runaway server cannot keep a thread forever).
+const MAX_PAGES: u32 = 1000;
+
+/// What a feed thread reports.
+#[derive(Debug)]
+pub enum FeedEvent {
+    /// A decoded page (or the whole payload) of updates and rejects.
+    Batch {
+        feed: FeedId,
+        decoded: Decoded,
+        received_at_ms: i64,
+    },
+    /// One poll finished: every page fetched (or nothing changed, `not_modified`).
+    PollOk {
+        feed: FeedId,
+        at_ms: i64,
+        not_modified: bool,
+        bytes: usize,
+    },
+    /// One poll failed; the thread backs off and retries.
+    PollFailed {
+        feed: FeedId,
+        at_ms: i64,
+        /// Short machine-readable cause: `timeout`, `connect`, `http_status`,
+        /// `too_large`, `not_json`, `wrong_shape`, `read_error`, `client`.
+        reason: &'static str,
+        error: String,
+        retry_in: Duration,
+    },
+}
+
+/// Wall-clock Unix milliseconds (the edge of the system; the core takes time as input).
+pub fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The running pollers; dropping it stops them.
+pub struct Pollers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pollers {
+    /// Starts one thread per HTTP feed (`sim` feeds are driven elsewhere). Feed ids are
+    /// positions in `feeds`.
+    pub fn start(feeds: &[FeedConfig]) -> (Pollers, Receiver<FeedEvent>) {
+        let (tx, rx) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = feeds
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.kind != FeedKind::Sim)
+            .map(|(i, f)| {
+                let (feed, tx, stop) = (f.clone(), tx.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name(format!("feed {}", f.name))
+                    .spawn(move || poll_loop(i as FeedId, feed, tx, stop))
+                    .expect("spawn a feed thread")
+            })
+            .collect();
+        (Pollers { stop, threads }, rx)
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Pollers {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Sleeps up to `d`, waking early when asked to stop.
+fn nap(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        std::thread::park_timeout((until - now).min(Duration::from_millis(100)));
+    }
+}
+
+struct Conditional {
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+fn poll_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: Arc<AtomicBool>) {
+    let client = match reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs_f64(feed.timeout_s.min(5.0)))
+        .timeout(Duration::from_secs_f64(feed.timeout_s))
+        .user_agent(concat!("zhongshu/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(FeedEvent::PollFailed {
+                feed: id,
+                at_ms: unix_ms_now(),
+                reason: "client",
+                error: format!("cannot build an HTTP client: {e}"),
+                retry_in: MAX_BACKOFF,
+            });
+            return;
+        }
+    };
+    let interval = Duration::from_secs_f64(feed.interval_s);
+    let mut failures = 0u32;
+    let mut conditional = Conditional {
+        etag: None,
+        last_modified: None,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let wait = match poll_once(id, &feed, &client, &tx, &mut conditional, &stop) {
+            Ok(()) => {
+                failures = 0;
+                interval.saturating_sub(started.elapsed())
+            }
+            Err((reason, error)) => {
+                failures = failures.saturating_add(1);
+                let backoff = interval
+                    .saturating_mul(1u32 << failures.min(6))
+                    .clamp(interval, MAX_BACKOFF.max(interval));
+                if tx
+                    .send(FeedEvent::PollFailed {
+                        feed: id,
+                        at_ms: unix_ms_now(),
+                        reason,
+                        error,
+                        retry_in: backoff,
+                    })
+                    .is_err()
+                {
+                    return; // nobody listens any more
+                }
+                backoff
+            }
+        };
+        nap(wait, &stop);
+    }
+}
+
+/// The URL of page `offset` of an NGSI-LD query.
+pub fn page_url(base: &str, limit: u32, offset: u64) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}limit={limit}&offset={offset}")
+}
+
+fn poll_once(
+    id: FeedId,
+    feed: &FeedConfig,
+    client: &reqwest::blocking::Client,
+    tx: &Sender<FeedEvent>,
+    conditional: &mut Conditional,
+    stop: &AtomicBool,
+) -> Result<(), (&'static str, String)> {
+    let Some(base) = feed.url.as_deref() else {
+        return Err(("client", "no url configured".into()));
+    };
+    let mut total_bytes = 0usize;
+    let mut offset = 0u64;
+    for page in 0..MAX_PAGES {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let url = match feed.kind {
+            FeedKind::NgsiLd => page_url(base, feed.page_size, offset),
+            _ => base.to_string(),
+        };
+        let mut request = client.get(&url);
+        request = match feed.kind {
+            // NGSI-LD brokers answer plain JSON with the @context in a Link header.
+            FeedKind::NgsiLd => request.header("Accept", "application/json"),
+            _ => request.header("Accept", "application/geo+json, application/json"),
+        };
+        // Conditional requests on the first page: a 304 means nothing changed.
+        if page == 0 {
+            if let Some(etag) = &conditional.etag {
+                request = request.header("If-None-Match", etag);
+            }
+            if let Some(lm) = &conditional.last_modified {
+                request = request.header("If-Modified-Since", lm);
+            }
+        }
+        let response = request.send().map_err(|e| describe_reqwest_error(&e))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED {
+            let _ = tx.send(FeedEvent::PollOk {
+                feed: id,
+                at_ms: unix_ms_now(),
+                not_modified: true,
+                bytes: 0,
+            });
+            return Ok(());
+        }
+        if !status.is_success() {
+            return Err(("http_status", format!("HTTP {status} from {url}")));
+        }
+        if page == 0 {
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            conditional.etag = header("etag");
+            conditional.last_modified = header("last-modified");
+        }
+        if let Some(len) = response.content_length()
+            && len as usize > MAX_PAYLOAD_BYTES
+        {
+            return Err((
+                "too_large",
+                PayloadError::TooLarge {
+                    size: len as usize,
+                    limit: MAX_PAYLOAD_BYTES,
+                }
+                .to_string(),
+            ));
+        }
+        let body = read_limited(response)?;
+        total_bytes += body.len();
+        let decoded = match feed.kind {
+            FeedKind::NgsiLd => decode_ngsi_ld(&body),
+            _ => decode_geojson(&body),
+        }
+        .map_err(|e| {
+            let reason = match e {
+                PayloadError::TooLarge { .. } => "too_large",
+                PayloadError::NotJson(_) => "not_json",
+                PayloadError::WrongShape(_) => "wrong_shape",
+            };
+            (reason, e.to_string())
+        })?;
+        let items = decoded.updates.len() + decoded.rejects.len();
+        let _ = tx.send(FeedEvent::Batch {
+            feed: id,
+            decoded,
+            received_at_ms: unix_ms_now(),
+        });
+        if feed.kind != FeedKind::NgsiLd || items < feed.page_size as usize {
+            break;
+        }
+        offset += items as u64;
+    }
+    let _ = tx.send(FeedEvent::PollOk {
+        feed: id,
+        at_ms: unix_ms_now(),
+        not_modified: false,
+        bytes: total_bytes,
+    });
+    Ok(())
+}
+
+fn read_limited(response: reqwest::blocking::Response) -> Result<Vec<u8>, (&'static str, String)> {
+    use std::io::Read;
+    let mut body = Vec::new();
+    let mut limited = response.take(MAX_PAYLOAD_BYTES as u64 + 1);
+    limited.read_to_end(&mut body).map_err(|e| {
+        let timeout =
+            e.to_string().contains("timed out") || e.kind() == std::io::ErrorKind::TimedOut;
+        let reason = if timeout { "timeout" } else { "read_error" };
+        (reason, format!("reading the response failed: {e}"))
+    })?;
+    if body.len() > MAX_PAYLOAD_BYTES {
+        return Err((
+            "too_large",
+            PayloadError::TooLarge {
+                size: body.len(),
+                limit: MAX_PAYLOAD_BYTES,
+            }
+            .to_string(),
+        ));
+    }
+    Ok(body)
+}
+
+fn describe_reqwest_error(e: &reqwest::Error) -> (&'static str, String) {
+    if e.is_timeout() {
+        ("timeout", format!("timed out: {e}"))
+    } else if e.is_connect() {
+        ("connect", format!("cannot connect: {e}"))
+    } else {
+        ("read_error", e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_append_limit_and_offset() {
+        assert_eq!(
+            page_url("http://h/ngsi-ld/v1/entities?type=Vehicle", 100, 200),
+            "http://h/ngsi-ld/v1/entities?type=Vehicle&limit=100&offset=200"
+        );
+        assert_eq!(page_url("http://h/e", 5, 0), "http://h/e?limit=5&offset=0");
+    }
+}

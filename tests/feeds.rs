@@ -1,0 +1,274 @@
+//! Live feeds end to end over real HTTP on 127.0.0.1: a test server speaks NGSI-LD
+//! (paged, with ETags) and GeoJSON, and has a feed that errors, one that hangs and one
+//! that returns garbage. `zhongshu feeds-check` must keep the good feeds updating and
+//! say why the bad ones fail.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::{scratch_dir, zhongshu};
+
+const VEHICLES: usize = 250;
+
+fn vehicle(i: usize, poll: u64) -> serde_json::Value {
+    serde_json::json!({
+        "id": format!("urn:ngsi-ld:Vehicle:bus-{i}"),
+        "type": "Vehicle",
+        "vehicleType": {"type": "Property", "value": "bus"},
+        "speed": {"type": "Property", "value": 20.0 + (i % 30) as f64, "observedAt": format!("2026-11-29T01:{:02}:{:02}Z", poll / 60 % 60, poll % 60)},
+        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [24.93 + (i as f64) * 1e-4, 60.17]}}
+    })
+}
+
+fn ngsi_page(query: &HashMap<String, String>, poll: u64) -> String {
+    let limit: usize = query
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let offset: usize = query
+        .get("offset")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // Two broken items sit among the vehicles; the rest must still land.
+    let mut all: Vec<serde_json::Value> = vec![
+        serde_json::json!({"type": "Vehicle", "speed": 3}),
+        serde_json::json!({"id": "urn:ngsi-ld:Vehicle:lost", "type": "Vehicle",
+            "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [24.9, 95.0]}}}),
+    ];
+    all.extend((0..VEHICLES).map(|i| vehicle(i, poll)));
+    let page: Vec<_> = all.into_iter().skip(offset).take(limit).collect();
+    serde_json::Value::Array(page).to_string()
+}
+
+fn stations_geojson() -> String {
+    let features: Vec<_> = (0..20)
+        .map(|i| {
+            serde_json::json!({"type": "Feature", "id": format!("station-{i}"),
+                "properties": {"type": "AirQualityObserved", "airQualityIndex": 40 + i, "pm25": 12.5},
+                "geometry": {"type": "Point", "coordinates": [24.94 + i as f64 * 1e-3, 60.168]}})
+        })
+        .collect();
+    serde_json::json!({"type": "FeatureCollection", "features": features}).to_string()
+}
+
+/// Serves until the process ends; returns its base URL.
+fn start_server() -> String {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1"));
+    let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let polls = Arc::new(AtomicU64::new(0));
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let polls = polls.clone();
+            std::thread::spawn(move || handle(request, &polls));
+        }
+    });
+    base
+}
+
+fn handle(request: tiny_http::Request, polls: &AtomicU64) {
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let query: HashMap<String, String> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let json = tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
+    let response = match path {
+        "/ngsi-ld/v1/entities" => {
+            let poll = if query.get("offset").map(String::as_str) == Some("0") {
+                polls.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                polls.load(Ordering::Relaxed)
+            };
+            let link = tiny_http::Header::from_bytes(
+                "Link",
+                "<https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld>; rel=\"http://www.w3.org/ns/json-ld#context\"; type=\"application/ld+json\"",
+            )
+            .unwrap();
+            tiny_http::Response::from_string(ngsi_page(&query, poll))
+                .with_header(json)
+                .with_header(link)
+        }
+        "/stations.geojson" => {
+            let etag = "\"stations-v1\"";
+            let unchanged = request
+                .headers()
+                .iter()
+                .any(|h| h.field.equiv("If-None-Match") && h.value.as_str() == etag);
+            if unchanged {
+                tiny_http::Response::from_string("").with_status_code(304)
+            } else {
+                tiny_http::Response::from_string(stations_geojson())
+                    .with_header(json)
+                    .with_header(tiny_http::Header::from_bytes("ETag", etag).unwrap())
+            }
+        }
+        "/error" => tiny_http::Response::from_string("{\"error\":\"boom\"}").with_status_code(500),
+        "/hang" => {
+            std::thread::sleep(Duration::from_secs(20));
+            tiny_http::Response::from_string("[]")
+        }
+        "/garbage" => {
+            tiny_http::Response::from_string("<html>not json at all</html>").with_header(json)
+        }
+        _ => tiny_http::Response::from_string("not found").with_status_code(404),
+    };
+    let _ = request.respond(response);
+}
+
+fn feed_lines(stdout: &str) -> HashMap<String, serde_json::Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| (v["feed"].as_str().unwrap_or("").to_string(), v))
+        .collect()
+}
+
+#[test]
+fn good_feeds_keep_updating_while_bad_ones_report_why() {
+    let base = start_server();
+    let dir = scratch_dir("feeds-check");
+    let feeds = dir.join("feeds.toml");
+    std::fs::write(
+        &feeds,
+        format!(
+            r#"
+[[feed]]
+name = "buses"
+kind = "ngsi-ld"
+url = "{base}/ngsi-ld/v1/entities?type=Vehicle"
+domain = "traffic"
+owner = "Transport Bureau"
+interval_s = 0.5
+page_size = 100
+
+[[feed]]
+name = "air-stations"
+kind = "geojson"
+url = "{base}/stations.geojson"
+domain = "ecology"
+interval_s = 0.5
+
+[[feed]]
+name = "broken"
+kind = "geojson"
+url = "{base}/error"
+domain = "urban"
+interval_s = 0.5
+
+[[feed]]
+name = "hanging"
+kind = "ngsi-ld"
+url = "{base}/hang"
+domain = "health"
+interval_s = 0.5
+timeout_s = 1
+
+[[feed]]
+name = "garbage"
+kind = "geojson"
+url = "{base}/garbage"
+domain = "utilities"
+interval_s = 0.5
+"#
+        ),
+    )
+    .unwrap();
+    let out = zhongshu()
+        .args(["feeds-check", "--feeds"])
+        .arg(&feeds)
+        .args(["--for", "4"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines = feed_lines(&stdout);
+    assert_eq!(lines.len(), 5, "one JSON line per feed: {stdout}\n{stderr}");
+    // Broken feeds make the check fail for scripts, after reporting every feed.
+    assert!(!out.status.success());
+
+    let buses = &lines["buses"];
+    assert_eq!(buses["entities"], VEHICLES, "{buses}");
+    assert_eq!(
+        buses["rejected"].as_u64().unwrap() % 2,
+        0,
+        "two bad items per poll: {buses}"
+    );
+    assert!(buses["rejected"].as_u64().unwrap() >= 2);
+    assert!(
+        buses["reasons"]["missing_id"].as_u64().unwrap() >= 1,
+        "{buses}"
+    );
+    assert!(
+        buses["reasons"]["bad_coordinates"].as_u64().unwrap() >= 1,
+        "{buses}"
+    );
+    // Polled every half second for four seconds, paged by 100: still polling at the end.
+    assert!(buses["polls_ok"].as_u64().unwrap() >= 4, "{buses}");
+    assert!(
+        buses["updates"].as_u64().unwrap() >= 3 * VEHICLES as u64,
+        "{buses}"
+    );
+    assert!(buses["last_ok"].is_string());
+
+    let air = &lines["air-stations"];
+    assert_eq!(air["entities"], 20);
+    // The ETag makes later polls 304s: nothing re-applied, but the feed is healthy.
+    assert_eq!(air["updates"], 20, "{air}");
+    assert!(air["polls_ok"].as_u64().unwrap() >= 4, "{air}");
+
+    let broken = &lines["broken"];
+    assert!(broken["last_ok"].is_null());
+    assert!(
+        broken["reasons"]["http_status"].as_u64().unwrap() >= 1,
+        "{broken}"
+    );
+    assert!(
+        broken["last_error"].as_str().unwrap().contains("500"),
+        "{broken}"
+    );
+
+    let hanging = &lines["hanging"];
+    assert!(hanging["last_ok"].is_null());
+    assert!(
+        hanging["reasons"]["timeout"].as_u64().unwrap() >= 1,
+        "{hanging}"
+    );
+
+    let garbage = &lines["garbage"];
+    assert!(
+        garbage["reasons"]["not_json"].as_u64().unwrap() >= 1,
+        "{garbage}"
+    );
+    assert_eq!(garbage["entities"], 0);
+}
+
+#[test]
+fn feeds_check_rejects_a_bad_feeds_file() {
+    let dir = scratch_dir("feeds-bad");
+    let feeds = dir.join("feeds.toml");
+    std::fs::write(
+        &feeds,
+        "[[feed]]\nname = \"x\"\nkind = \"ngsi-ld\"\ndomain = \"traffic\"\n",
+    )
+    .unwrap();
+    let out = zhongshu()
+        .args(["feeds-check", "--feeds"])
+        .arg(&feeds)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("needs a url") && stderr.contains("feeds.toml"),
+        "{stderr}"
+    );
+    let out = zhongshu()
+        .args(["feeds-check", "--feeds", "/nope/feeds.toml"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nope/feeds.toml"));
+}
