@@ -16,4 +16,5 @@ pub mod clock;
 pub mod feeds;
 pub mod geo_frame;
 pub mod map;
+pub mod sim;
 pub mod state;

@@ -7,6 +7,7 @@
 
 pub mod footprint;
 pub mod geojson;
+pub mod graph;
 pub mod mesh;
 pub mod osm;
 pub mod pick;
