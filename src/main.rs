@@ -188,9 +188,9 @@ fn feeds_check(
     for_secs: f64,
     map_path: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    use zhongshu::feeds::config::{FeedKind, load_feeds};
+    use zhongshu::feeds::config::load_feeds;
     use zhongshu::feeds::health::Ingest;
-    use zhongshu::feeds::poll::{Pollers, unix_ms_now};
+    use zhongshu::feeds::poll::unix_ms_now;
 
     if !(0.0..=86_400.0).contains(&for_secs) {
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
@@ -202,20 +202,19 @@ fn feeds_check(
         None => map::load_default()?,
     };
     let mut state = zhongshu::state::LiveState::new(city.frame);
-    let (pollers, rx) = Pollers::start(&feeds);
+    let (running, rx) = zhongshu::feeds::start_feeds(&feeds, &city, 1);
     let mut ingest = Ingest::new(&feeds, rx);
     let until = Instant::now() + std::time::Duration::from_secs_f64(for_secs);
     while Instant::now() < until {
         ingest.pump(&mut state, usize::MAX);
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    pollers.stop();
+    drop(running);
     ingest.pump(&mut state, usize::MAX);
     let now = unix_ms_now();
     let mut all_ok = true;
     for (i, (feed, health)) in feeds.iter().zip(&ingest.health).enumerate() {
-        let sim = feed.kind == FeedKind::Sim;
-        all_ok &= sim || health.last_ok_ms.is_some();
+        all_ok &= health.last_ok_ms.is_some();
         let line = serde_json::json!({
             "feed": feed.name,
             "domain": feed.domain.as_str(),
@@ -229,11 +228,7 @@ fn feeds_check(
             "polls_ok": health.polls_ok,
             "polls_failed": health.polls_failed,
             "updates_per_s": health.updates_per_s(now),
-            "last_error": if sim {
-                Some("sim feeds run inside the command centre; feeds-check polls HTTP feeds".to_string())
-            } else {
-                health.last_error.clone()
-            },
+            "last_error": health.last_error,
         });
         println!("{line}");
     }

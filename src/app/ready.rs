@@ -25,6 +25,8 @@ pub struct SceneReady {
     pub settled_frames: u32,
     /// Milliseconds from process start to the first complete frame.
     pub first_full_frame_ms: Option<f64>,
+    /// When the current run of settled frames began.
+    streak_started_ms: f64,
 }
 
 impl SceneReady {
@@ -64,8 +66,12 @@ pub(super) fn track_readiness(
         return;
     }
     ready.settled_frames = ready.settled_frames.saturating_add(1);
+    if ready.settled_frames == 1 {
+        ready.streak_started_ms = started.0.elapsed().as_secs_f64() * 1000.0;
+    }
     if ready.is_ready() && ready.first_full_frame_ms.is_none() {
-        let ms = started.0.elapsed().as_secs_f64() * 1000.0;
+        // The first frame of the settled run was already complete; the rest confirm it.
+        let ms = ready.streak_started_ms;
         ready.first_full_frame_ms = Some(ms);
         info!("first full frame {ms:.0} ms after start");
     }

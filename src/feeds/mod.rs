@@ -10,6 +10,7 @@ pub mod config;
 pub mod decode;
 pub mod health;
 pub mod poll;
+pub mod sim_source;
 
 use std::collections::BTreeMap;
 
@@ -204,6 +205,30 @@ pub enum PayloadError {
     NotJson(String),
     #[error("payload has the wrong shape: {0}")]
     WrongShape(String),
+}
+
+/// Everything feeding the hub: HTTP pollers and the simulator. Dropping it stops all.
+pub struct RunningFeeds {
+    _pollers: poll::Pollers,
+    _sim: Option<sim_source::SimSource>,
+}
+
+/// Starts every configured feed; events arrive on the returned channel.
+pub fn start_feeds(
+    feeds: &[config::FeedConfig],
+    map: &crate::map::CityMap,
+    seed: u64,
+) -> (RunningFeeds, std::sync::mpsc::Receiver<poll::FeedEvent>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pollers = poll::Pollers::start(feeds, tx.clone());
+    let sim = sim_source::SimSource::start(feeds, map, seed, tx);
+    (
+        RunningFeeds {
+            _pollers: pollers,
+            _sim: sim,
+        },
+        rx,
+    )
 }
 
 /// Largest payload a feed may send in one response.

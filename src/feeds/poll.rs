@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -63,8 +63,7 @@ pub struct Pollers {
 impl Pollers {
     /// Starts one thread per HTTP feed (`sim` feeds are driven elsewhere). Feed ids are
     /// positions in `feeds`.
-    pub fn start(feeds: &[FeedConfig]) -> (Pollers, Receiver<FeedEvent>) {
-        let (tx, rx) = channel();
+    pub fn start(feeds: &[FeedConfig], tx: Sender<FeedEvent>) -> Pollers {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = feeds
             .iter()
@@ -78,7 +77,7 @@ impl Pollers {
                     .expect("spawn a feed thread")
             })
             .collect();
-        (Pollers { stop, threads }, rx)
+        Pollers { stop, threads }
     }
 
     pub fn stop(mut self) {
