@@ -59,6 +59,15 @@ enum Command {
         #[arg(long = "for", value_name = "SECONDS", default_value_t = 10.0)]
         for_secs: f64,
     },
+    /// Serve the simulated sub-brains of the map over HTTP as NGSI-LD.
+    ServeSim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:1026")]
+        addr: String,
+        /// Simulator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -257,6 +266,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::MapInfo { path } => map_info(&path),
+        Command::ServeSim { addr, seed } => {
+            let city = match cli.map.as_deref() {
+                Some(p) => map::load_path(p)?,
+                None => map::load_default()?,
+            };
+            let mut config = zhongshu::sim::SimConfig::for_map(&city);
+            config.seed = seed;
+            let sim =
+                zhongshu::sim::Simulator::new(&city, config, zhongshu::feeds::poll::unix_ms_now());
+            zhongshu::sim::serve::serve(&addr, sim)
+        }
         Command::FeedsCheck { feeds, for_secs } => {
             feeds_check(&feeds, for_secs, cli.map.as_deref())
         }

@@ -272,3 +272,72 @@ fn feeds_check_rejects_a_bad_feeds_file() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nope/feeds.toml"));
 }
+
+#[test]
+fn serve_sim_feeds_the_real_ingest_path_end_to_end() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = zhongshu()
+        .args(["serve-sim", "--addr", &addr])
+        .spawn()
+        .unwrap();
+    // Wait until it answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve-sim did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dir = scratch_dir("serve-sim");
+    let feeds = dir.join("feeds.toml");
+    std::fs::write(
+        &feeds,
+        format!(
+            r#"
+[[feed]]
+name = "vehicles"
+kind = "ngsi-ld"
+url = "http://{addr}/ngsi-ld/v1/entities?type=Vehicle"
+domain = "safety"
+interval_s = 1
+page_size = 200
+
+[[feed]]
+name = "air"
+kind = "ngsi-ld"
+url = "http://{addr}/ngsi-ld/v1/entities?type=AirQualityObserved"
+domain = "ecology"
+interval_s = 1
+"#
+        ),
+    )
+    .unwrap();
+    let out = zhongshu()
+        .args(["feeds-check", "--feeds"])
+        .arg(&feeds)
+        .args(["--for", "3"])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = feed_lines(&stdout);
+    let vehicles = &lines["vehicles"];
+    assert!(
+        vehicles["entities"].as_u64().unwrap() > 200,
+        "paged past the first page: {vehicles}"
+    );
+    assert_eq!(vehicles["rejected"], 0, "{vehicles}");
+    assert_eq!(lines["air"]["entities"], 10, "{}", lines["air"]);
+}

@@ -135,9 +135,11 @@ mod tests {
 
     #[test]
     fn headings_are_compass_degrees() {
-        let mut g = RoadGraph::default();
-        g.nodes = vec![[0.0, 0.0], [0.0, 10.0], [10.0, 0.0]];
-        g.out = vec![vec![], vec![], vec![]];
+        let mut g = RoadGraph {
+            nodes: vec![[0.0, 0.0], [0.0, 10.0], [10.0, 0.0]],
+            out: vec![vec![], vec![], vec![]],
+            ..Default::default()
+        };
         for to in [1, 2] {
             g.edges.push(Edge {
                 from: 0,

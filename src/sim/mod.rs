@@ -377,7 +377,7 @@ impl Simulator {
                 _ => 0.45,
             };
             let character = hash_unit(self.config.seed, i as u64);
-            let wave = 0.5 + 0.5 * ((minute / 7.0) + character * 6.28).sin();
+            let wave = 0.5 + 0.5 * ((minute / 7.0) + character * std::f64::consts::TAU).sin();
             let congestion = demand * sensitivity * (0.6 + 0.4 * character) * (0.75 + 0.25 * wave);
             *ratio = (1.0 - congestion).clamp(0.08, 1.0) as f32;
         }
@@ -514,7 +514,8 @@ impl Simulator {
                     let free_kmh = crate::map::graph::free_speed_mps(class) as f64 * 3.6;
                     let ratio = self.speed_ratio[i] as f64;
                     let speed = (free_kmh * ratio * 10.0).round() / 10.0;
-                    let occupancy = ((1.0 - ratio) * 0.9).clamp(0.0, 1.0);
+                    let occupancy =
+                        (((1.0 - ratio) * 0.9).clamp(0.0, 1.0) * 1000.0).round() / 1000.0;
                     let mut fields = field(&[
                         ("averageVehicleSpeed", FieldValue::Number(speed)),
                         (
