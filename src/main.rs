@@ -24,6 +24,10 @@ struct Cli {
     /// Start looking at LON,LAT (WGS84) from DISTANCE metres away (default 600).
     #[arg(long, global = true, value_name = "LON,LAT[,DISTANCE]")]
     look_at: Option<String>,
+    /// Feeds file (TOML) with the sources to show; without it every sub-brain is
+    /// simulated on the map.
+    #[arg(long, global = true, value_name = "FILE")]
+    feeds: Option<PathBuf>,
     /// Select the building with this id (e.g. way/123) and fly to it.
     #[arg(long, global = true, value_name = "ID")]
     select: Option<String>,
@@ -52,9 +56,6 @@ enum Command {
     /// Run the feeds of a feeds file headless for a while and print one JSON object per
     /// feed: feed, entities, updates, rejected, reasons, last_ok, ...
     FeedsCheck {
-        /// The feeds TOML file.
-        #[arg(long)]
-        feeds: PathBuf,
         /// How long to run, in seconds.
         #[arg(long = "for", value_name = "SECONDS", default_value_t = 10.0)]
         for_secs: f64,
@@ -254,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             map: cli.map,
             look_at,
             select: cli.select,
+            feeds: cli.feeds,
             screenshot: None,
         }),
         Command::Screenshot { out, size } => {
@@ -262,6 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 map: cli.map,
                 look_at,
                 select: cli.select,
+                feeds: cli.feeds,
                 screenshot: Some(app::ScreenshotRequest { out, size }),
             })
         }
@@ -277,8 +280,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 zhongshu::sim::Simulator::new(&city, config, zhongshu::feeds::poll::unix_ms_now());
             zhongshu::sim::serve::serve(&addr, sim)
         }
-        Command::FeedsCheck { feeds, for_secs } => {
-            feeds_check(&feeds, for_secs, cli.map.as_deref())
+        Command::FeedsCheck { for_secs } => {
+            let Some(feeds) = cli.feeds.as_deref() else {
+                bail!("feeds-check needs --feeds FILE");
+            };
+            feeds_check(feeds, for_secs, cli.map.as_deref())
         }
         Command::Bench(BenchCommand::Map {
             buildings,

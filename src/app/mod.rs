@@ -2,6 +2,8 @@
 //! concern; each draws core state or forwards user input, and owns no business rules.
 
 pub mod camera;
+pub mod layers;
+pub mod live;
 pub mod ready;
 pub mod scene;
 pub mod snapshot;
@@ -27,6 +29,8 @@ pub struct AppOptions {
     pub look_at: Option<[f64; 3]>,
     /// Building id to select at start.
     pub select: Option<String>,
+    /// Feeds file; `None` runs every sub-brain on the simulator.
+    pub feeds: Option<PathBuf>,
     pub screenshot: Option<ScreenshotRequest>,
 }
 
@@ -78,6 +82,10 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         map.skipped.total(),
         map.load_ms
     );
+    let feeds = match &options.feeds {
+        Some(path) => crate::feeds::config::load_feeds(path)?,
+        None => crate::feeds::sim_source::default_sim_feeds(),
+    };
     let index = BuildingIndex::new(&map);
     let mut rig = CameraRig::for_bounds(map.local_bounds());
     if let Some([lon, lat, distance]) = options.look_at {
@@ -132,11 +140,19 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     .insert_resource(Selection { building: selected })
     .insert_resource(rig)
     .insert_resource(StartedAt(started))
+    .insert_resource(live::FeedSetup { feeds, seed: 1 })
     .configure_sets(
         Update,
         (AppSystems::Input, AppSystems::Apply, AppSystems::SyncScene).chain(),
     )
-    .add_plugins((scene::plugin, camera::plugin, ui::plugin, ready::plugin));
+    .add_plugins((
+        scene::plugin,
+        camera::plugin,
+        ui::plugin,
+        ready::plugin,
+        live::plugin,
+        layers::plugin,
+    ));
     if let Some(request) = options.screenshot {
         snapshot::add(&mut app, request);
     }

@@ -3,6 +3,7 @@
 //! keeps its own counters, last success, last error and rate.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 use std::sync::mpsc::Receiver;
 
 use serde::Serialize;
@@ -78,7 +79,8 @@ impl FeedHealth {
 
 /// Receives feed events and applies them to the live state.
 pub struct Ingest {
-    rx: Receiver<FeedEvent>,
+    /// In a mutex only so the app can share `Ingest` across threads; one reader.
+    rx: Mutex<Receiver<FeedEvent>>,
     queue: VecDeque<(FeedId, EntityUpdate, i64)>,
     pub health: Vec<FeedHealth>,
 }
@@ -86,7 +88,7 @@ pub struct Ingest {
 impl Ingest {
     pub fn new(feeds: &[FeedConfig], rx: Receiver<FeedEvent>) -> Self {
         Self {
-            rx,
+            rx: Mutex::new(rx),
             queue: VecDeque::new(),
             health: feeds.iter().map(|f| FeedHealth::new(&f.name)).collect(),
         }
@@ -100,7 +102,11 @@ impl Ingest {
     /// Drains the channel and applies at most `max_updates` updates. Returns how many
     /// were applied; the rest wait for the next call.
     pub fn pump(&mut self, state: &mut LiveState, max_updates: usize) -> usize {
-        while let Ok(event) = self.rx.try_recv() {
+        let events: Vec<FeedEvent> = match self.rx.lock() {
+            Ok(rx) => rx.try_iter().collect(),
+            Err(_) => Vec::new(),
+        };
+        for event in events {
             self.receive(event);
         }
         let mut applied = 0;

@@ -1,0 +1,393 @@
+//! Markers for everything with a position that is not a road segment: vehicles and
+//! emergency units (moving smoothly between updates, turned to their heading), air
+//! stations, hospitals, grid events and outages (pulsing beacons by severity), and
+//! district indicators (columns). Shapes and colours are shared handles, so bevy draws
+//! each kind as one instanced batch.
+
+use std::collections::HashMap;
+
+use bevy::prelude::*;
+
+use super::super::live::{ChangedSlots, DomainVisibility, Live};
+use super::super::{AppSystems, City};
+use crate::feeds::{Domain, EntityKind};
+use crate::geo_frame::world_from_local;
+use crate::map::mesh::linear_from_srgb;
+use crate::state::{LiveEntity, Slot};
+
+/// What a marker draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MarkerKind {
+    Bus,
+    Taxi,
+    Police,
+    FireEngine,
+    Ambulance,
+    OtherVehicle,
+    AirStation,
+    Hospital,
+    Alert,
+    District,
+    Parking,
+    Other,
+}
+
+impl MarkerKind {
+    pub fn of(e: &LiveEntity) -> Option<MarkerKind> {
+        Some(match &e.kind {
+            EntityKind::TrafficFlow { .. } => return None,
+            EntityKind::Vehicle { vehicle_type, .. } => match vehicle_type.as_deref() {
+                Some("bus") => MarkerKind::Bus,
+                Some("taxi") => MarkerKind::Taxi,
+                Some("police") => MarkerKind::Police,
+                Some("fireEngine") => MarkerKind::FireEngine,
+                Some("ambulance") => MarkerKind::Ambulance,
+                _ => MarkerKind::OtherVehicle,
+            },
+            EntityKind::AirQuality { .. } => MarkerKind::AirStation,
+            EntityKind::Alert { .. } => MarkerKind::Alert,
+            EntityKind::Parking { .. } => MarkerKind::Parking,
+            EntityKind::Generic => match e.entity_type.as_str() {
+                "MedicalFacility" | "Hospital" => MarkerKind::Hospital,
+                "DistrictIndicators" => MarkerKind::District,
+                _ => MarkerKind::Other,
+            },
+        })
+    }
+
+    fn is_vehicle(self) -> bool {
+        matches!(
+            self,
+            MarkerKind::Bus
+                | MarkerKind::Taxi
+                | MarkerKind::Police
+                | MarkerKind::FireEngine
+                | MarkerKind::Ambulance
+                | MarkerKind::OtherVehicle
+        )
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            MarkerKind::Bus => "Bus 公交",
+            MarkerKind::Taxi => "Taxi 出租车",
+            MarkerKind::Police => "Police 警车",
+            MarkerKind::FireEngine => "Fire engine 消防车",
+            MarkerKind::Ambulance => "Ambulance 救护车",
+            MarkerKind::OtherVehicle => "Vehicle 车辆",
+            MarkerKind::AirStation => "Air station 空气站",
+            MarkerKind::Hospital => "Hospital 医院",
+            MarkerKind::Alert => "Alert 告警",
+            MarkerKind::District => "District 片区",
+            MarkerKind::Parking => "Parking 停车场",
+            MarkerKind::Other => "Other 其他",
+        }
+    }
+
+    /// sRGB legend colour.
+    pub fn srgb(self) -> u32 {
+        match self {
+            MarkerKind::Bus => 0x3FA9F5,
+            MarkerKind::Taxi => 0xFFD23F,
+            MarkerKind::Police => 0x3D6BFF,
+            MarkerKind::FireEngine => 0xFF3B30,
+            MarkerKind::Ambulance => 0xF5F7FA,
+            MarkerKind::OtherVehicle => 0xB0B8C4,
+            MarkerKind::AirStation => 0x2FBF71,
+            MarkerKind::Hospital => 0xFF6FA8,
+            MarkerKind::Alert => 0xFF8A00,
+            MarkerKind::District => 0xC08CFF,
+            MarkerKind::Parking => 0x4FD1C5,
+            MarkerKind::Other => 0xFFFFFF,
+        }
+    }
+}
+
+/// Severity colour of an alert (sRGB).
+pub fn severity_srgb(severity: Option<&str>) -> u32 {
+    match severity {
+        Some("critical") => 0xFF2BD6,
+        Some("high") => 0xFF3B30,
+        Some("medium") => 0xFF8A00,
+        _ => 0xFFD23F,
+    }
+}
+
+/// AQI band colour (sRGB): good, moderate, sensitive, unhealthy, very unhealthy.
+pub fn aqi_srgb(aqi: f64) -> u32 {
+    match aqi {
+        a if a < 50.0 => 0x2FBF71,
+        a if a < 100.0 => 0xF2D22E,
+        a if a < 150.0 => 0xFF8A1F,
+        a if a < 200.0 => 0xE5202E,
+        _ => 0x8E2AA8,
+    }
+}
+
+/// A drawn live entity.
+#[derive(Component)]
+pub struct LiveMarker {
+    pub slot: Slot,
+    pub kind: MarkerKind,
+    pub domain: Domain,
+    from: Vec3,
+    to: Vec3,
+    started_s: f32,
+    duration_s: f32,
+    moving: bool,
+}
+
+/// Shared meshes and materials, and the slot → marker map.
+#[derive(Resource, Default)]
+pub struct MarkerLayer {
+    by_slot: Vec<Option<Entity>>,
+    meshes: HashMap<MarkerKind, Handle<Mesh>>,
+    materials: HashMap<u32, Handle<StandardMaterial>>,
+    pub counts: HashMap<MarkerKind, usize>,
+}
+
+impl MarkerLayer {
+    fn material(
+        &mut self,
+        srgb: u32,
+        assets: &mut Assets<StandardMaterial>,
+    ) -> Handle<StandardMaterial> {
+        self.materials
+            .entry(srgb)
+            .or_insert_with(|| {
+                let [r, g, b, _] = linear_from_srgb(srgb);
+                assets.add(StandardMaterial {
+                    base_color: Color::linear_rgb(r, g, b),
+                    unlit: true,
+                    ..default()
+                })
+            })
+            .clone()
+    }
+
+    fn mesh(&mut self, kind: MarkerKind, assets: &mut Assets<Mesh>) -> Handle<Mesh> {
+        self.meshes
+            .entry(kind)
+            .or_insert_with(|| {
+                // Sized to read at city scale on a video wall, not to scale.
+                let mesh: Mesh = match kind {
+                    MarkerKind::Bus => Cuboid::new(7.0, 5.0, 18.0).into(),
+                    MarkerKind::FireEngine => Cuboid::new(7.0, 6.0, 16.0).into(),
+                    k if k.is_vehicle() => Cuboid::new(6.0, 4.5, 12.0).into(),
+                    MarkerKind::AirStation => Cylinder::new(9.0, 60.0).into(),
+                    MarkerKind::Hospital => Cuboid::new(30.0, 70.0, 30.0).into(),
+                    MarkerKind::Alert => Cylinder::new(14.0, 90.0).into(),
+                    MarkerKind::District => Cylinder::new(16.0, 1.0).into(),
+                    MarkerKind::Parking => Cuboid::new(20.0, 20.0, 20.0).into(),
+                    _ => Sphere::new(8.0).into(),
+                };
+                assets.add(mesh)
+            })
+            .clone()
+    }
+}
+
+/// Colour and height of a marker from the entity's values.
+fn style(kind: MarkerKind, e: &LiveEntity) -> (u32, f32) {
+    match (&e.kind, kind) {
+        (EntityKind::AirQuality { aqi, .. }, _) => (aqi_srgb(aqi.unwrap_or(0.0)), 1.0),
+        (EntityKind::Alert { severity, .. }, _) => (severity_srgb(severity.as_deref()), 1.0),
+        (_, MarkerKind::Hospital) => {
+            let load = e
+                .fields
+                .get("occupancy")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.5);
+            (
+                if load > 0.9 {
+                    0xE5202E
+                } else if load > 0.75 {
+                    0xFF8A1F
+                } else {
+                    0x2FBF71
+                },
+                1.0,
+            )
+        }
+        (_, MarkerKind::District) => {
+            let footfall = e
+                .fields
+                .get("footfallPerHour")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0);
+            (kind.srgb(), (footfall / 40.0).clamp(5.0, 400.0) as f32)
+        }
+        _ => (kind.srgb(), 1.0),
+    }
+}
+
+/// Open alerts are drawn; resolved ones leave the map.
+fn is_shown(e: &LiveEntity) -> bool {
+    !matches!(e.kind, EntityKind::Alert { .. })
+        || e.fields.get("status").and_then(|v| v.as_str()) != Some("resolved")
+}
+
+pub(super) fn plugin(app: &mut App) {
+    app.init_resource::<MarkerLayer>().add_systems(
+        Update,
+        (
+            update_markers,
+            move_markers,
+            pulse_alerts,
+            marker_visibility,
+        )
+            .chain()
+            .in_set(AppSystems::SyncScene),
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn update_markers(
+    mut commands: Commands,
+    changed: Res<ChangedSlots>,
+    live: Option<Res<Live>>,
+    city: Res<City>,
+    time: Res<Time>,
+    mut layer: ResMut<MarkerLayer>,
+    mut markers: Query<(
+        &mut LiveMarker,
+        &mut Transform,
+        &mut MeshMaterial3d<StandardMaterial>,
+    )>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+) {
+    let Some(live) = live else { return };
+    let now = time.elapsed_secs();
+    for &slot in &changed.0 {
+        let Some(e) = live.state.entity(slot) else {
+            continue;
+        };
+        let Some(kind) = MarkerKind::of(e) else {
+            continue;
+        };
+        let Some([east, north]) = e.local else {
+            continue;
+        };
+        let existing = layer.by_slot.get(slot as usize).copied().flatten();
+        if !is_shown(e) {
+            if let Some(entity) = existing {
+                commands.entity(entity).despawn();
+                layer.by_slot[slot as usize] = None;
+                *layer.counts.entry(kind).or_default() -= 1;
+            }
+            continue;
+        }
+        let (colour, height_scale) = style(kind, e);
+        let base_y = match kind {
+            k if k.is_vehicle() => 3.0,
+            MarkerKind::AirStation => 30.0,
+            MarkerKind::Hospital => 35.0,
+            MarkerKind::Alert => 45.0,
+            MarkerKind::District => height_scale * 0.5 + 2.0,
+            _ => 10.0,
+        };
+        let target = Vec3::from_array(world_from_local(east, north, base_y));
+        let heading = match e.kind {
+            EntityKind::Vehicle {
+                heading_deg: Some(h),
+                ..
+            } => Some(h as f32),
+            _ => None,
+        };
+        let rotation = heading.map_or(Quat::IDENTITY, |h| Quat::from_rotation_y(-h.to_radians()));
+        let material = layer.material(colour, &mut materials);
+        if let Some(entity) = existing
+            && let Ok((mut marker, mut transform, mut mat)) = markers.get_mut(entity)
+        {
+            marker.from = transform.translation;
+            marker.to = target;
+            marker.started_s = now;
+            // Arrive by the time the next update is due (~1 s for vehicles).
+            marker.duration_s = if kind.is_vehicle() { 1.0 } else { 0.3 };
+            marker.moving = true;
+            transform.rotation = rotation;
+            if kind == MarkerKind::District {
+                transform.scale = Vec3::new(1.0, height_scale, 1.0);
+            }
+            if mat.0 != material {
+                mat.0 = material;
+            }
+            continue;
+        }
+        let mesh = layer.mesh(kind, &mut meshes);
+        let domain = live.domain_of(e.feed).unwrap_or(Domain::Urban);
+        let mut transform = Transform::from_translation(target).with_rotation(rotation);
+        if kind == MarkerKind::District {
+            transform.scale = Vec3::new(1.0, height_scale, 1.0);
+        }
+        let entity = commands
+            .spawn((
+                LiveMarker {
+                    slot,
+                    kind,
+                    domain,
+                    from: target,
+                    to: target,
+                    started_s: now,
+                    duration_s: 0.0,
+                    moving: false,
+                },
+                Mesh3d(mesh),
+                MeshMaterial3d(material),
+                transform,
+            ))
+            .id();
+        if layer.by_slot.len() <= slot as usize {
+            layer.by_slot.resize(slot as usize + 1, None);
+        }
+        layer.by_slot[slot as usize] = Some(entity);
+        *layer.counts.entry(kind).or_default() += 1;
+    }
+    let _ = &city;
+}
+
+/// Glides markers from their last position to the new one.
+pub fn move_markers(time: Res<Time>, mut markers: Query<(&mut LiveMarker, &mut Transform)>) {
+    let now = time.elapsed_secs();
+    for (mut m, mut t) in &mut markers {
+        if !m.moving {
+            continue;
+        }
+        let k = if m.duration_s <= 0.0 {
+            1.0
+        } else {
+            ((now - m.started_s) / m.duration_s).clamp(0.0, 1.0)
+        };
+        t.translation = m.from.lerp(m.to, k);
+        if k >= 1.0 {
+            m.moving = false;
+        }
+    }
+}
+
+fn pulse_alerts(time: Res<Time>, mut markers: Query<(&LiveMarker, &mut Transform)>) {
+    let phase = time.elapsed_secs() * 3.0;
+    for (m, mut t) in &mut markers {
+        if m.kind == MarkerKind::Alert {
+            let s = 1.0 + 0.35 * phase.sin().abs();
+            t.scale = Vec3::new(s, 1.0, s);
+        }
+    }
+}
+
+fn marker_visibility(
+    visibility: Res<DomainVisibility>,
+    mut markers: Query<(&LiveMarker, &mut Visibility)>,
+) {
+    if !visibility.is_changed() {
+        return;
+    }
+    for (m, mut v) in &mut markers {
+        *v = if visibility.is_visible(m.domain) {
+            Visibility::Inherited
+        } else {
+            Visibility::Hidden
+        };
+    }
+}

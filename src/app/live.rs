@@ -1,0 +1,83 @@
+//! The live hub inside the app: running feeds, the ingest pump (bounded per frame so
+//! the frame never waits), the live state, and which sub-brain layers are shown.
+
+use std::collections::BTreeMap;
+
+use bevy::prelude::*;
+
+use super::{AppSystems, City};
+use crate::feeds::config::FeedConfig;
+use crate::feeds::health::Ingest;
+use crate::feeds::{Domain, RunningFeeds, start_feeds};
+use crate::state::LiveState;
+
+/// Updates applied per frame at most; the rest wait for the next frame.
+pub const MAX_UPDATES_PER_FRAME: usize = 25_000;
+
+/// Everything live.
+#[derive(Resource)]
+pub struct Live {
+    pub feeds: Vec<FeedConfig>,
+    pub state: LiveState,
+    pub ingest: Ingest,
+    _running: RunningFeeds,
+}
+
+impl Live {
+    /// The domain of the feed an entity came from.
+    pub fn domain_of(&self, feed: u32) -> Option<Domain> {
+        self.feeds.get(feed as usize).map(|f| f.domain)
+    }
+}
+
+/// Which sub-brain layers are shown.
+#[derive(Resource, Debug, Clone)]
+pub struct DomainVisibility(pub BTreeMap<Domain, bool>);
+
+impl Default for DomainVisibility {
+    fn default() -> Self {
+        Self(Domain::ALL.iter().map(|&d| (d, true)).collect())
+    }
+}
+
+impl DomainVisibility {
+    pub fn is_visible(&self, d: Domain) -> bool {
+        self.0.get(&d).copied().unwrap_or(true)
+    }
+}
+
+/// Slots changed this frame, for the layers to redraw.
+#[derive(Resource, Default)]
+pub struct ChangedSlots(pub Vec<u32>);
+
+/// Feeds to start, chosen on the command line.
+#[derive(Resource, Clone)]
+pub struct FeedSetup {
+    pub feeds: Vec<FeedConfig>,
+    pub seed: u64,
+}
+
+pub(super) fn plugin(app: &mut App) {
+    app.init_resource::<DomainVisibility>()
+        .init_resource::<ChangedSlots>()
+        .add_systems(Startup, start_live)
+        .add_systems(Update, pump_feeds.in_set(AppSystems::Apply));
+}
+
+fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
+    let (running, rx) = start_feeds(&setup.feeds, &city.map, setup.seed);
+    let ingest = Ingest::new(&setup.feeds, rx);
+    commands.insert_resource(Live {
+        feeds: setup.feeds.clone(),
+        state: LiveState::new(city.map.frame),
+        ingest,
+        _running: running,
+    });
+}
+
+fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>) {
+    let Some(mut live) = live else { return };
+    let Live { state, ingest, .. } = &mut *live;
+    ingest.pump(state, MAX_UPDATES_PER_FRAME);
+    changed.0 = state.drain_changed();
+}
