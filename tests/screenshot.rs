@@ -91,6 +91,26 @@ fn screenshot_of_the_default_city_shows_buildings() {
         .collect();
     assert!(shades.len() >= 20, "only {} building shades", shades.len());
 
+    // The live layers are on: roads coloured by traffic speed (green free flow at
+    // least somewhere in the city), taxis and buses as markers.
+    let view: Vec<_> = (h / 8..h - 30)
+        .flat_map(|y| (w / 5..w).map(move |x| (x, y)))
+        .map(|(x, y)| image.get_pixel(x, y).0)
+        .collect();
+    let traffic_green = view
+        .iter()
+        .filter(|p| p[1] > 150 && p[0] < 120 && p[2] < 160 && p[1] as i32 > p[2] as i32 + 40)
+        .count();
+    assert!(
+        traffic_green > view.len() / 200,
+        "no traffic colouring: {traffic_green} px"
+    );
+    let taxi_yellow = view
+        .iter()
+        .filter(|p| p[0] > 200 && p[1] > 170 && p[2] < 110)
+        .count();
+    assert!(taxi_yellow > 100, "no vehicle markers: {taxi_yellow} px");
+
     // The egui chrome is there too: the top bar is not background.
     let top_row: Vec<_> = (0..w).map(|x| image.get_pixel(x, 10).0).collect();
     assert!(top_row.iter().any(|p| p != &top_row[0]) || top_row[0] != [3, 4, 9]);

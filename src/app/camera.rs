@@ -209,6 +209,7 @@ fn mouse_controls(
     mut rig: ResMut<CameraRig>,
     mut drag: ResMut<DragState>,
     mut selection: ResMut<Selection>,
+    live: Option<Res<super::live::Live>>,
 ) {
     let Ok(window) = window.single() else { return };
     let cursor = window.cursor_position();
@@ -261,6 +262,26 @@ fn mouse_controls(
         };
         let o = ray.origin;
         let d = *ray.direction;
+        // A live marker near where the ray meets street level wins over the building.
+        if let Some(live) = &live
+            && let Some(t) =
+                ray.intersect_plane(Vec3::new(0.0, 3.0, 0.0), InfinitePlane3d::new(Vec3::Y))
+        {
+            let p = ray.get_point(t);
+            let tolerance = (rig.pose.distance * 0.025).max(12.0) as f64;
+            let [e, n] = crate::geo_frame::local_from_world(p.x, p.z);
+            let hit = live.state.nearest(e, n, 1).into_iter().find(|&slot| {
+                live.state
+                    .entity(slot)
+                    .and_then(|x| x.local)
+                    .is_some_and(|[x, y]| (x - e).hypot(y - n) <= tolerance)
+            });
+            if let Some(slot) = hit {
+                selection.entity = Some(slot);
+                selection.building = None;
+                return;
+            }
+        }
         // World (x, y up, z south) → local (east, north, up).
         let hit = city.index.building_on_ray(
             &city.map,
@@ -269,6 +290,7 @@ fn mouse_controls(
             (rig.pose.distance * 3.0) as f64,
         );
         selection.building = hit;
+        selection.entity = None;
     }
     if buttons.any_just_released(any) && !buttons.any_pressed(any) {
         drag.pressed_at = None;

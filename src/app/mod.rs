@@ -52,6 +52,8 @@ pub struct City {
 #[derive(Resource, Default, Debug)]
 pub struct Selection {
     pub building: Option<usize>,
+    /// A live entity (slot in the live state).
+    pub entity: Option<u32>,
 }
 
 /// When the process started, for time-to-first-frame.
@@ -137,7 +139,10 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     )
     .add_plugins((FrameTimeDiagnosticsPlugin::default(), EguiPlugin::default()))
     .insert_resource(city)
-    .insert_resource(Selection { building: selected })
+    .insert_resource(Selection {
+        building: selected,
+        entity: None,
+    })
     .insert_resource(rig)
     .insert_resource(StartedAt(started))
     .insert_resource(live::FeedSetup { feeds, seed: 1 })

@@ -38,6 +38,7 @@ fn request_capture(
     mut commands: Commands,
     time: Res<Time<Real>>,
     ready: Res<SceneReady>,
+    live: Option<Res<super::live::Live>>,
     mut state: ResMut<SnapshotState>,
     mut exit: MessageWriter<AppExit>,
 ) {
@@ -49,7 +50,16 @@ fn request_capture(
     if state.in_flight || state.done {
         return;
     }
-    if !ready.is_ready() {
+    // Live layers count as drawn once every feed has answered (or failed) and its
+    // updates are applied; a feed that never answers is not waited on past 20 s.
+    let feeds_in = live.as_ref().is_none_or(|l| {
+        l.ingest.backlog() == 0
+            && l.ingest
+                .health
+                .iter()
+                .all(|h| h.polls_ok + h.polls_failed > 0)
+    });
+    if !ready.is_ready() || (!feeds_in && time.elapsed_secs() < 20.0) {
         state.settled_frames = 0;
         return;
     }

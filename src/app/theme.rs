@@ -16,6 +16,8 @@ pub const BUILDING_TINT_FULL_M: f32 = 60.0;
 
 pub const ACCENT: egui::Color32 = egui::Color32::from_rgb(0x3f, 0xd0, 0xff);
 pub const WARN: egui::Color32 = egui::Color32::from_rgb(0xff, 0xb0, 0x30);
+pub const GOOD: egui::Color32 = egui::Color32::from_rgb(0x2f, 0xbf, 0x71);
+pub const ALARM: egui::Color32 = egui::Color32::from_rgb(0xff, 0x4d, 0x4d);
 pub const MUTED: egui::Color32 = egui::Color32::from_rgb(0x8a, 0x98, 0xad);
 pub const PANEL_FILL: egui::Color32 = egui::Color32::from_rgb(8, 13, 24);
 

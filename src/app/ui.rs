@@ -7,11 +7,18 @@ use bevy::prelude::*;
 use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
 
 use super::camera::CameraRig;
+use super::layers::markers::{MarkerKind, aqi_srgb};
+use super::live::{DomainVisibility, Live};
 use super::scene::{LayerVisibility, SceneStats};
 use super::{AppSystems, City, Selection, theme};
-use crate::clock::utc_clock_text;
+use crate::clock::{rfc3339_from_unix_ms, utc_clock_text};
+use crate::feeds::config::FeedConfig;
+use crate::feeds::health::FeedHealth;
+use crate::feeds::{Domain, EntityKind, FieldValue};
 use crate::map::mesh::MapLayer;
 use crate::map::{AreaKind, CityMap};
+use crate::state::kpi::CityKpis;
+use crate::state::{LiveEntity, LiveState};
 
 /// The CJK font registered with egui so Chinese names and labels render.
 const CJK_FONT: &[u8] = include_bytes!("../../assets/fonts/NotoSansSC-Regular-subset.otf");
@@ -25,6 +32,8 @@ pub enum UiCommand {
     ClearSelection,
     AddBookmark,
     GoToBookmark(usize),
+    SetDomain(Domain, bool),
+    FlyToEntity(u32),
 }
 
 /// Where the 3D view is (the screen area no panel covers) and whether egui holds input.
@@ -90,6 +99,9 @@ fn shell_ui(
     rig: Res<CameraRig>,
     selection: Res<Selection>,
     ready: Res<super::ready::SceneReady>,
+    live: Option<Res<Live>>,
+    domains: Res<DomainVisibility>,
+    mut kpis: Local<(f64, CityKpis)>,
     mut ui_input: ResMut<UiInput>,
     mut pending: ResMut<PendingUiCommands>,
 ) -> Result {
@@ -116,16 +128,48 @@ fn shell_ui(
             .max_rect(ctx.viewport_rect()),
     );
     let out = &mut pending.0;
+    let now_ms = crate::feeds::poll::unix_ms_now();
+    // KPIs twice a second: cheap, and steadier to read than every frame.
+    if let Some(live) = &live
+        && (now_ms as f64 - kpis.0).abs() > 500.0
+    {
+        *kpis = (now_ms as f64, CityKpis::compute(&live.state));
+    }
     egui::Panel::top("top-bar").show(&mut root, |ui| top_bar_ui(ui, &city.map, now));
+    if live.is_some() {
+        egui::Panel::top("kpi-strip").show(&mut root, |ui| kpi_strip_ui(ui, &kpis.1));
+    }
     egui::Panel::bottom("status-bar")
         .show(&mut root, |ui| status_bar_ui(ui, &city.map, &stats, fps));
     egui::Panel::left("layers")
         .resizable(true)
         .default_size(270.0)
         .show(&mut root, |ui| {
-            layer_panel_ui(ui, &city.map, &layers, &rig, ready.first_full_frame_ms, out)
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                layer_panel_ui(ui, &city.map, &layers, &rig, ready.first_full_frame_ms, out);
+                if let Some(live) = &live {
+                    ui.separator();
+                    sub_brains_ui(
+                        ui,
+                        &live.feeds,
+                        &live.ingest.health,
+                        &live.state,
+                        &domains,
+                        now_ms,
+                        out,
+                    );
+                }
+            });
         });
-    if let Some(index) = selection.building {
+    if let (Some(slot), Some(live)) = (selection.entity, &live) {
+        egui::Panel::right("entity-inspector")
+            .resizable(true)
+            .default_size(340.0)
+            .max_size(460.0)
+            .show(&mut root, |ui| {
+                entity_inspector_ui(ui, &live.feeds, &live.state, slot, now_ms, out)
+            });
+    } else if let Some(index) = selection.building {
         egui::Panel::right("inspector")
             .resizable(true)
             .default_size(340.0)
@@ -338,6 +382,429 @@ pub fn inspector_ui(ui: &mut egui::Ui, map: &CityMap, index: usize, out: &mut Ve
     });
 }
 
+/// Domain names for the panels.
+pub fn domain_label(d: Domain) -> &'static str {
+    match d {
+        Domain::Traffic => "Traffic 交通",
+        Domain::Safety => "Public safety 公安",
+        Domain::Ecology => "Ecology 生态",
+        Domain::Urban => "Urban grid 城管网格",
+        Domain::Health => "Health 卫健",
+        Domain::Utilities => "Utilities 公用事业",
+        Domain::Economy => "Economy 经济",
+    }
+}
+
+fn kpi_tile(ui: &mut egui::Ui, label: &str, value: String, colour: egui::Color32) {
+    ui.vertical(|ui| {
+        ui.label(egui::RichText::new(label).color(theme::MUTED).size(13.0));
+        ui.label(egui::RichText::new(value).size(26.0).strong().color(colour));
+    });
+    ui.add_space(18.0);
+}
+
+/// Headline figures in large type, for the wall.
+pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
+    let dash = || "—".to_string();
+    ui.horizontal(|ui| {
+        kpi_tile(
+            ui,
+            "Road speed 路网均速",
+            k.mean_road_speed_kmh
+                .map_or_else(dash, |v| format!("{v:.0} km/h")),
+            theme::ACCENT,
+        );
+        let congestion_colour = match k.congestion_index {
+            Some(c) if c > 0.3 => theme::ALARM,
+            Some(c) if c > 0.15 => theme::WARN,
+            _ => theme::GOOD,
+        };
+        kpi_tile(
+            ui,
+            "Congestion 拥堵指数",
+            k.congestion_index
+                .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
+            congestion_colour,
+        );
+        let aqi_colour = k.mean_aqi.map_or(theme::MUTED, |a| {
+            let [r, g, b] = [
+                (aqi_srgb(a) >> 16) as u8,
+                (aqi_srgb(a) >> 8) as u8,
+                aqi_srgb(a) as u8,
+            ];
+            egui::Color32::from_rgb(r, g, b)
+        });
+        kpi_tile(
+            ui,
+            "AQI 空气质量",
+            match (k.mean_aqi, k.max_aqi) {
+                (Some(m), Some(x)) => format!("{m:.0} (max {x:.0})"),
+                _ => dash(),
+            },
+            aqi_colour,
+        );
+        kpi_tile(
+            ui,
+            "Open alerts 未结告警",
+            k.open_alerts.to_string(),
+            if k.open_alerts > 0 {
+                theme::WARN
+            } else {
+                theme::GOOD
+            },
+        );
+        let load_colour = match k.hospital_load {
+            Some(l) if l > 0.9 => theme::ALARM,
+            Some(l) if l > 0.75 => theme::WARN,
+            _ => theme::GOOD,
+        };
+        kpi_tile(
+            ui,
+            "Hospital load 医院负荷",
+            k.hospital_load
+                .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
+            load_colour,
+        );
+        kpi_tile(ui, "Units 在途车辆", k.vehicles.to_string(), theme::ACCENT);
+    });
+}
+
+/// Seconds as a short age: `0.4 s`, `12 s`, `3 min`.
+pub fn age_text(secs: f64) -> String {
+    if secs < 10.0 {
+        format!("{secs:.1} s")
+    } else if secs < 120.0 {
+        format!("{secs:.0} s")
+    } else {
+        format!("{:.0} min", secs / 60.0)
+    }
+}
+
+/// Layers grouped by sub-brain: toggle, entity count, and each feed's health.
+pub fn sub_brains_ui(
+    ui: &mut egui::Ui,
+    feeds: &[FeedConfig],
+    health: &[FeedHealth],
+    state: &LiveState,
+    domains: &DomainVisibility,
+    now_ms: i64,
+    out: &mut Vec<UiCommand>,
+) {
+    ui.heading("Sub-brains 子脑");
+    for domain in Domain::ALL {
+        let feed_ids: Vec<usize> = (0..feeds.len())
+            .filter(|&i| feeds[i].domain == domain)
+            .collect();
+        let count: usize = feed_ids
+            .iter()
+            .map(|&i| state.count_for_feed(i as u32))
+            .sum();
+        let mut on = domains.is_visible(domain);
+        ui.horizontal(|ui| {
+            if ui.checkbox(&mut on, domain_label(domain)).changed() {
+                out.push(UiCommand::SetDomain(domain, on));
+            }
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                ui.label(egui::RichText::new(count.to_string()).color(theme::MUTED));
+            });
+        });
+        if feed_ids.is_empty() {
+            ui.label(
+                egui::RichText::new("    no feed configured")
+                    .small()
+                    .color(theme::MUTED),
+            );
+        }
+        for i in feed_ids {
+            let (feed, h) = (&feeds[i], &health[i]);
+            let stale_after_s = (feed.interval_s * 3.0).max(5.0);
+            let (text, colour) = match h.age_s(now_ms) {
+                None if h.last_error.is_some() => {
+                    (format!("{} · failing", feed.name), theme::ALARM)
+                }
+                None => (format!("{} · waiting", feed.name), theme::MUTED),
+                Some(age) => {
+                    let colour = if age > stale_after_s {
+                        theme::WARN
+                    } else {
+                        theme::MUTED
+                    };
+                    (
+                        format!(
+                            "{} · {} ago · {:.0}/s · {} rejected",
+                            feed.name,
+                            age_text(age),
+                            h.updates_per_s(now_ms),
+                            h.rejected
+                        ),
+                        colour,
+                    )
+                }
+            };
+            ui.label(
+                egui::RichText::new(format!("    {text}"))
+                    .small()
+                    .color(colour),
+            )
+            .on_hover_ui(|ui| feed_health_ui(ui, feed, h));
+        }
+    }
+    ui.separator();
+    legend_ui(ui);
+}
+
+fn feed_health_ui(ui: &mut egui::Ui, feed: &FeedConfig, h: &FeedHealth) {
+    egui::Grid::new("feed-health")
+        .num_columns(2)
+        .show(ui, |ui| {
+            let mut row = |k: &str, v: String| {
+                ui.label(egui::RichText::new(k).color(theme::MUTED));
+                ui.label(v);
+                ui.end_row();
+            };
+            row("owner", feed.owner.clone().unwrap_or_else(|| "—".into()));
+            row(
+                "source",
+                feed.url
+                    .clone()
+                    .unwrap_or_else(|| "built-in simulator".into()),
+            );
+            row("every", format!("{} s", feed.interval_s));
+            row("updates", h.updates.to_string());
+            row("ignored (old/duplicate)", h.ignored.to_string());
+            row(
+                "polls ok / failed",
+                format!("{} / {}", h.polls_ok, h.polls_failed),
+            );
+            for (reason, n) in &h.reasons {
+                row(reason, n.to_string());
+            }
+            if let Some(e) = &h.last_error {
+                row("last error", e.clone());
+            }
+        });
+}
+
+fn swatch(ui: &mut egui::Ui, srgb: u32, label: &str) {
+    ui.horizontal(|ui| {
+        let (rect, _) = ui.allocate_exact_size(egui::vec2(14.0, 14.0), egui::Sense::hover());
+        let c = egui::Color32::from_rgb((srgb >> 16) as u8, (srgb >> 8) as u8, srgb as u8);
+        ui.painter().rect_filled(rect, 3.0, c);
+        ui.label(egui::RichText::new(label).small());
+    });
+}
+
+/// What the colours mean.
+pub fn legend_ui(ui: &mut egui::Ui) {
+    ui.collapsing("Legend 图例", |ui| {
+        ui.label(
+            egui::RichText::new("Road speed vs free flow")
+                .small()
+                .strong(),
+        );
+        for (c, l) in [
+            (0x2FBF71, "free (> 80%)"),
+            (0xF2A23A, "slow (~60%)"),
+            (0xE8412C, "congested (< 35%)"),
+        ] {
+            swatch(ui, c, l);
+        }
+        ui.label(egui::RichText::new("Units and places").small().strong());
+        for k in [
+            MarkerKind::Bus,
+            MarkerKind::Taxi,
+            MarkerKind::Police,
+            MarkerKind::FireEngine,
+            MarkerKind::Ambulance,
+            MarkerKind::Hospital,
+            MarkerKind::District,
+        ] {
+            swatch(ui, k.srgb(), k.label());
+        }
+        ui.label(
+            egui::RichText::new("Air quality index (stations and heat map)")
+                .small()
+                .strong(),
+        );
+        for (a, l) in [
+            (25.0, "good < 50"),
+            (75.0, "moderate < 100"),
+            (125.0, "sensitive < 150"),
+            (175.0, "unhealthy < 200"),
+            (250.0, "very unhealthy"),
+        ] {
+            swatch(ui, aqi_srgb(a), l);
+        }
+        ui.label(
+            egui::RichText::new("Alerts by severity (pulsing)")
+                .small()
+                .strong(),
+        );
+        for (sev, l) in [
+            ("low", "low"),
+            ("medium", "medium"),
+            ("high", "high"),
+            ("critical", "critical"),
+        ] {
+            swatch(ui, super::layers::markers::severity_srgb(Some(sev)), l);
+        }
+    });
+}
+
+fn kind_rows(kind: &EntityKind) -> Vec<(&'static str, String)> {
+    let num = |v: &Option<f64>, unit: &str| v.map(|x| format!("{x}{unit}"));
+    let txt = |v: &Option<String>| v.clone();
+    let rows: Vec<(&'static str, Option<String>)> = match kind {
+        EntityKind::TrafficFlow {
+            average_speed_kmh,
+            intensity,
+            occupancy,
+            congested,
+        } => vec![
+            ("average speed", num(average_speed_kmh, " km/h")),
+            ("intensity", num(intensity, " veh/h")),
+            ("occupancy", occupancy.map(|o| format!("{:.0}%", o * 100.0))),
+            ("congested", congested.map(|c| c.to_string())),
+        ],
+        EntityKind::AirQuality {
+            aqi,
+            pm25,
+            pm10,
+            no2,
+            o3,
+        } => vec![
+            ("AQI", num(aqi, "")),
+            ("PM2.5", num(pm25, " µg/m³")),
+            ("PM10", num(pm10, " µg/m³")),
+            ("NO₂", num(no2, " µg/m³")),
+            ("O₃", num(o3, " µg/m³")),
+        ],
+        EntityKind::Vehicle {
+            vehicle_type,
+            speed_kmh,
+            heading_deg,
+            service_status,
+        } => vec![
+            ("vehicle", txt(vehicle_type)),
+            ("speed", num(speed_kmh, " km/h")),
+            ("heading", num(heading_deg, "°")),
+            ("status", txt(service_status)),
+        ],
+        EntityKind::Alert {
+            category,
+            sub_category,
+            severity,
+            description,
+        } => vec![
+            ("category", txt(category)),
+            ("kind", txt(sub_category)),
+            ("severity", txt(severity)),
+            ("description", txt(description)),
+        ],
+        EntityKind::Parking {
+            available_spots,
+            total_spots,
+            status,
+        } => vec![
+            ("free spots", num(available_spots, "")),
+            ("total spots", num(total_spots, "")),
+            ("status", txt(status)),
+        ],
+        EntityKind::Generic => vec![],
+    };
+    rows.into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+}
+
+/// Any live entity: its values, source feed, owner and age.
+pub fn entity_inspector_ui(
+    ui: &mut egui::Ui,
+    feeds: &[FeedConfig],
+    state: &LiveState,
+    slot: u32,
+    now_ms: i64,
+    out: &mut Vec<UiCommand>,
+) {
+    let Some(e): Option<&LiveEntity> = state.entity(slot) else {
+        return;
+    };
+    ui.horizontal(|ui| {
+        ui.heading(&e.entity_type);
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            if ui.button("✕").clicked() {
+                out.push(UiCommand::ClearSelection);
+            }
+            if ui.button("Fly to 飞至").clicked() {
+                out.push(UiCommand::FlyToEntity(slot));
+            }
+        });
+    });
+    if let Some(name) = e.fields.get("name").and_then(FieldValue::as_str) {
+        ui.label(egui::RichText::new(name).size(18.0).color(theme::ACCENT));
+    }
+    let feed = feeds.get(e.feed as usize);
+    egui::Grid::new("entity-facts")
+        .num_columns(2)
+        .striped(true)
+        .show(ui, |ui| {
+            let mut row = |k: &str, v: String| {
+                ui.label(egui::RichText::new(k).color(theme::MUTED));
+                ui.add(egui::Label::new(v).wrap());
+                ui.end_row();
+            };
+            row("id", e.id.clone());
+            if let Some(f) = feed {
+                row("feed", f.name.clone());
+                row("sub-brain", domain_label(f.domain).to_string());
+                row("owner", f.owner.clone().unwrap_or_else(|| "—".into()));
+            }
+            if let Some(t) = e.observed_at_ms {
+                row(
+                    "observed",
+                    format!(
+                        "{} ({} ago)",
+                        rfc3339_from_unix_ms(t),
+                        age_text((now_ms - t).max(0) as f64 / 1000.0)
+                    ),
+                );
+            }
+            row(
+                "received",
+                format!(
+                    "{} ago",
+                    age_text((now_ms - e.received_at_ms).max(0) as f64 / 1000.0)
+                ),
+            );
+            row("version", e.version.to_string());
+            if let Some([lon, lat]) = e.position {
+                row("position", format!("{lat:.5}°N {lon:.5}°E"));
+            }
+            for (k, v) in kind_rows(&e.kind) {
+                row(k, v);
+            }
+        });
+    ui.separator();
+    ui.label(egui::RichText::new("Values").strong());
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        egui::Grid::new("entity-fields")
+            .num_columns(2)
+            .striped(true)
+            .show(ui, |ui| {
+                for (k, v) in &e.fields {
+                    ui.label(egui::RichText::new(k).color(theme::MUTED));
+                    let text = match v {
+                        FieldValue::Number(n) => n.to_string(),
+                        FieldValue::Text(t) => t.clone(),
+                        FieldValue::Bool(b) => b.to_string(),
+                    };
+                    ui.add(egui::Label::new(text).wrap());
+                    ui.end_row();
+                }
+            });
+    });
+}
+
 fn height_source_text(source: crate::map::HeightSource) -> &'static str {
     match source {
         crate::map::HeightSource::Tagged => "tagged height",
@@ -351,6 +818,8 @@ fn apply_ui_commands(
     mut layers: ResMut<LayerVisibility>,
     mut rig: ResMut<CameraRig>,
     mut selection: ResMut<Selection>,
+    mut domains: ResMut<DomainVisibility>,
+    live: Option<Res<Live>>,
     city: Res<City>,
 ) {
     for command in pending.0.drain(..) {
@@ -360,7 +829,23 @@ fn apply_ui_commands(
             }
             UiCommand::ResetView => rig.reset(),
             UiCommand::FlyToBuilding(i) => super::fly_to_building(&mut rig, &city, i),
-            UiCommand::ClearSelection => selection.building = None,
+            UiCommand::ClearSelection => {
+                selection.building = None;
+                selection.entity = None;
+            }
+            UiCommand::SetDomain(domain, on) => {
+                domains.0.insert(domain, on);
+            }
+            UiCommand::FlyToEntity(slot) => {
+                if let Some([e, n]) = live
+                    .as_ref()
+                    .and_then(|l| l.state.entity(slot))
+                    .and_then(|x| x.local)
+                {
+                    let focus = Vec3::from_array(crate::geo_frame::world_from_local(e, n, 0.0));
+                    rig.fly_to(focus, 250.0);
+                }
+            }
             UiCommand::AddBookmark => {
                 let name = format!("View {}", rig.bookmarks.len() + 1);
                 let pose = rig.goal;

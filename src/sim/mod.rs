@@ -330,6 +330,12 @@ impl Simulator {
             now_ms: start_ms,
         };
         sim.update_road_speeds();
+        // Two hours of event history, so a fresh start shows a city already at work.
+        for minutes_ago in (1..=120).rev() {
+            sim.now_ms = start_ms - minutes_ago * 60_000;
+            sim.minute_tick();
+        }
+        sim.now_ms = start_ms;
         sim
     }
 
@@ -454,7 +460,7 @@ impl Simulator {
             let event = self.new_event(category, sub, severity, 20.0, minutes);
             self.grid_events.push(event);
         }
-        if self.rng.unit() < 0.0015 + 0.002 * activity {
+        if self.rng.unit() < 0.004 + 0.008 * activity {
             let (sub, severity) = [
                 ("powerOutage", "high"),
                 ("waterOutage", "medium"),

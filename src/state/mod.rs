@@ -2,6 +2,8 @@
 //! out-of-order and duplicate updates ignored and an R-tree kept current for picking
 //! and nearest queries. Fed in batches; the scene reads what changed since last frame.
 
+pub mod kpi;
+
 use std::collections::{BTreeMap, HashMap};
 
 use rstar::primitives::GeomWithData;
