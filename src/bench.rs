@@ -218,3 +218,108 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 }
+
+/// Result of `zhongshu bench ingest`.
+#[derive(Debug, Serialize)]
+pub struct IngestBenchReport {
+    pub entities: usize,
+    pub rounds: usize,
+    pub updates: usize,
+    pub payload_mb: f64,
+    pub decode_ms: f64,
+    pub apply_ms: f64,
+    pub decode_per_s: f64,
+    pub apply_per_s: f64,
+    /// Decode and apply together, one after the other, as the app does.
+    pub updates_per_s: f64,
+    pub threads: usize,
+}
+
+/// NGSI-LD pages (normalized form) of `entities` moving vehicles, `rounds` times over
+/// with new positions and times: the ingest path's real input.
+pub fn vehicle_pages(entities: usize, rounds: usize, page: usize) -> Vec<Vec<u8>> {
+    let mut rng = SplitMix(42);
+    let mut pages = Vec::new();
+    for round in 0..rounds {
+        let observed = crate::clock::rfc3339_from_unix_ms(1_795_946_400_000 + round as i64 * 1000);
+        for start in (0..entities).step_by(page) {
+            let items: Vec<serde_json::Value> = (start..(start + page).min(entities))
+                .map(|i| {
+                    let kind = ["bus", "taxi", "police", "ambulance"][i % 4];
+                    serde_json::json!({
+                        "id": format!("urn:ngsi-ld:Vehicle:v{i}"),
+                        "type": "Vehicle",
+                        "vehicleType": {"type": "Property", "value": kind},
+                        "speed": {"type": "Property", "value": (rng.unit() * 60.0 * 10.0).round() / 10.0, "observedAt": observed},
+                        "heading": {"type": "Property", "value": (rng.unit() * 360.0).round()},
+                        "location": {"type": "GeoProperty", "value": {"type": "Point",
+                            "coordinates": [121.40 + rng.unit() * 0.15, 31.17 + rng.unit() * 0.12]}},
+                    })
+                })
+                .collect();
+            pages.push(serde_json::to_vec(&items).expect("serialise a page"));
+        }
+    }
+    pages
+}
+
+/// Times decoding NGSI-LD pages and applying them to the live state with its index.
+pub fn bench_ingest(entities: usize, rounds: usize) -> IngestBenchReport {
+    let pages = vehicle_pages(entities, rounds, 1000);
+    let payload_bytes: usize = pages.iter().map(Vec::len).sum();
+    let mut state = crate::state::LiveState::new(crate::geo_frame::GeoFrame::new(121.47, 31.23));
+    let (mut decode_s, mut apply_s, mut updates) = (0.0, 0.0, 0usize);
+    for page in &pages {
+        let t = Instant::now();
+        let decoded = crate::feeds::decode::decode_ngsi_ld(page).expect("valid page");
+        decode_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for u in decoded.updates {
+            state.apply(0, u, 0);
+            updates += 1;
+        }
+        apply_s += t.elapsed().as_secs_f64();
+        // The scene drains changes every frame.
+        let _ = state.drain_changed();
+    }
+    IngestBenchReport {
+        entities,
+        rounds,
+        updates,
+        payload_mb: payload_bytes as f64 / 1e6,
+        decode_ms: decode_s * 1000.0,
+        apply_ms: apply_s * 1000.0,
+        decode_per_s: updates as f64 / decode_s,
+        apply_per_s: updates as f64 / apply_s,
+        updates_per_s: updates as f64 / (decode_s + apply_s),
+        threads: rayon::current_num_threads(),
+    }
+}
+
+/// Result of `zhongshu bench sim`.
+#[derive(Debug, Serialize)]
+pub struct SimBenchReport {
+    pub vehicles: usize,
+    pub simulated_s: f64,
+    pub wall_ms: f64,
+    /// Simulated seconds per wall second.
+    pub times_real_time: f64,
+}
+
+/// Times the simulator driving `vehicles` on the default city for `seconds`.
+pub fn bench_sim(vehicles: usize, seconds: u32) -> Result<SimBenchReport, map::MapError> {
+    let city = map::load_default()?;
+    let mut config = crate::sim::SimConfig::for_map(&city);
+    config.vehicles = Some(vehicles);
+    let start = 1_795_946_400_000;
+    let mut sim = crate::sim::Simulator::new(&city, config, start);
+    let t = Instant::now();
+    sim.advance(start + seconds as i64 * 1000);
+    let wall = t.elapsed().as_secs_f64();
+    Ok(SimBenchReport {
+        vehicles: sim.vehicle_count(),
+        simulated_s: seconds as f64,
+        wall_ms: wall * 1000.0,
+        times_real_time: seconds as f64 / wall,
+    })
+}

@@ -76,6 +76,31 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Decode NGSI-LD pages of moving vehicles and apply them to the live state.
+    Ingest {
+        /// Distinct entities.
+        #[arg(long, default_value_t = 100_000)]
+        entities: usize,
+        /// Times each entity is updated.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Advance the simulator with this many vehicles on the default city.
+    Sim {
+        #[arg(long, default_value_t = 10_000)]
+        vehicles: usize,
+        /// Simulated seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u32,
+    },
+    /// Frame-side CPU cost of live markers in a headless bevy app.
+    Markers {
+        #[arg(long, default_value_t = 50_000)]
+        markers: usize,
+        /// Simulated seconds (one update of every marker per second, 60 frames each).
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// Time file → GPU-ready chunk meshes on a generated (or given) GeoJSON city.
     Map {
         /// Buildings in the generated city.
@@ -285,6 +310,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("feeds-check needs --feeds FILE");
             };
             feeds_check(feeds, for_secs, cli.map.as_deref())
+        }
+        Command::Bench(BenchCommand::Ingest { entities, rounds }) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&bench::bench_ingest(entities, rounds))?
+            );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Sim { vehicles, seconds }) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&bench::bench_sim(vehicles, seconds)?)?
+            );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Markers { markers, seconds }) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&app::bench_markers::run(markers, seconds))?
+            );
+            Ok(())
         }
         Command::Bench(BenchCommand::Map {
             buildings,

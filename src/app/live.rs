@@ -24,6 +24,20 @@ pub struct Live {
 }
 
 impl Live {
+    pub fn new(
+        feeds: Vec<FeedConfig>,
+        state: LiveState,
+        ingest: Ingest,
+        running: RunningFeeds,
+    ) -> Self {
+        Self {
+            feeds,
+            state,
+            ingest,
+            _running: running,
+        }
+    }
+
     /// The domain of the feed an entity came from.
     pub fn domain_of(&self, feed: u32) -> Option<Domain> {
         self.feeds.get(feed as usize).map(|f| f.domain)
@@ -67,12 +81,12 @@ pub(super) fn plugin(app: &mut App) {
 fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
     let (running, rx) = start_feeds(&setup.feeds, &city.map, setup.seed);
     let ingest = Ingest::new(&setup.feeds, rx);
-    commands.insert_resource(Live {
-        feeds: setup.feeds.clone(),
-        state: LiveState::new(city.map.frame),
+    commands.insert_resource(Live::new(
+        setup.feeds.clone(),
+        LiveState::new(city.map.frame),
         ingest,
-        _running: running,
-    });
+        running,
+    ));
 }
 
 fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>) {
