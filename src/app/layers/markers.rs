@@ -350,9 +350,9 @@ pub fn update_markers(
 /// Glides markers from their last position to the new one.
 pub fn move_markers(time: Res<Time>, mut markers: Query<(&mut LiveMarker, &mut Transform)>) {
     let now = time.elapsed_secs();
-    for (mut m, mut t) in &mut markers {
+    markers.par_iter_mut().for_each(|(mut m, mut t)| {
         if !m.moving {
-            continue;
+            return;
         }
         let k = if m.duration_s <= 0.0 {
             1.0
@@ -363,7 +363,7 @@ pub fn move_markers(time: Res<Time>, mut markers: Query<(&mut LiveMarker, &mut T
         if k >= 1.0 {
             m.moving = false;
         }
-    }
+    });
 }
 
 fn pulse_alerts(time: Res<Time>, mut markers: Query<(&LiveMarker, &mut Transform)>) {
