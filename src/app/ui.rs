@@ -636,6 +636,23 @@ pub fn legend_ui(ui: &mut egui::Ui) {
             swatch(ui, aqi_srgb(a), l);
         }
         ui.label(
+            egui::RichText::new("Economy: footfall per hour by area (of the busiest)")
+                .small()
+                .strong(),
+        );
+        for (t, l) in [(0.0, "quiet"), (0.5, "half"), (1.0, "busiest")] {
+            let [r, g, b, _] = super::layers::choropleth::ramp(t);
+            let to_srgb = |c: f32| {
+                let c = if c <= 0.003_130_8 {
+                    c * 12.92
+                } else {
+                    1.055 * c.powf(1.0 / 2.4) - 0.055
+                };
+                (c.clamp(0.0, 1.0) * 255.0).round() as u32
+            };
+            swatch(ui, (to_srgb(r) << 16) | (to_srgb(g) << 8) | to_srgb(b), l);
+        }
+        ui.label(
             egui::RichText::new("Alerts by severity (pulsing)")
                 .small()
                 .strong(),

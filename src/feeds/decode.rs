@@ -675,8 +675,8 @@ fn timestamp_ms(value: &Value, attribute: &str, member: &str) -> Result<i64, Ite
 }
 
 /// Reads a GeoJSON geometry (Point, LineString, Polygon, Multi*, GeometryCollection):
-/// every position is checked, the first one becomes the position, and line strings keep
-/// their whole line (a MultiLineString its first part).
+/// every position is checked, the first one becomes the position, line strings keep
+/// their whole line (a MultiLineString its first part) and polygons their outer ring.
 fn decode_geometry(geometry: &Value, path: &str) -> Result<Shape, ItemError> {
     let Some(kind) = geometry.get("type").and_then(Value::as_str) else {
         return Err(bad_geometry(format!(
@@ -734,6 +734,14 @@ fn decode_geometry(geometry: &Value, path: &str) -> Result<Shape, ItemError> {
         let mut part = Vec::new();
         visit_positions(first_part, 1, &coordinates_path, &mut |p| part.push(p))?;
         line = Some(part);
+    }
+    // A polygon keeps its outer ring (closed), for areas drawn filled.
+    if kind == "Polygon"
+        && let Some(outer) = coordinates.get(0)
+    {
+        let mut ring = Vec::new();
+        visit_positions(outer, 1, &coordinates_path, &mut |p| ring.push(p))?;
+        line = Some(ring);
     }
     Ok(Shape {
         position: Some(position),
@@ -1279,7 +1287,16 @@ mod tests {
             }
         );
         assert_eq!(update.position, Some([116.30, 39.90]));
-        assert_eq!(update.line, None);
+        // The car park's outline is kept for drawing it filled.
+        assert_eq!(
+            update.line,
+            Some(vec![
+                [116.3, 39.9],
+                [116.31, 39.9],
+                [116.31, 39.91],
+                [116.3, 39.9]
+            ])
+        );
         assert_eq!(update.observed_at_ms, Some(MAY_FIRST_10H_MS));
     }
 

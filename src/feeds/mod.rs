@@ -131,7 +131,8 @@ pub struct EntityUpdate {
     pub kind: EntityKind,
     /// WGS84 `[lon, lat]`; lines and polygons give their first point.
     pub position: Option<[f64; 2]>,
-    /// For line entities (road segments): the whole line, WGS84.
+    /// For line entities (road segments) the whole line; for areas (polygons) the
+    /// closed outer ring. WGS84.
     pub line: Option<Vec<[f64; 2]>>,
     /// When the source says the observation was made (Unix ms).
     pub observed_at_ms: Option<i64>,

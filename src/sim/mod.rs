@@ -136,6 +136,16 @@ struct Hospital {
     beds: f64,
 }
 
+/// A square of the statistical grid (economy indicators per cell).
+#[derive(Clone, Debug)]
+struct GridCell {
+    id: String,
+    min: [f64; 2],
+    size: f64,
+    /// Buildings in the cell: where people work, shop and live.
+    buildings: usize,
+}
+
 #[derive(Clone, Debug)]
 struct DistrictArea {
     id: String,
@@ -158,6 +168,7 @@ pub struct Simulator {
     stations: Vec<Station>,
     hospitals: Vec<Hospital>,
     districts: Vec<DistrictArea>,
+    cells: Vec<GridCell>,
     grid_events: Vec<Event>,
     outages: Vec<Event>,
     /// Building centroids: where events happen.
@@ -308,6 +319,33 @@ impl Simulator {
             }
         }
 
+        // The statistical grid: 250 m cells in a city centre, coarser for big cities
+        // (at most ~1600 cells).
+        let [min_e, min_n, max_e, max_n] = map.local_bounds();
+        let extent = (max_e - min_e).max(max_n - min_n);
+        let cell = (extent / 40.0).max(250.0);
+        let (cols, rows) = (
+            ((max_e - min_e) / cell).ceil() as usize,
+            ((max_n - min_n) / cell).ceil() as usize,
+        );
+        let mut counts = vec![0usize; cols * rows];
+        for [x, y] in &sites {
+            let (c, r) = (((x - min_e) / cell) as usize, ((y - min_n) / cell) as usize);
+            if c < cols && r < rows {
+                counts[r * cols + c] += 1;
+            }
+        }
+        let cells = (0..rows)
+            .flat_map(|r| (0..cols).map(move |c| (r, c)))
+            .filter(|&(r, c)| counts[r * cols + c] > 0)
+            .map(|(r, c)| GridCell {
+                id: format!("cell-{c}-{r}"),
+                min: [min_e + c as f64 * cell, min_n + r as f64 * cell],
+                size: cell,
+                buildings: counts[r * cols + c],
+            })
+            .collect();
+
         let road_classes = map.roads.iter().map(|r| r.class).collect();
         let road_names = map.roads.iter().map(|r| r.name.clone()).collect();
         let mut sim = Simulator {
@@ -321,6 +359,7 @@ impl Simulator {
             stations,
             hospitals,
             districts,
+            cells,
             grid_events: Vec::new(),
             outages: Vec::new(),
             sites,
@@ -651,6 +690,36 @@ impl Simulator {
                                     ((d.size * d.size) / 1e6 * 100.0).round() / 100.0,
                                 ),
                             ),
+                        ]),
+                    });
+                }
+                let demand = Self::demand(hour);
+                for (i, c) in self.cells.iter().enumerate() {
+                    let character = hash_unit(self.config.seed, 5000 + i as u64);
+                    let footfall =
+                        (c.buildings as f64 * (120.0 + 80.0 * character) * (0.15 + demand)).round();
+                    let [x, y] = c.min;
+                    let ring: Vec<[f64; 2]> = [
+                        [x, y],
+                        [x + c.size, y],
+                        [x + c.size, y + c.size],
+                        [x, y + c.size],
+                        [x, y],
+                    ]
+                    .iter()
+                    .map(|&p| self.wgs(p))
+                    .collect();
+                    out.push(EntityUpdate {
+                        id: format!("urn:ngsi-ld:StatisticalGridCell:{}", c.id),
+                        entity_type: "StatisticalGridCell".into(),
+                        kind: EntityKind::Generic,
+                        position: ring.first().copied(),
+                        line: Some(ring),
+                        observed_at_ms: Some(now),
+                        fields: field(&[
+                            ("footfallPerHour", FieldValue::Number(footfall)),
+                            ("buildings", FieldValue::Number(c.buildings as f64)),
+                            ("cellSizeM", FieldValue::Number(c.size.round())),
                         ]),
                     });
                 }

@@ -34,9 +34,15 @@ pub fn to_ngsi_ld(update: &EntityUpdate) -> Value {
     e.insert("id".into(), update.id.clone().into());
     e.insert("type".into(), update.entity_type.clone().into());
     if let Some(line) = &update.line {
+        let closed = line.len() >= 4 && line.first() == line.last();
+        let value = if closed {
+            json!({"type": "Polygon", "coordinates": [line]})
+        } else {
+            json!({"type": "LineString", "coordinates": line})
+        };
         e.insert(
             "location".into(),
-            json!({"type": "GeoProperty", "value": {"type": "LineString", "coordinates": line}}),
+            json!({"type": "GeoProperty", "value": value}),
         );
     } else if let Some(p) = update.position {
         e.insert(

@@ -34,6 +34,13 @@ pub enum MarkerKind {
 
 impl MarkerKind {
     pub fn of(e: &LiveEntity) -> Option<MarkerKind> {
+        // Areas (closed outlines) are filled by the choropleth, not pinned.
+        if e.line
+            .as_ref()
+            .is_some_and(|l| l.len() >= 4 && l.first() == l.last())
+        {
+            return None;
+        }
         Some(match &e.kind {
             EntityKind::TrafficFlow { .. } => return None,
             EntityKind::Vehicle { vehicle_type, .. } => match vehicle_type.as_deref() {

@@ -2,13 +2,19 @@
 //! for units, stations, facilities, alerts and districts, and the air heat map.
 
 pub mod air;
+pub mod choropleth;
 pub mod markers;
 pub mod traffic;
 
 use bevy::prelude::*;
 
 pub(super) fn plugin(app: &mut App) {
-    app.add_plugins((traffic::plugin, markers::plugin, air::plugin));
+    app.add_plugins((
+        traffic::plugin,
+        markers::plugin,
+        air::plugin,
+        choropleth::plugin,
+    ));
 }
 
 /// Colour ramp for a speed ratio (share of free flow): red jammed → amber → green free.

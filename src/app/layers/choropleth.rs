@@ -1,0 +1,153 @@
+//! Economy choropleth: area entities (closed outlines such as statistical grid cells or
+//! districts) filled by their `footfallPerHour`, on a sequential violet ramp relative
+//! to the busiest area. Redrawn when any area's figures change.
+
+use bevy::prelude::*;
+use geo::{LineString, Polygon};
+
+use super::super::live::{ChangedSlots, DomainVisibility, Live};
+use super::super::scene::bevy_mesh;
+use super::super::{AppSystems, City};
+use crate::feeds::Domain;
+use crate::map::mesh::{self, MeshData, linear_from_srgb};
+use crate::state::LiveEntity;
+
+/// Just above the heat map, below the roads.
+const CHOROPLETH_Y: f32 = 0.45;
+/// The indicator the choropleth shows.
+pub const INDICATOR: &str = "footfallPerHour";
+
+#[derive(Component)]
+struct ChoroplethSheet;
+
+#[derive(Resource, Default)]
+pub struct ChoroplethLayer {
+    mesh: Option<Handle<Mesh>>,
+    entity: Option<Entity>,
+    /// Areas drawn and the largest indicator value, for the legend.
+    pub areas: usize,
+    pub max_value: f64,
+}
+
+pub(super) fn plugin(app: &mut App) {
+    app.init_resource::<ChoroplethLayer>().add_systems(
+        Update,
+        (update_choropleth, choropleth_visibility)
+            .chain()
+            .in_set(AppSystems::SyncScene),
+    );
+}
+
+fn is_area(e: &LiveEntity) -> bool {
+    e.line
+        .as_ref()
+        .is_some_and(|l| l.len() >= 4 && l.first() == l.last())
+}
+
+/// Sequential ramp: quiet areas deep violet, the busiest bright magenta.
+pub fn ramp(t: f64) -> [f32; 4] {
+    let (a, b) = (linear_from_srgb(0x2A1B4D), linear_from_srgb(0xE05CFF));
+    let t = t.clamp(0.0, 1.0) as f32;
+    [
+        a[0] + (b[0] - a[0]) * t,
+        a[1] + (b[1] - a[1]) * t,
+        a[2] + (b[2] - a[2]) * t,
+        0.32,
+    ]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn update_choropleth(
+    mut commands: Commands,
+    changed: Res<ChangedSlots>,
+    live: Option<Res<Live>>,
+    city: Res<City>,
+    mut layer: ResMut<ChoroplethLayer>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+    mut material: Local<Option<Handle<StandardMaterial>>>,
+) {
+    let Some(live) = live else { return };
+    let touched = changed
+        .0
+        .iter()
+        .any(|&s| live.state.entity(s).is_some_and(is_area));
+    if !touched {
+        return;
+    }
+    let areas: Vec<(&LiveEntity, f64)> = live
+        .state
+        .iter()
+        .filter(|(_, e)| is_area(e))
+        .filter_map(|(_, e)| Some((e, e.fields.get(INDICATOR)?.as_f64()?)))
+        .collect();
+    let max_value = areas.iter().map(|(_, v)| *v).fold(0.0, f64::max).max(1.0);
+    let mut data = MeshData::default();
+    let mut earcut = earcut::Earcut::new();
+    for (e, value) in &areas {
+        let Some(ring) = &e.line else { continue };
+        let local: Vec<(f64, f64)> = ring[..ring.len() - 1]
+            .iter()
+            .map(|&[lon, lat]| {
+                let [x, y] = city.map.frame.local_from_wgs84(lon, lat);
+                (x, y)
+            })
+            .collect();
+        let polygon = Polygon::new(LineString::from(local), vec![]);
+        mesh::add_flat_polygon(
+            &mut data,
+            &mut earcut,
+            &polygon,
+            CHOROPLETH_Y,
+            ramp(value / max_value),
+        );
+    }
+    layer.areas = areas.len();
+    layer.max_value = max_value;
+    let handle = meshes.add(bevy_mesh(data));
+    if let Some(old) = layer.mesh.replace(handle.clone()) {
+        meshes.remove(&old);
+    }
+    let material = material
+        .get_or_insert_with(|| {
+            materials.add(StandardMaterial {
+                base_color: Color::WHITE,
+                unlit: true,
+                alpha_mode: AlphaMode::Blend,
+                ..default()
+            })
+        })
+        .clone();
+    match layer.entity {
+        Some(e) => {
+            commands.entity(e).insert(Mesh3d(handle));
+        }
+        None => {
+            let e = commands
+                .spawn((
+                    Name::new("Economy choropleth"),
+                    ChoroplethSheet,
+                    Mesh3d(handle),
+                    MeshMaterial3d(material),
+                ))
+                .id();
+            layer.entity = Some(e);
+        }
+    }
+}
+
+fn choropleth_visibility(
+    visibility: Res<DomainVisibility>,
+    mut sheets: Query<&mut Visibility, With<ChoroplethSheet>>,
+) {
+    let want = if visibility.is_visible(Domain::Economy) {
+        Visibility::Inherited
+    } else {
+        Visibility::Hidden
+    };
+    for mut v in &mut sheets {
+        if *v != want {
+            *v = want;
+        }
+    }
+}
