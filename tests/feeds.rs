@@ -77,6 +77,16 @@ fn handle(request: tiny_http::Request, polls: &AtomicU64) {
         .collect();
     let json = tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
     let response = match path {
+        "/ngsi-ld/v1/entities"
+            if !request
+                .headers()
+                .iter()
+                .any(|h| h.field.equiv("Link") && h.value.as_str().contains("json-ld#context")) =>
+        {
+            // A broker cannot expand "Vehicle" without the client's @context.
+            tiny_http::Response::from_string("{\"title\":\"missing @context Link header\"}")
+                .with_status_code(400)
+        }
         "/ngsi-ld/v1/entities" => {
             let poll = if query.get("offset").map(String::as_str) == Some("0") {
                 polls.fetch_add(1, Ordering::Relaxed) + 1

@@ -617,6 +617,7 @@ pub fn legend_ui(ui: &mut egui::Ui) {
             MarkerKind::FireEngine,
             MarkerKind::Ambulance,
             MarkerKind::Hospital,
+            MarkerKind::WaterStation,
             MarkerKind::District,
         ] {
             swatch(ui, k.srgb(), k.label());

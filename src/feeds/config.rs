@@ -45,6 +45,10 @@ pub struct FeedConfig {
     /// Total time allowed for one request, seconds.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: f64,
+    /// JSON-LD @context sent in the `Link` header of NGSI-LD requests, so the broker
+    /// expands short type and attribute names (e.g. the Smart Data Models context).
+    #[serde(default)]
+    pub context: Option<String>,
 }
 
 fn default_interval_s() -> f64 {
@@ -149,6 +153,7 @@ mod tests {
             domain = "ecology"
             owner = "Ecology and Environment Bureau"
             interval_s = 5
+            context = "https://smartdatamodels.org/context.jsonld"
 
             [[feed]]
             name = "traffic-sim"
@@ -161,6 +166,10 @@ mod tests {
         assert_eq!(feeds[0].kind, FeedKind::NgsiLd);
         assert_eq!(feeds[0].domain, Domain::Ecology);
         assert_eq!(feeds[0].interval_s, 5.0);
+        assert_eq!(
+            feeds[0].context.as_deref(),
+            Some("https://smartdatamodels.org/context.jsonld")
+        );
         assert_eq!(feeds[1].kind, FeedKind::Sim);
         assert_eq!(feeds[1].page_size, 1000);
     }

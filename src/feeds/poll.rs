@@ -13,6 +13,10 @@ use super::decode::{decode_geojson, decode_ngsi_ld};
 use super::{Decoded, MAX_PAYLOAD_BYTES, PayloadError};
 use crate::state::FeedId;
 
+/// The NGSI-LD core @context, sent when a feed names no other.
+pub const NGSI_LD_CORE_CONTEXT: &str =
+    "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld";
+
 /// Longest wait between retries of a failing feed.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Pages fetched per poll at most (a runaway server cannot keep a thread forever).
@@ -202,7 +206,13 @@ fn poll_once(
         let mut request = client.get(&url);
         request = match feed.kind {
             // NGSI-LD brokers answer plain JSON with the @context in a Link header.
-            FeedKind::NgsiLd => request.header("Accept", "application/json"),
+            FeedKind::NgsiLd => request.header("Accept", "application/json").header(
+                "Link",
+                format!(
+                    "<{}>; rel=\"http://www.w3.org/ns/json-ld#context\"; type=\"application/ld+json\"",
+                    feed.context.as_deref().unwrap_or(NGSI_LD_CORE_CONTEXT)
+                ),
+            ),
             _ => request.header("Accept", "application/geo+json, application/json"),
         };
         // Conditional requests on the first page: a 304 means nothing changed.

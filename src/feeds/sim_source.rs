@@ -123,6 +123,7 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
             licence: Some("simulated data".into()),
             page_size: 1000,
             timeout_s: 10.0,
+            context: None,
         })
         .collect()
 }

@@ -166,6 +166,8 @@ pub struct Simulator {
     speed_ratio: Vec<f32>,
     vehicles: Vec<Vehicle>,
     stations: Vec<Station>,
+    /// Water-quality stations (`base_aqi` holds the station's character, 0..1).
+    water_stations: Vec<Station>,
     hospitals: Vec<Hospital>,
     districts: Vec<DistrictArea>,
     cells: Vec<GridCell>,
@@ -233,6 +235,34 @@ impl Simulator {
         }
 
         let mut stations = Vec::new();
+        // Water quality: a station on each of the largest water bodies and rivers.
+        let mut waters: Vec<(f64, [f64; 2], Option<String>)> = map
+            .areas
+            .iter()
+            .filter(|a| a.kind == crate::map::AreaKind::Water)
+            .filter_map(|a| {
+                let r = a.polygon.bounding_rect()?;
+                let c = a.polygon.centroid()?;
+                Some((r.width() * r.height(), [c.x(), c.y()], a.name.clone()))
+            })
+            .chain(map.waterways.iter().filter_map(|w| {
+                let mid = w.line.0.get(w.line.0.len() / 2)?;
+                Some((w.width_m as f64 * 100.0, [mid.x, mid.y], None))
+            }))
+            .collect();
+        waters.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let water_stations: Vec<Station> = waters
+            .iter()
+            .take(4)
+            .enumerate()
+            .map(|(i, (_, local, name))| Station {
+                name: name
+                    .clone()
+                    .unwrap_or_else(|| format!("Water station {}", i + 1)),
+                local: *local,
+                base_aqi: hash_unit(config.seed, 700 + i as u64),
+            })
+            .collect();
         if !sites.is_empty() {
             for i in 0..config.air_stations {
                 let site = sites[(i * sites.len()) / config.air_stations.max(1) % sites.len()];
@@ -357,6 +387,7 @@ impl Simulator {
             road_names,
             vehicles,
             stations,
+            water_stations,
             hospitals,
             districts,
             cells,
@@ -661,6 +692,38 @@ impl Simulator {
                         ]),
                     });
                 }
+                // Water: turbidity rises after the (simulated) afternoon rain and
+                // dissolved oxygen dips with it.
+                let rain = (-((hour - 16.0) / 1.5).powi(2)).exp();
+                for (i, w) in self.water_stations.iter().enumerate() {
+                    let c = w.base_aqi;
+                    let turbidity =
+                        ((2.0 + 3.0 * c + 35.0 * rain * (0.5 + c)) * 10.0).round() / 10.0;
+                    let oxygen = ((9.5 - 1.5 * c - 2.5 * rain) * 10.0).round() / 10.0;
+                    out.push(EntityUpdate {
+                        id: format!("urn:ngsi-ld:WaterQualityObserved:station-{i}"),
+                        entity_type: "WaterQualityObserved".into(),
+                        kind: EntityKind::Generic,
+                        position: Some(self.wgs(w.local)),
+                        line: None,
+                        observed_at_ms: Some(now),
+                        fields: field(&[
+                            ("name", FieldValue::Text(w.name.clone())),
+                            ("turbidity", FieldValue::Number(turbidity)),
+                            ("O2", FieldValue::Number(oxygen)),
+                            (
+                                "pH",
+                                FieldValue::Number(
+                                    ((7.2 + 0.4 * c - 0.3 * rain) * 100.0).round() / 100.0,
+                                ),
+                            ),
+                            (
+                                "temperature",
+                                FieldValue::Number(((4.0 + 2.0 * c) * 10.0).round() / 10.0),
+                            ),
+                        ]),
+                    });
+                }
             }
             Domain::Urban => self.event_updates(&self.grid_events, &mut out),
             Domain::Utilities => self.event_updates(&self.outages, &mut out),
@@ -839,6 +902,25 @@ mod tests {
             }
         }
         assert!(s.vehicle_count() > 200);
+        let ecology = s.snapshot(Domain::Ecology);
+        assert!(
+            ecology
+                .iter()
+                .any(|u| u.entity_type == "AirQualityObserved")
+        );
+        assert!(
+            ecology
+                .iter()
+                .any(|u| u.entity_type == "WaterQualityObserved"),
+            "water stations on the harbour"
+        );
+        let economy = s.snapshot(Domain::Economy);
+        assert!(
+            economy
+                .iter()
+                .any(|u| u.entity_type == "StatisticalGridCell"
+                    && u.line.as_ref().is_some_and(|l| l.len() == 5))
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub enum MarkerKind {
     Ambulance,
     OtherVehicle,
     AirStation,
+    WaterStation,
     Hospital,
     Alert,
     District,
@@ -56,6 +57,7 @@ impl MarkerKind {
             EntityKind::Parking { .. } => MarkerKind::Parking,
             EntityKind::Generic => match e.entity_type.as_str() {
                 "MedicalFacility" | "Hospital" => MarkerKind::Hospital,
+                "WaterQualityObserved" => MarkerKind::WaterStation,
                 "DistrictIndicators" => MarkerKind::District,
                 _ => MarkerKind::Other,
             },
@@ -83,6 +85,7 @@ impl MarkerKind {
             MarkerKind::Ambulance => "Ambulance 救护车",
             MarkerKind::OtherVehicle => "Vehicle 车辆",
             MarkerKind::AirStation => "Air station 空气站",
+            MarkerKind::WaterStation => "Water station 水质站",
             MarkerKind::Hospital => "Hospital 医院",
             MarkerKind::Alert => "Alert 告警",
             MarkerKind::District => "District 片区",
@@ -101,6 +104,7 @@ impl MarkerKind {
             MarkerKind::Ambulance => 0xF5F7FA,
             MarkerKind::OtherVehicle => 0xB0B8C4,
             MarkerKind::AirStation => 0x2FBF71,
+            MarkerKind::WaterStation => 0x38D9F5,
             MarkerKind::Hospital => 0xFF6FA8,
             MarkerKind::Alert => 0xFF8A00,
             MarkerKind::District => 0xC08CFF,
@@ -181,7 +185,9 @@ impl MarkerLayer {
                     MarkerKind::Bus => Cuboid::new(7.0, 5.0, 18.0).into(),
                     MarkerKind::FireEngine => Cuboid::new(7.0, 6.0, 16.0).into(),
                     k if k.is_vehicle() => Cuboid::new(6.0, 4.5, 12.0).into(),
-                    MarkerKind::AirStation => Cylinder::new(9.0, 60.0).into(),
+                    MarkerKind::AirStation | MarkerKind::WaterStation => {
+                        Cylinder::new(9.0, 60.0).into()
+                    }
                     MarkerKind::Hospital => Cuboid::new(30.0, 70.0, 30.0).into(),
                     MarkerKind::Alert => Cylinder::new(14.0, 90.0).into(),
                     MarkerKind::District => Cylinder::new(16.0, 1.0).into(),
@@ -288,7 +294,7 @@ pub fn update_markers(
         let (colour, height_scale) = style(kind, e);
         let base_y = match kind {
             k if k.is_vehicle() => 3.0,
-            MarkerKind::AirStation => 30.0,
+            MarkerKind::AirStation | MarkerKind::WaterStation => 30.0,
             MarkerKind::Hospital => 35.0,
             MarkerKind::Alert => 45.0,
             MarkerKind::District => height_scale * 0.5 + 2.0,
