@@ -135,6 +135,9 @@ pub fn aqi_srgb(aqi: f64) -> u32 {
     }
 }
 
+/// Marker updates applied per frame at most (a 50 000-unit fleet takes 4 frames).
+pub const MARKER_UPDATES_PER_FRAME: usize = 12_500;
+
 /// A drawn live entity.
 #[derive(Component)]
 pub struct LiveMarker {
@@ -148,10 +151,25 @@ pub struct LiveMarker {
     moving: bool,
 }
 
+impl LiveMarker {
+    /// Where the glide has got to at `now_s`.
+    fn position_at(&self, now_s: f32) -> Vec3 {
+        if !self.moving || self.duration_s <= 0.0 {
+            return self.to;
+        }
+        let k = ((now_s - self.started_s) / self.duration_s).clamp(0.0, 1.0);
+        self.from.lerp(self.to, k)
+    }
+}
+
 /// Shared meshes and materials, and the slot → marker map.
 #[derive(Resource, Default)]
 pub struct MarkerLayer {
     by_slot: Vec<Option<Entity>>,
+    /// Changed slots not yet redrawn, and whether a slot is queued: a fleet-wide
+    /// update is spread over a few frames instead of stalling one.
+    pending: std::collections::VecDeque<Slot>,
+    queued: Vec<bool>,
     meshes: HashMap<MarkerKind, Handle<Mesh>>,
     materials: HashMap<u32, Handle<StandardMaterial>>,
     pub counts: HashMap<MarkerKind, usize>,
@@ -273,6 +291,19 @@ pub fn update_markers(
     let Some(live) = live else { return };
     let now = time.elapsed_secs();
     for &slot in &changed.0 {
+        let i = slot as usize;
+        if layer.queued.len() <= i {
+            layer.queued.resize(i + 1, false);
+        }
+        if !layer.queued[i] {
+            layer.queued[i] = true;
+            layer.pending.push_back(slot);
+        }
+    }
+    let budget = layer.pending.len().min(MARKER_UPDATES_PER_FRAME);
+    let batch: Vec<Slot> = layer.pending.drain(..budget).collect();
+    for slot in batch {
+        layer.queued[slot as usize] = false;
         let Some(e) = live.state.entity(slot) else {
             continue;
         };
@@ -313,8 +344,12 @@ pub fn update_markers(
         if let Some(entity) = existing
             && let Ok((mut marker, mut transform, mut mat)) = markers.get_mut(entity)
         {
-            marker.from = transform.translation;
+            let here = marker.position_at(now);
+            marker.from = here;
             marker.to = target;
+            // Transform is only written here, once an update; between updates the glide
+            // writes GlobalTransform directly (see `move_markers`).
+            transform.translation = here;
             marker.started_s = now;
             // Arrive by the time the next update is due (~1 s for vehicles).
             marker.duration_s = if kind.is_vehicle() { 1.0 } else { 0.3 };
@@ -360,20 +395,26 @@ pub fn update_markers(
     let _ = &city;
 }
 
-/// Glides markers from their last position to the new one.
-pub fn move_markers(time: Res<Time>, mut markers: Query<(&mut LiveMarker, &mut Transform)>) {
+/// Glides markers from their last position to the new one. It writes GlobalTransform
+/// straight from the glide: markers are root entities with no children, so this is
+/// what transform propagation would compute, without propagating 50 000 changed
+/// Transforms every frame.
+pub fn move_markers(
+    time: Res<Time>,
+    mut markers: Query<(&mut LiveMarker, &Transform, &mut GlobalTransform)>,
+) {
     let now = time.elapsed_secs();
-    markers.par_iter_mut().for_each(|(mut m, mut t)| {
+    markers.par_iter_mut().for_each(|(mut m, t, mut global)| {
         if !m.moving {
             return;
         }
-        let k = if m.duration_s <= 0.0 {
-            1.0
-        } else {
-            ((now - m.started_s) / m.duration_s).clamp(0.0, 1.0)
-        };
-        t.translation = m.from.lerp(m.to, k);
-        if k >= 1.0 {
+        let position = m.position_at(now);
+        *global = GlobalTransform::from(Transform {
+            translation: position,
+            rotation: t.rotation,
+            scale: t.scale,
+        });
+        if (now - m.started_s) >= m.duration_s {
             m.moving = false;
         }
     });
