@@ -228,10 +228,14 @@ pub struct IngestBenchReport {
     pub payload_mb: f64,
     pub decode_ms: f64,
     pub apply_ms: f64,
+    pub quality_ms: f64,
     pub decode_per_s: f64,
     pub apply_per_s: f64,
+    pub quality_per_s: f64,
     /// Decode and apply together, one after the other, as the app does.
     pub updates_per_s: f64,
+    /// Decode, every quality rule, and apply.
+    pub updates_per_s_with_quality: f64,
     pub threads: usize,
 }
 
@@ -268,11 +272,17 @@ pub fn bench_ingest(entities: usize, rounds: usize) -> IngestBenchReport {
     let pages = vehicle_pages(entities, rounds, 1000);
     let payload_bytes: usize = pages.iter().map(Vec::len).sum();
     let mut state = crate::state::LiveState::new(crate::geo_frame::GeoFrame::new(121.47, 31.23));
-    let (mut decode_s, mut apply_s, mut updates) = (0.0, 0.0, 0usize);
+    let rules = crate::governance::quality::QualityRules::for_city([121.40, 31.17, 121.55, 31.29]);
+    let feed = crate::feeds::sim_source::default_sim_feeds().remove(0);
+    let mut quality = crate::governance::quality::FeedQuality::default();
+    let (mut decode_s, mut apply_s, mut quality_s, mut updates) = (0.0, 0.0, 0.0, 0usize);
     for page in &pages {
         let t = Instant::now();
         let decoded = crate::feeds::decode::decode_ngsi_ld(page).expect("valid page");
         decode_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        quality.check_batch(&rules, &feed, &decoded.updates, 1_795_946_400_000);
+        quality_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
         for u in decoded.updates {
             state.apply(0, u, 0);
@@ -289,9 +299,12 @@ pub fn bench_ingest(entities: usize, rounds: usize) -> IngestBenchReport {
         payload_mb: payload_bytes as f64 / 1e6,
         decode_ms: decode_s * 1000.0,
         apply_ms: apply_s * 1000.0,
+        quality_ms: quality_s * 1000.0,
         decode_per_s: updates as f64 / decode_s,
         apply_per_s: updates as f64 / apply_s,
+        quality_per_s: updates as f64 / quality_s,
         updates_per_s: updates as f64 / (decode_s + apply_s),
+        updates_per_s_with_quality: updates as f64 / (decode_s + apply_s + quality_s),
         threads: rayon::current_num_threads(),
     }
 }

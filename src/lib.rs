@@ -15,6 +15,7 @@ pub mod bench;
 pub mod clock;
 pub mod feeds;
 pub mod geo_frame;
+pub mod governance;
 pub mod map;
 pub mod sim;
 pub mod state;

@@ -60,6 +60,14 @@ enum Command {
         #[arg(long = "for", value_name = "SECONDS", default_value_t = 10.0)]
         for_secs: f64,
     },
+    /// Print the catalog of every feed in the feeds file as DCAT JSON-LD (owner, domain,
+    /// licence, cadence, required and authoritative fields, consumers); with --for,
+    /// first run the feeds that long to add the entity types and fields observed.
+    Catalog {
+        /// Seconds to observe the feeds before writing the catalog.
+        #[arg(long = "for", value_name = "SECONDS", default_value_t = 0.0)]
+        for_secs: f64,
+    },
     /// Serve the simulated sub-brains of the map over HTTP as NGSI-LD.
     ServeSim {
         /// Address to listen on.
@@ -218,27 +226,22 @@ fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Resu
     Ok(())
 }
 
-fn feeds_check(
-    feeds_path: &std::path::Path,
+/// Runs `feeds` headless for `for_secs` and returns what they delivered.
+fn run_feeds_for(
+    feeds: &[zhongshu::feeds::config::FeedConfig],
+    city: &map::CityMap,
     for_secs: f64,
-    map_path: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    use zhongshu::feeds::config::load_feeds;
+) -> (zhongshu::state::LiveState, zhongshu::feeds::health::Ingest) {
     use zhongshu::feeds::health::Ingest;
-    use zhongshu::feeds::poll::unix_ms_now;
-
-    if !(0.0..=86_400.0).contains(&for_secs) {
-        bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
-    }
-    let feeds = load_feeds(feeds_path)?;
-    // Positions are indexed around the map the feeds describe.
-    let city = match map_path {
-        Some(p) => map::load_path(p)?,
-        None => map::load_default()?,
-    };
+    // Positions are indexed and checked around the map the feeds describe.
     let mut state = zhongshu::state::LiveState::new(city.frame);
-    let (running, rx) = zhongshu::feeds::start_feeds(&feeds, &city, 1);
-    let mut ingest = Ingest::new(&feeds, rx);
+    let rules = zhongshu::governance::quality::QualityRules::for_city(city.bbox_wgs84);
+    if for_secs <= 0.0 {
+        let (_tx, rx) = std::sync::mpsc::channel();
+        return (state, Ingest::with_rules(feeds, rx, rules));
+    }
+    let (running, rx) = zhongshu::feeds::start_feeds(feeds, city, 1);
+    let mut ingest = Ingest::with_rules(feeds, rx, rules);
     let until = Instant::now() + std::time::Duration::from_secs_f64(for_secs);
     while Instant::now() < until {
         ingest.pump(&mut state, usize::MAX);
@@ -246,10 +249,52 @@ fn feeds_check(
     }
     drop(running);
     ingest.pump(&mut state, usize::MAX);
+    (state, ingest)
+}
+
+fn catalog(
+    feeds_path: &std::path::Path,
+    for_secs: f64,
+    map_path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if !(0.0..=86_400.0).contains(&for_secs) {
+        bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
+    }
+    let feeds = zhongshu::feeds::config::load_feeds(feeds_path)?;
+    let city = match map_path {
+        Some(p) => map::load_path(p)?,
+        None => map::load_default()?,
+    };
+    let (_, ingest) = run_feeds_for(&feeds, &city, for_secs);
+    let catalog = zhongshu::governance::catalog::dcat_catalog(&city.name, &feeds, &ingest.schemas);
+    println!("{}", serde_json::to_string_pretty(&catalog)?);
+    Ok(())
+}
+
+fn feeds_check(
+    feeds_path: &std::path::Path,
+    for_secs: f64,
+    map_path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use zhongshu::feeds::config::load_feeds;
+    use zhongshu::feeds::poll::unix_ms_now;
+
+    if !(0.0..=86_400.0).contains(&for_secs) {
+        bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
+    }
+    let feeds = load_feeds(feeds_path)?;
+    let city = match map_path {
+        Some(p) => map::load_path(p)?,
+        None => map::load_default()?,
+    };
+    let (state, ingest) = run_feeds_for(&feeds, &city, for_secs);
     let now = unix_ms_now();
     let mut all_ok = true;
     for (i, (feed, health)) in feeds.iter().zip(&ingest.health).enumerate() {
         all_ok &= health.last_ok_ms.is_some();
+        let quality = &ingest.quality[i];
+        let (fresh_status, fresh_score) =
+            zhongshu::governance::quality::freshness(health.last_ok_ms, feed.interval_s, now);
         let line = serde_json::json!({
             "feed": feed.name,
             "domain": feed.domain.as_str(),
@@ -264,6 +309,11 @@ fn feeds_check(
             "polls_failed": health.polls_failed,
             "updates_per_s": health.updates_per_s(now),
             "last_error": health.last_error,
+            "freshness": {"status": fresh_status, "score": fresh_score},
+            "completeness": (quality.completeness() * 1000.0).round() / 1000.0,
+            "validity": (quality.validity() * 1000.0).round() / 1000.0,
+            "quality_issues": quality.issues,
+            "last_quality_issue": quality.last_issue,
         });
         println!("{line}");
     }
@@ -304,6 +354,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let sim =
                 zhongshu::sim::Simulator::new(&city, config, zhongshu::feeds::poll::unix_ms_now());
             zhongshu::sim::serve::serve(&addr, sim)
+        }
+        Command::Catalog { for_secs } => {
+            let Some(feeds) = cli.feeds.as_deref() else {
+                bail!("catalog needs --feeds FILE");
+            };
+            catalog(feeds, for_secs, cli.map.as_deref())
         }
         Command::FeedsCheck { for_secs } => {
             let Some(feeds) = cli.feeds.as_deref() else {

@@ -116,6 +116,20 @@ fn handle(request: tiny_http::Request, polls: &AtomicU64) {
                     .with_header(tiny_http::Header::from_bytes("ETag", etag).unwrap())
             }
         }
+        "/bad-air.geojson" => {
+            // Values that cannot be true and a station in Paris, next to a good one.
+            let body = serde_json::json!({"type": "FeatureCollection", "features": [
+                {"type": "Feature", "id": "good", "properties": {"type": "AirQualityObserved", "airQualityIndex": 42},
+                 "geometry": {"type": "Point", "coordinates": [24.94, 60.17]}},
+                {"type": "Feature", "id": "hot", "properties": {"type": "AirQualityObserved", "airQualityIndex": 900},
+                 "geometry": {"type": "Point", "coordinates": [24.95, 60.17]}},
+                {"type": "Feature", "id": "paris", "properties": {"type": "AirQualityObserved", "airQualityIndex": 30},
+                 "geometry": {"type": "Point", "coordinates": [2.35, 48.85]}},
+                {"type": "Feature", "id": "blank", "properties": {"type": "AirQualityObserved"},
+                 "geometry": {"type": "Point", "coordinates": [24.94, 60.171]}}
+            ]});
+            tiny_http::Response::from_string(body.to_string()).with_header(json)
+        }
         "/error" => tiny_http::Response::from_string("{\"error\":\"boom\"}").with_status_code(500),
         "/hang" => {
             std::thread::sleep(Duration::from_secs(20));
@@ -163,6 +177,13 @@ domain = "ecology"
 interval_s = 0.5
 
 [[feed]]
+name = "bad-air"
+kind = "geojson"
+url = "{base}/bad-air.geojson"
+domain = "ecology"
+interval_s = 0.5
+
+[[feed]]
 name = "broken"
 kind = "geojson"
 url = "{base}/error"
@@ -196,7 +217,7 @@ interval_s = 0.5
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines = feed_lines(&stdout);
-    assert_eq!(lines.len(), 5, "one JSON line per feed: {stdout}\n{stderr}");
+    assert_eq!(lines.len(), 6, "one JSON line per feed: {stdout}\n{stderr}");
     // Broken feeds make the check fail for scripts, after reporting every feed.
     assert!(!out.status.success());
 
@@ -228,7 +249,30 @@ interval_s = 0.5
     assert_eq!(air["entities"], 20);
     // The ETag makes later polls 304s: nothing re-applied, but the feed is healthy.
     assert_eq!(air["updates"], 20, "{air}");
-    assert!(air["polls_ok"].as_u64().unwrap() >= 4, "{air}");
+    assert!(air["polls_ok"].as_u64().unwrap() >= 3, "{air}");
+
+    // Quality is reported per feed: a clean feed scores 1, a bad one says what is wrong.
+    assert_eq!(air["validity"], 1.0, "{air}");
+    assert_eq!(air["freshness"]["status"], "fresh", "{air}");
+    let bad = &lines["bad-air"];
+    assert_eq!(
+        bad["entities"], 4,
+        "bad values are reported, not dropped: {bad}"
+    );
+    assert_eq!(bad["validity"], 0.5, "{bad}");
+    assert_eq!(bad["completeness"], 0.75, "{bad}");
+    assert!(
+        bad["quality_issues"]["out_of_range"].as_u64().unwrap() >= 1,
+        "{bad}"
+    );
+    assert!(
+        bad["quality_issues"]["outside_city"].as_u64().unwrap() >= 1,
+        "{bad}"
+    );
+    assert!(
+        bad["quality_issues"]["missing_required"].as_u64().unwrap() >= 1,
+        "{bad}"
+    );
 
     let broken = &lines["broken"];
     assert!(broken["last_ok"].is_null());

@@ -80,7 +80,8 @@ pub(super) fn plugin(app: &mut App) {
 
 fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
     let (running, rx) = start_feeds(&setup.feeds, &city.map, setup.seed);
-    let ingest = Ingest::new(&setup.feeds, rx);
+    let rules = crate::governance::quality::QualityRules::for_city(city.map.bbox_wgs84);
+    let ingest = Ingest::with_rules(&setup.feeds, rx, rules);
     commands.insert_resource(Live::new(
         setup.feeds.clone(),
         LiveState::new(city.map.frame),

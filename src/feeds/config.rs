@@ -49,6 +49,13 @@ pub struct FeedConfig {
     /// expands short type and attribute names (e.g. the Smart Data Models context).
     #[serde(default)]
     pub context: Option<String>,
+    /// Fields every entity of this feed must carry (checked by the quality rules).
+    #[serde(default)]
+    pub required_fields: Vec<String>,
+    /// Entity types (`AirQualityObserved`) or fields (`AirQualityObserved.pm25`) this
+    /// feed is the single source of truth for.
+    #[serde(default)]
+    pub authoritative_for: Vec<String>,
 }
 
 fn default_interval_s() -> f64 {

@@ -11,6 +11,8 @@ use serde::Serialize;
 use super::EntityUpdate;
 use super::config::FeedConfig;
 use super::poll::FeedEvent;
+use crate::governance::catalog::ObservedSchema;
+use crate::governance::quality::{FeedQuality, QualityRules};
 use crate::state::{ApplyOutcome, FeedId, LiveState};
 
 /// Window over which `updates_per_s` is measured.
@@ -83,14 +85,29 @@ pub struct Ingest {
     rx: Mutex<Receiver<FeedEvent>>,
     queue: VecDeque<(FeedId, EntityUpdate, i64)>,
     pub health: Vec<FeedHealth>,
+    /// Quality of each feed's data under `rules`.
+    pub quality: Vec<FeedQuality>,
+    /// Entity types and fields each feed has been seen to carry.
+    pub schemas: Vec<ObservedSchema>,
+    rules: QualityRules,
+    feeds: Vec<FeedConfig>,
 }
 
 impl Ingest {
     pub fn new(feeds: &[FeedConfig], rx: Receiver<FeedEvent>) -> Self {
+        Self::with_rules(feeds, rx, QualityRules { city_bounds: None })
+    }
+
+    /// An ingest that scores every payload under `rules` before applying it.
+    pub fn with_rules(feeds: &[FeedConfig], rx: Receiver<FeedEvent>, rules: QualityRules) -> Self {
         Self {
             rx: Mutex::new(rx),
             queue: VecDeque::new(),
             health: feeds.iter().map(|f| FeedHealth::new(&f.name)).collect(),
+            quality: vec![FeedQuality::default(); feeds.len()],
+            schemas: vec![ObservedSchema::default(); feeds.len()],
+            rules,
+            feeds: feeds.to_vec(),
         }
     }
 
@@ -135,10 +152,20 @@ impl Ingest {
                 decoded,
                 received_at_ms,
             } => {
-                if let Some(h) = self.health.get_mut(feed as usize) {
+                let i = feed as usize;
+                if let Some(h) = self.health.get_mut(i) {
                     h.rejected += decoded.rejects.len() as u64;
                     for r in &decoded.rejects {
                         *h.reasons.entry(r.reason.as_str().to_string()).or_default() += 1;
+                    }
+                }
+                if let (Some(q), Some(config)) = (self.quality.get_mut(i), self.feeds.get(i)) {
+                    q.check_batch(&self.rules, config, &decoded.updates, received_at_ms);
+                }
+                if let Some(schema) = self.schemas.get_mut(i) {
+                    // A sample is enough to learn a feed's schema.
+                    for u in decoded.updates.iter().step_by(64) {
+                        schema.observe(u);
                     }
                 }
                 self.queue.extend(

@@ -124,6 +124,8 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
             page_size: 1000,
             timeout_s: 10.0,
             context: None,
+            required_fields: Vec::new(),
+            authoritative_for: Vec::new(),
         })
         .collect()
 }

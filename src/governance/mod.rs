@@ -1,0 +1,5 @@
+//! Data governance: what every feed is (catalog), how good its data is (quality rules
+//! and scores), so the state of the data is as visible as the state of the city.
+
+pub mod catalog;
+pub mod quality;

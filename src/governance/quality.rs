@@ -1,0 +1,459 @@
+//! Quality rules per feed and entity type: completeness of required fields, validity
+//! (ranges, coordinates inside the city, timestamps not in the future, no duplicate
+//! ids in a payload) and freshness against the declared cadence, scored with history.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use serde::Serialize;
+
+use crate::feeds::config::FeedConfig;
+use crate::feeds::{EntityKind, EntityUpdate};
+
+/// An observation more than this far ahead of the receiving clock is in the future.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60_000;
+/// Score samples kept per feed (one per payload).
+const HISTORY: usize = 120;
+
+/// One thing wrong with one update.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "issue", rename_all = "snake_case")]
+pub enum QualityIssue {
+    MissingRequired {
+        field: String,
+    },
+    OutOfRange {
+        field: String,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
+    OutsideCity,
+    FutureTimestamp {
+        ahead_ms: i64,
+    },
+    DuplicateId,
+}
+
+impl QualityIssue {
+    pub fn code(&self) -> &'static str {
+        match self {
+            QualityIssue::MissingRequired { .. } => "missing_required",
+            QualityIssue::OutOfRange { .. } => "out_of_range",
+            QualityIssue::OutsideCity => "outside_city",
+            QualityIssue::FutureTimestamp { .. } => "future_timestamp",
+            QualityIssue::DuplicateId => "duplicate_id",
+        }
+    }
+
+    /// Completeness issues versus validity issues.
+    pub fn is_completeness(&self) -> bool {
+        matches!(self, QualityIssue::MissingRequired { .. })
+    }
+}
+
+/// Plausible ranges of the typed values (Smart Data Models units).
+fn typed_values(kind: &EntityKind) -> Vec<(&'static str, Option<f64>, f64, f64)> {
+    match kind {
+        EntityKind::TrafficFlow {
+            average_speed_kmh,
+            intensity,
+            occupancy,
+            ..
+        } => vec![
+            ("averageVehicleSpeed", *average_speed_kmh, 0.0, 250.0),
+            ("intensity", *intensity, 0.0, 20_000.0),
+            ("occupancy", *occupancy, 0.0, 1.0),
+        ],
+        EntityKind::AirQuality {
+            aqi,
+            pm25,
+            pm10,
+            no2,
+            o3,
+        } => vec![
+            ("airQualityIndex", *aqi, 0.0, 500.0),
+            ("pm25", *pm25, 0.0, 1000.0),
+            ("pm10", *pm10, 0.0, 2000.0),
+            ("no2", *no2, 0.0, 2000.0),
+            ("o3", *o3, 0.0, 1000.0),
+        ],
+        EntityKind::Vehicle {
+            speed_kmh,
+            heading_deg,
+            ..
+        } => {
+            vec![
+                ("speed", *speed_kmh, 0.0, 300.0),
+                ("heading", *heading_deg, 0.0, 360.0),
+            ]
+        }
+        EntityKind::Parking {
+            available_spots,
+            total_spots,
+            ..
+        } => vec![
+            ("availableSpotNumber", *available_spots, 0.0, 100_000.0),
+            ("totalSpotNumber", *total_spots, 0.0, 100_000.0),
+        ],
+        EntityKind::Alert { .. } | EntityKind::Generic => vec![],
+    }
+}
+
+/// Fields the Smart Data Models type cannot do without, by default.
+fn default_required(kind: &EntityKind) -> &'static [&'static str] {
+    match kind {
+        EntityKind::TrafficFlow { .. } => &["averageVehicleSpeed"],
+        EntityKind::AirQuality { .. } => &["airQualityIndex"],
+        EntityKind::Vehicle { .. } => &["location"],
+        EntityKind::Alert { .. } => &["severity"],
+        EntityKind::Parking { .. } => &["availableSpotNumber"],
+        EntityKind::Generic => &[],
+    }
+}
+
+fn has_field(update: &EntityUpdate, field: &str) -> bool {
+    match field {
+        "location" => update.position.is_some(),
+        "dateObserved" => update.observed_at_ms.is_some(),
+        _ => {
+            update.fields.contains_key(field)
+                || typed_values(&update.kind)
+                    .iter()
+                    .any(|(n, v, ..)| *n == field && v.is_some())
+                || matches!(
+                    (&update.kind, field),
+                    (
+                        EntityKind::Alert {
+                            severity: Some(_),
+                            ..
+                        },
+                        "severity"
+                    )
+                )
+        }
+    }
+}
+
+/// The rules in force for a city.
+#[derive(Clone, Debug)]
+pub struct QualityRules {
+    /// `[min_lon, min_lat, max_lon, max_lat]` that counts as inside the city.
+    pub city_bounds: Option<[f64; 4]>,
+}
+
+impl QualityRules {
+    /// Rules for a city whose map covers `bbox` (WGS84); positions up to ~5 km outside
+    /// still count as the city (feeds cover more than the map extract).
+    pub fn for_city(bbox: [f64; 4]) -> Self {
+        let margin = 0.05;
+        QualityRules {
+            city_bounds: Some([
+                bbox[0] - margin,
+                bbox[1] - margin,
+                bbox[2] + margin,
+                bbox[3] + margin,
+            ]),
+        }
+    }
+
+    /// Every issue of one update received at `now_ms`.
+    pub fn check(
+        &self,
+        feed: &FeedConfig,
+        update: &EntityUpdate,
+        now_ms: i64,
+    ) -> Vec<QualityIssue> {
+        let mut issues = Vec::new();
+        let required = default_required(&update.kind)
+            .iter()
+            .copied()
+            .chain(feed.required_fields.iter().map(String::as_str));
+        for field in required {
+            if !has_field(update, field) {
+                issues.push(QualityIssue::MissingRequired {
+                    field: field.to_string(),
+                });
+            }
+        }
+        for (field, value, min, max) in typed_values(&update.kind) {
+            if let Some(v) = value
+                && !(min..=max).contains(&v)
+            {
+                issues.push(QualityIssue::OutOfRange {
+                    field: field.to_string(),
+                    value: v,
+                    min,
+                    max,
+                });
+            }
+        }
+        if let (Some([lon, lat]), Some([a, b, c, d])) = (update.position, self.city_bounds)
+            && !(lon >= a && lon <= c && lat >= b && lat <= d)
+        {
+            issues.push(QualityIssue::OutsideCity);
+        }
+        if let Some(t) = update.observed_at_ms
+            && t - now_ms > MAX_CLOCK_SKEW_MS
+        {
+            issues.push(QualityIssue::FutureTimestamp {
+                ahead_ms: t - now_ms,
+            });
+        }
+        issues
+    }
+}
+
+/// How fresh a feed is against its declared cadence.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Freshness {
+    /// Last success within two cadences.
+    Fresh,
+    /// Within ten cadences.
+    Late,
+    Stale,
+    /// Never answered.
+    Never,
+}
+
+/// Freshness status and score (1 fresh … 0 stale) from the last success.
+pub fn freshness(last_ok_ms: Option<i64>, cadence_s: f64, now_ms: i64) -> (Freshness, f64) {
+    let Some(t) = last_ok_ms else {
+        return (Freshness::Never, 0.0);
+    };
+    let cadences = (now_ms - t).max(0) as f64 / 1000.0 / cadence_s.max(0.1);
+    let score = if cadences <= 2.0 {
+        1.0
+    } else {
+        ((10.0 - cadences) / 8.0).clamp(0.0, 1.0)
+    };
+    let status = if cadences <= 2.0 {
+        Freshness::Fresh
+    } else if cadences <= 10.0 {
+        Freshness::Late
+    } else {
+        Freshness::Stale
+    };
+    (status, score)
+}
+
+/// Running quality of one feed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FeedQuality {
+    pub checked: u64,
+    /// Updates with every required field.
+    pub complete: u64,
+    /// Updates with no validity issue.
+    pub valid: u64,
+    /// Issue code → count.
+    pub issues: BTreeMap<String, u64>,
+    /// The most recent issue, for the inspector and the steward.
+    pub last_issue: Option<String>,
+    /// (completeness, validity) per payload, oldest first.
+    #[serde(skip)]
+    pub history: VecDeque<(f64, f64)>,
+}
+
+impl FeedQuality {
+    /// Share of updates with every required field (1.0 before any data).
+    pub fn completeness(&self) -> f64 {
+        if self.checked == 0 {
+            1.0
+        } else {
+            self.complete as f64 / self.checked as f64
+        }
+    }
+
+    /// Share of updates with no validity issue.
+    pub fn validity(&self) -> f64 {
+        if self.checked == 0 {
+            1.0
+        } else {
+            self.valid as f64 / self.checked as f64
+        }
+    }
+
+    /// Checks one payload's updates; returns each update's issues, in order.
+    pub fn check_batch(
+        &mut self,
+        rules: &QualityRules,
+        feed: &FeedConfig,
+        updates: &[EntityUpdate],
+        now_ms: i64,
+    ) -> Vec<Vec<QualityIssue>> {
+        let mut seen = HashSet::with_capacity(updates.len());
+        let (mut complete, mut valid) = (0u64, 0u64);
+        let all: Vec<Vec<QualityIssue>> = updates
+            .iter()
+            .map(|u| {
+                let mut issues = rules.check(feed, u, now_ms);
+                if !seen.insert(u.id.as_str()) {
+                    issues.push(QualityIssue::DuplicateId);
+                }
+                if !issues.iter().any(QualityIssue::is_completeness) {
+                    complete += 1;
+                }
+                if !issues.iter().any(|i| !i.is_completeness()) {
+                    valid += 1;
+                }
+                for issue in &issues {
+                    *self.issues.entry(issue.code().to_string()).or_default() += 1;
+                }
+                if let Some(last) = issues.last() {
+                    self.last_issue = Some(format!("{}: {}", u.id, describe(last)));
+                }
+                issues
+            })
+            .collect();
+        self.checked += updates.len() as u64;
+        self.complete += complete;
+        self.valid += valid;
+        if !updates.is_empty() {
+            let n = updates.len() as f64;
+            self.history
+                .push_back((complete as f64 / n, valid as f64 / n));
+            while self.history.len() > HISTORY {
+                self.history.pop_front();
+            }
+        }
+        all
+    }
+}
+
+/// A short human description of an issue.
+pub fn describe(issue: &QualityIssue) -> String {
+    match issue {
+        QualityIssue::MissingRequired { field } => format!("required field {field} missing"),
+        QualityIssue::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        } => {
+            format!("{field} = {value} outside {min}..{max}")
+        }
+        QualityIssue::OutsideCity => "position outside the city".into(),
+        QualityIssue::FutureTimestamp { ahead_ms } => {
+            format!("observed {} s in the future", ahead_ms / 1000)
+        }
+        QualityIssue::DuplicateId => "id repeated in one payload".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feeds::FieldValue;
+    use crate::feeds::config::parse_feeds;
+
+    fn feed() -> FeedConfig {
+        parse_feeds(
+            "[[feed]]\nname='air'\nkind='sim'\ndomain='ecology'\nrequired_fields=['pm25']\n",
+        )
+        .unwrap()
+        .remove(0)
+    }
+
+    fn air(
+        id: &str,
+        aqi: Option<f64>,
+        pm25: Option<f64>,
+        pos: [f64; 2],
+        observed: i64,
+    ) -> EntityUpdate {
+        let mut fields = BTreeMap::new();
+        if let Some(p) = pm25 {
+            fields.insert("pm25".to_string(), FieldValue::Number(p));
+        }
+        EntityUpdate {
+            id: id.into(),
+            entity_type: "AirQualityObserved".into(),
+            kind: EntityKind::AirQuality {
+                aqi,
+                pm25,
+                pm10: None,
+                no2: None,
+                o3: None,
+            },
+            position: Some(pos),
+            line: None,
+            observed_at_ms: Some(observed),
+            fields,
+        }
+    }
+
+    const NOW: i64 = 1_795_946_400_000;
+    const IN_CITY: [f64; 2] = [24.94, 60.17];
+
+    #[test]
+    fn each_rule_finds_its_issue() {
+        let rules = QualityRules::for_city([24.93, 60.16, 24.96, 60.18]);
+        let f = feed();
+        assert!(
+            rules
+                .check(&f, &air("ok", Some(40.0), Some(12.0), IN_CITY, NOW), NOW)
+                .is_empty()
+        );
+        let codes = |u: EntityUpdate| {
+            rules
+                .check(&f, &u, NOW)
+                .iter()
+                .map(|i| i.code())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            codes(air("a", None, Some(1.0), IN_CITY, NOW)),
+            vec!["missing_required"]
+        );
+        assert_eq!(
+            codes(air("b", Some(40.0), None, IN_CITY, NOW)),
+            vec!["missing_required"]
+        );
+        assert_eq!(
+            codes(air("c", Some(-5.0), Some(1.0), IN_CITY, NOW)),
+            vec!["out_of_range"]
+        );
+        assert_eq!(
+            codes(air("d", Some(40.0), Some(1.0), [2.35, 48.85], NOW)),
+            vec!["outside_city"]
+        );
+        assert_eq!(
+            codes(air("e", Some(40.0), Some(1.0), IN_CITY, NOW + 3_600_000)),
+            vec!["future_timestamp"]
+        );
+    }
+
+    #[test]
+    fn scores_and_duplicates_per_payload() {
+        let rules = QualityRules::for_city([24.93, 60.16, 24.96, 60.18]);
+        let f = feed();
+        let mut q = FeedQuality::default();
+        let batch = vec![
+            air("s1", Some(40.0), Some(10.0), IN_CITY, NOW),
+            air("s2", Some(900.0), Some(10.0), IN_CITY, NOW),
+            air("s3", Some(40.0), None, IN_CITY, NOW),
+            air("s1", Some(41.0), Some(10.0), IN_CITY, NOW),
+        ];
+        let issues = q.check_batch(&rules, &f, &batch, NOW);
+        assert_eq!(issues[3], vec![QualityIssue::DuplicateId]);
+        assert_eq!(q.checked, 4);
+        assert_eq!(q.completeness(), 0.75);
+        assert_eq!(q.validity(), 0.5);
+        assert_eq!(q.issues["out_of_range"], 1);
+        assert_eq!(q.history.len(), 1);
+        assert!(q.last_issue.as_deref().unwrap().contains("s1"));
+    }
+
+    #[test]
+    fn freshness_against_cadence() {
+        assert_eq!(freshness(None, 5.0, NOW), (Freshness::Never, 0.0));
+        assert_eq!(
+            freshness(Some(NOW - 8_000), 5.0, NOW),
+            (Freshness::Fresh, 1.0)
+        );
+        let (status, score) = freshness(Some(NOW - 30_000), 5.0, NOW);
+        assert_eq!(status, Freshness::Late);
+        assert!((score - 0.5).abs() < 1e-9);
+        assert_eq!(freshness(Some(NOW - 120_000), 5.0, NOW).0, Freshness::Stale);
+    }
+}
