@@ -289,6 +289,7 @@ fn feeds_check(
     };
     let (state, ingest) = run_feeds_for(&feeds, &city, for_secs);
     let now = unix_ms_now();
+    let reconciliation = zhongshu::governance::reconcile::reconcile(&state, &feeds, now);
     let mut all_ok = true;
     for (i, (feed, health)) in feeds.iter().zip(&ingest.health).enumerate() {
         all_ok &= health.last_ok_ms.is_some();
@@ -314,6 +315,15 @@ fn feeds_check(
             "validity": (quality.validity() * 1000.0).round() / 1000.0,
             "quality_issues": quality.issues,
             "last_quality_issue": quality.last_issue,
+            "conflicts": reconciliation.conflicts_for(&feed.name),
+            "conflict_examples": reconciliation
+                .conflicts
+                .iter()
+                .filter(|c| c.winner.feed == feed.name || c.other.feed == feed.name)
+                .take(3)
+                .collect::<Vec<_>>(),
+            "quarantined": health.quarantined.as_ref().map(|q| q.reason.clone()),
+            "dropped": health.dropped,
         });
         println!("{line}");
     }

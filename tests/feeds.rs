@@ -43,10 +43,15 @@ fn ngsi_page(query: &HashMap<String, String>, poll: u64) -> String {
 }
 
 fn stations_geojson() -> String {
+    stations_with_offset(0)
+}
+
+/// The same stations as another department reports them, `aqi_offset` higher.
+fn stations_with_offset(aqi_offset: i32) -> String {
     let features: Vec<_> = (0..20)
         .map(|i| {
             serde_json::json!({"type": "Feature", "id": format!("station-{i}"),
-                "properties": {"type": "AirQualityObserved", "airQualityIndex": 40 + i, "pm25": 12.5},
+                "properties": {"type": "AirQualityObserved", "airQualityIndex": 40 + i + aqi_offset, "pm25": 12.5},
                 "geometry": {"type": "Point", "coordinates": [24.94 + i as f64 * 1e-3, 60.168]}})
         })
         .collect();
@@ -130,6 +135,28 @@ fn handle(request: tiny_http::Request, polls: &AtomicU64) {
             ]});
             tiny_http::Response::from_string(body.to_string()).with_header(json)
         }
+        "/stations-b.geojson" => {
+            tiny_http::Response::from_string(stations_with_offset(60)).with_header(json)
+        }
+        "/huge.geojson" => {
+            // A flood: 300 kB a poll where the feed is allowed 100 kB.
+            let filler = "x".repeat(300_000);
+            tiny_http::Response::from_string(format!(
+                "{{\"type\":\"FeatureCollection\",\"note\":\"{filler}\",\"features\":[]}}"
+            ))
+            .with_header(json)
+        }
+        "/once.geojson" => {
+            // Answers once, then goes silent: the feed turns stale.
+            static ANSWERED: AtomicU64 = AtomicU64::new(0);
+            if ANSWERED.fetch_add(1, Ordering::Relaxed) == 0 {
+                let water =
+                    stations_with_offset(0).replace("AirQualityObserved", "WaterQualityObserved");
+                tiny_http::Response::from_string(water).with_header(json)
+            } else {
+                tiny_http::Response::from_string("").with_status_code(503)
+            }
+        }
         "/error" => tiny_http::Response::from_string("{\"error\":\"boom\"}").with_status_code(500),
         "/hang" => {
             std::thread::sleep(Duration::from_secs(20));
@@ -175,6 +202,29 @@ kind = "geojson"
 url = "{base}/stations.geojson"
 domain = "ecology"
 interval_s = 0.5
+authoritative_for = ["AirQualityObserved"]
+
+[[feed]]
+name = "district-air"
+kind = "geojson"
+url = "{base}/stations-b.geojson"
+domain = "ecology"
+interval_s = 0.5
+
+[[feed]]
+name = "flood"
+kind = "geojson"
+url = "{base}/huge.geojson"
+domain = "urban"
+interval_s = 0.3
+max_payload_bytes = 100000
+
+[[feed]]
+name = "goes-quiet"
+kind = "geojson"
+url = "{base}/once.geojson"
+domain = "health"
+interval_s = 0.3
 
 [[feed]]
 name = "bad-air"
@@ -217,7 +267,7 @@ interval_s = 0.5
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines = feed_lines(&stdout);
-    assert_eq!(lines.len(), 6, "one JSON line per feed: {stdout}\n{stderr}");
+    assert_eq!(lines.len(), 9, "one JSON line per feed: {stdout}\n{stderr}");
     // Broken feeds make the check fail for scripts, after reporting every feed.
     assert!(!out.status.success());
 
@@ -272,6 +322,38 @@ interval_s = 0.5
     assert!(
         bad["quality_issues"]["missing_required"].as_u64().unwrap() >= 1,
         "{bad}"
+    );
+
+    // One data, one source: the bureau's stations win; the district's readings, 60
+    // higher, are listed as conflicts with both values.
+    let district = &lines["district-air"];
+    assert_eq!(district["conflicts"], 20, "{district}");
+    let example = &district["conflict_examples"][0];
+    assert_eq!(example["winner"]["feed"], "air-stations");
+    assert_eq!(example["other"]["feed"], "district-air");
+    assert_eq!(
+        example["other"]["value"].as_f64().unwrap() - example["winner"]["value"].as_f64().unwrap(),
+        60.0
+    );
+
+    // A feed that floods oversized payloads is quarantined with the reason.
+    let flood = &lines["flood"];
+    assert!(
+        flood["quarantined"].as_str().unwrap().contains("oversized"),
+        "{flood}"
+    );
+    assert!(
+        flood["reasons"]["too_large"].as_u64().unwrap() >= 2,
+        "{flood}"
+    );
+
+    // A feed that answered once and then went quiet is no longer fresh.
+    let quiet = &lines["goes-quiet"];
+    assert_eq!(quiet["entities"], 20, "{quiet}");
+    assert_ne!(quiet["freshness"]["status"], "fresh", "{quiet}");
+    assert!(
+        quiet["freshness"]["score"].as_f64().unwrap() < 1.0,
+        "{quiet}"
     );
 
     let broken = &lines["broken"];

@@ -56,6 +56,13 @@ pub struct FeedConfig {
     /// feed is the single source of truth for.
     #[serde(default)]
     pub authoritative_for: Vec<String>,
+    /// Largest response accepted from this feed, bytes (at most 64 MiB).
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+}
+
+fn default_max_payload_bytes() -> usize {
+    super::MAX_PAYLOAD_BYTES
 }
 
 fn default_interval_s() -> f64 {
@@ -136,6 +143,12 @@ pub fn parse_feeds(text: &str) -> Result<Vec<FeedConfig>, String> {
         if !(0.1..=600.0).contains(&feed.timeout_s) {
             return Err(format!(
                 "feed \"{name}\": timeout_s must be between 0.1 and 600"
+            ));
+        }
+        if feed.max_payload_bytes == 0 || feed.max_payload_bytes > super::MAX_PAYLOAD_BYTES {
+            return Err(format!(
+                "feed \"{name}\": max_payload_bytes must be between 1 and {}",
+                super::MAX_PAYLOAD_BYTES
             ));
         }
         if feed.page_size == 0 {

@@ -250,18 +250,18 @@ fn poll_once(
             conditional.last_modified = header("last-modified");
         }
         if let Some(len) = response.content_length()
-            && len as usize > MAX_PAYLOAD_BYTES
+            && len as usize > feed.max_payload_bytes
         {
             return Err((
                 "too_large",
                 PayloadError::TooLarge {
                     size: len as usize,
-                    limit: MAX_PAYLOAD_BYTES,
+                    limit: feed.max_payload_bytes,
                 }
                 .to_string(),
             ));
         }
-        let body = read_limited(response)?;
+        let body = read_limited(response, feed.max_payload_bytes.min(MAX_PAYLOAD_BYTES))?;
         total_bytes += body.len();
         let decoded = match feed.kind {
             FeedKind::NgsiLd => decode_ngsi_ld(&body),
@@ -295,22 +295,25 @@ fn poll_once(
     Ok(())
 }
 
-fn read_limited(response: reqwest::blocking::Response) -> Result<Vec<u8>, (&'static str, String)> {
+fn read_limited(
+    response: reqwest::blocking::Response,
+    limit: usize,
+) -> Result<Vec<u8>, (&'static str, String)> {
     use std::io::Read;
     let mut body = Vec::new();
-    let mut limited = response.take(MAX_PAYLOAD_BYTES as u64 + 1);
+    let mut limited = response.take(limit as u64 + 1);
     limited.read_to_end(&mut body).map_err(|e| {
         let timeout =
             e.to_string().contains("timed out") || e.kind() == std::io::ErrorKind::TimedOut;
         let reason = if timeout { "timeout" } else { "read_error" };
         (reason, format!("reading the response failed: {e}"))
     })?;
-    if body.len() > MAX_PAYLOAD_BYTES {
+    if body.len() > limit {
         return Err((
             "too_large",
             PayloadError::TooLarge {
                 size: body.len(),
-                limit: MAX_PAYLOAD_BYTES,
+                limit,
             }
             .to_string(),
         ));

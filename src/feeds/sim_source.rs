@@ -126,6 +126,7 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
             context: None,
             required_fields: Vec::new(),
             authoritative_for: Vec::new(),
+            max_payload_bytes: super::MAX_PAYLOAD_BYTES,
         })
         .collect()
 }

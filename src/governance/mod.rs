@@ -3,3 +3,4 @@
 
 pub mod catalog;
 pub mod quality;
+pub mod reconcile;
