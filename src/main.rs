@@ -28,6 +28,9 @@ struct Cli {
     /// simulated on the map.
     #[arg(long, global = true, value_name = "FILE")]
     feeds: Option<PathBuf>,
+    /// Open the data-steward window (catalog, quality, conflicts) at start.
+    #[arg(long, global = true)]
+    steward: bool,
     /// Select the building with this id (e.g. way/123) and fly to it.
     #[arg(long, global = true, value_name = "ID")]
     select: Option<String>,
@@ -341,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             look_at,
             select: cli.select,
             feeds: cli.feeds,
+            steward: cli.steward,
             screenshot: None,
         }),
         Command::Screenshot { out, size } => {
@@ -350,6 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 look_at,
                 select: cli.select,
                 feeds: cli.feeds,
+                steward: cli.steward,
                 screenshot: Some(app::ScreenshotRequest { out, size }),
             })
         }

@@ -8,6 +8,7 @@ pub mod live;
 pub mod ready;
 pub mod scene;
 pub mod snapshot;
+pub mod steward;
 pub mod theme;
 pub mod ui;
 
@@ -32,6 +33,8 @@ pub struct AppOptions {
     pub select: Option<String>,
     /// Feeds file; `None` runs every sub-brain on the simulator.
     pub feeds: Option<PathBuf>,
+    /// Open the data-steward window at start.
+    pub steward: bool,
     pub screenshot: Option<ScreenshotRequest>,
 }
 
@@ -158,7 +161,13 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         ready::plugin,
         live::plugin,
         layers::plugin,
+        steward::plugin,
     ));
+    if options.steward {
+        app.world_mut()
+            .resource_mut::<steward::Governance>()
+            .steward_open = true;
+    }
     if let Some(request) = options.screenshot {
         snapshot::add(&mut app, request);
     }

@@ -34,6 +34,7 @@ pub enum UiCommand {
     GoToBookmark(usize),
     SetDomain(Domain, bool),
     FlyToEntity(u32),
+    ToggleSteward,
 }
 
 /// Where the 3D view is (the screen area no panel covers) and whether egui holds input.
@@ -102,6 +103,7 @@ fn shell_ui(
     live: Option<Res<Live>>,
     domains: Res<DomainVisibility>,
     mut kpis: Local<(f64, CityKpis)>,
+    governance: Res<super::steward::Governance>,
     mut ui_input: ResMut<UiInput>,
     mut pending: ResMut<PendingUiCommands>,
 ) -> Result {
@@ -135,7 +137,7 @@ fn shell_ui(
     {
         *kpis = (now_ms as f64, CityKpis::compute(&live.state));
     }
-    egui::Panel::top("top-bar").show(&mut root, |ui| top_bar_ui(ui, &city.map, now));
+    egui::Panel::top("top-bar").show(&mut root, |ui| top_bar_ui(ui, &city.map, now, out));
     if live.is_some() {
         egui::Panel::top("kpi-strip").show(&mut root, |ui| kpi_strip_ui(ui, &kpis.1));
     }
@@ -176,13 +178,28 @@ fn shell_ui(
             .max_size(460.0)
             .show(&mut root, |ui| inspector_ui(ui, &city.map, index, out));
     }
+    if let (true, Some(live)) = (governance.steward_open, &live) {
+        egui::Window::new("Data steward 数据治理")
+            .default_width(900.0)
+            .vscroll(true)
+            .show(ctx, |ui| {
+                super::steward::steward_ui(
+                    ui,
+                    &live.feeds,
+                    &live.ingest.health,
+                    &live.ingest.quality,
+                    &governance.reconciliation,
+                    now_ms,
+                )
+            });
+    }
     ui_input.view_rect = root.available_rect_before_wrap();
     ui_input.wants_pointer = ctx.egui_is_using_pointer() || ctx.is_pointer_over_egui();
     ui_input.wants_keyboard = ctx.egui_wants_keyboard_input();
     Ok(())
 }
 
-pub fn top_bar_ui(ui: &mut egui::Ui, map: &CityMap, unix_secs: i64) {
+pub fn top_bar_ui(ui: &mut egui::Ui, map: &CityMap, unix_secs: i64, out: &mut Vec<UiCommand>) {
     ui.horizontal(|ui| {
         ui.label(
             egui::RichText::new("中枢 Zhongshu")
@@ -192,6 +209,10 @@ pub fn top_bar_ui(ui: &mut egui::Ui, map: &CityMap, unix_secs: i64) {
         );
         ui.separator();
         ui.label(egui::RichText::new(&map.name).heading());
+        ui.separator();
+        if ui.button("Data steward 数据治理").clicked() {
+            out.push(UiCommand::ToggleSteward);
+        }
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             ui.add(
                 egui::Label::new(
@@ -837,6 +858,7 @@ fn apply_ui_commands(
     mut rig: ResMut<CameraRig>,
     mut selection: ResMut<Selection>,
     mut domains: ResMut<DomainVisibility>,
+    mut governance: ResMut<super::steward::Governance>,
     live: Option<Res<Live>>,
     city: Res<City>,
 ) {
@@ -851,6 +873,7 @@ fn apply_ui_commands(
                 selection.building = None;
                 selection.entity = None;
             }
+            UiCommand::ToggleSteward => governance.steward_open = !governance.steward_open,
             UiCommand::SetDomain(domain, on) => {
                 domains.0.insert(domain, on);
             }

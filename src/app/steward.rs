@@ -1,0 +1,233 @@
+//! Data governance in the app: reconciliation kept current, the data-steward window
+//! (catalog with live quality, conflicts, supply and demand) and the trust overlay
+//! (markers of stale feeds fade to grey).
+
+use bevy::prelude::*;
+use bevy_egui::egui;
+
+use super::AppSystems;
+use super::layers::markers::LiveMarker;
+use super::live::Live;
+use super::theme;
+use super::ui::{age_text, domain_label};
+use crate::feeds::Domain;
+use crate::feeds::config::FeedConfig;
+use crate::feeds::health::FeedHealth;
+use crate::governance::catalog::consumers;
+use crate::governance::quality::{FeedQuality, Freshness, freshness};
+use crate::governance::reconcile::{Reconciliation, reconcile};
+use crate::map::mesh::linear_from_srgb;
+
+/// How often reconciliation and the trust overlay are recomputed.
+const EVERY_MS: i64 = 2_000;
+
+/// The latest reconciliation, and whether the steward window is open.
+#[derive(Resource, Default)]
+pub struct Governance {
+    pub reconciliation: Reconciliation,
+    pub computed_ms: i64,
+    pub steward_open: bool,
+}
+
+pub(super) fn plugin(app: &mut App) {
+    app.init_resource::<Governance>().add_systems(
+        Update,
+        (reconcile_now, fade_stale_markers)
+            .chain()
+            .in_set(AppSystems::Apply),
+    );
+}
+
+fn reconcile_now(live: Option<Res<Live>>, mut governance: ResMut<Governance>) {
+    let Some(live) = live else { return };
+    let now = crate::feeds::poll::unix_ms_now();
+    if now - governance.computed_ms < EVERY_MS {
+        return;
+    }
+    governance.reconciliation = reconcile(&live.state, &live.feeds, now);
+    governance.computed_ms = now;
+}
+
+/// Markers of feeds that have gone stale turn grey, so nobody acts on old data.
+fn fade_stale_markers(
+    live: Option<Res<Live>>,
+    governance: Res<Governance>,
+    mut grey: Local<Option<Handle<StandardMaterial>>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+    mut markers: Query<(&LiveMarker, &mut MeshMaterial3d<StandardMaterial>)>,
+) {
+    let Some(live) = live else { return };
+    if !governance.is_changed() {
+        return;
+    }
+    let now = governance.computed_ms;
+    let stale: Vec<bool> = live
+        .feeds
+        .iter()
+        .zip(&live.ingest.health)
+        .map(|(f, h)| freshness(h.last_ok_ms, f.interval_s, now).0 == Freshness::Stale)
+        .collect();
+    if !stale.iter().any(|&s| s) {
+        return;
+    }
+    let grey = grey
+        .get_or_insert_with(|| {
+            let [r, g, b, _] = linear_from_srgb(0x5A6270);
+            materials.add(StandardMaterial {
+                base_color: Color::linear_rgb(r, g, b),
+                unlit: true,
+                ..default()
+            })
+        })
+        .clone();
+    for (marker, mut material) in &mut markers {
+        let feed = live.state.entity(marker.slot).map(|e| e.feed as usize);
+        if feed.is_some_and(|f| stale.get(f).copied().unwrap_or(false)) && material.0 != grey {
+            material.0 = grey.clone();
+        }
+    }
+}
+
+fn score_colour(score: f64) -> egui::Color32 {
+    if score >= 0.95 {
+        theme::GOOD
+    } else if score >= 0.7 {
+        theme::WARN
+    } else {
+        theme::ALARM
+    }
+}
+
+/// The data steward's view: every feed as a catalog entry with live quality, the
+/// conflicts between sources, and which data the panels need but nobody supplies.
+pub fn steward_ui(
+    ui: &mut egui::Ui,
+    feeds: &[FeedConfig],
+    health: &[FeedHealth],
+    quality: &[FeedQuality],
+    reconciliation: &Reconciliation,
+    now_ms: i64,
+) {
+    ui.heading("Catalog 数据目录");
+    egui::Grid::new("catalog")
+        .striped(true)
+        .num_columns(9)
+        .show(ui, |ui| {
+            for h in [
+                "feed",
+                "owner",
+                "domain",
+                "every",
+                "freshness",
+                "complete",
+                "valid",
+                "conflicts",
+                "status",
+            ] {
+                ui.label(egui::RichText::new(h).color(theme::MUTED).small());
+            }
+            ui.end_row();
+            for (i, f) in feeds.iter().enumerate() {
+                let (Some(h), Some(q)) = (health.get(i), quality.get(i)) else {
+                    continue;
+                };
+                let (status, score) = freshness(h.last_ok_ms, f.interval_s, now_ms);
+                ui.label(&f.name);
+                ui.label(f.owner.as_deref().unwrap_or("—"));
+                ui.label(domain_label(f.domain));
+                ui.label(format!("{} s", f.interval_s));
+                let age = h
+                    .age_s(now_ms)
+                    .map_or_else(|| "never".to_string(), age_text);
+                ui.label(
+                    egui::RichText::new(format!("{status:?} ({age})")).color(score_colour(score)),
+                );
+                ui.label(
+                    egui::RichText::new(format!("{:.0}%", q.completeness() * 100.0))
+                        .color(score_colour(q.completeness())),
+                );
+                ui.label(
+                    egui::RichText::new(format!("{:.0}%", q.validity() * 100.0))
+                        .color(score_colour(q.validity())),
+                )
+                .on_hover_text(q.last_issue.clone().unwrap_or_else(|| "no issues".into()));
+                let conflicts = reconciliation.conflicts_for(&f.name);
+                ui.label(conflicts.to_string());
+                match &h.quarantined {
+                    Some(q) => ui.label(
+                        egui::RichText::new(format!("quarantined: {}", q.reason))
+                            .color(theme::ALARM),
+                    ),
+                    None if h.last_error.is_some() && h.last_ok_ms.is_none() => {
+                        ui.label(egui::RichText::new("failing").color(theme::ALARM))
+                    }
+                    None => ui.label(egui::RichText::new("ok").color(theme::GOOD)),
+                };
+                ui.end_row();
+            }
+        });
+    ui.separator();
+    ui.heading(format!(
+        "Conflicts 冲突 ({})",
+        reconciliation.conflicts.len()
+    ));
+    if reconciliation.conflicts.is_empty() {
+        ui.label(egui::RichText::new("No two sources disagree.").color(theme::MUTED));
+    }
+    egui::Grid::new("conflicts")
+        .striped(true)
+        .num_columns(4)
+        .show(ui, |ui| {
+            for c in reconciliation.conflicts.iter().take(15) {
+                ui.label(format!("{}.{}", c.entity_type, c.field));
+                ui.label(
+                    egui::RichText::new(format!(
+                        "{} = {} ({} ago) wins",
+                        c.winner.feed,
+                        c.winner.value,
+                        age_text(c.winner.age_s)
+                    ))
+                    .color(theme::GOOD),
+                );
+                ui.label(
+                    egui::RichText::new(format!(
+                        "{} says {} ({} ago)",
+                        c.other.feed,
+                        c.other.value,
+                        age_text(c.other.age_s)
+                    ))
+                    .color(theme::WARN),
+                );
+                ui.label(
+                    egui::RichText::new(&c.winner.id)
+                        .small()
+                        .color(theme::MUTED),
+                );
+                ui.end_row();
+            }
+        });
+    ui.separator();
+    ui.heading("Supply and demand 供需");
+    egui::Grid::new("supply")
+        .striped(true)
+        .num_columns(3)
+        .show(ui, |ui| {
+            for d in Domain::ALL {
+                let suppliers: Vec<&str> = feeds
+                    .iter()
+                    .filter(|f| f.domain == d)
+                    .map(|f| f.name.as_str())
+                    .collect();
+                ui.label(domain_label(d));
+                ui.label(egui::RichText::new(consumers(d).join(", ")).small());
+                if suppliers.is_empty() {
+                    ui.label(
+                        egui::RichText::new("missing: no feed supplies it").color(theme::ALARM),
+                    );
+                } else {
+                    ui.label(suppliers.join(", "));
+                }
+                ui.end_row();
+            }
+        });
+}
