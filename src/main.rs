@@ -234,11 +234,13 @@ fn run_feeds_for(
     feeds: &[zhongshu::feeds::config::FeedConfig],
     city: &map::CityMap,
     for_secs: f64,
+    ranges: Vec<zhongshu::feeds::config::RangeRule>,
 ) -> (zhongshu::state::LiveState, zhongshu::feeds::health::Ingest) {
     use zhongshu::feeds::health::Ingest;
     // Positions are indexed and checked around the map the feeds describe.
     let mut state = zhongshu::state::LiveState::new(city.frame);
-    let rules = zhongshu::governance::quality::QualityRules::for_city(city.bbox_wgs84);
+    let rules =
+        zhongshu::governance::quality::QualityRules::for_city(city.bbox_wgs84).with_ranges(ranges);
     if for_secs <= 0.0 {
         let (_tx, rx) = std::sync::mpsc::channel();
         return (state, Ingest::with_rules(feeds, rx, rules));
@@ -268,7 +270,8 @@ fn catalog(
         Some(p) => map::load_path(p)?,
         None => map::load_default()?,
     };
-    let (_, ingest) = run_feeds_for(&feeds, &city, for_secs);
+    let ranges = zhongshu::feeds::config::load_rules(feeds_path)?;
+    let (_, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges);
     let catalog = zhongshu::governance::catalog::dcat_catalog(&city.name, &feeds, &ingest.schemas);
     println!("{}", serde_json::to_string_pretty(&catalog)?);
     Ok(())
@@ -290,7 +293,8 @@ fn feeds_check(
         Some(p) => map::load_path(p)?,
         None => map::load_default()?,
     };
-    let (state, ingest) = run_feeds_for(&feeds, &city, for_secs);
+    let ranges = zhongshu::feeds::config::load_rules(feeds_path)?;
+    let (state, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges);
     let now = unix_ms_now();
     let reconciliation = zhongshu::governance::reconcile::reconcile(&state, &feeds, now);
     let mut all_ok = true;

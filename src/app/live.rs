@@ -68,6 +68,7 @@ pub struct ChangedSlots(pub Vec<u32>);
 #[derive(Resource, Clone)]
 pub struct FeedSetup {
     pub feeds: Vec<FeedConfig>,
+    pub ranges: Vec<crate::feeds::config::RangeRule>,
     pub seed: u64,
 }
 
@@ -80,7 +81,8 @@ pub(super) fn plugin(app: &mut App) {
 
 fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
     let (running, rx) = start_feeds(&setup.feeds, &city.map, setup.seed);
-    let rules = crate::governance::quality::QualityRules::for_city(city.map.bbox_wgs84);
+    let rules = crate::governance::quality::QualityRules::for_city(city.map.bbox_wgs84)
+        .with_ranges(setup.ranges.clone());
     let ingest = Ingest::with_rules(&setup.feeds, rx, rules);
     commands.insert_resource(Live::new(
         setup.feeds.clone(),

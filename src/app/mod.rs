@@ -88,9 +88,12 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         map.skipped.total(),
         map.load_ms
     );
-    let feeds = match &options.feeds {
-        Some(path) => crate::feeds::config::load_feeds(path)?,
-        None => crate::feeds::sim_source::default_sim_feeds(),
+    let (feeds, ranges) = match &options.feeds {
+        Some(path) => (
+            crate::feeds::config::load_feeds(path)?,
+            crate::feeds::config::load_rules(path)?,
+        ),
+        None => (crate::feeds::sim_source::default_sim_feeds(), Vec::new()),
     };
     let index = BuildingIndex::new(&map);
     let mut rig = CameraRig::for_bounds(map.local_bounds());
@@ -149,7 +152,11 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     })
     .insert_resource(rig)
     .insert_resource(StartedAt(started))
-    .insert_resource(live::FeedSetup { feeds, seed: 1 })
+    .insert_resource(live::FeedSetup {
+        feeds,
+        ranges,
+        seed: 1,
+    })
     .configure_sets(
         Update,
         (AppSystems::Input, AppSystems::Apply, AppSystems::SyncScene).chain(),

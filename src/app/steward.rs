@@ -48,11 +48,13 @@ fn reconcile_now(live: Option<Res<Live>>, mut governance: ResMut<Governance>) {
     governance.computed_ms = now;
 }
 
-/// Markers of feeds that have gone stale turn grey, so nobody acts on old data.
+/// Trust overlay: markers of feeds that have gone stale turn grey, so nobody acts on
+/// old data; markers a more authoritative source contradicts turn magenta.
 fn fade_stale_markers(
     live: Option<Res<Live>>,
     governance: Res<Governance>,
     mut grey: Local<Option<Handle<StandardMaterial>>>,
+    mut magenta: Local<Option<Handle<StandardMaterial>>>,
     mut materials: ResMut<Assets<StandardMaterial>>,
     mut markers: Query<(&LiveMarker, &mut MeshMaterial3d<StandardMaterial>)>,
 ) {
@@ -67,9 +69,34 @@ fn fade_stale_markers(
         .zip(&live.ingest.health)
         .map(|(f, h)| freshness(h.last_ok_ms, f.interval_s, now).0 == Freshness::Stale)
         .collect();
-    if !stale.iter().any(|&s| s) {
+    let contradicted: std::collections::HashSet<u32> = governance
+        .reconciliation
+        .winner_of
+        .keys()
+        .copied()
+        .filter(|slot| {
+            live.state.entity(*slot).is_some_and(|e| {
+                governance
+                    .reconciliation
+                    .conflicts
+                    .iter()
+                    .any(|c| c.other.id == e.id)
+            })
+        })
+        .collect();
+    if !stale.iter().any(|&s| s) && contradicted.is_empty() {
         return;
     }
+    let magenta = magenta
+        .get_or_insert_with(|| {
+            let [r, g, b, _] = linear_from_srgb(0xFF2BD6);
+            materials.add(StandardMaterial {
+                base_color: Color::linear_rgb(r, g, b),
+                unlit: true,
+                ..default()
+            })
+        })
+        .clone();
     let grey = grey
         .get_or_insert_with(|| {
             let [r, g, b, _] = linear_from_srgb(0x5A6270);
@@ -82,8 +109,12 @@ fn fade_stale_markers(
         .clone();
     for (marker, mut material) in &mut markers {
         let feed = live.state.entity(marker.slot).map(|e| e.feed as usize);
-        if feed.is_some_and(|f| stale.get(f).copied().unwrap_or(false)) && material.0 != grey {
-            material.0 = grey.clone();
+        if feed.is_some_and(|f| stale.get(f).copied().unwrap_or(false)) {
+            if material.0 != grey {
+                material.0 = grey.clone();
+            }
+        } else if contradicted.contains(&marker.slot) && material.0 != magenta {
+            material.0 = magenta.clone();
         }
     }
 }
@@ -230,4 +261,71 @@ pub fn steward_ui(
                 ui.end_row();
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use egui_kittest::Harness;
+    use egui_kittest::kittest::Queryable;
+
+    use super::*;
+    use crate::feeds::config::parse_feeds;
+    use crate::feeds::{EntityKind, EntityUpdate};
+    use crate::geo_frame::GeoFrame;
+    use crate::state::LiveState;
+
+    #[test]
+    fn steward_sees_catalog_conflicts_and_missing_supply() {
+        let feeds = parse_feeds(
+            "[[feed]]\nname='eco-bureau'\nkind='sim'\ndomain='ecology'\nowner='Ecology Bureau'\nauthoritative_for=['AirQualityObserved']\n\
+             [[feed]]\nname='district-sensors'\nkind='sim'\ndomain='ecology'\n",
+        )
+        .unwrap();
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        for (feed, aqi) in [(0, 40.0), (1, 95.0)] {
+            state.apply(
+                feed,
+                EntityUpdate {
+                    id: "st-1".into(),
+                    entity_type: "AirQualityObserved".into(),
+                    kind: EntityKind::AirQuality {
+                        aqi: Some(aqi),
+                        pm25: None,
+                        pm10: None,
+                        no2: None,
+                        o3: None,
+                    },
+                    position: Some([24.94, 60.17]),
+                    line: None,
+                    observed_at_ms: Some(0),
+                    fields: Default::default(),
+                },
+                0,
+            );
+        }
+        let reconciliation = reconcile(&state, &feeds, 1000);
+        let (_tx, rx) = std::sync::mpsc::channel();
+        let ingest = crate::feeds::health::Ingest::new(&feeds, rx);
+        let harness = Harness::new_ui(|ui| {
+            steward_ui(
+                ui,
+                &feeds,
+                &ingest.health,
+                &ingest.quality,
+                &reconciliation,
+                1000,
+            );
+        });
+        harness.get_by_label("Conflicts 冲突 (1)");
+        harness.get_by_label("eco-bureau = 40 (1.0 s ago) wins");
+        harness.get_by_label("district-sensors says 95 (1.0 s ago)");
+        harness.get_by_label("Ecology Bureau");
+        // Nothing supplies traffic: the steward knows whom to ask.
+        assert!(
+            harness
+                .get_all_by_label("missing: no feed supplies it")
+                .count()
+                >= 6
+        );
+    }
 }

@@ -169,7 +169,15 @@ fn shell_ui(
             .default_size(340.0)
             .max_size(460.0)
             .show(&mut root, |ui| {
-                entity_inspector_ui(ui, &live.feeds, &live.state, slot, now_ms, out)
+                entity_inspector_ui(
+                    ui,
+                    &live.feeds,
+                    &live.state,
+                    slot,
+                    now_ms,
+                    &governance.reconciliation,
+                    out,
+                )
             });
     } else if let Some(index) = selection.building {
         egui::Panel::right("inspector")
@@ -763,6 +771,7 @@ pub fn entity_inspector_ui(
     state: &LiveState,
     slot: u32,
     now_ms: i64,
+    reconciliation: &crate::governance::reconcile::Reconciliation,
     out: &mut Vec<UiCommand>,
 ) {
     let Some(e): Option<&LiveEntity> = state.entity(slot) else {
@@ -783,6 +792,37 @@ pub fn entity_inspector_ui(
         ui.label(egui::RichText::new(name).size(18.0).color(theme::ACCENT));
     }
     let feed = feeds.get(e.feed as usize);
+    // One data, one source: say which source is authoritative for this thing.
+    if let Some(winner) = reconciliation
+        .winner_of
+        .get(&slot)
+        .and_then(|&w| state.entity(w))
+    {
+        let name = feeds
+            .get(winner.feed as usize)
+            .map_or("another feed", |f| f.name.as_str());
+        ui.label(
+            egui::RichText::new(format!(
+                "Superseded by {name} ({}), the authoritative source",
+                winner.id
+            ))
+            .color(theme::WARN),
+        );
+    }
+    let feed_name = feed.map(|f| f.name.as_str()).unwrap_or("");
+    for c in reconciliation.conflicts.iter().filter(|c| {
+        (c.winner.id == e.id && c.winner.feed == feed_name)
+            || (c.other.id == e.id && c.other.feed == feed_name)
+    }) {
+        ui.label(
+            egui::RichText::new(format!(
+                "{}: {} says {}, {} says {} — {} wins",
+                c.field, c.winner.feed, c.winner.value, c.other.feed, c.other.value, c.winner.feed
+            ))
+            .small()
+            .color(theme::WARN),
+        );
+    }
     egui::Grid::new("entity-facts")
         .num_columns(2)
         .striped(true)
@@ -852,6 +892,7 @@ fn height_source_text(source: crate::map::HeightSource) -> &'static str {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply_ui_commands(
     mut pending: ResMut<PendingUiCommands>,
     mut layers: ResMut<LayerVisibility>,

@@ -80,6 +80,57 @@ fn default_timeout_s() -> f64 {
 struct FeedsFile {
     #[serde(default)]
     feed: Vec<FeedConfig>,
+    #[serde(default)]
+    rule: Vec<RangeRule>,
+}
+
+/// A `[[rule]]`: the plausible range of one field of one entity type, replacing the
+/// built-in default for that field.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeRule {
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    pub field: String,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+/// The `[[rule]]` entries of a feeds file.
+pub fn load_rules(path: &Path) -> Result<Vec<RangeRule>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_rules(&text).map_err(|message| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses the `[[rule]]` entries; a rule needs a min or a max, and min ≤ max.
+pub fn parse_rules(text: &str) -> Result<Vec<RangeRule>, String> {
+    let file: FeedsFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    for r in &file.rule {
+        match (r.min, r.max) {
+            (None, None) => {
+                return Err(format!(
+                    "rule for {}.{} needs min or max",
+                    r.entity_type, r.field
+                ));
+            }
+            (Some(a), Some(b)) if a > b => {
+                return Err(format!(
+                    "rule for {}.{}: min {a} is above max {b}",
+                    r.entity_type, r.field
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(file.rule)
 }
 
 /// A feeds file that cannot be used, with the reason.

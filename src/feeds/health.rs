@@ -177,7 +177,14 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(feeds: &[FeedConfig], rx: Receiver<FeedEvent>) -> Self {
-        Self::with_rules(feeds, rx, QualityRules { city_bounds: None })
+        Self::with_rules(
+            feeds,
+            rx,
+            QualityRules {
+                city_bounds: None,
+                ranges: Vec::new(),
+            },
+        )
     }
 
     /// An ingest that scores every payload under `rules` before applying it.

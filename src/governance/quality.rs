@@ -139,6 +139,8 @@ fn has_field(update: &EntityUpdate, field: &str) -> bool {
 pub struct QualityRules {
     /// `[min_lon, min_lat, max_lon, max_lat]` that counts as inside the city.
     pub city_bounds: Option<[f64; 4]>,
+    /// Configured ranges (`[[rule]]` in the feeds file), replacing the defaults.
+    pub ranges: Vec<crate::feeds::config::RangeRule>,
 }
 
 impl QualityRules {
@@ -153,7 +155,14 @@ impl QualityRules {
                 bbox[2] + margin,
                 bbox[3] + margin,
             ]),
+            ranges: Vec::new(),
         }
+    }
+
+    /// The same rules with configured ranges.
+    pub fn with_ranges(mut self, ranges: Vec<crate::feeds::config::RangeRule>) -> Self {
+        self.ranges = ranges;
+        self
     }
 
     /// Every issue of one update received at `now_ms`.
@@ -175,12 +184,43 @@ impl QualityRules {
                 });
             }
         }
+        let configured = |field: &str| {
+            self.ranges
+                .iter()
+                .any(|r| r.entity_type == update.entity_type && r.field == field)
+        };
         for (field, value, min, max) in typed_values(&update.kind) {
             if let Some(v) = value
+                && !configured(field)
                 && !(min..=max).contains(&v)
             {
                 issues.push(QualityIssue::OutOfRange {
                     field: field.to_string(),
+                    value: v,
+                    min,
+                    max,
+                });
+            }
+        }
+        for rule in self
+            .ranges
+            .iter()
+            .filter(|r| r.entity_type == update.entity_type)
+        {
+            let typed = typed_values(&update.kind)
+                .into_iter()
+                .find(|(n, ..)| *n == rule.field)
+                .and_then(|(_, v, ..)| v);
+            let value = typed.or_else(|| update.fields.get(&rule.field).and_then(|v| v.as_f64()));
+            let (min, max) = (
+                rule.min.unwrap_or(f64::NEG_INFINITY),
+                rule.max.unwrap_or(f64::INFINITY),
+            );
+            if let Some(v) = value
+                && !(min..=max).contains(&v)
+            {
+                issues.push(QualityIssue::OutOfRange {
+                    field: rule.field.clone(),
                     value: v,
                     min,
                     max,
@@ -420,6 +460,32 @@ mod tests {
         assert_eq!(
             codes(air("e", Some(40.0), Some(1.0), IN_CITY, NOW + 3_600_000)),
             vec!["future_timestamp"]
+        );
+    }
+
+    #[test]
+    fn configured_ranges_replace_defaults_and_reach_generic_fields() {
+        let rules = QualityRules::for_city([24.93, 60.16, 24.96, 60.18]).with_ranges(
+            crate::feeds::config::parse_rules(
+                "[[rule]]\ntype='AirQualityObserved'\nfield='airQualityIndex'\nmax=100\n\
+                 [[rule]]\ntype='AirQualityObserved'\nfield='pm25'\nmin=0\nmax=5\n",
+            )
+            .unwrap(),
+        );
+        let f = feed();
+        let issues = rules.check(&f, &air("x", Some(150.0), Some(12.0), IN_CITY, NOW), NOW);
+        let fields: Vec<_> = issues
+            .iter()
+            .filter_map(|i| match i {
+                QualityIssue::OutOfRange { field, .. } => Some(field.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fields, vec!["airQualityIndex", "pm25"]);
+        assert!(crate::feeds::config::parse_rules("[[rule]]\ntype='A'\nfield='b'\n").is_err());
+        assert!(
+            crate::feeds::config::parse_rules("[[rule]]\ntype='A'\nfield='b'\nmin=5\nmax=1\n")
+                .is_err()
         );
     }
 
