@@ -236,6 +236,11 @@ pub struct IngestBenchReport {
     pub updates_per_s: f64,
     /// Decode, every quality rule, and apply.
     pub updates_per_s_with_quality: f64,
+    /// One reconciliation pass over every entity, with a second feed reporting half of
+    /// them again (the app runs one every 2 s).
+    pub reconcile_ms: f64,
+    pub reconcile_links: usize,
+    pub reconcile_conflicts: usize,
     pub threads: usize,
 }
 
@@ -292,7 +297,23 @@ pub fn bench_ingest(entities: usize, rounds: usize) -> IngestBenchReport {
         // The scene drains changes every frame.
         let _ = state.drain_changed();
     }
+    // A second department reports every other entity again, some values different.
+    let second = vehicle_pages(entities, 1, 1000);
+    for page in &second {
+        let decoded = crate::feeds::decode::decode_ngsi_ld(page).expect("valid page");
+        for u in decoded.updates.into_iter().step_by(2) {
+            state.apply(1, u, 0);
+        }
+    }
+    let mut feeds = crate::feeds::sim_source::default_sim_feeds();
+    feeds[0].authoritative_for = vec!["Vehicle".into()];
+    let t = Instant::now();
+    let reconciliation = crate::governance::reconcile::reconcile(&state, &feeds, 1_795_946_400_000);
+    let reconcile_ms = t.elapsed().as_secs_f64() * 1000.0;
     IngestBenchReport {
+        reconcile_ms,
+        reconcile_links: reconciliation.links,
+        reconcile_conflicts: reconciliation.conflict_count,
         entities,
         rounds,
         updates,

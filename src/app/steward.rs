@@ -26,6 +26,9 @@ const EVERY_MS: i64 = 2_000;
 pub struct Governance {
     pub reconciliation: Reconciliation,
     pub computed_ms: i64,
+    /// How long the last pass took; big cities reconcile less often so the passes
+    /// stay under ~2 % of frame time.
+    pub last_pass_ms: f64,
     pub steward_open: bool,
 }
 
@@ -41,11 +44,14 @@ pub(super) fn plugin(app: &mut App) {
 fn reconcile_now(live: Option<Res<Live>>, mut governance: ResMut<Governance>) {
     let Some(live) = live else { return };
     let now = crate::feeds::poll::unix_ms_now();
-    if now - governance.computed_ms < EVERY_MS {
+    let interval = EVERY_MS.max((governance.last_pass_ms * 50.0) as i64);
+    if now - governance.computed_ms < interval {
         return;
     }
+    let started = std::time::Instant::now();
     governance.reconciliation = reconcile(&live.state, &live.feeds, now);
     governance.computed_ms = now;
+    governance.last_pass_ms = started.elapsed().as_secs_f64() * 1000.0;
 }
 
 /// Trust overlay: markers of feeds that have gone stale turn grey, so nobody acts on
@@ -129,6 +135,30 @@ fn score_colour(score: f64) -> egui::Color32 {
     }
 }
 
+/// Validity of the last payloads as a small line (1.0 at the top).
+fn history_ui(ui: &mut egui::Ui, q: &FeedQuality) {
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(60.0, 14.0), egui::Sense::hover());
+    let n = q.history.len();
+    if n < 2 {
+        return;
+    }
+    let points: Vec<egui::Pos2> = q
+        .history
+        .iter()
+        .enumerate()
+        .map(|(i, (_, validity))| {
+            egui::pos2(
+                rect.left() + rect.width() * i as f32 / (n - 1) as f32,
+                rect.bottom() - rect.height() * *validity as f32,
+            )
+        })
+        .collect();
+    ui.painter().add(egui::Shape::line(
+        points,
+        egui::Stroke::new(1.5, theme::ACCENT),
+    ));
+}
+
 /// The data steward's view: every feed as a catalog entry with live quality, the
 /// conflicts between sources, and which data the panels need but nobody supplies.
 pub fn steward_ui(
@@ -177,11 +207,14 @@ pub fn steward_ui(
                     egui::RichText::new(format!("{:.0}%", q.completeness() * 100.0))
                         .color(score_colour(q.completeness())),
                 );
-                ui.label(
-                    egui::RichText::new(format!("{:.0}%", q.validity() * 100.0))
-                        .color(score_colour(q.validity())),
-                )
-                .on_hover_text(q.last_issue.clone().unwrap_or_else(|| "no issues".into()));
+                ui.horizontal(|ui| {
+                    ui.label(
+                        egui::RichText::new(format!("{:.0}%", q.validity() * 100.0))
+                            .color(score_colour(q.validity())),
+                    )
+                    .on_hover_text(q.last_issue.clone().unwrap_or_else(|| "no issues".into()));
+                    history_ui(ui, q);
+                });
                 let conflicts = reconciliation.conflicts_for(&f.name);
                 ui.label(conflicts.to_string());
                 match &h.quarantined {
@@ -200,7 +233,7 @@ pub fn steward_ui(
     ui.separator();
     ui.heading(format!(
         "Conflicts 冲突 ({})",
-        reconciliation.conflicts.len()
+        reconciliation.conflict_count
     ));
     if reconciliation.conflicts.is_empty() {
         ui.label(egui::RichText::new("No two sources disagree.").color(theme::MUTED));

@@ -35,12 +35,23 @@ pub struct SourcedValue {
     pub age_s: f64,
 }
 
+/// Conflicts listed in full at most; beyond that they are only counted.
+pub const MAX_LISTED_CONFLICTS: usize = 1000;
+
 /// The outcome of one reconciliation pass.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Reconciliation {
     /// Pairs of entities linked across feeds.
     pub links: usize,
+    /// The first [`MAX_LISTED_CONFLICTS`] conflicts, in full.
     pub conflicts: Vec<Conflict>,
+    /// All conflicts.
+    pub conflict_count: usize,
+    /// Conflicts per feed (as winner or loser), by feed index.
+    #[serde(skip)]
+    pub conflicts_by_feed: HashMap<u32, usize>,
+    #[serde(skip)]
+    feed_index: HashMap<String, u32>,
     /// For each slot reported by more than one feed, the slot whose values win.
     #[serde(skip)]
     pub winner_of: HashMap<Slot, Slot>,
@@ -49,10 +60,11 @@ pub struct Reconciliation {
 impl Reconciliation {
     /// Conflicts a feed is part of (as winner or loser).
     pub fn conflicts_for(&self, feed: &str) -> usize {
-        self.conflicts
-            .iter()
-            .filter(|c| c.winner.feed == feed || c.other.feed == feed)
-            .count()
+        self.feed_index
+            .get(feed)
+            .and_then(|i| self.conflicts_by_feed.get(i))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -63,21 +75,21 @@ pub fn is_authoritative(feed: &FeedConfig, entity_type: &str, field: Option<&str
     })
 }
 
-/// Numeric values of an entity, typed kind first, then its fields.
-fn numbers(e: &LiveEntity) -> Vec<(String, f64)> {
-    let mut out: Vec<(String, f64)> = e
+/// Numeric values of an entity: its fields, then typed values not among them.
+fn numbers(e: &LiveEntity) -> Vec<(&str, f64)> {
+    let mut out: Vec<(&str, f64)> = e
         .fields
         .iter()
         .filter_map(|(k, v)| match v {
-            FieldValue::Number(n) => Some((k.clone(), *n)),
+            FieldValue::Number(n) => Some((k.as_str(), *n)),
             _ => None,
         })
         .collect();
-    let mut put = |k: &str, v: Option<f64>| {
+    let mut put = |k: &'static str, v: Option<f64>| {
         if let Some(v) = v
-            && !out.iter().any(|(n, _)| n == k)
+            && !out.iter().any(|(n, _)| *n == k)
         {
-            out.push((k.to_string(), v));
+            out.push((k, v));
         }
     };
     match &e.kind {
@@ -123,7 +135,14 @@ fn disagree(a: f64, b: f64) -> bool {
 
 /// Links and compares what several feeds report about the same things, as of `now_ms`.
 pub fn reconcile(state: &LiveState, feeds: &[FeedConfig], now_ms: i64) -> Reconciliation {
-    let mut result = Reconciliation::default();
+    let mut result = Reconciliation {
+        feed_index: feeds
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), i as u32))
+            .collect(),
+        ..Default::default()
+    };
     // Only types that more than one feed reports can conflict.
     let mut feeds_by_type: HashMap<&str, Vec<u32>> = HashMap::new();
     for (_, e) in state.iter() {
@@ -188,8 +207,11 @@ pub fn reconcile(state: &LiveState, feeds: &[FeedConfig], now_ms: i64) -> Reconc
         }
     }
     // Proximity links: same type, different feed, different id, within LINK_DISTANCE_M.
+    // Only for things that stay put (stations, car parks, facilities): moving units
+    // pass each other all the time and are linked by id alone.
     for (slot, e) in state.iter() {
-        if !shared.contains(e.entity_type.as_str()) {
+        if !shared.contains(e.entity_type.as_str()) || matches!(e.kind, EntityKind::Vehicle { .. })
+        {
             continue;
         }
         let Some([x, y]) = e.local else { continue };
@@ -231,15 +253,21 @@ pub fn reconcile(state: &LiveState, feeds: &[FeedConfig], now_ms: i64) -> Reconc
                 continue;
             };
             // A field-level authority overrides the entity-level choice for that field.
-            let (w, l, wv, lv) = if field_rank(lose, &field) > field_rank(win, &field) {
+            let (w, l, wv, lv) = if field_rank(lose, field) > field_rank(win, field) {
                 (lose, win, *other, value)
             } else {
                 (win, lose, value, *other)
             };
             if disagree(wv, lv) {
+                result.conflict_count += 1;
+                *result.conflicts_by_feed.entry(w.feed).or_default() += 1;
+                *result.conflicts_by_feed.entry(l.feed).or_default() += 1;
+                if result.conflicts.len() >= MAX_LISTED_CONFLICTS {
+                    continue;
+                }
                 result.conflicts.push(Conflict {
                     entity_type: w.entity_type.clone(),
-                    field,
+                    field: field.to_string(),
                     winner: SourcedValue {
                         feed: name(w.feed),
                         id: w.id.clone(),
