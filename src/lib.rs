@@ -13,6 +13,7 @@
 pub mod app;
 pub mod bench;
 pub mod clock;
+pub mod dispatch;
 pub mod feeds;
 pub mod geo_frame;
 pub mod governance;

@@ -1,0 +1,323 @@
+//! Incidents and cross-department orders as pure state machines, with the role ×
+//! action permission matrix (deny by default). Every accepted command becomes an
+//! [`Event`] with who, when and what; the durable log and delivery build on these.
+//!
+//! Incident: reported → verified → dispatched → on scene → resolved → closed.
+//! Order: issued → delivered → acknowledged (signed for) → in progress → done, or
+//! rejected, or overdue → escalated to the superior level.
+
+use serde::{Deserialize, Serialize};
+
+/// Who may do what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Operator,
+    Dispatcher,
+    Leader,
+    DepartmentLiaison,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Operator,
+        Role::Dispatcher,
+        Role::Leader,
+        Role::DepartmentLiaison,
+    ];
+}
+
+/// Everything a person can ask the dispatch core to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    ReportIncident,
+    VerifyIncident,
+    DispatchIncident,
+    MarkOnScene,
+    ResolveIncident,
+    CloseIncident,
+    IssueOrder,
+    RecordDelivery,
+    AcknowledgeOrder,
+    StartOrder,
+    CompleteOrder,
+    RejectOrder,
+    UrgeOrder,
+    EscalateOrder,
+}
+
+impl Action {
+    pub const ALL: [Action; 14] = [
+        Action::ReportIncident,
+        Action::VerifyIncident,
+        Action::DispatchIncident,
+        Action::MarkOnScene,
+        Action::ResolveIncident,
+        Action::CloseIncident,
+        Action::IssueOrder,
+        Action::RecordDelivery,
+        Action::AcknowledgeOrder,
+        Action::StartOrder,
+        Action::CompleteOrder,
+        Action::RejectOrder,
+        Action::UrgeOrder,
+        Action::EscalateOrder,
+    ];
+}
+
+/// The permission matrix. Anything not listed is denied. Leaders watch and may close
+/// incidents and escalate; department liaisons act for their department on orders.
+pub fn is_allowed(role: Role, action: Action) -> bool {
+    use Action::*;
+    match role {
+        Role::Operator => matches!(action, ReportIncident | VerifyIncident | MarkOnScene),
+        Role::Dispatcher => matches!(
+            action,
+            ReportIncident
+                | VerifyIncident
+                | DispatchIncident
+                | MarkOnScene
+                | ResolveIncident
+                | CloseIncident
+                | IssueOrder
+                | RecordDelivery
+                | AcknowledgeOrder
+                | UrgeOrder
+                | EscalateOrder
+        ),
+        Role::Leader => matches!(action, CloseIncident | EscalateOrder | UrgeOrder),
+        Role::DepartmentLiaison => matches!(
+            action,
+            AcknowledgeOrder
+                | StartOrder
+                | CompleteOrder
+                | RejectOrder
+                | MarkOnScene
+                | RecordDelivery
+        ),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentStatus {
+    Reported,
+    Verified,
+    Dispatched,
+    OnScene,
+    Resolved,
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Issued,
+    Delivered,
+    Acknowledged,
+    InProgress,
+    Done,
+    Rejected,
+    Overdue,
+    Escalated,
+}
+
+/// A transition the state machine refuses, with both ends named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("cannot {action:?} an incident that is {from:?}")]
+    Incident {
+        from: IncidentStatus,
+        action: Action,
+    },
+    #[error("cannot {action:?} an order that is {from:?}")]
+    Order { from: OrderStatus, action: Action },
+}
+
+impl IncidentStatus {
+    /// The status after `action`, or why not.
+    pub fn after(self, action: Action) -> Result<IncidentStatus, TransitionError> {
+        use IncidentStatus::*;
+        let next = match (self, action) {
+            (Reported, Action::VerifyIncident) => Verified,
+            (Verified, Action::DispatchIncident) => Dispatched,
+            (Dispatched, Action::MarkOnScene) => OnScene,
+            (OnScene | Dispatched, Action::ResolveIncident) => Resolved,
+            // A false alarm can be closed straight after verification fails.
+            (Resolved | Reported, Action::CloseIncident) => Closed,
+            _ => return Err(TransitionError::Incident { from: self, action }),
+        };
+        Ok(next)
+    }
+}
+
+impl OrderStatus {
+    /// The status after `action`, or why not. `Overdue` is reached by the clock (see
+    /// [`OrderStatus::on_deadline`]), not by a person.
+    pub fn after(self, action: Action) -> Result<OrderStatus, TransitionError> {
+        use OrderStatus::*;
+        let next = match (self, action) {
+            (Issued, Action::RecordDelivery) => Delivered,
+            (Issued | Delivered | Overdue, Action::AcknowledgeOrder) => Acknowledged,
+            (Acknowledged, Action::StartOrder) => InProgress,
+            (InProgress | Acknowledged, Action::CompleteOrder) => Done,
+            (Delivered | Acknowledged, Action::RejectOrder) => Rejected,
+            (Overdue | Rejected, Action::EscalateOrder) => Escalated,
+            // Urging changes nothing but is recorded, for any order not finished.
+            (s @ (Issued | Delivered | Acknowledged | InProgress | Overdue), Action::UrgeOrder) => {
+                s
+            }
+            _ => return Err(TransitionError::Order { from: self, action }),
+        };
+        Ok(next)
+    }
+
+    /// Whether the order is still open (its deadline still matters).
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Issued
+                | OrderStatus::Delivered
+                | OrderStatus::Acknowledged
+                | OrderStatus::InProgress
+        )
+    }
+
+    /// The status once the deadline has passed: open orders become overdue.
+    pub fn on_deadline(self) -> Option<OrderStatus> {
+        self.is_open().then_some(OrderStatus::Overdue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incident_lifecycle_legal_and_illegal() {
+        use IncidentStatus::*;
+        let path = [
+            (Reported, Action::VerifyIncident, Verified),
+            (Verified, Action::DispatchIncident, Dispatched),
+            (Dispatched, Action::MarkOnScene, OnScene),
+            (OnScene, Action::ResolveIncident, Resolved),
+            (Resolved, Action::CloseIncident, Closed),
+            (Dispatched, Action::ResolveIncident, Resolved),
+            (Reported, Action::CloseIncident, Closed),
+        ];
+        for (from, action, to) in path {
+            assert_eq!(from.after(action), Ok(to), "{from:?} --{action:?}-->");
+        }
+        // Everything else is refused, naming both ends.
+        let legal: Vec<_> = path.iter().map(|(f, a, _)| (*f, *a)).collect();
+        for from in [Reported, Verified, Dispatched, OnScene, Resolved, Closed] {
+            for action in Action::ALL {
+                if !legal.contains(&(from, action)) {
+                    let err = from.after(action).unwrap_err();
+                    assert!(err.to_string().contains(&format!("{from:?}")), "{err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn order_lifecycle_legal_and_illegal() {
+        use OrderStatus::*;
+        let legal = [
+            (Issued, Action::RecordDelivery, Delivered),
+            (Issued, Action::AcknowledgeOrder, Acknowledged),
+            (Delivered, Action::AcknowledgeOrder, Acknowledged),
+            (Overdue, Action::AcknowledgeOrder, Acknowledged),
+            (Acknowledged, Action::StartOrder, InProgress),
+            (InProgress, Action::CompleteOrder, Done),
+            (Acknowledged, Action::CompleteOrder, Done),
+            (Delivered, Action::RejectOrder, Rejected),
+            (Acknowledged, Action::RejectOrder, Rejected),
+            (Overdue, Action::EscalateOrder, Escalated),
+            (Rejected, Action::EscalateOrder, Escalated),
+            (Issued, Action::UrgeOrder, Issued),
+            (Delivered, Action::UrgeOrder, Delivered),
+            (Acknowledged, Action::UrgeOrder, Acknowledged),
+            (InProgress, Action::UrgeOrder, InProgress),
+            (Overdue, Action::UrgeOrder, Overdue),
+        ];
+        for (from, action, to) in legal {
+            assert_eq!(from.after(action), Ok(to), "{from:?} --{action:?}-->");
+        }
+        let pairs: Vec<_> = legal.iter().map(|(f, a, _)| (*f, *a)).collect();
+        for from in [
+            Issued,
+            Delivered,
+            Acknowledged,
+            InProgress,
+            Done,
+            Rejected,
+            Overdue,
+            Escalated,
+        ] {
+            for action in Action::ALL {
+                if !pairs.contains(&(from, action)) {
+                    assert!(
+                        from.after(action).is_err(),
+                        "{from:?} --{action:?}--> should be refused"
+                    );
+                }
+            }
+        }
+        // The clock makes open orders overdue and leaves finished ones alone.
+        assert_eq!(InProgress.on_deadline(), Some(Overdue));
+        assert_eq!(Done.on_deadline(), None);
+        assert_eq!(Escalated.on_deadline(), None);
+    }
+
+    #[test]
+    fn permission_matrix_denies_by_default() {
+        use Action::*;
+        let expected: &[(Role, &[Action])] = &[
+            (
+                Role::Operator,
+                &[ReportIncident, VerifyIncident, MarkOnScene],
+            ),
+            (
+                Role::Dispatcher,
+                &[
+                    ReportIncident,
+                    VerifyIncident,
+                    DispatchIncident,
+                    MarkOnScene,
+                    ResolveIncident,
+                    CloseIncident,
+                    IssueOrder,
+                    RecordDelivery,
+                    AcknowledgeOrder,
+                    UrgeOrder,
+                    EscalateOrder,
+                ],
+            ),
+            (Role::Leader, &[CloseIncident, EscalateOrder, UrgeOrder]),
+            (
+                Role::DepartmentLiaison,
+                &[
+                    AcknowledgeOrder,
+                    StartOrder,
+                    CompleteOrder,
+                    RejectOrder,
+                    MarkOnScene,
+                    RecordDelivery,
+                ],
+            ),
+        ];
+        // The full matrix, cell by cell.
+        for (role, allowed) in expected {
+            for action in Action::ALL {
+                assert_eq!(
+                    is_allowed(*role, action),
+                    allowed.contains(&action),
+                    "{role:?} × {action:?}"
+                );
+            }
+        }
+        assert_eq!(expected.len(), Role::ALL.len());
+    }
+}
