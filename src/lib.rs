@@ -20,3 +20,4 @@ pub mod governance;
 pub mod map;
 pub mod sim;
 pub mod state;
+pub mod store;

@@ -71,6 +71,9 @@ enum Command {
         #[arg(long = "for", value_name = "SECONDS", default_value_t = 0.0)]
         for_secs: f64,
     },
+    /// The durable event log of incidents and orders.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Serve the simulated sub-brains of the map over HTTP as NGSI-LD.
     ServeSim {
         /// Address to listen on.
@@ -83,6 +86,17 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an event log and print one JSON object: events,
+    /// incidents, orders, chain_ok, first_bad_event.
+    Verify {
+        /// The SQLite event log.
+        #[arg(long)]
+        db: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -373,6 +387,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let sim =
                 zhongshu::sim::Simulator::new(&city, config, zhongshu::feeds::poll::unix_ms_now());
             zhongshu::sim::serve::serve(&addr, sim)
+        }
+        Command::Audit(AuditCommand::Verify { db }) => {
+            if !db.exists() {
+                bail!("no event log at {}", db.display());
+            }
+            let log = zhongshu::store::EventLog::open(&db)?;
+            let report = log.verify()?;
+            let events = log.events()?;
+            let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "events": report.events,
+                    "incidents": count("report_incident"),
+                    "orders": count("issue_order"),
+                    "chain_ok": report.chain_ok,
+                    "first_bad_event": report.first_bad_event,
+                })
+            );
+            if !report.chain_ok {
+                bail!(
+                    "the event chain is broken at event {:?}",
+                    report.first_bad_event
+                );
+            }
+            Ok(())
         }
         Command::Catalog { for_secs } => {
             let Some(feeds) = cli.feeds.as_deref() else {

@@ -94,3 +94,77 @@ fn garbage_files_are_rejected_with_the_reason() {
     let (ok, _, stderr) = map_info(&txt);
     assert!(!ok && stderr.contains("not an OpenStreetMap"), "{stderr}");
 }
+
+#[test]
+fn audit_verify_reports_the_chain_and_catches_tampering() {
+    let dir = scratch_dir("audit");
+    let db = dir.join("events.db");
+    {
+        let mut log = zhongshu::store::EventLog::open(&db).unwrap();
+        let role = zhongshu::dispatch::Role::Dispatcher;
+        log.append(
+            1,
+            "li.wei",
+            role,
+            "report_incident",
+            &serde_json::json!({"kind": "waterlogging"}),
+        )
+        .unwrap();
+        log.append(
+            2,
+            "li.wei",
+            role,
+            "issue_order",
+            &serde_json::json!({"to": "drainage"}),
+        )
+        .unwrap();
+        log.append(
+            3,
+            "li.wei",
+            role,
+            "issue_order",
+            &serde_json::json!({"to": "traffic police"}),
+        )
+        .unwrap();
+    }
+    let out = zhongshu()
+        .args(["audit", "verify", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report,
+        serde_json::json!({"events": 3, "incidents": 1, "orders": 2, "chain_ok": true, "first_bad_event": null})
+    );
+
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.execute(
+        "UPDATE events SET operator = 'someone.else' WHERE seq = 2",
+        [],
+    )
+    .unwrap();
+    let out = zhongshu()
+        .args(["audit", "verify", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["chain_ok"], false);
+    assert_eq!(report["first_bad_event"], 2);
+
+    let out = zhongshu()
+        .args(["audit", "verify", "--db", "/nowhere/events.db"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("/nowhere/events.db")
+    );
+}
