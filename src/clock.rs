@@ -1,30 +1,24 @@
 //! Time formatting shared by the CLI and panels. Core logic never reads the system
 //! clock; callers pass times in (Unix milliseconds).
 
+/// Civil date and time of day of a Unix time in seconds.
+fn civil(unix_secs: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let (year, month, day) = civil_from_days(unix_secs.div_euclid(86_400));
+    let s = unix_secs.rem_euclid(86_400);
+    (year, month, day, s / 3600, s % 3600 / 60, s % 60)
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a Unix time in milliseconds (proleptic Gregorian).
 pub fn rfc3339_from_unix_ms(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
+    let (y, mo, d, h, mi, s) = civil(unix_ms.div_euclid(1000));
     let millis = unix_ms.rem_euclid(1000);
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
-    )
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{millis:03}Z")
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC` for a Unix time in seconds: the wall clock.
 pub fn utc_clock_text(unix_secs: i64) -> String {
-    let (year, month, day) = civil_from_days(unix_secs.div_euclid(86_400));
-    let s = unix_secs.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
-    )
+    let (y, mo, d, h, mi, s) = civil(unix_secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).

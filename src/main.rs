@@ -243,6 +243,14 @@ fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Resu
     Ok(())
 }
 
+/// The map given with `--map`, else the embedded default city.
+fn load_city(map_path: Option<&std::path::Path>) -> anyhow::Result<map::CityMap> {
+    Ok(match map_path {
+        Some(p) => map::load_path(p)?,
+        None => map::load_default()?,
+    })
+}
+
 /// Runs `feeds` headless for `for_secs` and returns what they delivered.
 fn run_feeds_for(
     feeds: &[zhongshu::feeds::config::FeedConfig],
@@ -280,10 +288,7 @@ fn catalog(
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
     }
     let feeds = zhongshu::feeds::config::load_feeds(feeds_path)?;
-    let city = match map_path {
-        Some(p) => map::load_path(p)?,
-        None => map::load_default()?,
-    };
+    let city = load_city(map_path)?;
     let ranges = zhongshu::feeds::config::load_rules(feeds_path)?;
     let (_, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges);
     let catalog = zhongshu::governance::catalog::dcat_catalog(&city.name, &feeds, &ingest.schemas);
@@ -303,10 +308,7 @@ fn feeds_check(
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
     }
     let feeds = load_feeds(feeds_path)?;
-    let city = match map_path {
-        Some(p) => map::load_path(p)?,
-        None => map::load_default()?,
-    };
+    let city = load_city(map_path)?;
     let ranges = zhongshu::feeds::config::load_rules(feeds_path)?;
     let (state, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges);
     let now = unix_ms_now();
@@ -378,10 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::MapInfo { path } => map_info(&path),
         Command::ServeSim { addr, seed } => {
-            let city = match cli.map.as_deref() {
-                Some(p) => map::load_path(p)?,
-                None => map::load_default()?,
-            };
+            let city = load_city(cli.map.as_deref())?;
             let mut config = zhongshu::sim::SimConfig::for_map(&city);
             config.seed = seed;
             let sim =

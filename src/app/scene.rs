@@ -86,7 +86,13 @@ pub(super) fn plugin(app: &mut App) {
         );
 }
 
+/// A render-only mesh (its CPU copy is freed after upload).
 pub fn bevy_mesh(data: MeshData) -> Mesh {
+    bevy_mesh_with(data, RenderAssetUsages::RENDER_WORLD)
+}
+
+/// A mesh with the given usage; `RenderAssetUsages::default()` keeps it editable.
+pub fn bevy_mesh_with(data: MeshData, usage: RenderAssetUsages) -> Mesh {
     let MeshData {
         positions,
         normals,
@@ -94,10 +100,7 @@ pub fn bevy_mesh(data: MeshData) -> Mesh {
         colors,
         indices,
     } = data;
-    let mut mesh = Mesh::new(
-        PrimitiveTopology::TriangleList,
-        RenderAssetUsages::RENDER_WORLD,
-    );
+    let mut mesh = Mesh::new(PrimitiveTopology::TriangleList, usage);
     mesh.insert_attribute(Mesh::ATTRIBUTE_POSITION, positions);
     mesh.insert_attribute(Mesh::ATTRIBUTE_NORMAL, normals);
     if !uvs.is_empty() {

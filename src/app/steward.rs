@@ -75,19 +75,23 @@ fn fade_stale_markers(
         .zip(&live.ingest.health)
         .map(|(f, h)| freshness(h.last_ok_ms, f.interval_s, now).0 == Freshness::Stale)
         .collect();
+    // Entities a winning source contradicts: one set lookup per loser, not a scan of
+    // every conflict per loser.
+    let loser_ids: std::collections::HashSet<&str> = governance
+        .reconciliation
+        .conflicts
+        .iter()
+        .map(|c| c.other.id.as_str())
+        .collect();
     let contradicted: std::collections::HashSet<u32> = governance
         .reconciliation
         .winner_of
         .keys()
         .copied()
         .filter(|slot| {
-            live.state.entity(*slot).is_some_and(|e| {
-                governance
-                    .reconciliation
-                    .conflicts
-                    .iter()
-                    .any(|c| c.other.id == e.id)
-            })
+            live.state
+                .entity(*slot)
+                .is_some_and(|e| loser_ids.contains(e.id.as_str()))
         })
         .collect();
     if !stale.iter().any(|&s| s) && contradicted.is_empty() {

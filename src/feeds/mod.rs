@@ -121,6 +121,87 @@ pub enum EntityKind {
     Generic,
 }
 
+impl EntityKind {
+    /// The typed numeric values under their Smart Data Models attribute names: the one
+    /// mapping the quality rules, reconciliation and the NGSI-LD encoder share.
+    pub fn numbers(&self) -> Vec<(&'static str, Option<f64>)> {
+        match self {
+            EntityKind::TrafficFlow {
+                average_speed_kmh,
+                intensity,
+                occupancy,
+                ..
+            } => vec![
+                ("averageVehicleSpeed", *average_speed_kmh),
+                ("intensity", *intensity),
+                ("occupancy", *occupancy),
+            ],
+            EntityKind::AirQuality {
+                aqi,
+                pm25,
+                pm10,
+                no2,
+                o3,
+            } => vec![
+                ("airQualityIndex", *aqi),
+                ("pm25", *pm25),
+                ("pm10", *pm10),
+                ("no2", *no2),
+                ("o3", *o3),
+            ],
+            EntityKind::Vehicle {
+                speed_kmh,
+                heading_deg,
+                ..
+            } => {
+                vec![("speed", *speed_kmh), ("heading", *heading_deg)]
+            }
+            EntityKind::Parking {
+                available_spots,
+                total_spots,
+                ..
+            } => vec![
+                ("availableSpotNumber", *available_spots),
+                ("totalSpotNumber", *total_spots),
+            ],
+            EntityKind::Alert { .. } | EntityKind::Generic => Vec::new(),
+        }
+    }
+
+    /// The typed text and boolean values under their Smart Data Models names.
+    pub fn others(&self) -> Vec<(&'static str, Option<FieldValue>)> {
+        let text = |v: &Option<String>| v.clone().map(FieldValue::Text);
+        match self {
+            EntityKind::TrafficFlow { congested, .. } => {
+                vec![("congested", congested.map(FieldValue::Bool))]
+            }
+            EntityKind::Vehicle {
+                vehicle_type,
+                service_status,
+                ..
+            } => {
+                vec![
+                    ("vehicleType", text(vehicle_type)),
+                    ("serviceStatus", text(service_status)),
+                ]
+            }
+            EntityKind::Alert {
+                category,
+                sub_category,
+                severity,
+                description,
+            } => vec![
+                ("category", text(category)),
+                ("subCategory", text(sub_category)),
+                ("severity", text(severity)),
+                ("description", text(description)),
+            ],
+            EntityKind::Parking { status, .. } => vec![("status", text(status))],
+            EntityKind::AirQuality { .. } | EntityKind::Generic => Vec::new(),
+        }
+    }
+}
+
 /// One observation of one entity, as decoded from a feed payload.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EntityUpdate {

@@ -51,52 +51,28 @@ impl QualityIssue {
     }
 }
 
-/// Plausible ranges of the typed values (Smart Data Models units).
+/// Plausible range of a typed value (Smart Data Models units).
+fn default_range(field: &str) -> Option<(f64, f64)> {
+    Some(match field {
+        "averageVehicleSpeed" => (0.0, 250.0),
+        "intensity" => (0.0, 20_000.0),
+        "occupancy" => (0.0, 1.0),
+        "airQualityIndex" => (0.0, 500.0),
+        "pm25" | "o3" => (0.0, 1000.0),
+        "pm10" | "no2" => (0.0, 2000.0),
+        "speed" => (0.0, 300.0),
+        "heading" => (0.0, 360.0),
+        "availableSpotNumber" | "totalSpotNumber" => (0.0, 100_000.0),
+        _ => return None,
+    })
+}
+
+/// The typed values with their default ranges.
 fn typed_values(kind: &EntityKind) -> Vec<(&'static str, Option<f64>, f64, f64)> {
-    match kind {
-        EntityKind::TrafficFlow {
-            average_speed_kmh,
-            intensity,
-            occupancy,
-            ..
-        } => vec![
-            ("averageVehicleSpeed", *average_speed_kmh, 0.0, 250.0),
-            ("intensity", *intensity, 0.0, 20_000.0),
-            ("occupancy", *occupancy, 0.0, 1.0),
-        ],
-        EntityKind::AirQuality {
-            aqi,
-            pm25,
-            pm10,
-            no2,
-            o3,
-        } => vec![
-            ("airQualityIndex", *aqi, 0.0, 500.0),
-            ("pm25", *pm25, 0.0, 1000.0),
-            ("pm10", *pm10, 0.0, 2000.0),
-            ("no2", *no2, 0.0, 2000.0),
-            ("o3", *o3, 0.0, 1000.0),
-        ],
-        EntityKind::Vehicle {
-            speed_kmh,
-            heading_deg,
-            ..
-        } => {
-            vec![
-                ("speed", *speed_kmh, 0.0, 300.0),
-                ("heading", *heading_deg, 0.0, 360.0),
-            ]
-        }
-        EntityKind::Parking {
-            available_spots,
-            total_spots,
-            ..
-        } => vec![
-            ("availableSpotNumber", *available_spots, 0.0, 100_000.0),
-            ("totalSpotNumber", *total_spots, 0.0, 100_000.0),
-        ],
-        EntityKind::Alert { .. } | EntityKind::Generic => vec![],
-    }
+    kind.numbers()
+        .into_iter()
+        .filter_map(|(name, v)| default_range(name).map(|(min, max)| (name, v, min, max)))
+        .collect()
 }
 
 /// Fields the Smart Data Models type cannot do without, by default.

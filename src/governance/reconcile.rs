@@ -85,46 +85,16 @@ fn numbers(e: &LiveEntity) -> Vec<(&str, f64)> {
             _ => None,
         })
         .collect();
-    let mut put = |k: &'static str, v: Option<f64>| {
-        if let Some(v) = v
-            && !out.iter().any(|(n, _)| *n == k)
-        {
-            out.push((k, v));
+    // Moving units are compared by their fields only (speed and heading change by
+    // the second and differ between any two sources).
+    if !matches!(e.kind, EntityKind::Vehicle { .. }) {
+        for (k, v) in e.kind.numbers() {
+            if let Some(v) = v
+                && !out.iter().any(|(n, _)| *n == k)
+            {
+                out.push((k, v));
+            }
         }
-    };
-    match &e.kind {
-        EntityKind::AirQuality {
-            aqi,
-            pm25,
-            pm10,
-            no2,
-            o3,
-        } => {
-            put("airQualityIndex", *aqi);
-            put("pm25", *pm25);
-            put("pm10", *pm10);
-            put("no2", *no2);
-            put("o3", *o3);
-        }
-        EntityKind::TrafficFlow {
-            average_speed_kmh,
-            intensity,
-            occupancy,
-            ..
-        } => {
-            put("averageVehicleSpeed", *average_speed_kmh);
-            put("intensity", *intensity);
-            put("occupancy", *occupancy);
-        }
-        EntityKind::Parking {
-            available_spots,
-            total_spots,
-            ..
-        } => {
-            put("availableSpotNumber", *available_spots);
-            put("totalSpotNumber", *total_spots);
-        }
-        _ => {}
     }
     out
 }

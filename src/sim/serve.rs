@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::Simulator;
 use crate::clock::rfc3339_from_unix_ms;
-use crate::feeds::{Domain, EntityKind, EntityUpdate, FieldValue};
+use crate::feeds::{Domain, EntityUpdate, FieldValue};
 
 pub const CORE_CONTEXT_LINK: &str = "<https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld>; rel=\"http://www.w3.org/ns/json-ld#context\"; type=\"application/ld+json\"";
 
@@ -24,6 +24,14 @@ fn property(value: Value, observed: Option<&str>) -> Value {
         p.insert("observedAt".into(), t.into());
     }
     Value::Object(p)
+}
+
+fn field_json(v: &FieldValue) -> Value {
+    match v {
+        FieldValue::Number(n) => json!(n),
+        FieldValue::Text(s) => json!(s),
+        FieldValue::Bool(b) => json!(b),
+    }
 }
 
 /// One update as a normalized NGSI-LD entity.
@@ -54,75 +62,19 @@ pub fn to_ngsi_ld(update: &EntityUpdate) -> Value {
         e.insert("dateObserved".into(), property(t.into(), None));
     }
     for (k, v) in &update.fields {
-        let value = match v {
-            FieldValue::Number(n) => json!(n),
-            FieldValue::Text(s) => json!(s),
-            FieldValue::Bool(b) => json!(b),
-        };
-        e.insert(k.clone(), property(value, obs));
+        e.insert(k.clone(), property(field_json(v), obs));
     }
-    let mut put = |k: &str, v: Option<Value>| {
+    // Typed values the fields do not already carry, under their SDM names.
+    let typed = update
+        .kind
+        .numbers()
+        .into_iter()
+        .map(|(k, v)| (k, v.map(FieldValue::Number)));
+    for (k, v) in typed.chain(update.kind.others()) {
         if let Some(v) = v {
-            e.entry(k.to_string()).or_insert_with(|| property(v, obs));
+            e.entry(k.to_string())
+                .or_insert_with(|| property(field_json(&v), obs));
         }
-    };
-    match &update.kind {
-        EntityKind::TrafficFlow {
-            average_speed_kmh,
-            intensity,
-            occupancy,
-            congested,
-        } => {
-            put("averageVehicleSpeed", average_speed_kmh.map(|v| json!(v)));
-            put("intensity", intensity.map(|v| json!(v)));
-            put("occupancy", occupancy.map(|v| json!(v)));
-            put("congested", congested.map(|v| json!(v)));
-        }
-        EntityKind::AirQuality {
-            aqi,
-            pm25,
-            pm10,
-            no2,
-            o3,
-        } => {
-            put("airQualityIndex", aqi.map(|v| json!(v)));
-            put("pm25", pm25.map(|v| json!(v)));
-            put("pm10", pm10.map(|v| json!(v)));
-            put("no2", no2.map(|v| json!(v)));
-            put("o3", o3.map(|v| json!(v)));
-        }
-        EntityKind::Vehicle {
-            vehicle_type,
-            speed_kmh,
-            heading_deg,
-            service_status,
-        } => {
-            put("vehicleType", vehicle_type.as_ref().map(|v| json!(v)));
-            put("speed", speed_kmh.map(|v| json!(v)));
-            put("heading", heading_deg.map(|v| json!(v)));
-            put("serviceStatus", service_status.as_ref().map(|v| json!(v)));
-        }
-        EntityKind::Alert {
-            category,
-            sub_category,
-            severity,
-            description,
-        } => {
-            put("category", category.as_ref().map(|v| json!(v)));
-            put("subCategory", sub_category.as_ref().map(|v| json!(v)));
-            put("severity", severity.as_ref().map(|v| json!(v)));
-            put("description", description.as_ref().map(|v| json!(v)));
-        }
-        EntityKind::Parking {
-            available_spots,
-            total_spots,
-            status,
-        } => {
-            put("availableSpotNumber", available_spots.map(|v| json!(v)));
-            put("totalSpotNumber", total_spots.map(|v| json!(v)));
-            put("status", status.as_ref().map(|v| json!(v)));
-        }
-        EntityKind::Generic => {}
     }
     Value::Object(e)
 }

@@ -8,7 +8,7 @@ use std::ops::Range;
 use bevy::prelude::*;
 
 use super::super::live::{ChangedSlots, DomainVisibility, Live};
-use super::super::scene::bevy_mesh;
+use super::super::scene::bevy_mesh_with;
 use super::super::{AppSystems, City};
 use super::speed_colour;
 use crate::feeds::{Domain, EntityKind};
@@ -148,7 +148,10 @@ fn sync_traffic_meshes(
         if chunk.geometry_dirty {
             chunk.geometry_dirty = false;
             chunk.colours_dirty = false;
-            let handle = meshes.add(bevy_mesh_keep(chunk.data.clone()));
+            let handle = meshes.add(bevy_mesh_with(
+                chunk.data.clone(),
+                bevy::asset::RenderAssetUsages::default(),
+            ));
             match chunk.entity {
                 Some(e) => {
                     commands.entity(e).insert(Mesh3d(handle.clone()));
@@ -175,13 +178,6 @@ fn sync_traffic_meshes(
             }
         }
     }
-}
-
-/// Like [`bevy_mesh`] but kept in the main world too, so colours can be rewritten.
-fn bevy_mesh_keep(data: MeshData) -> Mesh {
-    let mut mesh = bevy_mesh(data);
-    mesh.asset_usage = bevy::asset::RenderAssetUsages::default();
-    mesh
 }
 
 fn traffic_visibility(
