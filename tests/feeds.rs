@@ -339,7 +339,9 @@ interval_s = 0.5
     // A feed that floods oversized payloads is quarantined with the reason.
     let flood = &lines["flood"];
     assert!(
-        flood["quarantined"].as_str().unwrap().contains("oversized"),
+        flood["quarantined"]
+            .as_str()
+            .is_some_and(|q| q.contains("oversized")),
         "{flood}"
     );
     assert!(

@@ -91,19 +91,31 @@ fn screenshot_of_the_default_city_shows_buildings() {
         .collect();
     assert!(shades.len() >= 20, "only {} building shades", shades.len());
 
-    // The live layers are on: roads coloured by traffic speed (green free flow at
-    // least somewhere in the city), taxis and buses as markers.
+    // The live layers are on: roads coloured by traffic speed (somewhere on the
+    // red–amber–green ramp, whatever the hour), taxis and buses as markers.
     let view: Vec<_> = (h / 8..h - 30)
         .flat_map(|y| (w / 5..w).map(move |x| (x, y)))
         .map(|(x, y)| image.get_pixel(x, y).0)
         .collect();
-    let traffic_green = view
+    let ramp: Vec<[i32; 3]> = [0xB3122A, 0xE8412C, 0xF2A23A, 0x9CD64A, 0x2FBF71]
         .iter()
-        .filter(|p| p[1] > 150 && p[0] < 120 && p[2] < 160 && p[1] as i32 > p[2] as i32 + 40)
-        .count();
+        .map(|c| [(c >> 16) & 255, (c >> 8) & 255, c & 255])
+        .collect();
+    let near_ramp = |p: &[u8; 3]| {
+        // Within 40 of a stop or of the midpoint of two neighbouring stops.
+        let mids = ramp
+            .windows(2)
+            .map(|w| [0, 1, 2].map(|i| (w[0][i] + w[1][i]) / 2));
+        ramp.iter()
+            .copied()
+            .chain(mids)
+            .any(|c| (0..3).map(|i| (p[i] as i32 - c[i]).pow(2)).sum::<i32>() < 40 * 40)
+    };
+    let traffic_coloured = view.iter().filter(|p| near_ramp(p)).count();
     assert!(
-        traffic_green > view.len() / 200,
-        "no traffic colouring: {traffic_green} px"
+        traffic_coloured > view.len() / 100,
+        "no traffic colouring: {traffic_coloured} px of {}",
+        view.len()
     );
     let taxi_yellow = view
         .iter()

@@ -235,36 +235,45 @@ pub fn top_bar_ui(ui: &mut egui::Ui, map: &CityMap, unix_secs: i64, out: &mut Ve
 }
 
 pub fn status_bar_ui(ui: &mut egui::Ui, map: &CityMap, stats: &SceneStats, fps: f64) {
-    ui.horizontal(|ui| {
-        ui.label(format!("{fps:.0} fps"));
-        ui.separator();
-        ui.label(format!(
-            "{} buildings · {} roads · {} water · {} green · {} districts",
-            map.buildings.len(),
-            map.roads.len(),
-            map.count_areas(AreaKind::Water) + map.waterways.len(),
-            map.count_areas(AreaKind::Green),
-            map.districts.len()
-        ));
-        ui.separator();
-        ui.label(format!(
-            "{} chunks · {} k triangles",
-            stats.chunk_entities,
-            stats.triangles / 1000
-        ));
-        ui.separator();
-        let skipped = map.skipped.total();
-        let text = egui::RichText::new(format!("skipped {skipped}"));
-        let label = ui.label(if skipped > 0 {
-            text.color(theme::WARN)
-        } else {
-            text
-        });
-        label.on_hover_ui(|ui| skipped_ui(ui, map));
-        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-            if let Some(attribution) = &map.attribution {
-                ui.label(egui::RichText::new(attribution).color(theme::MUTED));
-            }
+    // The attribution is laid out first, from the right, so it always shows in
+    // full; the figures take the room left and elide on a narrow window.
+    ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+        if let Some(attribution) = &map.attribution {
+            ui.label(egui::RichText::new(attribution).color(theme::MUTED));
+            ui.separator();
+        }
+        ui.with_layout(egui::Layout::left_to_right(egui::Align::Center), |ui| {
+            ui.label(format!("{fps:.0} fps"));
+            ui.separator();
+            let skipped = map.skipped.total();
+            let text = egui::RichText::new(format!("skipped {skipped}"));
+            let label = ui.label(if skipped > 0 {
+                text.color(theme::WARN)
+            } else {
+                text
+            });
+            label.on_hover_ui(|ui| skipped_ui(ui, map));
+            ui.separator();
+            ui.add(
+                egui::Label::new(format!(
+                    "{} chunks · {} k triangles",
+                    stats.chunk_entities,
+                    stats.triangles / 1000
+                ))
+                .truncate(),
+            );
+            ui.separator();
+            ui.add(
+                egui::Label::new(format!(
+                    "{} buildings · {} roads · {} water · {} green · {} districts",
+                    map.buildings.len(),
+                    map.roads.len(),
+                    map.count_areas(AreaKind::Water) + map.waterways.len(),
+                    map.count_areas(AreaKind::Green),
+                    map.districts.len(),
+                ))
+                .truncate(),
+            );
         });
     });
 }
@@ -1007,6 +1016,31 @@ mod panel_tests {
         harness.get_by_label("43 chunks · 41 k triangles");
         harness.get_by_label("skipped 1717");
         harness.get_by_label("© OpenStreetMap contributors (ODbL)");
+    }
+
+    #[test]
+    fn on_a_narrow_window_the_status_bar_never_covers_the_attribution() {
+        let stats = SceneStats {
+            chunk_entities: 43,
+            triangles: 41_698,
+            mesh_ms: 5.0,
+        };
+        let mut harness = Harness::builder()
+            .with_size(egui::vec2(640.0, 30.0))
+            .build_ui_state(
+                move |ui, s: &mut PanelState| status_bar_ui(ui, &s.map, &stats, 59.6),
+                state(),
+            );
+        harness.run();
+        let attribution = harness
+            .get_by_label("© OpenStreetMap contributors (ODbL)")
+            .rect();
+        let skipped = harness.get_by_label("skipped 1717").rect();
+        assert!(attribution.right() <= 640.0 + 0.5, "{attribution:?}");
+        assert!(
+            skipped.right() <= attribution.left(),
+            "{skipped:?} overlaps {attribution:?}"
+        );
     }
 
     #[test]

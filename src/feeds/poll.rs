@@ -195,6 +195,7 @@ fn poll_once(
     };
     let mut total_bytes = 0usize;
     let mut offset = 0u64;
+    let mut first_page_validators = None;
     for page in 0..MAX_PAGES {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -238,7 +239,9 @@ fn poll_once(
         if !status.is_success() {
             return Err(("http_status", format!("HTTP {status} from {url}")));
         }
-        if page == 0 {
+        // Validators are kept only once every page decoded: a payload that failed
+        // (too large, not JSON) must be fetched again, not answered by a 304.
+        let validators = (page == 0).then(|| {
             let header = |name: &str| {
                 response
                     .headers()
@@ -246,9 +249,8 @@ fn poll_once(
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string)
             };
-            conditional.etag = header("etag");
-            conditional.last_modified = header("last-modified");
-        }
+            (header("etag"), header("last-modified"))
+        });
         if let Some(len) = response.content_length()
             && len as usize > feed.max_payload_bytes
         {
@@ -275,6 +277,9 @@ fn poll_once(
             };
             (reason, e.to_string())
         })?;
+        if validators.is_some() {
+            first_page_validators = validators;
+        }
         let items = decoded.updates.len() + decoded.rejects.len();
         let _ = tx.send(FeedEvent::Batch {
             feed: id,
@@ -285,6 +290,10 @@ fn poll_once(
             break;
         }
         offset += items as u64;
+    }
+    if let Some((etag, last_modified)) = first_page_validators {
+        conditional.etag = etag;
+        conditional.last_modified = last_modified;
     }
     let _ = tx.send(FeedEvent::PollOk {
         feed: id,
