@@ -34,6 +34,22 @@ struct Cli {
     /// Select the building with this id (e.g. way/123) and fly to it.
     #[arg(long, global = true, value_name = "ID")]
     select: Option<String>,
+    /// The dispatch event log (SQLite): incidents, orders and who did what.
+    #[arg(long, global = true, value_name = "FILE", default_value = "zhongshu-events.db")]
+    db: PathBuf,
+    /// Departments and playbooks (TOML); without it the embedded defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    dispatch: Option<PathBuf>,
+    /// Users file (TOML, hashed passphrases; see `zhongshu users add`); without it the
+    /// demo accounts (passphrase `zhongshu`).
+    #[arg(long, global = true, value_name = "FILE")]
+    users: Option<PathBuf>,
+    /// Sign in at start as this user, with the passphrase from ZHONGSHU_PASSPHRASE.
+    #[arg(long, global = true, value_name = "NAME")]
+    user: Option<String>,
+    /// Where the department status API listens.
+    #[arg(long, global = true, value_name = "ADDR", default_value = "127.0.0.1:7878")]
+    api: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -83,9 +99,45 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Simulated departments over HTTP: they take orders (POST /{department}/orders),
+    /// sign for, progress, sometimes reject or ignore them, and report back to each
+    /// order's status_url.
+    ServeDepartments {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7900")]
+        addr: String,
+        /// Seed of the departments' behaviour.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Manage the users file.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user to a users file (created if missing); the passphrase is read from
+    /// standard input and stored as an Argon2id hash.
+    Add {
+        /// Sign-in name, e.g. li.wei.
+        name: String,
+        /// The users file.
+        #[arg(long)]
+        file: PathBuf,
+        /// operator, dispatcher, leader or department_liaison.
+        #[arg(long)]
+        role: String,
+        /// The department a department_liaison acts for.
+        #[arg(long)]
+        department: Option<String>,
+        /// Name shown on screen (default: the sign-in name).
+        #[arg(long)]
+        display: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -125,6 +177,36 @@ enum BenchCommand {
         /// Simulated seconds (one update of every marker per second, 60 frames each).
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+    },
+    /// Write incidents with their playbook's orders through the dispatch core, one
+    /// durable commit per command, printing `committed <order-id>` as each is on
+    /// disk, then a JSON summary with p50/p99 commit latency.
+    Orders {
+        /// The SQLite event log to write (created if missing, appended to if not).
+        #[arg(long)]
+        db: PathBuf,
+        /// Incidents to write (each with several orders).
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+    /// Fill an event log to this many events, then time rebuilding the console's
+    /// state from it (and checking the hash chain).
+    Restart {
+        /// The SQLite event log (filled up to --events if it has fewer).
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+    /// Rank units by road travel time for random incidents on a generated road graph.
+    Recommend {
+        #[arg(long, default_value_t = 10_000)]
+        units: usize,
+        /// Directed edges in the generated road graph.
+        #[arg(long, default_value_t = 200_000)]
+        edges: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Time file → GPU-ready chunk meshes on a generated (or given) GeoJSON city.
     Map {
@@ -356,19 +438,100 @@ fn feeds_check(
     Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn users_add(
+    name: &str,
+    file: &std::path::Path,
+    role: &str,
+    department: Option<&str>,
+    display: Option<&str>,
+) -> anyhow::Result<()> {
+    use zhongshu::dispatch::users::{Users, add_user_line, role_from_name};
+    let Some(role) = role_from_name(role).filter(|r| *r != zhongshu::dispatch::Role::System)
+    else {
+        bail!("--role must be operator, dispatcher, leader or department_liaison, got {role:?}");
+    };
+    let existing = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => bail!("cannot read {}: {e}", file.display()),
+    };
+    eprint!("passphrase for {name}: ");
+    let mut passphrase = String::new();
+    std::io::stdin().read_line(&mut passphrase)?;
+    let passphrase = passphrase.trim_end_matches(['\n', '\r']);
+    if passphrase.chars().count() < 8 {
+        bail!("the passphrase must have at least 8 characters");
+    }
+    let block = add_user_line(name, display.unwrap_or(name), role, department, passphrase)?;
+    let mut text = existing.clone();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&block);
+    // The whole file must still load (e.g. no duplicate name) before it is written.
+    Users::parse(&text, &file.display().to_string())?;
+    std::fs::write(file, text).with_context(|| format!("cannot write {}", file.display()))?;
+    eprintln!("added {name} ({}) to {}", role.as_str(), file.display());
+    Ok(())
+}
+
+/// The dispatch desk's setup from the command line.
+fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
+    use zhongshu::dispatch::{config::DispatchConfig, users::Users};
+    let config = match &cli.dispatch {
+        Some(path) => DispatchConfig::load(path)?,
+        None => DispatchConfig::default_config(),
+    };
+    let users = match &cli.users {
+        Some(path) => Users::load(path)?,
+        None => Users::demo(),
+    };
+    let sign_in = match &cli.user {
+        Some(name) => {
+            let Ok(passphrase) = std::env::var("ZHONGSHU_PASSPHRASE") else {
+                bail!("--user {name} needs the passphrase in ZHONGSHU_PASSPHRASE");
+            };
+            Some((name.clone(), passphrase))
+        }
+        None => None,
+    };
+    if let Some(parent) = cli.db.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        bail!("--db {}: no directory {}", cli.db.display(), parent.display());
+    }
+    Ok(app::desk::DeskSetup {
+        db: cli.db.clone(),
+        config,
+        users,
+        sign_in,
+        service: zhongshu::dispatch::service::ServiceOptions {
+            api_addr: cli.api.clone(),
+            ..Default::default()
+        },
+        open,
+    })
+}
+
+fn run(mut cli: Cli) -> anyhow::Result<()> {
     let look_at = cli.look_at.as_deref().map(parse_look_at).transpose()?;
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => app::run(AppOptions {
-            map: cli.map,
-            look_at,
-            select: cli.select,
-            feeds: cli.feeds,
-            steward: cli.steward,
-            screenshot: None,
-        }),
+    match cli.command.take().unwrap_or(Command::Run) {
+        Command::Run => {
+            let desk = desk_setup(&cli, true)?;
+            app::run(AppOptions {
+                map: cli.map,
+                look_at,
+                select: cli.select,
+                feeds: cli.feeds,
+                steward: cli.steward,
+                screenshot: None,
+                desk: Some(desk),
+            })
+        }
         Command::Screenshot { out, size } => {
             let size = parse_size(&size)?;
+            // The desk panel shows when someone signs in for the picture.
+            let desk = desk_setup(&cli, cli.user.is_some())?;
             app::run(AppOptions {
                 map: cli.map,
                 look_at,
@@ -376,6 +539,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 feeds: cli.feeds,
                 steward: cli.steward,
                 screenshot: Some(app::ScreenshotRequest { out, size }),
+                desk: Some(desk),
             })
         }
         Command::MapInfo { path } => map_info(&path),
@@ -393,14 +557,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let log = zhongshu::store::EventLog::open(&db)?;
             let report = log.verify()?;
-            let events = log.events()?;
-            let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count();
+            let (mut incidents, mut orders) = (0u64, 0u64);
+            log.scan(|e| match e.kind.as_str() {
+                "incident_reported" => incidents += 1,
+                "order_issued" => orders += 1,
+                _ => {}
+            })?;
             println!(
                 "{}",
                 serde_json::json!({
                     "events": report.events,
-                    "incidents": count("report_incident"),
-                    "orders": count("issue_order"),
+                    "incidents": incidents,
+                    "orders": orders,
                     "chain_ok": report.chain_ok,
                     "first_bad_event": report.first_bad_event,
                 })
@@ -444,6 +612,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&app::bench_markers::run(markers, seconds))?
             );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Orders { db, count }) => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let summary = zhongshu::dispatch::bench::bench_orders(&db, count, &mut out)?;
+            use std::io::Write;
+            writeln!(out, "{summary}")?;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Recommend { units, edges, seed }) => {
+            let report = zhongshu::dispatch::recommend::bench_recommend(units, edges, seed);
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::ServeDepartments { addr, seed } => {
+            let behaviour = zhongshu::dispatch::delivery::SimBehaviour {
+                seed,
+                ..Default::default()
+            };
+            zhongshu::dispatch::delivery::run_serve_departments(&addr, behaviour)
+        }
+        Command::Users(UsersCommand::Add {
+            name,
+            file,
+            role,
+            department,
+            display,
+        }) => users_add(&name, &file, &role, department.as_deref(), display.as_deref()),
+        Command::Bench(BenchCommand::Restart { db, events }) => {
+            let report = zhongshu::dispatch::bench::bench_restart(&db, events)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Bench(BenchCommand::Map {

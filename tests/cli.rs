@@ -100,32 +100,45 @@ fn audit_verify_reports_the_chain_and_catches_tampering() {
     let dir = scratch_dir("audit");
     let db = dir.join("events.db");
     {
-        let mut log = zhongshu::store::EventLog::open(&db).unwrap();
-        let role = zhongshu::dispatch::Role::Dispatcher;
-        log.append(
-            1,
-            "li.wei",
-            role,
-            "report_incident",
-            &serde_json::json!({"kind": "waterlogging"}),
+        use zhongshu::dispatch::book::{Actor, Command, NewIncident, NewOrder, Severity};
+        let mut dispatcher = zhongshu::dispatch::dispatcher::Dispatcher::open(
+            &db,
+            zhongshu::dispatch::config::DispatchConfig::default_config(),
         )
         .unwrap();
-        log.append(
-            2,
-            "li.wei",
-            role,
-            "issue_order",
-            &serde_json::json!({"to": "drainage"}),
-        )
-        .unwrap();
-        log.append(
-            3,
-            "li.wei",
-            role,
-            "issue_order",
-            &serde_json::json!({"to": "traffic police"}),
-        )
-        .unwrap();
+        let li = Actor::new("li.wei", zhongshu::dispatch::Role::Dispatcher, None);
+        let t0 = 1_795_946_400_000;
+        dispatcher
+            .execute(
+                &Command::ReportIncident(NewIncident {
+                    kind: "waterlogging".into(),
+                    title: "Underpass flooded".into(),
+                    domain: zhongshu::feeds::Domain::Urban,
+                    severity: Severity::Severe,
+                    lon: 24.94,
+                    lat: 60.17,
+                    source: "map".into(),
+                    key: None,
+                }),
+                &li,
+                t0,
+            )
+            .unwrap();
+        let order = |department: &str| NewOrder {
+            department: department.into(),
+            instruction: "Go".into(),
+            deadline_ms: t0 + 600_000,
+        };
+        dispatcher
+            .execute(
+                &Command::IssueOrders {
+                    incident: "INC-000001".into(),
+                    orders: vec![order("drainage"), order("traffic_police")],
+                },
+                &li,
+                t0 + 1000,
+            )
+            .unwrap();
     }
     let out = zhongshu()
         .args(["audit", "verify", "--db"])
@@ -140,7 +153,7 @@ fn audit_verify_reports_the_chain_and_catches_tampering() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         report,
-        serde_json::json!({"events": 3, "incidents": 1, "orders": 2, "chain_ok": true, "first_bad_event": null})
+        serde_json::json!({"events": 5, "incidents": 1, "orders": 2, "chain_ok": true, "first_bad_event": null})
     );
 
     let raw = rusqlite::Connection::open(&db).unwrap();

@@ -1,6 +1,7 @@
 //! Integration tests: the `zhongshu` binary as users and scripts run it.
 
 mod cli;
+mod dispatch;
 mod feeds;
 mod screenshot;
 

@@ -3,6 +3,8 @@
 
 pub mod bench_markers;
 pub mod camera;
+pub mod desk;
+pub mod desk_ui;
 pub mod layers;
 pub mod live;
 pub mod ready;
@@ -36,6 +38,8 @@ pub struct AppOptions {
     /// Open the data-steward window at start.
     pub steward: bool,
     pub screenshot: Option<ScreenshotRequest>,
+    /// The dispatch desk (event log, departments, users, sign-in).
+    pub desk: Option<desk::DeskSetup>,
 }
 
 /// Render off-screen until the city is drawn, write a PNG, exit.
@@ -169,7 +173,11 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         live::plugin,
         layers::plugin,
         steward::plugin,
+        desk::plugin,
     ));
+    if let Some(setup) = options.desk {
+        app.insert_resource(setup);
+    }
     if options.steward {
         app.world_mut()
             .resource_mut::<steward::Governance>()

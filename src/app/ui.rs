@@ -35,6 +35,9 @@ pub enum UiCommand {
     SetDomain(Domain, bool),
     FlyToEntity(u32),
     ToggleSteward,
+    ToggleDesk,
+    /// Open the desk's report form at the selected building.
+    ReportIncidentHere,
 }
 
 /// Where the 3D view is (the screen area no panel covers) and whether egui holds input.
@@ -106,6 +109,7 @@ fn shell_ui(
     governance: Res<super::steward::Governance>,
     mut ui_input: ResMut<UiInput>,
     mut pending: ResMut<PendingUiCommands>,
+    mut desk: Option<ResMut<super::desk::Desk>>,
 ) -> Result {
     let ctx = contexts.ctx_mut()?;
     if !*styled {
@@ -163,6 +167,29 @@ fn shell_ui(
                 }
             });
         });
+    if let Some(desk) = desk.as_deref_mut()
+        && desk.open
+    {
+        // A new incident goes where the selected building is, else the view centre.
+        let location = selection
+            .building
+            .and_then(|i| city.map.buildings.get(i))
+            .and_then(|b| geo::Centroid::centroid(&b.footprint))
+            .map(|c| (c.x(), c.y()))
+            .unwrap_or_else(|| {
+                let f = rig.goal.focus;
+                let [e, n] = crate::geo_frame::local_from_world(f.x, f.z);
+                (e, n)
+            });
+        let [lon, lat] = city.map.frame.wgs84_from_local(location.0, location.1);
+        egui::Panel::right("desk")
+            .resizable(true)
+            .default_size(430.0)
+            .min_size(320.0)
+            .show(&mut root, |ui| {
+                super::desk::desk_panel_ui(ui, desk, Some((lon, lat)), now_ms)
+            });
+    }
     if let (Some(slot), Some(live)) = (selection.entity, &live) {
         egui::Panel::right("entity-inspector")
             .resizable(true)
@@ -220,6 +247,9 @@ pub fn top_bar_ui(ui: &mut egui::Ui, map: &CityMap, unix_secs: i64, out: &mut Ve
         ui.separator();
         if ui.button("Data steward 数据治理").clicked() {
             out.push(UiCommand::ToggleSteward);
+        }
+        if ui.button("Dispatch 指挥调度").clicked() {
+            out.push(UiCommand::ToggleDesk);
         }
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             ui.add(
@@ -366,7 +396,7 @@ pub fn inspector_ui(ui: &mut egui::Ui, map: &CityMap, index: usize, out: &mut Ve
     ui.horizontal(|ui| {
         ui.heading("Building 建筑");
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-            if ui.button("✕").clicked() {
+            if ui.button("×").clicked() {
                 out.push(UiCommand::ClearSelection);
             }
             if ui.button("Fly to 飞至").clicked() {
@@ -374,6 +404,9 @@ pub fn inspector_ui(ui: &mut egui::Ui, map: &CityMap, index: usize, out: &mut Ve
             }
         });
     });
+    if ui.button("Report incident here 在此上报").clicked() {
+        out.push(UiCommand::ReportIncidentHere);
+    }
     if let Some(name) = &b.name {
         ui.label(egui::RichText::new(name).size(18.0).color(theme::ACCENT));
     }
@@ -789,7 +822,7 @@ pub fn entity_inspector_ui(
     ui.horizontal(|ui| {
         ui.heading(&e.entity_type);
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-            if ui.button("✕").clicked() {
+            if ui.button("×").clicked() {
                 out.push(UiCommand::ClearSelection);
             }
             if ui.button("Fly to 飞至").clicked() {
@@ -911,9 +944,21 @@ fn apply_ui_commands(
     mut governance: ResMut<super::steward::Governance>,
     live: Option<Res<Live>>,
     city: Res<City>,
+    mut desk: Option<ResMut<super::desk::Desk>>,
 ) {
     for command in pending.0.drain(..) {
         match command {
+            UiCommand::ToggleDesk => {
+                if let Some(desk) = desk.as_deref_mut() {
+                    desk.open = !desk.open;
+                }
+            }
+            UiCommand::ReportIncidentHere => {
+                if let Some(desk) = desk.as_deref_mut() {
+                    desk.open = true;
+                    desk.ui.tab = super::desk_ui::DeskTab::New;
+                }
+            }
             UiCommand::SetLayer(layer, on) => {
                 layers.0.insert(layer, on);
             }

@@ -8,6 +8,16 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod alerts;
+pub mod bench;
+pub mod book;
+pub mod config;
+pub mod delivery;
+pub mod service;
+pub mod dispatcher;
+pub mod recommend;
+pub mod users;
+
 /// Who may do what.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -16,15 +26,36 @@ pub enum Role {
     Dispatcher,
     Leader,
     DepartmentLiaison,
+    /// Zhongshu itself: the clock (overdue, escalation), delivery confirmations and
+    /// alerts from feeds. No person signs in with this role.
+    System,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [
+    /// The roles people sign in with.
+    pub const PEOPLE: [Role; 4] = [
         Role::Operator,
         Role::Dispatcher,
         Role::Leader,
         Role::DepartmentLiaison,
     ];
+    pub const ALL: [Role; 5] = [
+        Role::Operator,
+        Role::Dispatcher,
+        Role::Leader,
+        Role::DepartmentLiaison,
+        Role::System,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Dispatcher => "dispatcher",
+            Role::Leader => "leader",
+            Role::DepartmentLiaison => "department_liaison",
+            Role::System => "system",
+        }
+    }
 }
 
 /// Everything a person can ask the dispatch core to do.
@@ -66,8 +97,10 @@ impl Action {
     ];
 }
 
-/// The permission matrix. Anything not listed is denied. Leaders watch and may close
-/// incidents and escalate; department liaisons act for their department on orders.
+/// The permission matrix. Anything not listed is denied. Leaders watch, read-only.
+/// Dispatchers record sign-for and progress by hand only for departments without an
+/// endpoint (the dispatch book checks that); department liaisons act on their own
+/// department's orders only.
 pub fn is_allowed(role: Role, action: Action) -> bool {
     use Action::*;
     match role {
@@ -83,18 +116,20 @@ pub fn is_allowed(role: Role, action: Action) -> bool {
                 | IssueOrder
                 | RecordDelivery
                 | AcknowledgeOrder
-                | UrgeOrder
-                | EscalateOrder
-        ),
-        Role::Leader => matches!(action, CloseIncident | EscalateOrder | UrgeOrder),
-        Role::DepartmentLiaison => matches!(
-            action,
-            AcknowledgeOrder
                 | StartOrder
                 | CompleteOrder
                 | RejectOrder
-                | MarkOnScene
-                | RecordDelivery
+                | UrgeOrder
+                | EscalateOrder
+        ),
+        Role::Leader => false,
+        Role::DepartmentLiaison => matches!(
+            action,
+            AcknowledgeOrder | StartOrder | CompleteOrder | RejectOrder | MarkOnScene
+        ),
+        Role::System => matches!(
+            action,
+            ReportIncident | RecordDelivery | UrgeOrder | EscalateOrder | CloseIncident
         ),
     }
 }
@@ -160,9 +195,10 @@ impl OrderStatus {
         let next = match (self, action) {
             (Issued, Action::RecordDelivery) => Delivered,
             (Issued | Delivered | Overdue, Action::AcknowledgeOrder) => Acknowledged,
-            (Acknowledged, Action::StartOrder) => InProgress,
-            (InProgress | Acknowledged, Action::CompleteOrder) => Done,
-            (Delivered | Acknowledged, Action::RejectOrder) => Rejected,
+            // A department that signs for late may still carry the order out.
+            (Acknowledged | Overdue, Action::StartOrder) => InProgress,
+            (InProgress | Acknowledged | Overdue, Action::CompleteOrder) => Done,
+            (Issued | Delivered | Acknowledged | Overdue, Action::RejectOrder) => Rejected,
             (Overdue | Rejected, Action::EscalateOrder) => Escalated,
             // Urging changes nothing but is recorded, for any order not finished.
             (s @ (Issued | Delivered | Acknowledged | InProgress | Overdue), Action::UrgeOrder) => {
@@ -230,10 +266,14 @@ mod tests {
             (Delivered, Action::AcknowledgeOrder, Acknowledged),
             (Overdue, Action::AcknowledgeOrder, Acknowledged),
             (Acknowledged, Action::StartOrder, InProgress),
+            (Overdue, Action::StartOrder, InProgress),
             (InProgress, Action::CompleteOrder, Done),
             (Acknowledged, Action::CompleteOrder, Done),
+            (Overdue, Action::CompleteOrder, Done),
+            (Issued, Action::RejectOrder, Rejected),
             (Delivered, Action::RejectOrder, Rejected),
             (Acknowledged, Action::RejectOrder, Rejected),
+            (Overdue, Action::RejectOrder, Rejected),
             (Overdue, Action::EscalateOrder, Escalated),
             (Rejected, Action::EscalateOrder, Escalated),
             (Issued, Action::UrgeOrder, Issued),
@@ -291,11 +331,15 @@ mod tests {
                     IssueOrder,
                     RecordDelivery,
                     AcknowledgeOrder,
+                    StartOrder,
+                    CompleteOrder,
+                    RejectOrder,
                     UrgeOrder,
                     EscalateOrder,
                 ],
             ),
-            (Role::Leader, &[CloseIncident, EscalateOrder, UrgeOrder]),
+            // Leaders see everything and change nothing.
+            (Role::Leader, &[]),
             (
                 Role::DepartmentLiaison,
                 &[
@@ -304,7 +348,16 @@ mod tests {
                     CompleteOrder,
                     RejectOrder,
                     MarkOnScene,
+                ],
+            ),
+            (
+                Role::System,
+                &[
+                    ReportIncident,
                     RecordDelivery,
+                    UrgeOrder,
+                    EscalateOrder,
+                    CloseIncident,
                 ],
             ),
         ];

@@ -135,41 +135,89 @@ impl EventLog {
         kind: &str,
         payload: &serde_json::Value,
     ) -> Result<StoredEvent, StoreError> {
-        let role = serde_json::to_value(role)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let payload = payload.to_string();
-        let (prev_seq, prev_hash) = self.last.clone().unwrap_or((0, GENESIS_HASH.to_string()));
-        let seq = prev_seq + 1;
-        let hash = event_hash(&prev_hash, seq, at_ms, operator, &role, kind, &payload);
-        self.conn
-            .execute(
-                "INSERT INTO events (seq, at_ms, operator, role, kind, payload, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![seq, at_ms, operator, role, kind, payload, prev_hash, hash],
-            )
-            .map_err(|e| self.err(e))?;
-        self.last = Some((seq, hash.clone()));
-        Ok(StoredEvent {
-            seq,
-            at_ms,
-            operator: operator.into(),
-            role,
-            kind: kind.into(),
-            payload,
-            prev_hash,
-            hash,
-        })
+        let mut stored = self.append_all(at_ms, operator, role, &[(kind, payload.to_string())])?;
+        Ok(stored.remove(0))
     }
 
-    /// Every event, in order.
-    pub fn events(&self) -> Result<Vec<StoredEvent>, StoreError> {
+    /// Appends events `(kind, payload JSON)` in one transaction: all are durable when
+    /// this returns, or none is written.
+    pub fn append_all(
+        &mut self,
+        at_ms: i64,
+        operator: &str,
+        role: Role,
+        events: &[(&str, String)],
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let role = role.as_str();
+        let (mut seq, mut prev_hash) = self.last.clone().unwrap_or((0, GENESIS_HASH.to_string()));
+        let mut stored = Vec::with_capacity(events.len());
+        let tx = self.conn.transaction().map_err(|e| StoreError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (seq, at_ms, operator, role, kind, payload, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(|e| StoreError::Sqlite {
+                    path: self.path.clone(),
+                    source: e,
+                })?;
+            for (kind, payload) in events {
+                seq += 1;
+                let hash = event_hash(&prev_hash, seq, at_ms, operator, role, kind, payload);
+                insert
+                    .execute(params![
+                        seq, at_ms, operator, role, kind, payload, prev_hash, hash
+                    ])
+                    .map_err(|e| StoreError::Sqlite {
+                        path: self.path.clone(),
+                        source: e,
+                    })?;
+                stored.push(StoredEvent {
+                    seq,
+                    at_ms,
+                    operator: operator.into(),
+                    role: role.into(),
+                    kind: (*kind).into(),
+                    payload: payload.clone(),
+                    prev_hash: prev_hash.clone(),
+                    hash: hash.clone(),
+                });
+                prev_hash = hash;
+            }
+        }
+        tx.commit().map_err(|e| StoreError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        self.last = Some((seq, prev_hash));
+        Ok(stored)
+    }
+
+    /// Number of events in the log.
+    pub fn len(&self) -> i64 {
+        self.last.as_ref().map_or(0, |(seq, _)| *seq)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_none()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Streams every event in order to `f` without holding them all in memory.
+    pub fn scan(&self, mut f: impl FnMut(StoredEvent)) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
             .prepare("SELECT seq, at_ms, operator, role, kind, payload, prev_hash, hash FROM events ORDER BY seq")
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let event = (|| -> rusqlite::Result<StoredEvent> {
                 Ok(StoredEvent {
                     seq: r.get(0)?,
                     at_ms: r.get(1)?,
@@ -180,16 +228,30 @@ impl EventLog {
                     prev_hash: r.get(6)?,
                     hash: r.get(7)?,
                 })
-            })
+            })()
             .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+            f(event);
+        }
+        Ok(())
+    }
+
+    /// Every event, in order.
+    pub fn events(&self) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut all = Vec::new();
+        self.scan(|e| all.push(e))?;
+        Ok(all)
     }
 
     /// Recomputes the chain from the first event; the first mismatch is reported.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let events = self.events()?;
         let mut prev = GENESIS_HASH.to_string();
-        for (expected_seq, e) in (1i64..).zip(events.iter()) {
+        let mut count = 0u64;
+        let mut first_bad = None;
+        self.scan(|e| {
+            count += 1;
+            if first_bad.is_some() {
+                return;
+            }
             let recomputed = event_hash(
                 &prev,
                 e.seq,
@@ -199,19 +261,15 @@ impl EventLog {
                 &e.kind,
                 &e.payload,
             );
-            if e.seq != expected_seq || e.prev_hash != prev || e.hash != recomputed {
-                return Ok(VerifyReport {
-                    events: events.len() as u64,
-                    chain_ok: false,
-                    first_bad_event: Some(e.seq),
-                });
+            if e.seq != count as i64 || e.prev_hash != prev || e.hash != recomputed {
+                first_bad = Some(e.seq);
             }
-            prev = e.hash.clone();
-        }
+            prev = e.hash;
+        })?;
         Ok(VerifyReport {
-            events: events.len() as u64,
-            chain_ok: true,
-            first_bad_event: None,
+            events: count,
+            chain_ok: first_bad.is_none(),
+            first_bad_event: first_bad,
         })
     }
 }

@@ -1,0 +1,585 @@
+//! The dispatch desk in the console: sign-in, the durable dispatch service (loaded in
+//! the background so a large log never holds up the first frame), alerts from the
+//! live feeds raising incidents, unit recommendations re-ranked as traffic changes,
+//! and the incidents and routes drawn on the map. Business rules live in
+//! `crate::dispatch`; this plugin forwards commands and draws state.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, channel};
+
+use bevy::prelude::*;
+
+use super::camera::CameraRig;
+use super::desk_ui::{DeskCommand, DeskState, RecommendationView};
+use super::live::{ChangedSlots, Live};
+use super::scene::bevy_mesh_with;
+use super::{AppSystems, City};
+use crate::dispatch::book::{Actor, Incident, Severity};
+use crate::dispatch::config::DispatchConfig;
+use crate::dispatch::dispatcher::Dispatcher;
+use crate::dispatch::recommend::{Recommendation, Router, Unit, units_from_state};
+use crate::dispatch::service::{DispatchService, ServiceOptions};
+use crate::dispatch::users::Users;
+use crate::feeds::EntityUpdate;
+use crate::map::graph::RoadGraph;
+use crate::map::mesh::{self, MeshData};
+
+/// How the desk starts, from the command line.
+#[derive(Resource, Clone)]
+pub struct DeskSetup {
+    pub db: PathBuf,
+    pub config: DispatchConfig,
+    pub users: Users,
+    /// Sign in at start as this person (passphrase from `ZHONGSHU_PASSPHRASE`).
+    pub sign_in: Option<(String, String)>,
+    pub service: ServiceOptions,
+    /// Show the desk panel at start.
+    pub open: bool,
+}
+
+/// The sign-in form's state.
+#[derive(Default)]
+pub struct SignInForm {
+    pub name: String,
+    pub passphrase: String,
+    pub error: Option<String>,
+}
+
+#[derive(Resource)]
+pub struct Desk {
+    /// The running service; `None` while the log is still loading (or failed).
+    service: Mutex<Option<DispatchService>>,
+    loading: Mutex<Option<Receiver<Result<DispatchService, String>>>>,
+    pub load_error: Option<String>,
+    pub actor: Option<Actor>,
+    pub users: Users,
+    pub sign_in: SignInForm,
+    pub ui: DeskState,
+    pub selected: Option<String>,
+    pub recommendations: Vec<Recommendation>,
+    pub units: Vec<Unit>,
+    pub status_line: Option<String>,
+    pub pending: Vec<DeskCommand>,
+    pub open: bool,
+    /// A location picked on the map for a new incident (WGS84).
+    pub pick: Option<(f64, f64)>,
+    router: Option<Router>,
+    recommended_at_ms: i64,
+    recommended_for: Option<(String, u64)>,
+    /// Which state the overlay shows, to rebuild it only on change.
+    overlay_for: Option<(u64, i64, Option<String>)>,
+}
+
+impl Desk {
+    /// The service, once loaded.
+    pub fn service(&mut self) -> Option<&mut DispatchService> {
+        self.service.get_mut().ok().and_then(|s| s.as_mut())
+    }
+
+    pub fn is_loading(&mut self) -> bool {
+        self.loading.get_mut().is_ok_and(|l| l.is_some())
+    }
+
+    /// Signs in against the users file; the error does not say whether the name exists.
+    pub fn try_sign_in(&mut self, name: &str, passphrase: &str) -> Result<(), String> {
+        match self.users.sign_in(name, passphrase) {
+            Ok(user) => {
+                self.actor = Some(Actor::new(&user.name, user.role, user.department.as_deref()));
+                self.sign_in = SignInForm::default();
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub fn recommendation_views(&self) -> Vec<RecommendationView> {
+        self.recommendations
+            .iter()
+            .map(|r| RecommendationView {
+                unit_id: r.unit_id.clone(),
+                kind: self
+                    .units
+                    .get(r.unit)
+                    .map_or_else(String::new, |u| u.kind.clone()),
+                eta_s: r.eta_s,
+                distance_m: r.distance_m,
+            })
+            .collect()
+    }
+}
+
+#[derive(Component)]
+struct DeskOverlay;
+
+pub(super) fn plugin(app: &mut App) {
+    app.add_systems(Startup, start_desk).add_systems(
+        Update,
+        (
+            (desk_loaded, desk_apply, desk_alerts, desk_pump)
+                .chain()
+                .in_set(AppSystems::Apply),
+            (desk_recommend, desk_overlay)
+                .chain()
+                .in_set(AppSystems::SyncScene),
+        ),
+    );
+}
+
+fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<City>) {
+    let Some(setup) = setup else { return };
+    let (tx, rx) = channel();
+    let (db, config, options) = (setup.db.clone(), setup.config.clone(), setup.service.clone());
+    std::thread::Builder::new()
+        .name("dispatch-log".into())
+        .spawn(move || {
+            let result = Dispatcher::open(&db, config)
+                .map_err(|e| e.to_string())
+                .and_then(|d| {
+                    let opened = d.opened.clone();
+                    let service =
+                        DispatchService::start(d, options).map_err(|e| format!("{e:#}"))?;
+                    info!(
+                        "dispatch log {}: {} events, {} incidents, {} orders, rebuilt in {:.0} ms",
+                        db.display(),
+                        opened.events,
+                        opened.incidents,
+                        opened.orders,
+                        opened.replay_ms
+                    );
+                    Ok(service)
+                });
+            let _ = tx.send(result);
+        })
+        .expect("start the dispatch-log thread");
+    let mut desk = Desk {
+        service: Mutex::new(None),
+        loading: Mutex::new(Some(rx)),
+        load_error: None,
+        actor: None,
+        users: setup.users.clone(),
+        sign_in: SignInForm::default(),
+        ui: DeskState::default(),
+        selected: None,
+        recommendations: Vec::new(),
+        units: Vec::new(),
+        status_line: None,
+        pending: Vec::new(),
+        open: setup.open,
+        pick: None,
+        router: Some(Router::new(&RoadGraph::from_map(&city.map))),
+        recommended_at_ms: 0,
+        recommended_for: None,
+        overlay_for: None,
+    };
+    if let Some((name, passphrase)) = &setup.sign_in
+        && let Err(e) = desk.try_sign_in(name, passphrase)
+    {
+        desk.sign_in.name = name.clone();
+        desk.sign_in.error = Some(e);
+    }
+    commands.insert_resource(desk);
+}
+
+fn desk_loaded(desk: Option<ResMut<Desk>>) {
+    let Some(mut desk) = desk else { return };
+    let desk = &mut *desk;
+    let Ok(loading) = desk.loading.get_mut() else {
+        return;
+    };
+    let Some(rx) = loading.as_ref() else { return };
+    match rx.try_recv() {
+        Ok(Ok(service)) => {
+            *loading = None;
+            if let Ok(s) = desk.service.get_mut() {
+                *s = Some(service);
+            }
+        }
+        Ok(Err(e)) => {
+            *loading = None;
+            error!("dispatch: {e}");
+            desk.load_error = Some(e);
+        }
+        Err(std::sync::mpsc::TryRecvError::Empty) => {}
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+            *loading = None;
+            desk.load_error = Some("the dispatch log loader stopped".into());
+        }
+    }
+}
+
+/// Runs what the panels asked for, through the durable core.
+fn desk_apply(desk: Option<ResMut<Desk>>, mut rig: ResMut<CameraRig>, city: Res<City>) {
+    let Some(mut desk) = desk else { return };
+    let desk = &mut *desk;
+    let now = crate::feeds::poll::unix_ms_now();
+    for command in std::mem::take(&mut desk.pending) {
+        match command {
+            DeskCommand::SelectIncident(id) => {
+                desk.selected = id;
+                desk.recommended_for = None;
+            }
+            DeskCommand::FlyTo { lon, lat } => {
+                let [e, n] = city.map.frame.local_from_wgs84(lon, lat);
+                let focus = Vec3::from_array(crate::geo_frame::world_from_local(e, n, 0.0));
+                rig.fly_to(focus, 450.0);
+            }
+            DeskCommand::SetRecommendKind(_) => desk.recommended_for = None,
+            DeskCommand::Execute(cmd) => {
+                let Some(actor) = desk.actor.clone() else {
+                    desk.status_line = Some("refused: sign in first".into());
+                    continue;
+                };
+                let result = match desk.service() {
+                    Some(service) => service.execute(&cmd, &actor, now),
+                    None => {
+                        desk.status_line = Some("error: the dispatch log is not loaded".into());
+                        continue;
+                    }
+                };
+                desk.status_line = Some(match result {
+                    Ok(events) => {
+                        // A new incident is selected straight away.
+                        if let Some(crate::dispatch::book::Event::IncidentReported { id, .. }) =
+                            events.first()
+                        {
+                            desk.selected = Some(id.clone());
+                            desk.recommended_for = None;
+                        }
+                        format!("saved: {} event(s) written", events.len())
+                    }
+                    Err(e) => format!("refused: {e}"),
+                });
+            }
+        }
+    }
+}
+
+/// Alerts in the live feeds (NGSI-LD `Alert` entities) raise incidents, once each.
+fn desk_alerts(desk: Option<ResMut<Desk>>, live: Option<Res<Live>>, changed: Res<ChangedSlots>) {
+    let (Some(mut desk), Some(live)) = (desk, live) else {
+        return;
+    };
+    let now = crate::feeds::poll::unix_ms_now();
+    let Some(service) = desk.service() else { return };
+    for &slot in &changed.0 {
+        let Some(e) = live.state.entity(slot) else {
+            continue;
+        };
+        if e.entity_type != "Alert" {
+            continue;
+        }
+        let feed = live
+            .feeds
+            .get(e.feed as usize)
+            .map_or("feed", |f| f.name.as_str());
+        let update = EntityUpdate {
+            id: e.id.clone(),
+            entity_type: e.entity_type.clone(),
+            kind: e.kind.clone(),
+            position: e.position,
+            line: e.line.clone(),
+            observed_at_ms: e.observed_at_ms,
+            fields: e.fields.clone(),
+        };
+        if let Some(alert) = crate::dispatch::alerts::from_ngsi_ld(&update, feed)
+            && let Err(err) = service.take_alert(&alert, now)
+        {
+            error!("dispatch: alert {}: {err}", e.id);
+        }
+    }
+}
+
+/// Delivery confirmations, department reports and the clock.
+fn desk_pump(desk: Option<ResMut<Desk>>) {
+    let Some(mut desk) = desk else { return };
+    let now = crate::feeds::poll::unix_ms_now();
+    if let Some(service) = desk.service()
+        && let Err(e) = service.pump(now)
+    {
+        let text = format!("error: {e}");
+        error!("dispatch: {text}");
+        desk.status_line = Some(text);
+    }
+}
+
+/// The unit kinds to rank for an incident: the desk's choice, else its playbook's.
+fn wanted_kinds(desk: &mut Desk, incident: &Incident) -> Vec<String> {
+    if let Some(kind) = desk.ui.recommend_kind.clone() {
+        return vec![kind];
+    }
+    let Some(service) = desk.service() else {
+        return Vec::new();
+    };
+    service
+        .dispatcher
+        .book()
+        .config
+        .playbook(&incident.kind)
+        .map(|p| p.units.clone())
+        .unwrap_or_default()
+}
+
+/// Re-ranks units for the selected incident every two seconds (traffic changes) or at
+/// once when the selection changes.
+fn desk_recommend(
+    desk: Option<ResMut<Desk>>,
+    live: Option<Res<Live>>,
+    changed: Res<ChangedSlots>,
+    city: Res<City>,
+) {
+    let (Some(mut desk), Some(live)) = (desk, live) else {
+        return;
+    };
+    let desk = &mut *desk;
+    if let Some(router) = desk.router.as_mut() {
+        router.update_speeds_from_slots(&live.state, &changed.0);
+    }
+    let now = crate::feeds::poll::unix_ms_now();
+    let Some(selected) = desk.selected.clone() else {
+        desk.recommendations.clear();
+        return;
+    };
+    let version = desk.service().map_or(0, |s| s.version);
+    let key = (selected.clone(), version);
+    if desk.recommended_for.as_ref() == Some(&key) && now - desk.recommended_at_ms < 2000 {
+        return;
+    }
+    let Some(incident) = desk
+        .service()
+        .and_then(|s| s.dispatcher.book().incident(&selected).cloned())
+    else {
+        desk.recommendations.clear();
+        return;
+    };
+    let kinds = wanted_kinds(desk, &incident);
+    desk.units = units_from_state(&live.state);
+    let at = city.map.frame.local_from_wgs84(incident.lon, incident.lat);
+    desk.recommendations = match &desk.router {
+        Some(router) if !kinds.is_empty() => {
+            router.recommend(at, &desk.units, |u| kinds.contains(&u.kind), 5)
+        }
+        _ => Vec::new(),
+    };
+    desk.recommended_at_ms = now;
+    desk.recommended_for = Some(key);
+}
+
+fn severity_colour(s: Severity) -> [f32; 4] {
+    let srgb = match s {
+        Severity::Extreme => 0xFF2D55,
+        Severity::Severe => 0xFF4D4D,
+        Severity::Moderate => 0xFFB030,
+        Severity::Minor => 0xF2E14C,
+    };
+    mesh::linear_from_srgb(srgb)
+}
+
+/// Open incidents as pins (a ring and a column, coloured by severity; the selected one
+/// taller) and the recommended routes as bright ribbons.
+fn desk_overlay(
+    mut commands: Commands,
+    desk: Option<ResMut<Desk>>,
+    city: Res<City>,
+    existing: Query<Entity, With<DeskOverlay>>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+    mut material: Local<Option<Handle<StandardMaterial>>>,
+) {
+    let Some(mut desk) = desk else { return };
+    let desk = &mut *desk;
+    let version = desk.service().map_or(0, |s| s.version);
+    let key = (version, desk.recommended_at_ms, desk.selected.clone());
+    if desk.overlay_for.as_ref() == Some(&key) {
+        return;
+    }
+    desk.overlay_for = Some(key);
+    let selected = desk.selected.clone();
+    let recommendations = desk.recommendations.clone();
+    let units = desk.units.clone();
+    let Some(service) = desk.service() else { return };
+    let mut data = MeshData::default();
+    let mut earcut = earcut::Earcut::new();
+    for inc in service
+        .dispatcher
+        .book()
+        .incidents
+        .iter()
+        .filter(|i| i.is_open())
+    {
+        let [e, n] = city.map.frame.local_from_wgs84(inc.lon, inc.lat);
+        let colour = severity_colour(inc.severity);
+        let is_selected = selected.as_deref() == Some(inc.id.as_str());
+        let circle = |r: f64| {
+            geo::Polygon::new(
+                (0..24)
+                    .map(|k| {
+                        let a = k as f64 / 24.0 * std::f64::consts::TAU;
+                        (e + r * a.cos(), n + r * a.sin())
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+                vec![],
+            )
+        };
+        mesh::add_flat_polygon(
+            &mut data,
+            &mut earcut,
+            &circle(if is_selected { 40.0 } else { 22.0 }),
+            mesh::DISTRICT_Y + 0.3,
+            [colour[0], colour[1], colour[2], 0.9],
+        );
+        let start = data.positions.len();
+        let height = if is_selected { 140.0 } else { 70.0 };
+        mesh::add_building(&mut data, &mut earcut, &circle(4.0), 0.0, height);
+        data.colors
+            .extend(std::iter::repeat_n(colour, data.positions.len() - start));
+    }
+    let route_colour = mesh::linear_from_srgb(0x3FD0FF);
+    for r in &recommendations {
+        let mut line: Vec<(f64, f64)> = Vec::with_capacity(r.route.len() + 1);
+        if let Some(u) = units.get(r.unit) {
+            line.push((u.position[0], u.position[1]));
+        }
+        line.extend(r.route.iter().map(|p| (p[0], p[1])));
+        if line.len() >= 2 {
+            mesh::add_ribbon(
+                &mut data,
+                &geo::LineString::from(line),
+                7.0,
+                mesh::DISTRICT_Y + 0.6,
+                route_colour,
+            );
+        }
+    }
+    for e in &existing {
+        commands.entity(e).despawn();
+    }
+    if data.positions.is_empty() {
+        return;
+    }
+    let material = material
+        .get_or_insert_with(|| {
+            materials.add(StandardMaterial {
+                base_color: Color::WHITE,
+                unlit: true,
+                ..default()
+            })
+        })
+        .clone();
+    commands.spawn((
+        Name::new("Dispatch overlay"),
+        DeskOverlay,
+        Mesh3d(meshes.add(bevy_mesh_with(
+            data,
+            bevy::asset::RenderAssetUsages::RENDER_WORLD,
+        ))),
+        MeshMaterial3d(material),
+    ));
+}
+
+/// The desk panel: loading, sign-in, then the dispatcher's desk.
+pub fn desk_panel_ui(
+    ui: &mut bevy_egui::egui::Ui,
+    desk: &mut Desk,
+    location: Option<(f64, f64)>,
+    now_ms: i64,
+) {
+    use super::theme;
+    use bevy_egui::egui;
+    ui.horizontal(|ui| {
+        ui.heading("Dispatch 指挥调度");
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            if ui.button("×").on_hover_text("Hide the desk").clicked() {
+                desk.open = false;
+            }
+            if desk.actor.is_some() && ui.button("Sign out 退出").clicked() {
+                desk.actor = None;
+                desk.status_line = None;
+            }
+        });
+    });
+    if let Some(e) = &desk.load_error {
+        ui.label(egui::RichText::new(format!("The dispatch log cannot be used: {e}")).color(theme::ALARM));
+        return;
+    }
+    let Some(actor) = desk.actor.clone() else {
+        sign_in_ui(ui, desk);
+        return;
+    };
+    let loading = desk.is_loading();
+    let recommendations = desk.recommendation_views();
+    let Desk {
+        service,
+        ui: state,
+        selected,
+        status_line,
+        pending,
+        ..
+    } = desk;
+    let Some(service) = service.get_mut().ok().and_then(|s| s.as_mut()) else {
+        if loading {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("Loading the dispatch log… 正在载入");
+            });
+        }
+        return;
+    };
+    let view = super::desk_ui::DeskView {
+        book: service.dispatcher.book(),
+        actor: &actor,
+        now_ms,
+        selected: selected.as_deref(),
+        recommendations: &recommendations,
+        status_line: status_line.as_deref(),
+        location,
+    };
+    super::desk_ui::desk_ui(ui, &view, state, pending);
+    if !service.notices.is_empty() {
+        ui.separator();
+        egui::CollapsingHeader::new(format!("Notices 通知 ({})", service.notices.len()))
+            .id_salt("desk-notices")
+            .show(ui, |ui| {
+                for n in service.notices.iter().rev().take(8) {
+                    ui.add(egui::Label::new(egui::RichText::new(n).color(theme::WARN)).wrap());
+                }
+            });
+    }
+}
+
+fn sign_in_ui(ui: &mut bevy_egui::egui::Ui, desk: &mut Desk) {
+    use super::theme;
+    use bevy_egui::egui;
+    ui.label("Sign in to see and act on incidents. 请登录");
+    let mut submit = false;
+    egui::Grid::new("sign-in").num_columns(2).show(ui, |ui| {
+        ui.label("Name 用户名");
+        ui.text_edit_singleline(&mut desk.sign_in.name);
+        ui.end_row();
+        ui.label("Passphrase 口令");
+        let r = ui.add(egui::TextEdit::singleline(&mut desk.sign_in.passphrase).password(true));
+        submit |= r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        ui.end_row();
+    });
+    submit |= ui.button("Sign in 登录").clicked();
+    if submit {
+        let (name, pass) = (desk.sign_in.name.clone(), desk.sign_in.passphrase.clone());
+        if let Err(e) = desk.try_sign_in(name.trim(), &pass) {
+            desk.sign_in.passphrase.clear();
+            desk.sign_in.error = Some(e);
+        }
+    }
+    if let Some(e) = &desk.sign_in.error {
+        ui.label(egui::RichText::new(e).color(theme::ALARM));
+    }
+    if desk.users.iter().any(|u| u.name == "dispatch") && desk.users.len() <= 4 {
+        ui.label(
+            egui::RichText::new(
+                "Demo accounts: duty, dispatch, leader, fire.liaison — passphrase zhongshu",
+            )
+            .small()
+            .color(theme::MUTED),
+        );
+    }
+}

@@ -1,0 +1,1156 @@
+//! Alerts in: NGSI-LD `Alert` entities and CAP 1.2 messages become incident reports, de-duplicated.
+//!
+//! Both inputs become one [`AlertIn`]: where, what kind, how severe, and a
+//! de-duplication `key` that stays the same when a source repeats itself (an NGSI-LD
+//! alert re-polled, a CAP Update or Cancel of an earlier message). [`AlertDedup`] then
+//! says whether each one is a new incident, more about a known one, or its cancellation;
+//! alerts from *different* sources about the same thing (same kind, within
+//! [`SAME_PLACE_M`] and [`SAME_TIME_MS`]) are one incident.
+
+use std::collections::BTreeMap;
+
+use geo::{Centroid, Distance, Haversine};
+use oasiscap::v1dot2;
+use serde::{Deserialize, Serialize};
+
+use crate::feeds::{Domain, EntityKind, EntityUpdate, FieldValue};
+
+/// How severe an alert says it is; ordered, so `Extreme` sorts above `Minor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Minor,
+    Moderate,
+    Severe,
+    Extreme,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 4] = [
+        Severity::Minor,
+        Severity::Moderate,
+        Severity::Severe,
+        Severity::Extreme,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Minor => "minor",
+            Severity::Moderate => "moderate",
+            Severity::Severe => "severe",
+            Severity::Extreme => "extreme",
+        }
+    }
+
+    /// From NGSI-LD / Smart Data Models (`informational`, `low`, `medium`, `high`,
+    /// `critical`) or CAP (`Minor` … `Extreme`) words, any case. Unknown or missing
+    /// severities count as `Moderate`: not buried, not shouted.
+    pub fn from_word(word: Option<&str>) -> Severity {
+        match word.map(|w| w.trim().to_ascii_lowercase()).as_deref() {
+            Some("informational" | "info" | "low" | "minor") => Severity::Minor,
+            Some("high" | "severe" | "major") => Severity::Severe,
+            Some("critical" | "extreme") => Severity::Extreme,
+            _ => Severity::Moderate,
+        }
+    }
+
+    fn from_cap(severity: v1dot2::Severity) -> Severity {
+        match severity {
+            v1dot2::Severity::Extreme => Severity::Extreme,
+            v1dot2::Severity::Severe => Severity::Severe,
+            v1dot2::Severity::Moderate | v1dot2::Severity::Unknown => Severity::Moderate,
+            v1dot2::Severity::Minor => Severity::Minor,
+        }
+    }
+}
+
+/// One incoming alert, whatever its source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertIn {
+    /// `ngsi-ld:<feed>` or `cap:<sender>`.
+    pub source: String,
+    /// De-duplication key: the NGSI-LD entity id; for CAP `sender,identifier` of the
+    /// message, or of the *original* message an Update/Cancel refers to.
+    pub key: String,
+    /// Incident kind, from [`incident_kind`]: `waterlogging`, `building_fire`,
+    /// `traffic_accident`, or the event text in snake case (`power_outage`).
+    pub kind: String,
+    pub domain: Domain,
+    pub severity: Severity,
+    /// WGS84. For a CAP Cancel without any area: 0, 0 (a cancel is matched by key only).
+    pub lon: f64,
+    pub lat: f64,
+    pub headline: String,
+    /// When the source sent or observed it (Unix ms; 0 when it did not say).
+    pub sent_ms: i64,
+    /// The source withdrew it: an NGSI-LD alert `resolved`, a CAP Cancel.
+    pub cancel: bool,
+    /// Other keys this alert stands for: for a CAP Update/Cancel, its own
+    /// `sender,identifier` and every referenced message but the original. The
+    /// de-duplicator maps them all to the incident, so a later message referring only
+    /// to an update still finds the original.
+    #[serde(default)]
+    pub supersedes: Vec<String>,
+    /// Affected radius when the source gives one (NGSI-LD `radiusM`, CAP circle).
+    #[serde(default)]
+    pub radius_m: Option<f64>,
+}
+
+/// Why a CAP document gave no alerts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AlertError {
+    #[error("malformed CAP XML: {0}")]
+    Malformed(String),
+    #[error(
+        "not a CAP alert: the document is <{root}>{namespace}, expected \
+         <alert xmlns=\"urn:oasis:names:tc:emergency:cap:1.2\"> (CAP 1.0–1.2)"
+    )]
+    NotCap { root: String, namespace: String },
+    #[error("CAP message {key}: no location (no <area> with a <circle> or <polygon>)")]
+    NoLocation { key: String },
+    #[error("CAP message {key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+/// The alert an NGSI-LD `Alert` entity describes; `None` for other entities and for
+/// alerts without a position (nowhere to put the incident). The key is the entity id,
+/// so re-polling the same alert gives the same key; `status` `resolved` (or `closed`,
+/// `cancelled`) makes it a cancel.
+pub fn from_ngsi_ld(update: &EntityUpdate, feed: &str) -> Option<AlertIn> {
+    let EntityKind::Alert {
+        category,
+        sub_category,
+        severity,
+        description,
+    } = &update.kind
+    else {
+        return None;
+    };
+    let [lon, lat] = update.position?;
+    let text = |name: &str| update.fields.get(name).and_then(FieldValue::as_str);
+    let kind = incident_kind(
+        sub_category
+            .as_deref()
+            .or(category.as_deref())
+            .unwrap_or("alert"),
+    );
+    let domain = category
+        .as_deref()
+        .and_then(domain_for_ngsi_category)
+        .unwrap_or_else(|| domain_for_kind(&kind));
+    let cancel = text("status").is_some_and(|s| {
+        matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "resolved" | "closed" | "cancelled" | "canceled" | "inactive"
+        )
+    });
+    let sent_ms = update
+        .observed_at_ms
+        .or_else(|| text("openedAt").and_then(crate::feeds::decode::parse_rfc3339_ms))
+        .unwrap_or(0);
+    let headline = description
+        .clone()
+        .filter(|d| !d.trim().is_empty())
+        .unwrap_or_else(|| kind.replace('_', " "));
+    Some(AlertIn {
+        source: format!("ngsi-ld:{feed}"),
+        key: update.id.clone(),
+        kind,
+        domain,
+        severity: Severity::from_word(severity.as_deref()),
+        lon,
+        lat,
+        headline,
+        sent_ms,
+        cancel,
+        supersedes: Vec::new(),
+        radius_m: update
+            .fields
+            .get("radiusM")
+            .and_then(FieldValue::as_f64)
+            .filter(|r| r.is_finite() && *r >= 0.0),
+    })
+}
+
+/// The namespaces of the CAP versions `oasiscap` reads.
+const CAP_NAMESPACES: [&str; 3] = [
+    "urn:oasis:names:tc:emergency:cap:1.2",
+    "urn:oasis:names:tc:emergency:cap:1.1",
+    "http://www.incident.com/cap/1.0",
+];
+
+/// The alerts of one CAP message (1.0, 1.1 or 1.2).
+///
+/// One [`AlertIn`] per *message*, not per `<info>`: senders publish one `<info>` per
+/// language (Finnish, Swedish, English...), which are the same alert. The English one
+/// (else the first) gives kind, headline and category; severity is the highest of all;
+/// the location is the first circle's centre, else the first polygon's centroid.
+///
+/// Gives no alerts (an empty list) for messages that must not raise incidents:
+/// status other than `Actual` (exercises, tests, drafts, system messages) and message
+/// types `Ack` and `Error`. An Update or Cancel takes the key of the earliest message in
+/// its `<references>`, so it updates or cancels that incident instead of adding one.
+pub fn from_cap(xml: &str) -> Result<Vec<AlertIn>, AlertError> {
+    check_root(xml)?;
+    let alert: oasiscap::Alert = xml
+        .parse()
+        .map_err(|e: xml_error::Error| AlertError::Malformed(plain_names(&e.to_string())))?;
+    let alert = alert.into_latest();
+    let own_key = cap_key(alert.sender.as_str(), alert.identifier.as_str());
+    let actual = matches!(alert.status, v1dot2::Status::Actual);
+    let (update, cancel) = match alert.message_type {
+        v1dot2::MessageType::Alert => (false, false),
+        v1dot2::MessageType::Update => (true, false),
+        v1dot2::MessageType::Cancel => (true, true),
+        v1dot2::MessageType::Ack | v1dot2::MessageType::Error => return Ok(Vec::new()),
+    };
+    if !actual {
+        return Ok(Vec::new());
+    }
+    let invalid = |problem: String| AlertError::Invalid {
+        key: own_key.clone(),
+        problem,
+    };
+    let sent_ms = cap_time_ms(&alert.sent).ok_or_else(|| invalid("unreadable <sent>".into()))?;
+
+    // An Update/Cancel belongs to the earliest message it references.
+    let mut references: Vec<(i64, String)> = Vec::new();
+    if update {
+        for r in alert.references.iter().flatten() {
+            let at = cap_time_ms(&r.sent).unwrap_or(i64::MAX);
+            references.push((at, cap_key(r.sender.as_str(), r.identifier.as_str())));
+        }
+    }
+    // Stable: equal times keep the order written.
+    references.sort_by_key(|(at, _)| *at);
+    let (key, supersedes) = match references.split_first() {
+        Some(((_, original), rest)) => {
+            let mut others: Vec<String> = rest.iter().map(|(_, k)| k.clone()).collect();
+            others.push(own_key.clone());
+            others.retain(|k| k != original);
+            others.sort();
+            others.dedup();
+            (original.clone(), others)
+        }
+        None => (own_key.clone(), Vec::new()),
+    };
+    let source = format!("cap:{}", alert.sender.as_str());
+
+    let Some(info) = alert
+        .info
+        .iter()
+        .find(|i| i.language.as_str().to_ascii_lowercase().starts_with("en"))
+        .or(alert.info.first())
+    else {
+        if cancel {
+            // A bare Cancel: matched by key alone.
+            let note = alert.note.as_deref().map(str::trim).unwrap_or("");
+            return Ok(vec![AlertIn {
+                source,
+                key,
+                kind: String::new(),
+                domain: Domain::Urban,
+                severity: Severity::Minor,
+                lon: 0.0,
+                lat: 0.0,
+                headline: if note.is_empty() {
+                    "cancelled".into()
+                } else {
+                    note.into()
+                },
+                sent_ms,
+                cancel,
+                supersedes,
+                radius_m: None,
+            }]);
+        }
+        return Err(invalid("no <info> block".into()));
+    };
+
+    let kind = incident_kind(&info.event);
+    let domain = info
+        .categories
+        .first()
+        .map_or_else(|| domain_for_kind(&kind), |c| domain_for_cap_category(*c));
+    let severity = alert
+        .info
+        .iter()
+        .map(|i| Severity::from_cap(i.severity))
+        .max()
+        .unwrap_or(Severity::Moderate);
+    let located = std::iter::once(info)
+        .chain(alert.info.iter())
+        .find_map(cap_location);
+    let (lon, lat, radius_m) = match located {
+        Some(place) => place,
+        None if cancel => (0.0, 0.0, None),
+        None => return Err(AlertError::NoLocation { key: own_key }),
+    };
+    let headline = info
+        .headline
+        .as_deref()
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .unwrap_or(info.event.trim())
+        .to_owned();
+    Ok(vec![AlertIn {
+        source,
+        key,
+        kind,
+        domain,
+        severity,
+        lon,
+        lat,
+        headline,
+        sent_ms,
+        cancel,
+        supersedes,
+        radius_m,
+    }])
+}
+
+/// `oasiscap`'s error type for `str::parse`, named without depending on `xml_serde`.
+mod xml_error {
+    pub type Error = <oasiscap::Alert as std::str::FromStr>::Err;
+}
+
+/// The parser's messages name elements as `{urn:...cap:1.2;}cap:sender`: keep `sender`.
+fn plain_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find('{') {
+        let Some(end) = rest[start..].find("}cap:") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        rest = &rest[start + end + "}cap:".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn cap_key(sender: &str, identifier: &str) -> String {
+    format!("{sender},{identifier}")
+}
+
+fn cap_time_ms(time: &oasiscap::DateTime) -> Option<i64> {
+    crate::feeds::decode::parse_rfc3339_ms(&time.to_string())
+}
+
+/// (lon, lat, radius in metres) of an info block's first circle, else first polygon.
+fn cap_location(info: &v1dot2::Info) -> Option<(f64, f64, Option<f64>)> {
+    let circle = info.areas.iter().flat_map(|a| a.circles.iter()).next();
+    if let Some(c) = circle {
+        let radius = (c.radius > 0.0).then_some(c.radius * 1000.0);
+        return Some((c.center.longitude(), c.center.latitude(), radius));
+    }
+    info.areas
+        .iter()
+        .flat_map(|a| a.polygons.iter())
+        .find_map(|polygon| {
+            let ring: Vec<(f64, f64)> = polygon
+                .iter()
+                .map(|p| (p.longitude(), p.latitude()))
+                .collect();
+            let polygon = geo::Polygon::new(geo::LineString::from(ring), Vec::new());
+            polygon.centroid().map(|c| (c.x(), c.y(), None))
+        })
+}
+
+/// Refuses what is not a CAP document before the CAP parser gives a less clear error.
+fn check_root(xml: &str) -> Result<(), AlertError> {
+    let mut rest = xml.trim_start_matches('\u{feff}').trim_start();
+    loop {
+        if let Some(after) = rest.strip_prefix("<?") {
+            rest = skip_past(after, "?>")?;
+        } else if let Some(after) = rest.strip_prefix("<!--") {
+            rest = skip_past(after, "-->")?;
+        } else if let Some(after) = rest.strip_prefix("<!") {
+            rest = skip_past(after, ">")?;
+        } else {
+            break;
+        }
+        rest = rest.trim_start();
+    }
+    if rest.is_empty() {
+        return Err(AlertError::Malformed("the document is empty".into()));
+    }
+    let Some(tag) = rest.strip_prefix('<') else {
+        let start: String = rest.chars().take(20).collect();
+        return Err(AlertError::Malformed(format!(
+            "expected an XML element, found {start:?}"
+        )));
+    };
+    let end = tag
+        .find('>')
+        .ok_or_else(|| AlertError::Malformed("the root element's tag is not closed".into()))?;
+    let tag = &tag[..end];
+    let name = tag
+        .split(|c: char| c.is_whitespace() || c == '/')
+        .next()
+        .unwrap_or("");
+    let local = name.rsplit(':').next().unwrap_or(name);
+    let namespace = CAP_NAMESPACES.iter().find(|ns| tag.contains(*ns));
+    if local == "alert" && namespace.is_some() {
+        return Ok(());
+    }
+    let declared = tag
+        .split("xmlns")
+        .nth(1)
+        .and_then(|s| s.split(['"', '\'']).nth(1))
+        .map(|ns| format!(" in namespace {ns:?}"))
+        .unwrap_or_else(|| " without a namespace".into());
+    Err(AlertError::NotCap {
+        root: name.to_owned(),
+        namespace: declared,
+    })
+}
+
+fn skip_past<'a>(text: &'a str, end: &str) -> Result<&'a str, AlertError> {
+    text.find(end)
+        .map(|at| &text[at + end.len()..])
+        .ok_or_else(|| AlertError::Malformed(format!("unterminated markup (no {end:?})")))
+}
+
+/// The incident kind of an event or category text: snake case (`carAccident` →
+/// `car_accident`, `Flood warning` → `flood_warning`), then folded so different
+/// sources name one thing alike:
+///
+/// | contains | kind |
+/// |---|---|
+/// | `flood`, `waterlog`, `inundat`, 内涝, 积水 | `waterlogging` |
+/// | `wildfire`, `forest_fire`, `grass_fire`, 森林火 | `wildfire` |
+/// | `accident`/`crash`/`collision` with a road word, or alone; 交通事故 | `traffic_accident` |
+/// | exactly `fire`, or `building`/`structure`/`house`/`residential`/`apartment` + `fire`; 火灾 | `building_fire` |
+///
+/// Anything else stays in snake case; an empty text is `alert`.
+pub fn incident_kind(text: &str) -> String {
+    let s = snake_case(text);
+    let has = |w: &str| s.contains(w);
+    let any = |ws: &[&str]| ws.iter().any(|w| s.contains(w));
+    if any(&["flood", "waterlog", "inundat", "内涝", "积水"]) {
+        "waterlogging".into()
+    } else if any(&[
+        "wildfire",
+        "wild_fire",
+        "forest_fire",
+        "grass_fire",
+        "森林火",
+    ]) {
+        "wildfire".into()
+    } else if has("交通事故")
+        || (any(&["accident", "crash", "collision"])
+            && (any(&[
+                "car",
+                "vehicle",
+                "traffic",
+                "road",
+                "bus",
+                "tram",
+                "crash",
+                "collision",
+            ]) || s == "accident"))
+    {
+        "traffic_accident".into()
+    } else if s == "fire"
+        || has("火灾")
+        || (has("fire") && any(&["building", "structure", "house", "residential", "apartment"]))
+    {
+        "building_fire".into()
+    } else if s.is_empty() {
+        "alert".into()
+    } else {
+        s
+    }
+}
+
+fn snake_case(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    let mut after_lower = false;
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            if c.is_uppercase() && after_lower {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+            after_lower = c.is_lowercase() || c.is_ascii_digit();
+        } else {
+            if !out.is_empty() && !out.ends_with('_') {
+                out.push('_');
+            }
+            after_lower = false;
+        }
+    }
+    while out.ends_with('_') {
+        out.pop();
+    }
+    out
+}
+
+/// CAP category → domain: Fire/Rescue/Safety/Security/CBRNE → safety, Met/Env/Geo →
+/// ecology, Health → health, Transport → traffic, Infra → utilities, Other → urban.
+fn domain_for_cap_category(category: v1dot2::Category) -> Domain {
+    use v1dot2::Category as C;
+    match category {
+        C::Fire | C::Rescue | C::Safety | C::Security | C::CBRNE => Domain::Safety,
+        C::Met | C::Env | C::Geo => Domain::Ecology,
+        C::Health => Domain::Health,
+        C::Transport => Domain::Traffic,
+        C::Infra => Domain::Utilities,
+        C::Other => Domain::Urban,
+    }
+}
+
+/// NGSI-LD / Smart Data Models `Alert.category` (and our domain names) → domain.
+fn domain_for_ngsi_category(category: &str) -> Option<Domain> {
+    let c = category.trim().to_ascii_lowercase();
+    let domain = match c.as_str() {
+        "traffic" | "transport" | "transportation" | "mobility" => Domain::Traffic,
+        "security" | "safety" | "fire" | "rescue" | "cbrne" => Domain::Safety,
+        "weather" | "environment" | "naturaldisaster" | "met" | "env" | "geo" | "ecology"
+        | "agriculture" => Domain::Ecology,
+        "health" => Domain::Health,
+        "utilities" | "utility" | "infra" | "infrastructure" | "energy" | "water" => {
+            Domain::Utilities
+        }
+        "urban" | "other" => Domain::Urban,
+        "economy" => Domain::Economy,
+        _ => return None,
+    };
+    Some(domain)
+}
+
+fn domain_for_kind(kind: &str) -> Domain {
+    match kind {
+        "building_fire" => Domain::Safety,
+        "traffic_accident" => Domain::Traffic,
+        "waterlogging" | "wildfire" => Domain::Ecology,
+        _ => Domain::Urban,
+    }
+}
+
+/// Alerts from different sources of the same kind closer than this are one incident…
+pub const SAME_PLACE_M: f64 = 150.0;
+/// …when sent within this long of the incident's reports.
+pub const SAME_TIME_MS: i64 = 30 * 60_000;
+
+/// What to do with one incoming alert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    /// A new incident, keyed by the alert's `key`.
+    New,
+    /// More about (or a repeat of) a known incident: update its details if kept,
+    /// raise nothing new. Also the answer to a repeated cancel.
+    Duplicate { incident_key: String },
+    /// The source withdrew the incident. For a cancel of an incident never seen, the
+    /// key is the alert's own (there is nothing to close).
+    Cancel { incident_key: String },
+}
+
+/// Remembers incidents raised from alerts, to tell new from repeated. Plain data
+/// (serializable); rebuild it after a restart by replaying the stored alerts through
+/// [`AlertDedup::observe`] in order, or from stored incidents with
+/// [`AlertDedup::remember`] (+ [`AlertDedup::remember_alias`],
+/// [`AlertDedup::remember_cancel`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertDedup {
+    incidents: BTreeMap<String, Seen>,
+    /// Alert key → incident key, for alert keys that are not incident keys.
+    aliases: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Seen {
+    kind: String,
+    lon: f64,
+    lat: f64,
+    first_ms: i64,
+    last_ms: i64,
+    /// Sources that reported it (empty when rebuilt with `remember`).
+    sources: Vec<String>,
+    cancelled: bool,
+}
+
+impl AlertDedup {
+    pub fn new() -> AlertDedup {
+        AlertDedup::default()
+    }
+
+    /// The decision for `alert`, without remembering it.
+    pub fn decide(&self, alert: &AlertIn) -> Decision {
+        if let Some(incident_key) = self.known(alert) {
+            let cancelled = self
+                .incidents
+                .get(&incident_key)
+                .is_some_and(|s| s.cancelled);
+            return if alert.cancel && !cancelled {
+                Decision::Cancel { incident_key }
+            } else {
+                Decision::Duplicate { incident_key }
+            };
+        }
+        if alert.cancel {
+            return Decision::Cancel {
+                incident_key: alert.key.clone(),
+            };
+        }
+        match self.nearby(alert) {
+            Some(incident_key) => Decision::Duplicate { incident_key },
+            None => Decision::New,
+        }
+    }
+
+    /// Decides and remembers: [`AlertDedup::decide`], then records the alert so its
+    /// repeats, updates and cancel are recognised.
+    pub fn observe(&mut self, alert: &AlertIn) -> Decision {
+        let decision = self.decide(alert);
+        let incident_key = match &decision {
+            Decision::New => alert.key.clone(),
+            Decision::Duplicate { incident_key } | Decision::Cancel { incident_key } => {
+                incident_key.clone()
+            }
+        };
+        let seen = self
+            .incidents
+            .entry(incident_key.clone())
+            .or_insert_with(|| Seen {
+                kind: alert.kind.clone(),
+                lon: alert.lon,
+                lat: alert.lat,
+                first_ms: alert.sent_ms,
+                last_ms: alert.sent_ms,
+                sources: Vec::new(),
+                cancelled: false,
+            });
+        seen.first_ms = seen.first_ms.min(alert.sent_ms);
+        seen.last_ms = seen.last_ms.max(alert.sent_ms);
+        if !seen.sources.contains(&alert.source) {
+            seen.sources.push(alert.source.clone());
+        }
+        seen.cancelled |= alert.cancel;
+        for key in std::iter::once(&alert.key).chain(&alert.supersedes) {
+            self.remember_alias(key, &incident_key);
+        }
+        decision
+    }
+
+    /// Records an incident (for rebuilding): its key, kind, place and time.
+    pub fn remember(&mut self, key: &str, kind: &str, lon: f64, lat: f64, at_ms: i64) {
+        let seen = self
+            .incidents
+            .entry(key.to_owned())
+            .or_insert_with(|| Seen {
+                kind: kind.to_owned(),
+                lon,
+                lat,
+                first_ms: at_ms,
+                last_ms: at_ms,
+                sources: Vec::new(),
+                cancelled: false,
+            });
+        seen.first_ms = seen.first_ms.min(at_ms);
+        seen.last_ms = seen.last_ms.max(at_ms);
+        self.aliases.remove(key);
+    }
+
+    /// Records that alerts keyed `alert_key` belong to incident `incident_key`.
+    pub fn remember_alias(&mut self, alert_key: &str, incident_key: &str) {
+        if alert_key != incident_key && !self.incidents.contains_key(alert_key) {
+            self.aliases
+                .insert(alert_key.to_owned(), incident_key.to_owned());
+        }
+    }
+
+    /// Records that incident `incident_key` was cancelled by its source.
+    pub fn remember_cancel(&mut self, incident_key: &str) {
+        if let Some(seen) = self.incidents.get_mut(incident_key) {
+            seen.cancelled = true;
+        }
+    }
+
+    /// Forgets cancelled incidents last reported before `before_ms`, and their aliases,
+    /// to bound memory on a long run.
+    pub fn prune(&mut self, before_ms: i64) {
+        self.incidents
+            .retain(|_, s| !(s.cancelled && s.last_ms < before_ms));
+        let incidents = &self.incidents;
+        self.aliases.retain(|_, to| incidents.contains_key(to));
+    }
+
+    /// Number of incidents remembered.
+    pub fn len(&self) -> usize {
+        self.incidents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.incidents.is_empty()
+    }
+
+    /// The incident an alert key belongs to, if known.
+    pub fn incident_of(&self, alert_key: &str) -> Option<&str> {
+        if let Some((key, _)) = self.incidents.get_key_value(alert_key) {
+            return Some(key);
+        }
+        self.aliases.get(alert_key).map(String::as_str)
+    }
+
+    fn known(&self, alert: &AlertIn) -> Option<String> {
+        std::iter::once(&alert.key)
+            .chain(&alert.supersedes)
+            .find_map(|k| self.incident_of(k))
+            .map(str::to_owned)
+    }
+
+    /// The nearest open incident of the same kind, from another source, within
+    /// [`SAME_PLACE_M`] and [`SAME_TIME_MS`].
+    fn nearby(&self, alert: &AlertIn) -> Option<String> {
+        let here = geo::Point::new(alert.lon, alert.lat);
+        self.incidents
+            .iter()
+            .filter(|(_, s)| {
+                !s.cancelled
+                    && s.kind == alert.kind
+                    && !s.sources.contains(&alert.source)
+                    && alert.sent_ms >= s.first_ms.saturating_sub(SAME_TIME_MS)
+                    && alert.sent_ms <= s.last_ms.saturating_add(SAME_TIME_MS)
+            })
+            .map(|(key, s)| (Haversine.distance(here, geo::Point::new(s.lon, s.lat)), key))
+            .filter(|(d, _)| *d <= SAME_PLACE_M)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, key)| key.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLOOD: &str = include_str!("../../tests/data/cap/helsinki-flood-alert.xml");
+    const FLOOD_UPDATE: &str = include_str!("../../tests/data/cap/helsinki-flood-update.xml");
+    const FLOOD_CANCEL: &str = include_str!("../../tests/data/cap/helsinki-flood-cancel.xml");
+    const FIRE: &str = include_str!("../../tests/data/cap/kallio-building-fire.xml");
+    const MALFORMED: &str = include_str!("../../tests/data/cap/malformed.xml");
+
+    const FLOOD_KEY: &str = "varoitukset@pelastus.hel.fi,HEL-2026-1129-FLOOD-0001";
+    /// 2026-11-29T11:00:00+02:00.
+    const FLOOD_SENT_MS: i64 = 1_795_942_800_000;
+
+    fn one(xml: &str) -> AlertIn {
+        let mut alerts = from_cap(xml).unwrap();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        alerts.remove(0)
+    }
+
+    fn ngsi_alert(
+        id: &str,
+        sub: &str,
+        lon: f64,
+        lat: f64,
+        at_ms: i64,
+        status: &str,
+    ) -> EntityUpdate {
+        let mut fields = BTreeMap::new();
+        fields.insert("status".to_owned(), FieldValue::Text(status.to_owned()));
+        fields.insert("radiusM".to_owned(), FieldValue::Number(20.0));
+        EntityUpdate {
+            id: id.to_owned(),
+            entity_type: "Alert".to_owned(),
+            kind: EntityKind::Alert {
+                category: Some("weather".to_owned()),
+                sub_category: Some(sub.to_owned()),
+                severity: Some("high".to_owned()),
+                description: Some(format!("{sub} ({status})")),
+            },
+            position: Some([lon, lat]),
+            line: None,
+            observed_at_ms: Some(at_ms),
+            fields,
+        }
+    }
+
+    /// A point `metres` north of (lon, lat).
+    fn north(lon: f64, lat: f64, metres: f64) -> (f64, f64) {
+        (lon, lat + metres / 111_195.0)
+    }
+
+    #[test]
+    fn flood_alert_parses() {
+        let a = one(FLOOD);
+        assert_eq!(a.source, "cap:varoitukset@pelastus.hel.fi");
+        assert_eq!(a.key, FLOOD_KEY);
+        assert_eq!(a.kind, "waterlogging");
+        assert_eq!(a.domain, Domain::Ecology);
+        assert_eq!(a.severity, Severity::Severe);
+        assert_eq!((a.lat, a.lon), (60.1675, 24.9525));
+        assert_eq!(a.radius_m, Some(400.0));
+        // The English info block gives the headline.
+        assert_eq!(
+            a.headline,
+            "Surface-water flooding around Market Square and the Esplanade"
+        );
+        assert_eq!(a.sent_ms, FLOOD_SENT_MS);
+        assert!(!a.cancel);
+        assert!(a.supersedes.is_empty());
+    }
+
+    #[test]
+    fn update_and_cancel_map_to_the_original_key() {
+        let update = one(FLOOD_UPDATE);
+        assert_eq!(update.key, FLOOD_KEY);
+        assert_eq!(
+            update.supersedes,
+            ["varoitukset@pelastus.hel.fi,HEL-2026-1129-FLOOD-0002"]
+        );
+        assert_eq!(update.severity, Severity::Extreme);
+        assert!(!update.cancel);
+        // Polygon centroid.
+        assert!((update.lat - 60.169).abs() < 1e-9 && (update.lon - 24.95).abs() < 1e-9);
+
+        // The cancel references only the update; on its own it has that key...
+        let cancel = one(FLOOD_CANCEL);
+        assert!(cancel.cancel);
+        assert_eq!(
+            cancel.key,
+            "varoitukset@pelastus.hel.fi,HEL-2026-1129-FLOOD-0002"
+        );
+        assert!(cancel.headline.starts_with("Water has receded"));
+
+        // ...and the de-duplicator maps it back to the original incident.
+        let mut dedup = AlertDedup::new();
+        assert_eq!(dedup.observe(&one(FLOOD)), Decision::New);
+        let flood = Decision::Duplicate {
+            incident_key: FLOOD_KEY.to_owned(),
+        };
+        assert_eq!(dedup.observe(&update), flood);
+        assert_eq!(
+            dedup.observe(&cancel),
+            Decision::Cancel {
+                incident_key: FLOOD_KEY.to_owned()
+            }
+        );
+        // The same cancel again changes nothing.
+        assert_eq!(dedup.observe(&cancel), flood);
+        assert_eq!(dedup.len(), 1);
+
+        // A cancel naming the original directly maps there too, without any state.
+        let direct = FLOOD_CANCEL.replace(
+            "HEL-2026-1129-FLOOD-0002,2026-11-29T11:40:00+02:00",
+            "HEL-2026-1129-FLOOD-0001,2026-11-29T11:00:00+02:00 \
+             varoitukset@pelastus.hel.fi,HEL-2026-1129-FLOOD-0002,2026-11-29T11:40:00+02:00",
+        );
+        let direct = one(&direct);
+        assert_eq!(direct.key, FLOOD_KEY);
+        assert_eq!(direct.supersedes.len(), 2);
+    }
+
+    #[test]
+    fn building_fire_parses() {
+        let a = one(FIRE);
+        assert_eq!(a.key, "hatakeskus@112.fi,HEL-2026-1129-FIRE-0417");
+        assert_eq!(a.source, "cap:hatakeskus@112.fi");
+        assert_eq!(a.kind, "building_fire");
+        assert_eq!(a.domain, Domain::Safety);
+        assert_eq!(a.severity, Severity::Severe);
+        assert!((a.lat - 60.1875).abs() < 1e-9 && (a.lon - 24.95).abs() < 1e-9);
+        assert_eq!(a.radius_m, None);
+        assert_eq!(
+            a.sent_ms,
+            FLOOD_SENT_MS + 3 * 3_600_000 + 5 * 60_000 + 30_000
+        );
+    }
+
+    #[test]
+    fn malformed_and_non_cap_documents_are_clear_errors() {
+        let err = from_cap(MALFORMED).unwrap_err();
+        assert!(matches!(err, AlertError::Malformed(_)), "{err:?}");
+        assert!(err.to_string().starts_with("malformed CAP XML"), "{err}");
+
+        let rss = r#"<?xml version="1.0"?><rss version="2.0"><channel><title>News</title></channel></rss>"#;
+        let err = from_cap(rss).unwrap_err();
+        assert_eq!(
+            err,
+            AlertError::NotCap {
+                root: "rss".into(),
+                namespace: " without a namespace".into()
+            }
+        );
+        assert!(err.to_string().contains("not a CAP alert"), "{err}");
+
+        let atom =
+            r#"<alert xmlns="http://example.org/not-cap"><identifier>x</identifier></alert>"#;
+        let err = from_cap(atom).unwrap_err();
+        assert!(
+            err.to_string().contains("http://example.org/not-cap"),
+            "{err}"
+        );
+
+        for junk in [
+            "",
+            "{\"type\": \"Alert\"}",
+            "<!-- only a comment -->",
+            "<alert",
+        ] {
+            assert!(
+                matches!(from_cap(junk), Err(AlertError::Malformed(_))),
+                "{junk:?}: {:?}",
+                from_cap(junk)
+            );
+        }
+    }
+
+    #[test]
+    fn no_location_exercises_and_acks() {
+        let no_area = FIRE.replace(
+            "<area>\n      <areaDesc>Helsinginkatu between Fleminginkatu and Kaarlenkatu</areaDesc>\n      <polygon>60.1870,24.9480 60.1880,24.9480 60.1880,24.9520 60.1870,24.9520 60.1870,24.9480</polygon>\n    </area>",
+            "",
+        );
+        assert_ne!(no_area, FIRE);
+        let err = from_cap(&no_area).unwrap_err();
+        assert_eq!(
+            err,
+            AlertError::NoLocation {
+                key: "hatakeskus@112.fi,HEL-2026-1129-FIRE-0417".into()
+            }
+        );
+        assert!(err.to_string().contains("no location"), "{err}");
+
+        let exercise = FIRE.replace("<status>Actual</status>", "<status>Exercise</status>");
+        assert_eq!(from_cap(&exercise), Ok(Vec::new()));
+        let ack = FIRE.replace("<msgType>Alert</msgType>", "<msgType>Ack</msgType>");
+        assert_eq!(from_cap(&ack), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn different_sources_same_place_and_time_are_one_incident() {
+        let mut dedup = AlertDedup::new();
+        let cap = one(FLOOD);
+        assert_eq!(dedup.observe(&cap), Decision::New);
+
+        // The sim's sensor reports waterlogging 100 m away, 10 minutes later.
+        let (lon, lat) = north(cap.lon, cap.lat, 100.0);
+        let near = ngsi_alert(
+            "urn:ngsi-ld:Alert:waterlogging-7",
+            "waterlogging",
+            lon,
+            lat,
+            FLOOD_SENT_MS + 10 * 60_000,
+            "open",
+        );
+        let near = from_ngsi_ld(&near, "sim-urban").unwrap();
+        let same = Decision::Duplicate {
+            incident_key: FLOOD_KEY.into(),
+        };
+        assert_eq!(dedup.decide(&near), same);
+        assert_eq!(dedup.observe(&near), same);
+        // Its re-poll is found by key.
+        assert_eq!(dedup.observe(&near), same);
+
+        // Too far, too late, another kind: new incidents.
+        let (lon, lat) = north(cap.lon, cap.lat, 200.0);
+        let far = ngsi_alert(
+            "urn:ngsi-ld:Alert:w-far",
+            "flooding",
+            lon,
+            lat,
+            FLOOD_SENT_MS,
+            "open",
+        );
+        assert_eq!(
+            dedup.decide(&from_ngsi_ld(&far, "other").unwrap()),
+            Decision::New
+        );
+        let late = ngsi_alert(
+            "urn:ngsi-ld:Alert:w-late",
+            "waterlogging",
+            cap.lon,
+            cap.lat,
+            FLOOD_SENT_MS + 10 * 60_000 + SAME_TIME_MS + 60_000,
+            "open",
+        );
+        assert_eq!(
+            dedup.decide(&from_ngsi_ld(&late, "other").unwrap()),
+            Decision::New
+        );
+        let fire = ngsi_alert(
+            "urn:ngsi-ld:Alert:f",
+            "fire",
+            cap.lon,
+            cap.lat,
+            FLOOD_SENT_MS,
+            "open",
+        );
+        let fire = from_ngsi_ld(&fire, "other").unwrap();
+        assert_eq!(fire.kind, "building_fire");
+        assert_eq!(dedup.observe(&fire), Decision::New);
+        // A second distinct alert from a source already on the incident is its own
+        // (the source itself says they differ).
+        let again = ngsi_alert(
+            "urn:ngsi-ld:Alert:waterlogging-8",
+            "waterlogging",
+            cap.lon,
+            cap.lat,
+            FLOOD_SENT_MS + 12 * 60_000,
+            "open",
+        );
+        assert_eq!(
+            dedup.decide(&from_ngsi_ld(&again, "sim-urban").unwrap()),
+            Decision::New
+        );
+
+        // A cancelled incident attracts no more duplicates.
+        dedup.remember_cancel(FLOOD_KEY);
+        let other = from_ngsi_ld(&again, "third").unwrap();
+        assert_eq!(dedup.decide(&other), Decision::New);
+    }
+
+    #[test]
+    fn ngsi_ld_alert_repolled_is_a_duplicate_and_resolved_cancels() {
+        let at = FLOOD_SENT_MS;
+        let open = ngsi_alert(
+            "urn:ngsi-ld:Alert:gasLeak-3",
+            "gasLeak",
+            24.93,
+            60.17,
+            at,
+            "open",
+        );
+        let mut dedup = AlertDedup::new();
+        let alert = from_ngsi_ld(&open, "sim-utilities").unwrap();
+        assert_eq!(alert.key, "urn:ngsi-ld:Alert:gasLeak-3");
+        assert_eq!(alert.kind, "gas_leak");
+        assert_eq!(alert.source, "ngsi-ld:sim-utilities");
+        assert_eq!(alert.severity, Severity::Severe);
+        assert_eq!(alert.radius_m, Some(20.0));
+        assert_eq!(dedup.observe(&alert), Decision::New);
+        let same = Decision::Duplicate {
+            incident_key: alert.key.clone(),
+        };
+        assert_eq!(dedup.observe(&alert), same);
+
+        let resolved = ngsi_alert(
+            "urn:ngsi-ld:Alert:gasLeak-3",
+            "gasLeak",
+            24.93,
+            60.17,
+            at + 3_600_000,
+            "resolved",
+        );
+        let resolved = from_ngsi_ld(&resolved, "sim-utilities").unwrap();
+        assert!(resolved.cancel);
+        let cancel = Decision::Cancel {
+            incident_key: alert.key.clone(),
+        };
+        assert_eq!(dedup.observe(&resolved), cancel);
+        // Resolved alerts keep being served for a while: repeats are duplicates.
+        assert_eq!(dedup.observe(&resolved), same);
+
+        // Other entities are not alerts.
+        let mut parking = open.clone();
+        parking.kind = EntityKind::Parking {
+            available_spots: Some(3.0),
+            total_spots: Some(10.0),
+            status: None,
+        };
+        assert_eq!(from_ngsi_ld(&parking, "x"), None);
+        let mut nowhere = open;
+        nowhere.position = None;
+        assert_eq!(from_ngsi_ld(&nowhere, "x"), None);
+    }
+
+    #[test]
+    fn rebuilt_by_replay_and_by_remember() {
+        let alerts = [one(FLOOD), one(FLOOD_UPDATE), one(FIRE), one(FLOOD_CANCEL)];
+        let mut live = AlertDedup::new();
+        let decisions: Vec<_> = alerts.iter().map(|a| live.observe(a)).collect();
+        let mut replayed = AlertDedup::new();
+        let again: Vec<_> = alerts.iter().map(|a| replayed.observe(a)).collect();
+        assert_eq!(decisions, again);
+        assert_eq!(live, replayed);
+        // It is plain data.
+        let json = serde_json::to_string(&live).unwrap();
+        assert_eq!(serde_json::from_str::<AlertDedup>(&json).unwrap(), live);
+
+        let fire = one(FIRE);
+        let mut rebuilt = AlertDedup::new();
+        rebuilt.remember(&fire.key, &fire.kind, fire.lon, fire.lat, fire.sent_ms);
+        assert_eq!(
+            rebuilt.decide(&fire),
+            Decision::Duplicate {
+                incident_key: fire.key.clone()
+            }
+        );
+        // A report of the same fire by a sensor next door is the same incident.
+        let sensor = ngsi_alert(
+            "urn:ngsi-ld:Alert:smoke-2",
+            "fire",
+            fire.lon + 0.0005,
+            fire.lat,
+            fire.sent_ms + 60_000,
+            "open",
+        );
+        assert_eq!(
+            rebuilt.decide(&from_ngsi_ld(&sensor, "sim").unwrap()),
+            Decision::Duplicate {
+                incident_key: fire.key.clone()
+            }
+        );
+        // Pruning drops cancelled incidents only.
+        live.prune(i64::MAX);
+        assert_eq!(live.len(), 1);
+        assert_eq!(live.incident_of(&fire.key), Some(fire.key.as_str()));
+        assert_eq!(live.incident_of(FLOOD_KEY), None);
+    }
+
+    #[test]
+    fn kinds_severities_and_domains() {
+        for (text, kind) in [
+            ("carAccident", "traffic_accident"),
+            ("Traffic accident", "traffic_accident"),
+            ("Road crash", "traffic_accident"),
+            ("Flood warning", "waterlogging"),
+            ("waterlogging", "waterlogging"),
+            ("城市内涝", "waterlogging"),
+            ("fire", "building_fire"),
+            ("Building fire", "building_fire"),
+            ("Forest fire warning", "wildfire"),
+            ("illegalParking", "illegal_parking"),
+            ("powerOutage", "power_outage"),
+            ("  ", "alert"),
+        ] {
+            assert_eq!(incident_kind(text), kind, "{text:?}");
+        }
+        assert!(Severity::Extreme > Severity::Severe);
+        assert!(Severity::Severe > Severity::Moderate && Severity::Moderate > Severity::Minor);
+        assert_eq!(
+            serde_json::to_string(&Severity::Extreme).unwrap(),
+            "\"extreme\""
+        );
+        assert_eq!(Severity::from_word(Some("critical")), Severity::Extreme);
+        assert_eq!(Severity::from_word(Some("low")), Severity::Minor);
+        assert_eq!(Severity::from_word(None), Severity::Moderate);
+        assert_eq!(domain_for_ngsi_category("security"), Some(Domain::Safety));
+        assert_eq!(domain_for_ngsi_category("traffic"), Some(Domain::Traffic));
+        assert_eq!(
+            domain_for_ngsi_category("utilities"),
+            Some(Domain::Utilities)
+        );
+        assert_eq!(domain_for_ngsi_category("urban"), Some(Domain::Urban));
+        assert_eq!(
+            domain_for_cap_category(v1dot2::Category::Transport),
+            Domain::Traffic
+        );
+        assert_eq!(
+            domain_for_cap_category(v1dot2::Category::Health),
+            Domain::Health
+        );
+        assert_eq!(
+            domain_for_cap_category(v1dot2::Category::Infra),
+            Domain::Utilities
+        );
+        assert_eq!(
+            domain_for_cap_category(v1dot2::Category::Other),
+            Domain::Urban
+        );
+    }
+}

@@ -1,0 +1,1129 @@
+//! The dispatch book: incidents and orders rebuilt from events. A command is checked
+//! (role, department, state machine) and turned into events by [`Book::plan`]; the
+//! caller makes the events durable and then applies them with [`Book::apply`] — the
+//! same path the log is replayed through at start, so what is on screen is always
+//! what is on disk.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{DispatchConfig, Endpoint};
+use super::{Action, IncidentStatus, OrderStatus, Role, TransitionError, is_allowed};
+use crate::feeds::Domain;
+
+/// Who issues a command. Every event records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub name: String,
+    pub role: Role,
+    /// The department a liaison acts for.
+    pub department: Option<String>,
+}
+
+impl Actor {
+    /// Zhongshu itself: the clock, delivery confirmations, alerts from feeds.
+    pub fn system() -> Self {
+        Self {
+            name: "zhongshu".into(),
+            role: Role::System,
+            department: None,
+        }
+    }
+
+    pub fn new(name: &str, role: Role, department: Option<&str>) -> Self {
+        Self {
+            name: name.into(),
+            role,
+            department: department.map(str::to_string),
+        }
+    }
+}
+
+pub use super::alerts::Severity;
+
+/// What a report of a new incident carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewIncident {
+    pub kind: String,
+    pub title: String,
+    pub domain: Domain,
+    pub severity: Severity,
+    pub lon: f64,
+    pub lat: f64,
+    /// "map" for an incident created by clicking the map, or the alert's source.
+    pub source: String,
+    /// De-duplication key of the alert that raised it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// One order to write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewOrder {
+    pub department: String,
+    pub instruction: String,
+    pub deadline_ms: i64,
+}
+
+/// Everything a person (or Zhongshu itself) can ask of the book.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    ReportIncident(NewIncident),
+    /// Verify, dispatch, mark on scene, resolve or close.
+    Incident {
+        id: String,
+        action: Action,
+        note: Option<String>,
+    },
+    /// One or more orders (a playbook applied) to departments for an incident.
+    IssueOrders {
+        incident: String,
+        orders: Vec<NewOrder>,
+    },
+    /// Delivery, sign-for, start, completion, rejection, urging or escalation.
+    Order {
+        id: String,
+        action: Action,
+        note: Option<String>,
+    },
+    /// The clock: an open order's deadline has passed.
+    MarkOverdue {
+        id: String,
+    },
+    /// A remark on the incident's timeline (e.g. an alert repeated or cancelled).
+    Note {
+        incident: String,
+        text: String,
+    },
+}
+
+/// What is stored: one entry of the append-only log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    IncidentReported {
+        id: String,
+        #[serde(flatten)]
+        incident: NewIncident,
+    },
+    IncidentChanged {
+        id: String,
+        action: Action,
+        status: IncidentStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    OrderIssued {
+        id: String,
+        incident: String,
+        department: String,
+        instruction: String,
+        deadline_ms: i64,
+        /// The order this one escalates.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        escalates: Option<String>,
+    },
+    OrderChanged {
+        id: String,
+        action: Action,
+        status: OrderStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    OrderOverdue {
+        id: String,
+    },
+    Note {
+        incident: String,
+        text: String,
+    },
+}
+
+impl Event {
+    /// The event's name in the log's `kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::IncidentReported { .. } => "incident_reported",
+            Event::IncidentChanged { .. } => "incident_changed",
+            Event::OrderIssued { .. } => "order_issued",
+            Event::OrderChanged { .. } => "order_changed",
+            Event::OrderOverdue { .. } => "order_overdue",
+            Event::Note { .. } => "note",
+        }
+    }
+}
+
+/// A line of an incident's timeline.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimelineEntry {
+    pub at_ms: i64,
+    pub who: String,
+    pub role: Role,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Incident {
+    pub id: String,
+    pub kind: String,
+    pub title: String,
+    pub domain: Domain,
+    pub severity: Severity,
+    pub lon: f64,
+    pub lat: f64,
+    pub source: String,
+    pub key: Option<String>,
+    pub status: IncidentStatus,
+    pub reported_ms: i64,
+    pub updated_ms: i64,
+    pub timeline: Vec<TimelineEntry>,
+    /// Indices into [`Book::orders`].
+    pub orders: Vec<usize>,
+}
+
+impl Incident {
+    pub fn is_open(&self) -> bool {
+        !matches!(
+            self.status,
+            IncidentStatus::Resolved | IncidentStatus::Closed
+        )
+    }
+}
+
+/// Who moved an order to a status, and when.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Step {
+    pub status: OrderStatus,
+    pub action: Option<Action>,
+    pub at_ms: i64,
+    pub who: String,
+    pub role: Role,
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Order {
+    pub id: String,
+    pub incident: String,
+    pub department: String,
+    pub instruction: String,
+    pub issued_ms: i64,
+    pub deadline_ms: i64,
+    pub status: OrderStatus,
+    pub steps: Vec<Step>,
+    pub urges: u32,
+    /// Set when the order was delivered to the department's endpoint.
+    pub delivered_ms: Option<i64>,
+    /// The order this one escalates, and the one that escalated this.
+    pub escalates: Option<String>,
+    pub escalated_to: Option<String>,
+}
+
+impl Order {
+    /// When the order went overdue, if it did.
+    pub fn overdue_since(&self) -> Option<i64> {
+        self.steps
+            .iter()
+            .rev()
+            .find(|s| s.status == OrderStatus::Overdue && s.action.is_none())
+            .map(|s| s.at_ms)
+    }
+}
+
+/// Why a command was refused. Nothing is written when a command is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandError {
+    #[error("{who} ({role}) may not {action:?}", role = role.as_str())]
+    Denied {
+        who: String,
+        role: Role,
+        action: Action,
+    },
+    #[error("{who} acts for {own} and may not act on an order to {department}")]
+    OtherDepartment {
+        who: String,
+        own: String,
+        department: String,
+    },
+    #[error("{department} has an endpoint: its liaison reports this, not the dispatcher by hand")]
+    NotManual { department: String },
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("no incident {0}")]
+    NoIncident(String),
+    #[error("no order {0}")]
+    NoOrder(String),
+    #[error("no department {0}")]
+    NoDepartment(String),
+    #[error("incident {id} is {status:?}: no new orders")]
+    IncidentFinished { id: String, status: IncidentStatus },
+    #[error("an alert with key {key} is already incident {incident}")]
+    DuplicateAlert { key: String, incident: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Incidents and orders as the log says they are.
+#[derive(Clone, Debug)]
+pub struct Book {
+    pub config: DispatchConfig,
+    pub incidents: Vec<Incident>,
+    pub orders: Vec<Order>,
+    incident_index: HashMap<String, usize>,
+    order_index: HashMap<String, usize>,
+    by_key: HashMap<String, usize>,
+    next_incident: u64,
+    next_order: u64,
+    /// Events in the log that refer to something unknown (a damaged log).
+    pub skipped_events: u64,
+}
+
+fn number_after(id: &str, prefix: &str) -> Option<u64> {
+    id.strip_prefix(prefix)?.parse().ok()
+}
+
+impl Book {
+    pub fn new(config: DispatchConfig) -> Self {
+        Self {
+            config,
+            incidents: Vec::new(),
+            orders: Vec::new(),
+            incident_index: HashMap::new(),
+            order_index: HashMap::new(),
+            by_key: HashMap::new(),
+            next_incident: 1,
+            next_order: 1,
+            skipped_events: 0,
+        }
+    }
+
+    pub fn incident(&self, id: &str) -> Option<&Incident> {
+        self.incident_index.get(id).map(|&i| &self.incidents[i])
+    }
+
+    pub fn order(&self, id: &str) -> Option<&Order> {
+        self.order_index.get(id).map(|&i| &self.orders[i])
+    }
+
+    /// The incident raised by the alert with this de-duplication key.
+    pub fn incident_for_key(&self, key: &str) -> Option<&Incident> {
+        self.by_key.get(key).map(|&i| &self.incidents[i])
+    }
+
+    pub fn orders_of<'a>(&'a self, incident: &'a Incident) -> impl Iterator<Item = &'a Order> {
+        incident.orders.iter().map(|&i| &self.orders[i])
+    }
+
+    fn check_role(actor: &Actor, action: Action) -> Result<(), CommandError> {
+        if is_allowed(actor.role, action) {
+            Ok(())
+        } else {
+            Err(CommandError::Denied {
+                who: actor.name.clone(),
+                role: actor.role,
+                action,
+            })
+        }
+    }
+
+    /// Checks a command and returns the events it makes, or why not. Nothing changes.
+    pub fn plan(
+        &self,
+        command: &Command,
+        actor: &Actor,
+        now_ms: i64,
+    ) -> Result<Vec<Event>, CommandError> {
+        match command {
+            Command::ReportIncident(new) => {
+                Self::check_role(actor, Action::ReportIncident)?;
+                if !(new.lon.is_finite()
+                    && new.lat.is_finite()
+                    && (-180.0..=180.0).contains(&new.lon)
+                    && (-90.0..=90.0).contains(&new.lat))
+                {
+                    return Err(CommandError::Invalid(format!(
+                        "incident location {}, {} is not a WGS84 longitude, latitude",
+                        new.lon, new.lat
+                    )));
+                }
+                if new.kind.trim().is_empty() {
+                    return Err(CommandError::Invalid("an incident needs a kind".into()));
+                }
+                if let Some(key) = &new.key
+                    && let Some(existing) = self.incident_for_key(key)
+                {
+                    return Err(CommandError::DuplicateAlert {
+                        key: key.clone(),
+                        incident: existing.id.clone(),
+                    });
+                }
+                Ok(vec![Event::IncidentReported {
+                    id: format!("INC-{:06}", self.next_incident),
+                    incident: new.clone(),
+                }])
+            }
+            Command::Incident { id, action, note } => {
+                Self::check_role(actor, *action)?;
+                let incident = self
+                    .incident(id)
+                    .ok_or_else(|| CommandError::NoIncident(id.clone()))?;
+                let status = incident.status.after(*action)?;
+                Ok(vec![Event::IncidentChanged {
+                    id: id.clone(),
+                    action: *action,
+                    status,
+                    note: note.clone(),
+                }])
+            }
+            Command::IssueOrders { incident, orders } => {
+                Self::check_role(actor, Action::IssueOrder)?;
+                let inc = self
+                    .incident(incident)
+                    .ok_or_else(|| CommandError::NoIncident(incident.clone()))?;
+                if !inc.is_open() {
+                    return Err(CommandError::IncidentFinished {
+                        id: incident.clone(),
+                        status: inc.status,
+                    });
+                }
+                if orders.is_empty() {
+                    return Err(CommandError::Invalid("no orders to issue".into()));
+                }
+                let mut events = Vec::new();
+                // Issuing orders dispatches the incident: verify and dispatch it first.
+                let mut status = inc.status;
+                for action in [Action::VerifyIncident, Action::DispatchIncident] {
+                    if let Ok(next) = status.after(action) {
+                        Self::check_role(actor, action)?;
+                        events.push(Event::IncidentChanged {
+                            id: incident.clone(),
+                            action,
+                            status: next,
+                            note: None,
+                        });
+                        status = next;
+                    }
+                }
+                for (n, o) in orders.iter().enumerate() {
+                    if self.config.department(&o.department).is_none() {
+                        return Err(CommandError::NoDepartment(o.department.clone()));
+                    }
+                    if o.instruction.trim().is_empty() {
+                        return Err(CommandError::Invalid(format!(
+                            "the order to {} has no instruction",
+                            o.department
+                        )));
+                    }
+                    if o.deadline_ms <= now_ms {
+                        return Err(CommandError::Invalid(format!(
+                            "the deadline of the order to {} is not in the future",
+                            o.department
+                        )));
+                    }
+                    events.push(Event::OrderIssued {
+                        id: format!("ORD-{:06}", self.next_order + n as u64),
+                        incident: incident.clone(),
+                        department: o.department.clone(),
+                        instruction: o.instruction.clone(),
+                        deadline_ms: o.deadline_ms,
+                        escalates: None,
+                    });
+                }
+                Ok(events)
+            }
+            Command::Order { id, action, note } => {
+                Self::check_role(actor, *action)?;
+                let order = self
+                    .order(id)
+                    .ok_or_else(|| CommandError::NoOrder(id.clone()))?;
+                let department = self
+                    .config
+                    .department(&order.department)
+                    .ok_or_else(|| CommandError::NoDepartment(order.department.clone()))?;
+                match actor.role {
+                    Role::DepartmentLiaison
+                        if actor.department.as_deref() != Some(&order.department) =>
+                    {
+                        return Err(CommandError::OtherDepartment {
+                            who: actor.name.clone(),
+                            own: actor
+                                .department
+                                .clone()
+                                .unwrap_or_else(|| "no department".into()),
+                            department: order.department.clone(),
+                        });
+                    }
+                    // By hand only for departments nobody can reach over HTTP.
+                    Role::Dispatcher
+                        if matches!(
+                            action,
+                            Action::RecordDelivery
+                                | Action::AcknowledgeOrder
+                                | Action::StartOrder
+                                | Action::CompleteOrder
+                                | Action::RejectOrder
+                        ) && department.endpoint != Endpoint::Manual =>
+                    {
+                        return Err(CommandError::NotManual {
+                            department: order.department.clone(),
+                        });
+                    }
+                    _ => {}
+                }
+                let status = order.status.after(*action)?;
+                let mut events = vec![Event::OrderChanged {
+                    id: id.clone(),
+                    action: *action,
+                    status,
+                    note: note.clone(),
+                }];
+                if *action == Action::EscalateOrder {
+                    // The order goes to the superior level with a fresh window; at the
+                    // top of the chain it goes to the city's leaders on the timeline.
+                    let window = (order.deadline_ms - order.issued_ms).max(60_000);
+                    match &department.superior {
+                        Some(superior) => events.push(Event::OrderIssued {
+                            id: format!("ORD-{:06}", self.next_order),
+                            incident: order.incident.clone(),
+                            department: superior.clone(),
+                            instruction: format!(
+                                "Escalated from {}: {}",
+                                department.name, order.instruction
+                            ),
+                            deadline_ms: now_ms + window,
+                            escalates: Some(order.id.clone()),
+                        }),
+                        None => events.push(Event::Note {
+                            incident: order.incident.clone(),
+                            text: format!(
+                                "{} escalated to the city leadership: {} has no superior",
+                                order.id, department.name
+                            ),
+                        }),
+                    }
+                }
+                Ok(events)
+            }
+            Command::MarkOverdue { id } => {
+                if actor.role != Role::System {
+                    return Err(CommandError::Invalid(
+                        "only the clock marks orders overdue".into(),
+                    ));
+                }
+                let order = self
+                    .order(id)
+                    .ok_or_else(|| CommandError::NoOrder(id.clone()))?;
+                if order.status.on_deadline().is_none() {
+                    return Err(CommandError::Invalid(format!(
+                        "{id} is {:?}: it cannot be overdue",
+                        order.status
+                    )));
+                }
+                if order.deadline_ms > now_ms {
+                    return Err(CommandError::Invalid(format!(
+                        "{id} is not past its deadline"
+                    )));
+                }
+                Ok(vec![Event::OrderOverdue { id: id.clone() }])
+            }
+            Command::Note { incident, text } => {
+                if self.incident(incident).is_none() {
+                    return Err(CommandError::NoIncident(incident.clone()));
+                }
+                Ok(vec![Event::Note {
+                    incident: incident.clone(),
+                    text: text.clone(),
+                }])
+            }
+        }
+    }
+
+    /// What the clock has to do at `now_ms`: orders to mark overdue, and overdue orders
+    /// to escalate (`escalate_after_min` after going overdue, unsigned).
+    pub fn due(&self, now_ms: i64) -> Vec<Command> {
+        let escalate_after = (self.config.escalate_after_min * 60_000.0) as i64;
+        let mut due = Vec::new();
+        for o in &self.orders {
+            if o.status.is_open() && o.deadline_ms <= now_ms {
+                // Overdue, and the department is urged at once.
+                due.push(Command::MarkOverdue { id: o.id.clone() });
+                due.push(Command::Order {
+                    id: o.id.clone(),
+                    action: Action::UrgeOrder,
+                    note: Some("deadline passed".into()),
+                });
+            } else if o.status == OrderStatus::Overdue
+                && o.overdue_since()
+                    .is_some_and(|t| t + escalate_after <= now_ms)
+            {
+                due.push(Command::Order {
+                    id: o.id.clone(),
+                    action: Action::EscalateOrder,
+                    note: Some(format!(
+                        "not signed for {} min after the deadline",
+                        self.config.escalate_after_min
+                    )),
+                });
+            }
+        }
+        due
+    }
+
+    /// Applies one stored event. Replay at start and live commands both come here.
+    pub fn apply(&mut self, event: &Event, at_ms: i64, who: &str, role: Role) {
+        let entry = |text: String| TimelineEntry {
+            at_ms,
+            who: who.to_string(),
+            role,
+            text,
+        };
+        match event {
+            Event::IncidentReported { id, incident } => {
+                if self.incident_index.contains_key(id) {
+                    self.skipped_events += 1;
+                    return;
+                }
+                let index = self.incidents.len();
+                self.incident_index.insert(id.clone(), index);
+                if let Some(key) = &incident.key {
+                    self.by_key.insert(key.clone(), index);
+                }
+                if let Some(n) = number_after(id, "INC-") {
+                    self.next_incident = self.next_incident.max(n + 1);
+                }
+                self.incidents.push(Incident {
+                    id: id.clone(),
+                    kind: incident.kind.clone(),
+                    title: incident.title.clone(),
+                    domain: incident.domain,
+                    severity: incident.severity,
+                    lon: incident.lon,
+                    lat: incident.lat,
+                    source: incident.source.clone(),
+                    key: incident.key.clone(),
+                    status: IncidentStatus::Reported,
+                    reported_ms: at_ms,
+                    updated_ms: at_ms,
+                    timeline: vec![entry(format!(
+                        "reported from {}: {}",
+                        incident.source, incident.title
+                    ))],
+                    orders: Vec::new(),
+                });
+            }
+            Event::IncidentChanged {
+                id,
+                action,
+                status,
+                note,
+            } => {
+                let Some(&i) = self.incident_index.get(id) else {
+                    self.skipped_events += 1;
+                    return;
+                };
+                let inc = &mut self.incidents[i];
+                inc.status = *status;
+                inc.updated_ms = at_ms;
+                let mut text = format!("{:?} → {:?}", action, status);
+                if let Some(n) = note {
+                    text.push_str(&format!(" ({n})"));
+                }
+                inc.timeline.push(entry(text));
+            }
+            Event::OrderIssued {
+                id,
+                incident,
+                department,
+                instruction,
+                deadline_ms,
+                escalates,
+            } => {
+                let Some(&i) = self.incident_index.get(incident) else {
+                    self.skipped_events += 1;
+                    return;
+                };
+                if self.order_index.contains_key(id) {
+                    self.skipped_events += 1;
+                    return;
+                }
+                let index = self.orders.len();
+                self.order_index.insert(id.clone(), index);
+                if let Some(n) = number_after(id, "ORD-") {
+                    self.next_order = self.next_order.max(n + 1);
+                }
+                if let Some(from) = escalates
+                    && let Some(&j) = self.order_index.get(from)
+                {
+                    self.orders[j].escalated_to = Some(id.clone());
+                }
+                self.orders.push(Order {
+                    id: id.clone(),
+                    incident: incident.clone(),
+                    department: department.clone(),
+                    instruction: instruction.clone(),
+                    issued_ms: at_ms,
+                    deadline_ms: *deadline_ms,
+                    status: OrderStatus::Issued,
+                    steps: vec![Step {
+                        status: OrderStatus::Issued,
+                        action: Some(Action::IssueOrder),
+                        at_ms,
+                        who: who.to_string(),
+                        role,
+                        note: None,
+                    }],
+                    urges: 0,
+                    delivered_ms: None,
+                    escalates: escalates.clone(),
+                    escalated_to: None,
+                });
+                let inc = &mut self.incidents[i];
+                inc.orders.push(index);
+                inc.updated_ms = at_ms;
+                inc.timeline
+                    .push(entry(format!("order {id} to {department}: {instruction}")));
+            }
+            Event::OrderChanged {
+                id,
+                action,
+                status,
+                note,
+            } => {
+                let Some(&o) = self.order_index.get(id) else {
+                    self.skipped_events += 1;
+                    return;
+                };
+                let order = &mut self.orders[o];
+                order.status = *status;
+                if *action == Action::UrgeOrder {
+                    order.urges += 1;
+                }
+                if *action == Action::RecordDelivery {
+                    order.delivered_ms = Some(at_ms);
+                }
+                order.steps.push(Step {
+                    status: *status,
+                    action: Some(*action),
+                    at_ms,
+                    who: who.to_string(),
+                    role,
+                    note: note.clone(),
+                });
+                let mut text = format!("{id} ({}): {action:?} → {status:?}", order.department);
+                if let Some(n) = note {
+                    text.push_str(&format!(" ({n})"));
+                }
+                let incident = order.incident.clone();
+                if let Some(&i) = self.incident_index.get(&incident) {
+                    self.incidents[i].updated_ms = at_ms;
+                    self.incidents[i].timeline.push(entry(text));
+                }
+            }
+            Event::OrderOverdue { id } => {
+                let Some(&o) = self.order_index.get(id) else {
+                    self.skipped_events += 1;
+                    return;
+                };
+                let order = &mut self.orders[o];
+                order.status = OrderStatus::Overdue;
+                order.steps.push(Step {
+                    status: OrderStatus::Overdue,
+                    action: None,
+                    at_ms,
+                    who: who.to_string(),
+                    role,
+                    note: None,
+                });
+                let text = format!("{id} ({}) is overdue", order.department);
+                let incident = order.incident.clone();
+                if let Some(&i) = self.incident_index.get(&incident) {
+                    self.incidents[i].timeline.push(entry(text));
+                }
+            }
+            Event::Note { incident, text } => {
+                let Some(&i) = self.incident_index.get(incident) else {
+                    self.skipped_events += 1;
+                    return;
+                };
+                self.incidents[i].timeline.push(entry(text.clone()));
+            }
+        }
+    }
+
+    /// Orders still waiting to reach a department with an endpoint (the outbox).
+    pub fn undelivered(&self) -> impl Iterator<Item = &Order> {
+        self.orders.iter().filter(|o| {
+            o.status == OrderStatus::Issued
+                && self
+                    .config
+                    .department(&o.department)
+                    .is_some_and(|d| d.endpoint != Endpoint::Manual)
+        })
+    }
+
+    /// Open incidents, most urgent first: severity, then orders overdue, then age.
+    pub fn by_urgency(&self) -> Vec<usize> {
+        let mut ids: Vec<usize> = (0..self.incidents.len()).collect();
+        let overdue = |i: &Incident| {
+            self.orders_of(i)
+                .filter(|o| o.status == OrderStatus::Overdue)
+                .count()
+        };
+        ids.sort_by(|&a, &b| {
+            let (x, y) = (&self.incidents[a], &self.incidents[b]);
+            y.is_open()
+                .cmp(&x.is_open())
+                .then(y.severity.cmp(&x.severity))
+                .then(overdue(y).cmp(&overdue(x)))
+                .then(x.reported_ms.cmp(&y.reported_ms))
+        });
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_795_946_400_000;
+
+    fn book() -> Book {
+        Book::new(DispatchConfig::default_config())
+    }
+
+    fn dispatcher() -> Actor {
+        Actor::new("li.wei", Role::Dispatcher, None)
+    }
+
+    fn run(
+        book: &mut Book,
+        command: Command,
+        actor: &Actor,
+        now: i64,
+    ) -> Result<Vec<Event>, CommandError> {
+        let events = book.plan(&command, actor, now)?;
+        for e in &events {
+            book.apply(e, now, &actor.name, actor.role);
+        }
+        Ok(events)
+    }
+
+    fn fire(key: Option<&str>) -> NewIncident {
+        NewIncident {
+            kind: "building_fire".into(),
+            title: "Smoke from a shop roof".into(),
+            domain: Domain::Safety,
+            severity: Severity::Severe,
+            lon: 24.94,
+            lat: 60.17,
+            source: "map".into(),
+            key: key.map(str::to_string),
+        }
+    }
+
+    fn playbook_orders(book: &Book, kind: &str, now: i64) -> Vec<NewOrder> {
+        book.config
+            .playbook(kind)
+            .unwrap()
+            .orders
+            .iter()
+            .map(|o| NewOrder {
+                department: o.department.clone(),
+                instruction: o.instruction.clone(),
+                deadline_ms: now + (o.deadline_min * 60_000.0) as i64,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_incident_goes_from_report_to_orders_to_closure() {
+        let mut b = book();
+        let d = dispatcher();
+        run(&mut b, Command::ReportIncident(fire(None)), &d, T0).unwrap();
+        let id = b.incidents[0].id.clone();
+        assert_eq!(id, "INC-000001");
+        let orders = playbook_orders(&b, "building_fire", T0);
+        let events = run(
+            &mut b,
+            Command::IssueOrders {
+                incident: id.clone(),
+                orders,
+            },
+            &d,
+            T0 + 1000,
+        )
+        .unwrap();
+        // Verify, dispatch, and four orders, in one command.
+        assert_eq!(events.len(), 6);
+        assert_eq!(b.incident(&id).unwrap().status, IncidentStatus::Dispatched);
+        assert_eq!(b.orders.len(), 4);
+        assert_eq!(b.orders[0].id, "ORD-000001");
+        assert_eq!(b.orders[3].department, "power");
+
+        // The fire liaison signs for and carries out its order; not another's.
+        let liaison = Actor::new("wang.fang", Role::DepartmentLiaison, Some("fire"));
+        for action in [
+            Action::AcknowledgeOrder,
+            Action::StartOrder,
+            Action::CompleteOrder,
+        ] {
+            run(
+                &mut b,
+                Command::Order {
+                    id: "ORD-000001".into(),
+                    action,
+                    note: None,
+                },
+                &liaison,
+                T0 + 2000,
+            )
+            .unwrap();
+        }
+        assert_eq!(b.order("ORD-000001").unwrap().status, OrderStatus::Done);
+        let err = run(
+            &mut b,
+            Command::Order {
+                id: "ORD-000002".into(),
+                action: Action::AcknowledgeOrder,
+                note: None,
+            },
+            &liaison,
+            T0 + 2000,
+        )
+        .unwrap_err();
+        assert!(matches!(err, CommandError::OtherDepartment { .. }), "{err}");
+        // Completing twice is an illegal transition, named.
+        let err = run(
+            &mut b,
+            Command::Order {
+                id: "ORD-000001".into(),
+                action: Action::CompleteOrder,
+                note: None,
+            },
+            &liaison,
+            T0 + 2000,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot CompleteOrder an order that is Done"
+        );
+
+        for action in [
+            Action::MarkOnScene,
+            Action::ResolveIncident,
+            Action::CloseIncident,
+        ] {
+            run(
+                &mut b,
+                Command::Incident {
+                    id: id.clone(),
+                    action,
+                    note: None,
+                },
+                &d,
+                T0 + 3000,
+            )
+            .unwrap();
+        }
+        let inc = b.incident(&id).unwrap();
+        assert_eq!(inc.status, IncidentStatus::Closed);
+        // Every step is on the timeline with who did it.
+        assert!(inc.timeline.iter().any(|t| t.who == "wang.fang"
+            && t.text.contains("ORD-000001")
+            && t.text.contains("Done")));
+        // A closed incident takes no new orders.
+        let orders = playbook_orders(&b, "building_fire", T0 + 4000);
+        let err = run(
+            &mut b,
+            Command::IssueOrders {
+                incident: id,
+                orders,
+            },
+            &d,
+            T0 + 4000,
+        )
+        .unwrap_err();
+        assert!(matches!(err, CommandError::IncidentFinished { .. }));
+    }
+
+    #[test]
+    fn roles_are_checked_on_every_command_and_refusals_change_nothing() {
+        let mut b = book();
+        let leader = Actor::new("mayor", Role::Leader, None);
+        let err = run(&mut b, Command::ReportIncident(fire(None)), &leader, T0).unwrap_err();
+        assert_eq!(err.to_string(), "mayor (leader) may not ReportIncident");
+        assert!(b.incidents.is_empty());
+
+        let operator = Actor::new("duty", Role::Operator, None);
+        run(&mut b, Command::ReportIncident(fire(None)), &operator, T0).unwrap();
+        let orders = playbook_orders(&b, "building_fire", T0);
+        let err = run(
+            &mut b,
+            Command::IssueOrders {
+                incident: "INC-000001".into(),
+                orders,
+            },
+            &operator,
+            T0,
+        )
+        .unwrap_err();
+        assert!(matches!(err, CommandError::Denied { .. }));
+        assert!(b.orders.is_empty());
+
+        // The dispatcher records sign-for by hand only where there is no endpoint.
+        let d = dispatcher();
+        run(
+            &mut b,
+            Command::IssueOrders {
+                incident: "INC-000001".into(),
+                orders: vec![
+                    NewOrder {
+                        department: "fire".into(),
+                        instruction: "Go".into(),
+                        deadline_ms: T0 + 60_000,
+                    },
+                    NewOrder {
+                        department: "central_district".into(),
+                        instruction: "Send staff".into(),
+                        deadline_ms: T0 + 60_000,
+                    },
+                ],
+            },
+            &d,
+            T0,
+        )
+        .unwrap();
+        let ack = |id: &str| Command::Order {
+            id: id.into(),
+            action: Action::AcknowledgeOrder,
+            note: Some("by phone".into()),
+        };
+        let err = run(&mut b, ack("ORD-000001"), &d, T0).unwrap_err();
+        assert!(matches!(err, CommandError::NotManual { .. }), "{err}");
+        run(&mut b, ack("ORD-000002"), &d, T0).unwrap();
+        assert_eq!(
+            b.order("ORD-000002").unwrap().status,
+            OrderStatus::Acknowledged
+        );
+        // Only the clock marks orders overdue.
+        let err = run(
+            &mut b,
+            Command::MarkOverdue {
+                id: "ORD-000001".into(),
+            },
+            &d,
+            T0 + 120_000,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("clock"));
+    }
+
+    #[test]
+    fn the_clock_marks_overdue_then_escalates_up_the_chain() {
+        let mut b = book();
+        let d = dispatcher();
+        run(&mut b, Command::ReportIncident(fire(None)), &d, T0).unwrap();
+        run(
+            &mut b,
+            Command::IssueOrders {
+                incident: "INC-000001".into(),
+                orders: vec![NewOrder {
+                    department: "traffic_police".into(),
+                    instruction: "Close the street".into(),
+                    deadline_ms: T0 + 10 * 60_000,
+                }],
+            },
+            &d,
+            T0,
+        )
+        .unwrap();
+        let system = Actor::system();
+        let tick = |b: &mut Book, now: i64| {
+            for c in b.due(now) {
+                run(b, c, &system, now).unwrap();
+            }
+        };
+        tick(&mut b, T0 + 9 * 60_000);
+        assert_eq!(b.orders[0].status, OrderStatus::Issued);
+        tick(&mut b, T0 + 10 * 60_000);
+        assert_eq!(b.orders[0].status, OrderStatus::Overdue);
+        assert_eq!(b.orders[0].urges, 1, "the department is urged");
+        // Not yet escalated: five minutes' grace after the deadline.
+        tick(&mut b, T0 + 14 * 60_000);
+        assert_eq!(b.orders.len(), 1);
+        tick(&mut b, T0 + 15 * 60_000);
+        assert_eq!(b.orders[0].status, OrderStatus::Escalated);
+        let up = &b.orders[1];
+        assert_eq!(up.department, "public_security");
+        assert_eq!(up.escalates.as_deref(), Some("ORD-000001"));
+        assert_eq!(b.orders[0].escalated_to.as_deref(), Some("ORD-000002"));
+        assert_eq!(up.deadline_ms, T0 + 25 * 60_000);
+        // And again, up to the emergency bureau, then to the leadership.
+        tick(&mut b, T0 + 25 * 60_000);
+        tick(&mut b, T0 + 30 * 60_000);
+        assert_eq!(b.orders[2].department, "emergency");
+        tick(&mut b, T0 + 40 * 60_000);
+        tick(&mut b, T0 + 45 * 60_000);
+        assert_eq!(b.orders.len(), 3);
+        assert_eq!(b.orders[2].status, OrderStatus::Escalated);
+        let inc = b.incident("INC-000001").unwrap();
+        assert!(
+            inc.timeline
+                .iter()
+                .any(|t| t.text.contains("city leadership"))
+        );
+        // Nothing is due twice.
+        assert!(b.due(T0 + 60 * 60_000).is_empty());
+    }
+
+    #[test]
+    fn alerts_are_one_incident_per_key() {
+        let mut b = book();
+        let system = Actor::system();
+        run(
+            &mut b,
+            Command::ReportIncident(fire(Some("cap:a,1"))),
+            &system,
+            T0,
+        )
+        .unwrap();
+        let err = run(
+            &mut b,
+            Command::ReportIncident(fire(Some("cap:a,1"))),
+            &system,
+            T0,
+        )
+        .unwrap_err();
+        assert!(matches!(err, CommandError::DuplicateAlert { .. }));
+        assert_eq!(b.incident_for_key("cap:a,1").unwrap().id, "INC-000001");
+    }
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let events = vec![
+            Event::IncidentReported {
+                id: "INC-000001".into(),
+                incident: fire(Some("k")),
+            },
+            Event::OrderChanged {
+                id: "ORD-000001".into(),
+                action: Action::AcknowledgeOrder,
+                status: OrderStatus::Acknowledged,
+                note: Some("on our way".into()),
+            },
+            Event::OrderOverdue {
+                id: "ORD-000001".into(),
+            },
+        ];
+        for e in events {
+            let text = serde_json::to_string(&e).unwrap();
+            assert!(
+                text.contains(&format!("\"event\":\"{}\"", e.kind())),
+                "{text}"
+            );
+            assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), e);
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Departments (the chain of command) and playbooks, from a TOML file. The defaults
+//! in `config/dispatch.toml` are embedded so the demo city dispatches out of the box.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::feeds::Domain;
+
+/// The embedded default configuration.
+pub const DEFAULT_DISPATCH_TOML: &str = include_str!("../../config/dispatch.toml");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    City,
+    District,
+    Street,
+}
+
+/// Where a department's orders go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Recorded by hand by the dispatcher (phone, radio).
+    Manual,
+    /// The department simulator Zhongshu starts itself.
+    Simulated,
+    /// The department's order-intake base URL.
+    Url(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Department {
+    pub id: String,
+    pub name: String,
+    pub domain: Domain,
+    pub level: Level,
+    pub superior: Option<String>,
+    pub endpoint: Endpoint,
+    /// Bearer token the department uses for status reports.
+    pub token: Option<String>,
+    /// Unit kinds (vehicle types) the department runs.
+    pub units: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlaybookOrder {
+    pub department: String,
+    pub instruction: String,
+    pub deadline_min: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Playbook {
+    pub kind: String,
+    pub title: String,
+    #[serde(default)]
+    pub units: Vec<String>,
+    pub orders: Vec<PlaybookOrder>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DispatchConfig {
+    pub departments: Vec<Department>,
+    pub playbooks: Vec<Playbook>,
+    /// Minutes an overdue order may stay unsigned before it is escalated.
+    pub escalate_after_min: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read dispatch config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("dispatch config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_escalate_after")]
+    escalate_after_min: f64,
+    #[serde(default, rename = "department")]
+    departments: Vec<RawDepartment>,
+    #[serde(default, rename = "playbook")]
+    playbooks: Vec<Playbook>,
+}
+
+fn default_escalate_after() -> f64 {
+    5.0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDepartment {
+    id: String,
+    name: String,
+    domain: Domain,
+    level: Level,
+    superior: Option<String>,
+    endpoint: Option<String>,
+    token: Option<String>,
+    #[serde(default)]
+    units: Vec<String>,
+}
+
+/// One spelling for a kind: "gasLeak", "gas_leak" and "Gas leak" are the same.
+pub fn normalise_kind(kind: &str) -> String {
+    kind.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+impl DispatchConfig {
+    /// The embedded defaults.
+    pub fn default_config() -> Self {
+        Self::parse(DEFAULT_DISPATCH_TOML, "config/dispatch.toml (embedded)")
+            .expect("the embedded dispatch config is valid")
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if !(raw.escalate_after_min.is_finite() && raw.escalate_after_min >= 0.0) {
+            return Err(invalid(format!(
+                "escalate_after_min must be a number of minutes ≥ 0, got {}",
+                raw.escalate_after_min
+            )));
+        }
+        let mut departments = Vec::new();
+        let mut ids = HashSet::new();
+        for d in raw.departments {
+            if d.id.trim().is_empty() {
+                return Err(invalid("a department has an empty id".into()));
+            }
+            if !ids.insert(d.id.clone()) {
+                return Err(invalid(format!("department \"{}\" is defined twice", d.id)));
+            }
+            let endpoint = match d.endpoint.as_deref().map(str::trim) {
+                None | Some("") | Some("manual") => Endpoint::Manual,
+                Some("simulated") => Endpoint::Simulated,
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    Endpoint::Url(url.trim_end_matches('/').to_string())
+                }
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "department \"{}\": endpoint \"{other}\" is not an http(s) URL, \"simulated\" or \"manual\"",
+                        d.id
+                    )));
+                }
+            };
+            if endpoint != Endpoint::Manual && d.token.as_deref().unwrap_or("").is_empty() {
+                return Err(invalid(format!(
+                    "department \"{}\" has an endpoint but no token for its status reports",
+                    d.id
+                )));
+            }
+            departments.push(Department {
+                id: d.id,
+                name: d.name,
+                domain: d.domain,
+                level: d.level,
+                superior: d.superior,
+                endpoint,
+                token: d.token,
+                units: d.units,
+            });
+        }
+        let by_id: HashMap<&str, &Department> =
+            departments.iter().map(|d| (d.id.as_str(), d)).collect();
+        for d in &departments {
+            if let Some(s) = &d.superior
+                && !by_id.contains_key(s.as_str())
+            {
+                return Err(invalid(format!(
+                    "department \"{}\": superior \"{s}\" is not a department",
+                    d.id
+                )));
+            }
+            // The chain of command must end: no department is its own superior.
+            let mut seen = HashSet::new();
+            let mut at = Some(d);
+            while let Some(x) = at {
+                if !seen.insert(x.id.as_str()) {
+                    return Err(invalid(format!(
+                        "department \"{}\": the chain of superiors loops",
+                        d.id
+                    )));
+                }
+                at = x.superior.as_deref().and_then(|s| by_id.get(s).copied());
+            }
+        }
+        let mut kinds = HashSet::new();
+        for p in &raw.playbooks {
+            if !kinds.insert(normalise_kind(&p.kind)) {
+                return Err(invalid(format!("playbook \"{}\" is defined twice", p.kind)));
+            }
+            if p.orders.is_empty() {
+                return Err(invalid(format!("playbook \"{}\" has no orders", p.kind)));
+            }
+            for o in &p.orders {
+                if !by_id.contains_key(o.department.as_str()) {
+                    return Err(invalid(format!(
+                        "playbook \"{}\": department \"{}\" is not defined",
+                        p.kind, o.department
+                    )));
+                }
+                if !(o.deadline_min.is_finite() && o.deadline_min > 0.0) {
+                    return Err(invalid(format!(
+                        "playbook \"{}\": deadline_min for \"{}\" must be > 0",
+                        p.kind, o.department
+                    )));
+                }
+            }
+        }
+        Ok(Self {
+            departments,
+            playbooks: raw.playbooks,
+            escalate_after_min: raw.escalate_after_min,
+        })
+    }
+
+    pub fn department(&self, id: &str) -> Option<&Department> {
+        self.departments.iter().find(|d| d.id == id)
+    }
+
+    /// The playbook for an incident kind, whatever its spelling.
+    pub fn playbook(&self, kind: &str) -> Option<&Playbook> {
+        let k = normalise_kind(kind);
+        self.playbooks.iter().find(|p| normalise_kind(&p.kind) == k)
+    }
+
+    /// The department a bearer token belongs to.
+    pub fn department_for_token(&self, token: &str) -> Option<&Department> {
+        self.departments
+            .iter()
+            .find(|d| d.token.as_deref() == Some(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_defaults_are_valid_and_cover_the_simulated_alerts() {
+        let c = DispatchConfig::default_config();
+        assert!(c.departments.len() >= 8);
+        let fire = c.playbook("Building fire").expect("building fire playbook");
+        let departments: Vec<_> = fire.orders.iter().map(|o| o.department.as_str()).collect();
+        assert_eq!(departments, ["fire", "ems", "traffic_police", "power"]);
+        for kind in [
+            "gasLeak",
+            "powerOutage",
+            "waterOutage",
+            "crowdGathering",
+            "roadDamage",
+            "illegalParking",
+            "garbageOverflow",
+            "streetLightFailure",
+            "illegalConstruction",
+            "waterlogging",
+            "traffic_accident",
+        ] {
+            assert!(c.playbook(kind).is_some(), "no playbook for {kind}");
+        }
+        // Every chain of command ends at the emergency bureau.
+        for d in &c.departments {
+            let mut at = d;
+            while let Some(s) = &at.superior {
+                at = c.department(s).unwrap();
+            }
+            assert_eq!(at.id, "emergency", "{}", d.id);
+        }
+        assert_eq!(
+            c.department("central_district").unwrap().endpoint,
+            Endpoint::Manual
+        );
+        assert_eq!(c.department_for_token("demo-fire").unwrap().id, "fire");
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let cases = [
+            (
+                "[[department]]\nid='a'\nname='A'\ndomain='urban'\nlevel='city'\nsuperior='b'",
+                "superior \"b\" is not a department",
+            ),
+            (
+                "[[department]]\nid='a'\nname='A'\ndomain='urban'\nlevel='city'\nsuperior='a'",
+                "loops",
+            ),
+            (
+                "[[department]]\nid='a'\nname='A'\ndomain='urban'\nlevel='city'\nendpoint='ftp://x'",
+                "not an http(s) URL",
+            ),
+            (
+                "[[department]]\nid='a'\nname='A'\ndomain='urban'\nlevel='city'\nendpoint='http://x'",
+                "no token",
+            ),
+            (
+                "[[playbook]]\nkind='fire'\ntitle='F'\norders=[{department='nobody', instruction='x', deadline_min=5}]",
+                "department \"nobody\" is not defined",
+            ),
+            (
+                "[[department]]\nid='a'\nname='A'\ndomain='urban'\nlevel='town'",
+                "level",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = DispatchConfig::parse(text, "test.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{err}");
+            assert!(err.contains("test.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn kinds_match_whatever_the_spelling() {
+        assert_eq!(normalise_kind("gasLeak"), normalise_kind("gas_leak"));
+        assert_eq!(normalise_kind("Gas leak"), "gasleak");
+    }
+}

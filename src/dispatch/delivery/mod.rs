@@ -1,0 +1,237 @@
+//! Delivery of orders to departments over HTTP (outbox with retries, idempotency key),
+//! the department status API, and the department simulator.
+//!
+//! The durable event log stays with the integrator; this module only talks HTTP and
+//! hands results back on std mpsc channels:
+//!
+//! - [`Outbox`]: `send(OutgoingOrder)` POSTs an order (or an urge) to a department,
+//!   retrying with exponential backoff and jitter until the department has it, and
+//!   reports [`DeliveryEvent`]s. Every request carries `Idempotency-Key: <order id>`
+//!   (`<order id>:urge:<n>` for urges), so re-sending after a restart is harmless.
+//!   One thread per department endpoint: a hanging department delays only itself.
+//! - [`StatusApi`]: the Zhongshu-side HTTP server departments report to
+//!   (`POST /api/v1/orders/{id}/status` with a bearer token); accepted reports come
+//!   out as [`StatusReport`]s.
+//! - [`DepartmentSim`]: a department (or many) over HTTP that de-duplicates by
+//!   idempotency key, fails on purpose, and reports acknowledged → in progress → done,
+//!   rejects or ignores orders; `zhongshu serve-departments` runs it
+//!   ([`run_serve_departments`]).
+//!
+//! HTTP contract in short: orders are `POST {endpoint}/orders` with
+//! `Idempotency-Key: <order id>`; 2xx or 409 means delivered, 408/429/5xx and network
+//! errors are retried, any other status is a permanent failure. Urges are
+//! `POST {endpoint}/orders/{id}/urge` with `Idempotency-Key: <order id>:urge:<n>`.
+//! Departments report with `POST {status_url}` (`/api/v1/orders/{id}/status`),
+//! `Authorization: Bearer <department token>` and
+//! `{"status": "acknowledged"|"in_progress"|"done"|"rejected", "by", "note"?, "at"?}`:
+//! 202 received, 401 unknown token, 400 malformed (JSON `{"error", "message"}`).
+
+use serde_json::{Value, json};
+
+use crate::clock::rfc3339_from_unix_ms;
+
+mod api;
+mod outbox;
+mod sim;
+#[cfg(test)]
+mod tests;
+
+pub use api::{DepartmentAuth, OrderSnapshot, OrderSnapshots, StatusApi, StatusReport};
+pub use outbox::{DeliveryEvent, Outbox, OutboxConfig, OutgoingOrder};
+pub use sim::{
+    DepartmentSim, SimBehaviour, SimFate, SimJob, SimStats, default_token, run_serve_departments,
+};
+
+/// The JSON body of an order as delivered to a department (`POST {endpoint}/orders`).
+/// `status_url` is written verbatim: pass [`StatusApi::status_url`] (or
+/// [`status_url`] with the public base URL of the status API), the exact URL the
+/// department reports this order's status to. Times are given both as Unix
+/// milliseconds and as RFC 3339.
+#[allow(clippy::too_many_arguments)]
+pub fn order_body(
+    order_id: &str,
+    incident_id: &str,
+    department: &str,
+    instruction: &str,
+    deadline_ms: i64,
+    issued_at_ms: i64,
+    status_url: &str,
+    incident: Value,
+) -> Value {
+    json!({
+        "order_id": order_id,
+        "incident_id": incident_id,
+        "department": department,
+        "instruction": instruction,
+        "deadline_ms": deadline_ms,
+        "deadline": rfc3339_from_unix_ms(deadline_ms),
+        "issued_at_ms": issued_at_ms,
+        "issued_at": rfc3339_from_unix_ms(issued_at_ms),
+        "status_url": status_url,
+        "incident": incident,
+    })
+}
+
+/// The JSON body of an urge (`POST {endpoint}/orders/{id}/urge`). `urge_seq` is the
+/// number of this urge for the order (1, 2, ...); the outbox uses it in the
+/// idempotency key, so take it from the log to keep it stable across restarts.
+pub fn urge_body(order_id: &str, urge_seq: u32, by: &str, note: Option<&str>) -> Value {
+    json!({
+        "order_id": order_id,
+        "urge_seq": urge_seq,
+        "by": by,
+        "note": note,
+    })
+}
+
+/// The status URL of one order under a status API reachable at `base_url`
+/// (`http://host:port`, no trailing slash needed):
+/// `{base_url}/api/v1/orders/{order_id}/status`.
+pub fn status_url(base_url: &str, order_id: &str) -> String {
+    format!(
+        "{}/api/v1/orders/{}/status",
+        base_url.trim_end_matches('/'),
+        encode_segment(order_id)
+    )
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (one path segment).
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes one percent-encoded path segment; `None` if malformed or not UTF-8.
+fn decode_segment(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The path of a request URL split into decoded segments (query string dropped).
+fn path_segments(url: &str) -> Option<Vec<String>> {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(decode_segment)
+        .collect()
+}
+
+/// A small deterministic generator (SplitMix64): jitter and the simulator's dice.
+#[derive(Clone, Debug)]
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        mix(self.0)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A well-mixed hash of a seed and some strings (FNV-1a, then SplitMix's finaliser).
+fn hash_parts(seed: u64, parts: &[&str]) -> u64 {
+    let mut h = 0xCBF2_9CE4_8422_2325u64 ^ mix(seed);
+    for p in parts {
+        for b in p.bytes().chain([0xFF]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01B3);
+        }
+    }
+    mix(h)
+}
+
+/// Uniform in [0, 1) from a hash.
+fn unit_of(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+type HttpResponse = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+
+fn json_response(status: u16, body: &Value) -> HttpResponse {
+    tiny_http::Response::from_string(body.to_string())
+        .with_status_code(status)
+        .with_header(
+            tiny_http::Header::from_bytes("Content-Type", "application/json")
+                .expect("static header"),
+        )
+}
+
+fn error_response(status: u16, error: &str, message: impl Into<String>) -> HttpResponse {
+    json_response(status, &json!({"error": error, "message": message.into()}))
+}
+
+/// A request header's value (first of that name, case-insensitive).
+fn header_value(request: &tiny_http::Request, name: &str) -> Option<String> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str().trim().to_string())
+}
+
+enum BodyError {
+    TooLarge(usize),
+    Read(std::io::Error),
+}
+
+/// Reads a request body, refusing more than `limit` bytes.
+fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, BodyError> {
+    use std::io::Read;
+    if let Some(len) = request.body_length()
+        && len > limit
+    {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(BodyError::Read)?;
+    if body.len() > limit {
+        return Err(BodyError::TooLarge(limit));
+    }
+    Ok(body)
+}
+
+fn body_error_response(e: BodyError) -> HttpResponse {
+    match e {
+        BodyError::TooLarge(limit) => error_response(
+            413,
+            "too_large",
+            format!("the body is larger than {limit} bytes"),
+        ),
+        BodyError::Read(e) => {
+            error_response(400, "read_error", format!("cannot read the body: {e}"))
+        }
+    }
+}

@@ -1,0 +1,813 @@
+//! The department simulator: departments over HTTP that take orders (de-duplicated by
+//! idempotency key), sometimes fail on purpose, and report status back on their own.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{
+    HttpResponse, body_error_response, error_response, hash_parts, header_value, json_response,
+    path_segments, read_body, unit_of,
+};
+use crate::clock::rfc3339_from_unix_ms;
+use crate::feeds::poll::unix_ms_now;
+
+/// Largest order body accepted.
+const MAX_ORDER_BYTES: usize = 1024 * 1024;
+/// Attempts at posting one status report before giving up on the order's reports.
+const REPORT_TRIES: u32 = 6;
+/// Department used for `POST /orders` when the body names none.
+const DEFAULT_DEPARTMENT: &str = "default";
+/// Duty officers who sign for orders, picked per department.
+const DUTY_OFFICERS: [&str; 8] = [
+    "Li Wei 李伟",
+    "Wang Fang 王芳",
+    "Zhang Min 张敏",
+    "Liu Yang 刘洋",
+    "Chen Jing 陈静",
+    "Zhao Lei 赵磊",
+    "Huang Qiang 黄强",
+    "Zhou Na 周娜",
+];
+
+/// How the simulated departments behave. Delays are in simulated seconds, divided
+/// by `speedup`; `slow_s` is real seconds (it is about client timeouts).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimBehaviour {
+    /// Seeds every decision: an order's fate and timings depend only on the seed, the
+    /// department and the order id; failures on the seed, key and try number.
+    pub seed: u64,
+    /// Share of POSTs answered 500 before anything is recorded.
+    pub fail_rate: f64,
+    /// Share of POSTs answered only after `slow_s` seconds, after recording (so a
+    /// client that times out retries and gets the duplicate answer).
+    pub slow_rate: f64,
+    pub slow_s: f64,
+    /// Share of orders rejected ("no unit available") after `ack_after_s`.
+    pub reject_rate: f64,
+    /// Share of orders never answered, unless urged.
+    pub ignore_rate: f64,
+    /// Delay from receipt to `acknowledged` (uniform in min..max).
+    pub ack_after_s: (f64, f64),
+    /// Delay from `acknowledged` to `in_progress`.
+    pub start_after_s: (f64, f64),
+    /// Delay from `in_progress` to `done`.
+    pub done_after_s: (f64, f64),
+    /// Delay from an urge to `acknowledged` for an order that was being ignored.
+    pub urged_ack_after_s: (f64, f64),
+    /// Simulated seconds per real second.
+    pub speedup: f64,
+    /// Department id → bearer token for its status reports; departments not listed
+    /// use [`default_token`] (the convention of `config/dispatch.toml`).
+    pub tokens: HashMap<String, String>,
+}
+
+impl Default for SimBehaviour {
+    fn default() -> Self {
+        SimBehaviour {
+            seed: 1,
+            fail_rate: 0.1,
+            slow_rate: 0.0,
+            slow_s: 15.0,
+            reject_rate: 0.1,
+            ignore_rate: 0.1,
+            ack_after_s: (5.0, 30.0),
+            start_after_s: (10.0, 60.0),
+            done_after_s: (60.0, 300.0),
+            urged_ack_after_s: (2.0, 10.0),
+            speedup: 1.0,
+            tokens: HashMap::new(),
+        }
+    }
+}
+
+impl SimBehaviour {
+    /// Checks rates, ranges and speedup (done by [`DepartmentSim::start`]).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, rate) in [
+            ("fail_rate", self.fail_rate),
+            ("slow_rate", self.slow_rate),
+            ("reject_rate", self.reject_rate),
+            ("ignore_rate", self.ignore_rate),
+        ] {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&rate),
+                "{name} must be between 0 and 1, got {rate}"
+            );
+        }
+        anyhow::ensure!(
+            self.reject_rate + self.ignore_rate <= 1.0,
+            "reject_rate + ignore_rate must be at most 1"
+        );
+        anyhow::ensure!(
+            self.speedup.is_finite() && self.speedup > 0.0,
+            "speedup must be > 0, got {}",
+            self.speedup
+        );
+        anyhow::ensure!(
+            self.slow_s.is_finite() && self.slow_s >= 0.0,
+            "slow_s must be ≥ 0"
+        );
+        for (name, (lo, hi)) in [
+            ("ack_after_s", self.ack_after_s),
+            ("start_after_s", self.start_after_s),
+            ("done_after_s", self.done_after_s),
+            ("urged_ack_after_s", self.urged_ack_after_s),
+        ] {
+            anyhow::ensure!(
+                lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi,
+                "{name} must be (min, max) with 0 ≤ min ≤ max, got ({lo}, {hi})"
+            );
+        }
+        Ok(())
+    }
+
+    fn token(&self, department: &str) -> String {
+        self.tokens
+            .get(department)
+            .cloned()
+            .unwrap_or_else(|| default_token(department))
+    }
+
+    /// A delay in `range` (simulated seconds) drawn from `h`, as real time.
+    fn delay(&self, range: (f64, f64), h: u64) -> Duration {
+        let s = range.0 + (range.1 - range.0) * unit_of(h);
+        Duration::from_secs_f64(s / self.speedup)
+    }
+}
+
+/// The token a simulated department uses when [`SimBehaviour::tokens`] names none:
+/// `demo-` and the id with `_` as `-` (`traffic_police` → `demo-traffic-police`), as
+/// in `config/dispatch.toml`.
+pub fn default_token(department: &str) -> String {
+    format!("demo-{}", department.replace('_', "-"))
+}
+
+/// What a simulated department does with an order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimFate {
+    /// acknowledged → in_progress → done.
+    Complete,
+    /// rejected, "no unit available".
+    Reject,
+    /// Nothing, until urged; then acknowledged → in_progress → done.
+    Ignore,
+}
+
+/// Counts since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SimStats {
+    /// POSTs to an orders or urge endpoint, whatever came of them.
+    pub received: u64,
+    /// Orders or urges already had (same idempotency key), answered 200 again.
+    pub duplicates: u64,
+    /// POSTs answered 500 on purpose.
+    pub failed_on_purpose: u64,
+    /// POSTs answered late on purpose.
+    pub slow_on_purpose: u64,
+    /// Distinct orders taken.
+    pub jobs: u64,
+    /// Distinct urges taken.
+    pub urges: u64,
+    /// Status reports Zhongshu accepted (2xx).
+    pub reported: u64,
+    /// Reports given up on (refused, or Zhongshu unreachable after retries).
+    pub report_failures: u64,
+    /// Orders whose fate is to be rejected / ignored.
+    pub rejected: u64,
+    pub ignored: u64,
+}
+
+/// One order a simulated department has taken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SimJob {
+    pub department: String,
+    pub order_id: String,
+    pub department_ref: String,
+    pub fate: SimFate,
+    pub status_url: String,
+    /// Distinct urges received.
+    pub urges: u32,
+    /// Statuses reported and accepted, in order.
+    pub reported: Vec<String>,
+}
+
+/// A running simulator; dropping it stops it.
+pub struct DepartmentSim {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    behaviour: SimBehaviour,
+    state: Mutex<SimState>,
+    timer: Mutex<Timer>,
+    wake: Condvar,
+    stop: AtomicBool,
+    client: reqwest::blocking::Client,
+}
+
+#[derive(Default)]
+struct SimState {
+    /// (department, order id) → job.
+    jobs: HashMap<(String, String), SimJob>,
+    /// Insertion order of `jobs`.
+    order: Vec<(String, String)>,
+    /// (department, urge key) → order's department reference.
+    urges: HashMap<(String, String), String>,
+    /// (department, idempotency key) → POSTs seen (numbers the failure dice).
+    tries: HashMap<(String, String), u32>,
+    /// Department → orders taken (numbers the references).
+    counters: HashMap<String, u64>,
+    stats: SimStats,
+    /// Ignored orders with an acknowledgement already scheduled by an urge.
+    urged_awake: std::collections::HashSet<(String, String)>,
+}
+
+#[derive(Default)]
+struct Timer {
+    heap: BinaryHeap<Due>,
+    seq: u64,
+}
+
+/// A chain of reports for one order, the first due at `at`.
+struct Due {
+    at: Instant,
+    seq: u64,
+    chain: Chain,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == CmpOrdering::Equal
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    /// Reversed: the heap's top is the earliest.
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+struct Step {
+    status: &'static str,
+    note: Option<String>,
+    /// Wait before this step, after the previous one was reported.
+    after: Duration,
+}
+
+struct Chain {
+    department: String,
+    order_id: String,
+    status_url: String,
+    steps: VecDeque<Step>,
+    tries: u32,
+}
+
+impl DepartmentSim {
+    /// Listens on `addr` (port 0 picks a free one). One process plays any number of
+    /// departments: `http://{addr}/{department}` is a department's endpoint.
+    pub fn start(addr: &str, behaviour: SimBehaviour) -> anyhow::Result<DepartmentSim> {
+        behaviour.validate()?;
+        let server = tiny_http::Server::http(addr)
+            .map_err(|e| anyhow::anyhow!("department simulator cannot listen on {addr}: {e}"))?;
+        let bound = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| anyhow::anyhow!("department simulator on {addr}: not an IP address"))?;
+        let client = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!(
+                "zhongshu-department-sim/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()?;
+        let shared = Arc::new(Shared {
+            behaviour,
+            state: Mutex::default(),
+            timer: Mutex::default(),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            client,
+        });
+        let accept = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("department sim".into())
+                .spawn(move || {
+                    while !shared.stop.load(Ordering::Relaxed) {
+                        match server.recv_timeout(Duration::from_millis(100)) {
+                            Ok(Some(request)) => {
+                                // A thread per request: slow answers hold up no one.
+                                let shared = shared.clone();
+                                let _ = std::thread::Builder::new()
+                                    .name("department sim request".into())
+                                    .spawn(move || handle(&shared, request));
+                            }
+                            Ok(None) => {}
+                            Err(_) => break,
+                        }
+                    }
+                })?
+        };
+        let timer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("department sim timer".into())
+                .spawn(move || timer_loop(&shared))?
+        };
+        Ok(DepartmentSim {
+            addr: bound,
+            shared,
+            threads: vec![accept, timer],
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://{addr}`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The endpoint of one department: `http://{addr}/{department}`.
+    pub fn endpoint(&self, department: &str) -> String {
+        format!("{}/{}", self.base_url(), super::encode_segment(department))
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.shared.lock_state().stats
+    }
+
+    /// Every order taken, in the order taken.
+    pub fn jobs(&self) -> Vec<SimJob> {
+        let state = self.shared.lock_state();
+        state.order.iter().map(|k| state.jobs[k].clone()).collect()
+    }
+
+    /// Blocks until the simulator stops (it does not stop by itself).
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops serving and reporting, and waits for the threads.
+    pub fn stop(self) {}
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DepartmentSim {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// `zhongshu serve-departments`: serves simulated departments on `addr`, prints one
+/// line with the base URL and blocks.
+pub fn run_serve_departments(addr: &str, behaviour: SimBehaviour) -> anyhow::Result<()> {
+    let seed = behaviour.seed;
+    let sim = DepartmentSim::start(addr, behaviour)?;
+    println!(
+        "zhongshu serve-departments: {} (a department's endpoint is {}/<department>, seed {seed})",
+        sim.base_url(),
+        sim.base_url()
+    );
+    sim.wait();
+    Ok(())
+}
+
+impl Shared {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn schedule(&self, chain: Chain) {
+        let Some(first) = chain.steps.front() else {
+            return;
+        };
+        let at = Instant::now() + first.after;
+        self.schedule_at(at, chain);
+    }
+
+    fn schedule_at(&self, at: Instant, chain: Chain) {
+        let mut timer = self.timer.lock().unwrap_or_else(|e| e.into_inner());
+        timer.seq += 1;
+        let seq = timer.seq;
+        timer.heap.push(Due { at, seq, chain });
+        self.wake.notify_all();
+    }
+
+    fn hash(&self, parts: &[&str]) -> u64 {
+        hash_parts(self.behaviour.seed, parts)
+    }
+
+    /// The failure and slowness dice for one POST with `key`.
+    fn dice(&self, state: &mut SimState, department: &str, key: &str) -> (bool, bool) {
+        let tries = state
+            .tries
+            .entry((department.to_string(), key.to_string()))
+            .or_insert(0);
+        *tries += 1;
+        let n = tries.to_string();
+        let fail = unit_of(self.hash(&[department, key, "fail", &n])) < self.behaviour.fail_rate;
+        let slow = unit_of(self.hash(&[department, key, "slow", &n])) < self.behaviour.slow_rate;
+        (fail, slow)
+    }
+
+    /// The steps an order goes through once it is answered, starting `first` after.
+    fn complete_steps(&self, department: &str, order_id: &str, first: Duration) -> VecDeque<Step> {
+        let b = &self.behaviour;
+        VecDeque::from([
+            Step {
+                status: "acknowledged",
+                note: None,
+                after: first,
+            },
+            Step {
+                status: "in_progress",
+                note: Some("unit en route".into()),
+                after: b.delay(b.start_after_s, self.hash(&[department, order_id, "start"])),
+            },
+            Step {
+                status: "done",
+                note: Some("completed".into()),
+                after: b.delay(b.done_after_s, self.hash(&[department, order_id, "done"])),
+            },
+        ])
+    }
+}
+
+fn handle(shared: &Shared, mut request: tiny_http::Request) {
+    let (response, delay) = respond(shared, &mut request);
+    if let Some(d) = delay {
+        std::thread::sleep(d);
+    }
+    let _ = request.respond(response);
+}
+
+/// The answer, and how long to hold it back.
+fn respond(shared: &Shared, request: &mut tiny_http::Request) -> (HttpResponse, Option<Duration>) {
+    use tiny_http::Method;
+    let Some(segments) = path_segments(request.url()) else {
+        return (
+            error_response(
+                400,
+                "bad_path",
+                "the path is not valid percent-encoded UTF-8",
+            ),
+            None,
+        );
+    };
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = request.method().clone();
+    match (segments.as_slice(), method) {
+        (["health"] | [], Method::Get) => (json_response(200, &json!({"status": "ok"})), None),
+        (["orders"], Method::Post) => post_order(shared, request, None),
+        ([department, "orders"], Method::Post) => {
+            let department = department.to_string();
+            post_order(shared, request, Some(department))
+        }
+        (["orders", order_id, "urge"], Method::Post) => {
+            let order_id = order_id.to_string();
+            post_urge(shared, request, DEFAULT_DEPARTMENT, &order_id)
+        }
+        ([department, "orders", order_id, "urge"], Method::Post) => {
+            let (department, order_id) = (department.to_string(), order_id.to_string());
+            post_urge(shared, request, &department, &order_id)
+        }
+        ([department, "orders", order_id], Method::Get) => {
+            let state = shared.lock_state();
+            let key = (department.to_string(), order_id.to_string());
+            let response = match state.jobs.get(&key) {
+                Some(job) => json_response(200, &serde_json::to_value(job).expect("serialises")),
+                None => error_response(404, "unknown_order", format!("no order {order_id:?}")),
+            };
+            (response, None)
+        }
+        _ => (
+            error_response(
+                404,
+                "not_found",
+                format!("no such resource: {}", request.url()),
+            ),
+            None,
+        ),
+    }
+}
+
+fn post_order(
+    shared: &Shared,
+    request: &mut tiny_http::Request,
+    department: Option<String>,
+) -> (HttpResponse, Option<Duration>) {
+    let bad = |message: String| (error_response(400, "bad_request", message), None);
+    let body = match read_body(request, MAX_ORDER_BYTES) {
+        Ok(b) => b,
+        Err(e) => return (body_error_response(e), None),
+    };
+    let key = header_value(request, "Idempotency-Key").unwrap_or_default();
+    let order: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return bad("the order is not a JSON object".into()),
+        Err(e) => return bad(format!("the order is not JSON: {e}")),
+    };
+    let Some(order_id) = order.get("order_id").and_then(Value::as_str) else {
+        return bad("the order has no string `order_id`".into());
+    };
+    if key.is_empty() {
+        return bad("missing Idempotency-Key header".into());
+    }
+    if key != order_id {
+        return bad(format!(
+            "Idempotency-Key {key:?} is not the order id {order_id:?}"
+        ));
+    }
+    let Some(status_url) = order
+        .get("status_url")
+        .and_then(Value::as_str)
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+    else {
+        return bad("the order has no http(s) `status_url` to report to".into());
+    };
+    let department = department
+        .or_else(|| {
+            order
+                .get("department")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| DEFAULT_DEPARTMENT.to_string());
+
+    let b = &shared.behaviour;
+    let mut state = shared.lock_state();
+    state.stats.received += 1;
+    let (fail, slow) = shared.dice(&mut state, &department, &key);
+    if fail {
+        state.stats.failed_on_purpose += 1;
+        return (
+            error_response(
+                500,
+                "simulated_failure",
+                "the department's system is down (simulated)",
+            ),
+            None,
+        );
+    }
+    let delay = slow.then(|| {
+        state.stats.slow_on_purpose += 1;
+        Duration::from_secs_f64(b.slow_s)
+    });
+    let job_key = (department.clone(), order_id.to_string());
+    if let Some(job) = state.jobs.get(&job_key) {
+        let reference = job.department_ref.clone();
+        state.stats.duplicates += 1;
+        let body = json!({"department_ref": reference, "status": "duplicate"});
+        return (json_response(200, &body), delay);
+    }
+    let counter = state.counters.entry(department.clone()).or_insert(0);
+    *counter += 1;
+    let department_ref = format!(
+        "{}-{:06}",
+        department
+            .to_uppercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), ""),
+        *counter
+    );
+    let roll = unit_of(shared.hash(&[&department, order_id, "fate"]));
+    let fate = if roll < b.reject_rate {
+        SimFate::Reject
+    } else if roll < b.reject_rate + b.ignore_rate {
+        SimFate::Ignore
+    } else {
+        SimFate::Complete
+    };
+    state.stats.jobs += 1;
+    match fate {
+        SimFate::Reject => state.stats.rejected += 1,
+        SimFate::Ignore => state.stats.ignored += 1,
+        SimFate::Complete => {}
+    }
+    state.jobs.insert(
+        job_key.clone(),
+        SimJob {
+            department: department.clone(),
+            order_id: order_id.to_string(),
+            department_ref: department_ref.clone(),
+            fate,
+            status_url: status_url.to_string(),
+            urges: 0,
+            reported: Vec::new(),
+        },
+    );
+    state.order.push(job_key);
+    drop(state);
+    let ack = b.delay(b.ack_after_s, shared.hash(&[&department, order_id, "ack"]));
+    let steps = match fate {
+        SimFate::Complete => shared.complete_steps(&department, order_id, ack),
+        SimFate::Reject => VecDeque::from([Step {
+            status: "rejected",
+            note: Some("no unit available".into()),
+            after: ack,
+        }]),
+        SimFate::Ignore => VecDeque::new(),
+    };
+    shared.schedule(Chain {
+        department,
+        order_id: order_id.to_string(),
+        status_url: status_url.to_string(),
+        steps,
+        tries: 0,
+    });
+    let body = json!({"department_ref": department_ref, "status": "received"});
+    (json_response(201, &body), delay)
+}
+
+fn post_urge(
+    shared: &Shared,
+    request: &mut tiny_http::Request,
+    department: &str,
+    order_id: &str,
+) -> (HttpResponse, Option<Duration>) {
+    if let Err(e) = read_body(request, MAX_ORDER_BYTES) {
+        return (body_error_response(e), None);
+    }
+    let Some(key) = header_value(request, "Idempotency-Key").filter(|k| !k.is_empty()) else {
+        return (
+            error_response(400, "bad_request", "missing Idempotency-Key header"),
+            None,
+        );
+    };
+    let b = &shared.behaviour;
+    let mut guard = shared.lock_state();
+    let state = &mut *guard;
+    state.stats.received += 1;
+    let (fail, slow) = shared.dice(state, department, &key);
+    if fail {
+        state.stats.failed_on_purpose += 1;
+        return (
+            error_response(
+                500,
+                "simulated_failure",
+                "the department's system is down (simulated)",
+            ),
+            None,
+        );
+    }
+    let delay = slow.then(|| {
+        state.stats.slow_on_purpose += 1;
+        Duration::from_secs_f64(b.slow_s)
+    });
+    let job_key = (department.to_string(), order_id.to_string());
+    let Some(job) = state.jobs.get_mut(&job_key) else {
+        return (
+            error_response(
+                404,
+                "unknown_order",
+                format!("{department} has no order {order_id:?}"),
+            ),
+            None,
+        );
+    };
+    let reference = job.department_ref.clone();
+    let urge_key = (department.to_string(), key);
+    if state.urges.contains_key(&urge_key) {
+        state.stats.duplicates += 1;
+        let body = json!({"department_ref": reference, "status": "duplicate"});
+        return (json_response(200, &body), delay);
+    }
+    job.urges += 1;
+    let (fate, status_url) = (job.fate, job.status_url.clone());
+    state.urges.insert(urge_key, reference.clone());
+    state.stats.urges += 1;
+    // Being urged wakes up an order that was being ignored.
+    if fate == SimFate::Ignore && state.urged_awake.insert(job_key) {
+        drop(guard);
+        let ack = b.delay(
+            b.urged_ack_after_s,
+            shared.hash(&[department, order_id, "urged"]),
+        );
+        shared.schedule(Chain {
+            department: department.to_string(),
+            order_id: order_id.to_string(),
+            status_url,
+            steps: shared.complete_steps(department, order_id, ack),
+            tries: 0,
+        });
+    }
+    let body = json!({"department_ref": reference, "status": "urged"});
+    (json_response(200, &body), delay)
+}
+
+/// Pops due report chains and posts their next step, each on its own thread.
+fn timer_loop(shared: &Arc<Shared>) {
+    let mut timer = shared.timer.lock().unwrap_or_else(|e| e.into_inner());
+    while !shared.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wait = match timer.heap.peek() {
+            Some(top) if top.at <= now => {
+                let due = timer.heap.pop().expect("peeked");
+                let poster = shared.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("department sim report".into())
+                    .spawn(move || post_step(&poster, due.chain));
+                if spawned.is_err() {
+                    shared.lock_state().stats.report_failures += 1;
+                }
+                continue;
+            }
+            Some(top) => top.at - now,
+            None => Duration::from_millis(200),
+        };
+        timer = shared
+            .wake
+            .wait_timeout(timer, wait.min(Duration::from_millis(200)))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// Posts the first step of `chain` to Zhongshu, then schedules the rest (or a retry).
+fn post_step(shared: &Shared, mut chain: Chain) {
+    let Some(step) = chain.steps.front() else {
+        return;
+    };
+    let token = shared.behaviour.token(&chain.department);
+    let by = DUTY_OFFICERS
+        [(shared.hash(&[&chain.department, "duty officer"]) as usize) % DUTY_OFFICERS.len()];
+    let body = json!({
+        "status": step.status,
+        "by": by,
+        "note": step.note,
+        "at": rfc3339_from_unix_ms(unix_ms_now()),
+    });
+    let result = shared
+        .client
+        .post(&chain.status_url)
+        .bearer_auth(token)
+        .json(&body)
+        .send();
+    let (retry, error) = match result {
+        Ok(r) if r.status().is_success() => {
+            let step = chain.steps.pop_front().expect("has a front");
+            {
+                let mut state = shared.lock_state();
+                state.stats.reported += 1;
+                let key = (chain.department.clone(), chain.order_id.clone());
+                if let Some(job) = state.jobs.get_mut(&key) {
+                    job.reported.push(step.status.to_string());
+                }
+            }
+            chain.tries = 0;
+            shared.schedule(chain);
+            return;
+        }
+        Ok(r) => {
+            let status = r.status();
+            let retry = status.is_server_error() || matches!(status.as_u16(), 408 | 429);
+            let text = r.text().unwrap_or_default();
+            (retry, format!("HTTP {status}: {}", text.trim()))
+        }
+        Err(e) => (true, e.to_string()),
+    };
+    chain.tries += 1;
+    if retry && chain.tries < REPORT_TRIES && !shared.stop.load(Ordering::Relaxed) {
+        let backoff = Duration::from_millis(200)
+            .saturating_mul(1 << chain.tries)
+            .min(Duration::from_secs(5))
+            .div_f64(shared.behaviour.speedup)
+            .max(Duration::from_millis(10));
+        shared.schedule_at(Instant::now() + backoff, chain);
+        return;
+    }
+    shared.lock_state().stats.report_failures += 1;
+    eprintln!(
+        "department sim: {} gave up reporting {} of {} to {}: {error}",
+        chain.department, step.status, chain.order_id, chain.status_url
+    );
+}

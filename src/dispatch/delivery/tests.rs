@@ -1,0 +1,974 @@
+//! Real HTTP on 127.0.0.1 (port 0): outbox, status API and simulator together.
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::dispatch::OrderStatus;
+
+/// An outbox policy for tests: short timeouts, millisecond backoff.
+fn fast_config(request_timeout: Duration) -> OutboxConfig {
+    OutboxConfig {
+        connect_timeout: request_timeout,
+        request_timeout,
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(80),
+        jitter: 0.5,
+        max_attempts: None,
+    }
+}
+
+fn order_id(i: usize) -> String {
+    format!("ORD-{i:06}")
+}
+
+fn outgoing(id: &str, department: &str, endpoint: &str, status_url: &str) -> OutgoingOrder {
+    OutgoingOrder {
+        order_id: id.to_string(),
+        department: department.to_string(),
+        endpoint: endpoint.to_string(),
+        body: order_body(
+            id,
+            "INC-000001",
+            department,
+            "Close the road and stand by",
+            1_700_000_600_000,
+            1_700_000_000_000,
+            status_url,
+            json!({"kind": "fire", "position": [116.4, 39.9]}),
+        ),
+        urge: false,
+    }
+}
+
+/// Receives until `done` says so or `within` passes; returns all received.
+fn collect<T>(rx: &Receiver<T>, within: Duration, mut done: impl FnMut(&[T]) -> bool) -> Vec<T> {
+    let until = Instant::now() + within;
+    let mut seen = Vec::new();
+    while !done(&seen) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if let Ok(x) = rx.recv_timeout(left.min(Duration::from_millis(50))) {
+            seen.push(x);
+        }
+    }
+    seen
+}
+
+fn delivered_ids(events: &[DeliveryEvent]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            DeliveryEvent::Delivered { order_id, .. } => Some(order_id.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn permanent_failures(events: &[DeliveryEvent]) -> Vec<&DeliveryEvent> {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                DeliveryEvent::Failed {
+                    permanent: true,
+                    ..
+                } | DeliveryEvent::UrgeFailed {
+                    permanent: true,
+                    ..
+                }
+            )
+        })
+        .collect()
+}
+
+fn assert_unique(ids: &[&str], what: &str) {
+    let mut seen = HashSet::new();
+    for id in ids {
+        assert!(seen.insert(*id), "{id} {what} twice");
+    }
+}
+
+/// A department server answering a fixed script (the last answer repeats) and
+/// recording every request.
+struct Script {
+    base: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+#[derive(Clone, Debug)]
+struct Seen {
+    url: String,
+    key: Option<String>,
+    content_type: Option<String>,
+    body: Value,
+}
+
+impl Script {
+    fn start(answers: &[(u16, &str)]) -> Script {
+        let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
+        let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let answers: Vec<(u16, String)> =
+            answers.iter().map(|(s, b)| (*s, b.to_string())).collect();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let mut body = String::new();
+                let _ = request.as_reader().read_to_string(&mut body);
+                let mut seen = seen2.lock().unwrap();
+                seen.push(Seen {
+                    url: request.url().to_string(),
+                    key: header_value(&request, "Idempotency-Key"),
+                    content_type: header_value(&request, "Content-Type"),
+                    body: serde_json::from_str(&body).unwrap_or(Value::Null),
+                });
+                let (status, text) = answers[(seen.len() - 1).min(answers.len() - 1)].clone();
+                drop(seen);
+                let _ = request
+                    .respond(tiny_http::Response::from_string(text).with_status_code(status));
+            }
+        });
+        Script { base, seen, stop }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A department that accepts connections and never answers.
+struct Hang {
+    base: String,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Hang {
+    fn start() -> Hang {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (accepted2, stop2) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        accepted2.fetch_add(1, Ordering::Relaxed);
+                        held.push(s);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Hang {
+            base,
+            accepted,
+            stop,
+        }
+    }
+}
+
+impl Drop for Hang {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+const DEPARTMENTS: [&str; 4] = ["fire", "ems", "traffic_police", "power"];
+
+#[test]
+fn helpers_encode_urls_and_bodies() {
+    assert_eq!(encode_segment("ORD-000042"), "ORD-000042");
+    assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
+    assert_eq!(decode_segment("a%2Fb%20c").as_deref(), Some("a/b c"));
+    assert_eq!(decode_segment("bad%2"), None);
+    assert_eq!(
+        status_url("http://10.0.0.5:7800/", "ORD-000042"),
+        "http://10.0.0.5:7800/api/v1/orders/ORD-000042/status"
+    );
+    assert_eq!(
+        path_segments("/api/v1/orders/a%2Fb/status?x=1"),
+        Some(vec![
+            "api".into(),
+            "v1".into(),
+            "orders".into(),
+            "a/b".into(),
+            "status".into()
+        ])
+    );
+    let body = order_body(
+        "ORD-1",
+        "INC-1",
+        "fire",
+        "Go",
+        60_000,
+        0,
+        "http://h/api/v1/orders/ORD-1/status",
+        json!({"kind": "fire"}),
+    );
+    assert_eq!(body["status_url"], "http://h/api/v1/orders/ORD-1/status");
+    assert_eq!(body["deadline"], "1970-01-01T00:01:00.000Z");
+    assert_eq!(body["incident"]["kind"], "fire");
+    assert_eq!(urge_body("ORD-1", 2, "Dispatcher Wu", None)["urge_seq"], 2);
+    assert_eq!(default_token("traffic_police"), "demo-traffic-police");
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap_with_jitter() {
+    let c = OutboxConfig::default();
+    assert_eq!(c.backoff(1, 0.0), Duration::from_millis(500));
+    assert_eq!(c.backoff(2, 0.0), Duration::from_secs(1));
+    assert_eq!(c.backoff(4, 0.0), Duration::from_secs(4));
+    assert_eq!(c.backoff(40, 0.0), Duration::from_secs(30));
+    // Jitter takes off at most half.
+    let j = c.backoff(3, 0.999);
+    assert!(
+        j > Duration::from_millis(1000) && j < Duration::from_secs(2),
+        "{j:?}"
+    );
+}
+
+/// (a) Exactly once in effect: a flaky department (500s before recording, answers
+/// held past the client timeout after recording) and an outbox restarted half way that
+/// re-sends every order. Every order becomes exactly one job; every order is reported
+/// Delivered by each outbox exactly once.
+#[test]
+fn flaky_department_and_restart_still_give_one_job_per_order() {
+    let sim = DepartmentSim::start(
+        "127.0.0.1:0",
+        SimBehaviour {
+            seed: 7,
+            fail_rate: 0.3,
+            slow_rate: 0.15,
+            slow_s: 0.6,
+            reject_rate: 0.0,
+            ignore_rate: 1.0, // no status reports: this test is about delivery
+            ..SimBehaviour::default()
+        },
+    )
+    .unwrap();
+    let departments = &DEPARTMENTS[..3];
+    let orders: Vec<OutgoingOrder> = (1..=50)
+        .map(|i| {
+            let id = order_id(i);
+            let d = departments[i % departments.len()];
+            outgoing(
+                &id,
+                d,
+                &sim.endpoint(d),
+                &status_url("http://127.0.0.1:9", &id),
+            )
+        })
+        .collect();
+    let config = fast_config(Duration::from_millis(250));
+
+    // First run: crash (drop the outbox) once some orders are in.
+    let (outbox, rx) = Outbox::start(config.clone());
+    for o in &orders {
+        outbox.send(o.clone());
+    }
+    let first = collect(&rx, Duration::from_secs(20), |e| {
+        delivered_ids(e).len() >= 20
+    });
+    drop(outbox);
+    let first_ids = delivered_ids(&first);
+    assert!(
+        first_ids.len() >= 20,
+        "first run delivered {}",
+        first_ids.len()
+    );
+    assert_unique(&first_ids, "delivered in the first run");
+
+    // Restart: the integrator re-sends every order (here even the delivered ones).
+    let (outbox, rx) = Outbox::start(config);
+    for o in &orders {
+        outbox.send(o.clone());
+    }
+    let second = collect(&rx, Duration::from_secs(30), |e| {
+        delivered_ids(e).len() >= 50
+    });
+    let second_ids = delivered_ids(&second);
+    assert_eq!(second_ids.len(), 50, "second run delivered {second_ids:?}");
+    assert_unique(&second_ids, "delivered in the second run");
+    assert!(permanent_failures(&first).is_empty() && permanent_failures(&second).is_empty());
+    assert!(
+        second.iter().any(|e| matches!(
+            e,
+            DeliveryEvent::Failed {
+                permanent: false,
+                ..
+            }
+        )),
+        "the flaky department should have made the outbox retry"
+    );
+    assert_eq!(outbox.pending(), 0);
+
+    let stats = sim.stats();
+    assert_eq!(stats.jobs, 50, "{stats:?}");
+    assert!(stats.duplicates >= 20, "{stats:?}");
+    assert!(
+        stats.failed_on_purpose > 0 && stats.slow_on_purpose > 0,
+        "{stats:?}"
+    );
+    let jobs = sim.jobs();
+    let job_ids: Vec<&str> = jobs.iter().map(|j| j.order_id.as_str()).collect();
+    assert_unique(&job_ids, "became a job");
+    let by_id: HashMap<&str, &SimJob> = jobs.iter().map(|j| (j.order_id.as_str(), j)).collect();
+    for o in &orders {
+        let job = by_id
+            .get(o.order_id.as_str())
+            .expect("every order is a job");
+        assert_eq!(job.department, o.department);
+    }
+    // A duplicate answers the same department reference as the first delivery.
+    for e in &second {
+        if let DeliveryEvent::Delivered {
+            order_id,
+            department_ref,
+            attempts,
+            ..
+        } = e
+        {
+            assert!(*attempts >= 1);
+            assert_eq!(
+                department_ref.as_deref(),
+                Some(by_id[order_id.as_str()].department_ref.as_str())
+            );
+        }
+    }
+}
+
+/// (b) A 4xx other than 408/409/429 is permanent: reported once with the body text,
+/// never retried.
+#[test]
+fn permanent_4xx_is_reported_with_its_text_and_not_retried() {
+    let script = Script::start(&[(
+        422,
+        r#"{"error":"unknown_unit","message":"no such unit type: hovercraft"}"#,
+    )]);
+    let (outbox, rx) = Outbox::start(fast_config(Duration::from_secs(2)));
+    let endpoint = format!("{}/fire", script.base);
+    let order = outgoing("ORD-000001", "fire", &endpoint, "http://127.0.0.1:9/s");
+    outbox.send(order.clone());
+    let events = collect(&rx, Duration::from_secs(5), |e| !e.is_empty());
+    match events.as_slice() {
+        [
+            DeliveryEvent::Failed {
+                order_id,
+                attempts: 1,
+                error,
+                permanent: true,
+            },
+        ] => {
+            assert_eq!(order_id, "ORD-000001");
+            assert!(
+                error.contains("422") && error.contains("no such unit type: hovercraft"),
+                "{error}"
+            );
+        }
+        other => panic!("expected one permanent failure, got {other:?}"),
+    }
+    // Backoff is 10 ms: a retry would have happened by now.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "nothing more is reported");
+    let seen = script.seen();
+    assert_eq!(seen.len(), 1, "not retried: {seen:?}");
+    assert_eq!(seen[0].url, "/fire/orders");
+    assert_eq!(seen[0].key.as_deref(), Some("ORD-000001"));
+    assert!(
+        seen[0]
+            .content_type
+            .as_deref()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert_eq!(seen[0].body, order.body);
+    assert_eq!(outbox.pending(), 0);
+}
+
+#[test]
+fn transient_answers_are_retried_and_409_counts_as_delivered() {
+    let script = Script::start(&[
+        (503, ""),
+        (429, ""),
+        (408, ""),
+        (500, "database down"),
+        (409, r#"{"department_ref":"FIRE-77"}"#),
+    ]);
+    let (outbox, rx) = Outbox::start(fast_config(Duration::from_secs(2)));
+    outbox.send(outgoing(
+        "ORD-000002",
+        "fire",
+        &script.base,
+        "http://127.0.0.1:9/s",
+    ));
+    let events = collect(&rx, Duration::from_secs(5), |e| {
+        !delivered_ids(e).is_empty()
+    });
+    let transient: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                DeliveryEvent::Failed {
+                    permanent: false,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(transient.len(), 4, "{events:?}");
+    assert!(
+        matches!(&transient[3], DeliveryEvent::Failed { error, attempts: 4, .. } if error.contains("database down"))
+    );
+    assert!(matches!(
+        events.last(),
+        Some(DeliveryEvent::Delivered { attempts: 5, department_ref: Some(r), .. }) if r == "FIRE-77"
+    ));
+    let seen = script.seen();
+    assert_eq!(seen.len(), 5);
+    assert!(seen.iter().all(|s| s.key.as_deref() == Some("ORD-000002")));
+}
+
+#[test]
+fn max_attempts_and_bad_endpoints_end_in_permanent_failures() {
+    let script = Script::start(&[(503, "")]);
+    let config = OutboxConfig {
+        max_attempts: Some(3),
+        ..fast_config(Duration::from_secs(2))
+    };
+    let (outbox, rx) = Outbox::start(config);
+    outbox.send(outgoing(
+        "ORD-000003",
+        "ems",
+        &script.base,
+        "http://127.0.0.1:9/s",
+    ));
+    outbox.send(outgoing(
+        "ORD-000004",
+        "ems",
+        "ftp://nowhere",
+        "http://127.0.0.1:9/s",
+    ));
+    let events = collect(&rx, Duration::from_secs(5), |e| {
+        permanent_failures(e).len() >= 2
+    });
+    let permanent = permanent_failures(&events);
+    assert_eq!(permanent.len(), 2, "{events:?}");
+    assert!(permanent.iter().any(|e| matches!(e,
+        DeliveryEvent::Failed { order_id, attempts: 3, error, .. }
+            if order_id == "ORD-000003" && error.contains("gave up after 3 attempts"))));
+    assert!(permanent.iter().any(|e| matches!(e,
+        DeliveryEvent::Failed { order_id, attempts: 0, error, .. }
+            if order_id == "ORD-000004" && error.contains("not an http(s) URL"))));
+    assert_eq!(script.seen().len(), 3);
+}
+
+#[test]
+fn urges_go_to_the_urge_url_with_numbered_keys() {
+    let script = Script::start(&[(200, r#"{"department_ref":"EMS-1"}"#)]);
+    let (outbox, rx) = Outbox::start(fast_config(Duration::from_secs(2)));
+    let endpoint = format!("{}/ems/", script.base);
+    outbox.send(outgoing(
+        "ORD-000005",
+        "ems",
+        &endpoint,
+        "http://127.0.0.1:9/s",
+    ));
+    for body in [
+        urge_body("ORD-000005", 0, "Dispatcher Wu", None),
+        json!({"note": "second"}),
+        urge_body("ORD-000005", 7, "Leader Sun", Some("now")),
+    ] {
+        outbox.send(OutgoingOrder {
+            body,
+            urge: true,
+            ..outgoing("ORD-000005", "ems", &endpoint, "")
+        });
+    }
+    let events = collect(&rx, Duration::from_secs(5), |e| e.len() >= 4);
+    assert!(
+        matches!(&events[0], DeliveryEvent::Delivered { department_ref: Some(r), .. } if r == "EMS-1")
+    );
+    let urged: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            DeliveryEvent::Urged { urge_seq, .. } => Some(*urge_seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(urged, [1, 2, 7]);
+    let seen = script.seen();
+    assert_eq!(seen[0].url, "/ems/orders");
+    let urls: Vec<_> = seen[1..].iter().map(|s| s.url.as_str()).collect();
+    assert_eq!(urls, ["/ems/orders/ORD-000005/urge"; 3]);
+    let keys: Vec<_> = seen[1..].iter().map(|s| s.key.clone().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "ORD-000005:urge:1",
+            "ORD-000005:urge:2",
+            "ORD-000005:urge:7"
+        ]
+    );
+}
+
+/// (c) A department that never answers does not hold up another department.
+#[test]
+fn hanging_department_does_not_delay_others() {
+    let hang = Hang::start();
+    let sim = DepartmentSim::start(
+        "127.0.0.1:0",
+        SimBehaviour {
+            fail_rate: 0.0,
+            ignore_rate: 1.0,
+            reject_rate: 0.0,
+            ..SimBehaviour::default()
+        },
+    )
+    .unwrap();
+    let (outbox, rx) = Outbox::start(fast_config(Duration::from_secs(10)));
+    let started = Instant::now();
+    for i in 1..=3 {
+        outbox.send(outgoing(
+            &order_id(i),
+            "drainage",
+            &hang.base,
+            "http://127.0.0.1:9/s",
+        ));
+    }
+    for i in 11..=20 {
+        outbox.send(outgoing(
+            &order_id(i),
+            "fire",
+            &sim.endpoint("fire"),
+            "http://127.0.0.1:9/s",
+        ));
+    }
+    let events = collect(&rx, Duration::from_secs(3), |e| {
+        delivered_ids(e).len() >= 10
+    });
+    let elapsed = started.elapsed();
+    let ids = delivered_ids(&events);
+    assert_eq!(ids.len(), 10, "{events:?}");
+    assert!(ids.iter().all(|id| *id >= "ORD-000011"));
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    // The hanging department's first order is still in flight, nothing reported.
+    let until = Instant::now() + Duration::from_secs(1);
+    while hang.accepted.load(Ordering::Relaxed) == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(hang.accepted.load(Ordering::Relaxed), 1);
+    assert_eq!(events.len(), 10, "{events:?}");
+    assert_eq!(outbox.pending(), 3);
+}
+
+fn post_report(url: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let client = reqwest::blocking::Client::new();
+    let mut request = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+/// (d) The status API authenticates, validates and passes reports on.
+#[test]
+fn status_api_accepts_good_reports_and_refuses_bad_ones() {
+    let (api, reports) = StatusApi::start(
+        "127.0.0.1:0",
+        vec![
+            DepartmentAuth {
+                id: "fire".into(),
+                token: "t-fire".into(),
+            },
+            DepartmentAuth {
+                id: "ems".into(),
+                token: "t-ems".into(),
+            },
+        ],
+    )
+    .unwrap();
+    assert_ne!(api.addr().port(), 0);
+    let url = api.status_url("ORD-000042");
+    assert_eq!(
+        url,
+        format!("http://{}/api/v1/orders/ORD-000042/status", api.addr())
+    );
+
+    let (status, body) = post_report(
+        &url,
+        Some("t-ems"),
+        r#"{"status":"acknowledged","by":"Wang Fang","note":"two ambulances","at":"2024-05-01T10:00:00Z"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["department"], "ems");
+    let report = reports.recv_timeout(Duration::from_secs(2)).unwrap();
+    assert_eq!(
+        report,
+        StatusReport {
+            order_id: "ORD-000042".into(),
+            department: "ems".into(),
+            status: OrderStatus::Acknowledged,
+            by: "Wang Fang".into(),
+            note: Some("two ambulances".into()),
+            at_ms: 1_714_557_600_000,
+            received_at_ms: report.received_at_ms,
+        }
+    );
+    let (status, _) = post_report(
+        &url,
+        Some("t-fire"),
+        r#"{"status":"in_progress","by":"Li Wei"}"#,
+    );
+    assert_eq!(status, 202);
+    let report = reports.recv_timeout(Duration::from_secs(2)).unwrap();
+    assert_eq!(
+        (report.department.as_str(), report.status),
+        ("fire", OrderStatus::InProgress)
+    );
+    assert_eq!(report.note, None);
+    assert!((report.at_ms - report.received_at_ms).abs() < 1000);
+
+    let good = r#"{"status":"done","by":"Li Wei"}"#;
+    let refused = [
+        (None, good, 401, "unauthorized"),
+        (Some("t-police"), good, 401, "unauthorized"),
+        (Some("t-fire"), "{not json", 400, "bad_json"),
+        (Some("t-fire"), "[1,2]", 400, "bad_json"),
+        (
+            Some("t-fire"),
+            r#"{"status":"finished","by":"Li Wei"}"#,
+            400,
+            "unknown_status",
+        ),
+        (Some("t-fire"), r#"{"by":"Li Wei"}"#, 400, "missing_field"),
+        (Some("t-fire"), r#"{"status":"done"}"#, 400, "missing_field"),
+        (
+            Some("t-fire"),
+            r#"{"status":"done","by":"Li Wei","at":"yesterday"}"#,
+            400,
+            "bad_field",
+        ),
+        (
+            Some("t-fire"),
+            r#"{"status":5,"by":"Li Wei"}"#,
+            400,
+            "bad_field",
+        ),
+    ];
+    for (token, body, want, error) in refused {
+        let (status, answer) = post_report(&url, token, body);
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (want, Some(error)),
+            "{body}: {answer}"
+        );
+        assert!(answer["message"].is_string());
+    }
+    let (_, answer) = post_report(&url, Some("t-fire"), r#"{"status":"finished","by":"x"}"#);
+    assert!(
+        answer["message"].as_str().unwrap().contains("\"finished\""),
+        "{answer}"
+    );
+    assert!(
+        reports.try_recv().is_err(),
+        "refused reports are not passed on"
+    );
+
+    let client = reqwest::blocking::Client::new();
+    let base = api.base_url();
+    let get = |path: &str, token: Option<&str>| {
+        let mut r = client.get(format!("{base}{path}"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    assert_eq!(get("/api/v1/health", None), 200);
+    assert_eq!(get("/api/v1/nothing", None), 404);
+    assert_eq!(get("/api/v1/orders/ORD-000042/status", Some("t-fire")), 405);
+    // Snapshots: only the order's own department sees it.
+    api.publish(OrderSnapshot {
+        order_id: "ORD-000042".into(),
+        incident_id: "INC-000001".into(),
+        department: "fire".into(),
+        status: OrderStatus::Acknowledged,
+        instruction: "Put it out".into(),
+        deadline_ms: 1,
+        issued_at_ms: 0,
+        updated_at_ms: 1,
+    });
+    assert_eq!(get("/api/v1/orders/ORD-000042", None), 401);
+    assert_eq!(get("/api/v1/orders/ORD-000042", Some("t-ems")), 404);
+    assert_eq!(get("/api/v1/orders/ORD-000099", Some("t-fire")), 404);
+    let snapshot: Value = client
+        .get(format!("{base}/api/v1/orders/ORD-000042"))
+        .bearer_auth("t-fire")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(snapshot["status"], "acknowledged");
+
+    // Starting refuses shared or empty tokens.
+    let twin = |id: &str, token: &str| DepartmentAuth {
+        id: id.into(),
+        token: token.into(),
+    };
+    assert!(StatusApi::start("127.0.0.1:0", vec![twin("a", "x"), twin("b", "x")]).is_err());
+    assert!(StatusApi::start("127.0.0.1:0", vec![twin("a", " ")]).is_err());
+}
+
+#[test]
+fn simulator_dedupes_by_key_and_validates() {
+    let sim = DepartmentSim::start(
+        "127.0.0.1:0",
+        SimBehaviour {
+            fail_rate: 0.0,
+            ignore_rate: 1.0,
+            reject_rate: 0.0,
+            ..SimBehaviour::default()
+        },
+    )
+    .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let body = outgoing("ORD-000001", "fire", "", "http://127.0.0.1:9/s").body;
+    let post = |url: String, key: Option<&str>, body: &Value| {
+        let mut r = client.post(url).json(body);
+        if let Some(k) = key {
+            r = r.header("Idempotency-Key", k);
+        }
+        let r = r.send().unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let orders = format!("{}/orders", sim.endpoint("fire"));
+    let (s1, a1) = post(orders.clone(), Some("ORD-000001"), &body);
+    let (s2, a2) = post(orders.clone(), Some("ORD-000001"), &body);
+    assert_eq!((s1, s2), (201, 200));
+    assert_eq!(a1["department_ref"], "FIRE-000001");
+    assert_eq!(a1["department_ref"], a2["department_ref"]);
+    // The same order id at another department is another job.
+    let (s3, a3) = post(
+        format!("{}/orders", sim.endpoint("ems")),
+        Some("ORD-000001"),
+        &body,
+    );
+    assert_eq!(
+        (s3, a3["department_ref"].as_str()),
+        (201, Some("EMS-000001"))
+    );
+    assert_eq!(post(orders.clone(), None, &body).0, 400);
+    assert_eq!(post(orders.clone(), Some("ORD-9"), &body).0, 400);
+    let mut no_url = body.clone();
+    no_url["status_url"] = Value::Null;
+    assert_eq!(post(orders.clone(), Some("ORD-000001"), &no_url).0, 400);
+    let urge = format!("{}/orders/ORD-000001/urge", sim.endpoint("fire"));
+    assert_eq!(
+        post(urge.clone(), Some("ORD-000001:urge:1"), &json!({})).0,
+        200
+    );
+    assert_eq!(
+        post(urge.clone(), Some("ORD-000001:urge:1"), &json!({})).0,
+        200
+    );
+    let unknown = format!("{}/orders/ORD-404/urge", sim.endpoint("fire"));
+    assert_eq!(post(unknown, Some("ORD-404:urge:1"), &json!({})).0, 404);
+    let stats = sim.stats();
+    assert_eq!(
+        (
+            stats.jobs,
+            stats.duplicates,
+            stats.urges,
+            stats.failed_on_purpose
+        ),
+        (2, 2, 1, 0),
+        "{stats:?}"
+    );
+    assert_eq!(sim.jobs()[0].urges, 1);
+    assert!(
+        SimBehaviour {
+            reject_rate: 0.7,
+            ignore_rate: 0.7,
+            ..SimBehaviour::default()
+        }
+        .validate()
+        .is_err()
+    );
+}
+
+/// (e) Outbox → simulator → status API: reports arrive in order, rejected and ignored
+/// orders occur at about the configured rates, and an urge wakes an ignored order.
+#[test]
+fn end_to_end_orders_are_reported_back() {
+    let tokens: HashMap<String, String> = DEPARTMENTS
+        .iter()
+        .map(|d| (d.to_string(), format!("token-{d}")))
+        .collect();
+    let (api, reports) = StatusApi::start(
+        "127.0.0.1:0",
+        tokens
+            .iter()
+            .map(|(id, token)| DepartmentAuth {
+                id: id.clone(),
+                token: token.clone(),
+            })
+            .collect(),
+    )
+    .unwrap();
+    let sim = DepartmentSim::start(
+        "127.0.0.1:0",
+        SimBehaviour {
+            seed: 11,
+            fail_rate: 0.1,
+            reject_rate: 0.2,
+            ignore_rate: 0.2,
+            ack_after_s: (1.0, 5.0),
+            start_after_s: (1.0, 5.0),
+            done_after_s: (1.0, 5.0),
+            urged_ack_after_s: (1.0, 2.0),
+            speedup: 20.0,
+            tokens,
+            ..SimBehaviour::default()
+        },
+    )
+    .unwrap();
+    let started = Instant::now();
+    let (outbox, deliveries) = Outbox::start(fast_config(Duration::from_secs(2)));
+    let mut department_of = HashMap::new();
+    for i in 1..=40 {
+        let id = order_id(i);
+        let d = DEPARTMENTS[i % DEPARTMENTS.len()];
+        department_of.insert(id.clone(), d);
+        outbox.send(outgoing(&id, d, &sim.endpoint(d), &api.status_url(&id)));
+    }
+    let delivered = collect(&deliveries, Duration::from_secs(3), |e| {
+        delivered_ids(e).len() >= 40
+    });
+    assert_eq!(delivered_ids(&delivered).len(), 40);
+
+    let fates: HashMap<String, SimFate> = sim
+        .jobs()
+        .into_iter()
+        .map(|j| (j.order_id, j.fate))
+        .collect();
+    assert_eq!(fates.len(), 40);
+    let count = |f: SimFate| fates.values().filter(|x| **x == f).count();
+    let (complete, rejected, ignored) = (
+        count(SimFate::Complete),
+        count(SimFate::Reject),
+        count(SimFate::Ignore),
+    );
+    // 20 % of 40 is 8; allow for chance.
+    assert!((3..=14).contains(&rejected), "rejected {rejected}");
+    assert!((3..=14).contains(&ignored), "ignored {ignored}");
+    let expected_reports = complete * 3 + rejected;
+    let got = collect(&reports, Duration::from_secs(3), |r| {
+        r.len() >= expected_reports
+    });
+    assert_eq!(got.len(), expected_reports, "reports {got:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let mut by_order: HashMap<&str, Vec<&StatusReport>> = HashMap::new();
+    for r in &got {
+        assert_eq!(department_of[&r.order_id], r.department, "{r:?}");
+        assert!(!r.by.is_empty());
+        by_order.entry(r.order_id.as_str()).or_default().push(r);
+    }
+    for (id, fate) in &fates {
+        let statuses: Vec<OrderStatus> = by_order
+            .get(id.as_str())
+            .map(|rs| rs.iter().map(|r| r.status).collect())
+            .unwrap_or_default();
+        match fate {
+            SimFate::Complete => assert_eq!(
+                statuses,
+                [
+                    OrderStatus::Acknowledged,
+                    OrderStatus::InProgress,
+                    OrderStatus::Done
+                ],
+                "{id}"
+            ),
+            SimFate::Reject => {
+                assert_eq!(statuses, [OrderStatus::Rejected], "{id}");
+                assert_eq!(
+                    by_order[id.as_str()][0].note.as_deref(),
+                    Some("no unit available")
+                );
+            }
+            SimFate::Ignore => assert!(statuses.is_empty(), "{id}: {statuses:?}"),
+        }
+    }
+
+    // Urging an ignored order gets it acknowledged soon after.
+    let (ignored_id, _) = fates.iter().find(|(_, f)| **f == SimFate::Ignore).unwrap();
+    let d = department_of[ignored_id];
+    outbox.send(OutgoingOrder {
+        body: urge_body(ignored_id, 1, "Dispatcher Wu", Some("deadline passed")),
+        urge: true,
+        ..outgoing(ignored_id, d, &sim.endpoint(d), "")
+    });
+    let urged = collect(&deliveries, Duration::from_secs(3), |e| {
+        e.iter().any(|x| matches!(x, DeliveryEvent::Urged { .. }))
+    });
+    assert!(
+        urged.iter().any(|x| matches!(x, DeliveryEvent::Urged { order_id, urge_seq: 1, .. } if order_id == ignored_id)),
+        "{urged:?}"
+    );
+    let woke = collect(&reports, Duration::from_secs(2), |r| r.len() >= 3);
+    let statuses: Vec<(&str, OrderStatus)> = woke
+        .iter()
+        .map(|r| (r.order_id.as_str(), r.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (ignored_id.as_str(), OrderStatus::Acknowledged),
+            (ignored_id.as_str(), OrderStatus::InProgress),
+            (ignored_id.as_str(), OrderStatus::Done),
+        ]
+    );
+    // The simulator counts a report once it has Zhongshu's answer, just after the
+    // report came out of the channel.
+    let until = Instant::now() + Duration::from_secs(1);
+    while sim.stats().reported as usize != expected_reports + 3 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.reported as usize, expected_reports + 3, "{stats:?}");
+    assert_eq!(stats.report_failures, 0, "{stats:?}");
+}
