@@ -35,7 +35,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "ID")]
     select: Option<String>,
     /// The dispatch event log (SQLite): incidents, orders and who did what.
-    #[arg(long, global = true, value_name = "FILE", default_value = "zhongshu-events.db")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        default_value = "zhongshu-events.db"
+    )]
     db: PathBuf,
     /// Departments and playbooks (TOML); without it the embedded defaults.
     #[arg(long, global = true, value_name = "FILE")]
@@ -48,7 +53,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     user: Option<String>,
     /// Where the department status API listens.
-    #[arg(long, global = true, value_name = "ADDR", default_value = "127.0.0.1:7878")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7878"
+    )]
     api: String,
     #[command(subcommand)]
     command: Option<Command>,
@@ -446,8 +456,7 @@ fn users_add(
     display: Option<&str>,
 ) -> anyhow::Result<()> {
     use zhongshu::dispatch::users::{Users, add_user_line, role_from_name};
-    let Some(role) = role_from_name(role).filter(|r| *r != zhongshu::dispatch::Role::System)
-    else {
+    let Some(role) = role_from_name(role).filter(|r| *r != zhongshu::dispatch::Role::System) else {
         bail!("--role must be operator, dispatcher, leader or department_liaison, got {role:?}");
     };
     let existing = match std::fs::read_to_string(file) {
@@ -498,7 +507,11 @@ fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
     if let Some(parent) = cli.db.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()
     {
-        bail!("--db {}: no directory {}", cli.db.display(), parent.display());
+        bail!(
+            "--db {}: no directory {}",
+            cli.db.display(),
+            parent.display()
+        );
     }
     Ok(app::desk::DeskSetup {
         db: cli.db.clone(),
@@ -530,8 +543,12 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
         Command::Screenshot { out, size } => {
             let size = parse_size(&size)?;
-            // The desk panel shows when someone signs in for the picture.
-            let desk = desk_setup(&cli, cli.user.is_some())?;
+            // The dispatch desk is in the picture when someone signs in for it;
+            // otherwise a screenshot touches no event log and opens no port.
+            let desk = match cli.user {
+                Some(_) => Some(desk_setup(&cli, true)?),
+                None => None,
+            };
             app::run(AppOptions {
                 map: cli.map,
                 look_at,
@@ -539,7 +556,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 feeds: cli.feeds,
                 steward: cli.steward,
                 screenshot: Some(app::ScreenshotRequest { out, size }),
-                desk: Some(desk),
+                desk,
             })
         }
         Command::MapInfo { path } => map_info(&path),
@@ -640,7 +657,13 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             role,
             department,
             display,
-        }) => users_add(&name, &file, &role, department.as_deref(), display.as_deref()),
+        }) => users_add(
+            &name,
+            &file,
+            &role,
+            department.as_deref(),
+            display.as_deref(),
+        ),
         Command::Bench(BenchCommand::Restart { db, events }) => {
             let report = zhongshu::dispatch::bench::bench_restart(&db, events)?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -75,7 +75,10 @@ fn committed_orders_survive_sigkill_at_random_moments() {
             .map(|o| o.id.as_str())
             .collect();
         for id in &committed {
-            assert!(present.contains(id.as_str()), "run {run}: {id} was committed but is gone");
+            assert!(
+                present.contains(id.as_str()),
+                "run {run}: {id} was committed but is gone"
+            );
         }
         // Nothing half-written: every incident has its whole playbook or nothing.
         for incident in &dispatcher.book().incidents {
@@ -93,7 +96,11 @@ fn committed_orders_survive_sigkill_at_random_moments() {
         runs_with_commits >= RUNS / 2,
         "only {runs_with_commits} of {RUNS} runs committed anything before the kill"
     );
-    assert!(committed.len() >= 100, "{} orders committed in all", committed.len());
+    assert!(
+        committed.len() >= 100,
+        "{} orders committed in all",
+        committed.len()
+    );
 }
 
 #[test]
@@ -105,7 +112,11 @@ fn bench_orders_prints_each_commit_then_a_summary() {
         .arg(&db)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     let committed: Vec<&str> = lines
@@ -114,7 +125,10 @@ fn bench_orders_prints_each_commit_then_a_summary() {
         .collect();
     let summary: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     assert_eq!(summary["incidents"], 12);
-    assert_eq!(summary["orders"].as_u64().unwrap() as usize, committed.len());
+    assert_eq!(
+        summary["orders"].as_u64().unwrap() as usize,
+        committed.len()
+    );
     assert!(summary["commit_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert_eq!(committed[0], "ORD-000001");
 

@@ -479,3 +479,68 @@ interval_s = 1
     assert_eq!(vehicles["rejected"], 0, "{vehicles}");
     assert_eq!(lines["air"]["entities"], 10, "{}", lines["air"]);
 }
+
+#[test]
+fn a_cap_feed_brings_alerts_in_like_any_other_feed() {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let cap_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let file = match request.url() {
+                "/flood.xml" => "helsinki-flood-alert.xml",
+                "/fire.xml" => "kallio-building-fire.xml",
+                _ => "malformed.xml",
+            };
+            let body = std::fs::read(cap_dir.join(file)).unwrap();
+            let _ = request.respond(tiny_http::Response::from_data(body));
+        }
+    });
+    let dir = scratch_dir("cap-feed");
+    let feeds = dir.join("feeds.toml");
+    std::fs::write(
+        &feeds,
+        format!(
+            r#"
+[[feed]]
+name = "flood-warnings"
+kind = "cap"
+url = "{base}/flood.xml"
+domain = "ecology"
+interval_s = 0.5
+
+[[feed]]
+name = "fire-alerts"
+kind = "cap"
+url = "{base}/fire.xml"
+domain = "safety"
+interval_s = 0.5
+
+[[feed]]
+name = "broken-cap"
+kind = "cap"
+url = "{base}/broken.xml"
+domain = "safety"
+interval_s = 0.5
+"#
+        ),
+    )
+    .unwrap();
+    let out = zhongshu()
+        .args(["feeds-check", "--feeds"])
+        .arg(&feeds)
+        .args(["--for", "1.5"])
+        .output()
+        .unwrap();
+    let lines = feed_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(lines["flood-warnings"]["entities"], 1, "{lines:?}");
+    assert_eq!(lines["fire-alerts"]["entities"], 1, "{lines:?}");
+    // Polled again and again, still one alert each.
+    assert!(lines["flood-warnings"]["polls_ok"].as_u64().unwrap() >= 2);
+    let broken = &lines["broken-cap"];
+    assert!(broken["last_ok"].is_null(), "{broken}");
+    assert!(
+        broken["reasons"]["wrong_shape"].as_u64().unwrap() >= 1,
+        "a malformed CAP message is reported with its reason: {broken}"
+    );
+}

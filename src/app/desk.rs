@@ -69,6 +69,10 @@ pub struct Desk {
     recommended_for: Option<(String, u64)>,
     /// Which state the overlay shows, to rebuild it only on change.
     overlay_for: Option<(u64, i64, Option<String>)>,
+    /// Alerts already in the live state when the log finished loading were read once.
+    alerts_caught_up: bool,
+    /// The router has read every road's live speed once.
+    speeds_loaded: bool,
 }
 
 impl Desk {
@@ -85,7 +89,11 @@ impl Desk {
     pub fn try_sign_in(&mut self, name: &str, passphrase: &str) -> Result<(), String> {
         match self.users.sign_in(name, passphrase) {
             Ok(user) => {
-                self.actor = Some(Actor::new(&user.name, user.role, user.department.as_deref()));
+                self.actor = Some(Actor::new(
+                    &user.name,
+                    user.role,
+                    user.department.as_deref(),
+                ));
                 self.sign_in = SignInForm::default();
                 Ok(())
             }
@@ -129,7 +137,11 @@ pub(super) fn plugin(app: &mut App) {
 fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<City>) {
     let Some(setup) = setup else { return };
     let (tx, rx) = channel();
-    let (db, config, options) = (setup.db.clone(), setup.config.clone(), setup.service.clone());
+    let (db, config, options) = (
+        setup.db.clone(),
+        setup.config.clone(),
+        setup.service.clone(),
+    );
     std::thread::Builder::new()
         .name("dispatch-log".into())
         .spawn(move || {
@@ -171,6 +183,8 @@ fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<C
         recommended_at_ms: 0,
         recommended_for: None,
         overlay_for: None,
+        alerts_caught_up: false,
+        speeds_loaded: false,
     };
     if let Some((name, passphrase)) = &setup.sign_in
         && let Err(e) = desk.try_sign_in(name, passphrase)
@@ -255,14 +269,29 @@ fn desk_apply(desk: Option<ResMut<Desk>>, mut rig: ResMut<CameraRig>, city: Res<
     }
 }
 
-/// Alerts in the live feeds (NGSI-LD `Alert` entities) raise incidents, once each.
+/// Alerts in the live feeds (NGSI-LD `Alert` entities, CAP feeds) raise incidents,
+/// once each. Alerts that arrived while the log was loading are read when it is ready.
 fn desk_alerts(desk: Option<ResMut<Desk>>, live: Option<Res<Live>>, changed: Res<ChangedSlots>) {
     let (Some(mut desk), Some(live)) = (desk, live) else {
         return;
     };
+    let desk = &mut *desk;
     let now = crate::feeds::poll::unix_ms_now();
-    let Some(service) = desk.service() else { return };
-    for &slot in &changed.0 {
+    let catch_up = !desk.alerts_caught_up;
+    let Some(service) = desk.service.get_mut().ok().and_then(|s| s.as_mut()) else {
+        return;
+    };
+    let slots: Vec<u32> = if catch_up {
+        live.state
+            .iter()
+            .filter(|(_, e)| e.entity_type == "Alert")
+            .map(|(slot, _)| slot)
+            .collect()
+    } else {
+        changed.0.clone()
+    };
+    desk.alerts_caught_up = true;
+    for slot in slots {
         let Some(e) = live.state.entity(slot) else {
             continue;
         };
@@ -333,7 +362,13 @@ fn desk_recommend(
     };
     let desk = &mut *desk;
     if let Some(router) = desk.router.as_mut() {
-        router.update_speeds_from_slots(&live.state, &changed.0);
+        // Every road's speed once, then only what changed.
+        if !desk.speeds_loaded && !live.state.is_empty() {
+            router.update_speeds_from(&live.state);
+            desk.speeds_loaded = true;
+        } else {
+            router.update_speeds_from_slots(&live.state, &changed.0);
+        }
     }
     let now = crate::feeds::poll::unix_ms_now();
     let Some(selected) = desk.selected.clone() else {
@@ -397,7 +432,9 @@ fn desk_overlay(
     let selected = desk.selected.clone();
     let recommendations = desk.recommendations.clone();
     let units = desk.units.clone();
-    let Some(service) = desk.service() else { return };
+    let Some(service) = desk.service() else {
+        return;
+    };
     let mut data = MeshData::default();
     let mut earcut = earcut::Earcut::new();
     for inc in service
@@ -446,7 +483,7 @@ fn desk_overlay(
             mesh::add_ribbon(
                 &mut data,
                 &geo::LineString::from(line),
-                7.0,
+                9.0,
                 mesh::DISTRICT_Y + 0.6,
                 route_colour,
             );
@@ -500,7 +537,10 @@ pub fn desk_panel_ui(
         });
     });
     if let Some(e) = &desk.load_error {
-        ui.label(egui::RichText::new(format!("The dispatch log cannot be used: {e}")).color(theme::ALARM));
+        ui.label(
+            egui::RichText::new(format!("The dispatch log cannot be used: {e}"))
+                .color(theme::ALARM),
+        );
         return;
     }
     let Some(actor) = desk.actor.clone() else {

@@ -126,8 +126,19 @@ pub fn from_ngsi_ld(update: &EntityUpdate, feed: &str) -> Option<AlertIn> {
     else {
         return None;
     };
-    let [lon, lat] = update.position?;
     let text = |name: &str| update.fields.get(name).and_then(FieldValue::as_str);
+    let withdrawn = text("status").is_some_and(|s| {
+        matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "resolved" | "closed" | "cancelled" | "canceled" | "inactive"
+        )
+    });
+    // A withdrawal needs no place: it is matched by key.
+    let [lon, lat] = match update.position {
+        Some(p) => p,
+        None if withdrawn => [0.0, 0.0],
+        None => return None,
+    };
     let kind = incident_kind(
         sub_category
             .as_deref()
@@ -138,12 +149,7 @@ pub fn from_ngsi_ld(update: &EntityUpdate, feed: &str) -> Option<AlertIn> {
         .as_deref()
         .and_then(domain_for_ngsi_category)
         .unwrap_or_else(|| domain_for_kind(&kind));
-    let cancel = text("status").is_some_and(|s| {
-        matches!(
-            s.trim().to_ascii_lowercase().as_str(),
-            "resolved" | "closed" | "cancelled" | "canceled" | "inactive"
-        )
-    });
+    let cancel = withdrawn;
     let sent_ms = update
         .observed_at_ms
         .or_else(|| text("openedAt").and_then(crate::feeds::decode::parse_rfc3339_ms))
@@ -152,8 +158,14 @@ pub fn from_ngsi_ld(update: &EntityUpdate, feed: &str) -> Option<AlertIn> {
         .clone()
         .filter(|d| !d.trim().is_empty())
         .unwrap_or_else(|| kind.replace('_', " "));
+    // A CAP message that came in through a feed keeps its source and the keys of the
+    // messages it stands for (see `to_entity_update`).
+    let source = text("capSource").map_or_else(|| format!("ngsi-ld:{feed}"), str::to_string);
+    let supersedes = text("capSupersedes")
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
     Some(AlertIn {
-        source: format!("ngsi-ld:{feed}"),
+        source,
         key: update.id.clone(),
         kind,
         domain,
@@ -163,12 +175,58 @@ pub fn from_ngsi_ld(update: &EntityUpdate, feed: &str) -> Option<AlertIn> {
         headline,
         sent_ms,
         cancel,
-        supersedes: Vec::new(),
+        supersedes,
         radius_m: update
             .fields
             .get("radiusM")
             .and_then(FieldValue::as_f64)
             .filter(|r| r.is_finite() && *r >= 0.0),
+    })
+}
+
+/// A CAP alert as a live entity (type `Alert`), so CAP feeds show on the map and reach
+/// the desk through the same path as NGSI-LD alerts; [`from_ngsi_ld`] gives back the
+/// same [`AlertIn`] (key, source, superseded keys).
+pub fn to_entity_update(a: &AlertIn) -> EntityUpdate {
+    let mut fields = std::collections::BTreeMap::new();
+    let status = if a.cancel { "resolved" } else { "open" };
+    fields.insert("status".to_string(), FieldValue::Text(status.into()));
+    fields.insert("capSource".to_string(), FieldValue::Text(a.source.clone()));
+    if !a.supersedes.is_empty() {
+        fields.insert(
+            "capSupersedes".to_string(),
+            FieldValue::Text(a.supersedes.join(" ")),
+        );
+    }
+    if let Some(r) = a.radius_m {
+        fields.insert("radiusM".to_string(), FieldValue::Number(r));
+    }
+    let located = !(a.lon == 0.0 && a.lat == 0.0);
+    EntityUpdate {
+        id: a.key.clone(),
+        entity_type: "Alert".into(),
+        kind: EntityKind::Alert {
+            category: Some(a.domain.as_str().to_string()),
+            sub_category: Some(a.kind.clone()),
+            severity: Some(a.severity.as_str().to_string()),
+            description: Some(a.headline.clone()),
+        },
+        position: located.then_some([a.lon, a.lat]),
+        line: None,
+        observed_at_ms: (a.sent_ms > 0).then_some(a.sent_ms),
+        fields,
+    }
+}
+
+/// A feed payload of one CAP message, decoded for the feeds pipeline.
+pub fn decode_cap(body: &[u8]) -> Result<crate::feeds::Decoded, crate::feeds::PayloadError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| crate::feeds::PayloadError::WrongShape(format!("CAP is not UTF-8: {e}")))?;
+    let alerts =
+        from_cap(text).map_err(|e| crate::feeds::PayloadError::WrongShape(e.to_string()))?;
+    Ok(crate::feeds::Decoded {
+        updates: alerts.iter().map(to_entity_update).collect(),
+        rejects: Vec::new(),
     })
 }
 
@@ -1152,5 +1210,34 @@ mod tests {
             domain_for_cap_category(v1dot2::Category::Other),
             Domain::Urban
         );
+    }
+
+    #[test]
+    fn a_cap_alert_through_a_feed_comes_back_as_the_same_alert() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
+        for file in [
+            "helsinki-flood-alert.xml",
+            "helsinki-flood-update.xml",
+            "helsinki-flood-cancel.xml",
+            "kallio-building-fire.xml",
+        ] {
+            let xml = std::fs::read(dir.join(file)).unwrap();
+            let direct = from_cap(std::str::from_utf8(&xml).unwrap()).unwrap();
+            let decoded = decode_cap(&xml).unwrap();
+            assert_eq!(decoded.updates.len(), direct.len(), "{file}");
+            for (u, a) in decoded.updates.iter().zip(&direct) {
+                let back = from_ngsi_ld(u, "cap-feed").unwrap_or_else(|| panic!("{file}"));
+                assert_eq!(back.key, a.key, "{file}");
+                assert_eq!(back.source, a.source, "{file}");
+                assert_eq!(back.cancel, a.cancel, "{file}");
+                if !a.cancel {
+                    // A withdrawal is matched by key; it carries no kind of its own.
+                    assert_eq!(back.kind, a.kind, "{file}");
+                }
+                assert_eq!(back.supersedes, a.supersedes, "{file}");
+                assert_eq!(back.severity, a.severity, "{file}");
+            }
+        }
+        assert!(decode_cap(b"<feed/>").is_err());
     }
 }

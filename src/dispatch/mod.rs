@@ -13,9 +13,9 @@ pub mod bench;
 pub mod book;
 pub mod config;
 pub mod delivery;
-pub mod service;
 pub mod dispatcher;
 pub mod recommend;
+pub mod service;
 pub mod users;
 
 /// Who may do what.

@@ -161,7 +161,7 @@ pub struct Router {
 }
 
 /// Units bucketed by nearest graph node; build once per unit-position update.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct UnitIndex {
     positions: Vec<[f64; 2]>,
     /// Per unit: nearest node (`u32::MAX` when none) and the off-road distance to it.
@@ -175,21 +175,31 @@ pub struct UnitIndex {
 impl UnitIndex {
     /// Snaps every unit to its nearest node and buckets them.
     pub fn build(router: &Router, units: &[Unit]) -> Self {
+        let snaps = snap_all(router, units, |_| None);
+        Self::from_snaps(router, units, snaps)
+    }
+
+    /// This index brought up to date for `units`: units whose position is unchanged
+    /// keep their snap, only moved or new ones are snapped again.
+    pub fn update(&mut self, router: &Router, units: &[Unit]) {
+        if self.start.len() != router.nodes.len() + 1 {
+            *self = Self::build(router, units);
+            return;
+        }
+        let prev = &*self;
+        let snaps = snap_all(router, units, |i| {
+            (prev.positions.get(i) == Some(&units[i].position))
+                .then(|| (prev.node_of[i], prev.off_m[i]))
+        });
+        *self = Self::from_snaps(router, units, snaps);
+    }
+
+    fn from_snaps(router: &Router, units: &[Unit], snaps: Vec<(u32, f64)>) -> Self {
         let n = router.nodes.len();
-        let mut node_of = Vec::with_capacity(units.len());
-        let mut off_m = Vec::with_capacity(units.len());
         let mut count = vec![0u32; n + 1];
-        for u in units {
-            match router.snap(u.position) {
-                Some((node, d)) => {
-                    node_of.push(node);
-                    off_m.push(d);
-                    count[node as usize + 1] += 1;
-                }
-                None => {
-                    node_of.push(NONE);
-                    off_m.push(f64::INFINITY);
-                }
+        for &(node, _) in &snaps {
+            if node != NONE {
+                count[node as usize + 1] += 1;
             }
         }
         for i in 0..n {
@@ -198,7 +208,7 @@ impl UnitIndex {
         let start = count;
         let mut fill = start.clone();
         let mut members = vec![0u32; start[n] as usize];
-        for (i, &node) in node_of.iter().enumerate() {
+        for (i, &(node, _)) in snaps.iter().enumerate() {
             if node != NONE {
                 let slot = &mut fill[node as usize];
                 members[*slot as usize] = i as u32;
@@ -207,8 +217,8 @@ impl UnitIndex {
         }
         UnitIndex {
             positions: units.iter().map(|u| u.position).collect(),
-            node_of,
-            off_m,
+            node_of: snaps.iter().map(|s| s.0).collect(),
+            off_m: snaps.iter().map(|s| s.1).collect(),
             start,
             members,
         }
@@ -235,6 +245,31 @@ impl UnitIndex {
     /// The node unit `i` snapped to, if any.
     pub fn node_of(&self, i: usize) -> Option<u32> {
         self.node_of.get(i).copied().filter(|&n| n != NONE)
+    }
+}
+
+/// Above this many units, snapping runs on rayon's pool.
+const PARALLEL_SNAP: usize = 2048;
+
+/// Nearest node and off-road distance per unit (`(u32::MAX, inf)` when none), taking
+/// `known(i)` where it has one.
+fn snap_all(
+    router: &Router,
+    units: &[Unit],
+    known: impl Fn(usize) -> Option<(u32, f64)> + Sync,
+) -> Vec<(u32, f64)> {
+    let one = |i: usize| {
+        known(i).unwrap_or_else(|| {
+            router
+                .snap(units[i].position)
+                .unwrap_or((NONE, f64::INFINITY))
+        })
+    };
+    if units.len() >= PARALLEL_SNAP {
+        use rayon::prelude::*;
+        (0..units.len()).into_par_iter().map(one).collect()
+    } else {
+        (0..units.len()).map(one).collect()
     }
 }
 
@@ -540,12 +575,12 @@ impl Router {
                 }
             }
             let mut segments = Vec::with_capacity(self.rev_src.len());
-            for v in 0..self.nodes.len() {
-                for p in self.rev_start[v] as usize..self.rev_start[v + 1] as usize {
-                    let u = self.rev_src[p] as usize;
+            for (v, w) in self.rev_start.windows(2).enumerate() {
+                let (a, b) = (w[0] as usize, w[1] as usize);
+                for (&u, &road) in self.rev_src[a..b].iter().zip(&road_of[a..b]) {
                     segments.push(RoadSegment::new(
-                        Line::new(self.nodes[u], self.nodes[v]),
-                        road_of[p],
+                        Line::new(self.nodes[u as usize], self.nodes[v]),
+                        road,
                     ));
                 }
             }
@@ -578,7 +613,11 @@ impl Router {
         };
         let index = match scratch.units.take() {
             Some(ix) if ix.matches(units) => ix,
-            _ => UnitIndex::build(self, units),
+            Some(mut ix) => {
+                ix.update(self, units);
+                ix
+            }
+            None => UnitIndex::build(self, units),
         };
         let out = self.search(scratch, incident, &index, units, &suitable, k);
         scratch.units = Some(index);
@@ -919,6 +958,29 @@ pub fn bench_recommend(units: usize, target_edges: usize, seed: u64) -> serde_js
         full.push(ms(t));
         reachable = reachable.max(r.len());
     }
+    // The search alone: nothing suits, so every reachable node is settled.
+    let mut exhaustive = Vec::new();
+    for _ in 0..20 {
+        let p = incident(&mut rng);
+        let t = Instant::now();
+        let r = router.recommend_indexed(p, &fleet, &index, |_| false, usize::MAX);
+        exhaustive.push(ms(t));
+        assert!(r.is_empty());
+    }
+    // Units move between calls: the cached index re-snaps only the moved ones.
+    let mut moved = fleet.clone();
+    let mut moved_ms = Vec::new();
+    for share in [0.1, 1.0] {
+        for u in moved.iter_mut() {
+            if rng.unit() < share {
+                u.position[0] += 5.0;
+            }
+        }
+        let p = incident(&mut rng);
+        let t = Instant::now();
+        let _ = router.recommend(p, &moved, ambulance, 5);
+        moved_ms.push(ms(t));
+    }
 
     let p = incident(&mut rng);
     let before = router.recommend(p, &fleet, ambulance, 5);
@@ -984,8 +1046,17 @@ pub fn bench_recommend(units: usize, target_edges: usize, seed: u64) -> serde_js
             "mean_found": found as f64 / 200.0,
         },
         "full_search": {
+            "note": "every unit suits and k exceeds them: all reachable units ranked, with routes",
             "timing": summary_ms(full),
             "units_reachable": reachable,
+        },
+        "full_search_no_match": {
+            "note": "nothing suits: the whole reachable graph is searched, no routes built",
+            "timing": summary_ms(exhaustive),
+        },
+        "top5_after_units_moved": {
+            "ten_percent_moved_ms": moved_ms[0],
+            "all_moved_ms": moved_ms[1],
         },
         "speed_update": {
             "roads_changed": changed_roads.len(),
@@ -1365,15 +1436,13 @@ mod tests {
         assert_eq!(ids(&r), ["A", "B"]);
         // Only the changed slots: road 0 clears.
         state.drain_changed();
-        state.apply(
-            0,
-            flow(
-                "urn:ngsi-ld:TrafficFlowObserved:road-0",
-                36.0,
-                vec![wgs(0), wgs(1)],
-            ),
-            0,
+        let mut clear = flow(
+            "urn:ngsi-ld:TrafficFlowObserved:road-0",
+            36.0,
+            vec![wgs(0), wgs(1)],
         );
+        clear.observed_at_ms = Some(2);
+        state.apply(0, clear, 0);
         let changed = state.drain_changed();
         assert_eq!(router.update_speeds_from_slots(&state, &changed), 1);
         assert_eq!(router.road_travel_time_s(0), vec![50.0, 50.0]);
@@ -1468,11 +1537,20 @@ mod tests {
                 ["A", "B"]
             );
         }
-        // A moves onto B's road, 100 m from the incident: the cached index is rebuilt.
-        units[0].position = [0.0, 100.0];
+        // A moves 30 m north of the incident: the cached index is rebuilt.
+        units[0].position = [0.0, 30.0];
         let r = router.recommend([0.0, 0.0], &units, is("ambulance"), 5);
         assert_eq!(ids(&r), ["A", "B"]);
-        assert!((r[0].eta_s - 100.0 / OFF_ROAD_SPEED_MPS).abs() < 1e-9); // snapped to node 0
+        assert!((r[0].eta_s - 30.0 / OFF_ROAD_SPEED_MPS).abs() < 1e-9); // snapped to node 0
+        // Updating re-snaps moved units only and equals a fresh build.
+        let mut index = UnitIndex::build(&router, &units);
+        units[1].position = [0.0, 300.0];
+        units.push(unit("E", "fireEngine", [400.0, 5.0]));
+        assert!(!index.matches(&units));
+        index.update(&router, &units);
+        assert!(index.matches(&units));
+        assert_eq!(index, UnitIndex::build(&router, &units));
+        assert_eq!(index.node_of(4), Some(1));
         // A stale prebuilt index of the wrong size is rebuilt, not trusted.
         let stale = UnitIndex::build(&router, &units[..2]);
         let r = router.recommend_indexed([0.0, 0.0], &units, &stale, is("police"), 5);

@@ -290,29 +290,27 @@ impl DispatchService {
         let system = Actor::system();
         while let Ok(d) = self.deliveries.try_recv() {
             match d {
+                // A department may have signed for it before the confirmation of a
+                // retried delivery came back: then there is nothing to record.
                 DeliveryEvent::Delivered {
                     order_id, attempts, ..
-                } => {
-                    // A department may have signed for it before the confirmation of a
-                    // retried delivery came back: then there is nothing to record.
-                    if self
-                        .dispatcher
-                        .book()
-                        .order(&order_id)
-                        .is_some_and(|o| o.status == OrderStatus::Issued)
-                    {
-                        let note = (attempts > 1).then(|| format!("after {attempts} attempts"));
-                        let events = self.execute(
-                            &Command::Order {
-                                id: order_id,
-                                action: Action::RecordDelivery,
-                                note,
-                            },
-                            &system,
-                            now_ms,
-                        )?;
-                        written += events.len();
-                    }
+                } if self
+                    .dispatcher
+                    .book()
+                    .order(&order_id)
+                    .is_some_and(|o| o.status == OrderStatus::Issued) =>
+                {
+                    let note = (attempts > 1).then(|| format!("after {attempts} attempts"));
+                    let events = self.execute(
+                        &Command::Order {
+                            id: order_id,
+                            action: Action::RecordDelivery,
+                            note,
+                        },
+                        &system,
+                        now_ms,
+                    )?;
+                    written += events.len();
                 }
                 DeliveryEvent::Failed {
                     order_id,

@@ -15,6 +15,8 @@ pub enum FeedKind {
     NgsiLd,
     /// A GeoJSON FeatureCollection.
     Geojson,
+    /// A CAP 1.2 (or 1.1/1.0) alert message: each message raises or updates an incident.
+    Cap,
     /// The built-in simulator of this domain on the loaded map.
     Sim,
 }
@@ -173,7 +175,7 @@ pub fn parse_feeds(text: &str) -> Result<Vec<FeedConfig>, String> {
             ));
         }
         match feed.kind {
-            FeedKind::NgsiLd | FeedKind::Geojson => {
+            FeedKind::NgsiLd | FeedKind::Geojson | FeedKind::Cap => {
                 let Some(url) = &feed.url else {
                     return Err(format!("feed \"{name}\": kind {:?} needs a url", feed.kind));
                 };

@@ -214,6 +214,7 @@ fn poll_once(
                     feed.context.as_deref().unwrap_or(NGSI_LD_CORE_CONTEXT)
                 ),
             ),
+            FeedKind::Cap => request.header("Accept", "application/cap+xml, application/xml"),
             _ => request.header("Accept", "application/geo+json, application/json"),
         };
         // Conditional requests on the first page: a 304 means nothing changed.
@@ -267,6 +268,7 @@ fn poll_once(
         total_bytes += body.len();
         let decoded = match feed.kind {
             FeedKind::NgsiLd => decode_ngsi_ld(&body),
+            FeedKind::Cap => crate::dispatch::alerts::decode_cap(&body),
             _ => decode_geojson(&body),
         }
         .map_err(|e| {

@@ -85,6 +85,7 @@ pub fn dcat_catalog(title: &str, feeds: &[FeedConfig], observed: &[ObservedSchem
             let (access, format) = match f.kind {
                 FeedKind::NgsiLd => (f.url.clone(), "application/ld+json (NGSI-LD)"),
                 FeedKind::Geojson => (f.url.clone(), "application/geo+json"),
+                FeedKind::Cap => (f.url.clone(), "application/cap+xml (CAP 1.2)"),
                 FeedKind::Sim => (None, "built-in simulator"),
             };
             json!({
