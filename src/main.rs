@@ -500,6 +500,10 @@ fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
             let Ok(passphrase) = std::env::var("ZHONGSHU_PASSPHRASE") else {
                 bail!("--user {name} needs the passphrase in ZHONGSHU_PASSPHRASE");
             };
+            // Refused here, before any window opens, so scripts see it.
+            if let Err(e) = users.sign_in(name, &passphrase) {
+                bail!("--user {name}: {e}");
+            }
             Some((name.clone(), passphrase))
         }
         None => None,

@@ -181,3 +181,87 @@ fn audit_verify_reports_the_chain_and_catches_tampering() {
             && String::from_utf8_lossy(&out.stderr).contains("/nowhere/events.db")
     );
 }
+
+#[test]
+fn users_add_writes_a_hash_that_signs_in_and_refuses_mistakes() {
+    use std::io::Write;
+    let dir = scratch_dir("users");
+    let file = dir.join("users.toml");
+    let add = |args: &[&str], passphrase: &str| {
+        let mut child = zhongshu()
+            .args(["users", "add"])
+            .args(args)
+            .arg("--file")
+            .arg(&file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{passphrase}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = add(
+        &["li.wei", "--role", "dispatcher", "--display", "Li Wei 李伟"],
+        "correct horse",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = add(
+        &[
+            "wang.fang",
+            "--role",
+            "department_liaison",
+            "--department",
+            "fire",
+        ],
+        "battery staple",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Stored as Argon2id hashes, never as the passphrase.
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("$argon2id$"), "{text}");
+    assert!(!text.contains("correct horse"));
+    let users = zhongshu::dispatch::users::Users::load(&file).unwrap();
+    let li = users.sign_in("li.wei", "correct horse").unwrap();
+    assert_eq!(li.role, zhongshu::dispatch::Role::Dispatcher);
+    assert!(users.sign_in("li.wei", "Correct horse").is_err());
+    assert_eq!(
+        users
+            .sign_in("wang.fang", "battery staple")
+            .unwrap()
+            .department
+            .as_deref(),
+        Some("fire")
+    );
+
+    // Mistakes are refused and the file is left as it was.
+    for (args, passphrase, expected) in [
+        (
+            vec!["li.wei", "--role", "operator"],
+            "another one",
+            "li.wei",
+        ),
+        (vec!["chen", "--role", "mayor"], "long enough", "--role"),
+        (
+            vec!["chen", "--role", "department_liaison"],
+            "long enough",
+            "department",
+        ),
+        (vec!["chen", "--role", "operator"], "short", "8 characters"),
+    ] {
+        let out = add(&args, passphrase);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    }
+}

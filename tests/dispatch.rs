@@ -143,3 +143,57 @@ fn bench_orders_prints_each_commit_then_a_summary() {
     assert_eq!(report["orders"].as_u64().unwrap() as usize, committed.len());
     assert_eq!(report["chain_ok"], true);
 }
+
+#[test]
+fn serve_departments_takes_orders_once_per_idempotency_key() {
+    let mut child = zhongshu()
+        .args(["serve-departments", "--addr", "127.0.0.1:0", "--seed", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no base URL in {line:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    let client = reqwest::blocking::Client::new();
+    let body = serde_json::json!({
+        "order_id": "ORD-000001",
+        "incident_id": "INC-000001",
+        "department": "fire",
+        "instruction": "Go",
+        "deadline_ms": 4_000_000_000_000i64,
+        "issued_at_ms": 1_795_946_400_000i64,
+        "status_url": "http://127.0.0.1:9/api/v1/orders/ORD-000001/status",
+        "incident": null,
+    });
+    // The simulator fails some POSTs on purpose: retry like the outbox does.
+    let post = || loop {
+        let r = client
+            .post(format!("{base}/fire/orders"))
+            .header("Idempotency-Key", "ORD-000001")
+            .json(&body)
+            .send()
+            .unwrap();
+        if !r.status().is_server_error() {
+            break r;
+        }
+    };
+    let first = post();
+    assert!(first.status().is_success(), "{}", first.status());
+    let first: serde_json::Value = first.json().unwrap();
+    let again = post();
+    assert!(again.status().is_success() || again.status().as_u16() == 409);
+    let again: serde_json::Value = again.json().unwrap_or_default();
+    if let Some(r) = again.get("department_ref") {
+        assert_eq!(r, &first["department_ref"], "a repeat is the same job");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -216,7 +216,7 @@ name = "flood"
 kind = "geojson"
 url = "{base}/huge.geojson"
 domain = "urban"
-interval_s = 0.3
+interval_s = 0.2
 max_payload_bytes = 100000
 
 [[feed]]

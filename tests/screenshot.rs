@@ -8,6 +8,10 @@ use crate::{scratch_dir, zhongshu};
 
 /// Runs `zhongshu ARGS` under `xvfb-run` unless a display is already there.
 fn run_with_display(args: &[&str]) -> std::process::Output {
+    run_with_display_env(args, &[])
+}
+
+fn run_with_display_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let has_display = std::env::var_os("DISPLAY").is_some();
     let mut cmd = if has_display {
         zhongshu()
@@ -18,6 +22,7 @@ fn run_with_display(args: &[&str]) -> std::process::Output {
         c
     };
     cmd.args(args)
+        .envs(env.iter().copied())
         .env("WGPU_BACKEND", std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()))
         .output()
         .unwrap_or_else(|e| {
@@ -136,4 +141,89 @@ fn screenshot_rejects_a_bad_size() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--size"));
+}
+
+#[test]
+fn a_signed_in_dispatcher_sees_the_desk_and_alerts_become_incidents_in_the_log() {
+    let dir = scratch_dir("screenshot-desk");
+    let out = dir.join("desk.png");
+    let db = dir.join("events.db");
+    let result = run_with_display_env(
+        &[
+            "screenshot",
+            "--out",
+            out.to_str().unwrap(),
+            "--size",
+            "1280x720",
+            "--user",
+            "dispatch",
+            "--db",
+            db.to_str().unwrap(),
+            "--api",
+            "127.0.0.1:0",
+        ],
+        &[("ZHONGSHU_PASSPHRASE", "zhongshu")],
+    );
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "screenshot failed: {stderr}");
+
+    // The desk is the right-hand panel: mostly the panel colour, with text on it.
+    let image = image::open(&out).expect("a readable PNG").to_rgb8();
+    let (w, h) = (image.width(), image.height());
+    let desk: Vec<_> = (h / 6..h - 40)
+        .flat_map(|y| (w - 360..w - 10).map(move |x| (x, y)))
+        .map(|(x, y)| image.get_pixel(x, y).0)
+        .collect();
+    let panel = desk
+        .iter()
+        .filter(|p| p[0].abs_diff(8) < 6 && p[1].abs_diff(13) < 6 && p[2].abs_diff(24) < 6)
+        .count();
+    assert!(
+        panel > desk.len() / 2,
+        "no desk panel: {panel} of {}",
+        desk.len()
+    );
+    let text = desk.iter().filter(|p| p[0] > 150 && p[1] > 150).count();
+    assert!(text > 500, "the desk shows nothing: {text} bright px");
+
+    // The simulated sub-brains' open alerts were raised as incidents, durably, by
+    // Zhongshu itself, and the chain verifies.
+    let audit = zhongshu()
+        .args(["audit", "verify", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert!(report["incidents"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(report["chain_ok"], true);
+}
+
+#[test]
+fn a_wrong_or_missing_passphrase_at_start_is_refused_before_any_window() {
+    let out = zhongshu()
+        .args(["--user", "dispatch"])
+        .env("ZHONGSHU_PASSPHRASE", "not-the-passphrase")
+        .args(["screenshot", "--out", "/tmp/never.png"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wrong passphrase"), "{stderr}");
+    let out = zhongshu()
+        .args(["--user", "dispatch"])
+        .env_remove("ZHONGSHU_PASSPHRASE")
+        .args(["screenshot", "--out", "/tmp/never.png"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ZHONGSHU_PASSPHRASE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
