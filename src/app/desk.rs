@@ -410,6 +410,9 @@ fn severity_colour(s: Severity) -> [f32; 4] {
     mesh::linear_from_srgb(srgb)
 }
 
+/// Incidents drawn as pins at most.
+const MAX_PINS: usize = 300;
+
 /// Open incidents as pins (a ring and a column, coloured by severity; the selected one
 /// taller) and the recommended routes as bright ribbons.
 fn desk_overlay(
@@ -437,13 +440,22 @@ fn desk_overlay(
     };
     let mut data = MeshData::default();
     let mut earcut = earcut::Earcut::new();
-    for inc in service
-        .dispatcher
-        .book()
-        .incidents
-        .iter()
-        .filter(|i| i.is_open())
+    // The most urgent open incidents (and the selected one): a wall shows what needs
+    // attention, and the mesh stays small however long the log.
+    let book = service.dispatcher.book();
+    let mut shown: Vec<&Incident> = book
+        .by_urgency()
+        .into_iter()
+        .map(|i| &book.incidents[i])
+        .take_while(|i| i.is_open())
+        .take(MAX_PINS)
+        .collect();
+    if let Some(sel) = selected.as_deref().and_then(|id| book.incident(id))
+        && !shown.iter().any(|i| i.id == sel.id)
     {
+        shown.push(sel);
+    }
+    for inc in shown {
         let [e, n] = city.map.frame.local_from_wgs84(inc.lon, inc.lat);
         let colour = severity_colour(inc.severity);
         let is_selected = selected.as_deref() == Some(inc.id.as_str());

@@ -170,6 +170,8 @@ pub struct DeskState {
     pub form: IncidentForm,
     /// The unit kind chosen in the recommendation list (`None` = the playbook's).
     pub recommend_kind: Option<String>,
+    /// The incident list for a book revision and filter, most urgent first.
+    pub list: Option<((u64, IncidentFilter), Vec<usize>)>,
 }
 
 /// Shown on every button a leader cannot press.
@@ -215,10 +217,7 @@ pub fn desk_ui(
     ui.separator();
     match state.tab {
         DeskTab::Incidents => {
-            egui::ScrollArea::vertical()
-                .id_salt("desk-incident-list")
-                .max_height(ui.available_height() * 0.35)
-                .show(ui, |ui| incident_list_ui(ui, view, state, out));
+            incident_list_ui(ui, view, state, out);
             ui.separator();
             egui::ScrollArea::vertical()
                 .id_salt("desk-incident-detail")
@@ -250,6 +249,7 @@ pub fn incident_list_ui(
     state: &mut DeskState,
     out: &mut Vec<DeskCommand>,
 ) {
+    let list_height = (ui.available_height() * 0.35).max(120.0);
     let filter = &mut state.filter;
     ui.horizontal_wrapped(|ui| {
         open_all_toggle(ui, &mut filter.all);
@@ -268,18 +268,39 @@ pub fn incident_list_ui(
         );
     });
     let book = view.book;
-    let mut shown = 0;
-    for i in book.by_urgency() {
-        let inc = &book.incidents[i];
-        if !incident_matches(filter, inc) {
-            continue;
-        }
-        shown += 1;
-        incident_row_ui(ui, view, inc, out);
+    // Sorting thousands of incidents every frame would stall the wall: the list is
+    // recomputed only when the book or the filter changes, and only visible rows drawn.
+    let key = (book.revision, filter.clone());
+    if state.list.as_ref().map(|(k, _)| k) != Some(&key) {
+        let rows: Vec<usize> = book
+            .by_urgency()
+            .into_iter()
+            .filter(|&i| incident_matches(&key.1, &book.incidents[i]))
+            .collect();
+        state.list = Some((key, rows));
     }
-    if shown == 0 {
+    let rows = state.list.as_ref().map_or(&[][..], |(_, r)| r.as_slice());
+    if rows.is_empty() {
         ui.label(egui::RichText::new("No incidents 无事件").color(theme::MUTED));
+        return;
     }
+    if rows.len() > 8 {
+        ui.label(
+            egui::RichText::new(format!("{} incidents", rows.len()))
+                .small()
+                .color(theme::MUTED),
+        );
+    }
+    let row_height = ui.spacing().interact_size.y + ui.spacing().item_spacing.y;
+    egui::ScrollArea::vertical()
+        .id_salt("desk-incident-list")
+        .max_height(list_height)
+        .auto_shrink([false, true])
+        .show_rows(ui, row_height, rows.len(), |ui, range| {
+            for &i in &rows[range] {
+                incident_row_ui(ui, view, &book.incidents[i], out);
+            }
+        });
 }
 
 fn incident_matches(filter: &IncidentFilter, inc: &Incident) -> bool {
@@ -710,18 +731,25 @@ pub fn order_board_ui(
         ui.label(egui::RichText::new(READ_ONLY).small().color(theme::MUTED));
     }
     let config = &view.book.config;
+    // One pass over the orders, grouped by department.
+    let mut by_department: std::collections::HashMap<&str, Vec<&Order>> =
+        std::collections::HashMap::new();
+    for o in &view.book.orders {
+        if state.board_all || in_play(o.status) {
+            by_department
+                .entry(o.department.as_str())
+                .or_default()
+                .push(o);
+        }
+    }
     let mut any = false;
     for d in &config.departments {
-        let orders: Vec<&Order> = view
-            .book
-            .orders
-            .iter()
-            .filter(|o| o.department == d.id && (state.board_all || in_play(o.status)))
-            .collect();
-        if orders.is_empty() {
+        let Some(mut orders) = by_department.remove(d.id.as_str()) else {
             continue;
-        }
+        };
         any = true;
+        // Nearest deadline first; a board shows what needs watching, not history.
+        orders.sort_by_key(|o| (!in_play(o.status), o.deadline_ms));
         ui.add_space(6.0);
         ui.horizontal(|ui| {
             ui.label(egui::RichText::new(&d.name).strong().color(theme::ACCENT));
@@ -730,14 +758,26 @@ pub fn order_board_ui(
             }
             ui.label(egui::RichText::new(orders.len().to_string()).color(theme::MUTED));
         });
-        for order in orders {
+        for order in orders.iter().take(BOARD_ROWS_PER_DEPARTMENT) {
             order_row_ui(ui, view, order, &order.incident, out);
+        }
+        if orders.len() > BOARD_ROWS_PER_DEPARTMENT {
+            ui.label(
+                egui::RichText::new(format!(
+                    "… {} more, later deadlines 更多",
+                    orders.len() - BOARD_ROWS_PER_DEPARTMENT
+                ))
+                .color(theme::MUTED),
+            );
         }
     }
     if !any {
         ui.label(egui::RichText::new("No open orders 无待办指令").color(theme::MUTED));
     }
 }
+
+/// Rows per department on the board (nearest deadlines first).
+pub const BOARD_ROWS_PER_DEPARTMENT: usize = 40;
 
 /// Orders the dispatcher still has to watch: not done and not handed up the chain.
 fn in_play(status: OrderStatus) -> bool {

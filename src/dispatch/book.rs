@@ -5,6 +5,7 @@
 //! what is on disk.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -154,11 +155,17 @@ impl Event {
     }
 }
 
+fn shared_str<S: serde::Serializer>(s: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(s)
+}
+
 /// A line of an incident's timeline.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TimelineEntry {
     pub at_ms: i64,
-    pub who: String,
+    /// Shared between every entry of the same person.
+    #[serde(serialize_with = "shared_str")]
+    pub who: Arc<str>,
     pub role: Role,
     pub text: String,
 }
@@ -197,7 +204,8 @@ pub struct Step {
     pub status: OrderStatus,
     pub action: Option<Action>,
     pub at_ms: i64,
-    pub who: String,
+    #[serde(serialize_with = "shared_str")]
+    pub who: Arc<str>,
     pub role: Role,
     pub note: Option<String>,
 }
@@ -277,6 +285,10 @@ pub struct Book {
     next_order: u64,
     /// Events in the log that refer to something unknown (a damaged log).
     pub skipped_events: u64,
+    /// One shared name per person, so a million events do not hold a million copies.
+    names: HashMap<String, Arc<str>>,
+    /// Bumped by every applied event, so views can cache what they derive.
+    pub revision: u64,
 }
 
 fn number_after(id: &str, prefix: &str) -> Option<u64> {
@@ -295,6 +307,8 @@ impl Book {
             next_incident: 1,
             next_order: 1,
             skipped_events: 0,
+            names: HashMap::new(),
+            revision: 0,
         }
     }
 
@@ -572,9 +586,18 @@ impl Book {
 
     /// Applies one stored event. Replay at start and live commands both come here.
     pub fn apply(&mut self, event: &Event, at_ms: i64, who: &str, role: Role) {
+        self.revision += 1;
+        let who: Arc<str> = match self.names.get(who) {
+            Some(name) => name.clone(),
+            None => {
+                let name: Arc<str> = Arc::from(who);
+                self.names.insert(who.to_string(), name.clone());
+                name
+            }
+        };
         let entry = |text: String| TimelineEntry {
             at_ms,
-            who: who.to_string(),
+            who: who.clone(),
             role,
             text,
         };
@@ -669,7 +692,7 @@ impl Book {
                         status: OrderStatus::Issued,
                         action: Some(Action::IssueOrder),
                         at_ms,
-                        who: who.to_string(),
+                        who: who.clone(),
                         role,
                         note: None,
                     }],
@@ -706,7 +729,7 @@ impl Book {
                     status: *status,
                     action: Some(*action),
                     at_ms,
-                    who: who.to_string(),
+                    who: who.clone(),
                     role,
                     note: note.clone(),
                 });
@@ -731,7 +754,7 @@ impl Book {
                     status: OrderStatus::Overdue,
                     action: None,
                     at_ms,
-                    who: who.to_string(),
+                    who: who.clone(),
                     role,
                     note: None,
                 });
@@ -762,21 +785,29 @@ impl Book {
         })
     }
 
-    /// Open incidents, most urgent first: severity, then orders overdue, then age.
+    /// Every incident, most urgent first: open before finished, then severity, then
+    /// orders overdue, then the oldest. One pass over the orders, then one sort.
     pub fn by_urgency(&self) -> Vec<usize> {
+        let mut overdue = vec![0u32; self.incidents.len()];
+        for o in self
+            .orders
+            .iter()
+            .filter(|o| o.status == OrderStatus::Overdue)
+        {
+            if let Some(&i) = self.incident_index.get(&o.incident) {
+                overdue[i] += 1;
+            }
+        }
         let mut ids: Vec<usize> = (0..self.incidents.len()).collect();
-        let overdue = |i: &Incident| {
-            self.orders_of(i)
-                .filter(|o| o.status == OrderStatus::Overdue)
-                .count()
-        };
-        ids.sort_by(|&a, &b| {
-            let (x, y) = (&self.incidents[a], &self.incidents[b]);
-            y.is_open()
-                .cmp(&x.is_open())
-                .then(y.severity.cmp(&x.severity))
-                .then(overdue(y).cmp(&overdue(x)))
-                .then(x.reported_ms.cmp(&y.reported_ms))
+        ids.sort_unstable_by_key(|&i| {
+            let x = &self.incidents[i];
+            (
+                !x.is_open(),
+                std::cmp::Reverse(x.severity),
+                std::cmp::Reverse(overdue[i]),
+                x.reported_ms,
+                i,
+            )
         });
         ids
     }
@@ -930,7 +961,7 @@ mod tests {
         let inc = b.incident(&id).unwrap();
         assert_eq!(inc.status, IncidentStatus::Closed);
         // Every step is on the timeline with who did it.
-        assert!(inc.timeline.iter().any(|t| t.who == "wang.fang"
+        assert!(inc.timeline.iter().any(|t| &*t.who == "wang.fang"
             && t.text.contains("ORD-000001")
             && t.text.contains("Done")));
         // A closed incident takes no new orders.

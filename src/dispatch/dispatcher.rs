@@ -36,21 +36,45 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Opens (or creates) the log at `path` and rebuilds the book from it.
+    /// Opens (or creates) the log at `path` and rebuilds the book from it. Reading and
+    /// decoding run on a second thread while the book applies what is decoded.
     pub fn open(path: &Path, config: DispatchConfig) -> Result<Self, StoreError> {
+        /// Events handed from the reader to the book at a time.
+        const CHUNK: usize = 4096;
+        type Decoded = (i64, String, Role, Option<Event>);
         let started = Instant::now();
         let log = EventLog::open(path)?;
         let mut book = Book::new(config);
         let mut events = 0u64;
         let mut unreadable = 0u64;
-        log.scan(|stored| {
-            events += 1;
-            let role = role_from_str(&stored.role);
-            match serde_json::from_str::<Event>(&stored.payload) {
-                Ok(event) => book.apply(&event, stored.at_ms, &stored.operator, role),
-                Err(_) => unreadable += 1,
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(8);
+        let (log, scanned) = std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let mut chunk: Vec<Decoded> = Vec::with_capacity(CHUNK);
+                let scanned = log.scan_replay(|at_ms, operator, role, payload| {
+                    let event = serde_json::from_str::<Event>(payload).ok();
+                    chunk.push((at_ms, operator.to_string(), role_from_str(role), event));
+                    if chunk.len() == CHUNK {
+                        let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+                    }
+                });
+                if !chunk.is_empty() {
+                    let _ = tx.send(chunk);
+                }
+                (log, scanned)
+            });
+            for chunk in rx {
+                for (at_ms, operator, role, event) in chunk {
+                    events += 1;
+                    match event {
+                        Some(event) => book.apply(&event, at_ms, &operator, role),
+                        None => unreadable += 1,
+                    }
+                }
             }
-        })?;
+            reader.join().expect("the log reader thread does not panic")
+        });
+        scanned?;
         let opened = OpenReport {
             events,
             incidents: book.incidents.len(),

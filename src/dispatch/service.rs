@@ -246,7 +246,7 @@ impl DispatchService {
         let by = order
             .steps
             .last()
-            .map_or("zhongshu".to_string(), |s| s.who.clone());
+            .map_or("zhongshu".to_string(), |s| s.who.to_string());
         self.outbox.send(OutgoingOrder {
             order_id: order.id.clone(),
             department: order.department.clone(),
@@ -582,7 +582,7 @@ mod tests {
             assert!(
                 o.steps
                     .iter()
-                    .any(|s| s.role == Role::DepartmentLiaison && s.who != "zhongshu")
+                    .any(|s| s.role == Role::DepartmentLiaison && &*s.who != "zhongshu")
             );
         }
         // The manual department is waiting for the dispatcher, not the network.

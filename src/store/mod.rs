@@ -69,7 +69,14 @@ pub fn event_hash(
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    let digest = h.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+    out
 }
 
 /// The append-only log.
@@ -207,6 +214,33 @@ impl EventLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Streams `(at_ms, operator, role, payload)` of every event in order, reading
+    /// only what rebuilding state needs (no hashes), borrowing the text.
+    pub fn scan_replay(&self, mut f: impl FnMut(i64, &str, &str, &str)) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at_ms, operator, role, payload FROM events ORDER BY seq")
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let text = |i: usize| -> rusqlite::Result<&str> {
+                r.get_ref(i)?.as_str().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        i,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })
+            };
+            let (at_ms, operator, role, payload) =
+                (|| Ok::<_, rusqlite::Error>((r.get::<_, i64>(0)?, text(1)?, text(2)?, text(3)?)))(
+                )
+                .map_err(|e| self.err(e))?;
+            f(at_ms, operator, role, payload);
+        }
+        Ok(())
     }
 
     /// Streams every event in order to `f` without holding them all in memory.
