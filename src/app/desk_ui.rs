@@ -630,17 +630,13 @@ fn playbook_editor_ui(
     let editable = is_allowed(view.actor.role, Action::IssueOrder);
     ui.add_enabled_ui(editable, |ui| {
         let mut remove = None;
-        egui::Grid::new("desk-draft")
-            .num_columns(5)
-            .striped(true)
-            .show(ui, |ui| {
-                for (i, o) in draft.orders.iter_mut().enumerate() {
-                    if draft_row_ui(ui, config, i, o) {
-                        remove = Some(i);
-                    }
-                    ui.end_row();
+        for (i, o) in draft.orders.iter_mut().enumerate() {
+            ui.group(|ui| {
+                if draft_row_ui(ui, config, i, o) {
+                    remove = Some(i);
                 }
             });
+        }
         if let Some(i) = remove {
             draft.orders.remove(i);
         }
@@ -670,30 +666,37 @@ fn playbook_editor_ui(
     command_button(ui, view, "Issue orders 下达指令", command, out);
 }
 
-/// One editable order of the draft; true when its remove button was pressed.
+/// One editable order of the draft (department, deadline, and the instruction on a
+/// line of its own); true when its remove button was pressed.
 fn draft_row_ui(ui: &mut egui::Ui, config: &DispatchConfig, i: usize, o: &mut DraftOrder) -> bool {
-    ui.checkbox(&mut o.include, "")
-        .on_hover_text("Include this order 包含此指令");
-    egui::ComboBox::from_id_salt(("desk-draft-department", i))
-        .width(200.0)
-        .selected_text(department_name(config, &o.department))
-        .show_ui(ui, |ui| {
-            for d in &config.departments {
-                ui.selectable_value(&mut o.department, d.id.clone(), &d.name);
-            }
-        });
+    let mut remove = false;
+    ui.horizontal(|ui| {
+        ui.checkbox(&mut o.include, "")
+            .on_hover_text("Include this order 包含此指令");
+        egui::ComboBox::from_id_salt(("desk-draft-department", i))
+            .width(220.0)
+            .selected_text(department_name(config, &o.department))
+            .show_ui(ui, |ui| {
+                for d in &config.departments {
+                    ui.selectable_value(&mut o.department, d.id.clone(), &d.name);
+                }
+            });
+        ui.add(
+            egui::DragValue::new(&mut o.deadline_min)
+                .range(1.0..=1440.0)
+                .speed(1.0)
+                .suffix(" min"),
+        )
+        .on_hover_text("Deadline after issue 时限");
+        remove = ui.small_button("🗑").on_hover_text("Remove 删除").clicked();
+    });
     ui.add(
-        egui::TextEdit::singleline(&mut o.instruction)
+        egui::TextEdit::multiline(&mut o.instruction)
             .hint_text("Instruction 指令内容")
-            .desired_width(260.0),
+            .desired_rows(1)
+            .desired_width(f32::INFINITY),
     );
-    ui.add(
-        egui::DragValue::new(&mut o.deadline_min)
-            .range(1.0..=1440.0)
-            .speed(1.0)
-            .suffix(" min"),
-    );
-    ui.small_button("🗑").on_hover_text("Remove 删除").clicked()
+    remove
 }
 
 fn timeline_ui(ui: &mut egui::Ui, inc: &Incident) {

@@ -546,8 +546,12 @@ pub fn age_text(secs: f64) -> String {
         format!("{secs:.1} s")
     } else if secs < 120.0 {
         format!("{secs:.0} s")
-    } else {
+    } else if secs < 2.0 * 3600.0 {
         format!("{:.0} min", secs / 60.0)
+    } else if secs < 2.0 * 86_400.0 {
+        format!("{:.0} h", secs / 3600.0)
+    } else {
+        format!("{:.0} d", secs / 86_400.0)
     }
 }
 
