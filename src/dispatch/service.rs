@@ -40,6 +40,9 @@ impl Default for ServiceOptions {
     }
 }
 
+/// How often the clock checks deadlines.
+const TICK_EVERY_MS: i64 = 250;
+
 /// At most this many notices are kept for the console.
 const MAX_NOTICES: usize = 50;
 
@@ -57,6 +60,8 @@ pub struct DispatchService {
     pub notices: VecDeque<String>,
     /// Bumped whenever the book changes, so views know to redraw.
     pub version: u64,
+    /// When the clock last looked at every order.
+    last_tick_ms: Option<i64>,
 }
 
 impl DispatchService {
@@ -127,6 +132,7 @@ impl DispatchService {
             dedup,
             notices: VecDeque::new(),
             version: 1,
+            last_tick_ms: None,
         };
         let undelivered: Vec<String> = service
             .dispatcher
@@ -349,9 +355,17 @@ impl DispatchService {
         while let Ok(report) = self.reports.try_recv() {
             written += self.take_report(report, now_ms)?;
         }
-        let events = self.dispatcher.tick(now_ms)?;
-        written += events.len();
-        self.after(&events);
+        // Deadlines are minutes long: looking at every order four times a second is
+        // plenty, and keeps a frame cheap with hundreds of thousands of orders.
+        if self
+            .last_tick_ms
+            .is_none_or(|t| now_ms < t || now_ms - t >= TICK_EVERY_MS)
+        {
+            self.last_tick_ms = Some(now_ms);
+            let events = self.dispatcher.tick(now_ms)?;
+            written += events.len();
+            self.after(&events);
+        }
         Ok(written)
     }
 
