@@ -9,6 +9,15 @@ use serde::Serialize;
 
 use crate::map::{self, mesh};
 
+/// The `q` quantile (0..=1) of sorted samples, by nearest rank; 0 when empty.
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    sorted[i]
+}
+
 /// Small deterministic generator (SplitMix64): same seed, same city.
 pub(crate) struct SplitMix(pub(crate) u64);
 

@@ -455,8 +455,8 @@ fn users_add(
     department: Option<&str>,
     display: Option<&str>,
 ) -> anyhow::Result<()> {
-    use zhongshu::dispatch::users::{Users, add_user_line, role_from_name};
-    let Some(role) = role_from_name(role).filter(|r| *r != zhongshu::dispatch::Role::System) else {
+    use zhongshu::dispatch::users::{Users, add_user_line};
+    let Some(role) = zhongshu::dispatch::Role::from_name(role) else {
         bail!("--role must be operator, dispatcher, leader or department_liaison, got {role:?}");
     };
     let existing = match std::fs::read_to_string(file) {
@@ -577,9 +577,8 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 bail!("no event log at {}", db.display());
             }
             let log = zhongshu::store::EventLog::open(&db)?;
-            let report = log.verify()?;
             let (mut incidents, mut orders) = (0u64, 0u64);
-            log.scan(|e| match e.kind.as_str() {
+            let report = log.verify_with(|e| match e.kind.as_str() {
                 "incident_reported" => incidents += 1,
                 "order_issued" => orders += 1,
                 _ => {}

@@ -1,6 +1,6 @@
 //! `zhongshu map-info` and error handling, without a window.
 
-use crate::{scratch_dir, zhongshu};
+use crate::{audit_verify, scratch_dir, zhongshu};
 
 fn map_info(path: &std::path::Path) -> (bool, serde_json::Value, String) {
     let out = zhongshu()
@@ -140,17 +140,8 @@ fn audit_verify_reports_the_chain_and_catches_tampering() {
             )
             .unwrap();
     }
-    let out = zhongshu()
-        .args(["audit", "verify", "--db"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, report) = audit_verify(&db);
+    assert!(ok, "{report}");
     assert_eq!(
         report,
         serde_json::json!({"events": 5, "incidents": 1, "orders": 2, "chain_ok": true, "first_bad_event": null})
@@ -162,13 +153,8 @@ fn audit_verify_reports_the_chain_and_catches_tampering() {
         [],
     )
     .unwrap();
-    let out = zhongshu()
-        .args(["audit", "verify", "--db"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, report) = audit_verify(&db);
+    assert!(!ok);
     assert_eq!(report["chain_ok"], false);
     assert_eq!(report["first_bad_event"], 2);
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use zhongshu::dispatch::config::DispatchConfig;
 use zhongshu::dispatch::dispatcher::Dispatcher;
 
-use crate::{scratch_dir, zhongshu};
+use crate::{audit_verify, scratch_dir, zhongshu};
 
 /// Tiny deterministic generator for kill moments.
 fn next(seed: &mut u64) -> u64 {
@@ -133,12 +133,7 @@ fn bench_orders_prints_each_commit_then_a_summary() {
     assert_eq!(committed[0], "ORD-000001");
 
     // audit verify agrees with what was written.
-    let out = zhongshu()
-        .args(["audit", "verify", "--db"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, report) = audit_verify(&db);
     assert_eq!(report["incidents"], 12);
     assert_eq!(report["orders"].as_u64().unwrap() as usize, committed.len());
     assert_eq!(report["chain_ok"], true);

@@ -170,6 +170,19 @@ fn handle(request: tiny_http::Request, polls: &AtomicU64) {
     let _ = request.respond(response);
 }
 
+/// Writes `feeds_toml` to a scratch feeds file and runs `zhongshu feeds-check` on it
+/// for `seconds`.
+fn feeds_check(scratch: &str, feeds_toml: &str, seconds: &str) -> std::process::Output {
+    let feeds = scratch_dir(scratch).join("feeds.toml");
+    std::fs::write(&feeds, feeds_toml).unwrap();
+    zhongshu()
+        .args(["feeds-check", "--feeds"])
+        .arg(&feeds)
+        .args(["--for", seconds])
+        .output()
+        .unwrap()
+}
+
 fn feed_lines(stdout: &str) -> HashMap<String, serde_json::Value> {
     stdout
         .lines()
@@ -181,11 +194,9 @@ fn feed_lines(stdout: &str) -> HashMap<String, serde_json::Value> {
 #[test]
 fn good_feeds_keep_updating_while_bad_ones_report_why() {
     let base = start_server();
-    let dir = scratch_dir("feeds-check");
-    let feeds = dir.join("feeds.toml");
-    std::fs::write(
-        &feeds,
-        format!(
+    let out = feeds_check(
+        "feeds-check",
+        &format!(
             r#"
 [[feed]]
 name = "buses"
@@ -256,14 +267,8 @@ domain = "utilities"
 interval_s = 0.5
 "#
         ),
-    )
-    .unwrap();
-    let out = zhongshu()
-        .args(["feeds-check", "--feeds"])
-        .arg(&feeds)
-        .args(["--for", "4"])
-        .output()
-        .unwrap();
+        "4",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines = feed_lines(&stdout);
@@ -432,11 +437,9 @@ fn serve_sim_feeds_the_real_ingest_path_end_to_end() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let dir = scratch_dir("serve-sim");
-    let feeds = dir.join("feeds.toml");
-    std::fs::write(
-        &feeds,
-        format!(
+    let out = feeds_check(
+        "serve-sim",
+        &format!(
             r#"
 [[feed]]
 name = "vehicles"
@@ -454,14 +457,8 @@ domain = "ecology"
 interval_s = 1
 "#
         ),
-    )
-    .unwrap();
-    let out = zhongshu()
-        .args(["feeds-check", "--feeds"])
-        .arg(&feeds)
-        .args(["--for", "3"])
-        .output()
-        .unwrap();
+        "3",
+    );
     let _ = server.kill();
     let _ = server.wait();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -496,11 +493,9 @@ fn a_cap_feed_brings_alerts_in_like_any_other_feed() {
             let _ = request.respond(tiny_http::Response::from_data(body));
         }
     });
-    let dir = scratch_dir("cap-feed");
-    let feeds = dir.join("feeds.toml");
-    std::fs::write(
-        &feeds,
-        format!(
+    let out = feeds_check(
+        "cap-feed",
+        &format!(
             r#"
 [[feed]]
 name = "flood-warnings"
@@ -524,14 +519,8 @@ domain = "safety"
 interval_s = 0.5
 "#
         ),
-    )
-    .unwrap();
-    let out = zhongshu()
-        .args(["feeds-check", "--feeds"])
-        .arg(&feeds)
-        .args(["--for", "1.5"])
-        .output()
-        .unwrap();
+        "1.5",
+    );
     let lines = feed_lines(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(lines["flood-warnings"]["entities"], 1, "{lines:?}");
     assert_eq!(lines["fire-alerts"]["entities"], 1, "{lines:?}");

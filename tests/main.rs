@@ -19,3 +19,19 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 pub fn zhongshu() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_zhongshu"))
 }
+
+/// Runs `zhongshu audit verify --db DB`: whether it succeeded, and its JSON report.
+pub fn audit_verify(db: &std::path::Path) -> (bool, serde_json::Value) {
+    let out = zhongshu()
+        .args(["audit", "verify", "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no JSON report from audit verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}

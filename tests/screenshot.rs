@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::process::Command;
 
-use crate::{scratch_dir, zhongshu};
+use crate::{audit_verify, scratch_dir, zhongshu};
 
 /// Runs `zhongshu ARGS` under `xvfb-run` unless a display is already there.
 fn run_with_display(args: &[&str]) -> std::process::Output {
@@ -188,17 +188,8 @@ fn a_signed_in_dispatcher_sees_the_desk_and_alerts_become_incidents_in_the_log()
 
     // The simulated sub-brains' open alerts were raised as incidents, durably, by
     // Zhongshu itself, and the chain verifies.
-    let audit = zhongshu()
-        .args(["audit", "verify", "--db"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(
-        audit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&audit.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let (ok, report) = audit_verify(&db);
+    assert!(ok, "{report}");
     assert!(report["incidents"].as_u64().unwrap() >= 1, "{report}");
     assert_eq!(report["chain_ok"], true);
 }

@@ -116,12 +116,7 @@ pub fn run(markers: usize, seconds: u32) -> MarkerBenchReport {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mut sorted = frame_ms.clone();
     sorted.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        sorted
-            .get(((sorted.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| crate::bench::percentile(&sorted, p);
     MarkerBenchReport {
         markers,
         frames: frame_ms.len(),

@@ -13,7 +13,7 @@ use bevy::prelude::*;
 use super::camera::CameraRig;
 use super::desk_ui::{DeskCommand, DeskState, RecommendationView};
 use super::live::{ChangedSlots, Live};
-use super::scene::bevy_mesh_with;
+use super::scene::{FlatMaterial, bevy_mesh_with};
 use super::{AppSystems, City};
 use crate::dispatch::book::{Actor, Incident, Severity};
 use crate::dispatch::config::DispatchConfig;
@@ -21,7 +21,6 @@ use crate::dispatch::dispatcher::Dispatcher;
 use crate::dispatch::recommend::{Recommendation, Router, Unit, units_from_state};
 use crate::dispatch::service::{DispatchService, ServiceOptions};
 use crate::dispatch::users::Users;
-use crate::feeds::EntityUpdate;
 use crate::map::graph::RoadGraph;
 use crate::map::mesh::{self, MeshData};
 
@@ -62,13 +61,12 @@ pub struct Desk {
     pub status_line: Option<String>,
     pub pending: Vec<DeskCommand>,
     pub open: bool,
-    /// A location picked on the map for a new incident (WGS84).
-    pub pick: Option<(f64, f64)>,
     router: Option<Router>,
     recommended_at_ms: i64,
     recommended_for: Option<(String, u64)>,
-    /// Which state the overlay shows, to rebuild it only on change.
-    overlay_for: Option<(u64, i64, Option<String>)>,
+    /// What the pins and the routes on the map show, to rebuild them only on change.
+    pins_for: Option<(u64, Option<String>)>,
+    routes_for: Option<(i64, Option<String>)>,
     /// Alerts already in the live state when the log finished loading were read once.
     alerts_caught_up: bool,
     /// The router has read every road's live speed once.
@@ -117,9 +115,6 @@ impl Desk {
     }
 }
 
-#[derive(Component)]
-struct DeskOverlay;
-
 pub(super) fn plugin(app: &mut App) {
     app.add_systems(Startup, start_desk).add_systems(
         Update,
@@ -127,7 +122,7 @@ pub(super) fn plugin(app: &mut App) {
             (desk_loaded, desk_apply, desk_alerts, desk_pump)
                 .chain()
                 .in_set(AppSystems::Apply),
-            (desk_recommend, desk_overlay)
+            (desk_recommend, desk_pins, desk_routes)
                 .chain()
                 .in_set(AppSystems::SyncScene),
         ),
@@ -152,12 +147,13 @@ fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<C
                     let service =
                         DispatchService::start(d, options).map_err(|e| format!("{e:#}"))?;
                     info!(
-                        "dispatch log {}: {} events, {} incidents, {} orders, rebuilt in {:.0} ms",
+                        "dispatch log {}: {} events, {} incidents, {} orders, rebuilt in {:.0} ms; department status API on {}",
                         db.display(),
                         opened.events,
                         opened.incidents,
                         opened.orders,
-                        opened.replay_ms
+                        opened.replay_ms,
+                        service.api_url()
                     );
                     Ok(service)
                 });
@@ -178,11 +174,11 @@ fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<C
         status_line: None,
         pending: Vec::new(),
         open: setup.open,
-        pick: None,
         router: Some(Router::new(&RoadGraph::from_map(&city.map))),
         recommended_at_ms: 0,
         recommended_for: None,
-        overlay_for: None,
+        pins_for: None,
+        routes_for: None,
         alerts_caught_up: false,
         speeds_loaded: false,
     };
@@ -302,16 +298,7 @@ fn desk_alerts(desk: Option<ResMut<Desk>>, live: Option<Res<Live>>, changed: Res
             .feeds
             .get(e.feed as usize)
             .map_or("feed", |f| f.name.as_str());
-        let update = EntityUpdate {
-            id: e.id.clone(),
-            entity_type: e.entity_type.clone(),
-            kind: e.kind.clone(),
-            position: e.position,
-            line: e.line.clone(),
-            observed_at_ms: e.observed_at_ms,
-            fields: e.fields.clone(),
-        };
-        if let Some(alert) = crate::dispatch::alerts::from_ngsi_ld(&update, feed)
+        if let Some(alert) = crate::dispatch::alerts::from_ngsi_ld(&e.to_update(), feed)
             && let Err(err) = service.take_alert(&alert, now)
         {
             error!("dispatch: alert {}: {err}", e.id);
@@ -413,40 +400,68 @@ fn severity_colour(s: Severity) -> [f32; 4] {
 /// Incidents drawn as pins at most.
 const MAX_PINS: usize = 300;
 
+/// One of the desk's meshes on the map; rebuilt whole when what it shows changes.
+#[derive(Component, Clone, Copy, PartialEq, Eq)]
+enum DeskOverlay {
+    Pins,
+    Routes,
+}
+
+/// Replaces the overlay entity of `which` with a mesh of `data` (none when empty).
+fn replace_overlay(
+    commands: &mut Commands,
+    existing: &Query<(Entity, &DeskOverlay)>,
+    which: DeskOverlay,
+    data: MeshData,
+    meshes: &mut Assets<Mesh>,
+    material: &Handle<StandardMaterial>,
+) {
+    for (e, o) in existing {
+        if *o == which {
+            commands.entity(e).despawn();
+        }
+    }
+    if data.positions.is_empty() {
+        return;
+    }
+    commands.spawn((
+        Name::new("Dispatch overlay"),
+        which,
+        Mesh3d(meshes.add(bevy_mesh_with(
+            data,
+            bevy::asset::RenderAssetUsages::RENDER_WORLD,
+        ))),
+        MeshMaterial3d(material.clone()),
+    ));
+}
+
 /// Open incidents as pins (a ring and a column, coloured by severity; the selected one
-/// taller) and the recommended routes as bright ribbons.
-fn desk_overlay(
+/// larger): the most urgent ones and the selected one, rebuilt when the book or the
+/// selection changes.
+fn desk_pins(
     mut commands: Commands,
     desk: Option<ResMut<Desk>>,
     city: Res<City>,
-    existing: Query<Entity, With<DeskOverlay>>,
+    existing: Query<(Entity, &DeskOverlay)>,
     mut meshes: ResMut<Assets<Mesh>>,
-    mut materials: ResMut<Assets<StandardMaterial>>,
-    mut material: Local<Option<Handle<StandardMaterial>>>,
+    flat: Res<FlatMaterial>,
 ) {
     let Some(mut desk) = desk else { return };
     let desk = &mut *desk;
-    let version = desk.service().map_or(0, |s| s.version);
-    let key = (version, desk.recommended_at_ms, desk.selected.clone());
-    if desk.overlay_for.as_ref() == Some(&key) {
-        return;
-    }
-    desk.overlay_for = Some(key);
     let selected = desk.selected.clone();
-    let recommendations = desk.recommendations.clone();
-    let units = desk.units.clone();
-    let Some(service) = desk.service() else {
+    let Some(service) = desk.service.get_mut().ok().and_then(|s| s.as_mut()) else {
         return;
     };
-    let mut data = MeshData::default();
-    let mut earcut = earcut::Earcut::new();
-    // The most urgent open incidents (and the selected one): a wall shows what needs
-    // attention, and the mesh stays small however long the log.
+    let key = (service.version, selected.clone());
+    if desk.pins_for.as_ref() == Some(&key) {
+        return;
+    }
+    desk.pins_for = Some(key);
     let book = service.dispatcher.book();
     let mut shown: Vec<&Incident> = book
         .by_urgency()
-        .into_iter()
-        .map(|i| &book.incidents[i])
+        .iter()
+        .map(|&i| &book.incidents[i])
         .take_while(|i| i.is_open())
         .take(MAX_PINS)
         .collect();
@@ -455,6 +470,8 @@ fn desk_overlay(
     {
         shown.push(sel);
     }
+    let mut data = MeshData::default();
+    let mut earcut = earcut::Earcut::new();
     for inc in shown {
         let [e, n] = city.map.frame.local_from_wgs84(inc.lon, inc.lat);
         let colour = severity_colour(inc.severity);
@@ -484,10 +501,35 @@ fn desk_overlay(
         data.colors
             .extend(std::iter::repeat_n(colour, data.positions.len() - start));
     }
+    replace_overlay(
+        &mut commands,
+        &existing,
+        DeskOverlay::Pins,
+        data,
+        &mut meshes,
+        &flat.0,
+    );
+}
+
+/// The recommended units' routes as bright ribbons, rebuilt when they are re-ranked.
+fn desk_routes(
+    mut commands: Commands,
+    desk: Option<ResMut<Desk>>,
+    existing: Query<(Entity, &DeskOverlay)>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    flat: Res<FlatMaterial>,
+) {
+    let Some(mut desk) = desk else { return };
+    let key = (desk.recommended_at_ms, desk.selected.clone());
+    if desk.routes_for.as_ref() == Some(&key) {
+        return;
+    }
+    desk.routes_for = Some(key);
     let route_colour = mesh::linear_from_srgb(0x3FD0FF);
-    for r in &recommendations {
+    let mut data = MeshData::default();
+    for r in &desk.recommendations {
         let mut line: Vec<(f64, f64)> = Vec::with_capacity(r.route.len() + 1);
-        if let Some(u) = units.get(r.unit) {
+        if let Some(u) = desk.units.get(r.unit) {
             line.push((u.position[0], u.position[1]));
         }
         line.extend(r.route.iter().map(|p| (p[0], p[1])));
@@ -501,30 +543,14 @@ fn desk_overlay(
             );
         }
     }
-    for e in &existing {
-        commands.entity(e).despawn();
-    }
-    if data.positions.is_empty() {
-        return;
-    }
-    let material = material
-        .get_or_insert_with(|| {
-            materials.add(StandardMaterial {
-                base_color: Color::WHITE,
-                unlit: true,
-                ..default()
-            })
-        })
-        .clone();
-    commands.spawn((
-        Name::new("Dispatch overlay"),
-        DeskOverlay,
-        Mesh3d(meshes.add(bevy_mesh_with(
-            data,
-            bevy::asset::RenderAssetUsages::RENDER_WORLD,
-        ))),
-        MeshMaterial3d(material),
-    ));
+    replace_overlay(
+        &mut commands,
+        &existing,
+        DeskOverlay::Routes,
+        data,
+        &mut meshes,
+        &flat.0,
+    );
 }
 
 /// The desk panel: loading, sign-in, then the dispatcher's desk.

@@ -274,7 +274,8 @@ pub fn incident_list_ui(
     if state.list.as_ref().map(|(k, _)| k) != Some(&key) {
         let rows: Vec<usize> = book
             .by_urgency()
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|&i| incident_matches(&key.1, &book.incidents[i]))
             .collect();
         state.list = Some((key, rows));

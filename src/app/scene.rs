@@ -65,6 +65,25 @@ pub struct SceneStats {
     pub mesh_ms: f64,
 }
 
+/// The one material of flat layers (map areas, traffic, dispatch overlay): colour from
+/// the vertex colours, unlit so the palette is exact.
+#[derive(Resource, Clone)]
+pub struct FlatMaterial(pub Handle<StandardMaterial>);
+
+impl FromWorld for FlatMaterial {
+    fn from_world(world: &mut World) -> Self {
+        Self(
+            world
+                .resource_mut::<Assets<StandardMaterial>>()
+                .add(StandardMaterial {
+                    base_color: Color::WHITE,
+                    unlit: true,
+                    ..default()
+                }),
+        )
+    }
+}
+
 pub(super) fn plugin(app: &mut App) {
     app.world_mut()
         .resource_mut::<Assets<Shader>>()
@@ -77,6 +96,7 @@ pub(super) fn plugin(app: &mut App) {
         )
         .expect("the building shader handle is a fixed, valid id");
     app.add_plugins(MaterialPlugin::<BuildingMaterial>::default())
+        .init_resource::<FlatMaterial>()
         .init_resource::<LayerVisibility>()
         .init_resource::<SceneStats>()
         .add_systems(Startup, spawn_city)
@@ -120,6 +140,7 @@ fn spawn_city(
     mut meshes: ResMut<Assets<Mesh>>,
     mut building_materials: ResMut<Assets<BuildingMaterial>>,
     mut flat_materials: ResMut<Assets<StandardMaterial>>,
+    flat: Res<FlatMaterial>,
 ) {
     let start = std::time::Instant::now();
     let city_meshes = mesh::build_city_meshes(&city.map);
@@ -138,12 +159,7 @@ fn spawn_city(
             0.0,
         ),
     });
-    // Flat layers take their colour from vertex colours; unlit so the palette is exact.
-    let flat_material = flat_materials.add(StandardMaterial {
-        base_color: Color::WHITE,
-        unlit: true,
-        ..default()
-    });
+    let flat_material = flat.0.clone();
 
     for chunk in city_meshes.chunks {
         let layer = chunk.layer;

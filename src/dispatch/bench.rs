@@ -13,15 +13,7 @@ use super::{Action, Role};
 use crate::feeds::Domain;
 use crate::store::EventLog;
 
-use crate::bench::SplitMix as Rng;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
-}
+use crate::bench::{SplitMix as Rng, percentile};
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0

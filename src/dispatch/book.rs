@@ -289,6 +289,24 @@ pub struct Book {
     names: HashMap<String, Arc<str>>,
     /// Bumped by every applied event, so views can cache what they derive.
     pub revision: u64,
+    urgency: UrgencyCache,
+}
+
+/// [`Book::by_urgency`] for the revision it was computed at: the desk's list and the
+/// map's pins share one sort per change of the book.
+#[derive(Default)]
+struct UrgencyCache(std::sync::Mutex<Option<(u64, Arc<[usize]>)>>);
+
+impl Clone for UrgencyCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for UrgencyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UrgencyCache")
+    }
 }
 
 fn number_after(id: &str, prefix: &str) -> Option<u64> {
@@ -309,6 +327,7 @@ impl Book {
             skipped_events: 0,
             names: HashMap::new(),
             revision: 0,
+            urgency: UrgencyCache::default(),
         }
     }
 
@@ -584,8 +603,28 @@ impl Book {
         due
     }
 
+    /// Whether an event names only incidents and orders the book has, and creates
+    /// none twice. A damaged log's other events are counted and skipped.
+    fn fits(&self, event: &Event) -> bool {
+        match event {
+            Event::IncidentReported { id, .. } => !self.incident_index.contains_key(id),
+            Event::IncidentChanged { id, .. } => self.incident_index.contains_key(id),
+            Event::OrderIssued { id, incident, .. } => {
+                self.incident_index.contains_key(incident) && !self.order_index.contains_key(id)
+            }
+            Event::OrderChanged { id, .. } | Event::OrderOverdue { id } => {
+                self.order_index.contains_key(id)
+            }
+            Event::Note { incident, .. } => self.incident_index.contains_key(incident),
+        }
+    }
+
     /// Applies one stored event. Replay at start and live commands both come here.
     pub fn apply(&mut self, event: &Event, at_ms: i64, who: &str, role: Role) {
+        if !self.fits(event) {
+            self.skipped_events += 1;
+            return;
+        }
         self.revision += 1;
         let who: Arc<str> = match self.names.get(who) {
             Some(name) => name.clone(),
@@ -603,10 +642,6 @@ impl Book {
         };
         match event {
             Event::IncidentReported { id, incident } => {
-                if self.incident_index.contains_key(id) {
-                    self.skipped_events += 1;
-                    return;
-                }
                 let index = self.incidents.len();
                 self.incident_index.insert(id.clone(), index);
                 if let Some(key) = &incident.key {
@@ -641,10 +676,7 @@ impl Book {
                 status,
                 note,
             } => {
-                let Some(&i) = self.incident_index.get(id) else {
-                    self.skipped_events += 1;
-                    return;
-                };
+                let i = self.incident_index[id];
                 let inc = &mut self.incidents[i];
                 inc.status = *status;
                 inc.updated_ms = at_ms;
@@ -662,14 +694,7 @@ impl Book {
                 deadline_ms,
                 escalates,
             } => {
-                let Some(&i) = self.incident_index.get(incident) else {
-                    self.skipped_events += 1;
-                    return;
-                };
-                if self.order_index.contains_key(id) {
-                    self.skipped_events += 1;
-                    return;
-                }
+                let i = self.incident_index[incident];
                 let index = self.orders.len();
                 self.order_index.insert(id.clone(), index);
                 if let Some(n) = number_after(id, "ORD-") {
@@ -713,10 +738,7 @@ impl Book {
                 status,
                 note,
             } => {
-                let Some(&o) = self.order_index.get(id) else {
-                    self.skipped_events += 1;
-                    return;
-                };
+                let o = self.order_index[id];
                 let order = &mut self.orders[o];
                 order.status = *status;
                 if *action == Action::UrgeOrder {
@@ -744,10 +766,7 @@ impl Book {
                 }
             }
             Event::OrderOverdue { id } => {
-                let Some(&o) = self.order_index.get(id) else {
-                    self.skipped_events += 1;
-                    return;
-                };
+                let o = self.order_index[id];
                 let order = &mut self.orders[o];
                 order.status = OrderStatus::Overdue;
                 order.steps.push(Step {
@@ -765,10 +784,7 @@ impl Book {
                 }
             }
             Event::Note { incident, text } => {
-                let Some(&i) = self.incident_index.get(incident) else {
-                    self.skipped_events += 1;
-                    return;
-                };
+                let i = self.incident_index[incident];
                 self.incidents[i].timeline.push(entry(text.clone()));
             }
         }
@@ -786,8 +802,21 @@ impl Book {
     }
 
     /// Every incident, most urgent first: open before finished, then severity, then
-    /// orders overdue, then the oldest. One pass over the orders, then one sort.
-    pub fn by_urgency(&self) -> Vec<usize> {
+    /// orders overdue, then the oldest. Computed once per revision of the book.
+    pub fn by_urgency(&self) -> Arc<[usize]> {
+        let mut cache = self.urgency.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((revision, ids)) = cache.as_ref()
+            && *revision == self.revision
+        {
+            return ids.clone();
+        }
+        let ids: Arc<[usize]> = self.sort_by_urgency().into();
+        *cache = Some((self.revision, ids.clone()));
+        ids
+    }
+
+    /// One pass over the orders, then one sort.
+    fn sort_by_urgency(&self) -> Vec<usize> {
         let mut overdue = vec![0u32; self.incidents.len()];
         for o in self
             .orders
@@ -1129,6 +1158,40 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, CommandError::DuplicateAlert { .. }));
         assert_eq!(b.incident_for_key("cap:a,1").unwrap().id, "INC-000001");
+    }
+
+    #[test]
+    fn events_about_unknown_things_are_counted_and_skipped() {
+        let mut b = book();
+        let stray = [
+            Event::OrderOverdue {
+                id: "ORD-000009".into(),
+            },
+            Event::Note {
+                incident: "INC-000009".into(),
+                text: "?".into(),
+            },
+            Event::OrderIssued {
+                id: "ORD-000001".into(),
+                incident: "INC-000009".into(),
+                department: "fire".into(),
+                instruction: "Go".into(),
+                deadline_ms: T0,
+                escalates: None,
+            },
+        ];
+        for e in &stray {
+            b.apply(e, T0, "x", Role::System);
+        }
+        let reported = Event::IncidentReported {
+            id: "INC-000001".into(),
+            incident: fire(None),
+        };
+        b.apply(&reported, T0, "x", Role::System);
+        b.apply(&reported, T0, "x", Role::System);
+        assert_eq!(b.skipped_events, 4);
+        assert_eq!((b.incidents.len(), b.orders.len()), (1, 0));
+        assert_eq!(b.revision, 1);
     }
 
     #[test]

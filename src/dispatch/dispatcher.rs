@@ -53,7 +53,12 @@ impl Dispatcher {
                 let mut chunk: Vec<Decoded> = Vec::with_capacity(CHUNK);
                 let scanned = log.scan_replay(|at_ms, operator, role, payload| {
                     let event = serde_json::from_str::<Event>(payload).ok();
-                    chunk.push((at_ms, operator.to_string(), role_from_str(role), event));
+                    chunk.push((
+                        at_ms,
+                        operator.to_string(),
+                        Role::from_name(role).unwrap_or(Role::System),
+                        event,
+                    ));
                     if chunk.len() == CHUNK {
                         let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
                     }
@@ -134,13 +139,6 @@ impl Dispatcher {
         }
         Ok(all)
     }
-}
-
-pub fn role_from_str(s: &str) -> Role {
-    Role::ALL
-        .into_iter()
-        .find(|r| r.as_str() == s)
-        .unwrap_or(Role::System)
 }
 
 #[cfg(test)]

@@ -47,6 +47,11 @@ impl Role {
         Role::System,
     ];
 
+    /// The role named `name` ([`Role::as_str`]), if any.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Operator => "operator",

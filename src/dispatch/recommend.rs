@@ -441,9 +441,17 @@ impl Router {
     /// Sets the live speed (m/s, clamped to [`MIN_SPEED_MPS`]..[`MAX_SPEED_MPS`]) of
     /// every edge of map road `road`. Returns whether the graph has that road.
     pub fn set_road_speed(&mut self, road: usize, speed_mps: f32) -> bool {
-        if !speed_mps.is_finite() {
-            return false;
-        }
+        speed_mps.is_finite() && self.set_road_edges(road, |_| speed_mps)
+    }
+
+    /// Sets a road's speed as a share of each of its edges' free-flow speed.
+    pub fn set_road_speed_ratio(&mut self, road: usize, ratio: f32) -> bool {
+        ratio.is_finite() && self.set_road_edges(road, |free| free * ratio)
+    }
+
+    /// Sets the travel time of every edge of map road `road` from its speed, given the
+    /// edge's free-flow speed. Returns whether the graph has that road.
+    fn set_road_edges(&mut self, road: usize, speed_of: impl Fn(f32) -> f32) -> bool {
         if road + 1 >= self.road_start.len() {
             return false;
         }
@@ -453,23 +461,7 @@ impl Router {
         );
         for i in a..b {
             let p = self.road_pos[i] as usize;
-            self.rev_time[p] = edge_time(self.rev_len[p], speed_mps);
-        }
-        a < b
-    }
-
-    /// Sets a road's speed as a share of each of its edges' free-flow speed.
-    pub fn set_road_speed_ratio(&mut self, road: usize, ratio: f32) -> bool {
-        if !ratio.is_finite() || road + 1 >= self.road_start.len() {
-            return false;
-        }
-        let (a, b) = (
-            self.road_start[road] as usize,
-            self.road_start[road + 1] as usize,
-        );
-        for i in a..b {
-            let p = self.road_pos[i] as usize;
-            self.rev_time[p] = edge_time(self.rev_len[p], self.rev_free[p] * ratio);
+            self.rev_time[p] = edge_time(self.rev_len[p], speed_of(self.rev_free[p]));
         }
         a < b
     }
@@ -851,21 +843,13 @@ pub fn synthetic_city_graph(target_edges: usize, seed: u64) -> RoadGraph {
     g
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn summary_ms(mut ms: Vec<f64>) -> serde_json::Value {
     ms.sort_by(f64::total_cmp);
     let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
     serde_json::json!({
         "samples": ms.len(),
-        "p50_ms": percentile(&ms, 0.5),
-        "p99_ms": percentile(&ms, 0.99),
+        "p50_ms": crate::bench::percentile(&ms, 0.5),
+        "p99_ms": crate::bench::percentile(&ms, 0.99),
         "mean_ms": mean,
         "max_ms": ms.last().copied().unwrap_or(0.0),
     })

@@ -52,6 +52,8 @@ pub struct DispatchService {
     deliveries: Receiver<DeliveryEvent>,
     api: StatusApi,
     reports: Receiver<StatusReport>,
+    /// Held so the simulated departments run as long as the service (dropping stops them).
+    #[cfg_attr(not(test), allow(dead_code))]
     sim: Option<DepartmentSim>,
     /// Department id → base URL orders are POSTed under.
     endpoints: HashMap<String, String>,
@@ -150,15 +152,6 @@ impl DispatchService {
     /// The status API's base URL (what departments report to).
     pub fn api_url(&self) -> String {
         self.api.base_url()
-    }
-
-    /// The simulated departments' base URL, when any department is simulated.
-    pub fn sim_url(&self) -> Option<String> {
-        self.sim.as_ref().map(|s| s.base_url())
-    }
-
-    pub fn outbox_pending(&self) -> usize {
-        self.outbox.pending()
     }
 
     fn notice(&mut self, text: String) {

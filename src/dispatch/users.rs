@@ -20,7 +20,6 @@ use std::path::Path;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use serde::de::IntoDeserializer;
 use serde::{Deserialize, Serialize};
 
 use super::Role;
@@ -204,14 +203,6 @@ impl Users {
     }
 }
 
-/// A role by its name in the file ([`Role::as_str`]: `operator`, `dispatcher`,
-/// `leader`, `department_liaison`, `system`). Note that users files refuse `system`.
-pub fn role_from_name(name: &str) -> Option<Role> {
-    let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
-        name.into_deserializer();
-    Role::deserialize(de).ok()
-}
-
 fn role_names() -> String {
     Role::PEOPLE.map(Role::as_str).join(", ")
 }
@@ -226,7 +217,7 @@ fn check_user(
     if name.trim().is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("the name must be non-empty, without spaces".to_owned());
     }
-    let role = role_from_name(role)
+    let role = Role::from_name(role)
         .ok_or_else(|| format!("unknown role {role:?}; expected one of {}", role_names()))?;
     if !Role::PEOPLE.contains(&role) {
         return Err(format!(
@@ -585,8 +576,8 @@ mod tests {
         assert!(add_user_line("two words", "X", Role::Operator, None, "p").is_err());
         // Role names round-trip.
         for role in Role::ALL {
-            assert_eq!(role_from_name(role.as_str()), Some(role));
+            assert_eq!(Role::from_name(role.as_str()), Some(role));
         }
-        assert_eq!(role_from_name("admin"), None);
+        assert_eq!(Role::from_name("admin"), None);
     }
 }

@@ -45,6 +45,21 @@ pub struct LiveEntity {
     pub fields: BTreeMap<String, FieldValue>,
 }
 
+impl LiveEntity {
+    /// The entity as the update that would set it now (for code that reads updates).
+    pub fn to_update(&self) -> EntityUpdate {
+        EntityUpdate {
+            id: self.id.clone(),
+            entity_type: self.entity_type.clone(),
+            kind: self.kind.clone(),
+            position: self.position,
+            line: self.line.clone(),
+            observed_at_ms: self.observed_at_ms,
+            fields: self.fields.clone(),
+        }
+    }
+}
+
 /// What applying one update did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ApplyOutcome {

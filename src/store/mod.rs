@@ -142,8 +142,26 @@ impl EventLog {
         kind: &str,
         payload: &serde_json::Value,
     ) -> Result<StoredEvent, StoreError> {
-        let mut stored = self.append_all(at_ms, operator, role, &[(kind, payload.to_string())])?;
-        Ok(stored.remove(0))
+        let payload = payload.to_string();
+        let prev_hash = self.last_hash();
+        self.append_all(at_ms, operator, role, &[(kind, payload.clone())])?;
+        let (seq, hash) = self.last.clone().expect("an event was just appended");
+        Ok(StoredEvent {
+            seq,
+            at_ms,
+            operator: operator.into(),
+            role: role.as_str().into(),
+            kind: kind.into(),
+            payload,
+            prev_hash,
+            hash,
+        })
+    }
+
+    fn last_hash(&self) -> String {
+        self.last
+            .as_ref()
+            .map_or_else(|| GENESIS_HASH.to_string(), |(_, h)| h.clone())
     }
 
     /// Appends events `(kind, payload JSON)` in one transaction: all are durable when
@@ -154,23 +172,21 @@ impl EventLog {
         operator: &str,
         role: Role,
         events: &[(&str, String)],
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    ) -> Result<(), StoreError> {
+        let path = &self.path;
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
         let role = role.as_str();
         let (mut seq, mut prev_hash) = self.last.clone().unwrap_or((0, GENESIS_HASH.to_string()));
-        let mut stored = Vec::with_capacity(events.len());
-        let tx = self.conn.transaction().map_err(|e| StoreError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
+        let tx = self.conn.transaction().map_err(err)?;
         {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO events (seq, at_ms, operator, role, kind, payload, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
-                .map_err(|e| StoreError::Sqlite {
-                    path: self.path.clone(),
-                    source: e,
-                })?;
+                .map_err(err)?;
             for (kind, payload) in events {
                 seq += 1;
                 let hash = event_hash(&prev_hash, seq, at_ms, operator, role, kind, payload);
@@ -178,29 +194,13 @@ impl EventLog {
                     .execute(params![
                         seq, at_ms, operator, role, kind, payload, prev_hash, hash
                     ])
-                    .map_err(|e| StoreError::Sqlite {
-                        path: self.path.clone(),
-                        source: e,
-                    })?;
-                stored.push(StoredEvent {
-                    seq,
-                    at_ms,
-                    operator: operator.into(),
-                    role: role.into(),
-                    kind: (*kind).into(),
-                    payload: payload.clone(),
-                    prev_hash: prev_hash.clone(),
-                    hash: hash.clone(),
-                });
+                    .map_err(err)?;
                 prev_hash = hash;
             }
         }
-        tx.commit().map_err(|e| StoreError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
+        tx.commit().map_err(err)?;
         self.last = Some((seq, prev_hash));
-        Ok(stored)
+        Ok(())
     }
 
     /// Number of events in the log.
@@ -278,11 +278,18 @@ impl EventLog {
 
     /// Recomputes the chain from the first event; the first mismatch is reported.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.verify_with(|_| {})
+    }
+
+    /// As [`EventLog::verify`], showing each event to `f` on the way, so a caller that
+    /// also wants to count or index the events reads the log once.
+    pub fn verify_with(&self, mut f: impl FnMut(&StoredEvent)) -> Result<VerifyReport, StoreError> {
         let mut prev = GENESIS_HASH.to_string();
         let mut count = 0u64;
         let mut first_bad = None;
         self.scan(|e| {
             count += 1;
+            f(&e);
             if first_bad.is_some() {
                 return;
             }

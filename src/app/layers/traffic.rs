@@ -132,18 +132,9 @@ fn sync_traffic_meshes(
     mut commands: Commands,
     mut layer: ResMut<TrafficLayer>,
     mut meshes: ResMut<Assets<Mesh>>,
-    mut material: Local<Option<Handle<StandardMaterial>>>,
-    mut materials: ResMut<Assets<StandardMaterial>>,
+    flat: Res<super::super::scene::FlatMaterial>,
 ) {
-    let material = material
-        .get_or_insert_with(|| {
-            materials.add(StandardMaterial {
-                base_color: Color::WHITE,
-                unlit: true,
-                ..default()
-            })
-        })
-        .clone();
+    let material = flat.0.clone();
     for chunk in layer.chunks.values_mut() {
         if chunk.geometry_dirty {
             chunk.geometry_dirty = false;

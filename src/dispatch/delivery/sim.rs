@@ -403,6 +403,30 @@ pub fn run_serve_departments(addr: &str, behaviour: SimBehaviour) -> anyhow::Res
 }
 
 impl Shared {
+    /// Counts a POST and rolls its dice: a simulated failure (the 500 to answer, before
+    /// anything is recorded), or how long to hold the answer back (slow on purpose).
+    fn receive(
+        &self,
+        state: &mut SimState,
+        department: &str,
+        key: &str,
+    ) -> Result<Option<Duration>, HttpResponse> {
+        state.stats.received += 1;
+        let (fail, slow) = self.dice(state, department, key);
+        if fail {
+            state.stats.failed_on_purpose += 1;
+            return Err(error_response(
+                500,
+                "simulated_failure",
+                "the department's system is down (simulated)",
+            ));
+        }
+        Ok(slow.then(|| {
+            state.stats.slow_on_purpose += 1;
+            Duration::from_secs_f64(self.behaviour.slow_s)
+        }))
+    }
+
     fn lock_state(&self) -> std::sync::MutexGuard<'_, SimState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -566,23 +590,10 @@ fn post_order(
 
     let b = &shared.behaviour;
     let mut state = shared.lock_state();
-    state.stats.received += 1;
-    let (fail, slow) = shared.dice(&mut state, &department, &key);
-    if fail {
-        state.stats.failed_on_purpose += 1;
-        return (
-            error_response(
-                500,
-                "simulated_failure",
-                "the department's system is down (simulated)",
-            ),
-            None,
-        );
-    }
-    let delay = slow.then(|| {
-        state.stats.slow_on_purpose += 1;
-        Duration::from_secs_f64(b.slow_s)
-    });
+    let delay = match shared.receive(&mut state, &department, &key) {
+        Ok(delay) => delay,
+        Err(failed) => return (failed, None),
+    };
     let job_key = (department.clone(), order_id.to_string());
     if let Some(job) = state.jobs.get(&job_key) {
         let reference = job.department_ref.clone();
@@ -666,23 +677,10 @@ fn post_urge(
     let b = &shared.behaviour;
     let mut guard = shared.lock_state();
     let state = &mut *guard;
-    state.stats.received += 1;
-    let (fail, slow) = shared.dice(state, department, &key);
-    if fail {
-        state.stats.failed_on_purpose += 1;
-        return (
-            error_response(
-                500,
-                "simulated_failure",
-                "the department's system is down (simulated)",
-            ),
-            None,
-        );
-    }
-    let delay = slow.then(|| {
-        state.stats.slow_on_purpose += 1;
-        Duration::from_secs_f64(b.slow_s)
-    });
+    let delay = match shared.receive(state, department, &key) {
+        Ok(delay) => delay,
+        Err(failed) => return (failed, None),
+    };
     let job_key = (department.to_string(), order_id.to_string());
     let Some(job) = state.jobs.get_mut(&job_key) else {
         return (
