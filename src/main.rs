@@ -42,6 +42,11 @@ struct Cli {
         default_value = "zhongshu-events.db"
     )]
     db: PathBuf,
+    /// The key that seals the event log (64 hex digits in a file). Keep it where those
+    /// who can write the database cannot read it. Default: `<db>.key`, created on
+    /// first use.
+    #[arg(long, global = true, value_name = "FILE")]
+    seal_key: Option<PathBuf>,
     /// Departments and playbooks (TOML); without it the embedded defaults.
     #[arg(long, global = true, value_name = "FILE")]
     dispatch: Option<PathBuf>,
@@ -152,8 +157,10 @@ enum UsersCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of an event log and print one JSON object: events,
-    /// incidents, orders, chain_ok, first_bad_event.
+    /// Check an event log's hash chain, its seals (under --seal-key, default
+    /// `<db>.key`) and its witness (`<db>.head`), and print one JSON object: events,
+    /// incidents, orders, chain_ok, first_bad_event, sealed, seals, truncated,
+    /// last_good_checkpoint, witness, problems, notes. Exits non-zero unless chain_ok.
     Verify {
         /// The SQLite event log.
         #[arg(long)]
@@ -519,6 +526,7 @@ fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
     }
     Ok(app::desk::DeskSetup {
         db: cli.db.clone(),
+        seal_key: cli.seal_key.clone(),
         config,
         users,
         sign_in,
@@ -576,7 +584,20 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             if !db.exists() {
                 bail!("no event log at {}", db.display());
             }
-            let log = zhongshu::store::EventLog::open(&db)?;
+            let mut seal = zhongshu::store::SealOptions::with_key(&db, cli.seal_key.as_deref());
+            // Checking never creates a key: without one the seals are reported
+            // unchecked.
+            seal.create_key = false;
+            if seal.key.as_deref().is_some_and(|k| !k.exists()) {
+                if cli.seal_key.is_some() {
+                    bail!(
+                        "--seal-key {}: no such file",
+                        cli.seal_key.as_deref().unwrap_or(&db).display()
+                    );
+                }
+                seal.key = None;
+            }
+            let log = zhongshu::store::EventLog::open_with(&db, &seal)?;
             let (mut incidents, mut orders) = (0u64, 0u64);
             let report = log.verify_with(|e| match e.kind.as_str() {
                 "incident_reported" => incidents += 1,
@@ -591,12 +612,19 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                     "orders": orders,
                     "chain_ok": report.chain_ok,
                     "first_bad_event": report.first_bad_event,
+                    "sealed": report.sealed,
+                    "seals": report.seals,
+                    "truncated": report.truncated,
+                    "last_good_checkpoint": report.last_good_checkpoint.as_ref().map(checkpoint_json),
+                    "witness": report.witness.as_ref().map(checkpoint_json),
+                    "problems": report.problems,
+                    "notes": report.notes,
                 })
             );
             if !report.chain_ok {
                 bail!(
-                    "the event chain is broken at event {:?}",
-                    report.first_bad_event
+                    "the event log does not verify: {}",
+                    report.problems.join("; ")
                 );
             }
             Ok(())
@@ -689,4 +717,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A checkpoint as `audit verify` prints it.
+fn checkpoint_json(c: &zhongshu::store::Checkpoint) -> serde_json::Value {
+    serde_json::json!({
+        "seq": c.seq,
+        "hash": c.hash,
+        "at": zhongshu::clock::rfc3339_from_unix_ms(c.at_ms),
+    })
 }

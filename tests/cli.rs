@@ -142,10 +142,53 @@ fn audit_verify_reports_the_chain_and_catches_tampering() {
     }
     let (ok, report) = audit_verify(&db);
     assert!(ok, "{report}");
-    assert_eq!(
-        report,
-        serde_json::json!({"events": 5, "incidents": 1, "orders": 2, "chain_ok": true, "first_bad_event": null})
-    );
+    for (field, want) in [
+        ("events", serde_json::json!(5)),
+        ("incidents", serde_json::json!(1)),
+        ("orders", serde_json::json!(2)),
+        ("chain_ok", serde_json::json!(true)),
+        ("first_bad_event", serde_json::Value::Null),
+        ("sealed", serde_json::json!(true)),
+        ("truncated", serde_json::json!(false)),
+    ] {
+        assert_eq!(report[field], want, "{field}: {report}");
+    }
+    assert_eq!(report["last_good_checkpoint"]["seq"], 5, "{report}");
+    assert_eq!(report["witness"]["seq"], 5, "{report}");
+
+    // Cut the last event off, its seal too: the witness outside the file knows.
+    let copy = dir.join("truncated.db");
+    std::fs::copy(&db, &copy).unwrap();
+    for suffix in [".key", ".head"] {
+        std::fs::copy(
+            format!("{}{suffix}", db.display()),
+            format!("{}{suffix}", copy.display()),
+        )
+        .unwrap();
+    }
+    let raw = rusqlite::Connection::open(&copy).unwrap();
+    raw.execute("DELETE FROM events WHERE seq = 5", []).unwrap();
+    raw.execute("DELETE FROM seals WHERE seq = 5", []).unwrap();
+    drop(raw);
+    let (ok, report) = audit_verify(&copy);
+    assert!(!ok, "{report}");
+    assert_eq!(report["truncated"], true, "{report}");
+    // Seals are per commit: the last whole commit is the first command's.
+    assert_eq!(report["last_good_checkpoint"]["seq"], 1, "{report}");
+    // Checked under another key, every seal fails.
+    let other_key = dir.join("other.key");
+    std::fs::write(&other_key, "ab".repeat(32)).unwrap();
+    let out = zhongshu()
+        .args(["audit", "verify", "--db"])
+        .arg(&db)
+        .arg("--seal-key")
+        .arg(&other_key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["chain_ok"], false, "{report}");
+    assert_eq!(report["first_bad_event"], 1, "{report}");
 
     let raw = rusqlite::Connection::open(&db).unwrap();
     raw.execute(

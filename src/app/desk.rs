@@ -28,6 +28,8 @@ use crate::map::mesh::{self, MeshData};
 #[derive(Resource, Clone)]
 pub struct DeskSetup {
     pub db: PathBuf,
+    /// The seal key file (`--seal-key`); default beside the log.
+    pub seal_key: Option<PathBuf>,
     pub config: DispatchConfig,
     pub users: Users,
     /// Sign in at start as this person (passphrase from `ZHONGSHU_PASSPHRASE`).
@@ -51,6 +53,9 @@ pub struct Desk {
     service: Mutex<Option<DispatchService>>,
     loading: Mutex<Option<Receiver<Result<DispatchService, String>>>>,
     pub load_error: Option<String>,
+    /// What checking the log's chain, seals and witness found (in the background).
+    pub integrity: Integrity,
+    integrity_rx: Mutex<Option<Receiver<Integrity>>>,
     pub actor: Option<Actor>,
     pub users: Users,
     pub sign_in: SignInForm,
@@ -71,6 +76,14 @@ pub struct Desk {
     alerts_caught_up: bool,
     /// The router has read every road's live speed once.
     speeds_loaded: bool,
+}
+
+/// The event log's integrity as the console last checked it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Integrity {
+    Checking,
+    Verified { events: u64, sealed: bool },
+    Broken(String),
 }
 
 impl Desk {
@@ -132,15 +145,18 @@ pub(super) fn plugin(app: &mut App) {
 fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<City>) {
     let Some(setup) = setup else { return };
     let (tx, rx) = channel();
+    let (integrity_tx, integrity_rx) = channel();
     let (db, config, options) = (
         setup.db.clone(),
         setup.config.clone(),
         setup.service.clone(),
     );
+    let seal = crate::store::SealOptions::with_key(&db, setup.seal_key.as_deref());
     std::thread::Builder::new()
         .name("dispatch-log".into())
         .spawn(move || {
-            let result = Dispatcher::open(&db, config)
+            let result = crate::store::EventLog::open_with(&db, &seal)
+                .and_then(|log| Dispatcher::open_store(Box::new(log), config))
                 .map_err(|e| e.to_string())
                 .and_then(|d| {
                     let opened = d.opened.clone();
@@ -157,13 +173,39 @@ fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<C
                     );
                     Ok(service)
                 });
+            let opened = result.is_ok();
             let _ = tx.send(result);
+            if !opened {
+                return;
+            }
+            // Then the whole chain, seals and witness, on a connection of its own.
+            let check = crate::store::SealOptions {
+                create_key: false,
+                ..seal
+            };
+            let integrity = match crate::store::EventLog::open_with(&db, &check)
+                .and_then(|log| log.verify())
+            {
+                Ok(r) if r.chain_ok => Integrity::Verified {
+                    events: r.events,
+                    sealed: r.sealed,
+                },
+                Ok(r) => {
+                    let text = r.problems.join("; ");
+                    error!("dispatch log {}: {text}", db.display());
+                    Integrity::Broken(text)
+                }
+                Err(e) => Integrity::Broken(e.to_string()),
+            };
+            let _ = integrity_tx.send(integrity);
         })
         .expect("start the dispatch-log thread");
     let mut desk = Desk {
         service: Mutex::new(None),
         loading: Mutex::new(Some(rx)),
         load_error: None,
+        integrity: Integrity::Checking,
+        integrity_rx: Mutex::new(Some(integrity_rx)),
         actor: None,
         users: setup.users.clone(),
         sign_in: SignInForm::default(),
@@ -194,6 +236,13 @@ fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<C
 fn desk_loaded(desk: Option<ResMut<Desk>>) {
     let Some(mut desk) = desk else { return };
     let desk = &mut *desk;
+    if let Ok(slot) = desk.integrity_rx.get_mut()
+        && let Some(rx) = slot.as_ref()
+        && let Ok(found) = rx.try_recv()
+    {
+        desk.integrity = found;
+        *slot = None;
+    }
     let Ok(loading) = desk.loading.get_mut() else {
         return;
     };
@@ -581,6 +630,7 @@ pub fn desk_panel_ui(
         );
         return;
     }
+    integrity_ui(ui, &desk.integrity);
     let Some(actor) = desk.actor.clone() else {
         sign_in_ui(ui, desk);
         return;
@@ -624,6 +674,34 @@ pub fn desk_panel_ui(
                 }
             });
     }
+}
+
+/// One line on the log's integrity: checking, verified, or what is wrong (in red).
+fn integrity_ui(ui: &mut bevy_egui::egui::Ui, integrity: &Integrity) {
+    use super::theme;
+    use bevy_egui::egui;
+    let (text, colour) = match integrity {
+        Integrity::Checking => (
+            "Log: checking the chain… 正在校验".to_string(),
+            theme::MUTED,
+        ),
+        Integrity::Verified {
+            events,
+            sealed: true,
+        } => (
+            format!("Log verified 日志已校验: {events} events, sealed"),
+            theme::GOOD,
+        ),
+        Integrity::Verified {
+            events,
+            sealed: false,
+        } => (
+            format!("Log chain verified: {events} events; no seal key, seals not checked"),
+            theme::WARN,
+        ),
+        Integrity::Broken(why) => (format!("LOG INTEGRITY 日志完整性异常: {why}"), theme::ALARM),
+    };
+    ui.add(egui::Label::new(egui::RichText::new(text).color(colour)).wrap());
 }
 
 fn sign_in_ui(ui: &mut bevy_egui::egui::Ui, desk: &mut Desk) {

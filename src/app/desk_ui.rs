@@ -785,7 +785,10 @@ pub const BOARD_ROWS_PER_DEPARTMENT: usize = 40;
 
 /// Orders the dispatcher still has to watch: not done and not handed up the chain.
 fn in_play(status: OrderStatus) -> bool {
-    !matches!(status, OrderStatus::Done | OrderStatus::Escalated)
+    !matches!(
+        status,
+        OrderStatus::Done | OrderStatus::Escalated | OrderStatus::Cancelled
+    )
 }
 
 /// The form to report an incident at the picked location.
@@ -989,6 +992,7 @@ pub fn order_status_label(s: OrderStatus) -> &'static str {
         OrderStatus::Rejected => "rejected 拒绝",
         OrderStatus::Overdue => "overdue 超时",
         OrderStatus::Escalated => "escalated 已升级",
+        OrderStatus::Cancelled => "cancelled 已撤销",
     }
 }
 
@@ -999,6 +1003,7 @@ fn order_status_colour(s: OrderStatus) -> egui::Color32 {
         OrderStatus::InProgress | OrderStatus::Done => theme::GOOD,
         OrderStatus::Rejected | OrderStatus::Escalated => theme::WARN,
         OrderStatus::Overdue => theme::ALARM,
+        OrderStatus::Cancelled => theme::MUTED,
     }
 }
 

@@ -720,6 +720,15 @@ impl AlertDedup {
         }
     }
 
+    /// Records a source that reported incident `incident_key` (for rebuilding).
+    pub fn remember_source(&mut self, incident_key: &str, source: &str) {
+        if let Some(seen) = self.incidents.get_mut(incident_key)
+            && !seen.sources.iter().any(|s| s == source)
+        {
+            seen.sources.push(source.to_owned());
+        }
+    }
+
     /// Records that incident `incident_key` was cancelled by its source.
     pub fn remember_cancel(&mut self, incident_key: &str) {
         if let Some(seen) = self.incidents.get_mut(incident_key) {

@@ -13,6 +13,13 @@ use super::config::{DispatchConfig, Endpoint};
 use super::{Action, IncidentStatus, OrderStatus, Role, TransitionError, is_allowed};
 use crate::feeds::Domain;
 
+/// The furthest ahead a deadline may be set (30 days): anything later is a typo or an
+/// attack on the clock's arithmetic.
+pub const MAX_DEADLINE_AHEAD_MS: i64 = 30 * 24 * 3_600_000;
+
+/// The shortest window an escalated order gets at the superior level.
+const MIN_ESCALATION_WINDOW_MS: i64 = 60_000;
+
 /// Who issues a command. Every event records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
@@ -88,6 +95,19 @@ pub enum Command {
         action: Action,
         note: Option<String>,
     },
+    /// A department's own report of an order's progress, with when it says it
+    /// happened.
+    Report {
+        id: String,
+        action: Action,
+        note: Option<String>,
+        reported_ms: i64,
+    },
+    /// The source of an alert withdrew it.
+    WithdrawAlert {
+        incident: String,
+        source: String,
+    },
     /// The clock: an open order's deadline has passed.
     MarkOverdue {
         id: String,
@@ -131,6 +151,10 @@ pub enum Event {
         status: OrderStatus,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
+        /// When the department says it happened (its report's `at`), when that
+        /// differs from when the log recorded it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reported_ms: Option<i64>,
     },
     OrderOverdue {
         id: String,
@@ -138,6 +162,10 @@ pub enum Event {
     Note {
         incident: String,
         text: String,
+    },
+    AlertWithdrawn {
+        incident: String,
+        source: String,
     },
 }
 
@@ -151,6 +179,7 @@ impl Event {
             Event::OrderChanged { .. } => "order_changed",
             Event::OrderOverdue { .. } => "order_overdue",
             Event::Note { .. } => "note",
+            Event::AlertWithdrawn { .. } => "alert_withdrawn",
         }
     }
 }
@@ -187,6 +216,8 @@ pub struct Incident {
     pub timeline: Vec<TimelineEntry>,
     /// Indices into [`Book::orders`].
     pub orders: Vec<usize>,
+    /// The alert's source withdrew it.
+    pub withdrawn: bool,
 }
 
 impl Incident {
@@ -208,6 +239,8 @@ pub struct Step {
     pub who: Arc<str>,
     pub role: Role,
     pub note: Option<String>,
+    /// When the department says it happened, if it said and that differs.
+    pub reported_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -226,16 +259,20 @@ pub struct Order {
     /// The order this one escalates, and the one that escalated this.
     pub escalates: Option<String>,
     pub escalated_to: Option<String>,
+    /// When the clock found the deadline passed (once per order). An order signed for
+    /// keeps its status then; it is urged but never escalated.
+    pub overdue_ms: Option<i64>,
 }
 
 impl Order {
-    /// When the order went overdue, if it did.
+    /// When the order went past its deadline, if it did.
     pub fn overdue_since(&self) -> Option<i64> {
-        self.steps
-            .iter()
-            .rev()
-            .find(|s| s.status == OrderStatus::Overdue && s.action.is_none())
-            .map(|s| s.at_ms)
+        self.overdue_ms
+    }
+
+    /// Past its deadline while signed for: late, urged, still the department's.
+    pub fn is_late(&self) -> bool {
+        self.overdue_ms.is_some() && self.status.is_signed_for()
     }
 }
 
@@ -256,6 +293,12 @@ pub enum CommandError {
     },
     #[error("{department} has an endpoint: its liaison reports this, not the dispatcher by hand")]
     NotManual { department: String },
+    #[error("{who} acts for {own}, which has no order on incident {incident}")]
+    NotInvolved {
+        who: String,
+        own: String,
+        incident: String,
+    },
     #[error(transparent)]
     Transition(#[from] TransitionError),
     #[error("no incident {0}")]
@@ -401,13 +444,36 @@ impl Book {
                 let incident = self
                     .incident(id)
                     .ok_or_else(|| CommandError::NoIncident(id.clone()))?;
+                self.check_involved(actor, incident)?;
                 let status = incident.status.after(*action)?;
-                Ok(vec![Event::IncidentChanged {
+                let mut events = vec![Event::IncidentChanged {
                     id: id.clone(),
                     action: *action,
                     status,
                     note: note.clone(),
-                }])
+                }];
+                // An incident that is over takes its orders with it: every order still
+                // waiting for a department is withdrawn (and the department told), so
+                // the clock never urges or escalates work nobody needs any more.
+                if !matches!(status, IncidentStatus::Resolved | IncidentStatus::Closed) {
+                    return Ok(events);
+                }
+                let why = match status {
+                    IncidentStatus::Resolved => format!("incident {id} resolved"),
+                    _ => format!("incident {id} closed"),
+                };
+                for order in self.orders_of(incident) {
+                    if let Ok(next) = order.status.after(Action::CancelOrder) {
+                        events.push(Event::OrderChanged {
+                            id: order.id.clone(),
+                            action: Action::CancelOrder,
+                            status: next,
+                            note: Some(why.clone()),
+                            reported_ms: None,
+                        });
+                    }
+                }
+                Ok(events)
             }
             Command::IssueOrders { incident, orders } => {
                 Self::check_role(actor, Action::IssueOrder)?;
@@ -454,6 +520,12 @@ impl Book {
                             o.department
                         )));
                     }
+                    if o.deadline_ms > now_ms.saturating_add(MAX_DEADLINE_AHEAD_MS) {
+                        return Err(CommandError::Invalid(format!(
+                            "the deadline of the order to {} is more than 30 days ahead",
+                            o.department
+                        )));
+                    }
                     events.push(Event::OrderIssued {
                         id: format!("ORD-{:06}", self.next_order + n as u64),
                         incident: incident.clone(),
@@ -461,6 +533,63 @@ impl Book {
                         instruction: o.instruction.clone(),
                         deadline_ms: o.deadline_ms,
                         escalates: None,
+                    });
+                }
+                Ok(events)
+            }
+            Command::Report {
+                id,
+                action,
+                note,
+                reported_ms,
+            } => {
+                let mut events = self.plan(
+                    &Command::Order {
+                        id: id.clone(),
+                        action: *action,
+                        note: note.clone(),
+                    },
+                    actor,
+                    now_ms,
+                )?;
+                if let Some(Event::OrderChanged { reported_ms: r, .. }) = events.first_mut()
+                    && *reported_ms != now_ms
+                {
+                    *r = Some(*reported_ms);
+                }
+                Ok(events)
+            }
+            Command::WithdrawAlert { incident, source } => {
+                if actor.role != Role::System {
+                    return Err(CommandError::Invalid(
+                        "only Zhongshu records an alert's withdrawal".into(),
+                    ));
+                }
+                let inc = self
+                    .incident(incident)
+                    .ok_or_else(|| CommandError::NoIncident(incident.clone()))?;
+                // Only the source that raised an alert may withdraw it.
+                if inc.source != *source {
+                    return Err(CommandError::Invalid(format!(
+                        "{source} cannot withdraw {incident}: it was raised by {}",
+                        inc.source
+                    )));
+                }
+                if inc.withdrawn {
+                    return Err(CommandError::Invalid(format!(
+                        "{incident} was already withdrawn"
+                    )));
+                }
+                let mut events = vec![Event::AlertWithdrawn {
+                    incident: incident.clone(),
+                    source: source.clone(),
+                }];
+                if inc.status == IncidentStatus::Reported {
+                    events.push(Event::IncidentChanged {
+                        id: incident.clone(),
+                        action: Action::CloseIncident,
+                        status: IncidentStatus::Closed,
+                        note: Some("alert withdrawn before anyone acted".into()),
                     });
                 }
                 Ok(events)
@@ -504,17 +633,36 @@ impl Book {
                     }
                     _ => {}
                 }
+                if *action == Action::RecordDelivery && order.delivered_ms.is_some() {
+                    return Err(CommandError::Invalid(format!(
+                        "{id} is already recorded as delivered"
+                    )));
+                }
+                if *action == Action::EscalateOrder
+                    && self.incident(&order.incident).is_some_and(|i| !i.is_open())
+                {
+                    return Err(CommandError::IncidentFinished {
+                        id: order.incident.clone(),
+                        status: self
+                            .incident(&order.incident)
+                            .map_or(IncidentStatus::Closed, |i| i.status),
+                    });
+                }
                 let status = order.status.after(*action)?;
                 let mut events = vec![Event::OrderChanged {
                     id: id.clone(),
                     action: *action,
                     status,
                     note: note.clone(),
+                    reported_ms: None,
                 }];
                 if *action == Action::EscalateOrder {
                     // The order goes to the superior level with a fresh window; at the
                     // top of the chain it goes to the city's leaders on the timeline.
-                    let window = (order.deadline_ms - order.issued_ms).max(60_000);
+                    let window = order
+                        .deadline_ms
+                        .saturating_sub(order.issued_ms)
+                        .clamp(MIN_ESCALATION_WINDOW_MS, MAX_DEADLINE_AHEAD_MS);
                     match &department.superior {
                         Some(superior) => events.push(Event::OrderIssued {
                             id: format!("ORD-{:06}", self.next_order),
@@ -524,7 +672,7 @@ impl Book {
                                 "Escalated from {}: {}",
                                 department.name, order.instruction
                             ),
-                            deadline_ms: now_ms + window,
+                            deadline_ms: now_ms.saturating_add(window),
                             escalates: Some(order.id.clone()),
                         }),
                         None => events.push(Event::Note {
@@ -553,16 +701,45 @@ impl Book {
                         order.status
                     )));
                 }
+                if order.overdue_ms.is_some() {
+                    return Err(CommandError::Invalid(format!(
+                        "{id} is already past its deadline"
+                    )));
+                }
                 if order.deadline_ms > now_ms {
                     return Err(CommandError::Invalid(format!(
                         "{id} is not past its deadline"
                     )));
                 }
-                Ok(vec![Event::OrderOverdue { id: id.clone() }])
+                if let Some(inc) = self.incident(&order.incident)
+                    && !inc.is_open()
+                {
+                    return Err(CommandError::IncidentFinished {
+                        id: inc.id.clone(),
+                        status: inc.status,
+                    });
+                }
+                // Marked and urged in one write: a failure leaves both undone, and the
+                // next tick tries again.
+                Ok(vec![
+                    Event::OrderOverdue { id: id.clone() },
+                    Event::OrderChanged {
+                        id: id.clone(),
+                        action: Action::UrgeOrder,
+                        status: order.status.on_deadline().unwrap_or(order.status),
+                        note: Some("deadline passed".into()),
+                        reported_ms: None,
+                    },
+                ])
             }
             Command::Note { incident, text } => {
-                if self.incident(incident).is_none() {
-                    return Err(CommandError::NoIncident(incident.clone()));
+                Self::check_role(actor, Action::AddNote)?;
+                let inc = self
+                    .incident(incident)
+                    .ok_or_else(|| CommandError::NoIncident(incident.clone()))?;
+                self.check_involved(actor, inc)?;
+                if text.trim().is_empty() {
+                    return Err(CommandError::Invalid("an empty note".into()));
                 }
                 Ok(vec![Event::Note {
                     incident: incident.clone(),
@@ -572,23 +749,50 @@ impl Book {
         }
     }
 
-    /// What the clock has to do at `now_ms`: orders to mark overdue, and overdue orders
-    /// to escalate (`escalate_after_min` after going overdue, unsigned).
+    /// A department liaison acts on an incident only where their department has an
+    /// order: a water-company liaison cannot mark a fire "on scene".
+    fn check_involved(&self, actor: &Actor, incident: &Incident) -> Result<(), CommandError> {
+        if actor.role != Role::DepartmentLiaison {
+            return Ok(());
+        }
+        let own = actor.department.as_deref().unwrap_or("");
+        if !own.is_empty() && self.orders_of(incident).any(|o| o.department == own) {
+            return Ok(());
+        }
+        Err(CommandError::NotInvolved {
+            who: actor.name.clone(),
+            own: if own.is_empty() {
+                "no department".into()
+            } else {
+                own.to_string()
+            },
+            incident: incident.id.clone(),
+        })
+    }
+
+    /// What the clock has to do at `now_ms`: orders whose deadline passed to mark (and
+    /// urge), and orders still unsigned `escalate_after_min` after that to escalate.
+    /// Orders signed for are urged at their deadline and never escalated; orders of a
+    /// finished incident are left alone.
     pub fn due(&self, now_ms: i64) -> Vec<Command> {
-        let escalate_after = (self.config.escalate_after_min * 60_000.0) as i64;
+        let escalate_after = self.config.escalate_after_ms();
         let mut due = Vec::new();
         for o in &self.orders {
-            if o.status.is_open() && o.deadline_ms <= now_ms {
-                // Overdue, and the department is urged at once.
+            if !(o.status.is_pending()) {
+                continue;
+            }
+            if self
+                .incident_index
+                .get(&o.incident)
+                .is_some_and(|&i| !self.incidents[i].is_open())
+            {
+                continue;
+            }
+            if o.status.is_open() && o.overdue_ms.is_none() && o.deadline_ms <= now_ms {
                 due.push(Command::MarkOverdue { id: o.id.clone() });
-                due.push(Command::Order {
-                    id: o.id.clone(),
-                    action: Action::UrgeOrder,
-                    note: Some("deadline passed".into()),
-                });
             } else if o.status == OrderStatus::Overdue
-                && o.overdue_since()
-                    .is_some_and(|t| t + escalate_after <= now_ms)
+                && o.overdue_ms
+                    .is_some_and(|t| t.saturating_add(escalate_after) <= now_ms)
             {
                 due.push(Command::Order {
                     id: o.id.clone(),
@@ -615,7 +819,9 @@ impl Book {
             Event::OrderChanged { id, .. } | Event::OrderOverdue { id } => {
                 self.order_index.contains_key(id)
             }
-            Event::Note { incident, .. } => self.incident_index.contains_key(incident),
+            Event::Note { incident, .. } | Event::AlertWithdrawn { incident, .. } => {
+                self.incident_index.contains_key(incident)
+            }
         }
     }
 
@@ -668,6 +874,7 @@ impl Book {
                         incident.source, incident.title
                     ))],
                     orders: Vec::new(),
+                    withdrawn: false,
                 });
             }
             Event::IncidentChanged {
@@ -720,11 +927,13 @@ impl Book {
                         who: who.clone(),
                         role,
                         note: None,
+                        reported_ms: None,
                     }],
                     urges: 0,
                     delivered_ms: None,
                     escalates: escalates.clone(),
                     escalated_to: None,
+                    overdue_ms: None,
                 });
                 let inc = &mut self.incidents[i];
                 inc.orders.push(index);
@@ -737,6 +946,7 @@ impl Book {
                 action,
                 status,
                 note,
+                reported_ms,
             } => {
                 let o = self.order_index[id];
                 let order = &mut self.orders[o];
@@ -754,6 +964,7 @@ impl Book {
                     who: who.clone(),
                     role,
                     note: note.clone(),
+                    reported_ms: *reported_ms,
                 });
                 let mut text = format!("{id} ({}): {action:?} → {status:?}", order.department);
                 if let Some(n) = note {
@@ -768,16 +979,30 @@ impl Book {
             Event::OrderOverdue { id } => {
                 let o = self.order_index[id];
                 let order = &mut self.orders[o];
-                order.status = OrderStatus::Overdue;
+                // Only an order nobody signed for becomes overdue; a signed-for order
+                // stays with its department, late.
+                let Some(status) = order.status.on_deadline() else {
+                    return;
+                };
+                order.status = status;
+                order.overdue_ms.get_or_insert(at_ms);
                 order.steps.push(Step {
-                    status: OrderStatus::Overdue,
+                    status,
                     action: None,
                     at_ms,
                     who: who.clone(),
                     role,
                     note: None,
+                    reported_ms: None,
                 });
-                let text = format!("{id} ({}) is overdue", order.department);
+                let text = if status == OrderStatus::Overdue {
+                    format!("{id} ({}) is overdue", order.department)
+                } else {
+                    format!(
+                        "{id} ({}) is past its deadline; signed for, so urged, not escalated",
+                        order.department
+                    )
+                };
                 let incident = order.incident.clone();
                 if let Some(&i) = self.incident_index.get(&incident) {
                     self.incidents[i].timeline.push(entry(text));
@@ -785,15 +1010,28 @@ impl Book {
             }
             Event::Note { incident, text } => {
                 let i = self.incident_index[incident];
+                // Logs written before withdrawals had an event of their own.
+                if text.ends_with(" withdrew the alert") {
+                    self.incidents[i].withdrawn = true;
+                }
                 self.incidents[i].timeline.push(entry(text.clone()));
+            }
+            Event::AlertWithdrawn { incident, source } => {
+                let i = self.incident_index[incident];
+                self.incidents[i].withdrawn = true;
+                self.incidents[i]
+                    .timeline
+                    .push(entry(format!("{source} withdrew the alert")));
             }
         }
     }
 
-    /// Orders still waiting to reach a department with an endpoint (the outbox).
+    /// Orders still waiting to reach a department with an endpoint (the outbox):
+    /// issued, or overdue without a delivery on record.
     pub fn undelivered(&self) -> impl Iterator<Item = &Order> {
         self.orders.iter().filter(|o| {
-            o.status == OrderStatus::Issued
+            (o.status == OrderStatus::Issued
+                || (o.status == OrderStatus::Overdue && o.delivered_ms.is_none()))
                 && self
                     .config
                     .department(&o.department)
@@ -1138,6 +1376,269 @@ mod tests {
         assert!(b.due(T0 + 60 * 60_000).is_empty());
     }
 
+    fn order_cmd(id: &str, action: Action) -> Command {
+        Command::Order {
+            id: id.into(),
+            action,
+            note: None,
+        }
+    }
+
+    fn tick(b: &mut Book, now: i64) {
+        let system = Actor::system();
+        for c in b.due(now) {
+            run(b, c, &system, now).unwrap();
+        }
+    }
+
+    /// One incident with one order to the fire brigade, due at T0 + 10 min.
+    fn one_fire_order(b: &mut Book) {
+        let d = dispatcher();
+        run(b, Command::ReportIncident(fire(None)), &d, T0).unwrap();
+        run(
+            b,
+            Command::IssueOrders {
+                incident: "INC-000001".into(),
+                orders: vec![NewOrder {
+                    department: "fire".into(),
+                    instruction: "Send two engines".into(),
+                    deadline_ms: T0 + 10 * 60_000,
+                }],
+            },
+            &d,
+            T0,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_signed_for_order_past_its_deadline_is_urged_never_taken_away() {
+        let mut b = book();
+        one_fire_order(&mut b);
+        let liaison = Actor::new("wang.fang", Role::DepartmentLiaison, Some("fire"));
+        run(
+            &mut b,
+            order_cmd("ORD-000001", Action::AcknowledgeOrder),
+            &liaison,
+            T0 + 60_000,
+        )
+        .unwrap();
+        run(
+            &mut b,
+            order_cmd("ORD-000001", Action::StartOrder),
+            &liaison,
+            T0 + 120_000,
+        )
+        .unwrap();
+        for minute in 10..=60 {
+            tick(&mut b, T0 + minute * 60_000);
+        }
+        let o = b.order("ORD-000001").unwrap();
+        assert_eq!(o.status, OrderStatus::InProgress, "{o:#?}");
+        assert_eq!(o.urges, 1, "urged once at the deadline");
+        assert!(o.is_late());
+        assert_eq!(b.orders.len(), 1, "nothing escalated");
+        run(
+            &mut b,
+            order_cmd("ORD-000001", Action::CompleteOrder),
+            &liaison,
+            T0 + 61 * 60_000,
+        )
+        .unwrap();
+        assert_eq!(b.order("ORD-000001").unwrap().status, OrderStatus::Done);
+    }
+
+    #[test]
+    fn a_late_sign_for_stops_the_escalation() {
+        let mut b = book();
+        one_fire_order(&mut b);
+        tick(&mut b, T0 + 10 * 60_000);
+        assert_eq!(b.orders[0].status, OrderStatus::Overdue);
+        let liaison = Actor::new("wang.fang", Role::DepartmentLiaison, Some("fire"));
+        run(
+            &mut b,
+            order_cmd("ORD-000001", Action::AcknowledgeOrder),
+            &liaison,
+            T0 + 11 * 60_000,
+        )
+        .unwrap();
+        // The clock looks four times a second: the sign-for stands.
+        for ms in (11 * 60_000..40 * 60_000).step_by(250) {
+            tick(&mut b, T0 + ms);
+        }
+        let o = b.order("ORD-000001").unwrap();
+        assert_eq!(o.status, OrderStatus::Acknowledged);
+        assert_eq!((o.urges, b.orders.len()), (1, 1));
+    }
+
+    #[test]
+    fn closing_an_incident_cancels_its_orders_and_the_clock_leaves_them_alone() {
+        let mut b = book();
+        one_fire_order(&mut b);
+        let d = dispatcher();
+        // A second, already signed-for order, and a third that is done.
+        run(
+            &mut b,
+            Command::IssueOrders {
+                incident: "INC-000001".into(),
+                orders: vec![
+                    NewOrder {
+                        department: "ems".into(),
+                        instruction: "Stand by".into(),
+                        deadline_ms: T0 + 10 * 60_000,
+                    },
+                    NewOrder {
+                        department: "power".into(),
+                        instruction: "Cut the supply".into(),
+                        deadline_ms: T0 + 10 * 60_000,
+                    },
+                ],
+            },
+            &d,
+            T0,
+        )
+        .unwrap();
+        let ems = Actor::new("chen", Role::DepartmentLiaison, Some("ems"));
+        run(
+            &mut b,
+            order_cmd("ORD-000002", Action::AcknowledgeOrder),
+            &ems,
+            T0 + 1000,
+        )
+        .unwrap();
+        let power = Actor::new("zhao", Role::DepartmentLiaison, Some("power"));
+        run(
+            &mut b,
+            order_cmd("ORD-000003", Action::AcknowledgeOrder),
+            &power,
+            T0 + 1000,
+        )
+        .unwrap();
+        run(
+            &mut b,
+            order_cmd("ORD-000003", Action::CompleteOrder),
+            &power,
+            T0 + 1000,
+        )
+        .unwrap();
+        for action in [Action::MarkOnScene, Action::ResolveIncident] {
+            run(
+                &mut b,
+                Command::Incident {
+                    id: "INC-000001".into(),
+                    action,
+                    note: None,
+                },
+                &d,
+                T0 + 2000,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            b.order("ORD-000001").unwrap().status,
+            OrderStatus::Cancelled
+        );
+        assert_eq!(
+            b.order("ORD-000002").unwrap().status,
+            OrderStatus::Cancelled
+        );
+        assert_eq!(b.order("ORD-000003").unwrap().status, OrderStatus::Done);
+        // Past every deadline: nothing to urge, mark or escalate.
+        assert!(b.due(T0 + 3_600_000).is_empty());
+        // An order escalated by hand for a finished incident is refused.
+        let err = run(
+            &mut b,
+            order_cmd("ORD-000001", Action::EscalateOrder),
+            &d,
+            T0 + 3000,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("Cancelled")
+                || matches!(err, CommandError::IncidentFinished { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn orders_of_a_closed_incident_in_an_old_log_are_never_escalated() {
+        // A log written before closing cancelled orders: the order is still open.
+        let mut b = book();
+        one_fire_order(&mut b);
+        b.apply(
+            &Event::IncidentChanged {
+                id: "INC-000001".into(),
+                action: Action::CloseIncident,
+                status: IncidentStatus::Closed,
+                note: None,
+            },
+            T0 + 1000,
+            "li.wei",
+            Role::Dispatcher,
+        );
+        assert!(b.due(T0 + 3_600_000).is_empty());
+    }
+
+    #[test]
+    fn deadlines_and_escalation_windows_never_overflow() {
+        let mut b = book();
+        let d = dispatcher();
+        run(&mut b, Command::ReportIncident(fire(None)), &d, T0).unwrap();
+        let far = |deadline_ms| Command::IssueOrders {
+            incident: "INC-000001".into(),
+            orders: vec![NewOrder {
+                department: "traffic_police".into(),
+                instruction: "Close the street".into(),
+                deadline_ms,
+            }],
+        };
+        let err = run(&mut b, far(i64::MAX - 1), &d, T0).unwrap_err();
+        assert!(err.to_string().contains("30 days"), "{err}");
+        run(&mut b, far(T0 + MAX_DEADLINE_AHEAD_MS), &d, T0).unwrap();
+        // Overdue thirty days on, escalated minutes later: the new deadline is ahead.
+        let overdue_at = T0 + MAX_DEADLINE_AHEAD_MS;
+        tick(&mut b, overdue_at);
+        tick(&mut b, overdue_at + 5 * 60_000);
+        let up = &b.orders[1];
+        assert!(up.deadline_ms > overdue_at, "{up:#?}");
+        // A huge escalate_after set in code waits (clamped), never "at once".
+        let mut b = book();
+        b.config.escalate_after_min = 1e300;
+        one_fire_order(&mut b);
+        tick(&mut b, T0 + 10 * 60_000);
+        tick(&mut b, T0 + 11 * 60_000);
+        assert_eq!(b.orders[0].status, OrderStatus::Overdue);
+        assert_eq!(b.orders.len(), 1);
+    }
+
+    #[test]
+    fn liaisons_act_only_on_incidents_of_their_department_and_notes_are_checked() {
+        let mut b = book();
+        one_fire_order(&mut b);
+        let water = Actor::new("sun", Role::DepartmentLiaison, Some("water"));
+        let on_scene = Command::Incident {
+            id: "INC-000001".into(),
+            action: Action::MarkOnScene,
+            note: None,
+        };
+        let err = run(&mut b, on_scene.clone(), &water, T0).unwrap_err();
+        assert!(matches!(err, CommandError::NotInvolved { .. }), "{err}");
+        let note = |text: &str| Command::Note {
+            incident: "INC-000001".into(),
+            text: text.into(),
+        };
+        let err = run(&mut b, note("all clear"), &water, T0).unwrap_err();
+        assert!(matches!(err, CommandError::NotInvolved { .. }), "{err}");
+        let leader = Actor::new("mayor", Role::Leader, None);
+        let err = run(&mut b, note("hurry"), &leader, T0).unwrap_err();
+        assert!(matches!(err, CommandError::Denied { .. }), "{err}");
+        // The fire brigade, which has an order there, may.
+        let fire_liaison = Actor::new("wang.fang", Role::DepartmentLiaison, Some("fire"));
+        run(&mut b, on_scene, &fire_liaison, T0).unwrap();
+        run(&mut b, note("two engines on scene"), &fire_liaison, T0).unwrap();
+        assert_eq!(b.incidents[0].status, IncidentStatus::OnScene);
+    }
+
     #[test]
     fn alerts_are_one_incident_per_key() {
         let mut b = book();
@@ -1206,6 +1707,7 @@ mod tests {
                 action: Action::AcknowledgeOrder,
                 status: OrderStatus::Acknowledged,
                 note: Some("on our way".into()),
+                reported_ms: Some(T0),
             },
             Event::OrderOverdue {
                 id: "ORD-000001".into(),

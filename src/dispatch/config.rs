@@ -11,6 +11,12 @@ use crate::feeds::Domain;
 /// The embedded default configuration.
 pub const DEFAULT_DISPATCH_TOML: &str = include_str!("../../config/dispatch.toml");
 
+/// The longest `escalate_after_min` accepted: 7 days.
+pub const MAX_ESCALATE_AFTER_MIN: f64 = 7.0 * 24.0 * 60.0;
+/// The longest playbook `deadline_min` accepted: 30 days (the book refuses later
+/// deadlines too).
+pub const MAX_DEADLINE_MIN: f64 = 30.0 * 24.0 * 60.0;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
@@ -138,9 +144,11 @@ impl DispatchConfig {
             message,
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        if !(raw.escalate_after_min.is_finite() && raw.escalate_after_min >= 0.0) {
+        if !(raw.escalate_after_min.is_finite()
+            && (0.0..=MAX_ESCALATE_AFTER_MIN).contains(&raw.escalate_after_min))
+        {
             return Err(invalid(format!(
-                "escalate_after_min must be a number of minutes ≥ 0, got {}",
+                "escalate_after_min must be a number of minutes from 0 to {MAX_ESCALATE_AFTER_MIN} (7 days), got {}",
                 raw.escalate_after_min
             )));
         }
@@ -222,9 +230,12 @@ impl DispatchConfig {
                         p.kind, o.department
                     )));
                 }
-                if !(o.deadline_min.is_finite() && o.deadline_min > 0.0) {
+                if !(o.deadline_min.is_finite()
+                    && o.deadline_min > 0.0
+                    && o.deadline_min <= MAX_DEADLINE_MIN)
+                {
                     return Err(invalid(format!(
-                        "playbook \"{}\": deadline_min for \"{}\" must be > 0",
+                        "playbook \"{}\": deadline_min for \"{}\" must be > 0 and at most {MAX_DEADLINE_MIN} (30 days)",
                         p.kind, o.department
                     )));
                 }
@@ -235,6 +246,17 @@ impl DispatchConfig {
             playbooks: raw.playbooks,
             escalate_after_min: raw.escalate_after_min,
         })
+    }
+
+    /// [`DispatchConfig::escalate_after_min`] in milliseconds (validated on load; a
+    /// value set in code is clamped to the same range).
+    pub fn escalate_after_ms(&self) -> i64 {
+        let min = if self.escalate_after_min.is_finite() {
+            self.escalate_after_min.clamp(0.0, MAX_ESCALATE_AFTER_MIN)
+        } else {
+            MAX_ESCALATE_AFTER_MIN
+        };
+        (min * 60_000.0).round() as i64
     }
 
     pub fn department(&self, id: &str) -> Option<&Department> {
@@ -322,6 +344,13 @@ mod tests {
             (
                 "[[department]]\nid='a'\nname='A'\ndomain='urban'\nlevel='town'",
                 "level",
+            ),
+            // Minutes that would overflow the clock's arithmetic are refused.
+            ("escalate_after_min = 1e300", "escalate_after_min must be"),
+            ("escalate_after_min = 20000", "7 days"),
+            (
+                "[[department]]\nid='a'\nname='A'\ndomain='urban'\nlevel='city'\n[[playbook]]\nkind='fire'\ntitle='F'\norders=[{department='a', instruction='x', deadline_min=1e18}]",
+                "30 days",
             ),
         ];
         for (text, expected) in cases {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::Role;
 use super::book::{Actor, Book, Command, CommandError, Event};
 use super::config::DispatchConfig;
-use crate::store::{EventLog, StoreError};
+use crate::store::{EventLog, EventStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -27,11 +27,14 @@ pub struct OpenReport {
     /// Stored events that could not be read as dispatch events.
     pub unreadable_events: u64,
     pub replay_ms: f64,
+    /// What the quick look at the log's witness found wrong (truncation, a rewritten
+    /// head), if anything. The full check runs in the background (`audit verify`).
+    pub integrity_alarm: Option<String>,
 }
 
 pub struct Dispatcher {
     book: Book,
-    log: EventLog,
+    log: Box<dyn EventStore>,
     pub opened: OpenReport,
 }
 
@@ -39,11 +42,18 @@ impl Dispatcher {
     /// Opens (or creates) the log at `path` and rebuilds the book from it. Reading and
     /// decoding run on a second thread while the book applies what is decoded.
     pub fn open(path: &Path, config: DispatchConfig) -> Result<Self, StoreError> {
+        Self::open_store(Box::new(EventLog::open(path)?), config)
+    }
+
+    /// Rebuilds the book from any event store (SQLite, the hall's stream).
+    pub fn open_store(
+        log: Box<dyn EventStore>,
+        config: DispatchConfig,
+    ) -> Result<Self, StoreError> {
         /// Events handed from the reader to the book at a time.
         const CHUNK: usize = 4096;
         type Decoded = (i64, String, Role, Option<Event>);
         let started = Instant::now();
-        let log = EventLog::open(path)?;
         let mut book = Book::new(config);
         let mut events = 0u64;
         let mut unreadable = 0u64;
@@ -51,7 +61,7 @@ impl Dispatcher {
         let (log, scanned) = std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
                 let mut chunk: Vec<Decoded> = Vec::with_capacity(CHUNK);
-                let scanned = log.scan_replay(|at_ms, operator, role, payload| {
+                let scanned = log.scan_replay(&mut |at_ms, operator, role, payload| {
                     let event = serde_json::from_str::<Event>(payload).ok();
                     chunk.push((
                         at_ms,
@@ -86,6 +96,7 @@ impl Dispatcher {
             orders: book.orders.len(),
             unreadable_events: unreadable + book.skipped_events,
             replay_ms: started.elapsed().as_secs_f64() * 1000.0,
+            integrity_alarm: log.integrity_alarm(),
         };
         Ok(Self { book, log, opened })
     }
@@ -94,8 +105,8 @@ impl Dispatcher {
         &self.book
     }
 
-    pub fn log(&self) -> &EventLog {
-        &self.log
+    pub fn log(&self) -> &dyn EventStore {
+        &*self.log
     }
 
     /// Checks `command`, makes its events durable, then applies them. On a refusal or
@@ -117,27 +128,28 @@ impl Dispatcher {
             })
             .collect();
         self.log
-            .append_all(now_ms, &actor.name, actor.role, &rows)?;
+            .append_all(now_ms, &actor.name, actor.role.as_str(), &rows)?;
         for e in &events {
             self.book.apply(e, now_ms, &actor.name, actor.role);
         }
         Ok(events)
     }
 
-    /// Runs what the clock says is due (overdue, urging, escalation) as Zhongshu
-    /// itself. Returns the events written.
-    pub fn tick(&mut self, now_ms: i64) -> Result<Vec<Event>, DispatchError> {
+    /// Runs what the clock says is due (overdue with its urge, escalation) as
+    /// Zhongshu itself, adding the events written to `written`. A storage error stops
+    /// the tick; what was committed before it is in `written` all the same (so the
+    /// caller still sends it), and what was not is due again at the next tick.
+    pub fn tick(&mut self, now_ms: i64, written: &mut Vec<Event>) -> Result<(), DispatchError> {
         let system = Actor::system();
-        let mut all = Vec::new();
         for command in self.book.due(now_ms) {
             match self.execute(&command, &system, now_ms) {
-                Ok(events) => all.extend(events),
+                Ok(events) => written.extend(events),
                 // The state moved on since `due` looked (e.g. signed for meanwhile).
                 Err(DispatchError::Refused(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(all)
+        Ok(())
     }
 }
 
@@ -207,7 +219,8 @@ mod tests {
                 .is_err()
             );
             assert_eq!(x.log().len(), n);
-            let events = x.tick(T0 + 60_000).unwrap();
+            let mut events = Vec::new();
+            x.tick(T0 + 60_000, &mut events).unwrap();
             assert_eq!(events.len(), 2, "overdue and urged");
             x.book().clone()
         };
@@ -237,5 +250,71 @@ mod tests {
             )
             .unwrap();
         assert_eq!(again.book().incidents[1].id, "INC-000002");
+    }
+
+    #[test]
+    fn a_store_error_mid_tick_keeps_what_was_committed_and_retries_the_rest() {
+        let path = temp_db("midtick");
+        let (log, fail_from) = crate::store::testing::FailingLog::open(&path);
+        let mut x =
+            Dispatcher::open_store(Box::new(log), DispatchConfig::default_config()).unwrap();
+        let d = Actor::new("li.wei", Role::Dispatcher, None);
+        x.execute(
+            &Command::ReportIncident(NewIncident {
+                kind: "gasLeak".into(),
+                title: "Gas smell".into(),
+                domain: Domain::Utilities,
+                severity: Severity::Extreme,
+                lon: 24.94,
+                lat: 60.17,
+                source: "map".into(),
+                key: None,
+            }),
+            &d,
+            T0,
+        )
+        .unwrap();
+        x.execute(
+            &Command::IssueOrders {
+                incident: "INC-000001".into(),
+                orders: ["water", "power", "fire"]
+                    .iter()
+                    .map(|dep| NewOrder {
+                        department: dep.to_string(),
+                        instruction: "Go".into(),
+                        deadline_ms: T0 + 60_000,
+                    })
+                    .collect(),
+            },
+            &d,
+            T0,
+        )
+        .unwrap();
+        // The disk fills after the first order's overdue mark is written.
+        fail_from.store(4, std::sync::atomic::Ordering::Relaxed);
+        // (appends so far: the report and the orders; the 3rd append is the first
+        // overdue mark, the 4th fails.)
+        let mut written = Vec::new();
+        let err = x.tick(T0 + 60_000, &mut written).unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        // What was committed comes back to be sent: the mark and its urge, together.
+        assert_eq!(written.len(), 2, "{written:?}");
+        let urged: Vec<_> = x.book().orders.iter().map(|o| o.urges).collect();
+        assert_eq!(
+            urged,
+            vec![1, 0, 0],
+            "marked and urged together or not at all"
+        );
+        // The disk is back: the next tick does the rest, nothing twice.
+        fail_from.store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
+        let mut written = Vec::new();
+        x.tick(T0 + 60_250, &mut written).unwrap();
+        assert_eq!(written.len(), 4);
+        assert!(
+            x.book()
+                .orders
+                .iter()
+                .all(|o| o.urges == 1 && o.status == OrderStatus::Overdue)
+        );
     }
 }

@@ -81,10 +81,14 @@ pub enum Action {
     RejectOrder,
     UrgeOrder,
     EscalateOrder,
+    /// Withdraw an order that is no longer needed (its incident resolved or closed).
+    CancelOrder,
+    /// A remark on an incident's timeline.
+    AddNote,
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 16] = [
         Action::ReportIncident,
         Action::VerifyIncident,
         Action::DispatchIncident,
@@ -99,17 +103,23 @@ impl Action {
         Action::RejectOrder,
         Action::UrgeOrder,
         Action::EscalateOrder,
+        Action::CancelOrder,
+        Action::AddNote,
     ];
 }
 
 /// The permission matrix. Anything not listed is denied. Leaders watch, read-only.
 /// Dispatchers record sign-for and progress by hand only for departments without an
 /// endpoint (the dispatch book checks that); department liaisons act on their own
-/// department's orders only.
+/// department's orders only, and mark on scene or add notes only on incidents their
+/// department has an order for (the book checks that too).
 pub fn is_allowed(role: Role, action: Action) -> bool {
     use Action::*;
     match role {
-        Role::Operator => matches!(action, ReportIncident | VerifyIncident | MarkOnScene),
+        Role::Operator => matches!(
+            action,
+            ReportIncident | VerifyIncident | MarkOnScene | AddNote
+        ),
         Role::Dispatcher => matches!(
             action,
             ReportIncident
@@ -126,15 +136,23 @@ pub fn is_allowed(role: Role, action: Action) -> bool {
                 | RejectOrder
                 | UrgeOrder
                 | EscalateOrder
+                | CancelOrder
+                | AddNote
         ),
         Role::Leader => false,
         Role::DepartmentLiaison => matches!(
             action,
-            AcknowledgeOrder | StartOrder | CompleteOrder | RejectOrder | MarkOnScene
+            AcknowledgeOrder | StartOrder | CompleteOrder | RejectOrder | MarkOnScene | AddNote
         ),
         Role::System => matches!(
             action,
-            ReportIncident | RecordDelivery | UrgeOrder | EscalateOrder | CloseIncident
+            ReportIncident
+                | RecordDelivery
+                | UrgeOrder
+                | EscalateOrder
+                | CloseIncident
+                | CancelOrder
+                | AddNote
         ),
     }
 }
@@ -161,6 +179,8 @@ pub enum OrderStatus {
     Rejected,
     Overdue,
     Escalated,
+    /// Withdrawn because its incident was resolved or closed.
+    Cancelled,
 }
 
 /// A transition the state machine refuses, with both ends named.
@@ -199,6 +219,9 @@ impl OrderStatus {
         use OrderStatus::*;
         let next = match (self, action) {
             (Issued, Action::RecordDelivery) => Delivered,
+            // The confirmation of a delivery that finished after the deadline: the
+            // department has the order, which stays overdue until signed for.
+            (Overdue, Action::RecordDelivery) => Overdue,
             (Issued | Delivered | Overdue, Action::AcknowledgeOrder) => Acknowledged,
             // A department that signs for late may still carry the order out.
             (Acknowledged | Overdue, Action::StartOrder) => InProgress,
@@ -209,9 +232,23 @@ impl OrderStatus {
             (s @ (Issued | Delivered | Acknowledged | InProgress | Overdue), Action::UrgeOrder) => {
                 s
             }
+            (Issued | Delivered | Acknowledged | InProgress | Overdue, Action::CancelOrder) => {
+                Cancelled
+            }
             _ => return Err(TransitionError::Order { from: self, action }),
         };
         Ok(next)
+    }
+
+    /// Whether the department has signed for the order (and may be working on it).
+    pub fn is_signed_for(self) -> bool {
+        matches!(self, OrderStatus::Acknowledged | OrderStatus::InProgress)
+    }
+
+    /// Whether the order still waits for the department or the dispatcher: open, or
+    /// overdue and not yet signed for. Closing its incident cancels these.
+    pub fn is_pending(self) -> bool {
+        self.is_open() || self == OrderStatus::Overdue
     }
 
     /// Whether the order is still open (its deadline still matters).
@@ -225,9 +262,15 @@ impl OrderStatus {
         )
     }
 
-    /// The status once the deadline has passed: open orders become overdue.
+    /// The status once the deadline has passed: orders not signed for become overdue
+    /// (and escalate if they stay unsigned); signed-for orders keep their status (the
+    /// department is urged, the order is never taken away from it).
     pub fn on_deadline(self) -> Option<OrderStatus> {
-        self.is_open().then_some(OrderStatus::Overdue)
+        match self {
+            OrderStatus::Issued | OrderStatus::Delivered => Some(OrderStatus::Overdue),
+            OrderStatus::Acknowledged | OrderStatus::InProgress => Some(self),
+            _ => None,
+        }
     }
 }
 
@@ -286,6 +329,12 @@ mod tests {
             (Acknowledged, Action::UrgeOrder, Acknowledged),
             (InProgress, Action::UrgeOrder, InProgress),
             (Overdue, Action::UrgeOrder, Overdue),
+            (Overdue, Action::RecordDelivery, Overdue),
+            (Issued, Action::CancelOrder, Cancelled),
+            (Delivered, Action::CancelOrder, Cancelled),
+            (Acknowledged, Action::CancelOrder, Cancelled),
+            (InProgress, Action::CancelOrder, Cancelled),
+            (Overdue, Action::CancelOrder, Cancelled),
         ];
         for (from, action, to) in legal {
             assert_eq!(from.after(action), Ok(to), "{from:?} --{action:?}-->");
@@ -300,6 +349,7 @@ mod tests {
             Rejected,
             Overdue,
             Escalated,
+            Cancelled,
         ] {
             for action in Action::ALL {
                 if !pairs.contains(&(from, action)) {
@@ -310,8 +360,13 @@ mod tests {
                 }
             }
         }
-        // The clock makes open orders overdue and leaves finished ones alone.
-        assert_eq!(InProgress.on_deadline(), Some(Overdue));
+        // The clock makes unsigned orders overdue, keeps signed-for ones with their
+        // department, and leaves finished ones alone.
+        assert_eq!(Issued.on_deadline(), Some(Overdue));
+        assert_eq!(Delivered.on_deadline(), Some(Overdue));
+        assert_eq!(InProgress.on_deadline(), Some(InProgress));
+        assert_eq!(Acknowledged.on_deadline(), Some(Acknowledged));
+        assert_eq!(Cancelled.on_deadline(), None);
         assert_eq!(Done.on_deadline(), None);
         assert_eq!(Escalated.on_deadline(), None);
     }
@@ -322,7 +377,7 @@ mod tests {
         let expected: &[(Role, &[Action])] = &[
             (
                 Role::Operator,
-                &[ReportIncident, VerifyIncident, MarkOnScene],
+                &[ReportIncident, VerifyIncident, MarkOnScene, AddNote],
             ),
             (
                 Role::Dispatcher,
@@ -341,6 +396,8 @@ mod tests {
                     RejectOrder,
                     UrgeOrder,
                     EscalateOrder,
+                    CancelOrder,
+                    AddNote,
                 ],
             ),
             // Leaders see everything and change nothing.
@@ -353,6 +410,7 @@ mod tests {
                     CompleteOrder,
                     RejectOrder,
                     MarkOnScene,
+                    AddNote,
                 ],
             ),
             (
@@ -363,6 +421,8 @@ mod tests {
                     UrgeOrder,
                     EscalateOrder,
                     CloseIncident,
+                    CancelOrder,
+                    AddNote,
                 ],
             ),
         ];

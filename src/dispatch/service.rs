@@ -1,10 +1,11 @@
 //! The dispatch service: the durable [`Dispatcher`] joined to its HTTP edges. Orders
 //! to departments with an endpoint go out through the [`Outbox`]; departments' status
-//! reports come in through the [`StatusApi`]; alerts from feeds raise incidents; the
-//! clock marks orders overdue, urges and escalates. Every change is written to the log
-//! before anything is sent or shown. No threads of its own: the owner calls
-//! [`DispatchService::pump`] regularly (the console every frame, tests with their own
-//! clock).
+//! reports come in through the [`StatusApi`] and are answered only once durable;
+//! alerts from feeds raise incidents; the clock marks orders overdue, urges and
+//! escalates. Every change is written to the log before anything is sent or shown,
+//! and nothing taken in is dropped on a storage error: it is kept and tried again.
+//! No threads of its own: the owner calls [`DispatchService::pump`] regularly (the
+//! console every frame, tests with their own clock).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::Receiver;
@@ -14,10 +15,11 @@ use super::book::{Actor, Command, Event, NewIncident};
 use super::config::Endpoint;
 use super::delivery::{
     DeliveryEvent, DepartmentAuth, DepartmentSim, OrderSnapshot, Outbox, OutboxConfig,
-    OutgoingOrder, SimBehaviour, StatusApi, StatusReport, order_body, urge_body,
+    OutgoingOrder, ReportIn, ReportOutcome, SimBehaviour, StatusApi, StatusReport, order_body,
+    urge_body,
 };
 use super::dispatcher::{DispatchError, Dispatcher};
-use super::{Action, IncidentStatus, OrderStatus, Role};
+use super::{Action, OrderStatus, Role};
 
 /// How the service reaches departments.
 #[derive(Clone, Debug)]
@@ -46,12 +48,16 @@ const TICK_EVERY_MS: i64 = 250;
 /// At most this many notices are kept for the console.
 const MAX_NOTICES: usize = 50;
 
+/// Deliveries held after a storage error, at most (older ones are re-sent from the
+/// log after a restart anyway).
+const MAX_HELD: usize = 10_000;
+
 pub struct DispatchService {
     pub dispatcher: Dispatcher,
     outbox: Outbox,
     deliveries: Receiver<DeliveryEvent>,
     api: StatusApi,
-    reports: Receiver<StatusReport>,
+    reports: Receiver<ReportIn>,
     /// Held so the simulated departments run as long as the service (dropping stops them).
     #[cfg_attr(not(test), allow(dead_code))]
     sim: Option<DepartmentSim>,
@@ -64,13 +70,26 @@ pub struct DispatchService {
     pub version: u64,
     /// When the clock last looked at every order.
     last_tick_ms: Option<i64>,
+    /// Delivery results not yet written (a storage error): tried again first.
+    held: VecDeque<DeliveryEvent>,
+}
+
+/// How far a department's report takes an order, for ordering reports and telling
+/// repeats: acknowledged < in progress < done.
+fn progress(status: OrderStatus) -> Option<u8> {
+    match status {
+        OrderStatus::Acknowledged => Some(1),
+        OrderStatus::InProgress => Some(2),
+        OrderStatus::Done => Some(3),
+        _ => None,
+    }
 }
 
 impl DispatchService {
     /// Starts the status API, the outbox and (when a department is simulated) the
-    /// department simulator, then re-sends every order not yet delivered: after a
-    /// restart the outbox carries on where it stopped; idempotency keys make repeats
-    /// harmless.
+    /// department simulator, then re-sends every order not yet delivered, and the
+    /// last urge of every order still waiting: after a restart the outbox carries on
+    /// where it stopped; idempotency keys make repeats harmless.
     pub fn start(dispatcher: Dispatcher, options: ServiceOptions) -> anyhow::Result<Self> {
         let config = &dispatcher.book().config;
         let auth: Vec<DepartmentAuth> = config
@@ -116,13 +135,12 @@ impl DispatchService {
                 Endpoint::Manual => {}
             }
         }
-        let (outbox, deliveries) = Outbox::start(options.outbox.clone());
-        let mut dedup = AlertDedup::new();
-        for inc in &dispatcher.book().incidents {
-            if let Some(key) = &inc.key {
-                dedup.remember(key, &inc.kind, inc.lon, inc.lat, inc.reported_ms);
-            }
+        let mut outbox_config = options.outbox.clone();
+        if outbox_config.key_scope.is_empty() {
+            outbox_config.key_scope = dispatcher.log().log_id().to_string();
         }
+        let (outbox, deliveries) = Outbox::start(outbox_config);
+        let dedup = Self::rebuild_dedup(&dispatcher);
         let mut service = Self {
             dispatcher,
             outbox,
@@ -135,18 +153,41 @@ impl DispatchService {
             notices: VecDeque::new(),
             version: 1,
             last_tick_ms: None,
+            held: VecDeque::new(),
         };
-        let undelivered: Vec<String> = service
-            .dispatcher
-            .book()
-            .undelivered()
+        let book = service.dispatcher.book();
+        let undelivered: Vec<String> = book.undelivered().map(|o| o.id.clone()).collect();
+        let urged: Vec<String> = book
+            .orders
+            .iter()
+            // An urge waits in the outbox until its order is delivered.
+            .filter(|o| o.urges > 0 && o.status.is_pending())
             .map(|o| o.id.clone())
             .collect();
         for id in undelivered {
             service.send_order(&id);
         }
+        for id in urged {
+            service.send_urge(&id, Some("repeated after a restart"));
+        }
         service.publish_all();
         Ok(service)
+    }
+
+    /// The alert de-duplication as the log left it: every incident raised from an
+    /// alert, with its source and whether its source withdrew it.
+    fn rebuild_dedup(dispatcher: &Dispatcher) -> AlertDedup {
+        let mut dedup = AlertDedup::new();
+        for inc in &dispatcher.book().incidents {
+            if let Some(key) = &inc.key {
+                dedup.remember(key, &inc.kind, inc.lon, inc.lat, inc.reported_ms);
+                dedup.remember_source(key, &inc.source);
+                if inc.withdrawn {
+                    dedup.remember_cancel(key);
+                }
+            }
+        }
+        dedup
     }
 
     /// The status API's base URL (what departments report to).
@@ -193,6 +234,28 @@ impl DispatchService {
                     self.send_urge(id, note.as_deref());
                     self.publish(id);
                 }
+                Event::OrderChanged {
+                    id,
+                    action: Action::CancelOrder,
+                    note,
+                    ..
+                } => {
+                    // Nothing queued for it reaches the department any more; the
+                    // department is told the order is withdrawn.
+                    self.outbox.withdraw(id);
+                    self.send_cancel(id, note.as_deref());
+                    self.publish(id);
+                }
+                Event::OrderChanged {
+                    id,
+                    action: Action::EscalateOrder | Action::CompleteOrder | Action::RejectOrder,
+                    ..
+                } => {
+                    // An order escalated away (or finished) must not arrive later as
+                    // stale work: what is still queued for it is dropped.
+                    self.outbox.withdraw(id);
+                    self.publish(id);
+                }
                 Event::OrderChanged { id, .. } | Event::OrderOverdue { id } => self.publish(id),
                 _ => {}
             }
@@ -232,6 +295,7 @@ impl DispatchService {
             endpoint: endpoint.clone(),
             body,
             urge: false,
+            cancel: false,
         });
     }
 
@@ -252,6 +316,37 @@ impl DispatchService {
             endpoint: endpoint.clone(),
             body: urge_body(&order.id, order.urges, &by, note),
             urge: true,
+            cancel: false,
+        });
+    }
+
+    fn send_cancel(&mut self, id: &str, note: Option<&str>) {
+        let Some(order) = self.dispatcher.book().order(id) else {
+            return;
+        };
+        let Some(endpoint) = self.endpoints.get(&order.department) else {
+            return;
+        };
+        // Never delivered: nothing to withdraw at the department.
+        if order.delivered_ms.is_none()
+            && !order
+                .steps
+                .iter()
+                .any(|s| s.role == Role::DepartmentLiaison)
+        {
+            return;
+        }
+        self.outbox.send(OutgoingOrder {
+            order_id: order.id.clone(),
+            department: order.department.clone(),
+            endpoint: endpoint.clone(),
+            body: serde_json::json!({
+                "order_id": order.id,
+                "status": "cancelled",
+                "reason": note,
+            }),
+            urge: false,
+            cancel: true,
         });
     }
 
@@ -276,77 +371,60 @@ impl DispatchService {
             .book()
             .orders
             .iter()
-            .filter(|o| o.status.is_open() || o.status == OrderStatus::Overdue)
+            .filter(|o| o.status.is_pending())
         {
             self.publish(&o.id);
         }
     }
 
     /// Takes in delivery confirmations and department reports, and runs the clock.
-    /// Returns how many events were written.
+    /// Returns how many events were written. On a storage error, what was committed
+    /// before it is still sent, deliveries not yet written are kept for the next
+    /// pump, and reports are answered "not recorded, try again".
     pub fn pump(&mut self, now_ms: i64) -> Result<usize, DispatchError> {
         let mut written = 0;
-        let system = Actor::system();
         while let Ok(d) = self.deliveries.try_recv() {
-            match d {
-                // A department may have signed for it before the confirmation of a
-                // retried delivery came back: then there is nothing to record.
-                DeliveryEvent::Delivered {
-                    order_id, attempts, ..
-                } if self
-                    .dispatcher
-                    .book()
-                    .order(&order_id)
-                    .is_some_and(|o| o.status == OrderStatus::Issued) =>
-                {
-                    let note = (attempts > 1).then(|| format!("after {attempts} attempts"));
-                    let events = self.execute(
-                        &Command::Order {
-                            id: order_id,
-                            action: Action::RecordDelivery,
-                            note,
-                        },
-                        &system,
-                        now_ms,
-                    )?;
-                    written += events.len();
+            self.held.push_back(d);
+        }
+        while let Some(d) = self.held.pop_front() {
+            match self.take_delivery(&d, now_ms) {
+                Ok(n) => written += n,
+                Err(e) => {
+                    self.held.push_front(d);
+                    self.held.truncate(MAX_HELD);
+                    return Err(e);
                 }
-                DeliveryEvent::Failed {
-                    order_id,
-                    error,
-                    permanent: true,
-                    ..
-                } => {
-                    self.notice(format!("{order_id} could not be delivered: {error}"));
-                    if let Some(incident) = self
-                        .dispatcher
-                        .book()
-                        .order(&order_id)
-                        .map(|o| o.incident.clone())
-                    {
-                        written += self
-                            .execute(
-                                &Command::Note {
-                                    incident,
-                                    text: format!("{order_id} not delivered: {error}"),
-                                },
-                                &system,
-                                now_ms,
-                            )?
-                            .len();
-                    }
-                }
-                DeliveryEvent::UrgeFailed {
-                    order_id,
-                    error,
-                    permanent: true,
-                    ..
-                } => self.notice(format!("urging {order_id} failed: {error}")),
-                _ => {}
             }
         }
-        while let Ok(report) = self.reports.try_recv() {
-            written += self.take_report(report, now_ms)?;
+        // Reports taken together are applied in the order they happened per order.
+        let mut reports: Vec<ReportIn> = self.reports.try_iter().collect();
+        reports.sort_by(|a, b| {
+            let key = |r: &StatusReport| (r.order_id.clone(), r.at_ms, progress(r.status));
+            key(&a.report).cmp(&key(&b.report))
+        });
+        let mut failure = None;
+        for r in reports {
+            if let Some(e) = &failure {
+                r.answer(ReportOutcome::Unavailable {
+                    reason: format!("{e}"),
+                });
+                continue;
+            }
+            match self.take_report(&r.report, now_ms) {
+                Ok((n, outcome)) => {
+                    written += n;
+                    r.answer(outcome);
+                }
+                Err(e) => {
+                    r.answer(ReportOutcome::Unavailable {
+                        reason: "the event log is unavailable".into(),
+                    });
+                    failure = Some(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         // Deadlines are minutes long: looking at every order four times a second is
         // plenty, and keeps a frame cheap with hundreds of thousands of orders.
@@ -355,26 +433,117 @@ impl DispatchService {
             .is_none_or(|t| now_ms < t || now_ms - t >= TICK_EVERY_MS)
         {
             self.last_tick_ms = Some(now_ms);
-            let events = self.dispatcher.tick(now_ms)?;
+            let mut events = Vec::new();
+            let ticked = self.dispatcher.tick(now_ms, &mut events);
             written += events.len();
             self.after(&events);
+            ticked?;
         }
         Ok(written)
     }
 
-    /// A department's report, checked like any command of its liaison.
-    fn take_report(&mut self, report: StatusReport, now_ms: i64) -> Result<usize, DispatchError> {
-        let action = match report.status {
-            OrderStatus::Acknowledged => Action::AcknowledgeOrder,
-            OrderStatus::InProgress => Action::StartOrder,
-            OrderStatus::Done => Action::CompleteOrder,
-            OrderStatus::Rejected => Action::RejectOrder,
-            other => {
-                self.notice(format!(
-                    "{} reported {other:?} for {}: not a status departments report",
-                    report.department, report.order_id
-                ));
-                return Ok(0);
+    /// One result from the outbox.
+    fn take_delivery(&mut self, d: &DeliveryEvent, now_ms: i64) -> Result<usize, DispatchError> {
+        let system = Actor::system();
+        match d {
+            DeliveryEvent::Delivered {
+                order_id, attempts, ..
+            } => {
+                // Record it for an order still waiting for its delivery, also one that
+                // went overdue meanwhile (the department has it; it stays overdue
+                // until signed for). One signed for already needs nothing.
+                let wanted = self.dispatcher.book().order(order_id).is_some_and(|o| {
+                    o.delivered_ms.is_none()
+                        && matches!(o.status, OrderStatus::Issued | OrderStatus::Overdue)
+                });
+                if !wanted {
+                    return Ok(0);
+                }
+                let note = (*attempts > 1).then(|| format!("after {attempts} attempts"));
+                let command = Command::Order {
+                    id: order_id.clone(),
+                    action: Action::RecordDelivery,
+                    note,
+                };
+                match self.execute(&command, &system, now_ms) {
+                    Ok(events) => Ok(events.len()),
+                    Err(DispatchError::Refused(_)) => Ok(0),
+                    Err(e) => Err(e),
+                }
+            }
+            DeliveryEvent::Failed {
+                order_id,
+                error,
+                permanent: true,
+                ..
+            } => {
+                let Some(incident) = self
+                    .dispatcher
+                    .book()
+                    .order(order_id)
+                    .filter(|o| o.status.is_pending())
+                    .map(|o| o.incident.clone())
+                else {
+                    return Ok(0);
+                };
+                let command = Command::Note {
+                    incident,
+                    text: format!("{order_id} not delivered: {error}"),
+                };
+                let n = self.execute(&command, &system, now_ms)?.len();
+                self.notice(format!("{order_id} could not be delivered: {error}"));
+                Ok(n)
+            }
+            DeliveryEvent::UrgeFailed {
+                order_id,
+                error,
+                permanent: true,
+                ..
+            } => {
+                self.notice(format!("urging {order_id} failed: {error}"));
+                Ok(0)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// A department's report, checked like any command of its liaison. A report of a
+    /// later step implies the earlier ones (in progress implies signed for); a report
+    /// of a step the order is already past is a repeat, answered as such.
+    fn take_report(
+        &mut self,
+        report: &StatusReport,
+        now_ms: i64,
+    ) -> Result<(usize, ReportOutcome), DispatchError> {
+        let refused = |reason: String| Ok((0, ReportOutcome::Refused { reason }));
+        let Some(order) = self.dispatcher.book().order(&report.order_id) else {
+            return refused(format!("no order {}", report.order_id));
+        };
+        if order.department != report.department {
+            return refused(format!(
+                "{} is an order to {}, not {}",
+                report.order_id, order.department, report.department
+            ));
+        }
+        let current = order.status;
+        let already = match (progress(current), progress(report.status)) {
+            (Some(now), Some(wanted)) => wanted <= now,
+            _ => current == report.status,
+        };
+        if already {
+            return Ok((0, ReportOutcome::AlreadyRecorded { status: current }));
+        }
+        // The steps to take, earlier ones implied by the report.
+        use OrderStatus::*;
+        let steps: &[Action] = match (current, report.status) {
+            (Issued | Delivered, InProgress) => &[Action::AcknowledgeOrder, Action::StartOrder],
+            (Issued | Delivered, Done) => &[Action::AcknowledgeOrder, Action::CompleteOrder],
+            (_, Acknowledged) => &[Action::AcknowledgeOrder],
+            (_, InProgress) => &[Action::StartOrder],
+            (_, Done) => &[Action::CompleteOrder],
+            (_, Rejected) => &[Action::RejectOrder],
+            (_, other) => {
+                return refused(format!("{other:?} is not a status departments report"));
             }
         };
         let by = if report.by.trim().is_empty() {
@@ -383,90 +552,98 @@ impl DispatchService {
             report.by.clone()
         };
         let liaison = Actor::new(&by, Role::DepartmentLiaison, Some(&report.department));
-        let command = Command::Order {
-            id: report.order_id.clone(),
-            action,
-            note: report.note.clone(),
-        };
-        match self.execute(&command, &liaison, now_ms) {
-            Ok(events) => Ok(events.len()),
-            Err(DispatchError::Refused(why)) => {
-                // A report that repeats the current status (a department retrying) is
-                // not worth a notice.
-                let same = self
-                    .dispatcher
-                    .book()
-                    .order(&report.order_id)
-                    .is_some_and(|o| o.status == report.status);
-                if !same {
-                    self.notice(format!(
+        let mut written = 0;
+        for (i, &action) in steps.iter().enumerate() {
+            let last = i + 1 == steps.len();
+            let command = Command::Report {
+                id: report.order_id.clone(),
+                action,
+                note: if last {
+                    report.note.clone()
+                } else {
+                    Some("implied by a later report".into())
+                },
+                reported_ms: report.at_ms,
+            };
+            match self.execute(&command, &liaison, now_ms) {
+                Ok(events) => written += events.len(),
+                Err(DispatchError::Refused(why)) => {
+                    let text = format!(
                         "report from {} on {} refused: {why}",
                         report.department, report.order_id
+                    );
+                    self.notice(text);
+                    return Ok((
+                        written,
+                        ReportOutcome::Refused {
+                            reason: why.to_string(),
+                        },
                     ));
                 }
-                Ok(0)
+                Err(e) => return Err(e),
             }
-            Err(e) => Err(e),
         }
+        let status = self
+            .dispatcher
+            .book()
+            .order(&report.order_id)
+            .map_or(report.status, |o| o.status);
+        Ok((written, ReportOutcome::Recorded { status }))
     }
 
     /// An alert from a feed or a CAP message: a new incident, a repeat (nothing), or
-    /// the source withdrawing it (noted; closed if nobody has acted on it yet).
+    /// the source withdrawing it (recorded; closed if nobody has acted on it yet).
+    /// The alert is remembered only once what it caused is durable, so an alert whose
+    /// write failed is new again at the next poll.
     pub fn take_alert(&mut self, alert: &AlertIn, now_ms: i64) -> Result<usize, DispatchError> {
         let system = Actor::system();
-        match self.dedup.observe(alert) {
+        let written = match self.dedup.decide(alert) {
             Decision::New => {
                 if alert.cancel {
-                    return Ok(0);
-                }
-                let command = Command::ReportIncident(NewIncident {
-                    kind: alert.kind.clone(),
-                    title: alert.headline.clone(),
-                    domain: alert.domain,
-                    severity: alert.severity,
-                    lon: alert.lon,
-                    lat: alert.lat,
-                    source: alert.source.clone(),
-                    key: Some(alert.key.clone()),
-                });
-                match self.execute(&command, &system, now_ms) {
-                    Ok(events) => Ok(events.len()),
-                    Err(DispatchError::Refused(_)) => Ok(0),
-                    Err(e) => Err(e),
+                    0
+                } else {
+                    let command = Command::ReportIncident(NewIncident {
+                        kind: alert.kind.clone(),
+                        title: alert.headline.clone(),
+                        domain: alert.domain,
+                        severity: alert.severity,
+                        lon: alert.lon,
+                        lat: alert.lat,
+                        source: alert.source.clone(),
+                        key: Some(alert.key.clone()),
+                    });
+                    match self.execute(&command, &system, now_ms) {
+                        Ok(events) => events.len(),
+                        Err(DispatchError::Refused(_)) => 0,
+                        Err(e) => return Err(e),
+                    }
                 }
             }
-            Decision::Duplicate { .. } => Ok(0),
+            Decision::Duplicate { .. } => 0,
             Decision::Cancel { incident_key } => {
-                let Some(inc) = self.dispatcher.book().incident_for_key(&incident_key) else {
-                    return Ok(0);
-                };
-                let (id, status) = (inc.id.clone(), inc.status);
-                let mut written = self
-                    .execute(
-                        &Command::Note {
-                            incident: id.clone(),
-                            text: format!("{} withdrew the alert", alert.source),
-                        },
-                        &system,
-                        now_ms,
-                    )?
-                    .len();
-                if status == IncidentStatus::Reported {
-                    written += self
-                        .execute(
-                            &Command::Incident {
-                                id,
-                                action: Action::CloseIncident,
-                                note: Some("alert withdrawn before anyone acted".into()),
-                            },
-                            &system,
-                            now_ms,
-                        )?
-                        .len();
+                match self.dispatcher.book().incident_for_key(&incident_key) {
+                    None => 0,
+                    Some(inc) => {
+                        let command = Command::WithdrawAlert {
+                            incident: inc.id.clone(),
+                            source: alert.source.clone(),
+                        };
+                        match self.execute(&command, &system, now_ms) {
+                            Ok(events) => events.len(),
+                            Err(DispatchError::Refused(why)) => {
+                                // Not remembered either: a foreign source's cancel
+                                // changes nothing about the incident.
+                                self.notice(format!("withdrawal refused: {why}"));
+                                return Ok(0);
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
-                Ok(written)
             }
-        }
+        };
+        self.dedup.observe(alert);
+        Ok(written)
     }
 }
 
@@ -475,6 +652,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::dispatch::IncidentStatus;
     use crate::dispatch::book::{NewOrder, Severity};
     use crate::dispatch::config::DispatchConfig;
     use crate::feeds::Domain;
@@ -743,5 +921,326 @@ mod tests {
             s.take_alert(&alert, t + 2000).unwrap();
         }
         assert_eq!(s.dispatcher.book().incidents.len(), 1);
+    }
+
+    fn post(url: &str, token: &str, body: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::blocking::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Departments that take orders and never report by themselves.
+    fn silent() -> SimBehaviour {
+        SimBehaviour {
+            fail_rate: 0.0,
+            reject_rate: 0.0,
+            ignore_rate: 1.0,
+            urged_ack_after_s: (3600.0, 3600.0),
+            ..Default::default()
+        }
+    }
+
+    fn one_order(s: &mut DispatchService, department: &str, deadline_ms: i64) {
+        let d = Actor::new("li.wei", Role::Dispatcher, None);
+        let t = now();
+        s.execute(&fire(), &d, t).unwrap();
+        s.execute(
+            &Command::IssueOrders {
+                incident: "INC-000001".into(),
+                orders: orders_to(&[department], deadline_ms),
+            },
+            &d,
+            t,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_report_is_acknowledged_only_once_it_is_in_the_log() {
+        let db = temp_db("durable-report");
+        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+        let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+        one_order(&mut s, "fire", now() + 3_600_000);
+        let url = s.api.status_url("ORD-000001");
+        let posting = {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                post(
+                    &url,
+                    "demo-fire",
+                    r#"{"status":"acknowledged","by":"Wang Fang"}"#,
+                )
+            })
+        };
+        // Not pumped: not written, so not answered.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!posting.is_finished(), "answered before the write");
+        let started = Instant::now();
+        while !posting.is_finished() && started.elapsed() < Duration::from_secs(5) {
+            s.pump(now()).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (status, body) = posting.join().unwrap();
+        assert_eq!(status, 202, "{body}");
+        // It is on disk: another reader of the file sees it.
+        let on_disk = crate::store::EventLog::open_unsealed(&db)
+            .unwrap()
+            .events()
+            .unwrap();
+        assert!(
+            on_disk
+                .iter()
+                .any(|e| e.operator == "Wang Fang" && e.payload.contains("acknowledge_order")),
+            "{on_disk:#?}"
+        );
+        // A repeat is harmless and says so.
+        let repeat = {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                post(
+                    &url,
+                    "demo-fire",
+                    r#"{"status":"acknowledged","by":"Wang Fang"}"#,
+                )
+            })
+        };
+        while !repeat.is_finished() {
+            s.pump(now()).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(repeat.join().unwrap().0, 200);
+        // The service gone (a crash): a report is refused with 503, never a 202.
+        let url2 = s.api.status_url("ORD-000001");
+        let lost = std::thread::spawn(move || {
+            post(&url2, "demo-fire", r#"{"status":"done","by":"Wang Fang"}"#)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        drop(s);
+        let (status, _) = lost.join().unwrap_or((503, serde_json::Value::Null));
+        assert_ne!(status, 202);
+    }
+
+    #[test]
+    fn reports_out_of_order_are_applied_in_order_and_none_is_refused() {
+        let db = temp_db("report-order");
+        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+        let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+        one_order(&mut s, "fire", now() + 3_600_000);
+        let url = s.api.status_url("ORD-000001");
+        let at = |secs: i64| crate::clock::rfc3339_from_unix_ms(now() - 60_000 + secs * 1000);
+        // "in progress" overtakes "acknowledged" on the way.
+        let bodies = [
+            format!(
+                r#"{{"status":"in_progress","by":"Wang Fang","at":"{}"}}"#,
+                at(2)
+            ),
+            format!(
+                r#"{{"status":"acknowledged","by":"Wang Fang","at":"{}"}}"#,
+                at(1)
+            ),
+        ];
+        for body in bodies {
+            let url = url.clone();
+            let t = std::thread::spawn(move || post(&url, "demo-fire", &body));
+            while !t.is_finished() {
+                s.pump(now()).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let (status, answer) = t.join().unwrap();
+            assert!(status == 202 || status == 200, "{status} {answer}");
+        }
+        let o = s.dispatcher.book().order("ORD-000001").unwrap().clone();
+        assert_eq!(o.status, OrderStatus::InProgress);
+        let actions: Vec<_> = o
+            .steps
+            .iter()
+            .filter_map(|x| x.action)
+            .filter(|a| *a != Action::RecordDelivery)
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                Action::IssueOrder,
+                Action::AcknowledgeOrder,
+                Action::StartOrder
+            ]
+        );
+        // The department's own time is kept with the step.
+        let start = o
+            .steps
+            .iter()
+            .find(|x| x.action == Some(Action::StartOrder))
+            .unwrap();
+        assert!(start.reported_ms.is_some());
+        assert!(s.notices.is_empty(), "{:?}", s.notices);
+    }
+
+    #[test]
+    fn closing_an_incident_withdraws_its_orders_at_the_department() {
+        let db = temp_db("cancel");
+        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+        let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+        one_order(&mut s, "fire", now() + 3_600_000);
+        pump_until(&mut s, Duration::from_secs(10), |s| {
+            s.dispatcher.book().orders[0].status == OrderStatus::Delivered
+        });
+        let d = Actor::new("li.wei", Role::Dispatcher, None);
+        s.execute(
+            &Command::Incident {
+                id: "INC-000001".into(),
+                action: Action::ResolveIncident,
+                note: Some("false alarm".into()),
+            },
+            &d,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(s.dispatcher.book().orders[0].status, OrderStatus::Cancelled);
+        let cancelled = |s: &DispatchService| s.sim.as_ref().unwrap().stats().cancelled == 1;
+        pump_until(&mut s, Duration::from_secs(10), cancelled);
+        assert!(cancelled(&s));
+        assert!(s.sim.as_ref().unwrap().jobs()[0].cancelled);
+        // Past the deadline nothing is urged or escalated.
+        s.pump(now() + 2 * 3_600_000).unwrap();
+        assert_eq!(s.dispatcher.book().orders.len(), 1);
+        assert_eq!(s.dispatcher.book().orders[0].urges, 0);
+    }
+
+    #[test]
+    fn a_restart_resends_overdue_undelivered_orders_and_urges() {
+        let db = temp_db("restart-overdue");
+        let t = now();
+        {
+            let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+            let down = SimBehaviour {
+                fail_rate: 1.0,
+                ..silent()
+            };
+            let mut s = DispatchService::start(dispatcher, options(down)).unwrap();
+            one_order(&mut s, "fire", t + 60_000);
+            s.pump(t + 60_000).unwrap();
+            let o = &s.dispatcher.book().orders[0];
+            assert_eq!(
+                (o.status, o.urges, o.delivered_ms),
+                (OrderStatus::Overdue, 1, None)
+            );
+        }
+        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+        let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+        let delivered = |s: &DispatchService| {
+            s.dispatcher.book().orders[0].delivered_ms.is_some()
+                && s.sim.as_ref().unwrap().stats().urges >= 1
+        };
+        pump_until(&mut s, Duration::from_secs(10), delivered);
+        assert!(delivered(&s), "{:#?}", s.dispatcher.book().orders[0]);
+        // Delivered late: still overdue (not signed for), now with its delivery.
+        assert_eq!(s.dispatcher.book().orders[0].status, OrderStatus::Overdue);
+    }
+
+    #[test]
+    fn idempotency_keys_are_unique_across_logs() {
+        // One department system, two event logs that both start at ORD-000001.
+        let mut tokens = std::collections::HashMap::new();
+        tokens.insert("fire".to_string(), "fire-token-0123456789".to_string());
+        let department =
+            DepartmentSim::start("127.0.0.1:0", SimBehaviour { tokens, ..silent() }).unwrap();
+        let config = DispatchConfig::parse(
+            &format!(
+                "[[department]]\nid='fire'\nname='Fire'\ndomain='safety'\nlevel='city'\nendpoint='{}'\ntoken='fire-token-0123456789'\n[[playbook]]\nkind='building_fire'\ntitle='Fire'\norders=[{{department='fire', instruction='Go', deadline_min=30}}]",
+                department.endpoint("fire")
+            ),
+            "test",
+        )
+        .unwrap();
+        for name in ["log-a", "log-b"] {
+            let dispatcher = Dispatcher::open(&temp_db(name), config.clone()).unwrap();
+            let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+            one_order(&mut s, "fire", now() + 3_600_000);
+            pump_until(&mut s, Duration::from_secs(10), |s| {
+                s.dispatcher.book().orders[0].status == OrderStatus::Delivered
+            });
+            assert_eq!(s.dispatcher.book().orders[0].id, "ORD-000001");
+        }
+        let stats = department.stats();
+        assert_eq!((stats.jobs, stats.duplicates), (2, 0), "{stats:?}");
+    }
+
+    #[test]
+    fn an_alert_whose_write_failed_is_new_again_and_withdrawals_survive_a_restart() {
+        let db = temp_db("alert-fail");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let alert = crate::dispatch::alerts::from_cap(&read("helsinki-flood-alert.xml"))
+            .unwrap()
+            .remove(0);
+        let t = now();
+        {
+            let (log, fail_from) = crate::store::testing::FailingLog::open(&db);
+            let dispatcher =
+                Dispatcher::open_store(Box::new(log), DispatchConfig::default_config()).unwrap();
+            let mut s =
+                DispatchService::start(dispatcher, options(SimBehaviour::default())).unwrap();
+            fail_from.store(1, std::sync::atomic::Ordering::Relaxed);
+            assert!(s.take_alert(&alert, t).is_err());
+            assert!(s.dispatcher.book().incidents.is_empty());
+            fail_from.store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
+            // The next poll brings the same alert: it is not a "duplicate".
+            s.take_alert(&alert, t + 1000).unwrap();
+            assert_eq!(s.dispatcher.book().incidents.len(), 1);
+            for file in ["helsinki-flood-update.xml", "helsinki-flood-cancel.xml"] {
+                for a in crate::dispatch::alerts::from_cap(&read(file)).unwrap() {
+                    s.take_alert(&a, t + 2000).unwrap();
+                }
+            }
+            assert!(
+                s.dispatcher.book().incidents[0].withdrawn,
+                "{:?} {:#?}",
+                s.notices,
+                s.dispatcher.book().incidents[0].timeline
+            );
+        }
+        // After a restart the cancel, polled again, adds nothing.
+        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+        let events = dispatcher.log().len();
+        let mut s = DispatchService::start(dispatcher, options(SimBehaviour::default())).unwrap();
+        for file in [
+            "helsinki-flood-alert.xml",
+            "helsinki-flood-update.xml",
+            "helsinki-flood-cancel.xml",
+        ] {
+            for a in crate::dispatch::alerts::from_cap(&read(file)).unwrap() {
+                s.take_alert(&a, t + 3000).unwrap();
+            }
+        }
+        assert_eq!(s.dispatcher.log().len(), events);
+    }
+
+    #[test]
+    fn only_the_source_of_an_alert_may_withdraw_it() {
+        let db = temp_db("foreign-cancel");
+        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+        let mut s = DispatchService::start(dispatcher, options(SimBehaviour::default())).unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
+        let xml = std::fs::read_to_string(dir.join("kallio-building-fire.xml")).unwrap();
+        let fire = crate::dispatch::alerts::from_cap(&xml).unwrap().remove(0);
+        s.take_alert(&fire, now()).unwrap();
+        // Another feed claims the same key and says it is over.
+        let forged = AlertIn {
+            source: "ngsi-ld:someone-else".into(),
+            cancel: true,
+            ..fire.clone()
+        };
+        s.take_alert(&forged, now()).unwrap();
+        let inc = &s.dispatcher.book().incidents[0];
+        assert_eq!(inc.status, IncidentStatus::Reported);
+        assert!(!inc.withdrawn);
+        assert!(s.notices.iter().any(|n| n.contains("cannot withdraw")));
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use super::Simulator;
 use crate::clock::rfc3339_from_unix_ms;
 use crate::feeds::{Domain, EntityUpdate, FieldValue};
+use crate::http::{Limits, Method, Request, Response, Server};
 
 pub const CORE_CONTEXT_LINK: &str = "<https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld>; rel=\"http://www.w3.org/ns/json-ld#context\"; type=\"application/ld+json\"";
 
@@ -79,48 +80,49 @@ pub fn to_ngsi_ld(update: &EntityUpdate) -> Value {
     Value::Object(e)
 }
 
-/// Serves the simulator until the process ends. `sim` is advanced to wall-clock time
-/// on every request.
+/// Starts serving the simulator on `addr` (port 0 picks a free one) on Zhongshu's
+/// hardened HTTP server. `sim` is advanced to wall-clock time on every request.
+pub fn start(addr: &str, sim: Simulator) -> anyhow::Result<Server> {
+    let sim = Arc::new(Mutex::new(sim));
+    let limits = Limits {
+        // Only GETs: no body is needed.
+        max_body_bytes: 1024,
+        ..Limits::default()
+    };
+    Server::start(
+        addr,
+        "serve-sim",
+        limits,
+        Arc::new(move |request: Request| respond(&sim, &request)),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// Serves the simulator until the process ends.
 pub fn serve(addr: &str, sim: Simulator) -> anyhow::Result<()> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let server = start(addr, sim)?;
     eprintln!(
         "zhongshu serve-sim: NGSI-LD on http://{}/ngsi-ld/v1/entities",
-        server.server_addr()
+        server.addr()
     );
-    let server = Arc::new(server);
-    let sim = Arc::new(Mutex::new(sim));
-    // A few workers, so one slow client does not hold up the others.
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (server, sim) = (server.clone(), sim.clone());
-            std::thread::spawn(move || {
-                while let Ok(request) = server.recv() {
-                    let response = respond(&sim, request.url());
-                    let _ = request.respond(response);
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
+    server.wait();
     Ok(())
 }
 
-fn respond(sim: &Mutex<Simulator>, url: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+fn respond(sim: &Mutex<Simulator>, request: &Request) -> Response {
+    let url = request.url();
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let query: HashMap<&str, &str> = query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .collect();
-    let json_header =
-        tiny_http::Header::from_bytes("Content-Type", "application/json").expect("static header");
     if path != "/ngsi-ld/v1/entities" {
         let body = json!({"type": "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound", "title": "Not found", "detail": path});
-        return tiny_http::Response::from_string(body.to_string())
-            .with_status_code(404)
-            .with_header(json_header);
+        return Response::json(404, &body);
+    }
+    if request.method != Method::GET && request.method != Method::HEAD {
+        let body = json!({"type": "https://uri.etsi.org/ngsi-ld/errors/OperationNotSupported", "title": "Only GET", "detail": request.method.as_str()});
+        return Response::json(405, &body);
     }
     let limit: usize = query
         .get("limit")
@@ -134,9 +136,7 @@ fn respond(sim: &Mutex<Simulator>, url: &str) -> tiny_http::Response<std::io::Cu
     let wanted = query.get("type").copied();
     let (page, total) = {
         let Ok(mut sim) = sim.lock() else {
-            return tiny_http::Response::from_string("{}")
-                .with_status_code(500)
-                .with_header(json_header);
+            return Response::json(500, &json!({}));
         };
         sim.advance(crate::feeds::poll::unix_ms_now());
         let all: Vec<EntityUpdate> = Domain::ALL
@@ -153,16 +153,10 @@ fn respond(sim: &Mutex<Simulator>, url: &str) -> tiny_http::Response<std::io::Cu
             .collect();
         (page, total)
     };
-    let mut response = tiny_http::Response::from_string(Value::Array(page).to_string())
-        .with_header(json_header)
-        .with_header(
-            tiny_http::Header::from_bytes("Link", CORE_CONTEXT_LINK).expect("static header"),
-        );
+    let mut response =
+        Response::json(200, &Value::Array(page)).with_header("Link", CORE_CONTEXT_LINK);
     if query.get("count") == Some(&"true") {
-        response = response.with_header(
-            tiny_http::Header::from_bytes("NGSILD-Results-Count", total.to_string())
-                .expect("digits"),
-        );
+        response = response.with_header("NGSILD-Results-Count", total.to_string());
     }
     response
 }

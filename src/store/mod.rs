@@ -1,7 +1,19 @@
-//! The durable, append-only event log: SQLite in WAL mode with `synchronous=FULL`, so an
-//! event is on disk before the caller shows it as done. Each event carries the SHA-256
-//! of the previous one, so any later change to a stored event breaks the chain and is
-//! detected by [`EventLog::verify`] (`zhongshu audit verify`).
+//! The durable, append-only event log behind one trait, [`EventStore`]. The embedded
+//! store is SQLite in WAL mode with `synchronous=FULL`, so an event is on disk before
+//! the caller shows it as done.
+//!
+//! Tamper evidence has three layers:
+//! - each event carries the SHA-256 of the previous one (the chain), so an edit in
+//!   place breaks it;
+//! - every commit is sealed with an HMAC-SHA256 under a key kept outside the database
+//!   ([`SealKey`], a file), so a rewrite with recomputed hashes fails the seals;
+//! - the head of the log (last sequence number and hash, sealed) is also written to a
+//!   witness file beside the database, so deleting events at the end (truncation),
+//!   which leaves a shorter but consistent chain, is caught.
+//!
+//! [`EventStore::verify`] (`zhongshu audit verify`) checks all three.
+
+mod seal;
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::dispatch::Role;
+pub use seal::{Checkpoint, SealKey};
 
 /// The hash before the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -22,6 +34,11 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("seal key {path}: {message}")]
+    Key { path: PathBuf, message: String },
+    /// A store that injects faults in tests, or a remote store that is unreachable.
+    #[error("event log {what}: {message}")]
+    Unavailable { what: String, message: String },
 }
 
 /// One stored event.
@@ -37,13 +54,60 @@ pub struct StoredEvent {
     pub hash: String,
 }
 
-/// The result of checking the chain.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// The result of checking the log: the chain, the seals and the witness.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct VerifyReport {
     pub events: u64,
+    /// Everything checked holds: links, hashes, seals and the witness.
     pub chain_ok: bool,
-    /// Sequence number of the first event whose hash does not match.
+    /// Sequence number of the first event that cannot be trusted: whose hash does not
+    /// match, or the first after the last good seal when a seal fails.
     pub first_bad_event: Option<i64>,
+    /// A seal key was at hand and every seal was checked with it.
+    pub sealed: bool,
+    /// Seals checked (one per commit).
+    pub seals: u64,
+    /// Events at the end were removed: the witness names a head the log no longer has.
+    pub truncated: bool,
+    /// The last checkpoint (sealed head) that still matches the log.
+    pub last_good_checkpoint: Option<Checkpoint>,
+    /// What the witness file says the head is.
+    pub witness: Option<Checkpoint>,
+    /// Each thing found wrong, in words.
+    pub problems: Vec<String>,
+    /// What could not be checked, in words.
+    pub notes: Vec<String>,
+}
+
+/// One log of events behind a common interface: SQLite in the embedded mode; the
+/// hall's stream in a hall. Appends are all-or-nothing and durable on return.
+pub trait EventStore: Send {
+    /// Where the log lives, for messages.
+    fn describe(&self) -> String;
+    /// A random id given to the log when it was created: unique across logs, so
+    /// idempotency keys built from it never collide with another log's.
+    fn log_id(&self) -> &str;
+    /// Number of events.
+    fn len(&self) -> i64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Appends events `(kind, payload JSON)` by one operator at one time: all are
+    /// durable when this returns, or none is written.
+    fn append_all(
+        &mut self,
+        at_ms: i64,
+        operator: &str,
+        role: &str,
+        events: &[(&str, String)],
+    ) -> Result<(), StoreError>;
+    /// Streams `(at_ms, operator, role, payload)` of every event in order.
+    fn scan_replay(&self, f: &mut dyn FnMut(i64, &str, &str, &str)) -> Result<(), StoreError>;
+    /// Checks the chain, the seals and the witness.
+    fn verify(&self) -> Result<VerifyReport, StoreError>;
+    /// What a quick look at open found wrong with the witness (truncation, a head
+    /// that was rewritten); the full check is [`EventStore::verify`].
+    fn integrity_alarm(&self) -> Option<String>;
 }
 
 /// Hash of an event's content chained to the previous hash.
@@ -79,16 +143,79 @@ pub fn event_hash(
     out
 }
 
-/// The append-only log.
+/// Where the seal key and the witness of a log live.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SealOptions {
+    /// The key file. `None`: the log is not sealed (tests, tools).
+    pub key: Option<PathBuf>,
+    /// Create the key file (mode 0600) when it does not exist.
+    pub create_key: bool,
+    /// The witness file of the head.
+    pub witness: Option<PathBuf>,
+}
+
+impl SealOptions {
+    /// The defaults for a log at `db`: key `<db>.key` (created when missing) and
+    /// witness `<db>.head`, both beside the database, never inside it.
+    pub fn beside(db: &Path) -> Self {
+        Self {
+            key: Some(suffixed(db, ".key")),
+            create_key: true,
+            witness: Some(suffixed(db, ".head")),
+        }
+    }
+
+    /// As [`SealOptions::beside`] with another key file (`--seal-key`).
+    pub fn with_key(db: &Path, key: Option<&Path>) -> Self {
+        let mut o = Self::beside(db);
+        if let Some(k) = key {
+            o.key = Some(k.to_path_buf());
+            o.create_key = false;
+        }
+        o
+    }
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The append-only log on SQLite.
 pub struct EventLog {
     conn: Connection,
     path: PathBuf,
     last: Option<(i64, String)>,
+    log_id: String,
+    key: Option<SealKey>,
+    key_path: Option<PathBuf>,
+    witness: Option<PathBuf>,
+    /// Set when the witness disagreed with the log at open: the witness is then left
+    /// as it is (the evidence), never overwritten.
+    alarm: Option<String>,
 }
 
 impl EventLog {
-    /// Opens (or creates) the log at `path`.
+    /// Opens (or creates) the log at `path`, sealed with the key and witness beside it
+    /// ([`SealOptions::beside`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, &SealOptions::beside(path))
+    }
+
+    /// Opens (or creates) the log without seal or witness (tools and tests).
+    pub fn open_unsealed(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(
+            path,
+            &SealOptions {
+                key: None,
+                create_key: false,
+                witness: None,
+            },
+        )
+    }
+
+    pub fn open_with(path: &Path, seal: &SealOptions) -> Result<Self, StoreError> {
         let err = |source| StoreError::Sqlite {
             path: path.to_path_buf(),
             source,
@@ -108,9 +235,37 @@ impl EventLog {
                 payload TEXT NOT NULL,
                 prev_hash TEXT NOT NULL,
                 hash TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS seals (
+                seq INTEGER PRIMARY KEY,
+                hash TEXT NOT NULL,
+                at_ms INTEGER NOT NULL,
+                mac TEXT NOT NULL
             );",
         )
         .map_err(err)?;
+        let log_id = match conn
+            .query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .map_err(err)?
+        {
+            Some(id) => id,
+            None => {
+                let id = seal::random_hex(16).map_err(|message| StoreError::Key {
+                    path: path.to_path_buf(),
+                    message,
+                })?;
+                conn.execute(
+                    "INSERT INTO meta (name, value) VALUES ('log_id', ?1)",
+                    params![id],
+                )
+                .map_err(err)?;
+                id
+            }
+        };
         let last = conn
             .query_row(
                 "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
@@ -119,11 +274,29 @@ impl EventLog {
             )
             .optional()
             .map_err(err)?;
-        Ok(Self {
+        let key = match &seal.key {
+            Some(k) if seal.create_key => Some(SealKey::load_or_create(k)?),
+            Some(k) if k.exists() => Some(SealKey::load(k)?),
+            Some(k) => {
+                return Err(StoreError::Key {
+                    path: k.clone(),
+                    message: "no such file".into(),
+                });
+            }
+            None => None,
+        };
+        let mut log = Self {
             conn,
             path: path.to_path_buf(),
             last,
-        })
+            log_id,
+            key,
+            key_path: seal.key.clone(),
+            witness: seal.witness.clone(),
+            alarm: None,
+        };
+        log.alarm = log.check_witness().err();
+        Ok(log)
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
@@ -133,12 +306,68 @@ impl EventLog {
         }
     }
 
+    /// The witness against the log's current head, quickly: `Err` names what is
+    /// wrong. A missing witness is fine for an empty log.
+    fn check_witness(&self) -> Result<(), String> {
+        let Some(path) = &self.witness else {
+            return Ok(());
+        };
+        let witness = match Checkpoint::read(path) {
+            Ok(Some(w)) => w,
+            Ok(None) if self.last.is_none() => return Ok(()),
+            Ok(None) => {
+                // A sealed log always leaves a witness; an old log before sealing does
+                // not, and gets one with its next commit.
+                let sealed: i64 = self
+                    .conn
+                    .query_row("SELECT count(*) FROM seals", [], |r| r.get(0))
+                    .unwrap_or(0);
+                return if sealed > 0 {
+                    Err(format!("the witness {} is missing", path.display()))
+                } else {
+                    Ok(())
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        if witness.log_id != self.log_id {
+            return Err(format!(
+                "the witness {} is of another log ({})",
+                path.display(),
+                witness.log_id
+            ));
+        }
+        let len = self.last.as_ref().map_or(0, |(s, _)| *s);
+        if witness.seq > len {
+            return Err(format!(
+                "truncated: the witness says {} events, the log has {len}",
+                witness.seq
+            ));
+        }
+        let hash: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT hash FROM events WHERE seq = ?1",
+                params![witness.seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| e.to_string())?;
+        if hash.as_deref() != Some(witness.hash.as_str()) {
+            return Err(format!(
+                "event {} is not the one the witness saw: the log was rewritten",
+                witness.seq
+            ));
+        }
+        Ok(())
+    }
+
     /// Appends one event; when this returns, the event is durable.
     pub fn append(
         &mut self,
         at_ms: i64,
         operator: &str,
-        role: Role,
+        role: &str,
         kind: &str,
         payload: &serde_json::Value,
     ) -> Result<StoredEvent, StoreError> {
@@ -150,7 +379,7 @@ impl EventLog {
             seq,
             at_ms,
             operator: operator.into(),
-            role: role.as_str().into(),
+            role: role.into(),
             kind: kind.into(),
             payload,
             prev_hash,
@@ -164,21 +393,23 @@ impl EventLog {
             .map_or_else(|| GENESIS_HASH.to_string(), |(_, h)| h.clone())
     }
 
-    /// Appends events `(kind, payload JSON)` in one transaction: all are durable when
-    /// this returns, or none is written.
+    /// Appends events `(kind, payload JSON)` in one transaction, sealed: all are
+    /// durable when this returns, or none is written.
     pub fn append_all(
         &mut self,
         at_ms: i64,
         operator: &str,
-        role: Role,
+        role: &str,
         events: &[(&str, String)],
     ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let path = &self.path;
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
-        let role = role.as_str();
         let (mut seq, mut prev_hash) = self.last.clone().unwrap_or((0, GENESIS_HASH.to_string()));
         let tx = self.conn.transaction().map_err(err)?;
         {
@@ -198,8 +429,25 @@ impl EventLog {
                 prev_hash = hash;
             }
         }
+        let checkpoint = self
+            .key
+            .as_ref()
+            .map(|key| Checkpoint::sealed(key, &self.log_id, seq, &prev_hash, at_ms));
+        if let Some(c) = &checkpoint {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO seals (seq, hash, at_ms, mac) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![c.seq, c.hash, c.at_ms, c.mac]))
+            .map_err(err)?;
+        }
         tx.commit().map_err(err)?;
         self.last = Some((seq, prev_hash));
+        // The witness follows the head; a witness that lags (a crash between the
+        // commit and this write) is harmless: it still names an event the log has.
+        // After an alarm it is left alone as evidence.
+        if let (Some(c), Some(path), None) = (&checkpoint, &self.witness, &self.alarm) {
+            let _ = c.write(path);
+        }
         Ok(())
     }
 
@@ -214,6 +462,21 @@ impl EventLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The random id of this log (see [`EventStore::log_id`]).
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// The seal key file in use, if any.
+    pub fn key_path(&self) -> Option<&Path> {
+        self.key_path.as_deref()
+    }
+
+    /// What the witness check at open found wrong, if anything.
+    pub fn integrity_alarm(&self) -> Option<&str> {
+        self.alarm.as_deref()
     }
 
     /// Streams `(at_ms, operator, role, payload)` of every event in order, reading
@@ -276,7 +539,27 @@ impl EventLog {
         Ok(all)
     }
 
-    /// Recomputes the chain from the first event; the first mismatch is reported.
+    /// Every seal, in order of sequence.
+    fn seals(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, hash, at_ms, mac FROM seals ORDER BY seq")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Checkpoint {
+                    log_id: self.log_id.clone(),
+                    seq: r.get(0)?,
+                    hash: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    mac: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Checks the chain from the first event, every seal, and the witness.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         self.verify_with(|_| {})
     }
@@ -284,12 +567,26 @@ impl EventLog {
     /// As [`EventLog::verify`], showing each event to `f` on the way, so a caller that
     /// also wants to count or index the events reads the log once.
     pub fn verify_with(&self, mut f: impl FnMut(&StoredEvent)) -> Result<VerifyReport, StoreError> {
+        let seals = self.seals()?;
+        let witness = match &self.witness {
+            Some(path) => Checkpoint::read(path).unwrap_or(None),
+            None => None,
+        };
+        // Hashes the seals and the witness name, looked up as the chain goes by.
+        let mut wanted: std::collections::HashMap<i64, Option<String>> = seals
+            .iter()
+            .map(|c| (c.seq, None))
+            .chain(witness.iter().map(|w| (w.seq, None)))
+            .collect();
         let mut prev = GENESIS_HASH.to_string();
         let mut count = 0u64;
         let mut first_bad = None;
         self.scan(|e| {
             count += 1;
             f(&e);
+            if let Some(slot) = wanted.get_mut(&e.seq) {
+                *slot = Some(e.hash.clone());
+            }
             if first_bad.is_some() {
                 return;
             }
@@ -307,11 +604,217 @@ impl EventLog {
             }
             prev = e.hash;
         })?;
-        Ok(VerifyReport {
+        let mut report = VerifyReport {
             events: count,
-            chain_ok: first_bad.is_none(),
             first_bad_event: first_bad,
-        })
+            sealed: self.key.is_some(),
+            seals: seals.len() as u64,
+            witness: witness.clone(),
+            ..Default::default()
+        };
+        if let Some(bad) = first_bad {
+            report
+                .problems
+                .push(format!("event {bad} does not match its hash or link"));
+        }
+        // Seals: each must verify under the key and name the hash the log has at its
+        // sequence number. The last good one is the trusted prefix.
+        let chain_good_until = first_bad.map_or(i64::MAX, |b| b - 1);
+        let mut seal_failed = false;
+        for c in &seals {
+            let mac_ok = self.key.as_ref().is_none_or(|k| c.verify(k));
+            let matches = wanted.get(&c.seq).and_then(|h| h.as_deref()) == Some(c.hash.as_str());
+            if mac_ok && matches && !seal_failed && c.seq <= chain_good_until {
+                report.last_good_checkpoint = Some(c.clone());
+                continue;
+            }
+            if !seal_failed {
+                seal_failed = true;
+                let after = report.last_good_checkpoint.as_ref().map_or(0, |g| g.seq);
+                report.first_bad_event = Some(
+                    report
+                        .first_bad_event
+                        .map_or(after + 1, |b| b.min(after + 1)),
+                );
+                report.problems.push(if !mac_ok {
+                    format!(
+                        "the seal of event {} does not verify under the key: the log was rewritten",
+                        c.seq
+                    )
+                } else if c.seq > count as i64 {
+                    format!(
+                        "the seal of event {} names an event the log no longer has",
+                        c.seq
+                    )
+                } else {
+                    format!(
+                        "event {} is not the one that was sealed: the log was rewritten",
+                        c.seq
+                    )
+                });
+            }
+        }
+        if seals.last().is_some_and(|c| c.seq > count as i64) {
+            report.truncated = true;
+        }
+        if self.key.is_none() && !seals.is_empty() {
+            report.notes.push(
+                "no seal key at hand: seals and witness were checked against the log, not the key"
+                    .into(),
+            );
+        }
+        // Events after the last seal were written without the key.
+        if self.key.is_some()
+            && let Some(last) = seals.last()
+            && (count as i64) > last.seq
+        {
+            report
+                .problems
+                .push(format!("events {}..{count} carry no seal", last.seq + 1));
+            report.first_bad_event.get_or_insert(last.seq + 1);
+        }
+        match (&witness, &self.witness) {
+            (Some(w), _) => {
+                let mac_ok = self.key.as_ref().is_none_or(|k| w.verify(k));
+                if w.log_id != self.log_id {
+                    report
+                        .problems
+                        .push(format!("the witness is of another log ({})", w.log_id));
+                } else if !mac_ok {
+                    report
+                        .problems
+                        .push("the witness does not verify under the key".into());
+                } else if w.seq > count as i64 {
+                    report.truncated = true;
+                    report.problems.push(format!(
+                        "truncated: the witness says {} events, the log has {count}",
+                        w.seq
+                    ));
+                } else if wanted.get(&w.seq).and_then(|h| h.as_deref()) != Some(w.hash.as_str()) {
+                    report.problems.push(format!(
+                        "event {} is not the one the witness saw: the log was rewritten",
+                        w.seq
+                    ));
+                }
+            }
+            (None, Some(path)) if !seals.is_empty() => {
+                report
+                    .problems
+                    .push(format!("the witness {} is missing", path.display()));
+            }
+            _ => {}
+        }
+        report.chain_ok = report.problems.is_empty();
+        Ok(report)
+    }
+}
+
+impl EventStore for EventLog {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    fn len(&self) -> i64 {
+        EventLog::len(self)
+    }
+
+    fn append_all(
+        &mut self,
+        at_ms: i64,
+        operator: &str,
+        role: &str,
+        events: &[(&str, String)],
+    ) -> Result<(), StoreError> {
+        EventLog::append_all(self, at_ms, operator, role, events)
+    }
+
+    fn scan_replay(&self, f: &mut dyn FnMut(i64, &str, &str, &str)) -> Result<(), StoreError> {
+        EventLog::scan_replay(self, f)
+    }
+
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        EventLog::verify(self)
+    }
+
+    fn integrity_alarm(&self) -> Option<String> {
+        self.alarm.clone()
+    }
+}
+
+/// A store for tests of failure handling: the real SQLite log, failing every append
+/// from a set number on (a full disk, a lost volume).
+#[cfg(test)]
+pub mod testing {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    pub struct FailingLog {
+        inner: EventLog,
+        appends: usize,
+        fail_from: Arc<AtomicUsize>,
+    }
+
+    impl FailingLog {
+        /// The log at `path`, and the switch: appends numbered from it on fail
+        /// (`usize::MAX`: none).
+        pub fn open(path: &Path) -> (FailingLog, Arc<AtomicUsize>) {
+            let fail_from = Arc::new(AtomicUsize::new(usize::MAX));
+            let log = FailingLog {
+                inner: EventLog::open(path).expect("open the log"),
+                appends: 0,
+                fail_from: fail_from.clone(),
+            };
+            (log, fail_from)
+        }
+
+        /// Appends made so far (failed ones included).
+        pub fn appends(&self) -> usize {
+            self.appends
+        }
+    }
+
+    impl EventStore for FailingLog {
+        fn describe(&self) -> String {
+            EventStore::describe(&self.inner)
+        }
+        fn log_id(&self) -> &str {
+            EventStore::log_id(&self.inner)
+        }
+        fn len(&self) -> i64 {
+            self.inner.len()
+        }
+        fn append_all(
+            &mut self,
+            at_ms: i64,
+            operator: &str,
+            role: &str,
+            events: &[(&str, String)],
+        ) -> Result<(), StoreError> {
+            self.appends += 1;
+            if self.appends >= self.fail_from.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable {
+                    what: EventStore::describe(&self.inner),
+                    message: "disk full".into(),
+                });
+            }
+            self.inner.append_all(at_ms, operator, role, events)
+        }
+        fn scan_replay(&self, f: &mut dyn FnMut(i64, &str, &str, &str)) -> Result<(), StoreError> {
+            self.inner.scan_replay(f)
+        }
+        fn verify(&self) -> Result<VerifyReport, StoreError> {
+            self.inner.verify()
+        }
+        fn integrity_alarm(&self) -> Option<String> {
+            EventStore::integrity_alarm(&self.inner)
+        }
     }
 }
 
@@ -335,7 +838,7 @@ mod tests {
             log.append(
                 1,
                 "li.wei",
-                Role::Dispatcher,
+                "dispatcher",
                 "report_incident",
                 &serde_json::json!({"kind": "fire"}),
             )
@@ -343,7 +846,7 @@ mod tests {
             log.append(
                 2,
                 "li.wei",
-                Role::Dispatcher,
+                "dispatcher",
                 "issue_order",
                 &serde_json::json!({"to": "fire"}),
             )
@@ -354,7 +857,7 @@ mod tests {
             .append(
                 3,
                 "chen",
-                Role::DepartmentLiaison,
+                "department_liaison",
                 "acknowledge_order",
                 &serde_json::json!({}),
             )
@@ -364,14 +867,14 @@ mod tests {
         assert_eq!(events.len(), 3);
         assert_eq!(events[2].prev_hash, events[1].hash);
         assert_eq!(events[0].role, "dispatcher");
+        let report = log.verify().unwrap();
         assert_eq!(
-            log.verify().unwrap(),
-            VerifyReport {
-                events: 3,
-                chain_ok: true,
-                first_bad_event: None
-            }
+            (report.events, report.chain_ok, report.first_bad_event),
+            (3, true, None),
+            "{report:?}"
         );
+        assert!(report.sealed && report.seals == 3, "{report:?}");
+        assert_eq!(report.last_good_checkpoint.unwrap().seq, 3);
         let mode: String = log
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -387,7 +890,7 @@ mod tests {
             log.append(
                 i,
                 "op",
-                Role::Operator,
+                "operator",
                 "report_incident",
                 &serde_json::json!({"n": i}),
             )
@@ -399,19 +902,17 @@ mod tests {
             .unwrap();
         let report = EventLog::open(&path).unwrap().verify().unwrap();
         assert_eq!(
-            report,
-            VerifyReport {
-                events: 5,
-                chain_ok: false,
-                first_bad_event: Some(3)
-            }
+            (report.events, report.chain_ok, report.first_bad_event),
+            (5, false, Some(3)),
+            "{report:?}"
         );
         // Deleting an event breaks the chain too.
         raw.execute("UPDATE events SET payload = '{\"n\":3}' WHERE seq = 3", [])
             .unwrap();
         raw.execute("DELETE FROM events WHERE seq = 2", []).unwrap();
         let report = EventLog::open(&path).unwrap().verify().unwrap();
-        assert_eq!((report.chain_ok, report.first_bad_event), (false, Some(3)));
+        // The seal of event 2 names an event the log no longer has.
+        assert_eq!((report.chain_ok, report.first_bad_event), (false, Some(2)));
     }
 
     #[test]
@@ -423,5 +924,143 @@ mod tests {
             err.to_string().contains("/nonexistent/dir/events.db"),
             "{err}"
         );
+    }
+
+    fn five_events(name: &str) -> PathBuf {
+        let path = temp_db(name);
+        let mut log = EventLog::open(&path).unwrap();
+        for i in 1..=5 {
+            log.append(i, "op", "operator", "note", &serde_json::json!({"n": i}))
+                .unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn truncation_at_the_end_is_caught_by_the_witness_and_seals() {
+        for keep in [4, 1, 0] {
+            let path = five_events(&format!("truncate{keep}"));
+            let raw = Connection::open(&path).unwrap();
+            raw.execute("DELETE FROM events WHERE seq > ?1", params![keep])
+                .unwrap();
+            // The seals of the deleted events go too: only the witness remains.
+            raw.execute("DELETE FROM seals WHERE seq > ?1", params![keep])
+                .unwrap();
+            let log = EventLog::open(&path).unwrap();
+            assert!(log.integrity_alarm().unwrap().contains("truncated"));
+            let report = log.verify().unwrap();
+            assert!(!report.chain_ok, "keep {keep}: {report:?}");
+            assert!(report.truncated, "keep {keep}: {report:?}");
+            assert_eq!(report.witness.as_ref().unwrap().seq, 5);
+            assert_eq!(
+                report.last_good_checkpoint.as_ref().map(|c| c.seq),
+                (keep > 0).then_some(keep)
+            );
+        }
+    }
+
+    #[test]
+    fn reopening_a_truncated_log_does_not_reseal_it() {
+        let path = five_events("reseal");
+        let raw = Connection::open(&path).unwrap();
+        raw.execute("DELETE FROM events WHERE seq > 2", []).unwrap();
+        raw.execute("DELETE FROM seals WHERE seq > 2", []).unwrap();
+        {
+            let mut log = EventLog::open(&path).unwrap();
+            for i in 0..5 {
+                log.append(10 + i, "op", "operator", "note", &serde_json::json!({}))
+                    .unwrap();
+            }
+        }
+        let report = EventLog::open(&path).unwrap().verify().unwrap();
+        assert!(!report.chain_ok, "{report:?}");
+        assert!(
+            report.problems.iter().any(|p| p.contains("witness")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn a_rewrite_with_recomputed_hashes_fails_the_seals() {
+        let path = five_events("rewrite");
+        // Someone with the database but not the key rewrites event 3 and recomputes
+        // every hash after it, seals' hashes included.
+        let raw = Connection::open(&path).unwrap();
+        let events = EventLog::open_unsealed(&path).unwrap().events().unwrap();
+        let mut prev = events[1].hash.clone();
+        for e in &events[2..] {
+            let payload = if e.seq == 3 {
+                "{\"n\":99}".to_string()
+            } else {
+                e.payload.clone()
+            };
+            let hash = event_hash(
+                &prev,
+                e.seq,
+                e.at_ms,
+                &e.operator,
+                &e.role,
+                &e.kind,
+                &payload,
+            );
+            raw.execute(
+                "UPDATE events SET payload = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+                params![payload, prev, hash, e.seq],
+            )
+            .unwrap();
+            raw.execute(
+                "UPDATE seals SET hash = ?1 WHERE seq = ?2",
+                params![hash, e.seq],
+            )
+            .unwrap();
+            prev = hash;
+        }
+        // The chain alone is consistent again...
+        let unsealed = EventLog::open_unsealed(&path).unwrap();
+        let events_after = unsealed.events().unwrap();
+        assert_eq!(events_after[4].prev_hash, events_after[3].hash);
+        // ...but the seals and the witness are not.
+        let report = EventLog::open(&path).unwrap().verify().unwrap();
+        assert!(!report.chain_ok, "{report:?}");
+        assert_eq!(report.first_bad_event, Some(3), "{report:?}");
+        assert_eq!(report.last_good_checkpoint.unwrap().seq, 2);
+        // A forged witness without the key does not verify either.
+        let witness = suffixed(&path, ".head");
+        let mut forged = Checkpoint::read(&witness).unwrap().unwrap();
+        forged.hash = prev;
+        forged.write(&witness).unwrap();
+        let report = EventLog::open(&path).unwrap().verify().unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.contains("witness")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn logs_have_distinct_ids_and_the_key_lives_outside_the_database() {
+        let a = five_events("id-a");
+        let b = five_events("id-b");
+        let (la, lb) = (EventLog::open(&a).unwrap(), EventLog::open(&b).unwrap());
+        assert_ne!(la.log_id(), lb.log_id());
+        assert_eq!(la.log_id().len(), 32);
+        let key = std::fs::read_to_string(suffixed(&a, ".key")).unwrap();
+        let raw = Connection::open(&a).unwrap();
+        let dump: Vec<String> = raw
+            .prepare("SELECT mac FROM seals")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(dump.iter().all(|m| !m.contains(key.trim())));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(suffixed(&a, ".key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 }

@@ -1,31 +1,32 @@
 //! The status API: the Zhongshu-side HTTP server departments report order status to.
+//! A report is answered only after the dispatch service has written it to the
+//! durable log (or refused it): a 202 is a promise that the report survives a crash.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, RwLock};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{
-    HttpResponse, body_error_response, error_response, header_value, json_response, path_segments,
-    read_body,
-};
+use super::{HttpResponse, error_response, header_value, json_response, path_segments};
 use crate::dispatch::OrderStatus;
 use crate::feeds::decode::parse_rfc3339_ms;
 use crate::feeds::poll::unix_ms_now;
+use crate::http::{Limits, Request, Server};
 
 /// Largest status report body accepted.
 const MAX_REPORT_BYTES: usize = 64 * 1024;
 /// Longest `by` and `note` accepted, in characters.
 const MAX_BY_CHARS: usize = 200;
 const MAX_NOTE_CHARS: usize = 4000;
-/// Request-handling threads.
-const WORKERS: usize = 4;
+/// How long a report waits for the service to make it durable before the
+/// department is told to try again.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// A report's `at` may be at most this far ahead of our clock.
+const MAX_AT_AHEAD_MS: i64 = 5 * 60_000;
 
 /// A department and the bearer token it reports with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,19 +72,55 @@ pub struct OrderSnapshot {
 /// Order snapshots by order id, shared between the integrator and the server.
 pub type OrderSnapshots = Arc<RwLock<HashMap<String, OrderSnapshot>>>;
 
+/// What became of a report, as the department is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// Written to the durable log: 202.
+    Recorded { status: OrderStatus },
+    /// Nothing new: the order already has this status or a later one (a retry, or a
+    /// report that arrived after the one it precedes): 200.
+    AlreadyRecorded { status: OrderStatus },
+    /// The order's state does not allow it: 409, with the reason.
+    Refused { reason: String },
+    /// Not written (the log is unavailable): 503, try again.
+    Unavailable { reason: String },
+}
+
+/// A report on its way to the dispatch service, which must [`ReportIn::answer`] it
+/// once the report is durable (or refused).
+#[derive(Debug)]
+pub struct ReportIn {
+    pub report: StatusReport,
+    reply: SyncSender<ReportOutcome>,
+}
+
+impl ReportIn {
+    /// Tells the waiting department what became of its report.
+    pub fn answer(self, outcome: ReportOutcome) {
+        let _ = self.reply.try_send(outcome);
+    }
+}
+
 /// The running status API; dropping it stops the server.
 pub struct StatusApi {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    /// Held for its drop, which stops the server.
+    _server: Server,
     snapshots: OrderSnapshots,
 }
 
 struct Shared {
-    /// Token → department id.
-    tokens: HashMap<String, String>,
-    reports: Sender<StatusReport>,
+    /// SHA-256 of each token → department id: tokens are compared as digests, in
+    /// constant time, so neither their length nor a prefix leaks through timing.
+    tokens: Vec<([u8; 32], String)>,
+    reports: Sender<ReportIn>,
     snapshots: OrderSnapshots,
+    ack_timeout: Duration,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl StatusApi {
@@ -92,7 +129,17 @@ impl StatusApi {
     pub fn start(
         addr: &str,
         departments: Vec<DepartmentAuth>,
-    ) -> anyhow::Result<(StatusApi, Receiver<StatusReport>)> {
+    ) -> anyhow::Result<(StatusApi, Receiver<ReportIn>)> {
+        Self::start_with(addr, departments, ACK_TIMEOUT)
+    }
+
+    /// As [`StatusApi::start`], waiting at most `ack_timeout` for each report to be
+    /// made durable.
+    pub fn start_with(
+        addr: &str,
+        departments: Vec<DepartmentAuth>,
+        ack_timeout: Duration,
+    ) -> anyhow::Result<(StatusApi, Receiver<ReportIn>)> {
         let mut tokens = HashMap::new();
         for d in departments {
             if d.token.trim().is_empty() {
@@ -107,43 +154,32 @@ impl StatusApi {
                 );
             }
         }
-        let server = tiny_http::Server::http(addr)
-            .map_err(|e| anyhow::anyhow!("status API cannot listen on {addr}: {e}"))?;
-        let bound = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| anyhow::anyhow!("status API on {addr}: not an IP address"))?;
         let (reports, rx) = mpsc::channel();
         let snapshots = OrderSnapshots::default();
         let shared = Arc::new(Shared {
-            tokens,
+            tokens: tokens
+                .into_iter()
+                .map(|(token, department)| (digest(&token), department))
+                .collect(),
             reports,
             snapshots: snapshots.clone(),
+            ack_timeout,
         });
-        let server = Arc::new(server);
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..WORKERS)
-            .map(|i| {
-                let (server, shared, stop) = (server.clone(), shared.clone(), stop.clone());
-                std::thread::Builder::new()
-                    .name(format!("status api {i}"))
-                    .spawn(move || {
-                        while !stop.load(Ordering::Relaxed) {
-                            match server.recv_timeout(Duration::from_millis(100)) {
-                                Ok(Some(request)) => handle(&shared, request),
-                                Ok(None) => {}
-                                Err(_) => break,
-                            }
-                        }
-                    })
-                    .expect("spawn a status API thread")
-            })
-            .collect();
+        let limits = Limits {
+            max_body_bytes: MAX_REPORT_BYTES,
+            ..Limits::default()
+        };
+        let server = Server::start(
+            addr,
+            "status api",
+            limits,
+            Arc::new(move |request| respond(&shared, &request)),
+        )
+        .map_err(|e| anyhow::anyhow!("status API cannot listen on {addr}: {e}"))?;
         Ok((
             StatusApi {
-                addr: bound,
-                stop,
-                threads,
+                addr: server.addr(),
+                _server: server,
                 snapshots,
             },
             rx,
@@ -181,28 +217,10 @@ impl StatusApi {
 
     /// Stops the server and waits for its threads.
     pub fn stop(self) {}
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
-impl Drop for StatusApi {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-fn handle(shared: &Shared, mut request: tiny_http::Request) {
-    let response = respond(shared, &mut request);
-    let _ = request.respond(response);
-}
-
-fn respond(shared: &Shared, request: &mut tiny_http::Request) -> HttpResponse {
-    use tiny_http::Method;
+fn respond(shared: &Shared, request: &Request) -> HttpResponse {
+    use crate::http::Method;
     let Some(segments) = path_segments(request.url()) else {
         return error_response(
             400,
@@ -211,16 +229,16 @@ fn respond(shared: &Shared, request: &mut tiny_http::Request) -> HttpResponse {
         );
     };
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let method = request.method().clone();
+    let method = request.method.clone();
     match (segments.as_slice(), &method) {
-        (["api", "v1", "health"], Method::Get | Method::Head) => {
+        (["api", "v1", "health"], &Method::GET | &Method::HEAD) => {
             json_response(200, &json!({"status": "ok"}))
         }
-        (["api", "v1", "orders", order_id, "status"], Method::Post) => {
+        (["api", "v1", "orders", order_id, "status"], &Method::POST) => {
             let order_id = order_id.to_string();
             post_status(shared, request, order_id)
         }
-        (["api", "v1", "orders", order_id], Method::Get) => get_order(shared, request, order_id),
+        (["api", "v1", "orders", order_id], &Method::GET) => get_order(shared, request, order_id),
         (["api", "v1", "health"], _)
         | (["api", "v1", "orders", _, "status"], _)
         | (["api", "v1", "orders", _], _) => error_response(
@@ -237,15 +255,10 @@ fn respond(shared: &Shared, request: &mut tiny_http::Request) -> HttpResponse {
 }
 
 /// The department of the bearer token, or the 401 to answer.
-fn authenticate<'a>(
-    shared: &'a Shared,
-    request: &tiny_http::Request,
-) -> Result<&'a str, HttpResponse> {
+fn authenticate<'a>(shared: &'a Shared, request: &Request) -> Result<&'a str, HttpResponse> {
     let unauthorized = |message: &str| {
-        error_response(401, "unauthorized", message).with_header(
-            tiny_http::Header::from_bytes("WWW-Authenticate", "Bearer realm=\"zhongshu\"")
-                .expect("static header"),
-        )
+        error_response(401, "unauthorized", message)
+            .with_header("WWW-Authenticate", "Bearer realm=\"zhongshu\"")
     };
     let Some(value) = header_value(request, "Authorization") else {
         return Err(unauthorized(
@@ -260,17 +273,20 @@ fn authenticate<'a>(
             ));
         }
     };
-    shared
-        .tokens
-        .iter()
-        .find(|(known, _)| constant_time_eq(known.as_bytes(), token.as_bytes()))
-        .map(|(_, department)| department.as_str())
-        .ok_or_else(|| unauthorized("unknown token"))
+    // Every known token is compared (no early return), digest against digest.
+    let presented = digest(token);
+    let mut found = None;
+    for (known, department) in &shared.tokens {
+        if constant_time_eq(known, &presented) {
+            found = Some(department.as_str());
+        }
+    }
+    found.ok_or_else(|| unauthorized("unknown token"))
 }
 
-/// Compares without stopping at the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares two digests without stopping at the first difference.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn valid_order_id(id: &str) -> bool {
@@ -288,11 +304,7 @@ fn parse_status(word: &str) -> Option<OrderStatus> {
     })
 }
 
-fn post_status(
-    shared: &Shared,
-    request: &mut tiny_http::Request,
-    order_id: String,
-) -> HttpResponse {
+fn post_status(shared: &Shared, request: &Request, order_id: String) -> HttpResponse {
     let department = match authenticate(shared, request) {
         Ok(d) => d.to_string(),
         Err(response) => return response,
@@ -304,27 +316,33 @@ fn post_status(
             format!("{order_id:?} is not an order id"),
         );
     }
-    let body = match read_body(request, MAX_REPORT_BYTES) {
-        Ok(b) => b,
-        Err(e) => return body_error_response(e),
-    };
-    let report = match parse_report(&body, &order_id, &department) {
+    let report = match parse_report(&request.body, &order_id, &department) {
         Ok(r) => r,
         Err((error, message)) => return error_response(400, error, message),
     };
-    let status = report.status;
-    if shared.reports.send(report).is_err() {
-        return error_response(503, "unavailable", "Zhongshu is shutting down; try again");
+    let (reply, answer) = mpsc::sync_channel(1);
+    let unavailable =
+        |message: &str| error_response(503, "unavailable", message).with_header("Retry-After", "2");
+    if shared.reports.send(ReportIn { report, reply }).is_err() {
+        return unavailable("Zhongshu is shutting down; try again");
     }
-    json_response(
-        202,
-        &json!({
-            "accepted": true,
+    let body = |accepted: bool, status: OrderStatus| {
+        json!({
+            "accepted": accepted,
             "order_id": order_id,
             "department": department,
             "status": status,
-        }),
-    )
+        })
+    };
+    match answer.recv_timeout(shared.ack_timeout) {
+        Ok(ReportOutcome::Recorded { status }) => json_response(202, &body(true, status)),
+        Ok(ReportOutcome::AlreadyRecorded { status }) => json_response(200, &body(false, status)),
+        Ok(ReportOutcome::Refused { reason }) => error_response(409, "refused", reason),
+        Ok(ReportOutcome::Unavailable { reason }) => {
+            unavailable(&format!("the report is not recorded ({reason}); try again"))
+        }
+        Err(_) => unavailable("the report is not recorded yet; try again (a repeat is harmless)"),
+    }
 }
 
 /// The report in a body, or (error code, message) naming the problem.
@@ -387,6 +405,12 @@ fn parse_report(
             )
         })?,
     };
+    if at_ms > received_at_ms.saturating_add(MAX_AT_AHEAD_MS) {
+        return Err((
+            "bad_field",
+            "`at` is more than 5 minutes ahead of Zhongshu's clock".to_string(),
+        ));
+    }
     Ok(StatusReport {
         order_id: order_id.to_string(),
         department: department.to_string(),
@@ -398,7 +422,7 @@ fn parse_report(
     })
 }
 
-fn get_order(shared: &Shared, request: &tiny_http::Request, order_id: &str) -> HttpResponse {
+fn get_order(shared: &Shared, request: &Request, order_id: &str) -> HttpResponse {
     let department = match authenticate(shared, request) {
         Ok(d) => d,
         Err(response) => return response,

@@ -18,13 +18,22 @@
 //!   ([`run_serve_departments`]).
 //!
 //! HTTP contract in short: orders are `POST {endpoint}/orders` with
-//! `Idempotency-Key: <order id>`; 2xx or 409 means delivered, 408/429/5xx and network
-//! errors are retried, any other status is a permanent failure. Urges are
-//! `POST {endpoint}/orders/{id}/urge` with `Idempotency-Key: <order id>:urge:<n>`.
+//! `Idempotency-Key: <log id>:<order id>` (the log id is random per event log, so a
+//! new log's `ORD-000001` is never taken for an old one's); a 2xx answered with a JSON
+//! body (or no body), or 409, means delivered; 408/429/5xx, a 2xx with another kind of
+//! body (an HTML maintenance page from a proxy) and network errors are retried, up to
+//! a bound; 307/308 are followed to the same host and scheme; any other status is a
+//! permanent failure, shown to the dispatcher on the incident's timeline. Urges are
+//! `POST {endpoint}/orders/{id}/urge` with `Idempotency-Key: <log id>:<order id>:urge:<n>`;
+//! an order withdrawn (its incident resolved or closed) is
+//! `POST {endpoint}/orders/{id}/cancel` with `Idempotency-Key: <log id>:<order id>:cancel`.
 //! Departments report with `POST {status_url}` (`/api/v1/orders/{id}/status`),
 //! `Authorization: Bearer <department token>` and
 //! `{"status": "acknowledged"|"in_progress"|"done"|"rejected", "by", "note"?, "at"?}`:
-//! 202 received, 401 unknown token, 400 malformed (JSON `{"error", "message"}`).
+//! 202 recorded in the durable log (only then), 200 already recorded (a repeat, or a
+//! step a later report already implied), 409 refused by the order's state (with the
+//! reason), 401 unknown token, 400 malformed (JSON `{"error", "message"}`), 503 not
+//! recorded yet (retry).
 
 use serde_json::{Value, json};
 
@@ -36,7 +45,10 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-pub use api::{DepartmentAuth, OrderSnapshot, OrderSnapshots, StatusApi, StatusReport};
+pub use api::{
+    ACK_TIMEOUT, DepartmentAuth, OrderSnapshot, OrderSnapshots, ReportIn, ReportOutcome, StatusApi,
+    StatusReport,
+};
 pub use outbox::{DeliveryEvent, Outbox, OutboxConfig, OutgoingOrder};
 pub use sim::{
     DepartmentSim, SimBehaviour, SimFate, SimJob, SimStats, default_token, run_serve_departments,
@@ -174,64 +186,17 @@ fn unit_of(h: u64) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
-type HttpResponse = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+type HttpResponse = crate::http::Response;
 
 fn json_response(status: u16, body: &Value) -> HttpResponse {
-    tiny_http::Response::from_string(body.to_string())
-        .with_status_code(status)
-        .with_header(
-            tiny_http::Header::from_bytes("Content-Type", "application/json")
-                .expect("static header"),
-        )
+    crate::http::Response::json(status, body)
 }
 
 fn error_response(status: u16, error: &str, message: impl Into<String>) -> HttpResponse {
-    json_response(status, &json!({"error": error, "message": message.into()}))
+    crate::http::Response::error(status, error, message)
 }
 
 /// A request header's value (first of that name, case-insensitive).
-fn header_value(request: &tiny_http::Request, name: &str) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str().trim().to_string())
-}
-
-enum BodyError {
-    TooLarge(usize),
-    Read(std::io::Error),
-}
-
-/// Reads a request body, refusing more than `limit` bytes.
-fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, BodyError> {
-    use std::io::Read;
-    if let Some(len) = request.body_length()
-        && len > limit
-    {
-        return Err(BodyError::TooLarge(limit));
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(BodyError::Read)?;
-    if body.len() > limit {
-        return Err(BodyError::TooLarge(limit));
-    }
-    Ok(body)
-}
-
-fn body_error_response(e: BodyError) -> HttpResponse {
-    match e {
-        BodyError::TooLarge(limit) => error_response(
-            413,
-            "too_large",
-            format!("the body is larger than {limit} bytes"),
-        ),
-        BodyError::Read(e) => {
-            error_response(400, "read_error", format!("cannot read the body: {e}"))
-        }
-    }
+fn header_value(request: &crate::http::Request, name: &str) -> Option<String> {
+    request.header(name)
 }

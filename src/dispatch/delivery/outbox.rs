@@ -33,6 +33,8 @@ pub struct OutgoingOrder {
     pub body: Value,
     /// An urge for an order already delivered (or being delivered), not the order.
     pub urge: bool,
+    /// The order is withdrawn: `POST {endpoint}/orders/{id}/cancel`.
+    pub cancel: bool,
 }
 
 /// What the outbox reports.
@@ -90,10 +92,14 @@ pub struct OutboxConfig {
     /// Share of the wait drawn at random (0 = none, 0.5 = wait 50–100 % of the
     /// backoff), so many orders failing together do not retry in lockstep.
     pub jitter: f64,
-    /// Give up (a permanent failure) after this many attempts; `None` retries until
-    /// the department answers. The deadline and escalation handle departments that
-    /// stay down.
+    /// Give up (a permanent failure, shown to the dispatcher) after this many
+    /// attempts; `None` retries until the department answers. A bound keeps an order
+    /// escalated away from a department that was down from arriving there hours later
+    /// as stale work (escalation also withdraws what is still queued).
     pub max_attempts: Option<u32>,
+    /// What idempotency keys start with: the event log's id, so keys are unique
+    /// across logs (a new log's `ORD-000001` is not an old one's). Empty: bare ids.
+    pub key_scope: String,
 }
 
 impl Default for OutboxConfig {
@@ -104,7 +110,9 @@ impl Default for OutboxConfig {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             jitter: 0.5,
-            max_attempts: None,
+            // About 20 minutes at the 30 s cap.
+            max_attempts: Some(45),
+            key_scope: String::new(),
         }
     }
 }
@@ -139,8 +147,15 @@ struct OutboxState {
 }
 
 struct Worker {
-    tx: Sender<Job>,
+    tx: Sender<Msg>,
     thread: JoinHandle<()>,
+}
+
+/// What a worker is told.
+enum Msg {
+    Job(Job),
+    /// Drop every queued delivery of this order (the order, its urges).
+    Withdraw(String),
 }
 
 /// One delivery as the worker sees it.
@@ -152,6 +167,7 @@ struct Job {
     key: String,
     body: Vec<u8>,
     urge_seq: Option<u32>,
+    cancel: bool,
 }
 
 impl Outbox {
@@ -220,21 +236,34 @@ impl Outbox {
         if order.order_id.is_empty() {
             return refuse("the order has an empty id".into());
         }
-        let (url, key) = match urge_seq {
-            None => (format!("{endpoint}/orders"), order.order_id.clone()),
-            Some(n) => (
+        let order_key = if self.config.key_scope.is_empty() {
+            order.order_id.clone()
+        } else {
+            format!("{}:{}", self.config.key_scope, order.order_id)
+        };
+        let (url, key) = match (urge_seq, order.cancel) {
+            (_, true) => (
+                format!(
+                    "{endpoint}/orders/{}/cancel",
+                    encode_segment(&order.order_id)
+                ),
+                format!("{order_key}:cancel"),
+            ),
+            (None, false) => (format!("{endpoint}/orders"), order_key),
+            (Some(n), false) => (
                 format!("{endpoint}/orders/{}/urge", encode_segment(&order.order_id)),
-                format!("{}:urge:{n}", order.order_id),
+                format!("{order_key}:urge:{n}"),
             ),
         };
-        let mut job = Job {
+        let mut msg = Msg::Job(Job {
             order_id: order.order_id,
             department: order.department,
             url,
             key,
             body: serde_json::to_vec(&order.body).expect("a JSON value serialises"),
-            urge_seq,
-        };
+            urge_seq: urge_seq.filter(|_| !order.cancel),
+            cancel: order.cancel,
+        });
         self.pending.fetch_add(1, Ordering::Relaxed);
         // A worker only dies by panicking; then a fresh one takes over.
         for _ in 0..2 {
@@ -242,16 +271,26 @@ impl Outbox {
                 .workers
                 .entry(endpoint.clone())
                 .or_insert_with(|| self.spawn_worker(&endpoint));
-            match worker.tx.send(job) {
+            match worker.tx.send(msg) {
                 Ok(()) => return,
                 Err(mpsc::SendError(back)) => {
-                    job = back;
+                    msg = back;
                     state.workers.remove(&endpoint);
                 }
             }
         }
         self.pending.fetch_sub(1, Ordering::Relaxed);
         refuse("cannot start a delivery worker".into());
+    }
+
+    /// Drops every queued delivery of `order_id` (the order itself and its urges):
+    /// for an order escalated or withdrawn, what has not reached the department yet
+    /// must not arrive later as stale work. An attempt already in flight finishes.
+    pub fn withdraw(&self, order_id: &str) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for worker in state.workers.values() {
+            let _ = worker.tx.send(Msg::Withdraw(order_id.to_string()));
+        }
     }
 
     /// Orders and urges sent and not yet delivered or given up.
@@ -328,17 +367,18 @@ enum Outcome {
 }
 
 impl WorkerContext {
-    fn run(self, rx: Receiver<Job>) {
+    fn run(self, rx: Receiver<Msg>) {
         let client = match reqwest::blocking::Client::builder()
             .connect_timeout(self.config.connect_timeout)
             .timeout(self.config.request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(same_origin_redirects())
             .user_agent(concat!("zhongshu/", env!("CARGO_PKG_VERSION")))
             .build()
         {
             Ok(c) => c,
             Err(e) => {
-                while let Ok(job) = rx.recv() {
+                while let Ok(msg) = rx.recv() {
+                    let Msg::Job(job) = msg else { continue };
                     self.finish(
                         &job,
                         0,
@@ -357,7 +397,7 @@ impl WorkerContext {
         while !self.stop.load(Ordering::Relaxed) {
             while connected {
                 match rx.try_recv() {
-                    Ok(job) => self.enqueue(&mut queue, job),
+                    Ok(msg) => self.take(&mut queue, msg),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => connected = false,
                 }
@@ -402,12 +442,25 @@ impl WorkerContext {
                 .min(IDLE_TICK);
             if connected {
                 match rx.recv_timeout(wait) {
-                    Ok(job) => self.enqueue(&mut queue, job),
+                    Ok(msg) => self.take(&mut queue, msg),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => connected = false,
                 }
             } else {
                 std::thread::park_timeout(wait);
+            }
+        }
+    }
+
+    fn take(&self, queue: &mut Vec<Pending>, msg: Msg) {
+        match msg {
+            Msg::Job(job) => self.enqueue(queue, job),
+            Msg::Withdraw(order_id) => {
+                let before = queue.len();
+                // A cancellation of the order is the one delivery kept.
+                queue.retain(|p| p.job.order_id != order_id || p.job.cancel);
+                self.pending
+                    .fetch_sub(before - queue.len(), Ordering::Relaxed);
             }
         }
     }
@@ -482,10 +535,11 @@ fn next_ready(queue: &[Pending]) -> Option<usize> {
         .iter()
         .enumerate()
         .filter(|(_, p)| {
-            p.job.urge_seq.is_none()
-                || !queue
-                    .iter()
-                    .any(|o| o.job.urge_seq.is_none() && o.job.order_id == p.job.order_id)
+            let follow_up = p.job.urge_seq.is_some() || p.job.cancel;
+            !follow_up
+                || !queue.iter().any(|o| {
+                    o.job.urge_seq.is_none() && !o.job.cancel && o.job.order_id == p.job.order_id
+                })
         })
         .min_by_key(|(_, p)| p.due)
         .map(|(i, _)| i)
@@ -533,10 +587,49 @@ fn attempt(client: &reqwest::blocking::Client, job: &Job) -> Outcome {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     let code = status.as_u16();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let text = read_text(response);
-    if status.is_success() || code == 409 {
+    let is_json = content_type.starts_with("application/json")
+        || (content_type.starts_with("application/") && content_type.contains("+json"));
+    if code == 409 || (status.is_success() && (is_json || text.trim().is_empty())) {
         return Outcome::Accepted {
             department_ref: department_ref(&text),
+        };
+    }
+    if status.is_success() {
+        // A 2xx that is not the department's JSON answer: a proxy's maintenance or
+        // login page, not the department. It does not have the order.
+        let what = if content_type.is_empty() {
+            "no content type".to_string()
+        } else {
+            content_type.clone()
+        };
+        return Outcome::Retry {
+            error: format!(
+                "HTTP {status} from POST {} with {what}, not the department's JSON answer (a proxy or maintenance page?): {}",
+                job.url,
+                clip(text.trim())
+            ),
+            retry_after: None,
+        };
+    }
+    if status.is_redirection() {
+        return Outcome::Permanent {
+            error: format!(
+                "HTTP {status} from POST {}: the department's endpoint moved{}; only 307/308 to the same host and scheme are followed: correct the endpoint in the dispatch config",
+                job.url,
+                location.map_or_else(String::new, |l| format!(" to {l}"))
+            ),
         };
     }
     let error = if text.trim().is_empty() {
@@ -549,6 +642,25 @@ fn attempt(client: &reqwest::blocking::Client, job: &Job) -> Outcome {
     } else {
         Outcome::Permanent { error }
     }
+}
+
+/// Follows 307 and 308 (which keep the method and body) up to three times, to the same
+/// host, never from https to http; anything else is returned to [`attempt`] as is.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let code = attempt.status().as_u16();
+        let Some(first) = attempt.previous().first() else {
+            return attempt.stop();
+        };
+        let next = attempt.url();
+        let same_host = first.host_str() == next.host_str();
+        let no_downgrade = first.scheme() == next.scheme() || next.scheme() == "https";
+        if matches!(code, 307 | 308) && same_host && no_downgrade && attempt.previous().len() <= 3 {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
 }
 
 /// The response body as text, at most [`MAX_RESPONSE_BYTES`]; a body that cannot be

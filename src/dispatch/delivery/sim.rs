@@ -13,11 +13,11 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
-    HttpResponse, body_error_response, error_response, hash_parts, header_value, json_response,
-    path_segments, read_body, unit_of,
+    HttpResponse, error_response, hash_parts, header_value, json_response, path_segments, unit_of,
 };
 use crate::clock::rfc3339_from_unix_ms;
 use crate::feeds::poll::unix_ms_now;
+use crate::http::{Limits, Request, Server};
 
 /// Largest order body accepted.
 const MAX_ORDER_BYTES: usize = 1024 * 1024;
@@ -177,6 +177,8 @@ pub struct SimStats {
     pub jobs: u64,
     /// Distinct urges taken.
     pub urges: u64,
+    /// Orders Zhongshu withdrew.
+    pub cancelled: u64,
     /// Status reports Zhongshu accepted (2xx).
     pub reported: u64,
     /// Reports given up on (refused, or Zhongshu unreachable after retries).
@@ -198,12 +200,15 @@ pub struct SimJob {
     pub urges: u32,
     /// Statuses reported and accepted, in order.
     pub reported: Vec<String>,
+    /// Zhongshu withdrew the order: nothing more is reported.
+    pub cancelled: bool,
 }
 
 /// A running simulator; dropping it stops it.
 pub struct DepartmentSim {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    server: Option<Server>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -218,7 +223,8 @@ struct Shared {
 
 #[derive(Default)]
 struct SimState {
-    /// (department, order id) → job.
+    /// (department, the order's idempotency key) → job. Keyed by the key, not the
+    /// order id: two event logs may both have an `ORD-000001`.
     jobs: HashMap<(String, String), SimJob>,
     /// Insertion order of `jobs`.
     order: Vec<(String, String)>,
@@ -273,6 +279,8 @@ struct Step {
 
 struct Chain {
     department: String,
+    /// The order's idempotency key (which job this is).
+    key: String,
     order_id: String,
     status_url: String,
     steps: VecDeque<Step>,
@@ -284,12 +292,6 @@ impl DepartmentSim {
     /// departments: `http://{addr}/{department}` is a department's endpoint.
     pub fn start(addr: &str, behaviour: SimBehaviour) -> anyhow::Result<DepartmentSim> {
         behaviour.validate()?;
-        let server = tiny_http::Server::http(addr)
-            .map_err(|e| anyhow::anyhow!("department simulator cannot listen on {addr}: {e}"))?;
-        let bound = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| anyhow::anyhow!("department simulator on {addr}: not an IP address"))?;
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
@@ -306,25 +308,21 @@ impl DepartmentSim {
             stop: AtomicBool::new(false),
             client,
         });
-        let accept = {
+        let limits = Limits {
+            max_body_bytes: MAX_ORDER_BYTES,
+            // Answers held back on purpose (slow_s) each hold a handler.
+            max_handlers: 64,
+            ..Limits::default()
+        };
+        let server = {
             let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("department sim".into())
-                .spawn(move || {
-                    while !shared.stop.load(Ordering::Relaxed) {
-                        match server.recv_timeout(Duration::from_millis(100)) {
-                            Ok(Some(request)) => {
-                                // A thread per request: slow answers hold up no one.
-                                let shared = shared.clone();
-                                let _ = std::thread::Builder::new()
-                                    .name("department sim request".into())
-                                    .spawn(move || handle(&shared, request));
-                            }
-                            Ok(None) => {}
-                            Err(_) => break,
-                        }
-                    }
-                })?
+            Server::start(
+                addr,
+                "department sim",
+                limits,
+                Arc::new(move |request| handle(&shared, &request)),
+            )
+            .map_err(|e| anyhow::anyhow!("department simulator cannot listen on {addr}: {e}"))?
         };
         let timer = {
             let shared = shared.clone();
@@ -333,9 +331,10 @@ impl DepartmentSim {
                 .spawn(move || timer_loop(&shared))?
         };
         Ok(DepartmentSim {
-            addr: bound,
+            addr: server.addr(),
             shared,
-            threads: vec![accept, timer],
+            server: Some(server),
+            threads: vec![timer],
         })
     }
 
@@ -365,6 +364,9 @@ impl DepartmentSim {
 
     /// Blocks until the simulator stops (it does not stop by itself).
     pub fn wait(mut self) {
+        if let Some(server) = self.server.take() {
+            server.wait();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -376,6 +378,7 @@ impl DepartmentSim {
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wake.notify_all();
+        drop(self.server.take());
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -487,17 +490,26 @@ impl Shared {
     }
 }
 
-fn handle(shared: &Shared, mut request: tiny_http::Request) {
-    let (response, delay) = respond(shared, &mut request);
+fn handle(shared: &Shared, request: &Request) -> HttpResponse {
+    let (response, delay) = respond(shared, request);
     if let Some(d) = delay {
         std::thread::sleep(d);
     }
-    let _ = request.respond(response);
+    response
+}
+
+/// The order an idempotency key belongs to: `<log id>:<order id>` for an order,
+/// with `:urge:<n>` or `:cancel` after it for an urge or a cancellation.
+fn order_key(key: &str) -> &str {
+    if let Some((order, _)) = key.rsplit_once(":urge:") {
+        return order;
+    }
+    key.strip_suffix(":cancel").unwrap_or(key)
 }
 
 /// The answer, and how long to hold it back.
-fn respond(shared: &Shared, request: &mut tiny_http::Request) -> (HttpResponse, Option<Duration>) {
-    use tiny_http::Method;
+fn respond(shared: &Shared, request: &Request) -> (HttpResponse, Option<Duration>) {
+    use crate::http::Method;
     let Some(segments) = path_segments(request.url()) else {
         return (
             error_response(
@@ -509,26 +521,33 @@ fn respond(shared: &Shared, request: &mut tiny_http::Request) -> (HttpResponse, 
         );
     };
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let method = request.method().clone();
-    match (segments.as_slice(), method) {
-        (["health"] | [], Method::Get) => (json_response(200, &json!({"status": "ok"})), None),
-        (["orders"], Method::Post) => post_order(shared, request, None),
-        ([department, "orders"], Method::Post) => {
+    let method = request.method.clone();
+    match (segments.as_slice(), &method) {
+        (["health"] | [], &Method::GET) => (json_response(200, &json!({"status": "ok"})), None),
+        (["orders"], &Method::POST) => post_order(shared, request, None),
+        ([department, "orders"], &Method::POST) => {
             let department = department.to_string();
             post_order(shared, request, Some(department))
         }
-        (["orders", order_id, "urge"], Method::Post) => {
+        (["orders", order_id, action @ ("urge" | "cancel")], &Method::POST) => {
             let order_id = order_id.to_string();
-            post_urge(shared, request, DEFAULT_DEPARTMENT, &order_id)
+            post_follow_up(shared, request, DEFAULT_DEPARTMENT, &order_id, action)
         }
-        ([department, "orders", order_id, "urge"], Method::Post) => {
+        ([department, "orders", order_id, action @ ("urge" | "cancel")], &Method::POST) => {
             let (department, order_id) = (department.to_string(), order_id.to_string());
-            post_urge(shared, request, &department, &order_id)
+            post_follow_up(shared, request, &department, &order_id, action)
         }
-        ([department, "orders", order_id], Method::Get) => {
+        ([department, "orders", order_id], &Method::GET) => {
             let state = shared.lock_state();
-            let key = (department.to_string(), order_id.to_string());
-            let response = match state.jobs.get(&key) {
+            // The latest order of that id (several logs may share ids).
+            let job = state
+                .order
+                .iter()
+                .rev()
+                .filter(|(d, _)| d == department)
+                .filter_map(|k| state.jobs.get(k))
+                .find(|j| j.order_id == *order_id);
+            let response = match job {
                 Some(job) => json_response(200, &serde_json::to_value(job).expect("serialises")),
                 None => error_response(404, "unknown_order", format!("no order {order_id:?}")),
             };
@@ -547,16 +566,12 @@ fn respond(shared: &Shared, request: &mut tiny_http::Request) -> (HttpResponse, 
 
 fn post_order(
     shared: &Shared,
-    request: &mut tiny_http::Request,
+    request: &Request,
     department: Option<String>,
 ) -> (HttpResponse, Option<Duration>) {
     let bad = |message: String| (error_response(400, "bad_request", message), None);
-    let body = match read_body(request, MAX_ORDER_BYTES) {
-        Ok(b) => b,
-        Err(e) => return (body_error_response(e), None),
-    };
     let key = header_value(request, "Idempotency-Key").unwrap_or_default();
-    let order: Value = match serde_json::from_slice(&body) {
+    let order: Value = match serde_json::from_slice(&request.body) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return bad("the order is not a JSON object".into()),
         Err(e) => return bad(format!("the order is not JSON: {e}")),
@@ -567,9 +582,9 @@ fn post_order(
     if key.is_empty() {
         return bad("missing Idempotency-Key header".into());
     }
-    if key != order_id {
+    if key != order_id && !key.ends_with(&format!(":{order_id}")) {
         return bad(format!(
-            "Idempotency-Key {key:?} is not the order id {order_id:?}"
+            "Idempotency-Key {key:?} is not the order id {order_id:?} (with its log id before it)"
         ));
     }
     let Some(status_url) = order
@@ -594,7 +609,7 @@ fn post_order(
         Ok(delay) => delay,
         Err(failed) => return (failed, None),
     };
-    let job_key = (department.clone(), order_id.to_string());
+    let job_key = (department.clone(), key.clone());
     if let Some(job) = state.jobs.get(&job_key) {
         let reference = job.department_ref.clone();
         state.stats.duplicates += 1;
@@ -634,6 +649,7 @@ fn post_order(
             status_url: status_url.to_string(),
             urges: 0,
             reported: Vec::new(),
+            cancelled: false,
         },
     );
     state.order.push(job_key);
@@ -650,6 +666,7 @@ fn post_order(
     };
     shared.schedule(Chain {
         department,
+        key: key.clone(),
         order_id: order_id.to_string(),
         status_url: status_url.to_string(),
         steps,
@@ -659,15 +676,14 @@ fn post_order(
     (json_response(201, &body), delay)
 }
 
-fn post_urge(
+/// An urge or a cancellation of an order the department has.
+fn post_follow_up(
     shared: &Shared,
-    request: &mut tiny_http::Request,
+    request: &Request,
     department: &str,
     order_id: &str,
+    action: &str,
 ) -> (HttpResponse, Option<Duration>) {
-    if let Err(e) = read_body(request, MAX_ORDER_BYTES) {
-        return (body_error_response(e), None);
-    }
     let Some(key) = header_value(request, "Idempotency-Key").filter(|k| !k.is_empty()) else {
         return (
             error_response(400, "bad_request", "missing Idempotency-Key header"),
@@ -681,13 +697,17 @@ fn post_urge(
         Ok(delay) => delay,
         Err(failed) => return (failed, None),
     };
-    let job_key = (department.to_string(), order_id.to_string());
-    let Some(job) = state.jobs.get_mut(&job_key) else {
+    let job_key = (department.to_string(), order_key(&key).to_string());
+    let Some(job) = state
+        .jobs
+        .get_mut(&job_key)
+        .filter(|j| j.order_id == order_id)
+    else {
         return (
             error_response(
                 404,
                 "unknown_order",
-                format!("{department} has no order {order_id:?}"),
+                format!("{department} has no order {order_id:?} under key {key:?}"),
             ),
             None,
         );
@@ -699,12 +719,19 @@ fn post_urge(
         let body = json!({"department_ref": reference, "status": "duplicate"});
         return (json_response(200, &body), delay);
     }
+    if action == "cancel" {
+        job.cancelled = true;
+        state.urges.insert(urge_key, reference.clone());
+        state.stats.cancelled += 1;
+        let body = json!({"department_ref": reference, "status": "cancelled"});
+        return (json_response(200, &body), delay);
+    }
     job.urges += 1;
     let (fate, status_url) = (job.fate, job.status_url.clone());
     state.urges.insert(urge_key, reference.clone());
     state.stats.urges += 1;
     // Being urged wakes up an order that was being ignored.
-    if fate == SimFate::Ignore && state.urged_awake.insert(job_key) {
+    if fate == SimFate::Ignore && state.urged_awake.insert(job_key.clone()) {
         drop(guard);
         let ack = b.delay(
             b.urged_ack_after_s,
@@ -712,6 +739,7 @@ fn post_urge(
         );
         shared.schedule(Chain {
             department: department.to_string(),
+            key: job_key.1.clone(),
             order_id: order_id.to_string(),
             status_url,
             steps: shared.complete_steps(department, order_id, ack),
@@ -755,6 +783,16 @@ fn post_step(shared: &Shared, mut chain: Chain) {
     let Some(step) = chain.steps.front() else {
         return;
     };
+    // A withdrawn order is not reported on any more.
+    let job_key = (chain.department.clone(), chain.key.clone());
+    if shared
+        .lock_state()
+        .jobs
+        .get(&job_key)
+        .is_some_and(|j| j.cancelled)
+    {
+        return;
+    }
     let token = shared.behaviour.token(&chain.department);
     let by = DUTY_OFFICERS
         [(shared.hash(&[&chain.department, "duty officer"]) as usize) % DUTY_OFFICERS.len()];
@@ -776,8 +814,7 @@ fn post_step(shared: &Shared, mut chain: Chain) {
             {
                 let mut state = shared.lock_state();
                 state.stats.reported += 1;
-                let key = (chain.department.clone(), chain.order_id.clone());
-                if let Some(job) = state.jobs.get_mut(&key) {
+                if let Some(job) = state.jobs.get_mut(&job_key) {
                     job.reported.push(step.status.to_string());
                 }
             }

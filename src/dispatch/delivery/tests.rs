@@ -21,7 +21,22 @@ fn fast_config(request_timeout: Duration) -> OutboxConfig {
         backoff_max: Duration::from_millis(80),
         jitter: 0.5,
         max_attempts: None,
+        key_scope: String::new(),
     }
+}
+
+/// Answers every report as recorded (what the dispatch service does once it is
+/// durable) and passes it on.
+fn answering(reports: Receiver<ReportIn>) -> Receiver<StatusReport> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for r in reports {
+            let status = r.report.status;
+            let _ = tx.send(r.report.clone());
+            r.answer(ReportOutcome::Recorded { status });
+        }
+    });
+    rx
 }
 
 fn order_id(i: usize) -> String {
@@ -44,6 +59,7 @@ fn outgoing(id: &str, department: &str, endpoint: &str, status_url: &str) -> Out
             json!({"kind": "fire", "position": [116.4, 39.9]}),
         ),
         urge: false,
+        cancel: false,
     }
 }
 
@@ -98,6 +114,14 @@ fn assert_unique(ids: &[&str], what: &str) {
     }
 }
 
+fn tiny_header(request: &tiny_http::Request, name: &str) -> Option<String> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str().trim().to_string())
+}
+
 /// A department server answering a fixed script (the last answer repeats) and
 /// recording every request.
 struct Script {
@@ -116,10 +140,21 @@ struct Seen {
 
 impl Script {
     fn start(answers: &[(u16, &str)]) -> Script {
+        let typed: Vec<(u16, &str, &str)> = answers
+            .iter()
+            .map(|(s, b)| (*s, "application/json", *b))
+            .collect();
+        Self::start_typed(&typed)
+    }
+
+    /// Answers with a content type of their own: (status, content type, body).
+    fn start_typed(answers: &[(u16, &str, &str)]) -> Script {
         let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
         let base = format!("http://{}", server.server_addr().to_ip().unwrap());
-        let answers: Vec<(u16, String)> =
-            answers.iter().map(|(s, b)| (*s, b.to_string())).collect();
+        let answers: Vec<(u16, String, String)> = answers
+            .iter()
+            .map(|(s, t, b)| (*s, t.to_string(), b.to_string()))
+            .collect();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (seen2, stop2) = (seen.clone(), stop.clone());
@@ -133,14 +168,20 @@ impl Script {
                 let mut seen = seen2.lock().unwrap();
                 seen.push(Seen {
                     url: request.url().to_string(),
-                    key: header_value(&request, "Idempotency-Key"),
-                    content_type: header_value(&request, "Content-Type"),
+                    key: tiny_header(&request, "Idempotency-Key"),
+                    content_type: tiny_header(&request, "Content-Type"),
                     body: serde_json::from_str(&body).unwrap_or(Value::Null),
                 });
-                let (status, text) = answers[(seen.len() - 1).min(answers.len() - 1)].clone();
+                let (status, content_type, text) =
+                    answers[(seen.len() - 1).min(answers.len() - 1)].clone();
                 drop(seen);
-                let _ = request
-                    .respond(tiny_http::Response::from_string(text).with_status_code(status));
+                let mut response = tiny_http::Response::from_string(text).with_status_code(status);
+                if !content_type.is_empty() {
+                    response.add_header(
+                        tiny_http::Header::from_bytes("Content-Type", content_type).unwrap(),
+                    );
+                }
+                let _ = request.respond(response);
             }
         });
         Script { base, seen, stop }
@@ -625,14 +666,27 @@ fn status_api_accepts_good_reports_and_refuses_bad_ones() {
         format!("http://{}/api/v1/orders/ORD-000042/status", api.addr())
     );
 
-    let (status, body) = post_report(
-        &url,
-        Some("t-ems"),
-        r#"{"status":"acknowledged","by":"Wang Fang","note":"two ambulances","at":"2024-05-01T10:00:00Z"}"#,
-    );
+    // The department is answered only once the report is recorded (here by hand).
+    let posting = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            post_report(
+                &url,
+                Some("t-ems"),
+                r#"{"status":"acknowledged","by":"Wang Fang","note":"two ambulances","at":"2024-05-01T10:00:00Z"}"#,
+            )
+        })
+    };
+    let incoming = reports.recv_timeout(Duration::from_secs(2)).unwrap();
+    let report = incoming.report.clone();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!posting.is_finished(), "answered before it was recorded");
+    incoming.answer(ReportOutcome::Recorded {
+        status: OrderStatus::Acknowledged,
+    });
+    let (status, body) = posting.join().unwrap();
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["department"], "ems");
-    let report = reports.recv_timeout(Duration::from_secs(2)).unwrap();
     assert_eq!(
         report,
         StatusReport {
@@ -645,13 +699,25 @@ fn status_api_accepts_good_reports_and_refuses_bad_ones() {
             received_at_ms: report.received_at_ms,
         }
     );
-    let (status, _) = post_report(
-        &url,
-        Some("t-fire"),
-        r#"{"status":"in_progress","by":"Li Wei"}"#,
-    );
-    assert_eq!(status, 202);
-    let report = reports.recv_timeout(Duration::from_secs(2)).unwrap();
+    let posting = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            post_report(
+                &url,
+                Some("t-fire"),
+                r#"{"status":"in_progress","by":"Li Wei"}"#,
+            )
+        })
+    };
+    let incoming = reports.recv_timeout(Duration::from_secs(2)).unwrap();
+    let report = incoming.report.clone();
+    // A report the log refuses is a 409 with the reason, not a 202.
+    incoming.answer(ReportOutcome::Refused {
+        reason: "cannot StartOrder an order that is Done".into(),
+    });
+    let (status, answer) = posting.join().unwrap();
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("Done"));
     assert_eq!(
         (report.department.as_str(), report.status),
         ("fire", OrderStatus::InProgress)
@@ -845,6 +911,7 @@ fn end_to_end_orders_are_reported_back() {
             .collect(),
     )
     .unwrap();
+    let reports = answering(reports);
     let sim = DepartmentSim::start(
         "127.0.0.1:0",
         SimBehaviour {

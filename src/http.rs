@@ -1,0 +1,463 @@
+//! The HTTP/1.1 server behind every endpoint Zhongshu serves (the department status
+//! API, the department simulator, the simulated sub-brains), hardened so one client
+//! cannot take it down: header and body size limits checked before anything is
+//! buffered (a declared `Content-Length` over the limit is answered 413 and the
+//! connection closed, never drained), read timeouts for headers and bodies, a bound
+//! on open connections (more are shed with 503 at once), and handlers on a bounded
+//! pool of threads. It runs on its own small tokio runtime; handlers are plain
+//! blocking functions from [`Request`] to [`Response`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+
+pub use hyper::Method;
+
+/// What one server accepts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Request line and headers together (at least 8 KiB).
+    pub max_header_bytes: usize,
+    /// Request body.
+    pub max_body_bytes: usize,
+    /// Time to send the headers, and again the body, of one request.
+    pub read_timeout: Duration,
+    /// Longest a connection may stay open, however busy (clients reconnect).
+    pub connection_lifetime: Duration,
+    /// Connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Requests being handled at once (threads); more wait their turn.
+    pub max_handlers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 64 * 1024,
+            read_timeout: Duration::from_secs(10),
+            connection_lifetime: Duration::from_secs(120),
+            max_connections: 512,
+            max_handlers: 16,
+        }
+    }
+}
+
+/// A request, fully read and within the limits.
+#[derive(Debug)]
+pub struct Request {
+    pub method: Method,
+    /// Path and query, as sent.
+    pub target: String,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+}
+
+impl Request {
+    /// The path and query, as sent.
+    pub fn url(&self) -> &str {
+        &self.target
+    }
+
+    /// A header's value as text (the first of that name), trimmed.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+    }
+}
+
+/// An answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status,
+            headers: vec![("Content-Type".into(), content_type.into())],
+            body: body.into(),
+        }
+    }
+
+    pub fn json(status: u16, body: &Value) -> Self {
+        Self::new(status, "application/json", body.to_string())
+    }
+
+    /// `{"error": code, "message": message}`.
+    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Self::json(status, &json!({"error": code, "message": message.into()}))
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// What serves requests.
+pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+
+/// A running server; dropping it (or [`Server::stop`]) stops it.
+pub struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Listens on `addr` (`127.0.0.1:0` picks a free port: see [`Server::addr`]) and
+    /// serves `handler` on a runtime of its own, named `name` in thread lists.
+    pub fn start(
+        addr: &str,
+        name: &str,
+        limits: Limits,
+        handler: Handler,
+    ) -> std::io::Result<Server> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let bound = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(limits.max_handlers.max(1))
+            .thread_name(format!("{name} http"))
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("{name} accept"))
+            .spawn(move || {
+                runtime.block_on(accept_loop(listener, limits, handler, flag));
+                // Connections still open end with the runtime.
+                runtime.shutdown_timeout(Duration::from_millis(200));
+            })?;
+        Ok(Server {
+            addr: bound,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until the process ends (for the command-line servers).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops accepting, ends open connections and waits for the server's threads.
+    pub fn stop(self) {}
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    limits: Limits,
+    handler: Handler,
+    stop: Arc<AtomicBool>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let limits = Arc::new(limits);
+    while !stop.load(Ordering::Relaxed) {
+        let accepted =
+            match tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
+                Ok(Ok((stream, peer))) => (stream, peer),
+                // Out of file descriptors and the like: breathe, then go on.
+                Ok(Err(_)) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+        let (stream, peer) = accepted;
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tokio::spawn(shed(stream));
+            continue;
+        };
+        let (limits, handler) = (limits.clone(), handler.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service_limits = limits.clone();
+            let service = hyper::service::service_fn(move |request| {
+                serve_one(request, peer, service_limits.clone(), handler.clone())
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+        });
+    }
+}
+
+/// Answers a connection over the limit with 503 and closes it.
+async fn shed(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":"overloaded","message":"too many connections; try again"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+async fn serve_one(
+    request: hyper::Request<Incoming>,
+    peer: SocketAddr,
+    limits: Arc<Limits>,
+    handler: Handler,
+) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    // Refused before a byte of the body is read or buffered; the connection closes.
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return Ok(to_hyper(
+            Response::error(
+                413,
+                "too_large",
+                format!("the body is larger than {} bytes", limits.max_body_bytes),
+            ),
+            true,
+        ));
+    }
+    let collected = tokio::time::timeout(
+        limits.read_timeout,
+        Limited::new(body, limits.max_body_bytes).collect(),
+    )
+    .await;
+    let body = match collected {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Ok(to_hyper(
+                Response::error(
+                    413,
+                    "too_large",
+                    format!("the body is larger than {} bytes", limits.max_body_bytes),
+                ),
+                true,
+            ));
+        }
+        Ok(Err(e)) => {
+            return Ok(to_hyper(
+                Response::error(400, "bad_body", format!("cannot read the body: {e}")),
+                true,
+            ));
+        }
+        Err(_) => {
+            return Ok(to_hyper(
+                Response::error(
+                    408,
+                    "timeout",
+                    format!(
+                        "the body did not arrive within {} s",
+                        limits.read_timeout.as_secs()
+                    ),
+                ),
+                true,
+            ));
+        }
+    };
+    let request = Request {
+        method: parts.method,
+        target: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+        headers: parts.headers,
+        body,
+        peer,
+    };
+    let response = match tokio::task::spawn_blocking(move || handler(request)).await {
+        Ok(r) => r,
+        Err(_) => Response::error(500, "internal", "the request could not be handled"),
+    };
+    Ok(to_hyper(response, false))
+}
+
+fn to_hyper(response: Response, close: bool) -> hyper::Response<Full<Bytes>> {
+    let mut builder = hyper::Response::builder().status(response.status);
+    for (name, value) in &response.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    if close {
+        builder = builder.header(hyper::header::CONNECTION, "close");
+    }
+    builder
+        .body(Full::new(Bytes::from(response.body)))
+        .unwrap_or_else(|_| {
+            let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"")));
+            *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    use super::*;
+
+    fn echo() -> Handler {
+        Arc::new(|r: Request| {
+            Response::json(
+                200,
+                &json!({"path": r.url(), "bytes": r.body.len(), "method": r.method.as_str()}),
+            )
+        })
+    }
+
+    fn raw(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(request);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn health(addr: SocketAddr) -> Duration {
+        let t = Instant::now();
+        let answer = raw(
+            addr,
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        t.elapsed()
+    }
+
+    #[test]
+    fn a_huge_declared_body_is_refused_without_reading_it() {
+        let server = Server::start("127.0.0.1:0", "test", Limits::default(), echo()).unwrap();
+        let answer = raw(
+            server.addr(),
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        // A body sent in full over the limit without a length is cut off too.
+        let mut chunked =
+            b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..20 {
+            chunked.extend_from_slice(b"2000\r\n");
+            chunked.extend_from_slice(&[b'a'; 0x2000]);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let answer = raw(server.addr(), &chunked);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(health(server.addr()) < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_huge_header_is_refused() {
+        let server = Server::start("127.0.0.1:0", "test", Limits::default(), echo()).unwrap();
+        let mut request = b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        request.extend(std::iter::repeat_n(b'a', 1_000_000));
+        request.extend_from_slice(b"\r\n\r\n");
+        let answer = raw(server.addr(), &request);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "{answer}"
+        );
+        assert!(health(server.addr()) < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn half_sent_requests_and_a_flood_do_not_stop_good_requests() {
+        let limits = Limits {
+            read_timeout: Duration::from_secs(2),
+            max_connections: 64,
+            ..Limits::default()
+        };
+        // Within the bound on connections, 300 slow clients cost nothing.
+        let roomy = Server::start("127.0.0.1:0", "test", Limits::default(), echo()).unwrap();
+        let mut slow = Vec::new();
+        for _ in 0..300 {
+            if let Ok(mut s) = TcpStream::connect(roomy.addr()) {
+                let _ =
+                    s.write_all(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab");
+                slow.push(s);
+            }
+        }
+        assert!(health(roomy.addr()) < Duration::from_secs(1));
+        drop(slow);
+        let server = Server::start("127.0.0.1:0", "test", limits, echo()).unwrap();
+        // 300 connections that send half a request and wait.
+        let mut held = Vec::new();
+        for i in 0..300 {
+            if let Ok(mut s) = TcpStream::connect(server.addr()) {
+                let half: &[u8] = if i % 2 == 0 {
+                    b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc"
+                } else {
+                    b"GET /x HTTP/1.1\r\nHost"
+                };
+                let _ = s.write_all(half);
+                held.push(s);
+            }
+        }
+        // Over the bound, connections are shed at once; within it, the half-sent
+        // ones time out. Either way a good request is answered within a second once
+        // the read timeout has passed.
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(health(server.addr()) < Duration::from_secs(1));
+        drop(held);
+        assert!(health(server.addr()) < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn requests_within_the_limits_reach_the_handler() {
+        let server = Server::start("127.0.0.1:0", "test", Limits::default(), echo()).unwrap();
+        let answer = raw(
+            server.addr(),
+            b"POST /a/b?c=d HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        );
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(r#""path":"/a/b?c=d""#), "{answer}");
+        assert!(answer.contains(r#""bytes":5"#), "{answer}");
+    }
+}
