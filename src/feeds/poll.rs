@@ -115,9 +115,20 @@ fn nap(d: Duration, stop: &AtomicBool) {
     }
 }
 
+/// The validators of each page of a feed (by offset), from the last poll in which
+/// every page decoded. Each page is asked for conditionally on its own: a 304 for one
+/// page says nothing about the pages after it.
+#[derive(Default)]
 struct Conditional {
+    pages: std::collections::HashMap<u64, PageValidators>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PageValidators {
     etag: Option<String>,
     last_modified: Option<String>,
+    /// Items the page held, to know where the next page starts after a 304.
+    items: usize,
 }
 
 fn poll_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: Arc<AtomicBool>) {
@@ -141,10 +152,7 @@ fn poll_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: Arc<Atom
     };
     let interval = Duration::from_secs_f64(feed.interval_s);
     let mut failures = 0u32;
-    let mut conditional = Conditional {
-        etag: None,
-        last_modified: None,
-    };
+    let mut conditional = Conditional::default();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let wait = match poll_once(id, &feed, &client, &tx, &mut conditional, &stop) {
@@ -195,8 +203,11 @@ fn poll_once(
     };
     let mut total_bytes = 0usize;
     let mut offset = 0u64;
-    let mut first_page_validators = None;
-    for page in 0..MAX_PAGES {
+    // Validators of this poll, kept only once every page decoded: a payload that
+    // failed (too large, not JSON) must be fetched again, not answered by a 304.
+    let mut seen_pages = std::collections::HashMap::new();
+    let mut all_not_modified = true;
+    for _ in 0..MAX_PAGES {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -217,41 +228,46 @@ fn poll_once(
             FeedKind::Cap => request.header("Accept", "application/cap+xml, application/xml"),
             _ => request.header("Accept", "application/geo+json, application/json"),
         };
-        // Conditional requests on the first page: a 304 means nothing changed.
-        if page == 0 {
-            if let Some(etag) = &conditional.etag {
+        // Conditional request for this page: a 304 means this page is unchanged.
+        let known = conditional.pages.get(&offset);
+        if let Some(v) = known {
+            if let Some(etag) = &v.etag {
                 request = request.header("If-None-Match", etag);
             }
-            if let Some(lm) = &conditional.last_modified {
+            if let Some(lm) = &v.last_modified {
                 request = request.header("If-Modified-Since", lm);
             }
         }
         let response = request.send().map_err(|e| describe_reqwest_error(&e))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_MODIFIED {
-            let _ = tx.send(FeedEvent::PollOk {
-                feed: id,
-                at_ms: unix_ms_now(),
-                not_modified: true,
-                bytes: 0,
-            });
-            return Ok(());
+            // Unchanged: the pages after it may not be, so go on where it ended.
+            let Some(v) = known.cloned() else {
+                return Err((
+                    "http_status",
+                    format!("HTTP 304 from {url} for a request that was not conditional"),
+                ));
+            };
+            let items = v.items;
+            seen_pages.insert(offset, v);
+            if feed.kind != FeedKind::NgsiLd || items < feed.page_size as usize {
+                break;
+            }
+            offset += items as u64;
+            continue;
         }
         if !status.is_success() {
             return Err(("http_status", format!("HTTP {status} from {url}")));
         }
-        // Validators are kept only once every page decoded: a payload that failed
-        // (too large, not JSON) must be fetched again, not answered by a 304.
-        let validators = (page == 0).then(|| {
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            (header("etag"), header("last-modified"))
-        });
+        all_not_modified = false;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (etag, last_modified) = (header("etag"), header("last-modified"));
         if let Some(len) = response.content_length()
             && len as usize > feed.max_payload_bytes
         {
@@ -279,10 +295,17 @@ fn poll_once(
             };
             (reason, e.to_string())
         })?;
-        if validators.is_some() {
-            first_page_validators = validators;
-        }
         let items = decoded.updates.len() + decoded.rejects.len();
+        if etag.is_some() || last_modified.is_some() {
+            seen_pages.insert(
+                offset,
+                PageValidators {
+                    etag,
+                    last_modified,
+                    items,
+                },
+            );
+        }
         let _ = tx.send(FeedEvent::Batch {
             feed: id,
             decoded,
@@ -293,14 +316,11 @@ fn poll_once(
         }
         offset += items as u64;
     }
-    if let Some((etag, last_modified)) = first_page_validators {
-        conditional.etag = etag;
-        conditional.last_modified = last_modified;
-    }
+    conditional.pages = seen_pages;
     let _ = tx.send(FeedEvent::PollOk {
         feed: id,
         at_ms: unix_ms_now(),
-        not_modified: false,
+        not_modified: all_not_modified,
         bytes: total_bytes,
     });
     Ok(())
@@ -353,5 +373,107 @@ mod tests {
             "http://h/ngsi-ld/v1/entities?type=Vehicle&limit=100&offset=200"
         );
         assert_eq!(page_url("http://h/e", 5, 0), "http://h/e?limit=5&offset=0");
+    }
+
+    /// 25 entities in pages of 10: the first page never changes (and answers 304
+    /// once its ETag is known), the entities on the later pages change every poll.
+    #[test]
+    fn a_304_on_the_first_page_does_not_freeze_the_later_pages() {
+        use std::sync::atomic::AtomicU64;
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let base = format!(
+            "http://{}/ngsi-ld/v1/entities",
+            server.server_addr().to_ip().unwrap()
+        );
+        let polls = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (polls2, stop2) = (polls.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let query = request
+                    .url()
+                    .split_once('?')
+                    .map_or("", |(_, q)| q)
+                    .to_string();
+                let offset: usize = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("offset="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if offset == 0 {
+                    polls2.fetch_add(1, Ordering::Relaxed);
+                }
+                let round = polls2.load(Ordering::Relaxed);
+                let entities: Vec<String> = (offset..(offset + 10).min(25))
+                    .map(|i| {
+                        // Page 0 is fixed; later pages carry the poll number.
+                        let value = if i < 10 { 1 } else { round };
+                        format!(
+                            r#"{{"id":"urn:ngsi-ld:Sensor:{i}","type":"Sensor","location":{{"type":"GeoProperty","value":{{"type":"Point","coordinates":[24.94,60.17]}}}},"reading":{{"type":"Property","value":{value}}}}}"#
+                        )
+                    })
+                    .collect();
+                let body = format!("[{}]", entities.join(","));
+                let etag = format!("\"{offset}-{}\"", if offset == 0 { 1 } else { round });
+                let fresh = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("If-None-Match"))
+                    .is_none_or(|h| h.value.as_str() != etag);
+                let response = if fresh {
+                    tiny_http::Response::from_string(body)
+                        .with_header(tiny_http::Header::from_bytes("ETag", etag.as_str()).unwrap())
+                        .with_header(
+                            tiny_http::Header::from_bytes("Content-Type", "application/json")
+                                .unwrap(),
+                        )
+                } else {
+                    tiny_http::Response::from_string("").with_status_code(304)
+                };
+                let _ = request.respond(response);
+            }
+        });
+        let feeds = super::super::config::parse_feeds(&format!(
+            "[[feed]]\nname='sensors'\nkind='ngsi-ld'\nurl='{base}'\ndomain='ecology'\ninterval_s=0.1\npage_size=10\n"
+        ))
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pollers = Pollers::start(&feeds, tx);
+        let mut latest_20 = None;
+        let mut oks = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until && oks.len() < 4 {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(FeedEvent::Batch { decoded, .. }) => {
+                    for u in &decoded.updates {
+                        if u.id == "urn:ngsi-ld:Sensor:20" {
+                            latest_20 = u.fields.get("reading").cloned();
+                        }
+                    }
+                }
+                Ok(FeedEvent::PollOk { not_modified, .. }) => oks.push(not_modified),
+                Ok(FeedEvent::PollFailed { error, .. }) => panic!("{error}"),
+                Err(_) => {}
+            }
+        }
+        pollers.stop();
+        stop.store(true, Ordering::Relaxed);
+        assert!(oks.len() >= 4, "{oks:?}");
+        // Later polls saw page 0 unchanged but still read the changed pages.
+        assert!(
+            oks.iter().all(|n| !n),
+            "pages changed in every poll: {oks:?}"
+        );
+        let seen = latest_20.expect("entity 20 was read");
+        // Read in the fourth poll, before its end was reported.
+        assert_eq!(
+            seen,
+            crate::feeds::FieldValue::Number(oks.len() as f64),
+            "entity 20 follows the polls ({} served)",
+            polls.load(Ordering::Relaxed)
+        );
     }
 }
