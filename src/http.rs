@@ -335,6 +335,73 @@ fn to_hyper(response: Response, close: bool) -> hyper::Response<Full<Bytes>> {
         })
 }
 
+/// The attacks every server of ours must shrug off, for each server's own tests.
+#[cfg(test)]
+pub(crate) mod attack {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+
+    fn raw(addr: SocketAddr, request: &[u8]) -> String {
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            return String::new();
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(request);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// How long `GET good_path` takes, asserting it is answered with `want`.
+    pub fn timed_get(addr: SocketAddr, good_path: &str, want: u16) -> Duration {
+        let t = Instant::now();
+        let answer = raw(
+            addr,
+            format!("GET {good_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(answer.starts_with(&format!("HTTP/1.1 {want}")), "{answer}");
+        t.elapsed()
+    }
+
+    /// A huge declared body without credentials, a huge header, and 300 half-sent
+    /// requests held open, on `post_path`; meanwhile and after, `GET good_path`
+    /// answers `want` within a second.
+    pub fn survives(addr: SocketAddr, post_path: &str, good_path: &str, want: u16) {
+        let answer = raw(
+            addr,
+            format!(
+                "POST {post_path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        let mut big = format!("POST {post_path} HTTP/1.1\r\nHost: x\r\nX-Big: ").into_bytes();
+        big.extend(std::iter::repeat_n(b'a', 2_000_000));
+        big.extend_from_slice(b"\r\n\r\n");
+        let answer = raw(addr, &big);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "{answer}"
+        );
+        let mut held = Vec::new();
+        for i in 0..300 {
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                let half = if i % 2 == 0 {
+                    format!("POST {post_path} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{{")
+                } else {
+                    format!("POST {post_path} HTTP/1.1\r\nHost")
+                };
+                let _ = s.write_all(half.as_bytes());
+                held.push(s);
+            }
+        }
+        assert!(timed_get(addr, good_path, want) < Duration::from_secs(1));
+        drop(held);
+        assert!(timed_get(addr, good_path, want) < Duration::from_secs(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};

@@ -192,4 +192,17 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn serve_sim_survives_hostile_clients() {
+        let map = load_default().unwrap();
+        let sim = Simulator::new(&map, SimConfig::for_map(&map), 1_795_946_400_000);
+        let server = start("127.0.0.1:0", sim).unwrap();
+        crate::http::attack::survives(
+            server.addr(),
+            "/ngsi-ld/v1/entities",
+            "/ngsi-ld/v1/entities?limit=1",
+            200,
+        );
+    }
 }

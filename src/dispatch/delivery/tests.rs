@@ -175,7 +175,12 @@ impl Script {
                 let (status, content_type, text) =
                     answers[(seen.len() - 1).min(answers.len() - 1)].clone();
                 drop(seen);
+                // A redirect's body is where it points.
+                let location = (300..400).contains(&status).then(|| text.clone());
                 let mut response = tiny_http::Response::from_string(text).with_status_code(status);
+                if let Some(l) = location {
+                    response.add_header(tiny_http::Header::from_bytes("Location", l).unwrap());
+                }
                 if !content_type.is_empty() {
                     response.add_header(
                         tiny_http::Header::from_bytes("Content-Type", content_type).unwrap(),
@@ -1038,4 +1043,146 @@ fn end_to_end_orders_are_reported_back() {
     let stats = sim.stats();
     assert_eq!(stats.reported as usize, expected_reports + 3, "{stats:?}");
     assert_eq!(stats.report_failures, 0, "{stats:?}");
+}
+
+/// A 2xx that is not the department's JSON (a proxy's maintenance page) is not a
+/// delivery: the order is tried again.
+#[test]
+fn a_2xx_html_page_is_not_a_delivery() {
+    let script = Script::start_typed(&[
+        (
+            200,
+            "text/html",
+            "<html><body>Down for maintenance</body></html>",
+        ),
+        (201, "application/json", r#"{"department_ref":"FIRE-9"}"#),
+    ]);
+    let (outbox, rx) = Outbox::start(fast_config(Duration::from_secs(2)));
+    outbox.send(outgoing(
+        "ORD-000010",
+        "fire",
+        &script.base,
+        "http://127.0.0.1:9/s",
+    ));
+    let events = collect(&rx, Duration::from_secs(5), |e| {
+        !delivered_ids(e).is_empty()
+    });
+    assert!(
+        matches!(&events[0], DeliveryEvent::Failed { permanent: false, error, .. } if error.contains("text/html")),
+        "{events:?}"
+    );
+    assert!(
+        matches!(
+            events.last(),
+            Some(DeliveryEvent::Delivered { attempts: 2, .. })
+        ),
+        "{events:?}"
+    );
+}
+
+/// 307 and 308 keep the method and body and are followed on the same host; a 301 (which
+/// would turn the POST into a GET) is a clear permanent failure naming the new place.
+#[test]
+fn redirects_are_followed_only_when_they_keep_the_order() {
+    let script = Script::start_typed(&[
+        (308, "", "/v2/orders"),
+        (201, "application/json", r#"{"department_ref":"EMS-3"}"#),
+    ]);
+    let (outbox, rx) = Outbox::start(fast_config(Duration::from_secs(2)));
+    outbox.send(outgoing(
+        "ORD-000011",
+        "ems",
+        &script.base,
+        "http://127.0.0.1:9/s",
+    ));
+    let events = collect(&rx, Duration::from_secs(5), |e| {
+        !delivered_ids(e).is_empty()
+    });
+    assert!(
+        matches!(
+            events.last(),
+            Some(DeliveryEvent::Delivered { attempts: 1, .. })
+        ),
+        "{events:?}"
+    );
+    let seen = script.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].url, "/v2/orders");
+    assert_eq!(seen[1].body["order_id"], "ORD-000011");
+
+    let moved = Script::start_typed(&[(301, "", "http://elsewhere.invalid/orders")]);
+    outbox.send(outgoing(
+        "ORD-000012",
+        "ems",
+        &moved.base,
+        "http://127.0.0.1:9/s",
+    ));
+    let events = collect(&rx, Duration::from_secs(5), |e| {
+        !permanent_failures(e).is_empty()
+    });
+    let failure = permanent_failures(&events);
+    assert!(
+        matches!(failure[0], DeliveryEvent::Failed { error, .. } if error.contains("moved") && error.contains("elsewhere.invalid")),
+        "{events:?}"
+    );
+    assert_eq!(moved.seen().len(), 1, "not retried, not followed");
+}
+
+/// An order withdrawn (escalated away, cancelled) is not delivered later: what is
+/// queued for it is dropped, however long the department was down.
+#[test]
+fn withdrawn_orders_never_arrive_later() {
+    let script = Script::start(&[(503, "")]);
+    let (outbox, rx) = Outbox::start(fast_config(Duration::from_secs(2)));
+    outbox.send(outgoing(
+        "ORD-000013",
+        "fire",
+        &script.base,
+        "http://127.0.0.1:9/s",
+    ));
+    let _ = collect(&rx, Duration::from_secs(5), |e| e.len() >= 2);
+    outbox.withdraw("ORD-000013");
+    std::thread::sleep(Duration::from_millis(300));
+    let attempts = script.seen().len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        script.seen().len(),
+        attempts,
+        "no attempt after the withdrawal"
+    );
+    assert_eq!(outbox.pending(), 0);
+    // A cancellation of it still goes out.
+    let ok = Script::start(&[(200, r#"{"status":"cancelled"}"#)]);
+    outbox.send(OutgoingOrder {
+        cancel: true,
+        ..outgoing("ORD-000013", "fire", &ok.base, "")
+    });
+    let _ = collect(&rx, Duration::from_secs(5), |e| {
+        !delivered_ids(e).is_empty()
+    });
+    let seen = ok.seen();
+    assert_eq!(seen[0].url, "/orders/ORD-000013/cancel");
+    assert_eq!(seen[0].key.as_deref(), Some("ORD-000013:cancel"));
+}
+
+/// One request must not take a server down: the status API and the department
+/// simulator under huge bodies, huge headers and slow clients.
+#[test]
+fn the_status_api_and_the_simulator_survive_hostile_clients() {
+    let (api, _reports) = StatusApi::start(
+        "127.0.0.1:0",
+        vec![DepartmentAuth {
+            id: "fire".into(),
+            token: "t-fire".into(),
+        }],
+    )
+    .unwrap();
+    crate::http::attack::survives(
+        api.addr(),
+        "/api/v1/orders/ORD-000001/status",
+        "/api/v1/health",
+        200,
+    );
+    let sim = DepartmentSim::start("127.0.0.1:0", SimBehaviour::default()).unwrap();
+    crate::http::attack::survives(sim.addr(), "/fire/orders", "/health", 200);
 }
