@@ -341,6 +341,48 @@ mod tests {
     }
 
     #[test]
+    fn empty_geometries_are_skipped_and_every_multiline_part_is_kept() {
+        let text = format!(
+            r#"{{"type":"FeatureCollection","features":[
+              {{"type":"Feature","properties":{{"building":"yes"}},"geometry":{{"type":"Polygon","coordinates":[{SQUARE}]}}}},
+              {{"type":"Feature","properties":{{"highway":"primary"}},"geometry":{{"type":"MultiLineString","coordinates":[]}}}},
+              {{"type":"Feature","properties":{{"waterway":"river"}},"geometry":{{"type":"Polygon","coordinates":[]}}}},
+              {{"type":"Feature","properties":{{"natural":"water"}},"geometry":{{"type":"MultiPolygon","coordinates":[]}}}},
+              {{"type":"Feature","properties":{{"boundary":"administrative"}},"geometry":{{"type":"MultiLineString","coordinates":[[]]}}}},
+              {{"type":"Feature","id":"mr","properties":{{"highway":"secondary"}},"geometry":{{"type":"MultiLineString","coordinates":[
+                [[24.94,60.17],[24.95,60.17]],
+                [[24.94,60.18],[24.95,60.18],[24.96,60.18]],
+                [[24.97,60.18]]]}}}},
+              {{"type":"Feature","id":"mw","properties":{{"waterway":"canal"}},"geometry":{{"type":"MultiLineString","coordinates":[
+                [[24.94,60.17],[24.95,60.17]],
+                [[24.94,60.18],[24.95,60.18]]]}}}}
+            ]}}"#
+        );
+        let map = load(&text).unwrap();
+        assert_eq!(map.buildings.len(), 1);
+        let parts: Vec<usize> = map
+            .roads
+            .iter()
+            .filter(|r| r.id == "mr")
+            .map(|r| r.line.0.len())
+            .collect();
+        assert_eq!(parts, vec![2, 3], "both drawable parts of the road");
+        assert_eq!(map.waterways.iter().filter(|w| w.id == "mw").count(), 2);
+        assert_eq!(
+            map.skipped.get(SkipReason::NullGeometry),
+            3,
+            "{:?}",
+            map.skipped
+        );
+        assert_eq!(
+            map.skipped.get(SkipReason::TooFewPoints),
+            1,
+            "one empty part"
+        );
+        assert_eq!(map.skipped.total(), 4);
+    }
+
+    #[test]
     fn not_geojson_is_a_clear_error() {
         let err = load("{\"type\":\"Topology\"}").unwrap_err().to_string();
         assert!(

@@ -10,6 +10,8 @@ pub mod geojson;
 pub mod graph;
 pub mod mesh;
 pub mod osm;
+#[cfg(test)]
+pub(crate) mod pbf_fixture;
 pub mod pick;
 pub mod rings;
 
@@ -132,6 +134,10 @@ pub enum RawGeometry {
     /// First ring outer, the rest holes.
     Polygon(Vec<Vec<[f64; 2]>>),
     MultiPolygon(Vec<Vec<Vec<[f64; 2]>>>),
+    /// The runs of consecutive nodes present in the file of a way some of whose nodes
+    /// are missing (cut by the extract's edge). Lines keep the runs; areas cannot be
+    /// closed from them and are skipped as [`SkipReason::MissingReferences`].
+    CutLine(Vec<Vec<[f64; 2]>>),
 }
 
 /// One feature from any source format.
@@ -519,8 +525,8 @@ fn classify(tags: &[(String, String)]) -> Option<Class> {
 /// Validated, projected output of one raw feature.
 enum Built {
     Buildings(Vec<Building>),
-    Road(Road),
-    Waterway(Waterway),
+    Roads(Vec<Road>),
+    Waterways(Vec<Waterway>),
     Areas(Vec<Area>),
     District(District),
 }
@@ -550,8 +556,8 @@ pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts
     for r in results {
         match r {
             Ok(Built::Buildings(b)) => map.buildings.extend(b),
-            Ok(Built::Road(r)) => map.roads.push(r),
-            Ok(Built::Waterway(w)) => map.waterways.push(w),
+            Ok(Built::Roads(r)) => map.roads.extend(r),
+            Ok(Built::Waterways(w)) => map.waterways.extend(w),
             Ok(Built::Areas(a)) => map.areas.extend(a),
             Ok(Built::District(d)) => map.districts.push(d),
             Err(reason) => skipped.add(reason),
@@ -587,7 +593,7 @@ fn pick_origin(features: &[RawFeature]) -> GeoFrame {
 fn first_point(g: &RawGeometry) -> Option<[f64; 2]> {
     match g {
         RawGeometry::Line(l) => l.first().copied(),
-        RawGeometry::MultiLine(ls) => ls.first()?.first().copied(),
+        RawGeometry::MultiLine(ls) | RawGeometry::CutLine(ls) => ls.first()?.first().copied(),
         RawGeometry::Polygon(rs) => rs.first()?.first().copied(),
         RawGeometry::MultiPolygon(ps) => ps.first()?.first()?.first().copied(),
         RawGeometry::Null | RawGeometry::Point => None,
@@ -695,6 +701,7 @@ fn area_rings(geometry: RawGeometry) -> Result<Vec<Vec<Vec<[f64; 2]>>>, SkipReas
         RawGeometry::MultiPolygon(polys) => Ok(polys),
         // A closed line is an area ring (an OSM closed way).
         RawGeometry::Line(l) if l.len() >= 4 && l.first() == l.last() => Ok(vec![vec![l]]),
+        RawGeometry::CutLine(_) => Err(SkipReason::MissingReferences),
         RawGeometry::Null => Err(SkipReason::NullGeometry),
         _ => Err(SkipReason::UnsupportedGeometry),
     }
@@ -703,7 +710,7 @@ fn area_rings(geometry: RawGeometry) -> Result<Vec<Vec<Vec<[f64; 2]>>>, SkipReas
 fn line_points(geometry: RawGeometry) -> Result<Vec<Vec<[f64; 2]>>, SkipReason> {
     match geometry {
         RawGeometry::Line(l) => Ok(vec![l]),
-        RawGeometry::MultiLine(ls) => Ok(ls),
+        RawGeometry::MultiLine(ls) | RawGeometry::CutLine(ls) => Ok(ls),
         RawGeometry::Polygon(rings) => Ok(rings),
         RawGeometry::MultiPolygon(ps) => Ok(ps.into_iter().flatten().collect()),
         RawGeometry::Null => Err(SkipReason::NullGeometry),
@@ -718,6 +725,28 @@ fn project_line(points: &[[f64; 2]], frame: &GeoFrame) -> Result<LineString<f64>
         return Err(SkipReason::TooFewPoints);
     }
     Ok(to_linestring(ring))
+}
+
+/// Every drawable part of a (multi)line; broken parts are dropped, and the first
+/// reason is returned only when no part is left (an empty geometry is a null one).
+fn project_lines(
+    lines: Vec<Vec<[f64; 2]>>,
+    frame: &GeoFrame,
+) -> Result<Vec<LineString<f64>>, SkipReason> {
+    let mut first_error = None;
+    let mut out = Vec::with_capacity(lines.len());
+    for l in &lines {
+        match project_line(l, frame) {
+            Ok(line) => out.push(line),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(first_error.unwrap_or(SkipReason::NullGeometry));
+    }
+    Ok(out)
 }
 
 fn width_from_tags(tags: &[(String, String)], default: f32) -> f32 {
@@ -771,30 +800,39 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
             Ok(Built::Buildings(buildings))
         }
         Class::Road(class) => {
-            let mut lines = line_points(geometry)?;
-            let first = lines.swap_remove(0);
-            let line = project_line(&first, frame)?;
-            Ok(Built::Road(Road {
-                id,
-                class,
-                width_m: width_from_tags(&tags, class.default_width_m()),
-                name,
-                line,
-            }))
+            let lines = project_lines(line_points(geometry)?, frame)?;
+            let width_m = width_from_tags(&tags, class.default_width_m());
+            Ok(Built::Roads(
+                lines
+                    .into_iter()
+                    .map(|line| Road {
+                        id: id.clone(),
+                        class,
+                        width_m,
+                        name: name.clone(),
+                        line,
+                    })
+                    .collect(),
+            ))
         }
         Class::Waterway => {
-            let mut lines = line_points(geometry)?;
-            let line = project_line(&lines.swap_remove(0), frame)?;
+            let lines = project_lines(line_points(geometry)?, frame)?;
             let default = if tag(&tags, "waterway") == Some("river") {
                 20.0
             } else {
                 5.0
             };
-            Ok(Built::Waterway(Waterway {
-                id,
-                width_m: width_from_tags(&tags, default),
-                line,
-            }))
+            let width_m = width_from_tags(&tags, default);
+            Ok(Built::Waterways(
+                lines
+                    .into_iter()
+                    .map(|line| Waterway {
+                        id: id.clone(),
+                        width_m,
+                        line,
+                    })
+                    .collect(),
+            ))
         }
         Class::Water | Class::Green => {
             let kind = if class == Class::Water {
@@ -817,14 +855,7 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
         }
         Class::District => {
             let admin_level = tag(&tags, "admin_level").and_then(|l| l.parse().ok());
-            let lines = line_points(geometry)?;
-            let boundary: Vec<_> = lines
-                .iter()
-                .filter_map(|l| project_line(l, frame).ok())
-                .collect();
-            if boundary.is_empty() {
-                return Err(SkipReason::TooFewPoints);
-            }
+            let boundary = project_lines(line_points(geometry)?, frame)?;
             Ok(Built::District(District {
                 id,
                 name,

@@ -90,19 +90,14 @@ pub fn read_features(
         if way.tags.iter().all(|(k, _)| is_metadata_key(k)) {
             continue; // an untagged part of something else (a relation member, usually)
         }
-        let Some(points) = way
-            .refs
-            .iter()
-            .map(|&r| node(r))
-            .collect::<Option<Vec<_>>>()
-        else {
+        let Some(geometry) = way_geometry(&way.refs, &node) else {
             skipped.add(SkipReason::MissingReferences);
             continue;
         };
         features.push(RawFeature {
             id: format!("way/{}", way.id),
             tags: way.tags.clone(),
-            geometry: RawGeometry::Line(points),
+            geometry,
         });
     }
 
@@ -179,10 +174,39 @@ pub fn read_features(
     Ok((features, skipped))
 }
 
+/// A way's geometry: its line when every node is in the file, else the runs of
+/// consecutive present nodes (a way cut by the extract's edge), joined across the
+/// closing node of a closed way. `None` when no run has two nodes.
+fn way_geometry(refs: &[i64], node: &impl Fn(i64) -> Option<[f64; 2]>) -> Option<RawGeometry> {
+    let points: Vec<Option<[f64; 2]>> = refs.iter().map(|&r| node(r)).collect();
+    if points.iter().all(Option::is_some) {
+        return Some(RawGeometry::Line(points.into_iter().flatten().collect()));
+    }
+    let mut runs: Vec<Vec<[f64; 2]>> = Vec::new();
+    let mut current = Vec::new();
+    for p in &points {
+        match p {
+            Some(p) => current.push(*p),
+            None => runs.push(std::mem::take(&mut current)),
+        }
+    }
+    runs.push(current);
+    let closed = refs.len() > 2 && refs.first() == refs.last();
+    if closed && runs.len() > 1 && !runs[0].is_empty() && !runs[runs.len() - 1].is_empty() {
+        // The last run ends at the closing node, which is where the first run starts.
+        let first = runs.remove(0);
+        let last = runs.last_mut().expect("more than one run");
+        last.extend_from_slice(&first[1..]);
+    }
+    runs.retain(|r| r.len() >= 2);
+    (!runs.is_empty()).then_some(RawGeometry::CutLine(runs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::map::{AreaKind, load_default};
+    use crate::map::pbf_fixture::Osm;
+    use crate::map::{AreaKind, MapFormat, load_bytes, load_default};
 
     #[test]
     fn garbage_bytes_are_a_clear_error() {
@@ -190,6 +214,70 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("junk.pbf"), "{err}");
+    }
+
+    fn load(osm: &Osm) -> crate::map::CityMap {
+        load_bytes(&osm.to_pbf(), MapFormat::OsmPbf, "t", "t.pbf").unwrap()
+    }
+
+    #[test]
+    fn ways_cut_by_the_extract_edge_keep_their_present_runs() {
+        let mut osm = Osm::new();
+        for i in 1..=9 {
+            osm.node(i, 24.94 + i as f64 * 0.001, 60.17);
+        }
+        // Node 100 is outside the extract.
+        osm.way(10, &[1, 2, 3, 100, 4, 5], &[("highway", "primary")])
+            .way(11, &[100, 6, 7], &[("highway", "residential")])
+            .way(12, &[6, 100, 7], &[("highway", "residential")])
+            .way(
+                13,
+                &[7, 8, 100, 9, 7],
+                &[("junction", "roundabout"), ("highway", "tertiary")],
+            )
+            .way(14, &[1, 2, 100, 1], &[("building", "yes")])
+            .way(15, &[3, 100, 4], &[("waterway", "stream")]);
+        let map = load(&osm);
+        let runs = |id: &str| -> Vec<usize> {
+            map.roads
+                .iter()
+                .filter(|r| r.id == id)
+                .map(|r| r.line.0.len())
+                .collect()
+        };
+        assert_eq!(
+            runs("way/10"),
+            vec![3, 2],
+            "split where the node is missing"
+        );
+        assert_eq!(runs("way/11"), vec![2]);
+        assert_eq!(runs("way/12"), Vec::<usize>::new(), "no run of two nodes");
+        // The closed ring is one run through its closing node: 9 → 7 → 8.
+        assert_eq!(runs("way/13"), vec![3]);
+        let r13 = map.roads.iter().find(|r| r.id == "way/13").unwrap();
+        let [e9, _] = map.frame.local_from_wgs84(24.949, 60.17);
+        assert!((r13.line.0[0].x - e9).abs() < 1e-6);
+        assert!(map.buildings.is_empty(), "an area cannot be closed");
+        assert_eq!(map.waterways.len(), 0, "one node each side of the gap");
+        assert_eq!(
+            map.skipped.get(SkipReason::MissingReferences),
+            3,
+            "{:?}",
+            map.skipped
+        );
+    }
+
+    #[test]
+    fn default_city_keeps_roads_cut_by_the_extract_edge() {
+        let map = load_default().unwrap();
+        // Aleksanterinkatu: 6 of its 7 nodes are in the extract.
+        let parts: Vec<_> = map
+            .roads
+            .iter()
+            .filter(|r| r.id == "way/26427722")
+            .collect();
+        assert!(!parts.is_empty(), "Aleksanterinkatu is drawn");
+        assert_eq!(parts.iter().map(|r| r.line.0.len()).sum::<usize>(), 6);
     }
 
     #[test]
