@@ -417,7 +417,7 @@ fn feeds_check(
         all_ok &= health.last_ok_ms.is_some();
         let quality = &ingest.quality[i];
         let (fresh_status, fresh_score) =
-            zhongshu::governance::quality::freshness(health.last_ok_ms, feed.interval_s, now);
+            zhongshu::governance::quality::freshness(health.data_as_of_ms, feed.cadence_s(), now);
         let line = serde_json::json!({
             "feed": feed.name,
             "domain": feed.domain.as_str(),

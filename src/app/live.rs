@@ -96,5 +96,6 @@ fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>) {
     let Some(mut live) = live else { return };
     let Live { state, ingest, .. } = &mut *live;
     ingest.pump(state, MAX_UPDATES_PER_FRAME);
+    ingest.expire(state, crate::feeds::poll::unix_ms_now());
     changed.0 = state.drain_changed();
 }

@@ -14,9 +14,10 @@ use crate::feeds::Domain;
 use crate::feeds::config::FeedConfig;
 use crate::feeds::health::FeedHealth;
 use crate::governance::catalog::consumers;
-use crate::governance::quality::{FeedQuality, Freshness, freshness};
+use crate::governance::quality::{FeedQuality, freshness};
 use crate::governance::reconcile::{Reconciliation, reconcile};
 use crate::map::mesh::linear_from_srgb;
+use crate::state::Standing;
 
 /// How often reconciliation and the trust overlay are recomputed.
 const EVERY_MS: i64 = 2_000;
@@ -54,8 +55,9 @@ fn reconcile_now(live: Option<Res<Live>>, mut governance: ResMut<Governance>) {
     governance.last_pass_ms = started.elapsed().as_secs_f64() * 1000.0;
 }
 
-/// Trust overlay: markers of feeds that have gone stale turn grey, so nobody acts on
-/// old data; markers a more authoritative source contradicts turn magenta.
+/// Trust overlay: markers whose data is stale, or whose feed is quarantined, turn
+/// grey, so nobody acts on old or suspect data; markers a more authoritative source
+/// contradicts turn magenta.
 fn fade_stale_markers(
     live: Option<Res<Live>>,
     governance: Res<Governance>,
@@ -69,12 +71,6 @@ fn fade_stale_markers(
         return;
     }
     let now = governance.computed_ms;
-    let stale: Vec<bool> = live
-        .feeds
-        .iter()
-        .zip(&live.ingest.health)
-        .map(|(f, h)| freshness(h.last_ok_ms, f.interval_s, now).0 == Freshness::Stale)
-        .collect();
     // Entities a winning source contradicts: one set lookup per loser, not a scan of
     // every conflict per loser.
     let loser_ids: std::collections::HashSet<&str> = governance
@@ -94,9 +90,11 @@ fn fade_stale_markers(
                 .is_some_and(|e| loser_ids.contains(e.id.as_str()))
         })
         .collect();
-    if !stale.iter().any(|&s| s) && contradicted.is_empty() {
-        return;
-    }
+    let held_out = |slot: u32| {
+        live.state
+            .entity(slot)
+            .is_some_and(|e| live.state.standing(e, now) != Standing::Current)
+    };
     let magenta = magenta
         .get_or_insert_with(|| {
             let [r, g, b, _] = linear_from_srgb(0xFF2BD6);
@@ -118,8 +116,7 @@ fn fade_stale_markers(
         })
         .clone();
     for (marker, mut material) in &mut markers {
-        let feed = live.state.entity(marker.slot).map(|e| e.feed as usize);
-        if feed.is_some_and(|f| stale.get(f).copied().unwrap_or(false)) {
+        if held_out(marker.slot) {
             if material.0 != grey {
                 material.0 = grey.clone();
             }
@@ -196,14 +193,14 @@ pub fn steward_ui(
                 let (Some(h), Some(q)) = (health.get(i), quality.get(i)) else {
                     continue;
                 };
-                let (status, score) = freshness(h.last_ok_ms, f.interval_s, now_ms);
+                let (status, score) = freshness(h.data_as_of_ms, f.cadence_s(), now_ms);
                 ui.label(&f.name);
                 ui.label(f.owner.as_deref().unwrap_or("—"));
                 ui.label(domain_label(f.domain));
                 ui.label(format!("{} s", f.interval_s));
                 let age = h
-                    .age_s(now_ms)
-                    .map_or_else(|| "never".to_string(), age_text);
+                    .data_age_s(now_ms)
+                    .map_or_else(|| "no data".to_string(), age_text);
                 ui.label(
                     egui::RichText::new(format!("{status:?} ({age})")).color(score_colour(score)),
                 );
@@ -223,12 +220,22 @@ pub fn steward_ui(
                 ui.label(conflicts.to_string());
                 match &h.quarantined {
                     Some(q) => ui.label(
-                        egui::RichText::new(format!("quarantined: {}", q.reason))
-                            .color(theme::ALARM),
+                        egui::RichText::new(format!(
+                            "quarantined, held out of map and KPIs: {}",
+                            q.reason
+                        ))
+                        .color(theme::ALARM),
                     ),
                     None if h.last_error.is_some() && h.last_ok_ms.is_none() => {
                         ui.label(egui::RichText::new("failing").color(theme::ALARM))
                     }
+                    None if h.removed + h.expired > 0 => ui.label(
+                        egui::RichText::new(format!(
+                            "ok · {} gone from the feed, {} expired",
+                            h.removed, h.expired
+                        ))
+                        .color(theme::GOOD),
+                    ),
                     None => ui.label(egui::RichText::new("ok").color(theme::GOOD)),
                 };
                 ui.end_row();

@@ -61,6 +61,62 @@ pub struct FeedConfig {
     /// Largest response accepted from this feed, bytes (at most 64 MiB).
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
+    /// How often the source renews its data, seconds, when that differs from how
+    /// often it is polled (`interval_s`). Freshness and expiry count in cadences.
+    #[serde(default)]
+    pub cadence_s: Option<f64>,
+    /// An entity whose values are older than this many cadences is stale: greyed on
+    /// the map and left out of the KPIs.
+    #[serde(default = "default_stale_after_cadences")]
+    pub stale_after_cadences: f64,
+    /// An entity the feed has not reported for this many cadences is removed; 0 keeps
+    /// entities until the feed leaves them out of a complete snapshot.
+    #[serde(default = "default_expire_after_cadences")]
+    pub expire_after_cadences: f64,
+    /// Whether each successful poll is a complete snapshot, so that an entity missing
+    /// from it has gone (default: yes, except for CAP feeds, one message per poll).
+    #[serde(default)]
+    pub remove_missing: Option<bool>,
+    /// The entity type given to GeoJSON features that carry none (default: the feed's
+    /// name), so that ids of different feeds' untyped features never meet.
+    #[serde(default)]
+    pub entity_type: Option<String>,
+}
+
+impl FeedConfig {
+    /// Seconds between renewals of the source's data.
+    pub fn cadence_s(&self) -> f64 {
+        self.cadence_s.unwrap_or(self.interval_s)
+    }
+
+    /// Whether a successful poll without an entity removes it.
+    pub fn removes_missing(&self) -> bool {
+        self.remove_missing.unwrap_or(self.kind != FeedKind::Cap)
+    }
+
+    /// Values older than this are stale.
+    pub fn stale_after_ms(&self) -> i64 {
+        (self.stale_after_cadences * self.cadence_s() * 1000.0) as i64
+    }
+
+    /// Entities unreported this long are removed; `None`: never.
+    pub fn expire_after_ms(&self) -> Option<i64> {
+        (self.expire_after_cadences > 0.0)
+            .then(|| (self.expire_after_cadences * self.cadence_s() * 1000.0) as i64)
+    }
+
+    /// The type for an untyped GeoJSON feature of this feed.
+    pub fn untyped_entity_type(&self) -> &str {
+        self.entity_type.as_deref().unwrap_or(&self.name)
+    }
+}
+
+fn default_stale_after_cadences() -> f64 {
+    10.0
+}
+
+fn default_expire_after_cadences() -> f64 {
+    30.0
 }
 
 fn default_max_payload_bytes() -> usize {
@@ -207,13 +263,111 @@ pub fn parse_feeds(text: &str) -> Result<Vec<FeedConfig>, String> {
         if feed.page_size == 0 {
             return Err(format!("feed \"{name}\": page_size must be at least 1"));
         }
+        if let Some(c) = feed.cadence_s
+            && !(0.1..=30.0 * 86_400.0).contains(&c)
+        {
+            return Err(format!(
+                "feed \"{name}\": cadence_s must be between 0.1 and 2592000, got {c}"
+            ));
+        }
+        if !(feed.stale_after_cadences >= 1.0 && feed.stale_after_cadences <= 1e6) {
+            return Err(format!(
+                "feed \"{name}\": stale_after_cadences must be between 1 and 1000000"
+            ));
+        }
+        if !(feed.expire_after_cadences == 0.0
+            || (feed.expire_after_cadences >= feed.stale_after_cadences
+                && feed.expire_after_cadences <= 1e6))
+        {
+            return Err(format!(
+                "feed \"{name}\": expire_after_cadences must be 0 (never) or between \
+                 stale_after_cadences ({}) and 1000000",
+                feed.stale_after_cadences
+            ));
+        }
     }
+    check_single_authority(&file.feed)?;
     Ok(file.feed)
+}
+
+/// Refuses two feeds authoritative for the same type or field: the winner would flip
+/// between reconciliation passes. A type on one feed and one of its fields on another
+/// is fine (the field-level authority wins for that field).
+fn check_single_authority(feeds: &[FeedConfig]) -> Result<(), String> {
+    let mut owner: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for feed in feeds {
+        for claim in &feed.authoritative_for {
+            let claim = claim.trim();
+            if claim.is_empty() || claim.starts_with('.') || claim.ends_with('.') {
+                return Err(format!(
+                    "feed \"{}\": authoritative_for entry {claim:?} must be a type or Type.field",
+                    feed.name
+                ));
+            }
+            if let Some(other) = owner.insert(claim, &feed.name)
+                && other != feed.name
+            {
+                return Err(format!(
+                    "feeds \"{other}\" and \"{}\" are both authoritative for {claim}; \
+                     one data needs one source",
+                    feed.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_authorities_for_one_type_or_field_are_refused() {
+        let two = |a: &str, b: &str| {
+            parse_feeds(&format!(
+                "[[feed]]\nname='eco'\nkind='sim'\ndomain='ecology'\nauthoritative_for=['{a}']\n\
+                 [[feed]]\nname='district'\nkind='sim'\ndomain='ecology'\nauthoritative_for=['{b}']\n"
+            ))
+        };
+        let err = two("AirQualityObserved", "AirQualityObserved").unwrap_err();
+        assert!(err.contains("\"eco\" and \"district\""), "{err}");
+        assert!(err.contains("AirQualityObserved"), "{err}");
+        assert!(two("AirQualityObserved.pm25", "AirQualityObserved.pm25").is_err());
+        // A type here and one of its fields there: the field's authority is clear.
+        assert!(two("AirQualityObserved", "AirQualityObserved.pm25").is_ok());
+        assert!(two("AirQualityObserved", "TrafficFlowObserved").is_ok());
+    }
+
+    #[test]
+    fn lifecycle_settings_and_their_limits() {
+        let f = parse_feeds(
+            "[[feed]]\nname='cars'\nkind='sim'\ndomain='traffic'\ninterval_s=2\n\
+             [[feed]]\nname='aq'\nkind='sim'\ndomain='ecology'\ninterval_s=5\ncadence_s=60\n\
+             stale_after_cadences=3\nexpire_after_cadences=0\nremove_missing=false\n\
+             [[feed]]\nname='cap'\nkind='cap'\nurl='http://h/cap'\ndomain='urban'\n",
+        )
+        .unwrap();
+        assert_eq!(f[0].stale_after_ms(), 20_000);
+        assert_eq!(f[0].expire_after_ms(), Some(60_000));
+        assert!(f[0].removes_missing());
+        assert_eq!(f[1].stale_after_ms(), 180_000);
+        assert_eq!(f[1].expire_after_ms(), None);
+        assert!(!f[1].removes_missing());
+        assert!(
+            !f[2].removes_missing(),
+            "a CAP poll is one message, not a snapshot"
+        );
+        assert_eq!(f[0].untyped_entity_type(), "cars");
+        for bad in [
+            "cadence_s=0",
+            "stale_after_cadences=0.5",
+            "stale_after_cadences=10\nexpire_after_cadences=5",
+        ] {
+            let text = format!("[[feed]]\nname='x'\nkind='sim'\ndomain='urban'\n{bad}\n");
+            assert!(parse_feeds(&text).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_the_documented_example() {

@@ -2,7 +2,7 @@
 //! live state in bounded batches (so a flood never stalls a frame), and every feed
 //! keeps its own counters, last success, last error and rate.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::mpsc::Receiver;
 
@@ -13,7 +13,7 @@ use super::config::FeedConfig;
 use super::poll::FeedEvent;
 use crate::governance::catalog::ObservedSchema;
 use crate::governance::quality::{FeedQuality, QualityRules};
-use crate::state::{ApplyOutcome, FeedId, LiveState};
+use crate::state::{ApplyOutcome, FeedId, FeedStanding, LiveState, as_of_ms};
 
 /// Window over which `updates_per_s` is measured.
 const RATE_WINDOW_MS: i64 = 10_000;
@@ -28,6 +28,8 @@ const MAX_OVERSIZED_IN_A_ROW: u32 = 2;
 pub const MAX_UPDATES_PER_S: f64 = 200_000.0;
 /// How long a quarantine lasts before the feed is tried again.
 pub const QUARANTINE_MS: i64 = 60_000;
+/// Expiry looks for unreported entities at most this often.
+const EXPIRE_EVERY_MS: i64 = 1_000;
 
 /// A feed held out of the live state, with the reason shown to operators.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -58,6 +60,13 @@ pub struct FeedHealth {
     pub quarantined: Option<Quarantine>,
     /// Updates dropped because the feed was quarantined.
     pub dropped: u64,
+    /// Newest time the feed's data is as of (observation time, or receive time for
+    /// untimed data); a 304 adds nothing. Freshness is measured from here.
+    pub data_as_of_ms: Option<i64>,
+    /// Entities removed because a complete snapshot no longer had them.
+    pub removed: u64,
+    /// Entities removed because the feed stopped reporting them.
+    pub expired: u64,
     #[serde(skip)]
     recent: VecDeque<(i64, u64)>,
     /// (items, rejects) of the last payloads.
@@ -86,9 +95,15 @@ impl FeedHealth {
         n as f64 / (RATE_WINDOW_MS as f64 / 1000.0)
     }
 
-    /// Seconds since the last successful poll.
+    /// Seconds since the last successful poll (the endpoint's health).
     pub fn age_s(&self, now_ms: i64) -> Option<f64> {
         self.last_ok_ms.map(|t| (now_ms - t).max(0) as f64 / 1000.0)
+    }
+
+    /// Age of the feed's newest data, seconds (what freshness is about).
+    pub fn data_age_s(&self, now_ms: i64) -> Option<f64> {
+        self.data_as_of_ms
+            .map(|t| (now_ms - t).max(0) as f64 / 1000.0)
     }
 
     fn quarantine(&mut self, reason: String, now_ms: i64) {
@@ -115,7 +130,8 @@ impl FeedHealth {
     }
 
     fn note_payload(&mut self, items: u64, rejects: u64, now_ms: i64) {
-        self.oversized_in_a_row = 0;
+        // Not a reset of `oversized_in_a_row`: a paged feed decodes its first pages
+        // before a later one is oversized; only a whole successful poll resets it.
         self.recent_payloads.push_back((items, rejects));
         while self.recent_payloads.len() > REJECT_WINDOW_PAYLOADS {
             self.recent_payloads.pop_front();
@@ -161,11 +177,33 @@ impl FeedHealth {
     }
 }
 
+/// Work waiting for the live state, in arrival order.
+enum Pending {
+    Update(FeedId, EntityUpdate, i64),
+    /// A complete snapshot of the feed ended: what it did not report has gone.
+    Snapshot {
+        feed: FeedId,
+        seen: HashSet<String>,
+    },
+}
+
+/// What one poll in progress has reported so far.
+#[derive(Default)]
+struct PollTally {
+    seen: HashSet<String>,
+    /// Part of the poll was not taken in (quarantine): it is no complete snapshot.
+    partial: bool,
+}
+
 /// Receives feed events and applies them to the live state.
 pub struct Ingest {
     /// In a mutex only so the app can share `Ingest` across threads; one reader.
     rx: Mutex<Receiver<FeedEvent>>,
-    queue: VecDeque<(FeedId, EntityUpdate, i64)>,
+    queue: VecDeque<Pending>,
+    polls: Vec<PollTally>,
+    /// Touches (a 304: everything still there) to apply, per feed, with their time.
+    touches: Vec<(FeedId, i64)>,
+    last_expiry_ms: i64,
     pub health: Vec<FeedHealth>,
     /// Quality of each feed's data under `rules`.
     pub quality: Vec<FeedQuality>,
@@ -192,6 +230,9 @@ impl Ingest {
         Self {
             rx: Mutex::new(rx),
             queue: VecDeque::new(),
+            polls: feeds.iter().map(|_| PollTally::default()).collect(),
+            touches: Vec::new(),
+            last_expiry_ms: i64::MIN,
             health: feeds.iter().map(|f| FeedHealth::new(&f.name)).collect(),
             quality: vec![FeedQuality::default(); feeds.len()],
             schemas: vec![ObservedSchema::default(); feeds.len()],
@@ -215,10 +256,35 @@ impl Ingest {
         for event in events {
             self.receive(event);
         }
+        for (i, (f, h)) in self.feeds.iter().zip(&self.health).enumerate() {
+            state.set_feed_standing(
+                i as FeedId,
+                FeedStanding {
+                    stale_after_ms: Some(f.stale_after_ms()),
+                    quarantined: h.quarantined.is_some(),
+                },
+            );
+        }
+        for (feed, at_ms) in self.touches.drain(..) {
+            state.touch_feed(feed, at_ms);
+        }
         let mut applied = 0;
         while applied < max_updates {
-            let Some((feed, update, received_at_ms)) = self.queue.pop_front() else {
+            let Some(pending) = self.queue.pop_front() else {
                 break;
+            };
+            let (feed, update, received_at_ms) = match pending {
+                Pending::Update(feed, update, at) => (feed, update, at),
+                Pending::Snapshot { feed, seen } => {
+                    let gone = state.ids_where(feed, |e| !seen.contains(&e.id));
+                    for id in &gone {
+                        state.remove(feed, id);
+                    }
+                    if let Some(h) = self.health.get_mut(feed as usize) {
+                        h.removed += gone.len() as u64;
+                    }
+                    continue;
+                }
             };
             let outcome = state.apply(feed, update, received_at_ms);
             if let Some(h) = self.health.get_mut(feed as usize) {
@@ -234,17 +300,45 @@ impl Ingest {
         applied
     }
 
+    /// Removes entities their feed has not reported for its expiry time (a number of
+    /// cadences), as of `now_ms`; looks at most once a second. Returns how many went.
+    pub fn expire(&mut self, state: &mut LiveState, now_ms: i64) -> usize {
+        if now_ms.saturating_sub(self.last_expiry_ms) < EXPIRE_EVERY_MS {
+            return 0;
+        }
+        self.last_expiry_ms = now_ms;
+        let mut total = 0;
+        for (i, f) in self.feeds.iter().enumerate() {
+            let Some(limit) = f.expire_after_ms() else {
+                continue;
+            };
+            let feed = i as FeedId;
+            let gone = state.ids_where(feed, |e| now_ms - e.seen_at_ms > limit);
+            for id in &gone {
+                state.remove(feed, id);
+            }
+            if let Some(h) = self.health.get_mut(i) {
+                h.expired += gone.len() as u64;
+            }
+            total += gone.len();
+        }
+        total
+    }
+
     fn receive(&mut self, event: FeedEvent) {
         match event {
             FeedEvent::Batch {
                 feed,
-                decoded,
+                mut decoded,
                 received_at_ms,
             } => {
                 let i = feed as usize;
                 if let Some(h) = self.health.get_mut(i) {
                     if h.is_quarantined(received_at_ms) {
                         h.dropped += decoded.updates.len() as u64;
+                        if let Some(p) = self.polls.get_mut(i) {
+                            p.partial = true;
+                        }
                         return;
                     }
                     h.rejected += decoded.rejects.len() as u64;
@@ -255,8 +349,32 @@ impl Ingest {
                     h.note_payload(items, decoded.rejects.len() as u64, received_at_ms);
                     if h.quarantined.is_some() {
                         h.dropped += decoded.updates.len() as u64;
+                        if let Some(p) = self.polls.get_mut(i) {
+                            p.partial = true;
+                        }
                         return;
                     }
+                    let newest = decoded
+                        .updates
+                        .iter()
+                        .map(|u| as_of_ms(u.observed_at_ms, received_at_ms))
+                        .max();
+                    h.data_as_of_ms = h.data_as_of_ms.max(newest);
+                }
+                if let Some(config) = self.feeds.get(i) {
+                    // Untyped GeoJSON features take their type from the feed, so
+                    // feature `1` of the hydrants is not bike station `1`.
+                    for u in &mut decoded.updates {
+                        if u.entity_type == "Feature" {
+                            u.entity_type = config.untyped_entity_type().to_string();
+                        }
+                    }
+                }
+                if let Some(p) = self.polls.get_mut(i) {
+                    p.seen.extend(decoded.updates.iter().map(|u| u.id.clone()));
+                    // A broken item of an entity does not mean the entity has gone.
+                    p.seen
+                        .extend(decoded.rejects.iter().filter_map(|r| r.item_id.clone()));
                 }
                 if let (Some(q), Some(config)) = (self.quality.get_mut(i), self.feeds.get(i)) {
                     q.check_batch(&self.rules, config, &decoded.updates, received_at_ms);
@@ -271,13 +389,40 @@ impl Ingest {
                     decoded
                         .updates
                         .into_iter()
-                        .map(|u| (feed, u, received_at_ms)),
+                        .map(|u| Pending::Update(feed, u, received_at_ms)),
                 );
             }
-            FeedEvent::PollOk { feed, at_ms, .. } => {
-                if let Some(h) = self.health.get_mut(feed as usize) {
+            FeedEvent::PollOk {
+                feed,
+                at_ms,
+                not_modified,
+                complete,
+                ..
+            } => {
+                let i = feed as usize;
+                let tally = self
+                    .polls
+                    .get_mut(i)
+                    .map(std::mem::take)
+                    .unwrap_or_default();
+                if let Some(h) = self.health.get_mut(i) {
                     h.polls_ok += 1;
                     h.last_ok_ms = Some(at_ms);
+                    h.oversized_in_a_row = 0;
+                }
+                if not_modified || !complete {
+                    // Nothing changed (on some pages): every entity is still there, but
+                    // none is newer; which ones the unchanged pages hold is not known.
+                    self.touches.push((feed, at_ms));
+                } else if complete
+                    && !tally.partial
+                    && self.feeds.get(i).is_some_and(FeedConfig::removes_missing)
+                    && self.health.get(i).is_some_and(|h| h.quarantined.is_none())
+                {
+                    self.queue.push_back(Pending::Snapshot {
+                        feed,
+                        seen: tally.seen,
+                    });
                 }
             }
             FeedEvent::PollFailed {
@@ -287,6 +432,10 @@ impl Ingest {
                 error,
                 ..
             } => {
+                // Whatever pages arrived are no complete snapshot.
+                if let Some(p) = self.polls.get_mut(feed as usize) {
+                    *p = PollTally::default();
+                }
                 if let Some(h) = self.health.get_mut(feed as usize) {
                     h.polls_failed += 1;
                     *h.reasons.entry(reason.to_string()).or_default() += 1;
@@ -328,6 +477,270 @@ mod tests {
             item_id: None,
             detail: String::new(),
         }
+    }
+
+    fn feeds(extra: &str) -> Vec<FeedConfig> {
+        parse_feeds(&format!(
+            "[[feed]]\nname='ambulances'\nkind='ngsi-ld'\nurl='http://h/e'\ndomain='health'\ninterval_s=5\n{extra}\n"
+        ))
+        .unwrap()
+    }
+
+    fn batch(feed: u32, ids: &[&str], observed: Option<i64>, at: i64) -> FeedEvent {
+        FeedEvent::Batch {
+            feed,
+            decoded: Decoded {
+                updates: ids
+                    .iter()
+                    .map(|id| EntityUpdate {
+                        observed_at_ms: observed,
+                        ..update(id)
+                    })
+                    .collect(),
+                rejects: Vec::new(),
+            },
+            received_at_ms: at,
+        }
+    }
+
+    fn ok(feed: u32, at: i64, not_modified: bool, complete: bool) -> FeedEvent {
+        FeedEvent::PollOk {
+            feed,
+            at_ms: at,
+            not_modified,
+            complete,
+            bytes: 0,
+        }
+    }
+
+    fn ids(state: &LiveState) -> Vec<String> {
+        let mut ids: Vec<String> = state.iter().map(|(_, e)| e.id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    const T: i64 = 1_795_946_400_000;
+
+    #[test]
+    fn a_complete_snapshot_without_an_entity_removes_it() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds(""), rx);
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        tx.send(batch(0, &["a1", "a2", "a3"], Some(T), T)).unwrap();
+        tx.send(ok(0, T, false, true)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        assert_eq!(state.len(), 3);
+        // Three ambulances, then one: two have left the feed.
+        tx.send(batch(0, &["a2"], Some(T + 5000), T + 5000))
+            .unwrap();
+        tx.send(ok(0, T + 5000, false, true)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        assert_eq!(ids(&state), vec!["a2"]);
+        assert_eq!(ingest.health[0].removed, 2);
+        // A poll that failed half way, or had unchanged pages, proves nothing.
+        tx.send(batch(0, &["a4"], Some(T + 9000), T + 9000))
+            .unwrap();
+        tx.send(FeedEvent::PollFailed {
+            feed: 0,
+            at_ms: T + 9000,
+            reason: "timeout",
+            error: "timed out".into(),
+            retry_in: std::time::Duration::from_secs(1),
+        })
+        .unwrap();
+        tx.send(batch(0, &["a5"], Some(T + 10_000), T + 10_000))
+            .unwrap();
+        tx.send(ok(0, T + 10_000, false, false)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        assert_eq!(ids(&state), vec!["a2", "a4", "a5"]);
+        // Configured off, a feed's polls are not snapshots.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds("remove_missing = false"), rx);
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        tx.send(batch(0, &["a1", "a2"], Some(T), T)).unwrap();
+        tx.send(ok(0, T, false, true)).unwrap();
+        tx.send(batch(0, &["a2"], Some(T + 1), T + 1)).unwrap();
+        tx.send(ok(0, T + 1, false, true)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        assert_eq!(state.len(), 2);
+    }
+
+    #[test]
+    fn entities_not_reported_for_their_expiry_time_go() {
+        // Cadence 5 s: stale after 10 cadences (50 s), gone after 30 (150 s).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds("remove_missing = false"), rx);
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        tx.send(batch(0, &["old", "kept"], Some(T), T)).unwrap();
+        tx.send(ok(0, T, false, true)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        tx.send(batch(0, &["kept"], Some(T + 100_000), T + 100_000))
+            .unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        let old = state.get(0, "old").unwrap().clone();
+        assert_eq!(
+            state.standing(&old, T + 50_000),
+            crate::state::Standing::Current
+        );
+        assert_eq!(
+            state.standing(&old, T + 50_001),
+            crate::state::Standing::Stale
+        );
+        assert_eq!(ingest.expire(&mut state, T + 150_000), 0);
+        assert_eq!(ingest.expire(&mut state, T + 150_001), 0, "once a second");
+        assert_eq!(ingest.expire(&mut state, T + 151_000), 1);
+        assert_eq!(ids(&state), vec!["kept"]);
+        assert_eq!(ingest.health[0].expired, 1);
+        // A 304 says everything is still there: nothing expires, nothing is newer.
+        tx.send(ok(0, T + 240_000, true, false)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        assert_eq!(ingest.expire(&mut state, T + 250_001), 0);
+        assert_eq!(state.len(), 1);
+        assert_eq!(ingest.health[0].data_as_of_ms, Some(T + 100_000));
+    }
+
+    #[test]
+    fn freshness_is_the_age_of_the_data_not_of_the_poll() {
+        use crate::governance::quality::{Freshness, freshness};
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds(""), rx);
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        // Answered promptly, with readings from 2020.
+        let in_2020 = 1_590_000_000_000;
+        tx.send(batch(0, &["a1"], Some(in_2020), T)).unwrap();
+        tx.send(ok(0, T, false, true)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        let h = &ingest.health[0];
+        assert_eq!(h.last_ok_ms, Some(T));
+        assert_eq!(freshness(h.data_as_of_ms, 5.0, T).0, Freshness::Stale);
+        assert_eq!(
+            state.standing(state.get(0, "a1").unwrap(), T),
+            crate::state::Standing::Stale
+        );
+        // Current readings are fresh; 304s after them add no freshness.
+        tx.send(batch(0, &["a1"], Some(T + 1000), T + 1000))
+            .unwrap();
+        tx.send(ok(0, T + 1000, false, true)).unwrap();
+        for k in 1..=20 {
+            tx.send(ok(0, T + 1000 + k * 5000, true, false)).unwrap();
+        }
+        ingest.pump(&mut state, usize::MAX);
+        let h = &ingest.health[0];
+        assert_eq!(
+            freshness(h.data_as_of_ms, 5.0, T + 2000).0,
+            Freshness::Fresh
+        );
+        assert_eq!(h.last_ok_ms, Some(T + 101_000));
+        assert_eq!(
+            freshness(h.data_as_of_ms, 5.0, T + 101_000).0,
+            Freshness::Stale
+        );
+        // Untimed data is as of its arrival.
+        tx.send(batch(0, &["a9"], None, T + 200_000)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        assert_eq!(ingest.health[0].data_as_of_ms, Some(T + 200_000));
+    }
+
+    #[test]
+    fn a_quarantined_feed_is_held_out() {
+        let feeds = parse_feeds(
+            "[[feed]]\nname='bad'\nkind='sim'\ndomain='urban'\n[[feed]]\nname='good'\nkind='sim'\ndomain='urban'\n",
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds, rx);
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        tx.send(batch(0, &["x1", "x2"], Some(T), T)).unwrap();
+        tx.send(batch(1, &["y1"], Some(T), T)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        // Then it sends mostly garbage.
+        tx.send(FeedEvent::Batch {
+            feed: 0,
+            decoded: Decoded {
+                updates: Vec::new(),
+                rejects: (0..30).map(|_| reject()).collect(),
+            },
+            received_at_ms: T + 1000,
+        })
+        .unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        assert!(ingest.health[0].quarantined.is_some());
+        let x1 = state.get(0, "x1").unwrap();
+        assert_eq!(
+            state.standing(x1, T + 1000),
+            crate::state::Standing::Quarantined
+        );
+        let y1 = state.get(1, "y1").unwrap();
+        assert_eq!(
+            state.standing(y1, T + 1000),
+            crate::state::Standing::Current
+        );
+        // Its polls while quarantined remove nothing.
+        tx.send(ok(0, T + 2000, false, true)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        assert_eq!(state.count_for_feed(0), 2);
+    }
+
+    #[test]
+    fn oversized_later_pages_count_in_a_row() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds(""), rx);
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        let too_large = |at| FeedEvent::PollFailed {
+            feed: 0,
+            at_ms: at,
+            reason: "too_large",
+            error: "payload of 9 bytes exceeds the 1-byte limit".into(),
+            retry_in: std::time::Duration::from_secs(1),
+        };
+        // Page 0 decodes every time; page 1 is oversized every time.
+        for k in 0..2 {
+            tx.send(batch(0, &["a1"], Some(T + k), T + k)).unwrap();
+            tx.send(too_large(T + k)).unwrap();
+        }
+        ingest.pump(&mut state, usize::MAX);
+        let q = ingest.health[0].quarantined.clone().expect("quarantined");
+        assert!(q.reason.contains("oversized"), "{}", q.reason);
+        // A whole poll that succeeds in between resets the count.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds(""), rx);
+        tx.send(too_large(T)).unwrap();
+        tx.send(ok(0, T + 1, false, true)).unwrap();
+        tx.send(too_large(T + 2)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        assert!(ingest.health[0].quarantined.is_none());
+    }
+
+    #[test]
+    fn untyped_geojson_features_take_the_feeds_type() {
+        let feeds = parse_feeds(
+            "[[feed]]\nname='hydrants'\nkind='geojson'\nurl='http://h/h'\ndomain='utilities'\n\
+             [[feed]]\nname='bikes'\nkind='geojson'\nurl='http://h/b'\ndomain='traffic'\nentity_type='BikeHireDockingStation'\n",
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds, rx);
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        for feed in [0, 1] {
+            tx.send(FeedEvent::Batch {
+                feed,
+                decoded: Decoded {
+                    updates: vec![EntityUpdate {
+                        entity_type: "Feature".into(),
+                        ..update("1")
+                    }],
+                    rejects: Vec::new(),
+                },
+                received_at_ms: T,
+            })
+            .unwrap();
+        }
+        ingest.pump(&mut state, usize::MAX);
+        assert_eq!(state.get(0, "1").unwrap().entity_type, "hydrants");
+        assert_eq!(
+            state.get(1, "1").unwrap().entity_type,
+            "BikeHireDockingStation"
+        );
     }
 
     #[test]

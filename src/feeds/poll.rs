@@ -36,6 +36,9 @@ pub enum FeedEvent {
         feed: FeedId,
         at_ms: i64,
         not_modified: bool,
+        /// Every page came as a `Batch` (none answered 304): the batches of this poll
+        /// hold everything the source has, so what they lack has gone.
+        complete: bool,
         bytes: usize,
     },
     /// One poll failed; the thread backs off and retries.
@@ -207,6 +210,9 @@ fn poll_once(
     // failed (too large, not JSON) must be fetched again, not answered by a 304.
     let mut seen_pages = std::collections::HashMap::new();
     let mut all_not_modified = true;
+    let mut any_not_modified = false;
+    // Cut off by MAX_PAGES, a poll is no complete snapshot.
+    let mut reached_end = false;
     for _ in 0..MAX_PAGES {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -250,7 +256,9 @@ fn poll_once(
             };
             let items = v.items;
             seen_pages.insert(offset, v);
+            any_not_modified = true;
             if feed.kind != FeedKind::NgsiLd || items < feed.page_size as usize {
+                reached_end = true;
                 break;
             }
             offset += items as u64;
@@ -312,6 +320,7 @@ fn poll_once(
             received_at_ms: unix_ms_now(),
         });
         if feed.kind != FeedKind::NgsiLd || items < feed.page_size as usize {
+            reached_end = true;
             break;
         }
         offset += items as u64;
@@ -321,6 +330,7 @@ fn poll_once(
         feed: id,
         at_ms: unix_ms_now(),
         not_modified: all_not_modified,
+        complete: reached_end && !any_not_modified,
         bytes: total_bytes,
     });
     Ok(())

@@ -69,6 +69,7 @@ impl SimSource {
                             feed,
                             at_ms: now,
                             not_modified: false,
+                            complete: true,
                             bytes: 0,
                         });
                         if sent.is_err() || ok.is_err() {
@@ -127,6 +128,11 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
             required_fields: Vec::new(),
             authoritative_for: Vec::new(),
             max_payload_bytes: super::MAX_PAYLOAD_BYTES,
+            cadence_s: None,
+            stale_after_cadences: 10.0,
+            expire_after_cadences: 30.0,
+            remove_missing: None,
+            entity_type: None,
         })
         .collect()
 }

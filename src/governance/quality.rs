@@ -9,8 +9,7 @@ use serde::Serialize;
 use crate::feeds::config::FeedConfig;
 use crate::feeds::{EntityKind, EntityUpdate};
 
-/// An observation more than this far ahead of the receiving clock is in the future.
-pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60_000;
+pub use crate::state::MAX_CLOCK_SKEW_MS;
 /// Score samples kept per feed (one per payload).
 const HISTORY: usize = 120;
 
@@ -219,22 +218,25 @@ impl QualityRules {
     }
 }
 
-/// How fresh a feed is against its declared cadence.
+/// How fresh a feed's data is against its declared cadence: the age of its newest
+/// observation (receive time for untimed data; a 304 brings nothing new), not of the
+/// last answer of its endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Freshness {
-    /// Last success within two cadences.
+    /// Data within two cadences old.
     Fresh,
     /// Within ten cadences.
     Late,
     Stale,
-    /// Never answered.
+    /// No data yet.
     Never,
 }
 
-/// Freshness status and score (1 fresh … 0 stale) from the last success.
-pub fn freshness(last_ok_ms: Option<i64>, cadence_s: f64, now_ms: i64) -> (Freshness, f64) {
-    let Some(t) = last_ok_ms else {
+/// Freshness status and score (1 fresh … 0 stale) from the time the newest data is as
+/// of (`FeedHealth::data_as_of_ms`).
+pub fn freshness(data_as_of_ms: Option<i64>, cadence_s: f64, now_ms: i64) -> (Freshness, f64) {
+    let Some(t) = data_as_of_ms else {
         return (Freshness::Never, 0.0);
     };
     let cadences = (now_ms - t).max(0) as f64 / 1000.0 / cadence_s.max(0.1);

@@ -2,6 +2,16 @@
 //! out-of-order and duplicate updates ignored and an R-tree kept current for picking
 //! and nearest queries. Fed in batches; the scene reads what changed since last frame.
 //!
+//! Ordering uses each entity's `as_of_ms`: the source's observation time when it gives
+//! one that is not in the future, otherwise the time we received it. It never goes
+//! backwards, so an untimed update cannot open the door to an older reading, and a
+//! future-dated reading cannot freeze an entity until that date.
+//!
+//! Entities leave: a feed's complete snapshot without them, a push feed's delete, or
+//! expiry after going unreported too long ([`LiveState::remove`]). Their slot becomes
+//! empty (never reused, so nothing that still holds the slot finds another entity)
+//! and is reported as changed, so the scene removes what it drew.
+//!
 //! The R-tree is bulk-loaded again on the first query after positions changed, not
 //! patched on every update: moving fleets update far more often than anyone queries,
 //! and one bulk load (~10 ms per 100k entities) is much cheaper than 100k removals and
@@ -24,6 +34,40 @@ pub type FeedId = u32;
 /// A slot in [`LiveState`]'s entity table: stable for the entity's lifetime.
 pub type Slot = u32;
 
+/// An observation more than this far ahead of the receiving clock is in the future:
+/// flagged by the quality rules and ordered by its receive time instead.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60_000;
+
+/// The time an update's values are taken to be as of: its observation time when given
+/// and not in the future, else its receive time.
+pub fn as_of_ms(observed_at_ms: Option<i64>, received_at_ms: i64) -> i64 {
+    match observed_at_ms {
+        Some(t) if t - received_at_ms <= MAX_CLOCK_SKEW_MS => t,
+        _ => received_at_ms,
+    }
+}
+
+/// How far a feed's entities are to be trusted, set by the ingest from the feed's
+/// configuration and health.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FeedStanding {
+    /// An entity whose values are older than this is stale (greyed, left out of KPIs).
+    pub stale_after_ms: Option<i64>,
+    /// The feed is quarantined: its entities are held out (greyed, left out of KPIs
+    /// and reconciliation).
+    pub quarantined: bool,
+}
+
+/// Whether one entity's values can be used now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    Current,
+    /// Values older than the feed's stale limit.
+    Stale,
+    /// Its feed is quarantined.
+    Quarantined,
+}
+
 type IndexPoint = GeomWithData<[f64; 2], Slot>;
 
 /// The current view of one entity.
@@ -38,8 +82,13 @@ pub struct LiveEntity {
     /// Local metres (east, north) of `position`.
     pub local: Option<[f64; 2]>,
     pub line: Option<Vec<[f64; 2]>>,
+    /// The observation time the source gave (shown as is, even when in the future).
     pub observed_at_ms: Option<i64>,
     pub received_at_ms: i64,
+    /// What the values are as of (see [`as_of_ms`]): orders updates and ages the entity.
+    pub as_of_ms: i64,
+    /// When a feed last reported this entity (changed or not).
+    pub seen_at_ms: i64,
     /// Accepted updates so far (1 after the first).
     pub version: u64,
     pub fields: BTreeMap<String, FieldValue>,
@@ -75,7 +124,10 @@ pub enum ApplyOutcome {
 pub struct LiveState {
     frame: GeoFrame,
     slots_by_feed: HashMap<FeedId, HashMap<String, Slot>>,
-    entities: Vec<LiveEntity>,
+    /// `None` where an entity was removed.
+    entities: Vec<Option<LiveEntity>>,
+    live: usize,
+    standing: HashMap<FeedId, FeedStanding>,
     index: Mutex<RTree<IndexPoint>>,
     index_stale: AtomicBool,
     changed: Vec<Slot>,
@@ -89,6 +141,8 @@ impl LiveState {
             frame,
             slots_by_feed: HashMap::new(),
             entities: Vec::new(),
+            live: 0,
+            standing: HashMap::new(),
             index: Mutex::new(RTree::new()),
             index_stale: AtomicBool::new(false),
             changed: Vec::new(),
@@ -96,16 +150,23 @@ impl LiveState {
         }
     }
 
+    /// The frame positions are indexed in.
+    pub fn frame(&self) -> &GeoFrame {
+        &self.frame
+    }
+
+    /// Entities present now.
     pub fn len(&self) -> usize {
-        self.entities.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entities.is_empty()
+        self.live == 0
     }
 
+    /// The entity in `slot`; `None` for a slot never used or whose entity was removed.
     pub fn entity(&self, slot: Slot) -> Option<&LiveEntity> {
-        self.entities.get(slot as usize)
+        self.entities.get(slot as usize)?.as_ref()
     }
 
     pub fn get(&self, feed: FeedId, id: &str) -> Option<&LiveEntity> {
@@ -117,7 +178,31 @@ impl LiveState {
         self.entities
             .iter()
             .enumerate()
-            .map(|(i, e)| (i as Slot, e))
+            .filter_map(|(i, e)| Some((i as Slot, e.as_ref()?)))
+    }
+
+    /// Sets how far `feed`'s entities are to be trusted.
+    pub fn set_feed_standing(&mut self, feed: FeedId, standing: FeedStanding) {
+        self.standing.insert(feed, standing);
+    }
+
+    pub fn feed_standing(&self, feed: FeedId) -> FeedStanding {
+        self.standing.get(&feed).copied().unwrap_or_default()
+    }
+
+    /// Whether `e`'s values can be used at `now_ms`.
+    pub fn standing(&self, e: &LiveEntity, now_ms: i64) -> Standing {
+        let feed = self.feed_standing(e.feed);
+        if feed.quarantined {
+            Standing::Quarantined
+        } else if feed
+            .stale_after_ms
+            .is_some_and(|limit| now_ms - e.as_of_ms > limit)
+        {
+            Standing::Stale
+        } else {
+            Standing::Current
+        }
     }
 
     /// Entities of one feed.
@@ -135,26 +220,34 @@ impl LiveState {
         let local = update
             .position
             .map(|[lon, lat]| self.frame.local_from_wgs84(lon, lat));
+        let as_of = as_of_ms(update.observed_at_ms, received_at_ms);
+        let timed = update.observed_at_ms.is_some_and(|t| t == as_of);
         let slots = self.slots_by_feed.entry(feed).or_default();
         if let Some(&slot) = slots.get(update.id.as_str()) {
-            let entity = &mut self.entities[slot as usize];
-            match (update.observed_at_ms, entity.observed_at_ms) {
-                (Some(new), Some(old)) if new < old => return ApplyOutcome::OutOfOrder,
-                (Some(new), Some(old))
-                    if new == old
-                        && update.fields == entity.fields
-                        && update.position == entity.position =>
-                {
-                    return ApplyOutcome::Duplicate;
+            let Some(entity) = self.entities[slot as usize].as_mut() else {
+                return ApplyOutcome::OutOfOrder;
+            };
+            entity.seen_at_ms = entity.seen_at_ms.max(received_at_ms);
+            // An untimed update is as of its arrival, which is never before what we
+            // hold: the entity's time only moves forward.
+            let as_of = if timed {
+                as_of
+            } else {
+                as_of.max(entity.as_of_ms)
+            };
+            if as_of < entity.as_of_ms {
+                return ApplyOutcome::OutOfOrder;
+            }
+            if update.fields == entity.fields
+                && update.position == entity.position
+                && update.kind == entity.kind
+                && (!timed || as_of == entity.as_of_ms)
+            {
+                // The same values again; an untimed repeat still says they hold now.
+                if !timed {
+                    entity.as_of_ms = as_of;
                 }
-                (None, _)
-                    if update.fields == entity.fields
-                        && update.position == entity.position
-                        && update.kind == entity.kind =>
-                {
-                    return ApplyOutcome::Duplicate;
-                }
-                _ => {}
+                return ApplyOutcome::Duplicate;
             }
             if entity.local != local {
                 self.index_stale.store(true, Ordering::Relaxed);
@@ -166,6 +259,7 @@ impl LiveState {
             entity.line = update.line;
             entity.observed_at_ms = update.observed_at_ms;
             entity.received_at_ms = received_at_ms;
+            entity.as_of_ms = as_of;
             entity.version += 1;
             entity.fields = update.fields;
             self.mark_changed(slot);
@@ -176,7 +270,7 @@ impl LiveState {
         if local.is_some() {
             self.index_stale.store(true, Ordering::Relaxed);
         }
-        self.entities.push(LiveEntity {
+        self.entities.push(Some(LiveEntity {
             feed,
             id: update.id,
             entity_type: update.entity_type,
@@ -186,12 +280,60 @@ impl LiveState {
             line: update.line,
             observed_at_ms: update.observed_at_ms,
             received_at_ms,
+            as_of_ms: as_of,
+            seen_at_ms: received_at_ms,
             version: 1,
             fields: update.fields,
-        });
+        }));
+        self.live += 1;
         self.changed_mark.push(false);
         self.mark_changed(slot);
         ApplyOutcome::Inserted
+    }
+
+    /// Removes one entity (a push feed's delete, a snapshot without it, expiry).
+    /// Returns whether it was there.
+    pub fn remove(&mut self, feed: FeedId, id: &str) -> bool {
+        let Some(slot) = self
+            .slots_by_feed
+            .get_mut(&feed)
+            .and_then(|slots| slots.remove(id))
+        else {
+            return false;
+        };
+        if let Some(e) = self.entities[slot as usize].take() {
+            if e.local.is_some() {
+                self.index_stale.store(true, Ordering::Relaxed);
+            }
+            self.live -= 1;
+        }
+        self.mark_changed(slot);
+        true
+    }
+
+    /// Ids of `feed`'s entities for which `pred` holds.
+    pub fn ids_where(&self, feed: FeedId, pred: impl Fn(&LiveEntity) -> bool) -> Vec<String> {
+        let Some(slots) = self.slots_by_feed.get(&feed) else {
+            return Vec::new();
+        };
+        slots
+            .values()
+            .filter_map(|&s| self.entity(s))
+            .filter(|e| pred(e))
+            .map(|e| e.id.clone())
+            .collect()
+    }
+
+    /// Marks every entity of `feed` as reported at `at_ms` (a 304: nothing changed).
+    pub fn touch_feed(&mut self, feed: FeedId, at_ms: i64) {
+        let Some(slots) = self.slots_by_feed.get(&feed) else {
+            return;
+        };
+        for &s in slots.values() {
+            if let Some(e) = self.entities[s as usize].as_mut() {
+                e.seen_at_ms = e.seen_at_ms.max(at_ms);
+            }
+        }
     }
 
     fn mark_changed(&mut self, slot: Slot) {
@@ -221,7 +363,7 @@ impl LiveState {
                 .entities
                 .iter()
                 .enumerate()
-                .filter_map(|(slot, e)| e.local.map(|p| IndexPoint::new(p, slot as Slot)))
+                .filter_map(|(slot, e)| e.as_ref()?.local.map(|p| IndexPoint::new(p, slot as Slot)))
                 .collect();
             *index = RTree::bulk_load(points);
         }
@@ -332,6 +474,135 @@ mod tests {
             s.apply(0, update("b", 24.94, None, 2.0), 3),
             ApplyOutcome::Updated
         );
+    }
+
+    const MIN: i64 = 60_000;
+
+    fn aqi(s: &LiveState) -> f64 {
+        s.get(0, "st").unwrap().fields["speed"].as_f64().unwrap()
+    }
+
+    #[test]
+    fn an_untimed_update_is_as_of_its_arrival_and_time_never_goes_back() {
+        let now = 1_795_946_400_000;
+        let mut s = state();
+        // A 10-minute-old 40, then 41 without a time, then a 2-hour-old 300.
+        s.apply(0, update("st", 24.94, Some(now - 10 * MIN), 40.0), now);
+        assert_eq!(
+            s.apply(0, update("st", 24.94, None, 41.0), now + 1000),
+            ApplyOutcome::Updated
+        );
+        assert_eq!(s.get(0, "st").unwrap().as_of_ms, now + 1000);
+        assert_eq!(
+            s.apply(
+                0,
+                update("st", 24.94, Some(now - 120 * MIN), 300.0),
+                now + 2000
+            ),
+            ApplyOutcome::OutOfOrder
+        );
+        assert_eq!(aqi(&s), 41.0);
+        // A newer timed reading still lands.
+        s.apply(0, update("st", 24.94, Some(now + 5000), 42.0), now + 6000);
+        assert_eq!(aqi(&s), 42.0);
+        // An untimed repeat of the same values keeps them current without a new version.
+        let version = s.get(0, "st").unwrap().version;
+        assert_eq!(
+            s.apply(0, update("st", 24.94, None, 42.0), now + 60_000),
+            ApplyOutcome::Duplicate
+        );
+        let e = s.get(0, "st").unwrap();
+        assert_eq!((e.version, e.as_of_ms), (version, now + 60_000));
+    }
+
+    #[test]
+    fn a_future_dated_reading_does_not_freeze_the_entity() {
+        let now = 1_795_946_400_000;
+        let mut s = state();
+        s.apply(0, update("st", 24.94, Some(now - MIN), 40.0), now);
+        // A clock a day ahead: applied, but as of its arrival, not of tomorrow.
+        assert_eq!(
+            s.apply(
+                0,
+                update("st", 24.94, Some(now + 24 * 60 * MIN), 99.0),
+                now + 1000
+            ),
+            ApplyOutcome::Updated
+        );
+        let e = s.get(0, "st").unwrap();
+        assert_eq!(e.as_of_ms, now + 1000);
+        assert_eq!(
+            e.observed_at_ms,
+            Some(now + 24 * 60 * MIN),
+            "shown as the source says"
+        );
+        // The next correct reading wins.
+        assert_eq!(
+            s.apply(0, update("st", 24.94, Some(now + 5000), 41.0), now + 6000),
+            ApplyOutcome::Updated
+        );
+        assert_eq!(aqi(&s), 41.0);
+        // Within the allowed clock skew a reading keeps its own time.
+        s.apply(
+            0,
+            update("st", 24.94, Some(now + 3 * MIN), 42.0),
+            now + 7000,
+        );
+        assert_eq!(s.get(0, "st").unwrap().as_of_ms, now + 3 * MIN);
+    }
+
+    #[test]
+    fn removed_entities_leave_the_index_and_are_reported_changed() {
+        let mut s = state();
+        for (id, lon) in [("a", 24.94), ("b", 24.9401), ("c", 24.9402)] {
+            s.apply(0, update(id, lon, Some(1), 0.0), 0);
+        }
+        s.drain_changed();
+        assert!(s.remove(0, "b"));
+        assert!(!s.remove(0, "b"), "already gone");
+        assert!(!s.remove(1, "a"), "another feed's id");
+        assert_eq!((s.len(), s.count_for_feed(0)), (2, 2));
+        assert_eq!(s.drain_changed(), vec![1]);
+        assert!(s.entity(1).is_none());
+        assert_eq!(
+            s.iter().map(|(slot, _)| slot).collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        let mut near = s.within(0.0, 0.0, 100.0);
+        near.sort();
+        assert_eq!(near, vec![0, 2]);
+        // Coming back is a new entity in a new slot.
+        assert_eq!(
+            s.apply(0, update("b", 24.9401, Some(2), 0.0), 0),
+            ApplyOutcome::Inserted
+        );
+        assert_eq!(s.get(0, "b").unwrap().version, 1);
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn standing_follows_the_feed() {
+        let mut s = state();
+        s.apply(0, update("a", 24.94, Some(1_000), 0.0), 1_000);
+        let e = s.get(0, "a").unwrap().clone();
+        assert_eq!(s.standing(&e, 1_000_000), Standing::Current);
+        s.set_feed_standing(
+            0,
+            FeedStanding {
+                stale_after_ms: Some(50_000),
+                quarantined: false,
+            },
+        );
+        assert_eq!(s.standing(&e, 51_000), Standing::Current);
+        assert_eq!(s.standing(&e, 51_001), Standing::Stale);
+        s.set_feed_standing(
+            0,
+            FeedStanding {
+                stale_after_ms: Some(50_000),
+                quarantined: true,
+            },
+        );
+        assert_eq!(s.standing(&e, 2_000), Standing::Quarantined);
     }
 
     #[test]

@@ -305,6 +305,14 @@ pub fn update_markers(
     for slot in batch {
         layer.queued[slot as usize] = false;
         let Some(e) = live.state.entity(slot) else {
+            // The entity has gone (left its feed, or expired): so does its marker.
+            if let Some(Some(entity)) = layer.by_slot.get(slot as usize).copied() {
+                if let Ok((marker, ..)) = markers.get(entity) {
+                    *layer.counts.entry(marker.kind).or_default() -= 1;
+                }
+                commands.entity(entity).despawn();
+                layer.by_slot[slot as usize] = None;
+            }
             continue;
         };
         let Some(kind) = MarkerKind::of(e) else {
