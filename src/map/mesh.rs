@@ -146,6 +146,9 @@ pub fn build_city_meshes(map: &CityMap) -> CityMeshes {
     // Bucket feature indices by chunk (by first vertex: cheap and stable).
     let mut buckets: HashMap<([i32; 2], MapLayer), Vec<usize>> = HashMap::new();
     for (i, b) in map.buildings.iter().enumerate() {
+        if !b.is_drawn() {
+            continue; // an outline drawn by its building:parts
+        }
         buckets
             .entry((chunk_of(b.footprint.exterior().0[0]), MapLayer::Buildings))
             .or_default()

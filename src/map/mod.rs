@@ -233,6 +233,20 @@ pub struct Building {
     pub kind: String,
     pub name: Option<String>,
     pub tags: Tags,
+    /// A `building:part` (Simple 3D Buildings): drawn and picked instead of its outline.
+    pub is_part: bool,
+    /// For a part: index into [`CityMap::buildings`] of the outline it lies in.
+    pub outline: Option<usize>,
+    /// For an outline: it has parts, which are drawn and picked instead of it; the
+    /// outline stays in the map for the inspector and the building's facts.
+    pub has_parts: bool,
+}
+
+impl Building {
+    /// Whether the building is drawn and picked: everything except outlines with parts.
+    pub fn is_drawn(&self) -> bool {
+        !self.has_parts
+    }
 }
 
 /// A road, path or railway centreline.
@@ -564,8 +578,59 @@ pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts
         }
     }
     map.skipped = skipped;
+    link_building_parts(&mut map.buildings);
     map.bbox_wgs84 = kept_bbox(&map);
     map
+}
+
+/// Simple 3D Buildings: a `building:part` belongs to the smallest outline (a building
+/// that is not a part) containing a point inside the part. An outline with parts is
+/// marked, so it is not drawn over them nor picked instead of them.
+fn link_building_parts(buildings: &mut [Building]) {
+    use geo::{Area as _, BoundingRect, Contains, InteriorPoint};
+    use rstar::{AABB, RTree, primitives::GeomWithData};
+
+    if !buildings.iter().any(|b| b.is_part) {
+        return;
+    }
+    let outlines: Vec<GeomWithData<rstar::primitives::Rectangle<[f64; 2]>, usize>> = buildings
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| !b.is_part)
+        .filter_map(|(i, b)| {
+            let r = b.footprint.bounding_rect()?;
+            Some(GeomWithData::new(
+                rstar::primitives::Rectangle::from_corners(
+                    [r.min().x, r.min().y],
+                    [r.max().x, r.max().y],
+                ),
+                i,
+            ))
+        })
+        .collect();
+    let tree = RTree::bulk_load(outlines);
+    let links: Vec<(usize, usize)> = buildings
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.is_part)
+        .filter_map(|(part, b)| {
+            let p = b.footprint.interior_point()?;
+            let outline = tree
+                .locate_in_envelope_intersecting(&AABB::from_point([p.x(), p.y()]))
+                .map(|o| o.data)
+                .filter(|&o| buildings[o].footprint.contains(&p))
+                .min_by(|&x, &y| {
+                    let ax = buildings[x].footprint.unsigned_area();
+                    let ay = buildings[y].footprint.unsigned_area();
+                    ax.total_cmp(&ay).then(x.cmp(&y))
+                })?;
+            Some((part, outline))
+        })
+        .collect();
+    for (part, outline) in links {
+        buildings[part].outline = Some(outline);
+        buildings[outline].has_parts = true;
+    }
 }
 
 /// The origin is the median of feature positions, so one stray feature on the far side
@@ -777,6 +842,7 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
                 .or_else(|| tag(&tags, "building:part"))
                 .unwrap_or("yes")
                 .to_string();
+            let is_part = tag(&tags, "building:part").is_some_and(|v| v != "no");
             let extent = footprint::building_extent(&kind, |k| tag(&tags, k));
             // The usual case is one polygon: move the tags rather than copy them.
             let mut buildings = Vec::with_capacity(polys.len());
@@ -795,6 +861,9 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
                     kind: kind.clone(),
                     name: name.clone(),
                     tags,
+                    is_part,
+                    outline: None,
+                    has_parts: false,
                 });
             }
             Ok(Built::Buildings(buildings))
@@ -1053,6 +1122,94 @@ mod tests {
         let map = build_city("t", vec![f], SkipCounts::default());
         assert_eq!(map.buildings.len(), 1);
         assert!(map.buildings[0].footprint.interiors().is_empty());
+    }
+
+    #[test]
+    fn building_parts_are_drawn_and_picked_instead_of_their_outline() {
+        let outline = feature(
+            "outline",
+            &[
+                ("building", "yes"),
+                ("height", "16"),
+                ("name", "Lasipalatsi"),
+            ],
+            RawGeometry::Polygon(vec![square(24.94, 60.17, 0.001)]),
+        );
+        let parts = vec![
+            feature(
+                "low",
+                &[("building:part", "yes"), ("height", "5")],
+                RawGeometry::Polygon(vec![square(24.9401, 60.1701, 0.0004)]),
+            ),
+            feature(
+                "tall",
+                &[("building:part", "yes"), ("height", "10")],
+                RawGeometry::Polygon(vec![square(24.9405, 60.1705, 0.0004)]),
+            ),
+            feature(
+                "other",
+                &[("building", "yes")],
+                RawGeometry::Polygon(vec![square(24.95, 60.17, 0.0002)]),
+            ),
+        ];
+        let mut features = vec![outline];
+        features.extend(parts.iter().cloned());
+        let map = build_city("t", features, SkipCounts::default());
+        let at = |id: &str| map.buildings.iter().position(|b| b.id == id).unwrap();
+        let o = &map.buildings[at("outline")];
+        assert!(o.has_parts && !o.is_drawn() && !o.is_part);
+        for part in ["low", "tall"] {
+            let b = &map.buildings[at(part)];
+            assert!(b.is_part && b.is_drawn());
+            assert_eq!(b.outline, Some(at("outline")), "{part}");
+        }
+        let other = &map.buildings[at("other")];
+        assert!(!other.has_parts && other.outline.is_none() && other.is_drawn());
+
+        // The outline adds nothing to the meshes: the same triangles as without it.
+        let without = build_city("t", parts, SkipCounts::default());
+        assert_eq!(
+            mesh::build_city_meshes(&map).triangle_count(),
+            mesh::build_city_meshes(&without).triangle_count()
+        );
+
+        // Picking inside the low part returns the part, not the taller outline.
+        let index = pick::BuildingIndex::new(&map);
+        let [e, n] = map.frame.local_from_wgs84(24.9402, 60.1702);
+        assert_eq!(index.building_at(&map, e, n), Some(at("low")));
+        let hit = index.building_on_ray(&map, [e, n, 500.0], [0.0, 0.0, -1.0], 1000.0);
+        assert_eq!(hit, Some(at("low")));
+    }
+
+    #[test]
+    fn default_city_parts_are_not_hidden_by_their_outlines() {
+        let map = load_default().unwrap();
+        let parts: Vec<&Building> = map.buildings.iter().filter(|b| b.is_part).collect();
+        let linked = parts.iter().filter(|b| b.outline.is_some()).count();
+        let outlines = map.buildings.iter().filter(|b| b.has_parts).count();
+        assert!(
+            parts.len() >= 120 && linked >= 120,
+            "{} parts, {linked} linked",
+            parts.len()
+        );
+        assert!(outlines >= 50, "{outlines} outlines with parts");
+        // Lasipalatsi: a 16 m default box over its ten lower parts before.
+        let lasi = map
+            .buildings
+            .iter()
+            .position(|b| b.id == "way/8035238")
+            .unwrap();
+        assert!(map.buildings[lasi].has_parts);
+        let lasi_parts = parts.iter().filter(|b| b.outline == Some(lasi)).count();
+        assert_eq!(lasi_parts, 10);
+        // Picking inside any part returns a part, never an outline.
+        let index = pick::BuildingIndex::new(&map);
+        use geo::InteriorPoint;
+        for b in parts.iter().filter(|b| b.outline.is_some()) {
+            let p = b.footprint.interior_point().unwrap();
+            let hit = index.building_at(&map, p.x(), p.y()).unwrap();
+            assert!(map.buildings[hit].is_drawn(), "{} picked an outline", b.id);
+        }
     }
 
     #[test]
