@@ -339,6 +339,90 @@ pub fn bench_ingest(entities: usize, rounds: usize) -> IngestBenchReport {
     }
 }
 
+/// Result of `zhongshu bench reconcile`.
+#[derive(Debug, Serialize)]
+pub struct ReconcileBenchReport {
+    pub entities_per_feed: usize,
+    /// Things of each feed crowded at one default geocode (a batch of car parks).
+    pub at_one_point_per_feed: usize,
+    pub links: usize,
+    pub conflicts: usize,
+    pub reconcile_ms: f64,
+}
+
+/// Two feeds reporting the same `entities` stations at shared positions (half under
+/// the same ids, half under their own ids, so linked by place; a tenth with a value
+/// beyond tolerance), plus `at_one_point` car parks each at one default geocode;
+/// times one reconciliation pass.
+pub fn bench_reconcile(entities: usize, at_one_point: usize) -> ReconcileBenchReport {
+    use crate::feeds::{EntityKind, EntityUpdate};
+    let mut state = crate::state::LiveState::new(crate::geo_frame::GeoFrame::new(121.47, 31.23));
+    let side = (entities as f64).sqrt().ceil() as usize;
+    let now = 1_795_946_400_000;
+    for feed in [0u32, 1] {
+        for i in 0..entities {
+            // A grid ~100 m apart.
+            let (x, y) = ((i % side) as f64, (i / side) as f64);
+            let aqi = 40.0 + (i % 50) as f64 + if feed == 1 && i % 10 == 0 { 30.0 } else { 0.0 };
+            let id = if i % 2 == 0 {
+                format!("station-{i}")
+            } else {
+                format!("feed{feed}-station-{i}")
+            };
+            state.apply(
+                feed,
+                EntityUpdate {
+                    id,
+                    entity_type: "AirQualityObserved".into(),
+                    kind: EntityKind::AirQuality {
+                        aqi: Some(aqi),
+                        pm25: Some(10.0),
+                        pm10: None,
+                        no2: None,
+                        o3: None,
+                    },
+                    position: Some([121.40 + x * 1e-3, 31.17 + y * 9e-4]),
+                    line: None,
+                    observed_at_ms: Some(now),
+                    fields: Default::default(),
+                },
+                now,
+            );
+        }
+        for i in 0..at_one_point {
+            state.apply(
+                feed,
+                EntityUpdate {
+                    id: format!("feed{feed}-park-{i}"),
+                    entity_type: "OffStreetParking".into(),
+                    kind: EntityKind::Parking {
+                        available_spots: Some((i % 300) as f64),
+                        total_spots: Some(300.0),
+                        status: None,
+                    },
+                    position: Some([121.47, 31.23]),
+                    line: None,
+                    observed_at_ms: Some(now),
+                    fields: Default::default(),
+                },
+                now,
+            );
+        }
+    }
+    let mut feeds = crate::feeds::sim_source::default_sim_feeds();
+    feeds[0].authoritative_for = vec!["AirQualityObserved".into()];
+    let _ = state.indexed_len(); // the index is built by ingest, not by the pass
+    let t = Instant::now();
+    let r = crate::governance::reconcile::reconcile(&state, &feeds, now);
+    ReconcileBenchReport {
+        entities_per_feed: entities,
+        at_one_point_per_feed: at_one_point,
+        links: r.links,
+        conflicts: r.conflict_count,
+        reconcile_ms: t.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
 /// Result of `zhongshu bench sim`.
 #[derive(Debug, Serialize)]
 pub struct SimBenchReport {

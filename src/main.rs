@@ -54,6 +54,11 @@ struct Cli {
     /// demo accounts (passphrase `zhongshu`).
     #[arg(long, global = true, value_name = "FILE")]
     users: Option<PathBuf>,
+    /// Demo mode: the demo accounts (known passphrase) and the `demo-` department tokens
+    /// are accepted, the status API on loopback only, "DEMO" on screen. Implied when
+    /// neither --dispatch nor --users is given (the embedded demo city).
+    #[arg(long, global = true)]
+    demo: bool,
     /// Sign in at start as this user, with the passphrase from ZHONGSHU_PASSPHRASE.
     #[arg(long, global = true, value_name = "NAME")]
     user: Option<String>,
@@ -124,6 +129,10 @@ enum Command {
         /// Seed of the departments' behaviour.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// The Zhongshu status API the departments report to (its base URL): the
+        /// only place their tokens are sent, whatever an order's `status_url` says.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7878")]
+        report_to: String,
     },
     /// Manage the users file.
     #[command(subcommand)]
@@ -178,6 +187,14 @@ enum BenchCommand {
         /// Times each entity is updated.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// Reconcile two feeds of this many stations each at shared positions.
+    Reconcile {
+        #[arg(long, default_value_t = 100_000)]
+        entities: usize,
+        /// Car parks per feed at one default geocode.
+        #[arg(long, default_value_t = 4_000)]
+        at_one_point: usize,
     },
     /// Advance the simulator with this many vehicles on the default city.
     Sim {
@@ -492,12 +509,57 @@ fn users_add(
 }
 
 /// The dispatch desk's setup from the command line.
+/// Shortest department token accepted outside demo mode.
+const MIN_TOKEN_CHARS: usize = 16;
+
 fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
     use zhongshu::dispatch::{config::DispatchConfig, users::Users};
+    let implied = cli.dispatch.is_none() && cli.users.is_none();
+    let demo = cli.demo || implied;
+    if cli.dispatch.is_some() && cli.users.is_none() && !cli.demo {
+        bail!(
+            "--dispatch needs --users FILE (see `zhongshu users add`): the demo accounts have a published passphrase; add --demo to use them anyway"
+        );
+    }
     let config = match &cli.dispatch {
         Some(path) => DispatchConfig::load(path)?,
         None => DispatchConfig::default_config(),
     };
+    if !demo {
+        for d in &config.departments {
+            let Some(token) = &d.token else { continue };
+            if token.starts_with("demo-") || token.chars().count() < MIN_TOKEN_CHARS {
+                bail!(
+                    "department \"{}\": its token is a demo token or shorter than {MIN_TOKEN_CHARS} characters; give each department a long random token in {} (or add --demo)",
+                    d.id,
+                    cli.dispatch
+                        .as_deref()
+                        .map_or("--dispatch FILE".to_string(), |p| p.display().to_string())
+                );
+            }
+        }
+    }
+    if demo {
+        let loopback = cli
+            .api
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().is_loopback())
+            .unwrap_or_else(|_| cli.api.starts_with("localhost:"));
+        if !loopback {
+            bail!(
+                "--api {}: in demo mode (demo accounts and tokens) the status API listens on loopback only; give --users and --dispatch with real tokens to serve other machines",
+                cli.api
+            );
+        }
+        eprintln!(
+            "zhongshu: DEMO MODE{} — demo accounts with the published passphrase and demo department tokens are active; not for a real deployment (give --users and --dispatch)",
+            if implied {
+                " (no --dispatch or --users given)"
+            } else {
+                ""
+            }
+        );
+    }
     let users = match &cli.users {
         Some(path) => Users::load(path)?,
         None => Users::demo(),
@@ -527,6 +589,7 @@ fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
     Ok(app::desk::DeskSetup {
         db: cli.db.clone(),
         seal_key: cli.seal_key.clone(),
+        demo,
         config,
         users,
         sign_in,
@@ -648,6 +711,16 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Bench(BenchCommand::Reconcile {
+            entities,
+            at_one_point,
+        }) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&bench::bench_reconcile(entities, at_one_point))?
+            );
+            Ok(())
+        }
         Command::Bench(BenchCommand::Sim { vehicles, seconds }) => {
             println!(
                 "{}",
@@ -675,9 +748,17 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Command::ServeDepartments { addr, seed } => {
+        Command::ServeDepartments {
+            addr,
+            seed,
+            report_to,
+        } => {
+            if !(report_to.starts_with("http://") || report_to.starts_with("https://")) {
+                bail!("--report-to {report_to:?}: not an http(s) URL");
+            }
             let behaviour = zhongshu::dispatch::delivery::SimBehaviour {
                 seed,
+                report_to,
                 ..Default::default()
             };
             zhongshu::dispatch::delivery::run_serve_departments(&addr, behaviour)

@@ -294,3 +294,52 @@ fn users_add_writes_a_hash_that_signs_in_and_refuses_mistakes() {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
     }
 }
+
+#[test]
+fn demo_accounts_and_tokens_are_refused_outside_demo_mode() {
+    use std::io::Write;
+    let dir = scratch_dir("demo-mode");
+    let users = dir.join("users.toml");
+    let mut child = zhongshu()
+        .args(["users", "add", "li.wei", "--role", "dispatcher", "--file"])
+        .arg(&users)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "correct horse").unwrap();
+    assert!(child.wait().unwrap().success());
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/dispatch.toml");
+    let refused = |args: &[&std::ffi::OsStr], expected: &str| {
+        let out = zhongshu()
+            .args(args)
+            .arg("--db")
+            .arg(dir.join("events.db"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    };
+    // A real departments file without a users file would leave the demo accounts on.
+    refused(
+        &["--dispatch".as_ref(), shipped.as_os_str()],
+        "--dispatch needs --users",
+    );
+    // A config copied from the shipped one keeps its demo tokens: refused.
+    refused(
+        &[
+            "--dispatch".as_ref(),
+            shipped.as_os_str(),
+            "--users".as_ref(),
+            users.as_os_str(),
+        ],
+        "demo token",
+    );
+    // The demo never listens beyond this machine.
+    refused(
+        &["--demo".as_ref(), "--api".as_ref(), "0.0.0.0:7999".as_ref()],
+        "loopback only",
+    );
+}

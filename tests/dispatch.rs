@@ -168,12 +168,29 @@ fn serve_departments_takes_orders_once_per_idempotency_key() {
         "status_url": "http://127.0.0.1:9/api/v1/orders/ORD-000001/status",
         "incident": null,
     });
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let token = zhongshu::dispatch::delivery::default_token("fire");
+    let now_s = || zhongshu::feeds::poll::unix_ms_now() / 1000;
+    // Orders are signed with the department's token; an unsigned one is refused.
+    let unsigned = client
+        .post(format!("{base}/fire/orders"))
+        .header("Idempotency-Key", "ORD-000001")
+        .header("Content-Type", "application/json")
+        .body(bytes.clone())
+        .send()
+        .unwrap();
+    assert_eq!(unsigned.status().as_u16(), 401);
     // The simulator fails some POSTs on purpose: retry like the outbox does.
     let post = || loop {
         let r = client
             .post(format!("{base}/fire/orders"))
             .header("Idempotency-Key", "ORD-000001")
-            .json(&body)
+            .header("Content-Type", "application/json")
+            .header(
+                zhongshu::dispatch::delivery::SIGNATURE_HEADER,
+                zhongshu::dispatch::delivery::sign(&token, now_s(), &bytes),
+            )
+            .body(bytes.clone())
             .send()
             .unwrap();
         if !r.status().is_server_error() {

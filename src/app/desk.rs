@@ -30,6 +30,8 @@ pub struct DeskSetup {
     pub db: PathBuf,
     /// The seal key file (`--seal-key`); default beside the log.
     pub seal_key: Option<PathBuf>,
+    /// Demo accounts and tokens are active: said on screen at all times.
+    pub demo: bool,
     pub config: DispatchConfig,
     pub users: Users,
     /// Sign in at start as this person (passphrase from `ZHONGSHU_PASSPHRASE`).
@@ -129,17 +131,19 @@ impl Desk {
 }
 
 pub(super) fn plugin(app: &mut App) {
-    app.add_systems(Startup, start_desk).add_systems(
-        Update,
-        (
-            (desk_loaded, desk_apply, desk_alerts, desk_pump)
-                .chain()
-                .in_set(AppSystems::Apply),
-            (desk_recommend, desk_pins, desk_routes)
-                .chain()
-                .in_set(AppSystems::SyncScene),
-        ),
-    );
+    app.add_systems(Startup, start_desk)
+        .add_systems(bevy_egui::EguiPrimaryContextPass, demo_banner)
+        .add_systems(
+            Update,
+            (
+                (desk_loaded, desk_apply, desk_alerts, desk_pump)
+                    .chain()
+                    .in_set(AppSystems::Apply),
+                (desk_recommend, desk_pins, desk_routes)
+                    .chain()
+                    .in_set(AppSystems::SyncScene),
+            ),
+        );
 }
 
 fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<City>) {
@@ -231,6 +235,36 @@ fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<C
         desk.sign_in.error = Some(e);
     }
     commands.insert_resource(desk);
+}
+
+/// "DEMO" at the top of the screen while demo accounts and tokens are active.
+fn demo_banner(mut contexts: bevy_egui::EguiContexts, setup: Option<Res<DeskSetup>>) -> Result {
+    use bevy_egui::egui;
+    if !setup.is_some_and(|s| s.demo) {
+        return Ok(());
+    }
+    let ctx = contexts.ctx_mut()?;
+    egui::Area::new(egui::Id::new("demo-banner"))
+        .anchor(egui::Align2::CENTER_TOP, egui::vec2(0.0, 4.0))
+        .interactable(false)
+        .order(egui::Order::Foreground)
+        .show(ctx, |ui| {
+            egui::Frame::new()
+                .fill(super::theme::ALARM)
+                .inner_margin(egui::Margin::symmetric(10, 2))
+                .corner_radius(4)
+                .show(ui, |ui| {
+                    ui.label(
+                        egui::RichText::new("DEMO 演示 — demo accounts, not for operations")
+                            .color(egui::Color32::WHITE)
+                            .strong(),
+                    )
+                    .on_hover_text(
+                        "Demo accounts (published passphrase) and demo department tokens are active. Run with --users and --dispatch for real use.",
+                    );
+                });
+        });
+    Ok(())
 }
 
 fn desk_loaded(desk: Option<ResMut<Desk>>) {
@@ -343,11 +377,16 @@ fn desk_alerts(desk: Option<ResMut<Desk>>, live: Option<Res<Live>>, changed: Res
         if e.entity_type != "Alert" {
             continue;
         }
-        let feed = live
-            .feeds
-            .get(e.feed as usize)
-            .map_or("feed", |f| f.name.as_str());
-        if let Some(alert) = crate::dispatch::alerts::from_ngsi_ld(&e.to_update(), feed)
+        let config = live.feeds.get(e.feed as usize);
+        let feed = config.map_or("feed", |f| f.name.as_str());
+        let via_cap = config.is_some_and(|f| f.kind == crate::feeds::config::FeedKind::Cap);
+        let update = e.to_update();
+        let alert = if via_cap {
+            crate::dispatch::alerts::from_cap_feed(&update, feed)
+        } else {
+            crate::dispatch::alerts::from_ngsi_ld(&update, feed)
+        };
+        if let Some(alert) = alert
             && let Err(err) = service.take_alert(&alert, now)
         {
             error!("dispatch: alert {}: {err}", e.id);

@@ -139,7 +139,10 @@ fn shell_ui(
     if let Some(live) = &live
         && (now_ms as f64 - kpis.0).abs() > 500.0
     {
-        *kpis = (now_ms as f64, CityKpis::compute(&live.state));
+        *kpis = (
+            now_ms as f64,
+            CityKpis::compute(&live.state, &governance.reconciliation.winner_of, now_ms),
+        );
     }
     egui::Panel::top("top-bar").show(&mut root, |ui| top_bar_ui(ui, &city.map, now, out));
     if live.is_some() {
@@ -537,6 +540,18 @@ pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
             load_colour,
         );
         kpi_tile(ui, "Units 在途车辆", k.vehicles.to_string(), theme::ACCENT);
+        if !k.excluded.is_empty() {
+            // Say what the figures leave out, so nobody reads them as everything.
+            let e = &k.excluded;
+            ui.label(
+                egui::RichText::new(format!(
+                    "excludes {} stale, {} quarantined, {} reported twice 不含过期/隔离/重复",
+                    e.stale, e.quarantined, e.duplicates
+                ))
+                .color(theme::MUTED)
+                .size(13.0),
+            );
+        }
     });
 }
 

@@ -116,7 +116,22 @@ pub enum AlertError {
 /// alerts without a position (nowhere to put the incident). The key is the entity id,
 /// so re-polling the same alert gives the same key; `status` `resolved` (or `closed`,
 /// `cancelled`) makes it a cancel.
+///
+/// Alerts are keyed by feed and id (`<feed>|<id>`) and their source is the feed, never
+/// a name carried in the payload: a feed can only repeat, update or withdraw its own
+/// alerts, and cannot claim another's key first.
 pub fn from_ngsi_ld(update: &EntityUpdate, feed: &str) -> Option<AlertIn> {
+    from_feed(update, feed, false)
+}
+
+/// The alert of a CAP message that came in through the CAP feed `feed` (decoded by
+/// [`decode_cap`]): keyed like [`from_ngsi_ld`], with the keys of the messages it
+/// updates or cancels scoped to the same feed.
+pub fn from_cap_feed(update: &EntityUpdate, feed: &str) -> Option<AlertIn> {
+    from_feed(update, feed, true)
+}
+
+fn from_feed(update: &EntityUpdate, feed: &str, cap: bool) -> Option<AlertIn> {
     let EntityKind::Alert {
         category,
         sub_category,
@@ -158,15 +173,21 @@ pub fn from_ngsi_ld(update: &EntityUpdate, feed: &str) -> Option<AlertIn> {
         .clone()
         .filter(|d| !d.trim().is_empty())
         .unwrap_or_else(|| kind.replace('_', " "));
-    // A CAP message that came in through a feed keeps its source and the keys of the
-    // messages it stands for (see `to_entity_update`).
-    let source = text("capSource").map_or_else(|| format!("ngsi-ld:{feed}"), str::to_string);
-    let supersedes = text("capSupersedes")
-        .map(|s| s.split_whitespace().map(str::to_string).collect())
-        .unwrap_or_default();
+    // The source is the feed it came through. A CAP message keeps the keys of the
+    // messages it stands for (see `to_entity_update`), within the same feed; an
+    // NGSI-LD feed's `capSource` or `capSupersedes` is just a field.
+    let scoped = |key: &str| format!("{feed}|{key}");
+    let (source, supersedes) = if cap {
+        let supersedes = text("capSupersedes")
+            .map(|s| s.split_whitespace().map(scoped).collect())
+            .unwrap_or_default();
+        (format!("cap:{feed}"), supersedes)
+    } else {
+        (format!("ngsi-ld:{feed}"), Vec::new())
+    };
     Some(AlertIn {
         source,
-        key: update.id.clone(),
+        key: scoped(&update.id),
         kind,
         domain,
         severity: Severity::from_word(severity.as_deref()),
@@ -1084,7 +1105,8 @@ mod tests {
         );
         let mut dedup = AlertDedup::new();
         let alert = from_ngsi_ld(&open, "sim-utilities").unwrap();
-        assert_eq!(alert.key, "urn:ngsi-ld:Alert:gasLeak-3");
+        // Keyed by the feed it came through, and the id.
+        assert_eq!(alert.key, "sim-utilities|urn:ngsi-ld:Alert:gasLeak-3");
         assert_eq!(alert.kind, "gas_leak");
         assert_eq!(alert.source, "ngsi-ld:sim-utilities");
         assert_eq!(alert.severity, Severity::Severe);
@@ -1235,18 +1257,50 @@ mod tests {
             let decoded = decode_cap(&xml).unwrap();
             assert_eq!(decoded.updates.len(), direct.len(), "{file}");
             for (u, a) in decoded.updates.iter().zip(&direct) {
-                let back = from_ngsi_ld(u, "cap-feed").unwrap_or_else(|| panic!("{file}"));
-                assert_eq!(back.key, a.key, "{file}");
-                assert_eq!(back.source, a.source, "{file}");
+                let back = from_cap_feed(u, "cap-feed").unwrap_or_else(|| panic!("{file}"));
+                assert_eq!(back.key, format!("cap-feed|{}", a.key), "{file}");
+                assert_eq!(back.source, "cap:cap-feed", "{file}");
                 assert_eq!(back.cancel, a.cancel, "{file}");
                 if !a.cancel {
                     // A withdrawal is matched by key; it carries no kind of its own.
                     assert_eq!(back.kind, a.kind, "{file}");
                 }
-                assert_eq!(back.supersedes, a.supersedes, "{file}");
+                let scoped: Vec<String> = a
+                    .supersedes
+                    .iter()
+                    .map(|k| format!("cap-feed|{k}"))
+                    .collect();
+                assert_eq!(back.supersedes, scoped, "{file}");
                 assert_eq!(back.severity, a.severity, "{file}");
             }
         }
         assert!(decode_cap(b"<feed/>").is_err());
+    }
+
+    /// An NGSI-LD feed cannot pass for a CAP source, nor claim another feed's key.
+    #[test]
+    fn alerts_belong_to_the_feed_they_came_through() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
+        let xml = std::fs::read(dir.join("kallio-building-fire.xml")).unwrap();
+        let update = decode_cap(&xml).unwrap().updates.remove(0);
+        let real = from_cap_feed(&update, "rescue-cap").unwrap();
+        // The same entity, id and capSource included, published by an NGSI-LD feed,
+        // withdrawn.
+        let mut forged = update.clone();
+        forged
+            .fields
+            .insert("status".into(), FieldValue::Text("resolved".into()));
+        let fake = from_ngsi_ld(&forged, "open-data").unwrap();
+        assert_ne!(fake.key, real.key);
+        assert_eq!(fake.source, "ngsi-ld:open-data");
+        let mut dedup = AlertDedup::new();
+        assert_eq!(dedup.observe(&real), Decision::New);
+        // Its withdrawal is about a key it never raised: nothing to close.
+        assert_eq!(
+            dedup.decide(&fake),
+            Decision::Cancel {
+                incident_key: fake.key.clone()
+            }
+        );
     }
 }

@@ -114,6 +114,8 @@ impl DispatchService {
             None
         } else {
             let mut behaviour = options.sim.clone();
+            // The simulated departments report to this API and nowhere else.
+            behaviour.report_to = api.base_url();
             for d in &simulated {
                 if let Some(t) = &d.token {
                     behaviour.tokens.insert(d.id.clone(), t.clone());
@@ -262,6 +264,13 @@ impl DispatchService {
         }
     }
 
+    /// The key requests about an order are signed with: its department's token.
+    fn signing_key(&self, order_id: &str) -> Option<String> {
+        let book = self.dispatcher.book();
+        let order = book.order(order_id)?;
+        book.config.department(&order.department)?.token.clone()
+    }
+
     fn send_order(&mut self, id: &str) {
         let book = self.dispatcher.book();
         let Some(order) = book.order(id) else { return };
@@ -296,6 +305,7 @@ impl DispatchService {
             body,
             urge: false,
             cancel: false,
+            signing_key: self.signing_key(id),
         });
     }
 
@@ -317,6 +327,7 @@ impl DispatchService {
             body: urge_body(&order.id, order.urges, &by, note),
             urge: true,
             cancel: false,
+            signing_key: self.signing_key(id),
         });
     }
 
@@ -347,6 +358,7 @@ impl DispatchService {
             }),
             urge: false,
             cancel: true,
+            signing_key: self.signing_key(id),
         });
     }
 

@@ -1,21 +1,68 @@
-//! One data, one source: entities that several feeds report (the same id, or the same
-//! type within a few metres) are linked; for each field the authoritative feed wins and
-//! the others are compared with it; disagreements beyond a tolerance are conflicts,
-//! listed with both values, their sources and ages.
+//! One data, one source: entities that several feeds report are linked, by id within
+//! their type, or for things that stay put by position (points within a few metres,
+//! lines lying along each other), one to one, closest pair first. For each field the
+//! authoritative feed wins and the others are compared with it, within a tolerance
+//! per field in the field's unit; disagreements are conflicts, listed with both
+//! values, their sources and ages. Quarantined feeds take no part.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use rstar::primitives::{GeomWithData, Rectangle};
+use rstar::{RTree, RTreeObject};
 use serde::Serialize;
 
 use crate::feeds::config::FeedConfig;
 use crate::feeds::{EntityKind, FieldValue};
-use crate::state::{LiveEntity, LiveState, Slot};
+use crate::state::{LiveEntity, LiveState, Slot, Standing};
 
-/// Entities of the same type closer than this are the same real-world thing.
+/// Things of the same type closer than this are the same real-world thing (points:
+/// apart; lines: every point of each within this of the other).
 pub const LINK_DISTANCE_M: f64 = 30.0;
-/// Values disagree when they differ by more than this share (or 0.5 absolute, for small
-/// values).
+/// Neighbours looked at per entity when linking by position, at most: a thousand car
+/// parks at one default geocode cost a bounded amount, not a thousand squared.
+pub const MAX_NEIGHBOURS: usize = 32;
+/// Candidates from other feeds kept per entity, closest first.
+pub const MAX_CANDIDATES: usize = 4;
+/// Default relative tolerance (share of the authoritative value).
 pub const RELATIVE_TOLERANCE: f64 = 0.10;
+
+/// How far a value may differ from the authoritative one before it is a conflict:
+/// the larger of `relative` × |authoritative value| and `absolute` (in `unit`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Tolerance {
+    pub relative: f64,
+    pub absolute: f64,
+    pub unit: &'static str,
+}
+
+/// The tolerance of a field (Smart Data Models names and units).
+pub fn tolerance(field: &str) -> Tolerance {
+    let t = |relative, absolute, unit| Tolerance {
+        relative,
+        absolute,
+        unit,
+    };
+    match field {
+        "airQualityIndex" => t(0.10, 5.0, "index points"),
+        "pm25" | "pm10" | "no2" | "o3" | "so2" | "co" => t(0.10, 2.0, "µg/m³"),
+        "averageVehicleSpeed" | "speed" => t(0.10, 2.0, "km/h"),
+        "intensity" => t(0.10, 10.0, "vehicles/h"),
+        "occupancy" => t(0.10, 0.02, "fraction 0..1"),
+        "availableSpotNumber" => t(0.05, 2.0, "spaces"),
+        "totalSpotNumber" | "bedsTotal" | "bedsOccupied" => t(0.0, 0.5, "count"),
+        "heading" => t(0.0, 15.0, "degrees"),
+        "temperature" => t(0.0, 1.0, "°C"),
+        "relativeHumidity" => t(0.0, 0.05, "fraction 0..1"),
+        _ => t(RELATIVE_TOLERANCE, 1e-9, "as reported"),
+    }
+}
+
+/// Whether `other` disagrees with the authoritative `winner` beyond the field's
+/// tolerance.
+pub fn disagree(field: &str, winner: f64, other: f64) -> bool {
+    let t = tolerance(field);
+    (other - winner).abs() > (t.relative * winner.abs()).max(t.absolute)
+}
 
 /// One field two sources disagree on.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -99,8 +146,87 @@ fn numbers(e: &LiveEntity) -> Vec<(&str, f64)> {
     out
 }
 
-fn disagree(a: f64, b: f64) -> bool {
-    (a - b).abs() > (RELATIVE_TOLERANCE * a.abs().max(b.abs())).max(0.5)
+/// Fields that tell apart things sharing one place (two lanes at one detector).
+const DISTINGUISHING_FIELDS: [&str; 3] = ["laneId", "laneDirection", "level"];
+
+fn distinguishable(a: &LiveEntity, b: &LiveEntity) -> bool {
+    DISTINGUISHING_FIELDS
+        .iter()
+        .any(|f| matches!((a.fields.get(*f), b.fields.get(*f)), (Some(x), Some(y)) if x != y))
+}
+
+/// Whether an entity's observation time is its own (not its receive time).
+fn timed(e: &LiveEntity) -> bool {
+    e.observed_at_ms == Some(e.as_of_ms)
+}
+
+/// Whether `a` is fresher than or as fresh as `b`: by observation times when both
+/// have them, else by receive times; never one against the other.
+fn fresher(a: &LiveEntity, b: &LiveEntity) -> bool {
+    if timed(a) && timed(b) {
+        a.as_of_ms >= b.as_of_ms
+    } else {
+        a.received_at_ms >= b.received_at_ms
+    }
+}
+
+/// Distance from `p` to the segment `a`–`b`, local metres.
+fn point_segment_m(p: [f64; 2], a: [f64; 2], b: [f64; 2]) -> f64 {
+    let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
+    let len2 = dx * dx + dy * dy;
+    let t = if len2 > 0.0 {
+        (((p[0] - a[0]) * dx + (p[1] - a[1]) * dy) / len2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let (x, y) = (a[0] + t * dx - p[0], a[1] + t * dy - p[1]);
+    (x * x + y * y).sqrt()
+}
+
+fn point_line_m(p: [f64; 2], line: &[[f64; 2]]) -> f64 {
+    match line {
+        [] => f64::INFINITY,
+        [only] => point_segment_m(p, *only, *only),
+        _ => line
+            .windows(2)
+            .map(|w| point_segment_m(p, w[0], w[1]))
+            .fold(f64::INFINITY, f64::min),
+    }
+}
+
+/// How far apart two lines lie: the largest distance from a vertex or midpoint of
+/// one to the other line, both ways (a discrete Hausdorff distance). Two crossing
+/// streets that share a node are far apart by this; one road drawn twice, in either
+/// direction, is close.
+pub fn line_distance_m(a: &[[f64; 2]], b: &[[f64; 2]]) -> f64 {
+    let one_way = |from: &[[f64; 2]], to: &[[f64; 2]]| {
+        let mids = from
+            .windows(2)
+            .map(|w| [(w[0][0] + w[1][0]) / 2.0, (w[0][1] + w[1][1]) / 2.0]);
+        from.iter()
+            .copied()
+            .chain(mids)
+            .map(|p| point_line_m(p, to))
+            .fold(0.0, f64::max)
+    };
+    one_way(a, b).max(one_way(b, a))
+}
+
+/// A linkable thing's geometry in local metres.
+enum Shape {
+    Point([f64; 2]),
+    Line(Vec<[f64; 2]>),
+}
+
+fn envelope(line: &[[f64; 2]], grow: f64) -> Rectangle<[f64; 2]> {
+    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+    for p in line {
+        for k in 0..2 {
+            lo[k] = lo[k].min(p[k]);
+            hi[k] = hi[k].max(p[k]);
+        }
+    }
+    Rectangle::from_corners([lo[0] - grow, lo[1] - grow], [hi[0] + grow, hi[1] + grow])
 }
 
 /// Links and compares what several feeds report about the same things, as of `now_ms`.
@@ -113,15 +239,16 @@ pub fn reconcile(state: &LiveState, feeds: &[FeedConfig], now_ms: i64) -> Reconc
             .collect(),
         ..Default::default()
     };
+    let usable = |e: &LiveEntity| state.standing(e, now_ms) != Standing::Quarantined;
     // Only types that more than one feed reports can conflict.
     let mut feeds_by_type: HashMap<&str, Vec<u32>> = HashMap::new();
-    for (_, e) in state.iter() {
+    for (_, e) in state.iter().filter(|(_, e)| usable(e)) {
         let list = feeds_by_type.entry(e.entity_type.as_str()).or_default();
         if !list.contains(&e.feed) {
             list.push(e.feed);
         }
     }
-    let shared: std::collections::HashSet<&str> = feeds_by_type
+    let shared: HashSet<&str> = feeds_by_type
         .iter()
         .filter(|(_, f)| f.len() > 1)
         .map(|(t, _)| *t)
@@ -134,13 +261,11 @@ pub fn reconcile(state: &LiveState, feeds: &[FeedConfig], now_ms: i64) -> Reconc
             .get(feed as usize)
             .map_or_else(|| format!("feed {feed}"), |f| f.name.clone())
     };
-    let age = |e: &LiveEntity| {
-        (now_ms - e.observed_at_ms.unwrap_or(e.received_at_ms)).max(0) as f64 / 1000.0
-    };
-    let rank = |e: &LiveEntity, field: Option<&str>| {
+    let age = |e: &LiveEntity| (now_ms - e.as_of_ms).max(0) as f64 / 1000.0;
+    let rank = |e: &LiveEntity| {
         feeds
             .get(e.feed as usize)
-            .is_some_and(|f| is_authoritative(f, &e.entity_type, field))
+            .is_some_and(|f| is_authoritative(f, &e.entity_type, None))
     };
     // 2: authoritative for this very field, 1: for the whole type, 0: not at all.
     let field_rank = |e: &LiveEntity, field: &str| {
@@ -159,63 +284,143 @@ pub fn reconcile(state: &LiveState, feeds: &[FeedConfig], now_ms: i64) -> Reconc
             0
         }
     };
+    // The authoritative source wins; without one, the fresher.
+    let wins = |a: &LiveEntity, b: &LiveEntity| match (rank(a), rank(b)) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => fresher(a, b),
+    };
+    let candidates: Vec<(Slot, &LiveEntity)> = state
+        .iter()
+        .filter(|(_, e)| shared.contains(e.entity_type.as_str()) && usable(e))
+        .collect();
+    // Links by id, scoped by type: each other report of the thing points at the best.
     let mut by_id: HashMap<(&str, &str), Vec<Slot>> = HashMap::new();
-    for (slot, e) in state.iter() {
-        if shared.contains(e.entity_type.as_str()) {
-            by_id
-                .entry((e.entity_type.as_str(), e.id.as_str()))
-                .or_default()
-                .push(slot);
-        }
+    for &(slot, e) in &candidates {
+        by_id
+            .entry((e.entity_type.as_str(), e.id.as_str()))
+            .or_default()
+            .push(slot);
     }
     let mut pairs: Vec<(Slot, Slot)> = Vec::new();
-    for slots in by_id.values() {
-        for (i, &a) in slots.iter().enumerate() {
-            for &b in &slots[i + 1..] {
-                pairs.push((a, b));
+    let mut linked: HashSet<Slot> = HashSet::new();
+    for slots in by_id.values().filter(|s| s.len() > 1) {
+        let entity = |s: Slot| state.entity(s).expect("a candidate slot is live");
+        let best = slots
+            .iter()
+            .copied()
+            .reduce(|a, b| if wins(entity(a), entity(b)) { a } else { b })
+            .expect("at least two slots");
+        for &other in slots {
+            if other != best && entity(other).feed != entity(best).feed {
+                pairs.push((best, other));
+                linked.insert(best);
+                linked.insert(other);
             }
         }
     }
-    // Proximity links: same type, different feed, different id, within LINK_DISTANCE_M.
-    // Only for things that stay put (stations, car parks, facilities): moving units
-    // pass each other all the time and are linked by id alone.
-    for (slot, e) in state.iter() {
-        if !shared.contains(e.entity_type.as_str()) || matches!(e.kind, EntityKind::Vehicle { .. })
-        {
-            continue;
-        }
-        let Some([x, y]) = e.local else { continue };
-        for other in state.within(x, y, LINK_DISTANCE_M) {
-            if other <= slot {
-                continue;
-            }
-            let Some(o) = state.entity(other) else {
-                continue;
+    // Links by position, for things that stay put (stations, car parks, road
+    // segments): moving units pass each other all the time and are linked by id only.
+    let stationary: Vec<(Slot, &LiveEntity, Shape)> = candidates
+        .iter()
+        .filter(|(slot, e)| !matches!(e.kind, EntityKind::Vehicle { .. }) && !linked.contains(slot))
+        .filter_map(|&(slot, e)| {
+            let frame = state.frame();
+            let shape = match (&e.line, e.local) {
+                (Some(line), _) if line.len() >= 2 => Shape::Line(
+                    line.iter()
+                        .map(|&[lon, lat]| frame.local_from_wgs84(lon, lat))
+                        .collect(),
+                ),
+                (_, Some(p)) => Shape::Point(p),
+                _ => return None,
             };
-            if o.feed != e.feed && o.entity_type == e.entity_type && o.id != e.id {
-                pairs.push((slot, other));
+            Some((slot, e, shape))
+        })
+        .collect();
+    let line_index: RTree<GeomWithData<Rectangle<[f64; 2]>, usize>> = RTree::bulk_load(
+        stationary
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, _, shape))| match shape {
+                Shape::Line(l) => Some(GeomWithData::new(envelope(l, 0.0), i)),
+                Shape::Point(_) => None,
+            })
+            .collect(),
+    );
+    let position: HashMap<Slot, usize> = stationary
+        .iter()
+        .enumerate()
+        .map(|(i, (slot, ..))| (*slot, i))
+        .collect();
+    let mut near: Vec<(f64, Slot, Slot)> = Vec::new();
+    for (i, (slot, e, shape)) in stationary.iter().enumerate() {
+        let same_kind = |o: &LiveEntity| {
+            o.feed != e.feed && o.entity_type == e.entity_type && !distinguishable(e, o)
+        };
+        let mut found: Vec<(f64, Slot)> = Vec::new();
+        match shape {
+            Shape::Point([x, y]) => {
+                for other in state.nearest(*x, *y, MAX_NEIGHBOURS) {
+                    let Some(&j) = position.get(&other) else {
+                        continue;
+                    };
+                    let (_, o, Shape::Point([ox, oy])) = &stationary[j] else {
+                        continue;
+                    };
+                    let d = ((ox - x).powi(2) + (oy - y).powi(2)).sqrt();
+                    if d <= LINK_DISTANCE_M && same_kind(o) {
+                        found.push((d, other));
+                    }
+                }
+            }
+            Shape::Line(line) => {
+                let query = envelope(line, LINK_DISTANCE_M).envelope();
+                for hit in line_index
+                    .locate_in_envelope_intersecting(&query)
+                    .take(MAX_NEIGHBOURS)
+                {
+                    let (other, o, Shape::Line(other_line)) = &stationary[hit.data] else {
+                        continue;
+                    };
+                    if hit.data == i || !same_kind(o) {
+                        continue;
+                    }
+                    let d = line_distance_m(line, other_line);
+                    if d <= LINK_DISTANCE_M {
+                        found.push((d, *other));
+                    }
+                }
             }
         }
+        found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        near.extend(
+            found
+                .into_iter()
+                .take(MAX_CANDIDATES)
+                .map(|(d, other)| (d, (*slot).min(other), (*slot).max(other))),
+        );
     }
-    for (a, b) in pairs {
+    // One to one, closest pair first: each thing has at most one twin per other feed.
+    near.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+    near.dedup_by(|a, b| (a.1, a.2) == (b.1, b.2));
+    let mut matched: HashSet<(Slot, u32)> = HashSet::new();
+    for (_, a, b) in near {
         let (Some(ea), Some(eb)) = (state.entity(a), state.entity(b)) else {
             continue;
         };
-        if ea.feed == eb.feed {
+        if matched.contains(&(a, eb.feed)) || matched.contains(&(b, ea.feed)) {
             continue;
         }
+        matched.insert((a, eb.feed));
+        matched.insert((b, ea.feed));
+        pairs.push(if wins(ea, eb) { (a, b) } else { (b, a) });
+    }
+    for (win_slot, lose_slot) in pairs {
+        let (Some(win), Some(lose)) = (state.entity(win_slot), state.entity(lose_slot)) else {
+            continue;
+        };
         result.links += 1;
-        // The authoritative source wins; without one, the fresher observation.
-        let a_wins = match (rank(ea, None), rank(eb, None)) {
-            (true, false) => true,
-            (false, true) => false,
-            _ => age(ea) <= age(eb),
-        };
-        let (win, lose, win_slot, lose_slot) = if a_wins {
-            (ea, eb, a, b)
-        } else {
-            (eb, ea, b, a)
-        };
         result.winner_of.insert(lose_slot, win_slot);
         let theirs = numbers(lose);
         for (field, value) in numbers(win) {
@@ -228,7 +433,7 @@ pub fn reconcile(state: &LiveState, feeds: &[FeedConfig], now_ms: i64) -> Reconc
             } else {
                 (win, lose, value, *other)
             };
-            if disagree(wv, lv) {
+            if disagree(field, wv, lv) {
                 result.conflict_count += 1;
                 *result.conflicts_by_feed.entry(w.feed).or_default() += 1;
                 *result.conflicts_by_feed.entry(l.feed).or_default() += 1;
@@ -336,6 +541,205 @@ mod tests {
         let r = reconcile(&state, &f, 1000);
         assert_eq!(r.conflicts.len(), 1);
         assert_eq!(r.conflicts[0].winner.feed, "district-sensors");
+    }
+
+    fn lane(id: &str, lon: f64, lane: Option<f64>, speed: f64) -> EntityUpdate {
+        let mut fields = std::collections::BTreeMap::new();
+        if let Some(l) = lane {
+            fields.insert("laneId".to_string(), FieldValue::Number(l));
+        }
+        EntityUpdate {
+            id: id.into(),
+            entity_type: "TrafficFlowObserved".into(),
+            kind: EntityKind::TrafficFlow {
+                average_speed_kmh: Some(speed),
+                intensity: None,
+                occupancy: None,
+                congested: None,
+            },
+            position: Some([lon, 60.17]),
+            line: None,
+            observed_at_ms: Some(1000),
+            fields,
+        }
+    }
+
+    fn street(id: &str, line: Vec<[f64; 2]>, speed: f64) -> EntityUpdate {
+        EntityUpdate {
+            position: Some(line[0]),
+            line: Some(line),
+            ..lane(id, 0.0, None, speed)
+        }
+    }
+
+    fn twins(r: &Reconciliation, state: &LiveState) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = r
+            .winner_of
+            .iter()
+            .map(|(l, w)| {
+                (
+                    state.entity(*w).unwrap().id.clone(),
+                    state.entity(*l).unwrap().id.clone(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn proximity_links_are_one_to_one_and_lanes_stay_apart() {
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        // Two lanes at one detector, reported by both feeds under their own ids.
+        state.apply(0, lane("det-5-l1", 24.94, Some(1.0), 50.0), 0);
+        state.apply(0, lane("det-5-l2", 24.94, Some(2.0), 20.0), 0);
+        state.apply(1, lane("B:5:2", 24.94, Some(2.0), 21.0), 0);
+        state.apply(1, lane("B:5:1", 24.94, Some(1.0), 49.0), 0);
+        let r = reconcile(&state, &feeds(), 5000);
+        assert_eq!(r.links, 2);
+        assert_eq!(
+            twins(&r, &state),
+            vec![
+                ("det-5-l1".to_string(), "B:5:1".to_string()),
+                ("det-5-l2".to_string(), "B:5:2".to_string())
+            ]
+        );
+        assert_eq!(r.conflict_count, 0, "{:?}", r.conflicts);
+        // Without lane ids, still one twin each: the closest first.
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        state.apply(0, lane("a1", 24.94, None, 50.0), 0);
+        state.apply(0, lane("a2", 24.94005, None, 20.0), 0);
+        state.apply(1, lane("b2", 24.94006, None, 20.0), 0);
+        state.apply(1, lane("b1", 24.94001, None, 50.0), 0);
+        let r = reconcile(&state, &feeds(), 5000);
+        assert_eq!(r.links, 2);
+        assert_eq!(
+            twins(&r, &state),
+            vec![
+                ("a1".to_string(), "b1".to_string()),
+                ("a2".to_string(), "b2".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn lines_are_compared_as_lines() {
+        let node = [24.94, 60.17];
+        let north = vec![node, [24.94, 60.172]];
+        let east = vec![node, [24.944, 60.17]];
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        // Crossing streets that start at one node are different streets.
+        state.apply(0, street("north-st", north.clone(), 30.0), 0);
+        state.apply(1, street("east-st", east, 30.0), 0);
+        assert_eq!(reconcile(&state, &feeds(), 5000).links, 0);
+        // The same street drawn the other way round, a few metres off, is the same.
+        let back: Vec<[f64; 2]> = north.iter().rev().map(|[x, y]| [x + 5e-5, *y]).collect();
+        state.apply(1, street("north-st-reversed", back, 60.0), 0);
+        let r = reconcile(&state, &feeds(), 5000);
+        assert_eq!(r.links, 1);
+        assert_eq!(r.conflicts[0].field, "averageVehicleSpeed");
+        assert!(line_distance_m(&[[0.0, 0.0], [0.0, 200.0]], &[[0.0, 0.0], [200.0, 0.0]]) > 100.0);
+    }
+
+    #[test]
+    fn many_things_at_one_place_make_a_bounded_number_of_links() {
+        // A thousand car parks per feed at one default geocode.
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        for feed in [0, 1] {
+            for i in 0..1000 {
+                state.apply(
+                    feed,
+                    EntityUpdate {
+                        id: format!("{feed}-park-{i}"),
+                        entity_type: "OffStreetParking".into(),
+                        kind: EntityKind::Parking {
+                            available_spots: Some(i as f64),
+                            total_spots: None,
+                            status: None,
+                        },
+                        position: Some([24.94, 60.17]),
+                        line: None,
+                        observed_at_ms: Some(1000),
+                        fields: Default::default(),
+                    },
+                    0,
+                );
+            }
+        }
+        let r = reconcile(&state, &feeds(), 5000);
+        assert!(r.links <= 1000, "one to one: {}", r.links);
+        assert!(r.conflict_count <= r.links);
+    }
+
+    #[test]
+    fn tolerance_is_per_field_and_relative_to_the_authority() {
+        assert!(
+            disagree("occupancy", 0.05, 0.50),
+            "fractions have their own floor"
+        );
+        assert!(!disagree("occupancy", 0.50, 0.51));
+        assert!(disagree("airQualityIndex", 100.0, 111.0));
+        assert!(!disagree("airQualityIndex", 100.0, 109.0));
+        // Relative to the authoritative value, not to the larger of the two.
+        assert!(disagree("airQualityIndex", 100.0, 89.0));
+        assert!(
+            !disagree("airQualityIndex", 10.0, 14.0),
+            "5 index points at least"
+        );
+        assert_eq!(tolerance("averageVehicleSpeed").unit, "km/h");
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        let mut occ = |feed, v| {
+            let mut u = lane("seg", 24.94, None, 30.0);
+            u.kind = EntityKind::TrafficFlow {
+                average_speed_kmh: Some(30.0),
+                intensity: None,
+                occupancy: Some(v),
+                congested: None,
+            };
+            state.apply(feed, u, 0);
+        };
+        occ(0, 0.05);
+        occ(1, 0.50);
+        let mut f = feeds();
+        f[0].authoritative_for = vec!["TrafficFlowObserved".into()];
+        let r = reconcile(&state, &f, 5000);
+        assert_eq!(r.conflicts.len(), 1);
+        assert_eq!(r.conflicts[0].field, "occupancy");
+    }
+
+    #[test]
+    fn fresher_compares_like_with_like_and_quarantine_takes_no_part() {
+        let untimed = |id: &str, aqi| EntityUpdate {
+            observed_at_ms: None,
+            ..station(id, 24.94, aqi, 10.0)
+        };
+        let t = 1_795_946_400_000;
+        let mut f = feeds();
+        f[0].authoritative_for.clear();
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        // A GeoJSON feed without times, received first; then an NGSI-LD reading
+        // observed two seconds before that but received after it.
+        state.apply(0, untimed("st", 40.0), t);
+        state.apply(
+            1,
+            EntityUpdate {
+                observed_at_ms: Some(t - 2000),
+                ..station("st", 24.94, 90.0, 10.0)
+            },
+            t + 1000,
+        );
+        let r = reconcile(&state, &f, t + 2000);
+        assert_eq!(r.conflicts[0].winner.feed, "district-sensors");
+        // A quarantined feed's entities are not reconciled.
+        state.set_feed_standing(
+            1,
+            crate::state::FeedStanding {
+                stale_after_ms: None,
+                quarantined: true,
+            },
+        );
+        let r = reconcile(&state, &f, t + 2000);
+        assert_eq!((r.links, r.conflict_count), (0, 0));
     }
 
     #[test]

@@ -1,15 +1,48 @@
 //! City KPIs for the strip across the top of the wall, computed from the live state.
+//!
+//! Each real-world thing counts once: an entity a more authoritative (or fresher)
+//! source also reports is left to that source ([`crate::governance::reconcile`]'s
+//! `winner_of`). Stale entities and quarantined feeds are left out, and counted in
+//! [`Excluded`] so the strip can say so. The definitions, with units, are in the
+//! README ("KPIs").
 
-use crate::feeds::EntityKind;
+use std::collections::HashMap;
 
-use super::LiveState;
+use crate::feeds::{EntityKind, FieldValue};
+
+use super::{LiveEntity, LiveState, Slot, Standing};
+
+/// A segment moving at under this share of its free-flow speed is congested.
+pub const CONGESTED_SPEED_RATIO: f64 = 0.4;
+/// Without a flag or a free-flow speed: a detector occupied more than this share of
+/// the time marks congestion.
+pub const CONGESTED_OCCUPANCY: f64 = 0.3;
+/// Without a flag, a free-flow speed or occupancy: traffic slower than this, km/h.
+pub const CONGESTED_SPEED_KMH: f64 = 15.0;
+
+/// What the figures leave out, by reason (entities).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Excluded {
+    /// Values older than their feed's stale limit.
+    pub stale: usize,
+    /// From a quarantined feed.
+    pub quarantined: usize,
+    /// Reported by another, winning source, counted there.
+    pub duplicates: usize,
+}
+
+impl Excluded {
+    pub fn is_empty(&self) -> bool {
+        *self == Excluded::default()
+    }
+}
 
 /// The headline figures, each `None` when no feed reports the data behind it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CityKpis {
-    /// Mean reported road speed, km/h.
+    /// Mean reported road speed weighted by segment length, km/h.
     pub mean_road_speed_kmh: Option<f64>,
-    /// Share of reported road segments congested (0..1).
+    /// Share of reported road length congested (0..1).
     pub congestion_index: Option<f64>,
     /// Mean and worst AQI over the stations.
     pub mean_aqi: Option<f64>,
@@ -20,38 +53,114 @@ pub struct CityKpis {
     pub hospital_load: Option<f64>,
     /// Vehicles and units on the map.
     pub vehicles: usize,
+    /// What was left out of all the above.
+    pub excluded: Excluded,
 }
 
-fn mean(sum: f64, n: usize) -> Option<f64> {
-    (n > 0).then(|| sum / n as f64)
+fn mean(sum: f64, n: f64) -> Option<f64> {
+    (n > 0.0).then(|| sum / n)
+}
+
+/// Great-circle length of a WGS84 line, metres.
+pub fn line_length_m(line: &[[f64; 2]]) -> f64 {
+    const EARTH_RADIUS_M: f64 = 6_371_000.0;
+    line.windows(2)
+        .map(|w| {
+            let ([lon1, lat1], [lon2, lat2]) = (w[0], w[1]);
+            let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+            let dp = p2 - p1;
+            let dl = (lon2 - lon1).to_radians();
+            let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+            2.0 * EARTH_RADIUS_M * a.sqrt().min(1.0).asin()
+        })
+        .sum()
+}
+
+fn number(e: &LiveEntity, field: &str) -> Option<f64> {
+    e.fields.get(field).and_then(FieldValue::as_f64)
+}
+
+/// Whether a road segment is congested, by the first rule its data allows: the
+/// source's `congested` flag; speed under 40 % of free flow (`speedRatio`, or the
+/// speed over `freeFlowSpeed`); detector occupancy over 30 %; speed under 15 km/h.
+/// `None` when the segment reports none of these.
+pub fn is_congested(e: &LiveEntity) -> Option<bool> {
+    let EntityKind::TrafficFlow {
+        average_speed_kmh,
+        occupancy,
+        congested,
+        ..
+    } = &e.kind
+    else {
+        return None;
+    };
+    if let Some(c) = congested {
+        return Some(*c);
+    }
+    let free_flow_ratio = number(e, "speedRatio").or_else(|| {
+        let free = number(e, "freeFlowSpeed").filter(|f| *f > 0.0)?;
+        Some((*average_speed_kmh)? / free)
+    });
+    if let Some(r) = free_flow_ratio {
+        return Some(r < CONGESTED_SPEED_RATIO);
+    }
+    if let Some(o) = occupancy {
+        return Some(*o > CONGESTED_OCCUPANCY);
+    }
+    average_speed_kmh.map(|v| v < CONGESTED_SPEED_KMH)
 }
 
 impl CityKpis {
-    pub fn compute(state: &LiveState) -> Self {
-        let (mut speed_sum, mut speed_n, mut congested, mut segments) = (0.0, 0, 0, 0);
-        let (mut aqi_sum, mut aqi_n, mut aqi_max) = (0.0, 0, f64::MIN);
-        let (mut beds, mut occupied) = (0.0, 0.0);
+    /// The figures at `now_ms`, each thing once: `superseded` maps an entity another
+    /// source also reports to the winning one (reconciliation's `winner_of`).
+    pub fn compute(state: &LiveState, superseded: &HashMap<Slot, Slot>, now_ms: i64) -> Self {
         let mut kpis = CityKpis::default();
-        for (_, e) in state.iter() {
+        // Road segments: (length when known, speed, congested).
+        let mut segments: Vec<(Option<f64>, Option<f64>, Option<bool>)> = Vec::new();
+        let (mut aqi_sum, mut aqi_n, mut aqi_max) = (0.0, 0.0, f64::MIN);
+        let (mut beds, mut occupied) = (0.0, 0.0);
+        let counts = |e: &LiveEntity| match &e.kind {
+            EntityKind::TrafficFlow { .. }
+            | EntityKind::AirQuality { aqi: Some(_), .. }
+            | EntityKind::Alert { .. }
+            | EntityKind::Vehicle { .. } => true,
+            EntityKind::Generic => e.entity_type == "MedicalFacility",
+            _ => false,
+        };
+        for (slot, e) in state.iter() {
+            if !counts(e) {
+                continue;
+            }
+            match state.standing(e, now_ms) {
+                Standing::Stale => {
+                    kpis.excluded.stale += 1;
+                    continue;
+                }
+                Standing::Quarantined => {
+                    kpis.excluded.quarantined += 1;
+                    continue;
+                }
+                Standing::Current => {}
+            }
+            // Left to the winning source, unless that one cannot be used now.
+            if superseded
+                .get(&slot)
+                .and_then(|&w| state.entity(w))
+                .is_some_and(|w| state.standing(w, now_ms) == Standing::Current)
+            {
+                kpis.excluded.duplicates += 1;
+                continue;
+            }
             match &e.kind {
                 EntityKind::TrafficFlow {
-                    average_speed_kmh,
-                    congested: c,
-                    ..
+                    average_speed_kmh, ..
                 } => {
-                    segments += 1;
-                    if let Some(v) = average_speed_kmh {
-                        speed_sum += v;
-                        speed_n += 1;
-                    }
-                    let ratio = e.fields.get("speedRatio").and_then(|v| v.as_f64());
-                    if *c == Some(true) || ratio.is_some_and(|r| r < 0.4) {
-                        congested += 1;
-                    }
+                    let length = e.line.as_deref().map(line_length_m).filter(|l| *l > 0.0);
+                    segments.push((length, *average_speed_kmh, is_congested(e)));
                 }
                 EntityKind::AirQuality { aqi: Some(a), .. } => {
                     aqi_sum += a;
-                    aqi_n += 1;
+                    aqi_n += 1.0;
                     aqi_max = aqi_max.max(*a);
                 }
                 EntityKind::Alert { .. }
@@ -60,10 +169,9 @@ impl CityKpis {
                     kpis.open_alerts += 1;
                 }
                 EntityKind::Vehicle { .. } => kpis.vehicles += 1,
-                EntityKind::Generic if e.entity_type == "MedicalFacility" => {
-                    let total = e.fields.get("bedsTotal").and_then(|v| v.as_f64());
-                    let used = e.fields.get("bedsOccupied").and_then(|v| v.as_f64());
-                    if let (Some(t), Some(u)) = (total, used) {
+                EntityKind::Generic => {
+                    if let (Some(t), Some(u)) = (number(e, "bedsTotal"), number(e, "bedsOccupied"))
+                    {
                         beds += t;
                         occupied += u;
                     }
@@ -71,10 +179,28 @@ impl CityKpis {
                 _ => {}
             }
         }
-        kpis.mean_road_speed_kmh = mean(speed_sum, speed_n);
-        kpis.congestion_index = (segments > 0).then(|| congested as f64 / segments as f64);
+        // A segment without its line weighs as much as the average one with a line.
+        let known: Vec<f64> = segments.iter().filter_map(|s| s.0).collect();
+        let typical = mean(known.iter().sum(), known.len() as f64).unwrap_or(1.0);
+        let (mut speed_sum, mut speed_len, mut congested_len, mut judged_len) =
+            (0.0, 0.0, 0.0, 0.0);
+        for (length, speed, congested) in segments {
+            let w = length.unwrap_or(typical);
+            if let Some(v) = speed {
+                speed_sum += v * w;
+                speed_len += w;
+            }
+            if let Some(c) = congested {
+                judged_len += w;
+                if c {
+                    congested_len += w;
+                }
+            }
+        }
+        kpis.mean_road_speed_kmh = mean(speed_sum, speed_len);
+        kpis.congestion_index = mean(congested_len, judged_len);
         kpis.mean_aqi = mean(aqi_sum, aqi_n);
-        kpis.max_aqi = (aqi_n > 0).then_some(aqi_max);
+        kpis.max_aqi = (aqi_n > 0.0).then_some(aqi_max);
         kpis.hospital_load = (beds > 0.0).then(|| occupied / beds);
         kpis
     }
@@ -82,34 +208,199 @@ impl CityKpis {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::feeds::Domain;
+    use crate::feeds::{Domain, EntityUpdate};
+    use crate::geo_frame::GeoFrame;
     use crate::map::load_default;
     use crate::sim::{SimConfig, Simulator};
+    use crate::state::FeedStanding;
+
+    const NOW: i64 = 1_795_946_400_000;
+    /// Metres per degree of latitude on the sphere `line_length_m` uses.
+    const M_PER_DEG: f64 = 6_371_000.0 * std::f64::consts::PI / 180.0;
+
+    /// A north-running segment of `length_m` with the given readings.
+    fn segment(
+        id: &str,
+        lon: f64,
+        length_m: f64,
+        speed: Option<f64>,
+        occupancy: Option<f64>,
+        congested: Option<bool>,
+    ) -> EntityUpdate {
+        let line = vec![[lon, 60.17], [lon, 60.17 + length_m / M_PER_DEG]];
+        EntityUpdate {
+            id: id.into(),
+            entity_type: "TrafficFlowObserved".into(),
+            kind: EntityKind::TrafficFlow {
+                average_speed_kmh: speed,
+                intensity: None,
+                occupancy,
+                congested,
+            },
+            position: Some(line[0]),
+            line: Some(line),
+            observed_at_ms: Some(NOW),
+            fields: BTreeMap::new(),
+        }
+    }
+
+    fn station(id: &str, aqi: f64) -> EntityUpdate {
+        EntityUpdate {
+            id: id.into(),
+            entity_type: "AirQualityObserved".into(),
+            kind: EntityKind::AirQuality {
+                aqi: Some(aqi),
+                pm25: None,
+                pm10: None,
+                no2: None,
+                o3: None,
+            },
+            position: Some([24.94, 60.17]),
+            line: None,
+            observed_at_ms: Some(NOW),
+            fields: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn lengths_on_the_sphere() {
+        let l = line_length_m(&[[24.94, 60.17], [24.94, 60.17 + 1000.0 / M_PER_DEG]]);
+        assert!((l - 1000.0).abs() < 1e-6, "{l}");
+        assert_eq!(line_length_m(&[[24.94, 60.17]]), 0.0);
+    }
+
+    #[test]
+    fn speed_is_length_weighted_and_congestion_is_a_share_of_length() {
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        // A Smart Data Models feed: no `congested` flag, no free-flow speed.
+        // 1000 m at 50 km/h, occupancy 10 %: flowing.
+        state.apply(
+            0,
+            segment("a", 24.940, 1000.0, Some(50.0), Some(0.1), None),
+            NOW,
+        );
+        // 250 m at 10 km/h, occupancy 45 %: congested (occupancy over 30 %).
+        state.apply(
+            0,
+            segment("b", 24.941, 250.0, Some(10.0), Some(0.45), None),
+            NOW,
+        );
+        // 500 m at 12 km/h, no occupancy: congested (under 15 km/h).
+        state.apply(0, segment("c", 24.942, 500.0, Some(12.0), None, None), NOW);
+        // 250 m flagged congested by its source, no speed.
+        state.apply(0, segment("d", 24.943, 250.0, None, None, Some(true)), NOW);
+        let k = CityKpis::compute(&state, &HashMap::new(), NOW);
+        // (50·1000 + 10·250 + 12·500) / (1000 + 250 + 500) = 58 500 / 1750 km/h.
+        let speed = k.mean_road_speed_kmh.unwrap();
+        assert!((speed - 58_500.0 / 1750.0).abs() < 1e-6, "{speed}");
+        // Congested: 250 + 500 + 250 of 2000 m.
+        let congestion = k.congestion_index.unwrap();
+        assert!((congestion - 0.5).abs() < 1e-9, "{congestion}");
+        // The simulator's speedRatio and a free-flow speed are read too.
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        let mut slow = segment("s", 24.94, 300.0, Some(20.0), Some(0.05), None);
+        slow.fields
+            .insert("freeFlowSpeed".into(), FieldValue::Number(60.0));
+        state.apply(0, slow, NOW);
+        let mut fine = segment("f", 24.95, 100.0, Some(45.0), None, None);
+        fine.fields
+            .insert("speedRatio".into(), FieldValue::Number(0.9));
+        state.apply(0, fine, NOW);
+        let k = CityKpis::compute(&state, &HashMap::new(), NOW);
+        assert!((k.congestion_index.unwrap() - 0.75).abs() < 1e-9);
+    }
+
+    #[test]
+    fn each_thing_once_from_its_winner_without_stale_or_quarantined_data() {
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        state.apply(0, station("st-1", 40.0), NOW);
+        state.apply(0, station("st-2", 60.0), NOW);
+        // Feed 1 reports st-1 again (it loses to feed 0) and one station of its own.
+        state.apply(1, station("st-1", 95.0), NOW);
+        state.apply(1, station("st-3", 80.0), NOW);
+        // Feed 2 is quarantined; feed 3's station is stale.
+        state.apply(2, station("st-q", 400.0), NOW);
+        state.apply(3, station("st-old", 300.0), NOW - 3_600_000);
+        state.set_feed_standing(
+            2,
+            FeedStanding {
+                stale_after_ms: None,
+                quarantined: true,
+            },
+        );
+        state.set_feed_standing(
+            3,
+            FeedStanding {
+                stale_after_ms: Some(60_000),
+                quarantined: false,
+            },
+        );
+        let winner = |feed, id| {
+            state
+                .iter()
+                .find(|(_, e)| e.feed == feed && e.id == id)
+                .unwrap()
+                .0
+        };
+        let superseded: HashMap<Slot, Slot> = [(winner(1, "st-1"), winner(0, "st-1"))]
+            .into_iter()
+            .collect();
+        let k = CityKpis::compute(&state, &superseded, NOW);
+        // (40 + 60 + 80) / 3.
+        assert_eq!(k.mean_aqi, Some(60.0));
+        assert_eq!(k.max_aqi, Some(80.0));
+        assert_eq!(
+            k.excluded,
+            Excluded {
+                stale: 1,
+                quarantined: 1,
+                duplicates: 1
+            }
+        );
+        // When the winner itself cannot be used, the other source's value counts.
+        state.set_feed_standing(
+            0,
+            FeedStanding {
+                stale_after_ms: None,
+                quarantined: true,
+            },
+        );
+        let k = CityKpis::compute(&state, &superseded, NOW);
+        assert_eq!(k.mean_aqi, Some((95.0 + 80.0) / 2.0));
+        assert_eq!(k.excluded.quarantined, 3);
+        assert_eq!(k.excluded.duplicates, 0);
+    }
 
     #[test]
     fn kpis_from_the_simulated_city() {
         let map = load_default().unwrap();
-        let mut sim = Simulator::new(&map, SimConfig::for_map(&map), 1_795_946_400_000);
-        sim.advance(1_795_946_400_000 + 7 * 3_600_000);
+        let mut sim = Simulator::new(&map, SimConfig::for_map(&map), NOW);
+        sim.advance(NOW + 7 * 3_600_000);
         let mut state = LiveState::new(map.frame);
         for (feed, d) in Domain::ALL.iter().enumerate() {
             for u in sim.snapshot(*d) {
-                state.apply(feed as u32, u, 0);
+                state.apply(feed as u32, u, NOW + 7 * 3_600_000);
             }
         }
-        let k = CityKpis::compute(&state);
+        let k = CityKpis::compute(&state, &HashMap::new(), NOW + 7 * 3_600_000);
         let speed = k.mean_road_speed_kmh.unwrap();
         assert!((5.0..60.0).contains(&speed), "{speed}");
         assert!((0.0..=1.0).contains(&k.congestion_index.unwrap()));
         assert!(k.mean_aqi.unwrap() > 0.0 && k.max_aqi.unwrap() >= k.mean_aqi.unwrap());
         assert!((0.3..=1.0).contains(&k.hospital_load.unwrap()));
         assert!(k.vehicles > 200);
+        assert!(k.excluded.is_empty(), "{:?}", k.excluded);
     }
 
     #[test]
     fn nothing_reported_means_no_figure() {
-        let state = LiveState::new(crate::geo_frame::GeoFrame::new(0.0, 0.0));
-        assert_eq!(CityKpis::compute(&state), CityKpis::default());
+        let state = LiveState::new(GeoFrame::new(0.0, 0.0));
+        assert_eq!(
+            CityKpis::compute(&state, &HashMap::new(), 0),
+            CityKpis::default()
+        );
     }
 }

@@ -17,6 +17,10 @@
 //!   rejects or ignores orders; `zhongshu serve-departments` runs it
 //!   ([`run_serve_departments`]).
 //!
+//! Every request to a department is signed: `Zhongshu-Signature: t=<unix seconds>,
+//! v1=<hex HMAC-SHA256(department token, "<t>.<body>")>` ([`sign`],
+//! [`verify_signature`]), so a department can tell Zhongshu's orders from forged ones.
+//!
 //! HTTP contract in short: orders are `POST {endpoint}/orders` with
 //! `Idempotency-Key: <log id>:<order id>` (the log id is random per event log, so a
 //! new log's `ORD-000001` is never taken for an old one's); a 2xx answered with a JSON
@@ -53,6 +57,63 @@ pub use outbox::{DeliveryEvent, Outbox, OutboxConfig, OutgoingOrder};
 pub use sim::{
     DepartmentSim, SimBehaviour, SimFate, SimJob, SimStats, default_token, run_serve_departments,
 };
+
+/// The header that carries an order's signature.
+pub const SIGNATURE_HEADER: &str = "Zhongshu-Signature";
+/// How far a signature's time may be from the receiver's clock.
+pub const SIGNATURE_TOLERANCE_S: i64 = 300;
+
+/// The signature of a request body sent at Unix second `t` under a department's key
+/// (its token): `t=<t>,v1=<hex HMAC-SHA256(key, "<t>.<body>")>`.
+pub fn sign(key: &str, t: i64, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={t},v1={hex}")
+}
+
+/// Checks a signature header against the body and key, at Unix second `now_s`:
+/// `Err` says what is wrong (missing parts, too old or too new, not matching).
+pub fn verify_signature(header: &str, key: &str, body: &[u8], now_s: i64) -> Result<(), String> {
+    let mut t = None;
+    let mut v1 = None;
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => t = value.parse::<i64>().ok(),
+            Some(("v1", value)) => v1 = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    let (Some(t), Some(v1)) = (t, v1) else {
+        return Err(format!(
+            "{SIGNATURE_HEADER} must be t=<unix seconds>,v1=<hex>"
+        ));
+    };
+    if (now_s - t).abs() > SIGNATURE_TOLERANCE_S {
+        return Err(format!(
+            "the signature's time is {} s away from ours (at most {SIGNATURE_TOLERANCE_S})",
+            now_s - t
+        ));
+    }
+    let expected = sign(key, t, body);
+    let given = format!("t={t},v1={v1}");
+    // Compared without stopping at the first difference.
+    let same = expected.len() == given.len()
+        && expected
+            .bytes()
+            .zip(given.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err("the signature does not match the body".into())
+    }
+}
 
 /// The JSON body of an order as delivered to a department (`POST {endpoint}/orders`).
 /// `status_url` is written verbatim: pass [`StatusApi::status_url`] (or

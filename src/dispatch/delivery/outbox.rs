@@ -35,6 +35,9 @@ pub struct OutgoingOrder {
     pub urge: bool,
     /// The order is withdrawn: `POST {endpoint}/orders/{id}/cancel`.
     pub cancel: bool,
+    /// The key every attempt is signed with (the department's token): the
+    /// `Zhongshu-Signature` header ([`super::sign`]). `None`: unsigned.
+    pub signing_key: Option<String>,
 }
 
 /// What the outbox reports.
@@ -168,6 +171,7 @@ struct Job {
     body: Vec<u8>,
     urge_seq: Option<u32>,
     cancel: bool,
+    signing_key: Option<String>,
 }
 
 impl Outbox {
@@ -263,6 +267,7 @@ impl Outbox {
             body: serde_json::to_vec(&order.body).expect("a JSON value serialises"),
             urge_seq: urge_seq.filter(|_| !order.cancel),
             cancel: order.cancel,
+            signing_key: order.signing_key,
         });
         self.pending.fetch_add(1, Ordering::Relaxed);
         // A worker only dies by panicking; then a fresh one takes over.
@@ -547,13 +552,17 @@ fn next_ready(queue: &[Pending]) -> Option<usize> {
 
 /// One HTTP attempt, classified.
 fn attempt(client: &reqwest::blocking::Client, job: &Job) -> Outcome {
-    let response = client
+    let mut request = client
         .post(&job.url)
         .header("Idempotency-Key", &job.key)
         .header("Content-Type", "application/json")
-        .header("Accept", "application/json")
-        .body(job.body.clone())
-        .send();
+        .header("Accept", "application/json");
+    if let Some(key) = &job.signing_key {
+        // Signed at each attempt, so a retry hours later is not refused as stale.
+        let t = unix_ms_now().div_euclid(1000);
+        request = request.header(super::SIGNATURE_HEADER, super::sign(key, t, &job.body));
+    }
+    let response = request.body(job.body.clone()).send();
     let response = match response {
         Ok(r) => r,
         Err(e) if e.is_builder() => {

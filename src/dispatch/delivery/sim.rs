@@ -65,8 +65,14 @@ pub struct SimBehaviour {
     /// Simulated seconds per real second.
     pub speedup: f64,
     /// Department id → bearer token for its status reports; departments not listed
-    /// use [`default_token`] (the convention of `config/dispatch.toml`).
+    /// use [`default_token`] (the convention of `config/dispatch.toml`). A
+    /// department's token also verifies the signature of the orders it takes.
     pub tokens: HashMap<String, String>,
+    /// The base URL of the Zhongshu status API the departments report to: the only
+    /// place their tokens are ever sent (an order's own `status_url` is not trusted).
+    pub report_to: String,
+    /// Refuse orders without a valid `Zhongshu-Signature` (401).
+    pub require_signature: bool,
 }
 
 impl Default for SimBehaviour {
@@ -84,6 +90,8 @@ impl Default for SimBehaviour {
             urged_ack_after_s: (2.0, 10.0),
             speedup: 1.0,
             tokens: HashMap::new(),
+            report_to: "http://127.0.0.1:7878".into(),
+            require_signature: true,
         }
     }
 }
@@ -498,6 +506,26 @@ fn handle(shared: &Shared, request: &Request) -> HttpResponse {
     response
 }
 
+/// Whether the request carries Zhongshu's signature under the department's key.
+fn check_signature(
+    shared: &Shared,
+    request: &Request,
+    department: &str,
+) -> Result<(), HttpResponse> {
+    if !shared.behaviour.require_signature {
+        return Ok(());
+    }
+    let unsigned = |message: String| Err(error_response(401, "bad_signature", message));
+    let Some(header) = header_value(request, super::SIGNATURE_HEADER) else {
+        return unsigned(format!("missing {} header", super::SIGNATURE_HEADER));
+    };
+    let key = shared.behaviour.token(department);
+    match super::verify_signature(&header, &key, &request.body, unix_ms_now().div_euclid(1000)) {
+        Ok(()) => Ok(()),
+        Err(why) => unsigned(why),
+    }
+}
+
 /// The order an idempotency key belongs to: `<log id>:<order id>` for an order,
 /// with `:urge:<n>` or `:cancel` after it for an urge or a cancellation.
 fn order_key(key: &str) -> &str {
@@ -571,6 +599,18 @@ fn post_order(
 ) -> (HttpResponse, Option<Duration>) {
     let bad = |message: String| (error_response(400, "bad_request", message), None);
     let key = header_value(request, "Idempotency-Key").unwrap_or_default();
+    let department = department.or_else(|| {
+        serde_json::from_slice::<Value>(&request.body)
+            .ok()
+            .and_then(|v| v.get("department")?.as_str().map(str::to_string))
+    });
+    if let Err(refused) = check_signature(
+        shared,
+        request,
+        department.as_deref().unwrap_or(DEFAULT_DEPARTMENT),
+    ) {
+        return (refused, None);
+    }
     let order: Value = match serde_json::from_slice(&request.body) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return bad("the order is not a JSON object".into()),
@@ -587,21 +627,11 @@ fn post_order(
             "Idempotency-Key {key:?} is not the order id {order_id:?} (with its log id before it)"
         ));
     }
-    let Some(status_url) = order
-        .get("status_url")
-        .and_then(Value::as_str)
-        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
-    else {
-        return bad("the order has no http(s) `status_url` to report to".into());
-    };
-    let department = department
-        .or_else(|| {
-            order
-                .get("department")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| DEFAULT_DEPARTMENT.to_string());
+    // Reports go to the configured API only: an order naming another place would
+    // otherwise receive the department's bearer token.
+    let status_url = super::status_url(&shared.behaviour.report_to, order_id);
+    let status_url = status_url.as_str();
+    let department = department.unwrap_or_else(|| DEFAULT_DEPARTMENT.to_string());
 
     let b = &shared.behaviour;
     let mut state = shared.lock_state();
@@ -684,6 +714,9 @@ fn post_follow_up(
     order_id: &str,
     action: &str,
 ) -> (HttpResponse, Option<Duration>) {
+    if let Err(refused) = check_signature(shared, request, department) {
+        return (refused, None);
+    }
     let Some(key) = header_value(request, "Idempotency-Key").filter(|k| !k.is_empty()) else {
         return (
             error_response(400, "bad_request", "missing Idempotency-Key header"),

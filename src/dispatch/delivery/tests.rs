@@ -60,6 +60,7 @@ fn outgoing(id: &str, department: &str, endpoint: &str, status_url: &str) -> Out
         ),
         urge: false,
         cancel: false,
+        signing_key: Some(default_token(department)),
     }
 }
 
@@ -834,8 +835,19 @@ fn simulator_dedupes_by_key_and_validates() {
     .unwrap();
     let client = reqwest::blocking::Client::new();
     let body = outgoing("ORD-000001", "fire", "", "http://127.0.0.1:9/s").body;
+    let now_s = crate::feeds::poll::unix_ms_now() / 1000;
+    // Signed with the department named in the URL.
     let post = |url: String, key: Option<&str>, body: &Value| {
-        let mut r = client.post(url).json(body);
+        let department = url.split('/').nth(3).unwrap_or("fire").to_string();
+        let bytes = serde_json::to_vec(body).unwrap();
+        let mut r = client
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header(
+                SIGNATURE_HEADER,
+                sign(&default_token(&department), now_s, &bytes),
+            )
+            .body(bytes);
         if let Some(k) = key {
             r = r.header("Idempotency-Key", k);
         }
@@ -860,9 +872,23 @@ fn simulator_dedupes_by_key_and_validates() {
     );
     assert_eq!(post(orders.clone(), None, &body).0, 400);
     assert_eq!(post(orders.clone(), Some("ORD-9"), &body).0, 400);
-    let mut no_url = body.clone();
-    no_url["status_url"] = Value::Null;
-    assert_eq!(post(orders.clone(), Some("ORD-000001"), &no_url).0, 400);
+    // Unsigned, or signed with another key, or signed over another body: refused.
+    let bytes = serde_json::to_vec(&body).unwrap();
+    for signature in [
+        None,
+        Some(sign("someone-else", now_s, &bytes)),
+        Some(sign(&default_token("fire"), now_s, b"{}")),
+        Some(sign(&default_token("fire"), now_s - 3600, &bytes)),
+    ] {
+        let mut r = client
+            .post(&orders)
+            .header("Idempotency-Key", "ORD-000077")
+            .body(bytes.clone());
+        if let Some(sig) = signature {
+            r = r.header(SIGNATURE_HEADER, sig);
+        }
+        assert_eq!(r.send().unwrap().status().as_u16(), 401);
+    }
     let urge = format!("{}/orders/ORD-000001/urge", sim.endpoint("fire"));
     assert_eq!(
         post(urge.clone(), Some("ORD-000001:urge:1"), &json!({})).0,
@@ -929,7 +955,8 @@ fn end_to_end_orders_are_reported_back() {
             done_after_s: (1.0, 5.0),
             urged_ack_after_s: (1.0, 2.0),
             speedup: 20.0,
-            tokens,
+            tokens: tokens.clone(),
+            report_to: api.base_url(),
             ..SimBehaviour::default()
         },
     )
@@ -941,7 +968,10 @@ fn end_to_end_orders_are_reported_back() {
         let id = order_id(i);
         let d = DEPARTMENTS[i % DEPARTMENTS.len()];
         department_of.insert(id.clone(), d);
-        outbox.send(outgoing(&id, d, &sim.endpoint(d), &api.status_url(&id)));
+        outbox.send(OutgoingOrder {
+            signing_key: Some(tokens[d].clone()),
+            ..outgoing(&id, d, &sim.endpoint(d), &api.status_url(&id))
+        });
     }
     let delivered = collect(&deliveries, Duration::from_secs(3), |e| {
         delivered_ids(e).len() >= 40
@@ -1012,6 +1042,7 @@ fn end_to_end_orders_are_reported_back() {
     outbox.send(OutgoingOrder {
         body: urge_body(ignored_id, 1, "Dispatcher Wu", Some("deadline passed")),
         urge: true,
+        signing_key: Some(tokens[d].clone()),
         ..outgoing(ignored_id, d, &sim.endpoint(d), "")
     });
     let urged = collect(&deliveries, Duration::from_secs(3), |e| {
@@ -1185,4 +1216,47 @@ fn the_status_api_and_the_simulator_survive_hostile_clients() {
     );
     let sim = DepartmentSim::start("127.0.0.1:0", SimBehaviour::default()).unwrap();
     crate::http::attack::survives(sim.addr(), "/fire/orders", "/health", 200);
+}
+
+/// The simulator reports to the configured API only: an order naming another
+/// `status_url` does not receive the department's token.
+#[test]
+fn the_simulator_reports_only_to_the_configured_api() {
+    let (api, reports) = StatusApi::start(
+        "127.0.0.1:0",
+        vec![DepartmentAuth {
+            id: "fire".into(),
+            token: default_token("fire"),
+        }],
+    )
+    .unwrap();
+    let reports = answering(reports);
+    // A listener standing for an attacker's port.
+    let thief = Script::start(&[(202, "{}")]);
+    let sim = DepartmentSim::start(
+        "127.0.0.1:0",
+        SimBehaviour {
+            fail_rate: 0.0,
+            reject_rate: 0.0,
+            ignore_rate: 0.0,
+            speedup: 100.0,
+            report_to: api.base_url(),
+            ..SimBehaviour::default()
+        },
+    )
+    .unwrap();
+    let (outbox, deliveries) = Outbox::start(fast_config(Duration::from_secs(2)));
+    let stolen_url = format!("{}/api/v1/orders/ORD-000001/status", thief.base);
+    outbox.send(outgoing(
+        "ORD-000001",
+        "fire",
+        &sim.endpoint("fire"),
+        &stolen_url,
+    ));
+    let _ = collect(&deliveries, Duration::from_secs(3), |e| {
+        !delivered_ids(e).is_empty()
+    });
+    let got = collect(&reports, Duration::from_secs(5), |r| !r.is_empty());
+    assert_eq!(got[0].order_id, "ORD-000001");
+    assert!(thief.seen().is_empty(), "{:?}", thief.seen());
 }
