@@ -67,7 +67,75 @@ pub fn iso_duration(secs: f64) -> String {
     out
 }
 
-/// The whole catalog as DCAT JSON-LD.
+/// A feed name as one IRI path segment: unreserved characters kept, everything else
+/// (spaces, slashes, non-ASCII) percent-encoded as UTF-8.
+pub fn iri_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out += &format!("%{b:02X}");
+        }
+    }
+    out
+}
+
+/// The DCMI Collection Description frequency of a cadence (DCAT's recommended
+/// `dct:accrualPeriodicity` values); the exact cadence goes in `dcat:temporalResolution`.
+pub fn frequency(cadence_s: f64) -> &'static str {
+    const DAY_S: f64 = 86_400.0;
+    if cadence_s < DAY_S {
+        "http://purl.org/cld/freq/continuous"
+    } else if cadence_s < 7.0 * DAY_S {
+        "http://purl.org/cld/freq/daily"
+    } else if cadence_s < 28.0 * DAY_S {
+        "http://purl.org/cld/freq/weekly"
+    } else {
+        "http://purl.org/cld/freq/monthly"
+    }
+}
+
+/// An IANA media type as the IRI `dcat:mediaType` expects.
+fn media_type(kind: FeedKind) -> Option<&'static str> {
+    match kind {
+        FeedKind::NgsiLd => {
+            Some("https://www.iana.org/assignments/media-types/application/ld+json")
+        }
+        FeedKind::Geojson => {
+            Some("https://www.iana.org/assignments/media-types/application/geo+json")
+        }
+        FeedKind::Cap => Some("https://www.iana.org/assignments/media-types/application/xml"),
+        FeedKind::Sim => None,
+    }
+}
+
+/// The standard a feed's payloads follow.
+fn conforms_to(kind: FeedKind) -> Option<&'static str> {
+    match kind {
+        FeedKind::NgsiLd => Some("https://www.etsi.org/deliver/etsi_gs/CIM/001_099/009/"),
+        FeedKind::Geojson => Some("https://www.rfc-editor.org/rfc/rfc7946"),
+        FeedKind::Cap => Some("urn:oasis:names:tc:emergency:cap:1.2"),
+        FeedKind::Sim => None,
+    }
+}
+
+/// A licence as an IRI: a URL as given, an SPDX identifier (`CC-BY-4.0`) as its SPDX
+/// IRI; `None` for free text, which goes in a label instead.
+fn licence_iri(licence: &str) -> Option<String> {
+    let licence = licence.trim();
+    if licence.starts_with("http://") || licence.starts_with("https://") {
+        return (!licence.contains(char::is_whitespace)).then(|| licence.to_string());
+    }
+    let spdx = !licence.is_empty()
+        && licence
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '+'));
+    spdx.then(|| format!("http://spdx.org/licenses/{licence}"))
+}
+
+/// The whole catalog as DCAT JSON-LD: every link an IRI (`@id`), no nulls (what a feed
+/// lacks is left out), cadence as a frequency term plus an `xsd:duration`.
 pub fn dcat_catalog(title: &str, feeds: &[FeedConfig], observed: &[ObservedSchema]) -> Value {
     let datasets: Vec<Value> = feeds
         .iter()
@@ -82,31 +150,63 @@ pub fn dcat_catalog(title: &str, feeds: &[FeedConfig], observed: &[ObservedSchem
                         .collect()
                 })
                 .unwrap_or_default();
-            let (access, format) = match f.kind {
-                FeedKind::NgsiLd => (f.url.clone(), "application/ld+json (NGSI-LD)"),
-                FeedKind::Geojson => (f.url.clone(), "application/geo+json"),
-                FeedKind::Cap => (f.url.clone(), "application/cap+xml (CAP 1.2)"),
-                FeedKind::Sim => (None, "built-in simulator"),
+            let mut d = serde_json::Map::new();
+            let mut put = |k: &str, v: Value| {
+                d.insert(k.to_string(), v);
             };
-            json!({
-                "@type": "dcat:Dataset",
-                "@id": format!("urn:zhongshu:feed:{}", f.name),
-                "dct:identifier": f.name,
-                "dct:title": f.name,
-                "dct:publisher": {"@type": "foaf:Organization", "foaf:name": f.owner},
-                "dct:license": f.licence,
-                "dct:accrualPeriodicity": iso_duration(f.interval_s),
-                "dcat:theme": f.domain.as_str(),
-                "dcat:distribution": [{
-                    "@type": "dcat:Distribution",
-                    "dcat:accessURL": access,
-                    "dct:format": format,
-                }],
-                "zs:requiredFields": f.required_fields,
-                "zs:authoritativeFor": f.authoritative_for,
-                "zs:consumers": consumers(f.domain),
-                "zs:observedSchema": types,
-            })
+            put("@type", json!("dcat:Dataset"));
+            put(
+                "@id",
+                json!(format!("urn:zhongshu:feed:{}", iri_segment(&f.name))),
+            );
+            put("dct:identifier", json!(f.name));
+            put("dct:title", json!(f.name));
+            if let Some(owner) = &f.owner {
+                put(
+                    "dct:publisher",
+                    json!({"@type": "foaf:Organization", "foaf:name": owner}),
+                );
+            }
+            match f.licence.as_deref().map(|l| (l, licence_iri(l))) {
+                Some((_, Some(iri))) => put("dct:license", json!({"@id": iri})),
+                Some((text, None)) => put(
+                    "dct:license",
+                    json!({"@type": "dct:LicenseDocument", "rdfs:label": text}),
+                ),
+                None => {}
+            }
+            put(
+                "dct:accrualPeriodicity",
+                json!({"@id": frequency(f.cadence_s())}),
+            );
+            put(
+                "dcat:temporalResolution",
+                json!({"@value": iso_duration(f.cadence_s()), "@type": "xsd:duration"}),
+            );
+            put(
+                "dcat:theme",
+                json!({"@id": format!("urn:zhongshu:domain:{}", f.domain.as_str())}),
+            );
+            put("dcat:keyword", json!(f.domain.as_str()));
+            if let Some(url) = &f.url {
+                let mut dist = serde_json::Map::new();
+                dist.insert("@type".into(), json!("dcat:Distribution"));
+                dist.insert("dcat:accessURL".into(), json!({"@id": url}));
+                if let Some(m) = media_type(f.kind) {
+                    dist.insert("dcat:mediaType".into(), json!({"@id": m}));
+                }
+                if let Some(c) = conforms_to(f.kind) {
+                    dist.insert("dct:conformsTo".into(), json!({"@id": c}));
+                }
+                put("dcat:distribution", json!([Value::Object(dist)]));
+            } else {
+                put("zs:simulated", json!(true));
+            }
+            put("zs:requiredFields", json!(f.required_fields));
+            put("zs:authoritativeFor", json!(f.authoritative_for));
+            put("zs:consumers", json!(consumers(f.domain)));
+            put("zs:observedSchema", json!(types));
+            Value::Object(d)
         })
         .collect();
     json!({
@@ -114,9 +214,12 @@ pub fn dcat_catalog(title: &str, feeds: &[FeedConfig], observed: &[ObservedSchem
             "dcat": "http://www.w3.org/ns/dcat#",
             "dct": "http://purl.org/dc/terms/",
             "foaf": "http://xmlns.com/foaf/0.1/",
+            "rdfs": "http://www.w3.org/2000/01/rdf-schema#",
+            "xsd": "http://www.w3.org/2001/XMLSchema#",
             "zs": "urn:zhongshu:catalog#",
         },
         "@type": "dcat:Catalog",
+        "@id": "urn:zhongshu:catalog",
         "dct:title": title,
         "dcat:dataset": datasets,
     })
@@ -158,10 +261,21 @@ mod tests {
         let d = &cat["dcat:dataset"][0];
         assert_eq!(cat["@type"], "dcat:Catalog");
         assert_eq!(d["dct:publisher"]["foaf:name"], "Eco Bureau");
-        assert_eq!(d["dct:license"], "CC-BY-4.0");
-        assert_eq!(d["dct:accrualPeriodicity"], "PT1M");
-        assert_eq!(d["dcat:theme"], "ecology");
-        assert_eq!(d["dcat:distribution"][0]["dcat:accessURL"], "http://h/e");
+        assert_eq!(
+            d["dct:license"]["@id"],
+            "http://spdx.org/licenses/CC-BY-4.0"
+        );
+        assert_eq!(
+            d["dct:accrualPeriodicity"]["@id"],
+            "http://purl.org/cld/freq/continuous"
+        );
+        assert_eq!(d["dcat:temporalResolution"]["@value"], "PT1M");
+        assert_eq!(d["dcat:temporalResolution"]["@type"], "xsd:duration");
+        assert_eq!(d["dcat:keyword"], "ecology");
+        assert_eq!(
+            d["dcat:distribution"][0]["dcat:accessURL"]["@id"],
+            "http://h/e"
+        );
         assert_eq!(d["zs:authoritativeFor"][0], "AirQualityObserved");
         assert_eq!(
             d["zs:observedSchema"][0]["zs:fields"],
@@ -173,6 +287,79 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|c| c == "air heat map")
+        );
+    }
+
+    /// Every node id and every link is an absolute IRI without spaces; nothing is null.
+    fn check_json_ld(v: &Value, path: &str, problems: &mut Vec<String>) {
+        match v {
+            Value::Null => problems.push(format!("{path} is null")),
+            Value::Object(map) => {
+                if let Some(id) = map.get("@id") {
+                    let ok = id.as_str().is_some_and(|s| {
+                        !s.contains(char::is_whitespace)
+                            && s.split_once(':').is_some_and(|(scheme, rest)| {
+                                !rest.is_empty()
+                                    && scheme
+                                        .chars()
+                                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                            })
+                    });
+                    if !ok {
+                        problems.push(format!("{path}.@id = {id} is no IRI"));
+                    }
+                }
+                for (k, child) in map {
+                    check_json_ld(child, &format!("{path}.{k}"), problems);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    check_json_ld(child, &format!("{path}[{i}]"), problems);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_catalog_is_valid_dcat_for_awkward_feeds() {
+        let feeds = parse_feeds(
+            "[[feed]]\nname='Air stations (east) 东区'\nkind='geojson'\nurl='http://h/a.geojson'\ndomain='ecology'\nlicence='Open data, ask the bureau'\n\
+             [[feed]]\nname='sim traffic'\nkind='sim'\ndomain='traffic'\ninterval_s=2\n\
+             [[feed]]\nname='alerts'\nkind='cap'\nurl='https://h/cap.xml'\ndomain='urban'\ninterval_s=86400\nlicence='https://example.org/licence'\n",
+        )
+        .unwrap();
+        let cat = dcat_catalog("Helsinki", &feeds, &[]);
+        let mut problems = Vec::new();
+        check_json_ld(&cat, "catalog", &mut problems);
+        assert!(problems.is_empty(), "{problems:#?}");
+        let d = &cat["dcat:dataset"];
+        assert_eq!(
+            d[0]["@id"],
+            "urn:zhongshu:feed:Air%20stations%20%28east%29%20%E4%B8%9C%E5%8C%BA"
+        );
+        assert_eq!(
+            d[0]["dcat:distribution"][0]["dcat:mediaType"]["@id"],
+            "https://www.iana.org/assignments/media-types/application/geo+json"
+        );
+        assert_eq!(
+            d[0]["dct:license"]["rdfs:label"],
+            "Open data, ask the bureau"
+        );
+        // A simulated feed has no distribution rather than null links.
+        assert!(d[1].get("dcat:distribution").is_none());
+        assert!(d[1].get("dct:license").is_none());
+        assert_eq!(d[1]["zs:simulated"], true);
+        assert_eq!(d[1]["dcat:temporalResolution"]["@value"], "PT2S");
+        assert_eq!(
+            d[2]["dct:accrualPeriodicity"]["@id"],
+            "http://purl.org/cld/freq/daily"
+        );
+        assert_eq!(d[2]["dct:license"]["@id"], "https://example.org/licence");
+        assert_eq!(
+            d[2]["dcat:distribution"][0]["dct:conformsTo"]["@id"],
+            "urn:oasis:names:tc:emergency:cap:1.2"
         );
     }
 }
