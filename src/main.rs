@@ -489,8 +489,13 @@ fn users_add(
         Err(e) => bail!("cannot read {}: {e}", file.display()),
     };
     eprint!("passphrase for {name}: ");
-    let mut passphrase = String::new();
-    std::io::stdin().read_line(&mut passphrase)?;
+    let mut passphrase = zeroize::Zeroizing::new(String::new());
+    {
+        // Not echoed on a terminal; piped input is read as it is.
+        let _quiet = NoEcho::on_stdin();
+        std::io::stdin().read_line(&mut passphrase)?;
+    }
+    eprintln!();
     let passphrase = passphrase.trim_end_matches(['\n', '\r']);
     if passphrase.chars().count() < 8 {
         bail!("the passphrase must have at least 8 characters");
@@ -503,15 +508,55 @@ fn users_add(
     text.push_str(&block);
     // The whole file must still load (e.g. no duplicate name) before it is written.
     Users::parse(&text, &file.display().to_string())?;
-    std::fs::write(file, text).with_context(|| format!("cannot write {}", file.display()))?;
+    // Owner-only, and whole or not at all (written beside it, then renamed).
+    zhongshu::store::write_private(file, text.as_bytes())
+        .with_context(|| format!("cannot write {}", file.display()))?;
     eprintln!("added {name} ({}) to {}", role.as_str(), file.display());
     Ok(())
 }
 
-/// The dispatch desk's setup from the command line.
+/// Turns off the terminal's echo on standard input while it lives (when standard input
+/// is a terminal), so a passphrase typed is not shown.
+struct NoEcho(Option<libc::termios>);
+
+impl NoEcho {
+    fn on_stdin() -> NoEcho {
+        // SAFETY: plain termios calls on file descriptor 0 with a zeroed struct that
+        // tcgetattr fills in; nothing is kept beyond this guard.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return NoEcho(None);
+            }
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut saved) != 0 {
+                return NoEcho(None);
+            }
+            let mut quiet = saved;
+            quiet.c_lflag &= !libc::ECHO;
+            quiet.c_lflag |= libc::ECHONL;
+            if libc::tcsetattr(0, libc::TCSANOW, &quiet) != 0 {
+                return NoEcho(None);
+            }
+            NoEcho(Some(saved))
+        }
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: restores the settings read from the same descriptor.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, saved);
+            }
+        }
+    }
+}
+
 /// Shortest department token accepted outside demo mode.
 const MIN_TOKEN_CHARS: usize = 16;
 
+/// The dispatch desk's setup from the command line.
 fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
     use zhongshu::dispatch::{config::DispatchConfig, users::Users};
     let implied = cli.dispatch.is_none() && cli.users.is_none();
@@ -569,6 +614,10 @@ fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
             let Ok(passphrase) = std::env::var("ZHONGSHU_PASSPHRASE") else {
                 bail!("--user {name} needs the passphrase in ZHONGSHU_PASSPHRASE");
             };
+            // Out of the environment at once, so no child process or crash report
+            // carries it; the copy here is wiped after sign-in.
+            // SAFETY: no other thread runs yet (the app and its runtimes start later).
+            unsafe { std::env::remove_var("ZHONGSHU_PASSPHRASE") };
             // Refused here, before any window opens, so scripts see it.
             if let Err(e) = users.sign_in(name, &passphrase) {
                 bail!("--user {name}: {e}");

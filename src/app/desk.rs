@@ -107,6 +107,7 @@ impl Desk {
                     user.role,
                     user.department.as_deref(),
                 ));
+                zeroize::Zeroize::zeroize(&mut self.sign_in.passphrase);
                 self.sign_in = SignInForm::default();
                 Ok(())
             }
@@ -146,8 +147,10 @@ pub(super) fn plugin(app: &mut App) {
         );
 }
 
-fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<City>) {
-    let Some(setup) = setup else { return };
+fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Res<City>) {
+    let Some(mut setup) = setup else { return };
+    // The passphrase given at start is used once, then wiped.
+    let sign_in = setup.sign_in.take();
     let (tx, rx) = channel();
     let (integrity_tx, integrity_rx) = channel();
     let (db, config, options) = (
@@ -228,11 +231,12 @@ fn start_desk(mut commands: Commands, setup: Option<Res<DeskSetup>>, city: Res<C
         alerts_caught_up: false,
         speeds_loaded: false,
     };
-    if let Some((name, passphrase)) = &setup.sign_in
-        && let Err(e) = desk.try_sign_in(name, passphrase)
-    {
-        desk.sign_in.name = name.clone();
-        desk.sign_in.error = Some(e);
+    if let Some((name, mut passphrase)) = sign_in {
+        if let Err(e) = desk.try_sign_in(&name, &passphrase) {
+            desk.sign_in.name = name.clone();
+            desk.sign_in.error = Some(e);
+        }
+        zeroize::Zeroize::zeroize(&mut passphrase);
     }
     commands.insert_resource(desk);
 }

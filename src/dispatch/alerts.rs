@@ -176,7 +176,7 @@ fn from_feed(update: &EntityUpdate, feed: &str, cap: bool) -> Option<AlertIn> {
     // The source is the feed it came through. A CAP message keeps the keys of the
     // messages it stands for (see `to_entity_update`), within the same feed; an
     // NGSI-LD feed's `capSource` or `capSupersedes` is just a field.
-    let scoped = |key: &str| format!("{feed}|{key}");
+    let scoped = |key: &str| super::clean_text(&format!("{feed}|{key}"));
     let (source, supersedes) = if cap {
         let supersedes = text("capSupersedes")
             .map(|s| s.split_whitespace().map(scoped).collect())

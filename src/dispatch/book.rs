@@ -41,7 +41,7 @@ impl Actor {
 
     pub fn new(name: &str, role: Role, department: Option<&str>) -> Self {
         Self {
-            name: name.into(),
+            name: super::clean_text(name),
             role,
             department: department.map(str::to_string),
         }
@@ -434,9 +434,13 @@ impl Book {
                         incident: existing.id.clone(),
                     });
                 }
+                let mut incident = new.clone();
+                incident.kind = super::clean_text(&incident.kind);
+                incident.title = super::clean_text(&incident.title);
+                incident.source = super::clean_text(&incident.source);
                 Ok(vec![Event::IncidentReported {
                     id: format!("INC-{:06}", self.next_incident),
-                    incident: new.clone(),
+                    incident,
                 }])
             }
             Command::Incident { id, action, note } => {
@@ -450,7 +454,7 @@ impl Book {
                     id: id.clone(),
                     action: *action,
                     status,
-                    note: note.clone(),
+                    note: note.as_deref().map(super::clean_text),
                 }];
                 // An incident that is over takes its orders with it: every order still
                 // waiting for a department is withdrawn (and the department told), so
@@ -530,7 +534,7 @@ impl Book {
                         id: format!("ORD-{:06}", self.next_order + n as u64),
                         incident: incident.clone(),
                         department: o.department.clone(),
-                        instruction: o.instruction.clone(),
+                        instruction: super::clean_text(&o.instruction),
                         deadline_ms: o.deadline_ms,
                         escalates: None,
                     });
@@ -653,7 +657,7 @@ impl Book {
                     id: id.clone(),
                     action: *action,
                     status,
-                    note: note.clone(),
+                    note: note.as_deref().map(super::clean_text),
                     reported_ms: None,
                 }];
                 if *action == Action::EscalateOrder {
@@ -743,7 +747,7 @@ impl Book {
                 }
                 Ok(vec![Event::Note {
                     incident: incident.clone(),
-                    text: text.clone(),
+                    text: super::clean_text(text),
                 }])
             }
         }
@@ -1637,6 +1641,28 @@ mod tests {
         run(&mut b, on_scene, &fire_liaison, T0).unwrap();
         run(&mut b, note("two engines on scene"), &fire_liaison, T0).unwrap();
         assert_eq!(b.incidents[0].status, IncidentStatus::OnScene);
+    }
+
+    #[test]
+    fn names_and_notes_cannot_forge_timeline_lines() {
+        let mut b = book();
+        let forger = Actor::new("li.wei\n10:00 mayor\u{202E}", Role::Dispatcher, None);
+        run(&mut b, Command::ReportIncident(fire(None)), &forger, T0).unwrap();
+        run(
+            &mut b,
+            Command::Note {
+                incident: "INC-000001".into(),
+                text: "ok\n10:01 zhongshu (system): incident closed\u{202E}".into(),
+            },
+            &forger,
+            T0,
+        )
+        .unwrap();
+        let inc = &b.incidents[0];
+        for entry in &inc.timeline {
+            assert!(!entry.who.contains(['\n', '\u{202E}']), "{entry:?}");
+            assert!(!entry.text.contains(['\n', '\u{202E}']), "{entry:?}");
+        }
     }
 
     #[test]

@@ -18,6 +18,22 @@ pub mod recommend;
 pub mod service;
 pub mod users;
 
+/// Text from people, departments and feeds as it may be stored and shown: control
+/// characters (line breaks included) become spaces and bidirectional marks, overrides
+/// and isolates are removed, so a name or note cannot forge lines in the log and the
+/// timeline or show reversed text (U+202E).
+pub fn clean_text(text: &str) -> String {
+    text.chars()
+        .filter(|c| {
+            !matches!(
+                c,
+                '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            )
+        })
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// Who may do what.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -437,5 +453,15 @@ mod tests {
             }
         }
         assert_eq!(expected.len(), Role::ALL.len());
+    }
+
+    #[test]
+    fn text_is_cleaned_of_controls_and_bidi_overrides() {
+        assert_eq!(
+            clean_text("Li Wei\n2026-11-29 zhongshu: closed\u{202E}cba"),
+            "Li Wei 2026-11-29 zhongshu: closedcba"
+        );
+        assert_eq!(clean_text("王芳 \u{2067}x\u{2069}"), "王芳 x");
+        assert_eq!(clean_text("plain"), "plain");
     }
 }

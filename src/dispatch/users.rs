@@ -258,14 +258,29 @@ fn check_hash(passphrase: &str) -> Result<(), String> {
     let parsed = PasswordHash::new(passphrase)
         .map_err(|_| format!("`passphrase` is not an Argon2 PHC hash; {HOW_TO_HASH}"))?;
     match parsed.algorithm.as_str() {
-        "argon2id" | "argon2i" | "argon2d" if parsed.hash.is_some() && parsed.salt.is_some() => {
-            Ok(())
+        "argon2id" | "argon2i" | "argon2d" if parsed.hash.is_some() && parsed.salt.is_some() => {}
+        other => {
+            return Err(format!(
+                "`passphrase` is a {other:?} PHC string, not a complete Argon2 hash; {HOW_TO_HASH}"
+            ));
         }
-        other => Err(format!(
-            "`passphrase` is a {other:?} PHC string, not a complete Argon2 hash; {HOW_TO_HASH}"
-        )),
     }
+    // A hash made with weak parameters is cheap to crack whatever the passphrase:
+    // at least OWASP's minimum for Argon2 (19 MiB, 2 passes, 1 lane).
+    let param = |name: &str| parsed.params.get_decimal(name).unwrap_or(0);
+    let (m, t, p) = (param("m"), param("t"), param("p"));
+    if m < MIN_ARGON2_M_KIB || t < MIN_ARGON2_T || p < 1 {
+        return Err(format!(
+            "`passphrase` was hashed with weak Argon2 parameters (m={m} KiB, t={t}, p={p}; at least m={MIN_ARGON2_M_KIB}, t={MIN_ARGON2_T}, p=1): hash it again with `zhongshu users add`"
+        ));
+    }
+    Ok(())
 }
+
+/// The weakest Argon2 memory cost accepted, KiB (OWASP's minimum, the crate default).
+const MIN_ARGON2_M_KIB: u32 = 19 * 1024;
+/// The fewest Argon2 passes accepted.
+const MIN_ARGON2_T: u32 = 2;
 
 /// Hashes a passphrase as an Argon2id PHC string (default parameters, random salt).
 pub fn hash_passphrase(passphrase: &str) -> String {
@@ -579,5 +594,31 @@ mod tests {
             assert_eq!(Role::from_name(role.as_str()), Some(role));
         }
         assert_eq!(Role::from_name("admin"), None);
+    }
+
+    #[test]
+    fn hashes_with_weak_parameters_are_refused() {
+        let weak = Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2::Params::new(8, 1, 1, None).unwrap(),
+        )
+        .hash_password(
+            b"correct horse",
+            &SaltString::encode_b64(&[7u8; 16]).unwrap(),
+        )
+        .unwrap()
+        .to_string();
+        let file = format!(
+            "[[user]]\nname = \"li.wei\"\nrole = \"dispatcher\"\npassphrase = \"{weak}\"\n"
+        );
+        let err = Users::parse(&file, "users.toml").unwrap_err().to_string();
+        assert!(err.contains("weak Argon2 parameters"), "{err}");
+        // The crate's defaults (what `users add` writes) pass.
+        let good = hash_passphrase("correct horse");
+        let file = format!(
+            "[[user]]\nname = \"li.wei\"\nrole = \"dispatcher\"\npassphrase = \"{good}\"\n"
+        );
+        assert!(Users::parse(&file, "users.toml").is_ok());
     }
 }

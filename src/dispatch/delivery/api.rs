@@ -415,8 +415,8 @@ fn parse_report(
         order_id: order_id.to_string(),
         department: department.to_string(),
         status,
-        by: by.to_string(),
-        note: note.map(str::to_string),
+        by: crate::dispatch::clean_text(by),
+        note: note.map(crate::dispatch::clean_text),
         at_ms,
         received_at_ms,
     })
