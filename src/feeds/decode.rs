@@ -450,6 +450,13 @@ fn entity_parts(
             flatten_value(name, into_attribute_value(attribute), &mut fields);
         }
     }
+    // The typed values are in this project's units (`unitCode` applied): the fields
+    // under the same names say the same.
+    for (name, value) in kind.numbers() {
+        if let (Some(v), Some(FieldValue::Number(field))) = (value, fields.get_mut(name)) {
+            *field = v;
+        }
+    }
     Ok(EntityParts {
         kind,
         shape,
@@ -511,8 +518,12 @@ fn interpret(entity_type: &str, attributes: &Map<String, Value>) -> Result<Entit
     Ok(kind)
 }
 
+/// A number in this project's unit for the field, converted from the attribute's
+/// `unitCode` where it gives a known one.
 fn number_attribute(attributes: &Map<String, Value>, name: &str) -> Result<Option<f64>, ItemError> {
-    typed_attribute(attributes, name, "a number", Value::as_f64)
+    let value = typed_attribute(attributes, name, "a number", Value::as_f64)?;
+    let code = attributes.get(name).and_then(unit_code);
+    Ok(value.map(|v| code.map_or(v, |code| in_own_unit(name, code, v))))
 }
 
 fn bool_attribute(attributes: &Map<String, Value>, name: &str) -> Result<Option<bool>, ItemError> {
@@ -569,13 +580,50 @@ fn value_member(attribute: &Map<String, Value>) -> Option<&'static str> {
 }
 
 /// For a multi-attribute (several normalized instances told apart by `datasetId`), the
-/// instance to read: the default one without a `datasetId`, else the first.
+/// instance to read: the default one without a `datasetId`; without one, the newest
+/// observation, then the smallest `datasetId` — never whichever the broker lists first.
 fn default_instance(instances: &[Value]) -> Option<usize> {
     instances.first()?.as_object().and_then(value_member)?;
-    let default = instances
+    if let Some(default) = instances
         .iter()
-        .position(|instance| instance.get("datasetId").is_none());
-    Some(default.unwrap_or(0))
+        .position(|instance| instance.get("datasetId").is_none())
+    {
+        return Some(default);
+    }
+    let key = |instance: &Value| {
+        let observed = instance
+            .get("observedAt")
+            .and_then(|t| timestamp_ms(t, "", "").ok());
+        let dataset = instance
+            .get("datasetId")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        (observed, std::cmp::Reverse(dataset))
+    };
+    (0..instances.len()).max_by_key(|&i| key(&instances[i]))
+}
+
+/// The `unitCode` (UN/CEFACT) of an attribute's instance that is read.
+fn unit_code(attribute: &Value) -> Option<&str> {
+    match attribute {
+        Value::Object(object) => object.get("unitCode").and_then(Value::as_str),
+        Value::Array(instances) => unit_code(&instances[default_instance(instances)?]),
+        _ => None,
+    }
+}
+
+/// `value` in `code` (UN/CEFACT) converted to the unit this project keeps a field in
+/// (km/h for speeds, a 0..1 fraction for occupancy); unchanged for a unit it does not
+/// convert.
+fn in_own_unit(field: &str, code: &str, value: f64) -> f64 {
+    match (field, code) {
+        ("averageVehicleSpeed" | "speed", "MTS") => value * 3.6,
+        ("averageVehicleSpeed" | "speed", "HM") => value * 1.609_344,
+        ("averageVehicleSpeed" | "speed", "KNT") => value * 1.852,
+        ("occupancy", "P1") => value / 100.0,
+        _ => value,
+    }
 }
 
 /// What an attribute holds in either representation; `None` for null.
@@ -1382,6 +1430,65 @@ mod tests {
         assert_eq!(speed_kmh, Some(12.0));
         assert_eq!(update.observed_at_ms, Some(MAY_FIRST_10H_MS));
         assert_eq!(field(&update, "speed"), &FieldValue::Number(12.0));
+    }
+
+    #[test]
+    fn without_a_default_instance_the_choice_does_not_follow_broker_order() {
+        let a = r#"{"type": "Property", "value": 10, "datasetId": "urn:ngsi-ld:Dataset:gps", "observedAt": "2024-05-01T10:00:00Z"}"#;
+        let b = r#"{"type": "Property", "value": 14, "datasetId": "urn:ngsi-ld:Dataset:can", "observedAt": "2024-05-01T09:59:00Z"}"#;
+        let c = r#"{"type": "Property", "value": 20, "datasetId": "urn:ngsi-ld:Dataset:aaa", "observedAt": "2024-05-01T10:00:00Z"}"#;
+        let speed = |instances: &[&str]| {
+            let update = decode_one(&format!(
+                r#"[{{"id": "urn:ngsi-ld:Vehicle:taxi-1", "type": "Vehicle", "speed": [{}]}}]"#,
+                instances.join(",")
+            ));
+            let EntityKind::Vehicle { speed_kmh, .. } = update.kind else {
+                panic!("not a vehicle: {:?}", update.kind);
+            };
+            speed_kmh
+        };
+        // The newest observation; between equally new ones the smallest datasetId.
+        assert_eq!(speed(&[a, b]), Some(10.0));
+        assert_eq!(speed(&[b, a]), Some(10.0));
+        assert_eq!(speed(&[a, b, c]), Some(20.0));
+        assert_eq!(speed(&[c, b, a]), Some(20.0));
+    }
+
+    #[test]
+    fn unit_codes_are_applied() {
+        let update = decode_one(
+            r#"[{"id": "urn:ngsi-ld:TrafficFlowObserved:s1", "type": "TrafficFlowObserved",
+                "averageVehicleSpeed": {"type": "Property", "value": 10, "unitCode": "MTS"},
+                "occupancy": {"type": "Property", "value": 35, "unitCode": "P1"},
+                "intensity": {"type": "Property", "value": 300}}]"#,
+        );
+        let EntityKind::TrafficFlow {
+            average_speed_kmh,
+            occupancy,
+            intensity,
+            ..
+        } = update.kind
+        else {
+            panic!("not a flow: {:?}", update.kind);
+        };
+        assert_eq!(average_speed_kmh, Some(36.0));
+        assert_eq!(occupancy, Some(0.35));
+        assert_eq!(intensity, Some(300.0));
+        assert_eq!(
+            field(&update, "averageVehicleSpeed"),
+            &FieldValue::Number(36.0)
+        );
+        let vehicle = decode_one(
+            r#"[{"id": "urn:ngsi-ld:Vehicle:v", "type": "Vehicle",
+                "speed": {"type": "Property", "value": 50, "unitCode": "KMH"}}]"#,
+        );
+        assert!(matches!(
+            vehicle.kind,
+            EntityKind::Vehicle {
+                speed_kmh: Some(50.0),
+                ..
+            }
+        ));
     }
 
     #[test]
