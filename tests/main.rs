@@ -3,6 +3,7 @@
 mod cli;
 mod dispatch;
 mod feeds;
+mod map_semantics;
 mod screenshot;
 
 use std::path::PathBuf;

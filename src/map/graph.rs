@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{CityMap, RoadClass};
+use super::{CityMap, OneWay, Road, RoadClass};
 
 pub type NodeId = u32;
 pub type EdgeId = u32;
@@ -46,10 +46,27 @@ pub fn free_speed_mps(class: RoadClass) -> f32 {
     kmh / 3.6
 }
 
+/// Free-flow speed of one road, m/s: its class's, or lower for a `*_link` (a slip
+/// road is not driven at the main road's speed).
+pub fn road_free_speed_mps(road: &Road) -> f32 {
+    let main = free_speed_mps(road.class);
+    if !road.link {
+        return main;
+    }
+    let link_kmh: f32 = match road.class {
+        RoadClass::Motorway => 45.0,
+        RoadClass::Trunk => 40.0,
+        RoadClass::Primary => 30.0,
+        RoadClass::Secondary => 25.0,
+        _ => 20.0,
+    };
+    main.min(link_kmh / 3.6)
+}
+
 impl RoadGraph {
     /// Builds the graph of roads vehicles use (not paths or rail). Roads meet where
-    /// they share a vertex, as OSM ways do at junctions. Both directions are drivable
-    /// (one-way rules are not modelled).
+    /// they share a vertex, as OSM ways do at junctions. A one-way road has edges in
+    /// its allowed direction only; links (slip roads) run at their own lower speed.
     pub fn from_map(map: &CityMap) -> Self {
         let mut graph = RoadGraph::default();
         let mut node_at: HashMap<(i64, i64), NodeId> = HashMap::new();
@@ -66,7 +83,12 @@ impl RoadGraph {
             if matches!(road.class, RoadClass::Path | RoadClass::Rail) {
                 continue;
             }
-            let speed = free_speed_mps(road.class);
+            let speed = road_free_speed_mps(road);
+            let directions: &[bool] = match road.oneway {
+                OneWay::No => &[true, false],
+                OneWay::Forward => &[true],
+                OneWay::Backward => &[false],
+            };
             let pts = &road.line.0;
             for w in pts.windows(2) {
                 let a = node(&mut graph, [w[0].x, w[0].y]);
@@ -75,7 +97,8 @@ impl RoadGraph {
                     continue;
                 }
                 let length_m = ((w[1].x - w[0].x).hypot(w[1].y - w[0].y)) as f32;
-                for (from, to) in [(a, b), (b, a)] {
+                for &forward in directions {
+                    let (from, to) = if forward { (a, b) } else { (b, a) };
                     let id = graph.edges.len() as EdgeId;
                     graph.edges.push(Edge {
                         from,
@@ -117,19 +140,145 @@ impl RoadGraph {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::map::load_default;
+    use crate::map::pbf_fixture::Osm;
+    use crate::map::{MapFormat, load_bytes, load_default};
 
     #[test]
     fn default_city_has_a_connected_road_network() {
         let map = load_default().unwrap();
         let g = RoadGraph::from_map(&map);
         assert!(g.edges.len() > 3_000, "{}", g.edges.len());
-        // Junctions exist: many nodes have more than two ways out.
-        let junctions = g.out.iter().filter(|o| o.len() > 2).count();
+        // Junctions exist: many nodes meet more than two neighbours (in or out).
+        let mut neighbours = vec![std::collections::BTreeSet::new(); g.nodes.len()];
+        for e in &g.edges {
+            neighbours[e.from as usize].insert(e.to);
+            neighbours[e.to as usize].insert(e.from);
+        }
+        let junctions = neighbours.iter().filter(|n| n.len() > 2).count();
         assert!(junctions > 150, "{junctions}");
-        // Every edge's reverse exists.
-        for e in g.edges.iter().take(100) {
+        // Every edge of a two-way road has its reverse.
+        for e in g
+            .edges
+            .iter()
+            .filter(|e| map.roads[e.road as usize].oneway == OneWay::No)
+        {
             assert!(g.out[e.to as usize].iter().any(|&r| g.edge(r).to == e.from));
+        }
+    }
+
+    fn edges_of(g: &RoadGraph, map: &CityMap, id: &str) -> Vec<([f64; 2], [f64; 2])> {
+        g.edges
+            .iter()
+            .filter(|e| map.roads[e.road as usize].id == id)
+            .map(|e| (g.nodes[e.from as usize], g.nodes[e.to as usize]))
+            .collect()
+    }
+
+    #[test]
+    fn one_way_streets_have_edges_in_their_direction_only() {
+        let mut osm = Osm::new();
+        for i in 1..=4 {
+            osm.node(i, 24.94 + i as f64 * 0.001, 60.17);
+        }
+        osm.node(5, 24.945, 60.171)
+            .way(
+                10,
+                &[1, 2],
+                &[("highway", "residential"), ("oneway", "yes")],
+            )
+            .way(11, &[2, 3], &[("highway", "residential"), ("oneway", "-1")])
+            .way(12, &[3, 4], &[("highway", "residential")])
+            .way(
+                13,
+                &[4, 5, 3, 4],
+                &[("highway", "tertiary"), ("junction", "roundabout")],
+            )
+            .way(14, &[1, 5], &[("highway", "motorway")])
+            .way(
+                15,
+                &[2, 5],
+                &[
+                    ("highway", "primary"),
+                    ("junction", "roundabout"),
+                    ("oneway", "no"),
+                ],
+            )
+            .way(16, &[4, 5], &[("highway", "primary_link")])
+            .way(
+                17,
+                &[3, 5],
+                &[
+                    ("highway", "secondary"),
+                    ("oneway", "yes"),
+                    ("oneway:motor_vehicle", "no"),
+                ],
+            );
+        let map = load_bytes(&osm.to_pbf(), MapFormat::OsmPbf, "t", "t.pbf").unwrap();
+        let g = RoadGraph::from_map(&map);
+        let p = |lon: f64, lat: f64| map.frame.local_from_wgs84(lon, lat);
+        let close = |a: [f64; 2], b: [f64; 2]| (a[0] - b[0]).hypot(a[1] - b[1]) < 0.01;
+        let only = |id: &str, from: [f64; 2], to: [f64; 2]| {
+            let e = edges_of(&g, &map, id);
+            assert_eq!(e.len(), 1, "{id}: {e:?}");
+            assert!(close(e[0].0, from) && close(e[0].1, to), "{id}");
+        };
+        only("way/10", p(24.941, 60.17), p(24.942, 60.17));
+        only("way/11", p(24.943, 60.17), p(24.942, 60.17));
+        only("way/14", p(24.941, 60.17), p(24.945, 60.171));
+        assert_eq!(edges_of(&g, &map, "way/12").len(), 2);
+        assert_eq!(
+            edges_of(&g, &map, "way/13").len(),
+            3,
+            "roundabout: one way round"
+        );
+        assert_eq!(edges_of(&g, &map, "way/15").len(), 2, "oneway=no wins");
+        assert_eq!(
+            edges_of(&g, &map, "way/17").len(),
+            2,
+            "motor vehicles both ways"
+        );
+        // The link is slower than its main road.
+        let link = g
+            .edges
+            .iter()
+            .find(|e| map.roads[e.road as usize].id == "way/16")
+            .unwrap();
+        assert!(link.free_speed_mps < free_speed_mps(RoadClass::Primary) * 0.7);
+        let main = g
+            .edges
+            .iter()
+            .find(|e| map.roads[e.road as usize].id == "way/15")
+            .unwrap();
+        assert_eq!(main.free_speed_mps, free_speed_mps(RoadClass::Primary));
+    }
+
+    #[test]
+    fn default_city_one_way_streets_are_driven_one_way() {
+        let map = load_default().unwrap();
+        let g = RoadGraph::from_map(&map);
+        let drivable = |r: &&Road| !matches!(r.class, RoadClass::Path | RoadClass::Rail);
+        let one_way = map
+            .roads
+            .iter()
+            .filter(drivable)
+            .filter(|r| r.oneway != OneWay::No)
+            .count();
+        assert!(one_way > 300, "{one_way} one-way roads");
+        for e in &g.edges {
+            let road = &map.roads[e.road as usize];
+            let line = &road.line.0;
+            let forward = line.windows(2).any(|w| {
+                let (a, b) = (g.nodes[e.from as usize], g.nodes[e.to as usize]);
+                (w[0].x - a[0]).abs() < 0.01
+                    && (w[0].y - a[1]).abs() < 0.01
+                    && (w[1].x - b[0]).abs() < 0.01
+                    && (w[1].y - b[1]).abs() < 0.01
+            });
+            match road.oneway {
+                OneWay::Forward => assert!(forward, "{} driven backwards", road.id),
+                OneWay::Backward => assert!(!forward, "{} driven forwards", road.id),
+                OneWay::No => {}
+            }
         }
     }
 

@@ -249,6 +249,39 @@ impl Building {
     }
 }
 
+/// Which ways along its line a road may be driven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OneWay {
+    /// Both directions.
+    No,
+    /// Only in the direction of the line (`oneway=yes`, roundabouts, motorways).
+    Forward,
+    /// Only against the direction of the line (`oneway=-1`).
+    Backward,
+}
+
+impl OneWay {
+    /// From OSM tags: `oneway` (the motor-vehicle specific keys first), else implied
+    /// by `junction=roundabout|circular` and `highway=motorway|motorway_link`.
+    pub fn from_tags(tags: &[(String, String)]) -> OneWay {
+        let value = tag(tags, "oneway:motor_vehicle")
+            .or_else(|| tag(tags, "oneway:vehicle"))
+            .or_else(|| tag(tags, "oneway"));
+        match value.map(str::trim) {
+            Some("yes" | "true" | "1") => OneWay::Forward,
+            Some("-1" | "reverse") => OneWay::Backward,
+            Some(_) => OneWay::No, // "no", and reversible/alternating: both ways in turn
+            None if matches!(tag(tags, "junction"), Some("roundabout" | "circular"))
+                || matches!(tag(tags, "highway"), Some("motorway" | "motorway_link")) =>
+            {
+                OneWay::Forward
+            }
+            None => OneWay::No,
+        }
+    }
+}
+
 /// A road, path or railway centreline.
 #[derive(Clone, Debug)]
 pub struct Road {
@@ -258,6 +291,10 @@ pub struct Road {
     pub name: Option<String>,
     /// Local metres.
     pub line: LineString<f64>,
+    /// Driving directions allowed along `line`.
+    pub oneway: OneWay,
+    /// A `*_link` road (slip road, ramp): same class, lower speed.
+    pub link: bool,
 }
 
 /// What an area is.
@@ -747,7 +784,7 @@ fn polygons(
         for hole in iter {
             let hole = project(&hole, frame).and_then(|r| rings::clean_ring(r, false));
             match hole {
-                Ok(h) if rings::ring_contains(&outer, h[0]) => holes.push(to_linestring(h)),
+                Ok(h) if rings::ring_inside(&h, &outer) => holes.push(to_linestring(h)),
                 // A broken or misplaced hole does not cost the whole building.
                 Ok(_) | Err(_) => {}
             }
@@ -871,6 +908,12 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
         Class::Road(class) => {
             let lines = project_lines(line_points(geometry)?, frame)?;
             let width_m = width_from_tags(&tags, class.default_width_m());
+            let oneway = if class == RoadClass::Rail {
+                OneWay::No
+            } else {
+                OneWay::from_tags(&tags)
+            };
+            let link = tag(&tags, "highway").is_some_and(|h| h.ends_with("_link"));
             Ok(Built::Roads(
                 lines
                     .into_iter()
@@ -880,6 +923,8 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
                         width_m,
                         name: name.clone(),
                         line,
+                        oneway,
+                        link,
                     })
                     .collect(),
             ))

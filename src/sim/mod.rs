@@ -496,7 +496,12 @@ impl Simulator {
                     } else {
                         forward
                     };
-                    v.edge = choices[v.rng.below(choices.len())];
+                    v.edge = if choices.is_empty() {
+                        // A one-way street out of the map: re-enter somewhere else.
+                        v.rng.below(graph.edges.len()) as EdgeId
+                    } else {
+                        choices[v.rng.below(choices.len())]
+                    };
                     v.along_m = 0.0;
                 }
             }
