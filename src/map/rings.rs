@@ -1,6 +1,8 @@
 //! Ring hygiene: closing, de-duplicating, orienting and validating polygon rings, and
 //! assembling OSM multipolygon rings from member ways.
 
+use std::collections::HashMap;
+
 use super::SkipReason;
 
 /// A ring or line in local metres (east, north).
@@ -128,39 +130,94 @@ pub fn ring_contains(ring: &[[f64; 2]], p: [f64; 2]) -> bool {
     inside
 }
 
+/// Whether `inner` lies inside `outer`, for assigning holes: tested at the first vertex
+/// of `inner` that is not also a vertex of `outer` (a hole may touch its outer at a
+/// node, where a point-in-ring test is a coin toss), else at the mean of its vertices.
+pub fn ring_inside(inner: &[[f64; 2]], outer: &[[f64; 2]]) -> bool {
+    let on_outer = |p: &[f64; 2]| outer.iter().any(|q| q == p);
+    match inner.iter().find(|p| !on_outer(p)) {
+        Some(&p) => ring_contains(outer, p),
+        None => {
+            let n = inner.len().max(1) as f64;
+            let x = inner.iter().map(|p| p[0]).sum::<f64>() / n;
+            let y = inner.iter().map(|p| p[1]).sum::<f64>() / n;
+            ring_contains(outer, [x, y])
+        }
+    }
+}
+
 /// Joins way segments (each a list of node ids) end to end into closed rings, the way
-/// OSM multipolygon members are drawn. Returns the rings (closed: first == last) and
-/// the number of segments that could not be closed into any ring.
+/// OSM multipolygon members are drawn. Where a chain comes back to a node it already
+/// passed (two rings touching at a node, or one way drawn as a figure eight), the loop
+/// is cut off there as a ring of its own, so every ring is simple at its nodes.
+/// Returns the rings (closed: first == last) and the number of segments that could
+/// not be closed into any ring. Linear in the number of nodes.
 pub fn assemble_rings(mut segments: Vec<Vec<i64>>) -> (Vec<Vec<i64>>, usize) {
     segments.retain(|s| s.len() >= 2);
+    let mut by_end: HashMap<i64, Vec<usize>> = HashMap::new();
+    for (k, s) in segments.iter().enumerate() {
+        by_end.entry(s[0]).or_default().push(k);
+        by_end.entry(s[s.len() - 1]).or_default().push(k);
+    }
+    let mut used = vec![false; segments.len()];
     let mut rings = Vec::new();
     let mut unclosed = 0;
-    let mut used = vec![false; segments.len()];
     for start in 0..segments.len() {
         if used[start] {
             continue;
         }
         used[start] = true;
-        let mut ring = segments[start].clone();
+        let mut chain: Vec<i64> = Vec::new();
+        let mut at: HashMap<i64, usize> = HashMap::new();
         let mut pieces = 1;
-        while ring.first() != ring.last() {
-            let end = *ring.last().unwrap_or(&0);
-            let next = (0..segments.len()).find(|&k| {
-                !used[k] && (segments[k].first() == Some(&end) || segments[k].last() == Some(&end))
-            });
+        let mut push = |chain: &mut Vec<i64>, at: &mut HashMap<i64, usize>, node: i64| {
+            if let Some(&p) = at.get(&node) {
+                // Back at a node of the chain: the loop since then is a ring.
+                let mut ring = chain.split_off(p);
+                for n in &ring[1..] {
+                    at.remove(n);
+                }
+                chain.push(ring[0]);
+                ring.push(node);
+                if ring.len() >= 4 {
+                    rings.push(ring);
+                }
+                true
+            } else {
+                at.insert(node, chain.len());
+                chain.push(node);
+                false
+            }
+        };
+        for &n in &segments[start] {
+            if push(&mut chain, &mut at, n) && chain.len() == 1 {
+                pieces = 0;
+            }
+        }
+        // Carry on from the chain's end while a segment leaves it (also after the
+        // chain closed: more rings may touch at that node).
+        loop {
+            let end = *chain.last().expect("a chain keeps its last node");
+            let next = by_end
+                .get(&end)
+                .and_then(|ks| ks.iter().copied().find(|&k| !used[k]));
             let Some(k) = next else { break };
             used[k] = true;
             pieces += 1;
-            let mut seg = segments[k].clone();
-            if seg.first() != Some(&end) {
-                seg.reverse();
+            let seg = &segments[k];
+            let nodes: Vec<i64> = if seg[0] == end {
+                seg[1..].to_vec()
+            } else {
+                seg[..seg.len() - 1].iter().rev().copied().collect()
+            };
+            for n in nodes {
+                if push(&mut chain, &mut at, n) && chain.len() == 1 {
+                    pieces = 0;
+                }
             }
-            ring.extend_from_slice(&seg[1..]);
         }
-        if ring.len() >= 4 && ring.first() == ring.last() {
-            rings.push(ring);
-        } else {
-            unclosed += pieces;
+        if chain.len() > 1 {
+            unclosed += pieces.max(1);
         }
     }
     (rings, unclosed)
