@@ -335,6 +335,91 @@ fn to_hyper(response: Response, close: bool) -> hyper::Response<Full<Bytes>> {
         })
 }
 
+/// Query parameters whose values are secrets (compared without case).
+const SECRET_PARAMS: [&str; 14] = [
+    "apikey",
+    "api_key",
+    "api-key",
+    "key",
+    "token",
+    "access_token",
+    "auth",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "signature",
+    "sig",
+    "x-api-key",
+];
+
+/// A URL fit to show, log or publish: credentials (`user:pass@`) and the values of
+/// secret query parameters (`apikey`, `token`, ...) are replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    // The authority ends at the first of / ? #.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        None => tail.to_string(),
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _))
+                        if SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(name)) =>
+                    {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            let mut t = format!("{path}?{}", query.join("&"));
+            if let Some(f) = fragment {
+                t.push('#');
+                t.push_str(f);
+            }
+            t
+        }
+    };
+    match scheme {
+        Some(s) => format!("{s}://{authority}{tail}"),
+        None => format!("{authority}{tail}"),
+    }
+}
+
+/// `text` with every http(s) URL in it passed through [`redact_url`] (error messages
+/// quote the URL they failed on).
+pub fn redact_in_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = ["http://", "https://"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
+        out.push_str(&rest[..start]);
+        let url_len = rest[start..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | '<'))
+            .unwrap_or(rest.len() - start);
+        out.push_str(&redact_url(&rest[start..start + url_len]));
+        rest = &rest[start + url_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The attacks every server of ours must shrug off, for each server's own tests.
 #[cfg(test)]
 pub(crate) mod attack {
@@ -436,6 +521,27 @@ mod tests {
         );
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         t.elapsed()
+    }
+
+    #[test]
+    fn secrets_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url(
+                "https://user:pa55@feeds.example.org/v2/entities?type=A&apikey=s3cret&limit=5"
+            ),
+            "https://***@feeds.example.org/v2/entities?type=A&apikey=***&limit=5"
+        );
+        assert_eq!(
+            redact_url("http://h:1026/e?Token=abc#top"),
+            "http://h:1026/e?Token=***#top"
+        );
+        assert_eq!(redact_url("http://h/e?type=B"), "http://h/e?type=B");
+        assert_eq!(
+            redact_in_text(
+                "GET https://a:b@h/x?key=1 failed: error sending request for url (https://a:b@h/x?key=1)"
+            ),
+            "GET https://***@h/x?key=*** failed: error sending request for url (https://***@h/x?key=***)"
+        );
     }
 
     #[test]

@@ -541,3 +541,40 @@ interval_s = 0.5
         "a malformed CAP message is reported with its reason: {broken}"
     );
 }
+
+/// Credentials in a feed's URL never reach feeds-check's errors or the catalog.
+#[test]
+fn credentials_in_feed_urls_are_never_shown() {
+    let toml = r#"
+[[feed]]
+name = "secret-broker"
+kind = "ngsi-ld"
+url = "http://user:pa55word@127.0.0.1:9/ngsi-ld/v1/entities?type=Vehicle&apikey=s3cret"
+domain = "traffic"
+interval_s = 0.5
+timeout_s = 1
+"#;
+    let out = feeds_check("feeds-secret", toml, "1.5");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("secret-broker"), "{stdout}");
+    for text in [&stdout, &stderr] {
+        assert!(
+            !text.contains("pa55word") && !text.contains("s3cret"),
+            "{text}"
+        );
+    }
+    let feeds = scratch_dir("feeds-secret-catalog").join("feeds.toml");
+    std::fs::write(&feeds, toml).unwrap();
+    let catalog = zhongshu()
+        .args(["catalog", "--feeds"])
+        .arg(&feeds)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&catalog.stdout);
+    assert!(text.contains("apikey=***"), "{text}");
+    assert!(
+        !text.contains("pa55word") && !text.contains("s3cret"),
+        "{text}"
+    );
+}

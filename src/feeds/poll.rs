@@ -164,6 +164,8 @@ fn poll_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: Arc<Atom
                 interval.saturating_sub(started.elapsed())
             }
             Err((reason, error)) => {
+                // Shown, logged and printed by feeds-check: never with credentials.
+                let error = crate::http::redact_in_text(&error);
                 failures = failures.saturating_add(1);
                 let backoff = interval
                     .saturating_mul(1u32 << failures.min(6))

@@ -191,7 +191,11 @@ pub fn dcat_catalog(title: &str, feeds: &[FeedConfig], observed: &[ObservedSchem
             if let Some(url) = &f.url {
                 let mut dist = serde_json::Map::new();
                 dist.insert("@type".into(), json!("dcat:Distribution"));
-                dist.insert("dcat:accessURL".into(), json!({"@id": url}));
+                // Published to open-data portals: never with credentials.
+                dist.insert(
+                    "dcat:accessURL".into(),
+                    json!({"@id": crate::http::redact_url(url)}),
+                );
                 if let Some(m) = media_type(f.kind) {
                     dist.insert("dcat:mediaType".into(), json!({"@id": m}));
                 }

@@ -486,6 +486,8 @@ impl WorkerContext {
 
     fn report_failure(&self, job: &Job, attempts: u32, error: String, permanent: bool) {
         let order_id = job.order_id.clone();
+        // Errors reach the log and the screen: never with an endpoint's credentials.
+        let error = crate::http::redact_in_text(&error);
         let _ = self.events.send(match job.urge_seq {
             Some(urge_seq) => DeliveryEvent::UrgeFailed {
                 order_id,

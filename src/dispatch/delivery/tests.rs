@@ -1260,3 +1260,22 @@ fn the_simulator_reports_only_to_the_configured_api() {
     assert_eq!(got[0].order_id, "ORD-000001");
     assert!(thief.seen().is_empty(), "{:?}", thief.seen());
 }
+
+/// An endpoint's credentials never reach an error (which goes into the log).
+#[test]
+fn credentials_in_an_endpoint_never_reach_an_error() {
+    let script = Script::start(&[(404, r#"{"error":"no such department"}"#)]);
+    let endpoint =
+        script.base.replacen("http://", "http://user:pa55word@", 1) + "/intake?apikey=s3cret";
+    let (outbox, rx) = Outbox::start(fast_config(Duration::from_secs(2)));
+    outbox.send(outgoing("ORD-000020", "fire", &endpoint, ""));
+    let events = collect(&rx, Duration::from_secs(5), |e| {
+        !permanent_failures(e).is_empty()
+    });
+    let text = format!("{events:?}");
+    assert!(text.contains("404"), "{text}");
+    assert!(
+        !text.contains("pa55word") && !text.contains("s3cret"),
+        "{text}"
+    );
+}
