@@ -31,22 +31,48 @@ pub struct Extent {
     pub source: HeightSource,
 }
 
-/// Parses an OSM length such as `23.5`, `12 m`, `12m`, `12,5`, `40 ft` or `40'` to metres.
-/// Returns `None` for anything that is not a plausible, non-negative length.
+/// Parses an OSM length such as `23.5`, `12 m`, `12m`, `12,5`, `12 metres`, `12 M`,
+/// `~20`, `40 ft`, `40 feet`, `40'` or `12'6"` to metres. Returns `None` for anything
+/// that is not a plausible, non-negative length.
 pub fn parse_length_m(text: &str) -> Option<f32> {
     let text = text.trim();
-    let (number, factor) = if let Some(n) = text.strip_suffix("ft") {
-        (n, 0.3048)
-    } else if let Some(n) = text.strip_suffix('\'') {
-        (n, 0.3048)
-    } else if let Some(n) = text.strip_suffix("m") {
-        (n, 1.0)
-    } else {
-        (text, 1.0)
-    };
+    // "~20", "ca. 20", "approx. 20": an approximate value is still the best we have.
+    let lower = text.to_ascii_lowercase();
+    let text = ["~", "ca.", "ca ", "approx.", "approx ", "about "]
+        .iter()
+        .find_map(|p| lower.strip_prefix(p))
+        .unwrap_or(&lower)
+        .trim();
+    // Feet and inches: 12'6"
+    if let Some((feet, inches)) = text.split_once('\'')
+        && let Some(inches) = inches.trim().strip_suffix('"')
+    {
+        let feet: f32 = feet.trim().parse().ok()?;
+        let inches: f32 = inches.trim().parse().ok()?;
+        return plausible((feet * 12.0 + inches) * 0.0254);
+    }
+    const UNITS: [(&str, f32); 10] = [
+        ("metres", 1.0),
+        ("meters", 1.0),
+        ("metre", 1.0),
+        ("meter", 1.0),
+        ("feet", 0.3048),
+        ("foot", 0.3048),
+        ("ft", 0.3048),
+        ("'", 0.3048),
+        ("m", 1.0),
+        ("", 1.0),
+    ];
+    let (number, factor) = UNITS
+        .iter()
+        .find_map(|(unit, f)| text.strip_suffix(unit).map(|n| (n, *f)))
+        .unwrap_or((text, 1.0));
     let number = number.trim().replace(',', ".");
     let value: f32 = number.parse().ok()?;
-    let metres = value * factor;
+    plausible(value * factor)
+}
+
+fn plausible(metres: f32) -> Option<f32> {
     (metres.is_finite() && (0.0..=MAX_PLAUSIBLE_HEIGHT_M).contains(&metres)).then_some(metres)
 }
 
@@ -129,6 +155,21 @@ mod tests {
         assert_eq!(parse_length_m(" 12,5 "), Some(12.5));
         assert!((parse_length_m("40 ft").unwrap() - 12.192).abs() < 1e-3);
         assert!((parse_length_m("40'").unwrap() - 12.192).abs() < 1e-3);
+    }
+
+    #[test]
+    fn lengths_with_words_approximations_and_capitals() {
+        assert_eq!(parse_length_m("~20"), Some(20.0));
+        assert_eq!(parse_length_m("ca. 15"), Some(15.0));
+        assert_eq!(parse_length_m("12 metres"), Some(12.0));
+        assert_eq!(parse_length_m("12 meters"), Some(12.0));
+        assert_eq!(parse_length_m("12 M"), Some(12.0));
+        assert!((parse_length_m("40 feet").unwrap() - 12.192).abs() < 1e-3);
+        assert!((parse_length_m("12'6\"").unwrap() - 3.81).abs() < 1e-3);
+        assert_eq!(
+            extent("yes", &[("height", "~20")]).source,
+            HeightSource::Tagged
+        );
     }
 
     #[test]

@@ -324,6 +324,7 @@ mod tests {
               {{"type":"Feature","properties":{{"building":"yes"}},"geometry":{{"type":"Point","coordinates":[24.94,60.17]}}}},
               {{"type":"Feature","properties":{{"building":"yes"}},"geometry":{{"type":"Hexagon","coordinates":[]}}}},
               {{"type":"Feature","properties":{{"shop":"bakery"}},"geometry":{{"type":"Polygon","coordinates":[{SQUARE}]}}}},
+              {{"type":"Feature","properties":{{"building":false}},"geometry":{{"type":"Polygon","coordinates":[{SQUARE}]}}}},
               {{"type":"Feature","properties":null,"geometry":{{"type":"Polygon","coordinates":[{SQUARE}]}}}},
               {{"type":"Feature","properties":{{"building":"yes"}},"geometry":{{"type":"Polygon","coordinates":[[[24.94,60.17],[24.941,60.171],[24.941,60.17],[24.94,60.171],[24.94,60.17]]]}}}},
               {{"type":"Feature","properties":{{"building":"yes"}},"geometry":{{"type":"Polygon","coordinates":[[[24.94,60.17],[24.941,60.171]]]}}}}
@@ -335,7 +336,11 @@ mod tests {
         assert_eq!(s.get(SkipReason::NullGeometry), 2);
         assert_eq!(s.get(SkipReason::BadCoordinates), 5, "{s:?}");
         assert_eq!(s.get(SkipReason::UnsupportedGeometry), 2);
-        assert_eq!(s.get(SkipReason::UnknownTags), 2);
+        assert_eq!(
+            s.get(SkipReason::UnknownTags),
+            3,
+            "\"building\": false is no building"
+        );
         assert_eq!(s.get(SkipReason::SelfIntersecting), 1);
         assert_eq!(s.get(SkipReason::TooFewPoints), 1);
     }

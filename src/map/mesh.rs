@@ -403,15 +403,23 @@ pub fn add_ribbon(
         let len = (dx * dx + dy * dy).sqrt().max(1e-9);
         (dx / len, dy / len)
     };
+    // A closed line (a roundabout, a district ring) is mitred where its ends meet too,
+    // so the ribbon shows no notch there.
+    let last = pts.len() - 1;
+    let closed = pts.len() >= 4 && (pts[0].x - pts[last].x).hypot(pts[0].y - pts[last].y) < 1e-9;
     let base = mesh.base();
     for i in 0..pts.len() {
         let d_in = if i > 0 {
             Some(dir(pts[i - 1], pts[i]))
+        } else if closed {
+            Some(dir(pts[last - 1], pts[0]))
         } else {
             None
         };
         let d_out = if i + 1 < pts.len() {
             Some(dir(pts[i], pts[i + 1]))
+        } else if closed {
+            Some(dir(pts[0], pts[1]))
         } else {
             None
         };
@@ -563,6 +571,26 @@ mod tests {
         let span = zs.iter().cloned().fold(f32::MIN, f32::max)
             - zs.iter().cloned().fold(f32::MAX, f32::min);
         assert!((span - 8.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_closed_ribbon_has_no_notch_where_its_ends_meet() {
+        let ring = LineString::from(vec![
+            (0.0, 0.0),
+            (10.0, 0.0),
+            (10.0, 10.0),
+            (0.0, 10.0),
+            (0.0, 0.0),
+        ]);
+        let mut mesh = MeshData::default();
+        add_ribbon(&mut mesh, &ring, 2.0, 0.0, [1.0; 4]);
+        let n = mesh.positions.len();
+        // The first and last cross-sections are the same mitred corner.
+        assert_eq!(mesh.positions[0], mesh.positions[n - 2]);
+        assert_eq!(mesh.positions[1], mesh.positions[n - 1]);
+        // At the corner (0, 0) the outer edge sits at (-1, -1): a mitre, not a notch.
+        let [x, _, z] = mesh.positions[n - 1];
+        assert!((x + 1.0).abs() < 1e-5 && (z - 1.0).abs() < 1e-5, "{x} {z}");
     }
 
     #[test]

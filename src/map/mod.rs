@@ -501,9 +501,9 @@ enum Class {
 /// Classifies a feature by its tags. `is_area` says whether the geometry encloses an
 /// area, which decides between e.g. a pedestrian square and a footway.
 fn classify(tags: &[(String, String)]) -> Option<Class> {
-    if let Some(b) = tag(tags, "building").or_else(|| tag(tags, "building:part"))
-        && b != "no"
-    {
+    // GeoJSON writes booleans as `true`/`false`; `"building": false` is not a building.
+    let yes = |v: &str| !matches!(v, "no" | "false" | "0");
+    if tag(tags, "building").is_some_and(yes) || tag(tags, "building:part").is_some_and(yes) {
         return Some(Class::Building);
     }
     if let Some(h) = tag(tags, "highway")
@@ -875,11 +875,14 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
     match class {
         Class::Building => {
             let polys = polygons(area_rings(geometry)?, frame)?;
+            let yes = |v: &&str| !matches!(*v, "no" | "false" | "0");
             let kind = tag(&tags, "building")
-                .or_else(|| tag(&tags, "building:part"))
+                .filter(yes)
+                .or_else(|| tag(&tags, "building:part").filter(yes))
                 .unwrap_or("yes")
                 .to_string();
-            let is_part = tag(&tags, "building:part").is_some_and(|v| v != "no");
+            let is_part =
+                tag(&tags, "building:part").is_some_and(|v| !matches!(v, "no" | "false" | "0"));
             let extent = footprint::building_extent(&kind, |k| tag(&tags, k));
             // The usual case is one polygon: move the tags rather than copy them.
             let mut buildings = Vec::with_capacity(polys.len());
@@ -1016,6 +1019,11 @@ mod tests {
             Some(Class::Building)
         );
         assert_eq!(classify(&tags(&[("building", "no")])), None);
+        assert_eq!(classify(&tags(&[("building", "false")])), None);
+        assert_eq!(
+            classify(&tags(&[("building", "false"), ("building:part", "yes")])),
+            Some(Class::Building)
+        );
         assert_eq!(
             classify(&tags(&[("highway", "primary")])),
             Some(Class::Road(RoadClass::Primary))
