@@ -614,10 +614,144 @@ pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts
             Err(reason) => skipped.add(reason),
         }
     }
-    map.skipped = skipped;
     link_building_parts(&mut map.buildings);
+    clip_districts_to_city(&mut map, &mut skipped);
+    map.skipped = skipped;
     map.bbox_wgs84 = kept_bbox(&map);
     map
+}
+
+/// District boundaries reach as far as their relations do (a region, a country), far
+/// beyond the extract. They are cut to the city (what everything else spans, plus a
+/// margin) so they neither stretch the city's extent nor draw across the countryside.
+/// A district with nothing left near the city is counted as outside it.
+fn clip_districts_to_city(map: &mut CityMap, skipped: &mut SkipCounts) {
+    let Some(core) = core_bounds(map) else {
+        return; // only districts: they are the city
+    };
+    let span = (core[2] - core[0]).max(core[3] - core[1]);
+    let margin = (span * 0.1).max(500.0);
+    let rect = [
+        core[0] - margin,
+        core[1] - margin,
+        core[2] + margin,
+        core[3] + margin,
+    ];
+    let before = map.districts.len();
+    for d in &mut map.districts {
+        d.boundary = d.boundary.iter().flat_map(|l| clip_line(l, rect)).collect();
+    }
+    map.districts.retain(|d| !d.boundary.is_empty());
+    skipped.add_n(
+        SkipReason::OutsideCity,
+        (before - map.districts.len()) as u64,
+    );
+}
+
+/// `[min_e, min_n, max_e, max_n]` of the district boundaries, `None` when none.
+fn district_bounds(map: &CityMap) -> Option<[f64; 4]> {
+    let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+    let mut add = |c: &Coord<f64>| {
+        b[0] = b[0].min(c.x);
+        b[1] = b[1].min(c.y);
+        b[2] = b[2].max(c.x);
+        b[3] = b[3].max(c.y);
+    };
+    map.districts.iter().for_each(|x| {
+        x.boundary
+            .iter()
+            .for_each(|l| l.0.iter().for_each(&mut add))
+    });
+    (b[0] <= b[2]).then_some(b)
+}
+
+/// `[min_e, min_n, max_e, max_n]` of everything but districts, `None` when empty.
+fn core_bounds(map: &CityMap) -> Option<[f64; 4]> {
+    let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+    let mut add = |c: &Coord<f64>| {
+        b[0] = b[0].min(c.x);
+        b[1] = b[1].min(c.y);
+        b[2] = b[2].max(c.x);
+        b[3] = b[3].max(c.y);
+    };
+    map.buildings
+        .iter()
+        .for_each(|x| x.footprint.exterior().0.iter().for_each(&mut add));
+    map.roads
+        .iter()
+        .for_each(|x| x.line.0.iter().for_each(&mut add));
+    map.waterways
+        .iter()
+        .for_each(|x| x.line.0.iter().for_each(&mut add));
+    map.areas
+        .iter()
+        .for_each(|x| x.polygon.exterior().0.iter().for_each(&mut add));
+    (b[0] <= b[2]).then_some(b)
+}
+
+/// The runs of a line inside a rectangle `[min_x, min_y, max_x, max_y]` (Liang–Barsky
+/// per segment; consecutive inside pieces are joined).
+fn clip_line(line: &LineString<f64>, rect: [f64; 4]) -> Vec<LineString<f64>> {
+    let mut runs: Vec<Vec<Coord<f64>>> = Vec::new();
+    let mut current: Vec<Coord<f64>> = Vec::new();
+    for w in line.0.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let (dx, dy) = (b.x - a.x, b.y - a.y);
+        let (mut t0, mut t1) = (0.0f64, 1.0f64);
+        let mut visible = true;
+        for (p, q) in [
+            (-dx, a.x - rect[0]),
+            (dx, rect[2] - a.x),
+            (-dy, a.y - rect[1]),
+            (dy, rect[3] - a.y),
+        ] {
+            if p == 0.0 {
+                if q < 0.0 {
+                    visible = false;
+                }
+            } else {
+                let t = q / p;
+                if p < 0.0 {
+                    t0 = t0.max(t);
+                } else {
+                    t1 = t1.min(t);
+                }
+            }
+        }
+        if !visible || t0 > t1 {
+            if current.len() >= 2 {
+                runs.push(std::mem::take(&mut current));
+            }
+            current.clear();
+            continue;
+        }
+        let start = Coord {
+            x: a.x + dx * t0,
+            y: a.y + dy * t0,
+        };
+        let end = Coord {
+            x: a.x + dx * t1,
+            y: a.y + dy * t1,
+        };
+        if t0 > 0.0 || current.is_empty() {
+            if current.len() >= 2 {
+                runs.push(std::mem::take(&mut current));
+            }
+            current.clear();
+            current.push(start);
+        }
+        current.push(end);
+        if t1 < 1.0 {
+            runs.push(std::mem::take(&mut current));
+        }
+    }
+    if current.len() >= 2 {
+        runs.push(current);
+    }
+    runs.into_iter()
+        .filter(|r| r.windows(2).any(|w| w[0] != w[1]))
+        .map(LineString)
+        .collect()
 }
 
 /// Simple 3D Buildings: a `building:part` belongs to the smallest outline (a building
@@ -703,38 +837,14 @@ fn first_point(g: &RawGeometry) -> Option<[f64; 2]> {
 }
 
 fn kept_bbox(map: &CityMap) -> [f64; 4] {
-    let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
-    let mut add = |c: &Coord<f64>| {
-        b[0] = b[0].min(c.x);
-        b[1] = b[1].min(c.y);
-        b[2] = b[2].max(c.x);
-        b[3] = b[3].max(c.y);
-    };
-    map.buildings
-        .iter()
-        .for_each(|x| x.footprint.exterior().0.iter().for_each(&mut add));
-    map.roads
-        .iter()
-        .for_each(|x| x.line.0.iter().for_each(&mut add));
-    map.waterways
-        .iter()
-        .for_each(|x| x.line.0.iter().for_each(&mut add));
-    map.areas
-        .iter()
-        .for_each(|x| x.polygon.exterior().0.iter().for_each(&mut add));
-    map.districts.iter().for_each(|x| {
-        x.boundary
-            .iter()
-            .for_each(|l| l.0.iter().for_each(&mut add))
-    });
-    if b[0] > b[2] {
+    let Some(b) = core_bounds(map).or_else(|| district_bounds(map)) else {
         return [
             map.frame.origin_lon,
             map.frame.origin_lat,
             map.frame.origin_lon,
             map.frame.origin_lat,
         ];
-    }
+    };
     let [min_lon, min_lat] = map.frame.wgs84_from_local(b[0], b[1]);
     let [max_lon, max_lat] = map.frame.wgs84_from_local(b[2], b[3]);
     [min_lon, min_lat, max_lon, max_lat]
@@ -1263,6 +1373,68 @@ mod tests {
             let hit = index.building_at(&map, p.x(), p.y()).unwrap();
             assert!(map.buildings[hit].is_drawn(), "{} picked an outline", b.id);
         }
+    }
+
+    #[test]
+    fn districts_reaching_far_outside_do_not_set_the_city_extent() {
+        let features = vec![
+            feature(
+                "b",
+                &[("building", "yes")],
+                RawGeometry::Polygon(vec![square(7.42, 43.73, 0.02)]),
+            ),
+            // A region around the city, 100 km across.
+            feature(
+                "region",
+                &[
+                    ("boundary", "administrative"),
+                    ("admin_level", "4"),
+                    ("name", "Région"),
+                ],
+                RawGeometry::MultiLine(vec![square(6.8, 43.3, 1.2)]),
+            ),
+            // A district boundary crossing the city.
+            feature(
+                "quarter",
+                &[("boundary", "administrative"), ("admin_level", "10")],
+                RawGeometry::Line(vec![[7.0, 43.74], [8.0, 43.74]]),
+            ),
+            // One wholly 60 km away.
+            feature(
+                "far",
+                &[("boundary", "administrative"), ("admin_level", "8")],
+                RawGeometry::Line(vec![[8.2, 43.9], [8.3, 43.9]]),
+            ),
+        ];
+        let map = build_city("t", features, SkipCounts::default());
+        let [w, s, e, n] = map.local_bounds();
+        assert!(e - w < 2_500.0 && n - s < 3_000.0, "{}×{} m", e - w, n - s);
+        let quarter = map.districts.iter().find(|d| d.id == "quarter").unwrap();
+        let len: f64 = quarter
+            .boundary
+            .iter()
+            .map(|l| geo::Length::length(&geo::Euclidean, l))
+            .sum();
+        // The city is 1.6 km wide, the margin 500 m each side.
+        assert!((len - 2_610.0).abs() < 50.0, "{len}");
+        assert!(
+            !map.districts.iter().any(|d| d.id == "region"),
+            "no edge near the city"
+        );
+        assert!(!map.districts.iter().any(|d| d.id == "far"));
+        assert_eq!(map.skipped.get(SkipReason::OutsideCity), 2);
+    }
+
+    #[test]
+    fn a_city_of_districts_only_keeps_them_whole() {
+        let f = feature(
+            "d",
+            &[("boundary", "administrative"), ("admin_level", "9")],
+            RawGeometry::MultiLine(vec![square(24.9, 60.1, 0.1)]),
+        );
+        let map = build_city("t", vec![f], SkipCounts::default());
+        assert_eq!(map.districts[0].boundary[0].0.len(), 5);
+        assert!(map.bbox_wgs84[2] - map.bbox_wgs84[0] > 0.09);
     }
 
     #[test]

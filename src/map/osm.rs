@@ -468,6 +468,42 @@ mod tests {
     }
 
     #[test]
+    fn boundary_ways_are_drawn_by_their_relation_only() {
+        let mut osm = Osm::new();
+        grid(
+            &mut osm,
+            &[
+                (1, 0, 0),
+                (2, 8, 0),
+                (3, 8, 8),
+                (4, 0, 8),
+                (5, 20, 0),
+                (6, 20, 1),
+            ],
+        );
+        let b = [("boundary", "administrative"), ("admin_level", "9")];
+        osm.way(11, &[1, 2, 3], &b)
+            .way(12, &[3, 4, 1], &b)
+            .way(13, &[5, 6], &b)
+            .way(14, &[1, 5], &[("highway", "residential")])
+            .relation(
+                20,
+                &[('w', 11, "outer"), ('w', 12, "outer")],
+                &[
+                    ("type", "boundary"),
+                    ("boundary", "administrative"),
+                    ("admin_level", "9"),
+                    ("name", "Kamppi"),
+                ],
+            );
+        let map = load(&osm);
+        let ids: Vec<&str> = map.districts.iter().map(|d| d.id.as_str()).collect();
+        // Way 13 is in no relation of the file: still drawn, as itself.
+        assert_eq!(ids, vec!["way/13", "relation/20"]);
+        assert_eq!(map.districts[1].name.as_deref(), Some("Kamppi"));
+    }
+
+    #[test]
     fn assembling_a_big_relation_is_not_quadratic() {
         // 20 000 two-node segments of one ring, shuffled: quadratic joining took
         // seconds; linear takes milliseconds even unoptimised.
