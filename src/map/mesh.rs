@@ -22,6 +22,8 @@ pub const CHUNK_SIZE_M: f64 = 500.0;
 pub const GREEN_Y: f32 = 0.15;
 pub const WATER_Y: f32 = 0.3;
 pub const ROAD_Y: f32 = 0.5;
+/// Pedestrian squares and other highway areas, just under the road ribbons.
+pub const PAVED_Y: f32 = 0.42;
 pub const DISTRICT_Y: f32 = 1.2;
 
 /// The map layers an operator can switch on and off.
@@ -160,15 +162,18 @@ pub fn build_city_meshes(map: &CityMap) -> CityMeshes {
             .or_default()
             .push(i);
     }
+    // Paved areas go with roads; indices offset past the roads so both fit one list.
+    let paved_offset = map.roads.len();
     for (i, a) in map.areas.iter().enumerate() {
-        let layer = match a.kind {
-            AreaKind::Water => MapLayer::Water,
-            AreaKind::Green => MapLayer::Green,
+        let (layer, item) = match a.kind {
+            AreaKind::Water => (MapLayer::Water, i),
+            AreaKind::Green => (MapLayer::Green, i),
+            AreaKind::Paved => (MapLayer::Roads, paved_offset + i),
         };
         buckets
             .entry((chunk_of(a.polygon.exterior().0[0]), layer))
             .or_default()
-            .push(i);
+            .push(item);
     }
     // Waterways go with water; indices offset past the areas so both fit one list.
     let offset = map.areas.len();
@@ -208,6 +213,12 @@ pub fn build_city_meshes(map: &CityMap) -> CityMeshes {
                 }
                 MapLayer::Roads => {
                     for i in items {
+                        if i >= paved_offset {
+                            let a = &map.areas[i - paved_offset];
+                            let colour = road_colour(RoadClass::Path);
+                            add_flat_polygon(&mut mesh, earcut, &a.polygon, PAVED_Y, colour);
+                            continue;
+                        }
                         let r = &map.roads[i];
                         let y = ROAD_Y + road_lift(r.class);
                         add_ribbon(&mut mesh, &r.line, r.width_m, y, road_colour(r.class));
@@ -229,6 +240,7 @@ pub fn build_city_meshes(map: &CityMap) -> CityMeshes {
                             let (y, colour) = match a.kind {
                                 AreaKind::Water => (WATER_Y, linear_from_srgb(WATER_SRGB)),
                                 AreaKind::Green => (GREEN_Y, linear_from_srgb(GREEN_SRGB)),
+                                AreaKind::Paved => (PAVED_Y, road_colour(RoadClass::Path)),
                             };
                             add_flat_polygon(&mut mesh, earcut, &a.polygon, y, colour);
                         }

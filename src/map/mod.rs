@@ -303,6 +303,9 @@ pub struct Road {
 pub enum AreaKind {
     Water,
     Green,
+    /// A highway area: a pedestrian square, a service yard (`area=yes`,
+    /// `area:highway=*`, or a highway multipolygon). Drawn with the roads, never routed.
+    Paved,
 }
 
 /// A water body or green area.
@@ -495,6 +498,7 @@ enum Class {
     Water,
     Waterway,
     Green,
+    Paved,
     District,
 }
 
@@ -507,10 +511,16 @@ fn classify(tags: &[(String, String)]) -> Option<Class> {
         return Some(Class::Building);
     }
     if let Some(h) = tag(tags, "highway")
-        && tag(tags, "area") != Some("yes")
         && let Some(c) = RoadClass::from_highway(h)
     {
-        return Some(Class::Road(c));
+        return Some(if tag(tags, "area") == Some("yes") {
+            Class::Paved
+        } else {
+            Class::Road(c)
+        });
+    }
+    if tag(tags, "area:highway").is_some_and(|v| v != "no") {
+        return Some(Class::Paved);
     }
     if let Some(r) = tag(tags, "railway")
         && matches!(
@@ -1018,6 +1028,25 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
             }
             Ok(Built::Buildings(buildings))
         }
+        // A highway drawn as a polygon (a relation, a GeoJSON area) is an area.
+        Class::Road(_)
+            if matches!(
+                geometry,
+                RawGeometry::Polygon(_) | RawGeometry::MultiPolygon(_)
+            ) =>
+        {
+            build_feature(
+                RawFeature {
+                    id,
+                    tags: tags
+                        .into_iter()
+                        .chain([("area".to_string(), "yes".to_string())])
+                        .collect(),
+                    geometry,
+                },
+                frame,
+            )
+        }
         Class::Road(class) => {
             let lines = project_lines(line_points(geometry)?, frame)?;
             let width_m = width_from_tags(&tags, class.default_width_m());
@@ -1061,11 +1090,11 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
                     .collect(),
             ))
         }
-        Class::Water | Class::Green => {
-            let kind = if class == Class::Water {
-                AreaKind::Water
-            } else {
-                AreaKind::Green
+        Class::Water | Class::Green | Class::Paved => {
+            let kind = match class {
+                Class::Water => AreaKind::Water,
+                Class::Green => AreaKind::Green,
+                _ => AreaKind::Paved,
             };
             let polys = polygons(area_rings(geometry)?, frame)?;
             Ok(Built::Areas(

@@ -504,6 +504,60 @@ mod tests {
     }
 
     #[test]
+    fn highway_areas_are_drawn_as_areas_and_never_routed() {
+        let mut osm = Osm::new();
+        grid(&mut osm, &[(1, 0, 0), (2, 8, 0), (3, 8, 8), (4, 0, 8)]);
+        grid(&mut osm, &[(5, 2, 2), (6, 6, 2), (7, 6, 6), (8, 2, 6)]);
+        grid(
+            &mut osm,
+            &[(9, 10, 0), (10, 18, 0), (11, 18, 8), (12, 10, 8)],
+        );
+        osm.way(11, &[1, 2, 3, 4, 1], &[])
+            .way(12, &[5, 6, 7, 8, 5], &[])
+            .relation(
+                20,
+                &[('w', 11, "outer"), ('w', 12, "inner")],
+                &[("type", "multipolygon"), ("highway", "service")],
+            )
+            .way(
+                13,
+                &[9, 10, 11, 12, 9],
+                &[("highway", "pedestrian"), ("area", "yes")],
+            )
+            // A closed pedestrian way without area=yes is a loop street, as OSM says.
+            .way(14, &[1, 9, 12, 4, 1], &[("highway", "pedestrian")]);
+        let map = load(&osm);
+        let paved: Vec<&str> = map
+            .areas
+            .iter()
+            .filter(|a| a.kind == AreaKind::Paved)
+            .map(|a| a.id.as_str())
+            .collect();
+        assert_eq!(paved, vec!["way/13", "relation/20"]);
+        let yard = map.areas.iter().find(|a| a.id == "relation/20").unwrap();
+        assert_eq!(yard.polygon.interiors().len(), 1);
+        let roads: Vec<&str> = map.roads.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(roads, vec!["way/14"]);
+        let graph = crate::map::graph::RoadGraph::from_map(&map);
+        assert!(
+            graph
+                .edges
+                .iter()
+                .all(|e| map.roads[e.road as usize].id == "way/14")
+        );
+        // Drawn with the roads.
+        let meshes = crate::map::mesh::build_city_meshes(&map);
+        let road_triangles: usize = meshes
+            .chunks
+            .iter()
+            .filter(|c| c.layer == crate::map::mesh::MapLayer::Roads)
+            .map(|c| c.mesh.triangle_count())
+            .sum();
+        // The loop's ribbon is 8 triangles; the areas add 2 + 8 more.
+        assert_eq!(road_triangles, 8 + 2 + 8);
+    }
+
+    #[test]
     fn assembling_a_big_relation_is_not_quadratic() {
         // 20 000 two-node segments of one ring, shuffled: quadratic joining took
         // seconds; linear takes milliseconds even unoptimised.
