@@ -15,7 +15,7 @@ use crate::feeds::config::FeedConfig;
 use crate::feeds::health::FeedHealth;
 use crate::governance::catalog::consumers;
 use crate::governance::quality::{FeedQuality, freshness};
-use crate::governance::reconcile::{Reconciliation, reconcile};
+use crate::governance::reconcile::{ReconcileInput, Reconciliation, reconcile_input};
 use crate::map::mesh::linear_from_srgb;
 use crate::state::Standing;
 
@@ -27,10 +27,14 @@ const EVERY_MS: i64 = 2_000;
 pub struct Governance {
     pub reconciliation: Reconciliation,
     pub computed_ms: i64,
-    /// How long the last pass took; big cities reconcile less often so the passes
-    /// stay under ~2 % of frame time.
+    /// How long the last pass took on its own thread.
     pub last_pass_ms: f64,
+    /// How long copying the state for it took on the frame; big cities reconcile less
+    /// often so the copies stay under ~2 % of frame time.
+    pub last_copy_ms: f64,
     pub steward_open: bool,
+    /// The pass in progress, off the frame thread: (result, its time, its duration).
+    running: Option<std::thread::JoinHandle<(Reconciliation, i64, f64)>>,
 }
 
 pub(super) fn plugin(app: &mut App) {
@@ -42,17 +46,44 @@ pub(super) fn plugin(app: &mut App) {
     );
 }
 
+/// Starts a reconciliation pass on its own thread when one is due, and takes its
+/// result when it is done: the frame only copies the shared part of the state.
 fn reconcile_now(live: Option<Res<Live>>, mut governance: ResMut<Governance>) {
     let Some(live) = live else { return };
+    if let Some(pass) = &governance.running {
+        if !pass.is_finished() {
+            return;
+        }
+        if let Some(pass) = governance.running.take()
+            && let Ok((reconciliation, at_ms, took_ms)) = pass.join()
+        {
+            governance.reconciliation = reconciliation;
+            governance.computed_ms = at_ms;
+            governance.last_pass_ms = took_ms;
+        }
+        return;
+    }
     let now = crate::feeds::poll::unix_ms_now();
-    let interval = EVERY_MS.max((governance.last_pass_ms * 50.0) as i64);
+    let interval = EVERY_MS.max((governance.last_copy_ms * 50.0) as i64);
     if now - governance.computed_ms < interval {
         return;
     }
     let started = std::time::Instant::now();
-    governance.reconciliation = reconcile(&live.state, &live.feeds, now);
-    governance.computed_ms = now;
-    governance.last_pass_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let input = ReconcileInput::from_state(&live.state, now);
+    governance.last_copy_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let feeds = live.feeds.clone();
+    let spawned = std::thread::Builder::new()
+        .name("reconciliation".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let r = reconcile_input(&input, &feeds, now);
+            (r, now, started.elapsed().as_secs_f64() * 1000.0)
+        });
+    match spawned {
+        Ok(handle) => governance.running = Some(handle),
+        // No thread to spare: try again at the next interval.
+        Err(_) => governance.computed_ms = now,
+    }
 }
 
 /// Trust overlay: markers whose data is stale, or whose feed is quarantined, turn
@@ -316,6 +347,7 @@ mod tests {
     use crate::feeds::config::parse_feeds;
     use crate::feeds::{EntityKind, EntityUpdate};
     use crate::geo_frame::GeoFrame;
+    use crate::governance::reconcile::reconcile;
     use crate::state::LiveState;
 
     #[test]
