@@ -112,6 +112,45 @@ impl Response {
 /// What serves requests.
 pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 
+/// TLS for a server: a certificate chain and its private key (PEM files).
+#[derive(Clone)]
+pub struct Tls(Arc<rustls::ServerConfig>);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls(..)")
+    }
+}
+
+impl Tls {
+    /// Reads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Tls, String> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| format!("certificate {}: {e}", cert.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "certificate {}: no certificate in it",
+                cert.display()
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| format!("private key {}: {e}", key.display()))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("certificate and key do not make a TLS identity: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Tls(Arc::new(config)))
+    }
+}
+
 /// A running server; dropping it (or [`Server::stop`]) stops it.
 pub struct Server {
     addr: SocketAddr,
@@ -128,6 +167,18 @@ impl Server {
         limits: Limits,
         handler: Handler,
     ) -> std::io::Result<Server> {
+        Self::start_tls(addr, name, limits, handler, None)
+    }
+
+    /// As [`Server::start`], over TLS when `tls` is given (HTTPS only: a plain HTTP
+    /// request is refused by the handshake).
+    pub fn start_tls(
+        addr: &str,
+        name: &str,
+        limits: Limits,
+        handler: Handler,
+        tls: Option<Tls>,
+    ) -> std::io::Result<Server> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let bound = listener.local_addr()?;
@@ -143,7 +194,7 @@ impl Server {
         let thread = std::thread::Builder::new()
             .name(format!("{name} accept"))
             .spawn(move || {
-                runtime.block_on(accept_loop(listener, limits, handler, flag));
+                runtime.block_on(accept_loop(listener, limits, handler, tls, flag));
                 // Connections still open end with the runtime.
                 runtime.shutdown_timeout(Duration::from_millis(200));
             })?;
@@ -183,8 +234,10 @@ async fn accept_loop(
     listener: std::net::TcpListener,
     limits: Limits,
     handler: Handler,
+    tls: Option<Tls>,
     stop: Arc<AtomicBool>,
 ) {
+    let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.0));
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
@@ -207,20 +260,35 @@ async fn accept_loop(
             tokio::spawn(shed(stream));
             continue;
         };
-        let (limits, handler) = (limits.clone(), handler.clone());
+        let (limits, handler, acceptor) = (limits.clone(), handler.clone(), acceptor.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let service_limits = limits.clone();
             let service = hyper::service::service_fn(move |request| {
                 serve_one(request, peer, service_limits.clone(), handler.clone())
             });
-            let connection = hyper::server::conn::http1::Builder::new()
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.read_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192))
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+                .keep_alive(true);
+            match acceptor {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+                }
+                Some(acceptor) => {
+                    // The handshake has the same time as the headers.
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(limits.read_timeout, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+                }
+            }
         });
     }
 }
@@ -521,6 +589,32 @@ mod tests {
         );
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         t.elapsed()
+    }
+
+    #[test]
+    fn https_serves_and_plain_http_is_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+        let tls = Tls::from_pem_files(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
+        let server =
+            Server::start_tls("127.0.0.1:0", "test", Limits::default(), echo(), Some(tls)).unwrap();
+        let ca =
+            reqwest::Certificate::from_pem(&std::fs::read(dir.join("cert.pem")).unwrap()).unwrap();
+        let client = reqwest::blocking::Client::builder()
+            .tls_certs_merge([ca])
+            .build()
+            .unwrap();
+        let url = format!("https://127.0.0.1:{}/x", server.addr().port());
+        let answer = client.get(&url).send().unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+        // Plain HTTP on the TLS port gets no answer.
+        let plain = raw(
+            server.addr(),
+            b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert!(!plain.starts_with("HTTP/1.1 200"), "{plain}");
+        // A bad key file is a clear error.
+        let err = Tls::from_pem_files(&dir.join("cert.pem"), &dir.join("README.md")).unwrap_err();
+        assert!(err.contains("private key"), "{err}");
     }
 
     #[test]

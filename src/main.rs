@@ -70,6 +70,21 @@ struct Cli {
         default_value = "127.0.0.1:7878"
     )]
     api: String,
+    /// The URL departments reach the status API at, when it is not the address it
+    /// listens on (needed with a wildcard address such as 0.0.0.0, or behind a proxy).
+    #[arg(long, global = true, value_name = "URL")]
+    api_public_url: Option<String>,
+    /// HTTPS for the status API: the certificate chain (PEM). Required for an address
+    /// beyond this machine unless --api-insecure-http.
+    #[arg(long, global = true, value_name = "FILE", requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// The private key of --api-tls-cert (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
+    /// Serve the status API in plain HTTP beyond this machine (department tokens then
+    /// cross the network in clear: only behind a TLS-terminating proxy).
+    #[arg(long, global = true)]
+    api_insecure_http: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -635,6 +650,7 @@ fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
             parent.display()
         );
     }
+    let (api_tls, api_public_url) = status_api_reach(cli)?;
     Ok(app::desk::DeskSetup {
         db: cli.db.clone(),
         seal_key: cli.seal_key.clone(),
@@ -644,10 +660,54 @@ fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
         sign_in,
         service: zhongshu::dispatch::service::ServiceOptions {
             api_addr: cli.api.clone(),
+            api_public_url,
+            api_tls,
             ..Default::default()
         },
         open,
     })
+}
+
+/// TLS and the public URL of the status API, checked: beyond this machine tokens
+/// travel over HTTPS only (unless --api-insecure-http), and a wildcard address needs a
+/// public URL departments can reach.
+#[allow(clippy::type_complexity)]
+fn status_api_reach(
+    cli: &Cli,
+) -> anyhow::Result<(Option<(zhongshu::http::Tls, Vec<u8>)>, Option<String>)> {
+    let tls = match (&cli.api_tls_cert, &cli.api_tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = zhongshu::http::Tls::from_pem_files(cert, key)
+                .map_err(|e| anyhow::anyhow!("--api-tls-cert/--api-tls-key: {e}"))?;
+            let pem =
+                std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            Some((tls, pem))
+        }
+        _ => None,
+    };
+    let addr: Option<std::net::SocketAddr> = cli.api.parse().ok();
+    let loopback = addr.map_or_else(
+        || cli.api.starts_with("localhost:"),
+        |a| a.ip().is_loopback(),
+    );
+    if !loopback && tls.is_none() && !cli.api_insecure_http {
+        bail!(
+            "--api {}: beyond this machine the status API needs HTTPS (--api-tls-cert and --api-tls-key), or --api-insecure-http behind a TLS proxy: department tokens must not cross a network in clear",
+            cli.api
+        );
+    }
+    if let Some(url) = &cli.api_public_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        bail!("--api-public-url {url:?}: not an http(s) URL");
+    }
+    if addr.is_some_and(|a| a.ip().is_unspecified()) && cli.api_public_url.is_none() {
+        bail!(
+            "--api {}: departments cannot report to a wildcard address; give --api-public-url with the name or address they reach this machine at",
+            cli.api
+        );
+    }
+    Ok((tls, cli.api_public_url.clone()))
 }
 
 fn run(mut cli: Cli) -> anyhow::Result<()> {

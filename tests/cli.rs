@@ -337,6 +337,34 @@ fn demo_accounts_and_tokens_are_refused_outside_demo_mode() {
         ],
         "demo token",
     );
+    // Real tokens: beyond this machine only over HTTPS, and a wildcard address needs
+    // the URL departments reach it at.
+    let real = dir.join("dispatch.toml");
+    std::fs::write(
+        &real,
+        "[[department]]\nid='fire'\nname='Fire'\ndomain='safety'\nlevel='city'\nendpoint='simulated'\ntoken='k3Jx9qLw2Vb7Rt5Yp8Zm'\n",
+    )
+    .unwrap();
+    let real_args = |extra: &[&str]| -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--dispatch".into(),
+            real.clone().into(),
+            "--users".into(),
+            users.clone().into(),
+        ];
+        args.extend(extra.iter().map(|a| a.into()));
+        args
+    };
+    let args = real_args(&["--api", "192.0.2.10:7999"]);
+    refused(
+        &args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(),
+        "needs HTTPS",
+    );
+    let args = real_args(&["--api", "0.0.0.0:7999", "--api-insecure-http"]);
+    refused(
+        &args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(),
+        "--api-public-url",
+    );
     // The demo never listens beyond this machine.
     refused(
         &["--demo".as_ref(), "--api".as_ref(), "0.0.0.0:7999".as_ref()],

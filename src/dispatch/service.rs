@@ -30,6 +30,11 @@ pub struct ServiceOptions {
     /// How the simulated departments behave (for departments with
     /// `endpoint = "simulated"`).
     pub sim: SimBehaviour,
+    /// The URL departments reach the status API at, when not the listening address.
+    pub api_public_url: Option<String>,
+    /// HTTPS for the status API: the identity, and its certificate in PEM (which the
+    /// in-process simulated departments trust).
+    pub api_tls: Option<(crate::http::Tls, Vec<u8>)>,
 }
 
 impl Default for ServiceOptions {
@@ -38,6 +43,8 @@ impl Default for ServiceOptions {
             api_addr: "127.0.0.1:7878".into(),
             outbox: OutboxConfig::default(),
             sim: SimBehaviour::default(),
+            api_public_url: None,
+            api_tls: None,
         }
     }
 }
@@ -102,9 +109,15 @@ impl DispatchService {
                 })
             })
             .collect();
-        let (api, reports) = StatusApi::start(&options.api_addr, auth).map_err(|e| {
-            anyhow::anyhow!("cannot start the status API on {}: {e:#}", options.api_addr)
-        })?;
+        let api_options = super::delivery::StatusApiOptions {
+            public_url: options.api_public_url.clone(),
+            tls: options.api_tls.as_ref().map(|(tls, _)| tls.clone()),
+            ..Default::default()
+        };
+        let (api, reports) =
+            StatusApi::start_with(&options.api_addr, auth, api_options).map_err(|e| {
+                anyhow::anyhow!("cannot start the status API on {}: {e:#}", options.api_addr)
+            })?;
         let simulated: Vec<_> = config
             .departments
             .iter()
@@ -114,8 +127,15 @@ impl DispatchService {
             None
         } else {
             let mut behaviour = options.sim.clone();
-            // The simulated departments report to this API and nowhere else.
-            behaviour.report_to = api.base_url();
+            // The simulated departments report to this API and nowhere else, over
+            // loopback (a public URL may not be reachable from inside).
+            let scheme = if options.api_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            behaviour.report_to = format!("{scheme}://127.0.0.1:{}", api.addr().port());
+            behaviour.report_ca_pem = options.api_tls.as_ref().map(|(_, pem)| pem.clone());
             for d in &simulated {
                 if let Some(t) = &d.token {
                     behaviour.tokens.insert(d.id.clone(), t.clone());
@@ -687,6 +707,7 @@ mod tests {
                 ..Default::default()
             },
             sim,
+            ..Default::default()
         }
     }
 
@@ -1254,5 +1275,40 @@ mod tests {
         assert_eq!(inc.status, IncidentStatus::Reported);
         assert!(!inc.withdrawn);
         assert!(s.notices.iter().any(|n| n.contains("cannot withdraw")));
+    }
+
+    #[test]
+    fn over_https_departments_report_and_the_status_url_is_the_public_one() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+        let tls =
+            crate::http::Tls::from_pem_files(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
+        let pem = std::fs::read(dir.join("cert.pem")).unwrap();
+        let db = temp_db("https");
+        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+        let sim = SimBehaviour {
+            fail_rate: 0.0,
+            reject_rate: 0.0,
+            ignore_rate: 0.0,
+            speedup: 200.0,
+            ..Default::default()
+        };
+        let mut s = DispatchService::start(
+            dispatcher,
+            ServiceOptions {
+                api_public_url: Some("https://zhongshu.example.org:7878/".into()),
+                api_tls: Some((tls, pem)),
+                ..options(sim)
+            },
+        )
+        .unwrap();
+        assert_eq!(s.api_url(), "https://zhongshu.example.org:7878");
+        assert_eq!(
+            s.api.status_url("ORD-000001"),
+            "https://zhongshu.example.org:7878/api/v1/orders/ORD-000001/status"
+        );
+        one_order(&mut s, "fire", now() + 3_600_000);
+        let done = |s: &DispatchService| s.dispatcher.book().orders[0].status == OrderStatus::Done;
+        pump_until(&mut s, Duration::from_secs(20), done);
+        assert!(done(&s), "{:#?}", s.dispatcher.book().orders[0]);
     }
 }

@@ -101,9 +101,33 @@ impl ReportIn {
     }
 }
 
+/// How the status API is reached.
+#[derive(Clone, Debug)]
+pub struct StatusApiOptions {
+    /// How long a report waits for the service to make it durable.
+    pub ack_timeout: Duration,
+    /// The URL departments reach the API at (`https://zhongshu.city.gov:7878`), when it
+    /// is not the address it listens on (a wildcard address, a proxy, a DNS name).
+    pub public_url: Option<String>,
+    /// HTTPS (the default for anything beyond this machine: tokens never cross a
+    /// network in clear).
+    pub tls: Option<crate::http::Tls>,
+}
+
+impl Default for StatusApiOptions {
+    fn default() -> Self {
+        Self {
+            ack_timeout: ACK_TIMEOUT,
+            public_url: None,
+            tls: None,
+        }
+    }
+}
+
 /// The running status API; dropping it stops the server.
 pub struct StatusApi {
     addr: SocketAddr,
+    base_url: String,
     /// Held for its drop, which stops the server.
     _server: Server,
     snapshots: OrderSnapshots,
@@ -130,16 +154,17 @@ impl StatusApi {
         addr: &str,
         departments: Vec<DepartmentAuth>,
     ) -> anyhow::Result<(StatusApi, Receiver<ReportIn>)> {
-        Self::start_with(addr, departments, ACK_TIMEOUT)
+        Self::start_with(addr, departments, StatusApiOptions::default())
     }
 
-    /// As [`StatusApi::start`], waiting at most `ack_timeout` for each report to be
-    /// made durable.
+    /// As [`StatusApi::start`], with a public URL, TLS, and how long each report may
+    /// wait to be made durable.
     pub fn start_with(
         addr: &str,
         departments: Vec<DepartmentAuth>,
-        ack_timeout: Duration,
+        options: StatusApiOptions,
     ) -> anyhow::Result<(StatusApi, Receiver<ReportIn>)> {
+        let ack_timeout = options.ack_timeout;
         let mut tokens = HashMap::new();
         for d in departments {
             if d.token.trim().is_empty() {
@@ -169,16 +194,27 @@ impl StatusApi {
             max_body_bytes: MAX_REPORT_BYTES,
             ..Limits::default()
         };
-        let server = Server::start(
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let server = Server::start_tls(
             addr,
             "status api",
             limits,
             Arc::new(move |request| respond(&shared, &request)),
+            options.tls,
         )
         .map_err(|e| anyhow::anyhow!("status API cannot listen on {addr}: {e}"))?;
+        let base_url = options
+            .public_url
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("{scheme}://{}", server.addr()));
         Ok((
             StatusApi {
                 addr: server.addr(),
+                base_url,
                 _server: server,
                 snapshots,
             },
@@ -191,10 +227,10 @@ impl StatusApi {
         self.addr
     }
 
-    /// `http://{addr}`. When listening on a wildcard address (0.0.0.0), departments
-    /// need the machine's public name instead: build URLs with [`super::status_url`].
+    /// Where departments reach the API: the public URL when one was given, else
+    /// `http(s)://{addr}`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.base_url.clone()
     }
 
     /// The URL a department reports `order_id`'s status to, for the order body.

@@ -51,7 +51,7 @@ mod tests;
 
 pub use api::{
     ACK_TIMEOUT, DepartmentAuth, OrderSnapshot, OrderSnapshots, ReportIn, ReportOutcome, StatusApi,
-    StatusReport,
+    StatusApiOptions, StatusReport,
 };
 pub use outbox::{DeliveryEvent, Outbox, OutboxConfig, OutgoingOrder};
 pub use sim::{

@@ -73,6 +73,9 @@ pub struct SimBehaviour {
     pub report_to: String,
     /// Refuse orders without a valid `Zhongshu-Signature` (401).
     pub require_signature: bool,
+    /// A PEM certificate to trust when reporting over HTTPS (a status API with a
+    /// certificate of its own, not from a public authority).
+    pub report_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for SimBehaviour {
@@ -92,6 +95,7 @@ impl Default for SimBehaviour {
             tokens: HashMap::new(),
             report_to: "http://127.0.0.1:7878".into(),
             require_signature: true,
+            report_ca_pem: None,
         }
     }
 }
@@ -300,7 +304,13 @@ impl DepartmentSim {
     /// departments: `http://{addr}/{department}` is a department's endpoint.
     pub fn start(addr: &str, behaviour: SimBehaviour) -> anyhow::Result<DepartmentSim> {
         behaviour.validate()?;
-        let client = reqwest::blocking::Client::builder()
+        let mut client = reqwest::blocking::Client::builder();
+        if let Some(pem) = &behaviour.report_ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| anyhow::anyhow!("the certificate to trust is not PEM: {e}"))?;
+            client = client.tls_certs_merge([ca]);
+        }
+        let client = client
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
             .user_agent(concat!(
