@@ -478,6 +478,8 @@ fn feeds_check(
                 .collect::<Vec<_>>(),
             "quarantined": health.quarantined.as_ref().map(|q| q.reason.clone()),
             "dropped": health.dropped,
+            "removed": health.removed,
+            "expired": health.expired,
         });
         println!("{line}");
     }

@@ -157,6 +157,24 @@ fn handle(request: tiny_http::Request, polls: &AtomicU64) {
                 tiny_http::Response::from_string("").with_status_code(503)
             }
         }
+        "/ambulances" => {
+            // Three ambulances on the first poll, then one: two have left the feed.
+            static SERVED: AtomicU64 = AtomicU64::new(0);
+            let n = if SERVED.fetch_add(1, Ordering::Relaxed) == 0 {
+                3
+            } else {
+                1
+            };
+            let units: Vec<_> = (0..n)
+                .map(|i| {
+                    serde_json::json!({"id": format!("urn:ngsi-ld:Vehicle:amb-{i}"), "type": "Vehicle",
+                        "vehicleType": {"type": "Property", "value": "ambulance"},
+                        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [24.94 + i as f64 * 1e-3, 60.17]}}})
+                })
+                .collect();
+            tiny_http::Response::from_string(serde_json::Value::Array(units).to_string())
+                .with_header(json)
+        }
         "/error" => tiny_http::Response::from_string("{\"error\":\"boom\"}").with_status_code(500),
         "/hang" => {
             std::thread::sleep(Duration::from_secs(20));
@@ -395,6 +413,24 @@ interval_s = 0.5
         "{garbage}"
     );
     assert_eq!(garbage["entities"], 0);
+}
+
+#[test]
+fn entities_that_leave_a_feed_leave_the_live_state() {
+    let base = start_server();
+    let out = feeds_check(
+        "feeds-removed",
+        &format!(
+            "[[feed]]\nname = \"ambulances\"\nkind = \"ngsi-ld\"\nurl = \"{base}/ambulances\"\n\
+             domain = \"health\"\ninterval_s = 0.3\n"
+        ),
+        "2",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines = feed_lines(&stdout);
+    let ambulances = &lines["ambulances"];
+    assert_eq!(ambulances["entities"], 1, "{ambulances}");
+    assert_eq!(ambulances["removed"], 2, "{ambulances}");
 }
 
 #[test]

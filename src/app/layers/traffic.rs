@@ -60,6 +60,9 @@ pub fn speed_ratio(entity: &crate::state::LiveEntity) -> Option<f32> {
     }
 }
 
+/// A road segment no feed reports any more (the trust overlay's grey).
+const NO_DATA_SRGB: u32 = 0x5A6270;
+
 fn update_traffic(
     changed: Res<ChangedSlots>,
     live: Option<Res<Live>>,
@@ -70,6 +73,16 @@ fn update_traffic(
     let layer = &mut *layer;
     for &slot in &changed.0 {
         let Some(e) = live.state.entity(slot) else {
+            // The segment has left its feed: drawn as a road without data.
+            if let Some((key, range)) = layer.segments.get(&slot)
+                && let Some(chunk) = layer.chunks.get_mut(key)
+            {
+                let no_data = crate::map::mesh::linear_from_srgb(NO_DATA_SRGB);
+                for c in &mut chunk.data.colors[range.clone()] {
+                    *c = no_data;
+                }
+                chunk.colours_dirty = true;
+            }
             continue;
         };
         let Some(ratio) = speed_ratio(e) else {
