@@ -190,6 +190,14 @@ enum AuditCommand {
         #[arg(long)]
         db: PathBuf,
     },
+    /// Seal a log written before sealing existed (it has no seal at all) as it stands,
+    /// under --seal-key (default `<db>.key`): for an operator who has checked it by
+    /// other means. Prints the seal made.
+    Seal {
+        /// The SQLite event log.
+        #[arg(long)]
+        db: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -759,9 +767,10 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 bail!("no event log at {}", db.display());
             }
             let mut seal = zhongshu::store::SealOptions::with_key(&db, cli.seal_key.as_deref());
-            // Checking never creates a key: without one the seals are reported
-            // unchecked.
+            // Checking writes nothing and never creates a key: without one the seals
+            // are reported unchecked.
             seal.create_key = false;
+            seal.read_only = true;
             if seal.key.as_deref().is_some_and(|k| !k.exists()) {
                 if cli.seal_key.is_some() {
                     bail!(
@@ -801,6 +810,19 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                     report.problems.join("; ")
                 );
             }
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Seal { db }) => {
+            if !db.exists() {
+                bail!("no event log at {}", db.display());
+            }
+            let seal = zhongshu::store::SealOptions::with_key(&db, cli.seal_key.as_deref());
+            let mut log = zhongshu::store::EventLog::open_with(&db, &seal)?;
+            let made = log.adopt()?;
+            println!(
+                "{}",
+                serde_json::json!({"sealed_from": made.from_seq, "sealed_to": made.seq, "hash": made.hash})
+            );
             Ok(())
         }
         Command::Catalog { for_secs } => {

@@ -188,6 +188,7 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
             // Then the whole chain, seals and witness, on a connection of its own.
             let check = crate::store::SealOptions {
                 create_key: false,
+                read_only: true,
                 ..seal
             };
             let integrity = match crate::store::EventLog::open_with(&db, &check)

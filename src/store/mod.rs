@@ -152,6 +152,8 @@ pub struct SealOptions {
     pub create_key: bool,
     /// The witness file of the head.
     pub witness: Option<PathBuf>,
+    /// Open for checking only: nothing is created or written (`audit verify`).
+    pub read_only: bool,
 }
 
 impl SealOptions {
@@ -162,6 +164,7 @@ impl SealOptions {
             key: Some(suffixed(db, ".key")),
             create_key: true,
             witness: Some(suffixed(db, ".head")),
+            read_only: false,
         }
     }
 
@@ -211,6 +214,7 @@ impl EventLog {
                 key: None,
                 create_key: false,
                 witness: None,
+                read_only: false,
             },
         )
     }
@@ -220,6 +224,9 @@ impl EventLog {
             path: path.to_path_buf(),
             source,
         };
+        if seal.read_only {
+            return Self::open_read_only(path, seal);
+        }
         let conn = Connection::open(path).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
@@ -239,6 +246,7 @@ impl EventLog {
             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS seals (
                 seq INTEGER PRIMARY KEY,
+                from_seq INTEGER NOT NULL DEFAULT 0,
                 hash TEXT NOT NULL,
                 at_ms INTEGER NOT NULL,
                 mac TEXT NOT NULL
@@ -274,7 +282,20 @@ impl EventLog {
             )
             .optional()
             .map_err(err)?;
+        let sealed: i64 = conn
+            .query_row("SELECT count(*) FROM seals", [], |r| r.get(0))
+            .map_err(err)?;
         let key = match &seal.key {
+            // A log already sealed needs its own key back, never a new one.
+            Some(k) if seal.create_key && sealed > 0 && !k.exists() => {
+                return Err(StoreError::Key {
+                    path: k.clone(),
+                    message: format!(
+                        "missing, and the log {} has {sealed} seals made with it: restore the key file (or give --seal-key)",
+                        path.display()
+                    ),
+                });
+            }
             Some(k) if seal.create_key => Some(SealKey::load_or_create(k)?),
             Some(k) if k.exists() => Some(SealKey::load(k)?),
             Some(k) => {
@@ -299,6 +320,109 @@ impl EventLog {
         Ok(log)
     }
 
+    /// Opens an existing log for checking, writing nothing: no tables, no id, no key.
+    fn open_read_only(path: &Path, seal: &SealOptions) -> Result<Self, StoreError> {
+        let err = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        let has = |table: &str| {
+            conn.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                params![table],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+        };
+        if !has("events").map_err(err)? {
+            return Err(StoreError::Unavailable {
+                what: path.display().to_string(),
+                message: "not a Zhongshu event log (no events table)".into(),
+            });
+        }
+        if !has("seals").map_err(err)? || !has("meta").map_err(err)? {
+            return Err(StoreError::Unavailable {
+                what: path.display().to_string(),
+                message: "an event log without seals (written before sealing): open it with this version's console, which says so, or adopt it with `zhongshu audit seal`".into(),
+            });
+        }
+        let log_id = conn
+            .query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .map_err(err)?
+            .unwrap_or_default();
+        let last = conn
+            .query_row(
+                "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let key = match &seal.key {
+            Some(k) if k.exists() => Some(SealKey::load(k)?),
+            _ => None,
+        };
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+            last,
+            log_id,
+            key,
+            key_path: seal.key.clone(),
+            witness: seal.witness.clone(),
+            alarm: None,
+        })
+    }
+
+    /// Seals a log written before sealing (no seal at all) as it stands: one seal over
+    /// every event, and a witness. For an operator who has checked the log by other
+    /// means; refused for a log that has seals.
+    pub fn adopt(&mut self) -> Result<Checkpoint, StoreError> {
+        let path = self.path.clone();
+        let unavailable = |message: String| StoreError::Unavailable {
+            what: path.display().to_string(),
+            message,
+        };
+        let Some(key) = self.key.clone() else {
+            return Err(unavailable("no seal key".into()));
+        };
+        let sealed: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM seals", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if sealed > 0 {
+            return Err(unavailable(format!("the log already has {sealed} seals")));
+        }
+        let Some((seq, hash)) = self.last.clone() else {
+            return Err(unavailable("the log is empty".into()));
+        };
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let seal = Checkpoint::seal(&key, &self.log_id, 1, seq, &hash, at_ms);
+        self.conn
+            .execute(
+                "INSERT INTO seals (seq, from_seq, hash, at_ms, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![seal.seq, seal.from_seq, seal.hash, seal.at_ms, seal.mac],
+            )
+            .map_err(|e| self.err(e))?;
+        if let Some(w) = &self.witness {
+            Checkpoint::witness(&key, &self.log_id, seq, &hash, at_ms)
+                .write(w)
+                .map_err(|e| unavailable(format!("cannot write the witness: {e}")))?;
+        }
+        self.alarm = None;
+        Ok(seal)
+    }
+
     fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),
@@ -316,8 +440,6 @@ impl EventLog {
             Ok(Some(w)) => w,
             Ok(None) if self.last.is_none() => return Ok(()),
             Ok(None) => {
-                // A sealed log always leaves a witness; an old log before sealing does
-                // not, and gets one with its next commit.
                 let sealed: i64 = self
                     .conn
                     .query_row("SELECT count(*) FROM seals", [], |r| r.get(0))
@@ -325,7 +447,7 @@ impl EventLog {
                 return if sealed > 0 {
                     Err(format!("the witness {} is missing", path.display()))
                 } else {
-                    Ok(())
+                    Err("the log carries no seal (written before sealing, or its seals were removed); `zhongshu audit seal` adopts a log checked by other means".into())
                 };
             }
             Err(e) => return Err(e),
@@ -429,15 +551,16 @@ impl EventLog {
                 prev_hash = hash;
             }
         }
+        let from_seq = self.last.as_ref().map_or(1, |(s, _)| s + 1);
         let checkpoint = self
             .key
             .as_ref()
-            .map(|key| Checkpoint::sealed(key, &self.log_id, seq, &prev_hash, at_ms));
+            .map(|key| Checkpoint::seal(key, &self.log_id, from_seq, seq, &prev_hash, at_ms));
         if let Some(c) = &checkpoint {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO seals (seq, hash, at_ms, mac) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR REPLACE INTO seals (seq, from_seq, hash, at_ms, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
-            .and_then(|mut s| s.execute(params![c.seq, c.hash, c.at_ms, c.mac]))
+            .and_then(|mut s| s.execute(params![c.seq, c.from_seq, c.hash, c.at_ms, c.mac]))
             .map_err(err)?;
         }
         tx.commit().map_err(err)?;
@@ -445,8 +568,9 @@ impl EventLog {
         // The witness follows the head; a witness that lags (a crash between the
         // commit and this write) is harmless: it still names an event the log has.
         // After an alarm it is left alone as evidence.
-        if let (Some(c), Some(path), None) = (&checkpoint, &self.witness, &self.alarm) {
-            let _ = c.write(path);
+        if let (Some(key), Some(path), None) = (&self.key, &self.witness, &self.alarm) {
+            let (seq, hash) = self.last.clone().expect("just appended");
+            let _ = Checkpoint::witness(key, &self.log_id, seq, &hash, at_ms).write(path);
         }
         Ok(())
     }
@@ -543,16 +667,17 @@ impl EventLog {
     fn seals(&self) -> Result<Vec<Checkpoint>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, hash, at_ms, mac FROM seals ORDER BY seq")
+            .prepare("SELECT seq, from_seq, hash, at_ms, mac FROM seals ORDER BY seq")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok(Checkpoint {
                     log_id: self.log_id.clone(),
                     seq: r.get(0)?,
-                    hash: r.get(1)?,
-                    at_ms: r.get(2)?,
-                    mac: r.get(3)?,
+                    from_seq: r.get(1)?,
+                    hash: r.get(2)?,
+                    at_ms: r.get(3)?,
+                    mac: r.get(4)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -621,8 +746,25 @@ impl EventLog {
         // sequence number. The last good one is the trusted prefix.
         let chain_good_until = first_bad.map_or(i64::MAX, |b| b - 1);
         let mut seal_failed = false;
+        // Seals must cover the log without a gap, from the first event on: a stretch
+        // without one was written without the key, or its seals were removed.
+        let mut expected_from = 1i64;
         for c in &seals {
-            let mac_ok = self.key.as_ref().is_none_or(|k| c.verify(k));
+            if !seal_failed && c.from_seq != expected_from {
+                seal_failed = true;
+                let after = report.last_good_checkpoint.as_ref().map_or(0, |g| g.seq);
+                report.first_bad_event = Some(
+                    report
+                        .first_bad_event
+                        .map_or(after + 1, |b| b.min(after + 1)),
+                );
+                report.problems.push(format!(
+                    "events {expected_from}..{} carry no seal: written without the key, or their seals were removed",
+                    (c.from_seq - 1).max(expected_from)
+                ));
+            }
+            expected_from = c.seq + 1;
+            let mac_ok = self.key.as_ref().is_none_or(|k| c.verify_seal(k));
             let matches = wanted.get(&c.seq).and_then(|h| h.as_deref()) == Some(c.hash.as_str());
             if mac_ok && matches && !seal_failed && c.seq <= chain_good_until {
                 report.last_good_checkpoint = Some(c.clone());
@@ -663,19 +805,19 @@ impl EventLog {
                     .into(),
             );
         }
-        // Events after the last seal were written without the key.
-        if self.key.is_some()
-            && let Some(last) = seals.last()
-            && (count as i64) > last.seq
-        {
-            report
-                .problems
-                .push(format!("events {}..{count} carry no seal", last.seq + 1));
-            report.first_bad_event.get_or_insert(last.seq + 1);
+        // Events after the last seal (or any event, with no seal at all) were written
+        // without the key, or their seals were removed.
+        if !seal_failed && (count as i64) >= expected_from {
+            report.problems.push(if seals.is_empty() {
+                "the log carries no seal (written before sealing, or its seals were removed); `zhongshu audit seal` adopts a log checked by other means".to_string()
+            } else {
+                format!("events {expected_from}..{count} carry no seal")
+            });
+            report.first_bad_event.get_or_insert(expected_from);
         }
         match (&witness, &self.witness) {
             (Some(w), _) => {
-                let mac_ok = self.key.as_ref().is_none_or(|k| w.verify(k));
+                let mac_ok = self.key.as_ref().is_none_or(|k| w.verify_witness(k));
                 if w.log_id != self.log_id {
                     report
                         .problems
@@ -697,7 +839,7 @@ impl EventLog {
                     ));
                 }
             }
-            (None, Some(path)) if !seals.is_empty() => {
+            (None, Some(path)) if count > 0 => {
                 report
                     .problems
                     .push(format!("the witness {} is missing", path.display()));
@@ -1062,5 +1204,149 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn stripping_every_seal_and_the_witness_is_caught() {
+        let path = five_events("strip");
+        let raw = Connection::open(&path).unwrap();
+        raw.execute("UPDATE events SET payload = '{\"n\":99}' WHERE seq = 4", [])
+            .unwrap();
+        // Recompute the chain from event 4 on, then remove every seal and the witness.
+        let events = EventLog::open_unsealed(&path).unwrap().events().unwrap();
+        let mut prev = events[2].hash.clone();
+        for e in &events[3..] {
+            let hash = event_hash(
+                &prev,
+                e.seq,
+                e.at_ms,
+                &e.operator,
+                &e.role,
+                &e.kind,
+                &e.payload,
+            );
+            raw.execute(
+                "UPDATE events SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+                params![prev, hash, e.seq],
+            )
+            .unwrap();
+            prev = hash;
+        }
+        raw.execute("DELETE FROM seals", []).unwrap();
+        std::fs::remove_file(suffixed(&path, ".head")).unwrap();
+        let log = EventLog::open(&path).unwrap();
+        assert!(log.integrity_alarm().unwrap().contains("no seal"));
+        let report = log.verify().unwrap();
+        assert!(!report.chain_ok, "{report:?}");
+        assert_eq!(report.first_bad_event, Some(1), "{report:?}");
+        // New commits do not launder what came before: the gap stays.
+        let mut log = log;
+        log.append(9, "op", "operator", "note", &serde_json::json!({}))
+            .unwrap();
+        let report = log.verify().unwrap();
+        assert!(!report.chain_ok, "{report:?}");
+    }
+
+    #[test]
+    fn a_witness_cannot_be_made_from_a_seal_row() {
+        let path = five_events("forge-witness");
+        let raw = Connection::open(&path).unwrap();
+        raw.execute("DELETE FROM events WHERE seq > 3", []).unwrap();
+        raw.execute("DELETE FROM seals WHERE seq > 3", []).unwrap();
+        let (seq, from_seq, hash, at_ms, mac): (i64, i64, String, i64, String) = raw
+            .query_row(
+                "SELECT seq, from_seq, hash, at_ms, mac FROM seals WHERE seq = 3",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        let log_id: String = raw
+            .query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let forged = Checkpoint {
+            log_id,
+            from_seq,
+            seq,
+            hash,
+            at_ms,
+            mac,
+        };
+        forged.write(&suffixed(&path, ".head")).unwrap();
+        let report = EventLog::open(&path).unwrap().verify().unwrap();
+        assert!(!report.chain_ok, "{report:?}");
+        assert!(
+            report.problems.iter().any(|p| p.contains("witness")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn a_sealed_log_without_its_key_is_not_given_a_new_one() {
+        let path = five_events("lost-key");
+        std::fs::remove_file(suffixed(&path, ".key")).unwrap();
+        let err = EventLog::open(&path).err().unwrap().to_string();
+        assert!(err.contains("restore the key"), "{err}");
+        assert!(!suffixed(&path, ".key").exists());
+    }
+
+    #[test]
+    fn checking_writes_nothing_and_refuses_what_is_not_a_log() {
+        let dir = temp_db("readonly").parent().unwrap().to_path_buf();
+        let other = dir.join("other.db");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE foo (x)")
+            .unwrap();
+        let before = std::fs::read(&other).unwrap();
+        let options = SealOptions {
+            read_only: true,
+            create_key: false,
+            ..SealOptions::beside(&other)
+        };
+        let err = EventLog::open_with(&other, &options)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not a Zhongshu event log"), "{err}");
+        assert_eq!(std::fs::read(&other).unwrap(), before);
+        assert!(!suffixed(&other, ".key").exists());
+        // A real log checks out read-only.
+        let path = five_events("readonly-log");
+        let options = SealOptions {
+            read_only: true,
+            create_key: false,
+            ..SealOptions::beside(&path)
+        };
+        assert!(
+            EventLog::open_with(&path, &options)
+                .unwrap()
+                .verify()
+                .unwrap()
+                .chain_ok
+        );
+    }
+
+    #[test]
+    fn a_log_from_before_sealing_is_adopted_on_purpose() {
+        let path = temp_db("adopt");
+        {
+            let mut log = EventLog::open_unsealed(&path).unwrap();
+            for i in 1..=3 {
+                log.append(i, "op", "operator", "note", &serde_json::json!({"n": i}))
+                    .unwrap();
+            }
+        }
+        let mut log = EventLog::open(&path).unwrap();
+        assert!(log.integrity_alarm().is_some());
+        assert!(!log.verify().unwrap().chain_ok);
+        let seal = log.adopt().unwrap();
+        assert_eq!((seal.from_seq, seal.seq), (1, 3));
+        log.append(4, "op", "operator", "note", &serde_json::json!({}))
+            .unwrap();
+        let report = EventLog::open(&path).unwrap().verify().unwrap();
+        assert!(report.chain_ok, "{report:?}");
+        assert!(log.adopt().is_err(), "only once");
     }
 }

@@ -119,42 +119,90 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// A sealed head of a log.
+/// A sealed stretch of a log: a commit's seal (events `from_seq..=seq`) in the
+/// database, or the witness of the head kept outside it. Seals and witnesses are
+/// sealed under different labels, so one cannot be made from the other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub log_id: String,
+    /// The first event the seal covers (0 in a witness).
+    #[serde(default)]
+    pub from_seq: i64,
     pub seq: i64,
     pub hash: String,
     pub at_ms: i64,
-    /// HMAC-SHA256 over the log id, sequence number, hash and time, in hex.
+    /// HMAC-SHA256 over the label, log id, sequence numbers, hash and time, in hex.
     pub mac: String,
 }
 
+const SEAL_LABEL: &str = "zhongshu-seal-v2";
+const WITNESS_LABEL: &str = "zhongshu-witness-v2";
+
 impl Checkpoint {
-    fn message(log_id: &str, seq: i64, hash: &str, at_ms: i64) -> String {
-        format!("zhongshu-seal-v1\n{log_id}\n{seq}\n{hash}\n{at_ms}")
+    fn message(&self, label: &str) -> String {
+        format!(
+            "{label}\n{}\n{}\n{}\n{}\n{}",
+            self.log_id, self.from_seq, self.seq, self.hash, self.at_ms
+        )
     }
 
-    pub fn sealed(key: &SealKey, log_id: &str, seq: i64, hash: &str, at_ms: i64) -> Checkpoint {
-        let mut mac = key.mac();
-        mac.update(Self::message(log_id, seq, hash, at_ms).as_bytes());
-        Checkpoint {
+    fn make(
+        key: &SealKey,
+        label: &str,
+        log_id: &str,
+        from_seq: i64,
+        seq: i64,
+        hash: &str,
+        at_ms: i64,
+    ) -> Checkpoint {
+        let mut c = Checkpoint {
             log_id: log_id.to_string(),
+            from_seq,
             seq,
             hash: hash.to_string(),
             at_ms,
-            mac: hex(&mac.finalize().into_bytes()),
-        }
+            mac: String::new(),
+        };
+        let mut mac = key.mac();
+        mac.update(c.message(label).as_bytes());
+        c.mac = hex(&mac.finalize().into_bytes());
+        c
     }
 
-    /// Whether the seal was made with `key` (compared in constant time).
-    pub fn verify(&self, key: &SealKey) -> bool {
+    /// The seal of one commit: events `from_seq..=seq`, the last with `hash`.
+    pub fn seal(
+        key: &SealKey,
+        log_id: &str,
+        from_seq: i64,
+        seq: i64,
+        hash: &str,
+        at_ms: i64,
+    ) -> Checkpoint {
+        Self::make(key, SEAL_LABEL, log_id, from_seq, seq, hash, at_ms)
+    }
+
+    /// The witness of a log's head.
+    pub fn witness(key: &SealKey, log_id: &str, seq: i64, hash: &str, at_ms: i64) -> Checkpoint {
+        Self::make(key, WITNESS_LABEL, log_id, 0, seq, hash, at_ms)
+    }
+
+    fn verify_as(&self, key: &SealKey, label: &str) -> bool {
         let Some(tag) = unhex(&self.mac) else {
             return false;
         };
         let mut mac = key.mac();
-        mac.update(Self::message(&self.log_id, self.seq, &self.hash, self.at_ms).as_bytes());
+        mac.update(self.message(label).as_bytes());
         mac.verify_slice(&tag).is_ok()
+    }
+
+    /// Whether this is a seal made with `key` (compared in constant time).
+    pub fn verify_seal(&self, key: &SealKey) -> bool {
+        self.verify_as(key, SEAL_LABEL)
+    }
+
+    /// Whether this is a witness made with `key`.
+    pub fn verify_witness(&self, key: &SealKey) -> bool {
+        self.verify_as(key, WITNESS_LABEL)
     }
 
     /// Reads a witness file: `Ok(None)` when there is none.
@@ -168,18 +216,25 @@ impl Checkpoint {
         }
     }
 
-    /// Replaces the witness file with this checkpoint (atomically; not fsync'd: a
-    /// witness that lags behind the log after a crash still names an event it has).
+    /// Replaces the witness file with this checkpoint, owner-only and atomically; not
+    /// fsync'd: a witness that lags behind the log after a crash still names an
+    /// event it has.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let tmp = {
             let mut s = path.as_os_str().to_os_string();
             s.push(".tmp");
             PathBuf::from(s)
         };
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(self).expect("a checkpoint serialises"),
-        )?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        options
+            .open(&tmp)?
+            .write_all(&serde_json::to_vec(self).expect("a checkpoint serialises"))?;
         std::fs::rename(&tmp, path)
     }
 }
