@@ -5,48 +5,135 @@
 
 use serde::Serialize;
 
-/// A local tangent-plane frame around `origin`, accurate to well under 0.1 % across a
-/// city (tens of kilometres), which is all a city map needs.
+/// WGS84 ellipsoid.
+const WGS84_A: f64 = 6_378_137.0;
+const WGS84_F: f64 = 1.0 / 298.257_223_563;
+/// Farther than this in longitude from the origin, a point is no part of any city and
+/// the projection is not used there (it diverges at 90°).
+const MAX_LON_OFFSET_DEG: f64 = 80.0;
+/// Where such a point is placed: far outside any city, but finite.
+const FAR_AWAY_M: f64 = 1.0e9;
+
+/// Local metres east/north of `origin` on a transverse Mercator projection whose
+/// central meridian passes through the origin (scale 1 there), with Krüger's series
+/// to the fourth order of the ellipsoid's third flattening: sub-millimetre exact,
+/// and lengths true to 0.05 % up to 200 km east or west of the origin, any distance
+/// north or south. Longitudes are taken relative to the origin across the
+/// antimeridian, so a city on both sides of it (Fiji) is one city.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct GeoFrame {
     pub origin_lon: f64,
     pub origin_lat: f64,
-    metres_per_deg_lon: f64,
-    metres_per_deg_lat: f64,
+    /// Northing of the origin on the projection, subtracted to put it at (0, 0).
+    origin_northing: f64,
+}
+
+/// Krüger series coefficients (n = third flattening).
+struct Series {
+    /// Rectifying radius A.
+    radius: f64,
+    alpha: [f64; 4],
+    beta: [f64; 4],
+    delta: [f64; 4],
+}
+
+/// Third flattening of the WGS84 ellipsoid.
+const N: f64 = WGS84_F / (2.0 - WGS84_F);
+
+const SERIES: Series = {
+    let n = N;
+    let (n2, n3, n4) = (n * n, n * n * n, n * n * n * n);
+    Series {
+        radius: WGS84_A / (1.0 + n) * (1.0 + n2 / 4.0 + n4 / 64.0),
+        alpha: [
+            n / 2.0 - 2.0 * n2 / 3.0 + 5.0 * n3 / 16.0 + 41.0 * n4 / 180.0,
+            13.0 * n2 / 48.0 - 3.0 * n3 / 5.0 + 557.0 * n4 / 1440.0,
+            61.0 * n3 / 240.0 - 103.0 * n4 / 140.0,
+            49561.0 * n4 / 161280.0,
+        ],
+        beta: [
+            n / 2.0 - 2.0 * n2 / 3.0 + 37.0 * n3 / 96.0 - n4 / 360.0,
+            n2 / 48.0 + n3 / 15.0 - 437.0 * n4 / 1440.0,
+            17.0 * n3 / 480.0 - 37.0 * n4 / 840.0,
+            4397.0 * n4 / 161280.0,
+        ],
+        delta: [
+            2.0 * n - 2.0 * n2 / 3.0 - 2.0 * n3 + 116.0 * n4 / 45.0,
+            7.0 * n2 / 3.0 - 8.0 * n3 / 5.0 - 227.0 * n4 / 45.0,
+            56.0 * n3 / 15.0 - 136.0 * n4 / 35.0,
+            4279.0 * n4 / 630.0,
+        ],
+    }
+};
+
+/// Longitude difference wrapped to [-180, 180).
+fn wrap_deg(d: f64) -> f64 {
+    (d + 180.0).rem_euclid(360.0) - 180.0
+}
+
+/// (easting, northing) on the transverse Mercator of central meridian 0, for a
+/// longitude offset and latitude in radians.
+fn tm_forward(s: &Series, lam: f64, phi: f64) -> (f64, f64) {
+    let sin_phi = phi.sin();
+    let c = 2.0 * N.sqrt() / (1.0 + N);
+    let t = (sin_phi.atanh() - c * (c * sin_phi).atanh()).sinh();
+    let xi = t.atan2(lam.cos());
+    let eta = (lam.sin() / (1.0 + t * t).sqrt()).atanh();
+    let (mut e, mut n) = (eta, xi);
+    for (j, a) in s.alpha.iter().enumerate() {
+        let k = 2.0 * (j + 1) as f64;
+        e += a * (k * xi).cos() * (k * eta).sinh();
+        n += a * (k * xi).sin() * (k * eta).cosh();
+    }
+    (s.radius * e, s.radius * n)
+}
+
+/// Inverse of [`tm_forward`]: (longitude offset, latitude) in radians.
+fn tm_inverse(s: &Series, e: f64, n: f64) -> (f64, f64) {
+    let (xi, eta) = (n / s.radius, e / s.radius);
+    let (mut xi1, mut eta1) = (xi, eta);
+    for (j, b) in s.beta.iter().enumerate() {
+        let k = 2.0 * (j + 1) as f64;
+        xi1 -= b * (k * xi).sin() * (k * eta).cosh();
+        eta1 -= b * (k * xi).cos() * (k * eta).sinh();
+    }
+    let chi = (xi1.sin() / eta1.cosh()).asin();
+    let mut phi = chi;
+    for (j, d) in s.delta.iter().enumerate() {
+        phi += d * (2.0 * (j + 1) as f64 * chi).sin();
+    }
+    (eta1.sinh().atan2(xi1.cos()), phi)
 }
 
 impl GeoFrame {
     pub fn new(origin_lon: f64, origin_lat: f64) -> Self {
-        // Series for the WGS84 ellipsoid's meridian and parallel arc lengths per degree.
-        let phi = origin_lat.to_radians();
-        let metres_per_deg_lat = 111_132.92 - 559.82 * (2.0 * phi).cos()
-            + 1.175 * (4.0 * phi).cos()
-            - 0.0023 * (6.0 * phi).cos();
-        let metres_per_deg_lon =
-            111_412.84 * phi.cos() - 93.5 * (3.0 * phi).cos() + 0.118 * (5.0 * phi).cos();
+        let (_, origin_northing) = tm_forward(&SERIES, 0.0, origin_lat.to_radians());
         Self {
             origin_lon,
             origin_lat,
-            metres_per_deg_lon,
-            metres_per_deg_lat,
+            origin_northing,
         }
     }
 
-    /// Metres (east, north) of the origin.
+    /// Metres (east, north) of the origin. Points more than 80° of longitude away
+    /// (no part of any city) come back 10⁹ m away, never as NaN.
     #[inline]
     pub fn local_from_wgs84(&self, lon: f64, lat: f64) -> [f64; 2] {
-        [
-            (lon - self.origin_lon) * self.metres_per_deg_lon,
-            (lat - self.origin_lat) * self.metres_per_deg_lat,
-        ]
+        let d = wrap_deg(lon - self.origin_lon);
+        if d.abs() > MAX_LON_OFFSET_DEG || !lat.is_finite() {
+            return [FAR_AWAY_M.copysign(d), FAR_AWAY_M];
+        }
+        let (e, n) = tm_forward(&SERIES, d.to_radians(), lat.to_radians());
+        [e, n - self.origin_northing]
     }
 
     /// Longitude and latitude of a local point.
     #[inline]
     pub fn wgs84_from_local(&self, east: f64, north: f64) -> [f64; 2] {
+        let (lam, phi) = tm_inverse(&SERIES, east, north + self.origin_northing);
         [
-            self.origin_lon + east / self.metres_per_deg_lon,
-            self.origin_lat + north / self.metres_per_deg_lat,
+            wrap_deg(self.origin_lon + lam.to_degrees()),
+            phi.to_degrees(),
         ]
     }
 }
@@ -94,6 +181,50 @@ mod tests {
         let [e, _] = frame.local_from_wgs84(24.96, 60.17);
         // 0.02° of longitude at 60°N is about 1 115 m (cos 60° halves it).
         assert!((e - 1115.0).abs() < 10.0, "{e}");
+    }
+
+    /// Length of 0.1° of longitude along the parallel at `lat` on the ellipsoid.
+    fn parallel_arc_m(lat: f64) -> f64 {
+        let e2 = WGS84_F * (2.0 - WGS84_F);
+        let phi = lat.to_radians();
+        WGS84_A * phi.cos() / (1.0 - e2 * phi.sin().powi(2)).sqrt() * 0.1f64.to_radians()
+    }
+
+    #[test]
+    fn lengths_stay_true_far_from_the_origin() {
+        let frame = GeoFrame::new(24.94, 60.17);
+        // 199 km north of the origin, one east–west scale would err 5.8 %.
+        let lat = 61.96;
+        let [e1, n1] = frame.local_from_wgs84(24.90, lat);
+        let [e2, n2] = frame.local_from_wgs84(25.00, lat);
+        let along = (e2 - e1).hypot(n2 - n1);
+        assert!((along / parallel_arc_m(lat) - 1.0).abs() < 1e-4, "{along}");
+        // 10 km north: one scale erred 0.27 %.
+        let lat = 60.26;
+        let [e1, n1] = frame.local_from_wgs84(24.90, lat);
+        let [e2, n2] = frame.local_from_wgs84(25.00, lat);
+        let along = (e2 - e1).hypot(n2 - n1);
+        assert!((along / parallel_arc_m(lat) - 1.0).abs() < 1e-4, "{along}");
+        // And the round trip holds out there.
+        let [lon, lat] = frame.wgs84_from_local(150_000.0, 180_000.0);
+        let [e, n] = frame.local_from_wgs84(lon, lat);
+        assert!((e - 150_000.0).abs() < 1e-4 && (n - 180_000.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_city_across_the_antimeridian_is_one_city() {
+        let frame = GeoFrame::new(179.95, -17.8);
+        let [e, n] = frame.local_from_wgs84(-179.95, -17.8);
+        // 0.1° of longitude east, about 10.6 km, not 40 000 km west.
+        assert!((e - 10_600.0).abs() < 100.0 && n.abs() < 50.0, "{e} {n}");
+        let [lon, lat] = frame.wgs84_from_local(e, n);
+        assert!(
+            (lon + 179.95).abs() < 1e-9 && (lat + 17.8).abs() < 1e-9,
+            "{lon}"
+        );
+        // The other side of the world is far away, and a number.
+        let [e, n] = frame.local_from_wgs84(0.0, 0.0);
+        assert!(e.abs() >= 1e9 && n.is_finite());
     }
 
     #[test]

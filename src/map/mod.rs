@@ -868,7 +868,7 @@ fn project(points: &[[f64; 2]], frame: &GeoFrame) -> Result<Ring, SkipReason> {
             return Err(SkipReason::BadCoordinates);
         }
         let p = frame.local_from_wgs84(lon, lat);
-        if p[0].abs() > MAX_DISTANCE_FROM_ORIGIN_M || p[1].abs() > MAX_DISTANCE_FROM_ORIGIN_M {
+        if !(p[0].abs() <= MAX_DISTANCE_FROM_ORIGIN_M && p[1].abs() <= MAX_DISTANCE_FROM_ORIGIN_M) {
             return Err(SkipReason::OutsideCity);
         }
         out.push(p);
@@ -1464,6 +1464,32 @@ mod tests {
         let map = build_city("t", vec![f], SkipCounts::default());
         assert_eq!(map.districts[0].boundary[0].0.len(), 5);
         assert!(map.bbox_wgs84[2] - map.bbox_wgs84[0] > 0.09);
+    }
+
+    #[test]
+    fn a_city_across_the_antimeridian_keeps_both_sides() {
+        let features = vec![
+            feature(
+                "west",
+                &[("building", "yes")],
+                RawGeometry::Polygon(vec![square(179.95, -16.8, 0.001)]),
+            ),
+            feature(
+                "east",
+                &[("building", "yes")],
+                RawGeometry::Polygon(vec![square(-179.97, -16.8, 0.001)]),
+            ),
+            feature(
+                "road",
+                &[("highway", "primary")],
+                RawGeometry::Line(vec![[179.99, -16.8], [-179.99, -16.8]]),
+            ),
+        ];
+        let map = build_city("t", features, SkipCounts::default());
+        assert_eq!(map.buildings.len(), 2, "{:?}", map.skipped);
+        assert_eq!(map.roads.len(), 1);
+        let len = geo::Length::length(&geo::Euclidean, &map.roads[0].line);
+        assert!((len - 2_130.0).abs() < 20.0, "{len}");
     }
 
     #[test]
