@@ -8,9 +8,9 @@ use std::sync::mpsc::Receiver;
 
 use serde::Serialize;
 
-use super::EntityUpdate;
 use super::config::FeedConfig;
 use super::poll::FeedEvent;
+use super::{EntityKind, EntityUpdate};
 use crate::governance::catalog::ObservedSchema;
 use crate::governance::quality::{FeedQuality, QualityRules};
 use crate::state::{ApplyOutcome, FeedId, FeedStanding, LiveState, as_of_ms};
@@ -354,10 +354,15 @@ impl Ingest {
                         }
                         return;
                     }
+                    // An alert's time is when it was raised, not a reading: an alert
+                    // feed is as fresh as its last report.
                     let newest = decoded
                         .updates
                         .iter()
-                        .map(|u| as_of_ms(u.observed_at_ms, received_at_ms))
+                        .map(|u| match u.kind {
+                            EntityKind::Alert { .. } => received_at_ms,
+                            _ => as_of_ms(u.observed_at_ms, received_at_ms),
+                        })
                         .max();
                     h.data_as_of_ms = h.data_as_of_ms.max(newest);
                 }

@@ -384,6 +384,14 @@ mod tests {
             for u in sim.snapshot(*d) {
                 state.apply(feed as u32, u, NOW + 7 * 3_600_000);
             }
+            // As the default feeds file sets them: stale after 10 cadences of 5 s.
+            state.set_feed_standing(
+                feed as u32,
+                FeedStanding {
+                    stale_after_ms: Some(50_000),
+                    quarantined: false,
+                },
+            );
         }
         let k = CityKpis::compute(&state, &HashMap::new(), NOW + 7 * 3_600_000);
         let speed = k.mean_road_speed_kmh.unwrap();

@@ -190,14 +190,19 @@ impl LiveState {
         self.standing.get(&feed).copied().unwrap_or_default()
     }
 
-    /// Whether `e`'s values can be used at `now_ms`.
+    /// Whether `e`'s values can be used at `now_ms`. An alert's time is when it was
+    /// raised, not a reading: it stays current while its feed keeps reporting it.
     pub fn standing(&self, e: &LiveEntity, now_ms: i64) -> Standing {
         let feed = self.feed_standing(e.feed);
+        let since = match e.kind {
+            EntityKind::Alert { .. } => e.seen_at_ms,
+            _ => e.as_of_ms,
+        };
         if feed.quarantined {
             Standing::Quarantined
         } else if feed
             .stale_after_ms
-            .is_some_and(|limit| now_ms - e.as_of_ms > limit)
+            .is_some_and(|limit| now_ms - since > limit)
         {
             Standing::Stale
         } else {
@@ -603,6 +608,28 @@ mod tests {
             },
         );
         assert_eq!(s.standing(&e, 2_000), Standing::Quarantined);
+        // An alert raised an hour ago and reported just now is current.
+        let alert = EntityUpdate {
+            entity_type: "Alert".into(),
+            kind: EntityKind::Alert {
+                category: None,
+                sub_category: None,
+                severity: Some("high".into()),
+                description: None,
+            },
+            ..update("al", 24.94, Some(1_000), 0.0)
+        };
+        s.apply(1, alert.clone(), 3_600_000);
+        s.set_feed_standing(
+            1,
+            FeedStanding {
+                stale_after_ms: Some(50_000),
+                quarantined: false,
+            },
+        );
+        let a = s.get(1, "al").unwrap().clone();
+        assert_eq!(s.standing(&a, 3_600_000 + 50_000), Standing::Current);
+        assert_eq!(s.standing(&a, 3_600_000 + 50_001), Standing::Stale);
     }
 
     #[test]
