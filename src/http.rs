@@ -421,6 +421,42 @@ const SECRET_PARAMS: [&str; 14] = [
     "x-api-key",
 ];
 
+/// Whether a query parameter carries a secret: a known name, or one that says so
+/// (`…token…`, `…secret…`, `…signature…`, `…password…`, `…key…`, `…session…`),
+/// percent-encoded or not.
+fn is_secret_param(name: &str) -> bool {
+    let mut decoded = String::with_capacity(name.len());
+    let bytes = name.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = name
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            decoded.push(b as char);
+            i += 3;
+            continue;
+        }
+        decoded.push(bytes[i] as char);
+        i += 1;
+    }
+    let name = decoded.to_ascii_lowercase();
+    SECRET_PARAMS.iter().any(|s| *s == name)
+        || [
+            "token",
+            "secret",
+            "signature",
+            "password",
+            "passwd",
+            "key",
+            "session",
+            "credential",
+        ]
+        .iter()
+        .any(|w| name.contains(w))
+}
+
 /// A URL fit to show, log or publish: credentials (`user:pass@`) and the values of
 /// secret query parameters (`apikey`, `token`, ...) are replaced by `***`.
 pub fn redact_url(url: &str) -> String {
@@ -445,11 +481,7 @@ pub fn redact_url(url: &str) -> String {
             let query: Vec<String> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
-                    Some((name, _))
-                        if SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(name)) =>
-                    {
-                        format!("{name}=***")
-                    }
+                    Some((name, _)) if is_secret_param(name) => format!("{name}=***"),
                     _ => pair.to_string(),
                 })
                 .collect();
@@ -630,6 +662,13 @@ mod tests {
             "http://h:1026/e?Token=***#top"
         );
         assert_eq!(redact_url("http://h/e?type=B"), "http://h/e?type=B");
+        // Names that say what they are, percent-encoded ones too.
+        assert_eq!(
+            redact_url(
+                "https://h/e?X-Amz-Signature=a&private_token=b&access-token=c&api%5Fkey=d&sessionid=e&limit=5"
+            ),
+            "https://h/e?X-Amz-Signature=***&private_token=***&access-token=***&api%5Fkey=***&sessionid=***&limit=5"
+        );
         assert_eq!(
             redact_in_text(
                 "GET https://a:b@h/x?key=1 failed: error sending request for url (https://a:b@h/x?key=1)"

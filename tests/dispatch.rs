@@ -188,7 +188,7 @@ fn serve_departments_takes_orders_once_per_idempotency_key() {
             .header("Content-Type", "application/json")
             .header(
                 zhongshu::dispatch::delivery::SIGNATURE_HEADER,
-                zhongshu::dispatch::delivery::sign(&token, now_s(), &bytes),
+                zhongshu::dispatch::delivery::sign(&token, now_s(), "POST", "ORD-000001", &bytes),
             )
             .body(bytes.clone())
             .send()

@@ -27,10 +27,20 @@ pub fn clean_text(text: &str) -> String {
         .filter(|c| {
             !matches!(
                 c,
-                '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+                '\u{061C}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2060}'..='\u{2069}'
+                    | '\u{FEFF}'
             )
         })
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -463,5 +473,6 @@ mod tests {
         );
         assert_eq!(clean_text("王芳 \u{2067}x\u{2069}"), "王芳 x");
         assert_eq!(clean_text("plain"), "plain");
+        assert_eq!(clean_text("a\u{2028}b\u{200B}c\u{FEFF}"), "a bc");
     }
 }

@@ -192,6 +192,23 @@ impl DispatchService {
         for id in urged {
             service.send_urge(&id, Some("repeated after a restart"));
         }
+        // Cancellations of the last day may not have gone out before the stop; the
+        // department de-duplicates them by key.
+        let since = crate::feeds::poll::unix_ms_now() - 24 * 3_600_000;
+        let cancelled: Vec<String> = service
+            .dispatcher
+            .book()
+            .orders
+            .iter()
+            .filter(|o| {
+                matches!(o.status, OrderStatus::Cancelled | OrderStatus::Escalated)
+                    && o.steps.last().is_some_and(|s| s.at_ms >= since)
+            })
+            .map(|o| o.id.clone())
+            .collect();
+        for id in cancelled {
+            service.send_cancel(&id, Some("withdrawn (repeated after a restart)"));
+        }
         service.publish_all();
         Ok(service)
     }
@@ -270,11 +287,22 @@ impl DispatchService {
                 }
                 Event::OrderChanged {
                     id,
-                    action: Action::EscalateOrder | Action::CompleteOrder | Action::RejectOrder,
+                    action: Action::EscalateOrder,
                     ..
                 } => {
-                    // An order escalated away (or finished) must not arrive later as
-                    // stale work: what is still queued for it is dropped.
+                    // Taken away: what is still queued for it is dropped, and the
+                    // department is told, so a late sign-for does not meet a refusal
+                    // it cannot explain.
+                    self.outbox.withdraw(id);
+                    self.send_cancel(id, Some("escalated to the superior level"));
+                    self.publish(id);
+                }
+                Event::OrderChanged {
+                    id,
+                    action: Action::CompleteOrder | Action::RejectOrder,
+                    ..
+                } => {
+                    // Finished: queued urges for it are pointless.
                     self.outbox.withdraw(id);
                     self.publish(id);
                 }
@@ -358,15 +386,9 @@ impl DispatchService {
         let Some(endpoint) = self.endpoints.get(&order.department) else {
             return;
         };
-        // Never delivered: nothing to withdraw at the department.
-        if order.delivered_ms.is_none()
-            && !order
-                .steps
-                .iter()
-                .any(|s| s.role == Role::DepartmentLiaison)
-        {
-            return;
-        }
+        // Sent even when no delivery is on record: an attempt may have reached the
+        // department before it timed out. A department that never had it answers
+        // 404, which the outbox takes as done.
         self.outbox.send(OutgoingOrder {
             order_id: order.id.clone(),
             department: order.department.clone(),
@@ -484,10 +506,20 @@ impl DispatchService {
                 // Record it for an order still waiting for its delivery, also one that
                 // went overdue meanwhile (the department has it; it stays overdue
                 // until signed for). One signed for already needs nothing.
-                let wanted = self.dispatcher.book().order(order_id).is_some_and(|o| {
-                    o.delivered_ms.is_none()
-                        && matches!(o.status, OrderStatus::Issued | OrderStatus::Overdue)
-                });
+                let Some(order) = self.dispatcher.book().order(order_id) else {
+                    return Ok(0);
+                };
+                // Withdrawn while the delivery was on its way: the department is told.
+                if matches!(
+                    order.status,
+                    OrderStatus::Cancelled | OrderStatus::Escalated
+                ) {
+                    let id = order_id.clone();
+                    self.send_cancel(&id, Some("withdrawn while it was being delivered"));
+                    return Ok(0);
+                }
+                let wanted = order.delivered_ms.is_none()
+                    && matches!(order.status, OrderStatus::Issued | OrderStatus::Overdue);
                 if !wanted {
                     return Ok(0);
                 }
@@ -516,6 +548,8 @@ impl DispatchService {
                     .filter(|o| o.status.is_pending())
                     .map(|o| o.incident.clone())
                 else {
+                    // A cancellation that could not be delivered: said, not dropped.
+                    self.notice(format!("{order_id}: {error}"));
                     return Ok(0);
                 };
                 let command = Command::Note {
@@ -568,8 +602,12 @@ impl DispatchService {
         // The steps to take, earlier ones implied by the report.
         use OrderStatus::*;
         let steps: &[Action] = match (current, report.status) {
-            (Issued | Delivered, InProgress) => &[Action::AcknowledgeOrder, Action::StartOrder],
-            (Issued | Delivered, Done) => &[Action::AcknowledgeOrder, Action::CompleteOrder],
+            (Issued | Delivered | Overdue, InProgress) => {
+                &[Action::AcknowledgeOrder, Action::StartOrder]
+            }
+            (Issued | Delivered | Overdue, Done) => {
+                &[Action::AcknowledgeOrder, Action::CompleteOrder]
+            }
             (_, Acknowledged) => &[Action::AcknowledgeOrder],
             (_, InProgress) => &[Action::StartOrder],
             (_, Done) => &[Action::CompleteOrder],
@@ -1310,5 +1348,61 @@ mod tests {
         let done = |s: &DispatchService| s.dispatcher.book().orders[0].status == OrderStatus::Done;
         pump_until(&mut s, Duration::from_secs(20), done);
         assert!(done(&s), "{:#?}", s.dispatcher.book().orders[0]);
+    }
+
+    #[test]
+    fn a_report_on_an_overdue_order_records_the_sign_for_too() {
+        let db = temp_db("overdue-report");
+        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+        let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+        let t = now();
+        one_order(&mut s, "fire", t + 60_000);
+        s.pump(t + 60_000).unwrap();
+        assert_eq!(s.dispatcher.book().orders[0].status, OrderStatus::Overdue);
+        let url = s.api.status_url("ORD-000001");
+        let posting = std::thread::spawn(move || {
+            post(
+                &url,
+                "demo-fire",
+                r#"{"status":"in_progress","by":"Wang Fang"}"#,
+            )
+        });
+        while !posting.is_finished() {
+            s.pump(t + 61_000).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(posting.join().unwrap().0, 202);
+        let o = &s.dispatcher.book().orders[0];
+        assert_eq!(o.status, OrderStatus::InProgress);
+        assert!(
+            o.steps
+                .iter()
+                .any(|x| x.action == Some(Action::AcknowledgeOrder))
+        );
+    }
+
+    #[test]
+    fn an_escalated_order_is_withdrawn_at_its_first_department() {
+        let db = temp_db("escalate-cancel");
+        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+        let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+        let t = now();
+        one_order(&mut s, "traffic_police", t + 60_000);
+        pump_until(&mut s, Duration::from_secs(10), |s| {
+            s.dispatcher.book().orders[0].status == OrderStatus::Delivered
+        });
+        s.pump(t + 60_000).unwrap();
+        s.pump(t + 6 * 60_000).unwrap();
+        assert_eq!(s.dispatcher.book().orders[0].status, OrderStatus::Escalated);
+        let withdrawn = |s: &DispatchService| {
+            s.sim
+                .as_ref()
+                .unwrap()
+                .jobs()
+                .iter()
+                .any(|j| j.department == "traffic_police" && j.cancelled)
+        };
+        pump_until(&mut s, Duration::from_secs(10), withdrawn);
+        assert!(withdrawn(&s));
     }
 }

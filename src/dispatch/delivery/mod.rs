@@ -18,8 +18,9 @@
 //!   ([`run_serve_departments`]).
 //!
 //! Every request to a department is signed: `Zhongshu-Signature: t=<unix seconds>,
-//! v1=<hex HMAC-SHA256(department token, "<t>.<body>")>` ([`sign`],
-//! [`verify_signature`]), so a department can tell Zhongshu's orders from forged ones.
+//! v1=<hex HMAC-SHA256(department token, "<t>\n<method>\n<idempotency key>\n<body>")>`
+//! ([`sign`], [`verify_signature`]), so a department can tell Zhongshu's orders from
+//! forged or replayed ones.
 //!
 //! HTTP contract in short: orders are `POST {endpoint}/orders` with
 //! `Idempotency-Key: <log id>:<order id>` (the log id is random per event log, so a
@@ -63,13 +64,15 @@ pub const SIGNATURE_HEADER: &str = "Zhongshu-Signature";
 /// How far a signature's time may be from the receiver's clock.
 pub const SIGNATURE_TOLERANCE_S: i64 = 300;
 
-/// The signature of a request body sent at Unix second `t` under a department's key
-/// (its token): `t=<t>,v1=<hex HMAC-SHA256(key, "<t>.<body>")>`.
-pub fn sign(key: &str, t: i64, body: &[u8]) -> String {
+/// The signature of a request sent at Unix second `t` under a department's key (its
+/// token): `t=<t>,v1=<hex HMAC-SHA256(key, "<t>\n<method>\n<idempotency key>\n<body>")>`.
+/// The idempotency key names the order and the kind of request (`…:urge:<n>`,
+/// `…:cancel`), so a signed request cannot be replayed as another.
+pub fn sign(key: &str, t: i64, method: &str, idempotency_key: &str, body: &[u8]) -> String {
     use hmac::{Hmac, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
         .expect("HMAC takes a key of any length");
-    mac.update(format!("{t}.").as_bytes());
+    mac.update(format!("{t}\n{method}\n{idempotency_key}\n").as_bytes());
     mac.update(body);
     let tag = mac.finalize().into_bytes();
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
@@ -78,7 +81,14 @@ pub fn sign(key: &str, t: i64, body: &[u8]) -> String {
 
 /// Checks a signature header against the body and key, at Unix second `now_s`:
 /// `Err` says what is wrong (missing parts, too old or too new, not matching).
-pub fn verify_signature(header: &str, key: &str, body: &[u8], now_s: i64) -> Result<(), String> {
+pub fn verify_signature(
+    header: &str,
+    key: &str,
+    method: &str,
+    idempotency_key: &str,
+    body: &[u8],
+    now_s: i64,
+) -> Result<(), String> {
     let mut t = None;
     let mut v1 = None;
     for part in header.split(',') {
@@ -99,7 +109,7 @@ pub fn verify_signature(header: &str, key: &str, body: &[u8], now_s: i64) -> Res
             now_s - t
         ));
     }
-    let expected = sign(key, t, body);
+    let expected = sign(key, t, method, idempotency_key, body);
     let given = format!("t={t},v1={v1}");
     // Compared without stopping at the first difference.
     let same = expected.len() == given.len()

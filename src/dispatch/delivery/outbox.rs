@@ -562,7 +562,10 @@ fn attempt(client: &reqwest::blocking::Client, job: &Job) -> Outcome {
     if let Some(key) = &job.signing_key {
         // Signed at each attempt, so a retry hours later is not refused as stale.
         let t = unix_ms_now().div_euclid(1000);
-        request = request.header(super::SIGNATURE_HEADER, super::sign(key, t, &job.body));
+        request = request.header(
+            super::SIGNATURE_HEADER,
+            super::sign(key, t, "POST", &job.key, &job.body),
+        );
     }
     let response = request.body(job.body.clone()).send();
     let response = match response {
@@ -612,6 +615,12 @@ fn attempt(client: &reqwest::blocking::Client, job: &Job) -> Outcome {
     let text = read_text(response);
     let is_json = content_type.starts_with("application/json")
         || (content_type.starts_with("application/") && content_type.contains("+json"));
+    // A cancellation of an order the department never had: nothing to cancel.
+    if job.cancel && matches!(code, 404 | 410) {
+        return Outcome::Accepted {
+            department_ref: None,
+        };
+    }
     if code == 409 || (status.is_success() && (is_json || text.trim().is_empty())) {
         return Outcome::Accepted {
             department_ref: department_ref(&text),
@@ -664,7 +673,8 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
             return attempt.stop();
         };
         let next = attempt.url();
-        let same_host = first.host_str() == next.host_str();
+        let same_host = first.host_str() == next.host_str()
+            && first.port_or_known_default() == next.port_or_known_default();
         let no_downgrade = first.scheme() == next.scheme() || next.scheme() == "https";
         if matches!(code, 307 | 308) && same_host && no_downgrade && attempt.previous().len() <= 3 {
             attempt.follow()

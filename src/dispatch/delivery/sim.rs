@@ -530,7 +530,15 @@ fn check_signature(
         return unsigned(format!("missing {} header", super::SIGNATURE_HEADER));
     };
     let key = shared.behaviour.token(department);
-    match super::verify_signature(&header, &key, &request.body, unix_ms_now().div_euclid(1000)) {
+    let idempotency_key = header_value(request, "Idempotency-Key").unwrap_or_default();
+    match super::verify_signature(
+        &header,
+        &key,
+        request.method.as_str(),
+        &idempotency_key,
+        &request.body,
+        unix_ms_now().div_euclid(1000),
+    ) {
         Ok(()) => Ok(()),
         Err(why) => unsigned(why),
     }
@@ -561,7 +569,9 @@ fn respond(shared: &Shared, request: &Request) -> (HttpResponse, Option<Duration
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = request.method.clone();
     match (segments.as_slice(), &method) {
-        (["health"] | [], &Method::GET) => (json_response(200, &json!({"status": "ok"})), None),
+        (["health"] | [], &Method::GET | &Method::HEAD) => {
+            (json_response(200, &json!({"status": "ok"})), None)
+        }
         (["orders"], &Method::POST) => post_order(shared, request, None),
         ([department, "orders"], &Method::POST) => {
             let department = department.to_string();
@@ -740,6 +750,21 @@ fn post_follow_up(
         Ok(delay) => delay,
         Err(failed) => return (failed, None),
     };
+    // The key says what the request is: an urge or a cancellation of that order.
+    let fits = match action {
+        "cancel" => key.ends_with(":cancel"),
+        _ => key.contains(":urge:"),
+    };
+    if !fits {
+        return (
+            error_response(
+                400,
+                "bad_request",
+                format!("Idempotency-Key {key:?} is not the key of a {action}"),
+            ),
+            None,
+        );
+    }
     let job_key = (department.to_string(), order_key(&key).to_string());
     let Some(job) = state
         .jobs

@@ -845,7 +845,13 @@ fn simulator_dedupes_by_key_and_validates() {
             .header("Content-Type", "application/json")
             .header(
                 SIGNATURE_HEADER,
-                sign(&default_token(&department), now_s, &bytes),
+                sign(
+                    &default_token(&department),
+                    now_s,
+                    "POST",
+                    key.unwrap_or(""),
+                    &bytes,
+                ),
             )
             .body(bytes);
         if let Some(k) = key {
@@ -876,9 +882,29 @@ fn simulator_dedupes_by_key_and_validates() {
     let bytes = serde_json::to_vec(&body).unwrap();
     for signature in [
         None,
-        Some(sign("someone-else", now_s, &bytes)),
-        Some(sign(&default_token("fire"), now_s, b"{}")),
-        Some(sign(&default_token("fire"), now_s - 3600, &bytes)),
+        Some(sign("someone-else", now_s, "POST", "ORD-000077", &bytes)),
+        Some(sign(
+            &default_token("fire"),
+            now_s,
+            "POST",
+            "ORD-000077",
+            b"{}",
+        )),
+        Some(sign(
+            &default_token("fire"),
+            now_s - 3600,
+            "POST",
+            "ORD-000077",
+            &bytes,
+        )),
+        // A signed request replayed under another key.
+        Some(sign(
+            &default_token("fire"),
+            now_s,
+            "POST",
+            "ORD-000001",
+            &bytes,
+        )),
     ] {
         let mut r = client
             .post(&orders)
@@ -889,6 +915,27 @@ fn simulator_dedupes_by_key_and_validates() {
         }
         assert_eq!(r.send().unwrap().status().as_u16(), 401);
     }
+    // The signed order replayed as a cancellation of it: refused, its key is an
+    // order's, and under a cancellation's key the signature does not match.
+    let cancel = format!("{}/orders/ORD-000001/cancel", sim.endpoint("fire"));
+    assert_eq!(post(cancel.clone(), Some("ORD-000001"), &body).0, 400);
+    let replayed = client
+        .post(&cancel)
+        .header("Idempotency-Key", "ORD-000001:cancel")
+        .header(
+            SIGNATURE_HEADER,
+            sign(
+                &default_token("fire"),
+                now_s,
+                "POST",
+                "ORD-000001",
+                &serde_json::to_vec(&body).unwrap(),
+            ),
+        )
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(replayed.status().as_u16(), 401);
     let urge = format!("{}/orders/ORD-000001/urge", sim.endpoint("fire"));
     assert_eq!(
         post(urge.clone(), Some("ORD-000001:urge:1"), &json!({})).0,
