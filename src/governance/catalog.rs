@@ -366,4 +366,49 @@ mod tests {
             "urn:oasis:names:tc:emergency:cap:1.2"
         );
     }
+
+    /// Runs a future that never waits (a JSON-LD processor without a document loader).
+    fn ready<F: std::future::Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    #[test]
+    fn a_json_ld_processor_reads_the_catalog_as_dcat_triples() {
+        use json_ld::syntax::Parse;
+        use json_ld::{JsonLdProcessor, NoLoader, RemoteDocument};
+        let feeds = parse_feeds(
+            "[[feed]]\nname='Air stations (east)'\nkind='ngsi-ld'\nurl='http://h/e?type=AirQualityObserved'\ndomain='ecology'\nlicence='CC-BY-4.0'\ninterval_s=60\n\
+             [[feed]]\nname='sim traffic'\nkind='sim'\ndomain='traffic'\n",
+        )
+        .unwrap();
+        let text = dcat_catalog("Helsinki", &feeds, &[]).to_string();
+        let document = RemoteDocument::new(
+            None,
+            None,
+            json_ld::syntax::Value::parse_str(&text).unwrap().0,
+        );
+        let mut generator = rdf_types::generator::Blank::new();
+        let mut rdf = ready(document.to_rdf(&mut generator, &NoLoader)).unwrap();
+        let triples: Vec<String> = rdf.cloned_quads().map(|q| q.to_string()).collect();
+        let has = |needle: &str| triples.iter().any(|t| t.contains(needle));
+        let dataset = "<urn:zhongshu:feed:Air%20stations%20%28east%29>";
+        for expected in [
+            format!("{dataset} <http://www.w3.org/1999/02/22-rdf-syntax-ns#type> <http://www.w3.org/ns/dcat#Dataset>"),
+            format!("<urn:zhongshu:catalog> <http://www.w3.org/ns/dcat#dataset> {dataset}"),
+            format!("{dataset} <http://purl.org/dc/terms/accrualPeriodicity> <http://purl.org/cld/freq/continuous>"),
+            format!("{dataset} <http://purl.org/dc/terms/license> <http://spdx.org/licenses/CC-BY-4.0>"),
+            "<http://www.w3.org/ns/dcat#accessURL> <http://h/e?type=AirQualityObserved>".to_string(),
+            "<http://www.w3.org/ns/dcat#mediaType> <https://www.iana.org/assignments/media-types/application/ld+json>".to_string(),
+            "\"PT1M\"^^<http://www.w3.org/2001/XMLSchema#duration>".to_string(),
+            "<urn:zhongshu:feed:sim%20traffic> <http://www.w3.org/1999/02/22-rdf-syntax-ns#type> <http://www.w3.org/ns/dcat#Dataset>".to_string(),
+        ] {
+            assert!(has(&expected), "missing {expected} in {triples:#?}");
+        }
+    }
 }
