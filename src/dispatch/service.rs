@@ -49,6 +49,14 @@ impl Default for ServiceOptions {
     }
 }
 
+/// What a request to a department is about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Order,
+    Urge,
+    Cancel,
+}
+
 /// How often the clock checks deadlines.
 const TICK_EVERY_MS: i64 = 250;
 
@@ -312,95 +320,81 @@ impl DispatchService {
         }
     }
 
-    /// The key requests about an order are signed with: its department's token.
-    fn signing_key(&self, order_id: &str) -> Option<String> {
-        let book = self.dispatcher.book();
-        let order = book.order(order_id)?;
-        book.config.department(&order.department)?.token.clone()
-    }
-
-    fn send_order(&mut self, id: &str) {
+    /// Queues a request about an order to its department (if it has an endpoint),
+    /// signed with the department's token; `body` makes the JSON from the order.
+    fn send(
+        &self,
+        id: &str,
+        kind: Request,
+        body: impl FnOnce(&super::book::Order) -> serde_json::Value,
+    ) {
         let book = self.dispatcher.book();
         let Some(order) = book.order(id) else { return };
         let Some(endpoint) = self.endpoints.get(&order.department) else {
             return;
         };
-        let incident = book
-            .incident(&order.incident)
-            .map_or(serde_json::Value::Null, |i| {
-                serde_json::json!({
-                    "id": i.id,
-                    "kind": i.kind,
-                    "title": i.title,
-                    "severity": i.severity,
-                    "location": {"type": "Point", "coordinates": [i.lon, i.lat]},
-                })
-            });
-        let body = order_body(
-            &order.id,
-            &order.incident,
-            &order.department,
-            &order.instruction,
-            order.deadline_ms,
-            order.issued_ms,
-            &self.api.status_url(&order.id),
-            incident,
-        );
         self.outbox.send(OutgoingOrder {
             order_id: order.id.clone(),
             department: order.department.clone(),
             endpoint: endpoint.clone(),
-            body,
-            urge: false,
-            cancel: false,
-            signing_key: self.signing_key(id),
+            body: body(order),
+            urge: kind == Request::Urge,
+            cancel: kind == Request::Cancel,
+            signing_key: book
+                .config
+                .department(&order.department)
+                .and_then(|d| d.token.clone()),
+        });
+    }
+
+    fn send_order(&mut self, id: &str) {
+        let book = self.dispatcher.book();
+        let status_url = self.api.status_url(id);
+        self.send(id, Request::Order, |order| {
+            let incident = book
+                .incident(&order.incident)
+                .map_or(serde_json::Value::Null, |i| {
+                    serde_json::json!({
+                        "id": i.id,
+                        "kind": i.kind,
+                        "title": i.title,
+                        "severity": i.severity,
+                        "location": {"type": "Point", "coordinates": [i.lon, i.lat]},
+                    })
+                });
+            order_body(
+                &order.id,
+                &order.incident,
+                &order.department,
+                &order.instruction,
+                order.deadline_ms,
+                order.issued_ms,
+                &status_url,
+                incident,
+            )
         });
     }
 
     fn send_urge(&mut self, id: &str, note: Option<&str>) {
-        let Some(order) = self.dispatcher.book().order(id) else {
-            return;
-        };
-        let Some(endpoint) = self.endpoints.get(&order.department) else {
-            return;
-        };
-        let by = order
-            .steps
-            .last()
-            .map_or("zhongshu".to_string(), |s| s.who.to_string());
-        self.outbox.send(OutgoingOrder {
-            order_id: order.id.clone(),
-            department: order.department.clone(),
-            endpoint: endpoint.clone(),
-            body: urge_body(&order.id, order.urges, &by, note),
-            urge: true,
-            cancel: false,
-            signing_key: self.signing_key(id),
+        self.send(id, Request::Urge, |order| {
+            let by = order
+                .steps
+                .last()
+                .map_or("zhongshu".to_string(), |s| s.who.to_string());
+            urge_body(&order.id, order.urges, &by, note)
         });
     }
 
+    /// Tells the department an order is withdrawn. Sent even when no delivery is on
+    /// record: an attempt may have reached the department before it timed out; one
+    /// that never had it answers 404, which the outbox takes as done.
     fn send_cancel(&mut self, id: &str, note: Option<&str>) {
-        let Some(order) = self.dispatcher.book().order(id) else {
-            return;
-        };
-        let Some(endpoint) = self.endpoints.get(&order.department) else {
-            return;
-        };
-        // Sent even when no delivery is on record: an attempt may have reached the
-        // department before it timed out. A department that never had it answers
-        // 404, which the outbox takes as done.
-        self.outbox.send(OutgoingOrder {
-            order_id: order.id.clone(),
-            department: order.department.clone(),
-            endpoint: endpoint.clone(),
-            body: serde_json::json!({
+        self.send(id, Request::Cancel, |order| {
+            serde_json::json!({
                 "order_id": order.id,
                 "status": "cancelled",
                 "reason": note,
-            }),
-            urge: false,
-            cancel: true,
-            signing_key: self.signing_key(id),
+            })
         });
     }
 

@@ -81,6 +81,31 @@ pub struct FeedConfig {
     /// name), so that ids of different feeds' untyped features never meet.
     #[serde(default)]
     pub entity_type: Option<String>,
+    /// Request headers, e.g. credentials: `{ Authorization = "env:BROKER_AUTH" }`. A
+    /// value `env:NAME` is read from the environment and `file:PATH` from a file (its
+    /// first line) at every poll, so secrets stay out of the feeds file, URLs, logs and
+    /// the catalog; any other value is sent as written.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Other hosts the feed may redirect to (a CDN). Redirects from https to http are
+    /// never followed.
+    #[serde(default)]
+    pub redirect_hosts: Vec<String>,
+}
+
+/// A header value as configured: `env:NAME`, `file:PATH` or the text itself.
+pub fn header_value(value: &str) -> Result<String, String> {
+    if let Some(name) = value.strip_prefix("env:") {
+        return std::env::var(name)
+            .map(|v| v.trim().to_string())
+            .map_err(|_| format!("the environment variable {name} is not set"));
+    }
+    if let Some(path) = value.strip_prefix("file:") {
+        return std::fs::read_to_string(path)
+            .map(|t| t.lines().next().unwrap_or("").trim().to_string())
+            .map_err(|e| format!("cannot read the secret file {path}: {e}"));
+    }
+    Ok(value.to_string())
 }
 
 impl FeedConfig {

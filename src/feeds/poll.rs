@@ -138,6 +138,7 @@ fn poll_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: Arc<Atom
     let client = match reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs_f64(feed.timeout_s.min(5.0)))
         .timeout(Duration::from_secs_f64(feed.timeout_s))
+        .redirect(feed_redirects(&feed))
         .user_agent(concat!("zhongshu/", env!("CARGO_PKG_VERSION")))
         .build()
     {
@@ -189,6 +190,39 @@ fn poll_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: Arc<Atom
     }
 }
 
+/// Redirects a feed follows: at most five, on the feed's own host or one named in
+/// `redirect_hosts`, never from https to http (credentials would travel in clear).
+fn feed_redirects(feed: &FeedConfig) -> reqwest::redirect::Policy {
+    let allowed = feed.redirect_hosts.clone();
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.stop();
+        };
+        let next = attempt.url();
+        let refusal = if first.scheme() == "https" && next.scheme() != "https" {
+            Some(format!(
+                "refused a redirect from https to {}",
+                next.scheme()
+            ))
+        } else if first.host_str() != next.host_str()
+            && !allowed.iter().any(|h| Some(h.as_str()) == next.host_str())
+        {
+            Some(format!(
+                "refused a redirect to another host ({}); name it in redirect_hosts to allow it",
+                next.host_str().unwrap_or("")
+            ))
+        } else if attempt.previous().len() > 5 {
+            Some("more than five redirects".to_string())
+        } else {
+            None
+        };
+        match refusal {
+            Some(why) => attempt.error(why),
+            None => attempt.follow(),
+        }
+    })
+}
+
 /// The URL of page `offset` of an NGSI-LD query.
 pub fn page_url(base: &str, limit: u32, offset: u64) -> String {
     let sep = if base.contains('?') { '&' } else { '?' };
@@ -224,6 +258,11 @@ fn poll_once(
             _ => base.to_string(),
         };
         let mut request = client.get(&url);
+        for (name, value) in &feed.headers {
+            let value = super::config::header_value(value)
+                .map_err(|e| ("client", format!("header {name}: {e}")))?;
+            request = request.header(name.as_str(), value);
+        }
         request = match feed.kind {
             // NGSI-LD brokers answer plain JSON with the @context in a Link header.
             FeedKind::NgsiLd => request.header("Accept", "application/json").header(
@@ -370,7 +409,14 @@ fn describe_reqwest_error(e: &reqwest::Error) -> (&'static str, String) {
     } else if e.is_connect() {
         ("connect", format!("cannot connect: {e}"))
     } else {
-        ("read_error", e.to_string())
+        // With its causes: a refused redirect says why only there.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        ("read_error", text)
     }
 }
 
@@ -487,5 +533,80 @@ mod tests {
             "entity 20 follows the polls ({} served)",
             polls.load(Ordering::Relaxed)
         );
+    }
+
+    /// Credentials from a secrets file in a header, and redirects only where allowed.
+    #[test]
+    fn headers_come_from_secrets_and_redirects_stay_on_the_feed_host() {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let port = server.server_addr().to_ip().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let auth = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Authorization"))
+                    .map(|h| h.value.as_str().to_string());
+                let response = if request.url().starts_with("/moved") {
+                    tiny_http::Response::from_string("")
+                        .with_status_code(307)
+                        .with_header(
+                            tiny_http::Header::from_bytes(
+                                "Location",
+                                format!("http://localhost:{port}/public"),
+                            )
+                            .unwrap(),
+                        )
+                } else if !request.url().starts_with("/public")
+                    && auth.as_deref() != Some("Bearer s3cret-from-file")
+                {
+                    tiny_http::Response::from_string("{}").with_status_code(401)
+                } else {
+                    tiny_http::Response::from_string(
+                        r#"{"type":"FeatureCollection","features":[{"type":"Feature","id":"h1","geometry":{"type":"Point","coordinates":[24.94,60.17]},"properties":{"type":"FireHydrant"}}]}"#,
+                    )
+                };
+                let _ = request.respond(response);
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("zhongshu-feed-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("auth");
+        std::fs::write(&secret, "Bearer s3cret-from-file\n").unwrap();
+        let run = |path: &str, extra: &str| -> Vec<Result<usize, String>> {
+            let feeds = super::super::config::parse_feeds(&format!(
+                "[[feed]]\nname='hydrants'\nkind='geojson'\nurl='http://127.0.0.1:{port}{path}'\ndomain='urban'\ninterval_s=0.2\nheaders={{ Authorization = 'file:{}' }}\n{extra}",
+                secret.display()
+            ))
+            .unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let pollers = Pollers::start(&feeds, tx);
+            let mut seen = Vec::new();
+            let until = Instant::now() + Duration::from_secs(5);
+            while seen.is_empty() && Instant::now() < until {
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(FeedEvent::Batch { decoded, .. }) => seen.push(Ok(decoded.updates.len())),
+                    Ok(FeedEvent::PollFailed { error, .. }) => seen.push(Err(error)),
+                    _ => {}
+                }
+            }
+            pollers.stop();
+            seen
+        };
+        assert_eq!(run("/data", ""), vec![Ok(1)]);
+        let refused = run("/moved", "");
+        assert!(
+            matches!(&refused[0], Err(e) if e.contains("another host")),
+            "{refused:?}"
+        );
+        // Allowed to a named host (which, being another host, does not get the
+        // credentials: the client drops them on the way).
+        assert_eq!(run("/moved", "redirect_hosts = ['localhost']"), vec![Ok(1)]);
+        stop.store(true, Ordering::Relaxed);
     }
 }

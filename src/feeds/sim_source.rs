@@ -133,6 +133,8 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
             expire_after_cadences: 30.0,
             remove_missing: None,
             entity_type: None,
+            headers: Default::default(),
+            redirect_hosts: Vec::new(),
         })
         .collect()
 }
