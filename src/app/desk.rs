@@ -68,6 +68,8 @@ pub struct Desk {
     pub status_line: Option<String>,
     pub pending: Vec<DeskCommand>,
     pub open: bool,
+    /// Demo accounts and tokens are active (shown in the top bar).
+    pub demo: bool,
     router: Option<Router>,
     recommended_at_ms: i64,
     recommended_for: Option<(String, u64)>,
@@ -132,19 +134,17 @@ impl Desk {
 }
 
 pub(super) fn plugin(app: &mut App) {
-    app.add_systems(Startup, start_desk)
-        .add_systems(bevy_egui::EguiPrimaryContextPass, demo_banner)
-        .add_systems(
-            Update,
-            (
-                (desk_loaded, desk_apply, desk_alerts, desk_pump)
-                    .chain()
-                    .in_set(AppSystems::Apply),
-                (desk_recommend, desk_pins, desk_routes)
-                    .chain()
-                    .in_set(AppSystems::SyncScene),
-            ),
-        );
+    app.add_systems(Startup, start_desk).add_systems(
+        Update,
+        (
+            (desk_loaded, desk_apply, desk_alerts, desk_pump)
+                .chain()
+                .in_set(AppSystems::Apply),
+            (desk_recommend, desk_pins, desk_routes)
+                .chain()
+                .in_set(AppSystems::SyncScene),
+        ),
+    );
 }
 
 fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Res<City>) {
@@ -224,6 +224,7 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
         status_line: None,
         pending: Vec::new(),
         open: setup.open,
+        demo: setup.demo,
         router: Some(Router::new(&RoadGraph::from_map(&city.map))),
         recommended_at_ms: 0,
         recommended_for: None,
@@ -240,36 +241,6 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
         zeroize::Zeroize::zeroize(&mut passphrase);
     }
     commands.insert_resource(desk);
-}
-
-/// "DEMO" at the top of the screen while demo accounts and tokens are active.
-fn demo_banner(mut contexts: bevy_egui::EguiContexts, setup: Option<Res<DeskSetup>>) -> Result {
-    use bevy_egui::egui;
-    if !setup.is_some_and(|s| s.demo) {
-        return Ok(());
-    }
-    let ctx = contexts.ctx_mut()?;
-    egui::Area::new(egui::Id::new("demo-banner"))
-        .anchor(egui::Align2::CENTER_TOP, egui::vec2(0.0, 4.0))
-        .interactable(false)
-        .order(egui::Order::Foreground)
-        .show(ctx, |ui| {
-            egui::Frame::new()
-                .fill(super::theme::ALARM)
-                .inner_margin(egui::Margin::symmetric(10, 2))
-                .corner_radius(4)
-                .show(ui, |ui| {
-                    ui.label(
-                        egui::RichText::new("DEMO 演示 — demo accounts, not for operations")
-                            .color(egui::Color32::WHITE)
-                            .strong(),
-                    )
-                    .on_hover_text(
-                        "Demo accounts (published passphrase) and demo department tokens are active. Run with --users and --dispatch for real use.",
-                    );
-                });
-        });
-    Ok(())
 }
 
 fn desk_loaded(desk: Option<ResMut<Desk>>) {

@@ -144,7 +144,8 @@ fn shell_ui(
             CityKpis::compute(&live.state, &governance.reconciliation.winner_of, now_ms),
         );
     }
-    egui::Panel::top("top-bar").show(&mut root, |ui| top_bar_ui(ui, &city.map, now, out));
+    let demo = desk.as_ref().is_some_and(|d| d.demo);
+    egui::Panel::top("top-bar").show(&mut root, |ui| top_bar_ui(ui, &city.map, now, demo, out));
     if live.is_some() {
         egui::Panel::top("kpi-strip").show(&mut root, |ui| kpi_strip_ui(ui, &kpis.1));
     }
@@ -237,7 +238,13 @@ fn shell_ui(
     Ok(())
 }
 
-pub fn top_bar_ui(ui: &mut egui::Ui, map: &CityMap, unix_secs: i64, out: &mut Vec<UiCommand>) {
+pub fn top_bar_ui(
+    ui: &mut egui::Ui,
+    map: &CityMap,
+    unix_secs: i64,
+    demo: bool,
+    out: &mut Vec<UiCommand>,
+) {
     ui.horizontal(|ui| {
         ui.label(
             egui::RichText::new("中枢 Zhongshu")
@@ -253,6 +260,24 @@ pub fn top_bar_ui(ui: &mut egui::Ui, map: &CityMap, unix_secs: i64, out: &mut Ve
         }
         if ui.button("Dispatch 指挥调度").clicked() {
             out.push(UiCommand::ToggleDesk);
+        }
+        if demo {
+            // Demo accounts and tokens are active: said wherever anyone looks.
+            egui::Frame::new()
+                .fill(theme::ALARM)
+                .inner_margin(egui::Margin::symmetric(8, 1))
+                .corner_radius(4)
+                .show(ui, |ui| {
+                    ui.label(
+                        egui::RichText::new("DEMO 演示")
+                            .color(egui::Color32::WHITE)
+                            .strong(),
+                    )
+                })
+                .response
+                .on_hover_text(
+                    "Demo accounts (published passphrase) and demo department tokens are active: not for operations. Run with --users and --dispatch.",
+                );
         }
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             ui.add(
