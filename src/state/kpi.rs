@@ -1,8 +1,8 @@
 //! City KPIs for the strip across the top of the wall, computed from the live state.
 //!
 //! Each real-world thing counts once: an entity a more authoritative (or fresher)
-//! source also reports is left to that source ([`crate::governance::reconcile`]'s
-//! `winner_of`). Stale entities and quarantined feeds are left out, and counted in
+//! source also reports is left to that source (the reconciliation's `winner_of`, passed
+//! in by the caller). Stale entities and quarantined feeds are left out, and counted in
 //! [`Excluded`] so the strip can say so. The definitions, with units, are in the
 //! README ("KPIs").
 
