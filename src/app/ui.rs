@@ -29,6 +29,8 @@ pub enum UiCommand {
     SetLayer(MapLayer, bool),
     ResetView,
     FlyToBuilding(usize),
+    /// Select a building (e.g. a part's outline from the inspector).
+    SelectBuilding(usize),
     ClearSelection,
     AddBookmark,
     GoToBookmark(usize),
@@ -464,6 +466,30 @@ pub fn inspector_ui(ui: &mut egui::Ui, map: &CityMap, index: usize, out: &mut Ve
             ui.label("footprint");
             ui.label(format!("{area:.0} m²"));
             ui.end_row();
+            // Simple 3D Buildings: a part names its outline (which is not drawn), and
+            // an outline says how many parts stand for it; both are a click away.
+            if let Some(outline) = b.outline.and_then(|o| map.buildings.get(o).map(|x| (o, x))) {
+                ui.label("part of");
+                let text = outline
+                    .1
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| outline.1.id.clone());
+                if ui.link(text).on_hover_text(&outline.1.id).clicked() {
+                    out.push(UiCommand::SelectBuilding(outline.0));
+                }
+                ui.end_row();
+            }
+            if b.has_parts {
+                let parts = map
+                    .buildings
+                    .iter()
+                    .filter(|p| p.outline == Some(index))
+                    .count();
+                ui.label("parts");
+                ui.label(format!("{parts} (drawn instead of this outline)"));
+                ui.end_row();
+            }
         });
     ui.separator();
     ui.label(egui::RichText::new("Tags").strong());
@@ -1012,6 +1038,10 @@ fn apply_ui_commands(
                 selection.building = None;
                 selection.entity = None;
             }
+            UiCommand::SelectBuilding(index) => {
+                selection.building = Some(index);
+                selection.entity = None;
+            }
             UiCommand::ToggleSteward => governance.steward_open = !governance.steward_open,
             UiCommand::SetDomain(domain, on) => {
                 domains.0.insert(domain, on);
@@ -1152,5 +1182,48 @@ mod panel_tests {
         harness.get_by_label("Fly to 飞至").click();
         harness.run();
         assert_eq!(harness.state().out, vec![UiCommand::FlyToBuilding(index)]);
+    }
+
+    #[test]
+    fn a_part_names_its_outline_and_the_outline_counts_its_parts() {
+        let s = state();
+        let outline = s
+            .map
+            .buildings
+            .iter()
+            .position(|b| b.id == "way/8035238")
+            .expect("Lasipalatsi is in the default city");
+        let part = s
+            .map
+            .buildings
+            .iter()
+            .position(|b| b.outline == Some(outline))
+            .expect("Lasipalatsi has parts");
+        let parts = s
+            .map
+            .buildings
+            .iter()
+            .filter(|b| b.outline == Some(outline))
+            .count();
+        let mut harness = Harness::new_ui_state(
+            move |ui, s: &mut PanelState| inspector_ui(ui, &s.map, part, &mut s.out),
+            s,
+        );
+        harness.get_by_label("part of");
+        let name = {
+            let b = &harness.state().map.buildings[outline];
+            b.name.clone().unwrap_or_else(|| b.id.clone())
+        };
+        harness.get_by_label(&name).click();
+        harness.run();
+        assert_eq!(
+            harness.state().out,
+            vec![UiCommand::SelectBuilding(outline)]
+        );
+        let harness = Harness::new_ui_state(
+            move |ui, s: &mut PanelState| inspector_ui(ui, &s.map, outline, &mut s.out),
+            state(),
+        );
+        harness.get_by_label(&format!("{parts} (drawn instead of this outline)"));
     }
 }
