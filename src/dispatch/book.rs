@@ -403,6 +403,15 @@ impl Book {
         }
     }
 
+    /// Refuses, with `why`, anyone but Zhongshu itself.
+    fn check_system(actor: &Actor, why: &str) -> Result<(), CommandError> {
+        if actor.role == Role::System {
+            Ok(())
+        } else {
+            Err(CommandError::Invalid(why.into()))
+        }
+    }
+
     /// Checks a command and returns the events it makes, or why not. Nothing changes.
     pub fn plan(
         &self,
@@ -564,11 +573,7 @@ impl Book {
                 Ok(events)
             }
             Command::WithdrawAlert { incident, source } => {
-                if actor.role != Role::System {
-                    return Err(CommandError::Invalid(
-                        "only Zhongshu records an alert's withdrawal".into(),
-                    ));
-                }
+                Self::check_system(actor, "only Zhongshu records an alert's withdrawal")?;
                 let inc = self
                     .incident(incident)
                     .ok_or_else(|| CommandError::NoIncident(incident.clone()))?;
@@ -691,11 +696,7 @@ impl Book {
                 Ok(events)
             }
             Command::MarkOverdue { id } => {
-                if actor.role != Role::System {
-                    return Err(CommandError::Invalid(
-                        "only the clock marks orders overdue".into(),
-                    ));
-                }
+                Self::check_system(actor, "only the clock marks orders overdue")?;
                 let order = self
                     .order(id)
                     .ok_or_else(|| CommandError::NoOrder(id.clone()))?;
