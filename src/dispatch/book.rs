@@ -556,19 +556,52 @@ impl Book {
                 note,
                 reported_ms,
             } => {
-                let mut events = self.plan(
-                    &Command::Order {
+                let order = self
+                    .order(id)
+                    .ok_or_else(|| CommandError::NoOrder(id.clone()))?;
+                // Started or done on an order not yet signed for: the sign-for is
+                // implied, and written in the same commit, so the report is recorded
+                // whole or not at all.
+                let implied = matches!(action, Action::StartOrder | Action::CompleteOrder)
+                    && matches!(
+                        order.status,
+                        OrderStatus::Issued | OrderStatus::Delivered | OrderStatus::Overdue
+                    );
+                let reported = (*reported_ms != now_ms).then_some(*reported_ms);
+                let mut events = Vec::new();
+                if implied {
+                    events.extend(self.plan(
+                        &Command::Order {
+                            id: id.clone(),
+                            action: Action::AcknowledgeOrder,
+                            note: Some("implied by a later report".into()),
+                        },
+                        actor,
+                        now_ms,
+                    )?);
+                    Self::check_role(actor, *action)?;
+                    events.push(Event::OrderChanged {
                         id: id.clone(),
                         action: *action,
-                        note: note.clone(),
-                    },
-                    actor,
-                    now_ms,
-                )?;
-                if let Some(Event::OrderChanged { reported_ms: r, .. }) = events.first_mut()
-                    && *reported_ms != now_ms
-                {
-                    *r = Some(*reported_ms);
+                        status: OrderStatus::Acknowledged.after(*action)?,
+                        note: note.as_deref().map(super::clean_text),
+                        reported_ms: None,
+                    });
+                } else {
+                    events.extend(self.plan(
+                        &Command::Order {
+                            id: id.clone(),
+                            action: *action,
+                            note: note.clone(),
+                        },
+                        actor,
+                        now_ms,
+                    )?);
+                }
+                for e in &mut events {
+                    if let Event::OrderChanged { reported_ms: r, .. } = e {
+                        *r = reported;
+                    }
                 }
                 Ok(events)
             }
@@ -1642,6 +1675,60 @@ mod tests {
         run(&mut b, on_scene, &fire_liaison, T0).unwrap();
         run(&mut b, note("two engines on scene"), &fire_liaison, T0).unwrap();
         assert_eq!(b.incidents[0].status, IncidentStatus::OnScene);
+    }
+
+    #[test]
+    fn a_report_of_a_later_step_carries_the_implied_sign_for_in_one_commit() {
+        let mut b = book();
+        one_fire_order(&mut b);
+        let liaison = Actor::new("wang.fang", Role::DepartmentLiaison, Some("fire"));
+        let report = |action| Command::Report {
+            id: "ORD-000001".into(),
+            action,
+            note: Some("two engines".into()),
+            reported_ms: T0 + 500,
+        };
+        // One plan, so one write: the sign-for and the start together.
+        let events = b
+            .plan(&report(Action::StartOrder), &liaison, T0 + 1000)
+            .unwrap();
+        let actions: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::OrderChanged {
+                    action,
+                    reported_ms,
+                    ..
+                } => Some((*action, *reported_ms)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                (Action::AcknowledgeOrder, Some(T0 + 500)),
+                (Action::StartOrder, Some(T0 + 500))
+            ]
+        );
+        // Past the deadline too (overdue, not signed for).
+        tick(&mut b, T0 + 10 * 60_000);
+        run(
+            &mut b,
+            report(Action::CompleteOrder),
+            &liaison,
+            T0 + 11 * 60_000,
+        )
+        .unwrap();
+        let o = b.order("ORD-000001").unwrap();
+        assert_eq!(o.status, OrderStatus::Done);
+        assert!(
+            o.steps
+                .iter()
+                .any(|x| x.action == Some(Action::AcknowledgeOrder))
+        );
+        // Another department's liaison is refused the whole report.
+        let water = Actor::new("sun", Role::DepartmentLiaison, Some("water"));
+        assert!(b.plan(&report(Action::StartOrder), &water, T0).is_err());
     }
 
     #[test]

@@ -593,20 +593,14 @@ impl DispatchService {
         if already {
             return Ok((0, ReportOutcome::AlreadyRecorded { status: current }));
         }
-        // The steps to take, earlier ones implied by the report.
-        use OrderStatus::*;
-        let steps: &[Action] = match (current, report.status) {
-            (Issued | Delivered | Overdue, InProgress) => {
-                &[Action::AcknowledgeOrder, Action::StartOrder]
-            }
-            (Issued | Delivered | Overdue, Done) => {
-                &[Action::AcknowledgeOrder, Action::CompleteOrder]
-            }
-            (_, Acknowledged) => &[Action::AcknowledgeOrder],
-            (_, InProgress) => &[Action::StartOrder],
-            (_, Done) => &[Action::CompleteOrder],
-            (_, Rejected) => &[Action::RejectOrder],
-            (_, other) => {
+        // One command; the book adds the sign-for a later step implies, in the same
+        // commit.
+        let action = match report.status {
+            OrderStatus::Acknowledged => Action::AcknowledgeOrder,
+            OrderStatus::InProgress => Action::StartOrder,
+            OrderStatus::Done => Action::CompleteOrder,
+            OrderStatus::Rejected => Action::RejectOrder,
+            other => {
                 return refused(format!("{other:?} is not a status departments report"));
             }
         };
@@ -616,37 +610,29 @@ impl DispatchService {
             report.by.clone()
         };
         let liaison = Actor::new(&by, Role::DepartmentLiaison, Some(&report.department));
-        let mut written = 0;
-        for (i, &action) in steps.iter().enumerate() {
-            let last = i + 1 == steps.len();
-            let command = Command::Report {
-                id: report.order_id.clone(),
-                action,
-                note: if last {
-                    report.note.clone()
-                } else {
-                    Some("implied by a later report".into())
-                },
-                reported_ms: report.at_ms,
-            };
-            match self.execute(&command, &liaison, now_ms) {
-                Ok(events) => written += events.len(),
-                Err(DispatchError::Refused(why)) => {
-                    let text = format!(
-                        "report from {} on {} refused: {why}",
-                        report.department, report.order_id
-                    );
-                    self.notice(text);
-                    return Ok((
-                        written,
-                        ReportOutcome::Refused {
-                            reason: why.to_string(),
-                        },
-                    ));
-                }
-                Err(e) => return Err(e),
+        let command = Command::Report {
+            id: report.order_id.clone(),
+            action,
+            note: report.note.clone(),
+            reported_ms: report.at_ms,
+        };
+        let written = match self.execute(&command, &liaison, now_ms) {
+            Ok(events) => events.len(),
+            Err(DispatchError::Refused(why)) => {
+                let text = format!(
+                    "report from {} on {} refused: {why}",
+                    report.department, report.order_id
+                );
+                self.notice(text);
+                return Ok((
+                    0,
+                    ReportOutcome::Refused {
+                        reason: why.to_string(),
+                    },
+                ));
             }
-        }
+            Err(e) => return Err(e),
+        };
         let status = self
             .dispatcher
             .book()
