@@ -1157,6 +1157,13 @@ mod tests {
         let cancelled = |s: &DispatchService| s.sim.as_ref().unwrap().stats().cancelled == 1;
         pump_until(&mut s, Duration::from_secs(10), cancelled);
         assert!(cancelled(&s));
+        // The cancellation's own confirmation sends nothing more.
+        let before = s.sim.as_ref().unwrap().stats().received;
+        for _ in 0..50 {
+            s.pump(now()).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(s.sim.as_ref().unwrap().stats().received, before);
         assert!(s.sim.as_ref().unwrap().jobs()[0].cancelled);
         // Past the deadline nothing is urged or escalated.
         s.pump(now() + 2 * 3_600_000).unwrap();

@@ -63,6 +63,12 @@ pub enum DeliveryEvent {
         error: String,
         permanent: bool,
     },
+    /// The department has the cancellation of an order (or never had the order).
+    Withdrawn {
+        order_id: String,
+        attempts: u32,
+        at_ms: i64,
+    },
     /// The department has the urge.
     Urged {
         order_id: String,
@@ -513,6 +519,13 @@ impl WorkerContext {
         match outcome {
             Outcome::Accepted { department_ref } => {
                 let _ = self.events.send(match job.urge_seq {
+                    // A cancellation is not a delivery of the order: reported apart, so
+                    // it is never taken for a delivery that landed after a withdrawal.
+                    _ if job.cancel => DeliveryEvent::Withdrawn {
+                        order_id,
+                        attempts,
+                        at_ms,
+                    },
                     Some(urge_seq) => DeliveryEvent::Urged {
                         order_id,
                         urge_seq,

@@ -1235,9 +1235,12 @@ fn withdrawn_orders_never_arrive_later() {
         cancel: true,
         ..outgoing("ORD-000013", "fire", &ok.base, "")
     });
-    let _ = collect(&rx, Duration::from_secs(5), |e| {
-        !delivered_ids(e).is_empty()
+    let events = collect(&rx, Duration::from_secs(5), |e| {
+        e.iter()
+            .any(|x| matches!(x, DeliveryEvent::Withdrawn { .. }))
     });
+    // Reported as a withdrawal, never as a delivery of the order.
+    assert!(delivered_ids(&events).is_empty(), "{events:?}");
     let seen = ok.seen();
     assert_eq!(seen[0].url, "/orders/ORD-000013/cancel");
     assert_eq!(seen[0].key.as_deref(), Some("ORD-000013:cancel"));
