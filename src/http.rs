@@ -527,7 +527,7 @@ pub(crate) mod attack {
     use std::net::{SocketAddr, TcpStream};
     use std::time::{Duration, Instant};
 
-    fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
         let Ok(mut s) = TcpStream::connect(addr) else {
             return String::new();
         };
@@ -589,9 +589,8 @@ pub(crate) mod attack {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::TcpStream;
-    use std::time::Instant;
 
     use super::*;
 
@@ -604,23 +603,10 @@ mod tests {
         })
     }
 
-    fn raw(addr: SocketAddr, request: &[u8]) -> String {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = s.write_all(request);
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    }
+    use super::attack::raw;
 
     fn health(addr: SocketAddr) -> Duration {
-        let t = Instant::now();
-        let answer = raw(
-            addr,
-            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        );
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        t.elapsed()
+        super::attack::timed_get(addr, "/health", 200)
     }
 
     #[test]
