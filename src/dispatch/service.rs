@@ -729,6 +729,16 @@ mod tests {
         }
     }
 
+    /// A service on a fresh log named `name`, its departments behaving as `sim`.
+    fn service(name: &str, sim: SimBehaviour) -> (std::path::PathBuf, DispatchService) {
+        let db = temp_db(name);
+        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+        (
+            db,
+            DispatchService::start(dispatcher, options(sim)).unwrap(),
+        )
+    }
+
     fn now() -> i64 {
         crate::feeds::poll::unix_ms_now()
     }
@@ -942,9 +952,7 @@ mod tests {
 
     #[test]
     fn alerts_raise_one_incident_and_a_withdrawal_closes_an_untouched_one() {
-        let db = temp_db("alerts");
-        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
-        let mut s = DispatchService::start(dispatcher, options(SimBehaviour::default())).unwrap();
+        let (db, mut s) = service("alerts", SimBehaviour::default());
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
         let t = now();
@@ -1015,9 +1023,7 @@ mod tests {
 
     #[test]
     fn a_report_is_acknowledged_only_once_it_is_in_the_log() {
-        let db = temp_db("durable-report");
-        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
-        let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+        let (db, mut s) = service("durable-report", silent());
         one_order(&mut s, "fire", now() + 3_600_000);
         let url = s.api.status_url("ORD-000001");
         let posting = {
@@ -1080,9 +1086,7 @@ mod tests {
 
     #[test]
     fn reports_out_of_order_are_applied_in_order_and_none_is_refused() {
-        let db = temp_db("report-order");
-        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
-        let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+        let (_db, mut s) = service("report-order", silent());
         one_order(&mut s, "fire", now() + 3_600_000);
         let url = s.api.status_url("ORD-000001");
         let at = |secs: i64| crate::clock::rfc3339_from_unix_ms(now() - 60_000 + secs * 1000);
@@ -1135,9 +1139,7 @@ mod tests {
 
     #[test]
     fn closing_an_incident_withdraws_its_orders_at_the_department() {
-        let db = temp_db("cancel");
-        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
-        let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+        let (_db, mut s) = service("cancel", silent());
         one_order(&mut s, "fire", now() + 3_600_000);
         pump_until(&mut s, Duration::from_secs(10), |s| {
             s.dispatcher.book().orders[0].status == OrderStatus::Delivered
@@ -1282,9 +1284,7 @@ mod tests {
 
     #[test]
     fn only_the_source_of_an_alert_may_withdraw_it() {
-        let db = temp_db("foreign-cancel");
-        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
-        let mut s = DispatchService::start(dispatcher, options(SimBehaviour::default())).unwrap();
+        let (_db, mut s) = service("foreign-cancel", SimBehaviour::default());
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
         let xml = std::fs::read_to_string(dir.join("kallio-building-fire.xml")).unwrap();
         let fire = crate::dispatch::alerts::from_cap(&xml).unwrap().remove(0);
@@ -1339,9 +1339,7 @@ mod tests {
 
     #[test]
     fn a_report_on_an_overdue_order_records_the_sign_for_too() {
-        let db = temp_db("overdue-report");
-        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
-        let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+        let (_db, mut s) = service("overdue-report", silent());
         let t = now();
         one_order(&mut s, "fire", t + 60_000);
         s.pump(t + 60_000).unwrap();
@@ -1370,9 +1368,7 @@ mod tests {
 
     #[test]
     fn an_escalated_order_is_withdrawn_at_its_first_department() {
-        let db = temp_db("escalate-cancel");
-        let dispatcher = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
-        let mut s = DispatchService::start(dispatcher, options(silent())).unwrap();
+        let (_db, mut s) = service("escalate-cancel", silent());
         let t = now();
         one_order(&mut s, "traffic_police", t + 60_000);
         pump_until(&mut s, Duration::from_secs(10), |s| {
