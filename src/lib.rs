@@ -19,6 +19,7 @@ pub mod geo_frame;
 pub mod governance;
 pub mod http;
 pub mod map;
+pub mod nats;
 pub mod sim;
 pub mod state;
 pub mod store;

@@ -85,8 +85,55 @@ struct Cli {
     /// cross the network in clear: only behind a TLS-terminating proxy).
     #[arg(long, global = true)]
     api_insecure_http: bool,
+    /// The hall's NATS server (`nats://HOST:PORT` or `tls://…`, several separated by
+    /// commas): the event log is the hall's shared stream instead of --db.
+    #[arg(long, global = true, value_name = "URL", requires = "hall")]
+    nats: Option<String>,
+    /// The hall's name (letters, digits, `-`, `_`): one log per hall on the server.
+    #[arg(long, global = true, value_name = "NAME", requires = "nats")]
+    hall: Option<String>,
+    /// NATS credentials (lines `user = …`, `password = …`, `nkey = …`, `creds = PATH`,
+    /// `ca = PATH`); also from ZHONGSHU_NATS_USER/_PASSWORD/_NKEY/_CREDS/_CA. Never
+    /// on the command line.
+    #[arg(long, global = true, value_name = "FILE")]
+    nats_auth: Option<PathBuf>,
+    /// Copies of the hall's log the server keeps when the hall's stream is created (1
+    /// on a single server, 3 on a 3-node cluster).
+    #[arg(long, global = true, value_name = "N", default_value_t = 1)]
+    nats_replicas: usize,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+impl Cli {
+    /// The hall's log, when --nats and --hall are given.
+    fn hall_log(
+        &self,
+        client_name: &str,
+        create: bool,
+    ) -> anyhow::Result<Option<zhongshu::store::jetstream::JetStreamLog>> {
+        let (Some(url), Some(hall)) = (&self.nats, &self.hall) else {
+            return Ok(None);
+        };
+        let auth = zhongshu::nats::NatsAuth::load(self.nats_auth.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        let nats = zhongshu::nats::Nats::connect(&zhongshu::nats::NatsOptions {
+            url: url.clone(),
+            auth,
+            timeout: None,
+            name: Some(format!("zhongshu {client_name} ({hall})")),
+        })
+        .map_err(anyhow::Error::msg)?;
+        let log = zhongshu::store::jetstream::JetStreamLog::open(
+            &nats,
+            hall,
+            &zhongshu::store::jetstream::HallLogOptions {
+                replicas: self.nats_replicas,
+                create,
+            },
+        )?;
+        Ok(Some(log))
+    }
 }
 
 #[derive(Subcommand)]
@@ -186,9 +233,9 @@ enum AuditCommand {
     /// incidents, orders, chain_ok, first_bad_event, sealed, seals, truncated,
     /// last_good_checkpoint, witness, problems, notes. Exits non-zero unless chain_ok.
     Verify {
-        /// The SQLite event log.
+        /// The SQLite event log (or, with --nats URL --hall NAME, the hall's stream).
         #[arg(long)]
-        db: PathBuf,
+        db: Option<PathBuf>,
     },
     /// Seal a log written before sealing existed (it has no seal at all) as it stands,
     /// under --seal-key (default `<db>.key`): for an operator who has checked it by
@@ -239,9 +286,10 @@ enum BenchCommand {
     /// durable commit per command, printing `committed <order-id>` as each is on
     /// disk, then a JSON summary with p50/p99 commit latency.
     Orders {
-        /// The SQLite event log to write (created if missing, appended to if not).
+        /// The SQLite event log to write (created if missing, appended to if not), or
+        /// the hall's stream with --nats URL --hall NAME (several may run at once).
         #[arg(long)]
-        db: PathBuf,
+        db: Option<PathBuf>,
         /// Incidents to write (each with several orders).
         #[arg(long, default_value_t = 1000)]
         count: usize,
@@ -762,7 +810,49 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 zhongshu::sim::Simulator::new(&city, config, zhongshu::feeds::poll::unix_ms_now());
             zhongshu::sim::serve::serve(&addr, sim)
         }
+        Command::Audit(AuditCommand::Verify { .. }) if cli.nats.is_some() => {
+            let log = cli
+                .hall_log("audit", false)?
+                .expect("clap requires --db or --nats");
+            let report = zhongshu::store::EventStore::verify(&log)?;
+            let (mut incidents, mut orders) = (0u64, 0u64);
+            zhongshu::store::EventStore::scan_replay(&log, &mut |_, _, _, payload| {
+                if payload.starts_with("{\"event\":\"incident_reported\"") {
+                    incidents += 1;
+                } else if payload.starts_with("{\"event\":\"order_issued\"") {
+                    orders += 1;
+                }
+            })?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "log": zhongshu::store::EventStore::describe(&log),
+                    "events": report.events,
+                    "incidents": incidents,
+                    "orders": orders,
+                    "chain_ok": report.chain_ok,
+                    "first_bad_event": report.first_bad_event,
+                    "sealed": report.sealed,
+                    "seals": report.seals,
+                    "truncated": report.truncated,
+                    "last_good_checkpoint": report.last_good_checkpoint.as_ref().map(checkpoint_json),
+                    "witness": report.witness.as_ref().map(checkpoint_json),
+                    "problems": report.problems,
+                    "notes": report.notes,
+                })
+            );
+            if !report.chain_ok {
+                bail!(
+                    "the hall's log does not verify: {}",
+                    report.problems.join("; ")
+                );
+            }
+            Ok(())
+        }
         Command::Audit(AuditCommand::Verify { db }) => {
+            let Some(db) = db else {
+                bail!("audit verify needs --db FILE, or --nats URL --hall NAME");
+            };
             if !db.exists() {
                 bail!("no event log at {}", db.display());
             }
@@ -871,7 +961,32 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Orders { db, count }) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            let summary = zhongshu::dispatch::bench::bench_orders(&db, count, &mut out)?;
+            let summary = match db {
+                Some(db) if cli.nats.is_none() => {
+                    zhongshu::dispatch::bench::bench_orders(&db, count, &mut out)?
+                }
+                None if cli.nats.is_none() => {
+                    bail!("bench orders needs --db FILE, or --nats URL --hall NAME")
+                }
+                _ => {
+                    let open = Instant::now();
+                    let log = cli.hall_log("bench", true)?.expect("--nats is given");
+                    let dispatcher = zhongshu::dispatch::dispatcher::Dispatcher::open_store(
+                        Box::new(log),
+                        zhongshu::dispatch::config::DispatchConfig::default_config(),
+                    )?;
+                    let operator = format!("bench-{}", std::process::id());
+                    zhongshu::dispatch::bench::bench_orders_on(
+                        dispatcher,
+                        open.elapsed().as_secs_f64() * 1000.0,
+                        "NATS JetStream: each commit is acknowledged by the hall's server \
+                         (stored with the stream's replicas) before it returns",
+                        &operator,
+                        count,
+                        &mut out,
+                    )?
+                }
+            };
             use std::io::Write;
             writeln!(out, "{summary}")?;
             Ok(())

@@ -3,6 +3,7 @@
 mod cli;
 mod dispatch;
 mod feeds;
+mod hall;
 mod map_semantics;
 mod screenshot;
 

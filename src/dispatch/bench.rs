@@ -64,9 +64,29 @@ pub fn bench_orders(
     out: &mut impl Write,
 ) -> anyhow::Result<serde_json::Value> {
     let open = Instant::now();
-    let mut dispatcher = Dispatcher::open(db, DispatchConfig::default_config())?;
+    let dispatcher = Dispatcher::open(db, DispatchConfig::default_config())?;
     let open_ms = open.elapsed().as_secs_f64() * 1000.0;
-    let actor = Actor::new("bench", Role::Dispatcher, None);
+    bench_orders_on(
+        dispatcher,
+        open_ms,
+        "SQLite WAL, synchronous=FULL: each commit is fsync'd before it returns",
+        "bench",
+        count,
+        out,
+    )
+}
+
+/// [`bench_orders`] on any store (the hall's stream: the path a console writes
+/// through; several may run at once on one hall).
+pub fn bench_orders_on(
+    mut dispatcher: Dispatcher,
+    open_ms: f64,
+    durability: &str,
+    operator: &str,
+    count: usize,
+    out: &mut impl Write,
+) -> anyhow::Result<serde_json::Value> {
+    let actor = Actor::new(operator, Role::Dispatcher, None);
     let config = dispatcher.book().config.clone();
     let mut rng = Rng(dispatcher.book().incidents.len() as u64 + 1);
     let mut latencies = Vec::with_capacity(count * 2);
@@ -104,7 +124,7 @@ pub fn bench_orders(
     latencies.sort_by(f64::total_cmp);
     let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
     Ok(serde_json::json!({
-        "db": db.display().to_string(),
+        "log": dispatcher.log().describe(),
         "incidents": count,
         "orders": orders,
         "commits": latencies.len(),
@@ -117,7 +137,7 @@ pub fn bench_orders(
             "mean": round2(mean),
         },
         "commits_per_s": round2(latencies.len() as f64 / total_s.max(1e-9)),
-        "durability": "SQLite WAL, synchronous=FULL: each commit is fsync'd before it returns",
+        "durability": durability,
     }))
 }
 

@@ -16,7 +16,32 @@ pub enum DispatchError {
     Refused(#[from] CommandError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Refused because someone else acted first (another console of the hall got
+    /// there between this console's look and its write).
+    #[error("{error} ({by} acted first)")]
+    Overtaken { error: CommandError, by: String },
 }
+
+impl DispatchError {
+    /// The command was refused (as it stands, or because someone acted first):
+    /// nothing was written, and trying again will not change that.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Refused(_) | Self::Overtaken { .. })
+    }
+}
+
+/// An event another writer of the hall appended, as this dispatcher took it in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Foreign {
+    pub event: Event,
+    pub at_ms: i64,
+    pub operator: String,
+    pub role: Role,
+}
+
+/// How often a command is checked again after others wrote first, before the
+/// console gives up and says the hall is too busy.
+const MAX_RACES: usize = 64;
 
 /// What opening the log found.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -36,7 +61,13 @@ pub struct Dispatcher {
     book: Book,
     log: Box<dyn EventStore>,
     pub opened: OpenReport,
+    /// Events other writers appended, taken in but not yet collected by
+    /// [`Dispatcher::take_foreign`].
+    foreign: Vec<Foreign>,
 }
+
+/// Most foreign events kept uncollected (a console that never collects them).
+const MAX_FOREIGN: usize = 100_000;
 
 impl Dispatcher {
     /// Opens (or creates) the log at `path` and rebuilds the book from it. Reading and
@@ -98,7 +129,12 @@ impl Dispatcher {
             replay_ms: started.elapsed().as_secs_f64() * 1000.0,
             integrity_alarm: log.integrity_alarm(),
         };
-        Ok(Self { book, log, opened })
+        Ok(Self {
+            book,
+            log,
+            opened,
+            foreign: Vec::new(),
+        })
     }
 
     pub fn book(&self) -> &Book {
@@ -110,29 +146,136 @@ impl Dispatcher {
     }
 
     /// Checks `command`, makes its events durable, then applies them. On a refusal or
-    /// a storage error nothing changes.
+    /// a storage error nothing changes. When another writer of the hall wrote first,
+    /// the dispatcher catches up and checks the command again against the new state:
+    /// it is then written, or refused naming who acted first.
     pub fn execute(
         &mut self,
         command: &Command,
         actor: &Actor,
         now_ms: i64,
     ) -> Result<Vec<Event>, DispatchError> {
-        let events = self.book.plan(command, actor, now_ms)?;
-        let rows: Vec<(&str, String)> = events
-            .iter()
-            .map(|e| {
-                (
-                    e.kind(),
-                    serde_json::to_string(e).expect("events serialize"),
-                )
-            })
-            .collect();
-        self.log
-            .append_all(now_ms, &actor.name, actor.role.as_str(), &rows)?;
-        for e in &events {
-            self.book.apply(e, now_ms, &actor.name, actor.role);
+        let mut overtaken_by: Vec<String> = Vec::new();
+        for _ in 0..MAX_RACES {
+            let events = match self.book.plan(command, actor, now_ms) {
+                Ok(events) => events,
+                Err(error) if !overtaken_by.is_empty() => {
+                    return Err(DispatchError::Overtaken {
+                        error,
+                        by: overtaken_by.join(", "),
+                    });
+                }
+                Err(error) => return Err(self.name_who_acted(command, actor, error)),
+            };
+            let rows: Vec<(&str, String)> = events
+                .iter()
+                .map(|e| {
+                    (
+                        e.kind(),
+                        serde_json::to_string(e).expect("events serialize"),
+                    )
+                })
+                .collect();
+            match self
+                .log
+                .append_all(now_ms, &actor.name, actor.role.as_str(), &rows)
+            {
+                Ok(()) => {
+                    for e in &events {
+                        self.book.apply(e, now_ms, &actor.name, actor.role);
+                    }
+                    return Ok(events);
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    let before = self.foreign.len();
+                    self.follow(true)?;
+                    for f in &self.foreign[before.min(self.foreign.len())..] {
+                        if !overtaken_by.contains(&f.operator) {
+                            overtaken_by.push(f.operator.clone());
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(events)
+        Err(StoreError::Unavailable {
+            what: self.log.describe(),
+            message: format!("other consoles wrote first {MAX_RACES} times in a row; try again"),
+        }
+        .into())
+    }
+
+    /// A refusal because the incident or order is no longer where the command expects
+    /// it names who moved it there (when that was someone else).
+    fn name_who_acted(
+        &self,
+        command: &Command,
+        actor: &Actor,
+        error: CommandError,
+    ) -> DispatchError {
+        if !matches!(error, CommandError::Transition(_)) {
+            return error.into();
+        }
+        let who: Option<&str> = match command {
+            Command::Order { id, .. } | Command::Report { id, .. } => self
+                .book
+                .order(id)
+                .and_then(|o| o.steps.last())
+                .map(|s| &*s.who),
+            Command::Incident { id, .. } => self.book.incident(id).and_then(|inc| {
+                inc.timeline
+                    .iter()
+                    .rev()
+                    .find(|t| t.text.contains('→'))
+                    .map(|t| &*t.who)
+            }),
+            _ => None,
+        };
+        match who {
+            Some(who) if who != actor.name => DispatchError::Overtaken {
+                error,
+                by: who.to_string(),
+            },
+            _ => error.into(),
+        }
+    }
+
+    /// Takes in what other writers of the hall appended and has already arrived,
+    /// without waiting. Returns how many events were applied.
+    pub fn sync(&mut self) -> Result<u64, StoreError> {
+        self.follow(false)
+    }
+
+    /// Events other writers appended since the last call, oldest first (the hub
+    /// sends the orders consoles issue; views redraw).
+    pub fn take_foreign(&mut self) -> Vec<Foreign> {
+        std::mem::take(&mut self.foreign)
+    }
+
+    fn follow(&mut self, wait: bool) -> Result<u64, StoreError> {
+        let Self {
+            book,
+            log,
+            foreign,
+            opened,
+        } = self;
+        log.follow(wait, &mut |at_ms, operator, role, payload| {
+            let role = Role::from_name(role).unwrap_or(Role::System);
+            match serde_json::from_str::<Event>(payload) {
+                Ok(event) => {
+                    book.apply(&event, at_ms, operator, role);
+                    if foreign.len() < MAX_FOREIGN {
+                        foreign.push(Foreign {
+                            event,
+                            at_ms,
+                            operator: operator.to_string(),
+                            role,
+                        });
+                    }
+                }
+                Err(_) => opened.unreadable_events += 1,
+            }
+        })
     }
 
     /// Runs what the clock says is due (overdue with its urge, escalation) as
@@ -145,7 +288,7 @@ impl Dispatcher {
             match self.execute(&command, &system, now_ms) {
                 Ok(events) => written.extend(events),
                 // The state moved on since `due` looked (e.g. signed for meanwhile).
-                Err(DispatchError::Refused(_)) => {}
+                Err(e) if e.is_refusal() => {}
                 Err(e) => return Err(e),
             }
         }

@@ -14,6 +14,8 @@ pub mod book;
 pub mod config;
 pub mod delivery;
 pub mod dispatcher;
+#[cfg(test)]
+mod hall_tests;
 pub mod recommend;
 pub mod service;
 pub mod users;

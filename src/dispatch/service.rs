@@ -525,7 +525,7 @@ impl DispatchService {
                 };
                 match self.execute(&command, &system, now_ms) {
                     Ok(events) => Ok(events.len()),
-                    Err(DispatchError::Refused(_)) => Ok(0),
+                    Err(e) if e.is_refusal() => Ok(0),
                     Err(e) => Err(e),
                 }
             }
@@ -618,7 +618,7 @@ impl DispatchService {
         };
         let written = match self.execute(&command, &liaison, now_ms) {
             Ok(events) => events.len(),
-            Err(DispatchError::Refused(why)) => {
+            Err(why) if why.is_refusal() => {
                 let text = format!(
                     "report from {} on {} refused: {why}",
                     report.department, report.order_id
@@ -664,7 +664,7 @@ impl DispatchService {
                     });
                     match self.execute(&command, &system, now_ms) {
                         Ok(events) => events.len(),
-                        Err(DispatchError::Refused(_)) => 0,
+                        Err(e) if e.is_refusal() => 0,
                         Err(e) => return Err(e),
                     }
                 }
@@ -680,7 +680,7 @@ impl DispatchService {
                         };
                         match self.execute(&command, &system, now_ms) {
                             Ok(events) => events.len(),
-                            Err(DispatchError::Refused(why)) => {
+                            Err(why) if why.is_refusal() => {
                                 // Not remembered either: a foreign source's cancel
                                 // changes nothing about the incident.
                                 self.notice(format!("withdrawal refused: {why}"));

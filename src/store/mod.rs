@@ -13,6 +13,7 @@
 //!
 //! [`EventStore::verify`] (`zhongshu audit verify`) checks all three.
 
+pub mod jetstream;
 mod seal;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,10 @@ pub enum StoreError {
     /// A store that injects faults in tests, or a remote store that is unreachable.
     #[error("event log {what}: {message}")]
     Unavailable { what: String, message: String },
+    /// Another writer appended first: catch up ([`EventStore::follow`]) and check
+    /// the command again.
+    #[error("event log {what}: another console wrote first")]
+    Conflict { what: String },
 }
 
 /// One stored event.
@@ -103,6 +108,19 @@ pub trait EventStore: Send {
     ) -> Result<(), StoreError>;
     /// Streams `(at_ms, operator, role, payload)` of every event in order.
     fn scan_replay(&self, f: &mut dyn FnMut(i64, &str, &str, &str)) -> Result<(), StoreError>;
+    /// Passes events other writers appended since this store last read or wrote to
+    /// `f`, in order, and returns how many. Without `wait` it takes only what has
+    /// already arrived (never waits on the network); with it, it first reads up to
+    /// the log's head as it is now (after a [`StoreError::Conflict`]). The embedded
+    /// log has one writer, so there is nothing to follow.
+    fn follow(
+        &mut self,
+        wait: bool,
+        f: &mut dyn FnMut(i64, &str, &str, &str),
+    ) -> Result<u64, StoreError> {
+        let _ = (wait, f);
+        Ok(0)
+    }
     /// Checks the chain, the seals and the witness.
     fn verify(&self) -> Result<VerifyReport, StoreError>;
     /// What a quick look at open found wrong with the witness (truncation, a head

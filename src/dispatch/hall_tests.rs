@@ -1,0 +1,377 @@
+//! Dispatch on a hall's shared log (NATS JetStream, a real `nats-server` started by
+//! the tests): several consoles, one truth.
+
+use std::time::Duration;
+
+use super::book::{Actor, Command, NewIncident, NewOrder, Severity};
+use super::config::DispatchConfig;
+use super::dispatcher::{DispatchError, Dispatcher};
+use super::{Action, IncidentStatus, Role};
+use crate::feeds::Domain;
+use crate::nats::testing::NatsServer;
+use crate::nats::{Nats, NatsOptions};
+use crate::store::jetstream::{HallLogOptions, JetStreamLog};
+
+const T0: i64 = 1_795_946_400_000;
+
+fn connect(server: &NatsServer, name: &str) -> Nats {
+    Nats::connect(&NatsOptions {
+        url: server.url(),
+        name: Some(name.to_string()),
+        timeout: Some(Duration::from_secs(10)),
+        ..Default::default()
+    })
+    .expect("connect to the test server")
+}
+
+fn console(server: &NatsServer, hall: &str, name: &str) -> Dispatcher {
+    let nats = connect(server, name);
+    let log = JetStreamLog::open(&nats, hall, &HallLogOptions::default()).expect("open the hall");
+    Dispatcher::open_store(Box::new(log), DispatchConfig::default_config()).expect("replay")
+}
+
+fn incident(title: &str) -> Command {
+    Command::ReportIncident(NewIncident {
+        kind: "gasLeak".into(),
+        title: title.into(),
+        domain: Domain::Utilities,
+        severity: Severity::Severe,
+        lon: 121.47,
+        lat: 31.23,
+        source: "desk".into(),
+        key: None,
+    })
+}
+
+#[test]
+fn an_order_issued_at_one_desk_is_on_the_other_and_a_new_console_rebuilds_it() {
+    let server = NatsServer::start("two-desks");
+    let li = Actor::new("li.wei", Role::Dispatcher, None);
+    let mut a = console(&server, "city", "desk-a");
+    let mut b = console(&server, "city", "desk-b");
+    a.execute(&incident("Gas smell at the market"), &li, T0)
+        .unwrap();
+    a.execute(
+        &Command::IssueOrders {
+            incident: "INC-000001".into(),
+            orders: vec![NewOrder {
+                department: "water".into(),
+                instruction: "Isolate the main".into(),
+                deadline_ms: T0 + 600_000,
+            }],
+        },
+        &li,
+        T0 + 1,
+    )
+    .unwrap();
+    // Desk B follows without waiting on the network: within a moment it has the
+    // report, and the order with the verification and dispatch it implies.
+    let mut taken = 0;
+    for _ in 0..200 {
+        taken += b.sync().unwrap();
+        if taken >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(b.book().incidents, a.book().incidents);
+    assert_eq!(b.book().orders, a.book().orders);
+    let foreign = b.take_foreign();
+    assert_eq!(foreign.len(), 4, "{foreign:?}");
+    assert_eq!(foreign[0].operator, "li.wei");
+    // A console joining later builds the same book from the stream, and the chain
+    // it reads verifies exactly as the embedded log's does.
+    let c = console(&server, "city", "desk-c");
+    assert_eq!(c.opened.events, 4);
+    assert_eq!(c.book().orders, a.book().orders);
+    let report = c.log().verify().unwrap();
+    assert!(report.chain_ok, "{report:?}");
+    assert_eq!(report.events, 4);
+    assert_eq!(c.log().log_id(), a.log().log_id());
+    // Another hall on the same server is another log.
+    let other = console(&server, "district-1", "desk-d");
+    assert_eq!(other.opened.events, 0);
+    assert_ne!(other.log().log_id(), a.log().log_id());
+}
+
+#[test]
+fn a_console_behind_the_hall_catches_up_and_is_refused_naming_who_acted_first() {
+    let server = NatsServer::start("behind");
+    let li = Actor::new("li.wei", Role::Dispatcher, None);
+    let wang = Actor::new("wang.fang", Role::Dispatcher, None);
+    let mut a = console(&server, "city", "desk-a");
+    a.execute(&incident("Burst main"), &li, T0).unwrap();
+    let mut b = console(&server, "city", "desk-b");
+    let verify = Command::Incident {
+        id: "INC-000001".into(),
+        action: Action::VerifyIncident,
+        note: None,
+    };
+    // A verifies; B, which has not looked since, tries the same.
+    a.execute(&verify, &li, T0 + 10).unwrap();
+    let err = b.execute(&verify, &wang, T0 + 11).unwrap_err();
+    match &err {
+        DispatchError::Overtaken { by, .. } => assert_eq!(by, "li.wei"),
+        other => panic!("expected a refusal naming li.wei, got {other:?}"),
+    }
+    assert!(err.to_string().contains("li.wei acted first"), "{err}");
+    // B caught up on the way: it shows A's verification, and its own next command
+    // (one that is still valid) goes through on the first try.
+    assert_eq!(
+        b.book().incidents[0].status,
+        IncidentStatus::Verified,
+        "B shows the state it lost to"
+    );
+    b.execute(&incident("Second report"), &wang, T0 + 12)
+        .unwrap();
+    // A command that is still valid after catching up is written, not refused:
+    // A is now behind (B reported an incident) and its note goes in after it.
+    a.execute(
+        &Command::Note {
+            incident: "INC-000001".into(),
+            text: "crew on the way".into(),
+        },
+        &li,
+        T0 + 13,
+    )
+    .unwrap();
+    assert_eq!(a.book().incidents.len(), 2, "A caught up on B's incident");
+    assert_eq!(a.book().incidents[1].id, "INC-000002");
+    assert!(a.log().verify().unwrap().chain_ok);
+    assert_eq!(a.log().len(), 4);
+}
+
+#[test]
+fn four_consoles_racing_500_commands_each_end_with_one_truth() {
+    const CONSOLES: usize = 4;
+    const COMMANDS: usize = 500;
+    const SHARED: usize = COMMANDS / 4 + 1;
+    // Incidents 1..=SHARED take notes and orders (orders verify and dispatch their
+    // incident); the next SHARED are raced on for verification.
+    let server = NatsServer::start("race");
+    let names = ["li.wei", "wang.fang", "zhao.min", "chen.jun"];
+    {
+        // The shared incidents everyone will race on.
+        let mut setup = console(&server, "city", "setup");
+        let duty = Actor::new("duty", Role::Dispatcher, None);
+        for n in 0..2 * SHARED {
+            setup
+                .execute(&incident(&format!("shared #{n}")), &duty, T0)
+                .unwrap();
+        }
+    }
+    #[derive(Default, Debug)]
+    struct Outcome {
+        acked: Vec<String>,
+        /// (incident, who the refusal says acted first; empty for a plain refusal)
+        refused: Vec<(String, String)>,
+        book: Option<(Vec<super::book::Incident>, Vec<super::book::Order>)>,
+    }
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|&name| {
+                let server = &server;
+                scope.spawn(move || {
+                    let mut d = console(server, "city", name);
+                    let me = Actor::new(name, Role::Dispatcher, None);
+                    let mut out = Outcome::default();
+                    for k in 0..COMMANDS {
+                        let shared = if k % 4 == 3 {
+                            format!("INC-{:06}", SHARED + k / 4 + 1)
+                        } else {
+                            format!("INC-{:06}", k / 4 + 1)
+                        };
+                        let marker = format!("{name}#{k}");
+                        let cmd = match k % 4 {
+                            0 => incident(&marker),
+                            1 => Command::Note {
+                                incident: shared.clone(),
+                                text: marker.clone(),
+                            },
+                            2 => Command::IssueOrders {
+                                incident: shared.clone(),
+                                orders: vec![NewOrder {
+                                    department: "water".into(),
+                                    instruction: marker.clone(),
+                                    deadline_ms: T0 + 3_600_000,
+                                }],
+                            },
+                            _ => Command::Incident {
+                                id: shared.clone(),
+                                action: Action::VerifyIncident,
+                                note: Some(marker.clone()),
+                            },
+                        };
+                        match d.execute(&cmd, &me, T0 + k as i64) {
+                            Ok(_) => out.acked.push(marker),
+                            Err(DispatchError::Overtaken { by, .. }) => {
+                                assert_eq!(k % 4, 3, "only a verification can lose a race");
+                                out.refused.push((shared, by))
+                            }
+                            Err(DispatchError::Refused(e)) => {
+                                panic!("{marker}: a refusal that names nobody: {e}")
+                            }
+                            Err(e) => panic!("{marker}: {e}"),
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Everyone catches up with the hall, then all show the same state.
+    let mut consoles: Vec<Dispatcher> = names
+        .iter()
+        .map(|n| console(&server, "city", &format!("{n}-after")))
+        .collect();
+    let mut outcomes = outcomes;
+    for (o, d) in outcomes.iter_mut().zip(consoles.iter_mut()) {
+        o.book = Some((d.book().incidents.clone(), d.book().orders.clone()));
+    }
+    let first = outcomes[0].book.clone().unwrap();
+    for o in &outcomes[1..] {
+        assert!(
+            o.book.as_ref().unwrap() == &first,
+            "every console shows the same book"
+        );
+    }
+    let (incidents, orders) = first;
+    // Every acknowledged command is in the log exactly once.
+    let log = &consoles[0];
+    let mut payloads: Vec<String> = Vec::new();
+    log.log()
+        .scan_replay(&mut |_, _, _, p| payloads.push(p.to_string()))
+        .unwrap();
+    let acked: usize = outcomes.iter().map(|o| o.acked.len()).sum();
+    assert!(
+        acked >= CONSOLES * COMMANDS * 3 / 4,
+        "reports, notes and orders all land"
+    );
+    for o in &outcomes {
+        for marker in &o.acked {
+            let needle = format!("\"{marker}\"");
+            let n = payloads.iter().filter(|p| p.contains(&needle)).count();
+            assert_eq!(n, 1, "{marker} is in the log {n} times");
+        }
+    }
+    // Nothing is in the log that was not acknowledged.
+    let step = |m: &String| m.split('#').nth(1).unwrap().parse::<usize>().unwrap() % 4;
+    let acked_reports = outcomes
+        .iter()
+        .flat_map(|o| o.acked.iter())
+        .filter(|m| step(m) == 0)
+        .count();
+    assert_eq!(incidents.len(), 2 * SHARED + acked_reports);
+    assert_eq!(
+        orders.len(),
+        outcomes
+            .iter()
+            .flat_map(|o| o.acked.iter())
+            .filter(|m| step(m) == 2)
+            .count()
+    );
+    // Each shared incident was verified exactly once; every refusal names the one
+    // who verified it (or the console already showed it verified).
+    for inc in incidents.iter().take(2 * SHARED) {
+        let verifications: Vec<_> = inc
+            .timeline
+            .iter()
+            .filter(|t| t.text.to_lowercase().contains("verif"))
+            .collect();
+        assert!(verifications.len() <= 1, "{}: {verifications:?}", inc.id);
+    }
+    let mut refusals = 0;
+    for o in &outcomes {
+        for (id, by) in &o.refused {
+            refusals += 1;
+            let inc = incidents.iter().find(|i| &i.id == id).unwrap();
+            assert_ne!(
+                inc.status,
+                IncidentStatus::Reported,
+                "{id} was verified by someone"
+            );
+            if !by.is_empty() {
+                let verifier = inc
+                    .timeline
+                    .iter()
+                    .find(|t| t.text.to_lowercase().contains("verif"))
+                    .map(|t| t.who.to_string())
+                    .unwrap_or_default();
+                assert!(
+                    by.split(", ").any(|b| b == verifier),
+                    "{id}: refusal says {by:?} acted first; {verifier} verified it"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        refusals + acked,
+        CONSOLES * COMMANDS,
+        "every command was either written or refused"
+    );
+    eprintln!("{acked} written, {refusals} refused naming who acted first");
+    assert!(refusals > 0, "the consoles did race");
+    let report = log.log().verify().unwrap();
+    assert!(report.chain_ok, "{report:?}");
+    assert_eq!(report.events as usize, payloads.len());
+}
+
+#[test]
+fn with_the_server_down_commands_are_refused_clearly_and_work_resumes_after() {
+    let mut server = NatsServer::start("restart");
+    let li = Actor::new("li.wei", Role::Dispatcher, None);
+    let mut a = console(&server, "city", "desk-a");
+    let mut b = console(&server, "city", "desk-b");
+    a.execute(&incident("one"), &li, T0).unwrap();
+    server.kill();
+    // The client notices the connection is gone.
+    let started = std::time::Instant::now();
+    let err = loop {
+        match a.execute(&incident("two"), &li, T0 + 1) {
+            Err(e) => break e,
+            Ok(_) if started.elapsed() < Duration::from_secs(5) => {
+                panic!("written with the server down")
+            }
+            Ok(_) => unreachable!(),
+        }
+    };
+    assert!(matches!(err, DispatchError::Store(_)), "{err:?}");
+    assert!(err.to_string().contains("hall city"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "refused promptly"
+    );
+    assert_eq!(
+        a.book().incidents.len(),
+        1,
+        "nothing is shown that is not stored"
+    );
+    server.restart();
+    // Once reconnected, commands go through again.
+    let started = std::time::Instant::now();
+    loop {
+        match a.execute(&incident("three"), &li, T0 + 2) {
+            Ok(_) => break,
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("still failing after the restart: {e}"),
+        }
+    }
+    // B's follower picks up after the restart.
+    let started = std::time::Instant::now();
+    while b.book().incidents.len() < 2 && started.elapsed() < Duration::from_secs(30) {
+        b.sync().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(b.book().incidents.len(), 2);
+    // The refused command was not queued: it never lands later.
+    std::thread::sleep(Duration::from_millis(500));
+    let c = console(&server, "city", "desk-c");
+    let titles: Vec<_> = c.book().incidents.iter().map(|i| i.title.clone()).collect();
+    assert_eq!(titles, ["one", "three"]);
+    assert!(c.log().verify().unwrap().chain_ok);
+}

