@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod feeds;
 pub mod geo_frame;
 pub mod governance;
+pub mod hall;
 pub mod http;
 pub mod map;
 pub mod nats;

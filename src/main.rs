@@ -196,6 +196,16 @@ enum Command {
         #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7878")]
         report_to: String,
     },
+    /// The hall's headless hub (needs --nats URL --hall NAME): runs the dispatch
+    /// service on the hall's log (outbox to departments, status API on --api, the
+    /// deadline clock). One hub per hall is active; start another on a second
+    /// machine as a hot standby. Prints `active …`, `standby …` and `lost-lease …`
+    /// lines as its state changes; stops cleanly on SIGINT/SIGTERM.
+    Hub,
+    /// Print the hall's state as one JSON object (needs --nats URL --hall NAME):
+    /// the active hub and since when, standby hubs, consoles (user, role, last seen),
+    /// events and the chain head.
+    HallStatus,
     /// Manage the users file.
     #[command(subcommand)]
     Users(UsersCommand),
@@ -810,6 +820,8 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 zhongshu::sim::Simulator::new(&city, config, zhongshu::feeds::poll::unix_ms_now());
             zhongshu::sim::serve::serve(&addr, sim)
         }
+        Command::Hub => run_hub(&cli),
+        Command::HallStatus => hall_status(&cli),
         Command::Audit(AuditCommand::Verify { .. }) if cli.nats.is_some() => {
             let log = cli
                 .hall_log("audit", false)?
@@ -1035,6 +1047,164 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             seed,
         }) => bench_map(buildings, file, seed),
     }
+}
+
+/// Set by SIGINT/SIGTERM: long-running commands stop cleanly.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Connects to --nats with --nats-auth, naming the client.
+fn hall_nats(cli: &Cli, what: &str) -> anyhow::Result<(zhongshu::nats::Nats, String)> {
+    let (Some(url), Some(hall)) = (&cli.nats, &cli.hall) else {
+        bail!("{what} needs --nats URL --hall NAME");
+    };
+    zhongshu::nats::check_hall_name(hall).map_err(anyhow::Error::msg)?;
+    let auth =
+        zhongshu::nats::NatsAuth::load(cli.nats_auth.as_deref()).map_err(anyhow::Error::msg)?;
+    let nats = zhongshu::nats::Nats::connect(&zhongshu::nats::NatsOptions {
+        url: url.clone(),
+        auth,
+        timeout: None,
+        name: Some(format!("zhongshu {what} ({hall})")),
+    })
+    .map_err(anyhow::Error::msg)?;
+    Ok((nats, hall.clone()))
+}
+
+fn run_hub(cli: &Cli) -> anyhow::Result<()> {
+    use zhongshu::hall::hub::{HubOptions, HubState};
+    let (nats, hall) = hall_nats(cli, "hub")?;
+    let setup = desk_setup(cli, false)?;
+    // SAFETY: plain handlers that only store to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_stop_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_stop_signal as *const () as libc::sighandler_t);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let options = HubOptions {
+        hall: hall.clone(),
+        config: setup.config,
+        service: setup.service,
+        replicas: cli.nats_replicas,
+    };
+    use std::io::Write;
+    let result = zhongshu::hall::hub::run(&nats, options, stop, |state| {
+        let mut out = std::io::stdout().lock();
+        let _ = match state {
+            HubState::Active {
+                id,
+                api,
+                events,
+                took_ms,
+            } => writeln!(
+                out,
+                "active {id} hall={hall} api={api} events={events} took_ms={took_ms:.0}"
+            ),
+            HubState::Standby { id, active } => writeln!(
+                out,
+                "standby {id} hall={hall} active={}",
+                active.as_deref().unwrap_or("-")
+            ),
+            HubState::LostLease { id } => writeln!(out, "lost-lease {id} hall={hall}"),
+            HubState::Problem(p) => {
+                eprintln!("zhongshu hub: {p}");
+                Ok(())
+            }
+        };
+        let _ = out.flush();
+    });
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watcher.join();
+    result
+}
+
+fn hall_status(cli: &Cli) -> anyhow::Result<()> {
+    use zhongshu::hall::{Lease, Members, new_member_id};
+    use zhongshu::store::EventStore;
+    let (nats, hall) = hall_nats(cli, "hall-status")?;
+    let lease = Lease::open(&nats, &hall, &new_member_id("status"), cli.nats_replicas)
+        .map_err(anyhow::Error::msg)?;
+    let members = Members::open(&nats, &hall, cli.nats_replicas)
+        .map_err(anyhow::Error::msg)?
+        .list()
+        .map_err(anyhow::Error::msg)?;
+    let active_id = lease.holder().map_err(anyhow::Error::msg)?;
+    let member_json = |m: &zhongshu::hall::Member| {
+        serde_json::json!({
+            "id": m.id,
+            "host": m.host,
+            "pid": m.pid,
+            "state": m.state,
+            "user": m.user,
+            "role": (m.kind == "console").then_some(&m.state),
+            "working_on": m.working_on,
+            "api": m.api,
+            "since": zhongshu::clock::rfc3339_from_unix_ms(m.since_ms),
+            "last_seen": zhongshu::clock::rfc3339_from_unix_ms(m.last_seen_ms),
+        })
+    };
+    let active = active_id.as_ref().map(|id| {
+        members
+            .iter()
+            .find(|m| &m.id == id)
+            .map(member_json)
+            .unwrap_or_else(|| serde_json::json!({ "id": id }))
+    });
+    let standby: Vec<_> = members
+        .iter()
+        .filter(|m| m.kind == "hub" && Some(&m.id) != active_id.as_ref())
+        .map(member_json)
+        .collect();
+    let consoles: Vec<_> = members
+        .iter()
+        .filter(|m| m.kind == "console")
+        .map(member_json)
+        .collect();
+    let log = match zhongshu::store::jetstream::JetStreamLog::open(
+        &nats,
+        &hall,
+        &zhongshu::store::jetstream::HallLogOptions {
+            replicas: cli.nats_replicas,
+            create: false,
+        },
+    ) {
+        Ok(log) => {
+            let mut events = 0u64;
+            log.scan_replay(&mut |_, _, _, _| events += 1)?;
+            let head = log.head();
+            serde_json::json!({
+                "events": events,
+                "chain_head": { "seq": head.0, "hash": head.1 },
+                "log_id": log.log_id(),
+                "integrity_alarm": log.integrity_alarm(),
+            })
+        }
+        Err(e) => serde_json::json!({ "events": 0, "chain_head": null, "problem": e.to_string() }),
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "hall": hall,
+            "server": nats.url,
+            "active_hub": active,
+            "standby_hubs": standby,
+            "consoles": consoles,
+            "log": log,
+        })
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -159,3 +159,226 @@ fn wrong_hall_and_unreachable_server_are_clear_errors() {
         "fails promptly"
     );
 }
+
+/// A department's order intake over HTTP that records every POST: (path,
+/// Idempotency-Key).
+fn department() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
+    let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let key = request
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Idempotency-Key"))
+                .map(|h| h.value.to_string())
+                .unwrap_or_default();
+            record
+                .lock()
+                .unwrap()
+                .push((request.url().to_string(), key));
+            let json = tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
+            let _ = request
+                .respond(tiny_http::Response::from_string("{\"accepted\":true}").with_header(json));
+        }
+    });
+    (base, seen)
+}
+
+/// A hub process whose stdout lines arrive on a channel.
+fn hub(
+    url: &str,
+    api: &str,
+    dispatch: &std::path::Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = zhongshu()
+        .args([
+            "hub",
+            "--demo",
+            "--nats",
+            url,
+            "--hall",
+            "city",
+            "--api",
+            api,
+            "--dispatch",
+        ])
+        .arg(dispatch)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, prefix: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no `{prefix}` line within {within:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_standby_hub_takes_over_and_every_order_reaches_the_department_once() {
+    use zhongshu::dispatch::Role;
+    use zhongshu::dispatch::book::{Actor, Command, NewIncident, NewOrder, Severity};
+    use zhongshu::dispatch::config::DispatchConfig;
+    use zhongshu::dispatch::dispatcher::Dispatcher;
+    use zhongshu::store::jetstream::{HallLogOptions, JetStreamLog};
+
+    let dir = crate::scratch_dir("hub-failover");
+    let server = NatsServer::start("hub-failover");
+    let url = server.url();
+    let (dept, seen) = department();
+    let config = format!(
+        "[[department]]\nid = \"water\"\nname = \"Water\"\ndomain = \"utilities\"\nlevel = \"city\"\nendpoint = \"{dept}/water\"\ntoken = \"demo-water-token\"\n"
+    );
+    let dispatch = dir.join("dispatch.toml");
+    std::fs::write(&dispatch, &config).unwrap();
+    let api = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let (mut a, a_lines) = hub(&url, &api, &dispatch);
+    wait_line(&a_lines, "active ", Duration::from_secs(30));
+    let (mut b, b_lines) = hub(&url, &api, &dispatch);
+    wait_line(&b_lines, "standby ", Duration::from_secs(30));
+
+    // A console of the hall issues orders; only the hub talks to departments.
+    let nats = zhongshu::nats::Nats::connect(&zhongshu::nats::NatsOptions {
+        url: url.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let log = JetStreamLog::open(&nats, "city", &HallLogOptions::default()).unwrap();
+    let config = DispatchConfig::parse(&config, "test").unwrap();
+    let mut desk = Dispatcher::open_store(Box::new(log), config).unwrap();
+    let li = Actor::new("li.wei", Role::Dispatcher, None);
+    let now = || zhongshu::feeds::poll::unix_ms_now();
+    let issue = |desk: &mut Dispatcher, n: usize| {
+        let events = desk
+            .execute(
+                &Command::ReportIncident(NewIncident {
+                    kind: "pipeBurst".into(),
+                    title: format!("Burst main #{n}"),
+                    domain: zhongshu::feeds::Domain::Utilities,
+                    severity: Severity::Severe,
+                    lon: 121.47,
+                    lat: 31.23,
+                    source: "desk".into(),
+                    key: None,
+                }),
+                &li,
+                now(),
+            )
+            .unwrap();
+        let id = match &events[0] {
+            zhongshu::dispatch::book::Event::IncidentReported { id, .. } => id.clone(),
+            _ => unreachable!(),
+        };
+        desk.execute(
+            &Command::IssueOrders {
+                incident: id,
+                orders: (0..2)
+                    .map(|k| NewOrder {
+                        department: "water".into(),
+                        instruction: format!("Isolate section {k}"),
+                        deadline_ms: now() + 3_600_000,
+                    })
+                    .collect(),
+            },
+            &li,
+            now(),
+        )
+        .unwrap();
+    };
+    for n in 0..5 {
+        issue(&mut desk, n);
+    }
+    // The active hub delivers them.
+    let started = Instant::now();
+    while seen.lock().unwrap().len() < 10 && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        seen.lock().unwrap().len() >= 10,
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    // More orders, and the active hub dies at once.
+    for n in 5..10 {
+        issue(&mut desk, n);
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let killed = Instant::now();
+    wait_line(&b_lines, "active ", Duration::from_secs(15));
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(10), "failover took {took:?}");
+    for n in 10..12 {
+        issue(&mut desk, n);
+    }
+    // Every order reaches the department, each under one idempotency key.
+    let started = Instant::now();
+    let orders = 24;
+    loop {
+        let seen = seen.lock().unwrap().clone();
+        let mut keys: Vec<&String> = seen.iter().map(|(_, k)| k).collect();
+        keys.sort();
+        keys.dedup();
+        if keys.len() >= orders || started.elapsed() > Duration::from_secs(30) {
+            assert_eq!(keys.len(), orders, "every order delivered: {seen:?}");
+            for (path, key) in &seen {
+                let order = key.rsplit(':').next().unwrap();
+                assert!(path.ends_with("/water/orders"), "{path}");
+                assert!(
+                    key.starts_with(desk.log().log_id()),
+                    "one key per order across hubs: {key}"
+                );
+                assert!(order.starts_with("ORD-"), "{key}");
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The log records each delivery once.
+    let started = Instant::now();
+    while desk.book().orders.iter().any(|o| o.delivered_ms.is_none())
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        desk.sync().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(desk.book().orders.iter().all(|o| o.delivered_ms.is_some()));
+    let mut deliveries = 0;
+    desk.log()
+        .scan_replay(&mut |_, _, _, p| {
+            if p.contains("\"record_delivery\"") {
+                deliveries += 1;
+            }
+        })
+        .unwrap();
+    assert_eq!(deliveries, orders, "one delivery recorded per order");
+    assert!(desk.log().verify().unwrap().chain_ok);
+    b.kill().unwrap();
+    b.wait().unwrap();
+}

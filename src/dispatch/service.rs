@@ -431,6 +431,16 @@ impl DispatchService {
     /// pump, and reports are answered "not recorded, try again".
     pub fn pump(&mut self, now_ms: i64) -> Result<usize, DispatchError> {
         let mut written = 0;
+        // In a hall, what other consoles wrote (orders to send, cancellations) is
+        // taken in first, so this service acts on it like on its own commands.
+        self.dispatcher.sync()?;
+        let foreign: Vec<Event> = self
+            .dispatcher
+            .take_foreign()
+            .into_iter()
+            .map(|f| f.event)
+            .collect();
+        self.after(&foreign);
         while let Ok(d) = self.deliveries.try_recv() {
             self.held.push_back(d);
         }

@@ -198,6 +198,12 @@ impl JetStreamLog {
         &self.hall
     }
 
+    /// The last event read or written: its sequence number and hash.
+    pub fn head(&self) -> (i64, String) {
+        let r = self.reader.lock().expect("the reader lock is not poisoned");
+        (r.head.events, r.head.hash.clone())
+    }
+
     /// The stream's last sequence now (one request).
     pub fn stream_last_seq(&self) -> Result<u64, StoreError> {
         let stream = self.stream.clone();

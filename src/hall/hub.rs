@@ -1,0 +1,212 @@
+//! `zhongshu hub`: the hall's headless hub. Exactly one is active per hall (the
+//! lease); others wait as hot standbys and take over when the active one stops
+//! renewing. The active hub runs the dispatch service on the hall's log: the outbox
+//! to departments (orders issued at any console), the status API, the deadline
+//! clock and alerts. Taking over, it re-sends whatever was not yet delivered;
+//! departments de-duplicate by idempotency key, which is the same on every hub of
+//! the hall (it is built from the hall log's id).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{Lease, Member, Members, host_name, new_member_id};
+use crate::dispatch::config::DispatchConfig;
+use crate::dispatch::dispatcher::Dispatcher;
+use crate::dispatch::service::{DispatchService, ServiceOptions};
+use crate::nats::Nats;
+use crate::store::jetstream::{HallLogOptions, JetStreamLog};
+
+/// What a hub needs.
+#[derive(Clone)]
+pub struct HubOptions {
+    pub hall: String,
+    pub config: DispatchConfig,
+    pub service: ServiceOptions,
+    pub replicas: usize,
+}
+
+/// What the hub reports as it goes (one line each on the command line).
+#[derive(Clone, Debug, PartialEq)]
+pub enum HubState {
+    Standby {
+        id: String,
+        active: Option<String>,
+    },
+    Active {
+        id: String,
+        api: String,
+        events: u64,
+        took_ms: f64,
+    },
+    LostLease {
+        id: String,
+    },
+    Problem(String),
+}
+
+/// How often the active hub renews its lease and a standby tries to take it.
+const LEASE_EVERY: Duration = Duration::from_millis(1000);
+/// How often the active hub pumps the dispatch service.
+const PUMP_EVERY: Duration = Duration::from_millis(20);
+/// How often a member re-announces itself.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+
+fn now_ms() -> i64 {
+    crate::feeds::poll::unix_ms_now()
+}
+
+/// Runs the hub until `stop` is set. Reports each change of state to `report`.
+pub fn run(
+    nats: &Nats,
+    options: HubOptions,
+    stop: Arc<AtomicBool>,
+    mut report: impl FnMut(HubState),
+) -> anyhow::Result<()> {
+    crate::nats::check_hall_name(&options.hall).map_err(anyhow::Error::msg)?;
+    let id = new_member_id("hub");
+    let mut lease =
+        Lease::open(nats, &options.hall, &id, options.replicas).map_err(anyhow::Error::msg)?;
+    let members =
+        Members::open(nats, &options.hall, options.replicas).map_err(anyhow::Error::msg)?;
+    let mut me = Member {
+        kind: "hub".into(),
+        id: id.clone(),
+        host: host_name(),
+        pid: std::process::id(),
+        state: "standby".into(),
+        user: None,
+        working_on: None,
+        api: None,
+        since_ms: now_ms(),
+        last_seen_ms: now_ms(),
+    };
+    let mut service: Option<DispatchService> = None;
+    let mut last_lease = Instant::now() - LEASE_EVERY;
+    let mut last_announce = Instant::now() - ANNOUNCE_EVERY;
+    let mut said_standby = false;
+    let mut last_problem: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) {
+        // The active hub renews every second; a standby looks four times as often,
+        // so it takes over within a quarter second of the lease expiring.
+        let every = if service.is_some() {
+            LEASE_EVERY
+        } else {
+            LEASE_EVERY / 4
+        };
+        if last_lease.elapsed() >= every {
+            last_lease = Instant::now();
+            let was_active = service.is_some();
+            match lease.try_acquire() {
+                Ok(true) if !was_active => {
+                    let started = Instant::now();
+                    // Replaying a large log takes a while: the lease is renewed
+                    // meanwhile, so no standby takes over a hub that is starting.
+                    let starting = AtomicBool::new(true);
+                    let (started_service, renewals) = std::thread::scope(|scope| {
+                        let renewer = scope.spawn(|| {
+                            let mut ok = true;
+                            while starting.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(100));
+                                if last_lease.elapsed() >= LEASE_EVERY {
+                                    last_lease = Instant::now();
+                                    ok &= lease.renew().unwrap_or(true);
+                                }
+                            }
+                            ok
+                        });
+                        let s = start_service(nats, &options);
+                        starting.store(false, Ordering::Relaxed);
+                        (s, renewer.join().unwrap_or(false))
+                    });
+                    let started_service = if renewals {
+                        started_service
+                    } else {
+                        Err(anyhow::anyhow!("the lease was lost while starting"))
+                    };
+                    match started_service {
+                        Ok(s) => {
+                            let events = s.dispatcher.opened.events;
+                            me.state = "active".into();
+                            me.api = Some(s.api_url());
+                            me.since_ms = now_ms();
+                            report(HubState::Active {
+                                id: id.clone(),
+                                api: s.api_url(),
+                                events,
+                                took_ms: started.elapsed().as_secs_f64() * 1000.0,
+                            });
+                            service = Some(s);
+                            last_announce = Instant::now() - ANNOUNCE_EVERY;
+                        }
+                        Err(e) => {
+                            // Let another hub try.
+                            lease.release();
+                            report(HubState::Problem(format!(
+                                "cannot start the service: {e:#}"
+                            )));
+                        }
+                    }
+                }
+                Ok(true) => {}
+                Ok(false) => {
+                    if was_active {
+                        service = None;
+                        me.state = "standby".into();
+                        me.api = None;
+                        me.since_ms = now_ms();
+                        report(HubState::LostLease { id: id.clone() });
+                        said_standby = false;
+                    }
+                    if !said_standby {
+                        said_standby = true;
+                        report(HubState::Standby {
+                            id: id.clone(),
+                            active: lease.holder().ok().flatten(),
+                        });
+                    }
+                }
+                Err(e) => {
+                    // The server is out of reach: an active hub keeps its service
+                    // (its writes fail and are retried) until the lease is known lost.
+                    if last_problem.as_deref() != Some(e.as_str()) {
+                        report(HubState::Problem(e.clone()));
+                        last_problem = Some(e);
+                    }
+                }
+            }
+        }
+        if last_announce.elapsed() >= ANNOUNCE_EVERY {
+            last_announce = Instant::now();
+            me.last_seen_ms = now_ms();
+            let _ = members.announce(&me);
+        }
+        if let Some(s) = service.as_mut()
+            && let Err(e) = s.pump(now_ms())
+        {
+            let text = format!("{e}");
+            if last_problem.as_deref() != Some(text.as_str()) {
+                report(HubState::Problem(text.clone()));
+                last_problem = Some(text);
+            }
+        }
+        std::thread::sleep(PUMP_EVERY);
+    }
+    drop(service);
+    lease.release();
+    members.leave(&me);
+    Ok(())
+}
+
+fn start_service(nats: &Nats, options: &HubOptions) -> anyhow::Result<DispatchService> {
+    let log = JetStreamLog::open(
+        nats,
+        &options.hall,
+        &HallLogOptions {
+            replicas: options.replicas,
+            create: true,
+        },
+    )?;
+    let dispatcher = Dispatcher::open_store(Box::new(log), options.config.clone())?;
+    DispatchService::start(dispatcher, options.service.clone())
+}
