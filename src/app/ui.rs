@@ -1133,7 +1133,7 @@ mod panel_tests {
         );
         harness.get_by_label("60 fps");
         harness.get_by_label("43 chunks · 41 k triangles");
-        harness.get_by_label("skipped 1530");
+        harness.get_by_label("skipped 1531");
         harness.get_by_label("© OpenStreetMap contributors (ODbL)");
     }
 
@@ -1154,7 +1154,7 @@ mod panel_tests {
         let attribution = harness
             .get_by_label("© OpenStreetMap contributors (ODbL)")
             .rect();
-        let skipped = harness.get_by_label("skipped 1530").rect();
+        let skipped = harness.get_by_label("skipped 1531").rect();
         assert!(attribution.right() <= 640.0 + 0.5, "{attribution:?}");
         assert!(
             skipped.right() <= attribution.left(),

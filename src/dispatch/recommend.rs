@@ -14,6 +14,12 @@
 //!
 //! Off-road legs (unit → its nearest node, the incident's node → the incident) are
 //! straight lines driven at [`OFF_ROAD_SPEED_MPS`].
+//!
+//! Turn restrictions: at a node with banned turns the search state is the node *and*
+//! the edge the route leaves it by (edge-based), everywhere else the node alone, so a
+//! map without restrictions searches exactly as before and one with a few hundred
+//! restricted junctions adds a few states per junction. A route that must go round
+//! the block to avoid a banned turn, even through the same junction, is found.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -153,6 +159,15 @@ pub struct Router {
     /// CSR from map road index to the reverse positions of its edges.
     road_start: Vec<u32>,
     road_pos: Vec<u32>,
+    /// Turn restrictions (all empty when the graph has none). Search states are the
+    /// nodes `0..n`, then one state per edge leaving a node with banned turns ("at
+    /// that node, about to take that edge"): `turn_state[p]` is the state of the
+    /// edge at reverse position `p` (`NONE` where its source node has no banned
+    /// turns), `state_pos[s - n]` the position of state `s`.
+    turn_state: Vec<u32>,
+    state_pos: Vec<u32>,
+    /// Banned turns as `(out position << 32) | in position`, sorted.
+    banned: Vec<u64>,
     node_tree: RTree<NodePoint>,
     /// Built on first need: matching traffic segments without a road id.
     segment_tree: Option<RTree<RoadSegment>>,
@@ -273,35 +288,40 @@ fn snap_all(
     }
 }
 
-/// Reusable search buffers. `dist`, `next` and `via` are valid for node `v` only
-/// where `stamp[v] == generation`, so a call never clears graph-sized arrays.
+/// Reusable search buffers, per search state (see [`Router`]). `dist`, `next` and
+/// `via` are valid for state `s` only where `stamp[s] == generation`, and a node's
+/// units are done where `seen[v] == generation`, so a call never clears graph-sized
+/// arrays.
 #[derive(Default)]
 struct Scratch {
     generation: u32,
     stamp: Vec<u32>,
+    seen: Vec<u32>,
     dist: Vec<f64>,
-    /// Next node toward the incident and the reverse position of that edge.
+    /// Next state toward the incident and the reverse position of that edge.
     next: Vec<u32>,
     via: Vec<u32>,
     heap: BinaryHeap<Reverse<(u64, u32)>>,
-    /// The best `k` candidates so far: max-heap of (key bits, unit, node).
+    /// The best `k` candidates so far: max-heap of (key bits, unit, state).
     best: BinaryHeap<(u64, u32, u32)>,
     /// Unit index of the last `recommend` call, reused while positions are unchanged.
     units: Option<UnitIndex>,
 }
 
 impl Scratch {
-    fn begin(&mut self, n: usize) {
-        if self.stamp.len() != n {
-            self.stamp = vec![0; n];
-            self.dist = vec![0.0; n];
-            self.next = vec![NONE; n];
-            self.via = vec![NONE; n];
+    fn begin(&mut self, states: usize, nodes: usize) {
+        if self.stamp.len() != states || self.seen.len() != nodes {
+            self.stamp = vec![0; states];
+            self.seen = vec![0; nodes];
+            self.dist = vec![0.0; states];
+            self.next = vec![NONE; states];
+            self.via = vec![NONE; states];
             self.generation = 0;
         }
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             self.stamp.fill(0);
+            self.seen.fill(0);
             self.generation = 1;
         }
         self.heap.clear();
@@ -347,9 +367,11 @@ impl Router {
         let mut rev_len = vec![0f32; m];
         let mut rev_free = vec![0f32; m];
         let mut rev_road = vec![0u32; m];
-        for e in &graph.edges {
+        let mut pos_of_edge = vec![0u32; m];
+        for (id, e) in graph.edges.iter().enumerate() {
             let p = fill[e.to as usize] as usize;
             fill[e.to as usize] += 1;
+            pos_of_edge[id] = p as u32;
             rev_src[p] = e.from;
             rev_len[p] = e.length_m;
             rev_free[p] = e.free_speed_mps;
@@ -375,6 +397,28 @@ impl Router {
             road_pos[fill[r as usize] as usize] = p as u32;
             fill[r as usize] += 1;
         }
+        let (mut turn_state, mut state_pos, mut banned) = (Vec::new(), Vec::new(), Vec::new());
+        if !graph.banned_turns.is_empty() {
+            let mut restricted = vec![false; n];
+            for &(i, _) in &graph.banned_turns {
+                restricted[graph.edge(i).to as usize] = true;
+            }
+            turn_state = vec![NONE; m];
+            for (p, &u) in rev_src.iter().enumerate() {
+                if restricted[u as usize] {
+                    turn_state[p] = (n + state_pos.len()) as u32;
+                    state_pos.push(p as u32);
+                }
+            }
+            banned = graph
+                .banned_turns
+                .iter()
+                .map(|&(i, o)| {
+                    (u64::from(pos_of_edge[o as usize]) << 32) | u64::from(pos_of_edge[i as usize])
+                })
+                .collect();
+            banned.sort_unstable();
+        }
         // Only nodes a vehicle can drive from or to are snapping targets.
         let mut connected = vec![false; n];
         for e in &graph.edges {
@@ -397,6 +441,9 @@ impl Router {
             rev_free,
             road_start,
             road_pos,
+            turn_state,
+            state_pos,
+            banned,
             node_tree: RTree::bulk_load(points),
             segment_tree: None,
             segment_cache: HashMap::new(),
@@ -660,18 +707,29 @@ impl Router {
         let Some((target, incident_off_m)) = self.snap(incident) else {
             return Vec::new();
         };
-        s.begin(self.nodes.len());
+        let n = self.nodes.len();
+        s.begin(n + self.state_pos.len(), n);
         let generation = s.generation;
+        // State `s`: its node, and the reverse position of the edge the route leaves
+        // it by where that matters (`NONE`: a node state).
+        let state = |s: usize| -> (usize, u32) {
+            if s < n {
+                (s, NONE)
+            } else {
+                let p = self.state_pos[s - n];
+                (self.rev_src[p as usize] as usize, p)
+            }
+        };
         let t = target as usize;
         s.stamp[t] = generation;
         s.dist[t] = 0.0;
         s.next[t] = NONE;
         s.via[t] = NONE;
         s.heap.push(Reverse((key(0.0), target)));
-        while let Some(Reverse((d_bits, v))) = s.heap.pop() {
+        while let Some(Reverse((d_bits, st))) = s.heap.pop() {
             let d = f64::from_bits(d_bits);
-            let vi = v as usize;
-            if d > s.dist(vi) {
+            let si = st as usize;
+            if d > s.dist(si) {
                 continue; // stale entry
             }
             // Every unit still to come costs at least `d`: stop once the k-th best
@@ -679,29 +737,43 @@ impl Router {
             if s.best.len() >= k && s.best.peek().is_some_and(|b| b.0 < d_bits) {
                 break;
             }
-            for &ui in &index.members[index.start[vi] as usize..index.start[vi + 1] as usize] {
-                let unit = &units[ui as usize];
-                if !unit.available || !suitable(unit) {
-                    continue;
-                }
-                let cost = d + index.off_m[ui as usize] / OFF_ROAD_SPEED_MPS;
-                let entry = (key(cost), ui, v);
-                if s.best.len() < k {
-                    s.best.push(entry);
-                } else if s.best.peek().is_some_and(|worst| entry < *worst) {
-                    s.best.pop();
-                    s.best.push(entry);
+            let (vi, leave) = state(si);
+            // A node's units are ranked at its first (cheapest) state; without turn
+            // restrictions there is one state per node.
+            if self.state_pos.is_empty()
+                || std::mem::replace(&mut s.seen[vi], generation) != generation
+            {
+                for &ui in &index.members[index.start[vi] as usize..index.start[vi + 1] as usize] {
+                    let unit = &units[ui as usize];
+                    if !unit.available || !suitable(unit) {
+                        continue;
+                    }
+                    let cost = d + index.off_m[ui as usize] / OFF_ROAD_SPEED_MPS;
+                    let entry = (key(cost), ui, st);
+                    if s.best.len() < k {
+                        s.best.push(entry);
+                    } else if s.best.peek().is_some_and(|worst| entry < *worst) {
+                        s.best.pop();
+                        s.best.push(entry);
+                    }
                 }
             }
             for p in self.rev_start[vi] as usize..self.rev_start[vi + 1] as usize {
-                let u = self.rev_src[p] as usize;
+                if leave != NONE && self.turn_banned(p as u32, leave) {
+                    continue;
+                }
+                let u = self.rev_src[p];
+                let su = match self.turn_state.get(p) {
+                    Some(&x) if x != NONE => x as usize,
+                    _ => u as usize,
+                };
                 let nd = d + self.rev_time[p] as f64;
-                if nd < s.dist(u) {
-                    s.stamp[u] = generation;
-                    s.dist[u] = nd;
-                    s.next[u] = v;
-                    s.via[u] = p as u32;
-                    s.heap.push(Reverse((key(nd), u as u32)));
+                if nd < s.dist(su) {
+                    s.stamp[su] = generation;
+                    s.dist[su] = nd;
+                    s.next[su] = st;
+                    s.via[su] = p as u32;
+                    s.heap.push(Reverse((key(nd), su as u32)));
                 }
             }
         }
@@ -709,15 +781,15 @@ impl Router {
         let best = std::mem::take(&mut s.best).into_sorted_vec();
         let out = best
             .iter()
-            .map(|&(cost_bits, ui, node)| {
-                let mut route = vec![self.nodes[node as usize]];
+            .map(|&(cost_bits, ui, start)| {
+                let mut route = vec![self.nodes[state(start as usize).0]];
                 let mut length = 0.0f64;
-                let mut at = node;
+                let mut at = start;
                 while at != target {
                     let p = s.via[at as usize];
                     length += self.rev_len[p as usize] as f64;
                     at = s.next[at as usize];
-                    route.push(self.nodes[at as usize]);
+                    route.push(self.nodes[state(at as usize).0]);
                 }
                 let unit = &units[ui as usize];
                 Recommendation {
@@ -733,6 +805,17 @@ impl Router {
         reuse.clear();
         s.best = BinaryHeap::from(reuse);
         out
+    }
+}
+
+impl Router {
+    /// Whether the turn from the edge at reverse position `into` (arriving at a
+    /// node) onto the edge at `leave` (leaving it) is banned.
+    #[inline]
+    fn turn_banned(&self, into: u32, leave: u32) -> bool {
+        self.banned
+            .binary_search(&((u64::from(leave) << 32) | u64::from(into)))
+            .is_ok()
     }
 }
 
@@ -1060,6 +1143,7 @@ pub fn bench_recommend(units: usize, target_edges: usize, seed: u64) -> serde_js
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::map::CityMap;
     use std::collections::BTreeMap;
 
     /// Undirected links `(a, b, road)` at 10 m/s free flow.
@@ -1539,6 +1623,391 @@ mod tests {
         let stale = UnitIndex::build(&router, &units[..2]);
         let r = router.recommend_indexed([0.0, 0.0], &units, &stale, is("police"), 5);
         assert_eq!(ids(&r), ["C"]);
+    }
+
+    /// Grid point (x, y) of the turn-restriction fixtures: steps of 0.0005° east and
+    /// 0.00025° north (about 28 m each) from (24.94, 60.17).
+    fn lon_lat(x: i32, y: i32) -> [f64; 2] {
+        [24.94 + x as f64 * 0.0005, 60.17 + y as f64 * 0.00025]
+    }
+
+    /// A relation of a fixture: id, members, tags.
+    type Relation<'a> = (i64, Vec<(char, i64, &'a str)>, Vec<(&'a str, &'a str)>);
+
+    /// A crossing C with four arms of about 55 m, and two diagonal streets (78 m)
+    /// from N to W and to E; nothing else joins S to W or E:
+    ///
+    /// ```text
+    ///             N(3)
+    ///           /  │  \
+    ///      NW(6)   │   NE(7)
+    ///       /      │      \
+    ///   W(4) ──── C(2) ──── E(5)
+    ///              │
+    ///             S(1)
+    /// ```
+    ///
+    /// Ways: 100 S–C, 101 C–N, 102 C–W, 103 C–E, 104 N–NW–W, 105 N–NE–E, all
+    /// two-way residential streets; plus the given relations. Going round by a
+    /// diagonal (189 m from S to W) is shorter than turning back at the next junction
+    /// (222 m), so a detour has one answer.
+    fn crossing(relations: &[Relation]) -> CityMap {
+        use crate::map::pbf_fixture::Osm;
+        let mut osm = Osm::new();
+        for (id, (x, y)) in [(1, S), (2, C), (3, N), (4, W), (5, E), (6, NW), (7, NE)] {
+            let [lon, lat] = lon_lat(x, y);
+            osm.node(id, lon, lat);
+        }
+        let street = [("highway", "residential")];
+        osm.way(100, &[1, 2], &street)
+            .way(101, &[2, 3], &street)
+            .way(102, &[2, 4], &street)
+            .way(103, &[2, 5], &street)
+            .way(104, &[3, 6, 4], &street)
+            .way(105, &[3, 7, 5], &street);
+        for (id, members, tags) in relations {
+            osm.relation(*id, members, tags);
+        }
+        crate::map::load_bytes(&osm.to_pbf(), crate::map::MapFormat::OsmPbf, "t", "t.pbf").unwrap()
+    }
+
+    /// The fastest route (as grid points) and its ETA for one unit at grid point
+    /// `from` to an incident at grid point `to`.
+    fn drive(map: &CityMap, from: (i32, i32), to: (i32, i32)) -> (Vec<(i32, i32)>, f64) {
+        let router = Router::new(&RoadGraph::from_map(map));
+        let at = |(x, y): (i32, i32)| {
+            let [lon, lat] = lon_lat(x, y);
+            map.frame.local_from_wgs84(lon, lat)
+        };
+        let units = [unit("u", "ambulance", at(from))];
+        let r = router.recommend(at(to), &units, |_| true, 1);
+        assert_eq!(r.len(), 1, "{from:?} cannot reach {to:?}");
+        let grid: Vec<(i32, i32)> = r[0]
+            .route
+            .iter()
+            .map(|p| {
+                let near = [S, C, N, W, E, NW, NE].into_iter().find(|&g| {
+                    let q = at(g);
+                    (q[0] - p[0]).hypot(q[1] - p[1]) < 0.05
+                });
+                near.unwrap_or_else(|| panic!("route point {p:?} is no fixture node"))
+            })
+            .collect();
+        (grid, r[0].eta_s)
+    }
+
+    const S: (i32, i32) = (2, 0);
+    const C: (i32, i32) = (2, 2);
+    const N: (i32, i32) = (2, 4);
+    const W: (i32, i32) = (0, 2);
+    const E: (i32, i32) = (4, 2);
+    const NW: (i32, i32) = (1, 3);
+    const NE: (i32, i32) = (3, 3);
+
+    fn restriction<'a>(id: i64, from: i64, to: i64, tags: &[(&'a str, &'a str)]) -> Relation<'a> {
+        let mut all = vec![("type", "restriction")];
+        all.extend_from_slice(tags);
+        (
+            id,
+            vec![('w', from, "from"), ('n', 2, "via"), ('w', to, "to")],
+            all,
+        )
+    }
+
+    #[test]
+    fn a_no_left_turn_sends_the_route_round_the_block() {
+        // Without the relation, S → W turns left at C: two arms, 111 m.
+        let (route, eta_direct) = drive(&crossing(&[]), S, W);
+        assert_eq!(route, [S, C, W]);
+        // No left turn from the southern arm into the western one: straight on to N,
+        // then down the diagonal, 189 m.
+        let map = crossing(&[restriction(
+            900,
+            100,
+            102,
+            &[("restriction", "no_left_turn")],
+        )]);
+        let (route, eta) = drive(&map, S, W);
+        assert_eq!(route, [S, C, N, NW, W]);
+        let longer = (2.0 + 2f64.sqrt()) / 2.0;
+        assert!(
+            (eta / eta_direct - longer).abs() < 0.02,
+            "{eta} s vs {eta_direct} s"
+        );
+        // The other turns at C, and the same turn from elsewhere, are untouched.
+        assert_eq!(drive(&map, S, E).0, [S, C, E]);
+        assert_eq!(drive(&map, E, W).0, [E, C, W]);
+        assert_eq!(drive(&map, C, W).0, [C, W]);
+        // The restriction is read from the motorcar key as well.
+        let map = crossing(&[restriction(
+            900,
+            100,
+            102,
+            &[("restriction:motorcar", "no_left_turn")],
+        )]);
+        assert_eq!(drive(&map, S, W).0, [S, C, N, NW, W]);
+    }
+
+    #[test]
+    fn an_only_straight_on_forbids_both_turns() {
+        let map = crossing(&[restriction(
+            901,
+            100,
+            101,
+            &[("restriction", "only_straight_on")],
+        )]);
+        assert_eq!(drive(&map, S, W).0, [S, C, N, NW, W]);
+        assert_eq!(drive(&map, S, E).0, [S, C, N, NE, E]);
+        assert_eq!(drive(&map, S, N).0, [S, C, N]);
+        // Only traffic coming from the south is bound.
+        assert_eq!(drive(&map, E, W).0, [E, C, W]);
+        assert_eq!(drive(&map, W, E).0, [W, C, E]);
+        assert_eq!(drive(&map, N, S).0, [N, C, S]);
+        // An only_left_turn from the south: W directly, N round by the diagonal.
+        let map = crossing(&[restriction(
+            902,
+            100,
+            102,
+            &[("restriction", "only_left_turn")],
+        )]);
+        assert_eq!(drive(&map, S, W).0, [S, C, W]);
+        assert_eq!(drive(&map, S, N).0, [S, C, W, NW, N]);
+    }
+
+    #[test]
+    fn a_restriction_that_excepts_emergency_vehicles_does_not_bind_responders() {
+        for except in ["emergency", "psv;emergency", "bicycle; emergency"] {
+            let map = crossing(&[restriction(
+                900,
+                100,
+                102,
+                &[("restriction", "no_left_turn"), ("except", except)],
+            )]);
+            assert_eq!(drive(&map, S, W).0, [S, C, W], "except={except}");
+        }
+        // Exceptions for others leave it binding; a restriction for lorries only
+        // does not bind responders' cars.
+        let map = crossing(&[restriction(
+            900,
+            100,
+            102,
+            &[("restriction", "no_left_turn"), ("except", "psv;bicycle")],
+        )]);
+        assert_eq!(drive(&map, S, W).0, [S, C, N, NW, W]);
+        let map = crossing(&[restriction(
+            900,
+            100,
+            102,
+            &[("restriction:hgv", "no_left_turn")],
+        )]);
+        assert_eq!(drive(&map, S, W).0, [S, C, W]);
+    }
+
+    #[test]
+    fn a_no_u_turn_on_one_way_through_its_via_node_still_lets_it_go_straight_on() {
+        // From = to = way 104, which runs on through NW: no U-turn at NW, but
+        // N → NW → W is still the way along it. No right turn from N into W at C, so
+        // anything that also forbade going on along 104 would make N → W 222 m.
+        // And a no-entry into the eastern arm from two ways at once.
+        let map = crossing(&[
+            (
+                903,
+                vec![('w', 104, "from"), ('n', 6, "via"), ('w', 104, "to")],
+                vec![("type", "restriction"), ("restriction", "no_u_turn")],
+            ),
+            restriction(905, 101, 102, &[("restriction", "no_right_turn")]),
+            (
+                904,
+                vec![
+                    ('w', 100, "from"),
+                    ('w', 101, "from"),
+                    ('n', 2, "via"),
+                    ('w', 103, "to"),
+                ],
+                vec![("type", "restriction"), ("restriction", "no_entry")],
+            ),
+        ]);
+        assert_eq!(drive(&map, N, W).0, [N, NW, W]);
+        assert_eq!(drive(&map, W, N).0, [W, NW, N]);
+        assert_eq!(drive(&map, N, S).0, [N, C, S]);
+        assert_eq!(drive(&map, S, E).0, [S, C, N, NE, E]);
+        assert_eq!(drive(&map, W, E).0, [W, C, E]);
+        assert_eq!(drive(&map, S, W).0, [S, C, W]);
+    }
+
+    /// Forward edge-based Dijkstra from one node at free flow: the time to reach every
+    /// node without making a banned turn (the state is the edge just driven).
+    fn forward_times_with_turns(g: &RoadGraph, source: u32) -> Vec<f64> {
+        let time = |e: u32| {
+            let e = g.edge(e);
+            edge_time(e.length_m, e.free_speed_mps) as f64
+        };
+        let mut at_edge = vec![f64::INFINITY; g.edges.len()];
+        let mut heap = BinaryHeap::new();
+        for &e in &g.out[source as usize] {
+            if time(e) < at_edge[e as usize] {
+                at_edge[e as usize] = time(e);
+                heap.push(Reverse((time(e).to_bits(), e)));
+            }
+        }
+        while let Some(Reverse((bits, e))) = heap.pop() {
+            let d = f64::from_bits(bits);
+            if d > at_edge[e as usize] {
+                continue;
+            }
+            for &o in &g.out[g.edge(e).to as usize] {
+                let nd = d + time(o);
+                if !g.turn_banned(e, o) && nd < at_edge[o as usize] {
+                    at_edge[o as usize] = nd;
+                    heap.push(Reverse((nd.to_bits(), o)));
+                }
+            }
+        }
+        let mut at_node = vec![f64::INFINITY; g.nodes.len()];
+        at_node[source as usize] = 0.0;
+        for (e, &d) in at_edge.iter().enumerate() {
+            let to = g.edges[e].to as usize;
+            at_node[to] = at_node[to].min(d);
+        }
+        at_node
+    }
+
+    #[test]
+    fn turn_restricted_search_matches_an_edge_based_brute_force() {
+        let mut g = synthetic_city_graph(3000, 5);
+        let free = Router::new(&g);
+        // Ban 40 % of the turns (U-turns included) at a third of the nodes.
+        let mut rng = crate::sim::Rng::new(21);
+        let mut incoming = vec![Vec::new(); g.nodes.len()];
+        for (id, e) in g.edges.iter().enumerate() {
+            incoming[e.to as usize].push(id as u32);
+        }
+        for (v, ins) in incoming.iter().enumerate() {
+            if rng.unit() < 0.33 {
+                for &i in ins {
+                    for &o in &g.out[v] {
+                        if rng.unit() < 0.4 {
+                            g.banned_turns.push((i, o));
+                        }
+                    }
+                }
+            }
+        }
+        g.banned_turns.sort_unstable();
+        assert!(g.banned_turns.len() > 500, "{}", g.banned_turns.len());
+        let router = Router::new(&g);
+        let units = fleet(&g, 200, 4);
+        let snapped: Vec<(u32, f64)> = units
+            .iter()
+            .map(|u| nearest_node_brute(&g, u.position))
+            .collect();
+        let from_unit: Vec<Vec<f64>> = snapped
+            .iter()
+            .map(|&(n, _)| forward_times_with_turns(&g, n))
+            .collect();
+        let (mut compared, mut detoured) = (0, 0);
+        for round in 0..30 {
+            let p = [rng.unit() * 2600.0, rng.unit() * 2600.0];
+            let (target, off_i) = nearest_node_brute(&g, p);
+            let all = router.recommend(p, &units, |_| true, usize::MAX);
+            let mut brute: Vec<(f64, usize)> = units
+                .iter()
+                .enumerate()
+                .filter(|(i, u)| u.available && from_unit[*i][target as usize].is_finite())
+                .map(|(i, _)| {
+                    let d = from_unit[i][target as usize];
+                    (d + (snapped[i].1 + off_i) / OFF_ROAD_SPEED_MPS, i)
+                })
+                .collect();
+            brute.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            assert_eq!(all.len(), brute.len(), "round {round}");
+            let without = free.recommend(p, &units, |_| true, usize::MAX);
+            for r in &all {
+                let eta = brute.iter().find(|b| b.1 == r.unit).unwrap().0;
+                assert!(
+                    (r.eta_s - eta).abs() < 1e-6,
+                    "round {round}: {} vs {eta}",
+                    r.eta_s
+                );
+                // The route drives edges in turn without a banned turn, in the ETA's time.
+                let edges: Vec<Vec<u32>> = r
+                    .route
+                    .windows(2)
+                    .map(|w| {
+                        (0..g.edges.len() as u32)
+                            .filter(|&e| {
+                                let e = g.edge(e);
+                                g.nodes[e.from as usize] == w[0] && g.nodes[e.to as usize] == w[1]
+                            })
+                            .collect()
+                    })
+                    .collect();
+                assert!(edges.iter().all(|e| !e.is_empty()), "round {round}");
+                assert!(
+                    edges.windows(2).all(|w| w[0]
+                        .iter()
+                        .any(|&i| w[1].iter().any(|&o| !g.turn_banned(i, o)))),
+                    "round {round}: a banned turn on {:?}",
+                    r.route
+                );
+                let fastest = without.iter().find(|x| x.unit == r.unit);
+                if fastest.is_none_or(|x| x.eta_s < r.eta_s - 1e-6) {
+                    detoured += 1;
+                }
+                compared += 1;
+            }
+            // Stopping early gives the same first units.
+            let k = 1 + round % 6;
+            let fast = router.recommend(p, &units, |_| true, k);
+            assert_eq!(fast[..], all[..k.min(all.len())], "round {round}");
+        }
+        assert!(compared > 3000, "{compared}");
+        assert!(detoured > compared / 10, "{detoured} of {compared}");
+    }
+
+    #[test]
+    fn default_city_routes_obey_its_turn_restrictions() {
+        let map = crate::map::load_default().unwrap();
+        assert!(
+            map.turn_restrictions.len() >= 40,
+            "{}",
+            map.turn_restrictions.len()
+        );
+        let g = RoadGraph::from_map(&map);
+        assert!(g.banned_turns.len() >= 40, "{}", g.banned_turns.len());
+        let router = Router::new(&g);
+        let free = Router::new(&RoadGraph {
+            banned_turns: Vec::new(),
+            ..g.clone()
+        });
+        // From just before each banned turn to just after it: the route never makes
+        // it, and often takes longer than it would if the turn were allowed.
+        let (mut checked, mut longer) = (0, 0);
+        for &(i, o) in &g.banned_turns {
+            let (a, b) = (g.edge(i).from, g.edge(o).to);
+            if a == b {
+                continue; // a U-turn: there already
+            }
+            let (a, v, b) = (
+                g.nodes[a as usize],
+                g.nodes[g.edge(i).to as usize],
+                g.nodes[b as usize],
+            );
+            let units = [unit("u", "ambulance", a)];
+            let with = router.recommend(b, &units, |_| true, 1);
+            let without = free.recommend(b, &units, |_| true, 1);
+            assert!(
+                with.first()
+                    .is_none_or(|r| !r.route.windows(3).any(|w| w == [a, v, b])),
+                "a banned turn driven at {v:?}"
+            );
+            let eta = |r: &[Recommendation]| r.first().map_or(f64::INFINITY, |r| r.eta_s);
+            assert!(eta(&with) >= eta(&without) - 1e-9);
+            longer += usize::from(eta(&with) > eta(&without) + 1.0);
+            checked += 1;
+        }
+        assert!(checked >= 30, "{checked}");
+        assert!(longer >= checked / 2, "{longer} of {checked}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{CityMap, OneWay, Road, RoadClass};
+use super::{CityMap, OneWay, Road, RoadClass, TurnRestriction, TurnRule};
 
 pub type NodeId = u32;
 pub type EdgeId = u32;
@@ -28,6 +28,15 @@ pub struct RoadGraph {
     pub edges: Vec<Edge>,
     /// Outgoing edges per node.
     pub out: Vec<Vec<EdgeId>>,
+    /// Turns that may not be made, from the map's turn restrictions: `(in, out)`
+    /// with `edge(in).to == edge(out).from`, sorted, no duplicates.
+    pub banned_turns: Vec<(EdgeId, EdgeId)>,
+}
+
+/// Centimetre key of a local point: OSM junction vertices project to identical
+/// coordinates, so the roads meeting at a node share one graph node.
+fn node_key(p: [f64; 2]) -> (i64, i64) {
+    ((p[0] * 100.0).round() as i64, (p[1] * 100.0).round() as i64)
 }
 
 /// Typical free-flow speed of a road class in a city centre, m/s.
@@ -67,13 +76,12 @@ impl RoadGraph {
     /// Builds the graph of roads vehicles use (not paths or rail). Roads meet where
     /// they share a vertex, as OSM ways do at junctions. A one-way road has edges in
     /// its allowed direction only; links (slip roads) run at their own lower speed.
+    /// Turn restrictions become banned turns between the edges at their via node.
     pub fn from_map(map: &CityMap) -> Self {
         let mut graph = RoadGraph::default();
         let mut node_at: HashMap<(i64, i64), NodeId> = HashMap::new();
         let mut node = |graph: &mut RoadGraph, p: [f64; 2]| -> NodeId {
-            // Centimetre keys: OSM junction vertices project to identical coordinates.
-            let key = ((p[0] * 100.0).round() as i64, (p[1] * 100.0).round() as i64);
-            *node_at.entry(key).or_insert_with(|| {
+            *node_at.entry(node_key(p)).or_insert_with(|| {
                 graph.nodes.push(p);
                 graph.out.push(Vec::new());
                 (graph.nodes.len() - 1) as NodeId
@@ -112,7 +120,61 @@ impl RoadGraph {
                 }
             }
         }
+        graph.banned_turns = graph.resolve_restrictions(map, &node_at);
         graph
+    }
+
+    /// The banned `(in, out)` edge pairs of the map's turn restrictions. `no_*` bans
+    /// every turn from a `from` road's edge arriving at the via node into a `to`
+    /// road's edge leaving it; `only_*` bans, from such an edge, every turn but those.
+    /// Where a road is both `from` and `to`, the turn meant is turning back along it
+    /// for `*_u_turn` and going on along it otherwise. Restrictions on roads the graph
+    /// does not drive (paths, highway areas) resolve to nothing.
+    fn resolve_restrictions(
+        &self,
+        map: &CityMap,
+        node_at: &HashMap<(i64, i64), NodeId>,
+    ) -> Vec<(EdgeId, EdgeId)> {
+        if map.turn_restrictions.is_empty() {
+            return Vec::new();
+        }
+        let via_of = |r: &TurnRestriction| node_at.get(&node_key(r.via)).copied();
+        let mut incoming: HashMap<NodeId, Vec<EdgeId>> = map
+            .turn_restrictions
+            .iter()
+            .filter_map(via_of)
+            .map(|v| (v, Vec::new()))
+            .collect();
+        for (id, e) in self.edges.iter().enumerate() {
+            if let Some(list) = incoming.get_mut(&e.to) {
+                list.push(id as EdgeId);
+            }
+        }
+        let road_id = |e: EdgeId| map.roads[self.edge(e).road as usize].id.as_str();
+        let mut banned = Vec::new();
+        for r in &map.turn_restrictions {
+            let Some(v) = via_of(r) else { continue };
+            let names = |ids: &[String], e: EdgeId| ids.iter().any(|id| id == road_id(e));
+            for &i in incoming[&v].iter().filter(|&&i| names(&r.from, i)) {
+                for &o in &self.out[v as usize] {
+                    let back = self.edge(o).to == self.edge(i).from;
+                    let along = road_id(o) == road_id(i);
+                    let named = names(&r.to, o) && (!along || back == r.u_turn);
+                    if named == (r.rule == TurnRule::No) {
+                        banned.push((i, o));
+                    }
+                }
+            }
+        }
+        banned.sort_unstable();
+        banned.dedup();
+        banned
+    }
+
+    /// Whether the turn from edge `from` into edge `to` (at the node between them) is
+    /// banned.
+    pub fn turn_banned(&self, from: EdgeId, to: EdgeId) -> bool {
+        self.banned_turns.binary_search(&(from, to)).is_ok()
     }
 
     pub fn edge(&self, id: EdgeId) -> &Edge {

@@ -63,6 +63,15 @@ pub enum SkipReason {
     UnclosedRing,
     /// A hole lying outside every outer ring of its polygon.
     HoleOutsideOuter,
+    /// A turn restriction through a way (`via` a way, not a node): routing does not
+    /// follow it.
+    ViaWayRestriction,
+    /// A turn restriction without exactly one via node, or whose `from`/`to` ways do
+    /// not pass through it.
+    InvalidRestriction,
+    /// A turn restriction that holds only at certain times (`restriction:conditional`
+    /// alone): routing does not follow it.
+    ConditionalRestriction,
 }
 
 impl SkipReason {
@@ -79,6 +88,9 @@ impl SkipReason {
             SkipReason::MissingReferences => "missing_references",
             SkipReason::UnclosedRing => "unclosed_ring",
             SkipReason::HoleOutsideOuter => "hole_outside_outer",
+            SkipReason::ViaWayRestriction => "via_way_restriction",
+            SkipReason::InvalidRestriction => "invalid_restriction",
+            SkipReason::ConditionalRestriction => "conditional_restriction",
         }
     }
 }
@@ -297,6 +309,35 @@ pub struct Road {
     pub link: bool,
 }
 
+/// What a turn restriction does at its via node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnRule {
+    /// `no_*`: the turn from a `from` road into a `to` road is forbidden.
+    No,
+    /// `only_*`: from a `from` road, every turn but the one into a `to` road is
+    /// forbidden.
+    Only,
+}
+
+/// An OSM turn restriction (`type=restriction`, via a node) that binds the city's
+/// responders: restrictions for other vehicles only, or with `except=emergency`, are
+/// not kept.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TurnRestriction {
+    /// `relation/{id}`.
+    pub id: String,
+    pub rule: TurnRule,
+    /// `no_u_turn` / `only_u_turn`: where a `from` road is also a `to` road, the turn
+    /// meant is turning back along it (and for the other kinds, going on along it).
+    pub u_turn: bool,
+    /// [`Road::id`]s of the roads the turn comes from, and goes into.
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    /// The junction: local metres in a [`CityMap`], WGS84 `[lon, lat]` as read.
+    pub via: [f64; 2],
+}
+
 /// What an area is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -347,6 +388,8 @@ pub struct CityMap {
     pub waterways: Vec<Waterway>,
     pub areas: Vec<Area>,
     pub districts: Vec<District>,
+    /// Turn restrictions for routing (via points in local metres).
+    pub turn_restrictions: Vec<TurnRestriction>,
     pub skipped: SkipCounts,
     /// Wall time from bytes to this model, in milliseconds.
     pub load_ms: f64,
@@ -457,11 +500,15 @@ pub fn load_bytes(
     source_name: &str,
 ) -> Result<CityMap, MapError> {
     let start = Instant::now();
-    let (features, skipped) = match format {
-        MapFormat::OsmPbf => osm::read_features(bytes, source_name)?,
-        MapFormat::GeoJson => geojson::read_features(bytes, source_name)?,
+    let (features, restrictions, skipped) = match format {
+        MapFormat::OsmPbf => osm::read_map(bytes, source_name)?,
+        MapFormat::GeoJson => {
+            let (features, skipped) = geojson::read_features(bytes, source_name)?;
+            (features, Vec::new(), skipped)
+        }
     };
     let mut map = build_city(name, features, skipped);
+    add_turn_restrictions(&mut map, restrictions);
     if format == MapFormat::OsmPbf {
         map.attribution = Some(OSM_ATTRIBUTION.to_string());
     }
@@ -478,6 +525,20 @@ pub fn load_bytes(
         });
     }
     Ok(map)
+}
+
+/// Projects turn restrictions read in WGS84 into the city's frame; one whose junction
+/// is not a valid point in the city is skipped and counted.
+fn add_turn_restrictions(map: &mut CityMap, restrictions: Vec<TurnRestriction>) {
+    for mut r in restrictions {
+        match project(&[r.via], &map.frame) {
+            Ok(p) => {
+                r.via = p[0];
+                map.turn_restrictions.push(r);
+            }
+            Err(reason) => map.skipped.add(reason),
+        }
+    }
 }
 
 /// The embedded default city.
@@ -610,6 +671,7 @@ pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts
         waterways: Vec::new(),
         areas: Vec::new(),
         districts: Vec::new(),
+        turn_restrictions: Vec::new(),
         skipped: SkipCounts::default(),
         load_ms: 0.0,
         attribution: None,

@@ -1,5 +1,6 @@
 //! OpenStreetMap `.osm.pbf` reader: nodes, ways and multipolygon/boundary relations
-//! into [`RawFeature`]s. OSM's structure stops here; the rest of the app sees a city.
+//! into [`RawFeature`]s, turn restriction relations into [`TurnRestriction`]s. OSM's
+//! structure stops here; the rest of the app sees a city.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
@@ -7,7 +8,9 @@ use std::io::Cursor;
 use osmpbf::{Element, ElementReader, RelMemberType};
 
 use super::rings::{assemble_rings, ring_inside, signed_area};
-use super::{MapError, RawFeature, RawGeometry, SkipCounts, SkipReason, Tags};
+use super::{
+    MapError, RawFeature, RawGeometry, SkipCounts, SkipReason, Tags, TurnRestriction, TurnRule, tag,
+};
 
 struct WayRecord {
     id: i64,
@@ -20,6 +23,13 @@ struct RelationRecord {
     tags: Tags,
     /// (way id, role)
     members: Vec<(i64, String)>,
+}
+
+/// A `type=restriction` relation as read: (member type, id, role) of every member.
+struct RestrictionRecord {
+    id: i64,
+    tags: Tags,
+    members: Vec<(RelMemberType, i64, String)>,
 }
 
 /// Tags that carry no meaning for drawing; a way with only these is an untagged part.
@@ -37,9 +47,19 @@ pub fn read_features(
     bytes: &[u8],
     source_name: &str,
 ) -> Result<(Vec<RawFeature>, SkipCounts), MapError> {
+    read_map(bytes, source_name).map(|(features, _, skipped)| (features, skipped))
+}
+
+/// Reads a PBF file: its raw features (as [`read_features`]) and the turn
+/// restrictions that bind responders (via points in WGS84).
+pub fn read_map(
+    bytes: &[u8],
+    source_name: &str,
+) -> Result<(Vec<RawFeature>, Vec<TurnRestriction>, SkipCounts), MapError> {
     let mut nodes: Vec<(i64, [f64; 2])> = Vec::new();
     let mut ways: Vec<WayRecord> = Vec::new();
     let mut relations: Vec<RelationRecord> = Vec::new();
+    let mut restrictions: Vec<RestrictionRecord> = Vec::new();
     ElementReader::new(Cursor::new(bytes))
         .for_each(|element| match element {
             Element::Node(n) => nodes.push((n.id(), [n.lon(), n.lat()])),
@@ -66,6 +86,20 @@ pub fn read_features(
                         tags,
                         members,
                     });
+                } else if kind.is_some_and(|k| k == "restriction" || k.starts_with("restriction:"))
+                {
+                    let members = r
+                        .members()
+                        .map(|m| {
+                            let role = m.role().unwrap_or("").to_string();
+                            (m.member_type, m.member_id, role)
+                        })
+                        .collect();
+                    restrictions.push(RestrictionRecord {
+                        id: r.id(),
+                        tags,
+                        members,
+                    });
                 }
             }
         })
@@ -84,6 +118,15 @@ pub fn read_features(
     let way_index: HashMap<i64, usize> = ways.iter().enumerate().map(|(i, w)| (w.id, i)).collect();
 
     let mut skipped = SkipCounts::default();
+    let way_refs = |id: i64| way_index.get(&id).map(|&i| ways[i].refs.as_slice());
+    let mut turn_restrictions = Vec::new();
+    for rel in &restrictions {
+        match read_restriction(rel, &node, &way_refs) {
+            Ok(Some(r)) => turn_restrictions.push(r),
+            Ok(None) => {} // binds other vehicles, or exempts responders
+            Err(reason) => skipped.add(reason),
+        }
+    }
     let mut features = Vec::with_capacity(ways.len() / 2);
     let mut relation_features = Vec::new();
     // Ways whose meaning a relation carries: old-style multipolygon outers (their tags
@@ -222,7 +265,117 @@ pub fn read_features(
         });
     }
     features.append(&mut relation_features);
-    Ok((features, skipped))
+    Ok((features, turn_restrictions, skipped))
+}
+
+/// Vehicle classes whose restrictions (`restriction:<mode>`, `type=restriction:<mode>`)
+/// bind police cars, ambulances and fire engines.
+const RESPONDER_MODES: [&str; 3] = ["motorcar", "motor_vehicle", "vehicle"];
+
+/// `except=*` values that exempt responders from a restriction.
+const RESPONDER_EXEMPTIONS: [&str; 3] = ["emergency", "motor_vehicle", "vehicle"];
+
+/// One `type=restriction` relation as a restriction on responders: `Ok(None)` where it
+/// binds only other vehicles or exempts emergency vehicles, `Err` for what cannot be
+/// followed (counted by reason).
+fn read_restriction<'w>(
+    rel: &RestrictionRecord,
+    node: &impl Fn(i64) -> Option<[f64; 2]>,
+    way_refs: &impl Fn(i64) -> Option<&'w [i64]>,
+) -> Result<Option<TurnRestriction>, SkipReason> {
+    let tags = &rel.tags;
+    let value = match tag(tags, "type").and_then(|t| t.strip_prefix("restriction:")) {
+        // Old style: `type=restriction:hgv` + `restriction=*`.
+        Some(mode) if !RESPONDER_MODES.contains(&mode) => return Ok(None),
+        Some(_) => tag(tags, "restriction"),
+        None => RESPONDER_MODES
+            .iter()
+            .find_map(|mode| tag(tags, &format!("restriction:{mode}")))
+            .or_else(|| tag(tags, "restriction")),
+    };
+    let Some(value) = value else {
+        let conditional = |k: &str| {
+            k.strip_prefix("restriction:")
+                .and_then(|k| k.strip_suffix("conditional"))
+                .is_some_and(|mode| {
+                    mode.is_empty()
+                        || RESPONDER_MODES
+                            .iter()
+                            .any(|m| mode.strip_suffix(':') == Some(*m))
+                })
+        };
+        if tags.iter().any(|(k, _)| conditional(k)) {
+            return Err(SkipReason::ConditionalRestriction);
+        }
+        if tags.iter().any(|(k, _)| k.starts_with("restriction:")) {
+            return Ok(None); // for lorries, buses, bicycles…
+        }
+        return Err(SkipReason::UnknownTags);
+    };
+    if tag(tags, "except").is_some_and(|e| {
+        e.split(';')
+            .any(|v| RESPONDER_EXEMPTIONS.contains(&v.trim()))
+    }) {
+        return Ok(None);
+    }
+    let (rule, turn) = match value.trim().split_once('_') {
+        Some(("no", turn)) => (TurnRule::No, turn),
+        Some(("only", turn)) => (TurnRule::Only, turn),
+        _ => return Err(SkipReason::UnknownTags),
+    };
+    let known = match rule {
+        TurnRule::No => &[
+            "left_turn",
+            "right_turn",
+            "straight_on",
+            "u_turn",
+            "entry",
+            "exit",
+        ][..],
+        TurnRule::Only => &["left_turn", "right_turn", "straight_on", "u_turn"][..],
+    };
+    if !known.contains(&turn) {
+        return Err(SkipReason::UnknownTags);
+    }
+    let (mut from, mut to, mut via_nodes, mut via_ways) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for (kind, id, role) in &rel.members {
+        match (role.as_str(), kind) {
+            ("from", RelMemberType::Way) => from.push(*id),
+            ("to", RelMemberType::Way) => to.push(*id),
+            ("via", RelMemberType::Node) => via_nodes.push(*id),
+            ("via", RelMemberType::Way) => via_ways += 1,
+            ("from" | "to" | "via", _) => return Err(SkipReason::InvalidRestriction),
+            _ => {} // e.g. location_hint
+        }
+    }
+    if from.is_empty() || to.is_empty() {
+        return Err(SkipReason::InvalidRestriction);
+    }
+    if via_ways > 0 && via_nodes.is_empty() {
+        return Err(SkipReason::ViaWayRestriction);
+    }
+    let [via] = via_nodes[..] else {
+        return Err(SkipReason::InvalidRestriction);
+    };
+    if via_ways > 0 {
+        return Err(SkipReason::InvalidRestriction);
+    }
+    let point = node(via).ok_or(SkipReason::MissingReferences)?;
+    for &way in from.iter().chain(&to) {
+        let refs = way_refs(way).ok_or(SkipReason::MissingReferences)?;
+        if !refs.contains(&via) {
+            return Err(SkipReason::InvalidRestriction);
+        }
+    }
+    let ids = |ways: Vec<i64>| ways.into_iter().map(|w| format!("way/{w}")).collect();
+    Ok(Some(TurnRestriction {
+        id: format!("relation/{}", rel.id),
+        rule,
+        u_turn: turn == "u_turn",
+        from: ids(from),
+        to: ids(to),
+        via: point,
+    }))
 }
 
 /// A way's geometry: its line when every node is in the file, else the runs of
@@ -257,7 +410,7 @@ fn way_geometry(refs: &[i64], node: &impl Fn(i64) -> Option<[f64; 2]>) -> Option
 mod tests {
     use super::*;
     use crate::map::pbf_fixture::Osm;
-    use crate::map::{AreaKind, MapFormat, load_bytes, load_default};
+    use crate::map::{AreaKind, MapFormat, TurnRule, load_bytes, load_default};
 
     #[test]
     fn garbage_bytes_are_a_clear_error() {
@@ -575,6 +728,104 @@ mod tests {
         assert_eq!((rings.len(), unclosed), (1, 0));
         assert_eq!(rings[0].len(), n as usize + 1);
         assert!(start.elapsed().as_millis() < 500, "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn turn_restrictions_are_read_and_those_routing_cannot_follow_are_counted() {
+        let mut osm = Osm::new();
+        grid(&mut osm, &[(1, 0, 0), (2, 4, 0), (3, 8, 0), (4, 8, 4)]);
+        let street = [("highway", "residential")];
+        osm.way(10, &[1, 2], &street)
+            .way(11, &[2, 3], &street)
+            .way(12, &[3, 4], &street);
+        let rel = |osm: &mut Osm, id, members: &[(char, i64, &str)], value: (&str, &str)| {
+            osm.relation(id, members, &[("type", "restriction"), value]);
+        };
+        let no_left = ("restriction", "no_left_turn");
+        let plain = [('w', 10, "from"), ('n', 2, "via"), ('w', 11, "to")];
+        rel(
+            &mut osm,
+            20,
+            &[('w', 10, "from"), ('w', 11, "via"), ('w', 12, "to")],
+            no_left,
+        );
+        rel(
+            &mut osm,
+            21,
+            &[('w', 10, "from"), ('n', 3, "via"), ('w', 12, "to")],
+            no_left,
+        );
+        rel(&mut osm, 22, &[('w', 10, "from"), ('n', 2, "via")], no_left);
+        rel(
+            &mut osm,
+            23,
+            &[('w', 10, "from"), ('n', 2, "via"), ('w', 99, "to")],
+            no_left,
+        );
+        rel(
+            &mut osm,
+            24,
+            &plain,
+            (
+                "restriction:conditional",
+                "no_left_turn @ (Mo-Fr 07:00-09:00)",
+            ),
+        );
+        rel(&mut osm, 25, &plain, ("restriction", "no_parking"));
+        rel(&mut osm, 26, &plain, no_left);
+        rel(&mut osm, 27, &plain, ("restriction:hgv", "no_left_turn"));
+        osm.relation(
+            28,
+            &plain,
+            &[("type", "restriction"), no_left, ("except", "emergency")],
+        );
+        osm.relation(29, &plain, &[("type", "restriction:bus"), no_left]);
+        osm.relation(
+            30,
+            &plain,
+            &[
+                ("type", "restriction:motorcar"),
+                ("restriction", "only_straight_on"),
+            ],
+        );
+        let map = load(&osm);
+        let s = &map.skipped;
+        assert_eq!(s.get(SkipReason::ViaWayRestriction), 1, "{s:?}");
+        assert_eq!(s.get(SkipReason::InvalidRestriction), 2, "{s:?}");
+        assert_eq!(s.get(SkipReason::MissingReferences), 1, "{s:?}");
+        assert_eq!(s.get(SkipReason::ConditionalRestriction), 1, "{s:?}");
+        assert_eq!(s.get(SkipReason::UnknownTags), 1, "{s:?}");
+        assert_eq!(s.total(), 6, "{s:?}");
+        assert_eq!(
+            SkipReason::ViaWayRestriction.as_str(),
+            "via_way_restriction"
+        );
+        let kept: Vec<(&str, TurnRule)> = map
+            .turn_restrictions
+            .iter()
+            .map(|r| (r.id.as_str(), r.rule))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("relation/26", TurnRule::No),
+                ("relation/30", TurnRule::Only)
+            ]
+        );
+        let r = &map.turn_restrictions[0];
+        assert_eq!(
+            (r.from.as_slice(), r.to.as_slice()),
+            (&["way/10".to_string()][..], &["way/11".to_string()][..])
+        );
+        let via = map.frame.local_from_wgs84(24.942, 60.17);
+        assert!(
+            (r.via[0] - via[0]).hypot(r.via[1] - via[1]) < 1e-6,
+            "{:?}",
+            r.via
+        );
+        // Both reach the graph as banned turns at node 2.
+        let graph = crate::map::graph::RoadGraph::from_map(&map);
+        assert_eq!(graph.banned_turns.len(), 2, "{:?}", graph.banned_turns);
     }
 
     #[test]
