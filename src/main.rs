@@ -87,10 +87,10 @@ struct Cli {
     api_insecure_http: bool,
     /// The hall's NATS server (`nats://HOST:PORT` or `tls://…`, several separated by
     /// commas): the event log is the hall's shared stream instead of --db.
-    #[arg(long, global = true, value_name = "URL", requires = "hall")]
+    #[arg(long, global = true, value_name = "URL")]
     nats: Option<String>,
     /// The hall's name (letters, digits, `-`, `_`): one log per hall on the server.
-    #[arg(long, global = true, value_name = "NAME", requires = "nats")]
+    #[arg(long, global = true, value_name = "NAME")]
     hall: Option<String>,
     /// NATS credentials (lines `user = …`, `password = …`, `nkey = …`, `creds = PATH`,
     /// `ca = PATH`); also from ZHONGSHU_NATS_USER/_PASSWORD/_NKEY/_CREDS/_CA. Never
@@ -112,8 +112,10 @@ impl Cli {
         client_name: &str,
         create: bool,
     ) -> anyhow::Result<Option<zhongshu::store::jetstream::JetStreamLog>> {
-        let (Some(url), Some(hall)) = (&self.nats, &self.hall) else {
-            return Ok(None);
+        let (url, hall) = match (&self.nats, &self.hall) {
+            (Some(url), Some(hall)) => (url, hall),
+            (None, None) => return Ok(None),
+            _ => bail!("--nats URL and --hall NAME go together"),
         };
         let auth = zhongshu::nats::NatsAuth::load(self.nats_auth.as_deref())
             .map_err(anyhow::Error::msg)?;
@@ -310,6 +312,17 @@ enum BenchCommand {
         /// The SQLite event log (filled up to --events if it has fewer).
         #[arg(long)]
         db: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+    /// The hall's figures on a real nats-server (--nats URL, or one started on
+    /// 127.0.0.1 for the run): a command at one console → visible at 4 others
+    /// (p50/p99), a console joining a hall of --events events, hub failover.
+    Hub {
+        /// Commands whose propagation is timed.
+        #[arg(long, default_value_t = 500)]
+        commands: usize,
+        /// Events in the hall a console joins.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
@@ -1003,6 +1016,17 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             writeln!(out, "{summary}")?;
             Ok(())
         }
+        Command::Bench(BenchCommand::Hub { commands, events }) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&zhongshu::hall::bench::bench_hub(
+                    cli.nats.as_deref(),
+                    commands,
+                    events
+                )?)?
+            );
+            Ok(())
+        }
         Command::Bench(BenchCommand::Recommend { units, edges, seed }) => {
             let report = zhongshu::dispatch::recommend::bench_recommend(units, edges, seed);
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -1098,6 +1122,7 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
         config: setup.config,
         service: setup.service,
         replicas: cli.nats_replicas,
+        crash_on_stop: false,
     };
     use std::io::Write;
     let result = zhongshu::hall::hub::run(&nats, options, stop, |state| {

@@ -160,12 +160,11 @@ fn wrong_hall_and_unreachable_server_are_clear_errors() {
     );
 }
 
-/// A department's order intake over HTTP that records every POST: (path,
-/// Idempotency-Key).
-fn department() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
-) {
+/// Every POST a department received: (path, Idempotency-Key).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A department's order intake over HTTP that records every POST.
+fn department() -> (String, Received) {
     let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
     let base = format!("http://{}", server.server_addr().to_ip().unwrap());
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -141,6 +141,84 @@ pub fn bench_orders_on(
     }))
 }
 
+/// Appends realistic incident and order traffic (reports, playbook orders, most
+/// signed for, started and finished) to `log` until it holds `events` events, in
+/// commits of `batch` events, continuing the numbering of `book` (the log replayed).
+pub fn fill_log(
+    log: &mut dyn crate::store::EventStore,
+    mut book: Book,
+    events: u64,
+    batch_size: usize,
+) -> anyhow::Result<()> {
+    let config = book.config.clone();
+    let mut rng = Rng(log.len() as u64 + 7);
+    let dispatcher = Actor::new("bench", Role::Dispatcher, None);
+    let base = now_ms() - 86_400_000;
+    let mut n = book.incidents.len();
+    let mut batch: Vec<(String, String)> = Vec::new();
+    let mut written = log.len() as u64;
+    while written < events {
+        let now = base + n as i64 * 1000;
+        let (incident, orders) = generated(&config, &mut rng, n, now);
+        let mut commands = vec![Command::ReportIncident(incident)];
+        let id = format!("INC-{:06}", n + 1);
+        commands.push(Command::IssueOrders {
+            incident: id.clone(),
+            orders,
+        });
+        for command in commands {
+            for e in book.plan(&command, &dispatcher, now)? {
+                book.apply(&e, now, &dispatcher.name, dispatcher.role);
+                batch.push((e.kind().to_string(), serde_json::to_string(&e)?));
+            }
+        }
+        // Departments sign for and finish most orders.
+        let liaison_steps: Vec<(String, String)> = book
+            .incident(&id)
+            .map(|inc| {
+                book.orders_of(inc)
+                    .map(|o| (o.id.clone(), o.department.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (order, department) in liaison_steps {
+            let liaison = Actor::new("liaison", Role::DepartmentLiaison, Some(&department));
+            for action in [
+                Action::AcknowledgeOrder,
+                Action::StartOrder,
+                Action::CompleteOrder,
+            ] {
+                if let Ok(evs) = book.plan(
+                    &Command::Order {
+                        id: order.clone(),
+                        action,
+                        note: None,
+                    },
+                    &liaison,
+                    now,
+                ) {
+                    for e in evs {
+                        book.apply(&e, now, &liaison.name, liaison.role);
+                        batch.push((e.kind().to_string(), serde_json::to_string(&e)?));
+                    }
+                }
+            }
+        }
+        n += 1;
+        if batch.len() >= batch_size || written + batch.len() as u64 >= events {
+            let take = ((events - written) as usize).min(batch.len());
+            let rows: Vec<(&str, String)> = batch[..take]
+                .iter()
+                .map(|(k, p)| (k.as_str(), p.clone()))
+                .collect();
+            log.append_all(now, "bench", Role::Dispatcher.as_str(), &rows)?;
+            written += take as u64;
+            batch.clear();
+        }
+    }
+    Ok(())
+}
+
 /// Fills `db` up to `events` events of realistic incident/order traffic (in large
 /// transactions, to build the log quickly), then times rebuilding the console's state
 /// from it and, separately, checking the hash chain.
@@ -152,74 +230,10 @@ pub fn bench_restart(db: &Path, events: u64) -> anyhow::Result<serde_json::Value
         // Replay what is there so the numbering continues.
         drop(log);
         let existing = Dispatcher::open(db, config.clone())?;
-        let mut book: Book = existing.book().clone();
+        let book: Book = existing.book().clone();
         drop(existing);
         log = EventLog::open(db)?;
-        let mut rng = Rng(log.len() as u64 + 7);
-        let dispatcher = Actor::new("bench", Role::Dispatcher, None);
-        let base = now_ms() - 86_400_000;
-        let mut n = book.incidents.len();
-        let mut batch: Vec<(String, String)> = Vec::new();
-        let mut written = log.len() as u64;
-        while written < events {
-            let now = base + n as i64 * 1000;
-            let (incident, orders) = generated(&config, &mut rng, n, now);
-            let mut commands = vec![Command::ReportIncident(incident)];
-            let id = format!("INC-{:06}", n + 1);
-            commands.push(Command::IssueOrders {
-                incident: id.clone(),
-                orders,
-            });
-            for command in commands {
-                for e in book.plan(&command, &dispatcher, now)? {
-                    book.apply(&e, now, &dispatcher.name, dispatcher.role);
-                    batch.push((e.kind().to_string(), serde_json::to_string(&e)?));
-                }
-            }
-            // Departments sign for and finish most orders.
-            let liaison_steps: Vec<(String, String)> = book
-                .incident(&id)
-                .map(|inc| {
-                    book.orders_of(inc)
-                        .map(|o| (o.id.clone(), o.department.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (order, department) in liaison_steps {
-                let liaison = Actor::new("liaison", Role::DepartmentLiaison, Some(&department));
-                for action in [
-                    Action::AcknowledgeOrder,
-                    Action::StartOrder,
-                    Action::CompleteOrder,
-                ] {
-                    if let Ok(evs) = book.plan(
-                        &Command::Order {
-                            id: order.clone(),
-                            action,
-                            note: None,
-                        },
-                        &liaison,
-                        now,
-                    ) {
-                        for e in evs {
-                            book.apply(&e, now, &liaison.name, liaison.role);
-                            batch.push((e.kind().to_string(), serde_json::to_string(&e)?));
-                        }
-                    }
-                }
-            }
-            n += 1;
-            if batch.len() >= 20_000 || written + batch.len() as u64 >= events {
-                let take = ((events - written) as usize).min(batch.len());
-                let rows: Vec<(&str, String)> = batch[..take]
-                    .iter()
-                    .map(|(k, p)| (k.as_str(), p.clone()))
-                    .collect();
-                log.append_all(now, "bench", Role::Dispatcher.as_str(), &rows)?;
-                written += take as u64;
-                batch.clear();
-            }
-        }
+        fill_log(&mut log, book, events, 20_000)?;
     }
     let fill_s = fill.elapsed().as_secs_f64();
     drop(log);

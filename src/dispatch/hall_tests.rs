@@ -326,17 +326,11 @@ fn with_the_server_down_commands_are_refused_clearly_and_work_resumes_after() {
     let mut b = console(&server, "city", "desk-b");
     a.execute(&incident("one"), &li, T0).unwrap();
     server.kill();
-    // The client notices the connection is gone.
     let started = std::time::Instant::now();
-    let err = loop {
-        match a.execute(&incident("two"), &li, T0 + 1) {
-            Err(e) => break e,
-            Ok(_) if started.elapsed() < Duration::from_secs(5) => {
-                panic!("written with the server down")
-            }
-            Ok(_) => unreachable!(),
-        }
-    };
+    // The client notices the connection is gone; nothing is written meanwhile.
+    let err = a
+        .execute(&incident("two"), &li, T0 + 1)
+        .expect_err("written with the server down");
     assert!(matches!(err, DispatchError::Store(_)), "{err:?}");
     assert!(err.to_string().contains("hall city"), "{err}");
     assert!(

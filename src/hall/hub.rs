@@ -24,6 +24,9 @@ pub struct HubOptions {
     pub config: DispatchConfig,
     pub service: ServiceOptions,
     pub replicas: usize,
+    /// On stop, leave as a crash would: the lease is not released (benchmarks of
+    /// failover).
+    pub crash_on_stop: bool,
 }
 
 /// What the hub reports as it goes (one line each on the command line).
@@ -193,8 +196,10 @@ pub fn run(
         std::thread::sleep(PUMP_EVERY);
     }
     drop(service);
-    lease.release();
-    members.leave(&me);
+    if !options.crash_on_stop {
+        lease.release();
+        members.leave(&me);
+    }
     Ok(())
 }
 

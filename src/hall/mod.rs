@@ -8,6 +8,7 @@
 //!   second bucket every few seconds; what is not renewed expires, so the list is
 //!   who is there now. `zhongshu hall-status` prints both.
 
+pub mod bench;
 pub mod hub;
 
 use std::time::Duration;
