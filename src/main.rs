@@ -325,6 +325,10 @@ enum BenchCommand {
         /// Events in the hall a console joins.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// Events per commit when filling that hall (a console's command writes 1
+        /// to 6).
+        #[arg(long, default_value_t = 4)]
+        commit_events: usize,
     },
     /// Rank units by road travel time for random incidents on a generated road graph.
     Recommend {
@@ -793,7 +797,13 @@ fn status_api_reach(
 
 fn run(mut cli: Cli) -> anyhow::Result<()> {
     let look_at = cli.look_at.as_deref().map(parse_look_at).transpose()?;
-    match cli.command.take().unwrap_or(Command::Run) {
+    let command = cli.command.take().unwrap_or(Command::Run);
+    if cli.nats.is_some() && matches!(command, Command::Run | Command::Screenshot { .. }) {
+        bail!(
+            "the console window does not open on a hall yet (--nats); on a hall use `zhongshu hub`, `hall-status`, `audit verify` or `bench orders`, or run the window without --nats on its own SQLite log"
+        );
+    }
+    match command {
         Command::Run => {
             let desk = desk_setup(&cli, true)?;
             app::run(AppOptions {
@@ -1016,13 +1026,18 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             writeln!(out, "{summary}")?;
             Ok(())
         }
-        Command::Bench(BenchCommand::Hub { commands, events }) => {
+        Command::Bench(BenchCommand::Hub {
+            commands,
+            events,
+            commit_events,
+        }) => {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&zhongshu::hall::bench::bench_hub(
                     cli.nats.as_deref(),
                     commands,
-                    events
+                    events,
+                    commit_events
                 )?)?
             );
             Ok(())
