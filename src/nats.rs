@@ -150,7 +150,12 @@ impl Nats {
             if url.starts_with("tls://") {
                 o = o.require_tls(true);
             }
-            tokio::time::timeout(timeout + Duration::from_secs(1), o.connect(url.as_str()))
+            let servers: Vec<String> = url
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+            tokio::time::timeout(timeout + Duration::from_secs(1), o.connect(servers))
                 .await
                 .map_err(|_| format!("the hall's server at {url} did not answer in {timeout:?}"))?
                 .map_err(|e| format!("cannot reach the hall's server at {url}: {e}"))
@@ -324,6 +329,51 @@ pub mod testing {
             self.kill();
             let port = self.port;
             self.launch(port);
+        }
+    }
+
+    /// Three servers in one JetStream cluster on 127.0.0.1 (routes on free ports).
+    pub struct NatsCluster {
+        pub nodes: Vec<NatsServer>,
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    impl NatsCluster {
+        pub fn start(name: &str) -> Self {
+            let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+            let route_list = routes
+                .iter()
+                .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let nodes = (0..3)
+                .map(|i| {
+                    NatsServer::start_with(
+                        &format!("{name}-n{i}"),
+                        &format!(
+                            "server_name: {name}-n{i}\ncluster {{\n  name: {name}\n  listen: 127.0.0.1:{}\n  routes: [{route_list}]\n}}\n",
+                            routes[i]
+                        ),
+                    )
+                })
+                .collect();
+            Self { nodes }
+        }
+
+        /// Every node's URL, comma-separated (clients fail over between them).
+        pub fn url(&self) -> String {
+            self.nodes
+                .iter()
+                .map(|n| n.url())
+                .collect::<Vec<_>>()
+                .join(",")
         }
     }
 

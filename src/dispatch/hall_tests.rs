@@ -369,3 +369,88 @@ fn with_the_server_down_commands_are_refused_clearly_and_work_resumes_after() {
     assert_eq!(titles, ["one", "three"]);
     assert!(c.log().verify().unwrap().chain_ok);
 }
+
+#[test]
+fn a_node_of_a_3_node_cluster_dies_and_no_acknowledged_event_is_lost() {
+    use crate::nats::testing::NatsCluster;
+    let mut cluster = NatsCluster::start("trio");
+    let url = cluster.url();
+    let open = || {
+        let nats = Nats::connect(&NatsOptions {
+            url: url.clone(),
+            timeout: Some(Duration::from_secs(10)),
+            ..Default::default()
+        })
+        .expect("connect to the cluster");
+        // The cluster elects its JetStream leader first: the hall's stream can be
+        // created (with 3 replicas) once it has.
+        let started = std::time::Instant::now();
+        loop {
+            match JetStreamLog::open(
+                &nats,
+                "city",
+                &HallLogOptions {
+                    replicas: 3,
+                    create: true,
+                },
+            ) {
+                Ok(log) => {
+                    break Dispatcher::open_store(Box::new(log), DispatchConfig::default_config())
+                        .unwrap();
+                }
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => panic!("no hall on the cluster: {e}"),
+            }
+        }
+    };
+    let li = Actor::new("li.wei", Role::Dispatcher, None);
+    let mut desk = open();
+    let mut acked: Vec<String> = Vec::new();
+    let mut unsure: Vec<String> = Vec::new();
+    let mut write =
+        |desk: &mut Dispatcher, k: usize, acked: &mut Vec<String>, unsure: &mut Vec<String>| {
+            // A failed command is tried again as a new one, as a dispatcher would.
+            for attempt in 0..100 {
+                let marker = format!("cmd {k} try {attempt}");
+                match desk.execute(&incident(&marker), &li, T0 + k as i64) {
+                    Ok(_) => {
+                        acked.push(marker);
+                        return;
+                    }
+                    Err(_) => {
+                        unsure.push(marker);
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+            panic!("command {k} never went through");
+        };
+    for k in 0..40 {
+        write(&mut desk, k, &mut acked, &mut unsure);
+    }
+    // One node dies as a crash would; the two left keep a majority.
+    cluster.nodes[0].kill();
+    for k in 40..80 {
+        write(&mut desk, k, &mut acked, &mut unsure);
+    }
+    // A console that joins now (through the nodes still up) has everything that was
+    // acknowledged, once.
+    let joined = open();
+    let titles: Vec<String> = joined
+        .book()
+        .incidents
+        .iter()
+        .map(|i| i.title.clone())
+        .collect();
+    for m in &acked {
+        assert_eq!(titles.iter().filter(|t| *t == m).count(), 1, "{m}");
+    }
+    for m in &unsure {
+        assert!(titles.iter().filter(|t| *t == m).count() <= 1, "{m}");
+    }
+    assert_eq!(acked.len(), 80);
+    assert!(joined.log().verify().unwrap().chain_ok);
+}
