@@ -410,7 +410,7 @@ fn a_node_of_a_3_node_cluster_dies_and_no_acknowledged_event_is_lost() {
     let mut desk = open();
     let mut acked: Vec<String> = Vec::new();
     let mut unsure: Vec<String> = Vec::new();
-    let mut write =
+    let write =
         |desk: &mut Dispatcher, k: usize, acked: &mut Vec<String>, unsure: &mut Vec<String>| {
             // A failed command is tried again as a new one, as a dispatcher would.
             for attempt in 0..100 {
