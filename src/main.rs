@@ -750,7 +750,21 @@ fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
             ..Default::default()
         },
         open,
+        hall: None,
     })
+}
+
+/// A console of a hall, with --nats and --hall.
+fn hall_console(cli: &Cli) -> anyhow::Result<Option<app::desk::HallSetup>> {
+    if cli.nats.is_none() && cli.hall.is_none() {
+        return Ok(None);
+    }
+    let (nats, hall) = hall_nats(cli, "console")?;
+    Ok(Some(app::desk::HallSetup {
+        nats,
+        hall,
+        replicas: cli.nats_replicas,
+    }))
 }
 
 /// TLS and the public URL of the status API, checked: beyond this machine tokens
@@ -798,14 +812,10 @@ fn status_api_reach(
 fn run(mut cli: Cli) -> anyhow::Result<()> {
     let look_at = cli.look_at.as_deref().map(parse_look_at).transpose()?;
     let command = cli.command.take().unwrap_or(Command::Run);
-    if cli.nats.is_some() && matches!(command, Command::Run | Command::Screenshot { .. }) {
-        bail!(
-            "the console window does not open on a hall yet (--nats); on a hall use `zhongshu hub`, `hall-status`, `audit verify` or `bench orders`, or run the window without --nats on its own SQLite log"
-        );
-    }
     match command {
         Command::Run => {
-            let desk = desk_setup(&cli, true)?;
+            let mut desk = desk_setup(&cli, true)?;
+            desk.hall = hall_console(&cli)?;
             app::run(AppOptions {
                 map: cli.map,
                 look_at,
@@ -821,7 +831,11 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             // The dispatch desk is in the picture when someone signs in for it;
             // otherwise a screenshot touches no event log and opens no port.
             let desk = match cli.user {
-                Some(_) => Some(desk_setup(&cli, true)?),
+                Some(_) => {
+                    let mut desk = desk_setup(&cli, true)?;
+                    desk.hall = hall_console(&cli)?;
+                    Some(desk)
+                }
                 None => None,
             };
             app::run(AppOptions {
@@ -1119,8 +1133,14 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
     let setup = desk_setup(cli, false)?;
     // SAFETY: plain handlers that only store to an atomic.
     unsafe {
-        libc::signal(libc::SIGINT, on_stop_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_stop_signal as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {

@@ -39,6 +39,140 @@ pub struct DeskSetup {
     pub service: ServiceOptions,
     /// Show the desk panel at start.
     pub open: bool,
+    /// A console of a hall: the log is the hall's stream, not `db`.
+    pub hall: Option<HallSetup>,
+}
+
+/// Where a console of a hall connects.
+#[derive(Clone)]
+pub struct HallSetup {
+    pub nats: crate::nats::Nats,
+    pub hall: String,
+    pub replicas: usize,
+}
+
+/// What this console says about itself to the hall (presence).
+#[derive(Clone, Default, PartialEq)]
+struct Presence {
+    user: Option<(String, String)>,
+    working_on: Option<String>,
+}
+
+/// A console's link to its hall: whether the server is reachable, and who else is
+/// here (kept up to date by a thread of its own, never by the frame).
+pub struct HallLink {
+    pub nats: crate::nats::Nats,
+    pub hall: String,
+    /// Since when the server has been out of reach (Unix ms), if it is.
+    pub down_since_ms: Option<i64>,
+    presence: std::sync::Arc<Mutex<Presence>>,
+    /// The hall's members as last listed (other consoles, hubs).
+    pub members: std::sync::Arc<Mutex<Vec<crate::hall::Member>>>,
+    pub member_id: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for HallLink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl HallLink {
+    fn start(setup: &HallSetup) -> Self {
+        let presence = std::sync::Arc::new(Mutex::new(Presence::default()));
+        let members = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let member_id = crate::hall::new_member_id("console");
+        {
+            let (nats, hall, replicas) = (setup.nats.clone(), setup.hall.clone(), setup.replicas);
+            let (presence, members, stop, id) = (
+                presence.clone(),
+                members.clone(),
+                stop.clone(),
+                member_id.clone(),
+            );
+            std::thread::Builder::new()
+                .name("hall-presence".into())
+                .spawn(move || {
+                    let since = crate::feeds::poll::unix_ms_now();
+                    let mut bucket = None;
+                    let mut announced: Option<crate::hall::Member> = None;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if bucket.is_none() {
+                            bucket = crate::hall::Members::open(&nats, &hall, replicas).ok();
+                        }
+                        if let Some(b) = &bucket {
+                            let me = presence.lock().map(|p| p.clone()).unwrap_or_default();
+                            match me.user {
+                                Some((user, role)) => {
+                                    let m = crate::hall::Member {
+                                        kind: "console".into(),
+                                        id: id.clone(),
+                                        host: crate::hall::host_name(),
+                                        pid: std::process::id(),
+                                        state: role,
+                                        user: Some(user),
+                                        working_on: me.working_on,
+                                        api: None,
+                                        since_ms: since,
+                                        last_seen_ms: crate::feeds::poll::unix_ms_now(),
+                                    };
+                                    let _ = b.announce(&m);
+                                    announced = Some(m);
+                                }
+                                None => {
+                                    if let Some(m) = announced.take() {
+                                        b.leave(&m);
+                                    }
+                                }
+                            }
+                            if let Ok(list) = b.list()
+                                && let Ok(mut slot) = members.lock()
+                            {
+                                *slot = list;
+                            }
+                        }
+                        for _ in 0..20 {
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                break;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                    }
+                    if let (Some(b), Some(m)) = (&bucket, &announced) {
+                        b.leave(m);
+                    }
+                })
+                .expect("start the hall presence thread");
+        }
+        Self {
+            nats: setup.nats.clone(),
+            hall: setup.hall.clone(),
+            down_since_ms: None,
+            presence,
+            members,
+            member_id,
+            stop,
+        }
+    }
+
+    /// Other signed-in consoles working on `incident`: their users.
+    pub fn others_on(&self, incident: &str) -> Vec<String> {
+        self.members
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|m| {
+                        m.kind == "console"
+                            && m.id != self.member_id
+                            && m.working_on.as_deref() == Some(incident)
+                    })
+                    .filter_map(|m| m.user.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// The sign-in form's state.
@@ -80,13 +214,22 @@ pub struct Desk {
     alerts_caught_up: bool,
     /// The router has read every road's live speed once.
     speeds_loaded: bool,
+    /// A console of a hall: its link (reachability, presence).
+    pub hall: Option<HallLink>,
 }
 
 /// The event log's integrity as the console last checked it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Integrity {
     Checking,
-    Verified { events: u64, sealed: bool },
+    Verified {
+        events: u64,
+        sealed: bool,
+    },
+    /// The hall's stream: chained, not sealed.
+    HallVerified {
+        events: u64,
+    },
     Broken(String),
 }
 
@@ -137,7 +280,7 @@ pub(super) fn plugin(app: &mut App) {
     app.add_systems(Startup, start_desk).add_systems(
         Update,
         (
-            (desk_loaded, desk_apply, desk_alerts, desk_pump)
+            (desk_loaded, desk_hall, desk_apply, desk_alerts, desk_pump)
                 .chain()
                 .in_set(AppSystems::Apply),
             (desk_recommend, desk_pins, desk_routes)
@@ -159,9 +302,14 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
         setup.service.clone(),
     );
     let seal = crate::store::SealOptions::with_key(&db, setup.seal_key.as_deref());
+    let hall = setup.hall.clone();
     std::thread::Builder::new()
         .name("dispatch-log".into())
         .spawn(move || {
+            if let Some(hall) = hall {
+                open_hall(hall, config, options, tx, integrity_tx);
+                return;
+            }
             let result = crate::store::EventLog::open_with(&db, &seal)
                 .and_then(|log| Dispatcher::open_store(Box::new(log), config))
                 .map_err(|e| e.to_string())
@@ -232,6 +380,7 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
         routes_for: None,
         alerts_caught_up: false,
         speeds_loaded: false,
+        hall: setup.hall.as_ref().map(HallLink::start),
     };
     if let Some((name, mut passphrase)) = sign_in {
         if let Err(e) = desk.try_sign_in(&name, &passphrase) {
@@ -241,6 +390,81 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
         zeroize::Zeroize::zeroize(&mut passphrase);
     }
     commands.insert_resource(desk);
+}
+
+/// Opens the hall's log as a console (the hub delivers and runs the clock), then
+/// checks the stream's chain on a connection of its own.
+fn open_hall(
+    hall: HallSetup,
+    config: DispatchConfig,
+    mut options: ServiceOptions,
+    tx: std::sync::mpsc::Sender<Result<DispatchService, String>>,
+    integrity_tx: std::sync::mpsc::Sender<Integrity>,
+) {
+    use crate::store::EventStore;
+    use crate::store::jetstream::{HallLogOptions, JetStreamLog};
+    options.hall_console = true;
+    let log_options = HallLogOptions {
+        replicas: hall.replicas,
+        create: true,
+    };
+    let result = JetStreamLog::open(&hall.nats, &hall.hall, &log_options)
+        .and_then(|log| Dispatcher::open_store(Box::new(log), config))
+        .map_err(|e| e.to_string())
+        .and_then(|d| {
+            let opened = d.opened.clone();
+            let service = DispatchService::start(d, options).map_err(|e| format!("{e:#}"))?;
+            info!(
+                "hall {} on {}: {} events, {} incidents, {} orders, rebuilt in {:.0} ms",
+                hall.hall,
+                hall.nats.url,
+                opened.events,
+                opened.incidents,
+                opened.orders,
+                opened.replay_ms
+            );
+            Ok(service)
+        });
+    let opened = result.is_ok();
+    let _ = tx.send(result);
+    if !opened {
+        return;
+    }
+    let integrity = match JetStreamLog::open(&hall.nats, &hall.hall, &log_options)
+        .and_then(|log| log.verify())
+    {
+        Ok(r) if r.chain_ok => Integrity::HallVerified { events: r.events },
+        Ok(r) => Integrity::Broken(r.problems.join("; ")),
+        Err(e) => Integrity::Broken(e.to_string()),
+    };
+    let _ = integrity_tx.send(integrity);
+}
+
+/// A console of a hall: notices the server going out of reach (the banner) and
+/// tells the presence thread who is signed in and on which incident.
+fn desk_hall(desk: Option<ResMut<Desk>>) {
+    let Some(mut desk) = desk else { return };
+    let desk = &mut *desk;
+    let Some(link) = desk.hall.as_mut() else {
+        return;
+    };
+    if link.nats.connected() {
+        link.down_since_ms = None;
+    } else if link.down_since_ms.is_none() {
+        link.down_since_ms = Some(crate::feeds::poll::unix_ms_now());
+    }
+    let now = Presence {
+        user: desk
+            .actor
+            .as_ref()
+            .map(|a| (a.name.clone(), a.role.as_str().to_string())),
+        working_on: desk.selected.clone(),
+    };
+    if let Ok(mut p) = link.presence.lock()
+        && *p != now
+    {
+        *p = now;
+    }
 }
 
 fn desk_loaded(desk: Option<ResMut<Desk>>) {
@@ -646,6 +870,30 @@ pub fn desk_panel_ui(
         return;
     }
     integrity_ui(ui, &desk.integrity);
+    if let Some(link) = &desk.hall
+        && let Some(since) = link.down_since_ms
+    {
+        ui.label(
+            egui::RichText::new(format!(
+                "Hall server unreachable 大厅服务器不可达 for {} s: the last state is shown; commands are refused until it is back",
+                (now_ms - since).max(0) / 1000
+            ))
+            .color(theme::ALARM)
+            .strong(),
+        );
+    }
+    if let (Some(link), Some(selected)) = (&desk.hall, &desk.selected) {
+        let others = link.others_on(selected);
+        if !others.is_empty() {
+            ui.label(
+                egui::RichText::new(format!(
+                    "{selected}: also being worked on by 同时处理 {}",
+                    others.join(", ")
+                ))
+                .color(theme::WARN),
+            );
+        }
+    }
     let Some(actor) = desk.actor.clone() else {
         sign_in_ui(ui, desk);
         return;
@@ -713,6 +961,12 @@ fn integrity_ui(ui: &mut bevy_egui::egui::Ui, integrity: &Integrity) {
         } => (
             format!("Log chain verified: {events} events; no seal key, seals not checked"),
             theme::WARN,
+        ),
+        Integrity::HallVerified { events } => (
+            format!(
+                "Hall log chain verified 大厅日志已校验: {events} events (the stream is not sealed)"
+            ),
+            theme::GOOD,
         ),
         Integrity::Broken(why) => (format!("LOG INTEGRITY 日志完整性异常: {why}"), theme::ALARM),
     };

@@ -148,6 +148,9 @@ fn shell_ui(
     }
     let demo = desk.as_ref().is_some_and(|d| d.demo);
     egui::Panel::top("top-bar").show(&mut root, |ui| top_bar_ui(ui, &city.map, now, demo, out));
+    if let Some(link) = desk.as_ref().and_then(|d| d.hall.as_ref()) {
+        egui::Panel::top("hall-bar").show(&mut root, |ui| hall_bar_ui(ui, link, now_ms));
+    }
     if live.is_some() {
         egui::Panel::top("kpi-strip").show(&mut root, |ui| kpi_strip_ui(ui, &kpis.1));
     }
@@ -238,6 +241,51 @@ fn shell_ui(
     ui_input.wants_pointer = ctx.egui_is_using_pointer() || ctx.is_pointer_over_egui();
     ui_input.wants_keyboard = ctx.egui_wants_keyboard_input();
     Ok(())
+}
+
+/// A console of a hall: which hall, who else is here, and — in red, with the time
+/// since — when its server is out of reach.
+fn hall_bar_ui(ui: &mut egui::Ui, link: &super::desk::HallLink, now_ms: i64) {
+    ui.horizontal(|ui| match link.down_since_ms {
+        Some(since) => {
+            egui::Frame::new()
+                .fill(theme::ALARM)
+                .inner_margin(egui::Margin::symmetric(8, 2))
+                .show(ui, |ui| {
+                    ui.label(
+                        egui::RichText::new(format!(
+                            "HALL {} — server unreachable 服务器不可达 since {} ({} s): last state shown, commands refused",
+                            link.hall,
+                            utc_clock_text(since / 1000),
+                            (now_ms - since).max(0) / 1000
+                        ))
+                        .color(egui::Color32::WHITE)
+                        .strong(),
+                    )
+                });
+        }
+        None => {
+            let members = link.members.lock().map(|m| m.clone()).unwrap_or_default();
+            let consoles: Vec<String> = members
+                .iter()
+                .filter(|m| m.kind == "console" && m.id != link.member_id)
+                .filter_map(|m| m.user.clone())
+                .collect();
+            let hub = members
+                .iter()
+                .find(|m| m.kind == "hub" && m.state == "active")
+                .map_or("no active hub".to_string(), |m| format!("hub {}", m.host));
+            ui.label(
+                egui::RichText::new(format!("HALL {} 大厅", link.hall))
+                    .color(theme::GOOD)
+                    .strong(),
+            );
+            ui.label(egui::RichText::new(hub).color(theme::MUTED));
+            if !consoles.is_empty() {
+                ui.label(format!("also here 同时在线: {}", consoles.join(", ")));
+            }
+        }
+    });
 }
 
 pub fn top_bar_ui(

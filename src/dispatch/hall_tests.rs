@@ -454,3 +454,95 @@ fn a_node_of_a_3_node_cluster_dies_and_no_acknowledged_event_is_lost() {
     assert_eq!(acked.len(), 80);
     assert!(joined.log().verify().unwrap().chain_ok);
 }
+
+#[test]
+fn a_console_of_a_hall_never_delivers_or_runs_the_clock_the_hub_does() {
+    use super::service::{DispatchService, ServiceOptions};
+    let server = NatsServer::start("console-mode");
+    // A department that records every POST it gets.
+    let dept = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", dept.server_addr().to_ip().unwrap());
+    let posts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let posts = posts.clone();
+        std::thread::spawn(move || {
+            for r in dept.incoming_requests() {
+                posts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let json =
+                    tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
+                let _ = r.respond(tiny_http::Response::from_string("{}").with_header(json));
+            }
+        });
+    }
+    let config = DispatchConfig::parse(
+        &format!(
+            "[[department]]\nid = \"water\"\nname = \"Water\"\ndomain = \"utilities\"\nlevel = \"city\"\nendpoint = \"{base}/water\"\ntoken = \"demo-water-token\"\n"
+        ),
+        "test",
+    )
+    .unwrap();
+    let open = |hall_console: bool| {
+        let nats = connect(&server, "svc");
+        let log = JetStreamLog::open(&nats, "city", &HallLogOptions::default()).unwrap();
+        let d = Dispatcher::open_store(Box::new(log), config.clone()).unwrap();
+        DispatchService::start(
+            d,
+            ServiceOptions {
+                api_addr: "127.0.0.1:0".into(),
+                hall_console,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let mut console = open(true);
+    let li = Actor::new("li.wei", Role::Dispatcher, None);
+    console.execute(&incident("Burst main"), &li, T0).unwrap();
+    console
+        .execute(
+            &Command::IssueOrders {
+                incident: "INC-000001".into(),
+                orders: vec![NewOrder {
+                    department: "water".into(),
+                    instruction: "Isolate".into(),
+                    // Long past: a clock would mark it overdue at once.
+                    deadline_ms: T0 + 1,
+                }],
+            },
+            &li,
+            T0,
+        )
+        .unwrap();
+    let now = crate::feeds::poll::unix_ms_now();
+    for _ in 0..20 {
+        console.pump(now).unwrap();
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(
+        posts.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a console never delivers"
+    );
+    assert_eq!(
+        console.dispatcher.log().len(),
+        4,
+        "nor marks anything overdue"
+    );
+    // The hub delivers it, runs the clock, and the console follows both.
+    let mut hub = open(false);
+    let started = std::time::Instant::now();
+    while (posts.load(std::sync::atomic::Ordering::SeqCst) == 0
+        || console.dispatcher.book().orders[0].delivered_ms.is_none()
+        || console.dispatcher.book().orders[0].overdue_ms.is_none())
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        let now = crate::feeds::poll::unix_ms_now();
+        hub.pump(now).unwrap();
+        console.pump(now).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(posts.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let order = &console.dispatcher.book().orders[0];
+    assert!(order.delivered_ms.is_some(), "{order:?}");
+    assert!(order.overdue_ms.is_some(), "the hub's clock: {order:?}");
+}

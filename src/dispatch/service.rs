@@ -35,6 +35,10 @@ pub struct ServiceOptions {
     /// HTTPS for the status API: the identity, and its certificate in PEM (which the
     /// in-process simulated departments trust).
     pub api_tls: Option<(crate::http::Tls, Vec<u8>)>,
+    /// A console of a hall: the hall's hub talks to departments, runs the clock and
+    /// raises incidents from alerts; this service only runs its users' commands and
+    /// follows the hall's log (its status API listens on loopback, unannounced).
+    pub hall_console: bool,
 }
 
 impl Default for ServiceOptions {
@@ -45,6 +49,7 @@ impl Default for ServiceOptions {
             sim: SimBehaviour::default(),
             api_public_url: None,
             api_tls: None,
+            hall_console: false,
         }
     }
 }
@@ -87,6 +92,8 @@ pub struct DispatchService {
     last_tick_ms: Option<i64>,
     /// Delivery results not yet written (a storage error): tried again first.
     held: VecDeque<DeliveryEvent>,
+    /// A console of a hall (see [`ServiceOptions::hall_console`]).
+    hall_console: bool,
 }
 
 /// How far a department's report takes an order, for ordering reports and telling
@@ -122,14 +129,17 @@ impl DispatchService {
             tls: options.api_tls.as_ref().map(|(tls, _)| tls.clone()),
             ..Default::default()
         };
-        let (api, reports) =
-            StatusApi::start_with(&options.api_addr, auth, api_options).map_err(|e| {
-                anyhow::anyhow!("cannot start the status API on {}: {e:#}", options.api_addr)
-            })?;
+        let api_addr = if options.hall_console {
+            "127.0.0.1:0"
+        } else {
+            options.api_addr.as_str()
+        };
+        let (api, reports) = StatusApi::start_with(api_addr, auth, api_options)
+            .map_err(|e| anyhow::anyhow!("cannot start the status API on {api_addr}: {e:#}"))?;
         let simulated: Vec<_> = config
             .departments
             .iter()
-            .filter(|d| d.endpoint == Endpoint::Simulated)
+            .filter(|d| d.endpoint == Endpoint::Simulated && !options.hall_console)
             .collect();
         let sim = if simulated.is_empty() {
             None
@@ -165,6 +175,10 @@ impl DispatchService {
                 Endpoint::Manual => {}
             }
         }
+        if options.hall_console {
+            // The hub delivers; a console never does.
+            endpoints.clear();
+        }
         let mut outbox_config = options.outbox.clone();
         if outbox_config.key_scope.is_empty() {
             outbox_config.key_scope = dispatcher.log().log_id().to_string();
@@ -184,6 +198,7 @@ impl DispatchService {
             version: 1,
             last_tick_ms: None,
             held: VecDeque::new(),
+            hall_console: options.hall_console,
         };
         let book = service.dispatcher.book();
         let undelivered: Vec<String> = book.undelivered().map(|o| o.id.clone()).collect();
@@ -235,6 +250,11 @@ impl DispatchService {
             }
         }
         dedup
+    }
+
+    /// Whether this is a console of a hall.
+    pub fn is_hall_console(&self) -> bool {
+        self.hall_console
     }
 
     /// The status API's base URL (what departments report to).
@@ -486,9 +506,10 @@ impl DispatchService {
         }
         // Deadlines are minutes long: looking at every order four times a second is
         // plenty, and keeps a frame cheap with hundreds of thousands of orders.
-        if self
-            .last_tick_ms
-            .is_none_or(|t| now_ms < t || now_ms - t >= TICK_EVERY_MS)
+        if !self.hall_console
+            && self
+                .last_tick_ms
+                .is_none_or(|t| now_ms < t || now_ms - t >= TICK_EVERY_MS)
         {
             self.last_tick_ms = Some(now_ms);
             let mut events = Vec::new();
@@ -656,6 +677,10 @@ impl DispatchService {
     /// The alert is remembered only once what it caused is durable, so an alert whose
     /// write failed is new again at the next poll.
     pub fn take_alert(&mut self, alert: &AlertIn, now_ms: i64) -> Result<usize, DispatchError> {
+        if self.hall_console {
+            // The hall's hub raises incidents from alerts, once for every console.
+            return Ok(0);
+        }
         let system = Actor::system();
         let written = match self.dedup.decide(alert) {
             Decision::New => {
