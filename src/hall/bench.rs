@@ -45,6 +45,7 @@ pub fn bench_hub(
     url: Option<&str>,
     commands: usize,
     join_events: u64,
+    commit_events: usize,
 ) -> anyhow::Result<serde_json::Value> {
     let _own;
     let url = match url {
@@ -58,7 +59,7 @@ pub fn bench_hub(
     };
     let run = format!("bench{}", std::process::id());
     let propagation = bench_propagation(&url, &format!("{run}-p"), commands)?;
-    let join = bench_join(&url, &format!("{run}-j"), join_events)?;
+    let join = bench_join(&url, &format!("{run}-j"), join_events, commit_events)?;
     let failover = bench_failover(&url, &format!("{run}-f"))?;
     Ok(serde_json::json!({
         "server": url,
@@ -148,7 +149,12 @@ fn bench_propagation(url: &str, hall: &str, commands: usize) -> anyhow::Result<s
     }))
 }
 
-fn bench_join(url: &str, hall: &str, events: u64) -> anyhow::Result<serde_json::Value> {
+fn bench_join(
+    url: &str,
+    hall: &str,
+    events: u64,
+    commit_events: usize,
+) -> anyhow::Result<serde_json::Value> {
     let fill = Instant::now();
     {
         let mut d = console(url, hall)?;
@@ -163,7 +169,7 @@ fn bench_join(url: &str, hall: &str, events: u64) -> anyhow::Result<serde_json::
         let mut log = JetStreamLog::open(&nats, hall, &HallLogOptions::default())?;
         use crate::store::EventStore;
         log.scan_replay(&mut |_, _, _, _| {})?;
-        crate::dispatch::bench::fill_log(&mut log, d.book().clone(), events, 1000)?;
+        crate::dispatch::bench::fill_log(&mut log, d.book().clone(), events, commit_events.max(1))?;
         let _ = d.sync();
     }
     let fill_s = fill.elapsed().as_secs_f64();
@@ -174,6 +180,7 @@ fn bench_join(url: &str, hall: &str, events: u64) -> anyhow::Result<serde_json::
         "events": d.opened.events,
         "incidents": d.opened.incidents,
         "orders": d.opened.orders,
+        "events_per_commit": commit_events,
         "join_ms": round2(join_ms),
         "fill_s": round2(fill_s),
     }))
