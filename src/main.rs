@@ -812,6 +812,12 @@ fn status_api_reach(
 fn run(mut cli: Cli) -> anyhow::Result<()> {
     let look_at = cli.look_at.as_deref().map(parse_look_at).transpose()?;
     let command = cli.command.take().unwrap_or(Command::Run);
+    // (`bench hub` makes halls of its own on the server it is given.)
+    if cli.nats.is_some() != cli.hall.is_some()
+        && !matches!(command, Command::Bench(BenchCommand::Hub { .. }))
+    {
+        bail!("--nats URL and --hall NAME go together");
+    }
     match command {
         Command::Run => {
             let mut desk = desk_setup(&cli, true)?;
@@ -1194,13 +1200,25 @@ fn hall_status(cli: &Cli) -> anyhow::Result<()> {
     use zhongshu::hall::{Lease, Members, new_member_id};
     use zhongshu::store::EventStore;
     let (nats, hall) = hall_nats(cli, "hall-status")?;
-    let lease = Lease::open(&nats, &hall, &new_member_id("status"), cli.nats_replicas)
-        .map_err(anyhow::Error::msg)?;
-    let members = Members::open(&nats, &hall, cli.nats_replicas)
+    // Only looks: nothing is created for a hall that does not exist.
+    let lease = Lease::open_with(
+        &nats,
+        &hall,
+        &new_member_id("status"),
+        cli.nats_replicas,
+        false,
+    )
+    .ok();
+    let members = Members::open_with(&nats, &hall, cli.nats_replicas, false)
+        .ok()
+        .map(|m| m.list())
+        .transpose()
         .map_err(anyhow::Error::msg)?
-        .list()
-        .map_err(anyhow::Error::msg)?;
-    let active_id = lease.holder().map_err(anyhow::Error::msg)?;
+        .unwrap_or_default();
+    let active_id = match &lease {
+        Some(l) => l.holder().map_err(anyhow::Error::msg)?,
+        None => None,
+    };
     let member_json = |m: &zhongshu::hall::Member| {
         serde_json::json!({
             "id": m.id,
@@ -1242,14 +1260,23 @@ fn hall_status(cli: &Cli) -> anyhow::Result<()> {
     ) {
         Ok(log) => {
             let mut events = 0u64;
-            log.scan_replay(&mut |_, _, _, _| events += 1)?;
-            let head = log.head();
-            serde_json::json!({
-                "events": events,
-                "chain_head": { "seq": head.0, "hash": head.1 },
-                "log_id": log.log_id(),
-                "integrity_alarm": log.integrity_alarm(),
-            })
+            match log.scan_replay(&mut |_, _, _, _| events += 1) {
+                Ok(()) => {
+                    let head = log.head();
+                    serde_json::json!({
+                        "events": events,
+                        "chain_head": { "seq": head.0, "hash": head.1 },
+                        "log_id": log.log_id(),
+                        "integrity_alarm": log.integrity_alarm(),
+                    })
+                }
+                Err(e) => serde_json::json!({
+                    "events": events,
+                    "chain_head": null,
+                    "log_id": log.log_id(),
+                    "problem": e.to_string(),
+                }),
+            }
         }
         Err(e) => serde_json::json!({ "events": 0, "chain_head": null, "problem": e.to_string() }),
     };

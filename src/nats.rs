@@ -6,7 +6,8 @@
 //! a `.creds` file come from the environment (`ZHONGSHU_NATS_USER` and
 //! `ZHONGSHU_NATS_PASSWORD`, `ZHONGSHU_NATS_NKEY`, `ZHONGSHU_NATS_CREDS`), or from a
 //! file named by `--nats-auth` (lines `user = …`, `password = …`, `nkey = …`,
-//! `creds = PATH`, `ca = PATH`). A `tls://` URL requires TLS; `ca` adds a root
+//! `creds = PATH`, `ca = PATH`; `#` starts a comment only at the start of a line, so
+//! a password may contain it). A `tls://` URL requires TLS; `ca` adds a root
 //! certificate to trust.
 
 use std::path::{Path, PathBuf};
@@ -62,6 +63,7 @@ impl NatsAuth {
         if let Some(file) = file {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| format!("cannot read the NATS credentials {}: {e}", file.display()))?;
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
@@ -74,7 +76,14 @@ impl NatsAuth {
                         n + 1
                     ));
                 };
-                let value = value.trim().trim_matches('"').to_string();
+                // The whole rest of the line is the value (a password may hold `#`);
+                // one pair of surrounding quotes is taken off.
+                let value = value.trim();
+                let value = value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value)
+                    .to_string();
                 match key.trim() {
                     "user" => auth.user = Some(value),
                     "password" => auth.password = Some(value),
@@ -90,6 +99,13 @@ impl NatsAuth {
                     }
                 }
             }
+        }
+        if let Some(seed) = &auth.nkey_seed
+            && !(seed.len() == 58 && seed.starts_with("SU"))
+        {
+            return Err(
+                "NATS credentials: the nkey is not a user seed (58 characters starting SU)".into(),
+            );
         }
         if auth.user.is_some() != auth.password.is_some() {
             return Err("NATS credentials: a user needs a password and a password a user".into());
@@ -382,5 +398,51 @@ pub mod testing {
             self.kill();
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<NatsAuth, String> {
+        let path = std::env::temp_dir().join(format!(
+            "zhongshu-nats-auth-{}-{}",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let r = NatsAuth::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    #[test]
+    fn credentials_files_read_as_operators_write_them() {
+        // A byte-order mark from a Windows editor, a password with `#` and quotes.
+        let a = load("\u{feff}# the hub\nuser = hub\npassword = s3c#ret\"x\"\n").unwrap();
+        assert_eq!(a.user.as_deref(), Some("hub"));
+        assert_eq!(a.password.as_deref(), Some("s3c#ret\"x\""));
+        let a = load("user = \"desk 1\"\npassword = \"  spaced  \"\n").unwrap();
+        assert_eq!(a.user.as_deref(), Some("desk 1"));
+        assert_eq!(a.password.as_deref(), Some("  spaced  "));
+        let e = load("user = hub\n").unwrap_err();
+        assert!(e.contains("needs a password"), "{e}");
+        let e = load("nkey = not-a-seed\n").unwrap_err();
+        assert!(e.contains("not a user seed"), "{e}");
+        let e = load("token = x\n").unwrap_err();
+        assert!(e.contains("unknown setting `token`"), "{e}");
+        // Never printed.
+        let a = load("user = hub\npassword = hunter22\n").unwrap();
+        assert!(!format!("{a:?}").contains("hunter22"));
+    }
+
+    #[test]
+    fn distinct_halls_have_distinct_streams() {
+        use crate::store::jetstream::stream_name;
+        assert_ne!(stream_name("a-b"), stream_name("a_b"));
+        assert!(check_hall_name("a.b").is_err());
+        assert!(check_hall_name("").is_err());
+        assert!(check_hall_name(&"x".repeat(33)).is_err());
     }
 }

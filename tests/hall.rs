@@ -144,6 +144,20 @@ fn wrong_hall_and_unreachable_server_are_clear_errors() {
     let (ok, _, stderr) = verify_hall(&server.url(), "bad.name");
     assert!(!ok);
     assert!(stderr.contains("hall name"), "{stderr}");
+    // --hall without --nats is not quietly the local SQLite log.
+    let dir = crate::scratch_dir("hall-without-nats");
+    let out = zhongshu()
+        .current_dir(&dir)
+        .args(["bench", "orders", "--count", "1", "--hall", "city"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("go together"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.join("zhongshu-events.db").exists());
     // A port nothing listens on.
     let free = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -170,6 +170,29 @@ pub enum Event {
 }
 
 impl Event {
+    /// Whether someone of `role` may have written this event, by the permission
+    /// matrix ([`super::is_allowed`]): what a hall's hub checks before acting on an
+    /// event another writer appended (the book's finer checks — a liaison's own
+    /// department, an order's state — are the writer's).
+    pub fn permitted_for(&self, role: Role) -> bool {
+        use super::is_allowed;
+        match self {
+            Event::IncidentReported { .. } => is_allowed(role, Action::ReportIncident),
+            Event::IncidentChanged { action, .. } | Event::OrderChanged { action, .. } => {
+                is_allowed(role, *action)
+                    // Issuing an order verifies and dispatches its incident.
+                    || (matches!(action, Action::VerifyIncident | Action::DispatchIncident)
+                        && is_allowed(role, Action::IssueOrder))
+            }
+            Event::OrderIssued { escalates, .. } => {
+                is_allowed(role, Action::IssueOrder)
+                    || (role == Role::System && escalates.is_some())
+            }
+            Event::Note { .. } => is_allowed(role, Action::AddNote),
+            Event::OrderOverdue { .. } | Event::AlertWithdrawn { .. } => role == Role::System,
+        }
+    }
+
     /// The event's name in the log's `kind` column.
     pub fn kind(&self) -> &'static str {
         match self {

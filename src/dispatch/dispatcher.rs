@@ -93,11 +93,14 @@ impl Dispatcher {
             let reader = scope.spawn(move || {
                 let mut chunk: Vec<Decoded> = Vec::with_capacity(CHUNK);
                 let scanned = log.scan_replay(&mut |at_ms, operator, role, payload| {
-                    let event = serde_json::from_str::<Event>(payload).ok();
+                    // An event under a role no writer uses (a forged commit on a
+                    // hall's log) is not taken in, as when following.
+                    let role = Role::from_name(role);
+                    let event = role.and(serde_json::from_str::<Event>(payload).ok());
                     chunk.push((
                         at_ms,
                         operator.to_string(),
-                        Role::from_name(role).unwrap_or(Role::System),
+                        role.unwrap_or(Role::System),
                         event,
                     ));
                     if chunk.len() == CHUNK {
@@ -260,7 +263,11 @@ impl Dispatcher {
             opened,
         } = self;
         log.follow(wait, &mut |at_ms, operator, role, payload| {
-            let role = Role::from_name(role).unwrap_or(Role::System);
+            // A role no console writes (a forged commit) is not taken in.
+            let Some(role) = Role::from_name(role) else {
+                opened.unreadable_events += 1;
+                return;
+            };
             match serde_json::from_str::<Event>(payload) {
                 Ok(event) => {
                     book.apply(&event, at_ms, operator, role);

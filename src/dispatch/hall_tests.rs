@@ -546,3 +546,146 @@ fn a_console_of_a_hall_never_delivers_or_runs_the_clock_the_hub_does() {
     assert!(order.delivered_ms.is_some(), "{order:?}");
     assert!(order.overdue_ms.is_some(), "the hub's clock: {order:?}");
 }
+
+#[test]
+fn a_forged_or_garbled_message_on_the_hall_log_is_not_taken_in_and_is_reported() {
+    use crate::store::jetstream::{WireCommit, WireEvent, subject};
+    let server = NatsServer::start("forged");
+    let li = Actor::new("li.wei", Role::Dispatcher, None);
+    let mut a = console(&server, "city", "desk-a");
+    a.execute(&incident("one"), &li, T0).unwrap();
+    // Someone with publish rights on the subject writes past the writers.
+    let nats = connect(&server, "intruder");
+    let forged = WireCommit {
+        v: 1,
+        at_ms: T0 + 5,
+        operator: "mayor".into(),
+        role: "leader".into(),
+        first_seq: 2,
+        // Characters of several bytes where a message cuts a hash short.
+        prev_hash: "é".repeat(40),
+        events: vec![WireEvent {
+            kind: "incident_reported".into(),
+            payload: serde_json::to_string(&super::book::Event::IncidentReported {
+                id: "INC-000002".into(),
+                incident: match incident("forged") {
+                    Command::ReportIncident(n) => n,
+                    _ => unreachable!(),
+                },
+            })
+            .unwrap(),
+            hash: "0".repeat(64),
+        }],
+    };
+    let client = nats.client.clone();
+    nats.rt
+        .block_on(async {
+            client
+                .publish(subject("city"), b"not a commit".to_vec().into())
+                .await
+                .unwrap();
+            client
+                .publish(subject("city"), serde_json::to_vec(&forged).unwrap().into())
+                .await
+                .unwrap();
+            client.flush().await
+        })
+        .unwrap();
+    // A commit that links, under a role no console writes as.
+    let probe = JetStreamLog::open(&nats, "city", &HallLogOptions::default()).unwrap();
+    crate::store::EventStore::scan_replay(&probe, &mut |_, _, _, _| {}).unwrap();
+    let (events, head) = probe.head();
+    let payload = forged.events[0].payload.replace("forged", "forged too");
+    let chained = WireCommit {
+        operator: "mallory".into(),
+        role: "nobody".into(),
+        first_seq: events + 1,
+        prev_hash: head.clone(),
+        events: vec![WireEvent {
+            kind: "incident_reported".into(),
+            hash: crate::store::event_hash(
+                &head,
+                events + 1,
+                T0 + 6,
+                "mallory",
+                "nobody",
+                "incident_reported",
+                &payload,
+            ),
+            payload,
+        }],
+        at_ms: T0 + 6,
+        ..forged.clone()
+    };
+    nats.rt
+        .block_on(async {
+            client
+                .publish(
+                    subject("city"),
+                    serde_json::to_vec(&chained).unwrap().into(),
+                )
+                .await
+                .unwrap();
+            client.flush().await
+        })
+        .unwrap();
+    // A console joining now shows none of them, and says the log has something wrong.
+    let b = console(&server, "city", "desk-b");
+    let titles: Vec<_> = b.book().incidents.iter().map(|i| i.title.clone()).collect();
+    assert_eq!(titles, ["one"]);
+    let alarm = b.log().integrity_alarm().expect("an alarm");
+    assert!(
+        alarm.contains("unreadable") || alarm.contains("does not link"),
+        "{alarm}"
+    );
+    // The hall goes on: the next command links to the last good event.
+    a.execute(&incident("two"), &li, T0 + 10).unwrap();
+    let c = console(&server, "city", "desk-c");
+    let titles: Vec<_> = c.book().incidents.iter().map(|i| i.title.clone()).collect();
+    assert_eq!(titles, ["one", "two"]);
+    assert_eq!(c.book().incidents[1].id, "INC-000002");
+    // The audit names the two that do not link.
+    let report = c.log().verify().unwrap();
+    assert!(!report.chain_ok);
+    assert_eq!(report.events, 3);
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+}
+
+#[test]
+fn the_hub_acts_only_on_events_their_role_may_write() {
+    use super::book::Event;
+    let order = Event::OrderIssued {
+        id: "ORD-000001".into(),
+        incident: "INC-000001".into(),
+        department: "water".into(),
+        instruction: "Go".into(),
+        deadline_ms: T0,
+        escalates: None,
+    };
+    assert!(order.permitted_for(Role::Dispatcher));
+    assert!(!order.permitted_for(Role::DepartmentLiaison));
+    assert!(!order.permitted_for(Role::Leader));
+    assert!(!order.permitted_for(Role::System), "only as an escalation");
+    let escalation = Event::OrderIssued {
+        id: "ORD-000002".into(),
+        incident: "INC-000001".into(),
+        department: "emergency".into(),
+        instruction: "Go".into(),
+        deadline_ms: T0,
+        escalates: Some("ORD-000001".into()),
+    };
+    assert!(escalation.permitted_for(Role::System));
+    let overdue = Event::OrderOverdue {
+        id: "ORD-000001".into(),
+    };
+    assert!(overdue.permitted_for(Role::System));
+    assert!(!overdue.permitted_for(Role::Dispatcher));
+    let verified_by_order = Event::IncidentChanged {
+        id: "INC-000001".into(),
+        action: Action::VerifyIncident,
+        status: IncidentStatus::Verified,
+        note: None,
+    };
+    assert!(verified_by_order.permitted_for(Role::Dispatcher));
+    assert!(!verified_by_order.permitted_for(Role::Leader));
+}

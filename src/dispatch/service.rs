@@ -454,12 +454,21 @@ impl DispatchService {
         // In a hall, what other consoles wrote (orders to send, cancellations) is
         // taken in first, so this service acts on it like on its own commands.
         self.dispatcher.sync()?;
-        let foreign: Vec<Event> = self
-            .dispatcher
-            .take_foreign()
-            .into_iter()
-            .map(|f| f.event)
-            .collect();
+        let mut foreign: Vec<Event> = Vec::new();
+        for f in self.dispatcher.take_foreign() {
+            if f.event.permitted_for(f.role) {
+                foreign.push(f.event);
+            } else {
+                // Written past the consoles' checks (a forged commit): shown in the
+                // log for the audit, never acted on.
+                self.notice(format!(
+                    "not acted on: {} by {} ({}) is not permitted for that role",
+                    f.event.kind(),
+                    f.operator,
+                    f.role.as_str()
+                ));
+            }
+        }
         self.after(&foreign);
         while let Ok(d) = self.deliveries.try_recv() {
             self.held.push_back(d);

@@ -54,6 +54,8 @@ const LEASE_EVERY: Duration = Duration::from_millis(1000);
 const PUMP_EVERY: Duration = Duration::from_millis(20);
 /// How often a member re-announces itself.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+/// How long a hub that could not start waits before trying again.
+const START_BACKOFF: Duration = Duration::from_secs(5);
 
 fn now_ms() -> i64 {
     crate::feeds::poll::unix_ms_now()
@@ -89,6 +91,8 @@ pub fn run(
     let mut last_announce = Instant::now() - ANNOUNCE_EVERY;
     let mut said_standby = false;
     let mut last_problem: Option<String> = None;
+    let mut last_alarm: Option<String> = None;
+    let mut retry_at = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         // The active hub renews every second; a standby looks four times as often,
         // so it takes over within a quarter second of the lease expiring.
@@ -100,7 +104,12 @@ pub fn run(
         if last_lease.elapsed() >= every {
             last_lease = Instant::now();
             let was_active = service.is_some();
-            match lease.try_acquire() {
+            let acquired = if was_active || Instant::now() >= retry_at {
+                lease.try_acquire()
+            } else {
+                Ok(false)
+            };
+            match acquired {
                 Ok(true) if !was_active => {
                     let started = Instant::now();
                     // Replaying a large log takes a while: the lease is renewed
@@ -109,7 +118,8 @@ pub fn run(
                     let (started_service, renewals) = std::thread::scope(|scope| {
                         let renewer = scope.spawn(|| {
                             let mut ok = true;
-                            while starting.load(Ordering::Relaxed) {
+                            while starting.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed)
+                            {
                                 std::thread::sleep(Duration::from_millis(100));
                                 if last_lease.elapsed() >= LEASE_EVERY {
                                     last_lease = Instant::now();
@@ -118,8 +128,27 @@ pub fn run(
                             }
                             ok
                         });
-                        let s = start_service(nats, &options);
-                        starting.store(false, Ordering::Relaxed);
+                        // Whatever happens while starting (a panic included), the
+                        // renewer stops, so a hub that cannot start lets the lease go.
+                        struct Done<'a>(&'a AtomicBool);
+                        impl Drop for Done<'_> {
+                            fn drop(&mut self) {
+                                self.0.store(false, Ordering::Relaxed);
+                            }
+                        }
+                        let done = Done(&starting);
+                        let s = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            start_service(nats, &options)
+                        }))
+                        .unwrap_or_else(|panic| {
+                            let what = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            Err(anyhow::anyhow!("starting failed: {what}"))
+                        });
+                        drop(done);
                         (s, renewer.join().unwrap_or(false))
                     });
                     let started_service = if renewals {
@@ -143,11 +172,15 @@ pub fn run(
                             last_announce = Instant::now() - ANNOUNCE_EVERY;
                         }
                         Err(e) => {
-                            // Let another hub try.
+                            // Let another hub try, and wait before trying again (a
+                            // start replays the whole log).
                             lease.release();
-                            report(HubState::Problem(format!(
-                                "cannot start the service: {e:#}"
-                            )));
+                            let text = format!("cannot start the service: {e:#}");
+                            if last_problem.as_deref() != Some(text.as_str()) {
+                                report(HubState::Problem(text.clone()));
+                                last_problem = Some(text);
+                            }
+                            retry_at = Instant::now() + START_BACKOFF;
                         }
                     }
                 }
@@ -183,6 +216,23 @@ pub fn run(
             last_announce = Instant::now();
             me.last_seen_ms = now_ms();
             let _ = members.announce(&me);
+        }
+        if let Some(s) = service.as_ref() {
+            // What the log's reader found wrong (a forged or garbled commit) is said
+            // on the hub's output too, once.
+            let alarm = s.dispatcher.log().integrity_alarm();
+            if alarm.is_some() && alarm != last_alarm {
+                report(HubState::Problem(format!(
+                    "integrity alarm: {}",
+                    alarm.as_deref().unwrap_or_default()
+                )));
+            }
+            last_alarm = alarm;
+        }
+        if let Some(s) = service.as_mut() {
+            while let Some(n) = s.notices.pop_front() {
+                report(HubState::Problem(n));
+            }
         }
         if let Some(s) = service.as_mut()
             && let Err(e) = s.pump(now_ms())

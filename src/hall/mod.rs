@@ -37,11 +37,20 @@ fn members_bucket(hall: &str) -> String {
 }
 
 /// Opens (or creates) a KV bucket whose entries expire after `ttl`.
-fn bucket(nats: &Nats, name: String, ttl: Duration, replicas: usize) -> Result<kv::Store, String> {
+fn bucket(
+    nats: &Nats,
+    name: String,
+    ttl: Duration,
+    replicas: usize,
+    create: bool,
+) -> Result<kv::Store, String> {
     let js = nats.js.clone();
     nats.call("open the hall's key-value bucket", async move {
         if let Ok(store) = js.get_key_value(&name).await {
             return Ok(store);
+        }
+        if !create {
+            return Err(format!("no bucket {name}"));
         }
         let config = kv::Config {
             bucket: name.clone(),
@@ -125,9 +134,20 @@ pub struct Lease {
 
 impl Lease {
     pub fn open(nats: &Nats, hall: &str, id: &str, replicas: usize) -> Result<Self, String> {
+        Self::open_with(nats, hall, id, replicas, true)
+    }
+
+    /// `create`: make the bucket when the hall has none (`false` to only look).
+    pub fn open_with(
+        nats: &Nats,
+        hall: &str,
+        id: &str,
+        replicas: usize,
+        create: bool,
+    ) -> Result<Self, String> {
         Ok(Self {
             nats: nats.clone(),
-            store: bucket(nats, lease_bucket(hall), LEASE_TTL, replicas)?,
+            store: bucket(nats, lease_bucket(hall), LEASE_TTL, replicas, create)?,
             id: id.to_string(),
             value: bytes::Bytes::from(id.to_string()),
             revision: None,
@@ -222,9 +242,19 @@ pub struct Members {
 
 impl Members {
     pub fn open(nats: &Nats, hall: &str, replicas: usize) -> Result<Self, String> {
+        Self::open_with(nats, hall, replicas, true)
+    }
+
+    /// `create`: make the bucket when the hall has none (`false` to only look).
+    pub fn open_with(
+        nats: &Nats,
+        hall: &str,
+        replicas: usize,
+        create: bool,
+    ) -> Result<Self, String> {
         Ok(Self {
             nats: nats.clone(),
-            store: bucket(nats, members_bucket(hall), MEMBER_TTL, replicas)?,
+            store: bucket(nats, members_bucket(hall), MEMBER_TTL, replicas, create)?,
         })
     }
 

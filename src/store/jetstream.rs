@@ -81,7 +81,9 @@ struct Reader {
 
 /// The names a hall's log lives under.
 pub fn stream_name(hall: &str) -> String {
-    format!("ZHONGSHU_LOG_{}", hall.replace('-', "_"))
+    // Hall names are letters, digits, `-` and `_`, all valid in a stream name, so
+    // distinct halls have distinct streams.
+    format!("ZHONGSHU_LOG_{hall}")
 }
 
 pub fn subject(hall: &str) -> String {
@@ -308,16 +310,24 @@ fn read_commits(
                 if seq <= head.stream_seq {
                     continue; // written by this writer, already applied
                 }
-                if commit.first_seq != head.events + 1 || commit.prev_hash != head.hash {
+                if commit.first_seq != head.events + 1
+                    || commit.prev_hash != head.hash
+                    || commit.events.is_empty()
+                {
+                    // Not written by a writer that had read the log (a forged or
+                    // damaged message): it is not taken in, so no console applies it
+                    // and the next honest commit links to the last good event.
                     alarm.get_or_insert_with(|| {
                         format!(
-                            "the hall's log does not link at commit {seq}: expected event {} after {}, found event {} after {}",
+                            "the hall's log has a commit that does not link (stream message {seq}: event {} after {}, where event {} after {} was due); it was not taken in",
+                            commit.first_seq,
+                            short(&commit.prev_hash),
                             head.events + 1,
                             short(&head.hash),
-                            commit.first_seq,
-                            short(&commit.prev_hash)
                         )
                     });
+                    head.stream_seq = seq;
+                    continue;
                 }
                 for e in &commit.events {
                     f(commit.at_ms, &commit.operator, &commit.role, &e.payload);
@@ -339,8 +349,14 @@ fn read_commits(
     }
 }
 
-fn short(hash: &str) -> &str {
-    &hash[..hash.len().min(12)]
+/// The first characters of a hash for messages (whatever the text: a forged
+/// message may carry anything).
+fn short(hash: &str) -> String {
+    let mut out: String = hash.chars().take(12).collect();
+    if hash.chars().count() > 12 {
+        out.push('…');
+    }
+    out
 }
 
 /// Starts an ordered consumer from stream sequence `start`, handing commits over a
@@ -368,7 +384,16 @@ fn spawn_reader(nats: &Nats, stream: stream::Stream, start: u64) -> mpsc::Receiv
                 Err(_) => None,
             };
             if let Some(mut messages) = messages {
-                while let Some(m) = messages.next().await {
+                loop {
+                    // Stops as soon as the log is dropped, even on a quiet stream, so
+                    // its consumer goes with it.
+                    let next_message = std::pin::pin!(messages.next());
+                    let closed = std::pin::pin!(tx.closed());
+                    let m = match futures_util::future::select(next_message, closed).await {
+                        futures_util::future::Either::Left((m, _)) => m,
+                        futures_util::future::Either::Right(_) => return,
+                    };
+                    let Some(m) = m else { break };
                     let Ok(m) = m else { break };
                     let Ok(info) = m.info() else { continue };
                     let seq = info.stream_sequence;
@@ -386,7 +411,13 @@ fn spawn_reader(nats: &Nats, stream: stream::Stream, start: u64) -> mpsc::Receiv
             if tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            let pause = std::pin::pin!(tokio::time::sleep(Duration::from_millis(250)));
+            let closed = std::pin::pin!(tx.closed());
+            if let futures_util::future::Either::Right(_) =
+                futures_util::future::select(pause, closed).await
+            {
+                return;
+            }
         }
     });
     rx
@@ -612,26 +643,24 @@ impl EventStore for JetStreamLog {
                 }
                 Incoming::Commit(seq, commit) => {
                     last_seq = seq;
-                    if commit.first_seq != events + 1 {
+                    if commit.first_seq != events + 1
+                        || commit.prev_hash != hash
+                        || commit.events.is_empty()
+                    {
+                        // Consoles do not take such a commit in: the chain goes on
+                        // from the last good event.
                         bad(
                             &mut report,
                             events + 1,
                             format!(
-                                "commit {seq} starts at event {} where event {} was due (events missing or repeated)",
+                                "stream message {seq} does not link: it claims event {} after {}, where event {} after {} was due (not taken in)",
                                 commit.first_seq,
-                                events + 1
+                                short(&commit.prev_hash),
+                                events + 1,
+                                short(&hash)
                             ),
                         );
-                    }
-                    if commit.prev_hash != hash {
-                        bad(
-                            &mut report,
-                            commit.first_seq,
-                            format!(
-                                "event {} does not link to the event before it",
-                                commit.first_seq
-                            ),
-                        );
+                        continue;
                     }
                     let mut prev = commit.prev_hash.clone();
                     for (i, e) in commit.events.iter().enumerate() {
