@@ -869,19 +869,38 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             let log = cli
                 .hall_log("audit", false)?
                 .expect("clap requires --db or --nats");
-            let report = zhongshu::store::EventStore::verify(&log)?;
-            let (mut incidents, mut orders) = (0u64, 0u64);
-            zhongshu::store::EventStore::scan_replay(&log, &mut |_, _, _, payload| {
-                if payload.starts_with("{\"event\":\"incident_reported\"") {
-                    incidents += 1;
-                } else if payload.starts_with("{\"event\":\"order_issued\"") {
-                    orders += 1;
+            let mut report = zhongshu::store::EventStore::verify(&log)?;
+            let (mut incidents, mut orders, mut not_permitted) = (0u64, 0u64, 0u64);
+            let mut not_permitted_examples = Vec::new();
+            zhongshu::store::EventStore::scan_replay(&log, &mut |_, operator, role, payload| {
+                use zhongshu::dispatch::{Role, book::Event};
+                let Ok(event) = serde_json::from_str::<Event>(payload) else {
+                    return;
+                };
+                // What no console takes in (forged past their checks) is named, not
+                // counted.
+                if !Role::from_name(role).is_some_and(|r| event.permitted_for(r)) {
+                    not_permitted += 1;
+                    if not_permitted_examples.len() < 10 {
+                        not_permitted_examples.push(format!(
+                            "{} by {operator} ({role}) is not permitted for that role and is not taken in",
+                            event.kind()
+                        ));
+                    }
+                    return;
+                }
+                match event {
+                    Event::IncidentReported { .. } => incidents += 1,
+                    Event::OrderIssued { .. } => orders += 1,
+                    _ => {}
                 }
             })?;
+            report.problems.extend(not_permitted_examples);
             println!(
                 "{}",
                 serde_json::json!({
                     "log": zhongshu::store::EventStore::describe(&log),
+                    "not_permitted": not_permitted,
                     "events": report.events,
                     "incidents": incidents,
                     "orders": orders,
@@ -896,7 +915,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                     "notes": report.notes,
                 })
             );
-            if !report.chain_ok {
+            if !report.chain_ok || not_permitted > 0 {
                 bail!(
                     "the hall's log does not verify: {}",
                     report.problems.join("; ")

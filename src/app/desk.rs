@@ -445,6 +445,16 @@ fn open_hall(
 fn desk_hall(desk: Option<ResMut<Desk>>) {
     let Some(mut desk) = desk else { return };
     let desk = &mut *desk;
+    if desk.hall.is_none() {
+        return;
+    }
+    // What the log's readers find wrong later (a forged or garbled commit) shows
+    // at once, not only what the check at open found.
+    if let Some(alarm) = desk.service().and_then(|s| s.dispatcher.alarm())
+        && desk.integrity != Integrity::Broken(alarm.clone())
+    {
+        desk.integrity = Integrity::Broken(alarm);
+    }
     let Some(link) = desk.hall.as_mut() else {
         return;
     };

@@ -55,6 +55,26 @@ pub struct OpenReport {
     /// What the quick look at the log's witness found wrong (truncation, a rewritten
     /// head), if anything. The full check runs in the background (`audit verify`).
     pub integrity_alarm: Option<String>,
+    /// Events of a shared log (a hall's) not taken in because their role may not
+    /// write them, or is no role at all (forged past the consoles' checks).
+    pub not_permitted: u64,
+}
+
+/// Whether an event of a shared log is taken in: its role exists and may write it.
+/// Every reader of a hall (and each writer, for its own events) decides the same
+/// way, so every console shows the same book.
+fn taken_in(shared: bool, event: &Event, role: Option<Role>) -> bool {
+    match role {
+        None => false,
+        Some(role) => !shared || event.permitted_for(role),
+    }
+}
+
+fn not_taken_in_text(event: &Event, operator: &str, role: &str) -> String {
+    format!(
+        "an event not permitted for its role was not taken in: {} by {operator} ({role})",
+        event.kind()
+    )
 }
 
 pub struct Dispatcher {
@@ -89,18 +109,30 @@ impl Dispatcher {
         let mut events = 0u64;
         let mut unreadable = 0u64;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(8);
+        let shared = log.shared();
+        let mut refused: Vec<String> = Vec::new();
+        let refused_ref = &mut refused;
         let (log, scanned) = std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
+                let refused = refused_ref;
                 let mut chunk: Vec<Decoded> = Vec::with_capacity(CHUNK);
                 let scanned = log.scan_replay(&mut |at_ms, operator, role, payload| {
-                    // An event under a role no writer uses (a forged commit on a
-                    // hall's log) is not taken in, as when following.
-                    let role = Role::from_name(role);
-                    let event = role.and(serde_json::from_str::<Event>(payload).ok());
+                    // An event under a role no writer uses, or one its role may not
+                    // write on a shared log (forged past the consoles' checks), is
+                    // not taken in, as when following.
+                    let role_of = Role::from_name(role);
+                    let event = serde_json::from_str::<Event>(payload).ok();
+                    let event = match event {
+                        Some(e) if !taken_in(shared, &e, role_of) => {
+                            refused.push(not_taken_in_text(&e, operator, role));
+                            None
+                        }
+                        other => other,
+                    };
                     chunk.push((
                         at_ms,
                         operator.to_string(),
-                        role.unwrap_or(Role::System),
+                        role_of.unwrap_or(Role::System),
                         event,
                     ));
                     if chunk.len() == CHUNK {
@@ -128,9 +160,10 @@ impl Dispatcher {
             events,
             incidents: book.incidents.len(),
             orders: book.orders.len(),
-            unreadable_events: unreadable + book.skipped_events,
+            unreadable_events: unreadable + book.skipped_events - refused.len() as u64,
             replay_ms: started.elapsed().as_secs_f64() * 1000.0,
-            integrity_alarm: log.integrity_alarm(),
+            integrity_alarm: log.integrity_alarm().or_else(|| refused.first().cloned()),
+            not_permitted: refused.len() as u64,
         };
         Ok(Self {
             book,
@@ -146,6 +179,14 @@ impl Dispatcher {
 
     pub fn log(&self) -> &dyn EventStore {
         &*self.log
+    }
+
+    /// What is wrong with the log as read so far, if anything: the store's alarm
+    /// (a commit that does not link, a rewritten head) or events not taken in.
+    pub fn alarm(&self) -> Option<String> {
+        self.log
+            .integrity_alarm()
+            .or_else(|| self.opened.integrity_alarm.clone())
     }
 
     /// Checks `command`, makes its events durable, then applies them. On a refusal or
@@ -184,8 +225,17 @@ impl Dispatcher {
                 .append_all(now_ms, &actor.name, actor.role.as_str(), &rows)
             {
                 Ok(()) => {
+                    let shared = self.log.shared();
                     for e in &events {
-                        self.book.apply(e, now_ms, &actor.name, actor.role);
+                        // Taken in exactly as every other reader of the log will.
+                        if taken_in(shared, e, Some(actor.role)) {
+                            self.book.apply(e, now_ms, &actor.name, actor.role);
+                        } else {
+                            self.opened.not_permitted += 1;
+                            self.opened.integrity_alarm.get_or_insert_with(|| {
+                                not_taken_in_text(e, &actor.name, actor.role.as_str())
+                            });
+                        }
                     }
                     return Ok(events);
                 }
@@ -262,14 +312,21 @@ impl Dispatcher {
             foreign,
             opened,
         } = self;
-        log.follow(wait, &mut |at_ms, operator, role, payload| {
-            // A role no console writes (a forged commit) is not taken in.
-            let Some(role) = Role::from_name(role) else {
-                opened.unreadable_events += 1;
-                return;
-            };
-            match serde_json::from_str::<Event>(payload) {
+        let shared = log.shared();
+        log.follow(
+            wait,
+            &mut |at_ms, operator, role_name, payload| match serde_json::from_str::<Event>(payload)
+            {
                 Ok(event) => {
+                    let role_of = Role::from_name(role_name);
+                    if !taken_in(shared, &event, role_of) {
+                        opened.not_permitted += 1;
+                        opened
+                            .integrity_alarm
+                            .get_or_insert_with(|| not_taken_in_text(&event, operator, role_name));
+                        return;
+                    }
+                    let role = role_of.unwrap_or(Role::System);
                     book.apply(&event, at_ms, operator, role);
                     if foreign.len() < MAX_FOREIGN {
                         foreign.push(Foreign {
@@ -281,8 +338,8 @@ impl Dispatcher {
                     }
                 }
                 Err(_) => opened.unreadable_events += 1,
-            }
-        })
+            },
+        )
     }
 
     /// Runs what the clock says is due (overdue with its urge, escalation) as

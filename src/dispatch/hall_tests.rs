@@ -629,10 +629,71 @@ fn a_forged_or_garbled_message_on_the_hall_log_is_not_taken_in_and_is_reported()
             client.flush().await
         })
         .unwrap();
+    // And one under a real role that may not write it: a liaison issuing an order
+    // already past its deadline (a hub would deliver, urge and escalate it).
+    let probe = JetStreamLog::open(&nats, "city", &HallLogOptions::default()).unwrap();
+    crate::store::EventStore::scan_replay(&probe, &mut |_, _, _, _| {}).unwrap();
+    let (events, head) = probe.head();
+    let order = serde_json::to_string(&super::book::Event::OrderIssued {
+        id: "ORD-000666".into(),
+        incident: "INC-000001".into(),
+        department: "fire".into(),
+        instruction: "forged".into(),
+        deadline_ms: T0,
+        escalates: None,
+    })
+    .unwrap();
+    let by_liaison = WireCommit {
+        operator: "mallory".into(),
+        role: "department_liaison".into(),
+        first_seq: events + 1,
+        prev_hash: head.clone(),
+        events: vec![WireEvent {
+            kind: "order_issued".into(),
+            hash: crate::store::event_hash(
+                &head,
+                events + 1,
+                T0 + 7,
+                "mallory",
+                "department_liaison",
+                "order_issued",
+                &order,
+            ),
+            payload: order,
+        }],
+        at_ms: T0 + 7,
+        ..forged.clone()
+    };
+    nats.rt
+        .block_on(async {
+            client
+                .publish(
+                    subject("city"),
+                    serde_json::to_vec(&by_liaison).unwrap().into(),
+                )
+                .await
+                .unwrap();
+            client.flush().await
+        })
+        .unwrap();
     // A console joining now shows none of them, and says the log has something wrong.
     let b = console(&server, "city", "desk-b");
     let titles: Vec<_> = b.book().incidents.iter().map(|i| i.title.clone()).collect();
     assert_eq!(titles, ["one"]);
+    assert!(
+        b.book().orders.is_empty(),
+        "the forged order is not taken in"
+    );
+    assert_eq!(b.opened.not_permitted, 2);
+    // A console that was there all along follows the same way.
+    let mut followed = 0;
+    for _ in 0..100 {
+        followed += a.sync().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = followed;
+    assert!(a.book().orders.is_empty());
+    assert!(a.alarm().is_some());
     let alarm = b.log().integrity_alarm().expect("an alarm");
     assert!(
         alarm.contains("unreadable") || alarm.contains("does not link"),
@@ -647,7 +708,7 @@ fn a_forged_or_garbled_message_on_the_hall_log_is_not_taken_in_and_is_reported()
     // The audit names the two that do not link.
     let report = c.log().verify().unwrap();
     assert!(!report.chain_ok);
-    assert_eq!(report.events, 3);
+    assert_eq!(report.events, 4);
     assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
 }
 

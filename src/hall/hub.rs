@@ -93,6 +93,7 @@ pub fn run(
     let mut last_problem: Option<String> = None;
     let mut last_alarm: Option<String> = None;
     let mut retry_at = Instant::now();
+    let mut last_renewed = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         // The active hub renews every second; a standby looks four times as often,
         // so it takes over within a quarter second of the lease expiring.
@@ -123,7 +124,9 @@ pub fn run(
                                 std::thread::sleep(Duration::from_millis(100));
                                 if last_lease.elapsed() >= LEASE_EVERY {
                                     last_lease = Instant::now();
-                                    ok &= lease.renew().unwrap_or(true);
+                                    // Unreachable counts as lost: the start is given up
+                                    // rather than risk two active hubs.
+                                    ok &= lease.renew().unwrap_or(false);
                                 }
                             }
                             ok
@@ -169,6 +172,7 @@ pub fn run(
                                 took_ms: started.elapsed().as_secs_f64() * 1000.0,
                             });
                             service = Some(s);
+                            last_renewed = Instant::now();
                             last_announce = Instant::now() - ANNOUNCE_EVERY;
                         }
                         Err(e) => {
@@ -184,7 +188,7 @@ pub fn run(
                         }
                     }
                 }
-                Ok(true) => {}
+                Ok(true) => last_renewed = Instant::now(),
                 Ok(false) => {
                     if was_active {
                         service = None;
@@ -203,11 +207,20 @@ pub fn run(
                     }
                 }
                 Err(e) => {
-                    // The server is out of reach: an active hub keeps its service
-                    // (its writes fail and are retried) until the lease is known lost.
                     if last_problem.as_deref() != Some(e.as_str()) {
                         report(HubState::Problem(e.clone()));
                         last_problem = Some(e);
+                    }
+                    // Out of reach of the server for as long as the lease lasts: a
+                    // standby may hold it by now, so this hub stops acting.
+                    if was_active && last_renewed.elapsed() >= super::LEASE_TTL {
+                        service = None;
+                        lease.forget();
+                        me.state = "standby".into();
+                        me.api = None;
+                        me.since_ms = now_ms();
+                        report(HubState::LostLease { id: id.clone() });
+                        said_standby = false;
                     }
                 }
             }
@@ -220,7 +233,7 @@ pub fn run(
         if let Some(s) = service.as_ref() {
             // What the log's reader found wrong (a forged or garbled commit) is said
             // on the hub's output too, once.
-            let alarm = s.dispatcher.log().integrity_alarm();
+            let alarm = s.dispatcher.alarm();
             if alarm.is_some() && alarm != last_alarm {
                 report(HubState::Problem(format!(
                     "integrity alarm: {}",

@@ -203,6 +203,12 @@ impl Lease {
         }
     }
 
+    /// Stops counting on the lease without a word to the server (it is out of
+    /// reach): the next look tries to take it afresh.
+    pub fn forget(&mut self) {
+        self.revision = None;
+    }
+
     /// Gives the lease up at once (a clean stop), so a standby need not wait.
     pub fn release(&mut self) {
         if let Some(rev) = self.revision.take() {

@@ -695,4 +695,8 @@ impl EventStore for JetStreamLog {
     fn integrity_alarm(&self) -> Option<String> {
         self.reader.lock().ok().and_then(|r| r.alarm.clone())
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
 }

@@ -121,6 +121,11 @@ pub trait EventStore: Send {
         let _ = (wait, f);
         Ok(0)
     }
+    /// Whether others write to this log too (a hall's stream): their events are
+    /// checked against the permission matrix before they are taken in.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Checks the chain, the seals and the witness.
     fn verify(&self) -> Result<VerifyReport, StoreError>;
     /// What a quick look at open found wrong with the witness (truncation, a head
