@@ -64,6 +64,7 @@ impl NatsAuth {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| format!("cannot read the NATS credentials {}: {e}", file.display()))?;
             let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            let mut seen = std::collections::HashSet::new();
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
@@ -84,7 +85,15 @@ impl NatsAuth {
                     .and_then(|v| v.strip_suffix('"'))
                     .unwrap_or(value)
                     .to_string();
-                match key.trim() {
+                let key = key.trim();
+                if !seen.insert(key.to_string()) {
+                    return Err(format!(
+                        "{} line {}: `{key}` is given twice",
+                        file.display(),
+                        n + 1
+                    ));
+                }
+                match key {
                     "user" => auth.user = Some(value),
                     "password" => auth.password = Some(value),
                     "nkey" => auth.nkey_seed = Some(value),
@@ -430,6 +439,8 @@ mod tests {
         assert!(e.contains("needs a password"), "{e}");
         let e = load("nkey = not-a-seed\n").unwrap_err();
         assert!(e.contains("not a user seed"), "{e}");
+        let e = load("user = a\npassword = b\nuser = c\n").unwrap_err();
+        assert!(e.contains("given twice"), "{e}");
         let e = load("token = x\n").unwrap_err();
         assert!(e.contains("unknown setting `token`"), "{e}");
         // Never printed.

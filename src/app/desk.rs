@@ -404,9 +404,11 @@ fn open_hall(
     use crate::store::EventStore;
     use crate::store::jetstream::{HallLogOptions, JetStreamLog};
     options.hall_console = true;
+    // A console never creates a hall (a mistyped name would open an empty one):
+    // the hall's hub does.
     let log_options = HallLogOptions {
         replicas: hall.replicas,
-        create: true,
+        create: false,
     };
     let result = JetStreamLog::open(&hall.nats, &hall.hall, &log_options)
         .and_then(|log| Dispatcher::open_store(Box::new(log), config))
