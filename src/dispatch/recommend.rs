@@ -15,11 +15,14 @@
 //! Off-road legs (unit → its nearest node, the incident's node → the incident) are
 //! straight lines driven at [`OFF_ROAD_SPEED_MPS`].
 //!
-//! Turn restrictions: at a node with banned turns the search state is the node *and*
-//! the edge the route leaves it by (edge-based), everywhere else the node alone, so a
-//! map without restrictions searches exactly as before and one with a few hundred
-//! restricted junctions adds a few states per junction. A route that must go round
-//! the block to avoid a banned turn, even through the same junction, is found.
+//! Turn restrictions: on a map with banned turns the search state is the node *and*
+//! the edge the route leaves it by (edge-based), and a route may not turn back along
+//! the edge it came by (u → v → u) except at a dead end, as a car cannot U-turn in
+//! the middle of a street; otherwise a banned turn would be dodged by driving on to
+//! the next shape point and coming back. A route that must go round the block to
+//! avoid a banned turn, even through the same junction, is found. A map without
+//! restrictions searches by node alone: a shortest path then never visits a node
+//! twice, so it never turns back either.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -160,14 +163,19 @@ pub struct Router {
     road_start: Vec<u32>,
     road_pos: Vec<u32>,
     /// Turn restrictions (all empty when the graph has none). Search states are the
-    /// nodes `0..n`, then one state per edge leaving a node with banned turns ("at
-    /// that node, about to take that edge"): `turn_state[p]` is the state of the
-    /// edge at reverse position `p` (`NONE` where its source node has no banned
-    /// turns), `state_pos[s - n]` the position of state `s`.
+    /// nodes `0..n`, then one state per edge ("at its source node, about to take
+    /// it"): `turn_state[p]` is the state of the edge at reverse position `p`,
+    /// `state_pos[s - n]` the position of state `s`.
     turn_state: Vec<u32>,
     state_pos: Vec<u32>,
     /// Banned turns as `(out position << 32) | in position`, sorted.
     banned: Vec<u64>,
+    /// With turn restrictions, every edge has a state and a route may not turn back
+    /// (u → v → u) at a node with another way on: the destination node of each
+    /// reverse position, and per node its only out-neighbour (`NONE` where it has
+    /// several: no U-turn there).
+    rev_dst: Vec<u32>,
+    sole_out: Vec<u32>,
     node_tree: RTree<NodePoint>,
     /// Built on first need: matching traffic segments without a road id.
     segment_tree: Option<RTree<RoadSegment>>,
@@ -398,16 +406,29 @@ impl Router {
             fill[r as usize] += 1;
         }
         let (mut turn_state, mut state_pos, mut banned) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rev_dst, mut sole_out) = (Vec::new(), Vec::new());
         if !graph.banned_turns.is_empty() {
-            let mut restricted = vec![false; n];
-            for &(i, _) in &graph.banned_turns {
-                restricted[graph.edge(i).to as usize] = true;
+            // Edge-based everywhere: were U-turns free anywhere, a route facing a
+            // banned turn could drive on to the next shape point, turn round and come
+            // back. (Without restrictions a shortest path never visits a node twice,
+            // so it never turns back and the node-based search is exact.)
+            turn_state = (n as u32..(n + m) as u32).collect();
+            state_pos = (0..m as u32).collect();
+            rev_dst = vec![NONE; m];
+            for v in 0..n {
+                for p in rev_start[v]..rev_start[v + 1] {
+                    rev_dst[p as usize] = v as u32;
+                }
             }
-            turn_state = vec![NONE; m];
-            for (p, &u) in rev_src.iter().enumerate() {
-                if restricted[u as usize] {
-                    turn_state[p] = (n + state_pos.len()) as u32;
-                    state_pos.push(p as u32);
+            sole_out = vec![NONE; n];
+            let mut several = vec![false; n];
+            for e in &graph.edges {
+                let (u, w) = (e.from as usize, e.to);
+                if sole_out[u] == NONE && !several[u] {
+                    sole_out[u] = w;
+                } else if sole_out[u] != w {
+                    several[u] = true;
+                    sole_out[u] = NONE;
                 }
             }
             banned = graph
@@ -444,6 +465,8 @@ impl Router {
             turn_state,
             state_pos,
             banned,
+            rev_dst,
+            sole_out,
             node_tree: RTree::bulk_load(points),
             segment_tree: None,
             segment_cache: HashMap::new(),
@@ -759,10 +782,13 @@ impl Router {
                 }
             }
             for p in self.rev_start[vi] as usize..self.rev_start[vi + 1] as usize {
-                if leave != NONE && self.turn_banned(p as u32, leave) {
+                let u = self.rev_src[p];
+                if leave != NONE
+                    && (self.turn_banned(p as u32, leave)
+                        || (u == self.rev_dst[leave as usize] && self.sole_out[vi] == NONE))
+                {
                     continue;
                 }
-                let u = self.rev_src[p];
                 let su = match self.turn_state.get(p) {
                     Some(&x) if x != NONE => x as usize,
                     _ => u as usize,
@@ -1099,8 +1125,53 @@ pub fn bench_recommend(units: usize, target_edges: usize, seed: u64) -> serde_js
     let _ = router.recommend(p, &fleet, ambulance, 5);
     let state_rerank_ms = ms(t);
 
+    // The same city with banned turns (a quarter of the turns at a tenth of the
+    // nodes): the search is then edge-based and U-turns are allowed at dead ends only.
+    let mut restricted = graph.clone();
+    let mut incoming = vec![Vec::new(); graph.nodes.len()];
+    for (i, e) in graph.edges.iter().enumerate() {
+        incoming[e.to as usize].push(i as u32);
+    }
+    for (outs, ins) in graph.out.iter().zip(&incoming) {
+        if rng.unit() < 0.1 {
+            for &i in ins {
+                for &o in outs {
+                    if graph.edge(o).to != graph.edge(i).from && rng.unit() < 0.25 {
+                        restricted.banned_turns.push((i, o));
+                    }
+                }
+            }
+        }
+    }
+    restricted.banned_turns.sort_unstable();
+    let t = Instant::now();
+    let turn_router = Router::new(&restricted);
+    let turn_router_ms = ms(t);
+    let _ = turn_router.recommend(incident(&mut rng), &fleet, ambulance, 5);
+    let (mut turn_top5, mut turn_exhaustive) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        let p = incident(&mut rng);
+        let t = Instant::now();
+        let _ = turn_router.recommend(p, &fleet, ambulance, 5);
+        turn_top5.push(ms(t));
+    }
+    let turn_index = UnitIndex::build(&turn_router, &fleet);
+    for _ in 0..20 {
+        let p = incident(&mut rng);
+        let t = Instant::now();
+        let _ = turn_router.recommend_indexed(p, &fleet, &turn_index, |_| false, usize::MAX);
+        turn_exhaustive.push(ms(t));
+    }
+
     let ids = |r: &[Recommendation]| r.iter().map(|x| x.unit).collect::<Vec<_>>();
     serde_json::json!({
+        "turn_restricted": {
+            "note": "free-flow speeds, banned turns at a tenth of the nodes: edge-based search",
+            "banned_turns": restricted.banned_turns.len(),
+            "router_build_ms": turn_router_ms,
+            "top5_ambulance": summary_ms(turn_top5),
+            "full_search_no_match": summary_ms(turn_exhaustive),
+        },
         "edges": graph.edges.len(),
         "nodes": graph.nodes.len(),
         "roads": roads,
@@ -1652,19 +1723,39 @@ mod tests {
     /// diagonal (189 m from S to W) is shorter than turning back at the next junction
     /// (222 m), so a detour has one answer.
     fn crossing(relations: &[Relation]) -> CityMap {
+        crossing_with(relations, false, true)
+    }
+
+    /// [`crossing`], with a shape point MID (node 8, half-way) on the northern arm
+    /// 101 where `mid`, and without the diagonals 104 and 105 unless `diagonals`
+    /// (then N is a dead end).
+    fn crossing_with(relations: &[Relation], mid: bool, diagonals: bool) -> CityMap {
         use crate::map::pbf_fixture::Osm;
         let mut osm = Osm::new();
-        for (id, (x, y)) in [(1, S), (2, C), (3, N), (4, W), (5, E), (6, NW), (7, NE)] {
+        let points = [
+            (1, S),
+            (2, C),
+            (3, N),
+            (4, W),
+            (5, E),
+            (6, NW),
+            (7, NE),
+            (8, MID),
+        ];
+        for (id, (x, y)) in points {
             let [lon, lat] = lon_lat(x, y);
             osm.node(id, lon, lat);
         }
         let street = [("highway", "residential")];
+        let north: &[i64] = if mid { &[2, 8, 3] } else { &[2, 3] };
         osm.way(100, &[1, 2], &street)
-            .way(101, &[2, 3], &street)
+            .way(101, north, &street)
             .way(102, &[2, 4], &street)
-            .way(103, &[2, 5], &street)
-            .way(104, &[3, 6, 4], &street)
-            .way(105, &[3, 7, 5], &street);
+            .way(103, &[2, 5], &street);
+        if diagonals {
+            osm.way(104, &[3, 6, 4], &street)
+                .way(105, &[3, 7, 5], &street);
+        }
         for (id, members, tags) in relations {
             osm.relation(*id, members, tags);
         }
@@ -1686,7 +1777,7 @@ mod tests {
             .route
             .iter()
             .map(|p| {
-                let near = [S, C, N, W, E, NW, NE].into_iter().find(|&g| {
+                let near = [S, C, N, W, E, NW, NE, MID].into_iter().find(|&g| {
                     let q = at(g);
                     (q[0] - p[0]).hypot(q[1] - p[1]) < 0.05
                 });
@@ -1703,6 +1794,7 @@ mod tests {
     const E: (i32, i32) = (4, 2);
     const NW: (i32, i32) = (1, 3);
     const NE: (i32, i32) = (3, 3);
+    const MID: (i32, i32) = (2, 3);
 
     fn restriction<'a>(id: i64, from: i64, to: i64, tags: &[(&'a str, &'a str)]) -> Relation<'a> {
         let mut all = vec![("type", "restriction")];
@@ -1746,6 +1838,40 @@ mod tests {
             &[("restriction:motorcar", "no_left_turn")],
         )]);
         assert_eq!(drive(&map, S, W).0, [S, C, N, NW, W]);
+    }
+
+    #[test]
+    fn a_banned_turn_is_not_dodged_by_turning_back_mid_street() {
+        // A shape point MID half-way up the northern arm: S → C → MID → C → W
+        // (166 m) would beat going round by the diagonal (189 m), but a car cannot
+        // turn round in the street there.
+        let no_left = [restriction(
+            900,
+            100,
+            102,
+            &[("restriction", "no_left_turn")],
+        )];
+        let (direct, eta_direct) = drive(&crossing_with(&[], true, true), S, W);
+        assert_eq!(direct, [S, C, W]);
+        let (route, eta) = drive(&crossing_with(&no_left, true, true), S, W);
+        assert_eq!(route, [S, C, MID, N, NW, W]);
+        let longer = (2.0 + 2f64.sqrt()) / 2.0;
+        assert!(
+            (eta / eta_direct - longer).abs() < 0.02,
+            "{eta} s vs {eta_direct} s"
+        );
+        // Without the diagonals N is a dead end, and the east arm is banned too: the
+        // one way left is to turn round at N (a car can, there).
+        let map = crossing_with(
+            &[
+                restriction(900, 100, 102, &[("restriction", "no_left_turn")]),
+                restriction(901, 100, 103, &[("restriction", "no_right_turn")]),
+            ],
+            true,
+            false,
+        );
+        let (route, _) = drive(&map, S, W);
+        assert_eq!(route, [S, C, MID, N, MID, C, W]);
     }
 
     #[test]
@@ -1836,7 +1962,8 @@ mod tests {
     }
 
     /// Forward edge-based Dijkstra from one node at free flow: the time to reach every
-    /// node without making a banned turn (the state is the edge just driven).
+    /// node without making a banned turn or turning back along the edge just driven
+    /// where the node has another way on (the state is the edge just driven).
     fn forward_times_with_turns(g: &RoadGraph, source: u32) -> Vec<f64> {
         let time = |e: u32| {
             let e = g.edge(e);
@@ -1855,9 +1982,12 @@ mod tests {
             if d > at_edge[e as usize] {
                 continue;
             }
-            for &o in &g.out[g.edge(e).to as usize] {
+            let v = g.edge(e).to as usize;
+            let dead_end = g.out[v].iter().all(|&o| g.edge(o).to == g.edge(e).from);
+            for &o in &g.out[v] {
                 let nd = d + time(o);
-                if !g.turn_banned(e, o) && nd < at_edge[o as usize] {
+                let u_turn = g.edge(o).to == g.edge(e).from && !dead_end;
+                if !g.turn_banned(e, o) && !u_turn && nd < at_edge[o as usize] {
                     at_edge[o as usize] = nd;
                     heap.push(Reverse((nd.to_bits(), o)));
                 }
@@ -2023,6 +2153,11 @@ mod tests {
             v["full_search"]["units_reachable"].as_u64().unwrap() > 200,
             "{v}"
         );
+        assert!(
+            v["turn_restricted"]["banned_turns"].as_u64().unwrap() > 100,
+            "{v}"
+        );
+        assert_eq!(v["turn_restricted"]["top5_ambulance"]["samples"], 200);
         assert!(
             v["speed_update"]["from_live_state"]["applied"]
                 .as_u64()

@@ -9,7 +9,8 @@ use osmpbf::{Element, ElementReader, RelMemberType};
 
 use super::rings::{assemble_rings, ring_inside, signed_area};
 use super::{
-    MapError, RawFeature, RawGeometry, SkipCounts, SkipReason, Tags, TurnRestriction, TurnRule, tag,
+    MapError, OneWay, RawFeature, RawGeometry, SkipCounts, SkipReason, Tags, TurnRestriction,
+    TurnRule, tag,
 };
 
 struct WayRecord {
@@ -118,10 +119,14 @@ pub fn read_map(
     let way_index: HashMap<i64, usize> = ways.iter().enumerate().map(|(i, w)| (w.id, i)).collect();
 
     let mut skipped = SkipCounts::default();
-    let way_refs = |id: i64| way_index.get(&id).map(|&i| ways[i].refs.as_slice());
+    let way_of = |id: i64| {
+        way_index
+            .get(&id)
+            .map(|&i| (ways[i].refs.as_slice(), &ways[i].tags))
+    };
     let mut turn_restrictions = Vec::new();
     for rel in &restrictions {
-        match read_restriction(rel, &node, &way_refs) {
+        match read_restriction(rel, &node, &way_of) {
             Ok(Some(r)) => turn_restrictions.push(r),
             Ok(None) => {} // binds other vehicles, or exempts responders
             Err(reason) => skipped.add(reason),
@@ -273,7 +278,20 @@ pub fn read_map(
 const RESPONDER_MODES: [&str; 3] = ["motorcar", "motor_vehicle", "vehicle"];
 
 /// `except=*` values that exempt responders from a restriction.
-const RESPONDER_EXEMPTIONS: [&str; 3] = ["emergency", "motor_vehicle", "vehicle"];
+const RESPONDER_EXEMPTIONS: [&str; 4] = ["emergency", "motorcar", "motor_vehicle", "vehicle"];
+
+/// Whether `key` is a conditional restriction key for responders:
+/// `restriction:conditional` or `restriction:<responder mode>:conditional`.
+fn responder_conditional(key: &str) -> bool {
+    key.strip_prefix("restriction:")
+        .and_then(|k| k.strip_suffix("conditional"))
+        .is_some_and(|mode| {
+            mode.is_empty()
+                || RESPONDER_MODES
+                    .iter()
+                    .any(|m| mode.strip_suffix(':') == Some(*m))
+        })
+}
 
 /// One `type=restriction` relation as a restriction on responders: `Ok(None)` where it
 /// binds only other vehicles or exempts emergency vehicles, `Err` for what cannot be
@@ -281,30 +299,23 @@ const RESPONDER_EXEMPTIONS: [&str; 3] = ["emergency", "motor_vehicle", "vehicle"
 fn read_restriction<'w>(
     rel: &RestrictionRecord,
     node: &impl Fn(i64) -> Option<[f64; 2]>,
-    way_refs: &impl Fn(i64) -> Option<&'w [i64]>,
+    way_of: &impl Fn(i64) -> Option<(&'w [i64], &'w Tags)>,
 ) -> Result<Option<TurnRestriction>, SkipReason> {
     let tags = &rel.tags;
     let value = match tag(tags, "type").and_then(|t| t.strip_prefix("restriction:")) {
+        Some("conditional") => return Err(SkipReason::ConditionalRestriction),
         // Old style: `type=restriction:hgv` + `restriction=*`.
         Some(mode) if !RESPONDER_MODES.contains(&mode) => return Ok(None),
-        Some(_) => tag(tags, "restriction"),
+        Some(mode) => {
+            tag(tags, &format!("restriction:{mode}")).or_else(|| tag(tags, "restriction"))
+        }
         None => RESPONDER_MODES
             .iter()
             .find_map(|mode| tag(tags, &format!("restriction:{mode}")))
             .or_else(|| tag(tags, "restriction")),
     };
     let Some(value) = value else {
-        let conditional = |k: &str| {
-            k.strip_prefix("restriction:")
-                .and_then(|k| k.strip_suffix("conditional"))
-                .is_some_and(|mode| {
-                    mode.is_empty()
-                        || RESPONDER_MODES
-                            .iter()
-                            .any(|m| mode.strip_suffix(':') == Some(*m))
-                })
-        };
-        if tags.iter().any(|(k, _)| conditional(k)) {
+        if tags.iter().any(|(k, _)| responder_conditional(k)) {
             return Err(SkipReason::ConditionalRestriction);
         }
         if tags.iter().any(|(k, _)| k.starts_with("restriction:")) {
@@ -317,6 +328,18 @@ fn read_restriction<'w>(
             .any(|v| RESPONDER_EXEMPTIONS.contains(&v.trim()))
     }) {
         return Ok(None);
+    }
+    // `restriction:motorcar=none` (or another responder mode) lifts a plain
+    // restriction for cars.
+    if value.trim() == "none" {
+        return Ok(None);
+    }
+    // A restriction with a time-dependent exception or window binds only at times.
+    if tags.iter().any(|(k, _)| {
+        responder_conditional(k)
+            || matches!(k.as_str(), "day_on" | "day_off" | "hour_on" | "hour_off")
+    }) {
+        return Err(SkipReason::ConditionalRestriction);
     }
     let (rule, turn) = match value.trim().split_once('_') {
         Some(("no", turn)) => (TurnRule::No, turn),
@@ -362,8 +385,17 @@ fn read_restriction<'w>(
     }
     let point = node(via).ok_or(SkipReason::MissingReferences)?;
     for &way in from.iter().chain(&to) {
-        let refs = way_refs(way).ok_or(SkipReason::MissingReferences)?;
+        let (refs, way_tags) = way_of(way).ok_or(SkipReason::MissingReferences)?;
         if !refs.contains(&via) {
+            return Err(SkipReason::InvalidRestriction);
+        }
+        // A two-way `from` or `to` way that runs on through the via node leaves the
+        // side meant open (validators flag it): only one that ends there, or a one-way
+        // (driven one way through it), says which turn is meant.
+        // (A no_u_turn from a way onto itself means both sides alike.)
+        let ends = refs.first() == Some(&via) || refs.last() == Some(&via);
+        let onto_itself = turn == "u_turn" && from == to;
+        if !ends && !onto_itself && OneWay::from_tags(way_tags) == OneWay::No {
             return Err(SkipReason::InvalidRestriction);
         }
     }
@@ -826,6 +858,132 @@ mod tests {
         // Both reach the graph as banned turns at node 2.
         let graph = crate::map::graph::RoadGraph::from_map(&map);
         assert_eq!(graph.banned_turns.len(), 2, "{:?}", graph.banned_turns);
+    }
+
+    #[test]
+    fn ambiguous_conditional_and_motorcar_restrictions_are_read_as_meant() {
+        let mut osm = Osm::new();
+        grid(
+            &mut osm,
+            &[
+                (1, 0, 0),
+                (2, 4, 0),
+                (3, 8, 0),
+                (4, 4, 4),
+                (5, 2, -4),
+                (6, 6, 4),
+                (7, 4, -4),
+            ],
+        );
+        let street = [("highway", "residential")];
+        osm.way(40, &[1, 2, 3], &street) // two-way, on through the via node 2
+            .way(41, &[2, 4], &street)
+            .way(
+                42,
+                &[5, 2, 6],
+                &[("highway", "residential"), ("oneway", "yes")],
+            )
+            .way(43, &[2, 7], &street);
+        let members = |from: i64, to: i64| [('w', from, "from"), ('n', 2, "via"), ('w', to, "to")];
+        let no_left = ("restriction", "no_left_turn");
+        let plain = members(41, 43);
+        // From a two-way way through the via node: which side is meant?
+        osm.relation(50, &members(40, 41), &[("type", "restriction"), no_left]);
+        // Into one: an only_right_turn would leave the left turn open.
+        osm.relation(
+            51,
+            &members(41, 40),
+            &[("type", "restriction"), ("restriction", "only_right_turn")],
+        );
+        // A one-way through it, and a no U-turn from a way onto itself, are clear.
+        osm.relation(52, &members(42, 41), &[("type", "restriction"), no_left]);
+        osm.relation(
+            53,
+            &members(40, 40),
+            &[("type", "restriction"), ("restriction", "no_u_turn")],
+        );
+        osm.relation(
+            60,
+            &plain,
+            &[
+                ("type", "restriction:motorcar"),
+                ("restriction:motorcar", "no_left_turn"),
+            ],
+        );
+        osm.relation(
+            61,
+            &plain,
+            &[
+                ("type", "restriction:conditional"),
+                (
+                    "restriction:conditional",
+                    "no_left_turn @ (Mo-Fr 07:00-09:00)",
+                ),
+            ],
+        );
+        osm.relation(
+            62,
+            &plain,
+            &[
+                ("type", "restriction"),
+                no_left,
+                ("restriction:conditional", "none @ (Sa,Su)"),
+            ],
+        );
+        osm.relation(
+            63,
+            &plain,
+            &[
+                ("type", "restriction"),
+                no_left,
+                ("day_on", "Monday"),
+                ("hour_on", "07:00"),
+            ],
+        );
+        osm.relation(
+            64,
+            &plain,
+            &[
+                ("type", "restriction"),
+                no_left,
+                ("restriction:motorcar", "none"),
+            ],
+        );
+        osm.relation(
+            65,
+            &plain,
+            &[("type", "restriction"), no_left, ("except", "motorcar")],
+        );
+        let map = load(&osm);
+        let s = &map.skipped;
+        assert_eq!(s.get(SkipReason::InvalidRestriction), 2, "{s:?}");
+        assert_eq!(s.get(SkipReason::ConditionalRestriction), 3, "{s:?}");
+        assert_eq!(s.total(), 5, "{s:?}");
+        let kept: Vec<&str> = map
+            .turn_restrictions
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect();
+        assert_eq!(kept, ["relation/52", "relation/53", "relation/60"]);
+        // So no turn from the western half of 40 into 41 is banned, nor any from the
+        // eastern half; 42 → 41 is, and turning back along 40 both ways.
+        let g = crate::map::graph::RoadGraph::from_map(&map);
+        let road = |e: u32| map.roads[g.edge(e).road as usize].id.as_str();
+        let mut turns: Vec<(&str, &str)> = g
+            .banned_turns
+            .iter()
+            .map(|&(i, o)| (road(i), road(o)))
+            .collect();
+        turns.sort_unstable();
+        assert_eq!(
+            turns,
+            [
+                ("way/40", "way/40"),
+                ("way/40", "way/40"),
+                ("way/41", "way/43"),
+                ("way/42", "way/41"),
+            ]
+        );
     }
 
     #[test]
