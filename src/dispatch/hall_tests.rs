@@ -523,6 +523,25 @@ fn a_console_of_a_hall_never_delivers_or_runs_the_clock_the_hub_does() {
         0,
         "a console never delivers"
     );
+    // Nor takes a department's report: the hub does.
+    let url = super::delivery::status_url(&console.api_url(), "ORD-000001");
+    let posting = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(url)
+            .bearer_auth("demo-water-token")
+            .header("Content-Type", "application/json")
+            .body(r#"{"status":"acknowledged","by":"Wang Fang"}"#)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+    });
+    while !posting.is_finished() {
+        console.pump(now).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, body) = posting.join().unwrap().unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("hub"), "{body}");
     assert_eq!(
         console.dispatcher.log().len(),
         4,

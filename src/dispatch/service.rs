@@ -485,6 +485,14 @@ impl DispatchService {
         }
         // Reports taken together are applied in the order they happened per order.
         let mut reports: Vec<ReportIn> = self.reports.try_iter().collect();
+        if self.hall_console {
+            // Departments report to the hall's hub, never to a console.
+            for r in reports.drain(..) {
+                r.answer(ReportOutcome::Refused {
+                    reason: "this is a console of a hall: report to the hall's hub".into(),
+                });
+            }
+        }
         reports.sort_by(|a, b| {
             let key = |r: &StatusReport| (r.order_id.clone(), r.at_ms, progress(r.status));
             key(&a.report).cmp(&key(&b.report))
