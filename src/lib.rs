@@ -23,4 +23,5 @@ pub mod map;
 pub mod nats;
 pub mod sim;
 pub mod state;
+pub mod stats;
 pub mod store;

@@ -896,25 +896,10 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 }
             })?;
             report.problems.extend(not_permitted_examples);
-            println!(
-                "{}",
-                serde_json::json!({
-                    "log": zhongshu::store::EventStore::describe(&log),
-                    "not_permitted": not_permitted,
-                    "events": report.events,
-                    "incidents": incidents,
-                    "orders": orders,
-                    "chain_ok": report.chain_ok,
-                    "first_bad_event": report.first_bad_event,
-                    "sealed": report.sealed,
-                    "seals": report.seals,
-                    "truncated": report.truncated,
-                    "last_good_checkpoint": report.last_good_checkpoint.as_ref().map(checkpoint_json),
-                    "witness": report.witness.as_ref().map(checkpoint_json),
-                    "problems": report.problems,
-                    "notes": report.notes,
-                })
-            );
+            let mut json = verify_json(&report, incidents, orders);
+            json["log"] = zhongshu::store::EventStore::describe(&log).into();
+            json["not_permitted"] = not_permitted.into();
+            println!("{json}");
             if !report.chain_ok || not_permitted > 0 {
                 bail!(
                     "the hall's log does not verify: {}",
@@ -951,23 +936,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 "order_issued" => orders += 1,
                 _ => {}
             })?;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "events": report.events,
-                    "incidents": incidents,
-                    "orders": orders,
-                    "chain_ok": report.chain_ok,
-                    "first_bad_event": report.first_bad_event,
-                    "sealed": report.sealed,
-                    "seals": report.seals,
-                    "truncated": report.truncated,
-                    "last_good_checkpoint": report.last_good_checkpoint.as_ref().map(checkpoint_json),
-                    "witness": report.witness.as_ref().map(checkpoint_json),
-                    "problems": report.problems,
-                    "notes": report.notes,
-                })
-            );
+            println!("{}", verify_json(&report, incidents, orders));
             if !report.chain_ok {
                 bail!(
                     "the event log does not verify: {}",
@@ -1322,6 +1291,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `audit verify` prints for any log.
+fn verify_json(
+    report: &zhongshu::store::VerifyReport,
+    incidents: u64,
+    orders: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "events": report.events,
+        "incidents": incidents,
+        "orders": orders,
+        "chain_ok": report.chain_ok,
+        "first_bad_event": report.first_bad_event,
+        "sealed": report.sealed,
+        "seals": report.seals,
+        "truncated": report.truncated,
+        "last_good_checkpoint": report.last_good_checkpoint.as_ref().map(checkpoint_json),
+        "witness": report.witness.as_ref().map(checkpoint_json),
+        "problems": report.problems,
+        "notes": report.notes,
+    })
 }
 
 /// A checkpoint as `audit verify` prints it.

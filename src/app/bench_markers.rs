@@ -116,7 +116,7 @@ pub fn run(markers: usize, seconds: u32) -> MarkerBenchReport {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mut sorted = frame_ms.clone();
     sorted.sort_by(f64::total_cmp);
-    let pct = |p: f64| crate::bench::percentile(&sorted, p);
+    let pct = |p: f64| crate::stats::percentile(&sorted, p);
     MarkerBenchReport {
         markers,
         frames: frame_ms.len(),

@@ -451,9 +451,10 @@ fn desk_hall(desk: Option<ResMut<Desk>>) {
         return;
     }
     // What the log's readers find wrong later (a forged or garbled commit) shows
-    // at once, not only what the check at open found.
-    if let Some(alarm) = desk.service().and_then(|s| s.dispatcher.alarm())
-        && desk.integrity != Integrity::Broken(alarm.clone())
+    // at once, not only what the check at open found. Once shown it stays, so the
+    // log is not asked again every frame.
+    if !matches!(desk.integrity, Integrity::Broken(_))
+        && let Some(alarm) = desk.service().and_then(|s| s.dispatcher.alarm())
     {
         desk.integrity = Integrity::Broken(alarm);
     }
@@ -465,17 +466,21 @@ fn desk_hall(desk: Option<ResMut<Desk>>) {
     } else if link.down_since_ms.is_none() {
         link.down_since_ms = Some(crate::feeds::poll::unix_ms_now());
     }
-    let now = Presence {
-        user: desk
-            .actor
-            .as_ref()
-            .map(|a| (a.name.clone(), a.role.as_str().to_string())),
-        working_on: desk.selected.clone(),
-    };
-    if let Ok(mut p) = link.presence.lock()
-        && *p != now
-    {
-        *p = now;
+    // Told to the presence thread only when it changes (no copies every frame).
+    let user = desk
+        .actor
+        .as_ref()
+        .map(|a| (a.name.as_str(), a.role.as_str()));
+    let working_on = desk.selected.as_deref();
+    if let Ok(mut p) = link.presence.lock() {
+        let same = p.user.as_ref().map(|(n, r)| (n.as_str(), r.as_str())) == user
+            && p.working_on.as_deref() == working_on;
+        if !same {
+            *p = Presence {
+                user: user.map(|(n, r)| (n.to_string(), r.to_string())),
+                working_on: working_on.map(str::to_string),
+            };
+        }
     }
 }
 

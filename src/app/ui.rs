@@ -265,16 +265,22 @@ fn hall_bar_ui(ui: &mut egui::Ui, link: &super::desk::HallLink, now_ms: i64) {
                 });
         }
         None => {
-            let members = link.members.lock().map(|m| m.clone()).unwrap_or_default();
-            let consoles: Vec<String> = members
-                .iter()
-                .filter(|m| m.kind == "console" && m.id != link.member_id)
-                .filter_map(|m| m.user.clone())
-                .collect();
-            let hub = members
-                .iter()
-                .find(|m| m.kind == "hub" && m.state == "active")
-                .map_or("no active hub".to_string(), |m| format!("hub {}", m.host));
+            // Read under the lock, without copying the list every frame.
+            let (consoles, hub) = match link.members.lock() {
+                Ok(members) => (
+                    members
+                        .iter()
+                        .filter(|m| m.kind == "console" && m.id != link.member_id)
+                        .filter_map(|m| m.user.as_deref())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    members
+                        .iter()
+                        .find(|m| m.kind == "hub" && m.state == "active")
+                        .map_or("no active hub".to_string(), |m| format!("hub {}", m.host)),
+                ),
+                Err(_) => (String::new(), "no active hub".to_string()),
+            };
             ui.label(
                 egui::RichText::new(format!("HALL {} 大厅", link.hall))
                     .color(theme::GOOD)
@@ -282,7 +288,7 @@ fn hall_bar_ui(ui: &mut egui::Ui, link: &super::desk::HallLink, now_ms: i64) {
             );
             ui.label(egui::RichText::new(hub).color(theme::MUTED));
             if !consoles.is_empty() {
-                ui.label(format!("also here 同时在线: {}", consoles.join(", ")));
+                ui.label(format!("also here 同时在线: {consoles}"));
             }
         }
     });

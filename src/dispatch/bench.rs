@@ -13,7 +13,7 @@ use super::{Action, Role};
 use crate::feeds::Domain;
 use crate::store::EventLog;
 
-use crate::bench::{SplitMix as Rng, percentile};
+use crate::stats::{SplitMix as Rng, percentile};
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0

@@ -566,6 +566,46 @@ fn a_console_of_a_hall_never_delivers_or_runs_the_clock_the_hub_does() {
     assert!(order.overdue_ms.is_some(), "the hub's clock: {order:?}");
 }
 
+/// Publishes straight onto the hall's subject, past every console's checks, a commit
+/// by "mallory" under `role` that links to the log's head (a forger who read the log).
+fn publish_chained(nats: &Nats, role: &str, kind: &str, payload: String, at_ms: i64) {
+    use crate::store::jetstream::{WireCommit, WireEvent, subject};
+    let probe = JetStreamLog::open(nats, "city", &HallLogOptions::default()).unwrap();
+    crate::store::EventStore::scan_replay(&probe, &mut |_, _, _, _| {}).unwrap();
+    let (events, head) = probe.head();
+    let commit = WireCommit {
+        v: 1,
+        at_ms,
+        operator: "mallory".into(),
+        role: role.into(),
+        first_seq: events + 1,
+        prev_hash: head.clone(),
+        events: vec![WireEvent {
+            kind: kind.into(),
+            hash: crate::store::event_hash(
+                &head,
+                events + 1,
+                at_ms,
+                "mallory",
+                role,
+                kind,
+                &payload,
+            ),
+            payload,
+        }],
+    };
+    let client = nats.client.clone();
+    nats.rt
+        .block_on(async {
+            client
+                .publish(subject("city"), serde_json::to_vec(&commit).unwrap().into())
+                .await
+                .unwrap();
+            client.flush().await
+        })
+        .unwrap();
+}
+
 #[test]
 fn a_forged_or_garbled_message_on_the_hall_log_is_not_taken_in_and_is_reported() {
     use crate::store::jetstream::{WireCommit, WireEvent, subject};
@@ -611,48 +651,10 @@ fn a_forged_or_garbled_message_on_the_hall_log_is_not_taken_in_and_is_reported()
         })
         .unwrap();
     // A commit that links, under a role no console writes as.
-    let probe = JetStreamLog::open(&nats, "city", &HallLogOptions::default()).unwrap();
-    crate::store::EventStore::scan_replay(&probe, &mut |_, _, _, _| {}).unwrap();
-    let (events, head) = probe.head();
     let payload = forged.events[0].payload.replace("forged", "forged too");
-    let chained = WireCommit {
-        operator: "mallory".into(),
-        role: "nobody".into(),
-        first_seq: events + 1,
-        prev_hash: head.clone(),
-        events: vec![WireEvent {
-            kind: "incident_reported".into(),
-            hash: crate::store::event_hash(
-                &head,
-                events + 1,
-                T0 + 6,
-                "mallory",
-                "nobody",
-                "incident_reported",
-                &payload,
-            ),
-            payload,
-        }],
-        at_ms: T0 + 6,
-        ..forged.clone()
-    };
-    nats.rt
-        .block_on(async {
-            client
-                .publish(
-                    subject("city"),
-                    serde_json::to_vec(&chained).unwrap().into(),
-                )
-                .await
-                .unwrap();
-            client.flush().await
-        })
-        .unwrap();
+    publish_chained(&nats, "nobody", "incident_reported", payload, T0 + 6);
     // And one under a real role that may not write it: a liaison issuing an order
     // already past its deadline (a hub would deliver, urge and escalate it).
-    let probe = JetStreamLog::open(&nats, "city", &HallLogOptions::default()).unwrap();
-    crate::store::EventStore::scan_replay(&probe, &mut |_, _, _, _| {}).unwrap();
-    let (events, head) = probe.head();
     let order = serde_json::to_string(&super::book::Event::OrderIssued {
         id: "ORD-000666".into(),
         incident: "INC-000001".into(),
@@ -662,39 +664,7 @@ fn a_forged_or_garbled_message_on_the_hall_log_is_not_taken_in_and_is_reported()
         escalates: None,
     })
     .unwrap();
-    let by_liaison = WireCommit {
-        operator: "mallory".into(),
-        role: "department_liaison".into(),
-        first_seq: events + 1,
-        prev_hash: head.clone(),
-        events: vec![WireEvent {
-            kind: "order_issued".into(),
-            hash: crate::store::event_hash(
-                &head,
-                events + 1,
-                T0 + 7,
-                "mallory",
-                "department_liaison",
-                "order_issued",
-                &order,
-            ),
-            payload: order,
-        }],
-        at_ms: T0 + 7,
-        ..forged.clone()
-    };
-    nats.rt
-        .block_on(async {
-            client
-                .publish(
-                    subject("city"),
-                    serde_json::to_vec(&by_liaison).unwrap().into(),
-                )
-                .await
-                .unwrap();
-            client.flush().await
-        })
-        .unwrap();
+    publish_chained(&nats, "department_liaison", "order_issued", order, T0 + 7);
     // A console joining now shows none of them, and says the log has something wrong.
     let b = console(&server, "city", "desk-b");
     let titles: Vec<_> = b.book().incidents.iter().map(|i| i.title.clone()).collect();

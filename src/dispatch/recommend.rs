@@ -957,8 +957,8 @@ fn summary_ms(mut ms: Vec<f64>) -> serde_json::Value {
     let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
     serde_json::json!({
         "samples": ms.len(),
-        "p50_ms": crate::bench::percentile(&ms, 0.5),
-        "p99_ms": crate::bench::percentile(&ms, 0.99),
+        "p50_ms": crate::stats::percentile(&ms, 0.5),
+        "p99_ms": crate::stats::percentile(&ms, 0.99),
         "mean_ms": mean,
         "max_ms": ms.last().copied().unwrap_or(0.0),
     })

@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::hub::{HubOptions, HubState};
-use crate::bench::percentile;
 use crate::dispatch::Role;
 use crate::dispatch::book::{Actor, Command, NewIncident, Severity};
 use crate::dispatch::config::DispatchConfig;
 use crate::dispatch::dispatcher::Dispatcher;
 use crate::dispatch::service::ServiceOptions;
 use crate::nats::{Nats, NatsOptions};
+use crate::stats::percentile;
 use crate::store::jetstream::{HallLogOptions, JetStreamLog};
 
 fn round2(x: f64) -> f64 {
