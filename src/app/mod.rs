@@ -5,6 +5,7 @@ pub mod bench_markers;
 pub mod camera;
 pub mod desk;
 pub mod desk_ui;
+pub mod fonts;
 pub mod layers;
 pub mod live;
 pub mod ready;

@@ -6,6 +6,8 @@ use bevy::diagnostic::{DiagnosticsStore, FrameTimeDiagnosticsPlugin};
 use bevy::prelude::*;
 use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
 
+pub use super::fonts::install_fonts;
+
 use super::camera::CameraRig;
 use super::layers::markers::{MarkerKind, aqi_srgb};
 use super::live::{DomainVisibility, Live};
@@ -19,9 +21,6 @@ use crate::map::mesh::MapLayer;
 use crate::map::{AreaKind, CityMap};
 use crate::state::kpi::CityKpis;
 use crate::state::{LiveEntity, LiveState};
-
-/// The CJK font registered with egui so Chinese names and labels render.
-const CJK_FONT: &[u8] = include_bytes!("../../assets/fonts/NotoSansSC-Regular-subset.otf");
 
 /// What the user asked for through the panels.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,23 +74,6 @@ pub(super) fn plugin(app: &mut App) {
         .init_resource::<PendingUiCommands>()
         .add_systems(EguiPrimaryContextPass, shell_ui)
         .add_systems(Update, apply_ui_commands.in_set(AppSystems::Apply));
-}
-
-/// Registers the bundled CJK font as a fallback for every egui font family.
-pub fn install_fonts(ctx: &egui::Context) {
-    let mut fonts = egui::FontDefinitions::default();
-    fonts.font_data.insert(
-        "noto-sans-sc".to_owned(),
-        std::sync::Arc::new(egui::FontData::from_static(CJK_FONT)),
-    );
-    for family in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
-        fonts
-            .families
-            .entry(family)
-            .or_default()
-            .push("noto-sans-sc".to_owned());
-    }
-    ctx.set_fonts(fonts);
 }
 
 #[allow(clippy::too_many_arguments)]
