@@ -218,3 +218,51 @@ fn a_wrong_or_missing_passphrase_at_start_is_refused_before_any_window() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Lines bevy (or anything else) logged at ERROR level.
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.contains("ERROR")).collect()
+}
+
+#[test]
+fn a_traffic_only_city_renders_without_a_render_error() {
+    // Traffic alone: every segment update recolours the road chunks, and closed roads
+    // (roundabouts) are outlines no other layer claims. Bevy logged "slab_allocator:
+    // Use-after-free" twice per update here when a layer handed it an empty mesh.
+    let dir = scratch_dir("screenshot-traffic");
+    let feeds = dir.join("feeds.toml");
+    std::fs::write(
+        &feeds,
+        "[[feed]]\nname = \"sim-traffic\"\nkind = \"sim\"\ndomain = \"traffic\"\ninterval_s = 1\n",
+    )
+    .unwrap();
+    let out = dir.join("traffic.png");
+    let result = run_with_display(&[
+        "--feeds",
+        feeds.to_str().unwrap(),
+        "screenshot",
+        "--out",
+        out.to_str().unwrap(),
+        "--size",
+        "960x600",
+    ]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "screenshot failed: {stderr}");
+    let errors = error_lines(&stderr);
+    assert!(
+        errors.is_empty(),
+        "render errors logged:\n{}",
+        errors.join("\n")
+    );
+
+    // The traffic is on screen: roads on the red–amber–green ramp.
+    let image = image::open(&out).expect("a readable PNG").to_rgb8();
+    let ramp_like = image
+        .pixels()
+        .filter(|p| {
+            let [r, g, b] = p.0.map(i32::from);
+            (r > 150 && g < 110 && b < 90) || (g > 150 && r < 190 && b < 150 && g > b + 40)
+        })
+        .count();
+    assert!(ramp_like > 500, "no traffic on the roads: {ramp_like} px");
+}

@@ -29,7 +29,7 @@ pub struct MarkerBenchReport {
     pub mean_glide_frame_ms: f64,
 }
 
-fn vehicle(i: usize, second: u32, frame: &crate::geo_frame::GeoFrame) -> EntityUpdate {
+pub fn vehicle(i: usize, second: u32, frame: &crate::geo_frame::GeoFrame) -> EntityUpdate {
     let angle = i as f64 * 0.618;
     let r = 50.0 + (i % 2000) as f64 + second as f64 * 8.0;
     let [lon, lat] = frame.wgs84_from_local(r * angle.cos(), r * angle.sin());
@@ -51,7 +51,10 @@ fn vehicle(i: usize, second: u32, frame: &crate::geo_frame::GeoFrame) -> EntityU
     }
 }
 
-pub fn run(markers: usize, seconds: u32) -> MarkerBenchReport {
+/// A headless app with the default city, an empty live state fed by the simulator's
+/// feed list (feed index = `Domain::ALL` order) and the frame phases: what the marker
+/// and traffic systems need, without a window or a GPU.
+pub fn headless_live_app() -> App {
     let map = map::load_default().expect("the embedded map loads");
     let frame = map.frame;
     let feeds = crate::feeds::sim_source::default_sim_feeds();
@@ -62,22 +65,40 @@ pub fn run(markers: usize, seconds: u32) -> MarkerBenchReport {
     let mut app = App::new();
     app.add_plugins((MinimalPlugins, TransformPlugin, AssetPlugin::default()))
         .init_asset::<Mesh>()
+        .init_asset::<Image>()
         .init_asset::<StandardMaterial>()
         .insert_resource(City { map, index })
         .insert_resource(Live::new(feeds, LiveState::new(frame), ingest, running))
         .init_resource::<ChangedSlots>()
         .init_resource::<DomainVisibility>()
-        .init_resource::<MarkerLayer>()
         .configure_sets(
             Update,
             (AppSystems::Input, AppSystems::Apply, AppSystems::SyncScene).chain(),
-        )
-        .add_systems(
-            Update,
-            (update_markers, move_markers)
-                .chain()
-                .in_set(AppSystems::SyncScene),
         );
+    app
+}
+
+/// Applies `updates` from feed `feed` to the live state and marks what changed for
+/// the next frame's layers.
+pub fn apply_updates(app: &mut App, feed: u32, updates: impl IntoIterator<Item = EntityUpdate>) {
+    let world = app.world_mut();
+    let mut live = world.resource_mut::<Live>();
+    for u in updates {
+        live.state.apply(feed, u, 0);
+    }
+    let changed = live.state.drain_changed();
+    world.resource_mut::<ChangedSlots>().0 = changed;
+}
+
+pub fn run(markers: usize, seconds: u32) -> MarkerBenchReport {
+    let mut app = headless_live_app();
+    let frame = app.world().resource::<City>().map.frame;
+    app.init_resource::<MarkerLayer>().add_systems(
+        Update,
+        (update_markers, move_markers)
+            .chain()
+            .in_set(AppSystems::SyncScene),
+    );
     app.update();
 
     let mut frame_ms = Vec::new();
@@ -85,15 +106,11 @@ pub fn run(markers: usize, seconds: u32) -> MarkerBenchReport {
     let mut glide_frames = Vec::new();
     for second in 0..=seconds {
         // Ingest is measured by `bench ingest`; here only the frame side counts.
-        {
-            let world = app.world_mut();
-            let mut live = world.resource_mut::<Live>();
-            for i in 0..markers {
-                live.state.apply(0, vehicle(i, second, &frame), 0);
-            }
-            let changed = live.state.drain_changed();
-            world.resource_mut::<ChangedSlots>().0 = changed;
-        }
+        apply_updates(
+            &mut app,
+            0,
+            (0..markers).map(|i| vehicle(i, second, &frame)),
+        );
         for f in 0..60 {
             let t = Instant::now();
             app.update();

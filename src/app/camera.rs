@@ -7,8 +7,17 @@ use bevy::input::mouse::{AccumulatedMouseMotion, AccumulatedMouseScroll, MouseSc
 use bevy::prelude::*;
 use bevy::window::PrimaryWindow;
 
+use super::desk::Desk;
+use super::desk_ui::DeskCommand;
+use super::layers::markers::LiveMarker;
+use super::layers::pick::{Click, Shape, Target, pick};
+use super::live::DomainVisibility;
+use super::scene::LayerVisibility;
 use super::ui::UiInput;
 use super::{AppSystems, City, Selection, theme};
+use crate::dispatch::book::Incident;
+use crate::map::mesh::{self, MapLayer};
+use bevy::math::Affine3A;
 
 pub const FOV_Y: f32 = std::f32::consts::FRAC_PI_4;
 const MIN_PITCH: f32 = 0.12;
@@ -154,7 +163,14 @@ struct DragState {
     /// Cursor position last frame. Drags follow the cursor, not raw device motion,
     /// which remote desktops and synthetic input (video-wall controllers) do not send.
     last_cursor: Option<Vec2>,
+    /// Where a left click (not a drag) landed this frame, for `pick_on_click`.
+    click: Option<Vec2>,
 }
+
+/// A near miss within this many pixels of a marker or pin still picks it.
+const PICK_TOLERANCE_PX: f32 = 6.0;
+/// Incidents drawn as pins at most (as `desk_pins` draws them).
+const MAX_PINS: usize = 300;
 
 pub(super) fn plugin(app: &mut App) {
     app.init_resource::<DragState>()
@@ -162,7 +178,9 @@ pub(super) fn plugin(app: &mut App) {
         .add_systems(
             Update,
             (
-                (mouse_controls, keyboard_controls).in_set(AppSystems::Input),
+                (mouse_controls, pick_on_click, keyboard_controls)
+                    .chain()
+                    .in_set(AppSystems::Input),
                 apply_rig.in_set(AppSystems::SyncScene),
             ),
         );
@@ -197,20 +215,16 @@ fn apply_rig(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn mouse_controls(
     buttons: Res<ButtonInput<MouseButton>>,
     motion: Res<AccumulatedMouseMotion>,
     scroll: Res<AccumulatedMouseScroll>,
     window: Query<&Window, With<PrimaryWindow>>,
-    camera: Query<(&Camera, &GlobalTransform), With<MainCamera>>,
     ui: Res<UiInput>,
-    city: Res<City>,
     mut rig: ResMut<CameraRig>,
     mut drag: ResMut<DragState>,
-    mut selection: ResMut<Selection>,
-    live: Option<Res<super::live::Live>>,
 ) {
+    drag.click = None;
     let Ok(window) = window.single() else { return };
     let cursor = window.cursor_position();
     let over_3d = cursor.is_some_and(|p| ui.over_3d_view(p));
@@ -254,47 +268,154 @@ fn mouse_controls(
         if !was_click {
             return;
         }
-        let (Some(cursor), Ok((cam, cam_tf))) = (cursor, camera.single()) else {
-            return;
-        };
-        let Ok(ray) = cam.viewport_to_world(cam_tf, cursor) else {
-            return;
-        };
-        let o = ray.origin;
-        let d = *ray.direction;
-        // A live marker near where the ray meets street level wins over the building.
-        if let Some(live) = &live
-            && let Some(t) =
-                ray.intersect_plane(Vec3::new(0.0, 3.0, 0.0), InfinitePlane3d::new(Vec3::Y))
-        {
-            let p = ray.get_point(t);
-            let tolerance = (rig.pose.distance * 0.025).max(12.0) as f64;
-            let [e, n] = crate::geo_frame::local_from_world(p.x, p.z);
-            let hit = live.state.nearest(e, n, 1).into_iter().find(|&slot| {
-                live.state
-                    .entity(slot)
-                    .and_then(|x| x.local)
-                    .is_some_and(|[x, y]| (x - e).hypot(y - n) <= tolerance)
-            });
-            if let Some(slot) = hit {
-                selection.entity = Some(slot);
-                selection.building = None;
-                return;
-            }
-        }
-        // World (x, y up, z south) → local (east, north, up).
-        let hit = city.index.building_on_ray(
-            &city.map,
-            [o.x as f64, -o.z as f64, o.y as f64],
-            [d.x as f64, -d.z as f64, d.y as f64],
-            (rig.pose.distance * 3.0) as f64,
-        );
-        selection.building = hit;
-        selection.entity = None;
+        drag.click = cursor;
+        return;
     }
     if buttons.any_just_released(any) && !buttons.any_pressed(any) {
         drag.pressed_at = None;
     }
+}
+
+/// What a click picks: the nearest thing drawn under it, by each thing's own shape —
+/// a live marker of a shown sub-brain, a dispatch pin, or a building.
+#[allow(clippy::too_many_arguments)]
+fn pick_on_click(
+    drag: Res<DragState>,
+    camera: Query<(&Camera, &GlobalTransform), With<MainCamera>>,
+    markers: Query<(&LiveMarker, &GlobalTransform, &Visibility)>,
+    domains: Res<DomainVisibility>,
+    layers: Res<LayerVisibility>,
+    city: Res<City>,
+    rig: Res<CameraRig>,
+    mut selection: ResMut<Selection>,
+    mut desk: Option<ResMut<Desk>>,
+) {
+    let Some(cursor) = drag.click else { return };
+    let Ok((cam, cam_tf)) = camera.single() else {
+        return;
+    };
+    let Ok(ray) = cam.viewport_to_world(cam_tf, cursor) else {
+        return;
+    };
+    let Some(view) = cam.logical_viewport_size() else {
+        return;
+    };
+    let click = Click {
+        origin: ray.origin,
+        dir: *ray.direction,
+        metres_per_px_per_m: 2.0 * (FOV_Y * 0.5).tan() / view.y.max(1.0),
+        tolerance_px: PICK_TOLERANCE_PX,
+    };
+    let mut targets: Vec<Target<Picks>> = markers
+        .iter()
+        .filter(|(m, _, v)| **v != Visibility::Hidden && domains.is_visible(m.domain))
+        .map(|(m, global, _)| Target {
+            what: Picks::Entity(m.slot),
+            shape: m.kind.shape(),
+            world_from_local: global.affine(),
+        })
+        .collect();
+    if let Some(desk) = desk.as_deref_mut() {
+        targets.extend(pin_targets(desk, &city));
+    }
+    let picked = pick(&click, &targets);
+    // A building in front of what was picked (or under an empty click) wins.
+    let building_reach = picked.as_ref().map_or(rig.pose.distance * 3.0, |p| p.t);
+    let building = if layers.is_visible(MapLayer::Buildings) {
+        let (o, d) = (click.origin, click.dir);
+        // World (x, y up, z south) → local (east, north, up).
+        city.index.building_on_ray(
+            &city.map,
+            [o.x as f64, -o.z as f64, o.y as f64],
+            [d.x as f64, -d.z as f64, d.y as f64],
+            building_reach as f64,
+        )
+    } else {
+        None
+    };
+    match (building, picked.map(|p| p.what)) {
+        (None, Some(Picks::Entity(slot))) => {
+            selection.entity = Some(slot);
+            selection.building = None;
+        }
+        (None, Some(Picks::Incident(id))) => {
+            if let Some(desk) = desk.as_deref_mut() {
+                desk.pending.push(DeskCommand::SelectIncident(Some(id)));
+                desk.open = true;
+            }
+            selection.building = None;
+            selection.entity = None;
+        }
+        (building, _) => {
+            selection.building = building;
+            selection.entity = None;
+        }
+    }
+}
+
+/// What a click can pick besides a building.
+#[derive(Clone, Debug, PartialEq)]
+enum Picks {
+    /// A live marker's slot.
+    Entity(u32),
+    /// A dispatch pin's incident id.
+    Incident(String),
+}
+
+/// The dispatch pins as `desk_pins` draws them: the most urgent open incidents and the
+/// selected one, each a column (70 m, 140 m when selected) on a ring.
+fn pin_targets(desk: &mut Desk, city: &City) -> Vec<Target<Picks>> {
+    let selected = desk.selected.clone();
+    let Some(service) = desk.service() else {
+        return Vec::new();
+    };
+    let book = service.dispatcher.book();
+    let order = book.by_urgency();
+    let mut shown: Vec<&Incident> = order
+        .iter()
+        .map(|&i| &book.incidents[i])
+        .take_while(|i| i.is_open())
+        .take(MAX_PINS)
+        .collect();
+    if let Some(sel) = selected.as_deref().and_then(|id| book.incident(id))
+        && !shown.iter().any(|i| i.id == sel.id)
+    {
+        shown.push(sel);
+    }
+    let mut targets = Vec::with_capacity(shown.len() * 2);
+    for inc in shown {
+        let [e, n] = city.map.frame.local_from_wgs84(inc.lon, inc.lat);
+        let ground = Vec3::from_array(crate::geo_frame::world_from_local(e, n, 0.0));
+        let is_selected = selected.as_deref() == Some(inc.id.as_str());
+        let (height, ring) = if is_selected {
+            (140.0, 40.0)
+        } else {
+            (70.0, 22.0)
+        };
+        for (shape, y) in [
+            (
+                Shape::Cylinder {
+                    radius: 4.0,
+                    half_height: height * 0.5,
+                },
+                height * 0.5,
+            ),
+            (
+                Shape::Cylinder {
+                    radius: ring,
+                    half_height: 0.3,
+                },
+                mesh::DISTRICT_Y + 0.3,
+            ),
+        ] {
+            targets.push(Target {
+                what: Picks::Incident(inc.id.clone()),
+                shape,
+                world_from_local: Affine3A::from_translation(ground + Vec3::Y * y),
+            });
+        }
+    }
+    targets
 }
 
 fn keyboard_controls(

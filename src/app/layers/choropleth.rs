@@ -44,6 +44,12 @@ fn is_area(e: &LiveEntity) -> bool {
         .is_some_and(|l| l.len() >= 4 && l.first() == l.last())
 }
 
+/// An area the choropleth fills: a closed outline with the indicator. A closed road
+/// (a roundabout reported by a traffic feed) is not one.
+fn is_indicator_area(e: &LiveEntity) -> bool {
+    is_area(e) && e.fields.get(INDICATOR).and_then(|v| v.as_f64()).is_some()
+}
+
 /// Sequential ramp: quiet areas deep violet, the busiest bright magenta.
 pub fn ramp(t: f64) -> [f32; 4] {
     let (a, b) = (linear_from_srgb(0x2A1B4D), linear_from_srgb(0xE05CFF));
@@ -68,17 +74,18 @@ fn update_choropleth(
     mut material: Local<Option<Handle<StandardMaterial>>>,
 ) {
     let Some(live) = live else { return };
-    let touched = changed
-        .0
-        .iter()
-        .any(|&s| live.state.entity(s).is_some_and(is_area));
+    // Redrawn when an area changes, or (while areas are drawn) when one may have gone.
+    let touched = changed.0.iter().any(|&s| match live.state.entity(s) {
+        Some(e) => is_indicator_area(e) || (layer.areas > 0 && is_area(e)),
+        None => layer.areas > 0,
+    });
     if !touched {
         return;
     }
     let areas: Vec<(&LiveEntity, f64)> = live
         .state
         .iter()
-        .filter(|(_, e)| is_area(e))
+        .filter(|(_, e)| is_indicator_area(e))
         .filter_map(|(_, e)| Some((e, e.fields.get(INDICATOR)?.as_f64()?)))
         .collect();
     let max_value = areas.iter().map(|(_, v)| *v).fold(0.0, f64::max).max(1.0);
@@ -104,6 +111,17 @@ fn update_choropleth(
     }
     layer.areas = areas.len();
     layer.max_value = max_value;
+    // A mesh without vertices is never added: bevy's mesh allocator skips allocating
+    // it but still copies it, logging "Use-after-free" (twice) each time.
+    if data.positions.is_empty() {
+        if let Some(e) = layer.entity.take() {
+            commands.entity(e).despawn();
+        }
+        if let Some(old) = layer.mesh.take() {
+            meshes.remove(&old);
+        }
+        return;
+    }
     let handle = meshes.add(bevy_mesh(data));
     if let Some(old) = layer.mesh.replace(handle.clone()) {
         meshes.remove(&old);

@@ -10,6 +10,7 @@ use bevy::prelude::*;
 
 use super::super::live::{ChangedSlots, DomainVisibility, Live};
 use super::super::{AppSystems, City};
+use super::pick::Shape;
 use crate::feeds::{Domain, EntityKind};
 use crate::geo_frame::world_from_local;
 use crate::map::mesh::linear_from_srgb;
@@ -62,6 +63,32 @@ impl MarkerKind {
                 _ => MarkerKind::Other,
             },
         })
+    }
+
+    /// The drawn shape, centred on the marker's position: picking tests clicks
+    /// against the same shape. Sized to read at city scale on a video wall, not to
+    /// scale.
+    pub fn shape(self) -> Shape {
+        match self {
+            MarkerKind::Bus => Shape::Box(Vec3::new(3.5, 2.5, 9.0)),
+            MarkerKind::FireEngine => Shape::Box(Vec3::new(3.5, 3.0, 8.0)),
+            k if k.is_vehicle() => Shape::Box(Vec3::new(3.0, 2.25, 6.0)),
+            MarkerKind::AirStation | MarkerKind::WaterStation => Shape::Cylinder {
+                radius: 9.0,
+                half_height: 30.0,
+            },
+            MarkerKind::Hospital => Shape::Box(Vec3::new(15.0, 35.0, 15.0)),
+            MarkerKind::Alert => Shape::Cylinder {
+                radius: 14.0,
+                half_height: 45.0,
+            },
+            MarkerKind::District => Shape::Cylinder {
+                radius: 16.0,
+                half_height: 0.5,
+            },
+            MarkerKind::Parking => Shape::Box(Vec3::splat(10.0)),
+            _ => Shape::Sphere(8.0),
+        }
     }
 
     fn is_vehicle(self) -> bool {
@@ -146,20 +173,54 @@ pub struct LiveMarker {
     pub domain: Domain,
     from: Vec3,
     to: Vec3,
-    started_s: f32,
-    duration_s: f32,
+    /// Seconds since start, as f64: an f32 has 0.25 s steps after a month of uptime,
+    /// and glides and pulses would jump.
+    started_s: f64,
+    duration_s: f64,
     moving: bool,
 }
 
 impl LiveMarker {
+    /// A marker resting at `at` (what picking tests build).
+    pub fn resting(slot: Slot, kind: MarkerKind, domain: Domain, at: Vec3) -> Self {
+        LiveMarker {
+            slot,
+            kind,
+            domain,
+            from: at,
+            to: at,
+            started_s: 0.0,
+            duration_s: 0.0,
+            moving: false,
+        }
+    }
+
     /// Where the glide has got to at `now_s`.
-    fn position_at(&self, now_s: f32) -> Vec3 {
-        if !self.moving || self.duration_s <= 0.0 {
+    fn position_at(&self, now_s: f64) -> Vec3 {
+        if !self.moving {
             return self.to;
         }
-        let k = ((now_s - self.started_s) / self.duration_s).clamp(0.0, 1.0);
-        self.from.lerp(self.to, k)
+        glide(self.from, self.to, self.started_s, self.duration_s, now_s)
     }
+}
+
+/// The point a glide from `from` to `to`, started at `started_s` and lasting
+/// `duration_s`, has reached at `now_s` (seconds since start).
+pub fn glide(from: Vec3, to: Vec3, started_s: f64, duration_s: f64, now_s: f64) -> Vec3 {
+    if duration_s <= 0.0 {
+        return to;
+    }
+    // The difference is taken in f64, so it stays exact however long the app has run.
+    let k = ((now_s - started_s) / duration_s).clamp(0.0, 1.0);
+    from.lerp(to, k as f32)
+}
+
+/// Horizontal scale of an alert beacon at `now_s` (seconds since start): 1 to 1.35,
+/// three beats a second. The phase is reduced in f64 before it becomes an f32.
+pub fn pulse_scale(now_s: f64) -> f32 {
+    // |sin| repeats every π.
+    let phase = (now_s * 3.0).rem_euclid(std::f64::consts::PI) as f32;
+    1.0 + 0.35 * phase.sin()
 }
 
 /// Shared meshes and materials, and the slot → marker map.
@@ -197,23 +258,7 @@ impl MarkerLayer {
     fn mesh(&mut self, kind: MarkerKind, assets: &mut Assets<Mesh>) -> Handle<Mesh> {
         self.meshes
             .entry(kind)
-            .or_insert_with(|| {
-                // Sized to read at city scale on a video wall, not to scale.
-                let mesh: Mesh = match kind {
-                    MarkerKind::Bus => Cuboid::new(7.0, 5.0, 18.0).into(),
-                    MarkerKind::FireEngine => Cuboid::new(7.0, 6.0, 16.0).into(),
-                    k if k.is_vehicle() => Cuboid::new(6.0, 4.5, 12.0).into(),
-                    MarkerKind::AirStation | MarkerKind::WaterStation => {
-                        Cylinder::new(9.0, 60.0).into()
-                    }
-                    MarkerKind::Hospital => Cuboid::new(30.0, 70.0, 30.0).into(),
-                    MarkerKind::Alert => Cylinder::new(14.0, 90.0).into(),
-                    MarkerKind::District => Cylinder::new(16.0, 1.0).into(),
-                    MarkerKind::Parking => Cuboid::new(20.0, 20.0, 20.0).into(),
-                    _ => Sphere::new(8.0).into(),
-                };
-                assets.add(mesh)
-            })
+            .or_insert_with(|| assets.add(MarkerKind::shape(kind).mesh()))
             .clone()
     }
 }
@@ -279,6 +324,7 @@ pub fn update_markers(
     live: Option<Res<Live>>,
     city: Res<City>,
     time: Res<Time>,
+    domains: Res<DomainVisibility>,
     mut layer: ResMut<MarkerLayer>,
     mut markers: Query<(
         &mut LiveMarker,
@@ -289,7 +335,7 @@ pub fn update_markers(
     mut materials: ResMut<Assets<StandardMaterial>>,
 ) {
     let Some(live) = live else { return };
-    let now = time.elapsed_secs();
+    let now = time.elapsed_secs_f64();
     for &slot in &changed.0 {
         let i = slot as usize;
         if layer.queued.len() <= i {
@@ -392,6 +438,8 @@ pub fn update_markers(
                 Mesh3d(mesh),
                 MeshMaterial3d(material),
                 transform,
+                // A marker of a hidden sub-brain stays hidden from its first frame.
+                domain_visibility(&domains, domain),
             ))
             .id();
         if layer.by_slot.len() <= slot as usize {
@@ -411,7 +459,7 @@ pub fn move_markers(
     time: Res<Time>,
     mut markers: Query<(&mut LiveMarker, &Transform, &mut GlobalTransform)>,
 ) {
-    let now = time.elapsed_secs();
+    let now = time.elapsed_secs_f64();
     markers.par_iter_mut().for_each(|(mut m, t, mut global)| {
         if !m.moving {
             return;
@@ -429,12 +477,19 @@ pub fn move_markers(
 }
 
 fn pulse_alerts(time: Res<Time>, mut markers: Query<(&LiveMarker, &mut Transform)>) {
-    let phase = time.elapsed_secs() * 3.0;
+    let s = pulse_scale(time.elapsed_secs_f64());
     for (m, mut t) in &mut markers {
         if m.kind == MarkerKind::Alert {
-            let s = 1.0 + 0.35 * phase.sin().abs();
             t.scale = Vec3::new(s, 1.0, s);
         }
+    }
+}
+
+fn domain_visibility(domains: &DomainVisibility, domain: Domain) -> Visibility {
+    if domains.is_visible(domain) {
+        Visibility::Inherited
+    } else {
+        Visibility::Hidden
     }
 }
 
@@ -446,10 +501,99 @@ fn marker_visibility(
         return;
     }
     for (m, mut v) in &mut markers {
-        *v = if visibility.is_visible(m.domain) {
-            Visibility::Inherited
-        } else {
-            Visibility::Hidden
-        };
+        *v = domain_visibility(&visibility, m.domain);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::bench_markers::{apply_updates, headless_live_app, vehicle};
+
+    fn marker_app() -> App {
+        let mut app = headless_live_app();
+        app.init_resource::<MarkerLayer>().add_systems(
+            Update,
+            (update_markers, marker_visibility)
+                .chain()
+                .in_set(AppSystems::SyncScene),
+        );
+        app
+    }
+
+    fn visibilities(app: &mut App) -> Vec<Visibility> {
+        let mut q = app.world_mut().query::<(&LiveMarker, &Visibility)>();
+        q.iter(app.world()).map(|(_, v)| *v).collect()
+    }
+
+    #[test]
+    fn units_arriving_while_their_sub_brain_is_unticked_stay_hidden() {
+        let mut app = marker_app();
+        let frame = app.world().resource::<City>().map.frame;
+        let safety = Domain::ALL
+            .iter()
+            .position(|&d| d == Domain::Safety)
+            .unwrap() as u32;
+        app.update();
+        // Public safety is unticked before any of its units has reported.
+        app.world_mut()
+            .resource_mut::<DomainVisibility>()
+            .0
+            .insert(Domain::Safety, false);
+        app.update();
+        apply_updates(&mut app, safety, (0..20).map(|i| vehicle(i, 0, &frame)));
+        app.update();
+        let v = visibilities(&mut app);
+        assert_eq!(v.len(), 20);
+        assert!(v.iter().all(|v| *v == Visibility::Hidden), "{v:?}");
+        // Ticked again: they show.
+        app.world_mut()
+            .resource_mut::<DomainVisibility>()
+            .0
+            .insert(Domain::Safety, true);
+        app.update();
+        let v = visibilities(&mut app);
+        assert!(v.iter().all(|v| *v == Visibility::Inherited), "{v:?}");
+    }
+
+    const MONTH_S: f64 = 30.0 * 86_400.0;
+    const FRAME_S: f64 = 1.0 / 60.0;
+
+    #[test]
+    fn a_glide_after_thirty_days_of_uptime_moves_every_frame() {
+        // A unit gliding 60 m in one second moves about 1 m each frame, not 15 m every
+        // fifteenth frame (an f32 of seconds has 0.25 s steps after a month).
+        let (from, to) = (Vec3::ZERO, Vec3::new(60.0, 0.0, 0.0));
+        let started = MONTH_S + 0.37;
+        let mut last = glide(from, to, started, 1.0, started);
+        for k in 1..=60 {
+            let p = glide(from, to, started, 1.0, started + k as f64 * FRAME_S);
+            let step = p.x - last.x;
+            assert!((0.9..1.1).contains(&step), "frame {k}: moved {step} m");
+            last = p;
+        }
+        assert!((last.x - 60.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn an_alert_pulse_after_thirty_days_of_uptime_changes_every_frame_smoothly() {
+        // The pulse's fastest change is 0.35 × 3 per second.
+        let max_step = (0.35 * 3.0 * FRAME_S) as f32 * 1.05;
+        let mut last = pulse_scale(MONTH_S);
+        let mut changed = 0;
+        for k in 1..=120 {
+            let s = pulse_scale(MONTH_S + k as f64 * FRAME_S);
+            assert!((1.0..=1.35).contains(&s));
+            assert!((s - last).abs() <= max_step, "frame {k}: {last} → {s}");
+            if (s - last).abs() > 1e-5 {
+                changed += 1;
+            }
+            last = s;
+        }
+        assert!(
+            changed >= 110,
+            "the pulse stood still in {} frames",
+            120 - changed
+        );
     }
 }

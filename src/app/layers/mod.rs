@@ -4,6 +4,7 @@
 pub mod air;
 pub mod choropleth;
 pub mod markers;
+pub mod pick;
 pub mod traffic;
 
 use bevy::prelude::*;
