@@ -31,6 +31,10 @@ struct Cli {
     /// Open the data-steward window (catalog, quality, conflicts) at start.
     #[arg(long, global = true)]
     steward: bool,
+    /// Size of the panels and type: a factor on the monitor's own scale factor
+    /// (0.5 to 4; e.g. 2 on a 4K wall that reports 1).
+    #[arg(long, global = true, value_name = "FACTOR", default_value_t = 1.0)]
+    ui_scale: f32,
     /// Select the building with this id (e.g. way/123) and fly to it.
     #[arg(long, global = true, value_name = "ID")]
     select: Option<String>,
@@ -828,6 +832,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 select: cli.select,
                 feeds: cli.feeds,
                 steward: cli.steward,
+                ui_scale: cli.ui_scale,
                 screenshot: None,
                 desk: Some(desk),
             })
@@ -850,6 +855,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 select: cli.select,
                 feeds: cli.feeds,
                 steward: cli.steward,
+                ui_scale: cli.ui_scale,
                 screenshot: Some(app::ScreenshotRequest { out, size }),
                 desk,
             })

@@ -867,17 +867,16 @@ pub fn desk_panel_ui(
 ) {
     use super::theme;
     use bevy_egui::egui;
-    ui.horizontal(|ui| {
-        ui.heading("Dispatch 指挥调度");
-        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-            if ui.button("×").on_hover_text("Hide the desk").clicked() {
-                desk.open = false;
-            }
-            if desk.actor.is_some() && ui.button("Sign out 退出").clicked() {
-                desk.actor = None;
-                desk.status_line = None;
-            }
-        });
+    // The close button is laid out first, so a narrow panel never pushes it out.
+    let title = egui::RichText::new("Dispatch 指挥调度").heading();
+    super::ui::panel_header(ui, title, |ui| {
+        if ui.button("×").on_hover_text("Hide the desk").clicked() {
+            desk.open = false;
+        }
+        if desk.actor.is_some() && ui.button("Sign out 退出").clicked() {
+            desk.actor = None;
+            desk.status_line = None;
+        }
     });
     if let Some(e) = &desk.load_error {
         ui.label(

@@ -7,6 +7,7 @@ pub mod desk;
 pub mod desk_ui;
 pub mod fonts;
 pub mod layers;
+pub mod layout;
 pub mod live;
 pub mod ready;
 pub mod scene;
@@ -38,6 +39,8 @@ pub struct AppOptions {
     pub feeds: Option<PathBuf>,
     /// Open the data-steward window at start.
     pub steward: bool,
+    /// `--ui-scale`: panels and type at this factor of the monitor's scale factor.
+    pub ui_scale: f32,
     pub screenshot: Option<ScreenshotRequest>,
     /// The dispatch desk (event log, departments, users, sign-in).
     pub desk: Option<desk::DeskSetup>,
@@ -65,6 +68,34 @@ pub struct Selection {
     pub entity: Option<u32>,
 }
 
+/// The UI scale of a window: egui's zoom on top of the monitor's own scale factor
+/// (2.0 draws panels and type twice as large). A component of the window entity, so
+/// that each screen of a wall can have its own; `--ui-scale` sets the primary window's.
+#[derive(Component, Clone, Copy, Debug, PartialEq)]
+pub struct WindowUiScale(pub f32);
+
+impl Default for WindowUiScale {
+    fn default() -> Self {
+        Self(1.0)
+    }
+}
+
+impl WindowUiScale {
+    pub const RANGE: std::ops::RangeInclusive<f32> = 0.5..=4.0;
+
+    /// A scale from the command line: a finite factor in [`Self::RANGE`].
+    pub fn checked(factor: f32) -> anyhow::Result<Self> {
+        if !factor.is_finite() || !Self::RANGE.contains(&factor) {
+            anyhow::bail!(
+                "--ui-scale {factor}: must be between {} and {}",
+                Self::RANGE.start(),
+                Self::RANGE.end()
+            );
+        }
+        Ok(Self(factor))
+    }
+}
+
 /// When the process started, for time-to-first-frame.
 #[derive(Resource, Clone, Copy)]
 pub struct StartedAt(pub Instant);
@@ -81,6 +112,7 @@ pub enum AppSystems {
 /// the command-centre window, or the screenshot pass.
 pub fn run(options: AppOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    let ui_scale = WindowUiScale::checked(options.ui_scale)?;
     let map = match &options.map {
         Some(path) => map::load_path(path)?,
         None => map::load_default().context("the embedded default map failed to load")?,
@@ -120,11 +152,13 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         None => None,
     };
     let title = format!("中枢 Zhongshu — {}", map.name);
-    let resolution = options
-        .screenshot
-        .as_ref()
-        .map(|s| s.size)
-        .unwrap_or((1600, 900));
+    // A window follows the monitor's scale factor (a 1600×900 window is 3200×1800
+    // pixels at 2×); a screenshot is exactly the pixels asked for, at scale 1. Either
+    // way `--ui-scale` zooms the panels on top.
+    let resolution = match &options.screenshot {
+        Some(s) => bevy::window::WindowResolution::from(s.size).with_scale_factor_override(1.0),
+        None => bevy::window::WindowResolution::from((1600, 900)),
+    };
 
     let city = City { map, index };
     if let Some(i) = selected {
@@ -137,8 +171,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
             .set(WindowPlugin {
                 primary_window: Some(Window {
                     title,
-                    resolution: bevy::window::WindowResolution::from(resolution)
-                        .with_scale_factor_override(1.0),
+                    resolution,
                     present_mode: PresentMode::AutoVsync,
                     ..default()
                 }),
@@ -176,6 +209,13 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         steward::plugin,
         desk::plugin,
     ));
+    let mut primary = app
+        .world_mut()
+        .query_filtered::<Entity, With<bevy::window::PrimaryWindow>>();
+    let primary: Vec<Entity> = primary.iter(app.world()).collect();
+    for window in primary {
+        app.world_mut().entity_mut(window).insert(ui_scale);
+    }
     if let Some(setup) = options.desk {
         app.insert_resource(setup);
     }
@@ -205,4 +245,19 @@ pub fn fly_to_building(rig: &mut CameraRig, city: &City, index: usize) {
     let size = (rect.width().max(rect.height()) as f32).max(b.extent.height_m);
     let focus = Vec3::from_array(crate::geo_frame::world_from_local(c.x, c.y, 0.0));
     rig.fly_to(focus, (size * 3.5).max(120.0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WindowUiScale;
+
+    #[test]
+    fn the_ui_scale_is_a_factor_from_half_to_four() {
+        assert_eq!(WindowUiScale::checked(2.0).unwrap(), WindowUiScale(2.0));
+        assert_eq!(WindowUiScale::checked(0.5).unwrap(), WindowUiScale(0.5));
+        for bad in [0.0, 0.4, 4.5, -1.0, f32::NAN, f32::INFINITY] {
+            let e = WindowUiScale::checked(bad).unwrap_err().to_string();
+            assert!(e.contains("--ui-scale"), "{e}");
+        }
+    }
 }

@@ -10,6 +10,7 @@ pub use super::fonts::install_fonts;
 
 use super::camera::CameraRig;
 use super::layers::markers::{MarkerKind, aqi_srgb};
+use super::layout::{Bar, ShellContent, ShellLayout, SidePanel, SidePanelKind, show_shell};
 use super::live::{DomainVisibility, Live};
 use super::scene::{LayerVisibility, SceneStats};
 use super::{AppSystems, City, Selection, theme};
@@ -36,6 +37,8 @@ pub enum UiCommand {
     SetDomain(Domain, bool),
     FlyToEntity(u32),
     ToggleSteward,
+    /// The steward window's own close button.
+    CloseSteward,
     ToggleDesk,
     /// Open the desk's report form at the selected building.
     ReportIncidentHere,
@@ -44,6 +47,7 @@ pub enum UiCommand {
 /// Where the 3D view is (the screen area no panel covers) and whether egui holds input.
 #[derive(Resource, Debug, Clone)]
 pub struct UiInput {
+    /// In the window's logical pixels (bevy's cursor units: egui points × UI scale).
     pub view_rect: egui::Rect,
     pub wants_pointer: bool,
     pub wants_keyboard: bool,
@@ -72,25 +76,34 @@ struct PendingUiCommands(Vec<UiCommand>);
 pub(super) fn plugin(app: &mut App) {
     app.init_resource::<UiInput>()
         .init_resource::<PendingUiCommands>()
+        .init_resource::<ShellLayout>()
         .add_systems(EguiPrimaryContextPass, shell_ui)
         .add_systems(Update, apply_ui_commands.in_set(AppSystems::Apply));
+}
+
+/// What the shell reads to draw its panels.
+#[derive(bevy::ecs::system::SystemParam)]
+struct ShellView<'w, 's> {
+    city: Res<'w, City>,
+    stats: Res<'w, SceneStats>,
+    diagnostics: Res<'w, DiagnosticsStore>,
+    layers: Res<'w, LayerVisibility>,
+    rig: Res<'w, CameraRig>,
+    selection: Res<'w, Selection>,
+    ready: Res<'w, super::ready::SceneReady>,
+    live: Option<Res<'w, Live>>,
+    domains: Res<'w, DomainVisibility>,
+    governance: Res<'w, super::steward::Governance>,
+    ui_scale: Query<'w, 's, &'static super::WindowUiScale, With<bevy::window::PrimaryWindow>>,
 }
 
 #[allow(clippy::too_many_arguments)]
 fn shell_ui(
     mut contexts: EguiContexts,
     mut styled: Local<bool>,
-    city: Res<City>,
-    stats: Res<SceneStats>,
-    diagnostics: Res<DiagnosticsStore>,
-    layers: Res<LayerVisibility>,
-    rig: Res<CameraRig>,
-    selection: Res<Selection>,
-    ready: Res<super::ready::SceneReady>,
-    live: Option<Res<Live>>,
-    domains: Res<DomainVisibility>,
     mut kpis: Local<(f64, CityKpis)>,
-    governance: Res<super::steward::Governance>,
+    view: ShellView,
+    mut layout: ResMut<ShellLayout>,
     mut ui_input: ResMut<UiInput>,
     mut pending: ResMut<PendingUiCommands>,
     mut desk: Option<ResMut<super::desk::Desk>>,
@@ -99,8 +112,29 @@ fn shell_ui(
     if !*styled {
         install_fonts(ctx);
         theme::egui_style(ctx);
+        // The scale is a setting (`--ui-scale`, or a wall screen's); Ctrl +/- would
+        // drift from it and Ctrl+0 would drop it.
+        ctx.options_mut(|o| o.zoom_with_keyboard = false);
         *styled = true;
     }
+    // egui's zoom multiplies the monitor's scale factor, which bevy_egui passes on.
+    let zoom = view.ui_scale.iter().next().map_or(1.0, |s| s.0);
+    if ctx.zoom_factor() != zoom {
+        ctx.set_zoom_factor(zoom);
+    }
+    let ShellView {
+        city,
+        stats,
+        diagnostics,
+        layers,
+        rig,
+        selection,
+        ready,
+        live,
+        domains,
+        governance,
+        ..
+    } = &view;
     let fps = diagnostics
         .get(&FrameTimeDiagnosticsPlugin::FPS)
         .and_then(|d| d.smoothed())
@@ -109,15 +143,6 @@ fn shell_ui(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-
-    let mut root = egui::Ui::new(
-        ctx.clone(),
-        "zhongshu-root".into(),
-        egui::UiBuilder::new()
-            .layer_id(egui::LayerId::background())
-            .max_rect(ctx.viewport_rect()),
-    );
-    let out = &mut pending.0;
     let now_ms = crate::feeds::poll::unix_ms_now();
     // KPIs twice a second: cheap, and steadier to read than every frame.
     if let Some(live) = &live
@@ -128,22 +153,34 @@ fn shell_ui(
             CityKpis::compute(&live.state, &governance.reconciliation.winner_of, now_ms),
         );
     }
+    let map = &city.map;
     let demo = desk.as_ref().is_some_and(|d| d.demo);
-    egui::Panel::top("top-bar").show(&mut root, |ui| top_bar_ui(ui, &city.map, now, demo, out));
-    if let Some(link) = desk.as_ref().and_then(|d| d.hall.as_ref()) {
-        egui::Panel::top("hall-bar").show(&mut root, |ui| hall_bar_ui(ui, link, now_ms));
-    }
-    if live.is_some() {
-        egui::Panel::top("kpi-strip").show(&mut root, |ui| kpi_strip_ui(ui, &kpis.1));
-    }
-    egui::Panel::bottom("status-bar")
-        .show(&mut root, |ui| status_bar_ui(ui, &city.map, &stats, fps));
-    egui::Panel::left("layers")
-        .resizable(true)
-        .default_size(270.0)
-        .show(&mut root, |ui| {
+    let desk_open = desk.as_ref().is_some_and(|d| d.open);
+    let has_hall = desk.as_ref().is_some_and(|d| d.hall.is_some());
+    let steward_open = governance.steward_open;
+    // A new incident goes where the selected building is, else the view centre.
+    let location = selection
+        .building
+        .and_then(|i| map.buildings.get(i))
+        .and_then(|b| geo::Centroid::centroid(&b.footprint))
+        .map(|c| (c.x(), c.y()))
+        .unwrap_or_else(|| {
+            // The centre of the map the panels leave, not of the window.
+            let f = rig.map_centre();
+            let [e, n] = crate::geo_frame::local_from_world(f.x, f.z);
+            (e, n)
+        });
+    let [lon, lat] = map.frame.wgs84_from_local(location.0, location.1);
+    // The hall bar reads the desk's link and the desk panel writes the desk: one after
+    // the other, in the same frame.
+    let desk = std::cell::RefCell::new(desk.as_deref_mut());
+
+    let mut side = vec![SidePanel {
+        kind: SidePanelKind::Layers,
+        tab: "Layers 图层",
+        add: Box::new(|ui, out| {
             egui::ScrollArea::vertical().show(ui, |ui| {
-                layer_panel_ui(ui, &city.map, &layers, &rig, ready.first_full_frame_ms, out);
+                layer_panel_ui(ui, map, layers, rig, ready.first_full_frame_ms, out);
                 if let Some(live) = &live {
                     ui.separator();
                     sub_brains_ui(
@@ -151,42 +188,30 @@ fn shell_ui(
                         &live.feeds,
                         &live.ingest.health,
                         &live.state,
-                        &domains,
+                        domains,
                         now_ms,
                         out,
                     );
                 }
             });
+        }),
+    }];
+    if desk_open {
+        side.push(SidePanel {
+            kind: SidePanelKind::Desk,
+            tab: "Dispatch 调度",
+            add: Box::new(|ui, _| {
+                if let Some(desk) = desk.borrow_mut().as_deref_mut() {
+                    super::desk::desk_panel_ui(ui, desk, Some((lon, lat)), now_ms)
+                }
+            }),
         });
-    if let Some(desk) = desk.as_deref_mut()
-        && desk.open
-    {
-        // A new incident goes where the selected building is, else the view centre.
-        let location = selection
-            .building
-            .and_then(|i| city.map.buildings.get(i))
-            .and_then(|b| geo::Centroid::centroid(&b.footprint))
-            .map(|c| (c.x(), c.y()))
-            .unwrap_or_else(|| {
-                let f = rig.goal.focus;
-                let [e, n] = crate::geo_frame::local_from_world(f.x, f.z);
-                (e, n)
-            });
-        let [lon, lat] = city.map.frame.wgs84_from_local(location.0, location.1);
-        egui::Panel::right("desk")
-            .resizable(true)
-            .default_size(430.0)
-            .min_size(320.0)
-            .show(&mut root, |ui| {
-                super::desk::desk_panel_ui(ui, desk, Some((lon, lat)), now_ms)
-            });
     }
     if let (Some(slot), Some(live)) = (selection.entity, &live) {
-        egui::Panel::right("entity-inspector")
-            .resizable(true)
-            .default_size(340.0)
-            .max_size(460.0)
-            .show(&mut root, |ui| {
+        side.push(SidePanel {
+            kind: SidePanelKind::Inspector,
+            tab: "Details 详情",
+            add: Box::new(move |ui, out| {
                 entity_inspector_ui(
                     ui,
                     &live.feeds,
@@ -196,19 +221,31 @@ fn shell_ui(
                     &governance.reconciliation,
                     out,
                 )
-            });
+            }),
+        });
     } else if let Some(index) = selection.building {
-        egui::Panel::right("inspector")
-            .resizable(true)
-            .default_size(340.0)
-            .max_size(460.0)
-            .show(&mut root, |ui| inspector_ui(ui, &city.map, index, out));
+        side.push(SidePanel {
+            kind: SidePanelKind::Inspector,
+            tab: "Building 建筑",
+            add: Box::new(move |ui, out| inspector_ui(ui, map, index, out)),
+        });
     }
-    if let (true, Some(live)) = (governance.steward_open, &live) {
-        egui::Window::new("Data steward 数据治理")
-            .default_width(900.0)
-            .vscroll(true)
-            .show(ctx, |ui| {
+    let content = ShellContent {
+        top_bar: Box::new(|ui, out| top_bar_ui(ui, map, now, demo, steward_open, desk_open, out)),
+        hall_bar: has_hall.then(|| -> Bar<'_> {
+            Box::new(|ui, _| {
+                if let Some(link) = desk.borrow().as_ref().and_then(|d| d.hall.as_ref()) {
+                    hall_bar_ui(ui, link, now_ms)
+                }
+            })
+        }),
+        kpi_strip: live
+            .is_some()
+            .then(|| -> Bar<'_> { Box::new(|ui, _| kpi_strip_ui(ui, &kpis.1)) }),
+        status_bar: Box::new(|ui, _| status_bar_ui(ui, map, stats, fps)),
+        side,
+        steward: match (steward_open, &live) {
+            (true, Some(live)) => Some(Box::new(move |ui, _| {
                 super::steward::steward_ui(
                     ui,
                     &live.feeds,
@@ -217,9 +254,17 @@ fn shell_ui(
                     &governance.reconciliation,
                     now_ms,
                 )
-            });
-    }
-    ui_input.view_rect = root.available_rect_before_wrap();
+            })),
+            _ => None,
+        },
+    };
+    let view = show_shell(ctx, &mut layout, content, &mut pending.0);
+    // The camera reads the cursor in the window's logical pixels.
+    let zoom = ctx.zoom_factor();
+    ui_input.view_rect = egui::Rect::from_min_max(
+        (view.min.to_vec2() * zoom).to_pos2(),
+        (view.max.to_vec2() * zoom).to_pos2(),
+    );
     ui_input.wants_pointer = ctx.egui_is_using_pointer() || ctx.is_pointer_over_egui();
     ui_input.wants_keyboard = ctx.egui_wants_keyboard_input();
     Ok(())
@@ -234,15 +279,19 @@ fn hall_bar_ui(ui: &mut egui::Ui, link: &super::desk::HallLink, now_ms: i64) {
                 .fill(theme::ALARM)
                 .inner_margin(egui::Margin::symmetric(8, 2))
                 .show(ui, |ui| {
-                    ui.label(
-                        egui::RichText::new(format!(
-                            "HALL {} — server unreachable 服务器不可达 since {} ({} s): last state shown, commands refused",
-                            link.hall,
-                            utc_clock_text(since / 1000),
-                            (now_ms - since).max(0) / 1000
-                        ))
-                        .color(egui::Color32::WHITE)
-                        .strong(),
+                    // Wraps by words on a narrow window rather than running off it.
+                    ui.add(
+                        egui::Label::new(
+                            egui::RichText::new(format!(
+                                "HALL {} — server unreachable 服务器不可达 since {} ({} s): last state shown, commands refused",
+                                link.hall,
+                                utc_clock_text(since / 1000),
+                                (now_ms - since).max(0) / 1000
+                            ))
+                            .color(egui::Color32::WHITE)
+                            .strong(),
+                        )
+                        .wrap(),
                     )
                 });
         }
@@ -270,7 +319,7 @@ fn hall_bar_ui(ui: &mut egui::Ui, link: &super::desk::HallLink, now_ms: i64) {
             );
             ui.label(egui::RichText::new(hub).color(theme::MUTED));
             if !consoles.is_empty() {
-                ui.label(format!("also here 同时在线: {consoles}"));
+                truncated_label(ui, format!("also here 同时在线: {consoles}"));
             }
         }
     });
@@ -281,42 +330,13 @@ pub fn top_bar_ui(
     map: &CityMap,
     unix_secs: i64,
     demo: bool,
+    steward_open: bool,
+    desk_open: bool,
     out: &mut Vec<UiCommand>,
 ) {
     ui.horizontal(|ui| {
-        ui.label(
-            egui::RichText::new("中枢 Zhongshu")
-                .heading()
-                .color(theme::ACCENT)
-                .strong(),
-        );
-        ui.separator();
-        ui.label(egui::RichText::new(&map.name).heading());
-        ui.separator();
-        if ui.button("Data steward 数据治理").clicked() {
-            out.push(UiCommand::ToggleSteward);
-        }
-        if ui.button("Dispatch 指挥调度").clicked() {
-            out.push(UiCommand::ToggleDesk);
-        }
-        if demo {
-            // Demo accounts and tokens are active: said wherever anyone looks.
-            egui::Frame::new()
-                .fill(theme::ALARM)
-                .inner_margin(egui::Margin::symmetric(8, 1))
-                .corner_radius(4)
-                .show(ui, |ui| {
-                    ui.label(
-                        egui::RichText::new("DEMO 演示")
-                            .color(egui::Color32::WHITE)
-                            .strong(),
-                    )
-                })
-                .response
-                .on_hover_text(
-                    "Demo accounts (published passphrase) and demo department tokens are active: not for operations. Run with --users and --dispatch.",
-                );
-        }
+        // The clock and the toggles are laid out first, from the right, so they always
+        // show whole; the title and the city's name take the room left and elide.
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             ui.add(
                 egui::Label::new(
@@ -326,6 +346,75 @@ pub fn top_bar_ui(
                 )
                 .extend(),
             );
+            ui.separator();
+            // Toggles that show whether their panel is open.
+            if ui.selectable_label(desk_open, "Dispatch 指挥调度").clicked() {
+                out.push(UiCommand::ToggleDesk);
+            }
+            if ui
+                .selectable_label(steward_open, "Data steward 数据治理")
+                .clicked()
+            {
+                out.push(UiCommand::ToggleSteward);
+            }
+            if demo {
+                // Demo accounts and tokens are active: said wherever anyone looks.
+                egui::Frame::new()
+                    .fill(theme::ALARM)
+                    .inner_margin(egui::Margin::symmetric(8, 1))
+                    .corner_radius(4)
+                    .show(ui, |ui| {
+                        ui.add(
+                            egui::Label::new(
+                                egui::RichText::new("DEMO 演示")
+                                    .color(egui::Color32::WHITE)
+                                    .strong(),
+                            )
+                            .extend(),
+                        )
+                    })
+                    .response
+                    .on_hover_text(
+                        "Demo accounts (published passphrase) and demo department tokens are active: not for operations. Run with --users and --dispatch.",
+                    );
+            }
+            ui.with_layout(egui::Layout::left_to_right(egui::Align::Center), |ui| {
+                ui.add(
+                    egui::Label::new(
+                        egui::RichText::new("中枢 Zhongshu")
+                            .heading()
+                            .color(theme::ACCENT)
+                            .strong(),
+                    )
+                    .truncate(),
+                );
+                ui.separator();
+                truncated_label(ui, egui::RichText::new(&map.name).heading());
+            });
+        });
+    });
+}
+
+/// A one-line label that elides to the room it has and shows its whole text on
+/// hover: for rows in bounded panels (titles, headlines, names), which must not
+/// widen their panel nor wrap a character per line.
+pub fn truncated_label(ui: &mut egui::Ui, text: impl Into<egui::WidgetText>) -> egui::Response {
+    ui.add(egui::Label::new(text).truncate())
+}
+
+/// A panel's title row: `buttons` laid out from the right edge first (a close button
+/// first of all), so they stay in the panel; the title elides in the room left.
+pub fn panel_header(
+    ui: &mut egui::Ui,
+    title: impl Into<egui::WidgetText>,
+    buttons: impl FnOnce(&mut egui::Ui),
+) {
+    ui.horizontal(|ui| {
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            buttons(ui);
+            ui.with_layout(egui::Layout::left_to_right(egui::Align::Center), |ui| {
+                truncated_label(ui, title);
+            });
         });
     });
 }
@@ -459,16 +548,13 @@ pub fn inspector_ui(ui: &mut egui::Ui, map: &CityMap, index: usize, out: &mut Ve
     let Some(b) = map.buildings.get(index) else {
         return;
     };
-    ui.horizontal(|ui| {
-        ui.heading("Building 建筑");
-        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-            if ui.button("×").clicked() {
-                out.push(UiCommand::ClearSelection);
-            }
-            if ui.button("Fly to 飞至").clicked() {
-                out.push(UiCommand::FlyToBuilding(index));
-            }
-        });
+    panel_header(ui, egui::RichText::new("Building 建筑").heading(), |ui| {
+        if ui.button("×").on_hover_text("Close 关闭").clicked() {
+            out.push(UiCommand::ClearSelection);
+        }
+        if ui.button("Fly to 飞至").clicked() {
+            out.push(UiCommand::FlyToBuilding(index));
+        }
     });
     if ui.button("Report incident here 在此上报").clicked() {
         out.push(UiCommand::ReportIncidentHere);
@@ -556,24 +642,55 @@ pub fn domain_label(d: Domain) -> &'static str {
     }
 }
 
-fn kpi_tile(ui: &mut egui::Ui, label: &str, value: String, colour: egui::Color32) {
-    ui.vertical(|ui| {
-        ui.label(egui::RichText::new(label).color(theme::MUTED).size(13.0));
-        ui.label(egui::RichText::new(value).size(26.0).strong().color(colour));
-    });
-    ui.add_space(18.0);
+/// KPI values are this share of the window's height: readable across a hall on a 4K
+/// wall, whatever the scale (a share of the height in points is the same share in pixels).
+pub const KPI_VALUE_SHARE: f32 = 0.03;
+
+/// The KPI value type size (points) on a window `screen_height` points tall.
+pub fn kpi_value_size(screen_height: f32) -> f32 {
+    (screen_height * KPI_VALUE_SHARE).clamp(22.0, 160.0)
 }
 
-/// Headline figures in large type, for the wall.
+/// One tile, measured first so that on a narrow window it moves to the next row whole
+/// instead of squeezing its text a character per line.
+fn kpi_tile(ui: &mut egui::Ui, label: &str, value: String, colour: egui::Color32, size: f32) {
+    let label = egui::RichText::new(label)
+        .color(theme::MUTED)
+        .size((size * 0.45).max(13.0));
+    let value = egui::RichText::new(value).size(size).strong().color(colour);
+    let one_line = |text: egui::RichText, ui: &egui::Ui| {
+        egui::WidgetText::from(text).into_galley(
+            ui,
+            Some(egui::TextWrapMode::Extend),
+            f32::INFINITY,
+            egui::TextStyle::Body,
+        )
+    };
+    let (label, value) = (one_line(label, ui), one_line(value, ui));
+    let tile = egui::vec2(
+        label.size().x.max(value.size().x),
+        label.size().y + ui.spacing().item_spacing.y + value.size().y,
+    );
+    ui.allocate_ui_with_layout(tile, egui::Layout::top_down(egui::Align::Min), |ui| {
+        ui.add(egui::Label::new(label).extend());
+        ui.add(egui::Label::new(value).extend());
+    });
+}
+
+/// Headline figures in large type, for the wall: sized to the window's height, in
+/// rows that wrap tile by tile on a narrow window.
 pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
+    let size = kpi_value_size(ui.ctx().viewport_rect().height());
     let dash = || "—".to_string();
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
+        ui.spacing_mut().item_spacing.x = (size * 0.7).max(18.0);
         kpi_tile(
             ui,
             "Road speed 路网均速",
             k.mean_road_speed_kmh
                 .map_or_else(dash, |v| format!("{v:.0} km/h")),
             theme::ACCENT,
+            size,
         );
         let congestion_colour = match k.congestion_index {
             Some(c) if c > 0.3 => theme::ALARM,
@@ -586,6 +703,7 @@ pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
             k.congestion_index
                 .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
             congestion_colour,
+            size,
         );
         let aqi_colour = k.mean_aqi.map_or(theme::MUTED, |a| {
             let [r, g, b] = [
@@ -603,6 +721,7 @@ pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
                 _ => dash(),
             },
             aqi_colour,
+            size,
         );
         kpi_tile(
             ui,
@@ -613,6 +732,7 @@ pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
             } else {
                 theme::GOOD
             },
+            size,
         );
         let load_colour = match k.hospital_load {
             Some(l) if l > 0.9 => theme::ALARM,
@@ -625,18 +745,37 @@ pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
             k.hospital_load
                 .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
             load_colour,
+            size,
         );
-        kpi_tile(ui, "Units 在途车辆", k.vehicles.to_string(), theme::ACCENT);
+        kpi_tile(
+            ui,
+            "Units 在途车辆",
+            k.vehicles.to_string(),
+            theme::ACCENT,
+            size,
+        );
         if !k.excluded.is_empty() {
             // Say what the figures leave out, so nobody reads them as everything.
             let e = &k.excluded;
-            ui.label(
-                egui::RichText::new(format!(
-                    "excludes {} stale, {} quarantined, {} reported twice 不含过期/隔离/重复",
-                    e.stale, e.quarantined, e.duplicates
-                ))
-                .color(theme::MUTED)
-                .size(13.0),
+            let note = egui::RichText::new(format!(
+                "excludes {} stale, {} quarantined, {} reported twice 不含过期/隔离/重复",
+                e.stale, e.quarantined, e.duplicates
+            ))
+            .color(theme::MUTED)
+            .size((size * 0.45).max(13.0));
+            let galley = egui::WidgetText::from(note.clone()).into_galley(
+                ui,
+                Some(egui::TextWrapMode::Extend),
+                f32::INFINITY,
+                egui::TextStyle::Body,
+            );
+            // Its own row when the tiles leave too little; elided only on a window
+            // narrower than the note itself.
+            let width = galley.size().x.min(ui.max_rect().width());
+            ui.allocate_ui_with_layout(
+                egui::vec2(width, galley.size().y),
+                egui::Layout::left_to_right(egui::Align::Min),
+                |ui| truncated_label(ui, note),
             );
         }
     });
@@ -925,16 +1064,13 @@ pub fn entity_inspector_ui(
     let Some(e): Option<&LiveEntity> = state.entity(slot) else {
         return;
     };
-    ui.horizontal(|ui| {
-        ui.heading(&e.entity_type);
-        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-            if ui.button("×").clicked() {
-                out.push(UiCommand::ClearSelection);
-            }
-            if ui.button("Fly to 飞至").clicked() {
-                out.push(UiCommand::FlyToEntity(slot));
-            }
-        });
+    panel_header(ui, egui::RichText::new(&e.entity_type).heading(), |ui| {
+        if ui.button("×").on_hover_text("Close 关闭").clicked() {
+            out.push(UiCommand::ClearSelection);
+        }
+        if ui.button("Fly to 飞至").clicked() {
+            out.push(UiCommand::FlyToEntity(slot));
+        }
     });
     if let Some(name) = e.fields.get("name").and_then(FieldValue::as_str) {
         ui.label(egui::RichText::new(name).size(18.0).color(theme::ACCENT));
@@ -1079,6 +1215,7 @@ fn apply_ui_commands(
                 selection.entity = None;
             }
             UiCommand::ToggleSteward => governance.steward_open = !governance.steward_open,
+            UiCommand::CloseSteward => governance.steward_open = false,
             UiCommand::SetDomain(domain, on) => {
                 domains.0.insert(domain, on);
             }
