@@ -432,3 +432,228 @@ pub fn bench_sim(vehicles: usize, seconds: u32) -> Result<SimBenchReport, map::M
         times_real_time: seconds as f64 / wall,
     })
 }
+
+/// Resident memory of this process now, in bytes (Linux `/proc/self/statm`).
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * if page > 0 { page as u64 } else { 4096 })
+}
+
+/// What `zhongshu bench soak` runs: the default city's simulated sub-brains through the
+/// app's core pipeline, at simulated time.
+#[derive(Clone, Debug)]
+pub struct SoakOptions {
+    pub simulated_hours: f64,
+    /// A sample every this many simulated minutes.
+    pub sample_every_min: f64,
+    pub seed: u64,
+}
+
+/// One sample of a soak.
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakSample {
+    pub simulated_h: f64,
+    pub wall_s: f64,
+    pub rss_mb: f64,
+    /// Entities in the live state.
+    pub entities: usize,
+    /// Slots the live state holds, live or freed (what its tables are sized by).
+    pub state_slots: usize,
+    /// Updates received and not yet applied.
+    pub ingest_backlog: usize,
+    /// Conflicts of the last reconciliation pass.
+    pub conflicts: usize,
+    /// Incidents the alert de-duplication remembers.
+    pub alert_keys: usize,
+}
+
+/// Result of `zhongshu bench soak`.
+#[derive(Debug, Serialize)]
+pub struct SoakReport {
+    pub simulated_hours: f64,
+    pub wall_s: f64,
+    pub times_real_time: f64,
+    pub updates_applied: u64,
+    pub samples: Vec<SoakSample>,
+    /// Least-squares slope of resident memory over simulated time, after the first
+    /// tenth of the run (start-up allocations): MB per simulated hour.
+    pub rss_mb_per_hour: f64,
+    pub rss_mb_per_day: f64,
+    /// The same for the live state's slots: slots per simulated hour.
+    pub state_slots_per_hour: f64,
+}
+
+/// Least-squares slope of `y` over `x`; 0 for fewer than two points.
+pub fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), (x, y)| {
+        (num + (x - mx) * (y - my), den + (x - mx) * (x - mx))
+    });
+    if den == 0.0 { 0.0 } else { num / den }
+}
+
+/// Runs the default city headless at simulated time, the way the app does each frame:
+/// the simulator publishing every sub-brain at its cadence, the ingest (quality, health,
+/// snapshots, expiry) into the live state, the scene draining changes, reconciliation
+/// every 2 s, the KPIs every second and the alerts' de-duplication. Calls `progress`
+/// with each sample.
+pub fn bench_soak(
+    options: &SoakOptions,
+    mut progress: impl FnMut(&SoakSample),
+) -> Result<SoakReport, map::MapError> {
+    use crate::feeds::poll::FeedEvent;
+    use crate::feeds::{Decoded, sim_source};
+    use crate::governance::reconcile::{ReconcileInput, reconcile_input};
+
+    let city = map::load_default()?;
+    let feeds = sim_source::default_sim_feeds();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rules = crate::governance::quality::QualityRules::for_city(city.bbox_wgs84);
+    let mut ingest = crate::feeds::health::Ingest::with_rules(&feeds, rx, rules);
+    let mut state = crate::state::LiveState::new(city.frame);
+    let mut config = crate::sim::SimConfig::for_map(&city);
+    config.seed = options.seed;
+    let start = 1_795_946_400_000i64;
+    let mut sim = crate::sim::Simulator::new(&city, config, start);
+    let mut dedup = crate::dispatch::alerts::AlertDedup::new();
+    let mut winner_of = Default::default();
+    let mut conflicts = 0;
+    let mut next_due = vec![start; feeds.len()];
+    let mut updates_applied = 0u64;
+    let end = start + (options.simulated_hours * 3_600_000.0) as i64;
+    let sample_every = ((options.sample_every_min * 60_000.0) as i64).max(1000);
+    let mut next_sample = start;
+    let mut samples = Vec::new();
+    let wall = Instant::now();
+    let mut now = start;
+    while now <= end {
+        sim.advance(now);
+        for (i, feed) in feeds.iter().enumerate() {
+            if now < next_due[i] {
+                continue;
+            }
+            next_due[i] = now + ((feed.interval_s * 1000.0) as i64).max(100);
+            let updates = sim.snapshot(feed.domain);
+            let batch = FeedEvent::Batch {
+                feed: i as u32,
+                decoded: Decoded {
+                    updates,
+                    rejects: Vec::new(),
+                },
+                received_at_ms: now,
+            };
+            let done = FeedEvent::PollOk {
+                feed: i as u32,
+                at_ms: now,
+                not_modified: false,
+                complete: true,
+                bytes: 0,
+            };
+            tx.send(batch).and_then(|_| tx.send(done)).ok();
+        }
+        updates_applied += ingest.pump(&mut state, usize::MAX) as u64;
+        ingest.expire(&mut state, now);
+        for slot in state.drain_changed() {
+            let Some(e) = state.entity(slot) else {
+                continue;
+            };
+            if e.entity_type == "Alert" {
+                let feed = &feeds[e.feed as usize].name;
+                if let Some(alert) = crate::dispatch::alerts::from_ngsi_ld(&e.to_update(), feed) {
+                    dedup.observe(&alert);
+                }
+            }
+        }
+        if (now - start) % 2000 == 0 {
+            let r = reconcile_input(&ReconcileInput::from_state(&state, now), &feeds, now);
+            conflicts = r.conflict_count;
+            winner_of = r.winner_of;
+        }
+        let kpis = crate::state::kpi::CityKpis::compute(&state, &winner_of, now);
+        std::hint::black_box(kpis);
+        if now >= next_sample {
+            next_sample += sample_every;
+            let sample = SoakSample {
+                simulated_h: (now - start) as f64 / 3_600_000.0,
+                wall_s: wall.elapsed().as_secs_f64(),
+                rss_mb: rss_bytes().unwrap_or(0) as f64 / 1e6,
+                entities: state.len(),
+                state_slots: state.slot_count(),
+                ingest_backlog: ingest.backlog(),
+                conflicts,
+                alert_keys: dedup.len(),
+            };
+            progress(&sample);
+            samples.push(sample);
+        }
+        now += 1000;
+    }
+    let wall_s = wall.elapsed().as_secs_f64();
+    let settled: Vec<&SoakSample> = samples
+        .iter()
+        .filter(|s| s.simulated_h >= options.simulated_hours / 10.0)
+        .collect();
+    let per_hour = |f: &dyn Fn(&SoakSample) -> f64| {
+        slope(
+            &settled
+                .iter()
+                .map(|s| (s.simulated_h, f(s)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let rss_mb_per_hour = per_hour(&|s| s.rss_mb);
+    Ok(SoakReport {
+        simulated_hours: options.simulated_hours,
+        wall_s,
+        times_real_time: options.simulated_hours * 3600.0 / wall_s,
+        updates_applied,
+        rss_mb_per_hour,
+        rss_mb_per_day: rss_mb_per_hour * 24.0,
+        state_slots_per_hour: per_hour(&|s| s.state_slots as f64),
+        samples,
+    })
+}
+
+#[cfg(test)]
+mod soak_tests {
+    use super::*;
+
+    #[test]
+    fn the_slope_of_a_line_is_its_gradient() {
+        let line: Vec<(f64, f64)> = (0..10).map(|x| (x as f64, 3.0 + 0.5 * x as f64)).collect();
+        assert!((slope(&line) - 0.5).abs() < 1e-12);
+        assert_eq!(slope(&[(1.0, 5.0), (2.0, 5.0), (3.0, 5.0)]), 0.0);
+        assert_eq!(slope(&[(1.0, 5.0)]), 0.0);
+    }
+
+    #[test]
+    fn a_soak_samples_memory_and_the_live_state_of_the_default_city() {
+        let options = SoakOptions {
+            simulated_hours: 0.05,
+            sample_every_min: 1.0,
+            seed: 1,
+        };
+        let mut seen = 0;
+        let report = bench_soak(&options, |_| seen += 1).unwrap();
+        // A sample at the start and after each simulated minute.
+        assert_eq!(report.samples.len(), 4);
+        assert_eq!(seen, 4);
+        assert!(report.updates_applied > 0);
+        let last = report.samples.last().unwrap();
+        assert!(last.rss_mb > 0.0);
+        // Every sub-brain's entities are in, and the pump keeps up.
+        assert!(last.entities > 1000, "{last:?}");
+        assert_eq!(last.ingest_backlog, 0);
+        assert!(last.state_slots >= last.entities);
+        assert!(report.rss_mb_per_hour.is_finite());
+    }
+}

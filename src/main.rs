@@ -290,6 +290,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 600)]
         seconds: u32,
     },
+    /// The default city's sub-brains through the core pipeline at simulated time,
+    /// headless: resident memory and the live collections, sampled, with their slopes.
+    Soak {
+        /// Simulated hours.
+        #[arg(long, default_value_t = 24.0)]
+        hours: f64,
+        /// A sample every this many simulated minutes.
+        #[arg(long, default_value_t = 30.0)]
+        every_min: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Frame-side CPU cost of live markers in a headless bevy app.
     Markers {
         #[arg(long, default_value_t = 50_000)]
@@ -991,6 +1003,25 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&bench::bench_reconcile(entities, at_one_point))?
             );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Soak {
+            hours,
+            every_min,
+            seed,
+        }) => {
+            let options = bench::SoakOptions {
+                simulated_hours: hours,
+                sample_every_min: every_min,
+                seed,
+            };
+            let report = bench::bench_soak(&options, |s| {
+                eprintln!(
+                    "{:6.2} h simulated, {:7.1} s: {:7.1} MB, {} entities, {} slots",
+                    s.simulated_h, s.wall_s, s.rss_mb, s.entities, s.state_slots
+                )
+            })?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Bench(BenchCommand::Sim { vehicles, seconds }) => {

@@ -79,7 +79,7 @@ mod tests {
     fn glyph(ctx: &egui::Context, c: char, font: &FontId) -> Glyph {
         ctx.fonts_mut(|f| {
             let galley = f.layout_no_wrap(c.to_string(), font.clone(), Color32::WHITE);
-            galley.rows[0].glyphs[0].clone()
+            galley.rows[0].glyphs[0]
         })
     }
 

@@ -164,6 +164,12 @@ impl LiveState {
         self.live == 0
     }
 
+    /// Slots handed out so far, live or freed (a slot is never reused): what the
+    /// state's tables, and the scene's per-slot tables, are sized by.
+    pub fn slot_count(&self) -> usize {
+        self.entities.len()
+    }
+
     /// The entity in `slot`; `None` for a slot never used or whose entity was removed.
     pub fn entity(&self, slot: Slot) -> Option<&LiveEntity> {
         self.entities.get(slot as usize)?.as_ref()
