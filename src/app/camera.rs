@@ -10,12 +10,14 @@ use bevy::window::PrimaryWindow;
 use super::desk::Desk;
 use super::desk_ui::DeskCommand;
 use super::layers::markers::LiveMarker;
-use super::layers::pick::{Click, Shape, Target, pick};
-use super::live::DomainVisibility;
+use super::layers::pick::{Click, Shape, Target, distance_to_line, pick};
+use super::layers::traffic::ribbon_width_m;
+use super::live::{DomainVisibility, Live};
 use super::scene::LayerVisibility;
 use super::ui::UiInput;
 use super::{AppSystems, City, Selection, theme};
 use crate::dispatch::book::Incident;
+use crate::feeds::EntityKind;
 use crate::map::mesh::{self, MapLayer};
 use bevy::math::Affine3A;
 
@@ -71,6 +73,58 @@ pub struct CameraRig {
     pub max_distance: f32,
     /// Saved views, by name.
     pub bookmarks: Vec<(String, RigPose)>,
+    /// The part of the window the map shows (no panel over it) and the window's size,
+    /// in logical pixels, as of last frame; `None` until the first frame.
+    pub map_view: Option<MapView>,
+    /// The city's corners on the ground (world), for framing it.
+    city_corners: [Vec3; 4],
+}
+
+/// The visible map area: `rect` of a window `window` pixels wide and tall.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MapView {
+    pub rect: Rect,
+    pub window: Vec2,
+}
+
+impl MapView {
+    /// The map area from what the panels leave (`UiInput::view_rect`, logical pixels),
+    /// within the window; `None` when nothing of the map shows.
+    pub fn new(free: Rect, window: Vec2) -> Option<Self> {
+        let rect = free.intersect(Rect::from_corners(Vec2::ZERO, window));
+        (rect.width() >= 1.0 && rect.height() >= 1.0).then_some(MapView { rect, window })
+    }
+}
+
+/// Where a world point shows in a `window`-sized view from `pose` (logical pixels);
+/// `None` when it is behind the camera.
+pub fn project(pose: &RigPose, p: Vec3, window: Vec2) -> Option<Vec2> {
+    let eye = pose.eye();
+    let look = Transform::from_translation(eye).looking_at(pose.focus, Vec3::Y);
+    let c = look.rotation.inverse() * (p - eye);
+    if c.z > -1e-3 {
+        return None;
+    }
+    let tan = (FOV_Y * 0.5).tan();
+    let ndc = Vec2::new(c.x / (-c.z * tan * window.x / window.y), c.y / (-c.z * tan));
+    Some(Vec2::new(
+        (ndc.x + 1.0) * 0.5 * window.x,
+        (1.0 - ndc.y) * 0.5 * window.y,
+    ))
+}
+
+/// Where the ray through pixel `px` of a `window`-sized view from `pose` meets the
+/// ground (y = 0), if it does.
+pub fn ground_at(pose: &RigPose, px: Vec2, window: Vec2) -> Option<Vec3> {
+    let eye = pose.eye();
+    let look = Transform::from_translation(eye).looking_at(pose.focus, Vec3::Y);
+    let tan = (FOV_Y * 0.5).tan();
+    let ndc = Vec2::new(px.x / window.x * 2.0 - 1.0, 1.0 - px.y / window.y * 2.0);
+    let dir = look.rotation * Vec3::new(ndc.x * tan * window.x / window.y, ndc.y * tan, -1.0);
+    if dir.y > -1e-6 {
+        return None;
+    }
+    Some(eye + dir * (-eye.y / dir.y))
 }
 
 impl CameraRig {
@@ -79,7 +133,9 @@ impl CameraRig {
         let [min_e, min_n, max_e, max_n] = local.map(|v| v as f32);
         let centre = Vec3::new((min_e + max_e) * 0.5, 0.0, -(min_n + max_n) * 0.5);
         let extent = (max_e - min_e).max(max_n - min_n).max(200.0);
-        let margin = extent * 0.25;
+        // Half a city beyond its edge: with panels over part of the window, the whole
+        // city is framed in the rest by a focus off its centre.
+        let margin = extent * 0.5;
         let home = RigPose {
             focus: centre,
             yaw: 0.35,
@@ -98,7 +154,53 @@ impl CameraRig {
             ],
             max_distance: extent * 3.0,
             bookmarks: Vec::new(),
+            map_view: None,
+            city_corners: [
+                Vec3::new(min_e, 0.0, -min_n),
+                Vec3::new(max_e, 0.0, -min_n),
+                Vec3::new(max_e, 0.0, -max_n),
+                Vec3::new(min_e, 0.0, -max_n),
+            ],
         }
+    }
+
+    /// The whole city framed in the visible map area: far enough back that it fits the
+    /// area's narrower side, and moved so that its centre is the area's centre.
+    pub fn home_in(&self, view: &MapView) -> RigPose {
+        // Share of the area's half-width and half-height the city may reach.
+        const FILL: f32 = 0.95;
+        let centre_px = view.rect.center();
+        let half = view.rect.half_size() * FILL;
+        let mut pose = self.home;
+        let centre = |pose: &mut RigPose| {
+            // Moving the focus moves the ground under every pixel by the same vector.
+            if let Some(under) = ground_at(pose, centre_px, view.window) {
+                pose.focus += self.home.focus - under;
+                pose.focus.y = 0.0;
+            }
+        };
+        // Perspective: the city's size on screen goes as 1/distance, near enough that
+        // a few rounds settle it.
+        for _ in 0..6 {
+            centre(&mut pose);
+            let reach = self.city_corners.iter().try_fold(0.0f32, |reach, &corner| {
+                let p = project(&pose, corner, view.window)?;
+                let d = (p - centre_px).abs() / half;
+                Some(reach.max(d.x).max(d.y))
+            });
+            let scale = reach.unwrap_or(2.0).clamp(0.25, 4.0);
+            pose.distance = (pose.distance * scale).clamp(MIN_DISTANCE_M, self.max_distance);
+        }
+        centre(&mut pose);
+        pose
+    }
+
+    /// The ground point at the centre of the visible map area, where the camera is
+    /// going: "the view centre" when panels cover part of the window.
+    pub fn map_centre(&self) -> Vec3 {
+        self.map_view
+            .and_then(|v| ground_at(&self.goal, v.rect.center(), v.window))
+            .map_or(self.goal.focus, |p| Vec3::new(p.x, 0.0, p.z))
     }
 
     /// Keeps the goal inside the limits.
@@ -118,8 +220,13 @@ impl CameraRig {
         self.clamp_goal();
     }
 
+    /// Back to the whole city, framed in the visible map area.
     pub fn reset(&mut self) {
-        self.goal = self.home;
+        self.goal = match &self.map_view {
+            Some(view) => self.home_in(view),
+            None => self.home,
+        };
+        self.clamp_goal();
     }
 
     /// Advances the pose toward the goal.
@@ -171,6 +278,8 @@ struct DragState {
 const PICK_TOLERANCE_PX: f32 = 6.0;
 /// Incidents drawn as pins at most (as `desk_pins` draws them).
 const MAX_PINS: usize = 300;
+/// Height of the traffic ribbons above the ground.
+const TRAFFIC_Y: f32 = mesh::ROAD_Y + 0.2;
 
 pub(super) fn plugin(app: &mut App) {
     app.init_resource::<DragState>()
@@ -181,7 +290,9 @@ pub(super) fn plugin(app: &mut App) {
                 (mouse_controls, pick_on_click, keyboard_controls)
                     .chain()
                     .in_set(AppSystems::Input),
-                apply_rig.in_set(AppSystems::SyncScene),
+                (track_map_view, apply_rig)
+                    .chain()
+                    .in_set(AppSystems::SyncScene),
             ),
         );
 }
@@ -201,6 +312,27 @@ fn spawn_camera(mut commands: Commands, rig: Res<CameraRig>) {
         Tonemapping::None,
         Transform::from_translation(rig.pose.eye()).looking_at(rig.pose.focus, Vec3::Y),
     ));
+}
+
+/// Keeps the rig's idea of the visible map area current (what the panels leave).
+fn track_map_view(
+    ui: Res<UiInput>,
+    window: Query<&Window, With<PrimaryWindow>>,
+    mut rig: ResMut<CameraRig>,
+) {
+    let Ok(window) = window.single() else { return };
+    let view = MapView::new(
+        Rect::new(
+            ui.view_rect.min.x,
+            ui.view_rect.min.y,
+            ui.view_rect.max.x,
+            ui.view_rect.max.y,
+        ),
+        Vec2::new(window.width(), window.height()),
+    );
+    if rig.map_view != view {
+        rig.map_view = view;
+    }
 }
 
 fn apply_rig(
@@ -289,6 +421,7 @@ fn pick_on_click(
     rig: Res<CameraRig>,
     mut selection: ResMut<Selection>,
     mut desk: Option<ResMut<Desk>>,
+    live: Option<Res<Live>>,
 ) {
     let Some(cursor) = drag.click else { return };
     let Ok((cam, cam_tf)) = camera.single() else {
@@ -333,7 +466,20 @@ fn pick_on_click(
     } else {
         None
     };
-    match (building, picked.map(|p| p.what)) {
+    // Nothing drawn above the ground: a road segment a traffic feed reports, under
+    // the click (within its half width and the tolerance).
+    let picked = picked.map(|p| p.what).or_else(|| {
+        if building.is_some() {
+            return None;
+        }
+        let live = live.as_deref()?;
+        let t = ray.intersect_plane(Vec3::Y * TRAFFIC_Y, InfinitePlane3d::new(Vec3::Y))?;
+        let ground = ray.get_point(t);
+        let [e, n] = crate::geo_frame::local_from_world(ground.x, ground.z);
+        let slack_m = (PICK_TOLERANCE_PX * click.metres_per_px_per_m * t) as f64;
+        road_segment_at(live, &domains, &city, [e, n], slack_m).map(Picks::Entity)
+    });
+    match (building, picked) {
         (None, Some(Picks::Entity(slot))) => {
             selection.entity = Some(slot);
             selection.building = None;
@@ -351,6 +497,40 @@ fn pick_on_click(
             selection.entity = None;
         }
     }
+}
+
+/// The traffic segment (of a shown sub-brain) whose ribbon is under a ground point,
+/// within `slack_m` beyond its half width; the nearest one.
+fn road_segment_at(
+    live: &Live,
+    domains: &DomainVisibility,
+    city: &City,
+    at: [f64; 2],
+    slack_m: f64,
+) -> Option<u32> {
+    // Segments are indexed by their first point: take enough neighbours that a long
+    // segment passing under the click is among them.
+    live.state
+        .nearest(at[0], at[1], 48)
+        .into_iter()
+        .filter_map(|slot| {
+            let e = live.state.entity(slot)?;
+            let line = e.line.as_ref()?;
+            if !matches!(e.kind, EntityKind::TrafficFlow { .. })
+                || !domains.is_visible(live.domain_of(e.feed)?)
+            {
+                return None;
+            }
+            let local: Vec<[f64; 2]> = line
+                .iter()
+                .map(|&[lon, lat]| city.map.frame.local_from_wgs84(lon, lat))
+                .collect();
+            let d = distance_to_line(at, &local);
+            let half_width = ribbon_width_m(e, &city.map) as f64 * 0.5;
+            (d <= half_width + slack_m).then_some((slot, d))
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(slot, _)| slot)
 }
 
 /// What a click can pick besides a building.
@@ -516,7 +696,8 @@ mod tests {
             f.x >= min_x - 1.0 && f.x <= max_x + 1.0 && f.z >= min_z - 1.0 && f.z <= max_z + 1.0,
             "{f:?}"
         );
-        assert!(max_x <= 2000.0 * 1.5, "bounds stay near the city");
+        // Half a city of margin (framing the city beside panels needs that), no more.
+        assert!(max_x <= 2000.0 + 4000.0 * 0.5, "bounds stay near the city");
     }
 
     #[test]
@@ -539,5 +720,77 @@ mod tests {
             r.step(0.016);
         }
         assert!(r.pose.focus.distance(Vec3::ZERO) < 1.0);
+    }
+
+    /// 1600×900 with the layer panel on the left, desk and inspector on the right,
+    /// top bars and the status bar: a 560 × 765 px map area left of centre.
+    fn covered() -> MapView {
+        MapView::new(
+            Rect::new(270.0, 110.0, 830.0, 875.0),
+            Vec2::new(1600.0, 900.0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn whole_city_is_framed_in_the_map_area_the_panels_leave() {
+        let mut r = rig();
+        let view = covered();
+        r.map_view = Some(view);
+        r.reset();
+        let pose = r.goal;
+        // The city's centre shows at the map area's centre, not behind the desk.
+        let centre = project(&pose, Vec3::ZERO, view.window).unwrap();
+        assert!(
+            centre.distance(view.rect.center()) < 2.0,
+            "city centre at {centre}, area centre {}",
+            view.rect.center()
+        );
+        // Every corner of the city is inside the area, and the city fills it.
+        let mut reach = 0.0f32;
+        for &corner in &r.city_corners {
+            let p = project(&pose, corner, view.window).unwrap();
+            assert!(
+                view.rect.contains(p),
+                "corner {corner} at {p}, area {:?}",
+                view.rect
+            );
+            let d = (p - view.rect.center()).abs() / view.rect.half_size();
+            reach = reach.max(d.x).max(d.y);
+        }
+        assert!(
+            reach > 0.9,
+            "the city fills only {:.0}% of the area",
+            reach * 100.0
+        );
+        // The old reset framed it in the whole window: centred behind the panels.
+        let old = project(&r.home, Vec3::ZERO, view.window).unwrap();
+        assert!(!view.rect.contains(old) || old.distance(view.rect.center()) > 100.0);
+    }
+
+    #[test]
+    fn the_view_centre_is_the_ground_under_the_map_area_centre() {
+        let mut r = rig();
+        // Without panels it is the focus.
+        assert!(r.map_centre().distance(r.goal.focus) < 1e-3);
+        let view = covered();
+        r.map_view = Some(view);
+        let c = r.map_centre();
+        let p = project(&r.goal, c, view.window).unwrap();
+        assert!(p.distance(view.rect.center()) < 1.0, "{p}");
+        assert!(c.distance(r.goal.focus) > 100.0, "not the window's centre");
+    }
+
+    #[test]
+    fn ground_at_and_project_agree() {
+        let r = rig();
+        let window = Vec2::new(1600.0, 900.0);
+        let focus_px = project(&r.home, r.home.focus, window).unwrap();
+        assert!(focus_px.distance(window / 2.0) < 0.5, "{focus_px}");
+        for px in [Vec2::new(100.0, 800.0), Vec2::new(1500.0, 300.0)] {
+            let g = ground_at(&r.home, px, window).unwrap();
+            let back = project(&r.home, g, window).unwrap();
+            assert!(back.distance(px) < 0.5, "{px} → {g} → {back}");
+        }
     }
 }

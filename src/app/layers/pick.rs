@@ -159,6 +159,29 @@ pub fn ray_segment_distance(o: Vec3, d: Vec3, a: Vec3, b: Vec3) -> (f32, f32) {
     ((o + d * t).distance(q), t)
 }
 
+/// Distance from a point to a polyline (local metres).
+pub fn distance_to_line(p: [f64; 2], line: &[[f64; 2]]) -> f64 {
+    let point = |a: [f64; 2]| (p[0] - a[0]).hypot(p[1] - a[1]);
+    match line {
+        [] => f64::INFINITY,
+        [a] => point(*a),
+        _ => line
+            .windows(2)
+            .map(|w| {
+                let ([ax, ay], [bx, by]) = (w[0], w[1]);
+                let (ux, uy) = (bx - ax, by - ay);
+                let len2 = ux * ux + uy * uy;
+                let s = if len2 > 0.0 {
+                    (((p[0] - ax) * ux + (p[1] - ay) * uy) / len2).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                (p[0] - (ax + ux * s)).hypot(p[1] - (ay + uy * s))
+            })
+            .fold(f64::INFINITY, f64::min),
+    }
+}
+
 /// Something drawn that a click may pick.
 #[derive(Clone, Debug)]
 pub struct Target<T> {
@@ -358,6 +381,14 @@ mod tests {
         assert_eq!((p.what, p.exact), (1, false));
         assert_eq!(pick(&beside(9.5), &cars).map(|p| p.what), Some(2));
         assert!(pick(&beside(30.0), &cars[..1]).is_none());
+    }
+
+    #[test]
+    fn a_click_on_a_long_road_segment_is_near_it_far_from_its_ends() {
+        let road = [[0.0, 0.0], [400.0, 0.0], [400.0, 300.0]];
+        assert!((distance_to_line([200.0, 3.0], &road) - 3.0).abs() < 1e-9);
+        assert!((distance_to_line([404.0, 150.0], &road) - 4.0).abs() < 1e-9);
+        assert!((distance_to_line([-30.0, 40.0], &road) - 50.0).abs() < 1e-9);
     }
 
     #[test]

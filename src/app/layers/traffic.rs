@@ -112,6 +112,15 @@ pub fn speed_ratio(entity: &crate::state::LiveEntity) -> Option<f32> {
     }
 }
 
+/// How wide a segment's ribbon is drawn: the road's own width when the segment is one
+/// of the map's roads, else 8 m.
+pub fn ribbon_width_m(e: &crate::state::LiveEntity, map: &crate::map::CityMap) -> f32 {
+    e.id.rsplit_once("road-")
+        .and_then(|(_, n)| n.parse::<usize>().ok())
+        .and_then(|i| map.roads.get(i))
+        .map_or(8.0, |r| r.width_m.max(5.0))
+}
+
 /// A road segment no feed reports any more (the trust overlay's grey).
 const NO_DATA_SRGB: u32 = 0x5A6270;
 
@@ -186,12 +195,7 @@ fn update_traffic(
                 (x, y)
             })
             .collect();
-        // Match the road's own width when the segment is one of the map's roads.
-        let width =
-            e.id.rsplit_once("road-")
-                .and_then(|(_, n)| n.parse::<usize>().ok())
-                .and_then(|i| city.map.roads.get(i))
-                .map_or(8.0, |r| r.width_m.max(5.0));
+        let width = ribbon_width_m(e, &city.map);
         let key = [
             (local[0].0 / CHUNK_SIZE_M).floor() as i32,
             (local[0].1 / CHUNK_SIZE_M).floor() as i32,
