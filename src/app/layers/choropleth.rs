@@ -169,3 +169,75 @@ fn choropleth_visibility(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::bench_markers::{apply_updates, headless_live_app};
+    use crate::feeds::{EntityKind, EntityUpdate, FieldValue};
+
+    fn ring(frame: &crate::geo_frame::GeoFrame, id: &str, kind: EntityKind) -> EntityUpdate {
+        let line: Vec<[f64; 2]> = [
+            (0.0, 0.0),
+            (80.0, 0.0),
+            (80.0, 80.0),
+            (0.0, 80.0),
+            (0.0, 0.0),
+        ]
+        .iter()
+        .map(|&(e, n)| frame.wgs84_from_local(e, n))
+        .collect();
+        EntityUpdate {
+            id: id.into(),
+            entity_type: "Test".into(),
+            kind,
+            position: Some(line[0]),
+            line: Some(line),
+            observed_at_ms: Some(0),
+            fields: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_roundabout_in_a_traffic_feed_never_makes_an_empty_choropleth_mesh() {
+        // An empty mesh is what made bevy log "Use-after-free" twice per traffic
+        // update: a closed road segment counted as an area, and no area had figures.
+        let mut app = headless_live_app();
+        app.init_resource::<ChoroplethLayer>()
+            .add_systems(Update, update_choropleth.in_set(AppSystems::SyncScene));
+        let frame = app.world().resource::<City>().map.frame;
+        let roundabout = EntityKind::TrafficFlow {
+            average_speed_kmh: Some(20.0),
+            intensity: None,
+            occupancy: None,
+            congested: None,
+        };
+        for _ in 0..3 {
+            apply_updates(
+                &mut app,
+                0,
+                [ring(&frame, "roundabout", roundabout.clone())],
+            );
+            app.update();
+        }
+        let meshes = app.world().resource::<Assets<Mesh>>();
+        assert_eq!(meshes.len(), 0, "a mesh for no area");
+        assert!(app.world().resource::<ChoroplethLayer>().entity.is_none());
+
+        // A real area with figures is drawn.
+        let mut area = ring(&frame, "cell-1", EntityKind::Generic);
+        area.fields
+            .insert(INDICATOR.into(), FieldValue::Number(1200.0));
+        let economy = crate::feeds::Domain::ALL
+            .iter()
+            .position(|&d| d == crate::feeds::Domain::Economy)
+            .unwrap() as u32;
+        apply_updates(&mut app, economy, [area]);
+        app.update();
+        let layer = app.world().resource::<ChoroplethLayer>();
+        assert_eq!(layer.areas, 1);
+        let handle = layer.mesh.clone().expect("the area's mesh");
+        let mesh = app.world().resource::<Assets<Mesh>>().get(&handle).unwrap();
+        assert!(mesh.count_vertices() > 0);
+    }
+}
