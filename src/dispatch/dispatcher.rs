@@ -30,7 +30,8 @@ impl DispatchError {
     }
 }
 
-/// An event another writer of the hall appended, as this dispatcher took it in.
+/// An event as this dispatcher took it in, with who wrote it: one another writer of
+/// the hall appended, or (in the journal) any event applied to the book.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Foreign {
     pub event: Event,
@@ -84,10 +85,21 @@ pub struct Dispatcher {
     /// Events other writers appended, taken in but not yet collected by
     /// [`Dispatcher::take_foreign`].
     foreign: Vec<Foreign>,
+    /// Every event applied to the book since the last [`Dispatcher::take_journal`],
+    /// own and foreign, when kept: a view elsewhere (the console's frame) applies
+    /// them to its own copy of the book and shows exactly this state.
+    journal: Option<Vec<Foreign>>,
 }
 
 /// Most foreign events kept uncollected (a console that never collects them).
 const MAX_FOREIGN: usize = 100_000;
+
+/// Most events in one commit of a group (a clock tick with many overdue orders):
+/// many events, one fsync.
+pub const GROUP_MAX_EVENTS: usize = 512;
+/// Most bytes of payload in one commit of a group: a hall's commit is one message,
+/// well under the server's default payload limit (1 MiB).
+pub const GROUP_MAX_BYTES: usize = 256 * 1024;
 
 impl Dispatcher {
     /// Opens (or creates) the log at `path` and rebuilds the book from it. Reading and
@@ -170,7 +182,38 @@ impl Dispatcher {
             log,
             opened,
             foreign: Vec::new(),
+            journal: None,
         })
+    }
+
+    /// Keeps every event applied from now on for [`Dispatcher::take_journal`].
+    pub fn keep_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The events applied since the last call, in order, with who wrote them.
+    pub fn take_journal(&mut self) -> Vec<Foreign> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn journal_events(&mut self, events: &[Event], at_ms: i64, actor: &Actor) {
+        let shared = self.log.shared();
+        if let Some(journal) = &mut self.journal {
+            journal.extend(
+                events
+                    .iter()
+                    .filter(|e| taken_in(shared, e, Some(actor.role)))
+                    .map(|e| Foreign {
+                        event: e.clone(),
+                        at_ms,
+                        operator: actor.name.clone(),
+                        role: actor.role,
+                    }),
+            );
+        }
     }
 
     pub fn book(&self) -> &Book {
@@ -225,6 +268,7 @@ impl Dispatcher {
                 .append_all(now_ms, &actor.name, actor.role.as_str(), &rows)
             {
                 Ok(()) => {
+                    self.journal_events(&events, now_ms, actor);
                     let shared = self.log.shared();
                     for e in &events {
                         // Taken in exactly as every other reader of the log will.
@@ -311,6 +355,7 @@ impl Dispatcher {
             log,
             foreign,
             opened,
+            journal,
         } = self;
         let shared = log.shared();
         log.follow(
@@ -328,6 +373,14 @@ impl Dispatcher {
                     }
                     let role = role_of.unwrap_or(Role::System);
                     book.apply(&event, at_ms, operator, role);
+                    if let Some(journal) = journal {
+                        journal.push(Foreign {
+                            event: event.clone(),
+                            at_ms,
+                            operator: operator.to_string(),
+                            role,
+                        });
+                    }
                     if foreign.len() < MAX_FOREIGN {
                         foreign.push(Foreign {
                             event,
@@ -347,13 +400,89 @@ impl Dispatcher {
     /// the tick; what was committed before it is in `written` all the same (so the
     /// caller still sends it), and what was not is due again at the next tick.
     pub fn tick(&mut self, now_ms: i64, written: &mut Vec<Event>) -> Result<(), DispatchError> {
-        let system = Actor::system();
-        for command in self.book.due(now_ms) {
-            match self.execute(&command, &system, now_ms) {
-                Ok(events) => written.extend(events),
-                // The state moved on since `due` looked (e.g. signed for meanwhile).
-                Err(e) if e.is_refusal() => {}
-                Err(e) => return Err(e),
+        let due = self.book.due(now_ms);
+        self.execute_group(&due, &Actor::system(), now_ms, written)
+    }
+
+    /// Runs many commands by one actor with group commit: each is checked against
+    /// the state the ones before it leave, and up to [`GROUP_MAX_EVENTS`] events
+    /// (or [`GROUP_MAX_BYTES`]) go to the log in one all-or-nothing append, one
+    /// fsync, before any of them is applied. Refused commands are skipped (the state
+    /// moved on since they were chosen). A storage error stops the group; what was
+    /// committed before it is applied and in `written`, and the rest is not.
+    pub fn execute_group(
+        &mut self,
+        commands: &[Command],
+        actor: &Actor,
+        now_ms: i64,
+        written: &mut Vec<Event>,
+    ) -> Result<(), DispatchError> {
+        if let [command] = commands {
+            return match self.execute(command, actor, now_ms) {
+                Ok(events) => {
+                    written.extend(events);
+                    Ok(())
+                }
+                Err(e) if e.is_refusal() => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        let shared = self.log.shared();
+        let mut next = 0;
+        let mut races = 0;
+        while next < commands.len() {
+            // The commit's commands are planned on a copy, so a failed append
+            // leaves the book as the log is.
+            let mut scratch = self.book.clone();
+            let mut events: Vec<Event> = Vec::new();
+            let mut rows: Vec<(&str, String)> = Vec::new();
+            let mut bytes = 0;
+            let mut not_permitted = 0;
+            let mut end = next;
+            while end < commands.len() && rows.len() < GROUP_MAX_EVENTS && bytes < GROUP_MAX_BYTES {
+                if let Ok(planned) = scratch.plan(&commands[end], actor, now_ms) {
+                    for e in planned {
+                        let json = serde_json::to_string(&e).expect("events serialize");
+                        bytes += json.len();
+                        rows.push((e.kind(), json));
+                        if taken_in(shared, &e, Some(actor.role)) {
+                            scratch.apply(&e, now_ms, &actor.name, actor.role);
+                        } else {
+                            not_permitted += 1;
+                        }
+                        events.push(e);
+                    }
+                }
+                end += 1;
+            }
+            match self
+                .log
+                .append_all(now_ms, &actor.name, actor.role.as_str(), &rows)
+            {
+                Ok(()) => {
+                    self.book = scratch;
+                    if not_permitted > 0 {
+                        self.opened.not_permitted += not_permitted;
+                        let first = events
+                            .iter()
+                            .find(|e| !taken_in(shared, e, Some(actor.role)));
+                        if let Some(e) = first {
+                            self.opened.integrity_alarm.get_or_insert_with(|| {
+                                not_taken_in_text(e, &actor.name, actor.role.as_str())
+                            });
+                        }
+                    }
+                    self.journal_events(&events, now_ms, actor);
+                    written.extend(events);
+                    next = end;
+                }
+                Err(StoreError::Conflict { .. }) if races < MAX_RACES => {
+                    // Another writer of the hall got there first: take its events
+                    // in and plan this commit again on the new state.
+                    races += 1;
+                    self.follow(true)?;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -459,19 +588,15 @@ mod tests {
         assert_eq!(again.book().incidents[1].id, "INC-000002");
     }
 
-    #[test]
-    fn a_store_error_mid_tick_keeps_what_was_committed_and_retries_the_rest() {
-        let path = temp_db("midtick");
-        let (log, fail_from) = crate::store::testing::FailingLog::open(&path);
-        let mut x =
-            Dispatcher::open_store(Box::new(log), DispatchConfig::default_config()).unwrap();
+    /// One incident with `n` orders, all due at `T0 + 60_000`.
+    fn many_orders(x: &mut Dispatcher, n: usize) {
         let d = Actor::new("li.wei", Role::Dispatcher, None);
         x.execute(
             &Command::ReportIncident(NewIncident {
-                kind: "gasLeak".into(),
-                title: "Gas smell".into(),
-                domain: Domain::Utilities,
-                severity: Severity::Extreme,
+                kind: "flood".into(),
+                title: "Flooded underpass".into(),
+                domain: Domain::Urban,
+                severity: Severity::Severe,
                 lon: 24.94,
                 lat: 60.17,
                 source: "map".into(),
@@ -481,47 +606,102 @@ mod tests {
             T0,
         )
         .unwrap();
-        x.execute(
-            &Command::IssueOrders {
-                incident: "INC-000001".into(),
-                orders: ["water", "power", "fire"]
-                    .iter()
-                    .map(|dep| NewOrder {
-                        department: dep.to_string(),
-                        instruction: "Go".into(),
-                        deadline_ms: T0 + 60_000,
-                    })
-                    .collect(),
-            },
-            &d,
-            T0,
-        )
-        .unwrap();
-        // The disk fills after the first order's overdue mark is written.
-        fail_from.store(4, std::sync::atomic::Ordering::Relaxed);
-        // (appends so far: the report and the orders; the 3rd append is the first
-        // overdue mark, the 4th fails.)
+        let departments = ["water", "power", "fire"];
+        for batch in (0..n).collect::<Vec<_>>().chunks(50) {
+            x.execute(
+                &Command::IssueOrders {
+                    incident: "INC-000001".into(),
+                    orders: batch
+                        .iter()
+                        .map(|&i| NewOrder {
+                            department: departments[i % 3].to_string(),
+                            instruction: format!("Pump station {i}"),
+                            deadline_ms: T0 + 60_000,
+                        })
+                        .collect(),
+                },
+                &d,
+                T0,
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_clock_tick_writes_many_overdue_orders_in_a_few_durable_commits() {
+        let path = temp_db("group");
+        let (log, _) = crate::store::testing::FailingLog::open(&path);
+        let appends = log.counter();
+        let mut x =
+            Dispatcher::open_store(Box::new(log), DispatchConfig::default_config()).unwrap();
+        many_orders(&mut x, 600);
+        let before = appends.load(std::sync::atomic::Ordering::Relaxed);
         let mut written = Vec::new();
-        let err = x.tick(T0 + 60_000, &mut written).unwrap_err();
-        assert!(err.to_string().contains("disk full"), "{err}");
-        // What was committed comes back to be sent: the mark and its urge, together.
-        assert_eq!(written.len(), 2, "{written:?}");
-        let urged: Vec<_> = x.book().orders.iter().map(|o| o.urges).collect();
-        assert_eq!(
-            urged,
-            vec![1, 0, 0],
-            "marked and urged together or not at all"
-        );
-        // The disk is back: the next tick does the rest, nothing twice.
-        fail_from.store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
-        let mut written = Vec::new();
-        x.tick(T0 + 60_250, &mut written).unwrap();
-        assert_eq!(written.len(), 4);
+        x.tick(T0 + 60_000, &mut written).unwrap();
+        let commits = appends.load(std::sync::atomic::Ordering::Relaxed) - before;
+        // 600 overdue marks with their urges: 1,200 events in a handful of
+        // transactions (one fsync each), not 600.
+        assert_eq!(written.len(), 1200);
+        assert!(commits <= 4, "{commits} commits for one tick");
         assert!(
             x.book()
                 .orders
                 .iter()
-                .all(|o| o.urges == 1 && o.status == OrderStatus::Overdue)
+                .all(|o| o.status == OrderStatus::Overdue && o.urges == 1)
         );
+        let book = x.book().clone();
+        drop(x);
+        // Durable and chained exactly as if written one by one.
+        let again = Dispatcher::open(&path, DispatchConfig::default_config()).unwrap();
+        assert_eq!(again.book().orders, book.orders);
+        assert_eq!(again.book().incidents, book.incidents);
+        assert!(again.log().verify().unwrap().chain_ok);
+    }
+
+    #[test]
+    fn a_store_error_mid_group_keeps_the_commits_before_it() {
+        let path = temp_db("midgroup");
+        let (log, fail_from) = crate::store::testing::FailingLog::open(&path);
+        let appends = log.counter();
+        let mut x =
+            Dispatcher::open_store(Box::new(log), DispatchConfig::default_config()).unwrap();
+        many_orders(&mut x, 600);
+        // The tick's first commit is written, the second fails.
+        let first = appends.load(std::sync::atomic::Ordering::Relaxed) + 1;
+        fail_from.store(first + 1, std::sync::atomic::Ordering::Relaxed);
+        let mut written = Vec::new();
+        let err = x.tick(T0 + 60_000, &mut written).unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert!(
+            !written.is_empty() && written.len() < 1200,
+            "{}",
+            written.len()
+        );
+        // The book holds exactly what was committed: marks with their urges.
+        let marked = x
+            .book()
+            .orders
+            .iter()
+            .filter(|o| o.status == OrderStatus::Overdue)
+            .count();
+        assert_eq!(marked * 2, written.len());
+        assert!(
+            x.book()
+                .orders
+                .iter()
+                .all(|o| (o.status == OrderStatus::Overdue) == (o.urges == 1))
+        );
+        fail_from.store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
+        let mut rest = Vec::new();
+        x.tick(T0 + 60_250, &mut rest).unwrap();
+        assert_eq!(
+            written.len() + rest.len(),
+            1200,
+            "nothing twice, nothing lost"
+        );
+        let book = x.book().clone();
+        drop(x);
+        let again = Dispatcher::open(&path, DispatchConfig::default_config()).unwrap();
+        assert_eq!(again.book().orders, book.orders);
     }
 }

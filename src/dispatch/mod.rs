@@ -19,6 +19,7 @@ mod hall_tests;
 pub mod recommend;
 pub mod service;
 pub mod users;
+pub mod worker;
 
 /// Text from people, departments and feeds as it may be stored and shown: control
 /// characters (line breaks included) become spaces and bidirectional marks, overrides

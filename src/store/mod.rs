@@ -924,6 +924,10 @@ pub mod testing {
         inner: EventLog,
         appends: usize,
         fail_from: Arc<AtomicUsize>,
+        /// Appends made so far, readable after the log is handed to a dispatcher.
+        count: Arc<AtomicUsize>,
+        /// While set, appends wait (a slow disk), up to a minute.
+        hold: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl FailingLog {
@@ -935,6 +939,8 @@ pub mod testing {
                 inner: EventLog::open(path).expect("open the log"),
                 appends: 0,
                 fail_from: fail_from.clone(),
+                count: Arc::new(AtomicUsize::new(0)),
+                hold: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             };
             (log, fail_from)
         }
@@ -942,6 +948,17 @@ pub mod testing {
         /// Appends made so far (failed ones included).
         pub fn appends(&self) -> usize {
             self.appends
+        }
+
+        /// A counter of the appends (each one transaction, one fsync) that stays
+        /// readable after the log is boxed into a dispatcher.
+        pub fn counter(&self) -> Arc<AtomicUsize> {
+            self.count.clone()
+        }
+
+        /// The switch that makes appends wait while it is set.
+        pub fn hold(&self) -> Arc<std::sync::atomic::AtomicBool> {
+            self.hold.clone()
         }
     }
 
@@ -962,7 +979,14 @@ pub mod testing {
             role: &str,
             events: &[(&str, String)],
         ) -> Result<(), StoreError> {
+            let started = std::time::Instant::now();
+            while self.hold.load(Ordering::Relaxed)
+                && started.elapsed() < std::time::Duration::from_secs(60)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
             self.appends += 1;
+            self.count.store(self.appends, Ordering::Relaxed);
             if self.appends >= self.fail_from.load(Ordering::Relaxed) {
                 return Err(StoreError::Unavailable {
                     what: EventStore::describe(&self.inner),
