@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 
 use bevy::prelude::*;
 
@@ -21,6 +21,7 @@ use crate::dispatch::dispatcher::Dispatcher;
 use crate::dispatch::recommend::{Recommendation, Router, Unit, units_from_state};
 use crate::dispatch::service::{DispatchService, ServiceOptions};
 use crate::dispatch::users::Users;
+use crate::dispatch::worker::DeskWorker;
 use crate::map::graph::RoadGraph;
 use crate::map::mesh::{self, MeshData};
 
@@ -181,14 +182,21 @@ pub struct SignInForm {
     pub name: String,
     pub passphrase: String,
     pub error: Option<String>,
+    /// The passphrase being checked on a thread of its own (Argon2 takes a while,
+    /// and a frame never waits for it).
+    checking: Option<Mutex<Receiver<Result<Actor, String>>>>,
+}
+
+impl SignInForm {
+    pub fn is_checking(&self) -> bool {
+        self.checking.is_some()
+    }
 }
 
 #[derive(Resource)]
 pub struct Desk {
-    /// The running service; `None` while the log is still loading (or failed).
-    service: Mutex<Option<DispatchService>>,
-    loading: Mutex<Option<Receiver<Result<DispatchService, String>>>>,
-    pub load_error: Option<String>,
+    /// The dispatch service on its writer thread, and the book as committed.
+    pub worker: DeskWorker,
     /// What checking the log's chain, seals and witness found (in the background).
     pub integrity: Integrity,
     integrity_rx: Mutex<Option<Receiver<Integrity>>>,
@@ -234,30 +242,111 @@ pub enum Integrity {
 }
 
 impl Desk {
-    /// The service, once loaded.
-    pub fn service(&mut self) -> Option<&mut DispatchService> {
-        self.service.get_mut().ok().and_then(|s| s.as_mut())
+    /// The book as committed, once the log is loaded.
+    pub fn book(&self) -> Option<&crate::dispatch::book::Book> {
+        self.worker.book()
     }
 
-    pub fn is_loading(&mut self) -> bool {
-        self.loading.get_mut().is_ok_and(|l| l.is_some())
+    pub fn is_loading(&self) -> bool {
+        self.worker.is_loading()
     }
 
-    /// Signs in against the users file; the error does not say whether the name exists.
-    pub fn try_sign_in(&mut self, name: &str, passphrase: &str) -> Result<(), String> {
-        match self.users.sign_in(name, passphrase) {
-            Ok(user) => {
-                self.actor = Some(Actor::new(
-                    &user.name,
-                    user.role,
-                    user.department.as_deref(),
-                ));
-                zeroize::Zeroize::zeroize(&mut self.sign_in.passphrase);
-                self.sign_in = SignInForm::default();
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
+    /// A desk on `worker`'s log. `router` ranks units (none: no recommendations).
+    pub fn new(worker: DeskWorker, users: Users, router: Option<Router>) -> Self {
+        Self {
+            worker,
+            integrity: Integrity::Checking,
+            integrity_rx: Mutex::new(None),
+            actor: None,
+            users,
+            sign_in: SignInForm::default(),
+            ui: DeskState::default(),
+            selected: None,
+            recommendations: Vec::new(),
+            units: Vec::new(),
+            status_line: None,
+            pending: Vec::new(),
+            open: true,
+            demo: false,
+            router,
+            recommended_at_ms: 0,
+            recommended_for: None,
+            pins_for: None,
+            routes_for: None,
+            alerts_caught_up: false,
+            speeds_loaded: false,
+            hall: None,
         }
+    }
+
+    /// Starts checking a name and passphrase against the users file on a thread of
+    /// its own; [`Desk::poll_sign_in`] takes the answer. The passphrase is wiped
+    /// from the form at once and from the thread when checked. The error does not
+    /// say whether the name exists.
+    pub fn start_sign_in(&mut self, name: &str, passphrase: String) {
+        let users = self.users.clone();
+        let name = name.trim().to_string();
+        let (tx, rx) = channel();
+        zeroize::Zeroize::zeroize(&mut self.sign_in.passphrase);
+        self.sign_in.error = None;
+        let spawned = std::thread::Builder::new()
+            .name("sign-in".into())
+            .spawn(move || {
+                let mut passphrase = passphrase;
+                let result = users
+                    .sign_in(&name, &passphrase)
+                    .map(|u| Actor::new(&u.name, u.role, u.department.as_deref()))
+                    .map_err(|e| e.to_string());
+                zeroize::Zeroize::zeroize(&mut passphrase);
+                let _ = tx.send(result);
+            });
+        match spawned {
+            Ok(_) => self.sign_in.checking = Some(Mutex::new(rx)),
+            Err(e) => self.sign_in.error = Some(format!("the sign-in did not start: {e}")),
+        }
+    }
+
+    /// Takes the sign-in's answer when it has come. Never waits.
+    pub fn poll_sign_in(&mut self) {
+        let Some(rx) = self.sign_in.checking.as_mut() else {
+            return;
+        };
+        let rx = match rx.get_mut() {
+            Ok(rx) => rx,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let answer = match rx.try_recv() {
+            Ok(answer) => answer,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Err("the sign-in check stopped".to_string())
+            }
+        };
+        self.sign_in.checking = None;
+        match answer {
+            Ok(actor) => {
+                self.sign_out();
+                self.actor = Some(actor);
+            }
+            Err(e) => {
+                zeroize::Zeroize::zeroize(&mut self.sign_in.passphrase);
+                self.sign_in.error = Some(e);
+            }
+        }
+    }
+
+    /// Signs out: the next person starts at a clean desk, without the last one's
+    /// selection, drafts, forms, filters or messages.
+    pub fn sign_out(&mut self) {
+        self.actor = None;
+        self.status_line = None;
+        self.selected = None;
+        self.ui = DeskState::default();
+        self.recommendations.clear();
+        self.recommended_for = None;
+        self.pending.clear();
+        zeroize::Zeroize::zeroize(&mut self.sign_in.passphrase);
+        self.sign_in = SignInForm::default();
     }
 
     pub fn recommendation_views(&self) -> Vec<RecommendationView> {
@@ -280,7 +369,7 @@ pub(super) fn plugin(app: &mut App) {
     app.add_systems(Startup, start_desk).add_systems(
         Update,
         (
-            (desk_loaded, desk_hall, desk_apply, desk_alerts, desk_pump)
+            (desk_loaded, desk_hall, desk_apply, desk_alerts)
                 .chain()
                 .in_set(AppSystems::Apply),
             (desk_recommend, desk_pins, desk_routes)
@@ -294,7 +383,6 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
     let Some(mut setup) = setup else { return };
     // The passphrase given at start is used once, then wiped.
     let sign_in = setup.sign_in.take();
-    let (tx, rx) = channel();
     let (integrity_tx, integrity_rx) = channel();
     let (db, config, options) = (
         setup.db.clone(),
@@ -303,45 +391,34 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
     );
     let seal = crate::store::SealOptions::with_key(&db, setup.seal_key.as_deref());
     let hall = setup.hall.clone();
-    std::thread::Builder::new()
-        .name("dispatch-log".into())
-        .spawn(move || {
-            if let Some(hall) = hall {
-                open_hall(hall, config, options, tx, integrity_tx);
-                return;
-            }
-            let result = crate::store::EventLog::open_with(&db, &seal)
-                .and_then(|log| Dispatcher::open_store(Box::new(log), config))
-                .map_err(|e| e.to_string())
-                .and_then(|d| {
-                    let opened = d.opened.clone();
-                    let service =
-                        DispatchService::start(d, options).map_err(|e| format!("{e:#}"))?;
-                    info!(
-                        "dispatch log {}: {} events, {} incidents, {} orders, rebuilt in {:.0} ms; department status API on {}",
-                        db.display(),
-                        opened.events,
-                        opened.incidents,
-                        opened.orders,
-                        opened.replay_ms,
-                        service.api_url()
-                    );
-                    Ok(service)
-                });
-            let opened = result.is_ok();
-            let _ = tx.send(result);
-            if !opened {
-                return;
-            }
-            // Then the whole chain, seals and witness, on a connection of its own.
-            let check = crate::store::SealOptions {
-                create_key: false,
-                read_only: true,
-                ..seal
-            };
-            let integrity = match crate::store::EventLog::open_with(&db, &check)
-                .and_then(|log| log.verify())
-            {
+    // The log is read, and then written, on the writer thread: a large log never
+    // holds up the first frame, and no write ever holds up a frame.
+    let worker = DeskWorker::start(move || {
+        if let Some(hall) = hall {
+            return open_hall(hall, config, options, integrity_tx);
+        }
+        let d = crate::store::EventLog::open_with(&db, &seal)
+            .and_then(|log| Dispatcher::open_store(Box::new(log), config))
+            .map_err(|e| e.to_string())?;
+        let opened = d.opened.clone();
+        let service = DispatchService::start(d, options).map_err(|e| format!("{e:#}"))?;
+        info!(
+            "dispatch log {}: {} events, {} incidents, {} orders, rebuilt in {:.0} ms; department status API on {}",
+            db.display(),
+            opened.events,
+            opened.incidents,
+            opened.orders,
+            opened.replay_ms,
+            service.api_url()
+        );
+        // Then the whole chain, seals and witness, on a connection of its own.
+        let check = crate::store::SealOptions {
+            create_key: false,
+            read_only: true,
+            ..seal
+        };
+        spawn_check("dispatch-verify", integrity_tx, move || {
+            match crate::store::EventLog::open_with(&db, &check).and_then(|log| log.verify()) {
                 Ok(r) if r.chain_ok => Integrity::Verified {
                     events: r.events,
                     sealed: r.sealed,
@@ -352,44 +429,40 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
                     Integrity::Broken(text)
                 }
                 Err(e) => Integrity::Broken(e.to_string()),
-            };
-            let _ = integrity_tx.send(integrity);
-        })
-        .expect("start the dispatch-log thread");
-    let mut desk = Desk {
-        service: Mutex::new(None),
-        loading: Mutex::new(Some(rx)),
-        load_error: None,
-        integrity: Integrity::Checking,
-        integrity_rx: Mutex::new(Some(integrity_rx)),
-        actor: None,
-        users: setup.users.clone(),
-        sign_in: SignInForm::default(),
-        ui: DeskState::default(),
-        selected: None,
-        recommendations: Vec::new(),
-        units: Vec::new(),
-        status_line: None,
-        pending: Vec::new(),
-        open: setup.open,
-        demo: setup.demo,
-        router: Some(Router::new(&RoadGraph::from_map(&city.map))),
-        recommended_at_ms: 0,
-        recommended_for: None,
-        pins_for: None,
-        routes_for: None,
-        alerts_caught_up: false,
-        speeds_loaded: false,
-        hall: setup.hall.as_ref().map(HallLink::start),
-    };
-    if let Some((name, mut passphrase)) = sign_in {
-        if let Err(e) = desk.try_sign_in(&name, &passphrase) {
-            desk.sign_in.name = name.clone();
-            desk.sign_in.error = Some(e);
-        }
-        zeroize::Zeroize::zeroize(&mut passphrase);
+            }
+        });
+        Ok(service)
+    });
+    let mut desk = Desk::new(
+        worker,
+        setup.users.clone(),
+        Some(Router::new(&RoadGraph::from_map(&city.map))),
+    );
+    desk.integrity_rx = Mutex::new(Some(integrity_rx));
+    desk.open = setup.open;
+    desk.demo = setup.demo;
+    desk.hall = setup.hall.as_ref().map(HallLink::start);
+    if let Some((name, passphrase)) = sign_in {
+        desk.sign_in.name = name.clone();
+        desk.start_sign_in(&name, passphrase);
     }
     commands.insert_resource(desk);
+}
+
+/// Runs the log's full check on a thread of its own and sends what it found.
+fn spawn_check(
+    name: &str,
+    to: Sender<Integrity>,
+    check: impl FnOnce() -> Integrity + Send + 'static,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = to.send(check());
+        });
+    if let Err(e) = spawned {
+        error!("dispatch: the log's check did not start: {e}");
+    }
 }
 
 /// Opens the hall's log as a console (the hub delivers and runs the clock), then
@@ -398,9 +471,8 @@ fn open_hall(
     hall: HallSetup,
     config: DispatchConfig,
     mut options: ServiceOptions,
-    tx: std::sync::mpsc::Sender<Result<DispatchService, String>>,
-    integrity_tx: std::sync::mpsc::Sender<Integrity>,
-) {
+    integrity_tx: Sender<Integrity>,
+) -> Result<DispatchService, String> {
     use crate::store::EventStore;
     use crate::store::jetstream::{HallLogOptions, JetStreamLog};
     options.hall_console = true;
@@ -410,36 +482,27 @@ fn open_hall(
         replicas: hall.replicas,
         create: false,
     };
-    let result = JetStreamLog::open(&hall.nats, &hall.hall, &log_options)
+    let d = JetStreamLog::open(&hall.nats, &hall.hall, &log_options)
         .and_then(|log| Dispatcher::open_store(Box::new(log), config))
-        .map_err(|e| e.to_string())
-        .and_then(|d| {
-            let opened = d.opened.clone();
-            let service = DispatchService::start(d, options).map_err(|e| format!("{e:#}"))?;
-            info!(
-                "hall {} on {}: {} events, {} incidents, {} orders, rebuilt in {:.0} ms",
-                hall.hall,
-                hall.nats.url,
-                opened.events,
-                opened.incidents,
-                opened.orders,
-                opened.replay_ms
-            );
-            Ok(service)
-        });
-    let opened = result.is_ok();
-    let _ = tx.send(result);
-    if !opened {
-        return;
-    }
-    let integrity = match JetStreamLog::open(&hall.nats, &hall.hall, &log_options)
-        .and_then(|log| log.verify())
-    {
-        Ok(r) if r.chain_ok => Integrity::HallVerified { events: r.events },
-        Ok(r) => Integrity::Broken(r.problems.join("; ")),
-        Err(e) => Integrity::Broken(e.to_string()),
-    };
-    let _ = integrity_tx.send(integrity);
+        .map_err(|e| e.to_string())?;
+    let opened = d.opened.clone();
+    let service = DispatchService::start(d, options).map_err(|e| format!("{e:#}"))?;
+    info!(
+        "hall {} on {}: {} events, {} incidents, {} orders, rebuilt in {:.0} ms",
+        hall.hall, hall.nats.url, opened.events, opened.incidents, opened.orders, opened.replay_ms
+    );
+    spawn_check(
+        "hall-verify",
+        integrity_tx,
+        move || match JetStreamLog::open(&hall.nats, &hall.hall, &log_options)
+            .and_then(|log| log.verify())
+        {
+            Ok(r) if r.chain_ok => Integrity::HallVerified { events: r.events },
+            Ok(r) => Integrity::Broken(r.problems.join("; ")),
+            Err(e) => Integrity::Broken(e.to_string()),
+        },
+    );
+    Ok(service)
 }
 
 /// A console of a hall: notices the server going out of reach (the banner) and
@@ -454,9 +517,9 @@ fn desk_hall(desk: Option<ResMut<Desk>>) {
     // at once, not only what the check at open found. Once shown it stays, so the
     // log is not asked again every frame.
     if !matches!(desk.integrity, Integrity::Broken(_))
-        && let Some(alarm) = desk.service().and_then(|s| s.dispatcher.alarm())
+        && let Some(alarm) = &desk.worker.alarm
     {
-        desk.integrity = Integrity::Broken(alarm);
+        desk.integrity = Integrity::Broken(alarm.clone());
     }
     let Some(link) = desk.hall.as_mut() else {
         return;
@@ -484,6 +547,8 @@ fn desk_hall(desk: Option<ResMut<Desk>>) {
     }
 }
 
+/// Takes in what the writer committed (applied to the desk's book) and the outcomes
+/// of commands, and what the log's full check found. Never waits.
 fn desk_loaded(desk: Option<ResMut<Desk>>) {
     let Some(mut desk) = desk else { return };
     let desk = &mut *desk;
@@ -494,27 +559,30 @@ fn desk_loaded(desk: Option<ResMut<Desk>>) {
         desk.integrity = found;
         *slot = None;
     }
-    let Ok(loading) = desk.loading.get_mut() else {
-        return;
-    };
-    let Some(rx) = loading.as_ref() else { return };
-    match rx.try_recv() {
-        Ok(Ok(service)) => {
-            *loading = None;
-            if let Ok(s) = desk.service.get_mut() {
-                *s = Some(service);
+    desk.poll_sign_in();
+    let was_loading = desk.worker.is_loading();
+    for done in desk.worker.poll() {
+        desk.status_line = Some(match done.result {
+            Ok(events) => {
+                // A new incident is selected straight away.
+                if let Some(crate::dispatch::book::Event::IncidentReported { id, .. }) =
+                    events.first()
+                {
+                    desk.selected = Some(id.clone());
+                    desk.recommended_for = None;
+                }
+                format!("saved: {} event(s) written", events.len())
             }
-        }
-        Ok(Err(e)) => {
-            *loading = None;
-            error!("dispatch: {e}");
-            desk.load_error = Some(e);
-        }
-        Err(std::sync::mpsc::TryRecvError::Empty) => {}
-        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-            *loading = None;
-            desk.load_error = Some("the dispatch log loader stopped".into());
-        }
+            Err(e) => format!("refused: {e}"),
+        });
+    }
+    if let Some(e) = desk.worker.pump_error.take() {
+        let text = format!("error: {e}");
+        error!("dispatch: {text}");
+        desk.status_line = Some(text);
+    }
+    if was_loading && let Some(e) = &desk.worker.load_error {
+        error!("dispatch: {e}");
     }
 }
 
@@ -522,7 +590,6 @@ fn desk_loaded(desk: Option<ResMut<Desk>>) {
 fn desk_apply(desk: Option<ResMut<Desk>>, mut rig: ResMut<CameraRig>, city: Res<City>) {
     let Some(mut desk) = desk else { return };
     let desk = &mut *desk;
-    let now = crate::feeds::poll::unix_ms_now();
     for command in std::mem::take(&mut desk.pending) {
         match command {
             DeskCommand::SelectIncident(id) => {
@@ -540,25 +607,15 @@ fn desk_apply(desk: Option<ResMut<Desk>>, mut rig: ResMut<CameraRig>, city: Res<
                     desk.status_line = Some("refused: sign in first".into());
                     continue;
                 };
-                let result = match desk.service() {
-                    Some(service) => service.execute(&cmd, &actor, now),
-                    None => {
-                        desk.status_line = Some("error: the dispatch log is not loaded".into());
-                        continue;
-                    }
-                };
-                desk.status_line = Some(match result {
-                    Ok(events) => {
-                        // A new incident is selected straight away.
-                        if let Some(crate::dispatch::book::Event::IncidentReported { id, .. }) =
-                            events.first()
-                        {
-                            desk.selected = Some(id.clone());
-                            desk.recommended_for = None;
-                        }
-                        format!("saved: {} event(s) written", events.len())
-                    }
-                    Err(e) => format!("refused: {e}"),
+                if desk.worker.is_loading() {
+                    desk.status_line = Some("error: the dispatch log is not loaded yet".into());
+                    continue;
+                }
+                // Written on the writer thread; the outcome comes back in a later
+                // frame, with its events.
+                desk.status_line = Some(match desk.worker.execute(cmd, &actor) {
+                    Ok(_) => "saving… 正在保存".into(),
+                    Err(e) => format!("error: {e}"),
                 });
             }
         }
@@ -572,11 +629,10 @@ fn desk_alerts(desk: Option<ResMut<Desk>>, live: Option<Res<Live>>, changed: Res
         return;
     };
     let desk = &mut *desk;
-    let now = crate::feeds::poll::unix_ms_now();
     let catch_up = !desk.alerts_caught_up;
-    let Some(service) = desk.service.get_mut().ok().and_then(|s| s.as_mut()) else {
+    if desk.worker.book().is_none() {
         return;
-    };
+    }
     let slots: Vec<u32> = if catch_up {
         live.state
             .iter()
@@ -604,23 +660,10 @@ fn desk_alerts(desk: Option<ResMut<Desk>>, live: Option<Res<Live>>, changed: Res
             crate::dispatch::alerts::from_ngsi_ld(&update, feed)
         };
         if let Some(alert) = alert
-            && let Err(err) = service.take_alert(&alert, now)
+            && let Err(err) = desk.worker.take_alert(alert)
         {
             error!("dispatch: alert {}: {err}", e.id);
         }
-    }
-}
-
-/// Delivery confirmations, department reports and the clock.
-fn desk_pump(desk: Option<ResMut<Desk>>) {
-    let Some(mut desk) = desk else { return };
-    let now = crate::feeds::poll::unix_ms_now();
-    if let Some(service) = desk.service()
-        && let Err(e) = service.pump(now)
-    {
-        let text = format!("error: {e}");
-        error!("dispatch: {text}");
-        desk.status_line = Some(text);
     }
 }
 
@@ -629,13 +672,10 @@ fn wanted_kinds(desk: &mut Desk, incident: &Incident) -> Vec<String> {
     if let Some(kind) = desk.ui.recommend_kind.clone() {
         return vec![kind];
     }
-    let Some(service) = desk.service() else {
+    let Some(book) = desk.book() else {
         return Vec::new();
     };
-    service
-        .dispatcher
-        .book()
-        .config
+    book.config
         .playbook(&incident.kind)
         .map(|p| p.units.clone())
         .unwrap_or_default()
@@ -667,15 +707,12 @@ fn desk_recommend(
         desk.recommendations.clear();
         return;
     };
-    let version = desk.service().map_or(0, |s| s.version);
+    let version = desk.worker.version();
     let key = (selected.clone(), version);
     if desk.recommended_for.as_ref() == Some(&key) && now - desk.recommended_at_ms < 2000 {
         return;
     }
-    let Some(incident) = desk
-        .service()
-        .and_then(|s| s.dispatcher.book().incident(&selected).cloned())
-    else {
+    let Some(incident) = desk.book().and_then(|b| b.incident(&selected).cloned()) else {
         desk.recommendations.clear();
         return;
     };
@@ -754,15 +791,14 @@ fn desk_pins(
     let Some(mut desk) = desk else { return };
     let desk = &mut *desk;
     let selected = desk.selected.clone();
-    let Some(service) = desk.service.get_mut().ok().and_then(|s| s.as_mut()) else {
+    let Some(book) = desk.worker.book() else {
         return;
     };
-    let key = (service.version, selected.clone());
+    let key = (book.revision, selected.clone());
     if desk.pins_for.as_ref() == Some(&key) {
         return;
     }
     desk.pins_for = Some(key);
-    let book = service.dispatcher.book();
     let mut shown: Vec<&Incident> = book
         .by_urgency()
         .iter()
@@ -874,11 +910,10 @@ pub fn desk_panel_ui(
             desk.open = false;
         }
         if desk.actor.is_some() && ui.button("Sign out 退出").clicked() {
-            desk.actor = None;
-            desk.status_line = None;
+            desk.sign_out();
         }
     });
-    if let Some(e) = &desk.load_error {
+    if let Some(e) = &desk.worker.load_error {
         ui.label(
             egui::RichText::new(format!("The dispatch log cannot be used: {e}"))
                 .color(theme::ALARM),
@@ -917,14 +952,14 @@ pub fn desk_panel_ui(
     let loading = desk.is_loading();
     let recommendations = desk.recommendation_views();
     let Desk {
-        service,
+        worker,
         ui: state,
         selected,
         status_line,
         pending,
         ..
     } = desk;
-    let Some(service) = service.get_mut().ok().and_then(|s| s.as_mut()) else {
+    let Some(book) = worker.book() else {
         if loading {
             ui.horizontal(|ui| {
                 ui.spinner();
@@ -934,7 +969,7 @@ pub fn desk_panel_ui(
         return;
     };
     let view = super::desk_ui::DeskView {
-        book: service.dispatcher.book(),
+        book,
         actor: &actor,
         now_ms,
         selected: selected.as_deref(),
@@ -943,12 +978,12 @@ pub fn desk_panel_ui(
         location,
     };
     super::desk_ui::desk_ui(ui, &view, state, pending);
-    if !service.notices.is_empty() {
+    if !worker.notices.is_empty() {
         ui.separator();
-        egui::CollapsingHeader::new(format!("Notices 通知 ({})", service.notices.len()))
+        egui::CollapsingHeader::new(format!("Notices 通知 ({})", worker.notices.len()))
             .id_salt("desk-notices")
             .show(ui, |ui| {
-                for n in service.notices.iter().rev().take(8) {
+                for n in worker.notices.iter().rev().take(8) {
                     ui.add(egui::Label::new(egui::RichText::new(n).color(theme::WARN)).wrap());
                 }
             });
@@ -1003,12 +1038,17 @@ fn sign_in_ui(ui: &mut bevy_egui::egui::Ui, desk: &mut Desk) {
         submit |= r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
         ui.end_row();
     });
-    submit |= ui.button("Sign in 登录").clicked();
-    if submit {
-        let (name, pass) = (desk.sign_in.name.clone(), desk.sign_in.passphrase.clone());
-        if let Err(e) = desk.try_sign_in(name.trim(), &pass) {
-            desk.sign_in.passphrase.clear();
-            desk.sign_in.error = Some(e);
+    if desk.sign_in.is_checking() {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label("Checking… 正在验证");
+        });
+    } else {
+        submit |= ui.button("Sign in 登录").clicked();
+        if submit {
+            let name = desk.sign_in.name.clone();
+            let passphrase = std::mem::take(&mut desk.sign_in.passphrase);
+            desk.start_sign_in(&name, passphrase);
         }
     }
     if let Some(e) = &desk.sign_in.error {
@@ -1022,5 +1062,140 @@ fn sign_in_ui(ui: &mut bevy_egui::egui::Ui, desk: &mut Desk) {
             .small()
             .color(theme::MUTED),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bevy_egui::egui;
+    use egui_kittest::Harness;
+    use egui_kittest::kittest::Queryable;
+
+    use super::*;
+    use crate::dispatch::Role;
+    use crate::dispatch::book::{Command, NewIncident};
+    use crate::feeds::Domain;
+
+    /// A desk on a fresh log holding one incident, with the demo users.
+    fn desk_with_an_incident(name: &str) -> Desk {
+        let dir = std::env::temp_dir().join(format!("zhongshu-desk-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("events.db");
+        {
+            let mut d = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+            d.execute(
+                &Command::ReportIncident(NewIncident {
+                    kind: "building_fire".into(),
+                    title: "Smoke from a shop roof".into(),
+                    domain: Domain::Safety,
+                    severity: Severity::Severe,
+                    lon: 24.94,
+                    lat: 60.17,
+                    source: "map".into(),
+                    key: None,
+                }),
+                &Actor::new("li.wei", Role::Dispatcher, None),
+                crate::feeds::poll::unix_ms_now(),
+            )
+            .unwrap();
+        }
+        let worker = DeskWorker::start(move || {
+            let d = Dispatcher::open(&db, DispatchConfig::default_config())
+                .map_err(|e| e.to_string())?;
+            let options = ServiceOptions {
+                api_addr: "127.0.0.1:0".into(),
+                ..Default::default()
+            };
+            DispatchService::start(d, options).map_err(|e| e.to_string())
+        });
+        Desk::new(worker, Users::demo(), None)
+    }
+
+    fn harness(desk: Desk) -> Harness<'static, Desk> {
+        Harness::builder()
+            .with_size(egui::vec2(480.0, 900.0))
+            .build_ui_state(
+                |ui, desk: &mut Desk| {
+                    // What the frame's systems do around the panel.
+                    desk.poll_sign_in();
+                    desk.worker.poll();
+                    for c in std::mem::take(&mut desk.pending) {
+                        if let DeskCommand::SelectIncident(id) = c {
+                            desk.selected = id;
+                        }
+                    }
+                    let now = crate::feeds::poll::unix_ms_now();
+                    desk_panel_ui(ui, desk, Some((24.94, 60.17)), now);
+                },
+                desk,
+            )
+    }
+
+    /// Runs frames (as a console would, every 10 ms) until `done` holds, at most 30 s.
+    fn frames_until(h: &mut Harness<'static, Desk>, done: impl Fn(&Desk) -> bool) {
+        let started = std::time::Instant::now();
+        while !done(h.state()) {
+            assert!(started.elapsed().as_secs() < 30, "gave up waiting");
+            h.step();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        h.run_steps(2);
+    }
+
+    fn sign_in(h: &mut Harness<'static, Desk>, name: &str) {
+        h.state_mut().sign_in.name = name.into();
+        h.state_mut().sign_in.passphrase = "zhongshu".into();
+        h.run_steps(2);
+        h.get_by_label("Sign in 登录").click();
+        h.run_steps(2);
+        // The passphrase is checked off the frame: frames go on meanwhile.
+        frames_until(h, |d| d.actor.is_some() || d.sign_in.error.is_some());
+        assert!(h.state().actor.is_some(), "{:?}", h.state().sign_in.error);
+        assert!(h.state().sign_in.passphrase.is_empty());
+    }
+
+    #[test]
+    fn the_next_person_starts_at_a_clean_desk() {
+        let mut h = harness(desk_with_an_incident("sign-out"));
+        frames_until(&mut h, |d| d.book().is_some());
+        sign_in(&mut h, "dispatch");
+        // The dispatcher picks the incident: its detail and playbook draft show.
+        h.get_by_label_contains("Smoke from a shop roof").click();
+        h.run_steps(2);
+        assert_eq!(h.state().selected.as_deref(), Some("INC-000001"));
+        assert!(
+            h.state().ui.draft.is_some(),
+            "the playbook's orders are drafted"
+        );
+        h.state_mut().ui.filter.search = "roof".into();
+        h.state_mut().ui.form.title = "Half-typed report".into();
+        h.state_mut().status_line = Some("saved: 1 event(s) written".into());
+        h.get_by_label("Sign out 退出").click();
+        h.run_steps(2);
+        assert!(h.state().actor.is_none());
+        sign_in(&mut h, "leader");
+        let desk = h.state();
+        assert_eq!(desk.actor.as_ref().map(|a| a.role), Some(Role::Leader));
+        assert!(desk.selected.is_none(), "the last person's selection");
+        assert!(desk.ui.draft.is_none(), "the last person's draft orders");
+        assert_eq!(desk.ui.filter, DeskState::default().filter);
+        assert_eq!(desk.ui.form, DeskState::default().form);
+        assert!(desk.status_line.is_none(), "the last person's messages");
+    }
+
+    #[test]
+    fn a_wrong_passphrase_is_refused_without_holding_up_a_frame() {
+        let mut h = harness(desk_with_an_incident("wrong-pass"));
+        h.state_mut().sign_in.name = "dispatch".into();
+        h.state_mut().sign_in.passphrase = "wrong".into();
+        h.run_steps(2);
+        h.get_by_label("Sign in 登录").click();
+        h.run_steps(2);
+        assert!(h.state().sign_in.is_checking());
+        frames_until(&mut h, |d| !d.sign_in.is_checking());
+        assert!(h.state().actor.is_none());
+        assert!(h.state().sign_in.error.is_some());
+        assert!(h.state().sign_in.passphrase.is_empty());
     }
 }

@@ -64,7 +64,9 @@ pub struct Done {
 /// The frame's side of the writer thread.
 pub struct DeskWorker {
     requests: Option<Sender<Request>>,
-    updates: Receiver<Update>,
+    /// Behind a mutex only so the worker can be shared with the frame's systems
+    /// (taken with `get_mut`, never waited on).
+    updates: std::sync::Mutex<Receiver<Update>>,
     /// The book as committed, as far as applied; `None` while loading.
     book: Option<Book>,
     /// Committed events not yet applied (more than one poll's share), and the
@@ -97,7 +99,7 @@ impl DeskWorker {
             .expect("start the dispatch writer thread");
         Self {
             requests: Some(requests),
-            updates,
+            updates: std::sync::Mutex::new(updates),
             book: None,
             backlog: VecDeque::new(),
             opened: None,
@@ -165,8 +167,12 @@ impl DeskWorker {
     /// [`APPLY_PER_POLL`] committed events to the book and returns the outcomes of
     /// commands whose events are all applied.
     pub fn poll(&mut self) -> Vec<Done> {
+        let updates = match self.updates.get_mut() {
+            Ok(u) => u,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         loop {
-            match self.updates.try_recv() {
+            match updates.try_recv() {
                 Ok(Update::Loaded {
                     book,
                     opened,
