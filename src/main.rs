@@ -310,6 +310,20 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+    /// The dispatch desk's cost to a frame: the Orders tab ("All") over a busy day's
+    /// book, still and with an event a frame, and what frames spend taking in a
+    /// clock tick that marks --overdue orders overdue (written on the writer thread).
+    Desk {
+        /// Orders in the book.
+        #[arg(long, default_value_t = 53_000)]
+        orders: usize,
+        /// Frames timed per case.
+        #[arg(long, default_value_t = 300)]
+        frames: usize,
+        /// Orders past their deadline at the clock tick.
+        #[arg(long, default_value_t = 1_000)]
+        overdue: usize,
+    },
     /// Write incidents with their playbook's orders through the dispatch core, one
     /// durable commit per command, printing `committed <order-id>` as each is on
     /// disk, then a JSON summary with p50/p99 commit latency.
@@ -1036,6 +1050,15 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&app::bench_markers::run(markers, seconds))?
             );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Desk {
+            orders,
+            frames,
+            overdue,
+        }) => {
+            let report = app::bench_desk::run(orders, frames, overdue)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Bench(BenchCommand::Orders { db, count }) => {

@@ -546,10 +546,9 @@ enum Picks {
 /// selected one, each a column (70 m, 140 m when selected) on a ring.
 fn pin_targets(desk: &mut Desk, city: &City) -> Vec<Target<Picks>> {
     let selected = desk.selected.clone();
-    let Some(service) = desk.service() else {
+    let Some(book) = desk.book() else {
         return Vec::new();
     };
-    let book = service.dispatcher.book();
     let order = book.by_urgency();
     let mut shown: Vec<&Incident> = order
         .iter()

@@ -172,6 +172,83 @@ pub struct DeskState {
     pub recommend_kind: Option<String>,
     /// The incident list for a book revision and filter, most urgent first.
     pub list: Option<((u64, IncidentFilter), Vec<usize>)>,
+    /// The order board for a book revision and the Open/All choice.
+    pub board: Option<((u64, bool), Vec<BoardGroup>)>,
+    /// Heights of order rows as last drawn, so rows out of sight are only counted.
+    pub row_heights: std::collections::HashMap<String, f32>,
+    /// Each order's department (index into the configuration), for the board.
+    pub order_departments: Vec<u16>,
+}
+
+/// One department on the order board: the rows shown (indices into the book's
+/// orders) and how many orders it has on the board in all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BoardGroup {
+    /// Index into the configuration's departments.
+    pub department: usize,
+    pub rows: Vec<usize>,
+    pub total: usize,
+}
+
+/// The board's rows per department, in configuration order: orders in play by
+/// nearest deadline, then (with `all`) finished ones, the latest first. One pass
+/// over the orders and a partial sort per department, so a busy day's book is cheap.
+pub fn board_groups(book: &Book, all: bool, departments_of: &mut Vec<u16>) -> Vec<BoardGroup> {
+    let departments = &book.config.departments;
+    // Each order's department as an index, kept between calls: orders are only ever
+    // appended, and an order keeps its department.
+    if departments_of.len() > book.orders.len() {
+        departments_of.clear();
+    }
+    if departments_of.len() < book.orders.len() {
+        let index: std::collections::HashMap<&str, u16> = departments
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.as_str(), i as u16))
+            .collect();
+        departments_of.extend(book.orders[departments_of.len()..].iter().map(|o| {
+            index
+                .get(o.department.as_str())
+                .copied()
+                .unwrap_or(u16::MAX)
+        }));
+    }
+    // Orders in play by nearest deadline, then finished ones, the latest first.
+    let mut by: Vec<Vec<(bool, i64, usize)>> = vec![Vec::new(); departments.len()];
+    for (i, (o, &d)) in book.orders.iter().zip(departments_of.iter()).enumerate() {
+        if d == u16::MAX {
+            continue;
+        }
+        let key = if in_play(o.status) {
+            (false, o.deadline_ms, i)
+        } else if all {
+            let finished = o.steps.last().map_or(o.deadline_ms, |s| s.at_ms);
+            (true, -finished, usize::MAX - i)
+        } else {
+            continue;
+        };
+        by[d as usize].push(key);
+    }
+    by.into_iter()
+        .enumerate()
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(department, mut rows)| {
+            let total = rows.len();
+            if rows.len() > BOARD_ROWS_PER_DEPARTMENT {
+                rows.select_nth_unstable(BOARD_ROWS_PER_DEPARTMENT - 1);
+                rows.truncate(BOARD_ROWS_PER_DEPARTMENT);
+            }
+            rows.sort_unstable();
+            BoardGroup {
+                department,
+                rows: rows
+                    .into_iter()
+                    .map(|(finished, _, i)| if finished { usize::MAX - i } else { i })
+                    .collect(),
+                total,
+            }
+        })
+        .collect()
 }
 
 /// Shown on every button a leader cannot press.
@@ -723,7 +800,9 @@ fn timeline_ui(ui: &mut egui::Ui, inc: &Incident) {
         });
 }
 
-/// Orders still in play, by department (in the order of the configuration).
+/// Orders still in play (or all), by department (in the order of the configuration).
+/// The grouping is kept per book revision, and rows out of sight are only counted,
+/// not drawn: a day's 50,000 orders cost a frame what the visible rows cost.
 pub fn order_board_ui(
     ui: &mut egui::Ui,
     view: &DeskView,
@@ -734,48 +813,60 @@ pub fn order_board_ui(
     if view.actor.role == Role::Leader {
         ui.label(egui::RichText::new(READ_ONLY).small().color(theme::MUTED));
     }
-    let config = &view.book.config;
-    // One pass over the orders, grouped by department.
-    let mut by_department: std::collections::HashMap<&str, Vec<&Order>> =
-        std::collections::HashMap::new();
-    for o in &view.book.orders {
-        if state.board_all || in_play(o.status) {
-            by_department
-                .entry(o.department.as_str())
-                .or_default()
-                .push(o);
-        }
+    let book = view.book;
+    let key = (book.revision, state.board_all);
+    if state.board.as_ref().map(|(k, _)| k) != Some(&key) {
+        let groups = board_groups(book, state.board_all, &mut state.order_departments);
+        state.board = Some((key, groups));
     }
-    let mut any = false;
-    for d in &config.departments {
-        let Some(mut orders) = by_department.remove(d.id.as_str()) else {
-            continue;
-        };
-        any = true;
-        // Nearest deadline first; a board shows what needs watching, not history.
-        orders.sort_by_key(|o| (!in_play(o.status), o.deadline_ms));
+    if state.row_heights.len() > 4 * BOARD_ROWS_PER_DEPARTMENT * book.config.departments.len() {
+        state.row_heights.clear();
+    }
+    let DeskState {
+        board, row_heights, ..
+    } = state;
+    let groups = board.as_ref().map_or(&[][..], |(_, g)| g.as_slice());
+    let spacing = ui.spacing().item_spacing.y;
+    let guess = 3.0 * ui.spacing().interact_size.y + 4.0 + 3.0 * spacing;
+    for group in groups {
+        let d = &book.config.departments[group.department];
         ui.add_space(6.0);
         ui.horizontal(|ui| {
             ui.label(egui::RichText::new(&d.name).strong().color(theme::ACCENT));
             if d.endpoint == Endpoint::Manual {
                 chip(ui, "manual 人工登记", theme::MUTED);
             }
-            ui.label(egui::RichText::new(orders.len().to_string()).color(theme::MUTED));
+            ui.label(egui::RichText::new(group.total.to_string()).color(theme::MUTED));
         });
-        for order in orders.iter().take(BOARD_ROWS_PER_DEPARTMENT) {
-            order_row_ui(ui, view, order, &order.incident, out);
+        for &i in &group.rows {
+            let order = &book.orders[i];
+            let width = ui.available_width();
+            let height = row_heights.get(&order.id).copied().unwrap_or(guess);
+            let top = ui.cursor().min.y;
+            let rect = egui::Rect::from_min_size(ui.cursor().min, egui::vec2(width, height));
+            if !ui.is_rect_visible(rect) {
+                ui.allocate_space(egui::vec2(width, (height - spacing).max(0.0)));
+                continue;
+            }
+            ui.push_id(&order.id, |ui| {
+                order_row_ui(ui, view, order, &order.incident, out);
+            });
+            let drawn = ui.cursor().min.y - top;
+            if (drawn - height).abs() > 0.5 {
+                row_heights.insert(order.id.clone(), drawn);
+            }
         }
-        if orders.len() > BOARD_ROWS_PER_DEPARTMENT {
-            ui.label(
-                egui::RichText::new(format!(
-                    "… {} more, later deadlines 更多",
-                    orders.len() - BOARD_ROWS_PER_DEPARTMENT
-                ))
-                .color(theme::MUTED),
-            );
+        if group.total > group.rows.len() {
+            let more = group.total - group.rows.len();
+            let text = if key.1 {
+                format!("… {more} more, later deadlines or finished earlier 更多")
+            } else {
+                format!("… {more} more, later deadlines 更多")
+            };
+            ui.label(egui::RichText::new(text).color(theme::MUTED));
         }
     }
-    if !any {
+    if groups.is_empty() {
         ui.label(egui::RichText::new("No open orders 无待办指令").color(theme::MUTED));
     }
 }
@@ -1444,6 +1535,48 @@ mod desk_tests {
         );
         // No hand-recording buttons: both departments have endpoints.
         assert!(h.query_by_label("Signed for 已签收").is_none());
+    }
+
+    #[test]
+    fn all_shows_the_latest_finished_orders_not_the_oldest() {
+        let mut book = Book::new(DispatchConfig::default_config());
+        let id = report(
+            &mut book,
+            "building_fire",
+            "Warehouse",
+            Severity::Severe,
+            T0,
+        );
+        let liaison = Actor::new("fire.liaison", Role::DepartmentLiaison, Some("fire"));
+        let n = BOARD_ROWS_PER_DEPARTMENT + 5;
+        for i in 0..n {
+            let at = T0 + i as i64 * MIN;
+            issue(&mut book, &id, &[("fire", at + 10 * MIN)], at);
+            let order = book.orders.last().unwrap().id.clone();
+            for action in [
+                Action::AcknowledgeOrder,
+                Action::StartOrder,
+                Action::CompleteOrder,
+            ] {
+                let command = Command::Order {
+                    id: order.clone(),
+                    action,
+                    note: None,
+                };
+                run(&mut book, command, &liaison, at + 1000);
+            }
+        }
+        let now = T0 + n as i64 * MIN;
+        let mut h = harness(order_board_ui, World::new(book, now));
+        assert!(h.query_by_label("ORD-000045").is_none(), "Open shows none");
+        h.get_by_label("All 全部").click();
+        h.run();
+        // The board is for watching: the latest finished first, the oldest left out.
+        h.get_by_label("ORD-000045");
+        h.get_by_label("ORD-000044");
+        assert!(h.query_by_label("ORD-000005").is_none());
+        assert!(h.query_by_label("ORD-000001").is_none());
+        h.get_by_label_contains("5 more");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The bevy shell: everything that imports bevy lives under `app/`. One plugin per
 //! concern; each draws core state or forwards user input, and owns no business rules.
 
+pub mod bench_desk;
 pub mod bench_markers;
 pub mod camera;
 pub mod desk;

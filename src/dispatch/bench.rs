@@ -150,60 +150,17 @@ pub fn fill_log(
     events: u64,
     batch_size: usize,
 ) -> anyhow::Result<()> {
-    let config = book.config.clone();
     let mut rng = Rng(log.len() as u64 + 7);
-    let dispatcher = Actor::new("bench", Role::Dispatcher, None);
     let base = now_ms() - 86_400_000;
     let mut n = book.incidents.len();
     let mut batch: Vec<(String, String)> = Vec::new();
     let mut written = log.len() as u64;
     while written < events {
         let now = base + n as i64 * 1000;
-        let (incident, orders) = generated(&config, &mut rng, n, now);
-        let mut commands = vec![Command::ReportIncident(incident)];
-        let id = format!("INC-{:06}", n + 1);
-        commands.push(Command::IssueOrders {
-            incident: id.clone(),
-            orders,
-        });
-        for command in commands {
-            for e in book.plan(&command, &dispatcher, now)? {
-                book.apply(&e, now, &dispatcher.name, dispatcher.role);
-                batch.push((e.kind().to_string(), serde_json::to_string(&e)?));
-            }
-        }
-        // Departments sign for and finish most orders.
-        let liaison_steps: Vec<(String, String)> = book
-            .incident(&id)
-            .map(|inc| {
-                book.orders_of(inc)
-                    .map(|o| (o.id.clone(), o.department.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (order, department) in liaison_steps {
-            let liaison = Actor::new("liaison", Role::DepartmentLiaison, Some(&department));
-            for action in [
-                Action::AcknowledgeOrder,
-                Action::StartOrder,
-                Action::CompleteOrder,
-            ] {
-                if let Ok(evs) = book.plan(
-                    &Command::Order {
-                        id: order.clone(),
-                        action,
-                        note: None,
-                    },
-                    &liaison,
-                    now,
-                ) {
-                    for e in evs {
-                        book.apply(&e, now, &liaison.name, liaison.role);
-                        batch.push((e.kind().to_string(), serde_json::to_string(&e)?));
-                    }
-                }
-            }
-        }
+        traffic(&mut book, &mut rng, n, now, true, &mut |e| {
+            batch.push((e.kind().to_string(), serde_json::to_string(e)?));
+            Ok(())
+        })?;
         n += 1;
         if batch.len() >= batch_size || written + batch.len() as u64 >= events {
             let take = ((events - written) as usize).min(batch.len());
@@ -217,6 +174,109 @@ pub fn fill_log(
         }
     }
     Ok(())
+}
+
+/// One incident of generated traffic: reported with its playbook's orders by a
+/// dispatcher at `now`; with `finish`, the departments sign for, start and finish
+/// each order. Every event is applied to `book` and passed to `each`.
+fn traffic(
+    book: &mut Book,
+    rng: &mut Rng,
+    n: usize,
+    now: i64,
+    finish: bool,
+    each: &mut dyn FnMut(&super::book::Event) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let dispatcher = Actor::new("bench", Role::Dispatcher, None);
+    let (incident, orders) = generated(&book.config, rng, n, now);
+    let id = format!("INC-{:06}", book.incidents.len() + 1);
+    let commands = [
+        Command::ReportIncident(incident),
+        Command::IssueOrders {
+            incident: id.clone(),
+            orders,
+        },
+    ];
+    for command in commands {
+        for e in book.plan(&command, &dispatcher, now)? {
+            book.apply(&e, now, &dispatcher.name, dispatcher.role);
+            each(&e)?;
+        }
+    }
+    if !finish {
+        return Ok(());
+    }
+    // Departments sign for and finish most orders.
+    let liaison_steps: Vec<(String, String)> = book
+        .incident(&id)
+        .map(|inc| {
+            book.orders_of(inc)
+                .map(|o| (o.id.clone(), o.department.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (order, department) in liaison_steps {
+        let liaison = Actor::new("liaison", Role::DepartmentLiaison, Some(&department));
+        for action in [
+            Action::AcknowledgeOrder,
+            Action::StartOrder,
+            Action::CompleteOrder,
+        ] {
+            let command = Command::Order {
+                id: order.clone(),
+                action,
+                note: None,
+            };
+            if let Ok(evs) = book.plan(&command, &liaison, now) {
+                for e in evs {
+                    book.apply(&e, now, &liaison.name, liaison.role);
+                    each(&e)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A book of about `orders` orders of generated traffic, built in memory for
+/// benchmarks of what views do with it: incidents a second apart over the day up to
+/// `now_ms`, the first nine tenths finished, the rest still in play, and the
+/// clock run at `now_ms` (orders past their deadline overdue and urged).
+pub fn busy_book(config: DispatchConfig, orders: usize, now_ms: i64) -> anyhow::Result<Book> {
+    let mut book = Book::new(config);
+    let mut rng = Rng(11);
+    let mut n = 0;
+    let per_incident = book
+        .config
+        .playbooks
+        .iter()
+        .map(|p| p.orders.len())
+        .sum::<usize>()
+        .max(1) as f64
+        / book.config.playbooks.len().max(1) as f64;
+    let incidents = (orders as f64 / per_incident).ceil() as usize;
+    let base = now_ms - incidents as i64 * 1000;
+    while book.orders.len() < orders {
+        let finish = n < incidents * 9 / 10;
+        traffic(
+            &mut book,
+            &mut rng,
+            n,
+            base + n as i64 * 1000,
+            finish,
+            &mut |_| Ok(()),
+        )?;
+        n += 1;
+    }
+    let system = Actor::system();
+    for command in book.due(now_ms) {
+        if let Ok(events) = book.plan(&command, &system, now_ms) {
+            for e in events {
+                book.apply(&e, now_ms, &system.name, system.role);
+            }
+        }
+    }
+    Ok(book)
 }
 
 /// Fills `db` up to `events` events of realistic incident/order traffic (in large
