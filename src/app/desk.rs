@@ -216,7 +216,9 @@ pub struct Desk {
     recommended_at_ms: i64,
     recommended_for: Option<(String, u64)>,
     /// What the pins and the routes on the map show, to rebuild them only on change.
-    pins_for: Option<(u64, Option<String>)>,
+    /// A digest of the pins drawn (which incidents, where, how severe, which one is
+    /// selected): events that change none of that do not rebuild the pins' mesh.
+    pins_for: Option<u64>,
     routes_for: Option<(i64, Option<String>)>,
     /// Alerts already in the live state when the log finished loading were read once.
     alerts_caught_up: bool,
@@ -794,11 +796,6 @@ fn desk_pins(
     let Some(book) = desk.worker.book() else {
         return;
     };
-    let key = (book.revision, selected.clone());
-    if desk.pins_for.as_ref() == Some(&key) {
-        return;
-    }
-    desk.pins_for = Some(key);
     let mut shown: Vec<&Incident> = book
         .by_urgency()
         .iter()
@@ -811,6 +808,19 @@ fn desk_pins(
     {
         shown.push(sel);
     }
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        selected.hash(&mut h);
+        for inc in &shown {
+            (&inc.id, inc.severity, inc.lon.to_bits(), inc.lat.to_bits()).hash(&mut h);
+        }
+        h.finish()
+    };
+    if desk.pins_for == Some(key) {
+        return;
+    }
+    desk.pins_for = Some(key);
     let mut data = MeshData::default();
     let mut earcut = earcut::Earcut::new();
     for inc in shown {

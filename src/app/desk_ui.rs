@@ -394,28 +394,36 @@ fn incident_matches(filter: &IncidentFilter, inc: &Incident) -> bool {
 fn incident_row_ui(ui: &mut egui::Ui, view: &DeskView, inc: &Incident, out: &mut Vec<DeskCommand>) {
     ui.horizontal(|ui| {
         severity_chip(ui, inc.severity);
-        let selected = view.selected == Some(inc.id.as_str());
-        if ui
-            .selectable_label(selected, format!("{}  {}", inc.id, inc.title))
-            .clicked()
-        {
-            out.push(DeskCommand::SelectIncident(Some(inc.id.clone())));
-        }
-        chip(
-            ui,
-            incident_status_label(inc.status),
-            incident_status_colour(inc.status),
-        );
-        let age = (view.now_ms - inc.reported_ms).max(0) as f64 / 1000.0;
-        ui.label(egui::RichText::new(age_text(age)).color(theme::MUTED));
-        let overdue = view
-            .book
-            .orders_of(inc)
-            .filter(|o| is_overdue(o, view.now_ms))
-            .count();
-        if overdue > 0 {
-            ui.label(egui::RichText::new(format!("{overdue} overdue")).color(theme::ALARM));
-        }
+        // Status, age and overdue count from the right edge first; the headline is
+        // cut to the room left (whole on hover), so a long one never widens the desk.
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            let overdue = view
+                .book
+                .orders_of(inc)
+                .filter(|o| is_overdue(o, view.now_ms))
+                .count();
+            if overdue > 0 {
+                ui.label(egui::RichText::new(format!("{overdue} overdue")).color(theme::ALARM));
+            }
+            let age = (view.now_ms - inc.reported_ms).max(0) as f64 / 1000.0;
+            ui.label(egui::RichText::new(age_text(age)).color(theme::MUTED));
+            chip(
+                ui,
+                incident_status_label(inc.status),
+                incident_status_colour(inc.status),
+            );
+            ui.with_layout(egui::Layout::left_to_right(egui::Align::Center), |ui| {
+                let selected = view.selected == Some(inc.id.as_str());
+                let text = format!("{}  {}", inc.id, inc.title);
+                if ui
+                    .add(egui::Button::selectable(selected, text).truncate())
+                    .on_hover_text(&inc.title)
+                    .clicked()
+                {
+                    out.push(DeskCommand::SelectIncident(Some(inc.id.clone())));
+                }
+            });
+        });
     });
 }
 
@@ -460,19 +468,18 @@ fn incident_header_ui(
     inc: &Incident,
     out: &mut Vec<DeskCommand>,
 ) {
-    ui.horizontal(|ui| {
-        ui.heading(&inc.title);
-        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-            if ui.button("×").clicked() {
-                out.push(DeskCommand::SelectIncident(None));
-            }
-            if ui.button("Fly to 飞至").clicked() {
-                out.push(DeskCommand::FlyTo {
-                    lon: inc.lon,
-                    lat: inc.lat,
-                });
-            }
-        });
+    // The buttons first, so a long headline elides instead of pushing them out.
+    let title = egui::RichText::new(&inc.title).heading();
+    crate::app::ui::panel_header(ui, title, |ui| {
+        if ui.button("×").clicked() {
+            out.push(DeskCommand::SelectIncident(None));
+        }
+        if ui.button("Fly to 飞至").clicked() {
+            out.push(DeskCommand::FlyTo {
+                lon: inc.lon,
+                lat: inc.lat,
+            });
+        }
     });
     let kind = match view.book.config.playbook(&inc.kind) {
         Some(p) => format!("{} ({})", p.title, inc.kind),
@@ -920,7 +927,7 @@ pub fn new_incident_ui(
             );
             ui.end_row();
             ui.label("Severity 等级");
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 for s in Severity::ALL {
                     ui.selectable_value(&mut form.severity, s, severity_label(s));
                 }
@@ -1535,6 +1542,40 @@ mod desk_tests {
         );
         // No hand-recording buttons: both departments have endpoints.
         assert!(h.query_by_label("Signed for 已签收").is_none());
+    }
+
+    #[test]
+    fn a_long_headline_never_pushes_the_incident_buttons_off_a_narrow_desk() {
+        let mut book = Book::new(DispatchConfig::default_config());
+        let headline = "Flash flood warning issued for the low-lying districts along the river: \
+            residents of the underpasses, basements and riverside parks should move to higher \
+            ground now and follow the instructions of the emergency services on site";
+        let id = report(&mut book, "waterlogging", headline, Severity::Severe, T0);
+        let mut world = World::new(book, T0 + MIN);
+        world.selected = Some(id);
+        let mut h = Harness::builder()
+            .with_size(egui::vec2(360.0, 900.0))
+            .build_ui_state(
+                |ui, d: &mut Desk| {
+                    incident_list_ui(ui, &d.world.view(), &mut d.state, &mut d.out);
+                    incident_detail_ui(ui, &d.world.view(), &mut d.state, &mut d.out);
+                },
+                Desk {
+                    world,
+                    state: DeskState::default(),
+                    out: Vec::new(),
+                },
+            );
+        h.run();
+        for label in ["×", "Fly to 飞至", "reported 已上报"] {
+            for node in h.get_all_by_label(label) {
+                let r = node.rect();
+                assert!(r.max.x <= 360.5, "{label} at {r:?} is off the desk");
+            }
+        }
+        // The row keeps its status chip in view too.
+        let chip = h.get_all_by_label("reported 已上报").next();
+        assert!(chip.is_some());
     }
 
     #[test]
