@@ -723,15 +723,23 @@ mod shell_tests {
         }
     }
 
-    /// The close button (`×`) drawn inside `rect`.
+    /// The panel's close button (`×`) drawn inside `rect`: the one in its header row
+    /// (the desk's incident detail has a `×` of its own further down).
     fn close_in(h: &Harness<'_, Shell>, rect: egui::Rect) -> egui::Pos2 {
-        let centres: Vec<egui::Pos2> = h
+        let mut centres: Vec<egui::Pos2> = h
             .get_all_by_label("×")
             .map(|n| n.rect().center())
             .filter(|c| rect.contains(*c))
             .collect();
-        assert_eq!(centres.len(), 1, "close buttons in {rect:?}: {centres:?}");
-        centres[0]
+        centres.sort_by(|a, b| a.y.total_cmp(&b.y));
+        let Some(&top) = centres.first() else {
+            panic!("no close button in {rect:?}");
+        };
+        assert!(
+            top.y < rect.top() + 80.0,
+            "the top close button in {rect:?} is at {top:?}, not in the header"
+        );
+        top
     }
 
     fn click_at(h: &mut Harness<'_, Shell>, pos: egui::Pos2) {
