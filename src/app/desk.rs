@@ -226,6 +226,12 @@ pub struct Desk {
     speeds_loaded: bool,
     /// A console of a hall: its link (reachability, presence).
     pub hall: Option<HallLink>,
+    /// Commands sent to the writer and not yet answered: the ticket, and what the
+    /// desk was on when it was sent (who was signed in, what was selected), so an
+    /// answer never lands on the next person's desk or pulls a selection away.
+    sent: Vec<(u64, u64, Option<String>)>,
+    /// Bumped at every sign-in and sign-out.
+    session: u64,
 }
 
 /// The event log's integrity as the console last checked it.
@@ -278,6 +284,8 @@ impl Desk {
             alerts_caught_up: false,
             speeds_loaded: false,
             hall: None,
+            sent: Vec::new(),
+            session: 0,
         }
     }
 
@@ -337,9 +345,71 @@ impl Desk {
         }
     }
 
+    /// Sends a command to the writer (one at a time); its answer comes back through
+    /// [`Desk::take_answers`].
+    pub fn send(&mut self, cmd: crate::dispatch::book::Command) {
+        let Some(actor) = self.actor.clone() else {
+            self.status_line = Some("refused: sign in first".into());
+            return;
+        };
+        if self.worker.is_loading() {
+            self.status_line = Some("error: the dispatch log is not loaded yet".into());
+            return;
+        }
+        // One at a time: a second click before the first is written would
+        // be checked against a book without it (a report twice).
+        if self.worker.in_flight() > 0 {
+            self.status_line = Some("wait: the last command is still being saved 正在保存".into());
+            return;
+        }
+        // Written on the writer thread; the outcome comes back in a later
+        // frame, with its events.
+        self.status_line = Some(match self.worker.execute(cmd, &actor) {
+            Ok(ticket) => {
+                self.sent
+                    .push((ticket, self.session, self.selected.clone()));
+                "saving… 正在保存".into()
+            }
+            Err(e) => format!("error: {e}"),
+        });
+    }
+
+    /// Takes the writer's answers to this desk's commands: the status line, and a
+    /// newly reported incident selected. Answers to commands the person before
+    /// sent, or that would pull the selection away from where the operator moved
+    /// on to, change nothing.
+    pub fn take_answers(&mut self) {
+        for done in self.worker.poll() {
+            let Some(k) = self.sent.iter().position(|(t, ..)| *t == done.ticket) else {
+                continue;
+            };
+            let (_, session, selected_then) = self.sent.remove(k);
+            if session != self.session {
+                // Sent by the person before: theirs, not this person's.
+                continue;
+            }
+            self.status_line = Some(match done.result {
+                Ok(events) => {
+                    // A new incident is selected straight away, unless the operator
+                    // moved on meanwhile.
+                    if let Some(crate::dispatch::book::Event::IncidentReported { id, .. }) =
+                        events.first()
+                        && self.selected == selected_then
+                    {
+                        self.selected = Some(id.clone());
+                        self.recommended_for = None;
+                    }
+                    format!("saved: {} event(s) written", events.len())
+                }
+                Err(e) => format!("refused: {e}"),
+            });
+        }
+    }
+
     /// Signs out: the next person starts at a clean desk, without the last one's
     /// selection, drafts, forms, filters or messages.
     pub fn sign_out(&mut self) {
+        self.session += 1;
         self.actor = None;
         self.status_line = None;
         self.selected = None;
@@ -563,21 +633,7 @@ fn desk_loaded(desk: Option<ResMut<Desk>>) {
     }
     desk.poll_sign_in();
     let was_loading = desk.worker.is_loading();
-    for done in desk.worker.poll() {
-        desk.status_line = Some(match done.result {
-            Ok(events) => {
-                // A new incident is selected straight away.
-                if let Some(crate::dispatch::book::Event::IncidentReported { id, .. }) =
-                    events.first()
-                {
-                    desk.selected = Some(id.clone());
-                    desk.recommended_for = None;
-                }
-                format!("saved: {} event(s) written", events.len())
-            }
-            Err(e) => format!("refused: {e}"),
-        });
-    }
+    desk.take_answers();
     if let Some(e) = desk.worker.pump_error.take() {
         let text = format!("error: {e}");
         error!("dispatch: {text}");
@@ -604,22 +660,7 @@ fn desk_apply(desk: Option<ResMut<Desk>>, mut rig: ResMut<CameraRig>, city: Res<
                 rig.fly_to(focus, 450.0);
             }
             DeskCommand::SetRecommendKind(_) => desk.recommended_for = None,
-            DeskCommand::Execute(cmd) => {
-                let Some(actor) = desk.actor.clone() else {
-                    desk.status_line = Some("refused: sign in first".into());
-                    continue;
-                };
-                if desk.worker.is_loading() {
-                    desk.status_line = Some("error: the dispatch log is not loaded yet".into());
-                    continue;
-                }
-                // Written on the writer thread; the outcome comes back in a later
-                // frame, with its events.
-                desk.status_line = Some(match desk.worker.execute(cmd, &actor) {
-                    Ok(_) => "saving… 正在保存".into(),
-                    Err(e) => format!("error: {e}"),
-                });
-            }
+            DeskCommand::Execute(cmd) => desk.send(cmd),
         }
     }
 }
@@ -709,7 +750,17 @@ fn desk_recommend(
         desk.recommendations.clear();
         return;
     };
-    let version = desk.worker.version();
+    // Re-ranked when what the ranking uses changes (the incident's kind and place),
+    // not at every event the book takes in.
+    let version = desk
+        .book()
+        .and_then(|b| b.incident(&selected))
+        .map_or(0, |i| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&i.kind, i.lon.to_bits(), i.lat.to_bits(), i.status as u8).hash(&mut h);
+            h.finish()
+        });
     let key = (selected.clone(), version);
     if desk.recommended_for.as_ref() == Some(&key) && now - desk.recommended_at_ms < 2000 {
         return;
@@ -1088,6 +1139,11 @@ mod tests {
 
     /// A desk on a fresh log holding one incident, with the demo users.
     fn desk_with_an_incident(name: &str) -> Desk {
+        desk_on(name).0
+    }
+
+    /// The same, and the switch that makes the log's appends wait (a slow disk).
+    fn desk_on(name: &str) -> (Desk, std::sync::Arc<std::sync::atomic::AtomicBool>) {
         let dir = std::env::temp_dir().join(format!("zhongshu-desk-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -1110,8 +1166,10 @@ mod tests {
             )
             .unwrap();
         }
+        let (log, _) = crate::store::testing::FailingLog::open(&db);
+        let hold = log.hold();
         let worker = DeskWorker::start(move || {
-            let d = Dispatcher::open(&db, DispatchConfig::default_config())
+            let d = Dispatcher::open_store(Box::new(log), DispatchConfig::default_config())
                 .map_err(|e| e.to_string())?;
             let options = ServiceOptions {
                 api_addr: "127.0.0.1:0".into(),
@@ -1119,7 +1177,7 @@ mod tests {
             };
             DispatchService::start(d, options).map_err(|e| e.to_string())
         });
-        Desk::new(worker, Users::demo(), None)
+        (Desk::new(worker, Users::demo(), None), hold)
     }
 
     fn harness(desk: Desk) -> Harness<'static, Desk> {
@@ -1129,7 +1187,7 @@ mod tests {
                 |ui, desk: &mut Desk| {
                     // What the frame's systems do around the panel.
                     desk.poll_sign_in();
-                    desk.worker.poll();
+                    desk.take_answers();
                     for c in std::mem::take(&mut desk.pending) {
                         if let DeskCommand::SelectIncident(id) = c {
                             desk.selected = id;
@@ -1192,6 +1250,38 @@ mod tests {
         assert_eq!(desk.ui.filter, DeskState::default().filter);
         assert_eq!(desk.ui.form, DeskState::default().form);
         assert!(desk.status_line.is_none(), "the last person's messages");
+    }
+
+    #[test]
+    fn an_answer_that_comes_after_sign_out_never_lands_on_the_next_persons_desk() {
+        let (desk, hold) = desk_on("late-answer");
+        let mut h = harness(desk);
+        frames_until(&mut h, |d| d.book().is_some());
+        sign_in(&mut h, "dispatch");
+        // The disk stalls while a report is being saved, and the dispatcher leaves.
+        hold.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.state_mut().send(Command::ReportIncident(NewIncident {
+            kind: "waterlogging".into(),
+            title: "Underpass flooded".into(),
+            domain: Domain::Urban,
+            severity: Severity::Severe,
+            lon: 24.94,
+            lat: 60.17,
+            source: "map".into(),
+            key: None,
+        }));
+        assert_eq!(h.state().worker.in_flight(), 1);
+        h.get_by_label("Sign out 退出").click();
+        h.run_steps(2);
+        sign_in(&mut h, "leader");
+        hold.store(false, std::sync::atomic::Ordering::Relaxed);
+        frames_until(&mut h, |d| d.worker.in_flight() == 0);
+        let desk = h.state();
+        // The report was saved (the log has it) ...
+        assert_eq!(desk.book().unwrap().incidents.len(), 2);
+        // ... but the leader's desk shows nothing of the dispatcher's command.
+        assert!(desk.selected.is_none());
+        assert!(desk.status_line.is_none(), "{:?}", desk.status_line);
     }
 
     #[test]

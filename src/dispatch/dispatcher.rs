@@ -405,9 +405,10 @@ impl Dispatcher {
     }
 
     /// Runs many commands by one actor with group commit: each is checked against
-    /// the state the ones before it leave, and up to [`GROUP_MAX_EVENTS`] events
-    /// (or [`GROUP_MAX_BYTES`]) go to the log in one all-or-nothing append, one
-    /// fsync, before any of them is applied. Refused commands are skipped (the state
+    /// the state the ones before it leave, and their events go to the log in one
+    /// all-or-nothing append, one fsync, before any of them is applied; a commit
+    /// closes once it holds [`GROUP_MAX_EVENTS`] events or [`GROUP_MAX_BYTES`]
+    /// (so it may pass either by one command's events). Refused commands are skipped (the state
     /// moved on since they were chosen). A storage error stops the group; what was
     /// committed before it is applied and in `written`, and the rest is not.
     pub fn execute_group(
@@ -475,6 +476,7 @@ impl Dispatcher {
                     self.journal_events(&events, now_ms, actor);
                     written.extend(events);
                     next = end;
+                    races = 0;
                 }
                 Err(StoreError::Conflict { .. }) if races < MAX_RACES => {
                     // Another writer of the hall got there first: take its events

@@ -19,6 +19,9 @@ use super::service::DispatchService;
 /// department reports, the clock).
 const PUMP_EVERY: Duration = Duration::from_millis(20);
 
+/// How long dropping the worker waits for the writer to finish what was sent.
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+
 /// Most committed events the frame applies to its copy of the book in one call to
 /// [`DeskWorker::poll`]; the rest wait for the next frame.
 pub const APPLY_PER_POLL: usize = 500;
@@ -82,8 +85,8 @@ pub struct DeskWorker {
     /// The last storage error while pumping, taken by the caller.
     pub pump_error: Option<String>,
     next_ticket: u64,
-    /// Commands sent and not yet answered.
-    in_flight: usize,
+    /// Commands sent and not yet answered, oldest first.
+    unanswered: VecDeque<u64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -95,7 +98,20 @@ impl DeskWorker {
         let (updates_tx, updates) = channel();
         let thread = std::thread::Builder::new()
             .name("dispatch-writer".into())
-            .spawn(move || writer(open, requests_rx, updates_tx))
+            .spawn(move || {
+                let updates = updates_tx.clone();
+                let run = std::panic::AssertUnwindSafe(|| writer(open, requests_rx, updates_tx));
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    let _ = updates.send(Update::Failed(format!(
+                        "the dispatch writer stopped: {why}"
+                    )));
+                }
+            })
             .expect("start the dispatch writer thread");
         Self {
             requests: Some(requests),
@@ -109,7 +125,7 @@ impl DeskWorker {
             alarm: None,
             pump_error: None,
             next_ticket: 0,
-            in_flight: 0,
+            unanswered: VecDeque::new(),
             thread: Some(thread),
         }
     }
@@ -130,7 +146,7 @@ impl DeskWorker {
 
     /// Commands sent and not yet answered.
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.unanswered.len()
     }
 
     /// Sends a command to the writer; its outcome comes back from a later
@@ -146,7 +162,7 @@ impl DeskWorker {
             command: Box::new(command),
             actor: actor.clone(),
         })?;
-        self.in_flight += 1;
+        self.unanswered.push_back(ticket);
         Ok(ticket)
     }
 
@@ -167,40 +183,50 @@ impl DeskWorker {
     /// [`APPLY_PER_POLL`] committed events to the book and returns the outcomes of
     /// commands whose events are all applied.
     pub fn poll(&mut self) -> Vec<Done> {
-        let updates = match self.updates.get_mut() {
-            Ok(u) => u,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        loop {
-            match updates.try_recv() {
-                Ok(Update::Loaded {
+        let mut received = Vec::new();
+        let mut disconnected = false;
+        {
+            let updates = match self.updates.get_mut() {
+                Ok(u) => u,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            loop {
+                match updates.try_recv() {
+                    Ok(u) => received.push(u),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
+            }
+        }
+        for update in received {
+            match update {
+                Update::Loaded {
                     book,
                     opened,
                     api_url,
-                }) => {
+                } => {
                     self.book = Some(*book);
                     self.opened = Some(opened);
                     self.api_url = Some(api_url);
                 }
-                Ok(Update::Failed(e)) => self.load_error = Some(e),
-                Ok(Update::Applied(events)) => {
+                Update::Failed(e) => self.stopped(e),
+                Update::Applied(events) => {
                     self.backlog.extend(events.into_iter().map(Backlog::Event));
                 }
-                Ok(Update::Done { ticket, result }) => {
+                Update::Done { ticket, result } => {
                     self.backlog
                         .push_back(Backlog::Done(Done { ticket, result }));
                 }
-                Ok(Update::Notices(n)) => self.notices = n,
-                Ok(Update::Alarm(a)) => self.alarm = Some(a),
-                Ok(Update::PumpError(e)) => self.pump_error = Some(e),
-                Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    if self.book.is_none() && self.load_error.is_none() {
-                        self.load_error = Some("the dispatch writer stopped".into());
-                    }
-                    break;
-                }
+                Update::Notices(n) => self.notices = n,
+                Update::Alarm(a) => self.alarm = Some(a),
+                Update::PumpError(e) => self.pump_error = Some(e),
             }
+        }
+        if disconnected && self.load_error.is_none() {
+            self.stopped("the dispatch writer stopped".into());
         }
         let mut out = Vec::new();
         let mut applied = 0;
@@ -208,7 +234,7 @@ impl DeskWorker {
             match self.backlog.pop_front() {
                 None => break,
                 Some(Backlog::Done(d)) => {
-                    self.in_flight = self.in_flight.saturating_sub(1);
+                    self.unanswered.retain(|&t| t != d.ticket);
                     out.push(d);
                 }
                 Some(Backlog::Event(f)) => {
@@ -220,6 +246,18 @@ impl DeskWorker {
             }
         }
         out
+    }
+
+    /// The writer cannot be used (the log did not open, or the writer stopped):
+    /// said once, and every command still waiting is answered with it.
+    fn stopped(&mut self, error: String) {
+        for ticket in self.unanswered.drain(..) {
+            self.backlog.push_back(Backlog::Done(Done {
+                ticket,
+                result: Err(format!("not written: {error}")),
+            }));
+        }
+        self.load_error = Some(error);
     }
 
     /// Committed events the frame has not applied yet.
@@ -243,7 +281,19 @@ impl Drop for DeskWorker {
     /// append is all-or-nothing), and waits for it.
     fn drop(&mut self) {
         self.requests = None;
-        if let Some(t) = self.thread.take() {
+        let Some(t) = self.thread.take() else { return };
+        // Still replaying the log: nothing of this console's is being written, so
+        // the app does not wait for the replay to finish.
+        if self.book.is_none() {
+            return;
+        }
+        // Otherwise what was sent is written first, for a few seconds at most (a
+        // hall server that does not answer is not waited on for ever).
+        let started = std::time::Instant::now();
+        while !t.is_finished() && started.elapsed() < STOP_WITHIN {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if t.is_finished() {
             let _ = t.join();
         }
     }
@@ -294,9 +344,14 @@ fn writer(
                     let _ = updates.send(Update::Done { ticket, result });
                 }
                 Request::Alert(alert) => {
+                    // Not the operator's doing: a notice, not the status line.
                     if let Err(e) = service.take_alert(&alert, now) {
-                        let _ =
-                            updates.send(Update::PumpError(format!("alert {}: {e}", alert.key)));
+                        service
+                            .notices
+                            .push_back(format!("alert {} not taken in: {e}", alert.key));
+                        while service.notices.len() > 50 {
+                            service.notices.pop_front();
+                        }
                     }
                 }
             }
@@ -512,6 +567,32 @@ mod tests {
         let again = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
         assert_eq!(shown.orders, again.book().orders);
         assert_eq!(shown.incidents, again.book().incidents);
+    }
+
+    #[test]
+    fn closing_while_the_log_still_loads_does_not_wait_for_the_replay() {
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = finished.clone();
+        let w = DeskWorker::start(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            flag.store(true, Ordering::Relaxed);
+            Err("replayed".to_string())
+        });
+        drop(w);
+        assert!(
+            !finished.load(Ordering::Relaxed),
+            "dropping the desk waited for the replay"
+        );
+    }
+
+    #[test]
+    fn a_writer_that_panics_says_so_and_answers_what_was_sent() {
+        let mut w = DeskWorker::start(|| panic!("the disk controller fell over"));
+        frames_until(&mut w, |w, _| !w.is_loading());
+        let e = w.load_error.clone().unwrap();
+        assert!(e.contains("the disk controller fell over"), "{e}");
+        assert!(w.execute(fire(), &dispatcher_actor()).is_err());
+        assert_eq!(w.in_flight(), 0);
     }
 
     #[test]
