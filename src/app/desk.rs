@@ -299,15 +299,17 @@ impl Desk {
         let (tx, rx) = channel();
         zeroize::Zeroize::zeroize(&mut self.sign_in.passphrase);
         self.sign_in.error = None;
+        // Wiped when dropped: after the check, and also when the thread does not
+        // start or the check panics.
+        let passphrase = zeroize::Zeroizing::new(passphrase);
         let spawned = std::thread::Builder::new()
             .name("sign-in".into())
             .spawn(move || {
-                let mut passphrase = passphrase;
                 let result = users
                     .sign_in(&name, &passphrase)
                     .map(|u| Actor::new(&u.name, u.role, u.department.as_deref()))
                     .map_err(|e| e.to_string());
-                zeroize::Zeroize::zeroize(&mut passphrase);
+                drop(passphrase);
                 let _ = tx.send(result);
             });
         match spawned {
