@@ -124,56 +124,7 @@ fn clock_tick(overdue: usize) -> anyhow::Result<TickReport> {
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("events.db");
     let now = crate::feeds::poll::unix_ms_now();
-    {
-        let book = crate::dispatch::bench::busy_book(
-            DispatchConfig::default_config(),
-            overdue,
-            now - 7_200_000,
-        )?;
-        let mut d = Dispatcher::open(&db, DispatchConfig::default_config())?;
-        // The same incidents and orders, issued two hours ago and not yet signed
-        // for: all past their deadline now.
-        let dispatcher = Actor::new("bench", Role::Dispatcher, None);
-        for inc in &book.incidents {
-            let at = now - 7_200_000;
-            d.execute(
-                &Command::ReportIncident(crate::dispatch::book::NewIncident {
-                    kind: inc.kind.clone(),
-                    title: inc.title.clone(),
-                    domain: inc.domain,
-                    severity: inc.severity,
-                    lon: inc.lon,
-                    lat: inc.lat,
-                    source: "bench".into(),
-                    key: None,
-                }),
-                &dispatcher,
-                at,
-            )?;
-            let id = d
-                .book()
-                .incidents
-                .last()
-                .map(|i| i.id.clone())
-                .unwrap_or_default();
-            let orders = book
-                .orders_of(inc)
-                .map(|o| crate::dispatch::book::NewOrder {
-                    department: o.department.clone(),
-                    instruction: o.instruction.clone(),
-                    deadline_ms: at + 60_000,
-                })
-                .collect();
-            d.execute(
-                &Command::IssueOrders {
-                    incident: id,
-                    orders,
-                },
-                &dispatcher,
-                at,
-            )?;
-        }
-    }
+    crate::dispatch::bench::overdue_log(&mut crate::store::EventLog::open(&db)?, overdue, now)?;
     let before = Dispatcher::open(&db, DispatchConfig::default_config())?
         .log()
         .len();
@@ -184,13 +135,7 @@ fn clock_tick(overdue: usize) -> anyhow::Result<TickReport> {
             Dispatcher::open(&path, DispatchConfig::default_config()).map_err(|e| e.to_string())?;
         let options = ServiceOptions {
             api_addr: "127.0.0.1:0".into(),
-            sim: crate::dispatch::delivery::SimBehaviour {
-                fail_rate: 0.0,
-                reject_rate: 0.0,
-                ignore_rate: 1.0,
-                urged_ack_after_s: (3600.0, 3600.0),
-                ..Default::default()
-            },
+            sim: crate::dispatch::delivery::SimBehaviour::silent(),
             ..Default::default()
         };
         DispatchService::start(d, options).map_err(|e| format!("{e:#}"))

@@ -16,7 +16,6 @@ use super::live::{DomainVisibility, Live};
 use super::scene::LayerVisibility;
 use super::ui::UiInput;
 use super::{AppSystems, City, Selection, theme};
-use crate::dispatch::book::Incident;
 use crate::feeds::EntityKind;
 use crate::map::mesh::{self, MapLayer};
 use bevy::math::Affine3A;
@@ -276,8 +275,6 @@ struct DragState {
 
 /// A near miss within this many pixels of a marker or pin still picks it.
 const PICK_TOLERANCE_PX: f32 = 6.0;
-/// Incidents drawn as pins at most (as `desk_pins` draws them).
-const MAX_PINS: usize = 300;
 /// Height of the traffic ribbons above the ground.
 const TRAFFIC_Y: f32 = mesh::ROAD_Y + 0.2;
 
@@ -542,35 +539,20 @@ enum Picks {
     Incident(String),
 }
 
-/// The dispatch pins as `desk_pins` draws them: the most urgent open incidents and the
-/// selected one, each a column (70 m, 140 m when selected) on a ring.
+/// The dispatch pins as `desk_pins` draws them ([`super::desk::pinned_incidents`],
+/// [`super::desk::pin_size`]): a column on a ring each.
 fn pin_targets(desk: &mut Desk, city: &City) -> Vec<Target<Picks>> {
     let selected = desk.selected.clone();
     let Some(book) = desk.book() else {
         return Vec::new();
     };
-    let order = book.by_urgency();
-    let mut shown: Vec<&Incident> = order
-        .iter()
-        .map(|&i| &book.incidents[i])
-        .take_while(|i| i.is_open())
-        .take(MAX_PINS)
-        .collect();
-    if let Some(sel) = selected.as_deref().and_then(|id| book.incident(id))
-        && !shown.iter().any(|i| i.id == sel.id)
-    {
-        shown.push(sel);
-    }
+    let shown = super::desk::pinned_incidents(book, selected.as_deref());
     let mut targets = Vec::with_capacity(shown.len() * 2);
     for inc in shown {
         let [e, n] = city.map.frame.local_from_wgs84(inc.lon, inc.lat);
         let ground = Vec3::from_array(crate::geo_frame::world_from_local(e, n, 0.0));
         let is_selected = selected.as_deref() == Some(inc.id.as_str());
-        let (height, ring) = if is_selected {
-            (140.0, 40.0)
-        } else {
-            (70.0, 22.0)
-        };
+        let (height, ring) = super::desk::pin_size(is_selected);
         for (shape, y) in [
             (
                 Shape::Cylinder {

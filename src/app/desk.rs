@@ -15,7 +15,7 @@ use super::desk_ui::{DeskCommand, DeskState, RecommendationView};
 use super::live::{ChangedSlots, Live};
 use super::scene::{FlatMaterial, bevy_mesh_with};
 use super::{AppSystems, City};
-use crate::dispatch::book::{Actor, Incident, Severity};
+use crate::dispatch::book::{Actor, Book, Incident, Severity};
 use crate::dispatch::config::DispatchConfig;
 use crate::dispatch::dispatcher::Dispatcher;
 use crate::dispatch::recommend::{Recommendation, Router, Unit, units_from_state};
@@ -797,6 +797,33 @@ fn severity_colour(s: Severity) -> [f32; 4] {
 /// Incidents drawn as pins at most.
 const MAX_PINS: usize = 300;
 
+/// A pin's column height and ring radius in metres (larger when selected).
+pub fn pin_size(selected: bool) -> (f32, f32) {
+    if selected {
+        (140.0, 40.0)
+    } else {
+        (70.0, 22.0)
+    }
+}
+
+/// The incidents shown as pins: the most urgent open ones, and the selected one.
+/// Picking asks the same list, so a pin on the map is a pin under the cursor.
+pub fn pinned_incidents<'a>(book: &'a Book, selected: Option<&str>) -> Vec<&'a Incident> {
+    let mut shown: Vec<&Incident> = book
+        .by_urgency()
+        .iter()
+        .map(|&i| &book.incidents[i])
+        .take_while(|i| i.is_open())
+        .take(MAX_PINS)
+        .collect();
+    if let Some(sel) = selected.and_then(|id| book.incident(id))
+        && !shown.iter().any(|i| i.id == sel.id)
+    {
+        shown.push(sel);
+    }
+    shown
+}
+
 /// One of the desk's meshes on the map; rebuilt whole when what it shows changes.
 #[derive(Component, Clone, Copy, PartialEq, Eq)]
 enum DeskOverlay {
@@ -849,18 +876,7 @@ fn desk_pins(
     let Some(book) = desk.worker.book() else {
         return;
     };
-    let mut shown: Vec<&Incident> = book
-        .by_urgency()
-        .iter()
-        .map(|&i| &book.incidents[i])
-        .take_while(|i| i.is_open())
-        .take(MAX_PINS)
-        .collect();
-    if let Some(sel) = selected.as_deref().and_then(|id| book.incident(id))
-        && !shown.iter().any(|i| i.id == sel.id)
-    {
-        shown.push(sel);
-    }
+    let shown = pinned_incidents(book, selected.as_deref());
     let key = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -880,6 +896,7 @@ fn desk_pins(
         let [e, n] = city.map.frame.local_from_wgs84(inc.lon, inc.lat);
         let colour = severity_colour(inc.severity);
         let is_selected = selected.as_deref() == Some(inc.id.as_str());
+        let (height, ring) = pin_size(is_selected);
         let circle = |r: f64| {
             geo::Polygon::new(
                 (0..24)
@@ -895,12 +912,11 @@ fn desk_pins(
         mesh::add_flat_polygon(
             &mut data,
             &mut earcut,
-            &circle(if is_selected { 40.0 } else { 22.0 }),
+            &circle(ring as f64),
             mesh::DISTRICT_Y + 0.3,
             [colour[0], colour[1], colour[2], 0.9],
         );
         let start = data.positions.len();
-        let height = if is_selected { 140.0 } else { 70.0 };
         mesh::add_building(&mut data, &mut earcut, &circle(4.0), 0.0, height);
         data.colors
             .extend(std::iter::repeat_n(colour, data.positions.len() - start));
@@ -1146,23 +1162,11 @@ mod tests {
 
     /// The same, and the switch that makes the log's appends wait (a slow disk).
     fn desk_on(name: &str) -> (Desk, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-        let dir = std::env::temp_dir().join(format!("zhongshu-desk-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = dir.join("events.db");
+        let db = crate::dispatch::testing::temp_db("desk", name);
         {
             let mut d = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
             d.execute(
-                &Command::ReportIncident(NewIncident {
-                    kind: "building_fire".into(),
-                    title: "Smoke from a shop roof".into(),
-                    domain: Domain::Safety,
-                    severity: Severity::Severe,
-                    lon: 24.94,
-                    lat: 60.17,
-                    source: "map".into(),
-                    key: None,
-                }),
+                &crate::dispatch::testing::fire(),
                 &Actor::new("li.wei", Role::Dispatcher, None),
                 crate::feeds::poll::unix_ms_now(),
             )
@@ -1175,6 +1179,7 @@ mod tests {
                 .map_err(|e| e.to_string())?;
             let options = ServiceOptions {
                 api_addr: "127.0.0.1:0".into(),
+                sim: crate::dispatch::delivery::SimBehaviour::silent(),
                 ..Default::default()
             };
             DispatchService::start(d, options).map_err(|e| e.to_string())

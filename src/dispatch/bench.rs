@@ -279,6 +279,31 @@ pub fn busy_book(config: DispatchConfig, orders: usize, now_ms: i64) -> anyhow::
     Ok(book)
 }
 
+/// Writes incidents with their playbook's orders to `log` until it has `orders`
+/// orders, all issued a day before `now_ms` and none signed for: every one is past
+/// its deadline at `now_ms`, for the clock's first tick to mark and urge.
+pub fn overdue_log(
+    log: &mut dyn crate::store::EventStore,
+    orders: usize,
+    now_ms: i64,
+) -> anyhow::Result<()> {
+    let at = now_ms - 86_400_000;
+    let mut book = Book::new(DispatchConfig::default_config());
+    let mut rng = Rng(3);
+    let mut n = 0;
+    while book.orders.len() < orders {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        traffic(&mut book, &mut rng, n, at, false, &mut |e| {
+            rows.push((e.kind().to_string(), serde_json::to_string(e)?));
+            Ok(())
+        })?;
+        let rows: Vec<(&str, String)> = rows.iter().map(|(k, p)| (k.as_str(), p.clone())).collect();
+        log.append_all(at, "bench", Role::Dispatcher.as_str(), &rows)?;
+        n += 1;
+    }
+    Ok(())
+}
+
 /// Fills `db` up to `events` events of realistic incident/order traffic (in large
 /// transactions, to build the log quickly), then times rebuilding the console's state
 /// from it and, separately, checking the hash chain.

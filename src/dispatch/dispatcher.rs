@@ -501,11 +501,7 @@ mod tests {
     const T0: i64 = 1_795_946_400_000;
 
     fn temp_db(name: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("zhongshu-dispatcher-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("events.db")
+        crate::dispatch::testing::temp_db("dispatcher", name)
     }
 
     #[test]

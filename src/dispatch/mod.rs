@@ -18,6 +18,8 @@ pub mod dispatcher;
 mod hall_tests;
 pub mod recommend;
 pub mod service;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod users;
 pub mod worker;
 

@@ -755,16 +755,11 @@ mod tests {
 
     use super::*;
     use crate::dispatch::IncidentStatus;
-    use crate::dispatch::book::{NewOrder, Severity};
+    use crate::dispatch::book::NewOrder;
     use crate::dispatch::config::DispatchConfig;
-    use crate::feeds::Domain;
 
     fn temp_db(name: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("zhongshu-service-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("events.db")
+        crate::dispatch::testing::temp_db("service", name)
     }
 
     fn options(sim: SimBehaviour) -> ServiceOptions {
@@ -795,18 +790,7 @@ mod tests {
         crate::feeds::poll::unix_ms_now()
     }
 
-    fn fire() -> Command {
-        Command::ReportIncident(NewIncident {
-            kind: "building_fire".into(),
-            title: "Smoke from a shop roof".into(),
-            domain: Domain::Safety,
-            severity: Severity::Severe,
-            lon: 24.94,
-            lat: 60.17,
-            source: "map".into(),
-            key: None,
-        })
-    }
+    use crate::dispatch::testing::fire;
 
     fn orders_to(departments: &[&str], deadline_ms: i64) -> Vec<NewOrder> {
         departments
@@ -1049,13 +1033,7 @@ mod tests {
 
     /// Departments that take orders and never report by themselves.
     fn silent() -> SimBehaviour {
-        SimBehaviour {
-            fail_rate: 0.0,
-            reject_rate: 0.0,
-            ignore_rate: 1.0,
-            urged_ack_after_s: (3600.0, 3600.0),
-            ..Default::default()
-        }
+        SimBehaviour::silent()
     }
 
     fn one_order(s: &mut DispatchService, department: &str, deadline_ms: i64) {

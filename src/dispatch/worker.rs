@@ -386,33 +386,21 @@ mod tests {
 
     use super::*;
     use crate::dispatch::Role;
-    use crate::dispatch::book::{NewIncident, NewOrder, Severity};
+    use crate::dispatch::book::NewOrder;
     use crate::dispatch::config::DispatchConfig;
     use crate::dispatch::delivery::SimBehaviour;
     use crate::dispatch::dispatcher::Dispatcher;
     use crate::dispatch::service::ServiceOptions;
-    use crate::feeds::Domain;
     use crate::feeds::poll::unix_ms_now;
 
     fn temp_db(name: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("zhongshu-worker-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("events.db")
+        crate::dispatch::testing::temp_db("worker", name)
     }
 
     fn options() -> ServiceOptions {
         ServiceOptions {
             api_addr: "127.0.0.1:0".into(),
-            // Departments that take orders and never report by themselves.
-            sim: SimBehaviour {
-                fail_rate: 0.0,
-                reject_rate: 0.0,
-                ignore_rate: 1.0,
-                urged_ack_after_s: (3600.0, 3600.0),
-                ..Default::default()
-            },
+            sim: SimBehaviour::silent(),
             ..Default::default()
         }
     }
@@ -421,18 +409,7 @@ mod tests {
         Actor::new("li.wei", Role::Dispatcher, None)
     }
 
-    fn fire() -> Command {
-        Command::ReportIncident(NewIncident {
-            kind: "building_fire".into(),
-            title: "Smoke from a shop roof".into(),
-            domain: Domain::Safety,
-            severity: Severity::Severe,
-            lon: 24.94,
-            lat: 60.17,
-            source: "map".into(),
-            key: None,
-        })
-    }
+    use crate::dispatch::testing::fire;
 
     /// Polls like a frame would (every 5 ms) until `done` holds, at most 20 s.
     fn frames_until(w: &mut DeskWorker, mut done: impl FnMut(&mut DeskWorker, Vec<Done>) -> bool) {

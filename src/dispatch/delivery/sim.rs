@@ -101,6 +101,18 @@ impl Default for SimBehaviour {
 }
 
 impl SimBehaviour {
+    /// Departments that take every order and never report by themselves (nor when
+    /// urged, within the hour): for tests and benchmarks of the dispatcher's side.
+    pub fn silent() -> Self {
+        SimBehaviour {
+            fail_rate: 0.0,
+            reject_rate: 0.0,
+            ignore_rate: 1.0,
+            urged_ack_after_s: (3600.0, 3600.0),
+            ..Default::default()
+        }
+    }
+
     /// Checks rates, ranges and speedup (done by [`DepartmentSim::start`]).
     pub fn validate(&self) -> anyhow::Result<()> {
         for (name, rate) in [
