@@ -1024,6 +1024,15 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             every_min,
             seed,
         }) => {
+            if !(hours.is_finite() && hours > 0.0 && hours <= 8760.0) {
+                anyhow::bail!("--hours {hours}: give simulated hours above 0, at most 8760");
+            }
+            if !(every_min.is_finite() && every_min > 0.0 && every_min <= hours * 60.0) {
+                anyhow::bail!(
+                    "--every-min {every_min}: give simulated minutes above 0, at most the run ({} min)",
+                    hours * 60.0
+                );
+            }
             let options = bench::SoakOptions {
                 simulated_hours: hours,
                 sample_every_min: every_min,

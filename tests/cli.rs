@@ -371,3 +371,25 @@ fn demo_accounts_and_tokens_are_refused_outside_demo_mode() {
         "loopback only",
     );
 }
+
+#[test]
+fn bench_soak_refuses_durations_it_cannot_run() {
+    for args in [
+        ["--hours", "NaN"],
+        ["--hours=-1", "--every-min=30"],
+        ["--hours", "1e300"],
+        ["--every-min", "1e300"],
+    ] {
+        let out = crate::zhongshu()
+            .args(["bench", "soak"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--hours") || err.contains("--every-min"),
+            "{args:?}: {err}"
+        );
+    }
+}

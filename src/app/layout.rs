@@ -925,6 +925,26 @@ mod shell_tests {
     }
 
     #[test]
+    fn on_a_narrow_bar_the_demo_warning_and_both_toggles_stay_on_screen() {
+        let h = harness((480.0, 600.0), shell(true, true, false));
+        let screen = h.state().layout.last.screen;
+        let mut top_bar = Vec::new();
+        for label in ["治理", "调度", "DEMO 演示"] {
+            let r = h.get_all_by_label(label).next().unwrap().rect();
+            assert!(screen.contains_rect(r), "{label} is off screen: {r:?}");
+            top_bar.push(r);
+        }
+        for (i, a) in top_bar.iter().enumerate() {
+            for b in &top_bar[i + 1..] {
+                assert!(
+                    !a.shrink(1.0).intersects(b.shrink(1.0)),
+                    "{a:?} overlaps {b:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn at_800_px_the_clock_and_the_kpis_stay_on_one_line_each() {
         let h = harness((800.0, 600.0), shell(true, true, false));
         let screen = h.state().layout.last.screen;

@@ -334,6 +334,7 @@ pub fn top_bar_ui(
     desk_open: bool,
     out: &mut Vec<UiCommand>,
 ) {
+    let bar_width = ui.available_width();
     ui.horizontal(|ui| {
         // The clock and the toggles are laid out first, from the right, so they always
         // show whole; the title and the city's name take the room left and elide.
@@ -346,17 +347,7 @@ pub fn top_bar_ui(
                 )
                 .extend(),
             );
-            ui.separator();
-            // Toggles that show whether their panel is open.
-            if ui.selectable_label(desk_open, "Dispatch 指挥调度").clicked() {
-                out.push(UiCommand::ToggleDesk);
-            }
-            if ui
-                .selectable_label(steward_open, "Data steward 数据治理")
-                .clicked()
-            {
-                out.push(UiCommand::ToggleSteward);
-            }
+            // Next to the clock, so a narrow bar never pushes it off.
             if demo {
                 // Demo accounts and tokens are active: said wherever anyone looks.
                 egui::Frame::new()
@@ -377,6 +368,30 @@ pub fn top_bar_ui(
                     .on_hover_text(
                         "Demo accounts (published passphrase) and demo department tokens are active: not for operations. Run with --users and --dispatch.",
                     );
+            }
+            ui.separator();
+            // Toggles that show whether their panel is open.
+            // On a narrow bar the toggles keep only their Chinese names (the
+            // English on hover), so neither is pushed off the bar.
+            let narrow = bar_width < 640.0;
+            let (dispatch, steward) = if narrow {
+                ("调度", "治理")
+            } else {
+                ("Dispatch 指挥调度", "Data steward 数据治理")
+            };
+            if ui
+                .selectable_label(desk_open, dispatch)
+                .on_hover_text("Dispatch 指挥调度")
+                .clicked()
+            {
+                out.push(UiCommand::ToggleDesk);
+            }
+            if ui
+                .selectable_label(steward_open, steward)
+                .on_hover_text("Data steward 数据治理")
+                .clicked()
+            {
+                out.push(UiCommand::ToggleSteward);
             }
             ui.with_layout(egui::Layout::left_to_right(egui::Align::Center), |ui| {
                 ui.add(

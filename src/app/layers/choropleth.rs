@@ -111,9 +111,10 @@ fn update_choropleth(
     }
     layer.areas = areas.len();
     layer.max_value = max_value;
-    // A mesh without vertices is never added: bevy's mesh allocator skips allocating
+    // A mesh without vertices or triangles (areas that triangulate to nothing) is
+    // never added: bevy's mesh allocator skips allocating
     // it but still copies it, logging "Use-after-free" (twice) each time.
-    if data.positions.is_empty() {
+    if data.positions.is_empty() || data.indices.is_empty() {
         if let Some(e) = layer.entity.take() {
             commands.entity(e).despawn();
         }

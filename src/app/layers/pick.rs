@@ -218,11 +218,17 @@ pub fn pick<T: Clone>(click: &Click, targets: &[Target<T>]) -> Option<Picked<T>>
     let mut exact: Option<(f32, &Target<T>)> = None;
     let mut near: Option<(f32, f32, &Target<T>)> = None;
     for target in targets {
+        // A shape at a non-finite place would "hit" every ray (NaN comparisons).
+        if !target.world_from_local.is_finite() {
+            continue;
+        }
         let local_from_world = target.world_from_local.inverse();
         // Not normalised: `t` along the local ray is `t` along the world ray.
         let o = local_from_world.transform_point3(click.origin);
         let d = local_from_world.transform_vector3(click.dir);
-        if let Some(t) = target.shape.ray_hit(o, d) {
+        // A camera inside a shape (zoomed in next to a tall marker) does not pick it
+        // on every click: only shapes in front of the eye count.
+        if let Some(t) = target.shape.ray_hit(o, d).filter(|&t| t > 1e-4) {
             if exact.is_none_or(|(best, _)| t < best) {
                 exact = Some((t, target));
             }
@@ -305,6 +311,30 @@ mod tests {
         let p = pick(&c, &targets).expect("a hit");
         assert_eq!(p.what, "high beacon");
         assert!(p.exact);
+    }
+
+    #[test]
+    fn a_shape_at_no_real_place_or_around_the_eye_is_never_picked() {
+        let eye = Vec3::new(0.0, 600.0, 1200.0);
+        let c = click_towards(eye, Vec3::new(0.0, 45.0, 0.0));
+        let targets = vec![
+            Target {
+                what: "nowhere",
+                shape: CAR,
+                world_from_local: at(Vec3::new(f32::NAN, 0.0, 0.0)),
+            },
+            Target {
+                what: "around the eye",
+                shape: BEACON,
+                world_from_local: at(eye),
+            },
+            Target {
+                what: "high beacon",
+                shape: BEACON,
+                world_from_local: at(Vec3::new(0.0, 45.0, 0.0)),
+            },
+        ];
+        assert_eq!(pick(&c, &targets).expect("a hit").what, "high beacon");
     }
 
     #[test]
