@@ -924,6 +924,18 @@ mod shell_tests {
             .fonts_mut(|f| f.row_height(&egui::FontId::proportional(size)))
     }
 
+    /// No two of `rects` overlap.
+    fn assert_apart(rects: &[egui::Rect]) {
+        for (i, a) in rects.iter().enumerate() {
+            for b in &rects[i + 1..] {
+                assert!(
+                    !a.shrink(1.0).intersects(b.shrink(1.0)),
+                    "{a:?} overlaps {b:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn on_a_narrow_bar_the_demo_warning_and_both_toggles_stay_on_screen() {
         let h = harness((480.0, 600.0), shell(true, true, false));
@@ -934,14 +946,7 @@ mod shell_tests {
             assert!(screen.contains_rect(r), "{label} is off screen: {r:?}");
             top_bar.push(r);
         }
-        for (i, a) in top_bar.iter().enumerate() {
-            for b in &top_bar[i + 1..] {
-                assert!(
-                    !a.shrink(1.0).intersects(b.shrink(1.0)),
-                    "{a:?} overlaps {b:?}"
-                );
-            }
-        }
+        assert_apart(&top_bar);
     }
 
     #[test]
@@ -966,14 +971,7 @@ mod shell_tests {
             assert!(screen.contains_rect(r), "{label} is off screen: {r:?}");
             top_bar.push(r);
         }
-        for (i, a) in top_bar.iter().enumerate() {
-            for b in &top_bar[i + 1..] {
-                assert!(
-                    !a.shrink(1.0).intersects(b.shrink(1.0)),
-                    "{a:?} overlaps {b:?}"
-                );
-            }
-        }
+        assert_apart(&top_bar);
         let size = kpi_value_size(600.0);
         for label in [
             "Road speed 路网均速",
