@@ -419,6 +419,7 @@ fn pick_on_click(
     mut selection: ResMut<Selection>,
     mut desk: Option<ResMut<Desk>>,
     live: Option<Res<Live>>,
+    mut layout: Option<ResMut<super::layout::ShellLayout>>,
 ) {
     let Some(cursor) = drag.click else { return };
     let Ok((cam, cam_tf)) = camera.single() else {
@@ -476,23 +477,31 @@ fn pick_on_click(
         let slack_m = (PICK_TOLERANCE_PX * click.metres_per_px_per_m * t) as f64;
         road_segment_at(live, &domains, &city, [e, n], slack_m).map(Picks::Entity)
     });
-    match (building, picked) {
+    use super::layout::SidePanelKind;
+    // What the click changed comes to the front when the panels are tabs.
+    let front = match (building, picked) {
         (None, Some(Picks::Entity(slot))) => {
             selection.entity = Some(slot);
             selection.building = None;
+            Some(SidePanelKind::Inspector)
         }
         (None, Some(Picks::Incident(id))) => {
-            if let Some(desk) = desk.as_deref_mut() {
-                desk.pending.push(DeskCommand::SelectIncident(Some(id)));
-                desk.open = true;
-            }
             selection.building = None;
             selection.entity = None;
+            desk.as_deref_mut().map(|desk| {
+                desk.pending.push(DeskCommand::SelectIncident(Some(id)));
+                desk.open = true;
+                SidePanelKind::Desk
+            })
         }
         (building, _) => {
             selection.building = building;
             selection.entity = None;
+            building.map(|_| SidePanelKind::Inspector)
         }
+    };
+    if let (Some(kind), Some(layout)) = (front, layout.as_deref_mut()) {
+        layout.show_first(kind);
     }
 }
 

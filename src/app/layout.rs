@@ -180,6 +180,12 @@ impl ShellLayout {
         )
     }
 
+    /// Brings a panel's tab to the front (a click on the map changed what it shows,
+    /// so it must not stay behind another tab).
+    pub fn show_first(&mut self, kind: SidePanelKind) {
+        self.tab = Some(kind);
+    }
+
     /// The active tab: a panel that just opened, else the one shown before, else the last.
     fn choose_tab(&mut self, open: &[SidePanelKind]) {
         if let Some(&new) = open.iter().rev().find(|k| !self.open_before.contains(k)) {
@@ -459,6 +465,15 @@ mod tests {
         let mut layout = ShellLayout::default();
         layout.choose_tab(&[Layers]);
         assert_eq!(layout.tab, Some(Layers));
+        // A click on the map that changes a panel behind another brings it forward.
+        let mut picked = ShellLayout::default();
+        picked.choose_tab(&[Layers, Desk, Inspector]);
+        picked.show_first(Desk);
+        picked.choose_tab(&[Layers, Desk, Inspector]);
+        assert_eq!(picked.tab, Some(Desk));
+        picked.show_first(Inspector);
+        picked.choose_tab(&[Layers, Desk, Inspector]);
+        assert_eq!(picked.tab, Some(Inspector));
         layout.choose_tab(&[Layers, Desk]);
         assert_eq!(layout.tab, Some(Desk));
         layout.tab = Some(Layers);
