@@ -518,7 +518,7 @@ pub fn bench_soak(
     let feeds = sim_source::default_sim_feeds();
     let (tx, rx) = std::sync::mpsc::channel();
     let rules = crate::governance::quality::QualityRules::for_city(city.bbox_wgs84);
-    let mut ingest = crate::feeds::health::Ingest::with_rules(&feeds, rx, rules);
+    let mut ingest = crate::governance::health::Ingest::with_rules(&feeds, rx, rules);
     let mut state = crate::state::LiveState::new(city.frame);
     let mut config = crate::sim::SimConfig::for_map(&city);
     config.seed = options.seed;

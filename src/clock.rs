@@ -1,5 +1,16 @@
-//! Time formatting shared by the CLI and panels. Core logic never reads the system
-//! clock; callers pass times in (Unix milliseconds).
+//! Time formatting shared by the CLI and panels, and the one reading of the system
+//! clock ([`unix_ms_now`]). Core logic never reads it; callers pass times in (Unix
+//! milliseconds).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Wall-clock Unix milliseconds (the edge of the system; the core takes time as input).
+pub fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// Civil date and time of day of a Unix time in seconds.
 fn civil(unix_secs: i64) -> (i64, i64, i64, i64, i64, i64) {

@@ -20,6 +20,7 @@ pub mod governance;
 pub mod hall;
 pub mod http;
 pub mod map;
+pub mod model;
 pub mod nats;
 pub mod sim;
 pub mod state;

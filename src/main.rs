@@ -501,8 +501,8 @@ fn run_feeds_for(
     city: &map::CityMap,
     for_secs: f64,
     ranges: Vec<zhongshu::feeds::config::RangeRule>,
-) -> (zhongshu::state::LiveState, zhongshu::feeds::health::Ingest) {
-    use zhongshu::feeds::health::Ingest;
+) -> (zhongshu::state::LiveState, zhongshu::governance::health::Ingest) {
+    use zhongshu::governance::health::Ingest;
     // Positions are indexed and checked around the map the feeds describe.
     let mut state = zhongshu::state::LiveState::new(city.frame);
     let rules =
@@ -546,7 +546,7 @@ fn feeds_check(
     map_path: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use zhongshu::feeds::config::load_feeds;
-    use zhongshu::feeds::poll::unix_ms_now;
+    use zhongshu::clock::unix_ms_now;
 
     if !(0.0..=86_400.0).contains(&for_secs) {
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
@@ -892,7 +892,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             let mut config = zhongshu::sim::SimConfig::for_map(&city);
             config.seed = seed;
             let sim =
-                zhongshu::sim::Simulator::new(&city, config, zhongshu::feeds::poll::unix_ms_now());
+                zhongshu::sim::Simulator::new(&city, config, zhongshu::clock::unix_ms_now());
             zhongshu::sim::serve::serve(&addr, sim)
         }
         Command::Hub => run_hub(&cli),

@@ -123,7 +123,7 @@ fn clock_tick(overdue: usize) -> anyhow::Result<TickReport> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("events.db");
-    let now = crate::feeds::poll::unix_ms_now();
+    let now = crate::clock::unix_ms_now();
     crate::dispatch::bench::overdue_log(&mut crate::store::EventLog::open(&db)?, overdue, now)?;
     let before = Dispatcher::open(&db, DispatchConfig::default_config())?
         .log()
@@ -179,7 +179,7 @@ fn clock_tick(overdue: usize) -> anyhow::Result<TickReport> {
 }
 
 pub fn run(orders: usize, frames: usize, overdue: usize) -> anyhow::Result<DeskBenchReport> {
-    let now = crate::feeds::poll::unix_ms_now();
+    let now = crate::clock::unix_ms_now();
     let mut book =
         crate::dispatch::bench::busy_book(DispatchConfig::default_config(), orders, now)?;
     let mut state = DeskState {

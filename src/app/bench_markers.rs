@@ -59,7 +59,7 @@ pub fn headless_live_app() -> App {
     let frame = map.frame;
     let feeds = crate::feeds::sim_source::default_sim_feeds();
     let (running, rx) = crate::feeds::start_feeds(&[], &map, 1);
-    let ingest = crate::feeds::health::Ingest::new(&feeds, rx);
+    let ingest = crate::governance::health::Ingest::new(&feeds, rx);
     let index = BuildingIndex::new(&map);
 
     let mut app = App::new();

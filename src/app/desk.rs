@@ -96,7 +96,7 @@ impl HallLink {
             std::thread::Builder::new()
                 .name("hall-presence".into())
                 .spawn(move || {
-                    let since = crate::feeds::poll::unix_ms_now();
+                    let since = crate::clock::unix_ms_now();
                     let mut bucket = None;
                     let mut announced: Option<crate::hall::Member> = None;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -117,7 +117,7 @@ impl HallLink {
                                         working_on: me.working_on,
                                         api: None,
                                         since_ms: since,
-                                        last_seen_ms: crate::feeds::poll::unix_ms_now(),
+                                        last_seen_ms: crate::clock::unix_ms_now(),
                                     };
                                     let _ = b.announce(&m);
                                     announced = Some(m);
@@ -601,7 +601,7 @@ fn desk_hall(desk: Option<ResMut<Desk>>) {
     if link.nats.connected() {
         link.down_since_ms = None;
     } else if link.down_since_ms.is_none() {
-        link.down_since_ms = Some(crate::feeds::poll::unix_ms_now());
+        link.down_since_ms = Some(crate::clock::unix_ms_now());
     }
     // Told to the presence thread only when it changes (no copies every frame).
     let user = desk
@@ -747,7 +747,7 @@ fn desk_recommend(
             router.update_speeds_from_slots(&live.state, &changed.0);
         }
     }
-    let now = crate::feeds::poll::unix_ms_now();
+    let now = crate::clock::unix_ms_now();
     let Some(selected) = desk.selected.clone() else {
         desk.recommendations.clear();
         return;
@@ -1168,7 +1168,7 @@ mod tests {
             d.execute(
                 &crate::dispatch::testing::fire(),
                 &Actor::new("li.wei", Role::Dispatcher, None),
-                crate::feeds::poll::unix_ms_now(),
+                crate::clock::unix_ms_now(),
             )
             .unwrap();
         }
@@ -1200,7 +1200,7 @@ mod tests {
                             desk.selected = id;
                         }
                     }
-                    let now = crate::feeds::poll::unix_ms_now();
+                    let now = crate::clock::unix_ms_now();
                     desk_panel_ui(ui, desk, Some((24.94, 60.17)), now);
                 },
                 desk,

@@ -505,7 +505,7 @@ mod shell_tests {
     use crate::dispatch::config::DispatchConfig;
     use crate::feeds::Domain;
     use crate::feeds::config::FeedConfig;
-    use crate::feeds::health::Ingest;
+    use crate::governance::health::Ingest;
     use crate::governance::reconcile::Reconciliation;
     use crate::map::CityMap;
     use crate::state::kpi::{CityKpis, Excluded};

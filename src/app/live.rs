@@ -7,7 +7,7 @@ use bevy::prelude::*;
 
 use super::{AppSystems, City};
 use crate::feeds::config::FeedConfig;
-use crate::feeds::health::Ingest;
+use crate::governance::health::Ingest;
 use crate::feeds::{Domain, RunningFeeds, start_feeds};
 use crate::state::LiveState;
 
@@ -96,6 +96,6 @@ fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>) {
     let Some(mut live) = live else { return };
     let Live { state, ingest, .. } = &mut *live;
     ingest.pump(state, MAX_UPDATES_PER_FRAME);
-    ingest.expire(state, crate::feeds::poll::unix_ms_now());
+    ingest.expire(state, crate::clock::unix_ms_now());
     changed.0 = state.drain_changed();
 }

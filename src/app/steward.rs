@@ -12,7 +12,7 @@ use super::theme;
 use super::ui::{age_text, domain_label};
 use crate::feeds::Domain;
 use crate::feeds::config::FeedConfig;
-use crate::feeds::health::FeedHealth;
+use crate::governance::health::FeedHealth;
 use crate::governance::catalog::consumers;
 use crate::governance::quality::{FeedQuality, freshness};
 use crate::governance::reconcile::{ReconcileInput, Reconciliation, reconcile_input};
@@ -63,7 +63,7 @@ fn reconcile_now(live: Option<Res<Live>>, mut governance: ResMut<Governance>) {
         }
         return;
     }
-    let now = crate::feeds::poll::unix_ms_now();
+    let now = crate::clock::unix_ms_now();
     let interval = EVERY_MS.max((governance.last_copy_ms * 50.0) as i64);
     if now - governance.computed_ms < interval {
         return;
@@ -381,7 +381,7 @@ mod tests {
         }
         let reconciliation = reconcile(&state, &feeds, 1000);
         let (_tx, rx) = std::sync::mpsc::channel();
-        let ingest = crate::feeds::health::Ingest::new(&feeds, rx);
+        let ingest = crate::governance::health::Ingest::new(&feeds, rx);
         let harness = Harness::new_ui(|ui| {
             steward_ui(
                 ui,

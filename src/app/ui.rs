@@ -16,7 +16,7 @@ use super::scene::{LayerVisibility, SceneStats};
 use super::{AppSystems, City, Selection, theme};
 use crate::clock::{rfc3339_from_unix_ms, utc_clock_text};
 use crate::feeds::config::FeedConfig;
-use crate::feeds::health::FeedHealth;
+use crate::governance::health::FeedHealth;
 use crate::feeds::{Domain, EntityKind, FieldValue};
 use crate::map::mesh::MapLayer;
 use crate::map::{AreaKind, CityMap};
@@ -143,7 +143,7 @@ fn shell_ui(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let now_ms = crate::feeds::poll::unix_ms_now();
+    let now_ms = crate::clock::unix_ms_now();
     // KPIs twice a second: cheap, and steadier to read than every frame.
     if let Some(live) = &live
         && (now_ms as f64 - kpis.0).abs() > 500.0

@@ -52,7 +52,7 @@ fn generated(
 }
 
 fn now_ms() -> i64 {
-    crate::feeds::poll::unix_ms_now()
+    crate::clock::unix_ms_now()
 }
 
 /// Writes `count` incidents, each with its playbook's orders, one durable commit per

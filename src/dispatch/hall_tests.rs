@@ -513,7 +513,7 @@ fn a_console_of_a_hall_never_delivers_or_runs_the_clock_the_hub_does() {
             T0,
         )
         .unwrap();
-    let now = crate::feeds::poll::unix_ms_now();
+    let now = crate::clock::unix_ms_now();
     for _ in 0..20 {
         console.pump(now).unwrap();
         std::thread::sleep(Duration::from_millis(25));
@@ -555,7 +555,7 @@ fn a_console_of_a_hall_never_delivers_or_runs_the_clock_the_hub_does() {
         || console.dispatcher.book().orders[0].overdue_ms.is_none())
         && started.elapsed() < Duration::from_secs(20)
     {
-        let now = crate::feeds::poll::unix_ms_now();
+        let now = crate::clock::unix_ms_now();
         hub.pump(now).unwrap();
         console.pump(now).unwrap();
         std::thread::sleep(Duration::from_millis(20));

@@ -217,7 +217,7 @@ impl DispatchService {
         }
         // Cancellations of the last day may not have gone out before the stop; the
         // department de-duplicates them by key.
-        let since = crate::feeds::poll::unix_ms_now() - 24 * 3_600_000;
+        let since = crate::clock::unix_ms_now() - 24 * 3_600_000;
         let cancelled: Vec<String> = service
             .dispatcher
             .book()
@@ -787,7 +787,7 @@ mod tests {
     }
 
     fn now() -> i64 {
-        crate::feeds::poll::unix_ms_now()
+        crate::clock::unix_ms_now()
     }
 
     use crate::dispatch::testing::fire;

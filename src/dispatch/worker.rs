@@ -329,7 +329,7 @@ fn writer(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let now = crate::feeds::poll::unix_ms_now();
+        let now = crate::clock::unix_ms_now();
         for request in first.into_iter().chain(requests.try_iter()) {
             match request {
                 Request::Execute {
@@ -391,7 +391,7 @@ mod tests {
     use crate::dispatch::delivery::SimBehaviour;
     use crate::dispatch::dispatcher::Dispatcher;
     use crate::dispatch::service::ServiceOptions;
-    use crate::feeds::poll::unix_ms_now;
+    use crate::clock::unix_ms_now;
 
     fn temp_db(name: &str) -> std::path::PathBuf {
         crate::dispatch::testing::temp_db("worker", name)

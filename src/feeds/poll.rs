@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::config::{FeedConfig, FeedKind};
 use super::decode::{decode_geojson, decode_ngsi_ld};
 use super::{Decoded, MAX_PAYLOAD_BYTES, PayloadError};
-use crate::state::FeedId;
+use crate::clock::unix_ms_now;
+use crate::model::FeedId;
 
 /// The NGSI-LD core @context, sent when a feed names no other.
 pub const NGSI_LD_CORE_CONTEXT: &str =
@@ -51,14 +52,6 @@ pub enum FeedEvent {
         error: String,
         retry_in: Duration,
     },
-}
-
-/// Wall-clock Unix milliseconds (the edge of the system; the core takes time as input).
-pub fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The running pollers; dropping it stops them.
@@ -333,7 +326,7 @@ fn poll_once(
         total_bytes += body.len();
         let decoded = match feed.kind {
             FeedKind::NgsiLd => decode_ngsi_ld(&body),
-            FeedKind::Cap => crate::dispatch::alerts::decode_cap(&body),
+            FeedKind::Cap => super::cap::decode_cap(&body),
             _ => decode_geojson(&body),
         }
         .map_err(|e| {

@@ -9,11 +9,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::config::{FeedConfig, FeedKind};
-use super::poll::{FeedEvent, unix_ms_now};
+use super::poll::FeedEvent;
 use super::{Decoded, Domain};
+use crate::clock::unix_ms_now;
 use crate::map::CityMap;
+use crate::model::FeedId;
 use crate::sim::{SimConfig, Simulator};
-use crate::state::FeedId;
 
 /// The running simulator thread; dropping it stops the thread.
 pub struct SimSource {

@@ -2,5 +2,6 @@
 //! and scores), so the state of the data is as visible as the state of the city.
 
 pub mod catalog;
+pub mod health;
 pub mod quality;
 pub mod reconcile;

@@ -106,7 +106,7 @@ fn bench_propagation(url: &str, hall: &str, commands: usize) -> anyhow::Result<s
     let actor = Actor::new("bench", Role::Dispatcher, None);
     let mut sent_at = Vec::with_capacity(commands);
     for n in 0..commands {
-        let now = crate::feeds::poll::unix_ms_now();
+        let now = crate::clock::unix_ms_now();
         let t = Instant::now();
         writer.execute(
             &Command::ReportIncident(NewIncident {

@@ -58,7 +58,7 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 const START_BACKOFF: Duration = Duration::from_secs(5);
 
 fn now_ms() -> i64 {
-    crate::feeds::poll::unix_ms_now()
+    crate::clock::unix_ms_now()
 }
 
 /// Runs the hub until `stop` is set. Reports each change of state to `report`.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use geo::{BoundingRect, Centroid};
 
-use crate::feeds::{Domain, EntityKind, EntityUpdate, FieldValue};
+use crate::model::{Domain, EntityKind, EntityUpdate, FieldValue};
 use crate::geo_frame::GeoFrame;
 use crate::map::graph::{EdgeId, RoadGraph};
 use crate::map::{CityMap, RoadClass};

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::Simulator;
 use crate::clock::rfc3339_from_unix_ms;
-use crate::feeds::{Domain, EntityUpdate, FieldValue};
+use crate::model::{Domain, EntityUpdate, FieldValue};
 use crate::http::{Limits, Method, Request, Response, Server};
 
 pub const CORE_CONTEXT_LINK: &str = "<https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld>; rel=\"http://www.w3.org/ns/json-ld#context\"; type=\"application/ld+json\"";
@@ -138,7 +138,7 @@ fn respond(sim: &Mutex<Simulator>, request: &Request) -> Response {
         let Ok(mut sim) = sim.lock() else {
             return Response::json(500, &json!({}));
         };
-        sim.advance(crate::feeds::poll::unix_ms_now());
+        sim.advance(crate::clock::unix_ms_now());
         let all: Vec<EntityUpdate> = Domain::ALL
             .iter()
             .flat_map(|&d| sim.snapshot(d))

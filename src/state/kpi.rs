@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::feeds::{EntityKind, FieldValue};
+use crate::model::{EntityKind, FieldValue};
 
 use super::{LiveEntity, LiveState, Slot, Standing};
 
@@ -211,7 +211,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::feeds::{Domain, EntityUpdate};
+    use crate::model::{Domain, EntityUpdate};
     use crate::geo_frame::GeoFrame;
     use crate::map::load_default;
     use crate::sim::{SimConfig, Simulator};

@@ -26,11 +26,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rstar::primitives::GeomWithData;
 use rstar::{AABB, RTree};
 
-use crate::feeds::{EntityKind, EntityUpdate, FieldValue};
+use crate::model::{EntityKind, EntityUpdate, FieldValue};
 use crate::geo_frame::GeoFrame;
 
-/// A feed's index in the running configuration.
-pub type FeedId = u32;
+pub use crate::model::FeedId;
 /// A slot in [`LiveState`]'s entity table: stable for the entity's lifetime.
 pub type Slot = u32;
 

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{HttpResponse, error_response, header_value, json_response, path_segments};
 use crate::dispatch::OrderStatus;
 use crate::feeds::decode::parse_rfc3339_ms;
-use crate::feeds::poll::unix_ms_now;
+use crate::clock::unix_ms_now;
 use crate::http::{Limits, Request, Server};
 
 /// Largest status report body accepted.

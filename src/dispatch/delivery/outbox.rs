@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{SplitMix, encode_segment, hash_parts};
-use crate::feeds::poll::unix_ms_now;
+use crate::clock::unix_ms_now;
 
 /// Longest response body the outbox reads (department reference, error text).
 const MAX_RESPONSE_BYTES: u64 = 64 * 1024;

@@ -16,7 +16,7 @@ use super::{
     HttpResponse, error_response, hash_parts, header_value, json_response, path_segments, unit_of,
 };
 use crate::clock::rfc3339_from_unix_ms;
-use crate::feeds::poll::unix_ms_now;
+use crate::clock::unix_ms_now;
 use crate::http::{Limits, Request, Server};
 
 /// Largest order body accepted.

@@ -835,7 +835,7 @@ fn simulator_dedupes_by_key_and_validates() {
     .unwrap();
     let client = reqwest::blocking::Client::new();
     let body = outgoing("ORD-000001", "fire", "", "http://127.0.0.1:9/s").body;
-    let now_s = crate::feeds::poll::unix_ms_now() / 1000;
+    let now_s = crate::clock::unix_ms_now() / 1000;
     // Signed with the department named in the URL.
     let post = |url: String, key: Option<&str>, body: &Value| {
         let department = url.split('/').nth(3).unwrap_or("fire").to_string();

@@ -8,11 +8,11 @@ use std::sync::mpsc::Receiver;
 
 use serde::Serialize;
 
-use super::config::FeedConfig;
-use super::poll::FeedEvent;
-use super::{EntityKind, EntityUpdate};
-use crate::governance::catalog::ObservedSchema;
-use crate::governance::quality::{FeedQuality, QualityRules};
+use super::catalog::ObservedSchema;
+use super::quality::{FeedQuality, QualityRules};
+use crate::feeds::config::FeedConfig;
+use crate::feeds::poll::FeedEvent;
+use crate::feeds::{EntityKind, EntityUpdate};
 use crate::state::{ApplyOutcome, FeedId, FeedStanding, LiveState, as_of_ms};
 
 /// Window over which `updates_per_s` is measured.
