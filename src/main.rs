@@ -501,7 +501,10 @@ fn run_feeds_for(
     city: &map::CityMap,
     for_secs: f64,
     ranges: Vec<zhongshu::feeds::config::RangeRule>,
-) -> (zhongshu::state::LiveState, zhongshu::governance::health::Ingest) {
+) -> (
+    zhongshu::state::LiveState,
+    zhongshu::governance::health::Ingest,
+) {
     use zhongshu::governance::health::Ingest;
     // Positions are indexed and checked around the map the feeds describe.
     let mut state = zhongshu::state::LiveState::new(city.frame);
@@ -545,8 +548,8 @@ fn feeds_check(
     for_secs: f64,
     map_path: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    use zhongshu::feeds::config::load_feeds;
     use zhongshu::clock::unix_ms_now;
+    use zhongshu::feeds::config::load_feeds;
 
     if !(0.0..=86_400.0).contains(&for_secs) {
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
@@ -891,8 +894,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             let city = load_city(cli.map.as_deref())?;
             let mut config = zhongshu::sim::SimConfig::for_map(&city);
             config.seed = seed;
-            let sim =
-                zhongshu::sim::Simulator::new(&city, config, zhongshu::clock::unix_ms_now());
+            let sim = zhongshu::sim::Simulator::new(&city, config, zhongshu::clock::unix_ms_now());
             zhongshu::sim::serve::serve(&addr, sim)
         }
         Command::Hub => run_hub(&cli),

@@ -170,7 +170,7 @@ fn serve_departments_takes_orders_once_per_idempotency_key() {
     });
     let bytes = serde_json::to_vec(&body).unwrap();
     let token = zhongshu::dispatch::delivery::default_token("fire");
-    let now_s = || zhongshu::feeds::poll::unix_ms_now() / 1000;
+    let now_s = || zhongshu::clock::unix_ms_now() / 1000;
     // Orders are signed with the department's token; an unsigned one is refused.
     let unsigned = client
         .post(format!("{base}/fire/orders"))

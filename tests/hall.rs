@@ -286,7 +286,7 @@ fn the_standby_hub_takes_over_and_every_order_reaches_the_department_once() {
     let config = DispatchConfig::parse(&config, "test").unwrap();
     let mut desk = Dispatcher::open_store(Box::new(log), config).unwrap();
     let li = Actor::new("li.wei", Role::Dispatcher, None);
-    let now = || zhongshu::feeds::poll::unix_ms_now();
+    let now = || zhongshu::clock::unix_ms_now();
     let issue = |desk: &mut Dispatcher, n: usize| {
         let events = desk
             .execute(

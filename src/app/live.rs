@@ -7,8 +7,8 @@ use bevy::prelude::*;
 
 use super::{AppSystems, City};
 use crate::feeds::config::FeedConfig;
-use crate::governance::health::Ingest;
 use crate::feeds::{Domain, RunningFeeds, start_feeds};
+use crate::governance::health::Ingest;
 use crate::state::LiveState;
 
 /// Updates applied per frame at most; the rest wait for the next frame.

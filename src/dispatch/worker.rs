@@ -385,13 +385,13 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+    use crate::clock::unix_ms_now;
     use crate::dispatch::Role;
     use crate::dispatch::book::NewOrder;
     use crate::dispatch::config::DispatchConfig;
     use crate::dispatch::delivery::SimBehaviour;
     use crate::dispatch::dispatcher::Dispatcher;
     use crate::dispatch::service::ServiceOptions;
-    use crate::clock::unix_ms_now;
 
     fn temp_db(name: &str) -> std::path::PathBuf {
         crate::dispatch::testing::temp_db("worker", name)

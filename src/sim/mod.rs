@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 
 use geo::{BoundingRect, Centroid};
 
-use crate::model::{Domain, EntityKind, EntityUpdate, FieldValue};
 use crate::geo_frame::GeoFrame;
 use crate::map::graph::{EdgeId, RoadGraph};
 use crate::map::{CityMap, RoadClass};
+use crate::model::{Domain, EntityKind, EntityUpdate, FieldValue};
 
 /// Deterministic random numbers (SplitMix64).
 #[derive(Clone, Debug)]

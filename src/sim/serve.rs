@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 
 use super::Simulator;
 use crate::clock::rfc3339_from_unix_ms;
-use crate::model::{Domain, EntityUpdate, FieldValue};
 use crate::http::{Limits, Method, Request, Response, Server};
+use crate::model::{Domain, EntityUpdate, FieldValue};
 
 pub const CORE_CONTEXT_LINK: &str = "<https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld>; rel=\"http://www.w3.org/ns/json-ld#context\"; type=\"application/ld+json\"";
 

@@ -211,9 +211,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::model::{Domain, EntityUpdate};
     use crate::geo_frame::GeoFrame;
     use crate::map::load_default;
+    use crate::model::{Domain, EntityUpdate};
     use crate::sim::{SimConfig, Simulator};
     use crate::state::FeedStanding;
 

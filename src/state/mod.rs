@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rstar::primitives::GeomWithData;
 use rstar::{AABB, RTree};
 
-use crate::model::{EntityKind, EntityUpdate, FieldValue};
 use crate::geo_frame::GeoFrame;
+use crate::model::{EntityKind, EntityUpdate, FieldValue};
 
 pub use crate::model::FeedId;
 /// A slot in [`LiveState`]'s entity table: stable for the entity's lifetime.

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{HttpResponse, error_response, header_value, json_response, path_segments};
+use crate::clock::unix_ms_now;
 use crate::dispatch::OrderStatus;
 use crate::feeds::decode::parse_rfc3339_ms;
-use crate::clock::unix_ms_now;
 use crate::http::{Limits, Request, Server};
 
 /// Largest status report body accepted.
