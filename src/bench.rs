@@ -364,6 +364,8 @@ pub fn bench_reconcile(entities: usize, at_one_point: usize) -> ReconcileBenchRe
                     line: None,
                     observed_at_ms: Some(now),
                     fields: Default::default(),
+                    units: Default::default(),
+                    notes: Vec::new(),
                 },
                 now,
             );
@@ -383,6 +385,8 @@ pub fn bench_reconcile(entities: usize, at_one_point: usize) -> ReconcileBenchRe
                     line: None,
                     observed_at_ms: Some(now),
                     fields: Default::default(),
+                    units: Default::default(),
+                    notes: Vec::new(),
                 },
                 now,
             );

@@ -54,6 +54,9 @@ pub enum FieldValue {
     Number(f64),
     Text(String),
     Bool(bool),
+    /// An array of scalars (or of arrays): `allowedVehicleType`, a Relationship to
+    /// several entities. Arrays of objects become `key[i].member` fields instead.
+    List(Vec<FieldValue>),
 }
 
 impl FieldValue {
@@ -67,6 +70,133 @@ impl FieldValue {
         match self {
             FieldValue::Text(s) => Some(s),
             _ => None,
+        }
+    }
+    pub fn as_list(&self) -> Option<&[FieldValue]> {
+        match self {
+            FieldValue::List(items) => Some(items),
+            _ => None,
+        }
+    }
+}
+
+/// As an operator reads it: numbers as written, lists in brackets (`[car, bus]`).
+impl std::fmt::Display for FieldValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FieldValue::Number(n) => write!(f, "{n}"),
+            FieldValue::Text(t) => f.write_str(t),
+            FieldValue::Bool(b) => write!(f, "{b}"),
+            FieldValue::List(items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                f.write_str("]")
+            }
+        }
+    }
+}
+
+/// The symbol of a UN/CEFACT common code (NGSI `unitCode`): `GQ` → `µg/m³`, `59` →
+/// `ppm`. `C62` (the unit one: a plain number or fraction) has the empty symbol;
+/// codes not listed here give `None` and are shown as the code.
+pub fn unit_symbol(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "GQ" => "µg/m³",
+        "GP" => "mg/m³",
+        "59" => "ppm",
+        "61" => "ppb",
+        "KMH" => "km/h",
+        "MTS" => "m/s",
+        "HM" => "mph",
+        "KNT" => "kn",
+        "P1" => "%",
+        "C62" => "",
+        "CEL" => "°C",
+        "FAH" => "°F",
+        "KEL" => "K",
+        "MTR" => "m",
+        "KTM" => "km",
+        "CMT" => "cm",
+        "MMT" => "mm",
+        "SEC" => "s",
+        "MIN" => "min",
+        "HUR" => "h",
+        "DAY" => "d",
+        "DD" => "°",
+        "A97" => "hPa",
+        "PAL" => "Pa",
+        "MBR" => "mbar",
+        "BAR" => "bar",
+        "KGM" => "kg",
+        "TNE" => "t",
+        "LTR" => "l",
+        "MTQ" => "m³",
+        "MQH" => "m³/h",
+        "WTT" => "W",
+        "KWT" => "kW",
+        "KWH" => "kWh",
+        "AMP" => "A",
+        "VLT" => "V",
+        "HTZ" => "Hz",
+        "LUX" => "lx",
+        "2N" => "dB",
+        "D52" => "W/m²",
+        "E34" => "GB",
+        _ => return None,
+    })
+}
+
+/// A value with its unit as an operator reads it: `22 µg/m³`, `75 %`; an unknown
+/// code is shown as the code (`3 XYZ`), no unit as the value alone.
+pub fn value_with_unit(value: &FieldValue, unit_code: Option<&str>) -> String {
+    match unit_code.map(|code| unit_symbol(code).unwrap_or(code)) {
+        Some(symbol) if !symbol.is_empty() => format!("{value} {symbol}"),
+        _ => value.to_string(),
+    }
+}
+
+/// Something the decoder changed or left out to keep an item, so it is counted and
+/// shown instead of passing in silence.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "note", rename_all = "snake_case")]
+pub enum DecodeNote {
+    /// Values beyond the size limits (per attribute, per entity) were left out: `cut`
+    /// of them in the item, the first at `path`.
+    ValuesCut { path: String, cut: u64 },
+    /// The geometry came wrapped in an NGSI-LD `GeoProperty` (as the Smart Data Models
+    /// GeoJSON examples write it) and was unwrapped.
+    GeometryWrapped { path: String },
+    /// An NGSI-LD feed sent NGSI-v2 normalized attributes (`type` + `value` +
+    /// `metadata`, `geo:json`); they were read as NGSI-v2.
+    NgsiV2InNgsiLdFeed,
+}
+
+impl DecodeNote {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeNote::ValuesCut { .. } => "values_cut",
+            DecodeNote::GeometryWrapped { .. } => "geometry_wrapped",
+            DecodeNote::NgsiV2InNgsiLdFeed => "ngsi_v2_in_ngsi_ld_feed",
+        }
+    }
+
+    /// A line for the inspector.
+    pub fn describe(&self) -> String {
+        match self {
+            DecodeNote::ValuesCut { path, cut } => {
+                format!("{cut} values left out (size limit), the first at {path}")
+            }
+            DecodeNote::GeometryWrapped { path } => {
+                format!("{path} was wrapped in an NGSI-LD GeoProperty (unwrapped)")
+            }
+            DecodeNote::NgsiV2InNgsiLdFeed => {
+                "NGSI-v2 attributes in an NGSI-LD feed, read as NGSI-v2".to_owned()
+            }
         }
     }
 }
@@ -211,8 +341,14 @@ pub struct EntityUpdate {
     pub line: Option<Vec<[f64; 2]>>,
     /// When the source says the observation was made (Unix ms).
     pub observed_at_ms: Option<i64>,
-    /// Every scalar attribute, flattened (`pm25`, `name`, `address.streetAddress`, ...).
+    /// Every attribute value, flattened (`pm25`, `name`, `address.streetAddress`,
+    /// sub-properties as `no2.accuracy`, arrays as lists).
     pub fields: BTreeMap<String, FieldValue>,
+    /// Field → UN/CEFACT unit code of its value (`no2` → `GQ`), as kept: after a
+    /// conversion to this project's unit, that unit (`KMH`, `C62`).
+    pub units: BTreeMap<String, String>,
+    /// What the decoder had to change or leave out to keep the item.
+    pub notes: Vec<DecodeNote>,
 }
 
 /// Why one item of a payload was rejected.
@@ -250,6 +386,9 @@ pub struct Reject {
     pub reason: RejectReason,
     /// The item's id when it had one.
     pub item_id: Option<String>,
+    /// Where in the item the problem is (`location.value.coordinates[1]`,
+    /// `averageVehicleSpeed.value`); `None` for the item as a whole.
+    pub path: Option<String>,
     /// Human-readable detail (`"location.coordinates[1] = 95 is not a latitude"`).
     pub detail: String,
 }

@@ -48,6 +48,8 @@ pub fn vehicle(i: usize, second: u32, frame: &crate::geo_frame::GeoFrame) -> Ent
         line: None,
         observed_at_ms: Some(second as i64 * 1000),
         fields,
+        units: Default::default(),
+        notes: Vec::new(),
     }
 }
 

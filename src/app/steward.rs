@@ -375,6 +375,8 @@ mod tests {
                     line: None,
                     observed_at_ms: Some(0),
                     fields: Default::default(),
+                    units: Default::default(),
+                    notes: Vec::new(),
                 },
                 0,
             );

@@ -1171,11 +1171,7 @@ pub fn entity_inspector_ui(
             .show(ui, |ui| {
                 for (k, v) in &e.fields {
                     ui.label(egui::RichText::new(k).color(theme::MUTED));
-                    let text = match v {
-                        FieldValue::Number(n) => n.to_string(),
-                        FieldValue::Text(t) => t.clone(),
-                        FieldValue::Bool(b) => b.to_string(),
-                    };
+                    let text = v.to_string();
                     ui.add(egui::Label::new(text).wrap());
                     ui.end_row();
                 }

@@ -361,6 +361,8 @@ mod tests {
             line: None,
             observed_at_ms: Some(at_ms),
             fields,
+            units: Default::default(),
+            notes: Vec::new(),
         }
     }
 

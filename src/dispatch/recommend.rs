@@ -1114,6 +1114,8 @@ pub fn bench_recommend(units: usize, target_edges: usize, seed: u64) -> serde_js
                 line: None,
                 observed_at_ms: Some(1),
                 fields: Default::default(),
+                units: Default::default(),
+                notes: Vec::new(),
             },
             0,
         );
@@ -1531,6 +1533,8 @@ mod tests {
             line: Some(line),
             observed_at_ms: Some(1),
             fields: BTreeMap::new(),
+            units: Default::default(),
+            notes: Vec::new(),
         }
     }
 
@@ -1606,6 +1610,8 @@ mod tests {
             line: None,
             observed_at_ms: Some(1),
             fields: BTreeMap::new(),
+            units: Default::default(),
+            notes: Vec::new(),
         }
     }
 

@@ -56,6 +56,8 @@ pub fn to_entity_update(a: &AlertIn) -> EntityUpdate {
         line: None,
         observed_at_ms: (a.sent_ms > 0).then_some(a.sent_ms),
         fields,
+        units: Default::default(),
+        notes: Vec::new(),
     }
 }
 

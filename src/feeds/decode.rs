@@ -194,6 +194,7 @@ impl ItemError {
         Reject {
             reason: self.reason,
             item_id,
+            path: None,
             detail: self.detail,
         }
     }
@@ -421,6 +422,8 @@ fn decode_entity(
             line: parts.shape.line,
             observed_at_ms: parts.observed_at_ms,
             fields: parts.fields,
+            units: Default::default(),
+            notes: Vec::new(),
         }),
         Err(error) => Err(error.into_reject(Some(id))),
     }

@@ -260,6 +260,8 @@ mod tests {
             fields: [("pm25".to_string(), FieldValue::Number(3.0))]
                 .into_iter()
                 .collect(),
+            units: Default::default(),
+            notes: Vec::new(),
         });
         let cat = dcat_catalog("Helsinki", &feeds, &[schema]);
         let d = &cat["dcat:dataset"][0];

@@ -473,6 +473,8 @@ mod tests {
             line: None,
             observed_at_ms: Some(1),
             fields: Default::default(),
+            units: Default::default(),
+            notes: Vec::new(),
         }
     }
 
@@ -480,6 +482,7 @@ mod tests {
         Reject {
             reason: RejectReason::MissingId,
             item_id: None,
+            path: None,
             detail: String::new(),
         }
     }

@@ -397,6 +397,8 @@ mod tests {
             line: None,
             observed_at_ms: Some(observed),
             fields,
+            units: Default::default(),
+            notes: Vec::new(),
         }
     }
 

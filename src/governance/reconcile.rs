@@ -537,6 +537,8 @@ mod tests {
             line: None,
             observed_at_ms: Some(1000),
             fields: Default::default(),
+            units: Default::default(),
+            notes: Vec::new(),
         }
     }
 
@@ -614,6 +616,8 @@ mod tests {
             line: None,
             observed_at_ms: Some(1000),
             fields,
+            units: Default::default(),
+            notes: Vec::new(),
         }
     }
 
@@ -714,6 +718,8 @@ mod tests {
                         line: None,
                         observed_at_ms: Some(1000),
                         fields: Default::default(),
+                        units: Default::default(),
+                        notes: Vec::new(),
                     },
                     0,
                 );

@@ -625,6 +625,8 @@ impl Simulator {
                         line: Some(line.clone()),
                         observed_at_ms: Some(now),
                         fields,
+                        units: Default::default(),
+                        notes: Vec::new(),
                     });
                 }
                 self.vehicle_updates(Domain::Traffic, &mut out);
@@ -655,6 +657,8 @@ impl Simulator {
                                 FieldValue::Number((load * 1000.0).round() / 1000.0),
                             ),
                         ]),
+                        units: Default::default(),
+                        notes: Vec::new(),
                     });
                 }
             }
@@ -695,6 +699,8 @@ impl Simulator {
                             ("airQualityIndex", FieldValue::Number(aqi)),
                             ("pm25", FieldValue::Number(pm25)),
                         ]),
+                        units: Default::default(),
+                        notes: Vec::new(),
                     });
                 }
                 // Water: turbidity rises after the (simulated) afternoon rain and
@@ -727,6 +733,8 @@ impl Simulator {
                                 FieldValue::Number(((4.0 + 2.0 * c) * 10.0).round() / 10.0),
                             ),
                         ]),
+                        units: Default::default(),
+                        notes: Vec::new(),
                     });
                 }
             }
@@ -759,6 +767,8 @@ impl Simulator {
                                 ),
                             ),
                         ]),
+                        units: Default::default(),
+                        notes: Vec::new(),
                     });
                 }
                 let demand = Self::demand(hour);
@@ -789,6 +799,8 @@ impl Simulator {
                             ("buildings", FieldValue::Number(c.buildings as f64)),
                             ("cellSizeM", FieldValue::Number(c.size.round())),
                         ]),
+                        units: Default::default(),
+                        notes: Vec::new(),
                     });
                 }
             }
@@ -828,6 +840,8 @@ impl Simulator {
                 ]
                 .into_iter()
                 .collect(),
+                units: Default::default(),
+                notes: Vec::new(),
             });
         }
     }
@@ -857,6 +871,8 @@ impl Simulator {
                 // Resolution is observed when it happens.
                 observed_at_ms: Some(if open { e.opened_ms } else { e.closes_ms }),
                 fields,
+                units: Default::default(),
+                notes: Vec::new(),
             });
         }
     }

@@ -32,6 +32,7 @@ fn field_json(v: &FieldValue) -> Value {
         FieldValue::Number(n) => json!(n),
         FieldValue::Text(s) => json!(s),
         FieldValue::Bool(b) => json!(b),
+        FieldValue::List(items) => Value::Array(items.iter().map(field_json).collect()),
     }
 }
 

@@ -244,6 +244,8 @@ mod tests {
             line: Some(line),
             observed_at_ms: Some(NOW),
             fields: BTreeMap::new(),
+            units: Default::default(),
+            notes: Vec::new(),
         }
     }
 
@@ -262,6 +264,8 @@ mod tests {
             line: None,
             observed_at_ms: Some(NOW),
             fields: BTreeMap::new(),
+            units: Default::default(),
+            notes: Vec::new(),
         }
     }
 

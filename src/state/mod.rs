@@ -27,7 +27,7 @@ use rstar::primitives::GeomWithData;
 use rstar::{AABB, RTree};
 
 use crate::geo_frame::GeoFrame;
-use crate::model::{EntityKind, EntityUpdate, FieldValue};
+use crate::model::{DecodeNote, EntityKind, EntityUpdate, FieldValue};
 
 pub use crate::model::FeedId;
 /// A slot in [`LiveState`]'s entity table: stable for the entity's lifetime.
@@ -91,6 +91,10 @@ pub struct LiveEntity {
     /// Accepted updates so far (1 after the first).
     pub version: u64,
     pub fields: BTreeMap<String, FieldValue>,
+    /// Field → UN/CEFACT unit code of its value (see [`EntityUpdate::units`]).
+    pub units: BTreeMap<String, String>,
+    /// What the decoder changed or left out of the latest update.
+    pub notes: Vec<DecodeNote>,
 }
 
 impl LiveEntity {
@@ -104,6 +108,8 @@ impl LiveEntity {
             line: self.line.clone(),
             observed_at_ms: self.observed_at_ms,
             fields: self.fields.clone(),
+            units: self.units.clone(),
+            notes: self.notes.clone(),
         }
     }
 }
@@ -249,6 +255,7 @@ impl LiveState {
                 return ApplyOutcome::OutOfOrder;
             }
             if update.fields == entity.fields
+                && update.units == entity.units
                 && update.position == entity.position
                 && update.kind == entity.kind
                 && (!timed || as_of == entity.as_of_ms)
@@ -272,6 +279,8 @@ impl LiveState {
             entity.as_of_ms = as_of;
             entity.version += 1;
             entity.fields = update.fields;
+            entity.units = update.units;
+            entity.notes = update.notes;
             self.mark_changed(slot);
             return ApplyOutcome::Updated;
         }
@@ -294,6 +303,8 @@ impl LiveState {
             seen_at_ms: received_at_ms,
             version: 1,
             fields: update.fields,
+            units: update.units,
+            notes: update.notes,
         }));
         self.live += 1;
         self.changed_mark.push(false);
@@ -429,6 +440,8 @@ mod tests {
             line: None,
             observed_at_ms: observed,
             fields,
+            units: Default::default(),
+            notes: Vec::new(),
         }
     }
 

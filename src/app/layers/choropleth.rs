@@ -196,6 +196,8 @@ mod tests {
             line: Some(line),
             observed_at_ms: Some(0),
             fields: Default::default(),
+            units: Default::default(),
+            notes: Vec::new(),
         }
     }
 
