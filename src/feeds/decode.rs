@@ -13,8 +13,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{
-    Decoded, EntityKind, EntityUpdate, FieldValue, MAX_PAYLOAD_BYTES, PayloadError, Reject,
-    RejectReason,
+    DecodeNote, Decoded, EntityKind, EntityUpdate, FieldValue, MAX_PAYLOAD_BYTES, PayloadError,
+    Reject, RejectReason,
 };
 
 /// Above this many items a payload is decoded on rayon's pool; below it the hand-off costs
@@ -34,32 +34,60 @@ const GEOJSON_NON_FIELDS: &[&str] = &[
     "location",
 ];
 
+/// Values one attribute keeps at most (list items, nested members and sub-properties
+/// together) and one entity over all its attributes; the rest are cut and counted in a
+/// [`DecodeNote::ValuesCut`], so a hostile million-element array costs no more than this.
+pub const MAX_VALUES_PER_ATTRIBUTE: usize = 1000;
+pub const MAX_VALUES_PER_ENTITY: usize = 10_000;
+
 /// How much of a bad value a reject's detail quotes.
 const DETAIL_EXCERPT_BYTES: usize = 64;
+/// How much of a path a reject or note keeps (attribute names come from the source).
+const MAX_PATH_BYTES: usize = 256;
 
 /// Decodes an NGSI-LD payload: a JSON array of entities (or a single entity object), each
-/// in normalized or keyValues form.
+/// in normalized, concise or keyValues form. An entity whose attributes are NGSI-v2
+/// normalized (`type` + `value` + `metadata`, `geo:json`) is read as NGSI-v2, with a
+/// [`DecodeNote::NgsiV2InNgsiLdFeed`], never as garbled `x.type` / `x.value` fields.
 pub fn decode_ngsi_ld(body: &[u8]) -> Result<Decoded, PayloadError> {
+    decode_ngsi(body, Dialect::Ld)
+}
+
+/// Decodes an NGSI-v2 payload, as a context broker serves `GET /v2/entities`: a JSON
+/// array of entities (or a single entity), normalized (`{"type": "Number", "value":
+/// 0.75, "metadata": {"unitCode": …}}`, `geo:json` / `geo:point` locations) or
+/// keyValues.
+pub fn decode_ngsi_v2(body: &[u8]) -> Result<Decoded, PayloadError> {
+    decode_ngsi(body, Dialect::V2)
+}
+
+fn decode_ngsi(body: &[u8], declared: Dialect) -> Result<Decoded, PayloadError> {
     let text = payload_text(body)?;
+    let decode_item = |item| decode_ngsi_entity(item, declared);
     match first_token(text) {
         Some(b'[') => {
             let items: Vec<&RawValue> = serde_json::from_str(text).map_err(not_json)?;
-            Ok(decode_items(&items, decode_ngsi_ld_entity))
+            Ok(decode_items(&items, decode_item))
         }
         Some(b'{') => {
             let entity: Value = serde_json::from_str(text).map_err(not_json)?;
-            Ok(collect_results([decode_ngsi_ld_entity(entity)]))
+            Ok(collect_results([decode_item(entity)]))
         }
         _ => Err(shape_error(
             text,
-            "an array of NGSI-LD entities or a single entity",
+            match declared {
+                Dialect::Ld => "an array of NGSI-LD entities or a single entity",
+                Dialect::V2 => "an array of NGSI-v2 entities or a single entity",
+            },
         )),
     }
 }
 
 /// Decodes a GeoJSON payload: a FeatureCollection or a single Feature. A feature naming a
-/// Smart Data Models type in `properties.type` (or `properties.entity_type`) is read like a
-/// keyValues NGSI-LD entity; others decode as `Generic` with entity type `Feature`.
+/// Smart Data Models type in `properties.type` (or `properties.entity_type`) is read like an
+/// NGSI-LD entity (keyValues or normalized); others decode as `Generic` with entity type
+/// `Feature`. A `geometry` wrapped in an NGSI-LD GeoProperty (as the Smart Data Models
+/// GeoJSON examples write it) is unwrapped, with a [`DecodeNote::GeometryWrapped`].
 pub fn decode_geojson(body: &[u8]) -> Result<Decoded, PayloadError> {
     let text = payload_text(body)?;
     if first_token(text) != Some(b'{') {
@@ -179,22 +207,106 @@ struct GeoJsonTop<'a> {
     features: Option<&'a RawValue>,
 }
 
+/// The NGSI an entity's attributes are written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    /// NGSI-LD: `{"type": "Property", "value": …, "unitCode": …, "observedAt": …}` with
+    /// sub-properties beside `value`; concise and keyValues alike.
+    Ld,
+    /// NGSI-v2: `{"type": "Number", "value": …, "metadata": {"unitCode": …}}`.
+    V2,
+}
+
+/// How an item's attributes are read: their dialect, and where they sit in the item
+/// (`properties.` in a GeoJSON feature), for the paths of rejects.
+#[derive(Clone, Copy, Debug)]
+struct Reading {
+    dialect: Dialect,
+    prefix: &'static str,
+}
+
+/// Members of an NGSI-LD attribute that are its value or metadata; any other member
+/// is a sub-property (or sub-relationship) and becomes the field `attribute.member`.
+const LD_ATTRIBUTE_MEMBERS: &[&str] = &[
+    "type",
+    "@type",
+    "@context",
+    "value",
+    "object",
+    "languageMap",
+    "json",
+    "vocab",
+    "valueList",
+    "objectList",
+    "unitCode",
+    "observedAt",
+    "datasetId",
+    "createdAt",
+    "modifiedAt",
+    "deletedAt",
+    "instanceId",
+    "lang",
+    "objectType",
+    "previousValue",
+    "previousObject",
+    "previousLanguageMap",
+    "previousJson",
+    "previousVocab",
+    "previousValueList",
+    "previousObjectList",
+    "entity",
+    "entityList",
+];
+
+/// NGSI-v2 metadata that are the unit or the time of a value, not fields of their own.
+const V2_TIME_METADATA: &[&str] = &["TimeInstant", "timestamp"];
+
+/// NGSI-v2 attribute types; with a `value` member they mark an attribute as NGSI-v2.
+const V2_ATTRIBUTE_TYPES: &[&str] = &[
+    "Number",
+    "Integer",
+    "Float",
+    "Text",
+    "Boolean",
+    "DateTime",
+    "Date",
+    "Time",
+    "StructuredValue",
+    "URL",
+    "array",
+    "Array",
+    "object",
+    "None",
+];
+
 /// Why one item failed, before the item's id is attached.
 struct ItemError {
     reason: RejectReason,
+    path: Option<String>,
     detail: String,
 }
 
 impl ItemError {
     fn new(reason: RejectReason, detail: String) -> Self {
-        Self { reason, detail }
+        Self {
+            reason,
+            path: None,
+            detail,
+        }
+    }
+
+    /// The same error, located at `path` in the item.
+    fn at(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
     }
 
     fn into_reject(self, item_id: Option<String>) -> Reject {
         Reject {
             reason: self.reason,
             item_id,
-            path: None,
+            // Attribute names come from the source: a path never quotes a megabyte.
+            path: self.path.map(|p| excerpt_to(&p, MAX_PATH_BYTES).to_owned()),
             detail: self.detail,
         }
     }
@@ -213,6 +325,8 @@ struct EntityParts {
     shape: Shape,
     observed_at_ms: Option<i64>,
     fields: BTreeMap<String, FieldValue>,
+    units: BTreeMap<String, String>,
+    notes: Vec<DecodeNote>,
 }
 
 fn payload_text(body: &[u8]) -> Result<&str, PayloadError> {
@@ -249,7 +363,7 @@ fn shape_error(text: &str, expected: &str) -> PayloadError {
 
 fn decode_items(
     items: &[&RawValue],
-    decode_item: fn(Value) -> Result<EntityUpdate, Reject>,
+    decode_item: impl Fn(Value) -> Result<EntityUpdate, Reject> + Sync,
 ) -> Decoded {
     let decode_raw = |raw: &&RawValue| match serde_json::from_str::<Value>(raw.get()) {
         Ok(item) => decode_item(item),
@@ -300,7 +414,7 @@ fn into_object(item: Value) -> Result<Map<String, Value>, Reject> {
     }
 }
 
-fn decode_ngsi_ld_entity(item: Value) -> Result<EntityUpdate, Reject> {
+fn decode_ngsi_entity(item: Value, declared: Dialect) -> Result<EntityUpdate, Reject> {
     let mut entity = into_object(item)?;
     let id = match entity.remove("id").or_else(|| entity.remove("@id")) {
         Some(Value::String(id)) if !id.is_empty() => id,
@@ -312,7 +426,8 @@ fn decode_ngsi_ld_entity(item: Value) -> Result<EntityUpdate, Reject> {
                     json_kind(&value)
                 ),
             };
-            return Err(ItemError::new(RejectReason::MissingId, detail).into_reject(None));
+            let error = ItemError::new(RejectReason::MissingId, detail).at("id");
+            return Err(error.into_reject(None));
         }
     };
     let entity_type = entity
@@ -323,14 +438,50 @@ fn decode_ngsi_ld_entity(item: Value) -> Result<EntityUpdate, Reject> {
         let error = ItemError::new(
             RejectReason::MissingType,
             "entity has no string `type`".to_owned(),
-        );
+        )
+        .at("type");
         return Err(error.into_reject(Some(id)));
     };
-    let shape = match entity.get("location").and_then(attribute_value) {
-        Some(geometry) => decode_geometry(geometry, "location"),
-        None => Ok(Shape::default()),
+    let mut notes = Vec::new();
+    let dialect = match declared {
+        Dialect::Ld if looks_ngsi_v2(&entity) => {
+            notes.push(DecodeNote::NgsiV2InNgsiLdFeed);
+            Dialect::V2
+        }
+        declared => declared,
     };
-    decode_entity(id, entity_type, entity, shape, NGSI_LD_NON_FIELDS)
+    let reading = Reading {
+        dialect,
+        prefix: "",
+    };
+    let shape = location_shape(entity.get("location"), reading);
+    decode_entity(
+        id,
+        entity_type,
+        entity,
+        shape,
+        NGSI_LD_NON_FIELDS,
+        reading,
+        notes,
+    )
+}
+
+/// Whether an entity's attributes are NGSI-v2 normalized: an attribute with `value`
+/// and `metadata`, a `geo:` type, an NGSI-v2 type (`Number`, `Text`, `DateTime`,
+/// `StructuredValue`, …) with a `value`, or a Relationship with a `value` and no
+/// `object`. None of these is valid NGSI-LD.
+fn looks_ngsi_v2(entity: &Map<String, Value>) -> bool {
+    entity.values().any(|attribute| {
+        let Some(attribute) = attribute.as_object() else {
+            return false;
+        };
+        let kind = attribute.get("type").and_then(Value::as_str);
+        let has_value = attribute.contains_key("value");
+        (has_value && attribute.get("metadata").is_some_and(Value::is_object))
+            || kind.is_some_and(|k| k.starts_with("geo:"))
+            || (has_value && kind.is_some_and(|k| V2_ATTRIBUTE_TYPES.contains(&k)))
+            || (kind == Some("Relationship") && has_value && !attribute.contains_key("object"))
+    })
 }
 
 fn decode_geojson_feature(item: Value) -> Result<EntityUpdate, Reject> {
@@ -342,7 +493,8 @@ fn decode_geojson_feature(item: Value) -> Result<EntityUpdate, Reject> {
         let error = ItemError::new(
             RejectReason::MissingId,
             "feature has no `id` (nor `properties.id`)".to_owned(),
-        );
+        )
+        .at("id");
         return Err(error.into_reject(None));
     };
     let properties = match properties {
@@ -353,7 +505,8 @@ fn decode_geojson_feature(item: Value) -> Result<EntityUpdate, Reject> {
                 "feature `properties` is {}, not an object",
                 json_kind(&other)
             );
-            return Err(ItemError::new(RejectReason::WrongValueType, detail).into_reject(Some(id)));
+            let error = ItemError::new(RejectReason::WrongValueType, detail).at("properties");
+            return Err(error.into_reject(Some(id)));
         }
     };
     let entity_type = ["type", "entity_type"]
@@ -363,11 +516,38 @@ fn decode_geojson_feature(item: Value) -> Result<EntityUpdate, Reject> {
         .filter(|name| !name.is_empty())
         .unwrap_or("Feature")
         .to_owned();
+    let mut notes = Vec::new();
     let shape = match feature.get("geometry") {
         None | Some(Value::Null) => Ok(Shape::default()),
+        // The Smart Data Models GeoJSON examples wrap the geometry as NGSI-LD does its
+        // `location`. Accepted for every type, and said: a GeoJSON reader elsewhere
+        // would not understand the file.
+        Some(Value::Object(wrapper))
+            if wrapper.get("type").and_then(Value::as_str) == Some("GeoProperty") =>
+        {
+            notes.push(DecodeNote::GeometryWrapped {
+                path: "geometry".to_owned(),
+            });
+            match wrapper.get("value") {
+                None | Some(Value::Null) => Ok(Shape::default()),
+                Some(geometry) => decode_geometry(geometry, "geometry.value"),
+            }
+        }
         Some(geometry) => decode_geometry(geometry, "geometry"),
     };
-    decode_entity(id, entity_type, properties, shape, GEOJSON_NON_FIELDS)
+    let reading = Reading {
+        dialect: Dialect::Ld,
+        prefix: "properties.",
+    };
+    decode_entity(
+        id,
+        entity_type,
+        properties,
+        shape,
+        GEOJSON_NON_FIELDS,
+        reading,
+        notes,
+    )
 }
 
 /// GeoJSON (RFC 7946) allows string or number ids.
@@ -406,25 +586,32 @@ fn short_type_name(full: &str) -> &str {
     trimmed.rsplit(['/', '#', ':']).next().unwrap_or(trimmed)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decode_entity(
     id: String,
     entity_type: String,
     attributes: Map<String, Value>,
     shape: Result<Shape, ItemError>,
     non_fields: &[&str],
+    reading: Reading,
+    notes: Vec<DecodeNote>,
 ) -> Result<EntityUpdate, Reject> {
-    match entity_parts(&entity_type, attributes, shape, non_fields) {
-        Ok(parts) => Ok(EntityUpdate {
-            id,
-            entity_type,
-            kind: parts.kind,
-            position: parts.shape.position,
-            line: parts.shape.line,
-            observed_at_ms: parts.observed_at_ms,
-            fields: parts.fields,
-            units: Default::default(),
-            notes: Vec::new(),
-        }),
+    match entity_parts(&entity_type, attributes, shape, non_fields, reading) {
+        Ok(mut parts) => {
+            let mut all_notes = notes;
+            all_notes.append(&mut parts.notes);
+            Ok(EntityUpdate {
+                id,
+                entity_type,
+                kind: parts.kind,
+                position: parts.shape.position,
+                line: parts.shape.line,
+                observed_at_ms: parts.observed_at_ms,
+                fields: parts.fields,
+                units: parts.units,
+                notes: all_notes,
+            })
+        }
         Err(error) => Err(error.into_reject(Some(id))),
     }
 }
@@ -434,77 +621,128 @@ fn entity_parts(
     attributes: Map<String, Value>,
     shape: Result<Shape, ItemError>,
     non_fields: &[&str],
+    reading: Reading,
 ) -> Result<EntityParts, ItemError> {
-    let kind = interpret(entity_type, &attributes)?;
+    let dialect = reading.dialect;
+    let kind = interpret(entity_type, &attributes, reading)?;
     let shape = shape?;
-    let date_observed = match attributes.get("dateObserved").and_then(attribute_value) {
-        Some(value) => Some(timestamp_ms(value, "dateObserved", "")?),
-        None => None,
+    let date_observed = time_attribute(&attributes, "dateObserved", reading)?;
+    // NGSI-v2 IoT agents date a whole entity with a `TimeInstant` attribute.
+    let time_instant = match dialect {
+        Dialect::V2 => time_attribute(&attributes, "TimeInstant", reading)?,
+        Dialect::Ld => None,
     };
 
-    let mut fields = BTreeMap::new();
+    let mut flat = Flattener::default();
     let mut latest_observed_at = None;
     for (name, attribute) in attributes {
-        if let Some(observed_at) = attribute_observed_at(&attribute) {
-            let observed_at_ms = timestamp_ms(observed_at, &name, ".observedAt")?;
+        let path = format!("{}{name}", reading.prefix);
+        if let Some((observed_at, path)) = observed_at(&attribute, path, dialect) {
+            let observed_at_ms = timestamp_ms(observed_at, &path)?;
             latest_observed_at = latest_observed_at.max(Some(observed_at_ms));
         }
         if !non_fields.contains(&name.as_str()) {
-            flatten_value(name, into_attribute_value(attribute), &mut fields);
+            flat.attribute(name, attribute, dialect);
         }
     }
+    let Flattener {
+        mut fields,
+        mut units,
+        cut,
+        first_cut,
+        ..
+    } = flat;
     // The typed values are in this project's units (`unitCode` applied): the fields
-    // under the same names say the same.
+    // under the same names say the same, and so do their units.
     for (name, value) in kind.numbers() {
-        if let (Some(v), Some(FieldValue::Number(field))) = (value, fields.get_mut(name)) {
+        let Some(v) = value else { continue };
+        if let Some(FieldValue::Number(field)) = fields.get_mut(name) {
             *field = v;
         }
+        if let Some(code) = units.get_mut(name)
+            && let Some(own) = converted_unit(name, code)
+        {
+            own.clone_into(code);
+        }
+    }
+    let mut notes = Vec::new();
+    if let Some(path) = first_cut {
+        notes.push(DecodeNote::ValuesCut { path, cut });
     }
     Ok(EntityParts {
         kind,
         shape,
-        observed_at_ms: date_observed.or(latest_observed_at),
+        observed_at_ms: date_observed.or(latest_observed_at).or(time_instant),
         fields,
+        units,
+        notes,
     })
 }
 
+/// A time-valued attribute (`dateObserved`) as Unix ms; absent or null is `None`.
+fn time_attribute(
+    attributes: &Map<String, Value>,
+    name: &str,
+    reading: Reading,
+) -> Result<Option<i64>, ItemError> {
+    let Some(attribute) = attributes.get(name) else {
+        return Ok(None);
+    };
+    match attribute_value(attribute, reading.dialect) {
+        Some(value) => Ok(Some(timestamp_ms(
+            value,
+            &value_path(name, attribute, reading),
+        )?)),
+        None => Ok(None),
+    }
+}
+
 /// Reads the typed values of the Smart Data Models this project draws.
-fn interpret(entity_type: &str, attributes: &Map<String, Value>) -> Result<EntityKind, ItemError> {
+fn interpret(
+    entity_type: &str,
+    attributes: &Map<String, Value>,
+    reading: Reading,
+) -> Result<EntityKind, ItemError> {
+    let number = |name| number_attribute(attributes, name, reading);
+    let text = |name| text_attribute(attributes, name, reading);
     let kind = match entity_type {
         "TrafficFlowObserved" => EntityKind::TrafficFlow {
-            average_speed_kmh: number_attribute(attributes, "averageVehicleSpeed")?,
-            intensity: number_attribute(attributes, "intensity")?,
-            occupancy: number_attribute(attributes, "occupancy")?,
-            congested: bool_attribute(attributes, "congested")?,
+            average_speed_kmh: number("averageVehicleSpeed")?,
+            intensity: number("intensity")?,
+            occupancy: number("occupancy")?,
+            congested: typed_attribute(attributes, "congested", "a boolean", reading, |v| {
+                v.as_bool()
+            })?,
         },
         "AirQualityObserved" => EntityKind::AirQuality {
-            aqi: number_attribute(attributes, "airQualityIndex")?,
-            pm25: number_attribute(attributes, "pm25")?,
-            pm10: number_attribute(attributes, "pm10")?,
-            no2: number_attribute(attributes, "no2")?,
-            o3: number_attribute(attributes, "o3")?,
+            aqi: number("airQualityIndex")?,
+            pm25: number("pm25")?,
+            pm10: number("pm10")?,
+            no2: number("no2")?,
+            o3: number("o3")?,
         },
         "Vehicle" => EntityKind::Vehicle {
-            vehicle_type: text_attribute(attributes, "vehicleType")?,
-            speed_kmh: number_attribute(attributes, "speed")?,
-            heading_deg: number_attribute(attributes, "heading")?,
-            service_status: text_attribute(attributes, "serviceStatus")?,
+            vehicle_type: text("vehicleType")?,
+            speed_kmh: number("speed")?,
+            heading_deg: number("heading")?,
+            service_status: text("serviceStatus")?,
         },
         "Alert" => EntityKind::Alert {
-            category: text_attribute(attributes, "category")?,
-            sub_category: text_attribute(attributes, "subCategory")?,
-            severity: text_attribute(attributes, "severity")?,
-            description: text_attribute(attributes, "description")?,
+            category: text("category")?,
+            sub_category: text("subCategory")?,
+            severity: text("severity")?,
+            description: text("description")?,
         },
         "OffStreetParking" => EntityKind::Parking {
-            available_spots: number_attribute(attributes, "availableSpotNumber")?,
-            total_spots: number_attribute(attributes, "totalSpotNumber")?,
+            available_spots: number("availableSpotNumber")?,
+            total_spots: number("totalSpotNumber")?,
             // Smart Data Models make parking `status` a list (`["open"]`); some feeds send
             // a plain string.
             status: typed_attribute(
                 attributes,
                 "status",
                 "a string or list of strings",
+                reading,
                 |v| match v {
                     Value::String(status) => Some(status.clone()),
                     Value::Array(items) => items
@@ -523,34 +761,41 @@ fn interpret(entity_type: &str, attributes: &Map<String, Value>) -> Result<Entit
 
 /// A number in this project's unit for the field, converted from the attribute's
 /// `unitCode` where it gives a known one.
-fn number_attribute(attributes: &Map<String, Value>, name: &str) -> Result<Option<f64>, ItemError> {
-    let value = typed_attribute(attributes, name, "a number", Value::as_f64)?;
-    let code = attributes.get(name).and_then(unit_code);
+fn number_attribute(
+    attributes: &Map<String, Value>,
+    name: &str,
+    reading: Reading,
+) -> Result<Option<f64>, ItemError> {
+    let value = typed_attribute(attributes, name, "a number", reading, Value::as_f64)?;
+    let code = attributes
+        .get(name)
+        .and_then(|a| unit_code(a, reading.dialect));
     Ok(value.map(|v| code.map_or(v, |code| in_own_unit(name, code, v))))
-}
-
-fn bool_attribute(attributes: &Map<String, Value>, name: &str) -> Result<Option<bool>, ItemError> {
-    typed_attribute(attributes, name, "a boolean", Value::as_bool)
 }
 
 fn text_attribute(
     attributes: &Map<String, Value>,
     name: &str,
+    reading: Reading,
 ) -> Result<Option<String>, ItemError> {
-    typed_attribute(attributes, name, "a string", |v| {
+    typed_attribute(attributes, name, "a string", reading, |v| {
         v.as_str().map(str::to_owned)
     })
 }
 
 /// An attribute's value read as `T`; absent or null is `None`, any other JSON type is a
-/// `WrongValueType` naming the attribute.
+/// `WrongValueType` naming the attribute, at the path of its value.
 fn typed_attribute<T>(
     attributes: &Map<String, Value>,
     name: &str,
     expected: &str,
+    reading: Reading,
     read: impl FnOnce(&Value) -> Option<T>,
 ) -> Result<Option<T>, ItemError> {
-    let Some(value) = attributes.get(name).and_then(attribute_value) else {
+    let Some(attribute) = attributes.get(name) else {
+        return Ok(None);
+    };
+    let Some(value) = attribute_value(attribute, reading.dialect) else {
         return Ok(None);
     };
     match read(value) {
@@ -561,13 +806,43 @@ fn typed_attribute<T>(
                 "attribute `{name}` should be {expected}, found {}",
                 json_kind(value)
             ),
-        )),
+        )
+        .at(value_path(name, attribute, reading))),
     }
 }
 
-/// The member holding a normalized attribute's value, by its NGSI-LD `type`; `None` when
-/// the object is a keyValues value itself (a GeoJSON geometry, an address...).
-fn value_member(attribute: &Map<String, Value>) -> Option<&'static str> {
+/// Where an attribute's value sits in the item: `speed` (keyValues), `speed.value`
+/// (normalized), `speed[1].value` (the instance read of a multi-attribute),
+/// `dateObserved.value.@value` (a JSON-LD typed literal).
+fn value_path(name: &str, attribute: &Value, reading: Reading) -> String {
+    let mut path = format!("{}{name}", reading.prefix);
+    let mut at = attribute;
+    if reading.dialect == Dialect::Ld
+        && let Value::Array(instances) = attribute
+        && let Some(index) = default_instance(instances)
+    {
+        path.push_str(&format!("[{index}]"));
+        at = &instances[index];
+    }
+    if let Value::Object(object) = at
+        && let Some(member) = value_member(object, reading.dialect)
+    {
+        path.push('.');
+        path.push_str(member);
+        at = object.get(member).unwrap_or(&Value::Null);
+    }
+    if at.get("@value").is_some() {
+        path.push_str(".@value");
+    }
+    path
+}
+
+/// The member holding a normalized attribute's value; `None` when the object is a
+/// keyValues value itself (a GeoJSON geometry, an address...).
+fn value_member(attribute: &Map<String, Value>, dialect: Dialect) -> Option<&'static str> {
+    if dialect == Dialect::V2 {
+        return attribute.contains_key("value").then_some("value");
+    }
     match attribute.get("type").and_then(Value::as_str) {
         Some("Property" | "GeoProperty") => Some("value"),
         Some("Relationship") => Some("object"),
@@ -582,11 +857,24 @@ fn value_member(attribute: &Map<String, Value>) -> Option<&'static str> {
     }
 }
 
+/// Whether `instances` is an NGSI-LD multi-attribute: an array of normalized attribute
+/// instances.
+fn are_instances(instances: &[Value]) -> bool {
+    instances.first().is_some_and(|first| {
+        first
+            .as_object()
+            .and_then(|o| value_member(o, Dialect::Ld))
+            .is_some()
+    })
+}
+
 /// For a multi-attribute (several normalized instances told apart by `datasetId`), the
 /// instance to read: the default one without a `datasetId`; without one, the newest
 /// observation, then the smallest `datasetId` — never whichever the broker lists first.
 fn default_instance(instances: &[Value]) -> Option<usize> {
-    instances.first()?.as_object().and_then(value_member)?;
+    if !are_instances(instances) {
+        return None;
+    }
     if let Some(default) = instances
         .iter()
         .position(|instance| instance.get("datasetId").is_none())
@@ -596,7 +884,7 @@ fn default_instance(instances: &[Value]) -> Option<usize> {
     let key = |instance: &Value| {
         let observed = instance
             .get("observedAt")
-            .and_then(|t| timestamp_ms(t, "", "").ok());
+            .and_then(|t| timestamp_ms(t, "").ok());
         let dataset = instance
             .get("datasetId")
             .and_then(Value::as_str)
@@ -607,13 +895,48 @@ fn default_instance(instances: &[Value]) -> Option<usize> {
     (0..instances.len()).max_by_key(|&i| key(&instances[i]))
 }
 
-/// The `unitCode` (UN/CEFACT) of an attribute's instance that is read.
-fn unit_code(attribute: &Value) -> Option<&str> {
+/// Several instances, none of which names a dataset: no multi-attribute (which has one
+/// default instance at most) but a list, as some Smart Data Models examples write a
+/// Relationship to several entities.
+fn is_list_of_instances(instances: &[Value]) -> bool {
+    are_instances(instances)
+        && instances
+            .iter()
+            .filter(|instance| instance.get("datasetId").is_none())
+            .count()
+            > 1
+}
+
+/// The unit code (UN/CEFACT) of an attribute: NGSI-LD `unitCode`, NGSI-v2
+/// `metadata.unitCode` (of the instance that is read).
+fn unit_code(attribute: &Value, dialect: Dialect) -> Option<&str> {
     match attribute {
-        Value::Object(object) => object.get("unitCode").and_then(Value::as_str),
-        Value::Array(instances) => unit_code(&instances[default_instance(instances)?]),
+        Value::Object(object) => attribute_unit(object, dialect),
+        Value::Array(instances) if dialect == Dialect::Ld => {
+            unit_code(&instances[default_instance(instances)?], dialect)
+        }
         _ => None,
     }
+}
+
+fn attribute_unit(attribute: &Map<String, Value>, dialect: Dialect) -> Option<&str> {
+    match dialect {
+        Dialect::Ld => attribute.get("unitCode").and_then(Value::as_str),
+        Dialect::V2 => v2_metadatum(attribute, "unitCode")
+            .map(|(value, _)| value)
+            .and_then(Value::as_str),
+    }
+}
+
+/// An NGSI-v2 metadatum's value (`{"type": "Text", "value": "GQ"}`, or the value
+/// alone), with the path below the attribute.
+fn v2_metadatum<'a>(attribute: &'a Map<String, Value>, name: &str) -> Option<(&'a Value, String)> {
+    let datum = attribute.get("metadata")?.get(name)?;
+    let (value, path) = match datum.get("value") {
+        Some(value) => (value, format!("metadata.{name}.value")),
+        None => (datum, format!("metadata.{name}")),
+    };
+    (!value.is_null()).then_some((value, path))
 }
 
 /// `value` in `code` (UN/CEFACT) converted to the unit this project keeps a field in
@@ -629,15 +952,26 @@ fn in_own_unit(field: &str, code: &str, value: f64) -> f64 {
     }
 }
 
+/// The unit a value of `field` in `code` is in after [`in_own_unit`]: `KMH` for
+/// converted speeds, `C62` (a plain fraction) for converted occupancy; `None` when it
+/// is not converted.
+fn converted_unit(field: &str, code: &str) -> Option<&'static str> {
+    match (field, code) {
+        ("averageVehicleSpeed" | "speed", "MTS" | "HM" | "KNT") => Some("KMH"),
+        ("occupancy", "P1") => Some("C62"),
+        _ => None,
+    }
+}
+
 /// What an attribute holds in either representation; `None` for null.
-fn attribute_value(attribute: &Value) -> Option<&Value> {
+fn attribute_value(attribute: &Value, dialect: Dialect) -> Option<&Value> {
     let value = match attribute {
-        Value::Object(object) => match value_member(object) {
+        Value::Object(object) => match value_member(object, dialect) {
             Some(member) => object.get(member)?,
             None => attribute,
         },
-        Value::Array(instances) => match default_instance(instances) {
-            Some(index) => return attribute_value(&instances[index]),
+        Value::Array(instances) if dialect == Dialect::Ld => match default_instance(instances) {
+            Some(index) => return attribute_value(&instances[index], dialect),
             None => attribute,
         },
         _ => attribute,
@@ -647,82 +981,381 @@ fn attribute_value(attribute: &Value) -> Option<&Value> {
     (!value.is_null()).then_some(value)
 }
 
-/// [`attribute_value`], taking ownership so strings move into fields uncopied.
-fn into_attribute_value(attribute: Value) -> Value {
+/// When an attribute's value was observed, with its path: NGSI-LD `observedAt`,
+/// NGSI-v2 `metadata.TimeInstant` (or `metadata.timestamp`).
+fn observed_at(attribute: &Value, path: String, dialect: Dialect) -> Option<(&Value, String)> {
     match attribute {
-        Value::Object(mut object) => match value_member(&object) {
-            Some(member) => object.remove(member).unwrap_or(Value::Null),
-            None => Value::Object(object),
+        Value::Object(object) if value_member(object, dialect).is_some() => match dialect {
+            Dialect::Ld => object
+                .get("observedAt")
+                .filter(|time| !time.is_null())
+                .map(|time| (time, format!("{path}.observedAt"))),
+            Dialect::V2 => V2_TIME_METADATA.iter().find_map(|name| {
+                v2_metadatum(object, name).map(|(time, below)| (time, format!("{path}.{below}")))
+            }),
         },
-        Value::Array(mut instances) => match default_instance(&instances) {
-            Some(index) => into_attribute_value(instances.swap_remove(index)),
-            None => Value::Array(instances),
-        },
-        other => other,
-    }
-}
-
-fn attribute_observed_at(attribute: &Value) -> Option<&Value> {
-    match attribute {
-        Value::Object(object) if value_member(object).is_some() => {
-            object.get("observedAt").filter(|time| !time.is_null())
-        }
-        Value::Array(instances) => {
-            default_instance(instances).and_then(|index| attribute_observed_at(&instances[index]))
+        Value::Array(instances) if dialect == Dialect::Ld => {
+            let index = default_instance(instances)?;
+            observed_at(&instances[index], format!("{path}[{index}]"), dialect)
         }
         _ => None,
     }
 }
 
-/// Adds the scalars of `value` under `key`, nested objects as `key.member`; arrays and
-/// nulls carry nothing a field can show.
-fn flatten_value(key: String, value: Value, fields: &mut BTreeMap<String, FieldValue>) {
+/// Turns attributes into fields within the size limits: scalars as they are, nested
+/// objects as `key.member`, arrays of scalars as lists, arrays of objects as
+/// `key[i].member`, sub-properties (NGSI-LD) and metadata (NGSI-v2) as `key.name`, and
+/// each attribute's unit code into `units`.
+struct Flattener {
+    fields: BTreeMap<String, FieldValue>,
+    units: BTreeMap<String, String>,
+    /// Values the entity may still keep.
+    entity_room: usize,
+    /// Values the attribute being read may still keep.
+    attribute_room: usize,
+    /// Values left out, and the first place one was.
+    cut: u64,
+    first_cut: Option<String>,
+}
+
+impl Default for Flattener {
+    fn default() -> Self {
+        Self {
+            fields: BTreeMap::new(),
+            units: BTreeMap::new(),
+            entity_room: MAX_VALUES_PER_ENTITY,
+            attribute_room: MAX_VALUES_PER_ATTRIBUTE,
+            cut: 0,
+            first_cut: None,
+        }
+    }
+}
+
+impl Flattener {
+    /// One top-level attribute, with a fresh per-attribute allowance.
+    fn attribute(&mut self, name: String, attribute: Value, dialect: Dialect) {
+        self.attribute_room = MAX_VALUES_PER_ATTRIBUTE;
+        self.read_attribute(name, attribute, dialect);
+    }
+
+    fn read_attribute(&mut self, key: String, attribute: Value, dialect: Dialect) {
+        match attribute {
+            Value::Object(mut object) => {
+                let Some(member) = value_member(&object, dialect) else {
+                    return self.value(key, Value::Object(object));
+                };
+                if let Some(code) = attribute_unit(&object, dialect) {
+                    self.units.insert(key.clone(), code.to_owned());
+                }
+                let value = object.remove(member).unwrap_or(Value::Null);
+                let value = if member == "objectList" {
+                    relationship_objects(value)
+                } else {
+                    value
+                };
+                self.value(key.clone(), value);
+                match dialect {
+                    Dialect::Ld => {
+                        for (name, sub) in object {
+                            if !LD_ATTRIBUTE_MEMBERS.contains(&name.as_str()) {
+                                self.read_attribute(format!("{key}.{name}"), sub, dialect);
+                            }
+                        }
+                    }
+                    Dialect::V2 => {
+                        if let Some(Value::Object(metadata)) = object.remove("metadata") {
+                            for (name, datum) in metadata {
+                                if name != "unitCode" && !V2_TIME_METADATA.contains(&name.as_str())
+                                {
+                                    self.read_attribute(format!("{key}.{name}"), datum, dialect);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Value::Array(instances)
+                if dialect == Dialect::Ld && is_list_of_instances(&instances) =>
+            {
+                let values = instances
+                    .into_iter()
+                    .map(|instance| match instance {
+                        Value::Object(mut object) => value_member(&object, dialect)
+                            .and_then(|member| object.remove(member))
+                            .unwrap_or(Value::Null),
+                        other => other,
+                    })
+                    .collect();
+                self.value(key, Value::Array(values));
+            }
+            Value::Array(mut instances) if dialect == Dialect::Ld => {
+                match default_instance(&instances) {
+                    Some(index) => self.read_attribute(key, instances.swap_remove(index), dialect),
+                    None => self.value(key, Value::Array(instances)),
+                }
+            }
+            other => self.value(key, other),
+        }
+    }
+
+    /// Adds what `value` holds under `key`.
+    fn value(&mut self, key: String, value: Value) {
+        match value {
+            Value::Null => {}
+            Value::Object(mut object) => {
+                if let Some(literal) = object.remove("@value") {
+                    return self.value(key, literal);
+                }
+                for (member, value) in object {
+                    self.value(format!("{key}.{member}"), value);
+                }
+            }
+            Value::Array(items) if items.iter().any(is_structured) => {
+                for (index, item) in items.into_iter().enumerate() {
+                    if self.room() == 0 {
+                        self.note_cut(&key, leaves(&item));
+                    } else {
+                        self.value(format!("{key}[{index}]"), item);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                let list = self.list(items, &key);
+                self.fields.insert(key, FieldValue::List(list));
+            }
+            scalar => {
+                if let Some(field) = scalar_field(scalar) {
+                    if self.take() {
+                        self.fields.insert(key, field);
+                    } else {
+                        self.note_cut(&key, 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An array of scalars (and arrays) as a list, as far as the allowance goes.
+    fn list(&mut self, items: Vec<Value>, key: &str) -> Vec<FieldValue> {
+        let mut list = Vec::with_capacity(items.len().min(self.room()));
+        for item in items {
+            if self.room() == 0 {
+                self.note_cut(key, leaves(&item));
+                continue;
+            }
+            match item {
+                Value::Null => {}
+                Value::Array(inner) => {
+                    let inner = self.list(inner, key);
+                    list.push(FieldValue::List(inner));
+                }
+                Value::Object(mut object) => {
+                    // A typed literal is a scalar; another object inside a nested
+                    // array is kept as its JSON text.
+                    let field = match object.remove("@value") {
+                        Some(literal) => scalar_field(literal),
+                        None => Some(FieldValue::Text(Value::Object(object).to_string())),
+                    };
+                    if let Some(field) = field
+                        && self.take()
+                    {
+                        list.push(field);
+                    }
+                }
+                scalar => {
+                    if let Some(field) = scalar_field(scalar)
+                        && self.take()
+                    {
+                        list.push(field);
+                    }
+                }
+            }
+        }
+        list
+    }
+
+    fn room(&self) -> usize {
+        self.entity_room.min(self.attribute_room)
+    }
+
+    /// Uses up one value of the allowance; false when there is none left.
+    fn take(&mut self) -> bool {
+        if self.room() == 0 {
+            return false;
+        }
+        self.entity_room -= 1;
+        self.attribute_room -= 1;
+        true
+    }
+
+    fn note_cut(&mut self, key: &str, values: u64) {
+        if values == 0 {
+            return;
+        }
+        self.cut += values;
+        if self.first_cut.is_none() {
+            self.first_cut = Some(excerpt_to(key, MAX_PATH_BYTES).to_owned());
+        }
+    }
+}
+
+/// An object that is not a JSON-LD typed literal.
+fn is_structured(value: &Value) -> bool {
+    value.is_object() && value.get("@value").is_none()
+}
+
+/// The scalar values in `value` (what keeping it would have cost).
+fn leaves(value: &Value) -> u64 {
     match value {
-        Value::Number(number) => {
-            if let Some(number) = number.as_f64() {
-                fields.insert(key, FieldValue::Number(number));
-            }
-        }
-        Value::String(text) => {
-            fields.insert(key, FieldValue::Text(text));
-        }
-        Value::Bool(flag) => {
-            fields.insert(key, FieldValue::Bool(flag));
-        }
-        Value::Object(mut object) => {
-            if let Some(literal) = object.remove("@value") {
-                return flatten_value(key, literal, fields);
-            }
-            for (member, value) in object {
-                flatten_value(format!("{key}.{member}"), value, fields);
-            }
-        }
-        Value::Array(_) | Value::Null => {}
+        Value::Null => 0,
+        Value::Array(items) => items.iter().map(leaves).sum(),
+        Value::Object(object) if object.contains_key("@value") => 1,
+        Value::Object(object) => object.values().map(leaves).sum(),
+        _ => 1,
+    }
+}
+
+fn scalar_field(value: Value) -> Option<FieldValue> {
+    match value {
+        Value::Number(number) => number.as_f64().map(FieldValue::Number),
+        Value::String(text) => Some(FieldValue::Text(text)),
+        Value::Bool(flag) => Some(FieldValue::Bool(flag)),
+        _ => None,
+    }
+}
+
+/// The targets of an NGSI-LD `objectList`: `[{"object": "urn:…"}, …]` (normalized) or
+/// the ids themselves (concise).
+fn relationship_objects(list: Value) -> Value {
+    match list {
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|item| match item {
+                    Value::Object(mut object) if object.contains_key("object") => {
+                        object.remove("object").unwrap_or(Value::Null)
+                    }
+                    other => other,
+                })
+                .collect(),
+        ),
+        other => other,
     }
 }
 
 /// A time attribute as Unix ms. An ISO 8601 interval (`start/end`, as some
 /// TrafficFlowObserved sources send) dates the observation by its end.
-fn timestamp_ms(value: &Value, attribute: &str, member: &str) -> Result<i64, ItemError> {
+fn timestamp_ms(value: &Value, path: &str) -> Result<i64, ItemError> {
     let Some(text) = value.as_str() else {
         return Err(ItemError::new(
             RejectReason::BadTimestamp,
-            format!(
-                "{attribute}{member} is {}, not an RFC 3339 string",
-                json_kind(value)
-            ),
-        ));
+            format!("{path} is {}, not an RFC 3339 string", json_kind(value)),
+        )
+        .at(path));
     };
     let end = text.rsplit('/').next().unwrap_or(text);
     parse_rfc3339_ms(end).ok_or_else(|| {
         ItemError::new(
             RejectReason::BadTimestamp,
-            format!(
-                "{attribute}{member} = {:?} is not an RFC 3339 time",
-                excerpt(text)
-            ),
+            format!("{path} = {:?} is not an RFC 3339 time", excerpt(text)),
         )
+        .at(path)
     })
+}
+
+/// Where an entity's `location` puts it: a GeoJSON geometry (keyValues, an NGSI-LD
+/// GeoProperty, NGSI-v2 `geo:json`) or an NGSI-v2 `geo:point` / `geo:line` /
+/// `geo:polygon` / `geo:box` of `"lat, lon"` texts.
+fn location_shape(location: Option<&Value>, reading: Reading) -> Result<Shape, ItemError> {
+    let Some(attribute) = location else {
+        return Ok(Shape::default());
+    };
+    let Some(geometry) = attribute_value(attribute, reading.dialect) else {
+        return Ok(Shape::default());
+    };
+    let path = value_path("location", attribute, reading);
+    let v2_kind = match reading.dialect {
+        Dialect::V2 => attribute.get("type").and_then(Value::as_str),
+        Dialect::Ld => None,
+    };
+    match v2_kind {
+        Some(kind @ ("geo:point" | "geo:line" | "geo:polygon" | "geo:box")) => {
+            v2_shape(kind, geometry, &path)
+        }
+        _ => decode_geometry(geometry, &path),
+    }
+}
+
+/// An NGSI-v2 simple location: `geo:point` `"lat, lon"`, `geo:line` and `geo:polygon`
+/// arrays of them, `geo:box` two opposite corners (drawn as its outline).
+fn v2_shape(kind: &str, value: &Value, path: &str) -> Result<Shape, ItemError> {
+    if kind == "geo:point" {
+        let position = v2_position(value, path)?;
+        return Ok(Shape {
+            position: Some(position),
+            line: None,
+        });
+    }
+    let Value::Array(texts) = value else {
+        return Err(bad_geometry(format!(
+            "{path} is {}, not an array of \"lat, lon\" texts for {kind}",
+            json_kind(value)
+        ))
+        .at(path));
+    };
+    let mut points = texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| v2_position(text, &format!("{path}[{index}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if kind == "geo:box" {
+        let &[[west, south], [east, north]] = points.as_slice() else {
+            return Err(
+                bad_geometry(format!("{path} should hold two corners for geo:box")).at(path),
+            );
+        };
+        points = vec![
+            [west, south],
+            [east, south],
+            [east, north],
+            [west, north],
+            [west, south],
+        ];
+    }
+    let Some(&first) = points.first() else {
+        return Err(bad_geometry(format!("{path} has no positions")).at(path));
+    };
+    Ok(Shape {
+        position: Some(first),
+        line: Some(points),
+    })
+}
+
+/// An NGSI-v2 `"lat, lon"` text as WGS84 `[lon, lat]`.
+fn v2_position(value: &Value, path: &str) -> Result<[f64; 2], ItemError> {
+    let parsed = value.as_str().and_then(|text| {
+        let (lat, lon) = text.split_once(',')?;
+        Some((
+            lat.trim().parse::<f64>().ok()?,
+            lon.trim().parse::<f64>().ok()?,
+        ))
+    });
+    let Some((lat, lon)) = parsed else {
+        return Err(bad_coordinates(format!(
+            "{path} is {}, not a \"lat, lon\" text",
+            match value.as_str() {
+                Some(text) => format!("{:?}", excerpt(text)),
+                None => json_kind(value).to_owned(),
+            }
+        ))
+        .at(path));
+    };
+    for (degrees, limit, what) in [(lat, 90.0, "latitude"), (lon, 180.0, "longitude")] {
+        if !(degrees.is_finite() && degrees.abs() <= limit) {
+            return Err(bad_coordinates(format!("{path}: {degrees} is not a {what}")).at(path));
+        }
+    }
+    Ok([lon, lat])
 }
 
 /// Reads a GeoJSON geometry (Point, LineString, Polygon, Multi*, GeometryCollection):
@@ -733,11 +1366,12 @@ fn decode_geometry(geometry: &Value, path: &str) -> Result<Shape, ItemError> {
         return Err(bad_geometry(format!(
             "{path} is {}, not a GeoJSON geometry with a string `type`",
             json_kind(geometry)
-        )));
+        ))
+        .at(path));
     };
     if kind == "GeometryCollection" {
         let Some(Value::Array(members)) = geometry.get("geometries") else {
-            return Err(bad_geometry(format!("{path} has no `geometries` array")));
+            return Err(bad_geometry(format!("{path} has no `geometries` array")).at(path));
         };
         let mut shape = Shape::default();
         for (index, member) in members.iter().enumerate() {
@@ -747,7 +1381,7 @@ fn decode_geometry(geometry: &Value, path: &str) -> Result<Shape, ItemError> {
             }
         }
         if shape.position.is_none() {
-            return Err(bad_geometry(format!("{path} has no positions")));
+            return Err(bad_geometry(format!("{path} has no positions")).at(path));
         }
         return Ok(shape);
     }
@@ -761,11 +1395,12 @@ fn decode_geometry(geometry: &Value, path: &str) -> Result<Shape, ItemError> {
             return Err(bad_geometry(format!(
                 "{path} has unknown geometry type {:?}",
                 excerpt(other)
-            )));
+            ))
+            .at(format!("{path}.type")));
         }
     };
     let Some(coordinates) = geometry.get("coordinates") else {
-        return Err(bad_geometry(format!("{path} has no `coordinates`")));
+        return Err(bad_geometry(format!("{path} has no `coordinates`")).at(path));
     };
     let coordinates_path = || format!("{path}.coordinates");
     let mut first = None;
@@ -777,7 +1412,7 @@ fn decode_geometry(geometry: &Value, path: &str) -> Result<Shape, ItemError> {
         }
     })?;
     let Some(position) = first else {
-        return Err(bad_geometry(format!("{path} has no positions")));
+        return Err(bad_geometry(format!("{path} has no positions")).at(coordinates_path()));
     };
     if kind == "MultiLineString"
         && let Some(first_part) = coordinates.get(0)
@@ -813,11 +1448,8 @@ fn visit_positions(
         return Ok(());
     }
     let Value::Array(items) = value else {
-        return Err(bad_geometry(format!(
-            "{} is {}, not an array",
-            path(),
-            json_kind(value)
-        )));
+        let path = path();
+        return Err(bad_geometry(format!("{path} is {}, not an array", json_kind(value))).at(path));
     };
     for (index, item) in items.iter().enumerate() {
         visit_positions(item, depth - 1, &|| format!("{}[{index}]", path()), visit)?;
@@ -828,11 +1460,12 @@ fn visit_positions(
 /// A WGS84 `[lon, lat]` (altitude ignored).
 fn position(value: &Value, path: &dyn Fn() -> String) -> Result<[f64; 2], ItemError> {
     let Some([lon, lat, ..]) = value.as_array().map(Vec::as_slice) else {
+        let path = path();
         return Err(bad_coordinates(format!(
-            "{} is {}, not a [lon, lat] position",
-            path(),
+            "{path} is {}, not a [lon, lat] position",
             json_kind(value)
-        )));
+        ))
+        .at(path));
     };
     Ok([
         coordinate(lon, 0, 180.0, "longitude", path)?,
@@ -847,17 +1480,15 @@ fn coordinate(
     what: &str,
     path: &dyn Fn() -> String,
 ) -> Result<f64, ItemError> {
+    let at = || format!("{}[{index}]", path());
     match value.as_f64() {
         Some(degrees) if degrees.is_finite() && degrees.abs() <= limit => Ok(degrees),
-        Some(degrees) => Err(bad_coordinates(format!(
-            "{}[{index}] = {degrees} is not a {what}",
-            path()
-        ))),
-        None => Err(bad_coordinates(format!(
-            "{}[{index}] is {}, not a number",
-            path(),
-            json_kind(value)
-        ))),
+        Some(degrees) => {
+            Err(bad_coordinates(format!("{} = {degrees} is not a {what}", at())).at(at()))
+        }
+        None => {
+            Err(bad_coordinates(format!("{} is {}, not a number", at(), json_kind(value))).at(at()))
+        }
     }
 }
 
@@ -882,7 +1513,11 @@ fn json_kind(value: &Value) -> &'static str {
 
 /// The start of `text`, so a reject never quotes a whole megabyte back.
 fn excerpt(text: &str) -> &str {
-    &text[..text.floor_char_boundary(DETAIL_EXCERPT_BYTES)]
+    excerpt_to(text, DETAIL_EXCERPT_BYTES)
+}
+
+fn excerpt_to(text: &str, bytes: usize) -> &str {
+    &text[..text.floor_char_boundary(bytes)]
 }
 
 fn ascii_digits(bytes: &[u8], at: usize, count: usize) -> Option<i64> {
@@ -1405,6 +2040,13 @@ mod tests {
                 FieldValue::Text("Chang'an Ave 1".to_owned()),
             ),
             ("isRaining", FieldValue::Bool(false)),
+            (
+                "tags",
+                FieldValue::List(vec![
+                    FieldValue::Text("a".to_owned()),
+                    FieldValue::Text("b".to_owned()),
+                ]),
+            ),
             ("temperature", FieldValue::Number(21.5)),
             ("weatherType", FieldValue::Text("sunny".to_owned())),
         ]
@@ -1593,7 +2235,7 @@ mod tests {
         );
         assert_eq!(
             rejects[1].detail,
-            "location.coordinates[0] = 200 is not a longitude"
+            "location.value.coordinates[0] = 200 is not a longitude"
         );
         assert_eq!(
             rejects[4].detail,
@@ -1905,6 +2547,577 @@ mod tests {
         assert_eq!(
             decode_geojson(br#"{"type": "FeatureCollection", "features": []}"#),
             Ok(Decoded::default())
+        );
+    }
+
+    /// 2026-11-29T10:00:00Z, when the Smart Data Models fixtures were observed.
+    const FIXTURE_HOUR_MS: i64 = 1_795_946_400_000;
+
+    fn decode_all(decoded: Result<Decoded, PayloadError>) -> Vec<EntityUpdate> {
+        let decoded = decoded.expect("payload decodes");
+        assert_eq!(decoded.rejects, vec![], "unexpected rejects");
+        decoded.updates
+    }
+
+    fn texts(items: &[&str]) -> FieldValue {
+        FieldValue::List(
+            items
+                .iter()
+                .map(|t| FieldValue::Text((*t).to_owned()))
+                .collect(),
+        )
+    }
+
+    fn unit<'a>(update: &'a EntityUpdate, name: &str) -> Option<&'a str> {
+        update.units.get(name).map(String::as_str)
+    }
+
+    #[test]
+    fn array_attributes_are_kept_as_lists() {
+        let parking = decode_all(decode_ngsi_ld(include_bytes!(
+            "../../tests/data/sdm/off-street-parking-normalized.jsonld"
+        )));
+        let kluuvi = &parking[0];
+        assert_eq!(
+            field(kluuvi, "allowedVehicleType"),
+            &texts(&["car", "motorcycle"])
+        );
+        assert_eq!(
+            field(kluuvi, "category"),
+            &texts(&[
+                "underground",
+                "public",
+                "feeCharged",
+                "shortTerm",
+                "barrierAccess"
+            ])
+        );
+        // A Relationship to several entities is a list of their ids.
+        assert_eq!(
+            field(kluuvi, "refParkingSpot"),
+            &texts(&[
+                "urn:ngsi-ld:ParkingSpot:Helsinki-Kluuvi-P1-A001",
+                "urn:ngsi-ld:ParkingSpot:Helsinki-Kluuvi-P1-A002"
+            ])
+        );
+        assert_eq!(field(kluuvi, "status"), &texts(&["open"]));
+        // An empty list is what the source said: kept, not lost.
+        assert_eq!(field(kluuvi, "requiredPermit"), &FieldValue::List(vec![]));
+        assert!(matches!(
+            kluuvi.kind,
+            EntityKind::Parking {
+                available_spots: Some(132.0),
+                ..
+            }
+        ));
+
+        let [area] = <[EntityUpdate; 1]>::try_from(decode_all(decode_ngsi_ld(include_bytes!(
+            "../../tests/data/sdm/restricted-traffic-area-normalized.jsonld"
+        ))))
+        .expect("one area");
+        assert_eq!(area.kind, EntityKind::Generic);
+        assert!(area.line.as_ref().is_some_and(|ring| ring.len() >= 4));
+        for (name, len) in [
+            ("allowedVehicleType", 4),
+            ("notAllowedVehicleType", 3),
+            ("category", 2),
+            ("refRoadSegment", 2),
+            ("seeAlso", 2),
+        ] {
+            let items = field(&area, name)
+                .as_list()
+                .unwrap_or_else(|| panic!("{name} is not a list: {:?}", area.fields.get(name)));
+            assert_eq!(items.len(), len, "{name}");
+        }
+
+        let devices = decode_all(decode_ngsi_ld(include_bytes!(
+            "../../tests/data/sdm/device-normalized.jsonld"
+        )));
+        assert_eq!(
+            field(&devices[0], "controlledProperty"),
+            &texts(&["airPollution", "temperature"])
+        );
+        assert_eq!(
+            field(&devices[1], "controlledAsset")
+                .as_list()
+                .map(<[_]>::len),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn arrays_of_objects_and_list_attributes() {
+        let update = decode_one(
+            r#"{"id": "urn:ngsi-ld:Thing:1", "type": "Thing",
+                "openingHours": {"type": "Property", "value": [
+                    {"day": "Mo", "opens": "08:00"}, {"day": "Tu", "opens": "09:00"}]},
+                "readings": {"type": "ListProperty", "valueList": [1, 2.5, [3, 4]]},
+                "members": {"type": "ListRelationship", "objectList": [
+                    {"object": "urn:ngsi-ld:Person:a"}, {"object": "urn:ngsi-ld:Person:b"}]},
+                "refSeeAlso": [
+                    {"type": "Relationship", "object": "urn:ngsi-ld:Doc:1"},
+                    {"type": "Relationship", "object": "urn:ngsi-ld:Doc:2"}],
+                "dates": [{"@type": "DateTime", "@value": "2026-11-29T10:00:00Z"}],
+                "tags": ["a", null, "b"]}"#,
+        );
+        // An array of objects: one field per member, numbered.
+        assert_eq!(
+            field(&update, "openingHours[1].opens"),
+            &FieldValue::Text("09:00".to_owned())
+        );
+        assert_eq!(
+            field(&update, "openingHours[0].day"),
+            &FieldValue::Text("Mo".to_owned())
+        );
+        assert_eq!(
+            field(&update, "readings"),
+            &FieldValue::List(vec![
+                FieldValue::Number(1.0),
+                FieldValue::Number(2.5),
+                FieldValue::List(vec![FieldValue::Number(3.0), FieldValue::Number(4.0)]),
+            ])
+        );
+        assert_eq!(
+            field(&update, "members"),
+            &texts(&["urn:ngsi-ld:Person:a", "urn:ngsi-ld:Person:b"])
+        );
+        // Several instances none of which names a dataset: a list (as Smart Data
+        // Models examples write a Relationship to several entities), not one of them.
+        assert_eq!(
+            field(&update, "refSeeAlso"),
+            &texts(&["urn:ngsi-ld:Doc:1", "urn:ngsi-ld:Doc:2"])
+        );
+        assert_eq!(field(&update, "dates"), &texts(&["2026-11-29T10:00:00Z"]));
+        assert_eq!(field(&update, "tags"), &texts(&["a", "b"]));
+        assert_eq!(update.notes, vec![]);
+    }
+
+    #[test]
+    fn hostile_arrays_are_cut_and_counted() {
+        let million = format!("[{}0]", "0,".repeat(999_999));
+        let nested = format!("[{}[]]", "[0,0],".repeat(5_000));
+        let body = format!(
+            r#"[{{"id": "urn:ngsi-ld:Thing:big", "type": "Thing", "speed": 3,
+                "refSeeAlso": {{"type": "Relationship", "object": {million}}},
+                "pairs": {nested}}}, {GOOD_AFTER}]"#
+        );
+        let decoded = decode_ngsi_ld(body.as_bytes()).expect("payload decodes");
+        assert_eq!(decoded.rejects, vec![]);
+        let big = &decoded.updates[0];
+        let kept = field(big, "refSeeAlso").as_list().expect("a list").len();
+        assert_eq!(kept, MAX_VALUES_PER_ATTRIBUTE);
+        let pairs = field(big, "pairs").as_list().expect("a list");
+        let kept_pairs: usize = pairs
+            .iter()
+            .map(|p| p.as_list().map_or(1, <[_]>::len))
+            .sum();
+        assert_eq!(kept_pairs, MAX_VALUES_PER_ATTRIBUTE);
+        assert_eq!(
+            big.notes,
+            // Attributes are read in name order: `pairs` is cut first.
+            vec![DecodeNote::ValuesCut {
+                path: "pairs".to_owned(),
+                cut: (1_000_000 - MAX_VALUES_PER_ATTRIBUTE + 10_000 - MAX_VALUES_PER_ATTRIBUTE)
+                    as u64,
+            }]
+        );
+        assert_eq!(field(big, "speed"), &FieldValue::Number(3.0));
+        assert_eq!(decoded.updates[1].id, "urn:ngsi-ld:Vehicle:after");
+
+        // An entity keeps at most MAX_VALUES_PER_ENTITY values over all attributes.
+        let many: Vec<String> = (0..20)
+            .map(|i| format!(r#""a{i:02}": {}"#, format!("[{}0]", "1,".repeat(999))))
+            .collect();
+        let wide = decode_one(&format!(
+            r#"{{"id": "urn:ngsi-ld:Thing:wide", "type": "Thing", {}}}"#,
+            many.join(",")
+        ));
+        let total: usize = wide
+            .fields
+            .values()
+            .map(|v| v.as_list().map_or(1, <[_]>::len))
+            .sum();
+        assert_eq!(total, MAX_VALUES_PER_ENTITY);
+        assert_eq!(
+            wide.notes,
+            vec![DecodeNote::ValuesCut {
+                path: format!("a{:02}", MAX_VALUES_PER_ENTITY / 1000),
+                cut: (20_000 - MAX_VALUES_PER_ENTITY) as u64,
+            }]
+        );
+    }
+
+    #[test]
+    fn sub_properties_and_units_are_kept() {
+        let stations = decode_all(decode_ngsi_ld(include_bytes!(
+            "../../tests/data/sdm/air-quality-observed-normalized.jsonld"
+        )));
+        let [mannerheimintie, kaisaniemi] =
+            <[EntityUpdate; 2]>::try_from(stations).expect("two stations");
+        assert_eq!(field(&mannerheimintie, "no2"), &FieldValue::Number(38.5));
+        assert_eq!(unit(&mannerheimintie, "no2"), Some("GQ"));
+        assert_eq!(
+            field(&mannerheimintie, "no2.accuracy"),
+            &FieldValue::Number(0.95)
+        );
+        assert_eq!(
+            field(&mannerheimintie, "no2.observedBy"),
+            &FieldValue::Text(
+                "urn:ngsi-ld:Device:Helsinki-Mannerheimintie-NO2-analyser".to_owned()
+            )
+        );
+        // observedAt is when, not a sub-property.
+        assert!(!mannerheimintie.fields.contains_key("no2.observedAt"));
+        assert!(!mannerheimintie.fields.contains_key("no2.unitCode"));
+        assert_eq!(unit(&mannerheimintie, "co"), Some("GP"));
+        assert_eq!(unit(&mannerheimintie, "temperature"), Some("CEL"));
+        assert_eq!(unit(&mannerheimintie, "airQualityIndex"), None);
+        assert_eq!(
+            field(&mannerheimintie, "refDevice")
+                .as_list()
+                .map(<[_]>::len),
+            Some(2)
+        );
+        assert_eq!(
+            field(&mannerheimintie, "category"),
+            &texts(&["urban", "traffic"])
+        );
+        assert_eq!(mannerheimintie.observed_at_ms, Some(FIXTURE_HOUR_MS));
+        assert_eq!(
+            crate::model::value_with_unit(
+                field(&mannerheimintie, "no2"),
+                unit(&mannerheimintie, "no2")
+            ),
+            "38.5 µg/m³"
+        );
+        assert_eq!(
+            crate::model::value_with_unit(
+                field(&mannerheimintie, "co"),
+                unit(&mannerheimintie, "co")
+            ),
+            "0.3 mg/m³"
+        );
+
+        assert_eq!(field(&kaisaniemi, "NO2"), &FieldValue::Number(22.0));
+        assert_eq!(unit(&kaisaniemi, "NO2"), Some("GQ"));
+        assert_eq!(
+            field(&kaisaniemi, "NO2.accuracy"),
+            &FieldValue::Number(0.95)
+        );
+        assert_eq!(unit(&kaisaniemi, "CO"), Some("59"));
+        assert_eq!(
+            crate::model::value_with_unit(field(&kaisaniemi, "CO"), unit(&kaisaniemi, "CO")),
+            "0.2 ppm"
+        );
+        assert_eq!(kaisaniemi.observed_at_ms, Some(FIXTURE_HOUR_MS));
+    }
+
+    #[test]
+    fn a_converted_value_keeps_the_unit_it_was_converted_to() {
+        let update = decode_one(
+            r#"[{"id": "urn:ngsi-ld:TrafficFlowObserved:s1", "type": "TrafficFlowObserved",
+                "averageVehicleSpeed": {"type": "Property", "value": 10, "unitCode": "MTS"},
+                "occupancy": {"type": "Property", "value": 35, "unitCode": "P1"},
+                "averageHeadwayTime": {"type": "Property", "value": 2.5, "unitCode": "SEC"}}]"#,
+        );
+        assert_eq!(
+            field(&update, "averageVehicleSpeed"),
+            &FieldValue::Number(36.0)
+        );
+        assert_eq!(unit(&update, "averageVehicleSpeed"), Some("KMH"));
+        assert_eq!(field(&update, "occupancy"), &FieldValue::Number(0.35));
+        assert_eq!(unit(&update, "occupancy"), Some("C62"));
+        assert_eq!(unit(&update, "averageHeadwayTime"), Some("SEC"));
+
+        let flows = decode_all(decode_ngsi_ld(include_bytes!(
+            "../../tests/data/sdm/traffic-flow-observed-normalized.jsonld"
+        )));
+        assert_eq!(flows.len(), 3);
+        assert_eq!(unit(&flows[0], "averageVehicleSpeed"), Some("KMH"));
+        assert_eq!(
+            field(&flows[0], "averageVehicleSpeed"),
+            &FieldValue::Number(34.5)
+        );
+        assert!(flows.iter().all(|f| f.line.is_some()));
+
+        // A generic value is kept as sent, told apart by its unit: 75 % is not 0.62.
+        let devices = decode_all(decode_ngsi_ld(include_bytes!(
+            "../../tests/data/sdm/device-normalized.jsonld"
+        )));
+        assert_eq!(
+            field(&devices[0], "batteryLevel"),
+            &FieldValue::Number(75.0)
+        );
+        assert_eq!(unit(&devices[0], "batteryLevel"), Some("P1"));
+        assert_eq!(
+            field(&devices[1], "batteryLevel"),
+            &FieldValue::Number(0.62)
+        );
+        assert_eq!(unit(&devices[1], "batteryLevel"), None);
+    }
+
+    #[test]
+    fn geojson_with_a_geoproperty_wrapper_in_geometry_lands_with_a_note() {
+        let stations = decode_all(decode_geojson(include_bytes!(
+            "../../tests/data/sdm/air-quality-observed-geojson.json"
+        )));
+        let positions: Vec<_> = stations.iter().map(|s| s.position).collect();
+        assert_eq!(
+            positions,
+            [Some([24.9405, 60.1697]), Some([24.9446, 60.1752])]
+        );
+        for station in &stations {
+            assert_eq!(station.entity_type, "AirQualityObserved");
+            assert_eq!(
+                station.notes,
+                vec![DecodeNote::GeometryWrapped {
+                    path: "geometry".to_owned()
+                }]
+            );
+        }
+        // The properties are normalized NGSI-LD: read like an NGSI-LD entity.
+        assert_eq!(field(&stations[0], "no2"), &FieldValue::Number(38.5));
+        assert_eq!(unit(&stations[0], "no2"), Some("GQ"));
+        assert_eq!(
+            field(&stations[0], "no2.accuracy"),
+            &FieldValue::Number(0.95)
+        );
+        assert_eq!(stations[0].observed_at_ms, Some(FIXTURE_HOUR_MS));
+
+        let [lot] = <[EntityUpdate; 1]>::try_from(decode_all(decode_geojson(include_bytes!(
+            "../../tests/data/sdm/off-street-parking-geojson.json"
+        ))))
+        .expect("one car park");
+        assert_eq!(lot.position, Some([24.947, 60.1712]));
+        assert!(matches!(lot.kind, EntityKind::Parking { .. }));
+        assert_eq!(
+            lot.notes,
+            vec![DecodeNote::GeometryWrapped {
+                path: "geometry".to_owned()
+            }]
+        );
+        assert_eq!(
+            field(&lot, "allowedVehicleType"),
+            &texts(&["car", "motorcycle"])
+        );
+
+        // A wrapped geometry that is wrong says where.
+        let decoded = decode_geojson(
+            br#"{"type": "Feature", "id": "x", "properties": {},
+                 "geometry": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [24.9, 95]}}}"#,
+        )
+        .expect("payload decodes");
+        assert_eq!(
+            decoded.rejects[0].path.as_deref(),
+            Some("geometry.value.coordinates[1]")
+        );
+    }
+
+    #[test]
+    fn ngsi_v2_normalized_is_read_as_ngsi_v2() {
+        let body =
+            include_bytes!("../../tests/data/sdm/air-quality-observed-ngsi-v2-normalized.json");
+        for (decoded, note) in [
+            (decode_ngsi_v2(body), vec![]),
+            // An NGSI-LD feed that gets NGSI-v2 reads it right and says so.
+            (decode_ngsi_ld(body), vec![DecodeNote::NgsiV2InNgsiLdFeed]),
+        ] {
+            let [mannerheimintie, kaisaniemi] =
+                <[EntityUpdate; 2]>::try_from(decode_all(decoded)).expect("two stations");
+            for station in [&mannerheimintie, &kaisaniemi] {
+                assert_eq!(station.notes, note);
+                assert_eq!(station.observed_at_ms, Some(FIXTURE_HOUR_MS));
+                let garbled: Vec<_> = station
+                    .fields
+                    .keys()
+                    .filter(|k| {
+                        k.ends_with(".type") && !k.starts_with("address")
+                            || k.ends_with(".value")
+                            || k.contains("metadata")
+                    })
+                    .collect();
+                assert_eq!(garbled, Vec::<&String>::new());
+            }
+            assert_eq!(field(&mannerheimintie, "no2"), &FieldValue::Number(38.5));
+            assert_eq!(unit(&mannerheimintie, "no2"), Some("GQ"));
+            assert_eq!(unit(&mannerheimintie, "co"), Some("GP"));
+            assert!(matches!(
+                mannerheimintie.kind,
+                EntityKind::AirQuality {
+                    aqi: Some(42.0),
+                    no2: Some(38.5),
+                    ..
+                }
+            ));
+            assert_eq!(mannerheimintie.position, Some([24.9405, 60.1697]));
+            assert_eq!(
+                field(&mannerheimintie, "refDevice")
+                    .as_list()
+                    .map(<[_]>::len),
+                Some(2)
+            );
+            assert_eq!(
+                field(&mannerheimintie, "refPointOfInterest"),
+                &FieldValue::Text(
+                    "urn:ngsi-ld:PointOfInterest:AirQualityStation-Helsinki-Mannerheimintie"
+                        .to_owned()
+                )
+            );
+            assert_eq!(
+                field(&mannerheimintie, "category"),
+                &texts(&["urban", "traffic"])
+            );
+            assert_eq!(
+                field(&mannerheimintie, "address.streetAddress"),
+                &FieldValue::Text("Mannerheimintie 5".to_owned())
+            );
+            assert_eq!(field(&kaisaniemi, "no2"), &FieldValue::Number(22.0));
+            assert_eq!(kaisaniemi.position, Some([24.9446, 60.1752]));
+        }
+
+        let devices = decode_all(decode_ngsi_v2(include_bytes!(
+            "../../tests/data/sdm/device-ngsi-v2-normalized.json"
+        )));
+        assert_eq!(
+            field(&devices[0], "batteryLevel"),
+            &FieldValue::Number(0.75)
+        );
+        assert_eq!(
+            field(&devices[1], "batteryLevel"),
+            &FieldValue::Number(0.62)
+        );
+        assert!(!devices[0].fields.contains_key("batteryLevel.value"));
+        assert_eq!(
+            field(&devices[0], "controlledAsset")
+                .as_list()
+                .map(<[_]>::len),
+            Some(2)
+        );
+
+        let key_values =
+            include_bytes!("../../tests/data/sdm/air-quality-observed-ngsi-v2-keyvalues.json");
+        for decoded in [decode_ngsi_v2(key_values), decode_ngsi_ld(key_values)] {
+            let stations = decode_all(decoded);
+            assert_eq!(field(&stations[0], "no2"), &FieldValue::Number(38.5));
+            assert_eq!(field(&stations[1], "no2"), &FieldValue::Number(22.0));
+            assert_eq!(stations[0].position, Some([24.9405, 60.1697]));
+            assert_eq!(stations[0].observed_at_ms, Some(FIXTURE_HOUR_MS));
+            assert_eq!(
+                field(&stations[0], "category"),
+                &texts(&["urban", "traffic"])
+            );
+            assert_eq!(stations[0].notes, vec![]);
+        }
+    }
+
+    #[test]
+    fn ngsi_v2_geometry_types_metadata_and_bad_values() {
+        let decoded = decode_ngsi_v2(
+            br#"[
+              {"id": "pump-1", "type": "WaterPump",
+               "location": {"type": "geo:point", "value": "60.1699, 24.9384", "metadata": {}},
+               "pressure": {"type": "Number", "value": 3.1, "metadata": {
+                   "unitCode": {"type": "Text", "value": "BAR"},
+                   "TimeInstant": {"type": "DateTime", "value": "2026-11-29T10:00:00Z"},
+                   "accuracy": {"type": "Number", "value": 0.1}}}},
+              {"id": "pipe-1", "type": "Pipe",
+               "location": {"type": "geo:line", "value": ["60.1699, 24.9384", "60.17, 24.94"]},
+               "TimeInstant": {"type": "DateTime", "value": "2026-11-29T10:00:00Z"}},
+              {"id": "pump-2", "type": "WaterPump",
+               "location": {"type": "geo:point", "value": "95, 24.9"}},
+              {"id": "pump-3", "type": "WaterPump",
+               "pressure": {"type": "Number", "value": 3.1, "metadata": {
+                   "TimeInstant": {"type": "DateTime", "value": "yesterday"}}}}
+            ]"#,
+        )
+        .expect("payload decodes");
+        let [pump, pipe] = <[EntityUpdate; 2]>::try_from(decoded.updates).expect("two land");
+        assert_eq!(pump.position, Some([24.9384, 60.1699]));
+        assert_eq!(field(&pump, "pressure"), &FieldValue::Number(3.1));
+        assert_eq!(unit(&pump, "pressure"), Some("BAR"));
+        assert_eq!(field(&pump, "pressure.accuracy"), &FieldValue::Number(0.1));
+        assert_eq!(pump.observed_at_ms, Some(FIXTURE_HOUR_MS));
+        assert!(!pump.fields.contains_key("pressure.TimeInstant"));
+        assert_eq!(pipe.line, Some(vec![[24.9384, 60.1699], [24.94, 60.17]]));
+        assert_eq!(pipe.observed_at_ms, Some(FIXTURE_HOUR_MS));
+        let paths: Vec<_> = decoded
+            .rejects
+            .iter()
+            .map(|r| (r.reason, r.item_id.as_deref(), r.path.as_deref()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                (
+                    RejectReason::BadCoordinates,
+                    Some("pump-2"),
+                    Some("location.value")
+                ),
+                (
+                    RejectReason::BadTimestamp,
+                    Some("pump-3"),
+                    Some("pressure.metadata.TimeInstant.value")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_reject_names_the_item_and_the_path() {
+        let decoded = decode_ngsi_ld(include_bytes!("../../tests/data/sdm/rejects-mixed.jsonld"))
+            .expect("payload decodes");
+        assert_eq!(decoded.updates, vec![]);
+        let found: Vec<_> = decoded
+            .rejects
+            .iter()
+            .map(|r| (r.reason, r.item_id.as_deref(), r.path.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (RejectReason::MissingId, None, Some("id")),
+                (
+                    RejectReason::MissingType,
+                    Some("urn:ngsi-ld:AirQualityObserved:Helsinki-Kaisaniemi-no-type"),
+                    Some("type")
+                ),
+                (
+                    RejectReason::BadCoordinates,
+                    Some("urn:ngsi-ld:AirQualityObserved:Helsinki-centre-projected-metres"),
+                    Some("location.value.coordinates[0]")
+                ),
+                (
+                    RejectReason::WrongValueType,
+                    Some(
+                        "urn:ngsi-ld:TrafficFlowObserved:Helsinki-Mannerheimintie-N-lane2-speed-in-words"
+                    ),
+                    Some("averageVehicleSpeed.value")
+                ),
+                (
+                    RejectReason::BadTimestamp,
+                    Some("urn:ngsi-ld:AirQualityObserved:Helsinki-Kaisaniemi-local-date"),
+                    Some("dateObserved.value")
+                ),
+            ]
+        );
+        // GeoJSON paths start at the feature.
+        let decoded = decode_geojson(
+            br#"{"type": "FeatureCollection", "features": [
+                {"type": "Feature", "id": "bus-1", "geometry": null,
+                 "properties": {"type": "Vehicle", "speed": {"type": "Property", "value": "fast"}}},
+                {"type": "Feature", "id": "bus-2", "properties": {"type": "Vehicle", "speed": [
+                    {"type": "Property", "value": 3, "datasetId": "urn:a"},
+                    {"type": "Property", "value": 4, "observedAt": "soon"}]}}
+            ]}"#,
+        )
+        .expect("payload decodes");
+        let paths: Vec<_> = decoded.rejects.iter().map(|r| r.path.as_deref()).collect();
+        assert_eq!(
+            paths,
+            [
+                Some("properties.speed.value"),
+                Some("properties.speed[1].observedAt")
+            ]
         );
     }
 }

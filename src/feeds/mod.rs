@@ -13,7 +13,8 @@ pub mod poll;
 pub mod sim_source;
 
 pub use crate::model::{
-    Decoded, Domain, EntityKind, EntityUpdate, FieldValue, PayloadError, Reject, RejectReason,
+    DecodeNote, Decoded, Domain, EntityKind, EntityUpdate, FieldValue, PayloadError, Reject,
+    RejectReason,
 };
 
 /// Everything feeding the hub: HTTP pollers and the simulator. Dropping it stops all.
