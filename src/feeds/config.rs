@@ -13,12 +13,22 @@ use super::Domain;
 pub enum FeedKind {
     /// NGSI-LD entities (FIWARE context broker), paged with `limit`/`offset`.
     NgsiLd,
+    /// NGSI-v2 entities (`/v2/entities` of an Orion context broker), normalized or
+    /// keyValues, paged with `limit`/`offset`.
+    NgsiV2,
     /// A GeoJSON FeatureCollection.
     Geojson,
     /// A CAP 1.2 (or 1.1/1.0) alert message: each message raises or updates an incident.
     Cap,
     /// The built-in simulator of this domain on the loaded map.
     Sim,
+}
+
+impl FeedKind {
+    /// Whether the source is a context broker answering in pages (`limit`/`offset`).
+    pub fn is_paged(self) -> bool {
+        matches!(self, FeedKind::NgsiLd | FeedKind::NgsiV2)
+    }
 }
 
 /// One `[[feed]]` entry.
@@ -28,7 +38,7 @@ pub struct FeedConfig {
     /// Unique name, used in logs, panels and `feeds-check` output.
     pub name: String,
     pub kind: FeedKind,
-    /// Required for `ngsi-ld` and `geojson`.
+    /// Required for every kind but `sim`.
     #[serde(default)]
     pub url: Option<String>,
     pub domain: Domain,
@@ -41,7 +51,7 @@ pub struct FeedConfig {
     /// Data licence, for the catalog.
     #[serde(default)]
     pub licence: Option<String>,
-    /// Entities per page for NGSI-LD pagination.
+    /// Entities per page for NGSI-LD and NGSI-v2 pagination.
     #[serde(default = "default_page_size")]
     pub page_size: u32,
     /// Total time allowed for one request, seconds.
@@ -256,7 +266,7 @@ pub fn parse_feeds(text: &str) -> Result<Vec<FeedConfig>, String> {
             ));
         }
         match feed.kind {
-            FeedKind::NgsiLd | FeedKind::Geojson | FeedKind::Cap => {
+            FeedKind::NgsiLd | FeedKind::NgsiV2 | FeedKind::Geojson | FeedKind::Cap => {
                 let Some(url) = &feed.url else {
                     return Err(format!("feed \"{name}\": kind {:?} needs a url", feed.kind));
                 };
@@ -459,6 +469,20 @@ mod tests {
             let err = parse_feeds(text).unwrap_err();
             assert!(err.contains(needle), "{text:?} → {err}");
         }
+    }
+
+    #[test]
+    fn ngsi_v2_feeds_are_polled_like_ngsi_ld_ones() {
+        let feeds = parse_feeds(
+            "[[feed]]\nname='orion'\nkind='ngsi-v2'\nurl='http://h:1026/v2/entities?type=Device'\ndomain='urban'\n",
+        )
+        .unwrap();
+        assert_eq!(feeds[0].kind, FeedKind::NgsiV2);
+        assert!(feeds[0].kind.is_paged());
+        assert!(feeds[0].removes_missing());
+        let err =
+            parse_feeds("[[feed]]\nname='orion'\nkind='ngsi-v2'\ndomain='urban'\n").unwrap_err();
+        assert!(err.contains("needs a url"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::config::{FeedConfig, FeedKind};
-use super::decode::{decode_geojson, decode_ngsi_ld};
+use super::decode::{decode_geojson, decode_ngsi_ld, decode_ngsi_v2};
 use super::{Decoded, MAX_PAYLOAD_BYTES, PayloadError};
 use crate::clock::unix_ms_now;
 use crate::model::FeedId;
@@ -247,7 +247,7 @@ fn poll_once(
             return Ok(());
         }
         let url = match feed.kind {
-            FeedKind::NgsiLd => page_url(base, feed.page_size, offset),
+            FeedKind::NgsiLd | FeedKind::NgsiV2 => page_url(base, feed.page_size, offset),
             _ => base.to_string(),
         };
         let mut request = client.get(&url);
@@ -265,6 +265,8 @@ fn poll_once(
                     feed.context.as_deref().unwrap_or(NGSI_LD_CORE_CONTEXT)
                 ),
             ),
+            // NGSI-v2 knows no @context; tenants go in `headers` (Fiware-Service).
+            FeedKind::NgsiV2 => request.header("Accept", "application/json"),
             FeedKind::Cap => request.header("Accept", "application/cap+xml, application/xml"),
             _ => request.header("Accept", "application/geo+json, application/json"),
         };
@@ -291,7 +293,7 @@ fn poll_once(
             let items = v.items;
             seen_pages.insert(offset, v);
             any_not_modified = true;
-            if feed.kind != FeedKind::NgsiLd || items < feed.page_size as usize {
+            if !feed.kind.is_paged() || items < feed.page_size as usize {
                 reached_end = true;
                 break;
             }
@@ -326,6 +328,7 @@ fn poll_once(
         total_bytes += body.len();
         let decoded = match feed.kind {
             FeedKind::NgsiLd => decode_ngsi_ld(&body),
+            FeedKind::NgsiV2 => decode_ngsi_v2(&body),
             FeedKind::Cap => super::cap::decode_cap(&body),
             _ => decode_geojson(&body),
         }
@@ -353,7 +356,7 @@ fn poll_once(
             decoded,
             received_at_ms: unix_ms_now(),
         });
-        if feed.kind != FeedKind::NgsiLd || items < feed.page_size as usize {
+        if !feed.kind.is_paged() || items < feed.page_size as usize {
             reached_end = true;
             break;
         }

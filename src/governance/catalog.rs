@@ -102,6 +102,7 @@ fn media_type(kind: FeedKind) -> Option<&'static str> {
         FeedKind::NgsiLd => {
             Some("https://www.iana.org/assignments/media-types/application/ld+json")
         }
+        FeedKind::NgsiV2 => Some("https://www.iana.org/assignments/media-types/application/json"),
         FeedKind::Geojson => {
             Some("https://www.iana.org/assignments/media-types/application/geo+json")
         }
@@ -114,6 +115,7 @@ fn media_type(kind: FeedKind) -> Option<&'static str> {
 fn conforms_to(kind: FeedKind) -> Option<&'static str> {
     match kind {
         FeedKind::NgsiLd => Some("https://www.etsi.org/deliver/etsi_gs/CIM/001_099/009/"),
+        FeedKind::NgsiV2 => Some("https://fiware.github.io/specifications/ngsiv2/stable/"),
         FeedKind::Geojson => Some("https://www.rfc-editor.org/rfc/rfc7946"),
         FeedKind::Cap => Some("urn:oasis:names:tc:emergency:cap:1.2"),
         FeedKind::Sim => None,
