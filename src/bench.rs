@@ -271,7 +271,13 @@ pub fn bench_ingest(entities: usize, rounds: usize) -> IngestBenchReport {
         let decoded = crate::feeds::decode::decode_ngsi_ld(page).expect("valid page");
         decode_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        quality.check_batch(&rules, &feed, &decoded.updates, 1_795_946_400_000);
+        quality.check_batch(
+            &rules,
+            &feed,
+            &decoded.updates,
+            decoded.rejects.len(),
+            1_795_946_400_000,
+        );
         quality_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
         for u in decoded.updates {

@@ -376,7 +376,7 @@ interval_s = 0.5
         "{flood}"
     );
     assert!(
-        flood["reasons"]["too_large"].as_u64().unwrap() >= 2,
+        flood["poll_errors"]["too_large"].as_u64().unwrap() >= 2,
         "{flood}"
     );
 
@@ -392,7 +392,7 @@ interval_s = 0.5
     let broken = &lines["broken"];
     assert!(broken["last_ok"].is_null());
     assert!(
-        broken["reasons"]["http_status"].as_u64().unwrap() >= 1,
+        broken["poll_errors"]["http_status"].as_u64().unwrap() >= 1,
         "{broken}"
     );
     assert!(
@@ -403,13 +403,13 @@ interval_s = 0.5
     let hanging = &lines["hanging"];
     assert!(hanging["last_ok"].is_null());
     assert!(
-        hanging["reasons"]["timeout"].as_u64().unwrap() >= 1,
+        hanging["poll_errors"]["timeout"].as_u64().unwrap() >= 1,
         "{hanging}"
     );
 
     let garbage = &lines["garbage"];
     assert!(
-        garbage["reasons"]["not_json"].as_u64().unwrap() >= 1,
+        garbage["poll_errors"]["not_json"].as_u64().unwrap() >= 1,
         "{garbage}"
     );
     assert_eq!(garbage["entities"], 0);
@@ -573,7 +573,7 @@ interval_s = 0.5
     let broken = &lines["broken-cap"];
     assert!(broken["last_ok"].is_null(), "{broken}");
     assert!(
-        broken["reasons"]["wrong_shape"].as_u64().unwrap() >= 1,
+        broken["poll_errors"]["wrong_shape"].as_u64().unwrap() >= 1,
         "a malformed CAP message is reported with its reason: {broken}"
     );
 }
@@ -613,4 +613,176 @@ timeout_s = 1
         !text.contains("pa55word") && !text.contains("s3cret"),
         "{text}"
     );
+}
+
+/// Smart Data Models payloads as agencies and brokers publish them, through the real
+/// poller and `feeds-check`: a feed whose every item is broken is 0 % valid and shows
+/// its first rejects with id and path; NGSI-v2 (declared, or sent to an NGSI-LD feed)
+/// and GeoJSON with a wrapped geometry land and are reported with their notes; poll
+/// failures are counted apart from item reasons.
+#[test]
+fn feeds_check_tells_the_truth_about_real_payloads() {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let sdm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sdm");
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let url = request.url().to_string();
+            let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
+            let response = match path.strip_prefix("/sdm/") {
+                // Served whole to any page request: each file is shorter than a page.
+                Some(file) if !file.contains('/') && !file.contains("..") => {
+                    match std::fs::read(sdm.join(file)) {
+                        Ok(body) => tiny_http::Response::from_data(body).with_header(
+                            tiny_http::Header::from_bytes("Content-Type", "application/json")
+                                .unwrap(),
+                        ),
+                        Err(_) => tiny_http::Response::from_data(b"not found".to_vec())
+                            .with_status_code(404),
+                    }
+                }
+                _ => tiny_http::Response::from_data(b"{\"error\":\"boom\"}".to_vec())
+                    .with_status_code(500),
+            };
+            let _ = request.respond(response);
+        }
+    });
+    let out = feeds_check(
+        "feeds-truth",
+        &format!(
+            r#"
+[[feed]]
+name = "all-broken"
+kind = "ngsi-ld"
+url = "{base}/sdm/rejects-mixed.jsonld"
+domain = "ecology"
+interval_s = 0.5
+
+[[feed]]
+name = "orion-air"
+kind = "ngsi-v2"
+url = "{base}/sdm/air-quality-observed-ngsi-v2-normalized.json"
+domain = "ecology"
+interval_s = 0.5
+
+[[feed]]
+name = "v2-sent-to-ld"
+kind = "ngsi-ld"
+url = "{base}/sdm/device-ngsi-v2-normalized.json"
+domain = "urban"
+interval_s = 0.5
+
+[[feed]]
+name = "sdm-geojson"
+kind = "geojson"
+url = "{base}/sdm/air-quality-observed-geojson.json"
+domain = "ecology"
+interval_s = 0.5
+
+[[feed]]
+name = "broken"
+kind = "ngsi-ld"
+url = "{base}/error"
+domain = "urban"
+interval_s = 0.5
+"#
+        ),
+        "1.5",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines = feed_lines(&stdout);
+    assert_eq!(
+        lines.len(),
+        5,
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let broken_items = &lines["all-broken"];
+    assert_eq!(broken_items["entities"], 0, "{broken_items}");
+    let rejected = broken_items["rejected"].as_u64().unwrap();
+    assert!(rejected >= 5 && rejected % 5 == 0, "{broken_items}");
+    // Not 100 % valid: none of its items was.
+    assert_eq!(broken_items["validity"], 0.0, "{broken_items}");
+    assert_eq!(broken_items["completeness"], 0.0, "{broken_items}");
+    assert_eq!(
+        broken_items["poll_errors"],
+        serde_json::json!({}),
+        "{broken_items}"
+    );
+    let examples = broken_items["reject_examples"].as_array().unwrap();
+    let found: Vec<(String, String, String)> = examples
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap().to_owned(),
+                e["item_id"].as_str().unwrap_or("-").to_owned(),
+                e["path"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("missing_id", "-", "id"),
+        (
+            "missing_type",
+            "urn:ngsi-ld:AirQualityObserved:Helsinki-Kaisaniemi-no-type",
+            "type",
+        ),
+        (
+            "bad_coordinates",
+            "urn:ngsi-ld:AirQualityObserved:Helsinki-centre-projected-metres",
+            "location.value.coordinates[0]",
+        ),
+        (
+            "wrong_value_type",
+            "urn:ngsi-ld:TrafficFlowObserved:Helsinki-Mannerheimintie-N-lane2-speed-in-words",
+            "averageVehicleSpeed.value",
+        ),
+        (
+            "bad_timestamp",
+            "urn:ngsi-ld:AirQualityObserved:Helsinki-Kaisaniemi-local-date",
+            "dateObserved.value",
+        ),
+    ];
+    assert_eq!(
+        found,
+        expected
+            .iter()
+            .map(|(r, i, p)| (r.to_string(), i.to_string(), p.to_string()))
+            .collect::<Vec<_>>()
+    );
+    assert!(examples.iter().all(|e| e["detail"].is_string()));
+
+    let orion = &lines["orion-air"];
+    assert_eq!(orion["entities"], 2, "{orion}");
+    assert_eq!(orion["rejected"], 0, "{orion}");
+    assert_eq!(orion["validity"], 1.0, "{orion}");
+    assert_eq!(orion["notes"], serde_json::json!({}), "{orion}");
+
+    let v2_in_ld = &lines["v2-sent-to-ld"];
+    assert_eq!(v2_in_ld["entities"], 2, "{v2_in_ld}");
+    assert!(
+        v2_in_ld["notes"]["ngsi_v2_in_ngsi_ld_feed"]
+            .as_u64()
+            .unwrap()
+            >= 2,
+        "{v2_in_ld}"
+    );
+
+    let geojson = &lines["sdm-geojson"];
+    assert_eq!(geojson["entities"], 2, "{geojson}");
+    assert_eq!(geojson["rejected"], 0, "{geojson}");
+    assert!(
+        geojson["notes"]["geometry_wrapped"].as_u64().unwrap() >= 2,
+        "{geojson}"
+    );
+
+    // A poll failure is no rejected item.
+    let broken = &lines["broken"];
+    assert!(
+        broken["poll_errors"]["http_status"].as_u64().unwrap() >= 1,
+        "{broken}"
+    );
+    assert_eq!(broken["reasons"], serde_json::json!({}), "{broken}");
+    assert_eq!(broken["reject_examples"], serde_json::json!([]), "{broken}");
 }

@@ -908,7 +908,13 @@ fn feed_health_ui(ui: &mut egui::Ui, feed: &FeedConfig, h: &FeedHealth) {
                 format!("{} / {}", h.polls_ok, h.polls_failed),
             );
             for (reason, n) in &h.reasons {
-                row(reason, n.to_string());
+                row(&format!("rejected: {reason}"), n.to_string());
+            }
+            for (cause, n) in &h.poll_errors {
+                row(&format!("poll failed: {cause}"), n.to_string());
+            }
+            for (note, n) in &h.notes {
+                row(&format!("note: {note}"), n.to_string());
             }
             if let Some(e) = &h.last_error {
                 row("last error", e.clone());

@@ -12,9 +12,11 @@ use super::catalog::ObservedSchema;
 use super::quality::{FeedQuality, QualityRules};
 use crate::feeds::config::FeedConfig;
 use crate::feeds::poll::FeedEvent;
-use crate::feeds::{EntityKind, EntityUpdate};
+use crate::feeds::{EntityKind, EntityUpdate, Reject};
 use crate::state::{ApplyOutcome, FeedId, FeedStanding, LiveState, as_of_ms};
 
+/// Rejected items kept as examples per feed: the first ones seen.
+pub const MAX_REJECT_EXAMPLES: usize = 5;
 /// Window over which `updates_per_s` is measured.
 const RATE_WINDOW_MS: i64 = 10_000;
 /// Quarantine: rejects above this share of items over the last payloads …
@@ -49,8 +51,17 @@ pub struct FeedHealth {
     pub ignored: u64,
     /// Items rejected by the decoder.
     pub rejected: u64,
-    /// Reject reasons and poll failure causes → count.
+    /// Reject reasons of items → count.
     pub reasons: BTreeMap<String, u64>,
+    /// Poll failure causes (`timeout`, `http_status`, `not_json`, …) → count.
+    pub poll_errors: BTreeMap<String, u64>,
+    /// The first [`MAX_REJECT_EXAMPLES`] rejected items, with id, path and detail.
+    pub reject_examples: Vec<Reject>,
+    /// Decode notes (`values_cut`, `geometry_wrapped`, `ngsi_v2_in_ngsi_ld_feed`) →
+    /// items they were made on.
+    pub notes: BTreeMap<String, u64>,
+    /// Values left out by the size limits, over all items.
+    pub values_cut: u64,
     pub polls_ok: u64,
     pub polls_failed: u64,
     /// Unix ms of the last successful poll.
@@ -345,6 +356,15 @@ impl Ingest {
                     for r in &decoded.rejects {
                         *h.reasons.entry(r.reason.as_str().to_string()).or_default() += 1;
                     }
+                    let room = MAX_REJECT_EXAMPLES.saturating_sub(h.reject_examples.len());
+                    h.reject_examples
+                        .extend(decoded.rejects.iter().take(room).cloned());
+                    for note in decoded.updates.iter().flat_map(|u| &u.notes) {
+                        *h.notes.entry(note.code().to_string()).or_default() += 1;
+                        if let crate::feeds::DecodeNote::ValuesCut { cut, .. } = note {
+                            h.values_cut += cut;
+                        }
+                    }
                     let items = (decoded.updates.len() + decoded.rejects.len()) as u64;
                     h.note_payload(items, decoded.rejects.len() as u64, received_at_ms);
                     if h.quarantined.is_some() {
@@ -382,7 +402,13 @@ impl Ingest {
                         .extend(decoded.rejects.iter().filter_map(|r| r.item_id.clone()));
                 }
                 if let (Some(q), Some(config)) = (self.quality.get_mut(i), self.feeds.get(i)) {
-                    q.check_batch(&self.rules, config, &decoded.updates, received_at_ms);
+                    q.check_batch(
+                        &self.rules,
+                        config,
+                        &decoded.updates,
+                        decoded.rejects.len(),
+                        received_at_ms,
+                    );
                 }
                 if let Some(schema) = self.schemas.get_mut(i) {
                     // A sample is enough to learn a feed's schema.
@@ -443,7 +469,7 @@ impl Ingest {
                 }
                 if let Some(h) = self.health.get_mut(feed as usize) {
                     h.polls_failed += 1;
-                    *h.reasons.entry(reason.to_string()).or_default() += 1;
+                    *h.poll_errors.entry(reason.to_string()).or_default() += 1;
                     if reason == "too_large" {
                         h.oversized_in_a_row += 1;
                         if h.oversized_in_a_row >= MAX_OVERSIZED_IN_A_ROW {
@@ -461,7 +487,7 @@ impl Ingest {
 mod tests {
     use super::*;
     use crate::feeds::config::parse_feeds;
-    use crate::feeds::{Decoded, EntityKind, Reject, RejectReason};
+    use crate::feeds::{DecodeNote, Decoded, EntityKind, Reject, RejectReason};
     use crate::geo_frame::GeoFrame;
 
     fn update(id: &str) -> EntityUpdate {
@@ -749,6 +775,131 @@ mod tests {
             state.get(1, "1").unwrap().entity_type,
             "BikeHireDockingStation"
         );
+    }
+
+    #[test]
+    fn a_feed_of_only_rejects_is_not_valid_and_shows_its_first_rejects() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds(""), rx);
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        let rejects_mixed = || {
+            crate::feeds::decode::decode_ngsi_ld(include_bytes!(
+                "../../tests/data/sdm/rejects-mixed.jsonld"
+            ))
+            .unwrap()
+        };
+        tx.send(FeedEvent::Batch {
+            feed: 0,
+            decoded: rejects_mixed(),
+            received_at_ms: T,
+        })
+        .unwrap();
+        tx.send(ok(0, T, false, true)).unwrap();
+        tx.send(FeedEvent::PollFailed {
+            feed: 0,
+            at_ms: T + 5000,
+            reason: "timeout",
+            error: "timed out".into(),
+            retry_in: std::time::Duration::from_secs(1),
+        })
+        .unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        let quality = &ingest.quality[0];
+        assert_eq!(quality.validity(), 0.0);
+        assert_eq!(quality.completeness(), 0.0);
+        let h = &ingest.health[0];
+        assert_eq!(h.rejected, 5);
+        // Item reasons and poll failures are told apart.
+        let reasons: Vec<_> = h.reasons.keys().map(String::as_str).collect();
+        assert_eq!(
+            reasons,
+            [
+                "bad_coordinates",
+                "bad_timestamp",
+                "missing_id",
+                "missing_type",
+                "wrong_value_type"
+            ]
+        );
+        assert_eq!(h.poll_errors.get("timeout"), Some(&1));
+        let examples: Vec<_> = h
+            .reject_examples
+            .iter()
+            .map(|r| (r.item_id.is_some(), r.path.as_deref()))
+            .collect();
+        assert_eq!(
+            examples,
+            [
+                (false, Some("id")),
+                (true, Some("type")),
+                (true, Some("location.value.coordinates[0]")),
+                (true, Some("averageVehicleSpeed.value")),
+                (true, Some("dateObserved.value")),
+            ]
+        );
+        // The first few stay: a later poll's rejects do not push them out.
+        tx.send(FeedEvent::Batch {
+            feed: 0,
+            decoded: Decoded {
+                updates: Vec::new(),
+                rejects: vec![reject()],
+            },
+            received_at_ms: T + 10_000,
+        })
+        .unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        assert_eq!(ingest.health[0].reject_examples.len(), MAX_REJECT_EXAMPLES);
+        assert_eq!(
+            ingest.health[0].reject_examples[0].path.as_deref(),
+            Some("id")
+        );
+    }
+
+    #[test]
+    fn decode_notes_are_counted_per_feed() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds(""), rx);
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        let noted = |id: &str, notes: Vec<DecodeNote>| EntityUpdate {
+            notes,
+            ..update(id)
+        };
+        tx.send(FeedEvent::Batch {
+            feed: 0,
+            decoded: Decoded {
+                updates: vec![
+                    noted(
+                        "a",
+                        vec![
+                            DecodeNote::GeometryWrapped {
+                                path: "geometry".into(),
+                            },
+                            DecodeNote::ValuesCut {
+                                path: "refSeeAlso".into(),
+                                cut: 999_000,
+                            },
+                        ],
+                    ),
+                    noted(
+                        "b",
+                        vec![DecodeNote::GeometryWrapped {
+                            path: "geometry".into(),
+                        }],
+                    ),
+                    noted("c", vec![]),
+                ],
+                rejects: Vec::new(),
+            },
+            received_at_ms: T,
+        })
+        .unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        let h = &ingest.health[0];
+        assert_eq!(h.notes.get("geometry_wrapped"), Some(&2));
+        assert_eq!(h.notes.get("values_cut"), Some(&1));
+        assert_eq!(h.values_cut, 999_000);
+        // The entity keeps its notes for the inspector.
+        assert_eq!(state.get(0, "a").unwrap().notes.len(), 2);
     }
 
     #[test]

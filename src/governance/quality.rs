@@ -263,6 +263,8 @@ pub struct FeedQuality {
     pub complete: u64,
     /// Updates with no validity issue.
     pub valid: u64,
+    /// Items the decoder rejected: neither complete nor valid.
+    pub rejected: u64,
     /// Issue code → count.
     pub issues: BTreeMap<String, u64>,
     /// The most recent issue, for the inspector and the steward.
@@ -273,30 +275,30 @@ pub struct FeedQuality {
 }
 
 impl FeedQuality {
-    /// Share of updates with every required field (1.0 before any data).
+    /// Items received: updates checked and items the decoder rejected.
+    pub fn items(&self) -> u64 {
+        self.checked + self.rejected
+    }
+
+    /// Share of items received with every required field; a rejected item has none
+    /// (1.0 before any data).
     pub fn completeness(&self) -> f64 {
-        if self.checked == 0 {
-            1.0
-        } else {
-            self.complete as f64 / self.checked as f64
-        }
+        share(self.complete, self.items())
     }
 
-    /// Share of updates with no validity issue.
+    /// Share of items received with no validity issue; a rejected item is not valid.
     pub fn validity(&self) -> f64 {
-        if self.checked == 0 {
-            1.0
-        } else {
-            self.valid as f64 / self.checked as f64
-        }
+        share(self.valid, self.items())
     }
 
-    /// Checks one payload's updates; returns each update's issues, in order.
+    /// Checks one payload's updates, counting `rejected` items the decoder could not
+    /// read against both scores; returns each update's issues, in order.
     pub fn check_batch(
         &mut self,
         rules: &QualityRules,
         feed: &FeedConfig,
         updates: &[EntityUpdate],
+        rejected: usize,
         now_ms: i64,
     ) -> Vec<Vec<QualityIssue>> {
         let mut seen = HashSet::with_capacity(updates.len());
@@ -324,10 +326,12 @@ impl FeedQuality {
             })
             .collect();
         self.checked += updates.len() as u64;
+        self.rejected += rejected as u64;
         self.complete += complete;
         self.valid += valid;
-        if !updates.is_empty() {
-            let n = updates.len() as f64;
+        let items = updates.len() + rejected;
+        if items > 0 {
+            let n = items as f64;
             self.history
                 .push_back((complete as f64 / n, valid as f64 / n));
             while self.history.len() > HISTORY {
@@ -335,6 +339,14 @@ impl FeedQuality {
             }
         }
         all
+    }
+}
+
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        1.0
+    } else {
+        part as f64 / whole as f64
     }
 }
 
@@ -480,7 +492,7 @@ mod tests {
             air("s3", Some(40.0), None, IN_CITY, NOW),
             air("s1", Some(41.0), Some(10.0), IN_CITY, NOW),
         ];
-        let issues = q.check_batch(&rules, &f, &batch, NOW);
+        let issues = q.check_batch(&rules, &f, &batch, 0, NOW);
         assert_eq!(issues[3], vec![QualityIssue::DuplicateId]);
         assert_eq!(q.checked, 4);
         assert_eq!(q.completeness(), 0.75);
@@ -488,6 +500,32 @@ mod tests {
         assert_eq!(q.issues["out_of_range"], 1);
         assert_eq!(q.history.len(), 1);
         assert!(q.last_issue.as_deref().unwrap().contains("s1"));
+    }
+
+    #[test]
+    fn rejected_items_count_against_completeness_and_validity() {
+        let rules = QualityRules::for_city([24.93, 60.16, 24.96, 60.18]);
+        let f = feed();
+        let mut q = FeedQuality::default();
+        // Every item rejected: nothing is complete or valid.
+        q.check_batch(&rules, &f, &[], 5, NOW);
+        assert_eq!(q.checked, 0);
+        assert_eq!(q.rejected, 5);
+        assert_eq!(q.completeness(), 0.0);
+        assert_eq!(q.validity(), 0.0);
+        assert_eq!(q.history.back(), Some(&(0.0, 0.0)));
+        // Three good updates and one rejected item: three of four.
+        let mut q = FeedQuality::default();
+        let good = vec![
+            air("s1", Some(40.0), Some(10.0), IN_CITY, NOW),
+            air("s2", Some(41.0), Some(10.0), IN_CITY, NOW),
+            air("s3", Some(42.0), Some(10.0), IN_CITY, NOW),
+        ];
+        q.check_batch(&rules, &f, &good, 1, NOW);
+        assert_eq!(q.completeness(), 0.75);
+        assert_eq!(q.validity(), 0.75);
+        // Nothing seen yet: nothing to hold against the feed.
+        assert_eq!(FeedQuality::default().validity(), 1.0);
     }
 
     #[test]
