@@ -290,7 +290,7 @@ pub fn steward_ui(
                     egui::RichText::new(format!(
                         "{} = {} ({} ago) wins",
                         c.winner.feed,
-                        c.winner.value,
+                        c.winner.shown(),
                         age_text(c.winner.age_s)
                     ))
                     .color(theme::GOOD),
@@ -299,7 +299,7 @@ pub fn steward_ui(
                     egui::RichText::new(format!(
                         "{} says {} ({} ago)",
                         c.other.feed,
-                        c.other.value,
+                        c.other.shown(),
                         age_text(c.other.age_s)
                     ))
                     .color(theme::WARN),
@@ -398,6 +398,41 @@ mod tests {
         harness.get_by_label("eco-bureau = 40 (1.0 s ago) wins");
         harness.get_by_label("district-sensors says 95 (1.0 s ago)");
         harness.get_by_label("Ecology Bureau");
+        drop(harness);
+
+        // Values in different units are shown with them.
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        for (feed, no2, unit) in [(0, 38.5, "GQ"), (1, 0.02, "59")] {
+            let mut update = EntityUpdate {
+                id: "st-2".into(),
+                entity_type: "AirQualityObserved".into(),
+                kind: EntityKind::Generic,
+                position: Some([24.95, 60.17]),
+                line: None,
+                observed_at_ms: Some(0),
+                fields: Default::default(),
+                units: Default::default(),
+                notes: Vec::new(),
+            };
+            update
+                .fields
+                .insert("NO2".into(), crate::feeds::FieldValue::Number(no2));
+            update.units.insert("NO2".into(), unit.into());
+            state.apply(feed, update, 0);
+        }
+        let reconciliation = reconcile(&state, &feeds, 1000);
+        let harness = Harness::new_ui(|ui| {
+            steward_ui(
+                ui,
+                &feeds,
+                &ingest.health,
+                &ingest.quality,
+                &reconciliation,
+                1000,
+            );
+        });
+        harness.get_by_label("eco-bureau = 38.5 µg/m³ (1.0 s ago) wins");
+        harness.get_by_label("district-sensors says 0.02 ppm (1.0 s ago)");
         // Nothing supplies traffic: the steward knows whom to ask.
         assert!(
             harness

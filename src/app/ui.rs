@@ -20,6 +20,7 @@ use crate::feeds::{Domain, EntityKind, FieldValue};
 use crate::governance::health::FeedHealth;
 use crate::map::mesh::MapLayer;
 use crate::map::{AreaKind, CityMap};
+use crate::model::value_with_unit;
 use crate::state::kpi::CityKpis;
 use crate::state::{LiveEntity, LiveState};
 
@@ -1006,8 +1007,18 @@ pub fn legend_ui(ui: &mut egui::Ui) {
     });
 }
 
-fn kind_rows(kind: &EntityKind) -> Vec<(&'static str, String)> {
-    let num = |v: &Option<f64>, unit: &str| v.map(|x| format!("{x}{unit}"));
+/// The typed values of an entity's kind, each in the unit its source gave (`units`, by
+/// Smart Data Models name) or, when it gave none, the model's unit.
+fn kind_rows(
+    kind: &EntityKind,
+    units: &std::collections::BTreeMap<String, String>,
+) -> Vec<(&'static str, String)> {
+    let num = |v: &Option<f64>, field: &str, model_unit: &str| {
+        v.map(|x| match units.get(field) {
+            Some(code) => value_with_unit(&FieldValue::Number(x), Some(code)),
+            None => format!("{x}{model_unit}"),
+        })
+    };
     let txt = |v: &Option<String>| v.clone();
     let rows: Vec<(&'static str, Option<String>)> = match kind {
         EntityKind::TrafficFlow {
@@ -1016,9 +1027,18 @@ fn kind_rows(kind: &EntityKind) -> Vec<(&'static str, String)> {
             occupancy,
             congested,
         } => vec![
-            ("average speed", num(average_speed_kmh, " km/h")),
-            ("intensity", num(intensity, " veh/h")),
-            ("occupancy", occupancy.map(|o| format!("{:.0}%", o * 100.0))),
+            (
+                "average speed",
+                num(average_speed_kmh, "averageVehicleSpeed", " km/h"),
+            ),
+            ("intensity", num(intensity, "intensity", " veh/h")),
+            (
+                "occupancy",
+                match units.get("occupancy").map(String::as_str) {
+                    None | Some("C62") => occupancy.map(|o| format!("{:.0}%", o * 100.0)),
+                    Some(_) => num(occupancy, "occupancy", ""),
+                },
+            ),
             ("congested", congested.map(|c| c.to_string())),
         ],
         EntityKind::AirQuality {
@@ -1028,11 +1048,11 @@ fn kind_rows(kind: &EntityKind) -> Vec<(&'static str, String)> {
             no2,
             o3,
         } => vec![
-            ("AQI", num(aqi, "")),
-            ("PM2.5", num(pm25, " µg/m³")),
-            ("PM10", num(pm10, " µg/m³")),
-            ("NO₂", num(no2, " µg/m³")),
-            ("O₃", num(o3, " µg/m³")),
+            ("AQI", num(aqi, "airQualityIndex", "")),
+            ("PM2.5", num(pm25, "pm25", " µg/m³")),
+            ("PM10", num(pm10, "pm10", " µg/m³")),
+            ("NO₂", num(no2, "no2", " µg/m³")),
+            ("O₃", num(o3, "o3", " µg/m³")),
         ],
         EntityKind::Vehicle {
             vehicle_type,
@@ -1041,8 +1061,8 @@ fn kind_rows(kind: &EntityKind) -> Vec<(&'static str, String)> {
             service_status,
         } => vec![
             ("vehicle", txt(vehicle_type)),
-            ("speed", num(speed_kmh, " km/h")),
-            ("heading", num(heading_deg, "°")),
+            ("speed", num(speed_kmh, "speed", " km/h")),
+            ("heading", num(heading_deg, "heading", "°")),
             ("status", txt(service_status)),
         ],
         EntityKind::Alert {
@@ -1061,8 +1081,11 @@ fn kind_rows(kind: &EntityKind) -> Vec<(&'static str, String)> {
             total_spots,
             status,
         } => vec![
-            ("free spots", num(available_spots, "")),
-            ("total spots", num(total_spots, "")),
+            (
+                "free spots",
+                num(available_spots, "availableSpotNumber", ""),
+            ),
+            ("total spots", num(total_spots, "totalSpotNumber", "")),
             ("status", txt(status)),
         ],
         EntityKind::Generic => vec![],
@@ -1122,7 +1145,12 @@ pub fn entity_inspector_ui(
         ui.label(
             egui::RichText::new(format!(
                 "{}: {} says {}, {} says {} — {} wins",
-                c.field, c.winner.feed, c.winner.value, c.other.feed, c.other.value, c.winner.feed
+                c.field,
+                c.winner.feed,
+                c.winner.shown(),
+                c.other.feed,
+                c.other.shown(),
+                c.winner.feed
             ))
             .small()
             .color(theme::WARN),
@@ -1164,10 +1192,18 @@ pub fn entity_inspector_ui(
             if let Some([lon, lat]) = e.position {
                 row("position", format!("{lat:.5}°N {lon:.5}°E"));
             }
-            for (k, v) in kind_rows(&e.kind) {
+            for (k, v) in kind_rows(&e.kind, &e.units) {
                 row(k, v);
             }
         });
+    // What the decoder changed or left out, so nobody takes it for the source's word.
+    for note in &e.notes {
+        ui.label(
+            egui::RichText::new(note.describe())
+                .small()
+                .color(theme::WARN),
+        );
+    }
     ui.separator();
     ui.label(egui::RichText::new("Values").strong());
     egui::ScrollArea::vertical().show(ui, |ui| {
@@ -1177,7 +1213,7 @@ pub fn entity_inspector_ui(
             .show(ui, |ui| {
                 for (k, v) in &e.fields {
                     ui.label(egui::RichText::new(k).color(theme::MUTED));
-                    let text = v.to_string();
+                    let text = value_with_unit(v, e.units.get(k).map(String::as_str));
                     ui.add(egui::Label::new(text).wrap());
                     ui.end_row();
                 }
@@ -1356,6 +1392,75 @@ mod panel_tests {
             skipped.right() <= attribution.left(),
             "{skipped:?} overlaps {attribution:?}"
         );
+    }
+
+    /// The live entity's inspector as an operator reads it, for the first entity of a
+    /// decoded fixture.
+    fn entity_inspector_harness(
+        update: crate::feeds::EntityUpdate,
+    ) -> Harness<'static, PanelState> {
+        let feeds = crate::feeds::config::parse_feeds(
+            "[[feed]]\nname='air'\nkind='ngsi-ld'\nurl='http://h/e'\ndomain='ecology'\n",
+        )
+        .unwrap();
+        let mut live = LiveState::new(crate::geo_frame::GeoFrame::new(24.94, 60.17));
+        live.apply(0, update, 0);
+        let reconciliation = crate::governance::reconcile::Reconciliation::default();
+        Harness::new_ui_state(
+            move |ui, s: &mut PanelState| {
+                entity_inspector_ui(ui, &feeds, &live, 0, 1000, &reconciliation, &mut s.out)
+            },
+            state(),
+        )
+    }
+
+    #[test]
+    fn the_entity_inspector_shows_units_lists_and_sub_properties() {
+        let stations = crate::feeds::decode::decode_ngsi_ld(include_bytes!(
+            "../../tests/data/sdm/air-quality-observed-normalized.jsonld"
+        ))
+        .unwrap()
+        .updates;
+        let harness = entity_inspector_harness(stations[0].clone());
+        // The value with its unit, in the values and in the typed rows alike.
+        assert_eq!(harness.get_all_by_label("38.5 µg/m³").count(), 2);
+        harness.get_by_label("0.3 mg/m³");
+        harness.get_by_label("2.1 °C");
+        harness.get_by_label("no2.accuracy");
+        harness.get_by_label("0.95");
+        harness.get_by_label("[urban, traffic]");
+
+        // A typed value in another unit is shown in that unit, not in µg/m³.
+        let mut in_mg = stations[1].clone();
+        in_mg
+            .fields
+            .insert("pm25".into(), FieldValue::Number(0.0081));
+        in_mg.units.insert("pm25".into(), "GP".into());
+        in_mg.kind = EntityKind::AirQuality {
+            aqi: None,
+            pm25: Some(0.0081),
+            pm10: None,
+            no2: None,
+            o3: None,
+        };
+        let harness = entity_inspector_harness(in_mg);
+        assert_eq!(harness.get_all_by_label("0.0081 mg/m³").count(), 2);
+        harness.get_by_label("0.2 ppm");
+    }
+
+    #[test]
+    fn the_entity_inspector_says_what_the_decoder_changed() {
+        let [lot] = <[crate::feeds::EntityUpdate; 1]>::try_from(
+            crate::feeds::decode::decode_geojson(include_bytes!(
+                "../../tests/data/sdm/off-street-parking-geojson.json"
+            ))
+            .unwrap()
+            .updates,
+        )
+        .unwrap();
+        let harness = entity_inspector_harness(lot);
+        harness.get_by_label("geometry was wrapped in an NGSI-LD GeoProperty (unwrapped)");
+        harness.get_by_label("[car, motorcycle]");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! lines lying along each other), one to one, closest pair first. For each field the
 //! authoritative feed wins and the others are compared with it, within a tolerance
 //! per field in the field's unit; disagreements are conflicts, listed with both
-//! values, their sources and ages. Quarantined feeds take no part.
+//! values, their units, sources and ages. Values in different units (`unitCode`) are
+//! a conflict of their own, never compared as numbers. Lists and texts are not
+//! compared. Quarantined feeds take no part.
 
 use std::collections::{HashMap, HashSet};
 
@@ -83,6 +85,16 @@ pub struct SourcedValue {
     pub id: String,
     pub value: f64,
     pub age_s: f64,
+    /// The value's UN/CEFACT unit code when the source gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+impl SourcedValue {
+    /// The value with its unit, as an operator reads it (`0.02 ppm`).
+    pub fn shown(&self) -> String {
+        crate::model::value_with_unit(&FieldValue::Number(self.value), self.unit.as_deref())
+    }
 }
 
 /// Conflicts listed in full at most; beyond that they are only counted.
@@ -486,7 +498,13 @@ pub fn reconcile_input(
             } else {
                 (win, lose, value, *other)
             };
-            if disagree(field, wv, lv) {
+            let unit = |e: &LiveEntity| e.units.get(field).cloned();
+            let (w_unit, l_unit) = (unit(w), unit(l));
+            // Values in different units are never compared as numbers (38.5 µg/m³ and
+            // 0.02 ppm may be the same air): the units themselves disagree. A value
+            // without a unit is taken to be in the model's unit.
+            let units_differ = matches!((&w_unit, &l_unit), (Some(a), Some(b)) if a != b);
+            if units_differ || disagree(field, wv, lv) {
                 result.conflict_count += 1;
                 *result.conflicts_by_feed.entry(w.feed).or_default() += 1;
                 *result.conflicts_by_feed.entry(l.feed).or_default() += 1;
@@ -501,12 +519,14 @@ pub fn reconcile_input(
                         id: w.id.clone(),
                         value: wv,
                         age_s: age(w),
+                        unit: w_unit,
                     },
                     other: SourcedValue {
                         feed: name(l.feed),
                         id: l.id.clone(),
                         value: lv,
                         age_s: age(l),
+                        unit: l_unit,
                     },
                 });
             }
@@ -583,6 +603,55 @@ mod tests {
         assert_eq!(r.conflicts_for("district-sensors"), 2);
         // The loser's slot points at the winner.
         assert_eq!(r.winner_of.get(&1), Some(&0));
+    }
+
+    #[test]
+    fn values_in_different_units_are_a_conflict_never_compared() {
+        let with_no2 = |id: &str, lon: f64, no2: f64, unit: Option<&str>| {
+            let mut update = station(id, lon, 40.0, 10.0);
+            update.fields.insert("NO2".into(), FieldValue::Number(no2));
+            if let Some(unit) = unit {
+                update.units.insert("NO2".into(), unit.into());
+            }
+            update
+        };
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        // 38.5 µg/m³ against 0.02 ppm: about the same air, numbers far apart.
+        state.apply(0, with_no2("a", 24.940, 38.5, Some("GQ")), 0);
+        state.apply(1, with_no2("a", 24.940, 0.02, Some("59")), 0);
+        // 38.5 µg/m³ against 38.5 ppm: the same number, not the same air.
+        state.apply(0, with_no2("b", 24.950, 38.5, Some("GQ")), 0);
+        state.apply(1, with_no2("b", 24.950, 38.5, Some("59")), 0);
+        // Same unit, same value; one without a unit is read in the model's unit.
+        state.apply(0, with_no2("c", 24.960, 38.5, Some("GQ")), 0);
+        state.apply(1, with_no2("c", 24.960, 38.6, None), 0);
+        let r = reconcile(&state, &feeds(), 1000);
+        let found: Vec<_> = r
+            .conflicts
+            .iter()
+            .map(|c| {
+                (
+                    c.winner.id.as_str(),
+                    c.field.as_str(),
+                    c.winner.unit.as_deref(),
+                    c.other.unit.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("a", "NO2", Some("GQ"), Some("59")),
+                ("b", "NO2", Some("GQ"), Some("59"))
+            ]
+        );
+        assert_eq!(
+            crate::model::value_with_unit(
+                &FieldValue::Number(r.conflicts[0].other.value),
+                r.conflicts[0].other.unit.as_deref()
+            ),
+            "0.02 ppm"
+        );
     }
 
     #[test]
