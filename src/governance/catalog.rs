@@ -9,23 +9,71 @@ use serde_json::{Value, json};
 use crate::feeds::config::{FeedConfig, FeedKind};
 use crate::feeds::{Domain, EntityUpdate};
 
+/// Fields per type a schema lists at most.
+const MAX_SCHEMA_FIELDS: usize = 256;
+/// Unit codes per field a schema lists at most.
+const MAX_FIELD_UNITS: usize = 8;
+
 /// Entity types and fields a feed has been seen to carry.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ObservedSchema {
-    /// Entity type → field names.
+    /// Entity type → field names; the fields of an array of objects once, as
+    /// `key[].member`.
     pub types: BTreeMap<String, BTreeSet<String>>,
+    /// Entity type → field → unit codes seen (several when sources differ).
+    pub units: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// Entity type → fields whose values are lists.
+    pub lists: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl ObservedSchema {
     pub fn observe(&mut self, update: &EntityUpdate) {
         let fields = self.types.entry(update.entity_type.clone()).or_default();
-        if fields.len() < 256 {
-            fields.extend(update.fields.keys().cloned());
-            if update.position.is_some() {
-                fields.insert("location".into());
+        if fields.len() >= MAX_SCHEMA_FIELDS {
+            return;
+        }
+        fields.extend(update.fields.keys().map(|k| schema_name(k)));
+        if update.position.is_some() {
+            fields.insert("location".into());
+        }
+        let units = self.units.entry(update.entity_type.clone()).or_default();
+        for (field, code) in &update.units {
+            let codes = units.entry(schema_name(field)).or_default();
+            if codes.len() < MAX_FIELD_UNITS {
+                codes.insert(code.clone());
             }
         }
+        let lists = self.lists.entry(update.entity_type.clone()).or_default();
+        lists.extend(
+            update
+                .fields
+                .iter()
+                .filter(|(_, v)| v.as_list().is_some())
+                .map(|(k, _)| schema_name(k)),
+        );
     }
+}
+
+/// A field's name in a schema: indices of arrays of objects dropped
+/// (`openingHours[3].opens` → `openingHours[].opens`).
+fn schema_name(field: &str) -> String {
+    let mut name = String::with_capacity(field.len());
+    let mut in_index = false;
+    for c in field.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                name.push('[');
+            }
+            ']' => {
+                in_index = false;
+                name.push(']');
+            }
+            c if in_index && c.is_ascii_digit() => {}
+            c => name.push(c),
+        }
+    }
+    name
 }
 
 /// The layers and panels that read a domain's data.
@@ -148,7 +196,16 @@ pub fn dcat_catalog(title: &str, feeds: &[FeedConfig], observed: &[ObservedSchem
                 .map(|s| {
                     s.types
                         .iter()
-                        .map(|(t, fields)| json!({"zs:entityType": t, "zs:fields": fields}))
+                        .map(|(t, fields)| {
+                            let mut entry = json!({"zs:entityType": t, "zs:fields": fields});
+                            if let Some(units) = s.units.get(t).filter(|u| !u.is_empty()) {
+                                entry["zs:units"] = json!(units);
+                            }
+                            if let Some(lists) = s.lists.get(t).filter(|l| !l.is_empty()) {
+                                entry["zs:lists"] = json!(lists);
+                            }
+                            entry
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -236,6 +293,47 @@ mod tests {
     use super::*;
     use crate::feeds::config::parse_feeds;
     use crate::feeds::{EntityKind, FieldValue};
+
+    #[test]
+    fn the_schema_names_lists_and_units_once() {
+        let feeds = parse_feeds(
+            "[[feed]]\nname='air'\nkind='ngsi-ld'\nurl='http://h/e'\ndomain='ecology'\n",
+        )
+        .unwrap();
+        let mut schema = ObservedSchema::default();
+        let stations = crate::feeds::decode::decode_ngsi_ld(include_bytes!(
+            "../../tests/data/sdm/air-quality-observed-normalized.jsonld"
+        ))
+        .unwrap()
+        .updates;
+        for station in &stations {
+            schema.observe(station);
+        }
+        let mut hours = stations[0].clone();
+        for day in 0..7 {
+            hours.fields.insert(
+                format!("openingHours[{day}].opens"),
+                FieldValue::Text("08:00".into()),
+            );
+        }
+        // The same field in another unit from another report: both are listed.
+        hours.units.insert("no2".into(), "59".into());
+        schema.observe(&hours);
+        let cat = dcat_catalog("Helsinki", &feeds, &[schema]);
+        let observed = &cat["dcat:dataset"][0]["zs:observedSchema"][0];
+        let fields = observed["zs:fields"].as_array().unwrap();
+        // One entry for a list of objects, not one per index.
+        assert!(
+            fields.contains(&json!("openingHours[].opens")),
+            "{fields:?}"
+        );
+        assert!(!fields.iter().any(|f| f.as_str().unwrap().contains("[0]")));
+        assert!(fields.contains(&json!("no2.accuracy")), "{fields:?}");
+        assert_eq!(observed["zs:units"]["no2"], json!(["59", "GQ"]));
+        assert_eq!(observed["zs:units"]["CO"], json!(["59"]));
+        assert_eq!(observed["zs:units"]["temperature"], json!(["CEL"]));
+        assert_eq!(observed["zs:lists"], json!(["category", "refDevice"]));
+    }
 
     #[test]
     fn durations() {
