@@ -64,7 +64,11 @@ pub fn to_ngsi_ld(update: &EntityUpdate) -> Value {
         e.insert("dateObserved".into(), property(t.into(), None));
     }
     for (k, v) in &update.fields {
-        e.insert(k.clone(), property(field_json(v), obs));
+        let mut p = property(field_json(v), obs);
+        if let (Some(unit), Value::Object(p)) = (update.units.get(k), &mut p) {
+            p.insert("unitCode".into(), unit.clone().into());
+        }
+        e.insert(k.clone(), p);
     }
     // Typed values the fields do not already carry, under their SDM names.
     let typed = update
@@ -192,6 +196,26 @@ mod tests {
                 assert_eq!(a.observed_at_ms, b.observed_at_ms);
             }
         }
+    }
+
+    #[test]
+    fn units_lists_and_nested_fields_survive_the_encoder() {
+        let stations = decode_ngsi_ld(include_bytes!(
+            "../../tests/data/sdm/air-quality-observed-normalized.jsonld"
+        ))
+        .unwrap()
+        .updates;
+        let body = Value::Array(stations.iter().map(to_ngsi_ld).collect()).to_string();
+        let again = decode_ngsi_ld(body.as_bytes()).unwrap();
+        assert_eq!(again.rejects, vec![]);
+        for (a, b) in stations.iter().zip(&again.updates) {
+            assert_eq!(a.fields, b.fields, "{}", a.id);
+            assert_eq!(a.units, b.units, "{}", a.id);
+            assert_eq!(a.kind, b.kind, "{}", a.id);
+        }
+        let encoded = to_ngsi_ld(&stations[0]);
+        assert_eq!(encoded["no2"]["unitCode"], "GQ");
+        assert_eq!(encoded["category"]["value"], json!(["urban", "traffic"]));
     }
 
     #[test]
