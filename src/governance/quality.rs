@@ -91,7 +91,11 @@ fn has_field(update: &EntityUpdate, field: &str) -> bool {
         "location" => update.position.is_some(),
         "dateObserved" => update.observed_at_ms.is_some(),
         _ => {
-            update.fields.contains_key(field)
+            // An empty list says there is nothing: no required value.
+            update
+                .fields
+                .get(field)
+                .is_some_and(|v| v.as_list().is_none_or(|items| !items.is_empty()))
                 || typed_values(&update.kind)
                     .iter()
                     .any(|(n, v, ..)| *n == field && v.is_some())
@@ -526,6 +530,33 @@ mod tests {
         assert_eq!(q.validity(), 0.75);
         // Nothing seen yet: nothing to hold against the feed.
         assert_eq!(FeedQuality::default().validity(), 1.0);
+    }
+
+    #[test]
+    fn an_empty_list_is_no_required_value() {
+        let f = parse_feeds(
+            "[[feed]]\nname='parking'\nkind='sim'\ndomain='traffic'\nrequired_fields=['allowedVehicleType']\n",
+        )
+        .unwrap()
+        .remove(0);
+        let rules = QualityRules::for_city([24.93, 60.16, 24.96, 60.18]);
+        let lot = |types: Vec<FieldValue>| {
+            let mut update = air("lot", Some(40.0), Some(1.0), IN_CITY, NOW);
+            update
+                .fields
+                .insert("allowedVehicleType".into(), FieldValue::List(types));
+            update
+        };
+        assert_eq!(
+            rules.check(&f, &lot(vec![]), NOW),
+            vec![QualityIssue::MissingRequired {
+                field: "allowedVehicleType".into()
+            }]
+        );
+        assert_eq!(
+            rules.check(&f, &lot(vec![FieldValue::Text("car".into())]), NOW),
+            vec![]
+        );
     }
 
     #[test]
