@@ -493,3 +493,40 @@ pub struct AlertIn {
     #[serde(default)]
     pub radius_m: Option<f64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_read_with_their_units() {
+        let n = |x| FieldValue::Number(x);
+        assert_eq!(value_with_unit(&n(22.0), Some("GQ")), "22 µg/m³");
+        assert_eq!(value_with_unit(&n(0.3), Some("GP")), "0.3 mg/m³");
+        assert_eq!(value_with_unit(&n(0.2), Some("59")), "0.2 ppm");
+        assert_eq!(value_with_unit(&n(42.5), Some("KMH")), "42.5 km/h");
+        assert_eq!(value_with_unit(&n(75.0), Some("P1")), "75 %");
+        assert_eq!(value_with_unit(&n(2.1), Some("CEL")), "2.1 °C");
+        // The unit one is a plain number; an unknown code is shown as it came.
+        assert_eq!(value_with_unit(&n(0.35), Some("C62")), "0.35");
+        assert_eq!(value_with_unit(&n(3.0), Some("XYZ")), "3 XYZ");
+        assert_eq!(value_with_unit(&n(3.0), None), "3");
+        let list = FieldValue::List(vec![
+            FieldValue::Text("car".into()),
+            FieldValue::List(vec![n(1.0), n(2.5)]),
+            FieldValue::Bool(true),
+        ]);
+        assert_eq!(list.to_string(), "[car, [1, 2.5], true]");
+        assert_eq!(FieldValue::List(vec![]).to_string(), "[]");
+        assert_eq!(
+            value_with_unit(&FieldValue::List(vec![n(1.0), n(2.0)]), Some("MTR")),
+            "[1, 2] m"
+        );
+    }
+
+    #[test]
+    fn lists_serialize_as_json_arrays() {
+        let list = FieldValue::List(vec![FieldValue::Text("a".into()), FieldValue::Number(1.5)]);
+        assert_eq!(serde_json::to_string(&list).unwrap(), r#"["a",1.5]"#);
+    }
+}
