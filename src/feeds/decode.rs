@@ -2726,7 +2726,7 @@ mod tests {
 
         // An entity keeps at most MAX_VALUES_PER_ENTITY values over all attributes.
         let many: Vec<String> = (0..20)
-            .map(|i| format!(r#""a{i:02}": {}"#, format!("[{}0]", "1,".repeat(999))))
+            .map(|i| format!(r#""a{i:02}": [{}0]"#, "1,".repeat(999)))
             .collect();
         let wide = decode_one(&format!(
             r#"{{"id": "urn:ngsi-ld:Thing:wide", "type": "Thing", {}}}"#,

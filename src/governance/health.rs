@@ -189,6 +189,9 @@ impl FeedHealth {
 }
 
 /// Work waiting for the live state, in arrival order.
+// Nearly every entry is an update: boxing it would cost an allocation per update to
+// save space only on the rare snapshot marker.
+#[allow(clippy::large_enum_variant)]
 enum Pending {
     Update(FeedId, EntityUpdate, i64),
     /// A complete snapshot of the feed ended: what it did not report has gone.
