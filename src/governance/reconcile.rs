@@ -626,7 +626,7 @@ mod tests {
         state.apply(0, with_no2("c", 24.960, 38.5, Some("GQ")), 0);
         state.apply(1, with_no2("c", 24.960, 38.6, None), 0);
         let r = reconcile(&state, &feeds(), 1000);
-        let found: Vec<_> = r
+        let mut found: Vec<_> = r
             .conflicts
             .iter()
             .map(|c| {
@@ -638,6 +638,8 @@ mod tests {
                 )
             })
             .collect();
+        // Pairs linked by id come in no particular order.
+        found.sort();
         assert_eq!(
             found,
             [
@@ -645,13 +647,9 @@ mod tests {
                 ("b", "NO2", Some("GQ"), Some("59"))
             ]
         );
-        assert_eq!(
-            crate::model::value_with_unit(
-                &FieldValue::Number(r.conflicts[0].other.value),
-                r.conflicts[0].other.unit.as_deref()
-            ),
-            "0.02 ppm"
-        );
+        let a = r.conflicts.iter().find(|c| c.winner.id == "a").unwrap();
+        assert_eq!(a.other.shown(), "0.02 ppm");
+        assert_eq!(a.winner.shown(), "38.5 µg/m³");
     }
 
     #[test]
