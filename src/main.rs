@@ -501,6 +501,7 @@ fn run_feeds_for(
     city: &map::CityMap,
     for_secs: f64,
     ranges: Vec<zhongshu::feeds::config::RangeRule>,
+    areas: &[zhongshu::feeds::config::AreaConfig],
 ) -> (
     zhongshu::state::LiveState,
     zhongshu::governance::health::Ingest,
@@ -514,7 +515,7 @@ fn run_feeds_for(
         let (_tx, rx) = std::sync::mpsc::channel();
         return (state, Ingest::with_rules(feeds, rx, rules));
     }
-    let (running, rx) = zhongshu::feeds::start_feeds(feeds, city, 1);
+    let (running, rx) = zhongshu::feeds::start_feeds(feeds, areas, city, 1);
     let mut ingest = Ingest::with_rules(feeds, rx, rules);
     let until = Instant::now() + std::time::Duration::from_secs_f64(for_secs);
     while Instant::now() < until {
@@ -537,7 +538,8 @@ fn catalog(
     let feeds = zhongshu::feeds::config::load_feeds(feeds_path)?;
     let city = load_city(map_path)?;
     let ranges = zhongshu::feeds::config::load_rules(feeds_path)?;
-    let (_, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges);
+    let areas = zhongshu::feeds::config::load_areas(feeds_path)?;
+    let (_, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges, &areas);
     let catalog = zhongshu::governance::catalog::dcat_catalog(&city.name, &feeds, &ingest.schemas);
     println!("{}", serde_json::to_string_pretty(&catalog)?);
     Ok(())
@@ -557,7 +559,8 @@ fn feeds_check(
     let feeds = load_feeds(feeds_path)?;
     let city = load_city(map_path)?;
     let ranges = zhongshu::feeds::config::load_rules(feeds_path)?;
-    let (state, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges);
+    let areas = zhongshu::feeds::config::load_areas(feeds_path)?;
+    let (state, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges, &areas);
     let now = unix_ms_now();
     let reconciliation = zhongshu::governance::reconcile::reconcile(&state, &feeds, now);
     let mut all_ok = true;
@@ -594,6 +597,7 @@ fn feeds_check(
                 .collect::<Vec<_>>(),
             "quarantined": health.quarantined.as_ref().map(|q| q.reason.clone()),
             "dropped": health.dropped,
+            "withheld": health.withheld,
             "removed": health.removed,
             "expired": health.expired,
         });

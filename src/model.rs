@@ -259,6 +259,10 @@ pub struct Reject {
 pub struct Decoded {
     pub updates: Vec<EntityUpdate>,
     pub rejects: Vec<Reject>,
+    /// Messages read and kept out of incidents: (why, the message's key). Why is a
+    /// CAP `test`, `exercise`, `system` or `draft` status, or an `ack` or `error`
+    /// message type; the key (`sender,identifier`) tells a new message from a re-poll.
+    pub withheld: Vec<(String, String)>,
 }
 
 impl Decoded {
@@ -353,4 +357,11 @@ pub struct AlertIn {
     /// Affected radius when the source gives one (NGSI-LD `radiusM`, CAP circle).
     #[serde(default)]
     pub radius_m: Option<f64>,
+    /// Where the source says it applies, in words (a CAP `<areaDesc>`).
+    #[serde(default)]
+    pub area: Option<String>,
+    /// Located at the city as a whole: the source named its area only in words or
+    /// codes nobody here knows. Never merged with other alerts by place.
+    #[serde(default)]
+    pub citywide: bool,
 }

@@ -69,6 +69,8 @@ pub struct ChangedSlots(pub Vec<u32>);
 pub struct FeedSetup {
     pub feeds: Vec<FeedConfig>,
     pub ranges: Vec<crate::feeds::config::RangeRule>,
+    /// The feeds file's `[[area]]` gazetteer for CAP alerts.
+    pub areas: Vec<crate::feeds::config::AreaConfig>,
     pub seed: u64,
 }
 
@@ -80,7 +82,7 @@ pub(super) fn plugin(app: &mut App) {
 }
 
 fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
-    let (running, rx) = start_feeds(&setup.feeds, &city.map, setup.seed);
+    let (running, rx) = start_feeds(&setup.feeds, &setup.areas, &city.map, setup.seed);
     let rules = crate::governance::quality::QualityRules::for_city(city.map.bbox_wgs84)
         .with_ranges(setup.ranges.clone());
     let ingest = Ingest::with_rules(&setup.feeds, rx, rules);

@@ -126,12 +126,17 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         map.skipped.total(),
         map.load_ms
     );
-    let (feeds, ranges) = match &options.feeds {
+    let (feeds, ranges, areas) = match &options.feeds {
         Some(path) => (
             crate::feeds::config::load_feeds(path)?,
             crate::feeds::config::load_rules(path)?,
+            crate::feeds::config::load_areas(path)?,
         ),
-        None => (crate::feeds::sim_source::default_sim_feeds(), Vec::new()),
+        None => (
+            crate::feeds::sim_source::default_sim_feeds(),
+            Vec::new(),
+            Vec::new(),
+        ),
     };
     let index = BuildingIndex::new(&map);
     let mut rig = CameraRig::for_bounds(map.local_bounds());
@@ -194,6 +199,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     .insert_resource(live::FeedSetup {
         feeds,
         ranges,
+        areas,
         seed: 1,
     })
     .configure_sets(

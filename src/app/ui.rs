@@ -860,9 +860,15 @@ pub fn sub_brains_ui(
                     } else {
                         theme::MUTED
                     };
+                    // Tests and exercises are news to an operator: said on the line.
+                    let withheld: String = h
+                        .withheld
+                        .iter()
+                        .map(|(why, n)| format!(" · {n} {why}"))
+                        .collect();
                     (
                         format!(
-                            "{} · {} ago · {:.0}/s · {} rejected",
+                            "{} · {} ago · {:.0}/s · {} rejected{withheld}",
                             feed.name,
                             age_text(age),
                             h.updates_per_s(now_ms),
@@ -909,6 +915,9 @@ fn feed_health_ui(ui: &mut egui::Ui, feed: &FeedConfig, h: &FeedHealth) {
             );
             for (reason, n) in &h.reasons {
                 row(reason, n.to_string());
+            }
+            for (why, n) in &h.withheld {
+                row(&format!("{why} messages (no incident)"), n.to_string());
             }
             if let Some(e) = &h.last_error {
                 row("last error", e.clone());

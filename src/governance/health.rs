@@ -58,6 +58,13 @@ pub struct FeedHealth {
     pub last_error: Option<String>,
     /// Set while the feed is quarantined.
     pub quarantined: Option<Quarantine>,
+    /// Messages read and kept out of incidents, by why: CAP `test`, `exercise`,
+    /// `system`, `draft` statuses, `ack` and `error` message types. Each message
+    /// counts once however often it is polled.
+    pub withheld: BTreeMap<String, u64>,
+    /// Keys of the withheld messages counted (bounded: see [`MAX_WITHHELD_KEYS`]).
+    #[serde(skip)]
+    withheld_keys: HashSet<String>,
     /// Updates dropped because the feed was quarantined.
     pub dropped: u64,
     /// Newest time the feed's data is as of (observation time, or receive time for
@@ -76,7 +83,21 @@ pub struct FeedHealth {
     oversized_in_a_row: u32,
 }
 
+/// Withheld messages remembered per feed to count each once; past this the memory
+/// starts again (a re-polled old message may then count twice).
+pub const MAX_WITHHELD_KEYS: usize = 10_000;
+
 impl FeedHealth {
+    /// Counts a withheld message `key` under `why`, once.
+    fn note_withheld(&mut self, why: &str, key: &str) {
+        if self.withheld_keys.len() >= MAX_WITHHELD_KEYS {
+            self.withheld_keys.clear();
+        }
+        if self.withheld_keys.insert(format!("{why}|{key}")) {
+            *self.withheld.entry(why.to_owned()).or_default() += 1;
+        }
+    }
+
     fn new(name: &str) -> Self {
         Self {
             feed: name.to_string(),
@@ -341,6 +362,9 @@ impl Ingest {
                         }
                         return;
                     }
+                    for (why, key) in &decoded.withheld {
+                        h.note_withheld(why, key);
+                    }
                     h.rejected += decoded.rejects.len() as u64;
                     for r in &decoded.rejects {
                         *h.reasons.entry(r.reason.as_str().to_string()).or_default() += 1;
@@ -503,6 +527,7 @@ mod tests {
                     })
                     .collect(),
                 rejects: Vec::new(),
+                withheld: Default::default(),
             },
             received_at_ms: at,
         }
@@ -664,6 +689,7 @@ mod tests {
             decoded: Decoded {
                 updates: Vec::new(),
                 rejects: (0..30).map(|_| reject()).collect(),
+                withheld: Default::default(),
             },
             received_at_ms: T + 1000,
         })
@@ -735,6 +761,7 @@ mod tests {
                         ..update("1")
                     }],
                     rejects: Vec::new(),
+                    withheld: Default::default(),
                 },
                 received_at_ms: T,
             })
@@ -759,6 +786,7 @@ mod tests {
             decoded: Decoded {
                 updates: (0..good).map(|i| update(&format!("{feed}-{i}"))).collect(),
                 rejects: (0..bad).map(|_| reject()).collect(),
+                withheld: Default::default(),
             },
             received_at_ms: at,
         };
