@@ -1221,12 +1221,33 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         })
     };
+    // The hall's feeds (the simulated sub-brains when no --feeds), on its map.
+    let city = load_city(cli.map.as_deref())?;
+    let (feeds, ranges, areas) = match &cli.feeds {
+        Some(path) => (
+            zhongshu::feeds::config::load_feeds(path)?,
+            zhongshu::feeds::config::load_rules(path)?,
+            zhongshu::feeds::config::load_areas(path)?,
+        ),
+        None => (
+            zhongshu::feeds::sim_source::default_sim_feeds(),
+            Vec::new(),
+            Vec::new(),
+        ),
+    };
     let options = HubOptions {
         hall: hall.clone(),
         config: setup.config,
         service: setup.service,
         replicas: cli.nats_replicas,
         crash_on_stop: false,
+        live: Some(zhongshu::hall::live::LiveSetup {
+            feeds,
+            ranges,
+            areas,
+            map: std::sync::Arc::new(city),
+            seed: 1,
+        }),
     };
     use std::io::Write;
     let result = zhongshu::hall::hub::run(&nats, options, stop, |state| {

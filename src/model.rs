@@ -48,7 +48,7 @@ impl Domain {
 }
 
 /// One attribute value of an entity, flattened from the source's JSON.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum FieldValue {
     Number(f64),
@@ -73,7 +73,7 @@ impl FieldValue {
 
 /// What an entity is, with the values each layer draws, decoded from the FIWARE Smart
 /// Data Models types (or a generic fallback).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EntityKind {
     /// `TrafficFlowObserved`: a road segment's flow.
@@ -197,7 +197,7 @@ impl EntityKind {
 }
 
 /// One observation of one entity, as decoded from a feed payload.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EntityUpdate {
     /// The entity's id in its source (NGSI-LD URN, GeoJSON feature id, ...).
     pub id: String,

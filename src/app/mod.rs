@@ -201,6 +201,11 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         ranges,
         areas,
         seed: 1,
+        hall: options
+            .desk
+            .as_ref()
+            .and_then(|d| d.hall.as_ref())
+            .map(|h| (h.nats.clone(), h.hall.clone())),
     })
     .configure_sets(
         Update,

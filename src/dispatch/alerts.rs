@@ -38,6 +38,19 @@ pub fn from_cap_feed(update: &EntityUpdate, feed: &str) -> Option<AlertIn> {
     from_feed(update, feed, true)
 }
 
+/// The alert of a live entity that came through `feed` (CAP or NGSI-LD alike): what
+/// the desk of the embedded mode and a hall's hub raise incidents from.
+pub fn of_feed(
+    update: &EntityUpdate,
+    feed: Option<&crate::feeds::config::FeedConfig>,
+) -> Option<AlertIn> {
+    let name = feed.map_or("feed", |f| f.name.as_str());
+    match feed {
+        Some(f) if f.kind == crate::feeds::config::FeedKind::Cap => from_cap_feed(update, name),
+        _ => from_ngsi_ld(update, name),
+    }
+}
+
 fn from_feed(update: &EntityUpdate, feed: &str, cap: bool) -> Option<AlertIn> {
     let EntityKind::Alert {
         category,

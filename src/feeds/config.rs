@@ -3,12 +3,12 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Domain;
 
 /// How a feed's payloads are fetched and decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FeedKind {
     /// NGSI-LD entities (FIWARE context broker), paged with `limit`/`offset`.
@@ -22,7 +22,7 @@ pub enum FeedKind {
 }
 
 /// One `[[feed]]` entry.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
     /// Unique name, used in logs, panels and `feeds-check` output.

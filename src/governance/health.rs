@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::mpsc::Receiver;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::catalog::ObservedSchema;
 use super::quality::{FeedQuality, QualityRules};
@@ -32,7 +32,7 @@ pub const QUARANTINE_MS: i64 = 60_000;
 const EXPIRE_EVERY_MS: i64 = 1_000;
 
 /// A feed held out of the live state, with the reason shown to operators.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Quarantine {
     pub reason: String,
     pub since_ms: i64,
@@ -40,7 +40,7 @@ pub struct Quarantine {
 }
 
 /// How one feed is doing.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FeedHealth {
     pub feed: String,
     /// Updates accepted into the live state.

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::feeds::config::FeedConfig;
 use crate::feeds::{EntityKind, EntityUpdate};
@@ -256,7 +256,7 @@ pub fn freshness(data_as_of_ms: Option<i64>, cadence_s: f64, now_ms: i64) -> (Fr
 }
 
 /// Running quality of one feed.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FeedQuality {
     pub checked: u64,
     /// Updates with every required field.

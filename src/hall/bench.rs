@@ -203,6 +203,7 @@ fn bench_failover(url: &str, hall: &str) -> anyhow::Result<serde_json::Value> {
         },
         replicas: 1,
         crash_on_stop: true,
+        live: None,
     };
     let (tx, rx) = std::sync::mpsc::channel::<(usize, HubState, Instant)>();
     let mut stops = Vec::new();
