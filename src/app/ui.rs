@@ -235,7 +235,8 @@ fn shell_ui(
         hall_bar: has_hall.then(|| -> Bar<'_> {
             Box::new(|ui, _| {
                 if let Some(link) = desk.borrow().as_ref().and_then(|d| d.hall.as_ref()) {
-                    hall_bar_ui(ui, link, now_ms)
+                    let trouble = live.as_deref().and_then(|l| l.hall_trouble());
+                    hall_bar_ui(ui, link, trouble, now_ms)
                 }
             })
         }),
@@ -272,7 +273,12 @@ fn shell_ui(
 
 /// A console of a hall: which hall, who else is here, and — in red, with the time
 /// since — when its server is out of reach.
-fn hall_bar_ui(ui: &mut egui::Ui, link: &super::desk::HallLink, now_ms: i64) {
+fn hall_bar_ui(
+    ui: &mut egui::Ui,
+    link: &super::desk::HallLink,
+    live_trouble: Option<&str>,
+    now_ms: i64,
+) {
     ui.horizontal(|ui| match link.down_since_ms {
         Some(since) => {
             egui::Frame::new()
@@ -318,6 +324,10 @@ fn hall_bar_ui(ui: &mut egui::Ui, link: &super::desk::HallLink, now_ms: i64) {
                     .strong(),
             );
             ui.label(egui::RichText::new(hub).color(theme::MUTED));
+            // The live layers come from the hub: say when they wait for it.
+            if let Some(why) = live_trouble {
+                truncated_label(ui, format!("live layers 实时图层: {why}"));
+            }
             if !consoles.is_empty() {
                 truncated_label(ui, format!("also here 同时在线: {consoles}"));
             }

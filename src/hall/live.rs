@@ -84,6 +84,9 @@ pub struct Status {
     pub feeds: Vec<FeedConfig>,
     pub health: Vec<FeedHealth>,
     pub quality: Vec<FeedQuality>,
+    /// Live entities per feed, in the hub's state.
+    #[serde(default)]
+    pub entities: Vec<u64>,
 }
 
 /// Encodes a frame for the wire.
@@ -769,6 +772,9 @@ impl HubLive {
             feeds: self.setup.feeds.iter().map(shown_feed).collect(),
             health: self.ingest.health.clone(),
             quality: self.ingest.quality.clone(),
+            entities: (0..self.setup.feeds.len())
+                .map(|i| self.state.count_for_feed(i as FeedId) as u64)
+                .collect(),
         }
     }
 
@@ -907,6 +913,8 @@ mod tests {
         let shown = status.feeds[1].url.as_deref().unwrap();
         assert!(!shown.contains("secret"), "{shown}");
         assert!(status.health[1].polls_ok >= 1, "{:?}", status.health[1]);
+        assert_eq!(status.entities[1], 1);
+        assert!(status.entities[0] > 10);
 
         // A console that joins later gets the whole picture from a snapshot.
         std::thread::sleep(Duration::from_millis(1500));
