@@ -74,7 +74,8 @@ pub struct FeedHealth {
     pub removed: u64,
     /// Entities removed because the feed stopped reporting them.
     pub expired: u64,
-    #[serde(skip)]
+    /// (Unix ms, updates) of the rate window: carried to a hall's consoles too.
+    #[serde(default)]
     recent: VecDeque<(i64, u64)>,
     /// (items, rejects) of the last payloads.
     #[serde(skip)]
