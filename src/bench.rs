@@ -558,6 +558,7 @@ pub fn bench_soak(
                 decoded: Decoded {
                     updates,
                     rejects: Vec::new(),
+                    withheld: Default::default(),
                 },
                 received_at_ms: now,
             };

@@ -347,7 +347,8 @@ enum BenchCommand {
     },
     /// The hall's figures on a real nats-server (--nats URL, or one started on
     /// 127.0.0.1 for the run): a command at one console → visible at 4 others
-    /// (p50/p99), a console joining a hall of --events events, hub failover.
+    /// (p50/p99), a console joining a hall of --events events, hub failover, live
+    /// layers hub → 4 consoles (updates/s).
     Hub {
         /// Commands whose propagation is timed.
         #[arg(long, default_value_t = 500)]
@@ -359,6 +360,9 @@ enum BenchCommand {
         /// to 6).
         #[arg(long, default_value_t = 4)]
         commit_events: usize,
+        /// Entities of the live-layers run (each changes 5 times).
+        #[arg(long, default_value_t = 100_000)]
+        live_entities: usize,
     },
     /// Rank units by road travel time for random incidents on a generated road graph.
     Recommend {
@@ -501,6 +505,7 @@ fn run_feeds_for(
     city: &map::CityMap,
     for_secs: f64,
     ranges: Vec<zhongshu::feeds::config::RangeRule>,
+    areas: &[zhongshu::feeds::config::AreaConfig],
 ) -> (
     zhongshu::state::LiveState,
     zhongshu::governance::health::Ingest,
@@ -514,7 +519,7 @@ fn run_feeds_for(
         let (_tx, rx) = std::sync::mpsc::channel();
         return (state, Ingest::with_rules(feeds, rx, rules));
     }
-    let (running, rx) = zhongshu::feeds::start_feeds(feeds, city, 1);
+    let (running, rx) = zhongshu::feeds::start_feeds(feeds, areas, city, 1);
     let mut ingest = Ingest::with_rules(feeds, rx, rules);
     let until = Instant::now() + std::time::Duration::from_secs_f64(for_secs);
     while Instant::now() < until {
@@ -537,7 +542,8 @@ fn catalog(
     let feeds = zhongshu::feeds::config::load_feeds(feeds_path)?;
     let city = load_city(map_path)?;
     let ranges = zhongshu::feeds::config::load_rules(feeds_path)?;
-    let (_, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges);
+    let areas = zhongshu::feeds::config::load_areas(feeds_path)?;
+    let (_, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges, &areas);
     let catalog = zhongshu::governance::catalog::dcat_catalog(&city.name, &feeds, &ingest.schemas);
     println!("{}", serde_json::to_string_pretty(&catalog)?);
     Ok(())
@@ -557,7 +563,8 @@ fn feeds_check(
     let feeds = load_feeds(feeds_path)?;
     let city = load_city(map_path)?;
     let ranges = zhongshu::feeds::config::load_rules(feeds_path)?;
-    let (state, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges);
+    let areas = zhongshu::feeds::config::load_areas(feeds_path)?;
+    let (state, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges, &areas);
     let now = unix_ms_now();
     let reconciliation = zhongshu::governance::reconcile::reconcile(&state, &feeds, now);
     let mut all_ok = true;
@@ -598,6 +605,7 @@ fn feeds_check(
                 .collect::<Vec<_>>(),
             "quarantined": health.quarantined.as_ref().map(|q| q.reason.clone()),
             "dropped": health.dropped,
+            "withheld": health.withheld,
             "removed": health.removed,
             "expired": health.expired,
         });
@@ -1113,6 +1121,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             commands,
             events,
             commit_events,
+            live_entities,
         }) => {
             println!(
                 "{}",
@@ -1120,7 +1129,8 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                     cli.nats.as_deref(),
                     commands,
                     events,
-                    commit_events
+                    commit_events,
+                    live_entities,
                 )?)?
             );
             Ok(())
@@ -1221,12 +1231,41 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         })
     };
+    // The hall's feeds, on its map; the simulated sub-brains only in demo mode (they
+    // would raise made-up incidents in a real hall).
+    let city = load_city(cli.map.as_deref())?;
+    let live = match &cli.feeds {
+        Some(path) => Some((
+            zhongshu::feeds::config::load_feeds(path)?,
+            zhongshu::feeds::config::load_rules(path)?,
+            zhongshu::feeds::config::load_areas(path)?,
+        )),
+        None if setup.demo => Some((
+            zhongshu::feeds::sim_source::default_sim_feeds(),
+            Vec::new(),
+            Vec::new(),
+        )),
+        None => {
+            eprintln!(
+                "zhongshu hub: no --feeds: this hub publishes no live layers (consoles of the hall show none)"
+            );
+            None
+        }
+    };
+    let city = std::sync::Arc::new(city);
     let options = HubOptions {
         hall: hall.clone(),
         config: setup.config,
         service: setup.service,
         replicas: cli.nats_replicas,
         crash_on_stop: false,
+        live: live.map(|(feeds, ranges, areas)| zhongshu::hall::live::LiveSetup {
+            feeds,
+            ranges,
+            areas,
+            map: city.clone(),
+            seed: 1,
+        }),
     };
     use std::io::Write;
     let result = zhongshu::hall::hub::run(&nats, options, stop, |state| {
@@ -1343,6 +1382,39 @@ fn hall_status(cli: &Cli) -> anyhow::Result<()> {
         }
         Err(e) => serde_json::json!({ "events": 0, "chain_head": null, "problem": e.to_string() }),
     };
+    // The live layers as the active hub last said (it says so every second).
+    let live = match active_id {
+        Some(_) => {
+            zhongshu::hall::live::read_status(&nats, &hall, std::time::Duration::from_millis(2500))
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
+    let live = live.map(|status| {
+        let mut per_domain = std::collections::BTreeMap::<&str, u64>::new();
+        let feeds: Vec<_> = status
+            .feeds
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let entities = status.entities.get(i).copied().unwrap_or(0);
+                *per_domain.entry(f.domain.as_str()).or_default() += entities;
+                let h = status.health.get(i);
+                serde_json::json!({
+                    "feed": f.name,
+                    "domain": f.domain.as_str(),
+                    "entities": entities,
+                    "polls_ok": h.map(|h| h.polls_ok),
+                    "polls_failed": h.map(|h| h.polls_failed),
+                    "last_ok": h.and_then(|h| h.last_ok_ms).map(zhongshu::clock::rfc3339_from_unix_ms),
+                    "last_error": h.and_then(|h| h.last_error.clone()),
+                    "quarantined": h.and_then(|h| h.quarantined.as_ref()).map(|q| q.reason.clone()),
+                })
+            })
+            .collect();
+        serde_json::json!({ "entities_per_domain": per_domain, "feeds": feeds })
+    });
     println!(
         "{}",
         serde_json::json!({
@@ -1352,6 +1424,7 @@ fn hall_status(cli: &Cli) -> anyhow::Result<()> {
             "standby_hubs": standby,
             "consoles": consoles,
             "log": log,
+            "live": live,
         })
     );
     Ok(())

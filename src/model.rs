@@ -48,7 +48,7 @@ impl Domain {
 }
 
 /// One attribute value of an entity, flattened from the source's JSON.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum FieldValue {
     Number(f64),
@@ -162,7 +162,7 @@ pub fn value_with_unit(value: &FieldValue, unit_code: Option<&str>) -> String {
 
 /// Something the decoder changed or left out to keep an item, so it is counted and
 /// shown instead of passing in silence.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "note", rename_all = "snake_case")]
 pub enum DecodeNote {
     /// Values beyond the size limits (per attribute, per entity) were left out: `cut`
@@ -203,7 +203,7 @@ impl DecodeNote {
 
 /// What an entity is, with the values each layer draws, decoded from the FIWARE Smart
 /// Data Models types (or a generic fallback).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EntityKind {
     /// `TrafficFlowObserved`: a road segment's flow.
@@ -327,7 +327,7 @@ impl EntityKind {
 }
 
 /// One observation of one entity, as decoded from a feed payload.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EntityUpdate {
     /// The entity's id in its source (NGSI-LD URN, GeoJSON feature id, ...).
     pub id: String,
@@ -346,13 +346,15 @@ pub struct EntityUpdate {
     pub fields: BTreeMap<String, FieldValue>,
     /// Field → UN/CEFACT unit code of its value (`no2` → `GQ`), as kept: after a
     /// conversion to this project's unit, that unit (`KMH`, `C62`).
+    #[serde(default)]
     pub units: BTreeMap<String, String>,
     /// What the decoder had to change or leave out to keep the item.
+    #[serde(default)]
     pub notes: Vec<DecodeNote>,
 }
 
 /// Why one item of a payload was rejected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     MissingId,
@@ -381,13 +383,14 @@ impl RejectReason {
 }
 
 /// One rejected item, with enough context for an operator to find it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reject {
     pub reason: RejectReason,
     /// The item's id when it had one.
     pub item_id: Option<String>,
     /// Where in the item the problem is (`location.value.coordinates[1]`,
     /// `averageVehicleSpeed.value`); `None` for the item as a whole.
+    #[serde(default)]
     pub path: Option<String>,
     /// Human-readable detail (`"location.coordinates[1] = 95 is not a latitude"`).
     pub detail: String,
@@ -398,6 +401,10 @@ pub struct Reject {
 pub struct Decoded {
     pub updates: Vec<EntityUpdate>,
     pub rejects: Vec<Reject>,
+    /// Messages read and kept out of incidents: (why, the message's key). Why is a
+    /// CAP `test`, `exercise`, `system` or `draft` status, or an `ack` or `error`
+    /// message type; the key (`sender,identifier`) tells a new message from a re-poll.
+    pub withheld: Vec<(String, String)>,
 }
 
 impl Decoded {
@@ -492,6 +499,13 @@ pub struct AlertIn {
     /// Affected radius when the source gives one (NGSI-LD `radiusM`, CAP circle).
     #[serde(default)]
     pub radius_m: Option<f64>,
+    /// Where the source says it applies, in words (a CAP `<areaDesc>`).
+    #[serde(default)]
+    pub area: Option<String>,
+    /// Located at the city as a whole: the source named its area only in words or
+    /// codes nobody here knows. Never merged with other alerts by place.
+    #[serde(default)]
+    pub citywide: bool,
 }
 
 #[cfg(test)]

@@ -531,6 +531,10 @@ fn a_cap_feed_brings_alerts_in_like_any_other_feed() {
             let file = match request.url() {
                 "/flood.xml" => "helsinki-flood-alert.xml",
                 "/fire.xml" => "kallio-building-fire.xml",
+                "/nws.xml" => "nws-flash-flood-watch-ugc.xml",
+                "/drill.xml" => "exercise-status.xml",
+                "/heartbeat.xml" => "system-status.xml",
+                "/gbk.xml" => "gbk-rainstorm.xml",
                 _ => "malformed.xml",
             };
             let body = std::fs::read(cap_dir.join(file)).unwrap();
@@ -561,11 +565,64 @@ kind = "cap"
 url = "{base}/broken.xml"
 domain = "safety"
 interval_s = 0.5
+
+[[feed]]
+name = "nws"
+kind = "cap"
+url = "{base}/nws.xml"
+domain = "ecology"
+interval_s = 0.5
+
+[[feed]]
+name = "drill"
+kind = "cap"
+url = "{base}/drill.xml"
+domain = "safety"
+interval_s = 0.5
+
+[[feed]]
+name = "heartbeat"
+kind = "cap"
+url = "{base}/heartbeat.xml"
+domain = "safety"
+interval_s = 0.5
+
+[[feed]]
+name = "cma"
+kind = "cap"
+url = "{base}/gbk.xml"
+domain = "ecology"
+interval_s = 0.5
 "#
         ),
         "1.5",
     );
     let lines = feed_lines(&String::from_utf8_lossy(&out.stdout));
+    // Named by zone codes only: taken (city-wide), never a failed poll.
+    let nws = &lines["nws"];
+    assert_eq!(nws["entities"], 1, "{nws}");
+    assert!(nws["last_error"].is_null(), "{nws}");
+    assert!(nws["polls_ok"].as_u64().unwrap() >= 2, "{nws}");
+    // An exercise is shown and counted once however often it is polled; a system
+    // heartbeat is counted.
+    let drill = &lines["drill"];
+    assert_eq!(drill["entities"], 1, "{drill}");
+    assert_eq!(
+        drill["withheld"],
+        serde_json::json!({"exercise": 1}),
+        "{drill}"
+    );
+    assert!(drill["polls_ok"].as_u64().unwrap() >= 2, "{drill}");
+    let heartbeat = &lines["heartbeat"];
+    assert_eq!(
+        heartbeat["withheld"],
+        serde_json::json!({"system": 1}),
+        "{heartbeat}"
+    );
+    assert!(heartbeat["last_error"].is_null(), "{heartbeat}");
+    // GBK bytes under a GBK declaration.
+    assert_eq!(lines["cma"]["entities"], 1, "{}", lines["cma"]);
+    assert_eq!(lines["fire-alerts"]["withheld"], serde_json::json!({}));
     assert_eq!(lines["flood-warnings"]["entities"], 1, "{lines:?}");
     assert_eq!(lines["fire-alerts"]["entities"], 1, "{lines:?}");
     // Polled again and again, still one alert each.
@@ -575,6 +632,22 @@ interval_s = 0.5
     assert!(
         broken["poll_errors"]["wrong_shape"].as_u64().unwrap() >= 1,
         "a malformed CAP message is reported with its reason: {broken}"
+    );
+}
+
+#[test]
+fn a_bad_area_entry_is_refused_by_name() {
+    let out = feeds_check(
+        "bad-area",
+        "[[feed]]\nname = 'w'\nkind = 'sim'\ndomain = 'ecology'\n\n\
+         [[area]]\nname = 'Travis County'\ncodes = ['TXZ192']\n",
+        "0",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("area Travis County: needs a polygon or a center"),
+        "{err}"
     );
 }
 

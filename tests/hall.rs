@@ -395,3 +395,146 @@ fn the_standby_hub_takes_over_and_every_order_reaches_the_department_once() {
     b.kill().unwrap();
     b.wait().unwrap();
 }
+
+/// `zhongshu hub --feeds F` polls the hall's feeds once, raises incidents from their
+/// alerts on the hall's log, and `hall-status` shows its live layers.
+#[test]
+fn the_hub_polls_the_halls_feeds_and_hall_status_shows_its_live_layers() {
+    let dir = crate::scratch_dir("hub-live");
+    let server = NatsServer::start("hub-live");
+    let url = server.url();
+    let agency = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let base = format!("http://{}", agency.server_addr().to_ip().unwrap());
+    let cap = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
+    std::thread::spawn(move || {
+        for request in agency.incoming_requests() {
+            let file = if request.url().contains("nws") {
+                "nws-flash-flood-watch-ugc.xml"
+            } else {
+                "kallio-building-fire.xml"
+            };
+            let body = std::fs::read(cap.join(file)).unwrap();
+            let _ = request.respond(tiny_http::Response::from_data(body));
+        }
+    });
+    let feeds = dir.join("feeds.toml");
+    std::fs::write(
+        &feeds,
+        format!(
+            "[[feed]]\nname = 'roads'\nkind = 'sim'\ndomain = 'traffic'\n\n\
+             [[feed]]\nname = 'fire-alerts'\nkind = 'cap'\nurl = '{base}/fire.xml'\n\
+             domain = 'safety'\ninterval_s = 0.5\n\n\
+             [[feed]]\nname = 'nws'\nkind = 'cap'\nurl = '{base}/nws.xml'\n\
+             domain = 'ecology'\ninterval_s = 0.5\n"
+        ),
+    )
+    .unwrap();
+    let mut hub = zhongshu()
+        .args([
+            "hub",
+            "--demo",
+            "--nats",
+            &url,
+            "--hall",
+            "city",
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .arg("--feeds")
+        .arg(&feeds)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = hub.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_line(&lines, "active ", Duration::from_secs(30));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let out = zhongshu()
+            .args(["hall-status", "--nats", &url, "--hall", "city"])
+            .output()
+            .unwrap();
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let live = &status["live"];
+        if live["entities_per_domain"]["safety"] == 1 && live["entities_per_domain"]["ecology"] == 1
+        {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no live layers in hall-status: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let feeds = status["live"]["feeds"].as_array().unwrap();
+    let names: Vec<&str> = feeds.iter().map(|f| f["feed"].as_str().unwrap()).collect();
+    assert_eq!(names, ["roads", "fire-alerts", "nws"]);
+    assert!(feeds[0]["entities"].as_u64().unwrap() > 10, "{status}");
+    assert!(feeds[1]["polls_ok"].as_u64().unwrap() >= 1, "{status}");
+    assert!(feeds[1]["quarantined"].is_null(), "{status}");
+
+    // Both alerts raised an incident in the hall's log, once each; the hub is the
+    // only one polling.
+    let nats = zhongshu::nats::Nats::connect(&zhongshu::nats::NatsOptions {
+        url: url.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let log = zhongshu::store::jetstream::JetStreamLog::open(
+        &nats,
+        "city",
+        &zhongshu::store::jetstream::HallLogOptions::default(),
+    )
+    .unwrap();
+    let mut book = zhongshu::dispatch::dispatcher::Dispatcher::open_store(
+        Box::new(log),
+        zhongshu::dispatch::config::DispatchConfig::default_config(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        book.sync().unwrap();
+        let kinds: Vec<&str> = book
+            .book()
+            .incidents
+            .iter()
+            .map(|i| i.kind.as_str())
+            .collect();
+        if kinds.contains(&"building_fire") && kinds.contains(&"waterlogging") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "incidents in the hall: {kinds:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    book.sync().unwrap();
+    let fires = book
+        .book()
+        .incidents
+        .iter()
+        .filter(|i| i.kind == "building_fire")
+        .count();
+    assert_eq!(fires, 1);
+    let flood = book
+        .book()
+        .incidents
+        .iter()
+        .find(|i| i.kind == "waterlogging")
+        .unwrap();
+    assert!(flood.title.contains("city-wide"), "{}", flood.title);
+    unsafe { libc::kill(hub.id() as i32, libc::SIGTERM) };
+    let _ = hub.wait();
+}

@@ -60,7 +60,7 @@ pub fn headless_live_app() -> App {
     let map = map::load_default().expect("the embedded map loads");
     let frame = map.frame;
     let feeds = crate::feeds::sim_source::default_sim_feeds();
-    let (running, rx) = crate::feeds::start_feeds(&[], &map, 1);
+    let (running, rx) = crate::feeds::start_feeds(&[], &[], &map, 1);
     let ingest = crate::governance::health::Ingest::new(&feeds, rx);
     let index = BuildingIndex::new(&map);
 

@@ -695,15 +695,8 @@ fn desk_alerts(desk: Option<ResMut<Desk>>, live: Option<Res<Live>>, changed: Res
         if e.entity_type != "Alert" {
             continue;
         }
-        let config = live.feeds.get(e.feed as usize);
-        let feed = config.map_or("feed", |f| f.name.as_str());
-        let via_cap = config.is_some_and(|f| f.kind == crate::feeds::config::FeedKind::Cap);
-        let update = e.to_update();
-        let alert = if via_cap {
-            crate::dispatch::alerts::from_cap_feed(&update, feed)
-        } else {
-            crate::dispatch::alerts::from_ngsi_ld(&update, feed)
-        };
+        let alert =
+            crate::dispatch::alerts::of_feed(&e.to_update(), live.feeds.get(e.feed as usize));
         if let Some(alert) = alert
             && let Err(err) = desk.worker.take_alert(alert)
         {

@@ -20,7 +20,15 @@ pub struct Live {
     pub feeds: Vec<FeedConfig>,
     pub state: LiveState,
     pub ingest: Ingest,
-    _running: RunningFeeds,
+    _running: Option<RunningFeeds>,
+    /// A console of a hall polls nothing: it follows the hub's live layers.
+    pub hall: Option<HallLive>,
+}
+
+/// A console's share of the hall's live layers.
+pub struct HallLive {
+    follower: crate::hall::live::Follower,
+    pub applier: crate::hall::live::LiveApplier,
 }
 
 impl Live {
@@ -34,8 +42,14 @@ impl Live {
             feeds,
             state,
             ingest,
-            _running: running,
+            _running: Some(running),
+            hall: None,
         }
+    }
+
+    /// Why the hall's live layers may be behind, in a console of a hall.
+    pub fn hall_trouble(&self) -> Option<&str> {
+        self.hall.as_ref()?.applier.trouble.as_deref()
     }
 
     /// The domain of the feed an entity came from.
@@ -69,7 +83,11 @@ pub struct ChangedSlots(pub Vec<u32>);
 pub struct FeedSetup {
     pub feeds: Vec<FeedConfig>,
     pub ranges: Vec<crate::feeds::config::RangeRule>,
+    /// The feeds file's `[[area]]` gazetteer for CAP alerts.
+    pub areas: Vec<crate::feeds::config::AreaConfig>,
     pub seed: u64,
+    /// A console of a hall: follow the hub's live layers instead of polling.
+    pub hall: Option<(crate::nats::Nats, String)>,
 }
 
 pub(super) fn plugin(app: &mut App) {
@@ -80,7 +98,28 @@ pub(super) fn plugin(app: &mut App) {
 }
 
 fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
-    let (running, rx) = start_feeds(&setup.feeds, &city.map, setup.seed);
+    if let Some((nats, hall)) = &setup.hall {
+        let (_tx, rx) = std::sync::mpsc::channel();
+        let live = match crate::hall::live::Follower::start(nats, hall) {
+            Ok(follower) => Some(HallLive {
+                follower,
+                applier: Default::default(),
+            }),
+            Err(e) => {
+                error!("hall {hall}: {e}");
+                None
+            }
+        };
+        commands.insert_resource(Live {
+            feeds: Vec::new(),
+            state: LiveState::new(city.map.frame),
+            ingest: Ingest::new(&[], rx),
+            _running: None,
+            hall: live,
+        });
+        return;
+    }
+    let (running, rx) = start_feeds(&setup.feeds, &setup.areas, &city.map, setup.seed);
     let rules = crate::governance::quality::QualityRules::for_city(city.map.bbox_wgs84)
         .with_ranges(setup.ranges.clone());
     let ingest = Ingest::with_rules(&setup.feeds, rx, rules);
@@ -94,7 +133,32 @@ fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
 
 fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>) {
     let Some(mut live) = live else { return };
-    let Live { state, ingest, .. } = &mut *live;
+    let Live {
+        feeds,
+        state,
+        ingest,
+        hall,
+        ..
+    } = &mut *live;
+    if let Some(hall) = hall {
+        hall.applier
+            .pump(&hall.follower.rx, state, MAX_UPDATES_PER_FRAME);
+        // The hub's feeds, health and quality: what the panels show.
+        if let Some(status) = hall.applier.status.take() {
+            if *feeds != status.feeds {
+                *feeds = status.feeds;
+                let (_tx, rx) = std::sync::mpsc::channel();
+                *ingest = Ingest::new(feeds, rx);
+            }
+            ingest.health = status.health;
+            ingest.quality = status.quality;
+        }
+        // Standings (stale after, quarantined) from the hub's health; the hub
+        // expires and removes, and says so.
+        ingest.pump(state, 0);
+        changed.0 = state.drain_changed();
+        return;
+    }
     ingest.pump(state, MAX_UPDATES_PER_FRAME);
     ingest.expire(state, crate::clock::unix_ms_now());
     changed.0 = state.drain_changed();

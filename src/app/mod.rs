@@ -126,12 +126,17 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         map.skipped.total(),
         map.load_ms
     );
-    let (feeds, ranges) = match &options.feeds {
+    let (feeds, ranges, areas) = match &options.feeds {
         Some(path) => (
             crate::feeds::config::load_feeds(path)?,
             crate::feeds::config::load_rules(path)?,
+            crate::feeds::config::load_areas(path)?,
         ),
-        None => (crate::feeds::sim_source::default_sim_feeds(), Vec::new()),
+        None => (
+            crate::feeds::sim_source::default_sim_feeds(),
+            Vec::new(),
+            Vec::new(),
+        ),
     };
     let index = BuildingIndex::new(&map);
     let mut rig = CameraRig::for_bounds(map.local_bounds());
@@ -194,7 +199,13 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     .insert_resource(live::FeedSetup {
         feeds,
         ranges,
+        areas,
         seed: 1,
+        hall: options
+            .desk
+            .as_ref()
+            .and_then(|d| d.hall.as_ref())
+            .map(|h| (h.nats.clone(), h.hall.clone())),
     })
     .configure_sets(
         Update,

@@ -236,7 +236,8 @@ fn shell_ui(
         hall_bar: has_hall.then(|| -> Bar<'_> {
             Box::new(|ui, _| {
                 if let Some(link) = desk.borrow().as_ref().and_then(|d| d.hall.as_ref()) {
-                    hall_bar_ui(ui, link, now_ms)
+                    let trouble = live.as_deref().and_then(|l| l.hall_trouble());
+                    hall_bar_ui(ui, link, trouble, now_ms)
                 }
             })
         }),
@@ -273,7 +274,12 @@ fn shell_ui(
 
 /// A console of a hall: which hall, who else is here, and — in red, with the time
 /// since — when its server is out of reach.
-fn hall_bar_ui(ui: &mut egui::Ui, link: &super::desk::HallLink, now_ms: i64) {
+fn hall_bar_ui(
+    ui: &mut egui::Ui,
+    link: &super::desk::HallLink,
+    live_trouble: Option<&str>,
+    now_ms: i64,
+) {
     ui.horizontal(|ui| match link.down_since_ms {
         Some(since) => {
             egui::Frame::new()
@@ -319,6 +325,10 @@ fn hall_bar_ui(ui: &mut egui::Ui, link: &super::desk::HallLink, now_ms: i64) {
                     .strong(),
             );
             ui.label(egui::RichText::new(hub).color(theme::MUTED));
+            // The live layers come from the hub: say when they wait for it.
+            if let Some(why) = live_trouble {
+                truncated_label(ui, format!("live layers 实时图层: {why}"));
+            }
             if !consoles.is_empty() {
                 truncated_label(ui, format!("also here 同时在线: {consoles}"));
             }
@@ -861,9 +871,15 @@ pub fn sub_brains_ui(
                     } else {
                         theme::MUTED
                     };
+                    // Tests and exercises are news to an operator: said on the line.
+                    let withheld: String = h
+                        .withheld
+                        .iter()
+                        .map(|(why, n)| format!(" · {n} {why}"))
+                        .collect();
                     (
                         format!(
-                            "{} · {} ago · {:.0}/s · {} rejected",
+                            "{} · {} ago · {:.0}/s · {} rejected{withheld}",
                             feed.name,
                             age_text(age),
                             h.updates_per_s(now_ms),
@@ -916,6 +932,9 @@ fn feed_health_ui(ui: &mut egui::Ui, feed: &FeedConfig, h: &FeedHealth) {
             }
             for (note, n) in &h.notes {
                 row(&format!("note: {note}"), n.to_string());
+            }
+            for (why, n) in &h.withheld {
+                row(&format!("{why} messages (no incident)"), n.to_string());
             }
             if let Some(e) = &h.last_error {
                 row("last error", e.clone());

@@ -38,6 +38,19 @@ pub fn from_cap_feed(update: &EntityUpdate, feed: &str) -> Option<AlertIn> {
     from_feed(update, feed, true)
 }
 
+/// The alert of a live entity that came through `feed` (CAP or NGSI-LD alike): what
+/// the desk of the embedded mode and a hall's hub raise incidents from.
+pub fn of_feed(
+    update: &EntityUpdate,
+    feed: Option<&crate::feeds::config::FeedConfig>,
+) -> Option<AlertIn> {
+    let name = feed.map_or("feed", |f| f.name.as_str());
+    match feed {
+        Some(f) if f.kind == crate::feeds::config::FeedKind::Cap => from_cap_feed(update, name),
+        _ => from_ngsi_ld(update, name),
+    }
+}
+
 fn from_feed(update: &EntityUpdate, feed: &str, cap: bool) -> Option<AlertIn> {
     let EntityKind::Alert {
         category,
@@ -49,6 +62,10 @@ fn from_feed(update: &EntityUpdate, feed: &str, cap: bool) -> Option<AlertIn> {
         return None;
     };
     let text = |name: &str| update.fields.get(name).and_then(FieldValue::as_str);
+    // A CAP test, exercise, system message or draft is shown, never raised.
+    if cap && text(crate::feeds::cap::STATUS_FIELD).is_some_and(|s| s != "Actual") {
+        return None;
+    }
     let withdrawn = text("status").is_some_and(|s| {
         matches!(
             s.trim().to_ascii_lowercase().as_str(),
@@ -109,6 +126,9 @@ fn from_feed(update: &EntityUpdate, feed: &str, cap: bool) -> Option<AlertIn> {
             .get("radiusM")
             .and_then(FieldValue::as_f64)
             .filter(|r| r.is_finite() && *r >= 0.0),
+        area: cap.then(|| text("areaDesc").map(str::to_owned)).flatten(),
+        citywide: cap
+            && text(crate::feeds::cap::CITYWIDE_FIELD) == Some(crate::feeds::cap::CITYWIDE),
     })
 }
 
@@ -153,6 +173,9 @@ struct Seen {
     /// Sources that reported it (empty when rebuilt with `remember`).
     sources: Vec<String>,
     cancelled: bool,
+    /// Put at the city as a whole: not a place to merge others by.
+    #[serde(default)]
+    citywide: bool,
 }
 
 impl AlertDedup {
@@ -205,6 +228,7 @@ impl AlertDedup {
                 last_ms: alert.sent_ms,
                 sources: Vec::new(),
                 cancelled: false,
+                citywide: alert.citywide,
             });
         seen.first_ms = seen.first_ms.min(alert.sent_ms);
         seen.last_ms = seen.last_ms.max(alert.sent_ms);
@@ -231,6 +255,7 @@ impl AlertDedup {
                 last_ms: at_ms,
                 sources: Vec::new(),
                 cancelled: false,
+                citywide: false,
             });
         seen.first_ms = seen.first_ms.min(at_ms);
         seen.last_ms = seen.last_ms.max(at_ms);
@@ -297,11 +322,15 @@ impl AlertDedup {
     /// The nearest open incident of the same kind, from another source, within
     /// [`SAME_PLACE_M`] and [`SAME_TIME_MS`].
     fn nearby(&self, alert: &AlertIn) -> Option<String> {
+        if alert.citywide {
+            return None;
+        }
         let here = geo::Point::new(alert.lon, alert.lat);
         self.incidents
             .iter()
             .filter(|(_, s)| {
                 !s.cancelled
+                    && !s.citywide
                     && s.kind == alert.kind
                     && !s.sources.contains(&alert.source)
                     && alert.sent_ms >= s.first_ms.saturating_sub(SAME_TIME_MS)
@@ -763,7 +792,7 @@ mod tests {
         ] {
             let xml = std::fs::read(dir.join(file)).unwrap();
             let direct = from_cap(std::str::from_utf8(&xml).unwrap()).unwrap();
-            let decoded = decode_cap(&xml).unwrap();
+            let decoded = decode_cap(&xml, &Default::default()).unwrap();
             assert_eq!(decoded.updates.len(), direct.len(), "{file}");
             for (u, a) in decoded.updates.iter().zip(&direct) {
                 let back = from_cap_feed(u, "cap-feed").unwrap_or_else(|| panic!("{file}"));
@@ -783,7 +812,7 @@ mod tests {
                 assert_eq!(back.severity, a.severity, "{file}");
             }
         }
-        assert!(decode_cap(b"<feed/>").is_err());
+        assert!(decode_cap(b"<feed/>", &Default::default()).is_err());
     }
 
     /// An NGSI-LD feed cannot pass for a CAP source, nor claim another feed's key.
@@ -791,7 +820,10 @@ mod tests {
     fn alerts_belong_to_the_feed_they_came_through() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
         let xml = std::fs::read(dir.join("kallio-building-fire.xml")).unwrap();
-        let update = decode_cap(&xml).unwrap().updates.remove(0);
+        let update = decode_cap(&xml, &Default::default())
+            .unwrap()
+            .updates
+            .remove(0);
         let real = from_cap_feed(&update, "rescue-cap").unwrap();
         // The same entity, id and capSource included, published by an NGSI-LD feed,
         // withdrawn.

@@ -5,6 +5,8 @@
 use geo::Centroid;
 use oasiscap::v1dot2;
 
+use super::gazetteer::Gazetteer;
+
 use crate::model::{
     AlertIn, Decoded, Domain, EntityKind, EntityUpdate, FieldValue, PayloadError, Severity,
 };
@@ -19,7 +21,10 @@ pub enum AlertError {
          <alert xmlns=\"urn:oasis:names:tc:emergency:cap:1.2\"> (CAP 1.0–1.2)"
     )]
     NotCap { root: String, namespace: String },
-    #[error("CAP message {key}: no location (no <area> with a <circle> or <polygon>)")]
+    #[error(
+        "CAP message {key}: no location (no <circle> or <polygon>, no <geocode> or <areaDesc> \
+         the gazetteer knows, and no city to put it in)"
+    )]
     NoLocation { key: String },
     #[error("CAP message {key}: {problem}")]
     Invalid { key: String, problem: String },
@@ -42,6 +47,15 @@ pub fn to_entity_update(a: &AlertIn) -> EntityUpdate {
     if let Some(r) = a.radius_m {
         fields.insert("radiusM".to_string(), FieldValue::Number(r));
     }
+    if let Some(area) = &a.area {
+        fields.insert("areaDesc".to_string(), FieldValue::Text(area.clone()));
+    }
+    if a.citywide {
+        fields.insert(
+            CITYWIDE_FIELD.to_string(),
+            FieldValue::Text(CITYWIDE.to_string()),
+        );
+    }
     let located = !(a.lon == 0.0 && a.lat == 0.0);
     EntityUpdate {
         id: a.key.clone(),
@@ -61,15 +75,121 @@ pub fn to_entity_update(a: &AlertIn) -> EntityUpdate {
     }
 }
 
-/// A feed payload of one CAP message, decoded for the feeds pipeline.
-pub fn decode_cap(body: &[u8]) -> Result<Decoded, PayloadError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| PayloadError::WrongShape(format!("CAP is not UTF-8: {e}")))?;
-    let alerts = from_cap(text).map_err(|e| PayloadError::WrongShape(e.to_string()))?;
+/// The field of a CAP alert entity that says how it was located: `city-wide` when the
+/// message named its area only in words or codes nobody here knows.
+pub const CITYWIDE_FIELD: &str = "capLocated";
+pub const CITYWIDE: &str = "city-wide";
+/// The field of a CAP alert entity that carries a status other than `Actual`
+/// (`Exercise`, `Test`, `System`, `Draft`): shown, never raised as an incident.
+pub const STATUS_FIELD: &str = "capStatus";
+
+/// A feed payload of one CAP message, decoded for the feeds pipeline: in the encoding
+/// its XML declaration names (UTF-8, ISO-8859-1, GBK/GB2312/GB18030, ...), located by
+/// shape, else by the gazetteer, else city-wide.
+///
+/// A message that must not raise an incident is counted in `withheld` by why (`test`,
+/// `exercise`, `system`, `draft`, `ack`, `error`); a test or exercise that says where
+/// it is still lands, as an `Alert` entity with a `capStatus` field, so operators see
+/// it for what it is.
+pub fn decode_cap(body: &[u8], places: &Gazetteer) -> Result<Decoded, PayloadError> {
+    let text = xml_text(body).map_err(PayloadError::WrongShape)?;
+    let read = read_cap(&text, places).map_err(|e| PayloadError::WrongShape(e.to_string()))?;
+    let withheld = read
+        .withheld
+        .map(|why| (why.to_string(), read.key.clone()))
+        .into_iter()
+        .collect();
+    let updates = read
+        .alert
+        .iter()
+        .map(|a| {
+            let mut update = to_entity_update(a);
+            if let Some(status) = read.status {
+                update
+                    .fields
+                    .insert(STATUS_FIELD.to_string(), FieldValue::Text(status.into()));
+            }
+            update
+        })
+        .collect();
     Ok(Decoded {
-        updates: alerts.iter().map(to_entity_update).collect(),
+        updates,
         rejects: Vec::new(),
+        withheld,
     })
+}
+
+/// The text of an XML document in the encoding it declares (or its byte-order mark
+/// says), with the declaration rewritten to UTF-8 so the parser reads it as it is now.
+pub fn xml_text(body: &[u8]) -> Result<String, String> {
+    if let Some((encoding, bom)) = encoding_rs::Encoding::for_bom(body) {
+        let (text, had_errors) = encoding.decode_without_bom_handling(&body[bom..]);
+        if had_errors {
+            return Err(format!("CAP is not valid {}", encoding.name()));
+        }
+        return Ok(utf8_declaration(&text));
+    }
+    let label = declared_encoding(body);
+    let encoding = match &label {
+        None => encoding_rs::UTF_8,
+        Some(label) => encoding_rs::Encoding::for_label(label.as_bytes()).ok_or_else(|| {
+            format!("CAP declares encoding {label:?}, which is not an encoding this reader knows")
+        })?,
+    };
+    let (text, had_errors) = encoding.decode_without_bom_handling(body);
+    if had_errors {
+        return Err(match label {
+            Some(label) => format!(
+                "CAP declares encoding {label:?} ({}) but its bytes are not valid {}",
+                encoding.name(),
+                encoding.name()
+            ),
+            None => "CAP is not UTF-8 and declares no other encoding".to_string(),
+        });
+    }
+    Ok(utf8_declaration(&text))
+}
+
+/// The `encoding` of an `<?xml ... ?>` declaration at the start of `body`.
+fn declared_encoding(body: &[u8]) -> Option<String> {
+    let head = &body[..body.len().min(200)];
+    let head: String = head.iter().map(|&b| b as char).collect();
+    let declaration = head.trim_start().strip_prefix("<?xml")?;
+    let declaration = &declaration[..declaration.find("?>")?];
+    let at = declaration.find("encoding")?;
+    let rest = declaration[at + "encoding".len()..]
+        .trim_start()
+        .strip_prefix('=')?;
+    let rest = rest.trim_start();
+    let quote = rest.chars().next().filter(|q| *q == '"' || *q == '\'')?;
+    let value = &rest[1..];
+    Some(value[..value.find(quote)?].trim().to_owned())
+}
+
+/// `text` with its XML declaration's encoding, if any, set to UTF-8.
+fn utf8_declaration(text: &str) -> String {
+    let trimmed = text.trim_start_matches('\u{feff}');
+    let start = trimmed.len() - trimmed.trim_start().len();
+    let body = &trimmed[start..];
+    if let Some(rest) = body.strip_prefix("<?xml")
+        && let Some(end) = rest.find("?>")
+        && let Some(at) = rest[..end].find("encoding")
+    {
+        let after = &rest[at..end];
+        let value_end = after
+            .char_indices()
+            .filter(|(_, c)| *c == '"' || *c == '\'')
+            .nth(1)
+            .map(|(i, _)| i + 1);
+        if let Some(value_end) = value_end {
+            return format!(
+                "<?xml{}encoding=\"UTF-8\"{}",
+                &rest[..at],
+                &rest[at + value_end..]
+            );
+        }
+    }
+    body.to_owned()
 }
 
 /// The namespaces of the CAP versions `oasiscap` reads.
@@ -79,34 +199,112 @@ const CAP_NAMESPACES: [&str; 3] = [
     "http://www.incident.com/cap/1.0",
 ];
 
-/// The alerts of one CAP message (1.0, 1.1 or 1.2).
-///
-/// One [`AlertIn`] per *message*, not per `<info>`: senders publish one `<info>` per
-/// language (Finnish, Swedish, English...), which are the same alert. The English one
-/// (else the first) gives kind, headline and category; severity is the highest of all;
-/// the location is the first circle's centre, else the first polygon's centroid.
+/// The alerts of one CAP message (1.0, 1.1 or 1.2) that raise incidents, located by
+/// shape only (no gazetteer, no city): [`read_cap`] with nothing known.
 ///
 /// Gives no alerts (an empty list) for messages that must not raise incidents:
 /// status other than `Actual` (exercises, tests, drafts, system messages) and message
-/// types `Ack` and `Error`. An Update or Cancel takes the key of the earliest message in
-/// its `<references>`, so it updates or cancels that incident instead of adding one.
+/// types `Ack` and `Error`.
 pub fn from_cap(xml: &str) -> Result<Vec<AlertIn>, AlertError> {
+    let read = read_cap(xml, &Gazetteer::default())?;
+    Ok(match read.withheld {
+        Some(_) => Vec::new(),
+        None => read.alert.into_iter().collect(),
+    })
+}
+
+/// What one CAP message gives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapRead {
+    /// The message's alert: for a withheld message too, when it says what and where.
+    pub alert: Option<AlertIn>,
+    /// Why it must not raise an incident: its status in lower case (`test`,
+    /// `exercise`, `system`, `draft`) or its message type (`ack`, `error`).
+    pub withheld: Option<&'static str>,
+    /// Its status as CAP writes it, when not `Actual`.
+    pub status: Option<&'static str>,
+    /// The message's own `sender,identifier`.
+    pub key: String,
+}
+
+/// One CAP message read.
+///
+/// One [`AlertIn`] per *message*, not per `<info>`: senders publish one `<info>` per
+/// language (Finnish, Swedish, English...), which are the same alert. The English one
+/// (else the first) gives kind, headline and category; severity is the highest of all.
+///
+/// Where: the first circle's centre, else the first polygon's centroid (of any info);
+/// else the first `<geocode>` or `<areaDesc>` the gazetteer knows (the headline then
+/// names the place); else the whole city, with the headline saying "city-wide" and
+/// where the message says it applies in words. A message is never dropped for naming
+/// its area by code instead of shape.
+///
+/// An Update or Cancel takes the key of the earliest message in its `<references>`, so
+/// it updates or cancels that incident instead of adding one.
+pub fn read_cap(xml: &str, places: &Gazetteer) -> Result<CapRead, AlertError> {
     check_root(xml)?;
     let alert: oasiscap::Alert = xml
         .parse()
         .map_err(|e: xml_error::Error| AlertError::Malformed(plain_names(&e.to_string())))?;
     let alert = alert.into_latest();
+    let key = cap_key(alert.sender.as_str(), alert.identifier.as_str());
+    let status = match alert.status {
+        v1dot2::Status::Actual => None,
+        v1dot2::Status::Exercise => Some("Exercise"),
+        v1dot2::Status::System => Some("System"),
+        v1dot2::Status::Test => Some("Test"),
+        v1dot2::Status::Draft => Some("Draft"),
+    };
+    let withheld = match alert.message_type {
+        v1dot2::MessageType::Ack => Some("ack"),
+        v1dot2::MessageType::Error => Some("error"),
+        _ => match status {
+            Some("Exercise") => Some("exercise"),
+            Some("System") => Some("system"),
+            Some("Test") => Some("test"),
+            Some(_) => Some("draft"),
+            None => None,
+        },
+    };
+    if matches!(withheld, Some("ack" | "error")) {
+        return Ok(CapRead {
+            alert: None,
+            withheld,
+            status,
+            key,
+        });
+    }
+    let built = cap_alert(&alert, places);
+    Ok(match withheld {
+        // A test or exercise is shown when it can be; it is never an error of the feed.
+        Some(_) => CapRead {
+            alert: built.ok().flatten(),
+            withheld,
+            status,
+            key,
+        },
+        None => CapRead {
+            alert: built?,
+            withheld,
+            status,
+            key,
+        },
+    })
+}
+
+/// Longest area text kept from `<areaDesc>` (the NWS lists dozens of counties).
+const MAX_AREA_CHARS: usize = 240;
+
+/// The alert of a parsed message; `None` for a bare Cancel's nothing-to-show is never
+/// the case (a Cancel without info is matched by key), so `None` means no info at all
+/// in a message that is not a Cancel of a known one.
+fn cap_alert(alert: &v1dot2::Alert, places: &Gazetteer) -> Result<Option<AlertIn>, AlertError> {
     let own_key = cap_key(alert.sender.as_str(), alert.identifier.as_str());
-    let actual = matches!(alert.status, v1dot2::Status::Actual);
     let (update, cancel) = match alert.message_type {
-        v1dot2::MessageType::Alert => (false, false),
         v1dot2::MessageType::Update => (true, false),
         v1dot2::MessageType::Cancel => (true, true),
-        v1dot2::MessageType::Ack | v1dot2::MessageType::Error => return Ok(Vec::new()),
+        _ => (false, false),
     };
-    if !actual {
-        return Ok(Vec::new());
-    }
     let invalid = |problem: String| AlertError::Invalid {
         key: own_key.clone(),
         problem,
@@ -145,7 +343,7 @@ pub fn from_cap(xml: &str) -> Result<Vec<AlertIn>, AlertError> {
         if cancel {
             // A bare Cancel: matched by key alone.
             let note = alert.note.as_deref().map(str::trim).unwrap_or("");
-            return Ok(vec![AlertIn {
+            return Ok(Some(AlertIn {
                 source,
                 key,
                 kind: String::new(),
@@ -162,7 +360,9 @@ pub fn from_cap(xml: &str) -> Result<Vec<AlertIn>, AlertError> {
                 cancel,
                 supersedes,
                 radius_m: None,
-            }]);
+                area: None,
+                citywide: false,
+            }));
         }
         return Err(invalid("no <info> block".into()));
     };
@@ -178,14 +378,6 @@ pub fn from_cap(xml: &str) -> Result<Vec<AlertIn>, AlertError> {
         .map(|i| severity_from_cap(i.severity))
         .max()
         .unwrap_or(Severity::Moderate);
-    let located = std::iter::once(info)
-        .chain(alert.info.iter())
-        .find_map(cap_location);
-    let (lon, lat, radius_m) = match located {
-        Some(place) => place,
-        None if cancel => (0.0, 0.0, None),
-        None => return Err(AlertError::NoLocation { key: own_key }),
-    };
     let headline = info
         .headline
         .as_deref()
@@ -193,7 +385,33 @@ pub fn from_cap(xml: &str) -> Result<Vec<AlertIn>, AlertError> {
         .filter(|h| !h.is_empty())
         .unwrap_or(info.event.trim())
         .to_owned();
-    Ok(vec![AlertIn {
+    let infos = || std::iter::once(info).chain(alert.info.iter());
+    let words = area_words(info).or_else(|| alert.info.iter().find_map(area_words));
+    let (lon, lat, radius_m, headline, citywide) = match infos().find_map(cap_location) {
+        Some((lon, lat, radius)) => (lon, lat, radius, headline, false),
+        None => match infos().find_map(|i| named_place(i, places)) {
+            Some(place) => {
+                let headline = if headline.to_lowercase().contains(&place.name.to_lowercase()) {
+                    headline
+                } else {
+                    format!("{headline} — {}", place.name)
+                };
+                (place.lon, place.lat, None, headline, false)
+            }
+            None if cancel => (0.0, 0.0, None, headline, false),
+            None => {
+                let Some(city) = places.city() else {
+                    return Err(AlertError::NoLocation { key: own_key });
+                };
+                let headline = match &words {
+                    Some(words) => format!("{headline} — city-wide ({words})"),
+                    None => format!("{headline} — city-wide"),
+                };
+                (city.lon, city.lat, None, headline, true)
+            }
+        },
+    };
+    Ok(Some(AlertIn {
         source,
         key,
         kind,
@@ -206,7 +424,47 @@ pub fn from_cap(xml: &str) -> Result<Vec<AlertIn>, AlertError> {
         cancel,
         supersedes,
         radius_m,
-    }])
+        area: words,
+        citywide,
+    }))
+}
+
+/// The `<areaDesc>` texts of an info's areas, joined with "; ", at most
+/// [`MAX_AREA_CHARS`] characters (cut with "…").
+fn area_words(info: &v1dot2::Info) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for area in &info.areas {
+        let text = area.description.trim();
+        if !text.is_empty() && !parts.contains(&text) {
+            parts.push(text);
+        }
+    }
+    let joined = parts.join("; ");
+    let joined = joined.split_whitespace().collect::<Vec<_>>().join(" ");
+    if joined.is_empty() {
+        return None;
+    }
+    Some(if joined.chars().count() > MAX_AREA_CHARS {
+        let mut cut: String = joined.chars().take(MAX_AREA_CHARS - 1).collect();
+        cut.push('…');
+        cut
+    } else {
+        joined
+    })
+}
+
+/// The first place an info's areas name that the gazetteer knows: by `<geocode>`,
+/// then by `<areaDesc>`.
+fn named_place<'g>(
+    info: &v1dot2::Info,
+    places: &'g Gazetteer,
+) -> Option<&'g super::gazetteer::Place> {
+    info.areas.iter().find_map(|area| {
+        (&area.geocode)
+            .into_iter()
+            .find_map(|(scheme, code)| places.by_geocode(scheme, code))
+            .or_else(|| places.by_name(&area.description))
+    })
 }
 
 /// `oasiscap`'s error type for `str::parse`, named without depending on `xml_serde`.
@@ -436,5 +694,213 @@ fn severity_from_cap(severity: v1dot2::Severity) -> Severity {
         v1dot2::Severity::Severe => Severity::Severe,
         v1dot2::Severity::Moderate | v1dot2::Severity::Unknown => Severity::Moderate,
         v1dot2::Severity::Minor => Severity::Minor,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feeds::config::parse_areas;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
+    /// Knows Helsinki (the city) only.
+    fn helsinki() -> Gazetteer {
+        Gazetteer::city_only("Helsinki", 24.944, 60.171)
+    }
+
+    /// Helsinki plus the feeds file's `[[area]]` entries in `toml`.
+    fn with_areas(toml: &str) -> Gazetteer {
+        let mut g = helsinki();
+        for area in parse_areas(toml).unwrap() {
+            g.add_area(&area);
+        }
+        g
+    }
+
+    fn one(name: &str, places: &Gazetteer) -> (EntityUpdate, Decoded) {
+        let decoded = decode_cap(&fixture(name), places).unwrap();
+        assert_eq!(decoded.updates.len(), 1, "{name}: {decoded:?}");
+        (decoded.updates[0].clone(), decoded)
+    }
+
+    fn description(update: &EntityUpdate) -> &str {
+        match &update.kind {
+            EntityKind::Alert { description, .. } => description.as_deref().unwrap_or(""),
+            other => panic!("not an alert: {other:?}"),
+        }
+    }
+
+    fn text<'a>(update: &'a EntityUpdate, field: &str) -> Option<&'a str> {
+        update.fields.get(field).and_then(FieldValue::as_str)
+    }
+
+    #[test]
+    fn a_geocode_only_alert_lands_city_wide_and_says_where_in_words() {
+        let (update, decoded) = one("nws-flash-flood-watch-ugc.xml", &helsinki());
+        assert!(decoded.withheld.is_empty());
+        assert_eq!(update.position, Some([24.944, 60.171]));
+        assert_eq!(text(&update, CITYWIDE_FIELD), Some(CITYWIDE));
+        assert_eq!(
+            text(&update, "areaDesc"),
+            Some("Williamson; Travis; Bastrop; Hays")
+        );
+        let headline = description(&update);
+        assert!(
+            headline.contains("city-wide (Williamson; Travis; Bastrop; Hays)"),
+            "{headline}"
+        );
+        // Nowhere to put it at all (no city): a clear error, as before.
+        let err = decode_cap(
+            &fixture("nws-flash-flood-watch-ugc.xml"),
+            &Gazetteer::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no location"), "{err}");
+    }
+
+    #[test]
+    fn the_gazetteer_locates_an_alert_by_geocode_and_by_area_name() {
+        // A UGC zone the feeds file knows, as a polygon.
+        let travis = with_areas(
+            "[[area]]\nname = 'Travis County'\nscheme = 'UGC'\ncodes = ['TXZ192', 'TXC453']\n\
+             polygon = [[-98.0, 30.0], [-97.4, 30.0], [-97.4, 30.6], [-98.0, 30.6]]\n",
+        );
+        let (update, _) = one("nws-flash-flood-watch-ugc.xml", &travis);
+        let [lon, lat] = update.position.unwrap();
+        assert!(
+            (lon + 97.7).abs() < 1e-6 && (lat - 30.3).abs() < 1e-6,
+            "{lon} {lat}"
+        );
+        assert_eq!(text(&update, CITYWIDE_FIELD), None);
+        assert!(description(&update).ends_with("— Travis County"));
+        // The same code under another scheme is another code.
+        let other_scheme = with_areas(
+            "[[area]]\nname = 'Elsewhere'\nscheme = 'FIPS6'\ncodes = ['TXZ192']\ncenter = [1.0, 2.0]\n",
+        );
+        let (update, _) = one("nws-flash-flood-watch-ugc.xml", &other_scheme);
+        assert_eq!(text(&update, CITYWIDE_FIELD), Some(CITYWIDE));
+
+        // A district named in a geocode (valueName "district"), known by name.
+        let kallio = with_areas("[[area]]\nname = 'Kallio'\ncenter = [24.9495, 60.1841]\n");
+        let (update, _) = one("geocode-district.xml", &kallio);
+        assert_eq!(update.position, Some([24.9495, 60.1841]));
+        assert!(
+            description(&update).ends_with("— Kallio"),
+            "{}",
+            description(&update)
+        );
+        // Only an <areaDesc> ("Helsinki, Kallio district"): found by its part.
+        let (update, _) = one("area-desc-only.xml", &kallio);
+        assert_eq!(update.position, Some([24.9495, 60.1841]));
+        // The headline already names Kallio: not named twice.
+        assert_eq!(
+            description(&update),
+            "Water main burst in Kallio: Helsinginkatu closed to traffic"
+        );
+        // Unknown to the gazetteer: city-wide, with its words.
+        let (update, _) = one("area-desc-only.xml", &helsinki());
+        assert_eq!(text(&update, CITYWIDE_FIELD), Some(CITYWIDE));
+        assert!(description(&update).contains("city-wide (Helsinki, Kallio"));
+    }
+
+    #[test]
+    fn a_shape_beats_an_unknown_code_in_an_earlier_area() {
+        let (update, _) = one("multi-area-mixed.xml", &helsinki());
+        let [lon, lat] = update.position.unwrap();
+        assert!((lon - 24.9515).abs() < 1e-4 && (lat - 60.16725).abs() < 1e-4);
+        assert_eq!(text(&update, CITYWIDE_FIELD), None);
+    }
+
+    #[test]
+    fn messages_in_iso_8859_1_and_gbk_read_as_they_were_written() {
+        let (storm, _) = one("iso-8859-1-storm.xml", &helsinki());
+        assert_eq!(
+            description(&storm),
+            "Storm gusts up to 25 m/s on the Helsinki coast: secure café terraces"
+        );
+        let (rain, _) = one("gbk-rainstorm.xml", &helsinki());
+        assert_eq!(description(&rain), "暴雨蓝色预警");
+        // 喆 is GBK but not GB2312: read as GBK, the superset.
+        assert!(
+            xml_text(&fixture("gbk-rainstorm.xml"))
+                .unwrap()
+                .contains("王喆")
+        );
+        let (typhoon, _) = one("gb2312-typhoon.xml", &helsinki());
+        assert_eq!(description(&typhoon), "台风蓝色预警");
+        assert_eq!(
+            typhoon.fields.get("radiusM"),
+            Some(&FieldValue::Number(15_000.0))
+        );
+
+        // Declared Latin-1 text whose bytes say otherwise still reads (Latin-1 has
+        // no invalid bytes); declared UTF-8 with Latin-1 bytes is refused, by name.
+        let latin1 = fixture("iso-8859-1-storm.xml");
+        let lying = String::from_utf8_lossy(&latin1[..60]).replace("ISO-8859-1", "UTF-8");
+        let mut bytes = lying.into_bytes();
+        bytes.extend_from_slice(&latin1[60..]);
+        let err = decode_cap(&bytes, &helsinki()).unwrap_err().to_string();
+        assert!(
+            err.contains("\"UTF-8\"") && err.contains("not valid"),
+            "{err}"
+        );
+        let unknown = String::from_utf8(fixture("helsinki-flood-alert.xml"))
+            .unwrap()
+            .replacen("UTF-8", "X-KLINGON", 1);
+        let err = decode_cap(unknown.as_bytes(), &helsinki())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("X-KLINGON"), "{err}");
+    }
+
+    #[test]
+    fn tests_exercises_system_messages_and_drafts_are_counted_shown_never_raised() {
+        for (name, why, status, shown) in [
+            ("test-status.xml", "test", "Test", true),
+            ("exercise-status.xml", "exercise", "Exercise", true),
+            ("system-status.xml", "system", "System", true),
+            ("draft-status.xml", "draft", "Draft", true),
+        ] {
+            let decoded = decode_cap(&fixture(name), &helsinki()).unwrap();
+            assert_eq!(decoded.withheld.len(), 1, "{name}");
+            assert_eq!(decoded.withheld[0].0, why, "{name}");
+            assert!(decoded.withheld[0].1.contains(','), "{name}");
+            assert_eq!(decoded.updates.len(), usize::from(shown), "{name}");
+            for update in &decoded.updates {
+                assert_eq!(text(update, STATUS_FIELD), Some(status), "{name}");
+                assert_eq!(crate::dispatch::alerts::from_cap_feed(update, "cap"), None);
+            }
+            assert!(
+                from_cap(&String::from_utf8(fixture(name)).unwrap())
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        // An Actual message raises, and carries no status field.
+        let (fire, decoded) = one("kallio-building-fire.xml", &helsinki());
+        assert!(decoded.withheld.is_empty());
+        assert_eq!(text(&fire, STATUS_FIELD), None);
+        assert!(crate::dispatch::alerts::from_cap_feed(&fire, "cap").is_some());
+    }
+
+    #[test]
+    fn city_wide_alerts_of_one_kind_are_not_merged_by_place() {
+        use crate::dispatch::alerts::{AlertDedup, Decision, from_cap_feed};
+        let (a, _) = one("nws-flash-flood-watch-ugc.xml", &helsinki());
+        let mut b = a.clone();
+        b.id = "another,message".into();
+        let (a, b) = (
+            from_cap_feed(&a, "nws").unwrap(),
+            from_cap_feed(&b, "other-agency").unwrap(),
+        );
+        assert!(a.citywide && b.citywide);
+        assert_eq!(a.area.as_deref(), Some("Williamson; Travis; Bastrop; Hays"));
+        let mut dedup = AlertDedup::new();
+        assert_eq!(dedup.observe(&a), Decision::New);
+        assert_eq!(dedup.observe(&b), Decision::New);
     }
 }

@@ -3,12 +3,12 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Domain;
 
 /// How a feed's payloads are fetched and decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FeedKind {
     /// NGSI-LD entities (FIWARE context broker), paged with `limit`/`offset`.
@@ -32,7 +32,7 @@ impl FeedKind {
 }
 
 /// One `[[feed]]` entry.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
     /// Unique name, used in logs, panels and `feeds-check` output.
@@ -175,6 +175,89 @@ struct FeedsFile {
     feed: Vec<FeedConfig>,
     #[serde(default)]
     rule: Vec<RangeRule>,
+    #[serde(default)]
+    area: Vec<AreaConfig>,
+}
+
+/// An `[[area]]`: a place alerts may name by code or by name instead of a shape (a
+/// CAP `<geocode>` or `<areaDesc>`), and where it is. The gazetteer of CAP feeds,
+/// beside the map's own districts.
+///
+/// ```toml
+/// [[area]]
+/// name = "Travis County"          # matched against <areaDesc> parts, any case
+/// scheme = "UGC"                  # the <geocode> valueName; any scheme when left out
+/// codes = ["TXZ192", "TXC453"]    # the <geocode> values
+/// polygon = [[-97.9, 30.1], [-97.5, 30.1], [-97.5, 30.5], [-97.9, 30.5]]  # lon, lat
+/// # or: center = [-97.74, 30.27]
+/// ```
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AreaConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub codes: Vec<String>,
+    /// Outer ring, WGS84 `[lon, lat]`; the place is its centroid and outline.
+    #[serde(default)]
+    pub polygon: Option<Vec<[f64; 2]>>,
+    /// The place as a point, WGS84 `[lon, lat]`, when no polygon is given.
+    #[serde(default)]
+    pub center: Option<[f64; 2]>,
+}
+
+/// The `[[area]]` entries of a feeds file.
+pub fn load_areas(path: &Path) -> Result<Vec<AreaConfig>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_areas(&text).map_err(|message| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses the `[[area]]` entries: each needs a name or codes, and a polygon (3 points
+/// or more) or a center, all valid WGS84.
+pub fn parse_areas(text: &str) -> Result<Vec<AreaConfig>, String> {
+    let file: FeedsFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    for (i, a) in file.area.iter().enumerate() {
+        let label = a
+            .name
+            .clone()
+            .or_else(|| a.codes.first().cloned())
+            .unwrap_or_else(|| format!("#{}", i + 1));
+        if a.name.as_deref().is_none_or(|n| n.trim().is_empty())
+            && a.codes.iter().all(|c| c.trim().is_empty())
+        {
+            return Err(format!("area {label}: needs a name or codes"));
+        }
+        let points: Vec<[f64; 2]> = match (&a.polygon, a.center) {
+            (Some(ring), None) if ring.len() >= 3 => ring.clone(),
+            (Some(_), None) => {
+                return Err(format!("area {label}: a polygon needs at least 3 points"));
+            }
+            (None, Some(center)) => vec![center],
+            (None, None) => return Err(format!("area {label}: needs a polygon or a center")),
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "area {label}: give a polygon or a center, not both"
+                ));
+            }
+        };
+        if let Some([lon, lat]) = points
+            .iter()
+            .find(|[lon, lat]| !crate::geo_frame::is_valid_wgs84(*lon, *lat))
+        {
+            return Err(format!(
+                "area {label}: [{lon}, {lat}] is not a WGS84 [lon, lat]"
+            ));
+        }
+    }
+    Ok(file.area)
 }
 
 /// A `[[rule]]`: the plausible range of one field of one entity type, replacing the

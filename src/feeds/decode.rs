@@ -381,6 +381,7 @@ fn collect_results(results: impl IntoIterator<Item = Result<EntityUpdate, Reject
     let mut decoded = Decoded {
         updates: Vec::with_capacity(results.size_hint().0),
         rejects: Vec::new(),
+        withheld: Default::default(),
     };
     for result in results {
         match result {

@@ -9,6 +9,7 @@
 pub mod cap;
 pub mod config;
 pub mod decode;
+pub mod gazetteer;
 pub mod poll;
 pub mod sim_source;
 
@@ -23,14 +24,18 @@ pub struct RunningFeeds {
     _sim: Option<sim_source::SimSource>,
 }
 
-/// Starts every configured feed; events arrive on the returned channel.
+/// Starts every configured feed; events arrive on the returned channel. CAP alerts
+/// that name their area are located in the map's districts and the feeds file's
+/// `[[area]]` entries (`areas`).
 pub fn start_feeds(
     feeds: &[config::FeedConfig],
+    areas: &[config::AreaConfig],
     map: &crate::map::CityMap,
     seed: u64,
 ) -> (RunningFeeds, std::sync::mpsc::Receiver<poll::FeedEvent>) {
     let (tx, rx) = std::sync::mpsc::channel();
-    let pollers = poll::Pollers::start(feeds, tx.clone());
+    let places = std::sync::Arc::new(gazetteer::Gazetteer::new(map, areas));
+    let pollers = poll::Pollers::start(feeds, places, tx.clone());
     let sim = sim_source::SimSource::start(feeds, map, seed, tx);
     (
         RunningFeeds {

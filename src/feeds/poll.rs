@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::config::{FeedConfig, FeedKind};
 use super::decode::{decode_geojson, decode_ngsi_ld, decode_ngsi_v2};
+use super::gazetteer::Gazetteer;
 use super::{Decoded, MAX_PAYLOAD_BYTES, PayloadError};
 use crate::clock::unix_ms_now;
 use crate::model::FeedId;
@@ -63,7 +64,8 @@ pub struct Pollers {
 impl Pollers {
     /// Starts one thread per HTTP feed (`sim` feeds are driven elsewhere). Feed ids are
     /// positions in `feeds`.
-    pub fn start(feeds: &[FeedConfig], tx: Sender<FeedEvent>) -> Pollers {
+    /// CAP feeds locate alerts that name their area by code or name in `places`.
+    pub fn start(feeds: &[FeedConfig], places: Arc<Gazetteer>, tx: Sender<FeedEvent>) -> Pollers {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = feeds
             .iter()
@@ -71,9 +73,10 @@ impl Pollers {
             .filter(|(_, f)| f.kind != FeedKind::Sim)
             .map(|(i, f)| {
                 let (feed, tx, stop) = (f.clone(), tx.clone(), stop.clone());
+                let places = places.clone();
                 std::thread::Builder::new()
                     .name(format!("feed {}", f.name))
-                    .spawn(move || poll_loop(i as FeedId, feed, tx, stop))
+                    .spawn(move || poll_loop(i as FeedId, feed, &places, tx, stop))
                     .expect("spawn a feed thread")
             })
             .collect();
@@ -127,7 +130,13 @@ struct PageValidators {
     items: usize,
 }
 
-fn poll_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: Arc<AtomicBool>) {
+fn poll_loop(
+    id: FeedId,
+    feed: FeedConfig,
+    places: &Gazetteer,
+    tx: Sender<FeedEvent>,
+    stop: Arc<AtomicBool>,
+) {
     let client = match reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs_f64(feed.timeout_s.min(5.0)))
         .timeout(Duration::from_secs_f64(feed.timeout_s))
@@ -152,7 +161,7 @@ fn poll_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: Arc<Atom
     let mut conditional = Conditional::default();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let wait = match poll_once(id, &feed, &client, &tx, &mut conditional, &stop) {
+        let wait = match poll_once(id, &feed, places, &client, &tx, &mut conditional, &stop) {
             Ok(()) => {
                 failures = 0;
                 interval.saturating_sub(started.elapsed())
@@ -225,6 +234,7 @@ pub fn page_url(base: &str, limit: u32, offset: u64) -> String {
 fn poll_once(
     id: FeedId,
     feed: &FeedConfig,
+    places: &Gazetteer,
     client: &reqwest::blocking::Client,
     tx: &Sender<FeedEvent>,
     conditional: &mut Conditional,
@@ -329,7 +339,7 @@ fn poll_once(
         let decoded = match feed.kind {
             FeedKind::NgsiLd => decode_ngsi_ld(&body),
             FeedKind::NgsiV2 => decode_ngsi_v2(&body),
-            FeedKind::Cap => super::cap::decode_cap(&body),
+            FeedKind::Cap => super::cap::decode_cap(&body, places),
             _ => decode_geojson(&body),
         }
         .map_err(|e| {
@@ -495,7 +505,7 @@ mod tests {
         ))
         .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let pollers = Pollers::start(&feeds, tx);
+        let pollers = Pollers::start(&feeds, Default::default(), tx);
         let mut latest_20 = None;
         let mut oks = Vec::new();
         let until = Instant::now() + Duration::from_secs(10);
@@ -581,7 +591,7 @@ mod tests {
             ))
             .unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
-            let pollers = Pollers::start(&feeds, tx);
+            let pollers = Pollers::start(&feeds, Default::default(), tx);
             let mut seen = Vec::new();
             let until = Instant::now() + Duration::from_secs(5);
             while seen.is_empty() && Instant::now() < until {

@@ -63,6 +63,7 @@ impl SimSource {
                             decoded: Decoded {
                                 updates,
                                 rejects: Vec::new(),
+                                withheld: Default::default(),
                             },
                             received_at_ms: now,
                         });

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::mpsc::Receiver;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::catalog::ObservedSchema;
 use super::quality::{FeedQuality, QualityRules};
@@ -34,7 +34,7 @@ pub const QUARANTINE_MS: i64 = 60_000;
 const EXPIRE_EVERY_MS: i64 = 1_000;
 
 /// A feed held out of the live state, with the reason shown to operators.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Quarantine {
     pub reason: String,
     pub since_ms: i64,
@@ -42,7 +42,7 @@ pub struct Quarantine {
 }
 
 /// How one feed is doing.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FeedHealth {
     pub feed: String,
     /// Updates accepted into the live state.
@@ -54,13 +54,17 @@ pub struct FeedHealth {
     /// Reject reasons of items → count.
     pub reasons: BTreeMap<String, u64>,
     /// Poll failure causes (`timeout`, `http_status`, `not_json`, …) → count.
+    #[serde(default)]
     pub poll_errors: BTreeMap<String, u64>,
     /// The first [`MAX_REJECT_EXAMPLES`] rejected items, with id, path and detail.
+    #[serde(default)]
     pub reject_examples: Vec<Reject>,
     /// Decode notes (`values_cut`, `geometry_wrapped`, `ngsi_v2_in_ngsi_ld_feed`) →
     /// items they were made on.
+    #[serde(default)]
     pub notes: BTreeMap<String, u64>,
     /// Values left out by the size limits, over all items.
+    #[serde(default)]
     pub values_cut: u64,
     pub polls_ok: u64,
     pub polls_failed: u64,
@@ -69,6 +73,13 @@ pub struct FeedHealth {
     pub last_error: Option<String>,
     /// Set while the feed is quarantined.
     pub quarantined: Option<Quarantine>,
+    /// Messages read and kept out of incidents, by why: CAP `test`, `exercise`,
+    /// `system`, `draft` statuses, `ack` and `error` message types. Each message
+    /// counts once however often it is polled.
+    pub withheld: BTreeMap<String, u64>,
+    /// Keys of the withheld messages counted (bounded: see [`MAX_WITHHELD_KEYS`]).
+    #[serde(skip)]
+    withheld_keys: HashSet<String>,
     /// Updates dropped because the feed was quarantined.
     pub dropped: u64,
     /// Newest time the feed's data is as of (observation time, or receive time for
@@ -78,7 +89,8 @@ pub struct FeedHealth {
     pub removed: u64,
     /// Entities removed because the feed stopped reporting them.
     pub expired: u64,
-    #[serde(skip)]
+    /// (Unix ms, updates) of the rate window: carried to a hall's consoles too.
+    #[serde(default)]
     recent: VecDeque<(i64, u64)>,
     /// (items, rejects) of the last payloads.
     #[serde(skip)]
@@ -87,7 +99,21 @@ pub struct FeedHealth {
     oversized_in_a_row: u32,
 }
 
+/// Withheld messages remembered per feed to count each once; past this the memory
+/// starts again (a re-polled old message may then count twice).
+pub const MAX_WITHHELD_KEYS: usize = 10_000;
+
 impl FeedHealth {
+    /// Counts a withheld message `key` under `why`, once.
+    fn note_withheld(&mut self, why: &str, key: &str) {
+        if self.withheld_keys.len() >= MAX_WITHHELD_KEYS {
+            self.withheld_keys.clear();
+        }
+        if self.withheld_keys.insert(format!("{why}|{key}")) {
+            *self.withheld.entry(why.to_owned()).or_default() += 1;
+        }
+    }
+
     fn new(name: &str) -> Self {
         Self {
             feed: name.to_string(),
@@ -355,6 +381,9 @@ impl Ingest {
                         }
                         return;
                     }
+                    for (why, key) in &decoded.withheld {
+                        h.note_withheld(why, key);
+                    }
                     h.rejected += decoded.rejects.len() as u64;
                     for r in &decoded.rejects {
                         *h.reasons.entry(r.reason.as_str().to_string()).or_default() += 1;
@@ -535,6 +564,7 @@ mod tests {
                     })
                     .collect(),
                 rejects: Vec::new(),
+                withheld: Default::default(),
             },
             received_at_ms: at,
         }
@@ -696,6 +726,7 @@ mod tests {
             decoded: Decoded {
                 updates: Vec::new(),
                 rejects: (0..30).map(|_| reject()).collect(),
+                withheld: Default::default(),
             },
             received_at_ms: T + 1000,
         })
@@ -767,6 +798,7 @@ mod tests {
                         ..update("1")
                     }],
                     rejects: Vec::new(),
+                    withheld: Default::default(),
                 },
                 received_at_ms: T,
             })
@@ -846,6 +878,7 @@ mod tests {
             decoded: Decoded {
                 updates: Vec::new(),
                 rejects: vec![reject()],
+                withheld: Default::default(),
             },
             received_at_ms: T + 10_000,
         })
@@ -892,6 +925,7 @@ mod tests {
                     noted("c", vec![]),
                 ],
                 rejects: Vec::new(),
+                withheld: Default::default(),
             },
             received_at_ms: T,
         })
@@ -916,6 +950,7 @@ mod tests {
             decoded: Decoded {
                 updates: (0..good).map(|i| update(&format!("{feed}-{i}"))).collect(),
                 rejects: (0..bad).map(|_| reject()).collect(),
+                withheld: Default::default(),
             },
             received_at_ms: at,
         };

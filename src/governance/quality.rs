@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::feeds::config::FeedConfig;
 use crate::feeds::{EntityKind, EntityUpdate};
@@ -260,7 +260,7 @@ pub fn freshness(data_as_of_ms: Option<i64>, cadence_s: f64, now_ms: i64) -> (Fr
 }
 
 /// Running quality of one feed.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FeedQuality {
     pub checked: u64,
     /// Updates with every required field.
@@ -268,6 +268,7 @@ pub struct FeedQuality {
     /// Updates with no validity issue.
     pub valid: u64,
     /// Items the decoder rejected: neither complete nor valid.
+    #[serde(default)]
     pub rejected: u64,
     /// Issue code → count.
     pub issues: BTreeMap<String, u64>,

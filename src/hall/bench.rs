@@ -5,7 +5,8 @@
 //! - a console joining a hall with N events ready (replay of the stream into the
 //!   book);
 //! - hub failover: the active hub stops renewing (as a crash would), the standby
-//!   reports active.
+//!   reports active;
+//! - live layers, hub → 4 consoles: updates per second each console applies.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +47,7 @@ pub fn bench_hub(
     commands: usize,
     join_events: u64,
     commit_events: usize,
+    live_entities: usize,
 ) -> anyhow::Result<serde_json::Value> {
     let _own;
     let url = match url {
@@ -61,13 +63,180 @@ pub fn bench_hub(
     let propagation = bench_propagation(&url, &format!("{run}-p"), commands)?;
     let join = bench_join(&url, &format!("{run}-j"), join_events, commit_events)?;
     let failover = bench_failover(&url, &format!("{run}-f"))?;
+    let live = bench_live(&url, &format!("{run}-l"), live_entities, 5)?;
     Ok(serde_json::json!({
         "server": url,
         "command_to_4_consoles_ms": propagation,
         "join": join,
         "failover": failover,
-        "live_updates_per_s": serde_json::Value::Null,
-        "notes": ["live layers are not yet published by the hub: updates per second not measured"],
+        "live_updates_per_s": live["per_console_updates_per_s"].clone(),
+        "live": live,
+    }))
+}
+
+/// Live layers, hub → 4 consoles: `entities` entities all change `rounds` times,
+/// published as the hub does; each console follows (snapshot, then frames) and
+/// applies them to its own live state. Measured from the first round's publishing
+/// until a console holds every entity's last version.
+fn bench_live(
+    url: &str,
+    hall: &str,
+    entities: usize,
+    rounds: usize,
+) -> anyhow::Result<serde_json::Value> {
+    use super::live::{Follower, LiveApplier, Publisher};
+    use crate::model::{EntityKind, EntityUpdate, FieldValue};
+    use crate::state::LiveState;
+
+    let connect = || {
+        Nats::connect(&NatsOptions {
+            url: url.to_string(),
+            ..Default::default()
+        })
+        .map_err(anyhow::Error::msg)
+    };
+    let frame = crate::geo_frame::GeoFrame::new(24.94, 60.17);
+    let update = |i: usize, at_ms: i64| EntityUpdate {
+        id: format!("urn:ngsi-ld:TrafficFlowObserved:bench-{i}"),
+        entity_type: "TrafficFlowObserved".into(),
+        kind: EntityKind::TrafficFlow {
+            average_speed_kmh: Some((i % 90) as f64 + (at_ms % 7) as f64),
+            intensity: Some((i % 500) as f64),
+            occupancy: Some(0.3),
+            congested: Some(false),
+        },
+        position: Some([
+            24.90 + (i % 300) as f64 * 1e-4,
+            60.15 + (i / 300) as f64 * 1e-5,
+        ]),
+        line: None,
+        observed_at_ms: Some(at_ms),
+        fields: [
+            (
+                "averageVehicleSpeed".to_string(),
+                FieldValue::Number((i % 90) as f64),
+            ),
+            (
+                "laneDirection".to_string(),
+                FieldValue::Text("forward".into()),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        units: Default::default(),
+        notes: Vec::new(),
+    };
+    let t0 = crate::clock::unix_ms_now() - 60_000;
+    let last_at = t0 + rounds as i64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Duration, u64)>();
+    let ready = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut consoles = Vec::new();
+    for c in 0..4 {
+        let nats = connect()?;
+        let follower = Follower::start(&nats, hall).map_err(anyhow::Error::msg)?;
+        let (stop, started, done_tx, ready) = (
+            stop.clone(),
+            started.clone(),
+            done_tx.clone(),
+            ready.clone(),
+        );
+        consoles.push(std::thread::spawn(move || {
+            let mut applier = LiveApplier::default();
+            let mut state = LiveState::new(frame);
+            let mut said_ready = false;
+            let mut last_check = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if applier.pump(&follower.rx, &mut state, usize::MAX) == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                if !said_ready && applier.snapshots > 0 {
+                    said_ready = true;
+                    ready.fetch_add(1, Ordering::Relaxed);
+                }
+                // Entities at their last version, looked at every 20 ms.
+                if last_check.elapsed() < Duration::from_millis(20) {
+                    continue;
+                }
+                last_check = Instant::now();
+                let current = state.iter().filter(|(_, e)| e.as_of_ms == last_at).count();
+                if current == entities {
+                    let since = started.lock().ok().and_then(|s| *s);
+                    if let Some(since) = since {
+                        let _ = done_tx.send((c, since.elapsed(), applier.snapshots));
+                    }
+                    return;
+                }
+            }
+        }));
+    }
+    drop(done_tx);
+    let nats = connect()?;
+    let mut publisher = Publisher::start(&nats, hall, "bench-hub").map_err(anyhow::Error::msg)?;
+    let mut state = LiveState::new(frame);
+    // Every console has its (empty) snapshot before the clock starts.
+    let until = Instant::now() + Duration::from_secs(30);
+    while ready.load(Ordering::Relaxed) < 4 {
+        publisher
+            .publish_changes(&state, &[])
+            .map_err(anyhow::Error::msg)?;
+        if Instant::now() > until {
+            stop.store(true, Ordering::Relaxed);
+            anyhow::bail!("the bench consoles took no snapshot within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let begin = Instant::now();
+    if let Ok(mut s) = started.lock() {
+        *s = Some(begin);
+    }
+    let mut publish_ms = Vec::new();
+    for round in 1..=rounds {
+        for i in 0..entities {
+            state.apply(0, update(i, t0 + round as i64), t0 + round as i64);
+        }
+        let changed = state.drain_changed();
+        let at = Instant::now();
+        publisher
+            .publish_changes(&state, &changed)
+            .map_err(anyhow::Error::msg)?;
+        publish_ms.push(at.elapsed().as_secs_f64() * 1000.0);
+    }
+    let publishing_s = begin.elapsed().as_secs_f64();
+    let mut per_console = Vec::new();
+    let mut resnapshots = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while per_console.len() < 4 {
+        // Keep answering snapshot requests of consoles that fell behind.
+        publisher
+            .publish_changes(&state, &[])
+            .map_err(anyhow::Error::msg)?;
+        match done_rx.recv_timeout(Duration::from_millis(20)) {
+            Ok((_, took, snapshots)) => {
+                per_console.push(took.as_secs_f64());
+                resnapshots += snapshots.saturating_sub(1);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(_) => break,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in consoles {
+        let _ = c.join();
+    }
+    let updates = (entities * rounds) as f64;
+    let slowest = per_console.iter().cloned().fold(0.0_f64, f64::max);
+    Ok(serde_json::json!({
+        "entities": entities,
+        "rounds": rounds,
+        "consoles_done": per_console.len(),
+        "publish_ms_per_round": publish_ms.iter().map(|m| round2(*m)).collect::<Vec<_>>(),
+        "publishing_s": round2(publishing_s),
+        "slowest_console_s": round2(slowest),
+        "per_console_updates_per_s": if per_console.len() == 4 { (updates / slowest).round() } else { 0.0 },
+        "delivered_updates_per_s": if per_console.len() == 4 { (4.0 * updates / slowest).round() } else { 0.0 },
+        "resnapshots": resnapshots,
     }))
 }
 
@@ -203,6 +372,7 @@ fn bench_failover(url: &str, hall: &str) -> anyhow::Result<serde_json::Value> {
         },
         replicas: 1,
         crash_on_stop: true,
+        live: None,
     };
     let (tx, rx) = std::sync::mpsc::channel::<(usize, HubState, Instant)>();
     let mut stops = Vec::new();

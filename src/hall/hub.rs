@@ -27,6 +27,8 @@ pub struct HubOptions {
     /// On stop, leave as a crash would: the lease is not released (benchmarks of
     /// failover).
     pub crash_on_stop: bool,
+    /// The hall's feeds: the active hub polls them and publishes the live layers.
+    pub live: Option<super::live::LiveSetup>,
 }
 
 /// What the hub reports as it goes (one line each on the command line).
@@ -87,6 +89,7 @@ pub fn run(
         last_seen_ms: now_ms(),
     };
     let mut service: Option<DispatchService> = None;
+    let mut live: Option<super::live::HubLive> = None;
     let mut last_lease = Instant::now() - LEASE_EVERY;
     let mut last_announce = Instant::now() - ANNOUNCE_EVERY;
     let mut said_standby = false;
@@ -161,6 +164,14 @@ pub fn run(
                     };
                     match started_service {
                         Ok(s) => {
+                            if let Some(setup) = options.live.clone() {
+                                match super::live::HubLive::start(nats, &options.hall, &id, setup) {
+                                    Ok(l) => live = Some(l),
+                                    Err(e) => report(HubState::Problem(format!(
+                                        "the live layers did not start: {e}"
+                                    ))),
+                                }
+                            }
                             let events = s.dispatcher.opened.events;
                             me.state = "active".into();
                             me.api = Some(s.api_url());
@@ -192,6 +203,7 @@ pub fn run(
                 Ok(false) => {
                     if was_active {
                         service = None;
+                        live = None;
                         me.state = "standby".into();
                         me.api = None;
                         me.since_ms = now_ms();
@@ -215,6 +227,7 @@ pub fn run(
                     // standby may hold it by now, so this hub stops acting.
                     if was_active && last_renewed.elapsed() >= super::LEASE_TTL {
                         service = None;
+                        live = None;
                         lease.forget();
                         me.state = "standby".into();
                         me.api = None;
@@ -247,6 +260,24 @@ pub fn run(
                 report(HubState::Problem(n));
             }
         }
+        if let (Some(s), Some(l)) = (service.as_mut(), live.as_mut()) {
+            let now = now_ms();
+            match l.pump(now) {
+                Ok(alerts) => {
+                    for alert in alerts {
+                        if let Err(e) = s.take_alert(&alert, now) {
+                            report(HubState::Problem(format!("alert {}: {e}", alert.key)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    if last_problem.as_deref() != Some(e.as_str()) {
+                        report(HubState::Problem(e.clone()));
+                        last_problem = Some(e);
+                    }
+                }
+            }
+        }
         if let Some(s) = service.as_mut()
             && let Err(e) = s.pump(now_ms())
         {
@@ -258,6 +289,7 @@ pub fn run(
         }
         std::thread::sleep(PUMP_EVERY);
     }
+    drop(live);
     drop(service);
     if !options.crash_on_stop {
         lease.release();
