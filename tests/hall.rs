@@ -421,8 +421,7 @@ fn the_hub_polls_the_halls_feeds_and_hall_status_shows_its_live_layers() {
     std::fs::write(
         &feeds,
         format!(
-            "[[feed]]\nname = 'roads'\nkind = 'sim'\ndomain = 'traffic'\n\n\
-             [[feed]]\nname = 'fire-alerts'\nkind = 'cap'\nurl = '{base}/fire.xml'\n\
+            "[[feed]]\nname = 'fire-alerts'\nkind = 'cap'\nurl = '{base}/fire.xml'\n\
              domain = 'safety'\ninterval_s = 0.5\n\n\
              [[feed]]\nname = 'nws'\nkind = 'cap'\nurl = '{base}/nws.xml'\n\
              domain = 'ecology'\ninterval_s = 0.5\n"
@@ -478,10 +477,9 @@ fn the_hub_polls_the_halls_feeds_and_hall_status_shows_its_live_layers() {
     };
     let feeds = status["live"]["feeds"].as_array().unwrap();
     let names: Vec<&str> = feeds.iter().map(|f| f["feed"].as_str().unwrap()).collect();
-    assert_eq!(names, ["roads", "fire-alerts", "nws"]);
-    assert!(feeds[0]["entities"].as_u64().unwrap() > 10, "{status}");
-    assert!(feeds[1]["polls_ok"].as_u64().unwrap() >= 1, "{status}");
-    assert!(feeds[1]["quarantined"].is_null(), "{status}");
+    assert_eq!(names, ["fire-alerts", "nws"]);
+    assert!(feeds[0]["polls_ok"].as_u64().unwrap() >= 1, "{status}");
+    assert!(feeds[0]["quarantined"].is_null(), "{status}");
 
     // Both alerts raised an incident in the hall's log, once each; the hub is the
     // only one polling.
