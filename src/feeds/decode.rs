@@ -715,13 +715,24 @@ fn interpret(
                 v.as_bool()
             })?,
         },
-        "AirQualityObserved" => EntityKind::AirQuality {
-            aqi: number("airQualityIndex")?,
-            pm25: number("pm25")?,
-            pm10: number("pm10")?,
-            no2: number("no2")?,
-            o3: number("o3")?,
-        },
+        // Older Smart Data Models versions (and many deployments) name the
+        // pollutants in upper case: `NO2`, `PM10`, `PM25`, `O3`.
+        "AirQualityObserved" => {
+            let either = |lower: &'static str, upper: &'static str| {
+                if attributes.contains_key(lower) {
+                    number(lower)
+                } else {
+                    number(upper)
+                }
+            };
+            EntityKind::AirQuality {
+                aqi: number("airQualityIndex")?,
+                pm25: either("pm25", "PM25")?,
+                pm10: either("pm10", "PM10")?,
+                no2: either("no2", "NO2")?,
+                o3: either("o3", "O3")?,
+            }
+        }
         "Vehicle" => EntityKind::Vehicle {
             vehicle_type: text("vehicleType")?,
             speed_kmh: number("speed")?,
@@ -2756,6 +2767,13 @@ mod tests {
         let [mannerheimintie, kaisaniemi] =
             <[EntityUpdate; 2]>::try_from(stations).expect("two stations");
         assert_eq!(field(&mannerheimintie, "no2"), &FieldValue::Number(38.5));
+        // Upper-case pollutant names feed the typed values too.
+        let typed_no2 = |e: &EntityUpdate| match e.kind {
+            EntityKind::AirQuality { no2, .. } => no2,
+            _ => None,
+        };
+        assert_eq!(typed_no2(&mannerheimintie), Some(38.5));
+        assert_eq!(typed_no2(&kaisaniemi), Some(22.0));
         assert_eq!(unit(&mannerheimintie, "no2"), Some("GQ"));
         assert_eq!(
             field(&mannerheimintie, "no2.accuracy"),
