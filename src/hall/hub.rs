@@ -262,20 +262,17 @@ pub fn run(
         }
         if let (Some(s), Some(l)) = (service.as_mut(), live.as_mut()) {
             let now = now_ms();
-            match l.pump(now) {
-                Ok(alerts) => {
-                    for alert in alerts {
-                        if let Err(e) = s.take_alert(&alert, now) {
-                            report(HubState::Problem(format!("alert {}: {e}", alert.key)));
-                        }
-                    }
+            let (alerts, problem) = l.pump(now);
+            for alert in alerts {
+                if let Err(e) = s.take_alert(&alert, now) {
+                    report(HubState::Problem(format!("alert {}: {e}", alert.key)));
                 }
-                Err(e) => {
-                    if last_problem.as_deref() != Some(e.as_str()) {
-                        report(HubState::Problem(e.clone()));
-                        last_problem = Some(e);
-                    }
-                }
+            }
+            if let Some(e) = problem
+                && last_problem.as_deref() != Some(e.as_str())
+            {
+                report(HubState::Problem(e.clone()));
+                last_problem = Some(e);
             }
         }
         if let Some(s) = service.as_mut()

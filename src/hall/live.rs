@@ -30,8 +30,75 @@ use crate::state::{LiveState, Slot};
 /// version, by name, instead of misreading them.
 pub const WIRE_VERSION: u16 = 1;
 
-/// Entities per frame at most (a frame stays well under the server's 1 MiB limit).
+/// Entities per frame at most.
 pub const ENTITIES_PER_FRAME: usize = 1000;
+
+/// Bytes per frame at most: under the server's default 1 MiB message limit. Bigger
+/// batches are split; one entity bigger than this is not sent (counted, said).
+pub const MAX_FRAME_BYTES: usize = 900 * 1024;
+
+/// `changes` in parts whose frames (made by `frame`) each encode to at most
+/// [`MAX_FRAME_BYTES`]; entities too big for any frame are left out and returned.
+fn split_by_bytes(
+    changes: Changes,
+    frame: &dyn Fn(Changes) -> Frame,
+) -> (Vec<Vec<u8>>, Vec<(FeedId, String, usize)>) {
+    let bytes = encode(&frame(changes.clone()));
+    if bytes.len() <= MAX_FRAME_BYTES {
+        return (vec![bytes], Vec::new());
+    }
+    if changes.upserts.len() + changes.removed.len() <= 1 {
+        let dropped = changes
+            .upserts
+            .iter()
+            .map(|e| (e.feed, e.update.id.clone(), bytes.len()))
+            .collect();
+        return (Vec::new(), dropped);
+    }
+    // Halve: upserts first, then removals.
+    let Changes {
+        mut upserts,
+        mut removed,
+    } = changes;
+    let (a, b) = if upserts.len() > 1 {
+        let tail = upserts.split_off(upserts.len() / 2);
+        (
+            Changes {
+                upserts,
+                removed: Vec::new(),
+            },
+            Changes {
+                upserts: tail,
+                removed,
+            },
+        )
+    } else if removed.len() > 1 {
+        let tail = removed.split_off(removed.len() / 2);
+        (
+            Changes { upserts, removed },
+            Changes {
+                upserts: Vec::new(),
+                removed: tail,
+            },
+        )
+    } else {
+        (
+            Changes {
+                upserts,
+                removed: Vec::new(),
+            },
+            Changes {
+                upserts: Vec::new(),
+                removed,
+            },
+        )
+    };
+    let (mut frames, mut dropped) = split_by_bytes(a, frame);
+    let (more, more_dropped) = split_by_bytes(b, frame);
+    frames.extend(more);
+    dropped.extend(more_dropped);
+    (frames, dropped)
+}
 
 pub fn live_subject(hall: &str) -> String {
     format!("zhongshu.{hall}.live")
@@ -176,8 +243,11 @@ impl Publisher {
     }
 
     /// Publishes the entities in `changed` slots (upserted or gone), in frames of
-    /// at most [`ENTITIES_PER_FRAME`]; then answers waiting snapshot requests.
+    /// at most [`ENTITIES_PER_FRAME`] entities and [`MAX_FRAME_BYTES`] bytes; then
+    /// answers waiting snapshot requests. An entity too big for any frame is left
+    /// out and named in the error; everything else is still published.
     pub fn publish_changes(&mut self, state: &LiveState, changed: &[Slot]) -> Result<(), String> {
+        let mut batches = Vec::new();
         let mut changes = Changes::default();
         for &slot in changed {
             match state.entity(slot) {
@@ -198,25 +268,35 @@ impl Publisher {
                 }
             }
             if changes.upserts.len() + changes.removed.len() >= ENTITIES_PER_FRAME {
-                self.send_changes(std::mem::take(&mut changes))?;
+                batches.push(std::mem::take(&mut changes));
             }
         }
         if !changes.upserts.is_empty() || !changes.removed.is_empty() {
-            self.send_changes(changes)?;
+            batches.push(changes);
         }
-        self.answer_snapshots(state)
-    }
-
-    fn send_changes(&mut self, changes: Changes) -> Result<(), String> {
-        self.seq += 1;
-        self.entities_sent += (changes.upserts.len() + changes.removed.len()) as u64;
-        let frame = Frame {
-            v: WIRE_VERSION,
-            hub: self.hub.clone(),
-            seq: self.seq,
-            body: Body::Changes(changes),
-        };
-        self.publish(live_subject(&self.hall), &frame)
+        let mut problem = None;
+        for batch in batches {
+            let hub = self.hub.clone();
+            let (parts, dropped) = split_by_bytes(batch, &|changes| Frame {
+                v: WIRE_VERSION,
+                hub: hub.clone(),
+                seq: u64::MAX,
+                body: Body::Changes(changes),
+            });
+            problem = problem.or(too_large(&dropped));
+            for bytes in parts {
+                // Numbered now (the size differs by a few bytes at most).
+                let mut frame = decode(&bytes).map_err(|e| format!("live frame: {e}"))?;
+                self.seq += 1;
+                frame.seq = self.seq;
+                if let Body::Changes(c) = &frame.body {
+                    self.entities_sent += (c.upserts.len() + c.removed.len()) as u64;
+                }
+                self.publish(live_subject(&self.hall), &frame)?;
+            }
+        }
+        self.answer_snapshots(state)?;
+        problem.map_or(Ok(()), Err)
     }
 
     /// Publishes the feeds' list, health and quality (not numbered: a status stands
@@ -261,22 +341,42 @@ impl Publisher {
             }
         }
         parts.push(changes);
-        let count = parts.len();
-        let frames: Vec<Vec<u8>> = parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, changes)| {
-                encode(&Frame {
-                    v: WIRE_VERSION,
-                    hub: self.hub.clone(),
-                    seq: self.seq,
-                    body: Body::Snapshot {
-                        changes,
-                        last: i + 1 == count,
-                    },
-                })
-            })
-            .collect();
+        let hub = self.hub.clone();
+        let seq = self.seq;
+        let mut encoded = Vec::new();
+        let mut dropped = Vec::new();
+        for changes in parts {
+            let (frames, too_big) = split_by_bytes(changes, &|changes| Frame {
+                v: WIRE_VERSION,
+                hub: hub.clone(),
+                seq,
+                body: Body::Snapshot {
+                    changes,
+                    last: false,
+                },
+            });
+            encoded.extend(frames);
+            dropped.extend(too_big);
+        }
+        // The last part says so (an empty one when nothing fitted).
+        let last = match encoded.pop().map(|bytes| decode(&bytes)) {
+            Some(Ok(Frame {
+                body: Body::Snapshot { changes, .. },
+                ..
+            })) => changes,
+            _ => Changes::default(),
+        };
+        encoded.push(encode(&Frame {
+            v: WIRE_VERSION,
+            hub: hub.clone(),
+            seq,
+            body: Body::Snapshot {
+                changes: last,
+                last: true,
+            },
+        }));
+        let frames = encoded;
+        let problem = too_large(&dropped);
         for inbox in inboxes {
             let client = self.nats.client.clone();
             let frames = frames.clone();
@@ -293,8 +393,20 @@ impl Publisher {
                     .map_err(|e| format!("cannot answer a snapshot request: {e}"))
             })?;
         }
-        Ok(())
+        problem.map_or(Ok(()), Err)
     }
+}
+
+/// What to say of entities too big for a live frame, if any.
+fn too_large(dropped: &[(FeedId, String, usize)]) -> Option<String> {
+    let (feed, id, bytes) = dropped.first()?;
+    Some(format!(
+        "{} entit{} too big for a live frame (the first: {id:?} of feed #{feed}, {} KiB; at most {} KiB): not sent to the consoles",
+        dropped.len(),
+        if dropped.len() == 1 { "y" } else { "ies" },
+        bytes / 1024,
+        MAX_FRAME_BYTES / 1024
+    ))
 }
 
 impl Drop for Publisher {
@@ -736,24 +848,19 @@ impl HubLive {
 
     /// Takes in what the feeds delivered, publishes what changed (and the status once
     /// a second), and returns the alerts among the changed entities, to raise.
-    pub fn pump(&mut self, now_ms: i64) -> Result<Vec<crate::model::AlertIn>, String> {
+    ///
+    /// The alerts come back whatever publishing did: raising an incident never
+    /// depends on the consoles' layers. A publishing problem comes back beside them.
+    pub fn pump(&mut self, now_ms: i64) -> (Vec<crate::model::AlertIn>, Option<String>) {
         self.ingest.pump(&mut self.state, usize::MAX);
         self.ingest.expire(&mut self.state, now_ms);
         let changed = self.state.drain_changed();
-        self.publisher.publish_changes(&self.state, &changed)?;
-        if self
-            .last_status
-            .is_none_or(|at| at.elapsed() >= STATUS_EVERY)
-        {
-            self.last_status = Some(Instant::now());
-            self.publisher.publish_status(self.status())?;
-        }
         let slots: Vec<Slot> = if std::mem::take(&mut self.catch_up) {
             self.state.iter().map(|(slot, _)| slot).collect()
         } else {
-            changed
+            changed.clone()
         };
-        Ok(slots
+        let alerts = slots
             .into_iter()
             .filter_map(|slot| self.state.entity(slot))
             .filter(|e| e.entity_type == "Alert")
@@ -763,7 +870,18 @@ impl HubLive {
                     self.setup.feeds.get(e.feed as usize),
                 )
             })
-            .collect())
+            .collect();
+        let mut problem = self.publisher.publish_changes(&self.state, &changed).err();
+        if self
+            .last_status
+            .is_none_or(|at| at.elapsed() >= STATUS_EVERY)
+        {
+            self.last_status = Some(Instant::now());
+            if let Err(e) = self.publisher.publish_status(self.status()) {
+                problem.get_or_insert(e);
+            }
+        }
+        (alerts, problem)
     }
 
     /// The feeds as consoles see them, their health and quality.
@@ -1015,6 +1133,67 @@ mod tests {
             }),
         };
         assert_eq!(decode(&encode(&status)).unwrap(), status);
+    }
+
+    #[test]
+    fn frames_are_split_by_bytes_and_an_entity_too_big_for_any_is_left_out_by_name() {
+        let entity = |id: &str, text_len: usize| WireEntity {
+            feed: 3,
+            received_at_ms: 1,
+            update: EntityUpdate {
+                id: id.into(),
+                entity_type: "Thing".into(),
+                kind: crate::model::EntityKind::Generic,
+                position: Some([24.94, 60.17]),
+                line: None,
+                observed_at_ms: None,
+                fields: [(
+                    "blob".to_string(),
+                    crate::model::FieldValue::Text("x".repeat(text_len)),
+                )]
+                .into_iter()
+                .collect(),
+                units: Default::default(),
+                notes: Vec::new(),
+            },
+        };
+        // 999 entities of 2 KiB and one of 2 MiB: nothing fits one frame.
+        let mut upserts: Vec<WireEntity> =
+            (0..999).map(|i| entity(&format!("e{i}"), 2048)).collect();
+        upserts.insert(500, entity("huge", 2 << 20));
+        let changes = Changes {
+            upserts,
+            removed: vec![(3, "gone".into())],
+        };
+        let frame = |changes| Frame {
+            v: WIRE_VERSION,
+            hub: "h".into(),
+            seq: 9,
+            body: Body::Changes(changes),
+        };
+        let (frames, dropped) = split_by_bytes(changes, &frame);
+        assert!(frames.len() >= 3, "{}", frames.len());
+        assert!(frames.iter().all(|f| f.len() <= MAX_FRAME_BYTES));
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].1, "huge");
+        let mut ids = Vec::new();
+        let mut removed = Vec::new();
+        for bytes in &frames {
+            let Body::Changes(c) = decode(bytes).unwrap().body else {
+                panic!("not changes")
+            };
+            ids.extend(c.upserts.into_iter().map(|e| e.update.id));
+            removed.extend(c.removed);
+        }
+        // Everything else, in order.
+        let expected: Vec<String> = (0..999).map(|i| format!("e{i}")).collect();
+        assert_eq!(ids, expected);
+        assert_eq!(removed, [(3, "gone".to_string())]);
+        let said = too_large(&dropped).unwrap();
+        assert!(
+            said.contains("\"huge\"") && said.contains("not sent"),
+            "{said}"
+        );
     }
 
     #[test]
