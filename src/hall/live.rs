@@ -37,12 +37,15 @@ pub const ENTITIES_PER_FRAME: usize = 1000;
 /// batches are split; one entity bigger than this is not sent (counted, said).
 pub const MAX_FRAME_BYTES: usize = 900 * 1024;
 
+/// An entity left out of the live layers: (feed, id, bytes its frame would take).
+type TooBig = (FeedId, String, usize);
+
 /// `changes` in parts whose frames (made by `frame`) each encode to at most
 /// [`MAX_FRAME_BYTES`]; entities too big for any frame are left out and returned.
 fn split_by_bytes(
     changes: Changes,
     frame: &dyn Fn(Changes) -> Frame,
-) -> (Vec<Vec<u8>>, Vec<(FeedId, String, usize)>) {
+) -> (Vec<Vec<u8>>, Vec<TooBig>) {
     let bytes = encode(&frame(changes.clone()));
     if bytes.len() <= MAX_FRAME_BYTES {
         return (vec![bytes], Vec::new());
@@ -398,7 +401,7 @@ impl Publisher {
 }
 
 /// What to say of entities too big for a live frame, if any.
-fn too_large(dropped: &[(FeedId, String, usize)]) -> Option<String> {
+fn too_large(dropped: &[TooBig]) -> Option<String> {
     let (feed, id, bytes) = dropped.first()?;
     Some(format!(
         "{} entit{} too big for a live frame (the first: {id:?} of feed #{feed}, {} KiB; at most {} KiB): not sent to the consoles",
