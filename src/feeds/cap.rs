@@ -129,6 +129,19 @@ pub fn xml_text(body: &[u8]) -> Result<String, String> {
         }
         return Ok(utf8_declaration(&text));
     }
+    // UTF-16 without a byte-order mark: `<?` as 16-bit units (XML 1.0 appendix F).
+    if body.starts_with(&[0x3C, 0x00, 0x3F, 0x00]) || body.starts_with(&[0x00, 0x3C, 0x00, 0x3F]) {
+        let encoding = if body[0] == 0x3C {
+            encoding_rs::UTF_16LE
+        } else {
+            encoding_rs::UTF_16BE
+        };
+        let (text, had_errors) = encoding.decode_without_bom_handling(body);
+        if had_errors {
+            return Err(format!("CAP is not valid {}", encoding.name()));
+        }
+        return Ok(utf8_declaration(&text));
+    }
     let label = declared_encoding(body);
     let encoding = match &label {
         None => encoding_rs::UTF_8,
@@ -243,6 +256,7 @@ pub struct CapRead {
 /// it updates or cancels that incident instead of adding one.
 pub fn read_cap(xml: &str, places: &Gazetteer) -> Result<CapRead, AlertError> {
     check_root(xml)?;
+    check_depth(xml)?;
     let alert: oasiscap::Alert = xml
         .parse()
         .map_err(|e: xml_error::Error| AlertError::Malformed(plain_names(&e.to_string())))?;
@@ -523,6 +537,11 @@ fn check_root(xml: &str) -> Result<(), AlertError> {
             rest = skip_past(after, "?>")?;
         } else if let Some(after) = rest.strip_prefix("<!--") {
             rest = skip_past(after, "-->")?;
+        } else if rest.starts_with("<!DOCTYPE") || rest.starts_with("<!doctype") {
+            // CAP needs none; an internal subset declares entities, which are refused.
+            return Err(AlertError::Malformed(
+                "the document has a DOCTYPE: CAP messages carry none, and entity declarations are not read".into(),
+            ));
         } else if let Some(after) = rest.strip_prefix("<!") {
             rest = skip_past(after, ">")?;
         } else {
@@ -562,6 +581,48 @@ fn check_root(xml: &str) -> Result<(), AlertError> {
         root: name.to_owned(),
         namespace: declared,
     })
+}
+
+/// Deepest element nesting read (real CAP is about five deep): deeper documents are
+/// refused before the parser, whose time grows with the square of the depth.
+pub const MAX_CAP_DEPTH: usize = 64;
+
+fn check_depth(xml: &str) -> Result<(), AlertError> {
+    let bytes = xml.as_bytes();
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].iter().position(|&b| b == b'<') {
+        let start = at + offset;
+        let rest = &xml[start..];
+        let skip_to = |end: &str| rest.find(end).map(|i| start + i + end.len());
+        let next = if rest.starts_with("<!--") {
+            skip_to("-->")
+        } else if rest.starts_with("<![CDATA[") {
+            skip_to("]]>")
+        } else if rest.starts_with("</") {
+            depth = depth.saturating_sub(1);
+            skip_to(">")
+        } else if rest.starts_with("<?") || rest.starts_with("<!") {
+            skip_to(">")
+        } else {
+            let end = skip_to(">");
+            let self_closing = end.is_some_and(|e| e >= 2 && bytes[e - 2] == b'/');
+            if !self_closing {
+                depth += 1;
+                if depth > MAX_CAP_DEPTH {
+                    return Err(AlertError::Malformed(format!(
+                        "elements nested deeper than {MAX_CAP_DEPTH} (CAP is about 5 deep)"
+                    )));
+                }
+            }
+            end
+        };
+        match next {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 fn skip_past<'a>(text: &'a str, end: &str) -> Result<&'a str, AlertError> {
@@ -885,6 +946,57 @@ mod tests {
         assert!(decoded.withheld.is_empty());
         assert_eq!(text(&fire, STATUS_FIELD), None);
         assert!(crate::dispatch::alerts::from_cap_feed(&fire, "cap").is_some());
+    }
+
+    #[test]
+    fn deep_nesting_a_doctype_and_utf16_without_a_bom() {
+        let fire = String::from_utf8(fixture("kallio-building-fire.xml")).unwrap();
+        // 100,000 nested elements in <note>: refused at once, not parsed for seconds.
+        let deep = fire.replacen(
+            "</sent>",
+            &format!(
+                "</sent><note>{}{}</note>",
+                "<a>".repeat(100_000),
+                "</a>".repeat(100_000)
+            ),
+            1,
+        );
+        let started = std::time::Instant::now();
+        let err = decode_cap(deep.as_bytes(), &helsinki())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nested deeper than 64"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // The real message, with comments and CDATA, is not too deep.
+        let with_cdata = fire.replacen(
+            "</sent>",
+            "</sent><!-- <a><a><a> --><note><![CDATA[<b><b><b> x < y]]></note>",
+            1,
+        );
+        assert_eq!(
+            decode_cap(with_cdata.as_bytes(), &helsinki())
+                .unwrap()
+                .updates
+                .len(),
+            1
+        );
+        // A DOCTYPE (entity declarations) is named, not misread.
+        let doctype = fire.replacen(
+            "<alert",
+            "<!DOCTYPE alert [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;\">]>\n<alert",
+            1,
+        );
+        let err = decode_cap(doctype.as_bytes(), &helsinki())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DOCTYPE"), "{err}");
+        // UTF-16 (either order) declared without a byte-order mark.
+        let declared = fire.replacen("UTF-8", "UTF-16", 1);
+        let le: Vec<u8> = declared.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = declared.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        for bytes in [le, be] {
+            assert_eq!(decode_cap(&bytes, &helsinki()).unwrap().updates.len(), 1);
+        }
     }
 
     #[test]
