@@ -77,6 +77,10 @@ pub fn to_ngsi_ld(update: &EntityUpdate) -> Value {
         .into_iter()
         .map(|(k, v)| (k, v.map(FieldValue::Number)));
     for (k, v) in typed.chain(update.kind.others()) {
+        // A value the source wrote in upper case (`NO2`) is already there.
+        if e.contains_key(&k.to_ascii_uppercase()) {
+            continue;
+        }
         if let Some(v) = v {
             e.entry(k.to_string())
                 .or_insert_with(|| property(field_json(&v), obs));
