@@ -18,6 +18,15 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Taken by the tests whose results depend on wall time (feeds polled every half
+/// second for a few seconds) and by the tests that render in software (which load
+/// both cores for seconds), so that no rendering starves a timed feed test on a
+/// two-core machine. Everything else runs beside them.
+pub fn timed() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub fn zhongshu() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_zhongshu"))
 }

@@ -12,6 +12,7 @@ fn run_with_display(args: &[&str]) -> std::process::Output {
 }
 
 fn run_with_display_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let _timed = crate::timed();
     let has_display = std::env::var_os("DISPLAY").is_some();
     let mut cmd = if has_display {
         zhongshu()

@@ -589,6 +589,20 @@ mod tests {
     const T: i64 = 1_795_946_400_000;
 
     #[test]
+    fn a_withheld_message_counts_once_however_often_it_is_polled() {
+        let mut h = FeedHealth::default();
+        for _ in 0..5 {
+            h.note_withheld("exercise", "pelastus,DRILL-1");
+        }
+        h.note_withheld("exercise", "pelastus,DRILL-2");
+        h.note_withheld("test", "pelastus,DRILL-1");
+        assert_eq!(
+            h.withheld,
+            BTreeMap::from([("exercise".to_string(), 2), ("test".to_string(), 1)])
+        );
+    }
+
+    #[test]
     fn a_complete_snapshot_without_an_entity_removes_it() {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut ingest = Ingest::new(&feeds(""), rx);
