@@ -501,11 +501,9 @@ fn load_city(map_path: Option<&std::path::Path>) -> anyhow::Result<map::CityMap>
 
 /// Runs `feeds` headless for `for_secs` and returns what they delivered.
 fn run_feeds_for(
-    feeds: &[zhongshu::feeds::config::FeedConfig],
+    setup: zhongshu::feeds::config::FeedsSetup,
     city: &map::CityMap,
     for_secs: f64,
-    ranges: Vec<zhongshu::feeds::config::RangeRule>,
-    areas: &[zhongshu::feeds::config::AreaConfig],
 ) -> (
     zhongshu::state::LiveState,
     zhongshu::governance::health::Ingest,
@@ -513,13 +511,14 @@ fn run_feeds_for(
     use zhongshu::governance::health::Ingest;
     // Positions are indexed and checked around the map the feeds describe.
     let mut state = zhongshu::state::LiveState::new(city.frame);
-    let rules =
-        zhongshu::governance::quality::QualityRules::for_city(city.bbox_wgs84).with_ranges(ranges);
+    let feeds = &setup.feeds;
+    let rules = zhongshu::governance::quality::QualityRules::for_city(city.bbox_wgs84)
+        .with_ranges(setup.rules);
     if for_secs <= 0.0 {
         let (_tx, rx) = std::sync::mpsc::channel();
         return (state, Ingest::with_rules(feeds, rx, rules));
     }
-    let (running, rx) = zhongshu::feeds::start_feeds(feeds, areas, city, 1);
+    let (running, rx) = zhongshu::feeds::start_feeds(feeds, &setup.areas, city, 1);
     let mut ingest = Ingest::with_rules(feeds, rx, rules);
     let until = Instant::now() + std::time::Duration::from_secs_f64(for_secs);
     while Instant::now() < until {
@@ -539,11 +538,10 @@ fn catalog(
     if !(0.0..=86_400.0).contains(&for_secs) {
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
     }
-    let feeds = zhongshu::feeds::config::load_feeds(feeds_path)?;
+    let setup = zhongshu::feeds::config::load_setup(feeds_path)?;
     let city = load_city(map_path)?;
-    let ranges = zhongshu::feeds::config::load_rules(feeds_path)?;
-    let areas = zhongshu::feeds::config::load_areas(feeds_path)?;
-    let (_, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges, &areas);
+    let feeds = setup.feeds.clone();
+    let (_, ingest) = run_feeds_for(setup, &city, for_secs);
     let catalog = zhongshu::governance::catalog::dcat_catalog(&city.name, &feeds, &ingest.schemas);
     println!("{}", serde_json::to_string_pretty(&catalog)?);
     Ok(())
@@ -555,16 +553,14 @@ fn feeds_check(
     map_path: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use zhongshu::clock::unix_ms_now;
-    use zhongshu::feeds::config::load_feeds;
 
     if !(0.0..=86_400.0).contains(&for_secs) {
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
     }
-    let feeds = load_feeds(feeds_path)?;
+    let setup = zhongshu::feeds::config::load_setup(feeds_path)?;
     let city = load_city(map_path)?;
-    let ranges = zhongshu::feeds::config::load_rules(feeds_path)?;
-    let areas = zhongshu::feeds::config::load_areas(feeds_path)?;
-    let (state, ingest) = run_feeds_for(&feeds, &city, for_secs, ranges, &areas);
+    let feeds = setup.feeds.clone();
+    let (state, ingest) = run_feeds_for(setup, &city, for_secs);
     let now = unix_ms_now();
     let reconciliation = zhongshu::governance::reconcile::reconcile(&state, &feeds, now);
     let mut all_ok = true;
@@ -1235,16 +1231,11 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
     // would raise made-up incidents in a real hall).
     let city = load_city(cli.map.as_deref())?;
     let live = match &cli.feeds {
-        Some(path) => Some((
-            zhongshu::feeds::config::load_feeds(path)?,
-            zhongshu::feeds::config::load_rules(path)?,
-            zhongshu::feeds::config::load_areas(path)?,
-        )),
-        None if setup.demo => Some((
-            zhongshu::feeds::sim_source::default_sim_feeds(),
-            Vec::new(),
-            Vec::new(),
-        )),
+        Some(path) => Some(zhongshu::feeds::config::load_setup(path)?),
+        None if setup.demo => Some(zhongshu::feeds::config::FeedsSetup {
+            feeds: zhongshu::feeds::sim_source::default_sim_feeds(),
+            ..Default::default()
+        }),
         None => {
             eprintln!(
                 "zhongshu hub: no --feeds: this hub publishes no live layers (consoles of the hall show none)"
@@ -1259,10 +1250,10 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
         service: setup.service,
         replicas: cli.nats_replicas,
         crash_on_stop: false,
-        live: live.map(|(feeds, ranges, areas)| zhongshu::hall::live::LiveSetup {
-            feeds,
-            ranges,
-            areas,
+        live: live.map(|f| zhongshu::hall::live::LiveSetup {
+            feeds: f.feeds,
+            ranges: f.rules,
+            areas: f.areas,
             map: city.clone(),
             seed: 1,
         }),

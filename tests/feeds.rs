@@ -597,8 +597,9 @@ domain = "ecology"
 interval_s = 0.5
 "#
         ),
-        // Long enough for a few polls of each of the seven feeds on a busy machine.
-        "3",
+        // Long enough for a few polls of each of the seven feeds: in a debug build
+        // their HTTP clients take seconds to start (each loads the TLS roots).
+        "5",
     );
     let lines = feed_lines(&String::from_utf8_lossy(&out.stdout));
     // Named by zone codes only: taken (city-wide), never a failed poll.

@@ -126,17 +126,16 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         map.skipped.total(),
         map.load_ms
     );
-    let (feeds, ranges, areas) = match &options.feeds {
-        Some(path) => (
-            crate::feeds::config::load_feeds(path)?,
-            crate::feeds::config::load_rules(path)?,
-            crate::feeds::config::load_areas(path)?,
-        ),
-        None => (
-            crate::feeds::sim_source::default_sim_feeds(),
-            Vec::new(),
-            Vec::new(),
-        ),
+    let crate::feeds::config::FeedsSetup {
+        feeds,
+        rules: ranges,
+        areas,
+    } = match &options.feeds {
+        Some(path) => crate::feeds::config::load_setup(path)?,
+        None => crate::feeds::config::FeedsSetup {
+            feeds: crate::feeds::sim_source::default_sim_feeds(),
+            ..Default::default()
+        },
     };
     let index = BuildingIndex::new(&map);
     let mut rig = CameraRig::for_bounds(map.local_bounds());

@@ -122,42 +122,40 @@ pub fn decode_cap(body: &[u8], places: &Gazetteer) -> Result<Decoded, PayloadErr
 /// The text of an XML document in the encoding it declares (or its byte-order mark
 /// says), with the declaration rewritten to UTF-8 so the parser reads it as it is now.
 pub fn xml_text(body: &[u8]) -> Result<String, String> {
-    if let Some((encoding, bom)) = encoding_rs::Encoding::for_bom(body) {
-        let (text, had_errors) = encoding.decode_without_bom_handling(&body[bom..]);
-        if had_errors {
-            return Err(format!("CAP is not valid {}", encoding.name()));
-        }
-        return Ok(utf8_declaration(&text));
-    }
-    // UTF-16 without a byte-order mark: `<?` as 16-bit units (XML 1.0 appendix F).
-    if body.starts_with(&[0x3C, 0x00, 0x3F, 0x00]) || body.starts_with(&[0x00, 0x3C, 0x00, 0x3F]) {
-        let encoding = if body[0] == 0x3C {
-            encoding_rs::UTF_16LE
+    // What the bytes themselves say: a byte-order mark, or UTF-16 without one (`<?`
+    // as 16-bit units, XML 1.0 appendix F); else the declaration, else UTF-8.
+    let sniffed = encoding_rs::Encoding::for_bom(body).or_else(|| {
+        if body.starts_with(&[0x3C, 0x00, 0x3F, 0x00]) {
+            Some((encoding_rs::UTF_16LE, 0))
+        } else if body.starts_with(&[0x00, 0x3C, 0x00, 0x3F]) {
+            Some((encoding_rs::UTF_16BE, 0))
         } else {
-            encoding_rs::UTF_16BE
-        };
-        let (text, had_errors) = encoding.decode_without_bom_handling(body);
-        if had_errors {
-            return Err(format!("CAP is not valid {}", encoding.name()));
+            None
         }
-        return Ok(utf8_declaration(&text));
-    }
-    let label = declared_encoding(body);
-    let encoding = match &label {
-        None => encoding_rs::UTF_8,
-        Some(label) => encoding_rs::Encoding::for_label(label.as_bytes()).ok_or_else(|| {
-            format!("CAP declares encoding {label:?}, which is not an encoding this reader knows")
-        })?,
+    });
+    let (encoding, skip, label) = match sniffed {
+        Some((encoding, skip)) => (encoding, skip, None),
+        None => {
+            let label = declared_encoding(body);
+            let encoding = match &label {
+                None => encoding_rs::UTF_8,
+                Some(label) => encoding_rs::Encoding::for_label(label.as_bytes()).ok_or_else(|| {
+                    format!("CAP declares encoding {label:?}, which is not an encoding this reader knows")
+                })?,
+            };
+            (encoding, 0, Some(label))
+        }
     };
-    let (text, had_errors) = encoding.decode_without_bom_handling(body);
+    let (text, had_errors) = encoding.decode_without_bom_handling(&body[skip..]);
     if had_errors {
         return Err(match label {
-            Some(label) => format!(
+            None => format!("CAP is not valid {}", encoding.name()),
+            Some(Some(label)) => format!(
                 "CAP declares encoding {label:?} ({}) but its bytes are not valid {}",
                 encoding.name(),
                 encoding.name()
             ),
-            None => "CAP is not UTF-8 and declares no other encoding".to_string(),
+            Some(None) => "CAP is not UTF-8 and declares no other encoding".to_string(),
         });
     }
     Ok(utf8_declaration(&text))

@@ -210,21 +210,17 @@ pub struct AreaConfig {
 
 /// The `[[area]]` entries of a feeds file.
 pub fn load_areas(path: &Path) -> Result<Vec<AreaConfig>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_areas(&text).map_err(|message| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        message,
-    })
+    load(path, parse_areas)
 }
 
 /// Parses the `[[area]]` entries: each needs a name or codes, and a polygon (3 points
 /// or more) or a center, all valid WGS84.
 pub fn parse_areas(text: &str) -> Result<Vec<AreaConfig>, String> {
-    let file: FeedsFile = toml::from_str(text).map_err(|e| e.to_string())?;
-    for (i, a) in file.area.iter().enumerate() {
+    check_areas(parse_file(text)?.area)
+}
+
+fn check_areas(area: Vec<AreaConfig>) -> Result<Vec<AreaConfig>, String> {
+    for (i, a) in area.iter().enumerate() {
         let label = a
             .name
             .clone()
@@ -257,7 +253,7 @@ pub fn parse_areas(text: &str) -> Result<Vec<AreaConfig>, String> {
             ));
         }
     }
-    Ok(file.area)
+    Ok(area)
 }
 
 /// A `[[rule]]`: the plausible range of one field of one entity type, replacing the
@@ -276,20 +272,16 @@ pub struct RangeRule {
 
 /// The `[[rule]]` entries of a feeds file.
 pub fn load_rules(path: &Path) -> Result<Vec<RangeRule>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_rules(&text).map_err(|message| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        message,
-    })
+    load(path, parse_rules)
 }
 
 /// Parses the `[[rule]]` entries; a rule needs a min or a max, and min ≤ max.
 pub fn parse_rules(text: &str) -> Result<Vec<RangeRule>, String> {
-    let file: FeedsFile = toml::from_str(text).map_err(|e| e.to_string())?;
-    for r in &file.rule {
+    check_rules(parse_file(text)?.rule)
+}
+
+fn check_rules(rule: Vec<RangeRule>) -> Result<Vec<RangeRule>, String> {
+    for r in &rule {
         match (r.min, r.max) {
             (None, None) => {
                 return Err(format!(
@@ -306,7 +298,7 @@ pub fn parse_rules(text: &str) -> Result<Vec<RangeRule>, String> {
             _ => {}
         }
     }
-    Ok(file.rule)
+    Ok(rule)
 }
 
 /// A feeds file that cannot be used, with the reason.
@@ -322,23 +314,59 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// Reads and validates a feeds file.
-pub fn load_feeds(path: &Path) -> Result<Vec<FeedConfig>, ConfigError> {
+/// Everything a feeds file says, read and parsed once: the feeds, the `[[rule]]`
+/// ranges and the `[[area]]` gazetteer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FeedsSetup {
+    pub feeds: Vec<FeedConfig>,
+    pub rules: Vec<RangeRule>,
+    pub areas: Vec<AreaConfig>,
+}
+
+/// Reads and validates a whole feeds file.
+pub fn load_setup(path: &Path) -> Result<FeedsSetup, ConfigError> {
+    load(path, parse_setup)
+}
+
+/// Parses and validates a whole feeds file.
+pub fn parse_setup(text: &str) -> Result<FeedsSetup, String> {
+    let file = parse_file(text)?;
+    Ok(FeedsSetup {
+        feeds: check_feeds(file.feed)?,
+        rules: check_rules(file.rule)?,
+        areas: check_areas(file.area)?,
+    })
+}
+
+fn parse_file(text: &str) -> Result<FeedsFile, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Reads `path` and parses it with `parse`; errors name the file.
+fn load<T>(path: &Path, parse: fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_feeds(&text).map_err(|message| ConfigError::Invalid {
+    parse(&text).map_err(|message| ConfigError::Invalid {
         path: path.to_path_buf(),
         message,
     })
 }
 
+/// Reads and validates a feeds file.
+pub fn load_feeds(path: &Path) -> Result<Vec<FeedConfig>, ConfigError> {
+    load(path, parse_feeds)
+}
+
 /// Parses and validates feeds TOML; the error names the feed and the problem.
 pub fn parse_feeds(text: &str) -> Result<Vec<FeedConfig>, String> {
-    let file: FeedsFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    check_feeds(parse_file(text)?.feed)
+}
+
+fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
     let mut names = HashSet::new();
-    for feed in &file.feed {
+    for feed in &feed {
         let name = feed.name.trim();
         if name.is_empty() {
             return Err("a feed has an empty name".into());
@@ -404,8 +432,8 @@ pub fn parse_feeds(text: &str) -> Result<Vec<FeedConfig>, String> {
             ));
         }
     }
-    check_single_authority(&file.feed)?;
-    Ok(file.feed)
+    check_single_authority(&feed)?;
+    Ok(feed)
 }
 
 /// Refuses two feeds authoritative for the same type or field: the winner would flip

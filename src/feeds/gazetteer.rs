@@ -183,8 +183,9 @@ impl Gazetteer {
         self.city.as_ref()
     }
 
-    /// A gazetteer that knows nothing but the city at `lon`, `lat` (tests, tools).
-    pub fn city_only(name: &str, lon: f64, lat: f64) -> Gazetteer {
+    /// A gazetteer that knows nothing but the city at `lon`, `lat` (tests).
+    #[cfg(test)]
+    pub(crate) fn city_only(name: &str, lon: f64, lat: f64) -> Gazetteer {
         Gazetteer {
             city: Some(Place {
                 name: name.to_owned(),

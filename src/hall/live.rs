@@ -40,15 +40,16 @@ pub const MAX_FRAME_BYTES: usize = 900 * 1024;
 /// An entity left out of the live layers: (feed, id, bytes its frame would take).
 type TooBig = (FeedId, String, usize);
 
-/// `changes` in parts whose frames (made by `frame`) each encode to at most
-/// [`MAX_FRAME_BYTES`]; entities too big for any frame are left out and returned.
+/// `changes` in parts whose frames (made by `frame`, with the largest number and
+/// flags the caller will give them) each encode to at most [`MAX_FRAME_BYTES`];
+/// entities too big for any frame are left out and returned.
 fn split_by_bytes(
     changes: Changes,
     frame: &dyn Fn(Changes) -> Frame,
-) -> (Vec<Vec<u8>>, Vec<TooBig>) {
+) -> (Vec<Changes>, Vec<TooBig>) {
     let bytes = encode(&frame(changes.clone()));
     if bytes.len() <= MAX_FRAME_BYTES {
-        return (vec![bytes], Vec::new());
+        return (vec![changes], Vec::new());
     }
     if changes.upserts.len() + changes.removed.len() <= 1 {
         let dropped = changes
@@ -287,14 +288,15 @@ impl Publisher {
                 body: Body::Changes(changes),
             });
             problem = problem.or(too_large(&dropped));
-            for bytes in parts {
-                // Numbered now (the size differs by a few bytes at most).
-                let mut frame = decode(&bytes).map_err(|e| format!("live frame: {e}"))?;
+            for changes in parts {
                 self.seq += 1;
-                frame.seq = self.seq;
-                if let Body::Changes(c) = &frame.body {
-                    self.entities_sent += (c.upserts.len() + c.removed.len()) as u64;
-                }
+                self.entities_sent += (changes.upserts.len() + changes.removed.len()) as u64;
+                let frame = Frame {
+                    v: WIRE_VERSION,
+                    hub: self.hub.clone(),
+                    seq: self.seq,
+                    body: Body::Changes(changes),
+                };
                 self.publish(live_subject(&self.hall), &frame)?;
             }
         }
@@ -346,10 +348,10 @@ impl Publisher {
         parts.push(changes);
         let hub = self.hub.clone();
         let seq = self.seq;
-        let mut encoded = Vec::new();
+        let mut split = Vec::new();
         let mut dropped = Vec::new();
         for changes in parts {
-            let (frames, too_big) = split_by_bytes(changes, &|changes| Frame {
+            let (fitting, too_big) = split_by_bytes(changes, &|changes| Frame {
                 v: WIRE_VERSION,
                 hub: hub.clone(),
                 seq,
@@ -358,27 +360,29 @@ impl Publisher {
                     last: false,
                 },
             });
-            encoded.extend(frames);
+            split.extend(fitting);
             dropped.extend(too_big);
         }
         // The last part says so (an empty one when nothing fitted).
-        let last = match encoded.pop().map(|bytes| decode(&bytes)) {
-            Some(Ok(Frame {
-                body: Body::Snapshot { changes, .. },
-                ..
-            })) => changes,
-            _ => Changes::default(),
-        };
-        encoded.push(encode(&Frame {
-            v: WIRE_VERSION,
-            hub: hub.clone(),
-            seq,
-            body: Body::Snapshot {
-                changes: last,
-                last: true,
-            },
-        }));
-        let frames = encoded;
+        if split.is_empty() {
+            split.push(Changes::default());
+        }
+        let count = split.len();
+        let frames: Vec<Vec<u8>> = split
+            .into_iter()
+            .enumerate()
+            .map(|(i, changes)| {
+                encode(&Frame {
+                    v: WIRE_VERSION,
+                    hub: hub.clone(),
+                    seq,
+                    body: Body::Snapshot {
+                        changes,
+                        last: i + 1 == count,
+                    },
+                })
+            })
+            .collect();
         let problem = too_large(&dropped);
         for inbox in inboxes {
             let client = self.nats.client.clone();
@@ -1174,7 +1178,8 @@ mod tests {
             seq: 9,
             body: Body::Changes(changes),
         };
-        let (frames, dropped) = split_by_bytes(changes, &frame);
+        let (parts, dropped) = split_by_bytes(changes, &frame);
+        let frames: Vec<Vec<u8>> = parts.into_iter().map(|c| encode(&frame(c))).collect();
         assert!(frames.len() >= 3, "{}", frames.len());
         assert!(frames.iter().all(|f| f.len() <= MAX_FRAME_BYTES));
         assert_eq!(dropped.len(), 1);
