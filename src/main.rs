@@ -1416,6 +1416,7 @@ fn hall_status(cli: &Cli) -> anyhow::Result<()> {
             "consoles": consoles,
             "log": log,
             "live": live,
+            "link": zhongshu::hall::link::inbox_status(&nats, &hall).ok(),
         })
     );
     Ok(())

@@ -247,6 +247,8 @@ pub mod testing {
         pub port: u16,
         pub dir: PathBuf,
         extra_config: String,
+        /// More settings inside the `jetstream { }` block (a domain).
+        js_config: String,
     }
 
     impl NatsServer {
@@ -258,6 +260,12 @@ pub mod testing {
 
         /// Starts a server with more configuration lines.
         pub fn start_with(name: &str, extra_config: &str) -> Self {
+            Self::start_full(name, "", extra_config)
+        }
+
+        /// A server whose JetStream has more settings (`domain: NAME` for a hall of
+        /// its own on a leaf node) and whose configuration has `extra_config`.
+        pub fn start_full(name: &str, js_config: &str, extra_config: &str) -> Self {
             let dir = std::env::temp_dir().join(format!(
                 "zhongshu-nats-{name}-{}-{}",
                 std::process::id(),
@@ -273,6 +281,7 @@ pub mod testing {
                 port: 0,
                 dir,
                 extra_config: extra_config.to_string(),
+                js_config: js_config.to_string(),
             };
             s.launch(0);
             s
@@ -292,8 +301,9 @@ pub mod testing {
             std::fs::write(
                 &config,
                 format!(
-                    "host: 127.0.0.1\n{port_line}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n{}\n",
+                    "host: 127.0.0.1\n{port_line}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n  {}\n}}\n{}\n",
                     self.dir.join("js"),
+                    self.js_config,
                     self.extra_config
                 ),
             )
@@ -362,7 +372,7 @@ pub mod testing {
         pub nodes: Vec<NatsServer>,
     }
 
-    fn free_port() -> u16 {
+    pub fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

@@ -843,6 +843,9 @@ pub fn order_board_ui(
             if d.endpoint == Endpoint::Manual {
                 chip(ui, "manual 人工登记", theme::MUTED);
             }
+            if let Endpoint::Hall(hall) = &d.endpoint {
+                chip(ui, &format!("hall {hall} 跨级"), theme::MUTED);
+            }
             ui.label(egui::RichText::new(group.total.to_string()).color(theme::MUTED));
         });
         for &i in &group.rows {

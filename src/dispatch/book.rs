@@ -117,6 +117,14 @@ pub enum Command {
         incident: String,
         text: String,
     },
+    /// An order from another hall (an escalation to a superior here, or an order to
+    /// one of this hall's departments), taken in by the hub from the link between
+    /// halls: `from` is `HALL/ORD-…`, and an order already taken in is refused.
+    ReceiveOrder {
+        incident: String,
+        order: NewOrder,
+        from: String,
+    },
 }
 
 /// What is stored: one entry of the append-only log.
@@ -144,6 +152,10 @@ pub enum Event {
         /// The order this one escalates.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         escalates: Option<String>,
+        /// The order of another hall this one carries out (`HALL/ORD-…`): it came
+        /// over the link between halls, and its progress goes back the same way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
     },
     OrderChanged {
         id: String,
@@ -184,9 +196,11 @@ impl Event {
                     || (matches!(action, Action::VerifyIncident | Action::DispatchIncident)
                         && is_allowed(role, Action::IssueOrder))
             }
-            Event::OrderIssued { escalates, .. } => {
+            Event::OrderIssued {
+                escalates, from, ..
+            } => {
                 is_allowed(role, Action::IssueOrder)
-                    || (role == Role::System && escalates.is_some())
+                    || (role == Role::System && (escalates.is_some() || from.is_some()))
             }
             Event::Note { .. } => is_allowed(role, Action::AddNote),
             Event::OrderOverdue { .. } | Event::AlertWithdrawn { .. } => role == Role::System,
@@ -282,6 +296,8 @@ pub struct Order {
     /// The order this one escalates, and the one that escalated this.
     pub escalates: Option<String>,
     pub escalated_to: Option<String>,
+    /// The order of another hall this one carries out (`HALL/ORD-…`).
+    pub from: Option<String>,
     /// When the clock found the deadline passed (once per order). An order signed for
     /// keeps its status then; it is urged but never escalated.
     pub overdue_ms: Option<i64>,
@@ -347,6 +363,8 @@ pub struct Book {
     incident_index: HashMap<String, usize>,
     order_index: HashMap<String, usize>,
     by_key: HashMap<String, usize>,
+    /// Orders taken in from another hall, by their `HALL/ORD-…`.
+    by_origin: HashMap<String, usize>,
     next_incident: u64,
     next_order: u64,
     /// Events in the log that refer to something unknown (a damaged log).
@@ -388,6 +406,7 @@ impl Book {
             incident_index: HashMap::new(),
             order_index: HashMap::new(),
             by_key: HashMap::new(),
+            by_origin: HashMap::new(),
             next_incident: 1,
             next_order: 1,
             skipped_events: 0,
@@ -403,6 +422,11 @@ impl Book {
 
     pub fn order(&self, id: &str) -> Option<&Order> {
         self.order_index.get(id).map(|&i| &self.orders[i])
+    }
+
+    /// The order taken in from another hall's order `from` (`HALL/ORD-…`).
+    pub fn order_from(&self, from: &str) -> Option<&Order> {
+        self.by_origin.get(from).map(|&i| &self.orders[i])
     }
 
     /// The incident raised by the alert with this de-duplication key.
@@ -569,6 +593,7 @@ impl Book {
                         instruction: super::clean_text(&o.instruction),
                         deadline_ms: o.deadline_ms,
                         escalates: None,
+                        from: None,
                     });
                 }
                 Ok(events)
@@ -739,6 +764,7 @@ impl Book {
                             ),
                             deadline_ms: now_ms.saturating_add(window),
                             escalates: Some(order.id.clone()),
+                            from: None,
                         }),
                         None => events.push(Event::Note {
                             incident: order.incident.clone(),
@@ -805,6 +831,59 @@ impl Book {
                 Ok(vec![Event::Note {
                     incident: incident.clone(),
                     text: super::clean_text(text),
+                }])
+            }
+            Command::ReceiveOrder {
+                incident,
+                order,
+                from,
+            } => {
+                Self::check_system(actor, "only the hall's hub takes in orders of other halls")?;
+                if let Some(known) = self.order_from(from) {
+                    return Err(CommandError::Invalid(format!(
+                        "{from} was already taken in as {}",
+                        known.id
+                    )));
+                }
+                let valid_origin = from.split_once('/').is_some_and(|(hall, id)| {
+                    crate::nats::check_hall_name(hall).is_ok() && !id.trim().is_empty()
+                });
+                if !valid_origin {
+                    return Err(CommandError::Invalid(format!(
+                        "{from:?} does not name an order of another hall (HALL/ORD-…)"
+                    )));
+                }
+                let inc = self
+                    .incident(incident)
+                    .ok_or_else(|| CommandError::NoIncident(incident.clone()))?;
+                if !inc.is_open() {
+                    return Err(CommandError::IncidentFinished {
+                        id: incident.clone(),
+                        status: inc.status,
+                    });
+                }
+                if self.config.department(&order.department).is_none() {
+                    return Err(CommandError::NoDepartment(order.department.clone()));
+                }
+                if order.instruction.trim().is_empty() {
+                    return Err(CommandError::Invalid(format!(
+                        "the order from {from} has no instruction"
+                    )));
+                }
+                // The other hall's deadline stands; one that passed while the link
+                // was down still leaves the department the shortest window.
+                let deadline_ms = order.deadline_ms.clamp(
+                    now_ms.saturating_add(MIN_ESCALATION_WINDOW_MS),
+                    now_ms.saturating_add(MAX_DEADLINE_AHEAD_MS),
+                );
+                Ok(vec![Event::OrderIssued {
+                    id: format!("ORD-{:06}", self.next_order),
+                    incident: incident.clone(),
+                    department: order.department.clone(),
+                    instruction: super::clean_text(&order.instruction),
+                    deadline_ms,
+                    escalates: None,
+                    from: Some(super::clean_text(from)),
                 }])
             }
         }
@@ -961,8 +1040,12 @@ impl Book {
                 instruction,
                 deadline_ms,
                 escalates,
+                from,
             } => {
                 let i = self.incident_index[incident];
+                if let Some(from) = from {
+                    self.by_origin.insert(from.clone(), self.orders.len());
+                }
                 let index = self.orders.len();
                 self.order_index.insert(id.clone(), index);
                 if let Some(n) = number_after(id, "ORD-") {
@@ -995,6 +1078,7 @@ impl Book {
                     escalates: escalates.clone(),
                     escalated_to: None,
                     overdue_ms: None,
+                    from: from.clone(),
                 });
                 let inc = &mut self.incidents[i];
                 inc.orders.push(index);
@@ -1377,6 +1461,76 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("clock"));
+    }
+
+    #[test]
+    fn an_order_of_another_hall_is_taken_in_once_by_the_hub_only() {
+        let mut b = book();
+        let system = Actor::system();
+        run(
+            &mut b,
+            Command::ReportIncident(fire(Some("hall:d1/INC-000004"))),
+            &system,
+            T0,
+        )
+        .unwrap();
+        let receive = |from: &str, deadline_ms: i64| Command::ReceiveOrder {
+            incident: "INC-000001".into(),
+            order: NewOrder {
+                department: "fire".into(),
+                instruction: "Escalated from the district brigade: contain it".into(),
+                deadline_ms,
+            },
+            from: from.into(),
+        };
+        // Only the hub (Zhongshu itself) takes in another hall's orders.
+        let err = run(
+            &mut b,
+            receive("d1/ORD-000007", T0 + 600_000),
+            &dispatcher(),
+            T0,
+        );
+        assert!(err.is_err());
+        let events = run(&mut b, receive("d1/ORD-000007", T0 + 600_000), &system, T0).unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(events[0].permitted_for(Role::System));
+        let o = b.order_from("d1/ORD-000007").unwrap();
+        assert_eq!((o.id.as_str(), o.deadline_ms), ("ORD-000001", T0 + 600_000));
+        assert_eq!(o.from.as_deref(), Some("d1/ORD-000007"));
+        // The same order again (a restarted hub, a long cut) is refused, naming it.
+        let err = run(&mut b, receive("d1/ORD-000007", T0 + 600_000), &system, T0).unwrap_err();
+        assert!(
+            err.to_string().contains("already taken in as ORD-000001"),
+            "{err}"
+        );
+        // A deadline that passed on the way still leaves a minute; nonsense origins
+        // are refused.
+        run(&mut b, receive("d1/ORD-000008", T0 - 5), &system, T0).unwrap();
+        assert_eq!(
+            b.order_from("d1/ORD-000008").unwrap().deadline_ms,
+            T0 + 60_000
+        );
+        for bad in ["ORD-000009", "bad hall/ORD-1", "d1/"] {
+            assert!(
+                run(&mut b, receive(bad, T0 + 1), &system, T0).is_err(),
+                "{bad}"
+            );
+        }
+        // The order survives a replay: the log says where it came from.
+        let json = serde_json::to_string(&events[0]).unwrap();
+        assert!(json.contains("\"from\":\"d1/ORD-000007\""), "{json}");
+        // An order of this hall's own is written exactly as before (the chain of an
+        // old log is unchanged).
+        let own = Event::OrderIssued {
+            id: "ORD-1".into(),
+            incident: "INC-1".into(),
+            department: "fire".into(),
+            instruction: "Go".into(),
+            deadline_ms: 1,
+            escalates: None,
+            from: None,
+        };
+        assert!(!serde_json::to_string(&own).unwrap().contains("from"));
     }
 
     #[test]
@@ -1816,6 +1970,7 @@ mod tests {
                 instruction: "Go".into(),
                 deadline_ms: T0,
                 escalates: None,
+                from: None,
             },
         ];
         for e in &stray {

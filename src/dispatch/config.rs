@@ -34,6 +34,9 @@ pub enum Endpoint {
     Simulated,
     /// The department's order-intake base URL.
     Url(String),
+    /// A department of another hall (`endpoint = "hall:NAME"`): its orders go to
+    /// that hall's log over the link between halls, and their progress comes back.
+    Hall(String),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -167,14 +170,22 @@ impl DispatchConfig {
                 Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                     Endpoint::Url(url.trim_end_matches('/').to_string())
                 }
+                Some(hall) if hall.starts_with("hall:") => {
+                    let name = hall["hall:".len()..].trim();
+                    crate::nats::check_hall_name(name).map_err(|e| {
+                        invalid(format!("department \"{}\": endpoint \"{hall}\": {e}", d.id))
+                    })?;
+                    Endpoint::Hall(name.to_string())
+                }
                 Some(other) => {
                     return Err(invalid(format!(
-                        "department \"{}\": endpoint \"{other}\" is not an http(s) URL, \"simulated\" or \"manual\"",
+                        "department \"{}\": endpoint \"{other}\" is not an http(s) URL, \"hall:NAME\", \"simulated\" or \"manual\"",
                         d.id
                     )));
                 }
             };
-            if endpoint != Endpoint::Manual && d.token.as_deref().unwrap_or("").is_empty() {
+            let reports_itself = matches!(endpoint, Endpoint::Url(_) | Endpoint::Simulated);
+            if reports_itself && d.token.as_deref().unwrap_or("").is_empty() {
                 return Err(invalid(format!(
                     "department \"{}\" has an endpoint but no token for its status reports",
                     d.id
@@ -316,6 +327,24 @@ mod tests {
             Endpoint::Manual
         );
         assert_eq!(c.department_for_token("demo-fire").unwrap().id, "fire");
+    }
+
+    #[test]
+    fn a_department_of_another_hall_needs_no_token_and_a_valid_hall_name() {
+        let text = |endpoint: &str| {
+            format!(
+                "[[department]]\nid = \"city_fire\"\nname = \"City fire\"\ndomain = \"safety\"\nlevel = \"city\"\nendpoint = \"{endpoint}\"\n"
+            )
+        };
+        let c = DispatchConfig::parse(&text("hall:city"), "t").unwrap();
+        assert_eq!(
+            c.department("city_fire").unwrap().endpoint,
+            Endpoint::Hall("city".into())
+        );
+        let e = DispatchConfig::parse(&text("hall:the city"), "t").unwrap_err();
+        assert!(e.to_string().contains("hall name"), "{e}");
+        let e = DispatchConfig::parse(&text("ftp://x"), "t").unwrap_err();
+        assert!(e.to_string().contains("hall:NAME"), "{e}");
     }
 
     #[test]

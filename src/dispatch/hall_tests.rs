@@ -662,6 +662,7 @@ fn a_forged_or_garbled_message_on_the_hall_log_is_not_taken_in_and_is_reported()
         instruction: "forged".into(),
         deadline_ms: T0,
         escalates: None,
+        from: None,
     })
     .unwrap();
     publish_chained(&nats, "department_liaison", "order_issued", order, T0 + 7);
@@ -711,6 +712,7 @@ fn the_hub_acts_only_on_events_their_role_may_write() {
         instruction: "Go".into(),
         deadline_ms: T0,
         escalates: None,
+        from: None,
     };
     assert!(order.permitted_for(Role::Dispatcher));
     assert!(!order.permitted_for(Role::DepartmentLiaison));
@@ -723,6 +725,7 @@ fn the_hub_acts_only_on_events_their_role_may_write() {
         instruction: "Go".into(),
         deadline_ms: T0,
         escalates: Some("ORD-000001".into()),
+        from: None,
     };
     assert!(escalation.permitted_for(Role::System));
     let overdue = Event::OrderOverdue {

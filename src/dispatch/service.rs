@@ -172,7 +172,8 @@ impl DispatchService {
                         endpoints.insert(d.id.clone(), format!("{}/{}", sim.base_url(), d.id));
                     }
                 }
-                Endpoint::Manual => {}
+                // The hall's hub sends these over the link between halls.
+                Endpoint::Manual | Endpoint::Hall(_) => {}
             }
         }
         if options.hall_console {
@@ -618,7 +619,7 @@ impl DispatchService {
     /// A department's report, checked like any command of its liaison. A report of a
     /// later step implies the earlier ones (in progress implies signed for); a report
     /// of a step the order is already past is a repeat, answered as such.
-    fn take_report(
+    pub fn take_report(
         &mut self,
         report: &StatusReport,
         now_ms: i64,

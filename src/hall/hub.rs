@@ -90,6 +90,7 @@ pub fn run(
     };
     let mut service: Option<DispatchService> = None;
     let mut live: Option<super::live::HubLive> = None;
+    let mut link: Option<super::link::HallLink> = None;
     let mut last_lease = Instant::now() - LEASE_EVERY;
     let mut last_announce = Instant::now() - ANNOUNCE_EVERY;
     let mut said_standby = false;
@@ -164,6 +165,13 @@ pub fn run(
                     };
                     match started_service {
                         Ok(s) => {
+                            match super::link::HallLink::open(nats, &options.hall, options.replicas)
+                            {
+                                Ok(l) => link = Some(l),
+                                Err(e) => report(HubState::Problem(format!(
+                                    "the link to other halls did not start: {e}"
+                                ))),
+                            }
                             if let Some(setup) = options.live.clone() {
                                 match super::live::HubLive::start(nats, &options.hall, &id, setup) {
                                     Ok(l) => live = Some(l),
@@ -204,6 +212,7 @@ pub fn run(
                     if was_active {
                         service = None;
                         live = None;
+                        link = None;
                         me.state = "standby".into();
                         me.api = None;
                         me.since_ms = now_ms();
@@ -228,6 +237,7 @@ pub fn run(
                     if was_active && last_renewed.elapsed() >= super::LEASE_TTL {
                         service = None;
                         live = None;
+                        link = None;
                         lease.forget();
                         me.state = "standby".into();
                         me.api = None;
@@ -275,6 +285,14 @@ pub fn run(
                 last_problem = Some(e);
             }
         }
+        if let (Some(s), Some(l)) = (service.as_mut(), link.as_mut()) {
+            for problem in l.pump(nats, s, now_ms()).problems {
+                if last_problem.as_deref() != Some(problem.as_str()) {
+                    report(HubState::Problem(problem.clone()));
+                    last_problem = Some(problem);
+                }
+            }
+        }
         if let Some(s) = service.as_mut()
             && let Err(e) = s.pump(now_ms())
         {
@@ -286,6 +304,7 @@ pub fn run(
         }
         std::thread::sleep(PUMP_EVERY);
     }
+    drop(link);
     drop(live);
     drop(service);
     if !options.crash_on_stop {

@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod hub;
+pub mod link;
 pub mod live;
 
 use std::time::Duration;
