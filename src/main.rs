@@ -105,6 +105,11 @@ struct Cli {
     /// on a single server, 3 on a 3-node cluster).
     #[arg(long, global = true, value_name = "N", default_value_t = 1)]
     nats_replicas: usize,
+    /// The JetStream domain of a hall reached over the leaf link from another
+    /// hall's server (a district's, from the city): the console watches it
+    /// read-only; `hall-status` and `audit verify` read it.
+    #[arg(long, global = true, value_name = "DOMAIN")]
+    nats_domain: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -128,6 +133,7 @@ impl Cli {
             auth,
             timeout: None,
             name: Some(format!("zhongshu {client_name} ({hall})")),
+            domain: self.nats_domain.clone(),
         })
         .map_err(anyhow::Error::msg)?;
         let log = zhongshu::store::jetstream::JetStreamLog::open(
@@ -1197,6 +1203,7 @@ fn hall_nats(cli: &Cli, what: &str) -> anyhow::Result<(zhongshu::nats::Nats, Str
         auth,
         timeout: None,
         name: Some(format!("zhongshu {what} ({hall})")),
+        domain: cli.nats_domain.clone(),
     })
     .map_err(anyhow::Error::msg)?;
     Ok((nats, hall.clone()))
@@ -1204,6 +1211,11 @@ fn hall_nats(cli: &Cli, what: &str) -> anyhow::Result<(zhongshu::nats::Nats, Str
 
 fn run_hub(cli: &Cli) -> anyhow::Result<()> {
     use zhongshu::hall::hub::{HubOptions, HubState};
+    if cli.nats_domain.is_some() {
+        bail!(
+            "a hub runs on its own hall's server: connect it there, without --nats-domain (that is for watching another hall)"
+        );
+    }
     let (nats, hall) = hall_nats(cli, "hub")?;
     let setup = desk_setup(cli, false)?;
     // SAFETY: plain handlers that only store to an atomic.

@@ -24,6 +24,9 @@ pub struct NatsOptions {
     pub timeout: Option<Duration>,
     /// The client's name, shown in the server's connection list.
     pub name: Option<String>,
+    /// The JetStream domain of the hall, when it is not the server's own: a
+    /// district hall read from the city's server over the leaf link.
+    pub domain: Option<String>,
 }
 
 /// Credentials for the server (never printed).
@@ -131,6 +134,9 @@ pub struct Nats {
     pub js: async_nats::jetstream::Context,
     pub url: String,
     pub timeout: Duration,
+    /// The JetStream domain reached (another hall's, over the leaf link), if not
+    /// the server's own.
+    pub domain: Option<String>,
 }
 
 /// The default bound on one request.
@@ -141,6 +147,9 @@ impl Nats {
     /// error that names it.
     pub fn connect(options: &NatsOptions) -> Result<Self, String> {
         let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        if let Some(d) = &options.domain {
+            check_hall_name(d).map_err(|e| format!("JetStream domain: {e}"))?;
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("zhongshu-nats")
@@ -187,7 +196,10 @@ impl Nats {
         })?;
         let js = {
             let _in_runtime = rt.enter();
-            async_nats::jetstream::new(client.clone())
+            match &options.domain {
+                Some(d) => async_nats::jetstream::with_domain(client.clone(), d),
+                None => async_nats::jetstream::new(client.clone()),
+            }
         };
         Ok(Self {
             rt: Arc::new(rt),
@@ -195,6 +207,7 @@ impl Nats {
             js,
             url: options.url.clone(),
             timeout,
+            domain: options.domain.clone(),
         })
     }
 

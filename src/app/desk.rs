@@ -70,6 +70,8 @@ pub struct HallLink {
     /// The hall's members as last listed (other consoles, hubs).
     pub members: std::sync::Arc<Mutex<Vec<crate::hall::Member>>>,
     pub member_id: String,
+    /// Another hall watched over the leaf link (its JetStream domain): read-only.
+    pub watching: Option<String>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -77,6 +79,15 @@ impl Drop for HallLink {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Who a person is on a hall watched over the leaf link: their name, read-only.
+pub fn watching_actor(actor: &Actor) -> Actor {
+    Actor::new(
+        &format!("{} (watching)", actor.name),
+        crate::dispatch::Role::Leader,
+        None,
+    )
 }
 
 impl HallLink {
@@ -154,6 +165,7 @@ impl HallLink {
             presence,
             members,
             member_id,
+            watching: setup.nats.domain.clone(),
             stop,
         }
     }
@@ -338,6 +350,13 @@ impl Desk {
         match answer {
             Ok(actor) => {
                 self.sign_out();
+                // Another hall, watched from this one's server: whoever signs in
+                // sees it as a leader does, read-only (what it escalates to this
+                // hall is acted on in this hall's own log).
+                let actor = match self.hall.as_ref().and_then(|h| h.watching.as_ref()) {
+                    Some(_) => watching_actor(&actor),
+                    None => actor,
+                };
                 self.actor = Some(actor);
             }
             Err(e) => {

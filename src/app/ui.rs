@@ -324,6 +324,15 @@ fn hall_bar_ui(
                     .color(theme::GOOD)
                     .strong(),
             );
+            if let Some(domain) = &link.watching {
+                ui.label(
+                    egui::RichText::new(format!(
+                        "watched over the link (domain {domain}), read-only 跨级只读"
+                    ))
+                    .color(theme::WARN)
+                    .strong(),
+                );
+            }
             ui.label(egui::RichText::new(hub).color(theme::MUTED));
             // The live layers come from the hub: say when they wait for it.
             if let Some(why) = live_trouble {

@@ -1083,6 +1083,33 @@ superior = "city_fire"
             },
         );
 
+        // The city watches the district's log over the link (its JetStream
+        // domain, from the city's own server): the same book, read-only.
+        let watcher = Nats::connect(&NatsOptions {
+            url: city.url(),
+            domain: Some("d1".into()),
+            timeout: Some(Duration::from_secs(10)),
+            ..Default::default()
+        })
+        .unwrap();
+        let log = JetStreamLog::open(
+            &watcher,
+            "d1",
+            &HallLogOptions {
+                replicas: 1,
+                create: false,
+            },
+        )
+        .expect("the district's log, read from the city");
+        let watch = Dispatcher::open_store(
+            Box::new(log),
+            DispatchConfig::parse(DISTRICT, "d1").unwrap(),
+        )
+        .unwrap();
+        d1.sync().unwrap();
+        assert_eq!(watch.book().incidents, d1.book().incidents);
+        assert_eq!(watch.book().orders, d1.book().orders);
+
         // Hubs restarted send again what they cannot know was taken: nothing is
         // taken twice.
         drop(city_hub);
