@@ -137,6 +137,10 @@ pub struct Nats {
     /// The JetStream domain reached (another hall's, over the leaf link), if not
     /// the server's own.
     pub domain: Option<String>,
+    /// The last permissions violation the server reported to this client, and when
+    /// (a write the server's account settings refuse is never acknowledged: this
+    /// says why).
+    refusals: Arc<std::sync::Mutex<Option<(std::time::Instant, String)>>>,
 }
 
 /// The default bound on one request.
@@ -158,11 +162,25 @@ impl Nats {
             .map_err(|e| format!("cannot start the NATS runtime: {e}"))?;
         let url = options.url.clone();
         let auth = options.auth.clone();
+        let refusals: Arc<std::sync::Mutex<Option<(std::time::Instant, String)>>> = Arc::default();
+        let said = refusals.clone();
         let name = options.name.clone();
         let client = rt.block_on(async move {
             let mut o = async_nats::ConnectOptions::new()
                 .connection_timeout(timeout)
-                .request_timeout(Some(timeout));
+                .request_timeout(Some(timeout))
+                .event_callback(move |event| {
+                    let said = said.clone();
+                    async move {
+                        if let async_nats::Event::ServerError(async_nats::ServerError::Other(e)) =
+                            event
+                            && e.to_lowercase().contains("permissions violation")
+                            && let Ok(mut last) = said.lock()
+                        {
+                            *last = Some((std::time::Instant::now(), e));
+                        }
+                    }
+                });
             if let Some(name) = name {
                 o = o.name(name);
             }
@@ -208,6 +226,7 @@ impl Nats {
             url: options.url.clone(),
             timeout,
             domain: options.domain.clone(),
+            refusals,
         })
     }
 
@@ -223,6 +242,16 @@ impl Nats {
                 .await
                 .map_err(|_| format!("{what}: the hall's server did not answer in {timeout:?}"))?
         })
+    }
+
+    /// The permissions violation the server reported since `since` whose text names
+    /// `subject`, if any.
+    pub fn refused_since(&self, since: std::time::Instant, subject: &str) -> Option<String> {
+        let last = self.refusals.lock().ok()?;
+        match &*last {
+            Some((at, text)) if *at >= since && text.contains(subject) => Some(text.clone()),
+            _ => None,
+        }
     }
 
     /// Whether the client is connected now.

@@ -742,3 +742,91 @@ fn the_hub_acts_only_on_events_their_role_may_write() {
     assert!(verified_by_order.permitted_for(Role::Dispatcher));
     assert!(!verified_by_order.permitted_for(Role::Leader));
 }
+
+#[test]
+fn a_hall_over_tls_with_passwords_lets_each_server_user_do_only_what_it_may() {
+    use crate::nats::NatsAuth;
+    let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+    // TLS for clients; a desk user, and a wall user who may read the hall but not
+    // publish to its log.
+    let server = NatsServer::start_with(
+        "tls-auth",
+        &format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\nauthorization {{\n  users = [\n    {{ user: desk, password: \"desk#pass\" }}\n    {{ user: wall, password: \"wall-pass\", permissions: {{ publish: {{ deny: [\"zhongshu.*.log\"] }} }} }}\n  ]\n}}\n",
+            tls.join("cert.pem"),
+            tls.join("key.pem")
+        ),
+    );
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let dir = server.dir.clone();
+    let auth = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        NatsAuth::load(Some(&path)).unwrap()
+    };
+    let ca = tls.join("cert.pem");
+    let connect = |auth: NatsAuth| {
+        Nats::connect(&NatsOptions {
+            url: url.clone(),
+            auth,
+            name: Some("tls-test".into()),
+            timeout: Some(Duration::from_secs(3)),
+            ..Default::default()
+        })
+    };
+    // The desk, with its password and the hall's CA from its credentials file.
+    let desk = connect(auth(
+        "desk.auth",
+        format!("user = desk\npassword = desk#pass\nca = {}\n", ca.display()),
+    ))
+    .expect("the desk connects over TLS");
+    let log = JetStreamLog::open(&desk, "secure", &HallLogOptions::default()).unwrap();
+    let mut d = Dispatcher::open_store(Box::new(log), DispatchConfig::default_config()).unwrap();
+    let li = Actor::new("li.wei", Role::Dispatcher, None);
+    d.execute(&incident("Gas smell at the depot"), &li, T0)
+        .unwrap();
+
+    // Without the CA the server's certificate is not trusted; a wrong password
+    // is refused by the server; neither connects.
+    let e = connect(auth(
+        "no-ca.auth",
+        "user = desk\npassword = desk#pass\n".into(),
+    ))
+    .err()
+    .expect("an untrusted certificate is refused");
+    assert!(e.contains(&url), "{e}");
+    let e = connect(auth(
+        "wrong.auth",
+        format!("user = desk\npassword = guess\nca = {}\n", ca.display()),
+    ))
+    .err()
+    .expect("a wrong password is refused");
+    assert!(e.to_lowercase().contains("authori"), "{e}");
+
+    // The wall reads the hall, but the server refuses its writes: the command
+    // fails, and nothing is written.
+    let wall = connect(auth(
+        "wall.auth",
+        format!("user = wall\npassword = wall-pass\nca = {}\n", ca.display()),
+    ))
+    .expect("the wall connects");
+    let log = JetStreamLog::open(&wall, "secure", &HallLogOptions::default()).unwrap();
+    let mut w = Dispatcher::open_store(Box::new(log), DispatchConfig::default_config()).unwrap();
+    assert_eq!(w.book().incidents.len(), 1);
+    let asked = std::time::Instant::now();
+    let refused = w.execute(&incident("Forged report"), &li, T0 + 1);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "the server's refusal ends the wait"
+    );
+    let why = refused.unwrap_err().to_string();
+    assert!(
+        why.contains("Permissions Violation") && why.contains("nothing was written"),
+        "{why}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    d.sync().unwrap();
+    assert_eq!(d.book().incidents.len(), 1);
+    let report = d.log().verify().unwrap();
+    assert!(report.chain_ok && report.events == 1, "{report:?}");
+}

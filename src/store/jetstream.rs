@@ -507,6 +507,10 @@ impl EventStore for JetStreamLog {
         let timeout = self.nats.timeout;
         // Retried with the same message id until acknowledged or the time is up: a
         // commit whose acknowledgement was lost is stored once.
+        // A write the server's permissions refuse is never acknowledged: the
+        // server's word for it ends the wait at once, and is what the desk says.
+        let nats = self.nats.clone();
+        let started = std::time::Instant::now();
         let result = self.nats.rt.block_on(async move {
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
@@ -518,7 +522,25 @@ impl EventStore for JetStreamLog {
                     let ack = js.send_publish(subj.clone(), publish).await?;
                     ack.await
                 };
-                match tokio::time::timeout_at(deadline, attempt).await {
+                let refused = async {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                        if let Some(text) = nats.refused_since(started, &subj) {
+                            return text;
+                        }
+                    }
+                };
+                let raced = futures_util::future::select(Box::pin(attempt), Box::pin(refused));
+                let outcome = match tokio::time::timeout_at(deadline, raced).await {
+                    Ok(futures_util::future::Either::Left((outcome, _))) => Ok(outcome),
+                    Ok(futures_util::future::Either::Right((text, _))) => {
+                        return Err(Some(format!(
+                            "the hall's server refused it ({text}): this NATS user may not write the hall's log; nothing was written"
+                        )));
+                    }
+                    Err(elapsed) => Err(elapsed),
+                };
+                match outcome {
                     Ok(Ok(ack)) => return Ok(ack.sequence),
                     Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
                         return Err(None);
