@@ -54,6 +54,15 @@ pub struct FeedConfig {
     /// Entities per page for NGSI-LD and NGSI-v2 pagination.
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// The most pages one poll fetches (a broker that never ends is stopped).
+    #[serde(default = "default_max_pages")]
+    pub max_pages: u32,
+    /// The most items one poll takes in, over all its pages.
+    #[serde(default = "default_max_poll_items")]
+    pub max_poll_items: u64,
+    /// The most bytes one poll reads, over all its pages.
+    #[serde(default = "default_max_poll_bytes")]
+    pub max_poll_bytes: u64,
     /// Total time allowed for one request, seconds.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: f64,
@@ -163,6 +172,15 @@ fn default_interval_s() -> f64 {
 }
 fn default_page_size() -> u32 {
     1000
+}
+fn default_max_pages() -> u32 {
+    1000
+}
+fn default_max_poll_items() -> u64 {
+    2_000_000
+}
+fn default_max_poll_bytes() -> u64 {
+    1 << 30
 }
 fn default_timeout_s() -> f64 {
     10.0
@@ -408,6 +426,11 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
         }
         if feed.page_size == 0 {
             return Err(format!("feed \"{name}\": page_size must be at least 1"));
+        }
+        if feed.max_pages == 0 || feed.max_poll_items == 0 || feed.max_poll_bytes == 0 {
+            return Err(format!(
+                "feed \"{name}\": max_pages, max_poll_items and max_poll_bytes must be at least 1"
+            ));
         }
         if let Some(c) = feed.cadence_s
             && !(0.1..=30.0 * 86_400.0).contains(&c)

@@ -21,8 +21,6 @@ pub const NGSI_LD_CORE_CONTEXT: &str =
 
 /// Longest wait between retries of a failing feed.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Pages fetched per poll at most (a runaway server cannot keep a thread forever).
-const MAX_PAGES: u32 = 1000;
 
 /// What a feed thread reports.
 #[derive(Debug)]
@@ -48,7 +46,10 @@ pub enum FeedEvent {
         feed: FeedId,
         at_ms: i64,
         /// Short machine-readable cause: `timeout`, `connect`, `http_status`,
-        /// `too_large`, `not_json`, `wrong_shape`, `read_error`, `client`.
+        /// `too_large`, `not_json`, `wrong_shape`, `read_error`, `client`, `paging`
+        /// (a broker that repeats pages or miscounts), `over_budget` (the poll's
+        /// pages, items or bytes ran out); after the last two, what came before the
+        /// stop was taken in.
         reason: &'static str,
         error: String,
         retry_in: Duration,
@@ -120,6 +121,10 @@ fn nap(d: Duration, stop: &AtomicBool) {
 #[derive(Default)]
 struct Conditional {
     pages: std::collections::HashMap<u64, PageValidators>,
+    /// The page size the broker took, when it refused the configured one (400).
+    limit: Option<u32>,
+    /// The result count the broker gave at the last poll (for pages it answers 304).
+    total: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -225,11 +230,61 @@ fn feed_redirects(feed: &FeedConfig) -> reqwest::redirect::Policy {
     })
 }
 
-/// The URL of page `offset` of an NGSI-LD query.
-pub fn page_url(base: &str, limit: u32, offset: u64) -> String {
+/// The URL of page `offset` of an NGSI-LD or NGSI-v2 query, asking for the count of
+/// all results (`count=true`; NGSI-v2: `options=count`), so a broker that serves
+/// fewer items per page than asked is paged to the end.
+pub fn page_url(base: &str, kind: FeedKind, limit: u32, offset: u64) -> String {
     let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}limit={limit}&offset={offset}")
+    let mut url = format!("{base}{sep}limit={limit}&offset={offset}");
+    match kind {
+        FeedKind::NgsiV2 => {
+            // One `options` parameter: count joins what the feed asked for.
+            match url.find("options=") {
+                Some(at) => {
+                    let end = url[at..].find('&').map_or(url.len(), |e| at + e);
+                    if !url[at + 8..end].split(',').any(|o| o == "count") {
+                        url.insert_str(end, ",count");
+                    }
+                }
+                None => url.push_str("&options=count"),
+            }
+        }
+        _ => url.push_str("&count=true"),
+    }
+    url
 }
+
+/// The `rel="next"` target of a `Link` header, resolved against `current`.
+fn link_next(header: &str, current: &str) -> Option<String> {
+    for part in header.split(',') {
+        let (target, params) = part.split_once(';').unwrap_or((part, ""));
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().to_ascii_lowercase();
+            p == "rel=next" || p == "rel=\"next\""
+        });
+        if is_next {
+            let base = reqwest::Url::parse(current).ok()?;
+            return base.join(target).ok().map(|u| u.to_string());
+        }
+    }
+    None
+}
+
+/// The ids of a page's items, to tell a page that repeats the one before it.
+fn page_ids(decoded: &Decoded) -> Vec<String> {
+    let mut ids: Vec<String> = decoded
+        .updates
+        .iter()
+        .map(|u| u.id.clone())
+        .chain(decoded.rejects.iter().filter_map(|r| r.item_id.clone()))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// How many times one page is asked again with a smaller `limit` after a 400.
+const MAX_LIMIT_RETRIES: u32 = 12;
 
 fn poll_once(
     id: FeedId,
@@ -250,15 +305,30 @@ fn poll_once(
     let mut seen_pages = std::collections::HashMap::new();
     let mut all_not_modified = true;
     let mut any_not_modified = false;
-    // Cut off by MAX_PAGES, a poll is no complete snapshot.
-    let mut reached_end = false;
-    for _ in 0..MAX_PAGES {
+    let paged = feed.kind.is_paged();
+    let mut limit = conditional.limit.unwrap_or(feed.page_size).max(1);
+    let mut limit_retries = 0u32;
+    // Where the broker said the next page is (`Link: <…>; rel="next"`).
+    let mut next_url: Option<String> = None;
+    let mut followed_links = false;
+    // All results, as the broker counts them (`NGSILD-Results-Count`).
+    let mut total: Option<u64> = None;
+    let mut previous_ids: Option<Vec<String>> = None;
+    let mut items_in_poll = 0u64;
+    let mut pages = 0u32;
+    let base_host = reqwest::Url::parse(base)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string));
+    // Why the poll stopped before the end (what it took in so far stays).
+    let stopped: Option<(&'static str, String)> = loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let url = match feed.kind {
-            FeedKind::NgsiLd | FeedKind::NgsiV2 => page_url(base, feed.page_size, offset),
-            _ => base.to_string(),
+        pages += 1;
+        let url = match (&next_url, paged) {
+            (Some(next), _) => next.clone(),
+            (None, true) => page_url(base, feed.kind, limit, offset),
+            (None, false) => base.to_string(),
         };
         let mut request = client.get(&url);
         for (name, value) in &feed.headers {
@@ -292,28 +362,19 @@ fn poll_once(
         }
         let response = request.send().map_err(|e| describe_reqwest_error(&e))?;
         let status = response.status();
-        if status == reqwest::StatusCode::NOT_MODIFIED {
-            // Unchanged: the pages after it may not be, so go on where it ended.
-            let Some(v) = known.cloned() else {
-                return Err((
-                    "http_status",
-                    format!("HTTP 304 from {url} for a request that was not conditional"),
-                ));
-            };
-            let items = v.items;
-            seen_pages.insert(offset, v);
-            any_not_modified = true;
-            if !feed.kind.is_paged() || items < feed.page_size as usize {
-                reached_end = true;
-                break;
-            }
-            offset += items as u64;
+        // A broker that caps `limit` with a 400 is asked again, smaller.
+        if status == reqwest::StatusCode::BAD_REQUEST
+            && paged
+            && next_url.is_none()
+            && limit > 1
+            && limit_retries < MAX_LIMIT_RETRIES
+        {
+            limit_retries += 1;
+            limit = (limit / 2).max(1);
+            conditional.limit = Some(limit);
+            pages -= 1;
             continue;
         }
-        if !status.is_success() {
-            return Err(("http_status", format!("HTTP {status} from {url}")));
-        }
-        all_not_modified = false;
         let header = |name: &str| {
             response
                 .headers()
@@ -321,63 +382,180 @@ fn poll_once(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let (etag, last_modified) = (header("etag"), header("last-modified"));
-        if let Some(len) = response.content_length()
-            && len as usize > feed.max_payload_bytes
+        if let Some(count) = header("NGSILD-Results-Count")
+            .or_else(|| header("Fiware-Total-Count"))
+            .and_then(|c| c.trim().parse::<u64>().ok())
         {
-            return Err((
-                "too_large",
-                PayloadError::TooLarge {
-                    size: len as usize,
-                    limit: feed.max_payload_bytes,
+            total = Some(count);
+        }
+        let next = match header("link").and_then(|l| link_next(&l, &url)) {
+            Some(next) => {
+                let host = reqwest::Url::parse(&next)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_string));
+                if host != base_host {
+                    return Err((
+                        "paging",
+                        format!(
+                            "the next page is on another host ({}): not followed",
+                            host.unwrap_or_default()
+                        ),
+                    ));
                 }
-                .to_string(),
+                Some(next)
+            }
+            None => None,
+        };
+        let items = if status == reqwest::StatusCode::NOT_MODIFIED {
+            // Unchanged: the pages after it may not be, so go on where it ended.
+            let Some(v) = known.cloned() else {
+                return Err((
+                    "http_status",
+                    format!("HTTP 304 from {url} for a request that was not conditional"),
+                ));
+            };
+            total = total.or(conditional.total);
+            let items = v.items;
+            seen_pages.insert(offset, v);
+            any_not_modified = true;
+            previous_ids = None;
+            items
+        } else {
+            if !status.is_success() {
+                return Err(("http_status", format!("HTTP {status} from {url}")));
+            }
+            all_not_modified = false;
+            let (etag, last_modified) = (header("etag"), header("last-modified"));
+            if let Some(len) = response.content_length()
+                && len as usize > feed.max_payload_bytes
+            {
+                return Err((
+                    "too_large",
+                    PayloadError::TooLarge {
+                        size: len as usize,
+                        limit: feed.max_payload_bytes,
+                    }
+                    .to_string(),
+                ));
+            }
+            let body = read_limited(response, feed.max_payload_bytes.min(MAX_PAYLOAD_BYTES))?;
+            total_bytes += body.len();
+            let decoded = match feed.kind {
+                FeedKind::NgsiLd => decode_ngsi_ld(&body),
+                FeedKind::NgsiV2 => decode_ngsi_v2(&body),
+                FeedKind::Cap => super::cap::decode_cap(&body, places),
+                _ => decode_geojson(&body),
+            }
+            .map_err(|e| {
+                let reason = match e {
+                    PayloadError::TooLarge { .. } => "too_large",
+                    PayloadError::NotJson(_) => "not_json",
+                    PayloadError::WrongShape(_) => "wrong_shape",
+                };
+                (reason, e.to_string())
+            })?;
+            let items = decoded.updates.len() + decoded.rejects.len();
+            // A broker that ignores `offset` answers every page alike: the poll
+            // would never end, and never be complete.
+            if paged {
+                let ids = page_ids(&decoded);
+                if !ids.is_empty() && previous_ids.as_ref() == Some(&ids) {
+                    break Some((
+                        "paging",
+                        format!(
+                            "page {pages} (offset {offset}) repeats the {} ids of the page before it: the broker ignores offset; the poll stopped there",
+                            ids.len()
+                        ),
+                    ));
+                }
+                previous_ids = Some(ids);
+            }
+            if etag.is_some() || last_modified.is_some() {
+                seen_pages.insert(
+                    offset,
+                    PageValidators {
+                        etag,
+                        last_modified,
+                        items,
+                    },
+                );
+            }
+            let _ = tx.send(FeedEvent::Batch {
+                feed: id,
+                decoded,
+                received_at_ms: unix_ms_now(),
+            });
+            items
+        };
+        items_in_poll += items as u64;
+        offset += items as u64;
+        // Where the next page is: the broker's link, else its count, else a full
+        // page says there may be more.
+        let more = if !paged {
+            false
+        } else if let Some(next) = next {
+            next_url = Some(next);
+            followed_links = true;
+            true
+        } else if followed_links {
+            false
+        } else if let Some(t) = total {
+            if offset < t && items == 0 {
+                break Some((
+                    "paging",
+                    format!(
+                        "the broker counts {t} results but the page at offset {offset} is empty; the poll stopped there"
+                    ),
+                ));
+            }
+            offset < t
+        } else {
+            items >= limit as usize
+        };
+        if !more {
+            break None;
+        }
+        // The poll's budget: a broker that never ends is stopped, with a reason.
+        if pages >= feed.max_pages {
+            break Some((
+                "over_budget",
+                format!(
+                    "the poll stopped after {pages} pages (max_pages = {})",
+                    feed.max_pages
+                ),
             ));
         }
-        let body = read_limited(response, feed.max_payload_bytes.min(MAX_PAYLOAD_BYTES))?;
-        total_bytes += body.len();
-        let decoded = match feed.kind {
-            FeedKind::NgsiLd => decode_ngsi_ld(&body),
-            FeedKind::NgsiV2 => decode_ngsi_v2(&body),
-            FeedKind::Cap => super::cap::decode_cap(&body, places),
-            _ => decode_geojson(&body),
+        if items_in_poll >= feed.max_poll_items {
+            break Some((
+                "over_budget",
+                format!(
+                    "the poll stopped after {items_in_poll} items (max_poll_items = {})",
+                    feed.max_poll_items
+                ),
+            ));
         }
-        .map_err(|e| {
-            let reason = match e {
-                PayloadError::TooLarge { .. } => "too_large",
-                PayloadError::NotJson(_) => "not_json",
-                PayloadError::WrongShape(_) => "wrong_shape",
-            };
-            (reason, e.to_string())
-        })?;
-        let items = decoded.updates.len() + decoded.rejects.len();
-        if etag.is_some() || last_modified.is_some() {
-            seen_pages.insert(
-                offset,
-                PageValidators {
-                    etag,
-                    last_modified,
-                    items,
-                },
-            );
+        if total_bytes as u64 >= feed.max_poll_bytes {
+            break Some((
+                "over_budget",
+                format!(
+                    "the poll stopped after {total_bytes} bytes (max_poll_bytes = {})",
+                    feed.max_poll_bytes
+                ),
+            ));
         }
-        let _ = tx.send(FeedEvent::Batch {
-            feed: id,
-            decoded,
-            received_at_ms: unix_ms_now(),
-        });
-        if !feed.kind.is_paged() || items < feed.page_size as usize {
-            reached_end = true;
-            break;
-        }
-        offset += items as u64;
-    }
+    };
     conditional.pages = seen_pages;
+    conditional.total = total;
+    if let Some(why) = stopped {
+        // What came so far is taken in; the poll is no complete snapshot, so
+        // nothing is removed for lacking from it.
+        return Err(why);
+    }
     let _ = tx.send(FeedEvent::PollOk {
         feed: id,
         at_ms: unix_ms_now(),
         not_modified: all_not_modified,
-        complete: reached_end && !any_not_modified,
+        complete: !any_not_modified,
         bytes: total_bytes,
     });
     Ok(())
@@ -433,10 +611,224 @@ mod tests {
     #[test]
     fn pages_append_limit_and_offset() {
         assert_eq!(
-            page_url("http://h/ngsi-ld/v1/entities?type=Vehicle", 100, 200),
-            "http://h/ngsi-ld/v1/entities?type=Vehicle&limit=100&offset=200"
+            page_url(
+                "http://h/ngsi-ld/v1/entities?type=Vehicle",
+                FeedKind::NgsiLd,
+                100,
+                200
+            ),
+            "http://h/ngsi-ld/v1/entities?type=Vehicle&limit=100&offset=200&count=true"
         );
-        assert_eq!(page_url("http://h/e", 5, 0), "http://h/e?limit=5&offset=0");
+        assert_eq!(
+            page_url("http://h/e", FeedKind::NgsiLd, 5, 0),
+            "http://h/e?limit=5&offset=0&count=true"
+        );
+        assert_eq!(
+            page_url("http://h/v2/entities", FeedKind::NgsiV2, 5, 0),
+            "http://h/v2/entities?limit=5&offset=0&options=count"
+        );
+        assert_eq!(
+            page_url(
+                "http://h/v2/entities?options=keyValues&type=T",
+                FeedKind::NgsiV2,
+                5,
+                0
+            ),
+            "http://h/v2/entities?options=keyValues,count&type=T&limit=5&offset=0"
+        );
+        assert_eq!(
+            link_next(
+                r#"<https://x/ld#ctx>; rel="http://www.w3.org/ns/json-ld#context", </ngsi-ld/v1/entities?cursor=b2>; rel="next""#,
+                "http://h:1/ngsi-ld/v1/entities?limit=5"
+            )
+            .as_deref(),
+            Some("http://h:1/ngsi-ld/v1/entities?cursor=b2")
+        );
+    }
+
+    /// How a test broker pages: what real brokers do that a naive client gets wrong.
+    #[derive(Clone, Copy, Debug)]
+    enum Broker {
+        /// Serves at most this many per page whatever `limit` asks, with the count.
+        Caps(usize),
+        /// Answers every page with the same first items (ignores `offset`).
+        IgnoresOffset,
+        /// 400 for a `limit` above this.
+        RefusesLimitAbove(usize),
+        /// Pages by cursor in `Link: <…>; rel="next"`, 10 a page, ignoring offset.
+        LinkNext,
+        /// Never ends: full pages of new ids, a huge count.
+        Endless,
+    }
+
+    fn broker(kind: Broker, total: usize) -> (String, Arc<AtomicBool>) {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let base = format!(
+            "http://{}/ngsi-ld/v1/entities",
+            server.server_addr().to_ip().unwrap()
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let query = request
+                    .url()
+                    .split_once('?')
+                    .map_or("", |(_, q)| q)
+                    .to_string();
+                let param = |name: &str| -> Option<usize> {
+                    query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                        .and_then(|v| v.parse().ok())
+                };
+                let (offset, limit) = (param("offset").unwrap_or(0), param("limit").unwrap_or(20));
+                let counted = query.split('&').any(|kv| kv == "count=true");
+                let (range, count, link) = match kind {
+                    Broker::Caps(cap) => {
+                        (offset..(offset + limit.min(cap)).min(total), total, None)
+                    }
+                    Broker::IgnoresOffset => (0..limit.min(total), total, None),
+                    Broker::RefusesLimitAbove(max) if limit > max => {
+                        let _ = request.respond(
+                            tiny_http::Response::from_string(
+                                r#"{"type":"https://uri.etsi.org/ngsi-ld/errors/BadRequestData","title":"limit too large"}"#,
+                            )
+                            .with_status_code(400),
+                        );
+                        continue;
+                    }
+                    Broker::RefusesLimitAbove(_) => {
+                        (offset..(offset + limit).min(total), total, None)
+                    }
+                    Broker::LinkNext => {
+                        let page = param("cursor").unwrap_or(0);
+                        let start = page * 10;
+                        let next = (start + 10 < total).then(|| {
+                            format!("</ngsi-ld/v1/entities?cursor={}>; rel=\"next\"", page + 1)
+                        });
+                        (start..(start + 10).min(total), total, next)
+                    }
+                    Broker::Endless => (offset..offset + limit, usize::MAX / 2, None),
+                };
+                let entities: Vec<String> = range
+                    .map(|i| {
+                        format!(
+                            r#"{{"id":"urn:ngsi-ld:Sensor:{i}","type":"Sensor","location":{{"type":"GeoProperty","value":{{"type":"Point","coordinates":[24.94,60.17]}}}},"reading":{{"type":"Property","value":{i}}}}}"#
+                        )
+                    })
+                    .collect();
+                let mut response =
+                    tiny_http::Response::from_string(format!("[{}]", entities.join(",")))
+                        .with_header(
+                            tiny_http::Header::from_bytes("Content-Type", "application/json")
+                                .unwrap(),
+                        );
+                if counted {
+                    response = response.with_header(
+                        tiny_http::Header::from_bytes("NGSILD-Results-Count", count.to_string())
+                            .unwrap(),
+                    );
+                }
+                if let Some(link) = link {
+                    response =
+                        response.with_header(tiny_http::Header::from_bytes("Link", link).unwrap());
+                }
+                let _ = request.respond(response);
+            }
+        });
+        (base, stop)
+    }
+
+    /// One poll of a feed on `base`: the ids it took in, and how it ended.
+    fn one_poll(
+        base: &str,
+        extra: &str,
+    ) -> (
+        std::collections::HashSet<String>,
+        Result<bool, (String, String)>,
+    ) {
+        let feeds = super::super::config::parse_feeds(&format!(
+            "[[feed]]\nname='sensors'\nkind='ngsi-ld'\nurl='{base}'\ndomain='ecology'\ninterval_s=30\n{extra}"
+        ))
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pollers = Pollers::start(&feeds, Default::default(), tx);
+        let mut ids = std::collections::HashSet::new();
+        let until = Instant::now() + Duration::from_secs(20);
+        let end = loop {
+            assert!(Instant::now() < until, "the poll never ended");
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(FeedEvent::Batch { decoded, .. }) => {
+                    ids.extend(decoded.updates.into_iter().map(|u| u.id));
+                }
+                Ok(FeedEvent::PollOk { complete, .. }) => break Ok(complete),
+                Ok(FeedEvent::PollFailed { reason, error, .. }) => {
+                    break Err((reason.to_string(), error));
+                }
+                Err(_) => {}
+            }
+        };
+        pollers.stop();
+        (ids, end)
+    }
+
+    #[test]
+    fn a_broker_that_serves_fewer_per_page_than_asked_loses_nothing() {
+        let (base, stop) = broker(Broker::Caps(30), 250);
+        let (ids, end) = one_poll(&base, "page_size=100\n");
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(end, Ok(true));
+        assert_eq!(ids.len(), 250, "every entity, not the first short page");
+    }
+
+    #[test]
+    fn a_broker_that_ignores_offset_ends_the_poll_with_a_reason() {
+        let (base, stop) = broker(Broker::IgnoresOffset, 100_000);
+        let (ids, end) = one_poll(&base, "page_size=100\n");
+        stop.store(true, Ordering::Relaxed);
+        let (reason, error) = end.unwrap_err();
+        assert_eq!(reason, "paging");
+        assert!(error.contains("ignores offset"), "{error}");
+        // The first page was taken in, once.
+        assert_eq!(ids.len(), 100);
+    }
+
+    #[test]
+    fn a_broker_that_refuses_a_large_limit_is_asked_again_smaller() {
+        let (base, stop) = broker(Broker::RefusesLimitAbove(50), 120);
+        let (ids, end) = one_poll(&base, "page_size=1000\n");
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(end, Ok(true));
+        assert_eq!(ids.len(), 120);
+    }
+
+    #[test]
+    fn a_broker_that_pages_by_link_next_is_followed_to_the_end() {
+        let (base, stop) = broker(Broker::LinkNext, 35);
+        let (ids, end) = one_poll(&base, "page_size=10\n");
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(end, Ok(true));
+        assert_eq!(ids.len(), 35);
+    }
+
+    #[test]
+    fn a_poll_stops_at_its_budget_with_a_reason() {
+        let (base, stop) = broker(Broker::Endless, 0);
+        let (ids, end) = one_poll(&base, "page_size=100\nmax_poll_items=500\n");
+        let (pages_ids, pages_end) = one_poll(&base, "page_size=100\nmax_pages=3\n");
+        stop.store(true, Ordering::Relaxed);
+        let (reason, error) = end.unwrap_err();
+        assert_eq!(reason, "over_budget");
+        assert!(error.contains("max_poll_items = 500"), "{error}");
+        assert_eq!(ids.len(), 500);
+        let (reason, error) = pages_end.unwrap_err();
+        assert_eq!(reason, "over_budget");
+        assert!(error.contains("max_pages = 3"), "{error}");
+        assert_eq!(pages_ids.len(), 300);
     }
 
     /// 25 entities in pages of 10: the first page never changes (and answers 304
