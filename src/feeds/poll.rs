@@ -311,6 +311,7 @@ fn poll_once(
     // Where the broker said the next page is (`Link: <…>; rel="next"`).
     let mut next_url: Option<String> = None;
     let mut followed_links = false;
+    let mut visited: std::collections::HashSet<String> = std::collections::HashSet::new();
     // All results, as the broker counts them (`NGSILD-Results-Count`).
     let mut total: Option<u64> = None;
     let mut previous_ids: Option<Vec<String>> = None;
@@ -494,6 +495,16 @@ fn poll_once(
         let more = if !paged {
             false
         } else if let Some(next) = next {
+            visited.insert(url.clone());
+            if visited.contains(&next) {
+                break Some((
+                    "paging",
+                    format!(
+                        "the broker's next page link leads back to a page of this poll ({}); the poll stopped there",
+                        crate::http::redact_url(&next)
+                    ),
+                ));
+            }
             next_url = Some(next);
             followed_links = true;
             true
@@ -659,6 +670,8 @@ mod tests {
         LinkNext,
         /// Never ends: full pages of new ids, a huge count.
         Endless,
+        /// Two pages whose `rel="next"` links point at each other.
+        LinkCycle,
     }
 
     fn broker(kind: Broker, total: usize) -> (String, Arc<AtomicBool>) {
@@ -713,6 +726,14 @@ mod tests {
                         (start..(start + 10).min(total), total, next)
                     }
                     Broker::Endless => (offset..offset + limit, usize::MAX / 2, None),
+                    Broker::LinkCycle => {
+                        let page = param("cursor").unwrap_or(0);
+                        let next = format!(
+                            "</ngsi-ld/v1/entities?cursor={}>; rel=\"next\"",
+                            1 - page.min(1)
+                        );
+                        (page * 10..page * 10 + 10, total, Some(next))
+                    }
                 };
                 let entities: Vec<String> = range
                     .map(|i| {
@@ -813,6 +834,17 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         assert_eq!(end, Ok(true));
         assert_eq!(ids.len(), 35);
+    }
+
+    #[test]
+    fn next_links_that_go_round_in_a_circle_end_the_poll() {
+        let (base, stop) = broker(Broker::LinkCycle, 1000);
+        let (ids, end) = one_poll(&base, "page_size=10\n");
+        stop.store(true, Ordering::Relaxed);
+        let (reason, error) = end.unwrap_err();
+        assert_eq!(reason, "paging");
+        assert!(error.contains("leads back"), "{error}");
+        assert_eq!(ids.len(), 20);
     }
 
     #[test]
