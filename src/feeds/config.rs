@@ -22,6 +22,9 @@ pub enum FeedKind {
     Cap,
     /// The built-in simulator of this domain on the loaded map.
     Sim,
+    /// Messages pushed by an MQTT broker on `topics` (QoS 1): flat JSON objects,
+    /// NGSI-LD or NGSI-v2 entities, or GeoJSON (`payload`).
+    Mqtt,
 }
 
 impl FeedKind {
@@ -110,6 +113,31 @@ pub struct FeedConfig {
     /// never followed.
     #[serde(default)]
     pub redirect_hosts: Vec<String>,
+    /// MQTT: the topic filters subscribed to (`city/air/+/state`, `sensors/#`).
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// MQTT: what a message holds: `flat` (the default: a JSON object, or an array of
+    /// them, with an id, a type, a longitude and a latitude, see `field_map`),
+    /// `ngsi-ld`, `ngsi-v2` or `geojson`.
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// MQTT `flat` messages: the members holding `id`, `type`, `lon`, `lat` and
+    /// `observed_at` when they are named otherwise (`{ id = "deviceId", lon = "lng" }`).
+    #[serde(default)]
+    pub field_map: std::collections::BTreeMap<String, String>,
+    /// MQTT: user name and password, each as written, `env:NAME` or `file:PATH`.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// MQTT: the client id (default: one per host and process). A stable id keeps the
+    /// broker's queue of QoS 1 messages across restarts.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// MQTT over TLS (`mqtts://`): the broker's CA certificate (PEM) when it is not
+    /// one the system trusts.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 /// A header value as configured: `env:NAME`, `file:PATH` or the text itself.
@@ -135,7 +163,8 @@ impl FeedConfig {
 
     /// Whether a successful poll without an entity removes it.
     pub fn removes_missing(&self) -> bool {
-        self.remove_missing.unwrap_or(self.kind != FeedKind::Cap)
+        self.remove_missing
+            .unwrap_or(!matches!(self.kind, FeedKind::Cap | FeedKind::Mqtt))
     }
 
     /// Values older than this are stale.
@@ -405,7 +434,42 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
                     ));
                 }
             }
+            FeedKind::Mqtt => {
+                let Some(url) = &feed.url else {
+                    return Err(format!(
+                        "feed \"{name}\": kind mqtt needs a url (mqtt://HOST:PORT or mqtts://HOST:PORT)"
+                    ));
+                };
+                super::mqtt::broker_address(url).map_err(|e| format!("feed \"{name}\": {e}"))?;
+                if feed.topics.is_empty() {
+                    return Err(format!(
+                        "feed \"{name}\": kind mqtt needs topics = [\"…\"] to subscribe to"
+                    ));
+                }
+                for t in &feed.topics {
+                    if !rumqttc::valid_filter(t) {
+                        return Err(format!(
+                            "feed \"{name}\": {t:?} is not an MQTT topic filter"
+                        ));
+                    }
+                }
+                super::mqtt::MqttPayload::from_config(feed)
+                    .map_err(|e| format!("feed \"{name}\": {e}"))?;
+            }
             FeedKind::Sim => {}
+        }
+        if feed.kind != FeedKind::Mqtt
+            && (!feed.topics.is_empty()
+                || feed.payload.is_some()
+                || !feed.field_map.is_empty()
+                || feed.username.is_some()
+                || feed.password.is_some()
+                || feed.client_id.is_some()
+                || feed.ca.is_some())
+        {
+            return Err(format!(
+                "feed \"{name}\": topics, payload, field_map, username, password, client_id and ca are for kind mqtt"
+            ));
         }
         if !(0.1..=86_400.0).contains(&feed.interval_s) {
             return Err(format!(

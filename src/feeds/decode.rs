@@ -83,6 +83,108 @@ fn decode_ngsi(body: &[u8], declared: Dialect) -> Result<Decoded, PayloadError> 
     }
 }
 
+/// Which members of a flat JSON message (an MQTT device's) hold what.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlatFields {
+    pub id: String,
+    pub entity_type: String,
+    pub lon: String,
+    pub lat: String,
+    pub observed_at: String,
+    /// The type of a message that names none.
+    pub default_type: String,
+}
+
+impl FlatFields {
+    /// The usual names: `id`, `type`, `lon`, `lat`, `observedAt`.
+    pub fn new(default_type: &str) -> Self {
+        Self {
+            id: "id".into(),
+            entity_type: "type".into(),
+            lon: "lon".into(),
+            lat: "lat".into(),
+            observed_at: "observedAt".into(),
+            default_type: default_type.to_string(),
+        }
+    }
+}
+
+/// Decodes flat JSON messages (a device's `{"id": "aq-7", "lon": 24.94, "lat":
+/// 60.17, "pm25": 12.5}`, or an array of them): the id, type, position and
+/// observation time from the members `fields` names, every other member a field.
+/// They are read as NGSI-LD keyValues entities, with the same checks and rejects.
+/// A time may be RFC 3339 text or a Unix time in seconds or milliseconds.
+pub fn decode_flat(body: &[u8], fields: &FlatFields) -> Result<Decoded, PayloadError> {
+    let text = payload_text(body)?;
+    let value: Value = match first_token(text) {
+        Some(b'{') | Some(b'[') => serde_json::from_str(text).map_err(not_json)?,
+        _ => return Err(shape_error(text, "a JSON object (or an array of objects)")),
+    };
+    let flat = |item: Value| -> Value {
+        let Value::Object(mut o) = item else {
+            return item;
+        };
+        let mut entity = serde_json::Map::new();
+        match o.remove(&fields.id) {
+            Some(Value::Number(n)) => {
+                entity.insert("id".into(), Value::String(n.to_string()));
+            }
+            Some(v) => {
+                entity.insert("id".into(), v);
+            }
+            None => {}
+        }
+        let kind = o
+            .remove(&fields.entity_type)
+            .unwrap_or_else(|| Value::String(fields.default_type.clone()));
+        entity.insert("type".into(), kind);
+        let number = |v: Option<Value>| match v {
+            Some(Value::String(s)) => s.trim().parse::<f64>().ok().map(Value::from),
+            other => other,
+        };
+        let (lon, lat) = (number(o.remove(&fields.lon)), number(o.remove(&fields.lat)));
+        if let (Some(lon), Some(lat)) = (lon, lat) {
+            entity.insert(
+                "location".into(),
+                serde_json::json!({"type": "Point", "coordinates": [lon, lat]}),
+            );
+        }
+        match o.remove(&fields.observed_at) {
+            Some(Value::Number(n)) => {
+                if let Some(t) = n.as_f64() {
+                    // Seconds or milliseconds since 1970, whichever is plausible.
+                    let ms = if t.abs() < 1e11 { t * 1000.0 } else { t };
+                    if ms.is_finite() && ms.abs() < 1e15 {
+                        entity.insert(
+                            "dateObserved".into(),
+                            Value::String(crate::clock::rfc3339_from_unix_ms(ms as i64)),
+                        );
+                    }
+                }
+            }
+            Some(v) => {
+                entity.insert("dateObserved".into(), v);
+            }
+            None => {}
+        }
+        for (k, v) in o {
+            if !matches!(k.as_str(), "id" | "type" | "location" | "dateObserved") {
+                entity.insert(k, v);
+            }
+        }
+        Value::Object(entity)
+    };
+    let items: Vec<Value> = match value {
+        Value::Array(items) => items.into_iter().map(flat).collect(),
+        item => vec![flat(item)],
+    };
+    Ok(collect_results(
+        items
+            .into_iter()
+            .map(|item| decode_ngsi_entity(item, Dialect::Ld)),
+    ))
+}
+
 /// Decodes a GeoJSON payload: a FeatureCollection or a single Feature. A feature naming a
 /// Smart Data Models type in `properties.type` (or `properties.entity_type`) is read like an
 /// NGSI-LD entity (keyValues or normalized); others decode as `Generic` with entity type

@@ -10,6 +10,7 @@ pub mod cap;
 pub mod config;
 pub mod decode;
 pub mod gazetteer;
+pub mod mqtt;
 pub mod poll;
 pub mod sim_source;
 

@@ -77,7 +77,10 @@ impl Pollers {
                 let places = places.clone();
                 std::thread::Builder::new()
                     .name(format!("feed {}", f.name))
-                    .spawn(move || poll_loop(i as FeedId, feed, &places, tx, stop))
+                    .spawn(move || match feed.kind {
+                        FeedKind::Mqtt => super::mqtt::listen_loop(i as FeedId, feed, tx, &stop),
+                        _ => poll_loop(i as FeedId, feed, &places, tx, stop),
+                    })
                     .expect("spawn a feed thread")
             })
             .collect();

@@ -140,6 +140,13 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
             entity_type: None,
             headers: Default::default(),
             redirect_hosts: Vec::new(),
+            topics: Vec::new(),
+            payload: None,
+            field_map: Default::default(),
+            username: None,
+            password: None,
+            client_id: None,
+            ca: None,
         })
         .collect()
 }

@@ -155,6 +155,7 @@ fn media_type(kind: FeedKind) -> Option<&'static str> {
             Some("https://www.iana.org/assignments/media-types/application/geo+json")
         }
         FeedKind::Cap => Some("https://www.iana.org/assignments/media-types/application/xml"),
+        FeedKind::Mqtt => Some("https://www.iana.org/assignments/media-types/application/json"),
         FeedKind::Sim => None,
     }
 }
@@ -166,6 +167,9 @@ fn conforms_to(kind: FeedKind) -> Option<&'static str> {
         FeedKind::NgsiV2 => Some("https://fiware.github.io/specifications/ngsiv2/stable/"),
         FeedKind::Geojson => Some("https://www.rfc-editor.org/rfc/rfc7946"),
         FeedKind::Cap => Some("urn:oasis:names:tc:emergency:cap:1.2"),
+        FeedKind::Mqtt => {
+            Some("http://docs.oasis-open.org/mqtt/mqtt/v3.1.1/os/mqtt-v3.1.1-os.html")
+        }
         FeedKind::Sim => None,
     }
 }
