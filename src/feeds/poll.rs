@@ -136,6 +136,8 @@ struct PageValidators {
     last_modified: Option<String>,
     /// Items the page held, to know where the next page starts after a 304.
     items: usize,
+    /// The page's `rel="next"` link, to follow after a 304.
+    next: Option<String>,
 }
 
 fn poll_loop(
@@ -237,24 +239,34 @@ fn feed_redirects(feed: &FeedConfig) -> reqwest::redirect::Policy {
 /// all results (`count=true`; NGSI-v2: `options=count`), so a broker that serves
 /// fewer items per page than asked is paged to the end.
 pub fn page_url(base: &str, kind: FeedKind, limit: u32, offset: u64) -> String {
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let mut url = format!("{base}{sep}limit={limit}&offset={offset}");
+    // The feed's own paging parameters give way to these.
+    let (path, query) = base.split_once('?').unwrap_or((base, ""));
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let key = p.split_once('=').map_or(*p, |(k, _)| k);
+            !matches!(key, "limit" | "offset") && !(kind != FeedKind::NgsiV2 && key == "count")
+        })
+        .map(str::to_string)
+        .collect();
+    params.push(format!("limit={limit}"));
+    params.push(format!("offset={offset}"));
     match kind {
         FeedKind::NgsiV2 => {
             // One `options` parameter: count joins what the feed asked for.
-            match url.find("options=") {
-                Some(at) => {
-                    let end = url[at..].find('&').map_or(url.len(), |e| at + e);
-                    if !url[at + 8..end].split(',').any(|o| o == "count") {
-                        url.insert_str(end, ",count");
+            match params.iter_mut().find(|p| p.starts_with("options=")) {
+                Some(options) => {
+                    if !options["options=".len()..].split(',').any(|o| o == "count") {
+                        options.push_str(",count");
                     }
                 }
-                None => url.push_str("&options=count"),
+                None => params.push("options=count".into()),
             }
         }
-        _ => url.push_str("&count=true"),
+        _ => params.push("count=true".into()),
     }
-    url
+    format!("{path}?{}", params.join("&"))
 }
 
 /// The `rel="next"` target of a `Link` header, resolved against `current`.
@@ -309,7 +321,12 @@ fn poll_once(
     let mut all_not_modified = true;
     let mut any_not_modified = false;
     let paged = feed.kind.is_paged();
-    let mut limit = conditional.limit.unwrap_or(feed.page_size).max(1);
+    // A page size the broker refused before is tried one step larger again, so a
+    // passing 400 does not shrink pages for good.
+    let mut limit = conditional
+        .limit
+        .map_or(feed.page_size, |l| l.saturating_mul(2).min(feed.page_size))
+        .max(1);
     let mut limit_retries = 0u32;
     // Where the broker said the next page is (`Link: <…>; rel="next"`).
     let mut next_url: Option<String> = None;
@@ -320,9 +337,18 @@ fn poll_once(
     let mut previous_ids: Option<Vec<String>> = None;
     let mut items_in_poll = 0u64;
     let mut pages = 0u32;
-    let base_host = reqwest::Url::parse(base)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_string));
+    // Next links are followed on the feed's own origin only (scheme, host and
+    // port), so its credentials never go elsewhere.
+    let origin = |url: &str| {
+        reqwest::Url::parse(url).ok().map(|u| {
+            (
+                u.scheme().to_string(),
+                u.host_str().map(str::to_string),
+                u.port_or_known_default(),
+            )
+        })
+    };
+    let base_origin = origin(base);
     // Why the poll stopped before the end (what it took in so far stays).
     let stopped: Option<(&'static str, String)> = loop {
         if stop.load(Ordering::Relaxed) {
@@ -375,9 +401,12 @@ fn poll_once(
         {
             limit_retries += 1;
             limit = (limit / 2).max(1);
-            conditional.limit = Some(limit);
             pages -= 1;
             continue;
+        }
+        // The smaller page size is kept only once the broker took it.
+        if paged && next_url.is_none() && (status.is_success() || status.as_u16() == 304) {
+            conditional.limit = (limit != feed.page_size).then_some(limit);
         }
         let header = |name: &str| {
             response
@@ -392,17 +421,14 @@ fn poll_once(
         {
             total = Some(count);
         }
-        let next = match header("link").and_then(|l| link_next(&l, &url)) {
+        let mut next = match header("link").and_then(|l| link_next(&l, &url)) {
             Some(next) => {
-                let host = reqwest::Url::parse(&next)
-                    .ok()
-                    .and_then(|u| u.host_str().map(str::to_string));
-                if host != base_host {
+                if origin(&next) != base_origin {
                     return Err((
                         "paging",
                         format!(
-                            "the next page is on another host ({}): not followed",
-                            host.unwrap_or_default()
+                            "the next page is elsewhere ({}): only links on the feed's own scheme, host and port are followed",
+                            crate::http::redact_url(&next)
                         ),
                     ));
                 }
@@ -420,9 +446,14 @@ fn poll_once(
             };
             total = total.or(conditional.total);
             let items = v.items;
+            // A cursor-paged broker's next page is where it said last time.
+            let remembered_next = v.next.clone();
             seen_pages.insert(offset, v);
             any_not_modified = true;
             previous_ids = None;
+            if next.is_none() {
+                next = remembered_next;
+            }
             items
         } else {
             if !status.is_success() {
@@ -481,6 +512,7 @@ fn poll_once(
                         etag,
                         last_modified,
                         items,
+                        next: next.clone(),
                     },
                 );
             }
@@ -522,7 +554,8 @@ fn poll_once(
                     ),
                 ));
             }
-            offset < t
+            // A full page past the count: the count is behind, read on.
+            (offset < t && items > 0) || items >= limit as usize
         } else {
             items >= limit as usize
         };
@@ -641,6 +674,17 @@ mod tests {
             page_url("http://h/v2/entities", FeedKind::NgsiV2, 5, 0),
             "http://h/v2/entities?limit=5&offset=0&options=count"
         );
+        // The feed's own paging parameters give way; a filter mentioning
+        // `options=` is left alone.
+        assert_eq!(
+            page_url(
+                "http://h/e?limit=7&count=false&q=options==1",
+                FeedKind::NgsiLd,
+                5,
+                0
+            ),
+            "http://h/e?q=options==1&limit=5&offset=0&count=true"
+        );
         assert_eq!(
             page_url(
                 "http://h/v2/entities?options=keyValues&type=T",
@@ -675,6 +719,10 @@ mod tests {
         Endless,
         /// Two pages whose `rel="next"` links point at each other.
         LinkCycle,
+        /// Counts fewer results than it serves.
+        Undercounts(usize),
+        /// A next link to another port of the same host.
+        LinkElsewhere,
     }
 
     fn broker(kind: Broker, total: usize) -> (String, Arc<AtomicBool>) {
@@ -729,6 +777,12 @@ mod tests {
                         (start..(start + 10).min(total), total, next)
                     }
                     Broker::Endless => (offset..offset + limit, usize::MAX / 2, None),
+                    Broker::Undercounts(said) => (offset..(offset + limit).min(total), said, None),
+                    Broker::LinkElsewhere => (
+                        0..10,
+                        total,
+                        Some("<http://127.0.0.1:9/steal>; rel=\"next\"".to_string()),
+                    ),
                     Broker::LinkCycle => {
                         let page = param("cursor").unwrap_or(0);
                         let next = format!(
@@ -837,6 +891,29 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         assert_eq!(end, Ok(true));
         assert_eq!(ids.len(), 35);
+    }
+
+    #[test]
+    fn a_broker_that_counts_fewer_than_it_serves_is_read_to_the_end() {
+        let (base, stop) = broker(Broker::Undercounts(20), 50);
+        let (ids, end) = one_poll(&base, "page_size=10\n");
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(end, Ok(true));
+        assert_eq!(ids.len(), 50);
+    }
+
+    #[test]
+    fn a_next_link_to_another_port_is_not_followed() {
+        let (base, stop) = broker(Broker::LinkElsewhere, 100);
+        let (ids, end) = one_poll(
+            &base,
+            "page_size=10\nheaders = { Authorization = 'Bearer s3cret' }\n",
+        );
+        stop.store(true, Ordering::Relaxed);
+        let (reason, error) = end.unwrap_err();
+        assert_eq!(reason, "paging");
+        assert!(error.contains("elsewhere"), "{error}");
+        assert!(ids.is_empty() || ids.len() == 10);
     }
 
     #[test]

@@ -285,14 +285,6 @@ pub fn run(
                 last_problem = Some(e);
             }
         }
-        if let (Some(s), Some(l)) = (service.as_mut(), link.as_mut()) {
-            for problem in l.pump(nats, s, now_ms()).problems {
-                if last_problem.as_deref() != Some(problem.as_str()) {
-                    report(HubState::Problem(problem.clone()));
-                    last_problem = Some(problem);
-                }
-            }
-        }
         if let Some(s) = service.as_mut()
             && let Err(e) = s.pump(now_ms())
         {
@@ -300,6 +292,16 @@ pub fn run(
             if last_problem.as_deref() != Some(text.as_str()) {
                 report(HubState::Problem(text.clone()));
                 last_problem = Some(text);
+            }
+        }
+        // After the service's pump, so the link sees the book as the log has it
+        // (an order cancelled at a desk a moment ago is not sent as new).
+        if let (Some(s), Some(l)) = (service.as_mut(), link.as_mut()) {
+            for problem in l.pump(nats, s, now_ms()).problems {
+                if last_problem.as_deref() != Some(problem.as_str()) {
+                    report(HubState::Problem(problem.clone()));
+                    last_problem = Some(problem);
+                }
             }
         }
         std::thread::sleep(PUMP_EVERY);

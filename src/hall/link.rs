@@ -37,7 +37,16 @@ const SCAN_EVERY: Duration = Duration::from_millis(300);
 const RESEND_AFTER: Duration = Duration::from_secs(3);
 /// The bound on one send: a link that is down answers at once ("no responders");
 /// one that hangs must not stall the hub.
-const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most time one scan spends sending (the hub's lease lasts 3 s).
+const SCAN_BUDGET: Duration = Duration::from_millis(1500);
+/// How long a hall that did not answer is left alone before it is tried again.
+const HALL_BACKOFF: Duration = Duration::from_secs(5);
+/// A message whose intake failed this many times is set aside (said, acknowledged).
+const MAX_DELIVERIES: i64 = 5;
+/// Longest text taken from another hall: ids, names, titles, instructions.
+const MAX_ID: usize = 64;
+const MAX_TEXT: usize = 10_000;
 /// Messages taken from the inbox per pump, at most.
 const BATCH: usize = 100;
 
@@ -155,6 +164,8 @@ pub struct HallLink {
     relayed: HashMap<String, u8>,
     /// When the book was last looked at for what is due.
     last_scan: Option<Instant>,
+    /// Halls that did not answer, and when they are tried again.
+    down_until: HashMap<String, Instant>,
 }
 
 impl HallLink {
@@ -207,6 +218,7 @@ impl HallLink {
             withdrawn: HashSet::new(),
             relayed: HashMap::new(),
             last_scan: None,
+            down_until: HashMap::new(),
         })
     }
 
@@ -257,10 +269,34 @@ impl HallLink {
                 // Left unacknowledged: delivered again after the store recovers.
                 continue;
             }
+            #[derive(Deserialize)]
+            struct Version {
+                v: u32,
+                #[serde(default)]
+                from: String,
+            }
+            // Another version is left in the inbox (for this hall's hub once it is
+            // upgraded), said once a minute; never dropped.
+            if let Ok(other) = serde_json::from_slice::<Version>(&m.payload)
+                && other.v != LINK_VERSION
+            {
+                out.problems.push(format!(
+                    "a message from hall {} of link version {} waits in the inbox (this hub speaks {LINK_VERSION}: upgrade it)",
+                    crate::dispatch::clean_text(&other.from.chars().take(MAX_ID).collect::<String>()),
+                    other.v
+                ));
+                let _ = nats.call("leave a message in the inbox", async move {
+                    m.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(60))))
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+                continue;
+            }
+            let deliveries = m.info().map(|i| i.delivered).unwrap_or(1);
             let outcome = match serde_json::from_slice::<LinkMessage>(&m.payload) {
-                Ok(msg) if msg.v != LINK_VERSION => Err(format!(
-                    "a message from hall {} of link version {} (this hub speaks {LINK_VERSION}): not taken in",
-                    msg.from, msg.v
+                Ok(msg) if too_long(&msg) => Err(format!(
+                    "a message from hall {} with an id over {MAX_ID} or a text over {MAX_TEXT} characters: not taken in",
+                    crate::dispatch::clean_text(&msg.from.chars().take(MAX_ID).collect::<String>())
                 )),
                 Ok(msg) if msg.to != self.hall => Err(format!(
                     "a message from hall {} for hall {} arrived here: not taken in",
@@ -275,6 +311,9 @@ impl HallLink {
                         Ok(())
                     }
                     Err(Fail::Refused(why)) => Err(why),
+                    Err(Fail::Storage(why)) if deliveries >= MAX_DELIVERIES => Err(format!(
+                        "set aside after {deliveries} failed attempts: {why}"
+                    )),
                     Err(Fail::Storage(why)) => {
                         out.problems.push(why);
                         failed = true;
@@ -394,10 +433,9 @@ impl HallLink {
             }
             LinkBody::Withdraw { order, reason } => {
                 let origin = format!("{from}/{order}");
+                // Never taken in (withdrawn before it was sent): nothing to withdraw.
                 let Some(ours) = service.dispatcher.book().order_from(&origin) else {
-                    return Err(Fail::Refused(format!(
-                        "hall {from} withdrew {order}, which this hall never took in"
-                    )));
+                    return Ok(());
                 };
                 if !ours.status.is_pending() {
                     return Ok(());
@@ -440,6 +478,11 @@ impl HallLink {
                         ours.department
                     )));
                 }
+                // Over here already (withdrawn, escalated, finished): the other hall's
+                // later word changes nothing.
+                if !ours.status.is_pending() {
+                    return Ok(());
+                }
                 let report = StatusReport {
                     order_id: order.clone(),
                     department: ours.department.clone(),
@@ -470,10 +513,19 @@ impl HallLink {
         now_ms: i64,
         out: &mut LinkPump,
     ) {
-        let mut down: HashSet<String> = HashSet::new();
+        let scan_started = Instant::now();
+        let now = Instant::now();
+        self.down_until.retain(|_, until| *until > now);
+        let mut down: HashSet<String> = self.down_until.keys().cloned().collect();
         let mut due: Vec<(String, LinkMessage, String, Due)> = Vec::new();
         {
             let book = service.dispatcher.book();
+            // Orders no longer waiting for their delivery need no resend time.
+            self.sent
+                .retain(|id, _| book.order(id).is_some_and(|o| o.delivered_ms.is_none()));
+            // Withdrawals of the last week are sent again by a new hub (the other
+            // hall ignores what it already withdrew or never had).
+            let recent = now_ms - 7 * 24 * 3_600_000;
             let hall_of = |department: &str| match book.config.department(department) {
                 Some(d) => match &d.endpoint {
                     Endpoint::Hall(h) => Some(h.clone()),
@@ -524,9 +576,10 @@ impl HallLink {
                 due.push((to, msg, id, Due::Order(o.id.clone())));
             }
             for o in &book.orders {
-                // Withdrawn here after the other hall had it: it is told.
+                // Withdrawn here: the other hall is told, also when no delivery is
+                // on record (it may have had it: a send acknowledged just before).
                 if matches!(o.status, OrderStatus::Cancelled | OrderStatus::Escalated)
-                    && o.delivered_ms.is_some()
+                    && o.steps.last().is_some_and(|s| s.at_ms >= recent)
                     && !self.withdrawn.contains(&o.id)
                     && let Some(to) = hall_of(&o.department)
                 {
@@ -543,21 +596,38 @@ impl HallLink {
                     let id = format!("{}/{}/withdraw", self.hall, o.id);
                     due.push((to, msg, id, Due::Withdraw(o.id.clone())));
                 }
-                // Progress on an order another hall sent: it goes back.
+                // Progress on an order another hall sent: it goes back. Withdrawn or
+                // escalated here, it is rejected there, with why.
+                let relay = match o.status {
+                    OrderStatus::Cancelled | OrderStatus::Escalated => {
+                        Some((4, OrderStatus::Rejected))
+                    }
+                    s => progress(s).map(|level| (level, s)),
+                };
                 if let Some(origin) = &o.from
-                    && let Some(level) = progress(o.status)
+                    && let Some((level, status)) = relay
                     && self.relayed.get(&o.id).is_none_or(|&l| l < level)
                     && let Some((to, theirs)) = origin.split_once('/')
                 {
                     let step = o.steps.last();
+                    let note = step.and_then(|s| s.note.clone());
+                    let note = match o.status {
+                        OrderStatus::Cancelled | OrderStatus::Escalated => Some(format!(
+                            "{:?} in hall {}{}",
+                            o.status,
+                            self.hall,
+                            note.map(|n| format!(": {n}")).unwrap_or_default()
+                        )),
+                        _ => note,
+                    };
                     let msg = LinkMessage {
                         v: LINK_VERSION,
                         from: self.hall.clone(),
                         to: to.to_string(),
                         body: LinkBody::Progress {
                             order: theirs.to_string(),
-                            status: o.status,
-                            note: step.and_then(|s| s.note.clone()),
+                            status,
+                            note,
                             at_ms: step.map_or(now_ms, |s| s.at_ms),
                             by: step.map_or("zhongshu".to_string(), |s| s.who.to_string()),
                         },
@@ -570,6 +640,10 @@ impl HallLink {
         for (to, msg, id, what) in due {
             if down.contains(&to) {
                 continue;
+            }
+            // A scan never holds the hub long: what is left goes at the next one.
+            if scan_started.elapsed() >= SCAN_BUDGET {
+                break;
             }
             match send(nats, &msg, &id) {
                 Ok(()) => {
@@ -602,11 +676,45 @@ impl HallLink {
                 }
                 Err(e) => {
                     out.problems.push(format!("the link to hall {to}: {e}"));
+                    self.down_until
+                        .insert(to.clone(), Instant::now() + HALL_BACKOFF);
                     down.insert(to);
                 }
             }
         }
     }
+}
+
+/// Whether a message carries an id or a text longer than a hall ever writes.
+fn too_long(msg: &LinkMessage) -> bool {
+    let id = |s: &str| s.chars().count() > MAX_ID;
+    let text = |s: &str| s.chars().count() > MAX_TEXT;
+    id(&msg.from)
+        || id(&msg.to)
+        || match &msg.body {
+            LinkBody::Order {
+                order,
+                department,
+                instruction,
+                incident,
+                by,
+                ..
+            } => {
+                id(order)
+                    || id(department)
+                    || id(&incident.id)
+                    || id(&incident.kind)
+                    || text(instruction)
+                    || text(&incident.title)
+                    || text(by)
+            }
+            LinkBody::Withdraw { order, reason } => {
+                id(order) || reason.as_deref().is_some_and(text)
+            }
+            LinkBody::Progress {
+                order, note, by, ..
+            } => id(order) || note.as_deref().is_some_and(text) || text(by),
+        }
 }
 
 enum Due {
@@ -1157,6 +1265,47 @@ superior = "city_fire"
             |b| b.order_from(&second_origin).unwrap().status == OrderStatus::Cancelled,
         );
 
+        // The city withdraws the order it took in: the district's order is
+        // rejected, saying so, and its dispatcher can take it further.
+        let (_, third) = escalate_in_district(&mut d1, "Gas main rupture");
+        let third_origin = format!("d1/{third}");
+        wait_for(
+            &mut town,
+            Duration::from_secs(15),
+            "the third escalation",
+            |b| b.order_from(&third_origin).is_some(),
+        );
+        let theirs = town.book().order_from(&third_origin).unwrap().id.clone();
+        town.execute(
+            &Command::Order {
+                id: theirs,
+                action: Action::CancelOrder,
+                note: Some("handled by the gas company directly".into()),
+            },
+            &wang,
+            unix_ms_now(),
+        )
+        .unwrap();
+        wait_for(
+            &mut d1,
+            Duration::from_secs(15),
+            "the withdrawal back in the district",
+            |b| b.order(&third).unwrap().status == OrderStatus::Rejected,
+        );
+        let step = d1
+            .book()
+            .order(&third)
+            .unwrap()
+            .steps
+            .last()
+            .unwrap()
+            .clone();
+        let note = step.note.clone().unwrap_or_default();
+        assert!(
+            note.contains("Cancelled in hall city") && note.contains("gas company"),
+            "{step:?}"
+        );
+
         // Garbage on the city's inbox is said and dropped; the hub goes on.
         let raw = connect(&city, "intruder");
         raw.call("publish", {
@@ -1182,6 +1331,35 @@ superior = "city_fire"
         let status = super::inbox_status(&raw, "city").unwrap();
         assert_eq!(status["not_taken_in"], 0, "{status}");
         assert!(status["messages"].as_u64().unwrap() >= 3, "{status}");
+
+        // A message of a newer link version waits in the inbox for an upgraded hub,
+        // said, never dropped.
+        raw.call("publish", {
+            let js = raw.js.clone();
+            async move {
+                js.publish(
+                    inbox_subject("city"),
+                    r#"{"v":2,"from":"d1","to":"city","kind":"order_v2"}"#.into(),
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+            }
+        })
+        .unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut said = Vec::new();
+        while Instant::now() < until && !said.iter().any(|p: &String| p.contains("version 2")) {
+            said.extend(city_hub.problems());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            said.iter().any(|p| p.contains("waits in the inbox")),
+            "{said:?}"
+        );
+        let status = super::inbox_status(&raw, "city").unwrap();
+        assert_eq!(status["not_taken_in"], 1, "{status}");
 
         // Both logs are whole and both chains verify.
         for desk in [&town, &d1] {
