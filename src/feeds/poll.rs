@@ -246,7 +246,9 @@ pub fn page_url(base: &str, kind: FeedKind, limit: u32, offset: u64) -> String {
         .filter(|p| !p.is_empty())
         .filter(|p| {
             let key = p.split_once('=').map_or(*p, |(k, _)| k);
-            !matches!(key, "limit" | "offset") && !(kind != FeedKind::NgsiV2 && key == "count")
+            let paging =
+                matches!(key, "limit" | "offset") || (kind != FeedKind::NgsiV2 && key == "count");
+            !paging
         })
         .map(str::to_string)
         .collect();
