@@ -351,6 +351,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// MQTT push intake: devices publish flat JSON at QoS 1 to a local mosquitto
+    /// (started for the run) or --broker, through an MQTT feed into the live state;
+    /// prints messages/s and what went missing.
+    Mqtt {
+        /// Messages published, in all.
+        #[arg(long, default_value_t = 200_000)]
+        messages: usize,
+        /// Distinct devices (entities).
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Publishing clients, each on its own thread.
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        /// A broker to use instead (mqtt://HOST:PORT).
+        #[arg(long)]
+        broker: Option<String>,
+    },
     /// The hall's figures on a real nats-server (--nats URL, or one started on
     /// 127.0.0.1 for the run): a command at one console → visible at 4 others
     /// (p50/p99), a console joining a hall of --events events, hub failover, live
@@ -1117,6 +1134,17 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             };
             use std::io::Write;
             writeln!(out, "{summary}")?;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Mqtt {
+            messages,
+            devices,
+            publishers,
+            broker,
+        }) => {
+            let report =
+                zhongshu::bench::bench_mqtt(broker.as_deref(), messages, devices, publishers)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Bench(BenchCommand::Hub {
