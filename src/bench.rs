@@ -743,7 +743,7 @@ pub fn bench_mqtt(
         probe(&first);
         std::thread::sleep(std::time::Duration::from_millis(100));
         ingest.pump(&mut state, usize::MAX);
-        if state.len() > 0 {
+        if !state.is_empty() {
             break;
         }
         anyhow::ensure!(

@@ -281,6 +281,24 @@ impl Publisher {
         }
         let mut problem = None;
         for batch in batches {
+            // The usual case: the batch fits one frame, encoded once.
+            let entities = (batch.upserts.len() + batch.removed.len()) as u64;
+            let frame = Frame {
+                v: WIRE_VERSION,
+                hub: self.hub.clone(),
+                seq: self.seq + 1,
+                body: Body::Changes(batch),
+            };
+            let bytes = encode(&frame);
+            if bytes.len() <= MAX_FRAME_BYTES {
+                self.seq += 1;
+                self.entities_sent += entities;
+                self.publish_bytes(live_subject(&self.hall), bytes)?;
+                continue;
+            }
+            let Body::Changes(batch) = frame.body else {
+                unreachable!("built as changes above")
+            };
             let hub = self.hub.clone();
             let (parts, dropped) = split_by_bytes(batch, &|changes| Frame {
                 v: WIRE_VERSION,
@@ -318,7 +336,10 @@ impl Publisher {
     }
 
     fn publish(&mut self, subject: String, frame: &Frame) -> Result<(), String> {
-        let bytes = encode(frame);
+        self.publish_bytes(subject, encode(frame))
+    }
+
+    fn publish_bytes(&mut self, subject: String, bytes: Vec<u8>) -> Result<(), String> {
         let client = self.nats.client.clone();
         self.frames += 1;
         self.nats.call("publish live layers", async move {
