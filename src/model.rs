@@ -365,6 +365,9 @@ pub enum RejectReason {
     WrongValueType,
     BadTimestamp,
     TooDeep,
+    /// An entry of a list (Atom/RSS of CAP messages) whose message could not be
+    /// fetched or read.
+    Unreadable,
 }
 
 impl RejectReason {
@@ -378,6 +381,7 @@ impl RejectReason {
             RejectReason::WrongValueType => "wrong_value_type",
             RejectReason::BadTimestamp => "bad_timestamp",
             RejectReason::TooDeep => "too_deep",
+            RejectReason::Unreadable => "unreadable",
         }
     }
 }

@@ -528,7 +528,9 @@ fn cap_location(info: &v1dot2::Info) -> Option<(f64, f64, Option<f64>)> {
 }
 
 /// Refuses what is not a CAP document before the CAP parser gives a less clear error.
-fn check_root(xml: &str) -> Result<(), AlertError> {
+/// The root element's local name and its whole start tag, past the prologue
+/// (declaration, comments); a DOCTYPE is refused.
+pub fn root_element(xml: &str) -> Result<(&str, &str), AlertError> {
     let mut rest = xml.trim_start_matches('\u{feff}').trim_start();
     loop {
         if let Some(after) = rest.strip_prefix("<?") {
@@ -565,6 +567,15 @@ fn check_root(xml: &str) -> Result<(), AlertError> {
         .next()
         .unwrap_or("");
     let local = name.rsplit(':').next().unwrap_or(name);
+    Ok((local, tag))
+}
+
+fn check_root(xml: &str) -> Result<(), AlertError> {
+    let (local, tag) = root_element(xml)?;
+    let name = tag
+        .split(|c: char| c.is_whitespace() || c == '/')
+        .next()
+        .unwrap_or("");
     let namespace = CAP_NAMESPACES.iter().find(|ns| tag.contains(*ns));
     if local == "alert" && namespace.is_some() {
         return Ok(());

@@ -128,6 +128,8 @@ struct Conditional {
     limit: Option<u32>,
     /// The result count the broker gave at the last poll (for pages it answers 304).
     total: Option<u64>,
+    /// A CAP list's entries read: id → (updated, what its message decoded to).
+    cap_entries: std::collections::HashMap<String, (String, Decoded)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -480,7 +482,12 @@ fn poll_once(
             let decoded = match feed.kind {
                 FeedKind::NgsiLd => decode_ngsi_ld(&body),
                 FeedKind::NgsiV2 => decode_ngsi_v2(&body),
-                FeedKind::Cap => super::cap::decode_cap(&body, places),
+                FeedKind::Cap => {
+                    match cap_list(&body, &url, feed, client, places, conditional, stop)? {
+                        Some(d) => Ok(d),
+                        None => super::cap::decode_cap(&body, places),
+                    }
+                }
                 _ => decode_geojson(&body),
             }
             .map_err(|e| {
@@ -608,6 +615,118 @@ fn poll_once(
         bytes: total_bytes,
     });
     Ok(())
+}
+
+/// A CAP feed's list (Atom or RSS) of messages: the messages of new or updated
+/// entries are fetched (on the list's own origin, or a host in `redirect_hosts`), the
+/// others taken as last read; at most `max_pages` messages a poll. `None`: the
+/// payload is one CAP message, not a list.
+fn cap_list(
+    body: &[u8],
+    list_url: &str,
+    feed: &FeedConfig,
+    client: &reqwest::blocking::Client,
+    places: &Gazetteer,
+    conditional: &mut Conditional,
+    stop: &AtomicBool,
+) -> Result<Option<Decoded>, (&'static str, String)> {
+    use super::cap_list::{list_kind, read_list};
+    use crate::model::{Reject, RejectReason};
+    let Ok(text) = super::cap::xml_text(body) else {
+        return Ok(None);
+    };
+    if list_kind(&text).is_none() {
+        return Ok(None);
+    }
+    let entries = read_list(&text, list_url).map_err(|e| ("wrong_shape", e))?;
+    let origin = |url: &str| {
+        reqwest::Url::parse(url).ok().map(|u| {
+            (
+                u.scheme().to_string(),
+                u.host_str().map(str::to_string),
+                u.port_or_known_default(),
+            )
+        })
+    };
+    let list_origin = origin(list_url);
+    let mut out = Decoded::default();
+    let mut kept = std::collections::HashMap::new();
+    let mut fetched = 0u32;
+    for entry in entries {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let unreadable = |detail: String| Reject {
+            reason: RejectReason::Unreadable,
+            item_id: Some(entry.id.clone()),
+            path: None,
+            detail: crate::http::redact_in_text(&detail),
+        };
+        if let Some((updated, decoded)) = conditional.cap_entries.remove(&entry.id)
+            && updated == entry.updated
+        {
+            out.updates.extend(decoded.updates.iter().cloned());
+            out.withheld.extend(decoded.withheld.iter().cloned());
+            kept.insert(entry.id.clone(), (updated, decoded));
+            continue;
+        }
+        let here = origin(&entry.link);
+        let allowed = here == list_origin
+            || here.as_ref().is_some_and(|(scheme, host, _)| {
+                (scheme == "https" || list_origin.as_ref().is_some_and(|o| o.0 == "http"))
+                    && host
+                        .as_ref()
+                        .is_some_and(|h| feed.redirect_hosts.iter().any(|r| r == h))
+            });
+        if !allowed {
+            out.rejects.push(unreadable(format!(
+                "the message {} is on another host: name it in redirect_hosts to read it",
+                crate::http::redact_url(&entry.link)
+            )));
+            continue;
+        }
+        if fetched >= feed.max_pages {
+            out.rejects.push(unreadable(format!(
+                "not read this poll: more than max_pages = {} new messages",
+                feed.max_pages
+            )));
+            continue;
+        }
+        fetched += 1;
+        let mut request = client
+            .get(&entry.link)
+            .header("Accept", "application/cap+xml, application/xml");
+        for (name, value) in &feed.headers {
+            let value = super::config::header_value(value)
+                .map_err(|e| ("client", format!("header {name}: {e}")))?;
+            request = request.header(name.as_str(), value);
+        }
+        let message = request
+            .send()
+            .map_err(|e| describe_reqwest_error(&e).1)
+            .and_then(|r| {
+                if r.status().is_success() {
+                    read_limited(r, feed.max_payload_bytes.min(MAX_PAYLOAD_BYTES)).map_err(|e| e.1)
+                } else {
+                    Err(format!("HTTP {}", r.status()))
+                }
+            })
+            .and_then(|bytes| super::cap::decode_cap(&bytes, places).map_err(|e| e.to_string()));
+        match message {
+            Ok(decoded) => {
+                out.updates.extend(decoded.updates.iter().cloned());
+                out.rejects.extend(decoded.rejects.iter().cloned());
+                out.withheld.extend(decoded.withheld.iter().cloned());
+                kept.insert(entry.id.clone(), (entry.updated.clone(), decoded));
+            }
+            Err(e) => out.rejects.push(unreadable(format!(
+                "{}: {e}",
+                crate::http::redact_url(&entry.link)
+            ))),
+        }
+    }
+    conditional.cap_entries = kept;
+    Ok(Some(out))
 }
 
 fn read_limited(
@@ -943,6 +1062,92 @@ mod tests {
         assert_eq!(reason, "over_budget");
         assert!(error.contains("max_pages = 3"), "{error}");
         assert_eq!(pages_ids.len(), 300);
+    }
+
+    /// An Atom list of CAP messages: each linked message is read once until its
+    /// entry changes, every poll brings every alert, a link to another host is not
+    /// followed.
+    #[test]
+    fn a_cap_feed_reads_the_messages_an_atom_list_links_to_once_each() {
+        use std::sync::Mutex;
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
+        let flood = std::fs::read_to_string(data.join("helsinki-flood-alert.xml")).unwrap();
+        let fire = std::fs::read_to_string(data.join("kallio-building-fire.xml")).unwrap();
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let fetched: Arc<Mutex<Vec<String>>> = Arc::default();
+        let updated = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f2, u2, s2) = (fetched.clone(), updated.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let url = request.url().to_string();
+                let body = match url.as_str() {
+                    "/alerts.atom" => format!(
+                        r#"<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom">
+<entry><id>flood</id><updated>v{}</updated><link href="/cap/flood.xml" type="application/cap+xml"/></entry>
+<entry><id>fire</id><updated>v1</updated><link href="/cap/fire.xml" type="application/cap+xml"/></entry>
+<entry><id>elsewhere</id><updated>v1</updated><link href="http://198.51.100.7/x.xml" type="application/cap+xml"/></entry>
+</feed>"#,
+                        u2.load(Ordering::Relaxed)
+                    ),
+                    "/cap/flood.xml" => flood.clone(),
+                    "/cap/fire.xml" => fire.clone(),
+                    _ => String::new(),
+                };
+                if url.starts_with("/cap/") {
+                    f2.lock().unwrap().push(url);
+                }
+                let _ = request.respond(tiny_http::Response::from_string(body));
+            }
+        });
+        let feeds = super::super::config::parse_feeds(&format!(
+            "[[feed]]\nname='warnings'\nkind='cap'\nurl='{base}/alerts.atom'\ndomain='safety'\ninterval_s=0.2\n"
+        ))
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pollers = Pollers::start(&feeds, Default::default(), tx);
+        let mut polls: Vec<(usize, Vec<String>)> = Vec::new();
+        let mut current = (0usize, Vec::new());
+        let until = Instant::now() + Duration::from_secs(10);
+        while polls.len() < 5 && Instant::now() < until {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(FeedEvent::Batch { decoded, .. }) => {
+                    current.0 += decoded.updates.len();
+                    current
+                        .1
+                        .extend(decoded.rejects.iter().map(|r| r.detail.clone()));
+                }
+                Ok(FeedEvent::PollOk { .. }) => {
+                    polls.push(std::mem::take(&mut current));
+                    if polls.len() == 3 {
+                        // The flood warning is updated.
+                        updated.store(2, Ordering::Relaxed);
+                    }
+                }
+                Ok(FeedEvent::PollFailed { error, .. }) => panic!("{error}"),
+                Err(_) => {}
+            }
+        }
+        pollers.stop();
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(polls.len(), 5, "{polls:?}");
+        for (alerts, rejects) in &polls {
+            assert!(*alerts >= 2, "every poll brings both alerts: {polls:?}");
+            assert_eq!(rejects.len(), 1, "{rejects:?}");
+            assert!(rejects[0].contains("another host"), "{rejects:?}");
+        }
+        let fetched = fetched.lock().unwrap().clone();
+        let count = |path: &str| fetched.iter().filter(|f| *f == path).count();
+        assert_eq!(count("/cap/fire.xml"), 1, "{fetched:?}");
+        assert_eq!(
+            count("/cap/flood.xml"),
+            2,
+            "read again once updated: {fetched:?}"
+        );
     }
 
     /// 25 entities in pages of 10: the first page never changes (and answers 304
