@@ -121,21 +121,22 @@ pub fn read_list(xml: &str, list_url: &str) -> Result<Vec<ListEntry>, String> {
     Ok(entries)
 }
 
+/// A link of an entry: (href, rel, type).
+type Link = (String, Option<String>, Option<String>);
+
 #[derive(Default)]
 struct Draft {
     id: Option<String>,
     updated: Option<String>,
-    /// (href, rel, type)
-    links: Vec<(String, Option<String>, Option<String>)>,
+    links: Vec<Link>,
 }
 
 impl Draft {
     fn finish(self, base: Option<&reqwest::Url>) -> Option<ListEntry> {
         // The CAP message: a link typed as CAP, else XML, else the alternate (or
         // untyped) one.
-        let pick = |want: &dyn Fn(&(String, Option<String>, Option<String>)) -> bool| {
-            self.links.iter().find(|l| want(l)).map(|l| l.0.clone())
-        };
+        let pick =
+            |want: &dyn Fn(&Link) -> bool| self.links.iter().find(|l| want(l)).map(|l| l.0.clone());
         let href = pick(&|l| l.2.as_deref().is_some_and(|t| t.contains("cap")))
             .or_else(|| pick(&|l| l.2.as_deref().is_some_and(|t| t.contains("xml"))))
             .or_else(|| pick(&|l| l.1.as_deref().is_none_or(|r| r == "alternate")))?;
