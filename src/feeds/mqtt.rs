@@ -1,5 +1,6 @@
 //! Push intake over MQTT (`kind = "mqtt"`): a thread per feed keeps a session with
-//! the broker (QoS 1, a persistent session, reconnecting with backoff), subscribes
+//! the broker (QoS 1, a persistent session when the feed names a stable
+//! `client_id`, reconnecting with backoff), subscribes
 //! to the feed's topic filters at every connect, and decodes each message as the
 //! feed says (`flat` JSON objects with a field map, NGSI-LD or NGSI-v2 entities,
 //! GeoJSON). Messages are gathered for a few milliseconds into one batch, so a flood
@@ -135,9 +136,11 @@ fn options(feed: &FeedConfig) -> Result<MqttOptions, String> {
     });
     let mut o = MqttOptions::new(client_id, host, port);
     o.set_keep_alive(Duration::from_secs(15))
-        // The broker keeps the subscription and queues QoS 1 messages while the
-        // connection is down.
-        .set_clean_session(false)
+        // With a stable client id the broker keeps the subscription and queues QoS 1
+        // messages while the connection is down, across restarts too. Without one,
+        // a clean session: a persistent one per process start would be left on the
+        // broker, queueing for nobody, for ever.
+        .set_clean_session(feed.client_id.is_none())
         .set_max_packet_size(feed.max_payload_bytes + 1024, 64 * 1024);
     match (&feed.username, &feed.password) {
         (Some(u), Some(p)) => {
@@ -677,6 +680,45 @@ mod tests {
         );
         pollers.stop();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stable_client_id_gets_what_was_published_while_zhongshu_was_away() {
+        let broker = Mosquitto::start("session");
+        let toml = format!(
+            "[[feed]]\nname='meters'\nkind='mqtt'\nurl='{}'\ntopics=['meters/#']\ndomain='utilities'\nclient_id='zhongshu-test-{}'\n",
+            broker.url(),
+            std::process::id()
+        );
+        let device = Device::connect(broker.port, |_| {});
+        // Connected and subscribed once: the broker keeps the session.
+        let (pollers, rx) = feed(&toml);
+        let mut seen = Seen::default();
+        seen.until(
+            &rx,
+            "the first reading",
+            || device.say("meters/m0", r#"{"id":"m0","lon":24.9,"lat":60.1,"pm25":0}"#),
+            |s| s.values.contains_key("m0"),
+        );
+        pollers.stop();
+        // Published while the feed is away …
+        for i in 1..=3 {
+            device.say(
+                &format!("meters/m{i}"),
+                &format!(r#"{{"id":"m{i}","lon":24.9,"lat":60.1,"pm25":{i}}}"#),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // … is delivered when it comes back under the same id.
+        let (pollers, rx) = feed(&toml);
+        let mut back = Seen::default();
+        back.until(
+            &rx,
+            "the readings queued meanwhile",
+            || {},
+            |s| (1..=3).all(|i| s.values.contains_key(&format!("m{i}"))),
+        );
+        pollers.stop();
     }
 
     #[test]
