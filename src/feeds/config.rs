@@ -25,6 +25,8 @@ pub enum FeedKind {
     /// Messages pushed by an MQTT broker on `topics` (QoS 1): flat JSON objects,
     /// NGSI-LD or NGSI-v2 entities, or GeoJSON (`payload`).
     Mqtt,
+    /// CAP messages POSTed by agencies to `http(s)://listen/cap` with a token.
+    CapIntake,
 }
 
 impl FeedKind {
@@ -138,6 +140,19 @@ pub struct FeedConfig {
     /// one the system trusts.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// CAP intake: where the endpoint listens (`127.0.0.1:7879`; beyond loopback
+    /// only with `tls_cert` and `tls_key`).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// CAP intake: the Bearer token agencies send (as written, `env:NAME` or
+    /// `file:PATH`; at least 16 characters).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// CAP intake over HTTPS: certificate chain and private key (PEM).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A header value as configured: `env:NAME`, `file:PATH` or the text itself.
@@ -163,8 +178,10 @@ impl FeedConfig {
 
     /// Whether a successful poll without an entity removes it.
     pub fn removes_missing(&self) -> bool {
-        self.remove_missing
-            .unwrap_or(!matches!(self.kind, FeedKind::Cap | FeedKind::Mqtt))
+        self.remove_missing.unwrap_or(!matches!(
+            self.kind,
+            FeedKind::Cap | FeedKind::Mqtt | FeedKind::CapIntake
+        ))
     }
 
     /// Values older than this are stale.
@@ -456,7 +473,42 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
                 super::mqtt::MqttPayload::from_config(feed)
                     .map_err(|e| format!("feed \"{name}\": {e}"))?;
             }
+            FeedKind::CapIntake => {
+                let Some(listen) = &feed.listen else {
+                    return Err(format!(
+                        "feed \"{name}\": kind cap-intake needs listen = \"ADDR:PORT\""
+                    ));
+                };
+                if feed.token.is_none() {
+                    return Err(format!(
+                        "feed \"{name}\": kind cap-intake needs a token (env:NAME or file:PATH)"
+                    ));
+                }
+                if feed.tls_cert.is_some() != feed.tls_key.is_some() {
+                    return Err(format!("feed \"{name}\": tls_cert and tls_key go together"));
+                }
+                if !super::cap_intake::is_loopback(listen) && feed.tls_cert.is_none() {
+                    return Err(format!(
+                        "feed \"{name}\": listen {listen} is beyond this machine: give tls_cert and tls_key (tokens never cross a network in clear)"
+                    ));
+                }
+                if feed.url.is_some() {
+                    return Err(format!(
+                        "feed \"{name}\": kind cap-intake listens; it has no url"
+                    ));
+                }
+            }
             FeedKind::Sim => {}
+        }
+        if feed.kind != FeedKind::CapIntake
+            && (feed.listen.is_some()
+                || feed.token.is_some()
+                || feed.tls_cert.is_some()
+                || feed.tls_key.is_some())
+        {
+            return Err(format!(
+                "feed \"{name}\": listen, token, tls_cert and tls_key are for kind cap-intake"
+            ));
         }
         if feed.kind != FeedKind::Mqtt
             && (!feed.topics.is_empty()

@@ -7,6 +7,7 @@
 //! of an entity; a **reject** is one item of a payload that could not be decoded.
 
 pub mod cap;
+pub mod cap_intake;
 pub mod cap_list;
 pub mod config;
 pub mod decode;

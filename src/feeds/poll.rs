@@ -79,6 +79,9 @@ impl Pollers {
                     .name(format!("feed {}", f.name))
                     .spawn(move || match feed.kind {
                         FeedKind::Mqtt => super::mqtt::listen_loop(i as FeedId, feed, tx, &stop),
+                        FeedKind::CapIntake => {
+                            super::cap_intake::serve(i as FeedId, feed, places, tx, &stop)
+                        }
                         _ => poll_loop(i as FeedId, feed, &places, tx, stop),
                     })
                     .expect("spawn a feed thread")

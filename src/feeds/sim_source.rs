@@ -147,6 +147,10 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
             password: None,
             client_id: None,
             ca: None,
+            listen: None,
+            token: None,
+            tls_cert: None,
+            tls_key: None,
         })
         .collect()
 }

@@ -154,7 +154,9 @@ fn media_type(kind: FeedKind) -> Option<&'static str> {
         FeedKind::Geojson => {
             Some("https://www.iana.org/assignments/media-types/application/geo+json")
         }
-        FeedKind::Cap => Some("https://www.iana.org/assignments/media-types/application/xml"),
+        FeedKind::Cap | FeedKind::CapIntake => {
+            Some("https://www.iana.org/assignments/media-types/application/xml")
+        }
         FeedKind::Mqtt => Some("https://www.iana.org/assignments/media-types/application/json"),
         FeedKind::Sim => None,
     }
@@ -166,7 +168,7 @@ fn conforms_to(kind: FeedKind) -> Option<&'static str> {
         FeedKind::NgsiLd => Some("https://www.etsi.org/deliver/etsi_gs/CIM/001_099/009/"),
         FeedKind::NgsiV2 => Some("https://fiware.github.io/specifications/ngsiv2/stable/"),
         FeedKind::Geojson => Some("https://www.rfc-editor.org/rfc/rfc7946"),
-        FeedKind::Cap => Some("urn:oasis:names:tc:emergency:cap:1.2"),
+        FeedKind::Cap | FeedKind::CapIntake => Some("urn:oasis:names:tc:emergency:cap:1.2"),
         FeedKind::Mqtt => {
             Some("http://docs.oasis-open.org/mqtt/mqtt/v3.1.1/os/mqtt-v3.1.1-os.html")
         }

@@ -188,6 +188,7 @@ pub fn shown_feed(feed: &FeedConfig) -> FeedConfig {
         url: feed.url.as_deref().map(crate::http::redact_url),
         headers: Default::default(),
         password: feed.password.as_ref().map(|_| "***".into()),
+        token: feed.token.as_ref().map(|_| "***".into()),
         ..feed.clone()
     }
 }

@@ -1,0 +1,269 @@
+//! CAP pushed to Zhongshu (`kind = "cap-intake"`): an agency POSTs each CAP message
+//! to `http(s)://LISTEN/cap` with `Authorization: Bearer <token>`; it is read like a
+//! polled CAP message and answered only once decoded (202 with its identifier, or
+//! 400 with why). The endpoint is the project's hardened HTTP server: body and
+//! header limits, slow-client timeouts, bounded connections; the token is compared
+//! without an early exit; beyond loopback it serves HTTPS only.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::config::FeedConfig;
+use super::gazetteer::Gazetteer;
+use super::poll::FeedEvent;
+use crate::clock::unix_ms_now;
+use crate::http::{Handler, Limits, Method, Request, Response, Server, Tls};
+use crate::model::FeedId;
+
+/// The shortest token accepted.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// Whether `listen` is a loopback address (plain HTTP is allowed only there).
+pub fn is_loopback(listen: &str) -> bool {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or_else(|_| listen.starts_with("localhost:"))
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Serves one intake feed until `stop`.
+pub fn serve(
+    id: FeedId,
+    feed: FeedConfig,
+    places: Arc<Gazetteer>,
+    tx: Sender<FeedEvent>,
+    stop: &AtomicBool,
+) {
+    let fail = |error: String| {
+        let _ = tx.send(FeedEvent::PollFailed {
+            feed: id,
+            at_ms: unix_ms_now(),
+            reason: "client",
+            error,
+            retry_in: Duration::from_secs(60),
+        });
+    };
+    let listen = feed.listen.clone().unwrap_or_default();
+    let token = match feed.token.as_deref().map(super::config::header_value) {
+        Some(Ok(t)) if t.chars().count() >= MIN_TOKEN_CHARS => t,
+        Some(Ok(_)) => {
+            return fail(format!(
+                "the intake token must be at least {MIN_TOKEN_CHARS} characters"
+            ));
+        }
+        Some(Err(e)) => return fail(format!("token: {e}")),
+        None => return fail("an intake feed needs a token".into()),
+    };
+    let tls = match (&feed.tls_cert, &feed.tls_key) {
+        (Some(cert), Some(key)) => match Tls::from_pem_files(cert, key) {
+            Ok(t) => Some(t),
+            Err(e) => return fail(format!("tls_cert/tls_key: {e}")),
+        },
+        _ => None,
+    };
+    let known = digest(&token);
+    let limit = feed.max_payload_bytes.min(4 * 1024 * 1024);
+    let tx = Mutex::new(tx.clone());
+    let handler: Handler = Arc::new(move |request: Request| {
+        if request.url().split('?').next() != Some("/cap") {
+            return Response::error(404, "not_found", "POST CAP messages to /cap");
+        }
+        if request.method != Method::POST {
+            return Response::error(405, "method_not_allowed", "POST CAP messages to /cap")
+                .with_header("Allow", "POST");
+        }
+        let presented = request
+            .header("authorization")
+            .and_then(|v| {
+                let (scheme, t) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| t.trim().to_string())
+            })
+            .map(|t| digest(&t));
+        let authorised = presented.is_some_and(|p| {
+            p.iter()
+                .zip(known.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+        });
+        if !authorised {
+            return Response::error(401, "unauthorized", "Authorization: Bearer <intake token>")
+                .with_header("WWW-Authenticate", "Bearer");
+        }
+        match super::cap::decode_cap(&request.body, &places) {
+            Ok(decoded) => {
+                let identifiers: Vec<String> =
+                    decoded.updates.iter().map(|u| u.id.clone()).collect();
+                let withheld = decoded.withheld.len();
+                let sent = tx.lock().map(|tx| {
+                    let at_ms = unix_ms_now();
+                    let ok = tx
+                        .send(FeedEvent::Batch {
+                            feed: id,
+                            decoded,
+                            received_at_ms: at_ms,
+                        })
+                        .is_ok();
+                    let _ = tx.send(FeedEvent::PollOk {
+                        feed: id,
+                        at_ms,
+                        not_modified: false,
+                        complete: false,
+                        bytes: request.body.len(),
+                    });
+                    ok
+                });
+                if !matches!(sent, Ok(true)) {
+                    return Response::error(503, "unavailable", "Zhongshu is stopping");
+                }
+                Response::json(
+                    202,
+                    &serde_json::json!({"taken": identifiers, "withheld": withheld}),
+                )
+            }
+            Err(e) => {
+                if let Ok(tx) = tx.lock() {
+                    let _ = tx.send(FeedEvent::PollFailed {
+                        feed: id,
+                        at_ms: unix_ms_now(),
+                        reason: "wrong_shape",
+                        error: format!("a message posted from {}: {e}", request.peer.ip()),
+                        retry_in: Duration::ZERO,
+                    });
+                }
+                Response::error(400, "not_cap", e.to_string())
+            }
+        }
+    });
+    let limits = Limits {
+        max_body_bytes: limit,
+        ..Limits::default()
+    };
+    let server = match Server::start_tls(
+        &listen,
+        &format!("cap intake {}", feed.name),
+        limits,
+        handler,
+        tls,
+    ) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
+    };
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    server.stop();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::feeds::config::parse_feeds;
+    use crate::feeds::poll::Pollers;
+
+    #[test]
+    fn agencies_post_cap_with_their_token_and_hear_what_became_of_it() {
+        let port = crate::nats::testing::free_port();
+        let feeds = parse_feeds(&format!(
+            "[[feed]]\nname='agency-push'\nkind='cap-intake'\nlisten='127.0.0.1:{port}'\ntoken='intake-token-0123456789'\ndomain='safety'\n"
+        ))
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pollers = Pollers::start(&feeds, Default::default(), tx);
+        let url = format!("http://127.0.0.1:{port}/cap");
+        let client = reqwest::blocking::Client::new();
+        let fire = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/cap/kallio-building-fire.xml"),
+        )
+        .unwrap();
+        let post = |token: &str, body: Vec<u8>| {
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                match client
+                    .post(&url)
+                    .bearer_auth(token)
+                    .header("Content-Type", "application/cap+xml")
+                    .body(body.clone())
+                    .send()
+                {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        return (status, r.text().unwrap_or_default());
+                    }
+                    // Still starting.
+                    Err(_) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
+        let (status, body) = post("intake-token-0123456789", fire.clone());
+        assert_eq!(status, 202, "{body}");
+        assert!(body.contains("HEL-2026-1129-FIRE-0417"), "{body}");
+        // The wrong token: 401, nothing taken.
+        let (status, _) = post("intake-token-9999999999", fire.clone());
+        assert_eq!(status, 401);
+        // Not CAP: 400 saying why, and the feed's health says so too.
+        let (status, body) = post("intake-token-0123456789", b"<html>hi</html>".to_vec());
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("not_cap"), "{body}");
+        let get = client.get(&url).send().unwrap().status().as_u16();
+        assert_eq!(get, 405);
+        let mut alerts = 0;
+        let mut failures = Vec::new();
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && (alerts == 0 || failures.is_empty()) {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(FeedEvent::Batch { decoded, .. }) => alerts += decoded.updates.len(),
+                Ok(FeedEvent::PollFailed { error, .. }) => failures.push(error),
+                _ => {}
+            }
+        }
+        assert_eq!(alerts, 1, "one alert from the one good message");
+        assert!(
+            failures.iter().any(|f| f.contains("posted")),
+            "{failures:?}"
+        );
+        pollers.stop();
+    }
+
+    #[test]
+    fn an_intake_beyond_this_machine_needs_tls_and_a_real_token() {
+        let e = parse_feeds(
+            "[[feed]]\nname='x'\nkind='cap-intake'\nlisten='0.0.0.0:7879'\ntoken='intake-token-0123456789'\ndomain='safety'\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("tls_cert"), "{e}");
+        let e = parse_feeds(
+            "[[feed]]\nname='x'\nkind='cap-intake'\nlisten='127.0.0.1:7879'\ndomain='safety'\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("token"), "{e}");
+        // A short token is refused when the feed starts, and said.
+        let port = crate::nats::testing::free_port();
+        let feeds = parse_feeds(&format!(
+            "[[feed]]\nname='x'\nkind='cap-intake'\nlisten='127.0.0.1:{port}'\ntoken='short'\ndomain='safety'\n"
+        ))
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pollers = Pollers::start(&feeds, Default::default(), tx);
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(FeedEvent::PollFailed { error, .. }) => assert!(error.contains("16"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        pollers.stop();
+    }
+}
