@@ -581,9 +581,12 @@ pub(crate) mod attack {
                 held.push(s);
             }
         }
-        assert!(timed_get(addr, good_path, want) < Duration::from_secs(1));
+        // Well under the 10 s a held connection may take to send its request: the
+        // good request is not queued behind them (a generous bound, so a loaded
+        // machine does not fail it).
+        assert!(timed_get(addr, good_path, want) < Duration::from_secs(5));
         drop(held);
-        assert!(timed_get(addr, good_path, want) < Duration::from_secs(1));
+        assert!(timed_get(addr, good_path, want) < Duration::from_secs(5));
     }
 }
 

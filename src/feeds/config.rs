@@ -34,6 +34,12 @@ impl FeedKind {
     pub fn is_paged(self) -> bool {
         matches!(self, FeedKind::NgsiLd | FeedKind::NgsiV2)
     }
+
+    /// Whether the source pushes (MQTT, CAP intake): its "polls" say the connection
+    /// is alive, never that an entity is still there.
+    pub fn is_push(self) -> bool {
+        matches!(self, FeedKind::Mqtt | FeedKind::CapIntake)
+    }
 }
 
 /// One `[[feed]]` entry.

@@ -167,10 +167,10 @@ pub fn decode_flat(body: &[u8], fields: &FlatFields) -> Result<Decoded, PayloadE
             }
             None => {}
         }
+        // Members the mapping did not fill keep their meaning (a GeoJSON
+        // `location`, a `dateObserved`); none overrides what it filled.
         for (k, v) in o {
-            if !matches!(k.as_str(), "id" | "type" | "location" | "dateObserved") {
-                entity.insert(k, v);
-            }
+            entity.entry(k).or_insert(v);
         }
         Value::Object(entity)
     };

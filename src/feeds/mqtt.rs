@@ -141,7 +141,10 @@ fn options(feed: &FeedConfig) -> Result<MqttOptions, String> {
         // a clean session: a persistent one per process start would be left on the
         // broker, queueing for nobody, for ever.
         .set_clean_session(feed.client_id.is_none())
-        .set_max_packet_size(feed.max_payload_bytes + 1024, 64 * 1024);
+        // Read whatever the broker sends up to the hard limit, so an oversized message
+        // is rejected (and acknowledged) here, never a connection dropped and the
+        // same message delivered again at every reconnect.
+        .set_max_packet_size(super::MAX_PAYLOAD_BYTES + 64 * 1024, 64 * 1024);
     match (&feed.username, &feed.password) {
         (Some(u), Some(p)) => {
             let u = super::config::header_value(u).map_err(|e| format!("username: {e}"))?;
@@ -198,7 +201,60 @@ pub fn listen_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: &A
         }
     };
     let (client, mut connection) = Client::new(options, 64);
-    let mut failures = 0u32;
+    // The connection is driven on a thread of its own: a connect (TCP, TLS, CONNECT)
+    // takes as long as the broker needs, never cut short by the batch window.
+    let (notices, events) = std::sync::mpsc::channel::<Notice>();
+    let quit = std::sync::Arc::new(AtomicBool::new(false));
+    {
+        let quit = quit.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("mqtt {}", feed.name))
+            .spawn(move || {
+                let mut failures = 0u32;
+                for event in connection.iter() {
+                    if quit.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let notice = match event {
+                        Ok(e) => {
+                            if matches!(e, Event::Incoming(Packet::ConnAck(_))) {
+                                failures = 0;
+                            }
+                            Notice::Event(e)
+                        }
+                        Err(e) => {
+                            failures = failures.saturating_add(1);
+                            let backoff = Duration::from_millis(250)
+                                .saturating_mul(1u32 << failures.min(7))
+                                .min(MAX_BACKOFF);
+                            if notices.send(Notice::Lost(e, backoff)).is_err() {
+                                break;
+                            }
+                            nap(backoff, &quit);
+                            continue;
+                        }
+                    };
+                    if notices.send(notice).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            fail(
+                "client",
+                format!("cannot start the MQTT thread: {e}"),
+                MAX_BACKOFF,
+            );
+            return;
+        }
+    }
+    struct Quit(std::sync::Arc<AtomicBool>);
+    impl Drop for Quit {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _quit = Quit(quit);
     let mut batch = Decoded::default();
     let mut batch_bytes = 0usize;
     let mut batch_messages = 0usize;
@@ -241,10 +297,9 @@ pub fn listen_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: &A
             Some(t) => BATCH_WINDOW.saturating_sub(t.elapsed()),
             None => Duration::from_millis(100),
         };
-        match connection.recv_timeout(wait.max(Duration::from_millis(1))) {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+        match events.recv_timeout(wait.max(Duration::from_millis(1))) {
+            Ok(Notice::Event(Event::Incoming(Packet::ConnAck(_)))) => {
                 connected = true;
-                failures = 0;
                 for topic in &feed.topics {
                     if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
                         fail(
@@ -255,37 +310,36 @@ pub fn listen_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: &A
                     }
                 }
             }
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                if p.payload.len() > feed.max_payload_bytes {
-                    let error = PayloadError::TooLarge {
+            Ok(Notice::Event(Event::Incoming(Packet::Publish(p)))) => {
+                // One device's bad message is a reject of that message (named by
+                // its topic), counted with the feed's items: never the connection's
+                // failure, so other devices go on.
+                let decoded = if p.payload.len() > feed.max_payload_bytes {
+                    Err(PayloadError::TooLarge {
                         size: p.payload.len(),
                         limit: feed.max_payload_bytes,
-                    };
-                    fail("too_large", format!("{}: {error}", p.topic), Duration::ZERO);
-                    continue;
-                }
-                match payload.decode(&p.payload) {
+                    })
+                } else {
+                    payload.decode(&p.payload)
+                };
+                match decoded {
                     Ok(d) => {
                         batch.updates.extend(d.updates);
                         batch.rejects.extend(d.rejects);
                         batch.withheld.extend(d.withheld);
-                        batch_bytes += p.payload.len();
-                        batch_messages += 1;
-                        batch_started.get_or_insert_with(Instant::now);
                     }
-                    Err(e) => {
-                        let reason = match e {
-                            PayloadError::TooLarge { .. } => "too_large",
-                            PayloadError::NotJson(_) => "not_json",
-                            PayloadError::WrongShape(_) => "wrong_shape",
-                        };
-                        if !fail(reason, format!("{}: {e}", p.topic), Duration::ZERO) {
-                            return;
-                        }
-                    }
+                    Err(e) => batch.rejects.push(crate::model::Reject {
+                        reason: crate::model::RejectReason::Unreadable,
+                        item_id: Some(p.topic.clone()),
+                        path: None,
+                        detail: format!("message on {}: {e}", p.topic),
+                    }),
                 }
+                batch_bytes += p.payload.len();
+                batch_messages += 1;
+                batch_started.get_or_insert_with(Instant::now);
             }
-            Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
+            Ok(Notice::Event(Event::Incoming(Packet::SubAck(ack)))) => {
                 let refused = ack
                     .return_codes
                     .iter()
@@ -298,13 +352,9 @@ pub fn listen_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: &A
                     );
                 }
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+            Ok(Notice::Event(_)) => {}
+            Ok(Notice::Lost(e, backoff)) => {
                 connected = false;
-                failures = failures.saturating_add(1);
-                let backoff = Duration::from_millis(250)
-                    .saturating_mul(1u32 << failures.min(7))
-                    .min(MAX_BACKOFF);
                 let reason = match &e {
                     rumqttc::ConnectionError::NetworkTimeout => "timeout",
                     rumqttc::ConnectionError::ConnectionRefused(_) => "client",
@@ -314,14 +364,21 @@ pub fn listen_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: &A
                 if !fail(reason, format!("broker {url}: {e}"), backoff) {
                     return;
                 }
-                nap(backoff, stop);
             }
             // Nothing within the wait: loop to send what is due.
-            Err(rumqttc::RecvTimeoutError::Timeout) => {}
-            Err(rumqttc::RecvTimeoutError::Disconnected) => return,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
     let _ = client.try_disconnect();
+}
+
+/// What the connection's thread tells the feed's loop.
+enum Notice {
+    Event(Event),
+    /// The connection was lost (or could not be made); it is tried again after the
+    /// backoff.
+    Lost(rumqttc::ConnectionError, Duration),
 }
 
 fn nap(d: Duration, stop: &AtomicBool) {
@@ -491,6 +548,7 @@ mod tests {
         values: HashMap<String, (Option<FieldValue>, Option<[f64; 2]>)>,
         failures: Vec<(String, String)>,
         rejects: usize,
+        reject_details: Vec<String>,
         alive: usize,
     }
 
@@ -500,6 +558,8 @@ mod tests {
                 match e {
                     FeedEvent::Batch { decoded, .. } => {
                         self.rejects += decoded.rejects.len();
+                        self.reject_details
+                            .extend(decoded.rejects.iter().map(|r| r.detail.clone()));
                         for u in decoded.updates {
                             self.values
                                 .insert(u.id.clone(), (u.fields.get("pm25").cloned(), u.position));
@@ -578,16 +638,31 @@ mod tests {
             &rx,
             "the array and the garbage",
             || {},
-            |s| s.values.contains_key("aq-8") && s.rejects >= 1 && !s.failures.is_empty(),
+            |s| s.values.contains_key("aq-8") && s.rejects >= 2,
         );
+        // A device's garbage is a reject naming its topic, not the connection's
+        // failure.
         assert!(
-            seen.failures
+            seen.reject_details
                 .iter()
-                .any(|(r, e)| r == "not_json" && e.contains("city/air/broken")),
+                .any(|d| d.contains("city/air/broken") && d.contains("not JSON")),
             "{:?}",
-            seen.failures
+            seen.reject_details
         );
+        assert!(seen.failures.is_empty(), "{:?}", seen.failures);
         assert!(seen.alive >= 1, "a connected feed says it is alive");
+        // A flat message with a GeoJSON location of its own keeps it.
+        seen.until(
+            &rx,
+            "a message with its own location",
+            || {
+                device.say(
+                    "city/air/aq-9",
+                    r#"{"deviceId":"aq-9","location":{"type":"Point","coordinates":[24.96,60.19]},"pm25":7}"#,
+                )
+            },
+            |s| s.values.get("aq-9").is_some_and(|v| v.1.is_some()),
+        );
 
         // The broker goes away and comes back on the same port: the feed says so,
         // reconnects with backoff, subscribes again and takes new readings.

@@ -133,6 +133,9 @@ struct Conditional {
     total: Option<u64>,
     /// A CAP list's entries read: id → (updated, what its message decoded to).
     cap_entries: std::collections::HashMap<String, (String, Decoded)>,
+    /// The last poll left entries of a CAP list unread (its budget ran out): the
+    /// list is fetched whole next time, not answered by a 304.
+    cap_pending: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -388,7 +391,10 @@ fn poll_once(
             _ => request.header("Accept", "application/geo+json, application/json"),
         };
         // Conditional request for this page: a 304 means this page is unchanged.
-        let known = conditional.pages.get(&offset);
+        let known = conditional
+            .pages
+            .get(&offset)
+            .filter(|_| !conditional.cap_pending);
         if let Some(v) = known {
             if let Some(etag) = &v.etag {
                 request = request.header("If-None-Match", etag);
@@ -655,9 +661,19 @@ fn cap_list(
     let mut out = Decoded::default();
     let mut kept = std::collections::HashMap::new();
     let mut fetched = 0u32;
+    let mut pending = false;
+    let mut seen = std::collections::HashSet::new();
+    // Messages are read one after another: a poll spends at most this long on them,
+    // and the rest are read at the next poll.
+    let budget = Duration::from_secs_f64((feed.timeout_s * 3.0).max(30.0));
+    let started = Instant::now();
     for entry in entries {
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        // The same entry twice, or the list linking to itself: read once, or not.
+        if !seen.insert(entry.id.clone()) || entry.link == list_url {
+            continue;
         }
         let unreadable = |detail: String| Reject {
             reason: RejectReason::Unreadable,
@@ -688,11 +704,9 @@ fn cap_list(
             )));
             continue;
         }
-        if fetched >= feed.max_pages {
-            out.rejects.push(unreadable(format!(
-                "not read this poll: more than max_pages = {} new messages",
-                feed.max_pages
-            )));
+        if fetched >= feed.max_pages || started.elapsed() >= budget {
+            // Read at the next poll (not a fault of the entry).
+            pending = true;
             continue;
         }
         fetched += 1;
@@ -729,6 +743,7 @@ fn cap_list(
         }
     }
     conditional.cap_entries = kept;
+    conditional.cap_pending = pending;
     Ok(Some(out))
 }
 

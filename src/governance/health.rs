@@ -20,7 +20,7 @@ pub const MAX_REJECT_EXAMPLES: usize = 5;
 /// Window over which `updates_per_s` is measured.
 const RATE_WINDOW_MS: i64 = 10_000;
 /// Quarantine: rejects above this share of items over the last payloads …
-const MAX_REJECT_SHARE: f64 = 0.5;
+const MAX_REJECT_SHARE: f64 = 0.95;
 /// … counted over this many payloads, once they hold at least this many items.
 const REJECT_WINDOW_PAYLOADS: usize = 10;
 const MIN_ITEMS_FOR_REJECT_RATE: u64 = 20;
@@ -473,7 +473,10 @@ impl Ingest {
                     h.last_ok_ms = Some(at_ms);
                     h.oversized_in_a_row = 0;
                 }
-                if not_modified || !complete {
+                let push = self.feeds.get(i).is_some_and(|f| f.kind.is_push());
+                if push {
+                    // A push feed's keep-alive: its entities expire by their cadence.
+                } else if not_modified || !complete {
                     // Nothing changed (on some pages): every entity is still there, but
                     // none is newer; which ones the unchanged pages hold is not known.
                     self.touches.push((feed, at_ms));
@@ -734,12 +737,12 @@ mod tests {
         tx.send(batch(0, &["x1", "x2"], Some(T), T)).unwrap();
         tx.send(batch(1, &["y1"], Some(T), T)).unwrap();
         ingest.pump(&mut state, usize::MAX);
-        // Then it sends mostly garbage.
+        // Then it sends garbage (under 5 % of its items valid).
         tx.send(FeedEvent::Batch {
             feed: 0,
             decoded: Decoded {
                 updates: Vec::new(),
-                rejects: (0..30).map(|_| reject()).collect(),
+                rejects: (0..60).map(|_| reject()).collect(),
                 withheld: Default::default(),
             },
             received_at_ms: T + 1000,
@@ -968,18 +971,25 @@ mod tests {
             },
             received_at_ms: at,
         };
-        tx.send(batch(0, 2, 30, 1_000)).unwrap();
+        // Validity 6 % is poor but not nothing: kept, and counted.
+        tx.send(batch(0, 2, 30, 500)).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        assert!(ingest.health[0].quarantined.is_none());
+        // Under 5 % valid over the last payloads: quarantined.
+        tx.send(batch(0, 0, 400, 1_000)).unwrap();
+        tx.send(batch(0, 1, 0, 1_000)).unwrap();
         tx.send(batch(1, 5, 0, 1_000)).unwrap();
         ingest.pump(&mut state, usize::MAX);
         let q = ingest.health[0].quarantined.clone().expect("quarantined");
-        assert!(q.reason.contains("94% of items rejected"), "{}", q.reason);
-        assert_eq!(ingest.health[0].dropped, 2);
+        assert!(q.reason.contains("% of items rejected"), "{}", q.reason);
+        assert_eq!(ingest.health[0].dropped, 1);
         assert!(ingest.health[1].quarantined.is_none());
         assert_eq!(state.count_for_feed(1), 5, "the good feed is untouched");
-        // While quarantined its data is held out …
+        // While quarantined its data is held out (the two taken before stay, shown
+        // as of a quarantined feed) …
         tx.send(batch(0, 3, 0, 2_000)).unwrap();
         ingest.pump(&mut state, usize::MAX);
-        assert_eq!(state.count_for_feed(0), 0);
+        assert_eq!(state.count_for_feed(0), 2);
         // … and after the quarantine it is tried again.
         tx.send(batch(0, 3, 0, 1_000 + QUARANTINE_MS)).unwrap();
         ingest.pump(&mut state, usize::MAX);
