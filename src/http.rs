@@ -109,6 +109,17 @@ impl Response {
     }
 }
 
+/// A bearer token's SHA-256, the form tokens are kept and compared in.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Compares two digests without stopping at the first difference.
+pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// What serves requests.
 pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 

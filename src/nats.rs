@@ -333,6 +333,17 @@ pub mod testing {
             format!("nats://127.0.0.1:{}", self.port)
         }
 
+        /// A client of this server named `name` (10 s bound on each request).
+        pub fn connect(&self, name: &str) -> super::Nats {
+            super::Nats::connect(&super::NatsOptions {
+                url: self.url(),
+                name: Some(name.to_string()),
+                timeout: Some(Duration::from_secs(10)),
+                ..Default::default()
+            })
+            .expect("connect to the test server")
+        }
+
         fn launch(&mut self, port: u16) {
             let config = self.dir.join("server.conf");
             let port_line = if port == 0 {

@@ -15,13 +15,7 @@ use crate::store::jetstream::{HallLogOptions, JetStreamLog};
 const T0: i64 = 1_795_946_400_000;
 
 fn connect(server: &NatsServer, name: &str) -> Nats {
-    Nats::connect(&NatsOptions {
-        url: server.url(),
-        name: Some(name.to_string()),
-        timeout: Some(Duration::from_secs(10)),
-        ..Default::default()
-    })
-    .expect("connect to the test server")
+    server.connect(name)
 }
 
 fn console(server: &NatsServer, hall: &str, name: &str) -> Dispatcher {

@@ -10,8 +10,6 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 use super::config::FeedConfig;
 use super::gazetteer::Gazetteer;
 use super::poll::FeedEvent;
@@ -28,10 +26,6 @@ pub fn is_loopback(listen: &str) -> bool {
         .parse::<std::net::SocketAddr>()
         .map(|a| a.ip().is_loopback())
         .unwrap_or_else(|_| listen.starts_with("localhost:"))
-}
-
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Serves one intake feed until `stop`.
@@ -69,7 +63,7 @@ pub fn serve(
         },
         _ => None,
     };
-    let known = digest(&token);
+    let known = crate::http::token_digest(&token);
     let limit = feed.max_payload_bytes.min(4 * 1024 * 1024);
     let tx = Mutex::new(tx.clone());
     let handler: Handler = Arc::new(move |request: Request| {
@@ -88,13 +82,8 @@ pub fn serve(
                     .eq_ignore_ascii_case("bearer")
                     .then(|| t.trim().to_string())
             })
-            .map(|t| digest(&t));
-        let authorised = presented.is_some_and(|p| {
-            p.iter()
-                .zip(known.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-        });
+            .map(|t| crate::http::token_digest(&t));
+        let authorised = presented.is_some_and(|p| crate::http::digests_equal(&p, &known));
         if !authorised {
             return Response::error(401, "unauthorized", "Authorization: Bearer <intake token>")
                 .with_header("WWW-Authenticate", "Bearer");

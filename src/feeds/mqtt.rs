@@ -230,7 +230,7 @@ pub fn listen_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: &A
                             if notices.send(Notice::Lost(e, backoff)).is_err() {
                                 break;
                             }
-                            nap(backoff, &quit);
+                            super::poll::nap(backoff, &quit);
                             continue;
                         }
                     };
@@ -379,13 +379,6 @@ enum Notice {
     /// The connection was lost (or could not be made); it is tried again after the
     /// backoff.
     Lost(rumqttc::ConnectionError, Duration),
-}
-
-fn nap(d: Duration, stop: &AtomicBool) {
-    let until = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
-    }
 }
 
 /// A real `mosquitto` for tests: on 127.0.0.1, a random port; killed on drop.

@@ -110,7 +110,7 @@ impl Drop for Pollers {
 }
 
 /// Sleeps up to `d`, waking early when asked to stop.
-fn nap(d: Duration, stop: &AtomicBool) {
+pub(super) fn nap(d: Duration, stop: &AtomicBool) {
     let until = Instant::now() + d;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -279,6 +279,17 @@ pub fn page_url(base: &str, kind: FeedKind, limit: u32, offset: u64) -> String {
     format!("{path}?{}", params.join("&"))
 }
 
+/// A URL's origin (scheme, host, port): where a feed's credentials may go.
+fn url_origin(url: &str) -> Option<(String, Option<String>, Option<u16>)> {
+    reqwest::Url::parse(url).ok().map(|u| {
+        (
+            u.scheme().to_string(),
+            u.host_str().map(str::to_string),
+            u.port_or_known_default(),
+        )
+    })
+}
+
 /// The `rel="next"` target of a `Link` header, resolved against `current`.
 fn link_next(header: &str, current: &str) -> Option<String> {
     for part in header.split(',') {
@@ -349,16 +360,7 @@ fn poll_once(
     let mut pages = 0u32;
     // Next links are followed on the feed's own origin only (scheme, host and
     // port), so its credentials never go elsewhere.
-    let origin = |url: &str| {
-        reqwest::Url::parse(url).ok().map(|u| {
-            (
-                u.scheme().to_string(),
-                u.host_str().map(str::to_string),
-                u.port_or_known_default(),
-            )
-        })
-    };
-    let base_origin = origin(base);
+    let base_origin = url_origin(base);
     // Why the poll stopped before the end (what it took in so far stays).
     let stopped: Option<(&'static str, String)> = loop {
         if stop.load(Ordering::Relaxed) {
@@ -436,7 +438,7 @@ fn poll_once(
         }
         let mut next = match header("link").and_then(|l| link_next(&l, &url)) {
             Some(next) => {
-                if origin(&next) != base_origin {
+                if url_origin(&next) != base_origin {
                     return Err((
                         "paging",
                         format!(
@@ -648,16 +650,7 @@ fn cap_list(
         return Ok(None);
     }
     let entries = read_list(&text, list_url).map_err(|e| ("wrong_shape", e))?;
-    let origin = |url: &str| {
-        reqwest::Url::parse(url).ok().map(|u| {
-            (
-                u.scheme().to_string(),
-                u.host_str().map(str::to_string),
-                u.port_or_known_default(),
-            )
-        })
-    };
-    let list_origin = origin(list_url);
+    let list_origin = url_origin(list_url);
     let mut out = Decoded::default();
     let mut kept = std::collections::HashMap::new();
     let mut fetched = 0u32;
@@ -689,7 +682,7 @@ fn cap_list(
             kept.insert(entry.id.clone(), (updated, decoded));
             continue;
         }
-        let here = origin(&entry.link);
+        let here = url_origin(&entry.link);
         let allowed = here == list_origin
             || here.as_ref().is_some_and(|(scheme, host, _)| {
                 (scheme == "https" || list_origin.as_ref().is_some_and(|o| o.0 == "http"))
@@ -960,6 +953,21 @@ mod tests {
         (base, stop)
     }
 
+    /// One poll of a feed on a broker that pages as `kind` does, stopped after.
+    fn poll_broker(
+        kind: Broker,
+        total: usize,
+        extra: &str,
+    ) -> (
+        std::collections::HashSet<String>,
+        Result<bool, (String, String)>,
+    ) {
+        let (base, stop) = broker(kind, total);
+        let polled = one_poll(&base, extra);
+        stop.store(true, Ordering::Relaxed);
+        polled
+    }
+
     /// One poll of a feed on `base`: the ids it took in, and how it ended.
     fn one_poll(
         base: &str,
@@ -995,18 +1003,14 @@ mod tests {
 
     #[test]
     fn a_broker_that_serves_fewer_per_page_than_asked_loses_nothing() {
-        let (base, stop) = broker(Broker::Caps(30), 250);
-        let (ids, end) = one_poll(&base, "page_size=100\n");
-        stop.store(true, Ordering::Relaxed);
+        let (ids, end) = poll_broker(Broker::Caps(30), 250, "page_size=100\n");
         assert_eq!(end, Ok(true));
         assert_eq!(ids.len(), 250, "every entity, not the first short page");
     }
 
     #[test]
     fn a_broker_that_ignores_offset_ends_the_poll_with_a_reason() {
-        let (base, stop) = broker(Broker::IgnoresOffset, 100_000);
-        let (ids, end) = one_poll(&base, "page_size=100\n");
-        stop.store(true, Ordering::Relaxed);
+        let (ids, end) = poll_broker(Broker::IgnoresOffset, 100_000, "page_size=100\n");
         let (reason, error) = end.unwrap_err();
         assert_eq!(reason, "paging");
         assert!(error.contains("ignores offset"), "{error}");
@@ -1016,39 +1020,32 @@ mod tests {
 
     #[test]
     fn a_broker_that_refuses_a_large_limit_is_asked_again_smaller() {
-        let (base, stop) = broker(Broker::RefusesLimitAbove(50), 120);
-        let (ids, end) = one_poll(&base, "page_size=1000\n");
-        stop.store(true, Ordering::Relaxed);
+        let (ids, end) = poll_broker(Broker::RefusesLimitAbove(50), 120, "page_size=1000\n");
         assert_eq!(end, Ok(true));
         assert_eq!(ids.len(), 120);
     }
 
     #[test]
     fn a_broker_that_pages_by_link_next_is_followed_to_the_end() {
-        let (base, stop) = broker(Broker::LinkNext, 35);
-        let (ids, end) = one_poll(&base, "page_size=10\n");
-        stop.store(true, Ordering::Relaxed);
+        let (ids, end) = poll_broker(Broker::LinkNext, 35, "page_size=10\n");
         assert_eq!(end, Ok(true));
         assert_eq!(ids.len(), 35);
     }
 
     #[test]
     fn a_broker_that_counts_fewer_than_it_serves_is_read_to_the_end() {
-        let (base, stop) = broker(Broker::Undercounts(20), 50);
-        let (ids, end) = one_poll(&base, "page_size=10\n");
-        stop.store(true, Ordering::Relaxed);
+        let (ids, end) = poll_broker(Broker::Undercounts(20), 50, "page_size=10\n");
         assert_eq!(end, Ok(true));
         assert_eq!(ids.len(), 50);
     }
 
     #[test]
     fn a_next_link_to_another_port_is_not_followed() {
-        let (base, stop) = broker(Broker::LinkElsewhere, 100);
-        let (ids, end) = one_poll(
-            &base,
+        let (ids, end) = poll_broker(
+            Broker::LinkElsewhere,
+            100,
             "page_size=10\nheaders = { Authorization = 'Bearer s3cret' }\n",
         );
-        stop.store(true, Ordering::Relaxed);
         let (reason, error) = end.unwrap_err();
         assert_eq!(reason, "paging");
         assert!(error.contains("elsewhere"), "{error}");
@@ -1057,9 +1054,7 @@ mod tests {
 
     #[test]
     fn next_links_that_go_round_in_a_circle_end_the_poll() {
-        let (base, stop) = broker(Broker::LinkCycle, 1000);
-        let (ids, end) = one_poll(&base, "page_size=10\n");
-        stop.store(true, Ordering::Relaxed);
+        let (ids, end) = poll_broker(Broker::LinkCycle, 1000, "page_size=10\n");
         let (reason, error) = end.unwrap_err();
         assert_eq!(reason, "paging");
         assert!(error.contains("leads back"), "{error}");

@@ -297,7 +297,7 @@ pub fn run(
         // After the service's pump, so the link sees the book as the log has it
         // (an order cancelled at a desk a moment ago is not sent as new).
         if let (Some(s), Some(l)) = (service.as_mut(), link.as_mut()) {
-            for problem in l.pump(nats, s, now_ms()).problems {
+            for problem in l.pump(nats, s, now_ms()) {
                 if last_problem.as_deref() != Some(problem.as_str()) {
                     report(HubState::Problem(problem.clone()));
                     last_problem = Some(problem);

@@ -143,14 +143,6 @@ fn progress(status: OrderStatus) -> Option<u8> {
     }
 }
 
-/// What the link did in one pump (for tests and the hub's output).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LinkPump {
-    pub taken_in: usize,
-    pub sent: usize,
-    pub problems: Vec<String>,
-}
-
 /// The hub's end of the link: the hall's inbox and what is on its way out.
 pub struct HallLink {
     hall: String,
@@ -225,8 +217,9 @@ impl HallLink {
     /// Takes in what other halls sent, then (every few hundred milliseconds) sends
     /// what the book says is due to other halls. Never blocks for long: a link that
     /// is down is a problem reported, and what was due is sent at a later pump.
-    pub fn pump(&mut self, nats: &Nats, service: &mut DispatchService, now_ms: i64) -> LinkPump {
-        let mut out = LinkPump::default();
+    /// Returns the problems met (each for the hub's output).
+    pub fn pump(&mut self, nats: &Nats, service: &mut DispatchService, now_ms: i64) -> Vec<String> {
+        let mut out = Vec::new();
         self.take_in(nats, service, now_ms, &mut out);
         if self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_EVERY) {
             self.last_scan = Some(Instant::now());
@@ -240,7 +233,7 @@ impl HallLink {
         nats: &Nats,
         service: &mut DispatchService,
         now_ms: i64,
-        out: &mut LinkPump,
+        out: &mut Vec<String>,
     ) {
         let consumer = self.consumer.clone();
         let batch = nats.call("read the hall's inbox", async move {
@@ -259,7 +252,7 @@ impl HallLink {
         let messages = match batch {
             Ok(m) => m,
             Err(e) => {
-                out.problems.push(format!("the hall's inbox: {e}"));
+                out.push(format!("the hall's inbox: {e}"));
                 return;
             }
         };
@@ -280,7 +273,7 @@ impl HallLink {
             if let Ok(other) = serde_json::from_slice::<Version>(&m.payload)
                 && other.v != LINK_VERSION
             {
-                out.problems.push(format!(
+                out.push(format!(
                     "a message from hall {} of link version {} waits in the inbox (this hub speaks {LINK_VERSION}: upgrade it)",
                     crate::dispatch::clean_text(&other.from.chars().take(MAX_ID).collect::<String>()),
                     other.v
@@ -306,16 +299,13 @@ impl HallLink {
                     Err(format!("a message from {:?}: not a hall's name", msg.from))
                 }
                 Ok(msg) => match self.receive(nats, service, &msg, now_ms) {
-                    Ok(()) => {
-                        out.taken_in += 1;
-                        Ok(())
-                    }
+                    Ok(()) => Ok(()),
                     Err(Fail::Refused(why)) => Err(why),
                     Err(Fail::Storage(why)) if deliveries >= MAX_DELIVERIES => Err(format!(
                         "set aside after {deliveries} failed attempts: {why}"
                     )),
                     Err(Fail::Storage(why)) => {
-                        out.problems.push(why);
+                        out.push(why);
                         failed = true;
                         continue;
                     }
@@ -323,13 +313,13 @@ impl HallLink {
                 Err(e) => Err(format!("a garbled message on the hall's inbox: {e}")),
             };
             if let Err(why) = outcome {
-                out.problems.push(why);
+                out.push(why);
             }
             let acked = nats.call("acknowledge a message of the inbox", async move {
                 m.ack().await.map_err(|e| e.to_string())
             });
             if let Err(e) = acked {
-                out.problems.push(format!("the hall's inbox: {e}"));
+                out.push(format!("the hall's inbox: {e}"));
             }
         }
     }
@@ -511,7 +501,7 @@ impl HallLink {
         nats: &Nats,
         service: &mut DispatchService,
         now_ms: i64,
-        out: &mut LinkPump,
+        out: &mut Vec<String>,
     ) {
         let scan_started = Instant::now();
         let now = Instant::now();
@@ -646,36 +636,33 @@ impl HallLink {
                 break;
             }
             match send(nats, &msg, &id) {
-                Ok(()) => {
-                    out.sent += 1;
-                    match what {
-                        Due::Order(order) => {
-                            self.sent.insert(order.clone(), Instant::now());
-                            let delivered = Command::Order {
-                                id: order.clone(),
-                                action: Action::RecordDelivery,
-                                note: Some(format!("to hall {to}")),
-                            };
-                            match service.execute(&delivered, &Actor::system(), now_ms) {
-                                Ok(_) => {
-                                    self.sent.remove(&order);
-                                }
-                                Err(e) if e.is_refusal() => {
-                                    self.sent.remove(&order);
-                                }
-                                Err(e) => out.problems.push(format!("{order}: {e}")),
+                Ok(()) => match what {
+                    Due::Order(order) => {
+                        self.sent.insert(order.clone(), Instant::now());
+                        let delivered = Command::Order {
+                            id: order.clone(),
+                            action: Action::RecordDelivery,
+                            note: Some(format!("to hall {to}")),
+                        };
+                        match service.execute(&delivered, &Actor::system(), now_ms) {
+                            Ok(_) => {
+                                self.sent.remove(&order);
                             }
-                        }
-                        Due::Withdraw(order) => {
-                            self.withdrawn.insert(order);
-                        }
-                        Due::Progress(order, level) => {
-                            self.relayed.insert(order, level);
+                            Err(e) if e.is_refusal() => {
+                                self.sent.remove(&order);
+                            }
+                            Err(e) => out.push(format!("{order}: {e}")),
                         }
                     }
-                }
+                    Due::Withdraw(order) => {
+                        self.withdrawn.insert(order);
+                    }
+                    Due::Progress(order, level) => {
+                        self.relayed.insert(order, level);
+                    }
+                },
                 Err(e) => {
-                    out.problems.push(format!("the link to hall {to}: {e}"));
+                    out.push(format!("the link to hall {to}: {e}"));
                     self.down_until
                         .insert(to.clone(), Instant::now() + HALL_BACKOFF);
                     down.insert(to);
@@ -898,13 +885,7 @@ superior = "city_fire"
     }
 
     fn connect(server: &NatsServer, name: &str) -> Nats {
-        Nats::connect(&NatsOptions {
-            url: server.url(),
-            name: Some(name.to_string()),
-            timeout: Some(Duration::from_secs(10)),
-            ..Default::default()
-        })
-        .expect("connect to the test server")
+        server.connect(name)
     }
 
     fn console(server: &NatsServer, hall: &str, config: &str) -> Dispatcher {
@@ -964,15 +945,35 @@ superior = "city_fire"
             panic!("the hub did not become active");
         }
 
-        fn problems(&self) -> Vec<String> {
-            self.states
-                .try_iter()
-                .filter_map(|s| match s {
-                    HubState::Problem(p) => Some(p),
-                    _ => None,
-                })
-                .collect()
+        /// Waits (10 s at most) for the hub to report a problem saying `what`.
+        fn wait_problem(&self, what: &str) {
+            let until = Instant::now() + Duration::from_secs(10);
+            let mut said = Vec::new();
+            while Instant::now() < until {
+                if let Ok(HubState::Problem(p)) =
+                    self.states.recv_timeout(Duration::from_millis(100))
+                {
+                    if p.contains(what) {
+                        return;
+                    }
+                    said.push(p);
+                }
+            }
+            panic!("the hub never said {what:?}: {said:?}");
         }
+    }
+
+    /// Publishes `body` on the city's inbox as any client of the server could.
+    fn publish(raw: &Nats, body: &'static str) {
+        let js = raw.js.clone();
+        raw.call("publish", async move {
+            js.publish(inbox_subject("city"), body.into())
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .unwrap();
     }
 
     impl Drop for Hub {
@@ -1308,24 +1309,8 @@ superior = "city_fire"
 
         // Garbage on the city's inbox is said and dropped; the hub goes on.
         let raw = connect(&city, "intruder");
-        raw.call("publish", {
-            let js = raw.js.clone();
-            async move {
-                js.publish(inbox_subject("city"), "{not json".into())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .unwrap();
-        let until = Instant::now() + Duration::from_secs(10);
-        let mut said = Vec::new();
-        while Instant::now() < until && !said.iter().any(|p: &String| p.contains("garbled")) {
-            said.extend(city_hub.problems());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(said.iter().any(|p| p.contains("garbled")), "{said:?}");
+        publish(&raw, "{not json");
+        city_hub.wait_problem("garbled");
 
         // Everything sent to the city was taken in (what hall-status says).
         let status = super::inbox_status(&raw, "city").unwrap();
@@ -1334,30 +1319,8 @@ superior = "city_fire"
 
         // A message of a newer link version waits in the inbox for an upgraded hub,
         // said, never dropped.
-        raw.call("publish", {
-            let js = raw.js.clone();
-            async move {
-                js.publish(
-                    inbox_subject("city"),
-                    r#"{"v":2,"from":"d1","to":"city","kind":"order_v2"}"#.into(),
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())
-            }
-        })
-        .unwrap();
-        let until = Instant::now() + Duration::from_secs(10);
-        let mut said = Vec::new();
-        while Instant::now() < until && !said.iter().any(|p: &String| p.contains("version 2")) {
-            said.extend(city_hub.problems());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(
-            said.iter().any(|p| p.contains("waits in the inbox")),
-            "{said:?}"
-        );
+        publish(&raw, r#"{"v":2,"from":"d1","to":"city","kind":"order_v2"}"#);
+        city_hub.wait_problem("version 2 waits in the inbox");
         let status = super::inbox_status(&raw, "city").unwrap();
         assert_eq!(status["not_taken_in"], 1, "{status}");
 

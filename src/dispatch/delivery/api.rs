@@ -142,10 +142,7 @@ struct Shared {
     ack_timeout: Duration,
 }
 
-fn digest(token: &str) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(token.as_bytes()).into()
-}
+use crate::http::token_digest as digest;
 
 impl StatusApi {
     /// Listens on `addr` (`127.0.0.1:0` picks a free port; see [`StatusApi::addr`]).
@@ -313,16 +310,11 @@ fn authenticate<'a>(shared: &'a Shared, request: &Request) -> Result<&'a str, Ht
     let presented = digest(token);
     let mut found = None;
     for (known, department) in &shared.tokens {
-        if constant_time_eq(known, &presented) {
+        if crate::http::digests_equal(known, &presented) {
             found = Some(department.as_str());
         }
     }
     found.ok_or_else(|| unauthorized("unknown token"))
-}
-
-/// Compares two digests without stopping at the first difference.
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn valid_order_id(id: &str) -> bool {
