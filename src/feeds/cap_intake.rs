@@ -46,7 +46,13 @@ pub fn serve(
         });
     };
     let listen = feed.listen.clone().unwrap_or_default();
-    let token = match feed.token.as_deref().map(super::config::header_value) {
+    // Trimmed as the presented one is: a trailing space in the file never locks
+    // every agency out.
+    let token = match feed
+        .token
+        .as_deref()
+        .map(|t| super::config::header_value(t).map(|t| t.trim().to_string()))
+    {
         Some(Ok(t)) if t.chars().count() >= MIN_TOKEN_CHARS => t,
         Some(Ok(_)) => {
             return fail(format!(
@@ -120,13 +126,21 @@ pub fn serve(
                 )
             }
             Err(e) => {
+                // One sender's bad message is a reject naming where it came from,
+                // counted with the feed's items, never the intake's failure.
                 if let Ok(tx) = tx.lock() {
-                    let _ = tx.send(FeedEvent::PollFailed {
+                    let _ = tx.send(FeedEvent::Batch {
                         feed: id,
-                        at_ms: unix_ms_now(),
-                        reason: "wrong_shape",
-                        error: format!("a message posted from {}: {e}", request.peer.ip()),
-                        retry_in: Duration::ZERO,
+                        decoded: crate::model::Decoded {
+                            rejects: vec![crate::model::Reject {
+                                reason: crate::model::RejectReason::Unreadable,
+                                item_id: None,
+                                path: None,
+                                detail: format!("a message posted from {}: {e}", request.peer.ip()),
+                            }],
+                            ..Default::default()
+                        },
+                        received_at_ms: unix_ms_now(),
                     });
                 }
                 Response::error(400, "not_cap", e.to_string())
@@ -165,7 +179,7 @@ mod tests {
     fn agencies_post_cap_with_their_token_and_hear_what_became_of_it() {
         let port = crate::nats::testing::free_port();
         let feeds = parse_feeds(&format!(
-            "[[feed]]\nname='agency-push'\nkind='cap-intake'\nlisten='127.0.0.1:{port}'\ntoken='intake-token-0123456789'\ndomain='safety'\n"
+            "[[feed]]\nname='agency-push'\nkind='cap-intake'\nlisten='127.0.0.1:{port}'\ntoken='intake-token-0123456789 '\ndomain='safety'\n"
         ))
         .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -212,20 +226,24 @@ mod tests {
         let get = client.get(&url).send().unwrap().status().as_u16();
         assert_eq!(get, 405);
         let mut alerts = 0;
+        let mut rejects = Vec::new();
         let mut failures = Vec::new();
         let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until && (alerts == 0 || failures.is_empty()) {
+        while Instant::now() < until && (alerts == 0 || rejects.is_empty()) {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(FeedEvent::Batch { decoded, .. }) => alerts += decoded.updates.len(),
+                Ok(FeedEvent::Batch { decoded, .. }) => {
+                    alerts += decoded.updates.len();
+                    rejects.extend(decoded.rejects.into_iter().map(|r| r.detail));
+                }
                 Ok(FeedEvent::PollFailed { error, .. }) => failures.push(error),
                 _ => {}
             }
         }
         assert_eq!(alerts, 1, "one alert from the one good message");
-        assert!(
-            failures.iter().any(|f| f.contains("posted")),
-            "{failures:?}"
-        );
+        // The bad message is a reject saying where it came from, not a failure of
+        // the intake (a sloppy sender never makes the feed look broken).
+        assert!(rejects.iter().any(|r| r.contains("posted")), "{rejects:?}");
+        assert!(failures.is_empty(), "{failures:?}");
         pollers.stop();
     }
 
@@ -241,6 +259,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("token"), "{e}");
+        let e = parse_feeds(
+            "[[feed]]\nname='a'\nkind='cap-intake'\nlisten='127.0.0.1:7879'\ntoken='intake-token-0123456789'\ndomain='safety'\n[[feed]]\nname='b'\nkind='cap-intake'\nlisten='127.0.0.1:7879'\ntoken='intake-token-0123456789'\ndomain='safety'\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("already listens"), "{e}");
         // A short token is refused when the feed starts, and said.
         let port = crate::nats::testing::free_port();
         let feeds = parse_feeds(&format!(

@@ -436,6 +436,7 @@ pub fn parse_feeds(text: &str) -> Result<Vec<FeedConfig>, String> {
 
 fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
     let mut names = HashSet::new();
+    let mut listens = HashSet::new();
     for feed in &feed {
         let name = feed.name.trim();
         if name.is_empty() {
@@ -501,6 +502,11 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
                 if feed.url.is_some() {
                     return Err(format!(
                         "feed \"{name}\": kind cap-intake listens; it has no url"
+                    ));
+                }
+                if !listens.insert(listen.trim().to_string()) {
+                    return Err(format!(
+                        "feed \"{name}\": another intake feed already listens on {listen}"
                     ));
                 }
             }
