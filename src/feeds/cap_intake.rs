@@ -46,28 +46,14 @@ pub fn serve(
         });
     };
     let listen = feed.listen.clone().unwrap_or_default();
-    // Trimmed as the presented one is: a trailing space in the file never locks
-    // every agency out.
-    let token = match feed
-        .token
-        .as_deref()
-        .map(|t| super::config::header_value(t).map(|t| t.trim().to_string()))
-    {
-        Some(Ok(t)) if t.chars().count() >= MIN_TOKEN_CHARS => t,
-        Some(Ok(_)) => {
-            return fail(format!(
-                "the intake token must be at least {MIN_TOKEN_CHARS} characters"
-            ));
-        }
-        Some(Err(e)) => return fail(format!("token: {e}")),
-        None => return fail("an intake feed needs a token".into()),
+    let token = match configured_token(&feed) {
+        Ok(Some(t)) => t,
+        Ok(None) => return fail("an intake feed needs a token".into()),
+        Err(e) => return fail(e),
     };
-    let tls = match (&feed.tls_cert, &feed.tls_key) {
-        (Some(cert), Some(key)) => match Tls::from_pem_files(cert, key) {
-            Ok(t) => Some(t),
-            Err(e) => return fail(format!("tls_cert/tls_key: {e}")),
-        },
-        _ => None,
+    let tls = match configured_tls(&feed) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
     };
     let known = crate::http::token_digest(&token);
     let limit = feed.max_payload_bytes.min(4 * 1024 * 1024);
@@ -80,17 +66,7 @@ pub fn serve(
             return Response::error(405, "method_not_allowed", "POST CAP messages to /cap")
                 .with_header("Allow", "POST");
         }
-        let presented = request
-            .header("authorization")
-            .and_then(|v| {
-                let (scheme, t) = v.split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| t.trim().to_string())
-            })
-            .map(|t| crate::http::token_digest(&t));
-        let authorised = presented.is_some_and(|p| crate::http::digests_equal(&p, &known));
-        if !authorised {
+        if !bearer_matches(&request, &known) {
             return Response::error(401, "unauthorized", "Authorization: Bearer <intake token>")
                 .with_header("WWW-Authenticate", "Bearer");
         }
@@ -165,6 +141,49 @@ pub fn serve(
         std::thread::park_timeout(Duration::from_millis(100));
     }
     server.stop();
+}
+
+/// The token a listening feed's requests must carry, as configured, trimmed as the
+/// presented one is (a trailing space in the file never locks every sender out);
+/// `None` when none is configured.
+pub(super) fn configured_token(feed: &FeedConfig) -> Result<Option<String>, String> {
+    let Some(token) = feed.token.as_deref() else {
+        return Ok(None);
+    };
+    let token = super::config::header_value(token)
+        .map_err(|e| format!("token: {e}"))?
+        .trim()
+        .to_string();
+    if token.chars().count() < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "the token must be at least {MIN_TOKEN_CHARS} characters"
+        ));
+    }
+    Ok(Some(token))
+}
+
+/// A listening feed's TLS identity, when it has one.
+pub(super) fn configured_tls(feed: &FeedConfig) -> Result<Option<Tls>, String> {
+    match (&feed.tls_cert, &feed.tls_key) {
+        (Some(cert), Some(key)) => Tls::from_pem_files(cert, key)
+            .map(Some)
+            .map_err(|e| format!("tls_cert/tls_key: {e}")),
+        _ => Ok(None),
+    }
+}
+
+/// Whether a request carries `Authorization: Bearer <token>` whose digest is
+/// `known` (compared without an early exit).
+pub(super) fn bearer_matches(request: &Request, known: &[u8; 32]) -> bool {
+    request
+        .header("authorization")
+        .and_then(|v| {
+            let (scheme, t) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| crate::http::token_digest(t.trim()))
+        })
+        .is_some_and(|p| crate::http::digests_equal(&p, known))
 }
 
 #[cfg(test)]

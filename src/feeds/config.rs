@@ -27,6 +27,10 @@ pub enum FeedKind {
     Mqtt,
     /// CAP messages POSTed by agencies to `http(s)://listen/cap` with a token.
     CapIntake,
+    /// NGSI-LD notifications: Zhongshu subscribes with the broker of `url` (an
+    /// entities query, `…/ngsi-ld/v1/entities?type=…`), renews the subscription before
+    /// it expires and takes in what the broker POSTs to `http(s)://listen/notify`.
+    NgsiLdNotify,
 }
 
 impl FeedKind {
@@ -38,7 +42,15 @@ impl FeedKind {
     /// Whether the source pushes (MQTT, CAP intake): its "polls" say the connection
     /// is alive, never that an entity is still there.
     pub fn is_push(self) -> bool {
-        matches!(self, FeedKind::Mqtt | FeedKind::CapIntake)
+        matches!(
+            self,
+            FeedKind::Mqtt | FeedKind::CapIntake | FeedKind::NgsiLdNotify
+        )
+    }
+
+    /// Whether the feed listens for requests (`listen`, `token`, TLS).
+    pub fn listens(self) -> bool {
+        matches!(self, FeedKind::CapIntake | FeedKind::NgsiLdNotify)
     }
 }
 
@@ -146,15 +158,26 @@ pub struct FeedConfig {
     /// one the system trusts.
     #[serde(default)]
     pub ca: Option<PathBuf>,
-    /// CAP intake: where the endpoint listens (`127.0.0.1:7879`; beyond loopback
-    /// only with `tls_cert` and `tls_key`).
+    /// CAP intake and NGSI-LD notifications: where the endpoint listens
+    /// (`127.0.0.1:7879`; beyond loopback only with `tls_cert` and `tls_key`).
     #[serde(default)]
     pub listen: Option<String>,
-    /// CAP intake: the Bearer token agencies send (as written, `env:NAME` or
-    /// `file:PATH`; at least 16 characters).
+    /// CAP intake: the Bearer token agencies send; NGSI-LD notifications: the one the
+    /// broker is asked to send (default: a new random one each run). As written,
+    /// `env:NAME` or `file:PATH`; at least 16 characters.
     #[serde(default)]
     pub token: Option<String>,
-    /// CAP intake over HTTPS: certificate chain and private key (PEM).
+    /// NGSI-LD notifications: the address the broker posts to, when it reaches this
+    /// machine by another name than `listen` (a proxy, NAT; default
+    /// `http(s)://LISTEN/notify`).
+    #[serde(default)]
+    pub notify_url: Option<String>,
+    /// NGSI-LD notifications: how long a subscription lasts, seconds; it is renewed
+    /// when half of that is left.
+    #[serde(default = "default_subscription_s")]
+    pub subscription_s: f64,
+    /// CAP intake and NGSI-LD notifications over HTTPS: certificate chain and
+    /// private key (PEM).
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
@@ -186,7 +209,7 @@ impl FeedConfig {
     pub fn removes_missing(&self) -> bool {
         self.remove_missing.unwrap_or(!matches!(
             self.kind,
-            FeedKind::Cap | FeedKind::Mqtt | FeedKind::CapIntake
+            FeedKind::Cap | FeedKind::Mqtt | FeedKind::CapIntake | FeedKind::NgsiLdNotify
         ))
     }
 
@@ -217,6 +240,10 @@ fn default_expire_after_cadences() -> f64 {
 
 fn default_max_payload_bytes() -> usize {
     super::MAX_PAYLOAD_BYTES
+}
+
+fn default_subscription_s() -> f64 {
+    3600.0
 }
 
 fn default_interval_s() -> f64 {
@@ -480,16 +507,24 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
                 super::mqtt::MqttPayload::from_config(feed)
                     .map_err(|e| format!("feed \"{name}\": {e}"))?;
             }
-            FeedKind::CapIntake => {
+            FeedKind::CapIntake | FeedKind::NgsiLdNotify => {
+                let kind = if feed.kind == FeedKind::CapIntake {
+                    "cap-intake"
+                } else {
+                    "ngsi-ld-notify"
+                };
                 let Some(listen) = &feed.listen else {
                     return Err(format!(
-                        "feed \"{name}\": kind cap-intake needs listen = \"ADDR:PORT\""
+                        "feed \"{name}\": kind {kind} needs listen = \"ADDR:PORT\""
                     ));
                 };
-                if feed.token.is_none() {
+                if feed.kind == FeedKind::CapIntake && feed.token.is_none() {
                     return Err(format!(
                         "feed \"{name}\": kind cap-intake needs a token (env:NAME or file:PATH)"
                     ));
+                }
+                if feed.kind == FeedKind::NgsiLdNotify {
+                    super::ngsi_notify::check(feed).map_err(|e| format!("feed \"{name}\": {e}"))?;
                 }
                 if feed.tls_cert.is_some() != feed.tls_key.is_some() {
                     return Err(format!("feed \"{name}\": tls_cert and tls_key go together"));
@@ -499,7 +534,7 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
                         "feed \"{name}\": listen {listen} is beyond this machine: give tls_cert and tls_key (tokens never cross a network in clear)"
                     ));
                 }
-                if feed.url.is_some() {
+                if feed.kind == FeedKind::CapIntake && feed.url.is_some() {
                     return Err(format!(
                         "feed \"{name}\": kind cap-intake listens; it has no url"
                     ));
@@ -512,14 +547,21 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
             }
             FeedKind::Sim => {}
         }
-        if feed.kind != FeedKind::CapIntake
+        if !feed.kind.listens()
             && (feed.listen.is_some()
                 || feed.token.is_some()
                 || feed.tls_cert.is_some()
                 || feed.tls_key.is_some())
         {
             return Err(format!(
-                "feed \"{name}\": listen, token, tls_cert and tls_key are for kind cap-intake"
+                "feed \"{name}\": listen, token, tls_cert and tls_key are for kinds cap-intake and ngsi-ld-notify"
+            ));
+        }
+        if feed.kind != FeedKind::NgsiLdNotify
+            && (feed.notify_url.is_some() || feed.subscription_s != default_subscription_s())
+        {
+            return Err(format!(
+                "feed \"{name}\": notify_url and subscription_s are for kind ngsi-ld-notify"
             ));
         }
         if feed.kind != FeedKind::Mqtt

@@ -13,6 +13,7 @@ pub mod config;
 pub mod decode;
 pub mod gazetteer;
 pub mod mqtt;
+pub mod ngsi_notify;
 pub mod poll;
 pub mod sim_source;
 

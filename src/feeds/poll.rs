@@ -20,7 +20,7 @@ pub const NGSI_LD_CORE_CONTEXT: &str =
     "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld";
 
 /// Longest wait between retries of a failing feed.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// What a feed thread reports.
 #[derive(Debug)]
@@ -82,6 +82,9 @@ impl Pollers {
                         FeedKind::CapIntake => {
                             super::cap_intake::serve(i as FeedId, feed, places, tx, &stop)
                         }
+                        FeedKind::NgsiLdNotify => {
+                            super::ngsi_notify::run(i as FeedId, feed, &places, tx, &stop)
+                        }
                         _ => poll_loop(i as FeedId, feed, &places, tx, stop),
                     })
                     .expect("spawn a feed thread")
@@ -125,7 +128,7 @@ pub(super) fn nap(d: Duration, stop: &AtomicBool) {
 /// every page decoded. Each page is asked for conditionally on its own: a 304 for one
 /// page says nothing about the pages after it.
 #[derive(Default)]
-struct Conditional {
+pub(super) struct Conditional {
     pages: std::collections::HashMap<u64, PageValidators>,
     /// The page size the broker took, when it refused the configured one (400).
     limit: Option<u32>,
@@ -155,20 +158,14 @@ fn poll_loop(
     tx: Sender<FeedEvent>,
     stop: Arc<AtomicBool>,
 ) {
-    let client = match reqwest::blocking::Client::builder()
-        .connect_timeout(Duration::from_secs_f64(feed.timeout_s.min(5.0)))
-        .timeout(Duration::from_secs_f64(feed.timeout_s))
-        .redirect(feed_redirects(&feed))
-        .user_agent(concat!("zhongshu/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+    let client = match feed_client(&feed) {
         Ok(c) => c,
-        Err(e) => {
+        Err(error) => {
             let _ = tx.send(FeedEvent::PollFailed {
                 feed: id,
                 at_ms: unix_ms_now(),
                 reason: "client",
-                error: format!("cannot build an HTTP client: {e}"),
+                error,
                 retry_in: MAX_BACKOFF,
             });
             return;
@@ -208,6 +205,17 @@ fn poll_loop(
         };
         nap(wait, &stop);
     }
+}
+
+/// The HTTP client of a feed: its timeouts and redirect policy.
+pub(super) fn feed_client(feed: &FeedConfig) -> Result<reqwest::blocking::Client, String> {
+    reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs_f64(feed.timeout_s.min(5.0)))
+        .timeout(Duration::from_secs_f64(feed.timeout_s))
+        .redirect(feed_redirects(feed))
+        .user_agent(concat!("zhongshu/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
 }
 
 /// Redirects a feed follows: at most five, on the feed's own host or one named in
@@ -322,7 +330,7 @@ fn page_ids(decoded: &Decoded) -> Vec<String> {
 /// How many times one page is asked again with a smaller `limit` after a 400.
 const MAX_LIMIT_RETRIES: u32 = 12;
 
-fn poll_once(
+pub(super) fn poll_once(
     id: FeedId,
     feed: &FeedConfig,
     places: &Gazetteer,
@@ -766,7 +774,7 @@ fn read_limited(
     Ok(body)
 }
 
-fn describe_reqwest_error(e: &reqwest::Error) -> (&'static str, String) {
+pub(super) fn describe_reqwest_error(e: &reqwest::Error) -> (&'static str, String) {
     if e.is_timeout() {
         ("timeout", format!("timed out: {e}"))
     } else if e.is_connect() {

@@ -151,6 +151,8 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
             token: None,
             tls_cert: None,
             tls_key: None,
+            notify_url: None,
+            subscription_s: 3600.0,
         })
         .collect()
 }

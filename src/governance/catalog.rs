@@ -147,7 +147,7 @@ pub fn frequency(cadence_s: f64) -> &'static str {
 /// An IANA media type as the IRI `dcat:mediaType` expects.
 fn media_type(kind: FeedKind) -> Option<&'static str> {
     match kind {
-        FeedKind::NgsiLd => {
+        FeedKind::NgsiLd | FeedKind::NgsiLdNotify => {
             Some("https://www.iana.org/assignments/media-types/application/ld+json")
         }
         FeedKind::NgsiV2 => Some("https://www.iana.org/assignments/media-types/application/json"),
@@ -165,7 +165,9 @@ fn media_type(kind: FeedKind) -> Option<&'static str> {
 /// The standard a feed's payloads follow.
 fn conforms_to(kind: FeedKind) -> Option<&'static str> {
     match kind {
-        FeedKind::NgsiLd => Some("https://www.etsi.org/deliver/etsi_gs/CIM/001_099/009/"),
+        FeedKind::NgsiLd | FeedKind::NgsiLdNotify => {
+            Some("https://www.etsi.org/deliver/etsi_gs/CIM/001_099/009/")
+        }
         FeedKind::NgsiV2 => Some("https://fiware.github.io/specifications/ngsiv2/stable/"),
         FeedKind::Geojson => Some("https://www.rfc-editor.org/rfc/rfc7946"),
         FeedKind::Cap | FeedKind::CapIntake => Some("urn:oasis:names:tc:emergency:cap:1.2"),
