@@ -46,7 +46,14 @@ pub fn of_feed(
 ) -> Option<AlertIn> {
     let name = feed.map_or("feed", |f| f.name.as_str());
     match feed {
-        Some(f) if f.kind == crate::feeds::config::FeedKind::Cap => from_cap_feed(update, name),
+        Some(f)
+            if matches!(
+                f.kind,
+                crate::feeds::config::FeedKind::Cap | crate::feeds::config::FeedKind::CapIntake
+            ) =>
+        {
+            from_cap_feed(update, name)
+        }
         _ => from_ngsi_ld(update, name),
     }
 }
@@ -345,6 +352,32 @@ impl AlertDedup {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cap_pushed_to_an_intake_is_read_as_cap_as_polled_cap_is() {
+        let read = |file: &str| {
+            let xml = std::fs::read(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/data/cap")
+                    .join(file),
+            )
+            .unwrap();
+            decode_cap(&xml, &Default::default()).unwrap().updates
+        };
+        let feeds = crate::feeds::config::parse_feeds(
+            "[[feed]]\nname='push'\nkind='cap-intake'\nlisten='127.0.0.1:7879'\ntoken='intake-token-0123456789'\ndomain='safety'\n",
+        )
+        .unwrap();
+        // A test message is shown, never raised, however it came.
+        for u in read("test-status.xml") {
+            assert_eq!(of_feed(&u, feeds.first()), None);
+        }
+        // An update names the message it stands for, within the feed.
+        let update = read("helsinki-flood-update.xml").remove(0);
+        let alert = of_feed(&update, feeds.first()).unwrap();
+        assert_eq!(alert.source, "cap:push");
+        assert!(!alert.supersedes.is_empty(), "{alert:?}");
+    }
+
     use super::*;
     use crate::feeds::cap::domain_for_cap_category;
     use crate::model::Domain;
