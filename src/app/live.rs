@@ -11,8 +11,7 @@ use crate::feeds::{Domain, RunningFeeds, start_feeds};
 use crate::governance::health::Ingest;
 use crate::state::LiveState;
 
-/// Updates applied per frame at most; the rest wait for the next frame.
-pub const MAX_UPDATES_PER_FRAME: usize = 25_000;
+pub use crate::governance::health::MAX_UPDATES_PER_FRAME;
 
 /// Everything live.
 #[derive(Resource)]

@@ -112,7 +112,15 @@ fn from_feed(update: &EntityUpdate, feed: &str, cap: bool) -> Option<AlertIn> {
         let supersedes = text("capSupersedes")
             .map(|s| s.split_whitespace().map(scoped).collect())
             .unwrap_or_default();
-        (format!("cap:{feed}"), supersedes)
+        // One intake may serve several agencies: each is a source of its own, so
+        // their reports of one thing are one incident.
+        let source = match text("capSource").and_then(|s| s.strip_prefix("cap:")) {
+            Some(sender) if !sender.is_empty() => {
+                super::clean_text(&format!("cap:{feed}/{sender}"))
+            }
+            _ => format!("cap:{feed}"),
+        };
+        (source, supersedes)
     } else {
         (format!("ngsi-ld:{feed}"), Vec::new())
     };
@@ -353,6 +361,28 @@ impl AlertDedup {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn two_agencies_posting_to_one_intake_about_one_thing_make_one_incident() {
+        let message = |sender: &str, id: &str, lat: f64| {
+            format!(
+                r#"<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>{id}</identifier><sender>{sender}</sender><sent>2026-11-30T02:00:00Z</sent><status>Actual</status><msgType>Alert</msgType><scope>Public</scope><info><category>Met</category><event>Waterlogging</event><urgency>Immediate</urgency><severity>Severe</severity><certainty>Observed</certainty><area><areaDesc>Underpass</areaDesc><circle>{lat},24.94 0.05</circle></area></info></alert>"#
+            )
+        };
+        let alert = |xml: String| {
+            let u = decode_cap(xml.as_bytes(), &Default::default()).unwrap().updates.remove(0);
+            from_cap_feed(&u, "intake").unwrap()
+        };
+        let mut dedup = AlertDedup::new();
+        let hotline = alert(message("hotline@12345.example", "H-1", 60.1700));
+        let sensors = alert(message("iot@water.example", "W-9", 60.1702));
+        assert_ne!(hotline.source, sensors.source);
+        assert_eq!(dedup.observe(&hotline), Decision::New);
+        assert!(matches!(dedup.observe(&sensors), Decision::Duplicate { .. }));
+        // One agency's two messages about two nearby things stay two.
+        let hotline_again = alert(message("hotline@12345.example", "H-2", 60.1703));
+        assert_eq!(dedup.observe(&hotline_again), Decision::New);
+    }
+
+    #[test]
     fn cap_pushed_to_an_intake_is_read_as_cap_as_polled_cap_is() {
         let read = |file: &str| {
             let xml = std::fs::read(
@@ -374,7 +404,7 @@ mod tests {
         // An update names the message it stands for, within the feed.
         let update = read("helsinki-flood-update.xml").remove(0);
         let alert = of_feed(&update, feeds.first()).unwrap();
-        assert_eq!(alert.source, "cap:push");
+        assert!(alert.source.starts_with("cap:push/"), "{}", alert.source);
         assert!(!alert.supersedes.is_empty(), "{alert:?}");
     }
 
@@ -830,7 +860,12 @@ mod tests {
             for (u, a) in decoded.updates.iter().zip(&direct) {
                 let back = from_cap_feed(u, "cap-feed").unwrap_or_else(|| panic!("{file}"));
                 assert_eq!(back.key, format!("cap-feed|{}", a.key), "{file}");
-                assert_eq!(back.source, "cap:cap-feed", "{file}");
+                // The feed it came through, and the agency that sent it.
+                assert_eq!(
+                    back.source,
+                    format!("cap:cap-feed/{}", a.source.trim_start_matches("cap:")),
+                    "{file}"
+                );
                 assert_eq!(back.cancel, a.cancel, "{file}");
                 if !a.cancel {
                     // A withdrawal is matched by key; it carries no kind of its own.

@@ -28,6 +28,8 @@ const MIN_ITEMS_FOR_REJECT_RATE: u64 = 20;
 const MAX_OVERSIZED_IN_A_ROW: u32 = 2;
 /// Quarantine a feed applying more updates per second than this (a flood).
 pub const MAX_UPDATES_PER_S: f64 = 200_000.0;
+/// Updates a frame applies at most; the rest wait for the next frame.
+pub const MAX_UPDATES_PER_FRAME: usize = 25_000;
 /// How long a quarantine lasts before the feed is tried again.
 pub const QUARANTINE_MS: i64 = 60_000;
 /// Expiry looks for unreported entities at most this often.
