@@ -26,3 +26,4 @@ pub mod sim;
 pub mod state;
 pub mod stats;
 pub mod store;
+pub mod surge;

@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 use zhongshu::app::{self, AppOptions};
 use zhongshu::{bench, map};
 
+/// The dispatch event log when `--db` is not given.
+const DEFAULT_DB: &str = "zhongshu-events.db";
+
 #[derive(Parser)]
 #[command(
     name = "zhongshu",
@@ -43,7 +46,7 @@ struct Cli {
         long,
         global = true,
         value_name = "FILE",
-        default_value = "zhongshu-events.db"
+        default_value = DEFAULT_DB
     )]
     db: PathBuf,
     /// The key that seals the event log (64 hex digits in a file). Keep it where those
@@ -287,6 +290,22 @@ enum BenchCommand {
         /// Car parks per feed at one default geocode.
         #[arg(long, default_value_t = 4_000)]
         at_one_point: usize,
+    },
+    /// An emergency on the default city through the real ingest and dispatch paths:
+    /// CAP alerts from three agencies at --scale times the normal rate of new events,
+    /// every simulated sub-brain at 5x its rate, a dispatcher issuing playbook orders
+    /// to slow and failing departments; prints alerts_in, incidents_raised,
+    /// deduplicated, dropped, alert_to_incident_ms, commit_ms, frame_ms, peak_rss_mb.
+    Surge {
+        #[arg(long, default_value_t = 2.0)]
+        minutes: f64,
+        /// Times the default simulation's busiest rate of new events (12 an hour).
+        /// The event log is --db when given (never the default zhongshu-events.db: a
+        /// drill is not written into the hall's real log), else a temporary one.
+        #[arg(long, default_value_t = 100.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Advance the simulator with this many vehicles on the default city.
     Sim {
@@ -1077,6 +1096,22 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                     s.simulated_h, s.wall_s, s.rss_mb, s.entities, s.state_slots
                 )
             })?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Surge {
+            minutes,
+            scale,
+            seed,
+        }) => {
+            let db = (cli.db != std::path::Path::new(DEFAULT_DB)).then(|| cli.db.clone());
+            let options = zhongshu::surge::SurgeOptions {
+                minutes,
+                scale,
+                db,
+                seed,
+            };
+            let report = zhongshu::surge::bench_surge(&options, |line| eprintln!("{line}"))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

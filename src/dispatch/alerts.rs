@@ -368,7 +368,10 @@ mod tests {
             )
         };
         let alert = |xml: String| {
-            let u = decode_cap(xml.as_bytes(), &Default::default()).unwrap().updates.remove(0);
+            let u = decode_cap(xml.as_bytes(), &Default::default())
+                .unwrap()
+                .updates
+                .remove(0);
             from_cap_feed(&u, "intake").unwrap()
         };
         let mut dedup = AlertDedup::new();
@@ -376,7 +379,10 @@ mod tests {
         let sensors = alert(message("iot@water.example", "W-9", 60.1702));
         assert_ne!(hotline.source, sensors.source);
         assert_eq!(dedup.observe(&hotline), Decision::New);
-        assert!(matches!(dedup.observe(&sensors), Decision::Duplicate { .. }));
+        assert!(matches!(
+            dedup.observe(&sensors),
+            Decision::Duplicate { .. }
+        ));
         // One agency's two messages about two nearby things stay two.
         let hotline_again = alert(message("hotline@12345.example", "H-2", 60.1703));
         assert_eq!(dedup.observe(&hotline_again), Decision::New);
