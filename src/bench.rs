@@ -520,8 +520,7 @@ pub fn bench_soak(
     options: &SoakOptions,
     mut progress: impl FnMut(&SoakSample),
 ) -> Result<SoakReport, map::MapError> {
-    use crate::feeds::poll::FeedEvent;
-    use crate::feeds::{Decoded, sim_source};
+    use crate::feeds::sim_source;
     use crate::governance::reconcile::{ReconcileInput, reconcile_input};
 
     let city = map::load_default()?;
@@ -537,7 +536,8 @@ pub fn bench_soak(
     let mut dedup = crate::dispatch::alerts::AlertDedup::new();
     let mut winner_of = Default::default();
     let mut conflicts = 0;
-    let mut next_due = vec![start; feeds.len()];
+    let mut sim_feeds =
+        sim_source::SimFeeds::new(&feeds, options.seed, start).expect("the default feeds simulate");
     let mut updates_applied = 0u64;
     let end = start + (options.simulated_hours * 3_600_000.0) as i64;
     let sample_every = ((options.sample_every_min * 60_000.0) as i64).max(1000);
@@ -546,30 +546,8 @@ pub fn bench_soak(
     let wall = Instant::now();
     let mut now = start;
     while now <= end {
-        sim.advance(now);
-        for (i, feed) in feeds.iter().enumerate() {
-            if now < next_due[i] {
-                continue;
-            }
-            next_due[i] = now + ((feed.interval_s * 1000.0) as i64).max(100);
-            let updates = sim.snapshot(feed.domain);
-            let batch = FeedEvent::Batch {
-                feed: i as u32,
-                decoded: Decoded {
-                    updates,
-                    rejects: Vec::new(),
-                    withheld: Default::default(),
-                },
-                received_at_ms: now,
-            };
-            let done = FeedEvent::PollOk {
-                feed: i as u32,
-                at_ms: now,
-                not_modified: false,
-                complete: true,
-                bytes: 0,
-            };
-            tx.send(batch).and_then(|_| tx.send(done)).ok();
+        for event in sim_feeds.publish_due(&mut sim, now) {
+            tx.send(event).ok();
         }
         updates_applied += ingest.pump(&mut state, usize::MAX) as u64;
         ingest.expire(&mut state, now);

@@ -3,15 +3,20 @@
 //! cannot take it down: header and body size limits checked before anything is
 //! buffered (a declared `Content-Length` over the limit is answered 413 and the
 //! connection closed, never drained), read timeouts for headers and bodies, a bound
-//! on open connections (more are shed with 503 at once), and handlers on a bounded
-//! pool of threads. It runs on its own small tokio runtime; handlers are plain
-//! blocking functions from [`Request`] to [`Response`].
+//! on open connections (more are shed with 503 at once), a rate per client (its
+//! credential, or its address when it has none or a wrong one: 429 with
+//! `Retry-After`, in bounded memory), credentials checked from the headers before
+//! the body is read (an endpoint's [`Gate`]), refusals counted by why for the
+//! endpoint's health ([`Server::refused`]), and handlers on a bounded pool of
+//! threads. It runs on its own small tokio runtime; handlers are plain blocking
+//! functions from [`Request`] to [`Response`].
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -36,6 +41,39 @@ pub struct Limits {
     pub max_connections: usize,
     /// Requests being handled at once (threads); more wait their turn.
     pub max_handlers: usize,
+    /// Requests one client may make: a credential the endpoint's [`Gate`] knows, else
+    /// an address (an IPv6 one by its /64). Over it: 429 with `Retry-After`.
+    pub rate: Rate,
+    /// Clients tracked for `rate` at once, credentials and addresses each; new ones
+    /// beyond it share one allowance, so a flood of distinct addresses or tokens
+    /// never grows memory.
+    pub max_tracked_clients: usize,
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_s` a second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub per_s: f64,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// No limit.
+    pub const UNLIMITED: Rate = Rate {
+        per_s: f64::INFINITY,
+        burst: u32::MAX,
+    };
+}
+
+impl Default for Rate {
+    /// 50 requests a second, 200 at once: far above what a department or an agency
+    /// sends, far below what a flood does.
+    fn default() -> Self {
+        Rate {
+            per_s: 50.0,
+            burst: 200,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -47,6 +85,8 @@ impl Default for Limits {
             connection_lifetime: Duration::from_secs(120),
             max_connections: 512,
             max_handlers: 16,
+            rate: Rate::default(),
+            max_tracked_clients: 4096,
         }
     }
 }
@@ -60,6 +100,8 @@ pub struct Request {
     pub headers: hyper::HeaderMap,
     pub body: Bytes,
     pub peer: SocketAddr,
+    /// Who the endpoint's [`Gate`] found the credentials to be ([`Caller::Known`]).
+    pub caller: Option<String>,
 }
 
 impl Request {
@@ -123,6 +165,228 @@ pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// What serves requests.
 pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 
+/// Who a request comes from, as its endpoint's [`Gate`] reads the headers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Caller {
+    /// A credential the endpoint knows, named (a department, an agency): rated per
+    /// name, and passed to the handler as [`Request::caller`].
+    Known(String),
+    /// No credential, where none is needed: rated per address.
+    Anonymous,
+    /// Answered with this at once, the body never read, the connection closed (a
+    /// wrong or missing credential); rated per address, so guessing is slow.
+    Refused(Response),
+}
+
+/// Reads a request's head (its body is empty when called) and says who sent it.
+/// Runs before the body is read, on the server's own threads: keep it cheap.
+pub type Gate = Arc<dyn Fn(&Request) -> Caller + Send + Sync>;
+
+/// Why requests were refused, as [`Server::refused`] counts them.
+pub const REFUSALS: [&str; 6] = [
+    "unauthorized",
+    "rate_limited",
+    "too_large",
+    "timeout",
+    "overloaded",
+    "bad_request",
+];
+
+/// Refusals by why (an index into [`REFUSALS`]).
+#[derive(Default)]
+struct Refusals([AtomicU64; REFUSALS.len()]);
+
+impl Refusals {
+    fn count(&self, why: &str) {
+        if let Some(i) = REFUSALS.iter().position(|w| *w == why) {
+            self.0[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an answer by its status: the refusals a handler makes count too.
+    fn count_status(&self, status: u16) {
+        match status {
+            401 | 403 => self.count("unauthorized"),
+            408 => self.count("timeout"),
+            413 | 431 => self.count("too_large"),
+            429 => self.count("rate_limited"),
+            _ => {}
+        }
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, u64> {
+        REFUSALS
+            .iter()
+            .zip(&self.0)
+            .map(|(why, n)| (why.to_string(), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// Who a rate is kept for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Client {
+    Caller(String),
+    Address(IpAddr),
+}
+
+impl Client {
+    /// An IPv6 client by its /64 (one machine commonly holds a whole one).
+    fn address(ip: IpAddr) -> Client {
+        Client::Address(match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let mut o = v6.octets();
+                    o[8..].fill(0);
+                    IpAddr::V6(o.into())
+                }
+            },
+            v4 => v4,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(rate: Rate, now: Instant) -> Bucket {
+        Bucket {
+            tokens: f64::from(rate.burst),
+            at: now,
+        }
+    }
+
+    /// Takes one request, or says how long until one is allowed.
+    fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_s).min(f64::from(rate.burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                ((1.0 - self.tokens) / rate.per_s).max(0.0),
+            ))
+        }
+    }
+
+    /// Refilled to the brim by `now`: it holds nothing worth keeping.
+    fn is_full(&self, rate: Rate, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * rate.per_s >= f64::from(rate.burst)
+    }
+}
+
+/// Buckets of one kind of client, at most `max` of them; new clients beyond it share
+/// `overflow`.
+struct Buckets {
+    map: HashMap<Client, Bucket>,
+    overflow: Bucket,
+    last_sweep: Instant,
+}
+
+/// A token bucket per client, in bounded memory.
+struct RateLimiter {
+    rate: Rate,
+    max: usize,
+    callers: Mutex<Buckets>,
+    addresses: Mutex<Buckets>,
+}
+
+impl RateLimiter {
+    fn new(rate: Rate, max: usize) -> RateLimiter {
+        let now = Instant::now();
+        let buckets = || {
+            Mutex::new(Buckets {
+                map: HashMap::new(),
+                overflow: Bucket::full(rate, now),
+                last_sweep: now,
+            })
+        };
+        RateLimiter {
+            rate,
+            max: max.max(1),
+            callers: buckets(),
+            addresses: buckets(),
+        }
+    }
+
+    fn admit(&self, client: Client, now: Instant) -> Result<(), Duration> {
+        if !self.rate.per_s.is_finite() {
+            return Ok(());
+        }
+        if self.rate.per_s <= 0.0 || self.rate.burst == 0 {
+            return Err(Duration::from_secs(60));
+        }
+        let table = match client {
+            Client::Caller(_) => &self.callers,
+            Client::Address(_) => &self.addresses,
+        };
+        let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = self.rate;
+        if let Some(bucket) = table.map.get_mut(&client) {
+            return bucket.take(rate, now);
+        }
+        // Full: forget the clients whose buckets have refilled (at most every 50 ms,
+        // so a flood of new clients does not sweep on every request).
+        if table.map.len() >= self.max
+            && now.saturating_duration_since(table.last_sweep) >= Duration::from_millis(50)
+        {
+            table.last_sweep = now;
+            table.map.retain(|_, b| !b.is_full(rate, now));
+        }
+        if table.map.len() >= self.max {
+            return table.overflow.take(rate, now);
+        }
+        let mut bucket = Bucket::full(rate, now);
+        let taken = bucket.take(rate, now);
+        table.map.insert(client, bucket);
+        taken
+    }
+
+    fn tracked(&self) -> usize {
+        [&self.callers, &self.addresses]
+            .iter()
+            .map(|t| t.lock().map_or(0, |t| t.map.len()))
+            .sum()
+    }
+}
+
+/// 429, saying when to come back.
+fn too_many(wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    Response::error(
+        429,
+        "rate_limited",
+        format!("too many requests; try again in {secs} s"),
+    )
+    .with_header("Retry-After", secs.to_string())
+}
+
+/// What every connection of one server shares.
+struct Shared {
+    limits: Limits,
+    handler: Handler,
+    gate: Option<Gate>,
+    limiter: RateLimiter,
+    refused: Refusals,
+}
+
+impl Shared {
+    /// The answer in hyper's terms, counted if it is a refusal.
+    fn answer(&self, response: Response, close: bool) -> hyper::Response<Full<Bytes>> {
+        self.refused.count_status(response.status);
+        to_hyper(response, close)
+    }
+}
+
 /// TLS for a server: a certificate chain and its private key (PEM files).
 #[derive(Clone)]
 pub struct Tls(Arc<rustls::ServerConfig>);
@@ -167,6 +431,7 @@ pub struct Server {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 impl Server {
@@ -190,6 +455,19 @@ impl Server {
         handler: Handler,
         tls: Option<Tls>,
     ) -> std::io::Result<Server> {
+        Self::start_gated(addr, name, limits, None, handler, tls)
+    }
+
+    /// As [`Server::start_tls`], with `gate` reading each request's credentials from
+    /// its headers before the body is read (see [`Caller`]).
+    pub fn start_gated(
+        addr: &str,
+        name: &str,
+        limits: Limits,
+        gate: Option<Gate>,
+        handler: Handler,
+        tls: Option<Tls>,
+    ) -> std::io::Result<Server> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let bound = listener.local_addr()?;
@@ -202,10 +480,18 @@ impl Server {
             .build()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let shared = Arc::new(Shared {
+            limiter: RateLimiter::new(limits.rate, limits.max_tracked_clients),
+            limits,
+            handler,
+            gate,
+            refused: Refusals::default(),
+        });
+        let serving = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{name} accept"))
             .spawn(move || {
-                runtime.block_on(accept_loop(listener, limits, handler, tls, flag));
+                runtime.block_on(accept_loop(listener, serving, tls, flag));
                 // Connections still open end with the runtime.
                 runtime.shutdown_timeout(Duration::from_millis(200));
             })?;
@@ -213,7 +499,20 @@ impl Server {
             addr: bound,
             stop,
             thread: Some(thread),
+            shared,
         })
+    }
+
+    /// Requests refused so far, by why (one of [`REFUSALS`]; only those that
+    /// happened): wrong credentials, over the rate, too large, too slow, over the
+    /// bound on connections, not HTTP.
+    pub fn refused(&self) -> BTreeMap<String, u64> {
+        self.shared.refused.snapshot()
+    }
+
+    /// Clients whose rates are being tracked.
+    pub fn tracked_clients(&self) -> usize {
+        self.shared.limiter.tracked()
     }
 
     /// The address actually bound.
@@ -243,8 +542,7 @@ impl Drop for Server {
 
 async fn accept_loop(
     listener: std::net::TcpListener,
-    limits: Limits,
-    handler: Handler,
+    shared: Arc<Shared>,
     tls: Option<Tls>,
     stop: Arc<AtomicBool>,
 ) {
@@ -252,8 +550,9 @@ async fn accept_loop(
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
-    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    let limits = Arc::new(limits);
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        shared.limits.max_connections.max(1),
+    ));
     while !stop.load(Ordering::Relaxed) {
         let accepted =
             match tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
@@ -268,15 +567,17 @@ async fn accept_loop(
         let (stream, peer) = accepted;
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
+            shared.refused.count("overloaded");
             tokio::spawn(shed(stream));
             continue;
         };
-        let (limits, handler, acceptor) = (limits.clone(), handler.clone(), acceptor.clone());
+        let (shared, acceptor) = (shared.clone(), acceptor.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let service_limits = limits.clone();
+            let limits = &shared.limits;
+            let service_shared = shared.clone();
             let service = hyper::service::service_fn(move |request| {
-                serve_one(request, peer, service_limits.clone(), handler.clone())
+                serve_one(request, peer, service_shared.clone())
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -284,20 +585,31 @@ async fn accept_loop(
                 .header_read_timeout(limits.read_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192))
                 .keep_alive(true);
-            match acceptor {
+            let served = match acceptor {
                 None => {
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+                    tokio::time::timeout(limits.connection_lifetime, connection).await
                 }
                 Some(acceptor) => {
                     // The handshake has the same time as the headers.
                     let Ok(Ok(stream)) =
                         tokio::time::timeout(limits.read_timeout, acceptor.accept(stream)).await
                     else {
+                        shared.refused.count("bad_request");
                         return;
                     };
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+                    tokio::time::timeout(limits.connection_lifetime, connection).await
+                }
+            };
+            // What hyper refused on its own: slow or oversized headers, not HTTP.
+            if let Ok(Err(e)) = served {
+                if e.is_timeout() {
+                    shared.refused.count("timeout");
+                } else if e.is_parse_too_large() {
+                    shared.refused.count("too_large");
+                } else if e.is_parse() {
+                    shared.refused.count("bad_request");
                 }
             }
         });
@@ -323,51 +635,77 @@ async fn shed(mut stream: tokio::net::TcpStream) {
 async fn serve_one(
     request: hyper::Request<Incoming>,
     peer: SocketAddr,
-    limits: Arc<Limits>,
-    handler: Handler,
+    shared: Arc<Shared>,
 ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    let limits = &shared.limits;
     let (parts, body) = request.into_parts();
     let declared = parts
         .headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let too_large = || {
+        Response::error(
+            413,
+            "too_large",
+            format!("the body is larger than {} bytes", limits.max_body_bytes),
+        )
+    };
     // Refused before a byte of the body is read or buffered; the connection closes.
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
-        return Ok(to_hyper(
-            Response::error(
-                413,
-                "too_large",
-                format!("the body is larger than {} bytes", limits.max_body_bytes),
-            ),
-            true,
-        ));
+        return Ok(shared.answer(too_large(), true));
     }
+    let mut request = Request {
+        method: parts.method,
+        target: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+        headers: parts.headers,
+        body: Bytes::new(),
+        peer,
+        caller: None,
+    };
+    // Credentials from the headers, before the body: a wrong one costs one bucket of
+    // the sender's address and no buffering.
+    let now = Instant::now();
+    let client = match shared.gate.as_ref().map(|gate| gate(&request)) {
+        None | Some(Caller::Anonymous) => Client::address(peer.ip()),
+        Some(Caller::Known(name)) => {
+            request.caller = Some(name.clone());
+            Client::Caller(name)
+        }
+        Some(Caller::Refused(refusal)) => {
+            let answer = match shared.limiter.admit(Client::address(peer.ip()), now) {
+                Ok(()) => refusal,
+                Err(wait) => too_many(wait),
+            };
+            return Ok(shared.answer(answer, true));
+        }
+    };
+    if let Err(wait) = shared.limiter.admit(client, now) {
+        return Ok(shared.answer(too_many(wait), true));
+    }
+    // The whole body within the read timeout: a client trickling it is cut off.
     let collected = tokio::time::timeout(
         limits.read_timeout,
         Limited::new(body, limits.max_body_bytes).collect(),
     )
     .await;
-    let body = match collected {
+    request.body = match collected {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Ok(to_hyper(
-                Response::error(
-                    413,
-                    "too_large",
-                    format!("the body is larger than {} bytes", limits.max_body_bytes),
-                ),
-                true,
-            ));
+            return Ok(shared.answer(too_large(), true));
         }
         Ok(Err(e)) => {
-            return Ok(to_hyper(
+            shared.refused.count("bad_request");
+            return Ok(shared.answer(
                 Response::error(400, "bad_body", format!("cannot read the body: {e}")),
                 true,
             ));
         }
         Err(_) => {
-            return Ok(to_hyper(
+            return Ok(shared.answer(
                 Response::error(
                     408,
                     "timeout",
@@ -380,21 +718,12 @@ async fn serve_one(
             ));
         }
     };
-    let request = Request {
-        method: parts.method,
-        target: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
-        headers: parts.headers,
-        body,
-        peer,
-    };
+    let handler = shared.handler.clone();
     let response = match tokio::task::spawn_blocking(move || handler(request)).await {
         Ok(r) => r,
         Err(_) => Response::error(500, "internal", "the request could not be handled"),
     };
-    Ok(to_hyper(response, false))
+    Ok(shared.answer(response, false))
 }
 
 fn to_hyper(response: Response, close: bool) -> hyper::Response<Full<Bytes>> {
@@ -534,12 +863,44 @@ pub fn redact_in_text(text: &str) -> String {
 /// The attacks every server of ours must shrug off, for each server's own tests.
 #[cfg(test)]
 pub(crate) mod attack {
+    use std::collections::BTreeMap;
     use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
+    use std::net::{IpAddr, SocketAddr, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
-        let Ok(mut s) = TcpStream::connect(addr) else {
+        raw_from(None, addr, request)
+    }
+
+    /// A connection to `addr` from `from` (any 127.x.y.z reaches loopback), so one
+    /// machine can play many clients.
+    pub fn connect_from(from: Option<IpAddr>, addr: SocketAddr) -> Option<TcpStream> {
+        let Some(from) = from else {
+            return TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok();
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind(SocketAddr::new(from, 0)).ok()?;
+            let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+                .await
+                .ok()?
+                .ok()?;
+            let stream = stream.into_std().ok()?;
+            stream.set_nonblocking(false).ok()?;
+            Some(stream)
+        })
+    }
+
+    /// Sends `request` from `from` and reads the answer to the end.
+    pub fn raw_from(from: Option<IpAddr>, addr: SocketAddr, request: &[u8]) -> String {
+        let Some(mut s) = connect_from(from, addr) else {
             return String::new();
         };
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -599,12 +960,229 @@ pub(crate) mod attack {
         drop(held);
         assert!(timed_get(addr, good_path, want) < Duration::from_secs(5));
     }
+
+    /// Floods `addr` (see [`flood`]: 5 threads, from `from`) while a well-behaved
+    /// client makes `good_requests` calls of `good`, each of which must succeed
+    /// within `bound`; then checks the flood was refused (a bad or missing token
+    /// answered with one of `token_refusals`) and returns its answers.
+    pub fn good_requests_land_under_flood(
+        addr: SocketAddr,
+        post_path: &str,
+        from: &[Option<IpAddr>],
+        token_refusals: &[&str],
+        good_requests: usize,
+        bound: Duration,
+        mut good: impl FnMut(usize) -> Result<(), String>,
+    ) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = flood(addr, post_path, from, 5, stop.clone());
+        std::thread::sleep(Duration::from_millis(300));
+        let mut slowest = Duration::ZERO;
+        for i in 0..good_requests {
+            // Spread over a few seconds, so the flood runs all along.
+            std::thread::sleep(Duration::from_millis(75));
+            let t = Instant::now();
+            let result = good(i);
+            slowest = slowest.max(t.elapsed());
+            if let Err(e) = result {
+                stop.store(true, Ordering::Relaxed);
+                panic!("good request {i} failed under the flood: {e}");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let seen = flood.join().unwrap();
+        assert!(
+            slowest < bound,
+            "a good request took {slowest:?} under {seen:?}"
+        );
+        assert_refused(&seen, 100, token_refusals);
+        seen
+    }
+
+    /// The status line's code of an answer ("" when none came).
+    fn status_of(answer: &str) -> String {
+        answer
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .unwrap_or("none")
+            .to_string()
+    }
+
+    /// A flood of bad requests on `post_path` from `threads` threads, each sending as
+    /// `from[i % from.len()]`, until `stop`: wrong bearer tokens, no token, garbage
+    /// bytes, a huge declared body, a huge header, and clients trickling their headers
+    /// or their body a byte at a time. Returns the answers' status codes by kind of
+    /// attack ("none" when the server closed without one).
+    pub fn flood(
+        addr: SocketAddr,
+        post_path: &str,
+        from: &[Option<IpAddr>],
+        threads: usize,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<BTreeMap<String, BTreeMap<String, u64>>> {
+        let post_path = post_path.to_string();
+        let from = from.to_vec();
+        std::thread::spawn(move || {
+            let seen = Arc::new(Mutex::new(BTreeMap::<String, BTreeMap<String, u64>>::new()));
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (stop, seen, post_path) = (stop.clone(), seen.clone(), post_path.clone());
+                    let from = from[t % from.len().max(1)];
+                    std::thread::spawn(move || {
+                        let mut i = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            i += 1;
+                            let (kind, answer) =
+                                one_attack(addr, from, &post_path, (t, threads), i);
+                            let mut seen = seen.lock().unwrap();
+                            *seen
+                                .entry(kind.to_string())
+                                .or_default()
+                                .entry(status_of(&answer))
+                                .or_default() += 1;
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                let _ = w.join();
+            }
+            Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
+        })
+    }
+
+    fn one_attack(
+        addr: SocketAddr,
+        from: Option<IpAddr>,
+        post_path: &str,
+        (thread, threads): (usize, usize),
+        i: u64,
+    ) -> (&'static str, String) {
+        let body = r#"{"status":"done","by":"mallory"}"#;
+        // The last thread trickles; the others send the quick attacks in turn.
+        let kind = if thread + 1 == threads {
+            6
+        } else {
+            (thread as u64 + i) % 6
+        };
+        match kind {
+            0 | 1 => (
+                "wrong_token",
+                raw_from(
+                    from,
+                    addr,
+                    format!(
+                        "POST {post_path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer guess-{thread}-{i}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                ),
+            ),
+            2 => (
+                "no_token",
+                raw_from(
+                    from,
+                    addr,
+                    format!(
+                        "POST {post_path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                ),
+            ),
+            3 => {
+                let garbage: Vec<u8> = (0..512u64)
+                    .map(|k| ((k * 7919 + i * 31) % 251) as u8)
+                    .collect();
+                ("garbage", raw_from(from, addr, &garbage))
+            }
+            4 => (
+                "oversized",
+                raw_from(
+                    from,
+                    addr,
+                    format!(
+                        "POST {post_path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer guess\r\nContent-Length: 1000000000000\r\n\r\n"
+                    )
+                    .as_bytes(),
+                ),
+            ),
+            5 => {
+                let mut big = format!("POST {post_path} HTTP/1.1\r\nHost: x\r\nX-Big: ").into_bytes();
+                big.extend(std::iter::repeat_n(b'a', 100_000));
+                big.extend_from_slice(b"\r\n\r\n");
+                ("huge_header", raw_from(from, addr, &big))
+            }
+            _ => ("slow", trickle(addr, from, post_path, i.is_multiple_of(2))),
+        }
+    }
+
+    /// Sends a request a byte every 100 ms (its headers, or its body) and gives up
+    /// after 3 s: what the server answered by then, if anything.
+    fn trickle(addr: SocketAddr, from: Option<IpAddr>, post_path: &str, headers: bool) -> String {
+        let Some(mut s) = connect_from(from, addr) else {
+            return String::new();
+        };
+        let rest: Vec<u8> = if headers {
+            format!(
+                "GET {post_path} HTTP/1.1\r\nHost: x\r\nX-Slow: {}",
+                "s".repeat(40)
+            )
+            .into_bytes()
+        } else {
+            let _ = s.write_all(
+                format!("POST {post_path} HTTP/1.1\r\nHost: x\r\nContent-Length: 400\r\n\r\n")
+                    .as_bytes(),
+            );
+            vec![b'{'; 30]
+        };
+        let until = Instant::now() + Duration::from_secs(3);
+        for b in rest {
+            if Instant::now() > until || s.write_all(&[b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Checks a flood's answers: a bad token or none was answered with one of
+    /// `token_refusals` (or 429, or 503 from a full server), nothing else was ever
+    /// served (no 2xx, no 500), and it really was a flood.
+    pub fn assert_refused(
+        seen: &BTreeMap<String, BTreeMap<String, u64>>,
+        min_requests: u64,
+        token_refusals: &[&str],
+    ) {
+        let total: u64 = seen.values().flat_map(|m| m.values()).sum();
+        assert!(total >= min_requests, "only {total} bad requests: {seen:?}");
+        for (kind, statuses) in seen {
+            for status in statuses.keys() {
+                let fine = match kind.as_str() {
+                    "wrong_token" | "no_token" => {
+                        token_refusals.contains(&status.as_str())
+                            || ["429", "503", "none"].contains(&status.as_str())
+                    }
+                    "oversized" | "huge_header" => {
+                        ["413", "431", "503", "none"].contains(&status.as_str())
+                    }
+                    _ => !status.starts_with('2') && !["500", "502"].contains(&status.as_str()),
+                };
+                assert!(fine, "{kind} answered {status}: {seen:?}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::Write;
     use std::net::TcpStream;
+    use std::time::Instant;
 
     use super::*;
 
@@ -753,6 +1331,207 @@ mod tests {
         assert!(health(server.addr()) < Duration::from_secs(1));
         drop(held);
         assert!(health(server.addr()) < Duration::from_secs(1));
+    }
+
+    /// A gate knowing two tokens, `token-a` and `token-b`.
+    fn two_tokens() -> Gate {
+        Arc::new(|r: &Request| match r.header("authorization").as_deref() {
+            Some("Bearer token-a") => Caller::Known("a".into()),
+            Some("Bearer token-b") => Caller::Known("b".into()),
+            _ => Caller::Refused(Response::error(401, "unauthorized", "who are you?")),
+        })
+    }
+
+    fn post_as(addr: SocketAddr, token: &str) -> String {
+        raw(
+            addr,
+            format!("POST /x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi").as_bytes(),
+        )
+    }
+
+    #[test]
+    fn a_token_over_its_rate_is_told_to_wait_while_another_is_not() {
+        let limits = Limits {
+            rate: Rate {
+                per_s: 0.5,
+                burst: 5,
+            },
+            ..Limits::default()
+        };
+        let server = Server::start_gated(
+            "127.0.0.1:0",
+            "test",
+            limits,
+            Some(two_tokens()),
+            echo(),
+            None,
+        )
+        .unwrap();
+        let answers: Vec<String> = (0..8).map(|_| post_as(server.addr(), "token-a")).collect();
+        for a in &answers[..5] {
+            assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+        }
+        for a in &answers[5..] {
+            assert!(a.starts_with("HTTP/1.1 429"), "{a}");
+            assert!(a.to_ascii_lowercase().contains("retry-after: 2"), "{a}");
+        }
+        // The other token, from the same address, is not held back.
+        for _ in 0..5 {
+            let a = post_as(server.addr(), "token-b");
+            assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+        }
+        // Guessing is rated by address: after the burst, a wrong token hears 429.
+        let guesses: Vec<String> = (0..7)
+            .map(|i| post_as(server.addr(), &format!("guess-{i}")))
+            .collect();
+        assert!(guesses[0].starts_with("HTTP/1.1 401"), "{}", guesses[0]);
+        assert!(guesses[6].starts_with("HTTP/1.1 429"), "{}", guesses[6]);
+        let refused = server.refused();
+        assert_eq!(refused.get("rate_limited"), Some(&5), "{refused:?}");
+        assert_eq!(refused.get("unauthorized"), Some(&5), "{refused:?}");
+    }
+
+    #[test]
+    fn credentials_are_checked_before_the_body_is_read() {
+        let server = Server::start_gated(
+            "127.0.0.1:0",
+            "test",
+            Limits::default(),
+            Some(two_tokens()),
+            echo(),
+            None,
+        )
+        .unwrap();
+        // A wrong token with a body declared and never sent: answered at once, not
+        // after the 10 s the body would be waited for.
+        let t = Instant::now();
+        let answer = raw(
+            server.addr(),
+            b"POST /x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nContent-Length: 60000\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        // The handler hears who the gate found.
+        let gated = Server::start_gated(
+            "127.0.0.1:0",
+            "test",
+            Limits::default(),
+            Some(two_tokens()),
+            Arc::new(|r: Request| Response::new(200, "text/plain", r.caller.unwrap_or_default())),
+            None,
+        )
+        .unwrap();
+        let answer = post_as(gated.addr(), "token-b");
+        assert!(answer.ends_with("\r\n\r\nb"), "{answer}");
+    }
+
+    #[test]
+    fn clients_trickling_headers_or_a_body_are_cut_by_the_read_timeout() {
+        let limits = Limits {
+            read_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        };
+        let server = Server::start("127.0.0.1:0", "test", limits, echo()).unwrap();
+        let trickle = |start: &[u8], then: u8| {
+            let mut s = TcpStream::connect(server.addr()).unwrap();
+            s.write_all(start).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let t = Instant::now();
+            let mut answer = Vec::new();
+            // A byte every 100 ms, never finishing, for up to 6 s.
+            while t.elapsed() < Duration::from_secs(6) {
+                if s.write_all(&[then]).is_err() {
+                    break;
+                }
+                let mut buf = [0u8; 512];
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
+                }
+                if !answer.is_empty() {
+                    break;
+                }
+            }
+            (t.elapsed(), String::from_utf8_lossy(&answer).into_owned())
+        };
+        let (took, answer) = trickle(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Slow: ", b's');
+        assert!(
+            took < Duration::from_secs(4),
+            "headers trickled for {took:?}"
+        );
+        assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let (took, answer) = trickle(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n",
+            b'a',
+        );
+        assert!(took < Duration::from_secs(4), "body trickled for {took:?}");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(health(server.addr()) < Duration::from_secs(1));
+        let until = Instant::now() + Duration::from_secs(2);
+        while server.refused().get("timeout") < Some(&2) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            server.refused().get("timeout"),
+            Some(&2),
+            "{:?}",
+            server.refused()
+        );
+    }
+
+    #[test]
+    fn a_flood_of_distinct_clients_is_rated_in_bounded_memory() {
+        let limits = Limits {
+            rate: Rate {
+                per_s: 1.0,
+                burst: 2,
+            },
+            max_tracked_clients: 16,
+            ..Limits::default()
+        };
+        let limiter = RateLimiter::new(limits.rate, limits.max_tracked_clients);
+        let now = Instant::now();
+        for i in 0..100_000u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = limiter.admit(Client::address(ip), now);
+            let _ = limiter.admit(Client::Caller(format!("token {i}")), now);
+        }
+        assert_eq!(limiter.tracked(), 32);
+        // Over real connections from 200 addresses too: the newcomers beyond the
+        // bound share one allowance, so the flood as a whole is held back.
+        let server = Server::start("127.0.0.1:0", "test", limits, echo()).unwrap();
+        let mut limited = 0;
+        for i in 0..200u8 {
+            let from = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, i));
+            let answer = super::attack::raw_from(
+                Some(from),
+                server.addr(),
+                b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            );
+            limited += usize::from(answer.starts_with("HTTP/1.1 429"));
+        }
+        assert!(
+            server.tracked_clients() <= 16,
+            "{}",
+            server.tracked_clients()
+        );
+        assert!(limited >= 50, "only {limited} of 200 newcomers held back");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_rated_by_its_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(Client::address(a), Client::address(b));
+        assert_ne!(Client::address(a), Client::address(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            Client::address(mapped),
+            Client::address("10.0.0.1".parse().unwrap())
+        );
     }
 
     #[test]

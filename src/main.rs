@@ -620,6 +620,7 @@ fn feeds_check(
             "rejected": health.rejected,
             "reasons": health.reasons,
             "poll_errors": health.poll_errors,
+            "refused": health.refused,
             "reject_examples": health.reject_examples,
             "notes": health.notes,
             "values_cut": health.values_cut,

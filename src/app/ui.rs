@@ -939,6 +939,9 @@ fn feed_health_ui(ui: &mut egui::Ui, feed: &FeedConfig, h: &FeedHealth) {
             for (cause, n) in &h.poll_errors {
                 row(&format!("poll failed: {cause}"), n.to_string());
             }
+            for (why, n) in &h.refused {
+                row(&format!("requests refused: {why}"), n.to_string());
+            }
             for (note, n) in &h.notes {
                 row(&format!("note: {note}"), n.to_string());
             }

@@ -280,11 +280,19 @@ impl DispatchConfig {
         self.playbooks.iter().find(|p| normalise_kind(&p.kind) == k)
     }
 
-    /// The department a bearer token belongs to.
+    /// The department a bearer token belongs to; every token is compared, digest
+    /// against digest, without stopping at the first difference.
     pub fn department_for_token(&self, token: &str) -> Option<&Department> {
-        self.departments
-            .iter()
-            .find(|d| d.token.as_deref() == Some(token))
+        let presented = crate::http::token_digest(token);
+        let mut found = None;
+        for d in &self.departments {
+            if let Some(t) = &d.token
+                && crate::http::digests_equal(&crate::http::token_digest(t), &presented)
+            {
+                found = Some(d);
+            }
+        }
+        found
     }
 }
 

@@ -94,7 +94,12 @@ pub struct DispatchService {
     held: VecDeque<DeliveryEvent>,
     /// A console of a hall (see [`ServiceOptions::hall_console`]).
     hall_console: bool,
+    /// The status API's refusals the dispatcher was last told of, and when.
+    refusals_told: (std::collections::BTreeMap<String, u64>, i64),
 }
+
+/// How often the dispatcher hears what the status API refused (when it did).
+const REFUSALS_EVERY_MS: i64 = 60_000;
 
 /// How far a department's report takes an order, for ordering reports and telling
 /// repeats: acknowledged < in progress < done.
@@ -198,6 +203,7 @@ impl DispatchService {
             notices: VecDeque::new(),
             version: 1,
             last_tick_ms: None,
+            refusals_told: (Default::default(), i64::MIN / 2),
             held: VecDeque::new(),
             hall_console: options.hall_console,
         };
@@ -267,6 +273,35 @@ impl DispatchService {
         self.notices.push_back(text);
         while self.notices.len() > MAX_NOTICES {
             self.notices.pop_front();
+        }
+    }
+
+    /// Tells the dispatcher, at most once a minute, what the status API refused
+    /// since (wrong tokens, too fast, too large, too slow): someone is guessing, or
+    /// a department is misconfigured.
+    fn tell_refusals(&mut self, now_ms: i64) {
+        if now_ms - self.refusals_told.1 < REFUSALS_EVERY_MS {
+            return;
+        }
+        let refused = self.api.refused();
+        let grown: Vec<(String, u64)> = refused
+            .iter()
+            .map(|(why, n)| {
+                (
+                    why.clone(),
+                    n - self.refusals_told.0.get(why).copied().unwrap_or(0),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        self.refusals_told = (refused, now_ms);
+        if !grown.is_empty() {
+            let total: u64 = grown.iter().map(|(_, n)| n).sum();
+            let list: Vec<String> = grown.iter().map(|(why, n)| format!("{why} {n}")).collect();
+            self.notice(format!(
+                "the status API refused {total} requests ({})",
+                list.join(", ")
+            ));
         }
     }
 
@@ -452,6 +487,7 @@ impl DispatchService {
     /// pump, and reports are answered "not recorded, try again".
     pub fn pump(&mut self, now_ms: i64) -> Result<usize, DispatchError> {
         let mut written = 0;
+        self.tell_refusals(now_ms);
         // In a hall, what other consoles wrote (orders to send, cancellations) is
         // taken in first, so this service acts on it like on its own commands.
         self.dispatcher.sync()?;
@@ -815,6 +851,37 @@ mod tests {
             s.pump(now()).unwrap();
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn the_dispatcher_hears_what_the_status_api_refused() {
+        let (_db, mut s) = service("refusals", SimBehaviour::default());
+        s.pump(now()).unwrap();
+        let client = reqwest::blocking::Client::new();
+        for i in 0..3 {
+            let answer = client
+                .post(format!("{}/api/v1/orders/ORD-000001/status", s.api_url()))
+                .bearer_auth(format!("guess-{i}"))
+                .body(r#"{"status":"done","by":"x"}"#)
+                .send()
+                .unwrap();
+            assert_eq!(answer.status().as_u16(), 401);
+        }
+        // Told once the minute has passed, with why.
+        s.pump(now()).unwrap();
+        assert!(
+            !s.notices.iter().any(|n| n.contains("refused")),
+            "{:?}",
+            s.notices
+        );
+        s.pump(now() + REFUSALS_EVERY_MS).unwrap();
+        assert!(
+            s.notices
+                .iter()
+                .any(|n| n.contains("refused 3 requests (unauthorized 3)")),
+            "{:?}",
+            s.notices
+        );
     }
 
     #[test]

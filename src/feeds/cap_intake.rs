@@ -14,7 +14,7 @@ use super::config::FeedConfig;
 use super::gazetteer::Gazetteer;
 use super::poll::FeedEvent;
 use crate::clock::unix_ms_now;
-use crate::http::{Handler, Limits, Method, Request, Response, Server, Tls};
+use crate::http::{Caller, Gate, Handler, Limits, Method, Request, Response, Server, Tls};
 use crate::model::FeedId;
 
 /// The shortest token accepted.
@@ -57,18 +57,36 @@ pub fn serve(
     };
     let known = crate::http::token_digest(&token);
     let limit = feed.max_payload_bytes.min(4 * 1024 * 1024);
+    let refusals_tx = tx.clone();
     let tx = Mutex::new(tx.clone());
-    let handler: Handler = Arc::new(move |request: Request| {
+    // The path, the method and the token are read from the headers: a wrong one is
+    // answered before a byte of the (up to 4 MiB) body is read.
+    let gate: Gate = Arc::new(move |request: &Request| {
         if request.url().split('?').next() != Some("/cap") {
-            return Response::error(404, "not_found", "POST CAP messages to /cap");
+            return Caller::Refused(Response::error(
+                404,
+                "not_found",
+                "POST CAP messages to /cap",
+            ));
         }
         if request.method != Method::POST {
-            return Response::error(405, "method_not_allowed", "POST CAP messages to /cap")
-                .with_header("Allow", "POST");
+            return Caller::Refused(
+                Response::error(405, "method_not_allowed", "POST CAP messages to /cap")
+                    .with_header("Allow", "POST"),
+            );
         }
-        if !bearer_matches(&request, &known) {
-            return Response::error(401, "unauthorized", "Authorization: Bearer <intake token>")
-                .with_header("WWW-Authenticate", "Bearer");
+        if bearer_matches(request, &known) {
+            Caller::Known("agency".into())
+        } else {
+            Caller::Refused(
+                Response::error(401, "unauthorized", "Authorization: Bearer <intake token>")
+                    .with_header("WWW-Authenticate", "Bearer"),
+            )
+        }
+    });
+    let handler: Handler = Arc::new(move |request: Request| {
+        if request.caller.is_none() {
+            return Response::error(401, "unauthorized", "Authorization: Bearer <intake token>");
         }
         match super::cap::decode_cap(&request.body, &places) {
             Ok(decoded) => {
@@ -127,20 +145,52 @@ pub fn serve(
         max_body_bytes: limit,
         ..Limits::default()
     };
-    let server = match Server::start_tls(
+    let server = match Server::start_gated(
         &listen,
         &format!("cap intake {}", feed.name),
         limits,
+        Some(gate),
         handler,
         tls,
     ) {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
     };
+    report_refusals(id, &server, &refusals_tx, stop);
+    server.stop();
+}
+
+/// Until `stop`, tells the feed's health what `server` refused (wrong tokens, over the
+/// rate, too large, too slow) once a second, as the counts grow.
+pub(crate) fn report_refusals(
+    id: FeedId,
+    server: &Server,
+    tx: &Sender<FeedEvent>,
+    stop: &AtomicBool,
+) {
+    let mut told = std::collections::BTreeMap::new();
+    let mut next = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::park_timeout(Duration::from_millis(100));
+        if std::time::Instant::now() < next {
+            continue;
+        }
+        next += Duration::from_secs(1);
+        let now = server.refused();
+        let counts: std::collections::BTreeMap<String, u64> = now
+            .iter()
+            .map(|(why, n)| (why.clone(), n - told.get(why).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if !counts.is_empty() {
+            let _ = tx.send(FeedEvent::Refused {
+                feed: id,
+                at_ms: unix_ms_now(),
+                counts,
+            });
+            told = now;
+        }
     }
-    server.stop();
 }
 
 /// The token a listening feed's requests must carry, as configured, trimmed as the
@@ -262,6 +312,78 @@ mod tests {
         // The bad message is a reject saying where it came from, not a failure of
         // the intake (a sloppy sender never makes the feed look broken).
         assert!(rejects.iter().any(|r| r.contains("posted")), "{rejects:?}");
+        assert!(failures.is_empty(), "{failures:?}");
+        pollers.stop();
+    }
+
+    /// Agencies' messages all land while five threads flood the intake with wrong
+    /// tokens, garbage, oversized and slow requests; the flood shows in the feed's
+    /// health as requests refused, never as the feed's failure.
+    #[test]
+    fn agencies_messages_land_while_the_intake_is_flooded() {
+        let port = crate::nats::testing::free_port();
+        let feeds = parse_feeds(&format!(
+            "[[feed]]\nname='agency-push'\nkind='cap-intake'\nlisten='127.0.0.1:{port}'\ntoken='intake-token-0123456789'\ndomain='safety'\n"
+        ))
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pollers = Pollers::start(&feeds, Default::default(), tx);
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let fire = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/cap/kallio-building-fire.xml"),
+        )
+        .unwrap();
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let url = format!("http://{addr}/cap");
+        let seen = crate::http::attack::good_requests_land_under_flood(
+            addr,
+            "/cap",
+            &[None],
+            &["401"],
+            30,
+            Duration::from_secs(5),
+            |_| {
+                let answer = client
+                    .post(&url)
+                    .bearer_auth("intake-token-0123456789")
+                    .body(fire.clone())
+                    .send()
+                    .map_err(|e| e.to_string())?;
+                match answer.status().as_u16() {
+                    202 => Ok(()),
+                    s => Err(format!("{s}: {}", answer.text().unwrap_or_default())),
+                }
+            },
+        );
+        let mut alerts = 0;
+        let mut refused = std::collections::BTreeMap::<String, u64>::new();
+        let mut failures = Vec::new();
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && (alerts < 30 || !refused.contains_key("unauthorized")) {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(FeedEvent::Batch { decoded, .. }) => alerts += decoded.updates.len(),
+                Ok(FeedEvent::Refused { counts, .. }) => {
+                    for (why, n) in counts {
+                        *refused.entry(why).or_default() += n;
+                    }
+                }
+                Ok(FeedEvent::PollFailed { error, .. }) => failures.push(error),
+                _ => {}
+            }
+        }
+        assert_eq!(alerts, 30, "every good message taken in");
+        assert!(
+            refused.get("unauthorized").is_some_and(|n| *n > 0),
+            "{refused:?} after {seen:?}"
+        );
         assert!(failures.is_empty(), "{failures:?}");
         pollers.stop();
     }

@@ -182,6 +182,27 @@ pub struct FeedConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Simulator: the trouble this feed plays (see [`SimTrouble`]), so the steward's
+    /// tools have something to show.
+    #[serde(default)]
+    pub trouble: Option<SimTrouble>,
+}
+
+/// Trouble a `sim` feed plays, as real cities' feeds do; deterministic for a seed,
+/// timed from when the simulator starts (see `crate::sim::trouble`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SimTrouble {
+    /// Goes late now and then: nothing for 20–40 s once in every 6 minutes.
+    Late,
+    /// A short outage: nothing for 60 s once in every 20 minutes (stale, then back).
+    Outage,
+    /// Ecology: an air-quality station reads an implausible AQI of 999 for 10 s
+    /// once in every 3 minutes.
+    Glitch,
+    /// Ecology: a second department's monitors at every third air-quality station,
+    /// 15 m away under ids of their own, reading up to 30 % high, drifting.
+    Drift,
 }
 
 /// A header value as configured: `env:NAME`, `file:PATH` or the text itself.
@@ -545,7 +566,18 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
                     ));
                 }
             }
-            FeedKind::Sim => {}
+            FeedKind::Sim => {
+                if matches!(feed.trouble, Some(SimTrouble::Glitch | SimTrouble::Drift))
+                    && feed.domain != Domain::Ecology
+                {
+                    return Err(format!(
+                        "feed \"{name}\": trouble = glitch and drift are for domain ecology"
+                    ));
+                }
+            }
+        }
+        if feed.kind != FeedKind::Sim && feed.trouble.is_some() {
+            return Err(format!("feed \"{name}\": trouble is for kind sim"));
         }
         if !feed.kind.listens()
             && (feed.listen.is_some()
@@ -706,6 +738,31 @@ mod tests {
             let text = format!("[[feed]]\nname='x'\nkind='sim'\ndomain='urban'\n{bad}\n");
             assert!(parse_feeds(&text).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_simulated_feed_may_ask_for_trouble_that_fits_it() {
+        let sim = |domain: &str, trouble: &str| {
+            parse_feeds(&format!(
+                "[[feed]]\nname='x'\nkind='sim'\ndomain='{domain}'\ntrouble='{trouble}'\n"
+            ))
+        };
+        assert_eq!(
+            sim("urban", "late").unwrap()[0].trouble,
+            Some(SimTrouble::Late)
+        );
+        assert_eq!(
+            sim("ecology", "drift").unwrap()[0].trouble,
+            Some(SimTrouble::Drift)
+        );
+        let e = sim("traffic", "glitch").unwrap_err();
+        assert!(e.contains("ecology"), "{e}");
+        assert!(sim("urban", "meltdown").is_err());
+        let e = parse_feeds(
+            "[[feed]]\nname='x'\nkind='geojson'\nurl='http://h/x'\ndomain='urban'\ntrouble='late'\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("kind sim"), "{e}");
     }
 
     #[test]

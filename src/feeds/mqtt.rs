@@ -562,6 +562,7 @@ mod tests {
                         self.failures.push((reason.to_string(), error))
                     }
                     FeedEvent::PollOk { .. } => self.alive += 1,
+                    FeedEvent::Refused { .. } => {}
                 }
             }
         }

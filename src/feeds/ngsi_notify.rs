@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::cap_intake::{bearer_matches, configured_tls, configured_token};
+use super::cap_intake::{bearer_matches, configured_tls, configured_token, report_refusals};
 use super::config::{FeedConfig, FeedKind};
 use super::gazetteer::Gazetteer;
 use super::poll::{
@@ -35,7 +35,7 @@ use super::poll::{
     nap, poll_once,
 };
 use crate::clock::{rfc3339_from_unix_ms, unix_ms_now};
-use crate::http::{Handler, Limits, Method, Request, Response, Server};
+use crate::http::{Caller, Gate, Handler, Limits, Method, Request, Response, Server};
 use crate::model::{Decoded, FeedId, Reject, RejectReason};
 
 /// The largest notification taken (the feed's `max_payload_bytes`, at most this).
@@ -232,33 +232,48 @@ fn random_token() -> Result<String, String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The endpoint's handler: notifications with the token, decoded and sent on.
-fn notification_handler(
-    id: FeedId,
-    path: String,
-    known: [u8; 32],
-    tx: Sender<FeedEvent>,
-) -> Handler {
-    let tx = Mutex::new(tx);
-    Arc::new(move |request: Request| {
+/// What the endpoint lets through, read from the headers before the body: the path,
+/// the method and the token.
+fn notification_gate(path: String, known: [u8; 32]) -> Gate {
+    Arc::new(move |request: &Request| {
         if request.url().split('?').next() != Some(path.as_str()) {
-            return Response::error(404, "not_found", format!("POST notifications to {path}"));
+            return Caller::Refused(Response::error(
+                404,
+                "not_found",
+                format!("POST notifications to {path}"),
+            ));
         }
         if request.method != Method::POST {
-            return Response::error(
-                405,
-                "method_not_allowed",
-                format!("POST notifications to {path}"),
-            )
-            .with_header("Allow", "POST");
+            return Caller::Refused(
+                Response::error(
+                    405,
+                    "method_not_allowed",
+                    format!("POST notifications to {path}"),
+                )
+                .with_header("Allow", "POST"),
+            );
         }
-        if !bearer_matches(&request, &known) {
-            return Response::error(
-                401,
-                "unauthorized",
-                "the token this subscription was made with is missing or wrong",
+        if bearer_matches(request, &known) {
+            Caller::Known("broker".into())
+        } else {
+            Caller::Refused(
+                Response::error(
+                    401,
+                    "unauthorized",
+                    "the token this subscription was made with is missing or wrong",
+                )
+                .with_header("WWW-Authenticate", "Bearer"),
             )
-            .with_header("WWW-Authenticate", "Bearer");
+        }
+    })
+}
+
+/// The endpoint's handler: notifications the gate let through, decoded and sent on.
+fn notification_handler(id: FeedId, tx: Sender<FeedEvent>) -> Handler {
+    let tx = Mutex::new(tx);
+    Arc::new(move |request: Request| {
+        if request.caller.is_none() {
+            return Response::error(401, "unauthorized", "no token");
         }
         let at_ms = unix_ms_now();
         let (decoded, answer) = match decode_notification(&request.body) {
@@ -496,17 +511,13 @@ pub fn run(
         max_body_bytes: feed.max_payload_bytes.min(MAX_NOTIFICATION_BYTES),
         ..Limits::default()
     };
-    let handler = notification_handler(
-        id,
-        sub.notify_path.clone(),
-        crate::http::token_digest(&token),
-        tx.clone(),
-    );
-    let server = match Server::start_tls(
+    let gate = notification_gate(sub.notify_path.clone(), crate::http::token_digest(&token));
+    let server = match Server::start_gated(
         &listen,
         &format!("notifications {}", feed.name),
         limits,
-        handler,
+        Some(gate),
+        notification_handler(id, tx.clone()),
         tls,
     ) {
         Ok(s) => s,
@@ -530,82 +541,87 @@ pub fn run(
     let mut expires_ms: Option<i64> = None;
     let mut read_broker = true;
     let mut failures = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
-        let step = (|| -> Result<(), Failure> {
-            let now = unix_ms_now();
-            match expires_ms {
-                None => {
-                    subscriber.subscribe(now + life_ms)?;
-                    expires_ms = Some(now + life_ms);
-                }
-                Some(ours) => match subscriber.standing()? {
-                    // The broker forgot it (restarted, or someone deleted it): made
-                    // again, and what changed meanwhile read.
+    std::thread::scope(|scope| {
+        // What the endpoint refused (wrong tokens, over the rate, too large) goes to the
+        // feed's health.
+        scope.spawn(|| report_refusals(id, &server, &tx, stop));
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let step = (|| -> Result<(), Failure> {
+                let now = unix_ms_now();
+                match expires_ms {
                     None => {
                         subscriber.subscribe(now + life_ms)?;
                         expires_ms = Some(now + life_ms);
-                        read_broker = true;
                     }
-                    Some(standing) => {
-                        let left = standing.expires_ms.unwrap_or(ours) - now;
-                        if !standing.active || left < life_ms / 2 {
-                            if !subscriber.renew(now + life_ms)? {
-                                subscriber.subscribe(now + life_ms)?;
-                            }
+                    Some(ours) => match subscriber.standing()? {
+                        // The broker forgot it (restarted, or someone deleted it): made
+                        // again, and what changed meanwhile read.
+                        None => {
+                            subscriber.subscribe(now + life_ms)?;
                             expires_ms = Some(now + life_ms);
-                            // A paused subscription sent nothing meanwhile.
-                            read_broker |= !standing.active;
+                            read_broker = true;
                         }
-                    }
-                },
-            }
-            if read_broker {
-                poll_once(id, &reader, places, &client, &tx, &mut conditional, stop)?;
-                read_broker = false;
-            } else {
-                // The keep-alive: the broker answers and the subscription stands.
-                let _ = tx.send(FeedEvent::PollOk {
-                    feed: id,
-                    at_ms: unix_ms_now(),
-                    not_modified: false,
-                    complete: false,
-                    bytes: 0,
-                });
-            }
-            Ok(())
-        })();
-        let wait = match step {
-            Ok(()) => {
-                failures = 0;
-                interval.saturating_sub(started.elapsed())
-            }
-            Err((reason, error)) => {
-                // Whatever failed, the next step subscribes again and reads what the
-                // broker holds: notifications may have been missed meanwhile.
-                expires_ms = None;
-                read_broker = true;
-                failures = failures.saturating_add(1);
-                let backoff = interval
-                    .saturating_mul(1u32 << failures.min(6))
-                    .clamp(interval, MAX_BACKOFF.max(interval));
-                if tx
-                    .send(FeedEvent::PollFailed {
+                        Some(standing) => {
+                            let left = standing.expires_ms.unwrap_or(ours) - now;
+                            if !standing.active || left < life_ms / 2 {
+                                if !subscriber.renew(now + life_ms)? {
+                                    subscriber.subscribe(now + life_ms)?;
+                                }
+                                expires_ms = Some(now + life_ms);
+                                // A paused subscription sent nothing meanwhile.
+                                read_broker |= !standing.active;
+                            }
+                        }
+                    },
+                }
+                if read_broker {
+                    poll_once(id, &reader, places, &client, &tx, &mut conditional, stop)?;
+                    read_broker = false;
+                } else {
+                    // The keep-alive: the broker answers and the subscription stands.
+                    let _ = tx.send(FeedEvent::PollOk {
                         feed: id,
                         at_ms: unix_ms_now(),
-                        reason,
-                        error: crate::http::redact_in_text(&error),
-                        retry_in: backoff,
-                    })
-                    .is_err()
-                {
-                    break;
+                        not_modified: false,
+                        complete: false,
+                        bytes: 0,
+                    });
                 }
-                backoff
-            }
-        };
-        nap(wait, stop);
-    }
+                Ok(())
+            })();
+            let wait = match step {
+                Ok(()) => {
+                    failures = 0;
+                    interval.saturating_sub(started.elapsed())
+                }
+                Err((reason, error)) => {
+                    // Whatever failed, the next step subscribes again and reads what the
+                    // broker holds: notifications may have been missed meanwhile.
+                    expires_ms = None;
+                    read_broker = true;
+                    failures = failures.saturating_add(1);
+                    let backoff = interval
+                        .saturating_mul(1u32 << failures.min(6))
+                        .clamp(interval, MAX_BACKOFF.max(interval));
+                    if tx
+                        .send(FeedEvent::PollFailed {
+                            feed: id,
+                            at_ms: unix_ms_now(),
+                            reason,
+                            error: crate::http::redact_in_text(&error),
+                            retry_in: backoff,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                    backoff
+                }
+            };
+            nap(wait, stop);
+        }
+    });
     // Nobody listens at the endpoint any more.
     subscriber.delete();
     server.stop();
@@ -751,6 +767,9 @@ mod tests {
         rejects: &mut Vec<String>,
     ) {
         while let Ok(event) = rx.try_recv() {
+            if let FeedEvent::Refused { counts, .. } = &event {
+                rejects.extend(counts.keys().map(|why| format!("refused: {why}")));
+            }
             if let FeedEvent::Batch { decoded, .. } = event {
                 for u in decoded.updates {
                     let pm25 = u
@@ -849,9 +868,10 @@ mod tests {
             .send()
             .unwrap();
         assert_eq!(garbage.status().as_u16(), 400);
-        wait_for("the garbage's reject", || {
+        wait_for("the garbage's reject, and the refusals counted", || {
             drain(&rx, &mut taken, &mut rejects);
             rejects.iter().any(|r| r.contains("127.0.0.1"))
+                && rejects.iter().any(|r| r == "refused: unauthorized")
         });
         assert!(
             !taken.iter().any(|(_, v)| *v == 999.0),

@@ -54,6 +54,14 @@ pub enum FeedEvent {
         error: String,
         retry_in: Duration,
     },
+    /// Requests a push endpoint refused since its last such report, by why
+    /// (`unauthorized`, `rate_limited`, `too_large`, `timeout`, `overloaded`,
+    /// `bad_request`): never the feed's failure, shown with its health.
+    Refused {
+        feed: FeedId,
+        at_ms: i64,
+        counts: std::collections::BTreeMap<String, u64>,
+    },
 }
 
 /// The running pollers; dropping it stops them.
@@ -1002,7 +1010,7 @@ mod tests {
                 Ok(FeedEvent::PollFailed { reason, error, .. }) => {
                     break Err((reason.to_string(), error));
                 }
-                Err(_) => {}
+                Ok(FeedEvent::Refused { .. }) | Err(_) => {}
             }
         };
         pollers.stop();
@@ -1150,7 +1158,7 @@ mod tests {
                     }
                 }
                 Ok(FeedEvent::PollFailed { error, .. }) => panic!("{error}"),
-                Err(_) => {}
+                Ok(FeedEvent::Refused { .. }) | Err(_) => {}
             }
         }
         pollers.stop();
@@ -1252,7 +1260,7 @@ mod tests {
                 }
                 Ok(FeedEvent::PollOk { not_modified, .. }) => oks.push(not_modified),
                 Ok(FeedEvent::PollFailed { error, .. }) => panic!("{error}"),
-                Err(_) => {}
+                Ok(FeedEvent::Refused { .. }) | Err(_) => {}
             }
         }
         pollers.stop();

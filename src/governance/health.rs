@@ -58,6 +58,11 @@ pub struct FeedHealth {
     /// Poll failure causes (`timeout`, `http_status`, `not_json`, …) → count.
     #[serde(default)]
     pub poll_errors: BTreeMap<String, u64>,
+    /// Requests a push endpoint refused (wrong token, over its rate, too large, too
+    /// slow, ...) by why: an attack or a misconfigured sender, never the feed's own
+    /// failure.
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
     /// The first [`MAX_REJECT_EXAMPLES`] rejected items, with id, path and detail.
     #[serde(default)]
     pub reject_examples: Vec<Reject>,
@@ -516,6 +521,13 @@ impl Ingest {
                     h.last_error = Some(error);
                 }
             }
+            FeedEvent::Refused { feed, counts, .. } => {
+                if let Some(h) = self.health.get_mut(feed as usize) {
+                    for (why, n) in counts {
+                        *h.refused.entry(why).or_default() += n;
+                    }
+                }
+            }
         }
     }
 }
@@ -766,6 +778,27 @@ mod tests {
         tx.send(ok(0, T + 2000, false, true)).unwrap();
         ingest.pump(&mut state, usize::MAX);
         assert_eq!(state.count_for_feed(0), 2);
+    }
+
+    #[test]
+    fn requests_a_push_endpoint_refused_show_in_its_health_not_as_failures() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds(""), rx);
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        let refused = |pairs: &[(&str, u64)]| FeedEvent::Refused {
+            feed: 0,
+            at_ms: T,
+            counts: pairs.iter().map(|(w, n)| (w.to_string(), *n)).collect(),
+        };
+        tx.send(refused(&[("unauthorized", 40), ("rate_limited", 7)]))
+            .unwrap();
+        tx.send(refused(&[("unauthorized", 2)])).unwrap();
+        ingest.pump(&mut state, usize::MAX);
+        let h = &ingest.health[0];
+        assert_eq!(h.refused.get("unauthorized"), Some(&42));
+        assert_eq!(h.refused.get("rate_limited"), Some(&7));
+        assert_eq!((h.polls_failed, h.rejected), (0, 0));
+        assert!(h.quarantined.is_none() && h.last_error.is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! the real ingest path into the live state.
 
 pub mod serve;
+pub mod trouble;
 
 use std::collections::BTreeMap;
 

@@ -172,6 +172,8 @@ fn respond(sim: &Mutex<Simulator>, request: &Request) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::feeds::decode::decode_ngsi_ld;
     use crate::map::load_default;
@@ -220,6 +222,45 @@ mod tests {
         let encoded = to_ngsi_ld(&stations[0]);
         assert_eq!(encoded["no2"]["unitCode"], "GQ");
         assert_eq!(encoded["category"]["value"], json!(["urban", "traffic"]));
+    }
+
+    /// A poller's pages keep coming while other addresses flood the simulator with
+    /// bad requests; the flood is held to its own addresses' allowance.
+    #[test]
+    fn pages_are_served_while_other_addresses_flood_the_simulator() {
+        let map = load_default().unwrap();
+        let sim = Simulator::new(&map, SimConfig::for_map(&map), 1_795_946_400_000);
+        let server = start("127.0.0.1:0", sim).unwrap();
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let url = format!("http://{}/ngsi-ld/v1/entities?limit=20", server.addr());
+        let from: Vec<_> = (2..5)
+            .map(|i| Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, i))))
+            .collect();
+        crate::http::attack::good_requests_land_under_flood(
+            server.addr(),
+            "/ngsi-ld/v1/entities",
+            &from,
+            &["405"],
+            40,
+            Duration::from_secs(5),
+            |_| {
+                let answer = client.get(&url).send().map_err(|e| e.to_string())?;
+                let status = answer.status().as_u16();
+                let page: Value = answer.json().map_err(|e| e.to_string())?;
+                match (status, page.as_array().map(Vec::len)) {
+                    (200, Some(20)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        );
+        let refused = server.refused();
+        assert!(
+            refused.get("rate_limited").is_some_and(|n| *n > 0),
+            "{refused:?}"
+        );
     }
 
     #[test]

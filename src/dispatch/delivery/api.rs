@@ -15,7 +15,7 @@ use super::{HttpResponse, error_response, header_value, json_response, path_segm
 use crate::clock::unix_ms_now;
 use crate::dispatch::OrderStatus;
 use crate::feeds::decode::parse_rfc3339_ms;
-use crate::http::{Limits, Request, Server};
+use crate::http::{Caller, Limits, Rate, Request, Server};
 
 /// Largest status report body accepted.
 const MAX_REPORT_BYTES: usize = 64 * 1024;
@@ -112,6 +112,9 @@ pub struct StatusApiOptions {
     /// HTTPS (the default for anything beyond this machine: tokens never cross a
     /// network in clear).
     pub tls: Option<crate::http::Tls>,
+    /// Requests each department's token may make (and each address without a
+    /// valid one); over it, 429 with `Retry-After`.
+    pub rate: Rate,
 }
 
 impl Default for StatusApiOptions {
@@ -120,6 +123,7 @@ impl Default for StatusApiOptions {
             ack_timeout: ACK_TIMEOUT,
             public_url: None,
             tls: None,
+            rate: Rate::default(),
         }
     }
 }
@@ -189,6 +193,7 @@ impl StatusApi {
         });
         let limits = Limits {
             max_body_bytes: MAX_REPORT_BYTES,
+            rate: options.rate,
             ..Limits::default()
         };
         let scheme = if options.tls.is_some() {
@@ -196,10 +201,15 @@ impl StatusApi {
         } else {
             "http"
         };
-        let server = Server::start_tls(
+        let gate = {
+            let shared = shared.clone();
+            Arc::new(move |request: &Request| gate(&shared, request))
+        };
+        let server = Server::start_gated(
             addr,
             "status api",
             limits,
+            Some(gate),
             Arc::new(move |request| respond(&shared, &request)),
             options.tls,
         )
@@ -233,6 +243,12 @@ impl StatusApi {
     /// The URL a department reports `order_id`'s status to, for the order body.
     pub fn status_url(&self, order_id: &str) -> String {
         super::status_url(&self.base_url(), order_id)
+    }
+
+    /// Requests refused so far, by why (`unauthorized`, `rate_limited`, `too_large`,
+    /// `timeout`, `overloaded`, `bad_request`).
+    pub fn refused(&self) -> std::collections::BTreeMap<String, u64> {
+        self._server.refused()
     }
 
     /// The snapshots `GET /api/v1/orders/{id}` answers from.
@@ -287,6 +303,35 @@ fn respond(shared: &Shared, request: &Request) -> HttpResponse {
     }
 }
 
+/// Reads the token from the headers of a request that needs one, before its body.
+fn gate(shared: &Shared, request: &Request) -> Caller {
+    use crate::http::Method;
+    let Some(segments) = path_segments(request.url()) else {
+        return Caller::Anonymous;
+    };
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match (segments.as_slice(), &request.method) {
+        (["api", "v1", "orders", _, "status"], &Method::POST)
+        | (["api", "v1", "orders", _], &Method::GET) => match authenticate(shared, request) {
+            Ok(department) => Caller::Known(department.to_string()),
+            Err(refusal) => Caller::Refused(refusal),
+        },
+        _ => Caller::Anonymous,
+    }
+}
+
+/// The department the gate found, or the 401 to answer.
+fn department_of(request: &Request) -> Result<String, HttpResponse> {
+    request.caller.clone().ok_or_else(|| {
+        error_response(
+            401,
+            "unauthorized",
+            "missing Authorization: Bearer <department token>",
+        )
+        .with_header("WWW-Authenticate", "Bearer realm=\"zhongshu\"")
+    })
+}
+
 /// The department of the bearer token, or the 401 to answer.
 fn authenticate<'a>(shared: &'a Shared, request: &Request) -> Result<&'a str, HttpResponse> {
     let unauthorized = |message: &str| {
@@ -333,8 +378,8 @@ fn parse_status(word: &str) -> Option<OrderStatus> {
 }
 
 fn post_status(shared: &Shared, request: &Request, order_id: String) -> HttpResponse {
-    let department = match authenticate(shared, request) {
-        Ok(d) => d.to_string(),
+    let department = match department_of(request) {
+        Ok(d) => d,
         Err(response) => return response,
     };
     if !valid_order_id(&order_id) {
@@ -451,7 +496,7 @@ fn parse_report(
 }
 
 fn get_order(shared: &Shared, request: &Request, order_id: &str) -> HttpResponse {
-    let department = match authenticate(shared, request) {
+    let department = match department_of(request) {
         Ok(d) => d,
         Err(response) => return response,
     };

@@ -342,6 +342,9 @@ impl DepartmentSim {
             max_body_bytes: MAX_ORDER_BYTES,
             // Answers held back on purpose (slow_s) each hold a handler.
             max_handlers: 64,
+            // Every order comes from the one outbox: the surge bench measures
+            // Zhongshu, not a simulated department's patience.
+            rate: crate::http::Rate::UNLIMITED,
             ..Limits::default()
         };
         let server = {

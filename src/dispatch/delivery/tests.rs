@@ -1268,6 +1268,119 @@ fn the_status_api_and_the_simulator_survive_hostile_clients() {
     crate::http::attack::survives(sim.addr(), "/fire/orders", "/health", 200);
 }
 
+/// A flood of bad requests (wrong and missing tokens, garbage, oversized, slow) from
+/// five threads, on the same address as the department: its reports are all
+/// answered 202 within a bound and all reach the service; the flood is counted.
+#[test]
+fn a_departments_reports_land_while_the_status_api_is_flooded() {
+    let (api, reports) = StatusApi::start(
+        "127.0.0.1:0",
+        vec![DepartmentAuth {
+            id: "fire".into(),
+            token: "fire-token-0123456789".into(),
+        }],
+    )
+    .unwrap();
+    let reports = answering(reports);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let path = "/api/v1/orders/ORD-000001/status";
+    let seen = crate::http::attack::good_requests_land_under_flood(
+        api.addr(),
+        path,
+        &[None],
+        &["401"],
+        40,
+        Duration::from_secs(5),
+        |i| {
+            let answer = client
+                .post(api.status_url(&order_id(i + 1)))
+                .bearer_auth("fire-token-0123456789")
+                .json(&json!({"status": "acknowledged", "by": "Chen"}))
+                .send()
+                .map_err(|e| e.to_string())?;
+            match answer.status().as_u16() {
+                202 => Ok(()),
+                s => Err(format!("{s}: {}", answer.text().unwrap_or_default())),
+            }
+        },
+    );
+    let landed: HashSet<String> = (0..40)
+        .filter_map(|_| reports.recv_timeout(Duration::from_secs(2)).ok())
+        .map(|r| r.order_id)
+        .collect();
+    assert_eq!(landed.len(), 40);
+    // Every kind of refusal is counted where the service reads it.
+    let refused = api.refused();
+    for why in ["unauthorized", "too_large", "bad_request"] {
+        assert!(
+            refused.get(why).is_some_and(|n| *n > 0),
+            "{why}: {refused:?} after {seen:?}"
+        );
+    }
+}
+
+/// One department's token over its rate hears 429 with `Retry-After`; another
+/// department's reports, at the same moment, are all taken.
+#[test]
+fn a_token_over_its_rate_waits_while_another_departments_reports_land() {
+    let (api, reports) = StatusApi::start_with(
+        "127.0.0.1:0",
+        vec![
+            DepartmentAuth {
+                id: "fire".into(),
+                token: "t-fire".into(),
+            },
+            DepartmentAuth {
+                id: "ems".into(),
+                token: "t-ems".into(),
+            },
+        ],
+        StatusApiOptions {
+            rate: crate::http::Rate {
+                per_s: 1.0,
+                burst: 10,
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let reports = answering(reports);
+    let client = reqwest::blocking::Client::new();
+    let post = |token: &str, i: usize| {
+        let answer = client
+            .post(api.status_url(&order_id(i)))
+            .bearer_auth(token)
+            .json(&json!({"status": "acknowledged", "by": "Chen"}))
+            .send()
+            .unwrap();
+        let retry = answer
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (answer.status().as_u16(), retry)
+    };
+    let fire: Vec<_> = (1..=30).map(|i| post("t-fire", i)).collect();
+    let limited = fire.iter().filter(|(s, _)| *s == 429).count();
+    assert!(limited >= 15, "{fire:?}");
+    assert!(
+        fire.iter()
+            .filter(|(s, _)| *s == 429)
+            .all(|(_, retry)| retry.as_deref() == Some("1")),
+        "{fire:?}"
+    );
+    for i in 100..110 {
+        assert_eq!(post("t-ems", i), (202, None));
+    }
+    let taken: Vec<StatusReport> = reports.try_iter().collect();
+    let ems = taken.iter().filter(|r| r.department == "ems").count();
+    assert_eq!(ems, 10);
+    assert_eq!(taken.len(), 10 + 30 - limited);
+    assert_eq!(api.refused().get("rate_limited"), Some(&(limited as u64)));
+}
+
 /// The simulator reports to the configured API only: an order naming another
 /// `status_url` does not receive the department's token.
 #[test]
