@@ -581,6 +581,7 @@ mod shell_tests {
                     stale: 3,
                     quarantined: 0,
                     duplicates: 14,
+                    implausible: 1,
                 },
             },
             layout: ShellLayout::default(),

@@ -793,8 +793,8 @@ pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
             // Say what the figures leave out, so nobody reads them as everything.
             let e = &k.excluded;
             let note = egui::RichText::new(format!(
-                "excludes {} stale, {} quarantined, {} reported twice 不含过期/隔离/重复",
-                e.stale, e.quarantined, e.duplicates
+                "excludes {} stale, {} quarantined, {} reported twice, {} implausible 不含过期/隔离/重复/异常",
+                e.stale, e.quarantined, e.duplicates, e.implausible
             ))
             .color(theme::MUTED)
             .size((size * 0.45).max(13.0));

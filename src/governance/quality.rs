@@ -56,7 +56,10 @@ fn default_range(field: &str) -> Option<(f64, f64)> {
         "averageVehicleSpeed" => (0.0, 250.0),
         "intensity" => (0.0, 20_000.0),
         "occupancy" => (0.0, 1.0),
-        "airQualityIndex" => (0.0, 500.0),
+        "airQualityIndex" => (
+            *crate::state::kpi::AQI_SCALE.start(),
+            *crate::state::kpi::AQI_SCALE.end(),
+        ),
         "pm25" | "o3" => (0.0, 1000.0),
         "pm10" | "no2" => (0.0, 2000.0),
         "speed" => (0.0, 300.0),

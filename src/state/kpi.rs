@@ -29,7 +29,13 @@ pub struct Excluded {
     pub quarantined: usize,
     /// Reported by another, winning source, counted there.
     pub duplicates: usize,
+    /// Readings outside their scale (an AQI beyond 0–500: a sensor glitch the quality
+    /// rules flag), which would otherwise lead the worst-of figures.
+    pub implausible: usize,
 }
+
+/// The AQI scale; a reading outside it is left out of the figures.
+pub const AQI_SCALE: std::ops::RangeInclusive<f64> = 0.0..=500.0;
 
 impl Excluded {
     pub fn is_empty(&self) -> bool {
@@ -158,6 +164,9 @@ impl CityKpis {
                     let length = e.line.as_deref().map(line_length_m).filter(|l| *l > 0.0);
                     segments.push((length, *average_speed_kmh, is_congested(e)));
                 }
+                EntityKind::AirQuality { aqi: Some(a), .. } if !AQI_SCALE.contains(a) => {
+                    kpis.excluded.implausible += 1;
+                }
                 EntityKind::AirQuality { aqi: Some(a), .. } => {
                     aqi_sum += a;
                     aqi_n += 1.0;
@@ -270,6 +279,19 @@ mod tests {
     }
 
     #[test]
+    fn an_implausible_reading_is_left_out_of_the_figures_and_said_so() {
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        state.apply(0, station("a", 60.0), NOW);
+        state.apply(0, station("b", 80.0), NOW);
+        // A sensor glitch: far beyond the AQI scale (0–500).
+        state.apply(0, station("c", 999.0), NOW);
+        let k = CityKpis::compute(&state, &HashMap::new(), NOW);
+        assert_eq!(k.max_aqi, Some(80.0));
+        assert_eq!(k.mean_aqi, Some(70.0));
+        assert_eq!(k.excluded.implausible, 1);
+    }
+
+    #[test]
     fn lengths_on_the_sphere() {
         let l = line_length_m(&[[24.94, 60.17], [24.94, 60.17 + 1000.0 / M_PER_DEG]]);
         assert!((l - 1000.0).abs() < 1e-6, "{l}");
@@ -361,7 +383,8 @@ mod tests {
             Excluded {
                 stale: 1,
                 quarantined: 1,
-                duplicates: 1
+                duplicates: 1,
+                implausible: 0
             }
         );
         // When the winner itself cannot be used, the other source's value counts.
