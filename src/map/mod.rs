@@ -10,7 +10,6 @@ pub mod geojson;
 pub mod graph;
 pub mod mesh;
 pub mod osm;
-#[cfg(test)]
 pub(crate) mod pbf_fixture;
 pub mod pick;
 pub mod rings;

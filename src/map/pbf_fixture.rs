@@ -1,5 +1,6 @@
-//! Test-only writer of small `.osm.pbf` files, so loader tests can state their OSM data
-//! (nodes, ways, relations) in a few lines and read it back through the real reader.
+//! Writer of small `.osm.pbf` files, so loader tests can state their OSM data (nodes,
+//! ways, relations) in a few lines and read it back through the real reader; the
+//! fuzzer's OSM seeds are written with it too.
 //!
 //! Writes uncompressed (`raw`) blobs with plain (non-dense) nodes: valid PBF that every
 //! reader accepts, with no compression library involved.
