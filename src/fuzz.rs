@@ -581,6 +581,7 @@ fn generate(target: Target, rng: &mut Rng) -> Vec<u8> {
             } else {
                 mutate_bytes(&mut input, seeds, rng);
             }
+            input.truncate(MAX_INPUT_BYTES);
         }
     }
     input.truncate(MAX_INPUT_BYTES);
@@ -1029,7 +1030,7 @@ fn mutate_json(input: &mut Vec<u8>, rng: &mut Rng) {
             let end = value_end(input, at);
             let item = input[at..end].to_vec();
             let most = if rng.chance(0.05) { 5_000 } else { 50 };
-            let times = 1 + rng.below(most);
+            let times = (1 + rng.below(most)).min(MAX_INPUT_BYTES / (item.len() + 1));
             let mut items = Vec::with_capacity((item.len() + 1) * times);
             for _ in 0..times {
                 items.push(b',');
@@ -1422,8 +1423,8 @@ pub fn run_target(
     let started = Instant::now();
     let mut last_check = options.from;
     for index in options.from..options.from + options.inputs {
-        let input = target.input(options.seed, index);
         progress(Progress::Running(index));
+        let input = target.input(options.seed, index);
         let (elapsed, outcome) = call(target, &input);
         report.inputs += 1;
         report.largest_input_bytes = report.largest_input_bytes.max(input.len() as u64);
@@ -1530,6 +1531,15 @@ pub enum Progress<'a> {
 /// The worker's side of [`supervise`]: runs in this process, telling each input's
 /// number and each finding on stderr, and prints the report as JSON on stdout.
 pub fn work(target: Target, options: &RunOptions) -> std::io::Result<()> {
+    // An input that makes a parser allocate without bound fails an allocation here
+    // (an abort, recorded as a crash with its input) before it starves the machine.
+    let most = (options.memory_limit_mb * 8.0).max(4096.0) * 1_048_576.0;
+    let limit = libc::rlimit {
+        rlim_cur: most as libc::rlim_t,
+        rlim_max: most as libc::rlim_t,
+    };
+    // SAFETY: setrlimit only reads the struct given.
+    unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
     let mut err = std::io::stderr().lock();
     let report = run_target(target, options, &mut |p| {
         let line = match p {

@@ -71,6 +71,8 @@ pub enum SkipReason {
     /// A turn restriction that holds only at certain times (`restriction:conditional`
     /// alone): routing does not follow it.
     ConditionalRestriction,
+    /// A relation with a member of a type OSM does not have (corrupt data).
+    UnreadableMembers,
 }
 
 impl SkipReason {
@@ -90,6 +92,7 @@ impl SkipReason {
             SkipReason::ViaWayRestriction => "via_way_restriction",
             SkipReason::InvalidRestriction => "invalid_restriction",
             SkipReason::ConditionalRestriction => "conditional_restriction",
+            SkipReason::UnreadableMembers => "unreadable_members",
         }
     }
 }

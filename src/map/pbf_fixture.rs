@@ -15,7 +15,8 @@ pub struct Osm {
 
 use super::Tags;
 
-/// A relation member: `('n' | 'w' | 'r', id, role)`.
+/// A relation member: `('n' | 'w' | 'r', id, role)`; any other letter writes a member
+/// type PBF does not have (corrupt data).
 pub type Member = (char, i64, String);
 
 fn owned(tags: &[(&str, &str)]) -> Tags {
@@ -89,7 +90,8 @@ impl Osm {
                 .map(|(t, _, _)| match t {
                     'n' => 0,
                     'w' => 1,
-                    _ => 2,
+                    'r' => 2,
+                    _ => 7,
                 })
                 .collect();
             packed_uint(&mut m, 10, &types);
