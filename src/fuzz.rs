@@ -757,7 +757,7 @@ fn mutate_bytes(input: &mut Vec<u8>, seeds: &[Vec<u8>], rng: &mut Rng) {
         }
         _ if len > 0 => {
             let at = rng.below(len);
-            let varint: &[u8] = *rng.pick(&[
+            let varint: &[u8] = rng.pick(&[
                 &[0xFF, 0xFF, 0xFF, 0xFF, 0x0F][..],
                 &[0xFF; 10][..],
                 &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01][..],
@@ -1638,11 +1638,11 @@ pub fn supervise(
         }
         let status = child.wait()?;
         let text = out.join().unwrap_or_default();
-        if let Ok(done) = serde_json::from_str::<TargetReport>(text.trim()) {
-            if status.success() {
-                report.merge(done);
-                break;
-            }
+        if let Ok(done) = serde_json::from_str::<TargetReport>(text.trim())
+            && status.success()
+        {
+            report.merge(done);
+            break;
         }
         // The child died on input `running` (or never started one).
         let Some(dead_on) = running else {

@@ -422,6 +422,10 @@ enum BenchCommand {
         /// Growth of the peak resident memory (MB) past which an input is a finding.
         #[arg(long, default_value_t = zhongshu::fuzz::DEFAULT_MEMORY_LIMIT_MB)]
         memory_limit_mb: f64,
+        /// Write the inputs under --save (DIR/<target>/input-s<seed>-i<input>.bin)
+        /// instead of running them: to look at one (--from I --inputs 1 --dump).
+        #[arg(long)]
+        dump: bool,
         /// Run the inputs in this process, telling progress on stderr (what the
         /// command runs as its child).
         #[arg(long, hide = true)]
@@ -1245,6 +1249,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             save,
             from,
             memory_limit_mb,
+            dump,
             worker,
         }) => {
             let options = zhongshu::fuzz::RunOptions {
@@ -1254,7 +1259,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 save,
                 memory_limit_mb,
             };
-            bench_fuzz(&target, &options, worker)
+            bench_fuzz(&target, &options, dump, worker)
         }
     }
 }
@@ -1263,6 +1268,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
 fn bench_fuzz(
     target: &str,
     options: &zhongshu::fuzz::RunOptions,
+    dump: bool,
     worker: bool,
 ) -> anyhow::Result<()> {
     use zhongshu::fuzz::Target;
@@ -1275,6 +1281,29 @@ fn bench_fuzz(
                 format!("--target {target:?}: one of {} or all", names.join(", "))
             })?]
         };
+    if dump {
+        for target in targets {
+            for index in options.from..options.from + options.inputs {
+                let input = target.input(options.seed, index);
+                let note = format!(
+                    "input {index} of {} under seed {}",
+                    target.name(),
+                    options.seed
+                );
+                let path = zhongshu::fuzz::save_finding(
+                    &options.save,
+                    target,
+                    "input",
+                    options.seed,
+                    index,
+                    &input,
+                    &note,
+                );
+                println!("{path}");
+            }
+        }
+        return Ok(());
+    }
     if worker {
         let [target] = targets[..] else {
             bail!("a fuzz worker runs one target");
