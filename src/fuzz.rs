@@ -598,6 +598,14 @@ fn alphabet(grammar: Grammar) -> &'static [u8] {
     }
 }
 
+/// Varints PBF readers choke on: the longest, over-long, zero.
+const VARINTS: [&[u8]; 4] = [
+    &[0xFF, 0xFF, 0xFF, 0xFF, 0x0F],
+    &[0xFF; 10],
+    &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
+    &[0x00],
+];
+
 /// Numbers parsers choke on.
 const NUMBERS: [&str; 24] = [
     "1e999",
@@ -757,12 +765,7 @@ fn mutate_bytes(input: &mut Vec<u8>, seeds: &[Vec<u8>], rng: &mut Rng) {
         }
         _ if len > 0 => {
             let at = rng.below(len);
-            let varint: &[u8] = rng.pick(&[
-                &[0xFF, 0xFF, 0xFF, 0xFF, 0x0F][..],
-                &[0xFF; 10][..],
-                &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01][..],
-                &[0x00][..],
-            ]);
+            let varint = *rng.pick(&VARINTS);
             let end = (at + varint.len()).min(len);
             input.splice(at..end, varint.iter().copied());
         }

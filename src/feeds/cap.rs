@@ -255,7 +255,7 @@ pub struct CapRead {
 pub fn read_cap(xml: &str, places: &Gazetteer) -> Result<CapRead, AlertError> {
     check_root(xml)?;
     check_structure(xml)?;
-    let alert: oasiscap::Alert = xml
+    let alert: oasiscap::Alert = ascii_lists(xml)
         .parse()
         .map_err(|e: xml_error::Error| AlertError::Malformed(plain_names(&e.to_string())))?;
     let alert = alert.into_latest();
@@ -671,6 +671,46 @@ fn check_structure(xml: &str) -> Result<(), AlertError> {
     Ok(())
 }
 
+/// `xml` with any character beyond ASCII in `<addresses>` and `<incidents>` replaced by
+/// `?`. The CAP parser splits these space-separated lists counting characters as bytes
+/// and panics on anything else (found by `bench fuzz`); Zhongshu reads neither list,
+/// so the rest of the message is read as sent.
+fn ascii_lists(xml: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::new();
+    let mut copied = 0;
+    for (start, _) in xml.match_indices('<') {
+        if start < copied {
+            continue;
+        }
+        let tag = &xml[start + 1..];
+        let name = tag
+            .split(|c: char| c.is_whitespace() || c == '>' || c == '/')
+            .next()
+            .unwrap_or("");
+        if !matches!(name.rsplit(':').next(), Some("addresses" | "incidents")) {
+            continue;
+        }
+        let Some(open_end) = tag.find('>').map(|i| start + 1 + i + 1) else {
+            break;
+        };
+        let close = xml[open_end..]
+            .find("</")
+            .map_or(xml.len(), |i| open_end + i);
+        let list = &xml[open_end..close];
+        if list.is_ascii() {
+            continue;
+        }
+        out.push_str(&xml[copied..open_end]);
+        out.extend(list.chars().map(|c| if c.is_ascii() { c } else { '?' }));
+        copied = close;
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(xml);
+    }
+    out.push_str(&xml[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
 fn skip_past<'a>(text: &'a str, end: &str) -> Result<&'a str, AlertError> {
     text.find(end)
         .map(|at| &text[at + end.len()..])
@@ -1026,6 +1066,23 @@ mod tests {
         let spaced = fire.replacen("</scope>", "</scope>\r\n\t <!-- note -->\n", 1);
         let decoded = decode_within_5_s(spaced).expect("an answer").unwrap();
         assert_eq!(decoded.updates.len(), 1);
+    }
+
+    #[test]
+    fn incidents_and_addresses_in_chinese_do_not_stop_a_message() {
+        // The CAP parser panicked on them (found by `bench fuzz`).
+        let fire = String::from_utf8(fixture("kallio-building-fire.xml")).unwrap();
+        let xml = fire.replacen(
+            "<scope>Public</scope>",
+            "<scope>Public</scope><addresses>\"消防 支队\" 城管</addresses>\
+             <incidents>城市大脑-火灾-0417 <![CDATA[预警]]></incidents>",
+            1,
+        );
+        assert_ne!(xml, fire);
+        let decoded = decode_within_5_s(xml).expect("an answer").unwrap();
+        assert_eq!(decoded.updates.len(), 1);
+        let plain = decode_within_5_s(fire).expect("an answer").unwrap();
+        assert_eq!(decoded.updates[0].id, plain.updates[0].id);
     }
 
     #[test]

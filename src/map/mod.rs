@@ -828,6 +828,10 @@ fn clip_line(line: &LineString<f64>, rect: [f64; 4]) -> Vec<LineString<f64>> {
         .collect()
 }
 
+/// Holes of a part past which the point that links it to its outline is found inside
+/// its outer ring alone.
+const MAX_HOLES_FOR_INTERIOR_POINT: usize = 32;
+
 /// Simple 3D Buildings: a `building:part` belongs to the smallest outline (a building
 /// that is not a part) containing a point inside the part. An outline with parts is
 /// marked, so it is not drawn over them nor picked instead of them.
@@ -859,7 +863,13 @@ fn link_building_parts(buildings: &mut [Building]) {
         .enumerate()
         .filter(|(_, b)| b.is_part)
         .filter_map(|(part, b)| {
-            let p = b.footprint.interior_point()?;
+            // Finding a point inside a polygon costs more than linear time in its
+            // holes: past a few, one inside the outer ring has to do.
+            let p = if b.footprint.interiors().len() <= MAX_HOLES_FOR_INTERIOR_POINT {
+                b.footprint.interior_point()?
+            } else {
+                geo::Polygon::new(b.footprint.exterior().clone(), Vec::new()).interior_point()?
+            };
             let outline = tree
                 .locate_in_envelope_intersecting(&AABB::from_point([p.x(), p.y()]))
                 .map(|o| o.data)
