@@ -671,8 +671,8 @@ fn check_structure(xml: &str) -> Result<(), AlertError> {
     Ok(())
 }
 
-/// `xml` with any character beyond ASCII in `<addresses>` and `<incidents>` replaced by
-/// `?`. The CAP parser splits these space-separated lists counting characters as bytes
+/// `xml` with any character beyond ASCII (or character reference) in `<addresses>`
+/// and `<incidents>` replaced by `?`. The CAP parser splits these space-separated lists counting characters as bytes
 /// and panics on anything else (found by `bench fuzz`); Zhongshu reads neither list,
 /// so the rest of the message is read as sent.
 fn ascii_lists(xml: &str) -> std::borrow::Cow<'_, str> {
@@ -697,11 +697,28 @@ fn ascii_lists(xml: &str) -> std::borrow::Cow<'_, str> {
             .find("</")
             .map_or(xml.len(), |i| open_end + i);
         let list = &xml[open_end..close];
-        if list.is_ascii() {
+        if list.is_ascii() && !list.contains("&#") {
             continue;
         }
         out.push_str(&xml[copied..open_end]);
-        out.extend(list.chars().map(|c| if c.is_ascii() { c } else { '?' }));
+        // Character references too: they may stand for any character.
+        let mut rest = list;
+        while let Some(c) = rest.chars().next() {
+            let reference = rest
+                .strip_prefix("&#")
+                .and_then(|r| r.find(';'))
+                .map(|end| end + 3);
+            match reference {
+                Some(len) => {
+                    out.push('?');
+                    rest = &rest[len..];
+                }
+                None => {
+                    out.push(if c.is_ascii() { c } else { '?' });
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
+        }
         copied = close;
     }
     if copied == 0 {
@@ -1075,7 +1092,7 @@ mod tests {
         let xml = fire.replacen(
             "<scope>Public</scope>",
             "<scope>Public</scope><addresses>\"消防 支队\" 城管</addresses>\
-             <incidents>城市大脑-火灾-0417 <![CDATA[预警]]></incidents>",
+             <incidents>城市大脑-火灾-0417 <![CDATA[预警]]> &#x4E2D;&#0;&#xD800;</incidents>",
             1,
         );
         assert_ne!(xml, fire);
