@@ -15,6 +15,7 @@ pub mod bench;
 pub mod clock;
 pub mod dispatch;
 pub mod feeds;
+pub mod fuzz;
 pub mod geo_frame;
 pub mod governance;
 pub mod hall;

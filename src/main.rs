@@ -416,6 +416,40 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Attack every parser with generated inputs (structure-aware mutations of real
+    /// seeds, and random bytes), each target in a child process; prints one JSON
+    /// object (per target: inputs, panics, hangs, slowest_ms, inputs_per_s,
+    /// peak_rss_mb, the saved findings) and exits non-zero if anything was found.
+    Fuzz {
+        /// A target (osm-pbf, geojson-map, ngsi-ld, ngsi-v2, geojson-feed,
+        /// mqtt-payload, cap-xml, cap-list, feeds-toml, dispatch-toml, users-toml,
+        /// status-report, department-answer, paging-link) or all.
+        #[arg(long, default_value = "all")]
+        target: String,
+        /// Inputs per target.
+        #[arg(long, default_value_t = 1_000_000)]
+        inputs: u64,
+        /// Generator seed: input i of a target under a seed is always the same.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where findings are written (DIR/<target>/<kind>-s<seed>-i<input>.bin).
+        #[arg(long, default_value = "fuzz-findings")]
+        save: PathBuf,
+        /// The first input's number (to replay one: --from I --inputs 1).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Growth of the peak resident memory (MB) past which an input is a finding.
+        #[arg(long, default_value_t = zhongshu::fuzz::DEFAULT_MEMORY_LIMIT_MB)]
+        memory_limit_mb: f64,
+        /// Write the inputs under --save (DIR/<target>/input-s<seed>-i<input>.bin)
+        /// instead of running them: to look at one (--from I --inputs 1 --dump).
+        #[arg(long)]
+        dump: bool,
+        /// Run the inputs in this process, telling progress on stderr (what the
+        /// command runs as its child).
+        #[arg(long, hide = true)]
+        worker: bool,
+    },
     /// Time file → GPU-ready chunk meshes on a generated (or given) GeoJSON city.
     Map {
         /// Buildings in the generated city.
@@ -1244,7 +1278,104 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             file,
             seed,
         }) => bench_map(buildings, file, seed),
+        Command::Bench(BenchCommand::Fuzz {
+            target,
+            inputs,
+            seed,
+            save,
+            from,
+            memory_limit_mb,
+            dump,
+            worker,
+        }) => {
+            let options = zhongshu::fuzz::RunOptions {
+                seed,
+                from,
+                inputs,
+                save,
+                memory_limit_mb,
+            };
+            bench_fuzz(&target, &options, dump, worker)
+        }
     }
+}
+
+/// `bench fuzz`: each target in a child process (or, as that child, in this one).
+fn bench_fuzz(
+    target: &str,
+    options: &zhongshu::fuzz::RunOptions,
+    dump: bool,
+    worker: bool,
+) -> anyhow::Result<()> {
+    use zhongshu::fuzz::Target;
+    let targets =
+        if target == "all" {
+            Target::ALL.to_vec()
+        } else {
+            let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
+            vec![Target::from_name(target).with_context(|| {
+                format!("--target {target:?}: one of {} or all", names.join(", "))
+            })?]
+        };
+    if dump {
+        for target in targets {
+            for index in options.from..options.from + options.inputs {
+                let input = target.input(options.seed, index);
+                let note = format!(
+                    "input {index} of {} under seed {}",
+                    target.name(),
+                    options.seed
+                );
+                let path = zhongshu::fuzz::save_finding(
+                    &options.save,
+                    target,
+                    "input",
+                    options.seed,
+                    index,
+                    &input,
+                    &note,
+                );
+                println!("{path}");
+            }
+        }
+        return Ok(());
+    }
+    if worker {
+        let [target] = targets[..] else {
+            bail!("a fuzz worker runs one target");
+        };
+        return Ok(zhongshu::fuzz::work(target, options)?);
+    }
+    let exe = std::env::current_exe().context("cannot find this program to run its workers")?;
+    let mut reports = serde_json::Map::new();
+    let mut found = 0;
+    for target in targets {
+        let report =
+            zhongshu::fuzz::supervise(&exe, &["bench", "fuzz", "--worker"], target, options)?;
+        eprintln!(
+            "fuzz: {}: {} inputs, {} found, {} inputs/s",
+            target.name(),
+            report.inputs,
+            report.found(),
+            report.inputs_per_s
+        );
+        found += report.found();
+        reports.insert(target.name().to_string(), serde_json::to_value(&report)?);
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "seed": options.seed,
+            "from": options.from,
+            "inputs_per_target": options.inputs,
+            "found": found,
+            "targets": reports,
+        }))?
+    );
+    if found > 0 {
+        bail!("{found} finding(s), saved under {}", options.save.display());
+    }
+    Ok(())
 }
 
 /// Set by SIGINT/SIGTERM: long-running commands stop cleanly.

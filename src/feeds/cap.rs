@@ -254,8 +254,8 @@ pub struct CapRead {
 /// it updates or cancels that incident instead of adding one.
 pub fn read_cap(xml: &str, places: &Gazetteer) -> Result<CapRead, AlertError> {
     check_root(xml)?;
-    check_depth(xml)?;
-    let alert: oasiscap::Alert = xml
+    check_structure(xml)?;
+    let alert: oasiscap::Alert = ascii_lists(xml)
         .parse()
         .map_err(|e: xml_error::Error| AlertError::Malformed(plain_names(&e.to_string())))?;
     let alert = alert.into_latest();
@@ -596,20 +596,53 @@ fn check_root(xml: &str) -> Result<(), AlertError> {
 /// refused before the parser, whose time grows with the square of the depth.
 pub const MAX_CAP_DEPTH: usize = 64;
 
-fn check_depth(xml: &str) -> Result<(), AlertError> {
+/// The CAP (1.0 to 1.2) elements that hold elements only. Text directly inside one,
+/// which CAP never has, sent the parser round in circles; it is refused first.
+const CAP_CONTAINERS: [&str; 7] = [
+    "alert",
+    "info",
+    "eventCode",
+    "parameter",
+    "resource",
+    "area",
+    "geocode",
+];
+
+/// Refuses, before the parser, documents nested too deep and text directly inside an
+/// element that holds elements only.
+fn check_structure(xml: &str) -> Result<(), AlertError> {
     let bytes = xml.as_bytes();
-    let mut depth = 0usize;
+    // The local names of the elements open here.
+    let mut open: Vec<&str> = Vec::new();
+    let text_allowed = |open: &[&str], text: &str| match open.last() {
+        Some(name)
+            if CAP_CONTAINERS.contains(name)
+                && !text
+                    .bytes()
+                    .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) =>
+        {
+            let start: String = text.trim().chars().take(20).collect();
+            Err(AlertError::Malformed(format!(
+                "text directly inside <{name}> ({start:?}): CAP has elements only there"
+            )))
+        }
+        _ => Ok(()),
+    };
     let mut at = 0;
     while let Some(offset) = bytes[at..].iter().position(|&b| b == b'<') {
         let start = at + offset;
+        text_allowed(&open, &xml[at..start])?;
         let rest = &xml[start..];
         let skip_to = |end: &str| rest.find(end).map(|i| start + i + end.len());
         let next = if rest.starts_with("<!--") {
             skip_to("-->")
         } else if rest.starts_with("<![CDATA[") {
-            skip_to("]]>")
+            let end = skip_to("]]>");
+            let inside = &xml[start + "<![CDATA[".len()..end.map_or(xml.len(), |e| e - 3)];
+            text_allowed(&open, inside)?;
+            end
         } else if rest.starts_with("</") {
-            depth = depth.saturating_sub(1);
+            open.pop();
             skip_to(">")
         } else if rest.starts_with("<?") || rest.starts_with("<!") {
             skip_to(">")
@@ -617,8 +650,12 @@ fn check_depth(xml: &str) -> Result<(), AlertError> {
             let end = skip_to(">");
             let self_closing = end.is_some_and(|e| e >= 2 && bytes[e - 2] == b'/');
             if !self_closing {
-                depth += 1;
-                if depth > MAX_CAP_DEPTH {
+                let name = rest[1..]
+                    .split(|c: char| c.is_whitespace() || c == '/' || c == '>')
+                    .next()
+                    .unwrap_or("");
+                open.push(name.rsplit(':').next().unwrap_or(name));
+                if open.len() > MAX_CAP_DEPTH {
                     return Err(AlertError::Malformed(format!(
                         "elements nested deeper than {MAX_CAP_DEPTH} (CAP is about 5 deep)"
                     )));
@@ -632,6 +669,63 @@ fn check_depth(xml: &str) -> Result<(), AlertError> {
         }
     }
     Ok(())
+}
+
+/// `xml` with any character beyond ASCII (or character reference) in `<addresses>`
+/// and `<incidents>` replaced by `?`. The CAP parser splits these space-separated lists counting characters as bytes
+/// and panics on anything else (found by `bench fuzz`); Zhongshu reads neither list,
+/// so the rest of the message is read as sent.
+fn ascii_lists(xml: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::new();
+    let mut copied = 0;
+    for (start, _) in xml.match_indices('<') {
+        if start < copied {
+            continue;
+        }
+        let tag = &xml[start + 1..];
+        let name = tag
+            .split(|c: char| c.is_whitespace() || c == '>' || c == '/')
+            .next()
+            .unwrap_or("");
+        if !matches!(name.rsplit(':').next(), Some("addresses" | "incidents")) {
+            continue;
+        }
+        let Some(open_end) = tag.find('>').map(|i| start + 1 + i + 1) else {
+            break;
+        };
+        let close = xml[open_end..]
+            .find("</")
+            .map_or(xml.len(), |i| open_end + i);
+        let list = &xml[open_end..close];
+        if list.is_ascii() && !list.contains("&#") {
+            continue;
+        }
+        out.push_str(&xml[copied..open_end]);
+        // Character references too: they may stand for any character.
+        let mut rest = list;
+        while let Some(c) = rest.chars().next() {
+            let reference = rest
+                .strip_prefix("&#")
+                .and_then(|r| r.find(';'))
+                .map(|end| end + 3);
+            match reference {
+                Some(len) => {
+                    out.push('?');
+                    rest = &rest[len..];
+                }
+                None => {
+                    out.push(if c.is_ascii() { c } else { '?' });
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
+        }
+        copied = close;
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(xml);
+    }
+    out.push_str(&xml[copied..]);
+    std::borrow::Cow::Owned(out)
 }
 
 fn skip_past<'a>(text: &'a str, end: &str) -> Result<&'a str, AlertError> {
@@ -955,6 +1049,57 @@ mod tests {
         assert!(decoded.withheld.is_empty());
         assert_eq!(text(&fire, STATUS_FIELD), None);
         assert!(crate::dispatch::alerts::from_cap_feed(&fire, "cap").is_some());
+    }
+
+    /// `decode_cap` on a thread of its own: its answer, or `None` after 5 s.
+    fn decode_within_5_s(xml: String) -> Option<Result<Decoded, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(decode_cap(xml.as_bytes(), &helsinki()).map_err(|e| e.to_string()));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5)).ok()
+    }
+
+    #[test]
+    fn text_between_elements_is_refused_at_once() {
+        // CAP has no text directly inside <alert>, <info>, <area>, ...: the parser went
+        // round in circles on it (found by `bench fuzz`).
+        let fire = String::from_utf8(fixture("kallio-building-fire.xml")).unwrap();
+        for (before, after) in [
+            ("</instruction>", "</instruction>\\ud800\\udc00"),
+            ("<identifier>", "x<identifier>"),
+            ("<areaDesc>", "<![CDATA[x]]><areaDesc>"),
+            ("</scope>", "</scope>\u{3000}"),
+            ("</polygon>", "</polygon>&amp;"),
+        ] {
+            let xml = fire.replacen(before, after, 1);
+            assert_ne!(xml, fire);
+            let err = decode_within_5_s(xml)
+                .unwrap_or_else(|| panic!("{after:?}: no answer in 5 s"))
+                .unwrap_err();
+            assert!(err.contains("text directly inside <"), "{after:?}: {err}");
+        }
+        // Whitespace, comments and text inside text elements are what CAP has.
+        let spaced = fire.replacen("</scope>", "</scope>\r\n\t <!-- note -->\n", 1);
+        let decoded = decode_within_5_s(spaced).expect("an answer").unwrap();
+        assert_eq!(decoded.updates.len(), 1);
+    }
+
+    #[test]
+    fn incidents_and_addresses_in_chinese_do_not_stop_a_message() {
+        // The CAP parser panicked on them (found by `bench fuzz`).
+        let fire = String::from_utf8(fixture("kallio-building-fire.xml")).unwrap();
+        let xml = fire.replacen(
+            "<scope>Public</scope>",
+            "<scope>Public</scope><addresses>\"消防 支队\" 城管 &#x4E2D;&#xD800;</addresses>\
+             <incidents><![CDATA[城市大脑-火灾-0417 预警]]></incidents>",
+            1,
+        );
+        assert_ne!(xml, fire);
+        let decoded = decode_within_5_s(xml).expect("an answer").unwrap();
+        assert_eq!(decoded.updates.len(), 1);
+        let plain = decode_within_5_s(fire).expect("an answer").unwrap();
+        assert_eq!(decoded.updates[0].id, plain.updates[0].id);
     }
 
     #[test]

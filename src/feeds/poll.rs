@@ -307,7 +307,7 @@ fn url_origin(url: &str) -> Option<(String, Option<String>, Option<u16>)> {
 }
 
 /// The `rel="next"` target of a `Link` header, resolved against `current`.
-fn link_next(header: &str, current: &str) -> Option<String> {
+pub(crate) fn link_next(header: &str, current: &str) -> Option<String> {
     for part in header.split(',') {
         let (target, params) = part.split_once(';').unwrap_or((part, ""));
         let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;

@@ -415,6 +415,32 @@ mod tests {
     }
 
     #[test]
+    fn a_building_part_with_thousands_of_holes_loads_at_once() {
+        // Finding a point inside such a part took seconds (found by `bench fuzz`).
+        let ring = "[[24.95,60.17],[24.9502,60.17],[24.9502,60.1702],[24.95,60.17]]";
+        let hole =
+            "[[24.95001,60.17001],[24.95002,60.17001],[24.95002,60.17002],[24.95001,60.17001]]";
+        for holes in [ring, hole] {
+            let rings = format!("{ring},{}", [holes; 3000].join(","));
+            let text = format!(
+                r#"{{"type":"FeatureCollection","features":[
+                  {{"type":"Feature","properties":{{"building":"yes"}},"geometry":{{"type":"Polygon","coordinates":[{ring}]}}}},
+                  {{"type":"Feature","properties":{{"building:part":"yes"}},"geometry":{{"type":"Polygon","coordinates":[{rings}]}}}}]}}"#
+            );
+            let started = std::time::Instant::now();
+            let map = load(&text).unwrap();
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+            assert_eq!(map.buildings.len(), 2);
+            let part = map.buildings.iter().find(|b| b.is_part).unwrap();
+            assert!(part.outline.is_some(), "the part belongs to its building");
+        }
+    }
+
+    #[test]
     fn non_finite_tokens_inside_strings_are_left_alone() {
         let out = replace_non_finite_tokens(br#"{"name":"NaN Infinity","v":NaN,"w":-Infinity}"#);
         assert_eq!(out, br#"{"name":"NaN Infinity","v":null,"w":null}"#);

@@ -10,7 +10,6 @@ pub mod geojson;
 pub mod graph;
 pub mod mesh;
 pub mod osm;
-#[cfg(test)]
 pub(crate) mod pbf_fixture;
 pub mod pick;
 pub mod rings;
@@ -72,6 +71,8 @@ pub enum SkipReason {
     /// A turn restriction that holds only at certain times (`restriction:conditional`
     /// alone): routing does not follow it.
     ConditionalRestriction,
+    /// A relation with a member of a type OSM does not have (corrupt data).
+    UnreadableMembers,
 }
 
 impl SkipReason {
@@ -91,6 +92,7 @@ impl SkipReason {
             SkipReason::ViaWayRestriction => "via_way_restriction",
             SkipReason::InvalidRestriction => "invalid_restriction",
             SkipReason::ConditionalRestriction => "conditional_restriction",
+            SkipReason::UnreadableMembers => "unreadable_members",
         }
     }
 }
@@ -826,6 +828,10 @@ fn clip_line(line: &LineString<f64>, rect: [f64; 4]) -> Vec<LineString<f64>> {
         .collect()
 }
 
+/// Holes of a part past which the point that links it to its outline is found inside
+/// its outer ring alone.
+const MAX_HOLES_FOR_INTERIOR_POINT: usize = 32;
+
 /// Simple 3D Buildings: a `building:part` belongs to the smallest outline (a building
 /// that is not a part) containing a point inside the part. An outline with parts is
 /// marked, so it is not drawn over them nor picked instead of them.
@@ -857,7 +863,13 @@ fn link_building_parts(buildings: &mut [Building]) {
         .enumerate()
         .filter(|(_, b)| b.is_part)
         .filter_map(|(part, b)| {
-            let p = b.footprint.interior_point()?;
+            // Finding a point inside a polygon costs more than linear time in its
+            // holes: past a few, one inside the outer ring has to do.
+            let p = if b.footprint.interiors().len() <= MAX_HOLES_FOR_INTERIOR_POINT {
+                b.footprint.interior_point()?
+            } else {
+                geo::Polygon::new(b.footprint.exterior().clone(), Vec::new()).interior_point()?
+            };
             let outline = tree
                 .locate_in_envelope_intersecting(&AABB::from_point([p.x(), p.y()]))
                 .map(|o| o.data)

@@ -33,6 +33,21 @@ struct RestrictionRecord {
     members: Vec<(RelMemberType, i64, String)>,
 }
 
+/// A relation's members (type, id, role), or `None` when one has a type OSM does not
+/// have: `osmpbf` panics reading it, so the panic is caught here and the relation is
+/// skipped and counted, the rest of the file read.
+fn relation_members(r: &osmpbf::Relation<'_>) -> Option<Vec<(RelMemberType, i64, String)>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        r.members()
+            .map(|m| {
+                let role = m.role().unwrap_or("").to_string();
+                (m.member_type, m.member_id, role)
+            })
+            .collect()
+    }))
+    .ok()
+}
+
 /// Tags that carry no meaning for drawing; a way with only these is an untagged part.
 fn is_metadata_key(key: &str) -> bool {
     matches!(key, "source" | "created_by" | "note" | "fixme" | "FIXME")
@@ -61,6 +76,7 @@ pub fn read_map(
     let mut ways: Vec<WayRecord> = Vec::new();
     let mut relations: Vec<RelationRecord> = Vec::new();
     let mut restrictions: Vec<RestrictionRecord> = Vec::new();
+    let mut unreadable_relations = 0;
     ElementReader::new(Cursor::new(bytes))
         .for_each(|element| match element {
             Element::Node(n) => nodes.push((n.id(), [n.lon(), n.lat()])),
@@ -76,26 +92,28 @@ pub fn read_map(
                     .iter()
                     .find(|(k, _)| k == "type")
                     .map(|(_, v)| v.as_str());
-                if matches!(kind, Some("multipolygon" | "boundary")) {
-                    let members = r
-                        .members()
-                        .filter(|m| m.member_type == RelMemberType::Way)
-                        .map(|m| (m.member_id, m.role().unwrap_or("").to_string()))
+                let is_area = matches!(kind, Some("multipolygon" | "boundary"));
+                let is_restriction =
+                    kind.is_some_and(|k| k == "restriction" || k.starts_with("restriction:"));
+                if !is_area && !is_restriction {
+                    return;
+                }
+                let Some(members) = relation_members(&r) else {
+                    unreadable_relations += 1;
+                    return;
+                };
+                if is_area {
+                    let members = members
+                        .into_iter()
+                        .filter(|m| m.0 == RelMemberType::Way)
+                        .map(|(_, id, role)| (id, role))
                         .collect();
                     relations.push(RelationRecord {
                         id: r.id(),
                         tags,
                         members,
                     });
-                } else if kind.is_some_and(|k| k == "restriction" || k.starts_with("restriction:"))
-                {
-                    let members = r
-                        .members()
-                        .map(|m| {
-                            let role = m.role().unwrap_or("").to_string();
-                            (m.member_type, m.member_id, role)
-                        })
-                        .collect();
+                } else {
                     restrictions.push(RestrictionRecord {
                         id: r.id(),
                         tags,
@@ -119,6 +137,7 @@ pub fn read_map(
     let way_index: HashMap<i64, usize> = ways.iter().enumerate().map(|(i, w)| (w.id, i)).collect();
 
     let mut skipped = SkipCounts::default();
+    skipped.add_n(SkipReason::UnreadableMembers, unreadable_relations);
     let way_of = |id: i64| {
         way_index
             .get(&id)
@@ -443,6 +462,37 @@ mod tests {
     use super::*;
     use crate::map::pbf_fixture::Osm;
     use crate::map::{AreaKind, MapFormat, TurnRule, load_bytes, load_default};
+
+    #[test]
+    fn a_relation_with_an_unknown_member_type_is_skipped_and_counted() {
+        // `osmpbf` panics reading such a member (found by `bench fuzz`).
+        let mut osm = Osm::new();
+        for (i, [lon, lat]) in [[24.94, 60.17], [24.941, 60.17], [24.941, 60.171]]
+            .into_iter()
+            .enumerate()
+        {
+            osm.node(i as i64 + 1, lon, lat);
+        }
+        osm.way(10, &[1, 2, 3, 1], &[("building", "yes")])
+            .way(11, &[1, 2, 3, 1], &[])
+            .way(12, &[1, 2], &[("highway", "residential")])
+            .way(13, &[2, 3], &[("highway", "residential")])
+            .relation(
+                20,
+                &[('w', 11, "outer"), ('?', 99, "outer")],
+                &[("type", "multipolygon"), ("leisure", "park")],
+            )
+            .relation(
+                21,
+                &[('w', 12, "from"), ('?', 2, "via"), ('w', 13, "to")],
+                &[("type", "restriction"), ("restriction", "no_left_turn")],
+            );
+        let map = load(&osm);
+        assert_eq!(map.buildings.len(), 1, "the rest of the file is read");
+        assert_eq!(map.roads.len(), 2);
+        assert!(map.areas.is_empty());
+        assert_eq!(map.skipped.get(SkipReason::UnreadableMembers), 2);
+    }
 
     #[test]
     fn garbage_bytes_are_a_clear_error() {

@@ -1,5 +1,6 @@
-//! Test-only writer of small `.osm.pbf` files, so loader tests can state their OSM data
-//! (nodes, ways, relations) in a few lines and read it back through the real reader.
+//! Writer of small `.osm.pbf` files, so loader tests can state their OSM data (nodes,
+//! ways, relations) in a few lines and read it back through the real reader; the
+//! fuzzer's OSM seeds are written with it too.
 //!
 //! Writes uncompressed (`raw`) blobs with plain (non-dense) nodes: valid PBF that every
 //! reader accepts, with no compression library involved.
@@ -14,7 +15,8 @@ pub struct Osm {
 
 use super::Tags;
 
-/// A relation member: `('n' | 'w' | 'r', id, role)`.
+/// A relation member: `('n' | 'w' | 'r', id, role)`; any other letter writes a member
+/// type PBF does not have (corrupt data).
 pub type Member = (char, i64, String);
 
 fn owned(tags: &[(&str, &str)]) -> Tags {
@@ -88,7 +90,8 @@ impl Osm {
                 .map(|(t, _, _)| match t {
                     'n' => 0,
                     'w' => 1,
-                    _ => 2,
+                    'r' => 2,
+                    _ => 7,
                 })
                 .collect();
             packed_uint(&mut m, 10, &types);

@@ -419,7 +419,7 @@ fn post_status(shared: &Shared, request: &Request, order_id: String) -> HttpResp
 }
 
 /// The report in a body, or (error code, message) naming the problem.
-fn parse_report(
+pub(crate) fn parse_report(
     body: &[u8],
     order_id: &str,
     department: &str,

@@ -50,10 +50,12 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use api::parse_report;
 pub use api::{
     ACK_TIMEOUT, DepartmentAuth, OrderSnapshot, OrderSnapshots, ReportIn, ReportOutcome, StatusApi,
     StatusApiOptions, StatusReport,
 };
+pub(crate) use outbox::department_ref;
 pub use outbox::{DeliveryEvent, Outbox, OutboxConfig, OutgoingOrder};
 pub use sim::{
     DepartmentSim, SimBehaviour, SimFate, SimJob, SimStats, default_token, run_serve_departments,
@@ -209,7 +211,7 @@ fn decode_segment(s: &str) -> Option<String> {
 }
 
 /// The path of a request URL split into decoded segments (query string dropped).
-fn path_segments(url: &str) -> Option<Vec<String>> {
+pub(crate) fn path_segments(url: &str) -> Option<Vec<String>> {
     let path = url.split(['?', '#']).next().unwrap_or("");
     path.split('/')
         .filter(|s| !s.is_empty())

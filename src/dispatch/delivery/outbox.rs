@@ -706,7 +706,7 @@ fn read_text(response: reqwest::blocking::Response) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-fn department_ref(text: &str) -> Option<String> {
+pub(crate) fn department_ref(text: &str) -> Option<String> {
     let value: Value = serde_json::from_str(text).ok()?;
     ["department_ref", "reference", "ref"]
         .iter()
