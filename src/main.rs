@@ -1139,7 +1139,9 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             scale,
             seed,
         }) => {
-            let db = (cli.db != std::path::Path::new(DEFAULT_DB)).then(|| cli.db.clone());
+            // Never a log named like the hall's own, however it is written.
+            let db = (cli.db.file_name() != Some(std::ffi::OsStr::new(DEFAULT_DB)))
+                .then(|| cli.db.clone());
             let options = zhongshu::surge::SurgeOptions {
                 minutes,
                 scale,

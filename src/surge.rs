@@ -304,13 +304,38 @@ pub fn bench_surge(
             options.scale
         );
     }
+    if let Some(db) = &options.db
+        && db.exists()
+    {
+        anyhow::bail!(
+            "--db {}: the file exists; a drill writes a new log of its own, never into one in use",
+            db.display()
+        );
+    }
     let city = crate::map::load_default()?;
-    let scratch = std::env::temp_dir().join(format!("zhongshu-surge-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let db = options
-        .db
-        .clone()
-        .unwrap_or_else(|| scratch.join("surge.sqlite"));
+    // A temporary log when none is given, removed however the run ends.
+    struct Scratch(Option<PathBuf>);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            if let Some(dir) = &self.0 {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    let scratch = Scratch(
+        options
+            .db
+            .is_none()
+            .then(|| std::env::temp_dir().join(format!("zhongshu-surge-{}", std::process::id()))),
+    );
+    let db = match (&options.db, &scratch.0) {
+        (Some(db), _) => db.clone(),
+        (None, Some(dir)) => {
+            std::fs::create_dir_all(dir)?;
+            dir.join("surge.sqlite")
+        }
+        (None, None) => unreachable!("a scratch folder when no --db"),
+    };
 
     // The feeds: every simulated sub-brain at five times its rate, and the agencies'
     // CAP intake.
@@ -353,6 +378,9 @@ pub fn bench_surge(
     let loading = Instant::now();
     while worker.book().is_none() {
         worker.poll();
+        if let Some(e) = &worker.load_error {
+            anyhow::bail!("the dispatch log {}: {e}", db.display());
+        }
         if loading.elapsed() > Duration::from_secs(120) {
             anyhow::bail!("the dispatch log did not open within two minutes");
         }
@@ -644,11 +672,12 @@ pub fn bench_surge(
     }
     let alerts_in = posted.taken.load(Ordering::Relaxed);
     let refused = posted.refused.load(Ordering::Relaxed);
-    let log = format!("{} (SQLite, one durable commit per command)", db.display());
-    if options.db.is_none() {
-        drop(worker);
-        let _ = std::fs::remove_dir_all(&scratch);
-    }
+    let log = match &options.db {
+        Some(db) => format!("{} (SQLite, one durable commit per command)", db.display()),
+        None => "a temporary SQLite log, one durable commit per command (removed)".into(),
+    };
+    drop(worker);
+    drop(scratch);
     Ok(SurgeReport {
         minutes: options.minutes,
         scale: options.scale,

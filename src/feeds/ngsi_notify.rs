@@ -341,6 +341,9 @@ struct Subscriber<'a> {
     sub: Subscription,
     client: reqwest::blocking::Client,
     token: String,
+    /// The id the broker knows the subscription by: ours, unless it gave its own
+    /// (`Location` of its 201).
+    id: std::cell::RefCell<String>,
 }
 
 impl Subscriber<'_> {
@@ -369,6 +372,17 @@ impl Subscriber<'_> {
         use std::io::Read;
         let response = request.send().map_err(|e| describe_reqwest_error(&e))?;
         let status = response.status().as_u16();
+        // A broker that names subscriptions itself says which it made.
+        if status == 201
+            && let Some(made) = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.trim_end_matches('/').rsplit('/').next())
+                .filter(|id| !id.is_empty())
+        {
+            *self.id.borrow_mut() = made.to_string();
+        }
         let mut body = String::new();
         let _ = response.take(256 * 1024).read_to_string(&mut body);
         Ok((status, body))
@@ -395,13 +409,14 @@ impl Subscriber<'_> {
     }
 
     fn at(&self) -> String {
-        format!("{}/{}", self.sub.endpoint, self.sub.id)
+        format!("{}/{}", self.sub.endpoint, self.id.borrow())
     }
 
     /// Makes the subscription (or, when the broker already has it, updates it).
     fn subscribe(&self, expires_ms: i64) -> Result<(), Failure> {
         let mut body = self.sub.body(&self.feed.name, &self.token, expires_ms);
         body["id"] = json!(self.sub.id);
+        *self.id.borrow_mut() = self.sub.id.clone();
         let request = self
             .request(reqwest::Method::POST, &self.sub.endpoint)?
             .header("Content-Type", "application/json")
@@ -509,6 +524,12 @@ pub fn run(
     let listen = feed.listen.clone().unwrap_or_default();
     let limits = Limits {
         max_body_bytes: feed.max_payload_bytes.min(MAX_NOTIFICATION_BYTES),
+        // A city's broker sends a notification per change: far more than a person
+        // or an agency. What is refused anyway is read back (below).
+        rate: crate::http::Rate {
+            per_s: 5_000.0,
+            burst: 20_000,
+        },
         ..Limits::default()
     };
     let gate = notification_gate(sub.notify_path.clone(), crate::http::token_digest(&token));
@@ -525,6 +546,7 @@ pub fn run(
     };
     let subscriber = Subscriber {
         feed: &feed,
+        id: std::cell::RefCell::new(sub.id.clone()),
         sub,
         client: client.clone(),
         token,
@@ -541,12 +563,27 @@ pub fn run(
     let mut expires_ms: Option<i64> = None;
     let mut read_broker = true;
     let mut failures = 0u32;
+    // Notifications the endpoint could not take (over the rate, too large, too
+    // many at once): what they carried is read back from the broker.
+    let lost = |server: &Server| -> u64 {
+        let refused = server.refused();
+        ["rate_limited", "too_large", "overloaded", "timeout"]
+            .iter()
+            .filter_map(|why| refused.get(*why))
+            .sum()
+    };
+    let mut lost_before = 0u64;
     std::thread::scope(|scope| {
         // What the endpoint refused (wrong tokens, over the rate, too large) goes to the
         // feed's health.
         scope.spawn(|| report_refusals(id, &server, &tx, stop));
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
+            let lost_now = lost(&server);
+            if lost_now > lost_before {
+                lost_before = lost_now;
+                read_broker = true;
+            }
             let step = (|| -> Result<(), Failure> {
                 let now = unix_ms_now();
                 match expires_ms {
@@ -642,6 +679,8 @@ mod tests {
         entities: Vec<Value>,
         /// Requests seen: "POST subscriptions", "PATCH", "GET entities", …
         seen: Vec<String>,
+        /// Names subscriptions itself, as some brokers do.
+        own_ids: bool,
     }
 
     fn air(id: &str, pm25: f64) -> Value {
@@ -672,7 +711,11 @@ mod tests {
                 let Ok(sub) = serde_json::from_slice::<Value>(&r.body) else {
                     return Response::error(400, "BadRequestData", "not JSON");
                 };
-                let id = sub["id"].as_str().unwrap_or("urn:x").to_string();
+                let id = if b.own_ids {
+                    format!("urn:ngsi-ld:Subscription:broker-{}", b.seen.len())
+                } else {
+                    sub["id"].as_str().unwrap_or("urn:x").to_string()
+                };
                 if b.subscriptions.contains_key(&id) {
                     return Response::error(409, "AlreadyExists", id);
                 }
@@ -921,6 +964,41 @@ mod tests {
         assert!(
             state.lock().unwrap().subscriptions.is_empty(),
             "the subscription outlived the feed"
+        );
+    }
+
+    #[test]
+    fn a_broker_that_names_subscriptions_itself_is_followed_by_its_name() {
+        let (server, state) = broker();
+        state.lock().unwrap().own_ids = true;
+        let port = crate::nats::testing::free_port();
+        let feeds = parse_feeds(&format!(
+            "[[feed]]\nname='own'\nkind='ngsi-ld-notify'\nurl='http://{}/ngsi-ld/v1/entities?type=AirQualityObserved'\nlisten='127.0.0.1:{port}'\ninterval_s=0.2\ndomain='ecology'\n",
+            server.addr()
+        ))
+        .unwrap();
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let pollers = Pollers::start(&feeds, Default::default(), tx);
+        wait_for("its standing asked by the broker's name", || {
+            state
+                .lock()
+                .unwrap()
+                .seen
+                .iter()
+                .filter(|s| *s == "GET")
+                .count()
+                >= 3
+        });
+        {
+            let b = state.lock().unwrap();
+            let posts = b.seen.iter().filter(|s| *s == "POST subscriptions").count();
+            assert_eq!(posts, 1, "{:?}", b.seen);
+            assert_eq!(b.subscriptions.len(), 1);
+        }
+        pollers.stop();
+        assert!(
+            state.lock().unwrap().subscriptions.is_empty(),
+            "not deleted"
         );
     }
 
