@@ -368,6 +368,8 @@ pub enum RejectReason {
     /// An entry of a list (Atom/RSS of CAP messages) whose message could not be
     /// fetched or read.
     Unreadable,
+    /// An entity of a type the feed did not subscribe to (an NGSI-LD notification).
+    NotSubscribed,
 }
 
 impl RejectReason {
@@ -382,6 +384,7 @@ impl RejectReason {
             RejectReason::BadTimestamp => "bad_timestamp",
             RejectReason::TooDeep => "too_deep",
             RejectReason::Unreadable => "unreadable",
+            RejectReason::NotSubscribed => "not_subscribed",
         }
     }
 }

@@ -55,6 +55,10 @@ pub struct Subscription {
     pub types: Vec<String>,
     /// The url's `q` query, if any.
     pub q: Option<String>,
+    /// The url's `idPattern`, if any.
+    pub id_pattern: Option<String>,
+    /// The url's geo-query (`georel`, `geometry`, `coordinates`, `geoproperty`).
+    pub geo_q: Option<Value>,
     /// Where the broker posts notifications.
     pub notify_url: String,
     /// The path notifications come to on this machine.
@@ -67,7 +71,10 @@ impl Subscription {
         let mut body = json!({
             "type": "Subscription",
             "description": format!("Zhongshu feed {feed}"),
-            "entities": self.types.iter().map(|t| json!({"type": t})).collect::<Vec<_>>(),
+            "entities": self.types.iter().map(|t| match &self.id_pattern {
+                Some(p) => json!({"type": t, "idPattern": p}),
+                None => json!({"type": t}),
+            }).collect::<Vec<_>>(),
             "notification": {
                 "format": "normalized",
                 "endpoint": {
@@ -81,6 +88,9 @@ impl Subscription {
         });
         if let Some(q) = &self.q {
             body["q"] = json!(q);
+        }
+        if let Some(geo_q) = &self.geo_q {
+            body["geoQ"] = geo_q.clone();
         }
         body
     }
@@ -123,6 +133,8 @@ pub fn subscription_of(feed: &FeedConfig) -> Result<Subscription, String> {
     };
     let mut types = Vec::new();
     let mut q = None;
+    let mut id_pattern = None;
+    let mut geo = serde_json::Map::new();
     for (key, value) in parsed.query_pairs() {
         match key.as_ref() {
             "type" => types.extend(
@@ -133,9 +145,37 @@ pub fn subscription_of(feed: &FeedConfig) -> Result<Subscription, String> {
                     .map(String::from),
             ),
             "q" => q = Some(value.into_owned()),
-            _ => {}
+            "idPattern" => id_pattern = Some(value.into_owned()),
+            "georel" | "geometry" | "coordinates" | "geoproperty" => {
+                let value = match key.as_ref() {
+                    // Coordinates are JSON in a subscription, text in a query.
+                    "coordinates" => serde_json::from_str(&value)
+                        .map_err(|e| format!("url's coordinates= is not a JSON array: {e}"))?,
+                    _ => Value::String(value.into_owned()),
+                };
+                geo.insert(key.into_owned(), value);
+            }
+            // How a query pages and answers: nothing to subscribe to.
+            "limit" | "offset" | "count" | "options" | "format" | "local" => {}
+            other => {
+                return Err(format!(
+                    "url's {other}= cannot be put in a subscription (type, q, idPattern and a geo-query can); leave it out, or poll with kind = \"ngsi-ld\""
+                ));
+            }
         }
     }
+    let geo_q = match geo.len() {
+        0 => None,
+        _ if geo.contains_key("georel")
+            && geo.contains_key("geometry")
+            && geo.contains_key("coordinates") =>
+        {
+            Some(Value::Object(geo))
+        }
+        _ => {
+            return Err("url's geo-query needs georel, geometry and coordinates together".into());
+        }
+    };
     if types.is_empty() {
         return Err(format!(
             "url must name the entity types to subscribe to with type= ({EXAMPLE}), got {url:?}"
@@ -152,6 +192,18 @@ pub fn subscription_of(feed: &FeedConfig) -> Result<Subscription, String> {
             if !matches!(u.scheme(), "http" | "https") {
                 return Err(format!(
                     "notify_url must start with http:// or https://, got {given:?}"
+                ));
+            }
+            let loopback = u.host_str().is_some_and(|h| {
+                h == "localhost"
+                    || h.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|a| a.is_loopback())
+            });
+            if u.scheme() == "http" && !loopback {
+                return Err(format!(
+                    "notify_url {given:?} is plain http beyond this machine: the broker would send the token in clear; give an https address"
                 ));
             }
             given.clone()
@@ -197,6 +249,8 @@ pub fn subscription_of(feed: &FeedConfig) -> Result<Subscription, String> {
         id: format!("urn:ngsi-ld:Subscription:zhongshu-{name}-{hex}"),
         types,
         q,
+        id_pattern,
+        geo_q,
         notify_url,
         notify_path,
     })
@@ -269,15 +323,37 @@ fn notification_gate(path: String, known: [u8; 32]) -> Gate {
 }
 
 /// The endpoint's handler: notifications the gate let through, decoded and sent on.
-fn notification_handler(id: FeedId, tx: Sender<FeedEvent>) -> Handler {
+fn notification_handler(id: FeedId, types: Vec<String>, tx: Sender<FeedEvent>) -> Handler {
     let tx = Mutex::new(tx);
+    // A type matches by name, or by the end of an expanded one (`…/AirQualityObserved`).
+    let subscribed = move |t: &str| {
+        types.iter().any(|s| {
+            s == t
+                || t.strip_suffix(s.as_str())
+                    .is_some_and(|p| p.ends_with(['/', '#', ':']))
+                || s.strip_suffix(t)
+                    .is_some_and(|p| p.ends_with(['/', '#', ':']))
+        })
+    };
     Arc::new(move |request: Request| {
         if request.caller.is_none() {
             return Response::error(401, "unauthorized", "no token");
         }
         let at_ms = unix_ms_now();
         let (decoded, answer) = match decode_notification(&request.body) {
-            Ok(decoded) => {
+            Ok(mut decoded) => {
+                // Only what the feed subscribed to: a notification carrying another
+                // type (an Alert would raise incidents) is refused item by item.
+                let (kept, other): (Vec<_>, Vec<_>) = std::mem::take(&mut decoded.updates)
+                    .into_iter()
+                    .partition(|u| subscribed(&u.entity_type));
+                decoded.updates = kept;
+                decoded.rejects.extend(other.into_iter().map(|u| Reject {
+                    reason: RejectReason::NotSubscribed,
+                    detail: format!("type {} is not what this feed subscribed to", u.entity_type),
+                    item_id: Some(u.id),
+                    path: None,
+                }));
                 let answer = Response::json(
                     200,
                     &json!({"taken": decoded.updates.len(), "rejected": decoded.rejects.len()}),
@@ -538,7 +614,7 @@ pub fn run(
         &format!("notifications {}", feed.name),
         limits,
         Some(gate),
-        notification_handler(id, tx.clone()),
+        notification_handler(id, sub.types.clone(), tx.clone()),
         tls,
     ) {
         Ok(s) => s,
@@ -879,13 +955,23 @@ mod tests {
                 .any(|(id, v)| id.ends_with("kallio") && *v == 10.0)
         });
 
-        // A notification lands, every entity in it.
+        // A notification lands, every entity in it; one of a type not subscribed to
+        // (an Alert would raise incidents) is refused.
+        let mut alert = air("forged-alert", 1.0);
+        alert["type"] = json!("Alert");
         assert_eq!(
-            notify(&state, json!([air("kallio", 50.0), air("vallila", 7.0)])),
+            notify(
+                &state,
+                json!([air("kallio", 50.0), air("vallila", 7.0), alert])
+            ),
             vec![200]
         );
         wait_for("the notified entities", || {
             drain(&rx, &mut taken, &mut rejects);
+            assert!(
+                !taken.iter().any(|(id, _)| id.contains("forged-alert")),
+                "an unsubscribed type was taken in"
+            );
             taken
                 .iter()
                 .any(|(id, v)| id.ends_with("kallio") && *v == 50.0)
@@ -1024,12 +1110,30 @@ mod tests {
         let e = feed(&format!("{url}listen='0.0.0.0:7880'\n")).unwrap_err();
         assert!(e.contains("notify_url"), "{e}");
         let e = feed(&format!(
-            "{url}listen='0.0.0.0:7880'\nnotify_url='http://hub.example:7880/notify'\n"
+            "{url}listen='0.0.0.0:7880'\nnotify_url='https://hub.example:7880/notify'\n"
         ))
         .unwrap_err();
         assert!(e.contains("tls_cert"), "{e}");
         let e = feed(&format!("{url}listen='127.0.0.1:7880'\nsubscription_s=1\n")).unwrap_err();
         assert!(e.contains("subscription_s"), "{e}");
+        let e = feed(&format!(
+            "{url}listen='127.0.0.1:7880'\nnotify_url='http://hub.example.org/n'\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("https"), "{e}");
+        let e =
+            feed("url='http://b/ngsi-ld/v1/entities?type=A&attrs=x'\nlisten='127.0.0.1:7880'\n")
+                .unwrap_err();
+        assert!(e.contains("attrs="), "{e}");
+        let f = feed("url='http://b/ngsi-ld/v1/entities?type=A&idPattern=urn:a.*&georel=near;maxDistance==500&geometry=Point&coordinates=[24.9,60.1]&limit=50'\nlisten='127.0.0.1:7880'\n").unwrap();
+        let body = subscription_of(&f[0]).unwrap().body("n", "t", 0);
+        assert_eq!(body["entities"][0]["idPattern"], json!("urn:a.*"));
+        assert_eq!(body["geoQ"]["coordinates"], json!([24.9, 60.1]));
+        let e = feed(
+            "url='http://b/ngsi-ld/v1/entities?type=A&georel=near'\nlisten='127.0.0.1:7880'\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("together"), "{e}");
         let e = feed(&format!(
             "{url}listen='127.0.0.1:7880'\nnotify_url='ftp://x/'\n"
         ))
