@@ -525,8 +525,6 @@ interval_s = 1
 
 #[test]
 fn a_cap_feed_brings_alerts_in_like_any_other_feed() {
-    // Counts polls within a few seconds: takes turns with the rendering tests.
-    let _timed = crate::timed();
     let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
     let base = format!("http://{}", server.server_addr().to_ip().unwrap());
     let cap_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
