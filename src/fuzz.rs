@@ -346,25 +346,7 @@ const CAP: [&[u8]; 16] = [
 ];
 
 const CAP_LISTS: [&str; 2] = [
-    r#"<?xml version="1.0" encoding="UTF-8"?>
-<feed xmlns="http://www.w3.org/2005/Atom" xmlns:cap="urn:oasis:names:tc:emergency:cap:1.2">
-  <id>https://feeds.example.org/alerts</id>
-  <title>Alerts</title>
-  <link href="https://feeds.example.org/alerts" rel="self"/>
-  <entry>
-    <id>urn:oid:2.49.0.1.246.0.0.2026.11.29.1</id>
-    <updated>2026-11-29T10:00:00+02:00</updated>
-    <title>Flood warning</title>
-    <link href="https://feeds.example.org/alerts/1" rel="alternate" type="text/html"/>
-    <link href="/alerts/1.cap" type="application/cap+xml"/>
-  </entry>
-  <entry>
-    <id>urn:oid:2</id>
-    <updated>2026-11-29T11:00:00+02:00</updated>
-    <link href="https://feeds.example.org/alerts/2.xml"/>
-  </entry>
-  <entry><id>no-link</id></entry>
-</feed>"#,
+    include_str!("../tests/data/cap/list-atom.xml"),
     r#"<rss version="2.0"><channel><title>预警</title>
   <item><guid>a1</guid><pubDate>Sun, 29 Nov 2026 08:00:00 GMT</pubDate>
     <link>http://alerts.example.cn/cap/a1.xml</link></item>

@@ -546,16 +546,7 @@ pub fn bench_surge(
                 }
                 incidents_raised += 1;
                 if let Some(playbook) = book.config.playbook(&incident.kind) {
-                    let orders: Vec<NewOrder> = playbook
-                        .orders
-                        .iter()
-                        .map(|o| NewOrder {
-                            department: o.department.clone(),
-                            instruction: o.instruction.clone(),
-                            deadline_ms: now + (o.deadline_min * 60_000.0) as i64,
-                        })
-                        .collect();
-                    to_issue.push((incident.id.clone(), orders));
+                    to_issue.push((incident.id.clone(), NewOrder::from_playbook(playbook, now)));
                 }
             }
             seen_incidents = book.incidents.len();

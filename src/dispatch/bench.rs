@@ -39,16 +39,7 @@ fn generated(
         source: "bench".into(),
         key: None,
     };
-    let orders = playbook
-        .orders
-        .iter()
-        .map(|o| NewOrder {
-            department: o.department.clone(),
-            instruction: o.instruction.clone(),
-            deadline_ms: now_ms + (o.deadline_min * 60_000.0) as i64,
-        })
-        .collect();
-    (incident, orders)
+    (incident, NewOrder::from_playbook(playbook, now_ms))
 }
 
 fn now_ms() -> i64 {

@@ -74,6 +74,21 @@ pub struct NewOrder {
     pub deadline_ms: i64,
 }
 
+impl NewOrder {
+    /// A playbook's orders issued at `now_ms`, each with its deadline from then.
+    pub fn from_playbook(playbook: &super::config::Playbook, now_ms: i64) -> Vec<NewOrder> {
+        playbook
+            .orders
+            .iter()
+            .map(|o| NewOrder {
+                department: o.department.clone(),
+                instruction: o.instruction.clone(),
+                deadline_ms: now_ms + (o.deadline_min * 60_000.0) as i64,
+            })
+            .collect()
+    }
+}
+
 /// Everything a person (or Zhongshu itself) can ask of the book.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {

@@ -93,25 +93,7 @@ pub fn serve(
                 let identifiers: Vec<String> =
                     decoded.updates.iter().map(|u| u.id.clone()).collect();
                 let withheld = decoded.withheld.len();
-                let sent = tx.lock().map(|tx| {
-                    let at_ms = unix_ms_now();
-                    let ok = tx
-                        .send(FeedEvent::Batch {
-                            feed: id,
-                            decoded,
-                            received_at_ms: at_ms,
-                        })
-                        .is_ok();
-                    let _ = tx.send(FeedEvent::PollOk {
-                        feed: id,
-                        at_ms,
-                        not_modified: false,
-                        complete: false,
-                        bytes: request.body.len(),
-                    });
-                    ok
-                });
-                if !matches!(sent, Ok(true)) {
+                if !hand_on(&tx, id, &request, Ok(decoded), "a message posted") {
                     return Response::error(503, "unavailable", "Zhongshu is stopping");
                 }
                 Response::json(
@@ -120,23 +102,7 @@ pub fn serve(
                 )
             }
             Err(e) => {
-                // One sender's bad message is a reject naming where it came from,
-                // counted with the feed's items, never the intake's failure.
-                if let Ok(tx) = tx.lock() {
-                    let _ = tx.send(FeedEvent::Batch {
-                        feed: id,
-                        decoded: crate::model::Decoded {
-                            rejects: vec![crate::model::Reject {
-                                reason: crate::model::RejectReason::Unreadable,
-                                item_id: None,
-                                path: None,
-                                detail: format!("a message posted from {}: {e}", request.peer.ip()),
-                            }],
-                            ..Default::default()
-                        },
-                        received_at_ms: unix_ms_now(),
-                    });
-                }
+                hand_on(&tx, id, &request, Err(e.to_string()), "a message posted");
                 Response::error(400, "not_cap", e.to_string())
             }
         }
@@ -191,6 +157,48 @@ pub(crate) fn report_refusals(
             told = now;
         }
     }
+}
+
+/// Hands what a pushed request carried to the ingest: its items with the feed's
+/// keep-alive, or, when it could not be read, a reject naming `what` came from where
+/// (counted with the feed's items, never the feed's failure). `false` when nobody
+/// listens any more (Zhongshu is stopping).
+pub(super) fn hand_on(
+    tx: &Mutex<Sender<FeedEvent>>,
+    id: FeedId,
+    request: &Request,
+    read: Result<crate::model::Decoded, String>,
+    what: &str,
+) -> bool {
+    let at_ms = unix_ms_now();
+    let good = read.is_ok();
+    let decoded = read.unwrap_or_else(|e| crate::model::Decoded {
+        rejects: vec![crate::model::Reject {
+            reason: crate::model::RejectReason::Unreadable,
+            item_id: None,
+            path: None,
+            detail: format!("{what} from {}: {e}", request.peer.ip()),
+        }],
+        ..Default::default()
+    });
+    let Ok(tx) = tx.lock() else { return false };
+    let sent = tx
+        .send(FeedEvent::Batch {
+            feed: id,
+            decoded,
+            received_at_ms: at_ms,
+        })
+        .is_ok();
+    if good {
+        let _ = tx.send(FeedEvent::PollOk {
+            feed: id,
+            at_ms,
+            not_modified: false,
+            complete: false,
+            bytes: request.body.len(),
+        });
+    }
+    sent
 }
 
 /// The token a listening feed's requests must carry, as configured, trimmed as the

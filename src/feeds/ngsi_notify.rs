@@ -27,12 +27,14 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::cap_intake::{bearer_matches, configured_tls, configured_token, report_refusals};
+use super::cap_intake::{
+    bearer_matches, configured_tls, configured_token, hand_on, report_refusals,
+};
 use super::config::{FeedConfig, FeedKind};
 use super::gazetteer::Gazetteer;
 use super::poll::{
-    Conditional, FeedEvent, MAX_BACKOFF, NGSI_LD_CORE_CONTEXT, describe_reqwest_error, feed_client,
-    nap, poll_once,
+    Conditional, FeedEvent, MAX_BACKOFF, NGSI_LD_CORE_CONTEXT, backoff_after,
+    describe_reqwest_error, feed_client, nap, poll_once,
 };
 use crate::clock::{rfc3339_from_unix_ms, unix_ms_now};
 use crate::http::{Caller, Gate, Handler, Limits, Method, Request, Response, Server};
@@ -339,8 +341,7 @@ fn notification_handler(id: FeedId, types: Vec<String>, tx: Sender<FeedEvent>) -
         if request.caller.is_none() {
             return Response::error(401, "unauthorized", "no token");
         }
-        let at_ms = unix_ms_now();
-        let (decoded, answer) = match decode_notification(&request.body) {
+        match decode_notification(&request.body) {
             Ok(mut decoded) => {
                 // Only what the feed subscribed to: a notification carrying another
                 // type (an Alert would raise incidents) is refused item by item.
@@ -354,51 +355,18 @@ fn notification_handler(id: FeedId, types: Vec<String>, tx: Sender<FeedEvent>) -
                     item_id: Some(u.id),
                     path: None,
                 }));
-                let answer = Response::json(
-                    200,
-                    &json!({"taken": decoded.updates.len(), "rejected": decoded.rejects.len()}),
-                );
-                (decoded, answer)
+                let answer =
+                    json!({"taken": decoded.updates.len(), "rejected": decoded.rejects.len()});
+                if !hand_on(&tx, id, &request, Ok(decoded), "a notification") {
+                    return Response::error(503, "unavailable", "Zhongshu is stopping");
+                }
+                Response::json(200, &answer)
             }
-            // A bad notification is a reject naming its sender, never the feed's
-            // failure.
-            Err(e) => (
-                Decoded {
-                    rejects: vec![Reject {
-                        reason: RejectReason::Unreadable,
-                        item_id: None,
-                        path: None,
-                        detail: format!("a notification from {}: {e}", request.peer.ip()),
-                    }],
-                    ..Default::default()
-                },
-                Response::error(400, "not_a_notification", e),
-            ),
-        };
-        let good = answer.status == 200;
-        let sent = tx.lock().map(|tx| {
-            let ok = tx
-                .send(FeedEvent::Batch {
-                    feed: id,
-                    decoded,
-                    received_at_ms: at_ms,
-                })
-                .is_ok();
-            if good {
-                let _ = tx.send(FeedEvent::PollOk {
-                    feed: id,
-                    at_ms,
-                    not_modified: false,
-                    complete: false,
-                    bytes: request.body.len(),
-                });
+            Err(e) => {
+                hand_on(&tx, id, &request, Err(e.clone()), "a notification");
+                Response::error(400, "not_a_notification", e)
             }
-            ok
-        });
-        if !matches!(sent, Ok(true)) {
-            return Response::error(503, "unavailable", "Zhongshu is stopping");
         }
-        answer
     })
 }
 
@@ -714,9 +682,7 @@ pub fn run(
                     expires_ms = None;
                     read_broker = true;
                     failures = failures.saturating_add(1);
-                    let backoff = interval
-                        .saturating_mul(1u32 << failures.min(6))
-                        .clamp(interval, MAX_BACKOFF.max(interval));
+                    let backoff = backoff_after(interval, failures);
                     if tx
                         .send(FeedEvent::PollFailed {
                             feed: id,

@@ -120,6 +120,14 @@ impl Drop for Pollers {
     }
 }
 
+/// How long a feed waits after `failures` failures in a row: its interval doubled
+/// each time, at most a minute (or the interval, when longer).
+pub(super) fn backoff_after(interval: Duration, failures: u32) -> Duration {
+    interval
+        .saturating_mul(1u32 << failures.min(6))
+        .clamp(interval, MAX_BACKOFF.max(interval))
+}
+
 /// Sleeps up to `d`, waking early when asked to stop.
 pub(super) fn nap(d: Duration, stop: &AtomicBool) {
     let until = Instant::now() + d;
@@ -193,9 +201,7 @@ fn poll_loop(
                 // Shown, logged and printed by feeds-check: never with credentials.
                 let error = crate::http::redact_in_text(&error);
                 failures = failures.saturating_add(1);
-                let backoff = interval
-                    .saturating_mul(1u32 << failures.min(6))
-                    .clamp(interval, MAX_BACKOFF.max(interval));
+                let backoff = backoff_after(interval, failures);
                 if tx
                     .send(FeedEvent::PollFailed {
                         feed: id,
