@@ -613,6 +613,31 @@ pub fn bench_soak(
 }
 
 #[cfg(test)]
+mod frame_tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_bench_spreads_every_whole_city_job_over_frames() {
+        let report = bench_frame(20_000);
+        assert_eq!(report.shared_entities, 20_000 - 1000);
+        let job = |name: &str| {
+            report
+                .jobs
+                .iter()
+                .find(|j| j.job.starts_with(name))
+                .unwrap_or_else(|| panic!("{name}: {report:?}"))
+        };
+        // 22,000 updates in three payloads: scored and applied over frames.
+        assert!(job("ingest: the whole city").frames >= 1, "{report:?}");
+        // Every station of both feeds is reconciled, and the KPIs see them all.
+        assert!(job("reconciliation: copy").frames >= 1);
+        assert!(job("KPIs").frames >= 1);
+        assert!(job("expiry").frames >= 1);
+        assert!(report.worst_whole_city_job_ms > 0.0);
+    }
+}
+
+#[cfg(test)]
 mod soak_tests {
     use super::*;
 
@@ -815,4 +840,338 @@ pub fn bench_mqtt(
         "quarantined": ingest.health[0].quarantined.as_ref().map(|q| q.reason.clone()),
         "peak_rss_mb": peak_rss_bytes().map(|b| (b as f64 / 1048576.0 * 10.0).round() / 10.0),
     }))
+}
+
+/// One frame-thread job of `zhongshu bench frame`.
+#[derive(Debug, Serialize)]
+pub struct FrameJob {
+    pub job: &'static str,
+    /// How the job reaches the frame.
+    pub how: &'static str,
+    /// Frames one run of the job was spread over.
+    pub frames: usize,
+    /// What each of those frames spent on it, ms.
+    pub frame_ms: crate::surge::Percentiles,
+    /// The same work done in one go (what one frame paid before it was spread), ms.
+    pub whole_pass_ms: Option<f64>,
+}
+
+/// Result of `zhongshu bench frame`.
+#[derive(Debug, Serialize)]
+pub struct FrameBenchReport {
+    /// Entities in the live state.
+    pub entities: usize,
+    /// Of them, reported by both of two feeds (reconciled).
+    pub shared_entities: usize,
+    pub jobs: Vec<FrameJob>,
+    /// The most any frame spent on any one whole-city job (ingest not included: it is
+    /// bounded by updates per frame, not by the city).
+    pub worst_whole_city_job_ms: f64,
+}
+
+/// Runs `step` a frame at a time until it says it is done.
+fn stepped(
+    job: &'static str,
+    how: &'static str,
+    whole_ms: f64,
+    step: &mut dyn FnMut() -> bool,
+) -> FrameJob {
+    let mut ms = Vec::new();
+    loop {
+        let t = Instant::now();
+        let done = step();
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if done || ms.len() > 1_000_000 {
+            break;
+        }
+    }
+    FrameJob {
+        job,
+        how,
+        frames: ms.len(),
+        frame_ms: crate::surge::Percentiles::of(ms),
+        whole_pass_ms: Some((whole_ms * 100.0).round() / 100.0),
+    }
+}
+
+fn air_station(id: String, lon: f64, lat: f64, aqi: f64, now: i64) -> crate::feeds::EntityUpdate {
+    crate::feeds::EntityUpdate {
+        id,
+        entity_type: "AirQualityObserved".into(),
+        kind: crate::feeds::EntityKind::AirQuality {
+            aqi: Some(aqi),
+            pm25: Some(10.0),
+            pm10: None,
+            no2: None,
+            o3: None,
+        },
+        position: Some([lon, lat]),
+        line: None,
+        observed_at_ms: Some(now),
+        fields: Default::default(),
+        units: Default::default(),
+        notes: Vec::new(),
+    }
+}
+
+/// Times what the app's frame thread does with a live state of `entities`: two feeds
+/// reporting the same `entities / 2` air stations each (so every one is reconciled),
+/// and a tenth as many ambulances besides. Each whole-city job runs as the app runs it
+/// (a frame's budget at a time), and once in one go for comparison.
+pub fn bench_frame(entities: usize) -> FrameBenchReport {
+    use crate::feeds::poll::FeedEvent;
+    use crate::feeds::{Decoded, EntityKind};
+    use crate::governance::health::{Ingest, MAX_UPDATES_PER_FRAME};
+    use crate::governance::reconcile::{ReconcileCopy, ReconcileInput};
+    use crate::state::kpi::{CityKpis, KpiPass};
+    use crate::state::sweep::Budget;
+    use crate::surge::Percentiles;
+
+    let now = 1_795_946_400_000i64;
+    let per_feed = entities / 2;
+    let side = (per_feed as f64).sqrt().ceil().max(1.0) as usize;
+    let station = |feed: u32, i: usize, at: i64| {
+        let (x, y) = ((i % side) as f64, (i / side) as f64);
+        let aqi = 40.0
+            + (i % 50) as f64
+            + if feed == 1 && i.is_multiple_of(10) {
+                30.0
+            } else {
+                0.0
+            };
+        air_station(
+            format!("station-{i}"),
+            121.40 + x * 1e-3,
+            31.17 + y * 9e-4,
+            aqi,
+            at,
+        )
+    };
+    let ambulances = entities / 10;
+    let ambulance = |i: usize, at: i64| crate::feeds::EntityUpdate {
+        id: format!("amb-{i}"),
+        entity_type: "Vehicle".into(),
+        kind: EntityKind::Vehicle {
+            vehicle_type: Some("ambulance".into()),
+            speed_kmh: Some(30.0),
+            heading_deg: None,
+            service_status: Some("onRoute".into()),
+        },
+        observed_at_ms: Some(at),
+        ..air_station(format!("amb-{i}"), 121.45, 31.2 + i as f64 * 1e-6, 0.0, at)
+    };
+    let mut feeds = crate::feeds::sim_source::default_sim_feeds();
+    feeds.truncate(3);
+    for f in &mut feeds {
+        f.interval_s = 5.0;
+    }
+    feeds[0].authoritative_for = vec!["AirQualityObserved".into()];
+
+    // The ingest: the whole city arriving in one payload per feed, as a GeoJSON feed
+    // of the city's stations would bring it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut ingest = Ingest::new(&feeds, rx);
+    let mut state = crate::state::LiveState::new(crate::geo_frame::GeoFrame::new(121.47, 31.23));
+    let payload = |feed: u32, updates: Vec<crate::feeds::EntityUpdate>, at: i64| {
+        [
+            FeedEvent::Batch {
+                feed,
+                decoded: Decoded {
+                    updates,
+                    rejects: Vec::new(),
+                    withheld: Default::default(),
+                },
+                received_at_ms: at,
+            },
+            FeedEvent::PollOk {
+                feed,
+                at_ms: at,
+                not_modified: false,
+                complete: true,
+                bytes: 0,
+            },
+        ]
+    };
+    for feed in [0u32, 1] {
+        for e in payload(
+            feed,
+            (0..per_feed).map(|i| station(feed, i, now)).collect(),
+            now,
+        ) {
+            tx.send(e).ok();
+        }
+    }
+    for e in payload(2, (0..ambulances).map(|i| ambulance(i, now)).collect(), now) {
+        tx.send(e).ok();
+    }
+    let mut jobs = Vec::new();
+    let timed_pumps = |ingest: &mut Ingest, state: &mut crate::state::LiveState| {
+        let mut ms = Vec::new();
+        loop {
+            let t = Instant::now();
+            let deadline = t + crate::governance::health::INGEST_FRAME_BUDGET;
+            ingest.pump_within(state, MAX_UPDATES_PER_FRAME, Some(deadline));
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            if ingest.backlog() == 0 && ms.len() > 1 && *ms.last().unwrap_or(&0.0) < 0.05 {
+                ms.pop();
+                break ms;
+            }
+            if ms.len() > 100_000 {
+                break ms;
+            }
+        }
+    };
+    let ms = timed_pumps(&mut ingest, &mut state);
+    jobs.push(FrameJob {
+        job: "ingest: the whole city in one payload per feed",
+        how: "scored and queued a part at a time; a frame spends 4 ms on it (at least 1,000 updates, at most 25,000)",
+        frames: ms.len(),
+        frame_ms: Percentiles::of(ms),
+        whole_pass_ms: None,
+    });
+    // The next poll of feed 1 lacks a tenth of its stations: they leave.
+    for e in payload(
+        1,
+        (0..per_feed)
+            .filter(|i| i % 10 != 5)
+            .map(|i| station(1, i, now + 5000))
+            .collect(),
+        now + 5000,
+    ) {
+        tx.send(e).ok();
+    }
+    let ms = timed_pumps(&mut ingest, &mut state);
+    jobs.push(FrameJob {
+        job: "ingest: a feed's next snapshot, a tenth of it gone",
+        how: "updates as above; the removals a sweep step a frame (32,768 slots or 2,048 removals, within the 4 ms)",
+        frames: ms.len(),
+        frame_ms: Percentiles::of(ms),
+        whole_pass_ms: None,
+    });
+    // A 304 of feed 0: every entity still there.
+    tx.send(FeedEvent::PollOk {
+        feed: 0,
+        at_ms: now + 6000,
+        not_modified: true,
+        complete: true,
+        bytes: 0,
+    })
+    .ok();
+    let ms = timed_pumps(&mut ingest, &mut state);
+    jobs.push(FrameJob {
+        job: "ingest: a 304 marks a feed's entities as still there",
+        how: "a sweep step a frame (32,768 slots, within the ingest's 4 ms)",
+        frames: ms.len(),
+        frame_ms: Percentiles::of(ms),
+        whole_pass_ms: None,
+    });
+    let shared = state
+        .iter()
+        .filter(|(_, e)| e.entity_type == "AirQualityObserved")
+        .count();
+
+    let t = Instant::now();
+    let input = ReconcileInput::from_state(&state, now + 6000);
+    let whole = t.elapsed().as_secs_f64() * 1000.0;
+    drop(input);
+    let mut copy = ReconcileCopy::new(now + 6000);
+    let mut input = None;
+    jobs.push(stepped(
+        "reconciliation: copy of the shared entities for the pass",
+        "a 1 ms step a frame; the pass itself on its own thread",
+        whole,
+        &mut || {
+            input = copy.step(&state, Budget::frame());
+            input.is_some()
+        },
+    ));
+    let input = input.expect("the copy finished");
+    let t = Instant::now();
+    let r = crate::governance::reconcile::reconcile_input(&input, &feeds, now + 6000);
+    let pass_ms = t.elapsed().as_secs_f64() * 1000.0;
+    jobs.push(FrameJob {
+        job: "reconciliation: the pass",
+        how: "on its own thread: no frame time",
+        frames: 0,
+        frame_ms: Percentiles::of(Vec::new()),
+        whole_pass_ms: Some((pass_ms * 100.0).round() / 100.0),
+    });
+    let winner_of = r.winner_of;
+
+    let t = Instant::now();
+    std::hint::black_box(CityKpis::compute(&state, &winner_of, now + 6000));
+    let whole = t.elapsed().as_secs_f64() * 1000.0;
+    let mut pass = KpiPass::new(now + 6000);
+    jobs.push(stepped(
+        "KPIs (each thing once, from its winning source)",
+        "a 1 ms step a frame, twice a second",
+        whole,
+        &mut || {
+            pass.step(&state, &winner_of, Budget::frame())
+                .map(std::hint::black_box)
+                .is_some()
+        },
+    ));
+
+    let t = Instant::now();
+    let units = crate::dispatch::recommend::units_from_state(&state);
+    let whole = t.elapsed().as_secs_f64() * 1000.0;
+    let mut tracker = crate::dispatch::recommend::UnitTracker::default();
+    jobs.push(stepped(
+        "unit recommendation: the units in the live state",
+        "kept from each frame's changed slots; what was there first, a 1 ms step a frame",
+        whole,
+        &mut || {
+            tracker.track(&state, &[], Budget::frame());
+            tracker.caught_up()
+        },
+    ));
+    assert_eq!(
+        tracker.units().len(),
+        units.len(),
+        "the tracker finds every unit"
+    );
+    let t = Instant::now();
+    std::hint::black_box(tracker.units());
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    jobs.push(FrameJob {
+        job: "unit recommendation: the units handed to a re-ranking",
+        how: "a copy of the tracked units, every 2 s while an incident is selected",
+        frames: 1,
+        frame_ms: Percentiles::of(vec![ms]),
+        whole_pass_ms: None,
+    });
+
+    // Expiry: an hour later nothing has been reported; everything expires.
+    let mut ms = Vec::new();
+    let mut gone = 0;
+    while !state.is_empty() && ms.len() < 100_000 {
+        let t = Instant::now();
+        let deadline = t + crate::governance::health::INGEST_FRAME_BUDGET;
+        gone += ingest.expire_within(
+            &mut state,
+            now + 3_600_000 + ms.len() as i64 * 16,
+            Some(deadline),
+        );
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    std::hint::black_box(gone);
+    jobs.push(FrameJob {
+        job: "expiry: every entity unreported for its expiry time",
+        how: "a sweep step a frame (32,768 slots or 2,048 removals, within the ingest's 4 ms)",
+        frames: ms.len(),
+        frame_ms: Percentiles::of(ms),
+        whole_pass_ms: None,
+    });
+    let worst_whole_city_job_ms = jobs
+        .iter()
+        .filter(|j| !j.job.starts_with("ingest:") || j.job.contains("304"))
+        .map(|j| j.frame_ms.max)
+        .fold(0.0, f64::max);
+    FrameBenchReport {
+        entities: state.slot_count(),
+        shared_entities: shared,
+        jobs,
+        worst_whole_city_job_ms,
+    }
 }

@@ -307,6 +307,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// What the frame thread spends on each whole-city job with a live state of N
+    /// entities (two feeds reporting the same N/2 air stations, and N/10 ambulances):
+    /// ingest of the whole city in one payload, a snapshot's removals, a 304,
+    /// reconciliation's copy, the KPIs, units for the recommendation, expiry; per
+    /// frame (p50/p99/max) and, where it was one pass before, in one go.
+    Frame {
+        #[arg(long, default_value_t = 150_000)]
+        entities: usize,
+    },
     /// Advance the simulator with this many vehicles on the default city.
     Sim {
         #[arg(long, default_value_t = 10_000)]
@@ -1093,6 +1102,13 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&bench::bench_ingest(entities, rounds))?
+            );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Frame { entities }) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&bench::bench_frame(entities))?
             );
             Ok(())
         }

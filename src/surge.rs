@@ -91,7 +91,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(mut ms: Vec<f64>) -> Self {
+    pub fn of(mut ms: Vec<f64>) -> Self {
         ms.sort_by(f64::total_cmp);
         let r = |x: f64| (x * 100.0).round() / 100.0;
         Self {

@@ -18,12 +18,13 @@ use super::{AppSystems, City};
 use crate::dispatch::book::{Actor, Book, Incident, Severity};
 use crate::dispatch::config::DispatchConfig;
 use crate::dispatch::dispatcher::Dispatcher;
-use crate::dispatch::recommend::{Recommendation, Router, Unit, units_from_state};
+use crate::dispatch::recommend::{Recommendation, Router, Unit, UnitTracker};
 use crate::dispatch::service::{DispatchService, ServiceOptions};
 use crate::dispatch::users::Users;
 use crate::dispatch::worker::DeskWorker;
 use crate::map::graph::RoadGraph;
 use crate::map::mesh::{self, MeshData};
+use crate::state::sweep::Budget;
 
 /// How the desk starts, from the command line.
 #[derive(Resource, Clone)]
@@ -234,8 +235,9 @@ pub struct Desk {
     routes_for: Option<(i64, Option<String>)>,
     /// Alerts already in the live state when the log finished loading were read once.
     alerts_caught_up: bool,
-    /// The router has read every road's live speed once.
-    speeds_loaded: bool,
+    /// Units in the live state, kept from the changed slots (and road speeds with
+    /// them).
+    unit_tracker: UnitTracker,
     /// A console of a hall: its link (reachability, presence).
     pub hall: Option<HallLink>,
     /// Commands sent to the writer and not yet answered: the ticket, and what the
@@ -294,7 +296,7 @@ impl Desk {
             pins_for: None,
             routes_for: None,
             alerts_caught_up: false,
-            speeds_loaded: false,
+            unit_tracker: UnitTracker::default(),
             hall: None,
             sent: Vec::new(),
             session: 0,
@@ -750,14 +752,14 @@ fn desk_recommend(
         return;
     };
     let desk = &mut *desk;
+    // Units and road speeds: what is already in the state a step a frame, then only
+    // what changed.
+    let caught = desk
+        .unit_tracker
+        .track(&live.state, &changed.0, Budget::frame());
     if let Some(router) = desk.router.as_mut() {
-        // Every road's speed once, then only what changed.
-        if !desk.speeds_loaded && !live.state.is_empty() {
-            router.update_speeds_from(&live.state);
-            desk.speeds_loaded = true;
-        } else {
-            router.update_speeds_from_slots(&live.state, &changed.0);
-        }
+        router.update_speeds_from_slots(&live.state, &caught);
+        router.update_speeds_from_slots(&live.state, &changed.0);
     }
     let now = crate::clock::unix_ms_now();
     let Some(selected) = desk.selected.clone() else {
@@ -784,7 +786,7 @@ fn desk_recommend(
         return;
     };
     let kinds = wanted_kinds(desk, &incident);
-    desk.units = units_from_state(&live.state);
+    desk.units = desk.unit_tracker.units();
     let at = city.map.frame.local_from_wgs84(incident.lon, incident.lat);
     desk.recommendations = match &desk.router {
         Some(router) if !kinds.is_empty() => {

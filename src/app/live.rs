@@ -158,7 +158,9 @@ fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>) {
         changed.0 = state.drain_changed();
         return;
     }
-    ingest.pump(state, MAX_UPDATES_PER_FRAME);
-    ingest.expire(state, crate::clock::unix_ms_now());
+    // The ingest's share of the frame: what is left waits for the next.
+    let deadline = std::time::Instant::now() + crate::governance::health::INGEST_FRAME_BUDGET;
+    ingest.pump_within(state, MAX_UPDATES_PER_FRAME, Some(deadline));
+    ingest.expire_within(state, crate::clock::unix_ms_now(), Some(deadline));
     changed.0 = state.drain_changed();
 }

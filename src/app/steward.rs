@@ -15,9 +15,10 @@ use crate::feeds::config::FeedConfig;
 use crate::governance::catalog::consumers;
 use crate::governance::health::FeedHealth;
 use crate::governance::quality::{FeedQuality, freshness};
-use crate::governance::reconcile::{ReconcileInput, Reconciliation, reconcile_input};
+use crate::governance::reconcile::{ReconcileCopy, Reconciliation, reconcile_input};
 use crate::map::mesh::linear_from_srgb;
 use crate::state::Standing;
+use crate::state::sweep::Budget;
 
 /// How often reconciliation and the trust overlay are recomputed.
 const EVERY_MS: i64 = 2_000;
@@ -29,8 +30,8 @@ pub struct Governance {
     pub computed_ms: i64,
     /// How long the last pass took on its own thread.
     pub last_pass_ms: f64,
-    /// How long copying the state for it took on the frame; big cities reconcile less
-    /// often so the copies stay under ~2 % of frame time.
+    /// The most one frame spent copying the state for the last pass (the copy is
+    /// spread across frames, a frame's budget at a time).
     pub last_copy_ms: f64,
     pub steward_open: bool,
     /// The pass in progress, off the frame thread: (result, its time, its duration).
@@ -46,9 +47,17 @@ pub(super) fn plugin(app: &mut App) {
     );
 }
 
-/// Starts a reconciliation pass on its own thread when one is due, and takes its
-/// result when it is done: the frame only copies the shared part of the state.
-fn reconcile_now(live: Option<Res<Live>>, mut governance: ResMut<Governance>) {
+/// Keeps reconciliation current without a frame paying for a whole-city pass: when
+/// one is due, the frame copies the shared part of the state a frame's budget at a
+/// time ([`ReconcileCopy`]), then the pass runs on its own thread and the frame takes
+/// its result when it is done.
+fn reconcile_now(
+    live: Option<Res<Live>>,
+    mut governance: ResMut<Governance>,
+    // The copy in progress and the most a frame spent on it; kept out of the resource
+    // so that stepping it does not mark the reconciliation changed.
+    mut copying: Local<Option<(ReconcileCopy, f64)>>,
+) {
     let Some(live) = live else { return };
     if let Some(pass) = &governance.running {
         if !pass.is_finished() {
@@ -63,14 +72,25 @@ fn reconcile_now(live: Option<Res<Live>>, mut governance: ResMut<Governance>) {
         }
         return;
     }
-    let now = crate::clock::unix_ms_now();
-    let interval = EVERY_MS.max((governance.last_copy_ms * 50.0) as i64);
-    if now - governance.computed_ms < interval {
-        return;
+    if copying.is_none() {
+        let now = crate::clock::unix_ms_now();
+        if now - governance.computed_ms < EVERY_MS {
+            return;
+        }
+        *copying = Some((ReconcileCopy::new(now), 0.0));
     }
+    let Some((mut copy, mut most_ms)) = copying.take() else {
+        return;
+    };
     let started = std::time::Instant::now();
-    let input = ReconcileInput::from_state(&live.state, now);
-    governance.last_copy_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let input = copy.step(&live.state, Budget::frame());
+    most_ms = most_ms.max(started.elapsed().as_secs_f64() * 1000.0);
+    let Some(input) = input else {
+        *copying = Some((copy, most_ms));
+        return;
+    };
+    governance.last_copy_ms = most_ms;
+    let now = copy.now_ms();
     let feeds = live.feeds.clone();
     let spawned = std::thread::Builder::new()
         .name("reconciliation".into())
@@ -102,25 +122,8 @@ fn fade_stale_markers(
         return;
     }
     let now = governance.computed_ms;
-    // Entities a winning source contradicts: one set lookup per loser, not a scan of
-    // every conflict per loser.
-    let loser_ids: std::collections::HashSet<&str> = governance
-        .reconciliation
-        .conflicts
-        .iter()
-        .map(|c| c.other.id.as_str())
-        .collect();
-    let contradicted: std::collections::HashSet<u32> = governance
-        .reconciliation
-        .winner_of
-        .keys()
-        .copied()
-        .filter(|slot| {
-            live.state
-                .entity(*slot)
-                .is_some_and(|e| loser_ids.contains(e.id.as_str()))
-        })
-        .collect();
+    // Entities a winning source contradicts, worked out with the pass.
+    let contradicted = &governance.reconciliation.contradicted;
     let held_out = |slot: u32| {
         live.state
             .entity(slot)

@@ -21,7 +21,8 @@ use crate::governance::health::FeedHealth;
 use crate::map::mesh::MapLayer;
 use crate::map::{AreaKind, CityMap};
 use crate::model::value_with_unit;
-use crate::state::kpi::CityKpis;
+use crate::state::kpi::{CityKpis, KpiPass};
+use crate::state::sweep::Budget;
 use crate::state::{LiveEntity, LiveState};
 
 /// What the user asked for through the panels.
@@ -102,7 +103,7 @@ struct ShellView<'w, 's> {
 fn shell_ui(
     mut contexts: EguiContexts,
     mut styled: Local<bool>,
-    mut kpis: Local<(f64, CityKpis)>,
+    mut kpis: Local<KpiStrip>,
     view: ShellView,
     mut layout: ResMut<ShellLayout>,
     mut ui_input: ResMut<UiInput>,
@@ -145,14 +146,23 @@ fn shell_ui(
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let now_ms = crate::clock::unix_ms_now();
-    // KPIs twice a second: cheap, and steadier to read than every frame.
-    if let Some(live) = &live
-        && (now_ms as f64 - kpis.0).abs() > 500.0
-    {
-        *kpis = (
-            now_ms as f64,
-            CityKpis::compute(&live.state, &governance.reconciliation.winner_of, now_ms),
-        );
+    // KPIs twice a second, steadier to read than every frame; a pass over the whole
+    // city is a frame's budget at a time, so no frame pays for all of it.
+    if let Some(live) = &live {
+        if kpis.pass.is_none() && (now_ms as f64 - kpis.shown_at_ms as f64).abs() > 500.0 {
+            kpis.pass = Some(KpiPass::new(now_ms));
+        }
+        if let Some(pass) = &mut kpis.pass
+            && let Some(figures) = pass.step(
+                &live.state,
+                &governance.reconciliation.winner_of,
+                Budget::frame(),
+            )
+        {
+            kpis.shown_at_ms = pass.now_ms();
+            kpis.shown = figures;
+            kpis.pass = None;
+        }
     }
     let map = &city.map;
     let demo = desk.as_ref().is_some_and(|d| d.demo);
@@ -243,7 +253,7 @@ fn shell_ui(
         }),
         kpi_strip: live
             .is_some()
-            .then(|| -> Bar<'_> { Box::new(|ui, _| kpi_strip_ui(ui, &kpis.1)) }),
+            .then(|| -> Bar<'_> { Box::new(|ui, _| kpi_strip_ui(ui, &kpis.shown)) }),
         status_bar: Box::new(|ui, _| status_bar_ui(ui, map, stats, fps)),
         side,
         steward: match (steward_open, &live) {
@@ -714,6 +724,14 @@ fn kpi_tile(ui: &mut egui::Ui, label: &str, value: String, colour: egui::Color32
 
 /// Headline figures in large type, for the wall: sized to the window's height, in
 /// rows that wrap tile by tile on a narrow window.
+/// The KPI strip's figures and the pass computing the next ones.
+#[derive(Default)]
+pub struct KpiStrip {
+    shown: CityKpis,
+    shown_at_ms: i64,
+    pass: Option<KpiPass>,
+}
+
 pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
     let size = kpi_value_size(ui.ctx().viewport_rect().height());
     let dash = || "—".to_string();

@@ -122,26 +122,90 @@ fn normalise(s: &str) -> String {
 
 /// Every emergency vehicle with a position in the live state, as units.
 pub fn units_from_state(state: &LiveState) -> Vec<Unit> {
-    state
-        .iter()
-        .filter_map(|(_, e)| {
-            let EntityKind::Vehicle {
-                vehicle_type,
-                service_status,
-                ..
-            } = &e.kind
-            else {
-                return None;
+    state.iter().filter_map(|(_, e)| unit_of(e)).collect()
+}
+
+/// The units in the live state, kept from each frame's changed slots, so the desk
+/// never scans the whole city for them: what was already in the state when the
+/// tracker started is read a sweep step a frame.
+#[derive(Debug)]
+pub struct UnitTracker {
+    by_slot: std::collections::BTreeMap<Slot, Unit>,
+    catch_up: Option<crate::state::sweep::Sweep>,
+}
+
+impl Default for UnitTracker {
+    fn default() -> Self {
+        Self {
+            by_slot: Default::default(),
+            catch_up: Some(Default::default()),
+        }
+    }
+}
+
+impl UnitTracker {
+    /// Slots a catch-up step reads at most.
+    pub const CATCH_UP_SLOTS: usize = 16_384;
+
+    /// Takes in this frame's changed slots, and a step of the catch-up within
+    /// `budget`; returns the slots the catch-up read (for the router's speeds).
+    pub fn track(
+        &mut self,
+        state: &LiveState,
+        changed: &[Slot],
+        budget: crate::state::sweep::Budget,
+    ) -> Vec<Slot> {
+        let mut caught = Vec::new();
+        if let Some(sweep) = &mut self.catch_up {
+            let budget = crate::state::sweep::Budget {
+                slots: budget.slots.min(Self::CATCH_UP_SLOTS),
+                ..budget
             };
-            let kind = emergency_kind(vehicle_type.as_deref()?)?;
-            Some(Unit {
-                id: e.id.clone(),
-                kind: kind.to_string(),
-                position: e.local?,
-                available: status_available(service_status.as_deref()),
-            })
-        })
-        .collect()
+            if sweep.step(state, budget, |slot, _| caught.push(slot)) {
+                self.catch_up = None;
+            }
+        }
+        for &slot in caught.iter().chain(changed) {
+            match state.entity(slot).and_then(unit_of) {
+                Some(unit) => {
+                    self.by_slot.insert(slot, unit);
+                }
+                None => {
+                    self.by_slot.remove(&slot);
+                }
+            }
+        }
+        caught
+    }
+
+    /// Whether what was in the state at the start has all been read.
+    pub fn caught_up(&self) -> bool {
+        self.catch_up.is_none()
+    }
+
+    /// The units now, in slot order.
+    pub fn units(&self) -> Vec<Unit> {
+        self.by_slot.values().cloned().collect()
+    }
+}
+
+/// The unit a live entity is: an emergency vehicle with a position.
+pub fn unit_of(e: &LiveEntity) -> Option<Unit> {
+    let EntityKind::Vehicle {
+        vehicle_type,
+        service_status,
+        ..
+    } = &e.kind
+    else {
+        return None;
+    };
+    let kind = emergency_kind(vehicle_type.as_deref()?)?;
+    Some(Unit {
+        id: e.id.clone(),
+        kind: kind.to_string(),
+        position: e.local?,
+        available: status_available(service_status.as_deref()),
+    })
 }
 
 type NodePoint = GeomWithData<[f64; 2], u32>;

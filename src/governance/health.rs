@@ -9,10 +9,11 @@ use std::sync::mpsc::Receiver;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::ObservedSchema;
-use super::quality::{FeedQuality, QualityRules};
+use super::quality::{BatchCheck, FeedQuality, QualityRules};
 use crate::feeds::config::FeedConfig;
 use crate::feeds::poll::FeedEvent;
 use crate::feeds::{EntityKind, EntityUpdate, Reject};
+use crate::state::sweep::{Budget, Sweep};
 use crate::state::{ApplyOutcome, FeedId, FeedStanding, LiveState, as_of_ms};
 
 /// Rejected items kept as examples per feed: the first ones seen.
@@ -30,6 +31,17 @@ const MAX_OVERSIZED_IN_A_ROW: u32 = 2;
 pub const MAX_UPDATES_PER_S: f64 = 200_000.0;
 /// Updates a frame applies at most; the rest wait for the next frame.
 pub const MAX_UPDATES_PER_FRAME: usize = 25_000;
+/// Updates of one payload scored and queued at a time.
+pub const RECEIVE_PART: usize = 5_000;
+/// Slots a call's snapshot removals, 304 marks and expiry each look at, at most.
+pub const SWEEP_SLOTS: usize = 32_768;
+/// Entities a sweep step removes at most (removing is what costs).
+pub const MAX_REMOVALS_PER_STEP: usize = 2_048;
+/// Updates a frame applies even when its time is spent, so a busy frame still moves on.
+pub const MIN_UPDATES_PER_FRAME: usize = 1_000;
+/// What a frame spends on the ingest (taking in, applying, sweeps), beyond
+/// [`MIN_UPDATES_PER_FRAME`].
+pub const INGEST_FRAME_BUDGET: std::time::Duration = std::time::Duration::from_millis(4);
 /// How long a quarantine lasts before the feed is tried again.
 pub const QUARANTINE_MS: i64 = 60_000;
 /// Expiry looks for unreported entities at most this often.
@@ -227,11 +239,30 @@ impl FeedHealth {
 #[allow(clippy::large_enum_variant)]
 enum Pending {
     Update(FeedId, EntityUpdate, i64),
-    /// A complete snapshot of the feed ended: what it did not report has gone.
+    /// A complete snapshot of the feed ended: what it did not report has gone. Looked
+    /// for a sweep step a frame.
     Snapshot {
         feed: FeedId,
         seen: HashSet<String>,
+        sweep: Sweep,
+        removed: u64,
     },
+    /// A 304 (or a poll cut short): every entity of the feed is still there, as of
+    /// `at_ms`. Marked a sweep step a frame.
+    Touch {
+        feed: FeedId,
+        at_ms: i64,
+        sweep: Sweep,
+    },
+}
+
+/// A payload being taken in a part a frame: its updates not yet scored and queued.
+struct Taking {
+    feed: FeedId,
+    received_at_ms: i64,
+    rest: std::vec::IntoIter<EntityUpdate>,
+    check: BatchCheck,
+    rejected: usize,
 }
 
 /// What one poll in progress has reported so far.
@@ -246,11 +277,15 @@ struct PollTally {
 pub struct Ingest {
     /// In a mutex only so the app can share `Ingest` across threads; one reader.
     rx: Mutex<Receiver<FeedEvent>>,
+    /// Events received from the feeds and not yet taken in.
+    inbox: VecDeque<FeedEvent>,
+    /// The payload being taken in, a part a frame.
+    taking: Option<Taking>,
     queue: VecDeque<Pending>,
     polls: Vec<PollTally>,
-    /// Touches (a 304: everything still there) to apply, per feed, with their time.
-    touches: Vec<(FeedId, i64)>,
     last_expiry_ms: i64,
+    /// The expiry sweep in progress, and the time it is for.
+    expiry: Option<(Sweep, i64)>,
     pub health: Vec<FeedHealth>,
     /// Quality of each feed's data under `rules`.
     pub quality: Vec<FeedQuality>,
@@ -276,10 +311,12 @@ impl Ingest {
     pub fn with_rules(feeds: &[FeedConfig], rx: Receiver<FeedEvent>, rules: QualityRules) -> Self {
         Self {
             rx: Mutex::new(rx),
+            inbox: VecDeque::new(),
+            taking: None,
             queue: VecDeque::new(),
             polls: feeds.iter().map(|_| PollTally::default()).collect(),
-            touches: Vec::new(),
             last_expiry_ms: i64::MIN,
+            expiry: None,
             health: feeds.iter().map(|f| FeedHealth::new(&f.name)).collect(),
             quality: vec![FeedQuality::default(); feeds.len()],
             schemas: vec![ObservedSchema::default(); feeds.len()],
@@ -290,17 +327,44 @@ impl Ingest {
 
     /// Updates received but not yet applied.
     pub fn backlog(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.taking.as_ref().map_or(0, |t| t.rest.len())
     }
 
-    /// Drains the channel and applies at most `max_updates` updates. Returns how many
-    /// were applied; the rest wait for the next call.
+    /// Takes in what the feeds sent and applies at most `max_updates` updates. Returns
+    /// how many were applied; the rest wait for the next call.
+    ///
+    /// Nothing here is a whole-city pass: a payload is scored and queued a part at a
+    /// time, no more than a call applies, and a snapshot's removals and a 304's marks
+    /// go a sweep step ([`SWEEP_SLOTS`]) a call.
     pub fn pump(&mut self, state: &mut LiveState, max_updates: usize) -> usize {
-        let events: Vec<FeedEvent> = match self.rx.lock() {
-            Ok(rx) => rx.try_iter().collect(),
-            Err(_) => Vec::new(),
-        };
-        for event in events {
+        self.pump_within(state, max_updates, None)
+    }
+
+    /// [`Self::pump`] for a frame: stops at `deadline` (having applied at least
+    /// [`MIN_UPDATES_PER_FRAME`] when there were that many).
+    pub fn pump_within(
+        &mut self,
+        state: &mut LiveState,
+        max_updates: usize,
+        deadline: Option<std::time::Instant>,
+    ) -> usize {
+        let late = || deadline.is_some_and(|t| std::time::Instant::now() >= t);
+        if let Ok(rx) = self.rx.lock() {
+            self.inbox.extend(rx.try_iter());
+        }
+        // Take in no more than this call can apply.
+        let mut taken = 0usize;
+        while taken < max_updates
+            && self.queue.len() < max_updates
+            && (self.queue.len() < MIN_UPDATES_PER_FRAME || !late())
+        {
+            if self.taking.is_some() {
+                taken += self.take_part(RECEIVE_PART.min(max_updates - taken));
+                continue;
+            }
+            let Some(event) = self.inbox.pop_front() else {
+                break;
+            };
             self.receive(event);
         }
         for (i, (f, h)) in self.feeds.iter().zip(&self.health).enumerate() {
@@ -312,71 +376,225 @@ impl Ingest {
                 },
             );
         }
-        for (feed, at_ms) in self.touches.drain(..) {
-            state.touch_feed(feed, at_ms);
-        }
         let mut applied = 0;
+        let mut sweep_slots = SWEEP_SLOTS;
         while applied < max_updates {
-            let Some(pending) = self.queue.pop_front() else {
+            if applied >= MIN_UPDATES_PER_FRAME && applied % 256 == 0 && late() {
                 break;
-            };
-            let (feed, update, received_at_ms) = match pending {
-                Pending::Update(feed, update, at) => (feed, update, at),
-                Pending::Snapshot { feed, seen } => {
-                    let gone = state.ids_where(feed, |e| !seen.contains(&e.id));
-                    for id in &gone {
-                        state.remove(feed, id);
+            }
+            match self.queue.front_mut() {
+                None => break,
+                Some(Pending::Snapshot {
+                    feed,
+                    seen,
+                    sweep,
+                    removed,
+                }) => {
+                    if sweep_slots == 0 {
+                        break;
                     }
+                    let feed = *feed;
+                    let before = sweep.position();
+                    let mut gone = Vec::new();
+                    let budget = Budget {
+                        slots: sweep_slots,
+                        until: deadline,
+                    };
+                    let done = sweep.step_while(state, budget, |slot, e| {
+                        if e.feed == feed && !seen.contains(&e.id) {
+                            gone.push(slot);
+                        }
+                        gone.len() < MAX_REMOVALS_PER_STEP
+                    });
+                    sweep_slots = sweep_slots.saturating_sub(sweep.position() - before);
+                    for slot in gone {
+                        *removed += u64::from(state.remove_slot(slot));
+                    }
+                    if !done {
+                        break;
+                    }
+                    let removed = *removed;
                     if let Some(h) = self.health.get_mut(feed as usize) {
-                        h.removed += gone.len() as u64;
+                        h.removed += removed;
                     }
-                    continue;
+                    self.queue.pop_front();
                 }
-            };
-            let outcome = state.apply(feed, update, received_at_ms);
-            if let Some(h) = self.health.get_mut(feed as usize) {
-                match outcome {
-                    ApplyOutcome::Inserted | ApplyOutcome::Updated => {
-                        h.note_accepted(received_at_ms, 1)
+                Some(Pending::Touch { feed, at_ms, sweep }) => {
+                    if sweep_slots == 0 {
+                        break;
                     }
-                    ApplyOutcome::OutOfOrder | ApplyOutcome::Duplicate => h.ignored += 1,
+                    let (feed, at_ms) = (*feed, *at_ms);
+                    let before = sweep.position();
+                    let mut marked = Vec::new();
+                    let budget = Budget {
+                        slots: sweep_slots,
+                        until: deadline,
+                    };
+                    let done = sweep.step(state, budget, |slot, e| {
+                        if e.feed == feed && e.seen_at_ms < at_ms {
+                            marked.push(slot);
+                        }
+                    });
+                    sweep_slots = sweep_slots.saturating_sub(sweep.position() - before);
+                    for slot in marked {
+                        state.touch_slot(slot, at_ms);
+                    }
+                    if !done {
+                        break;
+                    }
+                    self.queue.pop_front();
+                }
+                Some(Pending::Update(..)) => {
+                    let Some(Pending::Update(feed, update, received_at_ms)) =
+                        self.queue.pop_front()
+                    else {
+                        unreachable!("the front is an update");
+                    };
+                    let outcome = state.apply(feed, update, received_at_ms);
+                    if let Some(h) = self.health.get_mut(feed as usize) {
+                        match outcome {
+                            ApplyOutcome::Inserted | ApplyOutcome::Updated => {
+                                h.note_accepted(received_at_ms, 1)
+                            }
+                            ApplyOutcome::OutOfOrder | ApplyOutcome::Duplicate => h.ignored += 1,
+                        }
+                    }
+                    applied += 1;
                 }
             }
-            applied += 1;
         }
         applied
     }
 
     /// Removes entities their feed has not reported for its expiry time (a number of
-    /// cadences), as of `now_ms`; looks at most once a second. Returns how many went.
+    /// cadences), as of `now_ms`. A pass starts at most once a second and goes a sweep
+    /// step ([`SWEEP_SLOTS`]) a call. Returns how many went in this call.
     pub fn expire(&mut self, state: &mut LiveState, now_ms: i64) -> usize {
-        if now_ms.saturating_sub(self.last_expiry_ms) < EXPIRE_EVERY_MS {
-            return 0;
+        self.expire_within(state, now_ms, None)
+    }
+
+    /// [`Self::expire`] for a frame: the step also stops at `deadline`.
+    pub fn expire_within(
+        &mut self,
+        state: &mut LiveState,
+        now_ms: i64,
+        deadline: Option<std::time::Instant>,
+    ) -> usize {
+        if self.expiry.is_none() {
+            if now_ms.saturating_sub(self.last_expiry_ms) < EXPIRE_EVERY_MS {
+                return 0;
+            }
+            self.last_expiry_ms = now_ms;
+            if self.feeds.iter().all(|f| f.expire_after_ms().is_none()) {
+                return 0;
+            }
+            self.expiry = Some((Sweep::new(), now_ms));
         }
-        self.last_expiry_ms = now_ms;
+        let Some((sweep, at_ms)) = &mut self.expiry else {
+            return 0;
+        };
+        let at_ms = *at_ms;
+        let limits: Vec<Option<i64>> = self.feeds.iter().map(|f| f.expire_after_ms()).collect();
+        let mut gone = Vec::new();
+        let budget = Budget {
+            slots: SWEEP_SLOTS,
+            until: deadline,
+        };
+        let done = sweep.step_while(state, budget, |slot, e| {
+            if let Some(Some(limit)) = limits.get(e.feed as usize)
+                && at_ms - e.seen_at_ms > *limit
+            {
+                gone.push((slot, e.feed));
+            }
+            gone.len() < MAX_REMOVALS_PER_STEP
+        });
+        if done {
+            self.expiry = None;
+        }
         let mut total = 0;
-        for (i, f) in self.feeds.iter().enumerate() {
-            let Some(limit) = f.expire_after_ms() else {
-                continue;
-            };
-            let feed = i as FeedId;
-            let gone = state.ids_where(feed, |e| now_ms - e.seen_at_ms > limit);
-            for id in &gone {
-                state.remove(feed, id);
+        for (slot, feed) in gone {
+            if state.remove_slot(slot) {
+                total += 1;
+                if let Some(h) = self.health.get_mut(feed as usize) {
+                    h.expired += 1;
+                }
             }
-            if let Some(h) = self.health.get_mut(i) {
-                h.expired += gone.len() as u64;
-            }
-            total += gone.len();
         }
         total
+    }
+
+    /// Scores and queues up to `n` updates of the payload being taken in; closes it
+    /// when none are left. Returns how many were taken.
+    fn take_part(&mut self, n: usize) -> usize {
+        let Some(taking) = &mut self.taking else {
+            return 0;
+        };
+        let i = taking.feed as usize;
+        let mut part: Vec<EntityUpdate> = taking.rest.by_ref().take(n.max(1)).collect();
+        let taken = part.len();
+        if let Some(config) = self.feeds.get(i) {
+            // Untyped GeoJSON features take their type from the feed, so feature `1`
+            // of the hydrants is not bike station `1`.
+            for u in &mut part {
+                if u.entity_type == "Feature" {
+                    u.entity_type = config.untyped_entity_type().to_string();
+                }
+            }
+        }
+        if let Some(h) = self.health.get_mut(i) {
+            for note in part.iter().flat_map(|u| &u.notes) {
+                *h.notes.entry(note.code().to_string()).or_default() += 1;
+                if let crate::feeds::DecodeNote::ValuesCut { cut, .. } = note {
+                    h.values_cut += cut;
+                }
+            }
+            // An alert's time is when it was raised, not a reading: an alert feed is
+            // as fresh as its last report.
+            let received_at_ms = taking.received_at_ms;
+            let newest = part
+                .iter()
+                .map(|u| match u.kind {
+                    EntityKind::Alert { .. } => received_at_ms,
+                    _ => as_of_ms(u.observed_at_ms, received_at_ms),
+                })
+                .max();
+            h.data_as_of_ms = h.data_as_of_ms.max(newest);
+        }
+        if let Some(p) = self.polls.get_mut(i) {
+            p.seen.extend(part.iter().map(|u| u.id.clone()));
+        }
+        if let (Some(q), Some(config)) = (self.quality.get_mut(i), self.feeds.get(i)) {
+            q.check_part(
+                &self.rules,
+                config,
+                &part,
+                taking.received_at_ms,
+                &mut taking.check,
+            );
+        }
+        if let Some(schema) = self.schemas.get_mut(i) {
+            // A sample is enough to learn a feed's schema.
+            for u in part.iter().step_by(64) {
+                schema.observe(u);
+            }
+        }
+        let (feed, at) = (taking.feed, taking.received_at_ms);
+        self.queue
+            .extend(part.into_iter().map(|u| Pending::Update(feed, u, at)));
+        if taking.rest.len() == 0
+            && let Some(done) = self.taking.take()
+            && let Some(q) = self.quality.get_mut(i)
+        {
+            q.finish_batch(done.check, done.rejected);
+        }
+        taken
     }
 
     fn receive(&mut self, event: FeedEvent) {
         match event {
             FeedEvent::Batch {
                 feed,
-                mut decoded,
+                decoded,
                 received_at_ms,
             } => {
                 let i = feed as usize;
@@ -398,12 +616,6 @@ impl Ingest {
                     let room = MAX_REJECT_EXAMPLES.saturating_sub(h.reject_examples.len());
                     h.reject_examples
                         .extend(decoded.rejects.iter().take(room).cloned());
-                    for note in decoded.updates.iter().flat_map(|u| &u.notes) {
-                        *h.notes.entry(note.code().to_string()).or_default() += 1;
-                        if let crate::feeds::DecodeNote::ValuesCut { cut, .. } = note {
-                            h.values_cut += cut;
-                        }
-                    }
                     let items = (decoded.updates.len() + decoded.rejects.len()) as u64;
                     h.note_payload(items, decoded.rejects.len() as u64, received_at_ms);
                     if h.quarantined.is_some() {
@@ -413,54 +625,23 @@ impl Ingest {
                         }
                         return;
                     }
-                    // An alert's time is when it was raised, not a reading: an alert
-                    // feed is as fresh as its last report.
-                    let newest = decoded
-                        .updates
-                        .iter()
-                        .map(|u| match u.kind {
-                            EntityKind::Alert { .. } => received_at_ms,
-                            _ => as_of_ms(u.observed_at_ms, received_at_ms),
-                        })
-                        .max();
-                    h.data_as_of_ms = h.data_as_of_ms.max(newest);
-                }
-                if let Some(config) = self.feeds.get(i) {
-                    // Untyped GeoJSON features take their type from the feed, so
-                    // feature `1` of the hydrants is not bike station `1`.
-                    for u in &mut decoded.updates {
-                        if u.entity_type == "Feature" {
-                            u.entity_type = config.untyped_entity_type().to_string();
-                        }
-                    }
                 }
                 if let Some(p) = self.polls.get_mut(i) {
-                    p.seen.extend(decoded.updates.iter().map(|u| u.id.clone()));
                     // A broken item of an entity does not mean the entity has gone.
                     p.seen
                         .extend(decoded.rejects.iter().filter_map(|r| r.item_id.clone()));
                 }
-                if let (Some(q), Some(config)) = (self.quality.get_mut(i), self.feeds.get(i)) {
-                    q.check_batch(
-                        &self.rules,
-                        config,
-                        &decoded.updates,
-                        decoded.rejects.len(),
-                        received_at_ms,
-                    );
+                // Scored and queued a part a frame (see `take_part`).
+                self.taking = Some(Taking {
+                    feed,
+                    received_at_ms,
+                    rest: decoded.updates.into_iter(),
+                    check: BatchCheck::default(),
+                    rejected: decoded.rejects.len(),
+                });
+                if self.taking.as_ref().is_some_and(|t| t.rest.len() == 0) {
+                    self.take_part(0);
                 }
-                if let Some(schema) = self.schemas.get_mut(i) {
-                    // A sample is enough to learn a feed's schema.
-                    for u in decoded.updates.iter().step_by(64) {
-                        schema.observe(u);
-                    }
-                }
-                self.queue.extend(
-                    decoded
-                        .updates
-                        .into_iter()
-                        .map(|u| Pending::Update(feed, u, received_at_ms)),
-                );
             }
             FeedEvent::PollOk {
                 feed,
@@ -486,7 +667,11 @@ impl Ingest {
                 } else if not_modified || !complete {
                     // Nothing changed (on some pages): every entity is still there, but
                     // none is newer; which ones the unchanged pages hold is not known.
-                    self.touches.push((feed, at_ms));
+                    self.queue.push_back(Pending::Touch {
+                        feed,
+                        at_ms,
+                        sweep: Sweep::new(),
+                    });
                 } else if complete
                     && !tally.partial
                     && self.feeds.get(i).is_some_and(FeedConfig::removes_missing)
@@ -495,6 +680,8 @@ impl Ingest {
                     self.queue.push_back(Pending::Snapshot {
                         feed,
                         seen: tally.seen,
+                        sweep: Sweep::new(),
+                        removed: 0,
                     });
                 }
             }
@@ -617,6 +804,62 @@ mod tests {
             h.withheld,
             BTreeMap::from([("exercise".to_string(), 2), ("test".to_string(), 1)])
         );
+    }
+
+    #[test]
+    fn a_city_sized_payload_is_taken_in_a_part_a_frame_and_scored_as_one() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ingest = Ingest::new(&feeds(""), rx);
+        let mut state = LiveState::new(GeoFrame::new(24.94, 60.17));
+        // 150,000 ambulances in one payload (a whole city's GeoJSON, say).
+        let all: Vec<String> = (0..150_000).map(|i| format!("a{i}")).collect();
+        let ids_of = |range: std::ops::Range<usize>| -> Vec<&str> {
+            all[range].iter().map(String::as_str).collect()
+        };
+        tx.send(batch(0, &ids_of(0..150_000), Some(T), T)).unwrap();
+        tx.send(ok(0, T, false, true)).unwrap();
+        let mut frames = 0;
+        while state.len() < 150_000 {
+            let before = ingest.quality[0].checked;
+            let applied = ingest.pump(&mut state, MAX_UPDATES_PER_FRAME);
+            // A frame scores and applies no more than its share.
+            assert!(applied <= MAX_UPDATES_PER_FRAME);
+            assert!(ingest.quality[0].checked - before <= MAX_UPDATES_PER_FRAME as u64);
+            frames += 1;
+            assert!(frames < 20, "stuck at {}", state.len());
+        }
+        assert_eq!(frames, 6);
+        // One payload, however many parts it was scored in.
+        assert_eq!(ingest.quality[0].checked, 150_000);
+        assert_eq!(ingest.quality[0].history.len(), 1);
+        assert_eq!(ingest.health[0].recent_payloads.len(), 1);
+
+        // The next poll reports all but the first 40,000: they leave, the removals a
+        // sweep step a frame, and the updates after the snapshot wait for it.
+        tx.send(batch(0, &ids_of(40_000..150_000), Some(T + 5000), T + 5000))
+            .unwrap();
+        tx.send(ok(0, T + 5000, false, true)).unwrap();
+        tx.send(batch(0, &["late"], Some(T + 6000), T + 6000))
+            .unwrap();
+        let mut frames = 0;
+        while ingest.backlog() > 0 || state.get(0, "late").is_none() {
+            ingest.pump(&mut state, MAX_UPDATES_PER_FRAME);
+            frames += 1;
+            assert!(frames < 40, "stuck at {}", state.len());
+        }
+        assert_eq!(state.len(), 110_001);
+        assert!(state.get(0, "a39999").is_none() && state.get(0, "a40000").is_some());
+        assert_eq!(ingest.health[0].removed, 40_000);
+        // 150,000 slots at SWEEP_SLOTS a frame: more than one frame for the removals.
+        assert!(frames >= 5 + 150_000 / SWEEP_SLOTS, "{frames}");
+
+        // A 304 marks every entity as still there, a step at a time too.
+        tx.send(ok(0, T + 60_000, true, true)).unwrap();
+        for _ in 0..10 {
+            ingest.pump(&mut state, MAX_UPDATES_PER_FRAME);
+        }
+        assert!(state.iter().all(|(_, e)| e.seen_at_ms >= T + 6000));
+        assert_eq!(state.get(0, "a40000").unwrap().seen_at_ms, T + 60_000);
     }
 
     #[test]

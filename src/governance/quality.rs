@@ -309,20 +309,34 @@ impl FeedQuality {
         rejected: usize,
         now_ms: i64,
     ) -> Vec<Vec<QualityIssue>> {
-        let mut seen = HashSet::with_capacity(updates.len());
-        let (mut complete, mut valid) = (0u64, 0u64);
+        let mut check = BatchCheck::default();
+        let all = self.check_part(rules, feed, updates, now_ms, &mut check);
+        self.finish_batch(check, rejected);
+        all
+    }
+
+    /// Scores a part of a payload; a large payload is scored a part a frame, and
+    /// counts as one payload when [`Self::finish_batch`] closes it.
+    pub fn check_part(
+        &mut self,
+        rules: &QualityRules,
+        feed: &FeedConfig,
+        updates: &[EntityUpdate],
+        now_ms: i64,
+        check: &mut BatchCheck,
+    ) -> Vec<Vec<QualityIssue>> {
         let all: Vec<Vec<QualityIssue>> = updates
             .iter()
             .map(|u| {
                 let mut issues = rules.check(feed, u, now_ms);
-                if !seen.insert(u.id.as_str()) {
+                if !check.seen.insert(u.id.clone()) {
                     issues.push(QualityIssue::DuplicateId);
                 }
                 if !issues.iter().any(QualityIssue::is_completeness) {
-                    complete += 1;
+                    check.complete += 1;
                 }
                 if !issues.iter().any(|i| !i.is_completeness()) {
-                    valid += 1;
+                    check.valid += 1;
                 }
                 for issue in &issues {
                     *self.issues.entry(issue.code().to_string()).or_default() += 1;
@@ -333,21 +347,36 @@ impl FeedQuality {
                 issues
             })
             .collect();
+        check.updates += updates.len();
         self.checked += updates.len() as u64;
+        all
+    }
+
+    /// Closes a payload scored in parts, with the items its decoder rejected.
+    pub fn finish_batch(&mut self, check: BatchCheck, rejected: usize) {
         self.rejected += rejected as u64;
-        self.complete += complete;
-        self.valid += valid;
-        let items = updates.len() + rejected;
+        self.complete += check.complete;
+        self.valid += check.valid;
+        let items = check.updates + rejected;
         if items > 0 {
             let n = items as f64;
             self.history
-                .push_back((complete as f64 / n, valid as f64 / n));
+                .push_back((check.complete as f64 / n, check.valid as f64 / n));
             while self.history.len() > HISTORY {
                 self.history.pop_front();
             }
         }
-        all
     }
+}
+
+/// A payload being scored in parts: ids seen so far (a repeated id is an issue) and
+/// the tallies.
+#[derive(Debug, Default)]
+pub struct BatchCheck {
+    seen: HashSet<String>,
+    complete: u64,
+    valid: u64,
+    updates: usize,
 }
 
 fn share(part: u64, whole: u64) -> f64 {

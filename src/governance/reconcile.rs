@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::feeds::config::FeedConfig;
 use crate::feeds::{EntityKind, FieldValue};
 use crate::geo_frame::GeoFrame;
+use crate::state::sweep::{Budget, Sweep};
 use crate::state::{LiveEntity, LiveState, Slot, Standing};
 
 /// Things of the same type closer than this are the same real-world thing (points:
@@ -117,6 +118,10 @@ pub struct Reconciliation {
     /// For each slot reported by more than one feed, the slot whose values win.
     #[serde(skip)]
     pub winner_of: HashMap<Slot, Slot>,
+    /// Slots whose values another source contradicts (the losing side of a conflict):
+    /// drawn magenta on the map. Worked out with the pass, off the frame.
+    #[serde(skip)]
+    pub contradicted: HashSet<Slot>,
 }
 
 impl Reconciliation {
@@ -257,31 +262,11 @@ impl ReconcileInput {
     /// Copies what the pass needs at `now_ms`; quarantined feeds take no part. Cheap
     /// where no type is shared (the copy is of shared types only).
     pub fn from_state(state: &LiveState, now_ms: i64) -> Self {
-        let usable = |e: &LiveEntity| state.standing(e, now_ms) != Standing::Quarantined;
-        let mut feeds_by_type: HashMap<&str, Vec<u32>> = HashMap::new();
-        for (_, e) in state.iter().filter(|(_, e)| usable(e)) {
-            let list = feeds_by_type.entry(e.entity_type.as_str()).or_default();
-            if !list.contains(&e.feed) {
-                list.push(e.feed);
+        let mut copy = ReconcileCopy::new(now_ms);
+        loop {
+            if let Some(input) = copy.step(state, Budget::ALL) {
+                return input;
             }
-        }
-        let shared: HashSet<&str> = feeds_by_type
-            .iter()
-            .filter(|(_, f)| f.len() > 1)
-            .map(|(t, _)| *t)
-            .collect();
-        let entities = if shared.is_empty() {
-            Vec::new()
-        } else {
-            state
-                .iter()
-                .filter(|(_, e)| shared.contains(e.entity_type.as_str()) && usable(e))
-                .map(|(slot, e)| (slot, e.clone()))
-                .collect()
-        };
-        ReconcileInput {
-            entities,
-            frame: *state.frame(),
         }
     }
 
@@ -292,6 +277,102 @@ impl ReconcileInput {
 
     pub fn is_empty(&self) -> bool {
         self.entities.is_empty()
+    }
+}
+
+/// [`ReconcileInput::from_state`] a frame's share at a time: copying 150,000 shared
+/// entities is tens of milliseconds, more than a frame can spare, so the frame takes
+/// a step of it each frame (first which types more than one feed reports, then the
+/// copy of those) and starts the pass when the copy is whole. Entities changed during
+/// the copy are taken as they stood when their slot was reached.
+#[derive(Debug)]
+pub struct ReconcileCopy {
+    now_ms: i64,
+    sweep: Sweep,
+    /// Which feeds report each type (first phase), or the shared types and the copy
+    /// so far (second).
+    phase: CopyPhase,
+}
+
+#[derive(Debug)]
+enum CopyPhase {
+    /// Per type: the feeds reporting it, and its usable entities.
+    Types(HashMap<String, (Vec<u32>, usize)>),
+    Copy(HashSet<String>, Vec<(Slot, LiveEntity)>),
+}
+
+impl ReconcileCopy {
+    pub fn new(now_ms: i64) -> Self {
+        Self {
+            now_ms,
+            sweep: Sweep::new(),
+            phase: CopyPhase::Types(HashMap::new()),
+        }
+    }
+
+    /// The time the pass is for.
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    /// Goes on within `budget`; the input once the copy is whole.
+    pub fn step(&mut self, state: &LiveState, budget: Budget) -> Option<ReconcileInput> {
+        let now_ms = self.now_ms;
+        let usable = |e: &LiveEntity| state.standing(e, now_ms) != Standing::Quarantined;
+        match &mut self.phase {
+            CopyPhase::Types(feeds_by_type) => {
+                let done = self.sweep.step(state, budget, |_, e| {
+                    if !usable(e) {
+                        return;
+                    }
+                    match feeds_by_type.get_mut(e.entity_type.as_str()) {
+                        Some((list, n)) => {
+                            *n += 1;
+                            if !list.contains(&e.feed) {
+                                list.push(e.feed);
+                            }
+                        }
+                        None => {
+                            feeds_by_type.insert(e.entity_type.clone(), (vec![e.feed], 1));
+                        }
+                    }
+                });
+                if !done {
+                    return None;
+                }
+                let mut copies = 0;
+                let shared: HashSet<String> = std::mem::take(feeds_by_type)
+                    .into_iter()
+                    .filter(|(_, (f, _))| f.len() > 1)
+                    .map(|(t, (_, n))| {
+                        copies += n;
+                        t
+                    })
+                    .collect();
+                if shared.is_empty() {
+                    return Some(ReconcileInput {
+                        entities: Vec::new(),
+                        frame: *state.frame(),
+                    });
+                }
+                self.sweep = Sweep::new();
+                // Room for the whole copy now: growing it later would move what
+                // was copied, all in one frame.
+                self.phase = CopyPhase::Copy(shared, Vec::with_capacity(copies));
+                None
+            }
+            CopyPhase::Copy(shared, entities) => {
+                let done = self.sweep.step(state, budget, |slot, e| {
+                    if shared.contains(e.entity_type.as_str()) && usable(e) {
+                        entities.push((slot, e.clone()));
+                    }
+                });
+                done.then(|| ReconcileInput {
+                    entities: std::mem::take(entities),
+                    frame: *state.frame(),
+                })
+            }
+        }
     }
 }
 
@@ -493,10 +574,10 @@ pub fn reconcile_input(
                 continue;
             };
             // A field-level authority overrides the entity-level choice for that field.
-            let (w, l, wv, lv) = if field_rank(lose, field) > field_rank(win, field) {
-                (lose, win, *other, value)
+            let (w, l, wv, lv, l_slot) = if field_rank(lose, field) > field_rank(win, field) {
+                (lose, win, *other, value, *win_slot)
             } else {
-                (win, lose, value, *other)
+                (win, lose, value, *other, *lose_slot)
             };
             let unit = |e: &LiveEntity| e.units.get(field).cloned();
             let (w_unit, l_unit) = (unit(w), unit(l));
@@ -506,6 +587,7 @@ pub fn reconcile_input(
             let units_differ = matches!((&w_unit, &l_unit), (Some(a), Some(b)) if a != b);
             if units_differ || disagree(field, wv, lv) {
                 result.conflict_count += 1;
+                result.contradicted.insert(l_slot);
                 *result.conflicts_by_feed.entry(w.feed).or_default() += 1;
                 *result.conflicts_by_feed.entry(l.feed).or_default() += 1;
                 if result.conflicts.len() >= MAX_LISTED_CONFLICTS {
@@ -603,6 +685,28 @@ mod tests {
         assert_eq!(r.conflicts_for("district-sensors"), 2);
         // The loser's slot points at the winner.
         assert_eq!(r.winner_of.get(&1), Some(&0));
+        // The contradicted: st-1 and sensor-77 of the district (slots 1 and 3).
+        let mut contradicted: Vec<Slot> = r.contradicted.iter().copied().collect();
+        contradicted.sort();
+        assert_eq!(contradicted, vec![1, 3]);
+
+        // Copied a few slots a frame, the pass finds the same.
+        let mut copy = ReconcileCopy::new(5000);
+        let mut steps = 1;
+        let input = loop {
+            match copy.step(&state, Budget::slots(2)) {
+                Some(input) => break input,
+                None => steps += 1,
+            }
+        };
+        // Three steps for the types, three for the copy and one to see the end.
+        assert!(steps >= 6, "{steps}");
+        assert_eq!(input.len(), 5);
+        let stepped = reconcile_input(&input, &feeds(), 5000);
+        assert_eq!(
+            (stepped.links, stepped.conflict_count, &stepped.winner_of),
+            (r.links, r.conflict_count, &r.winner_of)
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use crate::model::{EntityKind, FieldValue};
 
+use super::sweep::{Budget, Sweep};
 use super::{LiveEntity, LiveState, Slot, Standing};
 
 /// A segment moving at under this share of its free-flow speed is congested.
@@ -120,12 +121,71 @@ impl CityKpis {
     /// The figures at `now_ms`, each thing once: `superseded` maps an entity another
     /// source also reports to the winning one (reconciliation's `winner_of`).
     pub fn compute(state: &LiveState, superseded: &HashMap<Slot, Slot>, now_ms: i64) -> Self {
-        let mut kpis = CityKpis::default();
-        // Road segments: (length when known, speed, congested).
-        let mut segments: Vec<(Option<f64>, Option<f64>, Option<bool>)> = Vec::new();
-        let (mut aqi_sum, mut aqi_n, mut aqi_max) = (0.0, 0.0, f64::MIN);
-        let (mut beds, mut occupied) = (0.0, 0.0);
-        let counts = |e: &LiveEntity| match &e.kind {
+        let mut pass = KpiPass::new(now_ms);
+        loop {
+            if let Some(kpis) = pass.step(state, superseded, Budget::ALL) {
+                return kpis;
+            }
+        }
+    }
+}
+
+/// [`CityKpis::compute`] a frame's share at a time: a whole-city pass at 150,000
+/// entities is several milliseconds, so the frame takes a step of it each frame and
+/// shows the figures when the pass is done.
+#[derive(Debug)]
+pub struct KpiPass {
+    now_ms: i64,
+    sweep: Sweep,
+    kpis: CityKpis,
+    /// Road segments: (length when known, speed, congested).
+    segments: Vec<(Option<f64>, Option<f64>, Option<bool>)>,
+    aqi: (f64, f64, f64),
+    beds: (f64, f64),
+}
+
+impl KpiPass {
+    /// A pass for the figures at `now_ms`.
+    pub fn new(now_ms: i64) -> Self {
+        Self {
+            now_ms,
+            sweep: Sweep::new(),
+            kpis: CityKpis::default(),
+            segments: Vec::new(),
+            aqi: (0.0, 0.0, f64::MIN),
+            beds: (0.0, 0.0),
+        }
+    }
+
+    /// When the figures are for.
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    /// Goes on within `budget`; the figures once the whole state has been seen.
+    pub fn step(
+        &mut self,
+        state: &LiveState,
+        superseded: &HashMap<Slot, Slot>,
+        budget: Budget,
+    ) -> Option<CityKpis> {
+        let mut sweep = std::mem::take(&mut self.sweep);
+        let done = sweep.step(state, budget, |slot, e| {
+            self.visit(state, superseded, slot, e)
+        });
+        self.sweep = sweep;
+        done.then(|| self.finish())
+    }
+
+    fn visit(
+        &mut self,
+        state: &LiveState,
+        superseded: &HashMap<Slot, Slot>,
+        slot: Slot,
+        e: &LiveEntity,
+    ) {
+        let now_ms = self.now_ms;
+        let counts = match &e.kind {
             EntityKind::TrafficFlow { .. }
             | EntityKind::AirQuality { aqi: Some(_), .. }
             | EntityKind::Alert { .. }
@@ -133,61 +193,65 @@ impl CityKpis {
             EntityKind::Generic => e.entity_type == "MedicalFacility",
             _ => false,
         };
-        for (slot, e) in state.iter() {
-            if !counts(e) {
-                continue;
-            }
-            match state.standing(e, now_ms) {
-                Standing::Stale => {
-                    kpis.excluded.stale += 1;
-                    continue;
-                }
-                Standing::Quarantined => {
-                    kpis.excluded.quarantined += 1;
-                    continue;
-                }
-                Standing::Current => {}
-            }
-            // Left to the winning source, unless that one cannot be used now.
-            if superseded
-                .get(&slot)
-                .and_then(|&w| state.entity(w))
-                .is_some_and(|w| state.standing(w, now_ms) == Standing::Current)
-            {
-                kpis.excluded.duplicates += 1;
-                continue;
-            }
-            match &e.kind {
-                EntityKind::TrafficFlow {
-                    average_speed_kmh, ..
-                } => {
-                    let length = e.line.as_deref().map(line_length_m).filter(|l| *l > 0.0);
-                    segments.push((length, *average_speed_kmh, is_congested(e)));
-                }
-                EntityKind::AirQuality { aqi: Some(a), .. } if !AQI_SCALE.contains(a) => {
-                    kpis.excluded.implausible += 1;
-                }
-                EntityKind::AirQuality { aqi: Some(a), .. } => {
-                    aqi_sum += a;
-                    aqi_n += 1.0;
-                    aqi_max = aqi_max.max(*a);
-                }
-                EntityKind::Alert { .. }
-                    if e.fields.get("status").and_then(|v| v.as_str()) != Some("resolved") =>
-                {
-                    kpis.open_alerts += 1;
-                }
-                EntityKind::Vehicle { .. } => kpis.vehicles += 1,
-                EntityKind::Generic => {
-                    if let (Some(t), Some(u)) = (number(e, "bedsTotal"), number(e, "bedsOccupied"))
-                    {
-                        beds += t;
-                        occupied += u;
-                    }
-                }
-                _ => {}
-            }
+        if !counts {
+            return;
         }
+        let kpis = &mut self.kpis;
+        match state.standing(e, now_ms) {
+            Standing::Stale => {
+                kpis.excluded.stale += 1;
+                return;
+            }
+            Standing::Quarantined => {
+                kpis.excluded.quarantined += 1;
+                return;
+            }
+            Standing::Current => {}
+        }
+        // Left to the winning source, unless that one cannot be used now.
+        if superseded
+            .get(&slot)
+            .and_then(|&w| state.entity(w))
+            .is_some_and(|w| state.standing(w, now_ms) == Standing::Current)
+        {
+            kpis.excluded.duplicates += 1;
+            return;
+        }
+        match &e.kind {
+            EntityKind::TrafficFlow {
+                average_speed_kmh, ..
+            } => {
+                let length = e.line.as_deref().map(line_length_m).filter(|l| *l > 0.0);
+                self.segments
+                    .push((length, *average_speed_kmh, is_congested(e)));
+            }
+            EntityKind::AirQuality { aqi: Some(a), .. } if !AQI_SCALE.contains(a) => {
+                kpis.excluded.implausible += 1;
+            }
+            EntityKind::AirQuality { aqi: Some(a), .. } => {
+                self.aqi.0 += a;
+                self.aqi.1 += 1.0;
+                self.aqi.2 = self.aqi.2.max(*a);
+            }
+            EntityKind::Alert { .. }
+                if e.fields.get("status").and_then(|v| v.as_str()) != Some("resolved") =>
+            {
+                kpis.open_alerts += 1;
+            }
+            EntityKind::Vehicle { .. } => kpis.vehicles += 1,
+            EntityKind::Generic => {
+                if let (Some(t), Some(u)) = (number(e, "bedsTotal"), number(e, "bedsOccupied")) {
+                    self.beds.0 += t;
+                    self.beds.1 += u;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self) -> CityKpis {
+        let mut kpis = std::mem::take(&mut self.kpis);
+        let segments = std::mem::take(&mut self.segments);
         // A segment without its line weighs as much as the average one with a line.
         let known: Vec<f64> = segments.iter().filter_map(|s| s.0).collect();
         let typical = mean(known.iter().sum(), known.len() as f64).unwrap_or(1.0);
@@ -206,6 +270,8 @@ impl CityKpis {
                 }
             }
         }
+        let (aqi_sum, aqi_n, aqi_max) = self.aqi;
+        let (beds, occupied) = self.beds;
         kpis.mean_road_speed_kmh = mean(speed_sum, speed_len);
         kpis.congestion_index = mean(congested_len, judged_len);
         kpis.mean_aqi = mean(aqi_sum, aqi_n);
@@ -428,6 +494,18 @@ mod tests {
         assert!((0.3..=1.0).contains(&k.hospital_load.unwrap()));
         assert!(k.vehicles > 200);
         assert!(k.excluded.is_empty(), "{:?}", k.excluded);
+
+        // A frame's share at a time gives the same figures as one whole pass.
+        let mut pass = KpiPass::new(NOW + 7 * 3_600_000);
+        let mut steps = 1;
+        let stepped = loop {
+            match pass.step(&state, &HashMap::new(), Budget::slots(97)) {
+                Some(k) => break k,
+                None => steps += 1,
+            }
+        };
+        assert!(steps > 3, "{steps} steps");
+        assert_eq!(stepped, k);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! insertions.
 
 pub mod kpi;
+pub mod sweep;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -332,6 +333,14 @@ impl LiveState {
         true
     }
 
+    /// Removes the entity in `slot`, whichever feed reported it.
+    pub fn remove_slot(&mut self, slot: Slot) -> bool {
+        let Some((feed, id)) = self.entity(slot).map(|e| (e.feed, e.id.clone())) else {
+            return false;
+        };
+        self.remove(feed, &id)
+    }
+
     /// Ids of `feed`'s entities for which `pred` holds.
     pub fn ids_where(&self, feed: FeedId, pred: impl Fn(&LiveEntity) -> bool) -> Vec<String> {
         let Some(slots) = self.slots_by_feed.get(&feed) else {
@@ -343,6 +352,13 @@ impl LiveState {
             .filter(|e| pred(e))
             .map(|e| e.id.clone())
             .collect()
+    }
+
+    /// Marks the entity in `slot` as reported at `at_ms` (a 304: nothing changed).
+    pub fn touch_slot(&mut self, slot: Slot, at_ms: i64) {
+        if let Some(Some(e)) = self.entities.get_mut(slot as usize) {
+            e.seen_at_ms = e.seen_at_ms.max(at_ms);
+        }
     }
 
     /// Marks every entity of `feed` as reported at `at_ms` (a 304: nothing changed).
