@@ -145,7 +145,7 @@ impl Default for UnitTracker {
 
 impl UnitTracker {
     /// Slots a catch-up step reads at most.
-    pub const CATCH_UP_SLOTS: usize = 16_384;
+    pub const CATCH_UP_SLOTS: usize = 4_096;
 
     /// Takes in this frame's changed slots, and a step of the catch-up within
     /// `budget`; returns the slots the catch-up read (for the router's speeds).

@@ -32,7 +32,7 @@ pub const MAX_UPDATES_PER_S: f64 = 200_000.0;
 /// Updates a frame applies at most; the rest wait for the next frame.
 pub const MAX_UPDATES_PER_FRAME: usize = 25_000;
 /// Updates of one payload scored and queued at a time.
-pub const RECEIVE_PART: usize = 5_000;
+pub const RECEIVE_PART: usize = 1_024;
 /// Slots a call's snapshot removals, 304 marks and expiry each look at, at most.
 pub const SWEEP_SLOTS: usize = 32_768;
 /// Entities a sweep step removes at most (removing is what costs).

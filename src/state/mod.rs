@@ -126,12 +126,66 @@ pub enum ApplyOutcome {
     Duplicate,
 }
 
+/// Entities by slot, in chunks of fixed size: a growing city never moves the entities
+/// already there (one `Vec` doubling at 131,072 entities moves ~50 MB in one frame).
+#[derive(Default)]
+struct SlotTable {
+    chunks: Vec<Vec<Option<LiveEntity>>>,
+    len: usize,
+}
+
+impl SlotTable {
+    const CHUNK: usize = 4096;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, i: usize) -> Option<&Option<LiveEntity>> {
+        self.chunks.get(i / Self::CHUNK)?.get(i % Self::CHUNK)
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut Option<LiveEntity>> {
+        self.chunks
+            .get_mut(i / Self::CHUNK)?
+            .get_mut(i % Self::CHUNK)
+    }
+
+    fn push(&mut self, e: Option<LiveEntity>) {
+        if self.len % Self::CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(Self::CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(e);
+        }
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Option<LiveEntity>> {
+        self.chunks.iter().flatten()
+    }
+}
+
+impl std::ops::Index<usize> for SlotTable {
+    type Output = Option<LiveEntity>;
+
+    fn index(&self, i: usize) -> &Self::Output {
+        &self.chunks[i / Self::CHUNK][i % Self::CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for SlotTable {
+    fn index_mut(&mut self, i: usize) -> &mut Self::Output {
+        &mut self.chunks[i / Self::CHUNK][i % Self::CHUNK]
+    }
+}
+
 /// All live entities.
 pub struct LiveState {
     frame: GeoFrame,
     slots_by_feed: HashMap<FeedId, HashMap<String, Slot>>,
     /// `None` where an entity was removed.
-    entities: Vec<Option<LiveEntity>>,
+    entities: SlotTable,
     live: usize,
     standing: HashMap<FeedId, FeedStanding>,
     index: Mutex<RTree<IndexPoint>>,
@@ -146,7 +200,7 @@ impl LiveState {
         Self {
             frame,
             slots_by_feed: HashMap::new(),
-            entities: Vec::new(),
+            entities: SlotTable::default(),
             live: 0,
             standing: HashMap::new(),
             index: Mutex::new(RTree::new()),
