@@ -225,7 +225,12 @@ pub struct Desk {
     pub open: bool,
     /// Demo accounts and tokens are active (shown in the top bar).
     pub demo: bool,
-    router: Option<Router>,
+    /// Shared with the ranking thread; its speeds are updated when no ranking holds it.
+    router: Option<std::sync::Arc<Router>>,
+    /// Changed slots whose road speeds wait for the ranking in progress to end.
+    pending_speeds: Vec<u32>,
+    /// The ranking in progress on its own thread.
+    ranking: Option<Ranking>,
     recommended_at_ms: i64,
     recommended_for: Option<(String, u64)>,
     /// What the pins and the routes on the map show, to rebuild them only on change.
@@ -290,7 +295,9 @@ impl Desk {
             pending: Vec::new(),
             open: true,
             demo: false,
-            router,
+            router: router.map(std::sync::Arc::new),
+            pending_speeds: Vec::new(),
+            ranking: None,
             recommended_at_ms: 0,
             recommended_for: None,
             pins_for: None,
@@ -740,8 +747,19 @@ fn wanted_kinds(desk: &mut Desk, incident: &Incident) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A ranking of units on its own thread, and what it was asked.
+struct Ranking {
+    key: (String, u64),
+    kinds: Vec<String>,
+    units: Vec<Unit>,
+    at_ms: i64,
+    handle: std::thread::JoinHandle<Vec<Recommendation>>,
+}
+
 /// Re-ranks units for the selected incident every two seconds (traffic changes) or at
-/// once when the selection changes.
+/// once when the selection changes. The ranking runs on its own thread (a search of
+/// a big city's road graph is milliseconds); the frame only starts it and takes its
+/// answer.
 fn desk_recommend(
     desk: Option<ResMut<Desk>>,
     live: Option<Res<Live>>,
@@ -757,11 +775,48 @@ fn desk_recommend(
     let caught = desk
         .unit_tracker
         .track(&live.state, &changed.0, Budget::frame());
-    if let Some(router) = desk.router.as_mut() {
-        router.update_speeds_from_slots(&live.state, &caught);
-        router.update_speeds_from_slots(&live.state, &changed.0);
+    if desk.router.is_some() {
+        desk.pending_speeds.extend(caught);
+        desk.pending_speeds.extend(&changed.0);
+    }
+    if let Some(router) = desk.router.as_mut().and_then(std::sync::Arc::get_mut) {
+        router.update_speeds_from_slots(&live.state, &desk.pending_speeds);
+        desk.pending_speeds.clear();
     }
     let now = crate::clock::unix_ms_now();
+    // Another incident's (or another kind's) units are never shown for this one.
+    if desk
+        .recommended_for
+        .as_ref()
+        .is_none_or(|k| Some(&k.0) != desk.selected.as_ref())
+    {
+        desk.recommendations.clear();
+    }
+    if desk
+        .ranking
+        .as_ref()
+        .is_some_and(|r| r.handle.is_finished())
+    {
+        let Some(done) = desk.ranking.take() else {
+            return;
+        };
+        let still_wanted = desk.selected.as_ref() == Some(&done.key.0)
+            && desk
+                .book()
+                .and_then(|b| b.incident(&done.key.0).cloned())
+                .is_some_and(|i| wanted_kinds(desk, &i) == done.kinds);
+        if let Ok(recommendations) = done.handle.join()
+            && still_wanted
+        {
+            desk.recommendations = recommendations;
+            desk.units = done.units;
+            desk.recommended_at_ms = done.at_ms;
+            desk.recommended_for = Some(done.key);
+        }
+    }
+    if desk.ranking.is_some() {
+        return;
+    }
     let Some(selected) = desk.selected.clone() else {
         desk.recommendations.clear();
         return;
@@ -786,16 +841,39 @@ fn desk_recommend(
         return;
     };
     let kinds = wanted_kinds(desk, &incident);
-    desk.units = desk.unit_tracker.units();
+    let units = desk.unit_tracker.units();
     let at = city.map.frame.local_from_wgs84(incident.lon, incident.lat);
-    desk.recommendations = match &desk.router {
-        Some(router) if !kinds.is_empty() => {
-            router.recommend(at, &desk.units, |u| kinds.contains(&u.kind), 5)
-        }
-        _ => Vec::new(),
+    let Some(router) = desk.router.clone().filter(|_| !kinds.is_empty()) else {
+        desk.units = units;
+        desk.recommendations.clear();
+        desk.recommended_at_ms = now;
+        desk.recommended_for = Some(key);
+        return;
     };
-    desk.recommended_at_ms = now;
-    desk.recommended_for = Some(key);
+    let (for_thread, wanted) = (units.clone(), kinds.clone());
+    let spawned = std::thread::Builder::new()
+        .name("unit-ranking".into())
+        .spawn(move || router.recommend(at, &for_thread, |u| wanted.contains(&u.kind), 5));
+    match spawned {
+        Ok(handle) => {
+            desk.ranking = Some(Ranking {
+                key,
+                kinds,
+                units,
+                at_ms: now,
+                handle,
+            })
+        }
+        // No thread to spare: rank on the frame this once.
+        Err(_) => {
+            if let Some(router) = &desk.router {
+                desk.recommendations = router.recommend(at, &units, |u| kinds.contains(&u.kind), 5);
+            }
+            desk.units = units;
+            desk.recommended_at_ms = now;
+            desk.recommended_for = Some(key);
+        }
+    }
 }
 
 fn severity_colour(s: Severity) -> [f32; 4] {
@@ -1242,6 +1320,98 @@ mod tests {
         frames_until(h, |d| d.actor.is_some() || d.sign_in.error.is_some());
         assert!(h.state().actor.is_some(), "{:?}", h.state().sign_in.error);
         assert!(h.state().sign_in.passphrase.is_empty());
+    }
+
+    #[test]
+    fn units_are_ranked_off_the_frame_and_shown_for_the_selected_incident_only() {
+        use crate::app::live::{ChangedSlots, Live};
+        let map = crate::map::load_default().unwrap();
+        let router = Router::new(&crate::map::graph::RoadGraph::from_map(&map));
+        let mut desk = desk_with_an_incident("ranking");
+        desk.router = Some(std::sync::Arc::new(router));
+        let started = std::time::Instant::now();
+        while desk.book().is_none() {
+            desk.take_answers();
+            assert!(started.elapsed().as_secs() < 30, "the log did not load");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Fire engines around the incident, already in the state when the desk starts.
+        let (running, rx) = crate::feeds::start_feeds(&[], &[], &map, 1);
+        let mut state = crate::state::LiveState::new(map.frame);
+        for (i, (dlon, dlat)) in [(0.002, 0.0), (-0.004, 0.001), (0.0, -0.006)]
+            .into_iter()
+            .enumerate()
+        {
+            state.apply(
+                0,
+                crate::feeds::EntityUpdate {
+                    id: format!("engine-{i}"),
+                    entity_type: "Vehicle".into(),
+                    kind: crate::feeds::EntityKind::Vehicle {
+                        vehicle_type: Some("fireEngine".into()),
+                        speed_kmh: None,
+                        heading_deg: None,
+                        service_status: None,
+                    },
+                    position: Some([24.94 + dlon, 60.17 + dlat]),
+                    line: None,
+                    observed_at_ms: None,
+                    fields: Default::default(),
+                    units: Default::default(),
+                    notes: Vec::new(),
+                },
+                1,
+            );
+        }
+        state.drain_changed();
+        let live = Live::new(
+            Vec::new(),
+            state,
+            crate::governance::health::Ingest::new(&[], rx),
+            running,
+        );
+        let index = crate::map::pick::BuildingIndex::new(&map);
+        let mut app = App::new();
+        app.insert_resource(crate::app::City { map, index })
+            .insert_resource(live)
+            .insert_resource(ChangedSlots::default())
+            .insert_resource(desk)
+            .add_systems(Update, desk_recommend);
+        let ranked = |app: &App| app.world().resource::<Desk>().recommendations.len();
+        // Nothing selected: nothing ranked.
+        app.update();
+        assert_eq!(ranked(&app), 0);
+        app.world_mut().resource_mut::<Desk>().selected = Some("INC-000001".into());
+        let started = std::time::Instant::now();
+        let mut frames = 0;
+        while ranked(&app) == 0 {
+            app.update();
+            frames += 1;
+            assert!(
+                started.elapsed().as_secs() < 10,
+                "no ranking in {frames} frames"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let desk = app.world().resource::<Desk>();
+        // The three engines, nearest by road first, ranked for the incident selected.
+        let views = desk.recommendation_views();
+        let mut ids: Vec<&str> = views.iter().map(|v| v.unit_id.as_str()).collect();
+        assert!(
+            views.windows(2).all(|w| w[0].eta_s <= w[1].eta_s),
+            "{views:?}"
+        );
+        ids.sort();
+        assert_eq!(ids, ["engine-0", "engine-1", "engine-2"]);
+        assert_eq!(
+            desk.recommended_for.as_ref().map(|k| k.0.as_str()),
+            Some("INC-000001")
+        );
+        // Another selection: the last one's units are gone at once, before any
+        // ranking of the new one is back.
+        app.world_mut().resource_mut::<Desk>().selected = Some("INC-999999".into());
+        app.update();
+        assert_eq!(ranked(&app), 0);
     }
 
     #[test]
