@@ -152,7 +152,7 @@ impl SlotTable {
     }
 
     fn push(&mut self, e: Option<LiveEntity>) {
-        if self.len % Self::CHUNK == 0 {
+        if self.len.is_multiple_of(Self::CHUNK) {
             self.chunks.push(Vec::with_capacity(Self::CHUNK));
         }
         if let Some(chunk) = self.chunks.last_mut() {
