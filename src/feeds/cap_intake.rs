@@ -413,10 +413,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("already listens"), "{e}");
-        // A short token is refused when the feed starts, and said.
+        // A listen address without a port, and a short token in the file, are
+        // refused when the file is read.
+        let e = parse_feeds(
+            "[[feed]]\nname='x'\nkind='cap-intake'\nlisten='127.0.0.1'\ntoken='intake-token-0123456789'\ndomain='safety'\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("needs a port"), "{e}");
+        let e = parse_feeds(
+            "[[feed]]\nname='x'\nkind='cap-intake'\nlisten='127.0.0.1:7879'\ntoken='short'\ndomain='safety'\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("at least 16"), "{e}");
+        // One from the environment is refused when the feed starts, and said.
         let port = crate::nats::testing::free_port();
+        // SAFETY: set before the feed's thread starts; no other test reads this name.
+        unsafe { std::env::set_var("ZHONGSHU_TEST_SHORT_INTAKE_TOKEN", "short") };
         let feeds = parse_feeds(&format!(
-            "[[feed]]\nname='x'\nkind='cap-intake'\nlisten='127.0.0.1:{port}'\ntoken='short'\ndomain='safety'\n"
+            "[[feed]]\nname='x'\nkind='cap-intake'\nlisten='127.0.0.1:{port}'\ntoken='env:ZHONGSHU_TEST_SHORT_INTAKE_TOKEN'\ndomain='safety'\n"
         ))
         .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();

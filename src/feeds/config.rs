@@ -539,6 +539,27 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
                         "feed \"{name}\": kind {kind} needs listen = \"ADDR:PORT\""
                     ));
                 };
+                let port = listen
+                    .trim()
+                    .rsplit_once(':')
+                    .map(|(_, p)| p.parse::<u16>());
+                if !matches!(port, Some(Ok(_))) {
+                    return Err(format!(
+                        "feed \"{name}\": listen = \"{listen}\" needs a port: \"ADDR:PORT\", e.g. \"127.0.0.1:7879\""
+                    ));
+                }
+                // A token written in the file is checked now; one from env: or file:
+                // when the feed starts.
+                if let Some(token) = &feed.token
+                    && !token.starts_with("env:")
+                    && !token.starts_with("file:")
+                    && token.trim().chars().count() < super::cap_intake::MIN_TOKEN_CHARS
+                {
+                    return Err(format!(
+                        "feed \"{name}\": the token must be at least {} characters",
+                        super::cap_intake::MIN_TOKEN_CHARS
+                    ));
+                }
                 if feed.kind == FeedKind::CapIntake && feed.token.is_none() {
                     return Err(format!(
                         "feed \"{name}\": kind cap-intake needs a token (env:NAME or file:PATH)"
