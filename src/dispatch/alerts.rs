@@ -187,6 +187,10 @@ struct Seen {
     last_ms: i64,
     /// Sources that reported it (empty when rebuilt with `remember`).
     sources: Vec<String>,
+    /// Of them, those that withdrew their report; the incident is cancelled when the
+    /// last source still reporting it withdraws.
+    #[serde(default)]
+    withdrawn: Vec<String>,
     cancelled: bool,
     /// Put at the city as a whole: not a place to merge others by.
     #[serde(default)]
@@ -201,11 +205,18 @@ impl AlertDedup {
     /// The decision for `alert`, without remembering it.
     pub fn decide(&self, alert: &AlertIn) -> Decision {
         if let Some(incident_key) = self.known(alert) {
-            let cancelled = self
-                .incidents
-                .get(&incident_key)
-                .is_some_and(|s| s.cancelled);
-            return if alert.cancel && !cancelled {
+            let seen = self.incidents.get(&incident_key);
+            let cancelled = seen.is_some_and(|s| s.cancelled);
+            // One of its reporters withdrawing while another still reports it
+            // closes nothing. (A cancel from a source that never reported it is
+            // still a cancel: the service refuses it and says so.)
+            let others_report = seen.is_some_and(|s| {
+                s.sources.contains(&alert.source)
+                    && s.sources
+                        .iter()
+                        .any(|x| *x != alert.source && !s.withdrawn.contains(x))
+            });
+            return if alert.cancel && !cancelled && !others_report {
                 Decision::Cancel { incident_key }
             } else {
                 Decision::Duplicate { incident_key }
@@ -242,6 +253,7 @@ impl AlertDedup {
                 first_ms: alert.sent_ms,
                 last_ms: alert.sent_ms,
                 sources: Vec::new(),
+                withdrawn: Vec::new(),
                 cancelled: false,
                 citywide: alert.citywide,
             });
@@ -250,7 +262,14 @@ impl AlertDedup {
         if !seen.sources.contains(&alert.source) {
             seen.sources.push(alert.source.clone());
         }
-        seen.cancelled |= alert.cancel;
+        if alert.cancel {
+            if !seen.withdrawn.contains(&alert.source) {
+                seen.withdrawn.push(alert.source.clone());
+            }
+        } else {
+            seen.withdrawn.retain(|s| *s != alert.source);
+        }
+        seen.cancelled |= matches!(decision, Decision::Cancel { .. });
         for key in std::iter::once(&alert.key).chain(&alert.supersedes) {
             self.remember_alias(key, &incident_key);
         }
@@ -269,6 +288,7 @@ impl AlertDedup {
                 first_ms: at_ms,
                 last_ms: at_ms,
                 sources: Vec::new(),
+                withdrawn: Vec::new(),
                 cancelled: false,
                 citywide: false,
             });
@@ -308,6 +328,20 @@ impl AlertDedup {
             .retain(|_, s| !(s.cancelled && s.last_ms < before_ms));
         let incidents = &self.incidents;
         self.aliases.retain(|_, to| incidents.contains_key(to));
+    }
+
+    /// Whether `source` reported incident `incident_key`.
+    pub fn reported_by(&self, incident_key: &str, source: &str) -> bool {
+        self.incidents
+            .get(incident_key)
+            .is_some_and(|s| s.sources.iter().any(|w| w == source))
+    }
+
+    /// Whether `source` reported incident `incident_key` and has withdrawn its report.
+    pub fn has_withdrawn(&self, incident_key: &str, source: &str) -> bool {
+        self.incidents
+            .get(incident_key)
+            .is_some_and(|s| s.withdrawn.iter().any(|w| w == source))
     }
 
     /// Number of incidents remembered.
@@ -614,6 +648,59 @@ mod tests {
         assert_eq!(from_cap(&exercise), Ok(Vec::new()));
         let ack = FIRE.replace("<msgType>Alert</msgType>", "<msgType>Ack</msgType>");
         assert_eq!(from_cap(&ack), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn one_source_withdrawing_leaves_an_incident_others_still_report_open() {
+        let mut dedup = AlertDedup::new();
+        let cap = one(FLOOD);
+        assert_eq!(dedup.observe(&cap), Decision::New);
+        // The sim's sensor reports the same waterlogging 50 m away.
+        let (lon, lat) = north(cap.lon, cap.lat, 50.0);
+        let sensor = |status: &str| {
+            from_ngsi_ld(
+                &ngsi_alert(
+                    "urn:ngsi-ld:Alert:waterlogging-9",
+                    "waterlogging",
+                    lon,
+                    lat,
+                    FLOOD_SENT_MS + 60_000,
+                    status,
+                ),
+                "sim-urban",
+            )
+            .unwrap()
+        };
+        let same = Decision::Duplicate {
+            incident_key: FLOOD_KEY.into(),
+        };
+        assert_eq!(dedup.observe(&sensor("open")), same);
+        // The sensor withdraws its report: the agency still reports the flood.
+        assert_eq!(dedup.observe(&sensor("resolved")), same);
+        // The agency updates its warning, then cancels it: now nobody reports the
+        // flood, and it is cancelled.
+        assert_eq!(dedup.observe(&one(FLOOD_UPDATE)), same);
+        let cancel = one(FLOOD_CANCEL);
+        assert_eq!(
+            dedup.observe(&cancel),
+            Decision::Cancel {
+                incident_key: FLOOD_KEY.into()
+            }
+        );
+
+        // The first reporter cancelling first leaves it open for the other.
+        let mut dedup = AlertDedup::new();
+        dedup.observe(&cap);
+        dedup.observe(&one(FLOOD_UPDATE));
+        dedup.observe(&sensor("open"));
+        assert_eq!(dedup.observe(&cancel), same);
+        // Then the sensor withdraws as well: nobody reports it any more.
+        assert_eq!(
+            dedup.observe(&sensor("resolved")),
+            Decision::Cancel {
+                incident_key: FLOOD_KEY.into()
+            }
+        );
     }
 
     #[test]

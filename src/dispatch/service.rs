@@ -763,9 +763,19 @@ impl DispatchService {
                 match self.dispatcher.book().incident_for_key(&incident_key) {
                     None => 0,
                     Some(inc) => {
+                        // The last of several reporters withdrawing: the source that
+                        // raised it withdrew first, and its withdrawal takes effect now.
+                        let source = if inc.source != alert.source
+                            && self.dedup.reported_by(&incident_key, &alert.source)
+                            && self.dedup.has_withdrawn(&incident_key, &inc.source)
+                        {
+                            inc.source.clone()
+                        } else {
+                            alert.source.clone()
+                        };
                         let command = Command::WithdrawAlert {
                             incident: inc.id.clone(),
-                            source: alert.source.clone(),
+                            source,
                         };
                         match self.execute(&command, &system, now_ms) {
                             Ok(events) => events.len(),
@@ -1378,6 +1388,56 @@ mod tests {
             }
         }
         assert_eq!(s.dispatcher.log().len(), events);
+    }
+
+    #[test]
+    fn an_incident_two_sources_report_is_withdrawn_when_both_have_withdrawn() {
+        let (_db, mut s) = service("merged-withdraw", SimBehaviour::default());
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let one = |f: &str| {
+            crate::dispatch::alerts::from_cap(&read(f))
+                .unwrap()
+                .remove(0)
+        };
+        let flood = one("helsinki-flood-alert.xml");
+        // A water sensor reports the same waterlogging: one incident.
+        let sensor = |cancel: bool| AlertIn {
+            key: "urn:ngsi-ld:Alert:waterlogging-9".into(),
+            source: "ngsi-ld:sim-urban".into(),
+            supersedes: Vec::new(),
+            cancel,
+            ..flood.clone()
+        };
+        let t = now();
+        s.take_alert(&flood, t).unwrap();
+        s.take_alert(&sensor(false), t).unwrap();
+        assert_eq!(s.dispatcher.book().incidents.len(), 1);
+        // The agency cancels its warning: the sensor still reports the water.
+        for f in ["helsinki-flood-update.xml", "helsinki-flood-cancel.xml"] {
+            s.take_alert(&one(f), t + 1000).unwrap();
+        }
+        assert!(!s.dispatcher.book().incidents[0].withdrawn);
+        // A feed that never reported it cannot end it, even now.
+        s.take_alert(
+            &AlertIn {
+                source: "ngsi-ld:someone-else".into(),
+                ..sensor(true)
+            },
+            t + 1500,
+        )
+        .unwrap();
+        assert!(!s.dispatcher.book().incidents[0].withdrawn);
+        s.notices.clear();
+        // The sensor clears too: withdrawn, by its source, and nothing refused.
+        s.take_alert(&sensor(true), t + 2000).unwrap();
+        let inc = &s.dispatcher.book().incidents[0];
+        assert!(inc.withdrawn, "{:?} {:#?}", s.notices, inc.timeline);
+        assert!(
+            !s.notices.iter().any(|n| n.contains("refused")),
+            "{:?}",
+            s.notices
+        );
     }
 
     #[test]
