@@ -58,6 +58,14 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// `per_s` a second, bursts of four seconds' worth (at least one request).
+    pub fn per_second(per_s: f64) -> Self {
+        Self {
+            per_s,
+            burst: (per_s * 4.0).ceil().clamp(1.0, u32::MAX as f64) as u32,
+        }
+    }
+
     /// No limit.
     pub const UNLIMITED: Rate = Rate {
         per_s: f64::INFINITY,

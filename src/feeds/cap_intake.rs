@@ -109,6 +109,10 @@ pub fn serve(
     });
     let limits = Limits {
         max_body_bytes: limit,
+        rate: feed
+            .rate_per_s
+            .map(crate::http::Rate::per_second)
+            .unwrap_or_default(),
         ..Limits::default()
     };
     let server = match Server::start_gated(
@@ -322,6 +326,49 @@ mod tests {
         assert!(rejects.iter().any(|r| r.contains("posted")), "{rejects:?}");
         assert!(failures.is_empty(), "{failures:?}");
         pollers.stop();
+
+        // An intake given its own rate: a burst beyond four seconds' worth is refused
+        // with 429, and said in the feed's health.
+        let port = crate::nats::testing::free_port();
+        let feeds = parse_feeds(&format!(
+            "[[feed]]\nname='slow'\nkind='cap-intake'\nlisten='127.0.0.1:{port}'\ntoken='intake-token-0123456789'\nrate_per_s = 2\ndomain='safety'\n"
+        ))
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pollers = Pollers::start(&feeds, Default::default(), tx);
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let url = format!("http://{addr}/cap");
+        let answers: Vec<u16> = (0..12)
+            .map(|_| {
+                client
+                    .post(&url)
+                    .bearer_auth("intake-token-0123456789")
+                    .body(fire.clone())
+                    .send()
+                    .map(|a| a.status().as_u16())
+                    .unwrap_or(0)
+            })
+            .collect();
+        assert!(answers[..8].iter().all(|s| *s == 202), "{answers:?}");
+        assert!(answers[8..].contains(&429), "{answers:?}");
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut limited = false;
+        while Instant::now() < until && !limited {
+            if let Ok(FeedEvent::Refused { counts, .. }) =
+                rx.recv_timeout(Duration::from_millis(100))
+            {
+                limited = counts.iter().any(|(why, n)| why.contains("rate") && *n > 0);
+            }
+        }
+        assert!(limited, "the refusals are reported");
+        pollers.stop();
+        let e = parse_feeds("[[feed]]\nname='x'\nkind='sim'\ndomain='safety'\nrate_per_s = 5\n")
+            .unwrap_err();
+        assert!(e.contains("rate_per_s"), "{e}");
     }
 
     /// Agencies' messages all land while five threads flood the intake with wrong

@@ -167,6 +167,11 @@ pub struct FeedConfig {
     /// `env:NAME` or `file:PATH`; at least 16 characters.
     #[serde(default)]
     pub token: Option<String>,
+    /// CAP intake and NGSI-LD notifications: requests a second one caller (a token,
+    /// else an address) may make, bursts of four seconds' worth allowed (default 50
+    /// for an intake, 5,000 for notifications: the broker is one caller).
+    #[serde(default)]
+    pub rate_per_s: Option<f64>,
     /// NGSI-LD notifications: the address the broker posts to, when it reaches this
     /// machine by another name than `listen` (a proxy, NAT; default
     /// `http(s)://LISTEN/notify`).
@@ -604,10 +609,18 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
             && (feed.listen.is_some()
                 || feed.token.is_some()
                 || feed.tls_cert.is_some()
-                || feed.tls_key.is_some())
+                || feed.tls_key.is_some()
+                || feed.rate_per_s.is_some())
         {
             return Err(format!(
-                "feed \"{name}\": listen, token, tls_cert and tls_key are for kinds cap-intake and ngsi-ld-notify"
+                "feed \"{name}\": listen, token, rate_per_s, tls_cert and tls_key are for kinds cap-intake and ngsi-ld-notify"
+            ));
+        }
+        if let Some(rate) = feed.rate_per_s
+            && !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0)
+        {
+            return Err(format!(
+                "feed \"{name}\": rate_per_s = {rate}: give requests a second above 0, at most 1000000"
             ));
         }
         if feed.kind != FeedKind::NgsiLdNotify

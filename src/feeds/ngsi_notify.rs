@@ -570,10 +570,7 @@ pub fn run(
         max_body_bytes: feed.max_payload_bytes.min(MAX_NOTIFICATION_BYTES),
         // A city's broker sends a notification per change: far more than a person
         // or an agency. What is refused anyway is read back (below).
-        rate: crate::http::Rate {
-            per_s: 5_000.0,
-            burst: 20_000,
-        },
+        rate: crate::http::Rate::per_second(feed.rate_per_s.unwrap_or(5_000.0)),
         ..Limits::default()
     };
     let gate = notification_gate(sub.notify_path.clone(), crate::http::token_digest(&token));

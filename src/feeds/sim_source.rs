@@ -212,6 +212,7 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
             ca: None,
             listen: None,
             token: None,
+            rate_per_s: None,
             tls_cert: None,
             tls_key: None,
             notify_url: None,
