@@ -244,16 +244,66 @@ enum Pending {
     Snapshot {
         feed: FeedId,
         seen: HashSet<String>,
-        sweep: Sweep,
+        walk: FeedWalk,
         removed: u64,
     },
     /// A 304 (or a poll cut short): every entity of the feed is still there, as of
-    /// `at_ms`. Marked a sweep step a frame.
+    /// `at_ms`. Marked a step a frame.
     Touch {
         feed: FeedId,
         at_ms: i64,
-        sweep: Sweep,
+        walk: FeedWalk,
     },
+}
+
+/// Updates a feed event carries.
+fn updates_in(event: &FeedEvent) -> usize {
+    match event {
+        FeedEvent::Batch { decoded, .. } => decoded.updates.len(),
+        _ => 0,
+    }
+}
+
+/// A walk over one feed's entities, [`SWEEP_SLOTS`] a call: its slots are listed
+/// when the walk starts (the feed's own updates wait behind it, so the list stays
+/// whole), so a small feed's snapshot costs what the feed holds, not the city.
+#[derive(Default)]
+struct FeedWalk {
+    slots: Option<Vec<crate::state::Slot>>,
+    next: usize,
+}
+
+impl FeedWalk {
+    /// Visits up to `budget` of the feed's slots (stopping when `visit` says so, or at
+    /// `deadline`); true when the walk is done. Returns the slots visited too.
+    fn step(
+        &mut self,
+        state: &LiveState,
+        feed: FeedId,
+        budget: usize,
+        deadline: Option<std::time::Instant>,
+        mut visit: impl FnMut(crate::state::Slot, &crate::state::LiveEntity) -> bool,
+    ) -> (bool, usize) {
+        let slots = self.slots.get_or_insert_with(|| state.slots_of(feed));
+        let start = self.next;
+        let end = start.saturating_add(budget).min(slots.len());
+        while self.next < end {
+            let slot = slots[self.next];
+            self.next += 1;
+            if let Some(e) = state.entity(slot)
+                && e.feed == feed
+                && !visit(slot, e)
+            {
+                break;
+            }
+            if self.next.is_multiple_of(256)
+                && deadline.is_some_and(|t| std::time::Instant::now() >= t)
+            {
+                break;
+            }
+        }
+        (self.next >= slots.len(), self.next - start)
+    }
 }
 
 /// A payload being taken in a part a frame: its updates not yet scored and queued.
@@ -277,8 +327,9 @@ struct PollTally {
 pub struct Ingest {
     /// In a mutex only so the app can share `Ingest` across threads; one reader.
     rx: Mutex<Receiver<FeedEvent>>,
-    /// Events received from the feeds and not yet taken in.
+    /// Events received from the feeds and not yet taken in, and the updates they carry.
     inbox: VecDeque<FeedEvent>,
+    inbox_updates: usize,
     /// The payload being taken in, a part a frame.
     taking: Option<Taking>,
     queue: VecDeque<Pending>,
@@ -312,6 +363,7 @@ impl Ingest {
         Self {
             rx: Mutex::new(rx),
             inbox: VecDeque::new(),
+            inbox_updates: 0,
             taking: None,
             queue: VecDeque::new(),
             polls: feeds.iter().map(|_| PollTally::default()).collect(),
@@ -327,7 +379,7 @@ impl Ingest {
 
     /// Updates received but not yet applied.
     pub fn backlog(&self) -> usize {
-        self.queue.len() + self.taking.as_ref().map_or(0, |t| t.rest.len())
+        self.queue.len() + self.taking.as_ref().map_or(0, |t| t.rest.len()) + self.inbox_updates
     }
 
     /// Takes in what the feeds sent and applies at most `max_updates` updates. Returns
@@ -350,7 +402,10 @@ impl Ingest {
     ) -> usize {
         let late = || deadline.is_some_and(|t| std::time::Instant::now() >= t);
         if let Ok(rx) = self.rx.lock() {
-            self.inbox.extend(rx.try_iter());
+            for event in rx.try_iter() {
+                self.inbox_updates += updates_in(&event);
+                self.inbox.push_back(event);
+            }
         }
         // Take in no more than this call can apply.
         let mut taken = 0usize;
@@ -365,6 +420,7 @@ impl Ingest {
             let Some(event) = self.inbox.pop_front() else {
                 break;
             };
+            self.inbox_updates -= updates_in(&event);
             self.receive(event);
         }
         for (i, (f, h)) in self.feeds.iter().zip(&self.health).enumerate() {
@@ -387,26 +443,22 @@ impl Ingest {
                 Some(Pending::Snapshot {
                     feed,
                     seen,
-                    sweep,
+                    walk,
                     removed,
                 }) => {
                     if sweep_slots == 0 {
                         break;
                     }
                     let feed = *feed;
-                    let before = sweep.position();
                     let mut gone = Vec::new();
-                    let budget = Budget {
-                        slots: sweep_slots,
-                        until: deadline,
-                    };
-                    let done = sweep.step_while(state, budget, |slot, e| {
-                        if e.feed == feed && !seen.contains(&e.id) {
-                            gone.push(slot);
-                        }
-                        gone.len() < MAX_REMOVALS_PER_STEP
-                    });
-                    sweep_slots = sweep_slots.saturating_sub(sweep.position() - before);
+                    let (done, visited) =
+                        walk.step(state, feed, sweep_slots, deadline, |slot, e| {
+                            if !seen.contains(&e.id) {
+                                gone.push(slot);
+                            }
+                            gone.len() < MAX_REMOVALS_PER_STEP
+                        });
+                    sweep_slots = sweep_slots.saturating_sub(visited.max(1));
                     for slot in gone {
                         *removed += u64::from(state.remove_slot(slot));
                     }
@@ -419,23 +471,20 @@ impl Ingest {
                     }
                     self.queue.pop_front();
                 }
-                Some(Pending::Touch { feed, at_ms, sweep }) => {
+                Some(Pending::Touch { feed, at_ms, walk }) => {
                     if sweep_slots == 0 {
                         break;
                     }
                     let (feed, at_ms) = (*feed, *at_ms);
-                    let before = sweep.position();
                     let mut marked = Vec::new();
-                    let budget = Budget {
-                        slots: sweep_slots,
-                        until: deadline,
-                    };
-                    let done = sweep.step(state, budget, |slot, e| {
-                        if e.feed == feed && e.seen_at_ms < at_ms {
-                            marked.push(slot);
-                        }
-                    });
-                    sweep_slots = sweep_slots.saturating_sub(sweep.position() - before);
+                    let (done, visited) =
+                        walk.step(state, feed, sweep_slots, deadline, |slot, e| {
+                            if e.seen_at_ms < at_ms {
+                                marked.push(slot);
+                            }
+                            true
+                        });
+                    sweep_slots = sweep_slots.saturating_sub(visited.max(1));
                     for slot in marked {
                         state.touch_slot(slot, at_ms);
                     }
@@ -631,12 +680,16 @@ impl Ingest {
                     p.seen
                         .extend(decoded.rejects.iter().filter_map(|r| r.item_id.clone()));
                 }
+                if let Some(p) = self.polls.get_mut(i) {
+                    // Room for the payload's ids now, not doubling part by part.
+                    p.seen.reserve(decoded.updates.len());
+                }
                 // Scored and queued a part a frame (see `take_part`).
                 self.taking = Some(Taking {
                     feed,
                     received_at_ms,
+                    check: BatchCheck::with_capacity(decoded.updates.len()),
                     rest: decoded.updates.into_iter(),
-                    check: BatchCheck::default(),
                     rejected: decoded.rejects.len(),
                 });
                 if self.taking.as_ref().is_some_and(|t| t.rest.len() == 0) {
@@ -670,7 +723,7 @@ impl Ingest {
                     self.queue.push_back(Pending::Touch {
                         feed,
                         at_ms,
-                        sweep: Sweep::new(),
+                        walk: FeedWalk::default(),
                     });
                 } else if complete
                     && !tally.partial
@@ -680,7 +733,7 @@ impl Ingest {
                     self.queue.push_back(Pending::Snapshot {
                         feed,
                         seen: tally.seen,
-                        sweep: Sweep::new(),
+                        walk: FeedWalk::default(),
                         removed: 0,
                     });
                 }

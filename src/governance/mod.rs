@@ -2,6 +2,8 @@
 //! and scores), so the state of the data is as visible as the state of the city.
 
 pub mod catalog;
+#[cfg(test)]
+mod frame_share_tests;
 pub mod health;
 pub mod quality;
 pub mod reconcile;

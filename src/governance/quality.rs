@@ -309,7 +309,7 @@ impl FeedQuality {
         rejected: usize,
         now_ms: i64,
     ) -> Vec<Vec<QualityIssue>> {
-        let mut check = BatchCheck::default();
+        let mut check = BatchCheck::with_capacity(updates.len());
         let all = self.check_part(rules, feed, updates, now_ms, &mut check);
         self.finish_batch(check, rejected);
         all
@@ -377,6 +377,17 @@ pub struct BatchCheck {
     complete: u64,
     valid: u64,
     updates: usize,
+}
+
+impl BatchCheck {
+    /// For a payload of `updates` updates: room for all their ids up front, so no part
+    /// pays for re-hashing the ones before it.
+    pub fn with_capacity(updates: usize) -> Self {
+        Self {
+            seen: HashSet::with_capacity(updates),
+            ..Default::default()
+        }
+    }
 }
 
 fn share(part: u64, whole: u64) -> f64 {

@@ -355,7 +355,8 @@ impl ReconcileCopy {
                         frame: *state.frame(),
                     });
                 }
-                self.sweep = Sweep::new();
+                // The copy covers the slots the count did, so the room is enough.
+                self.sweep = Sweep::up_to(self.sweep.end().unwrap_or(0));
                 // Room for the whole copy now: growing it later would move what
                 // was copied, all in one frame.
                 self.phase = CopyPhase::Copy(shared, Vec::with_capacity(copies));

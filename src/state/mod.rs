@@ -395,6 +395,14 @@ impl LiveState {
         self.remove(feed, &id)
     }
 
+    /// The slots of `feed`'s entities.
+    pub fn slots_of(&self, feed: FeedId) -> Vec<Slot> {
+        self.slots_by_feed
+            .get(&feed)
+            .map(|slots| slots.values().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Ids of `feed`'s entities for which `pred` holds.
     pub fn ids_where(&self, feed: FeedId, pred: impl Fn(&LiveEntity) -> bool) -> Vec<String> {
         let Some(slots) = self.slots_by_feed.get(&feed) else {

@@ -48,10 +48,14 @@ impl Budget {
     }
 }
 
-/// A cursor over the live state's slots.
+/// A cursor over the live state's slots. A pass covers the slots there were when it
+/// took its first step: an entity that leaves and comes back mid-pass has a new slot
+/// past the end and is not counted twice (it is for the next pass, or for the
+/// changed slots, to see).
 #[derive(Clone, Debug, Default)]
 pub struct Sweep {
     next: usize,
+    end: Option<usize>,
 }
 
 impl Sweep {
@@ -59,9 +63,21 @@ impl Sweep {
         Self::default()
     }
 
+    /// A pass over the slots below `end` only.
+    pub fn up_to(end: usize) -> Self {
+        Self {
+            next: 0,
+            end: Some(end),
+        }
+    }
+
+    /// Where the pass ends (once it has taken a step).
+    pub fn end(&self) -> Option<usize> {
+        self.end
+    }
+
     /// Visits slots from where the last step stopped until the budget is spent or the
-    /// end of the state is reached; true at the end. Entities added meanwhile are
-    /// visited too when their slots come after the cursor.
+    /// end of the pass is reached; true at the end.
     pub fn step<'a>(
         &mut self,
         state: &'a LiveState,
@@ -82,7 +98,7 @@ impl Sweep {
         budget: Budget,
         mut visit: impl FnMut(Slot, &'a LiveEntity) -> bool,
     ) -> bool {
-        let total = state.entities.len();
+        let total = (*self.end.get_or_insert(state.entities.len())).min(state.entities.len());
         let end = self.next.saturating_add(budget.slots).min(total);
         while self.next < end {
             let stop = (self.next + Budget::CHECK_EVERY).min(end);
@@ -151,6 +167,40 @@ mod tests {
         assert!(!seen.contains(&10));
         seen.dedup();
         assert_eq!(seen.len(), 999);
+    }
+
+    #[test]
+    fn a_pass_covers_the_slots_there_were_when_it_began() {
+        let mut state = state_of(100);
+        let mut sweep = Sweep::new();
+        let mut seen = 0;
+        assert!(!sweep.step(&state, Budget::slots(50), |_, _| seen += 1));
+        // v10 leaves and comes back (a new slot, 100), and v100 arrives: neither is
+        // this pass's.
+        state.remove(0, "v10");
+        let again = state.entity(11).unwrap().to_update();
+        state.apply(
+            0,
+            EntityUpdate {
+                id: "v10".into(),
+                ..again.clone()
+            },
+            2000,
+        );
+        state.apply(
+            0,
+            EntityUpdate {
+                id: "v100".into(),
+                ..again
+            },
+            2000,
+        );
+        assert!(sweep.step(&state, Budget::ALL, |_, _| seen += 1));
+        assert_eq!(
+            seen, 100,
+            "v10 once (its old slot, before it left), v100 not at all"
+        );
+        assert_eq!(sweep.end(), Some(100));
     }
 
     #[test]
