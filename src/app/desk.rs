@@ -237,7 +237,7 @@ pub struct Desk {
     /// A digest of the pins drawn (which incidents, where, how severe, which one is
     /// selected): events that change none of that do not rebuild the pins' mesh.
     pins_for: Option<u64>,
-    routes_for: Option<(i64, Option<String>)>,
+    routes_for: Option<(i64, Option<String>, bool)>,
     /// Alerts already in the live state when the log finished loading were read once.
     alerts_caught_up: bool,
     /// Units in the live state, kept from the changed slots (and road speeds with
@@ -747,6 +747,14 @@ fn wanted_kinds(desk: &mut Desk, incident: &Incident) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What a ranking depends on of an incident: its kind, place and status.
+fn ranking_version(i: &Incident) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&i.kind, i.lon.to_bits(), i.lat.to_bits(), i.status as u8).hash(&mut h);
+    h.finish()
+}
+
 /// A ranking of units on its own thread, and what it was asked.
 struct Ranking {
     key: (String, u64),
@@ -780,6 +788,8 @@ fn desk_recommend(
         desk.pending_speeds.extend(&changed.0);
     }
     if let Some(router) = desk.router.as_mut().and_then(std::sync::Arc::get_mut) {
+        desk.pending_speeds.sort_unstable();
+        desk.pending_speeds.dedup();
         router.update_speeds_from_slots(&live.state, &desk.pending_speeds);
         desk.pending_speeds.clear();
     }
@@ -804,7 +814,9 @@ fn desk_recommend(
             && desk
                 .book()
                 .and_then(|b| b.incident(&done.key.0).cloned())
-                .is_some_and(|i| wanted_kinds(desk, &i) == done.kinds);
+                .is_some_and(|i| {
+                    ranking_version(&i) == done.key.1 && wanted_kinds(desk, &i) == done.kinds
+                });
         if let Ok(recommendations) = done.handle.join()
             && still_wanted
         {
@@ -826,12 +838,7 @@ fn desk_recommend(
     let version = desk
         .book()
         .and_then(|b| b.incident(&selected))
-        .map_or(0, |i| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (&i.kind, i.lon.to_bits(), i.lat.to_bits(), i.status as u8).hash(&mut h);
-            h.finish()
-        });
+        .map_or(0, ranking_version);
     let key = (selected.clone(), version);
     if desk.recommended_for.as_ref() == Some(&key) && now - desk.recommended_at_ms < 2000 {
         return;
@@ -1032,7 +1039,12 @@ fn desk_routes(
     flat: Res<FlatMaterial>,
 ) {
     let Some(mut desk) = desk else { return };
-    let key = (desk.recommended_at_ms, desk.selected.clone());
+    // Cleared recommendations (another kind asked for) take their routes with them.
+    let key = (
+        desk.recommended_at_ms,
+        desk.selected.clone(),
+        desk.recommendations.is_empty(),
+    );
     if desk.routes_for.as_ref() == Some(&key) {
         return;
     }

@@ -106,21 +106,31 @@ fn reconcile_now(
     }
 }
 
+/// Markers the trust overlay looks at a frame (a city's markers over several frames).
+const FADE_MARKERS_PER_FRAME: usize = 16_384;
+
 /// Trust overlay: markers whose data is stale, or whose feed is quarantined, turn
 /// grey, so nobody acts on old or suspect data; markers a more authoritative source
-/// contradicts turn magenta.
+/// contradicts turn magenta. Looked at again after each reconciliation,
+/// [`FADE_MARKERS_PER_FRAME`] a frame.
+#[allow(clippy::too_many_arguments)]
 fn fade_stale_markers(
     live: Option<Res<Live>>,
     governance: Res<Governance>,
     mut grey: Local<Option<Handle<StandardMaterial>>>,
     mut magenta: Local<Option<Handle<StandardMaterial>>>,
+    // Where the look in progress has got to.
+    mut cursor: Local<Option<usize>>,
     mut materials: ResMut<Assets<StandardMaterial>>,
     mut markers: Query<(&LiveMarker, &mut MeshMaterial3d<StandardMaterial>)>,
 ) {
     let Some(live) = live else { return };
-    if !governance.is_changed() {
-        return;
+    if governance.is_changed() {
+        *cursor = Some(0);
     }
+    let Some(from) = *cursor else {
+        return;
+    };
     let now = governance.computed_ms;
     // Entities a winning source contradicts, worked out with the pass.
     let contradicted = &governance.reconciliation.contradicted;
@@ -149,7 +159,9 @@ fn fade_stale_markers(
             })
         })
         .clone();
-    for (marker, mut material) in &mut markers {
+    let mut looked = 0;
+    for (marker, mut material) in markers.iter_mut().skip(from).take(FADE_MARKERS_PER_FRAME) {
+        looked += 1;
         if held_out(marker.slot) {
             if material.0 != grey {
                 material.0 = grey.clone();
@@ -158,6 +170,7 @@ fn fade_stale_markers(
             material.0 = magenta.clone();
         }
     }
+    *cursor = (looked == FADE_MARKERS_PER_FRAME).then_some(from + looked);
 }
 
 fn score_colour(score: f64) -> egui::Color32 {
