@@ -258,6 +258,8 @@ pub struct Ingest {
     pub schemas: Vec<ObservedSchema>,
     rules: QualityRules,
     feeds: Vec<FeedConfig>,
+    /// Updates applied since the ingest began (what `pump` returned, summed).
+    pub applied_total: u64,
 }
 
 impl Ingest {
@@ -285,6 +287,7 @@ impl Ingest {
             schemas: vec![ObservedSchema::default(); feeds.len()],
             rules,
             feeds: feeds.to_vec(),
+            applied_total: 0,
         }
     }
 
@@ -344,6 +347,7 @@ impl Ingest {
             }
             applied += 1;
         }
+        self.applied_total += applied as u64;
         applied
     }
 
