@@ -14,6 +14,7 @@ use bevy::prelude::*;
 use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
 
 use super::desk::{Desk, DeskSetup};
+use super::desk_ui::DeskCommand;
 use super::live::Live;
 use super::ready::SceneReady;
 use super::{AppOptions, AppSystems, City};
@@ -106,6 +107,8 @@ struct Playing {
     last_began: Option<Instant>,
     over: bool,
     snapshot: Option<PathBuf>,
+    /// The most urgent incident has been opened.
+    selected: bool,
 }
 
 impl Playing {
@@ -125,6 +128,7 @@ pub(super) fn add(app: &mut App, run: DrillRun) {
         last_began: None,
         over: false,
         snapshot: run.snapshot,
+        selected: false,
     })
     .add_systems(First, frame_begins)
     .add_systems(Update, dispatch.in_set(AppSystems::SyncScene))
@@ -192,6 +196,21 @@ fn dispatch(
         .unwrap_or_default();
     if let Err(e) = playing.drill.dispatch(&mut desk.worker, answers) {
         playing.end(Err(e), &mut exit);
+        return;
+    }
+    // A quarter of the way through, the operator opens the most urgent incident:
+    // from then on its detail, units and buttons are drawn every frame.
+    if !playing.selected
+        && playing
+            .drill
+            .elapsed_s()
+            .is_some_and(|s| s >= playing.drill.options().minutes * 15.0)
+        && let Some(book) = desk.book()
+        && let Some(&first) = book.by_urgency().first()
+    {
+        let id = book.incidents[first].id.clone();
+        desk.pending.push(DeskCommand::SelectIncident(Some(id)));
+        playing.selected = true;
     }
 }
 
