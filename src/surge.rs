@@ -193,6 +193,74 @@ impl Percentiles {
     }
 }
 
+/// Frame times in constant memory, so that an hour of frames never grows the memory
+/// a soak measures: 10 µs steps up to 100 ms, then 1 ms steps up to 10 s (longer
+/// ones count in the last step; the max is exact).
+struct FrameTimes {
+    counts: Vec<u32>,
+    n: u64,
+    max: f64,
+}
+
+impl FrameTimes {
+    const FINE_MS: f64 = 0.01;
+    const FINE: usize = 10_000;
+    const COARSE: usize = 9_900;
+
+    fn new() -> Self {
+        Self {
+            counts: vec![0; Self::FINE + Self::COARSE],
+            n: 0,
+            max: 0.0,
+        }
+    }
+
+    fn add(&mut self, ms: f64) {
+        let ms = if ms.is_finite() { ms.max(0.0) } else { 0.0 };
+        let fine_top = Self::FINE as f64 * Self::FINE_MS;
+        let bucket = if ms < fine_top {
+            ((ms / Self::FINE_MS) as usize).min(Self::FINE - 1)
+        } else {
+            Self::FINE + ((ms - fine_top) as usize).min(Self::COARSE - 1)
+        };
+        self.counts[bucket] = self.counts[bucket].saturating_add(1);
+        self.n += 1;
+        self.max = self.max.max(ms);
+    }
+
+    /// The middle of a bucket.
+    fn value(bucket: usize) -> f64 {
+        if bucket < Self::FINE {
+            (bucket as f64 + 0.5) * Self::FINE_MS
+        } else {
+            Self::FINE as f64 * Self::FINE_MS + (bucket - Self::FINE) as f64 + 0.5
+        }
+    }
+
+    /// As [`Percentiles::of`] ranks a sorted list, to a bucket's width.
+    fn percentiles(&self) -> Percentiles {
+        if self.n == 0 {
+            return Percentiles::default();
+        }
+        let at = |q: f64| {
+            let rank = ((self.n - 1) as f64 * q).round() as u64;
+            let mut seen = 0u64;
+            for (bucket, &count) in self.counts.iter().enumerate() {
+                seen += count as u64;
+                if seen > rank {
+                    return Self::value(bucket).min(self.max);
+                }
+            }
+            self.max
+        };
+        Percentiles {
+            p50: round2(at(0.5)),
+            p99: round2(at(0.99)),
+            max: round2(self.max),
+        }
+    }
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -691,9 +759,9 @@ pub struct Drill {
     sent_commands: HashMap<u64, Instant>,
     commit_ms: Vec<f64>,
     orders_issued: usize,
-    frame_ms: Vec<f64>,
-    frame_cpu_ms: Vec<f64>,
-    frame_interval_ms: Vec<f64>,
+    frame_ms: FrameTimes,
+    frame_cpu_ms: FrameTimes,
+    frame_interval_ms: FrameTimes,
     frames_with_backlog: usize,
     updates_at_start: u64,
     updates_applied: u64,
@@ -766,9 +834,9 @@ impl Drill {
             sent_commands: HashMap::new(),
             commit_ms: Vec::new(),
             orders_issued: 0,
-            frame_ms: Vec::new(),
-            frame_cpu_ms: Vec::new(),
-            frame_interval_ms: Vec::new(),
+            frame_ms: FrameTimes::new(),
+            frame_cpu_ms: FrameTimes::new(),
+            frame_interval_ms: FrameTimes::new(),
             frames_with_backlog: 0,
             updates_at_start: 0,
             updates_applied: 0,
@@ -890,10 +958,14 @@ impl Drill {
         };
         let elapsed_ms = storm.started.elapsed().as_secs_f64() * 1000.0;
         let span_ms = self.options.minutes * 60_000.0;
-        self.frame_ms.push(cost.work_ms);
+        self.frame_ms.add(cost.work_ms);
         self.interval_ms.push(cost.work_ms);
-        self.frame_cpu_ms.extend(cost.main_thread_cpu_ms);
-        self.frame_interval_ms.extend(cost.interval_ms);
+        if let Some(ms) = cost.main_thread_cpu_ms {
+            self.frame_cpu_ms.add(ms);
+        }
+        if let Some(ms) = cost.interval_ms {
+            self.frame_interval_ms.add(ms);
+        }
         if gauges.ingest_backlog > 0 {
             self.frames_with_backlog += 1;
         }
@@ -940,7 +1012,7 @@ impl Drill {
                 self.orders_issued,
                 gauges.entities,
                 gauges.ingest_backlog,
-                Percentiles::of(self.frame_ms.clone()).p99
+                self.frame_ms.percentiles().p99
             ));
         }
         if elapsed_ms >= self.next_sample_s * 1000.0 && self.next_sample_s * 1000.0 <= span_ms + 1.0
@@ -1007,7 +1079,7 @@ impl Drill {
                 _ => unraised += 1,
             }
         }
-        let some = |v: &mut Vec<f64>| (!v.is_empty()).then(|| Percentiles::of(std::mem::take(v)));
+        let some = |t: &FrameTimes| (t.n > 0).then(|| t.percentiles());
         let report = SurgeReport {
             minutes: self.options.minutes,
             scale: self.options.alert_scale,
@@ -1025,10 +1097,10 @@ impl Drill {
             orders_issued: self.orders_issued,
             orders_delivered,
             frame_ms_measures: self.frame_measures.clone(),
-            frames: self.frame_ms.len(),
-            frame_ms: Percentiles::of(std::mem::take(&mut self.frame_ms)),
-            frame_main_thread_cpu_ms: some(&mut self.frame_cpu_ms),
-            frame_interval_ms: some(&mut self.frame_interval_ms),
+            frames: self.frame_ms.n as usize,
+            frame_ms: self.frame_ms.percentiles(),
+            frame_main_thread_cpu_ms: some(&self.frame_cpu_ms),
+            frame_interval_ms: some(&self.frame_interval_ms),
             frames_with_backlog: self.frames_with_backlog,
             updates_applied: self.updates_applied,
             peak_rss_mb: round1(self.peak_rss as f64 / 1e6),
@@ -1337,6 +1409,37 @@ mod tests {
             assert!(json.get(field).is_some(), "{field} missing: {json}");
         }
         assert!(json["samples"][0]["frame_ms"]["p99"].is_number());
+    }
+
+    #[test]
+    fn frame_times_in_constant_memory_rank_as_a_sorted_list_does() {
+        let mut times = FrameTimes::new();
+        let mut all = Vec::new();
+        let mut rng = Rng(5);
+        for i in 0..20_000 {
+            // Mostly under 100 ms, a few long ones, one very long.
+            let ms = match i % 500 {
+                0 => 100.0 + 900.0 * rng.unit(),
+                _ => 40.0 * rng.unit() * rng.unit(),
+            };
+            times.add(ms);
+            all.push(ms);
+        }
+        times.add(25_000.0);
+        all.push(25_000.0);
+        let exact = Percentiles::of(all);
+        let binned = times.percentiles();
+        assert!(
+            (binned.p50 - exact.p50).abs() <= 0.02,
+            "{binned:?} {exact:?}"
+        );
+        assert!(
+            (binned.p99 - exact.p99).abs() <= 0.02,
+            "{binned:?} {exact:?}"
+        );
+        assert_eq!(binned.max, 25_000.0);
+        assert_eq!(times.n, 20_001);
+        assert_eq!(FrameTimes::new().percentiles().max, 0.0);
     }
 
     #[test]
