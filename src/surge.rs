@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bench::{rss_bytes, slope};
+use crate::bench::{rss_anon_bytes, rss_bytes, slope};
 use crate::dispatch::book::{Actor, Book, Command, NewOrder};
 use crate::dispatch::config::DispatchConfig;
 use crate::dispatch::delivery::SimBehaviour;
@@ -329,6 +329,10 @@ pub struct DrillSample {
     /// Minutes since the storm began.
     pub minute: f64,
     pub rss_mb: f64,
+    /// The part of it that is the process's own (heap, stacks), without the pages of
+    /// the executable the kernel maps in and out (those vary with what has run and
+    /// with the page cache, not with what the process holds).
+    pub rss_anon_mb: f64,
     /// The frames of this interval.
     pub frame_ms: Percentiles,
     pub frames: usize,
@@ -357,6 +361,9 @@ pub struct LiveSoakReport {
     pub rss_growth_pct: Option<f64>,
     /// Least-squares slope of resident memory over the samples after warm-up.
     pub rss_mb_per_hour: f64,
+    /// The same two for the process's own memory (`rss_anon_mb`).
+    pub rss_anon_growth_pct: Option<f64>,
+    pub rss_anon_mb_per_hour: f64,
     /// Frame p99 of the last sample's interval against the first after warm-up, in %.
     pub frame_p99_growth_pct: Option<f64>,
     pub samples: Vec<DrillSample>,
@@ -1022,6 +1029,7 @@ impl Drill {
             let sample = DrillSample {
                 minute: round2(self.next_sample_s / 60.0),
                 rss_mb: round1(rss as f64 / 1e6),
+                rss_anon_mb: round1(rss_anon_bytes().unwrap_or(0) as f64 / 1e6),
                 frames: self.interval_ms.len(),
                 frame_ms: Percentiles::of(std::mem::take(&mut self.interval_ms)),
                 entities: gauges.entities,
@@ -1268,16 +1276,20 @@ pub fn soak_report(options: &DrillOptions, outcome: DrillOutcome) -> LiveSoakRep
         }
         _ => None,
     };
-    let rss_mb_per_hour = round2(slope(
-        &settled
-            .iter()
-            .map(|s| (s.minute / 60.0, s.rss_mb))
-            .collect::<Vec<_>>(),
-    ));
+    let per_hour = |f: &dyn Fn(&DrillSample) -> f64| {
+        round2(slope(
+            &settled
+                .iter()
+                .map(|s| (s.minute / 60.0, f(s)))
+                .collect::<Vec<_>>(),
+        ))
+    };
     LiveSoakReport {
         warm_up_minutes,
         rss_growth_pct: growth(&|s| s.rss_mb),
-        rss_mb_per_hour,
+        rss_mb_per_hour: per_hour(&|s| s.rss_mb),
+        rss_anon_growth_pct: growth(&|s| s.rss_anon_mb),
+        rss_anon_mb_per_hour: per_hour(&|s| s.rss_anon_mb),
         frame_p99_growth_pct: growth(&|s| s.frame_ms.p99),
         samples: outcome.samples,
         totals: outcome.report,
@@ -1382,6 +1394,7 @@ mod tests {
         for (i, s) in report.samples.iter().enumerate() {
             assert!((s.minute - (i + 1) as f64 / 60.0).abs() < 0.01, "{s:?}");
             assert!(s.rss_mb > 0.0 && s.frames > 0, "{s:?}");
+            assert!(s.rss_anon_mb > 0.0 && s.rss_anon_mb <= s.rss_mb, "{s:?}");
             assert!(s.frame_ms.p50 <= s.frame_ms.p99 && s.frame_ms.p99 <= s.frame_ms.max);
         }
         // Every sub-brain is in by the last sample.
@@ -1400,6 +1413,7 @@ mod tests {
             "warm_up_minutes",
             "rss_growth_pct",
             "rss_mb_per_hour",
+            "rss_anon_growth_pct",
             "frame_p99_growth_pct",
             "alerts_in",
             "dropped",
@@ -1455,6 +1469,7 @@ mod tests {
         let sample = |minute: f64, rss_mb: f64, p99: f64| DrillSample {
             minute,
             rss_mb,
+            rss_anon_mb: rss_mb / 2.0,
             frame_ms: Percentiles {
                 p50: 1.0,
                 p99,
@@ -1512,6 +1527,7 @@ mod tests {
         );
         assert_eq!(report.warm_up_minutes, 6.0);
         assert_eq!(report.rss_growth_pct, Some(2.0));
+        assert_eq!(report.rss_anon_growth_pct, Some(2.0));
         assert_eq!(report.frame_p99_growth_pct, Some(10.0));
         // 4 MB over 54 minutes.
         assert!(
