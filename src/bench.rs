@@ -452,6 +452,16 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * if page > 0 { page as u64 } else { 4096 })
 }
 
+/// Resident memory of this process that is its own (anonymous: heap, stacks), without
+/// the pages of the executable and other files the kernel maps in and out (Linux
+/// `RssAnon` in `/proc/self/status`), in bytes.
+pub fn rss_anon_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// What `zhongshu bench soak` runs: the default city's simulated sub-brains through the
 /// app's core pipeline, at simulated time.
 #[derive(Clone, Debug)]

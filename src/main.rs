@@ -306,6 +306,14 @@ enum BenchCommand {
         scale: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Play the frames in the real app, in a window (needs a display: run it
+        /// under xvfb-run -a on a machine without one); the app exits by itself at
+        /// the end and the report adds frame_interval_ms.
+        #[arg(long)]
+        window: bool,
+        /// With --window: write a PNG of the window when half the storm has passed.
+        #[arg(long, requires = "window")]
+        snapshot: Option<PathBuf>,
     },
     /// What the frame thread spends on each whole-city job with a live state of N
     /// entities (two feeds reporting the same N/2 air stations, and N/10 ambulances):
@@ -324,17 +332,33 @@ enum BenchCommand {
         #[arg(long, default_value_t = 600)]
         seconds: u32,
     },
-    /// The default city's sub-brains through the core pipeline at simulated time,
-    /// headless: resident memory and the live collections, sampled, with their slopes.
+    /// The default city's sub-brains through the core pipeline at simulated time
+    /// (--hours, headless): resident memory and the live collections, sampled, with
+    /// their slopes. Or, with --minutes, in real time through the real paths at 10x
+    /// load (the surge's drill: sub-brains at 10x their rate, CAP alerts at 10x the
+    /// normal rate of new events, the dispatcher and slow departments): memory and
+    /// frame cost sampled every --every-min, and their growth after warm-up.
     Soak {
-        /// Simulated hours.
-        #[arg(long, default_value_t = 24.0)]
-        hours: f64,
-        /// A sample every this many simulated minutes.
-        #[arg(long, default_value_t = 30.0)]
-        every_min: f64,
+        /// Simulated hours (default 24).
+        #[arg(long)]
+        hours: Option<f64>,
+        /// Real minutes at 10x load instead of simulated hours. The event log is --db
+        /// when given (a new file), else a temporary one.
+        #[arg(long)]
+        minutes: Option<f64>,
+        /// A sample every this many minutes: simulated with --hours (default 30),
+        /// real with --minutes (default 1, or the whole of a shorter run).
+        #[arg(long)]
+        every_min: Option<f64>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// With --minutes: play the frames in the real app, in a window (needs a
+        /// display: run it under xvfb-run -a on a machine without one).
+        #[arg(long, requires = "minutes")]
+        window: bool,
+        /// With --window: write a PNG of the window when half the run has passed.
+        #[arg(long, requires = "window")]
+        snapshot: Option<PathBuf>,
     },
     /// Frame-side CPU cost of live markers in a headless bevy app.
     Markers {
@@ -881,6 +905,12 @@ fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
     })
 }
 
+/// A drill's log: --db, never a file named like the hall's own however it is
+/// written (else a temporary one).
+fn drill_db(cli: &Cli) -> Option<PathBuf> {
+    (cli.db.file_name() != Some(std::ffi::OsStr::new(DEFAULT_DB))).then(|| cli.db.clone())
+}
+
 /// A console of a hall, with --nats and --hall.
 fn hall_console(cli: &Cli) -> anyhow::Result<Option<app::desk::HallSetup>> {
     if cli.nats.is_none() && cli.hall.is_none() {
@@ -958,6 +988,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 ui_scale: cli.ui_scale,
                 screenshot: None,
                 desk: Some(desk),
+                drill: None,
             })
         }
         Command::Screenshot { out, size } => {
@@ -981,6 +1012,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 ui_scale: cli.ui_scale,
                 screenshot: Some(app::ScreenshotRequest { out, size }),
                 desk,
+                drill: None,
             })
         }
         Command::MapInfo { path } => map_info(&path),
@@ -1124,9 +1156,63 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Soak {
             hours,
+            minutes: Some(minutes),
             every_min,
             seed,
+            window,
+            snapshot,
         }) => {
+            if hours.is_some() {
+                bail!(
+                    "--hours and --minutes: give one, --hours for simulated time or --minutes for real time"
+                );
+            }
+            let options = zhongshu::surge::LiveSoakOptions {
+                minutes,
+                db: drill_db(&cli),
+                seed,
+                // A minute, or the whole of a shorter run.
+                sample_every_s: every_min.unwrap_or(minutes.min(1.0)) * 60.0,
+            };
+            let report = if window {
+                let drill = options.drill()?;
+                let outcome = app::drill::run(&drill, cli.ui_scale, snapshot)?;
+                zhongshu::surge::soak_report(&drill, outcome)
+            } else {
+                zhongshu::surge::bench_soak_live(
+                    &options,
+                    |line| eprintln!("{line}"),
+                    |s| {
+                        eprintln!(
+                            "minute {:6.2}: {:7.1} MB ({:.1} MB own), frame p50 {:.2} p99 {:.2} max {:.2} ms, {} entities, backlog {}, {} incidents, {} orders, {} alerts in",
+                            s.minute,
+                            s.rss_mb,
+                            s.rss_anon_mb,
+                            s.frame_ms.p50,
+                            s.frame_ms.p99,
+                            s.frame_ms.max,
+                            s.entities,
+                            s.ingest_backlog,
+                            s.incidents,
+                            s.orders,
+                            s.alerts_in
+                        )
+                    },
+                )?
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Soak {
+            hours,
+            minutes: None,
+            every_min,
+            seed,
+            window: _,
+            snapshot: _,
+        }) => {
+            let hours = hours.unwrap_or(24.0);
+            let every_min = every_min.unwrap_or(30.0);
             if !(hours.is_finite() && hours > 0.0 && hours <= 8760.0) {
                 anyhow::bail!("--hours {hours}: give simulated hours above 0, at most 8760");
             }
@@ -1154,17 +1240,20 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             minutes,
             scale,
             seed,
+            window,
+            snapshot,
         }) => {
-            // Never a log named like the hall's own, however it is written.
-            let db = (cli.db.file_name() != Some(std::ffi::OsStr::new(DEFAULT_DB)))
-                .then(|| cli.db.clone());
             let options = zhongshu::surge::SurgeOptions {
                 minutes,
                 scale,
-                db,
+                db: drill_db(&cli),
                 seed,
             };
-            let report = zhongshu::surge::bench_surge(&options, |line| eprintln!("{line}"))?;
+            let report = if window {
+                app::drill::run(&options.drill()?, cli.ui_scale, snapshot)?.report
+            } else {
+                zhongshu::surge::bench_surge(&options, |line| eprintln!("{line}"))?
+            };
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -1,39 +1,43 @@
-//! `zhongshu bench surge`: an emergency played on the default city through the real
-//! ingest and dispatch paths, to show the hub does not paralyse when the city needs it
-//! most.
+//! `zhongshu bench surge` and `zhongshu bench soak --minutes`: an emergency played on
+//! the default city through the real ingest and dispatch paths, to show the hub does
+//! not paralyse when the city needs it most, nor wear down over an hour of load.
 //!
-//! A rainstorm: waterlogging, traffic accidents, power outages, road damage and gas
-//! leaks across the city at `scale` times the default simulation's busiest rate of
-//! new events ([`NORMAL_EVENTS_PER_HOUR`]). Each is reported by one to three agencies
-//! (the 12345 hotline, the water sensors' platform, the police), every report a CAP
-//! 1.2 message POSTed over loopback to a `cap-intake` feed, so it goes through the
-//! hardened HTTP server, the CAP decoder, the ingest, the live state, the alerts'
-//! de-duplication and the dispatch writer into a real SQLite log. Meanwhile every
-//! simulated sub-brain publishes at five times its rate, a dispatcher issues each new
-//! incident's playbook orders, and the departments that take them are slow and fail
-//! (see [`departments`]).
+//! Both are one [`Drill`]. A rainstorm: waterlogging, traffic accidents, power
+//! outages, road damage and gas leaks across the city at `alert_scale` times the
+//! default simulation's busiest rate of new events ([`NORMAL_EVENTS_PER_HOUR`]). Each
+//! is reported by one to three agencies (the 12345 hotline, the water sensors'
+//! platform, the police), every report a CAP 1.2 message POSTed over loopback to a
+//! `cap-intake` feed, so it goes through the hardened HTTP server, the CAP decoder,
+//! the ingest, the live state, the alerts' de-duplication and the dispatch writer into
+//! a real SQLite log. Meanwhile every simulated sub-brain publishes at `feed_rate`
+//! times its rate, a dispatcher issues each new incident's playbook orders, and the
+//! departments that take them are slow and fail (see [`departments`]).
 //!
-//! The main thread plays the frame at 60 Hz, doing what the app's frame does with the
-//! state: the ingest's bounded pump and expiry, alerts from changed entities to the
-//! dispatch writer, committed events into the book, the incident list's order by
-//! urgency, the KPIs twice a second and the copy reconciliation takes every two
-//! seconds (the pass itself runs on its own thread). `frame_ms` is that work, without
-//! drawing (`bench markers` measures the markers' share).
+//! Headless ([`run_headless`]), the main thread plays the frame at 60 Hz, doing what
+//! the app's frame does with the state: the ingest's bounded pump and expiry, alerts
+//! from changed entities to the dispatch writer, committed events into the book, the
+//! incident list's order by urgency, the KPIs twice a second and the copy
+//! reconciliation takes every two seconds (the pass itself runs on its own thread).
+//! `frame_ms` is that work, without drawing (`bench markers` measures the markers'
+//! share). With `--window` the real app plays the frame (`app::drill`) and the drill
+//! only posts, dispatches and measures.
 
-use std::path::PathBuf;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bench::rss_bytes;
-use crate::dispatch::book::{Actor, Command, NewOrder};
+use crate::bench::{rss_anon_bytes, rss_bytes, slope};
+use crate::dispatch::book::{Actor, Book, Command, NewOrder};
 use crate::dispatch::config::DispatchConfig;
 use crate::dispatch::delivery::SimBehaviour;
 use crate::dispatch::dispatcher::Dispatcher;
 use crate::dispatch::service::{DispatchService, ServiceOptions};
-use crate::dispatch::worker::DeskWorker;
+use crate::dispatch::worker::{DeskWorker, Done};
 use crate::dispatch::{Role, alerts::SAME_PLACE_M};
 use crate::feeds::config::FeedConfig;
 use crate::stats::percentile;
@@ -42,8 +46,15 @@ use crate::stats::percentile;
 /// evening peak, outages): what "normal" means for `--scale`.
 pub const NORMAL_EVENTS_PER_HOUR: f64 = 12.0;
 
-/// Frames per second the frame loop keeps.
+/// Frames per second the headless frame loop keeps.
 const FPS: f64 = 60.0;
+
+/// After the drill's span: at most this long for the last reports to be raised and
+/// the last commands answered.
+const SETTLE_MS: f64 = 30_000.0;
+
+/// What `frame_ms` measures, headless.
+pub const HEADLESS_FRAME: &str = "headless: the frame thread's work each frame (the ingest's bounded pump and expiry, alerts to the dispatch writer, committed events into the book, the incident list by urgency, KPIs twice a second, reconciliation's copy every 2 s), wall time, no drawing";
 
 /// The incident kinds of the storm: (CAP event, CAP category, incident kind, share).
 const KINDS: [(&str, &str, &str, f64); 5] = [
@@ -61,6 +72,7 @@ const AGENCIES: [(&str, f64); 3] = [
     ("command@110.city.example", 40.0),
 ];
 
+/// `bench surge`: a short hard storm.
 #[derive(Clone, Debug)]
 pub struct SurgeOptions {
     /// Minutes of surge (then up to 30 s for the last reports to be raised).
@@ -83,7 +95,87 @@ impl Default for SurgeOptions {
     }
 }
 
-#[derive(Debug, Default, Serialize)]
+impl SurgeOptions {
+    /// The drill a surge plays: the sub-brains at five times their rate.
+    pub fn drill(&self) -> anyhow::Result<DrillOptions> {
+        if !(self.minutes.is_finite() && self.minutes > 0.0 && self.minutes <= 240.0) {
+            anyhow::bail!(
+                "--minutes {}: give minutes above 0, at most 240",
+                self.minutes
+            );
+        }
+        Ok(DrillOptions {
+            minutes: self.minutes,
+            alert_scale: self.scale,
+            feed_rate: 5.0,
+            db: self.db.clone(),
+            seed: self.seed,
+            sample_every_s: None,
+        })
+    }
+}
+
+/// `bench soak --minutes`: an hour (or what is asked) at ten times the load.
+#[derive(Clone, Debug)]
+pub struct LiveSoakOptions {
+    pub minutes: f64,
+    pub db: Option<PathBuf>,
+    pub seed: u64,
+    /// A sample every this many seconds (60 on the command line; less in tests).
+    pub sample_every_s: f64,
+}
+
+impl LiveSoakOptions {
+    /// Times the normal load a soak runs at: the sub-brains' rate and new events.
+    pub const LOAD: f64 = 10.0;
+
+    /// The drill a soak plays.
+    pub fn drill(&self) -> anyhow::Result<DrillOptions> {
+        if !(self.minutes.is_finite() && self.minutes > 0.0 && self.minutes <= 1440.0) {
+            anyhow::bail!(
+                "--minutes {}: give real minutes above 0, at most 1440",
+                self.minutes
+            );
+        }
+        if !(self.sample_every_s.is_finite()
+            && self.sample_every_s >= 1.0
+            && self.sample_every_s <= self.minutes * 60.0)
+        {
+            anyhow::bail!(
+                "--every-min {}: give a sample interval of at least a second, at most the run ({} min)",
+                self.sample_every_s / 60.0,
+                self.minutes
+            );
+        }
+        Ok(DrillOptions {
+            minutes: self.minutes,
+            alert_scale: Self::LOAD,
+            feed_rate: Self::LOAD,
+            db: self.db.clone(),
+            seed: self.seed,
+            sample_every_s: Some(self.sample_every_s),
+        })
+    }
+}
+
+/// What a drill plays.
+#[derive(Clone, Debug)]
+pub struct DrillOptions {
+    /// Minutes of storm (then up to 30 s for the last reports to be raised).
+    pub minutes: f64,
+    /// Times the normal rate of new events ([`NORMAL_EVENTS_PER_HOUR`]) the agencies
+    /// report.
+    pub alert_scale: f64,
+    /// Times its own rate every simulated sub-brain publishes at.
+    pub feed_rate: f64,
+    /// The SQLite log to write, a new file (a temporary one when `None`).
+    pub db: Option<PathBuf>,
+    pub seed: u64,
+    /// A [`DrillSample`] every this many seconds of the storm (none: no samples).
+    pub sample_every_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Percentiles {
     pub p50: f64,
     pub p99: f64,
@@ -93,19 +185,100 @@ pub struct Percentiles {
 impl Percentiles {
     pub fn of(mut ms: Vec<f64>) -> Self {
         ms.sort_by(f64::total_cmp);
-        let r = |x: f64| (x * 100.0).round() / 100.0;
         Self {
-            p50: r(percentile(&ms, 0.5)),
-            p99: r(percentile(&ms, 0.99)),
-            max: r(ms.last().copied().unwrap_or(0.0)),
+            p50: round2(percentile(&ms, 0.5)),
+            p99: round2(percentile(&ms, 0.99)),
+            max: round2(ms.last().copied().unwrap_or(0.0)),
         }
     }
 }
 
+/// Frame times in constant memory, so that an hour of frames never grows the memory
+/// a soak measures: 10 µs steps up to 100 ms, then 1 ms steps up to 10 s (longer
+/// ones count in the last step; the max is exact).
+struct FrameTimes {
+    counts: Vec<u32>,
+    n: u64,
+    max: f64,
+}
+
+impl FrameTimes {
+    const FINE_MS: f64 = 0.01;
+    const FINE: usize = 10_000;
+    const COARSE: usize = 9_900;
+
+    fn new() -> Self {
+        Self {
+            counts: vec![0; Self::FINE + Self::COARSE],
+            n: 0,
+            max: 0.0,
+        }
+    }
+
+    fn add(&mut self, ms: f64) {
+        let ms = if ms.is_finite() { ms.max(0.0) } else { 0.0 };
+        let fine_top = Self::FINE as f64 * Self::FINE_MS;
+        let bucket = if ms < fine_top {
+            ((ms / Self::FINE_MS) as usize).min(Self::FINE - 1)
+        } else {
+            Self::FINE + ((ms - fine_top) as usize).min(Self::COARSE - 1)
+        };
+        self.counts[bucket] = self.counts[bucket].saturating_add(1);
+        self.n += 1;
+        self.max = self.max.max(ms);
+    }
+
+    /// The middle of a bucket.
+    fn value(bucket: usize) -> f64 {
+        if bucket < Self::FINE {
+            (bucket as f64 + 0.5) * Self::FINE_MS
+        } else {
+            Self::FINE as f64 * Self::FINE_MS + (bucket - Self::FINE) as f64 + 0.5
+        }
+    }
+
+    /// As [`Percentiles::of`] ranks a sorted list, to a bucket's width.
+    fn percentiles(&self) -> Percentiles {
+        if self.n == 0 {
+            return Percentiles::default();
+        }
+        let at = |q: f64| {
+            let rank = ((self.n - 1) as f64 * q).round() as u64;
+            let mut seen = 0u64;
+            for (bucket, &count) in self.counts.iter().enumerate() {
+                seen += count as u64;
+                if seen > rank {
+                    return Self::value(bucket).min(self.max);
+                }
+            }
+            self.max
+        };
+        Percentiles {
+            p50: round2(at(0.5)),
+            p99: round2(at(0.99)),
+            max: round2(self.max),
+        }
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// What a drill found (`bench surge` prints it as it is).
 #[derive(Debug, Serialize)]
 pub struct SurgeReport {
     pub minutes: f64,
+    /// Times the normal rate of new events.
     pub scale: f64,
+    /// Times their own rate the simulated sub-brains published at.
+    pub feed_rate: f64,
+    /// The real app in a window played the frames (`--window`).
+    pub window: bool,
     /// New events an hour during the surge.
     pub events_per_hour: f64,
     /// Things that happened in the city (each reported by one to three agencies).
@@ -130,15 +303,70 @@ pub struct SurgeReport {
     pub orders_issued: usize,
     /// Orders the slow and failing departments had taken by the end.
     pub orders_delivered: usize,
-    /// The frame thread's work (see the module's description), per frame.
+    /// What `frame_ms` measures.
+    pub frame_ms_measures: String,
+    /// Per frame (see `frame_ms_measures`).
     pub frame_ms: Percentiles,
+    /// With a window: the main thread's CPU time in the same span.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame_main_thread_cpu_ms: Option<Percentiles>,
+    /// With a window: the start of one frame to the start of the next, wall time
+    /// (everything: the app's work, rendering, presenting).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame_interval_ms: Option<Percentiles>,
     pub frames: usize,
     /// Frames that left live updates waiting for the next (shown as a backlog).
     pub frames_with_backlog: usize,
-    /// Live updates applied (simulated sub-brains at 5× their rate, and the alerts).
+    /// Live updates applied (simulated sub-brains and the alerts).
     pub updates_applied: u64,
     pub peak_rss_mb: f64,
     pub log: String,
+}
+
+/// One sample of a drill, at the end of each interval (a minute on the command line).
+#[derive(Clone, Debug, Serialize)]
+pub struct DrillSample {
+    /// Minutes since the storm began.
+    pub minute: f64,
+    pub rss_mb: f64,
+    /// The part of it that is the process's own (heap, stacks), without the pages of
+    /// the executable the kernel maps in and out (those vary with what has run and
+    /// with the page cache, not with what the process holds).
+    pub rss_anon_mb: f64,
+    /// The frames of this interval.
+    pub frame_ms: Percentiles,
+    pub frames: usize,
+    /// Entities in the live state.
+    pub entities: usize,
+    /// Live updates received and not yet applied.
+    pub ingest_backlog: usize,
+    /// In the desk's book.
+    pub incidents: usize,
+    pub orders: usize,
+    /// Alert messages taken so far.
+    pub alerts_in: u64,
+}
+
+/// `bench soak --minutes`: the drill's totals and the curve.
+#[derive(Debug, Serialize)]
+pub struct LiveSoakReport {
+    #[serde(flatten)]
+    pub totals: SurgeReport,
+    /// The first samples, left out of the growth figures (start-up: caches, the
+    /// simulator's vehicles, the book filling): a tenth of the run, at least a
+    /// sample's interval (a minute on the command line).
+    pub warm_up_minutes: f64,
+    /// Resident memory, the last sample against the first after warm-up, in %
+    /// (`null` with fewer than two such samples).
+    pub rss_growth_pct: Option<f64>,
+    /// Least-squares slope of resident memory over the samples after warm-up.
+    pub rss_mb_per_hour: f64,
+    /// The same two for the process's own memory (`rss_anon_mb`).
+    pub rss_anon_growth_pct: Option<f64>,
+    pub rss_anon_mb_per_hour: f64,
+    /// Frame p99 of the last sample's interval against the first after warm-up, in %.
+    pub frame_p99_growth_pct: Option<f64>,
+    pub samples: Vec<DrillSample>,
 }
 
 /// The departments during the storm: one order in three answered only after 5 s,
@@ -190,12 +418,12 @@ impl Rng {
 
 /// The storm: events at random times and places, and their reports.
 fn storm(
-    options: &SurgeOptions,
+    options: &DrillOptions,
     bbox: [f64; 4],
     started_unix_ms: i64,
 ) -> (Vec<Event>, Vec<Report>) {
     let mut rng = Rng(options.seed ^ 0x5EED_5116);
-    let per_ms = NORMAL_EVENTS_PER_HOUR * options.scale / 3_600_000.0;
+    let per_ms = NORMAL_EVENTS_PER_HOUR * options.alert_scale / 3_600_000.0;
     let span_ms = options.minutes * 60_000.0;
     let [west, south, east, north] = bbox;
     let mut events = Vec::new();
@@ -287,234 +515,658 @@ struct Posted {
     first_post_ms: Mutex<Vec<Option<f64>>>,
 }
 
-/// Runs the surge; `progress` hears a line every ten seconds.
-pub fn bench_surge(
-    options: &SurgeOptions,
-    mut progress: impl FnMut(&str),
-) -> anyhow::Result<SurgeReport> {
-    if !(options.minutes.is_finite() && options.minutes > 0.0 && options.minutes <= 240.0) {
-        anyhow::bail!(
-            "--minutes {}: give minutes above 0, at most 240",
-            options.minutes
-        );
+/// The log a drill writes: `--db` (a new file: a drill never writes into a log in
+/// use, and a rerun never counts the last run's incidents), or a temporary one in a
+/// folder of its own, removed when this is dropped.
+pub struct DrillLog {
+    pub path: PathBuf,
+    scratch: Option<PathBuf>,
+}
+
+impl DrillLog {
+    pub fn new(db: Option<&Path>) -> anyhow::Result<Self> {
+        if let Some(db) = db {
+            if db.exists() {
+                anyhow::bail!(
+                    "--db {}: the file exists; a drill writes a new log of its own, never into one in use",
+                    db.display()
+                );
+            }
+            return Ok(Self {
+                path: db.to_path_buf(),
+                scratch: None,
+            });
+        }
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "zhongshu-drill-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            path: dir.join("drill.sqlite"),
+            scratch: Some(dir),
+        })
     }
-    if !(options.scale.is_finite() && options.scale > 0.0 && options.scale <= 100_000.0) {
-        anyhow::bail!(
-            "--scale {}: give a factor above 0, at most 100000",
-            options.scale
-        );
+
+    /// How the report names the log.
+    fn describe(&self) -> String {
+        match &self.scratch {
+            None => format!(
+                "{} (SQLite, one durable commit per command)",
+                self.path.display()
+            ),
+            Some(_) => "a temporary SQLite log, one durable commit per command (removed)".into(),
+        }
     }
-    if let Some(db) = &options.db
-        && db.exists()
-    {
-        anyhow::bail!(
-            "--db {}: the file exists; a drill writes a new log of its own, never into one in use",
-            db.display()
-        );
+}
+
+impl Drop for DrillLog {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
-    let city = crate::map::load_default()?;
-    // A temporary log when none is given, removed however the run ends.
-    struct Scratch(Option<PathBuf>);
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            if let Some(dir) = &self.0 {
-                let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The storm under way: its events and the agencies posting its reports.
+struct Storm {
+    started: Instant,
+    events: Vec<Event>,
+    posted: Arc<Posted>,
+    queue: Arc<Mutex<VecDeque<Report>>>,
+    stop: Arc<AtomicBool>,
+    posters: Vec<JoinHandle<()>>,
+}
+
+impl Storm {
+    /// Four agency threads post the reports on their schedule.
+    fn start(options: &DrillOptions, bbox: [f64; 4], url: &str, token: &str) -> Self {
+        let started = Instant::now();
+        let (events, reports) = storm(options, bbox, crate::clock::unix_ms_now());
+        let posted = Arc::new(Posted {
+            first_post_ms: Mutex::new(vec![None; events.len()]),
+            ..Default::default()
+        });
+        let queue = Arc::new(Mutex::new(reports.into_iter().collect::<VecDeque<_>>()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let posters = (0..4)
+            .map(|_| {
+                let (queue, posted, stop, url, token) = (
+                    queue.clone(),
+                    posted.clone(),
+                    stop.clone(),
+                    url.to_string(),
+                    token.to_string(),
+                );
+                std::thread::spawn(move || post(started, &queue, &posted, &stop, &url, &token))
+            })
+            .collect();
+        Self {
+            started,
+            events,
+            posted,
+            queue,
+            stop,
+            posters,
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for p in self.posters.drain(..) {
+            let _ = p.join();
+        }
+    }
+
+    fn posted_all(&self) -> bool {
+        self.queue.lock().map(|q| q.is_empty()).unwrap_or(true)
+    }
+}
+
+impl Drop for Storm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One agency: posts the reports that are due, until none is left or told to stop.
+fn post(
+    started: Instant,
+    queue: &Mutex<VecDeque<Report>>,
+    posted: &Posted,
+    stop: &AtomicBool,
+    url: &str,
+    token: &str,
+) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client");
+    while !stop.load(Ordering::Relaxed) {
+        let next = {
+            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            match q.front() {
+                None => break,
+                Some(r) if r.at_ms > started.elapsed().as_secs_f64() * 1000.0 => None,
+                Some(_) => q.pop_front(),
+            }
+        };
+        let Some(report) = next else {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        let at = started.elapsed().as_secs_f64() * 1000.0;
+        {
+            let mut first = posted
+                .first_post_ms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let slot = &mut first[report.event];
+            *slot = Some(slot.map_or(at, |t: f64| t.min(at)));
+        }
+        // Still starting: a connection refused is tried again.
+        let mut tries = 0;
+        let status = loop {
+            tries += 1;
+            match client
+                .post(url)
+                .bearer_auth(token)
+                .header("Content-Type", "application/cap+xml")
+                .body(report.xml.clone())
+                .send()
+            {
+                Ok(r) => break r.status().as_u16(),
+                Err(e) if e.is_connect() && tries < 50 => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(_) => break 0,
+            }
+        };
+        if status == 202 {
+            posted.taken.fetch_add(1, Ordering::Relaxed);
+        } else {
+            posted.refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What one frame cost.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameCost {
+    /// The frame's work (what the report's `frame_ms_measures` says).
+    pub work_ms: f64,
+    /// The main thread's CPU time in the same span, where measured.
+    pub main_thread_cpu_ms: Option<f64>,
+    /// Since the start of the frame before, where measured.
+    pub interval_ms: Option<f64>,
+}
+
+/// The live side at the end of a frame.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LiveGauges {
+    /// Entities in the live state.
+    pub entities: usize,
+    /// Live updates received and not yet applied.
+    pub ingest_backlog: usize,
+    /// Live updates applied since the feeds started.
+    pub updates_applied: u64,
+}
+
+impl LiveGauges {
+    pub fn of(state: &crate::state::LiveState, ingest: &crate::governance::health::Ingest) -> Self {
+        Self {
+            entities: state.len(),
+            ingest_backlog: ingest.backlog(),
+            updates_applied: ingest.applied_total,
+        }
+    }
+}
+
+/// What a frame's end brought.
+#[derive(Debug, Default)]
+pub struct FrameNews {
+    /// The drill is over: [`Drill::finish`].
+    pub done: bool,
+    /// A progress line (every ten seconds).
+    pub line: Option<String>,
+    /// A sample (every `sample_every_s`).
+    pub sample: Option<DrillSample>,
+}
+
+/// What a drill found: the totals and the curve.
+#[derive(Debug)]
+pub struct DrillOutcome {
+    pub report: SurgeReport,
+    pub samples: Vec<DrillSample>,
+}
+
+/// A drill without its frame: the feeds to run, the log, the agencies posting, the
+/// dispatcher, and the measurements. Whoever plays the frame (the headless loop of
+/// [`run_headless`], or the app in a window) runs the feeds and the dispatch writer on
+/// the drill's log, and calls [`Drill::dispatch`] and [`Drill::end_frame`] each frame.
+pub struct Drill {
+    options: DrillOptions,
+    feeds: Vec<FeedConfig>,
+    url: String,
+    token: String,
+    log_path: PathBuf,
+    log: String,
+    frame_measures: String,
+    window: bool,
+    storm: Option<Storm>,
+    dispatcher: Actor,
+    /// Per event: when an incident of its kind within reach of it was first on the
+    /// desk (raised by one of its reports, or one it was merged into).
+    on_desk_at: Vec<Option<f64>>,
+    /// Incidents in the book already looked at.
+    seen_incidents: usize,
+    incidents_raised: usize,
+    sent_commands: HashMap<u64, Instant>,
+    commit_ms: Vec<f64>,
+    orders_issued: usize,
+    frame_ms: FrameTimes,
+    frame_cpu_ms: FrameTimes,
+    frame_interval_ms: FrameTimes,
+    frames_with_backlog: usize,
+    updates_at_start: u64,
+    updates_applied: u64,
+    peak_rss: u64,
+    rss_at: Instant,
+    said_at: Instant,
+    quiet_since: Option<Instant>,
+    /// The frames since the last sample.
+    interval_ms: Vec<f64>,
+    next_sample_s: f64,
+    samples: Vec<DrillSample>,
+}
+
+impl Drill {
+    /// Checks the options and readies the feeds (every simulated sub-brain at
+    /// `feed_rate` times its rate, and the agencies' CAP intake on a free loopback
+    /// port). `frame_measures` says what the frame's cost is.
+    pub fn prepare(
+        options: &DrillOptions,
+        log: &DrillLog,
+        window: bool,
+        frame_measures: &str,
+    ) -> anyhow::Result<Self> {
+        if !(options.minutes.is_finite() && options.minutes > 0.0) {
+            anyhow::bail!("--minutes {}: give minutes above 0", options.minutes);
+        }
+        if !(options.alert_scale.is_finite()
+            && options.alert_scale > 0.0
+            && options.alert_scale <= 100_000.0)
+        {
+            anyhow::bail!(
+                "--scale {}: give a factor above 0, at most 100000",
+                options.alert_scale
+            );
+        }
+        if !(options.feed_rate.is_finite() && options.feed_rate >= 1.0) {
+            anyhow::bail!("a feed rate of {}: at least 1", options.feed_rate);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let token = format!("surge-token-{:016x}", Rng(options.seed).next());
+        let mut feeds: Vec<FeedConfig> = crate::feeds::sim_source::default_sim_feeds()
+            .into_iter()
+            .map(|mut f| {
+                f.interval_s /= options.feed_rate;
+                f
+            })
+            .collect();
+        let mut intake = crate::feeds::config::parse_feeds(&format!(
+            "[[feed]]\nname = \"storm-agencies\"\nkind = \"cap-intake\"\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{token}\"\ndomain = \"safety\"\nowner = \"Emergency management\"\n"
+        ))
+        .map_err(|e| anyhow::anyhow!(e))?;
+        feeds.append(&mut intake);
+        let now = Instant::now();
+        Ok(Self {
+            options: options.clone(),
+            feeds,
+            url: format!("http://127.0.0.1:{port}/cap"),
+            token,
+            log_path: log.path.clone(),
+            log: log.describe(),
+            frame_measures: frame_measures.into(),
+            window,
+            storm: None,
+            dispatcher: Actor::new("surge.dispatcher", Role::Dispatcher, None),
+            on_desk_at: Vec::new(),
+            seen_incidents: 0,
+            incidents_raised: 0,
+            sent_commands: HashMap::new(),
+            commit_ms: Vec::new(),
+            orders_issued: 0,
+            frame_ms: FrameTimes::new(),
+            frame_cpu_ms: FrameTimes::new(),
+            frame_interval_ms: FrameTimes::new(),
+            frames_with_backlog: 0,
+            updates_at_start: 0,
+            updates_applied: 0,
+            peak_rss: 0,
+            rss_at: now,
+            said_at: now,
+            quiet_since: None,
+            interval_ms: Vec::new(),
+            next_sample_s: options.sample_every_s.unwrap_or(f64::INFINITY),
+            samples: Vec::new(),
+        })
+    }
+
+    /// The feeds to run: the simulated sub-brains and the agencies' intake.
+    pub fn feeds(&self) -> &[FeedConfig] {
+        &self.feeds
+    }
+
+    pub fn options(&self) -> &DrillOptions {
+        &self.options
+    }
+
+    /// The dispatch writer's service on the drill's log, its departments slow and
+    /// failing, its status API on a free loopback port.
+    pub fn service_options(&self) -> ServiceOptions {
+        ServiceOptions {
+            api_addr: "127.0.0.1:0".into(),
+            sim: departments(self.options.seed),
+            ..Default::default()
+        }
+    }
+
+    /// Opens the drill's log for a [`DeskWorker`].
+    pub fn open_writer(&self) -> impl FnOnce() -> Result<DispatchService, String> + Send + 'static {
+        let (path, options) = (self.log_path.clone(), self.service_options());
+        move || {
+            let seal = crate::store::SealOptions::with_key(&path, None);
+            let d = crate::store::EventLog::open_with(&path, &seal)
+                .and_then(|log| {
+                    Dispatcher::open_store(Box::new(log), DispatchConfig::default_config())
+                })
+                .map_err(|e| e.to_string())?;
+            DispatchService::start(d, options).map_err(|e| format!("{e:#}"))
+        }
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.storm.is_some()
+    }
+
+    /// Seconds since the storm began.
+    pub fn elapsed_s(&self) -> Option<f64> {
+        Some(self.storm.as_ref()?.started.elapsed().as_secs_f64())
+    }
+
+    /// The storm begins over the city's `bbox` (west, south, east, north): the
+    /// agencies start posting. `book` is the desk's book as loaded; frames count from
+    /// now.
+    pub fn start(&mut self, bbox: [f64; 4], book: &Book, gauges: LiveGauges) {
+        let storm = Storm::start(&self.options, bbox, &self.url, &self.token);
+        self.on_desk_at = vec![None; storm.events.len()];
+        self.seen_incidents = book.incidents.len();
+        self.updates_at_start = gauges.updates_applied;
+        let now = Instant::now();
+        (self.rss_at, self.said_at) = (now, now);
+        self.storm = Some(storm);
+    }
+
+    /// The dispatcher's part of a frame: takes the writer's answers to its commands
+    /// (`answers` may hold others', which are left alone) and issues each new
+    /// incident's playbook orders. Never waits.
+    pub fn dispatch(&mut self, worker: &mut DeskWorker, answers: Vec<Done>) -> anyhow::Result<()> {
+        if self.storm.is_none() {
+            return Ok(());
+        }
+        for done in answers {
+            if let Some(sent) = self.sent_commands.remove(&done.ticket) {
+                self.commit_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
+                if let Err(e) = done.result {
+                    eprintln!("a dispatcher's command was refused: {e}");
+                }
             }
         }
-    }
-    let scratch = Scratch(
-        options
-            .db
-            .is_none()
-            .then(|| std::env::temp_dir().join(format!("zhongshu-surge-{}", std::process::id()))),
-    );
-    let db = match (&options.db, &scratch.0) {
-        (Some(db), _) => db.clone(),
-        (None, Some(dir)) => {
-            std::fs::create_dir_all(dir)?;
-            dir.join("surge.sqlite")
+        let now = crate::clock::unix_ms_now();
+        let mut to_issue = Vec::new();
+        if let Some(book) = worker.book() {
+            for incident in &book.incidents[self.seen_incidents.min(book.incidents.len())..] {
+                if incident.key.as_deref().and_then(event_of_key).is_none() {
+                    continue;
+                }
+                self.incidents_raised += 1;
+                if let Some(playbook) = book.config.playbook(&incident.kind) {
+                    to_issue.push((incident.id.clone(), NewOrder::from_playbook(playbook, now)));
+                }
+            }
+            self.seen_incidents = book.incidents.len();
         }
-        (None, None) => unreachable!("a scratch folder when no --db"),
-    };
+        for (incident, orders) in to_issue {
+            self.orders_issued += orders.len();
+            let ticket = worker
+                .execute(Command::IssueOrders { incident, orders }, &self.dispatcher)
+                .map_err(|e| anyhow::anyhow!("the dispatch writer: {e}"))?;
+            self.sent_commands.insert(ticket, Instant::now());
+        }
+        Ok(())
+    }
 
-    // The feeds: every simulated sub-brain at five times its rate, and the agencies'
-    // CAP intake.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let token = format!("surge-token-{:016x}", Rng(options.seed).next());
-    let mut feeds: Vec<FeedConfig> = crate::feeds::sim_source::default_sim_feeds()
-        .into_iter()
-        .map(|mut f| {
-            f.interval_s /= 5.0;
-            f
-        })
-        .collect();
-    let mut intake = crate::feeds::config::parse_feeds(&format!(
-        "[[feed]]\nname = \"storm-agencies\"\nkind = \"cap-intake\"\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{token}\"\ndomain = \"safety\"\nowner = \"Emergency management\"\n"
-    ))
-    .map_err(|e| anyhow::anyhow!(e))?;
-    feeds.append(&mut intake);
+    /// The end of a frame: what it cost, the live side, the desk's book. Frames
+    /// before the storm began are not counted.
+    pub fn end_frame(
+        &mut self,
+        cost: FrameCost,
+        gauges: LiveGauges,
+        book: Option<&Book>,
+    ) -> FrameNews {
+        let mut news = FrameNews::default();
+        let Some(storm) = &self.storm else {
+            return news;
+        };
+        let elapsed_ms = storm.started.elapsed().as_secs_f64() * 1000.0;
+        let span_ms = self.options.minutes * 60_000.0;
+        self.frame_ms.add(cost.work_ms);
+        self.interval_ms.push(cost.work_ms);
+        if let Some(ms) = cost.main_thread_cpu_ms {
+            self.frame_cpu_ms.add(ms);
+        }
+        if let Some(ms) = cost.interval_ms {
+            self.frame_interval_ms.add(ms);
+        }
+        if gauges.ingest_backlog > 0 {
+            self.frames_with_backlog += 1;
+        }
+        self.updates_applied = gauges.updates_applied.saturating_sub(self.updates_at_start);
+
+        // Which posted events are on the desk now.
+        if let Some(book) = book {
+            let first = storm
+                .posted
+                .first_post_ms
+                .lock()
+                .map(|v| v.clone())
+                .unwrap_or_default();
+            let reach = SAME_PLACE_M + 2.0 * AGENCIES.iter().map(|a| a.1).fold(0.0, f64::max);
+            for (e, event) in storm.events.iter().enumerate() {
+                if self.on_desk_at[e].is_none()
+                    && first.get(e).copied().flatten().is_some()
+                    && book.incidents.iter().any(|i| {
+                        i.kind == event.kind
+                            && geo::Distance::distance(
+                                &geo::Haversine,
+                                geo::Point::new(event.lon, event.lat),
+                                geo::Point::new(i.lon, i.lat),
+                            ) <= reach
+                    })
+                {
+                    self.on_desk_at[e] = Some(elapsed_ms);
+                }
+            }
+        }
+
+        if self.rss_at.elapsed() >= Duration::from_millis(500) {
+            self.rss_at = Instant::now();
+            self.peak_rss = self.peak_rss.max(rss_bytes().unwrap_or(0));
+        }
+        let alerts_in = storm.posted.taken.load(Ordering::Relaxed);
+        if self.said_at.elapsed() >= Duration::from_secs(10) {
+            self.said_at = Instant::now();
+            news.line = Some(format!(
+                "{:5.0} s: {alerts_in} alerts in, {} of {} events raised, {} orders, {} live entities, backlog {}, frame p99 so far {:.1} ms",
+                elapsed_ms / 1000.0,
+                self.incidents_raised,
+                storm.events.len(),
+                self.orders_issued,
+                gauges.entities,
+                gauges.ingest_backlog,
+                self.frame_ms.percentiles().p99
+            ));
+        }
+        if elapsed_ms >= self.next_sample_s * 1000.0 && self.next_sample_s * 1000.0 <= span_ms + 1.0
+        {
+            let rss = rss_bytes().unwrap_or(0);
+            self.peak_rss = self.peak_rss.max(rss);
+            let sample = DrillSample {
+                minute: round2(self.next_sample_s / 60.0),
+                rss_mb: round1(rss as f64 / 1e6),
+                rss_anon_mb: round1(rss_anon_bytes().unwrap_or(0) as f64 / 1e6),
+                frames: self.interval_ms.len(),
+                frame_ms: Percentiles::of(std::mem::take(&mut self.interval_ms)),
+                entities: gauges.entities,
+                ingest_backlog: gauges.ingest_backlog,
+                incidents: book.map_or(0, |b| b.incidents.len()),
+                orders: book.map_or(0, |b| b.orders.len()),
+                alerts_in,
+            };
+            self.samples.push(sample.clone());
+            news.sample = Some(sample);
+            self.next_sample_s += self.options.sample_every_s.unwrap_or(f64::INFINITY);
+        }
+        if elapsed_ms >= span_ms {
+            // The storm is over: wait for the last reports to be raised and the last
+            // commands answered, at most 30 s, or 5 s of nothing left to come.
+            let posted_all = storm.posted_all();
+            let outstanding = self.on_desk_at.iter().filter(|r| r.is_none()).count();
+            let quiet = self.quiet_since.get_or_insert_with(Instant::now);
+            news.done = posted_all && outstanding == 0 && self.sent_commands.is_empty()
+                || elapsed_ms > span_ms + SETTLE_MS
+                || quiet.elapsed() > Duration::from_secs(5)
+                    && posted_all
+                    && self.sent_commands.is_empty();
+        }
+        news
+    }
+
+    /// The agencies stop; the totals and the curve. `book`: the desk's book now.
+    pub fn finish(&mut self, book: Option<&Book>) -> DrillOutcome {
+        let (events, first_post, alerts_in, refused) = match self.storm.as_mut() {
+            Some(storm) => {
+                storm.stop();
+                (
+                    storm.events.len(),
+                    storm
+                        .posted
+                        .first_post_ms
+                        .lock()
+                        .map(|v| v.clone())
+                        .unwrap_or_default(),
+                    storm.posted.taken.load(Ordering::Relaxed),
+                    storm.posted.refused.load(Ordering::Relaxed),
+                )
+            }
+            None => (0, Vec::new(), 0, 0),
+        };
+        let orders_delivered = book.map_or(0, |b| {
+            b.orders.iter().filter(|o| o.delivered_ms.is_some()).count()
+        });
+        let mut latencies = Vec::new();
+        let mut unraised = 0u64;
+        for (e, shown) in self.on_desk_at.iter().enumerate() {
+            match (shown, first_post.get(e).copied().flatten()) {
+                (Some(shown), Some(posted_at)) => latencies.push((shown - posted_at).max(0.0)),
+                _ => unraised += 1,
+            }
+        }
+        let some = |t: &FrameTimes| (t.n > 0).then(|| t.percentiles());
+        let report = SurgeReport {
+            minutes: self.options.minutes,
+            scale: self.options.alert_scale,
+            feed_rate: self.options.feed_rate,
+            window: self.window,
+            events_per_hour: NORMAL_EVENTS_PER_HOUR * self.options.alert_scale,
+            events,
+            alerts_in,
+            refused,
+            incidents_raised: self.incidents_raised,
+            deduplicated: alerts_in.saturating_sub(self.incidents_raised as u64),
+            dropped: unraised + refused,
+            alert_to_incident_ms: Percentiles::of(latencies),
+            commit_ms: Percentiles::of(std::mem::take(&mut self.commit_ms)),
+            orders_issued: self.orders_issued,
+            orders_delivered,
+            frame_ms_measures: self.frame_measures.clone(),
+            frames: self.frame_ms.n as usize,
+            frame_ms: self.frame_ms.percentiles(),
+            frame_main_thread_cpu_ms: some(&self.frame_cpu_ms),
+            frame_interval_ms: some(&self.frame_interval_ms),
+            frames_with_backlog: self.frames_with_backlog,
+            updates_applied: self.updates_applied,
+            peak_rss_mb: round1(self.peak_rss as f64 / 1e6),
+            log: self.log.clone(),
+        };
+        DrillOutcome {
+            report,
+            samples: std::mem::take(&mut self.samples),
+        }
+    }
+}
+
+/// Plays a drill headless: the feeds, the ingest and the dispatch writer on the
+/// drill's log, and the frame at 60 Hz on this thread (see the module's description).
+/// `progress` hears a line every ten seconds and `on_sample` each sample.
+pub fn run_headless(
+    options: &DrillOptions,
+    mut progress: impl FnMut(&str),
+    mut on_sample: impl FnMut(&DrillSample),
+) -> anyhow::Result<DrillOutcome> {
+    let log = DrillLog::new(options.db.as_deref())?;
+    let mut drill = Drill::prepare(options, &log, false, HEADLESS_FRAME)?;
+    let city = crate::map::load_default()?;
+    let feeds = drill.feeds().to_vec();
     let rules = crate::governance::quality::QualityRules::for_city(city.bbox_wgs84);
     let (running, rx) = crate::feeds::start_feeds(&feeds, &[], &city, options.seed);
     let mut ingest = crate::governance::health::Ingest::with_rules(&feeds, rx, rules);
     let mut state = crate::state::LiveState::new(city.frame);
 
-    // The dispatch writer on a real log, its departments slow and failing.
-    let config = DispatchConfig::default_config();
-    let service_options = ServiceOptions {
-        api_addr: "127.0.0.1:0".into(),
-        sim: departments(options.seed),
-        ..Default::default()
-    };
-    let log_path = db.clone();
-    let mut worker = DeskWorker::start(move || {
-        let seal = crate::store::SealOptions::with_key(&log_path, None);
-        let d = crate::store::EventLog::open_with(&log_path, &seal)
-            .and_then(|log| Dispatcher::open_store(Box::new(log), config))
-            .map_err(|e| e.to_string())?;
-        DispatchService::start(d, service_options).map_err(|e| format!("{e:#}"))
-    });
+    let mut worker = DeskWorker::start(drill.open_writer());
     let loading = Instant::now();
     while worker.book().is_none() {
         worker.poll();
         if let Some(e) = &worker.load_error {
-            anyhow::bail!("the dispatch log {}: {e}", db.display());
+            anyhow::bail!("the dispatch log {}: {e}", log.path.display());
         }
         if loading.elapsed() > Duration::from_secs(120) {
             anyhow::bail!("the dispatch log did not open within two minutes");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let known_incidents = worker.book().map_or(0, |b| b.incidents.len());
+    if let Some(book) = worker.book() {
+        drill.start(city.bbox_wgs84, book, LiveGauges::of(&state, &ingest));
+    }
 
-    // The storm, posted by four agency threads on its schedule.
-    let started = Instant::now();
-    let started_unix = crate::clock::unix_ms_now();
-    let (events, reports) = storm(options, city.bbox_wgs84, started_unix);
-    let posted = Arc::new(Posted {
-        first_post_ms: Mutex::new(vec![None; events.len()]),
-        ..Default::default()
-    });
-    let queue = Arc::new(Mutex::new(
-        reports
-            .into_iter()
-            .collect::<std::collections::VecDeque<_>>(),
-    ));
-    let stop_posting = Arc::new(AtomicBool::new(false));
-    let url = format!("http://127.0.0.1:{port}/cap");
-    let posters: Vec<_> = (0..4)
-        .map(|_| {
-            let (queue, posted, stop, url, token) = (
-                queue.clone(),
-                posted.clone(),
-                stop_posting.clone(),
-                url.clone(),
-                token.clone(),
-            );
-            std::thread::spawn(move || {
-                let client = reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .expect("an HTTP client");
-                while !stop.load(Ordering::Relaxed) {
-                    let next = {
-                        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                        match q.front() {
-                            None => break,
-                            Some(r) if r.at_ms > started.elapsed().as_secs_f64() * 1000.0 => None,
-                            Some(_) => q.pop_front(),
-                        }
-                    };
-                    let Some(report) = next else {
-                        std::thread::sleep(Duration::from_millis(2));
-                        continue;
-                    };
-                    let at = started.elapsed().as_secs_f64() * 1000.0;
-                    {
-                        let mut first = posted
-                            .first_post_ms
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner());
-                        let slot = &mut first[report.event];
-                        *slot = Some(slot.map_or(at, |t: f64| t.min(at)));
-                    }
-                    // Still starting: a connection refused is tried again.
-                    let mut tries = 0;
-                    let status = loop {
-                        tries += 1;
-                        match client
-                            .post(&url)
-                            .bearer_auth(&token)
-                            .header("Content-Type", "application/cap+xml")
-                            .body(report.xml.clone())
-                            .send()
-                        {
-                            Ok(r) => break r.status().as_u16(),
-                            Err(e) if e.is_connect() && tries < 50 => {
-                                std::thread::sleep(Duration::from_millis(100))
-                            }
-                            Err(_) => break 0,
-                        }
-                    };
-                    if status == 202 {
-                        posted.taken.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        posted.refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-
-    // The frame.
-    let dispatcher = Actor::new("surge.dispatcher", Role::Dispatcher, None);
     let frame_period = Duration::from_secs_f64(1.0 / FPS);
-    let surge_ms = options.minutes * 60_000.0;
-    let mut frame_ms = Vec::new();
-    let mut frames_with_backlog = 0;
-    let mut updates_applied = 0u64;
-    // Per event: when an incident of its kind within reach of it was first on the
-    // desk (raised by one of its reports, or one it was merged into).
-    let mut on_desk_at: Vec<Option<f64>> = vec![None; events.len()];
-    let reach = SAME_PLACE_M + 2.0 * AGENCIES.iter().map(|a| a.1).fold(0.0, f64::max);
-    let covers = |i: &crate::dispatch::book::Incident, e: &Event| {
-        i.kind == e.kind
-            && geo::Distance::distance(
-                &geo::Haversine,
-                geo::Point::new(e.lon, e.lat),
-                geo::Point::new(i.lon, i.lat),
-            ) <= reach
-    };
-    let mut incidents_raised = 0usize;
-    let mut seen_incidents = known_incidents;
-    let mut sent_commands: std::collections::HashMap<u64, Instant> = Default::default();
-    let mut commit_ms = Vec::new();
-    let mut orders_issued = 0usize;
     let mut kpis_at = Instant::now() - Duration::from_secs(1);
     let mut reconcile_at = Instant::now() - Duration::from_secs(3);
-    let mut reconciliation: Option<
-        std::thread::JoinHandle<crate::governance::reconcile::Reconciliation>,
-    > = None;
+    let mut reconciliation: Option<JoinHandle<crate::governance::reconcile::Reconciliation>> = None;
     let mut winner_of = Default::default();
     let mut urgency_revision = u64::MAX;
-    let mut peak_rss = 0u64;
-    let mut rss_at = Instant::now();
-    let mut said_at = Instant::now();
-    let mut quiet_since: Option<Instant> = None;
     let mut next_frame = Instant::now();
     loop {
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let surging = elapsed_ms < surge_ms;
         let frame = Instant::now();
         let now = crate::clock::unix_ms_now();
 
-        updates_applied +=
-            ingest.pump(&mut state, crate::governance::health::MAX_UPDATES_PER_FRAME) as u64;
+        ingest.pump(&mut state, crate::governance::health::MAX_UPDATES_PER_FRAME);
         ingest.expire(&mut state, now);
-        if ingest.backlog() > 0 {
-            frames_with_backlog += 1;
-        }
         for slot in state.drain_changed() {
             let Some(e) = state.entity(slot) else {
                 continue;
@@ -530,38 +1182,14 @@ pub fn bench_surge(
                     .map_err(|e| anyhow::anyhow!("the dispatch writer: {e}"))?;
             }
         }
-        for done in worker.poll() {
-            if let Some(sent) = sent_commands.remove(&done.ticket) {
-                commit_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
-                if let Err(e) = done.result {
-                    progress(&format!("a dispatcher's command was refused: {e}"));
-                }
-            }
-        }
-        let mut to_issue = Vec::new();
-        if let Some(book) = worker.book() {
-            for incident in &book.incidents[seen_incidents.min(book.incidents.len())..] {
-                if incident.key.as_deref().and_then(event_of_key).is_none() {
-                    continue;
-                }
-                incidents_raised += 1;
-                if let Some(playbook) = book.config.playbook(&incident.kind) {
-                    to_issue.push((incident.id.clone(), NewOrder::from_playbook(playbook, now)));
-                }
-            }
-            seen_incidents = book.incidents.len();
-            // The desk's incident list and the map's pins, by urgency.
-            if book.revision != urgency_revision {
-                urgency_revision = book.revision;
-                std::hint::black_box(book.by_urgency());
-            }
-        }
-        for (incident, orders) in to_issue {
-            orders_issued += orders.len();
-            let ticket = worker
-                .execute(Command::IssueOrders { incident, orders }, &dispatcher)
-                .map_err(|e| anyhow::anyhow!("the dispatch writer: {e}"))?;
-            sent_commands.insert(ticket, Instant::now());
+        let answers = worker.poll();
+        drill.dispatch(&mut worker, answers)?;
+        // The desk's incident list and the map's pins, by urgency.
+        if let Some(book) = worker.book()
+            && book.revision != urgency_revision
+        {
+            urgency_revision = book.revision;
+            std::hint::black_box(book.by_urgency());
         }
         if kpis_at.elapsed() >= Duration::from_millis(500) {
             kpis_at = Instant::now();
@@ -582,55 +1210,20 @@ pub fn bench_surge(
                 crate::governance::reconcile::reconcile_input(&input, &feeds, now)
             }));
         }
-        frame_ms.push(frame.elapsed().as_secs_f64() * 1000.0);
+        let cost = FrameCost {
+            work_ms: frame.elapsed().as_secs_f64() * 1000.0,
+            ..Default::default()
+        };
 
-        // Which posted events are on the desk now (bookkeeping, outside the frame).
-        if let Some(book) = worker.book() {
-            let first = posted
-                .first_post_ms
-                .lock()
-                .map(|v| v.clone())
-                .unwrap_or_default();
-            for (e, event) in events.iter().enumerate() {
-                if on_desk_at[e].is_none()
-                    && first.get(e).copied().flatten().is_some()
-                    && book.incidents.iter().any(|i| covers(i, event))
-                {
-                    on_desk_at[e] = Some(elapsed_ms);
-                }
-            }
+        let news = drill.end_frame(cost, LiveGauges::of(&state, &ingest), worker.book());
+        if let Some(line) = &news.line {
+            progress(line);
         }
-
-        if rss_at.elapsed() >= Duration::from_millis(500) {
-            rss_at = Instant::now();
-            peak_rss = peak_rss.max(rss_bytes().unwrap_or(0));
+        if let Some(sample) = &news.sample {
+            on_sample(sample);
         }
-        if said_at.elapsed() >= Duration::from_secs(10) {
-            said_at = Instant::now();
-            progress(&format!(
-                "{:5.0} s: {} alerts in, {incidents_raised} of {} events raised, {orders_issued} orders, frame p99 so far {:.1} ms",
-                elapsed_ms / 1000.0,
-                posted.taken.load(Ordering::Relaxed),
-                events.len(),
-                Percentiles::of(frame_ms.clone()).p99
-            ));
-        }
-        if !surging {
-            // The surge is over: wait for the last reports to be raised and the last
-            // commands answered, at most 30 s, or 5 s of nothing left to come.
-            let posted_all = queue.lock().map(|q| q.is_empty()).unwrap_or(true);
-            let outstanding = on_desk_at.iter().filter(|r| r.is_none()).count();
-            if posted_all && outstanding == 0 && sent_commands.is_empty() {
-                break;
-            }
-            let quiet = quiet_since.get_or_insert_with(Instant::now);
-            if elapsed_ms > surge_ms + 30_000.0
-                || quiet.elapsed() > Duration::from_secs(5)
-                    && posted_all
-                    && sent_commands.is_empty()
-            {
-                break;
-            }
+        if news.done {
+            break;
         }
         next_frame += frame_period;
         let now_i = Instant::now();
@@ -640,56 +1233,67 @@ pub fn bench_surge(
             next_frame = now_i;
         }
     }
-    stop_posting.store(true, Ordering::Relaxed);
-    for p in posters {
-        let _ = p.join();
-    }
-    let orders_delivered = worker.book().map_or(0, |b| {
-        b.orders.iter().filter(|o| o.delivered_ms.is_some()).count()
-    });
+    let outcome = drill.finish(worker.book());
     drop(running);
-    let first_post = posted
-        .first_post_ms
-        .lock()
-        .map(|v| v.clone())
-        .unwrap_or_default();
-    let mut latencies = Vec::new();
-    let mut unraised = 0u64;
-    for (e, shown) in on_desk_at.iter().enumerate() {
-        match (shown, first_post.get(e).copied().flatten()) {
-            (Some(shown), Some(posted_at)) => latencies.push((shown - posted_at).max(0.0)),
-            _ => unraised += 1,
-        }
-    }
-    let alerts_in = posted.taken.load(Ordering::Relaxed);
-    let refused = posted.refused.load(Ordering::Relaxed);
-    let log = match &options.db {
-        Some(db) => format!("{} (SQLite, one durable commit per command)", db.display()),
-        None => "a temporary SQLite log, one durable commit per command (removed)".into(),
-    };
     drop(worker);
-    drop(scratch);
-    Ok(SurgeReport {
-        minutes: options.minutes,
-        scale: options.scale,
-        events_per_hour: NORMAL_EVENTS_PER_HOUR * options.scale,
-        events: events.len(),
-        alerts_in,
-        refused,
-        incidents_raised,
-        deduplicated: alerts_in.saturating_sub(incidents_raised as u64),
-        dropped: unraised + refused,
-        alert_to_incident_ms: Percentiles::of(latencies),
-        commit_ms: Percentiles::of(commit_ms),
-        orders_issued,
-        orders_delivered,
-        frames: frame_ms.len(),
-        frame_ms: Percentiles::of(frame_ms),
-        frames_with_backlog,
-        updates_applied,
-        peak_rss_mb: (peak_rss as f64 / 1e6 * 10.0).round() / 10.0,
-        log,
-    })
+    drop(drill);
+    drop(log);
+    Ok(outcome)
+}
+
+/// Runs the surge (headless); `progress` hears a line every ten seconds.
+pub fn bench_surge(
+    options: &SurgeOptions,
+    progress: impl FnMut(&str),
+) -> anyhow::Result<SurgeReport> {
+    Ok(run_headless(&options.drill()?, progress, |_| {})?.report)
+}
+
+/// Runs a soak in real time (headless): `progress` hears a line every ten seconds,
+/// `on_sample` each sample.
+pub fn bench_soak_live(
+    options: &LiveSoakOptions,
+    progress: impl FnMut(&str),
+    on_sample: impl FnMut(&DrillSample),
+) -> anyhow::Result<LiveSoakReport> {
+    let drill = options.drill()?;
+    let outcome = run_headless(&drill, progress, on_sample)?;
+    Ok(soak_report(&drill, outcome))
+}
+
+/// A soak's report from a drill's outcome: the growth after warm-up.
+pub fn soak_report(options: &DrillOptions, outcome: DrillOutcome) -> LiveSoakReport {
+    let every_min = options.sample_every_s.unwrap_or(60.0) / 60.0;
+    let warm_up_minutes = round2((options.minutes / 10.0).max(every_min));
+    let settled: Vec<&DrillSample> = outcome
+        .samples
+        .iter()
+        .filter(|s| s.minute >= warm_up_minutes - 1e-9)
+        .collect();
+    let growth = |f: &dyn Fn(&DrillSample) -> f64| match (settled.first(), settled.last()) {
+        (Some(a), Some(b)) if settled.len() >= 2 && f(a) > 0.0 => {
+            Some(round2((f(b) - f(a)) / f(a) * 100.0))
+        }
+        _ => None,
+    };
+    let per_hour = |f: &dyn Fn(&DrillSample) -> f64| {
+        round2(slope(
+            &settled
+                .iter()
+                .map(|s| (s.minute / 60.0, f(s)))
+                .collect::<Vec<_>>(),
+        ))
+    };
+    LiveSoakReport {
+        warm_up_minutes,
+        rss_growth_pct: growth(&|s| s.rss_mb),
+        rss_mb_per_hour: per_hour(&|s| s.rss_mb),
+        rss_anon_growth_pct: growth(&|s| s.rss_anon_mb),
+        rss_anon_mb_per_hour: per_hour(&|s| s.rss_anon_mb),
+        frame_p99_growth_pct: growth(&|s| s.frame_ms.p99),
+        samples: outcome.samples,
+        totals: outcome.report,
+    }
 }
 
 #[cfg(test)]
@@ -745,7 +1349,9 @@ mod tests {
             minutes: 10.0,
             scale: 100.0,
             ..Default::default()
-        };
+        }
+        .drill()
+        .unwrap();
         let bbox = [24.92, 60.15, 24.96, 60.18];
         let (events, reports) = storm(&options, bbox, 0);
         let (again, _) = storm(&options, bbox, 0);
@@ -764,5 +1370,170 @@ mod tests {
             let a = crate::dispatch::alerts::from_cap_feed(update, "storm").unwrap();
             assert_eq!(a.kind, events[r.event].kind);
         }
+    }
+
+    #[test]
+    fn a_short_soak_samples_its_curve_and_loses_nothing() {
+        let dir = crate::dispatch::testing::temp_db("soak", "live");
+        // Three seconds at ten times the load, a sample a second.
+        let options = LiveSoakOptions {
+            minutes: 0.05,
+            db: Some(dir.clone()),
+            seed: 3,
+            sample_every_s: 1.0,
+        };
+        let mut heard = 0;
+        let report = bench_soak_live(&options, |_| {}, |_| heard += 1).unwrap();
+        assert_eq!(report.samples.len(), 3, "{report:?}");
+        assert_eq!(heard, 3);
+        assert_eq!(report.totals.dropped, 0, "{report:?}");
+        assert_eq!(report.totals.refused, 0, "{report:?}");
+        assert_eq!(report.totals.feed_rate, 10.0);
+        assert_eq!(report.totals.scale, 10.0);
+        assert!(!report.totals.window);
+        for (i, s) in report.samples.iter().enumerate() {
+            assert!((s.minute - (i + 1) as f64 / 60.0).abs() < 0.01, "{s:?}");
+            assert!(s.rss_mb > 0.0 && s.frames > 0, "{s:?}");
+            assert!(s.rss_anon_mb > 0.0 && s.rss_anon_mb <= s.rss_mb, "{s:?}");
+            assert!(s.frame_ms.p50 <= s.frame_ms.p99 && s.frame_ms.p99 <= s.frame_ms.max);
+        }
+        // Every sub-brain is in by the last sample.
+        assert!(report.samples[2].entities > 1000, "{report:?}");
+        // A tenth of three seconds is less than a sample's interval: one second.
+        assert!((report.warm_up_minutes - 1.0 / 60.0).abs() < 0.01);
+        assert!(
+            report.rss_growth_pct.is_some_and(f64::is_finite),
+            "{report:?}"
+        );
+        assert!(report.frame_p99_growth_pct.is_some_and(f64::is_finite));
+        assert!(report.rss_mb_per_hour.is_finite());
+        let json = serde_json::to_value(&report).unwrap();
+        for field in [
+            "samples",
+            "warm_up_minutes",
+            "rss_growth_pct",
+            "rss_mb_per_hour",
+            "rss_anon_growth_pct",
+            "frame_p99_growth_pct",
+            "alerts_in",
+            "dropped",
+            "frame_ms",
+            "peak_rss_mb",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing: {json}");
+        }
+        assert!(json["samples"][0]["frame_ms"]["p99"].is_number());
+    }
+
+    #[test]
+    fn frame_times_in_constant_memory_rank_as_a_sorted_list_does() {
+        let mut times = FrameTimes::new();
+        let mut all = Vec::new();
+        let mut rng = Rng(5);
+        for i in 0..20_000 {
+            // Mostly under 100 ms, a few long ones, one very long.
+            let ms = match i % 500 {
+                0 => 100.0 + 900.0 * rng.unit(),
+                _ => 40.0 * rng.unit() * rng.unit(),
+            };
+            times.add(ms);
+            all.push(ms);
+        }
+        times.add(25_000.0);
+        all.push(25_000.0);
+        let exact = Percentiles::of(all);
+        let binned = times.percentiles();
+        assert!(
+            (binned.p50 - exact.p50).abs() <= 0.02,
+            "{binned:?} {exact:?}"
+        );
+        assert!(
+            (binned.p99 - exact.p99).abs() <= 0.02,
+            "{binned:?} {exact:?}"
+        );
+        assert_eq!(binned.max, 25_000.0);
+        assert_eq!(times.n, 20_001);
+        assert_eq!(FrameTimes::new().percentiles().max, 0.0);
+    }
+
+    #[test]
+    fn a_soak_growth_is_read_after_warm_up() {
+        let options = LiveSoakOptions {
+            minutes: 60.0,
+            db: None,
+            seed: 1,
+            sample_every_s: 60.0,
+        }
+        .drill()
+        .unwrap();
+        let sample = |minute: f64, rss_mb: f64, p99: f64| DrillSample {
+            minute,
+            rss_mb,
+            rss_anon_mb: rss_mb / 2.0,
+            frame_ms: Percentiles {
+                p50: 1.0,
+                p99,
+                max: p99,
+            },
+            frames: 3600,
+            entities: 0,
+            ingest_backlog: 0,
+            incidents: 0,
+            orders: 0,
+            alerts_in: 0,
+        };
+        // Start-up growth in the first six minutes, then 200 → 204 MB.
+        let samples: Vec<DrillSample> = (1..=60)
+            .map(|m| {
+                let m = m as f64;
+                if m < 6.0 {
+                    sample(m, 100.0 + 20.0 * m, 9.0)
+                } else {
+                    sample(m, 200.0 + 4.0 * (m - 6.0) / 54.0, 10.0 + (m - 6.0) / 54.0)
+                }
+            })
+            .collect();
+        let report = soak_report(
+            &options,
+            DrillOutcome {
+                report: SurgeReport {
+                    minutes: 60.0,
+                    scale: 10.0,
+                    feed_rate: 10.0,
+                    window: false,
+                    events_per_hour: 120.0,
+                    events: 0,
+                    alerts_in: 0,
+                    refused: 0,
+                    incidents_raised: 0,
+                    deduplicated: 0,
+                    dropped: 0,
+                    alert_to_incident_ms: Default::default(),
+                    commit_ms: Default::default(),
+                    orders_issued: 0,
+                    orders_delivered: 0,
+                    frame_ms_measures: String::new(),
+                    frame_ms: Default::default(),
+                    frame_main_thread_cpu_ms: None,
+                    frame_interval_ms: None,
+                    frames: 0,
+                    frames_with_backlog: 0,
+                    updates_applied: 0,
+                    peak_rss_mb: 0.0,
+                    log: String::new(),
+                },
+                samples,
+            },
+        );
+        assert_eq!(report.warm_up_minutes, 6.0);
+        assert_eq!(report.rss_growth_pct, Some(2.0));
+        assert_eq!(report.rss_anon_growth_pct, Some(2.0));
+        assert_eq!(report.frame_p99_growth_pct, Some(10.0));
+        // 4 MB over 54 minutes.
+        assert!(
+            (report.rss_mb_per_hour - 4.0 * 60.0 / 54.0).abs() < 0.01,
+            "{}",
+            report.rss_mb_per_hour
+        );
     }
 }

@@ -395,6 +395,45 @@ fn bench_soak_refuses_durations_it_cannot_run() {
 }
 
 #[test]
+fn bench_soak_takes_simulated_hours_or_real_minutes_not_both() {
+    for (args, said) in [
+        (&["--hours", "1", "--minutes", "1"][..], "give one"),
+        (&["--minutes", "NaN"][..], "--minutes"),
+        (&["--minutes", "1", "--every-min", "2"][..], "--every-min"),
+        (&["--window"][..], "--minutes"),
+    ] {
+        let out = crate::zhongshu()
+            .args(["bench", "soak"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(said), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_drill_in_a_window_without_a_display_says_so_at_once() {
+    for command in ["surge", "soak"] {
+        let started = std::time::Instant::now();
+        let out = crate::zhongshu()
+            .args(["bench", command, "--window", "--minutes", "0.1"])
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("needs a display") && err.contains("xvfb-run"),
+            "{err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+}
+
+#[test]
 fn bench_fuzz_reports_each_target_and_replays_an_input() {
     let save = scratch_dir("bench-fuzz");
     let out = zhongshu()

@@ -267,3 +267,51 @@ fn a_traffic_only_city_renders_without_a_render_error() {
         .count();
     assert!(ramp_like > 500, "no traffic on the roads: {ramp_like} px");
 }
+
+#[test]
+fn a_surge_in_a_window_is_played_by_the_app_and_loses_nothing() {
+    let dir = scratch_dir("surge-window");
+    let db = dir.join("surge.db");
+    let png = dir.join("surge.png");
+    // Six seconds of a hard storm (about 60 events at 12 × 3000 an hour), the real
+    // app drawing in software all the while.
+    let result = run_with_display(&[
+        "--db",
+        db.to_str().unwrap(),
+        "bench",
+        "surge",
+        "--window",
+        "--minutes",
+        "0.1",
+        "--scale",
+        "3000",
+        "--seed",
+        "7",
+        "--snapshot",
+        png.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "the drill failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&result.stdout)
+        .unwrap_or_else(|_| panic!("no JSON report; stderr: {stderr}"));
+    assert_eq!(report["window"], true, "{report}");
+    assert_eq!(report["dropped"], 0, "{report}");
+    assert_eq!(report["refused"], 0, "{report}");
+    assert!(report["events"].as_u64().unwrap() >= 30, "{report}");
+    assert!(report["incidents_raised"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["orders_issued"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["frames"].as_u64().unwrap() > 0, "{report}");
+    for measure in ["frame_ms", "frame_interval_ms", "frame_main_thread_cpu_ms"] {
+        assert!(report[measure]["p99"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    // The window, half-way through: the city and the desk's panel.
+    let image = image::open(&png).expect("a readable PNG").to_rgb8();
+    assert!(zhongshu::app::snapshot::city_pixel_share(&image) > 0.2);
+    // The incidents are in the log, each one the app raised.
+    let (ok, verified) = audit_verify(&db);
+    assert!(ok, "{verified}");
+    assert!(
+        verified["incidents"].as_u64().unwrap() >= report["incidents_raised"].as_u64().unwrap(),
+        "{verified} {report}"
+    );
+}

@@ -251,6 +251,9 @@ pub struct Desk {
     sent: Vec<(u64, u64, Option<String>)>,
     /// Bumped at every sign-in and sign-out.
     session: u64,
+    /// Answers to commands another part of the app sent through this desk's writer
+    /// (a drill's dispatcher), kept here for it when `Some`; else let go.
+    pub other_answers: Option<Vec<crate::dispatch::worker::Done>>,
 }
 
 /// The event log's integrity as the console last checked it.
@@ -307,6 +310,7 @@ impl Desk {
             hall: None,
             sent: Vec::new(),
             session: 0,
+            other_answers: None,
         }
     }
 
@@ -387,8 +391,9 @@ impl Desk {
             return;
         }
         // One at a time: a second click before the first is written would
-        // be checked against a book without it (a report twice).
-        if self.worker.in_flight() > 0 {
+        // be checked against a book without it (a report twice). Only this desk's
+        // own commands count: another's (a drill's dispatcher) never holds it up.
+        if !self.sent.is_empty() {
             self.status_line = Some("wait: the last command is still being saved 正在保存".into());
             return;
         }
@@ -411,6 +416,9 @@ impl Desk {
     pub fn take_answers(&mut self) {
         for done in self.worker.poll() {
             let Some(k) = self.sent.iter().position(|(t, ..)| *t == done.ticket) else {
+                if let Some(others) = &mut self.other_answers {
+                    others.push(done);
+                }
                 continue;
             };
             let (_, session, selected_then) = self.sent.remove(k);

@@ -6,6 +6,7 @@ pub mod bench_markers;
 pub mod camera;
 pub mod desk;
 pub mod desk_ui;
+pub mod drill;
 pub mod fonts;
 pub mod layers;
 pub mod layout;
@@ -45,6 +46,9 @@ pub struct AppOptions {
     pub screenshot: Option<ScreenshotRequest>,
     /// The dispatch desk (event log, departments, users, sign-in).
     pub desk: Option<desk::DeskSetup>,
+    /// A drill to play (`bench surge --window`): its feeds replace `feeds`, and the
+    /// app exits when it is over.
+    pub drill: Option<drill::DrillRun>,
 }
 
 /// Render off-screen until the city is drawn, write a PNG, exit.
@@ -130,9 +134,13 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         feeds,
         rules: ranges,
         areas,
-    } = match &options.feeds {
-        Some(path) => crate::feeds::config::load_setup(path)?,
-        None => crate::feeds::config::FeedsSetup {
+    } = match (&options.drill, &options.feeds) {
+        (Some(run), _) => crate::feeds::config::FeedsSetup {
+            feeds: run.feeds().to_vec(),
+            ..Default::default()
+        },
+        (None, Some(path)) => crate::feeds::config::load_setup(path)?,
+        (None, None) => crate::feeds::config::FeedsSetup {
             feeds: crate::feeds::sim_source::default_sim_feeds(),
             ..Default::default()
         },
@@ -237,6 +245,9 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     }
     if let Some(request) = options.screenshot {
         snapshot::add(&mut app, request);
+    }
+    if let Some(run) = options.drill {
+        drill::add(&mut app, run);
     }
     match app.run() {
         AppExit::Success => Ok(()),

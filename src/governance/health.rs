@@ -344,6 +344,8 @@ pub struct Ingest {
     pub schemas: Vec<ObservedSchema>,
     rules: QualityRules,
     feeds: Vec<FeedConfig>,
+    /// Updates applied since the ingest began (what `pump` returned, summed).
+    pub applied_total: u64,
 }
 
 impl Ingest {
@@ -374,6 +376,7 @@ impl Ingest {
             schemas: vec![ObservedSchema::default(); feeds.len()],
             rules,
             feeds: feeds.to_vec(),
+            applied_total: 0,
         }
     }
 
@@ -512,6 +515,7 @@ impl Ingest {
                 }
             }
         }
+        self.applied_total += applied as u64;
         applied
     }
 
