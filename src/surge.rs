@@ -14,10 +14,11 @@
 //! departments that take them are slow and fail (see [`departments`]).
 //!
 //! Headless ([`run_headless`]), the main thread plays the frame at 60 Hz, doing what
-//! the app's frame does with the state: the ingest's bounded pump and expiry, alerts
-//! from changed entities to the dispatch writer, committed events into the book, the
-//! incident list's order by urgency, the KPIs twice a second and the copy
-//! reconciliation takes every two seconds (the pass itself runs on its own thread).
+//! the app's frame does with the state: the ingest's pump and expiry within 4 ms,
+//! alerts from changed entities to the dispatch writer, committed events into the
+//! book, the incident list's order by urgency, a 1 ms step of the KPIs (twice a
+//! second) and of the copy reconciliation takes every two seconds (the pass itself
+//! runs on its own thread).
 //! `frame_ms` is that work, without drawing (`bench markers` measures the markers'
 //! share). With `--window` the real app plays the frame (`app::drill`) and the drill
 //! only posts, dispatches and measures.
@@ -40,6 +41,7 @@ use crate::dispatch::service::{DispatchService, ServiceOptions};
 use crate::dispatch::worker::{DeskWorker, Done};
 use crate::dispatch::{Role, alerts::SAME_PLACE_M};
 use crate::feeds::config::FeedConfig;
+use crate::state::sweep::Budget;
 use crate::stats::percentile;
 
 /// New events an hour in the default simulation at its busiest (grid events at the
@@ -54,7 +56,7 @@ const FPS: f64 = 60.0;
 const SETTLE_MS: f64 = 30_000.0;
 
 /// What `frame_ms` measures, headless.
-pub const HEADLESS_FRAME: &str = "headless: the frame thread's work each frame (the ingest's bounded pump and expiry, alerts to the dispatch writer, committed events into the book, the incident list by urgency, KPIs twice a second, reconciliation's copy every 2 s), wall time, no drawing";
+pub const HEADLESS_FRAME: &str = "headless: the frame thread's work each frame (the ingest's pump and expiry within 4 ms, alerts to the dispatch writer, committed events into the book, the incident list by urgency, a 1 ms step of the KPIs twice a second and of reconciliation's copy every 2 s), wall time, no drawing";
 
 /// The incident kinds of the storm: (CAP event, CAP category, incident kind, share).
 const KINDS: [(&str, &str, &str, f64); 5] = [
@@ -1156,7 +1158,9 @@ pub fn run_headless(
 
     let frame_period = Duration::from_secs_f64(1.0 / FPS);
     let mut kpis_at = Instant::now() - Duration::from_secs(1);
+    let mut kpi_pass: Option<crate::state::kpi::KpiPass> = None;
     let mut reconcile_at = Instant::now() - Duration::from_secs(3);
+    let mut copying: Option<crate::governance::reconcile::ReconcileCopy> = None;
     let mut reconciliation: Option<JoinHandle<crate::governance::reconcile::Reconciliation>> = None;
     let mut winner_of = Default::default();
     let mut urgency_revision = u64::MAX;
@@ -1165,8 +1169,14 @@ pub fn run_headless(
         let frame = Instant::now();
         let now = crate::clock::unix_ms_now();
 
-        ingest.pump(&mut state, crate::governance::health::MAX_UPDATES_PER_FRAME);
-        ingest.expire(&mut state, now);
+        // As the app's frame: the ingest's 4 ms, whole-city passes a step a frame.
+        let deadline = frame + crate::governance::health::INGEST_FRAME_BUDGET;
+        ingest.pump_within(
+            &mut state,
+            crate::governance::health::MAX_UPDATES_PER_FRAME,
+            Some(deadline),
+        );
+        ingest.expire_within(&mut state, now, Some(deadline));
         for slot in state.drain_changed() {
             let Some(e) = state.entity(slot) else {
                 continue;
@@ -1191,23 +1201,35 @@ pub fn run_headless(
             urgency_revision = book.revision;
             std::hint::black_box(book.by_urgency());
         }
-        if kpis_at.elapsed() >= Duration::from_millis(500) {
+        if kpi_pass.is_none() && kpis_at.elapsed() >= Duration::from_millis(500) {
             kpis_at = Instant::now();
-            std::hint::black_box(crate::state::kpi::CityKpis::compute(
-                &state, &winner_of, now,
-            ));
+            kpi_pass = Some(crate::state::kpi::KpiPass::new(now));
+        }
+        if let Some(pass) = &mut kpi_pass
+            && let Some(kpis) = pass.step(&state, &winner_of, Budget::frame())
+        {
+            std::hint::black_box(kpis);
+            kpi_pass = None;
         }
         if let Some(pass) = reconciliation.take_if(|p| p.is_finished())
             && let Ok(r) = pass.join()
         {
             winner_of = r.winner_of;
         }
-        if reconciliation.is_none() && reconcile_at.elapsed() >= Duration::from_secs(2) {
+        if reconciliation.is_none()
+            && copying.is_none()
+            && reconcile_at.elapsed() >= Duration::from_secs(2)
+        {
             reconcile_at = Instant::now();
-            let input = crate::governance::reconcile::ReconcileInput::from_state(&state, now);
-            let feeds = feeds.clone();
+            copying = Some(crate::governance::reconcile::ReconcileCopy::new(now));
+        }
+        if let Some(copy) = &mut copying
+            && let Some(input) = copy.step(&state, Budget::frame())
+        {
+            let (feeds, at) = (feeds.clone(), copy.now_ms());
+            copying = None;
             reconciliation = Some(std::thread::spawn(move || {
-                crate::governance::reconcile::reconcile_input(&input, &feeds, now)
+                crate::governance::reconcile::reconcile_input(&input, &feeds, at)
             }));
         }
         let cost = FrameCost {
