@@ -130,7 +130,7 @@ fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
     ));
 }
 
-fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>) {
+fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>, time: Res<Time>) {
     let Some(mut live) = live else { return };
     let Live {
         feeds,
@@ -159,7 +159,8 @@ fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>) {
         return;
     }
     // The ingest's share of the frame: what is left waits for the next.
-    let deadline = std::time::Instant::now() + crate::governance::health::INGEST_FRAME_BUDGET;
+    let deadline =
+        std::time::Instant::now() + crate::governance::health::ingest_budget(time.delta());
     ingest.pump_within(state, MAX_UPDATES_PER_FRAME, Some(deadline));
     ingest.expire_within(state, crate::clock::unix_ms_now(), Some(deadline));
     changed.0 = state.drain_changed();

@@ -40,8 +40,22 @@ pub const MAX_REMOVALS_PER_STEP: usize = 2_048;
 /// Updates a frame applies even when its time is spent, so a busy frame still moves on.
 pub const MIN_UPDATES_PER_FRAME: usize = 1_000;
 /// What a frame spends on the ingest (taking in, applying, sweeps), beyond
-/// [`MIN_UPDATES_PER_FRAME`].
+/// [`MIN_UPDATES_PER_FRAME`], at least: see [`ingest_budget`].
 pub const INGEST_FRAME_BUDGET: std::time::Duration = std::time::Duration::from_millis(4);
+/// Share of the time between frames the ingest may take when frames are slow.
+pub const INGEST_FRAME_SHARE: f64 = 0.25;
+
+/// The ingest's time in a frame that follows `frame_interval`: [`INGEST_FRAME_BUDGET`]
+/// at 60 frames a second, and a quarter of the interval when frames are slower (a
+/// wall drawn in software, a busy machine), so the updates taken in a second never
+/// fall with the frame rate.
+pub fn ingest_budget(frame_interval: std::time::Duration) -> std::time::Duration {
+    INGEST_FRAME_BUDGET.max(
+        frame_interval
+            .mul_f64(INGEST_FRAME_SHARE)
+            .min(std::time::Duration::from_secs(1)),
+    )
+}
 /// How long a quarantine lasts before the feed is tried again.
 pub const QUARANTINE_MS: i64 = 60_000;
 /// Expiry looks for unreported entities at most this often.
@@ -860,6 +874,19 @@ mod tests {
         assert_eq!(
             h.withheld,
             BTreeMap::from([("exercise".to_string(), 2), ("test".to_string(), 1)])
+        );
+    }
+
+    #[test]
+    fn slow_frames_give_the_ingest_a_share_of_their_time() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        assert_eq!(ingest_budget(ms(16)), INGEST_FRAME_BUDGET);
+        assert_eq!(ingest_budget(ms(0)), INGEST_FRAME_BUDGET);
+        assert_eq!(ingest_budget(ms(700)), ms(175));
+        assert_eq!(
+            ingest_budget(Duration::from_secs(60)),
+            Duration::from_secs(1)
         );
     }
 
