@@ -1182,22 +1182,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 zhongshu::surge::bench_soak_live(
                     &options,
                     |line| eprintln!("{line}"),
-                    |s| {
-                        eprintln!(
-                            "minute {:6.2}: {:7.1} MB ({:.1} MB own), frame p50 {:.2} p99 {:.2} max {:.2} ms, {} entities, backlog {}, {} incidents, {} orders, {} alerts in",
-                            s.minute,
-                            s.rss_mb,
-                            s.rss_anon_mb,
-                            s.frame_ms.p50,
-                            s.frame_ms.p99,
-                            s.frame_ms.max,
-                            s.entities,
-                            s.ingest_backlog,
-                            s.incidents,
-                            s.orders,
-                            s.alerts_in
-                        )
-                    },
+                    |s| eprintln!("{s}"),
                 )?
             };
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -349,6 +349,27 @@ pub struct DrillSample {
     pub alerts_in: u64,
 }
 
+impl std::fmt::Display for DrillSample {
+    /// The sample as the command line prints it, one line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "minute {:6.2}: {:7.1} MB ({:.1} MB own), frame p50 {:.2} p99 {:.2} max {:.2} ms, {} entities, backlog {}, {} incidents, {} orders, {} alerts in",
+            self.minute,
+            self.rss_mb,
+            self.rss_anon_mb,
+            self.frame_ms.p50,
+            self.frame_ms.p99,
+            self.frame_ms.max,
+            self.entities,
+            self.ingest_backlog,
+            self.incidents,
+            self.orders,
+            self.alerts_in
+        )
+    }
+}
+
 /// `bench soak --minutes`: the drill's totals and the curve.
 #[derive(Debug, Serialize)]
 pub struct LiveSoakReport {

@@ -274,20 +274,7 @@ fn frame_ends(
         eprintln!("{line}");
     }
     if let Some(s) = &news.sample {
-        eprintln!(
-            "minute {:6.2}: {:7.1} MB ({:.1} MB own), frame p50 {:.2} p99 {:.2} max {:.2} ms, {} entities, backlog {}, {} incidents, {} orders, {} alerts in",
-            s.minute,
-            s.rss_mb,
-            s.rss_anon_mb,
-            s.frame_ms.p50,
-            s.frame_ms.p99,
-            s.frame_ms.max,
-            s.entities,
-            s.ingest_backlog,
-            s.incidents,
-            s.orders,
-            s.alerts_in
-        );
+        eprintln!("{s}");
     }
     if news.done {
         let outcome = playing.drill.finish(book);

@@ -256,6 +256,31 @@ mod tests {
     use crate::feeds::config::parse_feeds;
     use crate::feeds::poll::Pollers;
 
+    /// An intake feed (`kind = 'cap-intake'` on a free loopback port, the test token,
+    /// and `extra` lines) started and listening: its pollers, events and address.
+    fn start_intake(
+        name: &str,
+        extra: &str,
+    ) -> (
+        Pollers,
+        std::sync::mpsc::Receiver<FeedEvent>,
+        std::net::SocketAddr,
+    ) {
+        let port = crate::nats::testing::free_port();
+        let feeds = parse_feeds(&format!(
+            "[[feed]]\nname='{name}'\nkind='cap-intake'\nlisten='127.0.0.1:{port}'\ntoken='intake-token-0123456789'\n{extra}domain='safety'\n"
+        ))
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pollers = Pollers::start(&feeds, Default::default(), tx);
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (pollers, rx, addr)
+    }
+
     #[test]
     fn agencies_post_cap_with_their_token_and_hear_what_became_of_it() {
         let port = crate::nats::testing::free_port();
@@ -329,18 +354,7 @@ mod tests {
 
         // An intake given its own rate: a burst beyond four seconds' worth is refused
         // with 429, and said in the feed's health.
-        let port = crate::nats::testing::free_port();
-        let feeds = parse_feeds(&format!(
-            "[[feed]]\nname='slow'\nkind='cap-intake'\nlisten='127.0.0.1:{port}'\ntoken='intake-token-0123456789'\nrate_per_s = 2\ndomain='safety'\n"
-        ))
-        .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pollers = Pollers::start(&feeds, Default::default(), tx);
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (pollers, rx, addr) = start_intake("slow", "rate_per_s = 2\n");
         let url = format!("http://{addr}/cap");
         let answers: Vec<u16> = (0..12)
             .map(|_| {
@@ -376,18 +390,7 @@ mod tests {
     /// health as requests refused, never as the feed's failure.
     #[test]
     fn agencies_messages_land_while_the_intake_is_flooded() {
-        let port = crate::nats::testing::free_port();
-        let feeds = parse_feeds(&format!(
-            "[[feed]]\nname='agency-push'\nkind='cap-intake'\nlisten='127.0.0.1:{port}'\ntoken='intake-token-0123456789'\ndomain='safety'\n"
-        ))
-        .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pollers = Pollers::start(&feeds, Default::default(), tx);
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (pollers, rx, addr) = start_intake("agency-push", "");
         let fire = std::fs::read(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/data/cap/kallio-building-fire.xml"),
