@@ -140,7 +140,10 @@ pub struct MapBenchReport {
     pub file: String,
     pub file_bytes: u64,
     pub buildings: usize,
+    /// Broken features left out.
     pub skipped: u64,
+    /// Features the map does not draw (tags it has no layer for, cut by the edge).
+    pub not_drawn: u64,
     pub generate_ms: Option<f64>,
     /// Reading the file and building the city model.
     pub load_ms: f64,
@@ -169,7 +172,8 @@ pub fn bench_map_file(
         file: path.display().to_string(),
         file_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
         buildings: city.buildings.len(),
-        skipped: city.skipped.total(),
+        skipped: city.skipped.broken_total(),
+        not_drawn: city.skipped.not_drawn_total(),
         generate_ms,
         load_ms,
         mesh_ms,

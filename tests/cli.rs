@@ -32,6 +32,17 @@ fn map_info_describes_the_default_city_file() {
     assert!(info["buildings"].as_u64().unwrap() > 500);
     assert!(info["roads"].as_u64().unwrap() > 2000);
     assert!(info["triangles"].as_u64().unwrap() > 30_000);
+    // Tags the map does not draw and ways cut by the extract's edge are not broken
+    // input: they are reported apart from what was skipped.
+    let skipped = info["skipped_total"].as_u64().unwrap();
+    assert!(skipped < 100, "{info}");
+    assert!(info["skipped"].get("unknown_tags").is_none(), "{info}");
+    assert!(
+        info["not_drawn"]["unknown_tags"].as_u64().unwrap() > 1000,
+        "{info}"
+    );
+    assert!(info["not_drawn"]["missing_references"].as_u64().unwrap() > 100);
+    assert!(info["not_drawn_total"].as_u64().unwrap() > 1000);
     let bbox = info["bbox"].as_array().unwrap();
     assert!((24.8..25.1).contains(&bbox[0].as_f64().unwrap()));
 }

@@ -123,11 +123,12 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         None => map::load_default().context("the embedded default map failed to load")?,
     };
     eprintln!(
-        "zhongshu: {}: {} buildings, {} roads, {} skipped, loaded in {:.0} ms",
+        "zhongshu: {}: {} buildings, {} roads, {} skipped, {} not drawn, loaded in {:.0} ms",
         map.name,
         map.buildings.len(),
         map.roads.len(),
-        map.skipped.total(),
+        map.skipped.broken_total(),
+        map.skipped.not_drawn_total(),
         map.load_ms
     );
     let crate::feeds::config::FeedsSetup {

@@ -246,8 +246,7 @@ fn update_selection_highlight(
     };
     let mut data = MeshData::default();
     let top = building.extent.height_m + 0.4;
-    for ring in std::iter::once(building.footprint.exterior()).chain(building.footprint.interiors())
-    {
+    for ring in building.rings() {
         let mut closed = ring.clone();
         closed.close();
         mesh::add_ribbon(&mut data, &closed, 1.6, top, [1.0; 4]);

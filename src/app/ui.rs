@@ -19,7 +19,7 @@ use crate::feeds::config::FeedConfig;
 use crate::feeds::{Domain, EntityKind, FieldValue};
 use crate::governance::health::FeedHealth;
 use crate::map::mesh::MapLayer;
-use crate::map::{AreaKind, CityMap};
+use crate::map::{AreaKind, CityMap, SkipReason};
 use crate::model::value_with_unit;
 use crate::state::kpi::{CityKpis, KpiPass};
 use crate::state::sweep::Budget;
@@ -475,7 +475,7 @@ pub fn status_bar_ui(ui: &mut egui::Ui, map: &CityMap, stats: &SceneStats, fps: 
         ui.with_layout(egui::Layout::left_to_right(egui::Align::Center), |ui| {
             ui.label(format!("{fps:.0} fps"));
             ui.separator();
-            let skipped = map.skipped.total();
+            let skipped = map.skipped.broken_total();
             let text = egui::RichText::new(format!("skipped {skipped}"));
             let label = ui.label(if skipped > 0 {
                 text.color(theme::WARN)
@@ -513,14 +513,25 @@ fn skipped_ui(ui: &mut egui::Ui, map: &CityMap) {
         ui.label("Every feature in the file was drawn.");
         return;
     }
-    ui.label("Features left out, by reason:");
-    egui::Grid::new("skipped").striped(true).show(ui, |ui| {
-        for (reason, n) in &map.skipped.0 {
-            ui.label(reason.as_str());
-            ui.label(n.to_string());
-            ui.end_row();
-        }
-    });
+    let rows = |ui: &mut egui::Ui, id: &str, counts: Vec<(SkipReason, u64)>| {
+        egui::Grid::new(id).striped(true).show(ui, |ui| {
+            for (reason, n) in counts {
+                ui.label(reason.as_str()).on_hover_text(reason.describe());
+                ui.label(n.to_string());
+                ui.end_row();
+            }
+        });
+    };
+    if map.skipped.broken_total() == 0 {
+        ui.label("No broken features.");
+    } else {
+        ui.label("Broken features left out, by reason:");
+        rows(ui, "skipped", map.skipped.broken().collect());
+    }
+    if map.skipped.not_drawn_total() > 0 {
+        ui.label("Not drawn (not errors):");
+        rows(ui, "not-drawn", map.skipped.not_drawn().collect());
+    }
 }
 
 pub fn layer_panel_ui(
@@ -584,9 +595,10 @@ pub fn layer_panel_ui(
     if let Some(ms) = first_full_frame_ms {
         ui.label(format!("first full frame {ms:.0} ms after start"));
     }
-    ui.collapsing(format!("Skipped features: {}", map.skipped.total()), |ui| {
-        skipped_ui(ui, map)
-    });
+    ui.collapsing(
+        format!("Skipped features: {}", map.skipped.broken_total()),
+        |ui| skipped_ui(ui, map),
+    );
 }
 
 pub fn inspector_ui(ui: &mut egui::Ui, map: &CityMap, index: usize, out: &mut Vec<UiCommand>) {
@@ -1390,17 +1402,20 @@ mod panel_tests {
             ]
         );
         // Counts and the first-frame figure are on the panel.
-        harness.get_by_label("574");
+        let buildings = harness.state().map.buildings.len().to_string();
+        harness.get_by_label(&buildings);
         harness.get_by_label("first full frame 1234 ms after start");
     }
 
     #[test]
     fn status_bar_shows_counts_skips_and_the_osm_attribution() {
         let s = state();
-        // The default city has skipped input (e.g. relations routing cannot follow);
-        // the bar shows the map's own count.
-        let skipped = s.map.skipped.total();
-        assert!(skipped > 1000, "{skipped}");
+        // The default city has a few broken features (rings that do not close) and
+        // many it does not draw (tags the map has no layer for, ways cut by the
+        // extract's edge): the bar warns of the broken ones only.
+        let skipped = s.map.skipped.broken_total();
+        assert!((1..100).contains(&skipped), "{skipped}");
+        assert!(s.map.skipped.not_drawn_total() > 1000);
         let stats = SceneStats {
             chunk_entities: 43,
             triangles: 41_698,
@@ -1424,7 +1439,7 @@ mod panel_tests {
             mesh_ms: 5.0,
         };
         let s = state();
-        let label = format!("skipped {}", s.map.skipped.total());
+        let label = format!("skipped {}", s.map.skipped.broken_total());
         let mut harness = Harness::builder()
             .with_size(egui::vec2(640.0, 30.0))
             .build_ui_state(

@@ -283,11 +283,14 @@ mod tests {
             ]}}"#
         );
         let map = load(&text).unwrap();
-        assert_eq!(map.buildings.len(), 3);
+        // A MultiPolygon building is one building: one id, one entry, counted once.
+        assert_eq!(map.buildings.len(), 2);
+        let two_parts = map.buildings.iter().find(|b| b.id == "feature/1").unwrap();
+        assert_eq!(two_parts.footprint.0.len(), 2);
         let office = map.buildings.iter().find(|b| b.id == "7").unwrap();
         assert_eq!(office.extent.height_m, 23.5);
         assert_eq!(office.name.as_deref(), Some("中枢大厦"));
-        assert_eq!(office.footprint.interiors().len(), 1);
+        assert_eq!(office.footprint.0[0].interiors().len(), 1);
         assert!(
             office
                 .tags

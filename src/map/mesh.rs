@@ -152,7 +152,7 @@ pub fn build_city_meshes(map: &CityMap) -> CityMeshes {
             continue; // an outline drawn by its building:parts
         }
         buckets
-            .entry((chunk_of(b.footprint.exterior().0[0]), MapLayer::Buildings))
+            .entry((chunk_of(b.first_point()), MapLayer::Buildings))
             .or_default()
             .push(i);
     }
@@ -202,13 +202,15 @@ pub fn build_city_meshes(map: &CityMap) -> CityMeshes {
                 MapLayer::Buildings => {
                     for i in items {
                         let b = &map.buildings[i];
-                        add_building(
-                            &mut mesh,
-                            earcut,
-                            &b.footprint,
-                            b.extent.min_height_m,
-                            b.extent.height_m,
-                        );
+                        for piece in &b.footprint {
+                            add_building(
+                                &mut mesh,
+                                earcut,
+                                piece,
+                                b.extent.min_height_m,
+                                b.extent.height_m,
+                            );
+                        }
                     }
                 }
                 MapLayer::Roads => {

@@ -595,6 +595,52 @@ mod tests {
     }
 
     #[test]
+    fn a_building_relation_with_several_outer_rings_is_one_building() {
+        let mut osm = Osm::new();
+        grid(
+            &mut osm,
+            &[
+                (1, 0, 0),
+                (2, 2, 0),
+                (3, 2, 2),
+                (4, 0, 2),
+                (5, 4, 0),
+                (6, 6, 0),
+                (7, 6, 2),
+                (8, 4, 2),
+            ],
+        );
+        osm.way(11, &[1, 2, 3, 4, 1], &[])
+            .way(12, &[5, 6, 7, 8, 5], &[])
+            .relation(
+                20,
+                &[('w', 11, "outer"), ('w', 12, "outer")],
+                &[
+                    ("type", "multipolygon"),
+                    ("building", "yes"),
+                    ("height", "9"),
+                ],
+            );
+        let map = load(&osm);
+        assert_eq!(map.buildings.len(), 1, "{:?}", map.skipped);
+        let b = &map.buildings[0];
+        assert_eq!(b.id, "relation/20");
+        assert_eq!(b.footprint.0.len(), 2);
+        assert_eq!(b.extent.height_m, 9.0);
+        // Both pieces are drawn and picked as that building.
+        let index = crate::map::pick::BuildingIndex::new(&map);
+        for piece in &b.footprint {
+            let c = geo::Centroid::centroid(piece).unwrap();
+            assert_eq!(index.building_at(&map, c.x(), c.y()), Some(0));
+        }
+        let meshes = crate::map::mesh::build_city_meshes(&map);
+        assert!(
+            meshes.triangle_count() >= 2 * (8 + 2),
+            "walls and a roof on both"
+        );
+    }
+
+    #[test]
     fn an_inner_touching_its_outer_at_its_first_node_is_a_hole() {
         let mut osm = Osm::new();
         grid(
@@ -1089,7 +1135,7 @@ mod tests {
         assert!(
             map.buildings
                 .iter()
-                .any(|b| b.id.starts_with("relation/") && !b.footprint.interiors().is_empty())
+                .any(|b| b.id.starts_with("relation/") && !b.footprint.0[0].interiors().is_empty())
         );
         // Heights come from tags for many buildings, not only defaults.
         assert!(
