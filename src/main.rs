@@ -1,6 +1,6 @@
 //! `zhongshu` command line: the command-centre window and its headless tools.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -913,6 +913,71 @@ fn drill_db(cli: &Cli) -> Option<PathBuf> {
     (cli.db.file_name() != Some(std::ffi::OsStr::new(DEFAULT_DB))).then(|| cli.db.clone())
 }
 
+/// A drill plays the embedded city, its own feeds, departments and log: options it
+/// would not use are refused rather than silently ignored (a user must never think
+/// the hall's log, or their own city, was drilled). A snapshot's path is tried now,
+/// not when half the storm has passed.
+fn drill_uses_only_its_options(cli: &Cli, snapshot: Option<&Path>) -> anyhow::Result<()> {
+    for (given, flag) in [
+        (cli.nats.is_some(), "--nats"),
+        (cli.hall.is_some(), "--hall"),
+        (cli.map.is_some(), "--map"),
+        (cli.feeds.is_some(), "--feeds"),
+        (cli.seal_key.is_some(), "--seal-key"),
+        (cli.dispatch.is_some(), "--dispatch"),
+        (cli.users.is_some(), "--users"),
+        (cli.user.is_some(), "--user"),
+        (cli.api_public_url.is_some(), "--api-public-url"),
+        (cli.api_tls_cert.is_some(), "--api-tls-cert"),
+    ] {
+        if given {
+            bail!(
+                "{flag}: a drill plays the embedded city with its own feeds, departments and log (a new SQLite file, --db), so it does not take {flag}"
+            );
+        }
+    }
+    if let Some(path) = snapshot {
+        let fresh = !path.exists();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("--snapshot {}: {e}", path.display()))?;
+        if fresh {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM end a drill early, with its report: the flag they set.
+fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
+    // SAFETY: plain handlers that only store to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+    }
+    &STOP
+}
+
+/// A drill that dropped, was refused or could not write anything failed: after its
+/// report, the command exits non-zero saying why.
+fn drill_verdict(report: &zhongshu::surge::SurgeReport) -> anyhow::Result<()> {
+    if report.interrupted {
+        bail!("the drill was interrupted: its figures are of the part that ran");
+    }
+    match report.failure() {
+        Some(why) => bail!("the drill failed: {why}"),
+        None => Ok(()),
+    }
+}
+
 /// A console of a hall, with --nats and --hall.
 fn hall_console(cli: &Cli) -> anyhow::Result<Option<app::desk::HallSetup>> {
     if cli.nats.is_none() && cli.hall.is_none() {
@@ -1169,6 +1234,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                     "--hours and --minutes: give one, --hours for simulated time or --minutes for real time"
                 );
             }
+            drill_uses_only_its_options(&cli, snapshot.as_deref())?;
             let options = zhongshu::surge::LiveSoakOptions {
                 minutes,
                 db: drill_db(&cli),
@@ -1181,14 +1247,19 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 let outcome = app::drill::run(&drill, cli.ui_scale, snapshot)?;
                 zhongshu::surge::soak_report(&drill, outcome)
             } else {
-                zhongshu::surge::bench_soak_live(
-                    &options,
+                let drill = zhongshu::surge::DrillOptions {
+                    interrupt: Some(stop_on_signals()),
+                    ..options.drill()?
+                };
+                let outcome = zhongshu::surge::run_headless(
+                    &drill,
                     |line| eprintln!("{line}"),
                     |s| eprintln!("{s}"),
-                )?
+                )?;
+                zhongshu::surge::soak_report(&drill, outcome)
             };
             println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
+            drill_verdict(&report.totals)
         }
         Command::Bench(BenchCommand::Soak {
             hours,
@@ -1230,6 +1301,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             window,
             snapshot,
         }) => {
+            drill_uses_only_its_options(&cli, snapshot.as_deref())?;
             let options = zhongshu::surge::SurgeOptions {
                 minutes,
                 scale,
@@ -1239,10 +1311,14 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             let report = if window {
                 app::drill::run(&options.drill()?, cli.ui_scale, snapshot)?.report
             } else {
-                zhongshu::surge::bench_surge(&options, |line| eprintln!("{line}"))?
+                let drill = zhongshu::surge::DrillOptions {
+                    interrupt: Some(stop_on_signals()),
+                    ..options.drill()?
+                };
+                zhongshu::surge::run_headless(&drill, |line| eprintln!("{line}"), |_| {})?.report
             };
             println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
+            drill_verdict(&report)
         }
         Command::Bench(BenchCommand::Sim { vehicles, seconds }) => {
             println!(

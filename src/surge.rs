@@ -33,13 +33,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::bench::{rss_anon_bytes, rss_bytes, slope};
+use crate::dispatch::Role;
 use crate::dispatch::book::{Actor, Book, Command, NewOrder};
 use crate::dispatch::config::DispatchConfig;
 use crate::dispatch::delivery::SimBehaviour;
 use crate::dispatch::dispatcher::Dispatcher;
-use crate::dispatch::service::{DispatchService, ServiceOptions};
-use crate::dispatch::worker::{DeskWorker, Done};
-use crate::dispatch::{Role, alerts::SAME_PLACE_M};
+use crate::dispatch::service::{AlertTaken, DispatchService, ServiceOptions};
+use crate::dispatch::worker::{AlertDone, DeskWorker, Done};
 use crate::feeds::config::FeedConfig;
 use crate::state::sweep::Budget;
 use crate::stats::percentile;
@@ -113,6 +113,7 @@ impl SurgeOptions {
             db: self.db.clone(),
             seed: self.seed,
             sample_every_s: None,
+            interrupt: None,
         })
     }
 }
@@ -156,6 +157,7 @@ impl LiveSoakOptions {
             db: self.db.clone(),
             seed: self.seed,
             sample_every_s: Some(self.sample_every_s),
+            interrupt: None,
         })
     }
 }
@@ -175,7 +177,43 @@ pub struct DrillOptions {
     pub seed: u64,
     /// A [`DrillSample`] every this many seconds of the storm (none: no samples).
     pub sample_every_s: Option<f64>,
+    /// Set (by SIGINT or SIGTERM) to end the drill early: it reports what it found so
+    /// far, marked `interrupted`.
+    pub interrupt: Option<&'static AtomicBool>,
 }
+
+impl DrillOptions {
+    /// Refuses what a drill cannot play, before anything is created.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(self.minutes.is_finite() && self.minutes > 0.0) {
+            anyhow::bail!("--minutes {}: give minutes above 0", self.minutes);
+        }
+        if !(self.alert_scale.is_finite()
+            && self.alert_scale > 0.0
+            && self.alert_scale <= 100_000.0)
+        {
+            anyhow::bail!(
+                "--scale {}: give a factor above 0, at most 100000",
+                self.alert_scale
+            );
+        }
+        let planned = NORMAL_EVENTS_PER_HOUR * self.alert_scale * self.minutes / 60.0;
+        if planned > MAX_DRILL_EVENTS {
+            anyhow::bail!(
+                "--minutes {} at --scale {}: about {planned:.0} events; a drill plans at most {MAX_DRILL_EVENTS} (fewer minutes or a smaller scale)",
+                self.minutes,
+                self.alert_scale
+            );
+        }
+        if !(self.feed_rate.is_finite() && self.feed_rate >= 1.0) {
+            anyhow::bail!("a feed rate of {}: at least 1", self.feed_rate);
+        }
+        Ok(())
+    }
+}
+
+/// Events a drill may plan (the whole storm is planned before it begins).
+pub const MAX_DRILL_EVENTS: f64 = 100_000.0;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Percentiles {
@@ -272,7 +310,7 @@ fn round1(x: f64) -> f64 {
 }
 
 /// What a drill found (`bench surge` prints it as it is).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct SurgeReport {
     pub minutes: f64,
     /// Times the normal rate of new events.
@@ -287,17 +325,31 @@ pub struct SurgeReport {
     pub events: usize,
     /// Alert messages the agencies posted and Zhongshu took (202).
     pub alerts_in: u64,
-    /// Posts not taken (any answer but 202, or none).
+    /// Posts not taken (any answer but 202, or none): the agency knows, so not
+    /// dropped, but a drill with any is a failed drill.
     pub refused: u64,
-    /// Incidents raised from the surge's alerts.
+    /// Reports of the storm never posted because the drill ended first: must be 0.
+    pub not_posted: u64,
+    /// Incidents raised from the surge's alerts (on the desk's book).
     pub incidents_raised: usize,
-    /// Alerts that joined an incident already raised (another agency's report of it).
+    /// Alerts the dispatcher joined to an incident already raised (another agency's
+    /// report of it, within 150 m and 30 minutes), as it said of each.
     pub deduplicated: u64,
-    /// Events with no incident of their kind within reach on the desk at the end,
-    /// plus refused posts: must be 0.
+    /// Alerts the dispatcher took in and raised nothing for, as it said (refused,
+    /// a withdrawal).
+    pub not_raised: u64,
+    /// Alerts the dispatch writer could not write (a storage error): also dropped.
+    pub write_failures: u64,
+    /// Storage errors the dispatch writer reported while the drill ran (the first is
+    /// printed on stderr).
+    pub writer_errors: u64,
+    /// Events none of whose reports raised or joined an incident on the desk, plus
+    /// alerts taken in (202) that did neither (written or not, answered or not):
+    /// must be 0. Every alert is accounted for by what the dispatch writer said
+    /// became of it, never by what is near it on the map.
     pub dropped: u64,
-    /// An event's first report posted → an incident of its kind within reach of it in
-    /// the frame's book (raised by its report, or one its report was merged into).
+    /// An event's first report posted → the incident its report raised or joined on
+    /// the frame's book.
     pub alert_to_incident_ms: Percentiles,
     /// A dispatcher's command (a new incident's playbook orders) sent → answered
     /// durable by the writer, while the surge goes on.
@@ -323,6 +375,8 @@ pub struct SurgeReport {
     pub updates_applied: u64,
     pub peak_rss_mb: f64,
     pub log: String,
+    /// Ended early by SIGINT or SIGTERM: the figures are of the part that ran.
+    pub interrupted: bool,
 }
 
 /// One sample of a drill, at the end of each interval (a minute on the command line).
@@ -415,7 +469,8 @@ struct Report {
     xml: String,
 }
 
-/// One thing that happened.
+/// One thing that happened (where and what: the tests check reports against it).
+#[cfg_attr(not(test), allow(dead_code))]
 struct Event {
     kind: &'static str,
     lon: f64,
@@ -477,12 +532,12 @@ fn storm(
         let first = (rng.next() % AGENCIES.len() as u64) as usize;
         for k in 0..agencies {
             let (sender, spread_m) = AGENCIES[(first + k) % AGENCIES.len()];
-            // Later reports follow within a minute and a half (a short drill's
-            // within its span).
+            // Later reports follow within a minute and a half, and within the
+            // storm's span: every report is posted before the drill ends.
             let at_ms = t + if k == 0 {
                 0.0
             } else {
-                90_000f64.min(span_ms) * rng.unit()
+                90_000f64.min(span_ms - t) * rng.unit()
             };
             let bearing = std::f64::consts::TAU * rng.unit();
             let d = spread_m * rng.unit();
@@ -549,12 +604,33 @@ pub struct DrillLog {
 impl DrillLog {
     pub fn new(db: Option<&Path>) -> anyhow::Result<Self> {
         if let Some(db) = db {
-            if db.exists() {
-                anyhow::bail!(
-                    "--db {}: the file exists; a drill writes a new log of its own, never into one in use",
-                    db.display()
-                );
+            // What an earlier log leaves beside it (its witness, its key, SQLite's
+            // journal) would be taken as this one's.
+            let mut beside = db.as_os_str().to_owned();
+            for suffix in [".head", ".key", "-wal", "-shm", "-journal"] {
+                beside.push(suffix);
+                let path = Path::new(&beside);
+                if path.exists() {
+                    anyhow::bail!(
+                        "--db {}: {} is there, left by an earlier log; a drill writes a new log of its own (remove it, or give another --db)",
+                        db.display(),
+                        path.display()
+                    );
+                }
+                beside = db.as_os_str().to_owned();
             }
+            // Claimed at once, so two drills never share a log.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(db)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                        "--db {}: the file exists; a drill writes a new log of its own, never into one in use",
+                        db.display()
+                    ),
+                    _ => anyhow::anyhow!("--db {}: {e}", db.display()),
+                })?;
             return Ok(Self {
                 path: db.to_path_buf(),
                 scratch: None,
@@ -715,6 +791,83 @@ fn post(
     }
 }
 
+/// Every alert of the storm accounted for, by what the dispatch writer said became
+/// of it, and every event by whether one of its reports raised or joined an incident
+/// on the desk's book.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Per event: when one of its reports was first on the desk (ms from the start).
+    on_desk_at: Vec<Option<f64>>,
+    raised: u64,
+    joined: u64,
+    withdrawn: u64,
+    not_raised: u64,
+    write_failures: u64,
+    first_failure: Option<String>,
+}
+
+impl Tally {
+    fn new(events: usize) -> Self {
+        Self {
+            on_desk_at: vec![None; events],
+            ..Default::default()
+        }
+    }
+
+    /// What became of one alert, told after its events are on `book`. Alerts not of
+    /// the storm are not counted.
+    fn take(&mut self, done: &AlertDone, book: &Book, elapsed_ms: f64) {
+        let Some(e) = event_of_key(&done.key).filter(|&e| e < self.on_desk_at.len()) else {
+            return;
+        };
+        let on_desk = match &done.taken {
+            Ok(AlertTaken::Raised) => {
+                self.raised += 1;
+                book.incident_for_key(&done.key).is_some()
+            }
+            Ok(AlertTaken::Joined { incident_key }) => {
+                self.joined += 1;
+                book.incident_for_key(incident_key).is_some()
+            }
+            Ok(AlertTaken::Withdrawn) => {
+                self.withdrawn += 1;
+                false
+            }
+            Ok(AlertTaken::NotRaised(_) | AlertTaken::ForTheHub) => {
+                self.not_raised += 1;
+                false
+            }
+            Err(why) => {
+                self.write_failures += 1;
+                self.first_failure.get_or_insert_with(|| why.clone());
+                false
+            }
+        };
+        if on_desk && self.on_desk_at[e].is_none() {
+            self.on_desk_at[e] = Some(elapsed_ms);
+        }
+    }
+
+    /// Alerts the writer has said something of.
+    fn accounted(&self) -> u64 {
+        self.raised + self.joined + self.withdrawn + self.not_raised + self.write_failures
+    }
+
+    /// Alerts taken in that raised or joined nothing, of `alerts_in`.
+    fn alerts_lost(&self, alerts_in: u64) -> u64 {
+        alerts_in.saturating_sub(self.raised + self.joined)
+    }
+
+    /// Events posted and not (yet) on the desk.
+    fn outstanding(&self, first_post: &[Option<f64>]) -> usize {
+        self.on_desk_at
+            .iter()
+            .zip(first_post)
+            .filter(|(shown, posted)| shown.is_none() && posted.is_some())
+            .count()
+    }
+}
+
 /// What one frame cost.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FrameCost {
@@ -765,6 +918,26 @@ pub struct DrillOutcome {
     pub samples: Vec<DrillSample>,
 }
 
+impl SurgeReport {
+    /// Why the drill failed, if it did: anything dropped, refused, never posted or
+    /// not written. `bench surge` and `bench soak --minutes` exit non-zero with it.
+    pub fn failure(&self) -> Option<String> {
+        let mut why = Vec::new();
+        for (n, what) in [
+            (self.dropped, "dropped"),
+            (self.refused, "refused"),
+            (self.not_posted, "not posted"),
+            (self.write_failures, "alerts not written"),
+            (self.writer_errors, "storage errors"),
+        ] {
+            if n > 0 {
+                why.push(format!("{n} {what}"));
+            }
+        }
+        (!why.is_empty()).then(|| why.join(", "))
+    }
+}
+
 /// A drill without its frame: the feeds to run, the log, the agencies posting, the
 /// dispatcher, and the measurements. Whoever plays the frame (the headless loop of
 /// [`run_headless`], or the app in a window) runs the feeds and the dispatch writer on
@@ -780,9 +953,12 @@ pub struct Drill {
     window: bool,
     storm: Option<Storm>,
     dispatcher: Actor,
-    /// Per event: when an incident of its kind within reach of it was first on the
-    /// desk (raised by one of its reports, or one it was merged into).
-    on_desk_at: Vec<Option<f64>>,
+    /// Every alert and event accounted for.
+    tally: Tally,
+    interrupted: bool,
+    /// Storage errors the writer reported while the drill ran, and the first.
+    writer_errors: u64,
+    first_writer_error: Option<String>,
     /// Incidents in the book already looked at.
     seen_incidents: usize,
     incidents_raised: usize,
@@ -815,21 +991,7 @@ impl Drill {
         window: bool,
         frame_measures: &str,
     ) -> anyhow::Result<Self> {
-        if !(options.minutes.is_finite() && options.minutes > 0.0) {
-            anyhow::bail!("--minutes {}: give minutes above 0", options.minutes);
-        }
-        if !(options.alert_scale.is_finite()
-            && options.alert_scale > 0.0
-            && options.alert_scale <= 100_000.0)
-        {
-            anyhow::bail!(
-                "--scale {}: give a factor above 0, at most 100000",
-                options.alert_scale
-            );
-        }
-        if !(options.feed_rate.is_finite() && options.feed_rate >= 1.0) {
-            anyhow::bail!("a feed rate of {}: at least 1", options.feed_rate);
-        }
+        options.check()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -858,7 +1020,10 @@ impl Drill {
             window,
             storm: None,
             dispatcher: Actor::new("surge.dispatcher", Role::Dispatcher, None),
-            on_desk_at: Vec::new(),
+            tally: Tally::default(),
+            interrupted: false,
+            writer_errors: 0,
+            first_writer_error: None,
             seen_incidents: 0,
             incidents_raised: 0,
             sent_commands: HashMap::new(),
@@ -927,7 +1092,7 @@ impl Drill {
     /// now.
     pub fn start(&mut self, bbox: [f64; 4], book: &Book, gauges: LiveGauges) {
         let storm = Storm::start(&self.options, bbox, &self.url, &self.token);
-        self.on_desk_at = vec![None; storm.events.len()];
+        self.tally = Tally::new(storm.events.len());
         self.seen_incidents = book.incidents.len();
         self.updates_at_start = gauges.updates_applied;
         let now = Instant::now();
@@ -939,9 +1104,12 @@ impl Drill {
     /// (`answers` may hold others', which are left alone) and issues each new
     /// incident's playbook orders. Never waits.
     pub fn dispatch(&mut self, worker: &mut DeskWorker, answers: Vec<Done>) -> anyhow::Result<()> {
-        if self.storm.is_none() {
+        // What becomes of every alert is kept from the first frame.
+        worker.track_alerts();
+        let Some(storm) = &self.storm else {
             return Ok(());
-        }
+        };
+        let elapsed_ms = storm.started.elapsed().as_secs_f64() * 1000.0;
         for done in answers {
             if let Some(sent) = self.sent_commands.remove(&done.ticket) {
                 self.commit_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
@@ -949,6 +1117,25 @@ impl Drill {
                     eprintln!("a dispatcher's command was refused: {e}");
                 }
             }
+        }
+        let outcomes = worker.take_alert_outcomes();
+        if let Some(book) = worker.book() {
+            for done in &outcomes {
+                self.tally.take(done, book, elapsed_ms);
+            }
+        }
+        if let Some(e) = worker.pump_error.take() {
+            self.writer_errors += 1;
+            if self.first_writer_error.is_none() {
+                eprintln!("the dispatch writer: {e}");
+                self.first_writer_error = Some(e);
+            }
+        }
+        if let Some(why) = &self.tally.first_failure
+            && self.first_writer_error.is_none()
+        {
+            eprintln!("an alert was not written: {why}");
+            self.first_writer_error = Some(why.clone());
         }
         let now = crate::clock::unix_ms_now();
         let mut to_issue = Vec::new();
@@ -1001,32 +1188,6 @@ impl Drill {
         }
         self.updates_applied = gauges.updates_applied.saturating_sub(self.updates_at_start);
 
-        // Which posted events are on the desk now.
-        if let Some(book) = book {
-            let first = storm
-                .posted
-                .first_post_ms
-                .lock()
-                .map(|v| v.clone())
-                .unwrap_or_default();
-            let reach = SAME_PLACE_M + 2.0 * AGENCIES.iter().map(|a| a.1).fold(0.0, f64::max);
-            for (e, event) in storm.events.iter().enumerate() {
-                if self.on_desk_at[e].is_none()
-                    && first.get(e).copied().flatten().is_some()
-                    && book.incidents.iter().any(|i| {
-                        i.kind == event.kind
-                            && geo::Distance::distance(
-                                &geo::Haversine,
-                                geo::Point::new(event.lon, event.lat),
-                                geo::Point::new(i.lon, i.lat),
-                            ) <= reach
-                    })
-                {
-                    self.on_desk_at[e] = Some(elapsed_ms);
-                }
-            }
-        }
-
         if self.rss_at.elapsed() >= Duration::from_millis(500) {
             self.rss_at = Instant::now();
             self.peak_rss = self.peak_rss.max(rss_bytes().unwrap_or(0));
@@ -1065,11 +1226,21 @@ impl Drill {
             news.sample = Some(sample);
             self.next_sample_s += self.options.sample_every_s.unwrap_or(f64::INFINITY);
         }
-        if elapsed_ms >= span_ms {
+        if self
+            .options
+            .interrupt
+            .is_some_and(|i| i.load(Ordering::Relaxed))
+        {
+            self.interrupted = true;
+            news.done = true;
+        } else if elapsed_ms >= span_ms {
             // The storm is over: wait for the last reports to be raised and the last
             // commands answered, at most 30 s, or 5 s of nothing left to come.
             let posted_all = storm.posted_all();
-            let outstanding = self.on_desk_at.iter().filter(|r| r.is_none()).count();
+            let outstanding = {
+                let first = storm.posted.first_post_ms.lock();
+                first.map_or(0, |f| self.tally.outstanding(&f))
+            } + alerts_in.saturating_sub(self.tally.accounted()) as usize;
             let quiet = self.quiet_since.get_or_insert_with(Instant::now);
             news.done = posted_all && outstanding == 0 && self.sent_commands.is_empty()
                 || elapsed_ms > span_ms + SETTLE_MS
@@ -1082,7 +1253,7 @@ impl Drill {
 
     /// The agencies stop; the totals and the curve. `book`: the desk's book now.
     pub fn finish(&mut self, book: Option<&Book>) -> DrillOutcome {
-        let (events, first_post, alerts_in, refused) = match self.storm.as_mut() {
+        let (events, first_post, alerts_in, refused, not_posted) = match self.storm.as_mut() {
             Some(storm) => {
                 storm.stop();
                 (
@@ -1095,16 +1266,17 @@ impl Drill {
                         .unwrap_or_default(),
                     storm.posted.taken.load(Ordering::Relaxed),
                     storm.posted.refused.load(Ordering::Relaxed),
+                    storm.queue.lock().map_or(0, |q| q.len() as u64),
                 )
             }
-            None => (0, Vec::new(), 0, 0),
+            None => (0, Vec::new(), 0, 0, 0),
         };
         let orders_delivered = book.map_or(0, |b| {
             b.orders.iter().filter(|o| o.delivered_ms.is_some()).count()
         });
         let mut latencies = Vec::new();
         let mut unraised = 0u64;
-        for (e, shown) in self.on_desk_at.iter().enumerate() {
+        for (e, shown) in self.tally.on_desk_at.iter().enumerate() {
             match (shown, first_post.get(e).copied().flatten()) {
                 (Some(shown), Some(posted_at)) => latencies.push((shown - posted_at).max(0.0)),
                 _ => unraised += 1,
@@ -1120,9 +1292,13 @@ impl Drill {
             events,
             alerts_in,
             refused,
+            not_posted,
             incidents_raised: self.incidents_raised,
-            deduplicated: alerts_in.saturating_sub(self.incidents_raised as u64),
-            dropped: unraised + refused,
+            deduplicated: self.tally.joined,
+            not_raised: self.tally.not_raised,
+            write_failures: self.tally.write_failures,
+            writer_errors: self.writer_errors,
+            dropped: unraised + self.tally.alerts_lost(alerts_in),
             alert_to_incident_ms: Percentiles::of(latencies),
             commit_ms: Percentiles::of(std::mem::take(&mut self.commit_ms)),
             orders_issued: self.orders_issued,
@@ -1136,6 +1312,7 @@ impl Drill {
             updates_applied: self.updates_applied,
             peak_rss_mb: round1(self.peak_rss as f64 / 1e6),
             log: self.log.clone(),
+            interrupted: self.interrupted,
         };
         DrillOutcome {
             report,
@@ -1152,6 +1329,7 @@ pub fn run_headless(
     mut progress: impl FnMut(&str),
     mut on_sample: impl FnMut(&DrillSample),
 ) -> anyhow::Result<DrillOutcome> {
+    options.check()?;
     let log = DrillLog::new(options.db.as_deref())?;
     let mut drill = Drill::prepare(options, &log, false, HEADLESS_FRAME)?;
     let city = crate::map::load_default()?;
@@ -1366,9 +1544,17 @@ mod tests {
                 && report.incidents_raised * 2 >= report.events,
             "{report:?}"
         );
+        // Every alert accounted for by what the writer said of it: it raised an
+        // incident or joined one.
         assert_eq!(
-            report.deduplicated,
-            report.alerts_in - report.incidents_raised as u64
+            report.incidents_raised as u64 + report.deduplicated,
+            report.alerts_in,
+            "{report:?}"
+        );
+        assert_eq!(
+            (report.not_posted, report.not_raised, report.write_failures),
+            (0, 0, 0),
+            "{report:?}"
         );
         assert!(
             report.orders_issued > 0 && report.updates_applied > 0,
@@ -1387,6 +1573,70 @@ mod tests {
     }
 
     #[test]
+    fn an_event_is_on_the_desk_only_when_its_own_report_raised_or_joined_an_incident() {
+        use crate::dispatch::book::{Command, NewIncident};
+        use crate::dispatch::testing::temp_db;
+        let mut d =
+            Dispatcher::open(&temp_db("surge", "tally"), DispatchConfig::default_config()).unwrap();
+        // Event 0 raised an incident; event 1, the same kind 100 m away, was lost
+        // on the way (no word from the writer); event 2's report joined event 0's
+        // incident; event 3's report could not be written.
+        let raise = |key: &str| {
+            Command::ReportIncident(NewIncident {
+                kind: "waterlogging".into(),
+                title: "Waterlogging".into(),
+                domain: crate::feeds::Domain::Safety,
+                severity: crate::model::Severity::Severe,
+                lon: 24.94,
+                lat: 60.17,
+                source: "hotline".into(),
+                key: Some(key.into()),
+            })
+        };
+        d.execute(&raise("storm/SURGE-0-0"), &Actor::system(), 1_000)
+            .unwrap();
+        let book = d.book();
+        let mut tally = Tally::new(4);
+        let done = |key: &str, taken| AlertDone {
+            key: key.into(),
+            taken,
+        };
+        tally.take(&done("storm/SURGE-0-0", Ok(AlertTaken::Raised)), book, 10.0);
+        tally.take(
+            &done(
+                "storm/SURGE-2-1",
+                Ok(AlertTaken::Joined {
+                    incident_key: "storm/SURGE-0-0".into(),
+                }),
+            ),
+            book,
+            20.0,
+        );
+        tally.take(
+            &done("storm/SURGE-3-0", Err("disk full".into())),
+            book,
+            30.0,
+        );
+        // An alert of another feed is not the storm's.
+        tally.take(&done("sim/ALERT-9", Ok(AlertTaken::Raised)), book, 40.0);
+        assert_eq!(tally.on_desk_at, vec![Some(10.0), None, Some(20.0), None]);
+        assert_eq!(
+            (tally.raised, tally.joined, tally.write_failures),
+            (1, 1, 1)
+        );
+        assert_eq!(tally.first_failure.as_deref(), Some("disk full"));
+        // Five alerts taken in: two raised or joined, three lost.
+        assert_eq!(tally.accounted(), 3);
+        assert_eq!(tally.alerts_lost(5), 3);
+        let posted = [Some(0.0), Some(1.0), Some(2.0), None];
+        assert_eq!(
+            tally.outstanding(&posted),
+            1,
+            "event 1 (event 3 never posted)"
+        );
+    }
+
+    #[test]
     fn a_storm_is_the_same_for_a_seed_and_its_reports_name_their_event() {
         let options = SurgeOptions {
             minutes: 10.0,
@@ -1401,10 +1651,18 @@ mod tests {
         // 12 an hour × 100 for 10 minutes: about 200.
         assert!((120..=280).contains(&events.len()), "{}", events.len());
         assert_eq!(
-            events.iter().map(|e| (e.kind, e.lon)).collect::<Vec<_>>(),
-            again.iter().map(|e| (e.kind, e.lon)).collect::<Vec<_>>()
+            events
+                .iter()
+                .map(|e| (e.kind, e.lon, e.lat))
+                .collect::<Vec<_>>(),
+            again
+                .iter()
+                .map(|e| (e.kind, e.lon, e.lat))
+                .collect::<Vec<_>>()
         );
         assert!(reports.len() > events.len());
+        // Every report is posted within the storm's span, the last events' too.
+        assert!(reports.iter().all(|r| r.at_ms < options.minutes * 60_000.0));
         for r in &reports {
             let alert =
                 crate::feeds::cap::decode_cap(r.xml.as_bytes(), &Default::default()).unwrap();
@@ -1545,25 +1803,7 @@ mod tests {
                     feed_rate: 10.0,
                     window: false,
                     events_per_hour: 120.0,
-                    events: 0,
-                    alerts_in: 0,
-                    refused: 0,
-                    incidents_raised: 0,
-                    deduplicated: 0,
-                    dropped: 0,
-                    alert_to_incident_ms: Default::default(),
-                    commit_ms: Default::default(),
-                    orders_issued: 0,
-                    orders_delivered: 0,
-                    frame_ms_measures: String::new(),
-                    frame_ms: Default::default(),
-                    frame_main_thread_cpu_ms: None,
-                    frame_interval_ms: None,
-                    frames: 0,
-                    frames_with_backlog: 0,
-                    updates_applied: 0,
-                    peak_rss_mb: 0.0,
-                    log: String::new(),
+                    ..Default::default()
                 },
                 samples,
             },

@@ -445,6 +445,92 @@ fn a_drill_in_a_window_without_a_display_says_so_at_once() {
 }
 
 #[test]
+fn a_drill_refuses_what_it_would_not_use_and_a_log_it_would_share() {
+    let dir = scratch_dir("drill-refusals");
+    let refused = |args: &[&str], said: &str| {
+        let out = zhongshu().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(said), "{args:?}: {err}");
+    };
+    // The hall's log or the user's city are never drilled by mistake.
+    refused(
+        &[
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--hall",
+            "x",
+            "bench",
+            "surge",
+        ],
+        "does not take --nats",
+    );
+    refused(
+        &["--map", "city.pbf", "bench", "soak", "--minutes", "1"],
+        "--map",
+    );
+    // Planned storms are bounded: minutes and scale together.
+    refused(
+        &["bench", "surge", "--minutes", "240", "--scale", "100000"],
+        "at most 100000",
+    );
+    // What an earlier log left beside --db would be taken as this one's.
+    let db = dir.join("drill.db");
+    std::fs::write(dir.join("drill.db.key"), "00").unwrap();
+    let db_arg = db.to_str().unwrap();
+    refused(
+        &["--db", db_arg, "bench", "surge"],
+        "left by an earlier log",
+    );
+    std::fs::remove_file(dir.join("drill.db.key")).unwrap();
+    std::fs::write(&db, "").unwrap();
+    refused(&["--db", db_arg, "bench", "surge"], "the file exists");
+    // A snapshot that cannot be written is said before the storm.
+    refused(
+        &[
+            "bench",
+            "surge",
+            "--window",
+            "--snapshot",
+            "/nonexistent-dir/shot.png",
+        ],
+        "--snapshot /nonexistent-dir/shot.png",
+    );
+}
+
+#[test]
+fn an_interrupted_drill_reports_what_ran_and_leaves_no_temporary_log() {
+    let tmp = scratch_dir("drill-interrupt");
+    let child = zhongshu()
+        .args(["bench", "surge", "--minutes", "2"])
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the storm is under way (its temporary log is there), SIGINT.
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&tmp).unwrap().next().is_none() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a report");
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert!(report["minutes"].as_f64().unwrap() == 2.0);
+    assert!(
+        std::fs::read_dir(&tmp).unwrap().next().is_none(),
+        "the temporary log is removed"
+    );
+}
+
+#[test]
 fn bench_fuzz_reports_each_target_and_replays_an_input() {
     let save = scratch_dir("bench-fuzz");
     let out = zhongshu()

@@ -299,6 +299,12 @@ fn a_surge_in_a_window_is_played_by_the_app_and_loses_nothing() {
     assert_eq!(report["refused"], 0, "{report}");
     assert!(report["events"].as_u64().unwrap() >= 30, "{report}");
     assert!(report["incidents_raised"].as_u64().unwrap() > 0, "{report}");
+    // Every alert raised an incident or joined one, as the dispatcher said.
+    assert_eq!(
+        report["incidents_raised"].as_u64().unwrap() + report["deduplicated"].as_u64().unwrap(),
+        report["alerts_in"].as_u64().unwrap(),
+        "{report}"
+    );
     assert!(report["orders_issued"].as_u64().unwrap() > 0, "{report}");
     assert!(report["frames"].as_u64().unwrap() > 0, "{report}");
     for measure in ["frame_ms", "frame_interval_ms", "frame_main_thread_cpu_ms"] {

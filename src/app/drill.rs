@@ -57,6 +57,21 @@ pub fn run(
             "--window needs a display, and there is none (neither DISPLAY nor WAYLAND_DISPLAY is set): run it under xvfb-run -a, or leave out --window for the headless drill"
         );
     }
+    // A local X display (`:N`) whose server is gone (a stale DISPLAY, an Xvfb that
+    // died) is said as clearly, not left to the window library's panic.
+    if std::env::var_os("WAYLAND_DISPLAY").is_none()
+        && let Some(display) = std::env::var("DISPLAY").ok()
+        && let Some(n) = display
+            .strip_prefix(':')
+            .and_then(|d| d.split('.').next())
+            .and_then(|d| d.parse::<u32>().ok())
+        && std::os::unix::net::UnixStream::connect(format!("/tmp/.X11-unix/X{n}")).is_err()
+    {
+        anyhow::bail!(
+            "--window: no X server answers on DISPLAY={display}: start one (e.g. run under xvfb-run -a), or leave out --window for the headless drill"
+        );
+    }
+    options.check()?;
     let log = DrillLog::new(options.db.as_deref())?;
     let drill = Drill::prepare(options, &log, true, WINDOW_FRAME)?;
     let desk = DeskSetup {

@@ -72,6 +72,22 @@ const MAX_NOTICES: usize = 50;
 /// log after a restart anyway).
 const MAX_HELD: usize = 10_000;
 
+/// What became of an alert taken in ([`DispatchService::take_alert`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AlertTaken {
+    /// It raised an incident keyed by the alert's own key.
+    Raised,
+    /// Another report (or a repeat) of an incident already raised: it joined that
+    /// incident, keyed `incident_key`, and raised nothing new.
+    Joined { incident_key: String },
+    /// Its source's withdrawal, recorded (or remembered for an incident to come).
+    Withdrawn,
+    /// Nothing raised, and why (the dispatcher refused it, a withdrawal of nothing).
+    NotRaised(String),
+    /// A hall console: the hall's hub raises incidents from alerts.
+    ForTheHub,
+}
+
 pub struct DispatchService {
     pub dispatcher: Dispatcher,
     outbox: Outbox,
@@ -726,20 +742,25 @@ impl DispatchService {
         Ok((written, ReportOutcome::Recorded { status }))
     }
 
-    /// An alert from a feed or a CAP message: a new incident, a repeat (nothing), or
+    /// An alert from a feed or a CAP message: a new incident, a repeat (joins the
+    /// incident it repeats, raising nothing), or
     /// the source withdrawing it (recorded; closed if nobody has acted on it yet).
     /// The alert is remembered only once what it caused is durable, so an alert whose
     /// write failed is new again at the next poll.
-    pub fn take_alert(&mut self, alert: &AlertIn, now_ms: i64) -> Result<usize, DispatchError> {
+    pub fn take_alert(
+        &mut self,
+        alert: &AlertIn,
+        now_ms: i64,
+    ) -> Result<AlertTaken, DispatchError> {
         if self.hall_console {
             // The hall's hub raises incidents from alerts, once for every console.
-            return Ok(0);
+            return Ok(AlertTaken::ForTheHub);
         }
         let system = Actor::system();
-        let written = match self.dedup.decide(alert) {
+        let taken = match self.dedup.decide(alert) {
             Decision::New => {
                 if alert.cancel {
-                    0
+                    AlertTaken::NotRaised("a withdrawal of nothing raised".into())
                 } else {
                     let command = Command::ReportIncident(NewIncident {
                         kind: alert.kind.clone(),
@@ -752,16 +773,16 @@ impl DispatchService {
                         key: Some(alert.key.clone()),
                     });
                     match self.execute(&command, &system, now_ms) {
-                        Ok(events) => events.len(),
-                        Err(e) if e.is_refusal() => 0,
+                        Ok(_) => AlertTaken::Raised,
+                        Err(e) if e.is_refusal() => AlertTaken::NotRaised(e.to_string()),
                         Err(e) => return Err(e),
                     }
                 }
             }
-            Decision::Duplicate { .. } => 0,
+            Decision::Duplicate { incident_key } => AlertTaken::Joined { incident_key },
             Decision::Cancel { incident_key } => {
                 match self.dispatcher.book().incident_for_key(&incident_key) {
-                    None => 0,
+                    None => AlertTaken::Withdrawn,
                     Some(inc) => {
                         // The last of several reporters withdrawing: the source that
                         // raised it withdrew first, and its withdrawal takes effect now.
@@ -778,12 +799,14 @@ impl DispatchService {
                             source,
                         };
                         match self.execute(&command, &system, now_ms) {
-                            Ok(events) => events.len(),
+                            Ok(_) => AlertTaken::Withdrawn,
                             Err(why) if why.is_refusal() => {
                                 // Not remembered either: a foreign source's cancel
                                 // changes nothing about the incident.
                                 self.notice(format!("withdrawal refused: {why}"));
-                                return Ok(0);
+                                return Ok(AlertTaken::NotRaised(format!(
+                                    "withdrawal refused: {why}"
+                                )));
                             }
                             Err(e) => return Err(e),
                         }
@@ -792,7 +815,7 @@ impl DispatchService {
             }
         };
         self.dedup.observe(alert);
-        Ok(written)
+        Ok(taken)
     }
 }
 
@@ -1070,18 +1093,29 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
         let t = now();
+        let mut taken = Vec::new();
         for file in ["helsinki-flood-alert.xml", "helsinki-flood-update.xml"] {
             for alert in crate::dispatch::alerts::from_cap(&read(file)).unwrap() {
-                s.take_alert(&alert, t).unwrap();
+                taken.push(s.take_alert(&alert, t).unwrap());
             }
         }
         let book = s.dispatcher.book();
         assert_eq!(book.incidents.len(), 1, "the update is the same incident");
+        // Each alert says what became of it: the first raised the incident, the
+        // update joined it.
+        let key = book.incidents[0].key.clone().unwrap();
+        assert_eq!(
+            taken,
+            vec![AlertTaken::Raised, AlertTaken::Joined { incident_key: key }]
+        );
         assert_eq!(book.incidents[0].kind, "waterlogging");
         assert!(book.config.playbook(&book.incidents[0].kind).is_some());
         for alert in crate::dispatch::alerts::from_cap(&read("helsinki-flood-cancel.xml")).unwrap()
         {
-            s.take_alert(&alert, t + 1000).unwrap();
+            assert_eq!(
+                s.take_alert(&alert, t + 1000).unwrap(),
+                AlertTaken::Withdrawn
+            );
         }
         let inc = &s.dispatcher.book().incidents[0];
         assert_eq!(inc.status, IncidentStatus::Closed);

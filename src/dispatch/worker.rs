@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::alerts::AlertIn;
 use super::book::{Actor, Book, Command, Event};
 use super::dispatcher::{Foreign, OpenReport};
-use super::service::DispatchService;
+use super::service::{AlertTaken, DispatchService};
 
 /// How long the writer waits for a request before it pumps anyway (deliveries,
 /// department reports, the clock).
@@ -50,6 +50,11 @@ enum Update {
         ticket: u64,
         result: Result<Vec<Event>, String>,
     },
+    /// What became of an alert handed to the writer (after its events).
+    Alert {
+        key: String,
+        taken: Result<AlertTaken, String>,
+    },
     Notices(VecDeque<String>),
     Alarm(String),
     /// A storage error while pumping (shown on the desk's status line).
@@ -62,6 +67,16 @@ enum Update {
 pub struct Done {
     pub ticket: u64,
     pub result: Result<Vec<Event>, String>,
+}
+
+/// What became of an alert handed to the writer ([`DeskWorker::take_alert`]), kept
+/// for whoever asked with [`DeskWorker::track_alerts`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertDone {
+    /// The alert's key.
+    pub key: String,
+    /// Raised, joined, withdrawn, not raised; an error when it could not be written.
+    pub taken: Result<AlertTaken, String>,
 }
 
 /// The frame's side of the writer thread.
@@ -84,6 +99,8 @@ pub struct DeskWorker {
     pub alarm: Option<String>,
     /// The last storage error while pumping, taken by the caller.
     pub pump_error: Option<String>,
+    /// Outcomes of alerts, kept only when tracked (see [`DeskWorker::track_alerts`]).
+    alert_outcomes: Option<Vec<AlertDone>>,
     next_ticket: u64,
     /// Commands sent and not yet answered, oldest first.
     unanswered: VecDeque<u64>,
@@ -124,6 +141,7 @@ impl DeskWorker {
             notices: VecDeque::new(),
             alarm: None,
             pump_error: None,
+            alert_outcomes: None,
             next_ticket: 0,
             unanswered: VecDeque::new(),
             thread: Some(thread),
@@ -169,6 +187,21 @@ impl DeskWorker {
     /// Hands an alert to the writer (an incident is raised once per alert).
     pub fn take_alert(&mut self, alert: AlertIn) -> Result<(), String> {
         self.send(Request::Alert(Box::new(alert)))
+    }
+
+    /// From now on, keep what becomes of each alert (after its events are applied to
+    /// the book) until [`DeskWorker::take_alert_outcomes`]: for whoever accounts for
+    /// every alert, such as a drill. Untracked, outcomes are not kept.
+    pub fn track_alerts(&mut self) {
+        self.alert_outcomes.get_or_insert_with(Vec::new);
+    }
+
+    /// The alert outcomes kept since the last call.
+    pub fn take_alert_outcomes(&mut self) -> Vec<AlertDone> {
+        self.alert_outcomes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     fn send(&mut self, request: Request) -> Result<(), String> {
@@ -220,6 +253,12 @@ impl DeskWorker {
                     self.backlog
                         .push_back(Backlog::Done(Done { ticket, result }));
                 }
+                Update::Alert { key, taken } => {
+                    if self.alert_outcomes.is_some() {
+                        self.backlog
+                            .push_back(Backlog::Alert(AlertDone { key, taken }));
+                    }
+                }
                 Update::Notices(n) => self.notices = n,
                 Update::Alarm(a) => self.alarm = Some(a),
                 Update::PumpError(e) => self.pump_error = Some(e),
@@ -236,6 +275,11 @@ impl DeskWorker {
                 Some(Backlog::Done(d)) => {
                     self.unanswered.retain(|&t| t != d.ticket);
                     out.push(d);
+                }
+                Some(Backlog::Alert(a)) => {
+                    if let Some(kept) = &mut self.alert_outcomes {
+                        kept.push(a);
+                    }
                 }
                 Some(Backlog::Event(f)) => {
                     if let Some(book) = &mut self.book {
@@ -274,6 +318,8 @@ enum Backlog {
     Event(Foreign),
     /// Answered once the events before it are applied.
     Done(Done),
+    /// An alert's outcome, likewise.
+    Alert(AlertDone),
 }
 
 impl Drop for DeskWorker {
@@ -345,7 +391,8 @@ fn writer(
                 }
                 Request::Alert(alert) => {
                     // Not the operator's doing: a notice, not the status line.
-                    if let Err(e) = service.take_alert(&alert, now) {
+                    let taken = service.take_alert(&alert, now).map_err(|e| e.to_string());
+                    if let Err(e) = &taken {
                         service
                             .notices
                             .push_back(format!("alert {} not taken in: {e}", alert.key));
@@ -353,6 +400,11 @@ fn writer(
                             service.notices.pop_front();
                         }
                     }
+                    send_applied(&mut service, &updates);
+                    let _ = updates.send(Update::Alert {
+                        key: alert.key,
+                        taken,
+                    });
                 }
             }
         }
