@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use zhongshu::app::{self, AppOptions};
+use zhongshu::clock::CityTime;
 use zhongshu::{bench, map};
 
 /// The dispatch event log when `--db` is not given.
@@ -38,6 +39,11 @@ struct Cli {
     /// (0.5 to 4; e.g. 2 on a 4K wall that reports 1).
     #[arg(long, global = true, value_name = "FACTOR", default_value_t = 1.0)]
     ui_scale: f32,
+    /// The city's time zone, an IANA name (e.g. Asia/Shanghai): the clock and every
+    /// time shown are in it. Default: the zone at the map's position (UTC at sea).
+    /// Machine output (JSON, logs, audit) stays UTC.
+    #[arg(long, global = true, value_name = "NAME")]
+    timezone: Option<String>,
     /// Select the building with this id (e.g. way/123) and fly to it.
     #[arg(long, global = true, value_name = "ID")]
     select: Option<String>,
@@ -534,8 +540,15 @@ fn parse_look_at(text: &str) -> anyhow::Result<[f64; 3]> {
     }
 }
 
-fn map_info(path: &std::path::Path) -> anyhow::Result<()> {
+/// `--timezone NAME`, checked against the IANA database before anything else runs.
+fn timezone_flag(name: Option<&str>) -> anyhow::Result<Option<CityTime>> {
+    name.map(|name| CityTime::from_flag(name).context("--timezone"))
+        .transpose()
+}
+
+fn map_info(path: &std::path::Path, timezone: Option<CityTime>) -> anyhow::Result<()> {
     let city = map::load_path(path)?;
+    let time = CityTime::resolve(timezone, city.frame.origin_lon, city.frame.origin_lat);
     let t = Instant::now();
     let meshes = map::mesh::build_city_meshes(&city);
     let mesh_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -552,6 +565,7 @@ fn map_info(path: &std::path::Path) -> anyhow::Result<()> {
         "not_drawn_total": city.skipped.not_drawn_total(),
         "bbox": city.bbox_wgs84,
         "origin": [city.frame.origin_lon, city.frame.origin_lat],
+        "timezone": time.to_json(),
         "load_ms": (city.load_ms * 10.0).round() / 10.0,
         "mesh_ms": (mesh_ms * 10.0).round() / 10.0,
         "chunks": meshes.chunks.len(),
@@ -1035,6 +1049,7 @@ fn status_api_reach(
 
 fn run(mut cli: Cli) -> anyhow::Result<()> {
     let look_at = cli.look_at.as_deref().map(parse_look_at).transpose()?;
+    let timezone = timezone_flag(cli.timezone.as_deref())?;
     let command = cli.command.take().unwrap_or(Command::Run);
     // (`bench hub` makes halls of its own on the server it is given.)
     if cli.nats.is_some() != cli.hall.is_some()
@@ -1053,6 +1068,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 feeds: cli.feeds,
                 steward: cli.steward,
                 ui_scale: cli.ui_scale,
+                timezone,
                 screenshot: None,
                 desk: Some(desk),
                 drill: None,
@@ -1077,12 +1093,13 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 feeds: cli.feeds,
                 steward: cli.steward,
                 ui_scale: cli.ui_scale,
+                timezone,
                 screenshot: Some(app::ScreenshotRequest { out, size }),
                 desk,
                 drill: None,
             })
         }
-        Command::MapInfo { path } => map_info(&path),
+        Command::MapInfo { path } => map_info(&path, timezone),
         Command::ServeSim { addr, seed } => {
             let city = load_city(cli.map.as_deref())?;
             let mut config = zhongshu::sim::SimConfig::for_map(&city);
@@ -1244,7 +1261,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             };
             let report = if window {
                 let drill = options.drill()?;
-                let outcome = app::drill::run(&drill, cli.ui_scale, snapshot)?;
+                let outcome = app::drill::run(&drill, cli.ui_scale, timezone, snapshot)?;
                 zhongshu::surge::soak_report(&drill, outcome)
             } else {
                 let drill = zhongshu::surge::DrillOptions {
@@ -1309,7 +1326,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 seed,
             };
             let report = if window {
-                app::drill::run(&options.drill()?, cli.ui_scale, snapshot)?.report
+                app::drill::run(&options.drill()?, cli.ui_scale, timezone, snapshot)?.report
             } else {
                 let drill = zhongshu::surge::DrillOptions {
                     interrupt: Some(stop_on_signals()),

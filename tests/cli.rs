@@ -3,7 +3,13 @@
 use crate::{audit_verify, scratch_dir, zhongshu};
 
 fn map_info(path: &std::path::Path) -> (bool, serde_json::Value, String) {
+    map_info_with(path, &[])
+}
+
+/// `zhongshu [ARGS] map-info PATH`.
+fn map_info_with(path: &std::path::Path, args: &[&str]) -> (bool, serde_json::Value, String) {
     let out = zhongshu()
+        .args(args)
         .arg("map-info")
         .arg(path)
         .output()
@@ -45,6 +51,89 @@ fn map_info_describes_the_default_city_file() {
     assert!(info["not_drawn_total"].as_u64().unwrap() > 1000);
     let bbox = info["bbox"].as_array().unwrap();
     assert!((24.8..25.1).contains(&bbox[0].as_f64().unwrap()));
+    // Helsinki's own time, found from where the map is.
+    assert_eq!(
+        info["timezone"],
+        serde_json::json!({"name": "Europe/Helsinki", "source": "map"})
+    );
+}
+
+/// A one-building GeoJSON city at `lon`,`lat`.
+fn one_building_at(name: &str, lon: f64, lat: f64) -> std::path::PathBuf {
+    let dir = scratch_dir(name);
+    let path = dir.join("city.geojson");
+    let ring: Vec<[f64; 2]> = [
+        (0.0, 0.0),
+        (2e-4, 0.0),
+        (2e-4, 2e-4),
+        (0.0, 2e-4),
+        (0.0, 0.0),
+    ]
+    .iter()
+    .map(|(dx, dy)| [lon + dx, lat + dy])
+    .collect();
+    let city = serde_json::json!({
+        "type": "FeatureCollection",
+        "features": [{
+            "type": "Feature",
+            "properties": {"building": "yes", "height": "20"},
+            "geometry": {"type": "Polygon", "coordinates": [ring]}
+        }]
+    });
+    std::fs::write(&path, city.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn map_info_names_the_city_s_time_zone_and_where_it_came_from() {
+    let shanghai = one_building_at("tz-shanghai", 121.4903, 31.24);
+    let (ok, info, stderr) = map_info(&shanghai);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        info["timezone"],
+        serde_json::json!({"name": "Asia/Shanghai", "source": "map"})
+    );
+
+    // The flag wins over the position, in any letter case.
+    let (ok, info, stderr) = map_info_with(&shanghai, &["--timezone", "europe/helsinki"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        info["timezone"],
+        serde_json::json!({"name": "Europe/Helsinki", "source": "flag"})
+    );
+
+    // At sea the city reads UTC, and says why.
+    let pacific = one_building_at("tz-pacific", -140.0, 0.0);
+    let (ok, info, stderr) = map_info(&pacific);
+    assert!(ok, "{stderr}");
+    assert_eq!(info["timezone"]["name"], "UTC");
+    assert_eq!(info["timezone"]["source"], "default");
+    let note = info["timezone"]["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("at sea") && note.contains("--timezone"),
+        "{info}"
+    );
+}
+
+#[test]
+fn an_unknown_timezone_is_a_clear_error_naming_the_flag() {
+    let shanghai = one_building_at("tz-unknown", 121.4903, 31.24);
+    let (ok, _, stderr) = map_info_with(&shanghai, &["--timezone", "Mars/Olympus_Mons"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--timezone") && stderr.contains("Mars/Olympus_Mons"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("IANA"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The window refuses the same way, before any map is loaded or window opened.
+    let out = zhongshu()
+        .args(["--timezone", "CST", "--map", "/nonexistent/city.geojson"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--timezone: \"CST\""), "{stderr}");
 }
 
 #[test]

@@ -77,6 +77,9 @@ fn panel_frames(
     let ctx = egui::Context::default();
     super::fonts::install_fonts(&ctx);
     let actor = Actor::new("dispatch", Role::Dispatcher, None);
+    // The default city's zone, daylight saving and all, as the app formats it.
+    let time = crate::clock::CityTime::from_flag("Europe/Helsinki")
+        .unwrap_or_else(|e| crate::clock::CityTime::utc(e.to_string()));
     let mut out: Vec<DeskCommand> = Vec::new();
     let mut times = Vec::with_capacity(frames);
     for f in 0..frames + 10 {
@@ -96,6 +99,7 @@ fn panel_frames(
                     book,
                     actor: &actor,
                     now_ms: now_ms + f as i64 * 16,
+                    time: &time,
                     selected: None,
                     recommendations: &[],
                     status_line: None,

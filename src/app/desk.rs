@@ -1091,6 +1091,7 @@ pub fn desk_panel_ui(
     desk: &mut Desk,
     location: Option<(f64, f64)>,
     now_ms: i64,
+    time: &crate::clock::CityTime,
 ) {
     use super::theme;
     use bevy_egui::egui;
@@ -1163,6 +1164,7 @@ pub fn desk_panel_ui(
         book,
         actor: &actor,
         now_ms,
+        time,
         selected: selected.as_deref(),
         recommendations: &recommendations,
         status_line: status_line.as_deref(),
@@ -1313,7 +1315,8 @@ mod tests {
                         }
                     }
                     let now = crate::clock::unix_ms_now();
-                    desk_panel_ui(ui, desk, Some((24.94, 60.17)), now);
+                    let time = crate::clock::CityTime::utc("a test");
+                    desk_panel_ui(ui, desk, Some((24.94, 60.17)), now, &time);
                 },
                 desk,
             )

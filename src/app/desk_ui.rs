@@ -12,7 +12,7 @@ use bevy_egui::egui;
 
 use super::theme;
 use super::ui::{age_text, domain_label};
-use crate::clock::utc_clock_text;
+use crate::clock::CityTime;
 use crate::dispatch::book::{
     Actor, Book, Command, Incident, NewIncident, NewOrder, Order, Severity,
 };
@@ -41,6 +41,8 @@ pub struct DeskView<'a> {
     pub book: &'a Book,
     pub actor: &'a Actor,
     pub now_ms: i64,
+    /// The city's time zone, which every time shown is in.
+    pub time: &'a CityTime,
     /// The selected incident's id.
     pub selected: Option<&'a str>,
     /// Units ranked for the selected incident.
@@ -459,7 +461,7 @@ pub fn incident_detail_ui(
     ui.separator();
     playbook_editor_ui(ui, view, inc, state, out);
     ui.separator();
-    timeline_ui(ui, inc);
+    timeline_ui(ui, view.time, inc);
 }
 
 fn incident_header_ui(
@@ -519,7 +521,7 @@ fn incident_header_ui(
             let age = (view.now_ms - inc.reported_ms).max(0) as f64 / 1000.0;
             ui.label(format!(
                 "{} ({} ago)",
-                time_of_day(inc.reported_ms),
+                view.time.time_of_day(inc.reported_ms),
                 age_text(age)
             ));
             ui.end_row();
@@ -580,6 +582,13 @@ fn order_row_ui(
         );
         if let Some((text, colour)) = countdown(order, view.now_ms) {
             ui.label(egui::RichText::new(text).monospace().color(colour));
+            // The deadline on the city's clock; the date and zone on hover.
+            ui.label(
+                egui::RichText::new(format!("due {}", view.time.time_of_day(order.deadline_ms)))
+                    .monospace()
+                    .color(theme::MUTED),
+            )
+            .on_hover_text(view.time.text(order.deadline_ms));
         }
         if order.urges > 0 {
             ui.label(egui::RichText::new(format!("urged {}×", order.urges)).color(theme::WARN));
@@ -784,7 +793,7 @@ fn draft_row_ui(ui: &mut egui::Ui, config: &DispatchConfig, i: usize, o: &mut Dr
     remove
 }
 
-fn timeline_ui(ui: &mut egui::Ui, inc: &Incident) {
+fn timeline_ui(ui: &mut egui::Ui, time: &CityTime, inc: &Incident) {
     ui.label(egui::RichText::new("Timeline 时间线").strong());
     egui::ScrollArea::vertical()
         .id_salt("desk-timeline")
@@ -794,7 +803,7 @@ fn timeline_ui(ui: &mut egui::Ui, inc: &Incident) {
             for t in &inc.timeline {
                 ui.horizontal_wrapped(|ui| {
                     ui.label(
-                        egui::RichText::new(time_of_day(t.at_ms))
+                        egui::RichText::new(time.time_of_day(t.at_ms))
                             .monospace()
                             .color(theme::MUTED),
                     );
@@ -1173,12 +1182,6 @@ pub fn eta_text(secs: f64) -> String {
     }
 }
 
-/// `HH:MM:SS` (UTC) of a Unix time in milliseconds.
-fn time_of_day(unix_ms: i64) -> String {
-    let text = utc_clock_text(unix_ms.div_euclid(1000));
-    text.split(' ').nth(1).unwrap_or(&text).to_string()
-}
-
 fn truncate(text: &str, max_chars: usize) -> String {
     if text.chars().count() <= max_chars {
         text.to_string()
@@ -1253,6 +1256,7 @@ mod desk_tests {
         book: Book,
         actor: Actor,
         now_ms: i64,
+        time: CityTime,
         selected: Option<String>,
         recommendations: Vec<RecommendationView>,
         status_line: Option<String>,
@@ -1265,6 +1269,7 @@ mod desk_tests {
                 book,
                 actor: dispatcher(),
                 now_ms,
+                time: CityTime::utc("a test"),
                 selected: None,
                 recommendations: Vec::new(),
                 status_line: None,
@@ -1277,6 +1282,7 @@ mod desk_tests {
                 book: &self.book,
                 actor: &self.actor,
                 now_ms: self.now_ms,
+                time: &self.time,
                 selected: self.selected.as_deref(),
                 recommendations: &self.recommendations,
                 status_line: self.status_line.as_deref(),
@@ -1516,6 +1522,9 @@ mod desk_tests {
         let mut h = harness(order_board_ui, overdue_world(dispatcher()));
         h.get_by_label("overdue 2:10");
         h.get_by_label("4:59");
+        // Each deadline on the clock (UTC in this world).
+        h.get_by_label("due 10:01:00");
+        h.get_by_label("due 10:08:09");
         h.get_by_label("urged 1×");
         h.get_by_label("Traffic Police 交警支队");
         // Departments in configuration order: fire (ORD-000002) before traffic police.
@@ -1732,11 +1741,11 @@ mod desk_tests {
 
     #[test]
     fn the_timeline_shows_time_who_and_what() {
-        let (world, _) = fire_world(T0 + MIN);
+        let (mut world, _) = fire_world(T0 + MIN);
+        // T0 is 2026-11-29 10:00:00 UTC, 18:00 in Shanghai.
+        world.time = CityTime::from_flag("Asia/Shanghai").unwrap();
         let h = harness(incident_detail_ui, world);
-        // T0 is 2026-11-29 10:00:00 UTC.
-        assert_eq!(time_of_day(T0), "10:00:00");
-        h.get_by_label("10:00:00");
+        h.get_by_label("18:00:00");
         h.get_by_label("li.wei (dispatcher)");
         h.get_by_label("reported from map: Tower fire");
     }

@@ -46,10 +46,12 @@ impl DrillRun {
 }
 
 /// Plays `options` in a window; the app exits by itself at the end. Fails at once
-/// without a display. `snapshot`: a PNG of the window when half the storm has passed.
+/// without a display. `timezone`: `--timezone`, else the map's zone. `snapshot`: a
+/// PNG of the window when half the storm has passed.
 pub fn run(
     options: &DrillOptions,
     ui_scale: f32,
+    timezone: Option<crate::clock::CityTime>,
     snapshot: Option<PathBuf>,
 ) -> anyhow::Result<DrillOutcome> {
     if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
@@ -94,6 +96,7 @@ pub fn run(
         feeds: None,
         steward: false,
         ui_scale,
+        timezone,
         screenshot: None,
         desk: Some(desk),
         drill: Some(DrillRun {

@@ -511,6 +511,11 @@ mod shell_tests {
     use crate::state::kpi::{CityKpis, Excluded};
 
     const NOW: i64 = 1_795_946_400_000;
+
+    /// The shell's clock in these tests: Shanghai's.
+    fn city_time() -> crate::clock::CityTime {
+        crate::clock::CityTime::from_flag("Asia/Shanghai").unwrap()
+    }
     /// A CAP headline as long as real ones are, with no break a panel could use.
     const HEADLINE: &str = "Severe thunderstorm warning issued for Helsinki centre, Kamppi, Kluuvi, Kruununhaka and Katajanokka until 18:00 local time: hail up to 4 cm, gusts to 30 m/s, flash flooding of underpasses";
 
@@ -607,6 +612,7 @@ mod shell_tests {
             crate::app::theme::egui_style(ui.ctx());
             s.styled = true;
         }
+        let time = &city_time();
         let mut out = Vec::new();
         let mut side = vec![SidePanel {
             kind: SidePanelKind::Layers,
@@ -624,6 +630,7 @@ mod shell_tests {
                 book: &s.book,
                 actor: &s.actor,
                 now_ms: NOW,
+                time,
                 selected: s.selected.as_deref(),
                 recommendations: &[],
                 status_line: None,
@@ -666,7 +673,7 @@ mod shell_tests {
         let (feeds, ingest, reconciliation) = (&s.feeds, &s.ingest, &s.reconciliation);
         let content = ShellContent {
             top_bar: Box::new(move |ui, out| {
-                top_bar_ui(ui, map, NOW / 1000, true, steward_open, desk_shown, out)
+                top_bar_ui(ui, map, time, NOW, true, steward_open, desk_shown, out)
             }),
             hall_bar: None,
             kpi_strip: Some(Box::new(move |ui, _| kpi_strip_ui(ui, kpis))),
@@ -969,9 +976,7 @@ mod shell_tests {
     fn at_800_px_the_clock_and_the_kpis_stay_on_one_line_each() {
         let h = harness((800.0, 600.0), shell(true, true, false));
         let screen = h.state().layout.last.screen;
-        let clock = h
-            .get_by_label(&crate::clock::utc_clock_text(NOW / 1000))
-            .rect();
+        let clock = h.get_by_label(&city_time().text(NOW)).rect();
         assert!(
             clock.height() <= line(&h, 17.0) * 1.5,
             "the clock wraps: {clock:?}"

@@ -27,6 +27,7 @@ use bevy::prelude::*;
 use bevy::window::PresentMode;
 use bevy_egui::EguiPlugin;
 
+use crate::clock::CityTime;
 use crate::map::{self, CityMap, pick::BuildingIndex};
 use camera::CameraRig;
 
@@ -43,6 +44,8 @@ pub struct AppOptions {
     pub steward: bool,
     /// `--ui-scale`: panels and type at this factor of the monitor's scale factor.
     pub ui_scale: f32,
+    /// `--timezone`: the city's zone; `None` looks it up from the map's position.
+    pub timezone: Option<CityTime>,
     pub screenshot: Option<ScreenshotRequest>,
     /// The dispatch desk (event log, departments, users, sign-in).
     pub desk: Option<desk::DeskSetup>,
@@ -64,6 +67,10 @@ pub struct City {
     pub map: CityMap,
     pub index: BuildingIndex,
 }
+
+/// The city's time zone: every time a person reads is written in it.
+#[derive(Resource, Clone, Debug)]
+pub struct LocalTime(pub CityTime);
 
 /// The picked building, if any (index into `CityMap::buildings`).
 #[derive(Resource, Default, Debug)]
@@ -130,6 +137,11 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         map.skipped.broken_total(),
         map.skipped.not_drawn_total(),
         map.load_ms
+    );
+    let time = CityTime::resolve(options.timezone, map.frame.origin_lon, map.frame.origin_lat);
+    eprintln!(
+        "zhongshu: local time {}",
+        time.describe(crate::clock::unix_ms_now())
     );
     let crate::feeds::config::FeedsSetup {
         feeds,
@@ -198,6 +210,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     )
     .add_plugins((FrameTimeDiagnosticsPlugin::default(), EguiPlugin::default()))
     .insert_resource(city)
+    .insert_resource(LocalTime(time))
     .insert_resource(Selection {
         building: selected,
         entity: None,

@@ -14,7 +14,7 @@ use super::layout::{Bar, ShellContent, ShellLayout, SidePanel, SidePanelKind, sh
 use super::live::{DomainVisibility, Live};
 use super::scene::{LayerVisibility, SceneStats};
 use super::{AppSystems, City, Selection, theme};
-use crate::clock::{rfc3339_from_unix_ms, utc_clock_text};
+use crate::clock::CityTime;
 use crate::feeds::config::FeedConfig;
 use crate::feeds::{Domain, EntityKind, FieldValue};
 use crate::governance::health::FeedHealth;
@@ -87,6 +87,7 @@ pub(super) fn plugin(app: &mut App) {
 #[derive(bevy::ecs::system::SystemParam)]
 struct ShellView<'w, 's> {
     city: Res<'w, City>,
+    time: Res<'w, super::LocalTime>,
     stats: Res<'w, SceneStats>,
     diagnostics: Res<'w, DiagnosticsStore>,
     layers: Res<'w, LayerVisibility>,
@@ -135,16 +136,14 @@ fn shell_ui(
         live,
         domains,
         governance,
+        time,
         ..
     } = &view;
+    let time = &time.0;
     let fps = diagnostics
         .get(&FrameTimeDiagnosticsPlugin::FPS)
         .and_then(|d| d.smoothed())
         .unwrap_or(0.0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
     let now_ms = crate::clock::unix_ms_now();
     // KPIs twice a second, steadier to read than every frame; a pass over the whole
     // city is a frame's budget at a time, so no frame pays for all of it.
@@ -213,7 +212,7 @@ fn shell_ui(
             tab: "Dispatch 调度",
             add: Box::new(|ui, _| {
                 if let Some(desk) = desk.borrow_mut().as_deref_mut() {
-                    super::desk::desk_panel_ui(ui, desk, Some((lon, lat)), now_ms)
+                    super::desk::desk_panel_ui(ui, desk, Some((lon, lat)), now_ms, time)
                 }
             }),
         });
@@ -229,6 +228,7 @@ fn shell_ui(
                     &live.state,
                     slot,
                     now_ms,
+                    time,
                     &governance.reconciliation,
                     out,
                 )
@@ -242,12 +242,14 @@ fn shell_ui(
         });
     }
     let content = ShellContent {
-        top_bar: Box::new(|ui, out| top_bar_ui(ui, map, now, demo, steward_open, desk_open, out)),
+        top_bar: Box::new(|ui, out| {
+            top_bar_ui(ui, map, time, now_ms, demo, steward_open, desk_open, out)
+        }),
         hall_bar: has_hall.then(|| -> Bar<'_> {
             Box::new(|ui, _| {
                 if let Some(link) = desk.borrow().as_ref().and_then(|d| d.hall.as_ref()) {
                     let trouble = live.as_deref().and_then(|l| l.hall_trouble());
-                    hall_bar_ui(ui, link, trouble, now_ms)
+                    hall_bar_ui(ui, link, trouble, time, now_ms)
                 }
             })
         }),
@@ -288,6 +290,7 @@ fn hall_bar_ui(
     ui: &mut egui::Ui,
     link: &super::desk::HallLink,
     live_trouble: Option<&str>,
+    time: &CityTime,
     now_ms: i64,
 ) {
     ui.horizontal(|ui| match link.down_since_ms {
@@ -302,7 +305,7 @@ fn hall_bar_ui(
                             egui::RichText::new(format!(
                                 "HALL {} — server unreachable 服务器不可达 since {} ({} s): last state shown, commands refused",
                                 link.hall,
-                                utc_clock_text(since / 1000),
+                                time.text(since),
                                 (now_ms - since).max(0) / 1000
                             ))
                             .color(egui::Color32::WHITE)
@@ -355,10 +358,12 @@ fn hall_bar_ui(
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn top_bar_ui(
     ui: &mut egui::Ui,
     map: &CityMap,
-    unix_secs: i64,
+    time: &CityTime,
+    now_ms: i64,
     demo: bool,
     steward_open: bool,
     desk_open: bool,
@@ -369,14 +374,16 @@ pub fn top_bar_ui(
         // The clock and the toggles are laid out first, from the right, so they always
         // show whole; the title and the city's name take the room left and elide.
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            // The city's local time; which zone, and why, on hover.
             ui.add(
                 egui::Label::new(
-                    egui::RichText::new(utc_clock_text(unix_secs))
+                    egui::RichText::new(time.text(now_ms))
                         .monospace()
                         .size(17.0),
                 )
                 .extend(),
-            );
+            )
+            .on_hover_text(time.describe(now_ms));
             // Next to the clock, so a narrow bar never pushes it off.
             if demo {
                 // Demo accounts and tokens are active: said wherever anyone looks.
@@ -1157,12 +1164,14 @@ fn kind_rows(
 }
 
 /// Any live entity: its values, source feed, owner and age.
+#[allow(clippy::too_many_arguments)]
 pub fn entity_inspector_ui(
     ui: &mut egui::Ui,
     feeds: &[FeedConfig],
     state: &LiveState,
     slot: u32,
     now_ms: i64,
+    time: &CityTime,
     reconciliation: &crate::governance::reconcile::Reconciliation,
     out: &mut Vec<UiCommand>,
 ) {
@@ -1237,7 +1246,7 @@ pub fn entity_inspector_ui(
                     "observed",
                     format!(
                         "{} ({} ago)",
-                        rfc3339_from_unix_ms(t),
+                        time.text(t),
                         age_text((now_ms - t).max(0) as f64 / 1000.0)
                     ),
                 );
@@ -1463,6 +1472,13 @@ mod panel_tests {
     fn entity_inspector_harness(
         update: crate::feeds::EntityUpdate,
     ) -> Harness<'static, PanelState> {
+        entity_inspector_harness_in(update, CityTime::utc("a test"))
+    }
+
+    fn entity_inspector_harness_in(
+        update: crate::feeds::EntityUpdate,
+        time: CityTime,
+    ) -> Harness<'static, PanelState> {
         let feeds = crate::feeds::config::parse_feeds(
             "[[feed]]\nname='air'\nkind='ngsi-ld'\nurl='http://h/e'\ndomain='ecology'\n",
         )
@@ -1472,7 +1488,16 @@ mod panel_tests {
         let reconciliation = crate::governance::reconcile::Reconciliation::default();
         Harness::new_ui_state(
             move |ui, s: &mut PanelState| {
-                entity_inspector_ui(ui, &feeds, &live, 0, 1000, &reconciliation, &mut s.out)
+                entity_inspector_ui(
+                    ui,
+                    &feeds,
+                    &live,
+                    0,
+                    1000,
+                    &time,
+                    &reconciliation,
+                    &mut s.out,
+                )
             },
             state(),
         )
@@ -1510,6 +1535,26 @@ mod panel_tests {
         let harness = entity_inspector_harness(in_mg);
         assert_eq!(harness.get_all_by_label("0.0081 mg/m³").count(), 2);
         harness.get_by_label("0.2 ppm");
+    }
+
+    #[test]
+    fn the_entity_inspector_reads_observed_in_the_city_s_time() {
+        let [mut lot] = <[crate::feeds::EntityUpdate; 1]>::try_from(
+            crate::feeds::decode::decode_geojson(include_bytes!(
+                "../../tests/data/sdm/off-street-parking-geojson.json"
+            ))
+            .unwrap()
+            .updates,
+        )
+        .unwrap();
+        // 2026-11-29T10:00:00Z.
+        lot.observed_at_ms = Some(1_795_946_400_000);
+        let shanghai = CityTime::from_flag("Asia/Shanghai").unwrap();
+        let harness = entity_inspector_harness_in(lot.clone(), shanghai);
+        harness.get_by_label_contains("2026-11-29 18:00:00 CST (");
+        let helsinki = CityTime::from_flag("Europe/Helsinki").unwrap();
+        let harness = entity_inspector_harness_in(lot, helsinki);
+        harness.get_by_label_contains("2026-11-29 12:00:00 EET (");
     }
 
     #[test]

@@ -225,7 +225,9 @@ pub fn decode_geojson(body: &[u8]) -> Result<Decoded, PayloadError> {
 /// Parses an RFC 3339 date-time to Unix milliseconds: `2024-05-01T10:00:00Z`,
 /// `2024-05-01T12:00:00.250+02:00`. Lenient where real feeds are: `t`/space separators,
 /// lowercase `z`, `±hhmm` offsets, and no offset at all (read as UTC, as Smart Data Models
-/// examples often omit it). Fractions beyond milliseconds are truncated.
+/// examples often omit it). Fractions beyond milliseconds are truncated. The shape is
+/// read here because jiff's own parsers draw the line elsewhere (they take `10:00Z`
+/// without seconds and read second 60 as 59); dates and offsets are jiff's.
 pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
     let year = ascii_digits(bytes, 0, 4)?;
@@ -286,18 +288,26 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
         return None;
     }
 
-    // Second 60 is RFC 3339's leap second; it rolls into the next minute.
-    let valid = (1..=12).contains(&month)
-        && (1..=days_in_month(year, month)).contains(&day)
-        && hour <= 23
-        && minute <= 59
-        && second <= 60;
-    if !valid {
-        return None;
-    }
-    let local_secs =
-        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-    Some((local_secs - offset_secs) * 1000 + millis)
+    // The calendar is jiff's (it refuses 2023-02-29 and hour 24). Second 60 is
+    // RFC 3339's leap second; it rolls into the next minute.
+    let leap_second = second == 60;
+    let datetime = jiff::civil::DateTime::new(
+        i16::try_from(year).ok()?,
+        i8::try_from(month).ok()?,
+        i8::try_from(day).ok()?,
+        i8::try_from(hour).ok()?,
+        i8::try_from(minute).ok()?,
+        if leap_second {
+            59
+        } else {
+            i8::try_from(second).ok()?
+        },
+        0,
+    )
+    .ok()?;
+    let offset = jiff::tz::Offset::from_seconds(i32::try_from(offset_secs).ok()?).ok()?;
+    let at = offset.to_timestamp(datetime).ok()?;
+    Some(at.as_millisecond() + i64::from(leap_second) * 1000 + millis)
 }
 
 /// The top of a GeoJSON document; `features` stays raw so each feature is parsed alone.
@@ -1644,30 +1654,6 @@ fn expect_byte(bytes: &[u8], at: usize, allowed: &[u8]) -> Option<()> {
     allowed.contains(bytes.get(at)?).then_some(())
 }
 
-fn is_leap_year(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap_year(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = (month + 9) % 12;
-    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1733,6 +1719,12 @@ mod tests {
             ("2000-03-01T00:00:00Z", 951_868_800_000),
             ("2024-02-29T00:00:00Z", 1_709_164_800_000),
             ("2016-12-31T23:59:60Z", 1_483_228_800_000),
+            // Helsinki's clocks either side of the spring change, as a feed there
+            // writes them: the same second apart.
+            ("2026-03-29T02:59:59+02:00", 1_774_745_999_000),
+            ("2026-03-29T04:00:00+03:00", 1_774_746_000_000),
+            ("2026-11-30T00:00:00.5+08:00", 1_795_968_000_500),
+            ("2026-11-29T11:30:00-1230", 1_795_996_800_000),
         ];
         for (text, expected) in cases {
             assert_eq!(parse_rfc3339_ms(text), Some(expected), "{text}");
