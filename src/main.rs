@@ -44,6 +44,11 @@ struct Cli {
     /// Machine output (JSON, logs, audit) stays UTC.
     #[arg(long, global = true, value_name = "NAME")]
     timezone: Option<String>,
+    /// How the map's fields are read (TOML: `kind`, `height`, `floors`, `name`,
+    /// `kind_field` with `[kinds]`): wins over guessing. Default: `<map>.schema.toml`
+    /// beside the map, if there is one.
+    #[arg(long, global = true, value_name = "FILE")]
+    schema: Option<PathBuf>,
     /// Select the building with this id (e.g. way/123) and fly to it.
     #[arg(long, global = true, value_name = "ID")]
     select: Option<String>,
@@ -546,14 +551,20 @@ fn timezone_flag(name: Option<&str>) -> anyhow::Result<Option<CityTime>> {
         .transpose()
 }
 
-fn map_info(path: &std::path::Path, timezone: Option<CityTime>) -> anyhow::Result<()> {
-    let city = map::load_path(path)?;
+fn map_info(
+    path: &std::path::Path,
+    schema: Option<&std::path::Path>,
+    timezone: Option<CityTime>,
+) -> anyhow::Result<()> {
+    let city = map::load_path_with(path, schema)?;
     let time = CityTime::resolve(timezone, city.frame.origin_lon, city.frame.origin_lat);
     let t = Instant::now();
     let meshes = map::mesh::build_city_meshes(&city);
     let mesh_ms = t.elapsed().as_secs_f64() * 1000.0;
     let info = serde_json::json!({
         "name": city.name,
+        "format": city.format.map(map::MapFormat::as_str),
+        "schema": city.schema.to_json(),
         "buildings": city.buildings.len(),
         "roads": city.roads.len(),
         "water": city.count_areas(map::AreaKind::Water) + city.waterways.len(),
@@ -617,9 +628,15 @@ fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Resu
 }
 
 /// The map given with `--map`, else the embedded default city.
-fn load_city(map_path: Option<&std::path::Path>) -> anyhow::Result<map::CityMap> {
+fn load_city(
+    map_path: Option<&std::path::Path>,
+    schema: Option<&std::path::Path>,
+) -> anyhow::Result<map::CityMap> {
     Ok(match map_path {
-        Some(p) => map::load_path(p)?,
+        Some(p) => map::load_path_with(p, schema)?,
+        None if schema.is_some() => {
+            bail!("--schema says how a --map's fields are read: give --map too")
+        }
         None => map::load_default()?,
     })
 }
@@ -659,12 +676,13 @@ fn catalog(
     feeds_path: &std::path::Path,
     for_secs: f64,
     map_path: Option<&std::path::Path>,
+    schema: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     if !(0.0..=86_400.0).contains(&for_secs) {
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
     }
     let setup = zhongshu::feeds::config::load_setup(feeds_path)?;
-    let city = load_city(map_path)?;
+    let city = load_city(map_path, schema)?;
     let feeds = setup.feeds.clone();
     let (_, ingest) = run_feeds_for(setup, &city, for_secs);
     let catalog = zhongshu::governance::catalog::dcat_catalog(&city.name, &feeds, &ingest.schemas);
@@ -676,6 +694,7 @@ fn feeds_check(
     feeds_path: &std::path::Path,
     for_secs: f64,
     map_path: Option<&std::path::Path>,
+    schema: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use zhongshu::clock::unix_ms_now;
 
@@ -683,7 +702,7 @@ fn feeds_check(
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
     }
     let setup = zhongshu::feeds::config::load_setup(feeds_path)?;
-    let city = load_city(map_path)?;
+    let city = load_city(map_path, schema)?;
     let feeds = setup.feeds.clone();
     let (state, ingest) = run_feeds_for(setup, &city, for_secs);
     let now = unix_ms_now();
@@ -1063,6 +1082,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             desk.hall = hall_console(&cli)?;
             app::run(AppOptions {
                 map: cli.map,
+                schema: cli.schema,
                 look_at,
                 select: cli.select,
                 feeds: cli.feeds,
@@ -1088,6 +1108,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             };
             app::run(AppOptions {
                 map: cli.map,
+                schema: cli.schema,
                 look_at,
                 select: cli.select,
                 feeds: cli.feeds,
@@ -1099,9 +1120,9 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 drill: None,
             })
         }
-        Command::MapInfo { path } => map_info(&path, timezone),
+        Command::MapInfo { path } => map_info(&path, cli.schema.as_deref(), timezone),
         Command::ServeSim { addr, seed } => {
-            let city = load_city(cli.map.as_deref())?;
+            let city = load_city(cli.map.as_deref(), cli.schema.as_deref())?;
             let mut config = zhongshu::sim::SimConfig::for_map(&city);
             config.seed = seed;
             let sim = zhongshu::sim::Simulator::new(&city, config, zhongshu::clock::unix_ms_now());
@@ -1206,13 +1227,13 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             let Some(feeds) = cli.feeds.as_deref() else {
                 bail!("catalog needs --feeds FILE");
             };
-            catalog(feeds, for_secs, cli.map.as_deref())
+            catalog(feeds, for_secs, cli.map.as_deref(), cli.schema.as_deref())
         }
         Command::FeedsCheck { for_secs } => {
             let Some(feeds) = cli.feeds.as_deref() else {
                 bail!("feeds-check needs --feeds FILE");
             };
-            feeds_check(feeds, for_secs, cli.map.as_deref())
+            feeds_check(feeds, for_secs, cli.map.as_deref(), cli.schema.as_deref())
         }
         Command::Bench(BenchCommand::Ingest { entities, rounds }) => {
             println!(
@@ -1623,7 +1644,7 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
     };
     // The hall's feeds, on its map; the simulated sub-brains only in demo mode (they
     // would raise made-up incidents in a real hall).
-    let city = load_city(cli.map.as_deref())?;
+    let city = load_city(cli.map.as_deref(), cli.schema.as_deref())?;
     let live = match &cli.feeds {
         Some(path) => Some(zhongshu::feeds::config::load_setup(path)?),
         None if setup.demo => Some(zhongshu::feeds::config::FeedsSetup {

@@ -136,6 +136,164 @@ fn an_unknown_timezone_is_a_clear_error_naming_the_flag() {
     assert!(stderr.contains("--timezone: \"CST\""), "{stderr}");
 }
 
+/// A square footprint at (lon, lat), `d` degrees a side, as GeoJSON coordinates.
+fn square_ring(lon: f64, lat: f64, d: f64) -> String {
+    format!(
+        "[[{lon},{lat}],[{},{lat}],[{},{}],[{lon},{}],[{lon},{lat}]]",
+        lon + d,
+        lon + d,
+        lat + d,
+        lat + d
+    )
+}
+
+#[test]
+fn a_vector_tile_style_city_loads_and_map_info_says_how_it_was_read() {
+    // Shanghai's centre as vector tiles describe it: kind = building, not building=yes.
+    let dir = scratch_dir("vector-tile-map");
+    let path = dir.join("shanghai.geojson");
+    let mut features = Vec::new();
+    for i in 0..20 {
+        let lon = 121.47 + f64::from(i % 5) * 0.0005;
+        let lat = 31.23 + f64::from(i / 5) * 0.0005;
+        features.push(format!(
+            r#"{{"type":"Feature","properties":{{"kind":"building","height":{},"name":"楼{i}"}},"geometry":{{"type":"Polygon","coordinates":[{}]}}}}"#,
+            20 + i,
+            square_ring(lon, lat, 0.0002)
+        ));
+    }
+    features.push(r#"{"type":"Feature","properties":{"kind":"major_road","kind_detail":"primary","name":"南京东路"},"geometry":{"type":"LineString","coordinates":[[121.469,31.229],[121.474,31.233]]}}"#.to_string());
+    features.push(format!(
+        r#"{{"type":"Feature","properties":{{"kind":"water","name":"黄浦江"}},"geometry":{{"type":"Polygon","coordinates":[{}]}}}}"#,
+        square_ring(121.48, 31.23, 0.002)
+    ));
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"type":"FeatureCollection","features":[{}]}}"#,
+            features.join(",")
+        ),
+    )
+    .unwrap();
+    let (ok, info, stderr) = map_info(&path);
+    assert!(ok, "{stderr}");
+    assert_eq!(info["buildings"], 20, "{info}");
+    assert_eq!(info["roads"], 1, "{info}");
+    assert_eq!(info["water"], 1, "{info}");
+    assert_eq!(info["format"], "geojson");
+    assert_eq!(info["schema"]["detected"], "vector_tile", "{info}");
+    assert_eq!(info["schema"]["features"]["vector_tile"], 22, "{info}");
+    assert!(
+        info["schema"]["fields"]["height"]
+            .as_array()
+            .unwrap()
+            .contains(&"height".into()),
+        "{info}"
+    );
+}
+
+#[test]
+fn an_agency_export_is_read_by_its_own_field_names_or_a_mapping_beside_it() {
+    let dir = scratch_dir("agency-map");
+    // An ArcGIS REST answer (Esri JSON) in Web Mercator, heights in 高度 by alias.
+    let path = dir.join("buildings.json");
+    let merc = |lon: f64, lat: f64| {
+        let r = 6_378_137.0f64;
+        (
+            r * lon.to_radians(),
+            r * (std::f64::consts::FRAC_PI_4 + lat.to_radians() / 2.0)
+                .tan()
+                .ln(),
+        )
+    };
+    let ring = |lon: f64, lat: f64| {
+        // Clockwise: Esri's outer ring.
+        let pts = [
+            (lon, lat),
+            (lon, lat + 0.0002),
+            (lon + 0.0002, lat + 0.0002),
+            (lon + 0.0002, lat),
+            (lon, lat),
+        ];
+        let pts: Vec<String> = pts
+            .iter()
+            .map(|&(a, b)| {
+                let (x, y) = merc(a, b);
+                format!("[{x},{y}]")
+            })
+            .collect();
+        format!("[{}]", pts.join(","))
+    };
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"geometryType":"esriGeometryPolygon","spatialReference":{{"wkid":102100,"latestWkid":3857}},
+              "fields":[{{"name":"OBJECTID","type":"esriFieldTypeOID"}},{{"name":"JZGD","type":"esriFieldTypeDouble","alias":"高度"}}],
+              "features":[
+                {{"attributes":{{"OBJECTID":1,"JZGD":36}},"geometry":{{"rings":[{}]}}}},
+                {{"attributes":{{"OBJECTID":2,"JZGD":12}},"geometry":{{"rings":[{}]}}}}
+              ]}}"#,
+            ring(116.39, 39.9),
+            ring(116.391, 39.9)
+        ),
+    )
+    .unwrap();
+    let (ok, info, stderr) = map_info(&path);
+    assert!(ok, "{stderr}");
+    assert_eq!(info["format"], "esri_json", "{info}");
+    assert_eq!(info["buildings"], 2, "{info}");
+    assert_eq!(info["schema"]["detected"], "agency", "{info}");
+    assert_eq!(info["schema"]["fields"]["height"][0], "高度", "{info}");
+    // Unprojected from Web Mercator: in Beijing.
+    let bbox = info["bbox"].as_array().unwrap();
+    assert!((bbox[0].as_f64().unwrap() - 116.39).abs() < 1e-6, "{info}");
+    assert!((bbox[1].as_f64().unwrap() - 39.9).abs() < 1e-6, "{info}");
+
+    // Field names nobody could guess, with the mapping beside the file.
+    let plain = dir.join("plan.geojson");
+    std::fs::write(
+        &plain,
+        format!(
+            r#"{{"type":"FeatureCollection","features":[
+              {{"type":"Feature","properties":{{"LX":"房屋","G":"27","MC":"档案馆"}},"geometry":{{"type":"Polygon","coordinates":[{}]}}}},
+              {{"type":"Feature","properties":{{"LX":"绿地"}},"geometry":{{"type":"Polygon","coordinates":[{}]}}}}
+            ]}}"#,
+            square_ring(116.39, 39.9, 0.0002),
+            square_ring(116.392, 39.9, 0.001)
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = map_info(&plain);
+    assert!(!ok, "nothing drawable without the mapping: {stderr}");
+    std::fs::write(
+        dir.join("plan.schema.toml"),
+        "kind_field = \"LX\"\nheight = \"G\"\nname = \"MC\"\n[kinds]\n\"房屋\" = \"building\"\n\"绿地\" = \"green\"\n",
+    )
+    .unwrap();
+    let (ok, info, stderr) = map_info(&plain);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        (info["buildings"].as_u64(), info["green"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(info["schema"]["detected"], "explicit", "{info}");
+    assert!(
+        info["schema"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("plan.schema.toml"),
+        "{info}"
+    );
+    // A mistake in the mapping is said, naming the file.
+    std::fs::write(dir.join("plan.schema.toml"), "kind = \"house\"\n").unwrap();
+    let (ok, _, stderr) = map_info(&plain);
+    assert!(!ok);
+    assert!(
+        stderr.contains("plan.schema.toml") && stderr.contains("kind = \"house\""),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn map_info_counts_broken_geojson_features_by_reason() {
     let dir = scratch_dir("broken-geojson");

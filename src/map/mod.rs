@@ -5,6 +5,7 @@
 //! [`CityMap`] in local metres. Nothing downstream ever sees OSM tags' raw structure
 //! or a file format: only buildings, roads, water, green and districts.
 
+pub mod esri;
 pub mod footprint;
 pub mod geojson;
 pub mod graph;
@@ -13,6 +14,7 @@ pub mod osm;
 pub(crate) mod pbf_fixture;
 pub mod pick;
 pub mod rings;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -475,6 +477,10 @@ pub struct CityMap {
     pub load_ms: f64,
     /// Attribution the data's licence requires to be shown (OSM data: ODbL).
     pub attribution: Option<String>,
+    /// The file's format (`osm_pbf`, `geojson`, `esri_json`).
+    pub format: Option<MapFormat>,
+    /// How the features' properties were read, and which fields were used.
+    pub schema: schema::SchemaReport,
 }
 
 impl CityMap {
@@ -514,6 +520,17 @@ pub enum MapError {
         source_name: String,
         message: String,
     },
+    #[error("{source_name}: invalid Esri JSON: {message}")]
+    EsriJson {
+        source_name: String,
+        message: String,
+    },
+    #[error(
+        "{source_name}: spatial reference {what} is not one Zhongshu reads yet (WGS84 and CGCS2000 degrees, EPSG:4326/4490, Web Mercator 3857/102100)"
+    )]
+    UnsupportedCrs { source_name: String, what: String },
+    #[error("{0}")]
+    Schema(String),
     #[error(
         "{source_name}: no drawable features (buildings, roads, water, green or districts) found; {skipped} features skipped"
     )]
@@ -521,24 +538,49 @@ pub enum MapError {
 }
 
 /// Map file formats Zhongshu reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MapFormat {
     OsmPbf,
     GeoJson,
+    /// ArcGIS REST `f=json` and ArcGIS's JSON export.
+    EsriJson,
 }
 
+/// How much of a JSON file's start is looked at to tell GeoJSON from Esri JSON.
+const JSON_HEAD_BYTES: usize = 64 * 1024;
+
 impl MapFormat {
-    /// Guesses the format from the extension, then from the first bytes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MapFormat::OsmPbf => "osm_pbf",
+            MapFormat::GeoJson => "geojson",
+            MapFormat::EsriJson => "esri_json",
+        }
+    }
+
+    /// Guesses the format from the extension, then from the first bytes (up to
+    /// 64 KiB: JSON files say in their first keys whether they are Esri JSON).
     pub fn detect(path: &Path, head: &[u8]) -> Option<MapFormat> {
         let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
         if name.ends_with(".pbf") {
             return Some(MapFormat::OsmPbf);
         }
-        if name.ends_with(".geojson") || name.ends_with(".json") {
+        let json = || {
+            if esri::looks_like_esri(head) {
+                MapFormat::EsriJson
+            } else {
+                MapFormat::GeoJson
+            }
+        };
+        if name.ends_with(".geojson") {
             return Some(MapFormat::GeoJson);
         }
+        if name.ends_with(".json") || name.ends_with(".esrijson") {
+            return Some(json());
+        }
         match head.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'{') => Some(MapFormat::GeoJson),
+            Some(b'{') => Some(json()),
             // A PBF file starts with a big-endian BlobHeader length, then "OSMHeader".
             _ if head.len() > 16 && head[4..].windows(9).any(|w| w == b"OSMHeader") => {
                 Some(MapFormat::OsmPbf)
@@ -548,17 +590,35 @@ impl MapFormat {
     }
 }
 
-/// Loads a map file (`.osm.pbf` or GeoJSON).
+/// Loads a map file (`.osm.pbf`, GeoJSON or Esri JSON), its fields read by the
+/// mapping beside it (`<name>.schema.toml`) if there is one.
 pub fn load_path(path: &Path) -> Result<CityMap, MapError> {
+    load_path_with(path, None)
+}
+
+/// Loads a map file with an explicit mapping of its fields (`--schema FILE`), else
+/// the one beside it, else guessing (see [`schema`]).
+pub fn load_path_with(path: &Path, schema_file: Option<&Path>) -> Result<CityMap, MapError> {
+    let mapping = match schema_file
+        .map(Path::to_path_buf)
+        .or_else(|| schema::SchemaFile::beside(path))
+    {
+        Some(file) => Some((
+            schema::SchemaFile::load(&file).map_err(MapError::Schema)?,
+            file,
+        )),
+        None => None,
+    };
     let bytes = std::fs::read(path).map_err(|source| MapError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let format = MapFormat::detect(path, &bytes[..bytes.len().min(64)]).ok_or_else(|| {
-        MapError::UnknownFormat {
-            path: path.to_path_buf(),
-        }
-    })?;
+    let format =
+        MapFormat::detect(path, &bytes[..bytes.len().min(JSON_HEAD_BYTES)]).ok_or_else(|| {
+            MapError::UnknownFormat {
+                path: path.to_path_buf(),
+            }
+        })?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -569,7 +629,8 @@ pub fn load_path(path: &Path) -> Result<CityMap, MapError> {
         .trim_end_matches(".geojson")
         .trim_end_matches(".json")
         .to_string();
-    load_bytes(&bytes, format, &name, &path.display().to_string())
+    let mapping = mapping.as_ref().map(|(m, f)| (m, f.as_path()));
+    load_bytes_with(&bytes, format, &name, &path.display().to_string(), mapping)
 }
 
 /// Loads a map from bytes already in memory.
@@ -579,15 +640,44 @@ pub fn load_bytes(
     name: &str,
     source_name: &str,
 ) -> Result<CityMap, MapError> {
+    load_bytes_with(bytes, format, name, source_name, None)
+}
+
+/// Loads a map from bytes, with an explicit mapping of its fields (and the file it
+/// came from).
+pub fn load_bytes_with(
+    bytes: &[u8],
+    format: MapFormat,
+    name: &str,
+    source_name: &str,
+    mapping: Option<(&schema::SchemaFile, &Path)>,
+) -> Result<CityMap, MapError> {
     let start = Instant::now();
-    let (features, restrictions, skipped) = match format {
+    let (mut features, restrictions, skipped) = match format {
         MapFormat::OsmPbf => osm::read_map(bytes, source_name)?,
         MapFormat::GeoJson => {
             let (features, skipped) = geojson::read_features(bytes, source_name)?;
             (features, Vec::new(), skipped)
         }
+        MapFormat::EsriJson => {
+            let (mut features, skipped, sr) = esri::read_features(bytes, source_name)?;
+            esri_to_wgs84(&mut features, &sr, source_name)?;
+            (features, Vec::new(), skipped)
+        }
     };
+    // OSM data is OSM-tagged; other formats say what they are in their own words.
+    let mut report = if format == MapFormat::OsmPbf {
+        schema::SchemaReport {
+            detected: Some(schema::Schema::Osm),
+            ..Default::default()
+        }
+    } else {
+        schema::normalise(&mut features, mapping.map(|(m, _)| m))
+    };
+    report.file = mapping.map(|(_, f)| f.to_path_buf());
     let mut map = build_city(name, features, skipped);
+    map.format = Some(format);
+    map.schema = report;
     add_turn_restrictions(&mut map, restrictions);
     if format == MapFormat::OsmPbf {
         map.attribution = Some(OSM_ATTRIBUTION.to_string());
@@ -605,6 +695,54 @@ pub fn load_bytes(
         });
     }
     Ok(map)
+}
+
+/// An Esri JSON layer's coordinates in WGS84: degrees (WGS84, CGCS2000) as they are,
+/// Web Mercator unprojected; any other spatial reference is refused, never drawn in
+/// the wrong place.
+fn esri_to_wgs84(
+    features: &mut [RawFeature],
+    sr: &esri::SpatialReference,
+    source_name: &str,
+) -> Result<(), MapError> {
+    const R: f64 = 6_378_137.0;
+    match sr.code() {
+        None if sr
+            .wkt
+            .as_deref()
+            .is_some_and(|w| w.trim_start().starts_with("PROJCS")) =>
+        {
+            Err(MapError::UnsupportedCrs {
+                source_name: source_name.to_string(),
+                what: sr.wkt.clone().unwrap_or_default(),
+            })
+        }
+        None | Some(4326 | 4490) => Ok(()),
+        Some(3857 | 102100 | 102113 | 900913) => {
+            let unproject = |p: &mut [f64; 2]| {
+                let [x, y] = *p;
+                *p = [
+                    (x / R).to_degrees(),
+                    (2.0 * (y / R).exp().atan() - std::f64::consts::FRAC_PI_2).to_degrees(),
+                ];
+            };
+            features.par_iter_mut().for_each(|f| match &mut f.geometry {
+                RawGeometry::Line(l) => l.iter_mut().for_each(unproject),
+                RawGeometry::MultiLine(ls)
+                | RawGeometry::CutLine(ls)
+                | RawGeometry::Polygon(ls) => ls.iter_mut().flatten().for_each(unproject),
+                RawGeometry::MultiPolygon(ps) => {
+                    ps.iter_mut().flatten().flatten().for_each(unproject)
+                }
+                RawGeometry::Null | RawGeometry::Point => {}
+            });
+            Ok(())
+        }
+        Some(code) => Err(MapError::UnsupportedCrs {
+            source_name: source_name.to_string(),
+            what: format!("wkid {code}"),
+        }),
+    }
 }
 
 /// Projects turn restrictions read in WGS84 into the city's frame; one whose junction
@@ -755,6 +893,8 @@ pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts
         skipped: SkipCounts::default(),
         load_ms: 0.0,
         attribution: None,
+        format: None,
+        schema: schema::SchemaReport::default(),
     };
     for r in results {
         match r {

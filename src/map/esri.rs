@@ -1,0 +1,367 @@
+//! Esri JSON (what an ArcGIS REST service answers to `query?f=json`, and what ArcGIS
+//! exports as "JSON"): `features[].attributes` and `features[].geometry` with `rings`,
+//! `paths` or `x`/`y`, in the layer's `spatialReference`.
+//!
+//! Rings follow Esri's rule: outer rings clockwise, holes counter-clockwise, several
+//! outer rings in one polygon when it has several pieces. A feature whose geometry
+//! or attributes cannot be decoded is skipped and counted, never fatal.
+
+use rayon::prelude::*;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{MapError, RawFeature, RawGeometry, SkipCounts, SkipReason, Tags};
+
+/// The layer's spatial reference as the file gives it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct SpatialReference {
+    pub wkid: Option<u32>,
+    #[serde(rename = "latestWkid")]
+    pub latest_wkid: Option<u32>,
+    pub wkt: Option<String>,
+}
+
+impl SpatialReference {
+    /// The code to read it by: the current one when both are given (e.g. 3857 for
+    /// 102100).
+    pub fn code(&self) -> Option<u32> {
+        self.latest_wkid.or(self.wkid)
+    }
+}
+
+#[derive(Deserialize)]
+struct Document<'a> {
+    #[serde(default, rename = "spatialReference")]
+    spatial_reference: Option<SpatialReference>,
+    #[serde(borrow, default)]
+    fields: Vec<Field<'a>>,
+    #[serde(borrow, default)]
+    features: Option<Vec<FeatureJson<'a>>>,
+    /// An error answer from an ArcGIS server (`{"error": {...}}`).
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Field<'a> {
+    name: &'a str,
+    #[serde(rename = "type", default)]
+    kind: Option<&'a str>,
+    #[serde(default)]
+    alias: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FeatureJson<'a> {
+    #[serde(borrow, default)]
+    attributes: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    geometry: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct GeometryJson {
+    #[serde(default)]
+    rings: Option<Vec<Vec<Vec<f64>>>>,
+    #[serde(default)]
+    paths: Option<Vec<Vec<Vec<f64>>>>,
+    #[serde(default)]
+    x: Option<f64>,
+    #[serde(default)]
+    points: Option<serde::de::IgnoredAny>,
+}
+
+/// Whether `head` (the start of a JSON file) looks like Esri JSON rather than GeoJSON.
+pub fn looks_like_esri(head: &[u8]) -> bool {
+    let has = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
+    !has(b"\"FeatureCollection\"")
+        && (has(b"\"geometryType\"")
+            || has(b"\"spatialReference\"")
+            || (has(b"\"attributes\"") && has(b"\"features\"")))
+}
+
+/// Reads an Esri JSON layer: its features (coordinates as the file has them, in its
+/// spatial reference) and what was skipped.
+pub fn read_features(
+    bytes: &[u8],
+    source_name: &str,
+) -> Result<(Vec<RawFeature>, SkipCounts, SpatialReference), MapError> {
+    let error = |message: String| MapError::EsriJson {
+        source_name: source_name.to_string(),
+        message,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| error(format!("not UTF-8 text ({e})")))?;
+    let doc: Document = serde_json::from_str(text).map_err(|e| error(e.to_string()))?;
+    if let Some(e) = doc.error {
+        return Err(error(format!("the server answered an error: {}", e.get())));
+    }
+    let Some(features) = doc.features else {
+        return Err(error("no \"features\" array".into()));
+    };
+    // The feature's id: the layer's object-id field, else OBJECTID or FID.
+    let oid = doc
+        .fields
+        .iter()
+        .find(|f| f.kind == Some("esriFieldTypeOID"))
+        .map(|f| f.name.to_string());
+    let aliases: Vec<(String, String)> = doc
+        .fields
+        .iter()
+        .filter_map(|f| {
+            let alias = f.alias.as_ref()?.trim();
+            (!alias.is_empty() && alias != f.name).then(|| (f.name.to_string(), alias.into()))
+        })
+        .collect();
+    let decoded: Vec<Result<RawFeature, SkipReason>> = features
+        .par_iter()
+        .enumerate()
+        .with_min_len(256)
+        .map(|(i, f)| decode_feature(i, f, oid.as_deref(), &aliases))
+        .collect();
+    let mut skipped = SkipCounts::default();
+    let mut out = Vec::with_capacity(decoded.len());
+    for d in decoded {
+        match d {
+            Ok(f) => out.push(f),
+            Err(reason) => skipped.add(reason),
+        }
+    }
+    Ok((out, skipped, doc.spatial_reference.unwrap_or_default()))
+}
+
+fn decode_feature(
+    index: usize,
+    f: &FeatureJson,
+    oid: Option<&str>,
+    aliases: &[(String, String)],
+) -> Result<RawFeature, SkipReason> {
+    let mut tags = decode_attributes(f.attributes);
+    let geometry = decode_geometry(f.geometry)?;
+    let id_field = oid
+        .and_then(|o| tags.iter().find(|(k, _)| k == o))
+        .or_else(|| {
+            tags.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("objectid") || k.eq_ignore_ascii_case("fid"))
+        });
+    let id = match id_field {
+        Some((_, v)) => format!("feature/{v}"),
+        None => format!("feature/{index}"),
+    };
+    // A field's alias (often its name in the agency's language) names it too.
+    for (name, alias) in aliases {
+        if let Some(value) = tags.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            && !tags.iter().any(|(k, _)| k == alias)
+        {
+            tags.push((alias.clone(), value));
+        }
+    }
+    Ok(RawFeature { id, tags, geometry })
+}
+
+/// Attributes as string tags: strings as they are, other values as compact JSON.
+fn decode_attributes(raw: Option<&RawValue>) -> Tags {
+    let Some(raw) = raw else { return Vec::new() };
+    let Ok(map) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
+    else {
+        return Vec::new();
+    };
+    map.into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+fn xy(points: Vec<Vec<f64>>) -> Result<Vec<[f64; 2]>, SkipReason> {
+    points
+        .into_iter()
+        .map(|p| match p.as_slice() {
+            [x, y, ..] => Ok([*x, *y]),
+            _ => Err(SkipReason::BadCoordinates),
+        })
+        .collect()
+}
+
+fn decode_geometry(raw: Option<&RawValue>) -> Result<RawGeometry, SkipReason> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+        return Ok(RawGeometry::Null);
+    };
+    let g: GeometryJson =
+        serde_json::from_str(raw.get()).map_err(|_| SkipReason::BadCoordinates)?;
+    if let Some(rings) = g.rings {
+        let rings = rings.into_iter().map(xy).collect::<Result<Vec<_>, _>>()?;
+        return Ok(polygon_of_rings(rings));
+    }
+    if let Some(paths) = g.paths {
+        let mut lines = paths.into_iter().map(xy).collect::<Result<Vec<_>, _>>()?;
+        return Ok(match lines.len() {
+            0 => RawGeometry::Null,
+            1 => RawGeometry::Line(lines.remove(0)),
+            _ => RawGeometry::MultiLine(lines),
+        });
+    }
+    if g.x.is_some() || g.points.is_some() {
+        return Ok(RawGeometry::Point);
+    }
+    Ok(RawGeometry::Null)
+}
+
+/// Twice the signed area (positive counter-clockwise, x right and y up).
+fn signed_area2(ring: &[[f64; 2]]) -> f64 {
+    ring.iter()
+        .zip(ring.iter().cycle().skip(1))
+        .map(|(a, b)| a[0] * b[1] - b[0] * a[1])
+        .sum()
+}
+
+fn bbox(ring: &[[f64; 2]]) -> [f64; 4] {
+    ring.iter().fold(
+        [f64::MAX, f64::MAX, f64::MIN, f64::MIN],
+        |[a, b, c, d], p| [a.min(p[0]), b.min(p[1]), c.max(p[0]), d.max(p[1])],
+    )
+}
+
+/// Even-odd test of a point against a ring.
+fn inside(p: [f64; 2], ring: &[[f64; 2]]) -> bool {
+    let mut inside = false;
+    let n = ring.len();
+    for i in 0..n {
+        let (a, b) = (ring[i], ring[(i + 1) % n]);
+        if (a[1] > p[1]) != (b[1] > p[1]) {
+            let x = a[0] + (p[1] - a[1]) / (b[1] - a[1]) * (b[0] - a[0]);
+            if p[0] < x {
+                inside = !inside;
+            }
+        }
+    }
+    inside
+}
+
+/// Esri's rings as polygons: clockwise rings are outers, counter-clockwise ones holes
+/// of the smallest outer they lie in. A layer whose rings all turn the same way
+/// (written by a tool that ignores the rule) has no holes: every ring is an outer.
+fn polygon_of_rings(rings: Vec<Vec<[f64; 2]>>) -> RawGeometry {
+    let rings: Vec<Vec<[f64; 2]>> = rings.into_iter().filter(|r| !r.is_empty()).collect();
+    let areas: Vec<f64> = rings.iter().map(|r| signed_area2(r)).collect();
+    let clockwise = |i: usize| areas[i] < 0.0;
+    let all_one_way = (0..rings.len()).all(clockwise) || !(0..rings.len()).any(clockwise);
+    let outers: Vec<usize> = (0..rings.len())
+        .filter(|&i| all_one_way || clockwise(i))
+        .collect();
+    let boxes: Vec<[f64; 4]> = rings.iter().map(|r| bbox(r)).collect();
+    let mut polygons: Vec<Vec<Vec<[f64; 2]>>> =
+        outers.iter().map(|&i| vec![rings[i].clone()]).collect();
+    if !all_one_way {
+        for (h, hole) in rings.iter().enumerate().filter(|(i, _)| !clockwise(*i)) {
+            let p = hole[0];
+            let hb = boxes[h];
+            let owner = outers
+                .iter()
+                .enumerate()
+                .filter(|&(_, &o)| {
+                    let b = boxes[o];
+                    b[0] <= hb[0] && b[1] <= hb[1] && b[2] >= hb[2] && b[3] >= hb[3]
+                })
+                .filter(|&(_, &o)| inside(p, &rings[o]))
+                .min_by(|(_, a), (_, b)| areas[**a].abs().total_cmp(&areas[**b].abs()))
+                .map(|(k, _)| k);
+            // A hole in no outer is dropped, as a misplaced hole elsewhere.
+            if let Some(k) = owner {
+                polygons[k].push(hole.clone());
+            }
+        }
+    }
+    match polygons.len() {
+        0 => RawGeometry::Null,
+        1 => RawGeometry::Polygon(polygons.remove(0)),
+        _ => RawGeometry::MultiPolygon(polygons),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A square at (x, y) of side s, clockwise (an Esri outer) or not (a hole).
+    fn square(x: f64, y: f64, s: f64, clockwise: bool) -> String {
+        let mut pts = vec![[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]];
+        if clockwise {
+            pts.reverse();
+        }
+        serde_json::to_string(&pts).unwrap()
+    }
+
+    #[test]
+    fn rings_attributes_aliases_and_ids_are_read() {
+        let text = format!(
+            r#"{{"displayFieldName":"NAME","geometryType":"esriGeometryPolygon",
+              "spatialReference":{{"wkid":102100,"latestWkid":3857}},
+              "fields":[{{"name":"OBJECTID","type":"esriFieldTypeOID","alias":"OBJECTID"}},
+                        {{"name":"JZGD","type":"esriFieldTypeDouble","alias":"高度"}},
+                        {{"name":"NAME","type":"esriFieldTypeString","alias":"名称"}}],
+              "features":[
+                {{"attributes":{{"OBJECTID":17,"JZGD":24.5,"NAME":"图书馆"}},
+                  "geometry":{{"rings":[{},{}]}}}},
+                {{"attributes":{{"OBJECTID":18,"JZGD":null}},
+                  "geometry":{{"rings":[{},{}]}}}},
+                {{"attributes":{{"OBJECTID":19}},"geometry":{{"paths":[[[0,0],[10,10]]]}}}},
+                {{"attributes":{{"OBJECTID":20}},"geometry":{{"x":1,"y":2}}}},
+                {{"attributes":{{"OBJECTID":21}},"geometry":{{"rings":[[[0,"a"]]]}}}}
+              ]}}"#,
+            square(0.0, 0.0, 100.0, true),
+            square(10.0, 10.0, 20.0, false),
+            square(0.0, 0.0, 10.0, true),
+            square(50.0, 50.0, 10.0, true),
+        );
+        assert!(looks_like_esri(text.as_bytes()));
+        let (features, skipped, sr) = read_features(text.as_bytes(), "t.json").unwrap();
+        assert_eq!(sr.code(), Some(3857));
+        assert_eq!(skipped.get(SkipReason::BadCoordinates), 1);
+        assert_eq!(features.len(), 4);
+        let library = &features[0];
+        assert_eq!(library.id, "feature/17");
+        let tag = |f: &RawFeature, k: &str| {
+            f.tags
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(tag(library, "JZGD").as_deref(), Some("24.5"));
+        assert_eq!(
+            tag(library, "高度").as_deref(),
+            Some("24.5"),
+            "by its alias"
+        );
+        assert_eq!(tag(library, "名称").as_deref(), Some("图书馆"));
+        // One outer with its hole.
+        match &library.geometry {
+            RawGeometry::Polygon(rings) => assert_eq!(rings.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        // Two clockwise rings: one polygon in two pieces.
+        match &features[1].geometry {
+            RawGeometry::MultiPolygon(ps) => assert_eq!(ps.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(features[2].geometry, RawGeometry::Line(_)));
+        assert_eq!(features[3].geometry, RawGeometry::Point);
+    }
+
+    #[test]
+    fn a_server_error_and_a_geojson_file_are_told_apart() {
+        let err = read_features(
+            br#"{"error":{"code":400,"message":"Invalid query"}}"#,
+            "q.json",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("Invalid query"), "{err}");
+        assert!(!looks_like_esri(
+            br#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"attributes":1}}]}"#
+        ));
+    }
+}
