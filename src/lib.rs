@@ -21,6 +21,7 @@ pub mod governance;
 pub mod hall;
 pub mod http;
 pub mod map;
+pub mod memory;
 pub mod model;
 pub mod nats;
 pub mod sim;

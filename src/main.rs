@@ -1621,6 +1621,8 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
     }
     let (nats, hall) = hall_nats(cli, "hub")?;
     let setup = desk_setup(cli, false)?;
+    // A hub runs for weeks: freed memory goes back to the system.
+    let _trimmer = zhongshu::memory::Trimmer::start(zhongshu::memory::TRIM_EVERY);
     // SAFETY: plain handlers that only store to an atomic.
     unsafe {
         libc::signal(

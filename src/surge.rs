@@ -1330,6 +1330,7 @@ pub fn run_headless(
     mut on_sample: impl FnMut(&DrillSample),
 ) -> anyhow::Result<DrillOutcome> {
     options.check()?;
+    let _trimmer = crate::memory::Trimmer::start(crate::memory::TRIM_EVERY);
     let log = DrillLog::new(options.db.as_deref())?;
     let mut drill = Drill::prepare(options, &log, false, HEADLESS_FRAME)?;
     let city = crate::map::load_default()?;

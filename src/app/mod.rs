@@ -268,6 +268,8 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     if let Some(run) = options.drill {
         drill::add(&mut app, run);
     }
+    // A console runs for a whole shift: freed memory goes back to the system.
+    let _trimmer = crate::memory::Trimmer::start(crate::memory::TRIM_EVERY);
     match app.run() {
         AppExit::Success => Ok(()),
         AppExit::Error(code) => anyhow::bail!("the app exited with error code {code}"),
