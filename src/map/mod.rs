@@ -5,6 +5,7 @@
 //! [`CityMap`] in local metres. Nothing downstream ever sees OSM tags' raw structure
 //! or a file format: only buildings, roads, water, green and districts.
 
+pub mod crs;
 pub mod footprint;
 pub mod geojson;
 pub mod graph;
@@ -475,6 +476,8 @@ pub struct CityMap {
     pub load_ms: f64,
     /// Attribution the data's licence requires to be shown (OSM data: ODbL).
     pub attribution: Option<String>,
+    /// The CRS the file was read in and the offset undone (converted at load).
+    pub crs: crs::CrsReport,
 }
 
 impl CityMap {
@@ -518,6 +521,12 @@ pub enum MapError {
         "{source_name}: no drawable features (buildings, roads, water, green or districts) found; {skipped} features skipped"
     )]
     Empty { source_name: String, skipped: u64 },
+    /// The CRS is not understood, or the coordinates do not fit it.
+    #[error("{source_name}: {error}")]
+    Crs {
+        source_name: String,
+        error: crs::CrsError,
+    },
 }
 
 /// Map file formats Zhongshu reads.
@@ -548,8 +557,13 @@ impl MapFormat {
     }
 }
 
-/// Loads a map file (`.osm.pbf` or GeoJSON).
+/// Loads a map file (`.osm.pbf` or GeoJSON) in the coordinates the file says.
 pub fn load_path(path: &Path) -> Result<CityMap, MapError> {
+    load_path_with(path, &crs::MapCoords::default())
+}
+
+/// Loads a map file, reading its coordinates as `coords` says (`--crs`, `--coords`).
+pub fn load_path_with(path: &Path, coords: &crs::MapCoords) -> Result<CityMap, MapError> {
     let bytes = std::fs::read(path).map_err(|source| MapError::Io {
         path: path.to_path_buf(),
         source,
@@ -569,7 +583,7 @@ pub fn load_path(path: &Path) -> Result<CityMap, MapError> {
         .trim_end_matches(".geojson")
         .trim_end_matches(".json")
         .to_string();
-    load_bytes(&bytes, format, &name, &path.display().to_string())
+    load_bytes_with(&bytes, format, &name, &path.display().to_string(), coords)
 }
 
 /// Loads a map from bytes already in memory.
@@ -579,15 +593,38 @@ pub fn load_bytes(
     name: &str,
     source_name: &str,
 ) -> Result<CityMap, MapError> {
+    load_bytes_with(bytes, format, name, source_name, &crs::MapCoords::default())
+}
+
+/// Loads a map from bytes, reading its coordinates as `coords` says.
+pub fn load_bytes_with(
+    bytes: &[u8],
+    format: MapFormat,
+    name: &str,
+    source_name: &str,
+    coords: &crs::MapCoords,
+) -> Result<CityMap, MapError> {
     let start = Instant::now();
-    let (features, restrictions, skipped) = match format {
-        MapFormat::OsmPbf => osm::read_map(bytes, source_name)?,
+    let (mut features, restrictions, skipped, file_crs) = match format {
+        MapFormat::OsmPbf => {
+            let (features, restrictions, skipped) = osm::read_map(bytes, source_name)?;
+            (features, restrictions, skipped, None)
+        }
         MapFormat::GeoJson => {
-            let (features, skipped) = geojson::read_features(bytes, source_name)?;
-            (features, Vec::new(), skipped)
+            let (features, skipped, file_crs) = geojson::read_features_and_crs(bytes, source_name)?;
+            (features, Vec::new(), skipped, file_crs)
         }
     };
+    // Converted once, here: everything after this is WGS84 degrees.
+    let fixed_wgs84 = format == MapFormat::OsmPbf;
+    let crs = crs::to_wgs84_at_boundary(&mut features, file_crs, coords, fixed_wgs84).map_err(
+        |error| MapError::Crs {
+            source_name: source_name.to_string(),
+            error,
+        },
+    )?;
     let mut map = build_city(name, features, skipped);
+    map.crs = crs;
     add_turn_restrictions(&mut map, restrictions);
     if format == MapFormat::OsmPbf {
         map.attribution = Some(OSM_ATTRIBUTION.to_string());
@@ -755,6 +792,7 @@ pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts
         skipped: SkipCounts::default(),
         load_ms: 0.0,
         attribution: None,
+        crs: crs::CrsReport::default(),
     };
     for r in results {
         match r {
