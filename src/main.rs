@@ -25,6 +25,16 @@ struct Cli {
     /// Without it, the embedded default city (Helsinki centre).
     #[arg(long, global = true)]
     map: Option<PathBuf>,
+    /// The CRS of the map's coordinates when the file does not say (or says wrong):
+    /// EPSG:n, e.g. EPSG:4547 (CGCS2000 3-degree Gauss-Krüger CM 114E), EPSG:32650
+    /// (UTM 50N), EPSG:3857 (Web Mercator), EPSG:4490 (CGCS2000). Wins over the
+    /// file's own `crs` member. Default: what the file says, else WGS84 degrees.
+    #[arg(long, global = true, value_name = "EPSG:n")]
+    crs: Option<map::crs::Crs>,
+    /// The map's longitude/latitude are China's offset GCJ-02 (Amap, Tencent) or BD-09
+    /// (Baidu): undone to WGS84 at load.
+    #[arg(long, global = true, value_name = "wgs84|gcj02|bd09", default_value_t)]
+    coords: map::crs::Coords,
     /// Start looking at LON,LAT (WGS84) from DISTANCE metres away (default 600).
     #[arg(long, global = true, value_name = "LON,LAT[,DISTANCE]")]
     look_at: Option<String>,
@@ -540,14 +550,26 @@ fn parse_look_at(text: &str) -> anyhow::Result<[f64; 3]> {
     }
 }
 
+/// `--crs` and `--coords`: how to read the map's coordinates.
+fn map_coords(cli: &Cli) -> map::crs::MapCoords {
+    map::crs::MapCoords {
+        crs: cli.crs,
+        coords: cli.coords,
+    }
+}
+
 /// `--timezone NAME`, checked against the IANA database before anything else runs.
 fn timezone_flag(name: Option<&str>) -> anyhow::Result<Option<CityTime>> {
     name.map(|name| CityTime::from_flag(name).context("--timezone"))
         .transpose()
 }
 
-fn map_info(path: &std::path::Path, timezone: Option<CityTime>) -> anyhow::Result<()> {
-    let city = map::load_path(path)?;
+fn map_info(
+    path: &std::path::Path,
+    coords: &map::crs::MapCoords,
+    timezone: Option<CityTime>,
+) -> anyhow::Result<()> {
+    let city = map::load_path_with(path, coords)?;
     let time = CityTime::resolve(timezone, city.frame.origin_lon, city.frame.origin_lat);
     let t = Instant::now();
     let meshes = map::mesh::build_city_meshes(&city);
@@ -566,28 +588,43 @@ fn map_info(path: &std::path::Path, timezone: Option<CityTime>) -> anyhow::Resul
         "bbox": city.bbox_wgs84,
         "origin": [city.frame.origin_lon, city.frame.origin_lat],
         "timezone": time.to_json(),
+        "crs": city.crs,
         "load_ms": (city.load_ms * 10.0).round() / 10.0,
         "mesh_ms": (mesh_ms * 10.0).round() / 10.0,
         "chunks": meshes.chunks.len(),
         "triangles": meshes.triangle_count(),
     });
+    let mut info = info;
+    if city.crs.coords != map::crs::Coords::Wgs84 {
+        info["coords"] = city.crs.coords.as_str().into();
+    }
     println!("{info}");
     Ok(())
 }
 
-fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Result<()> {
+fn bench_map(
+    buildings: usize,
+    file: Option<PathBuf>,
+    seed: u64,
+    coords: &map::crs::MapCoords,
+) -> anyhow::Result<()> {
     let (path, generated, generate_ms) = match file {
         Some(p) if p.exists() => (p, false, None),
         other => {
             let path = other.unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("zhongshu-bench-{buildings}-{seed}.geojson"))
+                let crs = coords
+                    .crs
+                    .and_then(|c| c.epsg())
+                    .map(|c| format!("-epsg{c}"));
+                let crs = crs.unwrap_or_default();
+                std::env::temp_dir().join(format!("zhongshu-bench-{buildings}-{seed}{crs}.geojson"))
             });
             eprintln!(
                 "generating {buildings} buildings into {} ...",
                 path.display()
             );
             let t = Instant::now();
-            bench::generate_city_geojson(&path, buildings, seed)
+            bench::generate_city_geojson_in(&path, buildings, seed, coords.crs.as_ref())
                 .with_context(|| format!("cannot write {}", path.display()))?;
             (path, true, Some(t.elapsed().as_secs_f64() * 1000.0))
         }
@@ -595,7 +632,11 @@ fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Resu
     // Measure in a fresh process so the generator's memory does not count as peak.
     if generated {
         let exe = std::env::current_exe()?;
-        let status = std::process::Command::new(exe)
+        let mut child = std::process::Command::new(exe);
+        if let Some(code) = coords.crs.and_then(|c| c.epsg()) {
+            child.arg(format!("--crs=EPSG:{code}"));
+        }
+        let status = child
             .args(["bench", "map", "--file"])
             .arg(&path)
             .env(
@@ -611,15 +652,21 @@ fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Resu
     let generate_ms = std::env::var("ZHONGSHU_GENERATE_MS")
         .ok()
         .and_then(|v| v.parse().ok());
-    let report = bench::bench_map_file(&path, generate_ms)?;
+    let report = bench::bench_map_file(&path, generate_ms, coords)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 
 /// The map given with `--map`, else the embedded default city.
-fn load_city(map_path: Option<&std::path::Path>) -> anyhow::Result<map::CityMap> {
+fn load_city(
+    map_path: Option<&std::path::Path>,
+    coords: &map::crs::MapCoords,
+) -> anyhow::Result<map::CityMap> {
     Ok(match map_path {
-        Some(p) => map::load_path(p)?,
+        Some(p) => map::load_path_with(p, coords)?,
+        None if *coords != map::crs::MapCoords::default() => {
+            bail!("--crs and --coords describe a map given with --map")
+        }
         None => map::load_default()?,
     })
 }
@@ -659,12 +706,13 @@ fn catalog(
     feeds_path: &std::path::Path,
     for_secs: f64,
     map_path: Option<&std::path::Path>,
+    coords: &map::crs::MapCoords,
 ) -> anyhow::Result<()> {
     if !(0.0..=86_400.0).contains(&for_secs) {
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
     }
     let setup = zhongshu::feeds::config::load_setup(feeds_path)?;
-    let city = load_city(map_path)?;
+    let city = load_city(map_path, coords)?;
     let feeds = setup.feeds.clone();
     let (_, ingest) = run_feeds_for(setup, &city, for_secs);
     let catalog = zhongshu::governance::catalog::dcat_catalog(&city.name, &feeds, &ingest.schemas);
@@ -676,6 +724,7 @@ fn feeds_check(
     feeds_path: &std::path::Path,
     for_secs: f64,
     map_path: Option<&std::path::Path>,
+    coords: &map::crs::MapCoords,
 ) -> anyhow::Result<()> {
     use zhongshu::clock::unix_ms_now;
 
@@ -683,7 +732,7 @@ fn feeds_check(
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
     }
     let setup = zhongshu::feeds::config::load_setup(feeds_path)?;
-    let city = load_city(map_path)?;
+    let city = load_city(map_path, coords)?;
     let feeds = setup.feeds.clone();
     let (state, ingest) = run_feeds_for(setup, &city, for_secs);
     let now = unix_ms_now();
@@ -1050,6 +1099,7 @@ fn status_api_reach(
 fn run(mut cli: Cli) -> anyhow::Result<()> {
     let look_at = cli.look_at.as_deref().map(parse_look_at).transpose()?;
     let timezone = timezone_flag(cli.timezone.as_deref())?;
+    let map_coords = map_coords(&cli);
     let command = cli.command.take().unwrap_or(Command::Run);
     // (`bench hub` makes halls of its own on the server it is given.)
     if cli.nats.is_some() != cli.hall.is_some()
@@ -1063,6 +1113,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             desk.hall = hall_console(&cli)?;
             app::run(AppOptions {
                 map: cli.map,
+                map_coords,
                 look_at,
                 select: cli.select,
                 feeds: cli.feeds,
@@ -1088,6 +1139,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             };
             app::run(AppOptions {
                 map: cli.map,
+                map_coords,
                 look_at,
                 select: cli.select,
                 feeds: cli.feeds,
@@ -1099,9 +1151,9 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 drill: None,
             })
         }
-        Command::MapInfo { path } => map_info(&path, timezone),
+        Command::MapInfo { path } => map_info(&path, &map_coords, timezone),
         Command::ServeSim { addr, seed } => {
-            let city = load_city(cli.map.as_deref())?;
+            let city = load_city(cli.map.as_deref(), &map_coords)?;
             let mut config = zhongshu::sim::SimConfig::for_map(&city);
             config.seed = seed;
             let sim = zhongshu::sim::Simulator::new(&city, config, zhongshu::clock::unix_ms_now());
@@ -1206,13 +1258,13 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             let Some(feeds) = cli.feeds.as_deref() else {
                 bail!("catalog needs --feeds FILE");
             };
-            catalog(feeds, for_secs, cli.map.as_deref())
+            catalog(feeds, for_secs, cli.map.as_deref(), &map_coords)
         }
         Command::FeedsCheck { for_secs } => {
             let Some(feeds) = cli.feeds.as_deref() else {
                 bail!("feeds-check needs --feeds FILE");
             };
-            feeds_check(feeds, for_secs, cli.map.as_deref())
+            feeds_check(feeds, for_secs, cli.map.as_deref(), &map_coords)
         }
         Command::Bench(BenchCommand::Ingest { entities, rounds }) => {
             println!(
@@ -1464,7 +1516,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             buildings,
             file,
             seed,
-        }) => bench_map(buildings, file, seed),
+        }) => bench_map(buildings, file, seed, &map_coords),
         Command::Bench(BenchCommand::Fuzz {
             target,
             inputs,
@@ -1623,7 +1675,7 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
     };
     // The hall's feeds, on its map; the simulated sub-brains only in demo mode (they
     // would raise made-up incidents in a real hall).
-    let city = load_city(cli.map.as_deref())?;
+    let city = load_city(cli.map.as_deref(), &map_coords(cli))?;
     let live = match &cli.feeds {
         Some(path) => Some(zhongshu::feeds::config::load_setup(path)?),
         None if setup.demo => Some(zhongshu::feeds::config::FeedsSetup {

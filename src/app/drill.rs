@@ -91,6 +91,7 @@ pub fn run(
     let outcome: Slot = Default::default();
     super::run(AppOptions {
         map: None,
+        map_coords: Default::default(),
         look_at: None,
         select: None,
         feeds: None,

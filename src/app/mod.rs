@@ -34,6 +34,8 @@ use camera::CameraRig;
 /// What the `zhongshu` binary asked the app to do.
 pub struct AppOptions {
     pub map: Option<PathBuf>,
+    /// `--crs`, `--coords`: how to read the map's coordinates.
+    pub map_coords: map::crs::MapCoords,
     /// Initial view: longitude, latitude, distance in metres.
     pub look_at: Option<[f64; 3]>,
     /// Building id to select at start.
@@ -126,7 +128,10 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let ui_scale = WindowUiScale::checked(options.ui_scale)?;
     let map = match &options.map {
-        Some(path) => map::load_path(path)?,
+        Some(path) => map::load_path_with(path, &options.map_coords)?,
+        None if options.map_coords != Default::default() => {
+            anyhow::bail!("--crs and --coords describe a map given with --map")
+        }
         None => map::load_default().context("the embedded default map failed to load")?,
     };
     eprintln!(

@@ -749,7 +749,7 @@ fn match_transverse_mercator(
 
 /// Which longitude/latitude a source's positions are: WGS 84, or China's offset GCJ-02
 /// or BD-09 (`--coords`, a feed's `coords`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Coords {
     #[default]
@@ -787,6 +787,14 @@ impl fmt::Display for Coords {
     }
 }
 
+impl<'de> Deserialize<'de> for Coords {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Coords, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Coords {
     type Err = String;
 
@@ -810,9 +818,10 @@ impl FromStr for Coords {
 enum Inverse {
     Identity,
     WebMercator,
+    /// Boxed: a `Proj` is a kilobyte, and one `Inverse` serves a whole map.
     Proj {
-        from: proj4rs::Proj,
-        to: proj4rs::Proj,
+        from: Box<proj4rs::Proj>,
+        to: Box<proj4rs::Proj>,
     },
 }
 
@@ -834,8 +843,8 @@ impl Inverse {
         // Both ends on the same ellipsoid: no datum shift (CGCS2000 is read as WGS 84).
         let to = format!("+proj=longlat +ellps={} +no_defs", datum.ellps());
         Ok(Inverse::Proj {
-            from: proj4rs::Proj::from_proj_string(&proj).map_err(error)?,
-            to: proj4rs::Proj::from_proj_string(&to).map_err(error)?,
+            from: Box::new(proj4rs::Proj::from_proj_string(&proj).map_err(error)?),
+            to: Box::new(proj4rs::Proj::from_proj_string(&to).map_err(error)?),
         })
     }
 
@@ -915,28 +924,34 @@ pub fn features_to_wgs84(features: &mut Vec<RawFeature>, crs: &Crs) -> Result<()
 /// Projects WGS 84 `[lon, lat]` points into `crs`, in place: what loading undoes.
 /// For fixtures and benchmarks that write files in a projected CRS.
 pub fn project_from_wgs84(points: &mut [[f64; 2]], crs: &Crs) -> Result<(), CrsError> {
-    match Inverse::new(crs)? {
-        Inverse::Identity => {}
-        Inverse::WebMercator => {
-            for p in points.iter_mut() {
-                let (x, y) = coordtransform::wgs84_to_epsg3857(p[0], p[1]);
-                *p = [x, y];
-            }
-        }
-        Inverse::Proj { from, to } => {
-            for p in points.iter_mut() {
-                let mut q = (p[0].to_radians(), p[1].to_radians());
-                proj4rs::transform::transform(&to, &from, &mut q).map_err(|e| {
-                    CrsError::Projection {
-                        crs: crs.label(),
-                        message: e.to_string(),
-                    }
-                })?;
-                *p = [q.0, q.1];
-            }
-        }
+    let project = wgs84_projector(crs)?;
+    for p in points.iter_mut() {
+        *p = project(*p)?;
     }
     Ok(())
+}
+
+/// A function projecting WGS 84 `[lon, lat]` into `crs` (set up once, used many times).
+pub fn wgs84_projector(
+    crs: &Crs,
+) -> Result<impl Fn([f64; 2]) -> Result<[f64; 2], CrsError> + Send + Sync, CrsError> {
+    let inverse = Inverse::new(crs)?;
+    let label = crs.label();
+    Ok(move |p: [f64; 2]| match &inverse {
+        Inverse::Identity => Ok(p),
+        Inverse::WebMercator => {
+            let (x, y) = coordtransform::wgs84_to_epsg3857(p[0], p[1]);
+            Ok([x, y])
+        }
+        Inverse::Proj { from, to } => {
+            let mut q = (p[0].to_radians(), p[1].to_radians());
+            proj4rs::transform::transform(to, from, &mut q).map_err(|e| CrsError::Projection {
+                crs: label.clone(),
+                message: e.to_string(),
+            })?;
+            Ok([q.0, q.1])
+        }
+    })
 }
 
 /// Shifts every feature's GCJ-02 or BD-09 positions to WGS 84, in place.
@@ -988,6 +1003,9 @@ pub struct CrsReport {
     /// The offset undone (`gcj02`, `bd09`); `wgs84` when none.
     #[serde(skip)]
     pub coords: Coords,
+    /// Time spent converting, milliseconds (for the benchmark).
+    #[serde(skip)]
+    pub convert_ms: f64,
 }
 
 impl Default for CrsReport {
@@ -997,6 +1015,7 @@ impl Default for CrsReport {
             source: CrsSource::Default,
             file_says: None,
             coords: Coords::Wgs84,
+            convert_ms: 0.0,
         }
     }
 }
@@ -1034,6 +1053,7 @@ pub fn to_wgs84_at_boundary(
             )));
         }
     }
+    let start = std::time::Instant::now();
     let (crs, source) = match (options.crs, file_crs) {
         _ if fixed_wgs84 => (Crs::Wgs84, CrsSource::Format),
         (Some(flag), _) => (flag, CrsSource::Flag),
@@ -1067,6 +1087,7 @@ pub fn to_wgs84_at_boundary(
             .filter(|f| source == CrsSource::Flag && Some(*f) != options.crs)
             .map(|f| f.label()),
         coords: options.coords,
+        convert_ms: start.elapsed().as_secs_f64() * 1000.0,
     })
 }
 
@@ -1306,15 +1327,15 @@ mod tests {
         let shanghai = [121.4737, 31.2304];
         let sydney = [151.2153, -33.8568];
         let cases: [(u32, [f64; 2], [f64; 2]); 9] = [
-            (4547, [505_955.8462, 2_493_941.2457], shenzhen),
-            (4547, [705_014.8807, 4_422_144.4302], beijing),
-            (4526, [38_505_955.8462, 2_493_941.2457], shenzhen),
-            (4527, [39_448_481.5746, 4_419_565.4353], beijing),
-            (4509, [197_268.2385, 2_496_921.7097], shenzhen),
-            (4549, [640_412.3150, 3_457_455.4886], shanghai),
-            (32650, [448_502.1820, 4_417_797.6093], beijing),
-            (3857, [13_522_390.4288, 3_662_707.2571], shanghai),
-            (32756, [334_900.5697, 6_252_288.7529], sydney),
+            (4547, [505955.8462, 2493941.2457], shenzhen),
+            (4547, [705014.8807, 4422144.4302], beijing),
+            (4526, [38505955.8462, 2493941.2457], shenzhen),
+            (4527, [39448481.5746, 4419565.4353], beijing),
+            (4509, [197268.2385, 2496921.7097], shenzhen),
+            (4549, [640412.3150, 3457455.4886], shanghai),
+            (32650, [448502.1820, 4417797.6093], beijing),
+            (3857, [13522390.4288, 3662707.2571], shanghai),
+            (32756, [334900.5697, 6252288.7529], sydney),
         ];
         for (code, xy, expected) in cases {
             let crs = Crs::from_epsg(code).unwrap();
@@ -1365,7 +1386,7 @@ mod tests {
     #[test]
     fn the_flag_wins_over_the_file_and_says_so() {
         let gk = Crs::from_epsg(4547).unwrap();
-        let mut f = line(&[[505_955.8462, 2_493_941.2457]]);
+        let mut f = line(&[[505955.8462, 2493941.2457]]);
         let flags = MapCoords {
             crs: Some(gk),
             coords: Coords::Wgs84,
