@@ -120,6 +120,10 @@ pub enum CrsError {
         "coordinates look like degrees (e.g. {x}, {y}), not the metres of {crs}: leave --crs out or give the CRS the file is really in"
     )]
     LooksLikeDegrees { crs: String, x: f64, y: f64 },
+    #[error(
+        "coordinates do not fit {crs}: (e.g. {x}, {y}) is more than 1000 km east or west of its central meridian; are easting and northing swapped, or is it another zone?"
+    )]
+    OutsideZone { crs: String, x: f64, y: f64 },
     #[error("{0} does not apply: an OSM PBF is always WGS 84 longitude/latitude")]
     FlagDoesNotApply(String),
     #[error("cannot undo {crs}: {message}")]
@@ -232,6 +236,22 @@ impl Crs {
         match self.epsg() {
             Some(code) => format!("EPSG:{code} ({})", self.name()),
             None => self.name(),
+        }
+    }
+
+    /// The false easting of a transverse Mercator (UTM, Gauss-Krüger), metres.
+    fn false_easting(&self) -> Option<f64> {
+        match *self {
+            Crs::Utm { .. } => Some(500_000.0),
+            Crs::GaussKruger {
+                zone, zone_prefix, ..
+            } => Some(if zone_prefix {
+                f64::from(zone) * 1e6 + 500_000.0
+            } else {
+                500_000.0
+            }),
+            Crs::TransverseMercator { false_easting, .. } => Some(false_easting),
+            _ => None,
         }
     }
 
@@ -914,6 +934,17 @@ pub fn features_to_wgs84(features: &mut Vec<RawFeature>, crs: &Crs) -> Result<()
             y,
         });
     }
+    // A transverse Mercator zone is a few hundred kilometres wide: an easting far
+    // outside it is swapped axes or another zone, and would land somewhere else.
+    if let Some(false_easting) = crs.false_easting()
+        && let Some([x, y]) = mostly(features, |[x, _]| (x - false_easting).abs() > 1e6)
+    {
+        return Err(CrsError::OutsideZone {
+            crs: crs.label(),
+            x,
+            y,
+        });
+    }
     let inverse = Inverse::new(crs)?;
     features
         .par_iter_mut()
@@ -1359,6 +1390,11 @@ mod tests {
         assert!(matches!(e, CrsError::LooksLikeDegrees { .. }), "{e}");
         assert!(e.to_string().contains("114.05, 22.54"), "{e}");
         assert!(e.to_string().contains("EPSG:4547"), "{e}");
+        // Northing first (EPSG:4547's official axis order) would land 20° away.
+        let mut f = line(&[[2_493_941.2, 505_955.8]]);
+        let e = features_to_wgs84(&mut f, &Crs::from_epsg(4547).unwrap()).unwrap_err();
+        assert!(matches!(e, CrsError::OutsideZone { .. }), "{e}");
+        assert!(e.to_string().contains("swapped"), "{e}");
     }
 
     #[test]
