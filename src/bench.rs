@@ -15,6 +15,31 @@ use crate::stats::SplitMix;
 /// `height`, `building:levels` and untagged heights, and the address and date tags real
 /// exports carry. About 350 bytes per building.
 pub fn generate_city_geojson(path: &Path, buildings: usize, seed: u64) -> std::io::Result<u64> {
+    generate_city_geojson_in(path, buildings, seed, None)
+}
+
+/// [`generate_city_geojson`] with the coordinates in `crs` (e.g. EPSG:4549, CGCS2000
+/// Gauss-Krüger CM 120E for Shanghai), named in a GeoJSON `crs` member.
+pub fn generate_city_geojson_in(
+    path: &Path,
+    buildings: usize,
+    seed: u64,
+    crs: Option<&map::crs::Crs>,
+) -> std::io::Result<u64> {
+    let project = crs
+        .map(map::crs::wgs84_projector)
+        .transpose()
+        .map_err(std::io::Error::other)?;
+    // Degrees to 1 cm, metres to 1 mm.
+    let point = |w: &mut BufWriter<std::fs::File>, [lon, lat]: [f64; 2]| -> std::io::Result<()> {
+        match &project {
+            None => write!(w, "[{lon:.7},{lat:.7}]"),
+            Some(project) => {
+                let [x, y] = project([lon, lat]).map_err(std::io::Error::other)?;
+                write!(w, "[{x:.3},{y:.3}]")
+            }
+        }
+    };
     let file = std::fs::File::create(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let mut rng = SplitMix(seed);
@@ -35,7 +60,14 @@ pub fn generate_city_geojson(path: &Path, buildings: usize, seed: u64) -> std::i
         "retail",
         "school",
     ];
-    w.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[\n")?;
+    w.write_all(b"{\"type\":\"FeatureCollection\",")?;
+    if let Some(code) = crs.and_then(map::crs::Crs::epsg) {
+        write!(
+            w,
+            "\"crs\":{{\"type\":\"name\",\"properties\":{{\"name\":\"urn:ogc:def:crs:EPSG::{code}\"}}}},"
+        )?;
+    }
+    w.write_all(b"\"features\":[\n")?;
     let mut written = 0u64;
     for i in 0..buildings {
         let (row, col) = (i / per_row, i % per_row);
@@ -91,11 +123,10 @@ pub fn generate_city_geojson(path: &Path, buildings: usize, seed: u64) -> std::i
         w.write_all(b"},\"geometry\":{\"type\":\"Polygon\",\"coordinates\":[[")?;
         let with_hole = shape == 9;
         for (k, p) in outer.iter().chain(std::iter::once(&outer[0])).enumerate() {
-            let [lon, lat] = frame.wgs84_from_local(p[0], p[1]);
             if k > 0 {
                 w.write_all(b",")?;
             }
-            write!(w, "[{lon:.7},{lat:.7}]")?;
+            point(&mut w, frame.wgs84_from_local(p[0], p[1]))?;
         }
         w.write_all(b"]")?;
         if with_hole {
@@ -110,11 +141,10 @@ pub fn generate_city_geojson(path: &Path, buildings: usize, seed: u64) -> std::i
                 [hx, hy],
             ];
             for (k, p) in hole.iter().enumerate() {
-                let [lon, lat] = frame.wgs84_from_local(p[0], p[1]);
                 if k > 0 {
                     w.write_all(b",")?;
                 }
-                write!(w, "[{lon:.7},{lat:.7}]")?;
+                point(&mut w, frame.wgs84_from_local(p[0], p[1]))?;
             }
             w.write_all(b"]")?;
         }
@@ -155,15 +185,24 @@ pub struct MapBenchReport {
     pub triangles: usize,
     pub peak_rss_mb: Option<f64>,
     pub threads: usize,
+    /// The CRS the file was read in.
+    pub crs: String,
+    /// Converting every coordinate to WGS84 (part of `load_ms`).
+    pub crs_ms: f64,
 }
 
 /// Times loading `path` into chunk meshes.
 pub fn bench_map_file(
     path: &Path,
     generate_ms: Option<f64>,
+    coords: &map::crs::MapCoords,
 ) -> Result<MapBenchReport, map::MapError> {
     let start = Instant::now();
-    let city = map::load_path(path)?;
+    let options = map::LoadOptions {
+        coords: *coords,
+        ..Default::default()
+    };
+    let city = map::load_path_with(path, &options)?;
     let load_ms = start.elapsed().as_secs_f64() * 1000.0;
     let t = Instant::now();
     let meshes = mesh::build_city_meshes(&city);
@@ -182,6 +221,8 @@ pub fn bench_map_file(
         triangles: meshes.triangle_count(),
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0)),
         threads: rayon::current_num_threads(),
+        crs: city.crs.name.clone(),
+        crs_ms: city.crs.convert_ms,
     })
 }
 
@@ -195,7 +236,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("gen.geojson");
         assert_eq!(generate_city_geojson(&path, 500, 7).unwrap(), 500);
-        let report = bench_map_file(&path, None).unwrap();
+        let report = bench_map_file(&path, None, &Default::default()).unwrap();
         assert_eq!(report.buildings, 500);
         assert_eq!(report.skipped, 0);
         assert!(report.triangles > 500 * 10);

@@ -25,6 +25,16 @@ struct Cli {
     /// Without it, the embedded default city (Helsinki centre).
     #[arg(long, global = true)]
     map: Option<PathBuf>,
+    /// The CRS of the map's coordinates when the file does not say (or says wrong):
+    /// EPSG:n, e.g. EPSG:4547 (CGCS2000 3-degree Gauss-Krüger CM 114E), EPSG:32650
+    /// (UTM 50N), EPSG:3857 (Web Mercator), EPSG:4490 (CGCS2000). Wins over the
+    /// file's own `crs` member. Default: what the file says, else WGS84 degrees.
+    #[arg(long, global = true, value_name = "EPSG:n")]
+    crs: Option<map::crs::Crs>,
+    /// The map's longitude/latitude are China's offset GCJ-02 (Amap, Tencent) or BD-09
+    /// (Baidu): undone to WGS84 at load.
+    #[arg(long, global = true, value_name = "wgs84|gcj02|bd09", default_value_t)]
+    coords: map::crs::Coords,
     /// Start looking at LON,LAT (WGS84) from DISTANCE metres away (default 600).
     #[arg(long, global = true, value_name = "LON,LAT[,DISTANCE]")]
     look_at: Option<String>,
@@ -545,6 +555,22 @@ fn parse_look_at(text: &str) -> anyhow::Result<[f64; 3]> {
     }
 }
 
+/// `--crs` and `--coords`: how to read the map's coordinates.
+/// How to read `--map` (and map-info's file): `--crs`, `--coords`, `--schema`.
+fn map_load(cli: &Cli) -> map::LoadOptions {
+    map::LoadOptions {
+        coords: map_coords(cli),
+        schema: cli.schema.clone(),
+    }
+}
+
+fn map_coords(cli: &Cli) -> map::crs::MapCoords {
+    map::crs::MapCoords {
+        crs: cli.crs,
+        coords: cli.coords,
+    }
+}
+
 /// `--timezone NAME`, checked against the IANA database before anything else runs.
 fn timezone_flag(name: Option<&str>) -> anyhow::Result<Option<CityTime>> {
     name.map(|name| CityTime::from_flag(name).context("--timezone"))
@@ -553,10 +579,10 @@ fn timezone_flag(name: Option<&str>) -> anyhow::Result<Option<CityTime>> {
 
 fn map_info(
     path: &std::path::Path,
-    schema: Option<&std::path::Path>,
+    load: &map::LoadOptions,
     timezone: Option<CityTime>,
 ) -> anyhow::Result<()> {
-    let city = map::load_path_with(path, schema)?;
+    let city = map::load_path_with(path, load)?;
     let time = CityTime::resolve(timezone, city.frame.origin_lon, city.frame.origin_lat);
     let t = Instant::now();
     let meshes = map::mesh::build_city_meshes(&city);
@@ -577,28 +603,43 @@ fn map_info(
         "bbox": city.bbox_wgs84,
         "origin": [city.frame.origin_lon, city.frame.origin_lat],
         "timezone": time.to_json(),
+        "crs": city.crs,
         "load_ms": (city.load_ms * 10.0).round() / 10.0,
         "mesh_ms": (mesh_ms * 10.0).round() / 10.0,
         "chunks": meshes.chunks.len(),
         "triangles": meshes.triangle_count(),
     });
+    let mut info = info;
+    if city.crs.coords != map::crs::Coords::Wgs84 {
+        info["coords"] = city.crs.coords.as_str().into();
+    }
     println!("{info}");
     Ok(())
 }
 
-fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Result<()> {
+fn bench_map(
+    buildings: usize,
+    file: Option<PathBuf>,
+    seed: u64,
+    coords: &map::crs::MapCoords,
+) -> anyhow::Result<()> {
     let (path, generated, generate_ms) = match file {
         Some(p) if p.exists() => (p, false, None),
         other => {
             let path = other.unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("zhongshu-bench-{buildings}-{seed}.geojson"))
+                let crs = coords
+                    .crs
+                    .and_then(|c| c.epsg())
+                    .map(|c| format!("-epsg{c}"));
+                let crs = crs.unwrap_or_default();
+                std::env::temp_dir().join(format!("zhongshu-bench-{buildings}-{seed}{crs}.geojson"))
             });
             eprintln!(
                 "generating {buildings} buildings into {} ...",
                 path.display()
             );
             let t = Instant::now();
-            bench::generate_city_geojson(&path, buildings, seed)
+            bench::generate_city_geojson_in(&path, buildings, seed, coords.crs.as_ref())
                 .with_context(|| format!("cannot write {}", path.display()))?;
             (path, true, Some(t.elapsed().as_secs_f64() * 1000.0))
         }
@@ -606,7 +647,11 @@ fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Resu
     // Measure in a fresh process so the generator's memory does not count as peak.
     if generated {
         let exe = std::env::current_exe()?;
-        let status = std::process::Command::new(exe)
+        let mut child = std::process::Command::new(exe);
+        if let Some(code) = coords.crs.and_then(|c| c.epsg()) {
+            child.arg(format!("--crs=EPSG:{code}"));
+        }
+        let status = child
             .args(["bench", "map", "--file"])
             .arg(&path)
             .env(
@@ -622,7 +667,7 @@ fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Resu
     let generate_ms = std::env::var("ZHONGSHU_GENERATE_MS")
         .ok()
         .and_then(|v| v.parse().ok());
-    let report = bench::bench_map_file(&path, generate_ms)?;
+    let report = bench::bench_map_file(&path, generate_ms, coords)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
@@ -630,11 +675,14 @@ fn bench_map(buildings: usize, file: Option<PathBuf>, seed: u64) -> anyhow::Resu
 /// The map given with `--map`, else the embedded default city.
 fn load_city(
     map_path: Option<&std::path::Path>,
-    schema: Option<&std::path::Path>,
+    load: &map::LoadOptions,
 ) -> anyhow::Result<map::CityMap> {
     Ok(match map_path {
-        Some(p) => map::load_path_with(p, schema)?,
-        None if schema.is_some() => {
+        Some(p) => map::load_path_with(p, load)?,
+        None if load.coords != map::crs::MapCoords::default() => {
+            bail!("--crs and --coords describe a map given with --map")
+        }
+        None if load.schema.is_some() => {
             bail!("--schema says how a --map's fields are read: give --map too")
         }
         None => map::load_default()?,
@@ -676,13 +724,13 @@ fn catalog(
     feeds_path: &std::path::Path,
     for_secs: f64,
     map_path: Option<&std::path::Path>,
-    schema: Option<&std::path::Path>,
+    load: &map::LoadOptions,
 ) -> anyhow::Result<()> {
     if !(0.0..=86_400.0).contains(&for_secs) {
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
     }
     let setup = zhongshu::feeds::config::load_setup(feeds_path)?;
-    let city = load_city(map_path, schema)?;
+    let city = load_city(map_path, load)?;
     let feeds = setup.feeds.clone();
     let (_, ingest) = run_feeds_for(setup, &city, for_secs);
     let catalog = zhongshu::governance::catalog::dcat_catalog(&city.name, &feeds, &ingest.schemas);
@@ -694,7 +742,7 @@ fn feeds_check(
     feeds_path: &std::path::Path,
     for_secs: f64,
     map_path: Option<&std::path::Path>,
-    schema: Option<&std::path::Path>,
+    load: &map::LoadOptions,
 ) -> anyhow::Result<()> {
     use zhongshu::clock::unix_ms_now;
 
@@ -702,7 +750,7 @@ fn feeds_check(
         bail!("--for must be between 0 and 86400 seconds, got {for_secs}");
     }
     let setup = zhongshu::feeds::config::load_setup(feeds_path)?;
-    let city = load_city(map_path, schema)?;
+    let city = load_city(map_path, load)?;
     let feeds = setup.feeds.clone();
     let (state, ingest) = run_feeds_for(setup, &city, for_secs);
     let now = unix_ms_now();
@@ -1069,6 +1117,7 @@ fn status_api_reach(
 fn run(mut cli: Cli) -> anyhow::Result<()> {
     let look_at = cli.look_at.as_deref().map(parse_look_at).transpose()?;
     let timezone = timezone_flag(cli.timezone.as_deref())?;
+    let map_load = map_load(&cli);
     let command = cli.command.take().unwrap_or(Command::Run);
     // (`bench hub` makes halls of its own on the server it is given.)
     if cli.nats.is_some() != cli.hall.is_some()
@@ -1082,7 +1131,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             desk.hall = hall_console(&cli)?;
             app::run(AppOptions {
                 map: cli.map,
-                schema: cli.schema,
+                map_load: map_load.clone(),
                 look_at,
                 select: cli.select,
                 feeds: cli.feeds,
@@ -1108,7 +1157,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             };
             app::run(AppOptions {
                 map: cli.map,
-                schema: cli.schema,
+                map_load: map_load.clone(),
                 look_at,
                 select: cli.select,
                 feeds: cli.feeds,
@@ -1120,9 +1169,9 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 drill: None,
             })
         }
-        Command::MapInfo { path } => map_info(&path, cli.schema.as_deref(), timezone),
+        Command::MapInfo { path } => map_info(&path, &map_load, timezone),
         Command::ServeSim { addr, seed } => {
-            let city = load_city(cli.map.as_deref(), cli.schema.as_deref())?;
+            let city = load_city(cli.map.as_deref(), &map_load)?;
             let mut config = zhongshu::sim::SimConfig::for_map(&city);
             config.seed = seed;
             let sim = zhongshu::sim::Simulator::new(&city, config, zhongshu::clock::unix_ms_now());
@@ -1227,13 +1276,13 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             let Some(feeds) = cli.feeds.as_deref() else {
                 bail!("catalog needs --feeds FILE");
             };
-            catalog(feeds, for_secs, cli.map.as_deref(), cli.schema.as_deref())
+            catalog(feeds, for_secs, cli.map.as_deref(), &map_load)
         }
         Command::FeedsCheck { for_secs } => {
             let Some(feeds) = cli.feeds.as_deref() else {
                 bail!("feeds-check needs --feeds FILE");
             };
-            feeds_check(feeds, for_secs, cli.map.as_deref(), cli.schema.as_deref())
+            feeds_check(feeds, for_secs, cli.map.as_deref(), &map_load)
         }
         Command::Bench(BenchCommand::Ingest { entities, rounds }) => {
             println!(
@@ -1485,7 +1534,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             buildings,
             file,
             seed,
-        }) => bench_map(buildings, file, seed),
+        }) => bench_map(buildings, file, seed, &map_load.coords),
         Command::Bench(BenchCommand::Fuzz {
             target,
             inputs,
@@ -1646,7 +1695,7 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
     };
     // The hall's feeds, on its map; the simulated sub-brains only in demo mode (they
     // would raise made-up incidents in a real hall).
-    let city = load_city(cli.map.as_deref(), cli.schema.as_deref())?;
+    let city = load_city(cli.map.as_deref(), &map_load(cli))?;
     let live = match &cli.feeds {
         Some(path) => Some(zhongshu::feeds::config::load_setup(path)?),
         None if setup.demo => Some(zhongshu::feeds::config::FeedsSetup {

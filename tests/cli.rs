@@ -825,3 +825,128 @@ fn bench_fuzz_reports_each_target_and_replays_an_input() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("osm-pbf"));
 }
+
+/// A one-building GeoJSON in Shenzhen with its coordinates in `crs` (EPSG code), and
+/// a `crs` member naming it when `member`.
+fn one_building_in(name: &str, code: u32, member: bool) -> std::path::PathBuf {
+    use zhongshu::map::crs::{Crs, project_from_wgs84};
+    let dir = scratch_dir(name);
+    let path = dir.join("city.geojson");
+    let (lon, lat) = (114.0579, 22.5431);
+    let mut ring: Vec<[f64; 2]> = [
+        (0.0, 0.0),
+        (2e-4, 0.0),
+        (2e-4, 2e-4),
+        (0.0, 2e-4),
+        (0.0, 0.0),
+    ]
+    .iter()
+    .map(|(dx, dy)| [lon + dx, lat + dy])
+    .collect();
+    project_from_wgs84(&mut ring, &Crs::from_epsg(code).unwrap()).unwrap();
+    let mut city = serde_json::json!({
+        "type": "FeatureCollection",
+        "features": [{
+            "type": "Feature",
+            "properties": {"building": "yes", "height": "20"},
+            "geometry": {"type": "Polygon", "coordinates": [ring]}
+        }]
+    });
+    if member {
+        city["crs"] = serde_json::json!({
+            "type": "name",
+            "properties": {"name": format!("urn:ogc:def:crs:EPSG::{code}")}
+        });
+    }
+    std::fs::write(&path, city.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn a_gauss_kruger_map_is_read_in_its_crs_from_the_file_or_the_flag() {
+    let gk = "EPSG:4547 (CGCS2000 / 3-degree Gauss-Kruger CM 114E)";
+    let with_member = one_building_in("crs-member", 4547, true);
+    let (ok, info, stderr) = map_info(&with_member);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        info["crs"],
+        serde_json::json!({"name": gk, "source": "file"})
+    );
+    assert_eq!(info["buildings"], 1);
+    let origin = info["origin"].as_array().unwrap();
+    assert!(
+        (origin[0].as_f64().unwrap() - 114.058).abs() < 0.001,
+        "{info}"
+    );
+    assert!(
+        (origin[1].as_f64().unwrap() - 22.5432).abs() < 0.001,
+        "{info}"
+    );
+    assert!(info.get("coords").is_none(), "{info}");
+
+    let bare = one_building_in("crs-flag", 4547, false);
+    let (ok, info, stderr) = map_info_with(&bare, &["--crs", "EPSG:4547"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        info["crs"],
+        serde_json::json!({"name": gk, "source": "flag"})
+    );
+    assert_eq!(info["timezone"]["name"], "Asia/Shanghai");
+
+    // A plain WGS84 map says where its CRS came from too.
+    let (ok, info, _) = map_info(&one_building_at("crs-default", 121.4903, 31.24));
+    assert!(ok);
+    assert_eq!(
+        info["crs"],
+        serde_json::json!({"name": "EPSG:4326 (WGS 84)", "source": "default"})
+    );
+}
+
+#[test]
+fn a_projected_map_read_as_degrees_is_refused_naming_the_problem() {
+    let bare = one_building_in("crs-refused", 4547, false);
+    let (ok, info, stderr) = map_info(&bare);
+    assert!(!ok, "{info}");
+    assert!(
+        stderr.contains("coordinates look projected (e.g. 505955.")
+            && stderr.contains("not degrees: give the CRS with --crs EPSG:n or a crs member"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("city.geojson"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_crs_or_coords_is_a_clear_error_naming_it() {
+    let bare = one_building_in("crs-unknown", 4547, false);
+    let (ok, _, stderr) = map_info_with(&bare, &["--crs", "EPSG:2385"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--crs") && stderr.contains("unknown CRS EPSG:2385"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = map_info_with(&bare, &["--coords", "mars"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--coords") && stderr.contains("\"mars\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_gcj02_map_is_moved_to_wgs84_and_map_info_says_so() {
+    let path = one_building_at("coords-gcj", 114.0579, 22.5431);
+    let (ok, plain, _) = map_info(&path);
+    assert!(ok);
+    let (ok, info, stderr) = map_info_with(&path, &["--coords", "gcj02"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(info["coords"], "gcj02");
+    // GCJ-02 is hundreds of metres off WGS84 in Shenzhen: the map moved north-west.
+    let (a, b) = (
+        plain["origin"].as_array().unwrap(),
+        info["origin"].as_array().unwrap(),
+    );
+    let d_lon = b[0].as_f64().unwrap() - a[0].as_f64().unwrap();
+    let d_lat = b[1].as_f64().unwrap() - a[1].as_f64().unwrap();
+    assert!(d_lon < -0.004 && d_lat > 0.002, "{d_lon} {d_lat}");
+}

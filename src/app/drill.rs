@@ -91,7 +91,7 @@ pub fn run(
     let outcome: Slot = Default::default();
     super::run(AppOptions {
         map: None,
-        schema: None,
+        map_load: Default::default(),
         look_at: None,
         select: None,
         feeds: None,

@@ -34,8 +34,8 @@ use camera::CameraRig;
 /// What the `zhongshu` binary asked the app to do.
 pub struct AppOptions {
     pub map: Option<PathBuf>,
-    /// How the map's fields are read (`--schema`); else the mapping beside it.
-    pub schema: Option<PathBuf>,
+    /// How to read the map: `--crs`, `--coords`, `--schema`.
+    pub map_load: map::LoadOptions,
     /// Initial view: longitude, latitude, distance in metres.
     pub look_at: Option<[f64; 3]>,
     /// Building id to select at start.
@@ -128,8 +128,11 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let ui_scale = WindowUiScale::checked(options.ui_scale)?;
     let map = match &options.map {
-        Some(path) => map::load_path_with(path, options.schema.as_deref())?,
-        None if options.schema.is_some() => {
+        Some(path) => map::load_path_with(path, &options.map_load)?,
+        None if options.map_load.coords != Default::default() => {
+            anyhow::bail!("--crs and --coords describe a map given with --map")
+        }
+        None if options.map_load.schema.is_some() => {
             anyhow::bail!("--schema says how a --map's fields are read: give --map too")
         }
         None => map::load_default().context("the embedded default map failed to load")?,

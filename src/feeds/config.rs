@@ -191,6 +191,11 @@ pub struct FeedConfig {
     /// tools have something to show.
     #[serde(default)]
     pub trouble: Option<SimTrouble>,
+    /// Which longitude/latitude the feed's positions are in: `wgs84` (the default),
+    /// or China's offset `gcj02` (Amap, Tencent) or `bd09` (Baidu), undone to WGS84
+    /// as each payload is decoded.
+    #[serde(default)]
+    pub coords: crate::map::crs::Coords,
 }
 
 /// Trouble a `sim` feed plays, as real cities' feeds do; deterministic for a seed,
@@ -602,6 +607,17 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
                 }
             }
         }
+        if feed.coords != crate::map::crs::Coords::Wgs84
+            && matches!(
+                feed.kind,
+                FeedKind::Sim | FeedKind::Cap | FeedKind::CapIntake
+            )
+        {
+            return Err(format!(
+                "feed \"{name}\": coords = \"{}\" is for feeds whose payloads carry positions (ngsi-ld, ngsi-v2, geojson, mqtt, ngsi-ld-notify); simulated feeds are on the map and CAP areas are WGS84 by the standard",
+                feed.coords
+            ));
+        }
         if feed.kind != FeedKind::Sim && feed.trouble.is_some() {
             return Err(format!("feed \"{name}\": trouble is for kind sim"));
         }
@@ -832,6 +848,19 @@ mod tests {
     }
 
     #[test]
+    fn a_feed_says_which_coordinates_its_positions_are_in() {
+        use crate::map::crs::Coords;
+        let feeds = parse_feeds(
+            "[[feed]]\nname='amap'\nkind='geojson'\nurl='http://x'\ndomain='urban'\ncoords='gcj02'\n\
+             [[feed]]\nname='baidu'\nkind='mqtt'\nurl='mqtt://127.0.0.1:1883'\ntopics=['a/#']\ndomain='traffic'\ncoords='bd09'\n\
+             [[feed]]\nname='gps'\nkind='ngsi-ld'\nurl='http://x'\ndomain='traffic'\n",
+        )
+        .unwrap();
+        let coords: Vec<Coords> = feeds.iter().map(|f| f.coords).collect();
+        assert_eq!(coords, [Coords::Gcj02, Coords::Bd09, Coords::Wgs84]);
+    }
+
+    #[test]
     fn rejects_bad_files_with_the_reason() {
         let cases = [
             (
@@ -859,6 +888,18 @@ mod tests {
                 "unknown field",
             ),
             ("[[feed]\n", "expected"),
+            (
+                "[[feed]]\nname='a'\nkind='geojson'\nurl='http://x'\ndomain='urban'\ncoords='mars'",
+                "unknown coordinates \"mars\": one of wgs84, gcj02, bd09",
+            ),
+            (
+                "[[feed]]\nname='a'\nkind='sim'\ndomain='traffic'\ncoords='gcj02'",
+                "feed \"a\": coords = \"gcj02\" is for feeds whose payloads carry positions",
+            ),
+            (
+                "[[feed]]\nname='a'\nkind='cap'\nurl='http://x'\ndomain='safety'\ncoords='bd09'",
+                "CAP areas are WGS84",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse_feeds(text).unwrap_err();

@@ -222,6 +222,23 @@ pub fn decode_geojson(body: &[u8]) -> Result<Decoded, PayloadError> {
     }
 }
 
+/// Undoes a feed's GCJ-02 or BD-09 offset (its `coords`): every position and line of
+/// `decoded` in WGS84, at the boundary, before the quality rules and the live state see
+/// them.
+pub fn positions_to_wgs84(decoded: &mut Decoded, coords: crate::map::crs::Coords) {
+    if coords == crate::map::crs::Coords::Wgs84 {
+        return;
+    }
+    for u in &mut decoded.updates {
+        if let Some([lon, lat]) = u.position {
+            u.position = Some(coords.to_wgs84(lon, lat));
+        }
+        for p in u.line.iter_mut().flatten() {
+            *p = coords.to_wgs84(p[0], p[1]);
+        }
+    }
+}
+
 /// Parses an RFC 3339 date-time to Unix milliseconds: `2024-05-01T10:00:00Z`,
 /// `2024-05-01T12:00:00.250+02:00`. Lenient where real feeds are: `t`/space separators,
 /// lowercase `z`, `±hhmm` offsets, and no offset at all (read as UTC, as Smart Data Models

@@ -320,7 +320,10 @@ pub fn listen_loop(id: FeedId, feed: FeedConfig, tx: Sender<FeedEvent>, stop: &A
                         limit: feed.max_payload_bytes,
                     })
                 } else {
-                    payload.decode(&p.payload)
+                    payload.decode(&p.payload).map(|mut d| {
+                        super::decode::positions_to_wgs84(&mut d, feed.coords);
+                        d
+                    })
                 };
                 match decoded {
                     Ok(d) => {

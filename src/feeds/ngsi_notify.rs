@@ -325,7 +325,12 @@ fn notification_gate(path: String, known: [u8; 32]) -> Gate {
 }
 
 /// The endpoint's handler: notifications the gate let through, decoded and sent on.
-fn notification_handler(id: FeedId, types: Vec<String>, tx: Sender<FeedEvent>) -> Handler {
+fn notification_handler(
+    id: FeedId,
+    types: Vec<String>,
+    coords: crate::map::crs::Coords,
+    tx: Sender<FeedEvent>,
+) -> Handler {
     let tx = Mutex::new(tx);
     // A type matches by name, or by the end of an expanded one (`…/AirQualityObserved`).
     let subscribed = move |t: &str| {
@@ -343,6 +348,7 @@ fn notification_handler(id: FeedId, types: Vec<String>, tx: Sender<FeedEvent>) -
         }
         match decode_notification(&request.body) {
             Ok(mut decoded) => {
+                super::decode::positions_to_wgs84(&mut decoded, coords);
                 // Only what the feed subscribed to: a notification carrying another
                 // type (an Alert would raise incidents) is refused item by item.
                 let (kept, other): (Vec<_>, Vec<_>) = std::mem::take(&mut decoded.updates)
@@ -579,7 +585,7 @@ pub fn run(
         &format!("notifications {}", feed.name),
         limits,
         Some(gate),
-        notification_handler(id, sub.types.clone(), tx.clone()),
+        notification_handler(id, sub.types.clone(), feed.coords, tx.clone()),
         tls,
     ) {
         Ok(s) => s,

@@ -512,7 +512,7 @@ pub(super) fn poll_once(
             }
             let body = read_limited(response, feed.max_payload_bytes.min(MAX_PAYLOAD_BYTES))?;
             total_bytes += body.len();
-            let decoded = match feed.kind {
+            let mut decoded = match feed.kind {
                 FeedKind::NgsiLd => decode_ngsi_ld(&body),
                 FeedKind::NgsiV2 => decode_ngsi_v2(&body),
                 FeedKind::Cap => {
@@ -531,6 +531,7 @@ pub(super) fn poll_once(
                 };
                 (reason, e.to_string())
             })?;
+            super::decode::positions_to_wgs84(&mut decoded, feed.coords);
             let items = decoded.updates.len() + decoded.rejects.len();
             // A broker that ignores `offset` answers every page alike: the poll
             // would never end, and never be complete.
@@ -1097,6 +1098,75 @@ mod tests {
         assert_eq!(reason, "over_budget");
         assert!(error.contains("max_pages = 3"), "{error}");
         assert_eq!(pages_ids.len(), 300);
+    }
+
+    /// A feed with `coords = "gcj02"` hands on WGS84 positions: GCJ-02 points of the
+    /// published pairs in googollee/eviltransform's tests land within a metre of their
+    /// WGS84 positions, before anything downstream sees them.
+    #[test]
+    fn a_gcj02_feed_is_decoded_to_wgs84_positions() {
+        // (wgs lat, wgs lon, gcj lat, gcj lon): Shanghai, Shenzhen, Beijing.
+        let pairs: [(f64, f64, f64, f64); 3] = [
+            (31.1774276, 121.5272106, 31.17530398364597, 121.531541859215),
+            (22.543847, 113.912316, 22.540796131694766, 113.9171764808363),
+            (39.911954, 116.377817, 39.91334545536069, 116.38404722455657),
+        ];
+        let features: Vec<String> = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, _, lat, lon))| {
+                format!(
+                    r#"{{"type":"Feature","id":"p{i}","properties":{{"name":"p{i}"}},"geometry":{{"type":"Point","coordinates":[{lon},{lat}]}}}}"#
+                )
+            })
+            .collect();
+        let body = format!(
+            r#"{{"type":"FeatureCollection","features":[{}]}}"#,
+            features.join(",")
+        );
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(50)) {
+                    let _ = request.respond(tiny_http::Response::from_string(body.clone()));
+                }
+            }
+        });
+        let feeds = super::super::config::parse_feeds(&format!(
+            "[[feed]]\nname='amap'\nkind='geojson'\nurl='{base}/points'\ndomain='urban'\ncoords='gcj02'\n"
+        ))
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pollers = Pollers::start(&feeds, Default::default(), tx);
+        let until = Instant::now() + Duration::from_secs(10);
+        let decoded = loop {
+            assert!(Instant::now() < until, "no batch");
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(FeedEvent::Batch { decoded, .. }) => break decoded,
+                Ok(FeedEvent::PollFailed { error, .. }) => panic!("{error}"),
+                _ => {}
+            }
+        };
+        pollers.stop();
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(decoded.updates.len(), 3);
+        for (i, &(lat, lon, _, _)) in pairs.iter().enumerate() {
+            let u = decoded
+                .updates
+                .iter()
+                .find(|u| u.id == format!("p{i}"))
+                .unwrap();
+            let [got_lon, got_lat] = u.position.unwrap();
+            let dx = (got_lon - lon).to_radians() * 6_378_137.0 * lat.to_radians().cos();
+            let dy = (got_lat - lat).to_radians() * 6_378_137.0;
+            assert!(
+                dx.hypot(dy) < 1.0,
+                "p{i}: {got_lon},{got_lat} vs {lon},{lat}"
+            );
+        }
     }
 
     /// An Atom list of CAP messages: each linked message is read once until its

@@ -223,6 +223,7 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
                 Domain::Health => Some(SimTrouble::Outage),
                 _ => None,
             },
+            coords: Default::default(),
         })
         .collect();
     let ecology = feeds

@@ -23,6 +23,9 @@ struct Document<'a> {
     properties: Option<&'a RawValue>,
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
+    /// The 2008 GeoJSON `crs` member (RFC 7946 dropped it; exports still write it).
+    #[serde(borrow, default)]
+    crs: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -197,11 +200,21 @@ fn replace_non_finite_tokens(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads a FeatureCollection (or one Feature) as raw features.
+/// Reads a FeatureCollection (or one Feature) as raw features, in the file's
+/// coordinates (see [`read_features_and_crs`]).
 pub fn read_features(
     bytes: &[u8],
     source_name: &str,
 ) -> Result<(Vec<RawFeature>, SkipCounts), MapError> {
+    read_features_and_crs(bytes, source_name).map(|(features, skipped, _)| (features, skipped))
+}
+
+/// Reads a FeatureCollection (or one Feature) as raw features in the file's own
+/// coordinates, with the CRS its `crs` member declares (`None` without one).
+pub fn read_features_and_crs(
+    bytes: &[u8],
+    source_name: &str,
+) -> Result<(Vec<RawFeature>, SkipCounts, Option<super::crs::Crs>), MapError> {
     let sanitized;
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
@@ -225,6 +238,15 @@ pub fn read_features(
             })?
         }
     };
+    let crs = match doc.crs.map(|raw| serde_json::from_str(raw.get())) {
+        None => Ok(None),
+        Some(Ok(member)) => super::crs::from_geojson_member(&member),
+        Some(Err(e)) => Err(super::crs::CrsError::Unreadable(e.to_string())),
+    }
+    .map_err(|error| MapError::Crs {
+        source_name: source_name.to_string(),
+        error,
+    })?;
     let features: Vec<FeatureJson> = match doc.kind.as_str() {
         "FeatureCollection" => doc.features.unwrap_or_default(),
         "Feature" => vec![FeatureJson {
@@ -255,7 +277,7 @@ pub fn read_features(
             Err(reason) => skipped.add(reason),
         }
     }
-    Ok((out, skipped))
+    Ok((out, skipped, crs))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! [`CityMap`] in local metres. Nothing downstream ever sees OSM tags' raw structure
 //! or a file format: only buildings, roads, water, green and districts.
 
+pub mod crs;
 pub mod esri;
 pub mod footprint;
 pub mod geojson;
@@ -481,6 +482,8 @@ pub struct CityMap {
     pub format: Option<MapFormat>,
     /// How the features' properties were read, and which fields were used.
     pub schema: schema::SchemaReport,
+    /// The CRS the file was read in and the offset undone (converted at load).
+    pub crs: crs::CrsReport,
 }
 
 impl CityMap {
@@ -525,16 +528,18 @@ pub enum MapError {
         source_name: String,
         message: String,
     },
-    #[error(
-        "{source_name}: spatial reference {what} is not one Zhongshu reads yet (WGS84 and CGCS2000 degrees, EPSG:4326/4490, Web Mercator 3857/102100)"
-    )]
-    UnsupportedCrs { source_name: String, what: String },
     #[error("{0}")]
     Schema(String),
     #[error(
         "{source_name}: no drawable features (buildings, roads, water, green or districts) found; {skipped} features skipped"
     )]
     Empty { source_name: String, skipped: u64 },
+    /// The CRS is not understood, or the coordinates do not fit it.
+    #[error("{source_name}: {error}")]
+    Crs {
+        source_name: String,
+        error: crs::CrsError,
+    },
 }
 
 /// Map file formats Zhongshu reads.
@@ -590,17 +595,28 @@ impl MapFormat {
     }
 }
 
-/// Loads a map file (`.osm.pbf`, GeoJSON or Esri JSON), its fields read by the
-/// mapping beside it (`<name>.schema.toml`) if there is one.
-pub fn load_path(path: &Path) -> Result<CityMap, MapError> {
-    load_path_with(path, None)
+/// How to read a map file beyond what it says itself.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// `--crs` and `--coords`.
+    pub coords: crs::MapCoords,
+    /// `--schema FILE`: how its fields are read; else `<name>.schema.toml` beside it.
+    pub schema: Option<PathBuf>,
 }
 
-/// Loads a map file with an explicit mapping of its fields (`--schema FILE`), else
-/// the one beside it, else guessing (see [`schema`]).
-pub fn load_path_with(path: &Path, schema_file: Option<&Path>) -> Result<CityMap, MapError> {
-    let mapping = match schema_file
-        .map(Path::to_path_buf)
+/// Loads a map file (`.osm.pbf`, GeoJSON or Esri JSON) in the coordinates the file
+/// says, its fields read by the mapping beside it (`<name>.schema.toml`) if any.
+pub fn load_path(path: &Path) -> Result<CityMap, MapError> {
+    load_path_with(path, &LoadOptions::default())
+}
+
+/// Loads a map file, reading its coordinates as `options.coords` says (`--crs`,
+/// `--coords`) and its fields by `options.schema`, else the mapping beside it, else
+/// by guessing (see [`schema`]).
+pub fn load_path_with(path: &Path, options: &LoadOptions) -> Result<CityMap, MapError> {
+    let mapping = match options
+        .schema
+        .clone()
         .or_else(|| schema::SchemaFile::beside(path))
     {
         Some(file) => Some((
@@ -630,7 +646,14 @@ pub fn load_path_with(path: &Path, schema_file: Option<&Path>) -> Result<CityMap
         .trim_end_matches(".json")
         .to_string();
     let mapping = mapping.as_ref().map(|(m, f)| (m, f.as_path()));
-    load_bytes_with(&bytes, format, &name, &path.display().to_string(), mapping)
+    load_bytes_with(
+        &bytes,
+        format,
+        &name,
+        &path.display().to_string(),
+        &options.coords,
+        mapping,
+    )
 }
 
 /// Loads a map from bytes already in memory.
@@ -640,31 +663,58 @@ pub fn load_bytes(
     name: &str,
     source_name: &str,
 ) -> Result<CityMap, MapError> {
-    load_bytes_with(bytes, format, name, source_name, None)
+    load_bytes_with(
+        bytes,
+        format,
+        name,
+        source_name,
+        &crs::MapCoords::default(),
+        None,
+    )
 }
 
-/// Loads a map from bytes, with an explicit mapping of its fields (and the file it
-/// came from).
+/// Loads a map from bytes, reading its coordinates as `coords` says, and its fields
+/// by an explicit mapping (and the file it came from) when given.
 pub fn load_bytes_with(
     bytes: &[u8],
     format: MapFormat,
     name: &str,
     source_name: &str,
+    coords: &crs::MapCoords,
     mapping: Option<(&schema::SchemaFile, &Path)>,
 ) -> Result<CityMap, MapError> {
     let start = Instant::now();
-    let (mut features, restrictions, skipped) = match format {
-        MapFormat::OsmPbf => osm::read_map(bytes, source_name)?,
+    let (mut features, restrictions, skipped, file_crs) = match format {
+        MapFormat::OsmPbf => {
+            let (features, restrictions, skipped) = osm::read_map(bytes, source_name)?;
+            (features, restrictions, skipped, None)
+        }
         MapFormat::GeoJson => {
-            let (features, skipped) = geojson::read_features(bytes, source_name)?;
-            (features, Vec::new(), skipped)
+            let (features, skipped, file_crs) = geojson::read_features_and_crs(bytes, source_name)?;
+            (features, Vec::new(), skipped, file_crs)
         }
         MapFormat::EsriJson => {
-            let (mut features, skipped, sr) = esri::read_features(bytes, source_name)?;
-            esri_to_wgs84(&mut features, &sr, source_name)?;
-            (features, Vec::new(), skipped)
+            let (features, skipped, sr) = esri::read_features(bytes, source_name)?;
+            let crs_error = |error| MapError::Crs {
+                source_name: source_name.to_string(),
+                error,
+            };
+            let file_crs = match (sr.code(), sr.wkt.as_deref()) {
+                (Some(code), _) => Some(crs::from_wkid(code).map_err(crs_error)?),
+                (None, Some(wkt)) => Some(crs::from_prj(wkt).map_err(crs_error)?),
+                (None, None) => None,
+            };
+            (features, Vec::new(), skipped, file_crs)
         }
     };
+    // Converted once, here: everything after this is WGS84 degrees.
+    let fixed_wgs84 = format == MapFormat::OsmPbf;
+    let crs = crs::to_wgs84_at_boundary(&mut features, file_crs, coords, fixed_wgs84).map_err(
+        |error| MapError::Crs {
+            source_name: source_name.to_string(),
+            error,
+        },
+    )?;
     // OSM data is OSM-tagged; other formats say what they are in their own words.
     let mut report = if format == MapFormat::OsmPbf {
         schema::SchemaReport {
@@ -678,6 +728,7 @@ pub fn load_bytes_with(
     let mut map = build_city(name, features, skipped);
     map.format = Some(format);
     map.schema = report;
+    map.crs = crs;
     add_turn_restrictions(&mut map, restrictions);
     if format == MapFormat::OsmPbf {
         map.attribution = Some(OSM_ATTRIBUTION.to_string());
@@ -695,54 +746,6 @@ pub fn load_bytes_with(
         });
     }
     Ok(map)
-}
-
-/// An Esri JSON layer's coordinates in WGS84: degrees (WGS84, CGCS2000) as they are,
-/// Web Mercator unprojected; any other spatial reference is refused, never drawn in
-/// the wrong place.
-fn esri_to_wgs84(
-    features: &mut [RawFeature],
-    sr: &esri::SpatialReference,
-    source_name: &str,
-) -> Result<(), MapError> {
-    const R: f64 = 6_378_137.0;
-    match sr.code() {
-        None if sr
-            .wkt
-            .as_deref()
-            .is_some_and(|w| w.trim_start().starts_with("PROJCS")) =>
-        {
-            Err(MapError::UnsupportedCrs {
-                source_name: source_name.to_string(),
-                what: sr.wkt.clone().unwrap_or_default(),
-            })
-        }
-        None | Some(4326 | 4490) => Ok(()),
-        Some(3857 | 102100 | 102113 | 900913) => {
-            let unproject = |p: &mut [f64; 2]| {
-                let [x, y] = *p;
-                *p = [
-                    (x / R).to_degrees(),
-                    (2.0 * (y / R).exp().atan() - std::f64::consts::FRAC_PI_2).to_degrees(),
-                ];
-            };
-            features.par_iter_mut().for_each(|f| match &mut f.geometry {
-                RawGeometry::Line(l) => l.iter_mut().for_each(unproject),
-                RawGeometry::MultiLine(ls)
-                | RawGeometry::CutLine(ls)
-                | RawGeometry::Polygon(ls) => ls.iter_mut().flatten().for_each(unproject),
-                RawGeometry::MultiPolygon(ps) => {
-                    ps.iter_mut().flatten().flatten().for_each(unproject)
-                }
-                RawGeometry::Null | RawGeometry::Point => {}
-            });
-            Ok(())
-        }
-        Some(code) => Err(MapError::UnsupportedCrs {
-            source_name: source_name.to_string(),
-            what: format!("wkid {code}"),
-        }),
-    }
 }
 
 /// Projects turn restrictions read in WGS84 into the city's frame; one whose junction
@@ -895,6 +898,7 @@ pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts
         attribution: None,
         format: None,
         schema: schema::SchemaReport::default(),
+        crs: crs::CrsReport::default(),
     };
     for r in results {
         match r {
