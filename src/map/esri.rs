@@ -59,12 +59,18 @@ struct FeatureJson<'a> {
     geometry: Option<&'a RawValue>,
 }
 
+/// A vertex: x and y, then z and m if present (null when missing, as ArcGIS writes).
+type Vertex = Vec<Option<f64>>;
+
 #[derive(Deserialize)]
 struct GeometryJson {
     #[serde(default)]
-    rings: Option<Vec<Vec<Vec<f64>>>>,
+    rings: Option<Vec<Vec<Vertex>>>,
     #[serde(default)]
-    paths: Option<Vec<Vec<Vec<f64>>>>,
+    paths: Option<Vec<Vec<Vertex>>>,
+    /// True curves (ArcGIS's `curveRings`): their end points are read as a polygon.
+    #[serde(default, rename = "curveRings")]
+    curve_rings: Option<Vec<Vec<serde_json::Value>>>,
     #[serde(default)]
     x: Option<f64>,
     #[serde(default)]
@@ -74,10 +80,20 @@ struct GeometryJson {
 /// Whether `head` (the start of a JSON file) looks like Esri JSON rather than GeoJSON.
 pub fn looks_like_esri(head: &[u8]) -> bool {
     let has = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
-    !has(b"\"FeatureCollection\"")
-        && (has(b"\"geometryType\"")
-            || has(b"\"spatialReference\"")
-            || (has(b"\"attributes\"") && has(b"\"features\"")))
+    // An ArcGIS server's error answer: `{"error": {"code": …, "message": …}}`.
+    let error_answer = head
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .skip(1)
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take(7)
+        .eq(b"\"error\"".iter());
+    error_answer
+        || !has(b"\"FeatureCollection\"")
+            && !has(b"\"Feature\"")
+            && (has(b"\"geometryType\"")
+                || has(b"\"spatialReference\"")
+                || (has(b"\"attributes\"") && has(b"\"features\"")))
 }
 
 /// Reads an Esri JSON layer: its features (coordinates as the file has them, in its
@@ -177,12 +193,38 @@ fn decode_attributes(raw: Option<&RawValue>) -> Tags {
         .collect()
 }
 
-fn xy(points: Vec<Vec<f64>>) -> Result<Vec<[f64; 2]>, SkipReason> {
+fn xy(points: Vec<Vertex>) -> Result<Vec<[f64; 2]>, SkipReason> {
     points
         .into_iter()
         .map(|p| match p.as_slice() {
-            [x, y, ..] => Ok([*x, *y]),
+            [Some(x), Some(y), ..] => Ok([*x, *y]),
             _ => Err(SkipReason::BadCoordinates),
+        })
+        .collect()
+}
+
+/// A curve ring's vertices: plain `[x, y]` points and the end points of its arcs and
+/// Béziers (`{"c": [[x, y], …]}`, `{"a": [[x, y], …]}`, `{"b": [[x, y], …]}`).
+fn curve_xy(points: Vec<serde_json::Value>) -> Result<Vec<[f64; 2]>, SkipReason> {
+    points
+        .into_iter()
+        .map(|p| {
+            let end = match &p {
+                serde_json::Value::Array(_) => &p,
+                serde_json::Value::Object(o) => o
+                    .values()
+                    .next()
+                    .and_then(|v| v.get(0))
+                    .ok_or(SkipReason::BadCoordinates)?,
+                _ => return Err(SkipReason::BadCoordinates),
+            };
+            match (
+                end.get(0).and_then(|v| v.as_f64()),
+                end.get(1).and_then(|v| v.as_f64()),
+            ) {
+                (Some(x), Some(y)) => Ok([x, y]),
+                _ => Err(SkipReason::BadCoordinates),
+            }
         })
         .collect()
 }
@@ -195,6 +237,13 @@ fn decode_geometry(raw: Option<&RawValue>) -> Result<RawGeometry, SkipReason> {
         serde_json::from_str(raw.get()).map_err(|_| SkipReason::BadCoordinates)?;
     if let Some(rings) = g.rings {
         let rings = rings.into_iter().map(xy).collect::<Result<Vec<_>, _>>()?;
+        return Ok(polygon_of_rings(rings));
+    }
+    if let Some(rings) = g.curve_rings {
+        let rings = rings
+            .into_iter()
+            .map(curve_xy)
+            .collect::<Result<Vec<_>, _>>()?;
         return Ok(polygon_of_rings(rings));
     }
     if let Some(paths) = g.paths {
@@ -242,40 +291,58 @@ fn inside(p: [f64; 2], ring: &[[f64; 2]]) -> bool {
     inside
 }
 
-/// Esri's rings as polygons: clockwise rings are outers, counter-clockwise ones holes
-/// of the smallest outer they lie in. A layer whose rings all turn the same way
-/// (written by a tool that ignores the rule) has no holes: every ring is an outer.
+/// Rings past which their nesting is not worked out (it costs the square of their
+/// number): Esri's orientation rule alone decides.
+const MAX_RINGS_FOR_NESTING: usize = 64;
+
+/// Esri's rings as polygons. A ring inside an even number of others (none, or an
+/// island in a courtyard) is an outer, one inside an odd number a hole of the
+/// smallest ring around it: right whatever way a tool wound them. Past
+/// [`MAX_RINGS_FOR_NESTING`] rings, Esri's rule: clockwise outers, counter-clockwise
+/// holes (in the smallest outer they lie in; a hole in none is an outer).
 fn polygon_of_rings(rings: Vec<Vec<[f64; 2]>>) -> RawGeometry {
-    let rings: Vec<Vec<[f64; 2]>> = rings.into_iter().filter(|r| !r.is_empty()).collect();
-    let areas: Vec<f64> = rings.iter().map(|r| signed_area2(r)).collect();
-    let clockwise = |i: usize| areas[i] < 0.0;
-    let all_one_way = (0..rings.len()).all(clockwise) || !(0..rings.len()).any(clockwise);
-    let outers: Vec<usize> = (0..rings.len())
-        .filter(|&i| all_one_way || clockwise(i))
-        .collect();
+    let rings: Vec<Vec<[f64; 2]>> = rings.into_iter().filter(|r| r.len() >= 3).collect();
+    let areas: Vec<f64> = rings.iter().map(|r| signed_area2(r).abs()).collect();
     let boxes: Vec<[f64; 4]> = rings.iter().map(|r| bbox(r)).collect();
-    let mut polygons: Vec<Vec<Vec<[f64; 2]>>> =
-        outers.iter().map(|&i| vec![rings[i].clone()]).collect();
-    if !all_one_way {
-        for (h, hole) in rings.iter().enumerate().filter(|(i, _)| !clockwise(*i)) {
-            let p = hole[0];
-            let hb = boxes[h];
-            let owner = outers
-                .iter()
-                .enumerate()
-                .filter(|&(_, &o)| {
-                    let b = boxes[o];
-                    b[0] <= hb[0] && b[1] <= hb[1] && b[2] >= hb[2] && b[3] >= hb[3]
-                })
-                .filter(|&(_, &o)| inside(p, &rings[o]))
-                .min_by(|(_, a), (_, b)| areas[**a].abs().total_cmp(&areas[**b].abs()))
-                .map(|(k, _)| k);
-            // A hole in no outer is dropped, as a misplaced hole elsewhere.
-            if let Some(k) = owner {
-                polygons[k].push(hole.clone());
-            }
-        }
+    let within = |inner: usize, outer: usize| {
+        let (i, o) = (boxes[inner], boxes[outer]);
+        inner != outer
+            && areas[outer] > areas[inner]
+            && o[0] <= i[0]
+            && o[1] <= i[1]
+            && o[2] >= i[2]
+            && o[3] >= i[3]
+            && inside(rings[inner][0], &rings[outer])
+    };
+    let n = rings.len();
+    let is_hole: Vec<bool> = if n <= MAX_RINGS_FOR_NESTING {
+        (0..n)
+            .map(|i| (0..n).filter(|&o| within(i, o)).count() % 2 == 1)
+            .collect()
+    } else {
+        rings.iter().map(|r| signed_area2(r) > 0.0).collect()
+    };
+    let mut owner_of: Vec<Option<usize>> = vec![None; n];
+    for h in (0..n).filter(|&h| is_hole[h]) {
+        owner_of[h] = (0..n)
+            .filter(|&o| !is_hole[o] && within(h, o))
+            .min_by(|&a, &b| areas[a].total_cmp(&areas[b]));
     }
+    let outers: Vec<usize> = (0..n)
+        .filter(|&i| !is_hole[i] || owner_of[i].is_none())
+        .collect();
+    let mut polygons: Vec<Vec<Vec<[f64; 2]>>> = outers
+        .iter()
+        .map(|&o| {
+            let mut p = vec![rings[o].clone()];
+            p.extend(
+                (0..n)
+                    .filter(|&h| is_hole[h] && owner_of[h] == Some(o))
+                    .map(|h| rings[h].clone()),
+            );
+            p
+        })
+        .collect();
     match polygons.len() {
         0 => RawGeometry::Null,
         1 => RawGeometry::Polygon(polygons.remove(0)),
@@ -353,6 +420,36 @@ mod tests {
     }
 
     #[test]
+    fn rings_wound_either_way_nest_as_they_lie_and_null_z_is_no_matter() {
+        let courtyard = |outer_cw: bool, hole_cw: bool| {
+            let text = format!(
+                r#"{{"features":[{{"attributes":{{}},"geometry":{{"rings":[{},{}]}}}}]}}"#,
+                square(0.0, 0.0, 100.0, outer_cw),
+                square(10.0, 10.0, 20.0, hole_cw)
+            );
+            read_features(text.as_bytes(), "t.json")
+                .unwrap()
+                .0
+                .remove(0)
+                .geometry
+        };
+        for (outer_cw, hole_cw) in [(true, false), (false, true), (true, true), (false, false)] {
+            match courtyard(outer_cw, hole_cw) {
+                RawGeometry::Polygon(rings) => {
+                    assert_eq!(rings.len(), 2, "{outer_cw} {hole_cw}");
+                    assert_eq!(rings[0].len(), 5, "the outer first");
+                }
+                other => panic!("{outer_cw} {hole_cw}: {other:?}"),
+            }
+        }
+        let text = r#"{"features":[{"attributes":{},"geometry":{"hasZ":true,"hasM":true,
+            "rings":[[[0,0,null,null],[0,10,1.5,null],[10,10,null,2],[10,0,null,null],[0,0,null,null]]]}}]}"#;
+        let (features, skipped, _) = read_features(text.as_bytes(), "t.json").unwrap();
+        assert_eq!(skipped.total(), 0);
+        assert!(matches!(features[0].geometry, RawGeometry::Polygon(_)));
+    }
+
+    #[test]
     fn a_server_error_and_a_geojson_file_are_told_apart() {
         let err = read_features(
             br#"{"error":{"code":400,"message":"Invalid query"}}"#,
@@ -360,6 +457,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("Invalid query"), "{err}");
+        assert!(looks_like_esri(
+            br#" {"error":{"code":400,"message":"Invalid query"}}"#
+        ));
         assert!(!looks_like_esri(
             br#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"attributes":1}}]}"#
         ));

@@ -360,7 +360,8 @@ mod tests {
         let s = &map.skipped;
         assert_eq!(s.get(SkipReason::NullGeometry), 2);
         assert_eq!(s.get(SkipReason::BadCoordinates), 5, "{s:?}");
-        assert_eq!(s.get(SkipReason::UnsupportedGeometry), 2);
+        assert_eq!(s.get(SkipReason::UnsupportedGeometry), 1);
+        assert_eq!(s.get(SkipReason::PointFeature), 1, "a point is not drawn");
         assert_eq!(
             s.get(SkipReason::UnknownTags),
             3,

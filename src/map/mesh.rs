@@ -202,7 +202,7 @@ pub fn build_city_meshes(map: &CityMap) -> CityMeshes {
                 MapLayer::Buildings => {
                     for i in items {
                         let b = &map.buildings[i];
-                        for piece in &b.footprint {
+                        for piece in b.drawn_pieces() {
                             add_building(
                                 &mut mesh,
                                 earcut,

@@ -76,6 +76,8 @@ pub enum SkipReason {
     ConditionalRestriction,
     /// A relation with a member of a type OSM does not have (corrupt data).
     UnreadableMembers,
+    /// A point (a label point, a POI): the map draws areas and lines.
+    PointFeature,
 }
 
 impl SkipReason {
@@ -91,6 +93,7 @@ impl SkipReason {
                 | SkipReason::OutsideCity
                 | SkipReason::ViaWayRestriction
                 | SkipReason::ConditionalRestriction
+                | SkipReason::PointFeature
         )
     }
 
@@ -112,6 +115,7 @@ impl SkipReason {
             SkipReason::InvalidRestriction => "malformed turn restriction",
             SkipReason::ConditionalRestriction => "turn restriction at certain times only",
             SkipReason::UnreadableMembers => "relation members of no OSM type",
+            SkipReason::PointFeature => "a point: the map draws areas and lines",
         }
     }
 
@@ -132,6 +136,7 @@ impl SkipReason {
             SkipReason::InvalidRestriction => "invalid_restriction",
             SkipReason::ConditionalRestriction => "conditional_restriction",
             SkipReason::UnreadableMembers => "unreadable_members",
+            SkipReason::PointFeature => "point_feature",
         }
     }
 }
@@ -322,12 +327,27 @@ pub struct Building {
     /// For an outline: it has parts, which are drawn and picked instead of it; the
     /// outline stays in the map for the inspector and the building's facts.
     pub has_parts: bool,
+    /// For an outline in several pieces: which pieces have parts (those are drawn by
+    /// their parts; the others by the outline). Empty when it has none.
+    pub parted_pieces: Vec<bool>,
 }
 
 impl Building {
-    /// Whether the building is drawn and picked: everything except outlines with parts.
+    /// Whether the building is drawn and picked: everything except outlines whose
+    /// every piece is drawn by its parts.
     pub fn is_drawn(&self) -> bool {
-        !self.has_parts
+        !self.has_parts || self.parted_pieces.iter().any(|parted| !parted)
+    }
+
+    /// The pieces of the footprint the building itself draws: all of them, but for
+    /// an outline those with parts in them.
+    pub fn drawn_pieces(&self) -> impl Iterator<Item = &Polygon<f64>> {
+        self.footprint
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.parted_pieces.get(*i).copied().unwrap_or(false))
+            .map(|(_, p)| p)
     }
 
     /// Every ring of the footprint: each piece's exterior, then its holes.
@@ -614,17 +634,6 @@ pub fn load_path(path: &Path) -> Result<CityMap, MapError> {
 /// `--coords`) and its fields by `options.schema`, else the mapping beside it, else
 /// by guessing (see [`schema`]).
 pub fn load_path_with(path: &Path, options: &LoadOptions) -> Result<CityMap, MapError> {
-    let mapping = match options
-        .schema
-        .clone()
-        .or_else(|| schema::SchemaFile::beside(path))
-    {
-        Some(file) => Some((
-            schema::SchemaFile::load(&file).map_err(MapError::Schema)?,
-            file,
-        )),
-        None => None,
-    };
     let bytes = std::fs::read(path).map_err(|source| MapError::Io {
         path: path.to_path_buf(),
         source,
@@ -645,6 +654,24 @@ pub fn load_path_with(path: &Path, options: &LoadOptions) -> Result<CityMap, Map
         .trim_end_matches(".geojson")
         .trim_end_matches(".json")
         .to_string();
+    // An OSM PBF is read by its OSM tags: a mapping beside it is not its own, and
+    // one given for it is a mistake.
+    let mapping = match (format, options.schema.clone()) {
+        (MapFormat::OsmPbf, Some(file)) => {
+            return Err(MapError::Schema(format!(
+                "--schema {}: an OpenStreetMap PBF is read by its OSM tags; a mapping is for GeoJSON and Esri JSON",
+                file.display()
+            )));
+        }
+        (MapFormat::OsmPbf, None) => None,
+        (_, given) => match given.or_else(|| schema::SchemaFile::beside(path)) {
+            Some(file) => Some((
+                schema::SchemaFile::load(&file).map_err(MapError::Schema)?,
+                file,
+            )),
+            None => None,
+        },
+    };
     let mapping = mapping.as_ref().map(|(m, f)| (m, f.as_path()));
     load_bytes_with(
         &bytes,
@@ -1083,7 +1110,7 @@ fn link_building_parts(buildings: &mut [Building]) {
         })
         .collect();
     let tree = RTree::bulk_load(outlines);
-    let links: Vec<(usize, usize)> = buildings
+    let links: Vec<(usize, usize, usize)> = buildings
         .iter()
         .enumerate()
         .filter(|(_, b)| b.is_part)
@@ -1101,21 +1128,31 @@ fn link_building_parts(buildings: &mut [Building]) {
             } else {
                 geo::Polygon::new(piece.exterior().clone(), Vec::new()).interior_point()?
             };
-            let outline = tree
+            // The smallest piece of an outline containing it.
+            let (outline, piece, _) = tree
                 .locate_in_envelope_intersecting(&AABB::from_point([p.x(), p.y()]))
                 .map(|o| o.data)
-                .filter(|&o| buildings[o].footprint.contains(&p))
-                .min_by(|&x, &y| {
-                    let ax = buildings[x].footprint.unsigned_area();
-                    let ay = buildings[y].footprint.unsigned_area();
-                    ax.total_cmp(&ay).then(x.cmp(&y))
-                })?;
-            Some((part, outline))
+                .filter_map(|o| {
+                    let (i, piece) = buildings[o]
+                        .footprint
+                        .0
+                        .iter()
+                        .enumerate()
+                        .find(|(_, piece)| piece.contains(&p))?;
+                    Some((o, i, piece.unsigned_area()))
+                })
+                .min_by(|x, y| x.2.total_cmp(&y.2).then(x.0.cmp(&y.0)))?;
+            Some((part, outline, piece))
         })
         .collect();
-    for (part, outline) in links {
+    for (part, outline, piece) in links {
         buildings[part].outline = Some(outline);
-        buildings[outline].has_parts = true;
+        let o = &mut buildings[outline];
+        o.has_parts = true;
+        if o.parted_pieces.is_empty() {
+            o.parted_pieces = vec![false; o.footprint.0.len()];
+        }
+        o.parted_pieces[piece] = true;
     }
 }
 
@@ -1295,7 +1332,26 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
     if geometry == RawGeometry::Null {
         return Err(SkipReason::NullGeometry);
     }
+    if geometry == RawGeometry::Point {
+        return Err(SkipReason::PointFeature);
+    }
     let class = classify(&tags).ok_or(SkipReason::UnknownTags)?;
+    // A highway drawn as a polygon (a relation, a GeoJSON area) is a paved area; a
+    // railway drawn as one (a rail yard's land) is not drawn.
+    let class = match class {
+        Class::Road(road)
+            if matches!(
+                geometry,
+                RawGeometry::Polygon(_) | RawGeometry::MultiPolygon(_)
+            ) =>
+        {
+            if road == RoadClass::Rail {
+                return Err(SkipReason::UnknownTags);
+            }
+            Class::Paved
+        }
+        other => other,
+    };
     let name = tag(&tags, "name").map(str::to_string);
     match class {
         Class::Building => {
@@ -1321,26 +1377,8 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
                 is_part,
                 outline: None,
                 has_parts: false,
+                parted_pieces: Vec::new(),
             }))
-        }
-        // A highway drawn as a polygon (a relation, a GeoJSON area) is an area.
-        Class::Road(_)
-            if matches!(
-                geometry,
-                RawGeometry::Polygon(_) | RawGeometry::MultiPolygon(_)
-            ) =>
-        {
-            build_feature(
-                RawFeature {
-                    id,
-                    tags: tags
-                        .into_iter()
-                        .chain([("area".to_string(), "yes".to_string())])
-                        .collect(),
-                    geometry,
-                },
-                frame,
-            )
         }
         Class::Road(class) => {
             let lines = project_lines(line_points(geometry)?, frame)?;
@@ -1561,7 +1599,11 @@ mod tests {
         let s = &map.skipped;
         assert_eq!(s.get(SkipReason::UnknownTags), 1);
         assert_eq!(s.get(SkipReason::NullGeometry), 1);
-        assert_eq!(s.get(SkipReason::UnsupportedGeometry), 1);
+        assert_eq!(
+            s.get(SkipReason::PointFeature),
+            1,
+            "a point building: not drawn"
+        );
         assert_eq!(s.get(SkipReason::BadCoordinates), 2);
         assert_eq!(s.get(SkipReason::OutsideCity), 1);
         assert_eq!(s.get(SkipReason::TooFewPoints), 1);
@@ -1579,6 +1621,57 @@ mod tests {
             "{:?}",
             map.bbox_wgs84
         );
+    }
+
+    #[test]
+    fn a_building_in_pieces_with_parts_in_one_draws_the_other_itself() {
+        let outline = feature(
+            "b",
+            &[("building", "yes"), ("height", "10")],
+            RawGeometry::MultiPolygon(vec![
+                vec![square(24.94, 60.17, 0.0004)],
+                vec![square(24.95, 60.17, 0.0004)],
+            ]),
+        );
+        let part = feature(
+            "p",
+            &[("building:part", "yes"), ("height", "30")],
+            RawGeometry::Polygon(vec![square(24.9401, 60.1701, 0.0002)]),
+        );
+        let map = build_city("t", vec![outline, part], SkipCounts::default());
+        let b = map.buildings.iter().position(|b| b.id == "b").unwrap();
+        let p = map.buildings.iter().position(|b| b.id == "p").unwrap();
+        assert_eq!(map.buildings[p].outline, Some(b));
+        assert!(map.buildings[b].has_parts);
+        assert_eq!(map.buildings[b].parted_pieces, vec![true, false]);
+        // The piece without parts is still drawn and picked as the building; the
+        // other shows its part.
+        assert!(map.buildings[b].is_drawn());
+        assert_eq!(map.buildings[b].drawn_pieces().count(), 1);
+        let index = pick::BuildingIndex::new(&map);
+        let [e, n] = map.frame.local_from_wgs84(24.9502, 60.1702);
+        assert_eq!(index.building_at(&map, e, n), Some(b));
+        let [e, n] = map.frame.local_from_wgs84(24.9402, 60.1702);
+        assert_eq!(index.building_at(&map, e, n), Some(p));
+    }
+
+    #[test]
+    fn a_railway_drawn_as_an_area_is_not_drawn_and_never_a_crash() {
+        let yard = |id: &str, tags: &[(&str, &str)]| {
+            feature(
+                id,
+                tags,
+                RawGeometry::Polygon(vec![square(24.94, 60.17, 0.001)]),
+            )
+        };
+        let features = vec![
+            yard("r1", &[("railway", "rail")]),
+            yard("r2", &[("railway", "tram"), ("area", "yes")]),
+            yard("h", &[("highway", "pedestrian")]),
+        ];
+        let map = build_city("t", features, SkipCounts::default());
+        assert_eq!(map.skipped.get(SkipReason::UnknownTags), 2);
+        assert_eq!(map.count_areas(AreaKind::Paved), 1);
     }
 
     #[test]

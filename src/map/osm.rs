@@ -243,6 +243,8 @@ pub fn read_map(
         let (inner_rings, _) = assemble_rings(inner_segments);
         let outers: Vec<Vec<[f64; 2]>> = outer_rings.iter().filter_map(|r| resolve(r)).collect();
         let inners: Vec<Vec<[f64; 2]>> = inner_rings.iter().filter_map(|r| resolve(r)).collect();
+        // Rings whose nodes lie outside the extract: cut by its edge, not broken.
+        missing |= outers.len() < outer_rings.len();
         if outers.is_empty() {
             skipped.add(if missing {
                 SkipReason::MissingReferences

@@ -57,7 +57,11 @@ impl BuildingIndex {
         let point = Point(Coord { x: east, y: north });
         self.tree
             .locate_in_envelope_intersecting(&AABB::from_point([east, north]))
-            .filter(move |f| map.buildings[f.index].footprint.contains(&point))
+            .filter(move |f| {
+                map.buildings[f.index]
+                    .drawn_pieces()
+                    .any(|piece| piece.contains(&point))
+            })
     }
 
     /// Index of the building whose footprint contains the local point (east, north);

@@ -306,10 +306,23 @@ fn field<'a>(tags: &'a Tags, names: &[&str]) -> Option<(&'a str, &'a str)> {
     })
 }
 
-/// A number above zero (agencies write 0 for "unknown").
-fn positive(value: &str) -> Option<f64> {
-    let v: f64 = value.trim().trim_end_matches('m').trim().parse().ok()?;
+/// A height in metres above zero (agencies write 0 for "unknown"), in any spelling
+/// OSM heights have (`12`, `12 m`, `40 ft`) or with 米.
+fn height_m(value: &str) -> Option<f32> {
+    let value = value.trim().replace('米', " m").replace('Ｍ', "m");
+    let v = super::footprint::parse_length_m(value.trim())?;
     (v.is_finite() && v > 0.0).then_some(v)
+}
+
+/// A number of floors above zero: `12`, `12层`, `12 F`, `12楼`.
+fn floors(value: &str) -> Option<f64> {
+    let v: f64 = value
+        .trim()
+        .trim_end_matches(['层', '楼', 'F', 'f', 'Ｆ'])
+        .trim()
+        .parse()
+        .ok()?;
+    (v.is_finite() && v > 0.0 && v < 500.0).then_some(v)
 }
 
 fn push(tags: &mut Tags, key: &str, value: impl Into<String>) {
@@ -338,26 +351,33 @@ fn add_kind(f: &mut RawFeature, kind: &str) -> bool {
     true
 }
 
-/// Heights, floors and the name from the given fields.
+/// Heights, floors and the name from the given fields. `overrule`: they replace the
+/// feature's own `height`, `building:levels`, `name` (an explicit mapping's do).
 fn add_measures(
     f: &mut RawFeature,
     fields: [(&'static str, Option<(String, String)>); 4],
     used: &mut Vec<(&'static str, String)>,
+    overrule: bool,
 ) {
     for (role, found) in fields {
         let Some((name, value)) = found else { continue };
         let (key, value) = match role {
-            "height" | "min_height" => match positive(&value) {
+            "height" | "min_height" => match height_m(&value) {
                 Some(v) => (role, v.to_string()),
                 None => continue,
             },
-            "floors" => match positive(&value) {
+            "floors" => match floors(&value) {
                 Some(v) => ("building:levels", v.to_string()),
                 None => continue,
             },
             _ => ("name", value.trim().to_string()),
         };
-        if tag(&f.tags, key).is_none() {
+        if key == name {
+            // The field is the tag itself: nothing to add.
+        } else if overrule {
+            f.tags.retain(|(k, _)| k != key);
+            f.tags.push((key.to_string(), value));
+        } else if tag(&f.tags, key).is_none() {
             f.tags.push((key.to_string(), value));
         }
         used.push((role, name));
@@ -383,6 +403,8 @@ fn read_explicit(f: &mut RawFeature, mapping: &SchemaFile) -> Option<Vec<(&'stat
     if let Some(k) = &mapping.kind_field {
         used.push(("kind", k.clone()));
     }
+    // What the mapping says the feature is wins over what its own keys say.
+    f.tags.retain(|(k, _)| !OSM_KEYS.contains(&k.as_str()));
     if kind == "none" {
         return Some(used);
     }
@@ -397,7 +419,7 @@ fn read_explicit(f: &mut RawFeature, mapping: &SchemaFile) -> Option<Vec<(&'stat
         ("floors", get(&mapping.floors)),
         ("name", get(&mapping.name)),
     ];
-    add_measures(f, fields, &mut used);
+    add_measures(f, fields, &mut used, true);
     Some(used)
 }
 
@@ -481,7 +503,7 @@ fn read_vector_tile(f: &mut RawFeature) -> Option<Vec<(&'static str, String)>> {
         ),
         ("name", name),
     ];
-    add_measures(f, fields, &mut used);
+    add_measures(f, fields, &mut used, false);
     for (role, key) in [("height", "height"), ("min_height", "min_height")] {
         if tag(&f.tags, key).is_some() {
             used.push((role, key.to_string()));
@@ -495,8 +517,8 @@ fn read_agency(f: &mut RawFeature) -> Option<Vec<(&'static str, String)>> {
     if !is_area(&f.geometry) {
         return None;
     }
-    let height = owned(field(&f.tags, &HEIGHT_FIELDS)).filter(|(_, v)| positive(v).is_some());
-    let floors = owned(field(&f.tags, &FLOORS_FIELDS)).filter(|(_, v)| positive(v).is_some());
+    let height = owned(field(&f.tags, &HEIGHT_FIELDS)).filter(|(_, v)| height_m(v).is_some());
+    let floors = owned(field(&f.tags, &FLOORS_FIELDS)).filter(|(_, v)| self::floors(v).is_some());
     if height.is_none() && floors.is_none() {
         // A height field present but empty or zero still says "building".
         field(&f.tags, &HEIGHT_FIELDS).or_else(|| field(&f.tags, &FLOORS_FIELDS))?;
@@ -513,6 +535,7 @@ fn read_agency(f: &mut RawFeature) -> Option<Vec<(&'static str, String)>> {
             ("name", name),
         ],
         &mut used,
+        false,
     );
     Some(used)
 }
@@ -618,6 +641,21 @@ mod tests {
     }
 
     #[test]
+    fn heights_and_floors_with_their_units() {
+        let mut fs = vec![
+            feature(&[("HEIGHT", "30米")], square()),
+            feature(&[("层数", "10层")], square()),
+            feature(&[("FLOORS", "3F")], square()),
+            feature(&[("Height", "40 ft")], square()),
+        ];
+        normalise(&mut fs, None);
+        assert_eq!(tag(&fs[0].tags, "height"), Some("30"));
+        assert_eq!(tag(&fs[1].tags, "building:levels"), Some("10"));
+        assert_eq!(tag(&fs[2].tags, "building:levels"), Some("3"));
+        assert_eq!(tag(&fs[3].tags, "height"), Some("12.192"));
+    }
+
+    #[test]
     fn osm_tags_are_left_as_they_are() {
         let mut fs = vec![feature(&[("building", "yes"), ("kind", "water")], square())];
         let before = fs[0].tags.clone();
@@ -661,6 +699,18 @@ mod tests {
             feature(&[("TYPE", "其他"), ("HEIGHT", "9")], square()),
             // Not named by the mapping: guessed.
             feature(&[("building", "yes")], square()),
+            // Its own height and name lose to the mapping's fields; its own
+            // building=yes to what the mapping says it is.
+            feature(
+                &[
+                    ("TYPE", "房屋"),
+                    ("JZGD", "40"),
+                    ("height", "3"),
+                    ("name", "x"),
+                ],
+                square(),
+            ),
+            feature(&[("TYPE", "水系"), ("building", "yes")], square()),
         ];
         let report = normalise(&mut fs, Some(&mapping));
         assert_eq!(tag(&fs[0].tags, "building"), Some("yes"));
@@ -670,7 +720,10 @@ mod tests {
         assert_eq!(tag(&fs[1].tags, "natural"), Some("water"));
         assert_eq!(tag(&fs[2].tags, "highway"), Some("primary"));
         assert_eq!(tag(&fs[3].tags, "building"), None);
-        assert_eq!(report.features[&Schema::Explicit], 4);
+        assert_eq!(tag(&fs[5].tags, "height"), Some("40"));
+        assert_eq!(tag(&fs[6].tags, "building"), None);
+        assert_eq!(tag(&fs[6].tags, "natural"), Some("water"));
+        assert_eq!(report.features[&Schema::Explicit], 6);
         assert_eq!(report.features[&Schema::Osm], 1);
         assert_eq!(report.fields["kind"], BTreeSet::from(["TYPE".to_string()]));
         assert_eq!(
