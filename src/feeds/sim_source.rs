@@ -223,6 +223,9 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
                 Domain::Health => Some(SimTrouble::Outage),
                 _ => None,
             },
+            classification: Default::default(),
+            field_classification: Default::default(),
+            open_fields: None,
         })
         .collect();
     let ecology = feeds
