@@ -31,6 +31,7 @@ use super::keys::{ANONYMOUS, Clients};
 use super::{EntityQuery, OpenPolicy, OpenSnapshot, layer_geojson, open_catalog, parse_bbox};
 use crate::clock::{rfc3339_from_unix_ms, unix_ms_now};
 use crate::feeds::config::FeedsSetup;
+use crate::governance::catalog::ObservedSchema;
 use crate::http::{Limits, Method, Observer, Rate, Request, Response, Served, Server, Tls};
 use crate::map::CityMap;
 use crate::sim::serve::CORE_CONTEXT_LINK;
@@ -456,8 +457,19 @@ pub fn run(
         .unwrap_or_else(|| format!("{scheme}://{}", server.addr()));
     let title = setup.open_data.title.clone().unwrap_or(city.name.clone());
     let layers_licence = setup.open_data.licence.clone().or(city.attribution.clone());
-    started(&server, &policy);
     let mut state = crate::state::LiveState::new(city.frame);
+    let empty = vec![ObservedSchema::default(); setup.feeds.len()];
+    // The catalog is there from the first request, before any feed has answered.
+    let catalog = open_catalog(
+        &title,
+        &setup.feeds,
+        &empty,
+        &policy,
+        layers_licence.as_deref(),
+        &base_url,
+    );
+    server.publish(OpenSnapshot::build(&policy, &state, catalog, unix_ms_now()));
+    started(&server, &policy);
     let (running, rx) = crate::feeds::start_feeds(&setup.feeds, &setup.areas, city, 1);
     let rules = QualityRules::for_city(city.bbox_wgs84).with_ranges(setup.rules);
     let mut ingest = Ingest::with_rules(&setup.feeds, rx, rules);
@@ -493,7 +505,6 @@ mod tests {
 
     use super::*;
     use crate::feeds::config::parse_setup;
-    use crate::governance::catalog::ObservedSchema;
     use crate::model::{EntityKind, EntityUpdate, FieldValue};
     use crate::state::LiveState;
 
