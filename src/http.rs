@@ -48,6 +48,9 @@ pub struct Limits {
     /// beyond it share one allowance, so a flood of distinct addresses or tokens
     /// never grows memory.
     pub max_tracked_clients: usize,
+    /// Rates of their own for named callers (an open-data client's key); the others
+    /// have `rate`.
+    pub caller_rates: BTreeMap<String, Rate>,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_s` a second.
@@ -95,6 +98,7 @@ impl Default for Limits {
             max_handlers: 16,
             rate: Rate::default(),
             max_tracked_clients: 4096,
+            caller_rates: BTreeMap::new(),
         }
     }
 }
@@ -185,6 +189,27 @@ pub enum Caller {
     /// wrong or missing credential); rated per address, so guessing is slow.
     Refused(Response),
 }
+
+/// One request as it was answered, for an access log ([`Server::start_observed`]).
+#[derive(Debug)]
+pub struct Served<'a> {
+    pub method: &'a Method,
+    /// Path and query, as sent.
+    pub target: &'a str,
+    pub peer: SocketAddr,
+    /// Who the endpoint's [`Gate`] found the credentials to be; `None` for anonymous
+    /// and refused requests.
+    pub caller: Option<&'a str>,
+    pub status: u16,
+    /// Bytes of the answer's body.
+    pub bytes: usize,
+    /// From the head read to the answer made.
+    pub duration: Duration,
+}
+
+/// Hears of every request answered, refusals (401, 413, 429, ...) included; runs on
+/// the server's own threads, so keep it cheap (hand the line to a writer thread).
+pub type Observer = Arc<dyn Fn(&Served) + Send + Sync>;
 
 /// Reads a request's head (its body is empty when called) and says who sent it.
 /// Runs before the body is read, on the server's own threads: keep it cheap.
@@ -303,13 +328,14 @@ struct Buckets {
 /// A token bucket per client, in bounded memory.
 struct RateLimiter {
     rate: Rate,
+    caller_rates: BTreeMap<String, Rate>,
     max: usize,
     callers: Mutex<Buckets>,
     addresses: Mutex<Buckets>,
 }
 
 impl RateLimiter {
-    fn new(rate: Rate, max: usize) -> RateLimiter {
+    fn new(rate: Rate, caller_rates: BTreeMap<String, Rate>, max: usize) -> RateLimiter {
         let now = Instant::now();
         let buckets = || {
             Mutex::new(Buckets {
@@ -320,17 +346,27 @@ impl RateLimiter {
         };
         RateLimiter {
             rate,
+            caller_rates,
             max: max.max(1),
             callers: buckets(),
             addresses: buckets(),
         }
     }
 
+    /// The rate `client` is held to.
+    fn rate_of(&self, client: &Client) -> Rate {
+        match client {
+            Client::Caller(name) => self.caller_rates.get(name).copied().unwrap_or(self.rate),
+            Client::Address(_) => self.rate,
+        }
+    }
+
     fn admit(&self, client: Client, now: Instant) -> Result<(), Duration> {
-        if !self.rate.per_s.is_finite() {
+        let rate = self.rate_of(&client);
+        if !rate.per_s.is_finite() {
             return Ok(());
         }
-        if self.rate.per_s <= 0.0 || self.rate.burst == 0 {
+        if rate.per_s <= 0.0 || rate.burst == 0 {
             return Err(Duration::from_secs(60));
         }
         let table = match client {
@@ -338,7 +374,6 @@ impl RateLimiter {
             Client::Address(_) => &self.addresses,
         };
         let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
-        let rate = self.rate;
         if let Some(bucket) = table.map.get_mut(&client) {
             return bucket.take(rate, now);
         }
@@ -348,7 +383,7 @@ impl RateLimiter {
             && now.saturating_duration_since(table.last_sweep) >= Duration::from_millis(50)
         {
             table.last_sweep = now;
-            table.map.retain(|_, b| !b.is_full(rate, now));
+            table.map.retain(|c, b| !b.is_full(self.rate_of(c), now));
         }
         if table.map.len() >= self.max {
             return table.overflow.take(rate, now);
@@ -383,6 +418,7 @@ struct Shared {
     limits: Limits,
     handler: Handler,
     gate: Option<Gate>,
+    observer: Option<Observer>,
     limiter: RateLimiter,
     refused: Refusals,
 }
@@ -476,6 +512,19 @@ impl Server {
         handler: Handler,
         tls: Option<Tls>,
     ) -> std::io::Result<Server> {
+        Self::start_observed(addr, name, limits, gate, handler, tls, None)
+    }
+
+    /// As [`Server::start_gated`], telling `observer` of every request answered.
+    pub fn start_observed(
+        addr: &str,
+        name: &str,
+        limits: Limits,
+        gate: Option<Gate>,
+        handler: Handler,
+        tls: Option<Tls>,
+        observer: Option<Observer>,
+    ) -> std::io::Result<Server> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let bound = listener.local_addr()?;
@@ -489,10 +538,15 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let shared = Arc::new(Shared {
-            limiter: RateLimiter::new(limits.rate, limits.max_tracked_clients),
+            limiter: RateLimiter::new(
+                limits.rate,
+                limits.caller_rates.clone(),
+                limits.max_tracked_clients,
+            ),
             limits,
             handler,
             gate,
+            observer,
             refused: Refusals::default(),
         });
         let serving = shared.clone();
@@ -645,6 +699,36 @@ async fn serve_one(
     peer: SocketAddr,
     shared: Arc<Shared>,
 ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    let Some(observer) = shared.observer.clone() else {
+        let (response, close, _) = answer_one(request, peer, &shared).await;
+        return Ok(shared.answer(response, close));
+    };
+    let started = Instant::now();
+    let method = request.method().clone();
+    let target = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_string(),
+        |p| p.as_str().to_string(),
+    );
+    let (response, close, caller) = answer_one(request, peer, &shared).await;
+    observer(&Served {
+        method: &method,
+        target: &target,
+        peer,
+        caller: caller.as_deref(),
+        status: response.status,
+        bytes: response.body.len(),
+        duration: started.elapsed(),
+    });
+    Ok(shared.answer(response, close))
+}
+
+/// The answer to one request, whether to close the connection after it, and who the
+/// gate found the caller to be.
+async fn answer_one(
+    request: hyper::Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> (Response, bool, Option<String>) {
     let limits = &shared.limits;
     let (parts, body) = request.into_parts();
     let declared = parts
@@ -661,7 +745,7 @@ async fn serve_one(
     };
     // Refused before a byte of the body is read or buffered; the connection closes.
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
-        return Ok(shared.answer(too_large(), true));
+        return (too_large(), true, None);
     }
     let mut request = Request {
         method: parts.method,
@@ -688,11 +772,11 @@ async fn serve_one(
                 Ok(()) => refusal,
                 Err(wait) => too_many(wait),
             };
-            return Ok(shared.answer(answer, true));
+            return (answer, true, None);
         }
     };
     if let Err(wait) = shared.limiter.admit(client, now) {
-        return Ok(shared.answer(too_many(wait), true));
+        return (too_many(wait), true, request.caller);
     }
     // The whole body within the read timeout: a client trickling it is cut off.
     let collected = tokio::time::timeout(
@@ -703,35 +787,35 @@ async fn serve_one(
     request.body = match collected {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Ok(shared.answer(too_large(), true));
+            return (too_large(), true, None);
         }
         Ok(Err(e)) => {
             shared.refused.count("bad_request");
-            return Ok(shared.answer(
+            return (
                 Response::error(400, "bad_body", format!("cannot read the body: {e}")),
                 true,
-            ));
+                request.caller,
+            );
         }
         Err(_) => {
-            return Ok(shared.answer(
-                Response::error(
-                    408,
-                    "timeout",
-                    format!(
-                        "the body did not arrive within {} s",
-                        limits.read_timeout.as_secs()
-                    ),
+            let timeout = Response::error(
+                408,
+                "timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    limits.read_timeout.as_secs()
                 ),
-                true,
-            ));
+            );
+            return (timeout, true, request.caller);
         }
     };
     let handler = shared.handler.clone();
+    let caller = request.caller.clone();
     let response = match tokio::task::spawn_blocking(move || handler(request)).await {
         Ok(r) => r,
         Err(_) => Response::error(500, "internal", "the request could not be handled"),
     };
-    Ok(shared.answer(response, false))
+    (response, false, caller)
 }
 
 fn to_hyper(response: Response, close: bool) -> hyper::Response<Full<Bytes>> {
@@ -1510,7 +1594,7 @@ mod tests {
             max_tracked_clients: 16,
             ..Limits::default()
         };
-        let limiter = RateLimiter::new(limits.rate, limits.max_tracked_clients);
+        let limiter = RateLimiter::new(limits.rate, BTreeMap::new(), limits.max_tracked_clients);
         let now = Instant::now();
         for i in 0..100_000u32 {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));

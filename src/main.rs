@@ -242,12 +242,72 @@ enum Command {
     /// the active hub and since when, standby hubs, consoles (user, role, last seen),
     /// events and the chain head.
     HallStatus,
+    /// Serve the open data of --feeds (feeds and map layers classified `open`) over
+    /// HTTP: GET /catalog (DCAT), /ngsi-ld/v1/entities (type, bbox, limit, offset,
+    /// count), /ngsi-ld/v1/entities/{id}, /geojson/{type}, /geojson/layers/{layer},
+    /// /health. Runs the feeds continuously; each client needs a key from --keys;
+    /// one JSON line per request goes to the access log. Stops cleanly on
+    /// SIGINT/SIGTERM.
+    ServeOpenData {
+        /// Address to listen on (beyond this machine only with --tls-cert/--tls-key
+        /// or --insecure-http).
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        addr: String,
+        /// The clients' keys file (TOML; see `zhongshu open-data keys add`).
+        #[arg(long, value_name = "FILE")]
+        keys: PathBuf,
+        /// Append the access log (one JSON line per request) to this file; default:
+        /// standard error.
+        #[arg(long, value_name = "FILE")]
+        access_log: Option<PathBuf>,
+        /// The URL clients reach this server at, for the catalog's links (default:
+        /// http(s)://ADDR).
+        #[arg(long, value_name = "URL")]
+        public_url: Option<String>,
+        /// HTTPS: the certificate chain (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP beyond this machine (keys then cross the network in
+        /// clear: only behind a TLS-terminating proxy).
+        #[arg(long)]
+        insecure_http: bool,
+    },
+    /// Open-data administration.
+    #[command(subcommand)]
+    OpenData(OpenDataCommand),
     /// Manage the users file.
     #[command(subcommand)]
     Users(UsersCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum OpenDataCommand {
+    /// The clients' keys file.
+    #[command(subcommand)]
+    Keys(OpenDataKeysCommand),
+}
+
+#[derive(Subcommand)]
+enum OpenDataKeysCommand {
+    /// Add a client with a new key to a keys file (created if missing): the file keeps
+    /// the key's SHA-256, and the key is printed once, here.
+    Add {
+        /// The client's name, as the access log shows it.
+        name: String,
+        /// The keys file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Requests a second the client may make (default 5), bursts of four
+        /// seconds' worth.
+        #[arg(long)]
+        rate_per_s: Option<f64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1177,6 +1237,39 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             let sim = zhongshu::sim::Simulator::new(&city, config, zhongshu::clock::unix_ms_now());
             zhongshu::sim::serve::serve(&addr, sim)
         }
+        Command::ServeOpenData {
+            addr,
+            keys,
+            access_log,
+            public_url,
+            tls_cert,
+            tls_key,
+            insecure_http,
+        } => serve_open_data(
+            &cli,
+            OpenDataFlags {
+                addr,
+                keys,
+                access_log,
+                public_url,
+                tls: tls_cert.zip(tls_key),
+                insecure_http,
+            },
+        ),
+        Command::OpenData(OpenDataCommand::Keys(OpenDataKeysCommand::Add {
+            name,
+            file,
+            rate_per_s,
+        })) => {
+            let key = zhongshu::governance::open_data::keys::add_client(&file, &name, rate_per_s)
+                .map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "added client {name} to {}; its key, shown this once:",
+                file.display()
+            );
+            println!("{key}");
+            Ok(())
+        }
         Command::Hub => run_hub(&cli),
         Command::HallStatus => hall_status(&cli),
         Command::Audit(AuditCommand::Verify { .. }) if cli.nats.is_some() => {
@@ -1633,6 +1726,97 @@ fn bench_fuzz(
         bail!("{found} finding(s), saved under {}", options.save.display());
     }
     Ok(())
+}
+
+/// `serve-open-data`'s own options.
+struct OpenDataFlags {
+    addr: String,
+    keys: PathBuf,
+    access_log: Option<PathBuf>,
+    public_url: Option<String>,
+    tls: Option<(PathBuf, PathBuf)>,
+    insecure_http: bool,
+}
+
+fn serve_open_data(cli: &Cli, flags: OpenDataFlags) -> anyhow::Result<()> {
+    use zhongshu::governance::open_data::{keys::Clients, serve};
+    let Some(feeds) = cli.feeds.as_deref() else {
+        bail!(
+            "serve-open-data needs --feeds FILE: feeds and layers are internal unless a feeds file says classification = \"open\""
+        );
+    };
+    let setup = zhongshu::feeds::config::load_setup(feeds)?;
+    let clients = Clients::load(&flags.keys).map_err(anyhow::Error::msg)?;
+    if clients.clients.is_empty() && clients.anonymous.is_none() {
+        eprintln!(
+            "zhongshu serve-open-data: {} names no client and no [anonymous] access: every request will be refused (add one with `zhongshu open-data keys add NAME --file {}`)",
+            flags.keys.display(),
+            flags.keys.display()
+        );
+    }
+    let tls = flags
+        .tls
+        .as_ref()
+        .map(|(cert, key)| zhongshu::http::Tls::from_pem_files(cert, key))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if tls.is_none()
+        && !flags.insecure_http
+        && !zhongshu::feeds::cap_intake::is_loopback(&flags.addr)
+    {
+        bail!(
+            "--addr {} is beyond this machine: give --tls-cert and --tls-key (keys never cross a network in clear), or --insecure-http behind a TLS-terminating proxy",
+            flags.addr
+        );
+    }
+    let access_log: Box<dyn std::io::Write + Send> = match &flags.access_log {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open the access log {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let city = load_city(cli.map.as_deref(), &map_load(cli))?;
+    let feed_names: Vec<String> = setup
+        .feeds
+        .iter()
+        .filter(|f| f.classification == zhongshu::model::Classification::Open)
+        .map(|f| f.name.clone())
+        .collect();
+    let stop = stop_on_signals();
+    serve::run(
+        setup,
+        &city,
+        serve::ServeOptions {
+            addr: flags.addr,
+            clients,
+            access_log,
+            public_url: flags.public_url,
+            tls,
+        },
+        stop,
+        |server, policy| {
+            let scheme = if flags.tls.is_some() { "https" } else { "http" };
+            let layers: Vec<&str> = policy.open_layers().collect();
+            eprintln!(
+                "zhongshu serve-open-data: {scheme}://{}/catalog; open feeds: {}; open layers: {}",
+                server.addr(),
+                if feed_names.is_empty() {
+                    "none".into()
+                } else {
+                    feed_names.join(", ")
+                },
+                if layers.is_empty() {
+                    "none".into()
+                } else {
+                    layers.join(", ")
+                },
+            );
+        },
+    )
 }
 
 /// Set by SIGINT/SIGTERM: long-running commands stop cleanly.

@@ -47,6 +47,41 @@ impl Domain {
     }
 }
 
+/// Who may see a feed, a field or a map layer (开放 / 内部 / 涉密): `open` data may
+/// leave through `serve-open-data`; `internal` stays in the hall (the default);
+/// `restricted` stays in the hall and is never published, whatever else says.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Classification {
+    Open,
+    #[default]
+    Internal,
+    Restricted,
+}
+
+impl Classification {
+    pub const ALL: [Classification; 3] = [
+        Classification::Open,
+        Classification::Internal,
+        Classification::Restricted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::Open => "open",
+            Classification::Internal => "internal",
+            Classification::Restricted => "restricted",
+        }
+    }
+
+    /// From its word in a feeds file.
+    pub fn from_word(word: &str) -> Option<Classification> {
+        Self::ALL.into_iter().find(|c| c.as_str() == word)
+    }
+}
+
 /// One attribute value of an entity, flattened from the source's JSON.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

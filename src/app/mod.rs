@@ -155,6 +155,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         feeds,
         rules: ranges,
         areas,
+        ..
     } = match (&options.drill, &options.feeds) {
         (Some(run), _) => crate::feeds::config::FeedsSetup {
             feeds: run.feeds().to_vec(),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::Domain;
+pub use crate::model::Classification;
 
 /// How a feed's payloads are fetched and decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +197,21 @@ pub struct FeedConfig {
     /// as each payload is decoded.
     #[serde(default)]
     pub coords: crate::map::crs::Coords,
+    /// Who may see the feed's data: `open` (served to others by `serve-open-data`),
+    /// `internal` (the default: the hall only) or `restricted` (never published).
+    #[serde(default)]
+    pub classification: Classification,
+    /// Fields of an open feed that must not leave with it:
+    /// `{ plate = "restricted", driverPhone = "internal" }`. A name covers its
+    /// sub-fields (`address` covers `address.streetAddress`, `openingHours` covers
+    /// `openingHours[0].opens`); `location` withholds the geometry.
+    #[serde(default)]
+    pub field_classification: std::collections::BTreeMap<String, Classification>,
+    /// An open feed's only fields that leave, when given: an allow-list, so a field the
+    /// source adds later stays in the hall until a steward opens it. `id` and `type`
+    /// always leave; `location` and `dateObserved` only when listed.
+    #[serde(default)]
+    pub open_fields: Option<Vec<String>>,
 }
 
 /// Trouble a `sim` feed plays, as real cities' feeds do; deterministic for a seed,
@@ -305,6 +321,106 @@ struct FeedsFile {
     rule: Vec<RangeRule>,
     #[serde(default)]
     area: Vec<AreaConfig>,
+    #[serde(default)]
+    open_data: OpenDataConfig,
+}
+
+/// The map layers `serve-open-data` can publish, by their names in `[open_data]`.
+pub const MAP_LAYERS: [&str; 5] = ["buildings", "roads", "water", "green", "districts"];
+
+/// The `[open_data]` table: what `serve-open-data` publishes besides open feeds.
+///
+/// ```toml
+/// [open_data]
+/// title = "Helsinki open city data"       # the catalog's title (default: the map's name)
+/// licence = "ODbL-1.0"                    # of the map layers (default: the map's attribution)
+/// layers = { buildings = "open", roads = "open", districts = "open" }   # default internal
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenDataConfig {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub licence: Option<String>,
+    /// Map layer ([`MAP_LAYERS`]) → classification; a layer left out is internal.
+    #[serde(default)]
+    pub layers: std::collections::BTreeMap<String, Classification>,
+}
+
+impl OpenDataConfig {
+    /// A map layer's classification (internal unless the file says otherwise).
+    pub fn layer(&self, layer: &str) -> Classification {
+        self.layers.get(layer).copied().unwrap_or_default()
+    }
+}
+
+/// Checks the classification words of a feeds file before it is read into types, so
+/// a wrong one is named with its feed (serde would only say "unknown variant").
+fn check_classification_words(table: &toml::Table) -> Result<(), String> {
+    let words = || {
+        Classification::ALL
+            .iter()
+            .map(|c| format!("\"{}\"", c.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let word_ok = |v: &toml::Value| v.as_str().and_then(Classification::from_word).is_some();
+    let feeds = table.get("feed").and_then(|f| f.as_array());
+    for (i, feed) in feeds.into_iter().flatten().enumerate() {
+        let Some(feed) = feed.as_table() else {
+            continue;
+        };
+        let name = feed
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map_or_else(|| format!("#{}", i + 1), |n| format!("\"{n}\""));
+        if let Some(v) = feed.get("classification")
+            && !word_ok(v)
+        {
+            return Err(format!(
+                "feed {name}: classification = {v} is not one of {}",
+                words()
+            ));
+        }
+        if let Some(fields) = feed.get("field_classification") {
+            let Some(fields) = fields.as_table() else {
+                return Err(format!(
+                    "feed {name}: field_classification is a table of field = classification, e.g. {{ plate = \"restricted\" }}"
+                ));
+            };
+            if let Some((field, v)) = fields.iter().find(|(_, v)| !word_ok(v)) {
+                return Err(format!(
+                    "feed {name}: field_classification.{field} = {v} is not one of {}",
+                    words()
+                ));
+            }
+        }
+    }
+    let layers = table
+        .get("open_data")
+        .and_then(|o| o.as_table())
+        .and_then(|o| o.get("layers"));
+    if let Some(layers) = layers {
+        let Some(layers) = layers.as_table() else {
+            return Err("open_data.layers is a table of layer = classification".into());
+        };
+        for (layer, v) in layers {
+            if !MAP_LAYERS.contains(&layer.as_str()) {
+                return Err(format!(
+                    "open_data.layers: no map layer \"{layer}\"; the layers are {}",
+                    MAP_LAYERS.join(", ")
+                ));
+            }
+            if !word_ok(v) {
+                return Err(format!(
+                    "open_data.layers.{layer} = {v} is not one of {}",
+                    words()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An `[[area]]`: a place alerts may name by code or by name instead of a shape (a
@@ -449,6 +565,8 @@ pub struct FeedsSetup {
     pub feeds: Vec<FeedConfig>,
     pub rules: Vec<RangeRule>,
     pub areas: Vec<AreaConfig>,
+    /// What `serve-open-data` publishes besides open feeds.
+    pub open_data: OpenDataConfig,
 }
 
 /// Reads and validates a whole feeds file.
@@ -463,10 +581,13 @@ pub fn parse_setup(text: &str) -> Result<FeedsSetup, String> {
         feeds: check_feeds(file.feed)?,
         rules: check_rules(file.rule)?,
         areas: check_areas(file.area)?,
+        open_data: file.open_data,
     })
 }
 
 fn parse_file(text: &str) -> Result<FeedsFile, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    check_classification_words(&table)?;
     toml::from_str(text).map_err(|e| e.to_string())
 }
 
@@ -639,6 +760,7 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
                 "feed \"{name}\": rate_per_s = {rate}: give requests a second above 0, at most 1000000"
             ));
         }
+        check_field_classification(feed).map_err(|e| format!("feed \"{name}\": {e}"))?;
         if feed.kind != FeedKind::NgsiLdNotify
             && (feed.notify_url.is_some() || feed.subscription_s != default_subscription_s())
         {
@@ -709,6 +831,41 @@ fn check_feeds(feed: Vec<FeedConfig>) -> Result<Vec<FeedConfig>, String> {
     }
     check_single_authority(&feed)?;
     Ok(feed)
+}
+
+/// A feed's fields are never more open than the feed, and are named.
+fn check_field_classification(feed: &FeedConfig) -> Result<(), String> {
+    let named = feed
+        .field_classification
+        .keys()
+        .chain(feed.open_fields.iter().flatten());
+    for field in named {
+        if field.trim().is_empty() || field.trim() != field {
+            return Err(format!(
+                "{field:?} is not a field name (field_classification, open_fields)"
+            ));
+        }
+    }
+    if feed.classification == Classification::Open {
+        return Ok(());
+    }
+    let opened = feed
+        .field_classification
+        .iter()
+        .find(|(_, c)| **c == Classification::Open);
+    if let Some((field, _)) = opened {
+        return Err(format!(
+            "field {field} is marked open but the feed is {}: a field is never more open than its feed",
+            feed.classification.as_str()
+        ));
+    }
+    if feed.open_fields.is_some() {
+        return Err(format!(
+            "open_fields lists what an open feed publishes, but the feed is {}",
+            feed.classification.as_str()
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses two feeds authoritative for the same type or field: the winner would flip

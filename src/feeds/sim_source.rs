@@ -224,6 +224,9 @@ pub fn default_sim_feeds() -> Vec<FeedConfig> {
                 _ => None,
             },
             coords: Default::default(),
+            classification: Default::default(),
+            field_classification: Default::default(),
+            open_fields: None,
         })
         .collect();
     let ecology = feeds

@@ -1,0 +1,290 @@
+//! The clients of the open-data endpoints: a keys file (TOML) naming each client with
+//! the SHA-256 of its key and its rate. Keys themselves are never written down: a
+//! new one is printed once by `zhongshu open-data keys add NAME`.
+//!
+//! ```toml
+//! # Access without a key; left out, every request needs one.
+//! [anonymous]
+//! rate_per_s = 1
+//!
+//! [[client]]
+//! name = "transit-app"
+//! key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! rate_per_s = 10        # requests a second (default 5), bursts of four seconds' worth
+//! ```
+//!
+//! A client sends its key as `Authorization: Bearer KEY` or `X-API-Key: KEY`; a key
+//! in the URL is not read (URLs end up in proxies' logs).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::http::{Caller, Gate, Rate, Request, Response, digests_equal, token_digest};
+
+/// A client's rate when its entry gives none.
+pub const DEFAULT_CLIENT_RATE_PER_S: f64 = 5.0;
+
+/// The name anonymous requests are logged under.
+pub const ANONYMOUS: &str = "anonymous";
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientEntry {
+    name: String,
+    key_sha256: String,
+    #[serde(default)]
+    rate_per_s: Option<f64>,
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnonymousEntry {
+    rate_per_s: f64,
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    anonymous: Option<AnonymousEntry>,
+    #[serde(default)]
+    client: Vec<ClientEntry>,
+}
+
+/// One client: its name, its key's digest, its rate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Client {
+    pub name: String,
+    digest: [u8; 32],
+    pub rate: Rate,
+}
+
+/// Who may use the open-data endpoints.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Clients {
+    pub clients: Vec<Client>,
+    /// The rate of requests without a key (per address); `None`: a key is needed.
+    pub anonymous: Option<Rate>,
+}
+
+fn rate(per_s: f64, burst: Option<u32>, who: &str) -> Result<Rate, String> {
+    if !(per_s.is_finite() && per_s > 0.0 && per_s <= 1_000_000.0) {
+        return Err(format!(
+            "{who}: rate_per_s = {per_s}: give requests a second above 0, at most 1000000"
+        ));
+    }
+    let mut rate = Rate::per_second(per_s);
+    if let Some(b) = burst {
+        if b == 0 {
+            return Err(format!("{who}: burst must be at least 1"));
+        }
+        rate.burst = b;
+    }
+    Ok(rate)
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Clients {
+    /// Parses a keys file; errors name the client and the problem.
+    pub fn parse(text: &str) -> Result<Clients, String> {
+        let file: KeysFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut clients: Vec<Client> = Vec::new();
+        for entry in file.client {
+            let name = entry.name.trim();
+            if name.is_empty() || name == ANONYMOUS || name != entry.name {
+                return Err(format!(
+                    "client {:?}: give a name of its own (not empty, not \"{ANONYMOUS}\", no spaces around it)",
+                    entry.name
+                ));
+            }
+            if clients.iter().any(|c| c.name == name) {
+                return Err(format!("client \"{name}\" is listed twice"));
+            }
+            let Some(digest) = parse_digest(&entry.key_sha256) else {
+                return Err(format!(
+                    "client \"{name}\": key_sha256 must be 64 hex digits (the SHA-256 of the key; never the key itself)"
+                ));
+            };
+            if clients.iter().any(|c| c.digest == digest) {
+                return Err(format!("client \"{name}\" has another client's key"));
+            }
+            let rate = rate(
+                entry.rate_per_s.unwrap_or(DEFAULT_CLIENT_RATE_PER_S),
+                entry.burst,
+                &format!("client \"{name}\""),
+            )?;
+            clients.push(Client {
+                name: name.to_string(),
+                digest,
+                rate,
+            });
+        }
+        let anonymous = file
+            .anonymous
+            .map(|a| rate(a.rate_per_s, a.burst, "anonymous"))
+            .transpose()?;
+        Ok(Clients { clients, anonymous })
+    }
+
+    /// Reads a keys file; errors name the file.
+    pub fn load(path: &Path) -> Result<Clients, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the keys file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The client whose key this is.
+    pub fn find(&self, key: &str) -> Option<&Client> {
+        let digest = token_digest(key);
+        // Every entry compared, in constant time each: no early exit to time.
+        let mut found = None;
+        for c in &self.clients {
+            if digests_equal(&c.digest, &digest) && found.is_none() {
+                found = Some(c);
+            }
+        }
+        found
+    }
+
+    /// Each client's rate, for the server's [`crate::http::Limits::caller_rates`].
+    pub fn rates(&self) -> BTreeMap<String, Rate> {
+        self.clients
+            .iter()
+            .map(|c| (c.name.clone(), c.rate))
+            .collect()
+    }
+
+    /// Reads a request's key: a known one names its client; none is anonymous where
+    /// that is allowed; anything else is refused with 401 (the same answer for a
+    /// wrong key and a missing one).
+    pub fn gate(self: Arc<Self>) -> Gate {
+        Arc::new(move |request: &Request| {
+            let key = request
+                .header("authorization")
+                .and_then(|a| {
+                    a.strip_prefix("Bearer ")
+                        .or_else(|| a.strip_prefix("bearer "))
+                        .map(|k| k.trim().to_string())
+                })
+                .or_else(|| request.header("x-api-key"));
+            match key {
+                Some(key) => match self.find(&key) {
+                    Some(c) => Caller::Known(c.name.clone()),
+                    None => Caller::Refused(unauthorized("this key is not known")),
+                },
+                None if self.anonymous.is_some() => Caller::Anonymous,
+                None => Caller::Refused(unauthorized(
+                    "an API key is needed: send it as Authorization: Bearer KEY or X-API-Key: KEY",
+                )),
+            }
+        })
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    Response::error(401, "unauthorized", message).with_header("WWW-Authenticate", "Bearer")
+}
+
+/// A new key: 32 random bytes, hex, with a prefix that says what it is.
+pub fn new_key() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness for a key: {e}"))?;
+    Ok(format!("zsk_{}", hex(&bytes)))
+}
+
+/// Adds a client to the keys file at `path` (made if missing) with a new key, and
+/// returns the key: the only time it is seen.
+pub fn add_client(path: &Path, name: &str, rate_per_s: Option<f64>) -> Result<String, String> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read the keys file {}: {e}", path.display())),
+    };
+    let key = new_key()?;
+    let mut entry = format!(
+        "\n[[client]]\nname = {}\nkey_sha256 = \"{}\"\n",
+        toml::Value::String(name.to_string()),
+        hex(&token_digest(&key))
+    );
+    if let Some(r) = rate_per_s {
+        entry += &format!("rate_per_s = {r:?}\n");
+    }
+    // The file as it would be, checked whole before a byte is written.
+    let mut whole = existing.clone();
+    if whole.is_empty() {
+        whole = "# Open-data clients: the SHA-256 of each key, never the key itself.\n".into();
+    }
+    whole += &entry;
+    Clients::parse(&whole).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot write the keys file {}: {e}", path.display()))?;
+    let written = whole.get(existing.len()..).unwrap_or(&entry);
+    file.write_all(written.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| format!("cannot write the keys file {}: {e}", path.display()))?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keys_file_holds_digests_and_rates_and_refuses_mistakes() {
+        let dir = std::env::temp_dir().join(format!("zhongshu-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.toml");
+        let _ = std::fs::remove_file(&path);
+        let a = add_client(&path, "transit-app", Some(10.0)).unwrap();
+        let b = add_client(&path, "school", None).unwrap();
+        assert!(a.starts_with("zsk_") && a.len() == 68, "{a}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&a) && !text.contains(&b[4..]), "{text}");
+        let clients = Clients::load(&path).unwrap();
+        assert_eq!(clients.find(&a).unwrap().name, "transit-app");
+        assert_eq!(clients.find(&a).unwrap().rate, Rate::per_second(10.0));
+        assert_eq!(
+            clients.find(&b).unwrap().rate,
+            Rate::per_second(DEFAULT_CLIENT_RATE_PER_S)
+        );
+        assert!(clients.find("zsk_guess").is_none());
+        assert_eq!(clients.anonymous, None);
+        let again = add_client(&path, "school", None).unwrap_err();
+        assert!(again.contains("listed twice"), "{again}");
+        for (bad, needle) in [
+            ("[[client]]\nname='x'\nkey_sha256='abc'\n", "64 hex digits"),
+            ("[[client]]\nname='x'\nkey='zsk_1'\n", "unknown field"),
+            ("[anonymous]\nrate_per_s=0\n", "rate_per_s"),
+        ] {
+            let err = Clients::parse(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad:?} → {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,1044 @@
+//! `zhongshu serve-open-data`: the open part of the hall over HTTP, on Zhongshu's
+//! hardened server, for anyone holding a key (and, where configured, anyone at all).
+//!
+//! - `GET /catalog`: the DCAT-AP catalog (JSON-LD) of the open datasets.
+//! - `GET /ngsi-ld/v1/entities?type=T[,U]&bbox=minLon,minLat,maxLon,maxLat&limit=N&offset=K&count=true`:
+//!   normalized NGSI-LD entities, `NGSILD-Results-Count` with `count=true`, a
+//!   `Link: <…>; rel="next"` while there is more.
+//! - `GET /ngsi-ld/v1/entities/{id}`: one entity; 404 for one that is not open,
+//!   exactly as for one that does not exist.
+//! - `GET /geojson/{type}[?bbox=…]`: a type's entities as a FeatureCollection.
+//! - `GET /geojson/layers/{layer}`: an open map layer as a FeatureCollection.
+//! - `GET /health`: whether it serves, how many entities, as of when.
+//!
+//! Every request, refused ones too, is one JSON line in the access log: `time` (UTC,
+//! RFC 3339), `client` (the key's name, `anonymous`, or `-` when refused), `method`,
+//! `path` (secret query values redacted), `status`, `bytes`, `duration_ms`. Keys are
+//! never logged.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::keys::{ANONYMOUS, Clients};
+use super::{EntityQuery, OpenPolicy, OpenSnapshot, layer_geojson, open_catalog, parse_bbox};
+use crate::clock::{rfc3339_from_unix_ms, unix_ms_now};
+use crate::feeds::config::FeedsSetup;
+use crate::governance::catalog::ObservedSchema;
+use crate::http::{Limits, Method, Observer, Rate, Request, Response, Served, Server, Tls};
+use crate::map::CityMap;
+use crate::sim::serve::CORE_CONTEXT_LINK;
+
+/// Entities one page holds unless asked otherwise (NGSI-LD's default), and at most.
+pub const DEFAULT_LIMIT: usize = 20;
+pub const MAX_LIMIT: usize = 1000;
+
+/// How often the served snapshot is taken again from the live state.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+
+/// The rate per address of requests without a known key, when anonymous access is
+/// off: guessing keys is slow.
+const GUESSING_RATE: Rate = Rate {
+    per_s: 1.0,
+    burst: 10,
+};
+
+/// Access-log lines waiting for the writer at most; beyond, lines are dropped and
+/// counted (a flood never holds the server up on a slow disk).
+const LOG_QUEUE: usize = 10_000;
+
+/// What the endpoints read.
+struct Published {
+    snapshot: RwLock<Arc<OpenSnapshot>>,
+    /// Open map layers, encoded once.
+    layers: BTreeMap<String, Arc<Vec<u8>>>,
+}
+
+/// The open-data endpoints, serving the latest [`OpenSnapshot`] published to them.
+pub struct OpenDataServer {
+    server: Option<Server>,
+    published: Arc<Published>,
+    log_writer: Option<JoinHandle<()>>,
+}
+
+impl OpenDataServer {
+    /// Listens on `addr` for `clients`, serving `layers` (name → FeatureCollection)
+    /// and whatever snapshot is published; one line per request goes to `access_log`.
+    pub fn start(
+        addr: &str,
+        clients: Clients,
+        layers: BTreeMap<String, Value>,
+        access_log: Box<dyn Write + Send>,
+        tls: Option<Tls>,
+    ) -> anyhow::Result<OpenDataServer> {
+        let published = Arc::new(Published {
+            snapshot: RwLock::new(Arc::new(OpenSnapshot::default())),
+            layers: layers
+                .into_iter()
+                .map(|(name, v)| (name, Arc::new(v.to_string().into_bytes())))
+                .collect(),
+        });
+        let limits = Limits {
+            // Only GETs: no body is needed.
+            max_body_bytes: 1024,
+            rate: clients.anonymous.unwrap_or(GUESSING_RATE),
+            caller_rates: clients.rates(),
+            ..Limits::default()
+        };
+        let (lines, queue) = std::sync::mpsc::sync_channel(LOG_QUEUE);
+        let log_writer = std::thread::Builder::new()
+            .name("open-data access log".into())
+            .spawn(move || write_access_log(queue, access_log))?;
+        let anonymous = clients.anonymous.is_some();
+        let gate = Arc::new(clients).gate();
+        let serving = published.clone();
+        let server = Server::start_observed(
+            addr,
+            "open-data",
+            limits,
+            Some(gate),
+            Arc::new(move |request: Request| respond(&serving, &request)),
+            tls,
+            Some(access_logger(lines, anonymous)),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        Ok(OpenDataServer {
+            server: Some(server),
+            published,
+            log_writer: Some(log_writer),
+        })
+    }
+
+    /// Serves `snapshot` from now on.
+    pub fn publish(&self, snapshot: OpenSnapshot) {
+        let mut current = self
+            .published
+            .snapshot
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        *current = Arc::new(snapshot);
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server
+            .as_ref()
+            .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), Server::addr)
+    }
+
+    /// Requests refused so far, by why.
+    pub fn refused(&self) -> BTreeMap<String, u64> {
+        self.server
+            .as_ref()
+            .map(Server::refused)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for OpenDataServer {
+    /// Stops serving, then writes the access log's last lines.
+    fn drop(&mut self) {
+        drop(self.server.take());
+        if let Some(writer) = self.log_writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// One JSON line per request, handed to the writer thread.
+fn access_logger(lines: SyncSender<String>, anonymous: bool) -> Observer {
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    Arc::new(move |served: &Served| {
+        let client = match served.caller {
+            Some(name) => name,
+            None if anonymous && !matches!(served.status, 401 | 403) => ANONYMOUS,
+            None => "-",
+        };
+        let mut line = json!({
+            "time": rfc3339_from_unix_ms(unix_ms_now()),
+            "client": client,
+            "method": served.method.as_str(),
+            "path": crate::http::redact_url(served.target),
+            "status": served.status,
+            "bytes": served.bytes,
+            "duration_ms": (served.duration.as_secs_f64() * 1e4).round() / 10.0,
+        });
+        let missed = dropped.swap(0, Ordering::Relaxed);
+        if missed > 0 {
+            line["lines_dropped_before"] = json!(missed);
+        }
+        match lines.try_send(line.to_string()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                dropped.fetch_add(missed + 1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    })
+}
+
+fn write_access_log(queue: Receiver<String>, mut out: Box<dyn Write + Send>) {
+    while let Ok(line) = queue.recv() {
+        let _ = writeln!(out, "{line}");
+        // Flushed whenever the queue runs dry: lines are on disk within moments.
+        while let Ok(line) = queue.try_recv() {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}
+
+/// `%XX` and `+` decoded (query values and path segments).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let byte = text
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                if let Some(b) = byte {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An NGSI-LD problem answer.
+fn problem(status: u16, kind: &str, title: &str, detail: impl Into<String>) -> Response {
+    Response::json(
+        status,
+        &json!({
+            "type": format!("https://uri.etsi.org/ngsi-ld/errors/{kind}"),
+            "title": title,
+            "detail": detail.into(),
+        }),
+    )
+}
+
+fn not_found(what: &str) -> Response {
+    problem(404, "ResourceNotFound", "Not found", what)
+}
+
+fn bad_request(detail: impl Into<String>) -> Response {
+    problem(400, "BadRequestData", "Bad request", detail)
+}
+
+fn respond(published: &Published, request: &Request) -> Response {
+    if request.method != Method::GET && request.method != Method::HEAD {
+        return problem(
+            405,
+            "OperationNotSupported",
+            "Only GET",
+            request.method.as_str(),
+        )
+        .with_header("Allow", "GET, HEAD");
+    }
+    let url = request.url();
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let query: Vec<(String, String)> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let snapshot = published
+        .snapshot
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if path == "/health" {
+        return Response::json(
+            200,
+            &json!({
+                "status": "ok",
+                "entities": snapshot.len(),
+                "as_of": rfc3339_from_unix_ms(snapshot.taken_at_ms),
+            }),
+        );
+    }
+    if path == "/catalog" {
+        return Response::new(200, "application/ld+json", snapshot.catalog.to_string());
+    }
+    if path == "/ngsi-ld/v1/entities" {
+        return entities(&snapshot, &query, &param);
+    }
+    if let Some(id) = path.strip_prefix("/ngsi-ld/v1/entities/") {
+        let id = percent_decode(id);
+        return match snapshot.entity(&id) {
+            Some(e) => Response::json(200, &Value::Object(e.ngsi.clone()))
+                .with_header("Link", CORE_CONTEXT_LINK),
+            None => not_found(&format!("no open entity {id}")),
+        };
+    }
+    if let Some(layer) = path.strip_prefix("/geojson/layers/") {
+        return match published.layers.get(&percent_decode(layer)) {
+            Some(bytes) => Response::new(200, "application/geo+json", bytes.as_slice()),
+            None => not_found(&format!("no open map layer {layer}")),
+        };
+    }
+    if let Some(entity_type) = path.strip_prefix("/geojson/") {
+        let entity_type = percent_decode(entity_type);
+        let bbox = match param("bbox").map(parse_bbox).transpose() {
+            Ok(b) => b,
+            Err(e) => return bad_request(e),
+        };
+        if !snapshot.types().contains(entity_type.as_str()) {
+            return not_found(&format!("no open entities of type {entity_type}"));
+        }
+        let query = EntityQuery {
+            types: vec![entity_type],
+            bbox,
+        };
+        let features: Vec<Value> = snapshot.select(&query).map(|e| e.feature()).collect();
+        return Response::new(
+            200,
+            "application/geo+json",
+            json!({"type": "FeatureCollection", "features": features}).to_string(),
+        );
+    }
+    not_found(path)
+}
+
+/// `GET /ngsi-ld/v1/entities`.
+fn entities<'a>(
+    snapshot: &OpenSnapshot,
+    query: &[(String, String)],
+    param: &dyn Fn(&str) -> Option<&'a str>,
+) -> Response {
+    if ["georel", "geometry", "coords"]
+        .iter()
+        .any(|p| param(p).is_some())
+    {
+        return bad_request(
+            "geo-queries are bbox=minLon,minLat,maxLon,maxLat here (georel/geometry/coords are not supported)",
+        );
+    }
+    let number = |name: &str, default: usize| match param(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| format!("{name}={v:?}: give a whole number")),
+    };
+    let (limit, offset) = match (number("limit", DEFAULT_LIMIT), number("offset", 0)) {
+        (Ok(l), Ok(o)) => (l, o),
+        (Err(e), _) | (_, Err(e)) => return bad_request(e),
+    };
+    let count = param("count") == Some("true");
+    if limit > MAX_LIMIT || (limit == 0 && !count) {
+        return bad_request(format!(
+            "limit={limit}: between 1 and {MAX_LIMIT} (0 only with count=true)"
+        ));
+    }
+    let bbox = match param("bbox").map(parse_bbox).transpose() {
+        Ok(b) => b,
+        Err(e) => return bad_request(e),
+    };
+    let types = param("type")
+        .map(|t| {
+            t.split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let wanted = EntityQuery { types, bbox };
+    let mut total = 0usize;
+    let mut page = Vec::new();
+    for (i, e) in snapshot.select(&wanted).enumerate() {
+        total += 1;
+        if i >= offset && page.len() < limit {
+            page.push(Value::Object(e.ngsi.clone()));
+        }
+    }
+    let mut response =
+        Response::json(200, &Value::Array(page)).with_header("Link", CORE_CONTEXT_LINK);
+    if count {
+        response = response.with_header("NGSILD-Results-Count", total.to_string());
+    }
+    if limit > 0 && offset.saturating_add(limit) < total {
+        let mut next: Vec<String> = query
+            .iter()
+            .filter(|(k, _)| k != "offset")
+            .map(|(k, v)| format!("{}={}", encode_query(k), encode_query(v)))
+            .collect();
+        next.push(format!("offset={}", offset + limit));
+        response = response.with_header(
+            "Link",
+            format!("</ngsi-ld/v1/entities?{}>; rel=\"next\"", next.join("&")),
+        );
+    }
+    response
+}
+
+/// A query name or value percent-encoded again (`,` kept: lists and bboxes).
+fn encode_query(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~,".contains(&b) {
+            out.push(b as char);
+        } else {
+            out += &format!("%{b:02X}");
+        }
+    }
+    out
+}
+
+/// What `serve-open-data` is told on the command line.
+pub struct ServeOptions {
+    pub addr: String,
+    pub clients: Clients,
+    pub access_log: Box<dyn Write + Send>,
+    /// The address clients reach the server at, for the catalog's links (default
+    /// `http(s)://ADDR`).
+    pub public_url: Option<String>,
+    pub tls: Option<Tls>,
+}
+
+/// The open map layers of `city`, as GeoJSON.
+pub fn open_layers(policy: &OpenPolicy, city: &CityMap) -> BTreeMap<String, Value> {
+    policy
+        .open_layers()
+        .filter_map(|l| Some((l.to_string(), layer_geojson(city, l)?)))
+        .collect()
+}
+
+/// Runs the feeds of `setup` continuously and serves their open part until `stop`;
+/// `started` hears the address served once it listens.
+pub fn run(
+    setup: FeedsSetup,
+    city: &CityMap,
+    options: ServeOptions,
+    stop: &AtomicBool,
+    started: impl FnOnce(&OpenDataServer, &OpenPolicy),
+) -> anyhow::Result<()> {
+    use crate::governance::health::Ingest;
+    use crate::governance::quality::QualityRules;
+    let policy = OpenPolicy::new(&setup.feeds, &setup.open_data);
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let server = OpenDataServer::start(
+        &options.addr,
+        options.clients,
+        open_layers(&policy, city),
+        options.access_log,
+        options.tls,
+    )?;
+    let base_url = options
+        .public_url
+        .unwrap_or_else(|| format!("{scheme}://{}", server.addr()));
+    let title = setup.open_data.title.clone().unwrap_or(city.name.clone());
+    let layers_licence = setup.open_data.licence.clone().or(city.attribution.clone());
+    let mut state = crate::state::LiveState::new(city.frame);
+    let empty = vec![ObservedSchema::default(); setup.feeds.len()];
+    // The catalog is there from the first request, before any feed has answered.
+    let catalog = open_catalog(
+        &title,
+        &setup.feeds,
+        &empty,
+        &policy,
+        layers_licence.as_deref(),
+        &base_url,
+    );
+    server.publish(OpenSnapshot::build(&policy, &state, catalog, unix_ms_now()));
+    started(&server, &policy);
+    let (running, rx) = crate::feeds::start_feeds(&setup.feeds, &setup.areas, city, 1);
+    let rules = QualityRules::for_city(city.bbox_wgs84).with_ranges(setup.rules);
+    let mut ingest = Ingest::with_rules(&setup.feeds, rx, rules);
+    let mut last: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let now_ms = unix_ms_now();
+        ingest.pump(&mut state, usize::MAX);
+        ingest.expire(&mut state, now_ms);
+        // Nothing here draws: what changed is not kept.
+        state.drain_changed();
+        if last.is_none_or(|at| at.elapsed() >= SNAPSHOT_EVERY) {
+            last = Some(Instant::now());
+            let catalog = open_catalog(
+                &title,
+                &setup.feeds,
+                &ingest.schemas,
+                &policy,
+                layers_licence.as_deref(),
+                &base_url,
+            );
+            server.publish(OpenSnapshot::build(&policy, &state, catalog, now_ms));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(running);
+    drop(server);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::feeds::config::parse_setup;
+    use crate::model::{EntityKind, EntityUpdate, FieldValue};
+    use crate::state::LiveState;
+
+    const NOW: i64 = 1_795_946_400_000;
+
+    /// Three feeds: open buses with a restricted `plate` and an internal
+    /// `driverPhone`; restricted police cars; internal (by default) air stations.
+    const FEEDS: &str = r#"
+        [[feed]]
+        name = "buses"
+        kind = "sim"
+        domain = "traffic"
+        classification = "open"
+        licence = "CC-BY-4.0"
+        field_classification = { plate = "restricted", driverPhone = "internal" }
+        required_fields = ["plate", "route"]
+
+        [[feed]]
+        name = "police"
+        kind = "sim"
+        domain = "safety"
+        classification = "restricted"
+
+        [[feed]]
+        name = "air"
+        kind = "sim"
+        domain = "ecology"
+
+        [open_data]
+        title = "Test city open data"
+        layers = { districts = "open", buildings = "restricted" }
+    "#;
+
+    fn vehicle(id: &str, entity_type: &str, lon: f64, lat: f64) -> EntityUpdate {
+        let mut fields = BTreeMap::new();
+        fields.insert("plate".into(), FieldValue::Text("粤B-SECRET".into()));
+        fields.insert(
+            "driverPhone".into(),
+            FieldValue::Text("+86-555-0100".into()),
+        );
+        fields.insert("route".into(), FieldValue::Text("42".into()));
+        EntityUpdate {
+            id: id.into(),
+            entity_type: entity_type.into(),
+            kind: EntityKind::Vehicle {
+                vehicle_type: Some("bus".into()),
+                speed_kmh: Some(30.0),
+                heading_deg: None,
+                service_status: None,
+            },
+            position: Some([lon, lat]),
+            line: None,
+            observed_at_ms: Some(NOW),
+            fields,
+            units: BTreeMap::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// A city state: 30 buses on a line of longitudes (24.90 + i/1000), 5 police cars
+    /// and 3 air stations at the same places.
+    fn city_state() -> (FeedsSetup, LiveState, Vec<ObservedSchema>) {
+        let setup = parse_setup(FEEDS).unwrap();
+        let mut state = LiveState::new(crate::geo_frame::GeoFrame::new(24.94, 60.17));
+        let mut schemas = vec![ObservedSchema::default(); 3];
+        for i in 0..30 {
+            let bus = vehicle(
+                &format!("urn:bus:{i:02}"),
+                "Bus",
+                24.90 + i as f64 / 1000.0,
+                60.17,
+            );
+            schemas[0].observe(&bus);
+            state.apply(0, bus, NOW);
+        }
+        for i in 0..5 {
+            let car = vehicle(&format!("urn:police:{i}"), "PoliceCar", 24.90, 60.17);
+            schemas[1].observe(&car);
+            state.apply(1, car, NOW);
+        }
+        for i in 0..3 {
+            let mut station = vehicle(&format!("urn:air:{i}"), "AirQualityObserved", 24.90, 60.17);
+            station.kind = EntityKind::Generic;
+            schemas[2].observe(&station);
+            state.apply(2, station, NOW);
+        }
+        (setup, state, schemas)
+    }
+
+    fn test_city() -> CityMap {
+        crate::map::load_default().unwrap()
+    }
+
+    struct Running {
+        server: OpenDataServer,
+        log: PathBuf,
+        client: reqwest::blocking::Client,
+    }
+
+    impl Running {
+        fn url(&self, path: &str) -> String {
+            format!("http://{}{path}", self.server.addr())
+        }
+
+        fn get(&self, key: Option<&str>, path: &str) -> (u16, BTreeMap<String, String>, String) {
+            let mut request = self.client.get(self.url(path));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let answer = request.send().unwrap();
+            let status = answer.status().as_u16();
+            let mut headers = BTreeMap::new();
+            for (name, value) in answer.headers() {
+                let value = value.to_str().unwrap_or("").to_string();
+                headers
+                    .entry(name.as_str().to_string())
+                    .and_modify(|v: &mut String| *v = format!("{v}, {value}"))
+                    .or_insert(value);
+            }
+            (status, headers, answer.text().unwrap())
+        }
+
+        /// Stops the server and returns the access log.
+        fn stop(self) -> String {
+            drop(self.server);
+            std::fs::read_to_string(&self.log).unwrap()
+        }
+    }
+
+    /// A served city with one client, `app`, holding `key` at `rate`; anonymous
+    /// access as given.
+    fn serve(name: &str, rate: Rate, anonymous: Option<Rate>) -> (Running, String) {
+        let (setup, state, schemas) = city_state();
+        let city = test_city();
+        let policy = OpenPolicy::new(&setup.feeds, &setup.open_data);
+        let key = super::super::keys::new_key().unwrap();
+        let digest: String = crate::http::token_digest(&key)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut keys = format!(
+            "[[client]]\nname='app'\nkey_sha256='{digest}'\nrate_per_s={}\nburst={}\n",
+            rate.per_s, rate.burst
+        );
+        if let Some(a) = anonymous {
+            keys += &format!("[anonymous]\nrate_per_s={}\nburst={}\n", a.per_s, a.burst);
+        }
+        let clients = Clients::parse(&keys).unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("zhongshu-open-data-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("access.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let server = OpenDataServer::start(
+            "127.0.0.1:0",
+            clients,
+            open_layers(&policy, &city),
+            Box::new(file),
+            None,
+        )
+        .unwrap();
+        let base = format!("http://{}", server.addr());
+        let catalog = open_catalog(
+            "Test city open data",
+            &setup.feeds,
+            &schemas,
+            &policy,
+            Some("ODbL-1.0"),
+            &base,
+        );
+        server.publish(OpenSnapshot::build(&policy, &state, catalog, NOW));
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        (
+            Running {
+                server,
+                log,
+                client,
+            },
+            key,
+        )
+    }
+
+    const PLENTY: Rate = Rate {
+        per_s: 1000.0,
+        burst: 1000,
+    };
+
+    /// What must never leave, in any answer.
+    fn assert_nothing_withheld(what: &str, body: &str) {
+        for secret in [
+            "PoliceCar",
+            "urn:police",
+            "police",
+            "AirQualityObserved",
+            "urn:air",
+            "plate",
+            "粤B-SECRET",
+            "driverPhone",
+            "+86-555-0100",
+            "layer:buildings",
+        ] {
+            assert!(!body.contains(secret), "{what} holds {secret:?}: {body}");
+        }
+    }
+
+    #[test]
+    fn restricted_feeds_and_withheld_fields_are_absent_from_every_open_endpoint() {
+        let (running, key) = serve("absent", PLENTY, None);
+        let key = Some(key.as_str());
+        let mut bodies = Vec::new();
+        for path in [
+            "/catalog",
+            "/ngsi-ld/v1/entities?limit=1000",
+            "/ngsi-ld/v1/entities?type=PoliceCar&count=true",
+            "/ngsi-ld/v1/entities?type=AirQualityObserved",
+            "/ngsi-ld/v1/entities?type=Bus,PoliceCar&limit=1000",
+            "/ngsi-ld/v1/entities/urn:bus:03",
+            "/geojson/Bus",
+            "/geojson/layers/districts",
+            "/health",
+        ] {
+            let (status, headers, body) = running.get(key, path);
+            assert_eq!(status, 200, "{path}: {body}");
+            assert_nothing_withheld(path, &body);
+            assert_nothing_withheld(path, &format!("{headers:?}"));
+            bodies.push((path, body));
+        }
+        // The open part is there: buses, their route, speed and position.
+        let (_, _, list) = running.get(key, "/ngsi-ld/v1/entities?type=Bus&limit=1000");
+        let list: Value = serde_json::from_str(&list).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 30);
+        assert_eq!(list[3]["route"]["value"], "42");
+        assert_eq!(list[3]["speed"]["value"], 30.0);
+        assert_eq!(list[3]["location"]["value"]["type"], "Point");
+        let (_, _, geo) = running.get(key, "/geojson/Bus");
+        let geo: Value = serde_json::from_str(&geo).unwrap();
+        assert_eq!(geo["features"].as_array().unwrap().len(), 30);
+        assert_eq!(geo["features"][0]["properties"]["route"], "42");
+        // A restricted entity is not found, exactly as one that never was.
+        let (status, _, police) = running.get(key, "/ngsi-ld/v1/entities/urn:police:1");
+        let (_, _, nothing) = running.get(key, "/ngsi-ld/v1/entities/urn:nobody");
+        assert_eq!(status, 404);
+        assert_eq!(
+            police.replace("urn:police:1", "X"),
+            nothing.replace("urn:nobody", "X")
+        );
+        for path in [
+            "/ngsi-ld/v1/entities/urn:air:0",
+            "/geojson/PoliceCar",
+            "/geojson/AirQualityObserved",
+            "/geojson/layers/buildings",
+            "/geojson/layers/roads",
+        ] {
+            let (status, _, body) = running.get(key, path);
+            assert_eq!(status, 404, "{path}: {body}");
+        }
+        let (_, headers, _) = running.get(key, "/ngsi-ld/v1/entities?type=PoliceCar&count=true");
+        assert_eq!(headers["ngsild-results-count"], "0");
+        running.stop();
+    }
+
+    #[test]
+    fn the_catalog_lists_only_open_datasets() {
+        let (running, key) = serve("catalog", PLENTY, None);
+        let (status, headers, body) = running.get(Some(&key), "/catalog");
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-type"], "application/ld+json");
+        let catalog: Value = serde_json::from_str(&body).unwrap();
+        let ids: Vec<&str> = catalog["dcat:dataset"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["@id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            ["urn:zhongshu:feed:buses", "urn:zhongshu:layer:districts"]
+        );
+        let buses = &catalog["dcat:dataset"][0];
+        assert_eq!(buses["zs:requiredFields"], json!(["route"]));
+        assert_eq!(
+            buses["zs:observedSchema"][0]["zs:fields"],
+            json!(["location", "route"])
+        );
+        // Its distributions are this server's endpoints.
+        let base = format!("http://{}", running.server.addr());
+        let urls: Vec<&str> = buses["dcat:distribution"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["dcat:accessURL"]["@id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                format!("{base}/ngsi-ld/v1/entities?type=Bus"),
+                format!("{base}/geojson/Bus")
+            ]
+        );
+        assert_nothing_withheld("catalog", &body);
+        running.stop();
+    }
+
+    #[test]
+    fn paging_count_and_bbox() {
+        let (running, key) = serve("paging", PLENTY, None);
+        let key = Some(key.as_str());
+        let (status, headers, body) = running.get(
+            key,
+            "/ngsi-ld/v1/entities?type=Bus&limit=10&offset=5&count=true",
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["ngsild-results-count"], "30");
+        let page: Value = serde_json::from_str(&body).unwrap();
+        let ids: Vec<&str> = page
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 10);
+        assert_eq!(ids[0], "urn:bus:05");
+        assert_eq!(ids[9], "urn:bus:14");
+        assert!(
+            headers["link"].contains(
+                "</ngsi-ld/v1/entities?type=Bus&limit=10&count=true&offset=15>; rel=\"next\""
+            ),
+            "{headers:?}"
+        );
+        // The last page has no next.
+        let (_, headers, body) =
+            running.get(key, "/ngsi-ld/v1/entities?type=Bus&limit=10&offset=20");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            10
+        );
+        assert!(!headers["link"].contains("rel=\"next\""), "{headers:?}");
+        // count only.
+        let (status, headers, body) = running.get(key, "/ngsi-ld/v1/entities?limit=0&count=true");
+        assert_eq!((status, body.as_str()), (200, "[]"));
+        assert_eq!(headers["ngsild-results-count"], "30");
+        // Buses 10..=19 lie in this box (longitudes 24.910 to 24.919).
+        let bbox = "bbox=24.9095,60.16,24.9195,60.18";
+        let (_, headers, body) = running.get(
+            key,
+            &format!("/ngsi-ld/v1/entities?{bbox}&count=true&limit=100"),
+        );
+        assert_eq!(headers["ngsild-results-count"], "10", "{body}");
+        let (_, _, body) = running.get(key, &format!("/geojson/Bus?{bbox}"));
+        let geo: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(geo["features"].as_array().unwrap().len(), 10);
+        assert_eq!(geo["features"][0]["id"], "urn:bus:10");
+        for bad in [
+            "/ngsi-ld/v1/entities?bbox=1,2,3",
+            "/ngsi-ld/v1/entities?bbox=10,10,5,5",
+            "/ngsi-ld/v1/entities?limit=5000",
+            "/ngsi-ld/v1/entities?offset=-1",
+            "/ngsi-ld/v1/entities?georel=near",
+        ] {
+            let (status, _, body) = running.get(key, bad);
+            assert_eq!(status, 400, "{bad}: {body}");
+        }
+        running.stop();
+    }
+
+    #[test]
+    fn keys_are_needed_rated_and_never_logged() {
+        let rate = Rate {
+            per_s: 0.2,
+            burst: 5,
+        };
+        let (running, key) = serve("keys", rate, None);
+        // No key, a wrong key: 401, the same answer for both.
+        let (status, headers, none) = running.get(None, "/health");
+        assert_eq!(status, 401, "{none}");
+        assert_eq!(headers["www-authenticate"], "Bearer");
+        let (status, _, _) = running.get(Some("zsk_guess"), "/health");
+        assert_eq!(status, 401);
+        // A key in the URL is not read.
+        let (status, _, _) = running.get(None, &format!("/health?apikey={key}"));
+        assert_eq!(status, 401);
+        // X-API-Key works as well as Bearer.
+        let answer = running
+            .client
+            .get(running.url("/health"))
+            .header("X-API-Key", &key)
+            .send()
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+        // The rest of the burst of 5, then 429 with Retry-After.
+        let statuses: Vec<u16> = (0..6)
+            .map(|_| running.get(Some(&key), "/ngsi-ld/v1/entities?type=Bus").0)
+            .collect();
+        assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+        let (status, headers, _) = running.get(Some(&key), "/catalog");
+        assert_eq!(status, 429);
+        assert!(headers.contains_key("retry-after"), "{headers:?}");
+        let refused = running.server.refused();
+        assert_eq!(refused.get("rate_limited"), Some(&3), "{refused:?}");
+        let log = running.stop();
+        assert!(!log.contains(&key) && !log.contains(&key[4..]), "{log}");
+        assert!(!log.contains("zsk_guess"), "{log}");
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 11, "{log}");
+        for line in &lines {
+            let time = line["time"].as_str().unwrap();
+            assert!(time.ends_with('Z') && time.len() == 24, "{line}");
+            assert!(line["bytes"].as_u64().is_some() && line["duration_ms"].as_f64().is_some());
+        }
+        assert_eq!(lines[0]["client"], "-");
+        assert_eq!(lines[0]["status"], 401);
+        assert_eq!(lines[0]["path"], "/health");
+        assert_eq!(lines[2]["path"], "/health?apikey=***");
+        assert_eq!(lines[3]["client"], "app");
+        assert_eq!(lines[3]["status"], 200);
+        assert_eq!(lines[8]["client"], "app");
+        assert_eq!(lines[8]["status"], 429);
+        assert_eq!(lines[4]["path"], "/ngsi-ld/v1/entities?type=Bus");
+    }
+
+    #[test]
+    fn anonymous_access_when_configured_has_its_own_rate_per_address() {
+        let anonymous = Rate {
+            per_s: 0.2,
+            burst: 2,
+        };
+        let (running, key) = serve("anonymous", PLENTY, Some(anonymous));
+        let statuses: Vec<u16> = (0..3).map(|_| running.get(None, "/health").0).collect();
+        assert_eq!(statuses, [200, 200, 429]);
+        // A client with a key is not held back by the anonymous allowance.
+        assert_eq!(running.get(Some(&key), "/health").0, 200);
+        // A wrong key is refused, not taken as anonymous.
+        assert_eq!(running.get(Some("zsk_guess"), "/health").0, 429);
+        let log = running.stop();
+        let first: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+        assert_eq!(first["client"], "anonymous");
+    }
+
+    #[test]
+    fn a_bad_classification_is_a_clear_error_naming_the_feed() {
+        let feed = |extra: &str| {
+            parse_setup(&format!(
+                "[[feed]]\nname='buses'\nkind='sim'\ndomain='traffic'\n{extra}\n"
+            ))
+        };
+        let err = feed("classification = 'secret'").unwrap_err();
+        assert!(err.contains("feed \"buses\""), "{err}");
+        assert!(err.contains("\"secret\""), "{err}");
+        assert!(
+            err.contains("\"open\", \"internal\", \"restricted\""),
+            "{err}"
+        );
+        let err = feed("classification = 'open'\nfield_classification = { plate = 'hidden' }")
+            .unwrap_err();
+        assert!(
+            err.contains("feed \"buses\"") && err.contains("plate"),
+            "{err}"
+        );
+        let err = feed("field_classification = { plate = 'open' }").unwrap_err();
+        assert!(err.contains("never more open than its feed"), "{err}");
+        let err = feed("open_fields = ['route']").unwrap_err();
+        assert!(err.contains("buses") && err.contains("internal"), "{err}");
+        let err = parse_setup("[open_data]\nlayers = { metro = 'open' }\n").unwrap_err();
+        assert!(err.contains("metro") && err.contains("buildings"), "{err}");
+        let err = parse_setup("[open_data]\nlayers = { roads = 'public' }\n").unwrap_err();
+        assert!(err.contains("open_data.layers.roads"), "{err}");
+        // The default is internal, for feeds and layers alike.
+        let setup = feed("").unwrap();
+        assert_eq!(
+            setup.feeds[0].classification,
+            crate::model::Classification::Internal
+        );
+        let policy = OpenPolicy::new(&setup.feeds, &setup.open_data);
+        assert!(!policy.feed_is_open(0));
+        assert_eq!(policy.open_layers().count(), 0);
+    }
+
+    #[test]
+    fn an_allow_list_opens_only_the_fields_it_names() {
+        let setup = parse_setup(
+            "[[feed]]\nname='buses'\nkind='sim'\ndomain='traffic'\nclassification='open'\nopen_fields=['route', 'location']\n",
+        )
+        .unwrap();
+        let policy = OpenPolicy::new(&setup.feeds, &setup.open_data);
+        let mut state = LiveState::new(crate::geo_frame::GeoFrame::new(24.94, 60.17));
+        state.apply(0, vehicle("urn:bus:1", "Bus", 24.9, 60.17), NOW);
+        let (_, e) = state.iter().next().unwrap();
+        let open = policy.open_entity(e).unwrap();
+        let keys: Vec<&str> = open.ngsi.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["id", "location", "route", "type"]);
+        // No observation time on its values either, as dateObserved is not open.
+        assert!(open.ngsi["route"].get("observedAt").is_none());
+        // Withholding the location leaves the entity out of every bbox.
+        let setup = parse_setup(
+            "[[feed]]\nname='buses'\nkind='sim'\ndomain='traffic'\nclassification='open'\nfield_classification={ location = 'internal' }\n",
+        )
+        .unwrap();
+        let policy = OpenPolicy::new(&setup.feeds, &setup.open_data);
+        let open = policy.open_entity(e).unwrap();
+        assert!(!open.ngsi.contains_key("location") && open.bbox.is_none());
+        assert_eq!(open.feature()["geometry"], Value::Null);
+    }
+
+    #[test]
+    fn open_map_layers_are_geojson_in_wgs84() {
+        let city = test_city();
+        for layer in MAP_LAYERS_FOR_TEST {
+            let geo = layer_geojson(&city, layer).unwrap();
+            let features = geo["features"].as_array().unwrap();
+            assert!(!features.is_empty(), "{layer}");
+            let bbox = super::super::geometry_bbox(&features[0]["geometry"]).unwrap();
+            let [w, s, e, n] = city.bbox_wgs84;
+            let margin = 0.05;
+            assert!(
+                bbox[0] > w - margin
+                    && bbox[2] < e + margin
+                    && bbox[1] > s - margin
+                    && bbox[3] < n + margin,
+                "{layer}: {bbox:?} outside {:?}",
+                city.bbox_wgs84
+            );
+        }
+        assert!(layer_geojson(&city, "metro").is_none());
+    }
+
+    const MAP_LAYERS_FOR_TEST: [&str; 5] = crate::feeds::config::MAP_LAYERS;
+}
