@@ -1236,3 +1236,65 @@ pub fn bench_frame(entities: usize) -> FrameBenchReport {
         worst_whole_city_job_ms,
     }
 }
+
+/// Result of `zhongshu bench labels`.
+#[derive(Debug, Serialize)]
+pub struct LabelsBenchReport {
+    pub candidates: usize,
+    /// Placing them, per frame.
+    pub place_ms: crate::surge::Percentiles,
+    /// Names kept in the last frame.
+    pub placed: usize,
+    /// The default city's names, found once at load.
+    pub default_city_candidates: usize,
+    pub default_city_candidates_ms: f64,
+}
+
+/// Times [`crate::map::labels::place`] on `n` random names over 300 frames.
+pub fn bench_labels(n: usize) -> anyhow::Result<LabelsBenchReport> {
+    use crate::map::labels::{ScreenLabel, place, text_size};
+    let mut seed = 0x5EED_u64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as f32 / (1u64 << 31) as f32
+    };
+    let names = [
+        "中山东一路",
+        "Mannerheimintie",
+        "人民广场",
+        "Kiasma",
+        "南京西路地铁站",
+    ];
+    let view = [0.0, 0.0, 1920.0, 1080.0];
+    let mut times = Vec::with_capacity(300);
+    let mut placed = 0;
+    for _ in 0..300 {
+        let labels: Vec<ScreenLabel> = (0..n)
+            .map(|i| {
+                let name = names[i % names.len()];
+                ScreenLabel {
+                    index: i,
+                    centre: [next() * 1920.0, next() * 1080.0],
+                    size: text_size(name, 16.0 + next() * 14.0),
+                    priority: 1 + (i % 3) as u8,
+                    rank: next(),
+                }
+            })
+            .collect();
+        let t = Instant::now();
+        placed = place(&labels, view, &[[900.0, 500.0, 1020.0, 580.0]], 6.0).len();
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let city = map::load_default()?;
+    let t = Instant::now();
+    let found = crate::map::labels::candidates(&city).len();
+    Ok(LabelsBenchReport {
+        candidates: n,
+        place_ms: crate::surge::Percentiles::of(times),
+        placed,
+        default_city_candidates: found,
+        default_city_candidates_ms: t.elapsed().as_secs_f64() * 1000.0,
+    })
+}

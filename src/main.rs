@@ -405,6 +405,13 @@ enum BenchCommand {
         #[arg(long, default_value_t = 150_000)]
         entities: usize,
     },
+    /// Names on the map: placing N candidate names (random sizes and places on a
+    /// 1920×1080 view, three priorities) clear of each other, per frame (p50/p99/max
+    /// over 300 frames); and finding the default city's names once.
+    Labels {
+        #[arg(long, default_value_t = 5_000)]
+        candidates: usize,
+    },
     /// Advance the simulator with this many vehicles on the default city.
     Sim {
         #[arg(long, default_value_t = 10_000)]
@@ -1381,6 +1388,13 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&bench::bench_ingest(entities, rounds))?
+            );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Labels { candidates }) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&bench::bench_labels(candidates)?)?
             );
             Ok(())
         }

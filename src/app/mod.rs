@@ -8,6 +8,7 @@ pub mod desk;
 pub mod desk_ui;
 pub mod drill;
 pub mod fonts;
+pub mod labels;
 pub mod layers;
 pub mod layout;
 pub mod live;
@@ -250,6 +251,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         layers::plugin,
         steward::plugin,
         desk::plugin,
+        labels::plugin,
     ));
     let mut primary = app
         .world_mut()

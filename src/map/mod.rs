@@ -10,6 +10,7 @@ pub mod esri;
 pub mod footprint;
 pub mod geojson;
 pub mod graph;
+pub mod labels;
 pub mod mesh;
 pub mod osm;
 pub(crate) mod pbf_fixture;
