@@ -190,7 +190,12 @@ impl Clients {
                         .map(|k| k.trim().to_string())
                 })
                 .or_else(|| request.header("x-api-key"));
+            // An empty or blank key is no key, never a match for a stored hash of "".
+            let key = key.map(|k| k.trim().to_string());
             match key {
+                Some(key) if key.is_empty() => {
+                    Caller::Refused(unauthorized("an empty API key is no key"))
+                }
                 Some(key) => match self.find(&key) {
                     Some(c) => Caller::Known(c.name.clone()),
                     None => Caller::Refused(unauthorized("this key is not known")),

@@ -26,13 +26,6 @@ use crate::state::{LiveEntity, LiveState, Standing};
 /// one without them).
 const ALWAYS_OPEN: [&str; 2] = ["id", "type"];
 
-/// The part of a flattened field name its classification is looked up by besides
-/// the whole name: `address.streetAddress` → `address`, `openingHours[0].opens` →
-/// `openingHours`.
-fn field_root(name: &str) -> &str {
-    name.split(['.', '[']).next().unwrap_or(name)
-}
-
 /// What of one feed may leave.
 #[derive(Clone, Debug, Default)]
 struct FeedRule {
@@ -51,12 +44,12 @@ impl FeedRule {
                 .field_classification
                 .iter()
                 .filter(|(_, c)| **c != Classification::Open)
-                .map(|(f, _)| f.clone())
+                .map(|(f, _)| f.to_lowercase())
                 .collect(),
             allowed: feed
                 .open_fields
                 .as_ref()
-                .map(|f| f.iter().cloned().collect()),
+                .map(|f| f.iter().map(|f| f.to_lowercase()).collect()),
         }
     }
 
@@ -69,13 +62,20 @@ impl FeedRule {
         if ALWAYS_OPEN.contains(&name) {
             return true;
         }
-        let root = field_root(name);
-        if self.withheld.contains(name) || self.withheld.contains(root) {
+        // Names are matched whatever their case (sources spell `NO2` and `no2`), and
+        // a name covers everything under it at any depth: `notes.internal` covers
+        // `notes.internal.ssn`, `contacts[0]` covers `contacts[0].phone`.
+        let name = name.to_lowercase();
+        let covers = |rule: &String| {
+            name == *rule
+                || name
+                    .strip_prefix(rule.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+        };
+        if self.withheld.iter().any(covers) {
             return false;
         }
-        self.allowed
-            .as_ref()
-            .is_none_or(|a| a.contains(name) || a.contains(root))
+        self.allowed.as_ref().is_none_or(|a| a.iter().any(covers))
     }
 }
 
@@ -571,4 +571,48 @@ pub fn layer_geojson(map: &CityMap, layer: &str) -> Option<Value> {
         _ => return None,
     };
     Some(json!({"type": "FeatureCollection", "features": features}))
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+
+    #[test]
+    fn a_withheld_name_covers_everything_under_it_whatever_its_case() {
+        let feeds = crate::feeds::config::parse_feeds(
+            r#"
+            [[feed]]
+            name = "buses"
+            kind = "sim"
+            domain = "traffic"
+            classification = "open"
+            field_classification = { plate = "restricted", "notes.internal" = "restricted", "contacts[0]" = "internal" }
+            "#,
+        )
+        .unwrap();
+        let rule = FeedRule::of(&feeds[0]);
+        for withheld in [
+            "plate",
+            "Plate",
+            "PLATE",
+            "plate.raw",
+            "notes.internal",
+            "notes.internal.ssn",
+            "notes.internal[2]",
+            "contacts[0]",
+            "contacts[0].phone",
+        ] {
+            assert!(!rule.field_is_open(withheld), "{withheld} left");
+        }
+        for open in [
+            "plates",
+            "notes",
+            "notes.public",
+            "contacts[1].phone",
+            "speed",
+            "id",
+        ] {
+            assert!(rule.field_is_open(open), "{open} withheld");
+        }
+    }
 }
