@@ -164,7 +164,7 @@ fn access_logger(lines: SyncSender<String>, anonymous: bool) -> Observer {
             "time": rfc3339_from_unix_ms(unix_ms_now()),
             "client": client,
             "method": served.method.as_str(),
-            "path": crate::http::redact_url(served.target),
+            "path": mask_keys(&crate::http::redact_url(served.target)),
             "status": served.status,
             "bytes": served.bytes,
             "duration_ms": (served.duration.as_secs_f64() * 1e4).round() / 10.0,
@@ -497,6 +497,24 @@ pub fn run(
     drop(running);
     drop(server);
     Ok(())
+}
+
+/// Anything that looks like one of our keys (`zsk_…`), wherever a client put it (a
+/// path, a query value under any name), is logged as `zsk_***`.
+fn mask_keys(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find("zsk_") {
+        out.push_str(&rest[..at]);
+        out.push_str("zsk_***");
+        rest = &rest[at + 4..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -928,6 +946,10 @@ mod tests {
         assert_eq!(lines[0]["status"], 401);
         assert_eq!(lines[0]["path"], "/health");
         assert_eq!(lines[2]["path"], "/health?apikey=***");
+        assert_eq!(
+            mask_keys("/geojson/zsk_AbC-9_x?type=zsk_q1&x=1"),
+            "/geojson/zsk_***?type=zsk_***&x=1"
+        );
         assert_eq!(lines[3]["client"], "app");
         assert_eq!(lines[3]["status"], 200);
         assert_eq!(lines[8]["client"], "app");
