@@ -1098,7 +1098,8 @@ fn drill_uses_only_its_options(cli: &Cli, snapshot: Option<&Path>) -> anyhow::Re
     Ok(())
 }
 
-/// SIGINT and SIGTERM end a drill early, with its report: the flag they set.
+/// SIGINT and SIGTERM stop a long-running command cleanly (a drill with its report,
+/// the hub, the open-data server): the flag they set.
 fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
     // SAFETY: plain handlers that only store to an atomic.
     unsafe {
@@ -1435,22 +1436,23 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 seed,
                 // A minute, or the whole of a shorter run.
                 sample_every_s: every_min.unwrap_or(minutes.min(1.0)) * 60.0,
+                // Headless, SIGINT and SIGTERM end it with its report (set below).
+                interrupt: None,
             };
             let report = if window {
                 let drill = options.drill()?;
                 let outcome = app::drill::run(&drill, cli.ui_scale, timezone, snapshot)?;
                 zhongshu::surge::soak_report(&drill, outcome)
             } else {
-                let drill = zhongshu::surge::DrillOptions {
+                let options = zhongshu::surge::LiveSoakOptions {
                     interrupt: Some(stop_on_signals()),
-                    ..options.drill()?
+                    ..options
                 };
-                let outcome = zhongshu::surge::run_headless(
-                    &drill,
+                zhongshu::surge::bench_soak_live(
+                    &options,
                     |line| eprintln!("{line}"),
                     |s| eprintln!("{s}"),
-                )?;
-                zhongshu::surge::soak_report(&drill, outcome)
+                )?
             };
             println!("{}", serde_json::to_string_pretty(&report)?);
             drill_verdict(&report.totals)
@@ -1501,15 +1503,17 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 scale,
                 db: drill_db(&cli),
                 seed,
+                // Headless, SIGINT and SIGTERM end it with its report (set below).
+                interrupt: None,
             };
             let report = if window {
                 app::drill::run(&options.drill()?, cli.ui_scale, timezone, snapshot)?.report
             } else {
-                let drill = zhongshu::surge::DrillOptions {
+                let options = zhongshu::surge::SurgeOptions {
                     interrupt: Some(stop_on_signals()),
-                    ..options.drill()?
+                    ..options
                 };
-                zhongshu::surge::run_headless(&drill, |line| eprintln!("{line}"), |_| {})?.report
+                zhongshu::surge::bench_surge(&options, |line| eprintln!("{line}"))?
             };
             println!("{}", serde_json::to_string_pretty(&report)?);
             drill_verdict(&report)
@@ -1870,17 +1874,7 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
     let setup = desk_setup(cli, false)?;
     // A hub runs for weeks: freed memory goes back to the system.
     let _trimmer = zhongshu::memory::Trimmer::start(zhongshu::memory::TRIM_EVERY);
-    // SAFETY: plain handlers that only store to an atomic.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
-    }
+    stop_on_signals();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();

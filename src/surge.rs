@@ -84,6 +84,8 @@ pub struct SurgeOptions {
     /// The SQLite log to write (a temporary one when `None`).
     pub db: Option<PathBuf>,
     pub seed: u64,
+    /// Set (by SIGINT or SIGTERM) to end the drill early, with its report.
+    pub interrupt: Option<&'static AtomicBool>,
 }
 
 impl Default for SurgeOptions {
@@ -93,6 +95,7 @@ impl Default for SurgeOptions {
             scale: 100.0,
             db: None,
             seed: 1,
+            interrupt: None,
         }
     }
 }
@@ -113,7 +116,7 @@ impl SurgeOptions {
             db: self.db.clone(),
             seed: self.seed,
             sample_every_s: None,
-            interrupt: None,
+            interrupt: self.interrupt,
         })
     }
 }
@@ -126,6 +129,8 @@ pub struct LiveSoakOptions {
     pub seed: u64,
     /// A sample every this many seconds (60 on the command line; less in tests).
     pub sample_every_s: f64,
+    /// Set (by SIGINT or SIGTERM) to end the soak early, with its report.
+    pub interrupt: Option<&'static AtomicBool>,
 }
 
 impl LiveSoakOptions {
@@ -157,7 +162,7 @@ impl LiveSoakOptions {
             db: self.db.clone(),
             seed: self.seed,
             sample_every_s: Some(self.sample_every_s),
-            interrupt: None,
+            interrupt: self.interrupt,
         })
     }
 }
@@ -1532,6 +1537,7 @@ mod tests {
             scale: 3000.0,
             db: Some(dir.clone()),
             seed: 7,
+            interrupt: None,
         };
         let report = bench_surge(&options, |_| {}).unwrap();
         assert!(report.events >= 30, "{report:?}");
@@ -1683,6 +1689,7 @@ mod tests {
             db: Some(dir.clone()),
             seed: 3,
             sample_every_s: 1.0,
+            interrupt: None,
         };
         let mut heard = 0;
         let report = bench_soak_live(&options, |_| {}, |_| heard += 1).unwrap();
@@ -1765,6 +1772,7 @@ mod tests {
             db: None,
             seed: 1,
             sample_every_s: 60.0,
+            interrupt: None,
         }
         .drill()
         .unwrap();

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{MapError, RawFeature, RawGeometry, SkipCounts, SkipReason, Tags};
+use super::{MapError, RawFeature, RawGeometry, SkipCounts, SkipReason};
 
 /// The layer's spatial reference as the file gives it.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -134,14 +134,7 @@ pub fn read_features(
         .with_min_len(256)
         .map(|(i, f)| decode_feature(i, f, oid.as_deref(), &aliases))
         .collect();
-    let mut skipped = SkipCounts::default();
-    let mut out = Vec::with_capacity(decoded.len());
-    for d in decoded {
-        match d {
-            Ok(f) => out.push(f),
-            Err(reason) => skipped.add(reason),
-        }
-    }
+    let (out, skipped) = super::geojson::kept_and_skipped(decoded);
     Ok((out, skipped, doc.spatial_reference.unwrap_or_default()))
 }
 
@@ -151,7 +144,7 @@ fn decode_feature(
     oid: Option<&str>,
     aliases: &[(String, String)],
 ) -> Result<RawFeature, SkipReason> {
-    let mut tags = decode_attributes(f.attributes);
+    let mut tags = super::geojson::decode_properties(f.attributes);
     let geometry = decode_geometry(f.geometry)?;
     let id_field = oid
         .and_then(|o| tags.iter().find(|(k, _)| k == o))
@@ -172,25 +165,6 @@ fn decode_feature(
         }
     }
     Ok(RawFeature { id, tags, geometry })
-}
-
-/// Attributes as string tags: strings as they are, other values as compact JSON.
-fn decode_attributes(raw: Option<&RawValue>) -> Tags {
-    let Some(raw) = raw else { return Vec::new() };
-    let Ok(map) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
-    else {
-        return Vec::new();
-    };
-    map.into_iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| {
-            let v = match v {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            (k, v)
-        })
-        .collect()
 }
 
 fn xy(points: Vec<Vertex>) -> Result<Vec<[f64; 2]>, SkipReason> {

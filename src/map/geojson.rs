@@ -118,7 +118,8 @@ fn decode_geometry(raw: Option<&RawValue>) -> Result<RawGeometry, SkipReason> {
 }
 
 /// Properties as string tags: strings as they are, other values as compact JSON.
-fn decode_properties(raw: Option<&RawValue>) -> Tags {
+/// (Esri JSON's attributes are read the same way.)
+pub(super) fn decode_properties(raw: Option<&RawValue>) -> Tags {
     let Some(raw) = raw else { return Vec::new() };
     let Ok(map) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
     else {
@@ -269,6 +270,14 @@ pub fn read_features_and_crs(
         .with_min_len(256)
         .map(|(i, f)| decode_feature(i, f))
         .collect();
+    let (out, skipped) = kept_and_skipped(decoded);
+    Ok((out, skipped, crs))
+}
+
+/// The features decoded, and the reasons of those that were not, counted.
+pub(super) fn kept_and_skipped(
+    decoded: Vec<Result<RawFeature, SkipReason>>,
+) -> (Vec<RawFeature>, SkipCounts) {
     let mut skipped = SkipCounts::default();
     let mut out = Vec::with_capacity(decoded.len());
     for d in decoded {
@@ -277,7 +286,7 @@ pub fn read_features_and_crs(
             Err(reason) => skipped.add(reason),
         }
     }
-    Ok((out, skipped, crs))
+    (out, skipped)
 }
 
 #[cfg(test)]
