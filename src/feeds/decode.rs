@@ -323,8 +323,17 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     )
     .ok()?;
     let offset = jiff::tz::Offset::from_seconds(i32::try_from(offset_secs).ok()?).ok()?;
-    let at = offset.to_timestamp(datetime).ok()?;
-    Some(at.as_millisecond() + i64::from(leap_second) * 1000 + millis)
+    // jiff's instants end at 9999-12-30T22:00Z; the last hours of the year 9999 (a
+    // common "never expires", 9999-12-31T23:59:59Z) are two days earlier's instant
+    // plus two days.
+    let at_ms = match offset.to_timestamp(datetime) {
+        Ok(at) => at.as_millisecond(),
+        Err(_) => {
+            let earlier = datetime.checked_sub(jiff::Span::new().days(2)).ok()?;
+            offset.to_timestamp(earlier).ok()?.as_millisecond() + 2 * 86_400_000
+        }
+    };
+    Some(at_ms + i64::from(leap_second) * 1000 + millis)
 }
 
 /// The top of a GeoJSON document; `features` stays raw so each feature is parsed alone.
@@ -1730,6 +1739,12 @@ mod tests {
             ("2024-05-01T10:00:00.5Z", MAY_FIRST_10H_MS + 500),
             ("2024-05-01T10:00:00.25Z", MAY_FIRST_10H_MS + 250),
             ("2024-05-01T10:00:00.123456789Z", MAY_FIRST_10H_MS + 123),
+            // "Never expires": past jiff's last instant, still read.
+            ("9999-12-31T23:59:59Z", 253_402_300_799_000),
+            (
+                "9999-12-31T23:59:59+08:00",
+                253_402_300_799_000 - 8 * 3_600_000,
+            ),
             ("2024-05-01T12:00:00.999+02:00", MAY_FIRST_10H_MS + 999),
             ("1970-01-01T00:00:00Z", 0),
             ("1969-12-31T23:59:59Z", -1000),
