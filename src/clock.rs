@@ -91,8 +91,13 @@ impl CityTime {
 
     /// The zone named on the command line (an IANA name, any letter case).
     pub fn from_flag(name: &str) -> Result<Self, UnknownZone> {
+        // Zone names are short ("America/Argentina/ComodRivadavia" is among the
+        // longest): a long argument is echoed cut, never whole.
         let unknown = || UnknownZone {
-            name: name.to_owned(),
+            name: match name.char_indices().nth(64) {
+                Some((at, _)) => format!("{}…", &name[..at]),
+                None => name.to_owned(),
+            },
         };
         // jiff also reads a POSIX TZ string or a path; only a name of the database
         // is a city's zone.
@@ -222,6 +227,18 @@ mod tests {
 
     fn zone(name: &str) -> CityTime {
         CityTime::from_flag(name).expect("a zone of the database")
+    }
+
+    #[test]
+    fn a_long_unknown_zone_is_echoed_cut() {
+        let long = "Europe/".to_string() + &"x".repeat(5000);
+        let e = CityTime::from_flag(&long).unwrap_err().to_string();
+        assert!(e.len() < 200, "{e}");
+        assert!(e.contains("Europe/xxx"), "{e}");
+        let e = CityTime::from_flag("Mars/Olympus_Mons")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Mars/Olympus_Mons"), "{e}");
     }
 
     #[test]

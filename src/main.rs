@@ -236,8 +236,26 @@ enum Command {
     /// service on the hall's log (outbox to departments, status API on --api, the
     /// deadline clock). One hub per hall is active; start another on a second
     /// machine as a hot standby. Prints `active …`, `standby …` and `lost-lease …`
-    /// lines as its state changes; stops cleanly on SIGINT/SIGTERM.
-    Hub,
+    /// lines as its state changes; stops cleanly on SIGINT/SIGTERM. With
+    /// --open-data ADDR the active hub also serves the open part of the hall's feeds
+    /// and layers there (as serve-open-data does; TLS from --api-tls-cert/-key).
+    Hub {
+        /// Serve the hall's open data on this address while this hub is the active
+        /// one (beyond this machine only with --api-tls-cert/--api-tls-key or
+        /// --api-insecure-http).
+        #[arg(long = "open-data", value_name = "ADDR", requires = "open_data_keys")]
+        open_data: Option<String>,
+        /// The open-data clients' keys file (see `zhongshu open-data keys add`).
+        #[arg(long, value_name = "FILE", requires = "open_data")]
+        open_data_keys: Option<PathBuf>,
+        /// Append the open-data access log (one JSON line per request) to this
+        /// file; default: standard error.
+        #[arg(long, value_name = "FILE", requires = "open_data")]
+        open_data_log: Option<PathBuf>,
+        /// The URL clients reach the open data at, for the catalog's links.
+        #[arg(long, value_name = "URL", requires = "open_data")]
+        open_data_url: Option<String>,
+    },
     /// Print the hall's state as one JSON object (needs --nats URL --hall NAME):
     /// the active hub and since when, standby hubs, consoles (user, role, last seen),
     /// events and the chain head.
@@ -1278,7 +1296,25 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             println!("{key}");
             Ok(())
         }
-        Command::Hub => run_hub(&cli),
+        Command::Hub {
+            open_data,
+            open_data_keys,
+            open_data_log,
+            open_data_url,
+        } => {
+            let open_data = match (open_data, open_data_keys) {
+                (Some(addr), Some(keys)) => Some(OpenDataFlags {
+                    addr,
+                    keys,
+                    access_log: open_data_log,
+                    public_url: open_data_url,
+                    tls: cli.api_tls_cert.clone().zip(cli.api_tls_key.clone()),
+                    insecure_http: cli.api_insecure_http,
+                }),
+                _ => None,
+            };
+            run_hub(&cli, open_data)
+        }
         Command::HallStatus => hall_status(&cli),
         Command::Audit(AuditCommand::Verify { .. }) if cli.nats.is_some() => {
             let log = cli
@@ -1756,20 +1792,31 @@ struct OpenDataFlags {
     insecure_http: bool,
 }
 
-fn serve_open_data(cli: &Cli, flags: OpenDataFlags) -> anyhow::Result<()> {
-    use zhongshu::governance::open_data::{keys::Clients, serve};
-    let Some(feeds) = cli.feeds.as_deref() else {
-        bail!(
-            "serve-open-data needs --feeds FILE: feeds and layers are internal unless a feeds file says classification = \"open\""
-        );
-    };
-    let setup = zhongshu::feeds::config::load_setup(feeds)?;
+/// The open-data service `flags` ask for, checked: the keys file read, TLS loaded,
+/// an address beyond this machine refused without TLS (or --insecure-http).
+fn open_data_service(
+    command: &str,
+    flags: OpenDataFlags,
+    setup: &zhongshu::feeds::config::FeedsSetup,
+) -> anyhow::Result<zhongshu::governance::open_data::serve::OpenDataService> {
+    use zhongshu::governance::open_data::keys::Clients;
     let clients = Clients::load(&flags.keys).map_err(anyhow::Error::msg)?;
     if clients.clients.is_empty() && clients.anonymous.is_none() {
         eprintln!(
-            "zhongshu serve-open-data: {} names no client and no [anonymous] access: every request will be refused (add one with `zhongshu open-data keys add NAME --file {}`)",
+            "zhongshu {command}: {} names no client and no [anonymous] access: every request will be refused (add one with `zhongshu open-data keys add NAME --file {}`)",
             flags.keys.display(),
             flags.keys.display()
+        );
+    }
+    let policy = zhongshu::governance::open_data::OpenPolicy::new(&setup.feeds, &setup.open_data);
+    if !setup
+        .feeds
+        .iter()
+        .any(|f| f.classification == zhongshu::model::Classification::Open)
+        && policy.open_layers().next().is_none()
+    {
+        eprintln!(
+            "zhongshu {command}: no feed and no map layer is classified open: only an empty catalog is served (feeds and layers are internal unless the feeds file says classification = \"open\")"
         );
     }
     let tls = flags
@@ -1782,21 +1829,43 @@ fn serve_open_data(cli: &Cli, flags: OpenDataFlags) -> anyhow::Result<()> {
         && !flags.insecure_http
         && !zhongshu::feeds::cap_intake::is_loopback(&flags.addr)
     {
+        let (tls_flags, insecure) = if command == "hub" {
+            ("--api-tls-cert and --api-tls-key", "--api-insecure-http")
+        } else {
+            ("--tls-cert and --tls-key", "--insecure-http")
+        };
         bail!(
-            "--addr {} is beyond this machine: give --tls-cert and --tls-key (keys never cross a network in clear), or --insecure-http behind a TLS-terminating proxy",
+            "the open data's address {} is beyond this machine: give {tls_flags} (keys never cross a network in clear), or {insecure} behind a TLS-terminating proxy",
             flags.addr
         );
     }
-    let access_log: Box<dyn std::io::Write + Send> = match &flags.access_log {
-        Some(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open the access log {}", path.display()))?,
-        ),
-        None => Box::new(std::io::stderr()),
+    if let Some(path) = &flags.access_log {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open the access log {}", path.display()))?;
+    }
+    Ok(zhongshu::governance::open_data::serve::OpenDataService {
+        addr: flags.addr,
+        keys: flags.keys,
+        access_log: flags.access_log,
+        public_url: flags.public_url,
+        tls,
+        open_data: setup.open_data.clone(),
+    })
+}
+
+fn serve_open_data(cli: &Cli, flags: OpenDataFlags) -> anyhow::Result<()> {
+    use zhongshu::governance::open_data::serve;
+    let Some(feeds) = cli.feeds.as_deref() else {
+        bail!(
+            "serve-open-data needs --feeds FILE: feeds and layers are internal unless a feeds file says classification = \"open\""
+        );
     };
+    let setup = zhongshu::feeds::config::load_setup(feeds)?;
+    let scheme = if flags.tls.is_some() { "https" } else { "http" };
+    let service = open_data_service("serve-open-data", flags, &setup)?;
     let city = load_city(cli.map.as_deref(), &map_load(cli))?;
     let feed_names: Vec<String> = setup
         .feeds
@@ -1805,36 +1874,23 @@ fn serve_open_data(cli: &Cli, flags: OpenDataFlags) -> anyhow::Result<()> {
         .map(|f| f.name.clone())
         .collect();
     let stop = stop_on_signals();
-    serve::run(
-        setup,
-        &city,
-        serve::ServeOptions {
-            addr: flags.addr,
-            clients,
-            access_log,
-            public_url: flags.public_url,
-            tls,
-        },
-        stop,
-        |server, policy| {
-            let scheme = if flags.tls.is_some() { "https" } else { "http" };
-            let layers: Vec<&str> = policy.open_layers().collect();
-            eprintln!(
-                "zhongshu serve-open-data: {scheme}://{}/catalog; open feeds: {}; open layers: {}",
-                server.addr(),
-                if feed_names.is_empty() {
-                    "none".into()
-                } else {
-                    feed_names.join(", ")
-                },
-                if layers.is_empty() {
-                    "none".into()
-                } else {
-                    layers.join(", ")
-                },
-            );
-        },
-    )
+    serve::run(setup, &city, service.options()?, stop, |server, policy| {
+        let layers: Vec<&str> = policy.open_layers().collect();
+        eprintln!(
+            "zhongshu serve-open-data: {scheme}://{}/catalog; open feeds: {}; open layers: {}",
+            server.addr(),
+            if feed_names.is_empty() {
+                "none".into()
+            } else {
+                feed_names.join(", ")
+            },
+            if layers.is_empty() {
+                "none".into()
+            } else {
+                layers.join(", ")
+            },
+        );
+    })
 }
 
 /// Set by SIGINT/SIGTERM: long-running commands stop cleanly.
@@ -1863,7 +1919,7 @@ fn hall_nats(cli: &Cli, what: &str) -> anyhow::Result<(zhongshu::nats::Nats, Str
     Ok((nats, hall.clone()))
 }
 
-fn run_hub(cli: &Cli) -> anyhow::Result<()> {
+fn run_hub(cli: &Cli, open_data: Option<OpenDataFlags>) -> anyhow::Result<()> {
     use zhongshu::hall::hub::{HubOptions, HubState};
     if cli.nats_domain.is_some() {
         bail!(
@@ -1901,6 +1957,14 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
             None
         }
     };
+    let open_data = match (open_data, &live) {
+        (None, _) => None,
+        (Some(_), None) => {
+            bail!("--open-data serves the hall's open feeds: give the hall's feeds (--feeds FILE)")
+        }
+        (Some(flags), Some(setup)) => Some(open_data_service("hub", flags, setup)?),
+    };
+    let open_data_tls = open_data.as_ref().is_some_and(|o| o.tls.is_some());
     let city = std::sync::Arc::new(city);
     let options = HubOptions {
         hall: hall.clone(),
@@ -1914,6 +1978,7 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
             areas: f.areas,
             map: city.clone(),
             seed: 1,
+            open_data,
         }),
     };
     use std::io::Write;
@@ -1935,6 +2000,11 @@ fn run_hub(cli: &Cli) -> anyhow::Result<()> {
                 active.as_deref().unwrap_or("-")
             ),
             HubState::LostLease { id } => writeln!(out, "lost-lease {id} hall={hall}"),
+            HubState::OpenData { id, addr } => writeln!(
+                out,
+                "open-data {id} hall={hall} url={}://{addr}/catalog",
+                if open_data_tls { "https" } else { "http" }
+            ),
             HubState::Problem(p) => {
                 eprintln!("zhongshu hub: {p}");
                 Ok(())
@@ -2081,6 +2151,8 @@ fn hall_status(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread: the heap of a process that runs for weeks stays compact.
+    zhongshu::memory::few_arenas();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

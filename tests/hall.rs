@@ -536,3 +536,161 @@ fn the_hub_polls_the_halls_feeds_and_hall_status_shows_its_live_layers() {
     unsafe { libc::kill(hub.id() as i32, libc::SIGTERM) };
     let _ = hub.wait();
 }
+
+/// A hub's stdout lines on a channel.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn the_active_hub_serves_the_halls_open_data_and_the_standby_takes_it_over() {
+    let dir = crate::scratch_dir("hub-open-data");
+    let server = NatsServer::start("hub-open-data");
+    let url = server.url();
+    let agency = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let base = format!("http://{}", agency.server_addr().to_ip().unwrap());
+    let cap = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cap");
+    std::thread::spawn(move || {
+        for request in agency.incoming_requests() {
+            let file = if request.url().contains("nws") {
+                "nws-flash-flood-watch-ugc.xml"
+            } else {
+                "kallio-building-fire.xml"
+            };
+            let body = std::fs::read(cap.join(file)).unwrap();
+            let _ = request.respond(tiny_http::Response::from_data(body));
+        }
+    });
+    // The fire alerts are open, the weather service's restricted.
+    let feeds = dir.join("feeds.toml");
+    std::fs::write(
+        &feeds,
+        format!(
+            "[[feed]]\nname = 'fire-alerts'\nkind = 'cap'\nurl = '{base}/fire.xml'\n\
+             domain = 'safety'\ninterval_s = 0.5\nclassification = 'open'\n\n\
+             [[feed]]\nname = 'nws'\nkind = 'cap'\nurl = '{base}/nws.xml'\n\
+             domain = 'ecology'\ninterval_s = 0.5\nclassification = 'restricted'\n\n\
+             [open_data]\ntitle = 'The hall open data'\n"
+        ),
+    )
+    .unwrap();
+    let keys = dir.join("keys.toml");
+    let key = zhongshu::governance::open_data::keys::add_client(&keys, "press", None).unwrap();
+    let log = dir.join("access.log");
+    let start_hub = || {
+        let mut child = zhongshu()
+            .args([
+                "hub",
+                "--demo",
+                "--nats",
+                &url,
+                "--hall",
+                "city",
+                "--api",
+                "127.0.0.1:0",
+                "--open-data",
+                "127.0.0.1:0",
+            ])
+            .arg("--open-data-keys")
+            .arg(&keys)
+            .arg("--open-data-log")
+            .arg(&log)
+            .arg("--feeds")
+            .arg(&feeds)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = lines_of(&mut child);
+        (child, lines)
+    };
+    let client = reqwest::blocking::Client::new();
+    // The open alerts as a client sees them, once the feeds have answered.
+    let open_alerts = |catalog_url: &str| {
+        let base = catalog_url.trim_end_matches("/catalog").to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got: serde_json::Value = client
+                .get(format!("{base}/ngsi-ld/v1/entities?type=Alert"))
+                .bearer_auth(&key)
+                .send()
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.json())
+                .unwrap_or(serde_json::Value::Null);
+            if got.as_array().is_some_and(|a| !a.is_empty()) {
+                return (base, got);
+            }
+            assert!(Instant::now() < deadline, "no open alerts at {base}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+
+    let (mut first, first_lines) = start_hub();
+    wait_line(&first_lines, "active ", Duration::from_secs(30));
+    let line = wait_line(&first_lines, "open-data ", Duration::from_secs(10));
+    let catalog_url = line.split("url=").nth(1).unwrap().to_string();
+    let (base, alerts) = open_alerts(&catalog_url);
+    let text = alerts.to_string();
+    assert!(text.contains("Kallio") || text.contains("fire"), "{text}");
+    assert!(!text.to_lowercase().contains("flash flood"), "{text}");
+    // The catalog lists the open feed only; no key, no data.
+    let catalog: serde_json::Value = client
+        .get(&catalog_url)
+        .bearer_auth(&key)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let catalog_text = catalog.to_string();
+    assert!(catalog_text.contains("fire-alerts"), "{catalog_text}");
+    assert!(!catalog_text.contains("\"nws\""), "{catalog_text}");
+    assert!(
+        catalog_text.contains("The hall open data"),
+        "{catalog_text}"
+    );
+    let refused = client
+        .get(format!("{base}/ngsi-ld/v1/entities?type=Alert"))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+
+    // A standby waits without serving; when the active hub is killed, it takes the
+    // lease and serves the open data itself.
+    let (mut second, second_lines) = start_hub();
+    wait_line(&second_lines, "standby ", Duration::from_secs(30));
+    assert!(
+        second_lines
+            .try_iter()
+            .all(|l| !l.starts_with("open-data ")),
+        "a standby serves nothing"
+    );
+    first.kill().unwrap();
+    let _ = first.wait();
+    assert!(
+        client
+            .get(format!("{base}/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .is_err(),
+        "the killed hub's open data is gone"
+    );
+    wait_line(&second_lines, "active ", Duration::from_secs(30));
+    let line = wait_line(&second_lines, "open-data ", Duration::from_secs(10));
+    let (_, alerts) = open_alerts(line.split("url=").nth(1).unwrap());
+    assert!(!alerts.to_string().to_lowercase().contains("flash flood"));
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    let _ = second.wait();
+    // Every request is in the access log, under the client's name, the key never.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("\"client\":\"press\""), "{logged}");
+    assert!(!logged.contains(&key), "{logged}");
+}

@@ -47,6 +47,12 @@ pub enum HubState {
     LostLease {
         id: String,
     },
+    /// The active hub serves the hall's open data (`--open-data`) at `addr`, until it
+    /// loses the lease.
+    OpenData {
+        id: String,
+        addr: std::net::SocketAddr,
+    },
     Problem(String),
 }
 
@@ -174,7 +180,18 @@ pub fn run(
                             }
                             if let Some(setup) = options.live.clone() {
                                 match super::live::HubLive::start(nats, &options.hall, &id, setup) {
-                                    Ok(l) => live = Some(l),
+                                    Ok(mut l) => {
+                                        if let Some(p) = l.open_data_problem.take() {
+                                            report(HubState::Problem(p));
+                                        }
+                                        if let Some(addr) = l.open_data_addr() {
+                                            report(HubState::OpenData {
+                                                id: id.clone(),
+                                                addr,
+                                            });
+                                        }
+                                        live = Some(l);
+                                    }
                                     Err(e) => report(HubState::Problem(format!(
                                         "the live layers did not start: {e}"
                                     ))),

@@ -839,6 +839,8 @@ pub struct LiveSetup {
     pub areas: Vec<crate::feeds::config::AreaConfig>,
     pub map: Arc<crate::map::CityMap>,
     pub seed: u64,
+    /// `hub --open-data`: the active hub serves the open part of its live state.
+    pub open_data: Option<crate::governance::open_data::serve::OpenDataService>,
 }
 
 /// How often the hub publishes the feeds' status.
@@ -855,6 +857,10 @@ pub struct HubLive {
     last_status: Option<Instant>,
     /// Alert entities not yet looked at (all of them at the start).
     catch_up: bool,
+    open_data: Option<crate::governance::open_data::serve::OpenDataPublisher>,
+    /// Why the open data is not served, when it was asked for and did not start (said
+    /// once by whoever takes it).
+    pub open_data_problem: Option<String>,
 }
 
 impl HubLive {
@@ -865,7 +871,23 @@ impl HubLive {
         let rules = crate::governance::quality::QualityRules::for_city(setup.map.bbox_wgs84)
             .with_ranges(setup.ranges.clone());
         let ingest = crate::governance::health::Ingest::with_rules(&setup.feeds, rx, rules);
+        // The open data fails alone: the live layers and alerts go on without it.
+        let (open_data, open_data_problem) = match &setup.open_data {
+            None => (None, None),
+            Some(service) => match service.start(&setup.feeds, &setup.map) {
+                Ok(publisher) => (Some(publisher), None),
+                Err(e) => (
+                    None,
+                    Some(format!(
+                        "the open data on {} did not start: {e:#}",
+                        service.addr
+                    )),
+                ),
+            },
+        };
         Ok(HubLive {
+            open_data,
+            open_data_problem,
             state: LiveState::new(setup.map.frame),
             setup,
             _running: running,
@@ -901,6 +923,9 @@ impl HubLive {
                 )
             })
             .collect();
+        if let Some(open_data) = &mut self.open_data {
+            open_data.tick(&self.state, &self.ingest.schemas, now_ms);
+        }
         let mut problem = self.publisher.publish_changes(&self.state, &changed).err();
         if self
             .last_status
@@ -924,6 +949,11 @@ impl HubLive {
                 .map(|i| self.state.count_for_feed(i as FeedId) as u64)
                 .collect(),
         }
+    }
+
+    /// Where the open data is served, when it is.
+    pub fn open_data_addr(&self) -> Option<std::net::SocketAddr> {
+        self.open_data.as_ref().map(|p| p.server().addr())
     }
 
     /// Frames and entities published so far.
@@ -1037,6 +1067,7 @@ mod tests {
                         areas: Vec::new(),
                         map,
                         seed: 7,
+                        open_data: None,
                     }),
                 };
                 run(&nats, options, stop, |_| {}).unwrap();

@@ -24,6 +24,9 @@ use sha2::{Digest, Sha256};
 
 pub use seal::{Checkpoint, SealKey, write_private};
 
+/// The SQLite log's page cache (`PRAGMA cache_size`; negative: KiB).
+const LOG_CACHE_SIZE: i64 = -512;
+
 /// The hash before the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -254,6 +257,11 @@ impl EventLog {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        // The log is appended to and read from start to end: a small page cache
+        // serves both, and a hub's memory does not grow with its log (SQLite's
+        // default keeps up to 2 MB of pages per connection).
+        conn.pragma_update(None, "cache_size", LOG_CACHE_SIZE)
             .map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS events (

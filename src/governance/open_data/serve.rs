@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
@@ -30,11 +31,12 @@ use serde_json::{Value, json};
 use super::keys::{ANONYMOUS, Clients};
 use super::{EntityQuery, OpenPolicy, OpenSnapshot, layer_geojson, open_catalog, parse_bbox};
 use crate::clock::{rfc3339_from_unix_ms, unix_ms_now};
-use crate::feeds::config::FeedsSetup;
+use crate::feeds::config::{FeedConfig, FeedsSetup, OpenDataConfig};
 use crate::governance::catalog::ObservedSchema;
 use crate::http::{Limits, Method, Observer, Rate, Request, Response, Served, Server, Tls};
 use crate::map::CityMap;
 use crate::sim::serve::CORE_CONTEXT_LINK;
+use crate::state::LiveState;
 
 /// Entities one page holds unless asked otherwise (NGSI-LD's default), and at most.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -420,12 +422,144 @@ pub struct ServeOptions {
     pub tls: Option<Tls>,
 }
 
+/// What `serve-open-data` or `hub --open-data` is told, kept to start a server again
+/// (a hub serves while it is the hall's active one): the keys file is read and the
+/// access log opened at each start.
+#[derive(Clone, Debug)]
+pub struct OpenDataService {
+    pub addr: String,
+    pub keys: PathBuf,
+    /// Appended to; standard error when `None`.
+    pub access_log: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub tls: Option<Tls>,
+    /// The feeds file's `[open_data]` table.
+    pub open_data: OpenDataConfig,
+}
+
+impl OpenDataService {
+    /// The server's options now: the clients in the keys file, the access log opened.
+    pub fn options(&self) -> anyhow::Result<ServeOptions> {
+        let clients = Clients::load(&self.keys).map_err(anyhow::Error::msg)?;
+        let access_log: Box<dyn Write + Send> = match &self.access_log {
+            Some(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot open the access log {}: {e}", path.display())
+                    })?,
+            ),
+            None => Box::new(std::io::stderr()),
+        };
+        Ok(ServeOptions {
+            addr: self.addr.clone(),
+            clients,
+            access_log,
+            public_url: self.public_url.clone(),
+            tls: self.tls.clone(),
+        })
+    }
+
+    /// Starts serving the open part of `feeds` and of `city`'s layers.
+    pub fn start(&self, feeds: &[FeedConfig], city: &CityMap) -> anyhow::Result<OpenDataPublisher> {
+        OpenDataPublisher::start(feeds, &self.open_data, city, self.options()?)
+    }
+}
+
 /// The open map layers of `city`, as GeoJSON.
 pub fn open_layers(policy: &OpenPolicy, city: &CityMap) -> BTreeMap<String, Value> {
     policy
         .open_layers()
         .filter_map(|l| Some((l.to_string(), layer_geojson(city, l)?)))
         .collect()
+}
+
+/// The open-data server and what it publishes from a live state: the catalog and the
+/// open entities, taken again at most every [`SNAPSHOT_EVERY`]. `serve-open-data`
+/// and the active hub of a hall (`hub --open-data`) both run one.
+pub struct OpenDataPublisher {
+    server: OpenDataServer,
+    policy: OpenPolicy,
+    feeds: Vec<FeedConfig>,
+    title: String,
+    layers_licence: Option<String>,
+    base_url: String,
+    last: Option<Instant>,
+}
+
+impl OpenDataPublisher {
+    /// Listens as `options` say, serving the open part of `feeds`, `open_data`'s open
+    /// layers of `city`, and a catalog from the first request on, before any feed has
+    /// answered.
+    pub fn start(
+        feeds: &[FeedConfig],
+        open_data: &OpenDataConfig,
+        city: &CityMap,
+        options: ServeOptions,
+    ) -> anyhow::Result<OpenDataPublisher> {
+        let policy = OpenPolicy::new(feeds, open_data);
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let server = OpenDataServer::start(
+            &options.addr,
+            options.clients,
+            open_layers(&policy, city),
+            options.access_log,
+            options.tls,
+        )?;
+        let base_url = options
+            .public_url
+            .unwrap_or_else(|| format!("{scheme}://{}", server.addr()));
+        let publisher = OpenDataPublisher {
+            server,
+            policy,
+            feeds: feeds.to_vec(),
+            title: open_data.title.clone().unwrap_or(city.name.clone()),
+            layers_licence: open_data.licence.clone().or(city.attribution.clone()),
+            base_url,
+            last: None,
+        };
+        let empty = vec![ObservedSchema::default(); feeds.len()];
+        let state = LiveState::new(city.frame);
+        publisher.publish(&state, &empty, unix_ms_now());
+        Ok(publisher)
+    }
+
+    pub fn server(&self) -> &OpenDataServer {
+        &self.server
+    }
+
+    pub fn policy(&self) -> &OpenPolicy {
+        &self.policy
+    }
+
+    /// Publishes `state` (and the catalog with the fields each feed was seen to
+    /// carry, `observed`) unless it did less than [`SNAPSHOT_EVERY`] ago.
+    pub fn tick(&mut self, state: &LiveState, observed: &[ObservedSchema], now_ms: i64) {
+        if self.last.is_some_and(|at| at.elapsed() < SNAPSHOT_EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        self.publish(state, observed, now_ms);
+    }
+
+    fn publish(&self, state: &LiveState, observed: &[ObservedSchema], now_ms: i64) {
+        let catalog = open_catalog(
+            &self.title,
+            &self.feeds,
+            observed,
+            &self.policy,
+            self.layers_licence.as_deref(),
+            &self.base_url,
+        );
+        self.server
+            .publish(OpenSnapshot::build(&self.policy, state, catalog, now_ms));
+    }
 }
 
 /// Runs the feeds of `setup` continuously and serves their open part until `stop`;
@@ -439,63 +573,23 @@ pub fn run(
 ) -> anyhow::Result<()> {
     use crate::governance::health::Ingest;
     use crate::governance::quality::QualityRules;
-    let policy = OpenPolicy::new(&setup.feeds, &setup.open_data);
-    let scheme = if options.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let server = OpenDataServer::start(
-        &options.addr,
-        options.clients,
-        open_layers(&policy, city),
-        options.access_log,
-        options.tls,
-    )?;
-    let base_url = options
-        .public_url
-        .unwrap_or_else(|| format!("{scheme}://{}", server.addr()));
-    let title = setup.open_data.title.clone().unwrap_or(city.name.clone());
-    let layers_licence = setup.open_data.licence.clone().or(city.attribution.clone());
-    let mut state = crate::state::LiveState::new(city.frame);
-    let empty = vec![ObservedSchema::default(); setup.feeds.len()];
-    // The catalog is there from the first request, before any feed has answered.
-    let catalog = open_catalog(
-        &title,
-        &setup.feeds,
-        &empty,
-        &policy,
-        layers_licence.as_deref(),
-        &base_url,
-    );
-    server.publish(OpenSnapshot::build(&policy, &state, catalog, unix_ms_now()));
-    started(&server, &policy);
+    let mut publisher = OpenDataPublisher::start(&setup.feeds, &setup.open_data, city, options)?;
+    started(publisher.server(), publisher.policy());
+    let mut state = LiveState::new(city.frame);
     let (running, rx) = crate::feeds::start_feeds(&setup.feeds, &setup.areas, city, 1);
     let rules = QualityRules::for_city(city.bbox_wgs84).with_ranges(setup.rules);
     let mut ingest = Ingest::with_rules(&setup.feeds, rx, rules);
-    let mut last: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let now_ms = unix_ms_now();
         ingest.pump(&mut state, usize::MAX);
         ingest.expire(&mut state, now_ms);
         // Nothing here draws: what changed is not kept.
         state.drain_changed();
-        if last.is_none_or(|at| at.elapsed() >= SNAPSHOT_EVERY) {
-            last = Some(Instant::now());
-            let catalog = open_catalog(
-                &title,
-                &setup.feeds,
-                &ingest.schemas,
-                &policy,
-                layers_licence.as_deref(),
-                &base_url,
-            );
-            server.publish(OpenSnapshot::build(&policy, &state, catalog, now_ms));
-        }
+        publisher.tick(&state, &ingest.schemas, now_ms);
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(running);
-    drop(server);
+    drop(publisher);
     Ok(())
 }
 
@@ -524,7 +618,6 @@ mod tests {
     use super::*;
     use crate::feeds::config::parse_setup;
     use crate::model::{EntityKind, EntityUpdate, FieldValue};
-    use crate::state::LiveState;
 
     const NOW: i64 = 1_795_946_400_000;
 
