@@ -184,12 +184,6 @@ pub fn run(
                                         if let Some(p) = l.open_data_problem.take() {
                                             report(HubState::Problem(p));
                                         }
-                                        if let Some(addr) = l.open_data_addr() {
-                                            report(HubState::OpenData {
-                                                id: id.clone(),
-                                                addr,
-                                            });
-                                        }
                                         live = Some(l);
                                     }
                                     Err(e) => report(HubState::Problem(format!(
@@ -207,6 +201,14 @@ pub fn run(
                                 events,
                                 took_ms: started.elapsed().as_secs_f64() * 1000.0,
                             });
+                            // After `active`: a script that waits for it reads where
+                            // the open data is next.
+                            if let Some(addr) = live.as_ref().and_then(|l| l.open_data_addr()) {
+                                report(HubState::OpenData {
+                                    id: id.clone(),
+                                    addr,
+                                });
+                            }
                             service = Some(s);
                             last_renewed = Instant::now();
                             last_announce = Instant::now() - ANNOUNCE_EVERY;
