@@ -247,7 +247,8 @@ mod tests {
             40,
             Duration::from_secs(5),
             |_| {
-                let answer = client.get(&url).send().map_err(|e| e.to_string())?;
+                // The whole chain (a timeout, a reset, a refused connection).
+                let answer = client.get(&url).send().map_err(|e| format!("{e:?}"))?;
                 let status = answer.status().as_u16();
                 let page: Value = answer.json().map_err(|e| e.to_string())?;
                 match (status, page.as_array().map(Vec::len)) {
