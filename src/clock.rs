@@ -28,6 +28,39 @@ pub fn rfc3339_from_unix_ms(unix_ms: i64) -> String {
         .to_string()
 }
 
+/// Unix milliseconds below this, written as a number, are taken for a mistake (Unix
+/// seconds): 10^11 ms is 1973-03-03.
+const SMALLEST_PLAUSIBLE_UNIX_MS: i64 = 100_000_000_000;
+
+/// A time given by a person on the command line (`--since`, `--until`): RFC 3339 with
+/// its offset (`2026-11-29T08:00:00Z`, `2026-11-29T16:00:00+08:00`) or Unix
+/// milliseconds (`1795939200000`). A time without an offset is refused rather than
+/// guessed at (UTC or the city's?), and so is a number that looks like Unix seconds.
+pub fn parse_instant_ms(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        let ms: i64 = text
+            .parse()
+            .map_err(|_| format!("{text:?} is too large for Unix milliseconds"))?;
+        if ms != 0 && ms.abs() < SMALLEST_PLAUSIBLE_UNIX_MS {
+            return Err(format!(
+                "{text:?} looks like Unix seconds: give Unix milliseconds ({text}000) or RFC 3339"
+            ));
+        }
+        return Ok(ms);
+    }
+    match text.parse::<Timestamp>() {
+        Ok(at) => Ok(at.as_millisecond()),
+        Err(_) if text.parse::<jiff::civil::DateTime>().is_ok() => Err(format!(
+            "{text:?} has no offset: add Z for UTC or the city's offset (e.g. +08:00)"
+        )),
+        Err(e) => Err(format!(
+            "{text:?} is not a time: give RFC 3339 with an offset (2026-11-29T08:00:00Z) or Unix milliseconds ({e})"
+        )),
+    }
+}
+
 /// The instant of a Unix time in milliseconds, held to jiff's range (years ±9999).
 fn timestamp(unix_ms: i64) -> Timestamp {
     Timestamp::from_millisecond(unix_ms).unwrap_or(if unix_ms < 0 {
@@ -254,6 +287,30 @@ mod tests {
             "2000-02-29T00:00:00.000Z"
         );
         assert_eq!(rfc3339_from_unix_ms(NOV_29_MS), "2026-11-29T01:30:45.000Z");
+    }
+
+    #[test]
+    fn times_on_the_command_line_are_rfc3339_with_an_offset_or_unix_ms() {
+        for (text, want) in [
+            ("2026-11-29T01:30:45Z", NOV_29_MS),
+            ("2026-11-29T09:30:45+08:00", NOV_29_MS),
+            ("2026-11-29T01:30:45.250Z", NOV_29_MS + 250),
+            ("1795915845000", NOV_29_MS),
+            (" 1795915845000 ", NOV_29_MS),
+            ("0", 0),
+        ] {
+            assert_eq!(parse_instant_ms(text), Ok(want), "{text}");
+        }
+        for (text, why) in [
+            ("2026-11-29T09:30:45", "no offset"),
+            ("1795915845", "Unix seconds"),
+            ("yesterday", "not a time"),
+            ("", "not a time"),
+            ("99999999999999999999", "too large"),
+        ] {
+            let error = parse_instant_ms(text).expect_err(text);
+            assert!(error.contains(why), "{text}: {error}");
+        }
     }
 
     #[test]

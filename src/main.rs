@@ -293,6 +293,25 @@ enum Command {
         #[arg(long)]
         insecure_http: bool,
     },
+    /// The hub's operating figures (运营) from the dispatch event log alone, as one
+    /// JSON object: per department (orders, on_time_pct, sign_for_ms and done_ms
+    /// p50/p90, rejected, urged, escalated, …), per incident kind and severity
+    /// (count, first_order_ms, close_ms), orders overdue at --until (or now), the
+    /// `[[sla]]` targets of --dispatch and the orders that missed them, and what the
+    /// log says of feeds. Reads the log read-only and refuses one whose chain, seals
+    /// or witness do not verify. Without --since/--until: the whole log. The log is
+    /// --db (default zhongshu-events.db), or with --nats URL --hall NAME the hall's
+    /// stream.
+    OpsReport {
+        /// Count what happened from this time on: RFC 3339 with an offset
+        /// (2026-11-29T08:00:00Z, 2026-11-29T16:00:00+08:00) or Unix milliseconds.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Leave out what happened after this time, and judge what is overdue at it
+        /// (default: now).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+    },
     /// Open-data administration.
     #[command(subcommand)]
     OpenData(OpenDataCommand),
@@ -1073,6 +1092,83 @@ fn desk_setup(cli: &Cli, open: bool) -> anyhow::Result<app::desk::DeskSetup> {
     })
 }
 
+/// An existing SQLite log opened to be checked or read, writing nothing and never
+/// creating a key: without one (none at --seal-key's default place) its seals are
+/// checked against the log, not the key, and the report says so.
+fn open_log_to_check(cli: &Cli, db: &Path) -> anyhow::Result<zhongshu::store::EventLog> {
+    if !db.exists() {
+        bail!("no event log at {}", db.display());
+    }
+    let mut seal = zhongshu::store::SealOptions::with_key(db, cli.seal_key.as_deref());
+    seal.create_key = false;
+    seal.read_only = true;
+    if seal.key.as_deref().is_some_and(|k| !k.exists()) {
+        if let Some(key) = &cli.seal_key {
+            bail!("--seal-key {}: no such file", key.display());
+        }
+        seal.key = None;
+    }
+    Ok(zhongshu::store::EventLog::open_with(db, &seal)?)
+}
+
+/// `zhongshu ops-report`: the figures of a log (SQLite, or the hall's stream),
+/// checked first, as one JSON object.
+fn ops_report(cli: &Cli, since: Option<String>, until: Option<String>) -> anyhow::Result<()> {
+    use zhongshu::dispatch::ops;
+    for (given, flag) in [
+        (cli.map.is_some(), "--map"),
+        (cli.feeds.is_some(), "--feeds"),
+        (cli.schema.is_some(), "--schema"),
+        (cli.select.is_some(), "--select"),
+        (cli.look_at.is_some(), "--look-at"),
+        (cli.steward, "--steward"),
+        (cli.users.is_some(), "--users"),
+        (cli.user.is_some(), "--user"),
+        (cli.api_public_url.is_some(), "--api-public-url"),
+        (cli.api_tls_cert.is_some(), "--api-tls-cert"),
+        (cli.timezone.is_some(), "--timezone"),
+    ] {
+        if given {
+            bail!(
+                "{flag}: ops-report reads only the event log (--db, or --nats/--hall), --dispatch for the departments and service targets, and --seal-key; its times are UTC (RFC 3339)"
+            );
+        }
+    }
+    let time = |flag: &str, text: Option<String>| -> anyhow::Result<Option<i64>> {
+        text.map(|t| {
+            zhongshu::clock::parse_instant_ms(&t).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+        })
+        .transpose()
+    };
+    let since_ms = time("--since", since)?;
+    let until_ms = time("--until", until)?;
+    if let (Some(s), Some(u)) = (since_ms, until_ms)
+        && s > u
+    {
+        bail!("--since is after --until: nothing lies between them");
+    }
+    let config = match &cli.dispatch {
+        Some(path) => zhongshu::dispatch::config::DispatchConfig::load(path)?,
+        None => zhongshu::dispatch::config::DispatchConfig::default_config(),
+    };
+    let now_ms = zhongshu::clock::unix_ms_now();
+    let report = if cli.nats.is_some() {
+        // (A --db named like the default is taken for the default: `drill_db`.)
+        if cli.db.file_name() != Some(std::ffi::OsStr::new(DEFAULT_DB)) {
+            bail!("--db and --nats: give one log, the SQLite file or the hall's stream");
+        }
+        let log = cli
+            .hall_log("ops-report", false)?
+            .context("ops-report needs --nats URL with --hall NAME")?;
+        ops::report_from_store(&log, &config, since_ms, until_ms, now_ms)?
+    } else {
+        let log = open_log_to_check(cli, &cli.db)?;
+        ops::report_from_event_log(&log, &config, since_ms, until_ms, now_ms)?
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 /// A drill's log: --db, never a file named like the hall's own however it is
 /// written (else a temporary one).
 fn drill_db(cli: &Cli) -> Option<PathBuf> {
@@ -1363,24 +1459,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             let Some(db) = db else {
                 bail!("audit verify needs --db FILE, or --nats URL --hall NAME");
             };
-            if !db.exists() {
-                bail!("no event log at {}", db.display());
-            }
-            let mut seal = zhongshu::store::SealOptions::with_key(&db, cli.seal_key.as_deref());
-            // Checking writes nothing and never creates a key: without one the seals
-            // are reported unchecked.
-            seal.create_key = false;
-            seal.read_only = true;
-            if seal.key.as_deref().is_some_and(|k| !k.exists()) {
-                if cli.seal_key.is_some() {
-                    bail!(
-                        "--seal-key {}: no such file",
-                        cli.seal_key.as_deref().unwrap_or(&db).display()
-                    );
-                }
-                seal.key = None;
-            }
-            let log = zhongshu::store::EventLog::open_with(&db, &seal)?;
+            let log = open_log_to_check(&cli, &db)?;
             let (mut incidents, mut orders) = (0u64, 0u64);
             let report = log.verify_with(|e| match e.kind.as_str() {
                 "incident_reported" => incidents += 1,
@@ -1396,6 +1475,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::OpsReport { since, until } => ops_report(&cli, since, until),
         Command::Audit(AuditCommand::Seal { db }) => {
             if !db.exists() {
                 bail!("no event log at {}", db.display());

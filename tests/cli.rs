@@ -950,3 +950,181 @@ fn a_gcj02_map_is_moved_to_wgs84_and_map_info_says_so() {
     let d_lat = b[1].as_f64().unwrap() - a[1].as_f64().unwrap();
     assert!(d_lon < -0.004 && d_lat > 0.002, "{d_lon} {d_lat}");
 }
+
+#[test]
+fn ops_report_gives_the_figures_of_a_log_written_by_the_dispatcher() {
+    use zhongshu::dispatch::Action;
+    use zhongshu::dispatch::book::{Actor, Command, NewIncident, NewOrder, Severity};
+    let dir = scratch_dir("ops-report");
+    let db = dir.join("events.db");
+    let dispatch = dir.join("dispatch.toml");
+    std::fs::write(
+        &dispatch,
+        format!(
+            "{}\n[[sla]]\ndepartment = \"central_district\"\nsign_for_min = 5\n",
+            zhongshu::dispatch::config::DEFAULT_DISPATCH_TOML
+        ),
+    )
+    .unwrap();
+    // 2026-11-29T10:00:00Z.
+    let t0: i64 = 1_795_946_400_000;
+    let min = 60_000;
+    {
+        let mut d = zhongshu::dispatch::dispatcher::Dispatcher::open(
+            &db,
+            zhongshu::dispatch::config::DispatchConfig::load(&dispatch).unwrap(),
+        )
+        .unwrap();
+        let li = Actor::new("li.wei", zhongshu::dispatch::Role::Dispatcher, None);
+        d.execute(
+            &Command::ReportIncident(NewIncident {
+                kind: "waterlogging".into(),
+                title: "Underpass flooded".into(),
+                domain: zhongshu::feeds::Domain::Urban,
+                severity: Severity::Severe,
+                lon: 24.94,
+                lat: 60.17,
+                source: "map".into(),
+                key: None,
+            }),
+            &li,
+            t0,
+        )
+        .unwrap();
+        let order = NewOrder {
+            department: "central_district".into(),
+            instruction: "Send staff with pumps".into(),
+            deadline_ms: t0 + 30 * min,
+        };
+        d.execute(
+            &Command::IssueOrders {
+                incident: "INC-000001".into(),
+                orders: vec![order.clone(), order],
+            },
+            &li,
+            t0 + min,
+        )
+        .unwrap();
+        // Signed for by phone after 3 and 8 minutes; the first done after 20.
+        for (id, action, at) in [
+            ("ORD-000001", Action::AcknowledgeOrder, 4),
+            ("ORD-000002", Action::AcknowledgeOrder, 9),
+            ("ORD-000001", Action::CompleteOrder, 21),
+        ] {
+            d.execute(
+                &Command::Order {
+                    id: id.into(),
+                    action,
+                    note: None,
+                },
+                &li,
+                t0 + at * min,
+            )
+            .unwrap();
+        }
+    }
+    let before = std::fs::read(&db).unwrap();
+    let run = |args: &[&str]| {
+        let out = zhongshu()
+            .arg("ops-report")
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .arg("--dispatch")
+            .arg(&dispatch)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+        report
+    };
+    // Judged at +40 min, in RFC 3339 with an offset.
+    let r = run(&["--until", "2026-11-29T18:40:00+08:00"]);
+    assert_eq!(r["at"], "2026-11-29T10:40:00.000Z", "{r}");
+    let district = &r["departments"]["central_district"];
+    assert_eq!(district["orders"], 2, "{r}");
+    assert_eq!(district["sign_for_ms"]["p50"], 3 * min, "{r}");
+    assert_eq!(district["sign_for_ms"]["p90"], 8 * min, "{r}");
+    assert_eq!(district["done_ms"]["n"], 1, "{r}");
+    assert_eq!(district["done_ms"]["p50"], 20 * min, "{r}");
+    // One done in time, one past its deadline (+30) undone.
+    assert_eq!(district["on_time_pct"], 50.0, "{r}");
+    assert_eq!(r["overdue"][0]["order"], "ORD-000002", "{r}");
+    assert_eq!(r["overdue"][0]["overdue_ms"], 10 * min, "{r}");
+    assert_eq!(r["sla_breaches"][0]["order"], "ORD-000002", "{r}");
+    assert_eq!(r["sla_breaches"][0]["target"], "sign_for", "{r}");
+    assert_eq!(r["sla_breaches"][0]["over_ms"], 3 * min, "{r}");
+    assert_eq!(r["incidents"][0]["first_order_ms"]["p50"], min, "{r}");
+    assert_eq!(r["feeds"]["health_recorded"], false, "{r}");
+    // In Unix milliseconds, before the second sign-for: one signed for.
+    let until = (t0 + 5 * min).to_string();
+    let r = run(&["--until", &until]);
+    assert_eq!(
+        r["departments"]["central_district"]["sign_for_ms"]["n"], 1,
+        "{r}"
+    );
+    // Reading changed nothing: the log, its key and witness are as they were.
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    let (ok, _) = audit_verify(&db);
+    assert!(ok);
+
+    // Mistakes are named, and exit non-zero.
+    for (args, expected) in [
+        (
+            vec!["ops-report", "--since", "2026-11-29T10:00:00"],
+            "--since: \"2026-11-29T10:00:00\" has no offset",
+        ),
+        (vec!["ops-report", "--until", "yesterday"], "--until"),
+        (
+            vec![
+                "ops-report",
+                "--since",
+                "1795950000000",
+                "--until",
+                "1795946400000",
+            ],
+            "--since is after --until",
+        ),
+        (
+            vec!["ops-report", "--feeds", "f.toml"],
+            "--feeds: ops-report reads only",
+        ),
+    ] {
+        let out = zhongshu()
+            .args(&args)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let out = zhongshu()
+        .args(["ops-report", "--db", "/nowhere/events.db"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no event log at /nowhere/events.db"));
+
+    // A log edited in place is refused, naming where.
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.execute(
+        "UPDATE events SET payload = replace(payload, 'pumps', 'buckets') WHERE seq = 4",
+        [],
+    )
+    .unwrap();
+    drop(raw);
+    let out = zhongshu()
+        .args(["ops-report", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{stderr}");
+    assert!(stderr.contains("does not verify from event"), "{stderr}");
+    assert!(stderr.contains("event 4 does not match"), "{stderr}");
+}

@@ -78,6 +78,46 @@ fn several_bench_writers_on_one_hall_then_audit_verify() {
     assert_eq!(report["incidents"], 45);
     assert_eq!(report["orders"].as_u64().unwrap(), orders_reported);
     assert!(report["events"].as_u64().unwrap() > orders_reported);
+
+    // The operating figures of the hall's stream count the same orders and incidents.
+    let out = zhongshu()
+        .args(["ops-report", "--nats", &url, "--hall", "city"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ops: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sum = |list: &serde_json::Value, field: &str| -> u64 {
+        let values: Vec<&serde_json::Value> = match list {
+            serde_json::Value::Object(m) => m.values().collect(),
+            serde_json::Value::Array(a) => a.iter().collect(),
+            _ => Vec::new(),
+        };
+        values.iter().map(|v| v[field].as_u64().unwrap()).sum()
+    };
+    assert_eq!(sum(&ops["departments"], "orders"), orders_reported, "{ops}");
+    assert_eq!(sum(&ops["incidents"], "count"), 45, "{ops}");
+    assert_eq!(ops["events"], report["events"], "{ops}");
+    assert_eq!(ops["not_permitted"], 0, "{ops}");
+    assert!(ops["log"].as_str().unwrap().contains("city"), "{ops}");
+    // One log at a time.
+    let out = zhongshu()
+        .args([
+            "ops-report",
+            "--nats",
+            &url,
+            "--hall",
+            "city",
+            "--db",
+            "x.db",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give one log"));
 }
 
 #[test]

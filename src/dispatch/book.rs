@@ -270,6 +270,8 @@ pub struct Incident {
     pub orders: Vec<usize>,
     /// The alert's source withdrew it.
     pub withdrawn: bool,
+    /// When it was first resolved or closed.
+    pub finished_ms: Option<i64>,
 }
 
 impl Incident {
@@ -1030,6 +1032,7 @@ impl Book {
                     ))],
                     orders: Vec::new(),
                     withdrawn: false,
+                    finished_ms: None,
                 });
             }
             Event::IncidentChanged {
@@ -1042,6 +1045,9 @@ impl Book {
                 let inc = &mut self.incidents[i];
                 inc.status = *status;
                 inc.updated_ms = at_ms;
+                if !inc.is_open() {
+                    inc.finished_ms.get_or_insert(at_ms);
+                }
                 let mut text = format!("{:?} → {:?}", action, status);
                 if let Some(n) = note {
                     text.push_str(&format!(" ({n})"));

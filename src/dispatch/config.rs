@@ -69,12 +69,68 @@ pub struct Playbook {
     pub orders: Vec<PlaybookOrder>,
 }
 
+/// A service target (`[[sla]]`): how soon orders to a department, or for incidents
+/// of a kind, or both, are to be signed for and done. `zhongshu ops-report` lists
+/// the orders that missed one. An order is held to the most specific target that
+/// matches it: department and kind, then department, then kind, then one with
+/// neither (every order).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    /// An incident kind, whatever its spelling ([`normalise_kind`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Minutes from issue to sign-for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_for_min: Option<f64>,
+    /// Minutes from issue to done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_min: Option<f64>,
+}
+
+impl ServiceTarget {
+    /// How closely the target names an order: 3 department and kind, 2 department,
+    /// 1 kind, 0 neither; `None` when it does not match.
+    fn specificity(&self, department: &str, normalised_kind: &str) -> Option<u8> {
+        let department_matches = self.department.as_deref().map(|d| d == department);
+        let kind_matches = self
+            .kind
+            .as_deref()
+            .map(|k| normalise_kind(k) == normalised_kind);
+        match (department_matches, kind_matches) {
+            (Some(false), _) | (_, Some(false)) => None,
+            (Some(true), Some(true)) => Some(3),
+            (Some(true), None) => Some(2),
+            (None, Some(true)) => Some(1),
+            (None, None) => Some(0),
+        }
+    }
+
+    /// [`ServiceTarget::sign_for_min`] in milliseconds.
+    pub fn sign_for_ms(&self) -> Option<i64> {
+        self.sign_for_min.map(minutes_ms)
+    }
+
+    /// [`ServiceTarget::done_min`] in milliseconds.
+    pub fn done_ms(&self) -> Option<i64> {
+        self.done_min.map(minutes_ms)
+    }
+}
+
+fn minutes_ms(min: f64) -> i64 {
+    (min.clamp(0.0, MAX_DEADLINE_MIN) * 60_000.0).round() as i64
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct DispatchConfig {
     pub departments: Vec<Department>,
     pub playbooks: Vec<Playbook>,
     /// Minutes an overdue order may stay unsigned before it is escalated.
     pub escalate_after_min: f64,
+    /// Service targets (`[[sla]]`), for the operating figures.
+    pub sla: Vec<ServiceTarget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +154,8 @@ struct RawConfig {
     departments: Vec<RawDepartment>,
     #[serde(default, rename = "playbook")]
     playbooks: Vec<Playbook>,
+    #[serde(default)]
+    sla: Vec<ServiceTarget>,
 }
 
 fn default_escalate_after() -> f64 {
@@ -252,11 +310,71 @@ impl DispatchConfig {
                 }
             }
         }
+        let mut targets = HashSet::new();
+        for t in &raw.sla {
+            let named = match (&t.department, &t.kind) {
+                (Some(d), Some(k)) => format!("department \"{d}\", kind \"{k}\""),
+                (Some(d), None) => format!("department \"{d}\""),
+                (None, Some(k)) => format!("kind \"{k}\""),
+                (None, None) => "for every order".to_string(),
+            };
+            let named = format!("[[sla]] {named}");
+            if let Some(d) = &t.department
+                && !by_id.contains_key(d.as_str())
+            {
+                return Err(invalid(format!(
+                    "{named}: department \"{d}\" is not defined"
+                )));
+            }
+            if t.kind
+                .as_deref()
+                .is_some_and(|k| normalise_kind(k).is_empty())
+            {
+                return Err(invalid(format!("{named}: an empty kind")));
+            }
+            if t.sign_for_min.is_none() && t.done_min.is_none() {
+                return Err(invalid(format!(
+                    "{named}: give sign_for_min, done_min or both"
+                )));
+            }
+            for (name, min) in [("sign_for_min", t.sign_for_min), ("done_min", t.done_min)] {
+                if let Some(min) = min
+                    && !(min.is_finite() && min > 0.0 && min <= MAX_DEADLINE_MIN)
+                {
+                    return Err(invalid(format!(
+                        "{named}: {name} must be > 0 and at most {MAX_DEADLINE_MIN} (30 days), got {min}"
+                    )));
+                }
+            }
+            if let (Some(sign_for), Some(done)) = (t.sign_for_min, t.done_min)
+                && sign_for > done
+            {
+                return Err(invalid(format!(
+                    "{named}: sign_for_min ({sign_for}) is later than done_min ({done})"
+                )));
+            }
+            let key = (t.department.clone(), t.kind.as_deref().map(normalise_kind));
+            if !targets.insert(key) {
+                return Err(invalid(format!("{named} is defined twice")));
+            }
+        }
         Ok(Self {
             departments,
             playbooks: raw.playbooks,
             escalate_after_min: raw.escalate_after_min,
+            sla: raw.sla,
         })
+    }
+
+    /// The service target an order to `department` for an incident of `kind` is held
+    /// to: the most specific that matches ([`ServiceTarget`]), if any.
+    pub fn target_for(&self, department: &str, kind: &str) -> Option<&ServiceTarget> {
+        let kind = normalise_kind(kind);
+        self.sla
+            .iter()
+            .filter_map(|t| t.specificity(department, &kind).map(|s| (s, t)))
+            .max_by_key(|(s, _)| *s)
+            .map(|(_, t)| t)
     }
 
     /// [`DispatchConfig::escalate_after_min`] in milliseconds (validated on load; a
@@ -396,6 +514,91 @@ mod tests {
                 .to_string();
             assert!(err.contains(expected), "{err}");
             assert!(err.contains("test.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn service_targets_are_read_checked_and_the_most_specific_one_applies() {
+        let text = format!(
+            "{DEFAULT_DISPATCH_TOML}
+[[sla]]
+department = \"fire\"
+sign_for_min = 5
+done_min = 60
+
+[[sla]]
+department = \"fire\"
+kind = \"gas leak\"
+done_min = 30
+
+[[sla]]
+kind = \"waterlogging\"
+sign_for_min = 10
+
+[[sla]]
+done_min = 240
+"
+        );
+        let c = DispatchConfig::parse(&text, "sla.toml").unwrap();
+        assert_eq!(c.sla.len(), 4);
+        let fire = c.target_for("fire", "building_fire").unwrap();
+        assert_eq!(
+            (fire.sign_for_ms(), fire.done_ms()),
+            (Some(300_000), Some(3_600_000))
+        );
+        // Department and kind wins over the department alone, whatever the spelling.
+        let gas = c.target_for("fire", "gasLeak").unwrap();
+        assert_eq!((gas.sign_for_ms(), gas.done_ms()), (None, Some(1_800_000)));
+        assert_eq!(
+            c.target_for("drainage", "Waterlogging")
+                .unwrap()
+                .sign_for_min,
+            Some(10.0)
+        );
+        // The catch-all for everything else.
+        assert_eq!(
+            c.target_for("ems", "building_fire").unwrap().done_min,
+            Some(240.0)
+        );
+        // The embedded defaults set none.
+        assert!(
+            DispatchConfig::default_config()
+                .target_for("fire", "x")
+                .is_none()
+        );
+
+        let fire_dept = "[[department]]\nid='fire'\nname='F'\ndomain='safety'\nlevel='city'\n";
+        for (sla, expected) in [
+            (
+                "department='fire'\nsign_for_mins=5",
+                "unknown field `sign_for_mins`",
+            ),
+            (
+                "department='police'\nsign_for_min=5",
+                "department \"police\" is not defined",
+            ),
+            ("department='fire'", "give sign_for_min, done_min or both"),
+            (
+                "department='fire'\nsign_for_min=0",
+                "sign_for_min must be > 0",
+            ),
+            ("department='fire'\ndone_min=1e300", "30 days"),
+            ("kind=' _ '\ndone_min=5", "an empty kind"),
+            (
+                "department='fire'\nsign_for_min=30\ndone_min=10",
+                "later than done_min",
+            ),
+            (
+                "kind='gas_leak'\ndone_min=5\n[[sla]]\nkind='Gas leak'\ndone_min=9",
+                "[[sla]] kind \"Gas leak\" is defined twice",
+            ),
+        ] {
+            let text = format!("{fire_dept}[[sla]]\n{sla}\n");
+            let err = DispatchConfig::parse(&text, "sla.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{sla}: {err}");
+            assert!(err.contains("sla.toml"), "{err}");
         }
     }
 

@@ -64,7 +64,7 @@ pub struct OpenReport {
 /// Whether an event of a shared log is taken in: its role exists and may write it.
 /// Every reader of a hall (and each writer, for its own events) decides the same
 /// way, so every console shows the same book.
-fn taken_in(shared: bool, event: &Event, role: Option<Role>) -> bool {
+pub(crate) fn taken_in(shared: bool, event: &Event, role: Option<Role>) -> bool {
     match role {
         None => false,
         Some(role) => !shared || event.permitted_for(role),

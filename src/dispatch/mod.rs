@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod dispatcher;
 #[cfg(test)]
 mod hall_tests;
+pub mod ops;
 pub mod recommend;
 pub mod service;
 #[cfg(test)]
