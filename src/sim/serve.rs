@@ -118,6 +118,9 @@ pub fn serve(addr: &str, sim: Simulator) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The most simulated time one request steps through; a longer gap is skipped.
+const MAX_CATCH_UP_MS: i64 = 60_000;
+
 fn respond(sim: &Mutex<Simulator>, request: &Request) -> Response {
     let url = request.url();
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
@@ -147,7 +150,7 @@ fn respond(sim: &Mutex<Simulator>, request: &Request) -> Response {
         let Ok(mut sim) = sim.lock() else {
             return Response::json(500, &json!({}));
         };
-        sim.advance(crate::clock::unix_ms_now());
+        sim.catch_up(crate::clock::unix_ms_now(), MAX_CATCH_UP_MS);
         let all: Vec<EntityUpdate> = Domain::ALL
             .iter()
             .flat_map(|&d| sim.snapshot(d))
@@ -229,7 +232,7 @@ mod tests {
     #[test]
     fn pages_are_served_while_other_addresses_flood_the_simulator() {
         let map = load_default().unwrap();
-        let sim = Simulator::new(&map, SimConfig::for_map(&map), 1_795_946_400_000);
+        let sim = Simulator::new(&map, SimConfig::for_map(&map), crate::clock::unix_ms_now());
         let server = start("127.0.0.1:0", sim).unwrap();
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -264,10 +267,27 @@ mod tests {
         );
     }
 
+    /// A simulator started long ago (a month: a machine that slept, a server left
+    /// running) answers its next request at once, not after stepping through the gap.
+    #[test]
+    fn a_simulator_started_long_ago_answers_its_next_request() {
+        let map = load_default().unwrap();
+        let month_ago = crate::clock::unix_ms_now() - 30 * 86_400_000;
+        let sim = Simulator::new(&map, SimConfig::for_map(&map), month_ago);
+        let server = start("127.0.0.1:0", sim).unwrap();
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let url = format!("http://{}/ngsi-ld/v1/entities?limit=5", server.addr());
+        let page: Value = client.get(&url).send().unwrap().json().unwrap();
+        assert_eq!(page.as_array().map(Vec::len), Some(5));
+    }
+
     #[test]
     fn serve_sim_survives_hostile_clients() {
         let map = load_default().unwrap();
-        let sim = Simulator::new(&map, SimConfig::for_map(&map), 1_795_946_400_000);
+        let sim = Simulator::new(&map, SimConfig::for_map(&map), crate::clock::unix_ms_now());
         let server = start("127.0.0.1:0", sim).unwrap();
         crate::http::attack::survives(
             server.addr(),
