@@ -542,7 +542,7 @@ enum BenchCommand {
     /// object (per target: inputs, panics, hangs, slowest_ms, inputs_per_s,
     /// peak_rss_mb, the saved findings) and exits non-zero if anything was found.
     Fuzz {
-        /// A target (osm-pbf, geojson-map, ngsi-ld, ngsi-v2, geojson-feed,
+        /// A target (osm-pbf, geojson-map, flatgeobuf-map, ngsi-ld, ngsi-v2, geojson-feed,
         /// mqtt-payload, cap-xml, cap-list, feeds-toml, dispatch-toml, users-toml,
         /// status-report, department-answer, paging-link) or all.
         #[arg(long, default_value = "all")]
