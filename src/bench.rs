@@ -18,30 +18,25 @@ pub fn generate_city_geojson(path: &Path, buildings: usize, seed: u64) -> std::i
     generate_city_geojson_in(path, buildings, seed, None)
 }
 
-/// [`generate_city_geojson`] with the coordinates in `crs` (e.g. EPSG:4549, CGCS2000
-/// Gauss-Krüger CM 120E for Shanghai), named in a GeoJSON `crs` member.
-pub fn generate_city_geojson_in(
-    path: &Path,
-    buildings: usize,
-    seed: u64,
-    crs: Option<&map::crs::Crs>,
-) -> std::io::Result<u64> {
-    let project = crs
-        .map(map::crs::wgs84_projector)
-        .transpose()
-        .map_err(std::io::Error::other)?;
-    // Degrees to 1 cm, metres to 1 mm.
-    let point = |w: &mut BufWriter<std::fs::File>, [lon, lat]: [f64; 2]| -> std::io::Result<()> {
-        match &project {
-            None => write!(w, "[{lon:.7},{lat:.7}]"),
-            Some(project) => {
-                let [x, y] = project([lon, lat]).map_err(std::io::Error::other)?;
-                write!(w, "[{x:.3},{y:.3}]")
-            }
-        }
-    };
-    let file = std::fs::File::create(path)?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+/// One building of a generated city, in WGS84.
+pub struct GeneratedBuilding {
+    pub index: usize,
+    /// The `building` value.
+    pub kind: &'static str,
+    pub height_m: Option<f64>,
+    pub levels: Option<u64>,
+    pub start_date: u64,
+    pub roof_shape: &'static str,
+    pub housenumber: usize,
+    pub name: Option<String>,
+    /// Closed rings `[lon, lat]`: the outer, then a courtyard if it has one (wound the
+    /// other way).
+    pub rings: Vec<Vec<[f64; 2]>>,
+}
+
+/// The buildings of a generated city (see [`generate_city_geojson`]), the same for
+/// the same seed whatever format they are written in.
+pub fn city_buildings(buildings: usize, seed: u64) -> impl Iterator<Item = GeneratedBuilding> {
     let mut rng = SplitMix(seed);
     let (lon0, lat0) = (121.47, 31.23);
     let frame = crate::geo_frame::GeoFrame::new(lon0, lat0);
@@ -60,16 +55,7 @@ pub fn generate_city_geojson_in(
         "retail",
         "school",
     ];
-    w.write_all(b"{\"type\":\"FeatureCollection\",")?;
-    if let Some(code) = crs.and_then(map::crs::Crs::epsg) {
-        write!(
-            w,
-            "\"crs\":{{\"type\":\"name\",\"properties\":{{\"name\":\"urn:ogc:def:crs:EPSG::{code}\"}}}},"
-        )?;
-    }
-    w.write_all(b"\"features\":[\n")?;
-    let mut written = 0u64;
-    for i in 0..buildings {
+    (0..buildings).map(move |i| {
         let (row, col) = (i / per_row, i % per_row);
         let x0 = (col / 4) as f64 * block + (col % 4) as f64 * lot - half;
         let y0 = (row / 4) as f64 * block + (row % 4) as f64 * lot - half;
@@ -94,45 +80,28 @@ pub fn generate_city_geojson_in(
             vec![[ox, oy], [ox + wx, oy], [ox + wx, oy + wy], [ox, oy + wy]]
         };
         let kind = kinds[(rng.next() % kinds.len() as u64) as usize];
-        if i > 0 {
-            w.write_all(b",\n")?;
-        }
-        write!(
-            w,
-            "{{\"type\":\"Feature\",\"id\":{i},\"properties\":{{\"building\":\"{kind}\""
-        )?;
-        match rng.next() % 3 {
-            0 => write!(
-                w,
-                ",\"height\":\"{:.1}\"",
-                6.0 + rng.unit() * rng.unit() * 150.0
-            )?,
-            1 => write!(w, ",\"building:levels\":\"{}\"", 1 + rng.next() % 30)?,
-            _ => {}
-        }
-        write!(
-            w,
-            ",\"start_date\":\"{}\",\"roof:shape\":\"{}\",\"addr:housenumber\":\"{}\"",
-            1950 + rng.next() % 75,
-            ["flat", "gabled", "hipped"][(rng.next() % 3) as usize],
-            1 + i % 200
-        )?;
-        if rng.next().is_multiple_of(8) {
-            write!(w, ",\"name\":\"Block {} 第{}号楼\"", i / 16, i % 16)?;
-        }
-        w.write_all(b"},\"geometry\":{\"type\":\"Polygon\",\"coordinates\":[[")?;
-        let with_hole = shape == 9;
-        for (k, p) in outer.iter().chain(std::iter::once(&outer[0])).enumerate() {
-            if k > 0 {
-                w.write_all(b",")?;
-            }
-            point(&mut w, frame.wgs84_from_local(p[0], p[1]))?;
-        }
-        w.write_all(b"]")?;
-        if with_hole {
+        let (height_m, levels) = match rng.next() % 3 {
+            0 => (Some(6.0 + rng.unit() * rng.unit() * 150.0), None),
+            1 => (None, Some(1 + rng.next() % 30)),
+            _ => (None, None),
+        };
+        let start_date = 1950 + rng.next() % 75;
+        let roof_shape = ["flat", "gabled", "hipped"][(rng.next() % 3) as usize];
+        let name = rng
+            .next()
+            .is_multiple_of(8)
+            .then(|| format!("Block {} 第{}号楼", i / 16, i % 16));
+        let wgs84 = |p: &[f64; 2]| frame.wgs84_from_local(p[0], p[1]);
+        let mut rings = vec![
+            outer
+                .iter()
+                .chain(std::iter::once(&outer[0]))
+                .map(wgs84)
+                .collect::<Vec<_>>(),
+        ];
+        if shape == 9 {
             let (hx, hy) = (ox + wx * 0.3, oy + wy * 0.3);
             let (hw, hh) = (wx * 0.4, wy * 0.4);
-            w.write_all(b",[")?;
             let hole = [
                 [hx, hy],
                 [hx, hy + hh],
@@ -140,11 +109,87 @@ pub fn generate_city_geojson_in(
                 [hx + hw, hy],
                 [hx, hy],
             ];
-            for (k, p) in hole.iter().enumerate() {
+            rings.push(hole.iter().map(wgs84).collect());
+        }
+        GeneratedBuilding {
+            index: i,
+            kind,
+            height_m,
+            levels,
+            start_date,
+            roof_shape,
+            housenumber: 1 + i % 200,
+            name,
+            rings,
+        }
+    })
+}
+
+/// [`generate_city_geojson`] with the coordinates in `crs` (e.g. EPSG:4549, CGCS2000
+/// Gauss-Krüger CM 120E for Shanghai), named in a GeoJSON `crs` member.
+pub fn generate_city_geojson_in(
+    path: &Path,
+    buildings: usize,
+    seed: u64,
+    crs: Option<&map::crs::Crs>,
+) -> std::io::Result<u64> {
+    let project = crs
+        .map(map::crs::wgs84_projector)
+        .transpose()
+        .map_err(std::io::Error::other)?;
+    // Degrees to 1 cm, metres to 1 mm.
+    let point = |w: &mut BufWriter<std::fs::File>, [lon, lat]: [f64; 2]| -> std::io::Result<()> {
+        match &project {
+            None => write!(w, "[{lon:.7},{lat:.7}]"),
+            Some(project) => {
+                let [x, y] = project([lon, lat]).map_err(std::io::Error::other)?;
+                write!(w, "[{x:.3},{y:.3}]")
+            }
+        }
+    };
+    let file = std::fs::File::create(path)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    w.write_all(b"{\"type\":\"FeatureCollection\",")?;
+    if let Some(code) = crs.and_then(map::crs::Crs::epsg) {
+        write!(
+            w,
+            "\"crs\":{{\"type\":\"name\",\"properties\":{{\"name\":\"urn:ogc:def:crs:EPSG::{code}\"}}}},"
+        )?;
+    }
+    w.write_all(b"\"features\":[\n")?;
+    let mut written = 0u64;
+    for b in city_buildings(buildings, seed) {
+        let i = b.index;
+        if i > 0 {
+            w.write_all(b",\n")?;
+        }
+        write!(
+            w,
+            "{{\"type\":\"Feature\",\"id\":{i},\"properties\":{{\"building\":\"{}\"",
+            b.kind
+        )?;
+        if let Some(h) = b.height_m {
+            write!(w, ",\"height\":\"{h:.1}\"")?;
+        }
+        if let Some(l) = b.levels {
+            write!(w, ",\"building:levels\":\"{l}\"")?;
+        }
+        write!(
+            w,
+            ",\"start_date\":\"{}\",\"roof:shape\":\"{}\",\"addr:housenumber\":\"{}\"",
+            b.start_date, b.roof_shape, b.housenumber
+        )?;
+        if let Some(name) = &b.name {
+            write!(w, ",\"name\":\"{name}\"")?;
+        }
+        w.write_all(b"},\"geometry\":{\"type\":\"Polygon\",\"coordinates\":[")?;
+        for (r, ring) in b.rings.iter().enumerate() {
+            w.write_all(if r > 0 { b",[" } else { b"[" })?;
+            for (k, p) in ring.iter().enumerate() {
                 if k > 0 {
                     w.write_all(b",")?;
                 }
-                point(&mut w, frame.wgs84_from_local(p[0], p[1]))?;
+                point(&mut w, *p)?;
             }
             w.write_all(b"]")?;
         }
@@ -153,6 +198,252 @@ pub fn generate_city_geojson_in(
     }
     w.write_all(b"\n]}\n")?;
     w.flush()?;
+    Ok(written)
+}
+
+/// The Esri WKT of a CGCS2000 3-degree Gauss-Krüger CRS, as ArcGIS writes it in a
+/// `.prj` (`CGCS2000_3_Degree_GK_CM_120E`, or `..._Zone_40` with the zone in front of
+/// the easting); `None` for any other CRS.
+pub fn gauss_kruger_prj(crs: &map::crs::Crs) -> Option<String> {
+    let map::crs::Crs::GaussKruger {
+        zone_width_deg: 3,
+        zone,
+        zone_prefix,
+    } = *crs
+    else {
+        return None;
+    };
+    let cm = 3 * u32::from(zone);
+    let (name, false_easting) = if zone_prefix {
+        (format!("Zone_{zone}"), f64::from(zone) * 1e6 + 500_000.0)
+    } else {
+        (format!("CM_{cm}E"), 500_000.0)
+    };
+    Some(format!(
+        r#"PROJCS["CGCS2000_3_Degree_GK_{name}",GEOGCS["GCS_China_Geodetic_Coordinate_System_2000",DATUM["D_China_2000",SPHEROID["CGCS2000",6378137.0,298.257222101]],PRIMEM["Greenwich",0.0],UNIT["Degree",0.0174532925199433]],PROJECTION["Gauss_Kruger"],PARAMETER["False_Easting",{false_easting:.1}],PARAMETER["False_Northing",0.0],PARAMETER["Central_Meridian",{cm}.0],PARAMETER["Scale_Factor",1.0],PARAMETER["Latitude_Of_Origin",0.0],UNIT["Meter",1.0]]"#
+    ))
+}
+
+/// Rewrites the field names of a `.dbf` written by the `dbase` crate (which writes
+/// them as UTF-8 whatever the table's encoding) in `encoding`, as ArcGIS writes them:
+/// `层数` in GBK is 4 bytes.
+pub fn encode_dbf_field_names(
+    dbf: &Path,
+    encoding: &'static encoding_rs::Encoding,
+) -> std::io::Result<()> {
+    let mut bytes = std::fs::read(dbf)?;
+    let header_len = usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
+    let mut at = 32;
+    while at + 32 <= header_len && bytes[at] != 0x0D {
+        let raw = &bytes[at..at + 11];
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(11);
+        let name = String::from_utf8_lossy(&raw[..end]).into_owned();
+        let (encoded, _, _) = encoding.encode(&name);
+        if encoded.len() > 10 {
+            return Err(std::io::Error::other(format!(
+                "field name {name} is longer than 10 bytes in {}",
+                encoding.name()
+            )));
+        }
+        bytes[at..at + 11].fill(0);
+        bytes[at..at + encoded.len()].copy_from_slice(&encoded);
+        at += 32;
+    }
+    std::fs::write(dbf, bytes)
+}
+
+/// Writes a generated city (see [`city_buildings`]) as a Shapefile the way a Chinese
+/// surveying bureau exports one: polygons in `crs` (its `.prj` beside it), attributes
+/// in GBK with a `.cpg` saying so, fields `层数` (floors, every building), `高度`
+/// (height, some), `名称` (name, some), `类型` (the kind) and `年份` (year built).
+pub fn generate_city_shapefile(
+    path: &Path,
+    buildings: usize,
+    seed: u64,
+    crs: &map::crs::Crs,
+) -> std::io::Result<u64> {
+    use shapefile::dbase::{self, FieldName, FieldValue};
+    let prj = gauss_kruger_prj(crs).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "{}: the generator writes CGCS2000 3-degree Gauss-Krüger Shapefiles",
+            crs.label()
+        ))
+    })?;
+    let project = map::crs::wgs84_projector(crs).map_err(std::io::Error::other)?;
+    let name =
+        |n: &str| FieldName::try_from(n).map_err(|e| std::io::Error::other(format!("{e:?}")));
+    let table = dbase::TableWriterBuilder::with_encoding(dbase::encoding::EncodingRs::from(
+        encoding_rs::GBK,
+    ))
+    .add_numeric_field(name("层数")?, 4, 0)
+    .add_numeric_field(name("高度")?, 8, 1)
+    .add_character_field(name("名称")?, 40)
+    .add_character_field(name("类型")?, 16)
+    .add_numeric_field(name("年份")?, 4, 0);
+    let io = |e: shapefile::Error| std::io::Error::other(e.to_string());
+    let mut writer = shapefile::Writer::from_path(path, table).map_err(io)?;
+    let mut written = 0u64;
+    for b in city_buildings(buildings, seed) {
+        let mut rings = Vec::with_capacity(b.rings.len());
+        for (r, ring) in b.rings.iter().enumerate() {
+            let points = ring
+                .iter()
+                .map(|p| project(*p).map(|[x, y]| shapefile::Point::new(x, y)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(std::io::Error::other)?;
+            rings.push(if r == 0 {
+                shapefile::PolygonRing::Outer(points)
+            } else {
+                shapefile::PolygonRing::Inner(points)
+            });
+        }
+        let polygon = shapefile::Polygon::with_rings(rings);
+        let floors = b
+            .levels
+            .or_else(|| b.height_m.map(|h| (h / 3.2).round().max(1.0) as u64))
+            .unwrap_or(1 + (b.index % 6) as u64);
+        let mut record = dbase::Record::default();
+        record.insert("层数".into(), FieldValue::Numeric(Some(floors as f64)));
+        record.insert(
+            "高度".into(),
+            FieldValue::Numeric(b.height_m.map(|h| (h * 10.0).round() / 10.0)),
+        );
+        record.insert("名称".into(), FieldValue::Character(b.name.clone()));
+        record.insert("类型".into(), FieldValue::Character(Some(b.kind.into())));
+        record.insert(
+            "年份".into(),
+            FieldValue::Numeric(Some(b.start_date as f64)),
+        );
+        writer
+            .write_shape_and_record(&polygon, &record)
+            .map_err(io)?;
+        written += 1;
+    }
+    drop(writer);
+    encode_dbf_field_names(&path.with_extension("dbf"), encoding_rs::GBK)?;
+    std::fs::write(path.with_extension("prj"), prj)?;
+    std::fs::write(path.with_extension("cpg"), "GBK")?;
+    Ok(written)
+}
+
+/// Polygons (each a closed outer ring, then its holes) as FlatGeobuf writes them: one
+/// MultiPolygon.
+pub struct FgbPolygons<'a>(pub &'a [Vec<Vec<[f64; 2]>>]);
+
+impl flatgeobuf::geozero::GeozeroGeometry for FgbPolygons<'_> {
+    fn process_geom<P: flatgeobuf::geozero::GeomProcessor>(
+        &self,
+        out: &mut P,
+    ) -> flatgeobuf::geozero::error::Result<()> {
+        out.multipolygon_begin(self.0.len(), 0)?;
+        for (p, polygon) in self.0.iter().enumerate() {
+            out.polygon_begin(false, polygon.len(), p)?;
+            for (r, ring) in polygon.iter().enumerate() {
+                out.linestring_begin(false, ring.len(), r)?;
+                for (k, [x, y]) in ring.iter().enumerate() {
+                    out.xy(*x, *y, k)?;
+                }
+                out.linestring_end(false, r)?;
+            }
+            out.polygon_end(false, p)?;
+        }
+        out.multipolygon_end(0)
+    }
+}
+
+/// Writes a generated city (see [`city_buildings`]) as a FlatGeobuf with its spatial
+/// index, as GDAL writes one: OSM-style columns (`fid`, `building`, `height`,
+/// `building:levels`, `name`, `start_date`, `roof:shape`), WGS84 or in `crs` (named by
+/// its EPSG code in the header).
+pub fn generate_city_flatgeobuf(
+    path: &Path,
+    buildings: usize,
+    seed: u64,
+    crs: Option<&map::crs::Crs>,
+) -> std::io::Result<u64> {
+    let out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    write_city_flatgeobuf(out, buildings, seed, crs)
+}
+
+/// [`generate_city_flatgeobuf`] into any writer (a fuzzer's seed in memory).
+pub fn write_city_flatgeobuf(
+    out: impl Write,
+    buildings: usize,
+    seed: u64,
+    crs: Option<&map::crs::Crs>,
+) -> std::io::Result<u64> {
+    use flatgeobuf::geozero::{ColumnValue, PropertyProcessor};
+    use flatgeobuf::{ColumnType, FgbCrs, FgbWriter, FgbWriterOptions, GeometryType};
+    let project = crs
+        .map(map::crs::wgs84_projector)
+        .transpose()
+        .map_err(std::io::Error::other)?;
+    let io = |e: flatgeobuf::Error| std::io::Error::other(e.to_string());
+    let geo = |e: flatgeobuf::geozero::error::GeozeroError| std::io::Error::other(e.to_string());
+    let mut fgb = FgbWriter::create_with_options(
+        "buildings",
+        GeometryType::MultiPolygon,
+        FgbWriterOptions {
+            crs: FgbCrs {
+                code: crs.and_then(map::crs::Crs::epsg).unwrap_or(4326) as i32,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .map_err(io)?;
+    let columns = [
+        ("fid", ColumnType::ULong),
+        ("building", ColumnType::String),
+        ("height", ColumnType::Double),
+        ("building:levels", ColumnType::Int),
+        ("name", ColumnType::String),
+        ("start_date", ColumnType::Int),
+        ("roof:shape", ColumnType::String),
+    ];
+    for (name, kind) in columns {
+        fgb.add_column(name, kind, |_, _| {});
+    }
+    let mut written = 0u64;
+    for b in city_buildings(buildings, seed) {
+        let rings = match &project {
+            None => b.rings.clone(),
+            Some(project) => b
+                .rings
+                .iter()
+                .map(|r| r.iter().map(|p| project(*p)).collect::<Result<Vec<_>, _>>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(std::io::Error::other)?,
+        };
+        let mut failed = None;
+        fgb.add_feature_geom(FgbPolygons(&[rings]), |f| {
+            let mut put = |i: usize, value: &ColumnValue| {
+                if let Err(e) = f.property(i, columns[i].0, value) {
+                    failed.get_or_insert(e);
+                }
+            };
+            put(0, &ColumnValue::ULong(b.index as u64));
+            put(1, &ColumnValue::String(b.kind));
+            if let Some(h) = b.height_m {
+                // To the decimetre, as the GeoJSON city writes it.
+                put(2, &ColumnValue::Double((h * 10.0).round() / 10.0));
+            }
+            if let Some(l) = b.levels {
+                put(3, &ColumnValue::Int(l as i32));
+            }
+            if let Some(name) = &b.name {
+                put(4, &ColumnValue::String(name));
+            }
+            put(5, &ColumnValue::Int(b.start_date as i32));
+            put(6, &ColumnValue::String(b.roof_shape));
+        })
+        .map_err(geo)?;
+        if let Some(e) = failed {
+            return Err(geo(e));
+        }
+        written += 1;
+    }
+    fgb.write(out).map_err(io)?;
     Ok(written)
 }
 
@@ -168,6 +459,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
 #[derive(Debug, Serialize)]
 pub struct MapBenchReport {
     pub file: String,
+    /// The format read (`geojson`, `shapefile`, `flatgeobuf`, ...).
+    pub format: Option<&'static str>,
     pub file_bytes: u64,
     pub buildings: usize,
     /// Broken features left out.
@@ -191,6 +484,25 @@ pub struct MapBenchReport {
     pub crs_ms: f64,
 }
 
+/// The bytes of a map file, with the files beside a Shapefile's `.shp` that are read
+/// with it.
+fn map_file_bytes(path: &Path) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let sidecars: u64 = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("shp"))
+    {
+        ["dbf", "shx", "prj", "cpg"]
+            .iter()
+            .filter_map(|ext| map::shp::sidecar(path, ext))
+            .map(|p| size(&p))
+            .sum()
+    } else {
+        0
+    };
+    size(path) + sidecars
+}
+
 /// Times loading `path` into chunk meshes.
 pub fn bench_map_file(
     path: &Path,
@@ -209,7 +521,8 @@ pub fn bench_map_file(
     let mesh_ms = t.elapsed().as_secs_f64() * 1000.0;
     Ok(MapBenchReport {
         file: path.display().to_string(),
-        file_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        format: city.format.map(map::MapFormat::as_str),
+        file_bytes: map_file_bytes(path),
         buildings: city.buildings.len(),
         skipped: city.skipped.broken_total(),
         not_drawn: city.skipped.not_drawn_total(),

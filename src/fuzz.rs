@@ -44,6 +44,8 @@ pub enum Target {
     OsmPbf,
     /// `map::load_bytes` of a GeoJSON map.
     GeojsonMap,
+    /// `map::load_bytes` of a FlatGeobuf map (header, index, features, properties).
+    FlatgeobufMap,
     /// `feeds::decode::decode_ngsi_ld`.
     NgsiLd,
     /// `feeds::decode::decode_ngsi_v2`.
@@ -82,9 +84,10 @@ enum Grammar {
 }
 
 impl Target {
-    pub const ALL: [Target; 14] = [
+    pub const ALL: [Target; 15] = [
         Target::OsmPbf,
         Target::GeojsonMap,
+        Target::FlatgeobufMap,
         Target::NgsiLd,
         Target::NgsiV2,
         Target::GeojsonFeed,
@@ -103,6 +106,7 @@ impl Target {
         match self {
             Target::OsmPbf => "osm-pbf",
             Target::GeojsonMap => "geojson-map",
+            Target::FlatgeobufMap => "flatgeobuf-map",
             Target::NgsiLd => "ngsi-ld",
             Target::NgsiV2 => "ngsi-v2",
             Target::GeojsonFeed => "geojson-feed",
@@ -124,7 +128,8 @@ impl Target {
 
     fn grammar(self) -> Grammar {
         match self {
-            Target::OsmPbf => Grammar::Pbf,
+            // Binary: byte-level mutations.
+            Target::OsmPbf | Target::FlatgeobufMap => Grammar::Pbf,
             Target::CapXml | Target::CapList => Grammar::Xml,
             Target::FeedsToml | Target::DispatchToml | Target::UsersToml => Grammar::Toml,
             Target::PagingLink => Grammar::Header,
@@ -143,6 +148,9 @@ impl Target {
                 .map(drop)
                 .map_err(|e| e.to_string()),
             Target::GeojsonMap => load_bytes(input, MapFormat::GeoJson, "fuzz", "fuzz.geojson")
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Target::FlatgeobufMap => load_bytes(input, MapFormat::FlatGeobuf, "fuzz", "fuzz.fgb")
                 .map(drop)
                 .map_err(|e| e.to_string()),
             Target::NgsiLd => decoded(decode::decode_ngsi_ld(input)),
@@ -201,6 +209,7 @@ impl Target {
         let own: Vec<Vec<u8>> = match self {
             Target::OsmPbf => pbf_seeds(),
             Target::GeojsonMap => vec![GEOJSON_MAP.into(), SDM[0].into(), SDM[5].into()],
+            Target::FlatgeobufMap => flatgeobuf_seeds(),
             Target::NgsiLd | Target::NgsiV2 | Target::GeojsonFeed => {
                 SDM.iter().map(|s| s.to_vec()).collect()
             }
@@ -247,6 +256,20 @@ impl Target {
         let mut rng = Rng(SplitMix(start));
         generate(self, &mut rng)
     }
+}
+
+/// Small generated cities as FlatGeobuf: WGS84 with an index, and Gauss-Krüger.
+fn flatgeobuf_seeds() -> Vec<Vec<u8>> {
+    let gk = crate::map::crs::Crs::from_epsg(4549).ok();
+    [(12, None), (5, gk.as_ref())]
+        .into_iter()
+        .map(|(buildings, crs)| {
+            let mut out = Vec::new();
+            crate::bench::write_city_flatgeobuf(&mut out, buildings, 1, crs)
+                .expect("a generated FlatGeobuf");
+            out
+        })
+        .collect()
 }
 
 fn decoded<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<(), String> {

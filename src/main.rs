@@ -187,7 +187,7 @@ enum Command {
     },
     /// Load a map without a window and print one JSON object describing it.
     MapInfo {
-        /// The .osm.pbf or GeoJSON file.
+        /// The map file: .osm.pbf, GeoJSON, Esri JSON, a Shapefile's .shp or FlatGeobuf.
         path: PathBuf,
     },
     /// Run the feeds of a feeds file headless for a while and print one JSON object per
@@ -579,7 +579,7 @@ enum BenchCommand {
     /// object (per target: inputs, panics, hangs, slowest_ms, inputs_per_s,
     /// peak_rss_mb, the saved findings) and exits non-zero if anything was found.
     Fuzz {
-        /// A target (osm-pbf, geojson-map, ngsi-ld, ngsi-v2, geojson-feed,
+        /// A target (osm-pbf, geojson-map, flatgeobuf-map, ngsi-ld, ngsi-v2, geojson-feed,
         /// mqtt-payload, cap-xml, cap-list, feeds-toml, dispatch-toml, users-toml,
         /// status-report, department-answer, paging-link) or all.
         #[arg(long, default_value = "all")]
@@ -608,18 +608,30 @@ enum BenchCommand {
         #[arg(long, hide = true)]
         worker: bool,
     },
-    /// Time file → GPU-ready chunk meshes on a generated (or given) GeoJSON city.
+    /// Time file → GPU-ready chunk meshes on a generated (or given) city.
     Map {
         /// Buildings in the generated city.
         #[arg(long, default_value_t = 1_000_000)]
         buildings: usize,
-        /// Use this GeoJSON file instead of generating one (or keep the generated one here).
+        /// Use this map file instead of generating one (or keep the generated one here).
         #[arg(long)]
         file: Option<PathBuf>,
         /// Generator seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// The format to generate: geojson, shapefile (CGCS2000 Gauss-Krüger, GBK
+        /// attributes; --crs picks the zone, default EPSG:4549) or flatgeobuf.
+        #[arg(long, value_enum, default_value_t = BenchMapFormat::Geojson)]
+        format: BenchMapFormat,
     },
+}
+
+/// What `bench map` generates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchMapFormat {
+    Geojson,
+    Shapefile,
+    Flatgeobuf,
 }
 
 fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
@@ -717,6 +729,10 @@ fn map_info(
     if city.crs.coords != map::crs::Coords::Wgs84 {
         info["coords"] = city.crs.coords.as_str().into();
     }
+    // A Shapefile's attribute text: the encoding read in and whether its .cpg said so.
+    if let Some(encoding) = &city.encoding {
+        info["encoding"] = serde_json::to_value(encoding)?;
+    }
     println!("{info}");
     Ok(())
 }
@@ -725,26 +741,46 @@ fn bench_map(
     buildings: usize,
     file: Option<PathBuf>,
     seed: u64,
+    format: BenchMapFormat,
     coords: &map::crs::MapCoords,
 ) -> anyhow::Result<()> {
+    // A Shapefile is in a city's own projection: Gauss-Krüger CM 120E (Shanghai)
+    // unless --crs says another zone.
+    let crs = match format {
+        BenchMapFormat::Shapefile => Some(coords.crs.unwrap_or(map::crs::Crs::from_epsg(4549)?)),
+        _ => coords.crs,
+    };
     let (path, generated, generate_ms) = match file {
         Some(p) if p.exists() => (p, false, None),
         other => {
             let path = other.unwrap_or_else(|| {
-                let crs = coords
-                    .crs
-                    .and_then(|c| c.epsg())
-                    .map(|c| format!("-epsg{c}"));
+                let crs = crs.and_then(|c| c.epsg()).map(|c| format!("-epsg{c}"));
                 let crs = crs.unwrap_or_default();
-                std::env::temp_dir().join(format!("zhongshu-bench-{buildings}-{seed}{crs}.geojson"))
+                let ext = match format {
+                    BenchMapFormat::Geojson => "geojson",
+                    BenchMapFormat::Shapefile => "shp",
+                    BenchMapFormat::Flatgeobuf => "fgb",
+                };
+                std::env::temp_dir().join(format!("zhongshu-bench-{buildings}-{seed}{crs}.{ext}"))
             });
             eprintln!(
                 "generating {buildings} buildings into {} ...",
                 path.display()
             );
             let t = Instant::now();
-            bench::generate_city_geojson_in(&path, buildings, seed, coords.crs.as_ref())
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            match (format, crs.as_ref()) {
+                (BenchMapFormat::Geojson, crs) => {
+                    bench::generate_city_geojson_in(&path, buildings, seed, crs)
+                }
+                (BenchMapFormat::Shapefile, Some(crs)) => {
+                    bench::generate_city_shapefile(&path, buildings, seed, crs)
+                }
+                (BenchMapFormat::Shapefile, None) => unreachable!("a Shapefile has a CRS"),
+                (BenchMapFormat::Flatgeobuf, crs) => {
+                    bench::generate_city_flatgeobuf(&path, buildings, seed, crs)
+                }
+            }
+            .with_context(|| format!("cannot write {}", path.display()))?;
             (path, true, Some(t.elapsed().as_secs_f64() * 1000.0))
         }
     };
@@ -752,7 +788,10 @@ fn bench_map(
     if generated {
         let exe = std::env::current_exe()?;
         let mut child = std::process::Command::new(exe);
-        if let Some(code) = coords.crs.and_then(|c| c.epsg()) {
+        // A Shapefile (its .prj) and a FlatGeobuf (its header) say their CRS themselves.
+        if format == BenchMapFormat::Geojson
+            && let Some(code) = coords.crs.and_then(|c| c.epsg())
+        {
             child.arg(format!("--crs=EPSG:{code}"));
         }
         let status = child
@@ -1761,7 +1800,8 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             buildings,
             file,
             seed,
-        }) => bench_map(buildings, file, seed, &map_load.coords),
+            format,
+        }) => bench_map(buildings, file, seed, format, &map_load.coords),
         Command::Bench(BenchCommand::Fuzz {
             target,
             inputs,

@@ -295,6 +295,55 @@ fn an_agency_export_is_read_by_its_own_field_names_or_a_mapping_beside_it() {
 }
 
 #[test]
+fn map_info_says_how_a_shapefile_and_a_flatgeobuf_were_read() {
+    let dir = scratch_dir("shapefile-map");
+    // A surveying bureau's export: Gauss-Krüger CM 120E (.prj), GBK text (.cpg),
+    // floors in 层数, names in 名称.
+    let gk = zhongshu::map::crs::Crs::from_epsg(4549).unwrap();
+    let shp = dir.join("上海建筑.shp");
+    zhongshu::bench::generate_city_shapefile(&shp, 400, 3, &gk).unwrap();
+    let (ok, info, stderr) = map_info(&shp);
+    assert!(ok, "{stderr}");
+    assert_eq!(info["format"], "shapefile", "{info}");
+    assert_eq!(info["name"], "上海建筑", "{info}");
+    assert_eq!(info["buildings"], 400, "{info}");
+    assert_eq!(info["encoding"]["name"], "gbk", "{info}");
+    assert_eq!(info["encoding"]["source"], "cpg", "{info}");
+    assert_eq!(
+        info["crs"]["name"], "EPSG:4549 (CGCS2000 / 3-degree Gauss-Kruger CM 120E)",
+        "{info}"
+    );
+    assert_eq!(info["crs"]["source"], "file", "{info}");
+    assert_eq!(info["schema"]["detected"], "agency", "{info}");
+    assert_eq!(info["schema"]["fields"]["floors"][0], "层数", "{info}");
+    assert_eq!(info["schema"]["fields"]["name"][0], "名称", "{info}");
+    // In Shanghai, where the generator put it.
+    let bbox = info["bbox"].as_array().unwrap();
+    assert!((bbox[0].as_f64().unwrap() - 121.47).abs() < 0.01, "{info}");
+    assert!((bbox[1].as_f64().unwrap() - 31.23).abs() < 0.01, "{info}");
+
+    // Without its attribute table: the missing file is named.
+    std::fs::remove_file(dir.join("上海建筑.dbf")).unwrap();
+    let (ok, _, stderr) = map_info(&shp);
+    assert!(!ok);
+    assert!(
+        stderr.contains("上海建筑.dbf") && stderr.contains("missing"),
+        "{stderr}"
+    );
+
+    let fgb = dir.join("city.fgb");
+    zhongshu::bench::generate_city_flatgeobuf(&fgb, 400, 3, Some(&gk)).unwrap();
+    let (ok, info, stderr) = map_info(&fgb);
+    assert!(ok, "{stderr}");
+    assert_eq!(info["format"], "flatgeobuf", "{info}");
+    assert_eq!(info["buildings"], 400, "{info}");
+    assert_eq!(info["crs"]["source"], "file", "{info}");
+    assert!(info.get("encoding").is_none(), "{info}");
+    let e = map_info(&dir.join("nothing.fgb")).2;
+    assert!(e.contains("nothing.fgb"), "{e}");
+}
+
+#[test]
 fn map_info_counts_broken_geojson_features_by_reason() {
     let dir = scratch_dir("broken-geojson");
     let path = dir.join("city.geojson");

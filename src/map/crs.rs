@@ -113,6 +113,10 @@ pub enum CrsError {
     )]
     LooksProjected { x: f64, y: f64, hint: String },
     #[error(
+        "coordinates look projected (e.g. {x}, {y}), not degrees, and the Shapefile has no .prj beside it: put its .prj beside the .shp or give the CRS with --crs EPSG:n{hint}"
+    )]
+    LooksProjectedWithoutPrj { x: f64, y: f64, hint: String },
+    #[error(
         "the file says {crs}, but its coordinates look projected (e.g. {x}, {y}), not degrees: give the right CRS with --crs EPSG:n"
     )]
     DeclaredDegreesLooksProjected { crs: String, x: f64, y: f64 },

@@ -146,16 +146,7 @@ fn decode_feature(
 ) -> Result<RawFeature, SkipReason> {
     let mut tags = super::geojson::decode_properties(f.attributes);
     let geometry = decode_geometry(f.geometry)?;
-    let id_field = oid
-        .and_then(|o| tags.iter().find(|(k, _)| k == o))
-        .or_else(|| {
-            tags.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("objectid") || k.eq_ignore_ascii_case("fid"))
-        });
-    let id = match id_field {
-        Some((_, v)) => format!("feature/{v}"),
-        None => format!("feature/{index}"),
-    };
+    let id = super::object_id(&tags, oid, index);
     // A field's alias (often its name in the agency's language) names it too.
     for (name, alias) in aliases {
         if let Some(value) = tags.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
@@ -274,7 +265,7 @@ const MAX_RINGS_FOR_NESTING: usize = 64;
 /// smallest ring around it: right whatever way a tool wound them. Past
 /// [`MAX_RINGS_FOR_NESTING`] rings, Esri's rule: clockwise outers, counter-clockwise
 /// holes (in the smallest outer they lie in; a hole in none is an outer).
-fn polygon_of_rings(rings: Vec<Vec<[f64; 2]>>) -> RawGeometry {
+pub(super) fn polygon_of_rings(rings: Vec<Vec<[f64; 2]>>) -> RawGeometry {
     let rings: Vec<Vec<[f64; 2]>> = rings.into_iter().filter(|r| r.len() >= 3).collect();
     let areas: Vec<f64> = rings.iter().map(|r| signed_area2(r).abs()).collect();
     let boxes: Vec<[f64; 4]> = rings.iter().map(|r| bbox(r)).collect();

@@ -125,6 +125,13 @@ pub(super) fn decode_properties(raw: Option<&RawValue>) -> Tags {
     else {
         return Vec::new();
     };
+    tags_of_properties(map)
+}
+
+/// A feature's properties as string tags: strings as they are, other values as compact
+/// JSON, nulls left out. Every format's attributes end here (a Shapefile's `.dbf`
+/// record and a FlatGeobuf's columns as JSON values), so they read alike.
+pub(super) fn tags_of_properties(map: serde_json::Map<String, serde_json::Value>) -> Tags {
     map.into_iter()
         .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| {
@@ -135,6 +142,16 @@ pub(super) fn decode_properties(raw: Option<&RawValue>) -> Tags {
             (k, v)
         })
         .collect()
+}
+
+/// A number as a JSON value, whole numbers as integers (`6`, not `6.0`), as a GeoJSON
+/// export writes them; `None` for NaN and infinities.
+pub(super) fn json_number(n: f64) -> Option<serde_json::Value> {
+    if n.fract() == 0.0 && n.abs() < 9e15 {
+        Some(serde_json::Value::from(n as i64))
+    } else {
+        serde_json::Number::from_f64(n).map(serde_json::Value::Number)
+    }
 }
 
 fn decode_id(raw: Option<&RawValue>, index: usize) -> String {

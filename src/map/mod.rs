@@ -7,6 +7,7 @@
 
 pub mod crs;
 pub mod esri;
+pub mod fgb;
 pub mod footprint;
 pub mod geojson;
 pub mod graph;
@@ -17,6 +18,7 @@ pub(crate) mod pbf_fixture;
 pub mod pick;
 pub mod rings;
 pub mod schema;
+pub mod shp;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -499,8 +501,11 @@ pub struct CityMap {
     pub load_ms: f64,
     /// Attribution the data's licence requires to be shown (OSM data: ODbL).
     pub attribution: Option<String>,
-    /// The file's format (`osm_pbf`, `geojson`, `esri_json`).
+    /// The file's format (`osm_pbf`, `geojson`, `esri_json`, `shapefile`, `flatgeobuf`).
     pub format: Option<MapFormat>,
+    /// How the attributes' text was decoded, for a format that does not fix it (a
+    /// Shapefile's `.dbf`).
+    pub encoding: Option<shp::TextEncoding>,
     /// How the features' properties were read, and which fields were used.
     pub schema: schema::SchemaReport,
     /// The CRS the file was read in and the offset undone (converted at load).
@@ -531,7 +536,7 @@ pub enum MapError {
         source: std::io::Error,
     },
     #[error(
-        "{path}: not an OpenStreetMap .osm.pbf nor a GeoJSON file (expected .pbf, .geojson or .json)"
+        "{path}: not an OpenStreetMap .osm.pbf, GeoJSON, Esri JSON, Shapefile nor FlatGeobuf file (expected .pbf, .geojson, .json, .shp or .fgb)"
     )]
     UnknownFormat { path: PathBuf },
     #[error("{source_name}: invalid OSM PBF: {message}")]
@@ -546,6 +551,16 @@ pub enum MapError {
     },
     #[error("{source_name}: invalid Esri JSON: {message}")]
     EsriJson {
+        source_name: String,
+        message: String,
+    },
+    #[error("{source_name}: {message}")]
+    Shapefile {
+        source_name: String,
+        message: String,
+    },
+    #[error("{source_name}: invalid FlatGeobuf: {message}")]
+    FlatGeobuf {
         source_name: String,
         message: String,
     },
@@ -571,6 +586,10 @@ pub enum MapFormat {
     GeoJson,
     /// ArcGIS REST `f=json` and ArcGIS's JSON export.
     EsriJson,
+    /// An Esri Shapefile: the `.shp` with its `.dbf` (and `.shx`, `.prj`, `.cpg`).
+    Shapefile,
+    /// FlatGeobuf (`.fgb`), read streamed.
+    FlatGeobuf,
 }
 
 /// How much of a JSON file's start is looked at to tell GeoJSON from Esri JSON.
@@ -582,6 +601,8 @@ impl MapFormat {
             MapFormat::OsmPbf => "osm_pbf",
             MapFormat::GeoJson => "geojson",
             MapFormat::EsriJson => "esri_json",
+            MapFormat::Shapefile => "shapefile",
+            MapFormat::FlatGeobuf => "flatgeobuf",
         }
     }
 
@@ -591,6 +612,12 @@ impl MapFormat {
         let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
         if name.ends_with(".pbf") {
             return Some(MapFormat::OsmPbf);
+        }
+        if name.ends_with(".shp") {
+            return Some(MapFormat::Shapefile);
+        }
+        if name.ends_with(".fgb") || fgb::has_magic(head) {
+            return Some(MapFormat::FlatGeobuf);
         }
         let json = || {
             if esri::looks_like_esri(head) {
@@ -611,6 +638,8 @@ impl MapFormat {
             _ if head.len() > 16 && head[4..].windows(9).any(|w| w == b"OSMHeader") => {
                 Some(MapFormat::OsmPbf)
             }
+            // A .shp starts with the big-endian file code 9994.
+            _ if head.starts_with(&9994i32.to_be_bytes()) => Some(MapFormat::Shapefile),
             _ => None,
         }
     }
@@ -625,42 +654,56 @@ pub struct LoadOptions {
     pub schema: Option<PathBuf>,
 }
 
-/// Loads a map file (`.osm.pbf`, GeoJSON or Esri JSON) in the coordinates the file
-/// says, its fields read by the mapping beside it (`<name>.schema.toml`) if any.
+/// Loads a map file (`.osm.pbf`, GeoJSON, Esri JSON, a Shapefile's `.shp`, FlatGeobuf)
+/// in the coordinates the file says, its fields read by the mapping beside it
+/// (`<name>.schema.toml`) if any.
 pub fn load_path(path: &Path) -> Result<CityMap, MapError> {
     load_path_with(path, &LoadOptions::default())
 }
 
 /// Loads a map file, reading its coordinates as `options.coords` says (`--crs`,
 /// `--coords`) and its fields by `options.schema`, else the mapping beside it, else
-/// by guessing (see [`schema`]).
+/// by guessing (see [`schema`]). A Shapefile is read from its `.shp` and the files
+/// beside it, a FlatGeobuf streamed from the file; other formats whole.
 pub fn load_path_with(path: &Path, options: &LoadOptions) -> Result<CityMap, MapError> {
-    let bytes = std::fs::read(path).map_err(|source| MapError::Io {
+    use std::io::{Read, Seek};
+
+    let start = Instant::now();
+    let io_error = |source| MapError::Io {
         path: path.to_path_buf(),
         source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io_error)?;
+    let mut head = Vec::with_capacity(JSON_HEAD_BYTES);
+    (&mut file)
+        .take(JSON_HEAD_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(io_error)?;
+    let format = MapFormat::detect(path, &head).ok_or_else(|| MapError::UnknownFormat {
+        path: path.to_path_buf(),
     })?;
-    let format =
-        MapFormat::detect(path, &bytes[..bytes.len().min(JSON_HEAD_BYTES)]).ok_or_else(|| {
-            MapError::UnknownFormat {
-                path: path.to_path_buf(),
-            }
-        })?;
-    let name = path
+    let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| path.display().to_string());
-    let name = name
-        .trim_end_matches(".pbf")
-        .trim_end_matches(".osm")
-        .trim_end_matches(".geojson")
-        .trim_end_matches(".json")
-        .to_string();
+    // `city.osm.pbf`, `city.SHP` → `city`.
+    let lower = file_name.to_ascii_lowercase();
+    let end = [".pbf", ".osm", ".geojson", ".json", ".shp", ".fgb"]
+        .iter()
+        .fold(file_name.len(), |end, ext| {
+            if lower[..end].ends_with(ext) {
+                end - ext.len()
+            } else {
+                end
+            }
+        });
+    let name = file_name[..end].to_string();
     // An OSM PBF is read by its OSM tags: a mapping beside it is not its own, and
     // one given for it is a mistake.
     let mapping = match (format, options.schema.clone()) {
         (MapFormat::OsmPbf, Some(file)) => {
             return Err(MapError::Schema(format!(
-                "--schema {}: an OpenStreetMap PBF is read by its OSM tags; a mapping is for GeoJSON and Esri JSON",
+                "--schema {}: an OpenStreetMap PBF is read by its OSM tags; a mapping is for GeoJSON, Esri JSON, Shapefiles and FlatGeobuf",
                 file.display()
             )));
         }
@@ -674,13 +717,32 @@ pub fn load_path_with(path: &Path, options: &LoadOptions) -> Result<CityMap, Map
         },
     };
     let mapping = mapping.as_ref().map(|(m, f)| (m, f.as_path()));
-    load_bytes_with(
-        &bytes,
+    let source_name = path.display().to_string();
+    let read = match format {
+        MapFormat::Shapefile => shp::read_path(path, &source_name)?,
+        MapFormat::FlatGeobuf => {
+            let len = file.metadata().map_err(io_error)?.len();
+            file.rewind().map_err(io_error)?;
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            fgb::read(reader, len, &source_name)?
+        }
+        _ => {
+            // Whole, in one allocation of the file's size (as `fs::read` does).
+            let len = file.metadata().map_err(io_error)?.len() as usize;
+            let mut bytes = head;
+            bytes.reserve_exact(len.saturating_sub(bytes.len()));
+            file.read_to_end(&mut bytes).map_err(io_error)?;
+            read_bytes(&bytes, format, &source_name)?
+        }
+    };
+    finish_load(
+        read,
         format,
         &name,
-        &path.display().to_string(),
+        &source_name,
         &options.coords,
         mapping,
+        start,
     )
 }
 
@@ -702,7 +764,8 @@ pub fn load_bytes(
 }
 
 /// Loads a map from bytes, reading its coordinates as `coords` says, and its fields
-/// by an explicit mapping (and the file it came from) when given.
+/// by an explicit mapping (and the file it came from) when given. A Shapefile is
+/// several files: it loads from its path ([`load_path_with`]).
 pub fn load_bytes_with(
     bytes: &[u8],
     format: MapFormat,
@@ -712,37 +775,110 @@ pub fn load_bytes_with(
     mapping: Option<(&schema::SchemaFile, &Path)>,
 ) -> Result<CityMap, MapError> {
     let start = Instant::now();
-    let (mut features, restrictions, skipped, file_crs) = match format {
+    let read = read_bytes(bytes, format, source_name)?;
+    finish_load(read, format, name, source_name, coords, mapping, start)
+}
+
+/// What a format's reader hands over: features in the file's own coordinates, with
+/// what the file says of them.
+pub(crate) struct FileRead {
+    pub features: Vec<RawFeature>,
+    pub restrictions: Vec<TurnRestriction>,
+    pub skipped: SkipCounts,
+    /// The CRS the file declares (a GeoJSON `crs` member, an Esri `spatialReference`,
+    /// a `.prj`, a FlatGeobuf header).
+    pub file_crs: Option<crs::Crs>,
+    /// How attribute text was decoded, where the format leaves it open.
+    pub encoding: Option<shp::TextEncoding>,
+}
+
+impl FileRead {
+    fn features(
+        features: Vec<RawFeature>,
+        skipped: SkipCounts,
+        file_crs: Option<crs::Crs>,
+    ) -> Self {
+        FileRead {
+            features,
+            restrictions: Vec::new(),
+            skipped,
+            file_crs,
+            encoding: None,
+        }
+    }
+}
+
+/// Reads a map held in memory in any format but a Shapefile's.
+fn read_bytes(bytes: &[u8], format: MapFormat, source_name: &str) -> Result<FileRead, MapError> {
+    let crs_error = |error| MapError::Crs {
+        source_name: source_name.to_string(),
+        error,
+    };
+    Ok(match format {
         MapFormat::OsmPbf => {
             let (features, restrictions, skipped) = osm::read_map(bytes, source_name)?;
-            (features, restrictions, skipped, None)
+            FileRead {
+                restrictions,
+                ..FileRead::features(features, skipped, None)
+            }
         }
         MapFormat::GeoJson => {
             let (features, skipped, file_crs) = geojson::read_features_and_crs(bytes, source_name)?;
-            (features, Vec::new(), skipped, file_crs)
+            FileRead::features(features, skipped, file_crs)
         }
         MapFormat::EsriJson => {
             let (features, skipped, sr) = esri::read_features(bytes, source_name)?;
-            let crs_error = |error| MapError::Crs {
-                source_name: source_name.to_string(),
-                error,
-            };
             let file_crs = match (sr.code(), sr.wkt.as_deref()) {
                 (Some(code), _) => Some(crs::from_wkid(code).map_err(crs_error)?),
                 (None, Some(wkt)) => Some(crs::from_prj(wkt).map_err(crs_error)?),
                 (None, None) => None,
             };
-            (features, Vec::new(), skipped, file_crs)
+            FileRead::features(features, skipped, file_crs)
         }
-    };
+        MapFormat::FlatGeobuf => {
+            fgb::read(std::io::Cursor::new(bytes), bytes.len() as u64, source_name)?
+        }
+        MapFormat::Shapefile => {
+            return Err(MapError::Shapefile {
+                source_name: source_name.to_string(),
+                message: "a Shapefile is several files: load it from its .shp path, with its .dbf beside it".into(),
+            });
+        }
+    })
+}
+
+/// The pipeline every format shares once read: coordinates to WGS 84, properties by
+/// their schema, then the city.
+fn finish_load(
+    read: FileRead,
+    format: MapFormat,
+    name: &str,
+    source_name: &str,
+    coords: &crs::MapCoords,
+    mapping: Option<(&schema::SchemaFile, &Path)>,
+    start: Instant,
+) -> Result<CityMap, MapError> {
+    let FileRead {
+        mut features,
+        restrictions,
+        skipped,
+        file_crs,
+        encoding,
+    } = read;
     // Converted once, here: everything after this is WGS84 degrees.
     let fixed_wgs84 = format == MapFormat::OsmPbf;
-    let crs = crs::to_wgs84_at_boundary(&mut features, file_crs, coords, fixed_wgs84).map_err(
-        |error| MapError::Crs {
+    let crs = crs::to_wgs84_at_boundary(&mut features, file_crs, coords, fixed_wgs84)
+        .map_err(|error| match error {
+            // A Shapefile says its CRS in a .prj, not a crs member.
+            crs::CrsError::LooksProjected { x, y, hint } if format == MapFormat::Shapefile => {
+                crs::CrsError::LooksProjectedWithoutPrj { x, y, hint }
+            }
+            other => other,
+        })
+        .map_err(|error| MapError::Crs {
             source_name: source_name.to_string(),
             error,
-        },
-    )?;
+        })?;
     // OSM data is OSM-tagged; other formats say what they are in their own words.
     let mut report = if format == MapFormat::OsmPbf {
         schema::SchemaReport {
@@ -755,6 +891,7 @@ pub fn load_bytes_with(
     report.file = mapping.map(|(_, f)| f.to_path_buf());
     let mut map = build_city(name, features, skipped);
     map.format = Some(format);
+    map.encoding = encoding;
     map.schema = report;
     map.crs = crs;
     add_turn_restrictions(&mut map, restrictions);
@@ -774,6 +911,24 @@ pub fn load_bytes_with(
         });
     }
     Ok(map)
+}
+
+/// A feature's id from an object-id field (`OBJECTID`, `FID`, any case), else its
+/// place in the file: `feature/{value}`.
+pub(crate) fn object_id(
+    tags: &[(String, String)],
+    oid_field: Option<&str>,
+    index: usize,
+) -> String {
+    let by_name = oid_field.and_then(|o| tags.iter().find(|(k, _)| k == o));
+    let id_field = by_name.or_else(|| {
+        tags.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("objectid") || k.eq_ignore_ascii_case("fid"))
+    });
+    match id_field {
+        Some((_, v)) => format!("feature/{v}"),
+        None => format!("feature/{index}"),
+    }
 }
 
 /// Projects turn restrictions read in WGS84 into the city's frame; one whose junction
@@ -925,6 +1080,7 @@ pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts
         load_ms: 0.0,
         attribution: None,
         format: None,
+        encoding: None,
         schema: schema::SchemaReport::default(),
         crs: crs::CrsReport::default(),
     };
@@ -1905,6 +2061,22 @@ mod tests {
             Some(MapFormat::GeoJson)
         );
         assert_eq!(MapFormat::detect(Path::new("a.dat"), b"hello"), None);
+        assert_eq!(
+            MapFormat::detect(Path::new("城市.SHP"), b""),
+            Some(MapFormat::Shapefile)
+        );
+        assert_eq!(
+            MapFormat::detect(Path::new("a.dat"), &[0, 0, 0x27, 0x0A, 0, 0]),
+            Some(MapFormat::Shapefile)
+        );
+        assert_eq!(
+            MapFormat::detect(Path::new("a.fgb"), b""),
+            Some(MapFormat::FlatGeobuf)
+        );
+        assert_eq!(
+            MapFormat::detect(Path::new("a.dat"), b"fgb\x03fgb\x00\x10\x00"),
+            Some(MapFormat::FlatGeobuf)
+        );
     }
 
     #[test]
