@@ -1611,3 +1611,156 @@ pub fn bench_labels(n: usize) -> anyhow::Result<LabelsBenchReport> {
         default_city_candidates_ms: t.elapsed().as_secs_f64() * 1000.0,
     })
 }
+
+/// What `bench history` measured.
+#[derive(Debug, Serialize)]
+pub struct HistoryBenchReport {
+    pub entities: usize,
+    /// Data time recorded.
+    pub seconds: u64,
+    pub updates: u64,
+    /// Updates encoded and written (zstd chunks, keyframes, segments) per second of
+    /// wall time, on one thread.
+    pub record_updates_per_s: f64,
+    /// The history's size on disk over the updates (keyframes included).
+    pub bytes_per_update: f64,
+    pub bytes_on_disk: u64,
+    pub segments: u64,
+    pub keyframes: u64,
+    /// `state-at` (open, find the keyframe, read up to the instant) at random
+    /// instants of the whole recording.
+    pub seek_ms: crate::surge::Percentiles,
+    /// Replaying at 60x at 60 frames a second: a frame applies one second of data
+    /// (decoding it and applying it to a live state); its CPU time.
+    pub replay_frame_ms_at_60x: crate::surge::Percentiles,
+}
+
+/// Records `seconds` of `entities` moving vehicles updated every second into a
+/// history in a temporary folder, then seeks and replays in it.
+pub fn bench_history(
+    entities: usize,
+    seconds: u64,
+    seeks: usize,
+) -> anyhow::Result<HistoryBenchReport> {
+    use crate::history::{History, HistoryOptions, HistoryWriter};
+    use crate::model::{EntityUpdate, FieldValue};
+    let dir = std::env::temp_dir().join(format!("zhongshu-bench-history-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let t0: i64 = 1_795_946_400_000;
+    let feeds = vec![crate::history::FeedMeta {
+        id: 0,
+        name: "vehicles".into(),
+        domain: "traffic".into(),
+    }];
+    let mut writer = HistoryWriter::create(&dir, feeds, HistoryOptions::default())?;
+    let vehicle = |i: usize, s: u64| -> EntityUpdate {
+        let t = s as f64;
+        let (lon0, lat0) = (
+            121.40 + (i % 100) as f64 * 1.5e-3,
+            31.17 + (i / 100) as f64 * 1.2e-3,
+        );
+        // ~10 m/s along a slow curve, speed to 0.1 km/h, heading in whole degrees.
+        let angle = (i as f64 * 0.7 + t * 0.01) % std::f64::consts::TAU;
+        let speed = ((30.0 + 20.0 * (t * 0.05 + i as f64).sin()) * 10.0).round() / 10.0;
+        let heading = (angle.to_degrees()).round();
+        EntityUpdate {
+            id: format!("urn:ngsi-ld:Vehicle:taxi-{i}"),
+            entity_type: "Vehicle".into(),
+            kind: crate::model::EntityKind::Vehicle {
+                vehicle_type: Some("taxi".into()),
+                speed_kmh: Some(speed),
+                heading_deg: Some(heading),
+                service_status: Some("onRoute".into()),
+            },
+            position: Some([lon0 + t * 9e-5 * angle.cos(), lat0 + t * 9e-5 * angle.sin()]),
+            line: None,
+            observed_at_ms: Some(t0 + s as i64 * 1000 - 200),
+            fields: [
+                ("vehicleType".to_string(), FieldValue::Text("taxi".into())),
+                ("speed".to_string(), FieldValue::Number(speed)),
+                ("heading".to_string(), FieldValue::Number(heading)),
+            ]
+            .into_iter()
+            .collect(),
+            units: Default::default(),
+            notes: Vec::new(),
+        }
+    };
+    // Updates are made before the clock starts: what is timed is recording them.
+    let mut record_s = 0.0;
+    let mut updates = 0u64;
+    for s in 0..seconds {
+        let batch: Vec<EntityUpdate> = (0..entities).map(|i| vehicle(i, s)).collect();
+        let at = t0 + s as i64 * 1000;
+        let t = Instant::now();
+        for u in &batch {
+            writer.upsert(0, at, u)?;
+        }
+        record_s += t.elapsed().as_secs_f64();
+        updates += batch.len() as u64;
+    }
+    let t = Instant::now();
+    let stats = writer.finish()?;
+    record_s += t.elapsed().as_secs_f64();
+    let bytes_on_disk: u64 = crate::history::segments(&dir)?
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    let mut seek = Vec::new();
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..seeks {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = t0 + (seed % (seconds * 1000)) as i64;
+        let t = Instant::now();
+        let history = History::open(&dir)?;
+        let snap = history.state_at(at)?;
+        seek.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            snap.entities.len() == entities,
+            "state at {at}: {} entities",
+            snap.entities.len()
+        );
+    }
+    // Replay: the frame's work at 60x is one second of data.
+    let history = History::open(&dir)?;
+    let mut replay_ms = Vec::new();
+    let frame = crate::geo_frame::GeoFrame::new(121.47, 31.23);
+    let mut state = crate::state::LiveState::new(frame);
+    let start = t0 + (seconds as i64 * 1000 / 3);
+    let mut replay = history.replay_from(start)?;
+    for e in replay.snapshot().entities.values() {
+        state.apply(e.feed, e.update.clone(), e.at_ms);
+    }
+    for k in 1..=120i64 {
+        let t = Instant::now();
+        replay.advance(start + k * 1000, |r| match r {
+            crate::history::codec::Record::Upsert {
+                feed,
+                at_ms,
+                update,
+            } => {
+                state.apply(*feed, update.clone(), *at_ms);
+            }
+            crate::history::codec::Record::Remove { feed, id, .. } => {
+                state.remove(*feed, id);
+            }
+        })?;
+        let _ = state.drain_changed();
+        replay_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(HistoryBenchReport {
+        entities,
+        seconds,
+        updates,
+        record_updates_per_s: updates as f64 / record_s,
+        bytes_per_update: bytes_on_disk as f64 / updates as f64,
+        bytes_on_disk,
+        segments: stats.segments,
+        keyframes: stats.keyframes,
+        seek_ms: crate::surge::Percentiles::of(seek),
+        replay_frame_ms_at_60x: crate::surge::Percentiles::of(replay_ms),
+    })
+}

@@ -19,6 +19,7 @@ pub mod fuzz;
 pub mod geo_frame;
 pub mod governance;
 pub mod hall;
+pub mod history;
 pub mod http;
 pub mod map;
 pub mod memory;

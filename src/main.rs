@@ -12,6 +12,7 @@ use zhongshu::clock::CityTime;
 use zhongshu::{bench, map};
 
 /// The dispatch event log when `--db` is not given.
+const DEFAULT_HISTORY: &str = "zhongshu-history";
 const DEFAULT_DB: &str = "zhongshu-events.db";
 
 #[derive(Parser)]
@@ -134,6 +135,13 @@ struct Cli {
     /// read-only; `hall-status` and `audit verify` read it.
     #[arg(long, global = true, value_name = "DOMAIN")]
     nats_domain: Option<String>,
+    /// The city's history (every live change, recorded with its time; MCAP segments):
+    /// where the window records, `record` writes and `state-at` reads.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_HISTORY)]
+    history: PathBuf,
+    /// Run the window without recording the history.
+    #[arg(long, global = true)]
+    no_history: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -312,6 +320,27 @@ enum Command {
         #[arg(long, value_name = "TIME")]
         until: Option<String>,
     },
+    /// Run the feeds (--feeds, else every sub-brain simulated) headless for a while
+    /// and record every change to the live state, and each feed's health, into a
+    /// history folder of MCAP segments; prints one JSON object of what was written.
+    Record {
+        /// How long to record, in seconds.
+        #[arg(long = "for", value_name = "SECONDS", default_value_t = 60.0)]
+        for_secs: f64,
+        /// Days of history kept; older segments are deleted, oldest first.
+        #[arg(long, value_name = "DAYS", default_value_t = 7.0)]
+        retention_days: f64,
+    },
+    /// Print the city as it stood at --at, as one JSON object: per feed every entity
+    /// with its position, fields and observation time, the feed's health then; the
+    /// KPIs; open incidents and orders by status from the event log (--db, or
+    /// --nats/--hall) rebuilt up to then, its chain checked.
+    StateAt {
+        /// The instant: RFC 3339 with an offset (2026-11-30T14:03:21+08:00) or Unix
+        /// milliseconds.
+        #[arg(long, value_name = "TIME")]
+        at: String,
+    },
     /// Open-data administration.
     #[command(subcommand)]
     OpenData(OpenDataCommand),
@@ -392,6 +421,20 @@ enum AuditCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Record moving vehicles into a history (temporary folder), then seek and
+    /// replay: prints record_updates_per_s, bytes_per_update, seek_ms,
+    /// replay_frame_ms_at_60x.
+    History {
+        /// Vehicles, each updated every second.
+        #[arg(long, default_value_t = 10_000)]
+        entities: usize,
+        /// Seconds of data recorded.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Random instants sought.
+        #[arg(long, default_value_t = 50)]
+        seeks: usize,
+    },
     /// Decode NGSI-LD pages of moving vehicles and apply them to the live state.
     Ingest {
         /// Distinct entities.
@@ -1208,6 +1251,77 @@ fn ops_report(cli: &Cli, since: Option<String>, until: Option<String>) -> anyhow
     Ok(())
 }
 
+/// `zhongshu record`: the feeds run for a while, every change recorded.
+fn record(
+    cli: &Cli,
+    for_secs: f64,
+    history: &Path,
+    retention_days: f64,
+    load: &map::LoadOptions,
+) -> anyhow::Result<()> {
+    if !(0.0..=86_400.0 * 366.0).contains(&for_secs) {
+        bail!("--for must be between 0 and a year of seconds, got {for_secs}");
+    }
+    if !(retention_days.is_finite() && retention_days > 0.0 && retention_days <= 3660.0) {
+        bail!("--retention-days must be more than 0 and at most 3660, got {retention_days}");
+    }
+    let setup = match &cli.feeds {
+        Some(path) => zhongshu::feeds::config::load_setup(path)?,
+        None => zhongshu::feeds::config::FeedsSetup {
+            feeds: zhongshu::feeds::sim_source::default_sim_feeds(),
+            rules: Vec::new(),
+            areas: Vec::new(),
+            open_data: Default::default(),
+        },
+    };
+    let city = load_city(cli.map.as_deref(), load)?;
+    let options = zhongshu::history::HistoryOptions {
+        retention_ms: (retention_days * zhongshu::history::DAY_MS as f64) as i64,
+        ..Default::default()
+    };
+    let report = zhongshu::history::record::record_for(&setup, &city, for_secs, history, options)?;
+    println!("{}", serde_json::to_string(&report)?);
+    if report.writer.errors > 0 {
+        bail!(
+            "the history could not be written in full: {}",
+            report.writer.last_error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `zhongshu state-at`: the recorded city and the dispatch book at one instant.
+fn state_at(cli: &Cli, at: &str, history: &Path, load: &map::LoadOptions) -> anyhow::Result<()> {
+    use zhongshu::dispatch::ops;
+    let at_ms = zhongshu::clock::parse_instant_ms(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?;
+    let opened = zhongshu::history::History::open(history)?;
+    let snap = opened.state_at(at_ms)?;
+    let city = load_city(cli.map.as_deref(), load)?;
+    let config = match &cli.dispatch {
+        Some(path) => zhongshu::dispatch::config::DispatchConfig::load(path)?,
+        None => zhongshu::dispatch::config::DispatchConfig::default_config(),
+    };
+    let dispatch = if cli.nats.is_some() {
+        if cli.db.file_name() != Some(std::ffi::OsStr::new(DEFAULT_DB)) {
+            bail!("--db and --nats: give one log, the SQLite file or the hall's stream");
+        }
+        let log = cli
+            .hall_log("state-at", false)?
+            .context("state-at needs --nats URL with --hall NAME")?;
+        zhongshu::history::state_at::dispatch_json(&ops::book_from_store(&log, &config, at_ms)?)
+    } else if cli.db.exists() {
+        let log = open_log_to_check(cli, &cli.db)?;
+        zhongshu::history::state_at::dispatch_json(&ops::book_from_event_log(&log, &config, at_ms)?)
+    } else if cli.db.file_name() == Some(std::ffi::OsStr::new(DEFAULT_DB)) {
+        serde_json::json!({"note": format!("no event log at {}", cli.db.display())})
+    } else {
+        bail!("no event log at {}", cli.db.display());
+    };
+    let json = zhongshu::history::state_at::state_json(&snap, city.frame, dispatch);
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
+
 /// A drill's log: --db, never a file named like the hall's own however it is
 /// written (else a temporary one).
 fn drill_db(cli: &Cli) -> Option<PathBuf> {
@@ -1362,6 +1476,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 screenshot: None,
                 desk: Some(desk),
                 drill: None,
+                history: (!cli.no_history).then(|| cli.history.clone()),
             })
         }
         Command::Screenshot { out, size } => {
@@ -1388,6 +1503,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 screenshot: Some(app::ScreenshotRequest { out, size }),
                 desk,
                 drill: None,
+                history: None,
             })
         }
         Command::MapInfo { path } => map_info(&path, &map_load, timezone),
@@ -1515,6 +1631,11 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::OpsReport { since, until } => ops_report(&cli, since, until),
+        Command::Record {
+            for_secs,
+            retention_days,
+        } => record(&cli, for_secs, &cli.history, retention_days, &map_load),
+        Command::StateAt { ref at } => state_at(&cli, at, &cli.history, &map_load),
         Command::Audit(AuditCommand::Seal { db }) => {
             if !db.exists() {
                 bail!("no event log at {}", db.display());
@@ -1544,6 +1665,20 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&bench::bench_ingest(entities, rounds))?
+            );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::History {
+            entities,
+            seconds,
+            seeks,
+        }) => {
+            if entities == 0 || seconds < 3 || seeks == 0 {
+                bail!("bench history needs --entities ≥ 1, --seconds ≥ 3 and --seeks ≥ 1");
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&bench::bench_history(entities, seconds, seeks)?)?
             );
             Ok(())
         }

@@ -1177,3 +1177,121 @@ fn ops_report_gives_the_figures_of_a_log_written_by_the_dispatcher() {
     assert!(stderr.contains("does not verify from event"), "{stderr}");
     assert!(stderr.contains("event 4 does not match"), "{stderr}");
 }
+
+#[test]
+fn record_then_state_at_gives_the_city_and_the_book_as_they_stood() {
+    use zhongshu::dispatch::book::{Actor, Command, NewIncident, NewOrder, Severity};
+    let dir = scratch_dir("record-state-at");
+    let history = dir.join("history");
+    let started = zhongshu::clock::unix_ms_now();
+    let out = zhongshu()
+        .args(["record", "--for", "4", "--history"])
+        .arg(&history)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    assert!(report["changes"].as_u64().unwrap() > 100, "{report}");
+    assert_eq!(report["dropped"], 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let ended = zhongshu::clock::unix_ms_now();
+
+    // The dispatch log: an incident reported during the recording, an order for it.
+    let db = dir.join("events.db");
+    {
+        let mut d = zhongshu::dispatch::dispatcher::Dispatcher::open(
+            &db,
+            zhongshu::dispatch::config::DispatchConfig::default_config(),
+        )
+        .unwrap();
+        let li = Actor::new("li.wei", zhongshu::dispatch::Role::Dispatcher, None);
+        d.execute(
+            &Command::ReportIncident(NewIncident {
+                kind: "waterlogging".into(),
+                title: "Underpass flooded".into(),
+                domain: zhongshu::feeds::Domain::Urban,
+                severity: Severity::Severe,
+                lon: 24.94,
+                lat: 60.17,
+                source: "map".into(),
+                key: None,
+            }),
+            &li,
+            started + 1_000,
+        )
+        .unwrap();
+        d.execute(
+            &Command::IssueOrders {
+                incident: "INC-000001".into(),
+                orders: vec![NewOrder {
+                    department: "central_district".into(),
+                    instruction: "Send staff with pumps".into(),
+                    deadline_ms: started + 3_600_000,
+                }],
+            },
+            &li,
+            started + 3_000,
+        )
+        .unwrap();
+    }
+    let state_at = |at: i64| {
+        zhongshu()
+            .args(["state-at", "--at", &at.to_string(), "--history"])
+            .arg(&history)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap()
+    };
+    let out = state_at(ended);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let end: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        end["entities"], report["entities_at_end"],
+        "{}",
+        end["history"]
+    );
+    assert!(
+        end["kpis"]["vehicles"].as_u64().unwrap() > 0,
+        "{}",
+        end["kpis"]
+    );
+    let traffic = end["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["feed"] == "sim-traffic")
+        .expect("the traffic feed");
+    let bus = &traffic["items"][0];
+    assert!(bus["position"][0].as_f64().is_some(), "{bus}");
+    assert!(bus["observed_at"].as_str().is_some(), "{bus}");
+    assert_eq!(end["dispatch"]["open_incidents"][0]["id"], "INC-000001");
+    assert_eq!(
+        end["dispatch"]["orders_by_status"]["issued"][0]["id"], "ORD-000001",
+        "{}",
+        end["dispatch"]
+    );
+    // Between the report and the order: the incident without its order.
+    let out = state_at(started + 2_000);
+    assert!(out.status.success());
+    let mid: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(mid["dispatch"]["open_incidents"][0]["orders"], 0);
+    assert_eq!(mid["dispatch"]["orders_by_status"], serde_json::json!({}));
+    // Before the history: said, with when it starts.
+    let out = state_at(started - 60_000);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("starts at"), "{stderr}");
+    // A folder with no history: said, naming it.
+    let out = zhongshu()
+        .args(["state-at", "--at", "2026-11-30T10:00:00Z", "--history"])
+        .arg(dir.join("nowhere"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nowhere"), "{stderr}");
+}

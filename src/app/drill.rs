@@ -105,6 +105,7 @@ pub fn run(
             outcome: outcome.clone(),
             snapshot,
         }),
+        history: None,
     })?;
     let outcome = outcome
         .lock()

@@ -22,6 +22,8 @@ pub struct Live {
     _running: Option<RunningFeeds>,
     /// A console of a hall polls nothing: it follows the hub's live layers.
     pub hall: Option<HallLive>,
+    /// The history being recorded (`--history`), and what hands it the changes.
+    pub recorder: Option<(crate::history::Recorder, crate::history::record::RecordTap)>,
 }
 
 /// A console's share of the hall's live layers.
@@ -43,6 +45,7 @@ impl Live {
             ingest,
             _running: Some(running),
             hall: None,
+            recorder: None,
         }
     }
 
@@ -87,6 +90,8 @@ pub struct FeedSetup {
     pub seed: u64,
     /// A console of a hall: follow the hub's live layers instead of polling.
     pub hall: Option<(crate::nats::Nats, String)>,
+    /// Record the live changes into this history folder.
+    pub history: Option<std::path::PathBuf>,
 }
 
 pub(super) fn plugin(app: &mut App) {
@@ -115,6 +120,7 @@ fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
             ingest: Ingest::new(&[], rx),
             _running: None,
             hall: live,
+            recorder: None,
         });
         return;
     }
@@ -122,12 +128,25 @@ fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
     let rules = crate::governance::quality::QualityRules::for_city(city.map.bbox_wgs84)
         .with_ranges(setup.ranges.clone());
     let ingest = Ingest::with_rules(&setup.feeds, rx, rules);
-    commands.insert_resource(Live::new(
+    let mut live = Live::new(
         setup.feeds.clone(),
         LiveState::new(city.map.frame),
         ingest,
         running,
-    ));
+    );
+    if let Some(dir) = &setup.history {
+        let metas = crate::history::record::feed_metas(&setup.feeds);
+        // A history that cannot be written is said; the city stays live.
+        match crate::history::Recorder::start(dir, metas, Default::default()) {
+            Ok(recorder) => {
+                info!("recording the history into {}", dir.display());
+                live.state.keep_journal(true);
+                live.recorder = Some((recorder, Default::default()));
+            }
+            Err(e) => error!("not recording the history: {e:#}"),
+        }
+    }
+    commands.insert_resource(live);
 }
 
 fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>, time: Res<Time>) {
@@ -137,6 +156,7 @@ fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>, tim
         state,
         ingest,
         hall,
+        recorder,
         ..
     } = &mut *live;
     if let Some(hall) = hall {
@@ -162,6 +182,11 @@ fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>, tim
     let deadline =
         std::time::Instant::now() + crate::governance::health::ingest_budget(time.delta());
     ingest.pump_within(state, MAX_UPDATES_PER_FRAME, Some(deadline));
-    ingest.expire_within(state, crate::clock::unix_ms_now(), Some(deadline));
+    let now_ms = crate::clock::unix_ms_now();
+    ingest.expire_within(state, now_ms, Some(deadline));
+    if let Some((recorder, tap)) = recorder {
+        // Handed over, never waited for.
+        tap.tap(recorder, state, ingest, now_ms);
+    }
     changed.0 = state.drain_changed();
 }

@@ -55,6 +55,8 @@ pub struct AppOptions {
     /// A drill to play (`bench surge --window`): its feeds replace `feeds`, and the
     /// app exits when it is over.
     pub drill: Option<drill::DrillRun>,
+    /// Record every live change into this history folder (`--history`).
+    pub history: Option<PathBuf>,
 }
 
 /// Render off-screen until the city is drawn, write a PNG, exit.
@@ -237,6 +239,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|d| d.hall.as_ref())
             .map(|h| (h.nats.clone(), h.hall.clone())),
+        history: options.history.clone(),
     })
     .configure_sets(
         Update,

@@ -267,6 +267,11 @@ impl OpsBuilder {
         self.push(at_ms, operator, role.unwrap_or(Role::System), &event);
     }
 
+    /// The book as the events taken in made it (the dispatch state at `until`).
+    pub fn into_book(self) -> Book {
+        self.book
+    }
+
     /// The report, judged at `until` or, without one, at `now_ms`.
     pub fn finish(self, now_ms: i64) -> OpsReport {
         let at_ms = self.until_ms.unwrap_or(now_ms);
@@ -589,6 +594,36 @@ pub fn report_from_store(
     let mut report = builder.finish(now_ms);
     report.log = Some(log.describe());
     Ok(report)
+}
+
+/// The book as it stood at `until_ms`, rebuilt from a SQLite log's events up to then,
+/// its chain, seals and witness checked as they go by (refused when they fail).
+pub fn book_from_event_log(
+    log: &EventLog,
+    config: &DispatchConfig,
+    until_ms: i64,
+) -> Result<Book, OpsError> {
+    let mut builder = OpsBuilder::new(config.clone(), None, Some(until_ms));
+    let verified = log.verify_with(|e| {
+        builder.push_stored(false, e.at_ms, &e.operator, &e.role, &e.payload);
+    })?;
+    check(&verified, log.path().display().to_string())?;
+    Ok(builder.into_book())
+}
+
+/// [`book_from_event_log`] for any event store (a hall's stream).
+pub fn book_from_store(
+    log: &dyn EventStore,
+    config: &DispatchConfig,
+    until_ms: i64,
+) -> Result<Book, OpsError> {
+    check(&log.verify()?, log.describe())?;
+    let mut builder = OpsBuilder::new(config.clone(), None, Some(until_ms));
+    let shared = log.shared();
+    log.scan_replay(&mut |at_ms, operator, role, payload| {
+        builder.push_stored(shared, at_ms, operator, role, payload);
+    })?;
+    Ok(builder.into_book())
 }
 
 #[cfg(test)]

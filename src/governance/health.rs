@@ -394,6 +394,25 @@ impl Ingest {
         }
     }
 
+    /// Each feed's standing as the history records it: what a steward would call a
+    /// change (freshness, quarantine, the last error, validity and completeness to
+    /// the percent), not every poll's counters.
+    pub fn health_summary(&self, feed: usize, now_ms: i64) -> Option<serde_json::Value> {
+        let (config, health) = (self.feeds.get(feed)?, self.health.get(feed)?);
+        let quality = self.quality.get(feed)?;
+        let (freshness, _) =
+            super::quality::freshness(health.data_as_of_ms, config.cadence_s(), now_ms);
+        let percent = |v: f64| (v * 100.0).round() / 100.0;
+        Some(serde_json::json!({
+            "feed": config.name,
+            "freshness": freshness,
+            "quarantined": health.quarantined.as_ref().map(|q| q.reason.clone()),
+            "last_error": health.last_error,
+            "validity": percent(quality.validity()),
+            "completeness": percent(quality.completeness()),
+        }))
+    }
+
     /// Updates received but not yet applied.
     pub fn backlog(&self) -> usize {
         self.queue.len() + self.taking.as_ref().map_or(0, |t| t.rest.len()) + self.inbox_updates

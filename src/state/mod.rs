@@ -192,6 +192,21 @@ pub struct LiveState {
     index_stale: AtomicBool,
     changed: Vec<Slot>,
     changed_mark: Vec<bool>,
+    /// What changed, in order, for the history (only while recording).
+    journal: Option<Vec<Journaled>>,
+}
+
+/// One change to the live state, as the history records it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Journaled {
+    /// An entity inserted or changed: its whole new value.
+    Upsert {
+        feed: FeedId,
+        received_at_ms: i64,
+        update: EntityUpdate,
+    },
+    /// An entity removed (a snapshot without it, expiry, a push feed's delete).
+    Remove { feed: FeedId, id: String },
 }
 
 impl LiveState {
@@ -207,7 +222,22 @@ impl LiveState {
             index_stale: AtomicBool::new(false),
             changed: Vec::new(),
             changed_mark: Vec::new(),
+            journal: None,
         }
+    }
+
+    /// Starts (or stops) keeping a journal of every change for [`Self::drain_journal`].
+    pub fn keep_journal(&mut self, on: bool) {
+        self.journal = on.then(Vec::new);
+    }
+
+    /// The changes since the last call, in the order they happened (empty when no
+    /// journal is kept).
+    pub fn drain_journal(&mut self) -> Vec<Journaled> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// The frame positions are indexed in.
@@ -336,11 +366,25 @@ impl LiveState {
             entity.fields = update.fields;
             entity.units = update.units;
             entity.notes = update.notes;
+            if let Some(journal) = &mut self.journal {
+                journal.push(Journaled::Upsert {
+                    feed,
+                    received_at_ms,
+                    update: entity.to_update(),
+                });
+            }
             self.mark_changed(slot);
             return ApplyOutcome::Updated;
         }
         let slot = self.entities.len() as Slot;
         slots.insert(update.id.clone(), slot);
+        if let Some(journal) = &mut self.journal {
+            journal.push(Journaled::Upsert {
+                feed,
+                received_at_ms,
+                update: update.clone(),
+            });
+        }
         if local.is_some() {
             self.index_stale.store(true, Ordering::Relaxed);
         }
@@ -382,6 +426,9 @@ impl LiveState {
                 self.index_stale.store(true, Ordering::Relaxed);
             }
             self.live -= 1;
+            if let Some(journal) = &mut self.journal {
+                journal.push(Journaled::Remove { feed, id: e.id });
+            }
         }
         self.mark_changed(slot);
         true
