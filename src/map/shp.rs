@@ -946,6 +946,44 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    /// A dissolved layer: one shape of 50,000 buildings, each with a courtyard. Its
+    /// rings are sorted into pieces and holes by their boxes, not each against every
+    /// other (which took minutes).
+    #[test]
+    fn a_shape_of_many_thousand_parts_is_sorted_into_pieces_quickly() {
+        let mut rings = Vec::new();
+        for i in 0..50_000 {
+            let [x, y] = [(i % 250) as f64 * 30.0, (i / 250) as f64 * 30.0];
+            // Clockwise outer, counter-clockwise courtyard (Esri's winding).
+            rings.push(vec![
+                [x, y],
+                [x, y + 20.0],
+                [x + 20.0, y + 20.0],
+                [x + 20.0, y],
+                [x, y],
+            ]);
+            rings.push(vec![
+                [x + 5.0, y + 5.0],
+                [x + 10.0, y + 5.0],
+                [x + 10.0, y + 10.0],
+                [x + 5.0, y + 10.0],
+                [x + 5.0, y + 5.0],
+            ]);
+        }
+        let start = std::time::Instant::now();
+        let geometry = crate::map::esri::polygon_of_rings(rings);
+        let took = start.elapsed();
+        let RawGeometry::MultiPolygon(pieces) = geometry else {
+            panic!("not a multipolygon");
+        };
+        assert_eq!(pieces.len(), 50_000);
+        for (i, piece) in pieces.iter().enumerate() {
+            assert_eq!(piece.len(), 2, "piece {i} and its courtyard");
+            assert_eq!(piece[1][0], [piece[0][0][0] + 5.0, piece[0][0][1] + 5.0]);
+        }
+        assert!(took.as_secs_f64() < 5.0, "took {took:?}");
+    }
+
     #[test]
     fn a_shapefile_is_loaded_from_its_path_not_bytes() {
         let e = crate::map::load_bytes(&[0; 100], MapFormat::Shapefile, "t", "t.shp")
