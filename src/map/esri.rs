@@ -287,11 +287,43 @@ pub(super) fn polygon_of_rings(rings: Vec<Vec<[f64; 2]>>) -> RawGeometry {
     } else {
         rings.iter().map(|r| signed_area2(r) > 0.0).collect()
     };
+    // Each hole's owner: the smallest outer it lies in. Past the nesting limit the
+    // outers are looked up by their boxes, so a dissolved layer (one shape of many
+    // thousand parts) costs n log n, not n².
     let mut owner_of: Vec<Option<usize>> = vec![None; n];
-    for h in (0..n).filter(|&h| is_hole[h]) {
-        owner_of[h] = (0..n)
-            .filter(|&o| !is_hole[o] && within(h, o))
-            .min_by(|&a, &b| areas[a].total_cmp(&areas[b]));
+    let smallest = |a: &usize, b: &usize| areas[*a].total_cmp(&areas[*b]);
+    if n <= MAX_RINGS_FOR_NESTING {
+        for h in (0..n).filter(|&h| is_hole[h]) {
+            owner_of[h] = (0..n)
+                .filter(|&o| !is_hole[o] && within(h, o))
+                .min_by(smallest);
+        }
+    } else {
+        use rstar::primitives::{GeomWithData, Rectangle};
+        let corners = |b: [f64; 4]| ([b[0], b[1]], [b[2], b[3]]);
+        let outers = rstar::RTree::bulk_load(
+            (0..n)
+                .filter(|&o| !is_hole[o])
+                .map(|o| {
+                    let (lower, upper) = corners(boxes[o]);
+                    GeomWithData::new(Rectangle::from_corners(lower, upper), o)
+                })
+                .collect(),
+        );
+        for h in (0..n).filter(|&h| is_hole[h]) {
+            let (lower, upper) = corners(boxes[h]);
+            owner_of[h] = outers
+                .locate_in_envelope_intersecting(&rstar::AABB::from_corners(lower, upper))
+                .map(|g| g.data)
+                .filter(|&o| within(h, o))
+                .min_by(smallest);
+        }
+    }
+    let mut holes_of: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (h, owner) in owner_of.iter().enumerate() {
+        if let Some(o) = *owner {
+            holes_of[o].push(h);
+        }
     }
     let outers: Vec<usize> = (0..n)
         .filter(|&i| !is_hole[i] || owner_of[i].is_none())
@@ -300,11 +332,7 @@ pub(super) fn polygon_of_rings(rings: Vec<Vec<[f64; 2]>>) -> RawGeometry {
         .iter()
         .map(|&o| {
             let mut p = vec![rings[o].clone()];
-            p.extend(
-                (0..n)
-                    .filter(|&h| is_hole[h] && owner_of[h] == Some(o))
-                    .map(|h| rings[h].clone()),
-            );
+            p.extend(holes_of[o].iter().map(|&h| rings[h].clone()));
             p
         })
         .collect();

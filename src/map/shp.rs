@@ -285,6 +285,39 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
+/// Checks that a `.shx`'s entries step forward through a `.shp` of `shp_len` bytes,
+/// each shape after the one before and inside the file: an index that points twice
+/// at one shape, or back, would read a shape twice and pair the `.dbf`'s records
+/// with the wrong shapes.
+fn check_index(shx: &[u8], shp_len: u64) -> Result<(), String> {
+    let word = |at: usize| {
+        shx.get(at..at + 4)
+            .map(|b| i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+    };
+    // The header (100 bytes) is checked by the reader; here the entries it holds.
+    let mut end_of_last = 100i64;
+    for (i, at) in (100..shx.len().saturating_sub(7)).step_by(8).enumerate() {
+        let (Some(offset), Some(len)) = (word(at), word(at + 4)) else {
+            break;
+        };
+        let (start, end) = (offset * 2, offset * 2 + 8 + len * 2);
+        if start < end_of_last || len < 0 {
+            return Err(format!(
+                "shape {} starts at byte {start}, before the end of the shape before it (byte {end_of_last})",
+                i + 1
+            ));
+        }
+        if end > shp_len as i64 {
+            return Err(format!(
+                "shape {} ends at byte {end}, past the end of the file ({shp_len} bytes)",
+                i + 1
+            ));
+        }
+        end_of_last = end;
+    }
+    Ok(())
+}
+
 /// Reads the Shapefile whose `.shp` is `path`: its features in the file's
 /// coordinates, the CRS of its `.prj` and the encoding its text was read in.
 pub(crate) fn read_path(path: &Path, source_name: &str) -> Result<FileRead, MapError> {
@@ -391,8 +424,14 @@ pub(crate) fn read_path(path: &Path, source_name: &str) -> Result<FileRead, MapE
     let mut shapes = match sidecar(path, "shx") {
         Some(shx) => {
             let shx_name = file_name(&shx);
-            let index = BufReader::new(std::fs::File::open(&shx).map_err(io(&shx))?);
-            ShapeReader::with_shx(shp, index).map_err(|e| {
+            let index = std::fs::read(&shx).map_err(io(&shx))?;
+            let shp_len = std::fs::metadata(path).map_err(io(path))?.len();
+            if let Err(problem) = check_index(&index, shp_len) {
+                return Err(error(format!(
+                    "its index {shx_name} does not match {shp_name}: {problem}; delete the {shx_name} to read {shp_name} without it"
+                )));
+            }
+            ShapeReader::with_shx(shp, Cursor::new(index)).map_err(|e| {
                 error(format!(
                     "{shp_name} or its index {shx_name} is unreadable: {e}"
                 ))
@@ -944,6 +983,68 @@ mod tests {
         let e = load_path(&path).unwrap_err().to_string();
         assert!(e.contains("no drawable features"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn an_index_pointing_twice_at_one_shape_is_an_error_not_a_copy() {
+        let dir = scratch("shx");
+        let path = gbk_campus(&dir);
+        let shx = path.with_extension("shx");
+        let good = std::fs::read(&shx).unwrap();
+        // Every entry points at the first shape (the library, 2 rings).
+        let mut same = good.clone();
+        let first: [u8; 8] = good[100..108].try_into().unwrap();
+        for at in (100..good.len()).step_by(8) {
+            same[at..at + 8].copy_from_slice(&first);
+        }
+        std::fs::write(&shx, &same).unwrap();
+        let e = load_path(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("campus.shx does not match campus.shp") && e.contains("shape 2"),
+            "{e}"
+        );
+        // Back in order, it loads.
+        std::fs::write(&shx, &good).unwrap();
+        assert_eq!(load_path(&path).unwrap().buildings.len(), 3);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A dissolved layer: one shape of 50,000 buildings, each with a courtyard. Its
+    /// rings are sorted into pieces and holes by their boxes, not each against every
+    /// other (which took minutes).
+    #[test]
+    fn a_shape_of_many_thousand_parts_is_sorted_into_pieces_quickly() {
+        let mut rings = Vec::new();
+        for i in 0..50_000 {
+            let [x, y] = [(i % 250) as f64 * 30.0, (i / 250) as f64 * 30.0];
+            // Clockwise outer, counter-clockwise courtyard (Esri's winding).
+            rings.push(vec![
+                [x, y],
+                [x, y + 20.0],
+                [x + 20.0, y + 20.0],
+                [x + 20.0, y],
+                [x, y],
+            ]);
+            rings.push(vec![
+                [x + 5.0, y + 5.0],
+                [x + 10.0, y + 5.0],
+                [x + 10.0, y + 10.0],
+                [x + 5.0, y + 10.0],
+                [x + 5.0, y + 5.0],
+            ]);
+        }
+        let start = std::time::Instant::now();
+        let geometry = crate::map::esri::polygon_of_rings(rings);
+        let took = start.elapsed();
+        let RawGeometry::MultiPolygon(pieces) = geometry else {
+            panic!("not a multipolygon");
+        };
+        assert_eq!(pieces.len(), 50_000);
+        for (i, piece) in pieces.iter().enumerate() {
+            assert_eq!(piece.len(), 2, "piece {i} and its courtyard");
+            assert_eq!(piece[1][0], [piece[0][0][0] + 5.0, piece[0][0][1] + 5.0]);
+        }
+        assert!(took.as_secs_f64() < 5.0, "took {took:?}");
     }
 
     #[test]
