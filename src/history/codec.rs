@@ -20,6 +20,8 @@ use crate::model::{EntityKind, EntityUpdate, FeedId, FieldValue};
 pub const POSITION_STEPS: f64 = 1e7;
 
 /// A decoded record: the state change it stands for.
+// Nearly every one is an upsert: boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     Upsert {

@@ -18,6 +18,7 @@
 //! first. A damaged or cut-short segment is reported and read as far as it goes.
 
 pub mod codec;
+pub mod export;
 pub mod record;
 pub mod state_at;
 
@@ -26,7 +27,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -624,116 +625,50 @@ impl History {
     }
 
     /// The state at `t_ms`: the latest segment starting at or before it, from its
-    /// latest keyframe at or before it, then every change up to it. A damaged segment
+    /// latest keyframe at or before it, then every change up to it (a [`Replay`]
+    /// standing there). A segment that cannot be read, or holds no keyframe by then,
     /// is said in `problems`, and the one before it is used.
     pub fn state_at(&self, t_ms: i64) -> anyhow::Result<Snapshot> {
+        let last = self.last_segment_by(t_ms)?;
         let mut problems = Vec::new();
-        let candidates: Vec<&(i64, PathBuf)> = self
-            .segments
-            .iter()
-            .rev()
-            .filter(|(start, _)| *start <= t_ms)
-            .collect();
-        if candidates.is_empty() {
-            bail!(
-                "the history in {} starts at {}, after the time asked",
-                self.dir.display(),
-                crate::clock::rfc3339_from_unix_ms(self.first_ms())
-            );
-        }
-        for (_, path) in candidates {
-            match read_segment_at(path, t_ms) {
-                Ok(mut snap) => {
+        for seg in (0..=last).rev() {
+            let path = &self.segments[seg].1;
+            match self.replay_in(seg, t_ms) {
+                Ok(replay) if replay.keyframe_seen => {
+                    let mut snap = replay.snap;
                     problems.append(&mut snap.problems);
                     snap.problems = problems;
                     return Ok(snap);
                 }
+                Ok(replay) => {
+                    problems.extend(replay.snap.problems);
+                    problems.push(format!(
+                        "{}: no keyframe at or before the time asked; skipped",
+                        path.display()
+                    ));
+                }
                 Err(e) => problems.push(format!("{}: {e:#}; skipped", path.display())),
             }
         }
-        let mut snap = Snapshot {
+        Ok(Snapshot {
             at_ms: t_ms,
+            problems,
             ..Snapshot::default()
-        };
-        snap.problems = problems;
-        Ok(snap)
-    }
-}
-
-struct Reading {
-    snap: Snapshot,
-    decoder: Decoder,
-    keyframe_seen: bool,
-    done: bool,
-}
-
-impl Reading {
-    fn message(
-        &mut self,
-        topic: &str,
-        log_time_ns: u64,
-        data: &[u8],
-        t_ms: i64,
-    ) -> anyhow::Result<()> {
-        let at_ms = (log_time_ns / 1_000_000) as i64;
-        if at_ms > t_ms {
-            self.done = true;
-            return Ok(());
-        }
-        match topic {
-            KEYFRAME => {
-                self.decoder.reset();
-                self.snap.entities.clear();
-                self.snap.keyframe_ms = Some(at_ms);
-                self.snap.records = 0;
-                self.keyframe_seen = true;
-                self.apply(at_ms, data, t_ms)?;
-            }
-            CHANGES if self.keyframe_seen => self.apply(at_ms, data, t_ms)?,
-            HEALTH => {
-                if let Ok(line) = serde_json::from_slice::<Value>(data)
-                    && let Some(feed) = line["feed"].as_u64()
-                {
-                    self.snap.health.insert(feed as FeedId, line);
-                }
-            }
-            _ => {}
-        }
-        self.snap.data_until_ms = Some(self.snap.data_until_ms.map_or(at_ms, |d| d.max(at_ms)));
-        Ok(())
+        })
     }
 
-    fn apply(&mut self, base_ms: i64, data: &[u8], t_ms: i64) -> anyhow::Result<()> {
-        let snap = &mut self.snap;
-        let whole = self
-            .decoder
-            .decode(base_ms, data, t_ms, |r| {
-                snap.records += 1;
-                match r {
-                    Record::Upsert {
-                        feed,
-                        at_ms,
-                        update,
-                    } => {
-                        snap.entities.insert(
-                            (feed, update.id.clone()),
-                            Entity {
-                                feed,
-                                at_ms,
-                                update,
-                            },
-                        );
-                    }
-                    Record::Remove { feed, id, .. } => {
-                        snap.entities.remove(&(feed, id));
-                    }
-                }
+    /// The latest segment starting at or before `t_ms`.
+    fn last_segment_by(&self, t_ms: i64) -> anyhow::Result<usize> {
+        self.segments
+            .iter()
+            .rposition(|(start, _)| *start <= t_ms)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the history in {} starts at {}, after the time asked",
+                    self.dir.display(),
+                    crate::clock::rfc3339_from_unix_ms(self.first_ms())
+                )
             })
-            .map_err(|e| anyhow::anyhow!("a damaged message at {base_ms}: {e}"))?;
-        if !whole {
-            self.done = true;
-        }
-        Ok(())
     }
 }
 
@@ -743,151 +678,6 @@ fn feeds_of(metadata: &mcap::records::Metadata) -> Vec<FeedMeta> {
         .get("feeds")
         .and_then(|f| serde_json::from_str(f).ok())
         .unwrap_or_default()
-}
-
-fn read_segment_at(path: &Path, t_ms: i64) -> anyhow::Result<Snapshot> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: segments are only appended to by their writer and deleted whole; a
-    // segment cut short reads as far as it goes.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("cannot map {}", path.display()))?;
-    let mut reading = Reading {
-        snap: Snapshot {
-            at_ms: t_ms,
-            segment: Some(path.to_path_buf()),
-            ..Snapshot::default()
-        },
-        decoder: Decoder::new(),
-        keyframe_seen: false,
-        done: false,
-    };
-    let summary = mcap::Summary::read(&map).ok().flatten();
-    match summary {
-        Some(summary) => read_indexed(&map, &summary, &mut reading, t_ms)?,
-        None => {
-            reading.snap.problems.push(format!(
-                "{} has no index (being written, or cut short): read from its start",
-                path.display()
-            ));
-            read_linear(&map, &mut reading, t_ms, path)?
-        }
-    }
-    if !reading.keyframe_seen {
-        bail!("no keyframe at or before the time asked");
-    }
-    Ok(reading.snap)
-}
-
-fn read_indexed(
-    map: &[u8],
-    summary: &mcap::Summary,
-    reading: &mut Reading,
-    t_ms: i64,
-) -> anyhow::Result<()> {
-    if let Some(index) = summary.metadata_indexes.iter().find(|m| m.name == "feeds")
-        && let Ok(metadata) = mcap::read::metadata(map, index)
-    {
-        reading.snap.feeds = feeds_of(&metadata);
-    }
-    let keyframe_channel = summary
-        .channels
-        .iter()
-        .find(|(_, c)| c.topic == KEYFRAME)
-        .map(|(id, _)| *id);
-    let mut chunks: Vec<&mcap::records::ChunkIndex> = summary.chunk_indexes.iter().collect();
-    chunks.sort_by_key(|c| (c.message_start_time, c.chunk_start_offset));
-    let t_ns = (t_ms.max(0) as u64).saturating_mul(1_000_000);
-    let start = chunks
-        .iter()
-        .rposition(|c| {
-            c.message_start_time <= t_ns
-                && keyframe_channel.is_some_and(|k| c.message_index_offsets.contains_key(&k))
-        })
-        .unwrap_or(0);
-    for chunk in &chunks[start..] {
-        if chunk.message_start_time > t_ns || reading.done {
-            break;
-        }
-        let messages = summary.stream_chunk(map, chunk)?;
-        for message in messages {
-            let message = message?;
-            reading.message(
-                &message.channel.topic,
-                message.log_time,
-                &message.data,
-                t_ms,
-            )?;
-            if reading.done {
-                break;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn read_linear(map: &[u8], reading: &mut Reading, t_ms: i64, path: &Path) -> anyhow::Result<()> {
-    let mut channels: HashMap<u16, String> = HashMap::new();
-    // A segment being written (or cut short) has no end magic yet.
-    let options = mcap::read::Options::IgnoreEndMagic.into();
-    for record in mcap::read::LinearReader::new_with_options(map, options)? {
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                reading.snap.problems.push(format!(
-                    "{} is cut short or damaged ({e}): read as far as it goes",
-                    path.display()
-                ));
-                break;
-            }
-        };
-        match record {
-            mcap::records::Record::Metadata(m) if m.name == "feeds" => {
-                reading.snap.feeds = feeds_of(&m);
-            }
-            mcap::records::Record::Channel(c) => {
-                channels.insert(c.id, c.topic.clone());
-            }
-            mcap::records::Record::Chunk { header, data } => {
-                let chunk = match mcap::read::ChunkReader::new(header, &data) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        reading.snap.problems.push(format!(
-                            "{}: a damaged chunk ({e}): read up to it",
-                            path.display()
-                        ));
-                        break;
-                    }
-                };
-                for inner in chunk {
-                    match inner {
-                        Ok(mcap::records::Record::Channel(c)) => {
-                            channels.insert(c.id, c.topic.clone());
-                        }
-                        Ok(mcap::records::Record::Message { header, data }) => {
-                            let topic = channels
-                                .get(&header.channel_id)
-                                .cloned()
-                                .unwrap_or_default();
-                            reading.message(&topic, header.log_time, &data, t_ms)?;
-                            if reading.done {
-                                return Ok(());
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            reading.snap.problems.push(format!(
-                                "{}: a damaged chunk ({e}): read up to it",
-                                path.display()
-                            ));
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Plays a history forward from an instant, a step at a time (the timeline's
@@ -903,21 +693,25 @@ pub struct Replay {
     /// Messages read and not yet decoded: topic, time, bytes.
     messages: VecDeque<(String, i64, Vec<u8>)>,
     pending: VecDeque<Record>,
+    /// How many of `pending`'s first records come from the last keyframe (changes
+    /// against the state replayed so far, not counted as records after it).
+    from_keyframe: usize,
     decoder: Decoder,
     keyframe_seen: bool,
+    /// Every record of the history has been handed over.
+    ended: bool,
     snap: Snapshot,
 }
 
 impl History {
     /// A replay standing at `t_ms` (its snapshot is the state then).
     pub fn replay_from(&self, t_ms: i64) -> anyhow::Result<Replay> {
-        let Some(seg) = self.segments.iter().rposition(|(start, _)| *start <= t_ms) else {
-            bail!(
-                "the history in {} starts at {}, after the time asked",
-                self.dir.display(),
-                crate::clock::rfc3339_from_unix_ms(self.first_ms())
-            );
-        };
+        let seg = self.last_segment_by(t_ms)?;
+        self.replay_in(seg, t_ms)
+    }
+
+    /// A replay of segment `seg` and those after it, standing at `t_ms`.
+    fn replay_in(&self, seg: usize, t_ms: i64) -> anyhow::Result<Replay> {
         let mut replay = Replay {
             segments: self.segments.clone(),
             seg,
@@ -927,8 +721,10 @@ impl History {
             next_chunk: 0,
             messages: VecDeque::new(),
             pending: VecDeque::new(),
+            from_keyframe: 0,
             decoder: Decoder::new(),
             keyframe_seen: false,
+            ended: false,
             snap: Snapshot {
                 at_ms: t_ms,
                 ..Snapshot::default()
@@ -946,6 +742,11 @@ impl Replay {
         &self.snap
     }
 
+    /// Every record of the history has been handed over.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
     fn open_segment(&mut self, seg: usize, from_ms: Option<i64>) -> anyhow::Result<()> {
         self.seg = seg;
         self.map = None;
@@ -957,12 +758,17 @@ impl Replay {
             return Ok(());
         };
         let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: as in `read_segment_at`.
+        // SAFETY: segments are only appended to by their writer and deleted whole; a
+        // segment cut short reads as far as it goes.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("cannot map {}", path.display()))?;
-        self.snap.segment = Some(path.clone());
         match mcap::Summary::read(&map).ok().flatten() {
             Some(summary) => {
+                if let Some(index) = summary.metadata_indexes.iter().find(|m| m.name == "feeds")
+                    && let Ok(metadata) = mcap::read::metadata(&map, index)
+                {
+                    self.snap.feeds = feeds_of(&metadata);
+                }
                 let keyframe = summary
                     .channels
                     .iter()
@@ -991,7 +797,13 @@ impl Replay {
                     path.display()
                 ));
                 let mut all = Vec::new();
-                collect_linear(&map, &path, &mut all, &mut self.snap.problems);
+                collect_linear(
+                    &map,
+                    &path,
+                    &mut all,
+                    &mut self.snap.feeds,
+                    &mut self.snap.problems,
+                );
                 self.messages.extend(all);
             }
         }
@@ -1051,6 +863,9 @@ impl Replay {
                     .decode(at_ms, data, i64::MAX, |r| listed.push(r))
                     .map_err(|e| anyhow::anyhow!("a damaged keyframe at {at_ms}: {e}"))?;
                 self.snap.keyframe_ms = Some(at_ms);
+                self.snap.segment = self.segments.get(self.seg).map(|s| s.1.clone());
+                self.snap.records = 0;
+                let before = self.pending.len();
                 // Only what differs from the state replayed so far is a change.
                 let mut present = std::collections::HashSet::new();
                 for r in listed {
@@ -1076,6 +891,7 @@ impl Replay {
                 for (feed, id) in gone {
                     self.pending.push_back(Record::Remove { feed, at_ms, id });
                 }
+                self.from_keyframe = self.pending.len() - before;
                 self.keyframe_seen = true;
             }
             CHANGES if self.keyframe_seen => {
@@ -1106,7 +922,11 @@ impl Replay {
                     return Ok(());
                 }
                 let r = self.pending.pop_front().expect("a front");
-                self.snap.records += 1;
+                if self.from_keyframe > 0 {
+                    self.from_keyframe -= 1;
+                } else {
+                    self.snap.records += 1;
+                }
                 self.snap.data_until_ms = Some(
                     self.snap
                         .data_until_ms
@@ -1135,6 +955,7 @@ impl Replay {
             }
             let Some((topic, at_ms, data)) = self.next_message()? else {
                 self.snap.at_ms = to_ms;
+                self.ended = true;
                 return Ok(());
             };
             if at_ms > to_ms {
@@ -1148,8 +969,113 @@ impl Replay {
                     .push(format!("{e:#}: the rest of the segment skipped"));
                 self.messages.clear();
                 self.next_chunk = self.chunks.len();
-                self.keyframe_seen = false;
             }
+        }
+    }
+}
+
+/// A [`Replay`] read ahead on its own thread, so the frame only applies what it is
+/// handed (the timeline's playback): the thread decodes a second of data at a time, at
+/// most [`ReplayAhead::AHEAD_S`] seconds ahead of what was taken.
+pub struct ReplayAhead {
+    /// The state at the instant it started from, to show first.
+    pub start: Snapshot,
+    /// Batches: every record up to a data time.
+    rx: Receiver<(i64, Vec<Record>)>,
+    front: VecDeque<Record>,
+    /// The data time up to which every record has been received.
+    complete_to_ms: i64,
+    ended: bool,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ReplayAhead {
+    /// Seconds of data decoded ahead of the frame.
+    pub const AHEAD_S: usize = 4;
+
+    /// Stands at `t_ms` (its state in `start`) and starts reading ahead from there.
+    pub fn start(history: &History, t_ms: i64) -> anyhow::Result<Self> {
+        let mut replay = history.replay_from(t_ms)?;
+        let start = replay.snapshot().clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(i64, Vec<Record>)>(Self::AHEAD_S);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("zhongshu-replay".into())
+            .spawn(move || {
+                let mut to = t_ms;
+                while !stopping.load(Ordering::Relaxed) {
+                    to += 1000;
+                    let mut batch = Vec::new();
+                    if let Err(e) = replay.advance(to, |r| batch.push(r.clone())) {
+                        eprintln!("replay: {e:#}");
+                        break;
+                    }
+                    let last = replay.ended();
+                    let upto = if last { i64::MAX } else { to };
+                    if tx.send((upto, batch)).is_err() || last {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            start,
+            rx,
+            front: VecDeque::new(),
+            complete_to_ms: t_ms,
+            ended: false,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands over, in order and by value, every record up to `to_ms` that the thread
+    /// has read; never waits. False when the reading is behind `to_ms` (shown as
+    /// "catching up"), or the history has ended.
+    pub fn take_until(&mut self, to_ms: i64, mut each: impl FnMut(Record)) -> bool {
+        loop {
+            while let Some(r) = self.front.front() {
+                if r.at_ms() > to_ms {
+                    return true;
+                }
+                each(self.front.pop_front().expect("a front"));
+            }
+            if self.complete_to_ms >= to_ms {
+                return true;
+            }
+            match self.rx.try_recv() {
+                Ok((upto, batch)) => {
+                    self.complete_to_ms = upto;
+                    self.ended = upto == i64::MAX;
+                    self.front.extend(batch);
+                }
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => {
+                    self.ended = true;
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The history has no more records (the end of the recording).
+    pub fn ended(&self) -> bool {
+        self.ended && self.front.is_empty()
+    }
+}
+
+impl Drop for ReplayAhead {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Unblocks a thread waiting to hand over a batch.
+        while self.rx.try_recv().is_ok() {}
+        drop(std::mem::replace(
+            &mut self.rx,
+            std::sync::mpsc::sync_channel(0).1,
+        ));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -1159,6 +1085,7 @@ fn collect_linear(
     map: &[u8],
     path: &Path,
     out: &mut Vec<(String, i64, Vec<u8>)>,
+    feeds: &mut Vec<FeedMeta>,
     problems: &mut Vec<String>,
 ) {
     let mut channels: HashMap<u16, String> = HashMap::new();
@@ -1179,6 +1106,7 @@ fn collect_linear(
             }
         };
         match record {
+            mcap::records::Record::Metadata(m) if m.name == "feeds" => *feeds = feeds_of(&m),
             mcap::records::Record::Channel(c) => {
                 channels.insert(c.id, c.topic.clone());
             }
@@ -1402,6 +1330,51 @@ mod tests {
             "{:?}",
             replay.snapshot().problems
         );
+        assert!(replay.ended());
+
+        // Read ahead on its own thread: the same changes, handed over by value, and
+        // the history's end said.
+        let mut ahead = ReplayAhead::start(&history, truths[30].0).unwrap();
+        assert_matches(&ahead.start, &truths[30].1, truths[30].0);
+        let mut live: BTreeMap<String, EntityUpdate> = ahead
+            .start
+            .entities
+            .values()
+            .map(|e| (e.update.id.clone(), e.update.clone()))
+            .collect();
+        for (t, truth) in &truths[31..] {
+            let waited = std::time::Instant::now();
+            while !ahead.take_until(*t, |r| match r {
+                Record::Upsert { update, .. } => {
+                    live.insert(update.id.clone(), update);
+                }
+                Record::Remove { id, .. } => {
+                    live.remove(&id);
+                }
+            }) {
+                assert!(
+                    waited.elapsed().as_secs() < 10,
+                    "the reading never caught up"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert_eq!(
+                live.keys().collect::<Vec<_>>(),
+                truth.keys().collect::<Vec<_>>(),
+                "at {t}"
+            );
+            for (id, want) in truth {
+                assert_eq!(live[id].fields, want.fields, "{id} at {t}");
+            }
+        }
+        let waited = std::time::Instant::now();
+        while !ahead.ended() {
+            ahead.take_until(i64::MAX, |_| {});
+            assert!(waited.elapsed().as_secs() < 10, "the end never came");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Dropped mid-way: the thread stops.
+        drop(ReplayAhead::start(&history, truths[5].0).unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

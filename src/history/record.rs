@@ -40,6 +40,31 @@ pub fn feed_metas(feeds: &[FeedConfig]) -> Vec<FeedMeta> {
         .collect()
 }
 
+/// Feeds standing for a history's: their names and domains (what the views show of
+/// them), nothing to poll.
+pub fn feed_configs(metas: &[FeedMeta]) -> Vec<FeedConfig> {
+    let config = |name: &str, domain: &str| -> Option<FeedConfig> {
+        // A domain this build does not know shows as urban management.
+        let known = serde_json::from_value::<crate::model::Domain>(domain.into()).is_ok();
+        let domain = if known { domain } else { "urban" };
+        serde_json::from_value(serde_json::json!({"name": name, "kind": "sim", "domain": domain}))
+            .ok()
+    };
+    // Feed ids are places in the list: each keeps its place, gaps filled.
+    let n = metas
+        .iter()
+        .map(|m| m.id as usize + 1)
+        .max()
+        .unwrap_or(0)
+        .min(u16::MAX as usize);
+    (0..n)
+        .filter_map(|i| match metas.iter().find(|m| m.id as usize == i) {
+            Some(m) => config(&m.name, &m.domain),
+            None => config(&format!("feed {i}"), "urban"),
+        })
+        .collect()
+}
+
 /// Hands the state's journal and each feed's health (once a second) to `recorder`;
 /// what the live path calls after taking updates in.
 pub struct RecordTap {

@@ -8,18 +8,8 @@ use super::Snapshot;
 use crate::clock::rfc3339_from_unix_ms;
 use crate::dispatch::book::Book;
 use crate::geo_frame::GeoFrame;
-use crate::model::FieldValue;
 use crate::state::LiveState;
 use crate::state::kpi::CityKpis;
-
-fn field_json(v: &FieldValue) -> Value {
-    match v {
-        FieldValue::Number(n) => json!(n),
-        FieldValue::Text(s) => json!(s),
-        FieldValue::Bool(b) => json!(b),
-        FieldValue::List(items) => Value::Array(items.iter().map(field_json).collect()),
-    }
-}
 
 /// The live state a snapshot stands for (for the figures computed from it).
 pub fn live_state(snap: &Snapshot, frame: GeoFrame) -> LiveState {
@@ -102,7 +92,7 @@ pub fn state_json(snap: &Snapshot, frame: GeoFrame, dispatch: Value) -> Value {
             "position": e.update.position,
             "observed_at": e.update.observed_at_ms.map(rfc3339_from_unix_ms),
             "taken_in": rfc3339_from_unix_ms(e.at_ms),
-            "fields": e.update.fields.iter().map(|(k, v)| (k.clone(), field_json(v))).collect::<serde_json::Map<_, _>>(),
+            "fields": e.update.fields,
         }));
     }
     let mut ids: Vec<u32> = snap.feeds.iter().map(|f| f.id).collect();

@@ -27,13 +27,9 @@ fn property(value: Value, observed: Option<&str>) -> Value {
     Value::Object(p)
 }
 
+/// A field's value as JSON (a number that is not finite, as null).
 fn field_json(v: &FieldValue) -> Value {
-    match v {
-        FieldValue::Number(n) => json!(n),
-        FieldValue::Text(s) => json!(s),
-        FieldValue::Bool(b) => json!(b),
-        FieldValue::List(items) => Value::Array(items.iter().map(field_json).collect()),
-    }
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// One update as a normalized NGSI-LD entity.

@@ -197,6 +197,8 @@ pub struct LiveState {
 }
 
 /// One change to the live state, as the history records it.
+// Nearly every one is an upsert: boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Journaled {
     /// An entity inserted or changed: its whole new value.

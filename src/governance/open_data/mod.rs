@@ -196,22 +196,7 @@ impl OpenEntity {
     /// As a GeoJSON Feature: the open geometry (null when withheld) and the values of
     /// the open properties.
     pub fn feature(&self) -> Value {
-        let geometry = self
-            .ngsi
-            .get("location")
-            .and_then(|l| l.get("value"))
-            .cloned()
-            .unwrap_or(Value::Null);
-        let properties: Map<String, Value> = self
-            .ngsi
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "id" | "location"))
-            .map(|(k, v)| {
-                let value = v.get("value").cloned().unwrap_or_else(|| v.clone());
-                (k.clone(), value)
-            })
-            .collect();
-        json!({"type": "Feature", "id": self.id, "geometry": geometry, "properties": properties})
+        ngsi_feature(&self.id, &self.ngsi)
     }
 
     fn intersects(&self, area: &[f64; 4]) -> bool {
@@ -219,6 +204,26 @@ impl OpenEntity {
             b[0] <= area[2] && b[2] >= area[0] && b[1] <= area[3] && b[3] >= area[1]
         })
     }
+}
+
+/// A normalized NGSI-LD entity as a GeoJSON Feature: its `location` the geometry (null
+/// when it has none), every other property's value a property (`type` the entity
+/// type).
+pub fn ngsi_feature(id: &str, ngsi: &Map<String, Value>) -> Value {
+    let geometry = ngsi
+        .get("location")
+        .and_then(|l| l.get("value"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let properties: Map<String, Value> = ngsi
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "id" | "location"))
+        .map(|(k, v)| {
+            let value = v.get("value").cloned().unwrap_or_else(|| v.clone());
+            (k.clone(), value)
+        })
+        .collect();
+    json!({"type": "Feature", "id": id, "geometry": geometry, "properties": properties})
 }
 
 /// The bounding box of a GeoJSON geometry's coordinates.
