@@ -192,6 +192,11 @@ enum Command {
         /// Image size as WIDTHxHEIGHT.
         #[arg(long, default_value = "1600x900")]
         size: String,
+        /// Render the city as it stood at this instant, from the recorded history
+        /// (--history): RFC 3339 with an offset or Unix milliseconds. The picture says
+        /// REPLAY beside the clock, which shows that instant.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
     /// Load a map without a window and print one JSON object describing it.
     MapInfo {
@@ -340,6 +345,26 @@ enum Command {
         /// milliseconds.
         #[arg(long, value_name = "TIME")]
         at: String,
+    },
+    /// Write a window of the history (--history) as GeoJSON lines for analysts: the
+    /// state at --from (every entity then, "change": "state"), then every change up to
+    /// --to in order ("update" or "removed"), one Feature a line with the entity's
+    /// attributes, its feed, and when it was taken in and observed. Prints one JSON
+    /// object of what was written.
+    Export {
+        /// Start of the window: RFC 3339 with an offset or Unix milliseconds.
+        #[arg(long, value_name = "TIME")]
+        from: String,
+        /// End of the window (inclusive).
+        #[arg(long, value_name = "TIME")]
+        to: String,
+        /// The file to write (`-` for standard output); an existing file is replaced
+        /// only when the export succeeds.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The format: GeoJSON lines (one Feature a line).
+        #[arg(long, value_name = "FORMAT", default_value = "geojsonl")]
+        format: String,
     },
     /// Open-data administration.
     #[command(subcommand)]
@@ -1322,6 +1347,66 @@ fn state_at(cli: &Cli, at: &str, history: &Path, load: &map::LoadOptions) -> any
     Ok(())
 }
 
+/// `zhongshu export`: a window of the history as GeoJSON lines.
+fn export(from: &str, to: &str, out: &Path, format: &str, history: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    if !matches!(format, "geojsonl" | "geojsonseq" | "ndjson") {
+        bail!("--format {format}: the one format written is geojsonl (GeoJSON lines)");
+    }
+    let from_ms =
+        zhongshu::clock::parse_instant_ms(from).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+    let to_ms = zhongshu::clock::parse_instant_ms(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    if from_ms > to_ms {
+        bail!("--from {from} is after --to {to}");
+    }
+    let opened = zhongshu::history::History::open(history)?;
+    let stats = if out.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut w = std::io::BufWriter::new(stdout.lock());
+        let stats = zhongshu::history::export::export_geojsonl(&opened, from_ms, to_ms, &mut w)?;
+        w.flush()?;
+        stats
+    } else {
+        // Written beside the target and moved over it at the end: a failed export
+        // leaves no half file, and an earlier one stays whole.
+        let name = out
+            .file_name()
+            .with_context(|| format!("--out {}: not a file name", out.display()))?;
+        let mut partial = name.to_os_string();
+        partial.push(".partial");
+        let tmp = out.with_file_name(partial);
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        let written = zhongshu::history::export::export_geojsonl(&opened, from_ms, to_ms, &mut w)
+            .and_then(|stats| {
+                w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                Ok(stats)
+            })
+            .and_then(|stats| {
+                std::fs::rename(&tmp, out)
+                    .with_context(|| format!("cannot move the export to {}", out.display()))?;
+                Ok(stats)
+            });
+        match written {
+            Ok(stats) => stats,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.context(format!("export to {} failed", out.display())));
+            }
+        }
+    };
+    let mut report = serde_json::to_value(&stats)?;
+    report["out"] = out.display().to_string().into();
+    report["format"] = "geojsonl".into();
+    if out.as_os_str() == "-" {
+        eprintln!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
 /// A drill's log: --db, never a file named like the hall's own however it is
 /// written (else a temporary one).
 fn drill_db(cli: &Cli) -> Option<PathBuf> {
@@ -1477,10 +1562,33 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 desk: Some(desk),
                 drill: None,
                 history: (!cli.no_history).then(|| cli.history.clone()),
+                past: None,
             })
         }
-        Command::Screenshot { out, size } => {
+        Command::Screenshot { out, size, at } => {
             let size = parse_size(&size)?;
+            // The past, read before any window opens: a time outside the history is
+            // a plain error.
+            if at.is_some() && cli.user.is_some() {
+                bail!("--at shows the recorded city; the dispatch desk (--user) is live: give one");
+            }
+            let past = match at {
+                Some(at) => {
+                    let at_ms = zhongshu::clock::parse_instant_ms(&at)
+                        .map_err(|e| anyhow::anyhow!("--at: {e}"))?;
+                    let snap = zhongshu::history::History::open(&cli.history)?.state_at(at_ms)?;
+                    for problem in &snap.problems {
+                        eprintln!("zhongshu: history: {problem}");
+                    }
+                    eprintln!(
+                        "zhongshu: the city as it stood at {}: {} entities",
+                        zhongshu::clock::rfc3339_from_unix_ms(at_ms),
+                        snap.entities.len()
+                    );
+                    Some(std::sync::Arc::new(snap))
+                }
+                None => None,
+            };
             // The dispatch desk is in the picture when someone signs in for it;
             // otherwise a screenshot touches no event log and opens no port.
             let desk = match cli.user {
@@ -1504,6 +1612,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 desk,
                 drill: None,
                 history: None,
+                past,
             })
         }
         Command::MapInfo { path } => map_info(&path, &map_load, timezone),
@@ -1636,6 +1745,12 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             retention_days,
         } => record(&cli, for_secs, &cli.history, retention_days, &map_load),
         Command::StateAt { ref at } => state_at(&cli, at, &cli.history, &map_load),
+        Command::Export {
+            ref from,
+            ref to,
+            ref out,
+            ref format,
+        } => export(from, to, out, format, &cli.history),
         Command::Audit(AuditCommand::Seal { db }) => {
             if !db.exists() {
                 bail!("no event log at {}", db.display());

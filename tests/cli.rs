@@ -1294,4 +1294,86 @@ fn record_then_state_at_gives_the_city_and_the_book_as_they_stood() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nowhere"), "{stderr}");
+
+    // Export: the state at --from, then every change up to --to, a Feature a line.
+    let from = started + 2_000;
+    let export = |from: i64, to: i64, file: &std::path::Path| {
+        zhongshu()
+            .args([
+                "export",
+                "--from",
+                &from.to_string(),
+                "--to",
+                &to.to_string(),
+            ])
+            .arg("--out")
+            .arg(file)
+            .arg("--history")
+            .arg(&history)
+            .output()
+            .unwrap()
+    };
+    let file = dir.join("window.geojsonl");
+    let out = export(from, ended, &file);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(
+        lines.len() as u64,
+        stats["features"].as_u64().unwrap(),
+        "{stats}"
+    );
+    let at_from: serde_json::Value = serde_json::from_slice(&state_at(from).stdout).unwrap();
+    assert_eq!(stats["state"], at_from["entities"], "{stats}");
+    assert!(stats["updates"].as_u64().unwrap() > 0, "{stats}");
+    let changes: Vec<&str> = lines
+        .iter()
+        .map(|l| l["properties"]["change"].as_str().unwrap())
+        .collect();
+    // Every state line comes first, then the changes in time order.
+    let first_change = changes.iter().position(|c| *c != "state").unwrap();
+    assert!(changes[first_change..].iter().all(|c| *c != "state"));
+    let taken: Vec<&str> = lines[first_change..]
+        .iter()
+        .map(|l| l["properties"]["taken_in"].as_str().unwrap())
+        .collect();
+    assert!(
+        taken.windows(2).all(|w| w[0] <= w[1]),
+        "changes out of order"
+    );
+    let bus = lines
+        .iter()
+        .find(|l| l["properties"]["type"] == "Vehicle" && l["properties"]["change"] == "update")
+        .expect("a vehicle's update");
+    assert_eq!(bus["geometry"]["type"], "Point", "{bus}");
+    assert_eq!(bus["properties"]["feed"], "sim-traffic", "{bus}");
+    assert!(bus["properties"]["speed"].is_number(), "{bus}");
+    assert!(bus["properties"]["observed_at"].is_string(), "{bus}");
+    // The last state of each entity in the export is the state at --to.
+    let mut last: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for l in &lines {
+        let id = l["id"].as_str().unwrap().to_string();
+        if l["properties"]["change"] == "removed" {
+            last.remove(&id);
+        } else {
+            last.insert(id, l["geometry"].clone());
+        }
+    }
+    assert_eq!(last.len() as u64, end["entities"].as_u64().unwrap());
+    // A window backwards is refused, and an earlier export is left whole.
+    let out = export(ended, from, &file);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("after --to"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    // Before the history starts: said, and no file.
+    let early = dir.join("early.geojsonl");
+    let out = export(started - 60_000, started - 30_000, &early);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("starts at"));
+    assert!(!early.exists() && !dir.join("early.geojsonl.partial").exists());
 }

@@ -321,3 +321,157 @@ fn a_surge_in_a_window_is_played_by_the_app_and_loses_nothing() {
         "{verified} {report}"
     );
 }
+
+/// `screenshot --at` renders the city as it was recorded then: a fleet of taxis in
+/// the centre at the first instant, gone at the second; the picture says REPLAY.
+#[test]
+fn a_screenshot_at_a_past_time_shows_the_city_as_it_was_then() {
+    use zhongshu::history::{FeedMeta, HistoryOptions, HistoryWriter};
+    use zhongshu::model::{EntityKind, EntityUpdate, FieldValue};
+    let dir = scratch_dir("screenshot-at");
+    let history = dir.join("history");
+    let city = zhongshu::map::load_default().unwrap();
+    let [w0, s0, e0, n0] = city.bbox_wgs84;
+    let (lon0, lat0) = ((w0 + e0) / 2.0, (s0 + n0) / 2.0);
+    let t0: i64 = 1_795_946_400_000;
+    let feeds = vec![FeedMeta {
+        id: 0,
+        name: "sim-traffic".into(),
+        domain: "traffic".into(),
+    }];
+    let mut writer = HistoryWriter::create(&history, feeds, HistoryOptions::default()).unwrap();
+    let taxi = |i: usize, at: i64| EntityUpdate {
+        id: format!("urn:ngsi-ld:Vehicle:taxi-{i}"),
+        entity_type: "Vehicle".into(),
+        kind: EntityKind::Vehicle {
+            vehicle_type: Some("taxi".into()),
+            speed_kmh: Some(20.0),
+            heading_deg: Some(90.0),
+            service_status: Some("onRoute".into()),
+        },
+        position: Some([
+            lon0 + ((i % 12) as f64 - 6.0) * 4e-4,
+            lat0 + ((i / 12) as f64 - 6.0) * 2e-4,
+        ]),
+        line: None,
+        observed_at_ms: Some(at),
+        fields: [
+            ("vehicleType".to_string(), FieldValue::Text("taxi".into())),
+            ("speed".to_string(), FieldValue::Number(20.0)),
+        ]
+        .into_iter()
+        .collect(),
+        units: Default::default(),
+        notes: Vec::new(),
+    };
+    // 144 taxis for a minute, then every one gone for a minute.
+    for s in 0..60i64 {
+        for i in 0..144 {
+            writer
+                .upsert(0, t0 + s * 1000, &taxi(i, t0 + s * 1000))
+                .unwrap();
+        }
+    }
+    for i in 0..144 {
+        writer
+            .remove(0, &format!("urn:ngsi-ld:Vehicle:taxi-{i}"), t0 + 61_000)
+            .unwrap();
+    }
+    writer
+        .upsert(0, t0 + 120_000, &taxi(0, t0 + 120_000))
+        .unwrap();
+    writer
+        .remove(0, "urn:ngsi-ld:Vehicle:taxi-0", t0 + 120_000)
+        .unwrap();
+    writer.finish().unwrap();
+
+    let shoot = |at: i64, name: &str| {
+        let out = dir.join(name);
+        let result = run_with_display(&[
+            "screenshot",
+            "--out",
+            out.to_str().unwrap(),
+            "--size",
+            "960x600",
+            "--at",
+            &at.to_string(),
+            "--history",
+            history.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+        assert!(result.status.success(), "screenshot --at failed: {stderr}");
+        image::open(&out).expect("a readable PNG").to_rgb8()
+    };
+    let yellow = |image: &image::RgbImage| {
+        let (w, h) = (image.width(), image.height());
+        (h / 8..h - 30)
+            .flat_map(|y| (w / 5..w).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let p = image.get_pixel(x, y).0;
+                p[0] > 200 && p[1] > 170 && p[2] < 110
+            })
+            .count()
+    };
+    // The REPLAY badge (theme::WARN, #ffb030) in the top bar.
+    let badge = |image: &image::RgbImage| {
+        (0..28)
+            .flat_map(|y| (0..image.width()).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let p = image.get_pixel(x, y).0;
+                p[0] > 240 && p[1].abs_diff(0xb0) < 16 && p[2].abs_diff(0x30) < 24
+            })
+            .count()
+    };
+    let with_taxis = shoot(t0 + 30_000, "with.png");
+    let without = shoot(t0 + 90_000, "without.png");
+    // Gold labels and roads are yellow too: what differs between the two pictures in
+    // the map is the taxis, there at the first instant and gone at the second.
+    let (w, h) = (with_taxis.width(), with_taxis.height());
+    let differing: Vec<(u32, u32)> = (80..h - 30)
+        .flat_map(|y| (w / 4..w).map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            let (a, b) = (with_taxis.get_pixel(x, y).0, without.get_pixel(x, y).0);
+            (0..3).map(|i| a[i].abs_diff(b[i]) as u32).sum::<u32>() > 60
+        })
+        .collect();
+    let taxi_where_differing = differing
+        .iter()
+        .filter(|&&(x, y)| {
+            let p = with_taxis.get_pixel(x, y).0;
+            p[0] > 200 && p[1] > 170 && p[2] < 110
+        })
+        .count();
+    assert!(
+        differing.len() > 300,
+        "the two instants look alike: {} px differ",
+        differing.len()
+    );
+    assert!(
+        taxi_where_differing * 2 >= differing.len(),
+        "what differs is not the taxis: {taxi_where_differing} of {} px",
+        differing.len()
+    );
+    assert!(
+        yellow(&without) + 300 < yellow(&with_taxis),
+        "taxis still shown after they were gone: {} px, {} with them",
+        yellow(&without),
+        yellow(&with_taxis)
+    );
+    assert!(
+        badge(&with_taxis) > 100,
+        "no REPLAY badge: {} px",
+        badge(&with_taxis)
+    );
+
+    // Before the history starts: a plain error, no window, no file.
+    let early = zhongshu()
+        .args(["screenshot", "--out"])
+        .arg(dir.join("early.png"))
+        .args(["--at", &(t0 - 60_000).to_string(), "--history"])
+        .arg(&history)
+        .output()
+        .unwrap();
+    assert!(!early.status.success());
+    assert!(String::from_utf8_lossy(&early.stderr).contains("starts at"));
+    assert!(!dir.join("early.png").exists());
+}

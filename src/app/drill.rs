@@ -106,6 +106,7 @@ pub fn run(
             snapshot,
         }),
         history: None,
+        past: None,
     })?;
     let outcome = outcome
         .lock()

@@ -673,7 +673,17 @@ mod shell_tests {
         let (feeds, ingest, reconciliation) = (&s.feeds, &s.ingest, &s.reconciliation);
         let content = ShellContent {
             top_bar: Box::new(move |ui, out| {
-                top_bar_ui(ui, map, time, NOW, true, steward_open, desk_shown, out)
+                top_bar_ui(
+                    ui,
+                    map,
+                    time,
+                    NOW,
+                    false,
+                    true,
+                    steward_open,
+                    desk_shown,
+                    out,
+                )
             }),
             hall_bar: None,
             kpi_strip: Some(Box::new(move |ui, _| kpi_strip_ui(ui, kpis))),

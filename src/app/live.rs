@@ -92,6 +92,8 @@ pub struct FeedSetup {
     pub hall: Option<(crate::nats::Nats, String)>,
     /// Record the live changes into this history folder.
     pub history: Option<std::path::PathBuf>,
+    /// Show this recorded state instead of running the feeds.
+    pub past: Option<std::sync::Arc<crate::history::Snapshot>>,
 }
 
 pub(super) fn plugin(app: &mut App) {
@@ -102,6 +104,20 @@ pub(super) fn plugin(app: &mut App) {
 }
 
 fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
+    if let Some(snap) = &setup.past {
+        // The city as it stood: the recorded state, its feeds, nothing polled.
+        let feeds = crate::history::record::feed_configs(&snap.feeds);
+        let (_tx, rx) = std::sync::mpsc::channel();
+        commands.insert_resource(Live {
+            ingest: Ingest::new(&feeds, rx),
+            feeds,
+            state: crate::history::state_at::live_state(snap, city.map.frame),
+            _running: None,
+            hall: None,
+            recorder: None,
+        });
+        return;
+    }
     if let Some((nats, hall)) = &setup.hall {
         let (_tx, rx) = std::sync::mpsc::channel();
         let live = match crate::hall::live::Follower::start(nats, hall) {
@@ -157,8 +173,13 @@ fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>, tim
         ingest,
         hall,
         recorder,
-        ..
+        _running,
     } = &mut *live;
+    if _running.is_none() && hall.is_none() {
+        // A past state shown: nothing comes in, nothing expires.
+        changed.0 = state.drain_changed();
+        return;
+    }
     if let Some(hall) = hall {
         hall.applier
             .pump(&hall.follower.rx, state, MAX_UPDATES_PER_FRAME);

@@ -57,6 +57,22 @@ pub struct AppOptions {
     pub drill: Option<drill::DrillRun>,
     /// Record every live change into this history folder (`--history`).
     pub history: Option<PathBuf>,
+    /// Show the city as it stood at a past instant (`screenshot --at`): this recorded
+    /// state instead of the feeds, and the clock stopped at its instant.
+    pub past: Option<std::sync::Arc<crate::history::Snapshot>>,
+}
+
+/// The one clock the views read: now, or the past instant shown.
+#[derive(Resource, Clone, Copy, Debug, Default)]
+pub struct ViewClock {
+    /// `Some`: the city as it stood then, not live.
+    pub as_of_ms: Option<i64>,
+}
+
+impl ViewClock {
+    pub fn now_ms(&self) -> i64 {
+        self.as_of_ms.unwrap_or_else(crate::clock::unix_ms_now)
+    }
 }
 
 /// Render off-screen until the city is drawn, write a PNG, exit.
@@ -223,6 +239,9 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     .add_plugins((FrameTimeDiagnosticsPlugin::default(), EguiPlugin::default()))
     .insert_resource(city)
     .insert_resource(LocalTime(time))
+    .insert_resource(ViewClock {
+        as_of_ms: options.past.as_ref().map(|p| p.at_ms),
+    })
     .insert_resource(Selection {
         building: selected,
         entity: None,
@@ -240,6 +259,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
             .and_then(|d| d.hall.as_ref())
             .map(|h| (h.nats.clone(), h.hall.clone())),
         history: options.history.clone(),
+        past: options.past.clone(),
     })
     .configure_sets(
         Update,

@@ -53,6 +53,7 @@ pub(super) fn plugin(app: &mut App) {
 /// its result when it is done.
 fn reconcile_now(
     live: Option<Res<Live>>,
+    clock: Res<super::ViewClock>,
     mut governance: ResMut<Governance>,
     // The copy in progress and the most a frame spent on it; kept out of the resource
     // so that stepping it does not mark the reconciliation changed.
@@ -73,8 +74,8 @@ fn reconcile_now(
         return;
     }
     if copying.is_none() {
-        let now = crate::clock::unix_ms_now();
-        if now - governance.computed_ms < EVERY_MS {
+        let now = clock.now_ms();
+        if (now - governance.computed_ms).abs() < EVERY_MS {
             return;
         }
         *copying = Some((ReconcileCopy::new(now), 0.0));

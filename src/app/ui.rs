@@ -88,6 +88,7 @@ pub(super) fn plugin(app: &mut App) {
 struct ShellView<'w, 's> {
     city: Res<'w, City>,
     time: Res<'w, super::LocalTime>,
+    clock: Res<'w, super::ViewClock>,
     stats: Res<'w, SceneStats>,
     diagnostics: Res<'w, DiagnosticsStore>,
     layers: Res<'w, LayerVisibility>,
@@ -144,7 +145,8 @@ fn shell_ui(
         .get(&FrameTimeDiagnosticsPlugin::FPS)
         .and_then(|d| d.smoothed())
         .unwrap_or(0.0);
-    let now_ms = crate::clock::unix_ms_now();
+    let now_ms = view.clock.now_ms();
+    let as_of = view.clock.as_of_ms.is_some();
     // KPIs twice a second, steadier to read than every frame; a pass over the whole
     // city is a frame's budget at a time, so no frame pays for all of it.
     if let Some(live) = &live {
@@ -243,7 +245,17 @@ fn shell_ui(
     }
     let content = ShellContent {
         top_bar: Box::new(|ui, out| {
-            top_bar_ui(ui, map, time, now_ms, demo, steward_open, desk_open, out)
+            top_bar_ui(
+                ui,
+                map,
+                time,
+                now_ms,
+                as_of,
+                demo,
+                steward_open,
+                desk_open,
+                out,
+            )
         }),
         hall_bar: has_hall.then(|| -> Bar<'_> {
             Box::new(|ui, _| {
@@ -364,6 +376,7 @@ pub fn top_bar_ui(
     map: &CityMap,
     time: &CityTime,
     now_ms: i64,
+    as_of: bool,
     demo: bool,
     steward_open: bool,
     desk_open: bool,
@@ -384,6 +397,26 @@ pub fn top_bar_ui(
                 .extend(),
             )
             .on_hover_text(time.describe(now_ms));
+            if as_of {
+                // The past is never taken for now: said beside the clock, which
+                // shows the instant replayed.
+                egui::Frame::new()
+                    .fill(theme::WARN)
+                    .inner_margin(egui::Margin::symmetric(8, 1))
+                    .corner_radius(4)
+                    .show(ui, |ui| {
+                        ui.add(
+                            egui::Label::new(
+                                egui::RichText::new("REPLAY 回放 · as of")
+                                    .color(egui::Color32::BLACK)
+                                    .strong(),
+                            )
+                            .extend(),
+                        )
+                    })
+                    .response
+                    .on_hover_text("The city as recorded at this instant, not live.");
+            }
             // Next to the clock, so a narrow bar never pushes it off.
             if demo {
                 // Demo accounts and tokens are active: said wherever anyone looks.
