@@ -1360,25 +1360,63 @@ fn export(from: &str, to: &str, out: &Path, format: &str, history: &Path) -> any
         bail!("--from {from} is after --to {to}");
     }
     let opened = zhongshu::history::History::open(history)?;
-    let stats = if out.as_os_str() == "-" {
-        let stdout = std::io::stdout();
-        let mut w = std::io::BufWriter::new(stdout.lock());
-        let stats = zhongshu::history::export::export_geojsonl(&opened, from_ms, to_ms, &mut w)?;
+    // Never into the history itself: a file there would be read as a segment, or
+    // replace one.
+    if let (Some(parent), Ok(folder)) = (
+        out.parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .and_then(|p| p.canonicalize().ok()),
+        history.canonicalize(),
+    ) && parent == folder
+    {
+        bail!(
+            "--out {}: inside the history folder {}; write the export elsewhere",
+            out.display(),
+            history.display()
+        );
+    }
+    let export = |w: &mut dyn Write| {
+        let stats = zhongshu::history::export::export_geojsonl(&opened, from_ms, to_ms, w)?;
         w.flush()?;
-        stats
+        anyhow::Ok(stats)
+    };
+    let through = std::fs::symlink_metadata(out)
+        .ok()
+        .is_some_and(|m| !m.file_type().is_file() && !m.is_dir());
+    let stats = if out.as_os_str() == "-" {
+        export(&mut std::io::BufWriter::new(std::io::stdout().lock()))?
+    } else if through {
+        // A device, a fifo or a link: written through, never replaced.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(out)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        export(&mut std::io::BufWriter::new(file))
+            .with_context(|| format!("export to {} failed", out.display()))?
     } else {
-        // Written beside the target and moved over it at the end: a failed export
-        // leaves no half file, and an earlier one stays whole.
+        // Written beside the target under a name of its own and moved over it at the
+        // end: a failed export leaves no half file, and an earlier one stays whole.
         let name = out
             .file_name()
             .with_context(|| format!("--out {}: not a file name", out.display()))?;
-        let mut partial = name.to_os_string();
-        partial.push(".partial");
+        let mut partial = std::ffi::OsString::from(".");
+        partial.push(name);
+        partial.push(format!(".{}.partial", std::process::id()));
         let tmp = out.with_file_name(partial);
-        let file = std::fs::File::create(&tmp)
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         let mut w = std::io::BufWriter::new(file);
-        let written = zhongshu::history::export::export_geojsonl(&opened, from_ms, to_ms, &mut w)
+        let written = export(&mut w)
             .and_then(|stats| {
                 w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
                 Ok(stats)

@@ -1375,5 +1375,38 @@ fn record_then_state_at_gives_the_city_and_the_book_as_they_stood() {
     let out = export(started - 60_000, started - 30_000, &early);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("starts at"));
-    assert!(!early.exists() && !dir.join("early.geojsonl.partial").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("early"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Never into the history folder, where it would be read as a segment.
+    let inside = history.join("zhongshu-1.mcap");
+    let out = export(from, ended, &inside);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside the history folder"));
+    assert!(!inside.exists());
+    // A second recorder into a folder being recorded is refused.
+    let mut first = zhongshu()
+        .args(["record", "--for", "6", "--history"])
+        .arg(&history)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let second = zhongshu()
+        .args(["record", "--for", "1", "--history"])
+        .arg(&history)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another recorder"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(first.wait().unwrap().success());
 }

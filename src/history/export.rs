@@ -124,7 +124,7 @@ pub fn export_geojsonl(
     // A second of data at a time, so memory stays bounded on a long window.
     let mut failed = None;
     let mut t = from_ms;
-    while t < to_ms && failed.is_none() {
+    while t < to_ms && failed.is_none() && !replay.ended() {
         t = (t + 1000).min(to_ms);
         replay.advance(t, |r| {
             if failed.is_some() {

@@ -42,6 +42,9 @@ use codec::{Decoder, Encoder, Record};
 
 pub const DAY_MS: i64 = 86_400_000;
 
+/// The file a recorder holds locked in its history folder while it writes.
+pub const LOCK_FILE: &str = ".zhongshu-history.lock";
+
 /// How a history is kept.
 #[derive(Clone, Debug)]
 pub struct HistoryOptions {
@@ -134,6 +137,8 @@ struct Segment {
 /// Writes a history synchronously (the [`Recorder`]'s thread drives one; the bench
 /// times one directly).
 pub struct HistoryWriter {
+    /// Held while it writes: [`LOCK_FILE`] locked.
+    _lock: File,
     dir: PathBuf,
     options: HistoryOptions,
     feeds: Vec<FeedMeta>,
@@ -164,7 +169,27 @@ impl HistoryWriter {
         std::fs::write(&probe, b"")
             .with_context(|| format!("cannot write in the history folder {}", dir.display()))?;
         let _ = std::fs::remove_file(probe);
+        // One recorder a folder: two would interleave their segments into a history
+        // that goes back and forth in time.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot create {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another recorder is writing the history in {} (give each its own --history, or --no-history)",
+                dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
+            }
+        }
         Ok(Self {
+            _lock: lock,
             dir: dir.to_path_buf(),
             options,
             feeds,
@@ -627,34 +652,10 @@ impl History {
     /// The state at `t_ms`: the latest segment starting at or before it, from its
     /// latest keyframe at or before it, then every change up to it (a [`Replay`]
     /// standing there). A segment that cannot be read, or holds no keyframe by then,
-    /// is said in `problems`, and the one before it is used.
+    /// is said in `problems`, and the one before it is used; none readable is an
+    /// error.
     pub fn state_at(&self, t_ms: i64) -> anyhow::Result<Snapshot> {
-        let last = self.last_segment_by(t_ms)?;
-        let mut problems = Vec::new();
-        for seg in (0..=last).rev() {
-            let path = &self.segments[seg].1;
-            match self.replay_in(seg, t_ms) {
-                Ok(replay) if replay.keyframe_seen => {
-                    let mut snap = replay.snap;
-                    problems.append(&mut snap.problems);
-                    snap.problems = problems;
-                    return Ok(snap);
-                }
-                Ok(replay) => {
-                    problems.extend(replay.snap.problems);
-                    problems.push(format!(
-                        "{}: no keyframe at or before the time asked; skipped",
-                        path.display()
-                    ));
-                }
-                Err(e) => problems.push(format!("{}: {e:#}; skipped", path.display())),
-            }
-        }
-        Ok(Snapshot {
-            at_ms: t_ms,
-            problems,
-            ..Snapshot::default()
-        })
+        Ok(self.replay_from(t_ms)?.snap)
     }
 
     /// The latest segment starting at or before `t_ms`.
@@ -705,9 +706,49 @@ pub struct Replay {
 
 impl History {
     /// A replay standing at `t_ms` (its snapshot is the state then).
+    ///
+    /// It starts in the latest segment beginning at or before `t_ms`; one that cannot
+    /// be read, or holds no keyframe by then, is said in the snapshot's `problems` and
+    /// the one before it is used. None readable is an error saying why.
     pub fn replay_from(&self, t_ms: i64) -> anyhow::Result<Replay> {
-        let seg = self.last_segment_by(t_ms)?;
-        self.replay_in(seg, t_ms)
+        let last = self.last_segment_by(t_ms)?;
+        let mut problems: Vec<String> = Vec::new();
+        fn say_once(problems: &mut Vec<String>, problem: String) {
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
+        for seg in (0..=last).rev() {
+            let path = &self.segments[seg].1;
+            match self.replay_in(seg, t_ms) {
+                Ok(mut replay) if replay.keyframe_seen => {
+                    for p in std::mem::take(&mut replay.snap.problems) {
+                        say_once(&mut problems, p);
+                    }
+                    replay.snap.problems = problems;
+                    return Ok(replay);
+                }
+                Ok(replay) => {
+                    for p in replay.snap.problems {
+                        say_once(&mut problems, p);
+                    }
+                    say_once(
+                        &mut problems,
+                        format!(
+                            "{}: no keyframe at or before the time asked; skipped",
+                            path.display()
+                        ),
+                    );
+                }
+                Err(e) => say_once(&mut problems, format!("{}: {e:#}; skipped", path.display())),
+            }
+        }
+        bail!(
+            "no readable history at or before {} in {}: {}",
+            crate::clock::rfc3339_from_unix_ms(t_ms),
+            self.dir.display(),
+            problems.join("; ")
+        )
     }
 
     /// A replay of segment `seg` and those after it, standing at `t_ms`.
@@ -1433,6 +1474,18 @@ mod tests {
             std::fs::write(&path, &bytes[..cut]).unwrap();
             let _ = history.state_at(start + 30_000);
         }
+        // No segment readable by then: an error saying why, not an empty city.
+        for (_, p) in &all[..=2] {
+            std::fs::write(p, b"").unwrap();
+        }
+        let none = history.state_at(t).unwrap_err().to_string();
+        assert!(none.contains("no readable history"), "{none}");
+        // One recorder a folder.
+        let _writer = HistoryWriter::create(&dir, Vec::new(), small()).unwrap();
+        let second = HistoryWriter::create(&dir, Vec::new(), small())
+            .err()
+            .unwrap();
+        assert!(second.to_string().contains("another recorder"), "{second}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
