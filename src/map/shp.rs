@@ -47,13 +47,37 @@ pub enum EncodingSource {
     Detected,
 }
 
-/// The file beside `shp` with the same name and extension `ext` (in lower or upper
-/// case, as Windows tools write either).
+/// The file beside `shp` with the same name and extension `ext`, in any letter case
+/// (Windows tools write `.DBF`, `.Dbf`, and a name's case as they like): the same
+/// name with the extension in lower or upper case first, else the one file in the
+/// folder whose name and extension match ignoring case.
 pub fn sidecar(shp: &Path, ext: &str) -> Option<PathBuf> {
-    [ext.to_ascii_lowercase(), ext.to_ascii_uppercase()]
+    if let Some(found) = [ext.to_ascii_lowercase(), ext.to_ascii_uppercase()]
         .into_iter()
         .map(|e| shp.with_extension(e))
         .find(|p| p.is_file())
+    {
+        return Some(found);
+    }
+    let stem = shp.file_stem()?.to_str()?;
+    let dir = match shp.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let same = |a: Option<&std::ffi::OsStr>, b: &str| {
+                a.and_then(|a| a.to_str())
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b))
+            };
+            same(p.file_stem(), stem) && same(p.extension(), ext) && p.is_file()
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 /// The encoding a `.cpg` names: an Encoding Standard label (`UTF-8`, `GBK`,
@@ -421,7 +445,11 @@ pub(crate) fn read_path(path: &Path, source_name: &str) -> Result<FileRead, MapE
             "{shp_name} is not a Shapefile Zhongshu can read: {e}"
         ))
     };
-    let mut shapes = match sidecar(path, "shx") {
+    // A .shx too short to hold its header (an empty file left by a failed copy) is
+    // no index: the shapes are read one after another, as without one.
+    let index =
+        sidecar(path, "shx").filter(|shx| std::fs::metadata(shx).is_ok_and(|m| m.len() >= 100));
+    let mut shapes = match index {
         Some(shx) => {
             let shx_name = file_name(&shx);
             let index = std::fs::read(&shx).map_err(io(&shx))?;
@@ -683,6 +711,28 @@ mod tests {
         );
         assert!(map.schema.fields["floors"].contains("层数"));
         assert!(map.schema.fields["name"].contains("名称"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Sidecars in another letter case (`.Dbf`, `CAMPUS.PRJ`), and an empty `.shx`
+    /// left by a failed copy, load the same city.
+    #[test]
+    fn sidecars_in_any_letter_case_and_an_empty_index_load_the_same_city() {
+        let dir = scratch("campus-case");
+        let path = gbk_campus(&dir);
+        let want = load_path(&path).unwrap();
+        std::fs::rename(dir.join("campus.dbf"), dir.join("campus.Dbf")).unwrap();
+        std::fs::rename(dir.join("campus.prj"), dir.join("CAMPUS.PRJ")).unwrap();
+        std::fs::rename(dir.join("campus.cpg"), dir.join("Campus.cpg")).unwrap();
+        std::fs::write(dir.join("campus.shx"), b"").unwrap();
+        let got = load_path(&path).unwrap();
+        assert_eq!(got.crs.name, want.crs.name);
+        assert_eq!(got.encoding, want.encoding);
+        assert_eq!(got.buildings.len(), want.buildings.len());
+        for (a, b) in got.buildings.iter().zip(&want.buildings) {
+            assert_eq!(a.name, b.name);
+            assert_eq!(a.footprint, b.footprint);
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 
