@@ -1388,15 +1388,29 @@ fn record_then_state_at_gives_the_city_and_the_book_as_they_stood() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("inside the history folder"));
     assert!(!inside.exists());
-    // A second recorder into a folder being recorded is refused.
+    // A second recorder into a folder being recorded is refused (once the first has
+    // written its first segment, it holds the folder).
+    let segments = || {
+        std::fs::read_dir(&history)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".mcap"))
+            })
+            .count()
+    };
+    let before = segments();
     let mut first = zhongshu()
-        .args(["record", "--for", "6", "--history"])
+        .args(["record", "--for", "10", "--history"])
         .arg(&history)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    let waited = std::time::Instant::now();
+    while segments() == before && waited.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let second = zhongshu()
         .args(["record", "--for", "1", "--history"])
         .arg(&history)
