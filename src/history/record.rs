@@ -43,13 +43,9 @@ pub fn feed_metas(feeds: &[FeedConfig]) -> Vec<FeedMeta> {
 /// Feeds standing for a history's: their names and domains (what the views show of
 /// them), nothing to poll.
 pub fn feed_configs(metas: &[FeedMeta]) -> Vec<FeedConfig> {
-    let config = |name: &str, domain: &str| -> Option<FeedConfig> {
-        // A domain this build does not know shows as urban management.
-        let known = serde_json::from_value::<crate::model::Domain>(domain.into()).is_ok();
-        let domain = if known { domain } else { "urban" };
-        serde_json::from_value(serde_json::json!({"name": name, "kind": "sim", "domain": domain}))
-            .ok()
-    };
+    let base: FeedConfig =
+        serde_json::from_value(serde_json::json!({"name": "", "kind": "sim", "domain": "urban"}))
+            .expect("a simulated feed needs only a name and a domain");
     // Feed ids are places in the list: each keeps its place, gaps filled.
     let n = metas
         .iter()
@@ -58,9 +54,18 @@ pub fn feed_configs(metas: &[FeedMeta]) -> Vec<FeedConfig> {
         .unwrap_or(0)
         .min(u16::MAX as usize);
     (0..n)
-        .filter_map(|i| match metas.iter().find(|m| m.id as usize == i) {
-            Some(m) => config(&m.name, &m.domain),
-            None => config(&format!("feed {i}"), "urban"),
+        .map(|i| {
+            let mut feed = base.clone();
+            match metas.iter().find(|m| m.id as usize == i) {
+                Some(m) => {
+                    feed.name = m.name.clone();
+                    // A domain this build does not know shows as urban management.
+                    feed.domain = serde_json::from_value(m.domain.as_str().into())
+                        .unwrap_or(crate::model::Domain::Urban);
+                }
+                None => feed.name = format!("feed {i}"),
+            }
+            feed
         })
         .collect()
 }
