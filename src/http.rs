@@ -431,6 +431,30 @@ impl Shared {
     }
 }
 
+/// A builder of blocking HTTP clients. TLS is rustls with ring, installed here as the
+/// process's provider (the one rustls provider built in), so every client, server
+/// and broker connection uses the same one.
+pub fn client_builder() -> reqwest::blocking::ClientBuilder {
+    install_tls_provider();
+    reqwest::blocking::Client::builder()
+}
+
+/// A blocking HTTP client with reqwest's defaults (see [`client_builder`]).
+pub fn client() -> reqwest::blocking::Client {
+    client_builder()
+        .build()
+        .expect("an HTTP client with default settings")
+}
+
+/// Installs ring as the process's rustls provider, once; later calls do nothing.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only when a provider is already installed, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// TLS for a server: a certificate chain and its private key (PEM files).
 #[derive(Clone)]
 pub struct Tls(Arc<rustls::ServerConfig>);
@@ -458,7 +482,7 @@ impl Tls {
         }
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| format!("private key {}: {e}", key.display()))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -1301,7 +1325,7 @@ mod tests {
             Server::start_tls("127.0.0.1:0", "test", Limits::default(), echo(), Some(tls)).unwrap();
         let ca =
             reqwest::Certificate::from_pem(&std::fs::read(dir.join("cert.pem")).unwrap()).unwrap();
-        let client = reqwest::blocking::Client::builder()
+        let client = crate::http::client_builder()
             .tls_certs_merge([ca])
             .build()
             .unwrap();

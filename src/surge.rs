@@ -744,7 +744,7 @@ fn post(
     url: &str,
     token: &str,
 ) {
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::http::client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("an HTTP client");

@@ -157,7 +157,7 @@ fn serve_departments_takes_orders_once_per_idempotency_key() {
         .unwrap_or_else(|| panic!("no base URL in {line:?}"))
         .trim_end_matches('/')
         .to_string();
-    let client = reqwest::blocking::Client::new();
+    let client = zhongshu::http::client();
     let body = serde_json::json!({
         "order_id": "ORD-000001",
         "incident_id": "INC-000001",

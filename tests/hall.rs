@@ -653,7 +653,7 @@ fn the_active_hub_serves_the_halls_open_data_and_the_standby_takes_it_over() {
         let lines = lines_of(&mut child);
         (child, lines)
     };
-    let client = reqwest::blocking::Client::new();
+    let client = zhongshu::http::client();
     // The open alerts as a client sees them, once the feeds have answered.
     let open_alerts = |catalog_url: &str| {
         let base = catalog_url.trim_end_matches("/catalog").to_string();

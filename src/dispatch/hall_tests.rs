@@ -520,7 +520,7 @@ fn a_console_of_a_hall_never_delivers_or_runs_the_clock_the_hub_does() {
     // Nor takes a department's report: the hub does.
     let url = super::delivery::status_url(&console.api_url(), "ORD-000001");
     let posting = std::thread::spawn(move || {
-        reqwest::blocking::Client::new()
+        crate::http::client()
             .post(url)
             .bearer_auth("demo-water-token")
             .header("Content-Type", "application/json")

@@ -890,7 +890,7 @@ mod tests {
     fn the_dispatcher_hears_what_the_status_api_refused() {
         let (_db, mut s) = service("refusals", SimBehaviour::default());
         s.pump(now()).unwrap();
-        let client = reqwest::blocking::Client::new();
+        let client = crate::http::client();
         for i in 0..3 {
             let answer = client
                 .post(format!("{}/api/v1/orders/ORD-000001/status", s.api_url()))
@@ -1131,7 +1131,7 @@ mod tests {
     }
 
     fn post(url: &str, token: &str, body: &str) -> (u16, serde_json::Value) {
-        let r = reqwest::blocking::Client::new()
+        let r = crate::http::client()
             .post(url)
             .bearer_auth(token)
             .header("Content-Type", "application/json")

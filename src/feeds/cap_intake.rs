@@ -291,7 +291,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let pollers = Pollers::start(&feeds, Default::default(), tx);
         let url = format!("http://127.0.0.1:{port}/cap");
-        let client = reqwest::blocking::Client::new();
+        let client = crate::http::client();
         let fire = std::fs::read(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/data/cap/kallio-building-fire.xml"),
@@ -396,7 +396,7 @@ mod tests {
                 .join("tests/data/cap/kallio-building-fire.xml"),
         )
         .unwrap();
-        let client = reqwest::blocking::Client::builder()
+        let client = crate::http::client_builder()
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap();

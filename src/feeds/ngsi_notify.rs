@@ -810,7 +810,7 @@ mod tests {
             .values()
             .cloned()
             .collect();
-        let client = reqwest::blocking::Client::new();
+        let client = crate::http::client();
         subs.iter()
             .map(|sub| {
                 let endpoint = &sub["notification"]["endpoint"];
@@ -948,7 +948,7 @@ mod tests {
         });
 
         // Without the token, or with another, nothing is taken in.
-        let client = reqwest::blocking::Client::new();
+        let client = crate::http::client();
         let url = format!("http://127.0.0.1:{port}/notify");
         let forged = json!({"type": "Notification", "data": [air("kallio", 999.0)]}).to_string();
         for auth in [None, Some("Bearer not-the-token-0123456789")] {

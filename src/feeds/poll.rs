@@ -223,7 +223,7 @@ fn poll_loop(
 
 /// The HTTP client of a feed: its timeouts and redirect policy.
 pub(super) fn feed_client(feed: &FeedConfig) -> Result<reqwest::blocking::Client, String> {
-    reqwest::blocking::Client::builder()
+    crate::http::client_builder()
         .connect_timeout(Duration::from_secs_f64(feed.timeout_s.min(5.0)))
         .timeout(Duration::from_secs_f64(feed.timeout_s))
         .redirect(feed_redirects(feed))

@@ -230,7 +230,7 @@ mod tests {
         let map = load_default().unwrap();
         let sim = Simulator::new(&map, SimConfig::for_map(&map), crate::clock::unix_ms_now());
         let server = start("127.0.0.1:0", sim).unwrap();
-        let client = reqwest::blocking::Client::builder()
+        let client = crate::http::client_builder()
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap();
@@ -271,7 +271,7 @@ mod tests {
         let month_ago = crate::clock::unix_ms_now() - 30 * 86_400_000;
         let sim = Simulator::new(&map, SimConfig::for_map(&map), month_ago);
         let server = start("127.0.0.1:0", sim).unwrap();
-        let client = reqwest::blocking::Client::builder()
+        let client = crate::http::client_builder()
             .timeout(Duration::from_secs(20))
             .build()
             .unwrap();

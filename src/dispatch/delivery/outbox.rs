@@ -379,7 +379,7 @@ enum Outcome {
 
 impl WorkerContext {
     fn run(self, rx: Receiver<Msg>) {
-        let client = match reqwest::blocking::Client::builder()
+        let client = match crate::http::client_builder()
             .connect_timeout(self.config.connect_timeout)
             .timeout(self.config.request_timeout)
             .redirect(same_origin_redirects())

@@ -316,7 +316,7 @@ impl DepartmentSim {
     /// departments: `http://{addr}/{department}` is a department's endpoint.
     pub fn start(addr: &str, behaviour: SimBehaviour) -> anyhow::Result<DepartmentSim> {
         behaviour.validate()?;
-        let mut client = reqwest::blocking::Client::builder();
+        let mut client = crate::http::client_builder();
         if let Some(pem) = &behaviour.report_ca_pem {
             let ca = reqwest::Certificate::from_pem(pem)
                 .map_err(|e| anyhow::anyhow!("the certificate to trust is not PEM: {e}"))?;

@@ -635,7 +635,7 @@ fn hanging_department_does_not_delay_others() {
 }
 
 fn post_report(url: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-    let client = reqwest::blocking::Client::new();
+    let client = crate::http::client();
     let mut request = client
         .post(url)
         .header("Content-Type", "application/json")
@@ -777,7 +777,7 @@ fn status_api_accepts_good_reports_and_refuses_bad_ones() {
         "refused reports are not passed on"
     );
 
-    let client = reqwest::blocking::Client::new();
+    let client = crate::http::client();
     let base = api.base_url();
     let get = |path: &str, token: Option<&str>| {
         let mut r = client.get(format!("{base}{path}"));
@@ -833,7 +833,7 @@ fn simulator_dedupes_by_key_and_validates() {
         },
     )
     .unwrap();
-    let client = reqwest::blocking::Client::new();
+    let client = crate::http::client();
     let body = outgoing("ORD-000001", "fire", "", "http://127.0.0.1:9/s").body;
     let now_s = crate::clock::unix_ms_now() / 1000;
     // Signed with the department named in the URL.
@@ -1282,7 +1282,7 @@ fn a_departments_reports_land_while_the_status_api_is_flooded() {
     )
     .unwrap();
     let reports = answering(reports);
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::http::client_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -1348,7 +1348,7 @@ fn a_token_over_its_rate_waits_while_another_departments_reports_land() {
     )
     .unwrap();
     let reports = answering(reports);
-    let client = reqwest::blocking::Client::new();
+    let client = crate::http::client();
     let post = |token: &str, i: usize| {
         let answer = client
             .post(api.status_url(&order_id(i)))

@@ -787,7 +787,7 @@ mod tests {
             &base,
         );
         server.publish(OpenSnapshot::build(&policy, &state, catalog, NOW));
-        let client = reqwest::blocking::Client::builder()
+        let client = crate::http::client_builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
