@@ -1752,10 +1752,10 @@ pub fn bench_history(
                 at_ms,
                 update,
             } => {
-                state.apply(feed, update, at_ms);
+                state.apply_ref(*feed, update, *at_ms);
             }
             crate::history::codec::Record::Remove { feed, id, .. } => {
-                state.remove(feed, &id);
+                state.remove(*feed, id);
             }
         });
         let _ = state.drain_changed();

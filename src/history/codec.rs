@@ -44,6 +44,50 @@ impl Record {
     }
 }
 
+/// A record as the decoder hands it over: borrowed from the decoder's own state, so
+/// nothing is copied unless the caller keeps it ([`Change::to_record`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Change<'a> {
+    Upsert {
+        feed: FeedId,
+        at_ms: i64,
+        update: &'a EntityUpdate,
+    },
+    Remove {
+        feed: FeedId,
+        at_ms: i64,
+        id: &'a str,
+    },
+}
+
+impl Change<'_> {
+    pub fn at_ms(&self) -> i64 {
+        match self {
+            Change::Upsert { at_ms, .. } | Change::Remove { at_ms, .. } => *at_ms,
+        }
+    }
+
+    /// The record, owned.
+    pub fn to_record(&self) -> Record {
+        match *self {
+            Change::Upsert {
+                feed,
+                at_ms,
+                update,
+            } => Record::Upsert {
+                feed,
+                at_ms,
+                update: update.clone(),
+            },
+            Change::Remove { feed, at_ms, id } => Record::Remove {
+                feed,
+                at_ms,
+                id: id.to_string(),
+            },
+        }
+    }
+}
+
 /// Why a message could not be read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CodecError(pub String);
@@ -76,24 +120,37 @@ pub fn derived_kind(
     fields: &BTreeMap<String, FieldValue>,
     base: &EntityKind,
 ) -> EntityKind {
-    let number = |k: &str| match fields.get(k) {
-        Some(FieldValue::Number(n)) => Some(Some(*n)),
-        Some(_) => Some(None),
-        None => None,
+    let mut kind = base.clone();
+    derive_kind(entity_type, fields, &mut kind);
+    kind
+}
+
+/// [`derived_kind`] in place: `kind` (the entity's previous kind) takes what the
+/// fields say; nothing is allocated for a text that did not change.
+pub fn derive_kind(
+    entity_type: &str,
+    fields: &BTreeMap<String, FieldValue>,
+    kind: &mut EntityKind,
+) {
+    let number = |k: &str, slot: &mut Option<f64>| match fields.get(k) {
+        Some(FieldValue::Number(n)) => *slot = Some(*n),
+        Some(_) => *slot = None,
+        None => {}
     };
-    let text = |k: &str| match fields.get(k) {
-        Some(FieldValue::Text(t)) => Some(Some(t.clone())),
-        Some(_) => Some(None),
-        None => None,
+    let text = |k: &str, slot: &mut Option<String>| match fields.get(k) {
+        Some(FieldValue::Text(t)) if slot.as_deref() == Some(t.as_str()) => {}
+        Some(FieldValue::Text(t)) => *slot = Some(t.clone()),
+        Some(_) => *slot = None,
+        None => {}
     };
-    let either = |lower: &str, upper: &str| {
+    let either = |lower: &str, upper: &str, slot: &mut Option<f64>| {
         if fields.contains_key(lower) {
-            number(lower)
+            number(lower, slot)
         } else {
-            number(upper)
+            number(upper, slot)
         }
     };
-    match (entity_type, base) {
+    match (entity_type, kind) {
         (
             "TrafficFlowObserved",
             EntityKind::TrafficFlow {
@@ -102,16 +159,16 @@ pub fn derived_kind(
                 occupancy,
                 congested,
             },
-        ) => EntityKind::TrafficFlow {
-            average_speed_kmh: number("averageVehicleSpeed").unwrap_or(*average_speed_kmh),
-            intensity: number("intensity").unwrap_or(*intensity),
-            occupancy: number("occupancy").unwrap_or(*occupancy),
-            congested: match fields.get("congested") {
-                Some(FieldValue::Bool(b)) => Some(*b),
-                Some(_) => None,
-                None => *congested,
-            },
-        },
+        ) => {
+            number("averageVehicleSpeed", average_speed_kmh);
+            number("intensity", intensity);
+            number("occupancy", occupancy);
+            match fields.get("congested") {
+                Some(FieldValue::Bool(b)) => *congested = Some(*b),
+                Some(_) => *congested = None,
+                None => {}
+            }
+        }
         (
             "AirQualityObserved",
             EntityKind::AirQuality {
@@ -121,13 +178,13 @@ pub fn derived_kind(
                 no2,
                 o3,
             },
-        ) => EntityKind::AirQuality {
-            aqi: number("airQualityIndex").unwrap_or(*aqi),
-            pm25: either("pm25", "PM25").unwrap_or(*pm25),
-            pm10: either("pm10", "PM10").unwrap_or(*pm10),
-            no2: either("no2", "NO2").unwrap_or(*no2),
-            o3: either("o3", "O3").unwrap_or(*o3),
-        },
+        ) => {
+            number("airQualityIndex", aqi);
+            either("pm25", "PM25", pm25);
+            either("pm10", "PM10", pm10);
+            either("no2", "NO2", no2);
+            either("o3", "O3", o3);
+        }
         (
             "Vehicle",
             EntityKind::Vehicle {
@@ -136,12 +193,12 @@ pub fn derived_kind(
                 heading_deg,
                 service_status,
             },
-        ) => EntityKind::Vehicle {
-            vehicle_type: text("vehicleType").unwrap_or_else(|| vehicle_type.clone()),
-            speed_kmh: number("speed").unwrap_or(*speed_kmh),
-            heading_deg: number("heading").unwrap_or(*heading_deg),
-            service_status: text("serviceStatus").unwrap_or_else(|| service_status.clone()),
-        },
+        ) => {
+            text("vehicleType", vehicle_type);
+            number("speed", speed_kmh);
+            number("heading", heading_deg);
+            text("serviceStatus", service_status);
+        }
         (
             "Alert",
             EntityKind::Alert {
@@ -150,12 +207,12 @@ pub fn derived_kind(
                 severity,
                 description,
             },
-        ) => EntityKind::Alert {
-            category: text("category").unwrap_or_else(|| category.clone()),
-            sub_category: text("subCategory").unwrap_or_else(|| sub_category.clone()),
-            severity: text("severity").unwrap_or_else(|| severity.clone()),
-            description: text("description").unwrap_or_else(|| description.clone()),
-        },
+        ) => {
+            text("category", category);
+            text("subCategory", sub_category);
+            text("severity", severity);
+            text("description", description);
+        }
         (
             "OffStreetParking",
             EntityKind::Parking {
@@ -163,13 +220,13 @@ pub fn derived_kind(
                 total_spots,
                 status,
             },
-        ) => EntityKind::Parking {
-            available_spots: number("availableSpotNumber").unwrap_or(*available_spots),
-            total_spots: number("totalSpotNumber").unwrap_or(*total_spots),
-            status: text("status").unwrap_or_else(|| status.clone()),
-        },
+        ) => {
+            number("availableSpotNumber", available_spots);
+            number("totalSpotNumber", total_spots);
+            text("status", status);
+        }
         // A new entity, or one whose kind changed: written out.
-        _ => base.clone(),
+        _ => {}
     }
 }
 
@@ -247,10 +304,24 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// An entity with nothing known of it (what a new entity is written against).
+static EMPTY: EntityUpdate = EntityUpdate {
+    id: String::new(),
+    entity_type: String::new(),
+    kind: EntityKind::Generic,
+    position: None,
+    line: None,
+    observed_at_ms: None,
+    fields: BTreeMap::new(),
+    units: BTreeMap::new(),
+    notes: Vec::new(),
+};
+
 /// Encodes state changes into messages; one per recording, fed every change in order.
 #[derive(Default)]
 pub struct Encoder {
-    ids: HashMap<(FeedId, String), u32>,
+    /// Entity indexes by feed, then id (looked up without copying the id).
+    ids: HashMap<FeedId, HashMap<String, u32>>,
     bases: Vec<Base>,
     strings: Strings,
 }
@@ -294,43 +365,280 @@ impl Encoder {
         n
     }
 
+    /// Encodes that `update` of `feed` was taken in at `at_ms`.
+    pub fn upsert(
+        &mut self,
+        base_ms: i64,
+        feed: FeedId,
+        at_ms: i64,
+        update: &EntityUpdate,
+        out: &mut Vec<u8>,
+    ) {
+        let Encoder {
+            ids,
+            bases,
+            strings,
+        } = self;
+        let known = ids
+            .get(&feed)
+            .and_then(|m| m.get(update.id.as_str()))
+            .copied()
+            .filter(|&i| bases[i as usize].alive);
+        let mut flags = if known.is_some() { OP_KNOWN } else { OP_NEW };
+        if update.position.is_some() {
+            flags |= HAS_POSITION;
+        }
+        if update.observed_at_ms.is_some() {
+            flags |= HAS_OBSERVED;
+        }
+        // A new entity's kind is always written; a known one's only when the fields
+        // do not say it. The kind the fields give is worked out in the entity's own
+        // state (taken out for that), so nothing is copied when it is unchanged.
+        let derived = match known {
+            Some(i) => {
+                let base = &mut bases[i as usize].update;
+                let mut kind = std::mem::replace(&mut base.kind, EntityKind::Generic);
+                let before_matches = kind == update.kind;
+                derive_kind(&update.entity_type, &update.fields, &mut kind);
+                let derived = kind == update.kind;
+                if !derived && !before_matches {
+                    flags |= KIND_CHANGED;
+                }
+                // Put back; the entity's state takes the update's kind at the end
+                // (with nothing to copy when it was derived).
+                base.kind = kind;
+                derived
+            }
+            None => {
+                flags |= KIND_CHANGED;
+                false
+            }
+        };
+        let (base_q, base_update): (Option<[i64; 2]>, &EntityUpdate) = match known {
+            Some(i) => {
+                let b = &bases[i as usize];
+                (b.q, &b.update)
+            }
+            None => (None, &EMPTY),
+        };
+        let line_changed = !same_line(&update.line, &base_update.line);
+        if line_changed {
+            flags |= LINE_CHANGED;
+        }
+        if update.units != base_update.units {
+            flags |= UNITS_CHANGED;
+        }
+        if update.notes != base_update.notes {
+            flags |= NOTES_CHANGED;
+        }
+        let type_changed = known.is_some() && update.entity_type != base_update.entity_type;
+        out.push(flags);
+        let mut more = if type_changed { TYPE_CHANGED } else { 0 };
+        if derived {
+            more |= KIND_DERIVED;
+        }
+        out.push(more);
+        match known {
+            Some(index) => {
+                put_varint(out, u64::from(index));
+                if type_changed {
+                    strings.put_string(out, &update.entity_type);
+                }
+            }
+            None => {
+                put_varint(out, u64::from(feed));
+                put_bytes(out, update.id.as_bytes());
+                strings.put_string(out, &update.entity_type);
+            }
+        }
+        put_signed(out, at_ms - base_ms);
+        if let Some(t) = update.observed_at_ms {
+            put_signed(out, t - at_ms);
+        }
+        let q = update.position.map(quantize);
+        if let Some(q) = q {
+            let b = base_q.unwrap_or([0, 0]);
+            put_signed(out, q[0] - b[0]);
+            put_signed(out, q[1] - b[1]);
+        }
+        if flags & KIND_CHANGED != 0 {
+            strings.put_kind(out, &update.kind);
+        }
+        if line_changed {
+            put_line(out, &update.line);
+        }
+        // Fields: those gone, then those new or changed.
+        let gone = base_update
+            .fields
+            .keys()
+            .filter(|k| !update.fields.contains_key(*k));
+        put_varint(out, gone.clone().count() as u64);
+        for k in gone {
+            strings.put_string(out, k);
+        }
+        let set = update
+            .fields
+            .iter()
+            .filter(|(k, v)| base_update.fields.get(*k) != Some(*v));
+        put_varint(out, set.clone().count() as u64);
+        for (k, v) in set {
+            strings.put_string(out, k);
+            strings.put_value(out, v);
+        }
+        if flags & UNITS_CHANGED != 0 {
+            put_varint(out, update.units.len() as u64);
+            for (k, v) in &update.units {
+                strings.put_string(out, k);
+                strings.put_string(out, v);
+            }
+        }
+        if flags & NOTES_CHANGED != 0 {
+            let notes = serde_json::to_vec(&update.notes).unwrap_or_default();
+            put_bytes(out, &notes);
+        }
+        let kept_line = |line: &Option<Vec<[f64; 2]>>| {
+            line.as_ref()
+                .map(|l| l.iter().map(|p| kept_position(*p)).collect())
+        };
+        match known {
+            Some(i) => {
+                // The entity's state takes what changed, in place.
+                let b = &mut bases[i as usize];
+                b.q = q;
+                b.at_ms = at_ms;
+                let kept = &mut b.update;
+                if type_changed {
+                    kept.entity_type.clone_from(&update.entity_type);
+                }
+                if kept.kind != update.kind {
+                    kept.kind = update.kind.clone();
+                }
+                kept.position = q.map(unquantize);
+                kept.observed_at_ms = update.observed_at_ms;
+                if line_changed {
+                    kept.line = kept_line(&update.line);
+                }
+                kept.fields.retain(|k, _| update.fields.contains_key(k));
+                for (k, v) in &update.fields {
+                    match kept.fields.get_mut(k) {
+                        Some(old) if old == v => {}
+                        Some(old) => *old = v.clone(),
+                        None => {
+                            kept.fields.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                if flags & UNITS_CHANGED != 0 {
+                    kept.units.clone_from(&update.units);
+                }
+                if flags & NOTES_CHANGED != 0 {
+                    kept.notes.clone_from(&update.notes);
+                }
+            }
+            None => {
+                let mut kept = update.clone();
+                kept.position = q.map(unquantize);
+                kept.line = kept_line(&update.line);
+                let i = bases.len() as u32;
+                bases.push(Base {
+                    feed,
+                    at_ms,
+                    q,
+                    update: kept,
+                    alive: true,
+                });
+                ids.entry(feed).or_default().insert(update.id.clone(), i);
+            }
+        }
+    }
+
+    /// Encodes that `id` of `feed` went at `at_ms` (nothing when it was not known).
+    pub fn remove(&mut self, base_ms: i64, feed: FeedId, id: &str, at_ms: i64, out: &mut Vec<u8>) {
+        let Some(&i) = self.ids.get(&feed).and_then(|m| m.get(id)) else {
+            return;
+        };
+        if !self.bases[i as usize].alive {
+            return;
+        }
+        out.push(OP_REMOVE);
+        put_varint(out, u64::from(i));
+        put_signed(out, at_ms - base_ms);
+        self.bases[i as usize].alive = false;
+    }
+}
+
+/// A line as the history keeps it equals `kept` (the one kept before).
+fn same_line(line: &Option<Vec<[f64; 2]>>, kept: &Option<Vec<[f64; 2]>>) -> bool {
+    match (line, kept) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(p, k)| kept_position(*p) == *k)
+        }
+        _ => false,
+    }
+}
+
+fn put_number(out: &mut Vec<u8>, v: f64) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let negative_zero = v == 0.0 && v.is_sign_negative();
+    if v.is_finite() && !negative_zero && v.fract() == 0.0 && v.abs() < EXACT {
+        out.push(V_INT);
+        put_signed(out, v as i64);
+        return;
+    }
+    if v.is_finite() && !negative_zero {
+        for (tag, scale) in [(V_DEC1, 10.0), (V_DEC2, 100.0), (V_DEC3, 1000.0)] {
+            let m = (v * scale).round();
+            if m.abs() < EXACT && m / scale == v {
+                out.push(tag);
+                put_signed(out, m as i64);
+                return;
+            }
+        }
+    }
+    out.push(V_F64);
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_opt_number(out: &mut Vec<u8>, v: Option<f64>) {
+    match v {
+        Some(n) => put_number(out, n),
+        None => out.push(V_NONE),
+    }
+}
+
+fn put_line(out: &mut Vec<u8>, line: &Option<Vec<[f64; 2]>>) {
+    match line {
+        None => put_varint(out, 0),
+        Some(points) => {
+            put_varint(out, points.len() as u64 + 1);
+            let mut last = [0i64; 2];
+            for p in points {
+                let q = quantize(*p);
+                put_signed(out, q[0] - last[0]);
+                put_signed(out, q[1] - last[1]);
+                last = q;
+            }
+        }
+    }
+}
+
+impl Strings {
     fn put_string(&mut self, out: &mut Vec<u8>, s: &str) {
-        if let Some(&i) = self.strings.index.get(s) {
+        if let Some(&i) = self.index.get(s) {
             put_varint(out, u64::from(i) + 1);
         } else {
             put_varint(out, 0);
             put_bytes(out, s.as_bytes());
-            let i = self.strings.list.len() as u32;
-            self.strings.list.push(s.to_string());
-            self.strings.index.insert(s.to_string(), i);
+            let i = self.list.len() as u32;
+            self.list.push(s.to_string());
+            self.index.insert(s.to_string(), i);
         }
-    }
-
-    fn put_number(out: &mut Vec<u8>, v: f64) {
-        const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-        let negative_zero = v == 0.0 && v.is_sign_negative();
-        if v.is_finite() && !negative_zero && v.fract() == 0.0 && v.abs() < EXACT {
-            out.push(V_INT);
-            put_signed(out, v as i64);
-            return;
-        }
-        if v.is_finite() && !negative_zero {
-            for (tag, scale) in [(V_DEC1, 10.0), (V_DEC2, 100.0), (V_DEC3, 1000.0)] {
-                let m = (v * scale).round();
-                if m.abs() < EXACT && m / scale == v {
-                    out.push(tag);
-                    put_signed(out, m as i64);
-                    return;
-                }
-            }
-        }
-        out.push(V_F64);
-        out.extend_from_slice(&v.to_le_bytes());
     }
 
     fn put_value(&mut self, out: &mut Vec<u8>, v: &FieldValue) {
         match v {
-            FieldValue::Number(n) => Self::put_number(out, *n),
+            FieldValue::Number(n) => put_number(out, *n),
             FieldValue::Bool(b) => out.push(if *b { V_TRUE } else { V_FALSE }),
             FieldValue::Text(t) => self.put_text(out, t),
             FieldValue::List(items) => {
@@ -353,13 +661,6 @@ impl Encoder {
         }
     }
 
-    fn put_opt_number(out: &mut Vec<u8>, v: Option<f64>) {
-        match v {
-            Some(n) => Self::put_number(out, n),
-            None => out.push(V_NONE),
-        }
-    }
-
     fn put_opt_text(&mut self, out: &mut Vec<u8>, v: &Option<String>) {
         match v {
             Some(t) => self.put_text(out, t),
@@ -376,9 +677,9 @@ impl Encoder {
                 congested,
             } => {
                 out.push(0);
-                Self::put_opt_number(out, *average_speed_kmh);
-                Self::put_opt_number(out, *intensity);
-                Self::put_opt_number(out, *occupancy);
+                put_opt_number(out, *average_speed_kmh);
+                put_opt_number(out, *intensity);
+                put_opt_number(out, *occupancy);
                 out.push(match congested {
                     None => V_NONE,
                     Some(false) => V_FALSE,
@@ -394,7 +695,7 @@ impl Encoder {
             } => {
                 out.push(1);
                 for v in [aqi, pm25, pm10, no2, o3] {
-                    Self::put_opt_number(out, *v);
+                    put_opt_number(out, *v);
                 }
             }
             EntityKind::Vehicle {
@@ -405,8 +706,8 @@ impl Encoder {
             } => {
                 out.push(2);
                 self.put_opt_text(out, vehicle_type);
-                Self::put_opt_number(out, *speed_kmh);
-                Self::put_opt_number(out, *heading_deg);
+                put_opt_number(out, *speed_kmh);
+                put_opt_number(out, *heading_deg);
                 self.put_opt_text(out, service_status);
             }
             EntityKind::Alert {
@@ -426,193 +727,18 @@ impl Encoder {
                 status,
             } => {
                 out.push(4);
-                Self::put_opt_number(out, *available_spots);
-                Self::put_opt_number(out, *total_spots);
+                put_opt_number(out, *available_spots);
+                put_opt_number(out, *total_spots);
                 self.put_opt_text(out, status);
             }
             EntityKind::Generic => out.push(5),
         }
     }
-
-    fn put_line(out: &mut Vec<u8>, line: &Option<Vec<[f64; 2]>>) {
-        match line {
-            None => put_varint(out, 0),
-            Some(points) => {
-                put_varint(out, points.len() as u64 + 1);
-                let mut last = [0i64; 2];
-                for p in points {
-                    let q = quantize(*p);
-                    put_signed(out, q[0] - last[0]);
-                    put_signed(out, q[1] - last[1]);
-                    last = q;
-                }
-            }
-        }
-    }
-
-    /// Encodes that `update` of `feed` was taken in at `at_ms`.
-    pub fn upsert(
-        &mut self,
-        base_ms: i64,
-        feed: FeedId,
-        at_ms: i64,
-        update: &EntityUpdate,
-        out: &mut Vec<u8>,
-    ) {
-        let key = (feed, update.id.clone());
-        let known = self
-            .ids
-            .get(&key)
-            .copied()
-            .filter(|&i| self.bases[i as usize].alive);
-        let empty = EntityUpdate {
-            id: String::new(),
-            entity_type: String::new(),
-            kind: EntityKind::Generic,
-            position: None,
-            line: None,
-            observed_at_ms: None,
-            fields: BTreeMap::new(),
-            units: BTreeMap::new(),
-            notes: Vec::new(),
-        };
-        let (index, base_q, base_update) = match known {
-            Some(i) => {
-                let b = &self.bases[i as usize];
-                (i, b.q, b.update.clone())
-            }
-            None => (u32::MAX, None, empty),
-        };
-        let mut flags = if known.is_some() { OP_KNOWN } else { OP_NEW };
-        if update.position.is_some() {
-            flags |= HAS_POSITION;
-        }
-        if update.observed_at_ms.is_some() {
-            flags |= HAS_OBSERVED;
-        }
-        // A new entity's kind is always written; a known one's only when the fields
-        // do not say it.
-        let derived = known.is_some()
-            && derived_kind(&update.entity_type, &update.fields, &base_update.kind) == update.kind;
-        if !derived && (known.is_none() || update.kind != base_update.kind) {
-            flags |= KIND_CHANGED;
-        }
-        if update.line != base_update.line {
-            flags |= LINE_CHANGED;
-        }
-        if update.units != base_update.units {
-            flags |= UNITS_CHANGED;
-        }
-        if update.notes != base_update.notes {
-            flags |= NOTES_CHANGED;
-        }
-        let type_changed = known.is_some() && update.entity_type != base_update.entity_type;
-        out.push(flags);
-        let mut more = if type_changed { TYPE_CHANGED } else { 0 };
-        if derived {
-            more |= KIND_DERIVED;
-        }
-        out.push(more);
-        if known.is_some() {
-            put_varint(out, u64::from(index));
-            if type_changed {
-                self.put_string(out, &update.entity_type);
-            }
-        } else {
-            put_varint(out, u64::from(feed));
-            put_bytes(out, update.id.as_bytes());
-            self.put_string(out, &update.entity_type);
-        }
-        put_signed(out, at_ms - base_ms);
-        if let Some(t) = update.observed_at_ms {
-            put_signed(out, t - at_ms);
-        }
-        let q = update.position.map(quantize);
-        if let Some(q) = q {
-            let b = base_q.unwrap_or([0, 0]);
-            put_signed(out, q[0] - b[0]);
-            put_signed(out, q[1] - b[1]);
-        }
-        if flags & KIND_CHANGED != 0 {
-            self.put_kind(out, &update.kind);
-        }
-        if flags & LINE_CHANGED != 0 {
-            Self::put_line(out, &update.line);
-        }
-        // Fields: those gone, then those new or changed.
-        let gone: Vec<&String> = base_update
-            .fields
-            .keys()
-            .filter(|k| !update.fields.contains_key(*k))
-            .collect();
-        put_varint(out, gone.len() as u64);
-        for k in gone {
-            self.put_string(out, k);
-        }
-        let set: Vec<(&String, &FieldValue)> = update
-            .fields
-            .iter()
-            .filter(|(k, v)| base_update.fields.get(*k) != Some(*v))
-            .collect();
-        put_varint(out, set.len() as u64);
-        for (k, v) in set {
-            self.put_string(out, k);
-            self.put_value(out, v);
-        }
-        if flags & UNITS_CHANGED != 0 {
-            put_varint(out, update.units.len() as u64);
-            for (k, v) in &update.units {
-                self.put_string(out, k);
-                self.put_string(out, v);
-            }
-        }
-        if flags & NOTES_CHANGED != 0 {
-            let notes = serde_json::to_vec(&update.notes).unwrap_or_default();
-            put_bytes(out, &notes);
-        }
-        let mut kept = update.clone();
-        kept.position = q.map(unquantize);
-        kept.line = update
-            .line
-            .as_ref()
-            .map(|l| l.iter().map(|p| kept_position(*p)).collect());
-        match known {
-            Some(i) => {
-                let b = &mut self.bases[i as usize];
-                b.q = q;
-                b.at_ms = at_ms;
-                b.update = kept;
-            }
-            None => {
-                let i = self.bases.len() as u32;
-                self.bases.push(Base {
-                    feed,
-                    at_ms,
-                    q,
-                    update: kept,
-                    alive: true,
-                });
-                self.ids.insert(key, i);
-            }
-        }
-    }
-
-    /// Encodes that `id` of `feed` went at `at_ms` (nothing when it was not known).
-    pub fn remove(&mut self, base_ms: i64, feed: FeedId, id: &str, at_ms: i64, out: &mut Vec<u8>) {
-        let Some(&i) = self.ids.get(&(feed, id.to_string())) else {
-            return;
-        };
-        if !self.bases[i as usize].alive {
-            return;
-        }
-        out.push(OP_REMOVE);
-        put_varint(out, u64::from(i));
-        put_signed(out, at_ms - base_ms);
-        self.bases[i as usize].alive = false;
-    }
 }
 
-/// Reads messages written by an [`Encoder`], in the same order.
+/// Reads messages written by an [`Encoder`], in the same order. Each record is
+/// applied in place to the decoder's own state of its entity, which is what it hands
+/// over (borrowed): reading copies nothing.
 #[derive(Default)]
 pub struct Decoder {
     bases: Vec<Base>,
@@ -679,204 +805,123 @@ impl Decoder {
         *self = Self::default();
     }
 
-    fn string(&mut self, r: &mut Reader) -> Result<String, CodecError> {
-        let i = r.varint()?;
-        if i == 0 {
-            let s = r.text()?;
-            self.strings.push(s.clone());
-            Ok(s)
-        } else {
-            self.strings
-                .get(i as usize - 1)
-                .cloned()
-                .ok_or_else(|| r.err("unknown string index"))
-        }
+    /// The entities alive as decoded so far: feed, time of the last record, state.
+    pub fn alive(&self) -> impl Iterator<Item = (FeedId, i64, &EntityUpdate)> {
+        self.bases
+            .iter()
+            .filter(|b| b.alive)
+            .map(|b| (b.feed, b.at_ms, &b.update))
     }
 
-    fn number(r: &mut Reader, tag: u8) -> Result<f64, CodecError> {
-        Ok(match tag {
-            V_INT => r.signed()? as f64,
-            V_DEC1 => r.signed()? as f64 / 10.0,
-            V_DEC2 => r.signed()? as f64 / 100.0,
-            V_DEC3 => r.signed()? as f64 / 1000.0,
-            V_F64 => {
-                let end = r.at + 8;
-                let b = r.buf.get(r.at..end).ok_or_else(|| r.err("cut short"))?;
-                r.at = end;
-                f64::from_le_bytes(b.try_into().expect("8 bytes"))
-            }
-            _ => return Err(r.err("not a number")),
-        })
-    }
-
-    fn value(&mut self, r: &mut Reader, depth: u32) -> Result<Option<FieldValue>, CodecError> {
-        if depth > 32 {
-            return Err(r.err("lists nested too deep"));
-        }
-        let tag = r.byte()?;
-        Ok(Some(match tag {
-            V_NONE => return Ok(None),
-            V_FALSE => FieldValue::Bool(false),
-            V_TRUE => FieldValue::Bool(true),
-            V_TEXT => FieldValue::Text(self.string(r)?),
-            V_LONG_TEXT => FieldValue::Text(r.text()?),
-            V_LIST => {
-                let n = r.varint()? as usize;
-                let mut items = Vec::with_capacity(n.min(1024));
-                for _ in 0..n {
-                    let item = self
-                        .value(r, depth + 1)?
-                        .ok_or_else(|| r.err("a list item is none"))?;
-                    items.push(item);
-                }
-                FieldValue::List(items)
-            }
-            tag => FieldValue::Number(Self::number(r, tag)?),
-        }))
-    }
-
-    fn opt_number(&mut self, r: &mut Reader) -> Result<Option<f64>, CodecError> {
-        match self.value(r, 0)? {
-            None => Ok(None),
-            Some(FieldValue::Number(n)) => Ok(Some(n)),
-            Some(_) => Err(r.err("expected a number")),
-        }
-    }
-
-    fn opt_text(&mut self, r: &mut Reader) -> Result<Option<String>, CodecError> {
-        match self.value(r, 0)? {
-            None => Ok(None),
-            Some(FieldValue::Text(t)) => Ok(Some(t)),
-            Some(_) => Err(r.err("expected a text")),
-        }
-    }
-
-    fn kind(&mut self, r: &mut Reader) -> Result<EntityKind, CodecError> {
-        Ok(match r.byte()? {
-            0 => EntityKind::TrafficFlow {
-                average_speed_kmh: self.opt_number(r)?,
-                intensity: self.opt_number(r)?,
-                occupancy: self.opt_number(r)?,
-                congested: match r.byte()? {
-                    V_NONE => None,
-                    V_FALSE => Some(false),
-                    V_TRUE => Some(true),
-                    _ => return Err(r.err("expected a bool")),
-                },
-            },
-            1 => EntityKind::AirQuality {
-                aqi: self.opt_number(r)?,
-                pm25: self.opt_number(r)?,
-                pm10: self.opt_number(r)?,
-                no2: self.opt_number(r)?,
-                o3: self.opt_number(r)?,
-            },
-            2 => EntityKind::Vehicle {
-                vehicle_type: self.opt_text(r)?,
-                speed_kmh: self.opt_number(r)?,
-                heading_deg: self.opt_number(r)?,
-                service_status: self.opt_text(r)?,
-            },
-            3 => EntityKind::Alert {
-                category: self.opt_text(r)?,
-                sub_category: self.opt_text(r)?,
-                severity: self.opt_text(r)?,
-                description: self.opt_text(r)?,
-            },
-            4 => EntityKind::Parking {
-                available_spots: self.opt_number(r)?,
-                total_spots: self.opt_number(r)?,
-                status: self.opt_text(r)?,
-            },
-            5 => EntityKind::Generic,
-            _ => return Err(r.err("unknown kind")),
-        })
-    }
-
-    /// Decodes one message, calling `each` with every record in order. Stops (without
-    /// applying it) at the first record after `until_ms`, returning false then.
+    /// Decodes one message from byte `from` (0, or where an earlier call stopped),
+    /// applying each record to the decoder's state and handing it to `each`, in
+    /// order. Stops before the first record after `until_ms`, leaving it unread and
+    /// returning its offset to go on from; `None` when the message is done.
     pub fn decode(
         &mut self,
         base_ms: i64,
         message: &[u8],
+        from: usize,
         until_ms: i64,
-        mut each: impl FnMut(Record),
-    ) -> Result<bool, CodecError> {
+        mut each: impl FnMut(Change<'_>),
+    ) -> Result<Option<usize>, CodecError> {
+        let Decoder { bases, strings } = self;
         let mut r = Reader {
             buf: message,
-            at: 0,
+            at: from,
         };
         while r.at < message.len() {
+            let start = r.at;
+            let strings_before = strings.len();
             let flags = r.byte()?;
             let op = flags & 3;
             if op == OP_REMOVE {
                 let i = r.varint()? as usize;
                 let at_ms = base_ms.saturating_add(r.signed()?);
-                let base = self
-                    .bases
+                let base = bases
                     .get_mut(i)
                     .ok_or_else(|| CodecError(format!("unknown entity {i}")))?;
                 if at_ms > until_ms {
-                    return Ok(false);
+                    return Ok(Some(start));
                 }
                 base.alive = false;
-                each(Record::Remove {
+                each(Change::Remove {
                     feed: base.feed,
                     at_ms,
-                    id: base.update.id.clone(),
+                    id: &base.update.id,
                 });
                 continue;
             }
-            let more = if op == OP_KNOWN || op == OP_NEW {
-                r.byte()?
-            } else {
-                0
-            };
-            let (index, feed, mut update, base_q) = if op == OP_KNOWN {
-                let i = r.varint()? as usize;
-                let base = self.bases.get(i).ok_or_else(|| r.err("unknown entity"))?;
-                let (feed, mut update, q) = (base.feed, base.update.clone(), base.q);
-                if more & TYPE_CHANGED != 0 {
-                    update.entity_type = self.string(&mut r)?;
-                }
-                (Some(i), feed, update, q)
-            } else if op == OP_NEW {
-                let feed = FeedId::try_from(r.varint()?).map_err(|_| r.err("feed too large"))?;
-                let id = r.text()?;
-                let entity_type = self.string(&mut r)?;
-                let update = EntityUpdate {
-                    id,
-                    entity_type,
-                    kind: EntityKind::Generic,
-                    position: None,
-                    line: None,
-                    observed_at_ms: None,
-                    fields: BTreeMap::new(),
-                    units: BTreeMap::new(),
-                    notes: Vec::new(),
-                };
-                (None, feed, update, None)
-            } else {
+            if op != OP_KNOWN && op != OP_NEW {
                 return Err(r.err("unknown record"));
+            }
+            let more = r.byte()?;
+            let index = if op == OP_KNOWN {
+                let i = r.varint()? as usize;
+                if i >= bases.len() {
+                    return Err(r.err("unknown entity"));
+                }
+                let new_type = if more & TYPE_CHANGED != 0 {
+                    Some(read_string(strings, &mut r)?)
+                } else {
+                    None
+                };
+                let at_ms = base_ms.saturating_add(r.signed()?);
+                if at_ms > until_ms {
+                    strings.truncate(strings_before);
+                    return Ok(Some(start));
+                }
+                let b = &mut bases[i];
+                if let Some(t) = new_type {
+                    b.update.entity_type.clone_from(&strings[t]);
+                }
+                b.at_ms = at_ms;
+                i
+            } else {
+                let feed = FeedId::try_from(r.varint()?).map_err(|_| r.err("feed too large"))?;
+                let id = r.bytes()?;
+                let entity_type = read_string(strings, &mut r)?;
+                let at_ms = base_ms.saturating_add(r.signed()?);
+                if at_ms > until_ms {
+                    strings.truncate(strings_before);
+                    return Ok(Some(start));
+                }
+                let id = std::str::from_utf8(id).map_err(|_| r.err("text not UTF-8"))?;
+                bases.push(Base {
+                    feed,
+                    at_ms,
+                    q: None,
+                    update: EntityUpdate {
+                        id: id.to_string(),
+                        entity_type: strings[entity_type].clone(),
+                        ..EMPTY.clone()
+                    },
+                    alive: true,
+                });
+                bases.len() - 1
             };
-            let at_ms = base_ms.saturating_add(r.signed()?);
+            let b = &mut bases[index];
+            b.alive = true;
+            let at_ms = b.at_ms;
+            let update = &mut b.update;
             update.observed_at_ms = if flags & HAS_OBSERVED != 0 {
                 Some(at_ms.saturating_add(r.signed()?))
             } else {
                 None
             };
-            let q = if flags & HAS_POSITION != 0 {
-                let b = base_q.unwrap_or([0, 0]);
+            b.q = if flags & HAS_POSITION != 0 {
+                let base_q = if op == OP_KNOWN { b.q } else { None };
+                let q = base_q.unwrap_or([0, 0]);
                 Some([
-                    b[0].saturating_add(r.signed()?),
-                    b[1].saturating_add(r.signed()?),
+                    q[0].saturating_add(r.signed()?),
+                    q[1].saturating_add(r.signed()?),
                 ])
             } else {
                 None
             };
-            update.position = q.map(unquantize);
+            update.position = b.q.map(unquantize);
             if flags & KIND_CHANGED != 0 {
-                update.kind = self.kind(&mut r)?;
+                update.kind = read_kind(strings, &mut r)?;
             }
             if flags & LINE_CHANGED != 0 {
                 let n = r.varint()?;
@@ -897,61 +942,169 @@ impl Decoder {
             }
             let gone = r.varint()?;
             for _ in 0..gone {
-                let k = self.string(&mut r)?;
-                update.fields.remove(&k);
+                let k = read_string(strings, &mut r)?;
+                update.fields.remove(strings[k].as_str());
             }
             let set = r.varint()?;
             for _ in 0..set {
-                let k = self.string(&mut r)?;
-                let v = self
-                    .value(&mut r, 0)?
+                let k = read_string(strings, &mut r)?;
+                let v = read_value(strings, &mut r, 0)?
                     .ok_or_else(|| r.err("a field without a value"))?;
-                update.fields.insert(k, v);
+                match update.fields.get_mut(strings[k].as_str()) {
+                    Some(slot) => *slot = v,
+                    None => {
+                        update.fields.insert(strings[k].clone(), v);
+                    }
+                }
             }
             if flags & UNITS_CHANGED != 0 {
                 let n = r.varint()?;
                 update.units.clear();
                 for _ in 0..n {
-                    let k = self.string(&mut r)?;
-                    let v = self.string(&mut r)?;
-                    update.units.insert(k, v);
+                    let k = read_string(strings, &mut r)?;
+                    let v = read_string(strings, &mut r)?;
+                    update.units.insert(strings[k].clone(), strings[v].clone());
                 }
             }
             if more & KIND_DERIVED != 0 {
-                update.kind = derived_kind(&update.entity_type, &update.fields, &update.kind);
+                derive_kind(&update.entity_type, &update.fields, &mut update.kind);
             }
             if flags & NOTES_CHANGED != 0 {
                 let b = r.bytes()?;
                 update.notes =
                     serde_json::from_slice(b).map_err(|e| CodecError(format!("notes: {e}")))?;
             }
-            if at_ms > until_ms {
-                return Ok(false);
-            }
-            match index {
-                Some(i) => {
-                    let b = &mut self.bases[i];
-                    b.q = q;
-                    b.at_ms = at_ms;
-                    b.update = update.clone();
-                    b.alive = true;
-                }
-                None => self.bases.push(Base {
-                    feed,
-                    at_ms,
-                    q,
-                    update: update.clone(),
-                    alive: true,
-                }),
-            }
-            each(Record::Upsert {
-                feed,
+            let b = &bases[index];
+            each(Change::Upsert {
+                feed: b.feed,
                 at_ms,
-                update,
+                update: &b.update,
             });
         }
-        Ok(true)
+        Ok(None)
     }
+}
+
+/// Reads a string (new, or by index) and returns its index in `strings`.
+fn read_string(strings: &mut Vec<String>, r: &mut Reader) -> Result<usize, CodecError> {
+    let i = r.varint()?;
+    if i == 0 {
+        let s = r.text()?;
+        strings.push(s);
+        Ok(strings.len() - 1)
+    } else if (i as usize) <= strings.len() {
+        Ok(i as usize - 1)
+    } else {
+        Err(r.err("unknown string index"))
+    }
+}
+
+fn read_number(r: &mut Reader, tag: u8) -> Result<f64, CodecError> {
+    Ok(match tag {
+        V_INT => r.signed()? as f64,
+        V_DEC1 => r.signed()? as f64 / 10.0,
+        V_DEC2 => r.signed()? as f64 / 100.0,
+        V_DEC3 => r.signed()? as f64 / 1000.0,
+        V_F64 => {
+            let end = r.at + 8;
+            let b = r.buf.get(r.at..end).ok_or_else(|| r.err("cut short"))?;
+            r.at = end;
+            f64::from_le_bytes(b.try_into().expect("8 bytes"))
+        }
+        _ => return Err(r.err("not a number")),
+    })
+}
+
+fn read_value(
+    strings: &mut Vec<String>,
+    r: &mut Reader,
+    depth: u32,
+) -> Result<Option<FieldValue>, CodecError> {
+    if depth > 32 {
+        return Err(r.err("lists nested too deep"));
+    }
+    let tag = r.byte()?;
+    Ok(Some(match tag {
+        V_NONE => return Ok(None),
+        V_FALSE => FieldValue::Bool(false),
+        V_TRUE => FieldValue::Bool(true),
+        V_TEXT => {
+            let i = read_string(strings, r)?;
+            FieldValue::Text(strings[i].clone())
+        }
+        V_LONG_TEXT => FieldValue::Text(r.text()?),
+        V_LIST => {
+            let n = r.varint()? as usize;
+            let mut items = Vec::with_capacity(n.min(1024));
+            for _ in 0..n {
+                let item = read_value(strings, r, depth + 1)?
+                    .ok_or_else(|| r.err("a list item is none"))?;
+                items.push(item);
+            }
+            FieldValue::List(items)
+        }
+        tag => FieldValue::Number(read_number(r, tag)?),
+    }))
+}
+
+fn read_opt_number(strings: &mut Vec<String>, r: &mut Reader) -> Result<Option<f64>, CodecError> {
+    match read_value(strings, r, 0)? {
+        None => Ok(None),
+        Some(FieldValue::Number(n)) => Ok(Some(n)),
+        Some(_) => Err(r.err("expected a number")),
+    }
+}
+
+fn read_opt_text(strings: &mut Vec<String>, r: &mut Reader) -> Result<Option<String>, CodecError> {
+    match read_value(strings, r, 0)? {
+        None => Ok(None),
+        Some(FieldValue::Text(t)) => Ok(Some(t)),
+        Some(_) => Err(r.err("expected a text")),
+    }
+}
+
+fn read_kind(strings: &mut Vec<String>, r: &mut Reader) -> Result<EntityKind, CodecError> {
+    let n = read_opt_number;
+    let t = read_opt_text;
+    Ok(match r.byte()? {
+        0 => EntityKind::TrafficFlow {
+            average_speed_kmh: n(strings, r)?,
+            intensity: n(strings, r)?,
+            occupancy: n(strings, r)?,
+            congested: match r.byte()? {
+                V_NONE => None,
+                V_FALSE => Some(false),
+                V_TRUE => Some(true),
+                _ => return Err(r.err("expected a bool")),
+            },
+        },
+        1 => EntityKind::AirQuality {
+            aqi: n(strings, r)?,
+            pm25: n(strings, r)?,
+            pm10: n(strings, r)?,
+            no2: n(strings, r)?,
+            o3: n(strings, r)?,
+        },
+        2 => EntityKind::Vehicle {
+            vehicle_type: t(strings, r)?,
+            speed_kmh: n(strings, r)?,
+            heading_deg: n(strings, r)?,
+            service_status: t(strings, r)?,
+        },
+        3 => EntityKind::Alert {
+            category: t(strings, r)?,
+            sub_category: t(strings, r)?,
+            severity: t(strings, r)?,
+            description: t(strings, r)?,
+        },
+        4 => EntityKind::Parking {
+            available_spots: n(strings, r)?,
+            total_spots: n(strings, r)?,
+            status: t(strings, r)?,
+        },
+        5 => EntityKind::Generic,
+        _ => return Err(r.err("unknown kind")),
+    })
 }
 
 #[cfg(test)]
@@ -997,7 +1150,11 @@ mod tests {
         }
         let mut out = Vec::new();
         let mut dec = Decoder::new();
-        assert!(dec.decode(1000, &buf, i64::MAX, |r| out.push(r)).unwrap());
+        assert_eq!(
+            dec.decode(1000, &buf, 0, i64::MAX, |c| out.push(c.to_record()))
+                .unwrap(),
+            None
+        );
         out
     }
 
@@ -1124,14 +1281,61 @@ mod tests {
         enc.upsert(100, 1, 120, &vehicle("b", 1.5, 2.0, 4.0, 120), &mut tail);
         let mut dec = Decoder::new();
         let mut seen = Vec::new();
-        dec.decode(100, &key, i64::MAX, |r| seen.push(r)).unwrap();
-        dec.decode(100, &tail, i64::MAX, |r| seen.push(r)).unwrap();
+        dec.decode(100, &key, 0, i64::MAX, |c| seen.push(c.to_record()))
+            .unwrap();
+        dec.decode(100, &tail, 0, i64::MAX, |c| seen.push(c.to_record()))
+            .unwrap();
         assert_eq!(seen.len(), 2);
         let Record::Upsert { update, .. } = &seen[1] else {
             panic!()
         };
         assert_eq!(update.id, "b");
         assert_eq!(update.position, Some([1.5, 2.0]));
+    }
+
+    #[test]
+    fn stopping_at_an_instant_and_going_on_reads_every_record_once() {
+        // New entities, a new type string and removals inside one message, stopped
+        // at every instant and resumed where it stopped.
+        let mut enc = Encoder::new();
+        let mut buf = Vec::new();
+        let mut written = Vec::new();
+        for t in 1..=40i64 {
+            let id = format!("v{}", t % 7);
+            let mut v = vehicle(&id, 1.0 + t as f64 * 1e-4, 2.0, t as f64, t);
+            if t % 5 == 0 {
+                v.entity_type = format!("Type{t}");
+                v.kind = EntityKind::Generic;
+            }
+            enc.upsert(0, 1, t, &v, &mut buf);
+            written.push(t);
+            if t % 9 == 0 {
+                enc.remove(0, 1, "v3", t, &mut buf);
+                written.push(t);
+            }
+        }
+        let mut whole = Vec::new();
+        Decoder::new()
+            .decode(0, &buf, 0, i64::MAX, |c| whole.push(c.to_record()))
+            .unwrap();
+        assert_eq!(whole.len(), written.len());
+        for step in [1, 3, 7] {
+            let mut dec = Decoder::new();
+            let mut seen = Vec::new();
+            let mut from = 0;
+            let mut until = 0;
+            while let Some(stopped) = dec
+                .decode(0, &buf, from, until, |c| {
+                    assert!(c.at_ms() <= until);
+                    seen.push(c.to_record())
+                })
+                .unwrap()
+            {
+                from = stopped;
+                until += step;
+            }
+            assert_eq!(seen, whole, "in steps of {step} ms");
+        }
     }
 
     #[test]
@@ -1148,7 +1352,7 @@ mod tests {
                 })
                 .collect();
             let mut dec = Decoder::new();
-            let _ = dec.decode(0, &bytes, i64::MAX, |_| {});
+            let _ = dec.decode(0, &bytes, 0, i64::MAX, |_| {});
         }
     }
 }

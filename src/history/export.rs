@@ -16,7 +16,7 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::codec::Record;
+use super::codec::Change;
 use super::{Entity, History};
 use crate::clock::rfc3339_from_unix_ms;
 use crate::model::{EntityUpdate, FeedId};
@@ -95,7 +95,8 @@ pub fn export_geojsonl(
         rfc3339_from_unix_ms(to_ms)
     );
     let mut replay = history.replay_from(from_ms)?;
-    let feeds = replay.snapshot().feeds.clone();
+    let start = replay.snapshot();
+    let feeds = start.feeds.clone();
     let names = move |feed: FeedId| {
         feeds
             .iter()
@@ -116,7 +117,7 @@ pub fn export_geojsonl(
         feed,
         at_ms,
         update,
-    } in replay.snapshot().entities.values()
+    } in start.entities.values()
     {
         line(&feature(&names, *feed, *at_ms, "state", update), out)?;
         stats.state += 1;
@@ -131,20 +132,20 @@ pub fn export_geojsonl(
                 return;
             }
             let written = match r {
-                Record::Upsert {
+                Change::Upsert {
                     feed,
                     at_ms,
                     update,
                 } => {
                     stats.updates += 1;
-                    line(&feature(&names, *feed, *at_ms, "update", update), out)
+                    line(&feature(&names, feed, at_ms, "update", update), out)
                 }
-                Record::Remove { feed, at_ms, id } => {
+                Change::Remove { feed, at_ms, id } => {
                     stats.removals += 1;
                     let mut props = Map::new();
-                    props.insert("feed".into(), names(*feed).into());
+                    props.insert("feed".into(), names(feed).into());
                     props.insert("change".into(), "removed".into());
-                    props.insert("taken_in".into(), rfc3339_from_unix_ms(*at_ms).into());
+                    props.insert("taken_in".into(), rfc3339_from_unix_ms(at_ms).into());
                     let value = serde_json::json!({
                         "type": "Feature", "id": id, "geometry": null, "properties": props,
                     });
@@ -161,6 +162,6 @@ pub fn export_geojsonl(
     }
     out.flush()?;
     stats.features = stats.state + stats.updates + stats.removals;
-    stats.problems = replay.snapshot().problems.clone();
+    stats.problems = replay.problems().to_vec();
     Ok(stats)
 }

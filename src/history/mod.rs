@@ -19,6 +19,7 @@
 
 pub mod codec;
 pub mod export;
+pub mod playback;
 pub mod record;
 pub mod state_at;
 
@@ -38,7 +39,7 @@ use serde_json::Value;
 
 use crate::model::{EntityUpdate, FeedId};
 use crate::state::Journaled;
-use codec::{Decoder, Encoder, Record};
+use codec::{Change, Decoder, Encoder, Record};
 
 pub const DAY_MS: i64 = 86_400_000;
 
@@ -655,7 +656,7 @@ impl History {
     /// is said in `problems`, and the one before it is used; none readable is an
     /// error.
     pub fn state_at(&self, t_ms: i64) -> anyhow::Result<Snapshot> {
-        Ok(self.replay_from(t_ms)?.snap)
+        Ok(self.replay_from(t_ms)?.into_snapshot())
     }
 
     /// The latest segment starting at or before `t_ms`.
@@ -693,14 +694,17 @@ pub struct Replay {
     next_chunk: usize,
     /// Messages read and not yet decoded: topic, time, bytes.
     messages: VecDeque<(String, i64, Vec<u8>)>,
-    pending: VecDeque<Record>,
-    /// How many of `pending`'s first records come from the last keyframe (changes
-    /// against the state replayed so far, not counted as records after it).
-    from_keyframe: usize,
+    /// A changes message decoded up to a byte offset: its time, bytes, offset.
+    current: Option<(i64, Vec<u8>, usize)>,
+    /// The state replayed so far (the entities live in it, decoded in place).
     decoder: Decoder,
     keyframe_seen: bool,
+    /// The decoder's state follows the recording (false after a damaged message,
+    /// until the next keyframe).
+    synced: bool,
     /// Every record of the history has been handed over.
     ended: bool,
+    /// All but the entities, which [`Replay::snapshot`] takes from the decoder.
     snap: Snapshot,
 }
 
@@ -761,10 +765,10 @@ impl History {
             chunks: Vec::new(),
             next_chunk: 0,
             messages: VecDeque::new(),
-            pending: VecDeque::new(),
-            from_keyframe: 0,
+            current: None,
             decoder: Decoder::new(),
             keyframe_seen: false,
+            synced: false,
             ended: false,
             snap: Snapshot {
                 at_ms: t_ms,
@@ -778,9 +782,44 @@ impl History {
 }
 
 impl Replay {
-    /// The state as of the last step.
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.snap
+    /// The state as of the last step (its entities copied out).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            entities: self.entities(),
+            ..self.snap.clone()
+        }
+    }
+
+    /// The state as of the last step, the replay given up for it.
+    pub fn into_snapshot(mut self) -> Snapshot {
+        self.snap.entities = self.entities();
+        self.snap
+    }
+
+    fn entities(&self) -> BTreeMap<(FeedId, String), Entity> {
+        self.decoder
+            .alive()
+            .map(|(feed, at_ms, update)| {
+                (
+                    (feed, update.id.clone()),
+                    Entity {
+                        feed,
+                        at_ms,
+                        update: update.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The feeds the history names.
+    pub fn feeds(&self) -> &[FeedMeta] {
+        &self.snap.feeds
+    }
+
+    /// Damaged or cut-short segments met so far.
+    pub fn problems(&self) -> &[String] {
+        &self.snap.problems
     }
 
     /// Every record of the history has been handed over.
@@ -895,103 +934,75 @@ impl Replay {
         }
     }
 
-    fn take_message(&mut self, topic: &str, at_ms: i64, data: &[u8]) -> anyhow::Result<()> {
-        match topic {
-            KEYFRAME => {
-                self.decoder.reset();
-                let mut listed = Vec::new();
-                self.decoder
-                    .decode(at_ms, data, i64::MAX, |r| listed.push(r))
-                    .map_err(|e| anyhow::anyhow!("a damaged keyframe at {at_ms}: {e}"))?;
-                self.snap.keyframe_ms = Some(at_ms);
-                self.snap.segment = self.segments.get(self.seg).map(|s| s.1.clone());
-                self.snap.records = 0;
-                let before = self.pending.len();
-                // Only what differs from the state replayed so far is a change.
-                let mut present = std::collections::HashSet::new();
-                for r in listed {
-                    if let Record::Upsert { feed, update, .. } = &r {
-                        present.insert((*feed, update.id.clone()));
-                        let same = self
-                            .snap
-                            .entities
-                            .get(&(*feed, update.id.clone()))
-                            .is_some_and(|e| &e.update == update);
-                        if !same || !self.keyframe_seen {
-                            self.pending.push_back(r);
-                        }
-                    }
+    /// A keyframe: the decoder starts afresh from it; what differs from the state
+    /// replayed so far is handed over as changes (all of it at the first keyframe).
+    fn take_keyframe(
+        &mut self,
+        at_ms: i64,
+        data: &[u8],
+        each: &mut impl FnMut(Change<'_>),
+    ) -> anyhow::Result<()> {
+        let before = std::mem::take(&mut self.decoder);
+        let was: HashMap<(FeedId, &str), (usize, &EntityUpdate)> = before
+            .alive()
+            .enumerate()
+            .map(|(n, (feed, _, u))| ((feed, u.id.as_str()), (n, u)))
+            .collect();
+        let mut present = vec![false; was.len()];
+        let first = !self.synced;
+        let decoded = self.decoder.decode(at_ms, data, 0, i64::MAX, |c| {
+            if let Change::Upsert { feed, update, .. } = c {
+                let old = was.get(&(feed, update.id.as_str()));
+                if let Some((n, _)) = old {
+                    present[*n] = true;
                 }
-                let gone: Vec<(FeedId, String)> = self
-                    .snap
-                    .entities
-                    .keys()
-                    .filter(|k| !present.contains(*k))
-                    .cloned()
-                    .collect();
-                for (feed, id) in gone {
-                    self.pending.push_back(Record::Remove { feed, at_ms, id });
-                }
-                self.from_keyframe = self.pending.len() - before;
-                self.keyframe_seen = true;
-            }
-            CHANGES if self.keyframe_seen => {
-                let pending = &mut self.pending;
-                self.decoder
-                    .decode(at_ms, data, i64::MAX, |r| pending.push_back(r))
-                    .map_err(|e| anyhow::anyhow!("a damaged message at {at_ms}: {e}"))?;
-            }
-            HEALTH => {
-                if let Ok(line) = serde_json::from_slice::<Value>(data)
-                    && let Some(feed) = line["feed"].as_u64()
-                {
-                    self.snap.health.insert(feed as FeedId, line);
+                if first || old.is_none_or(|(_, u)| *u != update) {
+                    each(c);
                 }
             }
-            _ => {}
+        });
+        if let Err(e) = decoded {
+            self.synced = false;
+            return Err(anyhow::anyhow!("a damaged keyframe at {at_ms}: {e}"));
         }
+        for (n, (feed, _, u)) in before.alive().enumerate() {
+            if !present[n] {
+                each(Change::Remove {
+                    feed,
+                    at_ms,
+                    id: &u.id,
+                });
+            }
+        }
+        self.snap.keyframe_ms = Some(at_ms);
+        self.snap.segment = self.segments.get(self.seg).map(|s| s.1.clone());
+        self.snap.records = 0;
+        self.keyframe_seen = true;
+        self.synced = true;
         Ok(())
     }
 
     /// Hands over every change up to `to_ms`, in order, and stands there. A damaged
-    /// message ends its segment's reading (said in the snapshot's problems).
-    pub fn advance(&mut self, to_ms: i64, mut each: impl FnMut(&Record)) -> anyhow::Result<()> {
+    /// message ends its segment's reading (said in the snapshot's problems). The
+    /// changes are borrowed from the replay's state: copy what is kept.
+    pub fn advance(&mut self, to_ms: i64, mut each: impl FnMut(Change<'_>)) -> anyhow::Result<()> {
         loop {
-            while let Some(r) = self.pending.front() {
-                if r.at_ms() > to_ms {
-                    self.snap.at_ms = to_ms;
-                    return Ok(());
-                }
-                let r = self.pending.pop_front().expect("a front");
-                if self.from_keyframe > 0 {
-                    self.from_keyframe -= 1;
-                } else {
-                    self.snap.records += 1;
-                }
-                self.snap.data_until_ms = Some(
-                    self.snap
-                        .data_until_ms
-                        .map_or(r.at_ms(), |d| d.max(r.at_ms())),
-                );
-                each(&r);
-                match r {
-                    Record::Upsert {
-                        feed,
-                        at_ms,
-                        update,
-                    } => {
-                        self.snap.entities.insert(
-                            (feed, update.id.clone()),
-                            Entity {
-                                feed,
-                                at_ms,
-                                update,
-                            },
-                        );
+            if let Some((base_ms, data, from)) = self.current.take() {
+                let snap = &mut self.snap;
+                let decoded = self.decoder.decode(base_ms, &data, from, to_ms, |c| {
+                    snap.records += 1;
+                    snap.data_until_ms =
+                        Some(snap.data_until_ms.map_or(c.at_ms(), |d| d.max(c.at_ms())));
+                    each(c);
+                });
+                match decoded {
+                    Ok(Some(stopped)) => {
+                        self.current = Some((base_ms, data, stopped));
+                        self.snap.at_ms = to_ms;
+                        return Ok(());
                     }
-                    Record::Remove { feed, id, .. } => {
-                        self.snap.entities.remove(&(feed, id));
-                    }
+                    Ok(None) => {}
+                    Err(e) => self.damaged(format!("a damaged message at {base_ms}: {e}")),
                 }
             }
             let Some((topic, at_ms, data)) = self.next_message()? else {
@@ -1004,26 +1015,59 @@ impl Replay {
                 self.snap.at_ms = to_ms;
                 return Ok(());
             }
-            if let Err(e) = self.take_message(&topic, at_ms, &data) {
-                self.snap
-                    .problems
-                    .push(format!("{e:#}: the rest of the segment skipped"));
-                self.messages.clear();
-                self.next_chunk = self.chunks.len();
+            match topic.as_str() {
+                KEYFRAME => {
+                    let mut until = self.snap.data_until_ms;
+                    let r = self.take_keyframe(at_ms, &data, &mut |c: Change<'_>| {
+                        until = Some(until.map_or(c.at_ms(), |d| d.max(c.at_ms())));
+                        each(c);
+                    });
+                    self.snap.data_until_ms = until;
+                    if let Err(e) = r {
+                        self.damaged(format!("{e:#}"));
+                    }
+                }
+                CHANGES if self.synced => self.current = Some((at_ms, data, 0)),
+                HEALTH => {
+                    if let Ok(line) = serde_json::from_slice::<Value>(&data)
+                        && let Some(feed) = line["feed"].as_u64()
+                    {
+                        self.snap.health.insert(feed as FeedId, line);
+                    }
+                }
+                _ => {}
             }
         }
+    }
+
+    /// A damaged message: said, and the rest of its segment skipped; the state waits
+    /// for the next keyframe.
+    fn damaged(&mut self, problem: String) {
+        self.snap
+            .problems
+            .push(format!("{problem}: the rest of the segment skipped"));
+        self.messages.clear();
+        self.current = None;
+        self.next_chunk = self.chunks.len();
+        self.synced = false;
     }
 }
 
 /// A [`Replay`] read ahead on its own thread, so the frame only applies what it is
 /// handed (the timeline's playback): the thread decodes a second of data at a time, at
-/// most [`ReplayAhead::AHEAD_S`] seconds ahead of what was taken.
+/// most [`ReplayAhead::AHEAD_S`] seconds ahead of what was taken. The frame borrows
+/// the records; spent batches go back to the thread to be freed there, so the frame
+/// neither allocates nor frees for them.
 pub struct ReplayAhead {
     /// The state at the instant it started from, to show first.
     pub start: Snapshot,
     /// Batches: every record up to a data time.
     rx: Receiver<(i64, Vec<Record>)>,
-    front: VecDeque<Record>,
+    /// The batch being taken, and how far.
+    batch: Vec<Record>,
+    next: usize,
+    /// Spent batches, back to the thread.
+    spent: std::sync::mpsc::Sender<Vec<Record>>,
     /// The data time up to which every record has been received.
     complete_to_ms: i64,
     ended: bool,
@@ -1038,8 +1082,9 @@ impl ReplayAhead {
     /// Stands at `t_ms` (its state in `start`) and starts reading ahead from there.
     pub fn start(history: &History, t_ms: i64) -> anyhow::Result<Self> {
         let mut replay = history.replay_from(t_ms)?;
-        let start = replay.snapshot().clone();
+        let start = replay.snapshot();
         let (tx, rx) = std::sync::mpsc::sync_channel::<(i64, Vec<Record>)>(Self::AHEAD_S);
+        let (spent, spent_rx) = std::sync::mpsc::channel::<Vec<Record>>();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
@@ -1047,9 +1092,11 @@ impl ReplayAhead {
             .spawn(move || {
                 let mut to = t_ms;
                 while !stopping.load(Ordering::Relaxed) {
+                    // Freed here, not in the frame.
+                    while spent_rx.try_recv().is_ok() {}
                     to += 1000;
                     let mut batch = Vec::new();
-                    if let Err(e) = replay.advance(to, |r| batch.push(r.clone())) {
+                    if let Err(e) = replay.advance(to, |c| batch.push(c.to_record())) {
                         eprintln!("replay: {e:#}");
                         break;
                     }
@@ -1063,7 +1110,9 @@ impl ReplayAhead {
         Ok(Self {
             start,
             rx,
-            front: VecDeque::new(),
+            batch: Vec::new(),
+            next: 0,
+            spent,
             complete_to_ms: t_ms,
             ended: false,
             stop,
@@ -1071,16 +1120,23 @@ impl ReplayAhead {
         })
     }
 
-    /// Hands over, in order and by value, every record up to `to_ms` that the thread
-    /// has read; never waits. False when the reading is behind `to_ms` (shown as
-    /// "catching up"), or the history has ended.
-    pub fn take_until(&mut self, to_ms: i64, mut each: impl FnMut(Record)) -> bool {
+    /// Hands over, in order, every record up to `to_ms` that the thread has read;
+    /// never waits. False when the reading is behind `to_ms` (shown as "catching
+    /// up"), or the history has ended.
+    pub fn take_until(&mut self, to_ms: i64, mut each: impl FnMut(&Record)) -> bool {
         loop {
-            while let Some(r) = self.front.front() {
+            while let Some(r) = self.batch.get(self.next) {
                 if r.at_ms() > to_ms {
                     return true;
                 }
-                each(self.front.pop_front().expect("a front"));
+                each(r);
+                self.next += 1;
+            }
+            if !self.batch.is_empty() {
+                let spent = std::mem::take(&mut self.batch);
+                self.next = 0;
+                // A thread that has finished: dropped here instead.
+                let _ = self.spent.send(spent);
             }
             if self.complete_to_ms >= to_ms {
                 return true;
@@ -1089,7 +1145,8 @@ impl ReplayAhead {
                 Ok((upto, batch)) => {
                     self.complete_to_ms = upto;
                     self.ended = upto == i64::MAX;
-                    self.front.extend(batch);
+                    self.batch = batch;
+                    self.next = 0;
                 }
                 Err(TryRecvError::Empty) => return false,
                 Err(TryRecvError::Disconnected) => {
@@ -1102,7 +1159,7 @@ impl ReplayAhead {
 
     /// The history has no more records (the end of the recording).
     pub fn ended(&self) -> bool {
-        self.ended && self.front.is_empty()
+        self.ended && self.next >= self.batch.len()
     }
 }
 
@@ -1338,7 +1395,7 @@ mod tests {
         let truths = record_city(&dir, small());
         let history = History::open(&dir).unwrap();
         let mut replay = history.replay_from(truths[10].0).unwrap();
-        assert_matches(replay.snapshot(), &truths[10].1, truths[10].0);
+        assert_matches(&replay.snapshot(), &truths[10].1, truths[10].0);
         let mut live: BTreeMap<String, EntityUpdate> = replay
             .snapshot()
             .entities
@@ -1347,16 +1404,16 @@ mod tests {
             .collect();
         for (t, truth) in &truths[11..] {
             replay
-                .advance(*t, |r| match r {
-                    Record::Upsert { update, .. } => {
+                .advance(*t, |c| match c {
+                    Change::Upsert { update, .. } => {
                         live.insert(update.id.clone(), update.clone());
                     }
-                    Record::Remove { id, .. } => {
+                    Change::Remove { id, .. } => {
                         live.remove(id);
                     }
                 })
                 .unwrap();
-            assert_matches(replay.snapshot(), truth, *t);
+            assert_matches(&replay.snapshot(), truth, *t);
             assert_eq!(
                 live.keys().collect::<Vec<_>>(),
                 truth.keys().collect::<Vec<_>>(),
@@ -1366,11 +1423,7 @@ mod tests {
                 assert_eq!(live[id].fields, want.fields, "{id} at {t}");
             }
         }
-        assert!(
-            replay.snapshot().problems.is_empty(),
-            "{:?}",
-            replay.snapshot().problems
-        );
+        assert!(replay.problems().is_empty(), "{:?}", replay.problems());
         assert!(replay.ended());
 
         // Read ahead on its own thread: the same changes, handed over by value, and
@@ -1387,10 +1440,10 @@ mod tests {
             let waited = std::time::Instant::now();
             while !ahead.take_until(*t, |r| match r {
                 Record::Upsert { update, .. } => {
-                    live.insert(update.id.clone(), update);
+                    live.insert(update.id.clone(), update.clone());
                 }
                 Record::Remove { id, .. } => {
-                    live.remove(&id);
+                    live.remove(id);
                 }
             }) {
                 assert!(

@@ -211,6 +211,20 @@ pub enum Journaled {
     Remove { feed: FeedId, id: String },
 }
 
+/// What [`LiveState::check`] found an update to be.
+enum Checked {
+    Done(ApplyOutcome),
+    New {
+        local: Option<[f64; 2]>,
+        as_of: i64,
+    },
+    Changed {
+        slot: Slot,
+        local: Option<[f64; 2]>,
+        as_of: i64,
+    },
+}
+
 impl LiveState {
     /// Empty state; positions are indexed in `frame`'s local metres.
     pub fn new(frame: GeoFrame) -> Self {
@@ -320,64 +334,179 @@ impl LiveState {
         update: EntityUpdate,
         received_at_ms: i64,
     ) -> ApplyOutcome {
+        match self.check(feed, &update, received_at_ms) {
+            Checked::Done(outcome) => outcome,
+            Checked::New { local, as_of } => {
+                self.insert(feed, update, local, received_at_ms, as_of)
+            }
+            Checked::Changed { slot, local, as_of } => {
+                let entity = self.entities[slot as usize]
+                    .as_mut()
+                    .expect("a checked slot holds its entity");
+                entity.entity_type = update.entity_type;
+                entity.kind = update.kind;
+                entity.line = update.line;
+                entity.fields = update.fields;
+                entity.units = update.units;
+                entity.notes = update.notes;
+                self.changed_in_place(
+                    feed,
+                    slot,
+                    local,
+                    received_at_ms,
+                    as_of,
+                    update.position,
+                    update.observed_at_ms,
+                )
+            }
+        }
+    }
+
+    /// [`Self::apply`] of a borrowed update: what changed is copied into the entity
+    /// in place, so an update that moves a vehicle or changes a number allocates and
+    /// frees nothing (a replay applying its own records).
+    pub fn apply_ref(
+        &mut self,
+        feed: FeedId,
+        update: &EntityUpdate,
+        received_at_ms: i64,
+    ) -> ApplyOutcome {
+        match self.check(feed, update, received_at_ms) {
+            Checked::Done(outcome) => outcome,
+            Checked::New { local, as_of } => {
+                self.insert(feed, update.clone(), local, received_at_ms, as_of)
+            }
+            Checked::Changed { slot, local, as_of } => {
+                let entity = self.entities[slot as usize]
+                    .as_mut()
+                    .expect("a checked slot holds its entity");
+                if entity.entity_type != update.entity_type {
+                    entity.entity_type.clone_from(&update.entity_type);
+                }
+                if entity.kind != update.kind {
+                    entity.kind = update.kind.clone();
+                }
+                if entity.line != update.line {
+                    entity.line.clone_from(&update.line);
+                }
+                entity.fields.retain(|k, _| update.fields.contains_key(k));
+                for (k, v) in &update.fields {
+                    match entity.fields.get_mut(k) {
+                        Some(old) if old == v => {}
+                        Some(old) => *old = v.clone(),
+                        None => {
+                            entity.fields.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                if entity.units != update.units {
+                    entity.units.clone_from(&update.units);
+                }
+                if entity.notes != update.notes {
+                    entity.notes.clone_from(&update.notes);
+                }
+                self.changed_in_place(
+                    feed,
+                    slot,
+                    local,
+                    received_at_ms,
+                    as_of,
+                    update.position,
+                    update.observed_at_ms,
+                )
+            }
+        }
+    }
+
+    /// Whether an update is news: a new entity, a change to one, or nothing to do.
+    fn check(&mut self, feed: FeedId, update: &EntityUpdate, received_at_ms: i64) -> Checked {
         let local = update
             .position
             .map(|[lon, lat]| self.frame.local_from_wgs84(lon, lat));
         let as_of = as_of_ms(update.observed_at_ms, received_at_ms);
         let timed = update.observed_at_ms.is_some_and(|t| t == as_of);
-        let slots = self.slots_by_feed.entry(feed).or_default();
-        if let Some(&slot) = slots.get(update.id.as_str()) {
-            let Some(entity) = self.entities[slot as usize].as_mut() else {
-                return ApplyOutcome::OutOfOrder;
-            };
-            entity.seen_at_ms = entity.seen_at_ms.max(received_at_ms);
-            // An untimed update is as of its arrival, which is never before what we
-            // hold: the entity's time only moves forward.
-            let as_of = if timed {
-                as_of
-            } else {
-                as_of.max(entity.as_of_ms)
-            };
-            if as_of < entity.as_of_ms {
-                return ApplyOutcome::OutOfOrder;
-            }
-            if update.fields == entity.fields
-                && update.units == entity.units
-                && update.position == entity.position
-                && update.kind == entity.kind
-                && (!timed || as_of == entity.as_of_ms)
-            {
-                // The same values again; an untimed repeat still says they hold now.
-                if !timed {
-                    entity.as_of_ms = as_of;
-                }
-                return ApplyOutcome::Duplicate;
-            }
-            if entity.local != local {
-                self.index_stale.store(true, Ordering::Relaxed);
-            }
-            entity.entity_type = update.entity_type;
-            entity.kind = update.kind;
-            entity.position = update.position;
-            entity.local = local;
-            entity.line = update.line;
-            entity.observed_at_ms = update.observed_at_ms;
-            entity.received_at_ms = received_at_ms;
-            entity.as_of_ms = as_of;
-            entity.version += 1;
-            entity.fields = update.fields;
-            entity.units = update.units;
-            entity.notes = update.notes;
-            if let Some(journal) = &mut self.journal {
-                journal.push(Journaled::Upsert {
-                    feed,
-                    received_at_ms,
-                    update: entity.to_update(),
-                });
-            }
-            self.mark_changed(slot);
-            return ApplyOutcome::Updated;
+        let Some(&slot) = self
+            .slots_by_feed
+            .get(&feed)
+            .and_then(|slots| slots.get(update.id.as_str()))
+        else {
+            return Checked::New { local, as_of };
+        };
+        let Some(entity) = self.entities[slot as usize].as_mut() else {
+            return Checked::Done(ApplyOutcome::OutOfOrder);
+        };
+        entity.seen_at_ms = entity.seen_at_ms.max(received_at_ms);
+        // An untimed update is as of its arrival, which is never before what we
+        // hold: the entity's time only moves forward.
+        let as_of = if timed {
+            as_of
+        } else {
+            as_of.max(entity.as_of_ms)
+        };
+        if as_of < entity.as_of_ms {
+            return Checked::Done(ApplyOutcome::OutOfOrder);
         }
+        if update.fields == entity.fields
+            && update.units == entity.units
+            && update.position == entity.position
+            && update.kind == entity.kind
+            && (!timed || as_of == entity.as_of_ms)
+        {
+            // The same values again; an untimed repeat still says they hold now.
+            if !timed {
+                entity.as_of_ms = as_of;
+            }
+            return Checked::Done(ApplyOutcome::Duplicate);
+        }
+        Checked::Changed { slot, local, as_of }
+    }
+
+    /// The rest of a change written into `slot`'s entity: times, position, the
+    /// journal, the changed mark.
+    #[allow(clippy::too_many_arguments)]
+    fn changed_in_place(
+        &mut self,
+        feed: FeedId,
+        slot: Slot,
+        local: Option<[f64; 2]>,
+        received_at_ms: i64,
+        as_of: i64,
+        position: Option<[f64; 2]>,
+        observed_at_ms: Option<i64>,
+    ) -> ApplyOutcome {
+        let entity = self.entities[slot as usize]
+            .as_mut()
+            .expect("a checked slot holds its entity");
+        if entity.local != local {
+            self.index_stale.store(true, Ordering::Relaxed);
+        }
+        entity.position = position;
+        entity.local = local;
+        entity.observed_at_ms = observed_at_ms;
+        entity.received_at_ms = received_at_ms;
+        entity.as_of_ms = as_of;
+        entity.version += 1;
+        if let Some(journal) = &mut self.journal {
+            journal.push(Journaled::Upsert {
+                feed,
+                received_at_ms,
+                update: entity.to_update(),
+            });
+        }
+        self.mark_changed(slot);
+        ApplyOutcome::Updated
+    }
+
+    /// A new entity.
+    fn insert(
+        &mut self,
+        feed: FeedId,
+        update: EntityUpdate,
+        local: Option<[f64; 2]>,
+        received_at_ms: i64,
+        as_of: i64,
+    ) -> ApplyOutcome {
+        let slots = self.slots_by_feed.entry(feed).or_default();
         let slot = self.entities.len() as Slot;
         slots.insert(update.id.clone(), slot);
         if let Some(journal) = &mut self.journal {
@@ -598,6 +727,56 @@ mod tests {
         );
         assert_eq!(s.len(), 2);
         assert_eq!(s.count_for_feed(0), 1);
+    }
+
+    #[test]
+    fn a_borrowed_update_applies_exactly_as_one_handed_over() {
+        // Field set, changed and gone; units, line, type and kind changed; out of
+        // order, duplicate, untimed: both ways give the same outcomes and entities.
+        let mut steps = Vec::new();
+        for t in 1..=12i64 {
+            let mut u = update(
+                &format!("v{}", t % 3),
+                24.94 + t as f64 * 1e-4,
+                Some(t * 1000),
+                t as f64,
+            );
+            if t % 4 == 0 {
+                u.fields
+                    .insert("note".into(), FieldValue::Text(format!("n{t}")));
+                u.units.insert("speed".into(), "KMH".into());
+                u.line = Some(vec![[24.9, 60.1], [24.91 + t as f64 * 1e-3, 60.1]]);
+            }
+            if t % 5 == 0 {
+                u.entity_type = "Thing".into();
+                u.kind = EntityKind::Generic;
+                u.fields.remove("speed");
+            }
+            if t == 7 {
+                u.observed_at_ms = Some(500);
+            }
+            if t == 9 {
+                u.observed_at_ms = None;
+            }
+            steps.push(u.clone());
+            if t % 6 == 0 {
+                steps.push(u);
+            }
+        }
+        let (mut moved, mut borrowed) = (state(), state());
+        moved.keep_journal(true);
+        borrowed.keep_journal(true);
+        for (n, u) in steps.iter().enumerate() {
+            let a = moved.apply(0, u.clone(), 100 + n as i64);
+            let b = borrowed.apply_ref(0, u, 100 + n as i64);
+            assert_eq!(a, b, "step {n}");
+        }
+        let all = |s: &LiveState| -> Vec<String> {
+            s.iter().map(|(slot, e)| format!("{slot} {e:?}")).collect()
+        };
+        assert_eq!(all(&moved), all(&borrowed));
+        assert_eq!(moved.drain_changed(), borrowed.drain_changed());
+        assert_eq!(moved.drain_journal(), borrowed.drain_journal());
     }
 
     #[test]
