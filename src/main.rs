@@ -1649,7 +1649,8 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 screenshot: Some(app::ScreenshotRequest { out, size }),
                 desk,
                 drill: None,
-                history: None,
+                // Read by the timeline, standing at --at; nothing is recorded.
+                history: past.as_ref().map(|_| cli.history.clone()),
                 past,
             })
         }

@@ -516,11 +516,11 @@ fn road_segment_at(
 ) -> Option<u32> {
     // Segments are indexed by their first point: take enough neighbours that a long
     // segment passing under the click is among them.
-    live.state
+    live.shown()
         .nearest(at[0], at[1], 48)
         .into_iter()
         .filter_map(|slot| {
-            let e = live.state.entity(slot)?;
+            let e = live.shown().entity(slot)?;
             let line = e.line.as_ref()?;
             if !matches!(e.kind, EntityKind::TrafficFlow { .. })
                 || !domains.is_visible(live.domain_of(e.feed)?)

@@ -12,7 +12,7 @@ use bevy::prelude::*;
 
 use super::camera::CameraRig;
 use super::desk_ui::{DeskCommand, DeskState, RecommendationView};
-use super::live::{ChangedSlots, Live};
+use super::live::{Live, LiveChangedSlots};
 use super::scene::{FlatMaterial, bevy_mesh_with};
 use super::{AppSystems, City};
 use crate::dispatch::book::{Actor, Book, Incident, Severity};
@@ -705,7 +705,11 @@ fn desk_apply(desk: Option<ResMut<Desk>>, mut rig: ResMut<CameraRig>, city: Res<
 
 /// Alerts in the live feeds (NGSI-LD `Alert` entities, CAP feeds) raise incidents,
 /// once each. Alerts that arrived while the log was loading are read when it is ready.
-fn desk_alerts(desk: Option<ResMut<Desk>>, live: Option<Res<Live>>, changed: Res<ChangedSlots>) {
+fn desk_alerts(
+    desk: Option<ResMut<Desk>>,
+    live: Option<Res<Live>>,
+    changed: Res<LiveChangedSlots>,
+) {
     let (Some(mut desk), Some(live)) = (desk, live) else {
         return;
     };
@@ -779,7 +783,7 @@ struct Ranking {
 fn desk_recommend(
     desk: Option<ResMut<Desk>>,
     live: Option<Res<Live>>,
-    changed: Res<ChangedSlots>,
+    changed: Res<LiveChangedSlots>,
     city: Res<City>,
 ) {
     let (Some(mut desk), Some(live)) = (desk, live) else {
@@ -1347,7 +1351,7 @@ mod tests {
 
     #[test]
     fn units_are_ranked_off_the_frame_and_shown_for_the_selected_incident_only() {
-        use crate::app::live::{ChangedSlots, Live};
+        use crate::app::live::{Live, LiveChangedSlots};
         let map = crate::map::load_default().unwrap();
         let router = Router::new(&crate::map::graph::RoadGraph::from_map(&map));
         let mut desk = desk_with_an_incident("ranking");
@@ -1397,7 +1401,7 @@ mod tests {
         let mut app = App::new();
         app.insert_resource(crate::app::City { map, index })
             .insert_resource(live)
-            .insert_resource(ChangedSlots::default())
+            .insert_resource(LiveChangedSlots::default())
             .insert_resource(desk)
             .add_systems(Update, desk_recommend);
         let ranked = |app: &App| app.world().resource::<Desk>().recommendations.len();

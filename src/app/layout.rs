@@ -214,6 +214,8 @@ pub struct ShellContent<'a> {
     pub top_bar: Bar<'a>,
     pub hall_bar: Option<Bar<'a>>,
     pub kpi_strip: Option<Bar<'a>>,
+    /// The timeline (above the status bar), when the window records a history.
+    pub timeline: Option<Bar<'a>>,
     pub status_bar: Bar<'a>,
     /// The open side panels, any order.
     pub side: Vec<SidePanel<'a>>,
@@ -242,6 +244,7 @@ pub fn show_shell(
         top_bar,
         hall_bar,
         kpi_strip,
+        timeline,
         status_bar,
         mut side,
         steward,
@@ -254,6 +257,9 @@ pub fn show_shell(
         egui::Panel::top("kpi-strip").show(&mut root, |ui| kpi_strip(ui, out));
     }
     egui::Panel::bottom("status-bar").show(&mut root, |ui| status_bar(ui, out));
+    if let Some(timeline) = timeline {
+        egui::Panel::bottom("timeline").show(&mut root, |ui| timeline(ui, out));
+    }
     let below_bars = root.available_rect_before_wrap();
 
     // Drawing order: the left panel, then the right ones from the edge inwards.
@@ -687,6 +693,7 @@ mod shell_tests {
             }),
             hall_bar: None,
             kpi_strip: Some(Box::new(move |ui, _| kpi_strip_ui(ui, kpis))),
+            timeline: None,
             status_bar: Box::new(move |ui, _| status_bar_ui(ui, map, &stats, 60.0)),
             side,
             steward: steward_open.then(|| -> Bar<'_> {

@@ -24,6 +24,12 @@ pub struct Live {
     pub hall: Option<HallLive>,
     /// The history being recorded (`--history`), and what hands it the changes.
     pub recorder: Option<(crate::history::Recorder, crate::history::record::RecordTap)>,
+    /// The city as it stood at the timeline's past instant, shown instead of `state`
+    /// (which goes on taking in the feeds and recording).
+    pub replay: Option<LiveState>,
+    /// Counts the times the state shown was replaced (entering or leaving the past,
+    /// a seek): slots of one are not slots of the other, so the layers redraw all.
+    pub shown_epoch: u64,
 }
 
 /// A console's share of the hall's live layers.
@@ -46,7 +52,20 @@ impl Live {
             _running: Some(running),
             hall: None,
             recorder: None,
+            replay: None,
+            shown_epoch: 0,
         }
+    }
+
+    /// The state the views draw: the past while the timeline shows it, else now.
+    pub fn shown(&self) -> &LiveState {
+        self.replay.as_ref().unwrap_or(&self.state)
+    }
+
+    /// Shows `past` (or now, with `None`) from this frame on.
+    pub fn show(&mut self, past: Option<LiveState>) {
+        self.replay = past;
+        self.shown_epoch += 1;
     }
 
     /// Why the hall's live layers may be behind, in a console of a hall.
@@ -76,9 +95,15 @@ impl DomainVisibility {
     }
 }
 
-/// Slots changed this frame, for the layers to redraw.
+/// Slots of the shown state ([`Live::shown`]) changed this frame, for the layers
+/// to redraw.
 #[derive(Resource, Default)]
 pub struct ChangedSlots(pub Vec<u32>);
+
+/// Slots of the live state (now) changed this frame: what the desk reads for alerts
+/// and units, whatever the timeline shows.
+#[derive(Resource, Default)]
+pub struct LiveChangedSlots(pub Vec<u32>);
 
 /// Feeds to start, chosen on the command line.
 #[derive(Resource, Clone)]
@@ -99,6 +124,7 @@ pub struct FeedSetup {
 pub(super) fn plugin(app: &mut App) {
     app.init_resource::<DomainVisibility>()
         .init_resource::<ChangedSlots>()
+        .init_resource::<LiveChangedSlots>()
         .add_systems(Startup, start_live)
         .add_systems(Update, pump_feeds.in_set(AppSystems::Apply));
 }
@@ -115,6 +141,8 @@ fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
             _running: None,
             hall: None,
             recorder: None,
+            replay: None,
+            shown_epoch: 0,
         });
         return;
     }
@@ -137,6 +165,8 @@ fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
             _running: None,
             hall: live,
             recorder: None,
+            replay: None,
+            shown_epoch: 0,
         });
         return;
     }
@@ -165,8 +195,24 @@ fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
     commands.insert_resource(live);
 }
 
-fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>, time: Res<Time>) {
+pub(super) fn pump_feeds(
+    live: Option<ResMut<Live>>,
+    mut changed: ResMut<ChangedSlots>,
+    mut live_changed: ResMut<LiveChangedSlots>,
+    time: Res<Time>,
+) {
     let Some(mut live) = live else { return };
+    pump(&mut live, &time);
+    // Now's changes go to the desk; the views redraw what changed in what they show.
+    live_changed.0 = live.state.drain_changed();
+    changed.0 = match &mut live.replay {
+        Some(past) => past.drain_changed(),
+        None => live_changed.0.clone(),
+    };
+}
+
+/// Takes in what the feeds (or the hall) sent into the live state.
+fn pump(live: &mut Live, time: &Time) {
     let Live {
         feeds,
         state,
@@ -174,10 +220,10 @@ fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>, tim
         hall,
         recorder,
         _running,
-    } = &mut *live;
+        ..
+    } = live;
     if _running.is_none() && hall.is_none() {
         // A past state shown: nothing comes in, nothing expires.
-        changed.0 = state.drain_changed();
         return;
     }
     if let Some(hall) = hall {
@@ -196,7 +242,6 @@ fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>, tim
         // Standings (stale after, quarantined) from the hub's health; the hub
         // expires and removes, and says so.
         ingest.pump(state, 0);
-        changed.0 = state.drain_changed();
         return;
     }
     // The ingest's share of the frame: what is left waits for the next.
@@ -209,5 +254,4 @@ fn pump_feeds(live: Option<ResMut<Live>>, mut changed: ResMut<ChangedSlots>, tim
         // Handed over, never waited for.
         tap.tap(recorder, state, ingest, now_ms);
     }
-    changed.0 = state.drain_changed();
 }

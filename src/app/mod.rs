@@ -17,6 +17,7 @@ pub mod scene;
 pub mod snapshot;
 pub mod steward;
 pub mod theme;
+pub mod timeline;
 pub mod ui;
 
 use std::path::PathBuf;
@@ -55,7 +56,8 @@ pub struct AppOptions {
     /// A drill to play (`bench surge --window`): its feeds replace `feeds`, and the
     /// app exits when it is over.
     pub drill: Option<drill::DrillRun>,
-    /// Record every live change into this history folder (`--history`).
+    /// Record every live change into this history folder (`--history`), which the
+    /// timeline reads (with `past`: read only).
     pub history: Option<PathBuf>,
     /// Show the city as it stood at a past instant (`screenshot --at`): this recorded
     /// state instead of the feeds, and the clock stopped at its instant.
@@ -275,7 +277,19 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         steward::plugin,
         desk::plugin,
         labels::plugin,
+        timeline::plugin,
     ));
+    // The timeline reads the history the window records; a screenshot of the past
+    // stands paused at its instant.
+    match (&options.history, &options.past) {
+        (Some(dir), None) => {
+            app.insert_resource(timeline::Timeline::new(dir.clone()));
+        }
+        (Some(dir), Some(past)) => {
+            app.insert_resource(timeline::Timeline::paused_at(dir.clone(), past.at_ms));
+        }
+        (None, _) => {}
+    }
     let mut primary = app
         .world_mut()
         .query_filtered::<Entity, With<bevy::window::PrimaryWindow>>();

@@ -39,6 +39,7 @@ fn request_capture(
     time: Res<Time<Real>>,
     ready: Res<SceneReady>,
     live: Option<Res<super::live::Live>>,
+    timeline: Option<Res<super::timeline::Timeline>>,
     mut state: ResMut<SnapshotState>,
     mut exit: MessageWriter<AppExit>,
 ) {
@@ -59,7 +60,9 @@ fn request_capture(
                 .iter()
                 .all(|h| h.polls_ok + h.polls_failed > 0)
     });
-    if !ready.is_ready() || (!feeds_in && time.elapsed_secs() < 20.0) {
+    // A past instant: its state read and shown.
+    let past_in = timeline.is_none_or(|t| t.settled());
+    if !ready.is_ready() || !past_in || (!feeds_in && time.elapsed_secs() < 20.0) {
         state.settled_frames = 0;
         return;
     }

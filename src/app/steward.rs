@@ -58,8 +58,15 @@ fn reconcile_now(
     // The copy in progress and the most a frame spent on it; kept out of the resource
     // so that stepping it does not mark the reconciliation changed.
     mut copying: Local<Option<(ReconcileCopy, f64)>>,
+    mut epoch: Local<u64>,
 ) {
     let Some(live) = live else { return };
+    if std::mem::replace(&mut *epoch, live.shown_epoch) != live.shown_epoch {
+        // Another state shown (the timeline): its slots are not the copy's; start
+        // again on it now.
+        *copying = None;
+        governance.computed_ms = i64::MIN / 2;
+    }
     if let Some(pass) = &governance.running {
         if !pass.is_finished() {
             return;
@@ -84,7 +91,7 @@ fn reconcile_now(
         return;
     };
     let started = std::time::Instant::now();
-    let input = copy.step(&live.state, Budget::frame());
+    let input = copy.step(live.shown(), Budget::frame());
     most_ms = most_ms.max(started.elapsed().as_secs_f64() * 1000.0);
     let Some(input) = input else {
         *copying = Some((copy, most_ms));
@@ -136,9 +143,9 @@ fn fade_stale_markers(
     // Entities a winning source contradicts, worked out with the pass.
     let contradicted = &governance.reconciliation.contradicted;
     let held_out = |slot: u32| {
-        live.state
+        live.shown()
             .entity(slot)
-            .is_some_and(|e| live.state.standing(e, now) != Standing::Current)
+            .is_some_and(|e| live.shown().standing(e, now) != Standing::Current)
     };
     let magenta = magenta
         .get_or_insert_with(|| {

@@ -44,6 +44,8 @@ pub enum UiCommand {
     ToggleDesk,
     /// Open the desk's report form at the selected building.
     ReportIncidentHere,
+    /// The timeline: live, pause, play, seek.
+    Timeline(super::timeline::TimelineAction),
 }
 
 /// Where the 3D view is (the screen area no panel covers) and whether egui holds input.
@@ -98,6 +100,7 @@ struct ShellView<'w, 's> {
     live: Option<Res<'w, Live>>,
     domains: Res<'w, DomainVisibility>,
     governance: Res<'w, super::steward::Governance>,
+    timeline: Option<Res<'w, super::timeline::Timeline>>,
     ui_scale: Query<'w, 's, &'static super::WindowUiScale, With<bevy::window::PrimaryWindow>>,
 }
 
@@ -106,6 +109,8 @@ fn shell_ui(
     mut contexts: EguiContexts,
     mut styled: Local<bool>,
     mut kpis: Local<KpiStrip>,
+    // The timeline's marks, for the book's revision they were taken at.
+    mut marks: Local<(u64, Vec<super::timeline::Mark>)>,
     view: ShellView,
     mut layout: ResMut<ShellLayout>,
     mut ui_input: ResMut<UiInput>,
@@ -147,6 +152,19 @@ fn shell_ui(
         .unwrap_or(0.0);
     let now_ms = view.clock.now_ms();
     let as_of = view.clock.as_of_ms.is_some();
+    if let Some(book) = desk.as_ref().and_then(|d| d.book())
+        && (marks.0 != book.revision || marks.1.is_empty() != book.incidents.is_empty())
+    {
+        *marks = (book.revision, super::timeline::marks_of(book));
+    }
+    // Another state shown: the KPI pass in progress was over the other one.
+    if let Some(live) = &live
+        && kpis.epoch != live.shown_epoch
+    {
+        kpis.epoch = live.shown_epoch;
+        kpis.pass = None;
+        kpis.shown_at_ms = i64::MIN / 2;
+    }
     // KPIs twice a second, steadier to read than every frame; a pass over the whole
     // city is a frame's budget at a time, so no frame pays for all of it.
     if let Some(live) = &live {
@@ -155,7 +173,7 @@ fn shell_ui(
         }
         if let Some(pass) = &mut kpis.pass
             && let Some(figures) = pass.step(
-                &live.state,
+                live.shown(),
                 &governance.reconciliation.winner_of,
                 Budget::frame(),
             )
@@ -199,7 +217,7 @@ fn shell_ui(
                         ui,
                         &live.feeds,
                         &live.ingest.health,
-                        &live.state,
+                        live.shown(),
                         domains,
                         now_ms,
                         out,
@@ -214,7 +232,19 @@ fn shell_ui(
             tab: "Dispatch 调度",
             add: Box::new(|ui, _| {
                 if let Some(desk) = desk.borrow_mut().as_deref_mut() {
-                    super::desk::desk_panel_ui(ui, desk, Some((lon, lat)), now_ms, time)
+                    // The past is shown: nothing is issued from it (replay never
+                    // writes to the log).
+                    if as_of {
+                        ui.label(
+                            egui::RichText::new(
+                                "Replay: the desk shows the book as it is now;                                  commands are disabled until Live.",
+                            )
+                            .color(egui::Color32::from_rgb(0xF5, 0xA6, 0x23)),
+                        );
+                    }
+                    ui.add_enabled_ui(!as_of, |ui| {
+                        super::desk::desk_panel_ui(ui, desk, Some((lon, lat)), now_ms, time)
+                    });
                 }
             }),
         });
@@ -227,7 +257,7 @@ fn shell_ui(
                 entity_inspector_ui(
                     ui,
                     &live.feeds,
-                    &live.state,
+                    live.shown(),
                     slot,
                     now_ms,
                     time,
@@ -268,6 +298,25 @@ fn shell_ui(
         kpi_strip: live
             .is_some()
             .then(|| -> Bar<'_> { Box::new(|ui, _| kpi_strip_ui(ui, &kpis.shown)) }),
+        timeline: view.timeline.as_deref().map(|t| -> Bar<'_> {
+            let marks = &marks.1;
+            Box::new(move |ui, out| {
+                let shown = super::timeline::TimelineView {
+                    playback: t.playback,
+                    speed: t.speed,
+                    earliest_ms: t.earliest_ms,
+                    now_ms: crate::clock::unix_ms_now(),
+                    shown_ms: now_ms,
+                    seeking: t.seeking(),
+                    catching_up: t.catching_up,
+                    trouble: t.trouble.as_deref(),
+                    marks,
+                };
+                let mut actions = Vec::new();
+                super::timeline::timeline_bar_ui(ui, &shown, time, &mut actions);
+                out.extend(actions.into_iter().map(UiCommand::Timeline));
+            })
+        }),
         status_bar: Box::new(|ui, _| status_bar_ui(ui, map, stats, fps)),
         side,
         steward: match (steward_open, &live) {
@@ -782,6 +831,8 @@ pub struct KpiStrip {
     shown: CityKpis,
     shown_at_ms: i64,
     pass: Option<KpiPass>,
+    /// The [`Live::shown_epoch`] the figures are of.
+    epoch: u64,
 }
 
 pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
@@ -1343,9 +1394,15 @@ fn apply_ui_commands(
     live: Option<Res<Live>>,
     city: Res<City>,
     mut desk: Option<ResMut<super::desk::Desk>>,
+    mut timeline: Option<ResMut<super::timeline::Timeline>>,
 ) {
     for command in pending.0.drain(..) {
         match command {
+            UiCommand::Timeline(action) => {
+                if let Some(timeline) = timeline.as_deref_mut() {
+                    timeline.act(action, crate::clock::unix_ms_now());
+                }
+            }
             UiCommand::ToggleDesk => {
                 if let Some(desk) = desk.as_deref_mut() {
                     desk.open = !desk.open;
@@ -1378,7 +1435,7 @@ fn apply_ui_commands(
             UiCommand::FlyToEntity(slot) => {
                 if let Some([e, n]) = live
                     .as_ref()
-                    .and_then(|l| l.state.entity(slot))
+                    .and_then(|l| l.shown().entity(slot))
                     .and_then(|x| x.local)
                 {
                     let focus = Vec3::from_array(crate::geo_frame::world_from_local(e, n, 0.0));

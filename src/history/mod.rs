@@ -522,6 +522,15 @@ impl Recorder {
         }
     }
 
+    /// Asks for everything handed over so far to be written (a reader of the open
+    /// segment sees it then); does not wait.
+    pub fn flush_soon(&self) {
+        let (done, _) = std::sync::mpsc::channel();
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Msg::Flush(done));
+        }
+    }
+
     /// Changes dropped because the recorder was behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

@@ -90,16 +90,20 @@ fn update_heatmap(
     live: Option<Res<Live>>,
     handle: Option<Res<HeatmapHandle>>,
     mut materials: ResMut<Assets<HeatmapMaterial>>,
+    mut drawn_epoch: Local<u64>,
 ) {
     let (Some(live), Some(handle)) = (live, handle) else {
         return;
     };
-    let touches_air = changed.0.iter().any(|&s| {
-        matches!(
-            live.state.entity(s).map(|e| &e.kind),
-            Some(EntityKind::AirQuality { .. })
-        )
-    });
+    let shown = live.shown();
+    let epoch = std::mem::replace(&mut *drawn_epoch, live.shown_epoch) != live.shown_epoch;
+    let touches_air = epoch
+        || changed.0.iter().any(|&s| {
+            matches!(
+                shown.entity(s).map(|e| &e.kind),
+                Some(EntityKind::AirQuality { .. })
+            )
+        });
     if !touches_air {
         return;
     }
@@ -107,7 +111,7 @@ fn update_heatmap(
         return;
     };
     let mut n = 0;
-    for (_, e) in live.state.iter() {
+    for (_, e) in shown.iter() {
         if n == MAX_STATIONS {
             break;
         }

@@ -27,6 +27,8 @@ pub struct ChoroplethLayer {
     /// Areas drawn and the largest indicator value, for the legend.
     pub areas: usize,
     pub max_value: f64,
+    /// The [`Live::shown_epoch`] drawn.
+    epoch: u64,
 }
 
 pub(super) fn plugin(app: &mut App) {
@@ -74,16 +76,19 @@ fn update_choropleth(
     mut material: Local<Option<Handle<StandardMaterial>>>,
 ) {
     let Some(live) = live else { return };
-    // Redrawn when an area changes, or (while areas are drawn) when one may have gone.
-    let touched = changed.0.iter().any(|&s| match live.state.entity(s) {
-        Some(e) => is_indicator_area(e) || (layer.areas > 0 && is_area(e)),
-        None => layer.areas > 0,
-    });
+    // Redrawn when an area changes, or (while areas are drawn) when one may have gone,
+    // or another state is shown.
+    let shown = live.shown();
+    let epoch = std::mem::replace(&mut layer.epoch, live.shown_epoch) != live.shown_epoch;
+    let touched = epoch
+        || changed.0.iter().any(|&s| match shown.entity(s) {
+            Some(e) => is_indicator_area(e) || (layer.areas > 0 && is_area(e)),
+            None => layer.areas > 0,
+        });
     if !touched {
         return;
     }
-    let areas: Vec<(&LiveEntity, f64)> = live
-        .state
+    let areas: Vec<(&LiveEntity, f64)> = shown
         .iter()
         .filter(|(_, e)| is_indicator_area(e))
         .filter_map(|(_, e)| Some((e, e.fields.get(INDICATOR)?.as_f64()?)))

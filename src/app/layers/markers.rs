@@ -227,6 +227,8 @@ pub fn pulse_scale(now_s: f64) -> f32 {
 #[derive(Resource, Default)]
 pub struct MarkerLayer {
     by_slot: Vec<Option<Entity>>,
+    /// The [`Live::shown_epoch`] drawn.
+    epoch: u64,
     /// Changed slots not yet redrawn, and whether a slot is queued: a fleet-wide
     /// update is spread over a few frames instead of stalling one.
     pending: std::collections::VecDeque<Slot>,
@@ -336,7 +338,20 @@ pub fn update_markers(
 ) {
     let Some(live) = live else { return };
     let now = time.elapsed_secs_f64();
-    for &slot in &changed.0 {
+    let mut all = Vec::new();
+    if layer.epoch != live.shown_epoch {
+        // Another state shown (the timeline's past, or now again): every marker goes
+        // and the new state's are drawn, a budget a frame.
+        layer.epoch = live.shown_epoch;
+        for entity in layer.by_slot.drain(..).flatten() {
+            commands.entity(entity).despawn();
+        }
+        layer.counts.clear();
+        layer.pending.clear();
+        layer.queued.clear();
+        all = live.shown().iter().map(|(slot, _)| slot).collect();
+    }
+    for &slot in changed.0.iter().chain(&all) {
         let i = slot as usize;
         if layer.queued.len() <= i {
             layer.queued.resize(i + 1, false);
@@ -350,7 +365,7 @@ pub fn update_markers(
     let batch: Vec<Slot> = layer.pending.drain(..budget).collect();
     for slot in batch {
         layer.queued[slot as usize] = false;
-        let Some(e) = live.state.entity(slot) else {
+        let Some(e) = live.shown().entity(slot) else {
             // The entity has gone (left its feed, or expired): so does its marker.
             if let Some(Some(entity)) = layer.by_slot.get(slot as usize).copied() {
                 if let Ok((marker, ..)) = markers.get(entity) {

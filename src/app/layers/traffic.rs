@@ -52,8 +52,13 @@ struct TrafficChunk {
 #[derive(Resource, Default)]
 pub struct TrafficLayer {
     chunks: HashMap<[i32; 2], TrafficChunk>,
-    /// Live slot → segment number (texel of the colour texture).
+    /// Live slot → segment number (texel of the colour texture), in the state shown.
     segments: HashMap<u32, u32>,
+    /// Feed and id → segment number: a road keeps its ribbon and texel whichever state
+    /// is shown (now, or the timeline's past).
+    by_key: HashMap<(u32, String), u32>,
+    /// The [`Live::shown_epoch`] drawn.
+    epoch: u64,
     pub segment_count: usize,
     colours: Option<Handle<Image>>,
     material: Option<Handle<TrafficMaterial>>,
@@ -168,8 +173,16 @@ fn update_traffic(
     let layer = &mut *layer;
     // New colours, written into the texture at the end in one go.
     let mut writes: Vec<(u32, [u8; 4])> = Vec::new();
-    for &slot in &changed.0 {
-        let Some(e) = live.state.entity(slot) else {
+    let mut all = Vec::new();
+    if layer.epoch != live.shown_epoch {
+        // Another state shown: every road without data until the new state says.
+        layer.epoch = live.shown_epoch;
+        layer.segments.clear();
+        writes.extend((0..layer.segment_count as u32).map(|s| (s, no_data_texel())));
+        all = live.shown().iter().map(|(slot, _)| slot).collect();
+    }
+    for &slot in changed.0.iter().chain(&all) {
+        let Some(e) = live.shown().entity(slot) else {
             // The segment has left its feed: drawn as a road without data.
             if let Some(&segment) = layer.segments.get(&slot) {
                 writes.push((segment, no_data_texel()));
@@ -181,6 +194,11 @@ fn update_traffic(
         };
         let colour = texel(speed_colour(ratio));
         if let Some(&segment) = layer.segments.get(&slot) {
+            writes.push((segment, colour));
+            continue;
+        }
+        if let Some(&segment) = layer.by_key.get(&(e.feed, e.id.clone())) {
+            layer.segments.insert(slot, segment);
             writes.push((segment, colour));
             continue;
         }
@@ -220,6 +238,7 @@ fn update_traffic(
         }
         chunk.dirty = true;
         layer.segments.insert(slot, segment);
+        layer.by_key.insert((e.feed, e.id.clone()), segment);
         layer.segment_count += 1;
         writes.push((segment, colour));
     }
