@@ -49,6 +49,10 @@ pub struct Timeline {
     pub shown_ms: Option<i64>,
     /// The reading is behind the clock (playing faster than it decodes).
     pub catching_up: bool,
+    /// The user jumped (a seek): read from there, not played through.
+    jump: bool,
+    /// When the reader standing in the past was started.
+    read_since: Option<std::time::Instant>,
     /// Why the past could not be shown.
     pub trouble: Option<String>,
     /// Problems met reading the history (damaged segments, the one being written).
@@ -77,6 +81,8 @@ impl Timeline {
             reader: std::sync::Mutex::new(Reader::Idle),
             shown_ms: None,
             catching_up: false,
+            jump: false,
+            read_since: None,
             trouble: None,
             problems: Vec::new(),
         }
@@ -117,7 +123,10 @@ impl Timeline {
                     self.playback.play(speed.abs() * now_speed.signum(), now_ms);
                 }
             }
-            TimelineAction::Seek(t) => self.playback.seek(t, earliest, now_ms),
+            TimelineAction::Seek(t) => {
+                self.playback.seek(t, earliest, now_ms);
+                self.jump = true;
+            }
         }
         if self.playback.is_past() {
             self.trouble = None;
@@ -127,6 +136,7 @@ impl Timeline {
     /// A seek to `to_ms` on its own thread; a thread that cannot start is trouble,
     /// and the clock goes back to live.
     fn seek(&mut self, to_ms: i64) -> Reader {
+        self.jump = false;
         let dir = self.dir.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
@@ -204,11 +214,25 @@ fn drive_timeline(
             .unwrap_or_else(std::sync::PoisonError::into_inner),
         Reader::Idle,
     );
+    let playing = match timeline.playback.mode() {
+        Mode::Playing { speed } => speed,
+        _ => 0.0,
+    };
+    // Playing forwards faster than the history is read, the state lags the clock; a
+    // second's worth of play behind (two minutes at least), a seek catches up.
+    let lag_limit = PLAY_AHEAD_MAX_MS.max((playing.abs() * 1000.0) as i64);
     let next = match reader {
         Reader::Ahead(mut ahead)
-            if timeline
-                .shown_ms
-                .is_some_and(|s| target >= s && target - s <= PLAY_AHEAD_MAX_MS) =>
+            if !timeline.jump
+                && timeline.shown_ms.is_some_and(|s| {
+                    target >= s
+                        && target - s
+                            <= if playing > 0.0 {
+                                lag_limit
+                            } else {
+                                PLAY_AHEAD_MAX_MS
+                            }
+                }) =>
         {
             if let Some(past) = live.replay.as_mut() {
                 let whole = ahead.take_until(target, |r| match r {
@@ -223,15 +247,37 @@ fn drive_timeline(
                         past.remove(*feed, id);
                     }
                 });
-                timeline.catching_up = !whole && !ahead.ended();
-                timeline.shown_ms = Some(target);
+                let shown = timeline.shown_ms.unwrap_or(target);
+                let applied = if whole {
+                    target
+                } else {
+                    ahead.read_to_ms().clamp(shown, target)
+                };
+                timeline.shown_ms = Some(applied);
+                timeline.catching_up = applied < target;
             }
-            Reader::Ahead(ahead)
+            // At the end of what is written while the window goes on recording: the
+            // newest written out, and read again from here.
+            let stale_end = ahead.ended()
+                && playing > 0.0
+                && target < now - 2_000
+                && timeline
+                    .read_since
+                    .is_some_and(|t| t.elapsed().as_secs_f64() > 2.0);
+            if stale_end {
+                if let Some((recorder, _)) = &live.recorder {
+                    recorder.flush_soon();
+                }
+                timeline.seek(target)
+            } else {
+                Reader::Ahead(ahead)
+            }
         }
         // Backwards, or a jump: seek there (what is shown stays until it is read).
-        Reader::Ahead(ahead) if Some(target) == timeline.shown_ms => Reader::Ahead(ahead),
-        Reader::Ahead(_) => timeline.seek(target),
-        Reader::Idle => {
+        Reader::Ahead(ahead) if !timeline.jump && Some(target) == timeline.shown_ms => {
+            Reader::Ahead(ahead)
+        }
+        Reader::Ahead(_) | Reader::Idle => {
             // The newest changes written out, so the past reaches up to now.
             if let Some((recorder, _)) = &live.recorder {
                 recorder.flush_soon();
@@ -245,9 +291,8 @@ fn drive_timeline(
                 live.show(Some(past));
                 selection.entity = None;
                 timeline.shown_ms = Some(to_ms);
-                let forwards =
-                    matches!(timeline.playback.mode(), Mode::Playing { speed } if speed > 0.0);
-                if target != to_ms && !forwards {
+                timeline.read_since = Some(std::time::Instant::now());
+                if target != to_ms && playing <= 0.0 {
                     // Playing backwards (or moved on meanwhile): the next seek.
                     timeline.seek(target)
                 } else {

@@ -237,7 +237,8 @@ fn shell_ui(
                     if as_of {
                         ui.label(
                             egui::RichText::new(
-                                "Replay: the desk shows the book as it is now;                                  commands are disabled until Live.",
+                                "Replay: the desk shows the book as it is now; commands are disabled \
+                                 until Live.",
                             )
                             .color(egui::Color32::from_rgb(0xF5, 0xA6, 0x23)),
                         );

@@ -896,12 +896,13 @@ impl Decoder {
                         entity_type: strings[entity_type].clone(),
                         ..EMPTY.clone()
                     },
-                    alive: true,
+                    // Alive once wholly read: a record cut short by damage is no
+                    // entity anyone was handed.
+                    alive: false,
                 });
                 bases.len() - 1
             };
             let b = &mut bases[index];
-            b.alive = true;
             let at_ms = b.at_ms;
             let update = &mut b.update;
             update.observed_at_ms = if flags & HAS_OBSERVED != 0 {
@@ -974,6 +975,8 @@ impl Decoder {
                 update.notes =
                     serde_json::from_slice(b).map_err(|e| CodecError(format!("notes: {e}")))?;
             }
+            let b = &mut bases[index];
+            b.alive = true;
             let b = &bases[index];
             each(Change::Upsert {
                 feed: b.feed,

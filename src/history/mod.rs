@@ -410,6 +410,9 @@ impl HistoryWriter {
             return Ok(());
         }
         self.advance(at_ms)?;
+        // The changes gathered so far go first: messages stay in time order, so a
+        // reader stopping at the first one after an instant has read all before it.
+        self.flush_pending()?;
         let line = serde_json::json!({"feed": feed, "at_ms": at_ms, "health": health});
         self.health.insert(feed, line.clone());
         let bytes = serde_json::to_vec(&line)?;
@@ -971,6 +974,9 @@ impl Replay {
             }
         });
         if let Err(e) = decoded {
+            // The state handed over so far stands, not a keyframe read in part.
+            drop(was);
+            self.decoder = before;
             self.synced = false;
             return Err(anyhow::anyhow!("a damaged keyframe at {at_ms}: {e}"));
         }
@@ -1169,6 +1175,12 @@ impl ReplayAhead {
     /// The history has no more records (the end of the recording).
     pub fn ended(&self) -> bool {
         self.ended && self.next >= self.batch.len()
+    }
+
+    /// The data time up to which every record has been read (and handed over when
+    /// [`Self::take_until`] asked for it).
+    pub fn read_to_ms(&self) -> i64 {
+        self.complete_to_ms
     }
 }
 
@@ -1398,6 +1410,41 @@ mod tests {
 
     /// A replay stepping a second at a time hands over exactly the changes that make
     /// each second's state, across keyframes and segments.
+    #[test]
+    fn a_health_line_never_hides_the_changes_taken_in_before_it() {
+        // A change at 1000, the feed's health at 1100 in the same second: the state
+        // at 1050 holds the change.
+        let dir = temp_dir("health-order");
+        let feeds = vec![FeedMeta {
+            id: 0,
+            name: "sensors".into(),
+            domain: "ecology".into(),
+        }];
+        let mut writer = HistoryWriter::create(&dir, feeds, small()).unwrap();
+        let t0 = 1_800_000_000_000;
+        writer.upsert(0, t0, &sensor(1, t0)).unwrap();
+        writer.upsert(0, t0 + 1000, &sensor(2, t0 + 1000)).unwrap();
+        writer
+            .health(0, t0 + 1100, serde_json::json!({"freshness": "fresh"}))
+            .unwrap();
+        writer.upsert(0, t0 + 1200, &sensor(3, t0 + 1200)).unwrap();
+        writer.finish().unwrap();
+        let history = History::open(&dir).unwrap();
+        let ids = |t: i64| -> Vec<String> {
+            history
+                .state_at(t)
+                .unwrap()
+                .entities
+                .values()
+                .map(|e| e.update.id.clone())
+                .collect()
+        };
+        assert_eq!(ids(t0 + 1050).len(), 2, "{:?}", ids(t0 + 1050));
+        assert_eq!(ids(t0 + 1100).len(), 2);
+        assert_eq!(ids(t0 + 1200).len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_replay_stepping_forward_hands_over_what_was_live() {
         let dir = temp_dir("replay");
