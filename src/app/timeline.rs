@@ -256,6 +256,9 @@ fn drive_timeline(
                 timeline.shown_ms = Some(applied);
                 timeline.catching_up = applied < target;
             }
+            if ahead.problem_count() != timeline.problems.len() {
+                timeline.problems = ahead.problems();
+            }
             // At the end of what is written while the window goes on recording: the
             // newest written out, and read again from here.
             let stale_end = ahead.ended()
@@ -287,7 +290,7 @@ fn drive_timeline(
         Reader::Seeking { to_ms, rx } => match rx.try_recv() {
             Ok(Ok(ahead)) => {
                 let past = crate::history::state_at::live_state(&ahead.start, city.map.frame);
-                timeline.problems = ahead.start.problems.clone();
+                timeline.problems = ahead.problems();
                 live.show(Some(past));
                 selection.entity = None;
                 timeline.shown_ms = Some(to_ms);
@@ -359,6 +362,8 @@ pub struct TimelineView<'a> {
     pub seeking: bool,
     pub catching_up: bool,
     pub trouble: Option<&'a str>,
+    /// Problems met reading the history (damaged, cut short, being written).
+    pub problems: &'a [String],
     pub marks: &'a [Mark],
 }
 
@@ -449,6 +454,17 @@ pub fn timeline_bar_ui(
         }
         if let Some(trouble) = view.trouble {
             ui.label(egui::RichText::new(trouble).color(egui::Color32::LIGHT_RED));
+        }
+        if past && !view.problems.is_empty() {
+            let n = view.problems.len();
+            ui.label(
+                egui::RichText::new(format!(
+                    "⚠ {n} history note{}",
+                    if n == 1 { "" } else { "s" }
+                ))
+                .color(AMBER),
+            )
+            .on_hover_text(view.problems.join("\n"));
         }
     });
     scrubber_ui(ui, view, time, out);
@@ -587,6 +603,7 @@ mod tests {
 
     struct BarState {
         playback: Playback,
+        problems: Vec<String>,
         marks: Vec<Mark>,
         out: Vec<TimelineAction>,
     }
@@ -607,12 +624,14 @@ mod tests {
                         seeking: false,
                         catching_up: false,
                         trouble: None,
+                        problems: &s.problems,
                         marks: &s.marks,
                     };
                     timeline_bar_ui(ui, &view, &time, &mut s.out);
                 },
                 BarState {
                     playback,
+                    problems: vec!["zhongshu-1.mcap: a damaged chunk; skipped".into()],
                     // One incident, at the middle of the hour recorded.
                     marks: vec![Mark {
                         at_ms: NOW - 1_800_000,
@@ -631,6 +650,7 @@ mod tests {
         let mut h = bar(Playback::live());
         h.run();
         h.get_by_label("LIVE 实时");
+        assert!(h.query_by_label("⚠ 1 history note").is_none());
         h.get_by_label("▶").click();
         h.get_by_label("Live 实时").click();
         h.run();
@@ -649,6 +669,8 @@ mod tests {
         let mut h = bar(paused);
         h.run();
         h.get_by_label("PAUSED 暂停");
+        // What reading the past met is said (live, it is not the past's).
+        h.get_by_label("⚠ 1 history note");
         h.get_by_label("▶").click();
         h.run();
         h.get_by_label("Live 实时").click();

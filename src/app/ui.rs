@@ -311,6 +311,7 @@ fn shell_ui(
                     seeking: t.seeking(),
                     catching_up: t.catching_up,
                     trouble: t.trouble.as_deref(),
+                    problems: &t.problems,
                     marks,
                 };
                 let mut actions = Vec::new();

@@ -1086,6 +1086,8 @@ pub struct ReplayAhead {
     /// The data time up to which every record has been received.
     complete_to_ms: i64,
     ended: bool,
+    /// Problems met reading (the start's, then the thread's), in order.
+    problems: Arc<Mutex<Vec<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -1102,17 +1104,30 @@ impl ReplayAhead {
         let (spent, spent_rx) = std::sync::mpsc::channel::<Vec<Record>>();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
+        let problems = Arc::new(Mutex::new(start.problems.clone()));
+        let said = problems.clone();
         let thread = std::thread::Builder::new()
             .name("zhongshu-replay".into())
             .spawn(move || {
                 let mut to = t_ms;
+                let say = |problem: String| {
+                    if let Ok(mut p) = said.lock() {
+                        p.push(problem);
+                    }
+                };
+                let mut known = replay.problems().len();
                 while !stopping.load(Ordering::Relaxed) {
                     // Freed here, not in the frame.
                     while spent_rx.try_recv().is_ok() {}
                     to += 1000;
                     let mut batch = Vec::new();
-                    if let Err(e) = replay.advance(to, |c| batch.push(c.to_record())) {
-                        eprintln!("replay: {e:#}");
+                    let advanced = replay.advance(to, |c| batch.push(c.to_record()));
+                    for p in &replay.problems()[known..] {
+                        say(p.clone());
+                    }
+                    known = replay.problems().len();
+                    if let Err(e) = advanced {
+                        say(format!("reading stopped: {e:#}"));
                         break;
                     }
                     let last = replay.ended();
@@ -1130,6 +1145,7 @@ impl ReplayAhead {
             spent,
             complete_to_ms: t_ms,
             ended: false,
+            problems,
             stop,
             thread: Some(thread),
         })
@@ -1175,6 +1191,16 @@ impl ReplayAhead {
     /// The history has no more records (the end of the recording).
     pub fn ended(&self) -> bool {
         self.ended && self.next >= self.batch.len()
+    }
+
+    /// Problems met reading so far (damaged or missing segments), in order.
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// How many problems have been met (cheap to ask every frame).
+    pub fn problem_count(&self) -> usize {
+        self.problems.lock().map_or(0, |p| p.len())
     }
 
     /// The data time up to which every record has been read (and handed over when
