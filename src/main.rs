@@ -1321,6 +1321,9 @@ fn state_at(cli: &Cli, at: &str, history: &Path, load: &map::LoadOptions) -> any
     let at_ms = zhongshu::clock::parse_instant_ms(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?;
     let opened = zhongshu::history::History::open(history)?;
     let snap = opened.state_at(at_ms)?;
+    if let Some(note) = snap.after_the_end() {
+        eprintln!("zhongshu: {note}");
+    }
     let city = load_city(cli.map.as_deref(), load)?;
     let config = match &cli.dispatch {
         Some(path) => zhongshu::dispatch::config::DispatchConfig::load(path)?,
@@ -1617,6 +1620,9 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                     let snap = zhongshu::history::History::open(&cli.history)?.state_at(at_ms)?;
                     for problem in &snap.problems {
                         eprintln!("zhongshu: history: {problem}");
+                    }
+                    if let Some(note) = snap.after_the_end() {
+                        eprintln!("zhongshu: {note}");
                     }
                     eprintln!(
                         "zhongshu: the city as it stood at {}: {} entities",

@@ -1280,6 +1280,23 @@ fn record_then_state_at_gives_the_city_and_the_book_as_they_stood() {
     let mid: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(mid["dispatch"]["open_incidents"][0]["orders"], 0);
     assert_eq!(mid["dispatch"]["orders_by_status"], serde_json::json!({}));
+    // Well after the end: the city as it stood at the end, said.
+    let out = state_at(ended + 600_000);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("the recording ends at"), "{stderr}");
+    let late: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(late["entities"], end["entities"]);
+    assert!(
+        late["history"]["after_the_end"].is_string(),
+        "{}",
+        late["history"]
+    );
+    assert!(
+        end["history"]["after_the_end"].is_null(),
+        "{}",
+        end["history"]
+    );
     // Before the history: said, with when it starts.
     let out = state_at(started - 60_000);
     assert!(!out.status.success());

@@ -629,6 +629,24 @@ pub struct Snapshot {
     pub data_until_ms: Option<i64>,
     /// Damaged or cut-short segments met, said, and read as far as they go.
     pub problems: Vec<String>,
+    /// The recording holds nothing after `data_until_ms`: the instant lies at or
+    /// after its end.
+    pub recording_ended: bool,
+}
+
+impl Snapshot {
+    /// When the instant lies well after the recording's end (a minute or more), a
+    /// line saying so: the city shown is as it stood at the end.
+    pub fn after_the_end(&self) -> Option<String> {
+        let until = self.data_until_ms?;
+        (self.recording_ended && self.at_ms - until >= 60_000).then(|| {
+            format!(
+                "the recording ends at {} ({} s before the time asked): the city is as it stood then",
+                crate::clock::rfc3339_from_unix_ms(until),
+                (self.at_ms - until) / 1000
+            )
+        })
+    }
 }
 
 /// A history folder opened for reading.
@@ -798,6 +816,7 @@ impl Replay {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             entities: self.entities(),
+            recording_ended: self.ended,
             ..self.snap.clone()
         }
     }
@@ -805,6 +824,7 @@ impl Replay {
     /// The state as of the last step, the replay given up for it.
     pub fn into_snapshot(mut self) -> Snapshot {
         self.snap.entities = self.entities();
+        self.snap.recording_ended = self.ended;
         self.snap
     }
 

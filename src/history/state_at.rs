@@ -122,6 +122,7 @@ pub fn state_json(snap: &Snapshot, frame: GeoFrame, dispatch: Value) -> Value {
             "keyframe": snap.keyframe_ms.map(rfc3339_from_unix_ms),
             "records_after_keyframe": snap.records,
             "data_until": snap.data_until_ms.map(rfc3339_from_unix_ms),
+            "after_the_end": snap.after_the_end(),
             "problems": snap.problems,
         },
         "entities": snap.entities.len(),
