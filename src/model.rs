@@ -361,6 +361,24 @@ impl EntityKind {
     }
 }
 
+/// Makes `fields` equal to `new`, in place: fields gone are dropped, and only new or
+/// changed values are copied (a vehicle's moved speed allocates nothing).
+pub fn copy_changed_fields(
+    fields: &mut BTreeMap<String, FieldValue>,
+    new: &BTreeMap<String, FieldValue>,
+) {
+    fields.retain(|k, _| new.contains_key(k));
+    for (k, v) in new {
+        match fields.get_mut(k) {
+            Some(old) if old == v => {}
+            Some(old) => *old = v.clone(),
+            None => {
+                fields.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
 /// One observation of one entity, as decoded from a feed payload.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EntityUpdate {

@@ -153,7 +153,7 @@ fn shell_ui(
     let now_ms = view.clock.now_ms();
     let as_of = view.clock.as_of_ms.is_some();
     if let Some(book) = desk.as_ref().and_then(|d| d.book())
-        && (marks.0 != book.revision || marks.1.is_empty() != book.incidents.is_empty())
+        && marks.0 != book.revision
     {
         *marks = (book.revision, super::timeline::marks_of(book));
     }

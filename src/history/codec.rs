@@ -108,25 +108,14 @@ const LINE_CHANGED: u8 = 1 << 5;
 const UNITS_CHANGED: u8 = 1 << 6;
 const NOTES_CHANGED: u8 = 1 << 7;
 /// The second flags byte: the type changed; the kind is what the fields say
-/// ([`derived_kind`]), so it is not written.
+/// ([`derive_kind`]), so it is not written.
 const TYPE_CHANGED: u8 = 1;
 const KIND_DERIVED: u8 = 2;
 
 /// The kind the decoders would read from these fields (the same attribute names),
-/// a value no field gives kept from `base` (the entity's previous kind): when an
+/// worked out in place from `kind`, the entity's previous kind, which keeps any value
+/// no field gives; nothing is allocated for a text that did not change. When an
 /// update's kind is this, the history writes nothing for it.
-pub fn derived_kind(
-    entity_type: &str,
-    fields: &BTreeMap<String, FieldValue>,
-    base: &EntityKind,
-) -> EntityKind {
-    let mut kind = base.clone();
-    derive_kind(entity_type, fields, &mut kind);
-    kind
-}
-
-/// [`derived_kind`] in place: `kind` (the entity's previous kind) takes what the
-/// fields say; nothing is allocated for a text that did not change.
 pub fn derive_kind(
     entity_type: &str,
     fields: &BTreeMap<String, FieldValue>,
@@ -518,16 +507,7 @@ impl Encoder {
                 if line_changed {
                     kept.line = kept_line(&update.line);
                 }
-                kept.fields.retain(|k, _| update.fields.contains_key(k));
-                for (k, v) in &update.fields {
-                    match kept.fields.get_mut(k) {
-                        Some(old) if old == v => {}
-                        Some(old) => *old = v.clone(),
-                        None => {
-                            kept.fields.insert(k.clone(), v.clone());
-                        }
-                    }
-                }
+                crate::model::copy_changed_fields(&mut kept.fields, &update.fields);
                 if flags & UNITS_CHANGED != 0 {
                     kept.units.clone_from(&update.units);
                 }

@@ -340,9 +340,7 @@ impl LiveState {
                 self.insert(feed, update, local, received_at_ms, as_of)
             }
             Checked::Changed { slot, local, as_of } => {
-                let entity = self.entities[slot as usize]
-                    .as_mut()
-                    .expect("a checked slot holds its entity");
+                let entity = self.checked(slot);
                 entity.entity_type = update.entity_type;
                 entity.kind = update.kind;
                 entity.line = update.line;
@@ -377,9 +375,7 @@ impl LiveState {
                 self.insert(feed, update.clone(), local, received_at_ms, as_of)
             }
             Checked::Changed { slot, local, as_of } => {
-                let entity = self.entities[slot as usize]
-                    .as_mut()
-                    .expect("a checked slot holds its entity");
+                let entity = self.checked(slot);
                 if entity.entity_type != update.entity_type {
                     entity.entity_type.clone_from(&update.entity_type);
                 }
@@ -389,16 +385,7 @@ impl LiveState {
                 if entity.line != update.line {
                     entity.line.clone_from(&update.line);
                 }
-                entity.fields.retain(|k, _| update.fields.contains_key(k));
-                for (k, v) in &update.fields {
-                    match entity.fields.get_mut(k) {
-                        Some(old) if old == v => {}
-                        Some(old) => *old = v.clone(),
-                        None => {
-                            entity.fields.insert(k.clone(), v.clone());
-                        }
-                    }
-                }
+                crate::model::copy_changed_fields(&mut entity.fields, &update.fields);
                 if entity.units != update.units {
                     entity.units.clone_from(&update.units);
                 }
@@ -416,6 +403,13 @@ impl LiveState {
                 )
             }
         }
+    }
+
+    /// The entity in a slot [`Self::check`] found holding one.
+    fn checked(&mut self, slot: Slot) -> &mut LiveEntity {
+        self.entities[slot as usize]
+            .as_mut()
+            .expect("a checked slot holds its entity")
     }
 
     /// Whether an update is news: a new entity, a change to one, or nothing to do.
@@ -474,6 +468,7 @@ impl LiveState {
         position: Option<[f64; 2]>,
         observed_at_ms: Option<i64>,
     ) -> ApplyOutcome {
+        // Fields apart: the index flag and the journal are written beside it.
         let entity = self.entities[slot as usize]
             .as_mut()
             .expect("a checked slot holds its entity");
