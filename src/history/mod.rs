@@ -625,7 +625,8 @@ pub struct Snapshot {
     pub keyframe_ms: Option<i64>,
     /// Records applied after the keyframe.
     pub records: u64,
-    /// The newest data time seen at or before `at_ms`.
+    /// The newest data time seen at or before `at_ms` (a change, a keyframe or a
+    /// health line).
     pub data_until_ms: Option<i64>,
     /// Damaged or cut-short segments met, said, and read as far as they go.
     pub problems: Vec<String>,
@@ -1050,6 +1051,9 @@ impl Replay {
                 self.snap.at_ms = to_ms;
                 return Ok(());
             }
+            // A keyframe or a health line is data of its time too: a recording that
+            // went on with nothing changing (or nothing left) has not ended.
+            self.snap.data_until_ms = Some(self.snap.data_until_ms.map_or(at_ms, |d| d.max(at_ms)));
             match topic.as_str() {
                 KEYFRAME => {
                     let mut until = self.snap.data_until_ms;
@@ -1488,6 +1492,36 @@ mod tests {
         assert_eq!(ids(t0 + 1050).len(), 2, "{:?}", ids(t0 + 1050));
         assert_eq!(ids(t0 + 1100).len(), 2);
         assert_eq!(ids(t0 + 1200).len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_recording_that_goes_on_with_nothing_changing_has_not_ended() {
+        // A change at the start, then only health lines for two minutes.
+        let dir = temp_dir("quiet-end");
+        let feeds = vec![FeedMeta {
+            id: 0,
+            name: "sensors".into(),
+            domain: "ecology".into(),
+        }];
+        let mut writer = HistoryWriter::create(&dir, feeds, small()).unwrap();
+        let t0 = 1_800_000_000_000;
+        writer.upsert(0, t0, &sensor(1, t0)).unwrap();
+        for s in 1..=120i64 {
+            let health = serde_json::json!({"polls": s});
+            writer.health(0, t0 + s * 1000, health).unwrap();
+        }
+        writer.finish().unwrap();
+        let history = History::open(&dir).unwrap();
+        let at = history.state_at(t0 + 130_000).unwrap();
+        assert_eq!(at.data_until_ms, Some(t0 + 120_000));
+        assert_eq!(at.after_the_end(), None);
+        let late = history.state_at(t0 + 200_000).unwrap();
+        assert!(
+            late.after_the_end().unwrap().contains("80 s"),
+            "{:?}",
+            late.after_the_end()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
