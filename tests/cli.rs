@@ -1439,5 +1439,29 @@ fn record_then_state_at_gives_the_city_and_the_book_as_they_stood() {
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
-    assert!(first.wait().unwrap().success());
+    // Killed (kill -9) a few seconds in: what it took in up to about a second before
+    // is there to read, though its segment was never finished.
+    while waited.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    first.kill().unwrap();
+    let _ = first.wait();
+    let killed = zhongshu::clock::unix_ms_now();
+    let out = zhongshu()
+        .args(["state-at", "--at", &killed.to_string(), "--history"])
+        .arg(&history)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let after: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(after["entities"].as_u64().unwrap() > 0, "{after}");
+    let until = after["history"]["data_until"].as_str().unwrap();
+    let until_ms = zhongshu::clock::parse_instant_ms(until).unwrap();
+    assert!(
+        killed - until_ms < 3_000,
+        "the last {} ms before the kill were lost: {}",
+        killed - until_ms,
+        after["history"]
+    );
 }

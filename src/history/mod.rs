@@ -419,8 +419,8 @@ impl HistoryWriter {
         self.write(|s| s.health, at_ms, &bytes)
     }
 
-    /// Writes what is gathered (the data stays readable by a reader of the open
-    /// segment up to the last whole chunk).
+    /// Writes what is gathered and closes the open chunk: a reader of the open
+    /// segment, or one after a crash, reads all of it.
     pub fn flush(&mut self) -> anyhow::Result<()> {
         self.flush_pending()?;
         if let Some(s) = self.segment.as_mut() {
@@ -461,6 +461,9 @@ pub struct Recorder {
 
 /// Batches of changes the recorder's queue holds before it drops new ones.
 const QUEUE: usize = 4096;
+
+/// The recorder closes its open chunk (and writes it out) at least this often.
+const CHUNK_EVERY: Duration = Duration::from_secs(1);
 
 impl Recorder {
     pub fn start(
@@ -569,8 +572,13 @@ fn record(mut writer: HistoryWriter, rx: Receiver<Msg>, stats: Arc<Mutex<WriterS
             writer.stats.last_error = Some(format!("{e:#}"));
         }
     };
+    // The open chunk is closed and written at least this often: what it holds is
+    // readable by others then, and a crash (kill -9, power) loses no more.
+    let mut written = std::time::Instant::now();
     loop {
-        match rx.recv_timeout(Duration::from_millis(500)) {
+        let message = rx.recv_timeout(Duration::from_millis(500));
+        let quiet = matches!(message, Err(RecvTimeoutError::Timeout));
+        match message {
             Ok(Msg::Journal(at_ms, changes)) => {
                 let r = writer.journal(at_ms, &changes);
                 note(&mut writer, r);
@@ -584,12 +592,13 @@ fn record(mut writer: HistoryWriter, rx: Receiver<Msg>, stats: Arc<Mutex<WriterS
                 note(&mut writer, r);
                 let _ = done.send(());
             }
-            Err(RecvTimeoutError::Timeout) => {
-                // Quiet: what is gathered goes out, readable by others.
-                let r = writer.flush_pending();
-                note(&mut writer, r);
-            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if quiet || written.elapsed() >= CHUNK_EVERY {
+            let r = writer.flush();
+            note(&mut writer, r);
+            written = std::time::Instant::now();
         }
         if let Ok(mut s) = stats.lock() {
             *s = writer.stats.clone();
@@ -1675,6 +1684,51 @@ mod tests {
             .err()
             .unwrap();
         assert!(second.to_string().contains("another recorder"), "{second}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What a running recorder took in is readable by others within about a second,
+    /// without a flush asked for and long before a keyframe: the open chunk is closed
+    /// and written on a cadence, so a crash (kill -9) loses no more than that.
+    #[test]
+    fn a_running_recorder_is_readable_within_a_second() {
+        let dir = temp_dir("readable-while-running");
+        let options = HistoryOptions {
+            keyframe_ms: 600_000,
+            ..small()
+        };
+        let recorder = Recorder::start(&dir, Vec::new(), options).unwrap();
+        let mut state = LiveState::new(crate::geo_frame::GeoFrame::new(24.94, 60.17));
+        state.keep_journal(true);
+        for s in 0..4i64 {
+            let t = T0 + s * 1000;
+            for i in 0..60u64 {
+                state.apply(0, sensor(i, t), t);
+            }
+            assert!(recorder.journal(t, state.drain_journal()));
+        }
+        let want: Truth = (0..60u64)
+            .filter_map(|i| state.get(0, &format!("urn:ngsi-ld:Vehicle:bus-{i}")))
+            .map(|e| (e.id.clone(), e.to_update()))
+            .collect();
+        let waited = std::time::Instant::now();
+        let snap = loop {
+            let snap = History::open(&dir).and_then(|h| h.state_at(T0 + 3_500));
+            if let Ok(snap) = &snap
+                && snap.entities.len() == 60
+                && snap.data_until_ms == Some(T0 + 3000)
+            {
+                break snap.clone();
+            }
+            assert!(
+                waited.elapsed() < Duration::from_secs(5),
+                "not readable while recording: {:?}",
+                snap.map(|s| (s.entities.len(), s.data_until_ms, s.problems))
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_matches(&snap, &want, T0 + 3_500);
+        drop(recorder);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
