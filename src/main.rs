@@ -268,6 +268,11 @@ enum Command {
         /// The URL clients reach the open data at, for the catalog's links.
         #[arg(long, value_name = "URL", requires = "open_data")]
         open_data_url: Option<String>,
+        /// Days of the hall's history kept (recorded by the active hub under
+        /// --history DIR/hub-HALL and shared with every console through the hall's
+        /// object store); --no-history records none.
+        #[arg(long, value_name = "DAYS", default_value_t = 7.0)]
+        retention_days: f64,
     },
     /// Print the hall's state as one JSON object (needs --nats URL --hall NAME):
     /// the active hub and since when, standby hubs, consoles (user, role, last seen),
@@ -1350,6 +1355,26 @@ fn state_at(cli: &Cli, at: &str, history: &Path, load: &map::LoadOptions) -> any
     Ok(())
 }
 
+/// The history a command reads: `--history`, or with `--nats`/`--hall` the hall's
+/// (recorded by its hub), mirrored first into `--history/hall-HALL`.
+fn history_dir(cli: &Cli, what: &str) -> anyhow::Result<PathBuf> {
+    if cli.nats.is_none() && cli.hall.is_none() {
+        return Ok(cli.history.clone());
+    }
+    let (nats, hall) = hall_nats(cli, what)?;
+    let dir = zhongshu::hall::history::mirror_dir(&cli.history, &hall);
+    let mut mirror =
+        zhongshu::hall::history::Mirror::open(&nats, &hall, &dir).map_err(anyhow::Error::msg)?;
+    let report = mirror.sync(&nats).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "zhongshu: the hall's history: {} segments ({} fetched) in {}",
+        report.segments,
+        report.fetched,
+        dir.display()
+    );
+    Ok(dir)
+}
+
 /// `zhongshu export`: a window of the history as GeoJSON lines.
 fn export(from: &str, to: &str, out: &Path, format: &str, history: &Path) -> anyhow::Result<()> {
     use std::io::Write;
@@ -1613,11 +1638,16 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             if at.is_some() && cli.user.is_some() {
                 bail!("--at shows the recorded city; the dispatch desk (--user) is live: give one");
             }
+            // With --nats/--hall: the hall's history, mirrored.
+            let history = match at {
+                Some(_) => history_dir(&cli, "screenshot")?,
+                None => cli.history.clone(),
+            };
             let past = match at {
                 Some(at) => {
                     let at_ms = zhongshu::clock::parse_instant_ms(&at)
                         .map_err(|e| anyhow::anyhow!("--at: {e}"))?;
-                    let snap = zhongshu::history::History::open(&cli.history)?.state_at(at_ms)?;
+                    let snap = zhongshu::history::History::open(&history)?.state_at(at_ms)?;
                     for problem in &snap.problems {
                         eprintln!("zhongshu: history: {problem}");
                     }
@@ -1656,7 +1686,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 desk,
                 drill: None,
                 // Read by the timeline, standing at --at; nothing is recorded.
-                history: past.as_ref().map(|_| cli.history.clone()),
+                history: past.as_ref().map(|_| history.clone()),
                 past,
             })
         }
@@ -1706,6 +1736,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             open_data_keys,
             open_data_log,
             open_data_url,
+            retention_days,
         } => {
             let open_data = match (open_data, open_data_keys) {
                 (Some(addr), Some(keys)) => Some(OpenDataFlags {
@@ -1718,7 +1749,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 }),
                 _ => None,
             };
-            run_hub(&cli, open_data)
+            run_hub(&cli, open_data, retention_days)
         }
         Command::HallStatus => hall_status(&cli),
         Command::Audit(AuditCommand::Verify { .. }) if cli.nats.is_some() => {
@@ -1789,13 +1820,15 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             for_secs,
             retention_days,
         } => record(&cli, for_secs, &cli.history, retention_days, &map_load),
-        Command::StateAt { ref at } => state_at(&cli, at, &cli.history, &map_load),
+        Command::StateAt { ref at } => {
+            state_at(&cli, at, &history_dir(&cli, "state-at")?, &map_load)
+        }
         Command::Export {
             ref from,
             ref to,
             ref out,
             ref format,
-        } => export(from, to, out, format, &cli.history),
+        } => export(from, to, out, format, &history_dir(&cli, "export")?),
         Command::Audit(AuditCommand::Seal { db }) => {
             if !db.exists() {
                 bail!("no event log at {}", db.display());
@@ -2334,7 +2367,7 @@ fn hall_nats(cli: &Cli, what: &str) -> anyhow::Result<(zhongshu::nats::Nats, Str
     Ok((nats, hall.clone()))
 }
 
-fn run_hub(cli: &Cli, open_data: Option<OpenDataFlags>) -> anyhow::Result<()> {
+fn run_hub(cli: &Cli, open_data: Option<OpenDataFlags>, retention_days: f64) -> anyhow::Result<()> {
     use zhongshu::hall::hub::{HubOptions, HubState};
     if cli.nats_domain.is_some() {
         bail!(
@@ -2394,6 +2427,12 @@ fn run_hub(cli: &Cli, open_data: Option<OpenDataFlags>) -> anyhow::Result<()> {
             map: city.clone(),
             seed: 1,
             open_data,
+            history: (!cli.no_history).then(|| zhongshu::hall::live::HubHistory {
+                dir: cli.history.join(format!("hub-{hall}")),
+                retention: std::time::Duration::from_secs_f64(
+                    (retention_days * 86_400.0).clamp(60.0, 3650.0 * 86_400.0),
+                ),
+            }),
         }),
     };
     use std::io::Write;

@@ -262,6 +262,8 @@ fn hub(
             "--dispatch",
         ])
         .arg(dispatch)
+        .arg("--history")
+        .arg(dispatch.parent().unwrap().join("history"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -481,6 +483,8 @@ fn the_hub_polls_the_halls_feeds_and_hall_status_shows_its_live_layers() {
         ])
         .arg("--feeds")
         .arg(&feeds)
+        .arg("--history")
+        .arg(dir.join("hub-history"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -573,6 +577,53 @@ fn the_hub_polls_the_halls_feeds_and_hall_status_shows_its_live_layers() {
         .find(|i| i.kind == "waterlogging")
         .unwrap();
     assert!(flood.title.contains("city-wide"), "{}", flood.title);
+
+    // The hall's history, recorded by the hub: state-at on the hall (a machine that
+    // never saw it live) gives both alerts and both incidents.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        let out = zhongshu()
+            .args(["state-at", "--nats", &url, "--hall", "city", "--at"])
+            .arg(zhongshu::clock::unix_ms_now().to_string())
+            .arg("--history")
+            .arg(dir.join("console-history"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let state: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        if state["entities"] == 2 {
+            assert!(stderr.contains("the hall's history"), "{stderr}");
+            break state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hall's history: {stderr} {state}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let names: Vec<&str> = state["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["feed"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fire-alerts", "nws"], "{state}");
+    assert_eq!(
+        state["dispatch"]["open_incidents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "{}",
+        state["dispatch"]
+    );
+    assert!(
+        dir.join("console-history/hall-city")
+            .read_dir()
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".mcap"))
+    );
     unsafe { libc::kill(hub.id() as i32, libc::SIGTERM) };
     let _ = hub.wait();
 }
@@ -646,6 +697,8 @@ fn the_active_hub_serves_the_halls_open_data_and_the_standby_takes_it_over() {
             .arg(&log)
             .arg("--feeds")
             .arg(&feeds)
+            .arg("--history")
+            .arg(dir.join("history"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

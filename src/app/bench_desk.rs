@@ -104,6 +104,7 @@ fn panel_frames(
                     recommendations: &[],
                     status_line: None,
                     location: None,
+                    replay: false,
                 };
                 desk_ui(ui, &view, state, &mut out);
             });

@@ -18,6 +18,7 @@ use super::{AppSystems, City};
 use crate::dispatch::book::{Actor, Book, Incident, Severity};
 use crate::dispatch::config::DispatchConfig;
 use crate::dispatch::dispatcher::Dispatcher;
+use crate::dispatch::past::{OpenLog, PastBooks};
 use crate::dispatch::recommend::{Recommendation, Router, Unit, UnitTracker};
 use crate::dispatch::service::{DispatchService, ServiceOptions};
 use crate::dispatch::users::Users;
@@ -254,6 +255,11 @@ pub struct Desk {
     /// Answers to commands another part of the app sent through this desk's writer
     /// (a drill's dispatcher), kept here for it when `Some`; else let go.
     pub other_answers: Option<Vec<crate::dispatch::worker::Done>>,
+    /// The book at the timeline's instant while the past is shown (replay).
+    pub past: Option<PastBooks>,
+    /// How the past's reader opens the log (read-only), and replays it.
+    past_log: Option<(OpenLog, DispatchConfig)>,
+    past_asked: Option<std::time::Instant>,
 }
 
 /// The event log's integrity as the console last checked it.
@@ -275,6 +281,14 @@ impl Desk {
     /// The book as committed, once the log is loaded.
     pub fn book(&self) -> Option<&crate::dispatch::book::Book> {
         self.worker.book()
+    }
+
+    /// The book the desk shows: in replay the past's (once read), else now's.
+    pub fn shown_book(&self) -> Option<&crate::dispatch::book::Book> {
+        match &self.past {
+            Some(past) => past.shown.as_ref().map(|p| &p.book),
+            None => self.worker.book(),
+        }
     }
 
     pub fn is_loading(&self) -> bool {
@@ -311,6 +325,9 @@ impl Desk {
             sent: Vec::new(),
             session: 0,
             other_answers: None,
+            past: None,
+            past_log: None,
+            past_asked: None,
         }
     }
 
@@ -479,7 +496,7 @@ pub(super) fn plugin(app: &mut App) {
     app.add_systems(Startup, start_desk).add_systems(
         Update,
         (
-            (desk_loaded, desk_hall, desk_apply, desk_alerts)
+            (desk_loaded, desk_hall, desk_apply, desk_past, desk_alerts)
                 .chain()
                 .in_set(AppSystems::Apply),
             (desk_recommend, desk_pins, desk_routes)
@@ -501,6 +518,7 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
     );
     let seal = crate::store::SealOptions::with_key(&db, setup.seal_key.as_deref());
     let hall = setup.hall.clone();
+    let past_log = past_log(&db, &seal, hall.as_ref());
     // The log is read, and then written, on the writer thread: a large log never
     // holds up the first frame, and no write ever holds up a frame.
     let worker = DeskWorker::start(move || {
@@ -549,6 +567,7 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
         Some(Router::new(&RoadGraph::from_map(&city.map))),
     );
     desk.integrity_rx = Mutex::new(Some(integrity_rx));
+    desk.past_log = Some((past_log, setup.config.clone()));
     desk.open = setup.open;
     desk.demo = setup.demo;
     desk.hall = setup.hall.as_ref().map(HallLink::start);
@@ -557,6 +576,81 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
         desk.start_sign_in(&name, passphrase);
     }
     commands.insert_resource(desk);
+}
+
+/// An incident's replay starts this long before it was raised.
+pub const INCIDENT_REPLAY_LEAD_MS: i64 = 5 * 60_000;
+
+/// How the timeline's reader of the past opens the log: read-only, never creating
+/// anything (the SQLite file with its seals checked, or the hall's stream).
+fn past_log(
+    db: &std::path::Path,
+    seal: &crate::store::SealOptions,
+    hall: Option<&HallSetup>,
+) -> OpenLog {
+    use crate::store::EventStore;
+    if let Some(hall) = hall.cloned() {
+        return std::sync::Arc::new(move || {
+            let options = crate::store::jetstream::HallLogOptions {
+                replicas: hall.replicas,
+                create: false,
+            };
+            crate::store::jetstream::JetStreamLog::open(&hall.nats, &hall.hall, &options)
+                .map(|l| Box::new(l) as Box<dyn EventStore>)
+                .map_err(|e| e.to_string())
+        });
+    }
+    let db = db.to_path_buf();
+    let seal = crate::store::SealOptions {
+        create_key: false,
+        read_only: true,
+        ..seal.clone()
+    };
+    std::sync::Arc::new(move || {
+        crate::store::EventLog::open_with(&db, &seal)
+            .map(|l| Box::new(l) as Box<dyn EventStore>)
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// While the timeline shows the past, the desk shows the book as it stood then: asked
+/// of a reader of the log on its own thread (no more than one question at a time while
+/// playing, and at least every quarter second); back to now's book at Live.
+fn desk_past(desk: Option<ResMut<Desk>>, clock: Option<Res<super::ViewClock>>) {
+    let Some(mut desk) = desk else { return };
+    let desk = &mut *desk;
+    let Some(at_ms) = clock.and_then(|c| c.as_of_ms) else {
+        if desk.past.take().is_some() {
+            desk.pins_for = None;
+        }
+        return;
+    };
+    if desk.past.is_none() {
+        let Some((open, config)) = desk.past_log.clone() else {
+            return;
+        };
+        match PastBooks::start(open, config) {
+            Ok(past) => desk.past = Some(past),
+            Err(e) => {
+                desk.status_line = Some(format!("error: cannot read the log's past: {e}"));
+                desk.past_log = None;
+                return;
+            }
+        }
+    }
+    let Some(past) = desk.past.as_mut() else {
+        return;
+    };
+    if past.poll() {
+        desk.pins_for = None;
+    }
+    let due = desk
+        .past_asked
+        .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(250));
+    if past.asked() != Some(at_ms) && (!past.reading() || due) {
+        past.ask(at_ms);
+        desk.past_asked = Some(std::time::Instant::now());
+    }
 }
 
 /// Runs the log's full check on a thread of its own and sends what it found.
@@ -683,9 +777,16 @@ fn desk_loaded(desk: Option<ResMut<Desk>>) {
 }
 
 /// Runs what the panels asked for, through the durable core.
-fn desk_apply(desk: Option<ResMut<Desk>>, mut rig: ResMut<CameraRig>, city: Res<City>) {
+fn desk_apply(
+    desk: Option<ResMut<Desk>>,
+    mut rig: ResMut<CameraRig>,
+    city: Res<City>,
+    clock: Option<Res<super::ViewClock>>,
+    mut replay_request: Option<ResMut<super::ReplayRequest>>,
+) {
     let Some(mut desk) = desk else { return };
     let desk = &mut *desk;
+    let replay = desk.past.is_some() || clock.is_some_and(|c| c.as_of_ms.is_some());
     for command in std::mem::take(&mut desk.pending) {
         match command {
             DeskCommand::SelectIncident(id) => {
@@ -698,6 +799,28 @@ fn desk_apply(desk: Option<ResMut<Desk>>, mut rig: ResMut<CameraRig>, city: Res<
                 rig.fly_to(focus, 450.0);
             }
             DeskCommand::SetRecommendKind(_) => desk.recommended_for = None,
+            DeskCommand::ReplayIncident(id) => {
+                // Its whole life comes from now's book (in the past it may not be
+                // closed yet).
+                let Some(inc) = desk.worker.book().and_then(|b| b.incident(&id)) else {
+                    continue;
+                };
+                let (from, until) = (inc.reported_ms - INCIDENT_REPLAY_LEAD_MS, inc.finished_ms);
+                let [e, n] = city.map.frame.local_from_wgs84(inc.lon, inc.lat);
+                let focus = Vec3::from_array(crate::geo_frame::world_from_local(e, n, 0.0));
+                rig.fly_to(focus, 450.0);
+                if let Some(request) = replay_request.as_mut() {
+                    request.0 = Some((from, until));
+                }
+                desk.selected = Some(id);
+                desk.recommended_for = None;
+                desk.open = true;
+                desk.ui.tab = super::desk_ui::DeskTab::Incidents;
+            }
+            // Replay never writes to the log.
+            DeskCommand::Execute(_) if replay => {
+                desk.status_line = Some(format!("refused: {}", super::desk_ui::REPLAY_READ_ONLY));
+            }
             DeskCommand::Execute(cmd) => desk.send(cmd),
         }
     }
@@ -984,7 +1107,12 @@ fn desk_pins(
     let Some(mut desk) = desk else { return };
     let desk = &mut *desk;
     let selected = desk.selected.clone();
-    let Some(book) = desk.worker.book() else {
+    // In replay, the past's book (field by field, so `pins_for` stays free to set).
+    let book = match &desk.past {
+        Some(past) => past.shown.as_ref().map(|p| &p.book),
+        None => desk.worker.book(),
+    };
+    let Some(book) = book else {
         return;
     };
     let shown = pinned_incidents(book, selected.as_deref());
@@ -1096,6 +1224,7 @@ pub fn desk_panel_ui(
     location: Option<(f64, f64)>,
     now_ms: i64,
     time: &crate::clock::CityTime,
+    replay: bool,
 ) {
     use super::theme;
     use bevy_egui::egui;
@@ -1146,17 +1275,50 @@ pub fn desk_panel_ui(
         return;
     };
     let loading = desk.is_loading();
-    let recommendations = desk.recommendation_views();
+    let recommendations = if replay {
+        Vec::new()
+    } else {
+        desk.recommendation_views()
+    };
     let Desk {
         worker,
         ui: state,
         selected,
         status_line,
         pending,
+        past,
         ..
     } = desk;
-    let Some(book) = worker.book() else {
-        if loading {
+    let past = past.as_ref().filter(|_| replay);
+    if replay {
+        // The past is never taken for now: the book as it stood then, read-only.
+        let line = match past {
+            Some(p) if p.trouble.is_some() => p.trouble.clone().unwrap_or_default(),
+            Some(p) => match &p.shown {
+                Some(shown) => format!(
+                    "Replay 回放: the book as it stood at {} ({} of the log's {} events); commands are disabled until Live.",
+                    time.time_of_day(shown.at_ms),
+                    shown.events,
+                    shown.log_events
+                ),
+                None => "Replay 回放: reading the log as it stood then…".to_string(),
+            },
+            None => "Replay 回放: commands are disabled until Live.".to_string(),
+        };
+        let colour = if past.is_some_and(|p| p.trouble.is_some()) {
+            theme::ALARM
+        } else {
+            theme::WARN
+        };
+        ui.add(egui::Label::new(egui::RichText::new(line).color(colour)).wrap());
+    }
+    let book = match past {
+        Some(p) => p.shown.as_ref().map(|p| &p.book),
+        None if replay => None,
+        None => worker.book(),
+    };
+    let Some(book) = book else {
+        if loading || past.is_some_and(|p| p.reading()) {
             ui.horizontal(|ui| {
                 ui.spinner();
                 ui.label("Loading the dispatch log… 正在载入");
@@ -1173,6 +1335,7 @@ pub fn desk_panel_ui(
         recommendations: &recommendations,
         status_line: status_line.as_deref(),
         location,
+        replay,
     };
     super::desk_ui::desk_ui(ui, &view, state, pending);
     if !worker.notices.is_empty() {
@@ -1320,7 +1483,7 @@ mod tests {
                     }
                     let now = crate::clock::unix_ms_now();
                     let time = crate::clock::CityTime::utc("a test");
-                    desk_panel_ui(ui, desk, Some((24.94, 60.17)), now, &time);
+                    desk_panel_ui(ui, desk, Some((24.94, 60.17)), now, &time, false);
                 },
                 desk,
             )
@@ -1515,5 +1678,156 @@ mod tests {
         assert!(h.state().actor.is_none());
         assert!(h.state().sign_in.error.is_some());
         assert!(h.state().sign_in.passphrase.is_empty());
+    }
+
+    /// The console in replay: the desk shows the book as it stood at the timeline's
+    /// instant (read from the log on a thread), writes nothing, and "Replay" on an
+    /// incident asks the timeline for its span and flies the camera to it.
+    #[test]
+    fn in_replay_the_desk_shows_the_book_as_it_stood_and_writes_nothing() {
+        use crate::dispatch::book::NewOrder;
+        use crate::dispatch::{Action, IncidentStatus};
+        let db = crate::dispatch::testing::temp_db("desk", "replay");
+        let now = crate::clock::unix_ms_now();
+        let t1 = now - 20 * 60_000;
+        let li = Actor::new("li.wei", Role::Dispatcher, None);
+        {
+            let mut d = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+            d.execute(&crate::dispatch::testing::fire(), &li, t1)
+                .unwrap();
+            d.execute(
+                &Command::IssueOrders {
+                    incident: "INC-000001".into(),
+                    orders: vec![NewOrder {
+                        department: "fire".into(),
+                        instruction: "Two engines".into(),
+                        deadline_ms: t1 + 3_600_000,
+                    }],
+                },
+                &li,
+                t1 + 120_000,
+            )
+            .unwrap();
+            for (action, at) in [
+                (Action::MarkOnScene, t1 + 240_000),
+                (Action::ResolveIncident, t1 + 600_000),
+            ] {
+                let cmd = Command::Incident {
+                    id: "INC-000001".into(),
+                    action,
+                    note: None,
+                };
+                d.execute(&cmd, &li, at).unwrap();
+            }
+        }
+        let seal = crate::store::SealOptions::beside(&db);
+        let open = past_log(&db, &seal, None);
+        let worker = {
+            let (db, seal) = (db.clone(), seal.clone());
+            DeskWorker::start(move || {
+                let d = crate::store::EventLog::open_with(&db, &seal)
+                    .and_then(|log| {
+                        Dispatcher::open_store(Box::new(log), DispatchConfig::default_config())
+                    })
+                    .map_err(|e| e.to_string())?;
+                let options = ServiceOptions {
+                    api_addr: "127.0.0.1:0".into(),
+                    sim: crate::dispatch::delivery::SimBehaviour::silent(),
+                    ..Default::default()
+                };
+                DispatchService::start(d, options).map_err(|e| e.to_string())
+            })
+        };
+        let mut desk = Desk::new(worker, Users::demo(), None);
+        desk.past_log = Some((open, DispatchConfig::default_config()));
+        desk.actor = Some(li.clone());
+        let map = crate::map::load_default().unwrap();
+        let rig = CameraRig::for_bounds(map.local_bounds());
+        let index = crate::map::pick::BuildingIndex::new(&map);
+        let mut app = App::new();
+        app.insert_resource(City { map, index })
+            .insert_resource(rig)
+            .insert_resource(desk)
+            .insert_resource(super::super::ViewClock::default())
+            .init_resource::<super::super::ReplayRequest>()
+            .add_systems(Update, (desk_loaded, desk_apply, desk_past).chain());
+        let frames_until = |app: &mut App, what: &str, done: &dyn Fn(&Desk) -> bool| {
+            let started = std::time::Instant::now();
+            while !done(app.world().resource::<Desk>()) {
+                app.update();
+                assert!(started.elapsed().as_secs() < 20, "never: {what}");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        frames_until(&mut app, "the log loaded", &|d| d.book().is_some());
+        let now_book = app.world().resource::<Desk>().book().unwrap().clone();
+        assert!(!now_book.incidents[0].is_open());
+
+        // "Replay" on the incident: its span asked of the timeline, the camera on it.
+        let goal = app.world().resource::<CameraRig>().goal.focus;
+        app.world_mut()
+            .resource_mut::<Desk>()
+            .pending
+            .push(DeskCommand::ReplayIncident("INC-000001".into()));
+        app.update();
+        assert_eq!(
+            app.world().resource::<super::super::ReplayRequest>().0,
+            Some((t1 - INCIDENT_REPLAY_LEAD_MS, Some(t1 + 600_000)))
+        );
+        assert_ne!(app.world().resource::<CameraRig>().goal.focus, goal);
+        assert_eq!(
+            app.world().resource::<Desk>().selected.as_deref(),
+            Some("INC-000001")
+        );
+
+        // A minute after it was raised: open, no orders yet.
+        let at = |app: &mut App, t: i64| {
+            app.world_mut()
+                .resource_mut::<super::super::ViewClock>()
+                .as_of_ms = Some(t);
+            frames_until(app, "the past read", &|d| {
+                d.past
+                    .as_ref()
+                    .and_then(|p| p.shown.as_ref())
+                    .is_some_and(|p| p.at_ms == t)
+            });
+            app.world().resource::<Desk>().shown_book().unwrap().clone()
+        };
+        let then = at(&mut app, t1 + 60_000);
+        assert!(then.incidents[0].is_open());
+        assert!(then.orders.is_empty());
+        // Forwards: the order issued, on scene.
+        let later = at(&mut app, t1 + 300_000);
+        assert_eq!(later.orders.len(), 1);
+        assert_eq!(later.incidents[0].status, IncidentStatus::OnScene);
+        // Back before it: nothing.
+        assert!(at(&mut app, t1 - 1).incidents.is_empty());
+
+        // A command from the past is refused; the log is unchanged.
+        let events = crate::store::EventLog::open_unsealed(&db).unwrap().len();
+        app.world_mut()
+            .resource_mut::<Desk>()
+            .pending
+            .push(DeskCommand::Execute(crate::dispatch::testing::fire()));
+        app.update();
+        let line = app.world().resource::<Desk>().status_line.clone();
+        assert!(
+            line.as_deref().is_some_and(|l| l.starts_with("refused")),
+            "{line:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(
+            crate::store::EventLog::open_unsealed(&db).unwrap().len(),
+            events
+        );
+
+        // Live: now's book again.
+        app.world_mut()
+            .resource_mut::<super::super::ViewClock>()
+            .as_of_ms = None;
+        app.update();
+        let desk = app.world().resource::<Desk>();
+        assert!(desk.past.is_none());
+        assert_eq!(desk.shown_book().unwrap().revision, now_book.revision);
     }
 }

@@ -33,6 +33,8 @@ pub enum DeskCommand {
     },
     /// Which unit kind to rank; `None` = the playbook's kinds.
     SetRecommendKind(Option<String>),
+    /// Play the incident back from five minutes before it was raised to its closure.
+    ReplayIncident(String),
 }
 
 /// Everything the desk reads, for one frame.
@@ -52,6 +54,8 @@ pub struct DeskView<'a> {
     /// Where a new incident is reported (lon, lat): the selected building's
     /// centroid or the map centre; `None` when nothing is picked.
     pub location: Option<(f64, f64)>,
+    /// The book is the past's (the timeline's replay): read, never written to.
+    pub replay: bool,
 }
 
 /// One ranked unit for the selected incident.
@@ -255,6 +259,9 @@ pub fn board_groups(book: &Book, all: bool, departments_of: &mut Vec<u16>) -> Ve
 
 /// Shown on every button a leader cannot press.
 pub const READ_ONLY: &str = "Leaders watch read-only 领导只读";
+/// Why nothing is issued from the past.
+pub const REPLAY_READ_ONLY: &str =
+    "Replay: the book as it stood then; commands are disabled until Live 回放只读";
 
 /// The whole desk: who is signed in, the last message, and the three tabs.
 pub fn desk_ui(
@@ -306,6 +313,9 @@ pub fn desk_ui(
             egui::ScrollArea::vertical()
                 .id_salt("desk-order-board")
                 .show(ui, |ui| order_board_ui(ui, view, state, out));
+        }
+        DeskTab::New if view.replay => {
+            ui.label(egui::RichText::new(REPLAY_READ_ONLY).color(theme::WARN));
         }
         DeskTab::New => new_incident_ui(ui, view, state, out),
     }
@@ -457,6 +467,12 @@ pub fn incident_detail_ui(
         ui.label(egui::RichText::new("No orders yet 暂无指令").color(theme::MUTED));
     }
     ui.separator();
+    if view.replay {
+        // What was done is the point of a replay: the incident's timeline first;
+        // recommending and issuing belong to now.
+        timeline_ui(ui, view.time, inc);
+        return;
+    }
     recommendations_ui(ui, view, inc, state, out);
     ui.separator();
     playbook_editor_ui(ui, view, inc, state, out);
@@ -481,6 +497,16 @@ fn incident_header_ui(
                 lon: inc.lon,
                 lat: inc.lat,
             });
+        }
+        if ui
+            .button("Replay 回放")
+            .on_hover_text(
+                "Replay this incident: from five minutes before it was raised to its closure, \
+                 the map and the book as they stood",
+            )
+            .clicked()
+        {
+            out.push(DeskCommand::ReplayIncident(inc.id.clone()));
         }
     });
     let kind = match view.book.config.playbook(&inc.kind) {
@@ -1021,6 +1047,9 @@ fn command_button(
 
 /// Why the core would refuse `command` from the signed-in person now, if it would.
 fn refusal(view: &DeskView, command: &Command) -> Option<String> {
+    if view.replay {
+        return Some(REPLAY_READ_ONLY.into());
+    }
     if view.actor.role == Role::Leader {
         return Some(READ_ONLY.into());
     }
@@ -1261,6 +1290,7 @@ mod desk_tests {
         recommendations: Vec<RecommendationView>,
         status_line: Option<String>,
         location: Option<(f64, f64)>,
+        replay: bool,
     }
 
     impl World {
@@ -1274,6 +1304,7 @@ mod desk_tests {
                 recommendations: Vec::new(),
                 status_line: None,
                 location: None,
+                replay: false,
             }
         }
 
@@ -1287,6 +1318,7 @@ mod desk_tests {
                 recommendations: &self.recommendations,
                 status_line: self.status_line.as_deref(),
                 location: self.location,
+                replay: self.replay,
             }
         }
     }
@@ -1666,6 +1698,27 @@ mod desk_tests {
             h.query_all_by_label(READ_ONLY).count() >= 1,
             "no read-only hover text"
         );
+    }
+
+    /// In replay the book is the past's: every command is disabled with why, nothing
+    /// is issued, the incident's timeline is shown and the playbook is not.
+    #[test]
+    fn the_past_book_is_read_only() {
+        let (mut world, _) = fire_world(T0 + MIN);
+        world.replay = true;
+        let mut h = harness(incident_detail_ui, world);
+        for label in ["Verify 核实", "Close 关闭", "On scene 到场"] {
+            let b = h.get_by_label(label);
+            assert!(is_disabled(&b), "{label}");
+            b.click();
+        }
+        h.run();
+        assert!(h.state().out.is_empty());
+        assert!(h.query_by_label("Issue orders 下达指令").is_none());
+        h.get_by_label("reported from map: Tower fire");
+        h.get_by_label("Verify 核实").hover();
+        h.run();
+        assert!(h.query_all_by_label(REPLAY_READ_ONLY).count() >= 1);
     }
 
     #[test]

@@ -641,6 +641,7 @@ mod shell_tests {
                 recommendations: &[],
                 status_line: None,
                 location: None,
+                replay: false,
             };
             let (state, desk_out) = (&mut s.desk, &mut s.desk_out);
             side.push(SidePanel {

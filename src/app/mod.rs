@@ -71,6 +71,16 @@ pub struct ViewClock {
     pub as_of_ms: Option<i64>,
 }
 
+/// A console's mirror of its hall's history (the timeline reads it), kept running
+/// while the window is open.
+#[derive(Resource)]
+pub struct HallHistoryMirror(pub crate::hall::history::SyncThread);
+
+/// An after-action review asked for (an incident's "Replay"): the timeline plays
+/// from `from_ms` and pauses at `until_ms` (its closure; none: it plays on).
+#[derive(Resource, Clone, Copy, Debug, Default, PartialEq)]
+pub struct ReplayRequest(pub Option<(i64, Option<i64>)>);
+
 impl ViewClock {
     pub fn now_ms(&self) -> i64 {
         self.as_of_ms.unwrap_or_else(crate::clock::unix_ms_now)
@@ -241,6 +251,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     .add_plugins((FrameTimeDiagnosticsPlugin::default(), EguiPlugin::default()))
     .insert_resource(city)
     .insert_resource(LocalTime(time))
+    .init_resource::<ReplayRequest>()
     .insert_resource(ViewClock {
         as_of_ms: options.past.as_ref().map(|p| p.at_ms),
     })
@@ -281,7 +292,25 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     ));
     // The timeline reads the history the window records; a screenshot of the past
     // stands paused at its instant.
+    let hall = options.desk.as_ref().and_then(|d| d.hall.as_ref());
     match (&options.history, &options.past) {
+        // A console of a hall replays the hall's history, which its hub records:
+        // mirrored into a folder of its own, read as any history.
+        (Some(dir), None) if hall.is_some() => {
+            let hall = hall.expect("a hall");
+            let dir = crate::hall::history::mirror_dir(dir, &hall.hall);
+            match crate::hall::history::start_mirror(
+                hall.nats.clone(),
+                hall.hall.clone(),
+                dir.clone(),
+            ) {
+                Ok(mirror) => {
+                    app.insert_resource(HallHistoryMirror(mirror));
+                }
+                Err(e) => error!("the hall's history is not mirrored: {e}"),
+            }
+            app.insert_resource(timeline::Timeline::new(dir));
+        }
         (Some(dir), None) => {
             app.insert_resource(timeline::Timeline::new(dir.clone()));
         }

@@ -57,6 +57,8 @@ pub struct Timeline {
     pub trouble: Option<String>,
     /// Problems met reading the history (damaged segments, the one being written).
     pub problems: Vec<String>,
+    /// Playing pauses on reaching this instant (an incident's replay, at its closure).
+    pub stop_at_ms: Option<i64>,
 }
 
 enum Reader {
@@ -85,6 +87,7 @@ impl Timeline {
             read_since: None,
             trouble: None,
             problems: Vec::new(),
+            stop_at_ms: None,
         }
     }
 
@@ -110,6 +113,8 @@ impl Timeline {
     /// Carries out what the bar asked.
     pub fn act(&mut self, action: TimelineAction, now_ms: i64) {
         let earliest = self.earliest_ms.unwrap_or(now_ms);
+        // Whatever the user does next is theirs: an incident's stop is forgotten.
+        self.stop_at_ms = None;
         match action {
             TimelineAction::GoLive => self.playback.go_live(),
             TimelineAction::Pause => self.playback.pause(now_ms),
@@ -131,6 +136,15 @@ impl Timeline {
         if self.playback.is_past() {
             self.trouble = None;
         }
+    }
+
+    /// Plays from `from_ms` at the timeline's speed, pausing at `until_ms` (an
+    /// incident's replay: five minutes before it was raised, to its closure).
+    pub fn replay_span(&mut self, from_ms: i64, until_ms: Option<i64>, now_ms: i64) {
+        self.act(TimelineAction::Seek(from_ms), now_ms);
+        let speed = self.speed.max(1.0);
+        self.act(TimelineAction::Play(speed), now_ms);
+        self.stop_at_ms = until_ms;
     }
 
     /// A seek to `to_ms` on its own thread; a thread that cannot start is trouble,
@@ -175,12 +189,16 @@ fn drive_timeline(
     time: Res<Time>,
     mut clock: ResMut<ViewClock>,
     mut selection: ResMut<Selection>,
+    request: Option<ResMut<super::ReplayRequest>>,
 ) {
     let (Some(mut timeline), Some(mut live)) = (timeline, live) else {
         return;
     };
     let timeline = &mut *timeline;
     let now = crate::clock::unix_ms_now();
+    if let Some((from, until)) = request.and_then(|mut r| r.0.take()) {
+        timeline.replay_span(from, until, now);
+    }
     if timeline
         .looked_at
         .is_none_or(|t| t.elapsed().as_secs_f64() > 5.0)
@@ -192,6 +210,15 @@ fn drive_timeline(
     }
     let earliest = timeline.earliest_ms.unwrap_or(now);
     timeline.playback.tick(time.delta_secs_f64(), earliest, now);
+    if let Some(stop) = timeline.stop_at_ms
+        && matches!(timeline.playback.mode(), Mode::Playing { speed } if speed > 0.0)
+        && timeline.playback.shown_ms(now) >= stop
+    {
+        // Paused at the stop itself, not a frame's worth of play past it.
+        timeline.playback.seek(stop, earliest, now);
+        timeline.playback.pause(now);
+        timeline.stop_at_ms = None;
+    }
     if !timeline.playback.is_past() {
         if live.replay.is_some() {
             live.show(None);
@@ -850,6 +877,35 @@ mod tests {
             epoch,
             "played, not sought"
         );
+
+        // An incident's replay: from 20 s, played at 60x, paused at its closure at
+        // 30 s (not a frame's worth of play past it). The clock stands still between
+        // the frames that move it.
+        app.world_mut()
+            .resource_mut::<Time>()
+            .advance_by(std::time::Duration::ZERO);
+        app.world_mut().resource_mut::<Timeline>().replay_span(
+            t0 + 20_000,
+            Some(t0 + 30_000),
+            crate::clock::unix_ms_now(),
+        );
+        frames_until(&mut app, "the seek to 20 s", |app| {
+            shown_at(app, t0 + 20_000)
+        });
+        app.world_mut()
+            .resource_mut::<Time>()
+            .advance_by(std::time::Duration::from_millis(400));
+        app.update();
+        app.world_mut()
+            .resource_mut::<Time>()
+            .advance_by(std::time::Duration::ZERO);
+        let t30 = t0 + 30_000;
+        assert_eq!(
+            app.world().resource::<Timeline>().playback.mode(),
+            Mode::Paused
+        );
+        frames_until(&mut app, "the stop at 30 s", |app| shown_at(app, t30));
+        check_past(&app, t30);
 
         // Live again: now is shown, the clock runs.
         app.world_mut()

@@ -232,20 +232,9 @@ fn shell_ui(
             tab: "Dispatch 调度",
             add: Box::new(|ui, _| {
                 if let Some(desk) = desk.borrow_mut().as_deref_mut() {
-                    // The past is shown: nothing is issued from it (replay never
-                    // writes to the log).
-                    if as_of {
-                        ui.label(
-                            egui::RichText::new(
-                                "Replay: the desk shows the book as it is now; commands are disabled \
-                                 until Live.",
-                            )
-                            .color(egui::Color32::from_rgb(0xF5, 0xA6, 0x23)),
-                        );
-                    }
-                    ui.add_enabled_ui(!as_of, |ui| {
-                        super::desk::desk_panel_ui(ui, desk, Some((lon, lat)), now_ms, time)
-                    });
+                    // The past is shown: the book as it stood then, and nothing is
+                    // issued from it (replay never writes to the log).
+                    super::desk::desk_panel_ui(ui, desk, Some((lon, lat)), now_ms, time, as_of)
                 }
             }),
         });

@@ -44,6 +44,19 @@ pub struct Foreign {
 /// console gives up and says the hall is too busy.
 const MAX_RACES: usize = 64;
 
+/// How long a desk waits before its next try after losing `race` races in a row: a
+/// random time up to 2^race ms, at most 50 ms (64 tries wait about 1.5 s in all at
+/// the most).
+fn race_backoff(race: usize) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let most = (1u64 << race.min(6)).min(50);
+    // Random enough to break a tie between desks: std's per-process random keys.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(race);
+    let micros = h.finish() % (most * 1000 + 1);
+    std::time::Duration::from_micros(micros)
+}
+
 /// What opening the log found.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct OpenReport {
@@ -243,7 +256,7 @@ impl Dispatcher {
         now_ms: i64,
     ) -> Result<Vec<Event>, DispatchError> {
         let mut overtaken_by: Vec<String> = Vec::new();
-        for _ in 0..MAX_RACES {
+        for race in 0..MAX_RACES {
             let events = match self.book.plan(command, actor, now_ms) {
                 Ok(events) => events,
                 Err(error) if !overtaken_by.is_empty() => {
@@ -290,6 +303,11 @@ impl Dispatcher {
                         if !overtaken_by.contains(&f.operator) {
                             overtaken_by.push(f.operator.clone());
                         }
+                    }
+                    // Lost again and again: others are writing flat out. A short wait
+                    // of random length lets this desk through (no desk starves).
+                    if race >= 2 {
+                        std::thread::sleep(race_backoff(race));
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -483,6 +501,9 @@ impl Dispatcher {
                     // in and plan this commit again on the new state.
                     races += 1;
                     self.follow(true)?;
+                    if races >= 2 {
+                        std::thread::sleep(race_backoff(races));
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -17,6 +17,7 @@ pub mod dispatcher;
 #[cfg(test)]
 mod hall_tests;
 pub mod ops;
+pub mod past;
 pub mod recommend;
 pub mod service;
 #[cfg(test)]

@@ -267,6 +267,11 @@ impl OpsBuilder {
         self.push(at_ms, operator, role.unwrap_or(Role::System), &event);
     }
 
+    /// The book as the events taken in so far made it.
+    pub fn book(&self) -> &Book {
+        &self.book
+    }
+
     /// The book as the events taken in made it (the dispatch state at `until`).
     pub fn into_book(self) -> Book {
         self.book
@@ -627,7 +632,7 @@ pub fn book_from_store(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dispatch::book::{Actor, Command, NewIncident, NewOrder};
     use crate::dispatch::dispatcher::Dispatcher;
@@ -636,10 +641,10 @@ mod tests {
     use crate::store::SealOptions;
 
     /// 2026-11-29T10:00:00Z.
-    const T0: i64 = 1_795_946_400_000;
-    const MIN: i64 = 60_000;
+    pub(crate) const T0: i64 = 1_795_946_400_000;
+    pub(crate) const MIN: i64 = 60_000;
 
-    fn config() -> DispatchConfig {
+    pub(crate) fn config() -> DispatchConfig {
         let text = format!(
             "{}\n[[sla]]\ndepartment = \"fire\"\nsign_for_min = 5\ndone_min = 60\n\n[[sla]]\ndepartment = \"traffic_police\"\nsign_for_min = 5\n",
             super::super::config::DEFAULT_DISPATCH_TOML
@@ -703,7 +708,7 @@ mod tests {
     ///   +10, never signed for, overdue at +17 and escalated at +22 to public
     ///   security (ORD-000007), which rejects it at +25. At +70 min an order to
     ///   drainage (ORD-000008, due +78): overdue from +78, still at +80.
-    fn shift(name: &str) -> std::path::PathBuf {
+    pub(crate) fn shift(name: &str) -> std::path::PathBuf {
         let db = temp_db("ops", name);
         let mut d = Dispatcher::open(&db, config()).unwrap();
         let li = Actor::new("li.wei", Role::Dispatcher, None);

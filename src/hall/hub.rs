@@ -184,6 +184,9 @@ pub fn run(
                                         if let Some(p) = l.open_data_problem.take() {
                                             report(HubState::Problem(p));
                                         }
+                                        if let Some(p) = l.history_problem.take() {
+                                            report(HubState::Problem(p));
+                                        }
                                         live = Some(l);
                                     }
                                     Err(e) => report(HubState::Problem(format!(

@@ -841,6 +841,16 @@ pub struct LiveSetup {
     pub seed: u64,
     /// `hub --open-data`: the active hub serves the open part of its live state.
     pub open_data: Option<crate::governance::open_data::serve::OpenDataService>,
+    /// The active hub records the hall's history here and puts it in the hall's
+    /// object store for every console.
+    pub history: Option<HubHistory>,
+}
+
+/// Where and how long the hub keeps the hall's history.
+#[derive(Clone, Debug)]
+pub struct HubHistory {
+    pub dir: std::path::PathBuf,
+    pub retention: Duration,
 }
 
 /// How often the hub publishes the feeds' status.
@@ -861,6 +871,23 @@ pub struct HubLive {
     /// Why the open data is not served, when it was asked for and did not start (said
     /// once by whoever takes it).
     pub open_data_problem: Option<String>,
+    /// The hall's history recorded (finished on drop, before the last upload).
+    recorder: Option<(crate::history::Recorder, crate::history::record::RecordTap)>,
+    /// Puts the recorded segments in the hall's object store.
+    uploader: Option<super::history::SyncThread>,
+    /// Why the history is not recorded or shared, when it was asked for and did not
+    /// start (said once by whoever takes it).
+    pub history_problem: Option<String>,
+}
+
+impl Drop for HubLive {
+    fn drop(&mut self) {
+        // The open segment finished (its index written), then put a last time.
+        if let Some((recorder, _)) = self.recorder.take() {
+            recorder.finish();
+        }
+        self.uploader.take();
+    }
 }
 
 impl HubLive {
@@ -885,10 +912,24 @@ impl HubLive {
                 ),
             },
         };
+        let mut state = LiveState::new(setup.map.frame);
+        let (recorder, uploader, history_problem) = match &setup.history {
+            None => (None, None, None),
+            Some(history) => match start_history(nats, hall, history, &setup.feeds) {
+                Ok((recorder, uploader)) => {
+                    state.keep_journal(true);
+                    (Some((recorder, Default::default())), Some(uploader), None)
+                }
+                Err(e) => (None, None, Some(format!("the hall's history: {e}"))),
+            },
+        };
         Ok(HubLive {
             open_data,
             open_data_problem,
-            state: LiveState::new(setup.map.frame),
+            recorder,
+            uploader,
+            history_problem,
+            state,
             setup,
             _running: running,
             ingest,
@@ -906,6 +947,10 @@ impl HubLive {
     pub fn pump(&mut self, now_ms: i64) -> (Vec<crate::model::AlertIn>, Option<String>) {
         self.ingest.pump(&mut self.state, usize::MAX);
         self.ingest.expire(&mut self.state, now_ms);
+        if let Some((recorder, tap)) = &mut self.recorder {
+            // Handed over, never waited for.
+            tap.tap(recorder, &mut self.state, &self.ingest, now_ms);
+        }
         let changed = self.state.drain_changed();
         let slots: Vec<Slot> = if std::mem::take(&mut self.catch_up) {
             self.state.iter().map(|(slot, _)| slot).collect()
@@ -960,6 +1005,40 @@ impl HubLive {
     pub fn published(&self) -> (u64, u64) {
         (self.publisher.frames, self.publisher.entities_sent)
     }
+
+    /// How putting the history in the hall's object store goes, when it runs.
+    pub fn history_status(&self) -> Option<super::history::SyncStatus> {
+        self.uploader.as_ref().map(|u| u.status())
+    }
+}
+
+/// The hub's recorder into `history.dir` (a segment a minute, kept for the
+/// retention) and the thread putting its segments in the hall's object store.
+fn start_history(
+    nats: &Nats,
+    hall: &str,
+    history: &HubHistory,
+    feeds: &[FeedConfig],
+) -> Result<(crate::history::Recorder, super::history::SyncThread), String> {
+    let options = crate::history::HistoryOptions {
+        retention_ms: history.retention.as_millis() as i64,
+        segment_ms: super::history::HALL_SEGMENT_MS,
+        ..Default::default()
+    };
+    let mut uploader =
+        super::history::Uploader::open(nats, hall, &history.dir, history.retention, 1)?;
+    let recorder = crate::history::Recorder::start(
+        &history.dir,
+        crate::history::record::feed_metas(feeds),
+        options,
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    let nats = nats.clone();
+    let thread = super::history::SyncThread::start("hall-history-upload", move || {
+        uploader.sync(&nats).map(|_| ())
+    })
+    .map_err(|e| e.to_string())?;
+    Ok((recorder, thread))
 }
 
 #[cfg(test)]
@@ -1049,8 +1128,15 @@ mod tests {
         .unwrap();
         let map = Arc::new(crate::map::load_default().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
+        let hub_history =
+            std::env::temp_dir().join(format!("zhongshu-hub-history-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&hub_history);
         let hub = {
             let (nats, stop, map) = (connect(&server), stop.clone(), map.clone());
+            let history = Some(HubHistory {
+                dir: hub_history.clone(),
+                retention: Duration::from_secs(86_400),
+            });
             std::thread::spawn(move || {
                 let options = HubOptions {
                     hall: "live".into(),
@@ -1068,6 +1154,7 @@ mod tests {
                         map,
                         seed: 7,
                         open_data: None,
+                        history,
                     }),
                 };
                 run(&nats, options, stop, |_| {}).unwrap();
@@ -1126,6 +1213,33 @@ mod tests {
         first.pump();
         second.pump();
         assert_eq!(first.entities(), second.entities());
+        // The hall's history, recorded by the hub, replays on a console that never
+        // saw it live: the city at the end is what the consoles held.
+        let mirror_dir =
+            std::env::temp_dir().join(format!("zhongshu-hall-mirror-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&mirror_dir);
+        let reader_nats = connect(&server);
+        let mut mirror =
+            crate::hall::history::Mirror::open(&reader_nats, "live", &mirror_dir).unwrap();
+        assert!(mirror.sync(&reader_nats).unwrap().fetched >= 1);
+        let history = crate::history::History::open(&mirror_dir).unwrap();
+        let end = history
+            .state_at(crate::clock::unix_ms_now())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let ids = |it: Vec<String>| it.into_iter().collect::<BTreeSet<String>>();
+        assert_eq!(
+            ids(end.entities.keys().map(|(_, id)| id.clone()).collect()),
+            ids(first.state.iter().map(|(_, e)| e.id.clone()).collect()),
+            "{:?}",
+            end.problems
+        );
+        assert!(
+            end.entities
+                .values()
+                .any(|e| e.update.entity_type == "Alert")
+        );
+        let _ = std::fs::remove_dir_all(&mirror_dir);
+        let _ = std::fs::remove_dir_all(&hub_history);
         // Polled by the hub, every half second.
         let polls = asked.load(Ordering::Relaxed);
         assert!(polls >= 2, "{polls}");

@@ -9,6 +9,7 @@
 //!   who is there now. `zhongshu hall-status` prints both.
 
 pub mod bench;
+pub mod history;
 pub mod hub;
 pub mod link;
 pub mod live;
