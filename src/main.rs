@@ -1365,13 +1365,24 @@ fn history_dir(cli: &Cli, what: &str) -> anyhow::Result<PathBuf> {
     let dir = zhongshu::hall::history::mirror_dir(&cli.history, &hall);
     let mut mirror =
         zhongshu::hall::history::Mirror::open(&nats, &hall, &dir).map_err(anyhow::Error::msg)?;
-    let report = mirror.sync(&nats).map_err(anyhow::Error::msg)?;
-    eprintln!(
-        "zhongshu: the hall's history: {} segments ({} fetched) in {}",
-        report.segments,
-        report.fetched,
-        dir.display()
-    );
+    // What cannot be fetched now is said; what is mirrored already is read.
+    match mirror.sync(&nats) {
+        Ok(report) => {
+            for problem in &report.problems {
+                eprintln!("zhongshu: the hall's history: {problem}");
+            }
+            eprintln!(
+                "zhongshu: the hall's history: {} segments ({} fetched) in {}",
+                report.segments,
+                report.fetched,
+                dir.display()
+            );
+        }
+        Err(e) => eprintln!(
+            "zhongshu: the hall's history could not be brought up to date ({e}); reading what {} holds",
+            dir.display()
+        ),
+    }
     Ok(dir)
 }
 
@@ -1635,9 +1646,6 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             let size = parse_size(&size)?;
             // The past, read before any window opens: a time outside the history is
             // a plain error.
-            if at.is_some() && cli.user.is_some() {
-                bail!("--at shows the recorded city; the dispatch desk (--user) is live: give one");
-            }
             // With --nats/--hall: the hall's history, mirrored.
             let history = match at {
                 Some(_) => history_dir(&cli, "screenshot")?,
@@ -2369,6 +2377,9 @@ fn hall_nats(cli: &Cli, what: &str) -> anyhow::Result<(zhongshu::nats::Nats, Str
 
 fn run_hub(cli: &Cli, open_data: Option<OpenDataFlags>, retention_days: f64) -> anyhow::Result<()> {
     use zhongshu::hall::hub::{HubOptions, HubState};
+    if !(retention_days.is_finite() && retention_days > 0.0 && retention_days <= 3660.0) {
+        bail!("--retention-days must be more than 0 and at most 3660, got {retention_days}");
+    }
     if cli.nats_domain.is_some() {
         bail!(
             "a hub runs on its own hall's server: connect it there, without --nats-domain (that is for watching another hall)"
@@ -2429,9 +2440,7 @@ fn run_hub(cli: &Cli, open_data: Option<OpenDataFlags>, retention_days: f64) -> 
             open_data,
             history: (!cli.no_history).then(|| zhongshu::hall::live::HubHistory {
                 dir: cli.history.join(format!("hub-{hall}")),
-                retention: std::time::Duration::from_secs_f64(
-                    (retention_days * 86_400.0).clamp(60.0, 3650.0 * 86_400.0),
-                ),
+                retention: std::time::Duration::from_secs_f64(retention_days * 86_400.0),
             }),
         }),
     };

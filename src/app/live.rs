@@ -30,6 +30,9 @@ pub struct Live {
     /// Counts the times the state shown was replaced (entering or leaving the past,
     /// a seek): slots of one are not slots of the other, so the layers redraw all.
     pub shown_epoch: u64,
+    /// With the past shown: each feed's health as recorded then (the history's
+    /// health lines), which the sub-brains panel shows instead of now's.
+    pub replay_health: std::collections::BTreeMap<u32, serde_json::Value>,
 }
 
 /// A console's share of the hall's live layers.
@@ -54,6 +57,7 @@ impl Live {
             recorder: None,
             replay: None,
             shown_epoch: 0,
+            replay_health: Default::default(),
         }
     }
 
@@ -64,6 +68,9 @@ impl Live {
 
     /// Shows `past` (or now, with `None`) from this frame on.
     pub fn show(&mut self, past: Option<LiveState>) {
+        if past.is_none() {
+            self.replay_health.clear();
+        }
         self.replay = past;
         self.shown_epoch += 1;
     }
@@ -143,6 +150,7 @@ fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
             recorder: None,
             replay: None,
             shown_epoch: 0,
+            replay_health: Default::default(),
         });
         return;
     }
@@ -167,6 +175,7 @@ fn start_live(mut commands: Commands, setup: Res<FeedSetup>, city: Res<City>) {
             recorder: None,
             replay: None,
             shown_epoch: 0,
+            replay_health: Default::default(),
         });
         return;
     }

@@ -59,6 +59,10 @@ pub struct Timeline {
     pub problems: Vec<String>,
     /// Playing pauses on reaching this instant (an incident's replay, at its closure).
     pub stop_at_ms: Option<i64>,
+    /// The read-ahead's health revision last shown.
+    health_revision: u64,
+    /// Why a console's mirror of its hall's history is not up to date, if it is not.
+    pub mirror_problem: Option<String>,
 }
 
 enum Reader {
@@ -88,6 +92,8 @@ impl Timeline {
             trouble: None,
             problems: Vec::new(),
             stop_at_ms: None,
+            health_revision: 0,
+            mirror_problem: None,
         }
     }
 
@@ -182,6 +188,7 @@ pub(super) fn plugin(app: &mut App) {
 
 /// Moves the clock on and brings the shown state to its instant: records read ahead
 /// while playing forwards, a seek for anything else (a jump, backwards).
+#[allow(clippy::too_many_arguments)]
 fn drive_timeline(
     timeline: Option<ResMut<Timeline>>,
     live: Option<ResMut<Live>>,
@@ -190,12 +197,19 @@ fn drive_timeline(
     mut clock: ResMut<ViewClock>,
     mut selection: ResMut<Selection>,
     request: Option<ResMut<super::ReplayRequest>>,
+    mirror: Option<Res<super::HallHistoryMirror>>,
 ) {
     let (Some(mut timeline), Some(mut live)) = (timeline, live) else {
         return;
     };
     let timeline = &mut *timeline;
     let now = crate::clock::unix_ms_now();
+    if let Some(mirror) = mirror {
+        let problem = mirror.0.status().problem;
+        if problem != timeline.mirror_problem {
+            timeline.mirror_problem = problem;
+        }
+    }
     if let Some((from, until)) = request.and_then(|mut r| r.0.take()) {
         timeline.replay_span(from, until, now);
     }
@@ -286,6 +300,10 @@ fn drive_timeline(
             if ahead.problem_count() != timeline.problems.len() {
                 timeline.problems = ahead.problems();
             }
+            if ahead.health_revision != timeline.health_revision {
+                timeline.health_revision = ahead.health_revision;
+                live.replay_health = ahead.health().clone();
+            }
             // At the end of what is written while the window goes on recording: the
             // newest written out, and read again from here.
             let stale_end = ahead.ended()
@@ -319,6 +337,8 @@ fn drive_timeline(
                 let past = crate::history::state_at::live_state(&ahead.start, city.map.frame);
                 timeline.problems = ahead.problems();
                 live.show(Some(past));
+                live.replay_health = ahead.health().clone();
+                timeline.health_revision = ahead.health_revision;
                 selection.entity = None;
                 timeline.shown_ms = Some(to_ms);
                 timeline.read_since = Some(std::time::Instant::now());
@@ -741,6 +761,19 @@ mod tests {
     }
 
     #[test]
+    fn a_feeds_recorded_health_reads_as_it_was() {
+        use crate::app::ui::recorded_health_text;
+        let line = serde_json::json!({"feed": 0, "at_ms": 1, "health": {"feed": "taxis",
+            "freshness": "late", "validity": 0.874, "quarantined": null,
+            "last_error": "HTTP 503", "completeness": 1.0}});
+        let (text, colour) = recorded_health_text("taxis", Some(&line));
+        assert_eq!(text, "taxis · late · 87% valid · failing: HTTP 503");
+        assert_eq!(colour, crate::app::theme::ALARM);
+        let (text, _) = recorded_health_text("taxis", None);
+        assert_eq!(text, "taxis · no health recorded by then");
+    }
+
+    #[test]
     fn the_timeline_shows_the_recorded_past_while_now_goes_on_and_comes_back_to_live() {
         // Two minutes ago: 20 taxis moving east for 60 s; 5 more from 30 s to 40 s.
         let dir = std::env::temp_dir().join(format!("zhongshu-timeline-{}", std::process::id()));
@@ -775,6 +808,17 @@ mod tests {
                 for i in 0..5 {
                     writer.remove(0, &format!("extra-{i}"), at).unwrap();
                 }
+            }
+            // The feed's health: fresh from 5 s, stale from 32 s.
+            let health = |freshness: &str| {
+                serde_json::json!({"feed": "taxis", "freshness": freshness, "validity": 0.98,
+                    "quarantined": null, "last_error": null, "completeness": 1.0})
+            };
+            if s == 5 {
+                writer.health(0, at, health("fresh")).unwrap();
+            }
+            if s == 32 {
+                writer.health(0, at, health("stale")).unwrap();
             }
         }
         writer.finish().unwrap();
@@ -837,6 +881,19 @@ mod tests {
         frames_until(&mut app, "the seek to 35 s", |app| shown_at(app, t35));
         check_past(&app, t35);
         assert_eq!(app.world().resource::<Live>().shown().len(), 25);
+        let freshness = |app: &App| {
+            app.world()
+                .resource::<Live>()
+                .replay_health
+                .get(&0)
+                .map(|l| {
+                    l["health"]["freshness"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+        };
+        assert_eq!(freshness(&app).as_deref(), Some("stale"));
         assert!(app.world().resource::<Live>().shown_epoch >= 1);
 
         // Backwards: a seek again; at 10 s there are no extras.
@@ -847,6 +904,7 @@ mod tests {
         frames_until(&mut app, "the seek to 10 s", |app| shown_at(app, t10));
         check_past(&app, t10);
         assert_eq!(app.world().resource::<Live>().shown().len(), 20);
+        assert_eq!(freshness(&app).as_deref(), Some("fresh"));
 
         // Played forwards at 60x for 0.4 s: 24 s of data read ahead and applied, no
         // seek; the extras come in at 30 s.
@@ -877,6 +935,8 @@ mod tests {
             epoch,
             "played, not sought"
         );
+        // The health recorded at 32 s came in with the records.
+        assert_eq!(freshness(&app).as_deref(), Some("stale"));
 
         // An incident's replay: from 20 s, played at 60x, paused at its closure at
         // 30 s (not a frame's worth of play past it). The clock stands still between
@@ -914,6 +974,7 @@ mod tests {
         app.update();
         let live = app.world().resource::<Live>();
         assert!(live.replay.is_none());
+        assert!(live.replay_health.is_empty());
         assert_eq!(ids(live.shown()), live_ids);
         assert_eq!(app.world().resource::<ViewClock>().as_of_ms, None);
         let _ = std::fs::remove_dir_all(&dir);

@@ -215,9 +215,12 @@ fn shell_ui(
                     ui.separator();
                     sub_brains_ui(
                         ui,
-                        &live.feeds,
-                        &live.ingest.health,
-                        live.shown(),
+                        &SubBrains {
+                            feeds: &live.feeds,
+                            health: &live.ingest.health,
+                            recorded: live.replay.as_ref().map(|_| &live.replay_health),
+                            state: live.shown(),
+                        },
                         domains,
                         now_ms,
                         out,
@@ -291,6 +294,20 @@ fn shell_ui(
         timeline: view.timeline.as_deref().map(|t| -> Bar<'_> {
             let marks = &marks.1;
             Box::new(move |ui, out| {
+                // A console's mirror of the hall's history in trouble: one more note.
+                let with_mirror: Vec<String>;
+                let problems: &[String] = match &t.mirror_problem {
+                    Some(p) => {
+                        with_mirror = t
+                            .problems
+                            .iter()
+                            .cloned()
+                            .chain(std::iter::once(format!("the hall's history: {p}")))
+                            .collect();
+                        &with_mirror
+                    }
+                    None => &t.problems,
+                };
                 let shown = super::timeline::TimelineView {
                     playback: t.playback,
                     speed: t.speed,
@@ -300,7 +317,7 @@ fn shell_ui(
                     seeking: t.seeking(),
                     catching_up: t.catching_up,
                     trouble: t.trouble.as_deref(),
-                    problems: &t.problems,
+                    problems,
                     marks,
                 };
                 let mut actions = Vec::new();
@@ -944,15 +961,28 @@ pub fn age_text(secs: f64) -> String {
 }
 
 /// Layers grouped by sub-brain: toggle, entity count, and each feed's health.
+/// What the sub-brains panel reads: the feeds, their health now or as recorded (in
+/// replay), and the state shown.
+pub struct SubBrains<'a> {
+    pub feeds: &'a [FeedConfig],
+    pub health: &'a [FeedHealth],
+    pub recorded: Option<&'a std::collections::BTreeMap<u32, serde_json::Value>>,
+    pub state: &'a LiveState,
+}
+
 pub fn sub_brains_ui(
     ui: &mut egui::Ui,
-    feeds: &[FeedConfig],
-    health: &[FeedHealth],
-    state: &LiveState,
+    view: &SubBrains,
     domains: &DomainVisibility,
     now_ms: i64,
     out: &mut Vec<UiCommand>,
 ) {
+    let SubBrains {
+        feeds,
+        health,
+        recorded,
+        state,
+    } = *view;
     ui.heading("Sub-brains 子脑");
     for domain in Domain::ALL {
         let feed_ids: Vec<usize> = (0..feeds.len())
@@ -979,6 +1009,18 @@ pub fn sub_brains_ui(
             );
         }
         for i in feed_ids {
+            // The past shown: each feed's health as recorded then.
+            if let Some(recorded) = recorded {
+                let (text, colour) =
+                    recorded_health_text(&feeds[i].name, recorded.get(&(i as u32)));
+                ui.label(
+                    egui::RichText::new(format!("    {text}"))
+                        .small()
+                        .color(colour),
+                )
+                .on_hover_text("As recorded at the instant shown 回放时记录的状态");
+                continue;
+            }
             let (feed, h) = (&feeds[i], &health[i]);
             let stale_after_s = (feed.interval_s * 3.0).max(5.0);
             let (text, colour) = match h.age_s(now_ms) {
@@ -1020,6 +1062,34 @@ pub fn sub_brains_ui(
     }
     ui.separator();
     legend_ui(ui);
+}
+
+/// A feed's line from its recorded health (`{"health": {"freshness", "validity",
+/// "quarantined", "last_error", …}}`), in replay.
+pub fn recorded_health_text(
+    name: &str,
+    line: Option<&serde_json::Value>,
+) -> (String, egui::Color32) {
+    let Some(h) = line.map(|l| &l["health"]) else {
+        return (format!("{name} · no health recorded by then"), theme::MUTED);
+    };
+    let freshness = h["freshness"].as_str().unwrap_or("unknown");
+    let mut text = format!("{name} · {freshness}");
+    if let Some(v) = h["validity"].as_f64() {
+        text.push_str(&format!(" · {:.0}% valid", v * 100.0));
+    }
+    let mut colour = match freshness {
+        "fresh" => theme::MUTED,
+        _ => theme::WARN,
+    };
+    if let Some(q) = h["quarantined"].as_str() {
+        text.push_str(&format!(" · quarantined: {q}"));
+        colour = theme::ALARM;
+    } else if let Some(e) = h["last_error"].as_str() {
+        text.push_str(&format!(" · failing: {e}"));
+        colour = theme::ALARM;
+    }
+    (text, colour)
 }
 
 fn feed_health_ui(ui: &mut egui::Ui, feed: &FeedConfig, h: &FeedHealth) {

@@ -45,8 +45,8 @@ pub struct Foreign {
 const MAX_RACES: usize = 64;
 
 /// How long a desk waits before its next try after losing `race` races in a row: a
-/// random time up to 2^race ms, at most 50 ms (64 tries wait about 1.5 s in all at
-/// the most).
+/// random time up to 2^race ms, at most 50 ms (64 tries wait about 1.5 s in all on
+/// average, 3 s at the most).
 fn race_backoff(race: usize) -> std::time::Duration {
     use std::hash::{BuildHasher, Hasher};
     let most = (1u64 << race.min(6)).min(50);

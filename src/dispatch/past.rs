@@ -136,6 +136,9 @@ struct Stored {
 /// The log as last read, with its chain checked.
 struct Read {
     events: Vec<Stored>,
+    /// Every event's time is at or after the one before (a hall's writers may append
+    /// a commit stamped a moment before one already written).
+    in_time_order: bool,
     shared: bool,
     at: Instant,
     at_ms: i64,
@@ -172,6 +175,7 @@ fn read_log(open: &OpenLog) -> Result<Read, String> {
     })
     .map_err(|e| format!("{}: {e}", log.describe()))?;
     Ok(Read {
+        in_time_order: events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms),
         events,
         shared: log.shared(),
         at: Instant::now(),
@@ -212,7 +216,9 @@ fn read(
             }
         }
         let Some(read) = &log else { continue };
-        if built.as_ref().is_some_and(|b| b.at_ms > at_ms) {
+        // Back in time, or a log not in time order (every event up to the instant
+        // is taken, in the log's order, as state-at takes them): from the start.
+        if !read.in_time_order || built.as_ref().is_some_and(|b| b.at_ms > at_ms) {
             built = None;
         }
         let b = built.get_or_insert_with(|| Built {
@@ -220,18 +226,28 @@ fn read(
             next: 0,
             at_ms: i64::MIN,
         });
-        while let Some(e) = read.events.get(b.next)
-            && e.at_ms <= at_ms
-        {
-            b.builder
-                .push_stored(read.shared, e.at_ms, &e.operator, &e.role, &e.payload);
-            b.next += 1;
+        let mut taken = b.next as u64;
+        if read.in_time_order {
+            while let Some(e) = read.events.get(b.next)
+                && e.at_ms <= at_ms
+            {
+                b.builder
+                    .push_stored(read.shared, e.at_ms, &e.operator, &e.role, &e.payload);
+                b.next += 1;
+            }
+            taken = b.next as u64;
+        } else {
+            for e in read.events.iter().filter(|e| e.at_ms <= at_ms) {
+                b.builder
+                    .push_stored(read.shared, e.at_ms, &e.operator, &e.role, &e.payload);
+                taken += 1;
+            }
         }
         b.at_ms = at_ms;
         let past = PastBook {
             at_ms,
             book: b.builder.book().clone(),
-            events: b.next as u64,
+            events: taken,
             log_events: read.events.len() as u64,
         };
         if answers.send(Ok(past)).is_err() {
@@ -303,6 +319,57 @@ mod tests {
             seen_orders = seen_orders.max(got.book.orders.len());
         }
         assert_eq!(seen_orders, 8);
+    }
+
+    /// A hall's log can hold a commit stamped a moment before one written ahead of
+    /// it: the book at an instant still takes every event up to it, as state-at does.
+    #[test]
+    fn a_log_out_of_time_order_is_replayed_as_state_at_replays_it() {
+        use crate::dispatch::book::{Command, NewOrder};
+        let db = crate::dispatch::testing::temp_db("past", "out-of-order");
+        {
+            let mut d = crate::dispatch::dispatcher::Dispatcher::open(&db, config()).unwrap();
+            let li = crate::dispatch::book::Actor::new(
+                "li.wei",
+                crate::dispatch::Role::Dispatcher,
+                None,
+            );
+            d.execute(&crate::dispatch::testing::fire(), &li, T0 + 10 * MIN)
+                .unwrap();
+            d.execute(&crate::dispatch::testing::fire(), &li, T0 + 5 * MIN)
+                .unwrap();
+            d.execute(
+                &Command::IssueOrders {
+                    incident: "INC-000002".into(),
+                    orders: vec![NewOrder {
+                        department: "fire".into(),
+                        instruction: "Go".into(),
+                        deadline_ms: T0 + 90 * MIN,
+                    }],
+                },
+                &li,
+                T0 + 8 * MIN,
+            )
+            .unwrap();
+        }
+        let mut seal = SealOptions::beside(&db);
+        seal.create_key = false;
+        seal.read_only = true;
+        let log = EventLog::open_with(&db, &seal).unwrap();
+        let mut past = PastBooks::start(opener(&db), config()).unwrap();
+        for minute in [4, 6, 9, 11, 7, 20] {
+            let at = T0 + minute * MIN;
+            past.ask(at);
+            wait(&mut past);
+            let got = past.shown.as_ref().unwrap();
+            let want = crate::dispatch::ops::book_from_event_log(&log, &config(), at).unwrap();
+            assert_eq!(shape(&got.book), shape(&want), "at +{minute} min");
+        }
+        past.ask(T0 + 6 * MIN);
+        wait(&mut past);
+        let six = &past.shown.as_ref().unwrap().book;
+        assert_eq!(six.incidents.len(), 1, "the one reported at +5 min");
+        assert_eq!(six.incidents[0].id, "INC-000002");
     }
 
     /// A log whose chain was tampered with shows no past: the reader says why.

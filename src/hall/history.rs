@@ -36,14 +36,53 @@ pub const HALL_SEGMENT_MS: i64 = 60_000;
 /// How often the hub puts the segments that changed, and a console mirrors them.
 pub const SYNC_EVERY: Duration = Duration::from_secs(2);
 
-/// A segment's file name as the recorder writes it (`zhongshu-<start ms>.mcap`), and
-/// nothing else: an object named otherwise is never written to disk.
+/// A segment's file name as the recorder writes it (`zhongshu-<start ms>.mcap`, the
+/// number as written, from the year 2000 on), and nothing else: an object named
+/// otherwise is never written to disk.
 fn is_segment_name(name: &str) -> bool {
+    /// 2000-01-01T00:00:00Z.
+    const EARLIEST_MS: i64 = 946_684_800_000;
     name.strip_prefix("zhongshu-")
         .and_then(|r| r.strip_suffix(".mcap"))
         .is_some_and(|ms| {
-            !ms.is_empty() && ms.len() <= 20 && ms.bytes().all(|b| b.is_ascii_digit())
+            ms.parse::<i64>()
+                .is_ok_and(|v| v >= EARLIEST_MS && v.to_string() == ms)
         })
+}
+
+/// The largest segment a console fetches (a hub's segment of a minute is a few MB).
+pub const MAX_SEGMENT_BYTES: usize = 512 << 20;
+
+/// The bucket's segments; entries that cannot be read are counted, not fatal.
+fn list_segments(
+    nats: &Nats,
+    store: &ObjectStore,
+) -> Result<(Vec<object_store::ObjectInfo>, usize), String> {
+    use futures_util::StreamExt;
+    let store = store.clone();
+    nats.call("list the hall's history", async move {
+        let mut list = store.list().await.map_err(|e| e.to_string())?;
+        let (mut all, mut unreadable) = (Vec::new(), 0);
+        while let Some(info) = list.next().await {
+            match info {
+                Ok(info) if !info.deleted && is_segment_name(&info.name) => all.push(info),
+                Ok(_) => {}
+                Err(_) => unreadable += 1,
+            }
+        }
+        Ok((all, unreadable))
+    })
+}
+
+/// A name for a file being written beside `name`, unique to this process and call.
+fn partial_name(name: &str) -> String {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        ".{name}.{}.{}.partial",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Opens the hall's history bucket; with `create` (the hub), creates it when missing,
@@ -102,10 +141,23 @@ impl Uploader {
         retention: Duration,
         replicas: usize,
     ) -> Result<Self, String> {
+        let store = open_bucket(nats, hall, Some((retention, replicas)))?;
+        // What the bucket holds already (put before a restart or a failover) is not
+        // put again: a local segment of the same length is the same.
+        let mut put = HashMap::new();
+        if let Ok((listed, _)) = list_segments(nats, &store) {
+            for info in listed {
+                if let Ok(meta) = std::fs::metadata(dir.join(&info.name))
+                    && meta.len() == info.size as u64
+                {
+                    put.insert(info.name, (meta.len(), meta.modified().ok()));
+                }
+            }
+        }
         Ok(Self {
-            store: open_bucket(nats, hall, Some((retention, replicas)))?,
+            store,
             dir: dir.to_path_buf(),
-            put: HashMap::new(),
+            put,
             puts: 0,
         })
     }
@@ -124,6 +176,10 @@ impl Uploader {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
+            // An empty file (a segment that could not be started) holds nothing.
+            if meta.len() == 0 {
+                continue;
+            }
             let key = (meta.len(), meta.modified().ok());
             if self.put.get(&name) == Some(&key) {
                 continue;
@@ -161,6 +217,9 @@ pub struct MirrorReport {
     pub fetched: usize,
     /// Local segments removed (gone from the bucket).
     pub removed: usize,
+    /// What could not be taken (an entry that cannot be read, a segment too large or
+    /// that failed to fetch), each said; the rest is mirrored.
+    pub problems: Vec<String>,
 }
 
 /// A console's side: keeps a local folder equal to the hall's history bucket.
@@ -193,23 +252,15 @@ impl Mirror {
     /// beside its place, then moved over it) and removes local ones the bucket no
     /// longer holds.
     pub fn sync(&mut self, nats: &Nats) -> Result<MirrorReport, String> {
-        use futures_util::StreamExt;
-        let store = self.store.clone();
-        let listed: Vec<object_store::ObjectInfo> =
-            nats.call("list the hall's history", async move {
-                let mut list = store.list().await.map_err(|e| e.to_string())?;
-                let mut all = Vec::new();
-                while let Some(info) = list.next().await {
-                    all.push(info.map_err(|e| e.to_string())?);
-                }
-                Ok(all)
-            })?;
+        let (listed, unreadable) = list_segments(nats, &self.store)?;
         let mut report = MirrorReport::default();
+        if unreadable > 0 {
+            report.problems.push(format!(
+                "{unreadable} entries of the bucket could not be read; skipped"
+            ));
+        }
         let mut names = HashSet::new();
         for info in listed {
-            if info.deleted || !is_segment_name(&info.name) {
-                continue;
-            }
             names.insert(info.name.clone());
             report.segments += 1;
             let path = self.dir.join(&info.name);
@@ -223,25 +274,51 @@ impl Mirror {
                 self.have.insert(info.name.clone(), info.nuid.clone());
                 continue;
             }
+            if info.size > MAX_SEGMENT_BYTES {
+                report.problems.push(format!(
+                    "{} is {} MB, more than a segment can be ({} MB); skipped",
+                    info.name,
+                    info.size >> 20,
+                    MAX_SEGMENT_BYTES >> 20
+                ));
+                continue;
+            }
             let store = self.store.clone();
             let name = info.name.clone();
-            let bytes = nats.call("fetch a history segment", async move {
+            let fetched = nats.call("fetch a history segment", async move {
                 use tokio::io::AsyncReadExt;
                 let mut object = store
                     .get(name.as_str())
                     .await
                     .map_err(|e| format!("cannot fetch {name}: {e}"))?;
                 let mut bytes = Vec::new();
-                object
+                (&mut object)
+                    .take(MAX_SEGMENT_BYTES as u64 + 1)
                     .read_to_end(&mut bytes)
                     .await
                     .map_err(|e| format!("cannot fetch {name}: {e}"))?;
+                if bytes.len() > MAX_SEGMENT_BYTES {
+                    return Err(format!("{name} is larger than a segment can be; skipped"));
+                }
                 Ok(bytes)
-            })?;
-            let partial = self.dir.join(format!(".{}.partial", info.name));
-            std::fs::write(&partial, &bytes)
-                .and_then(|_| std::fs::rename(&partial, &path))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            });
+            let bytes = match fetched {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    report.problems.push(e);
+                    continue;
+                }
+            };
+            // Written whole beside its place under a name of its own, then moved over
+            // it: readers (and another mirror of the same folder) never see half.
+            let partial = self.dir.join(partial_name(&info.name));
+            let written =
+                std::fs::write(&partial, &bytes).and_then(|_| std::fs::rename(&partial, &path));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&partial);
+                report.problems.push(format!("{}: {e}", path.display()));
+                continue;
+            }
             self.have.insert(info.name.clone(), info.nuid.clone());
             report.fetched += 1;
         }
@@ -339,7 +416,10 @@ pub fn start_mirror(nats: Nats, hall: String, dir: PathBuf) -> std::io::Result<S
             mirror = Some(Mirror::open(&nats, &hall, &dir)?);
         }
         match mirror.as_mut() {
-            Some(m) => m.sync(&nats).map(|_| ()),
+            Some(m) => m.sync(&nats).and_then(|r| match r.problems.first() {
+                None => Ok(()),
+                Some(p) => Err(p.clone()),
+            }),
             None => Ok(()),
         }
     })
@@ -470,6 +550,63 @@ mod tests {
         // A fresh console (nothing fetched yet) takes what it already holds as is.
         let mut again = Mirror::open(&console, "hh", &console_dir).unwrap();
         assert_eq!(again.sync(&console).unwrap().fetched, 0);
+        // A hub started again (a restart, a failover back) puts nothing the bucket
+        // holds already: only the segment deleted from it above.
+        let mut restarted =
+            Uploader::open(&nats, "hh", &hub_dir, Duration::from_secs(3600), 1).unwrap();
+        assert_eq!(restarted.sync(&nats).unwrap(), 1);
+        assert_eq!(restarted.sync(&nats).unwrap(), 0);
+        assert_eq!(again.sync(&console).unwrap().fetched, 1);
+        // An entry of the bucket that cannot be read (another client's, with an
+        // empty time) is said and skipped; the rest is still mirrored.
+        nats.call("publish", {
+            let js = nats.js.clone();
+            async move {
+                let info = br#"{"name":"notes.txt","bucket":"zhongshu_hh_history","nuid":"x","size":4,"chunks":1,"mtime":"","deleted":true}"#;
+                js.publish("$O.zhongshu_hh_history.M.bm90ZXMudHh0", info.as_slice().into())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .unwrap();
+        let report = again.sync(&console).unwrap();
+        assert_eq!(report.segments, 3, "{report:?}");
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains("could not be read")),
+            "{report:?}"
+        );
+        // Two mirrors of one folder at once (a console and a state-at) never trip
+        // over each other's files.
+        record(&mut writer, 58..60);
+        uploader.sync(&nats).unwrap();
+        std::thread::scope(|scope| {
+            for k in 0..4 {
+                let (server, dir) = (&server, &console_dir);
+                scope.spawn(move || {
+                    let nats = server.connect(&format!("mirror-{k}"));
+                    for _ in 0..5 {
+                        let mut m = Mirror::open(&nats, "hh", dir).unwrap();
+                        let r = m.sync(&nats).unwrap();
+                        assert!(
+                            r.problems.iter().all(|p| p.contains("could not be read")),
+                            "{r:?}"
+                        );
+                    }
+                });
+            }
+        });
+        let leftovers: Vec<_> = std::fs::read_dir(&console_dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
         writer.finish().unwrap();
         for d in [&hub_dir, &console_dir] {
             let _ = std::fs::remove_dir_all(d);
@@ -489,6 +626,9 @@ mod tests {
     fn only_segment_names_are_taken() {
         assert!(is_segment_name("zhongshu-1795946400000.mcap"));
         for bad in [
+            "zhongshu-0.mcap",
+            "zhongshu-01795946400000.mcap",
+            "zhongshu-99999999999999999999.mcap",
             "zhongshu-.mcap",
             "../zhongshu-1.mcap",
             "zhongshu-1.mcap/x",

@@ -300,7 +300,7 @@ pub fn run(
                     report(HubState::Problem(format!("alert {}: {e}", alert.key)));
                 }
             }
-            if let Some(e) = problem
+            if let Some(e) = problem.or_else(|| l.history_trouble())
                 && last_problem.as_deref() != Some(e.as_str())
             {
                 report(HubState::Problem(e.clone()));

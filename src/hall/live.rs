@@ -878,6 +878,8 @@ pub struct HubLive {
     /// Why the history is not recorded or shared, when it was asked for and did not
     /// start (said once by whoever takes it).
     pub history_problem: Option<String>,
+    /// The recorder's errors already said.
+    history_errors_said: u64,
 }
 
 impl Drop for HubLive {
@@ -929,6 +931,7 @@ impl HubLive {
             recorder,
             uploader,
             history_problem,
+            history_errors_said: 0,
             state,
             setup,
             _running: running,
@@ -1009,6 +1012,24 @@ impl HubLive {
     /// How putting the history in the hall's object store goes, when it runs.
     pub fn history_status(&self) -> Option<super::history::SyncStatus> {
         self.uploader.as_ref().map(|u| u.status())
+    }
+
+    /// What went wrong with the hall's history since last asked: the recorder's
+    /// newest error (a full disk), else why putting it in the object store fails
+    /// now; `None` when all is well.
+    pub fn history_trouble(&mut self) -> Option<String> {
+        if let Some((recorder, _)) = &self.recorder {
+            let stats = recorder.stats();
+            if stats.errors > self.history_errors_said {
+                self.history_errors_said = stats.errors;
+                return stats
+                    .last_error
+                    .map(|e| format!("the hall's history is not being recorded in full: {e}"));
+            }
+        }
+        self.history_status()
+            .and_then(|s| s.problem)
+            .map(|e| format!("the hall's history is not reaching the consoles: {e}"))
     }
 }
 

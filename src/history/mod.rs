@@ -154,6 +154,8 @@ pub struct HistoryWriter {
     now_ms: i64,
     health: BTreeMap<FeedId, Value>,
     pub stats: WriterStats,
+    /// When starting a segment last failed (tried again after [`REOPEN_AFTER`]).
+    open_failed: Option<std::time::Instant>,
 }
 
 impl HistoryWriter {
@@ -203,16 +205,40 @@ impl HistoryWriter {
             now_ms: i64::MIN,
             health: BTreeMap::new(),
             stats: WriterStats::default(),
+            open_failed: None,
         })
     }
 
     fn open_segment(&mut self, start_ms: i64) -> anyhow::Result<()> {
+        // A segment that could not be started (a full disk) is tried again after a
+        // while, not at every change: no heap of empty files.
+        if let Some(failed) = self.open_failed
+            && failed.elapsed() < REOPEN_AFTER
+        {
+            bail!(
+                "the history is not being written (a segment could not be started; tried again every {} s)",
+                REOPEN_AFTER.as_secs()
+            );
+        }
         let mut start = start_ms;
         // Never write over a segment (a clock set back, a restart in the same ms).
         while self.dir.join(segment_name(start)).exists() {
             start += 1;
         }
         let path = self.dir.join(segment_name(start));
+        let result = self.start_segment(start, &path);
+        if result.is_err() {
+            // Nothing half-made is left behind.
+            let _ = std::fs::remove_file(&path);
+            self.open_failed = Some(std::time::Instant::now());
+        } else {
+            self.open_failed = None;
+        }
+        result
+    }
+
+    fn start_segment(&mut self, start: i64, path: &Path) -> anyhow::Result<()> {
+        let path = path.to_path_buf();
         let file =
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         let mut writer = mcap::WriteOptions::new()
@@ -461,6 +487,9 @@ pub struct Recorder {
 
 /// Batches of changes the recorder's queue holds before it drops new ones.
 const QUEUE: usize = 4096;
+
+/// A writer that failed to start a segment tries again after this long.
+const REOPEN_AFTER: Duration = Duration::from_secs(5);
 
 /// The recorder closes its open chunk (and writes it out) at least this often.
 const CHUNK_EVERY: Duration = Duration::from_secs(1);
@@ -864,6 +893,11 @@ impl Replay {
         &self.snap.problems
     }
 
+    /// Each feed's last recorded health line up to where it has read.
+    pub fn health(&self) -> &BTreeMap<FeedId, Value> {
+        &self.snap.health
+    }
+
     /// Every record of the history has been handed over.
     pub fn ended(&self) -> bool {
         self.ended
@@ -1109,8 +1143,9 @@ impl Replay {
 pub struct ReplayAhead {
     /// The state at the instant it started from, to show first.
     pub start: Snapshot,
-    /// Batches: every record up to a data time.
-    rx: Receiver<(i64, Vec<Record>)>,
+    /// Batches: every record up to a data time (and the feeds' recorded health then,
+    /// when it changed).
+    rx: Receiver<Batch>,
     /// The batch being taken, and how far.
     batch: Vec<Record>,
     next: usize,
@@ -1119,11 +1154,18 @@ pub struct ReplayAhead {
     /// The data time up to which every record has been received.
     complete_to_ms: i64,
     ended: bool,
+    /// Each feed's recorded health line as of the batch being taken.
+    health: BTreeMap<FeedId, Value>,
+    /// Bumped when `health` changes.
+    pub health_revision: u64,
     /// Problems met reading (the start's, then the thread's), in order.
     problems: Arc<Mutex<Vec<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// Every record up to a data time, and the feeds' health then when it changed.
+type Batch = (i64, Vec<Record>, Option<BTreeMap<FeedId, Value>>);
 
 impl ReplayAhead {
     /// Seconds of data decoded ahead of the frame.
@@ -1133,7 +1175,7 @@ impl ReplayAhead {
     pub fn start(history: &History, t_ms: i64) -> anyhow::Result<Self> {
         let mut replay = history.replay_from(t_ms)?;
         let start = replay.snapshot();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(i64, Vec<Record>)>(Self::AHEAD_S);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(Self::AHEAD_S);
         let (spent, spent_rx) = std::sync::mpsc::channel::<Vec<Record>>();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
@@ -1149,6 +1191,7 @@ impl ReplayAhead {
                     }
                 };
                 let mut known = replay.problems().len();
+                let mut health = replay.health().clone();
                 while !stopping.load(Ordering::Relaxed) {
                     // Freed here, not in the frame.
                     while spent_rx.try_recv().is_ok() {}
@@ -1165,12 +1208,18 @@ impl ReplayAhead {
                     }
                     let last = replay.ended();
                     let upto = if last { i64::MAX } else { to };
-                    if tx.send((upto, batch)).is_err() || last {
+                    let changed = (replay.health() != &health).then(|| {
+                        health = replay.health().clone();
+                        health.clone()
+                    });
+                    if tx.send((upto, batch, changed)).is_err() || last {
                         break;
                     }
                 }
             })?;
         Ok(Self {
+            health: start.health.clone(),
+            health_revision: 0,
             start,
             rx,
             batch: Vec::new(),
@@ -1206,11 +1255,15 @@ impl ReplayAhead {
                 return true;
             }
             match self.rx.try_recv() {
-                Ok((upto, batch)) => {
+                Ok((upto, batch, health)) => {
                     self.complete_to_ms = upto;
                     self.ended = upto == i64::MAX;
                     self.batch = batch;
                     self.next = 0;
+                    if let Some(health) = health {
+                        self.health = health;
+                        self.health_revision += 1;
+                    }
                 }
                 Err(TryRecvError::Empty) => return false,
                 Err(TryRecvError::Disconnected) => {
@@ -1219,6 +1272,12 @@ impl ReplayAhead {
                 }
             }
         }
+    }
+
+    /// Each feed's recorded health line as of the records being handed over (to
+    /// the second).
+    pub fn health(&self) -> &BTreeMap<FeedId, Value> {
+        &self.health
     }
 
     /// The history has no more records (the end of the recording).
