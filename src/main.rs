@@ -1645,7 +1645,14 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Screenshot { out, size, at } => {
             let size = parse_size(&size)?;
             // The past, read before any window opens: a time outside the history is
-            // a plain error.
+            // a plain error. The desk a --user opens is the live dispatch service (it
+            // delivers pending orders, runs the clock, serves the status API): never
+            // for a picture of the past.
+            if at.is_some() && cli.user.is_some() {
+                bail!(
+                    "--at shows the recorded city; --user would open the live dispatch desk (it delivers orders and runs the clock): give one"
+                );
+            }
             // With --nats/--hall: the hall's history, mirrored.
             let history = match at {
                 Some(_) => history_dir(&cli, "screenshot")?,
@@ -2377,8 +2384,14 @@ fn hall_nats(cli: &Cli, what: &str) -> anyhow::Result<(zhongshu::nats::Nats, Str
 
 fn run_hub(cli: &Cli, open_data: Option<OpenDataFlags>, retention_days: f64) -> anyhow::Result<()> {
     use zhongshu::hall::hub::{HubOptions, HubState};
-    if !(retention_days.is_finite() && retention_days > 0.0 && retention_days <= 3660.0) {
-        bail!("--retention-days must be more than 0 and at most 3660, got {retention_days}");
+    // The server keeps objects a minute at the least.
+    if !(retention_days.is_finite()
+        && retention_days * 86_400.0 >= 60.0
+        && retention_days <= 3660.0)
+    {
+        bail!(
+            "--retention-days must be at least a minute (0.0007) and at most 3660, got {retention_days}"
+        );
     }
     if cli.nats_domain.is_some() {
         bail!(

@@ -1178,6 +1178,37 @@ fn ops_report_gives_the_figures_of_a_log_written_by_the_dispatcher() {
     assert!(stderr.contains("event 4 does not match"), "{stderr}");
 }
 
+/// A picture of the past never opens the live dispatch desk (it would deliver
+/// pending orders and run the clock on the real log): `--at` with `--user` is
+/// refused before anything is opened.
+#[test]
+fn a_screenshot_of_the_past_refuses_the_live_desk() {
+    let dir = scratch_dir("screenshot-at-user");
+    let db = dir.join("events.db");
+    let out = zhongshu()
+        .args([
+            "screenshot",
+            "--at",
+            "1795946400000",
+            "--user",
+            "dispatch",
+            "--db",
+        ])
+        .arg(&db)
+        .arg("--history")
+        .arg(dir.join("history"))
+        .arg("--out")
+        .arg(dir.join("past.png"))
+        .env("ZHONGSHU_PASSPHRASE", "zhongshu")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("live dispatch desk"), "{stderr}");
+    assert!(!db.exists(), "the log was opened");
+    assert!(!dir.join("past.png").exists());
+}
+
 #[test]
 fn record_then_state_at_gives_the_city_and_the_book_as_they_stood() {
     use zhongshu::dispatch::book::{Actor, Command, NewIncident, NewOrder, Severity};

@@ -34,14 +34,12 @@ pub(super) fn add(app: &mut App, request: ScreenshotRequest) {
     .add_systems(Last, request_capture.after(super::ready::track_readiness));
 }
 
-#[allow(clippy::too_many_arguments)]
 fn request_capture(
     mut commands: Commands,
     time: Res<Time<Real>>,
     ready: Res<SceneReady>,
     live: Option<Res<super::live::Live>>,
     timeline: Option<Res<super::timeline::Timeline>>,
-    desk: Option<Res<super::desk::Desk>>,
     mut state: ResMut<SnapshotState>,
     mut exit: MessageWriter<AppExit>,
 ) {
@@ -63,18 +61,7 @@ fn request_capture(
                 .all(|h| h.polls_ok + h.polls_failed > 0)
     });
     // A past instant: its state read and shown.
-    let past_in = timeline.as_ref().is_none_or(|t| t.settled());
-    // The desk in the picture of a past instant: its book as it stood then, read (or
-    // why it cannot be).
-    let replaying = timeline.as_ref().is_some_and(|t| t.playback.is_past());
-    let book_in = !replaying
-        || desk.as_ref().is_none_or(|d| {
-            d.worker.load_error.is_some()
-                || d.past
-                    .as_ref()
-                    .is_some_and(|p| p.trouble.is_some() || (p.shown.is_some() && !p.reading()))
-        });
-    let past_in = past_in && book_in;
+    let past_in = timeline.is_none_or(|t| t.settled());
     if !ready.is_ready() || !past_in || (!feeds_in && time.elapsed_secs() < 20.0) {
         state.settled_frames = 0;
         return;

@@ -215,10 +215,7 @@ impl HistoryWriter {
         if let Some(failed) = self.open_failed
             && failed.elapsed() < REOPEN_AFTER
         {
-            bail!(
-                "the history is not being written (a segment could not be started; tried again every {} s)",
-                REOPEN_AFTER.as_secs()
-            );
+            bail!(NOT_WRITTEN);
         }
         let mut start = start_ms;
         // Never write over a segment (a clock set back, a restart in the same ms).
@@ -278,7 +275,7 @@ impl HistoryWriter {
         data: &[u8],
     ) -> anyhow::Result<()> {
         let Some(segment) = self.segment.as_mut() else {
-            bail!("no segment open");
+            bail!(NOT_WRITTEN);
         };
         segment.sequence += 1;
         let time = at_ms.max(0) as u64 * 1_000_000;
@@ -490,6 +487,11 @@ const QUEUE: usize = 4096;
 
 /// A writer that failed to start a segment tries again after this long.
 const REOPEN_AFTER: Duration = Duration::from_secs(5);
+
+/// What a change meets while no segment could be started (one text, so it is said
+/// once).
+const NOT_WRITTEN: &str =
+    "the history is not being written (a segment could not be started; tried again every 5 s)";
 
 /// The recorder closes its open chunk (and writes it out) at least this often.
 const CHUNK_EVERY: Duration = Duration::from_secs(1);
