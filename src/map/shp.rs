@@ -4,8 +4,9 @@
 //!
 //! Attribute text is decoded as the `.cpg` says (UTF-8, GBK, GB18030, Big5, Windows
 //! code pages, ...); without one it is UTF-8 when every text is valid UTF-8, else
-//! GB18030, which covers GBK and GB2312, what a Chinese agency's export without a
-//! `.cpg` is written in. A `.dbf` record becomes the same property map a GeoJSON
+//! GB18030 (which covers GBK and GB2312, what a Chinese agency's export without a
+//! `.cpg` is written in) when its high bytes stand in pairs as Chinese text's do, or
+//! Windows-1252 (Latin-1) when they stand alone among letters. A `.dbf` record becomes the same property map a GeoJSON
 //! feature's properties do, so the schema reads every format's fields alike.
 //!
 //! Polygon rings are sorted into pieces and holes by how they nest, as Esri JSON's
@@ -43,7 +44,8 @@ pub struct TextEncoding {
 pub enum EncodingSource {
     /// The `.cpg` beside the `.shp`.
     Cpg,
-    /// No (understood) `.cpg`: UTF-8 if every text is valid UTF-8, else GB18030.
+    /// No (understood) `.cpg`: UTF-8 if every text is valid UTF-8, else GB18030 or
+    /// Windows-1252 by how the high bytes stand.
     Detected,
 }
 
@@ -154,7 +156,9 @@ impl DbfLayout {
 }
 
 /// UTF-8 if every field name and every text value of the records kept is valid UTF-8
-/// (a value cut mid-character at its field's width counts as valid), else GB18030.
+/// (a value cut mid-character at its field's width counts as valid); else GB18030 when
+/// the high bytes read as Chinese (pairs, four-byte units), Windows-1252 (Latin-1)
+/// when they stand alone among letters.
 fn detect_encoding(bytes: &[u8], layout: &DbfLayout, deleted: &[bool]) -> &'static Encoding {
     let valid = |text: &[u8]| {
         let end = text
@@ -191,7 +195,55 @@ fn detect_encoding(bytes: &[u8], layout: &DbfLayout, deleted: &[bool]) -> &'stat
                     .all(|f| record.get(f.clone()).is_none_or(valid))
         });
     if names_valid && values_valid {
-        encoding_rs::UTF_8
+        return encoding_rs::UTF_8;
+    }
+    // Not UTF-8: Chinese (GB18030) or Western (Windows-1252, which covers Latin-1)?
+    // Chinese text is high bytes in pairs (both 0xA1 and up for GB2312's characters)
+    // or GB18030's four-byte units; Western text has lone high bytes among letters.
+    let mut votes = (0usize, 0usize); // (Chinese, Western)
+    let mut count = |text: &[u8]| {
+        let mut i = 0;
+        while i < text.len() {
+            let b = text[i];
+            if b < 0x80 {
+                i += 1;
+                continue;
+            }
+            let at = |k: usize| text.get(i + k).copied().unwrap_or(0);
+            let four = (0x81..=0xFE).contains(&b)
+                && (0x30..=0x39).contains(&at(1))
+                && (0x81..=0xFE).contains(&at(2))
+                && (0x30..=0x39).contains(&at(3));
+            if four {
+                votes.0 += 1;
+                i += 4;
+            } else if (0xA1..=0xFE).contains(&b) && (0xA1..=0xFE).contains(&at(1)) {
+                votes.0 += 1;
+                i += 2;
+            } else {
+                votes.1 += 1;
+                i += 1;
+            }
+        }
+    };
+    for i in 0..layout.fields.len() {
+        let at = 32 + 32 * i;
+        if let Some(name) = bytes.get(at..at + 11) {
+            count(name);
+        }
+    }
+    for record in (0..layout.records)
+        .filter(|&i| !deleted[i])
+        .filter_map(|i| layout.record(bytes, i))
+    {
+        for f in &text_fields {
+            if let Some(text) = record.get(f.clone()) {
+                count(text);
+            }
+        }
+    }
+    if votes.1 > votes.0 {
+        encoding_rs::WINDOWS_1252
     } else {
         encoding_rs::GB18030
     }
@@ -585,18 +637,29 @@ mod tests {
     /// Writes `dir/name.shp` (with `.shx` and `.dbf`) with fields `层数` and `名称`,
     /// names and text in `encoding` as ArcGIS writes them.
     fn write(dir: &Path, name: &str, encoding: &'static Encoding, rows: Vec<Row>) -> PathBuf {
+        write_fields(dir, name, encoding, rows, ["层数", "名称"])
+    }
+
+    /// [`write`] with other names for the floors and name fields.
+    fn write_fields(
+        dir: &Path,
+        name: &str,
+        encoding: &'static Encoding,
+        rows: Vec<Row>,
+        [floors, title]: [&str; 2],
+    ) -> PathBuf {
         let field = |n: &str| FieldName::try_from(n).unwrap();
         let table =
             dbase::TableWriterBuilder::with_encoding(dbase::encoding::EncodingRs::from(encoding))
-                .add_numeric_field(field("层数"), 4, 0)
-                .add_character_field(field("名称"), 40);
+                .add_numeric_field(field(floors), 4, 0)
+                .add_character_field(field(title), 40);
         let path = dir.join(format!("{name}.shp"));
         let mut writer = ::shapefile::Writer::from_path(&path, table).unwrap();
         for row in rows {
             let mut record = Record::default();
-            record.insert("层数".into(), FieldValue::Numeric(row.floors));
+            record.insert(floors.into(), FieldValue::Numeric(row.floors));
             record.insert(
-                "名称".into(),
+                title.into(),
                 FieldValue::Character(row.name.map(str::to_string)),
             );
             writer
@@ -837,6 +900,32 @@ mod tests {
             for name in names {
                 assert!((building(&map, name).extent.height_m - 6.4).abs() < 1e-3);
             }
+        }
+        // Western names without a .cpg (a European agency's export): Latin-1, not
+        // Chinese.
+        let western = ["Müller", "Straße 5", "Café Ñandú"];
+        let path = write_fields(
+            &dir,
+            "western",
+            encoding_rs::WINDOWS_1252,
+            western
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    row(
+                        vec![PolygonRing::Outer(square(50.0 * i as f64, 0.0, 20.0))],
+                        2.0,
+                        name,
+                    )
+                })
+                .collect(),
+            ["FLOORS", "NAME"],
+        );
+        std::fs::write(path.with_extension("prj"), ESRI_GK_ZONE_39).unwrap();
+        let map = load_path(&path).unwrap();
+        assert_eq!(map.encoding.clone().unwrap().name, "windows-1252");
+        for name in western {
+            building(&map, name);
         }
         // A .cpg naming nothing known: detected, and what it said is reported.
         let path = dir.join("gb18030.shp");
