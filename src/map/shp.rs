@@ -33,9 +33,18 @@ pub struct TextEncoding {
     /// `gbk`, `gb18030`, `big5`, `windows-1252`).
     pub name: String,
     pub source: EncodingSource,
-    /// What the `.cpg` said, when it named nothing known (the text was then detected).
+    /// What the `.cpg` said, when it named nothing known or a code page that cannot
+    /// read the text (the text was then detected).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpg: Option<String>,
+    /// Text values that are not valid in the encoding used (a `.cpg` that does not
+    /// match the table): they read with replacement characters.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub undecodable: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Where a Shapefile's encoding came from.
@@ -155,6 +164,56 @@ impl DbfLayout {
     }
 }
 
+/// Where each text field lies in a record.
+fn text_fields(layout: &DbfLayout) -> Vec<std::ops::Range<usize>> {
+    let mut fields = Vec::new();
+    let mut at = 1; // past the deletion flag
+    for &(kind, width) in &layout.fields {
+        if kind == dbase::FieldType::Character {
+            fields.push(at..at + width);
+        }
+        at += width;
+    }
+    fields
+}
+
+/// Text values of the records kept that are not valid in `encoding` (trailing spaces
+/// and a character cut at the field's width aside).
+fn undecodable(
+    bytes: &[u8],
+    layout: &DbfLayout,
+    deleted: &[bool],
+    encoding: &'static Encoding,
+) -> usize {
+    let fields = text_fields(layout);
+    (0..layout.records)
+        .filter(|&i| !deleted[i])
+        .filter_map(|i| layout.record(bytes, i))
+        .map(|record| {
+            fields
+                .iter()
+                .filter_map(|f| record.get(f.clone()))
+                .filter(|text| {
+                    let end = text
+                        .iter()
+                        .rposition(|&b| b != b' ' && b != 0)
+                        .map_or(0, |i| i + 1);
+                    // Valid, or valid once a character cut at the field's width (its
+                    // first bytes, up to 3) is left off.
+                    !(0..=end.min(3)).any(|cut| {
+                        text[end - cut..end].iter().all(|&b| b >= 0x80)
+                            && encoding
+                                .decode_without_bom_handling_and_without_replacement(
+                                    &text[..end - cut],
+                                )
+                                .is_some()
+                    })
+                })
+                .count()
+        })
+        .sum()
+}
+
 /// UTF-8 if every field name and every text value of the records kept is valid UTF-8
 /// (a value cut mid-character at its field's width counts as valid); else GB18030 when
 /// the high bytes read as Chinese (pairs, four-byte units), Windows-1252 (Latin-1)
@@ -177,14 +236,7 @@ fn detect_encoding(bytes: &[u8], layout: &DbfLayout, deleted: &[bool]) -> &'stat
             valid(&name[..end])
         })
     });
-    let mut text_fields = Vec::new();
-    let mut at = 1; // past the deletion flag
-    for &(kind, width) in &layout.fields {
-        if kind == dbase::FieldType::Character {
-            text_fields.push(at..at + width);
-        }
-        at += width;
-    }
+    let text_fields = text_fields(layout);
     let values_valid = (0..layout.records)
         .filter(|&i| !deleted[i])
         .filter_map(|i| layout.record(bytes, i))
@@ -478,6 +530,18 @@ pub(crate) fn read_path(path: &Path, source_name: &str) -> Result<FileRead, MapE
         None => None,
     };
     let (encoding, text_encoding) = match cpg.as_deref().map(|c| (c, encoding_of_cpg(c))) {
+        // A .cpg whose code page cannot read the text (a table written in another):
+        // set aside for what the text itself says, when that reads more of it.
+        Some((said, Some(e))) if undecodable(&dbf, &layout, &deleted, e) > 0 => {
+            let detected = detect_encoding(&dbf, &layout, &deleted);
+            if undecodable(&dbf, &layout, &deleted, detected)
+                < undecodable(&dbf, &layout, &deleted, e)
+            {
+                (detected, (EncodingSource::Detected, Some(said.to_string())))
+            } else {
+                (e, (EncodingSource::Cpg, None))
+            }
+        }
         Some((_, Some(e))) => (e, (EncodingSource::Cpg, None)),
         Some((said, None)) => (
             detect_encoding(&dbf, &layout, &deleted),
@@ -488,6 +552,9 @@ pub(crate) fn read_path(path: &Path, source_name: &str) -> Result<FileRead, MapE
             (EncodingSource::Detected, None),
         ),
     };
+    // Text the encoding used cannot read (read with replacement characters, or its
+    // records skipped): counted, and said by map-info.
+    let text_undecodable = undecodable(&dbf, &layout, &deleted, encoding);
     let mut table = open_dbf(encoding)?;
 
     // The shapes, streamed; through the .shx when there is one.
@@ -578,6 +645,7 @@ pub(crate) fn read_path(path: &Path, source_name: &str) -> Result<FileRead, MapE
             name: encoding.name().to_ascii_lowercase(),
             source,
             cpg,
+            undecodable: text_undecodable,
         }),
         ..FileRead::features(features, skipped, file_crs)
     })
@@ -738,6 +806,7 @@ mod tests {
                 name: "gbk".into(),
                 source: EncodingSource::Cpg,
                 cpg: None,
+                undecodable: 0,
             })
         );
         // The school in two pieces is one building.
@@ -927,6 +996,21 @@ mod tests {
         for name in western {
             building(&map, name);
         }
+        // A .cpg that lies (UTF-8 over GB18030 text): set aside for what the text
+        // says, and what it said is reported.
+        let path = dir.join("gb18030.shp");
+        std::fs::write(path.with_extension("cpg"), "UTF-8").unwrap();
+        let map = load_path(&path).unwrap();
+        let encoding = map.encoding.clone().unwrap();
+        assert_eq!(encoding.name, "gb18030");
+        assert_eq!(encoding.source, EncodingSource::Detected);
+        assert_eq!(encoding.cpg.as_deref(), Some("UTF-8"));
+        assert_eq!(encoding.undecodable, 0);
+        building(&map, "图书馆");
+        // Big5 said over GB18030 text that Big5 cannot read all of: the same.
+        std::fs::write(path.with_extension("cpg"), "Big5").unwrap();
+        let encoding = load_path(&path).unwrap().encoding.unwrap();
+        assert_eq!(encoding.name, "gb18030", "{encoding:?}");
         // A .cpg naming nothing known: detected, and what it said is reported.
         let path = dir.join("gb18030.shp");
         std::fs::write(path.with_extension("cpg"), "Klingon").unwrap();
