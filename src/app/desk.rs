@@ -285,10 +285,7 @@ impl Desk {
 
     /// The book the desk shows: in replay the past's (once read), else now's.
     pub fn shown_book(&self) -> Option<&crate::dispatch::book::Book> {
-        match &self.past {
-            Some(past) => past.shown.as_ref().map(|p| &p.book),
-            None => self.worker.book(),
-        }
+        shown_book(&self.past, &self.worker)
     }
 
     pub fn is_loading(&self) -> bool {
@@ -576,6 +573,18 @@ fn start_desk(mut commands: Commands, setup: Option<ResMut<DeskSetup>>, city: Re
         desk.start_sign_in(&name, passphrase);
     }
     commands.insert_resource(desk);
+}
+
+/// The book shown: the past's while one is read for the timeline, else now's (fields
+/// apart, so the rest of the desk stays free to borrow).
+fn shown_book<'a>(
+    past: &'a Option<PastBooks>,
+    worker: &'a DeskWorker,
+) -> Option<&'a crate::dispatch::book::Book> {
+    match past {
+        Some(past) => past.shown.as_ref().map(|p| &p.book),
+        None => worker.book(),
+    }
 }
 
 /// An incident's replay starts this long before it was raised.
@@ -1107,12 +1116,7 @@ fn desk_pins(
     let Some(mut desk) = desk else { return };
     let desk = &mut *desk;
     let selected = desk.selected.clone();
-    // In replay, the past's book (field by field, so `pins_for` stays free to set).
-    let book = match &desk.past {
-        Some(past) => past.shown.as_ref().map(|p| &p.book),
-        None => desk.worker.book(),
-    };
-    let Some(book) = book else {
+    let Some(book) = shown_book(&desk.past, &desk.worker) else {
         return;
     };
     let shown = pinned_incidents(book, selected.as_deref());
@@ -1455,8 +1459,17 @@ mod tests {
         }
         let (log, _) = crate::store::testing::FailingLog::open(&db);
         let hold = log.hold();
-        let worker = DeskWorker::start(move || {
-            let d = Dispatcher::open_store(Box::new(log), DispatchConfig::default_config())
+        let worker = worker_on(move || Ok(Box::new(log)));
+        (Desk::new(worker, Users::demo(), None), hold)
+    }
+
+    /// A desk's writer on the log `open` gives, with silent departments and the
+    /// status API on a free port.
+    fn worker_on(
+        open: impl FnOnce() -> Result<Box<dyn crate::store::EventStore>, String> + Send + 'static,
+    ) -> DeskWorker {
+        DeskWorker::start(move || {
+            let d = Dispatcher::open_store(open()?, DispatchConfig::default_config())
                 .map_err(|e| e.to_string())?;
             let options = ServiceOptions {
                 api_addr: "127.0.0.1:0".into(),
@@ -1464,8 +1477,7 @@ mod tests {
                 ..Default::default()
             };
             DispatchService::start(d, options).map_err(|e| e.to_string())
-        });
-        (Desk::new(worker, Users::demo(), None), hold)
+        })
     }
 
     fn harness(desk: Desk) -> Harness<'static, Desk> {
@@ -1724,18 +1736,10 @@ mod tests {
         let open = past_log(&db, &seal, None);
         let worker = {
             let (db, seal) = (db.clone(), seal.clone());
-            DeskWorker::start(move || {
-                let d = crate::store::EventLog::open_with(&db, &seal)
-                    .and_then(|log| {
-                        Dispatcher::open_store(Box::new(log), DispatchConfig::default_config())
-                    })
-                    .map_err(|e| e.to_string())?;
-                let options = ServiceOptions {
-                    api_addr: "127.0.0.1:0".into(),
-                    sim: crate::dispatch::delivery::SimBehaviour::silent(),
-                    ..Default::default()
-                };
-                DispatchService::start(d, options).map_err(|e| e.to_string())
+            worker_on(move || {
+                crate::store::EventLog::open_with(&db, &seal)
+                    .map(|log| Box::new(log) as Box<dyn crate::store::EventStore>)
+                    .map_err(|e| e.to_string())
             })
         };
         let mut desk = Desk::new(worker, Users::demo(), None);

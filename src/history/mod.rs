@@ -1528,19 +1528,22 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A replay stepping a second at a time hands over exactly the changes that make
-    /// each second's state, across keyframes and segments.
-    #[test]
-    fn a_health_line_never_hides_the_changes_taken_in_before_it() {
-        // A change at 1000, the feed's health at 1100 in the same second: the state
-        // at 1050 holds the change.
-        let dir = temp_dir("health-order");
+    /// A writer into `dir` of one feed of sensors, in small segments.
+    fn sensors_writer(dir: &Path) -> HistoryWriter {
         let feeds = vec![FeedMeta {
             id: 0,
             name: "sensors".into(),
             domain: "ecology".into(),
         }];
-        let mut writer = HistoryWriter::create(&dir, feeds, small()).unwrap();
+        HistoryWriter::create(dir, feeds, small()).unwrap()
+    }
+
+    #[test]
+    fn a_health_line_never_hides_the_changes_taken_in_before_it() {
+        // A change at 1000, the feed's health at 1100 in the same second: the state
+        // at 1050 holds the change.
+        let dir = temp_dir("health-order");
+        let mut writer = sensors_writer(&dir);
         let t0 = 1_800_000_000_000;
         writer.upsert(0, t0, &sensor(1, t0)).unwrap();
         writer.upsert(0, t0 + 1000, &sensor(2, t0 + 1000)).unwrap();
@@ -1569,12 +1572,7 @@ mod tests {
     fn a_recording_that_goes_on_with_nothing_changing_has_not_ended() {
         // A change at the start, then only health lines for two minutes.
         let dir = temp_dir("quiet-end");
-        let feeds = vec![FeedMeta {
-            id: 0,
-            name: "sensors".into(),
-            domain: "ecology".into(),
-        }];
-        let mut writer = HistoryWriter::create(&dir, feeds, small()).unwrap();
+        let mut writer = sensors_writer(&dir);
         let t0 = 1_800_000_000_000;
         writer.upsert(0, t0, &sensor(1, t0)).unwrap();
         for s in 1..=120i64 {

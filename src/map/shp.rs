@@ -529,32 +529,28 @@ pub(crate) fn read_path(path: &Path, source_name: &str) -> Result<FileRead, MapE
         }
         None => None,
     };
-    let (encoding, text_encoding) = match cpg.as_deref().map(|c| (c, encoding_of_cpg(c))) {
-        // A .cpg whose code page cannot read the text (a table written in another):
-        // set aside for what the text itself says, when that reads more of it.
-        Some((said, Some(e))) if undecodable(&dbf, &layout, &deleted, e) > 0 => {
-            let detected = detect_encoding(&dbf, &layout, &deleted);
-            if undecodable(&dbf, &layout, &deleted, detected)
-                < undecodable(&dbf, &layout, &deleted, e)
-            {
-                (detected, (EncodingSource::Detected, Some(said.to_string())))
-            } else {
-                (e, (EncodingSource::Cpg, None))
-            }
-        }
-        Some((_, Some(e))) => (e, (EncodingSource::Cpg, None)),
-        Some((said, None)) => (
-            detect_encoding(&dbf, &layout, &deleted),
-            (EncodingSource::Detected, Some(said.to_string())),
-        ),
-        None => (
-            detect_encoding(&dbf, &layout, &deleted),
-            (EncodingSource::Detected, None),
-        ),
+    let detected = |said: Option<String>| {
+        let e = detect_encoding(&dbf, &layout, &deleted);
+        let by_text = undecodable(&dbf, &layout, &deleted, e);
+        (e, (EncodingSource::Detected, said), by_text)
     };
-    // Text the encoding used cannot read (read with replacement characters, or its
-    // records skipped): counted, and said by map-info.
-    let text_undecodable = undecodable(&dbf, &layout, &deleted, encoding);
+    // `text_undecodable`: text the encoding used cannot read (replacement characters,
+    // or its records skipped), said by map-info.
+    let (encoding, text_encoding, text_undecodable) =
+        match cpg.as_deref().map(|c| (c, encoding_of_cpg(c))) {
+            // A .cpg whose code page cannot read the text (a table written in
+            // another): set aside for what the text itself says, when that reads more
+            // of it.
+            Some((said, Some(e))) => match undecodable(&dbf, &layout, &deleted, e) {
+                0 => (e, (EncodingSource::Cpg, None), 0),
+                by_cpg => match detected(Some(said.to_string())) {
+                    guess @ (_, _, by_text) if by_text < by_cpg => guess,
+                    _ => (e, (EncodingSource::Cpg, None), by_cpg),
+                },
+            },
+            Some((said, None)) => detected(Some(said.to_string())),
+            None => detected(None),
+        };
     let mut table = open_dbf(encoding)?;
 
     // The shapes, streamed; through the .shx when there is one.
@@ -692,6 +688,21 @@ mod tests {
         rings: Vec<PolygonRing<Point>>,
         floors: Option<f64>,
         name: Option<&'static str>,
+    }
+
+    /// A 20 m square of two floors for each name, 50 m apart.
+    fn squares_named(names: &[&'static str]) -> Vec<Row> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                row(
+                    vec![PolygonRing::Outer(square(50.0 * i as f64, 0.0, 20.0))],
+                    2.0,
+                    name,
+                )
+            })
+            .collect()
     }
 
     fn row(rings: Vec<PolygonRing<Point>>, floors: f64, name: &'static str) -> Row {
@@ -945,22 +956,7 @@ mod tests {
             (encoding_rs::GB18030, "gb18030"),
             (encoding_rs::UTF_8, "utf-8"),
         ] {
-            let path = write(
-                &dir,
-                expected,
-                encoding,
-                names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, name)| {
-                        row(
-                            vec![PolygonRing::Outer(square(50.0 * i as f64, 0.0, 20.0))],
-                            2.0,
-                            name,
-                        )
-                    })
-                    .collect(),
-            );
+            let path = write(&dir, expected, encoding, squares_named(&names));
             std::fs::write(path.with_extension("prj"), ESRI_GK_ZONE_39).unwrap();
             let map = load_path(&path).unwrap();
             let encoding = map.encoding.clone().unwrap();
@@ -977,17 +973,7 @@ mod tests {
             &dir,
             "western",
             encoding_rs::WINDOWS_1252,
-            western
-                .iter()
-                .enumerate()
-                .map(|(i, name)| {
-                    row(
-                        vec![PolygonRing::Outer(square(50.0 * i as f64, 0.0, 20.0))],
-                        2.0,
-                        name,
-                    )
-                })
-                .collect(),
+            squares_named(&western),
             ["FLOORS", "NAME"],
         );
         std::fs::write(path.with_extension("prj"), ESRI_GK_ZONE_39).unwrap();
