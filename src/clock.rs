@@ -19,6 +19,21 @@ pub fn unix_ms_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Seconds as a short age: `0.4 s`, `12 s`, `3 min`, `5 h`, `3 d`.
+pub fn age_words(secs: f64) -> String {
+    if secs < 10.0 {
+        format!("{secs:.1} s")
+    } else if secs < 120.0 {
+        format!("{secs:.0} s")
+    } else if secs < 2.0 * 3600.0 {
+        format!("{:.0} min", secs / 60.0)
+    } else if secs < 2.0 * 86_400.0 {
+        format!("{:.0} h", secs / 3600.0)
+    } else {
+        format!("{:.0} d", secs / 86_400.0)
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a Unix time in milliseconds: the machine form (JSON,
 /// logs, audit), always UTC whatever the city's zone. Times beyond years ±9999 are
 /// written as the nearest end of that range.

@@ -30,3 +30,4 @@ pub mod state;
 pub mod stats;
 pub mod store;
 pub mod surge;
+pub mod wall;

@@ -198,6 +198,23 @@ enum Command {
         #[arg(long, value_name = "TIME")]
         at: Option<String>,
     },
+    /// Drive the video wall: a borderless fullscreen window per screen, each a grid of
+    /// tiles (map, hotspot, kpi, incidents, orders, trends, feeds, tour), read-only.
+    /// Without --layout, a screen per detected monitor. The layout file is read again
+    /// when it changes. The boards read the dispatch log (--db, or the hall's stream
+    /// with --nats/--hall) without writing to it.
+    Wall {
+        /// The wall's layout (TOML): `[[screen]]` with `[[screen.tile]]`, `[[bookmark]]`.
+        #[arg(long, value_name = "FILE")]
+        layout: Option<PathBuf>,
+        /// Write one PNG per screen into this folder once the city is drawn and the
+        /// data in, then exit (each screen a window of --size).
+        #[arg(long, value_name = "DIR")]
+        screenshot_dir: Option<PathBuf>,
+        /// Each screen's size with --screenshot-dir, as WIDTHxHEIGHT.
+        #[arg(long, default_value = "1920x1080")]
+        size: String,
+    },
     /// Load a map without a window and print one JSON object describing it.
     MapInfo {
         /// The map file: .osm.pbf, GeoJSON, Esri JSON, a Shapefile's .shp or FlatGeobuf.
@@ -1640,6 +1657,39 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 drill: None,
                 history: (!cli.no_history).then(|| cli.history.clone()),
                 past: None,
+            })
+        }
+        Command::Wall {
+            layout,
+            screenshot_dir,
+            size,
+        } => {
+            // The layout is checked whole before any window opens.
+            let layout = layout
+                .map(|path| zhongshu::wall::WallLayout::load(&path))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let screenshots = match screenshot_dir {
+                Some(dir) => Some((dir, parse_size(&size)?)),
+                None => None,
+            };
+            let config = match &cli.dispatch {
+                Some(path) => zhongshu::dispatch::config::DispatchConfig::load(path)?,
+                None => zhongshu::dispatch::config::DispatchConfig::default_config(),
+            };
+            let hall = hall_console(&cli)?;
+            let seal = zhongshu::store::SealOptions::with_key(&cli.db, cli.seal_key.as_deref());
+            let open = app::desk::past_log(&cli.db, &seal, hall.as_ref());
+            app::wall::run(app::wall::WallRun {
+                map: cli.map,
+                map_load: map_load.clone(),
+                feeds: cli.feeds,
+                timezone,
+                layout,
+                screenshots,
+                log: Some((open, config)),
+                hall: hall.map(|h| (h.nats, h.hall)),
+                ui_scale: cli.ui_scale,
             })
         }
         Command::Screenshot { out, size, at } => {

@@ -6,6 +6,7 @@ mod feeds;
 mod hall;
 mod map_semantics;
 mod screenshot;
+mod wall;
 
 use std::path::PathBuf;
 

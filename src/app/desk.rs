@@ -592,7 +592,9 @@ pub const INCIDENT_REPLAY_LEAD_MS: i64 = 5 * 60_000;
 
 /// How the timeline's reader of the past opens the log: read-only, never creating
 /// anything (the SQLite file with its seals checked, or the hall's stream).
-fn past_log(
+/// Opens the log read-only for a reader of its past (or of now, for the wall): the
+/// SQLite file, or the hall's stream.
+pub fn past_log(
     db: &std::path::Path,
     seal: &crate::store::SealOptions,
     hall: Option<&HallSetup>,

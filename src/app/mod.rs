@@ -19,6 +19,7 @@ pub mod steward;
 pub mod theme;
 pub mod timeline;
 pub mod ui;
+pub mod wall;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -158,16 +159,7 @@ pub enum AppSystems {
 pub fn run(options: AppOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let ui_scale = WindowUiScale::checked(options.ui_scale)?;
-    let map = match &options.map {
-        Some(path) => map::load_path_with(path, &options.map_load)?,
-        None if options.map_load.coords != Default::default() => {
-            anyhow::bail!("--crs and --coords describe a map given with --map")
-        }
-        None if options.map_load.schema.is_some() => {
-            anyhow::bail!("--schema says how a --map's fields are read: give --map too")
-        }
-        None => map::load_default().context("the embedded default map failed to load")?,
-    };
+    let map = load_map(options.map.as_deref(), &options.map_load)?;
     eprintln!(
         "zhongshu: {}: {} buildings, {} roads, {} skipped, {} not drawn, loaded in {:.0} ms",
         map.name,
@@ -345,6 +337,24 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     match app.run() {
         AppExit::Success => Ok(()),
         AppExit::Error(code) => anyhow::bail!("the app exited with error code {code}"),
+    }
+}
+
+/// The map of `--map` (read as `load` says), or the embedded default city: loaded
+/// before any window opens, so a bad path is a plain error.
+pub fn load_map(
+    path: Option<&std::path::Path>,
+    load: &map::LoadOptions,
+) -> anyhow::Result<CityMap> {
+    match path {
+        Some(path) => Ok(map::load_path_with(path, load)?),
+        None if load.coords != Default::default() => {
+            anyhow::bail!("--crs and --coords describe a map given with --map")
+        }
+        None if load.schema.is_some() => {
+            anyhow::bail!("--schema says how a --map's fields are read: give --map too")
+        }
+        None => map::load_default().context("the embedded default map failed to load"),
     }
 }
 

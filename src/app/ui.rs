@@ -947,17 +947,7 @@ pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
 
 /// Seconds as a short age: `0.4 s`, `12 s`, `3 min`.
 pub fn age_text(secs: f64) -> String {
-    if secs < 10.0 {
-        format!("{secs:.1} s")
-    } else if secs < 120.0 {
-        format!("{secs:.0} s")
-    } else if secs < 2.0 * 3600.0 {
-        format!("{:.0} min", secs / 60.0)
-    } else if secs < 2.0 * 86_400.0 {
-        format!("{:.0} h", secs / 3600.0)
-    } else {
-        format!("{:.0} d", secs / 86_400.0)
-    }
+    crate::clock::age_words(secs)
 }
 
 /// Layers grouped by sub-brain: toggle, entity count, and each feed's health.

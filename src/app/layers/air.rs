@@ -35,7 +35,7 @@ impl Material for HeatmapMaterial {
 }
 
 #[derive(Component)]
-struct HeatmapSheet;
+pub struct HeatmapSheet;
 
 #[derive(Resource)]
 struct HeatmapHandle(Handle<HeatmapMaterial>);

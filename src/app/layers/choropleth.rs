@@ -18,7 +18,7 @@ const CHOROPLETH_Y: f32 = 0.45;
 pub const INDICATOR: &str = "footfallPerHour";
 
 #[derive(Component)]
-struct ChoroplethSheet;
+pub struct ChoroplethSheet;
 
 #[derive(Resource, Default)]
 pub struct ChoroplethLayer {

@@ -1,0 +1,1710 @@
+//! `zhongshu wall`: one process drives the video wall. A borderless fullscreen window
+//! per screen (on its monitor, or at a position and size), each a grid of tiles drawn
+//! from the same state as the desk: map tiles with their own cameras, layers and
+//! sub-brains (a camera with a viewport per tile), and egui tiles for the vital signs,
+//! the boards, the trends and the data health. Read-only and unattended: no sign-in,
+//! no modal, rendering whether focused or not, a banner on each tile whose data stops,
+//! and the layout file read again when it changes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bevy::camera::visibility::RenderLayers;
+use bevy::camera::{ClearColorConfig, RenderTarget, Viewport};
+use bevy::core_pipeline::tonemapping::Tonemapping;
+use bevy::ecs::schedule::ScheduleLabel;
+use bevy::prelude::*;
+use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
+use bevy::window::{
+    ExitCondition, Monitor, MonitorSelection, PresentMode, WindowMode, WindowPosition, WindowRef,
+    WindowResolution,
+};
+use bevy::winit::WinitSettings;
+use bevy_egui::{EguiContext, EguiGlobalSettings, EguiPlugin, EguiSchedule, egui};
+
+use super::camera::{CameraRig, FOV_Y, MapView};
+use super::layers::air::HeatmapSheet;
+use super::layers::choropleth::ChoroplethSheet;
+use super::layers::markers::LiveMarker;
+use super::layers::traffic::TrafficChunkMarker;
+use super::live::Live;
+use super::scene::ChunkLayer;
+use super::{AppSystems, City, LocalTime, StartedAt, theme};
+use crate::dispatch::book::Book;
+use crate::dispatch::config::DispatchConfig;
+use crate::dispatch::past::{OpenLog, PastBooks};
+use crate::governance::quality::{Freshness, freshness};
+use crate::map::mesh::MapLayer;
+use crate::model::Domain;
+use crate::state::kpi::{CityKpis, KpiPass};
+use crate::wall::{
+    DataState, FeedState, HotspotFollower, LayoutWatch, SIGNS, SignHistory, TileKind, View,
+    WallLayout,
+};
+
+/// What `zhongshu wall` runs.
+pub struct WallRun {
+    pub map: Option<PathBuf>,
+    pub map_load: crate::map::LoadOptions,
+    pub feeds: Option<PathBuf>,
+    pub timezone: Option<crate::clock::CityTime>,
+    /// The layout; `None`: a screen per detected monitor, by default.
+    pub layout: Option<WallLayout>,
+    /// `--screenshot-dir DIR` with `--size`: each screen a window of that size, one
+    /// PNG per screen, then exit.
+    pub screenshots: Option<(PathBuf, (u32, u32))>,
+    /// The dispatch log the boards read (read-only), and how its events replay.
+    pub log: Option<(OpenLog, DispatchConfig)>,
+    /// A wall of a hall: the live layers follow the hub.
+    pub hall: Option<(crate::nats::Nats, String)>,
+    /// Type and panels at this factor on top of the size that follows the screen.
+    pub ui_scale: f32,
+}
+
+/// The render layer nothing is on: the backdrop and egui cameras draw no meshes.
+const UI_LAYER: usize = 31;
+/// Base-map layers are on 1…5, sub-brains on 8…14; layer 0 (the ground, untagged
+/// things) every map tile shows.
+const MAP_LAYER_BASE: usize = 1;
+const DOMAIN_LAYER_BASE: usize = 8;
+
+fn map_layer_of(layer: MapLayer) -> usize {
+    MAP_LAYER_BASE
+        + MapLayer::ALL
+            .iter()
+            .position(|l| *l == layer)
+            .unwrap_or_default()
+}
+
+#[cfg(test)]
+fn map_layer_named(name: &str) -> Option<MapLayer> {
+    Some(match name {
+        "buildings" => MapLayer::Buildings,
+        "roads" => MapLayer::Roads,
+        "water" => MapLayer::Water,
+        "green" => MapLayer::Green,
+        "districts" => MapLayer::Districts,
+        _ => return None,
+    })
+}
+
+fn domain_layer_of(d: Domain) -> usize {
+    DOMAIN_LAYER_BASE + Domain::ALL.iter().position(|x| *x == d).unwrap_or_default()
+}
+
+/// The egui pass of screen N: one schedule per screen, as bevy_egui asks.
+#[derive(ScheduleLabel, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WallScreenPass(pub usize);
+
+/// The wall's layout in force, and the file it is watched in.
+#[derive(Resource)]
+pub struct Wall {
+    pub layout: WallLayout,
+    watch: Option<LayoutWatch>,
+    last_look: Instant,
+    /// Why the file's latest version was not applied.
+    pub problem: Option<String>,
+    /// Bumped when the layout changes: the screens are built again.
+    generation: u64,
+    built: Option<u64>,
+    /// Monitors seen when the screens were last placed.
+    monitors_seen: Vec<(Entity, String)>,
+    ui_scale: f32,
+    windowed: Option<(u32, u32)>,
+    started: Instant,
+}
+
+/// A screen's window.
+#[derive(Component)]
+pub struct WallWindow {
+    pub screen: usize,
+    /// Its monitor was not found: shown in a window, said on screen.
+    pub missing_monitor: Option<String>,
+}
+
+/// Cameras of a screen (rebuilt with the layout).
+#[derive(Component)]
+struct WallCamera;
+
+/// A screen's egui camera (drawn last, over the map tiles).
+#[derive(Component)]
+struct WallUiCamera {
+    screen: usize,
+}
+
+/// A map tile's camera and what it follows.
+#[derive(Component)]
+pub struct WallMapCamera {
+    pub screen: usize,
+    pub tile: usize,
+    rig: CameraRig,
+    follower: HotspotFollower,
+    /// What the goal was last set for (a view's key): set again only when it changes.
+    goal_for: String,
+    /// What the tile shows now (a bookmark, an incident), for its heading.
+    pub caption: String,
+}
+
+/// The data the tiles draw: the book, the vital signs and their history.
+#[derive(Resource, Default)]
+pub struct WallData {
+    books: Option<PastBooks>,
+    asked_at: Option<Instant>,
+    read_at: Option<Instant>,
+    pub book: Option<Book>,
+    kpis: CityKpis,
+    kpi_pass: Option<KpiPass>,
+    kpis_at_ms: i64,
+    epoch: u64,
+    pub signs: SignHistory,
+    pub state: DataState,
+    now_ms: i64,
+}
+
+impl WallData {
+    pub fn kpis(&self) -> &CityKpis {
+        &self.kpis
+    }
+}
+
+/// Runs the wall until its windows are closed (or, with `--screenshot-dir`, until
+/// every screen is written).
+pub fn run(run: WallRun) -> anyhow::Result<()> {
+    let started = Instant::now();
+    super::WindowUiScale::checked(run.ui_scale)?;
+    let map = super::load_map(run.map.as_deref(), &run.map_load)?;
+    let time = crate::clock::CityTime::resolve(
+        run.timezone.clone(),
+        map.frame.origin_lon,
+        map.frame.origin_lat,
+    );
+    let crate::feeds::config::FeedsSetup {
+        feeds,
+        rules: ranges,
+        areas,
+        ..
+    } = match &run.feeds {
+        Some(path) => crate::feeds::config::load_setup(path)?,
+        None => crate::feeds::config::FeedsSetup {
+            feeds: crate::feeds::sim_source::default_sim_feeds(),
+            ..Default::default()
+        },
+    };
+    let index = crate::map::pick::BuildingIndex::new(&map);
+    let rig = CameraRig::for_bounds(map.local_bounds());
+    let mut data = WallData::default();
+    if let Some((open, config)) = run.log {
+        data.books = Some(PastBooks::start(open, config)?);
+    }
+    let layout = run.layout.clone();
+    let watch = layout
+        .as_ref()
+        .and_then(|l| l.source.clone())
+        .map(LayoutWatch::new);
+    eprintln!(
+        "zhongshu: wall of {} ({}): {} buildings",
+        map.name,
+        layout
+            .as_ref()
+            .map_or_else(|| "a screen per monitor".into(), |l| l.describe()),
+        map.buildings.len()
+    );
+    let mut app = App::new();
+    app.add_plugins(
+        DefaultPlugins
+            .set(WindowPlugin {
+                primary_window: None,
+                exit_condition: ExitCondition::DontExit,
+                ..default()
+            })
+            .set(bevy::log::LogPlugin {
+                filter: "wgpu=error,naga=warn,bevy_render=warn,bevy_winit=warn".into(),
+                ..default()
+            }),
+    )
+    .add_plugins((
+        bevy::diagnostic::FrameTimeDiagnosticsPlugin::default(),
+        EguiPlugin::default(),
+    ))
+    // A wall is unattended: it renders whether or not a window has the focus.
+    .insert_resource(WinitSettings {
+        focused_mode: bevy::winit::UpdateMode::Continuous,
+        unfocused_mode: bevy::winit::UpdateMode::Continuous,
+    })
+    .insert_resource(City { map, index })
+    .insert_resource(LocalTime(time))
+    .init_resource::<super::ReplayRequest>()
+    .insert_resource(super::ViewClock::default())
+    .init_resource::<super::Selection>()
+    // The layers and the scene read the rig (no window of the wall moves it).
+    .insert_resource(rig)
+    .insert_resource(StartedAt(started))
+    .insert_resource(super::live::FeedSetup {
+        feeds,
+        ranges,
+        areas,
+        seed: 1,
+        hall: run.hall.clone(),
+        history: None,
+        past: None,
+    })
+    .insert_resource(Wall {
+        layout: layout.unwrap_or_else(|| WallLayout::default_for(1)),
+        watch,
+        last_look: Instant::now(),
+        problem: None,
+        generation: 0,
+        built: None,
+        monitors_seen: Vec::new(),
+        ui_scale: run.ui_scale,
+        windowed: run.screenshots.as_ref().map(|(_, size)| *size),
+        started,
+    })
+    .insert_resource(data)
+    .insert_resource(DefaultLayout(run.layout.is_none()))
+    .configure_sets(
+        Update,
+        (AppSystems::Input, AppSystems::Apply, AppSystems::SyncScene).chain(),
+    )
+    .add_plugins((
+        super::scene::plugin,
+        super::ready::plugin,
+        super::live::plugin,
+        super::layers::plugin,
+        super::steward::plugin,
+    ))
+    .add_systems(Startup, |mut settings: ResMut<EguiGlobalSettings>| {
+        settings.auto_create_primary_context = false;
+    })
+    .add_systems(
+        Update,
+        (
+            (watch_layout, build_screens, place_on_monitors)
+                .chain()
+                .in_set(AppSystems::Input),
+            wall_data.in_set(AppSystems::Apply),
+            steer_map_cameras.in_set(AppSystems::SyncScene),
+            exit_when_closed,
+        ),
+    )
+    .add_systems(PostUpdate, tag_render_layers);
+    for screen in 0..crate::wall::MAX_SCREENS {
+        app.add_systems(WallScreenPass(screen), move |view: ScreenView| {
+            draw_screen(screen, view)
+        });
+    }
+    if let Some((dir, _)) = run.screenshots {
+        app.insert_resource(WallShots {
+            dir,
+            settled: 0,
+            in_flight: 0,
+            written: Vec::new(),
+            done: false,
+        })
+        .add_systems(Last, capture_screens.after(super::ready::track_readiness));
+    }
+    let _trimmer = crate::memory::Trimmer::start(crate::memory::TRIM_EVERY);
+    match app.run() {
+        AppExit::Success => Ok(()),
+        AppExit::Error(code) => anyhow::bail!("the wall exited with error code {code}"),
+    }
+}
+
+/// No layout file: one screen per monitor, decided once the monitors are known.
+#[derive(Resource)]
+struct DefaultLayout(bool);
+
+/// Reads the layout file again when it changed (once a second); a layout with an
+/// error is said on every screen and the one in force stays.
+fn watch_layout(mut wall: ResMut<Wall>) {
+    if wall.last_look.elapsed() < Duration::from_secs(1) {
+        return;
+    }
+    wall.last_look = Instant::now();
+    let Some(watch) = wall.watch.as_mut() else {
+        return;
+    };
+    match watch.changed() {
+        None => {}
+        Some(Ok(layout)) => {
+            info!("wall layout {} changed: applied", layout.describe());
+            wall.layout = layout;
+            wall.problem = None;
+            wall.generation += 1;
+        }
+        Some(Err(e)) => {
+            warn!("wall layout not applied: {e}");
+            wall.problem = Some(e);
+        }
+    }
+}
+
+/// Monitors left to right (then top to bottom), with their names.
+fn monitors_in_order(monitors: &Query<(Entity, &Monitor)>) -> Vec<(Entity, String)> {
+    let mut list: Vec<(Entity, &Monitor)> = monitors.iter().collect();
+    list.sort_by_key(|(_, m)| (m.physical_position.x, m.physical_position.y));
+    list.into_iter()
+        .map(|(e, m)| (e, m.name.clone().unwrap_or_default()))
+        .collect()
+}
+
+/// Where screen `placement` goes among `monitors`: the window mode and position, and
+/// the monitor asked for when it is not there.
+fn placement_of(
+    placement: &crate::wall::Placement,
+    monitors: &[(Entity, String)],
+) -> (WindowMode, WindowPosition, Option<String>) {
+    use crate::wall::Placement;
+    let on = |e: Entity| {
+        (
+            WindowMode::BorderlessFullscreen(MonitorSelection::Entity(e)),
+            WindowPosition::Automatic,
+            None,
+        )
+    };
+    match placement {
+        Placement::MonitorIndex(i) => match monitors.get(*i) {
+            Some((e, _)) => on(*e),
+            None => (
+                WindowMode::Windowed,
+                WindowPosition::Automatic,
+                Some(format!("monitor {i}")),
+            ),
+        },
+        Placement::MonitorName(name) => match monitors.iter().find(|(_, n)| n == name) {
+            Some((e, _)) => on(*e),
+            None => (
+                WindowMode::Windowed,
+                WindowPosition::Automatic,
+                Some(format!("monitor \"{name}\"")),
+            ),
+        },
+        Placement::Area { position, .. } => (
+            WindowMode::Windowed,
+            WindowPosition::At(IVec2::new(position[0], position[1])),
+            None,
+        ),
+    }
+}
+
+/// Builds each screen's window and cameras (again when the layout changed): the
+/// windows that stay keep their place; the cameras are made anew.
+#[allow(clippy::too_many_arguments)]
+fn build_screens(
+    mut commands: Commands,
+    mut wall: ResMut<Wall>,
+    default_layout: Res<DefaultLayout>,
+    monitors: Query<(Entity, &Monitor)>,
+    frames: Res<bevy::diagnostic::FrameCount>,
+    windows: Query<(Entity, &WallWindow)>,
+    cameras: Query<Entity, With<WallCamera>>,
+    rig: Res<CameraRig>,
+) {
+    if wall.built == Some(wall.generation) {
+        return;
+    }
+    let found = monitors_in_order(&monitors);
+    // The monitors arrive with the event loop; a screenshot needs none.
+    if found.is_empty() && wall.windowed.is_none() && frames.0 < 30 {
+        return;
+    }
+    if default_layout.0 && wall.built.is_none() && wall.windowed.is_none() {
+        wall.layout = WallLayout::default_for(found.len());
+    }
+    wall.built = Some(wall.generation);
+    wall.monitors_seen = found.clone();
+    for e in &cameras {
+        commands.entity(e).despawn();
+    }
+    let mut existing: Vec<Option<Entity>> = vec![None; crate::wall::MAX_SCREENS];
+    for (e, w) in &windows {
+        if w.screen < wall.layout.screens.len() {
+            existing[w.screen] = Some(e);
+        } else {
+            commands.entity(e).despawn();
+        }
+    }
+    let screens = wall.layout.screens.clone();
+    for (si, screen) in screens.iter().enumerate() {
+        let (mode, position, missing) = match wall.windowed {
+            // Pictures: a window each, of the size asked for, wherever.
+            Some(_) => (WindowMode::Windowed, WindowPosition::Automatic, None),
+            None => placement_of(&screen.placement, &found),
+        };
+        let resolution = match (wall.windowed, &screen.placement) {
+            (Some(size), _) => WindowResolution::from(size).with_scale_factor_override(1.0),
+            (None, crate::wall::Placement::Area { size, .. }) => {
+                WindowResolution::new(size[0], size[1])
+            }
+            (None, _) => WindowResolution::new(1280, 720),
+        };
+        if let Some(m) = &missing {
+            warn!(
+                "wall screen \"{}\": {m} is not connected; shown in a window until it is",
+                screen.name
+            );
+        }
+        let title = format!("中枢 Zhongshu wall — {}", screen.name);
+        let window = match existing[si] {
+            Some(e) => {
+                commands.entity(e).insert(WallWindow {
+                    screen: si,
+                    missing_monitor: missing,
+                });
+                e
+            }
+            None => commands
+                .spawn((
+                    Window {
+                        title,
+                        resolution,
+                        mode,
+                        position,
+                        decorations: wall.windowed.is_some(),
+                        // Mailbox, else immediate: a window that is covered or on a
+                        // sleeping panel never holds the others' frames back.
+                        present_mode: PresentMode::AutoNoVsync,
+                        ..default()
+                    },
+                    WallWindow {
+                        screen: si,
+                        missing_monitor: missing,
+                    },
+                ))
+                .id(),
+        };
+        let target = RenderTarget::Window(WindowRef::Entity(window));
+        // The screen's ground: the gaps between tiles and the non-map tiles.
+        commands.spawn((
+            WallCamera,
+            Camera3d::default(),
+            Camera {
+                order: (si * 100) as isize,
+                clear_color: ClearColorConfig::Custom(theme::CLEAR),
+                ..default()
+            },
+            target.clone(),
+            RenderLayers::layer(UI_LAYER),
+            Msaa::Sample4,
+            Tonemapping::None,
+        ));
+        for (ti, tile) in screen.tiles.iter().enumerate() {
+            let Some(map) = tile.kind.map() else { continue };
+            let mut layers = RenderLayers::layer(0);
+            for l in MapLayer::ALL {
+                let name = format!("{l:?}").to_ascii_lowercase();
+                if map.layers.as_ref().is_none_or(|set| set.contains(&name)) {
+                    layers = layers.with(map_layer_of(l));
+                }
+            }
+            for d in Domain::ALL {
+                if map.shows_domain(d) {
+                    layers = layers.with(domain_layer_of(d));
+                }
+            }
+            let mut tile_rig = rig.clone();
+            tile_rig.bookmarks.clear();
+            commands.spawn((
+                WallCamera,
+                WallMapCamera {
+                    screen: si,
+                    tile: ti,
+                    rig: tile_rig,
+                    follower: HotspotFollower::default(),
+                    goal_for: String::new(),
+                    caption: map.view_name.clone(),
+                },
+                Camera3d::default(),
+                Camera {
+                    order: (si * 100 + 1 + ti) as isize,
+                    // A clear would clear the whole window, not just the tile: the
+                    // backdrop cleared it, in the map's own colour.
+                    clear_color: ClearColorConfig::None,
+                    // No size until the window has one (set each frame).
+                    is_active: false,
+                    ..default()
+                },
+                target.clone(),
+                Projection::Perspective(PerspectiveProjection {
+                    fov: FOV_Y,
+                    near: 1.0,
+                    far: 200_000.0,
+                    ..default()
+                }),
+                layers,
+                Msaa::Sample4,
+                Tonemapping::None,
+                Transform::from_translation(rig.pose.eye()).looking_at(rig.pose.focus, Vec3::Y),
+            ));
+        }
+        // egui over everything: the tiles' text, headings and banners.
+        commands.spawn((
+            WallCamera,
+            WallUiCamera { screen: si },
+            Camera3d::default(),
+            Camera {
+                order: (si * 100 + 99) as isize,
+                clear_color: ClearColorConfig::None,
+                ..default()
+            },
+            target,
+            RenderLayers::layer(UI_LAYER),
+            Msaa::Sample4,
+            Tonemapping::None,
+            EguiSchedule::new(WallScreenPass(si)),
+        ));
+    }
+}
+
+/// A monitor plugged in or out: each screen goes back to its own monitor, or into a
+/// window until it returns.
+fn place_on_monitors(
+    mut wall: ResMut<Wall>,
+    monitors: Query<(Entity, &Monitor)>,
+    mut windows: Query<(&mut Window, &mut WallWindow)>,
+) {
+    if wall.windowed.is_some() || wall.built.is_none() {
+        return;
+    }
+    let found = monitors_in_order(&monitors);
+    if found == wall.monitors_seen {
+        return;
+    }
+    wall.monitors_seen = found.clone();
+    for (mut window, mut w) in &mut windows {
+        let Some(screen) = wall.layout.screens.get(w.screen) else {
+            continue;
+        };
+        let (mode, position, missing) = placement_of(&screen.placement, &found);
+        match &missing {
+            Some(m) => warn!(
+                "wall screen \"{}\": {m} went away; shown in a window until it is back",
+                screen.name
+            ),
+            None if w.missing_monitor.is_some() => {
+                info!("wall screen \"{}\": its monitor is back", screen.name)
+            }
+            None => {}
+        }
+        if window.mode != mode {
+            window.mode = mode;
+        }
+        if window.position != position {
+            window.position = position;
+        }
+        window.decorations = missing.is_some();
+        w.missing_monitor = missing;
+    }
+}
+
+/// Each map tile's content on its own render layers: base-map layers by kind, live
+/// layers by sub-brain.
+#[allow(clippy::type_complexity)]
+fn tag_render_layers(
+    mut commands: Commands,
+    chunks: Query<(Entity, &ChunkLayer), Without<RenderLayers>>,
+    markers: Query<(Entity, &LiveMarker, Option<&RenderLayers>), Changed<LiveMarker>>,
+    sheets: Query<
+        (
+            Entity,
+            Has<HeatmapSheet>,
+            Has<ChoroplethSheet>,
+            Has<TrafficChunkMarker>,
+        ),
+        (
+            Without<RenderLayers>,
+            Or<(
+                With<HeatmapSheet>,
+                With<ChoroplethSheet>,
+                With<TrafficChunkMarker>,
+            )>,
+        ),
+    >,
+) {
+    for (e, ChunkLayer(layer)) in &chunks {
+        commands
+            .entity(e)
+            .insert(RenderLayers::layer(map_layer_of(*layer)));
+    }
+    for (e, marker, layers) in &markers {
+        let want = RenderLayers::layer(domain_layer_of(marker.domain));
+        if layers != Some(&want) {
+            commands.entity(e).insert(want);
+        }
+    }
+    for (e, heat, choropleth, traffic) in &sheets {
+        let domain = match (heat, choropleth, traffic) {
+            (true, _, _) => Domain::Ecology,
+            (_, true, _) => Domain::Economy,
+            _ => Domain::Traffic,
+        };
+        commands
+            .entity(e)
+            .insert(RenderLayers::layer(domain_layer_of(domain)));
+    }
+}
+
+/// Keeps the book, the vital signs and the data's state current.
+fn wall_data(
+    mut data: ResMut<WallData>,
+    live: Option<Res<Live>>,
+    governance: Res<super::steward::Governance>,
+    wall: Res<Wall>,
+) {
+    let data = &mut *data;
+    let now_ms = crate::clock::unix_ms_now();
+    data.now_ms = now_ms;
+    // The book as of now, asked every second; the reader reads the log again when
+    // it is 2 s old.
+    if let Some(books) = data.books.as_mut() {
+        if data
+            .asked_at
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            books.ask(now_ms);
+            data.asked_at = Some(Instant::now());
+        }
+        if books.poll()
+            && let Some(shown) = &books.shown
+        {
+            data.book = Some(shown.book.clone());
+            data.read_at = Some(Instant::now());
+        }
+    }
+    if let Some(live) = &live {
+        if data.epoch != live.shown_epoch {
+            data.epoch = live.shown_epoch;
+            data.kpi_pass = None;
+            data.kpis_at_ms = i64::MIN / 2;
+        }
+        if data.kpi_pass.is_none() && now_ms.saturating_sub(data.kpis_at_ms) > 1000 {
+            data.kpi_pass = Some(KpiPass::new(now_ms));
+        }
+        if let Some(pass) = &mut data.kpi_pass
+            && let Some(figures) = pass.step(
+                live.shown(),
+                &governance.reconciliation.winner_of,
+                crate::state::sweep::Budget::frame(),
+            )
+        {
+            data.kpis_at_ms = pass.now_ms();
+            data.kpis = figures;
+            data.kpi_pass = None;
+            let kpis = data.kpis.clone();
+            data.signs.sample(now_ms, &kpis);
+        }
+        data.state.feeds = live
+            .feeds
+            .iter()
+            .zip(&live.ingest.health)
+            .map(|(f, h)| FeedState {
+                name: f.name.clone(),
+                domain: f.domain,
+                freshness: freshness(h.data_as_of_ms, f.interval_s, now_ms).0,
+                data_age_s: h.data_age_s(now_ms),
+                quarantined: h.quarantined.is_some(),
+                failing: h.polls_failed > 0 && h.data_as_of_ms.is_none(),
+            })
+            .collect();
+    }
+    data.state.book_trouble = data.books.as_ref().and_then(|b| b.trouble.clone());
+    data.state.book_age_s = data.read_at.map(|t| t.elapsed().as_secs_f64());
+    data.state.uptime_s = wall.started.elapsed().as_secs_f64();
+    if data.books.is_none() {
+        data.state.book_trouble = Some("no dispatch log given".into());
+    }
+}
+
+/// A map tile's size in logical pixels and where it lies in its window, physical.
+fn tile_viewport(
+    wall: &Wall,
+    window: &Window,
+    screen: usize,
+    tile: usize,
+) -> Option<(Vec2, Viewport)> {
+    let s = wall.layout.screens.get(screen)?;
+    let t = s.tiles.get(tile)?;
+    let scale = window.scale_factor();
+    let [x, y, w, h] = s.tile_rect(t, [window.width(), window.height()]);
+    let max = window.physical_size();
+    let pos = UVec2::new((x * scale) as u32, (y * scale) as u32).min(max);
+    let size = UVec2::new((w * scale) as u32, (h * scale) as u32).min(max.saturating_sub(pos));
+    (size.x > 0 && size.y > 0).then(|| {
+        (
+            Vec2::new(w, h),
+            Viewport {
+                physical_position: pos,
+                physical_size: size,
+                ..default()
+            },
+        )
+    })
+}
+
+/// The camera pose for a view, in a tile of `size` logical pixels.
+fn goal_for(rig: &mut CameraRig, city: &City, view: &View) {
+    match *view {
+        View::City => rig.reset(),
+        View::At {
+            lon,
+            lat,
+            distance_m,
+            yaw_deg,
+            pitch_deg,
+        } => {
+            let [e, n] = city.map.frame.local_from_wgs84(lon, lat);
+            rig.goal.focus = Vec3::from_array(crate::geo_frame::world_from_local(e, n, 0.0));
+            rig.goal.distance = distance_m as f32;
+            rig.goal.yaw = (yaw_deg as f32).to_radians();
+            rig.goal.pitch = (pitch_deg as f32).to_radians();
+            rig.clamp_goal();
+        }
+    }
+}
+
+/// Sizes each map tile's viewport to its cell, and steers its camera: a fixed view, the
+/// hotspot, or the tour's stop.
+fn steer_map_cameras(
+    time: Res<Time>,
+    wall: Res<Wall>,
+    city: Res<City>,
+    mut data: ResMut<WallData>,
+    windows: Query<(&Window, &WallWindow)>,
+    mut cameras: Query<(&mut WallMapCamera, &mut Camera, &mut Transform)>,
+) {
+    let now_ms = data.now_ms;
+    let data = &mut *data;
+    for (mut tile_cam, mut camera, mut transform) in &mut cameras {
+        let tile_cam = &mut *tile_cam;
+        let Some((window, _)) = windows.iter().find(|(_, w)| w.screen == tile_cam.screen) else {
+            camera.is_active = false;
+            continue;
+        };
+        let Some((size, viewport)) = tile_viewport(&wall, window, tile_cam.screen, tile_cam.tile)
+        else {
+            camera.is_active = false;
+            continue;
+        };
+        let same = camera.viewport.as_ref().is_some_and(|v| {
+            v.physical_position == viewport.physical_position
+                && v.physical_size == viewport.physical_size
+        });
+        if !same {
+            camera.viewport = Some(viewport);
+        }
+        camera.is_active = true;
+        let first_view = tile_cam.rig.map_view.is_none();
+        tile_cam.rig.map_view = MapView::new(Rect::new(0.0, 0.0, size.x, size.y), size);
+        let Some(kind) = wall
+            .layout
+            .screens
+            .get(tile_cam.screen)
+            .and_then(|s| s.tiles.get(tile_cam.tile))
+            .map(|t| &t.kind)
+        else {
+            continue;
+        };
+        let (key, view, caption) = match kind {
+            TileKind::Map(m) => (m.view_name.clone(), m.view, m.view_name.clone()),
+            TileKind::Hotspot(m) => {
+                match data.book.as_ref().and_then(|b| tile_cam.follower.follow(b)) {
+                    Some(i) => (
+                        i.id.clone(),
+                        View::At {
+                            lon: i.lon,
+                            lat: i.lat,
+                            distance_m: 700.0,
+                            yaw_deg: 25.0,
+                            pitch_deg: 50.0,
+                        },
+                        format!(
+                            "{} · {} · {}",
+                            super::desk_ui::severity_label(i.severity),
+                            i.id,
+                            i.title
+                        ),
+                    ),
+                    None => (
+                        "no incident".into(),
+                        m.view,
+                        "No open incident 无未结事件".into(),
+                    ),
+                }
+            }
+            TileKind::Tour { every_s, stops, .. } => {
+                let all = crate::wall::tour_stops(stops, data.book.as_ref(), 900.0);
+                let at = crate::wall::tour_index(now_ms, *every_s, all.len());
+                let stop = &all[at];
+                (
+                    format!("{at} {}", stop.name),
+                    stop.view,
+                    format!("{} ({}/{})", stop.name, at + 1, all.len()),
+                )
+            }
+            _ => continue,
+        };
+        let key = format!("{key} {}x{}", size.x as u32, size.y as u32);
+        if key != tile_cam.goal_for {
+            goal_for(&mut tile_cam.rig, &city, &view);
+            if tile_cam.goal_for.is_empty() || first_view {
+                tile_cam.rig.pose = tile_cam.rig.goal;
+            }
+            tile_cam.goal_for = key;
+        }
+        tile_cam.caption = caption;
+        tile_cam.rig.step(time.delta_secs());
+        let pose = tile_cam.rig.pose;
+        *transform = Transform::from_translation(pose.eye()).looking_at(pose.focus, Vec3::Y);
+    }
+}
+
+/// The wall's windows all closed by hand: the process ends.
+fn exit_when_closed(
+    wall: Res<Wall>,
+    windows: Query<(), With<WallWindow>>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    if wall.built.is_some() && windows.is_empty() {
+        exit.write(AppExit::Success);
+    }
+}
+
+/// What a screen's egui pass reads.
+#[derive(bevy::ecs::system::SystemParam)]
+struct ScreenView<'w, 's> {
+    contexts: Query<'w, 's, (&'static mut EguiContext, &'static WallUiCamera)>,
+    windows: Query<'w, 's, (&'static Window, &'static WallWindow)>,
+    map_cameras: Query<'w, 's, &'static WallMapCamera>,
+    wall: Res<'w, Wall>,
+    data: Res<'w, WallData>,
+    live: Option<Res<'w, Live>>,
+    time: Res<'w, LocalTime>,
+    city: Res<'w, City>,
+    styled: Local<'s, bool>,
+}
+
+/// The type size of the wall's body text on a window `height` logical pixels tall: a
+/// share of the height, so it reads from 5 m away on any panel.
+pub fn wall_zoom(height: f32, ui_scale: f32) -> f32 {
+    (height / 540.0).clamp(1.0, 6.0) * ui_scale
+}
+
+fn draw_screen(screen: usize, mut view: ScreenView) {
+    let Some(mut ctx) = view
+        .contexts
+        .iter_mut()
+        .find(|(_, c)| c.screen == screen)
+        .map(|(c, _)| c)
+    else {
+        return;
+    };
+    let ctx = ctx.get_mut().clone();
+    let Some((window, wall_window)) = view.windows.iter().find(|(_, w)| w.screen == screen) else {
+        return;
+    };
+    if !*view.styled {
+        super::fonts::install_fonts(&ctx);
+        theme::egui_style(&ctx);
+        *view.styled = true;
+    }
+    let zoom = wall_zoom(window.height(), view.wall.ui_scale);
+    if (ctx.zoom_factor() - zoom).abs() > 1e-3 {
+        ctx.set_zoom_factor(zoom);
+    }
+    let Some(layout) = view.wall.layout.screens.get(screen) else {
+        return;
+    };
+    let size = [window.width(), window.height()];
+    let painter = ctx.layer_painter(egui::LayerId::background());
+    let now_ms = view.data.now_ms;
+    for (ti, tile) in layout.tiles.iter().enumerate() {
+        let [x, y, w, h] = layout.tile_rect(tile, size);
+        let rect = egui::Rect::from_min_size(
+            egui::pos2(x / zoom, y / zoom),
+            egui::vec2(w / zoom, h / zoom),
+        );
+        let is_map = tile.kind.map().is_some();
+        if !is_map {
+            painter.rect_filled(rect, 6.0, theme::PANEL_FILL);
+        }
+        painter.rect_stroke(
+            rect,
+            6.0,
+            egui::Stroke::new(1.0, egui::Color32::from_rgb(0x1c, 0x2a, 0x40)),
+            egui::StrokeKind::Inside,
+        );
+        let caption = view
+            .map_cameras
+            .iter()
+            .find(|c| c.screen == screen && c.tile == ti)
+            .map(|c| c.caption.clone());
+        let mut ui = egui::Ui::new(
+            ctx.clone(),
+            egui::Id::new(("wall-tile", screen, ti)),
+            egui::UiBuilder::new()
+                .max_rect(rect.shrink(10.0))
+                .layer_id(egui::LayerId::background()),
+        );
+        ui.set_clip_rect(rect);
+        tile_heading(&mut ui, tile, caption.as_deref(), is_map);
+        match &tile.kind {
+            TileKind::Kpi => kpi_ui(&mut ui, &view.data),
+            TileKind::Incidents => incidents_ui(&mut ui, view.data.book.as_ref(), now_ms),
+            TileKind::Orders => orders_ui(&mut ui, view.data.book.as_ref(), now_ms),
+            TileKind::Feeds => feeds_ui(&mut ui, &view.data.state),
+            TileKind::Trends => trends_ui(&mut ui, &view.data, screen, ti),
+            _ => {}
+        }
+        if let (Some(cam), Some(book), Some(map)) = (
+            view.map_cameras
+                .iter()
+                .find(|c| c.screen == screen && c.tile == ti),
+            view.data.book.as_ref(),
+            tile.kind.map(),
+        ) {
+            incident_pins(&ctx, rect, zoom, cam, book, map, &view.city);
+        }
+        if let Some(banner) = crate::wall::tile_banner(&tile.kind, &view.data.state) {
+            tile_banner_ui(&ctx, rect, &banner, (screen, ti));
+        }
+    }
+    // The whole screen: the clock, the layout's trouble, a monitor gone.
+    let mut notes = Vec::new();
+    if let Some(problem) = &view.wall.problem {
+        notes.push(format!("Layout not applied 布局未生效: {problem}"));
+    }
+    if let Some(m) = &wall_window.missing_monitor {
+        notes.push(format!("{m} not connected 显示器未连接: shown in a window"));
+    }
+    let clock = view.time.0.time_of_day(now_ms);
+    egui::Area::new(egui::Id::new(("wall-clock", screen)))
+        .order(egui::Order::Foreground)
+        .anchor(egui::Align2::RIGHT_BOTTOM, egui::vec2(-12.0, -8.0))
+        .interactable(false)
+        .show(&ctx, |ui| {
+            let hall = if view.live.as_ref().is_some_and(|l| l.hall.is_some()) {
+                " · hall"
+            } else {
+                ""
+            };
+            ui.label(
+                egui::RichText::new(format!("{clock}{hall}"))
+                    .color(theme::MUTED)
+                    .strong(),
+            );
+        });
+    if !notes.is_empty() {
+        egui::Area::new(egui::Id::new(("wall-notes", screen)))
+            .order(egui::Order::Foreground)
+            .anchor(egui::Align2::CENTER_BOTTOM, egui::vec2(0.0, -8.0))
+            .interactable(false)
+            .show(&ctx, |ui| {
+                egui::Frame::new()
+                    .fill(egui::Color32::from_rgb(0x5a, 0x16, 0x16))
+                    .inner_margin(8.0)
+                    .corner_radius(4.0)
+                    .show(ui, |ui| {
+                        for n in &notes {
+                            ui.label(egui::RichText::new(n).color(egui::Color32::WHITE));
+                        }
+                    });
+            });
+    }
+}
+
+/// The open incidents of the tile's sub-brains as pins where they are, coloured by
+/// severity; the one a hotspot follows ringed.
+fn incident_pins(
+    ctx: &egui::Context,
+    rect: egui::Rect,
+    zoom: f32,
+    cam: &WallMapCamera,
+    book: &Book,
+    map: &crate::wall::MapTile,
+    city: &City,
+) {
+    let painter = ctx
+        .layer_painter(egui::LayerId::new(
+            egui::Order::Middle,
+            egui::Id::new(("wall-pins", cam.screen, cam.tile)),
+        ))
+        .with_clip_rect(rect);
+    let size = Vec2::new(rect.width() * zoom, rect.height() * zoom);
+    for i in book.incidents.iter().filter(|i| i.is_open()) {
+        if !map.shows_domain(i.domain) {
+            continue;
+        }
+        let [e, n] = city.map.frame.local_from_wgs84(i.lon, i.lat);
+        let world = Vec3::from_array(crate::geo_frame::world_from_local(e, n, 0.0));
+        let Some(p) = super::camera::project(&cam.rig.pose, world, size) else {
+            continue;
+        };
+        let at = rect.min + egui::vec2(p.x / zoom, p.y / zoom);
+        if !rect.contains(at) {
+            continue;
+        }
+        let colour = severity_colour(i.severity);
+        if cam.follower.current.as_deref() == Some(i.id.as_str()) {
+            painter.circle_stroke(at, 16.0, egui::Stroke::new(3.0, colour));
+        }
+        painter.circle(
+            at,
+            7.0,
+            colour,
+            egui::Stroke::new(1.5, egui::Color32::WHITE),
+        );
+    }
+}
+
+fn tile_heading(ui: &mut egui::Ui, tile: &crate::wall::Tile, caption: Option<&str>, map: bool) {
+    let heading = tile.heading();
+    let text = match caption {
+        Some(c) if !c.is_empty() && c != crate::wall::CITY_VIEW => format!("{heading} · {c}"),
+        _ => heading,
+    };
+    let rich = egui::RichText::new(text).color(theme::ACCENT).strong();
+    if map {
+        egui::Frame::new()
+            .fill(egui::Color32::from_rgba_unmultiplied(4, 8, 16, 200))
+            .inner_margin(egui::Margin::symmetric(6, 2))
+            .corner_radius(4.0)
+            .show(ui, |ui| {
+                ui.add(egui::Label::new(rich).truncate());
+            });
+    } else {
+        ui.add(egui::Label::new(rich).truncate());
+        ui.add_space(4.0);
+    }
+}
+
+fn tile_banner_ui(ctx: &egui::Context, rect: egui::Rect, text: &str, id: (usize, usize)) {
+    // The theme's body size; the band sits under the tile's heading.
+    let body = 15.0;
+    let painter = ctx
+        .layer_painter(egui::LayerId::new(
+            egui::Order::Middle,
+            egui::Id::new(("wall-banner", id)),
+        ))
+        .with_clip_rect(rect);
+    let galley = painter.layout(
+        text.to_string(),
+        egui::FontId::proportional(body),
+        egui::Color32::WHITE,
+        rect.width() - 20.0,
+    );
+    let top = rect.min.y + body * 2.2;
+    let band = egui::Rect::from_min_size(
+        egui::pos2(rect.min.x, top),
+        egui::vec2(rect.width(), galley.size().y + 12.0),
+    );
+    painter.rect_filled(
+        band,
+        0.0,
+        egui::Color32::from_rgba_unmultiplied(150, 20, 20, 235),
+    );
+    painter.galley(
+        band.min + egui::vec2(10.0, 6.0),
+        galley,
+        egui::Color32::WHITE,
+    );
+}
+
+fn trend_colour(good_when_up: Option<bool>, t: crate::wall::Trend) -> egui::Color32 {
+    use crate::wall::Trend;
+    match (good_when_up, t) {
+        (_, Trend::Flat) | (None, _) => theme::MUTED,
+        (Some(true), Trend::Up) | (Some(false), Trend::Down) => theme::GOOD,
+        _ => theme::WARN,
+    }
+}
+
+/// A vital sign's card: label, value, colour, its index in [`SIGNS`] for the trend,
+/// and whether up is good.
+type Card = (
+    &'static str,
+    String,
+    egui::Color32,
+    Option<usize>,
+    Option<bool>,
+);
+
+/// The vital signs in cards: the value in type a share of the card, a trend arrow.
+fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
+    let k = &data.kpis;
+    let dash = || "—".to_string();
+    let book = data.book.as_ref();
+    let open_incidents = book.map(|b| b.incidents.iter().filter(|i| i.is_open()).count());
+    let overdue = book.map(|b| {
+        b.orders
+            .iter()
+            .filter(|o| crate::wall::is_overdue(o, data.now_ms))
+            .count()
+    });
+    let cards: [Card; 8] = [
+        (
+            "Road speed 路网均速",
+            k.mean_road_speed_kmh
+                .map_or_else(dash, |v| format!("{v:.0} km/h")),
+            theme::ACCENT,
+            Some(0),
+            Some(true),
+        ),
+        (
+            "Congestion 拥堵指数",
+            k.congestion_index
+                .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
+            match k.congestion_index {
+                Some(c) if c > 0.3 => theme::ALARM,
+                Some(c) if c > 0.15 => theme::WARN,
+                _ => theme::GOOD,
+            },
+            Some(1),
+            Some(false),
+        ),
+        (
+            "AQI 空气质量",
+            k.mean_aqi.map_or_else(dash, |v| format!("{v:.0}")),
+            match k.mean_aqi {
+                Some(a) if a > 150.0 => theme::ALARM,
+                Some(a) if a > 100.0 => theme::WARN,
+                _ => theme::GOOD,
+            },
+            Some(2),
+            Some(false),
+        ),
+        (
+            "Open alerts 未结告警",
+            k.open_alerts.to_string(),
+            if k.open_alerts > 0 {
+                theme::WARN
+            } else {
+                theme::GOOD
+            },
+            Some(3),
+            Some(false),
+        ),
+        (
+            "Hospital load 医院负荷",
+            k.hospital_load
+                .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
+            match k.hospital_load {
+                Some(l) if l > 0.9 => theme::ALARM,
+                Some(l) if l > 0.75 => theme::WARN,
+                _ => theme::GOOD,
+            },
+            Some(4),
+            Some(false),
+        ),
+        (
+            "Units 在途车辆",
+            k.vehicles.to_string(),
+            theme::ACCENT,
+            Some(5),
+            None,
+        ),
+        (
+            "Open incidents 未结事件",
+            open_incidents.map_or_else(dash, |n| n.to_string()),
+            if open_incidents.unwrap_or(0) > 0 {
+                theme::WARN
+            } else {
+                theme::GOOD
+            },
+            None,
+            None,
+        ),
+        (
+            "Overdue orders 超时指令",
+            overdue.map_or_else(dash, |n| n.to_string()),
+            if overdue.unwrap_or(0) > 0 {
+                theme::ALARM
+            } else {
+                theme::GOOD
+            },
+            None,
+            None,
+        ),
+    ];
+    let area = ui.available_rect_before_wrap();
+    let columns = if area.width() > area.height() * 1.6 {
+        4
+    } else {
+        2
+    };
+    let rows = cards.len().div_ceil(columns);
+    let cell = egui::vec2(area.width() / columns as f32, area.height() / rows as f32);
+    let painter = ui.painter().clone();
+    let label_size = (cell.y * 0.16).clamp(9.0, cell.x * 0.09);
+    let value_size = (cell.y * 0.42).min(cell.x * 0.2).max(10.0);
+    for (i, (label, value, colour, sign, good_up)) in cards.into_iter().enumerate() {
+        let min =
+            area.min + egui::vec2((i % columns) as f32 * cell.x, (i / columns) as f32 * cell.y);
+        let card = egui::Rect::from_min_size(min, cell).shrink(4.0);
+        painter.text(
+            card.left_top(),
+            egui::Align2::LEFT_TOP,
+            label,
+            egui::FontId::proportional(label_size),
+            theme::MUTED,
+        );
+        let value_rect = painter.text(
+            card.left_top() + egui::vec2(0.0, label_size * 1.4),
+            egui::Align2::LEFT_TOP,
+            value,
+            egui::FontId::proportional(value_size),
+            colour,
+        );
+        if let Some(trend) = sign.and_then(|s| data.signs.trend(s)) {
+            painter.text(
+                value_rect.right_bottom() + egui::vec2(value_size * 0.15, 0.0),
+                egui::Align2::LEFT_BOTTOM,
+                trend.arrow(),
+                egui::FontId::proportional(value_size * 0.5),
+                trend_colour(good_up, trend),
+            );
+        }
+    }
+    ui.allocate_rect(area, egui::Sense::hover());
+}
+
+fn severity_colour(s: crate::model::Severity) -> egui::Color32 {
+    use crate::model::Severity::*;
+    match s {
+        Extreme => theme::ALARM,
+        Severe => egui::Color32::from_rgb(0xff, 0x7a, 0x30),
+        Moderate => theme::WARN,
+        Minor => theme::ACCENT,
+    }
+}
+
+/// Rows of two lines in the tile, as many as fit; "and N more" when some do not.
+fn board_rows(ui: &mut egui::Ui, rows: Vec<(egui::Color32, String, String)>, empty: &str) {
+    let area = ui.available_rect_before_wrap();
+    let body = ui.style().text_styles[&egui::TextStyle::Body].size;
+    let row_h = body * 2.6;
+    let painter = ui.painter().with_clip_rect(area);
+    if rows.is_empty() {
+        painter.text(
+            area.left_top(),
+            egui::Align2::LEFT_TOP,
+            empty,
+            egui::FontId::proportional(body),
+            theme::MUTED,
+        );
+        return;
+    }
+    let fit = ((area.height() / row_h).floor() as usize).max(1);
+    let shown = if rows.len() > fit {
+        fit - 1
+    } else {
+        rows.len()
+    };
+    for (i, (colour, first, second)) in rows.iter().take(shown).enumerate() {
+        let top = area.min.y + i as f32 * row_h;
+        let bar = egui::Rect::from_min_size(
+            egui::pos2(area.min.x, top + 2.0),
+            egui::vec2(body * 0.3, row_h - 6.0),
+        );
+        painter.rect_filled(bar, 2.0, *colour);
+        let x = area.min.x + body * 0.7;
+        let row_painter = painter.with_clip_rect(egui::Rect::from_min_max(
+            egui::pos2(x, top),
+            egui::pos2(area.max.x, top + row_h),
+        ));
+        row_painter.text(
+            egui::pos2(x, top),
+            egui::Align2::LEFT_TOP,
+            first,
+            egui::FontId::proportional(body),
+            egui::Color32::WHITE,
+        );
+        row_painter.text(
+            egui::pos2(x, top + body * 1.2),
+            egui::Align2::LEFT_TOP,
+            second,
+            egui::FontId::proportional(body * 0.8),
+            theme::MUTED,
+        );
+    }
+    if shown < rows.len() {
+        painter.text(
+            egui::pos2(area.min.x, area.min.y + shown as f32 * row_h),
+            egui::Align2::LEFT_TOP,
+            format!(
+                "and {} more 另有 {} 项",
+                rows.len() - shown,
+                rows.len() - shown
+            ),
+            egui::FontId::proportional(body * 0.8),
+            theme::MUTED,
+        );
+    }
+}
+
+fn incidents_ui(ui: &mut egui::Ui, book: Option<&Book>, now_ms: i64) {
+    let Some(book) = book else {
+        return board_rows(ui, Vec::new(), "No data 无数据");
+    };
+    let rows = {
+        crate::wall::open_incidents(book)
+            .into_iter()
+            .map(|i| {
+                (
+                    severity_colour(i.severity),
+                    format!("{} · {}", i.id, i.title),
+                    format!(
+                        "{} · {} · {} · {} ago · {} orders",
+                        super::desk_ui::severity_label(i.severity),
+                        super::ui::domain_label(i.domain),
+                        super::desk_ui::incident_status_label(i.status),
+                        crate::clock::age_words((now_ms - i.reported_ms).max(0) as f64 / 1000.0),
+                        i.orders.len()
+                    ),
+                )
+            })
+            .collect()
+    };
+    board_rows(ui, rows, "No open incident 无未结事件");
+}
+
+fn orders_ui(ui: &mut egui::Ui, book: Option<&Book>, now_ms: i64) {
+    let Some(book) = book else {
+        return board_rows(ui, Vec::new(), "No data 无数据");
+    };
+    let rows = {
+        crate::wall::open_orders(book, now_ms)
+            .into_iter()
+            .map(|o| {
+                let overdue = crate::wall::is_overdue(o, now_ms);
+                let due = if overdue {
+                    format!(
+                        "OVERDUE 超时 {}",
+                        crate::clock::age_words((now_ms - o.deadline_ms).max(0) as f64 / 1000.0)
+                    )
+                } else {
+                    format!(
+                        "due in {}",
+                        crate::clock::age_words((o.deadline_ms - now_ms) as f64 / 1000.0)
+                    )
+                };
+                let colour = if overdue { theme::ALARM } else { theme::ACCENT };
+                (
+                    colour,
+                    format!("{} → {}", o.id, o.department),
+                    format!(
+                        "{} · {} · {}",
+                        o.incident,
+                        super::desk_ui::order_status_label(o.status),
+                        due
+                    ),
+                )
+            })
+            .collect()
+    };
+    board_rows(ui, rows, "No open order 无未完成指令");
+}
+
+fn feeds_ui(ui: &mut egui::Ui, state: &DataState) {
+    let rows = state
+        .feeds
+        .iter()
+        .map(|f| {
+            let (word, colour) = if f.quarantined {
+                ("QUARANTINED 隔离", theme::ALARM)
+            } else {
+                match f.freshness {
+                    Freshness::Fresh => ("fresh 新鲜", theme::GOOD),
+                    Freshness::Late => ("late 延迟", theme::WARN),
+                    Freshness::Stale => ("STALE 过期", theme::ALARM),
+                    Freshness::Never => ("no data 无数据", theme::MUTED),
+                }
+            };
+            (
+                colour,
+                format!("{} · {}", f.name, super::ui::domain_label(f.domain)),
+                match f.data_age_s {
+                    Some(a) => format!("{word} · data {} old", crate::clock::age_words(a)),
+                    None => word.to_string(),
+                },
+            )
+        })
+        .collect();
+    board_rows(ui, rows, "No feed 无数据源");
+}
+
+/// Four small charts: congestion, AQI, open alerts, open incidents, over the hours the
+/// wall has seen.
+fn trends_ui(ui: &mut egui::Ui, data: &WallData, screen: usize, tile: usize) {
+    let now = data.now_ms;
+    let minutes = |t: i64| (t - now) as f64 / 60_000.0;
+    let series = |i: usize| -> Vec<[f64; 2]> {
+        data.signs
+            .series(i)
+            .into_iter()
+            .map(|(t, v)| [minutes(t), v])
+            .collect()
+    };
+    let times: Vec<i64> = data.signs.series(3).iter().map(|(t, _)| *t).collect();
+    let incidents: Vec<[f64; 2]> = match &data.book {
+        Some(book) => times
+            .iter()
+            .zip(crate::wall::open_incidents_at(book, &times))
+            .map(|(t, n)| [minutes(*t), n as f64])
+            .collect(),
+        None => Vec::new(),
+    };
+    let charts = [
+        ("Congestion % 拥堵", series(1), theme::WARN),
+        ("AQI 空气质量", series(2), theme::GOOD),
+        ("Open alerts 告警", series(3), theme::ALARM),
+        ("Open incidents 事件", incidents, theme::ACCENT),
+    ];
+    let area = ui.available_rect_before_wrap();
+    let cols = if area.width() > area.height() * 2.0 {
+        4
+    } else {
+        2
+    };
+    let rows = charts.len().div_ceil(cols);
+    let cell = egui::vec2(area.width() / cols as f32, area.height() / rows as f32);
+    let _ = SIGNS;
+    for (i, (title, points, colour)) in charts.into_iter().enumerate() {
+        let min = area.min + egui::vec2((i % cols) as f32 * cell.x, (i / cols) as f32 * cell.y);
+        let rect = egui::Rect::from_min_size(min, cell).shrink(4.0);
+        ui.scope_builder(egui::UiBuilder::new().max_rect(rect), |ui| {
+            ui.label(egui::RichText::new(title).color(theme::MUTED).small());
+            egui_plot::Plot::new(("wall-trend", screen, tile, i))
+                .show_axes([true, true])
+                .show_grid(false)
+                .allow_drag(false)
+                .allow_zoom(false)
+                .allow_scroll(false)
+                .allow_boxed_zoom(false)
+                .allow_double_click_reset(false)
+                .show_background(false)
+                .include_y(0.0)
+                .x_axis_formatter(|mark, _| format!("{:.0} min", mark.value))
+                .show(ui, |plot| {
+                    plot.line(
+                        egui_plot::Line::new(title, points).stroke(egui::Stroke::new(2.0, colour)),
+                    );
+                });
+        });
+    }
+    ui.allocate_rect(area, egui::Sense::hover());
+}
+
+/// What a tile shows, for the screenshot's report: scripts check the wall from it.
+fn tile_report(
+    tile: &crate::wall::Tile,
+    data: &WallData,
+    caption: Option<String>,
+) -> serde_json::Value {
+    let shows = match &tile.kind {
+        TileKind::Incidents => serde_json::json!(
+            data.book
+                .as_ref()
+                .map(|b| crate::wall::open_incidents(b)
+                    .iter()
+                    .map(|i| i.id.clone())
+                    .collect::<Vec<_>>())
+        ),
+        TileKind::Orders => serde_json::json!(
+            data.book
+                .as_ref()
+                .map(|b| crate::wall::open_orders(b, data.now_ms)
+                    .iter()
+                    .map(|o| o.id.clone())
+                    .collect::<Vec<_>>())
+        ),
+        TileKind::Feeds => serde_json::json!(
+            data.state
+                .feeds
+                .iter()
+                .map(|f| serde_json::json!({"feed": f.name, "freshness": f.freshness, "quarantined": f.quarantined}))
+                .collect::<Vec<_>>()
+        ),
+        TileKind::Kpi => serde_json::json!({
+            "road_speed_kmh": data.kpis.mean_road_speed_kmh,
+            "congestion_index": data.kpis.congestion_index,
+            "mean_aqi": data.kpis.mean_aqi,
+            "open_alerts": data.kpis.open_alerts,
+            "vehicles": data.kpis.vehicles,
+        }),
+        TileKind::Trends => serde_json::json!({ "samples": data.signs.len() }),
+        TileKind::Map(_) | TileKind::Hotspot(_) | TileKind::Tour { .. } => {
+            serde_json::json!(caption)
+        }
+    };
+    serde_json::json!({
+        "kind": tile.kind.name(),
+        "at": tile.at,
+        "span": tile.span,
+        "banner": crate::wall::tile_banner(&tile.kind, &data.state),
+        "shows": shows,
+    })
+}
+
+/// `--screenshot-dir`: every screen written once the city is drawn and the data in.
+#[derive(Resource)]
+struct WallShots {
+    dir: PathBuf,
+    settled: u32,
+    in_flight: usize,
+    written: Vec<serde_json::Value>,
+    done: bool,
+}
+
+/// Give up after this long without a drawn city.
+const SHOT_TIMEOUT_S: f32 = 240.0;
+
+#[allow(clippy::too_many_arguments)]
+fn capture_screens(
+    mut commands: Commands,
+    time: Res<Time<Real>>,
+    ready: Res<super::ready::SceneReady>,
+    live: Option<Res<Live>>,
+    data: Res<WallData>,
+    wall: Res<Wall>,
+    windows: Query<(Entity, &WallWindow)>,
+    map_cameras: Query<&WallMapCamera>,
+    mut shots: ResMut<WallShots>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    if time.elapsed_secs() > SHOT_TIMEOUT_S {
+        error!("wall: the screens were not drawn within {SHOT_TIMEOUT_S} s");
+        exit.write(AppExit::error());
+        return;
+    }
+    if shots.done || shots.in_flight > 0 {
+        return;
+    }
+    let feeds_in = live.as_ref().is_none_or(|l| {
+        l.ingest.backlog() == 0
+            && l.ingest
+                .health
+                .iter()
+                .all(|h| h.polls_ok + h.polls_failed > 0)
+    });
+    let book_in = data.books.is_none() || data.book.is_some() || data.state.book_trouble.is_some();
+    let kpis_in = data.kpis_at_ms > 0;
+    let elapsed = time.elapsed_secs();
+    if wall.built.is_none()
+        || windows.iter().count() < wall.layout.screens.len()
+        || !ready.is_ready()
+        || ((!feeds_in || !book_in || !kpis_in) && elapsed < 20.0)
+    {
+        shots.settled = 0;
+        return;
+    }
+    // The cameras fly to their views: let them arrive.
+    let arrived = map_cameras.iter().all(|c| {
+        let (p, g) = (c.rig.pose, c.rig.goal);
+        p.focus.distance(g.focus) < 1.0 && (p.distance - g.distance).abs() < 1.0
+    });
+    if !arrived {
+        shots.settled = 0;
+        return;
+    }
+    shots.settled += 1;
+    if shots.settled < 5 {
+        return;
+    }
+    if let Err(e) = std::fs::create_dir_all(&shots.dir) {
+        error!("wall: cannot create {}: {e}", shots.dir.display());
+        exit.write(AppExit::error());
+        return;
+    }
+    for (entity, w) in &windows {
+        let Some(screen) = wall.layout.screens.get(w.screen) else {
+            continue;
+        };
+        let slug: String = screen
+            .name
+            .chars()
+            .map(|c| if c.is_alphanumeric() { c } else { '-' })
+            .collect();
+        let out = shots
+            .dir
+            .join(format!("screen-{}-{slug}.png", w.screen + 1));
+        let name = screen.name.clone();
+        let tiles: Vec<serde_json::Value> = screen
+            .tiles
+            .iter()
+            .enumerate()
+            .map(|(ti, tile)| {
+                let caption = map_cameras
+                    .iter()
+                    .find(|c| c.screen == w.screen && c.tile == ti)
+                    .map(|c| c.caption.clone());
+                tile_report(tile, &data, caption)
+            })
+            .collect();
+        shots.in_flight += 1;
+        commands.spawn(Screenshot::window(entity)).observe(
+            move |captured: On<ScreenshotCaptured>,
+                  mut shots: ResMut<WallShots>,
+                  mut exit: MessageWriter<AppExit>| {
+                shots.in_flight = shots.in_flight.saturating_sub(1);
+                let rgb = match captured.image.clone().try_into_dynamic() {
+                    Ok(image) => image.to_rgb8(),
+                    Err(e) => {
+                        error!("wall: cannot read the captured frame: {e}");
+                        exit.write(AppExit::error());
+                        return;
+                    }
+                };
+                if let Err(e) = rgb.save(&out) {
+                    error!("wall: cannot write {}: {e}", out.display());
+                    exit.write(AppExit::error());
+                    return;
+                }
+                shots.written.push(serde_json::json!({
+                    "screen": name,
+                    "out": out.display().to_string(),
+                    "width": rgb.width(),
+                    "height": rgb.height(),
+                    "tiles": tiles,
+                    "city_pixel_share": (super::snapshot::city_pixel_share(&rgb) * 1000.0).round() / 1000.0,
+                }));
+                if shots.in_flight == 0 {
+                    for line in &shots.written {
+                        println!("{line}");
+                    }
+                    exit.write(AppExit::Success);
+                }
+            },
+        );
+    }
+    shots.done = true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn wall_type_grows_with_the_screen() {
+        assert_eq!(wall_zoom(540.0, 1.0), 1.0);
+        assert_eq!(wall_zoom(1080.0, 1.0), 2.0);
+        assert_eq!(wall_zoom(2160.0, 1.0), 4.0);
+        assert_eq!(wall_zoom(300.0, 1.0), 1.0);
+        assert_eq!(wall_zoom(1080.0, 1.5), 3.0);
+    }
+
+    #[test]
+    fn every_layer_and_sub_brain_has_its_own_render_layer() {
+        let mut seen = BTreeSet::new();
+        for l in MapLayer::ALL {
+            assert!(seen.insert(map_layer_of(l)));
+            let name = format!("{l:?}").to_ascii_lowercase();
+            assert_eq!(map_layer_named(&name), Some(l));
+            assert!(crate::wall::LAYER_NAMES.contains(&name.as_str()));
+        }
+        for d in Domain::ALL {
+            assert!(seen.insert(domain_layer_of(d)));
+        }
+        assert!(!seen.contains(&0) && !seen.contains(&UI_LAYER));
+    }
+}

@@ -1,0 +1,323 @@
+//! `zhongshu wall`: a two-screen layout rendered through the real scene, each screen's
+//! picture and what its tiles show; a tile whose data stops says so while the others
+//! go on; a broken layout is refused before any window opens.
+
+use std::process::Command;
+
+use crate::{scratch_dir, zhongshu};
+
+const LAYOUT: &str = r#"
+[[bookmark]]
+name = "Centre"
+lon = 24.945
+lat = 60.170
+distance = 1500
+yaw = 30
+pitch = 45
+
+[[screen]]
+name = "city"
+columns = 3
+rows = 2
+
+[[screen.tile]]
+kind = "map"
+at = [0, 0]
+span = [2, 2]
+domains = ["traffic", "safety"]
+
+[[screen.tile]]
+kind = "map"
+title = "Water 供水"
+at = [2, 0]
+bookmark = "Centre"
+domains = ["utilities"]
+
+[[screen.tile]]
+kind = "incidents"
+at = [2, 1]
+
+[[screen]]
+name = "operations"
+columns = 2
+rows = 2
+
+[[screen.tile]]
+kind = "hotspot"
+at = [0, 0]
+
+[[screen.tile]]
+kind = "orders"
+at = [1, 0]
+
+[[screen.tile]]
+kind = "kpi"
+at = [0, 1]
+
+[[screen.tile]]
+kind = "feeds"
+at = [1, 1]
+"#;
+
+/// Two sub-brains simulated, and a water-sensor feed whose server is not there.
+const FEEDS: &str = r#"
+[[feed]]
+name = "sim-traffic"
+kind = "sim"
+domain = "traffic"
+interval_s = 1
+
+[[feed]]
+name = "sim-safety"
+kind = "sim"
+domain = "safety"
+interval_s = 1
+
+[[feed]]
+name = "water-sensors"
+kind = "ngsi-ld"
+domain = "utilities"
+url = "http://127.0.0.1:9/ngsi-ld/v1/entities?type=WaterQualityObserved"
+interval_s = 2
+"#;
+
+/// A log with three incidents (one closed) and orders, one past its deadline.
+fn prepared_log(db: &std::path::Path) {
+    use zhongshu::dispatch::Action;
+    use zhongshu::dispatch::book::{Actor, Command, NewIncident, NewOrder, Severity};
+    let now = zhongshu::clock::unix_ms_now();
+    let min = 60_000;
+    let mut d = zhongshu::dispatch::dispatcher::Dispatcher::open(
+        db,
+        zhongshu::dispatch::config::DispatchConfig::default_config(),
+    )
+    .unwrap();
+    let li = Actor::new("li.wei", zhongshu::dispatch::Role::Dispatcher, None);
+    let raise =
+        |d: &mut zhongshu::dispatch::dispatcher::Dispatcher, title: &str, severity, at: i64| {
+            d.execute(
+                &Command::ReportIncident(NewIncident {
+                    kind: "building_fire".into(),
+                    title: title.into(),
+                    domain: zhongshu::feeds::Domain::Safety,
+                    severity,
+                    lon: 24.94,
+                    lat: 60.17,
+                    source: "map".into(),
+                    key: None,
+                }),
+                &li,
+                at,
+            )
+            .unwrap();
+        };
+    raise(&mut d, "Warehouse fire", Severity::Moderate, now - 40 * min);
+    raise(
+        &mut d,
+        "Chemical plant fire",
+        Severity::Extreme,
+        now - 30 * min,
+    );
+    raise(&mut d, "Car fire", Severity::Minor, now - 20 * min);
+    d.execute(
+        &Command::IssueOrders {
+            incident: "INC-000002".into(),
+            orders: vec![
+                NewOrder {
+                    department: "fire".into(),
+                    instruction: "Two engines".into(),
+                    deadline_ms: now - 10 * min,
+                },
+                NewOrder {
+                    department: "traffic_police".into(),
+                    instruction: "Close the road".into(),
+                    deadline_ms: now + 30 * min,
+                },
+            ],
+        },
+        &li,
+        now - 29 * min,
+    )
+    .unwrap();
+    d.execute(
+        &Command::Incident {
+            id: "INC-000003".into(),
+            action: Action::CloseIncident,
+            note: None,
+        },
+        &li,
+        now - 10 * min,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_two_screen_wall_renders_each_screen_with_its_tiles() {
+    let dir = scratch_dir("wall");
+    let db = dir.join("events.db");
+    prepared_log(&db);
+    std::fs::write(dir.join("wall.toml"), LAYOUT).unwrap();
+    std::fs::write(dir.join("feeds.toml"), FEEDS).unwrap();
+    let shots = dir.join("shots");
+    let _timed = crate::timed();
+    let mut cmd = if std::env::var_os("DISPLAY").is_some() {
+        zhongshu()
+    } else {
+        let mut c = Command::new("xvfb-run");
+        c.args(["-a", "-s", "-screen 0 1920x1080x24"])
+            .arg(env!("CARGO_BIN_EXE_zhongshu"));
+        c
+    };
+    let out = cmd
+        .current_dir(&dir)
+        .args([
+            "wall",
+            "--layout",
+            "wall.toml",
+            "--feeds",
+            "feeds.toml",
+            "--db",
+        ])
+        .arg(&db)
+        .args(["--screenshot-dir", "shots", "--size", "960x540"])
+        .env(
+            "WGPU_BACKEND",
+            std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "wall failed: {stderr}");
+    let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(reports.len(), 2, "{reports:?}\n{stderr}");
+    let screen = |name: &str| {
+        reports
+            .iter()
+            .find(|r| r["screen"] == name)
+            .unwrap_or_else(|| panic!("no screen {name}: {reports:?}"))
+    };
+    let (city, ops) = (screen("city"), screen("operations"));
+    for (report, file, tiles) in [
+        (city, "screen-1-city.png", 3),
+        (ops, "screen-2-operations.png", 4),
+    ] {
+        let png = shots.join(file);
+        let image = image::open(&png)
+            .unwrap_or_else(|e| panic!("{}: {e}", png.display()))
+            .to_rgb8();
+        assert_eq!((image.width(), image.height()), (960, 540));
+        assert_eq!(report["tiles"].as_array().unwrap().len(), tiles);
+    }
+    let tile = |r: &serde_json::Value, i: usize| r["tiles"][i].clone();
+    // The boards read the log: open incidents most urgent first, the closed one gone;
+    // the overdue order first.
+    assert_eq!(
+        tile(city, 2)["shows"],
+        serde_json::json!(["INC-000002", "INC-000001"])
+    );
+    assert_eq!(
+        tile(ops, 1)["shows"],
+        serde_json::json!(["ORD-000001", "ORD-000002"])
+    );
+    // The hotspot is on the most urgent open incident.
+    let hotspot = tile(ops, 0)["shows"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(hotspot.contains("INC-000002"), "{hotspot}");
+    // The water tile's feed is down: it says so; the others go on.
+    let banner = tile(city, 1)["banner"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        banner.contains("NO DATA") && banner.contains("water-sensors"),
+        "{banner}"
+    );
+    for (r, i) in [(city, 0), (city, 2), (ops, 0), (ops, 1), (ops, 2), (ops, 3)] {
+        assert!(tile(r, i)["banner"].is_null(), "{:?}", tile(r, i));
+    }
+    assert!(tile(ops, 2)["shows"]["vehicles"].as_u64().unwrap() > 0);
+
+    // The pictures: the map tiles show the city, the water tile its red banner (and no
+    // other tile one), the incidents tile the extreme incident's red bar.
+    let city_png = image::open(shots.join("screen-1-city.png"))
+        .unwrap()
+        .to_rgb8();
+    let count = |x0: u32, y0: u32, x1: u32, y1: u32, f: &dyn Fn(&[u8; 3]) -> bool| {
+        (y0..y1)
+            .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+            .filter(|&(x, y)| f(&city_png.get_pixel(x, y).0))
+            .count()
+    };
+    let banner_red = |p: &[u8; 3]| (130..=160).contains(&p[0]) && p[1] < 35 && p[2] < 35;
+    assert!(
+        count(640, 0, 960, 270, &banner_red) > 3000,
+        "no banner on the water tile"
+    );
+    assert!(
+        count(0, 0, 640, 540, &banner_red) < 300,
+        "a banner on the traffic map"
+    );
+    assert!(
+        count(640, 270, 960, 540, &banner_red) < 300,
+        "a banner on the incidents"
+    );
+    let alarm = |p: &[u8; 3]| p[0] > 230 && (60..100).contains(&p[1]) && (60..100).contains(&p[2]);
+    assert!(
+        count(640, 270, 700, 540, &alarm) > 50,
+        "no extreme incident's bar"
+    );
+    assert!(city["city_pixel_share"].as_f64().unwrap() > 0.15, "{city}");
+}
+
+#[test]
+fn a_broken_wall_layout_names_the_file_the_screen_and_the_tile() {
+    let dir = scratch_dir("wall-layout");
+    let cases = [
+        (
+            LAYOUT.replacen("kind = \"kpi\"", "kind = \"kpis\"", 1),
+            vec!["screen \"operations\"", "tile 3", "unknown kind \"kpis\""],
+        ),
+        (
+            LAYOUT.replacen("at = [2, 1]", "at = [1, 1]", 1),
+            vec![
+                "screen \"city\"",
+                "tile 3 (incidents at [1, 1])",
+                "overlaps tile 1",
+            ],
+        ),
+        (
+            LAYOUT.replacen("bookmark = \"Centre\"", "bookmark = \"Center\"", 1),
+            vec!["screen \"city\"", "tile 2", "unknown bookmark \"Center\""],
+        ),
+        (
+            LAYOUT.replacen("at = [1, 1]", "at = [2, 1]", 1),
+            vec!["screen \"operations\"", "tile 4", "off the grid"],
+        ),
+    ];
+    for (text, wanted) in cases {
+        let path = dir.join("wall.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = zhongshu()
+            .args(["wall", "--layout"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+        for w in wanted {
+            assert!(stderr.contains(w), "{stderr}\n(wanted {w})");
+        }
+    }
+    let out = zhongshu()
+        .args(["wall", "--layout", "/nowhere/wall.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nowhere/wall.toml"));
+}
