@@ -583,6 +583,17 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+    /// The video wall's frame cost: a screen of 4 tiles (two maps, the vital signs,
+    /// the incidents) over the default city with its live layers, or --layout's, in
+    /// windows of --size (under Xvfb here); prints frame CPU time and frame rate.
+    Wall {
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        #[arg(long, default_value = "1920x1080")]
+        size: String,
+        #[arg(long, value_name = "FILE")]
+        layout: Option<PathBuf>,
+    },
     /// The dispatch desk's cost to a frame: the Orders tab ("All") over a busy day's
     /// book, still and with an event a frame, and what frames spend taking in a
     /// clock tick that marks --overdue orders overdue (written on the writer thread).
@@ -1690,6 +1701,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 log: Some((open, config)),
                 hall: hall.map(|h| (h.nats, h.hall)),
                 ui_scale: cli.ui_scale,
+                bench_secs: None,
             })
         }
         Command::Screenshot { out, size, at } => {
@@ -2079,6 +2091,35 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 serde_json::to_string_pretty(&app::bench_markers::run(markers, seconds))?
             );
             Ok(())
+        }
+        Command::Bench(BenchCommand::Wall {
+            seconds,
+            size,
+            layout,
+        }) => {
+            const FOUR_TILES: &str = "[[screen]]\nname = \"bench\"\ncolumns = 2\nrows = 2\n\n[[screen.tile]]\nkind = \"map\"\nat = [0, 0]\n\n[[screen.tile]]\nkind = \"hotspot\"\nat = [1, 0]\n\n[[screen.tile]]\nkind = \"kpi\"\nat = [0, 1]\n\n[[screen.tile]]\nkind = \"incidents\"\nat = [1, 1]\n";
+            let layout = match layout {
+                Some(path) => zhongshu::wall::WallLayout::load(&path),
+                None => zhongshu::wall::WallLayout::parse(FOUR_TILES, None),
+            }
+            .map_err(anyhow::Error::msg)?;
+            let seal = zhongshu::store::SealOptions::with_key(&cli.db, cli.seal_key.as_deref());
+            let open = app::desk::past_log(&cli.db, &seal, None);
+            app::wall::run(app::wall::WallRun {
+                map: cli.map,
+                map_load: map_load.clone(),
+                feeds: cli.feeds,
+                timezone,
+                layout: Some(layout),
+                screenshots: Some((PathBuf::new(), parse_size(&size)?)),
+                log: Some((
+                    open,
+                    zhongshu::dispatch::config::DispatchConfig::default_config(),
+                )),
+                hall: None,
+                ui_scale: cli.ui_scale,
+                bench_secs: Some(seconds.clamp(1.0, 600.0)),
+            })
         }
         Command::Bench(BenchCommand::Desk {
             orders,

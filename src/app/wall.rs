@@ -59,6 +59,111 @@ pub struct WallRun {
     pub hall: Option<(crate::nats::Nats, String)>,
     /// Type and panels at this factor on top of the size that follows the screen.
     pub ui_scale: f32,
+    /// `bench wall`: measure this many seconds of frames once the screens are drawn,
+    /// print the figures and exit.
+    pub bench_secs: Option<f64>,
+}
+
+/// `zhongshu bench wall`: what a wall's frames cost once the city is drawn.
+#[derive(Debug, serde::Serialize)]
+pub struct WallBenchReport {
+    pub screens: usize,
+    pub tiles: usize,
+    pub map_tiles: usize,
+    pub width: u32,
+    pub height: u32,
+    pub frames: usize,
+    pub seconds: f64,
+    /// Frames drawn per second (software rendering here, a GPU on a wall).
+    pub fps: f64,
+    /// CPU time of the main world's frame (input, ingest, layers, every tile's egui
+    /// pass), milliseconds.
+    pub mean_frame_cpu_ms: f64,
+    pub p50_frame_cpu_ms: f64,
+    pub p99_frame_cpu_ms: f64,
+    /// The time between frames, milliseconds (what a viewer sees).
+    pub p50_frame_interval_ms: f64,
+    pub p99_frame_interval_ms: f64,
+    pub live_entities: usize,
+}
+
+#[derive(Resource)]
+struct WallBench {
+    secs: f64,
+    started: Option<Instant>,
+    frame_start: Option<Instant>,
+    last_end: Option<Instant>,
+    cpu_ms: Vec<f64>,
+    interval_ms: Vec<f64>,
+    size: (u32, u32),
+}
+
+fn bench_frame_start(mut bench: ResMut<WallBench>) {
+    bench.frame_start = Some(Instant::now());
+}
+
+fn bench_frame_end(
+    mut bench: ResMut<WallBench>,
+    ready: Res<super::ready::SceneReady>,
+    wall: Res<Wall>,
+    live: Option<Res<Live>>,
+    windows: Query<(), With<WallWindow>>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    let now = Instant::now();
+    let bench = &mut *bench;
+    let drawn = ready.is_ready() && windows.iter().count() == wall.layout.screens.len();
+    if !drawn || wall.started.elapsed() < Duration::from_secs(5) {
+        bench.last_end = Some(now);
+        return;
+    }
+    let started = *bench.started.get_or_insert(now);
+    if let Some(start) = bench.frame_start {
+        bench.cpu_ms.push((now - start).as_secs_f64() * 1000.0);
+    }
+    if let Some(last) = bench.last_end {
+        bench.interval_ms.push((now - last).as_secs_f64() * 1000.0);
+    }
+    bench.last_end = Some(now);
+    let elapsed = (now - started).as_secs_f64();
+    if elapsed < bench.secs {
+        return;
+    }
+    let mut cpu = bench.cpu_ms.clone();
+    cpu.sort_by(f64::total_cmp);
+    let mut interval = bench.interval_ms.clone();
+    interval.sort_by(f64::total_cmp);
+    let p = |v: &[f64], q: f64| (crate::stats::percentile(v, q) * 100.0).round() / 100.0;
+    let tiles: usize = wall.layout.screens.iter().map(|s| s.tiles.len()).sum();
+    let map_tiles = wall
+        .layout
+        .screens
+        .iter()
+        .flat_map(|s| &s.tiles)
+        .filter(|t| t.kind.map().is_some())
+        .count();
+    let report = WallBenchReport {
+        screens: wall.layout.screens.len(),
+        tiles,
+        map_tiles,
+        width: bench.size.0,
+        height: bench.size.1,
+        frames: cpu.len(),
+        seconds: (elapsed * 10.0).round() / 10.0,
+        fps: ((cpu.len() as f64 / elapsed) * 10.0).round() / 10.0,
+        mean_frame_cpu_ms: ((cpu.iter().sum::<f64>() / cpu.len().max(1) as f64) * 100.0).round()
+            / 100.0,
+        p50_frame_cpu_ms: p(&cpu, 0.5),
+        p99_frame_cpu_ms: p(&cpu, 0.99),
+        p50_frame_interval_ms: p(&interval, 0.5),
+        p99_frame_interval_ms: p(&interval, 0.99),
+        live_entities: live.map_or(0, |l| l.shown().len()),
+    };
+    match serde_json::to_string_pretty(&report) {
+        Ok(json) => println!("{json}"),
+        Err(e) => error!("bench wall: {e}"),
+    }
+    exit.write(AppExit::Success);
 }
 
 /// The render layer nothing is on: the backdrop and egui cameras draw no meshes.
@@ -293,7 +398,20 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
             draw_screen(screen, view)
         });
     }
-    if let Some((dir, _)) = run.screenshots {
+    if let Some(secs) = run.bench_secs {
+        app.insert_resource(WallBench {
+            secs,
+            started: None,
+            frame_start: None,
+            last_end: None,
+            cpu_ms: Vec::new(),
+            interval_ms: Vec::new(),
+            size: run.screenshots.as_ref().map_or((0, 0), |(_, s)| *s),
+        })
+        .add_systems(First, bench_frame_start)
+        .add_systems(Last, bench_frame_end.after(super::ready::track_readiness));
+    }
+    if let Some((dir, _)) = run.screenshots.filter(|_| run.bench_secs.is_none()) {
         app.insert_resource(WallShots {
             dir,
             settled: 0,
@@ -1416,7 +1534,8 @@ fn feeds_ui(ui: &mut egui::Ui, state: &DataState) {
                     Freshness::Fresh => ("fresh 新鲜", theme::GOOD),
                     Freshness::Late => ("late 延迟", theme::WARN),
                     Freshness::Stale => ("STALE 过期", theme::ALARM),
-                    Freshness::Never => ("no data 无数据", theme::MUTED),
+                    Freshness::Never if f.failing => ("NO DATA 无数据 · failing", theme::ALARM),
+                    Freshness::Never => ("no data yet 尚无数据", theme::MUTED),
                 }
             };
             (
