@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod briefing;
 pub mod clock;
 pub mod dispatch;
 pub mod feeds;

@@ -24,6 +24,19 @@ pub enum Domain {
 }
 
 impl Domain {
+    /// The sub-brain's name, English and Chinese.
+    pub fn label(self) -> &'static str {
+        match self {
+            Domain::Traffic => "Traffic 交通",
+            Domain::Safety => "Public safety 公安",
+            Domain::Ecology => "Ecology 生态",
+            Domain::Urban => "Urban grid 城管网格",
+            Domain::Health => "Health 卫健",
+            Domain::Utilities => "Utilities 公用事业",
+            Domain::Economy => "Economy 经济",
+        }
+    }
+
     pub const ALL: [Domain; 7] = [
         Domain::Traffic,
         Domain::Safety,
@@ -500,6 +513,16 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// The severity in words, English and Chinese.
+    pub fn label(self) -> &'static str {
+        match self {
+            Severity::Minor => "minor 一般",
+            Severity::Moderate => "moderate 较大",
+            Severity::Severe => "severe 重大",
+            Severity::Extreme => "extreme 特别重大",
+        }
+    }
+
     pub const ALL: [Severity; 4] = [
         Severity::Minor,
         Severity::Moderate,

@@ -43,6 +43,10 @@ use crate::model::Domain;
 pub const MAX_SCREENS: usize = 16;
 /// Columns or rows of one screen's grid at most.
 pub const MAX_GRID: u32 = 12;
+/// A window's side at most, pixels: the texture limit of GPUs (and of lavapipe).
+pub const MAX_WINDOW_PX: u32 = 16_384;
+/// Map tiles on one screen at most: each is a camera drawing the whole scene.
+pub const MAX_MAP_TILES: usize = 16;
 /// A tour shows each stop at least this long.
 pub const MIN_TOUR_SECS: f64 = 2.0;
 /// The name of the built-in view of the whole city.
@@ -412,9 +416,13 @@ impl WallLayout {
                 }
                 (Some(RawMonitor::Name(n)), None, None) => Placement::MonitorName(n.clone()),
                 (None, Some(position), Some(size)) => {
-                    if size[0] < 64 || size[1] < 64 || size[0] > 32_768 || size[1] > 32_768 {
+                    if size[0] < 64
+                        || size[1] < 64
+                        || size[0] > MAX_WINDOW_PX
+                        || size[1] > MAX_WINDOW_PX
+                    {
                         return Err(format!(
-                            "{at_screen}: size {}x{}: from 64 to 32768 pixels a side",
+                            "{at_screen}: size {}x{}: from 64 to {MAX_WINDOW_PX} pixels a side (the most a GPU draws in one window; give a wider canvas as several screens)",
                             size[0], size[1]
                         ));
                     }
@@ -446,11 +454,12 @@ impl WallLayout {
                 if w == 0 || h == 0 {
                     return Err(format!("{at_tile}: span [{w}, {h}]: at least one cell"));
                 }
-                if c + w > s.columns || r + h > s.rows {
+                // (In u64: a cell number near u32::MAX plus a span never wraps.)
+                if c as u64 + w as u64 > s.columns as u64 || r as u64 + h as u64 > s.rows as u64 {
                     return Err(format!(
                         "{at_tile}: off the grid: it covers columns {c}–{} and rows {r}–{}; the screen has columns 0–{} and rows 0–{}",
-                        c + w - 1,
-                        r + h - 1,
+                        c as u64 + w as u64 - 1,
+                        r as u64 + h as u64 - 1,
                         s.columns - 1,
                         s.rows - 1
                     ));
@@ -470,6 +479,12 @@ impl WallLayout {
             }
             if tiles.is_empty() {
                 return Err(format!("{at_screen}: no [[screen.tile]]"));
+            }
+            let maps = tiles.iter().filter(|t| t.kind.map().is_some()).count();
+            if maps > MAX_MAP_TILES {
+                return Err(format!(
+                    "{at_screen}: {maps} map tiles; a screen draws at most {MAX_MAP_TILES} (each is a camera drawing the whole city)"
+                ));
             }
             screens.push(Screen {
                 name,
@@ -1029,7 +1044,15 @@ pub const BOOK_STALE_S: f64 = 15.0;
 pub fn tile_banner(kind: &TileKind, data: &DataState) -> Option<String> {
     let book = || -> Option<String> {
         if let Some(why) = &data.book_trouble {
-            return Some(format!("DISCONNECTED 连接中断 · dispatch log: {why}"));
+            // A log that fails its check is not a lost connection.
+            let failed_check = ["chain", "seal", "witness", "tamper"]
+                .iter()
+                .any(|w| why.contains(w));
+            return Some(if failed_check {
+                format!("LOG FAILED ITS CHECK 日志校验未通过 · {why}")
+            } else {
+                format!("DISCONNECTED 连接中断 · dispatch log: {why}")
+            });
         }
         match data.book_age_s {
             None if data.uptime_s >= GRACE_S => {
@@ -1049,7 +1072,17 @@ pub fn tile_banner(kind: &TileKind, data: &DataState) -> Option<String> {
             .filter(|f| domains.is_none_or(|d| d.contains(&f.domain)))
             .collect();
         if relevant.is_empty() {
-            return None;
+            // A tile of sub-brains no feed reports: it would stay empty unexplained.
+            return match domains {
+                Some(d) if !data.feeds.is_empty() => {
+                    let names: Vec<&str> = d.iter().map(|d| d.as_str()).collect();
+                    Some(format!(
+                        "NO FEED 无数据源 · no feed reports {}",
+                        names.join(", ")
+                    ))
+                }
+                _ => None,
+            };
         }
         // A feed with nothing yet is stopped once it failed, or after the grace.
         let stopped = |f: &&FeedState| match f.freshness {
@@ -1272,6 +1305,29 @@ at = [0, 1]
                 assert!(e.contains(w), "{e}\n(wanted {w})");
             }
         }
+        // Cell numbers near u32::MAX are off the grid, not an overflow.
+        for (from, to) in [
+            (
+                "kind = \"kpi\"\nat = [2, 0]",
+                "kind = \"kpi\"\nat = [4294967295, 0]",
+            ),
+            (
+                "kind = \"kpi\"\nat = [2, 0]",
+                "kind = \"kpi\"\nat = [2, 0]\nspan = [4294967295, 4294967295]",
+            ),
+        ] {
+            assert!(TWO_SCREENS.contains(from));
+            let e = parse(&TWO_SCREENS.replacen(from, to, 1)).unwrap_err();
+            assert!(e.contains("tile 2") && e.contains("off the grid"), "{e}");
+        }
+        // A canvas wider than a GPU draws is refused, naming the screen.
+        let e = parse(&TWO_SCREENS.replacen(
+            "monitor = \"HDMI-2\"",
+            "position = [0, 0]\nsize = [32768, 2160]",
+            1,
+        ))
+        .unwrap_err();
+        assert!(e.contains("screen \"right\"") && e.contains("16384"), "{e}");
         // An unknown key is a TOML error naming the file and the line.
         let e = parse(&TWO_SCREENS.replacen("span = [2, 2]", "spam = [2, 2]", 1)).unwrap_err();
         assert!(e.starts_with("hall.toml") && e.contains("spam"), "{e}");
@@ -1464,6 +1520,22 @@ at = [0, 1]
             "{b}"
         );
         assert_eq!(tile_banner(&TileKind::Feeds, &data), None);
+        // A log that fails its check says so, not "disconnected".
+        data.book_trouble = Some("events.db: its chain does not hold: event 2".into());
+        let b = tile_banner(&TileKind::Incidents, &data).unwrap();
+        assert!(
+            b.contains("FAILED ITS CHECK") && !b.contains("DISCONNECTED"),
+            "{b}"
+        );
+        // A tile of a sub-brain no feed reports says so.
+        let health = parse(&TWO_SCREENS.replacen(
+            "domains = [\"traffic\", \"safety\"]",
+            "domains = [\"health\"]",
+            1,
+        ))
+        .unwrap();
+        let b = tile_banner(&health.screens[0].tiles[0].kind, &data).unwrap();
+        assert!(b.contains("NO FEED") && b.contains("health"), "{b}");
         data.book_trouble = None;
         data.book_age_s = Some(40.0);
         assert!(

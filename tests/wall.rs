@@ -193,6 +193,11 @@ fn a_two_screen_wall_renders_each_screen_with_its_tiles() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     assert_eq!(reports.len(), 2, "{reports:?}\n{stderr}");
+    // In screen order, whichever was captured first.
+    assert_eq!(
+        (&reports[0]["screen"], &reports[1]["screen"]),
+        (&"city".into(), &"operations".into())
+    );
     let screen = |name: &str| {
         reports
             .iter()
@@ -314,6 +319,19 @@ fn a_broken_wall_layout_names_the_file_the_screen_and_the_tile() {
             assert!(stderr.contains(w), "{stderr}\n(wanted {w})");
         }
     }
+    // Without a display: one line saying so, not a panic.
+    let out = zhongshu()
+        .arg("wall")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("needs a display") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
     let out = zhongshu()
         .args(["wall", "--layout", "/nowhere/wall.toml"])
         .output()

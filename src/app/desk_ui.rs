@@ -1084,12 +1084,7 @@ fn severity_chip(ui: &mut egui::Ui, s: Severity) {
 }
 
 pub fn severity_label(s: Severity) -> &'static str {
-    match s {
-        Severity::Minor => "minor 一般",
-        Severity::Moderate => "moderate 较大",
-        Severity::Severe => "severe 重大",
-        Severity::Extreme => "extreme 特别重大",
-    }
+    s.label()
 }
 
 fn severity_colour(s: Severity) -> egui::Color32 {
@@ -1102,14 +1097,7 @@ fn severity_colour(s: Severity) -> egui::Color32 {
 }
 
 pub fn incident_status_label(s: IncidentStatus) -> &'static str {
-    match s {
-        IncidentStatus::Reported => "reported 已上报",
-        IncidentStatus::Verified => "verified 已核实",
-        IncidentStatus::Dispatched => "dispatched 已派遣",
-        IncidentStatus::OnScene => "on scene 已到场",
-        IncidentStatus::Resolved => "resolved 已办结",
-        IncidentStatus::Closed => "closed 已关闭",
-    }
+    s.label()
 }
 
 fn incident_status_colour(s: IncidentStatus) -> egui::Color32 {
@@ -1122,17 +1110,7 @@ fn incident_status_colour(s: IncidentStatus) -> egui::Color32 {
 }
 
 pub fn order_status_label(s: OrderStatus) -> &'static str {
-    match s {
-        OrderStatus::Issued => "issued 已下达",
-        OrderStatus::Delivered => "delivered 已送达",
-        OrderStatus::Acknowledged => "acknowledged 已签收",
-        OrderStatus::InProgress => "in progress 处置中",
-        OrderStatus::Done => "done 完成",
-        OrderStatus::Rejected => "rejected 拒绝",
-        OrderStatus::Overdue => "overdue 超时",
-        OrderStatus::Escalated => "escalated 已升级",
-        OrderStatus::Cancelled => "cancelled 已撤销",
-    }
+    s.label()
 }
 
 fn order_status_colour(s: OrderStatus) -> egui::Color32 {

@@ -785,15 +785,7 @@ pub fn inspector_ui(ui: &mut egui::Ui, map: &CityMap, index: usize, out: &mut Ve
 
 /// Domain names for the panels.
 pub fn domain_label(d: Domain) -> &'static str {
-    match d {
-        Domain::Traffic => "Traffic 交通",
-        Domain::Safety => "Public safety 公安",
-        Domain::Ecology => "Ecology 生态",
-        Domain::Urban => "Urban grid 城管网格",
-        Domain::Health => "Health 卫健",
-        Domain::Utilities => "Utilities 公用事业",
-        Domain::Economy => "Economy 经济",
-    }
+    d.label()
 }
 
 /// KPI values are this share of the window's height: readable across a hall on a 4K

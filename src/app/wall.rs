@@ -277,6 +277,19 @@ impl WallData {
 pub fn run(run: WallRun) -> anyhow::Result<()> {
     let started = Instant::now();
     super::WindowUiScale::checked(run.ui_scale)?;
+    if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        anyhow::bail!(
+            "the wall needs a display, and there is none (neither DISPLAY nor WAYLAND_DISPLAY is set): start it in the hall's graphical session, or under xvfb-run -a for pictures"
+        );
+    }
+    if let Some((dir, _)) = run
+        .screenshots
+        .as_ref()
+        .filter(|_| run.bench_secs.is_none())
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("--screenshot-dir {}: {e}", dir.display()))?;
+    }
     let map = super::load_map(run.map.as_deref(), &run.map_load)?;
     let time = crate::clock::CityTime::resolve(
         run.timezone.clone(),
@@ -1236,6 +1249,16 @@ fn trend_colour(good_when_up: Option<bool>, t: crate::wall::Trend) -> egui::Colo
     }
 }
 
+/// The label's and the value's type size in a card `w` × `h` points: shares of the
+/// card, a narrow card's type smaller (never a clamp whose ends can cross).
+fn card_type(w: f32, h: f32) -> (f32, f32) {
+    let (w, h) = (w.max(0.0), h.max(0.0));
+    (
+        (h * 0.16).min(w * 0.09).max(6.0),
+        (h * 0.42).min(w * 0.2).max(8.0),
+    )
+}
+
 /// A vital sign's card: label, value, colour, its index in [`SIGNS`] for the trend,
 /// and whether up is good.
 type Card = (
@@ -1352,8 +1375,7 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
     let rows = cards.len().div_ceil(columns);
     let cell = egui::vec2(area.width() / columns as f32, area.height() / rows as f32);
     let painter = ui.painter().clone();
-    let label_size = (cell.y * 0.16).clamp(9.0, cell.x * 0.09);
-    let value_size = (cell.y * 0.42).min(cell.x * 0.2).max(10.0);
+    let (label_size, value_size) = card_type(cell.x, cell.y);
     for (i, (label, value, colour, sign, good_up)) in cards.into_iter().enumerate() {
         let min =
             area.min + egui::vec2((i % columns) as f32 * cell.x, (i / columns) as f32 * cell.y);
@@ -1747,6 +1769,7 @@ fn capture_screens(
             .dir
             .join(format!("screen-{}-{slug}.png", w.screen + 1));
         let name = screen.name.clone();
+        let index = w.screen + 1;
         let tiles: Vec<serde_json::Value> = screen
             .tiles
             .iter()
@@ -1779,6 +1802,7 @@ fn capture_screens(
                     return;
                 }
                 shots.written.push(serde_json::json!({
+                    "index": index,
                     "screen": name,
                     "out": out.display().to_string(),
                     "width": rgb.width(),
@@ -1787,6 +1811,7 @@ fn capture_screens(
                     "city_pixel_share": (super::snapshot::city_pixel_share(&rgb) * 1000.0).round() / 1000.0,
                 }));
                 if shots.in_flight == 0 {
+                    shots.written.sort_by_key(|l| l["index"].as_u64());
                     for line in &shots.written {
                         println!("{line}");
                     }
@@ -1802,6 +1827,23 @@ fn capture_screens(
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn a_card_of_any_size_has_type_sizes() {
+        // A third of a 960-point-wide screen split in two columns, a tiny card, none.
+        for (w, h) in [
+            (160.0, 180.0),
+            (74.0, 90.0),
+            (1.0, 1.0),
+            (0.0, 0.0),
+            (-5.0, 3.0),
+        ] {
+            let (label, value) = card_type(w, h);
+            assert!(label.is_finite() && value.is_finite() && label >= 6.0 && value >= 8.0);
+        }
+        let (label, value) = card_type(480.0, 270.0);
+        assert!((label, value) == (270.0 * 0.16, 96.0), "{label} {value}");
+    }
 
     #[test]
     fn wall_type_grows_with_the_screen() {

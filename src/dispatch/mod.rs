@@ -229,6 +229,18 @@ pub enum TransitionError {
 }
 
 impl IncidentStatus {
+    /// The status in words, English and Chinese.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Reported => "reported 已上报",
+            Self::Verified => "verified 已核实",
+            Self::Dispatched => "dispatched 已派遣",
+            Self::OnScene => "on scene 已到场",
+            Self::Resolved => "resolved 已办结",
+            Self::Closed => "closed 已关闭",
+        }
+    }
+
     /// The status after `action`, or why not.
     pub fn after(self, action: Action) -> Result<IncidentStatus, TransitionError> {
         use IncidentStatus::*;
@@ -246,6 +258,21 @@ impl IncidentStatus {
 }
 
 impl OrderStatus {
+    /// The status in words, English and Chinese.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Issued => "issued 已下达",
+            Self::Delivered => "delivered 已送达",
+            Self::Acknowledged => "acknowledged 已签收",
+            Self::InProgress => "in progress 处置中",
+            Self::Done => "done 完成",
+            Self::Rejected => "rejected 拒绝",
+            Self::Overdue => "overdue 超时",
+            Self::Escalated => "escalated 已升级",
+            Self::Cancelled => "cancelled 已撤销",
+        }
+    }
+
     /// The status after `action`, or why not. `Overdue` is reached by the clock (see
     /// [`OrderStatus::on_deadline`]), not by a person.
     pub fn after(self, action: Action) -> Result<OrderStatus, TransitionError> {

@@ -159,7 +159,7 @@ fn read_log(open: &OpenLog) -> Result<Read, String> {
         .map_err(|e| format!("{}: {e}", log.describe()))?;
     if !report.chain_ok {
         return Err(format!(
-            "{}: its chain does not hold, so no past is shown from it: {}",
+            "{}: its chain does not hold, so nothing is shown from it: {}",
             log.describe(),
             report.problems.join("; ")
         ));

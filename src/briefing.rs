@@ -1,0 +1,577 @@
+//! The leaders' briefing, as plain data: a deck of slides made from the record of a
+//! period (the dispatch log's book and operating figures), and the PDF of its pictures.
+//!
+//! Slides, in order: the period at a glance; incidents by sub-brain and severity; one
+//! slide per key incident, in the order they were raised (the map flown to it, its
+//! timeline, its orders and who did what, its outcome); the departments' performance;
+//! what the log holds of the data's sources.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::clock::CityTime;
+use crate::dispatch::book::{Book, Incident};
+use crate::dispatch::ops::OpsReport;
+use crate::model::{Domain, Severity};
+
+/// Key incidents shown one slide each, at most.
+pub const MAX_KEY_INCIDENTS: usize = 12;
+/// Below this many severe ones, the most severe of the rest fill in.
+pub const MIN_KEY_INCIDENTS: usize = 5;
+/// Timeline entries on an incident's slide (the latest).
+const TIMELINE_LINES: usize = 8;
+
+/// What a slide is about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SlideKind {
+    /// The period at a glance, over the whole city.
+    Overview,
+    /// Incidents by sub-brain and severity.
+    Incidents,
+    /// One key incident: the map flown to it.
+    Incident { id: String, lon: f64, lat: f64 },
+    /// The departments' performance.
+    Departments,
+    /// The data's sources, as far as the log holds them.
+    Sources,
+}
+
+/// One slide: a heading, lines in large type, and the presenter's notes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slide {
+    pub kind: SlideKind,
+    pub title: String,
+    pub lines: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// The deck of a period.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Deck {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub slides: Vec<Slide>,
+}
+
+impl Deck {
+    /// The key incidents' ids, in slide order.
+    pub fn incident_ids(&self) -> Vec<&str> {
+        self.slides
+            .iter()
+            .filter_map(|s| match &s.kind {
+                SlideKind::Incident { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn minutes(ms: i64) -> String {
+    crate::clock::age_words(ms.max(0) as f64 / 1000.0)
+}
+
+/// The key incidents of `[since, until]`: every severe or extreme one, else the most
+/// severe, at least [`MIN_KEY_INCIDENTS`] when there are that many and at most
+/// [`MAX_KEY_INCIDENTS`]; in the order they were raised.
+pub fn key_incidents(book: &Book, since_ms: i64, until_ms: i64) -> Vec<&Incident> {
+    let mut period: Vec<&Incident> = book
+        .incidents
+        .iter()
+        .filter(|i| i.reported_ms >= since_ms && i.reported_ms <= until_ms)
+        .collect();
+    // Most severe first, then the earliest.
+    period.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.reported_ms.cmp(&b.reported_ms))
+            .then(a.id.cmp(&b.id))
+    });
+    let severe = period
+        .iter()
+        .filter(|i| i.severity >= Severity::Severe)
+        .count();
+    let take = severe.max(MIN_KEY_INCIDENTS).min(MAX_KEY_INCIDENTS);
+    let mut key: Vec<&Incident> = period.into_iter().take(take).collect();
+    key.sort_by(|a, b| a.reported_ms.cmp(&b.reported_ms).then(a.id.cmp(&b.id)));
+    key
+}
+
+/// The deck of `[since, until]` from the book as it stood at `until` and the period's
+/// operating figures; times in the city's zone.
+pub fn deck(
+    book: &Book,
+    report: &OpsReport,
+    since_ms: i64,
+    until_ms: i64,
+    time: &CityTime,
+) -> Deck {
+    let hm = |ms: i64| time.time_of_day(ms);
+    let day = |ms: i64| time.text(ms);
+    let in_period: Vec<&Incident> = book
+        .incidents
+        .iter()
+        .filter(|i| i.reported_ms >= since_ms && i.reported_ms <= until_ms)
+        .collect();
+    let orders_in: Vec<_> = book
+        .orders
+        .iter()
+        .filter(|o| o.issued_ms >= since_ms && o.issued_ms <= until_ms)
+        .collect();
+    let open_at_end = book.incidents.iter().filter(|i| i.is_open()).count();
+    let (due, on_time) = report
+        .departments
+        .values()
+        .fold((0, 0), |(d, t), f| (d + f.due, t + f.on_time));
+    let mut slides = Vec::new();
+    slides.push(Slide {
+        kind: SlideKind::Overview,
+        title: format!("Briefing 简报 · {} – {}", day(since_ms), hm(until_ms)),
+        lines: vec![
+            format!(
+                "{} incidents raised 新增事件 · {} still open 未结",
+                in_period.len(),
+                open_at_end
+            ),
+            format!(
+                "{} orders issued 下达指令 · {} on time 按时{}",
+                orders_in.len(),
+                on_time,
+                if due > 0 {
+                    format!(" ({:.0}%)", on_time as f64 * 100.0 / due as f64)
+                } else {
+                    String::new()
+                }
+            ),
+            format!(
+                "{} orders overdue now 当前超时 · {} service-target breaches 超出时限",
+                report.overdue.len(),
+                report.sla_breaches.len()
+            ),
+            format!(
+                "{} severe or extreme 重大以上 · {} key incidents follow",
+                in_period
+                    .iter()
+                    .filter(|i| i.severity >= Severity::Severe)
+                    .count(),
+                key_incidents(book, since_ms, until_ms).len()
+            ),
+        ],
+        notes: vec![format!(
+            "Figures from the dispatch log ({} events in the period); times in {}.",
+            report.events_in_window,
+            time.name()
+        )],
+    });
+    // Incidents by sub-brain and severity.
+    let mut by_domain: BTreeMap<Domain, [usize; 4]> = BTreeMap::new();
+    for i in &in_period {
+        let at = Severity::ALL
+            .iter()
+            .position(|s| *s == i.severity)
+            .unwrap_or(0);
+        by_domain.entry(i.domain).or_default()[at] += 1;
+    }
+    let mut lines: Vec<String> = by_domain
+        .iter()
+        .map(|(d, counts)| {
+            let parts: Vec<String> = Severity::ALL
+                .iter()
+                .rev()
+                .zip(counts.iter().rev())
+                .filter(|(_, n)| **n > 0)
+                .map(|(s, n)| format!("{n} {}", s.label()))
+                .collect();
+            format!(
+                "{}: {} ({})",
+                d.label(),
+                counts.iter().sum::<usize>(),
+                parts.join(", ")
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push("No incident in the period 本时段无事件".into());
+    }
+    let mut notes = Vec::new();
+    for f in report.incidents.iter().take(8) {
+        notes.push(format!(
+            "{} ({}): {} raised, {} open; first order p50 {}, closed p50 {}",
+            f.kind,
+            f.severity.label(),
+            f.count,
+            f.open,
+            f.first_order_ms.p50.map_or("—".into(), minutes),
+            f.close_ms.p50.map_or("—".into(), minutes),
+        ));
+    }
+    slides.push(Slide {
+        kind: SlideKind::Incidents,
+        title: "Incidents by sub-brain 各领域事件".into(),
+        lines,
+        notes,
+    });
+    for i in key_incidents(book, since_ms, until_ms) {
+        let mut lines = vec![format!(
+            "Raised {} · {} · {} · from {}",
+            hm(i.reported_ms),
+            i.severity.label(),
+            i.domain.label(),
+            i.source
+        )];
+        for &o in &i.orders {
+            let Some(o) = book.orders.get(o) else {
+                continue;
+            };
+            let signed = o
+                .steps
+                .iter()
+                .find(|s| s.status.is_signed_for())
+                .map(|s| format!(", signed for after {}", minutes(s.at_ms - o.issued_ms)))
+                .unwrap_or_default();
+            let done = o
+                .steps
+                .iter()
+                .find(|s| s.status == crate::dispatch::OrderStatus::Done)
+                .map(|s| format!(", done after {}", minutes(s.at_ms - o.issued_ms)))
+                .unwrap_or_default();
+            lines.push(format!(
+                "{} → {}: {}{signed}{done}",
+                o.id,
+                o.department,
+                o.status.label()
+            ));
+        }
+        lines.push(match i.finished_ms {
+            Some(f) => format!(
+                "Outcome 结果: {} at {}, {} after it was raised",
+                i.status.label(),
+                hm(f),
+                minutes(f - i.reported_ms)
+            ),
+            None => format!(
+                "Outcome 结果: still {} at {}",
+                i.status.label(),
+                hm(until_ms)
+            ),
+        });
+        let start = i.timeline.len().saturating_sub(TIMELINE_LINES);
+        let notes = i.timeline[start..]
+            .iter()
+            .map(|t| format!("{} {}: {}", hm(t.at_ms), t.who, t.text))
+            .collect();
+        slides.push(Slide {
+            kind: SlideKind::Incident {
+                id: i.id.clone(),
+                lon: i.lon,
+                lat: i.lat,
+            },
+            title: format!("{} · {}", i.id, i.title),
+            lines,
+            notes,
+        });
+    }
+    let mut lines: Vec<String> = report
+        .departments
+        .iter()
+        .map(|(id, f)| {
+            format!(
+                "{}: {} orders · {} on time · sign-for p50 {} · done p50 {}{}{}",
+                f.name.clone().unwrap_or_else(|| id.clone()),
+                f.orders,
+                f.on_time_pct.map_or("—".into(), |p| format!("{p:.0}%")),
+                f.sign_for_ms.p50.map_or("—".into(), minutes),
+                f.done_ms.p50.map_or("—".into(), minutes),
+                if f.rejected > 0 {
+                    format!(" · {} rejected", f.rejected)
+                } else {
+                    String::new()
+                },
+                if f.escalated > 0 {
+                    format!(" · {} escalated", f.escalated)
+                } else {
+                    String::new()
+                },
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push("No order in the period 本时段无指令".into());
+    }
+    slides.push(Slide {
+        kind: SlideKind::Departments,
+        title: "Departments 部门处置".into(),
+        lines,
+        notes: report
+            .sla_breaches
+            .iter()
+            .take(10)
+            .map(|b| {
+                format!(
+                    "{} ({}) missed its {:?} target by {}",
+                    b.order,
+                    b.department,
+                    b.target,
+                    minutes(b.over_ms)
+                )
+            })
+            .collect(),
+    });
+    let mut lines: Vec<String> = report
+        .feeds
+        .incidents_by_source
+        .iter()
+        .map(|(source, f)| {
+            format!(
+                "{source}: {} incidents raised, {} withdrawn by the source",
+                f.incidents, f.withdrawn
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push("No incident came from a feed 无数据源事件".into());
+    }
+    slides.push(Slide {
+        kind: SlideKind::Sources,
+        title: "Data sources 数据来源".into(),
+        lines,
+        notes: vec![report.feeds.note.to_string()],
+    });
+    Deck {
+        since_ms,
+        until_ms,
+        slides,
+    }
+}
+
+/// Writes `pages` (PNG pictures, one a page, each page the picture's size in points)
+/// as one PDF at `out`; the number of pages written.
+pub fn write_pdf(pages: &[PathBuf], out: &Path) -> Result<usize, String> {
+    use pdf_writer::{Content, Filter, Finish, Name, Pdf, Rect, Ref};
+    use std::io::Write;
+    let mut pdf = Pdf::new();
+    let catalog = Ref::new(1);
+    let tree = Ref::new(2);
+    let ids: Vec<(Ref, Ref, Ref)> = (0..pages.len() as i32)
+        .map(|i| {
+            (
+                Ref::new(3 + i * 3),
+                Ref::new(4 + i * 3),
+                Ref::new(5 + i * 3),
+            )
+        })
+        .collect();
+    pdf.catalog(catalog).pages(tree);
+    pdf.pages(tree)
+        .kids(ids.iter().map(|(page, _, _)| *page))
+        .count(pages.len() as i32);
+    let name = Name(b"Slide");
+    for (path, (page_id, image_id, content_id)) in pages.iter().zip(&ids) {
+        let image = image::open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .to_rgb8();
+        let (w, h) = (image.width(), image.height());
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(image.as_raw())
+            .and_then(|_| z.flush())
+            .map_err(|e| format!("compressing {}: {e}", path.display()))?;
+        let encoded = z
+            .finish()
+            .map_err(|e| format!("compressing {}: {e}", path.display()))?;
+        let mut page = pdf.page(*page_id);
+        page.media_box(Rect::new(0.0, 0.0, w as f32, h as f32));
+        page.parent(tree);
+        page.contents(*content_id);
+        page.resources().x_objects().pair(name, *image_id);
+        page.finish();
+        let mut xobject = pdf.image_xobject(*image_id, &encoded);
+        xobject.filter(Filter::FlateDecode);
+        xobject.width(w as i32);
+        xobject.height(h as i32);
+        xobject.color_space().device_rgb();
+        xobject.bits_per_component(8);
+        xobject.finish();
+        let mut content = Content::new();
+        content.save_state();
+        content.transform([w as f32, 0.0, 0.0, h as f32, 0.0, 0.0]);
+        content.x_object(name);
+        content.restore_state();
+        pdf.stream(*content_id, &content.finish());
+    }
+    std::fs::write(out, pdf.finish()).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(pages.len())
+}
+
+/// Pages in a PDF written by [`write_pdf`] (its page tree's count).
+pub fn pdf_page_count(bytes: &[u8]) -> Option<usize> {
+    let text = String::from_utf8_lossy(bytes);
+    let at = text.find("/Type /Pages")?;
+    let rest = &text[at..];
+    let count = rest.find("/Count ")?;
+    rest[count + 7..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::Action;
+    use crate::dispatch::book::{Actor, Command, NewIncident, NewOrder};
+    use crate::dispatch::config::DispatchConfig;
+    use crate::dispatch::dispatcher::Dispatcher;
+    use crate::dispatch::ops::OpsBuilder;
+    use crate::dispatch::testing::temp_db;
+
+    const T0: i64 = 1_795_946_400_000; // 2026-11-29T10:00:00Z
+    const MIN: i64 = 60_000;
+
+    /// Nine incidents over a shift: three extreme or severe, six minor or moderate.
+    fn shift() -> (Book, OpsReport) {
+        let db = temp_db("briefing", "shift");
+        let mut d = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
+        let li = Actor::new("li.wei", crate::dispatch::Role::Dispatcher, None);
+        let raised = [
+            (Severity::Minor, 5, "Bin fire"),
+            (Severity::Severe, 20, "Gas leak on Mannerheimintie"),
+            (Severity::Moderate, 30, "Water main burst"),
+            (Severity::Extreme, 60, "Chemical plant fire"),
+            (Severity::Minor, 90, "Fallen tree"),
+            (Severity::Moderate, 120, "Power cut in Kamppi"),
+            (Severity::Severe, 200, "Underpass flooded"),
+            (Severity::Minor, 300, "Broken traffic light"),
+            (Severity::Minor, 400, "Illegal dumping"),
+        ];
+        for (severity, at, title) in raised {
+            d.execute(
+                &Command::ReportIncident(NewIncident {
+                    kind: "building_fire".into(),
+                    title: title.into(),
+                    domain: Domain::Safety,
+                    severity,
+                    lon: 24.94,
+                    lat: 60.17,
+                    source: "map".into(),
+                    key: None,
+                }),
+                &li,
+                T0 + at * MIN,
+            )
+            .unwrap();
+        }
+        d.execute(
+            &Command::IssueOrders {
+                incident: "INC-000004".into(),
+                orders: vec![NewOrder {
+                    department: "central_district".into(),
+                    instruction: "Four engines".into(),
+                    deadline_ms: T0 + 90 * MIN,
+                }],
+            },
+            &li,
+            T0 + 62 * MIN,
+        )
+        .unwrap();
+        for (action, at) in [(Action::AcknowledgeOrder, 65), (Action::CompleteOrder, 150)] {
+            d.execute(
+                &Command::Order {
+                    id: "ORD-000001".into(),
+                    action,
+                    note: None,
+                },
+                &li,
+                T0 + at * MIN,
+            )
+            .unwrap();
+        }
+        let mut b = OpsBuilder::new(DispatchConfig::default_config(), None, None);
+        let log = crate::store::EventLog::open(&db).unwrap();
+        log.verify_with(|e| b.push_stored(false, e.at_ms, &e.operator, &e.role, &e.payload))
+            .unwrap();
+        let book = b.book().clone();
+        (book, b.finish(T0 + 480 * MIN))
+    }
+
+    #[test]
+    fn the_deck_has_an_overview_then_the_key_incidents_in_the_order_raised() {
+        let (book, report) = shift();
+        let time = CityTime::from_flag("Europe/Helsinki").unwrap();
+        let deck = deck(&book, &report, T0, T0 + 480 * MIN, &time);
+        // The three severe ones and the two most severe of the rest (the moderate
+        // ones), in the order they were raised.
+        assert_eq!(
+            deck.incident_ids(),
+            [
+                "INC-000002",
+                "INC-000003",
+                "INC-000004",
+                "INC-000006",
+                "INC-000007"
+            ]
+        );
+        assert_eq!(deck.slides.len(), 2 + 5 + 2);
+        assert_eq!(deck.slides[0].kind, SlideKind::Overview);
+        assert!(
+            deck.slides[0].lines[0].starts_with("9 incidents raised"),
+            "{:?}",
+            deck.slides[0].lines
+        );
+        let fire = deck
+            .slides
+            .iter()
+            .find(|s| s.title.contains("Chemical plant fire"))
+            .unwrap();
+        assert!(fire.lines[0].contains("Raised 13:00"), "{:?}", fire.lines); // UTC+2
+        assert!(
+            fire.lines
+                .iter()
+                .any(|l| l.contains("ORD-000001 → central_district")
+                    && l.contains("signed for after 3 min")
+                    && l.contains("done after 88 min")),
+            "{:?}",
+            fire.lines
+        );
+        assert!(
+            fire.lines.last().unwrap().contains("still"),
+            "{:?}",
+            fire.lines
+        );
+        // A period of the first two hours: two severe, and the three most severe
+        // of the rest.
+        let early = super::deck(&book, &report, T0, T0 + 120 * MIN, &time);
+        assert_eq!(
+            early.incident_ids(),
+            [
+                "INC-000001",
+                "INC-000002",
+                "INC-000003",
+                "INC-000004",
+                "INC-000006"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pdf_has_a_page_per_picture() {
+        let dir = std::env::temp_dir().join(format!("briefing-pdf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut pages = Vec::new();
+        for i in 0..3u8 {
+            let path = dir.join(format!("slide-{i}.png"));
+            image::RgbImage::from_pixel(64, 36, image::Rgb([i * 80, 20, 200]))
+                .save(&path)
+                .unwrap();
+            pages.push(path);
+        }
+        let out = dir.join("briefing.pdf");
+        assert_eq!(write_pdf(&pages, &out).unwrap(), 3);
+        let bytes = std::fs::read(&out).unwrap();
+        assert!(bytes.starts_with(b"%PDF-"));
+        assert_eq!(pdf_page_count(&bytes), Some(3));
+        let e = write_pdf(&[dir.join("missing.png")], &out).unwrap_err();
+        assert!(e.contains("missing.png"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
