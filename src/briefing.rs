@@ -90,7 +90,7 @@ pub fn key_incidents(book: &Book, since_ms: i64, until_ms: i64) -> Vec<&Incident
         .iter()
         .filter(|i| i.severity >= Severity::Severe)
         .count();
-    let take = severe.max(MIN_KEY_INCIDENTS).min(MAX_KEY_INCIDENTS);
+    let take = severe.clamp(MIN_KEY_INCIDENTS, MAX_KEY_INCIDENTS);
     let mut key: Vec<&Incident> = period.into_iter().take(take).collect();
     key.sort_by(|a, b| a.reported_ms.cmp(&b.reported_ms).then(a.id.cmp(&b.id)));
     key
@@ -125,8 +125,9 @@ pub fn deck(
     let mut slides = Vec::new();
     slides.push(Slide {
         kind: SlideKind::Overview,
-        title: format!("Briefing 简报 · {} – {}", day(since_ms), hm(until_ms)),
+        title: format!("Briefing 简报 · {} – {}", hm(since_ms), hm(until_ms)),
         lines: vec![
+            format!("{} – {}", day(since_ms), day(until_ms)),
             format!(
                 "{} incidents raised 新增事件 · {} still open 未结",
                 in_period.len(),
@@ -343,6 +344,67 @@ pub fn deck(
     }
 }
 
+/// The slide as a screen of the wall's renderer: the map (flown to the incident, or
+/// the whole city) beside the slide's text, or the text alone.
+pub fn slide_screen(slide: &Slide, index: usize) -> crate::wall::Screen {
+    use crate::wall::{MapTile, Placement, Screen, Tile, TileKind, View};
+    let text = |at: [u32; 2]| Tile {
+        kind: TileKind::Slide {
+            lines: slide.lines.clone(),
+            notes: slide.notes.clone(),
+        },
+        at,
+        span: [1, 1],
+        title: Some(slide.title.clone()),
+    };
+    let map = |view: View, view_name: String, focus: Option<String>| Tile {
+        kind: TileKind::Map(MapTile {
+            view,
+            view_name,
+            layers: None,
+            domains: None,
+            focus,
+        }),
+        at: [0, 0],
+        span: [2, 1],
+        title: Some(format!("{} / {}", index + 1, "Briefing 简报")),
+    };
+    let (columns, tiles) = match &slide.kind {
+        SlideKind::Overview => (
+            3,
+            vec![
+                map(View::City, crate::wall::CITY_VIEW.into(), None),
+                text([2, 0]),
+            ],
+        ),
+        SlideKind::Incident { id, lon, lat } => (
+            3,
+            vec![
+                map(
+                    View::At {
+                        lon: *lon,
+                        lat: *lat,
+                        distance_m: 700.0,
+                        yaw_deg: 25.0,
+                        pitch_deg: 50.0,
+                    },
+                    id.clone(),
+                    Some(id.clone()),
+                ),
+                text([2, 0]),
+            ],
+        ),
+        _ => (1, vec![text([0, 0])]),
+    };
+    Screen {
+        name: format!("slide {}", index + 1),
+        placement: Placement::MonitorIndex(0),
+        columns,
+        rows: 1,
+        tiles,
+    }
+}
+
 /// Writes `pages` (PNG pictures, one a page, each page the picture's size in points)
 /// as one PDF at `out`; the number of pages written.
 pub fn write_pdf(pages: &[PathBuf], out: &Path) -> Result<usize, String> {
@@ -514,7 +576,7 @@ mod tests {
         assert_eq!(deck.slides.len(), 2 + 5 + 2);
         assert_eq!(deck.slides[0].kind, SlideKind::Overview);
         assert!(
-            deck.slides[0].lines[0].starts_with("9 incidents raised"),
+            deck.slides[0].lines[1].starts_with("9 incidents raised"),
             "{:?}",
             deck.slides[0].lines
         );

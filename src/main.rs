@@ -215,6 +215,24 @@ enum Command {
         #[arg(long, default_value = "1920x1080")]
         size: String,
     },
+    /// The leaders' briefing of a period, written without a window of its own: one PNG
+    /// per slide (rendered through the real scene; under xvfb-run -a without a
+    /// display) and briefing.pdf, from the dispatch log (--db, or --nats/--hall).
+    Briefing {
+        /// The folder to write the slides and the PDF into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The period's start: RFC 3339 with an offset or Unix ms (default: 8 hours
+        /// before --until, one shift).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// The period's end (default: now).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Each slide's size, WIDTHxHEIGHT.
+        #[arg(long, default_value = "1920x1080")]
+        size: String,
+    },
     /// Load a map without a window and print one JSON object describing it.
     MapInfo {
         /// The map file: .osm.pbf, GeoJSON, Esri JSON, a Shapefile's .shp or FlatGeobuf.
@@ -1670,6 +1688,80 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 past: None,
             })
         }
+        Command::Briefing {
+            out,
+            since,
+            until,
+            size,
+        } => {
+            use zhongshu::dispatch::ops;
+            let time = |flag: &str, text: Option<String>| -> anyhow::Result<Option<i64>> {
+                text.map(|t| {
+                    zhongshu::clock::parse_instant_ms(&t)
+                        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+                })
+                .transpose()
+            };
+            let now_ms = zhongshu::clock::unix_ms_now();
+            let until_ms = time("--until", until)?.unwrap_or(now_ms);
+            let since_ms = time("--since", since)?.unwrap_or(until_ms - 8 * 3_600_000);
+            if since_ms > until_ms {
+                bail!("--since is after --until: nothing lies between them");
+            }
+            let size = parse_size(&size)?;
+            let config = match &cli.dispatch {
+                Some(path) => zhongshu::dispatch::config::DispatchConfig::load(path)?,
+                None => zhongshu::dispatch::config::DispatchConfig::default_config(),
+            };
+            let (report, book) = if cli.nats.is_some() {
+                let log = cli
+                    .hall_log("briefing", false)?
+                    .context("briefing needs --nats URL with --hall NAME")?;
+                ops::report_and_book_from_store(
+                    &log,
+                    &config,
+                    Some(since_ms),
+                    Some(until_ms),
+                    until_ms,
+                )?
+            } else {
+                let log = open_log_to_check(&cli, &cli.db)?;
+                ops::report_and_book_from_event_log(
+                    &log,
+                    &config,
+                    Some(since_ms),
+                    Some(until_ms),
+                    until_ms,
+                )?
+            };
+            let map = app::load_map(cli.map.as_deref(), &map_load)?;
+            let zone = zhongshu::clock::CityTime::resolve(
+                timezone.clone(),
+                map.frame.origin_lon,
+                map.frame.origin_lat,
+            );
+            let deck = zhongshu::briefing::deck(&book, &report, since_ms, until_ms, &zone);
+            eprintln!(
+                "zhongshu: briefing of {} – {}: {} slides, {} key incidents",
+                zhongshu::clock::rfc3339_from_unix_ms(since_ms),
+                zhongshu::clock::rfc3339_from_unix_ms(until_ms),
+                deck.slides.len(),
+                deck.incident_ids().len()
+            );
+            app::wall::run(app::wall::WallRun {
+                map: cli.map,
+                map_load: map_load.clone(),
+                feeds: None,
+                timezone,
+                layout: None,
+                screenshots: Some((out.clone(), size)),
+                log: None,
+                hall: None,
+                ui_scale: cli.ui_scale,
+                bench_secs: None,
+                briefing: Some(app::wall::BriefingRun { deck, book, out }),
+            })
+        }
         Command::Wall {
             layout,
             screenshot_dir,
@@ -1702,6 +1794,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 hall: hall.map(|h| (h.nats, h.hall)),
                 ui_scale: cli.ui_scale,
                 bench_secs: None,
+                briefing: None,
             })
         }
         Command::Screenshot { out, size, at } => {
@@ -2119,6 +2212,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 hall: None,
                 ui_scale: cli.ui_scale,
                 bench_secs: Some(seconds.clamp(1.0, 600.0)),
+                briefing: None,
             })
         }
         Command::Bench(BenchCommand::Desk {

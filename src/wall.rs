@@ -75,6 +75,11 @@ pub enum TileKind {
         every_s: f64,
         stops: Vec<TourStop>,
     },
+    /// A briefing slide's text (made by the briefing, not a layout file's kind).
+    Slide {
+        lines: Vec<String>,
+        notes: Vec<String>,
+    },
 }
 
 impl TileKind {
@@ -99,6 +104,7 @@ impl TileKind {
             Self::Trends => "trends",
             Self::Feeds => "feeds",
             Self::Tour { .. } => "tour",
+            Self::Slide { .. } => "slide",
         }
     }
 
@@ -121,6 +127,7 @@ impl TileKind {
             Self::Trends => "Trends 趋势",
             Self::Feeds => "Data health 数据健康",
             Self::Tour { .. } => "Tour 巡视",
+            Self::Slide { .. } => "Briefing 简报",
         }
     }
 }
@@ -136,6 +143,8 @@ pub struct MapTile {
     pub layers: Option<BTreeSet<String>>,
     /// Sub-brains whose live layers are drawn; `None`: all.
     pub domains: Option<BTreeSet<Domain>>,
+    /// An incident shown ringed whatever its status (a briefing slide's).
+    pub focus: Option<String>,
 }
 
 impl MapTile {
@@ -510,6 +519,7 @@ impl WallLayout {
             view_name: CITY_VIEW.into(),
             layers: None,
             domains,
+            focus: None,
         };
         let tile = |kind, at, span| Tile {
             kind,
@@ -717,6 +727,7 @@ fn tile_from_raw(t: &RawTile, bookmarks: &[TourStop]) -> Result<Tile, String> {
         view_name,
         layers,
         domains,
+        focus: None,
     };
     Ok(tile(match kind {
         "map" => TileKind::Map(map),
@@ -1120,8 +1131,8 @@ pub fn tile_banner(kind: &TileKind, data: &DataState) -> Option<String> {
         }
         TileKind::Kpi | TileKind::Trends => feeds(None),
         TileKind::Incidents | TileKind::Orders => book(),
-        // The data health shows every feed's state itself.
-        TileKind::Feeds => None,
+        // The data health shows every feed's state itself; a slide is of the record.
+        TileKind::Feeds | TileKind::Slide { .. } => None,
     }
 }
 

@@ -339,3 +339,94 @@ fn a_broken_wall_layout_names_the_file_the_screen_and_the_tile() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nowhere/wall.toml"));
 }
+
+#[test]
+fn a_briefing_writes_a_slide_each_and_a_pdf_of_them() {
+    let dir = scratch_dir("briefing");
+    let db = dir.join("events.db");
+    prepared_log(&db);
+    let _timed = crate::timed();
+    let mut cmd = if std::env::var_os("DISPLAY").is_some() {
+        zhongshu()
+    } else {
+        let mut c = Command::new("xvfb-run");
+        c.args(["-a", "-s", "-screen 0 1920x1080x24"])
+            .arg(env!("CARGO_BIN_EXE_zhongshu"));
+        c
+    };
+    let out = cmd
+        .current_dir(&dir)
+        .args(["briefing", "--db"])
+        .arg(&db)
+        .args(["--out", "deck", "--size", "960x540"])
+        .env(
+            "WGPU_BACKEND",
+            std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "briefing failed: {stderr}");
+    let report: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report: {stderr}"));
+    // The overview, incidents by sub-brain, the three incidents of the shift in the
+    // order they were raised (fewer than five: all of them), departments, sources.
+    assert_eq!(
+        report["incidents"],
+        serde_json::json!(["INC-000001", "INC-000002", "INC-000003"])
+    );
+    let slides = report["slides"].as_array().unwrap();
+    assert_eq!(slides.len(), 7, "{report}");
+    assert_eq!(report["pages"], 7);
+    for (i, slide) in slides.iter().enumerate() {
+        let path = dir.join(slide.as_str().unwrap());
+        assert!(
+            path.ends_with(format!("slide-{:02}.png", i + 1)),
+            "{path:?}"
+        );
+        let image = image::open(&path).unwrap().to_rgb8();
+        assert_eq!((image.width(), image.height()), (960, 540));
+    }
+    let pdf = std::fs::read(dir.join("deck/briefing.pdf")).unwrap();
+    assert!(pdf.starts_with(b"%PDF-"));
+    assert_eq!(zhongshu::briefing::pdf_page_count(&pdf), Some(7));
+    // The extreme incident's slide: the map flown to it, its pin ringed in red.
+    let fire = image::open(dir.join("deck/slide-04.png"))
+        .unwrap()
+        .to_rgb8();
+    let red = (0..540)
+        .flat_map(|y| (0..640).map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            let p = fire.get_pixel(x, y).0;
+            p[0] > 230 && (60..100).contains(&p[1]) && (60..100).contains(&p[2])
+        })
+        .count();
+    assert!(red > 100, "no pin on the incident's slide: {red} px");
+
+    // Wrong inputs: said before any window.
+    for (args, wanted) in [
+        (
+            vec!["briefing", "--out", "x", "--db", "/nowhere/events.db"],
+            "no event log",
+        ),
+        (
+            vec![
+                "briefing",
+                "--out",
+                "x",
+                "--since",
+                "2026-11-30T10:00:00Z",
+                "--until",
+                "2026-11-30T09:00:00Z",
+            ],
+            "--since is after --until",
+        ),
+    ] {
+        let out = zhongshu().current_dir(&dir).args(&args).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(wanted), "{stderr}");
+    }
+}

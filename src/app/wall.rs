@@ -62,6 +62,119 @@ pub struct WallRun {
     /// `bench wall`: measure this many seconds of frames once the screens are drawn,
     /// print the figures and exit.
     pub bench_secs: Option<f64>,
+    /// `zhongshu briefing --out`: each slide drawn in turn in one window of the
+    /// screenshot size, a PNG each, then the PDF.
+    pub briefing: Option<BriefingRun>,
+}
+
+/// A deck to write: its slides, the book its pins come from, where to.
+pub struct BriefingRun {
+    pub deck: crate::briefing::Deck,
+    pub book: Book,
+    pub out: PathBuf,
+}
+
+/// The slides left to draw, and what was written.
+#[derive(Resource)]
+struct DeckShots {
+    out: PathBuf,
+    screens: Vec<crate::wall::Screen>,
+    incidents: Vec<String>,
+    index: usize,
+    settled: u32,
+    in_flight: bool,
+    written: Vec<PathBuf>,
+}
+
+/// Draws the slides one after the other: each once its map has flown to its view,
+/// then the PDF of them all.
+#[allow(clippy::too_many_arguments)]
+fn play_deck(
+    mut commands: Commands,
+    time: Res<Time<Real>>,
+    ready: Res<super::ready::SceneReady>,
+    wall: Res<Wall>,
+    windows: Query<(Entity, &WallWindow)>,
+    cameras: Query<&WallMapCamera>,
+    mut shots: ResMut<DeckShots>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    if time.elapsed_secs() > SHOT_TIMEOUT_S + shots.screens.len() as f32 * 20.0 {
+        error!("briefing: the slides were not drawn in time");
+        exit.write(AppExit::error());
+        return;
+    }
+    if shots.in_flight {
+        return;
+    }
+    let Some((window, _)) = windows.iter().next() else {
+        return;
+    };
+    let arrived = cameras.iter().all(|c| {
+        let (p, g) = (c.rig.pose, c.rig.goal);
+        !c.goal_for.is_empty()
+            && p.focus.distance(g.focus) < 1.0
+            && (p.distance - g.distance).abs() < 1.0
+    });
+    if wall.built != Some(wall.generation) || !ready.is_ready() || !arrived {
+        shots.settled = 0;
+        return;
+    }
+    shots.settled += 1;
+    if shots.settled < 3 {
+        return;
+    }
+    shots.in_flight = true;
+    let out = shots.out.join(format!("slide-{:02}.png", shots.index + 1));
+    commands.spawn(Screenshot::window(window)).observe(
+        move |captured: On<ScreenshotCaptured>,
+              started: Res<StartedAt>,
+              mut wall: ResMut<Wall>,
+              mut shots: ResMut<DeckShots>,
+              mut exit: MessageWriter<AppExit>| {
+            let saved = captured
+                .image
+                .clone()
+                .try_into_dynamic()
+                .map_err(|e| e.to_string())
+                .and_then(|image| image.to_rgb8().save(&out).map_err(|e| e.to_string()));
+            if let Err(e) = saved {
+                error!("briefing: cannot write {}: {e}", out.display());
+                exit.write(AppExit::error());
+                return;
+            }
+            shots.written.push(out.clone());
+            shots.index += 1;
+            shots.in_flight = false;
+            shots.settled = 0;
+            if let Some(next) = shots.screens.get(shots.index) {
+                wall.layout.screens = vec![next.clone()];
+                wall.generation += 1;
+                return;
+            }
+            let pdf = shots.out.join("briefing.pdf");
+            match crate::briefing::write_pdf(&shots.written, &pdf) {
+                Ok(pages) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "out": shots.out.display().to_string(),
+                            "slides": shots.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                            "pdf": pdf.display().to_string(),
+                            "pages": pages,
+                            "incidents": shots.incidents,
+                            "ms": started.0.elapsed().as_millis() as u64,
+                        })
+                    );
+                    exit.write(AppExit::Success);
+                }
+                Err(e) => {
+                    error!("briefing: {e}");
+                    exit.write(AppExit::error());
+                }
+            }
+        },
+    );
 }
 
 /// `zhongshu bench wall`: what a wall's frames cost once the city is drawn.
@@ -217,6 +330,8 @@ pub struct Wall {
     ui_scale: f32,
     windowed: Option<(u32, u32)>,
     started: Instant,
+    /// Drawing a briefing of this many slides (one after the other).
+    briefing: Option<usize>,
 }
 
 /// A screen's window.
@@ -235,6 +350,8 @@ struct WallCamera;
 #[derive(Component)]
 struct WallUiCamera {
     screen: usize,
+    /// Its egui context has the fonts and the theme (a new camera, a new context).
+    styled: bool,
 }
 
 /// A map tile's camera and what it follows.
@@ -314,7 +431,45 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
     if let Some((open, config)) = run.log {
         data.books = Some(PastBooks::start(open, config)?);
     }
-    let layout = run.layout.clone();
+    // A briefing draws the record: its book, the first slide's screen, no feeds.
+    let deck_shots = run.briefing.map(|b| {
+        data.book = Some(b.book);
+        data.read_at = Some(Instant::now());
+        DeckShots {
+            out: b.out,
+            screens: b
+                .deck
+                .slides
+                .iter()
+                .enumerate()
+                .map(|(i, s)| crate::briefing::slide_screen(s, i))
+                .collect(),
+            incidents: b
+                .deck
+                .incident_ids()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            index: 0,
+            settled: 0,
+            in_flight: false,
+            written: Vec::new(),
+        }
+    });
+    let feeds = if deck_shots.is_some() {
+        Vec::new()
+    } else {
+        feeds
+    };
+    let layout = match &deck_shots {
+        Some(d) => Some(WallLayout {
+            source: None,
+            screens: d.screens.first().cloned().into_iter().collect(),
+            bookmarks: Vec::new(),
+        }),
+        None => run.layout.clone(),
+    };
+    let default_layout = layout.is_none();
     let watch = layout
         .as_ref()
         .and_then(|l| l.source.clone())
@@ -377,9 +532,10 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         ui_scale: run.ui_scale,
         windowed: run.screenshots.as_ref().map(|(_, size)| *size),
         started,
+        briefing: deck_shots.as_ref().map(|d| d.screens.len()),
     })
     .insert_resource(data)
-    .insert_resource(DefaultLayout(run.layout.is_none()))
+    .insert_resource(DefaultLayout(default_layout))
     .configure_sets(
         Update,
         (AppSystems::Input, AppSystems::Apply, AppSystems::SyncScene).chain(),
@@ -424,7 +580,15 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         .add_systems(First, bench_frame_start)
         .add_systems(Last, bench_frame_end.after(super::ready::track_readiness));
     }
-    if let Some((dir, _)) = run.screenshots.filter(|_| run.bench_secs.is_none()) {
+    let briefing = deck_shots.is_some();
+    if let Some(shots) = deck_shots {
+        app.insert_resource(shots)
+            .add_systems(Last, play_deck.after(super::ready::track_readiness));
+    }
+    if let Some((dir, _)) = run
+        .screenshots
+        .filter(|_| run.bench_secs.is_none() && !briefing)
+    {
         app.insert_resource(WallShots {
             dir,
             settled: 0,
@@ -671,7 +835,10 @@ fn build_screens(
         // egui over everything: the tiles' text, headings and banners.
         commands.spawn((
             WallCamera,
-            WallUiCamera { screen: si },
+            WallUiCamera {
+                screen: si,
+                styled: false,
+            },
             Camera3d::default(),
             Camera {
                 order: (si * 100 + 99) as isize,
@@ -1003,7 +1170,7 @@ fn exit_when_closed(
 /// What a screen's egui pass reads.
 #[derive(bevy::ecs::system::SystemParam)]
 struct ScreenView<'w, 's> {
-    contexts: Query<'w, 's, (&'static mut EguiContext, &'static WallUiCamera)>,
+    contexts: Query<'w, 's, (&'static mut EguiContext, &'static mut WallUiCamera)>,
     windows: Query<'w, 's, (&'static Window, &'static WallWindow)>,
     map_cameras: Query<'w, 's, &'static WallMapCamera>,
     wall: Res<'w, Wall>,
@@ -1011,7 +1178,6 @@ struct ScreenView<'w, 's> {
     live: Option<Res<'w, Live>>,
     time: Res<'w, LocalTime>,
     city: Res<'w, City>,
-    styled: Local<'s, bool>,
 }
 
 /// The type size of the wall's body text on a window `height` logical pixels tall: a
@@ -1021,23 +1187,20 @@ pub fn wall_zoom(height: f32, ui_scale: f32) -> f32 {
 }
 
 fn draw_screen(screen: usize, mut view: ScreenView) {
-    let Some(mut ctx) = view
-        .contexts
-        .iter_mut()
-        .find(|(_, c)| c.screen == screen)
-        .map(|(c, _)| c)
+    let Some((mut ctx, mut camera)) = view.contexts.iter_mut().find(|(_, c)| c.screen == screen)
     else {
         return;
     };
     let ctx = ctx.get_mut().clone();
+    // A layout applied makes the screen's cameras anew, and their contexts.
+    if !camera.styled {
+        super::fonts::install_fonts(&ctx);
+        theme::egui_style(&ctx);
+        camera.styled = true;
+    }
     let Some((window, wall_window)) = view.windows.iter().find(|(_, w)| w.screen == screen) else {
         return;
     };
-    if !*view.styled {
-        super::fonts::install_fonts(&ctx);
-        theme::egui_style(&ctx);
-        *view.styled = true;
-    }
     let zoom = wall_zoom(window.height(), view.wall.ui_scale);
     if (ctx.zoom_factor() - zoom).abs() > 1e-3 {
         ctx.set_zoom_factor(zoom);
@@ -1084,6 +1247,7 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
             TileKind::Orders => orders_ui(&mut ui, view.data.book.as_ref(), now_ms),
             TileKind::Feeds => feeds_ui(&mut ui, &view.data.state),
             TileKind::Trends => trends_ui(&mut ui, &view.data, screen, ti),
+            TileKind::Slide { lines, notes } => slide_ui(&mut ui, lines, notes),
             _ => {}
         }
         if let (Some(cam), Some(book), Some(map)) = (
@@ -1107,7 +1271,11 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
     if let Some(m) = &wall_window.missing_monitor {
         notes.push(format!("{m} not connected 显示器未连接: shown in a window"));
     }
-    let clock = view.time.0.time_of_day(now_ms);
+    let clock = match view.wall.briefing {
+        // A slide is of the record: its number, not the time it was drawn.
+        Some(slides) => format!("{} / {slides}", view.wall.generation + 1),
+        None => view.time.0.time_of_day(now_ms),
+    };
     egui::Area::new(egui::Id::new(("wall-clock", screen)))
         .order(egui::Order::Foreground)
         .anchor(egui::Align2::RIGHT_BOTTOM, egui::vec2(-12.0, -8.0))
@@ -1161,7 +1329,12 @@ fn incident_pins(
         ))
         .with_clip_rect(rect);
     let size = Vec2::new(rect.width() * zoom, rect.height() * zoom);
-    for i in book.incidents.iter().filter(|i| i.is_open()) {
+    let focus = map.focus.as_deref();
+    for i in book
+        .incidents
+        .iter()
+        .filter(|i| i.is_open() || focus == Some(i.id.as_str()))
+    {
         if !map.shows_domain(i.domain) {
             continue;
         }
@@ -1175,7 +1348,7 @@ fn incident_pins(
             continue;
         }
         let colour = severity_colour(i.severity);
-        if cam.follower.current.as_deref() == Some(i.id.as_str()) {
+        if cam.follower.current.as_deref() == Some(i.id.as_str()) || focus == Some(i.id.as_str()) {
             painter.circle_stroke(at, 16.0, egui::Stroke::new(3.0, colour));
         }
         painter.circle(
@@ -1184,6 +1357,30 @@ fn incident_pins(
             colour,
             egui::Stroke::new(1.5, egui::Color32::WHITE),
         );
+    }
+}
+
+/// A briefing slide's text: its lines in large type, wrapped; the notes below, muted.
+fn slide_ui(ui: &mut egui::Ui, lines: &[String], notes: &[String]) {
+    ui.add_space(6.0);
+    for line in lines {
+        ui.add(
+            egui::Label::new(
+                egui::RichText::new(line)
+                    .size(17.0)
+                    .color(egui::Color32::WHITE),
+            )
+            .wrap(),
+        );
+        ui.add_space(6.0);
+    }
+    if !notes.is_empty() {
+        ui.add_space(8.0);
+        for note in notes {
+            ui.add(
+                egui::Label::new(egui::RichText::new(note).size(12.0).color(theme::MUTED)).wrap(),
+            );
+        }
     }
 }
 
@@ -1673,6 +1870,7 @@ fn tile_report(
             "vehicles": data.kpis.vehicles,
         }),
         TileKind::Trends => serde_json::json!({ "samples": data.signs.len() }),
+        TileKind::Slide { lines, .. } => serde_json::json!(lines),
         TileKind::Map(_) | TileKind::Hotspot(_) | TileKind::Tour { .. } => {
             serde_json::json!(caption)
         }

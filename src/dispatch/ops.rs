@@ -581,6 +581,47 @@ pub fn report_from_event_log(
     Ok(report)
 }
 
+/// [`report_from_event_log`] and the book as it stood at `until_ms`, in one reading
+/// (the briefing's).
+pub fn report_and_book_from_event_log(
+    log: &EventLog,
+    config: &DispatchConfig,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<(OpsReport, Book), OpsError> {
+    let mut builder = OpsBuilder::new(config.clone(), since_ms, until_ms);
+    let verified = log.verify_with(|e| {
+        builder.push_stored(false, e.at_ms, &e.operator, &e.role, &e.payload);
+    })?;
+    let describe = log.path().display().to_string();
+    check(&verified, describe.clone())?;
+    let book = builder.book().clone();
+    let mut report = builder.finish(now_ms);
+    report.log = Some(describe);
+    Ok((report, book))
+}
+
+/// [`report_and_book_from_event_log`] for any event store (a hall's stream).
+pub fn report_and_book_from_store(
+    log: &dyn EventStore,
+    config: &DispatchConfig,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<(OpsReport, Book), OpsError> {
+    check(&log.verify()?, log.describe())?;
+    let mut builder = OpsBuilder::new(config.clone(), since_ms, until_ms);
+    let shared = log.shared();
+    log.scan_replay(&mut |at_ms, operator, role, payload| {
+        builder.push_stored(shared, at_ms, operator, role, payload);
+    })?;
+    let book = builder.book().clone();
+    let mut report = builder.finish(now_ms);
+    report.log = Some(log.describe());
+    Ok((report, book))
+}
+
 /// The report of any event store (a hall's stream): its chain is checked first, then
 /// its events are replayed as a console replays them.
 pub fn report_from_store(
