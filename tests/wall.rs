@@ -388,6 +388,13 @@ fn a_briefing_writes_a_slide_each_and_a_pdf_of_them() {
         );
         let image = image::open(&path).unwrap().to_rgb8();
         assert_eq!((image.width(), image.height()), (960, 540));
+        // Each slide carries its own text (white type), never a blank or half-drawn
+        // frame between two slides.
+        let white = image
+            .pixels()
+            .filter(|p| p.0.iter().all(|c| *c > 200))
+            .count();
+        assert!(white > 300, "slide {} has no text: {white} px", i + 1);
     }
     let pdf = std::fs::read(dir.join("deck/briefing.pdf")).unwrap();
     assert!(pdf.starts_with(b"%PDF-"));

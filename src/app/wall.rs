@@ -96,6 +96,7 @@ fn play_deck(
     wall: Res<Wall>,
     windows: Query<(Entity, &WallWindow)>,
     cameras: Query<&WallMapCamera>,
+    ui_cameras: Query<&WallUiCamera>,
     mut shots: ResMut<DeckShots>,
     mut exit: MessageWriter<AppExit>,
 ) {
@@ -117,6 +118,14 @@ fn play_deck(
             && (p.distance - g.distance).abs() < 1.0
     });
     if wall.built != Some(wall.generation) || !ready.is_ready() || !arrived {
+        shots.settled = 0;
+        return;
+    }
+    // The new slide's egui context has drawn a few passes (an area is measured on its
+    // first) and its map is in place; then a few whole frames, drawing being a frame
+    // behind the main world.
+    let drawn = ui_cameras.iter().all(|c| c.drawn >= 3) && !ui_cameras.is_empty();
+    if !drawn {
         shots.settled = 0;
         return;
     }
@@ -352,6 +361,8 @@ struct WallUiCamera {
     screen: usize,
     /// Its egui context has the fonts and the theme (a new camera, a new context).
     styled: bool,
+    /// Passes its egui context has drawn (a new slide is captured after a few).
+    drawn: u32,
 }
 
 /// A map tile's camera and what it follows.
@@ -838,6 +849,7 @@ fn build_screens(
             WallUiCamera {
                 screen: si,
                 styled: false,
+                drawn: 0,
             },
             Camera3d::default(),
             Camera {
@@ -1198,6 +1210,7 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
         theme::egui_style(&ctx);
         camera.styled = true;
     }
+    camera.drawn = camera.drawn.saturating_add(1);
     let Some((window, wall_window)) = view.windows.iter().find(|(_, w)| w.screen == screen) else {
         return;
     };
