@@ -149,12 +149,22 @@ pub fn deck(
                 report.sla_breaches.len()
             ),
             format!(
-                "{} severe or extreme 重大以上 · {} key incidents follow",
+                "{} severe or extreme 重大以上 · {} key incidents follow{}",
                 in_period
                     .iter()
                     .filter(|i| i.severity >= Severity::Severe)
                     .count(),
-                key_incidents(book, since_ms, until_ms).len()
+                key_incidents(book, since_ms, until_ms).len(),
+                if in_period
+                    .iter()
+                    .filter(|i| i.severity >= Severity::Severe)
+                    .count()
+                    > MAX_KEY_INCIDENTS
+                {
+                    format!(" (the first {MAX_KEY_INCIDENTS} most severe; ops-report has them all)")
+                } else {
+                    String::new()
+                }
             ),
         ],
         notes: vec![format!(
@@ -194,7 +204,15 @@ pub fn deck(
         lines.push("No incident in the period 本时段无事件".into());
     }
     let mut notes = Vec::new();
-    for f in report.incidents.iter().take(8) {
+    if report.incidents.len() > 8 {
+        notes.push(format!(
+            "The 8 of {} kinds with the most incidents:",
+            report.incidents.len()
+        ));
+    }
+    let mut kinds: Vec<_> = report.incidents.iter().collect();
+    kinds.sort_by(|a, b| b.count.cmp(&a.count).then(b.severity.cmp(&a.severity)));
+    for f in kinds.into_iter().take(8) {
         notes.push(format!(
             "{} ({}): {} raised, {} open; first order p50 {}, closed p50 {}",
             f.kind,
@@ -403,6 +421,28 @@ pub fn slide_screen(slide: &Slide, index: usize) -> crate::wall::Screen {
         rows: 1,
         tiles,
     }
+}
+
+/// Removes an earlier deck from `dir` (its `slide-NN.png` and `briefing.pdf`, nothing
+/// else), so a folder never mixes two decks.
+pub fn clear_deck(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let slide = name
+            .strip_prefix("slide-")
+            .and_then(|rest| rest.strip_suffix(".png"))
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        if (slide || name == "briefing.pdf" || name == ".briefing.pdf.partial")
+            && entry.file_type()?.is_file()
+        {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Writes `pages` (PNG pictures, one a page, each page the picture's size in points)
@@ -632,6 +672,12 @@ mod tests {
         let bytes = std::fs::read(&out).unwrap();
         assert!(bytes.starts_with(b"%PDF-"));
         assert_eq!(pdf_page_count(&bytes), Some(3));
+        // An earlier deck goes, nothing else.
+        std::fs::write(dir.join("notes.txt"), "keep").unwrap();
+        std::fs::write(dir.join("slide-x.png"), "keep").unwrap();
+        assert_eq!(clear_deck(&dir).unwrap(), 4);
+        assert!(dir.join("notes.txt").exists() && dir.join("slide-x.png").exists());
+        assert!(!out.exists() && !pages[0].exists());
         let e = write_pdf(&[dir.join("missing.png")], &out).unwrap_err();
         assert!(e.contains("missing.png"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -58,9 +58,15 @@ pub fn parse_instant_ms(text: &str) -> Result<i64, String> {
         let ms: i64 = text
             .parse()
             .map_err(|_| format!("{text:?} is too large for Unix milliseconds"))?;
-        if ms != 0 && ms.abs() < SMALLEST_PLAUSIBLE_UNIX_MS {
+        if ms != 0 && ms.unsigned_abs() < SMALLEST_PLAUSIBLE_UNIX_MS as u64 {
             return Err(format!(
                 "{text:?} looks like Unix seconds: give Unix milliseconds ({text}000) or RFC 3339"
+            ));
+        }
+        // Years ±9999, as every time is written: beyond, two instants would read alike.
+        if Timestamp::from_millisecond(ms).is_err() {
+            return Err(format!(
+                "{text:?} is beyond the years -9999 to 9999 that times are written in"
             ));
         }
         return Ok(ms);

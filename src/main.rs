@@ -1704,11 +1704,19 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             };
             let now_ms = zhongshu::clock::unix_ms_now();
             let until_ms = time("--until", until)?.unwrap_or(now_ms);
-            let since_ms = time("--since", since)?.unwrap_or(until_ms - 8 * 3_600_000);
+            let since_ms =
+                time("--since", since)?.unwrap_or(until_ms.saturating_sub(8 * 3_600_000));
             if since_ms > until_ms {
                 bail!("--since is after --until: nothing lies between them");
             }
             let size = parse_size(&size)?;
+            if size.0 < 640 || size.1 < 360 {
+                bail!(
+                    "--size {}x{}: a slide is at least 640x360 (its text would not fit)",
+                    size.0,
+                    size.1
+                );
+            }
             let config = match &cli.dispatch {
                 Some(path) => zhongshu::dispatch::config::DispatchConfig::load(path)?,
                 None => zhongshu::dispatch::config::DispatchConfig::default_config(),

@@ -430,10 +430,21 @@ fn a_briefing_writes_a_slide_each_and_a_pdf_of_them() {
             ],
             "--since is after --until",
         ),
+        (
+            vec!["briefing", "--out", "x", "--until=-9223372036854775808"],
+            "--until",
+        ),
+        (
+            vec!["briefing", "--out", "x", "--size", "320x200"],
+            "at least 640x360",
+        ),
     ] {
         let out = zhongshu().current_dir(&dir).args(&args).output().unwrap();
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(wanted), "{stderr}");
+        assert!(
+            stderr.contains(wanted) && !stderr.contains("panicked"),
+            "{stderr}"
+        );
     }
 }

@@ -257,8 +257,9 @@ pub struct Desk {
     pub other_answers: Option<Vec<crate::dispatch::worker::Done>>,
     /// The book at the timeline's instant while the past is shown (replay).
     pub past: Option<PastBooks>,
-    /// How the past's reader opens the log (read-only), and replays it.
-    past_log: Option<(OpenLog, DispatchConfig)>,
+    /// How the past's reader opens the log (read-only), and replays it (also the hub
+    /// operations window's reader).
+    pub past_log: Option<(OpenLog, DispatchConfig)>,
     past_asked: Option<std::time::Instant>,
 }
 

@@ -689,6 +689,7 @@ mod shell_tests {
                     true,
                     steward_open,
                     desk_shown,
+                    false,
                     out,
                 )
             }),

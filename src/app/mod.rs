@@ -12,6 +12,7 @@ pub mod labels;
 pub mod layers;
 pub mod layout;
 pub mod live;
+pub mod operations;
 pub mod ready;
 pub mod scene;
 pub mod snapshot;
@@ -281,6 +282,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         desk::plugin,
         labels::plugin,
         timeline::plugin,
+        operations::plugin,
     ));
     // The timeline reads the history the window records; a screenshot of the past
     // stands paused at its instant.

@@ -39,6 +39,8 @@ pub enum UiCommand {
     SetDomain(Domain, bool),
     FlyToEntity(u32),
     ToggleSteward,
+    /// The hub operations window (运营).
+    ToggleOperations,
     /// The steward window's own close button.
     CloseSteward,
     ToggleDesk,
@@ -100,6 +102,7 @@ struct ShellView<'w, 's> {
     live: Option<Res<'w, Live>>,
     domains: Res<'w, DomainVisibility>,
     governance: Res<'w, super::steward::Governance>,
+    operations: Res<'w, super::operations::HubOps>,
     timeline: Option<Res<'w, super::timeline::Timeline>>,
     ui_scale: Query<'w, 's, &'static super::WindowUiScale, With<bevy::window::PrimaryWindow>>,
 }
@@ -188,6 +191,7 @@ fn shell_ui(
     let desk_open = desk.as_ref().is_some_and(|d| d.open);
     let has_hall = desk.as_ref().is_some_and(|d| d.hall.is_some());
     let steward_open = governance.steward_open;
+    let operations_open = view.operations.open;
     // A new incident goes where the selected building is, else the view centre.
     let location = selection
         .building
@@ -277,6 +281,7 @@ fn shell_ui(
                 demo,
                 steward_open,
                 desk_open,
+                operations_open,
                 out,
             )
         }),
@@ -437,6 +442,7 @@ pub fn top_bar_ui(
     demo: bool,
     steward_open: bool,
     desk_open: bool,
+    operations_open: bool,
     out: &mut Vec<UiCommand>,
 ) {
     let bar_width = ui.available_width();
@@ -501,10 +507,10 @@ pub fn top_bar_ui(
             // On a narrow bar the toggles keep only their Chinese names (the
             // English on hover), so neither is pushed off the bar.
             let narrow = bar_width < 640.0;
-            let (dispatch, steward) = if narrow {
-                ("调度", "治理")
+            let (dispatch, steward, operations) = if narrow {
+                ("调度", "治理", "运营")
             } else {
-                ("Dispatch 指挥调度", "Data steward 数据治理")
+                ("Dispatch 指挥调度", "Data steward 数据治理", "Operations 运营")
             };
             if ui
                 .selectable_label(desk_open, dispatch)
@@ -519,6 +525,13 @@ pub fn top_bar_ui(
                 .clicked()
             {
                 out.push(UiCommand::ToggleSteward);
+            }
+            if ui
+                .selectable_label(operations_open, operations)
+                .on_hover_text("Hub operations 运营: the last shift's operating figures")
+                .clicked()
+            {
+                out.push(UiCommand::ToggleOperations);
             }
             ui.with_layout(egui::Layout::left_to_right(egui::Align::Center), |ui| {
                 ui.add(
@@ -1434,6 +1447,7 @@ fn apply_ui_commands(
     mut selection: ResMut<Selection>,
     mut domains: ResMut<DomainVisibility>,
     mut governance: ResMut<super::steward::Governance>,
+    mut operations: ResMut<super::operations::HubOps>,
     live: Option<Res<Live>>,
     city: Res<City>,
     mut desk: Option<ResMut<super::desk::Desk>>,
@@ -1471,6 +1485,7 @@ fn apply_ui_commands(
                 selection.entity = None;
             }
             UiCommand::ToggleSteward => governance.steward_open = !governance.steward_open,
+            UiCommand::ToggleOperations => operations.open = !operations.open,
             UiCommand::CloseSteward => governance.steward_open = false,
             UiCommand::SetDomain(domain, on) => {
                 domains.0.insert(domain, on);

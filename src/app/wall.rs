@@ -162,7 +162,13 @@ fn play_deck(
                 return;
             }
             let pdf = shots.out.join("briefing.pdf");
-            match crate::briefing::write_pdf(&shots.written, &pdf) {
+            let partial = shots.out.join(".briefing.pdf.partial");
+            let written = crate::briefing::write_pdf(&shots.written, &partial).and_then(|n| {
+                std::fs::rename(&partial, &pdf)
+                    .map(|_| n)
+                    .map_err(|e| format!("{}: {e}", pdf.display()))
+            });
+            match written {
                 Ok(pages) => {
                     println!(
                         "{}",
@@ -416,7 +422,13 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         .filter(|_| run.bench_secs.is_none())
     {
         std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("--screenshot-dir {}: {e}", dir.display()))?;
+            .map_err(|e| anyhow::anyhow!("cannot make the folder {}: {e}", dir.display()))?;
+    }
+    // A briefing's folder holds one deck: the slides and PDF of an earlier one go first.
+    if run.briefing.is_some()
+        && let Some((dir, _)) = &run.screenshots
+    {
+        crate::briefing::clear_deck(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
     let map = super::load_map(run.map.as_deref(), &run.map_load)?;
     let time = crate::clock::CityTime::resolve(
@@ -1335,12 +1347,16 @@ fn incident_pins(
     map: &crate::wall::MapTile,
     city: &City,
 ) {
+    // Under the tile's heading, never over it.
     let painter = ctx
         .layer_painter(egui::LayerId::new(
             egui::Order::Middle,
             egui::Id::new(("wall-pins", cam.screen, cam.tile)),
         ))
-        .with_clip_rect(rect);
+        .with_clip_rect(egui::Rect::from_min_max(
+            egui::pos2(rect.min.x, (rect.min.y + 40.0).min(rect.max.y)),
+            rect.max,
+        ));
     let size = Vec2::new(rect.width() * zoom, rect.height() * zoom);
     let focus = map.focus.as_deref();
     for i in book
@@ -1412,6 +1428,10 @@ fn tile_heading(ui: &mut egui::Ui, tile: &crate::wall::Tile, caption: Option<&st
             .show(ui, |ui| {
                 ui.add(egui::Label::new(rich).truncate());
             });
+    } else if matches!(tile.kind, TileKind::Slide { .. }) {
+        // A slide's title is read whole.
+        ui.add(egui::Label::new(rich.size(18.0)).wrap());
+        ui.add_space(4.0);
     } else {
         ui.add(egui::Label::new(rich).truncate());
         ui.add_space(4.0);

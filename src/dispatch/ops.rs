@@ -825,7 +825,7 @@ pub(crate) mod tests {
 
     /// The report of the log at `db` as `zhongshu ops-report` makes it: opened
     /// read-only, checked, replayed.
-    fn ops(db: &std::path::Path, since: Option<i64>, until: Option<i64>) -> OpsReport {
+    pub(crate) fn ops(db: &std::path::Path, since: Option<i64>, until: Option<i64>) -> OpsReport {
         let mut seal = SealOptions::beside(db);
         seal.create_key = false;
         seal.read_only = true;
