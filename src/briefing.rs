@@ -105,8 +105,17 @@ pub fn deck(
     until_ms: i64,
     time: &CityTime,
 ) -> Deck {
-    let hm = |ms: i64| time.time_of_day(ms);
     let day = |ms: i64| time.text(ms);
+    // Times of day when the period lies within one date, else with the date: a time
+    // across midnight is never ambiguous.
+    let one_date = day(since_ms).get(..10) == day(until_ms).get(..10);
+    let hm = |ms: i64| {
+        if one_date {
+            time.time_of_day(ms)
+        } else {
+            day(ms)
+        }
+    };
     let in_period: Vec<&Incident> = book
         .incidents
         .iter()
@@ -637,6 +646,18 @@ mod tests {
         );
         assert!(
             fire.lines.last().unwrap().contains("still"),
+            "{:?}",
+            fire.lines
+        );
+        // A period across midnight writes its times with their dates.
+        let night = super::deck(&book, &report, T0 - 13 * 60 * MIN, T0 + 480 * MIN, &time);
+        let fire = night
+            .slides
+            .iter()
+            .find(|s| s.title.contains("Chemical plant fire"))
+            .unwrap();
+        assert!(
+            fire.lines[0].contains("Raised 2026-11-29 13:00"),
             "{:?}",
             fire.lines
         );
