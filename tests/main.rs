@@ -28,6 +28,24 @@ pub fn timed() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// `zhongshu` under `xvfb-run` unless a display is already there, rendering through
+/// Vulkan (lavapipe in CI) unless WGPU_BACKEND says otherwise.
+pub fn zhongshu_with_display() -> std::process::Command {
+    let mut cmd = if std::env::var_os("DISPLAY").is_some() {
+        zhongshu()
+    } else {
+        let mut c = std::process::Command::new("xvfb-run");
+        c.args(["-a", "-s", "-screen 0 1920x1080x24"])
+            .arg(env!("CARGO_BIN_EXE_zhongshu"));
+        c
+    };
+    cmd.env(
+        "WGPU_BACKEND",
+        std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
+    );
+    cmd
+}
+
 pub fn zhongshu() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_zhongshu"))
 }

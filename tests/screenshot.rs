@@ -2,7 +2,6 @@
 //! lavapipe under Xvfb in CI) and the PNG shows a city, not a blank frame.
 
 use std::collections::HashSet;
-use std::process::Command;
 
 use crate::{audit_verify, scratch_dir, zhongshu};
 
@@ -13,18 +12,9 @@ fn run_with_display(args: &[&str]) -> std::process::Output {
 
 fn run_with_display_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let _timed = crate::timed();
-    let has_display = std::env::var_os("DISPLAY").is_some();
-    let mut cmd = if has_display {
-        zhongshu()
-    } else {
-        let mut c = Command::new("xvfb-run");
-        c.args(["-a", "-s", "-screen 0 1920x1080x24"])
-            .arg(env!("CARGO_BIN_EXE_zhongshu"));
-        c
-    };
-    cmd.args(args)
+    crate::zhongshu_with_display()
+        .args(args)
         .envs(env.iter().copied())
-        .env("WGPU_BACKEND", std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()))
         .output()
         .unwrap_or_else(|e| {
             panic!("cannot start zhongshu under xvfb-run ({e}); install xvfb and mesa-vulkan-drivers (.ci/run does)")

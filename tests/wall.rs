@@ -2,8 +2,6 @@
 //! picture and what its tiles show; a tile whose data stops says so while the others
 //! go on; a broken layout is refused before any window opens.
 
-use std::process::Command;
-
 use crate::{scratch_dir, zhongshu};
 
 const LAYOUT: &str = r#"
@@ -160,14 +158,7 @@ fn a_two_screen_wall_renders_each_screen_with_its_tiles() {
     std::fs::write(dir.join("feeds.toml"), FEEDS).unwrap();
     let shots = dir.join("shots");
     let _timed = crate::timed();
-    let mut cmd = if std::env::var_os("DISPLAY").is_some() {
-        zhongshu()
-    } else {
-        let mut c = Command::new("xvfb-run");
-        c.args(["-a", "-s", "-screen 0 1920x1080x24"])
-            .arg(env!("CARGO_BIN_EXE_zhongshu"));
-        c
-    };
+    let mut cmd = crate::zhongshu_with_display();
     let out = cmd
         .current_dir(&dir)
         .args([
@@ -180,10 +171,6 @@ fn a_two_screen_wall_renders_each_screen_with_its_tiles() {
         ])
         .arg(&db)
         .args(["--screenshot-dir", "shots", "--size", "960x540"])
-        .env(
-            "WGPU_BACKEND",
-            std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
-        )
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -346,23 +333,12 @@ fn a_briefing_writes_a_slide_each_and_a_pdf_of_them() {
     let db = dir.join("events.db");
     prepared_log(&db);
     let _timed = crate::timed();
-    let mut cmd = if std::env::var_os("DISPLAY").is_some() {
-        zhongshu()
-    } else {
-        let mut c = Command::new("xvfb-run");
-        c.args(["-a", "-s", "-screen 0 1920x1080x24"])
-            .arg(env!("CARGO_BIN_EXE_zhongshu"));
-        c
-    };
+    let mut cmd = crate::zhongshu_with_display();
     let out = cmd
         .current_dir(&dir)
         .args(["briefing", "--db"])
         .arg(&db)
         .args(["--out", "deck", "--size", "960x540"])
-        .env(
-            "WGPU_BACKEND",
-            std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
-        )
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

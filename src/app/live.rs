@@ -42,6 +42,17 @@ pub struct HallLive {
 }
 
 impl Live {
+    /// Every feed has answered (or failed) at least once and its updates are applied:
+    /// the live layers are drawn as far as they can be (pictures wait for this).
+    pub fn feeds_answered(&self) -> bool {
+        self.ingest.backlog() == 0
+            && self
+                .ingest
+                .health
+                .iter()
+                .all(|h| h.polls_ok + h.polls_failed > 0)
+    }
+
     pub fn new(
         feeds: Vec<FeedConfig>,
         state: LiveState,

@@ -53,13 +53,7 @@ fn request_capture(
     }
     // Live layers count as drawn once every feed has answered (or failed) and its
     // updates are applied; a feed that never answers is not waited on past 20 s.
-    let feeds_in = live.as_ref().is_none_or(|l| {
-        l.ingest.backlog() == 0
-            && l.ingest
-                .health
-                .iter()
-                .all(|h| h.polls_ok + h.polls_failed > 0)
-    });
+    let feeds_in = live.as_ref().is_none_or(|l| l.feeds_answered());
     // A past instant: its state read and shown.
     let past_in = timeline.is_none_or(|t| t.settled());
     if !ready.is_ready() || !past_in || (!feeds_in && time.elapsed_secs() < 20.0) {

@@ -848,6 +848,37 @@ pub struct KpiStrip {
     epoch: u64,
 }
 
+/// The colour of the congestion index (a share): green, amber past 15 %, red past 30 %.
+pub fn congestion_colour(c: Option<f64>) -> egui::Color32 {
+    match c {
+        Some(c) if c > 0.3 => theme::ALARM,
+        Some(c) if c > 0.15 => theme::WARN,
+        _ => theme::GOOD,
+    }
+}
+
+/// The colour of an AQI: the heat map's ramp; muted when unknown.
+pub fn aqi_colour(aqi: Option<f64>) -> egui::Color32 {
+    aqi.map_or(theme::MUTED, |a| {
+        let c = aqi_srgb(a);
+        egui::Color32::from_rgb((c >> 16) as u8, (c >> 8) as u8, c as u8)
+    })
+}
+
+/// Open alerts: amber when any.
+pub fn alerts_colour(n: usize) -> egui::Color32 {
+    if n > 0 { theme::WARN } else { theme::GOOD }
+}
+
+/// Hospital load (a share): amber past 75 %, red past 90 %.
+pub fn hospital_colour(load: Option<f64>) -> egui::Color32 {
+    match load {
+        Some(l) if l > 0.9 => theme::ALARM,
+        Some(l) if l > 0.75 => theme::WARN,
+        _ => theme::GOOD,
+    }
+}
+
 pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
     let size = kpi_value_size(ui.ctx().viewport_rect().height());
     let dash = || "—".to_string();
@@ -861,27 +892,14 @@ pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
             theme::ACCENT,
             size,
         );
-        let congestion_colour = match k.congestion_index {
-            Some(c) if c > 0.3 => theme::ALARM,
-            Some(c) if c > 0.15 => theme::WARN,
-            _ => theme::GOOD,
-        };
         kpi_tile(
             ui,
             "Congestion 拥堵指数",
             k.congestion_index
                 .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
-            congestion_colour,
+            congestion_colour(k.congestion_index),
             size,
         );
-        let aqi_colour = k.mean_aqi.map_or(theme::MUTED, |a| {
-            let [r, g, b] = [
-                (aqi_srgb(a) >> 16) as u8,
-                (aqi_srgb(a) >> 8) as u8,
-                aqi_srgb(a) as u8,
-            ];
-            egui::Color32::from_rgb(r, g, b)
-        });
         kpi_tile(
             ui,
             "AQI 空气质量",
@@ -889,31 +907,22 @@ pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
                 (Some(m), Some(x)) => format!("{m:.0} (max {x:.0})"),
                 _ => dash(),
             },
-            aqi_colour,
+            aqi_colour(k.mean_aqi),
             size,
         );
         kpi_tile(
             ui,
             "Open alerts 未结告警",
             k.open_alerts.to_string(),
-            if k.open_alerts > 0 {
-                theme::WARN
-            } else {
-                theme::GOOD
-            },
+            alerts_colour(k.open_alerts),
             size,
         );
-        let load_colour = match k.hospital_load {
-            Some(l) if l > 0.9 => theme::ALARM,
-            Some(l) if l > 0.75 => theme::WARN,
-            _ => theme::GOOD,
-        };
         kpi_tile(
             ui,
             "Hospital load 医院负荷",
             k.hospital_load
                 .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
-            load_colour,
+            hospital_colour(k.hospital_load),
             size,
         );
         kpi_tile(

@@ -38,8 +38,7 @@ use crate::map::mesh::MapLayer;
 use crate::model::Domain;
 use crate::state::kpi::{CityKpis, KpiPass};
 use crate::wall::{
-    DataState, FeedState, HotspotFollower, LayoutWatch, SIGNS, SignHistory, TileKind, View,
-    WallLayout,
+    DataState, FeedState, HotspotFollower, LayoutWatch, SignHistory, TileKind, View, WallLayout,
 };
 
 /// What `zhongshu wall` runs.
@@ -1489,7 +1488,7 @@ fn card_type(w: f32, h: f32) -> (f32, f32) {
     )
 }
 
-/// A vital sign's card: label, value, colour, its index in [`SIGNS`] for the trend,
+/// A vital sign's card: label, value, colour, its index in [`crate::wall::SIGNS`] for the trend,
 /// and whether up is good.
 type Card = (
     &'static str,
@@ -1524,33 +1523,21 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
             "Congestion 拥堵指数",
             k.congestion_index
                 .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
-            match k.congestion_index {
-                Some(c) if c > 0.3 => theme::ALARM,
-                Some(c) if c > 0.15 => theme::WARN,
-                _ => theme::GOOD,
-            },
+            super::ui::congestion_colour(k.congestion_index),
             Some(1),
             Some(false),
         ),
         (
             "AQI 空气质量",
             k.mean_aqi.map_or_else(dash, |v| format!("{v:.0}")),
-            match k.mean_aqi {
-                Some(a) if a > 150.0 => theme::ALARM,
-                Some(a) if a > 100.0 => theme::WARN,
-                _ => theme::GOOD,
-            },
+            super::ui::aqi_colour(k.mean_aqi),
             Some(2),
             Some(false),
         ),
         (
             "Open alerts 未结告警",
             k.open_alerts.to_string(),
-            if k.open_alerts > 0 {
-                theme::WARN
-            } else {
-                theme::GOOD
-            },
+            super::ui::alerts_colour(k.open_alerts),
             Some(3),
             Some(false),
         ),
@@ -1558,11 +1545,7 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
             "Hospital load 医院负荷",
             k.hospital_load
                 .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
-            match k.hospital_load {
-                Some(l) if l > 0.9 => theme::ALARM,
-                Some(l) if l > 0.75 => theme::WARN,
-                _ => theme::GOOD,
-            },
+            super::ui::hospital_colour(k.hospital_load),
             Some(4),
             Some(false),
         ),
@@ -1838,7 +1821,6 @@ fn trends_ui(ui: &mut egui::Ui, data: &WallData, screen: usize, tile: usize) {
     };
     let rows = charts.len().div_ceil(cols);
     let cell = egui::vec2(area.width() / cols as f32, area.height() / rows as f32);
-    let _ = SIGNS;
     for (i, (title, points, colour)) in charts.into_iter().enumerate() {
         let min = area.min + egui::vec2((i % cols) as f32 * cell.x, (i / cols) as f32 * cell.y);
         let rect = egui::Rect::from_min_size(min, cell).shrink(4.0);
@@ -1951,13 +1933,7 @@ fn capture_screens(
     if shots.done || shots.in_flight > 0 {
         return;
     }
-    let feeds_in = live.as_ref().is_none_or(|l| {
-        l.ingest.backlog() == 0
-            && l.ingest
-                .health
-                .iter()
-                .all(|h| h.polls_ok + h.polls_failed > 0)
-    });
+    let feeds_in = live.as_ref().is_none_or(|l| l.feeds_answered());
     let book_in = data.books.is_none() || data.book.is_some() || data.state.book_trouble.is_some();
     let kpis_in = data.kpis_at_ms > 0;
     let elapsed = time.elapsed_secs();

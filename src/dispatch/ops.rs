@@ -560,9 +560,50 @@ fn check(report: &crate::store::VerifyReport, log: String) -> Result<(), OpsErro
     })
 }
 
-/// The report of a SQLite log, read once: its chain, seals and witness are checked
-/// as the events go by ([`EventLog::verify_with`]), and nothing is reported unless
-/// all hold. Open the log read-only ([`crate::store::SealOptions::read_only`]).
+/// A SQLite log replayed into a builder, read once: its chain, seals and witness are
+/// checked as the events go by ([`EventLog::verify_with`]), and nothing comes back
+/// unless all hold. With the log's description.
+fn replay_event_log(
+    log: &EventLog,
+    config: &DispatchConfig,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+) -> Result<(OpsBuilder, String), OpsError> {
+    let mut builder = OpsBuilder::new(config.clone(), since_ms, until_ms);
+    let verified = log.verify_with(|e| {
+        builder.push_stored(false, e.at_ms, &e.operator, &e.role, &e.payload);
+    })?;
+    let describe = log.path().display().to_string();
+    check(&verified, describe.clone())?;
+    Ok((builder, describe))
+}
+
+/// Any event store (a hall's stream) replayed into a builder: its chain checked
+/// first, then its events replayed as a console replays them.
+fn replay_store(
+    log: &dyn EventStore,
+    config: &DispatchConfig,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+) -> Result<(OpsBuilder, String), OpsError> {
+    check(&log.verify()?, log.describe())?;
+    let mut builder = OpsBuilder::new(config.clone(), since_ms, until_ms);
+    let shared = log.shared();
+    log.scan_replay(&mut |at_ms, operator, role, payload| {
+        builder.push_stored(shared, at_ms, operator, role, payload);
+    })?;
+    Ok((builder, log.describe()))
+}
+
+/// The finished report of a replayed log, naming the log.
+fn finish(builder: OpsBuilder, describe: String, now_ms: i64) -> OpsReport {
+    let mut report = builder.finish(now_ms);
+    report.log = Some(describe);
+    report
+}
+
+/// The report of a SQLite log, read once, nothing reported unless its chain, seals
+/// and witness hold. Open the log read-only ([`crate::store::SealOptions::read_only`]).
 pub fn report_from_event_log(
     log: &EventLog,
     config: &DispatchConfig,
@@ -570,15 +611,8 @@ pub fn report_from_event_log(
     until_ms: Option<i64>,
     now_ms: i64,
 ) -> Result<OpsReport, OpsError> {
-    let mut builder = OpsBuilder::new(config.clone(), since_ms, until_ms);
-    let verified = log.verify_with(|e| {
-        builder.push_stored(false, e.at_ms, &e.operator, &e.role, &e.payload);
-    })?;
-    let describe = log.path().display().to_string();
-    check(&verified, describe.clone())?;
-    let mut report = builder.finish(now_ms);
-    report.log = Some(describe);
-    Ok(report)
+    let (builder, describe) = replay_event_log(log, config, since_ms, until_ms)?;
+    Ok(finish(builder, describe, now_ms))
 }
 
 /// [`report_from_event_log`] and the book as it stood at `until_ms`, in one reading
@@ -590,16 +624,9 @@ pub fn report_and_book_from_event_log(
     until_ms: Option<i64>,
     now_ms: i64,
 ) -> Result<(OpsReport, Book), OpsError> {
-    let mut builder = OpsBuilder::new(config.clone(), since_ms, until_ms);
-    let verified = log.verify_with(|e| {
-        builder.push_stored(false, e.at_ms, &e.operator, &e.role, &e.payload);
-    })?;
-    let describe = log.path().display().to_string();
-    check(&verified, describe.clone())?;
+    let (builder, describe) = replay_event_log(log, config, since_ms, until_ms)?;
     let book = builder.book().clone();
-    let mut report = builder.finish(now_ms);
-    report.log = Some(describe);
-    Ok((report, book))
+    Ok((finish(builder, describe, now_ms), book))
 }
 
 /// [`report_and_book_from_event_log`] for any event store (a hall's stream).
@@ -610,20 +637,12 @@ pub fn report_and_book_from_store(
     until_ms: Option<i64>,
     now_ms: i64,
 ) -> Result<(OpsReport, Book), OpsError> {
-    check(&log.verify()?, log.describe())?;
-    let mut builder = OpsBuilder::new(config.clone(), since_ms, until_ms);
-    let shared = log.shared();
-    log.scan_replay(&mut |at_ms, operator, role, payload| {
-        builder.push_stored(shared, at_ms, operator, role, payload);
-    })?;
+    let (builder, describe) = replay_store(log, config, since_ms, until_ms)?;
     let book = builder.book().clone();
-    let mut report = builder.finish(now_ms);
-    report.log = Some(log.describe());
-    Ok((report, book))
+    Ok((finish(builder, describe, now_ms), book))
 }
 
-/// The report of any event store (a hall's stream): its chain is checked first, then
-/// its events are replayed as a console replays them.
+/// The report of any event store (a hall's stream), as [`report_from_event_log`].
 pub fn report_from_store(
     log: &dyn EventStore,
     config: &DispatchConfig,
@@ -631,15 +650,8 @@ pub fn report_from_store(
     until_ms: Option<i64>,
     now_ms: i64,
 ) -> Result<OpsReport, OpsError> {
-    check(&log.verify()?, log.describe())?;
-    let mut builder = OpsBuilder::new(config.clone(), since_ms, until_ms);
-    let shared = log.shared();
-    log.scan_replay(&mut |at_ms, operator, role, payload| {
-        builder.push_stored(shared, at_ms, operator, role, payload);
-    })?;
-    let mut report = builder.finish(now_ms);
-    report.log = Some(log.describe());
-    Ok(report)
+    let (builder, describe) = replay_store(log, config, since_ms, until_ms)?;
+    Ok(finish(builder, describe, now_ms))
 }
 
 /// The book as it stood at `until_ms`, rebuilt from a SQLite log's events up to then,
@@ -649,12 +661,9 @@ pub fn book_from_event_log(
     config: &DispatchConfig,
     until_ms: i64,
 ) -> Result<Book, OpsError> {
-    let mut builder = OpsBuilder::new(config.clone(), None, Some(until_ms));
-    let verified = log.verify_with(|e| {
-        builder.push_stored(false, e.at_ms, &e.operator, &e.role, &e.payload);
-    })?;
-    check(&verified, log.path().display().to_string())?;
-    Ok(builder.into_book())
+    Ok(replay_event_log(log, config, None, Some(until_ms))?
+        .0
+        .into_book())
 }
 
 /// [`book_from_event_log`] for any event store (a hall's stream).
@@ -663,13 +672,9 @@ pub fn book_from_store(
     config: &DispatchConfig,
     until_ms: i64,
 ) -> Result<Book, OpsError> {
-    check(&log.verify()?, log.describe())?;
-    let mut builder = OpsBuilder::new(config.clone(), None, Some(until_ms));
-    let shared = log.shared();
-    log.scan_replay(&mut |at_ms, operator, role, payload| {
-        builder.push_stored(shared, at_ms, operator, role, payload);
-    })?;
-    Ok(builder.into_book())
+    Ok(replay_store(log, config, None, Some(until_ms))?
+        .0
+        .into_book())
 }
 
 #[cfg(test)]
