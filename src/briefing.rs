@@ -373,12 +373,16 @@ pub fn deck(
 
 /// The slide as a screen of the wall's renderer: the map (flown to the incident, or
 /// the whole city) beside the slide's text, or the text alone.
-pub fn slide_screen(slide: &Slide, index: usize) -> crate::wall::Screen {
+pub fn slide_screen(slide: &Slide, index: usize, with_notes: bool) -> crate::wall::Screen {
     use crate::wall::{MapTile, Placement, Screen, Tile, TileKind, View};
     let text = |at: [u32; 2]| Tile {
         kind: TileKind::Slide {
             lines: slide.lines.clone(),
-            notes: slide.notes.clone(),
+            notes: if with_notes {
+                slide.notes.clone()
+            } else {
+                Vec::new()
+            },
         },
         at,
         span: [1, 1],
@@ -429,6 +433,68 @@ pub fn slide_screen(slide: &Slide, index: usize) -> crate::wall::Screen {
         columns,
         rows: 1,
         tiles,
+    }
+}
+
+/// The presenter's screen beside slide `index` of `deck`: on the second monitor, or
+/// in a window.
+pub fn presenter_screen(deck: &Deck, index: usize) -> crate::wall::Screen {
+    use crate::wall::{Placement, PresenterView, Screen, Tile, TileKind};
+    let slide = &deck.slides[index.min(deck.slides.len().saturating_sub(1))];
+    Screen {
+        name: "presenter".into(),
+        placement: Placement::MonitorIndex(1),
+        columns: 1,
+        rows: 1,
+        tiles: vec![Tile {
+            kind: TileKind::Presenter(Box::new(PresenterView {
+                index,
+                count: deck.slides.len(),
+                title: slide.title.clone(),
+                notes: slide.notes.clone(),
+                next: deck.slides.get(index + 1).map(|s| s.title.clone()),
+                outline: deck.slides.iter().map(|s| s.title.clone()).collect(),
+            })),
+            at: [0, 0],
+            span: [1, 1],
+            title: None,
+        }],
+    }
+}
+
+/// A presenter's move through the deck (arrow keys, PageUp/PageDown as clickers send).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Go {
+    Next,
+    Previous,
+    First,
+    Last,
+}
+
+/// Where a presented deck stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Talk {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Talk {
+    pub fn new(count: usize) -> Self {
+        Self { index: 0, count }
+    }
+
+    /// Moves; `true` when another slide is shown. Past either end it stays.
+    pub fn go(&mut self, go: Go) -> bool {
+        let last = self.count.saturating_sub(1);
+        let to = match go {
+            Go::Next => (self.index + 1).min(last),
+            Go::Previous => self.index.saturating_sub(1),
+            Go::First => 0,
+            Go::Last => last,
+        };
+        let moved = to != self.index;
+        self.index = to;
+        moved
     }
 }
 
@@ -702,5 +768,74 @@ mod tests {
         let e = write_pdf(&[dir.join("missing.png")], &out).unwrap_err();
         assert!(e.contains("missing.png"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_presenter_moves_through_the_deck_and_stays_at_its_ends() {
+        let mut talk = Talk::new(4);
+        assert!(!talk.go(Go::Previous), "before the first there is nothing");
+        assert_eq!(talk.index, 0);
+        assert!(talk.go(Go::Next));
+        assert!(talk.go(Go::Next));
+        assert_eq!(talk.index, 2);
+        assert!(talk.go(Go::Previous));
+        assert_eq!(talk.index, 1);
+        assert!(talk.go(Go::Last));
+        assert_eq!(talk.index, 3);
+        assert!(!talk.go(Go::Next), "past the last it stays");
+        assert_eq!(talk.index, 3);
+        assert!(talk.go(Go::First));
+        assert_eq!(talk.index, 0);
+        let mut empty = Talk::new(0);
+        assert!(!empty.go(Go::Next) && !empty.go(Go::Last));
+        assert_eq!(empty.index, 0);
+    }
+
+    #[test]
+    fn the_presenter_sees_the_notes_and_what_comes_next_which_the_slide_does_not_show() {
+        let (book, report) = shift();
+        let time = CityTime::from_flag("Europe/Helsinki").unwrap();
+        let deck = deck(&book, &report, T0, T0 + 480 * MIN, &time);
+        let i = deck
+            .slides
+            .iter()
+            .position(|s| !s.notes.is_empty())
+            .expect("a slide with notes");
+        let presenter = presenter_screen(&deck, i);
+        let crate::wall::TileKind::Presenter(view) = &presenter.tiles[0].kind else {
+            panic!("{:?}", presenter.tiles[0].kind);
+        };
+        assert_eq!((view.index, view.count), (i, deck.slides.len()));
+        assert_eq!(view.title, deck.slides[i].title);
+        assert_eq!(view.notes, deck.slides[i].notes);
+        assert_eq!(
+            view.next.as_deref(),
+            Some(deck.slides[i + 1].title.as_str())
+        );
+        assert_eq!(view.outline.len(), deck.slides.len());
+        assert_eq!(
+            presenter.placement,
+            crate::wall::Placement::MonitorIndex(1),
+            "the presenter's screen is the second"
+        );
+        let last = presenter_screen(&deck, deck.slides.len() - 1);
+        let crate::wall::TileKind::Presenter(view) = &last.tiles[0].kind else {
+            panic!()
+        };
+        assert_eq!(view.next, None, "nothing after the last slide");
+        // Shown to the room, the slide keeps its notes to itself; on paper it has them.
+        let shown = slide_screen(&deck.slides[i], i, false);
+        let paper = slide_screen(&deck.slides[i], i, true);
+        let notes_of = |s: &crate::wall::Screen| {
+            s.tiles
+                .iter()
+                .find_map(|t| match &t.kind {
+                    crate::wall::TileKind::Slide { notes, .. } => Some(notes.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert!(notes_of(&shown).is_empty());
+        assert_eq!(notes_of(&paper), deck.slides[i].notes);
     }
 }

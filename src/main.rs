@@ -142,6 +142,10 @@ struct Cli {
     /// Run the window without recording the history.
     #[arg(long, global = true)]
     no_history: bool,
+    /// Present the leaders' briefing of the last shift instead of opening the desk
+    /// (as `zhongshu briefing` without --out).
+    #[arg(long)]
+    briefing: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -215,13 +219,15 @@ enum Command {
         #[arg(long, default_value = "1920x1080")]
         size: String,
     },
-    /// The leaders' briefing of a period, written without a window of its own: one PNG
-    /// per slide (rendered through the real scene; under xvfb-run -a without a
-    /// display) and briefing.pdf, from the dispatch log (--db, or --nats/--hall).
+    /// The leaders' briefing of a period, from the dispatch log (--db, or
+    /// --nats/--hall). With --out: one PNG per slide (rendered through the real
+    /// scene; under xvfb-run -a without a display) and briefing.pdf. Without it:
+    /// presented full screen (→/PageDown next, ←/PageUp previous, Esc ends), the
+    /// presenter's view with the notes on a second monitor.
     Briefing {
         /// The folder to write the slides and the PDF into (created if missing).
         #[arg(long, value_name = "DIR")]
-        out: PathBuf,
+        out: Option<PathBuf>,
         /// The period's start: RFC 3339 with an offset or Unix ms (default: 8 hours
         /// before --until, one shift).
         #[arg(long, value_name = "TIME")]
@@ -229,9 +235,17 @@ enum Command {
         /// The period's end (default: now).
         #[arg(long, value_name = "TIME")]
         until: Option<String>,
-        /// Each slide's size, WIDTHxHEIGHT.
+        /// Each slide's size, WIDTHxHEIGHT (--out, --screenshot-dir).
         #[arg(long, default_value = "1920x1080")]
         size: String,
+        /// Presented: the presenter's view even without a second monitor (in a
+        /// window).
+        #[arg(long, conflicts_with = "out")]
+        presenter: bool,
+        /// Presented: write the first slide's screens (and the presenter's) as PNG
+        /// into this folder, each a window of --size, then exit.
+        #[arg(long, value_name = "DIR", conflicts_with = "out")]
+        screenshot_dir: Option<PathBuf>,
     },
     /// Load a map without a window and print one JSON object describing it.
     MapInfo {
@@ -1657,11 +1671,62 @@ fn status_api_reach(
     Ok((tls, cli.api_public_url.clone()))
 }
 
+/// The desk's briefing (its top-bar button, F5): this program's `briefing`, on the
+/// same map, log and time zone as the desk.
+fn briefing_command(cli: &Cli) -> Vec<std::ffi::OsString> {
+    let program = std::env::current_exe()
+        .map(|p| p.into_os_string())
+        .unwrap_or_else(|_| "zhongshu".into());
+    let mut args: Vec<std::ffi::OsString> = vec![program, "briefing".into()];
+    let mut flag = |name: &str, value: std::ffi::OsString| {
+        args.push(format!("--{name}").into());
+        args.push(value);
+    };
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.clone().into_os_string());
+    for (name, value) in [
+        ("map", path(&cli.map)),
+        ("schema", path(&cli.schema)),
+        ("seal-key", path(&cli.seal_key)),
+        ("dispatch", path(&cli.dispatch)),
+        ("nats-auth", path(&cli.nats_auth)),
+        ("db", Some(cli.db.clone().into_os_string())),
+        (
+            "crs",
+            cli.crs
+                .as_ref()
+                .and_then(|c| c.epsg())
+                .map(|c| format!("EPSG:{c}").into()),
+        ),
+        ("coords", Some(cli.coords.to_string().into())),
+        ("timezone", cli.timezone.clone().map(Into::into)),
+        ("nats", cli.nats.clone().map(Into::into)),
+        ("hall", cli.hall.clone().map(Into::into)),
+        ("nats-domain", cli.nats_domain.clone().map(Into::into)),
+        ("ui-scale", Some(cli.ui_scale.to_string().into())),
+    ] {
+        if let Some(value) = value {
+            flag(name, value);
+        }
+    }
+    args
+}
+
 fn run(mut cli: Cli) -> anyhow::Result<()> {
     let look_at = cli.look_at.as_deref().map(parse_look_at).transpose()?;
     let timezone = timezone_flag(cli.timezone.as_deref())?;
     let map_load = map_load(&cli);
-    let command = cli.command.take().unwrap_or(Command::Run);
+    let command = match cli.command.take() {
+        Some(command) => command,
+        None if cli.briefing => Command::Briefing {
+            out: None,
+            since: None,
+            until: None,
+            size: "1920x1080".into(),
+            presenter: false,
+            screenshot_dir: None,
+        },
+        None => Command::Run,
+    };
     // (`bench hub` makes halls of its own on the server it is given.)
     if cli.nats.is_some() != cli.hall.is_some()
         && !matches!(command, Command::Bench(BenchCommand::Hub { .. }))
@@ -1672,6 +1737,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let mut desk = desk_setup(&cli, true)?;
             desk.hall = hall_console(&cli)?;
+            let briefing = briefing_command(&cli);
             app::run(AppOptions {
                 map: cli.map,
                 map_load: map_load.clone(),
@@ -1682,6 +1748,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 ui_scale: cli.ui_scale,
                 timezone,
                 screenshot: None,
+                briefing: Some(briefing),
                 desk: Some(desk),
                 drill: None,
                 history: (!cli.no_history).then(|| cli.history.clone()),
@@ -1693,6 +1760,8 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             since,
             until,
             size,
+            presenter,
+            screenshot_dir,
         } => {
             use zhongshu::dispatch::ops;
             let time = |flag: &str, text: Option<String>| -> anyhow::Result<Option<i64>> {
@@ -1756,18 +1825,28 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 deck.slides.len(),
                 deck.incident_ids().len()
             );
+            let (screenshots, mode) = match out {
+                Some(out) => (
+                    Some((out.clone(), size)),
+                    app::wall::BriefingMode::Write { out },
+                ),
+                None => (
+                    screenshot_dir.map(|dir| (dir, size)),
+                    app::wall::BriefingMode::Present { presenter },
+                ),
+            };
             app::wall::run(app::wall::WallRun {
                 map: cli.map,
                 map_load: map_load.clone(),
                 feeds: None,
                 timezone,
                 layout: None,
-                screenshots: Some((out.clone(), size)),
+                screenshots,
                 log: None,
                 hall: None,
                 ui_scale: cli.ui_scale,
                 bench_secs: None,
-                briefing: Some(app::wall::BriefingRun { deck, book, out }),
+                briefing: Some(app::wall::BriefingRun { deck, book, mode }),
             })
         }
         Command::Wall {
@@ -1851,6 +1930,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            let briefing = briefing_command(&cli);
             app::run(AppOptions {
                 map: cli.map,
                 map_load: map_load.clone(),
@@ -1866,6 +1946,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 // Read by the timeline, standing at --at; nothing is recorded.
                 history: past.as_ref().map(|_| history.clone()),
                 past,
+                briefing: Some(briefing),
             })
         }
         Command::MapInfo { path } => map_info(&path, &map_load, timezone),

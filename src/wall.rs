@@ -80,6 +80,23 @@ pub enum TileKind {
         lines: Vec<String>,
         notes: Vec<String>,
     },
+    /// A presented briefing's presenter view (made by the briefing): where the talk
+    /// is, the notes, what comes next.
+    Presenter(Box<PresenterView>),
+}
+
+/// What the presenter sees beside the slide shown.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PresenterView {
+    /// The slide shown, from 0.
+    pub index: usize,
+    pub count: usize,
+    pub title: String,
+    pub notes: Vec<String>,
+    /// The next slide's title; `None` on the last.
+    pub next: Option<String>,
+    /// Every slide's title, in order.
+    pub outline: Vec<String>,
 }
 
 impl TileKind {
@@ -105,6 +122,7 @@ impl TileKind {
             Self::Feeds => "feeds",
             Self::Tour { .. } => "tour",
             Self::Slide { .. } => "slide",
+            Self::Presenter(_) => "presenter",
         }
     }
 
@@ -128,6 +146,7 @@ impl TileKind {
             Self::Feeds => "Data health 数据健康",
             Self::Tour { .. } => "Tour 巡视",
             Self::Slide { .. } => "Briefing 简报",
+            Self::Presenter(_) => "Presenter 演讲者视图",
         }
     }
 }
@@ -1132,7 +1151,7 @@ pub fn tile_banner(kind: &TileKind, data: &DataState) -> Option<String> {
         TileKind::Kpi | TileKind::Trends => feeds(None),
         TileKind::Incidents | TileKind::Orders => book(),
         // The data health shows every feed's state itself; a slide is of the record.
-        TileKind::Feeds | TileKind::Slide { .. } => None,
+        TileKind::Feeds | TileKind::Slide { .. } | TileKind::Presenter(_) => None,
     }
 }
 

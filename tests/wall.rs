@@ -424,3 +424,84 @@ fn a_briefing_writes_a_slide_each_and_a_pdf_of_them() {
         );
     }
 }
+
+#[test]
+fn a_presented_briefing_shows_the_slide_to_the_room_and_the_notes_to_the_presenter() {
+    let dir = scratch_dir("presented");
+    let db = dir.join("events.db");
+    prepared_log(&db);
+    let _timed = crate::timed();
+    let mut cmd = crate::zhongshu_with_display();
+    let out = cmd
+        .current_dir(&dir)
+        .args(["briefing", "--db"])
+        .arg(&db)
+        .args([
+            "--presenter",
+            "--screenshot-dir",
+            "shots",
+            "--size",
+            "960x540",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "briefing failed: {stderr}");
+    let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(reports.len(), 2, "{reports:?}\n{stderr}");
+    // The room sees the first slide: the city and the overview, without the notes.
+    let slide = &reports[0];
+    assert_eq!(slide["tiles"][0]["kind"], "map", "{slide}");
+    assert_eq!(slide["tiles"][1]["kind"], "slide", "{slide}");
+    let lines = slide["tiles"][1]["shows"].to_string();
+    assert!(lines.contains("3 incidents raised"), "{lines}");
+    // The presenter sees where the talk is, the notes and the next slide.
+    let presenter = &reports[1]["tiles"][0];
+    assert_eq!(presenter["kind"], "presenter", "{presenter}");
+    assert_eq!(presenter["shows"]["slide"], 1);
+    assert_eq!(presenter["shows"]["slides"], 7);
+    assert!(
+        !presenter["shows"]["notes"].as_array().unwrap().is_empty(),
+        "{presenter}"
+    );
+    assert!(
+        presenter["shows"]["next"]
+            .as_str()
+            .is_some_and(|t| t.contains("Incidents")),
+        "{presenter}"
+    );
+    for file in ["screen-1-slide-1.png", "screen-2-presenter.png"] {
+        let image = image::open(dir.join("shots").join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .to_rgb8();
+        assert_eq!((image.width(), image.height()), (960, 540));
+        let white = image
+            .pixels()
+            .filter(|p| p.0.iter().all(|c| *c > 200))
+            .count();
+        assert!(white > 300, "{file} has no text: {white} px");
+    }
+    // `zhongshu --briefing` is the same briefing (here: its log is missing).
+    let out = zhongshu()
+        .current_dir(&dir)
+        .args(["--briefing", "--db", "/nowhere/events.db"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no event log"), "{stderr}");
+    // A presented briefing writes no deck: --out and --presenter do not go together.
+    let out = zhongshu()
+        .args(["briefing", "--out", "x", "--presenter"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

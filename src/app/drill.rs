@@ -107,6 +107,7 @@ pub fn run(
         }),
         history: None,
         past: None,
+        briefing: None,
     })?;
     let outcome = outcome
         .lock()

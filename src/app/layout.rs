@@ -684,12 +684,14 @@ mod shell_tests {
                     ui,
                     map,
                     time,
-                    NOW,
-                    false,
-                    true,
-                    steward_open,
-                    desk_shown,
-                    false,
+                    &super::super::ui::TopBar {
+                        now_ms: NOW,
+                        demo: true,
+                        steward_open,
+                        desk_open: desk_shown,
+                        briefing: Some(super::super::briefing_launch::BriefingState::Ready),
+                        ..Default::default()
+                    },
                     out,
                 )
             }),

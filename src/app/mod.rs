@@ -3,6 +3,7 @@
 
 pub mod bench_desk;
 pub mod bench_markers;
+pub mod briefing_launch;
 pub mod camera;
 pub mod desk;
 pub mod desk_ui;
@@ -64,6 +65,9 @@ pub struct AppOptions {
     /// Show the city as it stood at a past instant (`screenshot --at`): this recorded
     /// state instead of the feeds, and the clock stopped at its instant.
     pub past: Option<std::sync::Arc<crate::history::Snapshot>>,
+    /// How the desk presents the briefing (the top bar's button, F5): the program
+    /// and arguments of a `zhongshu briefing` on the same map and log.
+    pub briefing: Option<Vec<std::ffi::OsString>>,
 }
 
 /// The one clock the views read: now, or the past instant shown.
@@ -283,6 +287,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         labels::plugin,
         timeline::plugin,
         operations::plugin,
+        briefing_launch::plugin,
     ));
     // The timeline reads the history the window records; a screenshot of the past
     // stands paused at its instant.
@@ -322,6 +327,9 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     }
     if let Some(setup) = options.desk {
         app.insert_resource(setup);
+    }
+    if let Some(command) = options.briefing {
+        app.insert_resource(briefing_launch::BriefingLauncher::new(command));
     }
     if options.steward {
         app.world_mut()

@@ -41,6 +41,8 @@ pub enum UiCommand {
     ToggleSteward,
     /// The hub operations window (运营).
     ToggleOperations,
+    /// Present the leaders' briefing (F5).
+    StartBriefing,
     /// The steward window's own close button.
     CloseSteward,
     ToggleDesk,
@@ -104,6 +106,7 @@ struct ShellView<'w, 's> {
     governance: Res<'w, super::steward::Governance>,
     operations: Res<'w, super::operations::HubOps>,
     timeline: Option<Res<'w, super::timeline::Timeline>>,
+    briefing: Option<Res<'w, super::briefing_launch::BriefingLauncher>>,
     ui_scale: Query<'w, 's, &'static super::WindowUiScale, With<bevy::window::PrimaryWindow>>,
 }
 
@@ -270,21 +273,17 @@ fn shell_ui(
             add: Box::new(move |ui, out| inspector_ui(ui, map, index, out)),
         });
     }
+    let bar = TopBar {
+        now_ms,
+        as_of,
+        demo,
+        steward_open,
+        desk_open,
+        operations_open,
+        briefing: view.briefing.as_ref().map(|b| b.state()),
+    };
     let content = ShellContent {
-        top_bar: Box::new(|ui, out| {
-            top_bar_ui(
-                ui,
-                map,
-                time,
-                now_ms,
-                as_of,
-                demo,
-                steward_open,
-                desk_open,
-                operations_open,
-                out,
-            )
-        }),
+        top_bar: Box::new(|ui, out| top_bar_ui(ui, map, time, &bar, out)),
         hall_bar: has_hall.then(|| -> Bar<'_> {
             Box::new(|ui, _| {
                 if let Some(link) = desk.borrow().as_ref().and_then(|d| d.hall.as_ref()) {
@@ -433,18 +432,36 @@ fn hall_bar_ui(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// What the top bar shows besides the city.
+#[derive(Clone, Debug, Default)]
+pub struct TopBar {
+    pub now_ms: i64,
+    /// The clock shows a past instant (replay).
+    pub as_of: bool,
+    pub demo: bool,
+    pub steward_open: bool,
+    pub desk_open: bool,
+    pub operations_open: bool,
+    /// The briefing button, when this window can start one.
+    pub briefing: Option<super::briefing_launch::BriefingState>,
+}
+
 pub fn top_bar_ui(
     ui: &mut egui::Ui,
     map: &CityMap,
     time: &CityTime,
-    now_ms: i64,
-    as_of: bool,
-    demo: bool,
-    steward_open: bool,
-    desk_open: bool,
-    operations_open: bool,
+    bar: &TopBar,
     out: &mut Vec<UiCommand>,
 ) {
+    let TopBar {
+        now_ms,
+        as_of,
+        demo,
+        steward_open,
+        desk_open,
+        operations_open,
+        ref briefing,
+    } = *bar;
     let bar_width = ui.available_width();
     ui.horizontal(|ui| {
         // The clock and the toggles are laid out first, from the right, so they always
@@ -507,11 +524,40 @@ pub fn top_bar_ui(
             // On a narrow bar the toggles keep only their Chinese names (the
             // English on hover), so neither is pushed off the bar.
             let narrow = bar_width < 640.0;
-            let (dispatch, steward, operations) = if narrow {
-                ("调度", "治理", "运营")
+            let (dispatch, steward, operations, briefing_label) = if narrow {
+                ("调度", "治理", "运营", "简报")
             } else {
-                ("Dispatch 指挥调度", "Data steward 数据治理", "Operations 运营")
+                (
+                    "Dispatch 指挥调度",
+                    "Data steward 数据治理",
+                    "Operations 运营",
+                    "Briefing 简报",
+                )
             };
+            if let Some(state) = briefing {
+                use super::briefing_launch::BriefingState;
+                let running = *state == BriefingState::Running;
+                let hover = match state {
+                    BriefingState::Ready => {
+                        "Present the last shift's briefing full screen (F5); → next, ← previous, Esc ends".to_string()
+                    }
+                    BriefingState::Running => "The briefing is being presented".to_string(),
+                    BriefingState::Failed(why) => why.clone(),
+                };
+                let text = match state {
+                    BriefingState::Failed(_) => {
+                        egui::RichText::new(format!("⚠ {briefing_label}")).color(theme::WARN)
+                    }
+                    _ => egui::RichText::new(briefing_label),
+                };
+                if ui
+                    .selectable_label(running, text)
+                    .on_hover_text(hover)
+                    .clicked()
+                {
+                    out.push(UiCommand::StartBriefing);
+                }
+            }
             if ui
                 .selectable_label(desk_open, dispatch)
                 .on_hover_text("Dispatch 指挥调度")
@@ -1461,6 +1507,7 @@ fn apply_ui_commands(
     city: Res<City>,
     mut desk: Option<ResMut<super::desk::Desk>>,
     mut timeline: Option<ResMut<super::timeline::Timeline>>,
+    mut briefing: Option<ResMut<super::briefing_launch::BriefingLauncher>>,
 ) {
     for command in pending.0.drain(..) {
         match command {
@@ -1495,6 +1542,11 @@ fn apply_ui_commands(
             }
             UiCommand::ToggleSteward => governance.steward_open = !governance.steward_open,
             UiCommand::ToggleOperations => operations.open = !operations.open,
+            UiCommand::StartBriefing => {
+                if let Some(launcher) = briefing.as_deref_mut() {
+                    launcher.start();
+                }
+            }
             UiCommand::CloseSteward => governance.steward_open = false,
             UiCommand::SetDomain(domain, on) => {
                 domains.0.insert(domain, on);

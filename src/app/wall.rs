@@ -66,11 +66,111 @@ pub struct WallRun {
     pub briefing: Option<BriefingRun>,
 }
 
-/// A deck to write: its slides, the book its pins come from, where to.
+/// A deck to write or present: its slides, the book its pins come from.
 pub struct BriefingRun {
     pub deck: crate::briefing::Deck,
     pub book: Book,
-    pub out: PathBuf,
+    pub mode: BriefingMode,
+}
+
+/// What becomes of a briefing.
+pub enum BriefingMode {
+    /// `briefing --out DIR`: a PNG per slide, then the PDF, then exit.
+    Write { out: PathBuf },
+    /// `zhongshu --briefing`, `briefing` without `--out`: shown full screen, moved by
+    /// the presenter's keys; the presenter's view on a second monitor (with
+    /// `presenter`, in a window when there is none).
+    Present { presenter: bool },
+}
+
+/// A briefing being presented: the slides as shown (no notes), where the talk is.
+#[derive(Resource)]
+pub struct Presenting {
+    deck: crate::briefing::Deck,
+    slides: Vec<crate::wall::Screen>,
+    pub talk: crate::briefing::Talk,
+    /// `--presenter`: the presenter's view even without a second monitor.
+    presenter_always: bool,
+    /// The presenter closed that window: not opened again.
+    presenter_dismissed: bool,
+    presenter_shown: Option<bool>,
+    started: Instant,
+}
+
+impl Presenting {
+    fn screens(&self, presenter: bool) -> Vec<crate::wall::Screen> {
+        let i = self.talk.index;
+        let mut screens: Vec<_> = self.slides.get(i).cloned().into_iter().collect();
+        if presenter && !self.deck.slides.is_empty() {
+            screens.push(crate::briefing::presenter_screen(&self.deck, i));
+        }
+        screens
+    }
+}
+
+/// The presenter's keys: → ↓ PageDown Space Enter N next; ← ↑ PageUp Backspace P
+/// previous (clickers send PageUp/PageDown); Home or F5 first; End last.
+pub fn presenter_go(keys: &ButtonInput<KeyCode>) -> Option<crate::briefing::Go> {
+    use crate::briefing::Go;
+    const NEXT: [KeyCode; 6] = [
+        KeyCode::ArrowRight,
+        KeyCode::ArrowDown,
+        KeyCode::PageDown,
+        KeyCode::Space,
+        KeyCode::Enter,
+        KeyCode::KeyN,
+    ];
+    const PREVIOUS: [KeyCode; 5] = [
+        KeyCode::ArrowLeft,
+        KeyCode::ArrowUp,
+        KeyCode::PageUp,
+        KeyCode::Backspace,
+        KeyCode::KeyP,
+    ];
+    if keys.any_just_pressed(NEXT) {
+        Some(Go::Next)
+    } else if keys.any_just_pressed(PREVIOUS) {
+        Some(Go::Previous)
+    } else if keys.any_just_pressed([KeyCode::Home, KeyCode::F5]) {
+        Some(Go::First)
+    } else if keys.just_pressed(KeyCode::End) {
+        Some(Go::Last)
+    } else {
+        None
+    }
+}
+
+/// Moves the talk on the presenter's keys (Esc ends it), and opens or closes the
+/// presenter's view as a second monitor comes and goes.
+fn present(
+    keys: Res<ButtonInput<KeyCode>>,
+    monitors: Query<(), With<Monitor>>,
+    windows: Query<&WallWindow>,
+    mut presenting: ResMut<Presenting>,
+    mut wall: ResMut<Wall>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    if keys.just_pressed(KeyCode::Escape) {
+        exit.write(AppExit::Success);
+        return;
+    }
+    // Its window closed: the presenter does not want it.
+    if presenting.presenter_shown == Some(true)
+        && wall.built == Some(wall.generation)
+        && !windows.iter().any(|w| w.screen == 1)
+    {
+        presenting.presenter_dismissed = true;
+    }
+    let moved = presenter_go(&keys).is_some_and(|go| presenting.talk.go(go));
+    let presenter = !presenting.presenter_dismissed
+        && (presenting.presenter_always || monitors.iter().count() >= 2);
+    if !moved && presenting.presenter_shown == Some(presenter) {
+        return;
+    }
+    presenting.presenter_shown = Some(presenter);
+    wall.layout.screens = presenting.screens(presenter);
+    wall.slide = Some((presenting.talk.index, presenting.talk.count));
+    wall.generation += 1;
 }
 
 /// The slides left to draw, and what was written.
@@ -83,6 +183,23 @@ struct DeckShots {
     settled: u32,
     in_flight: bool,
     written: Vec<PathBuf>,
+}
+
+fn deck_to_write(deck: crate::briefing::Deck, out: PathBuf) -> DeckShots {
+    DeckShots {
+        out,
+        screens: deck
+            .slides
+            .iter()
+            .enumerate()
+            .map(|(i, s)| crate::briefing::slide_screen(s, i, true))
+            .collect(),
+        incidents: deck.incident_ids().into_iter().map(String::from).collect(),
+        index: 0,
+        settled: 0,
+        in_flight: false,
+        written: Vec::new(),
+    }
 }
 
 /// Draws the slides one after the other: each once its map has flown to its view,
@@ -157,6 +274,7 @@ fn play_deck(
             shots.settled = 0;
             if let Some(next) = shots.screens.get(shots.index) {
                 wall.layout.screens = vec![next.clone()];
+                wall.slide = Some((shots.index, shots.screens.len()));
                 wall.generation += 1;
                 return;
             }
@@ -344,8 +462,8 @@ pub struct Wall {
     ui_scale: f32,
     windowed: Option<(u32, u32)>,
     started: Instant,
-    /// Drawing a briefing of this many slides (one after the other).
-    briefing: Option<usize>,
+    /// A briefing's slide shown, from 0, and the number of slides.
+    slide: Option<(usize, usize)>,
 }
 
 /// A screen's window.
@@ -424,8 +542,10 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot make the folder {}: {e}", dir.display()))?;
     }
     // A briefing's folder holds one deck: the slides and PDF of an earlier one go first.
-    if run.briefing.is_some()
-        && let Some((dir, _)) = &run.screenshots
+    if let Some(BriefingRun {
+        mode: BriefingMode::Write { out: dir },
+        ..
+    }) = &run.briefing
     {
         crate::briefing::clear_deck(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
@@ -454,43 +574,52 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         data.books = Some(PastBooks::start(open, config)?);
     }
     // A briefing draws the record: its book, the first slide's screen, no feeds.
-    let deck_shots = run.briefing.map(|b| {
+    let mut deck_shots = None;
+    let mut presenting = None;
+    let slide_count = run.briefing.as_ref().map(|b| b.deck.slides.len());
+    if let Some(b) = run.briefing {
         data.book = Some(b.book);
         data.read_at = Some(Instant::now());
-        DeckShots {
-            out: b.out,
-            screens: b
-                .deck
-                .slides
-                .iter()
-                .enumerate()
-                .map(|(i, s)| crate::briefing::slide_screen(s, i))
-                .collect(),
-            incidents: b
-                .deck
-                .incident_ids()
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            index: 0,
-            settled: 0,
-            in_flight: false,
-            written: Vec::new(),
+        match b.mode {
+            BriefingMode::Write { out } => deck_shots = Some(deck_to_write(b.deck, out)),
+            BriefingMode::Present { presenter } => {
+                presenting = Some(Presenting {
+                    slides: b
+                        .deck
+                        .slides
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| crate::briefing::slide_screen(s, i, false))
+                        .collect(),
+                    talk: crate::briefing::Talk::new(b.deck.slides.len()),
+                    deck: b.deck,
+                    presenter_always: presenter,
+                    presenter_dismissed: false,
+                    presenter_shown: None,
+                    started: Instant::now(),
+                })
+            }
         }
-    });
-    let feeds = if deck_shots.is_some() {
+    }
+    let feeds = if slide_count.is_some() {
         Vec::new()
     } else {
         feeds
     };
-    let layout = match &deck_shots {
-        Some(d) => Some(WallLayout {
+    let layout = match (&deck_shots, &presenting) {
+        (Some(d), _) => Some(WallLayout {
             source: None,
             screens: d.screens.first().cloned().into_iter().collect(),
             bookmarks: Vec::new(),
         }),
-        None => run.layout.clone(),
+        (_, Some(p)) => Some(WallLayout {
+            source: None,
+            screens: p.screens(p.presenter_always),
+            bookmarks: Vec::new(),
+        }),
+        (None, None) => run.layout.clone(),
     };
+
     let default_layout = layout.is_none();
     let watch = layout
         .as_ref()
@@ -554,7 +683,7 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         ui_scale: run.ui_scale,
         windowed: run.screenshots.as_ref().map(|(_, size)| *size),
         started,
-        briefing: deck_shots.as_ref().map(|d| d.screens.len()),
+        slide: slide_count.map(|n| (0, n)),
     })
     .insert_resource(data)
     .insert_resource(DefaultLayout(default_layout))
@@ -580,7 +709,8 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
                 .in_set(AppSystems::Input),
             wall_data.in_set(AppSystems::Apply),
             steer_map_cameras.in_set(AppSystems::SyncScene),
-            exit_when_closed,
+            // After the windows of a new layout are made (their commands applied).
+            exit_when_closed.after(build_screens),
         ),
     )
     .add_systems(PostUpdate, tag_render_layers);
@@ -602,14 +732,20 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         .add_systems(First, bench_frame_start)
         .add_systems(Last, bench_frame_end.after(super::ready::track_readiness));
     }
-    let briefing = deck_shots.is_some();
+    let writing = deck_shots.is_some();
     if let Some(shots) = deck_shots {
         app.insert_resource(shots)
             .add_systems(Last, play_deck.after(super::ready::track_readiness));
     }
+    if let Some(presenting) = presenting {
+        app.insert_resource(presenting).add_systems(
+            Update,
+            present.before(watch_layout).in_set(AppSystems::Input),
+        );
+    }
     if let Some((dir, _)) = run
         .screenshots
-        .filter(|_| run.bench_secs.is_none() && !briefing)
+        .filter(|_| run.bench_secs.is_none() && !writing)
     {
         app.insert_resource(WallShots {
             dir,
@@ -761,7 +897,11 @@ fn build_screens(
                 screen.name
             );
         }
-        let title = format!("中枢 Zhongshu wall — {}", screen.name);
+        let title = match wall.slide {
+            Some(_) if si == 0 => "中枢 Zhongshu briefing 简报".to_string(),
+            Some(_) => "中枢 Zhongshu briefing 简报 — presenter 演讲者视图".to_string(),
+            None => format!("中枢 Zhongshu wall — {}", screen.name),
+        };
         let window = match existing[si] {
             Some(e) => {
                 commands.entity(e).insert(WallWindow {
@@ -1182,10 +1322,16 @@ fn steer_map_cameras(
 /// The wall's windows all closed by hand: the process ends.
 fn exit_when_closed(
     wall: Res<Wall>,
-    windows: Query<(), With<WallWindow>>,
+    windows: Query<&WallWindow>,
+    presenting: Option<Res<Presenting>>,
     mut exit: MessageWriter<AppExit>,
 ) {
-    if wall.built.is_some() && windows.is_empty() {
+    // A briefing ends with its slides' window (the presenter's may be closed alone).
+    let shown = match presenting {
+        Some(_) => windows.iter().any(|w| w.screen == 0),
+        None => !windows.is_empty(),
+    };
+    if wall.built == Some(wall.generation) && !shown {
         exit.write(AppExit::Success);
     }
 }
@@ -1201,6 +1347,7 @@ struct ScreenView<'w, 's> {
     live: Option<Res<'w, Live>>,
     time: Res<'w, LocalTime>,
     city: Res<'w, City>,
+    presenting: Option<Res<'w, Presenting>>,
 }
 
 /// The type size of the wall's body text on a window `height` logical pixels tall: a
@@ -1272,6 +1419,12 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
             TileKind::Feeds => feeds_ui(&mut ui, &view.data.state),
             TileKind::Trends => trends_ui(&mut ui, &view.data, screen, ti),
             TileKind::Slide { lines, notes } => slide_ui(&mut ui, lines, notes),
+            TileKind::Presenter(p) => presenter_ui(
+                &mut ui,
+                p,
+                view.presenting.as_ref().map(|p| p.started.elapsed()),
+                &view.time.0.time_of_day(crate::clock::unix_ms_now()),
+            ),
             _ => {}
         }
         if let (Some(cam), Some(book), Some(map)) = (
@@ -1295,9 +1448,9 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
     if let Some(m) = &wall_window.missing_monitor {
         notes.push(format!("{m} not connected 显示器未连接: shown in a window"));
     }
-    let clock = match view.wall.briefing {
+    let clock = match view.wall.slide {
         // A slide is of the record: its number, not the time it was drawn.
-        Some(slides) => format!("{} / {slides}", view.wall.generation + 1),
+        Some((i, slides)) => format!("{} / {slides}", i + 1),
         None => view.time.0.time_of_day(now_ms),
     };
     egui::Area::new(egui::Id::new(("wall-clock", screen)))
@@ -1410,6 +1563,108 @@ fn slide_ui(ui: &mut egui::Ui, lines: &[String], notes: &[String]) {
             );
         }
     }
+}
+
+/// The presenter's view: where the talk is and for how long, the notes in reading
+/// size, what comes next, the whole deck, the keys.
+fn presenter_ui(
+    ui: &mut egui::Ui,
+    p: &crate::wall::PresenterView,
+    elapsed: Option<Duration>,
+    clock: &str,
+) {
+    ui.horizontal(|ui| {
+        ui.label(
+            egui::RichText::new(format!("{} / {}", p.index + 1, p.count))
+                .size(22.0)
+                .color(egui::Color32::WHITE)
+                .strong(),
+        );
+        ui.add_space(12.0);
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            let secs = elapsed.map_or(0, |d| d.as_secs());
+            ui.label(
+                egui::RichText::new(format!("{clock}   ⏱ {:02}:{:02}", secs / 60, secs % 60))
+                    .size(18.0)
+                    .color(theme::ACCENT),
+            );
+            ui.add(
+                egui::Label::new(
+                    egui::RichText::new(&p.title)
+                        .size(18.0)
+                        .color(egui::Color32::WHITE),
+                )
+                .truncate(),
+            );
+        });
+    });
+    ui.separator();
+    let rest = ui.available_height();
+    ui.columns(2, |cols| {
+        let notes = &mut cols[0];
+        notes.label(
+            egui::RichText::new("Notes 备注")
+                .color(theme::MUTED)
+                .strong(),
+        );
+        if p.notes.is_empty() {
+            notes.label(egui::RichText::new("(none)").color(theme::MUTED));
+        }
+        egui::ScrollArea::vertical()
+            .id_salt("presenter-notes")
+            .max_height(rest * 0.8)
+            .show(notes, |ui| {
+                for n in &p.notes {
+                    ui.add(
+                        egui::Label::new(
+                            egui::RichText::new(n)
+                                .size(16.0)
+                                .color(egui::Color32::WHITE),
+                        )
+                        .wrap(),
+                    );
+                    ui.add_space(4.0);
+                }
+            });
+        let side = &mut cols[1];
+        side.label(
+            egui::RichText::new("Next 下一张")
+                .color(theme::MUTED)
+                .strong(),
+        );
+        side.add(
+            egui::Label::new(
+                egui::RichText::new(p.next.as_deref().unwrap_or("End of the briefing 简报结束"))
+                    .size(16.0)
+                    .color(egui::Color32::WHITE),
+            )
+            .wrap(),
+        );
+        side.add_space(10.0);
+        side.label(
+            egui::RichText::new("Slides 目录")
+                .color(theme::MUTED)
+                .strong(),
+        );
+        for (i, title) in p.outline.iter().enumerate() {
+            let text = egui::RichText::new(format!("{:>2}  {title}", i + 1)).size(11.0);
+            let text = if i == p.index {
+                text.color(theme::ACCENT).strong()
+            } else {
+                text.color(theme::MUTED)
+            };
+            side.add(egui::Label::new(text).truncate());
+        }
+    });
+    ui.with_layout(egui::Layout::bottom_up(egui::Align::Min), |ui| {
+        ui.label(
+            egui::RichText::new(
+                "→ ↓ PageDown Space: next · ← ↑ PageUp: previous · Home: first · End: last · Esc: end",
+            )
+            .size(10.0)
+            .color(theme::MUTED),
+        );
+    });
 }
 
 fn tile_heading(ui: &mut egui::Ui, tile: &crate::wall::Tile, caption: Option<&str>, map: bool) {
@@ -1886,6 +2141,13 @@ fn tile_report(
         }),
         TileKind::Trends => serde_json::json!({ "samples": data.signs.len() }),
         TileKind::Slide { lines, .. } => serde_json::json!(lines),
+        TileKind::Presenter(p) => serde_json::json!({
+            "slide": p.index + 1,
+            "slides": p.count,
+            "title": p.title,
+            "notes": p.notes,
+            "next": p.next,
+        }),
         TileKind::Map(_) | TileKind::Hotspot(_) | TileKind::Tour { .. } => {
             serde_json::json!(caption)
         }
@@ -2059,6 +2321,36 @@ mod tests {
         assert_eq!(wall_zoom(2160.0, 1.0), 4.0);
         assert_eq!(wall_zoom(300.0, 1.0), 1.0);
         assert_eq!(wall_zoom(1080.0, 1.5), 3.0);
+    }
+
+    #[test]
+    fn the_presenters_keys_and_a_clickers_move_the_talk() {
+        use crate::briefing::Go;
+        let go = |key: KeyCode| {
+            let mut keys = ButtonInput::<KeyCode>::default();
+            keys.press(key);
+            presenter_go(&keys)
+        };
+        for key in [
+            KeyCode::ArrowRight,
+            KeyCode::PageDown,
+            KeyCode::Space,
+            KeyCode::Enter,
+        ] {
+            assert_eq!(go(key), Some(Go::Next), "{key:?}");
+        }
+        for key in [KeyCode::ArrowLeft, KeyCode::PageUp, KeyCode::Backspace] {
+            assert_eq!(go(key), Some(Go::Previous), "{key:?}");
+        }
+        assert_eq!(go(KeyCode::Home), Some(Go::First));
+        assert_eq!(go(KeyCode::F5), Some(Go::First));
+        assert_eq!(go(KeyCode::End), Some(Go::Last));
+        assert_eq!(go(KeyCode::KeyW), None);
+        // Held down, a key moves once.
+        let mut keys = ButtonInput::<KeyCode>::default();
+        keys.press(KeyCode::PageDown);
+        keys.clear();
+        assert_eq!(presenter_go(&keys), None);
     }
 
     #[test]
