@@ -356,6 +356,7 @@ fn a_briefing_writes_a_slide_each_and_a_pdf_of_them() {
     let slides = report["slides"].as_array().unwrap();
     assert_eq!(slides.len(), 7, "{report}");
     assert_eq!(report["pages"], 7);
+    let mut previous: Option<image::RgbImage> = None;
     for (i, slide) in slides.iter().enumerate() {
         let path = dir.join(slide.as_str().unwrap());
         assert!(
@@ -371,6 +372,12 @@ fn a_briefing_writes_a_slide_each_and_a_pdf_of_them() {
             .filter(|p| p.0.iter().all(|c| *c > 200))
             .count();
         assert!(white > 300, "slide {} has no text: {white} px", i + 1);
+        // Each picture is its own slide's, never the one before it again (the next
+        // slide is drawn while a picture is written).
+        if let Some(before) = &previous {
+            assert_ne!(before, &image, "slide {} repeats slide {}", i + 1, i);
+        }
+        previous = Some(image);
     }
     let pdf = std::fs::read(dir.join("deck/briefing.pdf")).unwrap();
     assert!(pdf.starts_with(b"%PDF-"));

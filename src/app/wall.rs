@@ -179,37 +179,46 @@ struct DeckShots {
     out: PathBuf,
     screens: Vec<crate::wall::Screen>,
     incidents: Vec<String>,
+    /// The slide shown now (all asked for when it is the number of slides).
     index: usize,
+    /// Frames the slide shown has been whole.
     settled: u32,
-    in_flight: bool,
-    written: Vec<PathBuf>,
+    /// The pictures written, by slide.
+    written: Vec<Option<PathBuf>>,
+    failed: bool,
 }
 
 fn deck_to_write(deck: crate::briefing::Deck, out: PathBuf) -> DeckShots {
+    let screens: Vec<_> = deck
+        .slides
+        .iter()
+        .enumerate()
+        .map(|(i, s)| crate::briefing::slide_screen(s, i, true))
+        .collect();
     DeckShots {
         out,
-        screens: deck
-            .slides
-            .iter()
-            .enumerate()
-            .map(|(i, s)| crate::briefing::slide_screen(s, i, true))
-            .collect(),
+        written: vec![None; screens.len()],
+        screens,
         incidents: deck.incident_ids().into_iter().map(String::from).collect(),
         index: 0,
         settled: 0,
-        in_flight: false,
-        written: Vec::new(),
+        failed: false,
     }
 }
 
-/// Draws the slides one after the other: each once its map has flown to its view,
-/// then the PDF of them all.
+/// Frames a slide is drawn whole before its picture is taken: the one its cameras
+/// are made in, and one more.
+const SLIDE_SETTLE_FRAMES: u32 = 2;
+
+/// Draws the slides one after the other: each once its map is in place and its text
+/// drawn, its picture taken of that frame while the next slide is drawn; then the PDF
+/// of them all.
 #[allow(clippy::too_many_arguments)]
 fn play_deck(
     mut commands: Commands,
     time: Res<Time<Real>>,
     ready: Res<super::ready::SceneReady>,
-    wall: Res<Wall>,
+    mut wall: ResMut<Wall>,
     windows: Query<(Entity, &WallWindow)>,
     cameras: Query<&WallMapCamera>,
     ui_cameras: Query<&WallUiCamera>,
@@ -221,7 +230,7 @@ fn play_deck(
         exit.write(AppExit::error());
         return;
     }
-    if shots.in_flight {
+    if shots.index >= shots.screens.len() {
         return;
     }
     let Some((window, _)) = windows.iter().next() else {
@@ -233,30 +242,29 @@ fn play_deck(
             && p.focus.distance(g.focus) < 1.0
             && (p.distance - g.distance).abs() < 1.0
     });
-    if wall.built != Some(wall.generation) || !ready.is_ready() || !arrived {
-        shots.settled = 0;
-        return;
-    }
-    // The new slide's egui context has drawn a few passes (an area is measured on its
-    // first) and its map is in place; then a few whole frames, drawing being a frame
-    // behind the main world.
+    // The screen's egui context has drawn a few passes (an area is measured on its
+    // first; the context stays from slide to slide).
     let drawn = ui_cameras.iter().all(|c| c.drawn >= 3) && !ui_cameras.is_empty();
-    if !drawn {
+    if wall.built != Some(wall.generation) || !ready.is_ready() || !arrived || !drawn {
         shots.settled = 0;
         return;
     }
     shots.settled += 1;
-    if shots.settled < 3 {
+    if shots.settled < SLIDE_SETTLE_FRAMES {
         return;
     }
-    shots.in_flight = true;
-    let out = shots.out.join(format!("slide-{:02}.png", shots.index + 1));
+    // This frame is the slide's picture (the render of this frame's world); the next
+    // slide is made from the next frame on.
+    let index = shots.index;
+    let out = shots.out.join(format!("slide-{:02}.png", index + 1));
     commands.spawn(Screenshot::window(window)).observe(
         move |captured: On<ScreenshotCaptured>,
               started: Res<StartedAt>,
-              mut wall: ResMut<Wall>,
               mut shots: ResMut<DeckShots>,
               mut exit: MessageWriter<AppExit>| {
+            if shots.failed {
+                return;
+            }
             let saved = captured
                 .image
                 .clone()
@@ -265,33 +273,29 @@ fn play_deck(
                 .and_then(|image| image.to_rgb8().save(&out).map_err(|e| e.to_string()));
             if let Err(e) = saved {
                 error!("briefing: cannot write {}: {e}", out.display());
+                shots.failed = true;
                 exit.write(AppExit::error());
                 return;
             }
-            shots.written.push(out.clone());
-            shots.index += 1;
-            shots.in_flight = false;
-            shots.settled = 0;
-            if let Some(next) = shots.screens.get(shots.index) {
-                wall.layout.screens = vec![next.clone()];
-                wall.slide = Some((shots.index, shots.screens.len()));
-                wall.generation += 1;
+            shots.written[index] = Some(out.clone());
+            if shots.written.iter().any(Option::is_none) {
                 return;
             }
+            let written: Vec<PathBuf> = shots.written.iter().flatten().cloned().collect();
             let pdf = shots.out.join("briefing.pdf");
             let partial = shots.out.join(".briefing.pdf.partial");
-            let written = crate::briefing::write_pdf(&shots.written, &partial).and_then(|n| {
+            let result = crate::briefing::write_pdf(&written, &partial).and_then(|n| {
                 std::fs::rename(&partial, &pdf)
                     .map(|_| n)
                     .map_err(|e| format!("{}: {e}", pdf.display()))
             });
-            match written {
+            match result {
                 Ok(pages) => {
                     println!(
                         "{}",
                         serde_json::json!({
                             "out": shots.out.display().to_string(),
-                            "slides": shots.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                            "slides": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                             "pdf": pdf.display().to_string(),
                             "pages": pages,
                             "incidents": shots.incidents,
@@ -307,6 +311,13 @@ fn play_deck(
             }
         },
     );
+    shots.index += 1;
+    shots.settled = 0;
+    if let Some(next) = shots.screens.get(shots.index) {
+        wall.layout.screens = vec![next.clone()];
+        wall.slide = Some((shots.index, shots.screens.len()));
+        wall.generation += 1;
+    }
 }
 
 /// `zhongshu bench wall`: what a wall's frames cost once the city is drawn.
@@ -625,12 +636,21 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|l| l.source.clone())
         .map(LayoutWatch::new);
-    eprintln!(
-        "zhongshu: wall of {} ({}): {} buildings",
-        map.name,
-        layout
+    let what = match (&deck_shots, &presenting) {
+        (Some(_), _) => "slides written".to_string(),
+        (_, Some(_)) => "presented full screen".to_string(),
+        _ => layout
             .as_ref()
             .map_or_else(|| "a screen per monitor".into(), |l| l.describe()),
+    };
+    eprintln!(
+        "zhongshu: {} of {} ({what}): {} buildings",
+        if slide_count.is_some() {
+            "briefing"
+        } else {
+            "wall"
+        },
+        map.name,
         map.buildings.len()
     );
     let mut app = App::new();
@@ -850,7 +870,7 @@ fn build_screens(
     monitors: Query<(Entity, &Monitor)>,
     frames: Res<bevy::diagnostic::FrameCount>,
     windows: Query<(Entity, &WallWindow)>,
-    cameras: Query<Entity, With<WallCamera>>,
+    cameras: Query<(Entity, Option<&WallUiCamera>), With<WallCamera>>,
     rig: Res<CameraRig>,
 ) {
     if wall.built == Some(wall.generation) {
@@ -866,15 +886,23 @@ fn build_screens(
     }
     wall.built = Some(wall.generation);
     wall.monitors_seen = found.clone();
-    for e in &cameras {
-        commands.entity(e).despawn();
-    }
     let mut existing: Vec<Option<Entity>> = vec![None; crate::wall::MAX_SCREENS];
     for (e, w) in &windows {
         if w.screen < wall.layout.screens.len() {
             existing[w.screen] = Some(e);
         } else {
             commands.entity(e).despawn();
+        }
+    }
+    // A screen that keeps its window keeps its egui camera (and its context, fonts
+    // and measured areas): the next slide of a briefing is drawn whole at once.
+    let mut ui_kept = [false; crate::wall::MAX_SCREENS];
+    for (e, ui) in &cameras {
+        match ui {
+            Some(ui) if existing.get(ui.screen).is_some_and(Option::is_some) => {
+                ui_kept[ui.screen] = true;
+            }
+            _ => commands.entity(e).despawn(),
         }
     }
     let screens = wall.layout.screens.clone();
@@ -995,6 +1023,9 @@ fn build_screens(
             ));
         }
         // egui over everything: the tiles' text, headings and banners.
+        if ui_kept[si] {
+            continue;
+        }
         commands.spawn((
             WallCamera,
             WallUiCamera {
@@ -1463,10 +1494,14 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
             } else {
                 ""
             };
-            ui.label(
-                egui::RichText::new(format!("{clock}{hall}"))
-                    .color(theme::MUTED)
-                    .strong(),
+            // Never wrapped to the width it had: "9 / 16" becomes "10 / 16".
+            ui.add(
+                egui::Label::new(
+                    egui::RichText::new(format!("{clock}{hall}"))
+                        .color(theme::MUTED)
+                        .strong(),
+                )
+                .extend(),
             );
         });
     if !notes.is_empty() {
