@@ -13,6 +13,10 @@ use crate::clock::CityTime;
 use crate::dispatch::book::{Book, Incident};
 use crate::dispatch::ops::OpsReport;
 use crate::model::{Domain, Severity};
+use crate::wall::{Bar, Chart, ChartKind, Tone};
+
+/// Instants across the period at which the vital signs are read from the history.
+pub const VITAL_SIGN_INSTANTS: usize = 17;
 
 /// Key incidents shown one slide each, at most.
 pub const MAX_KEY_INCIDENTS: usize = 12;
@@ -36,13 +40,131 @@ pub enum SlideKind {
     Sources,
 }
 
-/// One slide: a heading, lines in large type, and the presenter's notes.
+/// One slide: a heading, lines in large type, details in smaller type, charts, and
+/// the presenter's notes (not shown to the room when presented).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Slide {
     pub kind: SlideKind,
     pub title: String,
     pub lines: Vec<String>,
+    /// Smaller lines below them (a timeline, the figures by kind).
+    pub details: Vec<String>,
     pub notes: Vec<String>,
+    /// Charts beside the lines.
+    pub charts: Vec<Chart>,
+}
+
+/// The city's vital signs at an instant of the period, from the recorded history.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct VitalSample {
+    pub at_ms: i64,
+    /// Share of the judged road length congested, 0–100.
+    pub congestion_pct: Option<f64>,
+    pub mean_aqi: Option<f64>,
+    pub open_alerts: Option<f64>,
+}
+
+/// Instants across a period for its charts over time: `n` of them, ends included.
+pub fn chart_instants(since_ms: i64, until_ms: i64, n: usize) -> Vec<i64> {
+    let n = n.max(2);
+    let span = (until_ms - since_ms).max(0) as f64;
+    (0..n)
+        .map(|k| since_ms + (span * k as f64 / (n - 1) as f64).round() as i64)
+        .collect()
+}
+
+/// The vital signs at `instants` from a recorded history (see
+/// [`crate::history::state_at::kpis_at`]); problems met are returned to be said.
+pub fn vital_signs_from_history(
+    history: &crate::history::History,
+    frame: crate::geo_frame::GeoFrame,
+    instants: &[i64],
+) -> (Vec<VitalSample>, Vec<String>) {
+    let (figures, problems) = crate::history::state_at::kpis_at(history, frame, instants);
+    let samples = figures
+        .into_iter()
+        .map(|(at_ms, k)| VitalSample {
+            at_ms,
+            congestion_pct: k.congestion_index.map(|c| c * 100.0),
+            mean_aqi: k.mean_aqi,
+            open_alerts: Some(k.open_alerts as f64),
+        })
+        .collect();
+    (samples, problems)
+}
+
+/// Open incidents over `[since, until]` at 49 instants (every 10 minutes of a shift).
+pub fn open_incidents_chart(book: &Book, since_ms: i64, until_ms: i64) -> Chart {
+    let at = chart_instants(since_ms, until_ms, 49);
+    let open = crate::wall::open_incidents_at(book, &at);
+    Chart {
+        title: "Open incidents 未结事件".into(),
+        tone: Tone::Neutral,
+        kind: ChartKind::Line(
+            at.into_iter()
+                .zip(open.into_iter().map(|n| n as f64))
+                .collect(),
+        ),
+    }
+}
+
+/// The departments' on-time share and time to sign for (median), a bar each; none
+/// when no department had an order.
+pub fn department_charts(report: &OpsReport) -> Vec<Chart> {
+    if report.departments.is_empty() {
+        return Vec::new();
+    }
+    let bars = |value: &dyn Fn(&crate::dispatch::ops::DepartmentFigures) -> (f64, String)| {
+        ChartKind::Bars(
+            report
+                .departments
+                .iter()
+                .map(|(id, f)| {
+                    let (value, text) = value(f);
+                    Bar {
+                        name: f.name.clone().unwrap_or_else(|| id.clone()),
+                        value,
+                        text,
+                    }
+                })
+                .collect(),
+        )
+    };
+    let charts = vec![
+        Chart {
+            title: "On time 按时率".into(),
+            tone: Tone::Good,
+            kind: bars(&|f| {
+                (
+                    f.on_time_pct.unwrap_or(0.0),
+                    f.on_time_pct.map_or("—".into(), |p| format!("{p:.0}%")),
+                )
+            }),
+        },
+        Chart {
+            title: "Time to sign for, p50 签收用时".into(),
+            tone: Tone::Warn,
+            kind: bars(&|f| {
+                (
+                    f.sign_for_ms.p50.unwrap_or(0) as f64 / 60_000.0,
+                    f.sign_for_ms.p50.map_or("—".into(), minutes),
+                )
+            }),
+        },
+    ];
+    // A chart of nothing known (no order due yet, none signed for) is left out.
+    let known = [
+        report.departments.values().any(|f| f.on_time_pct.is_some()),
+        report
+            .departments
+            .values()
+            .any(|f| f.sign_for_ms.p50.is_some()),
+    ];
+    charts
+        .into_iter()
+        .zip(known)
+        .filter_map(|(c, k)| k.then_some(c))
+        .collect()
 }
 
 /// The deck of a period.
@@ -54,6 +176,54 @@ pub struct Deck {
 }
 
 impl Deck {
+    /// The vital signs over the period, from the recorded history, as charts on the
+    /// overview (before its open incidents); none recorded is said in its notes.
+    pub fn add_vital_signs(&mut self, samples: &[VitalSample]) {
+        let Some(overview) = self
+            .slides
+            .iter_mut()
+            .find(|s| s.kind == SlideKind::Overview)
+        else {
+            return;
+        };
+        let series = |f: fn(&VitalSample) -> Option<f64>| -> Vec<(i64, f64)> {
+            samples
+                .iter()
+                .filter_map(|s| f(s).map(|v| (s.at_ms, v)))
+                .collect()
+        };
+        let charts: Vec<Chart> = [
+            (
+                "Congestion % 拥堵",
+                Tone::Warn,
+                series(|s| s.congestion_pct),
+            ),
+            ("AQI 空气质量", Tone::Good, series(|s| s.mean_aqi)),
+            ("Open alerts 告警", Tone::Alarm, series(|s| s.open_alerts)),
+        ]
+        .into_iter()
+        .filter(|(_, _, points)| !points.is_empty())
+        .map(|(title, tone, points)| Chart {
+            title: title.into(),
+            tone,
+            kind: ChartKind::Line(points),
+        })
+        .collect();
+        if charts.is_empty() {
+            overview.notes.push(
+                "No live history recorded in the period: the vital signs are not charted.".into(),
+            );
+            return;
+        }
+        overview.notes.push(format!(
+            "Vital signs from the recorded history at {} instants.",
+            samples.len()
+        ));
+        let tail = std::mem::take(&mut overview.charts);
+        overview.charts = charts;
+        overview.charts.extend(tail);
+    }
+
     /// The key incidents' ids, in slide order.
     pub fn incident_ids(&self) -> Vec<&str> {
         self.slides
@@ -176,11 +346,13 @@ pub fn deck(
                 }
             ),
         ],
+        details: Vec::new(),
         notes: vec![format!(
             "Figures from the dispatch log ({} events in the period); times in {}.",
             report.events_in_window,
             time.name()
         )],
+        charts: vec![open_incidents_chart(book, since_ms, until_ms)],
     });
     // Incidents by sub-brain and severity.
     let mut by_domain: BTreeMap<Domain, [usize; 4]> = BTreeMap::new();
@@ -212,9 +384,9 @@ pub fn deck(
     if lines.is_empty() {
         lines.push("No incident in the period 本时段无事件".into());
     }
-    let mut notes = Vec::new();
+    let mut details = Vec::new();
     if report.incidents.len() > 8 {
-        notes.push(format!(
+        details.push(format!(
             "The 8 of {} kinds with the most incidents:",
             report.incidents.len()
         ));
@@ -222,7 +394,7 @@ pub fn deck(
     let mut kinds: Vec<_> = report.incidents.iter().collect();
     kinds.sort_by(|a, b| b.count.cmp(&a.count).then(b.severity.cmp(&a.severity)));
     for f in kinds.into_iter().take(8) {
-        notes.push(format!(
+        details.push(format!(
             "{} ({}): {} raised, {} open; first order p50 {}, closed p50 {}",
             f.kind,
             f.severity.label(),
@@ -232,11 +404,61 @@ pub fn deck(
             f.close_ms.p50.map_or("—".into(), minutes),
         ));
     }
+    let mut by_severity = [0usize; 4];
+    for counts in by_domain.values() {
+        for (k, n) in counts.iter().enumerate() {
+            by_severity[k] += n;
+        }
+    }
+    let charts = if in_period.is_empty() {
+        Vec::new()
+    } else {
+        vec![
+            Chart {
+                title: "By sub-brain 按领域".into(),
+                tone: Tone::Neutral,
+                kind: ChartKind::Bars(
+                    by_domain
+                        .iter()
+                        .map(|(d, counts)| {
+                            let n: usize = counts.iter().sum();
+                            Bar {
+                                name: d.label().into(),
+                                value: n as f64,
+                                text: n.to_string(),
+                            }
+                        })
+                        .collect(),
+                ),
+            },
+            Chart {
+                title: "By severity 按等级".into(),
+                tone: Tone::Alarm,
+                kind: ChartKind::Bars(
+                    Severity::ALL
+                        .iter()
+                        .zip(by_severity)
+                        .rev()
+                        .map(|(s, n)| Bar {
+                            name: s.label().into(),
+                            value: n as f64,
+                            text: n.to_string(),
+                        })
+                        .collect(),
+                ),
+            },
+        ]
+    };
     slides.push(Slide {
         kind: SlideKind::Incidents,
         title: "Incidents by sub-brain 各领域事件".into(),
         lines,
-        notes,
+        details,
+        notes: vec![format!(
+            "{} incidents in the period; time to first order and to close are medians by kind.",
+            in_period.len()
+        )],
+        charts,
     });
     for i in key_incidents(book, since_ms, until_ms) {
         let mut lines = vec![format!(
@@ -283,10 +505,20 @@ pub fn deck(
             ),
         });
         let start = i.timeline.len().saturating_sub(TIMELINE_LINES);
-        let notes = i.timeline[start..]
+        let details = i.timeline[start..]
             .iter()
             .map(|t| format!("{} {}: {}", hm(t.at_ms), t.who, t.text))
             .collect();
+        let notes = vec![format!(
+            "{} timeline entries in all{}; {} orders.",
+            i.timeline.len(),
+            if start > 0 {
+                format!(", the latest {TIMELINE_LINES} shown")
+            } else {
+                String::new()
+            },
+            i.orders.len()
+        )];
         slides.push(Slide {
             kind: SlideKind::Incident {
                 id: i.id.clone(),
@@ -295,41 +527,52 @@ pub fn deck(
             },
             title: format!("{} · {}", i.id, i.title),
             lines,
+            details,
             notes,
+            charts: Vec::new(),
         });
     }
     let mut lines: Vec<String> = report
         .departments
         .iter()
         .map(|(id, f)| {
+            // Only what is known: a figure with no order to measure is left out.
+            let mut parts = vec![format!("{} orders", f.orders)];
+            parts.extend(f.on_time_pct.map(|p| format!("{p:.0}% on time")));
+            parts.extend(
+                f.sign_for_ms
+                    .p50
+                    .map(|ms| format!("sign-for p50 {}", minutes(ms))),
+            );
+            parts.extend(f.done_ms.p50.map(|ms| format!("done p50 {}", minutes(ms))));
+            if f.rejected > 0 {
+                parts.push(format!("{} rejected", f.rejected));
+            }
+            if f.escalated > 0 {
+                parts.push(format!("{} escalated", f.escalated));
+            }
             format!(
-                "{}: {} orders · {} on time · sign-for p50 {} · done p50 {}{}{}",
+                "{}: {}",
                 f.name.clone().unwrap_or_else(|| id.clone()),
-                f.orders,
-                f.on_time_pct.map_or("—".into(), |p| format!("{p:.0}%")),
-                f.sign_for_ms.p50.map_or("—".into(), minutes),
-                f.done_ms.p50.map_or("—".into(), minutes),
-                if f.rejected > 0 {
-                    format!(" · {} rejected", f.rejected)
-                } else {
-                    String::new()
-                },
-                if f.escalated > 0 {
-                    format!(" · {} escalated", f.escalated)
-                } else {
-                    String::new()
-                },
+                parts.join(" · ")
             )
         })
         .collect();
     if lines.is_empty() {
         lines.push("No order in the period 本时段无指令".into());
     }
+    let charts = department_charts(report);
     slides.push(Slide {
         kind: SlideKind::Departments,
         title: "Departments 部门处置".into(),
+        charts,
         lines,
-        notes: report
+        notes: vec![format!(
+            "{} departments had orders; {} service-target breaches.",
+            report.departments.len(),
+            report.sla_breaches.len()
+        )],
+        details: report
             .sla_breaches
             .iter()
             .take(10)
@@ -362,7 +605,9 @@ pub fn deck(
         kind: SlideKind::Sources,
         title: "Data sources 数据来源".into(),
         lines,
-        notes: vec![report.feeds.note.to_string()],
+        details: vec![report.feeds.note.to_string()],
+        notes: Vec::new(),
+        charts: Vec::new(),
     });
     Deck {
         since_ms,
@@ -375,9 +620,11 @@ pub fn deck(
 /// the whole city) beside the slide's text, or the text alone.
 pub fn slide_screen(slide: &Slide, index: usize, with_notes: bool) -> crate::wall::Screen {
     use crate::wall::{MapTile, Placement, Screen, Tile, TileKind, View};
-    let text = |at: [u32; 2]| Tile {
+    let charted = !slide.charts.is_empty();
+    let text = |at: [u32; 2], span: [u32; 2]| Tile {
         kind: TileKind::Slide {
             lines: slide.lines.clone(),
+            details: slide.details.clone(),
             notes: if with_notes {
                 slide.notes.clone()
             } else {
@@ -385,10 +632,16 @@ pub fn slide_screen(slide: &Slide, index: usize, with_notes: bool) -> crate::wal
             },
         },
         at,
-        span: [1, 1],
+        span,
         title: Some(slide.title.clone()),
     };
-    let map = |view: View, view_name: String, focus: Option<String>| Tile {
+    let charts = |at: [u32; 2], span: [u32; 2]| Tile {
+        kind: TileKind::Charts(slide.charts.clone()),
+        at,
+        span,
+        title: Some("Figures 图表".into()),
+    };
+    let map = |view: View, view_name: String, focus: Option<String>, rows: u32| Tile {
         kind: TileKind::Map(MapTile {
             view,
             view_name,
@@ -397,19 +650,31 @@ pub fn slide_screen(slide: &Slide, index: usize, with_notes: bool) -> crate::wal
             focus,
         }),
         at: [0, 0],
-        span: [2, 1],
+        span: [2, rows],
         title: Some(format!("{} / {}", index + 1, "Briefing 简报")),
     };
-    let (columns, tiles) = match &slide.kind {
+    let (columns, rows, tiles) = match &slide.kind {
+        // The city on the left half; the figures above their charts on the right.
+        SlideKind::Overview if charted => (
+            4,
+            2,
+            vec![
+                map(View::City, crate::wall::CITY_VIEW.into(), None, 2),
+                text([2, 0], [2, 1]),
+                charts([2, 1], [2, 1]),
+            ],
+        ),
         SlideKind::Overview => (
             3,
+            1,
             vec![
-                map(View::City, crate::wall::CITY_VIEW.into(), None),
-                text([2, 0]),
+                map(View::City, crate::wall::CITY_VIEW.into(), None, 1),
+                text([2, 0], [1, 1]),
             ],
         ),
         SlideKind::Incident { id, lon, lat } => (
             3,
+            1,
             vec![
                 map(
                     View::At {
@@ -421,17 +686,19 @@ pub fn slide_screen(slide: &Slide, index: usize, with_notes: bool) -> crate::wal
                     },
                     id.clone(),
                     Some(id.clone()),
+                    1,
                 ),
-                text([2, 0]),
+                text([2, 0], [1, 1]),
             ],
         ),
-        _ => (1, vec![text([0, 0])]),
+        _ if charted => (2, 1, vec![text([0, 0], [1, 1]), charts([1, 0], [1, 1])]),
+        _ => (1, 1, vec![text([0, 0], [1, 1])]),
     };
     Screen {
         name: format!("slide {}", index + 1),
         placement: Placement::MonitorIndex(0),
         columns,
-        rows: 1,
+        rows,
         tiles,
     }
 }
@@ -606,8 +873,8 @@ mod tests {
     const MIN: i64 = 60_000;
 
     /// Nine incidents over a shift: three extreme or severe, six minor or moderate.
-    fn shift() -> (Book, OpsReport) {
-        let db = temp_db("briefing", "shift");
+    fn shift(name: &str) -> (Book, OpsReport) {
+        let db = temp_db("briefing", name);
         let mut d = Dispatcher::open(&db, DispatchConfig::default_config()).unwrap();
         let li = Actor::new("li.wei", crate::dispatch::Role::Dispatcher, None);
         let raised = [
@@ -673,7 +940,7 @@ mod tests {
 
     #[test]
     fn the_deck_has_an_overview_then_the_key_incidents_in_the_order_raised() {
-        let (book, report) = shift();
+        let (book, report) = shift("deck");
         let time = CityTime::from_flag("Europe/Helsinki").unwrap();
         let deck = deck(&book, &report, T0, T0 + 480 * MIN, &time);
         // The three severe ones and the two most severe of the rest (the moderate
@@ -793,7 +1060,7 @@ mod tests {
 
     #[test]
     fn the_presenter_sees_the_notes_and_what_comes_next_which_the_slide_does_not_show() {
-        let (book, report) = shift();
+        let (book, report) = shift("presenter");
         let time = CityTime::from_flag("Europe/Helsinki").unwrap();
         let deck = deck(&book, &report, T0, T0 + 480 * MIN, &time);
         let i = deck
@@ -837,5 +1104,197 @@ mod tests {
         };
         assert!(notes_of(&shown).is_empty());
         assert_eq!(notes_of(&paper), deck.slides[i].notes);
+    }
+
+    fn bars_of<'a>(slide: &'a Slide, title_starts: &str) -> &'a [Bar] {
+        let chart = slide
+            .charts
+            .iter()
+            .find(|c| c.title.starts_with(title_starts))
+            .unwrap_or_else(|| panic!("no chart {title_starts} on {}", slide.title));
+        match &chart.kind {
+            ChartKind::Bars(bars) => bars,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The figures slides carry charts of what their lines say: incidents by
+    /// sub-brain and by severity (worst first), departments' on-time share and time
+    /// to sign for, and the open incidents over the period on the overview.
+    #[test]
+    fn slides_chart_their_figures() {
+        let (book, report) = shift("charts");
+        let time = CityTime::from_flag("Europe/Helsinki").unwrap();
+        let deck = deck(&book, &report, T0, T0 + 480 * MIN, &time);
+        let incidents = deck
+            .slides
+            .iter()
+            .find(|s| s.kind == SlideKind::Incidents)
+            .unwrap();
+        let by_domain = bars_of(incidents, "By sub-brain");
+        assert_eq!(by_domain.len(), 1);
+        assert_eq!(by_domain[0].name, Domain::Safety.label());
+        assert_eq!((by_domain[0].value, by_domain[0].text.as_str()), (9.0, "9"));
+        let by_severity: Vec<(String, f64)> = bars_of(incidents, "By severity")
+            .iter()
+            .map(|b| (b.name.clone(), b.value))
+            .collect();
+        assert_eq!(
+            by_severity,
+            vec![
+                (Severity::Extreme.label().to_string(), 1.0),
+                (Severity::Severe.label().to_string(), 2.0),
+                (Severity::Moderate.label().to_string(), 2.0),
+                (Severity::Minor.label().to_string(), 4.0),
+            ]
+        );
+        let departments = deck
+            .slides
+            .iter()
+            .find(|s| s.kind == SlideKind::Departments)
+            .unwrap();
+        let figures = &report.departments["central_district"];
+        let on_time = bars_of(departments, "On time");
+        assert_eq!(on_time.len(), report.departments.len());
+        assert_eq!(on_time[0].value, figures.on_time_pct.unwrap_or(0.0));
+        let sign_for = bars_of(departments, "Time to sign for");
+        // Signed for three minutes after it was issued.
+        assert_eq!(sign_for[0].value, 3.0);
+        assert_eq!(sign_for[0].text, "3 min");
+        // The overview: open incidents at 49 instants over the shift, none at its
+        // start, all nine (none closed) at its end, and four an hour in.
+        let overview = &deck.slides[0];
+        let ChartKind::Line(open) = &overview.charts[0].kind else {
+            panic!("{:?}", overview.charts[0].kind)
+        };
+        assert_eq!(open.len(), 49);
+        assert_eq!(open[0], (T0, 0.0));
+        assert_eq!(open[48], (T0 + 480 * MIN, 9.0));
+        assert_eq!(open[6], (T0 + 60 * MIN, 4.0));
+        // A slide with charts is laid out with them; one without is text alone.
+        let screen = slide_screen(incidents, 1, false);
+        assert!(
+            screen
+                .tiles
+                .iter()
+                .any(|t| matches!(&t.kind, crate::wall::TileKind::Charts(c) if c.len() == 2))
+        );
+        assert!(crate::wall::check_screen(&screen).is_ok(), "{screen:?}");
+        let sources = deck.slides.last().unwrap();
+        assert!(sources.charts.is_empty());
+        assert_eq!(slide_screen(sources, 9, false).tiles.len(), 1);
+    }
+
+    /// The vital signs are read from a recorded history at instants over the period:
+    /// each is what was live then; instants before the recording or well after its
+    /// end have none; the overview charts them, or says there were none.
+    #[test]
+    fn the_overview_charts_the_vital_signs_recorded_in_the_period() {
+        use crate::history::{FeedMeta, History, HistoryOptions, HistoryWriter};
+        use crate::model::{EntityKind, EntityUpdate};
+        let dir = std::env::temp_dir().join(format!(
+            "zhongshu-briefing-vitals-{}-{}",
+            std::process::id(),
+            crate::clock::unix_ms_now()
+        ));
+        let frame = crate::geo_frame::GeoFrame::new(24.94, 60.17);
+        let mut state = crate::state::LiveState::new(frame);
+        state.keep_journal(true);
+        let feeds = vec![FeedMeta {
+            id: 0,
+            name: "air".into(),
+            domain: "ecology".into(),
+        }];
+        let options = HistoryOptions {
+            retention_ms: 7 * 24 * 3_600_000,
+            keyframe_ms: 60_000,
+            segment_ms: 600_000,
+            message_ms: 1_000,
+        };
+        // Three stations each minute for an hour from T0; their AQI a function of
+        // the minute.
+        let aqi = |station: i64, minute: i64| (20 + station * 10 + minute) as f64;
+        let mut writer = HistoryWriter::create(&dir, feeds, options).unwrap();
+        for minute in 0..=60 {
+            let t = T0 + minute * MIN;
+            for station in 0..3 {
+                state.apply(
+                    0,
+                    EntityUpdate {
+                        id: format!("urn:ngsi-ld:AirQualityObserved:s{station}"),
+                        entity_type: "AirQualityObserved".into(),
+                        kind: EntityKind::AirQuality {
+                            aqi: Some(aqi(station, minute)),
+                            pm25: None,
+                            pm10: None,
+                            no2: None,
+                            o3: None,
+                        },
+                        position: Some([24.94 + station as f64 * 0.01, 60.17]),
+                        line: None,
+                        observed_at_ms: Some(t),
+                        fields: Default::default(),
+                        units: Default::default(),
+                        notes: Vec::new(),
+                    },
+                    t,
+                );
+            }
+            writer.journal(t, &state.drain_journal()).unwrap();
+        }
+        writer.finish().unwrap();
+        let history = History::open(&dir).unwrap();
+        let instants = [
+            T0 - 10 * MIN,
+            T0 + 90_000,
+            T0 + 30 * MIN + 20_000,
+            T0 + 60 * MIN,
+            T0 + 120 * MIN,
+        ];
+        let (samples, problems) = vital_signs_from_history(&history, frame, &instants);
+        assert!(problems.is_empty(), "{problems:?}");
+        let got: Vec<(i64, Option<f64>)> = samples.iter().map(|s| (s.at_ms, s.mean_aqi)).collect();
+        // The mean of the three stations' latest values: 30 + the minute.
+        assert_eq!(
+            got,
+            vec![
+                (T0 + 90_000, Some(31.0)),
+                (T0 + 30 * MIN + 20_000, Some(60.0)),
+                (T0 + 60 * MIN, Some(90.0)),
+            ]
+        );
+        let (book, report) = shift("vitals");
+        let time = CityTime::from_flag("Europe/Helsinki").unwrap();
+        let mut charted = deck(&book, &report, T0, T0 + 480 * MIN, &time);
+        charted.add_vital_signs(&samples);
+        let titles: Vec<&str> = charted.slides[0]
+            .charts
+            .iter()
+            .map(|c| c.title.as_str())
+            .collect();
+        // No traffic in the history: no congestion chart; the alerts counted (none).
+        assert_eq!(
+            titles,
+            vec![
+                "AQI 空气质量",
+                "Open alerts 告警",
+                "Open incidents 未结事件"
+            ]
+        );
+        let screen = slide_screen(&charted.slides[0], 0, false);
+        assert_eq!((screen.columns, screen.rows), (4, 2));
+        assert!(crate::wall::check_screen(&screen).is_ok(), "{screen:?}");
+        let mut bare = deck(&book, &report, T0, T0 + 480 * MIN, &time);
+        bare.add_vital_signs(&[]);
+        assert_eq!(bare.slides[0].charts.len(), 1);
+        assert!(
+            bare.slides[0]
+                .notes
+                .iter()
+                .any(|n| n.contains("No live history recorded")),
+            "{:?}",
+            bare.slides[0].notes
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

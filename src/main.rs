@@ -1690,6 +1690,7 @@ fn briefing_command(cli: &Cli) -> Vec<std::ffi::OsString> {
         ("dispatch", path(&cli.dispatch)),
         ("nats-auth", path(&cli.nats_auth)),
         ("db", Some(cli.db.clone().into_os_string())),
+        ("history", Some(cli.history.clone().into_os_string())),
         (
             "crs",
             cli.crs
@@ -1817,7 +1818,40 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 map.frame.origin_lon,
                 map.frame.origin_lat,
             );
-            let deck = zhongshu::briefing::deck(&book, &report, since_ms, until_ms, &zone);
+            let mut deck = zhongshu::briefing::deck(&book, &report, since_ms, until_ms, &zone);
+            // The vital signs over the period, from the recorded history when there
+            // is one (the overview says when there is none).
+            let samples = if cli.nats.is_none() && !cli.history.is_dir() {
+                eprintln!(
+                    "zhongshu: no history at {} (--history): the vital signs are not charted",
+                    cli.history.display()
+                );
+                Vec::new()
+            } else {
+                match history_dir(&cli, "briefing")
+                    .and_then(|dir| zhongshu::history::History::open(&dir))
+                {
+                    Ok(history) => {
+                        let instants = zhongshu::briefing::chart_instants(
+                            since_ms,
+                            until_ms,
+                            zhongshu::briefing::VITAL_SIGN_INSTANTS,
+                        );
+                        let (samples, problems) = zhongshu::briefing::vital_signs_from_history(
+                            &history, map.frame, &instants,
+                        );
+                        for p in problems {
+                            eprintln!("zhongshu: the history: {p}");
+                        }
+                        samples
+                    }
+                    Err(e) => {
+                        eprintln!("zhongshu: the vital signs are not charted: {e:#}");
+                        Vec::new()
+                    }
+                }
+            };
+            deck.add_vital_signs(&samples);
             eprintln!(
                 "zhongshu: briefing of {} – {}: {} slides, {} key incidents",
                 zhongshu::clock::rfc3339_from_unix_ms(since_ms),
@@ -1847,6 +1881,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 ui_scale: cli.ui_scale,
                 bench_secs: None,
                 briefing: Some(app::wall::BriefingRun { deck, book, mode }),
+                history: None,
             })
         }
         Command::Wall {
@@ -1870,6 +1905,13 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             let hall = hall_console(&cli)?;
             let seal = zhongshu::store::SealOptions::with_key(&cli.db, cli.seal_key.as_deref());
             let open = app::desk::past_log(&cli.db, &seal, hall.as_ref());
+            // The trends start from the recorded history: this machine's, or in a
+            // hall the hall's as last mirrored here.
+            let wall_history = match &hall {
+                Some(h) => zhongshu::hall::history::mirror_dir(&cli.history, &h.hall),
+                None => cli.history.clone(),
+            };
+            let wall_history = wall_history.is_dir().then_some(wall_history);
             app::wall::run(app::wall::WallRun {
                 map: cli.map,
                 map_load: map_load.clone(),
@@ -1882,6 +1924,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 ui_scale: cli.ui_scale,
                 bench_secs: None,
                 briefing: None,
+                history: wall_history,
             })
         }
         Command::Screenshot { out, size, at } => {
@@ -2302,6 +2345,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 ui_scale: cli.ui_scale,
                 bench_secs: Some(seconds.clamp(1.0, 600.0)),
                 briefing: None,
+                history: None,
             })
         }
         Command::Bench(BenchCommand::Desk {

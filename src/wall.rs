@@ -78,11 +78,46 @@ pub enum TileKind {
     /// A briefing slide's text (made by the briefing, not a layout file's kind).
     Slide {
         lines: Vec<String>,
+        details: Vec<String>,
         notes: Vec<String>,
     },
     /// A presented briefing's presenter view (made by the briefing): where the talk
     /// is, the notes, what comes next.
     Presenter(Box<PresenterView>),
+    /// A briefing slide's charts, one above the other (made by the briefing).
+    Charts(Vec<Chart>),
+}
+
+/// A chart: a bar per name, or a value over time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chart {
+    pub title: String,
+    pub tone: Tone,
+    pub kind: ChartKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChartKind {
+    /// A bar per name, with the value's text (e.g. "83%", "12 min").
+    Bars(Vec<Bar>),
+    /// Values over time: (Unix ms, value), in time order.
+    Line(Vec<(i64, f64)>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bar {
+    pub name: String,
+    pub value: f64,
+    pub text: String,
+}
+
+/// What a chart's colour says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tone {
+    Neutral,
+    Good,
+    Warn,
+    Alarm,
 }
 
 /// What the presenter sees beside the slide shown.
@@ -123,6 +158,7 @@ impl TileKind {
             Self::Tour { .. } => "tour",
             Self::Slide { .. } => "slide",
             Self::Presenter(_) => "presenter",
+            Self::Charts(_) => "charts",
         }
     }
 
@@ -147,6 +183,7 @@ impl TileKind {
             Self::Tour { .. } => "Tour 巡视",
             Self::Slide { .. } => "Briefing 简报",
             Self::Presenter(_) => "Presenter 演讲者视图",
+            Self::Charts(_) => "Charts 图表",
         }
     }
 }
@@ -944,6 +981,19 @@ pub const SIGNS: [&str; 6] = [
     "units",
 ];
 
+/// The value of each of [`SIGNS`] in figures (`NaN` when unknown).
+fn sign_values(k: &crate::state::kpi::CityKpis) -> [f64; 6] {
+    let v = |x: Option<f64>| x.unwrap_or(f64::NAN);
+    [
+        v(k.mean_road_speed_kmh),
+        v(k.congestion_index.map(|c| c * 100.0)),
+        v(k.mean_aqi),
+        k.open_alerts as f64,
+        v(k.hospital_load.map(|h| h * 100.0)),
+        k.vehicles as f64,
+    ]
+}
+
 /// Vital signs sampled over the last hours, for trend arrows and charts.
 #[derive(Debug, Default)]
 pub struct SignHistory {
@@ -971,18 +1021,7 @@ impl SignHistory {
         if self.samples.back().is_some_and(|(last, _)| at_ms < *last) {
             self.samples.clear();
         }
-        let v = |x: Option<f64>| x.unwrap_or(f64::NAN);
-        self.samples.push_back((
-            at_ms,
-            [
-                v(k.mean_road_speed_kmh),
-                v(k.congestion_index.map(|c| c * 100.0)),
-                v(k.mean_aqi),
-                k.open_alerts as f64,
-                v(k.hospital_load.map(|h| h * 100.0)),
-                k.vehicles as f64,
-            ],
-        ));
+        self.samples.push_back((at_ms, sign_values(k)));
         while self
             .samples
             .front()
@@ -991,6 +1030,26 @@ impl SignHistory {
             self.samples.pop_front();
         }
         true
+    }
+
+    /// Samples from before the wall started (read from the recorded history, in time
+    /// order) put ahead of those taken since: only those older than the first taken,
+    /// within [`KEEP_MS`] of the newest. Returns how many were put in.
+    pub fn seed(&mut self, past: &[(i64, crate::state::kpi::CityKpis)]) -> usize {
+        let newest = self.samples.back().map(|(t, _)| *t);
+        let Some(newest) = newest.or(past.last().map(|(t, _)| *t)) else {
+            return 0;
+        };
+        let mut put = 0;
+        for (at_ms, k) in past.iter().rev() {
+            // Newest first, each before the front: older than all there is.
+            if self.samples.front().is_some_and(|(t, _)| *at_ms >= *t) || newest - at_ms > KEEP_MS {
+                continue;
+            }
+            self.samples.push_front((*at_ms, sign_values(k)));
+            put += 1;
+        }
+        put
     }
 
     /// The series of sign `i` (of [`SIGNS`]): (Unix ms, value), unknowns left out.
@@ -1005,6 +1064,11 @@ impl SignHistory {
     /// How sign `i` went over the last [`TREND_OVER_MS`] (from the oldest sample in
     /// that span): a change under 2 % (or under one unit of a count) is flat.
     pub fn trend(&self, i: usize) -> Option<Trend> {
+        // None when the sign is not known now (an arrow beside "—" would say
+        // nothing true).
+        if !self.samples.back()?.1[i].is_finite() {
+            return None;
+        }
         let series = self.series(i);
         let (t_last, last) = *series.last()?;
         let (_, before) = *series.iter().find(|(t, _)| t_last - t <= TREND_OVER_MS)?;
@@ -1025,6 +1089,35 @@ impl SignHistory {
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
+}
+
+/// A screen made by the program (the default layout, a slide) checked as a layout
+/// file is: every tile on the grid, none overlapping.
+pub fn check_screen(screen: &Screen) -> Result<(), String> {
+    let mut taken = BTreeSet::new();
+    for (k, t) in screen.tiles.iter().enumerate() {
+        let [c, r] = t.at;
+        let [w, h] = t.span;
+        if w == 0
+            || h == 0
+            || c as u64 + w as u64 > screen.columns as u64
+            || r as u64 + h as u64 > screen.rows as u64
+        {
+            return Err(format!("{}: tile {} is off the grid", screen.name, k + 1));
+        }
+        for cc in c..c + w {
+            for rr in r..r + h {
+                if !taken.insert((cc, rr)) {
+                    return Err(format!(
+                        "{}: tile {} overlaps another at [{cc}, {rr}]",
+                        screen.name,
+                        k + 1
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Open incidents at each of `at_ms`, from the book (raised by then, not yet finished).
@@ -1151,7 +1244,9 @@ pub fn tile_banner(kind: &TileKind, data: &DataState) -> Option<String> {
         TileKind::Kpi | TileKind::Trends => feeds(None),
         TileKind::Incidents | TileKind::Orders => book(),
         // The data health shows every feed's state itself; a slide is of the record.
-        TileKind::Feeds | TileKind::Slide { .. } | TileKind::Presenter(_) => None,
+        TileKind::Feeds | TileKind::Slide { .. } | TileKind::Presenter(_) | TileKind::Charts(_) => {
+            None
+        }
     }
 }
 
@@ -1510,6 +1605,45 @@ at = [0, 1]
         // Four hours are kept.
         h.sample(22 * 60_000 + KEEP_MS, &k);
         assert_eq!(h.len(), 1);
+    }
+
+    /// The recorded past goes ahead of what the wall sampled since it started: only
+    /// what is older, within the hours kept; a trend reads across the two.
+    #[test]
+    fn the_recorded_past_goes_ahead_of_the_samples_taken_since() {
+        let k = |aqi: f64| crate::state::kpi::CityKpis {
+            mean_aqi: Some(aqi),
+            ..Default::default()
+        };
+        const MIN: i64 = 60_000;
+        let t0 = 1_800_000_000_000;
+        let mut h = SignHistory::default();
+        assert!(h.sample(t0, &k(80.0)));
+        // Every 5 minutes over the 5 hours before, and one after the first sample.
+        let past: Vec<(i64, crate::state::kpi::CityKpis)> = (0..=60)
+            .map(|n| (t0 - 300 * MIN + n * 5 * MIN, k(20.0 + n as f64)))
+            .chain([(t0 + MIN, k(99.0))])
+            .collect();
+        let put = h.seed(&past);
+        // 4 h back from the newest (t0) holds 48 five-minute steps before it; t0
+        // itself and the one after were taken live.
+        assert_eq!(put, 48);
+        let series = h.series(2);
+        assert_eq!(series.len(), 49);
+        assert_eq!(series[0], (t0 - KEEP_MS, 32.0));
+        assert_eq!(series[47], (t0 - 5 * MIN, 79.0));
+        assert_eq!(series[48], (t0, 80.0));
+        assert!(series.windows(2).all(|w| w[0].0 < w[1].0));
+        // Ten minutes before t0 (recorded) the AQI was 78: up by more than 2 %.
+        assert_eq!(h.trend(2), Some(Trend::Up));
+        // The AQI no longer known: no arrow, whatever it did before.
+        h.sample(t0 + 10 * MIN, &crate::state::kpi::CityKpis::default());
+        assert_eq!(h.trend(2), None);
+        // A wall with nothing sampled yet takes the past as it is, the hours kept
+        // back from its newest.
+        let mut fresh = SignHistory::default();
+        assert_eq!(fresh.seed(&past[12..]), 49);
+        assert_eq!(fresh.series(2).last(), Some(&(t0 + MIN, 99.0)));
     }
 
     #[test]

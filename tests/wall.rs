@@ -37,7 +37,7 @@ at = [2, 1]
 
 [[screen]]
 name = "operations"
-columns = 2
+columns = 3
 rows = 2
 
 [[screen.tile]]
@@ -55,6 +55,11 @@ at = [0, 1]
 [[screen.tile]]
 kind = "feeds"
 at = [1, 1]
+
+[[screen.tile]]
+kind = "trends"
+at = [2, 0]
+span = [1, 2]
 "#;
 
 /// Two sub-brains simulated, and a water-sensor feed whose server is not there.
@@ -80,6 +85,47 @@ interval_s = 2
 "#;
 
 /// A log with three incidents (one closed) and orders, one past its deadline.
+/// A recorded history of the 6 hours up to now: three air-quality stations a minute,
+/// their mean AQI 30 + the minute's number within the hour. Returns its folder.
+fn recorded_air(dir: &std::path::Path) -> std::path::PathBuf {
+    use zhongshu::history::{FeedMeta, HistoryOptions, HistoryWriter};
+    use zhongshu::model::{EntityKind, EntityUpdate};
+    let history = dir.join("history");
+    let feeds = vec![FeedMeta {
+        id: 0,
+        name: "air".into(),
+        domain: "ecology".into(),
+    }];
+    let mut writer = HistoryWriter::create(&history, feeds, HistoryOptions::default()).unwrap();
+    let now = zhongshu::clock::unix_ms_now();
+    for m in (0..=360i64).rev() {
+        let at = now - m * 60_000;
+        for station in 0..3i64 {
+            let aqi = (20 + station * 10 + (at / 60_000) % 60) as f64;
+            let update = EntityUpdate {
+                id: format!("urn:ngsi-ld:AirQualityObserved:s{station}"),
+                entity_type: "AirQualityObserved".into(),
+                kind: EntityKind::AirQuality {
+                    aqi: Some(aqi),
+                    pm25: None,
+                    pm10: None,
+                    no2: None,
+                    o3: None,
+                },
+                position: Some([24.93 + station as f64 * 0.01, 60.17]),
+                line: None,
+                observed_at_ms: Some(at),
+                fields: Default::default(),
+                units: Default::default(),
+                notes: Vec::new(),
+            };
+            writer.upsert(0, at, &update).unwrap();
+        }
+    }
+    writer.finish().unwrap();
+    history
+}
+
 fn prepared_log(db: &std::path::Path) {
     use zhongshu::dispatch::Action;
     use zhongshu::dispatch::book::{Actor, Command, NewIncident, NewOrder, Severity};
@@ -154,6 +200,7 @@ fn a_two_screen_wall_renders_each_screen_with_its_tiles() {
     let dir = scratch_dir("wall");
     let db = dir.join("events.db");
     prepared_log(&db);
+    let history = recorded_air(&dir);
     std::fs::write(dir.join("wall.toml"), LAYOUT).unwrap();
     std::fs::write(dir.join("feeds.toml"), FEEDS).unwrap();
     let shots = dir.join("shots");
@@ -170,6 +217,8 @@ fn a_two_screen_wall_renders_each_screen_with_its_tiles() {
             "--db",
         ])
         .arg(&db)
+        .arg("--history")
+        .arg(&history)
         .args(["--screenshot-dir", "shots", "--size", "960x540"])
         .output()
         .unwrap();
@@ -194,7 +243,7 @@ fn a_two_screen_wall_renders_each_screen_with_its_tiles() {
     let (city, ops) = (screen("city"), screen("operations"));
     for (report, file, tiles) in [
         (city, "screen-1-city.png", 3),
-        (ops, "screen-2-operations.png", 4),
+        (ops, "screen-2-operations.png", 5),
     ] {
         let png = shots.join(file);
         let image = image::open(&png)
@@ -229,10 +278,21 @@ fn a_two_screen_wall_renders_each_screen_with_its_tiles() {
         banner.contains("NO DATA") && banner.contains("water-sensors"),
         "{banner}"
     );
-    for (r, i) in [(city, 0), (city, 2), (ops, 0), (ops, 1), (ops, 2), (ops, 3)] {
+    for (r, i) in [
+        (city, 0),
+        (city, 2),
+        (ops, 0),
+        (ops, 1),
+        (ops, 2),
+        (ops, 3),
+        (ops, 4),
+    ] {
         assert!(tile(r, i)["banner"].is_null(), "{:?}", tile(r, i));
     }
     assert!(tile(ops, 2)["shows"]["vehicles"].as_u64().unwrap() > 0);
+    // The trends start from the recorded history: every 5 minutes over the 4 hours
+    // before the wall started (the history covers them all).
+    assert_eq!(tile(ops, 4)["shows"]["recorded"], 48, "{:?}", tile(ops, 4));
 
     // The pictures: the map tiles show the city, the water tile its red banner (and no
     // other tile one), the incidents tile the extreme incident's red bar.
@@ -287,7 +347,11 @@ fn a_broken_wall_layout_names_the_file_the_screen_and_the_tile() {
             vec!["screen \"city\"", "tile 2", "unknown bookmark \"Center\""],
         ),
         (
-            LAYOUT.replacen("at = [1, 1]", "at = [2, 1]", 1),
+            LAYOUT.replacen(
+                "kind = \"feeds\"\nat = [1, 1]",
+                "kind = \"feeds\"\nat = [3, 1]",
+                1,
+            ),
             vec!["screen \"operations\"", "tile 4", "off the grid"],
         ),
     ];
@@ -332,12 +396,15 @@ fn a_briefing_writes_a_slide_each_and_a_pdf_of_them() {
     let dir = scratch_dir("briefing");
     let db = dir.join("events.db");
     prepared_log(&db);
+    let history = recorded_air(&dir);
     let _timed = crate::timed();
     let mut cmd = crate::zhongshu_with_display();
     let out = cmd
         .current_dir(&dir)
         .args(["briefing", "--db"])
         .arg(&db)
+        .arg("--history")
+        .arg(&history)
         .args(["--out", "deck", "--size", "960x540"])
         .output()
         .unwrap();
@@ -355,6 +422,18 @@ fn a_briefing_writes_a_slide_each_and_a_pdf_of_them() {
     );
     let slides = report["slides"].as_array().unwrap();
     assert_eq!(slides.len(), 7, "{report}");
+    // The overview charts the vital signs the history holds over the shift (the 6
+    // hours recorded of the 8: 13 of the 17 instants) and the open incidents at 49 instants; the incidents slide
+    // counts them by sub-brain and severity; the departments slide has the two that
+    // had orders.
+    let charts = &report["charts"];
+    assert_eq!(charts[0]["AQI 空气质量"], 13, "{charts}");
+    assert_eq!(charts[0]["Open incidents 未结事件"], 49, "{charts}");
+    assert!(charts[0].get("Congestion % 拥堵").is_none(), "{charts}");
+    assert_eq!(charts[1]["By sub-brain 按领域"], 1, "{charts}");
+    assert_eq!(charts[1]["By severity 按等级"], 4, "{charts}");
+    assert_eq!(charts[5]["On time 按时率"], 2, "{charts}");
+    assert_eq!(charts[6], serde_json::json!({}), "{charts}");
     assert_eq!(report["pages"], 7);
     let mut previous: Option<image::RgbImage> = None;
     for (i, slide) in slides.iter().enumerate() {

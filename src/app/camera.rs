@@ -7,14 +7,12 @@ use bevy::input::mouse::{AccumulatedMouseMotion, AccumulatedMouseScroll, MouseSc
 use bevy::prelude::*;
 use bevy::window::PrimaryWindow;
 
-use super::desk::Desk;
-use super::desk_ui::DeskCommand;
 use super::layers::markers::LiveMarker;
 use super::layers::pick::{Click, Shape, Target, distance_to_line, pick};
 use super::layers::traffic::ribbon_width_m;
 use super::live::{DomainVisibility, Live};
 use super::scene::LayerVisibility;
-use super::ui::UiInput;
+use super::widgets::UiInput;
 use super::{AppSystems, City, Selection, theme};
 use crate::feeds::EntityKind;
 use crate::map::mesh::{self, MapLayer};
@@ -280,6 +278,8 @@ const TRAFFIC_Y: f32 = mesh::ROAD_Y + 0.2;
 
 pub(super) fn plugin(app: &mut App) {
     app.init_resource::<DragState>()
+        .init_resource::<MapPins>()
+        .add_message::<PinPicked>()
         .add_systems(Startup, spawn_camera)
         .add_systems(
             Update,
@@ -417,7 +417,8 @@ fn pick_on_click(
     city: Res<City>,
     rig: Res<CameraRig>,
     mut selection: ResMut<Selection>,
-    mut desk: Option<ResMut<Desk>>,
+    pins: Res<MapPins>,
+    mut pin_picked: MessageWriter<PinPicked>,
     live: Option<Res<Live>>,
     mut layout: Option<ResMut<super::layout::ShellLayout>>,
 ) {
@@ -446,9 +447,7 @@ fn pick_on_click(
             world_from_local: global.affine(),
         })
         .collect();
-    if let Some(desk) = desk.as_deref_mut() {
-        targets.extend(pin_targets(desk, &city));
-    }
+    targets.extend(pin_targets(&pins, &city));
     let picked = pick(&click, &targets);
     // A building in front of what was picked (or under an empty click) wins.
     let building_reach = picked.as_ref().map_or(rig.pose.distance * 3.0, |p| p.t);
@@ -488,11 +487,8 @@ fn pick_on_click(
         (None, Some(Picks::Incident(id))) => {
             selection.building = None;
             selection.entity = None;
-            desk.as_deref_mut().map(|desk| {
-                desk.pending.push(DeskCommand::SelectIncident(Some(id)));
-                desk.open = true;
-                SidePanelKind::Desk
-            })
+            pin_picked.write(PinPicked(id));
+            Some(SidePanelKind::Desk)
         }
         (building, _) => {
             selection.building = building;
@@ -548,20 +544,32 @@ enum Picks {
     Incident(String),
 }
 
-/// The dispatch pins as `desk_pins` draws them ([`super::desk::pinned_incidents`],
-/// [`super::desk::pin_size`]): a column on a ring each.
-fn pin_targets(desk: &mut Desk, city: &City) -> Vec<Target<Picks>> {
-    let selected = desk.selected.clone();
-    let Some(book) = desk.book() else {
-        return Vec::new();
-    };
-    let shown = super::desk::pinned_incidents(book, selected.as_deref());
-    let mut targets = Vec::with_capacity(shown.len() * 2);
-    for inc in shown {
-        let [e, n] = city.map.frame.local_from_wgs84(inc.lon, inc.lat);
+/// A dispatch pin as drawn on the map: a column `height` metres tall on a ring.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MapPin {
+    pub incident: String,
+    pub lon: f64,
+    pub lat: f64,
+    pub height: f32,
+    pub ring: f32,
+}
+
+/// The dispatch pins drawn now; whoever draws them (the desk) keeps this to what it
+/// draws, so a pin on the map is a pin under the cursor.
+#[derive(Resource, Default, Debug)]
+pub struct MapPins(pub Vec<MapPin>);
+
+/// A dispatch pin clicked on the map (its incident's id), for the desk to select.
+#[derive(Message, Clone, Debug, PartialEq)]
+pub struct PinPicked(pub String);
+
+/// The pins as drawn: a column on a ring each.
+fn pin_targets(pins: &MapPins, city: &City) -> Vec<Target<Picks>> {
+    let mut targets = Vec::with_capacity(pins.0.len() * 2);
+    for pin in &pins.0 {
+        let [e, n] = city.map.frame.local_from_wgs84(pin.lon, pin.lat);
         let ground = Vec3::from_array(crate::geo_frame::world_from_local(e, n, 0.0));
-        let is_selected = selected.as_deref() == Some(inc.id.as_str());
-        let (height, ring) = super::desk::pin_size(is_selected);
+        let (height, ring) = (pin.height, pin.ring);
         for (shape, y) in [
             (
                 Shape::Cylinder {
@@ -579,7 +587,7 @@ fn pin_targets(desk: &mut Desk, city: &City) -> Vec<Target<Picks>> {
             ),
         ] {
             targets.push(Target {
-                what: Picks::Incident(inc.id.clone()),
+                what: Picks::Incident(pin.incident.clone()),
                 shape,
                 world_from_local: Affine3A::from_translation(ground + Vec3::Y * y),
             });

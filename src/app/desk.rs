@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use bevy::prelude::*;
 
-use super::camera::CameraRig;
+use super::camera::{CameraRig, MapPin, MapPins, PinPicked};
 use super::desk_ui::{DeskCommand, DeskState, RecommendationView};
 use super::live::{Live, LiveChangedSlots};
 use super::scene::{FlatMaterial, bevy_mesh_with};
@@ -494,7 +494,14 @@ pub(super) fn plugin(app: &mut App) {
     app.add_systems(Startup, start_desk).add_systems(
         Update,
         (
-            (desk_loaded, desk_hall, desk_apply, desk_past, desk_alerts)
+            (
+                desk_loaded,
+                desk_hall,
+                desk_pin_picked,
+                desk_apply,
+                desk_past,
+                desk_alerts,
+            )
                 .chain()
                 .in_set(AppSystems::Apply),
             (desk_recommend, desk_pins, desk_routes)
@@ -1108,9 +1115,23 @@ fn replace_overlay(
 /// Open incidents as pins (a ring and a column, coloured by severity; the selected one
 /// larger): the most urgent ones and the selected one, rebuilt when the book or the
 /// selection changes.
+/// A pin clicked on the map selects its incident on the desk, opened.
+fn desk_pin_picked(mut picked: MessageReader<PinPicked>, desk: Option<ResMut<Desk>>) {
+    let Some(mut desk) = desk else {
+        picked.clear();
+        return;
+    };
+    for PinPicked(id) in picked.read() {
+        desk.pending
+            .push(DeskCommand::SelectIncident(Some(id.clone())));
+        desk.open = true;
+    }
+}
+
 fn desk_pins(
     mut commands: Commands,
     desk: Option<ResMut<Desk>>,
+    mut pins: ResMut<MapPins>,
     city: Res<City>,
     existing: Query<(Entity, &DeskOverlay)>,
     mut meshes: ResMut<Assets<Mesh>>,
@@ -1138,11 +1159,20 @@ fn desk_pins(
     desk.pins_for = Some(key);
     let mut data = MeshData::default();
     let mut earcut = earcut::Earcut::new();
+    pins.0.clear();
     for inc in shown {
         let [e, n] = city.map.frame.local_from_wgs84(inc.lon, inc.lat);
         let colour = severity_colour(inc.severity);
         let is_selected = selected.as_deref() == Some(inc.id.as_str());
         let (height, ring) = pin_size(is_selected);
+        // What a click picks is what is drawn.
+        pins.0.push(MapPin {
+            incident: inc.id.clone(),
+            lon: inc.lon,
+            lat: inc.lat,
+            height,
+            ring,
+        });
         let circle = |r: f64| {
             geo::Polygon::new(
                 (0..24)
@@ -1237,7 +1267,7 @@ pub fn desk_panel_ui(
     use bevy_egui::egui;
     // The close button is laid out first, so a narrow panel never pushes it out.
     let title = egui::RichText::new("Dispatch 指挥调度").heading();
-    super::ui::panel_header(ui, title, |ui| {
+    super::widgets::panel_header(ui, title, |ui| {
         if ui.button("×").on_hover_text("Hide the desk").clicked() {
             desk.open = false;
         }

@@ -11,7 +11,7 @@ use bevy::prelude::Resource;
 use bevy_egui::egui;
 
 use super::theme;
-use super::ui::{age_text, domain_label};
+use super::widgets::{age_text, domain_label};
 use crate::clock::CityTime;
 use crate::dispatch::book::{
     Actor, Book, Command, Incident, NewIncident, NewOrder, Order, Severity,
@@ -488,7 +488,7 @@ fn incident_header_ui(
 ) {
     // The buttons first, so a long headline elides instead of pushing them out.
     let title = egui::RichText::new(&inc.title).heading();
-    crate::app::ui::panel_header(ui, title, |ui| {
+    super::widgets::panel_header(ui, title, |ui| {
         if ui.button("×").clicked() {
             out.push(DeskCommand::SelectIncident(None));
         }

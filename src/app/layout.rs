@@ -10,7 +10,7 @@
 use bevy::prelude::*;
 use bevy_egui::egui;
 
-use super::ui::UiCommand;
+use super::widgets::UiCommand;
 
 /// The share of the window's width the 3D view keeps whatever panels are open.
 pub const MAP_MIN_SHARE: f32 = 0.4;
@@ -503,9 +503,9 @@ mod shell_tests {
     use crate::app::desk_ui::{DeskCommand, DeskState, DeskView, desk_ui};
     use crate::app::scene::{LayerVisibility, SceneStats};
     use crate::app::ui::{
-        inspector_ui, kpi_strip_ui, kpi_value_size, layer_panel_ui, panel_header, status_bar_ui,
-        top_bar_ui,
+        inspector_ui, kpi_strip_ui, kpi_value_size, layer_panel_ui, status_bar_ui, top_bar_ui,
     };
+    use crate::app::widgets::panel_header;
     use crate::dispatch::Role;
     use crate::dispatch::book::{Actor, Book, Command, NewIncident, Severity};
     use crate::dispatch::config::DispatchConfig;

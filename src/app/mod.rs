@@ -5,6 +5,7 @@ pub mod bench_desk;
 pub mod bench_markers;
 pub mod briefing_launch;
 pub mod camera;
+pub mod charts;
 pub mod desk;
 pub mod desk_ui;
 pub mod drill;
@@ -22,6 +23,7 @@ pub mod theme;
 pub mod timeline;
 pub mod ui;
 pub mod wall;
+pub mod widgets;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -10,21 +10,28 @@ use bevy::prelude::*;
 use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
 
 use super::theme;
+use crate::clock::CityTime;
 use crate::dispatch::ops::OpsReport;
 use crate::dispatch::past::OpenLog;
+use crate::wall::{Chart, ChartKind};
 
 /// The figures cover this long before now.
 pub const SHIFT_MS: i64 = 8 * 3_600_000;
 /// Recomputed this often while the window is open.
 const EVERY: Duration = Duration::from_secs(30);
 
+/// A reading of the log: the figures and their charts, or why there are none.
+type Reading = Result<(OpsReport, Vec<Chart>), String>;
+
 /// The window, and its reader of the log.
 #[derive(Resource, Default)]
 pub struct HubOps {
     pub open: bool,
-    rx: Option<std::sync::Mutex<Receiver<Result<OpsReport, String>>>>,
+    rx: Option<std::sync::Mutex<Receiver<Reading>>>,
     asked_at: Option<Instant>,
     pub report: Option<OpsReport>,
+    /// The open incidents over the shift, then the departments' figures.
+    pub charts: Vec<Chart>,
     pub trouble: Option<String>,
 }
 
@@ -42,14 +49,21 @@ impl HubOps {
             .spawn(move || {
                 let now = crate::clock::unix_ms_now();
                 let result = open().and_then(|log| {
-                    crate::dispatch::ops::report_from_store(
+                    let (report, book) = crate::dispatch::ops::report_and_book_from_store(
                         &*log,
                         &config,
                         Some(now - SHIFT_MS),
                         None,
                         now,
                     )
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                    let mut charts = vec![crate::briefing::open_incidents_chart(
+                        &book,
+                        now - SHIFT_MS,
+                        now,
+                    )];
+                    charts.extend(crate::briefing::department_charts(&report));
+                    Ok((report, charts))
                 });
                 let _ = tx.send(result);
             });
@@ -65,8 +79,9 @@ impl HubOps {
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match rx.try_recv() {
-            Ok(Ok(report)) => {
+            Ok(Ok((report, charts))) => {
                 self.report = Some(report);
+                self.charts = charts;
                 self.trouble = None;
                 self.rx = None;
             }
@@ -92,6 +107,7 @@ fn operations_window(
     mut contexts: EguiContexts,
     mut ops: ResMut<HubOps>,
     desk: Option<Res<super::desk::Desk>>,
+    time: Res<super::LocalTime>,
 ) -> Result {
     if !ops.open {
         return Ok(());
@@ -111,7 +127,13 @@ fn operations_window(
         .default_size([620.0, 560.0])
         .show(ctx, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| {
-                operations_ui(ui, ops.report.as_ref(), ops.trouble.as_deref())
+                operations_ui(
+                    ui,
+                    ops.report.as_ref(),
+                    &ops.charts,
+                    ops.trouble.as_deref(),
+                    &time.0,
+                )
             });
         });
     ops.open = open;
@@ -120,7 +142,13 @@ fn operations_window(
 
 /// The figures as charts and lines: per department, on time and time to sign for;
 /// incidents by kind; what is overdue and which service targets were missed.
-pub fn operations_ui(ui: &mut egui::Ui, report: Option<&OpsReport>, trouble: Option<&str>) {
+pub fn operations_ui(
+    ui: &mut egui::Ui,
+    report: Option<&OpsReport>,
+    charts: &[Chart],
+    trouble: Option<&str>,
+    time: &CityTime,
+) {
     if let Some(t) = trouble {
         ui.colored_label(
             theme::ALARM,
@@ -184,63 +212,21 @@ pub fn operations_ui(ui: &mut egui::Ui, report: Option<&OpsReport>, trouble: Opt
         );
     });
     ui.separator();
+    // Each chart in a band of its own: a line over the shift, a bar a department.
+    for (k, chart) in charts.iter().enumerate() {
+        let height = match &chart.kind {
+            ChartKind::Line(_) => 150.0,
+            ChartKind::Bars(bars) => 30.0 + 24.0 * bars.len() as f32,
+        };
+        ui.allocate_ui(egui::vec2(ui.available_width(), height), |ui| {
+            super::charts::charts_ui(ui, ("ops-chart", k), std::slice::from_ref(chart), time)
+        });
+    }
     let departments: Vec<(&String, &crate::dispatch::ops::DepartmentFigures)> =
         r.departments.iter().collect();
     if departments.is_empty() {
         ui.label(egui::RichText::new("No order in the last 8 h 无指令").color(theme::MUTED));
     } else {
-        let names: Vec<String> = departments.iter().map(|(id, _)| (*id).clone()).collect();
-        let chart = |ui: &mut egui::Ui, title: &str, id: &str, values: Vec<f64>, colour| {
-            ui.label(egui::RichText::new(title).strong());
-            let bars: Vec<egui_plot::Bar> = values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    egui_plot::Bar::new(i as f64, *v)
-                        .name(&names[i])
-                        .fill(colour)
-                })
-                .collect();
-            let names = names.clone();
-            egui_plot::Plot::new(id)
-                .height(150.0)
-                .allow_drag(false)
-                .allow_zoom(false)
-                .allow_scroll(false)
-                .allow_boxed_zoom(false)
-                .include_y(0.0)
-                .x_axis_formatter(move |mark, _| {
-                    let i = mark.value.round();
-                    if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
-                        names.get(i as usize).cloned().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                })
-                .show(ui, |plot| {
-                    plot.bar_chart(egui_plot::BarChart::new(title, bars))
-                });
-        };
-        chart(
-            ui,
-            "On time % 按时率",
-            "ops-on-time",
-            departments
-                .iter()
-                .map(|(_, f)| f.on_time_pct.unwrap_or(0.0))
-                .collect(),
-            theme::GOOD,
-        );
-        chart(
-            ui,
-            "Time to sign for, p50 (min) 签收用时",
-            "ops-sign-for",
-            departments
-                .iter()
-                .map(|(_, f)| f.sign_for_ms.p50.unwrap_or(0) as f64 / 60_000.0)
-                .collect(),
-            theme::ACCENT,
-        );
         egui::Grid::new("ops-departments")
             .striped(true)
             .show(ui, |ui| {
@@ -319,15 +305,19 @@ mod tests {
     fn the_operations_window_shows_the_departments_and_what_is_overdue() {
         use crate::dispatch::ops::tests::{ops, shift};
         let report = ops(&shift("operations-window"), None, None);
+        let charts = crate::briefing::department_charts(&report);
+        assert_eq!(charts.len(), 2);
+        let time = CityTime::utc("test");
         let mut h = Harness::builder()
             .with_size(egui::vec2(620.0, 900.0))
             .build_ui_state(
-                |ui, r: &mut Option<OpsReport>| operations_ui(ui, r.as_ref(), None),
+                |ui, r: &mut Option<OpsReport>| operations_ui(ui, r.as_ref(), &charts, None, &time),
                 Some(report),
             );
         h.run();
         for label in [
-            "On time % 按时率",
+            "On time 按时率",
+            "Time to sign for, p50 签收用时",
             "Incidents by kind 事件类型",
             "Overdue now 当前超时",
         ] {
@@ -336,7 +326,15 @@ mod tests {
         // No report yet, or the log unreadable: said, no panic.
         let mut empty = Harness::builder()
             .with_size(egui::vec2(400.0, 300.0))
-            .build_ui(|ui| operations_ui(ui, None, Some("chain does not hold")));
+            .build_ui(|ui| {
+                operations_ui(
+                    ui,
+                    None,
+                    &[],
+                    Some("chain does not hold"),
+                    &CityTime::utc("test"),
+                )
+            });
         empty.run();
         assert!(
             empty

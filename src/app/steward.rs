@@ -9,7 +9,7 @@ use super::AppSystems;
 use super::layers::markers::LiveMarker;
 use super::live::Live;
 use super::theme;
-use super::ui::{age_text, domain_label};
+use super::widgets::{age_text, domain_label};
 use crate::feeds::Domain;
 use crate::feeds::config::FeedConfig;
 use crate::governance::catalog::consumers;

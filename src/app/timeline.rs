@@ -761,19 +761,6 @@ mod tests {
     }
 
     #[test]
-    fn a_feeds_recorded_health_reads_as_it_was() {
-        use crate::app::ui::recorded_health_text;
-        let line = serde_json::json!({"feed": 0, "at_ms": 1, "health": {"feed": "taxis",
-            "freshness": "late", "validity": 0.874, "quarantined": null,
-            "last_error": "HTTP 503", "completeness": 1.0}});
-        let (text, colour) = recorded_health_text("taxis", Some(&line));
-        assert_eq!(text, "taxis · late · 87% valid · failing: HTTP 503");
-        assert_eq!(colour, crate::app::theme::ALARM);
-        let (text, _) = recorded_health_text("taxis", None);
-        assert_eq!(text, "taxis · no health recorded by then");
-    }
-
-    #[test]
     fn the_timeline_shows_the_recorded_past_while_now_goes_on_and_comes_back_to_live() {
         // Two minutes ago: 20 taxis moving east for 60 s; 5 more from 30 s to 40 s.
         let dir = std::env::temp_dir().join(format!("zhongshu-timeline-{}", std::process::id()));

@@ -13,6 +13,10 @@ use super::layers::markers::{MarkerKind, aqi_srgb};
 use super::layout::{Bar, ShellContent, ShellLayout, SidePanel, SidePanelKind, show_shell};
 use super::live::{DomainVisibility, Live};
 use super::scene::{LayerVisibility, SceneStats};
+use super::widgets::{
+    UiCommand, UiInput, age_text, alerts_colour, aqi_colour, congestion_colour, domain_label,
+    hospital_colour, panel_header, truncated_label,
+};
 use super::{AppSystems, City, Selection, theme};
 use crate::clock::CityTime;
 use crate::feeds::config::FeedConfig;
@@ -24,59 +28,6 @@ use crate::model::value_with_unit;
 use crate::state::kpi::{CityKpis, KpiPass};
 use crate::state::sweep::Budget;
 use crate::state::{LiveEntity, LiveState};
-
-/// What the user asked for through the panels.
-#[derive(Clone, Debug, PartialEq)]
-pub enum UiCommand {
-    SetLayer(MapLayer, bool),
-    ResetView,
-    FlyToBuilding(usize),
-    /// Select a building (e.g. a part's outline from the inspector).
-    SelectBuilding(usize),
-    ClearSelection,
-    AddBookmark,
-    GoToBookmark(usize),
-    SetDomain(Domain, bool),
-    FlyToEntity(u32),
-    ToggleSteward,
-    /// The hub operations window (运营).
-    ToggleOperations,
-    /// Present the leaders' briefing (F5).
-    StartBriefing,
-    /// The steward window's own close button.
-    CloseSteward,
-    ToggleDesk,
-    /// Open the desk's report form at the selected building.
-    ReportIncidentHere,
-    /// The timeline: live, pause, play, seek.
-    Timeline(super::timeline::TimelineAction),
-}
-
-/// Where the 3D view is (the screen area no panel covers) and whether egui holds input.
-#[derive(Resource, Debug, Clone)]
-pub struct UiInput {
-    /// In the window's logical pixels (bevy's cursor units: egui points × UI scale).
-    pub view_rect: egui::Rect,
-    pub wants_pointer: bool,
-    pub wants_keyboard: bool,
-}
-
-impl Default for UiInput {
-    fn default() -> Self {
-        Self {
-            view_rect: egui::Rect::EVERYTHING,
-            wants_pointer: false,
-            wants_keyboard: false,
-        }
-    }
-}
-
-impl UiInput {
-    /// True when a cursor at `p` (logical pixels) is over the 3D view, not a panel.
-    pub fn over_3d_view(&self, p: Vec2) -> bool {
-        !self.wants_pointer && self.view_rect.contains(egui::pos2(p.x, p.y))
-    }
-}
 
 #[derive(Resource, Default)]
 struct PendingUiCommands(Vec<UiCommand>);
@@ -519,11 +470,13 @@ pub fn top_bar_ui(
                         "Demo accounts (published passphrase) and demo department tokens are active: not for operations. Run with --users and --dispatch.",
                     );
             }
-            ui.separator();
+            let narrow = bar_width < 640.0;
+            if !narrow {
+                ui.separator();
+            }
             // Toggles that show whether their panel is open.
             // On a narrow bar the toggles keep only their Chinese names (the
             // English on hover), so neither is pushed off the bar.
-            let narrow = bar_width < 640.0;
             let (dispatch, steward, operations, briefing_label) = if narrow {
                 ("调度", "治理", "运营", "简报")
             } else {
@@ -534,30 +487,47 @@ pub fn top_bar_ui(
                     "Briefing 简报",
                 )
             };
-            if let Some(state) = briefing {
-                use super::briefing_launch::BriefingState;
-                let running = *state == BriefingState::Running;
-                let hover = match state {
-                    BriefingState::Ready => {
-                        "Present the last shift's briefing full screen (F5); → next, ← previous, Esc ends".to_string()
+            // The briefing and the operations window: on a bar too narrow for all
+            // the toggles, in a menu, so the panels' own toggles stay on the bar.
+            let occasional = |ui: &mut egui::Ui, out: &mut Vec<UiCommand>, in_menu: bool| {
+                if let Some(state) = briefing {
+                    use super::briefing_launch::BriefingState;
+                    let running = *state == BriefingState::Running;
+                    let hover = match state {
+                        BriefingState::Ready => {
+                            "Present the last shift's briefing full screen (F5); → next, ← previous, Esc ends".to_string()
+                        }
+                        BriefingState::Running => "The briefing is being presented".to_string(),
+                        BriefingState::Failed(why) => why.clone(),
+                    };
+                    let text = match state {
+                        BriefingState::Failed(_) => {
+                            egui::RichText::new(format!("⚠ {briefing_label}")).color(theme::WARN)
+                        }
+                        _ => egui::RichText::new(briefing_label),
+                    };
+                    if ui
+                        .selectable_label(running, text)
+                        .on_hover_text(hover)
+                        .clicked()
+                    {
+                        out.push(UiCommand::StartBriefing);
+                        if in_menu {
+                            ui.close();
+                        }
                     }
-                    BriefingState::Running => "The briefing is being presented".to_string(),
-                    BriefingState::Failed(why) => why.clone(),
-                };
-                let text = match state {
-                    BriefingState::Failed(_) => {
-                        egui::RichText::new(format!("⚠ {briefing_label}")).color(theme::WARN)
-                    }
-                    _ => egui::RichText::new(briefing_label),
-                };
+                }
                 if ui
-                    .selectable_label(running, text)
-                    .on_hover_text(hover)
+                    .selectable_label(operations_open, operations)
+                    .on_hover_text("Hub operations 运营: the last shift's operating figures")
                     .clicked()
                 {
-                    out.push(UiCommand::StartBriefing);
+                    out.push(UiCommand::ToggleOperations);
+                    if in_menu {
+                        ui.close();
+                    }
                 }
-            }
+            };
             if ui
                 .selectable_label(desk_open, dispatch)
                 .on_hover_text("Dispatch 指挥调度")
@@ -572,12 +542,14 @@ pub fn top_bar_ui(
             {
                 out.push(UiCommand::ToggleSteward);
             }
-            if ui
-                .selectable_label(operations_open, operations)
-                .on_hover_text("Hub operations 运营: the last shift's operating figures")
-                .clicked()
-            {
-                out.push(UiCommand::ToggleOperations);
+            // (The full labels of all four take about 560 points beside the clock.)
+            let crowded = bar_width < 1100.0;
+            if crowded {
+                ui.menu_button("⋯", |ui| occasional(ui, out, true))
+                    .response
+                    .on_hover_text("Briefing 简报, Operations 运营");
+            } else {
+                occasional(ui, out, false);
             }
             ui.with_layout(egui::Layout::left_to_right(egui::Align::Center), |ui| {
                 ui.add(
@@ -591,30 +563,6 @@ pub fn top_bar_ui(
                 );
                 ui.separator();
                 truncated_label(ui, egui::RichText::new(&map.name).heading());
-            });
-        });
-    });
-}
-
-/// A one-line label that elides to the room it has and shows its whole text on
-/// hover: for rows in bounded panels (titles, headlines, names), which must not
-/// widen their panel nor wrap a character per line.
-pub fn truncated_label(ui: &mut egui::Ui, text: impl Into<egui::WidgetText>) -> egui::Response {
-    ui.add(egui::Label::new(text).truncate())
-}
-
-/// A panel's title row: `buttons` laid out from the right edge first (a close button
-/// first of all), so they stay in the panel; the title elides in the room left.
-pub fn panel_header(
-    ui: &mut egui::Ui,
-    title: impl Into<egui::WidgetText>,
-    buttons: impl FnOnce(&mut egui::Ui),
-) {
-    ui.horizontal(|ui| {
-        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-            buttons(ui);
-            ui.with_layout(egui::Layout::left_to_right(egui::Align::Center), |ui| {
-                truncated_label(ui, title);
             });
         });
     });
@@ -842,11 +790,6 @@ pub fn inspector_ui(ui: &mut egui::Ui, map: &CityMap, index: usize, out: &mut Ve
     });
 }
 
-/// Domain names for the panels.
-pub fn domain_label(d: Domain) -> &'static str {
-    d.label()
-}
-
 /// KPI values are this share of the window's height: readable across a hall on a 4K
 /// wall, whatever the scale (a share of the height in points is the same share in pixels).
 pub const KPI_VALUE_SHARE: f32 = 0.03;
@@ -892,37 +835,6 @@ pub struct KpiStrip {
     pass: Option<KpiPass>,
     /// The [`Live::shown_epoch`] the figures are of.
     epoch: u64,
-}
-
-/// The colour of the congestion index (a share): green, amber past 15 %, red past 30 %.
-pub fn congestion_colour(c: Option<f64>) -> egui::Color32 {
-    match c {
-        Some(c) if c > 0.3 => theme::ALARM,
-        Some(c) if c > 0.15 => theme::WARN,
-        _ => theme::GOOD,
-    }
-}
-
-/// The colour of an AQI: the heat map's ramp; muted when unknown.
-pub fn aqi_colour(aqi: Option<f64>) -> egui::Color32 {
-    aqi.map_or(theme::MUTED, |a| {
-        let c = aqi_srgb(a);
-        egui::Color32::from_rgb((c >> 16) as u8, (c >> 8) as u8, c as u8)
-    })
-}
-
-/// Open alerts: amber when any.
-pub fn alerts_colour(n: usize) -> egui::Color32 {
-    if n > 0 { theme::WARN } else { theme::GOOD }
-}
-
-/// Hospital load (a share): amber past 75 %, red past 90 %.
-pub fn hospital_colour(load: Option<f64>) -> egui::Color32 {
-    match load {
-        Some(l) if l > 0.9 => theme::ALARM,
-        Some(l) if l > 0.75 => theme::WARN,
-        _ => theme::GOOD,
-    }
 }
 
 pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
@@ -1003,11 +915,6 @@ pub fn kpi_strip_ui(ui: &mut egui::Ui, k: &CityKpis) {
             );
         }
     });
-}
-
-/// Seconds as a short age: `0.4 s`, `12 s`, `3 min`.
-pub fn age_text(secs: f64) -> String {
-    crate::clock::age_words(secs)
 }
 
 /// Layers grouped by sub-brain: toggle, entity count, and each feed's health.
@@ -1843,5 +1750,17 @@ mod panel_tests {
             state(),
         );
         harness.get_by_label(&format!("{parts} (drawn instead of this outline)"));
+    }
+
+    #[test]
+    fn a_feeds_recorded_health_reads_as_it_was() {
+        let line = serde_json::json!({"feed": 0, "at_ms": 1, "health": {"feed": "taxis",
+            "freshness": "late", "validity": 0.874, "quarantined": null,
+            "last_error": "HTTP 503", "completeness": 1.0}});
+        let (text, colour) = recorded_health_text("taxis", Some(&line));
+        assert_eq!(text, "taxis · late · 87% valid · failing: HTTP 503");
+        assert_eq!(colour, crate::app::theme::ALARM);
+        let (text, _) = recorded_health_text("taxis", None);
+        assert_eq!(text, "taxis · no health recorded by then");
     }
 }

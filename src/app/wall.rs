@@ -64,6 +64,9 @@ pub struct WallRun {
     /// `zhongshu briefing --out`: each slide drawn in turn in one window of the
     /// screenshot size, a PNG each, then the PDF.
     pub briefing: Option<BriefingRun>,
+    /// The recorded history the trends start from (the hours before the wall
+    /// started), when there is one.
+    pub history: Option<PathBuf>,
 }
 
 /// A deck to write or present: its slides, the book its pins come from.
@@ -179,6 +182,8 @@ struct DeckShots {
     out: PathBuf,
     screens: Vec<crate::wall::Screen>,
     incidents: Vec<String>,
+    /// Each slide's charts: their titles and how many bars or points each has.
+    charts: Vec<serde_json::Value>,
     /// The slide shown now (all asked for when it is the number of slides).
     index: usize,
     /// Frames the slide shown has been whole.
@@ -200,6 +205,23 @@ fn deck_to_write(deck: crate::briefing::Deck, out: PathBuf) -> DeckShots {
         written: vec![None; screens.len()],
         screens,
         incidents: deck.incident_ids().into_iter().map(String::from).collect(),
+        charts: deck
+            .slides
+            .iter()
+            .map(|s| {
+                s.charts
+                    .iter()
+                    .map(|c| {
+                        let n = match &c.kind {
+                            crate::wall::ChartKind::Bars(b) => b.len(),
+                            crate::wall::ChartKind::Line(p) => p.len(),
+                        };
+                        (c.title.clone(), serde_json::Value::from(n))
+                    })
+                    .collect::<serde_json::Map<String, serde_json::Value>>()
+                    .into()
+            })
+            .collect(),
         index: 0,
         settled: 0,
         failed: false,
@@ -299,6 +321,7 @@ fn play_deck(
                             "pdf": pdf.display().to_string(),
                             "pages": pages,
                             "incidents": shots.incidents,
+                            "charts": shots.charts,
                             "ms": started.0.elapsed().as_millis() as u64,
                         })
                     );
@@ -524,8 +547,46 @@ pub struct WallData {
     kpis_at_ms: i64,
     epoch: u64,
     pub signs: SignHistory,
+    /// The vital signs read from the recorded history on a thread of their own,
+    /// until they come.
+    past_signs: Option<std::sync::Mutex<std::sync::mpsc::Receiver<PastSigns>>>,
+    /// Samples put ahead of the trends from the recorded history.
+    pub signs_recorded: usize,
     pub state: DataState,
     now_ms: i64,
+}
+
+/// The city's figures over the hours kept, read from the history, and what went
+/// wrong reading it.
+type PastSigns = (Vec<(i64, CityKpis)>, Vec<String>);
+
+/// Reads the figures every 5 minutes over the hours the trends keep, from the
+/// recorded history (a seek each: never on the frame).
+fn read_past_signs(
+    dir: PathBuf,
+    frame: crate::geo_frame::GeoFrame,
+) -> std::sync::mpsc::Receiver<PastSigns> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("wall-history".into())
+        .spawn(move || {
+            let now = crate::clock::unix_ms_now();
+            let past = match crate::history::History::open(&dir) {
+                Ok(history) => {
+                    let steps = crate::wall::KEEP_MS / (5 * 60_000);
+                    let instants: Vec<i64> = (0..steps)
+                        .map(|k| now - crate::wall::KEEP_MS + k * 5 * 60_000)
+                        .collect();
+                    crate::history::state_at::kpis_at(&history, frame, &instants)
+                }
+                Err(e) => (Vec::new(), vec![format!("{e:#}")]),
+            };
+            let _ = tx.send(past);
+        });
+    if let Err(e) = spawned {
+        warn!("wall: cannot read the recorded history: {e}");
+    }
+    rx
 }
 
 impl WallData {
@@ -583,6 +644,9 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
     let mut data = WallData::default();
     if let Some((open, config)) = run.log {
         data.books = Some(PastBooks::start(open, config)?);
+    }
+    if let Some(dir) = run.history.filter(|_| run.briefing.is_none()) {
+        data.past_signs = Some(std::sync::Mutex::new(read_past_signs(dir, map.frame)));
     }
     // A briefing draws the record: its book, the first slide's screen, no feeds.
     let mut deck_shots = None;
@@ -1146,6 +1210,22 @@ fn wall_data(
     let data = &mut *data;
     let now_ms = crate::clock::unix_ms_now();
     data.now_ms = now_ms;
+    if let Some(rx) = data.past_signs.as_mut() {
+        let rx = rx
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match rx.try_recv() {
+            Ok((past, problems)) => {
+                for p in problems {
+                    warn!("wall: the recorded history: {p}");
+                }
+                data.signs_recorded = data.signs.seed(&past);
+                data.past_signs = None;
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => data.past_signs = None,
+        }
+    }
     // The book as of now, asked every second; the reader reads the log again when
     // it is 2 s old.
     if let Some(books) = data.books.as_mut() {
@@ -1449,7 +1529,14 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
             TileKind::Orders => orders_ui(&mut ui, view.data.book.as_ref(), now_ms),
             TileKind::Feeds => feeds_ui(&mut ui, &view.data.state),
             TileKind::Trends => trends_ui(&mut ui, &view.data, screen, ti),
-            TileKind::Slide { lines, notes } => slide_ui(&mut ui, lines, notes),
+            TileKind::Slide {
+                lines,
+                details,
+                notes,
+            } => slide_ui(&mut ui, lines, details, notes),
+            TileKind::Charts(charts) => {
+                super::charts::charts_ui(&mut ui, ("wall-charts", screen, ti), charts, &view.time.0)
+            }
             TileKind::Presenter(p) => presenter_ui(
                 &mut ui,
                 p,
@@ -1577,7 +1664,7 @@ fn incident_pins(
 }
 
 /// A briefing slide's text: its lines in large type, wrapped; the notes below, muted.
-fn slide_ui(ui: &mut egui::Ui, lines: &[String], notes: &[String]) {
+fn slide_ui(ui: &mut egui::Ui, lines: &[String], details: &[String], notes: &[String]) {
     ui.add_space(6.0);
     for line in lines {
         ui.add(
@@ -1589,6 +1676,19 @@ fn slide_ui(ui: &mut egui::Ui, lines: &[String], notes: &[String]) {
             .wrap(),
         );
         ui.add_space(6.0);
+    }
+    if !details.is_empty() {
+        ui.add_space(6.0);
+        for line in details {
+            ui.add(
+                egui::Label::new(
+                    egui::RichText::new(line)
+                        .size(12.0)
+                        .color(egui::Color32::from_gray(200)),
+                )
+                .wrap(),
+            );
+        }
     }
     if !notes.is_empty() {
         ui.add_space(8.0);
@@ -1813,21 +1913,21 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
             "Congestion 拥堵指数",
             k.congestion_index
                 .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
-            super::ui::congestion_colour(k.congestion_index),
+            super::widgets::congestion_colour(k.congestion_index),
             Some(1),
             Some(false),
         ),
         (
             "AQI 空气质量",
             k.mean_aqi.map_or_else(dash, |v| format!("{v:.0}")),
-            super::ui::aqi_colour(k.mean_aqi),
+            super::widgets::aqi_colour(k.mean_aqi),
             Some(2),
             Some(false),
         ),
         (
             "Open alerts 未结告警",
             k.open_alerts.to_string(),
-            super::ui::alerts_colour(k.open_alerts),
+            super::widgets::alerts_colour(k.open_alerts),
             Some(3),
             Some(false),
         ),
@@ -1835,7 +1935,7 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
             "Hospital load 医院负荷",
             k.hospital_load
                 .map_or_else(dash, |v| format!("{:.0}%", v * 100.0)),
-            super::ui::hospital_colour(k.hospital_load),
+            super::widgets::hospital_colour(k.hospital_load),
             Some(4),
             Some(false),
         ),
@@ -1998,7 +2098,7 @@ fn incidents_ui(ui: &mut egui::Ui, book: Option<&Book>, now_ms: i64) {
                     format!(
                         "{} · {} · {} · {} ago · {} orders",
                         super::desk_ui::severity_label(i.severity),
-                        super::ui::domain_label(i.domain),
+                        super::widgets::domain_label(i.domain),
                         super::desk_ui::incident_status_label(i.status),
                         crate::clock::age_words((now_ms - i.reported_ms).max(0) as f64 / 1000.0),
                         i.orders.len()
@@ -2065,7 +2165,7 @@ fn feeds_ui(ui: &mut egui::Ui, state: &DataState) {
             };
             (
                 colour,
-                format!("{} · {}", f.name, super::ui::domain_label(f.domain)),
+                format!("{} · {}", f.name, super::widgets::domain_label(f.domain)),
                 match f.data_age_s {
                     Some(a) => format!("{word} · data {} old", crate::clock::age_words(a)),
                     None => word.to_string(),
@@ -2116,22 +2216,14 @@ fn trends_ui(ui: &mut egui::Ui, data: &WallData, screen: usize, tile: usize) {
         let rect = egui::Rect::from_min_size(min, cell).shrink(4.0);
         ui.scope_builder(egui::UiBuilder::new().max_rect(rect), |ui| {
             ui.label(egui::RichText::new(title).color(theme::MUTED).small());
-            egui_plot::Plot::new(("wall-trend", screen, tile, i))
-                .show_axes([true, true])
-                .show_grid(false)
-                .allow_drag(false)
-                .allow_zoom(false)
-                .allow_scroll(false)
-                .allow_boxed_zoom(false)
-                .allow_double_click_reset(false)
-                .show_background(false)
-                .include_y(0.0)
-                .x_axis_formatter(|mark, _| format!("{:.0} min", mark.value))
-                .show(ui, |plot| {
-                    plot.line(
-                        egui_plot::Line::new(title, points).stroke(egui::Stroke::new(2.0, colour)),
-                    );
-                });
+            super::charts::line_chart(
+                ui,
+                ("wall-trend", screen, tile, i),
+                title,
+                points,
+                colour,
+                |m| format!("{m:.0} min"),
+            );
         });
     }
     ui.allocate_rect(area, egui::Sense::hover());
@@ -2174,8 +2266,28 @@ fn tile_report(
             "open_alerts": data.kpis.open_alerts,
             "vehicles": data.kpis.vehicles,
         }),
-        TileKind::Trends => serde_json::json!({ "samples": data.signs.len() }),
-        TileKind::Slide { lines, .. } => serde_json::json!(lines),
+        TileKind::Trends => serde_json::json!({
+            "samples": data.signs.len(),
+            "recorded": data.signs_recorded,
+        }),
+        TileKind::Slide { lines, details, .. } => {
+            serde_json::json!({ "lines": lines, "details": details })
+        }
+        TileKind::Charts(charts) => serde_json::json!(
+            charts
+                .iter()
+                .map(|c| match &c.kind {
+                    crate::wall::ChartKind::Bars(bars) => serde_json::json!({
+                        "title": c.title,
+                        "bars": bars.iter().map(|b| serde_json::json!([b.name, b.value])).collect::<Vec<_>>(),
+                    }),
+                    crate::wall::ChartKind::Line(points) => serde_json::json!({
+                        "title": c.title,
+                        "points": points.len(),
+                    }),
+                })
+                .collect::<Vec<_>>()
+        ),
         TileKind::Presenter(p) => serde_json::json!({
             "slide": p.index + 1,
             "slides": p.count,
@@ -2233,11 +2345,12 @@ fn capture_screens(
     let feeds_in = live.as_ref().is_none_or(|l| l.feeds_answered());
     let book_in = data.books.is_none() || data.book.is_some() || data.state.book_trouble.is_some();
     let kpis_in = data.kpis_at_ms > 0;
+    let history_in = data.past_signs.is_none();
     let elapsed = time.elapsed_secs();
     if wall.built.is_none()
         || windows.iter().count() < wall.layout.screens.len()
         || !ready.is_ready()
-        || ((!feeds_in || !book_in || !kpis_in) && elapsed < 20.0)
+        || ((!feeds_in || !book_in || !kpis_in || !history_in) && elapsed < 20.0)
     {
         shots.settled = 0;
         return;

@@ -20,6 +20,44 @@ pub fn live_state(snap: &Snapshot, frame: GeoFrame) -> LiveState {
     state
 }
 
+/// The city's figures at each of `instants` the recording covers: an instant before
+/// it starts, or a minute or more after it ends, has none (the city was not recorded
+/// then). Damaged segments met are returned, once each, to be said.
+pub fn kpis_at(
+    history: &super::History,
+    frame: GeoFrame,
+    instants: &[i64],
+) -> (Vec<(i64, CityKpis)>, Vec<String>) {
+    let mut figures = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    for &at_ms in instants {
+        if at_ms < history.first_ms() {
+            continue;
+        }
+        let snap = match history.state_at(at_ms) {
+            Ok(snap) => snap,
+            Err(e) => {
+                let e = format!("{e:#}");
+                if !problems.contains(&e) {
+                    problems.push(e);
+                }
+                continue;
+            }
+        };
+        for p in &snap.problems {
+            if !problems.contains(p) {
+                problems.push(p.clone());
+            }
+        }
+        if snap.after_the_end().is_some() || snap.data_until_ms.is_none() {
+            continue;
+        }
+        let state = live_state(&snap, frame);
+        figures.push((at_ms, CityKpis::compute(&state, &HashMap::new(), at_ms)));
+    }
+    (figures, problems)
+}
+
 /// The KPIs as they were (each thing counted from the one snapshot).
 pub fn kpis_json(state: &LiveState, at_ms: i64) -> Value {
     let k = CityKpis::compute(state, &HashMap::new(), at_ms);
