@@ -100,11 +100,13 @@ pub fn open_incidents_chart(book: &Book, since_ms: i64, until_ms: i64) -> Chart 
     Chart {
         title: "Open incidents 未结事件".into(),
         tone: Tone::Neutral,
-        kind: ChartKind::Line(
-            at.into_iter()
+        kind: ChartKind::Line {
+            points: at
+                .into_iter()
                 .zip(open.into_iter().map(|n| n as f64))
                 .collect(),
-        ),
+            span: (since_ms, until_ms),
+        },
     }
 }
 
@@ -179,6 +181,7 @@ impl Deck {
     /// The vital signs over the period, from the recorded history, as charts on the
     /// overview (before its open incidents); none recorded is said in its notes.
     pub fn add_vital_signs(&mut self, samples: &[VitalSample]) {
+        let span = (self.since_ms, self.until_ms);
         let Some(overview) = self
             .slides
             .iter_mut()
@@ -206,7 +209,7 @@ impl Deck {
         .map(|(title, tone, points)| Chart {
             title: title.into(),
             tone,
-            kind: ChartKind::Line(points),
+            kind: ChartKind::Line { points, span },
         })
         .collect();
         if charts.is_empty() {
@@ -216,8 +219,9 @@ impl Deck {
             return;
         }
         overview.notes.push(format!(
-            "Vital signs from the recorded history at {} instants.",
-            samples.len()
+            "Vital signs from the recorded history at {} instant{}.",
+            samples.len(),
+            if samples.len() == 1 { "" } else { "s" }
         ));
         let tail = std::mem::take(&mut overview.charts);
         overview.charts = charts;
@@ -776,7 +780,7 @@ pub fn clear_deck(dir: &Path) -> std::io::Result<usize> {
         let slide = name
             .strip_prefix("slide-")
             .and_then(|rest| rest.strip_suffix(".png"))
-            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+            .is_some_and(|n| n.len() >= 2 && n.chars().all(|c| c.is_ascii_digit()));
         if (slide || name == "briefing.pdf" || name == ".briefing.pdf.partial")
             && entry.file_type()?.is_file()
         {
@@ -785,6 +789,85 @@ pub fn clear_deck(dir: &Path) -> std::io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// A deck being written into a folder: the folder is locked against another
+/// briefing, the slides and the PDF go into a staging folder inside it, and only a
+/// whole deck replaces the one there (a run killed midway leaves the earlier deck).
+pub struct DeckWriter {
+    out: PathBuf,
+    staging: PathBuf,
+    _lock: std::fs::File,
+}
+
+/// The staging folder's name, inside the deck's folder.
+const STAGING: &str = ".briefing-staging";
+
+impl DeckWriter {
+    /// Locks `out` (made when missing) and starts an empty staging folder in it (one
+    /// left by a killed run goes).
+    pub fn begin(out: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let lock_path = out.join(".briefing.lock");
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format!(
+                    "another briefing is writing into {} (give each its own --out)",
+                    out.display()
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("{}: {e}", lock_path.display()));
+            }
+        }
+        let staging = out.join(STAGING);
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+        }
+        std::fs::create_dir(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+        Ok(Self {
+            out: out.to_path_buf(),
+            staging,
+            _lock: lock,
+        })
+    }
+
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// Where slide `index` (from 0) is written while the deck is made.
+    pub fn slide_path(&self, index: usize) -> PathBuf {
+        self.staging.join(format!("slide-{:02}.png", index + 1))
+    }
+
+    /// The PDF of the slides written, then the whole deck moved into the folder in
+    /// place of the one there: the slides' and the PDF's final paths, and the pages.
+    pub fn finish(self, slides: &[PathBuf]) -> Result<(Vec<PathBuf>, PathBuf, usize), String> {
+        let staged_pdf = self.staging.join("briefing.pdf");
+        let pages = write_pdf(slides, &staged_pdf)?;
+        clear_deck(&self.out).map_err(|e| format!("{}: {e}", self.out.display()))?;
+        let mut moved = Vec::with_capacity(slides.len());
+        for slide in slides {
+            let name = slide
+                .file_name()
+                .ok_or_else(|| format!("{}: not a file", slide.display()))?;
+            let to = self.out.join(name);
+            std::fs::rename(slide, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+            moved.push(to);
+        }
+        let pdf = self.out.join("briefing.pdf");
+        std::fs::rename(&staged_pdf, &pdf).map_err(|e| format!("{}: {e}", pdf.display()))?;
+        let _ = std::fs::remove_dir_all(&self.staging);
+        Ok((moved, pdf, pages))
+    }
 }
 
 /// Writes `pages` (PNG pictures, one a page, each page the picture's size in points)
@@ -1015,7 +1098,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut pages = Vec::new();
         for i in 0..3u8 {
-            let path = dir.join(format!("slide-{i}.png"));
+            let path = dir.join(format!("slide-{i:02}.png"));
             image::RgbImage::from_pixel(64, 36, image::Rgb([i * 80, 20, 200]))
                 .save(&path)
                 .unwrap();
@@ -1034,6 +1117,85 @@ mod tests {
         assert!(!out.exists() && !pages[0].exists());
         let e = write_pdf(&[dir.join("missing.png")], &out).unwrap_err();
         assert!(e.contains("missing.png"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A deck is swapped in whole: while one is written the earlier one stays (a run
+    /// killed midway leaves it), a second writer into the folder is refused by name,
+    /// and a user's own files stay.
+    #[test]
+    fn a_deck_replaces_the_earlier_one_only_when_whole() {
+        let dir = std::env::temp_dir().join(format!(
+            "zhongshu-deck-writer-{}-{}",
+            std::process::id(),
+            crate::clock::unix_ms_now()
+        ));
+        let picture = |path: &Path, shade: u8| {
+            image::RgbImage::from_pixel(64, 36, image::Rgb([shade, 20, 200]))
+                .save(path)
+                .unwrap();
+        };
+        // An earlier deck of three slides, and the user's own slide-1.png.
+        let first = DeckWriter::begin(&dir).unwrap();
+        let pages: Vec<PathBuf> = (0..3)
+            .map(|i| {
+                let p = first.slide_path(i);
+                picture(&p, 10);
+                p
+            })
+            .collect();
+        let (slides, pdf, n) = first.finish(&pages).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(slides[2], dir.join("slide-03.png"));
+        assert!(pdf.exists() && slides.iter().all(|s| s.exists()));
+        std::fs::write(dir.join("slide-1.png"), "mine").unwrap();
+        // A second deck of two, midway: the first is all there, another writer is
+        // refused.
+        let second = DeckWriter::begin(&dir).unwrap();
+        picture(&second.slide_path(0), 200);
+        let e = DeckWriter::begin(&dir)
+            .err()
+            .expect("a second writer is refused");
+        assert!(e.contains("another briefing is writing"), "{e}");
+        assert!(dir.join("slide-03.png").exists());
+        assert_eq!(
+            pdf_page_count(&std::fs::read(dir.join("briefing.pdf")).unwrap()),
+            Some(3)
+        );
+        // Killed there: the next run starts clean and the first deck is still whole.
+        drop(second);
+        let third = DeckWriter::begin(&dir).unwrap();
+        assert!(
+            !third.slide_path(0).exists(),
+            "the killed run's slide is gone"
+        );
+        let pages: Vec<PathBuf> = (0..2)
+            .map(|i| {
+                let p = third.slide_path(i);
+                picture(&p, 200);
+                p
+            })
+            .collect();
+        third.finish(&pages).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "briefing.pdf",
+                "slide-01.png",
+                "slide-02.png",
+                "slide-1.png"
+            ]
+        );
+        assert_eq!(
+            pdf_page_count(&std::fs::read(dir.join("briefing.pdf")).unwrap()),
+            Some(2)
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1164,10 +1326,11 @@ mod tests {
         // The overview: open incidents at 49 instants over the shift, none at its
         // start, all nine (none closed) at its end, and four an hour in.
         let overview = &deck.slides[0];
-        let ChartKind::Line(open) = &overview.charts[0].kind else {
+        let ChartKind::Line { points: open, span } = &overview.charts[0].kind else {
             panic!("{:?}", overview.charts[0].kind)
         };
         assert_eq!(open.len(), 49);
+        assert_eq!(*span, (T0, T0 + 480 * MIN), "drawn over the period");
         assert_eq!(open[0], (T0, 0.0));
         assert_eq!(open[48], (T0 + 480 * MIN, 9.0));
         assert_eq!(open[6], (T0 + 60 * MIN, 4.0));

@@ -1773,11 +1773,24 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
                 .transpose()
             };
             let now_ms = zhongshu::clock::unix_ms_now();
+            let until_given = until.is_some();
             let until_ms = time("--until", until)?.unwrap_or(now_ms);
             let since_ms =
                 time("--since", since)?.unwrap_or(until_ms.saturating_sub(8 * 3_600_000));
-            if since_ms > until_ms {
-                bail!("--since is after --until: nothing lies between them");
+            if since_ms >= until_ms {
+                bail!(
+                    "--since is {} --until{}: nothing lies between them",
+                    if since_ms == until_ms {
+                        "the same instant as"
+                    } else {
+                        "after"
+                    },
+                    if until_given {
+                        ""
+                    } else {
+                        " (now, when not given)"
+                    }
+                );
             }
             let size = parse_size(&size)?;
             if size.0 < 640 || size.1 < 360 {
@@ -1823,8 +1836,12 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             // is one (the overview says when there is none).
             let samples = if cli.nats.is_none() && !cli.history.is_dir() {
                 eprintln!(
-                    "zhongshu: no history at {} (--history): the vital signs are not charted",
-                    cli.history.display()
+                    "zhongshu: {} (--history): the vital signs are not charted",
+                    if cli.history.exists() {
+                        format!("{} is not a folder", cli.history.display())
+                    } else {
+                        format!("no history folder at {}", cli.history.display())
+                    }
                 );
                 Vec::new()
             } else {

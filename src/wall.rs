@@ -100,8 +100,12 @@ pub struct Chart {
 pub enum ChartKind {
     /// A bar per name, with the value's text (e.g. "83%", "12 min").
     Bars(Vec<Bar>),
-    /// Values over time: (Unix ms, value), in time order.
-    Line(Vec<(i64, f64)>),
+    /// Values over time: (Unix ms, value), in time order, drawn over `span` (the
+    /// period, Unix ms), whatever part of it has values.
+    Line {
+        points: Vec<(i64, f64)>,
+        span: (i64, i64),
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

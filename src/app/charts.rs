@@ -40,13 +40,15 @@ pub fn bar_list(ui: &mut egui::Ui, bars: &[Bar], colour: egui::Color32) {
     for (k, bar) in bars.iter().enumerate() {
         let top = area.top() + k as f32 * row;
         let mid = top + row / 2.0;
-        let name = painter.layout_no_wrap(bar.name.clone(), font.clone(), egui::Color32::WHITE);
-        // A name wider than its room is cut at the bar's start.
-        let name_rect = egui::Rect::from_min_max(
-            egui::pos2(area.left(), top),
-            egui::pos2(area.left() + name_width - 6.0, top + row),
+        // A name wider than its room ends in "…" before the bar.
+        let mut job = egui::text::LayoutJob::simple_singleline(
+            bar.name.clone(),
+            font.clone(),
+            egui::Color32::WHITE,
         );
-        painter.with_clip_rect(name_rect).galley(
+        job.wrap = egui::text::TextWrapping::truncate_at_width((name_width - 6.0).max(8.0));
+        let name = painter.layout_job(job);
+        painter.galley(
             egui::pos2(area.left(), mid - name.size().y / 2.0),
             name,
             egui::Color32::WHITE,
@@ -77,22 +79,26 @@ pub fn bar_list(ui: &mut egui::Ui, bars: &[Bar], colour: egui::Color32) {
     );
 }
 
-/// A value over time in the space given: x in the units `points` are in, labelled
-/// by `x_label`.
+/// A value over time in the space given: x in the units `points` are in, over
+/// `x_span` when given (else the points' own), labelled by `x_label`.
 pub fn line_chart(
     ui: &mut egui::Ui,
     id: impl std::hash::Hash + std::fmt::Debug,
     title: &str,
     points: Vec<[f64; 2]>,
     colour: egui::Color32,
+    x_span: Option<(f64, f64)>,
     x_label: impl Fn(f64) -> String + 'static,
 ) {
     // Exactly the room given: a small cell never pushes the plot over what follows.
     let room = ui.available_size_before_wrap();
     // A line at zero all along sits on the axis, not in the middle of -100..100.
     let top = points.iter().map(|p| p[1]).fold(0.0f64, f64::max);
-    egui_plot::Plot::new(id)
-        .min_size(egui::vec2(16.0, 16.0))
+    let mut plot = egui_plot::Plot::new(id);
+    if let Some((from, to)) = x_span {
+        plot = plot.include_x(from).include_x(to);
+    }
+    plot.min_size(egui::vec2(16.0, 16.0))
         .width(room.x.max(16.0))
         .height(room.y.max(16.0))
         .show_axes([true, true])
@@ -148,17 +154,36 @@ pub fn charts_ui(
             let colour = tone_colour(chart.tone);
             match &chart.kind {
                 ChartKind::Bars(bars) => bar_list(ui, bars, colour),
-                ChartKind::Line(points) => {
+                ChartKind::Line { points, span } => {
                     let time = time.clone();
-                    // Minutes since the epoch: whole-minute marks, each a time of day.
+                    // Minutes since the epoch, over the whole period; marks are times
+                    // of day over a day or so, dates over longer, months over years.
                     let xy = points
                         .iter()
                         .map(|(t, v)| [*t as f64 / 60_000.0, *v])
                         .collect();
-                    line_chart(ui, (id, k), &chart.title, xy, colour, move |m| {
-                        let text = time.time_of_day((m * 60_000.0) as i64);
-                        text.get(..5).unwrap_or(&text).to_string()
-                    });
+                    let hours = (span.1 - span.0) as f64 / 3_600_000.0;
+                    let x_span = (span.0 as f64 / 60_000.0, span.1 as f64 / 60_000.0);
+                    line_chart(
+                        ui,
+                        (id, k),
+                        &chart.title,
+                        xy,
+                        colour,
+                        Some(x_span),
+                        move |m| {
+                            let ms = (m * 60_000.0) as i64;
+                            if hours <= 36.0 {
+                                let text = time.time_of_day(ms);
+                                text.get(..5).unwrap_or(&text).to_string()
+                            } else {
+                                // "2026-12-01 05:15:08 EET"
+                                let text = time.text(ms);
+                                let part = if hours <= 400.0 * 24.0 { 5..10 } else { 0..7 };
+                                text.get(part).unwrap_or(&text).to_string()
+                            }
+                        },
+                    );
                 }
             }
         });

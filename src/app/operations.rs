@@ -215,7 +215,7 @@ pub fn operations_ui(
     // Each chart in a band of its own: a line over the shift, a bar a department.
     for (k, chart) in charts.iter().enumerate() {
         let height = match &chart.kind {
-            ChartKind::Line(_) => 150.0,
+            ChartKind::Line { .. } => 150.0,
             ChartKind::Bars(bars) => 30.0 + 24.0 * bars.len() as f32,
         };
         ui.allocate_ui(egui::vec2(ui.available_width(), height), |ui| {

@@ -179,6 +179,8 @@ fn present(
 /// The slides left to draw, and what was written.
 #[derive(Resource)]
 struct DeckShots {
+    /// Where the slides go until the deck is whole (taken when it is).
+    writer: Option<crate::briefing::DeckWriter>,
     out: PathBuf,
     screens: Vec<crate::wall::Screen>,
     incidents: Vec<String>,
@@ -193,7 +195,7 @@ struct DeckShots {
     failed: bool,
 }
 
-fn deck_to_write(deck: crate::briefing::Deck, out: PathBuf) -> DeckShots {
+fn deck_to_write(deck: crate::briefing::Deck, writer: crate::briefing::DeckWriter) -> DeckShots {
     let screens: Vec<_> = deck
         .slides
         .iter()
@@ -201,7 +203,8 @@ fn deck_to_write(deck: crate::briefing::Deck, out: PathBuf) -> DeckShots {
         .map(|(i, s)| crate::briefing::slide_screen(s, i, true))
         .collect();
     DeckShots {
-        out,
+        out: writer.out().to_path_buf(),
+        writer: Some(writer),
         written: vec![None; screens.len()],
         screens,
         incidents: deck.incident_ids().into_iter().map(String::from).collect(),
@@ -214,7 +217,7 @@ fn deck_to_write(deck: crate::briefing::Deck, out: PathBuf) -> DeckShots {
                     .map(|c| {
                         let n = match &c.kind {
                             crate::wall::ChartKind::Bars(b) => b.len(),
-                            crate::wall::ChartKind::Line(p) => p.len(),
+                            crate::wall::ChartKind::Line { points, .. } => points.len(),
                         };
                         (c.title.clone(), serde_json::Value::from(n))
                     })
@@ -278,7 +281,9 @@ fn play_deck(
     // This frame is the slide's picture (the render of this frame's world); the next
     // slide is made from the next frame on.
     let index = shots.index;
-    let out = shots.out.join(format!("slide-{:02}.png", index + 1));
+    let Some(out) = shots.writer.as_ref().map(|w| w.slide_path(index)) else {
+        return;
+    };
     commands.spawn(Screenshot::window(window)).observe(
         move |captured: On<ScreenshotCaptured>,
               started: Res<StartedAt>,
@@ -304,15 +309,13 @@ fn play_deck(
                 return;
             }
             let written: Vec<PathBuf> = shots.written.iter().flatten().cloned().collect();
-            let pdf = shots.out.join("briefing.pdf");
-            let partial = shots.out.join(".briefing.pdf.partial");
-            let result = crate::briefing::write_pdf(&written, &partial).and_then(|n| {
-                std::fs::rename(&partial, &pdf)
-                    .map(|_| n)
-                    .map_err(|e| format!("{}: {e}", pdf.display()))
-            });
+            // The whole deck, in place of the one there.
+            let result = match shots.writer.take() {
+                Some(writer) => writer.finish(&written),
+                None => return,
+            };
             match result {
-                Ok(pages) => {
+                Ok((written, pdf, pages)) => {
                     println!(
                         "{}",
                         serde_json::json!({
@@ -613,14 +616,15 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot make the folder {}: {e}", dir.display()))?;
     }
-    // A briefing's folder holds one deck: the slides and PDF of an earlier one go first.
-    if let Some(BriefingRun {
-        mode: BriefingMode::Write { out: dir },
-        ..
-    }) = &run.briefing
-    {
-        crate::briefing::clear_deck(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    }
+    // A briefing's folder holds one deck, replaced whole when the new one is; one
+    // briefing at a time writes into it.
+    let mut deck_writer = match &run.briefing {
+        Some(BriefingRun {
+            mode: BriefingMode::Write { out: dir },
+            ..
+        }) => Some(crate::briefing::DeckWriter::begin(dir).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
     let map = super::load_map(run.map.as_deref(), &run.map_load)?;
     let time = crate::clock::CityTime::resolve(
         run.timezone.clone(),
@@ -656,7 +660,11 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         data.book = Some(b.book);
         data.read_at = Some(Instant::now());
         match b.mode {
-            BriefingMode::Write { out } => deck_shots = Some(deck_to_write(b.deck, out)),
+            BriefingMode::Write { .. } => {
+                if let Some(writer) = deck_writer.take() {
+                    deck_shots = Some(deck_to_write(b.deck, writer));
+                }
+            }
             BriefingMode::Present { presenter } => {
                 presenting = Some(Presenting {
                     slides: b
@@ -1463,8 +1471,9 @@ struct ScreenView<'w, 's> {
 
 /// The type size of the wall's body text on a window `height` logical pixels tall: a
 /// share of the height, so it reads from 5 m away on any panel.
-pub fn wall_zoom(height: f32, ui_scale: f32) -> f32 {
-    (height / 540.0).clamp(1.0, 6.0) * ui_scale
+pub fn wall_zoom(width: f32, height: f32, ui_scale: f32) -> f32 {
+    // By the shorter side: a screen on end (or a tall slide) keeps words whole.
+    (height.min(width) / 540.0).clamp(1.0, 6.0) * ui_scale
 }
 
 fn draw_screen(screen: usize, mut view: ScreenView) {
@@ -1483,7 +1492,7 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
     let Some((window, wall_window)) = view.windows.iter().find(|(_, w)| w.screen == screen) else {
         return;
     };
-    let zoom = wall_zoom(window.height(), view.wall.ui_scale);
+    let zoom = wall_zoom(window.width(), window.height(), view.wall.ui_scale);
     if (ctx.zoom_factor() - zoom).abs() > 1e-3 {
         ctx.set_zoom_factor(zoom);
     }
@@ -1571,9 +1580,16 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
         Some((i, slides)) => format!("{} / {slides}", i + 1),
         None => view.time.0.time_of_day(now_ms),
     };
+    // A slide's number at the top right, in its tiles' heading row (the foot is
+    // the charts' time axis); the wall's clock at the bottom right.
+    let (corner, offset) = if view.wall.slide.is_some() {
+        (egui::Align2::RIGHT_TOP, egui::vec2(-12.0, 8.0))
+    } else {
+        (egui::Align2::RIGHT_BOTTOM, egui::vec2(-12.0, -8.0))
+    };
     egui::Area::new(egui::Id::new(("wall-clock", screen)))
         .order(egui::Order::Foreground)
-        .anchor(egui::Align2::RIGHT_BOTTOM, egui::vec2(-12.0, -8.0))
+        .anchor(corner, offset)
         .interactable(false)
         .show(&ctx, |ui| {
             let hall = if view.live.as_ref().is_some_and(|l| l.hall.is_some()) {
@@ -1665,25 +1681,55 @@ fn incident_pins(
 
 /// A briefing slide's text: its lines in large type, wrapped; the notes below, muted.
 fn slide_ui(ui: &mut egui::Ui, lines: &[String], details: &[String], notes: &[String]) {
-    ui.add_space(6.0);
+    // The type at its size when it fits the tile, else smaller (to half) until it
+    // does: a slide never loses a line off its foot.
+    let width = ui.available_width();
+    let room = ui.available_height();
+    let parts: [(&[String], f32, f32); 3] =
+        [(lines, 17.0, 6.0), (details, 12.0, 0.0), (notes, 12.0, 0.0)];
+    let height_at = |scale: f32| -> f32 {
+        ui.ctx().fonts_mut(|fonts| {
+            let mut h = 6.0 * scale;
+            for (texts, size, gap) in parts {
+                if !texts.is_empty() {
+                    h += 8.0 * scale;
+                }
+                for t in texts {
+                    let galley = fonts.layout(
+                        t.clone(),
+                        egui::FontId::proportional(size * scale),
+                        egui::Color32::WHITE,
+                        width,
+                    );
+                    h += galley.size().y + gap * scale + ui.spacing().item_spacing.y;
+                }
+            }
+            h
+        })
+    };
+    let mut scale = 1.0f32;
+    while scale > 0.5 && height_at(scale) > room {
+        scale -= 0.05;
+    }
+    ui.add_space(6.0 * scale);
     for line in lines {
         ui.add(
             egui::Label::new(
                 egui::RichText::new(line)
-                    .size(17.0)
+                    .size(17.0 * scale)
                     .color(egui::Color32::WHITE),
             )
             .wrap(),
         );
-        ui.add_space(6.0);
+        ui.add_space(6.0 * scale);
     }
     if !details.is_empty() {
-        ui.add_space(6.0);
+        ui.add_space(6.0 * scale);
         for line in details {
             ui.add(
                 egui::Label::new(
                     egui::RichText::new(line)
-                        .size(12.0)
+                        .size(12.0 * scale)
                         .color(egui::Color32::from_gray(200)),
                 )
                 .wrap(),
@@ -1691,10 +1737,15 @@ fn slide_ui(ui: &mut egui::Ui, lines: &[String], details: &[String], notes: &[St
         }
     }
     if !notes.is_empty() {
-        ui.add_space(8.0);
+        ui.add_space(8.0 * scale);
         for note in notes {
             ui.add(
-                egui::Label::new(egui::RichText::new(note).size(12.0).color(theme::MUTED)).wrap(),
+                egui::Label::new(
+                    egui::RichText::new(note)
+                        .size(12.0 * scale)
+                        .color(theme::MUTED),
+                )
+                .wrap(),
             );
         }
     }
@@ -2222,6 +2273,7 @@ fn trends_ui(ui: &mut egui::Ui, data: &WallData, screen: usize, tile: usize) {
                 title,
                 points,
                 colour,
+                None,
                 |m| format!("{m:.0} min"),
             );
         });
@@ -2281,7 +2333,7 @@ fn tile_report(
                         "title": c.title,
                         "bars": bars.iter().map(|b| serde_json::json!([b.name, b.value])).collect::<Vec<_>>(),
                     }),
-                    crate::wall::ChartKind::Line(points) => serde_json::json!({
+                    crate::wall::ChartKind::Line { points, .. } => serde_json::json!({
                         "title": c.title,
                         "points": points.len(),
                     }),
@@ -2464,11 +2516,14 @@ mod tests {
 
     #[test]
     fn wall_type_grows_with_the_screen() {
-        assert_eq!(wall_zoom(540.0, 1.0), 1.0);
-        assert_eq!(wall_zoom(1080.0, 1.0), 2.0);
-        assert_eq!(wall_zoom(2160.0, 1.0), 4.0);
-        assert_eq!(wall_zoom(300.0, 1.0), 1.0);
-        assert_eq!(wall_zoom(1080.0, 1.5), 3.0);
+        assert_eq!(wall_zoom(960.0, 540.0, 1.0), 1.0);
+        assert_eq!(wall_zoom(1920.0, 1080.0, 1.0), 2.0);
+        assert_eq!(wall_zoom(3840.0, 2160.0, 1.0), 4.0);
+        assert_eq!(wall_zoom(533.0, 300.0, 1.0), 1.0);
+        assert_eq!(wall_zoom(1920.0, 1080.0, 1.5), 3.0);
+        // On end, by its width: 1080 wide is 1080 tall's type.
+        assert_eq!(wall_zoom(1080.0, 1920.0, 1.0), 2.0);
+        assert_eq!(wall_zoom(640.0, 4000.0, 1.0), 640.0 / 540.0);
     }
 
     #[test]

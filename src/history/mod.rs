@@ -1336,6 +1336,12 @@ fn collect_linear(
     for record in reader {
         let record = match record {
             Ok(r) => r,
+            // The chunk a recorder has open: its length is written when it closes
+            // (within a second). A segment being written, not a damaged one.
+            Err(mcap::McapError::RecordTooLarge {
+                opcode: 0x06,
+                len: u64::MAX,
+            }) => return,
             Err(e) => {
                 problems.push(format!(
                     "{} is cut short or damaged ({e}): read as far as it goes",

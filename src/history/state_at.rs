@@ -30,6 +30,8 @@ pub fn kpis_at(
 ) -> (Vec<(i64, CityKpis)>, Vec<String>) {
     let mut figures = Vec::new();
     let mut problems: Vec<String> = Vec::new();
+    // An instant that cannot be read at all: the first said, the rest counted.
+    let (mut unreadable, mut first_error) = (0usize, None);
     for &at_ms in instants {
         if at_ms < history.first_ms() {
             continue;
@@ -37,10 +39,8 @@ pub fn kpis_at(
         let snap = match history.state_at(at_ms) {
             Ok(snap) => snap,
             Err(e) => {
-                let e = format!("{e:#}");
-                if !problems.contains(&e) {
-                    problems.push(e);
-                }
+                unreadable += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
                 continue;
             }
         };
@@ -54,6 +54,13 @@ pub fn kpis_at(
         }
         let state = live_state(&snap, frame);
         figures.push((at_ms, CityKpis::compute(&state, &HashMap::new(), at_ms)));
+    }
+    if let Some(e) = first_error {
+        problems.push(if unreadable > 1 {
+            format!("{e} (and at {} more instants)", unreadable - 1)
+        } else {
+            e
+        });
     }
     (figures, problems)
 }
