@@ -1580,10 +1580,10 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
         Some((i, slides)) => format!("{} / {slides}", i + 1),
         None => view.time.0.time_of_day(now_ms),
     };
-    // A slide's number at the top right, in its tiles' heading row (the foot is
-    // the charts' time axis); the wall's clock at the bottom right.
+    // A slide's number at the bottom left (the right's foot is the charts' time
+    // axis, the top the headings); the wall's clock at the bottom right.
     let (corner, offset) = if view.wall.slide.is_some() {
-        (egui::Align2::RIGHT_TOP, egui::vec2(-12.0, 8.0))
+        (egui::Align2::LEFT_BOTTOM, egui::vec2(12.0, -8.0))
     } else {
         (egui::Align2::RIGHT_BOTTOM, egui::vec2(-12.0, -8.0))
     };
