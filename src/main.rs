@@ -640,6 +640,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1_000)]
         overdue: usize,
     },
+    /// Write a scripted 8-hour shift (incidents raised evenly, orders signed for,
+    /// done or refused, incidents closed) into a temporary log, then time
+    /// `zhongshu briefing --out` on it, as a user runs it (needs a display: under
+    /// xvfb-run -a without one).
+    Briefing {
+        /// Incidents raised over the shift.
+        #[arg(long, default_value_t = 500)]
+        incidents: usize,
+        /// The slides' size.
+        #[arg(long, default_value = "1920x1080")]
+        size: String,
+        /// Keep the deck here (else a temporary folder, removed after).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write incidents with their playbook's orders through the dispatch core, one
     /// durable commit per command, printing `committed <order-id>` as each is on
     /// disk, then a JSON summary with p50/p99 commit latency.
@@ -2372,6 +2387,75 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         }) => {
             let report = app::bench_desk::run(orders, frames, overdue)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Briefing {
+            incidents,
+            size,
+            out,
+        }) => {
+            parse_size(&size)?;
+            let scratch = std::env::temp_dir().join(format!(
+                "zhongshu-bench-briefing-{}-{}",
+                std::process::id(),
+                zhongshu::clock::unix_ms_now()
+            ));
+            std::fs::create_dir_all(&scratch)
+                .with_context(|| format!("cannot make {}", scratch.display()))?;
+            let db = scratch.join("shift.db");
+            let until_ms = zhongshu::clock::unix_ms_now();
+            let started = Instant::now();
+            let shift = zhongshu::dispatch::bench::shift_log(&db, incidents, until_ms)?;
+            let log_ms = started.elapsed().as_millis() as u64;
+            let deck = out.clone().unwrap_or_else(|| scratch.join("deck"));
+            let mut child = std::process::Command::new(std::env::current_exe()?);
+            child
+                .arg("briefing")
+                .arg("--db")
+                .arg(&db)
+                .arg("--out")
+                .arg(&deck)
+                .args(["--size", &size])
+                .arg("--until")
+                .arg(until_ms.to_string())
+                .arg("--history")
+                .arg(scratch.join("no-history"));
+            if let Some(map) = &cli.map {
+                child.arg("--map").arg(map);
+            }
+            let started = Instant::now();
+            let run = child
+                .stderr(std::process::Stdio::piped())
+                .output()
+                .context("cannot start zhongshu briefing")?;
+            let briefing_ms = started.elapsed().as_millis() as u64;
+            let _ = std::fs::remove_dir_all(&scratch);
+            if !run.status.success() {
+                let stderr = String::from_utf8_lossy(&run.stderr);
+                let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+                bail!(
+                    "the briefing failed: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                );
+            }
+            let report: serde_json::Value = String::from_utf8_lossy(&run.stdout)
+                .lines()
+                .find_map(|l| serde_json::from_str(l).ok())
+                .context("the briefing printed no JSON line")?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "shift": shift,
+                    "log_ms": log_ms,
+                    "size": size,
+                    "slides": report["slides"].as_array().map_or(0, Vec::len),
+                    "pages": report["pages"],
+                    "key_incidents": report["incidents"].as_array().map_or(0, Vec::len),
+                    "briefing_ms": briefing_ms,
+                    "briefing_reported_ms": report["ms"],
+                    "out": out.map(|o| o.display().to_string()),
+                }))?
+            );
             Ok(())
         }
         Command::Bench(BenchCommand::Orders { db, count }) => {

@@ -346,3 +346,240 @@ pub fn bench_restart(db: &Path, events: u64) -> anyhow::Result<serde_json::Value
         "chain_ok": report.chain_ok,
     }))
 }
+
+/// One step of a scripted shift, in time order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ShiftStep {
+    Report(usize),
+    Issue(String, usize),
+    Acknowledge(String, String),
+    Reject(String, String),
+    Start(String, String),
+    Complete(String, String),
+    Close(String),
+}
+
+/// What [`shift_log`] wrote.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ShiftSummary {
+    pub incidents: usize,
+    pub orders: usize,
+    pub closed: usize,
+    pub events: u64,
+    /// Commands the dispatch core refused (none expected).
+    pub refused: usize,
+    pub first_refusal: Option<String>,
+}
+
+/// Writes a shift to `db` as a hub would have lived it: `incidents` raised evenly over
+/// the 8 hours before `until_ms`, each given its playbook's orders a few minutes
+/// later; departments sign for most within a quarter of an hour (some refuse), start
+/// and finish them within an hour and a half; an incident whose orders are all done
+/// is closed. Only what happens by `until_ms` is written, in time order, through the
+/// dispatch core (so the log is what a real shift leaves).
+pub fn shift_log(db: &Path, incidents: usize, until_ms: i64) -> anyhow::Result<ShiftSummary> {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, HashMap};
+    const MIN: i64 = 60_000;
+    let since_ms = until_ms - 8 * 60 * MIN;
+    let mut dispatcher = Dispatcher::open(db, DispatchConfig::default_config())?;
+    let config = dispatcher.book().config.clone();
+    let actor = Actor::new("shift", Role::Dispatcher, None);
+    let mut rng = Rng(42);
+    let mut queue: BinaryHeap<Reverse<(i64, u64, ShiftStep)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut push = |queue: &mut BinaryHeap<_>, at: i64, step: ShiftStep| {
+        seq += 1;
+        queue.push(Reverse((at, seq, step)));
+    };
+    let span = (until_ms - 10 * MIN - since_ms).max(1);
+    for n in 0..incidents {
+        let at = since_ms + span * n as i64 / incidents.max(1) as i64;
+        push(&mut queue, at, ShiftStep::Report(n));
+    }
+    let mut summary = ShiftSummary::default();
+    let mut left: HashMap<String, usize> = HashMap::new();
+    let minutes =
+        |rng: &mut Rng, lo: i64, hi: i64| (lo + (rng.next() % (hi - lo + 1) as u64) as i64) * MIN;
+    while let Some(Reverse((at, _, step))) = queue.pop() {
+        if at > until_ms {
+            break;
+        }
+        // Closing: on scene and resolved first, where the incident is not yet.
+        if let ShiftStep::Close(id) = &step {
+            let mut last = Ok(Vec::new());
+            for action in [
+                Action::MarkOnScene,
+                Action::ResolveIncident,
+                Action::CloseIncident,
+            ] {
+                let status = dispatcher.book().incident(id).map(|i| i.status);
+                if action != Action::CloseIncident
+                    && status.is_some_and(|s| {
+                        matches!(
+                            (action, s),
+                            (Action::MarkOnScene, super::IncidentStatus::OnScene)
+                                | (_, super::IncidentStatus::Resolved)
+                        )
+                    })
+                {
+                    continue;
+                }
+                let command = Command::Incident {
+                    id: id.clone(),
+                    action,
+                    note: None,
+                };
+                last = dispatcher.execute(&command, &actor, at);
+                if last.is_err() {
+                    break;
+                }
+            }
+            match last {
+                Ok(_) => summary.closed += 1,
+                Err(e) => {
+                    summary.refused += 1;
+                    summary
+                        .first_refusal
+                        .get_or_insert_with(|| format!("{step:?}: {e}"));
+                }
+            }
+            continue;
+        }
+        let command = match &step {
+            ShiftStep::Report(n) => {
+                let (incident, _) = generated(&config, &mut rng, *n, at);
+                Command::ReportIncident(incident)
+            }
+            ShiftStep::Issue(id, n) => {
+                let playbook = &config.playbooks[n % config.playbooks.len()];
+                Command::IssueOrders {
+                    incident: id.clone(),
+                    orders: NewOrder::from_playbook(playbook, at),
+                }
+            }
+            ShiftStep::Acknowledge(_, o)
+            | ShiftStep::Start(_, o)
+            | ShiftStep::Complete(_, o)
+            | ShiftStep::Reject(_, o) => Command::Order {
+                id: o.clone(),
+                action: match step {
+                    ShiftStep::Acknowledge(..) => Action::AcknowledgeOrder,
+                    ShiftStep::Start(..) => Action::StartOrder,
+                    ShiftStep::Complete(..) => Action::CompleteOrder,
+                    _ => Action::RejectOrder,
+                },
+                note: matches!(step, ShiftStep::Reject(..)).then(|| "not ours".to_string()),
+            },
+            ShiftStep::Close(id) => Command::Incident {
+                id: id.clone(),
+                action: Action::CloseIncident,
+                note: None,
+            },
+        };
+        // Orders are signed for, refused and done by their department's liaison.
+        let liaison = match &command {
+            Command::Order { id, .. } => dispatcher
+                .book()
+                .orders
+                .iter()
+                .find(|o| &o.id == id)
+                .map(|o| Actor::new("liaison", Role::DepartmentLiaison, Some(&o.department))),
+            _ => None,
+        };
+        let events = match dispatcher.execute(&command, liaison.as_ref().unwrap_or(&actor), at) {
+            Ok(events) => events,
+            Err(e) => {
+                summary.refused += 1;
+                summary
+                    .first_refusal
+                    .get_or_insert_with(|| format!("{step:?}: {e}"));
+                continue;
+            }
+        };
+        match step {
+            ShiftStep::Report(n) => {
+                summary.incidents += 1;
+                if let Some(super::book::Event::IncidentReported { id, .. }) = events.first() {
+                    push(
+                        &mut queue,
+                        at + minutes(&mut rng, 1, 5),
+                        ShiftStep::Issue(id.clone(), n),
+                    );
+                }
+            }
+            ShiftStep::Issue(incident, _) => {
+                for e in &events {
+                    if let super::book::Event::OrderIssued { id, .. } = e {
+                        summary.orders += 1;
+                        *left.entry(incident.clone()).or_default() += 1;
+                        let next = if rng.next() % 20 == 0 {
+                            ShiftStep::Reject(incident.clone(), id.clone())
+                        } else {
+                            ShiftStep::Acknowledge(incident.clone(), id.clone())
+                        };
+                        push(&mut queue, at + minutes(&mut rng, 1, 15), next);
+                    }
+                }
+            }
+            ShiftStep::Acknowledge(incident, o) => {
+                push(
+                    &mut queue,
+                    at + minutes(&mut rng, 1, 5),
+                    ShiftStep::Start(incident, o),
+                );
+            }
+            ShiftStep::Start(incident, o) => {
+                push(
+                    &mut queue,
+                    at + minutes(&mut rng, 10, 80),
+                    ShiftStep::Complete(incident, o),
+                );
+            }
+            ShiftStep::Complete(incident, _) | ShiftStep::Reject(incident, _) => {
+                let n = left.entry(incident.clone()).or_default();
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    push(
+                        &mut queue,
+                        at + minutes(&mut rng, 2, 10),
+                        ShiftStep::Close(incident),
+                    );
+                }
+            }
+            ShiftStep::Close(_) => {}
+        }
+    }
+    summary.events = dispatcher.log().len() as u64;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod shift_tests {
+    use super::*;
+
+    /// A scripted shift goes through the dispatch core without a refusal: incidents
+    /// over the 8 hours, orders signed for, done or refused, incidents closed, and
+    /// nothing after its end.
+    #[test]
+    fn a_scripted_shift_is_what_a_hub_would_have_written() {
+        let db = super::super::testing::temp_db("bench", "shift");
+        let until = 1_795_946_400_000 + 8 * 3_600_000;
+        let summary = shift_log(&db, 60, until).unwrap();
+        assert_eq!(summary.refused, 0, "{:?}", summary.first_refusal);
+        assert_eq!(summary.incidents, 60);
+        assert!(summary.orders >= 60, "{summary:?}");
+        assert!(summary.closed > 20 && summary.closed < 60, "{summary:?}");
+        let log = EventLog::open(&db).unwrap();
+        let mut last = 0;
+        log.verify_with(|e| {
+            assert!(
+                e.at_ms <= until && e.at_ms >= last,
+                "out of order at {}",
+                e.at_ms
+            );
+            last = e.at_ms;
+        })
+        .unwrap();
+    }
+}
