@@ -513,7 +513,7 @@ pub fn shift_log(db: &Path, incidents: usize, until_ms: i64) -> anyhow::Result<S
                     if let super::book::Event::OrderIssued { id, .. } = e {
                         summary.orders += 1;
                         *left.entry(incident.clone()).or_default() += 1;
-                        let next = if rng.next() % 20 == 0 {
+                        let next = if rng.next().is_multiple_of(20) {
                             ShiftStep::Reject(incident.clone(), id.clone())
                         } else {
                             ShiftStep::Acknowledge(incident.clone(), id.clone())
