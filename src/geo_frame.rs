@@ -71,38 +71,47 @@ fn wrap_deg(d: f64) -> f64 {
     (d + 180.0).rem_euclid(360.0) - 180.0
 }
 
+/// `Σ a[j-1]·sin(2jζ)` for the complex `ζ = ξ + iη`, summed by Clenshaw's
+/// recurrence: `(Σ a·sin(2jξ)·cosh(2jη), Σ a·cos(2jξ)·sinh(2jη))`. Four
+/// transcendental functions whatever the series' length (a term-by-term sum takes
+/// four a term), for the projection of every live update.
+fn sin_series(a: &[f64], xi: f64, eta: f64) -> (f64, f64) {
+    let (s, c) = (2.0 * xi).sin_cos();
+    let (sh, ch) = ((2.0 * eta).sinh(), (2.0 * eta).cosh());
+    // w = 2·cos(2ζ)
+    let (wr, wi) = (2.0 * c * ch, -2.0 * s * sh);
+    let (mut y1r, mut y1i, mut y2r, mut y2i) = (0.0, 0.0, 0.0, 0.0);
+    for &ak in a.iter().rev() {
+        let yr = ak + wr * y1r - wi * y1i - y2r;
+        let yi = wr * y1i + wi * y1r - y2i;
+        (y2r, y2i, y1r, y1i) = (y1r, y1i, yr, yi);
+    }
+    // sin(2ζ)·y1
+    let (zr, zi) = (s * ch, c * sh);
+    (zr * y1r - zi * y1i, zr * y1i + zi * y1r)
+}
+
 /// (easting, northing) on the transverse Mercator of central meridian 0, for a
 /// longitude offset and latitude in radians.
 fn tm_forward(s: &Series, lam: f64, phi: f64) -> (f64, f64) {
     let sin_phi = phi.sin();
     let c = 2.0 * N.sqrt() / (1.0 + N);
     let t = (sin_phi.atanh() - c * (c * sin_phi).atanh()).sinh();
-    let xi = t.atan2(lam.cos());
-    let eta = (lam.sin() / (1.0 + t * t).sqrt()).atanh();
-    let (mut e, mut n) = (eta, xi);
-    for (j, a) in s.alpha.iter().enumerate() {
-        let k = 2.0 * (j + 1) as f64;
-        e += a * (k * xi).cos() * (k * eta).sinh();
-        n += a * (k * xi).sin() * (k * eta).cosh();
-    }
-    (s.radius * e, s.radius * n)
+    let (sin_lam, cos_lam) = lam.sin_cos();
+    let xi = t.atan2(cos_lam);
+    let eta = (sin_lam / (1.0 + t * t).sqrt()).atanh();
+    let (dn, de) = sin_series(&s.alpha, xi, eta);
+    (s.radius * (eta + de), s.radius * (xi + dn))
 }
 
 /// Inverse of [`tm_forward`]: (longitude offset, latitude) in radians.
 fn tm_inverse(s: &Series, e: f64, n: f64) -> (f64, f64) {
     let (xi, eta) = (n / s.radius, e / s.radius);
-    let (mut xi1, mut eta1) = (xi, eta);
-    for (j, b) in s.beta.iter().enumerate() {
-        let k = 2.0 * (j + 1) as f64;
-        xi1 -= b * (k * xi).sin() * (k * eta).cosh();
-        eta1 -= b * (k * xi).cos() * (k * eta).sinh();
-    }
+    let (dxi, deta) = sin_series(&s.beta, xi, eta);
+    let (xi1, eta1) = (xi - dxi, eta - deta);
     let chi = (xi1.sin() / eta1.cosh()).asin();
-    let mut phi = chi;
-    for (j, d) in s.delta.iter().enumerate() {
-        phi += d * (2.0 * (j + 1) as f64 * chi).sin();
-    }
-    (eta1.sinh().atan2(xi1.cos()), phi)
+    let (dphi, _) = sin_series(&s.delta, chi, 0.0);
+    (eta1.sinh().atan2(xi1.cos()), chi + dphi)
 }
 
 impl GeoFrame {
@@ -163,6 +172,39 @@ pub fn is_valid_wgs84(lon: f64, lat: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The series summed term by term, as written in the literature.
+    fn tm_forward_by_terms(s: &Series, lam: f64, phi: f64) -> (f64, f64) {
+        let sin_phi = phi.sin();
+        let c = 2.0 * N.sqrt() / (1.0 + N);
+        let t = (sin_phi.atanh() - c * (c * sin_phi).atanh()).sinh();
+        let xi = t.atan2(lam.cos());
+        let eta = (lam.sin() / (1.0 + t * t).sqrt()).atanh();
+        let (mut e, mut n) = (eta, xi);
+        for (j, a) in s.alpha.iter().enumerate() {
+            let k = 2.0 * (j + 1) as f64;
+            e += a * (k * xi).cos() * (k * eta).sinh();
+            n += a * (k * xi).sin() * (k * eta).cosh();
+        }
+        (s.radius * e, s.radius * n)
+    }
+
+    /// Clenshaw's sum is the series: within a micrometre of the term-by-term sum
+    /// anywhere a city's frame reaches (±9° from its meridian, pole to pole).
+    #[test]
+    fn the_projection_summed_by_recurrence_is_the_series() {
+        let mut worst = 0.0f64;
+        for i in 0..=80 {
+            for j in 0..=36 {
+                let lat = (-80.0 + 2.0 * i as f64).to_radians();
+                let lam = (-9.0 + 0.5 * j as f64).to_radians();
+                let (e, n) = tm_forward(&SERIES, lam, lat);
+                let (e0, n0) = tm_forward_by_terms(&SERIES, lam, lat);
+                worst = worst.max((e - e0).abs()).max((n - n0).abs());
+            }
+        }
+        assert!(worst < 1e-6, "{worst} m");
+    }
 
     #[test]
     fn round_trip_is_exact_to_the_millimetre() {
