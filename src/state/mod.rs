@@ -440,9 +440,11 @@ impl LiveState {
         if as_of < entity.as_of_ms {
             return Checked::Done(ApplyOutcome::OutOfOrder);
         }
-        if update.fields == entity.fields
+        // The position first: a moving thing differs there, without reading its
+        // fields' strings.
+        if update.position == entity.position
+            && update.fields == entity.fields
             && update.units == entity.units
-            && update.position == entity.position
             && update.kind == entity.kind
             && (!timed || as_of == entity.as_of_ms)
         {
