@@ -294,6 +294,206 @@ pub enum EntityKind {
 }
 
 impl EntityKind {
+    /// Makes `self` equal to `new`, in place: within the same kind each value is
+    /// copied into the one there (a vehicle's text reuses its buffers, so a moved
+    /// vehicle allocates and frees nothing); another kind is cloned.
+    pub fn assign_from(&mut self, new: &Self) {
+        match (self, new) {
+            (
+                EntityKind::TrafficFlow {
+                    average_speed_kmh,
+                    intensity,
+                    occupancy,
+                    congested,
+                },
+                EntityKind::TrafficFlow {
+                    average_speed_kmh: a,
+                    intensity: b,
+                    occupancy: c,
+                    congested: d,
+                },
+            ) => {
+                (*average_speed_kmh, *intensity, *occupancy, *congested) = (*a, *b, *c, *d);
+            }
+            (
+                EntityKind::AirQuality {
+                    aqi,
+                    pm25,
+                    pm10,
+                    no2,
+                    o3,
+                },
+                EntityKind::AirQuality {
+                    aqi: a,
+                    pm25: b,
+                    pm10: c,
+                    no2: d,
+                    o3: e,
+                },
+            ) => {
+                (*aqi, *pm25, *pm10, *no2, *o3) = (*a, *b, *c, *d, *e);
+            }
+            (
+                EntityKind::Vehicle {
+                    vehicle_type,
+                    speed_kmh,
+                    heading_deg,
+                    service_status,
+                },
+                EntityKind::Vehicle {
+                    vehicle_type: a,
+                    speed_kmh: b,
+                    heading_deg: c,
+                    service_status: d,
+                },
+            ) => {
+                assign_text(vehicle_type, a);
+                (*speed_kmh, *heading_deg) = (*b, *c);
+                assign_text(service_status, d);
+            }
+            (
+                EntityKind::Alert {
+                    category,
+                    sub_category,
+                    severity,
+                    description,
+                },
+                EntityKind::Alert {
+                    category: a,
+                    sub_category: b,
+                    severity: c,
+                    description: d,
+                },
+            ) => {
+                assign_text(category, a);
+                assign_text(sub_category, b);
+                assign_text(severity, c);
+                assign_text(description, d);
+            }
+            (
+                EntityKind::Parking {
+                    available_spots,
+                    total_spots,
+                    status,
+                },
+                EntityKind::Parking {
+                    available_spots: a,
+                    total_spots: b,
+                    status: c,
+                },
+            ) => {
+                (*available_spots, *total_spots) = (*a, *b);
+                assign_text(status, c);
+            }
+            (EntityKind::Generic, EntityKind::Generic) => {}
+            (old, new) => *old = new.clone(),
+        }
+    }
+
+    /// The kind's numeric values in [`Self::numbers`]' order, the rest `None`: what
+    /// changes as a vehicle moves or a sensor reads, apart from the kind's text.
+    pub fn number_values(&self) -> [Option<f64>; 5] {
+        match *self {
+            EntityKind::TrafficFlow {
+                average_speed_kmh,
+                intensity,
+                occupancy,
+                ..
+            } => [average_speed_kmh, intensity, occupancy, None, None],
+            EntityKind::AirQuality {
+                aqi,
+                pm25,
+                pm10,
+                no2,
+                o3,
+            } => [aqi, pm25, pm10, no2, o3],
+            EntityKind::Vehicle {
+                speed_kmh,
+                heading_deg,
+                ..
+            } => [speed_kmh, heading_deg, None, None, None],
+            EntityKind::Parking {
+                available_spots,
+                total_spots,
+                ..
+            } => [available_spots, total_spots, None, None, None],
+            EntityKind::Alert { .. } | EntityKind::Generic => [None; 5],
+        }
+    }
+
+    /// Writes [`Self::number_values`] back (the kind's text stays).
+    pub fn set_number_values(&mut self, v: [Option<f64>; 5]) {
+        match self {
+            EntityKind::TrafficFlow {
+                average_speed_kmh,
+                intensity,
+                occupancy,
+                ..
+            } => (*average_speed_kmh, *intensity, *occupancy) = (v[0], v[1], v[2]),
+            EntityKind::AirQuality {
+                aqi,
+                pm25,
+                pm10,
+                no2,
+                o3,
+            } => (*aqi, *pm25, *pm10, *no2, *o3) = (v[0], v[1], v[2], v[3], v[4]),
+            EntityKind::Vehicle {
+                speed_kmh,
+                heading_deg,
+                ..
+            } => (*speed_kmh, *heading_deg) = (v[0], v[1]),
+            EntityKind::Parking {
+                available_spots,
+                total_spots,
+                ..
+            } => (*available_spots, *total_spots) = (v[0], v[1]),
+            EntityKind::Alert { .. } | EntityKind::Generic => {}
+        }
+    }
+
+    /// Whether two kinds are the same kind with the same text and flags (their
+    /// numbers aside).
+    pub fn same_apart_from_numbers(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                EntityKind::TrafficFlow { congested: a, .. },
+                EntityKind::TrafficFlow { congested: b, .. },
+            ) => a == b,
+            (EntityKind::AirQuality { .. }, EntityKind::AirQuality { .. }) => true,
+            (
+                EntityKind::Vehicle {
+                    vehicle_type: a,
+                    service_status: b,
+                    ..
+                },
+                EntityKind::Vehicle {
+                    vehicle_type: c,
+                    service_status: d,
+                    ..
+                },
+            ) => a == c && b == d,
+            (
+                EntityKind::Alert {
+                    category: a,
+                    sub_category: b,
+                    severity: c,
+                    description: d,
+                },
+                EntityKind::Alert {
+                    category: e,
+                    sub_category: f,
+                    severity: g,
+                    description: h,
+                },
+            ) => a == e && b == f && c == g && d == h,
+            (EntityKind::Parking { status: a, .. }, EntityKind::Parking { status: b, .. }) => {
+                a == b
+            }
+            (EntityKind::Generic, EntityKind::Generic) => true,
+            _ => false,
+        }
+    }
+
     /// The typed numeric values under their Smart Data Models attribute names: the one
     /// mapping the quality rules, reconciliation and the NGSI-LD encoder share.
     pub fn numbers(&self) -> Vec<(&'static str, Option<f64>)> {
@@ -371,6 +571,14 @@ impl EntityKind {
             EntityKind::Parking { status, .. } => vec![("status", text(status))],
             EntityKind::AirQuality { .. } | EntityKind::Generic => Vec::new(),
         }
+    }
+}
+
+/// Makes a text value equal to `new`, writing into its buffer when it has one and
+/// reading nothing else when they are already equal.
+fn assign_text(old: &mut Option<String>, new: &Option<String>) {
+    if old != new {
+        old.clone_from(new);
     }
 }
 
@@ -594,6 +802,57 @@ pub struct AlertIn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kind_assigned_in_place_equals_what_it_was_given() {
+        let text = |s: &str| Some(s.to_string());
+        let kinds = [
+            EntityKind::TrafficFlow {
+                average_speed_kmh: Some(31.5),
+                intensity: None,
+                occupancy: Some(0.4),
+                congested: Some(true),
+            },
+            EntityKind::AirQuality {
+                aqi: Some(80.0),
+                pm25: Some(35.0),
+                pm10: None,
+                no2: Some(20.0),
+                o3: Some(1.0),
+            },
+            EntityKind::Vehicle {
+                vehicle_type: text("taxi"),
+                speed_kmh: Some(42.0),
+                heading_deg: Some(90.0),
+                service_status: text("onRoute"),
+            },
+            EntityKind::Vehicle {
+                vehicle_type: text("ambulance"),
+                speed_kmh: None,
+                heading_deg: Some(180.0),
+                service_status: None,
+            },
+            EntityKind::Alert {
+                category: text("fire"),
+                sub_category: None,
+                severity: text("high"),
+                description: text("smoke"),
+            },
+            EntityKind::Parking {
+                available_spots: Some(3.0),
+                total_spots: Some(40.0),
+                status: text("open"),
+            },
+            EntityKind::Generic,
+        ];
+        for old in &kinds {
+            for new in &kinds {
+                let mut k = old.clone();
+                k.assign_from(new);
+                assert_eq!(&k, new, "{old:?} <- {new:?}");
+            }
+        }
+    }
 
     #[test]
     fn values_read_with_their_units() {

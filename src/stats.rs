@@ -1,5 +1,5 @@
 //! Small numeric helpers every room's benchmarks share: a quantile of samples and a
-//! deterministic generator. Imports nothing of ours.
+//! deterministic generator; a thread's CPU time. Imports nothing of ours.
 
 /// The `q` quantile (0..=1) of sorted samples, by nearest rank; 0 when empty.
 pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -24,4 +24,16 @@ impl SplitMix {
     pub(crate) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// CPU time the calling thread has used (Linux and other POSIX systems), or `None`
+/// where it cannot be read: a frame's own cost, without the time it was not running.
+pub fn thread_cpu() -> Option<std::time::Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given and nothing else.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    ok.then(|| std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }

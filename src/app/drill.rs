@@ -157,16 +157,7 @@ pub(super) fn add(app: &mut App, run: DrillRun) {
     .add_systems(Last, frame_ends);
 }
 
-/// CPU time of the calling thread.
-fn thread_cpu() -> Option<Duration> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given and nothing else.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
-    ok.then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-}
+use crate::stats::thread_cpu;
 
 /// On the main thread, first thing in the frame.
 fn frame_begins(_main: NonSendMarker, mut playing: ResMut<Playing>) {

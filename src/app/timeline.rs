@@ -13,7 +13,6 @@ use bevy_egui::egui;
 use super::live::Live;
 use super::{AppSystems, City, Selection, ViewClock};
 use crate::history::ReplayAhead;
-use crate::history::codec::Record;
 use crate::history::playback::{Mode, Playback, SPEEDS};
 
 /// A jump further than this ahead is a seek, not playback.
@@ -155,7 +154,7 @@ impl Timeline {
 
     /// A seek to `to_ms` on its own thread; a thread that cannot start is trouble,
     /// and the clock goes back to live.
-    fn seek(&mut self, to_ms: i64) -> Reader {
+    fn seek(&mut self, to_ms: i64, frame: crate::geo_frame::GeoFrame) -> Reader {
         self.jump = false;
         let dir = self.dir.clone();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -163,7 +162,7 @@ impl Timeline {
             .name("zhongshu-seek".into())
             .spawn(move || {
                 let ahead = crate::history::History::open(&dir)
-                    .and_then(|history| ReplayAhead::start(&history, to_ms));
+                    .and_then(|history| ReplayAhead::start_in(&history, to_ms, frame));
                 let _ = tx.send(ahead);
             });
         match spawned {
@@ -276,18 +275,7 @@ fn drive_timeline(
                 }) =>
         {
             if let Some(past) = live.replay.as_mut() {
-                let whole = ahead.take_until(target, |r| match r {
-                    Record::Upsert {
-                        feed,
-                        at_ms,
-                        update,
-                    } => {
-                        past.apply_ref(*feed, update, *at_ms);
-                    }
-                    Record::Remove { feed, id, .. } => {
-                        past.remove(*feed, id);
-                    }
-                });
+                let whole = ahead.apply_until(target, past);
                 let shown = timeline.shown_ms.unwrap_or(target);
                 let applied = if whole {
                     target
@@ -316,7 +304,7 @@ fn drive_timeline(
                 if let Some((recorder, _)) = &live.recorder {
                     recorder.flush_soon();
                 }
-                timeline.seek(target)
+                timeline.seek(target, city.map.frame)
             } else {
                 Reader::Ahead(ahead)
             }
@@ -330,11 +318,11 @@ fn drive_timeline(
             if let Some((recorder, _)) = &live.recorder {
                 recorder.flush_soon();
             }
-            timeline.seek(target)
+            timeline.seek(target, city.map.frame)
         }
         Reader::Seeking { to_ms, rx } => match rx.try_recv() {
-            Ok(Ok(ahead)) => {
-                let past = crate::history::state_at::live_state(&ahead.start, city.map.frame);
+            Ok(Ok(mut ahead)) => {
+                let past = ahead.live_state(city.map.frame);
                 timeline.problems = ahead.problems();
                 live.show(Some(past));
                 live.replay_health = ahead.health().clone();
@@ -344,7 +332,7 @@ fn drive_timeline(
                 timeline.read_since = Some(std::time::Instant::now());
                 if target != to_ms && playing <= 0.0 {
                     // Playing backwards (or moved on meanwhile): the next seek.
-                    timeline.seek(target)
+                    timeline.seek(target, city.map.frame)
                 } else {
                     Reader::Ahead(Box::new(ahead))
                 }

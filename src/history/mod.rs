@@ -37,8 +37,10 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::geo_frame::GeoFrame;
 use crate::model::{EntityUpdate, FeedId};
-use crate::state::Journaled;
+use crate::state::numbers::{Numbers, NumbersUpdate, UpdateShape};
+use crate::state::{ApplyOutcome, Journaled, LiveState, Slot};
 use codec::{Change, Decoder, Encoder, Record};
 
 pub const DAY_MS: i64 = 86_400_000;
@@ -1142,17 +1144,26 @@ impl Replay {
 /// most [`ReplayAhead::AHEAD_S`] seconds ahead of what was taken. The frame borrows
 /// the records; spent batches go back to the thread to be freed there, so the frame
 /// neither allocates nor frees for them.
+///
+/// Started in the state's frame ([`ReplayAhead::start_in`]), the thread also tells
+/// each record's shape and projects its place ([`crate::state::numbers`]), so a
+/// vehicle that only moved is written into the frame's state from a few numbers,
+/// without reading the record's text ([`ReplayAhead::apply_until`]).
 pub struct ReplayAhead {
     /// The state at the instant it started from, to show first.
     pub start: Snapshot,
+    /// Each start entity's key and shape tag, in `start.entities`' order.
+    start_keys: Vec<(u32, u64)>,
+    /// The frame the thread projects in, when it does.
+    frame: Option<GeoFrame>,
     /// Batches: every record up to a data time (and the feeds' recorded health then,
     /// when it changed).
     rx: Receiver<Batch>,
     /// The batch being taken, and how far.
-    batch: Vec<Record>,
+    batch: Vec<Prepared>,
     next: usize,
     /// Spent batches, back to the thread.
-    spent: std::sync::mpsc::Sender<Vec<Record>>,
+    spent: std::sync::mpsc::Sender<Vec<Prepared>>,
     /// The data time up to which every record has been received.
     complete_to_ms: i64,
     ended: bool,
@@ -1160,6 +1171,11 @@ pub struct ReplayAhead {
     health: BTreeMap<FeedId, Value>,
     /// Bumped when `health` changes.
     pub health_revision: u64,
+    /// Each key's slot in the state [`Self::apply_until`] writes to (`slots_for`).
+    slots: Vec<Slot>,
+    slots_for: u64,
+    fast_applied: u64,
+    applied: u64,
     /// Problems met reading (the start's, then the thread's), in order.
     problems: Arc<Mutex<Vec<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -1167,7 +1183,195 @@ pub struct ReplayAhead {
 }
 
 /// Every record up to a data time, and the feeds' health then when it changed.
-type Batch = (i64, Vec<Record>, Option<BTreeMap<FeedId, Value>>);
+type Batch = (i64, Vec<Prepared>, Option<BTreeMap<FeedId, Value>>);
+
+/// No slot known for a key.
+const NO_SLOT: Slot = Slot::MAX;
+
+/// Notes `key`'s slot.
+fn remember(slots: &mut Vec<Slot>, key: u32, slot: Slot) {
+    let key = key as usize;
+    if slots.len() <= key {
+        slots.resize(key + 1, NO_SLOT);
+    }
+    slots[key] = slot;
+}
+
+/// A record as the read-ahead thread hands it over.
+struct Prepared {
+    at_ms: i64,
+    /// The entity's number in this replay (the frame's slot cache).
+    key: u32,
+    /// The update's shape tag (0 for a removal).
+    tag: u64,
+    body: Body,
+}
+
+/// What a record carries over to the frame.
+enum Body {
+    /// The record as it is: a removal, an update whose numbers do not fit
+    /// [`Numbers`], or any record of a replay not started in a frame.
+    Whole(Record),
+    /// An update as its shape (shared with the entity's other updates of that shape),
+    /// place (projected), times and numbers: nothing of it is copied on the thread,
+    /// and it is rebuilt whole only when the frame needs it so.
+    Numbers {
+        id: Arc<str>,
+        shape: Arc<UpdateShape>,
+        numbers: NumbersUpdate,
+    },
+}
+
+impl Prepared {
+    /// The record, whole.
+    fn record(&self) -> std::borrow::Cow<'_, Record> {
+        match &self.body {
+            Body::Whole(r) => std::borrow::Cow::Borrowed(r),
+            Body::Numbers { id, shape, numbers } => std::borrow::Cow::Owned(Record::Upsert {
+                feed: numbers.feed,
+                at_ms: numbers.received_at_ms,
+                update: shape.rebuild(id, numbers),
+            }),
+        }
+    }
+}
+
+/// The read-ahead thread's knowledge of entities' shapes: each entity's key and the
+/// shape of its latest update; shapes met lately are shared, so a city of taxis on
+/// their rounds has a handful.
+struct Shapes {
+    keys: HashMap<FeedId, HashMap<Arc<str>, Known>>,
+    next_key: u32,
+    recent: VecDeque<(Arc<UpdateShape>, u64)>,
+    /// This replay's tags: `generation << 32 | n`.
+    generation: u64,
+    next_shape: u64,
+    frame: Option<GeoFrame>,
+}
+
+/// An entity's key, and the shape of its latest update with its tag.
+type Known = (u32, Arc<UpdateShape>, u64);
+
+/// What [`Shapes::tag`] tells of an update: its entity's key and id, its shape and
+/// the shape's tag.
+struct Tagged {
+    key: u32,
+    id: Arc<str>,
+    shape: Arc<UpdateShape>,
+    tag: u64,
+}
+
+impl Shapes {
+    const RECENT: usize = 16;
+
+    fn new(frame: Option<GeoFrame>) -> Self {
+        static GENERATION: AtomicU64 = AtomicU64::new(1);
+        Self {
+            keys: HashMap::new(),
+            next_key: 0,
+            recent: VecDeque::new(),
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            next_shape: 0,
+            frame,
+        }
+    }
+
+    /// The entity's key and its update's shape, with the shape's tag.
+    fn tag(&mut self, feed: FeedId, u: &EntityUpdate) -> Tagged {
+        if let Some((id, (key, shape, tag))) = self
+            .keys
+            .get(&feed)
+            .and_then(|keys| keys.get_key_value(u.id.as_str()))
+            && shape.matches(u)
+        {
+            return Tagged {
+                key: *key,
+                id: id.clone(),
+                shape: shape.clone(),
+                tag: *tag,
+            };
+        }
+        let (shape, tag) = match self.recent.iter().find(|(shape, _)| shape.matches(u)) {
+            Some((shape, tag)) => (shape.clone(), *tag),
+            None => {
+                // Tags never repeat within a replay: past 2^32 shapes, new ones get
+                // none (0, which no entity holds: applied whole).
+                self.next_shape = self.next_shape.saturating_add(1);
+                let tag = if self.next_shape <= 0xffff_ffff {
+                    self.generation << 32 | self.next_shape
+                } else {
+                    0
+                };
+                let made = (Arc::new(UpdateShape::of(u)), tag);
+                if self.recent.len() >= Self::RECENT {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(made.clone());
+                made
+            }
+        };
+        let keys = self.keys.entry(feed).or_default();
+        let (id, key) = match keys.get_key_value(u.id.as_str()) {
+            Some((id, known)) => (id.clone(), known.0),
+            None => {
+                let key = self.next_key;
+                self.next_key += 1;
+                (Arc::from(u.id.as_str()), key)
+            }
+        };
+        keys.insert(id.clone(), (key, shape.clone(), tag));
+        Tagged {
+            key,
+            id,
+            shape,
+            tag,
+        }
+    }
+
+    fn prepare(&mut self, c: Change<'_>) -> Prepared {
+        match c {
+            Change::Upsert {
+                feed,
+                at_ms,
+                update,
+            } => {
+                let tagged = self.tag(feed, update);
+                let numbers = self.frame.and_then(|frame| {
+                    Some(NumbersUpdate {
+                        feed,
+                        received_at_ms: at_ms,
+                        observed_at_ms: update.observed_at_ms,
+                        position: update.position,
+                        local: update
+                            .position
+                            .map(|[lon, lat]| frame.local_from_wgs84(lon, lat)),
+                        numbers: Numbers::of(update)?,
+                    })
+                });
+                let body = match numbers {
+                    Some(numbers) => Body::Numbers {
+                        id: tagged.id,
+                        shape: tagged.shape,
+                        numbers,
+                    },
+                    None => Body::Whole(c.to_record()),
+                };
+                Prepared {
+                    at_ms,
+                    key: tagged.key,
+                    tag: tagged.tag,
+                    body,
+                }
+            }
+            Change::Remove { at_ms, .. } => Prepared {
+                at_ms,
+                key: u32::MAX,
+                tag: 0,
+                body: Body::Whole(c.to_record()),
+            },
+        }
+    }
+}
 
 impl ReplayAhead {
     /// Seconds of data decoded ahead of the frame.
@@ -1175,10 +1379,33 @@ impl ReplayAhead {
 
     /// Stands at `t_ms` (its state in `start`) and starts reading ahead from there.
     pub fn start(history: &History, t_ms: i64) -> anyhow::Result<Self> {
+        Self::started(history, t_ms, None)
+    }
+
+    /// [`Self::start`], for a state in `frame`: the thread projects places and tells
+    /// shapes, for [`Self::apply_until`]'s fast path.
+    pub fn start_in(history: &History, t_ms: i64, frame: GeoFrame) -> anyhow::Result<Self> {
+        Self::started(history, t_ms, Some(frame))
+    }
+
+    fn started(history: &History, t_ms: i64, frame: Option<GeoFrame>) -> anyhow::Result<Self> {
         let mut replay = history.replay_from(t_ms)?;
         let start = replay.snapshot();
+        let mut shapes = Shapes::new(frame);
+        let start_keys = if frame.is_some() {
+            start
+                .entities
+                .values()
+                .map(|e| {
+                    let t = shapes.tag(e.feed, &e.update);
+                    (t.key, t.tag)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(Self::AHEAD_S);
-        let (spent, spent_rx) = std::sync::mpsc::channel::<Vec<Record>>();
+        let (spent, spent_rx) = std::sync::mpsc::channel::<Vec<Prepared>>();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
         let problems = Arc::new(Mutex::new(start.problems.clone()));
@@ -1199,7 +1426,7 @@ impl ReplayAhead {
                     while spent_rx.try_recv().is_ok() {}
                     to += 1000;
                     let mut batch = Vec::new();
-                    let advanced = replay.advance(to, |c| batch.push(c.to_record()));
+                    let advanced = replay.advance(to, |c| batch.push(shapes.prepare(c)));
                     for p in &replay.problems()[known..] {
                         say(p.clone());
                     }
@@ -1223,28 +1450,134 @@ impl ReplayAhead {
             health: start.health.clone(),
             health_revision: 0,
             start,
+            start_keys,
+            frame,
             rx,
             batch: Vec::new(),
             next: 0,
             spent,
             complete_to_ms: t_ms,
             ended: false,
+            slots: Vec::new(),
+            slots_for: 0,
+            fast_applied: 0,
+            applied: 0,
             problems,
             stop,
             thread: Some(thread),
         })
     }
 
+    /// The state at the instant it started from, in `frame`, ready for
+    /// [`Self::apply_until`].
+    pub fn live_state(&mut self, frame: GeoFrame) -> LiveState {
+        let mut state = LiveState::new(frame);
+        self.slots.clear();
+        self.slots_for = state.uid();
+        let same_frame = self.frame == Some(frame);
+        for (i, e) in self.start.entities.values().enumerate() {
+            state.apply(e.feed, e.update.clone(), e.at_ms);
+            if let (true, Some(&(key, tag))) = (same_frame, self.start_keys.get(i))
+                && let Some(slot) = state.slot_of(e.feed, &e.update.id)
+            {
+                state.set_shape(slot, tag);
+                remember(&mut self.slots, key, slot);
+            }
+        }
+        state
+    }
+
+    /// Records [`Self::apply_until`] wrote from their numbers alone so far.
+    pub fn fast_applied(&self) -> u64 {
+        self.fast_applied
+    }
+
+    /// Records [`Self::apply_until`] applied so far.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Applies to `state`, in order, every record up to `to_ms` that the thread has
+    /// read, as [`Self::take_until`] hands them to [`LiveState::apply_ref`] and
+    /// [`LiveState::remove`], with the same outcome; a change of an entity's place and
+    /// numbers alone is written from those (see [`crate::state::numbers`]). Never
+    /// waits; false when the reading is behind `to_ms` or the history has ended.
+    pub fn apply_until(&mut self, to_ms: i64, state: &mut LiveState) -> bool {
+        if self.slots_for != state.uid() {
+            self.slots.clear();
+            self.slots_for = state.uid();
+        }
+        let fast = self.frame.is_some() && self.frame.as_ref() == Some(state.frame());
+        let mut slots = std::mem::take(&mut self.slots);
+        let (mut fast_applied, mut applied) = (0, 0);
+        let whole = self.take_prepared(to_ms, |p| {
+            applied += 1;
+            let (feed, id) = match &p.body {
+                Body::Whole(Record::Remove { feed, id, .. }) => {
+                    state.remove(*feed, id);
+                    return;
+                }
+                Body::Whole(Record::Upsert { feed, update, .. }) => (*feed, update.id.as_str()),
+                Body::Numbers { id, numbers, .. } => (numbers.feed, &**id),
+            };
+            let slot = slots.get(p.key as usize).copied().unwrap_or(NO_SLOT);
+            if let (true, Body::Numbers { numbers, .. }) = (fast && slot != NO_SLOT, &p.body)
+                && state.apply_numbers(slot, p.tag, numbers).is_some()
+            {
+                fast_applied += 1;
+                return;
+            }
+            let outcome = match &p.body {
+                Body::Whole(Record::Upsert {
+                    feed,
+                    at_ms,
+                    update,
+                }) => state.apply_ref(*feed, update, *at_ms),
+                Body::Numbers { id, shape, numbers } => state.apply_ref(
+                    numbers.feed,
+                    &shape.rebuild(id, numbers),
+                    numbers.received_at_ms,
+                ),
+                Body::Whole(Record::Remove { .. }) => return,
+            };
+            if !fast {
+                return;
+            }
+            let slot = if slot == NO_SLOT
+                || !matches!(state.entity(slot), Some(e) if e.feed == feed && e.id == id)
+            {
+                let Some(slot) = state.slot_of(feed, id) else {
+                    return;
+                };
+                remember(&mut slots, p.key, slot);
+                slot
+            } else {
+                slot
+            };
+            if matches!(outcome, ApplyOutcome::Inserted | ApplyOutcome::Updated) {
+                state.set_shape(slot, p.tag);
+            }
+        });
+        self.slots = slots;
+        self.fast_applied += fast_applied;
+        self.applied += applied;
+        whole
+    }
+
     /// Hands over, in order, every record up to `to_ms` that the thread has read;
     /// never waits. False when the reading is behind `to_ms` (shown as "catching
     /// up"), or the history has ended.
     pub fn take_until(&mut self, to_ms: i64, mut each: impl FnMut(&Record)) -> bool {
+        self.take_prepared(to_ms, |p| each(&p.record()))
+    }
+
+    fn take_prepared(&mut self, to_ms: i64, mut each: impl FnMut(&Prepared)) -> bool {
         loop {
-            while let Some(r) = self.batch.get(self.next) {
-                if r.at_ms() > to_ms {
+            while let Some(p) = self.batch.get(self.next) {
+                if p.at_ms > to_ms {
                     return true;
                 }
-                each(r);
+                each(p);
                 self.next += 1;
             }
             if !self.batch.is_empty() {
@@ -1679,6 +2012,79 @@ mod tests {
         }
         // Dropped mid-way: the thread stops.
         drop(ReplayAhead::start(&history, truths[5].0).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The frame's fast path (a change of place and numbers alone written from
+    /// those) leaves the state exactly as applying every whole record does: every
+    /// entity's every value, version and times, and what is marked changed, at each
+    /// second, across keyframes (which list every entity again), segments, removals
+    /// and returns, and a vehicle's text changing; most records take it.
+    #[test]
+    fn a_replay_written_from_numbers_is_the_replay_of_whole_records() {
+        let dir = temp_dir("replay-numbers");
+        let truths = record_city(&dir, small());
+        let history = History::open(&dir).unwrap();
+        let frame = crate::geo_frame::GeoFrame::new(24.94, 60.17);
+        for from in [3usize, 40, 150] {
+            let mut fast = ReplayAhead::start_in(&history, truths[from].0, frame).unwrap();
+            let mut fast_state = fast.live_state(frame);
+            let mut whole = ReplayAhead::start(&history, truths[from].0).unwrap();
+            let mut whole_state = crate::history::state_at::live_state(&whole.start, frame);
+            let step = |t: i64, f: &mut dyn FnMut() -> bool| {
+                let waited = std::time::Instant::now();
+                while !f() {
+                    assert!(waited.elapsed().as_secs() < 10, "no catching up at {t}");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            };
+            let mut records = 0u64;
+            for (t, truth) in &truths[from + 1..] {
+                step(*t, &mut || fast.apply_until(*t, &mut fast_state));
+                step(*t, &mut || {
+                    whole.take_until(*t, |r| {
+                        records += 1;
+                        match r {
+                            Record::Upsert {
+                                feed,
+                                at_ms,
+                                update,
+                            } => {
+                                whole_state.apply_ref(*feed, update, *at_ms);
+                            }
+                            Record::Remove { feed, id, .. } => {
+                                whole_state.remove(*feed, id);
+                            }
+                        }
+                    })
+                });
+                let mut changed = fast_state.drain_changed();
+                let mut changed_whole = whole_state.drain_changed();
+                changed.sort_unstable();
+                changed_whole.sort_unstable();
+                assert_eq!(changed, changed_whole, "changed at {t}");
+                let all = |s: &LiveState| {
+                    s.iter()
+                        .map(|(_, e)| (e.id.clone(), e.clone()))
+                        .collect::<BTreeMap<_, _>>()
+                };
+                let got = all(&fast_state);
+                assert_eq!(got, all(&whole_state), "at {t} from {from}");
+                assert_eq!(got.len(), truth.len(), "at {t}");
+                for (id, want) in truth {
+                    assert_eq!(got[id].fields, want.fields, "{id} at {t}");
+                    assert_eq!(got[id].kind, want.kind, "{id} at {t}");
+                }
+            }
+            // Most records are a bus that moved; its status text changing (parked
+            // one second in seven, so two changes of shape in seven) and a bus
+            // coming back take the whole path.
+            assert!(
+                fast.fast_applied() * 10 >= records * 6,
+                "from {from}: {} of {records} records written from numbers",
+                fast.fast_applied()
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -18,6 +18,7 @@
 //! insertions.
 
 pub mod kpi;
+pub mod numbers;
 pub mod sweep;
 
 use std::collections::{BTreeMap, HashMap};
@@ -192,6 +193,10 @@ pub struct LiveState {
     index_stale: AtomicBool,
     changed: Vec<Slot>,
     changed_mark: Vec<bool>,
+    /// Each slot's entity's shape tag (see [`numbers`]): 0 unknown.
+    shapes: Vec<u64>,
+    /// This state among all made in the process (a replay's slots are kept per state).
+    uid: u64,
     /// What changed, in order, for the history (only while recording).
     journal: Option<Vec<Journaled>>,
 }
@@ -238,8 +243,23 @@ impl LiveState {
             index_stale: AtomicBool::new(false),
             changed: Vec::new(),
             changed_mark: Vec::new(),
+            shapes: Vec::new(),
+            uid: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
             journal: None,
         }
+    }
+
+    /// This state's number among all made in the process.
+    pub fn uid(&self) -> u64 {
+        self.uid
+    }
+
+    /// The slot of `feed`'s entity `id`.
+    pub fn slot_of(&self, feed: FeedId, id: &str) -> Option<Slot> {
+        self.slots_by_feed.get(&feed)?.get(id).copied()
     }
 
     /// Starts (or stops) keeping a journal of every change for [`Self::drain_journal`].
@@ -379,9 +399,7 @@ impl LiveState {
                 if entity.entity_type != update.entity_type {
                     entity.entity_type.clone_from(&update.entity_type);
                 }
-                if entity.kind != update.kind {
-                    entity.kind = update.kind.clone();
-                }
+                entity.kind.assign_from(&update.kind);
                 if entity.line != update.line {
                     entity.line.clone_from(&update.line);
                 }
@@ -414,9 +432,10 @@ impl LiveState {
 
     /// Whether an update is news: a new entity, a change to one, or nothing to do.
     fn check(&mut self, feed: FeedId, update: &EntityUpdate, received_at_ms: i64) -> Checked {
-        let local = update
-            .position
-            .map(|[lon, lat]| self.frame.local_from_wgs84(lon, lat));
+        let frame = self.frame;
+        let project = |position: Option<[f64; 2]>| {
+            position.map(|[lon, lat]| frame.local_from_wgs84(lon, lat))
+        };
         let as_of = as_of_ms(update.observed_at_ms, received_at_ms);
         let timed = update.observed_at_ms.is_some_and(|t| t == as_of);
         let Some(&slot) = self
@@ -424,7 +443,10 @@ impl LiveState {
             .get(&feed)
             .and_then(|slots| slots.get(update.id.as_str()))
         else {
-            return Checked::New { local, as_of };
+            return Checked::New {
+                local: project(update.position),
+                as_of,
+            };
         };
         let Some(entity) = self.entities[slot as usize].as_mut() else {
             return Checked::Done(ApplyOutcome::OutOfOrder);
@@ -454,6 +476,12 @@ impl LiveState {
             }
             return Checked::Done(ApplyOutcome::Duplicate);
         }
+        // Projected only when it moved: a sensor's new reading keeps its place.
+        let local = if update.position == entity.position {
+            entity.local
+        } else {
+            project(update.position)
+        };
         Checked::Changed { slot, local, as_of }
     }
 
@@ -483,6 +511,7 @@ impl LiveState {
         entity.received_at_ms = received_at_ms;
         entity.as_of_ms = as_of;
         entity.version += 1;
+        self.shapes[slot as usize] = 0;
         if let Some(journal) = &mut self.journal {
             journal.push(Journaled::Upsert {
                 feed,
@@ -535,6 +564,7 @@ impl LiveState {
         }));
         self.live += 1;
         self.changed_mark.push(false);
+        self.shapes.push(0);
         self.mark_changed(slot);
         ApplyOutcome::Inserted
     }
@@ -549,6 +579,7 @@ impl LiveState {
         else {
             return false;
         };
+        self.shapes[slot as usize] = 0;
         if let Some(e) = self.entities[slot as usize].take() {
             if e.local.is_some() {
                 self.index_stale.store(true, Ordering::Relaxed);
