@@ -862,6 +862,8 @@ fn map_info(
         "districts": city.districts.len(),
         "skipped": city.skipped.broken_json(),
         "skipped_total": city.skipped.broken_total(),
+        "pieces_dropped": city.pieces_dropped.broken_json(),
+        "pieces_dropped_total": city.pieces_dropped.broken_total(),
         "not_drawn": city.skipped.not_drawn_json(),
         "not_drawn_total": city.skipped.not_drawn_total(),
         "bbox": city.bbox_wgs84,

@@ -580,8 +580,13 @@ pub fn status_bar_ui(ui: &mut egui::Ui, map: &CityMap, stats: &SceneStats, fps: 
             ui.label(format!("{fps:.0} fps"));
             ui.separator();
             let skipped = map.skipped.broken_total();
-            let text = egui::RichText::new(format!("skipped {skipped}"));
-            let label = ui.label(if skipped > 0 {
+            let pieces = map.pieces_dropped.broken_total();
+            let text = egui::RichText::new(if pieces > 0 {
+                format!("skipped {skipped} (+{pieces} pieces)")
+            } else {
+                format!("skipped {skipped}")
+            });
+            let label = ui.label(if skipped + pieces > 0 {
                 text.color(theme::WARN)
             } else {
                 text
@@ -631,6 +636,10 @@ fn skipped_ui(ui: &mut egui::Ui, map: &CityMap) {
     } else {
         ui.label("Broken features left out, by reason:");
         rows(ui, "skipped", map.skipped.broken().collect());
+    }
+    if map.pieces_dropped.broken_total() > 0 {
+        ui.label("Broken pieces left out of features drawn without them:");
+        rows(ui, "pieces", map.pieces_dropped.broken().collect());
     }
     if map.skipped.not_drawn_total() > 0 {
         ui.label("Not drawn (not errors):");

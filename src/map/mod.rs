@@ -497,6 +497,11 @@ pub struct CityMap {
     /// Turn restrictions for routing (via points in local metres).
     pub turn_restrictions: Vec<TurnRestriction>,
     pub skipped: SkipCounts,
+    /// Broken pieces of features kept in part, by reason: a polygon of a building in
+    /// several pieces (a MultiPolygon, a Shapefile polygon of many outer rings) with a
+    /// vertex that is no place, a hole outside its polygon, a line of a MultiLineString
+    /// with one point. The feature is drawn without them.
+    pub pieces_dropped: SkipCounts,
     /// Wall time from bytes to this model, in milliseconds.
     pub load_ms: f64,
     /// Attribution the data's licence requires to be shown (OSM data: ODbL).
@@ -1061,9 +1066,12 @@ enum Built {
 /// around a robust centre, ring validation. Runs in parallel.
 pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts) -> CityMap {
     let frame = pick_origin(&features);
-    let results: Vec<Result<Built, SkipReason>> = features
+    let results: Vec<(Result<Built, SkipReason>, SkipCounts)> = features
         .into_par_iter()
-        .map(|f| build_feature(f, &frame))
+        .map(|f| {
+            let mut dropped = SkipCounts::default();
+            (build_feature(f, &frame, &mut dropped), dropped)
+        })
         .collect();
 
     let mut map = CityMap {
@@ -1077,6 +1085,7 @@ pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts
         districts: Vec::new(),
         turn_restrictions: Vec::new(),
         skipped: SkipCounts::default(),
+        pieces_dropped: SkipCounts::default(),
         load_ms: 0.0,
         attribution: None,
         format: None,
@@ -1084,7 +1093,8 @@ pub fn build_city(name: &str, features: Vec<RawFeature>, mut skipped: SkipCounts
         schema: schema::SchemaReport::default(),
         crs: crs::CrsReport::default(),
     };
-    for r in results {
+    for (r, dropped) in results {
+        map.pieces_dropped.merge(&dropped);
         match r {
             Ok(Built::Building(b)) => map.buildings.push(b),
             Ok(Built::Roads(r)) => map.roads.extend(r),
@@ -1380,22 +1390,26 @@ fn to_linestring(ring: Ring) -> LineString<f64> {
 }
 
 /// Builds validated polygons (outer CCW, holes CW) from WGS84 rings.
+/// Every drawable polygon of an area; a broken polygon or hole is left out and counted
+/// in `dropped` (the feature is drawn without it), and the first reason is returned
+/// only when no polygon is left.
 fn polygons(
     rings_by_polygon: Vec<Vec<Vec<[f64; 2]>>>,
     frame: &GeoFrame,
+    dropped: &mut SkipCounts,
 ) -> Result<Vec<Polygon<f64>>, SkipReason> {
     let mut out = Vec::with_capacity(rings_by_polygon.len());
-    let mut first_error = None;
+    let mut errors = Vec::new();
     for rings in rings_by_polygon {
         let mut iter = rings.into_iter();
         let Some(outer) = iter.next() else {
-            first_error.get_or_insert(SkipReason::TooFewPoints);
+            errors.push(SkipReason::TooFewPoints);
             continue;
         };
         let outer = match project(&outer, frame).and_then(|r| rings::clean_ring(r, true)) {
             Ok(r) => r,
             Err(e) => {
-                first_error.get_or_insert(e);
+                errors.push(e);
                 continue;
             }
         };
@@ -1405,13 +1419,20 @@ fn polygons(
             match hole {
                 Ok(h) if rings::ring_inside(&h, &outer) => holes.push(to_linestring(h)),
                 // A broken or misplaced hole does not cost the whole building.
-                Ok(_) | Err(_) => {}
+                Ok(_) => errors.push(SkipReason::HoleOutsideOuter),
+                Err(e) => errors.push(e),
             }
         }
         out.push(Polygon::new(to_linestring(outer), holes));
     }
     if out.is_empty() {
-        return Err(first_error.unwrap_or(SkipReason::NullGeometry));
+        return Err(errors
+            .into_iter()
+            .next()
+            .unwrap_or(SkipReason::NullGeometry));
+    }
+    for e in errors {
+        dropped.add(e);
     }
     Ok(out)
 }
@@ -1448,24 +1469,30 @@ fn project_line(points: &[[f64; 2]], frame: &GeoFrame) -> Result<LineString<f64>
     Ok(to_linestring(ring))
 }
 
-/// Every drawable part of a (multi)line; broken parts are dropped, and the first
-/// reason is returned only when no part is left (an empty geometry is a null one).
+/// Every drawable part of a (multi)line; broken parts are left out and counted in
+/// `dropped`, and the first reason is returned only when no part is left (an empty
+/// geometry is a null one).
 fn project_lines(
     lines: Vec<Vec<[f64; 2]>>,
     frame: &GeoFrame,
+    dropped: &mut SkipCounts,
 ) -> Result<Vec<LineString<f64>>, SkipReason> {
-    let mut first_error = None;
+    let mut errors = Vec::new();
     let mut out = Vec::with_capacity(lines.len());
     for l in &lines {
         match project_line(l, frame) {
             Ok(line) => out.push(line),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+            Err(e) => errors.push(e),
         }
     }
     if out.is_empty() {
-        return Err(first_error.unwrap_or(SkipReason::NullGeometry));
+        return Err(errors
+            .into_iter()
+            .next()
+            .unwrap_or(SkipReason::NullGeometry));
+    }
+    for e in errors {
+        dropped.add(e);
     }
     Ok(out)
 }
@@ -1484,7 +1511,34 @@ fn width_from_tags(tags: &[(String, String)], default: f32) -> f32 {
     default
 }
 
-fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
+/// `dropped`: pieces of the feature left out as broken (it is drawn without them).
+fn build_feature(
+    f: RawFeature,
+    frame: &GeoFrame,
+    dropped: &mut SkipCounts,
+) -> Result<Built, SkipReason> {
+    // A line cut by the extract's edge leaves pieces of a point or none: nodes outside
+    // the file, not broken input (a piece broken otherwise still is).
+    if matches!(f.geometry, RawGeometry::CutLine(_)) {
+        let mut cut = SkipCounts::default();
+        let built = build_whole_feature(f, frame, &mut cut);
+        for (reason, n) in cut.0 {
+            let reason = match reason {
+                SkipReason::TooFewPoints => SkipReason::MissingReferences,
+                other => other,
+            };
+            dropped.add_n(reason, n);
+        }
+        return built;
+    }
+    build_whole_feature(f, frame, dropped)
+}
+
+fn build_whole_feature(
+    f: RawFeature,
+    frame: &GeoFrame,
+    dropped: &mut SkipCounts,
+) -> Result<Built, SkipReason> {
     let RawFeature { id, tags, geometry } = f;
     if geometry == RawGeometry::Null {
         return Err(SkipReason::NullGeometry);
@@ -1512,7 +1566,7 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
     let name = tag(&tags, "name").map(str::to_string);
     match class {
         Class::Building => {
-            let polys = polygons(area_rings(geometry)?, frame)?;
+            let polys = polygons(area_rings(geometry)?, frame, dropped)?;
             let yes = |v: &&str| !matches!(*v, "no" | "false" | "0");
             let kind = tag(&tags, "building")
                 .filter(yes)
@@ -1538,7 +1592,7 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
             }))
         }
         Class::Road(class) => {
-            let lines = project_lines(line_points(geometry)?, frame)?;
+            let lines = project_lines(line_points(geometry)?, frame, dropped)?;
             let width_m = width_from_tags(&tags, class.default_width_m());
             let oneway = if class == RoadClass::Rail {
                 OneWay::No
@@ -1562,7 +1616,7 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
             ))
         }
         Class::Waterway => {
-            let lines = project_lines(line_points(geometry)?, frame)?;
+            let lines = project_lines(line_points(geometry)?, frame, dropped)?;
             let default = if tag(&tags, "waterway") == Some("river") {
                 20.0
             } else {
@@ -1586,7 +1640,7 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
                 Class::Green => AreaKind::Green,
                 _ => AreaKind::Paved,
             };
-            let polys = polygons(area_rings(geometry)?, frame)?;
+            let polys = polygons(area_rings(geometry)?, frame, dropped)?;
             Ok(Built::Areas(
                 polys
                     .into_iter()
@@ -1601,7 +1655,7 @@ fn build_feature(f: RawFeature, frame: &GeoFrame) -> Result<Built, SkipReason> {
         }
         Class::District => {
             let admin_level = tag(&tags, "admin_level").and_then(|l| l.parse().ok());
-            let boundary = project_lines(line_points(geometry)?, frame)?;
+            let boundary = project_lines(line_points(geometry)?, frame, dropped)?;
             Ok(Built::District(District {
                 id,
                 name,
@@ -1778,6 +1832,49 @@ mod tests {
             "{:?}",
             map.bbox_wgs84
         );
+    }
+
+    #[test]
+    fn broken_pieces_are_counted_but_a_cut_line_s_stubs_are_not_broken() {
+        let mut bad = square(24.96, 60.17, 0.0004);
+        bad[1] = [240.0, 95.0];
+        let building = feature(
+            "b",
+            &[("building", "yes")],
+            RawGeometry::MultiPolygon(vec![
+                vec![square(24.94, 60.17, 0.0004)],
+                vec![bad],
+                vec![square(24.95, 60.17, 0.0004), square(24.97, 60.17, 0.0001)],
+            ]),
+        );
+        let road = feature(
+            "r",
+            &[("highway", "primary")],
+            RawGeometry::MultiLine(vec![
+                vec![[24.94, 60.17], [24.95, 60.17]],
+                vec![[24.95, 60.171]],
+            ]),
+        );
+        let cut = feature(
+            "c",
+            &[("highway", "primary")],
+            RawGeometry::CutLine(vec![
+                vec![[24.94, 60.172], [24.95, 60.172]],
+                vec![[24.95, 60.173]],
+            ]),
+        );
+        let map = build_city("t", vec![building, road, cut], SkipCounts::default());
+        assert_eq!(map.buildings.len(), 1);
+        assert_eq!(map.buildings[0].footprint.0.len(), 2);
+        assert_eq!(map.roads.len(), 2);
+        assert_eq!(map.skipped.broken_total(), 0);
+        // The polygon with a vertex off the Earth, the hole outside its polygon, the
+        // road's line of one point; the cut road's stub is a reference outside the file.
+        assert_eq!(map.pieces_dropped.get(SkipReason::BadCoordinates), 1);
+        assert_eq!(map.pieces_dropped.get(SkipReason::HoleOutsideOuter), 1);
+        assert_eq!(map.pieces_dropped.get(SkipReason::TooFewPoints), 1);
+        assert_eq!(map.pieces_dropped.broken_total(), 3);
+        assert_eq!(map.pieces_dropped.get(SkipReason::MissingReferences), 1);
     }
 
     #[test]

@@ -199,8 +199,10 @@ fn undecodable(
                         .rposition(|&b| b != b' ' && b != 0)
                         .map_or(0, |i| i + 1);
                     // Valid, or valid once a character cut at the field's width (its
-                    // first bytes, up to 3) is left off.
-                    !(0..=end.min(3)).any(|cut| {
+                    // first bytes, up to 3) is left off: only a value that fills its
+                    // field can have been cut.
+                    let cuttable = if end == text.len() { end.min(3) } else { 0 };
+                    !(0..=cuttable).any(|cut| {
                         text[end - cut..end].iter().all(|&b| b >= 0x80)
                             && encoding
                                 .decode_without_bom_handling_and_without_replacement(
@@ -226,15 +228,13 @@ fn detect_encoding(bytes: &[u8], layout: &DbfLayout, deleted: &[bool]) -> &'stat
             .map_or(0, |i| i + 1);
         match std::str::from_utf8(&text[..end]) {
             Ok(_) => true,
-            Err(e) => e.error_len().is_none(),
+            // Cut mid-character: only a value that fills its field can have been.
+            Err(e) => e.error_len().is_none() && end == text.len(),
         }
     };
     let names_valid = (0..layout.fields.len()).all(|i| {
         let at = 32 + 32 * i;
-        bytes.get(at..at + 11).is_none_or(|name| {
-            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-            valid(&name[..end])
-        })
+        bytes.get(at..at + 11).is_none_or(valid)
     });
     let text_fields = text_fields(layout);
     let values_valid = (0..layout.records)
@@ -250,8 +250,48 @@ fn detect_encoding(bytes: &[u8], layout: &DbfLayout, deleted: &[bool]) -> &'stat
         return encoding_rs::UTF_8;
     }
     // Not UTF-8: Chinese (GB18030) or Western (Windows-1252, which covers Latin-1)?
-    // Chinese text is high bytes in pairs (both 0xA1 and up for GB2312's characters)
-    // or GB18030's four-byte units; Western text has lone high bytes among letters.
+    let (chinese, western) = high_byte_votes(bytes, layout, deleted);
+    if western > chinese {
+        encoding_rs::WINDOWS_1252
+    } else {
+        encoding_rs::GB18030
+    }
+}
+
+/// Single-byte code pages of Latin scripts, which read any bytes at all: one named by
+/// a `.cpg` over text that is plainly UTF-8 or Chinese is mojibake, set aside.
+const LATIN_CODE_PAGES: [&Encoding; 6] = [
+    encoding_rs::WINDOWS_1252,
+    encoding_rs::WINDOWS_1250,
+    encoding_rs::WINDOWS_1254,
+    encoding_rs::WINDOWS_1257,
+    encoding_rs::ISO_8859_2,
+    encoding_rs::ISO_8859_15,
+];
+
+/// Whether the text is beyond doubt in a multi-byte encoding: it has high bytes and
+/// they all stand as UTF-8's sequences, or as Chinese text's (a tenth may not, for a
+/// stray Latin-1 sign) with all of it reading as GB18030. A single-byte code page
+/// reads any bytes at all, so a `.cpg` naming one cannot be checked by what it fails
+/// to read: this is how mojibake is told.
+fn reads_multi_byte(bytes: &[u8], layout: &DbfLayout, deleted: &[bool]) -> bool {
+    // Only a Latin code page's text has lone high bytes among ASCII letters; Thai,
+    // Cyrillic or Greek text under its own code page is high bytes throughout.
+    let (chinese, western) = high_byte_votes(bytes, layout, deleted);
+    if chinese + western == 0 {
+        return false;
+    }
+    detect_encoding(bytes, layout, deleted) == encoding_rs::UTF_8
+        || (western * 10 <= chinese
+            && undecodable(bytes, layout, deleted, encoding_rs::GB18030) == 0)
+}
+
+/// How the field names' and kept records' text's high bytes stand: (as Chinese, as
+/// Western). Chinese text is high bytes in pairs (GBK's two-byte characters, both
+/// bytes high) or GB18030's four-byte units; Western text has lone high bytes among
+/// letters, or two in a word ("ção").
+fn high_byte_votes(bytes: &[u8], layout: &DbfLayout, deleted: &[bool]) -> (usize, usize) {
+    let text_fields = text_fields(layout);
     let mut votes = (0usize, 0usize); // (Chinese, Western)
     let mut count = |text: &[u8]| {
         let mut i = 0;
@@ -269,7 +309,22 @@ fn detect_encoding(bytes: &[u8], layout: &DbfLayout, deleted: &[bool]) -> &'stat
             if four {
                 votes.0 += 1;
                 i += 4;
-            } else if (0xA1..=0xFE).contains(&b) && (0xA1..=0xFE).contains(&at(1)) {
+                continue;
+            }
+            // The run of high bytes from here.
+            let run = text[i..].iter().take_while(|&&b| b >= 0x80).count();
+            // A GBK/GB18030 two-byte character with both bytes high (GB2312's
+            // are 0xA1 and up; GBK's others lead from 0x81, and a trail below 0x80
+            // would be an ASCII letter, which Western text has after an accent).
+            let pair = (0x81..=0xFE).contains(&at(0)) && (0x80..=0xFE).contains(&at(1));
+            // One pair inside a word ("ção", "ÇÃO", "Ñé") is a Western word's two
+            // accented letters; a Chinese name is a run of characters, or one set
+            // apart by spaces, digits or signs.
+            let letter = |c: Option<&u8>| c.is_some_and(u8::is_ascii_alphabetic);
+            if run == 2 && pair && ((i > 0 && letter(text.get(i - 1))) || letter(text.get(i + 2))) {
+                votes.1 += 1;
+                i += 2;
+            } else if pair {
                 votes.0 += 1;
                 i += 2;
             } else {
@@ -294,11 +349,7 @@ fn detect_encoding(bytes: &[u8], layout: &DbfLayout, deleted: &[bool]) -> &'stat
             }
         }
     }
-    if votes.1 > votes.0 {
-        encoding_rs::WINDOWS_1252
-    } else {
-        encoding_rs::GB18030
-    }
+    votes
 }
 
 /// A `.dbf` record as properties: every field that holds a value, as JSON (text as
@@ -542,6 +593,9 @@ pub(crate) fn read_path(path: &Path, source_name: &str) -> Result<FileRead, MapE
             // another): set aside for what the text itself says, when that reads more
             // of it.
             Some((said, Some(e))) => match undecodable(&dbf, &layout, &deleted, e) {
+                0 if LATIN_CODE_PAGES.contains(&e) && reads_multi_byte(&dbf, &layout, &deleted) => {
+                    detected(Some(said.to_string()))
+                }
                 0 => (e, (EncodingSource::Cpg, None), 0),
                 by_cpg => match detected(Some(said.to_string())) {
                     guess @ (_, _, by_text) if by_text < by_cpg => guess,
@@ -997,6 +1051,100 @@ mod tests {
         std::fs::write(path.with_extension("cpg"), "Big5").unwrap();
         let encoding = load_path(&path).unwrap().encoding.unwrap();
         assert_eq!(encoding.name, "gb18030", "{encoding:?}");
+        // A single-byte code page said over Chinese text (a tool that wrote its own
+        // Windows code page): every byte reads in it, as mojibake; the text's
+        // Chinese is preferred, and what the .cpg said is reported.
+        for said in ["1252", "ISO-8859-1", "ANSI 1252"] {
+            std::fs::write(path.with_extension("cpg"), said).unwrap();
+            let map = load_path(&path).unwrap();
+            let encoding = map.encoding.clone().unwrap();
+            assert_eq!(encoding.name, "gb18030", "{said}: {encoding:?}");
+            assert_eq!(encoding.source, EncodingSource::Detected);
+            assert_eq!(encoding.cpg.as_deref(), Some(said));
+            building(&map, "图书馆");
+        }
+        // Western text its .cpg names rightly stays as said: a last accented letter
+        // is no UTF-8 cut at the field's width (the field is wider), and Portuguese
+        // "ção" pairs are no Chinese; nor is Thai, Cyrillic or Greek under its own
+        // code page, whose letters all lie above 0xA0.
+        for (said, encoding, names, expected) in [
+            (
+                "1252",
+                encoding_rs::WINDOWS_1252,
+                &["Café", "José", "Bogotá", "Town Hall"][..],
+                "windows-1252",
+            ),
+            (
+                "1252",
+                encoding_rs::WINDOWS_1252,
+                &["Estação", "Habitação", "Educação", "Associação"][..],
+                "windows-1252",
+            ),
+            (
+                "874",
+                encoding_rs::WINDOWS_874,
+                &["กรุงเทพมหานคร", "โรงพยาบาลศิริราช"][..],
+                "windows-874",
+            ),
+            (
+                "1251",
+                encoding_rs::WINDOWS_1251,
+                &["Москва", "Казань", "Самара", "Тверь"][..],
+                "windows-1251",
+            ),
+            (
+                "1253",
+                encoding_rs::WINDOWS_1253,
+                &["Αθήνα", "Πειραιάς"][..],
+                "windows-1253",
+            ),
+        ] {
+            let names: Vec<&'static str> = names.to_vec();
+            let path = write_fields(
+                &dir,
+                &format!("cp{said}-{}", names.len()),
+                encoding,
+                squares_named(&names),
+                ["FLOORS", "NAME"],
+            );
+            std::fs::write(path.with_extension("prj"), ESRI_GK_ZONE_39).unwrap();
+            std::fs::write(path.with_extension("cpg"), said).unwrap();
+            let map = load_path(&path).unwrap();
+            let got = map.encoding.clone().unwrap();
+            assert_eq!(got.name, expected, "{names:?}: {got:?}");
+            assert_eq!(got.source, EncodingSource::Cpg, "{names:?}");
+            for name in &names {
+                building(&map, name);
+            }
+            // Without the .cpg, a Western last accent is still no UTF-8.
+            if said == "1252" {
+                std::fs::remove_file(path.with_extension("cpg")).unwrap();
+                let map = load_path(&path).unwrap();
+                assert_eq!(map.encoding.clone().unwrap().name, "windows-1252");
+                for name in &names {
+                    building(&map, name);
+                }
+            }
+        }
+        // UTF-8 text under a single-byte code page's .cpg: the same.
+        let path = dir.join("utf-8.shp");
+        std::fs::write(path.with_extension("cpg"), "1252").unwrap();
+        let map = load_path(&path).unwrap();
+        let encoding = map.encoding.clone().unwrap();
+        assert_eq!(encoding.name, "utf-8");
+        assert_eq!(encoding.cpg.as_deref(), Some("1252"));
+        building(&map, "图书馆");
+        // ... while Western text under the code page its .cpg names keeps it.
+        let path = dir.join("western.shp");
+        std::fs::write(path.with_extension("cpg"), "1252").unwrap();
+        let map = load_path(&path).unwrap();
+        let encoding = map.encoding.clone().unwrap();
+        assert_eq!(encoding.name, "windows-1252");
+        assert_eq!(encoding.source, EncodingSource::Cpg);
+        assert_eq!(encoding.cpg, None);
+        for name in western {
+            building(&map, name);
+        }
         // A .cpg naming nothing known: detected, and what it said is reported.
         let path = dir.join("gb18030.shp");
         std::fs::write(path.with_extension("cpg"), "Klingon").unwrap();
@@ -1031,6 +1179,42 @@ mod tests {
         for text in ["", "System", "UTF-16", "Klingon"] {
             assert_eq!(encoding_of_cpg(text), None, "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_broken_piece_of_a_building_in_pieces_is_counted_and_the_rest_drawn() {
+        let dir = scratch("nan-piece");
+        let mut broken = square(200.0, 0.0, 20.0);
+        broken[2] = Point::new(f64::NAN, f64::NAN);
+        let path = write(
+            &dir,
+            "pieces",
+            encoding_rs::UTF_8,
+            vec![
+                row(
+                    vec![
+                        PolygonRing::Outer(square(100.0, 0.0, 20.0)),
+                        PolygonRing::Outer(broken),
+                        PolygonRing::Outer(square(140.0, 0.0, 20.0)),
+                    ],
+                    3.0,
+                    "教学楼",
+                ),
+                row(
+                    vec![PolygonRing::Outer(square(0.0, 100.0, 30.0))],
+                    18.0,
+                    "住宅楼",
+                ),
+            ],
+        );
+        std::fs::write(path.with_extension("prj"), ESRI_GK_ZONE_39).unwrap();
+        let map = load_path(&path).unwrap();
+        assert_eq!(map.buildings.len(), 2);
+        assert_eq!(building(&map, "教学楼").footprint.0.len(), 2);
+        assert_eq!(map.skipped.broken_total(), 0);
+        assert_eq!(map.pieces_dropped.get(SkipReason::BadCoordinates), 1);
+        assert_eq!(map.pieces_dropped.broken_total(), 1);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
