@@ -183,8 +183,14 @@ pub enum Caller {
     /// A credential the endpoint knows, named (a department, an agency): rated per
     /// name, and passed to the handler as [`Request::caller`].
     Known(String),
+    /// [`Caller::Known`] with a rate of its own, which the gate keeps (an open-data
+    /// client's, from a keys file read again when it changes): it wins over
+    /// [`Limits::caller_rates`].
+    Rated(String, Rate),
     /// No credential, where none is needed: rated per address.
     Anonymous,
+    /// [`Caller::Anonymous`] at this rate per address (the gate's, as above).
+    AnonymousRated(Rate),
     /// Answered with this at once, the body never read, the connection closed (a
     /// wrong or missing credential); rated per address, so guessing is slow.
     Refused(Response),
@@ -363,6 +369,11 @@ impl RateLimiter {
 
     fn admit(&self, client: Client, now: Instant) -> Result<(), Duration> {
         let rate = self.rate_of(&client);
+        self.admit_at(client, rate, now)
+    }
+
+    /// [`Self::admit`] at a rate the caller gives.
+    fn admit_at(&self, client: Client, rate: Rate, now: Instant) -> Result<(), Duration> {
         if !rate.per_s.is_finite() {
             return Ok(());
         }
@@ -785,11 +796,16 @@ async fn answer_one(
     // Credentials from the headers, before the body: a wrong one costs one bucket of
     // the sender's address and no buffering.
     let now = Instant::now();
-    let client = match shared.gate.as_ref().map(|gate| gate(&request)) {
-        None | Some(Caller::Anonymous) => Client::address(peer.ip()),
+    let (client, rate) = match shared.gate.as_ref().map(|gate| gate(&request)) {
+        None | Some(Caller::Anonymous) => (Client::address(peer.ip()), None),
+        Some(Caller::AnonymousRated(rate)) => (Client::address(peer.ip()), Some(rate)),
         Some(Caller::Known(name)) => {
             request.caller = Some(name.clone());
-            Client::Caller(name)
+            (Client::Caller(name), None)
+        }
+        Some(Caller::Rated(name, rate)) => {
+            request.caller = Some(name.clone());
+            (Client::Caller(name), Some(rate))
         }
         Some(Caller::Refused(refusal)) => {
             let answer = match shared.limiter.admit(Client::address(peer.ip()), now) {
@@ -799,7 +815,8 @@ async fn answer_one(
             return (answer, true, None);
         }
     };
-    if let Err(wait) = shared.limiter.admit(client, now) {
+    let rate = rate.unwrap_or_else(|| shared.limiter.rate_of(&client));
+    if let Err(wait) = shared.limiter.admit_at(client, rate, now) {
         return (too_many(wait), true, request.caller);
     }
     // The whole body within the read timeout: a client trickling it is cut off.

@@ -346,6 +346,11 @@ pub struct OpenDataConfig {
     /// Map layer ([`MAP_LAYERS`]) → classification; a layer left out is internal.
     #[serde(default)]
     pub layers: std::collections::BTreeMap<String, Classification>,
+    /// Keys the pseudonyms of the ids a feed withholds (`field_classification = { id
+    /// = "internal" }`), so they stay the same from start to start; left out, one is
+    /// drawn at each start.
+    #[serde(default)]
+    pub id_key: Option<String>,
 }
 
 impl OpenDataConfig {

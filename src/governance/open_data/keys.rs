@@ -67,6 +67,99 @@ pub struct Client {
     pub rate: Rate,
 }
 
+/// The clients of a running server: a keys file read again when it changes (checked
+/// at most every [`KeyRing::CHECK_EVERY`]), so a client added with `open-data keys
+/// add`, a key withdrawn or a rate changed takes effect without a restart. A file
+/// that no longer reads (a half-saved edit) leaves the clients as they were, said on
+/// standard error once for each version of the file.
+pub struct KeyRing {
+    path: Option<std::path::PathBuf>,
+    state: std::sync::Mutex<Ring>,
+}
+
+struct Ring {
+    clients: Arc<Clients>,
+    /// The file's modification time and length when last read (or found unreadable).
+    seen: Option<(std::time::SystemTime, u64)>,
+    checked: std::time::Instant,
+}
+
+impl KeyRing {
+    pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Clients that never change (tests, and a server without a file).
+    pub fn fixed(clients: Clients) -> Self {
+        Self {
+            path: None,
+            state: std::sync::Mutex::new(Ring {
+                clients: Arc::new(clients),
+                seen: None,
+                checked: std::time::Instant::now(),
+            }),
+        }
+    }
+
+    /// The clients in the keys file at `path`, read now (an error names the file)
+    /// and again whenever it changes.
+    pub fn watch(path: &Path) -> Result<Self, String> {
+        let seen = Self::stamp(path);
+        let clients = Clients::load(path)?;
+        Ok(Self {
+            path: Some(path.to_path_buf()),
+            state: std::sync::Mutex::new(Ring {
+                clients: Arc::new(clients),
+                seen,
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+        let m = std::fs::metadata(path).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
+
+    /// The clients now.
+    pub fn current(&self) -> Arc<Clients> {
+        let mut ring = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = &self.path
+            && ring.checked.elapsed() >= Self::CHECK_EVERY
+        {
+            ring.checked = std::time::Instant::now();
+            let stamp = Self::stamp(path);
+            if stamp != ring.seen {
+                ring.seen = stamp;
+                match Clients::load(path) {
+                    Ok(clients) => {
+                        if clients != *ring.clients {
+                            eprintln!(
+                                "zhongshu open data: {} read again: {} clients{}",
+                                path.display(),
+                                clients.clients.len(),
+                                if clients.anonymous.is_some() {
+                                    ", anonymous access"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
+                        ring.clients = Arc::new(clients);
+                    }
+                    Err(e) => eprintln!(
+                        "zhongshu open data: the keys file no longer reads, the clients stay as they were: {e}"
+                    ),
+                }
+            }
+        }
+        ring.clients.clone()
+    }
+
+    /// [`Clients::gate`] of the clients at each request.
+    pub fn gate(self: Arc<Self>) -> Gate {
+        Arc::new(move |request: &Request| self.current().admit(request))
+    }
+}
+
 /// Who may use the open-data endpoints.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Clients {
@@ -181,7 +274,12 @@ impl Clients {
     /// that is allowed; anything else is refused with 401 (the same answer for a
     /// wrong key and a missing one).
     pub fn gate(self: Arc<Self>) -> Gate {
-        Arc::new(move |request: &Request| {
+        Arc::new(move |request: &Request| self.admit(request))
+    }
+
+    /// [`Self::gate`] for one request: a known client comes with its rate.
+    fn admit(&self, request: &Request) -> Caller {
+        {
             let key = request
                 .header("authorization")
                 .and_then(|a| {
@@ -197,15 +295,17 @@ impl Clients {
                     Caller::Refused(unauthorized("an empty API key is no key"))
                 }
                 Some(key) => match self.find(&key) {
-                    Some(c) => Caller::Known(c.name.clone()),
+                    Some(c) => Caller::Rated(c.name.clone(), c.rate),
                     None => Caller::Refused(unauthorized("this key is not known")),
                 },
-                None if self.anonymous.is_some() => Caller::Anonymous,
-                None => Caller::Refused(unauthorized(
-                    "an API key is needed: send it as Authorization: Bearer KEY or X-API-Key: KEY",
-                )),
+                None => match self.anonymous {
+                    Some(rate) => Caller::AnonymousRated(rate),
+                    None => Caller::Refused(unauthorized(
+                        "an API key is needed: send it as Authorization: Bearer KEY or X-API-Key: KEY",
+                    )),
+                },
             }
-        })
+        }
     }
 }
 

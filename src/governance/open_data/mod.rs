@@ -34,6 +34,9 @@ struct FeedRule {
     withheld: BTreeSet<String>,
     /// When given, the only fields that leave (besides [`ALWAYS_OPEN`]).
     allowed: Option<BTreeSet<String>>,
+    /// `id` withheld: the source's id stays in the hall and the entity leaves under a
+    /// pseudonym (an id can carry a plate or a person's name).
+    pseudonymous: bool,
 }
 
 impl FeedRule {
@@ -50,6 +53,10 @@ impl FeedRule {
                 .open_fields
                 .as_ref()
                 .map(|f| f.iter().map(|f| f.to_lowercase()).collect()),
+            pseudonymous: feed
+                .field_classification
+                .iter()
+                .any(|(f, c)| f.eq_ignore_ascii_case("id") && *c != Classification::Open),
         }
     }
 
@@ -85,6 +92,9 @@ pub struct OpenPolicy {
     /// By [`FeedId`] (the feed's index in the configuration).
     feeds: Vec<FeedRule>,
     layers: BTreeSet<&'static str>,
+    /// Keys the pseudonyms of withheld ids: the `[open_data]` table's `id_key`, or
+    /// one drawn at start (pseudonyms then change at each start).
+    id_key: [u8; 32],
 }
 
 impl OpenPolicy {
@@ -95,7 +105,47 @@ impl OpenPolicy {
                 .into_iter()
                 .filter(|l| open_data.layer(l) == Classification::Open)
                 .collect(),
+            id_key: match &open_data.id_key {
+                Some(key) => crate::http::token_digest(key),
+                None => {
+                    let mut key = [0u8; 32];
+                    // No randomness (never seen on a real system): a key from the
+                    // clock, still not the ids themselves.
+                    if getrandom::getrandom(&mut key).is_err() {
+                        key = crate::http::token_digest(&format!(
+                            "{:?}",
+                            std::time::SystemTime::now()
+                        ));
+                    }
+                    key
+                }
+            },
         }
+    }
+
+    /// The id `feed`'s entity `id` of type `entity_type` leaves under: its own, or a
+    /// pseudonym where the feed withholds ids (`urn:ngsi-ld:TYPE:` and 32 hex digits,
+    /// the same for the same entity while the key stands).
+    pub fn open_id(&self, feed: FeedId, entity_type: &str, id: &str) -> String {
+        if !self
+            .feeds
+            .get(feed as usize)
+            .is_some_and(|r| r.pseudonymous)
+        {
+            return id.to_string();
+        }
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.id_key);
+        h.update(feed.to_le_bytes());
+        h.update(id.as_bytes());
+        let digest = h.finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let kind: String = entity_type
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .collect();
+        format!("urn:ngsi-ld:{kind}:{hex}")
     }
 
     pub fn feed_is_open(&self, feed: FeedId) -> bool {
@@ -141,8 +191,13 @@ impl OpenPolicy {
             .get("location")
             .and_then(|l| l.get("value"))
             .and_then(geometry_bbox);
+        let id = self.open_id(e.feed, &e.entity_type, &e.id);
+        let mut ngsi = ngsi;
+        if id != e.id {
+            ngsi.insert("id".into(), Value::String(id.clone()));
+        }
         Some(OpenEntity {
-            id: e.id.clone(),
+            id,
             entity_type: e.entity_type.clone(),
             bbox,
             ngsi,

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::keys::{ANONYMOUS, Clients};
+use super::keys::{ANONYMOUS, KeyRing};
 use super::{EntityQuery, OpenPolicy, OpenSnapshot, layer_geojson, open_catalog, parse_bbox};
 use crate::clock::{rfc3339_from_unix_ms, unix_ms_now};
 use crate::feeds::config::{FeedConfig, FeedsSetup, OpenDataConfig};
@@ -75,11 +75,12 @@ impl OpenDataServer {
     /// and whatever snapshot is published; one line per request goes to `access_log`.
     pub fn start(
         addr: &str,
-        clients: Clients,
+        keys: KeyRing,
         layers: BTreeMap<String, Value>,
         access_log: Box<dyn Write + Send>,
         tls: Option<Tls>,
     ) -> anyhow::Result<OpenDataServer> {
+        let keys = Arc::new(keys);
         let published = Arc::new(Published {
             snapshot: RwLock::new(Arc::new(OpenSnapshot::default())),
             layers: layers
@@ -90,16 +91,16 @@ impl OpenDataServer {
         let limits = Limits {
             // Only GETs: no body is needed.
             max_body_bytes: 1024,
-            rate: clients.anonymous.unwrap_or(GUESSING_RATE),
-            caller_rates: clients.rates(),
+            // Refused guesses, by address; the gate gives each client's and the
+            // anonymous rate as the keys file says at the time.
+            rate: GUESSING_RATE,
             ..Limits::default()
         };
         let (lines, queue) = std::sync::mpsc::sync_channel(LOG_QUEUE);
         let log_writer = std::thread::Builder::new()
             .name("open-data access log".into())
             .spawn(move || write_access_log(queue, access_log))?;
-        let anonymous = clients.anonymous.is_some();
-        let gate = Arc::new(clients).gate();
+        let gate = keys.clone().gate();
         let serving = published.clone();
         let server = Server::start_observed(
             addr,
@@ -108,7 +109,7 @@ impl OpenDataServer {
             Some(gate),
             Arc::new(move |request: Request| respond(&serving, &request)),
             tls,
-            Some(access_logger(lines, anonymous)),
+            Some(access_logger(lines, keys)),
         )
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         Ok(OpenDataServer {
@@ -154,12 +155,14 @@ impl Drop for OpenDataServer {
 }
 
 /// One JSON line per request, handed to the writer thread.
-fn access_logger(lines: SyncSender<String>, anonymous: bool) -> Observer {
+fn access_logger(lines: SyncSender<String>, keys: Arc<KeyRing>) -> Observer {
     let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
     Arc::new(move |served: &Served| {
         let client = match served.caller {
             Some(name) => name,
-            None if anonymous && !matches!(served.status, 401 | 403) => ANONYMOUS,
+            None if !matches!(served.status, 401 | 403) && keys.current().anonymous.is_some() => {
+                ANONYMOUS
+            }
             None => "-",
         };
         let mut line = json!({
@@ -292,9 +295,16 @@ fn respond(published: &Published, request: &Request) -> Response {
     }
     if let Some(id) = path.strip_prefix("/ngsi-ld/v1/entities/") {
         let id = percent_decode(id);
+        let members = match Members::of(&param) {
+            Ok(m) => m,
+            Err(e) => return bad_request(e),
+        };
         return match snapshot.entity(&id) {
-            Some(e) => Response::json(200, &Value::Object(e.ngsi.clone()))
-                .with_header("Link", CORE_CONTEXT_LINK),
+            Some(e) if members.wanted(&e.ngsi) => {
+                Response::json(200, &Value::Object(members.select(&e.ngsi)))
+                    .with_header("Link", CORE_CONTEXT_LINK)
+            }
+            Some(_) => not_found(&format!("open entity {id} has none of the attrs asked for")),
             None => not_found(&format!("no open entity {id}")),
         };
     }
@@ -369,14 +379,18 @@ fn entities<'a>(
                 .collect()
         })
         .unwrap_or_default();
+    let members = match Members::of(param) {
+        Ok(m) => m,
+        Err(e) => return bad_request(e),
+    };
     let wanted = EntityQuery { types, bbox };
     let mut total = 0usize;
     let mut page = Vec::new();
-    for (i, e) in snapshot.select(&wanted).enumerate() {
-        total += 1;
-        if i >= offset && page.len() < limit {
-            page.push(Value::Object(e.ngsi.clone()));
+    for e in snapshot.select(&wanted).filter(|e| members.wanted(&e.ngsi)) {
+        if total >= offset && page.len() < limit {
+            page.push(Value::Object(members.select(&e.ngsi)));
         }
+        total += 1;
     }
     let mut response =
         Response::json(200, &Value::Array(page)).with_header("Link", CORE_CONTEXT_LINK);
@@ -398,6 +412,72 @@ fn entities<'a>(
     response
 }
 
+/// Which members of an entity an NGSI-LD query asks for: `attrs` (the entities
+/// holding at least one of these attributes, with their id, type and these alone),
+/// `pick` (these members alone, `id` and `type` among them if named) and `omit`
+/// (all members but these). Only what is open is ever there to pick.
+#[derive(Default)]
+struct Members {
+    attrs: Option<Vec<String>>,
+    pick: Option<Vec<String>>,
+    omit: Option<Vec<String>>,
+}
+
+impl Members {
+    fn of<'a>(param: &dyn Fn(&str) -> Option<&'a str>) -> Result<Self, String> {
+        let list = |name: &str| {
+            param(name).map(|v| {
+                v.split(',')
+                    .map(|a| a.trim().to_string())
+                    .filter(|a| !a.is_empty())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let members = Members {
+            attrs: list("attrs"),
+            pick: list("pick"),
+            omit: list("omit"),
+        };
+        if members.pick.is_some() && members.omit.is_some() {
+            return Err("pick and omit together: give one of them".into());
+        }
+        for (name, l) in [
+            ("attrs", &members.attrs),
+            ("pick", &members.pick),
+            ("omit", &members.omit),
+        ] {
+            if l.as_ref().is_some_and(Vec::is_empty) {
+                return Err(format!(
+                    "{name}= names no member: give a comma-separated list"
+                ));
+            }
+        }
+        Ok(members)
+    }
+
+    /// Whether the entity is one asked for: with `attrs`, it holds one of them.
+    fn wanted(&self, e: &serde_json::Map<String, Value>) -> bool {
+        self.attrs
+            .as_ref()
+            .is_none_or(|attrs| attrs.iter().any(|a| e.contains_key(a)))
+    }
+
+    fn select(&self, e: &serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+        let named = |l: &Option<Vec<String>>, k: &str| l.as_ref().map(|l| l.iter().any(|a| a == k));
+        e.iter()
+            .filter(|(k, _)| {
+                let k = k.as_str();
+                let by_attrs = named(&self.attrs, k)
+                    .is_none_or(|listed| listed || matches!(k, "id" | "type" | "@context"));
+                let by_pick = named(&self.pick, k).is_none_or(|listed| listed);
+                let by_omit = named(&self.omit, k).is_none_or(|listed| !listed);
+                by_attrs && by_pick && by_omit
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
 /// A query name or value percent-encoded again (`,` kept: lists and bboxes).
 fn encode_query(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -414,7 +494,7 @@ fn encode_query(text: &str) -> String {
 /// What `serve-open-data` is told on the command line.
 pub struct ServeOptions {
     pub addr: String,
-    pub clients: Clients,
+    pub keys: KeyRing,
     pub access_log: Box<dyn Write + Send>,
     /// The address clients reach the server at, for the catalog's links (default
     /// `http(s)://ADDR`).
@@ -440,7 +520,7 @@ pub struct OpenDataService {
 impl OpenDataService {
     /// The server's options now: the clients in the keys file, the access log opened.
     pub fn options(&self) -> anyhow::Result<ServeOptions> {
-        let clients = Clients::load(&self.keys).map_err(anyhow::Error::msg)?;
+        let keys = KeyRing::watch(&self.keys).map_err(anyhow::Error::msg)?;
         let access_log: Box<dyn Write + Send> = match &self.access_log {
             Some(path) => Box::new(
                 std::fs::OpenOptions::new()
@@ -455,7 +535,7 @@ impl OpenDataService {
         };
         Ok(ServeOptions {
             addr: self.addr.clone(),
-            clients,
+            keys,
             access_log,
             public_url: self.public_url.clone(),
             tls: self.tls.clone(),
@@ -507,7 +587,7 @@ impl OpenDataPublisher {
         };
         let server = OpenDataServer::start(
             &options.addr,
-            options.clients,
+            options.keys,
             open_layers(&policy, city),
             options.access_log,
             options.tls,
@@ -763,7 +843,7 @@ mod tests {
         if let Some(a) = anonymous {
             keys += &format!("[anonymous]\nrate_per_s={}\nburst={}\n", a.per_s, a.burst);
         }
-        let clients = Clients::parse(&keys).unwrap();
+        let clients = KeyRing::fixed(super::super::keys::Clients::parse(&keys).unwrap());
         let dir =
             std::env::temp_dir().join(format!("zhongshu-open-data-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -989,6 +1069,136 @@ mod tests {
     }
 
     #[test]
+    fn attrs_pick_and_omit_choose_members_and_never_reach_withheld_ones() {
+        let (running, key) = serve("members", PLENTY, None);
+        let key = Some(key.as_str());
+        let list = |path: &str| -> (BTreeMap<String, String>, Vec<Value>) {
+            let (status, headers, body) = running.get(key, path);
+            assert_eq!(status, 200, "{path}: {body}");
+            assert_nothing_withheld(path, &body);
+            let v: Value = serde_json::from_str(&body).unwrap();
+            (headers, v.as_array().unwrap().clone())
+        };
+        let keys = |e: &Value| -> Vec<String> { e.as_object().unwrap().keys().cloned().collect() };
+        let (_, all) = list("/ngsi-ld/v1/entities?type=Bus&limit=1000");
+        assert!(keys(&all[0]).contains(&"speed".to_string()), "{:?}", all[0]);
+        // attrs: id, type and the attributes named.
+        let (headers, buses) =
+            list("/ngsi-ld/v1/entities?type=Bus&attrs=route&count=true&limit=1000");
+        assert_eq!(buses.len(), 30);
+        assert_eq!(headers["ngsild-results-count"], "30");
+        assert_eq!(keys(&buses[3]), ["id", "route", "type"]);
+        assert_eq!(buses[3]["route"]["value"], "42");
+        // ... and only entities that hold one of them (a withheld field is held by none).
+        let (headers, none) =
+            list("/ngsi-ld/v1/entities?attrs=plate,driverPhone&count=true&limit=1000");
+        assert!(none.is_empty());
+        assert_eq!(headers["ngsild-results-count"], "0");
+        // pick: these members alone; omit: all but these.
+        let (_, picked) = list("/ngsi-ld/v1/entities?type=Bus&pick=id,speed,plate&limit=2");
+        assert_eq!(keys(&picked[0]), ["id", "speed"]);
+        let (_, omitted) = list("/ngsi-ld/v1/entities?type=Bus&omit=location,speed&limit=2");
+        let k = keys(&omitted[0]);
+        assert!(k.contains(&"route".to_string()) && !k.contains(&"location".to_string()));
+        assert!(!k.contains(&"speed".to_string()));
+        // One entity, the same.
+        let (status, _, body) = running.get(key, "/ngsi-ld/v1/entities/urn:bus:03?pick=route");
+        assert_eq!(status, 200, "{body}");
+        let one: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(keys(&one), ["route"]);
+        let (status, _, _) = running.get(key, "/ngsi-ld/v1/entities/urn:bus:03?attrs=plate");
+        assert_eq!(status, 404);
+        for bad in [
+            "/ngsi-ld/v1/entities?pick=id&omit=speed",
+            "/ngsi-ld/v1/entities?attrs=",
+            "/ngsi-ld/v1/entities/urn:bus:03?pick=,",
+        ] {
+            let (status, _, body) = running.get(key, bad);
+            assert_eq!(status, 400, "{bad}: {body}");
+        }
+        running.stop();
+    }
+
+    /// A client added, a key withdrawn, a rate changed or anonymous access opened in
+    /// the keys file take effect on a running server; a file that no longer reads
+    /// leaves the clients as they were.
+    #[test]
+    fn the_keys_file_is_read_again_when_it_changes() {
+        let dir = std::env::temp_dir().join(format!("zhongshu-open-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.toml");
+        let key = |_: ()| super::super::keys::new_key().unwrap();
+        let (a, b) = (key(()), key(()));
+        let entry = |name: &str, key: &str, rate: &str| {
+            let digest: String = crate::http::token_digest(key)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("[[client]]\nname='{name}'\nkey_sha256='{digest}'\n{rate}\n")
+        };
+        std::fs::write(&path, entry("a", &a, "rate_per_s=100")).unwrap();
+        let server = OpenDataServer::start(
+            "127.0.0.1:0",
+            KeyRing::watch(&path).unwrap(),
+            BTreeMap::new(),
+            Box::new(std::io::sink()),
+            None,
+        )
+        .unwrap();
+        let client = crate::http::client_builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let status = |key: Option<&str>| {
+            let mut r = client.get(format!("http://{}/health", server.addr()));
+            if let Some(key) = key {
+                r = r.bearer_auth(key);
+            }
+            r.send().unwrap().status().as_u16()
+        };
+        // Asks until the answer is `want` (the file is looked at every second).
+        let until = |key: Option<&str>, want: u16| {
+            let t = std::time::Instant::now();
+            loop {
+                let got = status(key);
+                if got == want {
+                    return;
+                }
+                assert!(t.elapsed() < Duration::from_secs(10), "{got}, not {want}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        assert_eq!(status(Some(&a)), 200);
+        assert_eq!(status(Some(&b)), 401);
+        std::fs::write(
+            &path,
+            entry("a", &a, "rate_per_s=100") + &entry("b", &b, "rate_per_s=0.01\nburst=2"),
+        )
+        .unwrap();
+        until(Some(&b), 200);
+        // b's own rate: two at once, then 429.
+        let mut answers = vec![200];
+        answers.extend((0..3).map(|_| status(Some(&b))));
+        assert!(answers.contains(&429), "{answers:?}");
+        assert_eq!(status(Some(&a)), 200);
+        // A half-saved file: everyone stays as they were.
+        std::fs::write(&path, "[[client]]\nname='a'\nkey_sha").unwrap();
+        std::thread::sleep(KeyRing::CHECK_EVERY * 2);
+        assert_eq!(status(Some(&a)), 200);
+        assert_eq!(status(None), 401);
+        // a withdrawn, anonymous access opened.
+        std::fs::write(
+            &path,
+            entry("b", &b, "rate_per_s=0.01\nburst=2") + "[anonymous]\nrate_per_s=100\n",
+        )
+        .unwrap();
+        until(Some(&a), 401);
+        until(None, 200);
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn keys_are_needed_rated_and_never_logged() {
         let rate = Rate {
             per_s: 0.2,
@@ -1105,6 +1315,63 @@ mod tests {
         let policy = OpenPolicy::new(&setup.feeds, &setup.open_data);
         assert!(!policy.feed_is_open(0));
         assert_eq!(policy.open_layers().count(), 0);
+    }
+
+    /// A feed that withholds `id` (a plate in a vehicle's id) publishes its entities
+    /// under pseudonyms: the same for an entity under the same `id_key`, another under
+    /// another key, and never the source's id anywhere.
+    #[test]
+    fn a_withheld_id_leaves_as_a_pseudonym() {
+        let feeds = |key: &str| {
+            parse_setup(&format!(
+                "[open_data]\nid_key='{key}'\n[[feed]]\nname='taxis'\nkind='sim'\ndomain='traffic'\nclassification='open'\nfield_classification={{ ID = 'restricted', plate = 'restricted', driverPhone = 'internal' }}\n"
+            ))
+            .unwrap()
+        };
+        let mut state = LiveState::new(crate::geo_frame::GeoFrame::new(24.94, 60.17));
+        state.apply(
+            0,
+            vehicle("urn:ngsi-ld:Taxi:粤B-12345", "Taxi", 24.9, 60.17),
+            NOW,
+        );
+        state.apply(
+            0,
+            vehicle("urn:ngsi-ld:Taxi:粤B-67890", "Taxi", 24.91, 60.17),
+            NOW,
+        );
+        let snapshot = |key: &str| {
+            let setup = feeds(key);
+            let policy = OpenPolicy::new(&setup.feeds, &setup.open_data);
+            OpenSnapshot::build(&policy, &state, Value::Null, NOW)
+        };
+        let (a, again, other) = (snapshot("k1"), snapshot("k1"), snapshot("k2"));
+        let ids = |s: &OpenSnapshot| {
+            s.select(&EntityQuery::default())
+                .map(|e| e.id.clone())
+                .collect::<Vec<_>>()
+        };
+        let a_ids = ids(&a);
+        assert_eq!(a_ids.len(), 2);
+        assert_ne!(a_ids[0], a_ids[1]);
+        for id in &a_ids {
+            let hex = id.strip_prefix("urn:ngsi-ld:Taxi:").unwrap();
+            assert!(
+                hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+            let e = a.entity(id).unwrap();
+            assert_eq!(e.ngsi["id"], id.as_str());
+            assert_eq!(e.feature()["id"], id.as_str());
+            let all = format!("{:?} {}", e.ngsi, e.feature());
+            assert!(!all.contains("12345") && !all.contains("67890"), "{all}");
+        }
+        let mut sorted = a_ids.clone();
+        sorted.sort();
+        let mut again_ids = ids(&again);
+        again_ids.sort();
+        assert_eq!(sorted, again_ids);
+        assert!(ids(&other).iter().all(|id| !a_ids.contains(id)));
+        assert!(a.entity("urn:ngsi-ld:Taxi:粤B-12345").is_none());
     }
 
     #[test]
