@@ -291,6 +291,9 @@ impl Client {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// The rate it was last taken from at (a gate may give each caller its own, and
+    /// change it): what it refills at when swept.
+    rate: Rate,
 }
 
 impl Bucket {
@@ -298,11 +301,13 @@ impl Bucket {
         Bucket {
             tokens: f64::from(rate.burst),
             at: now,
+            rate,
         }
     }
 
     /// Takes one request, or says how long until one is allowed.
     fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        self.rate = rate;
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate.per_s).min(f64::from(rate.burst));
         self.at = now;
@@ -394,7 +399,7 @@ impl RateLimiter {
             && now.saturating_duration_since(table.last_sweep) >= Duration::from_millis(50)
         {
             table.last_sweep = now;
-            table.map.retain(|c, b| !b.is_full(self.rate_of(c), now));
+            table.map.retain(|_, b| !b.is_full(b.rate, now));
         }
         if table.map.len() >= self.max {
             return table.overflow.take(rate, now);

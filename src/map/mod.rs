@@ -1425,16 +1425,7 @@ fn polygons(
         }
         out.push(Polygon::new(to_linestring(outer), holes));
     }
-    if out.is_empty() {
-        return Err(errors
-            .into_iter()
-            .next()
-            .unwrap_or(SkipReason::NullGeometry));
-    }
-    for e in errors {
-        dropped.add(e);
-    }
-    Ok(out)
+    kept(out, errors, dropped)
 }
 
 fn area_rings(geometry: RawGeometry) -> Result<Vec<Vec<Vec<[f64; 2]>>>, SkipReason> {
@@ -1485,6 +1476,16 @@ fn project_lines(
             Err(e) => errors.push(e),
         }
     }
+    kept(out, errors, dropped)
+}
+
+/// The pieces kept, the broken ones counted in `dropped`; none kept: the feature is
+/// skipped for the first piece's reason (an empty geometry is a null one).
+fn kept<T>(
+    out: Vec<T>,
+    errors: Vec<SkipReason>,
+    dropped: &mut SkipCounts,
+) -> Result<Vec<T>, SkipReason> {
     if out.is_empty() {
         return Err(errors
             .into_iter()

@@ -67,11 +67,13 @@ pub struct Client {
     pub rate: Rate,
 }
 
-/// The clients of a running server: a keys file read again when it changes (checked
-/// at most every [`KeyRing::CHECK_EVERY`]), so a client added with `open-data keys
-/// add`, a key withdrawn or a rate changed takes effect without a restart. A file
-/// that no longer reads (a half-saved edit) leaves the clients as they were, said on
-/// standard error once for each version of the file.
+/// The clients of a running server: a keys file read again when it changes, so a
+/// client added with `open-data keys add`, a key withdrawn or a rate changed takes
+/// effect without a restart. The file is read every [`KeyRing::CHECK_EVERY`] (its
+/// text compared, not its times, which a copy can keep); a new text is taken once it
+/// has stood for one check, so an editor's save caught half-way (an emptied file, one
+/// cut after a client) is never taken. A text that does not read leaves the clients as
+/// they were, said on standard error once.
 pub struct KeyRing {
     path: Option<std::path::PathBuf>,
     state: std::sync::Mutex<Ring>,
@@ -79,10 +81,17 @@ pub struct KeyRing {
 
 struct Ring {
     clients: Arc<Clients>,
-    /// The file's modification time and length when last read (or found unreadable).
-    seen: Option<(std::time::SystemTime, u64)>,
+    /// The text the clients were read from.
+    applied: Option<String>,
+    /// A new text seen at the last check, waiting to stand.
+    pending: Option<String>,
+    /// The last problem said, so it is said once.
+    said: Option<String>,
     checked: std::time::Instant,
 }
+
+/// A keys file is a few lines a client: more than this is no keys file.
+const MAX_KEYS_FILE_BYTES: u64 = 1 << 20;
 
 impl KeyRing {
     pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -93,7 +102,9 @@ impl KeyRing {
             path: None,
             state: std::sync::Mutex::new(Ring {
                 clients: Arc::new(clients),
-                seen: None,
+                applied: None,
+                pending: None,
+                said: None,
                 checked: std::time::Instant::now(),
             }),
         }
@@ -102,21 +113,18 @@ impl KeyRing {
     /// The clients in the keys file at `path`, read now (an error names the file)
     /// and again whenever it changes.
     pub fn watch(path: &Path) -> Result<Self, String> {
-        let seen = Self::stamp(path);
-        let clients = Clients::load(path)?;
+        let text = read_keys_text(path)?;
+        let clients = Clients::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Self {
             path: Some(path.to_path_buf()),
             state: std::sync::Mutex::new(Ring {
                 clients: Arc::new(clients),
-                seen,
+                applied: Some(text),
+                pending: None,
+                said: None,
                 checked: std::time::Instant::now(),
             }),
         })
-    }
-
-    fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
-        let m = std::fs::metadata(path).ok()?;
-        Some((m.modified().ok()?, m.len()))
     }
 
     /// The clients now.
@@ -126,12 +134,17 @@ impl KeyRing {
             && ring.checked.elapsed() >= Self::CHECK_EVERY
         {
             ring.checked = std::time::Instant::now();
-            let stamp = Self::stamp(path);
-            if stamp != ring.seen {
-                ring.seen = stamp;
-                match Clients::load(path) {
-                    Ok(clients) => {
-                        if clients != *ring.clients {
+            let problem = match read_keys_text(path) {
+                Err(e) => Some(e),
+                Ok(text) if ring.applied.as_deref() == Some(text.as_str()) => {
+                    ring.pending = None;
+                    None
+                }
+                // Seen at the last check too: it stands.
+                Ok(text) if ring.pending.as_deref() == Some(text.as_str()) => {
+                    ring.pending = None;
+                    match Clients::parse(&text) {
+                        Ok(clients) => {
                             eprintln!(
                                 "zhongshu open data: {} read again: {} clients{}",
                                 path.display(),
@@ -142,13 +155,27 @@ impl KeyRing {
                                     ""
                                 }
                             );
+                            ring.clients = Arc::new(clients);
+                            ring.applied = Some(text);
+                            None
                         }
-                        ring.clients = Arc::new(clients);
+                        Err(e) => Some(format!("{}: {e}", path.display())),
                     }
-                    Err(e) => eprintln!(
-                        "zhongshu open data: the keys file no longer reads, the clients stay as they were: {e}"
-                    ),
                 }
+                Ok(text) => {
+                    ring.pending = Some(text);
+                    None
+                }
+            };
+            match problem {
+                Some(p) if ring.said.as_ref() != Some(&p) => {
+                    eprintln!(
+                        "zhongshu open data: the keys file does not read, the clients stay as they were: {p}"
+                    );
+                    ring.said = Some(p);
+                }
+                Some(_) => {}
+                None => ring.said = None,
             }
         }
         ring.clients.clone()
@@ -158,6 +185,25 @@ impl KeyRing {
     pub fn gate(self: Arc<Self>) -> Gate {
         Arc::new(move |request: &Request| self.current().admit(request))
     }
+}
+
+/// A keys file's text, refused when it is far larger than one can be.
+fn read_keys_text(path: &Path) -> Result<String, String> {
+    let cannot = |e: std::io::Error| format!("cannot read the keys file {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut text = String::new();
+    use std::io::Read;
+    file.take(MAX_KEYS_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_KEYS_FILE_BYTES {
+        return Err(format!(
+            "the keys file {} is over {} MiB: no keys file is",
+            path.display(),
+            MAX_KEYS_FILE_BYTES >> 20
+        ));
+    }
+    Ok(text)
 }
 
 /// Who may use the open-data endpoints.
@@ -244,8 +290,7 @@ impl Clients {
 
     /// Reads a keys file; errors name the file.
     pub fn load(path: &Path) -> Result<Clients, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the keys file {}: {e}", path.display()))?;
+        let text = read_keys_text(path)?;
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 

@@ -37,6 +37,9 @@ struct FeedRule {
     /// `id` withheld: the source's id stays in the hall and the entity leaves under a
     /// pseudonym (an id can carry a plate or a person's name).
     pseudonymous: bool,
+    /// The feed's name (its pseudonyms' key with the id, so they do not change when
+    /// the feeds file is reordered).
+    name: String,
 }
 
 impl FeedRule {
@@ -57,6 +60,7 @@ impl FeedRule {
                 .field_classification
                 .iter()
                 .any(|(f, c)| f.eq_ignore_ascii_case("id") && *c != Classification::Open),
+            name: feed.name.clone(),
         }
     }
 
@@ -124,26 +128,24 @@ impl OpenPolicy {
     }
 
     /// The id `feed`'s entity `id` of type `entity_type` leaves under: its own, or a
-    /// pseudonym where the feed withholds ids (`urn:ngsi-ld:TYPE:` and 32 hex digits,
-    /// the same for the same entity while the key stands).
+    /// pseudonym where the feed withholds ids (`urn:ngsi-ld:TYPE:` and 32 hex digits
+    /// of the key, the feed's name and the id: the same for the same entity while the
+    /// key and the feed's name stand).
     pub fn open_id(&self, feed: FeedId, entity_type: &str, id: &str) -> String {
-        if !self
-            .feeds
-            .get(feed as usize)
-            .is_some_and(|r| r.pseudonymous)
-        {
+        let Some(rule) = self.feeds.get(feed as usize).filter(|r| r.pseudonymous) else {
             return id.to_string();
-        }
+        };
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         h.update(self.id_key);
-        h.update(feed.to_le_bytes());
+        h.update((rule.name.len() as u64).to_le_bytes());
+        h.update(rule.name.as_bytes());
         h.update(id.as_bytes());
         let digest = h.finalize();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         let kind: String = entity_type
             .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
             .collect();
         format!("urn:ngsi-ld:{kind}:{hex}")
     }

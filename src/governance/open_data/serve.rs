@@ -295,7 +295,7 @@ fn respond(published: &Published, request: &Request) -> Response {
     }
     if let Some(id) = path.strip_prefix("/ngsi-ld/v1/entities/") {
         let id = percent_decode(id);
-        let members = match Members::of(&param) {
+        let members = match Members::of(&query) {
             Ok(m) => m,
             Err(e) => return bad_request(e),
         };
@@ -379,7 +379,7 @@ fn entities<'a>(
                 .collect()
         })
         .unwrap_or_default();
-    let members = match Members::of(param) {
+    let members = match Members::of(query) {
         Ok(m) => m,
         Err(e) => return bad_request(e),
     };
@@ -424,22 +424,33 @@ struct Members {
 }
 
 impl Members {
-    fn of<'a>(param: &dyn Fn(&str) -> Option<&'a str>) -> Result<Self, String> {
+    /// From the query; a list given twice (`omit=a&omit=b`) is both.
+    fn of(query: &[(String, String)]) -> Result<Self, String> {
         let list = |name: &str| {
-            param(name).map(|v| {
-                v.split(',')
+            let mut given = query.iter().filter(|(k, _)| k == name).peekable();
+            given.peek()?;
+            Some(
+                given
+                    .flat_map(|(_, v)| v.split(','))
                     .map(|a| a.trim().to_string())
                     .filter(|a| !a.is_empty())
-                    .collect::<Vec<_>>()
-            })
+                    .collect::<Vec<_>>(),
+            )
         };
         let members = Members {
             attrs: list("attrs"),
             pick: list("pick"),
             omit: list("omit"),
         };
-        if members.pick.is_some() && members.omit.is_some() {
-            return Err("pick and omit together: give one of them".into());
+        if members.pick.is_some() && (members.omit.is_some() || members.attrs.is_some()) {
+            return Err(format!(
+                "pick and {} together: give one of them",
+                if members.omit.is_some() {
+                    "omit"
+                } else {
+                    "attrs"
+                }
+            ));
         }
         for (name, l) in [
             ("attrs", &members.attrs),
@@ -455,11 +466,14 @@ impl Members {
         Ok(members)
     }
 
-    /// Whether the entity is one asked for: with `attrs`, it holds one of them.
+    /// Whether the entity is one asked for: with `attrs`, it holds one of them (an
+    /// attribute: `id` and `type` are not).
     fn wanted(&self, e: &serde_json::Map<String, Value>) -> bool {
-        self.attrs
-            .as_ref()
-            .is_none_or(|attrs| attrs.iter().any(|a| e.contains_key(a)))
+        self.attrs.as_ref().is_none_or(|attrs| {
+            attrs
+                .iter()
+                .any(|a| !matches!(a.as_str(), "id" | "type" | "@context") && e.contains_key(a))
+        })
     }
 
     fn select(&self, e: &serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
@@ -1108,8 +1122,15 @@ mod tests {
         assert_eq!(keys(&one), ["route"]);
         let (status, _, _) = running.get(key, "/ngsi-ld/v1/entities/urn:bus:03?attrs=plate");
         assert_eq!(status, 404);
+        // A list given twice is both; id and type are no attributes to hold.
+        let (_, twice) = list("/ngsi-ld/v1/entities?type=Bus&omit=location&omit=speed&limit=2");
+        let k = keys(&twice[0]);
+        assert!(!k.contains(&"location".to_string()) && !k.contains(&"speed".to_string()));
+        let (_, none) = list("/ngsi-ld/v1/entities?attrs=id,type&limit=1000");
+        assert!(none.is_empty());
         for bad in [
             "/ngsi-ld/v1/entities?pick=id&omit=speed",
+            "/ngsi-ld/v1/entities?pick=location&attrs=route",
             "/ngsi-ld/v1/entities?attrs=",
             "/ngsi-ld/v1/entities/urn:bus:03?pick=,",
         ] {
@@ -1183,9 +1204,37 @@ mod tests {
         assert_eq!(status(Some(&a)), 200);
         // A half-saved file: everyone stays as they were.
         std::fs::write(&path, "[[client]]\nname='a'\nkey_sha").unwrap();
-        std::thread::sleep(KeyRing::CHECK_EVERY * 2);
+        std::thread::sleep(KeyRing::CHECK_EVERY * 3);
         assert_eq!(status(Some(&a)), 200);
         assert_eq!(status(None), 401);
+        // An editor's save caught emptied for a moment locks no one out.
+        let whole = entry("a", &a, "rate_per_s=100") + &entry("b", &b, "rate_per_s=0.01\nburst=2");
+        std::fs::write(&path, &whole).unwrap();
+        std::thread::sleep(KeyRing::CHECK_EVERY * 3);
+        for _ in 0..5 {
+            std::fs::write(&path, "").unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::write(&path, &whole).unwrap();
+            assert_eq!(status(Some(&a)), 200);
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        // A key swapped for another of the same length, the file's times kept (a
+        // copy with its times): read by its text.
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let c = key(());
+        std::fs::write(
+            &path,
+            entry("a", &c, "rate_per_s=100") + &entry("b", &b, "rate_per_s=0.01\nburst=2"),
+        )
+        .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        until(Some(&a), 401);
+        until(Some(&c), 200);
         // a withdrawn, anonymous access opened.
         std::fs::write(
             &path,
@@ -1372,6 +1421,18 @@ mod tests {
         assert_eq!(sorted, again_ids);
         assert!(ids(&other).iter().all(|id| !a_ids.contains(id)));
         assert!(a.entity("urn:ngsi-ld:Taxi:粤B-12345").is_none());
+        // The same feed after another added before it in the file: the same ids.
+        let setup = parse_setup(
+            "[open_data]\nid_key='k1'\n[[feed]]\nname='cameras'\nkind='sim'\ndomain='safety'\n[[feed]]\nname='taxis'\nkind='sim'\ndomain='traffic'\nclassification='open'\nfield_classification={ ID = 'restricted', plate = 'restricted', driverPhone = 'internal' }\n",
+        )
+        .unwrap();
+        let policy = OpenPolicy::new(&setup.feeds, &setup.open_data);
+        let mut moved = LiveState::new(crate::geo_frame::GeoFrame::new(24.94, 60.17));
+        moved.apply(1, vehicle("urn:ngsi-ld:Taxi:粤B-12345", "Taxi", 24.9, 60.17), NOW);
+        moved.apply(1, vehicle("urn:ngsi-ld:Taxi:粤B-67890", "Taxi", 24.91, 60.17), NOW);
+        let mut moved_ids = ids(&OpenSnapshot::build(&policy, &moved, Value::Null, NOW));
+        moved_ids.sort();
+        assert_eq!(moved_ids, sorted);
     }
 
     #[test]
