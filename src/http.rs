@@ -206,11 +206,21 @@ pub struct Served<'a> {
     /// Who the endpoint's [`Gate`] found the credentials to be; `None` for anonymous
     /// and refused requests.
     pub caller: Option<&'a str>,
+    /// The gate refused the credentials (answered with its refusal, or 429 for
+    /// guessing too fast).
+    pub refused: bool,
     pub status: u16,
     /// Bytes of the answer's body.
     pub bytes: usize,
     /// From the head read to the answer made.
     pub duration: Duration,
+}
+
+/// Whom [`answer_one`] answered: the caller the gate found (none for anonymous or
+/// a request refused before the gate), or credentials the gate refused.
+enum Answered {
+    Caller(Option<String>),
+    Refused,
 }
 
 /// Hears of every request answered, refusals (401, 413, 429, ...) included; runs on
@@ -749,12 +759,16 @@ async fn serve_one(
         || request.uri().path().to_string(),
         |p| p.as_str().to_string(),
     );
-    let (response, close, caller) = answer_one(request, peer, &shared).await;
+    let (response, close, who) = answer_one(request, peer, &shared).await;
     observer(&Served {
         method: &method,
         target: &target,
         peer,
-        caller: caller.as_deref(),
+        caller: match &who {
+            Answered::Caller(caller) => caller.as_deref(),
+            Answered::Refused => None,
+        },
+        refused: matches!(who, Answered::Refused),
         status: response.status,
         bytes: response.body.len(),
         duration: started.elapsed(),
@@ -768,7 +782,7 @@ async fn answer_one(
     request: hyper::Request<Incoming>,
     peer: SocketAddr,
     shared: &Shared,
-) -> (Response, bool, Option<String>) {
+) -> (Response, bool, Answered) {
     let limits = &shared.limits;
     let (parts, body) = request.into_parts();
     let declared = parts
@@ -785,7 +799,7 @@ async fn answer_one(
     };
     // Refused before a byte of the body is read or buffered; the connection closes.
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
-        return (too_large(), true, None);
+        return (too_large(), true, Answered::Caller(None));
     }
     let mut request = Request {
         method: parts.method,
@@ -817,12 +831,12 @@ async fn answer_one(
                 Ok(()) => refusal,
                 Err(wait) => too_many(wait),
             };
-            return (answer, true, None);
+            return (answer, true, Answered::Refused);
         }
     };
     let rate = rate.unwrap_or_else(|| shared.limiter.rate_of(&client));
     if let Err(wait) = shared.limiter.admit_at(client, rate, now) {
-        return (too_many(wait), true, request.caller);
+        return (too_many(wait), true, Answered::Caller(request.caller));
     }
     // The whole body within the read timeout: a client trickling it is cut off.
     let collected = tokio::time::timeout(
@@ -833,14 +847,14 @@ async fn answer_one(
     request.body = match collected {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return (too_large(), true, None);
+            return (too_large(), true, Answered::Caller(None));
         }
         Ok(Err(e)) => {
             shared.refused.count("bad_request");
             return (
                 Response::error(400, "bad_body", format!("cannot read the body: {e}")),
                 true,
-                request.caller,
+                Answered::Caller(request.caller),
             );
         }
         Err(_) => {
@@ -852,7 +866,7 @@ async fn answer_one(
                     limits.read_timeout.as_secs()
                 ),
             );
-            return (timeout, true, request.caller);
+            return (timeout, true, Answered::Caller(request.caller));
         }
     };
     let handler = shared.handler.clone();
@@ -861,7 +875,7 @@ async fn answer_one(
         Ok(r) => r,
         Err(_) => Response::error(500, "internal", "the request could not be handled"),
     };
-    (response, false, caller)
+    (response, false, Answered::Caller(caller))
 }
 
 fn to_hyper(response: Response, close: bool) -> hyper::Response<Full<Bytes>> {

@@ -160,7 +160,10 @@ fn access_logger(lines: SyncSender<String>, keys: Arc<KeyRing>) -> Observer {
     Arc::new(move |served: &Served| {
         let client = match served.caller {
             Some(name) => name,
-            None if !matches!(served.status, 401 | 403) && keys.current().anonymous.is_some() => {
+            None if !served.refused
+                && !matches!(served.status, 401 | 403)
+                && keys.current().anonymous.is_some() =>
+            {
                 ANONYMOUS
             }
             None => "-",
@@ -1323,8 +1326,17 @@ mod tests {
         // A wrong key is refused, not taken as anonymous.
         assert_eq!(running.get(Some("zsk_guess"), "/health").0, 429);
         let log = running.stop();
-        let first: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
-        assert_eq!(first["client"], "anonymous");
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["client"], "anonymous");
+        // ... and logged as refused ("-"), though its answer was a 429.
+        let last = lines.last().unwrap();
+        assert_eq!(
+            (last["status"].as_u64(), last["client"].as_str()),
+            (Some(429), Some("-"))
+        );
     }
 
     #[test]
@@ -1428,8 +1440,16 @@ mod tests {
         .unwrap();
         let policy = OpenPolicy::new(&setup.feeds, &setup.open_data);
         let mut moved = LiveState::new(crate::geo_frame::GeoFrame::new(24.94, 60.17));
-        moved.apply(1, vehicle("urn:ngsi-ld:Taxi:粤B-12345", "Taxi", 24.9, 60.17), NOW);
-        moved.apply(1, vehicle("urn:ngsi-ld:Taxi:粤B-67890", "Taxi", 24.91, 60.17), NOW);
+        moved.apply(
+            1,
+            vehicle("urn:ngsi-ld:Taxi:粤B-12345", "Taxi", 24.9, 60.17),
+            NOW,
+        );
+        moved.apply(
+            1,
+            vehicle("urn:ngsi-ld:Taxi:粤B-67890", "Taxi", 24.91, 60.17),
+            NOW,
+        );
         let mut moved_ids = ids(&OpenSnapshot::build(&policy, &moved, Value::Null, NOW));
         moved_ids.sort();
         assert_eq!(moved_ids, sorted);
