@@ -371,6 +371,8 @@ fn a_wrong_path_is_a_clear_error_not_a_crash() {
     assert!(!ok);
     assert!(stderr.contains("/nonexistent/city.osm.pbf"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // The reason once, not once per link of the error's chain.
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
     // The window command refuses the same way, before opening any window.
     let out = zhongshu()
         .args(["--map", "/nonexistent/city.geojson"])

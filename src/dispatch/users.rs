@@ -61,11 +61,11 @@ impl std::fmt::Debug for Users {
 /// where one is at fault); none ever repeats a passphrase.
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
-    #[error("cannot read users file {origin}: {source}")]
+    // The reason is in the message, not also a source (a chain would say it twice).
+    #[error("cannot read users file {origin}: {error}")]
     Io {
         origin: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("users file {origin} is not valid TOML: {message}")]
     Toml { origin: String, message: String },
@@ -115,9 +115,9 @@ impl Users {
     pub fn load(path: impl AsRef<Path>) -> Result<Users, UsersError> {
         let path = path.as_ref();
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| UsersError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| UsersError::Io {
             origin: origin.clone(),
-            source,
+            error,
         })?;
         Users::parse(&text, &origin)
     }

@@ -553,11 +553,11 @@ fn check_rules(rule: Vec<RangeRule>) -> Result<Vec<RangeRule>, String> {
 /// A feeds file that cannot be used, with the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read feeds file {path}: {source}")]
+    // The reason is in the message, not also a source (a chain would say it twice).
+    #[error("cannot read feeds file {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -598,9 +598,9 @@ fn parse_file(text: &str) -> Result<FeedsFile, String> {
 
 /// Reads `path` and parses it with `parse`; errors name the file.
 fn load<T>(path: &Path, parse: fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse(&text).map_err(|message| ConfigError::Invalid {
         path: path.to_path_buf(),

@@ -534,11 +534,12 @@ impl CityMap {
 /// Errors that stop a map from loading at all (bad features are skipped, not errors).
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
-    #[error("cannot read map file {path}: {source}")]
+    // The reason is in the message, so not also a source an error chain would print
+    // a second time.
+    #[error("cannot read map file {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{path}: not an OpenStreetMap .osm.pbf, GeoJSON, Esri JSON, Shapefile nor FlatGeobuf file (expected .pbf, .geojson, .json, .shp or .fgb)"
@@ -674,9 +675,9 @@ pub fn load_path_with(path: &Path, options: &LoadOptions) -> Result<CityMap, Map
     use std::io::{Read, Seek};
 
     let start = Instant::now();
-    let io_error = |source| MapError::Io {
+    let io_error = |error| MapError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut file = std::fs::File::open(path).map_err(io_error)?;
     let mut head = Vec::with_capacity(JSON_HEAD_BYTES);

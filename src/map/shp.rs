@@ -506,7 +506,7 @@ pub(crate) fn read_path(path: &Path, source_name: &str) -> Result<FileRead, MapE
     };
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| MapError::Io { path, source }
+        move |error| MapError::Io { path, error }
     };
     let shp_name = file_name(path);
     let Some(dbf_path) = sidecar(path, "dbf") else {
