@@ -48,9 +48,6 @@ pub struct Limits {
     /// beyond it share one allowance, so a flood of distinct addresses or tokens
     /// never grows memory.
     pub max_tracked_clients: usize,
-    /// Rates of their own for named callers (an open-data client's key); the others
-    /// have `rate`.
-    pub caller_rates: BTreeMap<String, Rate>,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_s` a second.
@@ -98,7 +95,6 @@ impl Default for Limits {
             max_handlers: 16,
             rate: Rate::default(),
             max_tracked_clients: 4096,
-            caller_rates: BTreeMap::new(),
         }
     }
 }
@@ -184,8 +180,8 @@ pub enum Caller {
     /// name, and passed to the handler as [`Request::caller`].
     Known(String),
     /// [`Caller::Known`] with a rate of its own, which the gate keeps (an open-data
-    /// client's, from a keys file read again when it changes): it wins over
-    /// [`Limits::caller_rates`].
+    /// client's, from a keys file read again when it changes) instead of
+    /// [`Limits::rate`].
     Rated(String, Rate),
     /// No credential, where none is needed: rated per address.
     Anonymous,
@@ -349,14 +345,13 @@ struct Buckets {
 /// A token bucket per client, in bounded memory.
 struct RateLimiter {
     rate: Rate,
-    caller_rates: BTreeMap<String, Rate>,
     max: usize,
     callers: Mutex<Buckets>,
     addresses: Mutex<Buckets>,
 }
 
 impl RateLimiter {
-    fn new(rate: Rate, caller_rates: BTreeMap<String, Rate>, max: usize) -> RateLimiter {
+    fn new(rate: Rate, max: usize) -> RateLimiter {
         let now = Instant::now();
         let buckets = || {
             Mutex::new(Buckets {
@@ -367,24 +362,14 @@ impl RateLimiter {
         };
         RateLimiter {
             rate,
-            caller_rates,
             max: max.max(1),
             callers: buckets(),
             addresses: buckets(),
         }
     }
 
-    /// The rate `client` is held to.
-    fn rate_of(&self, client: &Client) -> Rate {
-        match client {
-            Client::Caller(name) => self.caller_rates.get(name).copied().unwrap_or(self.rate),
-            Client::Address(_) => self.rate,
-        }
-    }
-
     fn admit(&self, client: Client, now: Instant) -> Result<(), Duration> {
-        let rate = self.rate_of(&client);
-        self.admit_at(client, rate, now)
+        self.admit_at(client, self.rate, now)
     }
 
     /// [`Self::admit`] at a rate the caller gives.
@@ -588,11 +573,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let shared = Arc::new(Shared {
-            limiter: RateLimiter::new(
-                limits.rate,
-                limits.caller_rates.clone(),
-                limits.max_tracked_clients,
-            ),
+            limiter: RateLimiter::new(limits.rate, limits.max_tracked_clients),
             limits,
             handler,
             gate,
@@ -834,7 +815,7 @@ async fn answer_one(
             return (answer, true, Answered::Refused);
         }
     };
-    let rate = rate.unwrap_or_else(|| shared.limiter.rate_of(&client));
+    let rate = rate.unwrap_or(shared.limiter.rate);
     if let Err(wait) = shared.limiter.admit_at(client, rate, now) {
         return (too_many(wait), true, Answered::Caller(request.caller));
     }
@@ -1654,7 +1635,7 @@ mod tests {
             max_tracked_clients: 16,
             ..Limits::default()
         };
-        let limiter = RateLimiter::new(limits.rate, BTreeMap::new(), limits.max_tracked_clients);
+        let limiter = RateLimiter::new(limits.rate, limits.max_tracked_clients);
         let now = Instant::now();
         for i in 0..100_000u32 {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));

@@ -294,99 +294,14 @@ pub enum EntityKind {
 }
 
 impl EntityKind {
-    /// Makes `self` equal to `new`, in place: within the same kind each value is
-    /// copied into the one there (a vehicle's text reuses its buffers, so a moved
-    /// vehicle allocates and frees nothing); another kind is cloned.
+    /// Makes `self` equal to `new`, in place: a kind whose text and flags stand (a
+    /// vehicle that moved) takes the new numbers and allocates and frees nothing;
+    /// another is cloned.
     pub fn assign_from(&mut self, new: &Self) {
-        match (self, new) {
-            (
-                EntityKind::TrafficFlow {
-                    average_speed_kmh,
-                    intensity,
-                    occupancy,
-                    congested,
-                },
-                EntityKind::TrafficFlow {
-                    average_speed_kmh: a,
-                    intensity: b,
-                    occupancy: c,
-                    congested: d,
-                },
-            ) => {
-                (*average_speed_kmh, *intensity, *occupancy, *congested) = (*a, *b, *c, *d);
-            }
-            (
-                EntityKind::AirQuality {
-                    aqi,
-                    pm25,
-                    pm10,
-                    no2,
-                    o3,
-                },
-                EntityKind::AirQuality {
-                    aqi: a,
-                    pm25: b,
-                    pm10: c,
-                    no2: d,
-                    o3: e,
-                },
-            ) => {
-                (*aqi, *pm25, *pm10, *no2, *o3) = (*a, *b, *c, *d, *e);
-            }
-            (
-                EntityKind::Vehicle {
-                    vehicle_type,
-                    speed_kmh,
-                    heading_deg,
-                    service_status,
-                },
-                EntityKind::Vehicle {
-                    vehicle_type: a,
-                    speed_kmh: b,
-                    heading_deg: c,
-                    service_status: d,
-                },
-            ) => {
-                assign_text(vehicle_type, a);
-                (*speed_kmh, *heading_deg) = (*b, *c);
-                assign_text(service_status, d);
-            }
-            (
-                EntityKind::Alert {
-                    category,
-                    sub_category,
-                    severity,
-                    description,
-                },
-                EntityKind::Alert {
-                    category: a,
-                    sub_category: b,
-                    severity: c,
-                    description: d,
-                },
-            ) => {
-                assign_text(category, a);
-                assign_text(sub_category, b);
-                assign_text(severity, c);
-                assign_text(description, d);
-            }
-            (
-                EntityKind::Parking {
-                    available_spots,
-                    total_spots,
-                    status,
-                },
-                EntityKind::Parking {
-                    available_spots: a,
-                    total_spots: b,
-                    status: c,
-                },
-            ) => {
-                (*available_spots, *total_spots) = (*a, *b);
-                assign_text(status, c);
-            }
-            (EntityKind::Generic, EntityKind::Generic) => {}
-            (old, new) => *old = new.clone(),
+        if self.same_apart_from_numbers(new) {
+            self.set_number_values(new.number_values());
+        } else {
+            *self = new.clone();
         }
     }
 
@@ -497,47 +412,14 @@ impl EntityKind {
     /// The typed numeric values under their Smart Data Models attribute names: the one
     /// mapping the quality rules, reconciliation and the NGSI-LD encoder share.
     pub fn numbers(&self) -> Vec<(&'static str, Option<f64>)> {
-        match self {
-            EntityKind::TrafficFlow {
-                average_speed_kmh,
-                intensity,
-                occupancy,
-                ..
-            } => vec![
-                ("averageVehicleSpeed", *average_speed_kmh),
-                ("intensity", *intensity),
-                ("occupancy", *occupancy),
-            ],
-            EntityKind::AirQuality {
-                aqi,
-                pm25,
-                pm10,
-                no2,
-                o3,
-            } => vec![
-                ("airQualityIndex", *aqi),
-                ("pm25", *pm25),
-                ("pm10", *pm10),
-                ("no2", *no2),
-                ("o3", *o3),
-            ],
-            EntityKind::Vehicle {
-                speed_kmh,
-                heading_deg,
-                ..
-            } => {
-                vec![("speed", *speed_kmh), ("heading", *heading_deg)]
-            }
-            EntityKind::Parking {
-                available_spots,
-                total_spots,
-                ..
-            } => vec![
-                ("availableSpotNumber", *available_spots),
-                ("totalSpotNumber", *total_spots),
-            ],
-            EntityKind::Alert { .. } | EntityKind::Generic => Vec::new(),
-        }
+        let names: &[&'static str] = match self {
+            EntityKind::TrafficFlow { .. } => &["averageVehicleSpeed", "intensity", "occupancy"],
+            EntityKind::AirQuality { .. } => &["airQualityIndex", "pm25", "pm10", "no2", "o3"],
+            EntityKind::Vehicle { .. } => &["speed", "heading"],
+            EntityKind::Parking { .. } => &["availableSpotNumber", "totalSpotNumber"],
+            EntityKind::Alert { .. } | EntityKind::Generic => &[],
+        };
+        names.iter().copied().zip(self.number_values()).collect()
     }
 
     /// The typed text and boolean values under their Smart Data Models names.
@@ -571,14 +453,6 @@ impl EntityKind {
             EntityKind::Parking { status, .. } => vec![("status", text(status))],
             EntityKind::AirQuality { .. } | EntityKind::Generic => Vec::new(),
         }
-    }
-}
-
-/// Makes a text value equal to `new`, writing into its buffer when it has one and
-/// reading nothing else when they are already equal.
-fn assign_text(old: &mut Option<String>, new: &Option<String>) {
-    if old != new {
-        old.clone_from(new);
     }
 }
 

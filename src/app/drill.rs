@@ -18,6 +18,7 @@ use super::desk_ui::DeskCommand;
 use super::live::Live;
 use super::ready::SceneReady;
 use super::{AppOptions, AppSystems, City};
+use crate::stats::thread_cpu;
 use crate::surge::{Drill, DrillLog, DrillOptions, DrillOutcome, FrameCost, LiveGauges};
 
 /// What `frame_ms` measures in a window.
@@ -156,8 +157,6 @@ pub(super) fn add(app: &mut App, run: DrillRun) {
     .add_systems(Update, dispatch.in_set(AppSystems::SyncScene))
     .add_systems(Last, frame_ends);
 }
-
-use crate::stats::thread_cpu;
 
 /// On the main thread, first thing in the frame.
 fn frame_begins(_main: NonSendMarker, mut playing: ResMut<Playing>) {

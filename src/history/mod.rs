@@ -1471,17 +1471,15 @@ impl ReplayAhead {
     /// The state at the instant it started from, in `frame`, ready for
     /// [`Self::apply_until`].
     pub fn live_state(&mut self, frame: GeoFrame) -> LiveState {
-        let mut state = LiveState::new(frame);
+        let mut state = state_at::live_state(&self.start, frame);
         self.slots.clear();
         self.slots_for = state.uid();
-        let same_frame = self.frame == Some(frame);
-        for (i, e) in self.start.entities.values().enumerate() {
-            state.apply(e.feed, e.update.clone(), e.at_ms);
-            if let (true, Some(&(key, tag))) = (same_frame, self.start_keys.get(i))
-                && let Some(slot) = state.slot_of(e.feed, &e.update.id)
-            {
-                state.set_shape(slot, tag);
-                remember(&mut self.slots, key, slot);
+        if self.frame == Some(frame) {
+            for (e, &(key, tag)) in self.start.entities.values().zip(&self.start_keys) {
+                if let Some(slot) = state.slot_of(e.feed, &e.update.id) {
+                    state.set_shape(slot, tag);
+                    remember(&mut self.slots, key, slot);
+                }
             }
         }
         state
@@ -1507,7 +1505,7 @@ impl ReplayAhead {
             self.slots.clear();
             self.slots_for = state.uid();
         }
-        let fast = self.frame.is_some() && self.frame.as_ref() == Some(state.frame());
+        let fast = self.frame.as_ref() == Some(state.frame());
         let mut slots = std::mem::take(&mut self.slots);
         let (mut fast_applied, mut applied) = (0, 0);
         let whole = self.take_prepared(to_ms, |p| {
@@ -1543,9 +1541,9 @@ impl ReplayAhead {
             if !fast {
                 return;
             }
-            let slot = if slot == NO_SLOT
-                || !matches!(state.entity(slot), Some(e) if e.feed == feed && e.id == id)
-            {
+            // A key's slot holds its entity until it is removed (slots are never
+            // used again); then it is looked up anew.
+            let slot = if slot == NO_SLOT || state.entity(slot).is_none() {
                 let Some(slot) = state.slot_of(feed, id) else {
                     return;
                 };

@@ -216,6 +216,52 @@ pub enum Journaled {
     Remove { feed: FeedId, id: String },
 }
 
+/// When an update to `entity` is as of (its observation time, or its arrival when
+/// it has none), or why it is no news: older than what is held, or the same values
+/// again (`same_values`); the entity is marked seen either way, and an untimed
+/// repeat still says its values hold now.
+fn timing(
+    entity: &mut LiveEntity,
+    observed_at_ms: Option<i64>,
+    received_at_ms: i64,
+    same_values: impl FnOnce(&LiveEntity) -> bool,
+) -> Result<i64, ApplyOutcome> {
+    let as_of = as_of_ms(observed_at_ms, received_at_ms);
+    let timed = observed_at_ms.is_some_and(|t| t == as_of);
+    entity.seen_at_ms = entity.seen_at_ms.max(received_at_ms);
+    // An untimed update is as of its arrival, which is never before what we hold:
+    // the entity's time only moves forward.
+    let as_of = if timed {
+        as_of
+    } else {
+        as_of.max(entity.as_of_ms)
+    };
+    if as_of < entity.as_of_ms {
+        return Err(ApplyOutcome::OutOfOrder);
+    }
+    if same_values(entity) && (!timed || as_of == entity.as_of_ms) {
+        if !timed {
+            entity.as_of_ms = as_of;
+        }
+        return Err(ApplyOutcome::Duplicate);
+    }
+    Ok(as_of)
+}
+
+/// The local place of `entity` moved to `position`: projected only when it moved (a
+/// sensor's new reading keeps its place).
+fn local_after(
+    entity: &LiveEntity,
+    position: Option<[f64; 2]>,
+    project: impl FnOnce() -> Option<[f64; 2]>,
+) -> Option<[f64; 2]> {
+    if position == entity.position {
+        entity.local
+    } else {
+        project()
+    }
+}
+
 /// What [`LiveState::check`] found an update to be.
 enum Checked {
     Done(ApplyOutcome),
@@ -433,55 +479,36 @@ impl LiveState {
     /// Whether an update is news: a new entity, a change to one, or nothing to do.
     fn check(&mut self, feed: FeedId, update: &EntityUpdate, received_at_ms: i64) -> Checked {
         let frame = self.frame;
-        let project = |position: Option<[f64; 2]>| {
-            position.map(|[lon, lat]| frame.local_from_wgs84(lon, lat))
+        let project = || {
+            update
+                .position
+                .map(|[lon, lat]| frame.local_from_wgs84(lon, lat))
         };
-        let as_of = as_of_ms(update.observed_at_ms, received_at_ms);
-        let timed = update.observed_at_ms.is_some_and(|t| t == as_of);
         let Some(&slot) = self
             .slots_by_feed
             .get(&feed)
             .and_then(|slots| slots.get(update.id.as_str()))
         else {
             return Checked::New {
-                local: project(update.position),
-                as_of,
+                local: project(),
+                as_of: as_of_ms(update.observed_at_ms, received_at_ms),
             };
         };
         let Some(entity) = self.entities[slot as usize].as_mut() else {
             return Checked::Done(ApplyOutcome::OutOfOrder);
         };
-        entity.seen_at_ms = entity.seen_at_ms.max(received_at_ms);
-        // An untimed update is as of its arrival, which is never before what we
-        // hold: the entity's time only moves forward.
-        let as_of = if timed {
-            as_of
-        } else {
-            as_of.max(entity.as_of_ms)
-        };
-        if as_of < entity.as_of_ms {
-            return Checked::Done(ApplyOutcome::OutOfOrder);
-        }
         // The position first: a moving thing differs there, without reading its
         // fields' strings.
-        if update.position == entity.position
-            && update.fields == entity.fields
-            && update.units == entity.units
-            && update.kind == entity.kind
-            && (!timed || as_of == entity.as_of_ms)
-        {
-            // The same values again; an untimed repeat still says they hold now.
-            if !timed {
-                entity.as_of_ms = as_of;
-            }
-            return Checked::Done(ApplyOutcome::Duplicate);
-        }
-        // Projected only when it moved: a sensor's new reading keeps its place.
-        let local = if update.position == entity.position {
-            entity.local
-        } else {
-            project(update.position)
+        let as_of = match timing(entity, update.observed_at_ms, received_at_ms, |e| {
+            update.position == e.position
+                && update.fields == e.fields
+                && update.units == e.units
+                && update.kind == e.kind
+        }) {
+            Ok(as_of) => as_of,
+            Err(outcome) => return Checked::Done(outcome),
         };
+        let local = local_after(entity, update.position, project);
         Checked::Changed { slot, local, as_of }
     }
 

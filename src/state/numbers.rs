@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ApplyOutcome, LiveState, Slot, as_of_ms};
+use super::{ApplyOutcome, LiveState, Slot, local_after, timing};
 use crate::model::{DecodeNote, EntityKind, EntityUpdate, FeedId, FieldValue};
 
 /// The parts of an update that are not numbers, a place or a time: its type, its
@@ -173,30 +173,18 @@ impl LiveState {
             return None;
         }
         // As `check`, for an update equal to the entity but for its numbers.
-        let as_of = as_of_ms(u.observed_at_ms, u.received_at_ms);
-        let timed = u.observed_at_ms.is_some_and(|t| t == as_of);
-        entity.seen_at_ms = entity.seen_at_ms.max(u.received_at_ms);
-        let as_of = if timed {
-            as_of
-        } else {
-            as_of.max(entity.as_of_ms)
-        };
-        if as_of < entity.as_of_ms {
-            return Some(ApplyOutcome::OutOfOrder);
-        }
         let numbers = u.numbers.fields();
-        let same_numbers = entity.kind.number_values() == u.numbers.kind
-            && entity
-                .fields
-                .values()
-                .filter_map(FieldValue::as_f64)
-                .eq(numbers.iter().copied());
-        if u.position == entity.position && same_numbers && (!timed || as_of == entity.as_of_ms) {
-            if !timed {
-                entity.as_of_ms = as_of;
-            }
-            return Some(ApplyOutcome::Duplicate);
-        }
+        let as_of = match timing(entity, u.observed_at_ms, u.received_at_ms, |e| {
+            u.position == e.position
+                && e.kind.number_values() == u.numbers.kind
+                && e.fields
+                    .values()
+                    .filter_map(FieldValue::as_f64)
+                    .eq(numbers.iter().copied())
+        }) {
+            Ok(as_of) => as_of,
+            Err(outcome) => return Some(outcome),
+        };
         entity.kind.set_number_values(u.numbers.kind);
         let mut next = numbers.iter();
         for v in entity.fields.values_mut() {
@@ -209,11 +197,7 @@ impl LiveState {
                 *x = *n;
             }
         }
-        let local = if u.position == entity.position {
-            entity.local
-        } else {
-            u.local
-        };
+        let local = local_after(entity, u.position, || u.local);
         let outcome = self.changed_in_place(
             u.feed,
             slot,

@@ -16,7 +16,6 @@
 //! A client sends its key as `Authorization: Bearer KEY` or `X-API-Key: KEY`; a key
 //! in the URL is not read (URLs end up in proxies' logs).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -305,14 +304,6 @@ impl Clients {
             }
         }
         found
-    }
-
-    /// Each client's rate, for the server's [`crate::http::Limits::caller_rates`].
-    pub fn rates(&self) -> BTreeMap<String, Rate> {
-        self.clients
-            .iter()
-            .map(|c| (c.name.clone(), c.rate))
-            .collect()
     }
 
     /// Reads a request's key: a known one names its client; none is anonymous where
