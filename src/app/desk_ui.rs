@@ -421,7 +421,7 @@ fn incident_row_ui(ui: &mut egui::Ui, view: &DeskView, inc: &Incident, out: &mut
             ui.label(egui::RichText::new(age_text(age)).color(theme::MUTED));
             chip(
                 ui,
-                incident_status_label(inc.status),
+                inc.status.label(),
                 incident_status_colour(inc.status),
             );
             ui.with_layout(egui::Layout::left_to_right(egui::Align::Center), |ui| {
@@ -530,7 +530,7 @@ fn incident_header_ui(
             ui.label(muted("status"));
             chip(
                 ui,
-                incident_status_label(inc.status),
+                inc.status.label(),
                 incident_status_colour(inc.status),
             );
             ui.end_row();
@@ -603,7 +603,7 @@ fn order_row_ui(
         ui.label(egui::RichText::new(context).color(theme::MUTED));
         chip(
             ui,
-            order_status_label(order.status),
+            order.status.label(),
             order_status_colour(order.status),
         );
         if let Some((text, colour)) = countdown(order, view.now_ms) {
@@ -967,7 +967,7 @@ pub fn new_incident_ui(
             ui.label("Severity 等级");
             ui.horizontal_wrapped(|ui| {
                 for s in Severity::ALL {
-                    ui.selectable_value(&mut form.severity, s, severity_label(s));
+                    ui.selectable_value(&mut form.severity, s, s.label());
                 }
             });
             ui.end_row();
@@ -1080,11 +1080,7 @@ fn chip(ui: &mut egui::Ui, text: &str, fill: egui::Color32) {
 }
 
 fn severity_chip(ui: &mut egui::Ui, s: Severity) {
-    chip(ui, severity_label(s), severity_colour(s));
-}
-
-pub fn severity_label(s: Severity) -> &'static str {
-    s.label()
+    chip(ui, s.label(), severity_colour(s));
 }
 
 fn severity_colour(s: Severity) -> egui::Color32 {
@@ -1096,10 +1092,6 @@ fn severity_colour(s: Severity) -> egui::Color32 {
     }
 }
 
-pub fn incident_status_label(s: IncidentStatus) -> &'static str {
-    s.label()
-}
-
 fn incident_status_colour(s: IncidentStatus) -> egui::Color32 {
     match s {
         IncidentStatus::Reported => theme::WARN,
@@ -1107,10 +1099,6 @@ fn incident_status_colour(s: IncidentStatus) -> egui::Color32 {
         IncidentStatus::OnScene | IncidentStatus::Resolved => theme::GOOD,
         IncidentStatus::Closed => theme::MUTED,
     }
-}
-
-pub fn order_status_label(s: OrderStatus) -> &'static str {
-    s.label()
 }
 
 fn order_status_colour(s: OrderStatus) -> egui::Color32 {

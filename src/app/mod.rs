@@ -10,6 +10,7 @@ pub mod desk;
 pub mod desk_ui;
 pub mod drill;
 pub mod fonts;
+pub mod governance;
 pub mod hotplug;
 pub mod labels;
 pub mod layers;
@@ -285,7 +286,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         ready::plugin,
         live::plugin,
         layers::plugin,
-        steward::plugin,
+        governance::plugin,
         desk::plugin,
         labels::plugin,
         timeline::plugin,
@@ -336,7 +337,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
     }
     if options.steward {
         app.world_mut()
-            .resource_mut::<steward::Governance>()
+            .resource_mut::<governance::Governance>()
             .steward_open = true;
     }
     if let Some(request) = options.screenshot {

@@ -790,7 +790,7 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         super::ready::plugin,
         super::live::plugin,
         super::layers::plugin,
-        super::steward::plugin,
+        super::governance::plugin,
         super::hotplug::plugin,
     ))
     .add_systems(Startup, |mut settings: ResMut<EguiGlobalSettings>| {
@@ -1280,7 +1280,7 @@ fn tag_render_layers(
 fn wall_data(
     mut data: ResMut<WallData>,
     live: Option<Res<Live>>,
-    governance: Res<super::steward::Governance>,
+    governance: Res<super::governance::Governance>,
     wall: Res<Wall>,
 ) {
     let data = &mut *data;
@@ -1467,7 +1467,7 @@ fn steer_map_cameras(
                         },
                         format!(
                             "{} · {} · {}",
-                            super::desk_ui::severity_label(i.severity),
+                            i.severity.label(),
                             i.id,
                             i.title
                         ),
@@ -2216,9 +2216,9 @@ fn incidents_ui(ui: &mut egui::Ui, book: Option<&Book>, now_ms: i64) {
                     format!("{} · {}", i.id, i.title),
                     format!(
                         "{} · {} · {} · {} ago · {} orders",
-                        super::desk_ui::severity_label(i.severity),
+                        i.severity.label(),
                         super::widgets::domain_label(i.domain),
-                        super::desk_ui::incident_status_label(i.status),
+                        i.status.label(),
                         crate::clock::age_words((now_ms - i.reported_ms).max(0) as f64 / 1000.0),
                         i.orders.len()
                     ),
@@ -2256,7 +2256,7 @@ fn orders_ui(ui: &mut egui::Ui, book: Option<&Book>, now_ms: i64) {
                     format!(
                         "{} · {} · {}",
                         o.incident,
-                        super::desk_ui::order_status_label(o.status),
+                        o.status.label(),
                         due
                     ),
                 )
