@@ -384,6 +384,41 @@ fn a_wrong_path_is_a_clear_error_not_a_crash() {
 }
 
 #[test]
+fn a_dispatch_file_or_event_log_that_cannot_be_read_says_why_once() {
+    let dir = scratch_dir("unreadable-dispatch");
+    let not_a_log = dir.join("notes.db");
+    std::fs::write(&not_a_log, "shift notes, not an event log\n".repeat(200)).unwrap();
+    let out = zhongshu()
+        .args(["ops-report", "--db"])
+        .arg(&not_a_log)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{stderr}");
+    assert!(stderr.contains("notes.db"), "{stderr}");
+    assert_eq!(stderr.matches("not a database").count(), 1, "{stderr}");
+
+    let log = dir.join("events.db");
+    drop(
+        zhongshu::dispatch::dispatcher::Dispatcher::open(
+            &log,
+            zhongshu::dispatch::config::DispatchConfig::default_config(),
+        )
+        .unwrap(),
+    );
+    let out = zhongshu()
+        .args(["ops-report", "--db"])
+        .arg(&log)
+        .args(["--dispatch", "/nonexistent/dispatch.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("/nonexistent/dispatch.toml"), "{stderr}");
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
+}
+
+#[test]
 fn garbage_files_are_rejected_with_the_reason() {
     let dir = scratch_dir("garbage");
     let pbf = dir.join("junk.osm.pbf");

@@ -419,11 +419,7 @@ fn incident_row_ui(ui: &mut egui::Ui, view: &DeskView, inc: &Incident, out: &mut
             }
             let age = (view.now_ms - inc.reported_ms).max(0) as f64 / 1000.0;
             ui.label(egui::RichText::new(age_text(age)).color(theme::MUTED));
-            chip(
-                ui,
-                inc.status.label(),
-                incident_status_colour(inc.status),
-            );
+            chip(ui, inc.status.label(), incident_status_colour(inc.status));
             ui.with_layout(egui::Layout::left_to_right(egui::Align::Center), |ui| {
                 let selected = view.selected == Some(inc.id.as_str());
                 let text = format!("{}  {}", inc.id, inc.title);
@@ -528,11 +524,7 @@ fn incident_header_ui(
             severity_chip(ui, inc.severity);
             ui.end_row();
             ui.label(muted("status"));
-            chip(
-                ui,
-                inc.status.label(),
-                incident_status_colour(inc.status),
-            );
+            chip(ui, inc.status.label(), incident_status_colour(inc.status));
             ui.end_row();
             ui.label(muted("domain"));
             ui.label(domain_label(inc.domain));
@@ -601,11 +593,7 @@ fn order_row_ui(
     ui.horizontal_wrapped(|ui| {
         ui.label(egui::RichText::new(&order.id).monospace());
         ui.label(egui::RichText::new(context).color(theme::MUTED));
-        chip(
-            ui,
-            order.status.label(),
-            order_status_colour(order.status),
-        );
+        chip(ui, order.status.label(), order_status_colour(order.status));
         if let Some((text, colour)) = countdown(order, view.now_ms) {
             ui.label(egui::RichText::new(text).monospace().color(colour));
             // The deadline on the city's clock; the date and zone on hover.

@@ -172,4 +172,3 @@ fn fade_stale_markers(
     }
     *cursor = (looked == FADE_MARKERS_PER_FRAME).then_some(from + looked);
 }
-

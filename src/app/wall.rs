@@ -1465,12 +1465,7 @@ fn steer_map_cameras(
                             yaw_deg: 25.0,
                             pitch_deg: 50.0,
                         },
-                        format!(
-                            "{} · {} · {}",
-                            i.severity.label(),
-                            i.id,
-                            i.title
-                        ),
+                        format!("{} · {} · {}", i.severity.label(), i.id, i.title),
                     ),
                     None => (
                         "no incident".into(),
@@ -2253,12 +2248,7 @@ fn orders_ui(ui: &mut egui::Ui, book: Option<&Book>, now_ms: i64) {
                 (
                     colour,
                     format!("{} → {}", o.id, o.department),
-                    format!(
-                        "{} · {} · {}",
-                        o.incident,
-                        o.status.label(),
-                        due
-                    ),
+                    format!("{} · {} · {}", o.incident, o.status.label(), due),
                 )
             })
             .collect()

@@ -135,12 +135,10 @@ pub struct DispatchConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read dispatch config {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The reason is in the message and not also a source, which an error chain
+    // would print a second time.
+    #[error("cannot read dispatch config {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("dispatch config {origin}: {message}")]
     Invalid { origin: String, message: String },
 }
@@ -192,9 +190,9 @@ impl DispatchConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::parse(&text, &path.display().to_string())
     }

@@ -32,11 +32,12 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("event log {path}: {source}")]
+    // The reason is in the message and not also a source, which an error chain
+    // would print a second time.
+    #[error("event log {path}: {error}")]
     Sqlite {
         path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     #[error("seal key {path}: {message}")]
     Key { path: PathBuf, message: String },
@@ -246,9 +247,9 @@ impl EventLog {
     }
 
     pub fn open_with(path: &Path, seal: &SealOptions) -> Result<Self, StoreError> {
-        let err = |source| StoreError::Sqlite {
+        let err = |error| StoreError::Sqlite {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         if seal.read_only {
             return Self::open_read_only(path, seal);
@@ -353,9 +354,9 @@ impl EventLog {
 
     /// Opens an existing log for checking, writing nothing: no tables, no id, no key.
     fn open_read_only(path: &Path, seal: &SealOptions) -> Result<Self, StoreError> {
-        let err = |source| StoreError::Sqlite {
+        let err = |error| StoreError::Sqlite {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let conn = Connection::open_with_flags(
             path,
@@ -454,10 +455,10 @@ impl EventLog {
         Ok(seal)
     }
 
-    fn err(&self, source: rusqlite::Error) -> StoreError {
+    fn err(&self, error: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 
@@ -559,9 +560,9 @@ impl EventLog {
             return Ok(());
         }
         let path = &self.path;
-        let err = |source| StoreError::Sqlite {
+        let err = |error| StoreError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         let (mut seq, mut prev_hash) = self.last.clone().unwrap_or((0, GENESIS_HASH.to_string()));
         let tx = self.conn.transaction().map_err(err)?;
