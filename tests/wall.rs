@@ -609,7 +609,7 @@ impl PluggableX {
             "Section \"Device\"\n  Identifier \"d\"\n  Driver \"dummy\"\n  VideoRam 64000\nEndSection\n\
              Section \"Monitor\"\n  Identifier \"m\"\n  HorizSync 5.0-1000.0\n  VertRefresh 5.0-200.0\nEndSection\n\
              Section \"Screen\"\n  Identifier \"s\"\n  Device \"d\"\n  Monitor \"m\"\n  DefaultDepth 24\n\
-             \x20 SubSection \"Display\"\n    Depth 24\n    Virtual 2560 720\n  EndSubSection\nEndSection\n",
+             \x20 SubSection \"Display\"\n    Depth 24\n    Virtual 3840 1080\n  EndSubSection\nEndSection\n",
         )
         .unwrap();
         let empty = dir.join("xorg.conf.d");
@@ -902,9 +902,70 @@ at = [0, 0]
         || clock(&x.picture()) != first,
         |moved| *moved,
     );
+
+    // The monitor given another mode: the screen takes its new size.
+    x.xrandr(&["--addmode", "DUMMY1", "1024x768"]);
+    assert!(x.xrandr(&["--output", "DUMMY1", "--mode", "1024x768"]));
+    wait_for(
+        30,
+        "the right screen at DUMMY1's new size",
+        || x.window("right"),
+        |r| *r == Some((1280, 0, 1024, 768)),
+    );
+
+    // The layout edited while a window changes size: the right screen unplugged, then
+    // given a place and size of its own; then its monitor again.
+    x.unplug("DUMMY1");
+    wait_for(
+        30,
+        "the right screen in a window again",
+        || x.window("right"),
+        |r| r.is_some_and(|(x0, _, w, _)| x0 < 1280 && w == 640),
+    );
+    let layout = std::fs::read_to_string(dir.join("wall.toml")).unwrap();
+    let area = layout.replace(
+        "monitor = \"DUMMY1\"",
+        "position = [100, 50]\nsize = [800, 400]",
+    );
+    std::fs::write(dir.join("wall.toml"), &area).unwrap();
+    wait_for(
+        30,
+        "the right screen at its own place and size",
+        || x.window("right"),
+        |r| *r == Some((100, 50, 800, 400)),
+    );
+    std::fs::write(dir.join("wall.toml"), &layout).unwrap();
+    x.plug("DUMMY1", "1280x720");
+    wait_for(
+        30,
+        "the right screen back on DUMMY1 after the edits",
+        || x.window("right"),
+        |r| *r == Some((1280, 0, 1280, 720)),
+    );
+
+    // The first monitor unplugged (the one the windows were made on): no window
+    // closes; the left screen goes on in a window on the monitor that is left.
+    x.unplug("DUMMY0");
+    wait_for(
+        30,
+        "the left screen in a window on DUMMY1",
+        || (x.window("left"), x.window("right")),
+        // DUMMY1 where the X server put it once DUMMY0 was gone (at the left edge).
+        |(l, r)| match r {
+            Some((dx, 0, 1280, 720)) => *l == Some((dx + 320, 180, 640, 360)),
+            _ => false,
+        },
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
     assert!(
         wall.0.try_wait().unwrap().is_none(),
         "the wall stopped: {}",
+        said()
+    );
+    // Nothing went wrong on the way (no rendering error, no panic).
+    assert!(
+        !said().contains("ERROR") && !said().contains("panicked"),
+        "{}",
         said()
     );
 }

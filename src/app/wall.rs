@@ -511,6 +511,8 @@ pub struct WallWindow {
     pub missing_monitor: Option<String>,
     /// Put on its monitor (or in its window) since the window was made.
     placed: bool,
+    /// The monitor it was last put on.
+    on: Option<String>,
 }
 
 /// Cameras of a screen (rebuilt with the layout).
@@ -808,7 +810,8 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
             exit_when_closed.after(build_screens),
         ),
     )
-    .add_systems(PostUpdate, tag_render_layers);
+    .add_systems(PostUpdate, tag_render_layers)
+    .add_observer(keep_off_monitors);
     for screen in 0..crate::wall::MAX_SCREENS {
         app.add_systems(WallScreenPass(screen), move |view: ScreenView| {
             draw_screen(screen, view)
@@ -897,18 +900,56 @@ struct Seen {
     size: UVec2,
 }
 
-/// Monitors left to right (then top to bottom), with their names.
+/// Monitors left to right (then top to bottom), with their names, places and sizes
+/// as they are now. bevy's `Monitor` entities keep the place and size a monitor had
+/// when it was first seen (winit calls a monitor given another mode or place the
+/// same one), so these are read from winit's list, fresh after each RandR change,
+/// once a window exists; its entity is the bevy monitor of the same name.
 fn monitors_in_order(monitors: &Query<(Entity, &Monitor)>) -> Vec<Seen> {
-    let mut list: Vec<(Entity, &Monitor)> = monitors.iter().collect();
-    list.sort_by_key(|(_, m)| (m.physical_position.x, m.physical_position.y));
-    list.into_iter()
+    let known: Vec<Seen> = monitors
+        .iter()
         .map(|(entity, m)| Seen {
             entity,
             name: m.name.clone().unwrap_or_default(),
             at: m.physical_position,
             size: UVec2::new(m.physical_width, m.physical_height),
         })
-        .collect()
+        .collect();
+    let fresh: Option<Vec<(String, IVec2, UVec2)>> =
+        bevy::winit::WINIT_WINDOWS.with_borrow(|windows| {
+            let window = windows.windows.values().next()?;
+            Some(
+                window
+                    .available_monitors()
+                    .map(|m| {
+                        let (at, size) = (m.position(), m.size());
+                        (
+                            m.name().unwrap_or_default(),
+                            IVec2::new(at.x, at.y),
+                            UVec2::new(size.width, size.height),
+                        )
+                    })
+                    .collect(),
+            )
+        });
+    let mut list = match fresh {
+        // A monitor bevy has not made an entity for yet is taken a frame later.
+        Some(fresh) => fresh
+            .into_iter()
+            .filter_map(|(name, at, size)| {
+                let entity = known.iter().find(|k| k.name == name)?.entity;
+                Some(Seen {
+                    entity,
+                    name,
+                    at,
+                    size,
+                })
+            })
+            .collect(),
+        None => known,
+    };
+    list.sort_by_key(|m| (m.at.x, m.at.y));
+    list
 }
 
 /// The monitor screen `placement` asks for among `monitors`: `Ok(None)` for a
@@ -938,48 +979,63 @@ fn monitor_of<'m>(
 /// the monitor (a wall PC with no window manager leaves a fullscreen window where
 /// and as large as it was made); its monitor not there, in a window with a frame,
 /// half the size of the first monitor and centred on it, so the screen stays in
-/// sight. Returns the monitor that is not there.
+/// sight; at a position and size of its own, there. The size is asked of the
+/// window system, and the window takes it when the window system says it has it
+/// (as when a window manager resizes it), never before: a screen's cameras and the
+/// window's surface always agree on its size. Returns the monitor that is not there.
 fn place_window(
+    entity: Entity,
     window: &mut Window,
     placement: &crate::wall::Placement,
     monitors: &[Seen],
 ) -> Option<String> {
-    match monitor_of(placement, monitors) {
-        Ok(None) => None,
-        Ok(Some(m)) => {
-            let mode = WindowMode::BorderlessFullscreen(MonitorSelection::Entity(m.entity));
-            if window.mode != mode {
-                window.mode = mode;
+    let (mode, at, size, missing) = match monitor_of(placement, monitors) {
+        Ok(Some(m)) => (
+            WindowMode::BorderlessFullscreen(MonitorSelection::Entity(m.entity)),
+            Some(m.at),
+            Some(m.size),
+            None,
+        ),
+        Ok(None) => match placement {
+            crate::wall::Placement::Area { position, size } => (
+                WindowMode::Windowed,
+                Some(IVec2::new(position[0], position[1])),
+                Some(UVec2::new(size[0], size[1])),
+                None,
+            ),
+            _ => (WindowMode::Windowed, None, None, None),
+        },
+        Err(missing) => match monitors.first() {
+            Some(first) => {
+                let size = UVec2::new((first.size.x / 2).max(640), (first.size.y / 2).max(360));
+                let at = first.at + (first.size.as_ivec2() - size.as_ivec2()).max(IVec2::ZERO) / 2;
+                (WindowMode::Windowed, Some(at), Some(size), Some(missing))
             }
-            let at = WindowPosition::At(m.at);
-            if window.position != at {
-                window.position = at;
-            }
-            if (window.physical_width(), window.physical_height()) != (m.size.x, m.size.y) {
-                window
-                    .resolution
-                    .set_physical_resolution(m.size.x, m.size.y);
-            }
-            if window.decorations {
-                window.decorations = false;
-            }
-            None
-        }
-        Err(missing) => {
-            if window.mode != WindowMode::Windowed {
-                window.mode = WindowMode::Windowed;
-            }
-            if let Some(first) = monitors.first() {
-                let (w, h) = ((first.size.x / 2).max(640), (first.size.y / 2).max(360));
-                if (window.physical_width(), window.physical_height()) != (w, h) {
-                    window.resolution.set_physical_resolution(w, h);
-                }
-                window.position = WindowPosition::Centered(MonitorSelection::Entity(first.entity));
-            }
-            window.decorations = true;
-            Some(missing)
-        }
+            None => (WindowMode::Windowed, None, None, Some(missing)),
+        },
+    };
+    if window.mode != mode {
+        window.mode = mode;
     }
+    if let Some(at) = at {
+        // Set again even when unchanged, so that a window that was moved (the window
+        // system put it back where it was before it went fullscreen) is moved back.
+        window.position = WindowPosition::At(at);
+    }
+    let framed = missing.is_some();
+    if window.decorations != framed {
+        window.decorations = framed;
+    }
+    if let Some(size) = size
+        && (window.physical_width(), window.physical_height()) != (size.x, size.y)
+    {
+        bevy::winit::WINIT_WINDOWS.with_borrow(|windows| {
+            if let Some(w) = windows.get_window(entity) {
+                let _ = w.request_inner_size(winit::dpi::PhysicalSize::new(size.x, size.y));
+            }
+        });
+    }
+    missing
 }
 
 /// Builds each screen's window and cameras (again when the layout changed): the
@@ -994,6 +1050,7 @@ fn build_screens(
     windows: Query<(Entity, &WallWindow)>,
     cameras: Query<(Entity, Option<&WallUiCamera>), With<WallCamera>>,
     rig: Res<CameraRig>,
+    _main_thread: bevy::ecs::system::NonSendMarker,
 ) {
     if wall.built == Some(wall.generation) {
         return;
@@ -1057,8 +1114,12 @@ fn build_screens(
                 ),
             },
         };
+        // A new window made at its place is placed once it exists (a screen at a
+        // position and size of its own needs nothing more then); a window kept from
+        // the layout before is placed again, whatever it had become.
         let placed = wall.windowed.is_some()
-            || matches!(screen.placement, crate::wall::Placement::Area { .. });
+            || (existing[si].is_none()
+                && matches!(screen.placement, crate::wall::Placement::Area { .. }));
         if let Some(m) = &missing {
             warn!(
                 "wall screen \"{}\": {m} is not connected; shown in a window until it is",
@@ -1076,6 +1137,7 @@ fn build_screens(
                     screen: si,
                     missing_monitor: missing,
                     placed,
+                    on: None,
                 });
                 e
             }
@@ -1096,6 +1158,7 @@ fn build_screens(
                         screen: si,
                         missing_monitor: missing,
                         placed,
+                        on: None,
                     },
                 ))
                 .id(),
@@ -1195,25 +1258,30 @@ fn build_screens(
 fn place_on_monitors(
     mut wall: ResMut<Wall>,
     monitors: Query<(Entity, &Monitor)>,
-    mut windows: Query<(&mut Window, &mut WallWindow, Has<RawHandleWrapper>)>,
+    mut windows: Query<(Entity, &mut Window, &mut WallWindow, Has<RawHandleWrapper>)>,
+    _main_thread: bevy::ecs::system::NonSendMarker,
 ) {
     if wall.windowed.is_some() || wall.built.is_none() {
         return;
     }
     let found = monitors_in_order(&monitors);
     let changed = found != wall.monitors_seen;
-    if !changed && windows.iter().all(|(_, w, made)| w.placed || !made) {
+    if !changed && windows.iter().all(|(_, _, w, made)| w.placed || !made) {
         return;
     }
     wall.monitors_seen = found.clone();
-    for (mut window, mut w, made) in &mut windows {
+    for (entity, mut window, mut w, made) in &mut windows {
         if !made || (w.placed && !changed) {
             continue;
         }
         let Some(screen) = wall.layout.screens.get(w.screen) else {
             continue;
         };
-        let missing = place_window(&mut window, &screen.placement, &found);
+        let missing = place_window(entity, &mut window, &screen.placement, &found);
+        let on = monitor_of(&screen.placement, &found)
+            .ok()
+            .flatten()
+            .map(|m| m.name.clone());
         match &missing {
             Some(m) if w.missing_monitor.is_none() => warn!(
                 "wall screen \"{}\": {m} went away; shown in a window until it is back",
@@ -1222,10 +1290,34 @@ fn place_on_monitors(
             None if w.missing_monitor.is_some() => {
                 info!("wall screen \"{}\": its monitor is back", screen.name)
             }
+            // A screen counted by index lands on another monitor when one to its
+            // left comes or goes: said, so nobody wonders why it moved.
+            None if w.placed && on.is_some() && on != w.on => info!(
+                "wall screen \"{}\": now on monitor \"{}\"",
+                screen.name,
+                on.as_deref().unwrap_or_default()
+            ),
             _ => {}
         }
         w.missing_monitor = missing;
+        w.on = on;
         w.placed = true;
+    }
+}
+
+/// bevy links a window to the monitor it is on so that despawning the monitor
+/// despawns the window (`HasWindows` is `linked_spawn`): unplugging the monitor a
+/// wall's windows stood on closed them all, and the wall with them. A wall window
+/// is never linked; it outlives its monitor and goes on in a window.
+fn keep_off_monitors(
+    insert: On<Insert, bevy::window::OnMonitor>,
+    walls: Query<(), With<WallWindow>>,
+    mut commands: Commands,
+) {
+    if walls.contains(insert.entity) {
+        commands
+            .entity(insert.entity)
+            .remove::<bevy::window::OnMonitor>();
     }
 }
 
