@@ -513,7 +513,12 @@ pub struct WallWindow {
     placed: bool,
     /// The monitor it was last put on.
     on: Option<String>,
+    /// Where its window is to be moved and sized (place, size, frames left to try).
+    settling: Option<(IVec2, UVec2, u32)>,
 }
+
+/// Frames a window is moved and sized again until it is where it was placed.
+const SETTLE_TRIES: u32 = 300;
 
 /// Cameras of a screen (rebuilt with the layout).
 #[derive(Component)]
@@ -811,6 +816,8 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         ),
     )
     .add_systems(PostUpdate, tag_render_layers)
+    // Next frame, once bevy has sent the window system what was placed.
+    .add_systems(First, settle_windows)
     .add_observer(keep_off_monitors);
     for screen in 0..crate::wall::MAX_SCREENS {
         app.add_systems(WallScreenPass(screen), move |view: ScreenView| {
@@ -904,8 +911,12 @@ struct Seen {
 /// as they are now. bevy's `Monitor` entities keep the place and size a monitor had
 /// when it was first seen (winit calls a monitor given another mode or place the
 /// same one), so these are read from winit's list, fresh after each RandR change,
-/// once a window exists; its entity is the bevy monitor of the same name.
-fn monitors_in_order(monitors: &Query<(Entity, &Monitor)>) -> Vec<Seen> {
+/// once a window exists; its entity is the bevy monitor of the same name. winit's
+/// windows are the main thread's own: the marker says the caller runs there.
+fn monitors_in_order(
+    monitors: &Query<(Entity, &Monitor)>,
+    _on_main_thread: &bevy::ecs::system::NonSendMarker,
+) -> Vec<Seen> {
     let known: Vec<Seen> = monitors
         .iter()
         .map(|(entity, m)| Seen {
@@ -984,11 +995,10 @@ fn monitor_of<'m>(
 /// (as when a window manager resizes it), never before: a screen's cameras and the
 /// window's surface always agree on its size. Returns the monitor that is not there.
 fn place_window(
-    entity: Entity,
     window: &mut Window,
     placement: &crate::wall::Placement,
     monitors: &[Seen],
-) -> Option<String> {
+) -> Placed {
     let (mode, at, size, missing) = match monitor_of(placement, monitors) {
         Ok(Some(m)) => (
             WindowMode::BorderlessFullscreen(MonitorSelection::Entity(m.entity)),
@@ -1018,24 +1028,60 @@ fn place_window(
         window.mode = mode;
     }
     if let Some(at) = at {
-        // Set again even when unchanged, so that a window that was moved (the window
-        // system put it back where it was before it went fullscreen) is moved back.
         window.position = WindowPosition::At(at);
     }
     let framed = missing.is_some();
     if window.decorations != framed {
         window.decorations = framed;
     }
-    if let Some(size) = size
-        && (window.physical_width(), window.physical_height()) != (size.x, size.y)
-    {
-        bevy::winit::WINIT_WINDOWS.with_borrow(|windows| {
-            if let Some(w) = windows.get_window(entity) {
-                let _ = w.request_inner_size(winit::dpi::PhysicalSize::new(size.x, size.y));
-            }
-        });
+    Placed {
+        missing,
+        at: at.zip(size),
     }
-    missing
+}
+
+/// Where [`place_window`] put a screen.
+struct Placed {
+    /// The monitor asked for that is not there.
+    missing: Option<String>,
+    /// The place and size the window is to have (physical pixels).
+    at: Option<(IVec2, UVec2)>,
+}
+
+/// Moves and sizes each screen's window to where it was placed, through the window
+/// system, until it is there: after going fullscreen (which winit does with the
+/// place a monitor had when it was first seen) and whatever bevy sends in between.
+/// The size is asked of the window system, and the window takes it when the window
+/// system says it has it (as when a window manager resizes it), never before: a
+/// screen's cameras and the window's surface always agree on its size.
+fn settle_windows(
+    mut windows: Query<(Entity, &mut WallWindow)>,
+    _main_thread: bevy::ecs::system::NonSendMarker,
+) {
+    for (entity, mut w) in &mut windows {
+        let Some((at, size, tries)) = w.settling else {
+            continue;
+        };
+        let there = bevy::winit::WINIT_WINDOWS.with_borrow(|windows| {
+            let Some(window) = windows.get_window(entity) else {
+                return true;
+            };
+            let place = window.outer_position().ok();
+            let inner = window.inner_size();
+            let placed = place == Some(winit::dpi::PhysicalPosition::new(at.x, at.y));
+            let sized = (inner.width, inner.height) == (size.x, size.y);
+            if !placed {
+                window.set_outer_position(winit::dpi::PhysicalPosition::new(at.x, at.y));
+            }
+            if !sized {
+                let _ = window.request_inner_size(winit::dpi::PhysicalSize::new(size.x, size.y));
+            }
+            placed && sized
+        });
+        // Asked again each frame for a few seconds; a window manager that will not
+        // have it so is not argued with for ever.
+        w.settling = (!there && tries > 0).then_some((at, size, tries - 1));
+    }
 }
 
 /// Builds each screen's window and cameras (again when the layout changed): the
@@ -1050,12 +1096,12 @@ fn build_screens(
     windows: Query<(Entity, &WallWindow)>,
     cameras: Query<(Entity, Option<&WallUiCamera>), With<WallCamera>>,
     rig: Res<CameraRig>,
-    _main_thread: bevy::ecs::system::NonSendMarker,
+    main_thread: bevy::ecs::system::NonSendMarker,
 ) {
     if wall.built == Some(wall.generation) {
         return;
     }
-    let found = monitors_in_order(&monitors);
+    let found = monitors_in_order(&monitors, &main_thread);
     // The monitors arrive with the event loop; a screenshot needs none.
     if found.is_empty() && wall.windowed.is_none() && frames.0 < 30 {
         return;
@@ -1138,6 +1184,7 @@ fn build_screens(
                     missing_monitor: missing,
                     placed,
                     on: None,
+                    settling: None,
                 });
                 e
             }
@@ -1159,6 +1206,7 @@ fn build_screens(
                         missing_monitor: missing,
                         placed,
                         on: None,
+                        settling: None,
                     },
                 ))
                 .id(),
@@ -1258,26 +1306,28 @@ fn build_screens(
 fn place_on_monitors(
     mut wall: ResMut<Wall>,
     monitors: Query<(Entity, &Monitor)>,
-    mut windows: Query<(Entity, &mut Window, &mut WallWindow, Has<RawHandleWrapper>)>,
-    _main_thread: bevy::ecs::system::NonSendMarker,
+    mut windows: Query<(&mut Window, &mut WallWindow, Has<RawHandleWrapper>)>,
+    // winit's monitors are read on the main thread, where its windows live.
+    main_thread: bevy::ecs::system::NonSendMarker,
 ) {
     if wall.windowed.is_some() || wall.built.is_none() {
         return;
     }
-    let found = monitors_in_order(&monitors);
+    let found = monitors_in_order(&monitors, &main_thread);
     let changed = found != wall.monitors_seen;
-    if !changed && windows.iter().all(|(_, _, w, made)| w.placed || !made) {
+    if !changed && windows.iter().all(|(_, w, made)| w.placed || !made) {
         return;
     }
     wall.monitors_seen = found.clone();
-    for (entity, mut window, mut w, made) in &mut windows {
+    for (mut window, mut w, made) in &mut windows {
         if !made || (w.placed && !changed) {
             continue;
         }
         let Some(screen) = wall.layout.screens.get(w.screen) else {
             continue;
         };
-        let missing = place_window(entity, &mut window, &screen.placement, &found);
+        let Placed { missing, at } = place_window(&mut window, &screen.placement, &found);
+        w.settling = at.map(|(at, size)| (at, size, SETTLE_TRIES));
         let on = monitor_of(&screen.placement, &found)
             .ok()
             .flatten()
