@@ -139,26 +139,16 @@ fn fade_stale_markers(
             .entity(slot)
             .is_some_and(|e| live.shown().standing(e, now) != Standing::Current)
     };
-    let magenta = magenta
-        .get_or_insert_with(|| {
-            let [r, g, b, _] = linear_from_srgb(0xFF2BD6);
-            materials.add(StandardMaterial {
-                base_color: Color::linear_rgb(r, g, b),
-                unlit: true,
-                ..default()
-            })
+    let mut flat = |srgb: u32| {
+        let [r, g, b, _] = linear_from_srgb(srgb);
+        materials.add(StandardMaterial {
+            base_color: Color::linear_rgb(r, g, b),
+            unlit: true,
+            ..default()
         })
-        .clone();
-    let grey = grey
-        .get_or_insert_with(|| {
-            let [r, g, b, _] = linear_from_srgb(0x5A6270);
-            materials.add(StandardMaterial {
-                base_color: Color::linear_rgb(r, g, b),
-                unlit: true,
-                ..default()
-            })
-        })
-        .clone();
+    };
+    let magenta = magenta.get_or_insert_with(|| flat(0xFF2BD6)).clone();
+    let grey = grey.get_or_insert_with(|| flat(0x5A6270)).clone();
     let mut looked = 0;
     for (marker, mut material) in markers.iter_mut().skip(from).take(FADE_MARKERS_PER_FRAME) {
         looked += 1;

@@ -990,10 +990,8 @@ fn monitor_of<'m>(
 /// the monitor (a wall PC with no window manager leaves a fullscreen window where
 /// and as large as it was made); its monitor not there, in a window with a frame,
 /// half the size of the first monitor and centred on it, so the screen stays in
-/// sight; at a position and size of its own, there. The size is asked of the
-/// window system, and the window takes it when the window system says it has it
-/// (as when a window manager resizes it), never before: a screen's cameras and the
-/// window's surface always agree on its size. Returns the monitor that is not there.
+/// sight; at a position and size of its own, there. Sets the window's mode and
+/// frame; the place and size it returns are given the window by [`settle_windows`].
 fn place_window(
     window: &mut Window,
     placement: &crate::wall::Placement,

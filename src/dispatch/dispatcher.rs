@@ -61,6 +61,48 @@ fn race_backoff(race: usize) -> std::time::Duration {
     std::time::Duration::from_micros(micros)
 }
 
+/// A command's tries while other consoles write first, for a single command and a
+/// group alike: at least [`MAX_RACES`], for [`RACE_BUDGET`] in all, with a short
+/// wait of random length from the third loss on (no desk starves).
+struct Races {
+    lost: usize,
+    started: std::time::Instant,
+}
+
+impl Races {
+    fn new() -> Races {
+        Races {
+            lost: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Another console wrote first: whether to try again (having waited).
+    fn lost_one(&mut self) -> bool {
+        self.lost += 1;
+        if self.lost > MAX_RACES && self.started.elapsed() >= RACE_BUDGET {
+            return false;
+        }
+        if self.lost >= 3 {
+            std::thread::sleep(race_backoff(self.lost - 1));
+        }
+        true
+    }
+
+    /// The hall was too busy for this command.
+    fn given_up(&self, log: String) -> DispatchError {
+        StoreError::Unavailable {
+            what: log,
+            message: format!(
+                "other consoles wrote first {} times in a row over {} s; try again",
+                self.lost,
+                self.started.elapsed().as_secs()
+            ),
+        }
+        .into()
+    }
+}
+
 /// What opening the log found.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct OpenReport {
@@ -260,13 +302,8 @@ impl Dispatcher {
         now_ms: i64,
     ) -> Result<Vec<Event>, DispatchError> {
         let mut overtaken_by: Vec<String> = Vec::new();
-        let started = std::time::Instant::now();
-        let mut races = 0;
-        for race in 0.. {
-            if race >= MAX_RACES && started.elapsed() >= RACE_BUDGET {
-                break;
-            }
-            races = race + 1;
+        let mut races = Races::new();
+        loop {
             let events = match self.book.plan(command, actor, now_ms) {
                 Ok(events) => events,
                 Err(error) if !overtaken_by.is_empty() => {
@@ -314,23 +351,13 @@ impl Dispatcher {
                             overtaken_by.push(f.operator.clone());
                         }
                     }
-                    // Lost again and again: others are writing flat out. A short wait
-                    // of random length lets this desk through (no desk starves).
-                    if race >= 2 {
-                        std::thread::sleep(race_backoff(race));
+                    if !races.lost_one() {
+                        return Err(races.given_up(self.log.describe()));
                     }
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(StoreError::Unavailable {
-            what: self.log.describe(),
-            message: format!(
-                "other consoles wrote first {races} times in a row over {} s; try again",
-                started.elapsed().as_secs()
-            ),
-        }
-        .into())
     }
 
     /// A refusal because the incident or order is no longer where the command expects
@@ -461,7 +488,7 @@ impl Dispatcher {
         }
         let shared = self.log.shared();
         let mut next = 0;
-        let mut races = 0;
+        let mut races = Races::new();
         while next < commands.len() {
             // The commit's commands are planned on a copy, so a failed append
             // leaves the book as the log is.
@@ -507,15 +534,14 @@ impl Dispatcher {
                     self.journal_events(&events, now_ms, actor);
                     written.extend(events);
                     next = end;
-                    races = 0;
+                    races = Races::new();
                 }
-                Err(StoreError::Conflict { .. }) if races < MAX_RACES => {
+                Err(StoreError::Conflict { .. }) => {
                     // Another writer of the hall got there first: take its events
                     // in and plan this commit again on the new state.
-                    races += 1;
                     self.follow(true)?;
-                    if races >= 2 {
-                        std::thread::sleep(race_backoff(races));
+                    if !races.lost_one() {
+                        return Err(races.given_up(self.log.describe()));
                     }
                 }
                 Err(e) => return Err(e.into()),
