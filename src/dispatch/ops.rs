@@ -253,7 +253,27 @@ impl OpsBuilder {
         role: &str,
         payload: &str,
     ) {
-        let Ok(event) = serde_json::from_str::<Event>(payload) else {
+        self.push_decoded(shared, at_ms, operator, role, Self::decode(payload));
+    }
+
+    /// A stored event's payload decoded (`None`: not one this build reads), the part
+    /// of [`OpsBuilder::push_stored`] that needs no other event: a log's reader can do
+    /// it on another thread.
+    pub fn decode(payload: &str) -> Option<Event> {
+        serde_json::from_str::<Event>(payload).ok()
+    }
+
+    /// As [`OpsBuilder::push_stored`], with the payload decoded by
+    /// [`OpsBuilder::decode`].
+    pub fn push_decoded(
+        &mut self,
+        shared: bool,
+        at_ms: i64,
+        operator: &str,
+        role: &str,
+        event: Option<Event>,
+    ) {
+        let Some(event) = event else {
             self.events += 1;
             self.unreadable += 1;
             return;
@@ -570,9 +590,10 @@ fn replay_event_log(
     until_ms: Option<i64>,
 ) -> Result<(OpsBuilder, String), OpsError> {
     let mut builder = OpsBuilder::new(config.clone(), since_ms, until_ms);
-    let verified = log.verify_with(|e| {
-        builder.push_stored(false, e.at_ms, &e.operator, &e.role, &e.payload);
-    })?;
+    let verified = log.verify_prepared(
+        |e| OpsBuilder::decode(&e.payload),
+        |e, event| builder.push_decoded(false, e.at_ms, &e.operator, &e.role, event),
+    )?;
     let describe = log.path().display().to_string();
     check(&verified, describe.clone())?;
     Ok((builder, describe))

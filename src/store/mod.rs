@@ -137,6 +137,24 @@ pub trait EventStore: Send {
     fn integrity_alarm(&self) -> Option<String>;
 }
 
+/// Events read and hashed as one batch by [`EventLog::verify_prepared`].
+const VERIFY_BATCH: usize = 2048;
+
+/// Whether a stored event's hash is the one its contents and the hash it names as
+/// the one before give.
+fn hash_holds(e: &StoredEvent) -> bool {
+    e.hash
+        == event_hash(
+            &e.prev_hash,
+            e.seq,
+            e.at_ms,
+            &e.operator,
+            &e.role,
+            &e.kind,
+            &e.payload,
+        )
+}
+
 /// Hash of an event's content chained to the previous hash.
 pub fn event_hash(
     prev_hash: &str,
@@ -724,6 +742,18 @@ impl EventLog {
     /// As [`EventLog::verify`], showing each event to `f` on the way, so a caller that
     /// also wants to count or index the events reads the log once.
     pub fn verify_with(&self, mut f: impl FnMut(&StoredEvent)) -> Result<VerifyReport, StoreError> {
+        self.verify_prepared(|_| (), |e, ()| f(e))
+    }
+
+    /// As [`EventLog::verify_with`], with the work on each event that needs no other
+    /// (`prepare`: decoding its payload, say) done on a second thread with the
+    /// hashes, a batch at a time, while this one reads the next rows; `apply` then
+    /// takes each event with what was prepared of it, in the log's order.
+    pub fn verify_prepared<T: Send>(
+        &self,
+        prepare: impl Fn(&StoredEvent) -> T + Sync,
+        mut apply: impl FnMut(&StoredEvent, T),
+    ) -> Result<VerifyReport, StoreError> {
         let seals = self.seals()?;
         let witness = match &self.witness {
             Some(path) => Checkpoint::read(path).unwrap_or(None),
@@ -737,30 +767,82 @@ impl EventLog {
             .collect();
         let mut prev = GENESIS_HASH.to_string();
         let mut count = 0u64;
-        let mut first_bad = None;
-        self.scan(|e| {
-            count += 1;
-            f(&e);
-            if let Some(slot) = wanted.get_mut(&e.seq) {
-                *slot = Some(e.hash.clone());
+        // The first event out of sequence or not linked to the one before (checked
+        // here, in order), and the first whose hash is not its own (on the helper).
+        let mut link_bad = None;
+        let hash_bad = std::thread::scope(|scope| -> Result<Option<i64>, StoreError> {
+            type Done<T> = (Vec<StoredEvent>, Vec<T>, Option<i64>);
+            let (to_helper, batches) = std::sync::mpsc::sync_channel::<Vec<StoredEvent>>(2);
+            let (to_reader, done) = std::sync::mpsc::sync_channel::<Done<T>>(2);
+            let prepare = &prepare;
+            let helper = scope.spawn(move || {
+                for batch in batches {
+                    let bad = batch.iter().find(|e| !hash_holds(e)).map(|e| e.seq);
+                    let prepared = batch.iter().map(prepare).collect();
+                    if to_reader.send((batch, prepared, bad)).is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut hash_bad: Option<i64> = None;
+            let mut in_flight = 0usize;
+            let mut take = |(batch, prepared, bad): Done<T>| {
+                if hash_bad.is_none() {
+                    hash_bad = bad;
+                }
+                for (e, p) in batch.iter().zip(prepared) {
+                    apply(e, p);
+                }
+            };
+            let mut batch = Vec::with_capacity(VERIFY_BATCH);
+            let mut helper_gone = false;
+            let scanned = self.scan(|e| {
+                if helper_gone {
+                    return;
+                }
+                count += 1;
+                if let Some(slot) = wanted.get_mut(&e.seq) {
+                    *slot = Some(e.hash.clone());
+                }
+                if link_bad.is_none() && (e.seq != count as i64 || e.prev_hash != prev) {
+                    link_bad = Some(e.seq);
+                }
+                prev.clone_from(&e.hash);
+                batch.push(e);
+                if batch.len() < VERIFY_BATCH {
+                    return;
+                }
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(VERIFY_BATCH));
+                if to_helper.send(full).is_err() {
+                    helper_gone = true;
+                    return;
+                }
+                in_flight += 1;
+                // One batch on the helper while this thread reads the next.
+                while in_flight > 1 {
+                    match done.recv() {
+                        Ok(d) => take(d),
+                        Err(_) => helper_gone = true,
+                    }
+                    in_flight -= 1;
+                }
+            });
+            if !batch.is_empty() && !helper_gone && to_helper.send(batch).is_ok() {
+                in_flight += 1;
             }
-            if first_bad.is_some() {
-                return;
+            drop(to_helper);
+            for d in done.iter().take(in_flight) {
+                take(d);
             }
-            let recomputed = event_hash(
-                &prev,
-                e.seq,
-                e.at_ms,
-                &e.operator,
-                &e.role,
-                &e.kind,
-                &e.payload,
-            );
-            if e.seq != count as i64 || e.prev_hash != prev || e.hash != recomputed {
-                first_bad = Some(e.seq);
+            if let Err(panic) = helper.join() {
+                std::panic::resume_unwind(panic);
             }
-            prev = e.hash;
+            scanned.map(|()| hash_bad)
         })?;
+        let first_bad = match (link_bad, hash_bad) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let mut report = VerifyReport {
             events: count,
             first_bad_event: first_bad,
@@ -1111,6 +1193,72 @@ mod tests {
         let report = EventLog::open(&path).unwrap().verify().unwrap();
         // The seal of event 2 names an event the log no longer has.
         assert_eq!((report.chain_ok, report.first_bad_event), (false, Some(2)));
+    }
+
+    #[test]
+    fn a_long_log_is_checked_whole_and_shown_in_order_across_batches() {
+        let path = temp_db("long");
+        let mut log = EventLog::open(&path).unwrap();
+        let n = VERIFY_BATCH as i64 * 3 + 17;
+        let events: Vec<(&str, String)> = (1..=n)
+            .map(|i| ("note", serde_json::json!({"n": i}).to_string()))
+            .collect();
+        for chunk in events.chunks(100) {
+            log.append_all(1, "op", "operator", chunk).unwrap();
+        }
+        // Every event reaches `apply` once, in order, with what `prepare` made of it.
+        let mut seen = Vec::new();
+        let report = log
+            .verify_prepared(
+                |e| e.payload.len(),
+                |e, len| {
+                    assert_eq!(len, e.payload.len());
+                    seen.push(e.seq);
+                },
+            )
+            .unwrap();
+        assert_eq!(seen, (1..=n).collect::<Vec<_>>());
+        assert_eq!((report.events, report.first_bad_event), (n as u64, None));
+        // A payload edited in the third batch, and a link broken later: the first
+        // wrong event is named, whichever check finds it.
+        let edited = VERIFY_BATCH as i64 * 2 + 5;
+        let raw = Connection::open(&path).unwrap();
+        raw.execute(
+            "UPDATE events SET payload = '{\"n\":0}' WHERE seq = ?1",
+            [edited],
+        )
+        .unwrap();
+        raw.execute(
+            "UPDATE events SET prev_hash = 'x' WHERE seq = ?1",
+            [edited + VERIFY_BATCH as i64],
+        )
+        .unwrap();
+        let chain_problem = |report: &VerifyReport| {
+            report
+                .problems
+                .iter()
+                .find(|p| p.contains("does not match its hash or link"))
+                .cloned()
+        };
+        let report = EventLog::open(&path).unwrap().verify().unwrap();
+        assert_eq!(
+            (report.events, report.chain_ok, report.first_bad_event),
+            (n as u64, false, Some(edited)),
+            "{report:?}"
+        );
+        assert_eq!(
+            chain_problem(&report),
+            Some(format!("event {edited} does not match its hash or link"))
+        );
+        // A broken link before it is named instead.
+        raw.execute("UPDATE events SET prev_hash = 'x' WHERE seq = 7", [])
+            .unwrap();
+        let report = EventLog::open(&path).unwrap().verify().unwrap();
+        assert_eq!(
+            chain_problem(&report),
+            Some("event 7 does not match its hash or link".into()),
+            "{report:?}"
+        );
     }
 
     #[test]
