@@ -971,3 +971,73 @@ at = [0, 0]
         said()
     );
 }
+
+#[test]
+fn the_default_wall_gives_a_monitor_plugged_in_later_its_screen() {
+    let dir = scratch_dir("wall-default-plug");
+    let db = dir.join("events.db");
+    prepared_log(&db);
+    let _timed = crate::timed();
+    let x = PluggableX::start(&dir, "1280x720");
+    let log = std::fs::File::create(dir.join("wall.log")).unwrap();
+    let child = zhongshu()
+        .current_dir(&dir)
+        .env("DISPLAY", &x.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env(
+            "WGPU_BACKEND",
+            std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
+        )
+        .args(["wall", "--db"])
+        .arg(&db)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut wall = Stop(child);
+    let said = || std::fs::read_to_string(dir.join("wall.log")).unwrap_or_default();
+
+    // One monitor: one screen on it, and no other.
+    wait_for(
+        90,
+        "the main screen on the one monitor",
+        || x.window("main"),
+        |m| *m == Some((0, 0, 1280, 720)),
+    );
+    assert_eq!(x.window("operations"), None);
+
+    // A second monitor plugged in: the default layout's second screen comes up on it,
+    // and the first stays where it was.
+    x.plug("DUMMY1", "1280x720");
+    wait_for(
+        30,
+        "the operations screen on the new monitor",
+        || (x.window("main"), x.window("operations")),
+        |s| *s == (Some((0, 0, 1280, 720)), Some((1280, 0, 1280, 720))),
+    );
+    assert!(said().contains("2 screens now"), "{}", said());
+    // It draws its boards (the orders board's overdue red, the feeds).
+    wait_for(
+        20,
+        "the operations screen drawn",
+        || alarm_pixels(&x.picture(), 1280, 0, 2560, 720),
+        |n| *n > 10,
+    );
+    assert!(
+        wall.0.try_wait().unwrap().is_none(),
+        "the wall stopped: {}",
+        said()
+    );
+    assert!(
+        !said().contains("ERROR") && !said().contains("panicked"),
+        "{}",
+        said()
+    );
+}

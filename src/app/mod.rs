@@ -155,6 +155,17 @@ impl WindowUiScale {
 #[derive(Resource, Clone, Copy)]
 pub struct StartedAt(pub Instant);
 
+/// egui's textures (its font atlas: glyphs met for the first time) written before
+/// the frame's asset events are sent, so they reach the GPU with the frame that
+/// first shows them: else a new word is drawn without its letters for a frame, and
+/// a picture taken of that frame (a briefing's slide) shows the gaps.
+pub(crate) fn egui_textures_this_frame(app: &mut App) {
+    app.configure_sets(
+        PostUpdate,
+        bevy_egui::EguiPostUpdateSet::PostProcessOutput.before(bevy::asset::AssetEventSystems),
+    );
+}
+
 /// Frame phases: read input, apply commands to state, then mirror state into the scene.
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AppSystems {
@@ -250,6 +261,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
             }),
     )
     .add_plugins((FrameTimeDiagnosticsPlugin::default(), EguiPlugin::default()))
+    .add_plugins(egui_textures_this_frame)
     .insert_resource(city)
     .insert_resource(LocalTime(time))
     .init_resource::<ReplayRequest>()

@@ -231,9 +231,11 @@ fn deck_to_write(deck: crate::briefing::Deck, writer: crate::briefing::DeckWrite
     }
 }
 
-/// Frames a slide is drawn whole before its picture is taken: the one its cameras
-/// are made in, and one more.
-const SLIDE_SETTLE_FRAMES: u32 = 2;
+/// Frames a slide is drawn whole before its picture is taken: the first, where its
+/// cameras are made, placed and drawn, and its words' new letters reach the GPU
+/// ([`super::egui_textures_this_frame`]). The deck's pictures are the same as with a
+/// frame more, at half the frames.
+const SLIDE_SETTLE_FRAMES: u32 = 1;
 
 /// Draws the slides one after the other: each once its map is in place and its text
 /// drawn, its picture taken of that frame while the next slide is drawn; then the PDF
@@ -284,6 +286,12 @@ fn play_deck(
     let Some(out) = shots.writer.as_ref().map(|w| w.slide_path(index)) else {
         return;
     };
+    info!(
+        "briefing: slide {} of {} drawn {:.0} ms after start",
+        index + 1,
+        shots.screens.len(),
+        time.elapsed_secs_f64() * 1000.0
+    );
     commands.spawn(Screenshot::window(window)).observe(
         move |captured: On<ScreenshotCaptured>,
               started: Res<StartedAt>,
@@ -751,6 +759,7 @@ pub fn run(run: WallRun) -> anyhow::Result<()> {
         bevy::diagnostic::FrameTimeDiagnosticsPlugin::default(),
         EguiPlugin::default(),
     ))
+    .add_plugins(super::egui_textures_this_frame)
     // A wall is unattended: it renders whether or not a window has the focus.
     .insert_resource(WinitSettings {
         focused_mode: bevy::winit::UpdateMode::Continuous,
@@ -1303,6 +1312,7 @@ fn build_screens(
 /// screen goes on its own monitor, or into a window until it returns.
 fn place_on_monitors(
     mut wall: ResMut<Wall>,
+    default_layout: Res<DefaultLayout>,
     monitors: Query<(Entity, &Monitor)>,
     mut windows: Query<(&mut Window, &mut WallWindow, Has<RawHandleWrapper>)>,
     // winit's monitors are read on the main thread, where its windows live.
@@ -1312,6 +1322,19 @@ fn place_on_monitors(
         return;
     }
     let found = monitors_in_order(&monitors, &main_thread);
+    // The wall's own layout (no --layout) has a screen per monitor: one plugged in
+    // later gets its screen too (the screens there keep their windows; one whose
+    // monitor goes away keeps its screen, in a window, until it is back).
+    let screens = wall.layout.screens.len();
+    if default_layout.0 && found.len() > screens && screens < crate::wall::MAX_SCREENS {
+        wall.layout = WallLayout::default_for(found.len());
+        wall.generation += 1;
+        info!(
+            "wall: a monitor was plugged in: {} screens now",
+            wall.layout.screens.len()
+        );
+        return;
+    }
     let changed = found != wall.monitors_seen;
     if !changed && windows.iter().all(|(_, w, made)| w.placed || !made) {
         return;
@@ -1784,32 +1807,32 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
         None => view.time.0.time_of_day(now_ms),
     };
     // A slide's number at the bottom left (the right's foot is the charts' time
-    // axis, the top the headings); the wall's clock at the bottom right.
-    let (corner, offset) = if view.wall.slide.is_some() {
-        (egui::Align2::LEFT_BOTTOM, egui::vec2(12.0, -8.0))
+    // axis, the top the headings); the wall's clock at the bottom right. Painted at
+    // the corner each frame: an area anchored there is placed by the size it had the
+    // frame before, and a wider second ("…:51" to "…:54") ran off the screen.
+    let area = ctx.content_rect();
+    let (corner, at) = if view.wall.slide.is_some() {
+        (
+            egui::Align2::LEFT_BOTTOM,
+            area.left_bottom() + egui::vec2(12.0, -8.0),
+        )
     } else {
-        (egui::Align2::RIGHT_BOTTOM, egui::vec2(-12.0, -8.0))
+        (
+            egui::Align2::RIGHT_BOTTOM,
+            area.right_bottom() + egui::vec2(-12.0, -8.0),
+        )
     };
-    egui::Area::new(egui::Id::new(("wall-clock", screen)))
-        .order(egui::Order::Foreground)
-        .anchor(corner, offset)
-        .interactable(false)
-        .show(&ctx, |ui| {
-            let hall = if view.live.as_ref().is_some_and(|l| l.hall.is_some()) {
-                " · hall"
-            } else {
-                ""
-            };
-            // Never wrapped to the width it had: "9 / 16" becomes "10 / 16".
-            ui.add(
-                egui::Label::new(
-                    egui::RichText::new(format!("{clock}{hall}"))
-                        .color(theme::MUTED)
-                        .strong(),
-                )
-                .extend(),
-            );
-        });
+    let hall = if view.live.as_ref().is_some_and(|l| l.hall.is_some()) {
+        " · hall"
+    } else {
+        ""
+    };
+    let body = ctx.global_style().text_styles[&egui::TextStyle::Body].clone();
+    ctx.layer_painter(egui::LayerId::new(
+        egui::Order::Foreground,
+        egui::Id::new(("wall-clock", screen)),
+    ))
+    .text(at, corner, format!("{clock}{hall}"), body, theme::MUTED);
     if !notes.is_empty() {
         egui::Area::new(egui::Id::new(("wall-notes", screen)))
             .order(egui::Order::Foreground)
@@ -2275,6 +2298,21 @@ fn severity_colour(s: crate::model::Severity) -> egui::Color32 {
 }
 
 /// Rows of two lines in the tile, as many as fit; "and N more" when some do not.
+/// One line of text at most `width` wide: what does not fit ends in "…", so a cut row
+/// says it was cut.
+fn one_line(
+    painter: &egui::Painter,
+    at: egui::Pos2,
+    text: &str,
+    font: egui::FontId,
+    colour: egui::Color32,
+    width: f32,
+) {
+    let mut job = egui::text::LayoutJob::simple_singleline(text.to_owned(), font, colour);
+    job.wrap = egui::text::TextWrapping::truncate_at_width(width);
+    painter.galley(at, painter.layout_job(job), colour);
+}
+
 fn board_rows(ui: &mut egui::Ui, rows: Vec<(egui::Color32, String, String)>, empty: &str) {
     let area = ui.available_rect_before_wrap();
     let body = ui.style().text_styles[&egui::TextStyle::Body].size;
@@ -2308,19 +2346,22 @@ fn board_rows(ui: &mut egui::Ui, rows: Vec<(egui::Color32, String, String)>, emp
             egui::pos2(x, top),
             egui::pos2(area.max.x, top + row_h),
         ));
-        row_painter.text(
+        let width = (area.max.x - x).max(0.0);
+        one_line(
+            &row_painter,
             egui::pos2(x, top),
-            egui::Align2::LEFT_TOP,
             first,
             egui::FontId::proportional(body),
             egui::Color32::WHITE,
+            width,
         );
-        row_painter.text(
+        one_line(
+            &row_painter,
             egui::pos2(x, top + body * 1.2),
-            egui::Align2::LEFT_TOP,
             second,
             egui::FontId::proportional(body * 0.8),
             theme::MUTED,
+            width,
         );
     }
     if shown < rows.len() {
