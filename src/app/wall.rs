@@ -1827,12 +1827,27 @@ fn draw_screen(screen: usize, mut view: ScreenView) {
     } else {
         ""
     };
-    let body = ctx.global_style().text_styles[&egui::TextStyle::Body].clone();
-    ctx.layer_painter(egui::LayerId::new(
-        egui::Order::Foreground,
-        egui::Id::new(("wall-clock", screen)),
-    ))
-    .text(at, corner, format!("{clock}{hall}"), body, theme::MUTED);
+    // The presenter's screen says the slide at its top (its foot is the keys' help).
+    let presenter = layout
+        .tiles
+        .iter()
+        .any(|t| matches!(t.kind, TileKind::Presenter(_)));
+    if !presenter {
+        let body = ctx.global_style().text_styles[&egui::TextStyle::Body].clone();
+        let painter = ctx.layer_painter(egui::LayerId::new(
+            egui::Order::Foreground,
+            egui::Id::new(("wall-clock", screen)),
+        ));
+        let galley = painter.layout_no_wrap(format!("{clock}{hall}"), body, theme::MUTED);
+        let rect = corner.anchor_size(at, galley.size());
+        // On a backing of the panel's colour: it reads over a map's markers.
+        painter.rect_filled(
+            rect.expand(4.0),
+            4.0,
+            theme::PANEL_FILL.gamma_multiply(0.85),
+        );
+        painter.galley(rect.min, galley, theme::MUTED);
+    }
     if !notes.is_empty() {
         egui::Area::new(egui::Id::new(("wall-notes", screen)))
             .order(egui::Order::Foreground)
@@ -2260,12 +2275,28 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
         let min =
             area.min + egui::vec2((i % columns) as f32 * cell.x, (i / columns) as f32 * cell.y);
         let card = egui::Rect::from_min_size(min, cell).shrink(4.0);
-        painter.text(
+        // A label wider than its card is set smaller (to two thirds), then cut with
+        // "…": never into the next card's.
+        let wide = painter
+            .layout_no_wrap(
+                label.to_string(),
+                egui::FontId::proportional(label_size),
+                theme::MUTED,
+            )
+            .size()
+            .x;
+        let fitted = if wide > card.width() && wide > 0.0 {
+            (label_size * card.width() / wide).max(label_size * 2.0 / 3.0)
+        } else {
+            label_size
+        };
+        one_line(
+            &painter,
             card.left_top(),
-            egui::Align2::LEFT_TOP,
             label,
-            egui::FontId::proportional(label_size),
+            egui::FontId::proportional(fitted),
             theme::MUTED,
+            card.width(),
         );
         let value_rect = painter.text(
             card.left_top() + egui::vec2(0.0, label_size * 1.4),
