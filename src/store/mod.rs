@@ -39,6 +39,14 @@ pub enum StoreError {
         path: PathBuf,
         error: rusqlite::Error,
     },
+    /// A row the log cannot give back (a damaged page, a value of the wrong type),
+    /// named by the event before it.
+    #[error("event log {path}: cannot read the event after event {after}: {error}")]
+    Row {
+        path: PathBuf,
+        after: i64,
+        error: rusqlite::Error,
+    },
     #[error("seal key {path}: {message}")]
     Key { path: PathBuf, message: String },
     /// A store that injects faults in tests, or a remote store that is unreachable.
@@ -687,7 +695,13 @@ impl EventLog {
             .prepare("SELECT seq, at_ms, operator, role, kind, payload, prev_hash, hash FROM events ORDER BY seq")
             .map_err(|e| self.err(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+        let mut after = 0;
+        let row_err = |after: i64, error| StoreError::Row {
+            path: self.path.clone(),
+            after,
+            error,
+        };
+        while let Some(r) = rows.next().map_err(|e| row_err(after, e))? {
             let event = (|| -> rusqlite::Result<StoredEvent> {
                 Ok(StoredEvent {
                     seq: r.get(0)?,
@@ -700,7 +714,8 @@ impl EventLog {
                     hash: r.get(7)?,
                 })
             })()
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| row_err(after, e))?;
+            after = event.seq;
             f(event);
         }
         Ok(())
@@ -1258,6 +1273,25 @@ mod tests {
             chain_problem(&report),
             Some("event 7 does not match its hash or link".into()),
             "{report:?}"
+        );
+    }
+
+    #[test]
+    fn a_row_that_cannot_be_read_is_named_by_the_event_before_it() {
+        let path = temp_db("bad-row");
+        let mut log = EventLog::open(&path).unwrap();
+        for i in 1..=5 {
+            log.append(i, "op", "operator", "note", &serde_json::json!({"n": i}))
+                .unwrap();
+        }
+        let raw = Connection::open(&path).unwrap();
+        raw.execute("UPDATE events SET payload = x'00ff' WHERE seq = 3", [])
+            .unwrap();
+        let err = EventLog::open(&path).unwrap().verify().unwrap_err();
+        let said = err.to_string();
+        assert!(
+            said.contains("cannot read the event after event 2") && said.contains("payload"),
+            "{said}"
         );
     }
 
