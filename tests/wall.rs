@@ -697,7 +697,61 @@ impl PluggableX {
     }
 }
 
+/// A wall process, killed when dropped.
+struct WallRun(std::process::Child);
+
+impl Drop for WallRun {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl WallRun {
+    /// Fails the test, with the wall's log, when the wall has stopped.
+    fn assert_running(&mut self, dir: &std::path::Path) {
+        assert!(
+            self.0.try_wait().unwrap().is_none(),
+            "the wall stopped: {}",
+            std::fs::read_to_string(dir.join("wall.log")).unwrap_or_default()
+        );
+    }
+}
+
+/// Fails the test when the wall's log has an error or a panic in it.
+fn assert_nothing_wrong(dir: &std::path::Path) {
+    let said = std::fs::read_to_string(dir.join("wall.log")).unwrap_or_default();
+    assert!(
+        !said.contains("ERROR") && !said.contains("panicked"),
+        "{said}"
+    );
+}
+
 impl PluggableX {
+    /// `zhongshu wall ARGS --db DB` on this server, run in `dir`, its log in
+    /// `dir/wall.log`.
+    fn wall(&self, dir: &std::path::Path, args: &[&str], db: &std::path::Path) -> WallRun {
+        let log = std::fs::File::create(dir.join("wall.log")).unwrap();
+        WallRun(
+            zhongshu()
+                .current_dir(dir)
+                .env("DISPLAY", &self.display)
+                .env_remove("WAYLAND_DISPLAY")
+                .env(
+                    "WGPU_BACKEND",
+                    std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
+                )
+                .arg("wall")
+                .args(args)
+                .arg("--db")
+                .arg(db)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     /// The whole X screen as the monitors show it (`xwd -root`), as RGB.
     fn picture(&self) -> image::RgbImage {
         let out = std::process::Command::new("xwd")
@@ -809,29 +863,7 @@ at = [0, 0]
     let _timed = crate::timed();
     let x = PluggableX::start(&dir, "1280x720");
     x.plug("DUMMY1", "1280x720");
-    let log = std::fs::File::create(dir.join("wall.log")).unwrap();
-    let child = zhongshu()
-        .current_dir(&dir)
-        .env("DISPLAY", &x.display)
-        .env_remove("WAYLAND_DISPLAY")
-        .env(
-            "WGPU_BACKEND",
-            std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
-        )
-        .args(["wall", "--layout", "wall.toml", "--db"])
-        .arg(&db)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut wall = Stop(child);
+    let mut wall = x.wall(&dir, &["--layout", "wall.toml"], &db);
     let said = || std::fs::read_to_string(dir.join("wall.log")).unwrap_or_default();
 
     // Each screen fills its own monitor.
@@ -871,11 +903,7 @@ at = [0, 0]
         || alarm_pixels(&x.picture(), rx, ry, rx + rw, ry + rh),
         |n| *n > 10,
     );
-    assert!(
-        wall.0.try_wait().unwrap().is_none(),
-        "the wall stopped: {}",
-        said()
-    );
+    wall.assert_running(&dir);
 
     // Plugged back: the screen is fullscreen on it again, without a restart.
     x.plug("DUMMY1", "1280x720");
@@ -959,17 +987,9 @@ at = [0, 0]
         said()
     );
     std::thread::sleep(std::time::Duration::from_secs(1));
-    assert!(
-        wall.0.try_wait().unwrap().is_none(),
-        "the wall stopped: {}",
-        said()
-    );
+    wall.assert_running(&dir);
     // Nothing went wrong on the way (no rendering error, no panic).
-    assert!(
-        !said().contains("ERROR") && !said().contains("panicked"),
-        "{}",
-        said()
-    );
+    assert_nothing_wrong(&dir);
 }
 
 #[test]
@@ -979,29 +999,7 @@ fn the_default_wall_gives_a_monitor_plugged_in_later_its_screen() {
     prepared_log(&db);
     let _timed = crate::timed();
     let x = PluggableX::start(&dir, "1280x720");
-    let log = std::fs::File::create(dir.join("wall.log")).unwrap();
-    let child = zhongshu()
-        .current_dir(&dir)
-        .env("DISPLAY", &x.display)
-        .env_remove("WAYLAND_DISPLAY")
-        .env(
-            "WGPU_BACKEND",
-            std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
-        )
-        .args(["wall", "--db"])
-        .arg(&db)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut wall = Stop(child);
+    let mut wall = x.wall(&dir, &[], &db);
     let said = || std::fs::read_to_string(dir.join("wall.log")).unwrap_or_default();
 
     // One monitor: one screen on it, and no other.
@@ -1030,14 +1028,6 @@ fn the_default_wall_gives_a_monitor_plugged_in_later_its_screen() {
         || alarm_pixels(&x.picture(), 1280, 0, 2560, 720),
         |n| *n > 10,
     );
-    assert!(
-        wall.0.try_wait().unwrap().is_none(),
-        "the wall stopped: {}",
-        said()
-    );
-    assert!(
-        !said().contains("ERROR") && !said().contains("panicked"),
-        "{}",
-        said()
-    );
+    wall.assert_running(&dir);
+    assert_nothing_wrong(&dir);
 }

@@ -1278,12 +1278,7 @@ mod tests {
 
     #[test]
     fn a_row_that_cannot_be_read_is_named_by_the_event_before_it() {
-        let path = temp_db("bad-row");
-        let mut log = EventLog::open(&path).unwrap();
-        for i in 1..=5 {
-            log.append(i, "op", "operator", "note", &serde_json::json!({"n": i}))
-                .unwrap();
-        }
+        let path = five_events("bad-row");
         let raw = Connection::open(&path).unwrap();
         raw.execute("UPDATE events SET payload = x'00ff' WHERE seq = 3", [])
             .unwrap();
