@@ -1028,6 +1028,61 @@ fn the_default_wall_gives_a_monitor_plugged_in_later_its_screen() {
         || alarm_pixels(&x.picture(), 1280, 0, 2560, 720),
         |n| *n > 10,
     );
+
+    // A clone of the first monitor (the same picture): no screen of its own, and the
+    // screens counted by index stay where they are.
+    x.xrandr(&["--addmode", "DUMMY2", "1280x720"]);
+    assert!(x.xrandr(&[
+        "--output",
+        "DUMMY2",
+        "--mode",
+        "1280x720",
+        "--same-as",
+        "DUMMY0"
+    ]));
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(
+        (x.window("main"), x.window("operations"), x.window("tour 1")),
+        (Some((0, 0, 1280, 720)), Some((1280, 0, 1280, 720)), None),
+        "{}",
+        said()
+    );
+    assert!(!said().contains("3 screens now"), "{}", said());
+
+    // The second monitor unplugged: its screen goes on in a window for a few
+    // seconds, then the layout is the one monitor's again.
+    x.unplug("DUMMY1");
+    wait_for(
+        40,
+        "the operations screen gone with its monitor",
+        || (x.window("main"), x.window("operations")),
+        |s| *s == (Some((0, 0, 1280, 720)), None),
+    );
+    assert!(
+        said().contains("a monitor went away: 1 screen now"),
+        "{}",
+        said()
+    );
+
+    // A monitor plugged in left of the first: the main screen (monitor 0) goes onto
+    // it, and says so; the new second screen onto the one it was on.
+    assert!(x.xrandr(&[
+        "--output",
+        "DUMMY1",
+        "--mode",
+        "1280x720",
+        "--left-of",
+        "DUMMY0"
+    ]));
+    wait_for(
+        30,
+        "main on the new leftmost monitor, operations beside it",
+        || (x.window("main"), x.window("operations")),
+        |s| *s == (Some((0, 0, 1280, 720)), Some((1280, 0, 1280, 720))),
+    );
+    wait_for(10, "the move said", said, |s| {
+        s.contains("\"main\": now on monitor \"DUMMY1\"")
+    });
     wall.assert_running(&dir);
     assert_nothing_wrong(&dir);
 }

@@ -914,6 +914,9 @@ struct Seen {
     /// Its place on the desktop and its size, in physical pixels.
     at: IVec2,
     size: UVec2,
+    /// It shows what a monitor before it at the same place shows (a clone, xrandr's
+    /// `--same-as`): it has no index of its own and adds no screen.
+    mirror: bool,
 }
 
 /// Monitors left to right (then top to bottom), with their names, places and sizes
@@ -933,6 +936,7 @@ fn monitors_in_order(
             name: m.name.clone().unwrap_or_default(),
             at: m.physical_position,
             size: UVec2::new(m.physical_width, m.physical_height),
+            mirror: false,
         })
         .collect();
     let fresh: Option<Vec<(String, IVec2, UVec2)>> =
@@ -963,13 +967,22 @@ fn monitors_in_order(
                     name,
                     at,
                     size,
+                    mirror: false,
                 })
             })
             .collect(),
         None => known,
     };
     list.sort_by_key(|m| (m.at.x, m.at.y));
+    for i in 1..list.len() {
+        list[i].mirror = list[..i].iter().any(|m| m.at == list[i].at);
+    }
     list
+}
+
+/// How many monitors show a picture of their own (clones counted once).
+fn distinct(monitors: &[Seen]) -> usize {
+    monitors.iter().filter(|m| !m.mirror).count()
 }
 
 /// The monitor screen `placement` asks for among `monitors`: `Ok(None)` for a
@@ -982,7 +995,9 @@ fn monitor_of<'m>(
     use crate::wall::Placement;
     match placement {
         Placement::MonitorIndex(i) => monitors
-            .get(*i)
+            .iter()
+            .filter(|m| !m.mirror)
+            .nth(*i)
             .map(Some)
             .ok_or_else(|| format!("monitor {i}")),
         Placement::MonitorName(name) => monitors
@@ -1114,14 +1129,18 @@ fn build_screens(
         return;
     }
     if default_layout.0 && wall.built.is_none() && wall.windowed.is_none() {
-        wall.layout = WallLayout::default_for(found.len());
+        wall.layout = WallLayout::default_for(distinct(&found));
     }
     wall.built = Some(wall.generation);
     wall.monitors_seen = found.clone();
     let mut existing: Vec<Option<Entity>> = vec![None; crate::wall::MAX_SCREENS];
+    // The monitor each kept window was on: a screen the new layout puts on another
+    // says so when it is placed there.
+    let mut was_on: Vec<Option<String>> = vec![None; crate::wall::MAX_SCREENS];
     for (e, w) in &windows {
         if w.screen < wall.layout.screens.len() {
             existing[w.screen] = Some(e);
+            was_on[w.screen] = w.on.clone();
         } else {
             commands.entity(e).despawn();
         }
@@ -1190,7 +1209,7 @@ fn build_screens(
                     screen: si,
                     missing_monitor: missing,
                     placed,
-                    on: None,
+                    on: was_on[si].take(),
                     settling: None,
                 });
                 e
@@ -1308,11 +1327,16 @@ fn build_screens(
     }
 }
 
+/// How long the default layout keeps the screen of a monitor that went away (in a
+/// window) before it is made for the monitors that are left.
+const DEFAULT_LAYOUT_SHRINKS_AFTER: Duration = Duration::from_secs(5);
+
 /// A window made, or a monitor plugged in or out (or given another mode): each
 /// screen goes on its own monitor, or into a window until it returns.
 fn place_on_monitors(
     mut wall: ResMut<Wall>,
     default_layout: Res<DefaultLayout>,
+    mut fewer_since: Local<Option<Instant>>,
     monitors: Query<(Entity, &Monitor)>,
     mut windows: Query<(&mut Window, &mut WallWindow, Has<RawHandleWrapper>)>,
     // winit's monitors are read on the main thread, where its windows live.
@@ -1322,18 +1346,33 @@ fn place_on_monitors(
         return;
     }
     let found = monitors_in_order(&monitors, &main_thread);
-    // The wall's own layout (no --layout) has a screen per monitor: one plugged in
-    // later gets its screen too (the screens there keep their windows; one whose
-    // monitor goes away keeps its screen, in a window, until it is back).
-    let screens = wall.layout.screens.len();
-    if default_layout.0 && found.len() > screens && screens < crate::wall::MAX_SCREENS {
-        wall.layout = WallLayout::default_for(found.len());
-        wall.generation += 1;
-        info!(
-            "wall: a monitor was plugged in: {} screens now",
-            wall.layout.screens.len()
-        );
-        return;
+    // The wall's own layout (no --layout) has a screen per monitor (clones counted
+    // once): one plugged in gets its screen at once (the screens there keep their
+    // windows); when one goes away, its screen goes on in a window for a while, in
+    // case it comes straight back (a cable reseated, a panel's handshake), then the
+    // layout is made for the monitors there are.
+    if default_layout.0 {
+        let count = distinct(&found).clamp(1, crate::wall::MAX_SCREENS);
+        let screens = wall.layout.screens.len();
+        let change = match count.cmp(&screens) {
+            std::cmp::Ordering::Greater => Some("a monitor was plugged in"),
+            std::cmp::Ordering::Less => {
+                let since = fewer_since.get_or_insert_with(Instant::now);
+                (since.elapsed() >= DEFAULT_LAYOUT_SHRINKS_AFTER).then_some("a monitor went away")
+            }
+            std::cmp::Ordering::Equal => {
+                *fewer_since = None;
+                None
+            }
+        };
+        if let Some(what) = change {
+            *fewer_since = None;
+            wall.layout = WallLayout::default_for(count);
+            wall.generation += 1;
+            let screens = if count == 1 { "screen" } else { "screens" };
+            info!("wall: {what}: {count} {screens} now");
+            return;
+        }
     }
     let changed = found != wall.monitors_seen;
     if !changed && windows.iter().all(|(_, w, made)| w.placed || !made) {
@@ -1363,7 +1402,7 @@ fn place_on_monitors(
             }
             // A screen counted by index lands on another monitor when one to its
             // left comes or goes: said, so nobody wonders why it moved.
-            None if w.placed && on.is_some() && on != w.on => info!(
+            None if w.on.is_some() && on.is_some() && on != w.on => info!(
                 "wall screen \"{}\": now on monitor \"{}\"",
                 screen.name,
                 on.as_deref().unwrap_or_default()
@@ -2262,39 +2301,54 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
         ),
     ];
     let area = ui.available_rect_before_wrap();
-    let columns = if area.width() > area.height() * 1.6 {
-        4
-    } else {
-        2
-    };
-    let rows = cards.len().div_ceil(columns);
-    let cell = egui::vec2(area.width() / columns as f32, area.height() / rows as f32);
     let painter = ui.painter().clone();
-    let (label_size, value_size) = card_type(cell.x, cell.y);
+    // The labels' type: the cards' share, made smaller when the widest label does
+    // not fit its card (all alike, so a row reads as one), never below two thirds
+    // (what is still wider then is cut with "…").
+    let widest = |size: f32| {
+        cards
+            .iter()
+            .map(|c| {
+                painter
+                    .layout_no_wrap(
+                        c.0.to_string(),
+                        egui::FontId::proportional(size),
+                        theme::MUTED,
+                    )
+                    .size()
+                    .x
+            })
+            .fold(0.0, f32::max)
+    };
+    let fit = |columns: usize| {
+        let rows = cards.len().div_ceil(columns);
+        let cell = egui::vec2(area.width() / columns as f32, area.height() / rows as f32);
+        let (label, value) = card_type(cell.x, cell.y);
+        let room = (cell.x - 8.0).max(1.0);
+        let wide = widest(label);
+        let fitted = if wide > room {
+            (label * room / wide).max(label * 2.0 / 3.0)
+        } else {
+            label
+        };
+        (columns, cell, fitted, value)
+    };
+    // Four across on a wide tile, unless two across set the labels larger.
+    let (columns, cell, label_size, value_size) = if area.width() > area.height() * 1.6 {
+        let (four, two) = (fit(4), fit(2));
+        if two.2 > four.2 * 1.25 { two } else { four }
+    } else {
+        fit(2)
+    };
     for (i, (label, value, colour, sign, good_up)) in cards.into_iter().enumerate() {
         let min =
             area.min + egui::vec2((i % columns) as f32 * cell.x, (i / columns) as f32 * cell.y);
         let card = egui::Rect::from_min_size(min, cell).shrink(4.0);
-        // A label wider than its card is set smaller (to two thirds), then cut with
-        // "…": never into the next card's.
-        let wide = painter
-            .layout_no_wrap(
-                label.to_string(),
-                egui::FontId::proportional(label_size),
-                theme::MUTED,
-            )
-            .size()
-            .x;
-        let fitted = if wide > card.width() && wide > 0.0 {
-            (label_size * card.width() / wide).max(label_size * 2.0 / 3.0)
-        } else {
-            label_size
-        };
         one_line(
             &painter,
             card.left_top(),
             label,
-            egui::FontId::proportional(fitted),
+            egui::FontId::proportional(label_size),
             theme::MUTED,
             card.width(),
         );
@@ -2328,7 +2382,6 @@ fn severity_colour(s: crate::model::Severity) -> egui::Color32 {
     }
 }
 
-/// Rows of two lines in the tile, as many as fit; "and N more" when some do not.
 /// One line of text at most `width` wide: what does not fit ends in "…", so a cut row
 /// says it was cut.
 fn one_line(
@@ -2344,6 +2397,7 @@ fn one_line(
     painter.galley(at, painter.layout_job(job), colour);
 }
 
+/// Rows of two lines in the tile, as many as fit; "and N more" when some do not.
 fn board_rows(ui: &mut egui::Ui, rows: Vec<(egui::Color32, String, String)>, empty: &str) {
     let area = ui.available_rect_before_wrap();
     let body = ui.style().text_styles[&egui::TextStyle::Body].size;
