@@ -111,7 +111,17 @@ pub fn line_chart(
         .show_background(false)
         .include_y(0.0)
         .include_y(if top > 0.0 { top } else { 1.0 })
-        .x_axis_formatter(move |mark, _| x_label(mark.value))
+        // No time label at either end of the axis: centred on its tick there, it ran
+        // past the chart's edge (into the next chart, or cut: "0 mi").
+        .x_axis_formatter(move |mark, range| {
+            let span = (range.end() - range.start()).max(f64::EPSILON);
+            let from_edge = (mark.value - range.start()).min(range.end() - mark.value);
+            if from_edge < span * 0.1 {
+                String::new()
+            } else {
+                x_label(mark.value)
+            }
+        })
         .show(ui, |plot| {
             plot.line(egui_plot::Line::new(title, points).stroke(egui::Stroke::new(2.0, colour)));
         });

@@ -2590,7 +2590,10 @@ fn trends_ui(ui: &mut egui::Ui, data: &WallData, screen: usize, tile: usize) {
         let min = area.min + egui::vec2((i % cols) as f32 * cell.x, (i / cols) as f32 * cell.y);
         let rect = egui::Rect::from_min_size(min, cell).shrink(4.0);
         ui.scope_builder(egui::UiBuilder::new().max_rect(rect), |ui| {
-            ui.label(egui::RichText::new(title).color(theme::MUTED).small());
+            // One line, cut with "…" in a narrow cell (never wrapped mid-word).
+            ui.add(
+                egui::Label::new(egui::RichText::new(title).color(theme::MUTED).small()).truncate(),
+            );
             super::charts::line_chart(
                 ui,
                 ("wall-trend", screen, tile, i),
