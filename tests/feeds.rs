@@ -287,8 +287,9 @@ interval_s = 0.5
 "#
         ),
         // Long enough for the flood's second oversized poll (after a 0.4 s backoff)
-        // on a machine busy with the other tests.
-        "6",
+        // on a machine busy with the other tests: a debug build's HTTP clients take
+        // seconds to start there (6 s once saw the flood polled only once).
+        "12",
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
