@@ -2219,6 +2219,15 @@ type Card = (
     Option<bool>,
 );
 
+/// A bilingual label's two parts: what comes before its first Chinese character,
+/// and the rest ("Open incidents 未结事件" is "Open incidents" and "未结事件").
+fn label_lines(label: &str) -> (&str, &str) {
+    match label.char_indices().find(|(_, c)| *c >= '\u{2E80}') {
+        Some((i, _)) if i > 0 => (label[..i].trim_end(), &label[i..]),
+        _ => (label, ""),
+    }
+}
+
 /// The vital signs in cards: the value in type a share of the card, a trend arrow.
 fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
     let k = &data.kpis;
@@ -2302,16 +2311,25 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
     ];
     let area = ui.available_rect_before_wrap();
     let painter = ui.painter().clone();
-    // The labels' type: the cards' share, made smaller when the widest label does
-    // not fit its card (all alike, so a row reads as one), never below two thirds
-    // (what is still wider then is cut with "…").
-    let widest = |size: f32| {
+    // The labels' type: the cards' share of height, made smaller when the widest
+    // label does not fit its card (all alike, so a row reads as one). A label too
+    // wide for one line at a readable size goes on two, its English above its
+    // Chinese, where the card has the height.
+    let widest = |size: f32, two_lines: bool| {
         cards
             .iter()
-            .map(|c| {
+            .flat_map(|c| {
+                let (first, second) = label_lines(c.0);
+                if two_lines {
+                    vec![first, second]
+                } else {
+                    vec![c.0]
+                }
+            })
+            .map(|text| {
                 painter
                     .layout_no_wrap(
-                        c.0.to_string(),
+                        text.to_string(),
                         egui::FontId::proportional(size),
                         theme::MUTED,
                     )
@@ -2323,20 +2341,32 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
     let fit = |columns: usize| {
         let rows = cards.len().div_ceil(columns);
         let cell = egui::vec2(area.width() / columns as f32, area.height() / rows as f32);
-        let (label, value) = card_type(cell.x, cell.y);
+        let (_, value) = card_type(cell.x, cell.y);
+        let cap = (cell.y * 0.16).max(6.0);
         let room = (cell.x - 8.0).max(1.0);
-        let wide = widest(label);
-        let fitted = if wide > room {
-            (label * room / wide).max(label * 2.0 / 3.0)
-        } else {
-            label
+        let fitted = |two: bool| {
+            let wide = widest(cap, two);
+            if wide > room { cap * room / wide } else { cap }
         };
-        (columns, cell, fitted, value)
+        let one = fitted(false);
+        let two = fitted(true);
+        let two_fits = two * 1.4 * 2.0 + value * 1.1 <= cell.y - 8.0;
+        let (label, lines) = if two_fits && two > one * 1.2 {
+            (two, 2)
+        } else {
+            (one.max(cap * 0.5), 1)
+        };
+        (columns, cell, label.max(6.0), lines, value)
     };
-    // Four across on a wide tile, unless two across set the labels larger.
-    let (columns, cell, label_size, value_size) = if area.width() > area.height() * 1.6 {
+    // Four across on a wide tile, unless two across set the labels larger, or the
+    // values larger with labels no smaller.
+    let (columns, cell, label_size, lines, value_size) = if area.width() > area.height() * 1.6 {
         let (four, two) = (fit(4), fit(2));
-        if two.2 > four.2 * 1.25 { two } else { four }
+        if two.2 > four.2 * 1.25 || (two.2 >= four.2 && two.4 > four.4 * 1.25) {
+            two
+        } else {
+            four
+        }
     } else {
         fit(2)
     };
@@ -2344,14 +2374,23 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
         let min =
             area.min + egui::vec2((i % columns) as f32 * cell.x, (i / columns) as f32 * cell.y);
         let card = egui::Rect::from_min_size(min, cell).shrink(4.0);
-        one_line(
-            &painter,
-            card.left_top(),
-            label,
-            egui::FontId::proportional(label_size),
-            theme::MUTED,
-            card.width(),
-        );
+        let texts = if lines == 2 {
+            let (first, second) = label_lines(label);
+            vec![first, second]
+        } else {
+            vec![label]
+        };
+        for (line, text) in texts.into_iter().enumerate() {
+            one_line(
+                &painter,
+                card.left_top() + egui::vec2(0.0, line as f32 * label_size * 1.25),
+                text,
+                egui::FontId::proportional(label_size),
+                theme::MUTED,
+                card.width(),
+            );
+        }
+        let label_size = label_size * (1.4 + 1.25 * (lines - 1) as f32) / 1.4;
         let value_rect = painter.text(
             card.left_top() + egui::vec2(0.0, label_size * 1.4),
             egui::Align2::LEFT_TOP,
