@@ -854,10 +854,7 @@ impl EventLog {
             }
             scanned.map(|()| hash_bad)
         })?;
-        let first_bad = match (link_bad, hash_bad) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let first_bad = link_bad.into_iter().chain(hash_bad).min();
         let mut report = VerifyReport {
             events: count,
             first_bad_event: first_bad,
