@@ -1048,6 +1048,8 @@ fn the_default_wall_gives_a_monitor_plugged_in_later_its_screen() {
         said()
     );
     assert!(!said().contains("3 screens now"), "{}", said());
+    // The clone turned off again: nothing changes.
+    x.unplug("DUMMY2");
 
     // The second monitor unplugged: its screen goes on in a window for a few
     // seconds, then the layout is the one monitor's again.
@@ -1083,6 +1085,42 @@ fn the_default_wall_gives_a_monitor_plugged_in_later_its_screen() {
     wait_for(10, "the move said", said, |s| {
         s.contains("\"main\": now on monitor \"DUMMY1\"")
     });
+
+    // A third monitor, then the middle one unplugged: its screen waits in a window,
+    // the screen on the right stays on its monitor; then the layout is made for the
+    // two monitors left.
+    x.plug("DUMMY3", "1280x720");
+    wait_for(
+        30,
+        "three screens on three monitors",
+        || (x.window("main"), x.window("operations"), x.window("tour 1")),
+        |s| {
+            *s == (
+                Some((0, 0, 1280, 720)),
+                Some((1280, 0, 1280, 720)),
+                Some((2560, 0, 1280, 720)),
+            )
+        },
+    );
+    x.unplug("DUMMY0");
+    wait_for(
+        10,
+        "the middle screen in a window",
+        || x.window("operations"),
+        |o| o.is_some_and(|(_, _, w, _)| w == 640),
+    );
+    assert_eq!(
+        (x.window("main"), x.window("tour 1")),
+        (Some((0, 0, 1280, 720)), Some((2560, 0, 1280, 720))),
+        "{}",
+        said()
+    );
+    wait_for(
+        30,
+        "two screens on the two monitors left",
+        || (x.window("main"), x.window("operations"), x.window("tour 1")),
+        |s| *s == (Some((0, 0, 1280, 720)), Some((2560, 0, 1280, 720)), None),
+    );
     wall.assert_running(&dir);
     assert_nothing_wrong(&dir);
 }

@@ -973,16 +973,40 @@ fn monitors_in_order(
             .collect(),
         None => known,
     };
-    list.sort_by_key(|m| (m.at.x, m.at.y));
+    // Clones by name, so that the same one of them is the first every time.
+    list.sort_by(|a, b| (a.at.x, a.at.y, &a.name).cmp(&(b.at.x, b.at.y, &b.name)));
     for i in 1..list.len() {
         list[i].mirror = list[..i].iter().any(|m| m.at == list[i].at);
     }
     list
 }
 
-/// How many monitors show a picture of their own (clones counted once).
-fn distinct(monitors: &[Seen]) -> usize {
-    monitors.iter().filter(|m| !m.mirror).count()
+/// The monitors that show a picture of their own (clones counted once), in order.
+fn distinct(monitors: &[Seen]) -> impl Iterator<Item = &Seen> {
+    monitors.iter().filter(|m| !m.mirror)
+}
+
+/// The wall's own layout (no --layout) for `monitors`: a screen per monitor, each
+/// placed by the monitor's name, so that one going away or coming back moves no
+/// other screen until the layout is made again.
+fn default_layout_on(monitors: &[Seen]) -> WallLayout {
+    let mut layout = WallLayout::default_for(distinct(monitors).count());
+    for (screen, monitor) in layout.screens.iter_mut().zip(distinct(monitors)) {
+        screen.placement = crate::wall::Placement::MonitorName(monitor.name.clone());
+    }
+    layout
+}
+
+/// The monitor names the screens of `layout` are placed on, in order.
+fn placed_on(layout: &WallLayout) -> Vec<&str> {
+    layout
+        .screens
+        .iter()
+        .filter_map(|s| match &s.placement {
+            crate::wall::Placement::MonitorName(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The monitor screen `placement` asks for among `monitors`: `Ok(None)` for a
@@ -994,9 +1018,7 @@ fn monitor_of<'m>(
 ) -> Result<Option<&'m Seen>, String> {
     use crate::wall::Placement;
     match placement {
-        Placement::MonitorIndex(i) => monitors
-            .iter()
-            .filter(|m| !m.mirror)
+        Placement::MonitorIndex(i) => distinct(monitors)
             .nth(*i)
             .map(Some)
             .ok_or_else(|| format!("monitor {i}")),
@@ -1129,7 +1151,7 @@ fn build_screens(
         return;
     }
     if default_layout.0 && wall.built.is_none() && wall.windowed.is_none() {
-        wall.layout = WallLayout::default_for(distinct(&found));
+        wall.layout = default_layout_on(&found);
     }
     wall.built = Some(wall.generation);
     wall.monitors_seen = found.clone();
@@ -1347,12 +1369,13 @@ fn place_on_monitors(
     }
     let found = monitors_in_order(&monitors, &main_thread);
     // The wall's own layout (no --layout) has a screen per monitor (clones counted
-    // once): one plugged in gets its screen at once (the screens there keep their
-    // windows); when one goes away, its screen goes on in a window for a while, in
-    // case it comes straight back (a cable reseated, a panel's handshake), then the
-    // layout is made for the monitors there are.
-    if default_layout.0 {
-        let count = distinct(&found).clamp(1, crate::wall::MAX_SCREENS);
+    // once), each on its monitor by name: one plugged in gets its screen at once (the
+    // screens there keep their windows); when one goes away, its screen goes on in a
+    // window for a while, in case it comes straight back (a cable reseated, a panel's
+    // handshake), the others where they are; then the layout is made for the
+    // monitors there are.
+    if default_layout.0 && !found.is_empty() {
+        let count = distinct(&found).count().min(crate::wall::MAX_SCREENS);
         let screens = wall.layout.screens.len();
         let change = match count.cmp(&screens) {
             std::cmp::Ordering::Greater => Some("a monitor was plugged in"),
@@ -1362,12 +1385,14 @@ fn place_on_monitors(
             }
             std::cmp::Ordering::Equal => {
                 *fewer_since = None;
-                None
+                // As many, but not the same ones, or in another order.
+                let names: Vec<&str> = distinct(&found).map(|m| m.name.as_str()).collect();
+                (placed_on(&wall.layout) != names[..count]).then_some("the monitors changed")
             }
         };
         if let Some(what) = change {
             *fewer_since = None;
-            wall.layout = WallLayout::default_for(count);
+            wall.layout = default_layout_on(&found);
             wall.generation += 1;
             let screens = if count == 1 { "screen" } else { "screens" };
             info!("wall: {what}: {count} {screens} now");
@@ -2200,13 +2225,11 @@ fn trend_colour(good_when_up: Option<bool>, t: crate::wall::Trend) -> egui::Colo
 }
 
 /// The label's and the value's type size in a card `w` × `h` points: shares of the
-/// card, a narrow card's type smaller (never a clamp whose ends can cross).
+/// card, a narrow card's value smaller (never a clamp whose ends can cross); the
+/// labels are then fitted to the card's width as a set ([`kpi_ui`]).
 fn card_type(w: f32, h: f32) -> (f32, f32) {
     let (w, h) = (w.max(0.0), h.max(0.0));
-    (
-        (h * 0.16).min(w * 0.09).max(6.0),
-        (h * 0.42).min(w * 0.2).max(8.0),
-    )
+    ((h * 0.16).max(6.0), (h * 0.42).min(w * 0.2).max(8.0))
 }
 
 /// A vital sign's card: label, value, colour, its index in [`crate::wall::SIGNS`] for the trend,
@@ -2219,13 +2242,19 @@ type Card = (
     Option<bool>,
 );
 
-/// A bilingual label's two parts: what comes before its first Chinese character,
-/// and the rest ("Open incidents 未结事件" is "Open incidents" and "未结事件").
-fn label_lines(label: &str) -> (&str, &str) {
-    match label.char_indices().find(|(_, c)| *c >= '\u{2E80}') {
-        Some((i, _)) if i > 0 => (label[..i].trim_end(), &label[i..]),
-        _ => (label, ""),
-    }
+/// A bilingual label as one row, or as two: what comes before its first Chinese
+/// character, then the rest ("Open incidents 未结事件": "Open incidents", "未结事件").
+fn label_rows(label: &str, two: bool) -> impl Iterator<Item = &str> {
+    let split = label
+        .char_indices()
+        .find(|(_, c)| *c >= '\u{2E80}')
+        .map(|(i, _)| i)
+        .filter(|&i| two && i > 0);
+    let rows = match split {
+        Some(i) => [label[..i].trim_end(), &label[i..]],
+        None => [label, ""],
+    };
+    rows.into_iter().filter(|r| !r.is_empty())
 }
 
 /// The vital signs in cards: the value in type a share of the card, a trend arrow.
@@ -2318,14 +2347,7 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
     let widest = |size: f32, two_lines: bool| {
         cards
             .iter()
-            .flat_map(|c| {
-                let (first, second) = label_lines(c.0);
-                if two_lines {
-                    vec![first, second]
-                } else {
-                    vec![c.0]
-                }
-            })
+            .flat_map(|c| label_rows(c.0, two_lines))
             .map(|text| {
                 painter
                     .layout_no_wrap(
@@ -2341,8 +2363,7 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
     let fit = |columns: usize| {
         let rows = cards.len().div_ceil(columns);
         let cell = egui::vec2(area.width() / columns as f32, area.height() / rows as f32);
-        let (_, value) = card_type(cell.x, cell.y);
-        let cap = (cell.y * 0.16).max(6.0);
+        let (cap, value) = card_type(cell.x, cell.y);
         let room = (cell.x - 8.0).max(1.0);
         let fitted = |two: bool| {
             let wide = widest(cap, two);
@@ -2374,13 +2395,7 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
         let min =
             area.min + egui::vec2((i % columns) as f32 * cell.x, (i / columns) as f32 * cell.y);
         let card = egui::Rect::from_min_size(min, cell).shrink(4.0);
-        let texts = if lines == 2 {
-            let (first, second) = label_lines(label);
-            vec![first, second]
-        } else {
-            vec![label]
-        };
-        for (line, text) in texts.into_iter().enumerate() {
+        for (line, text) in label_rows(label, lines == 2).enumerate() {
             one_line(
                 &painter,
                 card.left_top() + egui::vec2(0.0, line as f32 * label_size * 1.25),
@@ -2390,9 +2405,9 @@ fn kpi_ui(ui: &mut egui::Ui, data: &WallData) {
                 card.width(),
             );
         }
-        let label_size = label_size * (1.4 + 1.25 * (lines - 1) as f32) / 1.4;
+        let value_top = label_size * (1.4 + 1.25 * (lines - 1) as f32);
         let value_rect = painter.text(
-            card.left_top() + egui::vec2(0.0, label_size * 1.4),
+            card.left_top() + egui::vec2(0.0, value_top),
             egui::Align2::LEFT_TOP,
             value,
             egui::FontId::proportional(value_size),
